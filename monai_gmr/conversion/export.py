@@ -1,0 +1,64 @@
+"""Export GMR layers as plain ``nn.Conv2d`` / ``nn.Conv3d`` for deployment (TorchScript, ONNX, MONAI ckpt_export)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn as nn
+
+from monai_gmr.nn.conv import GMRConv
+
+__all__ = ["export_dense", "gmr_to_dense_conv"]
+
+logger = logging.getLogger(__name__)
+
+
+def gmr_to_dense_conv(module: GMRConv) -> nn.Conv2d | nn.Conv3d:
+    """An ``nn.Conv2d/3d`` computing the same function as ``module`` with its current parameters."""
+    conv_cls = nn.Conv2d if module.spatial_dims == 2 else nn.Conv3d
+    with torch.no_grad():
+        kernel = module.dense_kernel().detach().clone()
+    conv = conv_cls(
+        module.in_channels,
+        module.out_channels,
+        module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+        bias=module.bias is not None,
+        padding_mode=module.padding_mode,
+        device=kernel.device,
+        dtype=kernel.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(kernel)
+        if module.bias is not None:
+            conv.bias.copy_(module.bias.detach())
+    conv.train(module.training)
+    return conv
+
+
+def export_dense(module: nn.Module, inplace: bool = False) -> nn.Module:
+    """Replace every :class:`GMRConv` in ``module`` (or ``module`` itself) by an equivalent dense convolution.
+
+    Args:
+        module: a GMR layer or any network containing GMR layers.
+        inplace: modify ``module`` instead of a deep copy.
+
+    Returns:
+        the module tree with plain ``nn.Conv2d/3d`` layers (outputs equal to the original up to float rounding).
+    """
+    if isinstance(module, GMRConv):
+        return gmr_to_dense_conv(module)
+    root = module if inplace else copy.deepcopy(module)
+    count = 0
+    for name, child in list(root.named_modules()):
+        for child_name, sub in list(child.named_children()):
+            if isinstance(sub, GMRConv):
+                setattr(child, child_name, gmr_to_dense_conv(sub))
+                count += 1
+    logger.info("export_dense: replaced %d GMR convolution(s) with dense convolutions", count)
+    return root

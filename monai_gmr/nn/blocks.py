@@ -1,0 +1,94 @@
+"""MONAI-style blocks built on GMR convolution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn as nn
+from monai.networks.blocks import ADN
+
+from .conv import GMRConv
+
+__all__ = ["GMRConvolution"]
+
+
+class GMRConvolution(nn.Sequential):
+    """GMR convolution followed by MONAI's ``ADN`` (activation / dropout / normalisation) block.
+
+    The counterpart of :class:`monai.networks.blocks.Convolution` with the same argument names, for
+    stride-1-by-default equivariant layers. Submodules are named ``conv`` and ``adn`` like MONAI's block.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: odd GMR kernel width.
+        strides: convolution stride (1 keeps exact equivariance).
+        act: activation name or ``(name, kwargs)``; ``None`` for none.
+        norm: norm name or ``(name, kwargs)``; ``None`` for none.
+        dropout: dropout probability or ``(name, kwargs)``.
+        dropout_dim: dropout dimension, as in MONAI.
+        dilation: kernel dilation.
+        groups: channel groups.
+        bias: conv bias.
+        conv_only: if ``True``, no ADN block is added.
+        padding: padding; ``None`` means "same".
+        adn_ordering: order of A/D/N, e.g. ``"NDA"`` (MONAI's default).
+        gmr_kwargs: extra arguments for :class:`GMRConv` (``num_rings``, ``smoothing``, ``impl``, ...).
+
+    Shapes:
+        ``(B, C_in, *spatial) -> (B, C_out, *spatial_out)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        strides: int | Sequence[int] = 1,
+        adn_ordering: str = "NDA",
+        act: tuple | str | None = "PRELU",
+        norm: tuple | str | None = "INSTANCE",
+        dropout: tuple | str | float | None = None,
+        dropout_dim: int | None = 1,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        conv_only: bool = False,
+        padding: int | Sequence[int] | None = None,
+        **gmr_kwargs,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        conv = GMRConv(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            stride=strides,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            **gmr_kwargs,
+        )
+        self.add_module("conv", conv)
+        if conv_only:
+            return
+        if act is None and norm is None and dropout is None:
+            return
+        self.add_module(
+            "adn",
+            ADN(
+                ordering=adn_ordering,
+                in_channels=out_channels,
+                act=act,
+                norm=norm,
+                norm_dim=spatial_dims,
+                dropout=dropout,
+                dropout_dim=dropout_dim,
+            ),
+        )

@@ -1,0 +1,334 @@
+"""GMR convolution modules.
+
+:class:`GMRConv` is the general module; :class:`GMRConv2d` / :class:`GMRConv3d` take the positional signature of
+``torch.nn.Conv2d`` / ``Conv3d`` so that MONAI blocks built through ``Conv["GMR", dim]`` construct them unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from monai_gmr.functional import (
+    IMPLS,
+    PADDING_MODES,
+    SMOOTHING_MODES,
+    check_kernel_size,
+    default_num_rings,
+    gmr_conv,
+    initial_sigma,
+    log_sigma_bounds,
+    offset_distances,
+    ring_basis,
+    ring_centers,
+    same_padding,
+    select_impl,
+    support_mask,
+    synthesize_kernel,
+)
+
+__all__ = ["GMRConv", "GMRConv2d", "GMRConv3d", "SIGMA_MODES"]
+
+SIGMA_MODES = ("layer", "fixed")
+
+
+def _single(value: int | Sequence[int], name: str, spatial_dims: int) -> int:
+    """Collapse an isotropic int/tuple argument to one int (GMR layers are isotropic by construction)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != spatial_dims or len(set(int(v) for v in value)) != 1:
+            raise ValueError(f"{name} must be an int or {spatial_dims} equal ints, got {name}={tuple(value)}.")
+        value = int(value[0])
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {name}={value!r}.")
+    return value
+
+
+class GMRConv(nn.Module):
+    """Gaussian Mixture Ring convolution: a radially symmetric, rotation/reflection-equivariant convolution.
+
+    Each kernel is ``K[o, c](p) = sum_i w[o, c, i] * exp(-(|p| - mu_i)^2 / (2 sigma_i^2))`` on the circular
+    (spherical) support ``|p| <= k // 2 + 0.5``. The layer commutes exactly with the 8 symmetries of the square
+    (2D) / 48 of the cube (3D) at stride 1 with symmetric padding, and approximately with arbitrary rotations.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels ``C_in``.
+        out_channels: output channels ``C_out``.
+        kernel_size: odd kernel width ``k`` (an int or ``spatial_dims`` equal ints).
+        stride: convolution stride (an int; strides other than 1 break exact equivariance).
+        padding: symmetric padding; ``None`` means "same" (``dilation * (k - 1) // 2``).
+        dilation: kernel dilation.
+        groups: channel groups, as in ``torch.nn.Conv2d``.
+        bias: add a learnable bias.
+        padding_mode: ``"zeros" | "reflect" | "replicate" | "circular"``.
+        num_rings: number of rings ``n``; defaults to ``(k + 1) // 2``; must be >= 2 when ``k > 1``.
+        smoothing: ``"gaussian"`` (GMR) or ``"none"`` (nearest-ring assignment, the naive "Symm" baseline).
+        sigma: ``"layer"`` (one trainable sigma per ring, shared by the layer, stored as ``log_sigma``) or
+            ``"fixed"`` (sigma kept at its initial value as a buffer).
+        circular: zero the offsets outside the inscribed circle/sphere.
+        impl: ``"auto" | "dense" | "rings" | "triton"``; see :func:`monai_gmr.functional.gmr_conv`.
+
+    Shapes:
+        input ``(B, C_in, *spatial)``; output ``(B, C_out, *spatial_out)``; ``weight``: ``(C_out, C_in/groups, n)``.
+
+    In eval mode with gradients disabled the synthesised dense kernel is cached; the cache key holds the version
+    counter and storage of every parameter, so any in-place update (optimizer step, ``load_state_dict``,
+    ``.data`` assignment, ``.to()``) invalidates it.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str | None = None,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        num_rings: int | None = None,
+        smoothing: str = "gaussian",
+        sigma: str = "layer",
+        circular: bool = True,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
+        k = check_kernel_size(kernel_size, spatial_dims)
+        for name, val in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
+                raise ValueError(f"{name} must be a positive int, got {name}={val!r}.")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels={in_channels} and out_channels={out_channels} must both be divisible by groups={groups}."
+            )
+        stride = _single(stride, "stride", spatial_dims)
+        dilation = _single(dilation, "dilation", spatial_dims)
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got stride={stride}.")
+        if dilation < 1:
+            raise ValueError(f"dilation must be >= 1, got dilation={dilation}.")
+        if padding is None or padding == "same":
+            padding = same_padding(k, dilation)
+        elif padding == "valid":
+            padding = 0
+        padding = _single(padding, "padding", spatial_dims)
+        if padding < 0:
+            raise ValueError(f"padding must be >= 0, got padding={padding}.")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}.")
+        if smoothing not in SMOOTHING_MODES:
+            raise ValueError(f"smoothing must be one of {SMOOTHING_MODES}, got smoothing={smoothing!r}.")
+        if sigma not in SIGMA_MODES:
+            raise ValueError(f"sigma must be one of {SIGMA_MODES}, got sigma={sigma!r}.")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got impl={impl!r}.")
+        if num_rings is None:
+            num_rings = default_num_rings(k)
+        if isinstance(num_rings, bool) or not isinstance(num_rings, int):
+            raise ValueError(f"num_rings must be an int, got num_rings={num_rings!r}.")
+        if k > 1 and num_rings < 2:
+            raise ValueError(f"num_rings must be >= 2 for kernel_size={k} > 1, got num_rings={num_rings}.")
+        if k == 1 and num_rings != 1:
+            raise ValueError(f"kernel_size=1 has a single offset: num_rings must be 1 (or None), got num_rings={num_rings}.")
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = k
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.num_rings = num_rings
+        self.smoothing = smoothing
+        self.sigma_mode = sigma
+        self.circular = circular
+        self.impl = impl
+        self.log_sigma_range = log_sigma_bounds(num_rings)
+
+        # fixed geometry: non-persistent buffers (recomputed from the constructor arguments, follow .to()/.double())
+        self.register_buffer("distances", offset_distances(k, spatial_dims, torch.float32), persistent=False)
+        self.register_buffer("mask", support_mask(k, spatial_dims, circular, torch.float32), persistent=False)
+        self.register_buffer("centers", ring_centers(k, num_rings, torch.float32), persistent=False)
+
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_rings))
+        log_sigma = torch.full((num_rings,), math.log(initial_sigma(k, num_rings)))
+        if smoothing == "gaussian" and sigma == "layer":
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            # sigma is not learned (fixed, or unused by hard ring assignment): keep it out of the state_dict
+            self.register_buffer("log_sigma", log_sigma, persistent=False)
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._kernel_cache: tuple[tuple, torch.Tensor] | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters
+    def basis(self) -> torch.Tensor:
+        """Ring basis ``G``, shape ``(n,) + (k,) * spatial_dims``."""
+        return ring_basis(self.distances, self.centers, self.log_sigma, self.mask, self.smoothing, self.log_sigma_range)
+
+    def basis_energy(self) -> float:
+        """Mean energy ``sum_p K(p)^2 / sum_i w_i^2`` of a kernel with iid unit ring weights: ``sum_{i,p} G_i(p)^2``."""
+        with torch.no_grad():
+            return float((self.basis().double() ** 2).sum())
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal initialisation computed from the synthesised kernel's actual energy.
+
+        With iid ring weights of variance ``s^2`` the synthesised kernel has ``E[sum_p K(p)^2] = s^2 sum_{i,p} G_i(p)^2``,
+        so ``s^2 = 2 / (C_in/groups * sum_{i,p} G_i(p)^2)`` gives the ReLU-preserving output variance of He et al.
+        """
+        fan = (self.in_channels // self.groups) * self.basis_energy()
+        with torch.no_grad():
+            self.weight.normal_(0.0, math.sqrt(2.0 / fan))
+            if self.bias is not None:
+                self.bias.zero_()
+        self._kernel_cache = None
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Current (clipped) ring widths sigma_i."""
+        return self.log_sigma.detach().clamp(*self.log_sigma_range).exp()
+
+    def _cache_key(self) -> tuple:
+        return tuple(
+            (t.data_ptr(), t._version, t.dtype, t.device) for t in (self.weight, self.log_sigma, self.distances)
+        )
+
+    def dense_kernel(self) -> torch.Tensor:
+        """The synthesised dense kernel, shape ``(C_out, C_in/groups) + (k,) * spatial_dims``.
+
+        Cached in eval mode when no gradient is needed; the cache is keyed on parameter versions.
+        """
+        cacheable = not self.training and not (
+            torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad)
+        )
+        if cacheable:
+            key = self._cache_key()
+            if self._kernel_cache is not None and self._kernel_cache[0] == key:
+                return self._kernel_cache[1]
+            kernel = synthesize_kernel(self.weight, self.basis())
+            self._kernel_cache = (key, kernel)
+            return kernel
+        self._kernel_cache = None
+        return synthesize_kernel(self.weight, self.basis())
+
+    def train(self, mode: bool = True) -> "GMRConv":
+        self._kernel_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double() drop the cache
+        self._kernel_cache = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kernel_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: input of shape ``(B, C_in, *spatial)`` with ``spatial_dims`` spatial dims.
+
+        Returns:
+            output of shape ``(B, C_out, *spatial_out)``.
+        """
+        if not isinstance(x, torch.Tensor) or x.ndim != self.spatial_dims + 2:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"input must have shape (B, C, {', '.join('HWD'[: self.spatial_dims])}) for spatial_dims="
+                f"{self.spatial_dims}, got input shape {got}."
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels but in_channels={self.in_channels}.")
+        impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size)
+        kernel = self.dense_kernel() if impl == "dense" else None
+        basis = self.basis() if kernel is None else None
+        return gmr_conv(
+            x,
+            self.weight,
+            basis,
+            self.bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+            impl=impl,
+            kernel=kernel,
+        )
+
+    def extra_repr(self) -> str:
+        s = (
+            f"spatial_dims={self.spatial_dims}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"num_rings={self.num_rings}, stride={self.stride}, padding={self.padding}"
+        )
+        if self.dilation != 1:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        if self.smoothing != "gaussian":
+            s += f", smoothing={self.smoothing}"
+        return s + f", impl={self.impl}"
+
+
+class GMRConv2d(GMRConv):
+    """2D GMR convolution with the positional signature of ``torch.nn.Conv2d``.
+
+    ``padding=None`` (default) means "same"; the GMR options (``num_rings``, ``smoothing``, ``sigma``,
+    ``circular``, ``impl``) are keyword arguments. ``device``/``dtype`` are accepted like ``nn.Conv2d``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str | None = None,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **gmr_kwargs,
+    ) -> None:
+        super().__init__(2, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, **gmr_kwargs)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+
+class GMRConv3d(GMRConv):
+    """3D GMR convolution with the positional signature of ``torch.nn.Conv3d`` (see :class:`GMRConv2d`)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str | None = None,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **gmr_kwargs,
+    ) -> None:
+        super().__init__(3, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, **gmr_kwargs)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
