@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Side-by-side speed and memory benchmark of GMR convolution against dense convolution.
+
+Compares, in one run and on the same inputs:
+  - ``torch``: ``F.conv2d/conv3d`` with a dense k^d kernel (cuDNN / oneDNN), the reference;
+  - ``gmr_dense``: ``GMRConv(impl="dense")`` (kernel synthesis + the same dense conv);
+  - ``gmr_rings``: ``GMRConv(impl="rings")`` (the paper's depthwise-rings + 1x1 mixing decomposition);
+  - ``official``: the reference package ``gmr-conv`` (``GMR_Conv2d``) when installed (2D only).
+Forward, and forward + backward with gradients for the input AND the weights. Median of ``--repeats`` timed runs
+after ``--warmup`` runs (CUDA events on GPU, ``perf_counter`` on CPU); peak CUDA memory on GPU.
+
+Examples::
+
+    python scripts/bench_conv.py --device cuda --out docs/bench_conv_cuda.json
+    python scripts/bench_conv.py --device cpu --shapes 2,32,64,64 --kernels 3,5,7,9,11 --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from monai_gmr import GMRConv  # noqa: E402
+from monai_gmr.utils import atomic_write_json, atomic_write_text  # noqa: E402
+
+logger = logging.getLogger("bench_conv")
+
+DEFAULT_SHAPES = ["2,128,64,64", "32,128,64,64", "2,32,48,48,48"]
+
+
+def load_official():
+    """``GMR_Conv2d`` from the installed ``gmr-conv`` package, or None.
+
+    Its package ``__init__`` imports torchvision (absent here); the layer's own module file needs only torch,
+    so it is loaded directly by path.
+    """
+    spec = importlib.util.find_spec("GMR_Conv")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "gmr_conv.py"
+    mspec = importlib.util.spec_from_file_location("_official_gmr_conv", path)
+    module = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.GMR_Conv2d
+
+
+def timer(device: torch.device):
+    if device.type == "cuda":
+
+        def run(fn, warmup, repeats):
+            for _ in range(warmup):
+                fn()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            return statistics.median(times)
+
+    else:
+
+        def run(fn, warmup, repeats):
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(times)
+
+    return run
+
+
+def build(name: str, d: int, c: int, k: int, device, official_cls):
+    if name == "torch":
+        conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(c, c, k, padding=k // 2, bias=True)
+    elif name == "gmr_dense":
+        conv = GMRConv(d, c, c, k, impl="dense")
+    elif name == "gmr_rings":
+        conv = GMRConv(d, c, c, k, impl="rings")
+    elif name == "official":
+        if official_cls is None or d != 2:
+            return None
+        conv = official_cls(c, c, k, padding=k // 2)
+    else:
+        raise ValueError(name)
+    return conv.to(device).train()
+
+
+def bench_one(conv, x, mode: str, dtype: str, run, warmup: int, repeats: int):
+    device = x.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
+
+    def fwd():
+        with torch.no_grad(), autocast:
+            conv(x)
+
+    def fwd_bwd():
+        conv.zero_grad(set_to_none=True)
+        x.grad = None
+        with autocast:
+            y = conv(x)
+        y.backward(torch.ones_like(y))
+
+    fn = fwd if mode == "fwd" else fwd_bwd
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    ms = run(fn, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return ms, peak
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="B,C,H,W or B,C,D,H,W")
+    p.add_argument("--kernels", default="3,5,7,9,11")
+    p.add_argument("--impls", default="torch,gmr_dense,gmr_rings,official")
+    p.add_argument("--dtypes", default=None, help="fp32,bf16 (default: fp32,bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--modes", default="fwd,fwd_bwd")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="JSON output (a .md table is written beside it)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    dtypes = (args.dtypes or ("fp32,bf16" if device.type == "cuda" else "fp32")).split(",")
+    official_cls = load_official()
+    run = timer(device)
+    rows = []
+    for shape_s in args.shapes:
+        shape = tuple(int(s) for s in shape_s.split(","))
+        d = len(shape) - 2
+        x = torch.randn(*shape, device=device, requires_grad=True)
+        for k in (int(s) for s in args.kernels.split(",")):
+            for dtype in dtypes:
+                for mode in args.modes.split(","):
+                    base = None
+                    for name in args.impls.split(","):
+                        conv = build(name, d, shape[1], k, device, official_cls)
+                        if conv is None:
+                            continue
+                        try:
+                            ms, peak = bench_one(conv, x, mode, dtype, run, args.warmup, args.repeats)
+                        except RuntimeError as e:  # e.g. out of memory
+                            logger.warning("%s k=%d %s %s %s failed: %s", name, k, shape_s, dtype, mode, e)
+                            continue
+                        if name == "torch":
+                            base = ms
+                        row = dict(shape=shape_s, k=k, dtype=dtype, mode=mode, impl=name, ms=round(ms, 4),
+                                   ratio_vs_torch=round(ms / base, 3) if base else None,
+                                   peak_mib=round(peak, 1) if peak is not None else None)
+                        rows.append(row)
+                        logger.info("%-14s k=%-2d %-5s %-7s %-10s %9.3f ms  x%s", shape_s, k, dtype, mode, name, ms, row["ratio_vs_torch"])
+    meta = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        torch=torch.__version__, commit=git_commit(), warmup=args.warmup, repeats=args.repeats,
+        official_available=official_cls is not None, command="python " + " ".join([Path(__file__).name] + (argv or sys.argv[1:])),
+    )
+    table = to_markdown(rows, meta)
+    print(table)
+    if args.out:
+        atomic_write_json(args.out, dict(meta=meta, rows=rows))
+        atomic_write_text(Path(args.out).with_suffix(".md"), table)
+    return dict(meta=meta, rows=rows)
+
+
+def to_markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"Device: {meta['device']}; torch {meta['torch']}; commit {meta['commit']}; median of {meta['repeats']} runs "
+             f"after {meta['warmup']} warm-up; time in ms (ratio to torch dense conv of the same k)", "",
+             "| shape | k | dtype | mode | torch | gmr_dense | gmr_rings | official |", "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["shape"], r["k"], r["dtype"], r["mode"]) for r in rows}, key=lambda t: (t[0], t[2], t[3], t[1]))
+    for key in keys:
+        cells = []
+        for impl in ("torch", "gmr_dense", "gmr_rings", "official"):
+            r = next((r for r in rows if (r["shape"], r["k"], r["dtype"], r["mode"]) == key and r["impl"] == impl), None)
+            cells.append("–" if r is None else (f"{r['ms']:.3f}" if impl == "torch" else f"{r['ms']:.3f} (×{r['ratio_vs_torch']:.2f})"))
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Ring basis geometry: centres, widths, support, hard assignment."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from monai_gmr.functional import (
+    check_kernel_size,
+    default_num_rings,
+    initial_sigma,
+    log_sigma_bounds,
+    offset_distances,
+    ring_basis,
+    ring_centers,
+    support_mask,
+)
+
+
+def test_ring_centres_follow_paper_spacing():
+    mu = ring_centers(9, 5)
+    assert torch.allclose(mu, torch.tensor([0.0, 1.125, 2.25, 3.375, 4.5], dtype=torch.float64))
+    assert default_num_rings(9) == 5 and default_num_rings(3) == 2 and default_num_rings(1) == 1
+
+
+def test_initial_sigma_has_fwhm_equal_to_spacing():
+    k, n = 7, 4
+    spacing = k / (2 * (n - 1))
+    sigma = initial_sigma(k, n)
+    fwhm = 2 * math.sqrt(2 * math.log(2)) * sigma
+    assert fwhm == pytest.approx(spacing)
+    lo, hi = log_sigma_bounds(n)
+    assert math.exp(lo) == pytest.approx(1e-2) and math.exp(hi) == pytest.approx(2 * n)
+
+
+def test_true_distance_and_circular_support():
+    d = offset_distances(9, 2)
+    assert d[4, 4] == 0 and d[4, 8] == 4 and d[0, 0] == pytest.approx(math.sqrt(32))
+    m = support_mask(9, 2)
+    # |p| <= 4.5 kept: (4, 2) has |p| = 4.47, (4, 3) has 5.0 and the corner 5.66
+    assert m[4 + 4, 4 + 2] == 1 and m[4 + 4, 4 + 3] == 0 and m[0, 0] == 0
+    assert support_mask(9, 2, circular=False).all()
+    m3 = support_mask(5, 3)
+    assert m3.shape == (5, 5, 5) and m3[0, 0, 0] == 0 and m3[2, 2, 0] == 1
+
+
+def test_gaussian_basis_values():
+    k, n = 5, 3
+    d = offset_distances(k, 2)
+    mu = ring_centers(k, n)
+    ls = torch.full((n,), math.log(0.7), dtype=torch.float64)
+    g = ring_basis(d, mu, ls, support_mask(k, 2), "gaussian")
+    assert g.shape == (3, 5, 5)
+    expected = math.exp(-((math.sqrt(2) - 1.25) ** 2) / (2 * 0.49))
+    assert g[1, 1, 1].item() == pytest.approx(expected)
+    assert g[:, 0, 0].abs().sum() == 0  # outside the inscribed circle
+
+
+def test_sigma_is_clipped():
+    d = offset_distances(5, 2)
+    mu = ring_centers(5, 3)
+    big = ring_basis(d, mu, torch.full((3,), 50.0, dtype=torch.float64), support_mask(5, 2), log_sigma_range=(-4.6, math.log(6)))
+    ref = ring_basis(d, mu, torch.full((3,), math.log(6), dtype=torch.float64), support_mask(5, 2))
+    assert torch.equal(big, ref)
+
+
+def test_hard_assignment_is_one_hot_nearest_ring():
+    k, n = 9, 5
+    d = offset_distances(k, 2)
+    g = ring_basis(d, ring_centers(k, n), None, support_mask(k, 2), "none")
+    inside = support_mask(k, 2).bool()
+    assert torch.equal(g.sum(0)[inside], torch.ones(int(inside.sum()), dtype=g.dtype))
+    # offset (0, 3): |p| = 3, nearest centre 3.375 (ring 3)
+    assert g[3, 4, 7] == 1
+
+
+@pytest.mark.parametrize("bad", [0, -3, 4, (3, 5), (3, 3, 3), 2.0, True])
+def test_check_kernel_size_rejects(bad):
+    with pytest.raises(ValueError, match="kernel_size"):
+        check_kernel_size(bad, 2)
+
+
+def test_unknown_smoothing():
+    with pytest.raises(ValueError, match="smoothing"):
+        ring_basis(offset_distances(3, 2), ring_centers(3, 2), None, support_mask(3, 2), "bilateral")

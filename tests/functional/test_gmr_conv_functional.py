@@ -1,0 +1,91 @@
+"""The two implementations of the functional GMR convolution compute the same function."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from monai_gmr.functional import gmr_conv, synthesize_kernel
+from monai_gmr.nn import GMRConv
+from tests.conftest import rel_err
+
+CASES = [
+    # spatial_dims, c_in, c_out, k, stride, dilation, groups, bias, padding_mode
+    (2, 4, 6, 5, 1, 1, 1, True, "zeros"),
+    (2, 4, 6, 7, 2, 1, 2, False, "reflect"),
+    (2, 6, 3, 3, 1, 2, 3, True, "replicate"),
+    (2, 4, 4, 9, 3, 1, 4, True, "circular"),
+    (3, 4, 6, 5, 1, 1, 2, True, "zeros"),
+    (3, 2, 4, 3, 2, 2, 1, False, "reflect"),
+    (3, 3, 3, 3, 1, 1, 3, True, "replicate"),
+    (3, 2, 2, 5, 1, 1, 1, True, "circular"),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_dense_equals_rings(case, dtype, tol):
+    d, cin, cout, k, stride, dil, groups, bias, pmode = case
+    m = GMRConv(d, cin, cout, k, stride=stride, dilation=dil, groups=groups, bias=bias, padding_mode=pmode).to(dtype)
+    with torch.no_grad():
+        m.log_sigma.add_(torch.randn_like(m.log_sigma) * 0.2)
+        if bias:
+            m.bias.normal_()
+    x = torch.randn(2, cin, *([11] * d if d == 2 else [9, 8, 10]), dtype=dtype)
+    m.impl = "dense"
+    yd = m(x)
+    m.impl = "rings"
+    yr = m(x)
+    assert yd.shape == yr.shape
+    assert rel_err(yr, yd) <= tol
+
+
+def test_dense_matches_manual_conv():
+    m = GMRConv(2, 3, 2, 5).double()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    k = synthesize_kernel(m.weight, m.basis())
+    ref = torch.nn.functional.conv2d(x, k, m.bias, padding=2)
+    assert rel_err(m(x), ref) < 1e-12
+
+
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+@pytest.mark.parametrize("d", [2, 3])
+def test_gradcheck(impl, d):
+    m = GMRConv(d, 2, 3, 3 if d == 3 else 5, groups=1, impl=impl).double()
+    x = torch.randn(1, 2, *([5] * d), dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, ls, b):
+        basis = __import__("monai_gmr").functional.ring_basis(m.distances, m.centers, ls, m.mask, "gaussian", m.log_sigma_range)
+        return gmr_conv(x, w, basis, b, padding=m.padding, impl=impl)
+
+    w = m.weight.detach().clone().requires_grad_(True)
+    ls = m.log_sigma.detach().clone().requires_grad_(True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x, w, ls, b), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_module_sigma_gets_gradient():
+    m = GMRConv(2, 2, 2, 5).double()
+    x = torch.randn(1, 2, 7, 7, dtype=torch.float64)
+    m(x).square().sum().backward()
+    assert m.log_sigma.grad is not None and m.log_sigma.grad.abs().sum() > 0
+    assert m.weight.grad.shape == (2, 2, 3)
+
+
+def test_functional_errors():
+    m = GMRConv(2, 2, 2, 3)
+    with pytest.raises(ValueError, match="impl"):
+        gmr_conv(torch.randn(1, 2, 5, 5), m.weight, m.basis(), impl="fft")
+    with pytest.raises(ValueError, match="spatial dims"):
+        gmr_conv(torch.randn(2, 5, 5), m.weight, m.basis())
+    with pytest.raises(ValueError, match="rings"):
+        synthesize_kernel(torch.randn(2, 2, 3), m.basis())
+
+
+def test_all_padding_modes_and_strides_keep_shapes():
+    for pmode, stride in itertools.product(("zeros", "reflect", "replicate", "circular"), (1, 2)):
+        m = GMRConv(2, 1, 1, 5, stride=stride, padding_mode=pmode)
+        y = m(torch.randn(1, 1, 10, 10))
+        assert y.shape == (1, 1, 10 // stride, 10 // stride)
