@@ -158,7 +158,18 @@ def main(argv: list[str] | None = None) -> dict:
     dtypes = (args.dtypes or ("fp32,bf16" if device.type == "cuda" else "fp32")).split(",")
     official_cls = load_official()
     run = timer(device)
-    rows = []
+    rows: list[dict] = []
+    meta = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        torch=torch.__version__, commit=git_commit(), warmup=args.warmup, repeats=args.repeats,
+        official_available=official_cls is not None, command="python scripts/bench_conv.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
+
+    def save() -> None:  # after every row, so a long run that is stopped keeps what it measured
+        if args.out:
+            atomic_write_json(args.out, dict(meta=meta, rows=rows))
+            atomic_write_text(Path(args.out).with_suffix(".md"), to_markdown(rows, meta))
+
     for shape_s in args.shapes:
         shape = tuple(int(s) for s in shape_s.split(","))
         d = len(shape) - 2
@@ -182,17 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    ratio_vs_torch=round(ms / base, 3) if base else None,
                                    peak_mib=round(peak, 1) if peak is not None else None)
                         rows.append(row)
+                        save()
                         logger.info("%-14s k=%-2d %-5s %-7s %-10s %9.3f ms  x%s", shape_s, k, dtype, mode, name, ms, row["ratio_vs_torch"])
-    meta = dict(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        torch=torch.__version__, commit=git_commit(), warmup=args.warmup, repeats=args.repeats,
-        official_available=official_cls is not None, command="python " + " ".join([Path(__file__).name] + (argv or sys.argv[1:])),
-    )
-    table = to_markdown(rows, meta)
-    print(table)
-    if args.out:
-        atomic_write_json(args.out, dict(meta=meta, rows=rows))
-        atomic_write_text(Path(args.out).with_suffix(".md"), table)
+    print(to_markdown(rows, meta))
+    save()
     return dict(meta=meta, rows=rows)
 
 

@@ -7,8 +7,8 @@ Two implementations compute the same function:
 - ``impl="rings"``: the paper's decomposition: a depthwise convolution of every input channel with the ``n``
   rings, then a grouped 1x1 (1x1x1) convolution mixing ``C_in/groups * n`` ring responses into each output.
 
-``impl="auto"`` picks per device from :data:`AUTO_TABLE`, filled from ``scripts/bench_conv.py`` runs recorded in
-``docs/benchmarks.md``.
+``impl="auto"`` picks per device, dims, width, kernel size and training/inference from :data:`AUTO_TABLE`, filled
+from ``scripts/bench_conv.py`` runs recorded in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,20 @@ __all__ = [
 IMPLS = ("auto", "dense", "rings", "triton")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
-# Measured choice of implementation per device type (see docs/benchmarks.md, scripts/bench_conv.py).
-# On every configuration measured so far the dense path (kernel synthesis + cuDNN/oneDNN convolution) was
-# faster than the two-step ring decomposition, on CPU and on CUDA, so "auto" resolves to "dense".
-AUTO_TABLE: dict[str, str] = {"cpu": "dense", "cuda": "dense"}
+# Measured choice of implementation: (device type, spatial_dims) -> rules, first match wins; no match -> "dense".
+# A rule is (min_in_channels, kernel sizes or None for any, grad: True (training) / False (inference) / None (both),
+# impl). Source: scripts/bench_conv.py runs recorded in docs/benchmarks.md.
+# - CPU (oneDNN), 2D: the ring decomposition was 0.30-0.72x the dense time for C_in = 128 at every k (forward and
+#   forward+backward), and 0.67x for C_in = 32 at k >= 9 in inference; dense was faster elsewhere.
+# - CPU, 3D (C_in = 16): rings 0.54x / 0.55x at k = 3 and 0.70x / 0.92x at k = 9; dense at k = 5, 7.
+# - CUDA: dense (cuDNN). The two-step path was measured 5-20x slower than cuDNN dense at k = 7-11 on an H100
+#   (issue 2); our own GPU table is not yet recorded.
+AUTO_TABLE: dict[tuple[str, int], list[tuple[int, tuple[int, ...] | None, bool | None, str]]] = {
+    ("cpu", 2): [(64, None, None, "rings"), (0, (9, 11), False, "rings")],
+    ("cpu", 3): [(0, (3, 9), None, "rings")],
+    ("cuda", 2): [],
+    ("cuda", 3): [],
+}
 
 
 def synthesize_kernel(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -66,11 +76,37 @@ def conv_nd(spatial_dims: int):
     return F.conv2d if spatial_dims == 2 else F.conv3d
 
 
-def select_impl(impl: str, device: torch.device, spatial_dims: int, kernel_size: int) -> str:
-    """Resolve ``impl="auto"`` using the measured :data:`AUTO_TABLE`; other values pass through."""
+def select_impl(
+    impl: str,
+    device: torch.device,
+    spatial_dims: int,
+    kernel_size: int,
+    in_channels: int | None = None,
+    needs_grad: bool | None = None,
+) -> str:
+    """Resolve ``impl="auto"`` from the measured :data:`AUTO_TABLE`; other values pass through.
+
+    Args:
+        impl: requested implementation.
+        device: device of the input.
+        spatial_dims: 2 or 3.
+        kernel_size: odd kernel width.
+        in_channels: input channels (rules may depend on the width); ``None`` matches only width-free rules.
+        needs_grad: whether a backward pass will follow; ``None`` matches only rules valid for both.
+    """
     if impl != "auto":
         return impl
-    return AUTO_TABLE.get(device.type, "dense")
+    if kernel_size == 1:
+        return "dense"
+    for min_c, sizes, grad, choice in AUTO_TABLE.get((device.type, spatial_dims), []):
+        if min_c and (in_channels is None or in_channels < min_c):
+            continue
+        if sizes is not None and kernel_size not in sizes:
+            continue
+        if grad is not None and needs_grad is not grad:
+            continue
+        return choice
+    return "dense"
 
 
 def _match(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
@@ -123,7 +159,8 @@ def gmr_conv(
     if basis is None and (kernel is None or impl not in ("dense", "triton")):
         raise ValueError("gmr_conv needs basis unless a dense kernel is given with impl='dense'.")
     if impl == "auto":
-        impl = select_impl(impl, x.device, d, (kernel if kernel is not None else basis).shape[-1])
+        k = (kernel if kernel is not None else basis).shape[-1]
+        impl = select_impl(impl, x.device, d, k, x.shape[1], torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     pad = [padding] * d if isinstance(padding, int) else list(padding)
     if padding_mode != "zeros" and any(pad):
         x = _pad(x, pad, padding_mode)

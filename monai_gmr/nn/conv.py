@@ -265,7 +265,8 @@ class GMRConv(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"input has {x.shape[1]} channels but in_channels={self.in_channels}.")
-        impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size)
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
         kernel = self.dense_kernel() if impl == "dense" else None
         basis = self.basis() if kernel is None else None
         return gmr_conv(

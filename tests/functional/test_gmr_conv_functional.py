@@ -89,3 +89,28 @@ def test_all_padding_modes_and_strides_keep_shapes():
         m = GMRConv(2, 1, 1, 5, stride=stride, padding_mode=pmode)
         y = m(torch.randn(1, 1, 10, 10))
         assert y.shape == (1, 1, 10 // stride, 10 // stride)
+
+
+def test_auto_selection_follows_measured_table():
+    from monai_gmr.functional import select_impl
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert select_impl("dense", cpu, 2, 9, 128, True) == "dense"  # explicit choice passes through
+    assert select_impl("auto", cpu, 2, 5, 128, True) == "rings"  # wide 2D layers on CPU
+    assert select_impl("auto", cpu, 2, 5, 32, True) == "dense"
+    assert select_impl("auto", cpu, 2, 9, 32, False) == "rings"  # large kernels, inference
+    assert select_impl("auto", cpu, 2, 9, 32, True) == "dense"
+    assert select_impl("auto", cpu, 3, 5, 16, False) == "dense" and select_impl("auto", cpu, 3, 3, 16, False) == "rings"
+    assert select_impl("auto", cuda, 2, 9, 128, True) == "dense"
+    assert select_impl("auto", cpu, 2, 1, 128, True) == "dense"
+
+
+def test_auto_module_matches_dense_in_train_and_inference():
+    m = GMRConv(2, 64, 8, 5, impl="auto")
+    x = torch.randn(1, 64, 9, 9)
+    y_auto = m(x)
+    m.impl = "dense"
+    assert rel_err(y_auto, m(x)) < 1e-5
+    m.impl = "auto"
+    with torch.no_grad():
+        assert rel_err(m(x), y_auto) < 1e-5
