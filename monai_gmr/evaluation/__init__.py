@@ -1,1 +1,35 @@
-"""monai_gmr.evaluation."""
+"""monai_gmr.evaluation: rotation robustness (metrics per angle/flip, reports, handlers) and equivariance errors."""
+
+from __future__ import annotations
+
+from .equivariance import equivariance_error, group_equivariance_error, masked_rel_err
+from .handlers import RotationRobustnessHandler
+from .metrics import ClassificationAccumulator, ExactAUC, SegmentationAccumulator, roc_auc_exact, to_probabilities
+from .report import load_result, plot_polar, result_to_csv, save_csv, save_json, write_report, write_tensorboard
+from .robustness import RobustnessResult, binarize_label, parse_batch, rotation_robustness
+from .workflow import RotationRobustnessEvaluator, load_checkpoint
+
+__all__ = [
+    "equivariance_error",
+    "group_equivariance_error",
+    "masked_rel_err",
+    "RotationRobustnessHandler",
+    "ClassificationAccumulator",
+    "ExactAUC",
+    "SegmentationAccumulator",
+    "roc_auc_exact",
+    "to_probabilities",
+    "load_result",
+    "plot_polar",
+    "result_to_csv",
+    "save_csv",
+    "save_json",
+    "write_report",
+    "write_tensorboard",
+    "RobustnessResult",
+    "binarize_label",
+    "parse_batch",
+    "rotation_robustness",
+    "RotationRobustnessEvaluator",
+    "load_checkpoint",
+]

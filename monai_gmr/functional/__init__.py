@@ -13,6 +13,21 @@ from .basis import (
 )
 from .conv import AUTO_TABLE, IMPLS, PADDING_MODES, conv_nd, gmr_conv, same_padding, select_impl, synthesize_kernel
 from .groups import CubeElement, D4Element, cube_elements, d4_elements, group_elements
+from .rotation import (
+    INTERP_MODES,
+    Geometry,
+    central_disk_mask,
+    clear_rotation_cache,
+    flip,
+    flip_axis,
+    is_right_angle,
+    make_geometries,
+    rotate,
+    rotate_inverse,
+    rotation_matrix,
+    roundtrip_mask,
+    validity_mask,
+)
 
 __all__ = [
     "SMOOTHING_MODES",
@@ -37,4 +52,17 @@ __all__ = [
     "cube_elements",
     "d4_elements",
     "group_elements",
+    "INTERP_MODES",
+    "Geometry",
+    "central_disk_mask",
+    "clear_rotation_cache",
+    "flip",
+    "flip_axis",
+    "is_right_angle",
+    "make_geometries",
+    "rotate",
+    "rotate_inverse",
+    "rotation_matrix",
+    "roundtrip_mask",
+    "validity_mask",
 ]

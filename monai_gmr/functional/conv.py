@@ -29,7 +29,7 @@ __all__ = [
     "conv_nd",
 ]
 
-IMPLS = ("auto", "dense", "rings", "triton")
+IMPLS = ("auto", "dense", "rings")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # Measured choice of implementation: (device type, spatial_dims) -> rules, first match wins; no match -> "dense".
@@ -156,7 +156,7 @@ def gmr_conv(
     d = x.ndim - 2
     if d not in (2, 3):
         raise ValueError(f"input must have 2 or 3 spatial dims, got input shape {tuple(x.shape)}.")
-    if basis is None and (kernel is None or impl not in ("dense", "triton")):
+    if basis is None and (kernel is None or impl != "dense"):
         raise ValueError("gmr_conv needs basis unless a dense kernel is given with impl='dense'.")
     if impl == "auto":
         k = (kernel if kernel is not None else basis).shape[-1]
@@ -166,8 +166,7 @@ def gmr_conv(
         x = _pad(x, pad, padding_mode)
         pad = [0] * d
     conv = conv_nd(d)
-    if impl in ("dense", "triton"):
-        # "triton" falls back to dense until a fused kernel is registered (see functional/triton_conv.py).
+    if impl == "dense":
         if kernel is None:
             kernel = synthesize_kernel(weight, basis)
         return conv(x, _match(kernel, x), _match(bias, x), stride, pad, dilation, groups)

@@ -1,0 +1,121 @@
+"""Ignite handler running the rotation-robustness evaluation from a trainer or ``SupervisedEvaluator``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .report import write_report, write_tensorboard
+from .robustness import RobustnessResult, rotation_robustness
+
+__all__ = ["RotationRobustnessHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+class RotationRobustnessHandler:
+    """Run :func:`~monai_gmr.evaluation.rotation_robustness` on an Ignite/MONAI engine event.
+
+    On each firing it evaluates ``network`` (default: ``engine.network``) on ``data`` (default:
+    ``engine.data_loader``) on ``engine.state.device``, stores ``{prefix}_{metric}_{mean|std|min}`` in
+    ``engine.state.metrics`` (so checkpoint/early-stopping handlers can key on them), writes TensorBoard scalars
+    (:func:`~monai_gmr.evaluation.report.write_tensorboard`, ``step`` = epoch) when ``summary_writer`` or ``log_dir``
+    is given, and the JSON/CSV/PNG report when ``output_dir`` is given. The network's train/eval mode is restored.
+
+    Args:
+        data: iterable of batches (dicts with ``image``/``label``); ``None`` = ``engine.data_loader``.
+        network: model; ``None`` = ``engine.network``.
+        output_dir: where to write reports (``{prefix}_epoch{N}.json`` etc.; ``{prefix}.json`` at ``COMPLETED``).
+        summary_writer: a TensorBoard ``SummaryWriter``; or ``log_dir`` to create one lazily.
+        log_dir: TensorBoard directory.
+        event: ``"EPOCH_COMPLETED"`` (every ``interval`` epochs) or ``"COMPLETED"``.
+        interval: epochs between evaluations.
+        prefix: metric-name and file prefix.
+        plot: write the polar PNG with the report.
+        kwargs: forwarded to :func:`~monai_gmr.evaluation.rotation_robustness` (``angles``, ``flips``,
+            ``metrics``, ``task``, ``inferer``, ``label_transform``, ``model_name`` ...).
+
+    Example (bundle ``train.json`` / ``evaluate.json`` handler list)::
+
+        {"_target_": "monai_gmr.evaluation.RotationRobustnessHandler", "data": "@val#dataloader",
+         "angles": "$list(range(0, 360, 30))", "log_dir": "@output_dir", "event": "COMPLETED"}
+    """
+
+    def __init__(
+        self,
+        data: Any = None,
+        network: Callable | None = None,
+        output_dir: str | os.PathLike | None = None,
+        summary_writer: Any = None,
+        log_dir: str | os.PathLike | None = None,
+        event: str = "EPOCH_COMPLETED",
+        interval: int = 1,
+        prefix: str = "robustness",
+        plot: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if event not in ("EPOCH_COMPLETED", "COMPLETED"):
+            raise ValueError(f"event must be 'EPOCH_COMPLETED' or 'COMPLETED', got event={event!r}.")
+        if int(interval) < 1:
+            raise ValueError(f"interval must be >= 1, got interval={interval}.")
+        self.data = data
+        self.network = network
+        self.output_dir = output_dir
+        self.summary_writer = summary_writer
+        self.log_dir = log_dir
+        self.event = event
+        self.interval = int(interval)
+        self.prefix = prefix
+        self.plot = plot
+        self.kwargs = kwargs
+        self.last_result: RobustnessResult | None = None
+        self.history: list[tuple[int, RobustnessResult]] = []
+
+    def attach(self, engine: Any) -> None:
+        """Register on ``engine`` (Ignite ``Engine``, MONAI ``SupervisedTrainer``/``SupervisedEvaluator``)."""
+        from ignite.engine import Events
+
+        ev = Events.EPOCH_COMPLETED(every=self.interval) if self.event == "EPOCH_COMPLETED" else Events.COMPLETED
+        engine.add_event_handler(ev, self)
+
+    def _writer(self) -> Any:
+        if self.summary_writer is None and self.log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.summary_writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self.summary_writer
+
+    def __call__(self, engine: Any) -> None:
+        network = self.network if self.network is not None else getattr(engine, "network", None)
+        data = self.data if self.data is not None else getattr(engine, "data_loader", None)
+        if network is None or data is None:
+            raise ValueError("RotationRobustnessHandler needs network and data (or an engine with .network/.data_loader).")
+        kwargs = dict(self.kwargs)
+        kwargs.setdefault("device", getattr(engine.state, "device", None))
+        result = rotation_robustness(network, data, **kwargs)
+        epoch = int(getattr(engine.state, "epoch", 0) or 0)
+        self.last_result = result
+        self.history.append((epoch, result))
+        for m, s in result.summary().items():
+            for stat in ("mean", "std", "min"):
+                if s[stat] is not None:
+                    engine.state.metrics[f"{self.prefix}_{m}_{stat}"] = s[stat]
+        writer = self._writer()
+        if writer is not None:
+            write_tensorboard(result, writer, self.prefix, step=epoch)
+        if self.output_dir is not None:
+            stem = self.prefix if self.event == "COMPLETED" else f"{self.prefix}_epoch{epoch}"
+            write_report(result, self.output_dir, stem, plot=self.plot)
+        logger.info(
+            "rotation robustness (epoch %d): %s",
+            epoch,
+            ", ".join(f"{m} mean {s['mean']:.4f} std {s['std']:.4f}" for m, s in result.summary().items() if s["mean"] is not None),
+        )
+
+    def close(self) -> None:
+        """Close a writer created from ``log_dir``."""
+        if self.summary_writer is not None and self.log_dir is not None:
+            self.summary_writer.close()
+

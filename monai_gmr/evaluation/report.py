@@ -1,0 +1,198 @@
+"""Report writers for :class:`~monai_gmr.evaluation.robustness.RobustnessResult`: JSON, CSV, polar PNG, TensorBoard.
+
+Every file goes through :mod:`monai_gmr.utils` atomic helpers: the content is fully produced first and renamed
+onto its final path, so a report file is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text
+
+from .robustness import RobustnessResult
+
+__all__ = ["load_result", "plot_polar", "result_to_csv", "save_csv", "save_json", "write_report", "write_tensorboard"]
+
+
+def save_json(result: RobustnessResult, path: str | os.PathLike) -> Path:
+    """Write ``result.to_dict()`` (with the summary) as JSON, atomically."""
+    return atomic_write_json(path, result.to_dict())
+
+
+def load_result(path: str | os.PathLike) -> RobustnessResult:
+    """Read a JSON report written by :func:`save_json`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"robustness report {path} does not exist.")
+    return RobustnessResult.from_dict(json.loads(path.read_text()))
+
+
+def result_to_csv(result: RobustnessResult) -> str:
+    """CSV text: one row per view (``model, view, kind, angle, flip, <metrics...>``) then one row per summary
+    statistic (``kind=summary``, ``view`` = statistic name)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "view", "kind", "angle", "flip", *result.metrics])
+    for i, a in enumerate(result.angles):
+        w.writerow([result.model_name, f"rot{a:g}", "angle", f"{a:g}", "", *(_fmt(result.per_angle[m][i]) for m in result.metrics)])
+    for f, vals in result.per_flip.items():
+        w.writerow([result.model_name, f"flip_{f}", "flip", "0", f, *(_fmt(vals.get(m)) for m in result.metrics)])
+    summ = result.summary()
+    for stat in ("mean", "std", "min", "max", "range", "worst_angle"):
+        w.writerow([result.model_name, stat, "summary", "", "", *(_fmt(summ[m][stat]) for m in result.metrics)])
+    return buf.getvalue()
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{float(v):.6g}"
+
+
+def save_csv(result: RobustnessResult, path: str | os.PathLike) -> Path:
+    """Write :func:`result_to_csv` atomically."""
+    return atomic_write_text(path, result_to_csv(result))
+
+
+def _as_named(results: RobustnessResult | Sequence[RobustnessResult] | Mapping[str, RobustnessResult]) -> dict[str, RobustnessResult]:
+    if isinstance(results, RobustnessResult):
+        return {results.model_name: results}
+    if isinstance(results, Mapping):
+        return dict(results)
+    named: dict[str, RobustnessResult] = {}
+    for r in results:
+        name = r.model_name
+        i = 2
+        while name in named:
+            name = f"{r.model_name} ({i})"
+            i += 1
+        named[name] = r
+    return named
+
+
+def plot_polar(
+    results: RobustnessResult | Sequence[RobustnessResult] | Mapping[str, RobustnessResult],
+    path: str | os.PathLike,
+    metrics: Sequence[str] | None = None,
+    title: str | None = None,
+    rlim: tuple[float, float] | None = None,
+    dpi: int = 120,
+) -> Path:
+    """Polar plot PNG of each metric vs rotation angle, several models overlaid (one subplot per metric).
+
+    Args:
+        results: one result, a sequence (labelled by ``model_name``) or ``{label: result}``.
+        path: output file (format from the suffix, e.g. ``.png``), written atomically.
+        metrics: metrics to plot (default: those of the first result present in all results).
+        title: figure title.
+        rlim: radial limits (default: from the data, padded).
+        dpi: resolution.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    named = _as_named(results)
+    if not named:
+        raise ValueError("results must hold at least one RobustnessResult, got none.")
+    first = next(iter(named.values()))
+    metrics = list(metrics) if metrics is not None else [m for m in first.metrics if all(m in r.metrics for r in named.values())]
+    for m in metrics:
+        missing = [n for n, r in named.items() if m not in r.metrics]
+        if missing:
+            raise ValueError(f"metrics: {m!r} is missing from results {missing}.")
+    fig, axs = plt.subplots(1, len(metrics), subplot_kw={"projection": "polar"}, figsize=(4.2 * len(metrics), 4.4), squeeze=False)
+    for ax, m in zip(axs[0], metrics):
+        allv = []
+        for label, r in named.items():
+            order = np.argsort(np.mod(r.angles, 360.0))
+            th = np.deg2rad(np.mod(np.asarray(r.angles, dtype=float)[order], 360.0))
+            v = np.asarray(r.per_angle[m], dtype=float)[order]
+            if len(th) > 1:  # close the loop
+                th, v = np.append(th, th[0] + 2 * np.pi), np.append(v, v[0])
+            summ = r.summary()[m]
+            std = summ["std"]
+            ax.plot(th, v, marker="o", ms=2.5, lw=1.2, label=f"{label} (std {std:.3g})" if std is not None else label)
+            allv.extend(x for x in v if not math.isnan(x))
+        if rlim is not None:
+            ax.set_ylim(*rlim)
+        elif allv:
+            lo, hi = min(allv), max(allv)
+            pad = max(0.05 * (hi - lo), 1e-3)
+            bottom = lo - 4 * pad
+            ax.set_ylim(max(bottom, 0.0) if lo >= 0 else bottom, hi + pad)
+        ax.set_title(m, pad=12)
+        ax.tick_params(labelsize=7)
+    handles, labels = axs[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95 if title else 1))
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_tensorboard(result: RobustnessResult, writer: Any, tag_prefix: str = "robustness", step: int | None = None) -> None:
+    """Write scalars to a TensorBoard ``SummaryWriter``.
+
+    * ``{tag_prefix}/{model}/{metric}/by_angle`` with ``global_step`` = angle in degrees (rounded): the curve.
+    * ``{tag_prefix}/{model}/{metric}/flip_{f}`` at ``step``.
+    * ``{tag_prefix}/{model}/{metric}/{mean|std|min|worst_angle}`` at ``step`` (e.g. the epoch).
+    """
+    step = 0 if step is None else int(step)
+    base = f"{tag_prefix}/{result.model_name}"
+    for m in result.metrics:
+        for a, v in zip(result.angles, result.per_angle[m]):
+            if not math.isnan(v):
+                writer.add_scalar(f"{base}/{m}/by_angle", v, int(round(a)))
+        for f, vals in result.per_flip.items():
+            v = vals.get(m, math.nan)
+            if not math.isnan(v):
+                writer.add_scalar(f"{base}/{m}/flip_{f}", v, step)
+        for stat, v in result.summary()[m].items():
+            if stat in ("mean", "std", "min", "worst_angle") and v is not None:
+                writer.add_scalar(f"{base}/{m}/{stat}", v, step)
+    if hasattr(writer, "flush"):
+        writer.flush()
+
+
+def write_report(
+    result: RobustnessResult,
+    output_dir: str | os.PathLike,
+    prefix: str = "robustness",
+    plot: bool = True,
+    compare: Sequence[RobustnessResult] = (),
+) -> dict[str, Path]:
+    """Write ``{prefix}.json``, ``{prefix}.csv`` and (``plot``) ``{prefix}_polar.png`` into ``output_dir``.
+
+    Args:
+        result: the result to write.
+        output_dir: created if missing.
+        prefix: file name stem.
+        plot: also write the polar plot (``compare`` results overlaid).
+        compare: other results to overlay on the plot (e.g. a plain baseline).
+
+    Returns:
+        ``{"json": path, "csv": path[, "png": path]}``.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": save_json(result, out / f"{prefix}.json"), "csv": save_csv(result, out / f"{prefix}.csv")}
+    if plot:
+        paths["png"] = plot_polar([result, *compare], out / f"{prefix}_polar.png", title=f"rotation robustness ({result.task})")
+    return paths

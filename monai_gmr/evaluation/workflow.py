@@ -1,0 +1,112 @@
+"""Bundle-facing workflow step: evaluate rotation robustness and write the report (``.run()``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .report import load_result, write_report, write_tensorboard
+from .robustness import RobustnessResult, rotation_robustness
+
+__all__ = ["RotationRobustnessEvaluator", "load_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_KEYS = ("network", "model", "state_dict", "net", "network_weights")
+
+
+def load_checkpoint(network: torch.nn.Module, ckpt_path: str | os.PathLike, strict: bool = True) -> torch.nn.Module:
+    """Load weights into ``network`` from a plain ``state_dict`` file or a MONAI ``CheckpointSaver`` dict
+    (``{"network": sd}``, ``{"model": sd}``, ...). Loaded on CPU with ``weights_only=True``."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path {path} does not exist.")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for k in _STATE_KEYS:
+            if k in obj and isinstance(obj[k], dict):
+                obj = obj[k]
+                break
+        else:
+            raise ValueError(f"ckpt_path {path}: no state dict under keys {_STATE_KEYS}, found keys {sorted(obj)}.")
+    if not isinstance(obj, dict):
+        raise ValueError(f"ckpt_path {path}: expected a state dict, got {type(obj).__name__}.")
+    network.load_state_dict(obj, strict=strict)
+    return network
+
+
+class RotationRobustnessEvaluator:
+    """Rotation-robustness evaluation as a bundle workflow step.
+
+    ``run()`` evaluates (:func:`~monai_gmr.evaluation.rotation_robustness`), writes ``{prefix}.json``,
+    ``{prefix}.csv`` and ``{prefix}_polar.png`` into ``output_dir`` (atomically), TensorBoard scalars under
+    ``log_dir`` when given, and returns the :class:`RobustnessResult`.
+
+    Args:
+        network: the model (weights loaded from ``ckpt_path`` when given).
+        dataloader: iterable of dict batches with ``image``/``label`` (after the bundle's preprocessing).
+        output_dir: report directory.
+        device: device to run on (default: CUDA when available, else CPU).
+        ckpt_path: optional checkpoint to load first (see :func:`load_checkpoint`).
+        prefix: report file stem.
+        plot: write the polar plot.
+        compare: JSON reports of other models (paths) overlaid on the polar plot.
+        log_dir: TensorBoard log directory (optional).
+        kwargs: forwarded to :func:`~monai_gmr.evaluation.rotation_robustness` (``angles``, ``flips``,
+            ``metrics``, ``task``, ``inferer``, ``spatial_dims``, ``region``, ``label_transform``, ``model_name``...).
+
+    Bundle use (``evaluate.json``)::
+
+        "robustness": {"_target_": "monai_gmr.evaluation.RotationRobustnessEvaluator",
+                       "network": "@network", "dataloader": "@validate#dataloader",
+                       "output_dir": "$@bundle_root + '/eval/robustness'", "device": "@device",
+                       "angles": "$list(range(0, 360, 10))", "flips": ["h", "v"]},
+        "run": ["$@robustness.run()"]
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module | Callable,
+        dataloader: Any,
+        output_dir: str | os.PathLike,
+        device: torch.device | str | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        prefix: str = "robustness",
+        plot: bool = True,
+        compare: Sequence[str | os.PathLike] = (),
+        log_dir: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if output_dir is None:
+            raise ValueError("output_dir must be a directory path, got output_dir=None.")
+        self.network = network
+        self.dataloader = dataloader
+        self.output_dir = Path(output_dir)
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.ckpt_path = ckpt_path
+        self.prefix = prefix
+        self.plot = plot
+        self.compare = [Path(c) for c in compare]
+        self.log_dir = log_dir
+        self.kwargs = kwargs
+        self.result: RobustnessResult | None = None
+        self.paths: dict[str, Path] = {}
+
+    def run(self) -> RobustnessResult:
+        if self.ckpt_path is not None and isinstance(self.network, torch.nn.Module):
+            load_checkpoint(self.network, self.ckpt_path)
+        others = [load_result(c) for c in self.compare]
+        self.result = rotation_robustness(self.network, self.dataloader, device=self.device, **self.kwargs)
+        self.paths = write_report(self.result, self.output_dir, self.prefix, plot=self.plot, compare=others)
+        if self.log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(log_dir=str(self.log_dir)) as w:
+                write_tensorboard(self.result, w)
+        logger.info("rotation robustness report: %s", {k: str(v) for k, v in self.paths.items()})
+        return self.result

@@ -1,0 +1,573 @@
+"""Batched, device-agnostic rotations and reflections of images, probabilities and labels (2D and 3D).
+
+Conventions (shared by the TTA inferer, the robustness evaluator and the equivariance checks):
+
+* Spatial dims are the trailing ``spatial_dims`` dims of a tensor ``(..., *spatial)``; any leading dims
+  (batch, channel, views) are carried along, so ``(H, W)``, ``(C, H, W)`` and ``(N, C, H, W)`` all work.
+* A positive angle (degrees) rotates **counter-clockwise in (H, W) index space**, i.e. ``rotate(x, 90)`` equals
+  ``torch.rot90(x, 1, dims=(-2, -1))`` exactly, about the image centre ``((size - 1) / 2)``.
+* Multiples of 90 degrees and flips are exact index operations (``torch.rot90`` / ``torch.flip``): bit-exact, no
+  interpolation. For a non-square image an odd multiple of 90 swaps the two rotated dims, like ``torch.rot90``.
+  Other angles resample on the input grid (same output shape) with ``affine_grid``/``grid_sample``
+  (``align_corners=True``); ``bicubic`` exists in 2D only (``grid_sample`` limitation), use ``bilinear``
+  (= trilinear on 3D volumes) or ``nearest`` in 3D.
+* 3D: ``axes=(a, b)`` (spatial axis indices, 0 = D, 1 = H, 2 = W) picks the rotation plane, the rotation equals
+  ``torch.rot90(x, 1, dims=(a, b))`` at 90 degrees; the default plane is ``(1, 2)`` (H, W), i.e. about the depth
+  axis, so axial slices turn like 2D images. Euler angles ``angle=(a0, a1, a2)`` (with ``axes=None``) apply
+  rotations in the planes ``(1, 2)``, ``(2, 0)``, ``(0, 1)`` in that order, composed into one resampling.
+* The inverse of ``rotate(x, angle)`` is ``rotate_inverse(y, angle)`` (``rotate(y, -angle)`` for one plane).
+* ``validity_mask`` marks output pixels whose interpolation stencil lies entirely inside the input, so corners
+  filled by padding never count; ``roundtrip_mask`` does the same for rotate-then-rotate-back (TTA weights).
+
+Written with ``torch.nn.functional.affine_grid``/``grid_sample`` rather than MONAI's ``Rotate`` transform because
+the latter works on single unbatched images, rotates about a different centre convention and has no validity
+mask or exact path for right angles; these functions are pure batched tensor math usable inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "INTERP_MODES",
+    "PADDING_MODES_ROT",
+    "Geometry",
+    "central_disk_mask",
+    "clear_rotation_cache",
+    "flip",
+    "flip_axis",
+    "is_right_angle",
+    "make_geometries",
+    "rotate",
+    "rotate_inverse",
+    "rotation_matrix",
+    "roundtrip_mask",
+    "validity_mask",
+]
+
+INTERP_MODES = ("nearest", "bilinear", "bicubic")
+PADDING_MODES_ROT = ("zeros", "border", "reflection")
+_EULER_PLANES = ((1, 2), (2, 0), (0, 1))
+# how far (in pixels) outside [0, size - 1] a source coordinate may lie before its stencil reads padding
+_MARGIN = {"nearest": 0.5, "bilinear": 0.0, "bicubic": -1.0}
+_TOL = 1e-3  # pixel tolerance for float round-off in the validity test
+
+AngleLike = float | int | Sequence[float]
+
+
+def _check_spatial_dims(spatial_dims: int) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
+
+
+def _check_mode(mode: str, spatial_dims: int) -> str:
+    if mode == "trilinear":
+        mode = "bilinear"
+    if mode not in INTERP_MODES:
+        raise ValueError(f"mode must be one of {INTERP_MODES} (or 'trilinear'), got mode={mode!r}.")
+    if mode == "bicubic" and spatial_dims == 3:
+        raise ValueError("mode='bicubic' is 2D only (grid_sample limitation); use 'bilinear' or 'nearest' in 3D.")
+    return mode
+
+
+def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> list[tuple[tuple[int, int], float]]:
+    """Normalise ``angle``/``axes`` into a list of (plane, degrees) applied in order."""
+    _check_spatial_dims(spatial_dims)
+    if isinstance(angle, torch.Tensor):
+        angle = angle.tolist()
+    if isinstance(angle, (list, tuple)):
+        if spatial_dims != 3 or axes is not None or len(angle) != 3:
+            raise ValueError(
+                "angle may be a sequence only as 3 Euler angles in 3D with axes=None, "
+                f"got angle={angle!r}, spatial_dims={spatial_dims}, axes={axes!r}."
+            )
+        return [(p, float(a)) for p, a in zip(_EULER_PLANES, angle)]
+    if not isinstance(angle, (int, float)) or not math.isfinite(float(angle)):
+        raise ValueError(f"angle must be a finite number of degrees, got angle={angle!r}.")
+    if spatial_dims == 2:
+        if axes is not None and tuple(axes) not in ((0, 1), (1, 0), (-2, -1)):
+            raise ValueError(f"axes must be None or (0, 1) in 2D, got axes={axes!r}.")
+        plane = (0, 1) if axes is None or tuple(axes) != (1, 0) else (1, 0)
+        return [(plane, float(angle))]
+    if axes is None:
+        return [((1, 2), float(angle))]
+    axes = tuple(int(a) % 3 for a in axes)
+    if len(axes) != 2 or axes[0] == axes[1]:
+        raise ValueError(f"axes must be two distinct spatial axes in 0..2, got axes={axes!r}.")
+    return [(axes, float(angle))]  # type: ignore[list-item]
+
+
+def _quarter_turns(deg: float) -> int | None:
+    q = deg / 90.0
+    k = round(q)
+    return k % 4 if abs(q - k) < 1e-9 else None
+
+
+def is_right_angle(angle: AngleLike) -> bool:
+    """True when every angle is a multiple of 90 degrees (the exact index-op path applies)."""
+    if isinstance(angle, torch.Tensor):
+        angle = angle.tolist()
+    if isinstance(angle, (list, tuple)):
+        return all(_quarter_turns(float(a)) is not None for a in angle)
+    return _quarter_turns(float(angle)) is not None
+
+
+def rotation_matrix(angle: AngleLike, spatial_dims: int = 2, axes: Sequence[int] | None = None) -> torch.Tensor:
+    """Float64 matrix ``M`` mapping centred output index offsets to centred source offsets: ``y(o) = x(M o)``.
+
+    Args:
+        angle: degrees (or 3 Euler angles in 3D), see module docstring.
+        spatial_dims: 2 or 3.
+        axes: rotation plane in 3D.
+
+    Returns:
+        ``(spatial_dims, spatial_dims)`` float64 tensor (orthogonal).
+    """
+    m = torch.eye(spatial_dims, dtype=torch.float64)
+    for (a, b), deg in _planes(angle, spatial_dims, axes):
+        k = _quarter_turns(deg)
+        if k is not None:  # exact trig for right angles
+            c, s = ((1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))[k]
+        else:
+            r = math.radians(deg)
+            c, s = math.cos(r), math.sin(r)
+        p = torch.eye(spatial_dims, dtype=torch.float64)
+        p[a, a], p[a, b], p[b, a], p[b, b] = c, s, -s, c
+        m = m @ p  # applying R1 then R2: y(o) = x(M1 M2 o)
+    return m
+
+
+_CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+_CACHE_BUDGET_BYTES = 256 * 2**20  # per process; sampling grids/gather indices of recent (shape, angle, device)
+
+
+def clear_rotation_cache() -> None:
+    """Drop the cached sampling grids / gather indices (they are rebuilt on demand)."""
+    _CACHE.clear()
+
+
+def _cached(key: tuple, build: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Tiny LRU keyed by (kind, shape, matrix, device, ...) with a byte budget: evaluating 38 views per batch
+    reuses the same 38 grids for every batch instead of rebuilding them."""
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    val = build()
+    size = sum(t.numel() * t.element_size() for t in val)
+    if size <= _CACHE_BUDGET_BYTES // 8:
+        _CACHE[key] = val
+        total = sum(sum(t.numel() * t.element_size() for t in v) for v in _CACHE.values())
+        while total > _CACHE_BUDGET_BYTES and len(_CACHE) > 1:
+            _, old = _CACHE.popitem(last=False)
+            total -= sum(t.numel() * t.element_size() for t in old)
+    return val
+
+
+def _mkey(m: torch.Tensor) -> tuple[float, ...]:
+    return tuple(float(v) for v in m.flatten().tolist())
+
+
+def _source_grid(spatial_shape: Sequence[int], m: torch.Tensor, device, dtype) -> torch.Tensor:
+    """``affine_grid`` (align_corners=True) of the source coordinates of matrix ``m``: ``(1, *spatial, d)``."""
+    d = len(spatial_shape)
+    half = torch.tensor([max((s - 1) / 2.0, 0.5) for s in spatial_shape], dtype=torch.float64)
+    mn = (m * half[None, :]) / half[:, None]  # D^-1 M D in normalised coordinates
+    theta = torch.zeros(1, d, d + 1, dtype=torch.float64)
+    theta[0, :, :d] = mn.flip(0).flip(1)  # grid order is (x=W, y=H[, z=D]) = reversed spatial dims
+    return F.affine_grid(theta.to(device=device, dtype=dtype), [1, 1, *spatial_shape], align_corners=True)
+
+
+def _as_plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def _right_angle_turns(planes, inverse: bool) -> list[tuple[tuple[int, int], int]] | None:
+    """(plane, k) rot90 sequence when every plane angle is a right angle, else None."""
+    turns = [(p, _quarter_turns(d)) for p, d in planes]
+    if any(k is None for _, k in turns):
+        return None
+    if inverse:
+        turns = [(p, (-k) % 4) for p, k in reversed(turns)]
+    return turns  # type: ignore[return-value]
+
+
+def _source_coords(spatial_shape: Sequence[int], m: torch.Tensor, device) -> torch.Tensor:
+    """Float64 source index coordinates ``(*spatial, d)`` (spatial axis order) of every output pixel."""
+    c = torch.tensor([(s - 1) / 2.0 for s in spatial_shape], dtype=torch.float64, device=device)
+    coords = torch.meshgrid(*[torch.arange(s, dtype=torch.float64, device=device) for s in spatial_shape], indexing="ij")
+    off = torch.stack(coords, dim=-1) - c
+    return off @ m.to(device).T + c
+
+
+def _reflect(coord: torch.Tensor, size: int) -> torch.Tensor:
+    """``grid_sample(padding_mode="reflection", align_corners=True)`` coordinate reflection about 0 and size - 1."""
+    if size == 1:
+        return torch.zeros_like(coord)
+    period = 2.0 * (size - 1)
+    c = torch.remainder(coord.abs(), period)
+    return torch.where(c > size - 1, period - c, c)
+
+
+def _nearest_index(spatial: tuple[int, ...], m: torch.Tensor, device, padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat gather index and in-bounds mask of nearest-neighbour resampling (float64 coordinates)."""
+    src = _source_coords(spatial, m, device)
+    inside = torch.ones(spatial, dtype=torch.bool, device=device)
+    flat_idx = torch.zeros(spatial, dtype=torch.long, device=device)
+    for i, s in enumerate(spatial):
+        ci = src[..., i]
+        if padding_mode == "reflection":
+            ci = _reflect(ci, s)
+        idx = torch.round(ci).long()  # round half to even, like grid_sample's nearbyint
+        inside &= (idx >= 0) & (idx <= s - 1)
+        flat_idx = flat_idx * s + idx.clamp(0, s - 1)  # "border": clamped index
+    return flat_idx.reshape(-1), inside
+
+
+def _resample_nearest(x: torch.Tensor, m: torch.Tensor, spatial_dims: int, padding_mode: str) -> torch.Tensor:
+    """Nearest-neighbour resampling by integer gather: exact for every dtype (labels keep their ids) and the same
+    pixel choice for images and labels whatever their dtype (the coordinates are float64 for both)."""
+    lead = x.ndim - spatial_dims
+    spatial = tuple(x.shape[lead:])
+    flat_idx, inside = _cached(
+        ("nearest", spatial, _mkey(m), x.device, padding_mode), lambda: _nearest_index(spatial, m, x.device, padding_mode)
+    )
+    flat = x.reshape(*x.shape[:lead], -1)
+    out = flat[..., flat_idx].reshape(x.shape)
+    if padding_mode == "zeros":
+        out = out * inside if x.dtype != torch.bool else out & inside
+    return out
+
+
+def _resample(x: torch.Tensor, m: torch.Tensor, spatial_dims: int, mode: str, padding_mode: str) -> torch.Tensor:
+    if mode == "nearest":
+        return _resample_nearest(x, m, spatial_dims, padding_mode)
+    lead = x.ndim - spatial_dims
+    spatial = tuple(x.shape[lead:])
+    orig_dtype = x.dtype
+    if orig_dtype.is_floating_point and orig_dtype != torch.float16:
+        work_dtype = orig_dtype
+    else:
+        work_dtype = torch.float32
+    grid = _cached(
+        ("grid", spatial, _mkey(m), x.device, work_dtype), lambda: (_source_grid(spatial, m, x.device, work_dtype),)
+    )[0]
+    flat = x.reshape(1, -1, *spatial).to(work_dtype)  # fold all leading dims into channels: one grid for all
+    out = F.grid_sample(flat, grid, mode=mode, padding_mode=padding_mode, align_corners=True).reshape(x.shape)
+    if orig_dtype == torch.bool:
+        return out > 0.5
+    if not orig_dtype.is_floating_point:
+        return out.round().to(orig_dtype)
+    return out.to(orig_dtype)
+
+
+def _rotate(x, angle, spatial_dims, mode, axes, padding_mode, exact, inverse) -> torch.Tensor:
+    mode = _check_mode(mode, spatial_dims)
+    if padding_mode not in PADDING_MODES_ROT:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES_ROT}, got padding_mode={padding_mode!r}.")
+    if x.ndim < spatial_dims:
+        raise ValueError(f"x must have at least spatial_dims={spatial_dims} dims, got x.shape={tuple(x.shape)}.")
+    planes = _planes(angle, spatial_dims, axes)
+    x = _as_plain(x)
+    turns = _right_angle_turns(planes, inverse) if exact else None
+    if turns is not None:
+        lead = x.ndim - spatial_dims
+        for (a, b), k in turns:
+            if k:
+                x = torch.rot90(x, k, dims=(lead + a, lead + b))
+        return x
+    m = rotation_matrix(angle, spatial_dims, axes)
+    return _resample(x, m.T if inverse else m, spatial_dims, mode, padding_mode)
+
+
+def rotate(
+    x: torch.Tensor,
+    angle: AngleLike,
+    spatial_dims: int = 2,
+    mode: str = "bilinear",
+    axes: Sequence[int] | None = None,
+    padding_mode: str = "zeros",
+    exact: bool = True,
+) -> torch.Tensor:
+    """Rotate the trailing ``spatial_dims`` dims of ``x`` counter-clockwise by ``angle`` degrees about the centre.
+
+    Args:
+        x: ``(..., *spatial)`` tensor, any dtype. ``mode="nearest"`` is an integer gather (exact for labels of any
+            dtype, and images and labels pick the same pixels); interpolating modes sample integer/bool tensors in
+            float32 and round back. All leading dims share one sampling grid. MetaTensors come back as plain
+            tensors.
+        angle: degrees; in 3D also ``(a0, a1, a2)`` Euler angles (with ``axes=None``).
+        spatial_dims: 2 or 3.
+        mode: ``"nearest"``, ``"bilinear"`` (trilinear on volumes; also accepted as ``"trilinear"``) or
+            ``"bicubic"`` (2D only). Ignored on the exact right-angle path.
+        axes: 3D rotation plane ``(a, b)`` of spatial axes (default ``(1, 2)``).
+        padding_mode: ``grid_sample`` padding for pixels rotated in from outside (``"zeros"``, ``"border"``,
+            ``"reflection"``); see :func:`validity_mask` to exclude them.
+        exact: use ``torch.rot90`` for multiples of 90 degrees (bit-exact; odd multiples swap the plane's dims of
+            a non-square image). ``False`` resamples every angle on the input grid (shape kept).
+
+    Returns:
+        Rotated tensor, same dtype and device as ``x``; shape ``x.shape`` except for the right-angle case above.
+    """
+    return _rotate(x, angle, spatial_dims, mode, axes, padding_mode, exact, inverse=False)
+
+
+def rotate_inverse(
+    y: torch.Tensor,
+    angle: AngleLike,
+    spatial_dims: int = 2,
+    mode: str = "bilinear",
+    axes: Sequence[int] | None = None,
+    padding_mode: str = "zeros",
+    exact: bool = True,
+) -> torch.Tensor:
+    """Undo :func:`rotate` with the same ``angle``/``axes`` (one resampling with the transposed matrix).
+
+    Exact (bit-for-bit) for multiples of 90 degrees; for other angles it is a second resampling and only pixels
+    in :func:`roundtrip_mask` are free of padding.
+    """
+    return _rotate(y, angle, spatial_dims, mode, axes, padding_mode, exact, inverse=True)
+
+
+def _valid_from_matrix(spatial_shape, m: torch.Tensor, mode: str, device) -> torch.Tensor:
+    src = _source_coords(spatial_shape, m, device)
+    sizes = torch.tensor(spatial_shape, dtype=torch.float64, device=src.device)
+    if mode == "nearest":  # exactly the test used by _resample_nearest
+        idx = torch.round(src)
+        return ((idx >= 0) & (idx <= sizes - 1)).all(dim=-1)
+    margin = _MARGIN[mode]
+    return ((src >= -margin - _TOL) & (src <= sizes - 1.0 + margin + _TOL)).all(dim=-1)
+
+
+def validity_mask(
+    spatial_shape: Sequence[int],
+    angle: AngleLike,
+    spatial_dims: int = 2,
+    mode: str = "bilinear",
+    axes: Sequence[int] | None = None,
+    exact: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Boolean mask of output pixels of ``rotate(x, angle, mode=mode)`` computed from input pixels only.
+
+    A pixel is valid when the whole interpolation stencil of its source point lies inside the input:
+    ``nearest`` -> the nearest input pixel exists (exact, same rounding as the resampling); ``bilinear`` -> source
+    in ``[0, size - 1]``; ``bicubic`` -> source in ``[1, size - 2]`` (the 4x4 stencil). Tolerance 1e-3 pixel for
+    the interpolating modes (a padded neighbour may then carry a weight of at most 1e-3).
+
+    Args:
+        spatial_shape: spatial shape of the *input* image (``spatial_dims`` ints).
+        angle, spatial_dims, mode, axes, exact: as in :func:`rotate`.
+        device: device of the returned mask.
+
+    Returns:
+        bool tensor of the output spatial shape (all True on the exact right-angle path).
+    """
+    mode = _check_mode(mode, spatial_dims)
+    spatial_shape = _check_shape(spatial_shape, spatial_dims)
+    planes = _planes(angle, spatial_dims, axes)
+    turns = _right_angle_turns(planes, False) if exact else None
+    if turns is not None:
+        shape = list(spatial_shape)
+        for (a, b), k in turns:
+            if k % 2:
+                shape[a], shape[b] = shape[b], shape[a]
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    return _valid_from_matrix(spatial_shape, rotation_matrix(angle, spatial_dims, axes), mode, device)
+
+
+def _check_shape(spatial_shape, spatial_dims) -> tuple[int, ...]:
+    spatial_shape = tuple(int(s) for s in spatial_shape)
+    if len(spatial_shape) != spatial_dims or min(spatial_shape) < 1:
+        raise ValueError(f"spatial_shape must be {spatial_dims} positive ints, got spatial_shape={spatial_shape}.")
+    return spatial_shape
+
+
+def roundtrip_mask(
+    spatial_shape: Sequence[int],
+    angle: AngleLike,
+    spatial_dims: int = 2,
+    mode: str = "bilinear",
+    axes: Sequence[int] | None = None,
+    exact: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Mask of input pixels ``p`` where ``rotate_inverse(f(rotate(x, angle)), angle)`` reads only real pixels.
+
+    ``p`` is valid when the back-rotation stencil at ``p`` lies inside the rotated frame and every rotated pixel
+    in that stencil is itself valid (:func:`validity_mask`); ``f`` is assumed pointwise in space. Used as
+    per-view weights by the TTA inferer.
+
+    Returns:
+        bool tensor of ``spatial_shape`` (all True for right angles).
+    """
+    mode = _check_mode(mode, spatial_dims)
+    spatial_shape = _check_shape(spatial_shape, spatial_dims)
+    fwd = validity_mask(spatial_shape, angle, spatial_dims, mode, axes, exact, device)
+    if bool(fwd.all()):
+        return torch.ones(spatial_shape, dtype=torch.bool, device=fwd.device)
+    v = fwd.to(torch.float64)
+    if mode == "bicubic":  # the 4x4 stencil lies inside the 2x2 bilinear stencil dilated by one pixel
+        v = -F.max_pool2d(-v[None, None], 3, stride=1, padding=1)[0, 0]
+    back_mode = "nearest" if mode == "nearest" else "bilinear"
+    m_inv = rotation_matrix(angle, spatial_dims, axes).T
+    back = _resample(v, m_inv, spatial_dims, back_mode, "zeros")
+    inv_valid = _valid_from_matrix(tuple(fwd.shape), m_inv, back_mode, fwd.device)
+    return (back >= 1.0 - 1e-6) & inv_valid
+
+
+_FLIP_NAMES = {2: {"v": 0, "h": 1}, 3: {"d": 0, "v": 1, "h": 2}}
+
+
+def flip_axis(axis: int | str, spatial_dims: int = 2) -> int:
+    """Spatial axis index of a flip name: ``"h"`` (horizontal, mirrors W), ``"v"`` (vertical, mirrors H), ``"d"``
+    (3D depth); ints are spatial axis indices (negative allowed)."""
+    _check_spatial_dims(spatial_dims)
+    if isinstance(axis, str):
+        if axis not in _FLIP_NAMES[spatial_dims]:
+            raise ValueError(f"flip axis must be one of {sorted(_FLIP_NAMES[spatial_dims])} or an int, got axis={axis!r}.")
+        return _FLIP_NAMES[spatial_dims][axis]
+    if not -spatial_dims <= int(axis) < spatial_dims:
+        raise ValueError(f"flip axis must be in [-{spatial_dims}, {spatial_dims - 1}], got axis={axis!r}.")
+    return int(axis) % spatial_dims
+
+
+def flip(x: torch.Tensor, axis: int | str, spatial_dims: int = 2) -> torch.Tensor:
+    """Mirror ``x`` along one spatial axis (exact; its own inverse). See :func:`flip_axis` for names."""
+    a = flip_axis(axis, spatial_dims)
+    x = _as_plain(x)
+    return torch.flip(x, dims=(x.ndim - spatial_dims + a,))
+
+
+def central_disk_mask(
+    spatial_shape: Sequence[int], radius_frac: float = 0.35, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Bool disk (2D) / ball (3D) about the centre ``(size - 1) / 2`` of radius ``radius_frac * min(size)``.
+
+    With ``radius_frac <= 0.5 - 1/min(size)`` the disk stays inside the image under any rotation, so it is the
+    same set of image content at every angle (used for equivariance errors and fair cross-angle comparisons).
+    """
+    if not 0 < radius_frac <= 0.5:
+        raise ValueError(f"radius_frac must be in (0, 0.5], got radius_frac={radius_frac}.")
+    spatial_shape = tuple(int(s) for s in spatial_shape)
+    r = radius_frac * min(spatial_shape)
+    coords = torch.meshgrid(
+        *[torch.arange(s, dtype=torch.float64, device=device) - (s - 1) / 2.0 for s in spatial_shape], indexing="ij"
+    )
+    return sum(c**2 for c in coords) <= r * r + 1e-9  # type: ignore[operator]
+
+
+def _fmt_angle(a: float) -> str:
+    return f"{a:g}".replace("-", "m")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A flip (optional, applied first) followed by a rotation; the unit shared by TTA, robustness and tests.
+
+    Args:
+        angle: degrees (or 3 Euler angles in 3D), see :func:`rotate`.
+        flip: ``None``, ``"h"``, ``"v"``, ``"d"`` (3D) or a spatial axis index.
+        spatial_dims: 2 or 3.
+        axes: 3D rotation plane.
+        padding_mode: padding for rotated-in pixels.
+    """
+
+    angle: float | tuple[float, float, float] = 0.0
+    flip: str | int | None = None
+    spatial_dims: int = 2
+    axes: tuple[int, int] | None = None
+    padding_mode: str = "zeros"
+
+    def __post_init__(self):
+        if isinstance(self.angle, (list, tuple, torch.Tensor)):  # keep the dataclass hashable (used as cache key)
+            object.__setattr__(self, "angle", tuple(float(a) for a in (self.angle.tolist() if isinstance(self.angle, torch.Tensor) else self.angle)))
+        if self.axes is not None:
+            object.__setattr__(self, "axes", tuple(int(a) for a in self.axes))
+        _planes(self.angle, self.spatial_dims, self.axes)  # validates
+        if self.flip is not None:
+            flip_axis(self.flip, self.spatial_dims)
+
+    @property
+    def name(self) -> str:
+        """e.g. ``"rot30"``, ``"rot0_flip_h"`` -> ``"flip_h"``, ``"rot90_flip_v"``, ``"rot(10,0,20)"``."""
+        if isinstance(self.angle, (tuple, list)):
+            rot = "rot(" + ",".join(_fmt_angle(float(a)) for a in self.angle) + ")"
+            is_id = all(float(a) == 0 for a in self.angle)
+        else:
+            rot = "rot" + _fmt_angle(float(self.angle))
+            is_id = float(self.angle) == 0
+        if self.axes is not None and self.spatial_dims == 3:
+            rot += "_ax" + "".join(str(a) for a in self.axes)
+        if self.flip is None:
+            return rot
+        return ("" if is_id else rot + "_") + f"flip_{self.flip}"
+
+    @property
+    def is_exact(self) -> bool:
+        """True when :meth:`apply` is a pure index operation (right angles and flips)."""
+        return is_right_angle(self.angle)
+
+    def apply(self, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        """Flip then rotate ``x`` (``(..., *spatial)``)."""
+        if self.flip is not None:
+            x = flip(x, self.flip, self.spatial_dims)
+        return rotate(x, self.angle, self.spatial_dims, mode, self.axes, self.padding_mode)
+
+    def invert(self, y: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        """Undo :meth:`apply` (rotate back, then flip)."""
+        y = rotate_inverse(y, self.angle, self.spatial_dims, mode, self.axes, self.padding_mode)
+        if self.flip is not None:
+            y = flip(y, self.flip, self.spatial_dims)
+        return y
+
+    def valid_mask(self, spatial_shape: Sequence[int], mode: str = "bilinear", device=None) -> torch.Tensor:
+        """Bool mask (output frame of :meth:`apply`) of pixels that came from inside the input."""
+        return validity_mask(spatial_shape, self.angle, self.spatial_dims, mode, self.axes, device=device)
+
+    def roundtrip_mask(self, spatial_shape: Sequence[int], mode: str = "bilinear", device=None) -> torch.Tensor:
+        """Bool mask (input frame) of pixels where ``invert(f(apply(x)))`` reads real pixels only."""
+        m = roundtrip_mask(spatial_shape, self.angle, self.spatial_dims, mode, self.axes, device=device)
+        return m if self.flip is None else flip(m, self.flip, self.spatial_dims)
+
+
+def make_geometries(
+    angles: Sequence[AngleLike] = (0,),
+    flips: Sequence[str | int] = (),
+    spatial_dims: int = 2,
+    axes: Sequence[int] | None = None,
+    product: bool = False,
+    padding_mode: str = "zeros",
+) -> list[Geometry]:
+    """List of geometries: every angle (no flip), then either each flip alone (``product=False``, the robustness
+    layout: 36 angles + 2 flips = 38 views) or every flip combined with every angle (``product=True``, the TTA
+    layout: angles (0, 90, 180, 270) x flips ("h",) = the 8 elements of D4)."""
+    angles = list(angles)
+    flips = list(flips) if flips is not None else []
+    if not angles:
+        raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
+    ax = tuple(axes) if axes is not None else None
+    geoms = [Geometry(_norm_angle(a), None, spatial_dims, ax, padding_mode) for a in angles]  # type: ignore[arg-type]
+    for f in flips:
+        if product:
+            geoms += [Geometry(_norm_angle(a), f, spatial_dims, ax, padding_mode) for a in angles]  # type: ignore[arg-type]
+        else:
+            geoms.append(Geometry(0.0, f, spatial_dims, ax, padding_mode))  # type: ignore[arg-type]
+    names = [g.name for g in geoms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"angles/flips produce duplicate views {names}; got angles={angles!r}, flips={flips!r}.")
+    return geoms
+
+
+def _norm_angle(a: AngleLike) -> float | tuple[float, ...]:
+    if isinstance(a, torch.Tensor):
+        a = a.tolist()
+    if isinstance(a, (list, tuple)):
+        return tuple(float(v) for v in a)
+    return float(a)

@@ -1,0 +1,189 @@
+"""Report writers (atomic JSON/CSV/PNG, TensorBoard), the Ignite handler, the bundle evaluator and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+import monai_gmr
+import monai_gmr.utils as mutils
+from monai_gmr.evaluation import (
+    RobustnessResult,
+    RotationRobustnessEvaluator,
+    RotationRobustnessHandler,
+    load_result,
+    plot_polar,
+    rotation_robustness,
+    save_json,
+    write_report,
+)
+from monai_gmr.evaluation.__main__ import main as cli_main
+
+
+def _result(name: str = "gmr", shift: float = 0.0) -> RobustnessResult:
+    angles = [0.0, 90.0, 180.0, 270.0]
+    return RobustnessResult(
+        model_name=name,
+        task="segmentation",
+        metrics=["dice", "auc"],
+        angles=angles,
+        flips=["h"],
+        per_angle={"dice": [0.8 - shift, 0.7, 0.75, 0.8], "auc": [0.9, 0.9, 0.9, 0.9]},
+        per_flip={"h": {"dice": 0.78, "auc": 0.9}},
+        n_images=3,
+    )
+
+
+def _listing(d) -> list[str]:
+    return sorted(os.listdir(d))
+
+
+def test_write_report_json_csv_png(tmp_path):
+    r = _result()
+    paths = write_report(r, tmp_path, compare=[_result("plain", 0.1)])
+    assert _listing(tmp_path) == ["robustness.csv", "robustness.json", "robustness_polar.png"]
+    back = load_result(paths["json"])
+    assert back.per_angle == r.per_angle and back.per_flip == r.per_flip
+    d = json.loads(paths["json"].read_text())
+    assert d["summary"]["dice"]["worst_angle"] == 90.0
+    assert d["summary"]["dice"]["std"] == pytest.approx(torch.tensor([0.8, 0.7, 0.75, 0.8]).std(unbiased=False).item())
+    rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    assert [row["view"] for row in rows[:5]] == ["rot0", "rot90", "rot180", "rot270", "flip_h"]
+    assert float(rows[1]["dice"]) == 0.7 and rows[4]["flip"] == "h"
+    assert {row["view"] for row in rows if row["kind"] == "summary"} >= {"mean", "std", "min", "worst_angle"}
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_write_failing_midway_leaves_old_report_whole(tmp_path, monkeypatch):
+    target = tmp_path / "robustness.json"
+    save_json(_result(), target)
+    old = target.read_bytes()
+
+    def boom(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mutils.os, "fsync", boom)  # fails after the bytes were written to the temp file
+    with pytest.raises(OSError, match="disk full"):
+        save_json(_result("other"), target)
+    assert target.read_bytes() == old
+    assert _listing(tmp_path) == ["robustness.json"]  # no temp file left behind
+    with pytest.raises(OSError):
+        save_json(_result(), tmp_path / "new.json")
+    assert not (tmp_path / "new.json").exists() and _listing(tmp_path) == ["robustness.json"]
+
+
+def test_png_write_failing_midway_leaves_nothing(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    def partial_savefig(self, fname, *a, **k):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", partial_savefig)
+    with pytest.raises(RuntimeError, match="renderer"):
+        plot_polar([_result(), _result("b")], tmp_path / "polar.png")
+    assert _listing(tmp_path) == []
+
+
+def test_plot_metric_errors(tmp_path):
+    with pytest.raises(ValueError, match="metrics"):
+        plot_polar([_result()], tmp_path / "p.png", metrics=["iou"])
+    with pytest.raises(ValueError, match="results"):
+        plot_polar([], tmp_path / "p.png")
+
+
+class _Writer:
+    def __init__(self):
+        self.scalars = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, float(value), int(step)))
+
+
+def _seg_data(n_batches: int = 2, size: int = 16):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n_batches):
+        lab = (torch.rand(2, 1, size, size, generator=g) > 0.6).long()
+        out.append({"image": lab.float() + 0.3 * torch.randn(lab.shape, generator=g), "label": lab})
+    return out
+
+
+def test_handler_on_ignite_engine_and_tensorboard(tmp_path):
+    net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 3))
+    net.train()
+    engine = Engine(lambda e, b: None)
+    engine.network = net
+    writer = _Writer()
+    h = RotationRobustnessHandler(data=_seg_data(), summary_writer=writer, output_dir=tmp_path, angles=(0, 45, 90),
+                                  flips=("h",), metrics=("dice", "auc"))
+    h.attach(engine)
+    engine.run([0, 1], max_epochs=2)
+    assert net.training  # mode restored
+    assert len(h.history) == 2 and h.last_result is not None
+    assert {"robustness_dice_mean", "robustness_dice_std", "robustness_auc_min"} <= set(engine.state.metrics)
+    assert engine.state.metrics["robustness_dice_mean"] == pytest.approx(h.last_result.summary()["dice"]["mean"])
+    tags = {t for t, _, _ in writer.scalars}
+    assert "robustness/model/dice/by_angle" in tags and "robustness/model/auc/flip_h" in tags
+    steps = sorted(s for t, _, s in writer.scalars if t == "robustness/model/dice/by_angle")
+    assert steps == [0, 0, 45, 45, 90, 90]  # one curve per epoch, step = angle
+    assert "robustness_epoch2.json" in _listing(tmp_path)
+
+
+def test_handler_real_tensorboard_files(tmp_path):
+    engine = Engine(lambda e, b: None)
+    h = RotationRobustnessHandler(data=_seg_data(1), network=torch.nn.Conv2d(1, 2, 1), log_dir=tmp_path / "tb",
+                                  event="COMPLETED", angles=(0, 30), flips=())
+    h.attach(engine)
+    engine.run([0], max_epochs=1)
+    h.close()
+    files = os.listdir(tmp_path / "tb")
+    assert any(f.startswith("events.out.tfevents") for f in files)
+
+
+def test_evaluator_run_and_cli(tmp_path):
+    net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 3))
+    ckpt = tmp_path / "model.pt"
+    torch.save({"network": net.state_dict()}, ckpt)
+    fresh = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 3))
+    ev = RotationRobustnessEvaluator(fresh, _seg_data(), tmp_path / "out", device="cpu", ckpt_path=ckpt,
+                                     angles=(0, 90, 45), flips=("v",), model_name="gmr")
+    res = ev.run()
+    ref = rotation_robustness(net, _seg_data(), angles=(0, 90, 45), flips=("v",))
+    assert res.per_angle == ref.per_angle
+    assert _listing(tmp_path / "out") == ["robustness.csv", "robustness.json", "robustness_polar.png"]
+
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "device": "$torch.device('cpu')",
+        "network_def": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                        "kernel_size": 3},
+        "network": "$@network_def.to(@device)",
+        "validate": {"dataloader": {
+            "_target_": "monai.data.DataLoader", "batch_size": 2,
+            "dataset": {"_target_": "monai.data.Dataset", "data": "$[{'image': torch.rand(1, 16, 16), "
+                        "'label': (torch.rand(1, 16, 16) > 0.5).long()} for _ in range(3)]"}}},
+        "robustness": {"angles": [0, 90], "flips": []},
+    }
+    cfg_path = tmp_path / "evaluate.json"
+    cfg_path.write_text(json.dumps(cfg))
+    torch.save(net[0].state_dict(), tmp_path / "conv.pt")
+    out = cli_main(str(cfg_path), ckpt_path=str(tmp_path / "conv.pt"), output_dir=str(tmp_path / "cli"),
+                   compare=str(tmp_path / "out" / "robustness.json"), **{"angles": [0, 90, 180], "validate#dataloader#batch_size": 3})
+    saved = load_result(tmp_path / "cli" / "robustness.json")
+    assert saved.angles == [0.0, 90.0, 180.0] and saved.flips == [] and saved.n_images == 3
+    assert saved.model_name == "conv"
+    assert out["summary"]["dice"]["std"] == pytest.approx(0.0, abs=1e-6)  # GMR conv: equal at right angles
+    with pytest.raises(ValueError, match="unknown option"):
+        cli_main(str(cfg_path), output_dir=str(tmp_path / "x"), anglez=[0])
+    with pytest.raises(FileNotFoundError, match="config_file"):
+        cli_main(str(tmp_path / "missing.json"), output_dir=str(tmp_path / "x"))
+    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+        cli_main(str(cfg_path), ckpt_path=str(tmp_path / "nope.pt"), output_dir=str(tmp_path / "x"))

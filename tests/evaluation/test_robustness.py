@@ -1,0 +1,185 @@
+"""rotation_robustness: identity/equivariant networks, hand-computed toy cases, 3D, classification, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import monai_gmr
+from monai_gmr.evaluation import RobustnessResult, rotation_robustness
+
+
+def _blob_labels(n: int = 3, size: int = 40) -> torch.Tensor:
+    lab = torch.zeros(n, 1, size, size, dtype=torch.long)
+    for i in range(n):
+        lab[i, 0, 6 + 2 * i : 24, 4 : 20 + 3 * i] = 1
+        lab[i, 0, 28:34, 25 + i : 36] = 1
+    return lab
+
+
+def _identity_net(x: torch.Tensor) -> torch.Tensor:
+    """'Segments' its input: 2-channel logits whose argmax is the input label."""
+    return torch.cat([1 - x, x], 1) * 10.0
+
+
+def test_identity_network_scores_one_at_every_angle():
+    lab = _blob_labels()
+    for region in ("valid", "disk"):
+        r = rotation_robustness(_identity_net, (lab.float(), lab), angles=range(0, 360, 25), image_mode="nearest", region=region)
+        for m in ("dice", "iou", "auc"):
+            assert r.per_angle[m] == [1.0] * 15, (region, m)
+            assert r.per_flip["h"][m] == 1.0 and r.per_flip["v"][m] == 1.0
+        s = r.summary()["dice"]
+        assert s["mean"] == 1.0 and s["std"] == 0.0 and s["min"] == 1.0
+    assert r.n_images == 3 and r.settings["forward_passes_per_batch"] == 17
+
+
+def test_padded_corners_never_count():
+    """Label all foreground, network predicts foreground everywhere: the zero-padded rotated-in corners of the
+    label would be false positives if they were scored."""
+    lab = torch.ones(2, 1, 32, 32, dtype=torch.long)
+    net = lambda x: torch.cat([torch.zeros_like(x), torch.ones_like(x)], 1)  # noqa: E731
+    r = rotation_robustness(net, (lab.float(), lab), angles=(0, 30, 45), flips=(), metrics=("dice", "iou"))
+    assert r.per_angle["dice"] == [1.0, 1.0, 1.0] and r.per_angle["iou"] == [1.0, 1.0, 1.0]
+
+
+def test_fixed_prediction_hand_computed():
+    """A network ignoring its input (always predicts the top-left quadrant) against a label in the top-left
+    quadrant: Dice 1 at 0 degrees, 0 at 90/180/270, and flips move the label out of the quadrant too."""
+    lab = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    lab[0, 0, :4, :4] = 1
+    pred = torch.zeros(1, 1, 8, 8)
+    pred[0, 0, :4, :3] = 1.0  # 12 of the 16 label pixels
+
+    def net(x):
+        return torch.cat([1 - pred, pred], 1).expand(x.shape[0], -1, -1, -1) * 5
+
+    r = rotation_robustness(net, (lab.float(), lab), angles=(0, 90, 180, 270), flips=("h",), metrics=("dice", "iou", "auc"))
+    assert r.per_angle["dice"][0] == pytest.approx(2 * 12 / (12 + 16))
+    assert r.per_angle["iou"][0] == pytest.approx(12 / 16)
+    # 90: label -> bottom-left quadrant; overlap with pred (top-left) is empty
+    assert r.per_angle["dice"][1:] == [0.0, 0.0, 0.0]
+    assert r.per_flip["h"]["dice"] == 0.0
+    # AUC at 0: positives 16 (12 high, 4 low), negatives 48 (all low): U = 12 * 48 + 4 * 48 / 2 = 672
+    assert r.per_angle["auc"][0] == pytest.approx(672 / (16 * 48))
+    s = r.summary()["dice"]
+    assert s["worst_angle"] == 90.0 and s["max"] == pytest.approx(24 / 28)
+
+
+def test_pointwise_network_identical_at_right_angles_and_flips():
+    torch.manual_seed(1)
+    lab = _blob_labels()
+    img = lab.float() + 0.4 * torch.randn(lab.shape)
+    net = torch.nn.Conv2d(1, 2, 1)  # pointwise: exactly equivariant, bit-exact under index permutations
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1))
+        net.bias.copy_(torch.tensor([0.0, -0.5]))
+    r = rotation_robustness(net, {"image": img, "label": lab}, angles=(0, 90, 180, 270))
+    for m in ("dice", "iou", "auc"):
+        v = r.per_angle[m]
+        assert v == [v[0]] * 4, m
+        assert r.per_flip["h"][m] == v[0] and r.per_flip["v"][m] == v[0]
+        assert 0.2 < v[0] < 1.0
+        assert r.summary()[m]["std"] == 0.0
+
+
+def test_gmr_network_identical_metrics_at_right_angles():
+    torch.manual_seed(2)
+    lab = _blob_labels()
+    img = lab.float() + 0.5 * torch.randn(lab.shape)
+    net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 5), torch.nn.Softmax(dim=1))
+    r = rotation_robustness(net, (img, lab), angles=(0, 90, 180, 270), activation=None)
+    for m in ("dice", "iou", "auc"):
+        v = r.per_angle[m]
+        # the conv sums in a different order under rotation (~1e-7 relative), so AUC ties may move in the 7th digit
+        assert max(v) - min(v) < 1e-6, (m, v)
+        assert abs(r.per_flip["h"][m] - v[0]) < 1e-6
+
+
+def test_plain_network_varies_with_angle():
+    torch.manual_seed(3)
+    lab = _blob_labels()
+    img = lab.float() + 0.5 * torch.randn(lab.shape)
+    net = torch.nn.Conv2d(1, 2, 5, padding=2)
+    r = rotation_robustness(net, (img, lab), angles=(0, 90, 180, 270), flips=())
+    assert r.summary()["dice"]["std"] > 1e-4
+
+
+def test_3d_identity_and_axes():
+    lab = torch.zeros(2, 1, 12, 12, 12, dtype=torch.long)
+    lab[:, :, 2:9, 3:8, 4:11] = 1
+    lab[1, :, 8:11, 8:11, 1:4] = 1
+
+    def net(x):
+        return torch.cat([1 - x, x], 1) * 10.0
+
+    for axes in (None, (0, 2)):
+        r = rotation_robustness(net, (lab.float(), lab), angles=(0, 30, 90, 200), flips=("d", "h"), spatial_dims=3,
+                                axes=axes, image_mode="nearest")
+        assert r.per_angle["dice"] == [1.0] * 4 and r.per_flip["d"]["dice"] == 1.0
+    with pytest.raises(ValueError, match="bicubic"):
+        rotation_robustness(net, (lab.float(), lab), angles=(30,), spatial_dims=3, image_mode="bicubic")
+
+
+def test_classification_invariant_head():
+    torch.manual_seed(4)
+    x = torch.randn(6, 1, 16, 16)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    # global mean of a pointwise map: exactly invariant to right angles and flips
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    r = rotation_robustness(net, [(x[:4], y[:4]), (x[4:], y[4:])], angles=(0, 90, 180, 270), task="classification")
+    assert r.metrics == ["accuracy", "auc"] and r.n_images == 6
+    for m in r.metrics:
+        v = r.per_angle[m]
+        assert max(v) - min(v) < 1e-9 and abs(r.per_flip["v"][m] - v[0]) < 1e-9
+    with torch.no_grad():
+        p1 = net(x).softmax(1)[:, 1]
+    expect_acc = float(((p1 > 0.5).long() == y).float().mean())
+    assert r.per_angle["accuracy"][0] == pytest.approx(expect_acc)
+
+
+def test_result_roundtrip_and_nan_handling():
+    r = RobustnessResult("m", "segmentation", ["dice"], [0.0, 90.0], [], {"dice": [float("nan"), 0.5]})
+    s = r.summary()["dice"]
+    assert s["mean"] == 0.5 and s["worst_angle"] == 90.0 and s["at_0"] is None
+    d = r.to_dict()
+    assert d["per_angle"]["dice"][0] is None
+    r2 = RobustnessResult.from_dict(d)
+    assert r2.per_angle["dice"][1] == 0.5 and r2.summary() == r.summary()
+
+
+def test_bad_arguments():
+    lab = _blob_labels(1, 16)
+    data = (lab.float(), lab)
+    with pytest.raises(ValueError, match="angles"):
+        rotation_robustness(_identity_net, data, angles=[])
+    with pytest.raises(ValueError, match="metrics"):
+        rotation_robustness(_identity_net, data, metrics=("dice", "hausdorff"))
+    with pytest.raises(ValueError, match="metrics"):
+        rotation_robustness(_identity_net, data, metrics=("accuracy",))
+    with pytest.raises(ValueError, match="label"):
+        rotation_robustness(_identity_net, (lab.float(), lab[..., :15]), angles=(0,))
+    with pytest.raises(ValueError, match="task"):
+        rotation_robustness(_identity_net, data, task="detection")
+    with pytest.raises(ValueError, match="region"):
+        rotation_robustness(_identity_net, data, region="corners")
+    with pytest.raises(ValueError, match="image_key|image"):
+        rotation_robustness(_identity_net, [{"img": lab.float(), "label": lab}])
+    with pytest.raises(ValueError, match="label"):  # instance ids without label_transform
+        rotation_robustness(_identity_net, (lab.float(), lab * 7), angles=(0,))
+
+
+def test_real_cpm15_tile_identity():
+    """A real nuclei instance map (binarised): identity network scores 1 at every angle on valid pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from monai_gmr.evaluation import binarize_label
+    from tests.conftest import shared_path
+
+    p = shared_path("data", "cpm15_nuclei_he", "labels", "image01_label.png")
+    lab = torch.from_numpy(np.asarray(Image.open(p)).astype(np.int64))[100:164, 100:164][None, None]
+    assert lab.max() > 1  # instance ids
+    r = rotation_robustness(lambda x: torch.cat([1 - x, x], 1) * 10.0, (binarize_label(lab).float(), lab),
+                            angles=(0, 33, 90), flips=("h",), image_mode="nearest", label_transform=binarize_label)
+    assert r.per_angle["dice"] == [1.0, 1.0, 1.0] and r.per_flip["h"]["iou"] == 1.0

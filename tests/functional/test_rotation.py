@@ -1,0 +1,207 @@
+"""Tests of monai_gmr.functional.rotation: conventions, exactness, inverses, validity masks, 3D, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_gmr.functional.groups import d4_elements
+from monai_gmr.functional.rotation import (
+    Geometry,
+    central_disk_mask,
+    flip,
+    make_geometries,
+    rotate,
+    rotate_inverse,
+    rotation_matrix,
+    roundtrip_mask,
+    validity_mask,
+)
+
+
+def _linear_image(*shape: int, dtype=torch.float64) -> torch.Tensor:
+    """A linear function of the index coordinates: (bi/tri)linear interpolation reproduces it exactly."""
+    coords = torch.meshgrid(*[torch.arange(s, dtype=dtype) for s in shape], indexing="ij")
+    return sum((i + 1.5) * c for i, c in enumerate(coords))[None, None]
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 4, -1])
+def test_right_angles_match_rot90_bit_exact(k):
+    x = torch.randn(2, 3, 6, 9)
+    y = rotate(x, 90 * k)
+    assert torch.equal(y, torch.rot90(x, k, dims=(-2, -1)))
+    assert torch.equal(rotate_inverse(y, 90 * k), x)
+
+
+def test_sign_convention_counter_clockwise():
+    x = torch.zeros(1, 1, 21, 21)
+    x[0, 0, 10, 18] = 1.0  # right of the centre
+    # 90 degrees counter-clockwise (display with row 0 on top): the point moves to the top
+    assert (rotate(x, 90)[0, 0] == 1).nonzero().tolist() == [[2, 10]]
+    # the interpolated path agrees with rot90 at 90 degrees
+    assert torch.allclose(rotate(x, 90, exact=False), torch.rot90(x, 1, dims=(-2, -1)), atol=1e-5)
+    # 45 degrees: peak lands up-right, at radius 8 -> (10 - 8/sqrt2, 10 + 8/sqrt2) ~ (4.34, 15.66)
+    peak = divmod(int(rotate(x, 45)[0, 0].argmax()), 21)
+    assert peak == (4, 16)
+
+
+def test_interpolated_path_agrees_with_rot90_non_square():
+    x = torch.randn(1, 2, 5, 8)
+    assert torch.allclose(rotate(x, 180, exact=False), torch.rot90(x, 2, dims=(-2, -1)), atol=1e-5)
+    assert rotate(x, 90).shape == (1, 2, 8, 5)  # exact path swaps dims like rot90
+    assert rotate(x, 30).shape == x.shape
+
+
+def test_flips_exact_and_self_inverse():
+    x = torch.randn(2, 1, 5, 7)
+    assert torch.equal(flip(x, "h"), torch.flip(x, dims=(-1,)))
+    assert torch.equal(flip(x, "v"), torch.flip(x, dims=(-2,)))
+    assert torch.equal(flip(flip(x, "h"), "h"), x)
+    g = Geometry(270, "v")
+    assert torch.equal(g.invert(g.apply(x)), x)
+
+
+def test_geometry_matches_d4_elements():
+    x = torch.randn(1, 2, 6, 6)
+    for e in d4_elements():
+        g = Geometry(90 * e.k, "h" if e.flip else None)
+        assert torch.equal(g.apply(x), e(x)), e.name
+        assert g.is_exact
+
+
+def test_names_and_make_geometries():
+    assert Geometry(30).name == "rot30"
+    assert Geometry(0, "h").name == "flip_h"
+    assert Geometry(90, "v").name == "rot90_flip_v"
+    assert Geometry(22.5).name == "rot22.5"
+    assert Geometry((10, 0, 20), None, 3).name == "rot(10,0,20)"
+    geoms = make_geometries(range(0, 360, 10), ("h", "v"))
+    assert len(geoms) == 38 and geoms[-1].name == "flip_v"
+    d4 = make_geometries((0, 90, 180, 270), ("h",), product=True)
+    assert len(d4) == 8 and len({g.name for g in d4}) == 8
+
+
+@pytest.mark.parametrize("angle", [17.0, 30.0, 45.0, -60.0])
+def test_linear_image_rotation_and_roundtrip_exact_on_valid(angle):
+    img = _linear_image(33, 33)
+    y = rotate(img, angle)
+    vm = validity_mask((33, 33), angle)
+    # compare against the analytic rotated linear function on the valid pixels
+    m = rotation_matrix(angle)
+    c = 16.0
+    rr, cc = torch.meshgrid(torch.arange(33.0, dtype=torch.float64), torch.arange(33.0, dtype=torch.float64), indexing="ij")
+    src = m @ torch.stack([rr.flatten() - c, cc.flatten() - c])
+    expect = (1.5 * (src[0] + c) + 2.5 * (src[1] + c)).reshape(33, 33)
+    assert torch.allclose(y[0, 0][vm], expect[vm], atol=1e-8)
+    z = rotate_inverse(y, angle)
+    rm = roundtrip_mask((33, 33), angle)
+    assert 0.5 < rm.double().mean() < 1.0
+    assert torch.allclose(z[0, 0][rm], img[0, 0][rm], atol=1e-8)
+    # outside the round-trip mask the padding shows up somewhere
+    assert (z[0, 0][~rm] - img[0, 0][~rm]).abs().max() > 1.0
+
+
+def test_validity_mask_excludes_padding():
+    ones = torch.ones(1, 1, 40, 40, dtype=torch.float64)
+    for angle in (10.0, 45.0, 123.0):
+        vm = validity_mask((40, 40), angle)
+        y = rotate(ones, angle)
+        assert torch.allclose(y[0, 0][vm], torch.ones(()).double(), atol=2e-3)
+        assert (~vm).any()
+        # corners always come from outside for non-right angles
+        assert not vm[0, 0] and not vm[-1, -1]
+    nm = validity_mask((40, 40), 45.0, mode="nearest")
+    bm = validity_mask((40, 40), 45.0, mode="bilinear")
+    cm = validity_mask((40, 40), 45.0, mode="bicubic")
+    assert (cm <= bm).all() and (bm <= nm).all() and cm.sum() < bm.sum() < nm.sum()
+    assert validity_mask((40, 30), 90.0).shape == (30, 40) and validity_mask((40, 30), 90.0).all()
+
+
+def test_integer_labels_nearest_keep_values_and_dtype():
+    lab = torch.randint(0, 7_000_000, (2, 1, 16, 16))
+    r = rotate(lab, 33, mode="nearest")
+    assert r.dtype == torch.int64
+    assert set(r.unique().tolist()) <= set(lab.unique().tolist()) | {0}
+    b = rotate(lab > 3_000_000, 33, mode="nearest")
+    assert b.dtype == torch.bool
+
+
+def test_float_labels_and_int_labels_sample_same_pixels():
+    lab = torch.randint(0, 3, (1, 1, 24, 24))
+    a = rotate(lab, 27, mode="nearest")
+    b = rotate(lab.float(), 27, mode="nearest")
+    assert torch.equal(a.float(), b)
+
+
+def test_3d_right_angles_and_planes():
+    v = torch.randn(1, 2, 4, 5, 6)
+    for axes in [(0, 1), (1, 2), (2, 0), (0, 2)]:
+        assert torch.equal(rotate(v, 90, 3, axes=axes), torch.rot90(v, 1, dims=(2 + axes[0], 2 + axes[1])))
+    cube = torch.randn(1, 1, 5, 5, 5)
+    for axes in [(0, 1), (1, 2), (0, 2)]:
+        assert torch.allclose(rotate(cube, 90, 3, axes=axes, exact=False), rotate(cube, 90, 3, axes=axes), atol=1e-5)
+    # default plane is (H, W) and Euler angles compose in the order (1,2), (2,0), (0,1)
+    assert torch.equal(rotate(cube, 90, 3), torch.rot90(cube, 1, dims=(3, 4)))
+    e = (90, 180, 270)
+    seq = torch.rot90(torch.rot90(torch.rot90(cube, 1, dims=(3, 4)), 2, dims=(4, 2)), 3, dims=(2, 3))
+    assert torch.equal(rotate(cube, e, 3), seq)
+    assert torch.allclose(rotate(cube, e, 3, exact=False), seq, atol=1e-5)
+    assert torch.equal(rotate_inverse(rotate(cube, e, 3), e, 3), cube)
+
+
+def test_3d_arbitrary_euler_roundtrip_on_linear_volume():
+    vol = _linear_image(13, 13, 13)
+    for angle, axes in [((30.0, 20.0, 10.0), None), (25.0, (0, 2))]:
+        y = rotate(vol, angle, 3, axes=axes)
+        z = rotate_inverse(y, angle, 3, axes=axes)
+        rm = roundtrip_mask((13, 13, 13), angle, 3, axes=axes)
+        assert rm.any() and not rm.all()
+        assert torch.allclose(z[0, 0][rm], vol[0, 0][rm], atol=1e-3)
+
+
+def test_central_disk():
+    d = central_disk_mask((20, 20), 0.35)
+    assert d[10, 10] and not d[0, 0] and d.shape == (20, 20)
+    assert d.dtype == torch.bool and abs(int(d.sum()) - 3.14159 * 7.0**2) < 12  # ~ pi r^2, r = 0.35 * 20
+    for angle in (15.0, 30.0, 45.0):
+        assert (d <= validity_mask((20, 20), angle, mode="bicubic")).all()
+    b = central_disk_mask((9, 9, 9), 0.3)
+    assert b.shape == (9, 9, 9) and b[4, 4, 4] and not b[0, 4, 4]
+
+
+def test_bad_arguments():
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="mode"):
+        rotate(x, 10, mode="cubic")
+    with pytest.raises(ValueError, match="bicubic"):
+        rotate(torch.randn(1, 1, 4, 4, 4), 10, 3, mode="bicubic")
+    with pytest.raises(ValueError, match="angle"):
+        rotate(x, float("nan"))
+    with pytest.raises(ValueError, match="angle"):
+        rotate(x, (10, 20, 30))  # Euler angles are 3D only
+    with pytest.raises(ValueError, match="axes"):
+        rotate(torch.randn(1, 1, 4, 4, 4), 10, 3, axes=(1, 1))
+    with pytest.raises(ValueError, match="spatial_dims"):
+        rotate(x, 10, spatial_dims=4)
+    with pytest.raises(ValueError, match="axis"):
+        flip(x, "x")
+    with pytest.raises(ValueError, match="angles"):
+        make_geometries([])
+    with pytest.raises(ValueError, match="radius_frac"):
+        central_disk_mask((8, 8), 0.9)
+    with pytest.raises(ValueError, match="padding_mode"):
+        rotate(x, 10, padding_mode="wrap")
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_nearest_gather_matches_grid_sample(padding_mode):
+    """The exact integer-gather nearest path picks the same pixels as grid_sample(mode="nearest")."""
+    import torch.nn.functional as F
+
+    from monai_gmr.functional.rotation import _source_grid
+
+    x = torch.randn(2, 3, 17, 23, dtype=torch.float64)
+    y = rotate(x, 33.0, mode="nearest", padding_mode=padding_mode)
+    grid = _source_grid((17, 23), rotation_matrix(33.0), x.device, torch.float64)
+    ref = F.grid_sample(x.reshape(1, 6, 17, 23), grid, mode="nearest", padding_mode=padding_mode, align_corners=True)
+    assert torch.equal(y, ref.reshape(x.shape))

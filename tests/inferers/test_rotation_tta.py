@@ -1,0 +1,138 @@
+"""RotationTTAInferer: exactness on equivariant nets, symmetrisation, validity weighting, wrappers, 3D, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.engines import SupervisedEvaluator
+from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
+
+import monai_gmr
+from monai_gmr.functional.groups import d4_elements
+from monai_gmr.inferers import RotationTTAInferer
+
+
+def _gmr_seg(spatial_dims: int = 2) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        monai_gmr.GMRConv(spatial_dims, 1, 4, 5), torch.nn.ReLU(), monai_gmr.GMRConv(spatial_dims, 4, 2, 3)
+    ).eval()
+
+
+@torch.no_grad()
+def test_d4_tta_of_equivariant_net_equals_single_pass():
+    net = _gmr_seg()
+    x = torch.randn(2, 1, 24, 24)
+    single = net(x)
+    tta = RotationTTAInferer(flips=("h",))
+    assert isinstance(tta, Inferer) and len(tta.view_names) == 8
+    out = tta(x, net)
+    assert out.shape == single.shape
+    assert torch.allclose(out.softmax(1), single.softmax(1), atol=1e-6)
+    out_logits = RotationTTAInferer(flips=("h",), average="logits")(x, net)
+    assert torch.allclose(out_logits, single, atol=1e-5)
+    probs = RotationTTAInferer(output="probs")(x, net)
+    assert torch.allclose(probs, single.softmax(1), atol=1e-6)
+
+
+@torch.no_grad()
+def test_tta_symmetrises_a_plain_network():
+    """D4-averaged outputs of a non-equivariant net are exactly D4-equivariant (and differ from one pass)."""
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = torch.randn(1, 1, 16, 16)
+    tta = RotationTTAInferer(flips=("h",), output="probs")
+    base = tta(x, net)
+    assert (base - net(x).softmax(1)).abs().max() > 1e-3
+    for g in d4_elements():
+        assert torch.allclose(tta(g(x), net), g(base), atol=1e-6), g.name
+
+
+@torch.no_grad()
+def test_validity_weighting_ignores_padded_corners():
+    """Identity 'network' on a linear ramp: views at 30/45 degrees are exact where they read real pixels; with
+    validity weights the TTA mean reproduces the input everywhere (the padded corners get weight 0)."""
+    rr, cc = torch.meshgrid(torch.arange(21.0), torch.arange(21.0), indexing="ij")
+    x = (0.1 * rr + 0.05 * cc + 1.0)[None, None].double()
+    ident = lambda t: t  # noqa: E731
+    tta = RotationTTAInferer(angles=(0, 30, 45), average="logits")
+    assert torch.allclose(tta(x, ident), x, atol=2e-3)
+    w = tta.view_weights((21, 21))
+    assert w.shape == (3, 21, 21) and w[0].all() and w[1, 0, 0] == 0 and 0.5 < w[1].mean() < 1
+    # an unweighted mean would be pulled towards the zero padding in the corners
+    views = RotationTTAInferer(angles=(0, 30, 45), reduce="none")(x, ident)
+    assert views.shape == (3, 1, 1, 21, 21)
+    assert (views.mean(0) - x).abs().max() > 0.3
+
+
+@torch.no_grad()
+def test_wraps_sliding_window_inferer():
+    net = _gmr_seg()
+    x = torch.randn(1, 1, 32, 32)
+    sw = SlidingWindowInferer(roi_size=16, overlap=0.5, sw_batch_size=4)
+    ref = sw(x, net)
+    for batch_views in (False, True):
+        out = RotationTTAInferer(inferer=sw, angles=(0, 90, 270), flips=("v",), batch_views=batch_views)(x, net)
+        assert torch.allclose(out.softmax(1), ref.softmax(1), atol=1e-6)
+
+
+@torch.no_grad()
+def test_classification_average_probabilities():
+    net = torch.nn.Sequential(
+        monai_gmr.GMRConv(2, 1, 3, 5), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()  # invariant to D4 up to float rounding
+    x = torch.randn(3, 1, 20, 20)
+    single = net(x)
+    out = RotationTTAInferer(task="classification", flips=("h",))(x, net)
+    assert out.shape == (3, 3)
+    assert torch.allclose(out.softmax(1), single.softmax(1), atol=1e-6)
+    # hand check of probability averaging on a non-invariant toy "network"
+    toy = lambda t: torch.stack([t[:, 0, 0, 0], t[:, 0, 0, -1]], 1)  # noqa: E731  (top-left, top-right pixels)
+    y = torch.zeros(1, 1, 3, 3)
+    y[0, 0, 0, 0] = 2.0
+    res = RotationTTAInferer(task="classification", angles=(0, 90), output="probs")(y, toy)
+    p0 = torch.softmax(torch.tensor([2.0, 0.0]), 0)  # view 0: (2, 0); view 90: the 2 moves to the bottom-left
+    p1 = torch.softmax(torch.tensor([0.0, 0.0]), 0)
+    assert torch.allclose(res[0], (p0 + p1) / 2, atol=1e-6)
+    stacked = RotationTTAInferer(task="classification", angles=(0, 90), reduce="none")(y, toy)
+    assert stacked.shape == (2, 1, 2)
+
+
+@torch.no_grad()
+def test_3d_tta():
+    net = _gmr_seg(3)
+    x = torch.randn(1, 1, 10, 10, 10)
+    out = RotationTTAInferer(spatial_dims=3, flips=("d",))(x, net)
+    assert torch.allclose(out.softmax(1), net(x).softmax(1), atol=1e-6)
+    out = RotationTTAInferer(spatial_dims=3, angles=(0, 90), axes=(0, 2), mode="bilinear")(x, net)
+    assert out.shape == (1, 2, 10, 10, 10)
+    out = RotationTTAInferer(spatial_dims=3, angles=(0, 25))(x, net)
+    assert torch.isfinite(out).all()
+
+
+@torch.no_grad()
+def test_metatensor_passthrough_and_supervised_evaluator():
+    net = _gmr_seg()
+    x = MetaTensor(torch.randn(1, 1, 16, 16), meta={"filename_or_obj": "a.png"})
+    out = RotationTTAInferer()(x, net)
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "a.png"
+    data = [{"image": torch.randn(2, 1, 16, 16), "label": torch.zeros(2, 1, 16, 16)}]
+    ev = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=data, network=net,
+                             inferer=RotationTTAInferer(angles=(0, 90, 180, 270)), epoch_length=1)
+    ev.run()
+    pred = ev.state.output[0]["pred"] if isinstance(ev.state.output, list) else ev.state.output["pred"]
+    assert pred.shape[-3:] == (2, 16, 16)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="reduce"):
+        RotationTTAInferer(reduce="max")
+    with pytest.raises(ValueError, match="task"):
+        RotationTTAInferer(task="detection")
+    with pytest.raises(ValueError, match="angles"):
+        RotationTTAInferer(angles=())
+    with pytest.raises(ValueError, match="mode"):
+        RotationTTAInferer(mode="cubic")
+    with pytest.raises(ValueError, match="inputs"):
+        RotationTTAInferer()(torch.randn(1, 16, 16), SimpleInferer())
+    with pytest.raises(ValueError, match="classification"):
+        RotationTTAInferer()(torch.randn(1, 1, 8, 8), lambda t: t.mean((2, 3)))
