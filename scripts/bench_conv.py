@@ -7,7 +7,8 @@ Compares, in one run and on the same inputs:
   - ``gmr_rings``: ``GMRConv(impl="rings")`` (the paper's depthwise-rings + 1x1 mixing decomposition);
   - ``official``: the reference package ``gmr-conv`` (``GMR_Conv2d``) when installed (2D only).
 Forward, and forward + backward with gradients for the input AND the weights. Median of ``--repeats`` timed runs
-after ``--warmup`` runs (CUDA events on GPU, ``perf_counter`` on CPU); peak CUDA memory on GPU.
+after ``--warmup`` runs, implementations interleaved round-robin (CUDA events on GPU, ``perf_counter`` on CPU);
+peak CUDA memory on GPU.
 
 Examples::
 
@@ -56,36 +57,18 @@ def load_official():
     return module.GMR_Conv2d
 
 
-def timer(device: torch.device):
+def time_once(fn, device: torch.device) -> float:
+    """Wall time of one call in ms (CUDA events on GPU)."""
     if device.type == "cuda":
-
-        def run(fn, warmup, repeats):
-            for _ in range(warmup):
-                fn()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            return statistics.median(times)
-
-    else:
-
-        def run(fn, warmup, repeats):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-            return statistics.median(times)
-
-    return run
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def build(name: str, d: int, c: int, k: int, device, official_cls):
@@ -104,9 +87,9 @@ def build(name: str, d: int, c: int, k: int, device, official_cls):
     return conv.to(device).train()
 
 
-def bench_one(conv, x, mode: str, dtype: str, run, warmup: int, repeats: int):
-    device = x.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
+def make_step(conv, x, mode: str, dtype: str):
+    """The measured callable: forward under no_grad, or forward + backward (input and weight gradients)."""
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
 
     def fwd():
         with torch.no_grad(), autocast:
@@ -119,13 +102,36 @@ def bench_one(conv, x, mode: str, dtype: str, run, warmup: int, repeats: int):
             y = conv(x)
         y.backward(torch.ones_like(y))
 
-    fn = fwd if mode == "fwd" else fwd_bwd
+    return fwd if mode == "fwd" else fwd_bwd
+
+
+def measure(steps: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, tuple[float, float | None]]:
+    """Median time (ms) and peak memory (MiB, CUDA) per implementation.
+
+    Implementations run round-robin (one call of each per repeat), so load changes on a shared machine affect
+    all of them alike; peak memory is measured in a separate call per implementation.
+    """
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    ms = run(fn, warmup, repeats)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return ms, peak
+        torch.cuda.synchronize()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            times[name].append(time_once(fn, device))
+    out = {}
+    for name, fn in steps.items():
+        peak = None
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+        out[name] = (statistics.median(times[name]), peak)
+    return out
 
 
 def git_commit() -> str:
@@ -157,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.benchmark = True
     dtypes = (args.dtypes or ("fp32,bf16" if device.type == "cuda" else "fp32")).split(",")
     official_cls = load_official()
-    run = timer(device)
     rows: list[dict] = []
     meta = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -177,24 +182,24 @@ def main(argv: list[str] | None = None) -> dict:
         for k in (int(s) for s in args.kernels.split(",")):
             for dtype in dtypes:
                 for mode in args.modes.split(","):
-                    base = None
+                    steps = {}
                     for name in args.impls.split(","):
                         conv = build(name, d, shape[1], k, device, official_cls)
-                        if conv is None:
-                            continue
-                        try:
-                            ms, peak = bench_one(conv, x, mode, dtype, run, args.warmup, args.repeats)
-                        except RuntimeError as e:  # e.g. out of memory
-                            logger.warning("%s k=%d %s %s %s failed: %s", name, k, shape_s, dtype, mode, e)
-                            continue
-                        if name == "torch":
-                            base = ms
+                        if conv is not None:
+                            steps[name] = make_step(conv, x, mode, dtype)
+                    try:
+                        results = measure(steps, device, args.warmup, args.repeats)
+                    except RuntimeError as e:  # e.g. out of memory
+                        logger.warning("k=%d %s %s %s failed: %s", k, shape_s, dtype, mode, e)
+                        continue
+                    base = results["torch"][0] if "torch" in results else None
+                    for name, (ms, peak) in results.items():
                         row = dict(shape=shape_s, k=k, dtype=dtype, mode=mode, impl=name, ms=round(ms, 4),
                                    ratio_vs_torch=round(ms / base, 3) if base else None,
                                    peak_mib=round(peak, 1) if peak is not None else None)
                         rows.append(row)
-                        save()
                         logger.info("%-14s k=%-2d %-5s %-7s %-10s %9.3f ms  x%s", shape_s, k, dtype, mode, name, ms, row["ratio_vs_torch"])
+                    save()
     print(to_markdown(rows, meta))
     save()
     return dict(meta=meta, rows=rows)
