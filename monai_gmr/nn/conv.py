@@ -75,7 +75,7 @@ class GMRConv(nn.Module):
         sigma: ``"layer"`` (one trainable sigma per ring, shared by the layer, stored as ``log_sigma``) or
             ``"fixed"`` (sigma kept at its initial value as a buffer).
         circular: zero the offsets outside the inscribed circle/sphere.
-        impl: ``"auto" | "dense" | "rings" | "triton"``; see :func:`monai_gmr.functional.gmr_conv`.
+        impl: ``"auto" | "dense" | "rings"``; see :func:`monai_gmr.functional.gmr_conv`.
 
     Shapes:
         input ``(B, C_in, *spatial)``; output ``(B, C_out, *spatial_out)``; ``weight``: ``(C_out, C_in/groups, n)``.

@@ -1,0 +1,575 @@
+"""Group-equivariant convolutions (G-CNN, Cohen & Welling 2016) for the planar groups p4 and p4m.
+
+These are the G-CNN baselines of the toolbox; they live beside GMR convolution so that the same MONAI pipeline can
+compare them. Written by hand because no well-kept library in this environment provides p4/p4m layers for PyTorch
+(``e2cnn``/``escnn`` are not dependencies and use a different, steerable-basis formulation).
+
+Group element convention
+------------------------
+``H`` is the point group (rotations about a pixel, optionally with reflections) and ``G = Z^2 x| H``.
+
+* ``p4``: ``|H| = 4``; ``p4m``: ``|H| = 8``.
+* Element index ``i`` corresponds to ``monai_gmr.functional.D4Element(k=i % 4, flip=i >= 4)``, i.e. to
+  ``monai_gmr.functional.d4_elements()[i]``: ``T_i(x) = rot90(flip_W(x) if flip else x, k)`` on the trailing
+  ``(H, W)`` dims (``torch.rot90(..., dims=(-2, -1))``). ``p4`` uses indices ``0..3`` (the rotations).
+* The product is composition of these image actions: ``T_{a.b} = T_a o T_b``. In closed form
+  ``(k1, f1).(k2, f2) = (k1 + (-1)^f1 * k2 mod 4, f1 xor f2)``; :func:`cayley_table` computes it by composing
+  the actions on a probe, so it can never disagree with ``D4Element``.
+
+Feature maps on ``G`` are tensors ``F`` shaped ``(B, C, |H|, H, W)``; axis 2 is the *orientation axis*. The
+group acts on them by
+
+    ``(L_g F)[:, :, h] = T_g(F[:, :, g^-1 . h])``
+
+(rotate/reflect every plane, and permute the orientation axis by ``h -> g^-1 . h``;
+:func:`orientation_permutation` returns that index map and :func:`transform_group_features` applies ``L_g``).
+With ``T_g`` acting on planar images ``(B, C, H, W)``, the layers satisfy exactly (stride 1, "same"/symmetric
+zero padding, odd square kernels):
+
+* lifting: ``GroupLiftingConv(T_g x) = L_g GroupLiftingConv(x)``
+* group conv: ``GroupConv(L_g F) = L_g GroupConv(F)``
+* group pooling: ``GroupPool(L_g F) = T_g GroupPool(F)``
+* pointwise ops, norms that share statistics across the orientation axis, and spatial pooling/upsampling with
+  sizes divisible by the factor commute with ``L_g``.
+
+Filters are transformed by index permutation: the filter bank of output orientation ``h`` is
+``T_h psi`` (lifting) or ``(L_h psi)[h'] = T_h(psi[h^-1 . h'])`` (group conv), gathered with one precomputed
+index tensor, and the layer runs ONE planar ``F.conv2d`` on ``(B, C*|H|, H, W)`` with the enlarged bank.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import ADN
+
+from monai_gmr.functional import D4Element, d4_elements
+
+__all__ = [
+    "GROUPS",
+    "POOL_MODES",
+    "SPATIAL_POOL_MODES",
+    "UPSAMPLE_MODES",
+    "group_order",
+    "group_elements_of",
+    "cayley_table",
+    "inverse_table",
+    "element_index",
+    "orientation_permutation",
+    "transform_group_features",
+    "lifting_filter_bank",
+    "group_filter_bank",
+    "group_lifting_conv2d",
+    "group_conv2d",
+    "GroupLiftingConv",
+    "GroupConv",
+    "GroupPool",
+    "GroupBatchNorm",
+    "GroupInstanceNorm",
+    "GroupSpatialPool",
+    "GroupUpsample",
+    "GroupConvolution",
+    "count_parameters",
+]
+
+GROUPS = ("p4", "p4m")
+_ORDERS = {"p4": 4, "p4m": 8}
+POOL_MODES = ("max", "mean")
+SPATIAL_POOL_MODES = ("avg", "max")
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+# ---------------------------------------------------------------------------------------------------- group tables
+def _check_group(group: str) -> str:
+    if not isinstance(group, str) or group.lower() not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got group={group!r}.")
+    return group.lower()
+
+
+def group_order(group: str) -> int:
+    """``|H|``: 4 for ``"p4"``, 8 for ``"p4m"``."""
+    return _ORDERS[_check_group(group)]
+
+
+def group_elements_of(group: str) -> list[D4Element]:
+    """The elements of ``H`` in index order (``d4_elements()[:|H|]``; see the module docstring)."""
+    return d4_elements()[: group_order(group)]
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(group: str) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    elems = group_elements_of(group)
+    # an asymmetric 3x3 probe: the 8 images T_g(probe) are pairwise distinct, so the action is faithful
+    probe = torch.arange(9.0).reshape(3, 3)
+    images = [e(probe) for e in elems]
+
+    def index_of(img: torch.Tensor) -> int:
+        for j, ref in enumerate(images):
+            if torch.equal(img, ref):
+                return j
+        raise RuntimeError(f"{group} is not closed under composition")  # impossible for p4 / p4m
+
+    table = tuple(tuple(index_of(a(b(probe))) for b in elems) for a in elems)
+    inv = tuple(row.index(0) for row in table)
+    return table, inv
+
+
+def cayley_table(group: str) -> torch.Tensor:
+    """Multiplication table ``M[a, b] = index(a . b)`` with ``T_{a.b} = T_a o T_b``; shape ``(|H|, |H|)``, int64."""
+    return torch.tensor(_tables(_check_group(group))[0], dtype=torch.long)
+
+
+def inverse_table(group: str) -> torch.Tensor:
+    """``inv[a] = index(a^-1)``; shape ``(|H|,)``, int64."""
+    return torch.tensor(_tables(_check_group(group))[1], dtype=torch.long)
+
+
+def element_index(g: D4Element, group: str) -> int:
+    """Index of ``g`` in :func:`group_elements_of`; ``ValueError`` if ``g`` is not in the group (a flip in p4)."""
+    group = _check_group(group)
+    if not isinstance(g, D4Element):
+        raise ValueError(f"g must be a monai_gmr.functional.D4Element, got g={g!r}.")
+    k, flip = g.k % 4, bool(g.flip)
+    if flip and group == "p4":
+        raise ValueError(f"g={g.name} is a reflection, which is not an element of group='p4'.")
+    return k + 4 * int(flip)
+
+
+def orientation_permutation(g: D4Element, group: str) -> torch.Tensor:
+    """Index map ``perm`` with ``(L_g F)[:, :, h] = T_g(F[:, :, perm[h]])``, i.e. ``perm[h] = index(g^-1 . h)``."""
+    table, inv = _tables(_check_group(group))
+    gi = inv[element_index(g, group)]
+    return torch.tensor([table[gi][h] for h in range(len(inv))], dtype=torch.long)
+
+
+def transform_group_features(x: torch.Tensor, g: D4Element, group: str) -> torch.Tensor:
+    """Apply the group action ``L_g`` to feature maps ``x`` shaped ``(..., |H|, H, W)``.
+
+    Returns:
+        ``T_g(x[..., perm, :, :])`` with ``perm = orientation_permutation(g, group)``; shape ``(..., |H|, W', H')``.
+    """
+    n = group_order(group)
+    if x.ndim < 3 or x.shape[-3] != n:
+        raise ValueError(f"x must be shaped (..., {n}, H, W) for group={group!r}, got x.shape={tuple(x.shape)}.")
+    perm = orientation_permutation(g, group).to(x.device)
+    return g(x.index_select(x.ndim - 3, perm))
+
+
+# gather indices are cached per (group, k, device) so no host-to-device copy happens per forward
+@functools.lru_cache(maxsize=None)
+def _lifting_index(group: str, k: int, device: torch.device) -> torch.Tensor:
+    base = torch.arange(k * k).reshape(k, k)
+    return torch.stack([e(base) for e in group_elements_of(group)]).reshape(-1).to(device)  # (n*k*k,)
+
+
+@functools.lru_cache(maxsize=None)
+def _group_index(group: str, k: int, device: torch.device) -> torch.Tensor:
+    n = group_order(group)
+    table, inv = _tables(group)
+    base = torch.arange(n * k * k).reshape(n, k, k)
+    rows = []
+    for h, e in enumerate(group_elements_of(group)):
+        src = torch.tensor([table[inv[h]][hp] for hp in range(n)])  # h^-1 . h'
+        rows.append(e(base[src]))
+    return torch.stack(rows).reshape(-1).to(device)  # (n*n*k*k,): [h, h', y, x]
+
+
+def lifting_filter_bank(weight: torch.Tensor, group: str) -> torch.Tensor:
+    """Enlarged planar filter bank of a lifting layer.
+
+    Args:
+        weight: ``(C_out, C_in, k, k)``.
+        group: ``"p4"`` or ``"p4m"``.
+
+    Returns:
+        ``(C_out * |H|, C_in, k, k)``; row ``o * |H| + h`` is ``T_h(weight[o])``.
+    """
+    n = group_order(group)
+    o, c, k, k2 = weight.shape
+    if k != k2:
+        raise ValueError(f"weight must have square kernels, got weight.shape={tuple(weight.shape)}.")
+    idx = _lifting_index(_check_group(group), k, weight.device)
+    bank = weight.reshape(o, c, k * k).index_select(2, idx).reshape(o, c, n, k, k)
+    return bank.transpose(1, 2).reshape(o * n, c, k, k)
+
+
+def group_filter_bank(weight: torch.Tensor, group: str) -> torch.Tensor:
+    """Enlarged planar filter bank of a group convolution.
+
+    Args:
+        weight: ``(C_out, C_in, |H|, k, k)``.
+        group: ``"p4"`` or ``"p4m"``.
+
+    Returns:
+        ``(C_out * |H|, C_in * |H|, k, k)``; entry ``[o * |H| + h, c * |H| + h']`` is ``T_h(weight[o, c, h^-1 . h'])``.
+    """
+    n = group_order(group)
+    o, c, n_w, k, k2 = weight.shape
+    if n_w != n or k != k2:
+        raise ValueError(f"weight must be shaped (C_out, C_in, {n}, k, k), got weight.shape={tuple(weight.shape)}.")
+    idx = _group_index(_check_group(group), k, weight.device)
+    bank = weight.reshape(o, c, n * k * k).index_select(2, idx).reshape(o, c, n, n, k, k)
+    return bank.transpose(1, 2).reshape(o * n, c * n, k, k)
+
+
+def group_lifting_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    group: str,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> torch.Tensor:
+    """Lifting convolution ``Z^2 -> G``: ``(B, C_in, H, W) -> (B, C_out, |H|, H', W')``; bias ``(C_out,)``."""
+    n = group_order(group)
+    bank = lifting_filter_bank(weight, group)
+    b = bias.repeat_interleave(n) if bias is not None else None
+    y = F.conv2d(x, bank, b, stride=stride, padding=padding, dilation=dilation)
+    return y.reshape(y.shape[0], weight.shape[0], n, *y.shape[-2:])
+
+
+def group_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    group: str,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> torch.Tensor:
+    """Group convolution ``G -> G``: ``(B, C_in, |H|, H, W) -> (B, C_out, |H|, H', W')``; bias ``(C_out,)``."""
+    n = group_order(group)
+    bank = group_filter_bank(weight, group)
+    b = bias.repeat_interleave(n) if bias is not None else None
+    y = F.conv2d(x.reshape(x.shape[0], -1, *x.shape[-2:]), bank, b, stride=stride, padding=padding, dilation=dilation)
+    return y.reshape(y.shape[0], weight.shape[0], n, *y.shape[-2:])
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def _positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {name}={value!r}.")
+    return value
+
+
+def _square(value, name: str) -> int:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{name} must be an int or 2 equal ints (square, so rotations map it to itself), "
+                             f"got {name}={tuple(value)}.")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {name}={value!r}.")
+    return value
+
+
+def _kernel_size(kernel_size) -> int:
+    k = _square(kernel_size, "kernel_size")
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd positive int (a centred filter), got kernel_size={k}.")
+    return k
+
+
+# ---------------------------------------------------------------------------------------------------- conv modules
+class _GroupConvBase(nn.Module):
+    lifting: bool = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        group: str = "p4m",
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | None = None,
+        dilation: int | Sequence[int] = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.group = _check_group(group)
+        self.group_order = group_order(self.group)
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.kernel_size = _kernel_size(kernel_size)
+        self.stride = _positive_int(_square(stride, "stride"), "stride")
+        self.dilation = _positive_int(_square(dilation, "dilation"), "dilation")
+        if padding is None or padding == "same":
+            padding = self.dilation * (self.kernel_size - 1) // 2
+        self.padding = _positive_int(_square(padding, "padding"), "padding", minimum=0)
+        shape = (out_channels, in_channels) + (() if self.lifting else (self.group_order,)) + (self.kernel_size,) * 2
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal for ReLU: ``std = sqrt(2 / fan_in)`` with ``fan_in = C_in * [|H|] * k * k``; zero bias.
+
+        ``fan_in`` counts every input value a single output sums over (for a group conv: all orientations), so the
+        second moment of the pre-activations is preserved through a ReLU stack, as for planar Kaiming init.
+        """
+        nn.init.kaiming_normal_(self.weight, mode="fan_in", nonlinearity="relu")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, group={self.group!r}, "
+             f"stride={self.stride}, padding={self.padding}")
+        if self.dilation != 1:
+            s += f", dilation={self.dilation}"
+        return s + f", bias={self.bias is not None}"
+
+
+class GroupLiftingConv(_GroupConvBase):
+    """Lifting convolution ``Z^2 -> G`` (Cohen & Welling's P4ConvZ2 / P4MConvZ2).
+
+    ``y[:, o, h] = x (star) T_h(psi[o]) + b[o]`` (cross-correlation, ``T_h`` as in the module docstring).
+    Exactly equivariant at stride 1 with symmetric padding: ``f(T_g x) = L_g f(x)`` for every ``g`` in ``H``,
+    where ``(L_g F)[:, :, h] = T_g(F[:, :, g^-1 . h])``.
+
+    Args:
+        in_channels: planar input channels ``C_in``.
+        out_channels: output channels ``C_out`` (each carries ``|H|`` orientations).
+        kernel_size: odd square kernel width ``k``.
+        group: ``"p4"`` (``|H| = 4``) or ``"p4m"`` (``|H| = 8``).
+        stride: stride (strides other than 1 break exact equivariance).
+        padding: symmetric zero padding; ``None`` means "same" (``dilation * (k - 1) // 2``).
+        dilation: kernel dilation.
+        bias: learnable bias, one per output channel (shared by all orientations).
+
+    Shapes:
+        input ``(B, C_in, H, W)``; output ``(B, C_out, |H|, H', W')``; ``weight``: ``(C_out, C_in, k, k)``.
+    """
+
+    lifting = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input must be shaped (B, in_channels={self.in_channels}, H, W), got input.shape={tuple(x.shape)}."
+            )
+        return group_lifting_conv2d(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation)
+
+
+class GroupConv(_GroupConvBase):
+    """Group convolution ``G -> G`` (Cohen & Welling's P4ConvP4 / P4MConvP4M).
+
+    ``y[:, o, h] = sum_{c, h'} x[:, c, h'] (star) T_h(psi[o, c, h^-1 . h']) + b[o]``. Exactly equivariant at stride
+    1 with symmetric padding: ``f(L_g F) = L_g f(F)`` for every ``g`` in ``H``. With ``kernel_size=1`` it is a
+    pointwise mixing of channels and orientations (a group-equivariant "1x1 conv").
+
+    Args:
+        in_channels: input channels ``C_in`` (each carrying ``|H|`` orientations).
+        out_channels: output channels ``C_out``.
+        kernel_size: odd square kernel width ``k``.
+        group: ``"p4"`` (``|H| = 4``) or ``"p4m"`` (``|H| = 8``).
+        stride: stride (strides other than 1 break exact equivariance).
+        padding: symmetric zero padding; ``None`` means "same".
+        dilation: kernel dilation.
+        bias: learnable bias, one per output channel (shared by all orientations).
+
+    Shapes:
+        input ``(B, C_in, |H|, H, W)``; output ``(B, C_out, |H|, H', W')``; ``weight``: ``(C_out, C_in, |H|, k, k)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.group_order:
+            raise ValueError(
+                f"input must be shaped (B, in_channels={self.in_channels}, |H|={self.group_order}, H, W) for "
+                f"group={self.group!r}, got input.shape={tuple(x.shape)}."
+            )
+        return group_conv2d(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation)
+
+
+# ---------------------------------------------------------------------------------------------------- pooling / norms
+def _check_group_input(x: torch.Tensor, name: str) -> None:
+    if x.ndim != 5:
+        raise ValueError(f"{name} expects input shaped (B, C, |H|, H, W), got input.shape={tuple(x.shape)}.")
+
+
+class GroupPool(nn.Module):
+    """Group ("coset") pooling over the orientation axis: ``(B, C, |H|, H, W) -> (B, C, H, W)``.
+
+    Maps ``L_g F`` to ``T_g`` of the pooled map, i.e. the output is D4-equivariant in the plain planar sense
+    (bit-exact for ``"max"``; up to summation-order rounding for ``"mean"``).
+
+    Args:
+        mode: ``"max"`` or ``"mean"``.
+    """
+
+    def __init__(self, mode: str = "max") -> None:
+        super().__init__()
+        if mode not in POOL_MODES:
+            raise ValueError(f"mode must be one of {POOL_MODES}, got mode={mode!r}.")
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_input(x, "GroupPool")
+        return x.amax(dim=2) if self.mode == "max" else x.mean(dim=2)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class GroupBatchNorm(nn.BatchNorm3d):
+    """Batch norm with statistics and affine parameters shared across the orientation axis.
+
+    ``(B, C, |H|, H, W)`` is normalised per channel ``C`` over ``(B, |H|, H, W)`` (``nn.BatchNorm3d`` treats
+    ``|H|`` as an extra spatial dim), which commutes with ``L_g``. Arguments as ``torch.nn.BatchNorm3d``
+    (``num_features = C``).
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        _check_group_input(input, "GroupBatchNorm")
+
+
+class GroupInstanceNorm(nn.InstanceNorm3d):
+    """Instance norm with statistics shared across the orientation axis.
+
+    ``(B, C, |H|, H, W)`` is normalised per ``(b, c)`` over ``(|H|, H, W)``. Arguments as
+    ``torch.nn.InstanceNorm3d`` (``num_features = C``; ``affine=False`` by default as in PyTorch).
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        _check_group_input(input, "GroupInstanceNorm")
+
+
+class GroupSpatialPool(nn.Module):
+    """Spatial pooling of group feature maps over ``(H, W)`` only (kernel = stride = ``kernel_size``).
+
+    Exactly commutes with ``L_g`` when ``H`` and ``W`` are divisible by ``kernel_size`` (up to summation order for
+    ``"avg"``); otherwise the floor drops border rows/columns asymmetrically.
+
+    Args:
+        kernel_size: pooling window and stride.
+        mode: ``"avg"`` (default, the equivariant down-sampling of the GMR recipe) or ``"max"``.
+
+    Shapes:
+        ``(B, C, |H|, H, W) -> (B, C, |H|, H // s, W // s)``.
+    """
+
+    def __init__(self, kernel_size: int = 2, mode: str = "avg") -> None:
+        super().__init__()
+        self.kernel_size = _positive_int(kernel_size, "kernel_size")
+        if mode not in SPATIAL_POOL_MODES:
+            raise ValueError(f"mode must be one of {SPATIAL_POOL_MODES}, got mode={mode!r}.")
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_input(x, "GroupSpatialPool")
+        b, c, n, h, w = x.shape
+        pool = F.avg_pool2d if self.mode == "avg" else F.max_pool2d
+        y = pool(x.reshape(b, c * n, h, w), self.kernel_size)
+        return y.reshape(b, c, n, *y.shape[-2:])
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, mode={self.mode!r}"
+
+
+class GroupUpsample(nn.Module):
+    """Non-learned up-sampling of group feature maps over ``(H, W)`` only.
+
+    ``"nearest"`` and ``"bilinear"`` (``align_corners=False``) with an integer factor are symmetric under flips
+    and 90-degree rotations, so this commutes with ``L_g`` (up to summation order for ``"bilinear"``).
+
+    Args:
+        scale_factor: integer up-sampling factor.
+        mode: ``"nearest"`` or ``"bilinear"``.
+
+    Shapes:
+        ``(B, C, |H|, H, W) -> (B, C, |H|, s * H, s * W)``.
+    """
+
+    def __init__(self, scale_factor: int = 2, mode: str = "bilinear") -> None:
+        super().__init__()
+        self.scale_factor = _positive_int(scale_factor, "scale_factor")
+        if mode not in UPSAMPLE_MODES:
+            raise ValueError(f"mode must be one of {UPSAMPLE_MODES}, got mode={mode!r}.")
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_input(x, "GroupUpsample")
+        b, c, n, h, w = x.shape
+        kw = {"align_corners": False} if self.mode == "bilinear" else {}
+        y = F.interpolate(x.reshape(b, c * n, h, w), scale_factor=self.scale_factor, mode=self.mode, **kw)
+        return y.reshape(b, c, n, *y.shape[-2:])
+
+    def extra_repr(self) -> str:
+        return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
+
+
+class GroupConvolution(nn.Sequential):
+    """Group convolution (or lifting convolution) followed by MONAI's ``ADN`` on group feature maps.
+
+    The G-CNN counterpart of :class:`monai.networks.blocks.Convolution` / ``GMRConvolution``. The norm is built by
+    MONAI's factory with ``norm_dim=3`` so that ``(B, C, |H|, H, W)`` is normalised with statistics shared across
+    the orientation axis (``"batch"`` -> BatchNorm3d, ``"instance"`` -> InstanceNorm3d, ``"group"`` -> GroupNorm);
+    activations are pointwise and dropout is element-wise (``dropout_dim=1``). Submodules: ``conv``, ``adn``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: odd square kernel width.
+        group: ``"p4"`` or ``"p4m"``.
+        lifting: if ``True`` the conv is a :class:`GroupLiftingConv` (planar input), else a :class:`GroupConv`.
+        strides: conv stride (1 keeps exact equivariance).
+        adn_ordering: order of A/D/N, MONAI's default ``"NDA"``.
+        act: activation name or ``(name, kwargs)``; ``None`` for none.
+        norm: norm name or ``(name, kwargs)``; ``None`` for none. ``"layer"`` is not supported.
+        dropout: dropout probability or ``(name, kwargs)``.
+        bias: conv bias.
+        conv_only: if ``True``, no ADN block is added.
+        padding: symmetric padding, ``None`` for "same".
+
+    Shapes:
+        ``(B, C_in, [|H|,] H, W) -> (B, C_out, |H|, H', W')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        group: str = "p4m",
+        lifting: bool = False,
+        strides: int = 1,
+        adn_ordering: str = "NDA",
+        act: tuple | str | None = "PRELU",
+        norm: tuple | str | None = "INSTANCE",
+        dropout: tuple | str | float | None = None,
+        bias: bool = True,
+        conv_only: bool = False,
+        padding: int | None = None,
+    ) -> None:
+        super().__init__()
+        cls = GroupLiftingConv if lifting else GroupConv
+        self.add_module(
+            "conv", cls(in_channels, out_channels, kernel_size, group, stride=strides, padding=padding, bias=bias)
+        )
+        if conv_only:
+            return
+        if act is None and norm is None and dropout is None:
+            return
+        if isinstance(norm, (str, tuple)) and str(norm if isinstance(norm, str) else norm[0]).lower() == "layer":
+            raise ValueError(f"norm='layer' is not supported on group feature maps, got norm={norm!r}.")
+        self.add_module(
+            "adn",
+            ADN(
+                ordering=adn_ordering,
+                in_channels=out_channels,
+                act=act,
+                norm=norm,
+                norm_dim=3,
+                dropout=dropout,
+                dropout_dim=1,
+            ),
+        )
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,246 @@
+"""G-CNN baseline nets: exact D4 equivariance/invariance, documented parameter counts, bundle config, training."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.bundle import ConfigParser
+from monai.networks.nets import BasicUNet, resnet18
+
+from monai_gmr.functional import d4_elements
+from monai_gmr.nets.gcnn import GCNNResNet, GCNNUNet, count_parameters, gcnn_resnet18, gcnn_resnet34, group_widths
+from monai_gmr.nn.gconv import group_elements_of
+from tests.conftest import ROOT, rel_err
+
+# measured with the code below and documented in docs/gcnn.md (spatial_dims=2, in_channels=3, 2 outputs)
+DOCUMENTED = {
+    "GCNNUNet p4m": 539_390,
+    "GCNNUNet p4": 535_986,
+    "gcnn_resnet18 p4m": 11_190_366,
+    "gcnn_resnet18 p4": 11_167_970,
+    "BasicUNet (16, 16, 32, 64, 128, 16)": 496_210,
+    "MONAI resnet18": 11_178_434,
+}
+TINY_UNET = dict(features=(4, 4, 8, 8))
+TINY_RESNET = dict(block_inplanes=(4, 4, 8, 8))
+
+
+def _param_counts() -> dict[str, int]:
+    return {
+        "GCNNUNet p4m": count_parameters(GCNNUNet(2, 3, 2, group="p4m")),
+        "GCNNUNet p4": count_parameters(GCNNUNet(2, 3, 2, group="p4")),
+        "gcnn_resnet18 p4m": count_parameters(gcnn_resnet18(2, 3, 2, group="p4m")),
+        "gcnn_resnet18 p4": count_parameters(gcnn_resnet18(2, 3, 2, group="p4")),
+        "BasicUNet (16, 16, 32, 64, 128, 16)": count_parameters(
+            BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(16, 16, 32, 64, 128, 16))
+        ),
+        "MONAI resnet18": count_parameters(resnet18(spatial_dims=2, n_input_channels=3, num_classes=2)),
+    }
+
+
+def test_parameter_counts_match_docs():
+    counts = _param_counts()
+    assert counts == DOCUMENTED
+    # budgets: within 10 % of the plain MONAI counterparts
+    assert 0.9 < counts["GCNNUNet p4m"] / counts["BasicUNet (16, 16, 32, 64, 128, 16)"] < 1.1
+    assert 0.99 < counts["gcnn_resnet18 p4m"] / counts["MONAI resnet18"] < 1.01
+    doc = ROOT / "docs" / "gcnn.md"
+    if doc.is_file():  # the page lists the same numbers (formatted with thousands separators)
+        text = doc.read_text()
+        for name, value in DOCUMENTED.items():
+            assert f"{value:,}" in text, (name, value)
+
+
+def test_default_widths():
+    assert group_widths((16, 32, 64, 128), "p4m") == (6, 11, 23, 45)
+    assert group_widths((16, 32, 64, 128), "p4") == (8, 16, 32, 64)
+    assert GCNNUNet(2, 1, 1).features == (6, 11, 23, 45)
+    assert gcnn_resnet18(2, 3, 2, group="p4").block_inplanes == (32, 64, 128, 256)
+    n34, n18 = (count_parameters(f(2, 3, 2, **TINY_RESNET)) for f in (gcnn_resnet34, gcnn_resnet18))
+    assert n34 > n18
+
+
+# ------------------------------------------------------------------------------------------------ equivariance
+@pytest.mark.parametrize("group", ["p4m", "p4"])
+def test_unet_exactly_equivariant(group):
+    net = GCNNUNet(2, 2, 3, group=group, **TINY_UNET).eval()
+    x = torch.randn(2, 2, 16, 24)  # non-square, divisible by 8
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (2, 3, 16, 24)
+        errs = {g.name: rel_err(net(g(x)), g(y)) for g in group_elements_of(group)}
+    assert len(errs) == (8 if group == "p4m" else 4)
+    assert max(errs.values()) <= 1e-4, errs
+
+
+def test_unet_default_widths_equivariant_nearest_max_pool():
+    net = GCNNUNet(2, 1, 2, upsample="nearest", pooling="max", group_pool="mean").eval()
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        y = net(x)
+        errs = [rel_err(net(g(x)), g(y)) for g in d4_elements()]
+    assert max(errs) <= 1e-4, errs
+
+
+def test_p4_unet_is_not_reflection_equivariant():
+    """Sanity check that the test can fail: p4 nets are not equivariant to flips."""
+    net = GCNNUNet(2, 1, 1, group="p4", **TINY_UNET).eval()
+    x = torch.randn(1, 1, 16, 16)
+    flip = d4_elements()[4]
+    with torch.no_grad():
+        assert rel_err(net(flip(x)), flip(net(x))) > 1e-2
+
+
+@pytest.mark.parametrize("group", ["p4m", "p4"])
+def test_resnet_logits_exactly_invariant(group):
+    net = gcnn_resnet18(2, 3, 5, group=group, **TINY_RESNET)
+    x = torch.randn(3, 3, 32, 48)
+    net.train()
+    net(x)  # non-trivial running statistics
+    net.eval()
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (3, 5)
+        errs = {g.name: rel_err(net(g(x)), y) for g in group_elements_of(group)}
+    assert max(errs.values()) <= 1e-4, errs
+
+
+def test_resnet_features_and_options():
+    net = GCNNResNet((1, 1, 1, 1), (4, 4, 8, 6), 2, 1, feed_forward=False, conv1_t_stride=2, group_pool="mean").eval()
+    assert net.downsample_factor == 32
+    x = torch.randn(2, 1, 64, 32)
+    with torch.no_grad():
+        f = net(x)
+        assert f.shape == (2, 6)
+        assert max(rel_err(net(g(x)), f) for g in d4_elements()) <= 1e-4
+    assert gcnn_resnet18(2, 3, out_channels=4, **TINY_RESNET).fc.out_features == 4
+
+
+# ------------------------------------------------------------------------------------------------ bad arguments
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: GCNNUNet(3, 1, 2), "spatial_dims"),
+        (lambda: gcnn_resnet18(3, 1, 2), "spatial_dims"),
+        (lambda: GCNNResNet(spatial_dims=1, num_classes=2), "spatial_dims"),
+        (lambda: GCNNUNet(2, 1, 2, group="p6m"), "group"),
+        (lambda: gcnn_resnet18(2, 1, 2, group="so2"), "group"),
+        (lambda: GCNNUNet(2, 1, 2, kernel_size=4), "kernel_size"),
+        (lambda: GCNNUNet(2, 1, 2, features=(4, 4), kernel_size=(3, 3, 3)), "kernel_size"),
+        (lambda: GCNNUNet(2, 1, 2, features=(4,)), "features"),
+        (lambda: GCNNUNet(2, 1, 2, upsample="deconv"), "upsample"),
+        (lambda: GCNNUNet(2, 1, 2, pooling="lp"), "pooling"),
+        (lambda: GCNNUNet(2, 1, 2, group_pool="sum"), "group_pool"),
+        (lambda: gcnn_resnet18(2, 1, 2, group_pool="sum"), "group_pool"),
+        (lambda: GCNNUNet(2, 0, 2), "in_channels"),
+        (lambda: gcnn_resnet18(2, 1), "num_classes"),
+        (lambda: gcnn_resnet18(2, 1, 2, out_channels=3), "num_classes"),
+        (lambda: GCNNResNet((2, 2, 2), num_classes=2), "layers"),
+    ],
+)
+def test_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_inputs():
+    net = GCNNUNet(2, 1, 2, **TINY_UNET)
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*levels=8"):
+        net(torch.randn(1, 1, 20, 16))
+    with pytest.raises(ValueError, match="in_channels=1"):
+        net(torch.randn(1, 2, 16, 16))
+    with pytest.raises(ValueError, match="in_channels=3"):
+        gcnn_resnet18(2, 3, 2, **TINY_RESNET)(torch.randn(1, 1, 32, 32))
+
+
+# ------------------------------------------------------------------------------------------------ bundle config
+def test_bundle_config_instantiates_by_dotted_target():
+    config = {
+        "unet": {"_target_": "monai_gmr.nets.gcnn.GCNNUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2},
+        "unet_p4": {
+            "_target_": "monai_gmr.nets.gcnn.GCNNUNet",
+            "spatial_dims": 2,
+            "in_channels": 3,
+            "out_channels": 1,
+            "group": "p4",
+            "features": [4, 4, 8, 8],
+            "upsample": "nearest",
+        },
+        "resnet": {"_target_": "monai_gmr.nets.gcnn.gcnn_resnet18", "spatial_dims": 2, "in_channels": 3,
+                   "out_channels": 2, "block_inplanes": [4, 4, 8, 8]},
+        "resnet_cls": {"_target_": "monai_gmr.nets.gcnn.GCNNResNet", "spatial_dims": 2, "in_channels": 3,
+                       "num_classes": 7},
+    }
+    parser = ConfigParser(config)
+    unet, unet_p4 = parser.get_parsed_content("unet"), parser.get_parsed_content("unet_p4")
+    resnet, resnet_cls = parser.get_parsed_content("resnet"), parser.get_parsed_content("resnet_cls")
+    assert isinstance(unet, GCNNUNet) and unet.features == (6, 11, 23, 45) and unet.group == "p4m"
+    assert isinstance(unet_p4, GCNNUNet) and unet_p4.group == "p4" and unet_p4.features == (4, 4, 8, 8)
+    assert isinstance(resnet, GCNNResNet) and resnet.num_classes == 2
+    assert isinstance(resnet_cls, GCNNResNet) and resnet_cls.fc.out_features == 7
+    assert count_parameters(resnet_cls) == DOCUMENTED["gcnn_resnet18 p4m"] - 181 * 2 - 2 + 181 * 7 + 7
+    with torch.no_grad():
+        assert unet(torch.randn(1, 1, 16, 16)).shape == (1, 2, 16, 16)
+        assert unet_p4(torch.randn(1, 3, 8, 8)).shape == (1, 1, 8, 8)
+        assert resnet(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_bundle_override_swaps_a_monai_net_for_the_baseline():
+    config = {"network_def": {"_target_": "monai.networks.nets.BasicUNet", "spatial_dims": 2, "in_channels": 1,
+                              "out_channels": 2}}
+    parser = ConfigParser(config)
+    assert isinstance(parser.get_parsed_content("network_def"), BasicUNet)
+    parser = ConfigParser(config)
+    parser["network_def#_target_"] = "monai_gmr.nets.gcnn.GCNNUNet"
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, GCNNUNet) and net.out_channels == 2
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _disks(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centres = torch.randint(4, size - 4, (n, 2))
+    radii = torch.randint(2, 5, (n,))
+    mask = ((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2 <= radii[:, None, None] ** 2)
+    img = mask.float() + 0.3 * torch.randn(n, size, size)
+    return img[:, None], mask.long()
+
+
+def test_unet_trains_and_stays_equivariant():
+    net = GCNNUNet(2, 1, 2, **TINY_UNET)
+    x, y = _disks(4, 16)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+        assert max(rel_err(net(g(x)), g(out)) for g in d4_elements()) <= 1e-4
+
+
+def test_resnet_trains_and_stays_invariant():
+    net = gcnn_resnet18(2, 1, 2, **TINY_RESNET)
+    x = torch.randn(8, 1, 32, 32)
+    labels = torch.arange(8) % 2
+    x[labels == 1] += 1.0  # brighter images are class 1
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), labels)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+        assert max(rel_err(net(g(x)), out) for g in d4_elements()) <= 1e-4

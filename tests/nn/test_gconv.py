@@ -1,0 +1,276 @@
+"""p4 / p4m group convolutions: group tables, exact equivariance, gradcheck, init scale, bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_gmr.functional import D4Element, d4_elements
+from monai_gmr.nn.gconv import (
+    GroupBatchNorm,
+    GroupConv,
+    GroupConvolution,
+    GroupInstanceNorm,
+    GroupLiftingConv,
+    GroupPool,
+    GroupSpatialPool,
+    GroupUpsample,
+    cayley_table,
+    element_index,
+    group_conv2d,
+    group_elements_of,
+    group_filter_bank,
+    group_lifting_conv2d,
+    group_order,
+    inverse_table,
+    lifting_filter_bank,
+    orientation_permutation,
+    transform_group_features,
+)
+from tests.conftest import rel_err
+
+GROUPS = ("p4", "p4m")
+
+
+def _elements(group):
+    return [(group, g) for g in group_elements_of(group)]
+
+
+ALL = _elements("p4") + _elements("p4m")
+IDS = [f"{grp}-{g.name}" for grp, g in ALL]
+
+
+# ------------------------------------------------------------------------------------------------ group structure
+def test_group_orders_and_elements():
+    assert group_order("p4") == 4 and group_order("p4m") == 8
+    assert [g.name for g in group_elements_of("p4")] == ["rot0", "rot90", "rot180", "rot270"]
+    assert group_elements_of("p4m") == d4_elements()
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_cayley_table_is_composition(group):
+    x = torch.randn(2, 5, 7)  # non-square: composition must also get the shapes right
+    table, inv = cayley_table(group), inverse_table(group)
+    elems = group_elements_of(group)
+    n = len(elems)
+    assert table.shape == (n, n)
+    for a in range(n):
+        assert torch.equal(elems[inv[a]](elems[a](x)), x)
+        for b in range(n):
+            assert torch.equal(elems[table[a, b]](x), elems[a](elems[b](x)))
+            # closed form documented in the module docstring
+            k1, f1, k2, f2 = a % 4, a // 4, b % 4, b // 4
+            assert table[a, b] == (k1 + (-1) ** f1 * k2) % 4 + 4 * (f1 ^ f2)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_transform_group_features_is_a_group_action(group):
+    x = torch.randn(2, 3, group_order(group), 5, 6)
+    table = cayley_table(group)
+    elems = group_elements_of(group)
+    for a, ga in enumerate(elems):
+        for b, gb in enumerate(elems):
+            lhs = transform_group_features(transform_group_features(x, gb, group), ga, group)
+            assert torch.equal(lhs, transform_group_features(x, elems[table[a, b]], group))
+    # explicit convention: (L_g F)[:, :, h] = T_g(F[:, :, g^-1 . h])
+    g = D4Element(1, group == "p4m")
+    perm = orientation_permutation(g, group)
+    gi = inverse_table(group)[element_index(g, group)]
+    assert perm.tolist() == [int(table[gi, h]) for h in range(group_order(group))]
+    out = transform_group_features(x, g, group)
+    for h in range(group_order(group)):
+        assert torch.equal(out[:, :, h], g(x[:, :, perm[h]]))
+
+
+def test_p4_has_no_reflections():
+    x = torch.randn(1, 1, 4, 3, 3)
+    with pytest.raises(ValueError, match="p4"):
+        transform_group_features(x, D4Element(0, True), "p4")
+    with pytest.raises(ValueError, match="x must be shaped"):
+        transform_group_features(torch.randn(1, 1, 8, 3, 3), D4Element(1), "p4")
+
+
+# ------------------------------------------------------------------------------------------------ filter banks
+@pytest.mark.parametrize("group", GROUPS)
+def test_filter_banks_match_definition(group):
+    n = group_order(group)
+    elems = group_elements_of(group)
+    table, inv = cayley_table(group), inverse_table(group)
+    w_lift = torch.randn(3, 2, 5, 5)
+    bank = lifting_filter_bank(w_lift, group)
+    assert bank.shape == (3 * n, 2, 5, 5)
+    for o in range(3):
+        for h in range(n):
+            assert torch.equal(bank[o * n + h], elems[h](w_lift[o]))
+    w = torch.randn(3, 2, n, 3, 3)
+    bank = group_filter_bank(w, group)
+    assert bank.shape == (3 * n, 2 * n, 3, 3)
+    for o in range(3):
+        for c in range(2):
+            for h in range(n):
+                for hp in range(n):
+                    assert torch.equal(bank[o * n + h, c * n + hp], elems[h](w[o, c, table[inv[h], hp]]))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_group_conv_matches_loop_reference(group):
+    """y[:, o, h] = sum_{c,h'} x[:, c, h'] * T_h(psi[o, c, h^-1 h']) + b[o], computed by a loop of planar convs."""
+    n = group_order(group)
+    elems = group_elements_of(group)
+    table, inv = cayley_table(group), inverse_table(group)
+    conv = GroupConv(2, 3, 3, group).double()
+    torch.nn.init.normal_(conv.bias)
+    x = torch.randn(2, 2, n, 6, 5, dtype=torch.float64)
+    ref = torch.zeros(2, 3, n, 6, 5, dtype=torch.float64)
+    for h in range(n):
+        for hp in range(n):
+            w_h = torch.stack([elems[h](conv.weight[:, c, table[inv[h], hp]]) for c in range(2)], dim=1)
+            ref[:, :, h] += F.conv2d(x[:, :, hp], w_h, padding=1)
+    ref += conv.bias.view(1, 3, 1, 1, 1)
+    assert rel_err(conv(x), ref) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------------ exact equivariance
+@pytest.mark.parametrize("group,g", ALL, ids=IDS)
+def test_lifting_conv_equivariance(group, g):
+    conv = GroupLiftingConv(3, 4, 5, group)
+    x = torch.randn(2, 3, 11, 14)
+    y = conv(x)
+    assert y.shape == (2, 4, group_order(group), 11, 14)
+    assert rel_err(conv(g(x)), transform_group_features(y, g, group)) <= 1e-5
+
+
+@pytest.mark.parametrize("group,g", ALL, ids=IDS)
+@pytest.mark.parametrize("k", [1, 3])
+def test_group_conv_equivariance(group, g, k):
+    n = group_order(group)
+    conv = GroupConv(3, 4, k, group)
+    x = torch.randn(2, 3, n, 10, 13)
+    y = conv(x)
+    assert y.shape == (2, 4, n, 10, 13)
+    assert rel_err(conv(transform_group_features(x, g, group)), transform_group_features(y, g, group)) <= 1e-5
+
+
+@pytest.mark.parametrize("group,g", ALL, ids=IDS)
+def test_group_pool_is_plainly_equivariant(group, g):
+    x = torch.randn(2, 3, group_order(group), 6, 9)
+    gx = transform_group_features(x, g, group)
+    pmax, pmean = GroupPool("max"), GroupPool("mean")
+    assert pmax(x).shape == (2, 3, 6, 9)
+    assert torch.equal(pmax(gx), g(pmax(x)))  # max is order-free: bit-exact
+    assert rel_err(pmean(gx), g(pmean(x))) <= 1e-6
+    assert torch.allclose(pmean(x), x.mean(2)) and torch.equal(pmax(x), x.max(2).values)
+
+
+@pytest.mark.parametrize("group,g", ALL, ids=IDS)
+def test_lift_conv_pool_stack_is_plainly_equivariant(group, g):
+    net = torch.nn.Sequential(GroupLiftingConv(2, 4, 3, group), torch.nn.ReLU(), GroupConv(4, 4, 3, group), GroupPool())
+    x = torch.randn(1, 2, 12, 8)
+    assert rel_err(net(g(x)), g(net(x))) <= 1e-5
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_norms_pooling_upsampling_commute_with_action(group):
+    n = group_order(group)
+    x = torch.randn(3, 4, n, 8, 12) * 3 + 1
+    bn, inorm = GroupBatchNorm(4), GroupInstanceNorm(4, affine=True)
+    torch.nn.init.normal_(bn.weight), torch.nn.init.normal_(inorm.weight)
+    mods = [bn, inorm, GroupSpatialPool(2, "avg"), GroupSpatialPool(2, "max"), GroupUpsample(2, "nearest"),
+            GroupUpsample(2, "bilinear"), GroupConvolution(4, 5, 3, group, norm="batch", act="relu")]
+    for m in mods:
+        y = m(x)
+        for g in group_elements_of(group):
+            assert rel_err(m(transform_group_features(x, g, group)), transform_group_features(y, g, group)) <= 1e-5, m
+    # statistics are shared across the orientation axis: per channel over (B, |H|, H, W)
+    y = GroupBatchNorm(4, affine=False)(x)
+    assert torch.allclose(y.mean(dim=(0, 2, 3, 4)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(y.var(dim=(0, 2, 3, 4), unbiased=False), torch.ones(4), atol=1e-3)
+    y = GroupInstanceNorm(4)(x)
+    assert torch.allclose(y.mean(dim=(2, 3, 4)), torch.zeros(3, 4), atol=1e-5)
+    assert not torch.allclose(y.mean(dim=(3, 4)), torch.zeros(3, 4, n), atol=1e-3)  # not per orientation
+    assert GroupSpatialPool(2)(x).shape == (3, 4, n, 4, 6)
+    assert GroupUpsample(2)(x).shape == (3, 4, n, 16, 24)
+
+
+# ------------------------------------------------------------------------------------------------ gradients / init
+@pytest.mark.parametrize("group", GROUPS)
+def test_gradcheck(group):
+    n = group_order(group)
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    lift = lambda x, w, b: group_lifting_conv2d(x, w, b, group, padding=1)  # noqa: E731
+    assert torch.autograd.gradcheck(lift, (x, w, b), fast_mode=True)
+    xg = torch.randn(1, 1, n, 4, 3, dtype=torch.float64, requires_grad=True)
+    wg = torch.randn(2, 1, n, 3, 3, dtype=torch.float64, requires_grad=True)
+    gconv = lambda x, w, b: group_conv2d(x, w, b, group, padding=1)  # noqa: E731
+    assert torch.autograd.gradcheck(gconv, (xg, wg, b), fast_mode=True)
+
+
+def test_kaiming_init_keeps_a_relu_stack_well_scaled():
+    torch.manual_seed(1)
+    layers = [GroupLiftingConv(8, 12, 3, "p4m")]
+    for _ in range(7):
+        layers += [torch.nn.ReLU(), GroupConv(12, 12, 3, "p4m")]
+    x = torch.randn(4, 8, 16, 16)
+    with torch.no_grad():
+        h = x
+        rms = []
+        for m in layers:
+            h = m(h)
+            if not isinstance(m, torch.nn.ReLU):
+                rms.append(float(h.pow(2).mean().sqrt()))
+    assert abs(float(x.pow(2).mean().sqrt()) - 1) < 0.05
+    # 8 conv layers: the RMS stays within a factor 3 of the input's (it would shrink ~3^8 with PyTorch's default init)
+    assert all(1 / 3 < r < 3 for r in rms), rms
+    assert float(layers[0].bias.detach().abs().sum()) == 0
+    assert abs(float(layers[2].weight.detach().std()) - (2 / (12 * 8 * 9)) ** 0.5) < 0.1 * (2 / (12 * 8 * 9)) ** 0.5
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def test_stride_and_padding_shapes():
+    assert GroupLiftingConv(1, 2, 3, "p4", stride=2)(torch.randn(1, 1, 8, 8)).shape == (1, 2, 4, 4, 4)
+    assert GroupConv(2, 2, 5, "p4m", padding=0)(torch.randn(1, 2, 8, 9, 9)).shape == (1, 2, 8, 5, 5)
+    assert GroupConv(2, 2, (3, 3), "p4m", dilation=2)(torch.randn(1, 2, 8, 9, 9)).shape == (1, 2, 8, 9, 9)
+    assert GroupConv(2, 2, 3, "P4M").group == "p4m"
+    assert GroupLiftingConv(1, 2, 3, bias=False).bias is None
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: GroupConv(2, 2, 3, "p6"), "group"),
+        (lambda: GroupLiftingConv(2, 2, 3, group="c4"), "group"),
+        (lambda: GroupConv(2, 2, 4, "p4m"), "kernel_size"),
+        (lambda: GroupLiftingConv(2, 2, (3, 5), "p4m"), "kernel_size"),
+        (lambda: GroupConv(0, 2, 3, "p4m"), "in_channels"),
+        (lambda: GroupConv(2, 2.5, 3, "p4m"), "out_channels"),
+        (lambda: GroupConv(2, 2, 3, "p4m", stride=0), "stride"),
+        (lambda: GroupConv(2, 2, 3, "p4m", padding=-1), "padding"),
+        (lambda: GroupPool("median"), "mode"),
+        (lambda: GroupSpatialPool(2, "lp"), "mode"),
+        (lambda: GroupUpsample(2, "bicubic"), "mode"),
+        (lambda: GroupConvolution(2, 2, 3, "p4m", norm="layer"), "norm"),
+    ],
+)
+def test_bad_constructor_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="in_channels=3"):
+        GroupLiftingConv(3, 2, 3)(torch.randn(1, 2, 8, 8))
+    with pytest.raises(ValueError, match="input must be shaped"):
+        GroupLiftingConv(3, 2, 3)(torch.randn(1, 3, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"\|H\|=8"):
+        GroupConv(2, 2, 3, "p4m")(torch.randn(1, 2, 4, 8, 8))
+    with pytest.raises(ValueError, match="in_channels=2"):
+        GroupConv(2, 2, 3, "p4")(torch.randn(1, 3, 4, 8, 8))
+    with pytest.raises(ValueError, match="input.shape"):
+        GroupConv(2, 2, 3, "p4")(torch.randn(2, 4, 8, 8))
+    with pytest.raises(ValueError, match="GroupPool"):
+        GroupPool()(torch.randn(1, 2, 8, 8))
+    with pytest.raises(ValueError, match="GroupBatchNorm"):
+        GroupBatchNorm(2)(torch.randn(1, 2, 8, 8))
