@@ -1,0 +1,614 @@
+"""Convert existing (MONAI) networks to GMR convolutions: :func:`convert_to_gmr` and :class:`ConversionSummary`.
+
+Rules (every replacement keeps the module's output shape for every input size the original accepted):
+
+* ``nn.Conv2d/3d`` with a cubic kernel ``k > 1`` and stride 1 -> :class:`~monai_gmr.nn.GMRConv` with the same
+  channels, groups, dilation, bias and ``padding_mode``; the padding is chosen so the output size is unchanged.
+* strided ``nn.Conv2d/3d`` (stride ``s``) -> :class:`PooledConv`: average pooling with kernel = stride = ``s``
+  (``ceil_mode``/padding chosen to reproduce the conv's output size; ``ceil(H / s)`` for the usual
+  ``padding = (k - 1) // 2``) then a stride-1 GMR conv (1x1 convs: a stride-1 ``nn.Conv`` with the same weights).
+* ``nn.ConvTranspose2d/3d`` (stride ``s``) -> :class:`UpsampledConv`: non-learned up-sampling by ``s``
+  (``upsample_mode``) then a stride-1 GMR conv whose padding reproduces the transposed conv's output size
+  (``(H - 1) s - 2 p + d (k - 1) + output_padding + 1``; e.g. ``2H`` for MONAI's ``k=3, p=1, output_padding=1`` and
+  ``k=2, p=0`` up-convs).
+* even kernel sizes ``k`` map to ``k + 1`` (GMR kernels have a centre pixel); sizes may also be remapped with
+  ``kernel_size`` (an int for every ``k > 1`` conv, or a callable ``old -> new``).
+* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay. Max/avg pools whose kernel
+  differs from their stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet stems) stay unless
+  ``replace_pooling=True`` (then: the same pool type with kernel = stride and the same output size).
+* convs that cannot be mapped exactly (anisotropic kernels/dilations, paddings whose output size no symmetric
+  padding reproduces) are left as they are and reported.
+
+After converting, every leaf module is audited and the :class:`ConversionSummary` lists what remains
+orientation-dependent (``non_equivariant``), what is equivariant only for some input sizes (``conditions``) and
+leaf types the audit does not know (``unknown``). Operations written inside ``forward`` methods (padding,
+cropping, functional interpolation) are invisible to the audit: measure (tests/conversion, docs/networks.md).
+
+The replacement modules were written here rather than taken from MONAI because MONAI has no "pool then conv" /
+"resize then conv" blocks that take an existing conv's geometry.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from monai_gmr.nn.conv import GMRConv
+from monai_gmr.nets.unet import interp_mode
+
+__all__ = ["convert_to_gmr", "ConversionSummary", "PooledConv", "UpsampledConv", "audit_equivariance", "WEIGHT_MODES"]
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_MODES = ("init", "project")
+
+_CONV = (nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose2d, nn.ConvTranspose3d)
+_POOLS = (nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AvgPool3d)
+_ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+class PooledConv(nn.Sequential):
+    """Replacement of a strided convolution: pooling (kernel = stride) then a stride-1 convolution.
+
+    Children: ``pool`` and ``conv`` (a :class:`~monai_gmr.nn.GMRConv`, or an ``nn.Conv`` for 1x1 kernels).
+
+    Shapes:
+        ``(B, C_in, *spatial) -> (B, C_out, *spatial_out)`` with the replaced conv's ``spatial_out``.
+    """
+
+    def __init__(self, pool: nn.Module, conv: nn.Module) -> None:
+        super().__init__()
+        self.add_module("pool", pool)
+        self.add_module("conv", conv)
+
+
+class UpsampledConv(nn.Sequential):
+    """Replacement of a transposed convolution: non-learned up-sampling then a stride-1 convolution.
+
+    Children: ``upsample`` (``nn.Upsample``) and ``conv`` (a :class:`~monai_gmr.nn.GMRConv`, or an ``nn.Conv`` for
+    1x1 kernels).
+
+    Shapes:
+        ``(B, C_in, *spatial) -> (B, C_out, *spatial_out)`` with the replaced transposed conv's ``spatial_out``.
+    """
+
+    def __init__(self, upsample: nn.Module, conv: nn.Module) -> None:
+        super().__init__()
+        self.add_module("upsample", upsample)
+        self.add_module("conv", conv)
+
+
+@dataclass
+class ConversionSummary:
+    """What :func:`convert_to_gmr` changed and what remains orientation-dependent.
+
+    Attributes:
+        converted: module name -> ``"old -> new"`` description, for every replaced module.
+        counts: kind -> number of modules (``conv``, ``strided_conv``, ``transposed_conv``, ``strided_pointwise``,
+            ``transposed_pointwise``, ``even_kernel``, ``pool_replaced``, ``pointwise_kept``, ``excluded``,
+            ``unsupported``, ``already_gmr``).
+        kept: module name -> why a conv was not replaced (excluded, unsupported geometry).
+        non_equivariant: module name -> why the module (after conversion) does not commute with the group at
+            usual input sizes.
+        conditions: module name -> input-size condition under which the module commutes (e.g. divisibility by a
+            pooling stride).
+        unknown: module name -> type of leaf modules whose symmetry the audit does not know.
+    """
+
+    converted: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)
+    non_equivariant: dict[str, str] = field(default_factory=dict)
+    conditions: dict[str, str] = field(default_factory=dict)
+    unknown: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fully_equivariant(self) -> bool:
+        """No leaf module left orientation-dependent or unknown (``forward`` code is not audited)."""
+        return not self.non_equivariant and not self.unknown
+
+    def to_dict(self) -> dict:
+        """Plain-``dict`` form (JSON-serialisable)."""
+        return asdict(self)
+
+    def format(self) -> str:
+        """Multi-line human-readable report."""
+        lines = ["GMR conversion: " + (", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "nothing")]
+        for title, d in (
+            ("converted", self.converted),
+            ("kept", self.kept),
+            ("non-equivariant", self.non_equivariant),
+            ("size conditions", self.conditions),
+            ("unknown", self.unknown),
+        ):
+            if d:
+                lines.append(f"{title} ({len(d)}):")
+                lines += [f"  {k}: {v}" for k, v in d.items()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+def _tuple(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _excess(conv: nn.Module, d: int) -> tuple[int, ...] | None:
+    """Per dim ``e = 2 p - dil (k - 1)``: a stride-1 conv maps size ``H`` to ``H + e``; ``None`` if unknown."""
+    k = _tuple(conv.kernel_size, d)
+    dil = _tuple(conv.dilation, d)
+    pad = conv.padding
+    if isinstance(pad, str):
+        if pad == "same":
+            return (0,) * d
+        pad = 0  # "valid"
+    pad = _tuple(pad, d)
+    return tuple(2 * p - di * (ki - 1) for p, di, ki in zip(pad, dil, k))
+
+
+def _pool_out(h: int, s: int, q: int, ceil: bool) -> int:
+    """Output size of ``avg_pool(kernel=s, stride=s, padding=q, ceil_mode=ceil)`` on size ``h`` (PyTorch's rule)."""
+    num = h + 2 * q - s
+    out = (-(-num // s) if ceil else num // s) + 1
+    if ceil and (out - 1) * s >= h + q:
+        out -= 1
+    return out
+
+
+def _down_pool_config(e: int, s: int) -> tuple[int, bool] | None:
+    """Pool padding ``q`` and ``ceil_mode`` with output ``floor((H + e - 1) / s) + 1`` (a strided conv's size)."""
+    candidates = []
+    if e % 2 == 0:
+        candidates.append((e // 2, True))
+    if (e - 1 + s) % 2 == 0:
+        candidates.append(((e - 1 + s) // 2, False))
+    for q, ceil in candidates:
+        if q < 0 or 2 * q > s:
+            continue
+        h_min = max(1, s - e)
+        if all(_pool_out(h, s, q, ceil) == (h + e - 1) // s + 1 for h in range(h_min, h_min + 4 * s + 8)):
+            return q, ceil
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+def _fit_kernel(kernel: torch.Tensor, k_new: int) -> torch.Tensor:
+    """Centre-crop or zero-pad the spatial dims of ``kernel`` ``(O, I, *k)`` to ``k_new``."""
+    d = kernel.ndim - 2
+    out = kernel
+    for i in range(d):
+        dim = 2 + i
+        k = out.shape[dim]
+        if k > k_new:
+            start = (k - k_new) // 2
+            out = out.narrow(dim, start, k_new)
+        elif k < k_new:
+            before = (k_new - k) // 2
+            pads = [0, 0] * d
+            pos = 2 * (d - 1 - i)
+            pads[pos], pads[pos + 1] = before, k_new - k - before
+            out = F.pad(out, pads)
+    return out
+
+
+def _project(gmr: GMRConv, kernel: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Least-squares ring weights of ``gmr`` reproducing ``kernel`` ``(O, I/g, *k)`` (radial average), bias copied."""
+    with torch.no_grad():
+        basis = gmr.basis().detach().double().reshape(gmr.num_rings, -1)  # (n, P)
+        target = _fit_kernel(kernel.detach().double(), gmr.kernel_size).reshape(kernel.shape[0] * kernel.shape[1], -1)
+        w = target @ torch.linalg.pinv(basis)  # (O * I/g, n)
+        gmr.weight.copy_(w.reshape(gmr.weight.shape).to(gmr.weight.dtype))
+        if gmr.bias is not None and bias is not None:
+            gmr.bias.copy_(bias.detach().to(gmr.bias.dtype))
+    gmr._kernel_cache = None
+
+
+def _transposed_as_conv_weight(conv: nn.Module) -> torch.Tensor:
+    """Weight of the ordinary conv equivalent to a stride-1 transposed conv: ``(O, I/g, *k)`` flipped."""
+    w = conv.weight.detach()
+    g = conv.groups
+    i, o_g = w.shape[0], w.shape[1]
+    k = w.shape[2:]
+    w = w.reshape(g, i // g, o_g, *k).transpose(1, 2).reshape(g * o_g, i // g, *k)
+    return w.flip(tuple(range(2, w.ndim)))
+
+
+# ---------------------------------------------------------------------------------------------------- converter
+class _Converter:
+    def __init__(
+        self,
+        kernel_size: int | Callable[[int], int] | None,
+        exclude: Iterable,
+        upsample_mode: str,
+        pool_mode: str,
+        weights: str,
+        replace_pooling: bool,
+        gmr_kwargs: dict,
+    ) -> None:
+        self.kernel_size = kernel_size
+        exclude = [exclude] if isinstance(exclude, (str, type)) else list(exclude)
+        self.exclude_names = [e for e in exclude if isinstance(e, str)]
+        self.exclude_types = tuple(e for e in exclude if isinstance(e, type))
+        bad = [e for e in exclude if not isinstance(e, (str, type))]
+        if bad:
+            raise ValueError(f"exclude must hold module names/patterns (str) or module types, got exclude entries {bad!r}.")
+        self.upsample_mode = upsample_mode
+        self.pool_mode = pool_mode
+        self.weights = weights
+        self.replace_pooling = replace_pooling
+        self.gmr_kwargs = gmr_kwargs
+        self.summary = ConversionSummary()
+        self.counts: Counter = Counter()
+        self.memo: dict[int, nn.Module | None] = {}  # id(module) -> replacement: shared modules stay shared
+
+    # -- helpers
+    def _excluded(self, name: str, module: nn.Module) -> bool:
+        if self.exclude_types and isinstance(module, self.exclude_types):
+            return True
+        for pat in self.exclude_names:
+            if name == pat or name.startswith(pat + ".") or fnmatch.fnmatchcase(name, pat):
+                return True
+        return False
+
+    def _new_k(self, k: int) -> int:
+        if self.kernel_size is None:
+            new = k
+        elif callable(self.kernel_size):
+            new = self.kernel_size(k)
+        else:
+            new = self.kernel_size
+        if isinstance(new, bool) or not isinstance(new, int) or new < 1:
+            raise ValueError(f"kernel_size must give a positive int for kernel size {k}, got {new!r}.")
+        if new % 2 == 0:
+            self.counts["even_kernel"] += 1
+            new += 1
+        return new
+
+    def _keep(self, name: str, reason: str, kind: str) -> None:
+        self.summary.kept[name] = reason
+        self.counts[kind] += 1
+        logger.debug("convert_to_gmr: kept %s (%s)", name, reason)
+
+    def _gmr(self, conv: nn.Module, d: int, k: int, padding: int, dilation: int, in_c: int, out_c: int) -> GMRConv:
+        kwargs = dict(self.gmr_kwargs)
+        kwargs.setdefault("padding_mode", getattr(conv, "padding_mode", "zeros"))
+        if kwargs["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
+            kwargs["padding_mode"] = "zeros"
+        return GMRConv(
+            d, in_c, out_c, k, stride=1, padding=padding, dilation=dilation, groups=conv.groups,
+            bias=conv.bias is not None, **kwargs,
+        )  # fmt: skip
+
+    def _finish(self, new: nn.Module, old: nn.Module) -> nn.Module:
+        w = old.weight
+        new.to(device=w.device, dtype=w.dtype)
+        new.train(old.training)
+        return new
+
+    # -- conversions
+    def convert_conv(self, name: str, conv: nn.Module) -> nn.Module | None:
+        d = conv.weight.ndim - 2
+        ks = _tuple(conv.kernel_size, d)
+        strides = _tuple(conv.stride, d)
+        dils = _tuple(conv.dilation, d)
+        e = _excess(conv, d)
+        k, s_all = ks[0], strides
+        if len(set(ks)) != 1:
+            self._keep(name, f"anisotropic kernel {ks} (GMR kernels are isotropic)", "unsupported")
+            return None
+        if len(set(dils)) != 1:
+            self._keep(name, f"anisotropic dilation {dils}", "unsupported")
+            return None
+        dil = dils[0]
+        if k == 1 and all(s == 1 for s in s_all) and all(x == 0 for x in e):
+            self.counts["pointwise_kept"] += 1
+            return None
+        strided = any(s > 1 for s in s_all)
+        k_new = 1 if k == 1 else self._new_k(k)
+        if k != 1 and k % 2 == 0 and self.kernel_size is None:
+            logger.debug("convert_to_gmr: %s has even kernel size %d, mapped to %d", name, k, k_new)
+        if not strided:
+            # stride 1: GMR padding p' with H + 2p' - dil (k' - 1) = H + e
+            if len(set(e)) != 1 or (e[0] + dil * (k_new - 1)) % 2 or e[0] + dil * (k_new - 1) < 0:
+                self._keep(name, f"no symmetric padding reproduces the output size (kernel {k}->{k_new}, padding {conv.padding})", "unsupported")
+                return None
+            pad = (e[0] + dil * (k_new - 1)) // 2
+            new = self._gmr(conv, d, k_new, pad, dil, conv.in_channels, conv.out_channels)
+            if self.weights == "project":
+                _project(new, conv.weight, conv.bias)
+            self.counts["conv"] += 1
+            desc = f"{type(conv).__name__}(k={k}) -> GMRConv(k={k_new})"
+        else:
+            cfg = [_down_pool_config(ei, si) for ei, si in zip(e, s_all)]
+            if any(c is None for c in cfg) or len({c[1] for c in cfg}) != 1:  # type: ignore[index]
+                self._keep(name, f"no pooling reproduces the output size of stride {s_all}, padding {conv.padding}", "unsupported")
+                return None
+            qs = tuple(c[0] for c in cfg)  # type: ignore[index]
+            ceil = cfg[0][1]  # type: ignore[index]
+            pool_cls = {("avg", 2): nn.AvgPool2d, ("avg", 3): nn.AvgPool3d, ("max", 2): nn.MaxPool2d, ("max", 3): nn.MaxPool3d}[(self.pool_mode, d)]
+            pool = pool_cls(kernel_size=s_all, stride=s_all, padding=qs, ceil_mode=ceil)
+            if k == 1:
+                conv1 = (nn.Conv2d if d == 2 else nn.Conv3d)(conv.in_channels, conv.out_channels, 1, groups=conv.groups, bias=conv.bias is not None)
+                with torch.no_grad():
+                    conv1.weight.copy_(conv.weight)
+                    if conv.bias is not None:
+                        conv1.bias.copy_(conv.bias)
+                inner: nn.Module = conv1
+                self.counts["strided_pointwise"] += 1
+                desc = f"{type(conv).__name__}(k=1, stride={s_all}) -> {type(pool).__name__}({s_all}) + 1x1 conv"
+            else:
+                inner = self._gmr(conv, d, k_new, dil * (k_new - 1) // 2, dil, conv.in_channels, conv.out_channels)
+                if self.weights == "project":
+                    _project(inner, conv.weight, conv.bias)
+                self.counts["strided_conv"] += 1
+                desc = f"{type(conv).__name__}(k={k}, stride={s_all}) -> {type(pool).__name__}({s_all}) + GMRConv(k={k_new})"
+            new = PooledConv(pool, inner)
+        self.summary.converted[name] = desc
+        return self._finish(new, conv)
+
+    def convert_transposed(self, name: str, conv: nn.Module) -> nn.Module | None:
+        d = conv.weight.ndim - 2
+        ks = _tuple(conv.kernel_size, d)
+        strides = _tuple(conv.stride, d)
+        dils = _tuple(conv.dilation, d)
+        pads = _tuple(conv.padding, d)
+        ops = _tuple(conv.output_padding, d)
+        if len(set(ks)) != 1 or len(set(dils)) != 1:
+            self._keep(name, f"anisotropic kernel {ks} / dilation {dils}", "unsupported")
+            return None
+        k, dil = ks[0], dils[0]
+        if k == 1 and all(s == 1 for s in strides) and all(p == 0 for p in pads) and all(o == 0 for o in ops):
+            self.counts["pointwise_kept"] += 1
+            return None
+        # out = (H - 1) s - 2p + dil (k - 1) + op + 1 = s H + c
+        c = [dil * (k - 1) + o + 1 - s - 2 * p for s, p, o in zip(strides, pads, ops)]
+        k_new = 1 if k == 1 else self._new_k(k)
+        if len(set(c)) != 1 or (c[0] + dil * (k_new - 1)) % 2 or c[0] + dil * (k_new - 1) < 0:
+            self._keep(name, f"no symmetric padding reproduces the output size (stride {strides}, padding {pads}, output_padding {ops})", "unsupported")
+            return None
+        pad = (c[0] + dil * (k_new - 1)) // 2
+        weight = _transposed_as_conv_weight(conv)
+        out_c = weight.shape[0]
+        if k_new == 1:
+            conv_cls = nn.Conv2d if d == 2 else nn.Conv3d
+            inner: nn.Module = conv_cls(conv.in_channels, out_c, 1, padding=pad, groups=conv.groups, bias=conv.bias is not None)
+            with torch.no_grad():
+                inner.weight.copy_(_fit_kernel(weight, 1))
+                if conv.bias is not None:
+                    inner.bias.copy_(conv.bias)
+            kind = "transposed_pointwise"
+        else:
+            inner = self._gmr(conv, d, k_new, pad, dil, conv.in_channels, out_c)
+            if self.weights == "project":
+                _project(inner, weight, conv.bias)
+            kind = "transposed_conv"
+        if all(s == 1 for s in strides):
+            new: nn.Module = inner
+            desc = f"{type(conv).__name__}(k={k}) -> GMRConv(k={k_new})"
+        else:
+            up = nn.Upsample(
+                scale_factor=tuple(float(s) for s in strides),
+                mode=interp_mode(self.upsample_mode, d),
+                align_corners=False if self.upsample_mode not in ("nearest", "nearest-exact") else None,
+            )
+            new = UpsampledConv(up, inner)
+            desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({self.upsample_mode}, x{strides[0]}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
+        self.counts[kind] += 1
+        self.summary.converted[name] = desc
+        return self._finish(new, conv)
+
+    def convert_pool(self, name: str, pool: nn.Module) -> nn.Module | None:
+        d = 2 if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)) else 3
+        ks, ss = _tuple(pool.kernel_size, d), _tuple(pool.stride if pool.stride is not None else pool.kernel_size, d)
+        pads = _tuple(pool.padding, d)
+        dils = _tuple(getattr(pool, "dilation", 1), d)
+        if ks == ss and all(p == 0 for p in pads) and all(x == 1 for x in dils):
+            return None
+        if getattr(pool, "ceil_mode", False) or len(set(ks)) != 1:
+            return None
+        e = [2 * p - di * (k - 1) for p, di, k in zip(pads, dils, ks)]
+        cfg = [_down_pool_config(ei, si) for ei, si in zip(e, ss)]
+        if any(c is None for c in cfg) or len({c[1] for c in cfg}) != 1:  # type: ignore[index]
+            return None
+        qs = tuple(c[0] for c in cfg)  # type: ignore[index]
+        if isinstance(pool, (nn.MaxPool2d, nn.MaxPool3d)):
+            new = type(pool)(kernel_size=ss, stride=ss, padding=qs, ceil_mode=cfg[0][1])  # type: ignore[index]
+        else:
+            new = type(pool)(kernel_size=ss, stride=ss, padding=qs, ceil_mode=cfg[0][1], count_include_pad=pool.count_include_pad)  # type: ignore[index]
+        self.counts["pool_replaced"] += 1
+        self.summary.converted[name] = f"{type(pool).__name__}(k={ks[0]}, stride={ss}, padding={pads}) -> {type(new).__name__}(k={ss}, stride={ss})"
+        return new
+
+    def walk(self, module: nn.Module, prefix: str) -> None:
+        for child_name, child in list(module.named_children()):
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            if id(child) in self.memo:  # reached again through another parent (e.g. DynUNet's skip_layers)
+                new = self.memo[id(child)]
+            else:
+                new = self.visit(name, child)
+                self.memo[id(child)] = new
+            if new is not None:
+                setattr(module, child_name, new)
+
+    def visit(self, name: str, module: nn.Module) -> nn.Module | None:
+        """Replacement of ``module`` (or ``None``: keep it, after converting its children)."""
+        if isinstance(module, (GMRConv, PooledConv, UpsampledConv)):
+            self.counts["already_gmr"] += isinstance(module, GMRConv)
+            return None
+        if self._excluded(name, module):
+            if isinstance(module, _CONV + _CONV_T) or any(isinstance(m, _CONV + _CONV_T) for m in module.modules()):
+                self._keep(name, "excluded", "excluded")
+            return None
+        if isinstance(module, _CONV):
+            return self.convert_conv(name, module)
+        if isinstance(module, _CONV_T):
+            return self.convert_transposed(name, module)
+        if self.replace_pooling and isinstance(module, _POOLS):
+            return self.convert_pool(name, module)
+        self.walk(module, name)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- audit
+def _is_int_scale(scale) -> bool:
+    if scale is None:
+        return True
+    vals = scale if isinstance(scale, (tuple, list)) else (scale,)
+    return all(float(v).is_integer() for v in vals)
+
+
+def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = None) -> ConversionSummary:
+    """Classify every leaf module of ``model`` by how it interacts with the grid symmetries (D4 / cube group).
+
+    Fills ``summary.non_equivariant``, ``summary.conditions`` and ``summary.unknown`` (a fresh summary when
+    ``None``). Only leaf modules are inspected; code in ``forward`` methods is not.
+    """
+    summary = summary if summary is not None else ConversionSummary()
+    for name, m in model.named_modules():
+        if any(True for _ in m.children()):
+            continue
+        name = name or type(m).__name__
+        if isinstance(m, GMRConv):
+            if m.stride != 1:
+                summary.non_equivariant[name] = f"GMRConv with stride {m.stride} samples an off-centre sub-grid"
+        elif isinstance(m, _CONV + _CONV_T):
+            ks = tuple(m.kernel_size)
+            st = tuple(m.stride)
+            if any(k > 1 for k in ks):
+                summary.non_equivariant[name] = f"learned {'x'.join(map(str, ks))} {type(m).__name__} kernel (not converted)"
+            elif any(s > 1 for s in st):
+                summary.non_equivariant[name] = f"1x1 {type(m).__name__} with stride {st} samples an off-centre sub-grid"
+        elif isinstance(m, _POOLS):
+            d = 2 if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) else 3
+            ks = _tuple(m.kernel_size, d)
+            ss = _tuple(m.stride if m.stride is not None else m.kernel_size, d)
+            ps = _tuple(m.padding, d)
+            ds = _tuple(getattr(m, "dilation", 1), d)
+            if len(set(ss)) != 1 or len(set(ks)) != 1:
+                summary.non_equivariant[name] = f"anisotropic pooling kernel {ks} / stride {ss} (breaks axis permutations)"
+                continue
+            k, s, p, di = ks[0], ss[0], ps[0], ds[0]
+            # windows start at j*s - p and span di*(k-1)+1 pixels; the window grid is mirror-symmetric exactly when
+            # the last window ends at the far padded edge: (H + 2p - di(k-1) - 1) % s == 0, i.e. H % s == req
+            req = (1 - (2 * p - di * (k - 1))) % s
+            if req == 0:
+                summary.conditions[name] = f"{type(m).__name__}(kernel={k}, stride={s}) commutes when every input size is divisible by {s}"
+            else:
+                summary.non_equivariant[name] = (
+                    f"{type(m).__name__}(kernel={k}, stride={s}, padding={p}): its window grid is mirror-symmetric only "
+                    f"when every input size H has H % {s} == {req} (odd H for 3x3/stride-2/pad-1); "
+                    f"replace_pooling=True swaps it for a kernel=stride pool"
+                )
+        elif isinstance(m, _ADAPTIVE):
+            out = m.output_size
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            if any(o not in (1, None) for o in outs):
+                summary.conditions[name] = f"{type(m).__name__}({out}) commutes when every input size is divisible by {out}"
+        elif isinstance(m, nn.Upsample):
+            if not _is_int_scale(m.scale_factor):
+                summary.unknown[name] = f"Upsample with non-integer scale {m.scale_factor}"
+        elif isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten, nn.Linear)):
+            pass  # per channel / per position; Linear/Flatten assumed after global pooling
+        elif type(m).__module__ == "torch.nn.modules.activation":
+            dim = getattr(m, "dim", None)
+            if dim not in (None, 0, 1):
+                summary.unknown[name] = f"{type(m).__name__}(dim={dim})"
+        else:
+            summary.unknown[name] = type(m).__name__
+    return summary
+
+
+def convert_to_gmr(
+    model: nn.Module,
+    kernel_size: int | Callable[[int], int] | None = None,
+    exclude: str | type | Iterable[str | type] = (),
+    inplace: bool = False,
+    upsample_mode: str = "bilinear",
+    pool_mode: str = "avg",
+    weights: str = "init",
+    replace_pooling: bool = False,
+    return_summary: bool = False,
+    **gmr_kwargs,
+) -> nn.Module | tuple[nn.Module, ConversionSummary]:
+    """Replace the convolutions of ``model`` by GMR convolutions (see the module docstring for the rules).
+
+    Args:
+        model: any ``nn.Module`` (tested: MONAI ``UNet``, ``BasicUNet``, ``DynUNet``, ``SegResNet``,
+            ``DenseNet121``, ``ResNet``), or a single conv.
+        kernel_size: ``None`` keeps each conv's size (even ``k`` -> ``k + 1``); an int sets every ``k > 1`` conv to
+            that size; a callable maps old size -> new size. Even results become ``k + 1``. 1x1 convs stay 1x1.
+        exclude: module names (exact, a prefix ``"a.b"`` that also covers its submodules, or an ``fnmatch`` pattern
+            like ``"*.conv0"``) and/or module types to leave untouched.
+        inplace: modify ``model`` itself instead of a deep copy.
+        upsample_mode: interpolation replacing transposed convs: ``"bilinear"`` (multi-linear in 3D),
+            ``"nearest"``, ``"nearest-exact"``, ``"bicubic"`` (2D).
+        pool_mode: pooling replacing strides: ``"avg"`` (default, the GMR recipe) or ``"max"``.
+        weights: ``"init"`` (fresh GMR initialisation) or ``"project"`` (least-squares ring weights reproducing
+            the radial average of each existing kernel, bias copied; for pretrained nets).
+        replace_pooling: also replace pools whose kernel differs from their stride (e.g. 3x3/stride-2/pad-1 max
+            pools) by the same pool type with kernel = stride and the same output size (equivariant at even sizes).
+        return_summary: return ``(model, summary)`` instead of ``model``.
+        gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
+            ``circular``, ``impl``; ``padding_mode`` overrides the convs' own).
+
+    Returns:
+        the converted model (a copy unless ``inplace``), with the :class:`ConversionSummary` attached as
+        ``model.gmr_conversion_summary``; ``(model, summary)`` when ``return_summary``.
+
+    Raises:
+        ValueError: bad ``upsample_mode``, ``pool_mode``, ``weights``, ``kernel_size`` or ``exclude`` entries.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got model={type(model).__name__}.")
+    if upsample_mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic"):
+        raise ValueError(f"upsample_mode must be one of nearest, nearest-exact, bilinear, bicubic; got upsample_mode={upsample_mode!r}.")
+    if pool_mode not in ("avg", "max"):
+        raise ValueError(f"pool_mode must be 'avg' or 'max', got pool_mode={pool_mode!r}.")
+    if weights not in WEIGHT_MODES:
+        raise ValueError(f"weights must be one of {WEIGHT_MODES}, got weights={weights!r}.")
+    if kernel_size is not None and not callable(kernel_size):
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"kernel_size must be None, a positive int or a callable, got kernel_size={kernel_size!r}.")
+    conv = _Converter(kernel_size, exclude, upsample_mode, pool_mode, weights, replace_pooling, gmr_kwargs)
+    root = model if inplace else copy.deepcopy(model)
+    new_root = conv.visit("", root) if isinstance(root, _CONV + _CONV_T) else None
+    if new_root is not None:
+        root = new_root
+    elif not isinstance(root, _CONV + _CONV_T):
+        conv.walk(root, "")
+    summary = conv.summary
+    summary.counts = {k: int(v) for k, v in sorted(conv.counts.items()) if v}
+    audit_equivariance(root, summary)
+    root.gmr_conversion_summary = summary  # plain attribute (not a submodule/buffer); kept by deepcopy/pickle
+    logger.info(
+        "convert_to_gmr: %s; %d module(s) left orientation-dependent%s",
+        ", ".join(f"{k}={v}" for k, v in summary.counts.items()) or "nothing converted",
+        len(summary.non_equivariant),
+        (": " + ", ".join(summary.non_equivariant)) if summary.non_equivariant else "",
+    )
+    for name, desc in summary.converted.items():
+        logger.debug("convert_to_gmr: %s: %s", name, desc)
+    return (root, summary) if return_summary else root

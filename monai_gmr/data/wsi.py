@@ -1,0 +1,577 @@
+"""Whole-slide image helpers on top of MONAI's :class:`monai.data.WSIReader`.
+
+Conventions (the same as MONAI's ``WSIReader`` and ``PatchWSIDataset``):
+
+- a **location** is ``(y, x)`` = ``(row, column)`` in **level-0** pixels;
+- a **size** is ``(height, width)`` in pixels **at the level read**;
+- datalist items made here use ``{"image": slide, "location": [y, x], "size": [h, w], "level": L, ...}`` in
+  the convention of MONAI ``PatchWSIDataset(center_location=True)`` (its default): the patch read has its
+  top-left corner at ``location - size // 2`` (level-0 pixels, ``size`` at the patch level, exactly as MONAI
+  1.6.1 computes it). At level 0 this is the patch centre; at level ``L > 0`` MONAI does not scale the offset by
+  the downsample, so the location is ``top_left + size // 2``, not the level-0 centre. All helpers here use
+  the same formula (``center=True``), so an item reads the same pixels here and in ``PatchWSIDataset``;
+- a mask at pyramid level ``L`` comes with its ``downsample`` (level-0 pixels per mask pixel), so mask pixel
+  ``(i, j)`` covers level-0 pixels ``[i * ds, (i + 1) * ds) x [j * ds, (j + 1) * ds)``.
+
+Errors name the slide: :class:`WSIError` (a ``ValueError``) for an unreadable slide, a level that does not exist,
+a location/patch outside the slide; :class:`SlideNotFoundError` (both a ``WSIError`` and a
+``FileNotFoundError``) for a missing file. Catch ``WSIError`` to report and skip a bad slide in a list.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SLIDE_EXTENSIONS",
+    "WSIError",
+    "SlideNotFoundError",
+    "list_slides",
+    "get_wsi_reader",
+    "open_slide",
+    "resolve_level",
+    "slide_info",
+    "read_region",
+    "tissue_mask",
+    "sample_patch_locations",
+    "slide_patch_grid",
+    "validate_patch_items",
+    "monai_location",
+]
+
+logger = logging.getLogger(__name__)
+
+#: file extensions treated as slides by :func:`list_slides`.
+SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
+
+
+class WSIError(ValueError):
+    """A slide cannot be used (unreadable, missing level, location outside it); ``slide`` names the file."""
+
+    def __init__(self, message: str, slide: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.slide = None if slide is None else str(slide)
+
+
+class SlideNotFoundError(WSIError, FileNotFoundError):
+    """The slide file does not exist."""
+
+
+def list_slides(folder: str | os.PathLike, extensions: Sequence[str] = SLIDE_EXTENSIONS) -> list[str]:
+    """Sorted slide files directly inside ``folder`` (hidden files skipped).
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"slide folder {str(folder)!r} does not exist.")
+    exts = tuple(e.lower() for e in extensions)
+    return sorted(
+        str(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(exts)
+    )
+
+
+def get_wsi_reader(backend: str = "openslide", **kwargs: Any):
+    """A MONAI :class:`~monai.data.WSIReader` (``backend``: ``openslide``, ``tifffile`` or ``cucim``)."""
+    from monai.data import WSIReader
+
+    return WSIReader(backend=backend, **kwargs)
+
+
+def _reader_of(reader_or_backend: Any):
+    if reader_or_backend is None or isinstance(reader_or_backend, str):
+        return get_wsi_reader(reader_or_backend or "openslide")
+    return reader_or_backend
+
+
+def open_slide(slide: str | os.PathLike, backend: str | Any = "openslide") -> tuple[Any, Any]:
+    """Open ``slide`` with a MONAI ``WSIReader``; returns ``(reader, wsi_object)``.
+
+    Args:
+        slide: slide path.
+        backend: backend name or an existing ``WSIReader``/``BaseWSIReader``.
+
+    Raises:
+        SlideNotFoundError: the file does not exist.
+        WSIError: the backend cannot open it, or it has no level.
+    """
+    path = Path(slide)
+    if not path.is_file():
+        raise SlideNotFoundError(f"slide {str(path)!r} does not exist.", path)
+    reader = _reader_of(backend)
+    name = getattr(reader, "backend", type(reader).__name__)
+    try:
+        wsi = reader.read(str(path))
+        n = reader.get_level_count(wsi)
+        reader.get_size(wsi, 0)
+    except Exception as e:  # noqa: BLE001 - any backend failure becomes a clear, slide-named error
+        raise WSIError(f"cannot read slide {str(path)!r} with the {name!r} backend: {type(e).__name__}: {e}", path) from e
+    if n < 1:
+        raise WSIError(f"slide {str(path)!r} has no image level ({name!r} backend).", path)
+    return reader, wsi
+
+
+def resolve_level(reader: Any, wsi: Any, level: int | None = None, mpp: float | None = None, slide: Any = None) -> int:
+    """A valid level index: ``level`` (negative counts from the lowest resolution, ``-1`` = last) or the level
+    closest to ``mpp`` (microns per pixel, MONAI tolerances); ``None`` for both means 0.
+
+    Raises:
+        WSIError: the level does not exist, the slide has no MPP, or no level matches ``mpp``.
+    """
+    n = reader.get_level_count(wsi)
+    name = str(slide) if slide is not None else _path_of(reader, wsi)
+    if level is not None and mpp is not None:
+        raise ValueError(f"give level or mpp, not both (level={level}, mpp={mpp}).")
+    if mpp is not None:
+        try:
+            return int(reader.get_valid_level(wsi, None, mpp, None))
+        except Exception as e:  # noqa: BLE001
+            raise WSIError(f"slide {name!r}: no level at mpp={mpp}: {e}", name) from e
+    lvl = 0 if level is None else int(level)
+    idx = lvl + n if lvl < 0 else lvl
+    if not 0 <= idx < n:
+        raise WSIError(f"slide {name!r} has {n} level(s) (0..{n - 1}); level {level} does not exist.", name)
+    return idx
+
+
+def _path_of(reader: Any, wsi: Any) -> str:
+    try:
+        return str(reader.get_file_path(wsi))
+    except Exception:  # noqa: BLE001
+        return "<slide>"
+
+
+def slide_info(slide: str | os.PathLike, backend: str | Any = "openslide") -> dict[str, Any]:
+    """Levels, sizes, downsamples and MPP of a slide.
+
+    Returns:
+        ``{"path", "backend", "level_count", "sizes": [(H, W) per level], "downsamples": [...],
+        "mpp": [(mpp_y, mpp_x) per level] or None}``.
+    """
+    reader, wsi = open_slide(slide, backend)
+    n = reader.get_level_count(wsi)
+    try:
+        mpp = [tuple(float(v) for v in reader.get_mpp(wsi, i)) for i in range(n)]
+    except Exception:  # noqa: BLE001 - a slide without resolution metadata
+        mpp = None
+    info = {
+        "path": str(slide),
+        "backend": getattr(reader, "backend", type(reader).__name__),
+        "level_count": n,
+        "sizes": [tuple(int(v) for v in reader.get_size(wsi, i)) for i in range(n)],
+        "downsamples": [float(reader.get_downsample_ratio(wsi, i)) for i in range(n)],
+        "mpp": mpp,
+    }
+    _close(wsi)
+    return info
+
+
+def _close(wsi: Any) -> None:
+    close = getattr(wsi, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def read_region(
+    slide: str | os.PathLike,
+    location: Sequence[int],
+    size: Sequence[int],
+    level: int = 0,
+    backend: str | Any = "openslide",
+    center: bool = False,
+) -> np.ndarray:
+    """Read one patch as a ``(3, h, w)`` uint8 array, checking that it lies inside the slide.
+
+    Args:
+        slide: slide path.
+        location: ``(y, x)`` in level-0 pixels: the top-left corner, or with ``center`` the MONAI
+            ``center_location`` point (top-left = ``location - size // 2``).
+        size: ``(h, w)`` at ``level``.
+        level: level index (negative counts from the end).
+        backend: ``WSIReader`` backend or reader.
+        center: ``location`` follows ``PatchWSIDataset(center_location=True)``.
+
+    Raises:
+        SlideNotFoundError / WSIError: missing or unreadable slide, bad level, patch not inside the slide.
+    """
+    reader, wsi = open_slide(slide, backend)
+    try:
+        lvl = resolve_level(reader, wsi, level, slide=slide)
+        ds = float(reader.get_downsample_ratio(wsi, lvl))
+        top = _top_left(location, size, center)
+        _check_inside(slide, top, size, ds, reader.get_size(wsi, 0))
+        try:
+            patch, _ = reader.get_data(wsi, location=top, size=tuple(int(s) for s in size), level=lvl)
+        except Exception as e:  # noqa: BLE001
+            raise WSIError(f"cannot read a patch of slide {str(slide)!r} at {top} level {lvl}: {e}", slide) from e
+        return np.asarray(patch)
+    finally:
+        _close(wsi)
+
+
+def _top_left(location: Sequence[int], size: Sequence[int], center: bool) -> tuple[int, int]:
+    """Level-0 top-left corner of a patch; ``center`` uses MONAI 1.6.1 ``PatchWSIDataset._get_location``:
+    ``location - size // 2`` with ``size`` at the patch level (not scaled by the downsample)."""
+    if len(location) != 2 or len(size) != 2:
+        raise ValueError(f"location and size must be (y, x) and (h, w), got {location} and {size}.")
+    if not center:
+        return int(location[0]), int(location[1])
+    return int(location[0]) - int(size[0]) // 2, int(location[1]) - int(size[1]) // 2
+
+
+def monai_location(top_left: Sequence[int], size: Sequence[int]) -> list[int]:
+    """The ``PatchWSIDataset(center_location=True)`` location of a patch with level-0 ``top_left`` and ``size``
+    at its level: ``top_left + size // 2`` (the level-0 centre when the patch is read at level 0)."""
+    return [int(top_left[0]) + int(size[0]) // 2, int(top_left[1]) + int(size[1]) // 2]
+
+
+def _check_inside(slide: Any, top: Sequence[int], size: Sequence[int], ds: float, size0: Sequence[int]) -> None:
+    h0, w0 = int(size0[0]), int(size0[1])
+    y, x = int(top[0]), int(top[1])
+    ph, pw = int(math.ceil(size[0] * ds)), int(math.ceil(size[1] * ds))
+    if size[0] <= 0 or size[1] <= 0:
+        raise WSIError(f"slide {str(slide)!r}: patch size must be positive, got {tuple(size)}.", slide)
+    if y < 0 or x < 0 or y + ph > h0 or x + pw > w0:
+        raise WSIError(
+            f"slide {str(slide)!r}: patch at (y, x)={(y, x)} of level-0 extent {(ph, pw)} is outside the slide "
+            f"(level-0 size (H, W)={(h0, w0)}).",
+            slide,
+        )
+
+
+def tissue_mask(
+    slide: str | os.PathLike,
+    level: int | None = -1,
+    mpp: float | None = None,
+    backend: str | Any = "openslide",
+    hsv_threshold: Mapping[str, Any] | None = None,
+    min_saturation: float = 0.04,
+    fill_holes: bool = True,
+    min_area: float = 0.0005,
+    max_size: int | None = 2048,
+) -> tuple[np.ndarray, int, float]:
+    """Tissue mask of a slide at a low resolution: Otsu threshold on HSV saturation (MONAI ``ForegroundMask``).
+
+    The level is read whole through ``WSIReader``; pixels whose saturation is above both Otsu's threshold and
+    ``min_saturation`` are tissue; holes are filled and components smaller than ``min_area`` (fraction of the
+    mask) removed (``scipy.ndimage``). When the level's larger side exceeds ``max_size`` it is block-averaged
+    by an integer factor first (the returned ``downsample`` includes that factor).
+
+    Args:
+        slide: slide path.
+        level: level index (``-1`` = lowest resolution); ignored when ``mpp`` is given.
+        mpp: pick the level closest to this resolution instead.
+        backend: ``WSIReader`` backend or reader.
+        hsv_threshold: thresholds passed to ``ForegroundMask(threshold=None, hsv_threshold=...)`` (default
+            ``{"S": "otsu"}``).
+        min_saturation: saturation floor (so a blank slide gives an empty mask, not Otsu noise).
+        fill_holes: fill holes inside tissue.
+        min_area: drop components smaller than this fraction of the mask.
+        max_size: upper bound of the mask's larger side (``None``: no limit).
+
+    Returns:
+        ``(mask, level, downsample)``: ``(H, W)`` bool mask, level read, level-0 pixels per mask pixel.
+
+    Raises:
+        SlideNotFoundError / WSIError: missing/unreadable slide, level that does not exist.
+    """
+    from monai.transforms import ForegroundMask
+    from scipy import ndimage
+
+    reader, wsi = open_slide(slide, backend)
+    try:
+        lvl = resolve_level(reader, wsi, None if mpp is not None else level, mpp, slide=slide)
+        ds = float(reader.get_downsample_ratio(wsi, lvl))
+        try:
+            img, _ = reader.get_data(wsi, level=lvl)
+        except Exception as e:  # noqa: BLE001
+            raise WSIError(f"cannot read level {lvl} of slide {str(slide)!r}: {e}", slide) from e
+    finally:
+        _close(wsi)
+    img = np.asarray(img)[:3]  # (3, H, W) uint8
+    factor = 1
+    if max_size is not None and max(img.shape[1:]) > max_size:
+        factor = int(math.ceil(max(img.shape[1:]) / max_size))
+        h, w = img.shape[1] // factor, img.shape[2] // factor
+        img = img[:, : h * factor, : w * factor].reshape(3, h, factor, w, factor).mean((2, 4)).astype(np.uint8)
+    fg = ForegroundMask(threshold=None, hsv_threshold=dict(hsv_threshold or {"S": "otsu"}))
+    mask = np.asarray(fg(img))[0].astype(bool)
+    sat = _saturation(img)
+    mask &= sat > min_saturation
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    if min_area > 0 and mask.any():
+        lab, n = ndimage.label(mask)
+        sizes = np.bincount(lab.ravel())
+        keep = sizes >= max(1.0, min_area * mask.size)
+        keep[0] = False
+        mask = keep[lab]
+    return mask, lvl, ds * factor
+
+
+def _saturation(img_chw: np.ndarray) -> np.ndarray:
+    rgb = img_chw.astype(np.float32) / 255.0
+    mx, mn = rgb.max(0), rgb.min(0)
+    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+
+
+def sample_patch_locations(
+    mask: np.ndarray,
+    downsample: float,
+    n: int,
+    patch_size: int | Sequence[int] = 0,
+    patch_downsample: float = 1.0,
+    min_fraction: float = 1.0,
+    exclude: np.ndarray | None = None,
+    seed: int | np.random.Generator = 0,
+    center: bool = True,
+    replace: bool = False,
+) -> np.ndarray:
+    """Random patch locations (level-0 ``(y, x)``) whose footprint lies in ``mask`` (and outside ``exclude``).
+
+    A mask pixel is eligible when at least ``min_fraction`` of the footprint window around it is inside ``mask``
+    (and, with ``exclude``, none of it is inside ``exclude``). The window (``2 r + 1`` mask pixels, ``r =
+    ceil(footprint / 2 / downsample)``) contains the footprint of a patch centred anywhere in that pixel, so the
+    guarantee holds for the returned locations, which get sub-pixel jitter within the chosen mask pixel.
+
+    Args:
+        mask: ``(H, W)`` bool mask at ``downsample``.
+        downsample: level-0 pixels per mask pixel.
+        n: number of locations.
+        patch_size: ``(h, w)`` at the patch level (0: point samples).
+        patch_downsample: downsample of the patch level (patch footprint = ``patch_size * patch_downsample``).
+        min_fraction: required fraction of the footprint inside ``mask``.
+        exclude: optional ``(H, W)`` bool mask that the footprint must not touch (e.g. tumour for normal patches).
+        seed: integer seed or numpy ``Generator``.
+        center: return level-0 patch centres (else level-0 top-left corners; use :func:`monai_location` to get
+            ``PatchWSIDataset`` locations for patches read at a level > 0).
+        replace: sample mask pixels with replacement (otherwise ``n`` is capped by the eligible count).
+
+    Returns:
+        ``(m, 2)`` int64 array of ``(y, x)``, ``m <= n`` (a warning is logged when fewer are eligible).
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2D, got shape {mask.shape}.")
+    if downsample <= 0:
+        raise ValueError(f"downsample must be > 0, got {downsample}.")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    ph, pw = (int(patch_size), int(patch_size)) if np.isscalar(patch_size) else (int(patch_size[0]), int(patch_size[1]))
+    foot0 = (ph * patch_downsample, pw * patch_downsample)  # level-0 footprint
+    # a centre anywhere in mask pixel i has its footprint inside mask pixels i - r .. i + r: an odd, centred
+    # window of 2 r + 1 pixels is a conservative footprint for every jittered centre
+    ry = int(math.ceil(foot0[0] / 2.0 / downsample))
+    rx = int(math.ceil(foot0[1] / 2.0 / downsample))
+    win = (2 * ry + 1, 2 * rx + 1)
+    frac = ndimage.uniform_filter(mask.astype(np.float32), size=win, mode="constant", cval=0.0)
+    eligible = frac >= min_fraction - 1e-6
+    if exclude is not None:
+        ex = np.asarray(exclude, bool)
+        if ex.shape != mask.shape:
+            raise ValueError(f"exclude must have the mask's shape {mask.shape}, got {ex.shape}.")
+        eligible &= ~ndimage.maximum_filter(ex, size=win, mode="constant", cval=False)
+    # keep the whole footprint inside the mask grid
+    half_h, half_w = foot0[0] / 2.0, foot0[1] / 2.0
+    ys = (np.arange(mask.shape[0]) + 0.5) * downsample
+    xs = (np.arange(mask.shape[1]) + 0.5) * downsample
+    eligible &= ((ys - half_h >= 0) & (ys + half_h <= mask.shape[0] * downsample))[:, None]
+    eligible &= ((xs - half_w >= 0) & (xs + half_w <= mask.shape[1] * downsample))[None, :]
+    idx = np.flatnonzero(eligible)
+    if idx.size == 0 or n <= 0:
+        if n > 0:
+            logger.warning("sample_patch_locations: no eligible location (mask sum %d).", int(mask.sum()))
+        return np.zeros((0, 2), np.int64)
+    m = n if replace else min(n, idx.size)
+    if m < n:
+        logger.warning("sample_patch_locations: only %d eligible locations for %d requested.", idx.size, n)
+    pick = rng.choice(idx, size=m, replace=replace)
+    iy, ix = np.unravel_index(pick, mask.shape)
+    jy, jx = rng.uniform(0.0, 1.0, size=(2, m))
+    cy = (iy + jy) * downsample
+    cx = (ix + jx) * downsample
+    cy = np.clip(cy, half_h, mask.shape[0] * downsample - half_h)
+    cx = np.clip(cx, half_w, mask.shape[1] * downsample - half_w)
+    if center:
+        out = np.stack([np.floor(cy), np.floor(cx)], 1)
+    else:
+        out = np.stack([np.floor(cy - half_h), np.floor(cx - half_w)], 1)
+    return out.astype(np.int64)
+
+
+def slide_patch_grid(
+    slide: str | os.PathLike,
+    patch_size: int | Sequence[int] = 224,
+    level: int = 0,
+    stride: int | Sequence[int] | None = None,
+    mask: np.ndarray | None = None,
+    mask_downsample: float | None = None,
+    tissue_level: int | None = -1,
+    min_tissue: float = 0.25,
+    backend: str | Any = "openslide",
+    center: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A regular grid of patches over the tissue of a slide, for inference and probability maps.
+
+    The grid has ``rows x cols`` cells of ``stride`` pixels at ``level`` (default: non-overlapping,
+    ``stride = patch_size``), starting at the slide origin; a cell is kept when at least ``min_tissue`` of its
+    patch footprint is tissue. The tissue mask is :func:`tissue_mask` at ``tissue_level`` unless ``mask`` /
+    ``mask_downsample`` are given (``min_tissue=0`` keeps every cell).
+
+    Args:
+        slide: slide path.
+        patch_size: ``(h, w)`` at ``level``.
+        level: level the patches are read at.
+        stride: grid step at ``level`` (default ``patch_size``).
+        mask: optional precomputed tissue mask.
+        mask_downsample: its downsample (required with ``mask``).
+        tissue_level: level of the automatic tissue mask.
+        min_tissue: minimal tissue fraction of a patch footprint.
+        backend: ``WSIReader`` backend or reader.
+        center: item locations follow ``PatchWSIDataset(center_location=True)`` (:func:`monai_location`), else
+            they are level-0 top-left corners (``center_location=False``, as ``SlidingPatchWSIDataset``).
+        extra: extra keys copied into every item (e.g. ``{"label": 0}``).
+
+    Returns:
+        dict with ``items`` (``[{"image", "location": [y, x], "size": [h, w], "level", "grid": [row, col]}]``),
+        ``grid_shape`` (rows, cols), ``stride`` (level-0 pixels, (sy, sx)), ``level``, ``downsample`` (of
+        ``level``), ``tissue`` (the mask), ``tissue_downsample``, ``size0`` (level-0 (H, W)). A probability map
+        ``P`` of shape ``grid_shape`` filled by ``P[row, col] = p`` has ``stride`` level-0 pixels per cell.
+
+    Raises:
+        SlideNotFoundError / WSIError: missing/unreadable slide, bad level.
+    """
+    reader, wsi = open_slide(slide, backend)
+    try:
+        lvl = resolve_level(reader, wsi, level, slide=slide)
+        ds = float(reader.get_downsample_ratio(wsi, lvl))
+        h0, w0 = (int(v) for v in reader.get_size(wsi, 0))
+    finally:
+        _close(wsi)
+    ph, pw = (int(patch_size), int(patch_size)) if np.isscalar(patch_size) else (int(patch_size[0]), int(patch_size[1]))
+    if stride is None:
+        sh, sw = ph, pw
+    else:
+        sh, sw = (int(stride), int(stride)) if np.isscalar(stride) else (int(stride[0]), int(stride[1]))
+    if min(ph, pw, sh, sw) <= 0:
+        raise ValueError(f"patch_size and stride must be positive, got {(ph, pw)} and {(sh, sw)}.")
+    f0 = (int(round(ph * ds)), int(round(pw * ds)))  # level-0 footprint
+    s0 = (int(round(sh * ds)), int(round(sw * ds)))
+    rows = max(0, (h0 - f0[0]) // s0[0] + 1) if h0 >= f0[0] else 0
+    cols = max(0, (w0 - f0[1]) // s0[1] + 1) if w0 >= f0[1] else 0
+    if mask is None:
+        if min_tissue > 0:
+            mask, _, mask_downsample = tissue_mask(slide, level=tissue_level, backend=backend)
+    elif mask_downsample is None:
+        raise ValueError("mask_downsample is required with mask.")
+    items: list[dict[str, Any]] = []
+    if rows and cols:
+        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        ty, tx = r.ravel() * s0[0], c.ravel() * s0[1]
+        if mask is not None and min_tissue > 0:
+            m = np.asarray(mask, np.float32)
+            # integral image of the mask gives the tissue fraction of every footprint
+            ii = np.pad(m.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            y0 = np.clip(np.floor(ty / mask_downsample).astype(int), 0, m.shape[0])
+            x0 = np.clip(np.floor(tx / mask_downsample).astype(int), 0, m.shape[1])
+            y1 = np.clip(np.ceil((ty + f0[0]) / mask_downsample).astype(int), 0, m.shape[0])
+            x1 = np.clip(np.ceil((tx + f0[1]) / mask_downsample).astype(int), 0, m.shape[1])
+            area = np.maximum((y1 - y0) * (x1 - x0), 1)
+            frac = (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) / area
+            keep = frac >= min_tissue - 1e-6
+        else:
+            keep = np.ones(ty.shape, bool)
+        for rr, cc, yy, xx in zip(r.ravel()[keep], c.ravel()[keep], ty[keep], tx[keep]):
+            loc = monai_location((yy, xx), (ph, pw)) if center else [int(yy), int(xx)]
+            items.append({"image": str(slide), "location": loc, "size": [ph, pw], "level": lvl,
+                          "grid": [int(rr), int(cc)], **dict(extra or {})})  # fmt: skip
+    return {
+        "items": items,
+        "grid_shape": (int(rows), int(cols)),
+        "stride": s0,
+        "level": lvl,
+        "downsample": ds,
+        "tissue": mask,
+        "tissue_downsample": mask_downsample,
+        "size0": (h0, w0),
+    }
+
+
+def validate_patch_items(
+    items: Sequence[Mapping[str, Any]],
+    backend: str | Any = "openslide",
+    patch_size: int | Sequence[int] | None = None,
+    patch_level: int | None = None,
+    center_location: bool = True,
+    skip_bad: bool = False,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Check a ``PatchWSIDataset`` datalist before training/inference: every slide opens, every level exists,
+    every patch lies inside its slide. Each slide is opened once.
+
+    Args:
+        items: ``[{"image": slide, "location": [y, x], "size"?: [h, w], "level"?: L, ...}]``.
+        backend: ``WSIReader`` backend or reader.
+        patch_size: dataset-wide patch size (overrides ``item["size"]``, like ``PatchWSIDataset``).
+        patch_level: dataset-wide level (overrides ``item["level"]``).
+        center_location: locations follow ``PatchWSIDataset(center_location=True)`` (its default).
+        skip_bad: drop bad items and return their messages instead of raising.
+
+    Returns:
+        ``(good_items, error_messages)``.
+
+    Raises:
+        WSIError: the first bad item, unless ``skip_bad``.
+    """
+    good: list[dict[str, Any]] = []
+    errors: list[str] = []
+    cache: dict[str, Any] = {}
+    for item in items:
+        slide = str(item["image"])
+        try:
+            if slide not in cache:
+                try:
+                    reader, wsi = open_slide(slide, backend)
+                    n_levels = reader.get_level_count(wsi)
+                    dss_ = [float(reader.get_downsample_ratio(wsi, i)) for i in range(n_levels)]
+                    cache[slide] = (n_levels, tuple(reader.get_size(wsi, 0)), dss_)
+                    _close(wsi)
+                except WSIError as e:
+                    cache[slide] = e
+            entry = cache[slide]
+            if isinstance(entry, WSIError):
+                raise entry
+            n, size0, dss = entry
+            lvl = patch_level if patch_level is not None else int(item.get("level", 0))
+            idx = lvl + n if lvl < 0 else lvl
+            if not 0 <= idx < n:
+                raise WSIError(f"slide {slide!r} has {n} level(s) (0..{n - 1}); level {lvl} does not exist.", slide)
+            size = patch_size if patch_size is not None else item.get("size")
+            if size is None:
+                raise WSIError(f"item of slide {slide!r} has no 'size' and no patch_size was given.", slide)
+            size = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+            loc = item.get("location")
+            if loc is None:
+                raise WSIError(f"item of slide {slide!r} has no 'location'.", slide)
+            top = _top_left([int(v) for v in loc], size, center_location)
+            _check_inside(slide, top, size, dss[idx], size0)
+            good.append(dict(item))
+        except WSIError as e:
+            if not skip_bad:
+                raise
+            errors.append(str(e))
+    if errors:
+        logger.warning("%d bad patch item(s) skipped; first: %s", len(errors), errors[0])
+    return good, errors

@@ -1,0 +1,102 @@
+"""A small registry of monai_gmr networks: ``get_network(name, **kwargs)`` / ``list_networks()``.
+
+Every entry is also reachable by its full dotted path in MONAI bundle configs, e.g.
+``{"_target_": "monai_gmr.nets.GMRUNet", "spatial_dims": 2, ...}`` or
+``{"_target_": "monai_gmr.nets.get_network", "name": "gmr_unet_tiny", "in_channels": 3}``.
+
+Tiny variants (``*_tiny``) have widths of a few channels and small kernels, for tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch.nn as nn
+
+__all__ = ["get_network", "list_networks", "register_network", "TINY_UNET", "TINY_RESNET"]
+
+#: arguments of ``gmr_unet_tiny`` (over the GMRUNet defaults).
+TINY_UNET = {"features": (4, 8, 8, 16), "kernel_sizes": (5, 5, 3, 3)}
+#: arguments of ``gmr_resnet18_tiny`` (over the gmr_resnet18 defaults).
+TINY_RESNET = {"block_inplanes": (4, 8, 8, 16), "kernel_sizes": (5, 5, 3, 3)}
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_network(name: str, factory: Callable[..., nn.Module], overwrite: bool = False) -> None:
+    """Add ``factory`` (a class or function returning an ``nn.Module``) under ``name``.
+
+    Raises:
+        ValueError: ``name`` is taken and ``overwrite`` is False, or ``factory`` is not callable.
+    """
+    if not callable(factory):
+        raise ValueError(f"factory must be callable, got factory={factory!r}.")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"network name={name!r} is already registered (pass overwrite=True to replace it).")
+    _REGISTRY[name] = factory
+
+
+def list_networks() -> list[str]:
+    """Sorted names accepted by :func:`get_network`."""
+    return sorted(_REGISTRY)
+
+
+def get_network(name: str, dense: bool = False, **kwargs) -> nn.Module:
+    """Build the registered network ``name`` with ``kwargs`` overriding its defaults.
+
+    Args:
+        name: one of :func:`list_networks` (e.g. ``"gmr_unet"``, ``"gmr_unet_tiny"``, ``"gmr_resnet18"``).
+        dense: return the network with every GMR convolution exported to a plain ``nn.Conv2d/3d``
+            (:func:`monai_gmr.export_dense`), e.g. for loading a dense checkpoint in ``monai.bundle ckpt_export``.
+        kwargs: constructor arguments (``spatial_dims``, ``in_channels``, ``out_channels`` / ``num_classes``, ...).
+
+    Raises:
+        ValueError: unknown ``name``.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown network name={name!r}; available: {', '.join(list_networks())}.")
+    net = _REGISTRY[name](**kwargs)
+    if dense:
+        from monai_gmr.conversion.export import export_dense
+
+        net = export_dense(net, inplace=True)
+    return net
+
+
+def _unet(**overrides) -> Callable[..., nn.Module]:
+    def build(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2, **kwargs) -> nn.Module:
+        from .unet import GMRUNet
+
+        return GMRUNet(spatial_dims, in_channels, out_channels, **{**overrides, **kwargs})
+
+    return build
+
+
+def _resnet(fn_name: str, **overrides) -> Callable[..., nn.Module]:
+    def build(**kwargs) -> nn.Module:
+        from . import resnet
+
+        return getattr(resnet, fn_name)(**{**overrides, **kwargs})
+
+    return build
+
+
+def _gcnn(fn_name: str) -> Callable[..., nn.Module]:
+    def build(**kwargs) -> nn.Module:
+        from . import gcnn  # p4/p4m baselines (monai_gmr/nets/gcnn.py)
+
+        return getattr(gcnn, fn_name)(**kwargs)
+
+    return build
+
+
+register_network("gmr_unet", _unet())
+register_network("gmr_unet_tiny", _unet(**TINY_UNET))
+register_network("gmr_resnet18", _resnet("gmr_resnet18"))
+register_network("gmr_resnet34", _resnet("gmr_resnet34"))
+register_network("gmr_resnet50", _resnet("gmr_resnet50"))
+register_network("gmr_resnet18_tiny", _resnet("gmr_resnet18", **TINY_RESNET))
+register_network("gcnn_unet", _gcnn("GCNNUNet"))
+register_network("gcnn_resnet18", _gcnn("gcnn_resnet18"))
+register_network("gcnn_resnet34", _gcnn("gcnn_resnet34"))

@@ -1,0 +1,279 @@
+"""GMR U-Net: the equivariant nuclei-segmentation U-Net of the GMR paper, for 2D images and 3D volumes.
+
+Layout (``L = len(features) - 1`` down-sampling levels, 3 by default)::
+
+    level 0:  GMR conv block x2                                   (kernel_sizes[0])
+    level i:  2x pool -> GMR conv block x2                         (kernel_sizes[i])
+    up i:     2x non-learned interpolation -> GMR conv block       (kernel_sizes[i - 1], width features[i - 1])
+              -> concat with the skip of level i - 1 -> GMR conv block x2
+    head:     1x1 convolution
+
+A "GMR conv block" is :class:`monai_gmr.nn.GMRConvolution`: a stride-1 GMR convolution followed by MONAI's ``ADN``
+(norm -> dropout -> activation). Every layer commutes exactly with the 8 symmetries of the square (2D) / the 48
+symmetries of the cube (3D) when each spatial size is divisible by ``2 ** L``:
+
+* GMR convolutions are radially symmetric with symmetric "same" padding;
+* 2x average (or max) pooling with kernel = stride = 2 maps the block partition of an even-sized grid onto itself
+  under every flip/rotation/axis permutation;
+* nearest / (bi/tri)linear / bicubic up-sampling by an integer factor uses source coordinates that are symmetric
+  about the grid centre for ``align_corners=False`` (used here) as well as ``True``, and is separable, so it commutes
+  with flips and axis permutations (tested for every mode in tests/nets/test_unet.py);
+* norms (instance/batch/group) and activations are per channel / per pixel; concatenation and 1x1 convs are
+  pointwise.
+
+Divisibility rule: every spatial size must be divisible by ``2 ** L`` (8 with the defaults). Other sizes raise
+``ValueError`` unless ``pad_to_multiple=True``, in which case the input is padded to the next multiple (the pad
+split as evenly as possible between both sides) and the output cropped back. The padded net is still exactly
+equivariant when every size's total padding ``(-size) % 2 ** L`` is even (the pad is then symmetric), e.g. 30 or
+60 with ``L = 3``, and only approximately otherwise (an odd total shifts the image by half a pixel against the grid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Pool
+
+from monai_gmr.nn.blocks import GMRConvolution
+
+__all__ = ["GMRUNet", "UPSAMPLE_MODES", "POOL_MODES", "PAD_MODES", "interp_mode", "make_upsample", "make_pool"]
+
+UPSAMPLE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic")
+POOL_MODES = ("avg", "max")
+PAD_MODES = ("constant", "reflect", "replicate")
+
+
+def interp_mode(mode: str, spatial_dims: int) -> str:
+    """Map a user-facing up-sampling mode to ``F.interpolate``'s name for ``spatial_dims`` dims.
+
+    ``"linear"``, ``"bilinear"`` and ``"trilinear"`` all mean (multi-)linear interpolation (``"bilinear"`` in 2D,
+    ``"trilinear"`` in 3D); ``"bicubic"`` is 2D only.
+
+    Raises:
+        ValueError: unknown ``mode`` or ``"bicubic"`` with ``spatial_dims=3``.
+    """
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got upsample={mode!r}.")
+    if mode in ("linear", "bilinear", "trilinear"):
+        return "bilinear" if spatial_dims == 2 else "trilinear"
+    if mode == "bicubic" and spatial_dims != 2:
+        raise ValueError(f"upsample='bicubic' is 2D only, got spatial_dims={spatial_dims}; use 'trilinear' or 'nearest'.")
+    return mode
+
+
+def make_upsample(spatial_dims: int, scale: int | Sequence[int], mode: str = "bilinear") -> nn.Upsample:
+    """Non-learned up-sampling by an integer factor (``align_corners=False`` for interpolating modes).
+
+    Commutes with flips and axis permutations of the grid for every mode (tested), unlike a stride-2 transposed
+    convolution, whose learned kernel is not symmetric.
+    """
+    m = interp_mode(mode, spatial_dims)
+    scale_f = tuple(float(s) for s in scale) if isinstance(scale, (tuple, list)) else float(scale)
+    align = False if m in ("bilinear", "trilinear", "bicubic") else None
+    return nn.Upsample(scale_factor=scale_f, mode=m, align_corners=align)
+
+
+def make_pool(spatial_dims: int, size: int | Sequence[int], mode: str = "avg", ceil_mode: bool = False, padding: int | Sequence[int] = 0) -> nn.Module:
+    """``kernel = stride = size`` average or max pooling (MONAI ``Pool`` factory)."""
+    if mode not in POOL_MODES:
+        raise ValueError(f"pooling must be one of {POOL_MODES}, got pooling={mode!r}.")
+    pool_type = Pool[Pool.AVG if mode == "avg" else Pool.MAX, spatial_dims]
+    return pool_type(kernel_size=size, stride=size, padding=padding, ceil_mode=ceil_mode)
+
+
+def _check_spatial_dims(spatial_dims: int) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
+    return value
+
+
+def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, ...]:
+    """One odd kernel width per level (``levels = len(features)``)."""
+    if isinstance(kernel_sizes, (tuple, list)):
+        ks = tuple(kernel_sizes)
+        if len(ks) != levels:
+            raise ValueError(
+                f"kernel_sizes must be an int or have one entry per level (len(features)={levels}), "
+                f"got kernel_sizes={ks}."
+            )
+    else:
+        ks = (kernel_sizes,) * levels
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ValueError(f"kernel_sizes must hold odd positive ints (GMR kernels are centred), got kernel_sizes={ks}.")
+    return ks
+
+
+class GMRUNet(nn.Module):
+    """Rotation/reflection-equivariant U-Net built from GMR convolutions (the GMR paper's nuclei U-Net).
+
+    See the module docstring for the layout and the exactness argument. With the defaults: 3 down-sampling levels,
+    widths 16/32/64/128, GMR kernel widths 9/9/5/5 from top to bottom, 2x2 average pooling, bilinear up-sampling.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels (logits).
+        features: widths per level, top to bottom; ``len(features) - 1`` down-sampling levels (>= 1).
+        kernel_sizes: odd GMR kernel width per level (an int for all levels).
+        act: activation name or ``(name, kwargs)`` (MONAI ``Act`` factory).
+        norm: norm name or ``(name, kwargs)`` (MONAI ``Norm`` factory); ``None`` for none.
+        dropout: dropout probability (element-wise; 0 for none).
+        bias: convolution bias.
+        upsample: ``"bilinear"`` (= ``"linear"``/``"trilinear"``, multi-linear in 3D), ``"nearest"``,
+            ``"nearest-exact"`` or ``"bicubic"`` (2D).
+        pooling: ``"avg"`` or ``"max"`` down-sampling (kernel = stride = 2).
+        pad_to_multiple: pad inputs whose sizes are not divisible by ``2 ** levels`` and crop the output back
+            (otherwise such inputs raise ``ValueError``).
+        pad_mode: ``"constant"`` (zeros), ``"reflect"`` or ``"replicate"`` padding for ``pad_to_multiple``.
+        gmr_kwargs: extra :class:`monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
+            ``circular``, ``impl``, ``padding_mode``).
+
+    Shapes:
+        ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``.
+
+    Example:
+        >>> net = GMRUNet(2, 3, 2)                      # paper defaults
+        >>> net(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 2, 64, 64])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (16, 32, 64, 128),
+        kernel_sizes: int | Sequence[int] = (9, 9, 5, 5),
+        act: str | tuple | None = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        norm: str | tuple | None = ("instance", {"affine": True}),
+        dropout: float | tuple | None = 0.0,
+        bias: bool = True,
+        upsample: str = "bilinear",
+        pooling: str = "avg",
+        pad_to_multiple: bool = False,
+        pad_mode: str = "constant",
+        **gmr_kwargs,
+    ) -> None:
+        super().__init__()
+        _check_spatial_dims(spatial_dims)
+        _positive_int(in_channels, "in_channels")
+        _positive_int(out_channels, "out_channels")
+        if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
+            raise ValueError(f"features must be a sequence of >= 2 positive ints, got features={features!r}.")
+        features = tuple(features)
+        if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
+            raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")
+        ks = _kernel_sizes(kernel_sizes, len(features))
+        interp_mode(upsample, spatial_dims)  # validates
+        if pooling not in POOL_MODES:
+            raise ValueError(f"pooling must be one of {POOL_MODES}, got pooling={pooling!r}.")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got pad_mode={pad_mode!r}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.features = features
+        self.kernel_sizes = ks
+        self.levels = len(features) - 1
+        self.multiple = 2**self.levels
+        self.pad_to_multiple = bool(pad_to_multiple)
+        self.pad_mode = pad_mode
+        drop = dropout if dropout else None
+
+        def block(c_in: int, c_out: int, k: int) -> GMRConvolution:
+            return GMRConvolution(
+                spatial_dims, c_in, c_out, kernel_size=k, act=act, norm=norm, dropout=drop, bias=bias, **gmr_kwargs
+            )
+
+        self.encoders = nn.ModuleList([nn.Sequential(block(in_channels, features[0], ks[0]), block(features[0], features[0], ks[0]))])
+        for i in range(1, len(features)):
+            self.encoders.append(
+                nn.Sequential(
+                    make_pool(spatial_dims, 2, pooling),
+                    block(features[i - 1], features[i], ks[i]),
+                    block(features[i], features[i], ks[i]),
+                )
+            )
+        self.up_convs = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for i in range(len(features) - 1, 0, -1):
+            self.up_convs.append(
+                nn.Sequential(make_upsample(spatial_dims, 2, upsample), block(features[i], features[i - 1], ks[i - 1]))
+            )
+            self.decoders.append(
+                nn.Sequential(
+                    block(2 * features[i - 1], features[i - 1], ks[i - 1]),
+                    block(features[i - 1], features[i - 1], ks[i - 1]),
+                )
+            )
+        self.head = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input must be shaped (B, in_channels={self.in_channels}, *spatial) with {self.spatial_dims} spatial "
+                f"dims, got input shape {list(x.shape)}."
+            )
+
+    def _pads(self, x: torch.Tensor) -> list[int]:
+        """``F.pad`` amounts (last dim first) bringing every spatial size to a multiple of ``2 ** levels``."""
+        pads: list[int] = []
+        for d in range(x.ndim - 1, 1, -1):
+            total = (-x.shape[d]) % self.multiple
+            pads += [total // 2, total - total // 2]
+        return pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: ``(B, in_channels, *spatial)``; every spatial size divisible by ``2 ** levels`` unless
+                ``pad_to_multiple=True``.
+
+        Returns:
+            logits ``(B, out_channels, *spatial)``.
+        """
+        self._check_input(x)
+        pads = self._pads(x)
+        padded = False
+        for p in pads:
+            if p != 0:
+                padded = True
+        if padded:
+            if not self.pad_to_multiple:
+                raise ValueError(
+                    f"GMRUNet needs every spatial size divisible by 2**levels={self.multiple} (exact equivariance, "
+                    f"matching skip shapes), got input shape {list(x.shape)}; pad the input (e.g. "
+                    f"monai.transforms.DivisiblePad(k={self.multiple})) or construct with pad_to_multiple=True."
+                )
+            x = F.pad(x, pads, mode=self.pad_mode)
+        skips: list[torch.Tensor] = []
+        h = x
+        for enc in self.encoders:
+            h = enc(h)
+            skips.append(h)
+        h = skips.pop()
+        i = 0
+        for up, dec in zip(self.up_convs, self.decoders):
+            skip = skips[len(skips) - 1 - i]
+            h = dec(torch.cat([skip, up(h)], dim=1))
+            i += 1
+        out = self.head(h)
+        if padded:
+            if self.spatial_dims == 2:
+                out = out[..., pads[2] : out.shape[2] - pads[3], pads[0] : out.shape[3] - pads[1]]
+            else:
+                out = out[
+                    ...,
+                    pads[4] : out.shape[2] - pads[5],
+                    pads[2] : out.shape[3] - pads[3],
+                    pads[0] : out.shape[4] - pads[1],
+                ]
+        return out

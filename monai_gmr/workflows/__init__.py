@@ -1,0 +1,58 @@
+"""Python helpers behind the monai_gmr MONAI bundles (called from the bundles' JSON configs).
+
+``monai_gmr.workflows.common`` holds generic pieces shared by every bundle (bundle-root lookup, resumable atomic
+checkpointing, progress display, distributed set-up, atomic image writers, instance post-processing, datalist
+checks); ``monai_gmr.workflows.nuclei`` the nuclei-segmentation specifics.
+"""
+
+from __future__ import annotations
+
+from .common import (
+    CHECKPOINT_PATTERN,
+    IMAGE_EXTENSIONS,
+    AtomicCheckpointSaver,
+    AtomicITKWriter,
+    AtomicNibabelWriter,
+    AtomicPILWriter,
+    EpochValidationHandler,
+    InstanceMaskd,
+    KeyMetricState,
+    ProgressLogger,
+    atomic_writer_for,
+    attach_handlers,
+    attach_resume,
+    check_datalist,
+    find_bundle_root,
+    find_latest_checkpoint,
+    instance_from_semantic,
+    is_main_process,
+    list_images,
+    load_checkpoint,
+    run_on_rank0_first,
+    summarize_evaluation,
+)
+
+__all__ = [
+    "CHECKPOINT_PATTERN",
+    "IMAGE_EXTENSIONS",
+    "AtomicCheckpointSaver",
+    "AtomicITKWriter",
+    "AtomicNibabelWriter",
+    "AtomicPILWriter",
+    "EpochValidationHandler",
+    "InstanceMaskd",
+    "KeyMetricState",
+    "ProgressLogger",
+    "atomic_writer_for",
+    "attach_handlers",
+    "attach_resume",
+    "check_datalist",
+    "find_bundle_root",
+    "find_latest_checkpoint",
+    "instance_from_semantic",
+    "is_main_process",
+    "list_images",
+    "load_checkpoint",
+    "run_on_rank0_first",
+    "summarize_evaluation",
+]

@@ -1,0 +1,799 @@
+"""Small helpers shared by the monai_gmr MONAI bundles (nuclei segmentation, WSI patch classification).
+
+Everything here is generic (no task-specific assumptions) and is meant to be called from bundle JSON configs by
+full dotted ``_target_`` / ``$`` expressions:
+
+- locating the bundle folder (:func:`find_bundle_root`) so configs run from any working directory;
+- resumable training (:func:`find_latest_checkpoint`, :func:`attach_resume`, :class:`AtomicCheckpointSaver`);
+- distributed helpers (:func:`is_main_process`, :func:`run_on_rank0_first`, :func:`attach_handlers`);
+- a log-friendly progress display with a run summary (:class:`ProgressLogger`);
+- atomic image writers for ``SaveImaged`` (:class:`AtomicPILWriter`, :class:`AtomicITKWriter`,
+  :class:`AtomicNibabelWriter`, :func:`atomic_writer_for`);
+- instance-mask post-processing of semantic masks (:func:`instance_from_semantic`, :class:`InstanceMaskd`);
+- datalist checks that fail early with a message naming the bad file (:func:`check_datalist`).
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import ITKWriter, MetaTensor, NibabelWriter, PILWriter
+from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
+from monai.transforms import MapTransform
+
+from monai_gmr.utils import atomic_path, atomic_write_json
+
+__all__ = [
+    "find_bundle_root",
+    "find_latest_checkpoint",
+    "attach_resume",
+    "KeyMetricState",
+    "attach_handlers",
+    "load_checkpoint",
+    "summarize_evaluation",
+    "AtomicCheckpointSaver",
+    "EpochValidationHandler",
+    "ProgressLogger",
+    "is_main_process",
+    "run_on_rank0_first",
+    "AtomicPILWriter",
+    "AtomicITKWriter",
+    "AtomicNibabelWriter",
+    "atomic_writer_for",
+    "instance_from_semantic",
+    "InstanceMaskd",
+    "check_datalist",
+    "list_images",
+    "IMAGE_EXTENSIONS",
+    "CHECKPOINT_PATTERN",
+]
+
+logger = logging.getLogger(__name__)
+
+#: file names written by ``CheckpointSaver(save_interval=N, epoch_level=True)`` (``checkpoint_epoch=N.pt``) or at
+#: iteration level (``checkpoint_iteration=N.pt``); group 1 is the kind, group 2 the number.
+CHECKPOINT_PATTERN = re.compile(r"^(?:.*_)?checkpoint_(epoch|iteration)=(\d+)\.pt$")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bundle root
+# --------------------------------------------------------------------------------------------------------------------
+def _config_root_from_stack() -> Path | None:
+    """The ``config_root_path`` of a ``monai.bundle.ConfigWorkflow`` found up the call stack, if any."""
+    try:
+        from monai.bundle import ConfigWorkflow
+    except ImportError:  # pragma: no cover - monai always provides it
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, ConfigWorkflow) and getattr(obj, "config_root_path", None) is not None:
+            return Path(obj.config_root_path)
+        frame = frame.f_back
+    return None
+
+
+def _config_root_from_argv(argv: Sequence[str]) -> Path | None:
+    """Parent folder of the first ``--config_file`` given on a ``python -m monai.bundle ...`` command line."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            continue
+        value = value.strip()
+        first: Any = value
+        if value.startswith(("[", "(")):
+            try:
+                first = ast.literal_eval(value)[0]
+            except (ValueError, SyntaxError, IndexError):
+                first = value.strip("[]()").split(",")[0].strip(" '\"")
+        elif "," in value:
+            first = value.split(",")[0]
+        return Path(str(first)).expanduser().resolve().parent
+    return None
+
+
+def find_bundle_root(name: str | None = None, default: str | os.PathLike | None = None) -> str:
+    """Locate the folder of the running bundle, so that configs run from any working directory.
+
+    MONAI bundle configs cannot see their own file path, and the model-zoo convention (``"bundle_root": "."``)
+    only works when started inside the bundle. This looks, in order, for:
+
+    1. a ``monai.bundle.ConfigWorkflow`` up the call stack (``python -m monai.bundle run``, ``monai.bundle.run``,
+       ``create_workflow``): its config folder;
+    2. ``--config_file`` on the command line (e.g. ``verify_net_in_out`` or ``torchrun -m monai.bundle ...``);
+    3. ``default`` when given, else ``<source checkout>/bundles/<name>`` (editable install of monai_gmr).
+
+    A config folder named ``configs`` maps to its parent. Users can always override ``--bundle_root``.
+
+    Args:
+        name: bundle folder name (e.g. ``"gmr_nuclei_segmentation"``), used by the source-checkout fallback.
+        default: explicit fallback path.
+
+    Returns:
+        Absolute path of the bundle root as a string.
+    """
+    root = _config_root_from_stack() or _config_root_from_argv(sys.argv)
+    if root is not None:
+        root = root.resolve()
+        if root.name == "configs":
+            root = root.parent
+        return str(root)
+    if default is not None:
+        return str(Path(default).expanduser().resolve())
+    if name is not None:
+        candidate = Path(__file__).resolve().parents[2] / "bundles" / name
+        if candidate.is_dir():
+            return str(candidate)
+    logger.warning("could not locate the bundle root; using the current directory %s", os.getcwd())
+    return os.getcwd()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# checkpoints and resuming
+# --------------------------------------------------------------------------------------------------------------------
+def find_latest_checkpoint(ckpt_dir: str | os.PathLike, kind: str | None = None) -> str | None:
+    """Return the newest interval checkpoint in ``ckpt_dir`` (highest ``epoch=N`` / ``iteration=N``), or ``None``.
+
+    Only complete files written by :class:`AtomicCheckpointSaver` / MONAI ``CheckpointSaver`` interval saving
+    (``[prefix_]checkpoint_epoch=N.pt`` or ``checkpoint_iteration=N.pt``) are considered; temporary files of an
+    interrupted atomic save never match.
+
+    Args:
+        ckpt_dir: folder holding the checkpoints (a missing folder gives ``None``).
+        kind: ``"epoch"``, ``"iteration"`` or ``None`` (both; epoch checkpoints win when both exist).
+    """
+    if kind not in (None, "epoch", "iteration"):
+        raise ValueError(f"kind must be None, 'epoch' or 'iteration', got {kind!r}.")
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    best: tuple[int, int, str] | None = None
+    for path in ckpt_dir.iterdir():
+        m = CHECKPOINT_PATTERN.match(path.name)
+        if m is None or not path.is_file() or (kind is not None and m.group(1) != kind):
+            continue
+        key = (1 if m.group(1) == "epoch" else 0, int(m.group(2)), str(path))
+        if best is None or key > best:
+            best = key
+    return None if best is None else best[2]
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI ``CheckpointSaver`` whose files are written atomically (temporary file + ``os.replace``).
+
+    MONAI's ``CheckpointSaver`` builds ignite ``DiskSaver`` objects with ``atomic=False`` (MONAI 1.6.1, to keep
+    group/other read permissions); ignite >= 0.4.12 restores those permissions itself after an atomic save, so
+    this subclass switches ignite's own atomic mode back on. A crash or kill during a save leaves the previous
+    checkpoint intact instead of a truncated ``.pt``. Same arguments as ``monai.handlers.CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None and hasattr(ckpt.save_handler, "_atomic"):
+                ckpt.save_handler._atomic = True
+
+
+def attach_resume(
+    engine: Any,
+    enabled: bool,
+    ckpt_dir: str | os.PathLike,
+    load_dict: Mapping[str, Any],
+    map_location: Any = "cpu",
+) -> str | None:
+    """Resume training from the newest checkpoint in ``ckpt_dir`` when ``enabled`` (the bundles' ``resume`` switch).
+
+    Attaches a MONAI ``CheckpointLoader`` (fires on ``Events.STARTED``) that restores every object of
+    ``load_dict`` — typically ``{"model", "optimizer", "lr_scheduler", "trainer", "best_metric_state"}`` (see
+    :class:`KeyMetricState`) — so the run continues from the saved epoch/iteration with the saved optimizer and
+    schedule state. Use the same dict as the interval :class:`AtomicCheckpointSaver`'s ``save_dict``.
+
+    Args:
+        engine: the ignite trainer (must also be the ``"trainer"`` entry of ``load_dict`` to restore its state).
+        enabled: the ``resume`` switch; ``False`` returns ``None`` and attaches nothing.
+        ckpt_dir: checkpoint folder (see :func:`find_latest_checkpoint`).
+        load_dict: name -> object with ``load_state_dict`` (``DistributedDataParallel`` is unwrapped by ignite).
+        map_location: ``torch.load`` map location (``"cpu"`` is safe for every rank; tensors are then copied to
+            the parameters' devices).
+
+    Returns:
+        The checkpoint path being resumed from, or ``None`` (disabled or nothing to resume; a warning is logged).
+    """
+    if not enabled:
+        return None
+    path = find_latest_checkpoint(ckpt_dir)
+    if path is None:
+        logger.warning("resume=True but no checkpoint_epoch=N.pt in %s: training starts from scratch.", ckpt_dir)
+        return None
+    logger.info("resuming training from %s", path)
+    CheckpointLoader(load_path=path, load_dict=dict(load_dict), map_location=map_location).attach(engine)
+    return path
+
+
+class KeyMetricState:
+    """``state_dict``/``load_state_dict`` view of a key-metric ``CheckpointSaver``'s tracking list.
+
+    Put it in the interval checkpoint's ``save_dict`` (e.g. ``"best_metric_state"``) so that a resumed run knows
+    the best validation score reached so far and does not overwrite a better ``model.pt`` with a worse one. (The
+    alternative, MONAI's ``key_metric_save_state=True``, stores the state *inside* ``model.pt``, which then is no
+    longer a plain state dict.)
+
+    Args:
+        saver: a ``CheckpointSaver`` created with ``save_key_metric=True``.
+    """
+
+    def __init__(self, saver: CheckpointSaver) -> None:
+        ckpt = getattr(saver, "_key_metric_checkpoint", None)
+        if ckpt is None:
+            raise ValueError("KeyMetricState needs a CheckpointSaver created with save_key_metric=True.")
+        self._ckpt = ckpt
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved (priority, filename) pairs of the best checkpoints."""
+        return {"saved": [[float(item.priority), str(item.filename)] for item in self._ckpt._saved]}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the tracking list (keeps the saver's existing files)."""
+        self._ckpt.load_state_dict({"_saved": [(p, f) for p, f in state_dict.get("saved", [])]})
+
+
+def load_checkpoint(
+    network: torch.nn.Module, path: str | os.PathLike, key: str | None = "model", map_location: Any = "cpu", strict: bool = True
+) -> torch.nn.Module:
+    """Load network weights from a MONAI/ignite checkpoint file (``{key: state_dict, ...}`` or a bare state dict).
+
+    Used by evaluation/inference configs before anything is written, so a missing checkpoint stops the bundle
+    with a clear message instead of half-written outputs. ``DistributedDataParallel``/``DataParallel`` wrappers
+    are unwrapped.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message says how to produce it).
+        KeyError: ``key`` is not in the checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} does not exist: train the bundle first (configs/train.json writes "
+            "<output_dir>/models/model.pt) or point ckpt_path / output_dir at an existing one."
+        )
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(state, Mapping) and key is not None and isinstance(state.get(key), Mapping):
+        state = state[key]
+    elif isinstance(state, Mapping):
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        if not tensors:
+            raise KeyError(f"checkpoint {str(path)!r} has no {key!r} entry and no tensors (entries: {sorted(state)}).")
+        # a bare state dict (MONAI/ignite save a single object without a key), possibly with ignite's
+        # "checkpointer" bookkeeping entry beside the tensors
+        state = tensors
+    module = network.module if isinstance(network, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else network
+    module.load_state_dict(state, strict=strict)
+    logger.info("loaded weights from %s", path)
+    return network
+
+
+def summarize_evaluation(
+    output_file: str | os.PathLike | None,
+    evaluator: Any = None,
+    robustness: Any = None,
+    report_paths: Mapping[str, Any] | None = None,
+    **info: Any,
+) -> dict[str, Any]:
+    """Collect an evaluation's results into one dict, log it as a table and write it as JSON (atomically).
+
+    Args:
+        output_file: JSON path (``None``: do not write). Written on the main process only.
+        evaluator: a MONAI evaluator that has run (its ``state.metrics`` are reported).
+        robustness: a :class:`monai_gmr.evaluation.RobustnessResult` (its ``summary()`` and flips are reported).
+        report_paths: paths of the written robustness report files.
+        info: extra JSON-serialisable entries (split, TTA settings, checkpoint, ...).
+
+    Returns:
+        The summary dict.
+    """
+    out: dict[str, Any] = dict(info)
+    if evaluator is not None:
+        out["metrics"] = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
+    lines = []
+    if robustness is not None:
+        summ = robustness.summary()
+        out["robustness"] = {
+            "model_name": robustness.model_name,
+            "n_images": robustness.n_images,
+            "n_angles": len(robustness.angles),
+            "summary": summ,
+            "per_flip": robustness.per_flip,
+            "seconds": round(float(robustness.seconds), 3),
+        }
+        head = f"{'metric':<8} {'at 0':>8} {'mean':>8} {'std':>8} {'min':>8} {'worst':>7}" + "".join(
+            f" {'flip ' + f:>8}" for f in robustness.per_flip
+        )
+        lines.append(head)
+        for m, s in summ.items():
+            def f(v: Any) -> str:
+                return "     n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:8.4f}"
+
+            row = f"{m:<8} {f(s['at_0'])} {f(s['mean'])} {f(s['std'])} {f(s['min'])} {s['worst_angle'] if s['worst_angle'] is not None else 'n/a':>7}"
+            row += "".join(f" {f(robustness.per_flip[fl].get(m))}" for fl in robustness.per_flip)
+            lines.append(row)
+    if report_paths:
+        out["report"] = {k: str(v) for k, v in report_paths.items()}
+    if "metrics" in out:
+        logger.info("evaluation metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in out["metrics"].items()))
+    if lines:
+        out["table"] = "\n".join(lines)
+        logger.info("rotation robustness (%d angles):\n%s", len(robustness.angles), out["table"])
+    if output_file is not None and is_main_process():
+        atomic_write_json(output_file, out)
+        logger.info("evaluation summary written to %s", output_file)
+    return out
+
+
+def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
+    """Attach ignite/MONAI handlers (objects with ``attach(engine)``; ``None`` entries skipped) and return ``engine``.
+
+    Bundle configs use this for handlers that need the engine itself (e.g. a ``CheckpointSaver`` whose
+    ``save_dict`` contains the trainer), which cannot be in the engine's own handler list without a circular
+    reference.
+    """
+    for h in handlers or ():
+        if h is not None:
+            h.attach(engine)
+    return engine
+
+
+class EpochValidationHandler(ValidationHandler):
+    """MONAI ``ValidationHandler`` (epoch level) that also validates after the last epoch.
+
+    ``ValidationHandler(interval=N)`` validates at epochs N, 2N, ...; when ``max_epochs`` is not a multiple of N the
+    final model is never validated (and a short run may end without any best-metric checkpoint). This handler
+    fires at every N-th epoch *and* at the last epoch.
+
+    Args:
+        interval: validate every N epochs (>= 1).
+        validator: the MONAI evaluator to run.
+        exec_at_start: also validate before training.
+    """
+
+    def __init__(self, interval: int, validator: Any = None, exec_at_start: bool = False) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}.")
+        super().__init__(interval=int(interval), validator=validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def attach(self, engine: Any) -> None:
+        """Register on the trainer ``engine``."""
+        from ignite.engine import Events
+
+        def _due(eng: Any, epoch: int) -> bool:
+            return epoch % self.interval == 0 or epoch == eng.state.max_epochs
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=_due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# distributed helpers
+# --------------------------------------------------------------------------------------------------------------------
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def is_main_process() -> bool:
+    """``True`` outside distributed runs and on global rank 0."""
+    return not _dist_ready() or torch.distributed.get_rank() == 0
+
+
+def run_on_rank0_first(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn(*args, **kwargs)`` on rank 0 first, then (after a barrier) on the other ranks.
+
+    For idempotent set-up steps that write files (e.g. generating a synthetic dataset): rank 0 creates them and
+    the other ranks then find them ready. Outside a distributed run this is just ``fn(*args, **kwargs)``.
+    """
+    if not _dist_ready() or torch.distributed.get_world_size() == 1:
+        return fn(*args, **kwargs)
+    result = None
+    if torch.distributed.get_rank() == 0:
+        result = fn(*args, **kwargs)
+    torch.distributed.barrier()
+    if torch.distributed.get_rank() != 0:
+        result = fn(*args, **kwargs)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# progress display and run summary
+# --------------------------------------------------------------------------------------------------------------------
+def _fmt_seconds(s: float) -> str:
+    s = int(round(max(s, 0.0)))
+    return f"{s // 3600:d}:{(s % 3600) // 60:02d}:{s % 60:02d}"
+
+
+def _default_loss(output: Any) -> float | None:
+    """Loss of a MONAI engine output (decollated list of dicts, or a dict), or ``None``."""
+    item = output[0] if isinstance(output, (list, tuple)) and output else output
+    if isinstance(item, Mapping) and "loss" in item:
+        loss = item["loss"]
+        return float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
+    return None
+
+
+class ProgressLogger:
+    """Log-friendly progress display for long runs, plus a JSON run summary.
+
+    Every ``interval`` iterations it logs ``epoch e/E, iteration i/N (p%), loss, elapsed, ETA``; after every
+    epoch the epoch time; at the end a summary (epochs, iterations, wall time, where the run started — useful
+    to check a resumed run —, best validation metric). tqdm-style bars are not used because they garble log
+    files and are not installed with MONAI.
+
+    Args:
+        interval: log every N iterations (``0`` disables iteration lines).
+        evaluator: optional validation engine; its ``state.best_metric`` / ``best_metric_epoch`` (MONAI
+            ``Workflow``) go into the summary.
+        summary_file: optional JSON path written atomically on completion (main process only).
+        loss_transform: maps ``engine.state.output`` to a float loss (default: the ``"loss"`` of MONAI's
+            decollated output).
+        name: logger name (default: the engine's logger).
+    """
+
+    def __init__(
+        self,
+        interval: int = 10,
+        evaluator: Any = None,
+        summary_file: str | os.PathLike | None = None,
+        loss_transform: Callable[[Any], float | None] = _default_loss,
+        name: str | None = None,
+    ) -> None:
+        if interval < 0:
+            raise ValueError(f"interval must be >= 0, got {interval}.")
+        self.interval = int(interval)
+        self.evaluator = evaluator
+        self.summary_file = summary_file
+        self.loss_transform = loss_transform
+        self.logger = logging.getLogger(name) if name else None
+        self.summary: dict[str, Any] = {}
+        self._t0 = 0.0
+        self._t_epoch = 0.0
+        self._start_iteration = 0
+        self._start_epoch: int | None = None
+
+    def attach(self, engine: Any) -> None:
+        """Register on ``engine`` (an ignite ``Engine``)."""
+        from ignite.engine import Events
+
+        if self.logger is None:
+            self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        if self.interval > 0:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, engine: Any) -> None:
+        self._t0 = time.perf_counter()
+        self._start_epoch = None
+
+    def _epoch_started(self, engine: Any) -> None:
+        self._t_epoch = time.perf_counter()
+        if self._start_epoch is None:  # after any CheckpointLoader (STARTED) has restored the state
+            self._start_epoch = engine.state.epoch - 1
+            self._start_iteration = engine.state.iteration
+            if self._start_iteration > 0:
+                self.logger.info(  # type: ignore[union-attr]
+                    "continuing from epoch %d, iteration %d", self._start_epoch, self._start_iteration
+                )
+
+    def _iteration(self, engine: Any) -> None:
+        st = engine.state
+        epoch_len = st.epoch_length or 0
+        total = (st.max_epochs or 0) * epoch_len
+        done = st.iteration - self._start_iteration
+        elapsed = time.perf_counter() - self._t0
+        eta = elapsed / max(done, 1) * max(total - st.iteration, 0)
+        it_in_epoch = (st.iteration - 1) % max(epoch_len, 1) + 1
+        loss = self.loss_transform(st.output)
+        loss_txt = "" if loss is None else f", loss {loss:.4f}"
+        pct = 100.0 * st.iteration / total if total else 0.0
+        self.logger.info(  # type: ignore[union-attr]
+            f"epoch {st.epoch}/{st.max_epochs}, iteration {it_in_epoch}/{epoch_len} ({pct:.0f}% of run){loss_txt}, "
+            f"elapsed {_fmt_seconds(elapsed)}, ETA {_fmt_seconds(eta)}"
+        )
+
+    def _epoch_completed(self, engine: Any) -> None:
+        self.logger.info(  # type: ignore[union-attr]
+            f"epoch {engine.state.epoch}/{engine.state.max_epochs} done in {time.perf_counter() - self._t_epoch:.1f}s"
+        )
+
+    def _completed(self, engine: Any) -> None:
+        st = engine.state
+        summary: dict[str, Any] = {
+            "epochs_completed": int(st.epoch),
+            "max_epochs": int(st.max_epochs or 0),
+            "iterations_completed": int(st.iteration),
+            "start_epoch": int(self._start_epoch or 0),
+            "start_iteration": int(self._start_iteration),
+            "resumed": bool(self._start_iteration > 0),
+            "wall_time_s": round(time.perf_counter() - self._t0, 3),
+            "final_loss": self.loss_transform(st.output) if st.output is not None else None,
+        }
+        ev_state = getattr(self.evaluator, "state", None)
+        if ev_state is not None and getattr(ev_state, "best_metric", -1) not in (None, -1):
+            summary["best_metric"] = float(ev_state.best_metric)
+            summary["best_metric_epoch"] = int(getattr(ev_state, "best_metric_epoch", -1))
+            summary["key_metric_name"] = getattr(ev_state, "key_metric_name", None)
+        self.summary = summary
+        self.logger.info(  # type: ignore[union-attr]
+            "run summary: "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items())
+        )
+        if self.summary_file is not None and is_main_process():
+            atomic_write_json(self.summary_file, summary)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# atomic image writers (for SaveImage / SaveImaged ``writer=``)
+# --------------------------------------------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _full_suffix(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    for ext in (".nii.gz", ".ome.tif", ".ome.tiff"):
+        if name.endswith(ext):
+            return Path(path).name[-len(ext) :]
+    return Path(path).suffix
+
+
+class _AtomicWriteMixin:
+    """Write to a temporary file beside the target and rename it into place (nothing half-written)."""
+
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **kwargs: Any) -> None:
+        with atomic_path(filename, suffix=_full_suffix(filename)) as tmp:
+            super().write(str(tmp), verbose=False, **kwargs)  # type: ignore[misc]
+            # mkstemp creates 0600 files; give the result the usual permissions (0666 minus the umask)
+            os.chmod(tmp, 0o666 & ~_umask())
+        if verbose:
+            logger.info("file written: %s.", filename)
+
+
+class AtomicPILWriter(_AtomicWriteMixin, PILWriter):
+    """``monai.data.PILWriter`` (PNG/JPEG/BMP ...) writing atomically."""
+
+
+class AtomicITKWriter(_AtomicWriteMixin, ITKWriter):
+    """``monai.data.ITKWriter`` (TIFF, NRRD, MHA, NIfTI ...) writing atomically."""
+
+
+class AtomicNibabelWriter(_AtomicWriteMixin, NibabelWriter):
+    """``monai.data.NibabelWriter`` (NIfTI) writing atomically."""
+
+
+def atomic_writer_for(ext: str) -> type:
+    """Atomic writer class for an output extension (2D ``.png/.jpg/.bmp/.tif(f)`` -> PIL (float32 TIFF included),
+    ``.nii(.gz)`` -> nibabel, else ITK)."""
+    ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
+    if ext in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+        return AtomicPILWriter
+    if ext in (".nii", ".nii.gz"):
+        return AtomicNibabelWriter
+    return AtomicITKWriter
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# instance post-processing
+# --------------------------------------------------------------------------------------------------------------------
+def instance_from_semantic(
+    semantic: np.ndarray | torch.Tensor,
+    method: str = "connected_components",
+    boundary_class: int | None = None,
+    min_size: int = 0,
+    connectivity: int = 1,
+    min_distance: int = 3,
+) -> np.ndarray:
+    """Turn a semantic mask (0 = background) into an instance-id mask (0 = background, 1..N = objects).
+
+    Methods:
+        - ``"connected_components"``: connected foreground regions (``scipy.ndimage.label``). With
+          ``boundary_class`` set (3-class models: background / interior / boundary), the seeds are the connected
+          interior regions and every other foreground pixel (the predicted boundaries) joins its nearest seed
+          (exact Euclidean distance transform), which separates touching objects.
+        - ``"watershed"``: marker watershed on the distance transform of the foreground (scikit-image
+          ``peak_local_max`` + ``watershed``), the classic split of touching blobs for binary masks.
+
+    Args:
+        semantic: class map ``(H, W[, D])`` or ``(1, H, W[, D])`` of non-negative integers.
+        method: ``"connected_components"`` or ``"watershed"``.
+        boundary_class: class id of the boundary class, or ``None``.
+        min_size: objects smaller than this many pixels are removed (set to background).
+        connectivity: neighbourhood for connected components (1 = faces, ndim = full).
+        min_distance: minimum seed distance in pixels for ``"watershed"``.
+
+    Returns:
+        ``int32`` array of the input's spatial shape with ids 1..N numbered consecutively.
+    """
+    from scipy import ndimage
+
+    sem = semantic.detach().cpu().numpy() if isinstance(semantic, torch.Tensor) else np.asarray(semantic)
+    if sem.ndim >= 3 and sem.shape[0] == 1:
+        sem = sem[0]
+    if sem.ndim not in (2, 3):
+        raise ValueError(f"semantic must be (H, W[, D]) or (1, H, W[, D]), got shape {tuple(np.shape(semantic))}.")
+    if method not in ("connected_components", "watershed"):
+        raise ValueError(f"method must be 'connected_components' or 'watershed', got {method!r}.")
+    sem = np.rint(sem).astype(np.int64)
+    fg = sem > 0
+    structure = ndimage.generate_binary_structure(sem.ndim, connectivity)
+    if method == "connected_components":
+        if boundary_class is None:
+            inst, _ = ndimage.label(fg, structure=structure)
+        else:
+            seeds, n = ndimage.label(fg & (sem != boundary_class), structure=structure)
+            if n == 0:
+                inst, _ = ndimage.label(fg, structure=structure)
+            else:
+                # assign each remaining foreground pixel the id of its nearest seed pixel
+                _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+                inst = np.where(fg, seeds[tuple(idx)], 0)
+    else:
+        try:
+            from skimage.feature import peak_local_max
+            from skimage.segmentation import watershed
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("method='watershed' needs scikit-image (pip install scikit-image).") from e
+        dist = ndimage.distance_transform_edt(fg)
+        coords = peak_local_max(dist, min_distance=max(int(min_distance), 1), labels=ndimage.label(fg)[0])
+        markers = np.zeros(sem.shape, dtype=np.int32)
+        markers[tuple(coords.T)] = np.arange(1, len(coords) + 1)
+        inst = watershed(-dist, markers, mask=fg)
+    inst = inst.astype(np.int64)
+    if min_size > 0 and inst.max() > 0:
+        sizes = np.bincount(inst.ravel())
+        small = sizes < min_size
+        small[0] = False
+        inst[small[inst]] = 0
+    # consecutive ids 1..N
+    ids = np.unique(inst)
+    ids = ids[ids > 0]
+    lut = np.zeros(int(inst.max()) + 1, dtype=np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[inst]
+
+
+class InstanceMaskd(MapTransform):
+    """Dictionary transform: semantic class map -> instance-id mask (see :func:`instance_from_semantic`).
+
+    Args:
+        keys: key(s) of channel-first semantic masks ``(1, H, W[, D])`` (e.g. the argmax ``"pred"``).
+        output_key: where to store the result (one key only); defaults to ``f"{key}_instance"``.
+        method, boundary_class, min_size, connectivity, min_distance: see :func:`instance_from_semantic`.
+        allow_missing_keys: skip missing keys.
+
+    The output is an ``int32`` ``MetaTensor`` ``(1, H, W[, D])`` carrying the input's metadata, so ``SaveImaged``
+    names the file after the source image.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_key: str | None = None,
+        method: str = "connected_components",
+        boundary_class: int | None = None,
+        min_size: int = 0,
+        connectivity: int = 1,
+        min_distance: int = 3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if output_key is not None and len(self.keys) != 1:
+            raise ValueError(f"output_key needs exactly one key, got keys={self.keys}.")
+        self.output_key = output_key
+        self.kwargs = dict(
+            method=method, boundary_class=boundary_class, min_size=min_size, connectivity=connectivity,
+            min_distance=min_distance,
+        )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            src = d[key]
+            inst = torch.as_tensor(instance_from_semantic(src, **self.kwargs))[None]
+            if isinstance(src, MetaTensor):
+                inst = MetaTensor(inst, meta=dict(src.meta), applied_operations=list(src.applied_operations))
+            d[self.output_key or f"{key}_instance"] = inst
+        return d
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# datalist checks
+# --------------------------------------------------------------------------------------------------------------------
+def check_datalist(
+    items: Sequence[Mapping[str, Any]],
+    keys: Sequence[str] = ("image", "label"),
+    same_shape: bool = True,
+    reader: Any = None,
+    name: str = "datalist",
+) -> list[dict[str, Any]]:
+    """Read every file of a datalist once and fail early, naming the file, on missing/unreadable/mismatched data.
+
+    Called before any engine, writer or checkpoint is created, so a bad dataset stops a bundle before it writes
+    anything. Files are read with MONAI ``LoadImage`` (the same readers as the pipeline: PIL for PNG/JPEG,
+    tifffile/PIL for TIFF, nibabel for NIfTI, ITK for the rest).
+
+    Args:
+        items: datalist entries (``{"image": path, "label": path, ...}``).
+        keys: keys that must be present and readable.
+        same_shape: require equal spatial shapes across ``keys`` of one item.
+        reader: optional reader passed to ``LoadImage``.
+        name: what the list is called in messages.
+
+    Returns:
+        The items as a list of dicts (unchanged).
+
+    Raises:
+        ValueError: empty list, missing key, unreadable file or spatial-shape mismatch (message names the file).
+        FileNotFoundError: a listed file does not exist.
+    """
+    from monai.transforms import EnsureChannelFirst, LoadImage
+
+    items = [dict(i) for i in items]
+    if not items:
+        raise ValueError(f"{name} is empty: no items to process.")
+    loader = LoadImage(reader=reader, image_only=True)
+    ensure_cf = EnsureChannelFirst()
+    for n, item in enumerate(items):
+        shapes: dict[str, tuple[int, ...]] = {}
+        for key in keys:
+            if key not in item:
+                raise ValueError(f"{name} item {n} has no {key!r} entry: {item}.")
+            path = item[key]
+            if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
+                raise FileNotFoundError(f"{name} item {n}: {key} file {str(path)!r} does not exist.")
+            try:
+                img = ensure_cf(loader(path))
+            except Exception as e:
+                raise ValueError(f"{name} item {n}: cannot read {key} file {str(path)!r}: {e}") from e
+            shapes[key] = tuple(int(s) for s in img.shape[1:])
+        if same_shape and len(set(shapes.values())) > 1:
+            desc = ", ".join(f"{k} {str(item[k])!r} has spatial shape {s}" for k, s in shapes.items())
+            raise ValueError(f"{name} item {n}: spatial size mismatch: {desc}.")
+    return items
+
+
+#: image file extensions recognised by :func:`list_images` (MONAI readers: PIL, tifffile, nibabel, ITK).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
+def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """Sorted image files directly inside ``folder`` (by extension, case-insensitive).
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        ValueError: no image file in ``folder``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder {str(folder)!r} does not exist.")
+    exts = tuple(e.lower() for e in extensions)
+    files = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(exts))
+    if not files:
+        raise ValueError(f"input folder {str(folder)!r} holds no image file with extension in {list(exts)}.")
+    return files

@@ -1,0 +1,233 @@
+"""Nuclei-segmentation specifics of the ``gmr_nuclei_segmentation`` bundle.
+
+- :func:`nuclei_datalist`: the MONAI datalist of one split, built from ``dataset_dir`` (synthetic data generated
+  there by :func:`monai_gmr.data.ensure_nuclei_dataset` when it holds none), checked file by file;
+- :class:`NucleiLabeld`: instance / binary masks -> class maps (background, nucleus[, boundary]);
+- :func:`to_rgb`, :func:`merge_foreground`: small tensor helpers used by the configs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import MapTransform
+
+from .common import check_datalist, list_images, run_on_rank0_first
+
+__all__ = [
+    "SPLITS",
+    "nuclei_datalist",
+    "inference_datalist",
+    "NucleiLabeld",
+    "ForegroundInferer",
+    "to_rgb",
+    "merge_foreground",
+    "nucleus_boundaries",
+]
+
+logger = logging.getLogger(__name__)
+
+#: split names accepted by :func:`nuclei_datalist` (MONAI decathlon-style datalist keys).
+SPLITS = ("training", "validation", "test")
+
+
+def _ensure_dataset(dataset_dir: str | os.PathLike, generate: bool, **synthetic_kwargs: Any) -> str:
+    from monai_gmr.data import ensure_nuclei_dataset
+
+    return str(ensure_nuclei_dataset(dataset_dir, generate=generate, **synthetic_kwargs))
+
+
+def nuclei_datalist(
+    dataset_dir: str | os.PathLike,
+    split: str = "training",
+    generate: bool = True,
+    keys: Sequence[str] = ("image", "label"),
+    check: bool = True,
+    fallback_split: str | None = None,
+    **synthetic_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Datalist entries of one split of the nuclei dataset in ``dataset_dir``.
+
+    ``dataset_dir`` is either prepared data (a ``datalist.json`` written by ``python -m
+    monai_gmr.data.prepare_nuclei``) or empty/missing, in which case the synthetic H&E-like dataset is generated
+    there when ``generate`` is ``True`` (logged by :func:`monai_gmr.data.ensure_nuclei_dataset`). In a distributed
+    run rank 0 prepares the data first. Paths are made absolute.
+
+    Args:
+        dataset_dir: dataset folder.
+        split: datalist key (``"training"``, ``"validation"`` or ``"test"``).
+        generate: generate synthetic data when ``dataset_dir`` holds none (``False``: clear error instead).
+        keys: keys every item must have; with ``check`` every file of the split is read once and image/label
+            spatial sizes compared (errors name the file) before anything else runs.
+        check: run :func:`monai_gmr.workflows.common.check_datalist` on the split.
+        fallback_split: split to use when ``split`` is absent or empty (e.g. evaluate on ``"validation"`` when a
+            dataset has no ``"test"`` split); ``None`` raises instead.
+        synthetic_kwargs: forwarded to ``ensure_nuclei_dataset`` (e.g. ``n_images``, ``size``, ``seed``).
+
+    Returns:
+        list of dicts with absolute file paths.
+    """
+    from monai.data import load_decathlon_datalist
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    datalist_file = run_on_rank0_first(_ensure_dataset, dataset_dir, generate, **synthetic_kwargs)
+    base_dir = str(Path(datalist_file).parent)
+    used = split
+    try:
+        items = load_decathlon_datalist(datalist_file, is_segmentation=True, data_list_key=split, base_dir=base_dir)
+    except ValueError:
+        items = []
+    if not items and fallback_split is not None and fallback_split != split:
+        logger.warning("datalist %s has no %r split; using %r instead.", datalist_file, split, fallback_split)
+        used = fallback_split
+        try:
+            items = load_decathlon_datalist(
+                datalist_file, is_segmentation=True, data_list_key=fallback_split, base_dir=base_dir
+            )
+        except ValueError:
+            items = []
+    if not items:
+        raise ValueError(f"datalist {datalist_file!r} has no items in split {used!r} (dataset_dir={str(dataset_dir)!r}).")
+    logger.info("%s split: %d items from %s", used, len(items), datalist_file)
+    if check:
+        items = check_datalist(items, keys=keys, same_shape=True, name=f"{used} split of {datalist_file}")
+    return items
+
+
+def inference_datalist(
+    input_dir: str | os.PathLike | None,
+    dataset_dir: str | os.PathLike,
+    split: str = "test",
+    generate: bool = True,
+    check: bool = True,
+    **synthetic_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Images to segment: every image in ``input_dir`` when given, else the ``split`` images of ``dataset_dir``.
+
+    Returns:
+        list of ``{"image": path}`` dicts (each file read once when ``check``; errors name the file).
+    """
+    if input_dir:
+        items = [{"image": p} for p in list_images(input_dir)]
+        name = f"input_dir {str(input_dir)!r}"
+    else:
+        items = [
+            {"image": d["image"]}
+            for d in nuclei_datalist(
+                dataset_dir, split, generate=generate, keys=("image",), check=False, fallback_split="validation",
+                **synthetic_kwargs,
+            )
+        ]
+        name = f"{split} images of {str(dataset_dir)!r}"
+    return check_datalist(items, keys=("image",), name=name) if check else items
+
+
+def to_rgb(img: torch.Tensor) -> torch.Tensor:
+    """Channel-first image -> 3 channels: RGBA drops alpha, grey is repeated, RGB is unchanged.
+
+    Raises:
+        ValueError: for another number of channels.
+    """
+    c = img.shape[0]
+    if c == 3:
+        return img
+    if c == 4:
+        return img[:3]
+    if c == 1:
+        return img.repeat(3, *([1] * (img.ndim - 1)))
+    raise ValueError(f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)}).")
+
+
+def merge_foreground(probs: torch.Tensor) -> torch.Tensor:
+    """``(C, ...)`` class probabilities -> ``(2, ...)`` [background, any nucleus class] (C >= 2)."""
+    if probs.shape[0] < 2:
+        raise ValueError(f"need >= 2 channels, got shape {tuple(probs.shape)}.")
+    if probs.shape[0] == 2:
+        return probs
+    return torch.cat([probs[:1], probs[1:].sum(0, keepdim=True)], 0)
+
+
+def nucleus_boundaries(instances: np.ndarray, width: int = 1) -> np.ndarray:
+    """Inner boundary pixels of labelled objects: object pixels with a differently labelled pixel (another
+    object or background) within ``width`` pixels (square neighbourhood).
+
+    A few lines of ``scipy.ndimage`` grey dilation/erosion instead of ``skimage.segmentation.find_boundaries`` so
+    the bundle does not need scikit-image.
+    """
+    from scipy import ndimage
+
+    size = 2 * int(width) + 1
+    lab = np.asarray(instances)
+    hi = ndimage.grey_dilation(lab, size=(size,) * lab.ndim, mode="nearest")
+    lo = ndimage.grey_erosion(lab, size=(size,) * lab.ndim, mode="nearest")
+    return (lab > 0) & (hi != lo)
+
+
+class NucleiLabeld(MapTransform):
+    """Instance-id or binary nucleus masks -> class maps for training/evaluation.
+
+    ``boundary=False``: ``0`` background, ``1`` nucleus. ``boundary=True``: ``0`` background, ``1`` nucleus
+    interior, ``2`` nucleus boundary (inner boundary of ``boundary_width`` pixels). Boundaries between *touching*
+    nuclei need instance ids (a binary mask only gives the outer contour).
+
+    Args:
+        keys: label key(s), channel-first ``(1, H, W)``.
+        boundary: add the boundary class.
+        boundary_width: boundary thickness in pixels.
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, boundary: bool = False, boundary_width: int = 1, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if boundary_width < 1:
+            raise ValueError(f"boundary_width must be >= 1, got {boundary_width}.")
+        self.boundary = boundary
+        self.boundary_width = boundary_width
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            if lab.shape[0] != 1:  # e.g. an RGB(A) mask image: any non-zero channel is foreground
+                lab = lab.amax(0, keepdim=True)
+            out = (lab > 0).to(torch.uint8)
+            if self.boundary:
+                arr = lab.detach().cpu().numpy()[0] if isinstance(lab, torch.Tensor) else np.asarray(lab)[0]
+                edge = nucleus_boundaries(np.rint(arr).astype(np.int64), self.boundary_width)
+                out[0][torch.as_tensor(edge, device=out.device)] = 2
+            d[key] = out
+        return d
+
+
+class ForegroundInferer(Inferer):
+    """Wrap an inferer so that C > 2 class outputs become 2-class ``[background, nucleus]`` logits.
+
+    Used to score 3-class (background / interior / boundary) models on nucleus *foreground* Dice/IoU/AUC: the
+    softmax probabilities of all nucleus classes are summed and returned as log-probabilities (a later softmax
+    gives back the merged probabilities). 1- and 2-channel outputs pass through unchanged.
+
+    Args:
+        inferer: inner inferer (default ``SimpleInferer()``).
+    """
+
+    def __init__(self, inferer: Inferer | None = None) -> None:
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.inferer(inputs, network, *args, **kwargs)
+        if out.shape[1] <= 2:
+            return out
+        p = torch.softmax(out.float(), dim=1)
+        merged = torch.cat([p[:, :1], p[:, 1:].sum(1, keepdim=True)], dim=1)
+        return torch.log(merged.clamp_min(1e-7))

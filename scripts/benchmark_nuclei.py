@@ -1,0 +1,289 @@
+"""Real-data benchmark of the gmr_nuclei_segmentation bundle: GMRUNet vs BasicUNet vs BasicUNet + rotation aug.
+
+All three models are trained by the same bundle (``configs/train.json``) with the same budget (epochs, steps per
+epoch, crops, optimizer, schedule, seed) on a fixed split of a prepared nuclei dataset (default: CPM-15 from
+``../shared/data/cpm15_nuclei_he``), then evaluated by ``configs/evaluate.json`` on the test split: Dice, IoU and
+pixel ROC-AUC at 0 degrees, over ``360 / angle_step`` rotation angles (mean, std across angles = consistency,
+min, worst angle) and under horizontal/vertical flips, on whole tiles (sliding window).
+
+Steps and outputs (everything under ``--out``; nothing is written into the repository):
+
+1. ``prepared/``: ``python -m monai_gmr.data.prepare_nuclei`` on ``--data`` (images, binary masks, instance masks,
+   ``datalist.json`` with a seeded train/validation/test split, ``--split-seed``);
+2. ``<model>/``: each model's bundle run (``train.log``, ``models/``, ``logs/``, ``train_summary.json``,
+   ``eval/robustness.{json,csv}``, ``eval/robustness_polar.png``, ``eval/metrics.json``, ``evaluate.log``);
+3. ``benchmark.md`` / ``benchmark.json``: the comparison table, ``robustness_comparison.png``.
+
+Usage::
+
+    # CPU smoke test (minutes): tiny budget, few angles
+    python scripts/benchmark_nuclei.py --out /tmp/bench --epochs 1 --max-steps 2 --crop 64 --angle-step 90
+    # the real run (GPU)
+    python scripts/benchmark_nuclei.py --out /data/bench_cpm15 --epochs 300 --crop 256 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "MODELS"]
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "gmr_nuclei_segmentation"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cpm15_nuclei_he"
+logger = logging.getLogger("monai_gmr.benchmark_nuclei")
+
+#: model name -> bundle overrides (same training budget for all).
+MODELS: dict[str, dict[str, Any]] = {
+    "gmrunet": {
+        "network_def": {
+            "_target_": "monai_gmr.nets.GMRUNet",
+            "spatial_dims": 2,
+            "in_channels": 3,
+            "out_channels": "@num_classes",
+            "features": [16, 32, 64, 128],
+            "kernel_sizes": [9, 9, 5, 5],
+        },
+        "augment_rotation": False,
+    },
+    "basicunet": {
+        "network_def": {
+            "_target_": "monai.networks.nets.BasicUNet",
+            "spatial_dims": 2,
+            "in_channels": 3,
+            "out_channels": "@num_classes",
+        },
+        "augment_rotation": False,
+    },
+    "basicunet_rotaug": {
+        "network_def": {
+            "_target_": "monai.networks.nets.BasicUNet",
+            "spatial_dims": 2,
+            "in_channels": 3,
+            "out_channels": "@num_classes",
+        },
+        "augment_rotation": True,
+    },
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="raw dataset (CPM-15 layout: images/, masks_txt/ or labels/)")
+    p.add_argument("--prepared", default=None, help="already prepared dataset_dir (skips preparation)")
+    p.add_argument("--out", required=True, help="output folder (outside the repository)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--max-steps", type=int, default=None, help="total training iterations (sets epoch_length)")
+    p.add_argument("--val-interval", type=int, default=10)
+    p.add_argument("--crop", type=int, default=256, help="training crop (multiple of 8)")
+    p.add_argument("--crops-per-image", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=2, help="images per batch (x crops-per-image crops)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--roi", type=int, default=256, help="sliding-window size for whole-tile validation/evaluation")
+    p.add_argument("--angle-step", type=int, default=10, help="evaluation angles 0, step, ... < 360")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test split")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per bundle step")
+    return p.parse_args(argv)
+
+
+def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: int | None) -> float:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=str(log.parent))
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"command failed ({proc.returncode}), log {log}:\n{' '.join(cmd)}\n...{tail}")
+    return time.perf_counter() - t
+
+
+def prepare(data: str, out_dir: Path, split_seed: int, env: dict[str, str], timeout: int | None) -> Path:
+    """Prepare ``data`` into ``out_dir`` with the preparation CLI (idempotent); returns the dataset_dir."""
+    if (out_dir / "datalist.json").is_file():
+        logger.info("using the prepared dataset in %s", out_dir)
+        return out_dir
+    cmd = [sys.executable, "-m", "monai_gmr.data.prepare_nuclei", "--input", str(data), "--output", str(out_dir),
+           "--seed", str(split_seed), "--val_frac", "0.2", "--test_frac", "0.2", "--label", "instance"]  # fmt: skip
+    logger.info("preparing %s -> %s", data, out_dir)
+    _run(cmd, out_dir.parent / "prepare.log", env, timeout)
+    return out_dir
+
+
+def _bundle_cmd(configs: list[str], overrides: dict[str, Any]) -> list[str]:
+    files = [str(BUNDLE / "configs" / c) for c in configs]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", v if isinstance(v, str) else repr(v)]
+    return cmd
+
+
+def _param_count(ckpt: Path) -> int | None:
+    import torch
+
+    if not ckpt.is_file():
+        return None
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)
+    sd = sd.get("model", sd) if isinstance(sd, dict) else sd
+    return int(sum(v.numel() for k, v in sd.items() if hasattr(v, "numel") and "running_" not in k and "num_batches" not in k))
+
+
+def _row(name: str, run_dir: Path) -> dict[str, Any]:
+    m = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    t = json.loads((run_dir / "train_summary.json").read_text())
+    s = m["robustness"]["summary"]
+    flips = m["robustness"].get("per_flip", {})
+    row: dict[str, Any] = {"model": name, "params": _param_count(run_dir / "models" / "model.pt")}
+    for metric in ("dice", "iou", "auc"):
+        ms = s.get(metric) or {}
+        row[f"{metric}_0"] = ms.get("at_0")
+        row[f"{metric}_mean"] = ms.get("mean")
+        row[f"{metric}_std"] = ms.get("std")
+        row[f"{metric}_min"] = ms.get("min")
+    row["dice_worst_angle"] = (s.get("dice") or {}).get("worst_angle")
+    for f, vals in flips.items():
+        row[f"dice_flip_{f}"] = vals.get("dice")
+    row["best_val_dice"] = t.get("best_metric")
+    row["train_s"] = t.get("wall_time_s")
+    row["iterations"] = t.get("iterations_completed")
+    return row
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    cols = ["model", "params", "dice_0", "dice_mean", "dice_std", "dice_min", "dice_worst_angle", "dice_flip_h",
+            "dice_flip_v", "iou_0", "iou_mean", "iou_std", "auc_0", "auc_mean", "auc_std", "best_val_dice", "train_s"]  # fmt: skip
+    cols = [c for c in cols if any(c in r for r in rows)]
+
+    def fmt(c: str, v: Any) -> str:
+        if v is None:
+            return "n/a"
+        if c in ("params", "iterations"):
+            return f"{int(v):,}"
+        if c in ("dice_worst_angle", "train_s"):
+            return f"{float(v):g}"
+        return f"{float(v):.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(c, r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _environment(device: str) -> dict[str, Any]:
+    import monai
+    import torch
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_count": os.cpu_count(),
+    }
+    try:  # read-only query of the checked-out commit
+        env["commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns ``{"rows": [...], "environment": {...}, "settings": {...}}``."""
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    for v, name in ((args.crop, "--crop"), (args.roi, "--roi")):
+        if v % 8:
+            raise SystemExit(f"{name} must be a multiple of 8, got {v}")
+    out = Path(args.out).resolve()
+    if ROOT in out.parents or out == ROOT:
+        raise SystemExit(f"--out {out} is inside the repository; choose a folder outside {ROOT}")
+    out.mkdir(parents=True, exist_ok=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+
+    dataset_dir = Path(args.prepared) if args.prepared else prepare(args.data, out / "prepared", args.split_seed, env, args.timeout)
+    epoch_length = None if args.max_steps is None else max(1, math.ceil(args.max_steps / args.epochs))
+    common = {
+        "dataset_dir": str(dataset_dir),
+        "generate_synthetic": False,
+        "seed": args.seed,
+        "roi_size": [args.roi, args.roi],
+        "num_workers": args.num_workers,
+    }
+    train = {
+        "epochs": args.epochs,
+        "epoch_length": epoch_length,
+        "val_interval": min(args.val_interval, args.epochs),
+        "crop_size": args.crop,
+        "crops_per_image": args.crops_per_image,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "log_interval": 20,
+    }
+    evaluate = {"robustness_angles": list(range(0, 360, args.angle_step)), "robustness_flips": ["h", "v"]}
+    rows = []
+    t0 = time.perf_counter()
+    for name in args.models:
+        run_dir = out / name
+        over = {**common, "output_dir": str(run_dir), **MODELS[name]}
+        logger.info("training %s (log: %s)", name, run_dir / "train.log")
+        _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
+        logger.info("evaluating %s (log: %s)", name, run_dir / "evaluate.log")
+        _run(_bundle_cmd(["train.json", "evaluate.json"], {**over, **evaluate}), run_dir / "evaluate.log", env, args.timeout)
+        rows.append(_row(name, run_dir))
+        logger.info("%s: %s", name, {k: v for k, v in rows[-1].items() if k.startswith("dice")})
+
+    from monai_gmr.evaluation import load_result, plot_polar
+    from monai_gmr.utils import atomic_write_json, atomic_write_text
+
+    results = []
+    for name in args.models:
+        r = load_result(out / name / "eval" / "robustness.json")
+        r.model_name = name
+        results.append(r)
+    plot_polar(results, out / "robustness_comparison.png", title="rotation robustness (test split)")
+    settings = {k: v for k, v in vars(args).items()}
+    settings["epoch_length"] = epoch_length
+    environment = _environment(device)
+    report = {"rows": rows, "environment": environment, "settings": settings, "seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write_json(out / "benchmark.json", report)
+    md = [
+        "# gmr_nuclei_segmentation benchmark",
+        "",
+        f"data: {args.prepared or args.data} (split seed {args.split_seed}); test split, whole tiles, sliding window {args.roi}",
+        f"budget: {args.epochs} epochs, epoch_length {epoch_length or 'full'}, crop {args.crop}, "
+        f"{args.crops_per_image} crops/image, batch {args.batch_size} images, lr {args.lr}, seed {args.seed}",
+        f"angles: {len(evaluate['robustness_angles'])} (step {args.angle_step} deg), flips h/v; std = population std across angles",
+        f"environment: {json.dumps(environment)}",
+        "",
+        _markdown(rows),
+        "",
+    ]
+    atomic_write_text(out / "benchmark.md", "\n".join(md))
+    print("\n".join(md))
+    print(f"written: {out / 'benchmark.md'}, {out / 'benchmark.json'}, {out / 'robustness_comparison.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

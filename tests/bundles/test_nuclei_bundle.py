@@ -1,0 +1,347 @@
+"""Tests of the gmr_nuclei_segmentation MONAI bundle: configs, end-to-end runs, resume, multi-process, errors.
+
+End-to-end runs use subprocesses exactly like a user (``python -m monai.bundle run ...``) on a tiny synthetic
+dataset (64x64 images, a small GMRUNet, a few iterations) so the whole file stays fast on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import ROOT, shared_path
+
+BUNDLE = ROOT / "bundles" / "gmr_nuclei_segmentation"
+CONFIGS = BUNDLE / "configs"
+TRAIN = str(CONFIGS / "train.json")
+EVALUATE = str(CONFIGS / "evaluate.json")
+INFERENCE = str(CONFIGS / "inference.json")
+MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
+
+TINY_NET = (
+    "{'_target_': 'monai_gmr.nets.GMRUNet', 'spatial_dims': 2, 'in_channels': 3, 'out_channels': '@num_classes', "
+    "'features': [4, 8, 8, 16], 'kernel_sizes': [5, 5, 3, 3]}"
+)
+SYNTH = {"n_images": 6, "size": 64, "seed": 0}
+
+
+def _common(data: Path, out: Path) -> list[str]:
+    return [
+        "--dataset_dir", str(data), "--output_dir", str(out), "--synthetic", repr(SYNTH), "--roi_size", "[64, 64]",
+        "--num_workers", "0", "--network_def", TINY_NET,
+    ]  # fmt: skip
+
+
+TRAIN_ARGS = [
+    "--epochs", "2", "--epoch_length", "2", "--val_interval", "1", "--crop_size", "32", "--batch_size", "2",
+    "--crops_per_image", "2", "--log_interval", "1",
+]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _bundle(configs: list[str], *args: str, cwd: Path, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
+    cfg = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg, *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------------------- configs
+def _parser(files, **override):
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(files)
+    p.read_meta(str(CONFIGS / "metadata.json"))
+    p.update(override)
+    return p
+
+
+def test_configs_parse_and_resolve(tmp_path):
+    """Every config parses; the main components resolve (network, loss, optimizer, transforms, inferers)."""
+    for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, str(CONFIGS / "metadata.json")):
+        json.loads(Path(f).read_text())
+    over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
+    p = _parser([TRAIN], **{**over, "network_def": eval(TINY_NET)})
+    assert p.get_parsed_content("bundle_root") == str(BUNDLE)
+    net = p.get_parsed_content("network")
+    assert type(net).__name__ == "GMRUNet"
+    y = net(torch.rand(1, 3, 32, 32))
+    assert y.shape == (1, 2, 32, 32)
+    for i in ("loss", "optimizer", "lr_scheduler", "train#preprocessing", "validate#preprocessing",
+              "validate#postprocessing", "validate#inferer", "train#inferer"):
+        assert p.get_parsed_content(i) is not None, i
+    # the default network is the GMR U-Net with the paper's widths and kernels
+    p0 = _parser([TRAIN], output_dir=str(tmp_path / "out"))
+    nd = p0.get("network_def")
+    assert nd["_target_"] == "monai_gmr.nets.GMRUNet" and nd["kernel_sizes"] == [9, 9, 5, 5]
+    assert p0.get_parsed_content("augment_rotation") is False and p0.get_parsed_content("resume") is False
+
+    pe = _parser([TRAIN, EVALUATE], **{**over, "network_def": eval(TINY_NET), "tta": True})
+    assert type(pe.get_parsed_content("validate#inferer")).__name__ == "RotationTTAInferer"
+    rob = pe.get_parsed_content("robustness")
+    assert len(rob["angles"]) == 36 and rob["flips"] == ["h", "v"]
+    pi = _parser([INFERENCE], **{**over, "network_def": eval(TINY_NET)})
+    for i in ("network", "preprocessing", "postprocessing", "inferer"):
+        assert pi.get_parsed_content(i) is not None, i
+    pm = _parser([TRAIN, MULTI_GPU])
+    assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert pm.get("train#dataloader#shuffle") is False
+
+
+def _write_pair(folder: Path, name: str, size=(40, 48), label_size=None) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+    lab = np.zeros(label_size or size, np.uint16)
+    lab[5:15, 5:15] = 1
+    lab[20:30, 10:20] = 2
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(folder / f"{name}.png")
+    Image.fromarray(lab).save(folder / f"{name}_label.png")
+    return {"image": str(folder / f"{name}.png"), "label": str(folder / f"{name}_label.png")}
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_train_transforms_crop_and_augmentation_switch(tmp_path, augment):
+    item = _write_pair(tmp_path, "a", size=(72, 80))
+    p = _parser([TRAIN], output_dir=str(tmp_path / "o"), crop_size=32, crops_per_image=3, augment_rotation=augment)
+    pre = p.get_parsed_content("train#preprocessing")
+    names = [type(t).__name__ for t in pre.transforms]
+    assert ("RandRotated" in names) is augment and ("RandRotate90d" in names) is augment
+    assert ("RandFlipd" in names) is augment
+    out = pre(item)
+    assert len(out) == 3
+    for d in out:
+        assert d["image"].shape == (3, 32, 32) and d["label"].shape == (1, 32, 32)
+        assert set(torch.unique(d["label"]).tolist()) <= {0.0, 1.0}
+        assert -0.2 <= float(d["image"].min()) and float(d["image"].max()) <= 1.5  # [0, 1] +- intensity jitter
+    val = p.get_parsed_content("validate#preprocessing")(item)
+    assert val["image"].shape == (3, 80, 72)  # whole tile (MONAI PIL reader: spatial dims are (W, H))
+    p3 = _parser([TRAIN], output_dir=str(tmp_path / "o"), num_classes=3)
+    lab3 = p3.get_parsed_content("validate#preprocessing")(item)["label"]
+    assert set(torch.unique(lab3).tolist()) == {0.0, 1.0, 2.0}
+
+
+# ---------------------------------------------------------------------------------------------------------- metadata
+def test_verify_metadata_offline(tmp_path):
+    from monai.bundle import verify_metadata
+
+    schema = shared_path("monai", "meta_schema_20240725.json")
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema), hash_val="06954cad2cc5d3784e72077ac76f0fc8")
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["required_packages_version"]["monai_gmr"] == "0.1.0"
+    assert "optional_packages_version" not in meta  # MONAI 1.6 would overwrite the required list with it
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=INFERENCE, device="cpu")
+    with pytest.raises(ValueError, match="output channel"):
+        verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=INFERENCE,
+                          device="cpu", num_classes=3)
+
+
+# ---------------------------------------------------------------------------------------------------------- end to end
+def test_train_evaluate_infer_end_to_end(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    cwd = tmp_path / "elsewhere"  # any working directory
+    cwd.mkdir()
+    proc = _bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
+    assert "synthetic" in (proc.stdout + proc.stderr).lower()  # the generation is logged
+    models = out / "models"
+    assert (models / "model.pt").is_file()
+    assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} == {"checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"}
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["iterations_completed"] == 4 and not summary["resumed"]
+    assert 0.0 <= summary["best_metric"] <= 1.0 and np.isfinite(summary["final_loss"])
+    assert list((out / "logs").glob("events.out.tfevents.*"))  # TensorBoard scalars + images
+
+    # evaluation: 0/90/180/270 degrees are exact for GMRUNet on 64x64 tiles (one sliding window)
+    angles = "[0, 45, 90, 180, 270]"
+    _bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", angles, cwd=cwd)
+    ev = out / "eval"
+    for f in ("robustness.json", "robustness.csv", "robustness_polar.png", "metrics.json"):
+        assert (ev / f).is_file() and (ev / f).stat().st_size > 0, f
+    rep = json.loads((ev / "robustness.json").read_text())
+    assert rep["angles"] == [0, 45, 90, 180, 270] and sorted(rep["per_flip"]) == ["h", "v"]
+    for m in ("dice", "iou", "auc"):
+        vals = rep["per_angle"][m]
+        assert all(v is not None and 0.0 <= v <= 1.0 for v in vals), (m, vals)
+        for i in (2, 3, 4):  # exact equivariance of the GMR U-Net => identical metrics at right angles
+            assert abs(vals[i] - vals[0]) < 1e-4, (m, vals)
+        for f in ("h", "v"):
+            assert abs(rep["per_flip"][f][m] - vals[0]) < 1e-4, (m, f)
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert abs(metrics["metrics"]["val_mean_dice"] - rep["per_angle"]["dice"][0]) < 0.05
+    assert metrics["robustness"]["summary"]["dice"]["std"] >= 0.0
+    csv_lines = (ev / "robustness.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,view,kind,angle,flip") and len(csv_lines) >= 1 + 5 + 2
+
+    # inference writes semantic, instance and probability maps with the input's size
+    pred = out / "pred"
+    _bundle([INFERENCE], *_common(data, out), "--pred_dir", str(pred), cwd=cwd)
+    segs = sorted(pred.glob("*_seg.png"))
+    assert segs, list(pred.iterdir()) if pred.exists() else "no pred dir"
+    import tifffile
+
+    for seg in segs:
+        stem = seg.name[: -len("_seg.png")]
+        src = next(data.rglob(f"{stem}.png"))
+        size = Image.open(src).size
+        s, inst = Image.open(seg), Image.open(pred / f"{stem}_instance.png")
+        prob = tifffile.imread(pred / f"{stem}_prob.tif")
+        assert s.size == size and inst.size == size and prob.shape == (size[1], size[0])
+        sa, ia = np.array(s), np.array(inst)
+        assert set(np.unique(sa)) <= {0, 1} and prob.dtype == np.float32
+        assert 0.0 <= prob.min() and prob.max() <= 1.0
+        np.testing.assert_array_equal(sa > 0, prob > 0.5)  # argmax of 2 classes == p(nucleus) > 0.5
+        assert ((ia > 0) <= (sa > 0)).all()  # instances only inside the semantic foreground
+    assert not [p for p in pred.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_resume_after_kill(tmp_path):
+    """Kill (SIGKILL) training right after the first checkpoint; ``--resume true`` continues from epoch 1."""
+    data, out = tmp_path / "data", tmp_path / "run"
+    kill = tmp_path / "kill_after_epoch1.json"
+    kill.write_text(json.dumps({
+        "run": [
+            "$import signal",
+            "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), "
+            "lambda e: os.kill(os.getpid(), signal.SIGKILL))",
+            "$@train#trainer.run()",
+        ],
+    }))
+    args = [*_common(data, out), *TRAIN_ARGS, "--epochs", "3", "--val_interval", "2"]
+    proc = _bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    models = out / "models"
+    assert sorted(p.name for p in models.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    assert not (out / "train_summary.json").exists()
+    assert not [p for p in models.iterdir() if not p.name.endswith(".pt")]  # no partial checkpoint
+
+    proc = _bundle([TRAIN], *args, "--resume", "true", cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed"] is True
+    assert summary["start_epoch"] == 1 and summary["start_iteration"] == 2  # epoch_length 2
+    assert summary["epochs_completed"] == 3 and summary["iterations_completed"] == 6
+    assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} >= {"checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"}
+    assert (models / "model.pt").is_file()
+
+
+def test_multi_gpu_train_gloo_two_processes(tmp_path):
+    """multi_gpu_train.json on CPU: torchrun, 2 processes, gloo backend, DDP + DistributedSampler.
+
+    (10 images so that the validation split has at least one image per rank, which MONAI's
+    ``DistributedSampler(even_divisible=False)`` requires.)
+    """
+    data, out = tmp_path / "data", tmp_path / "run"
+    cfg = f"['{TRAIN}','{MULTI_GPU}']"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+        "--config_file", cfg, *_common(data, out), "--synthetic", repr({**SYNTH, "n_images": 10}),
+        "--epochs", "2", "--val_interval", "1",
+        "--crop_size", "32", "--batch_size", "2", "--crops_per_image", "2", "--log_interval", "1",
+    ]  # fmt: skip
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["epochs_completed"] == 2
+    # the training split is sharded by DistributedSampler: each rank sees ceil(n_train / 2) images per epoch
+    from monai_gmr.workflows.nuclei import nuclei_datalist
+
+    n_train = len(nuclei_datalist(data, "training", generate=False, check=False))
+    assert summary["iterations_completed"] == 2 * int(np.ceil(np.ceil(n_train / 2) / 2))
+    ck = torch.load(out / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in ck["model"])  # DDP unwrapped: loadable by a plain network
+    assert (out / "models" / "model.pt").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------- errors
+def _init_error(tmp_path, configs, **override) -> str:
+    """Initialise a bundle workflow in-process and return the text of the whole exception chain."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=configs, workflow_type=None, logging_file=False, **override)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()
+    msgs, e = [], info.value
+    while e is not None:
+        msgs.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    return "\n".join(msgs)
+
+
+def _no_outputs(out: Path) -> bool:
+    return not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_missing_or_empty_dataset_without_generation(tmp_path):
+    out = tmp_path / "out"
+    for data in (tmp_path / "missing", tmp_path / "empty"):
+        if data.name == "empty":
+            data.mkdir()
+        msg = _init_error(tmp_path, TRAIN, dataset_dir=str(data), output_dir=str(out), generate_synthetic=False)
+        assert str(data) in msg, msg
+        assert _no_outputs(out)
+        assert not data.exists() or not list(data.iterdir())  # nothing generated
+
+
+def _dataset_with(tmp_path: Path, bad: str) -> Path:
+    from monai_gmr.data import ensure_nuclei_dataset
+
+    data = tmp_path / "data"
+    datalist = Path(ensure_nuclei_dataset(str(data), generate=True, **SYNTH))
+    dl = json.loads(datalist.read_text())
+    item = dl["training"][0]
+    img = (datalist.parent / item["image"]) if not Path(item["image"]).is_absolute() else Path(item["image"])
+    lab = (datalist.parent / item["label"]) if not Path(item["label"]).is_absolute() else Path(item["label"])
+    if bad == "size":
+        arr = np.array(Image.open(lab))
+        Image.fromarray(arr[:-8]).save(lab)
+        return lab
+    img.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    return img
+
+
+@pytest.mark.parametrize("bad", ["size", "unreadable"])
+def test_bad_data_errors_name_the_file(tmp_path, bad):
+    bad_file = _dataset_with(tmp_path, bad)
+    out = tmp_path / "out"
+    msg = _init_error(tmp_path, TRAIN, dataset_dir=str(tmp_path / "data"), output_dir=str(out), synthetic=SYNTH)
+    assert bad_file.name in msg, msg
+    assert ("mismatch" in msg) if bad == "size" else ("cannot read" in msg), msg
+    assert _no_outputs(out)
+
+
+def test_evaluate_and_inference_without_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    data = tmp_path / "data"
+    msg = _init_error(tmp_path, [TRAIN, EVALUATE], dataset_dir=str(data), output_dir=str(out), synthetic=SYNTH)
+    assert "model.pt" in msg and "does not exist" in msg
+    msg = _init_error(tmp_path, INFERENCE, dataset_dir=str(data), output_dir=str(out), synthetic=SYNTH)
+    assert "model.pt" in msg
+    assert _no_outputs(out)

@@ -1,0 +1,285 @@
+"""convert_to_gmr on MONAI networks and single layers: shapes, training, measured equivariance, summary, errors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets import BasicUNet, DenseNet121, DynUNet, ResNet, SegResNet, UNet
+
+from monai_gmr.conversion.convert import ConversionSummary, PooledConv, UpsampledConv, audit_equivariance, convert_to_gmr
+from monai_gmr.conversion.export import gmr_to_dense_conv
+from monai_gmr.functional import cube_elements, d4_elements
+from monai_gmr.nn import GMRConv
+from tests.conftest import rel_err
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets are overhead-bound: one intra-op thread is faster and avoids OpenMP spin contention on shared CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# name -> (factory, input size where the original runs and the GMR version is exact when possible, task)
+NETS = {
+    "UNet": (lambda: UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1), 16, "seg"),
+    "BasicUNet": (lambda: BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)), 32, "seg"),
+    "DynUNet": (lambda: DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2]), 16, "seg"),
+    "SegResNet": (lambda: SegResNet(2, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1, 1), blocks_up=(1, 1)), 16, "seg"),
+    "DenseNet121": (lambda: DenseNet121(2, 1, 2, init_features=8, growth_rate=4, block_config=(1, 1, 1, 1)), 32, "cls"),
+    "ResNet": (lambda: ResNet("basic", [1, 1, 1, 1], [4, 8, 16, 32], spatial_dims=2, n_input_channels=1, num_classes=2), 32, "cls"),
+}
+# measured: the only orientation-dependent module left after conversion (docs/networks.md)
+LEFT_OVER = {"UNet": [], "BasicUNet": [], "DynUNet": [], "SegResNet": [], "DenseNet121": ["features.pool0"], "ResNet": ["maxpool"]}
+
+
+def _errors(net: nn.Module, x: torch.Tensor, elements=None) -> dict[str, float]:
+    with torch.no_grad():
+        y = net(x)
+        spatial = y.ndim == x.ndim
+        return {g.name: rel_err(net(g(x)), g(y) if spatial else y) for g in (elements or d4_elements())}
+
+
+def _data(task: str, size: int, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(n, 1, size, size)
+    smooth = F.avg_pool2d(x, 5, 1, 2)
+    y = (smooth > 0).long()[:, 0] if task == "seg" else torch.arange(n) % 2
+    if task == "cls":  # class = sign of a blob added to the image
+        x = x + (2 * y.float() - 1).view(n, 1, 1, 1) * 0.5
+    return x, y
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_converted_runs_keeps_shape_and_lists_leftovers(name):
+    factory, size, _ = NETS[name]
+    orig = factory().eval()
+    before = {k: v.clone() for k, v in orig.state_dict().items()}
+    net = convert_to_gmr(orig).eval()
+    assert all(torch.equal(before[k], v) for k, v in orig.state_dict().items())  # not inplace: original untouched
+    summary = net.gmr_conversion_summary
+    assert isinstance(summary, ConversionSummary)
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():
+        assert net(x).shape == orig(x).shape
+    # every learned k>1 conv / transposed conv became GMR; only 1x1 stride-1 convs stay plain
+    for mname, m in net.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            assert not isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (1, 1) and m.stride == (1, 1), mname
+        if isinstance(m, GMRConv):
+            assert m.stride == 1
+    assert summary.counts.get("conv", 0) + summary.counts.get("strided_conv", 0) > 0 and summary.converted
+    assert sorted(summary.non_equivariant) == LEFT_OVER[name]
+    assert not summary.unknown and not summary.kept
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_converted_trains(name):
+    factory, size, task = NETS[name]
+    net = convert_to_gmr(factory()).train()
+    x, y = _data(task, size, n=4 if task == "cls" else 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["UNet", "BasicUNet", "DynUNet", "SegResNet"])
+def test_segmentation_nets_exactly_d4_equivariant(name):
+    factory, size, _ = NETS[name]
+    orig = factory().eval()
+    net = convert_to_gmr(orig).eval()
+    x = torch.randn(2, 1, size, size)
+    errs = _errors(net, x)
+    assert len(errs) == 8 and max(errs.values()) <= 1e-4, errs
+    assert max(_errors(orig, x).values()) > 1e-2  # the plain net is not (the test can tell the difference)
+
+
+@pytest.mark.parametrize("name, odd_size", [("DenseNet121", 30), ("ResNet", 15)])
+def test_classifiers_stem_max_pool_measured(name, odd_size):
+    """The 3x3/stride-2/pad-1 stem max pool is the only leftover: it breaks invariance at even input sizes, commutes
+    when its input size is odd, and ``replace_pooling=True`` makes the net exact at even sizes."""
+    factory, size, _ = NETS[name]
+    orig = factory().eval()
+    net = convert_to_gmr(orig).eval()
+    assert max(_errors(net, torch.randn(2, 1, size, size)).values()) > 1e-3
+    assert max(_errors(net, torch.randn(2, 1, odd_size, odd_size)).values()) <= 1e-4
+    fixed, summary = convert_to_gmr(orig, replace_pooling=True, return_summary=True)
+    assert summary.counts["pool_replaced"] == 1 and not summary.non_equivariant
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():
+        assert fixed.eval()(x).shape == orig(x).shape
+    assert max(_errors(fixed, x).values()) <= 1e-4
+
+
+def test_3d_unet_cube_sample():
+    orig = UNet(3, 1, 2, channels=(2, 4, 8), strides=(2, 2), num_res_units=1).eval()
+    net = convert_to_gmr(orig).eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    errs = _errors(net, x, [cube_elements()[i] for i in (0, 7, 13, 26, 40)])
+    assert max(errs.values()) <= 1e-4, errs
+
+
+# ---------------------------------------------------------------------------------------------------- single layers
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.Conv2d(3, 4, 7, stride=2, padding=3),
+        nn.Conv2d(3, 4, 1, stride=2),
+        nn.Conv2d(3, 4, 2, stride=2),
+        nn.Conv2d(3, 4, 4, stride=2, padding=1),
+        nn.Conv2d(3, 4, 3, stride=3, padding=1),
+        nn.Conv2d(3, 4, 2, padding="same"),
+        nn.Conv2d(3, 4, 5, padding=0),
+        nn.Conv2d(3, 4, 3, padding=2, dilation=2),
+        nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False, padding_mode="reflect"),
+        nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+        nn.ConvTranspose2d(3, 4, 2, stride=2),
+        nn.ConvTranspose2d(3, 4, 4, stride=2, padding=1),
+        nn.ConvTranspose2d(3, 4, 3, stride=1, padding=1),
+        nn.ConvTranspose2d(3, 4, 1, stride=2, output_padding=1),
+        nn.ConvTranspose2d(4, 6, 2, stride=2, groups=2),
+    ],
+)
+def test_layer_output_sizes_match(conv):
+    new, summary = convert_to_gmr(conv, return_summary=True)
+    assert new is not conv and not summary.kept
+    for h in range(5, 14):
+        x = torch.randn(1, conv.in_channels, h, h + 1)
+        with torch.no_grad():
+            assert new(x).shape == conv(x).shape, (h, new)
+    if isinstance(new, GMRConv):
+        assert new.groups == conv.groups and (new.bias is None) == (conv.bias is None)
+        assert new.padding_mode == conv.padding_mode and new.dilation == conv.dilation[0]
+    if any(s > 1 for s in conv.stride):
+        assert isinstance(new, UpsampledConv if isinstance(conv, nn.ConvTranspose2d) else PooledConv)
+
+
+@pytest.mark.parametrize(
+    "conv, reason",
+    [
+        (nn.Conv2d(3, 4, (1, 3), padding=(0, 1)), "anisotropic kernel"),
+        (nn.Conv2d(3, 4, 3, stride=2, padding=0), "no pooling reproduces"),
+        (nn.Conv2d(3, 4, 4, padding=1), "no symmetric padding"),
+        (nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1), "no symmetric padding"),
+    ],
+)
+def test_unsupported_layers_are_kept_and_reported(conv, reason, caplog):
+    net = nn.Sequential(conv)
+    with caplog.at_level(logging.INFO, logger="monai_gmr.conversion.convert"):
+        new, summary = convert_to_gmr(net, return_summary=True)
+    assert type(new[0]) is type(conv)
+    assert reason in summary.kept["0"] and summary.counts["unsupported"] == 1
+    assert "0" in summary.non_equivariant and not summary.fully_equivariant
+    assert "left orientation-dependent: 0" in caplog.text
+
+
+def test_anisotropic_stride_3d_reported():
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, stride=(1, 2, 2), padding=1))
+    new, summary = convert_to_gmr(net, return_summary=True)
+    assert isinstance(new[0], PooledConv) and new[0].pool.kernel_size == (1, 2, 2)
+    assert "anisotropic pooling" in summary.non_equivariant["0.pool"]
+    assert new(torch.randn(1, 1, 6, 8, 10)).shape == net(torch.randn(1, 1, 6, 8, 10)).shape
+
+
+def test_kernel_size_options():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 5, padding=2), nn.Conv2d(2, 2, 1), nn.ConvTranspose2d(2, 2, 2, stride=2))
+    ks = lambda m: [c.kernel_size for c in m.modules() if isinstance(c, GMRConv)]  # noqa: E731
+    assert ks(convert_to_gmr(net)) == [3, 5, 3]  # even 2 -> 3
+    assert ks(convert_to_gmr(net, kernel_size=7)) == [7, 7, 7]
+    new, s = convert_to_gmr(net, kernel_size=lambda k: 2 * k, return_summary=True)
+    assert ks(new) == [7, 11, 5] and s.counts["even_kernel"] == 3
+    assert isinstance(new[2], nn.Conv2d) and s.counts["pointwise_kept"] == 1  # 1x1 stays
+    x = torch.randn(1, 1, 8, 8)
+    assert new(x).shape == net(x).shape
+
+
+def test_exclude_inplace_and_summary_attribute(caplog):
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()), nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1))
+    new = convert_to_gmr(net, exclude=["0"])
+    assert isinstance(new[0][0], nn.Conv2d) and isinstance(new[1], GMRConv) and new.gmr_conversion_summary.kept == {"0": "excluded"}
+    new = convert_to_gmr(net, exclude="*2")
+    assert isinstance(new[2], nn.Conv2d) and isinstance(new[1], GMRConv) and isinstance(new[0][0], GMRConv)
+    new = convert_to_gmr(net, exclude=[nn.Conv2d])
+    assert not any(isinstance(m, GMRConv) for m in new.modules()) and new.gmr_conversion_summary.counts["excluded"] == 3
+    with caplog.at_level(logging.INFO, logger="monai_gmr.conversion.convert"):
+        out = convert_to_gmr(net, inplace=True)
+    assert out is net and isinstance(net[1], GMRConv) and "conv=3" in caplog.text
+    text = net.gmr_conversion_summary.format()
+    assert "converted (3)" in text and "Conv2d(k=3) -> GMRConv(k=3)" in text
+    assert net.gmr_conversion_summary.to_dict()["counts"] == {"conv": 3}
+
+
+def test_shared_modules_stay_shared():
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    net = nn.Module()
+    net.a = nn.Sequential(conv)
+    net.b = nn.Sequential(conv)
+    new = convert_to_gmr(net)
+    assert isinstance(new.a[0], GMRConv) and new.a[0] is new.b[0]
+
+
+def test_gmr_kwargs_and_padding_mode_override():
+    net = nn.Sequential(nn.Conv2d(1, 2, 5, padding=2))
+    new = convert_to_gmr(net, num_rings=2, smoothing="none", impl="dense", padding_mode="replicate")
+    c = new[0]
+    assert c.num_rings == 2 and c.smoothing == "none" and c.impl == "dense" and c.padding_mode == "replicate"
+
+
+def test_project_weights_reproduce_radial_kernels():
+    """A dense conv exported from a GMR conv is radially symmetric: projection recovers it exactly."""
+    g = GMRConv(2, 3, 4, 7)
+    dense = gmr_to_dense_conv(g)
+    new = convert_to_gmr(dense, weights="project")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert rel_err(new(x), g(x)) <= 1e-5
+    # transposed stride-1 conv with a radial kernel (flip + channel swap handled)
+    t = nn.ConvTranspose2d(3, 4, 7, padding=3)
+    with torch.no_grad():
+        t.weight.copy_(dense.weight.transpose(0, 1))
+        t.bias.copy_(dense.bias)
+    new_t = convert_to_gmr(t, weights="project")
+    assert isinstance(new_t, GMRConv)
+    with torch.no_grad():
+        assert rel_err(new_t(x), t(x)) <= 1e-5 and rel_err(t(x), g(x)) <= 1e-5
+
+
+def test_audit_equivariance_of_plain_modules():
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.MaxPool2d(2), nn.AvgPool2d(3, 2, 1), nn.Upsample(scale_factor=1.5),
+        nn.AdaptiveAvgPool2d(2), nn.LayerNorm(4), nn.Softmax(dim=-1),
+    )  # fmt: skip
+    s = audit_equivariance(net)
+    assert set(s.non_equivariant) == {"0", "3"} and "H % 2 == 1" in s.non_equivariant["3"]
+    assert set(s.conditions) == {"2", "5"}
+    assert set(s.unknown) == {"4", "6", "7"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"upsample_mode": "deconv"}, "upsample_mode"),
+        ({"pool_mode": "lp"}, "pool_mode"),
+        ({"weights": "copy"}, "weights"),
+        ({"kernel_size": 0}, "kernel_size"),
+        ({"kernel_size": lambda k: 0}, "kernel_size"),
+        ({"exclude": [3]}, "exclude"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        convert_to_gmr(nn.Sequential(nn.Conv2d(1, 1, 3)), **kwargs)
+    with pytest.raises(ValueError, match="model"):
+        convert_to_gmr("UNet")  # type: ignore[arg-type]

@@ -1,0 +1,75 @@
+"""Tests of monai_gmr.data.datalist: split sizes, seeded splits, relative-path datalists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monai_gmr.data.datalist import move_into_place, read_datalist, split_counts, split_items, write_datalist
+
+
+@pytest.mark.parametrize(
+    "n, val, test, expected",
+    [(10, 0.2, 0.2, (6, 2, 2)), (6, 0.2, 0.2, (4, 1, 1)), (3, 0.2, 0.2, (1, 1, 1)), (2, 0.2, 0.2, (1, 0, 1)),
+     (1, 0.2, 0.2, (1, 0, 0)), (24, 0.2, 0.2, (14, 5, 5)), (5, 0.0, 0.0, (5, 0, 0))],
+)  # fmt: skip
+def test_split_counts(n, val, test, expected):
+    assert split_counts(n, val, test) == expected
+
+
+def test_split_counts_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="val_frac"):
+        split_counts(10, 1.2, 0.1)
+    with pytest.raises(ValueError, match="val_frac \\+ test_frac"):
+        split_counts(10, 0.6, 0.5)
+
+
+def test_split_items_seeded_and_stratified():
+    items = [{"image": f"{i}.png", "label": i % 2} for i in range(20)]
+    a = split_items(items, 0.2, 0.2, seed=3)
+    b = split_items(items, 0.2, 0.2, seed=3)
+    c = split_items(items, 0.2, 0.2, seed=4)
+    assert a == b and a != c
+    assert sorted(i["image"] for s in a.values() for i in s) == sorted(i["image"] for i in items)
+    s = split_items(items, 0.2, 0.2, seed=0, stratify_key="label")
+    for split in ("validation", "test"):
+        assert sorted(i["label"] for i in s[split]) == [0, 0, 1, 1]
+
+
+def test_write_and_read_datalist_relative_paths(tmp_path):
+    (tmp_path / "images").mkdir()
+    img = tmp_path / "images" / "a.png"
+    img.write_bytes(b"x")
+    outside = "/elsewhere/b.png"
+    p = write_datalist(tmp_path / "datalist.json", {"training": [{"image": str(img), "label": outside, "n": 1}]},
+                       extra_key="v")  # fmt: skip
+    raw = json.loads(p.read_text())
+    assert raw["training"] == [{"image": "images/a.png", "label": outside, "n": 1}]
+    assert raw["extra_key"] == "v"
+    items = read_datalist(p, "training")
+    assert items[0]["image"] == str(tmp_path / "images" / "a.png") and items[0]["label"] == outside
+    with pytest.raises(KeyError, match="validation"):
+        read_datalist(p, "validation")
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        read_datalist(tmp_path / "nope.json")
+
+
+def test_move_into_place(tmp_path):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "x.png").write_text("new")
+    (src / "datalist.json").write_text("{}")
+    dst = tmp_path / "dst"
+    (dst / "images").mkdir(parents=True)
+    (dst / "images" / "old.png").write_text("old")
+    (dst / "keep.txt").write_text("k")
+    move_into_place(src, dst)
+    assert (dst / "images" / "x.png").read_text() == "new" and not (dst / "images" / "old.png").exists()
+    assert (dst / "datalist.json").read_text() == "{}" and (dst / "keep.txt").read_text() == "k"
+    assert not any(src.iterdir())  # everything moved
+    # a missing destination is replaced in one rename
+    src2 = tmp_path / "src2"
+    (src2 / "a").mkdir(parents=True)
+    move_into_place(src2, tmp_path / "new")
+    assert (tmp_path / "new" / "a").is_dir() and not src2.exists()

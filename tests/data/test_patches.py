@@ -1,0 +1,140 @@
+"""Tests of the patch collections: PCam HDF5 and image folders / labels CSV (Kather, Kaggle PCam)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_gmr.data.patches import (
+    ImageFolderDataset,
+    PCamH5Dataset,
+    find_pcam_files,
+    image_folder_datalist,
+    load_rgb_tensor,
+    write_pcam_h5,
+)
+from tests.conftest import shared_path
+
+
+def _pcam(tmp_path, n=6, split="train"):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (n, 96, 96, 3), dtype=np.uint8)
+    y = (np.arange(n) % 2).astype(np.uint8)
+    with h5py.File(tmp_path / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as f:
+        f.create_dataset("x", data=x)
+    with h5py.File(tmp_path / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
+        f.create_dataset("y", data=y.reshape(-1, 1, 1, 1))
+    return x, y
+
+
+def test_pcam_h5_dataset(tmp_path):
+    x, y = _pcam(tmp_path)
+    (xp, yp), = find_pcam_files(tmp_path, split="train")
+    ds = PCamH5Dataset(xp)  # the *_y.h5 sibling is found
+    assert len(ds) == 6 and ds.y_path == yp
+    item = ds[3]
+    assert item["image"].shape == (3, 96, 96) and item["image"].dtype == torch.float32
+    assert item["label"] == 1
+    torch.testing.assert_close(item["image"], torch.from_numpy(x[3].transpose(2, 0, 1)).float() / 255)
+    sub = PCamH5Dataset(xp, yp, indices=[0, 5], scale=False)
+    assert len(sub) == 2 and sub[1]["label"] == 1 and float(sub[1]["image"].max()) > 1.0
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch["image"].shape == (4, 3, 96, 96) and batch["label"].tolist() == [0, 1, 0, 1]
+
+
+def test_pcam_h5_with_monai_transforms_and_workers(tmp_path):
+    from monai.data import DataLoader
+    from monai.transforms import Compose, RandFlipd, ScaleIntensityd
+
+    _pcam(tmp_path, n=4)
+    (xp, _), = find_pcam_files(tmp_path)
+    ds = PCamH5Dataset(xp, transform=Compose([ScaleIntensityd("image"), RandFlipd("image", prob=0.0)]))
+    loader = DataLoader(ds, batch_size=2, num_workers=1)  # h5 handle reopened in the worker
+    labels = [int(v) for b in loader for v in b["label"]]
+    assert labels == [0, 1, 0, 1]
+
+
+def test_pcam_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="_x.h5"):
+        find_pcam_files(tmp_path)
+    _pcam(tmp_path, n=4)
+    (xp, yp), = find_pcam_files(tmp_path)
+    with h5py.File(tmp_path / "bad_y.h5", "w") as f:
+        f.create_dataset("y", data=np.zeros(3))
+    with pytest.raises(ValueError, match="bad_y.h5"):
+        PCamH5Dataset(xp, tmp_path / "bad_y.h5")
+    with pytest.raises(ValueError, match="no dataset 'images'"):
+        PCamH5Dataset(xp, x_key="images")
+    (tmp_path / "junk_x.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="junk_x.h5"):
+        PCamH5Dataset(tmp_path / "junk_x.h5")
+    with pytest.raises(FileNotFoundError, match="nope_x.h5"):
+        PCamH5Dataset(tmp_path / "nope_x.h5")
+
+
+def test_write_pcam_h5_roundtrip(tmp_path):
+    imgs = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    xp, yp = write_pcam_h5(tmp_path / "p", imgs, [1, 0, 1])
+    ds = PCamH5Dataset(xp)
+    assert [ds[i]["label"] for i in range(3)] == [1, 0, 1] and ds[0]["image"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="uint8"):
+        write_pcam_h5(tmp_path / "q", imgs.astype(float), [0, 0, 0])
+
+
+def _folder(tmp_path):
+    for c, colour in (("b_stroma", 200), ("a_tumor", 50)):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((8, 10, 3), colour, np.uint8)).save(tmp_path / c / f"{c}_{i}.tif")
+    return tmp_path
+
+
+def test_image_folder_class_folders_and_csv(tmp_path):
+    root = _folder(tmp_path)
+    items, names = image_folder_datalist(root)
+    assert names == ["a_tumor", "b_stroma"] and [i["label"] for i in items] == [0, 0, 1, 1]
+    (root / "labels.csv").write_text("file,label\nb_stroma/b_stroma_0.tif,b_stroma\na_tumor/a_tumor_1,a_tumor\n")
+    items2, names2 = image_folder_datalist(root, labels_csv="labels.csv")
+    assert names2 == ["a_tumor", "b_stroma"] and [i["label"] for i in items2] == [1, 0]
+    assert items2[1]["image"].endswith("a_tumor_1.tif")  # extension added
+    (root / "bad.csv").write_text("file,label\nmissing.tif,0\n")
+    with pytest.raises(FileNotFoundError, match="missing.tif"):
+        image_folder_datalist(root, labels_csv="bad.csv")
+    ds = ImageFolderDataset(root)
+    d = ds[0]
+    assert d["image"].shape == (3, 8, 10) and d["label"] == 0 and float(d["image"].mean()) == pytest.approx(50 / 255)
+    assert ds.class_names == ["a_tumor", "b_stroma"]
+
+
+def test_image_folder_items_feed_monai_loadimaged(tmp_path):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityRanged
+
+    items, _ = image_folder_datalist(_folder(tmp_path))
+    t = Compose([LoadImaged("image", reader="PILReader"), EnsureChannelFirstd("image"), ScaleIntensityRanged("image", 0, 255, 0, 1)])
+    out = t(items[-1])
+    assert tuple(out["image"].shape)[0] == 3 and out["label"] == 1
+
+
+def test_kather2016_class_folders_and_csv():
+    root = shared_path("data", "kather2016_crc_texture_tiles")
+    items, names = image_folder_datalist(root)
+    assert len(items) == 24 and names[0] == "01_TUMOR" and len(names) == 8
+    assert np.bincount([i["label"] for i in items]).tolist() == [3] * 8
+    items_csv, names_csv = image_folder_datalist(root, labels_csv="labels.csv")
+    assert names_csv == names
+    assert sorted((i["image"], i["label"]) for i in items_csv) == sorted((i["image"], i["label"]) for i in items)
+    img = load_rgb_tensor(items[0]["image"])
+    assert img.shape == (3, 150, 150) and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+
+
+def test_pcam_kaggle_folder_with_ids():
+    root = shared_path("data", "pcam_kaggle_hcd_patches")
+    items, names = image_folder_datalist(root, labels_csv="mock_train_labels.csv")
+    assert len(items) == 15 and names == [] and sum(i["label"] for i in items) == 5
+    ds = ImageFolderDataset(items)
+    d = ds[0]
+    assert d["image"].shape == (3, 96, 96) and d["label"] == items[0]["label"]
+    assert items[0]["image"].endswith("f38a6374c348f90b587e046aac6079959adf3835.tif") and items[0]["label"] == 0

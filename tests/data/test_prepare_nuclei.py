@@ -1,0 +1,284 @@
+"""Tests of python -m monai_gmr.data.prepare_nuclei: folders, MoNuSeg XML, CPM ASCII masks, errors, CPM-15."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_gmr.data.prepare_nuclei import (
+    find_nuclei_pairs,
+    instance_boundaries,
+    main,
+    prepare_nuclei_dataset,
+    rasterize_aperio_xml,
+    read_cpm_txt_mask,
+    read_instance_mask,
+    read_rgb_image,
+)
+from tests.conftest import ROOT, shared_path
+
+
+def _inst(h=20, w=24) -> np.ndarray:
+    lab = np.zeros((h, w), np.uint16)
+    lab[2:8, 2:9] = 7  # ids need not be consecutive in the input
+    lab[2:8, 9:14] = 3  # touching instance
+    lab[12:18, 15:22] = 12
+    return lab
+
+
+def _write_folder_case(root: Path, n: int = 5, suffix: str = "_label") -> None:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "images" / f"t{i}.png")
+        Image.fromarray(_inst()).save(root / "labels" / f"t{i}{suffix}.png")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} if root.exists() else {}
+
+
+def test_folders_format(tmp_path):
+    _write_folder_case(tmp_path / "raw")
+    out = tmp_path / "out"
+    dl_path = prepare_nuclei_dataset(tmp_path / "raw", out, boundary=True, seed=0)
+    dl = json.loads(dl_path.read_text())
+    assert dl["preparation"]["format"] == "folders"
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
+    item = dl["training"][0]
+    assert set(item) == {"image", "label", "instance", "mask", "boundary"} and item["label"] == item["instance"]
+    inst = np.asarray(Image.open(out / item["instance"]))
+    assert inst.dtype == np.uint16 and sorted(np.unique(inst).tolist()) == [0, 1, 2, 3]  # relabelled 1..N
+    assert np.array_equal(np.asarray(Image.open(out / item["mask"])), (_inst() > 0).astype(np.uint8))
+    three = np.asarray(Image.open(out / item["boundary"]))
+    assert set(np.unique(three).tolist()) == {0, 1, 2}
+    assert three[5, 8] == 2 and three[5, 9] == 2  # the shared border of the touching nuclei
+    assert three[5, 5] == 1 and three[0, 0] == 0
+    assert np.asarray(Image.open(out / item["image"])).shape == (20, 24, 3)
+    # same seed -> same split; other seed -> other split (5 items)
+    again = prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out2", seed=0)
+    assert [i["image"] for i in json.loads(again.read_text())["test"]] == [i["image"] for i in dl["test"]]
+
+
+def test_binary_and_colour_masks_become_instances(tmp_path):
+    binary = (_inst() > 0).astype(np.uint8) * 255
+    p = tmp_path / "b.png"
+    Image.fromarray(binary).save(p)
+    lab = read_instance_mask(p)
+    assert lab.max() == 2  # the two touching squares merge into one component, plus the separate one
+    rgb = np.zeros((20, 24, 3), np.uint8)
+    rgb[_inst() == 7] = (255, 0, 0)
+    rgb[_inst() == 3] = (0, 255, 0)
+    rgb[_inst() == 12] = (0, 0, 255)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    assert read_instance_mask(tmp_path / "c.png").max() == 3
+    np.save(tmp_path / "n.npy", _inst().astype(np.int32))
+    assert read_instance_mask(tmp_path / "n.npy").max() == 3
+
+
+def _write_xml(path: Path, polygons: list[list[tuple[float, float]]]) -> None:
+    regions = "".join(
+        f'<Region Id="{i + 1}" Type="0"><Attributes/><Vertices>'
+        + "".join(f'<Vertex X="{x}" Y="{y}" Z="0"/>' for x, y in poly)
+        + "</Vertices></Region>"
+        for i, poly in enumerate(polygons)
+    )
+    path.write_text(
+        '<?xml version="1.0"?><Annotations MicronsPerPixel="0.25"><Annotation Id="1"><Attributes/>'
+        f"<Regions><RegionAttributeHeaders/>{regions}</Regions></Annotation></Annotations>"
+    )
+
+
+def test_aperio_xml_rasterisation(tmp_path):
+    xml = tmp_path / "a.xml"
+    _write_xml(xml, [[(2, 2), (10, 2), (10, 8), (2, 8)], [(12.5, 3), (18, 3), (18, 9)], [(1, 1), (2, 2)]])
+    lab = rasterize_aperio_xml(xml, (12, 20))
+    assert lab.shape == (12, 20) and lab.max() == 2  # the 2-vertex region is skipped
+    assert lab[5, 5] == 1 and lab[2, 2] == 1 and lab[8, 10] == 1  # polygon incl. its outline
+    assert lab[4, 17] == 2 and lab[8, 13] == 0  # triangle: inside / outside
+    assert (lab == 1).sum() == 9 * 7
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<Annotations><Annotation><Regions><Region><Vertices><Vertex X='a' Y='1'/>")
+    with pytest.raises(ValueError, match="bad.xml"):
+        rasterize_aperio_xml(bad, (4, 4))
+
+
+def test_monuseg_xml_format(tmp_path):
+    raw = tmp_path / "MoNuSeg"
+    (raw / "Tissue Images").mkdir(parents=True)
+    (raw / "Annotations").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(raw / "Tissue Images" / f"TCGA-{i}.tif")
+        _write_xml(raw / "Annotations" / f"TCGA-{i}.xml", [[(2, 2), (6, 2), (6, 6), (2, 6)], [(9, 9), (13, 9), (13, 13)]])
+    pairs, fmt = find_nuclei_pairs(raw)
+    assert fmt == "monuseg_xml" and [p.name for p in pairs] == ["TCGA-0", "TCGA-1", "TCGA-2"]
+    dl = json.loads(prepare_nuclei_dataset(raw, tmp_path / "out", label="binary").read_text())
+    item = dl["training"][0]
+    assert item["label"] == item["mask"]
+    assert np.asarray(Image.open(tmp_path / "out" / item["instance"])).max() == 2
+
+
+def _write_cpm_txt(path: Path, lab: np.ndarray, header: str | None = None) -> None:
+    h, w = lab.shape
+    path.write_text((header or f"{w} {h}") + "\n" + "\n".join(str(int(v)) for v in lab.ravel()) + "\n")
+
+
+def test_cpm_txt_reader_and_format(tmp_path):
+    lab = _inst(6, 5)
+    lab[:] = 0
+    lab[1, 3] = 2
+    lab[4, 0] = 1
+    _write_cpm_txt(tmp_path / "m.txt", lab)
+    got = read_cpm_txt_mask(tmp_path / "m.txt")
+    assert got.shape == (6, 5) and got[1, 3] == 2 and got[4, 0] == 1 and got.sum() == 3  # x fastest
+    _write_cpm_txt(tmp_path / "short.txt", lab, header="5 7")
+    with pytest.raises(ValueError, match="short.txt.*5x7"):
+        read_cpm_txt_mask(tmp_path / "short.txt")
+    (tmp_path / "junk.txt").write_text("hello world\n")
+    with pytest.raises(ValueError, match="junk.txt"):
+        read_cpm_txt_mask(tmp_path / "junk.txt")
+    raw = tmp_path / "cpm"
+    raw.mkdir()  # original CPM layout: imageXX.png and imageXX_mask.txt side by side
+    for i in range(3):
+        Image.fromarray(np.full((20, 24, 4), 180, np.uint8)).save(raw / f"image{i:02d}.png")  # RGBA
+        _write_cpm_txt(raw / f"image{i:02d}_mask.txt", _inst())
+    (raw / "README_training.txt").write_text("readme")
+    dl = json.loads(prepare_nuclei_dataset(raw, tmp_path / "out").read_text())
+    assert dl["preparation"]["format"] == "cpm_txt"
+    items = dl["training"] + dl["validation"] + dl["test"]
+    assert len(items) == 3
+    assert np.asarray(Image.open(tmp_path / "out" / items[0]["image"])).shape == (20, 24, 3)  # alpha dropped
+
+
+def test_size_mismatch_names_files_and_writes_nothing(tmp_path):
+    _write_folder_case(tmp_path / "raw", n=3)
+    Image.fromarray(_inst(21, 24)).save(tmp_path / "raw" / "labels" / "t1_label.png")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"size mismatch.*t1\.png.*t1_label\.png"):
+        prepare_nuclei_dataset(tmp_path / "raw", out)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temp folder left behind
+
+
+def test_unreadable_image_names_file_and_keeps_old_output(tmp_path):
+    _write_folder_case(tmp_path / "raw", n=3)
+    out = tmp_path / "out"
+    prepare_nuclei_dataset(tmp_path / "raw", out)
+    before = _tree(out)
+    (tmp_path / "raw" / "images" / "t2.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    with pytest.raises(ValueError, match=r"cannot read image .*t2\.png"):
+        prepare_nuclei_dataset(tmp_path / "raw", out, overwrite=True)
+    assert _tree(out) == before  # the previous dataset is untouched
+    with pytest.raises(FileExistsError, match="overwrite"):
+        prepare_nuclei_dataset(tmp_path / "raw", out)
+
+
+def test_missing_annotation_and_bad_input(tmp_path):
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "labels" / "t1_label.png").unlink()
+    with pytest.raises(ValueError, match="t1.png"):
+        find_nuclei_pairs(tmp_path / "raw")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        find_nuclei_pairs(tmp_path / "nope")
+    with pytest.raises(ValueError, match="format"):
+        find_nuclei_pairs(tmp_path / "raw", format="dicom")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_rgb_image(tmp_path / "missing.png")
+
+
+def test_cli_main_and_module(tmp_path, capsys):
+    _write_folder_case(tmp_path / "raw", n=4, suffix="_mask")
+    rc = main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "o1"), "--format", "folders",
+               "--boundary", "--seed", "3", "--val_frac", "0.25", "--test_frac", "0.25"])  # fmt: skip
+    assert rc == 0 and "training: 2, validation: 1, test: 1" in capsys.readouterr().out
+    assert (tmp_path / "o1" / "boundary").is_dir()
+    assert main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o2")]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "o4"), "--boundary", "false"]) == 0
+    assert not (tmp_path / "o4" / "boundary").exists()
+
+
+@pytest.mark.slow
+def test_cli_as_module_subprocess(tmp_path):
+    """``python -m monai_gmr.data.prepare_nuclei`` in a fresh interpreter (slow: imports torch and MONAI)."""
+    _write_folder_case(tmp_path / "raw", n=4, suffix="_mask")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai_gmr.data.prepare_nuclei", "--input", str(tmp_path / "raw"), "--output",
+         str(tmp_path / "o3"), "--seed", "0", "--boundary", "false"],
+        capture_output=True, text=True, cwd=str(ROOT), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and "RuntimeWarning" not in proc.stderr
+    assert not (tmp_path / "o3" / "boundary").exists()
+
+
+def test_instance_boundaries_width():
+    lab = np.zeros((11, 11), np.int32)
+    lab[1:10, 1:10] = 1
+    assert instance_boundaries(lab, 1).sum() == 32 and instance_boundaries(lab, 2).sum() == 81 - 25
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# real data: ../shared/data/cpm15_nuclei_he (skipped when absent)
+# ------------------------------------------------------------------------------------------------------------------
+def _cpm_subset(tmp_path: Path, names: list[str], column: str) -> Path:
+    cpm = shared_path("data", "cpm15_nuclei_he")
+    with open(cpm / "pairs.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if Path(r["image"]).stem in names]
+    out = tmp_path / "pairs.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", column])
+        for r in rows:
+            w.writerow([str(cpm / r["image"]), str(cpm / r[column])])
+    return out
+
+
+def test_cpm15_txt_and_png_agree_with_the_swap_fix(tmp_path):
+    names = ["image04", "image05", "image07"]
+    cpm = shared_path("data", "cpm15_nuclei_he")
+    dl_png = json.loads(prepare_nuclei_dataset(cpm, tmp_path / "png", pairs=_cpm_subset(tmp_path, names, "label_png")).read_text())
+    (tmp_path / "pairs.csv").unlink()
+    dl_txt = json.loads(prepare_nuclei_dataset(cpm, tmp_path / "txt", format="cpm_txt",
+                                               pairs=_cpm_subset(tmp_path, names, "mask_txt")).read_text())  # fmt: skip
+    assert dl_txt["preparation"]["format"] == "cpm_txt"
+    counts = {d["name"]: d["n_nuclei"] for d in dl_txt["images"]}
+    assert counts == {"image04": 144, "image05": 346, "image07": 292}  # pairs.csv n_nuclei
+    for d in dl_png["images"]:
+        a = np.asarray(Image.open(tmp_path / "png" / "labels" / f"{d['name']}.png"))
+        b = np.asarray(Image.open(tmp_path / "txt" / "labels" / f"{d['name']}.png"))
+        assert np.array_equal(a, b)
+        img = np.asarray(Image.open(tmp_path / "txt" / "images" / f"{d['name']}.png")).astype(float).mean(-1)
+        assert img[b > 0].mean() < img[b == 0].mean() - 20  # nuclei darker than background: pairs are right
+
+
+def test_cpm15_name_pairing_catches_the_swap(tmp_path):
+    cpm = shared_path("data", "cpm15_nuclei_he")
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks_txt").mkdir()
+    for n in ("image04", "image06"):
+        (raw / "images" / f"{n}.png").symlink_to(cpm / "images" / f"{n}.png")
+        (raw / "masks_txt" / f"{n}_mask.txt").symlink_to(cpm / "masks_txt" / f"{n}_mask.txt")
+    with pytest.raises(ValueError, match=r"size mismatch.*image04\.png.*623x493.*image04_mask\.txt.*863x597"):
+        prepare_nuclei_dataset(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cpm15_default_cli_layout(tmp_path):
+    """The benchmark's call (``--input cpm15 --output X --seed 0``) uses pairs.csv (swap fixed), 15 images."""
+    cpm = shared_path("data", "cpm15_nuclei_he")
+    pairs, fmt = find_nuclei_pairs(cpm)
+    assert fmt == "folders" and len(pairs) == 15
+    by_name = {p.name: p for p in pairs}
+    assert by_name["image04"].mask.name == "image04_label.png"
+    pairs_txt, fmt_txt = find_nuclei_pairs(cpm, format="cpm_txt")
+    assert fmt_txt == "cpm_txt" and {p.name: p.mask.name for p in pairs_txt}["image04"] == "image05_mask.txt"

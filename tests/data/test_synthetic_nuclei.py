@@ -1,0 +1,189 @@
+"""Tests of the synthetic H&E-like nuclei generator and ensure_nuclei_dataset."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_gmr.data import ensure_nuclei_dataset, make_synthetic_nuclei, render_nuclei_tile
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_render_tile_content():
+    rgb, inst, info = render_nuclei_tile(128, 0)
+    assert rgb.shape == (128, 128, 3) and rgb.dtype == np.uint8
+    assert inst.shape == (128, 128) and inst.dtype == np.uint16
+    n = int(inst.max())
+    assert n == info["n_nuclei"] >= 5
+    assert np.array_equal(np.unique(inst), np.arange(n + 1))  # consecutive ids, all present
+    assert info["n_fibers"] >= 1 and info["n_touching"] >= 1
+    fg, bg = inst > 0, inst == 0
+    # haematoxylin-rich nuclei are darker and bluer than the eosin-pink stroma
+    lum = rgb.astype(float).mean(-1)
+    assert lum[fg].mean() < lum[bg].mean() - 40
+    blue_minus_green = rgb[..., 2].astype(float) - rgb[..., 1]
+    assert blue_minus_green[fg].mean() > 30 and rgb[bg][:, 0].mean() > rgb[bg][:, 1].mean() + 20  # pink: R > G
+    # fibres follow the dominant direction, nuclei are oriented at random
+    assert all(abs(a - 0.0) <= 15.0 + 1e-9 for a in info["fiber_angles"])
+    _, _, info = render_nuclei_tile(256, 0)
+    assert info["n_nuclei"] >= 30
+    ang = np.deg2rad(2 * np.asarray(info["nucleus_angles"]))  # axial data: doubled angles
+    # mean resultant length of uniform angles ~ 1/sqrt(n); P(R > 0.35) = exp(-n R^2) < 3% for n >= 30
+    assert math.hypot(np.cos(ang).mean(), np.sin(ang).mean()) < 0.35
+    fib = np.deg2rad(2 * np.asarray(info["fiber_angles"]))
+    assert math.hypot(np.cos(fib).mean(), np.sin(fib).mean()) > 0.8  # fibres: one dominant direction
+
+
+def test_touching_nuclei_share_borders():
+    _, inst, info = render_nuclei_tile(128, 1, touching_frac=0.8)
+    a, b = inst[:, :-1], inst[:, 1:]
+    touching = (a > 0) & (b > 0) & (a != b)
+    assert touching.sum() > 0 and info["n_touching"] >= 2
+
+
+def test_fiber_angle_parameter_and_disable():
+    _, _, info = render_nuclei_tile(128, 2, fiber_angle=60.0, fiber_angle_jitter=5.0)
+    assert info["fiber_angles"] and all(55.0 <= a <= 65.0 for a in info["fiber_angles"])
+    _, _, info0 = render_nuclei_tile(128, 2, fiber_density=0.0)
+    assert info0["n_fibers"] == 0
+    with pytest.raises(ValueError, match="size"):
+        render_nuclei_tile(8, 0)
+
+
+def test_fibers_are_dark_streaks_in_the_background():
+    """Fibre pixels (rendered only in the image) are background in the label and darker than plain stroma."""
+    rgb_f, inst_f, _ = render_nuclei_tile(128, 5)
+    rgb_0, inst_0, _ = render_nuclei_tile(128, 5, fiber_density=0.0)
+    # same seed: identical nuclei/labels up to the random draws consumed by the fibres -> compare statistics
+    lum_f = rgb_f.astype(float).mean(-1)[inst_f == 0]
+    lum_0 = rgb_0.astype(float).mean(-1)[inst_0 == 0]
+    assert np.percentile(lum_f, 2) < np.percentile(lum_0, 2) - 10
+
+
+def test_make_synthetic_nuclei_files_and_determinism(tmp_path):
+    r1 = make_synthetic_nuclei(tmp_path / "a", n_images=5, size=64, seed=7)
+    make_synthetic_nuclei(tmp_path / "b", n_images=5, size=64, seed=7)
+    make_synthetic_nuclei(tmp_path / "c", n_images=5, size=64, seed=8)
+    fa, fb, fc = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert fa == fb  # same seed -> identical bytes
+    assert fa["images/nuclei_000.png"] != fc["images/nuclei_000.png"]
+    dl = json.loads((tmp_path / "a" / "datalist.json").read_text())
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
+    for item in dl["training"] + dl["validation"] + dl["test"]:
+        assert not Path(item["image"]).is_absolute()
+        img = np.asarray(Image.open(tmp_path / "a" / item["image"]))
+        lab = np.asarray(Image.open(tmp_path / "a" / item["label"]))
+        msk = np.asarray(Image.open(tmp_path / "a" / item["mask"]))
+        assert img.shape == (64, 64, 3) and lab.shape == (64, 64) and lab.dtype == np.uint16
+        assert np.array_equal(msk, (lab > 0).astype(np.uint8))
+    assert Path(r1["datalist_path"]) == tmp_path / "a" / "datalist.json"
+    assert Path(r1["training"][0]["image"]).is_absolute()
+    # image i depends on (seed, i) only
+    make_synthetic_nuclei(tmp_path / "d", n_images=2, size=64, seed=7)
+    assert _files(tmp_path / "d")["images/nuclei_001.png"] == fa["images/nuclei_001.png"]
+
+
+def test_monai_loads_the_datalist(tmp_path):
+    from monai.data import load_decathlon_datalist
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    path = ensure_nuclei_dataset(tmp_path / "ds", n_images=3, size=48, seed=0)
+    items = load_decathlon_datalist(str(path), True, "training", base_dir=str(path.parent))
+    d = Compose([LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"])])(items[0])
+    assert d["image"].shape == (3, 48, 48) and d["label"].shape == (1, 48, 48)
+    assert float(d["label"].max()) >= 1
+
+
+def test_ensure_nuclei_dataset_generates_logs_and_reuses(tmp_path, caplog):
+    root = tmp_path / "data"
+    with caplog.at_level(logging.INFO, logger="monai_gmr.data.synthetic_nuclei"):
+        p = ensure_nuclei_dataset(root, n_images=3, size=48, seed=1)
+    assert p == root / "datalist.json" and p.is_file()
+    assert f"dataset_dir {root} holds no data: generating 3 synthetic images" in caplog.text
+    assert not [q for q in tmp_path.iterdir() if q.name.startswith(".")]  # temp folder cleaned up
+    before = _files(root)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_gmr.data.synthetic_nuclei"):
+        assert ensure_nuclei_dataset(root, n_images=5, size=64, seed=2, generate=False) == p
+    assert "generating" not in caplog.text and _files(root) == before
+    # an existing empty folder is filled
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert ensure_nuclei_dataset(empty, n_images=2, size=32).is_file()
+
+
+def test_ensure_nuclei_dataset_errors(tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        ensure_nuclei_dataset(missing, generate=False)
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no data"):
+        ensure_nuclei_dataset(empty, generate=False)
+    assert not any(empty.iterdir())
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(raw / "x.png")
+    with pytest.raises(FileNotFoundError, match="prepare_nuclei"):
+        ensure_nuclei_dataset(raw, generate=True)
+    assert sorted(p.name for p in raw.iterdir()) == ["x.png"]
+
+
+@pytest.mark.slow
+def test_plain_cnn_learns_the_orientation_shortcut():
+    """A small plain CNN trained without augmentation on fibre-distractor tiles loses Dice at 90 degrees (exact
+    rotation, no interpolation), and does not when the fibres and oriented stroma are switched off."""
+    import torch
+    from monai.networks.nets import BasicUNet
+
+    def run(**kw):
+        torch.manual_seed(0)
+        torch.set_num_threads(1)  # tiny convolutions: extra threads only add contention
+        rng = np.random.default_rng(0)
+        tr = [render_nuclei_tile(128, 100 + i, **kw) for i in range(24)]
+        te = [render_nuclei_tile(192, 500 + i, **kw) for i in range(4)]
+        x = torch.tensor(np.stack([t[0] for t in tr])).permute(0, 3, 1, 2).float() / 255
+        y = torch.tensor(np.stack([t[1] > 0 for t in tr])).long()
+        net = BasicUNet(2, 3, 2, features=(8, 16, 16, 32, 32, 8))
+        opt = torch.optim.Adam(net.parameters(), 3e-3)
+        for _ in range(600):
+            idx = torch.as_tensor(rng.integers(0, len(tr), 8))
+            oy, ox = (int(v) for v in rng.integers(0, 65, 2))
+            loss = torch.nn.functional.cross_entropy(net(x[idx, :, oy : oy + 64, ox : ox + 64]), y[idx, oy : oy + 64, ox : ox + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+        dice = {}
+        with torch.no_grad():
+            for k in (0, 1):
+                num = den = 0.0
+                for rgb, inst, _ in te:
+                    img = torch.tensor(np.rot90(rgb, k).copy()).permute(2, 0, 1)[None].float() / 255
+                    p = net(img).argmax(1)[0].numpy().astype(bool)
+                    g = np.rot90(inst > 0, k)
+                    num += 2 * (p & g).sum()
+                    den += p.sum() + g.sum()
+                dice[90 * k] = num / den
+        return dice
+
+    threads = torch.get_num_threads()
+    try:
+        with_fibres = run()
+        without = run(fiber_density=0.0, stroma_streaks=0.0)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"plain CNN Dice with fibres {with_fibres}, without {without}")  # shown with pytest -s
+    assert with_fibres[0] > 0.9 and without[0] > 0.9
+    assert with_fibres[0] - with_fibres[90] > 0.04, with_fibres
+    assert abs(without[0] - without[90]) < 0.02, without

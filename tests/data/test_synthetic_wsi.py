@@ -1,0 +1,212 @@
+"""Tests of the synthetic whole-slide generator: OpenSlide / MONAI WSIReader compatibility, masks, patches."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monai_gmr.data import ensure_wsi_dataset, make_synthetic_wsi, patch_csv_to_datalist, write_pyramidal_tiff
+
+SMALL = {"n_slides": 2, "size": 1024, "seed": 0, "patches_per_slide": 16, "patch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def wsi_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wsi")
+    return out, make_synthetic_wsi(out, **SMALL)
+
+
+def test_openslide_opens_generic_tiff_with_levels_and_mpp(wsi_set):
+    import openslide
+
+    out, res = wsi_set
+    slide = openslide.OpenSlide(str(out / "slides" / "slide_000.tiff"))
+    assert slide.properties["openslide.vendor"] == "generic-tiff"
+    assert slide.level_count == 3  # 1024, 512, 256 (>= 3 levels)
+    assert slide.level_dimensions == ((1024, 1024), (512, 512), (256, 256))
+    assert slide.level_downsamples == (1.0, 2.0, 4.0)
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+    assert float(slide.properties["openslide.mpp-y"]) == pytest.approx(0.5)
+    slide.close()
+    assert res["slides"][0]["level_sizes"] == [[1024, 1024], [512, 512], [256, 256]]
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_monai_wsireader_backends(wsi_set, backend):
+    from monai.data import WSIReader
+
+    out, _ = wsi_set
+    reader = WSIReader(backend=backend)
+    wsi = reader.read(str(out / "slides" / "slide_001.tiff"))
+    assert reader.get_level_count(wsi) == 3
+    assert [tuple(reader.get_size(wsi, i)) for i in range(3)] == [(1024, 1024), (512, 512), (256, 256)]
+    for i, ds in enumerate((1.0, 2.0, 4.0)):
+        assert reader.get_downsample_ratio(wsi, i) == pytest.approx(ds)
+        assert reader.get_mpp(wsi, i) == pytest.approx((0.5 * ds, 0.5 * ds))
+    patch, meta = reader.get_data(wsi, location=(256, 512), size=(32, 48), level=1)
+    assert patch.shape == (3, 32, 48) and patch.dtype == np.uint8
+
+
+def test_backends_agree_and_tissue_on_bright_background(wsi_set):
+    from monai.data import WSIReader
+
+    out, res = wsi_set
+    path = str(out / "slides" / "slide_000.tiff")
+    imgs = []
+    for backend in ("openslide", "tifffile"):
+        r = WSIReader(backend=backend)
+        imgs.append(np.asarray(r.get_data(r.read(path), level=2)[0]).astype(int))
+    assert np.abs(imgs[0] - imgs[1]).max() <= 2  # same decoded pixels (JPEG decoders may differ by rounding)
+    low = imgs[0]  # (3, 256, 256) at downsample 4 = the mask level
+    tissue = np.load(out / "masks" / "slide_000_tissue.npy").astype(bool)
+    tumor = np.load(out / "masks" / "slide_000_tumor.npy").astype(bool)
+    meta = res["slides"][0]
+    assert tissue.shape == tumor.shape == (256, 256) and meta["mask_level"] == 2 and meta["mask_downsample"] == 4
+    assert (tumor <= tissue).all() and 0.2 < tissue.mean() < 0.9 and tumor.sum() > 0.15 * tissue.sum()
+    lum = low.mean(0)
+    assert lum[~tissue].mean() > 225  # bright glass
+    assert lum[tumor].mean() < lum[tissue & ~tumor].mean() - 15  # dense dark nuclei in tumour
+
+
+def test_patches_csv_datalist_and_labels(wsi_set):
+    out, res = wsi_set
+    rows = list(csv.DictReader(open(out / "patches.csv")))
+    assert len(rows) == 32 and {r["label"] for r in rows} == {"0", "1"}
+    assert sum(r["label"] == "1" for r in rows) == 16  # seeded 50/50 balance
+    assert set(rows[0]) == {"slide", "x", "y", "level", "size", "label", "split"}
+    dl = json.loads((out / "datalist.json").read_text())
+    items = dl["training"] + dl["validation"] + dl["test"]
+    assert len(items) == 32 and dl["center_location"] is True
+    masks = {m["image"]: np.load(out / m["tumor_mask"]).astype(bool) for m in dl["slides"]}
+    tissue = {m["image"]: np.load(out / m["tissue_mask"]).astype(bool) for m in dl["slides"]}
+    for it in items:
+        assert it["image"].startswith("slides/") and it["size"] == [64, 64] and it["level"] == 0
+        y, x = it["location"]
+        ds = 4
+        # the whole 64x64 footprint around the centre is tumour (label 1) or tumour-free tissue (label 0)
+        ys, xs = slice((y - 32) // ds, (y + 32 - 1) // ds + 1), slice((x - 32) // ds, (x + 32 - 1) // ds + 1)
+        if it["label"] == 1:
+            assert masks[it["image"]][ys, xs].all()
+        else:
+            assert not masks[it["image"]][ys, xs].any() and tissue[it["image"]][ys, xs].mean() >= 0.8
+    # CSV (x, y) = datalist location [y, x]
+    csv_locs = sorted((int(r["y"]), int(r["x"])) for r in rows)
+    assert csv_locs == sorted(tuple(i["location"]) for i in items)
+
+
+def test_patch_wsi_dataset_reads_centred_patches(wsi_set):
+    """MONAI 1.6.1 PatchWSIDataset: location = [y, x] level-0 centre with center_location=True (its default)."""
+    import openslide
+    from monai.data import PatchWSIDataset, load_decathlon_datalist
+
+    out, _ = wsi_set
+    items = load_decathlon_datalist(str(out / "datalist.json"), False, "training", base_dir=str(out))
+    ds = PatchWSIDataset(items[:3], reader="openslide")  # size/level come from the items
+    slide = openslide.OpenSlide(items[0]["image"])
+    for it, d in zip(items[:3], ds):
+        assert d["image"].shape == (3, 64, 64) and float(d["label"]) == it["label"]
+        y, x = it["location"]
+        ref = np.asarray(openslide.OpenSlide(it["image"]).read_region((x - 32, y - 32), 0, (64, 64)).convert("RGB"))
+        assert np.array_equal(np.asarray(d["image"]).transpose(1, 2, 0).astype(np.uint8), ref)
+    slide.close()
+
+
+def test_deterministic_bytes_and_seed(tmp_path):
+    kw = {"n_slides": 1, "size": 512, "patches_per_slide": 8, "patch_size": 32}
+    a = make_synthetic_wsi(tmp_path / "a", seed=3, **kw)
+    make_synthetic_wsi(tmp_path / "b", seed=3, **kw)
+    make_synthetic_wsi(tmp_path / "c", seed=4, **kw)
+    files = [p.relative_to(tmp_path / "a") for p in sorted((tmp_path / "a").rglob("*")) if p.is_file()]
+    assert len(files) >= 8
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert (tmp_path / "a/slides/slide_000.tiff").read_bytes() != (tmp_path / "c/slides/slide_000.tiff").read_bytes()
+    assert Path(a["datalist_path"]).is_file() and a["slides"][0]["mask_level"] == 2  # 512, 256, 128
+
+
+def test_deflate_is_lossless(tmp_path):
+    import openslide
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (512, 384, 3), dtype=np.uint8)
+    sizes = write_pyramidal_tiff(tmp_path / "d.tiff", img, mpp=0.25, compression="deflate", n_levels=3, tile_size=128)
+    assert sizes == [(512, 384), (256, 192), (128, 96)]
+    s = openslide.OpenSlide(str(tmp_path / "d.tiff"))
+    assert s.properties["openslide.vendor"] == "generic-tiff" and float(s.properties["openslide.mpp-x"]) == pytest.approx(0.25)
+    got = np.asarray(s.read_region((0, 0), 0, (384, 512)).convert("RGB"))
+    assert np.array_equal(got, img)
+    with pytest.raises(ValueError, match="Aperio"):
+        write_pyramidal_tiff(tmp_path / "e.tiff", img, description="Aperio fake")
+
+
+def test_patches_at_level_1_use_the_monai_location_convention(tmp_path):
+    res = make_synthetic_wsi(tmp_path, n_slides=1, size=1024, seed=5, patches_per_slide=10, patch_size=32, patch_level=1)
+    tumor = np.load(tmp_path / res["slides"][0]["tumor_mask"]).astype(bool)  # downsample 4
+    items = res["training"] + res["validation"] + res["test"]
+    assert len(items) == 10 and all(it["level"] == 1 and it["size"] == [32, 32] for it in items)
+    for it in items:
+        y, x = it["location"]
+        ty, tx = y - 16, x - 16  # MONAI: top-left = location - size // 2; extent 32 * 2 level-0 pixels
+        box = tumor[ty // 4 : (ty + 63) // 4 + 1, tx // 4 : (tx + 63) // 4 + 1]
+        assert box.all() if it["label"] == 1 else not box.any()
+
+
+def test_slide_split_with_three_slides(tmp_path):
+    res = make_synthetic_wsi(tmp_path, n_slides=3, size=512, seed=1, patches_per_slide=6, patch_size=32)
+    by_split = {k: {i["slide"] for i in res[k]} for k in ("training", "validation", "test")}
+    assert all(len(v) == 1 for v in by_split.values())  # one slide each, no slide in two splits
+    assert set().union(*by_split.values()) == {"slide_000", "slide_001", "slide_002"}
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="divisible"):
+        make_synthetic_wsi(tmp_path, n_slides=1, size=1002)
+    with pytest.raises(ValueError, match="n_slides"):
+        make_synthetic_wsi(tmp_path, n_slides=0)
+    with pytest.raises(ValueError, match="patch_level"):
+        make_synthetic_wsi(tmp_path, n_slides=1, size=512, patch_level=5)
+
+
+def test_ensure_wsi_dataset(tmp_path, caplog):
+    root = tmp_path / "slides_dir"
+    with pytest.raises(FileNotFoundError, match=str(root)):
+        ensure_wsi_dataset(root, generate=False)
+    assert not root.exists()
+    kw = {"n_slides": 1, "size": 512, "patches_per_slide": 4, "patch_size": 32}
+    with caplog.at_level(logging.INFO, logger="monai_gmr.data.synthetic_wsi"):
+        p = ensure_wsi_dataset(root, seed=0, **kw)
+    assert f"dataset_dir {root} holds no slides: generating 1 synthetic slides" in caplog.text
+    assert p == root / "datalist.json" and (root / "slides" / "slide_000.tiff").is_file()
+    assert ensure_wsi_dataset(root, generate=False) == p
+    # a dataset with only a patch CSV gets a datalist built from it
+    p.unlink()
+    p2 = ensure_wsi_dataset(root, generate=False)
+    dl = json.loads(p2.read_text())
+    assert sum(len(dl[k]) for k in ("training", "validation", "test")) == 4
+    # slides but neither datalist nor CSV: clear error, nothing generated
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.svs").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="patches.csv"):
+        ensure_wsi_dataset(other)
+
+
+def test_patch_csv_to_datalist(tmp_path):
+    (tmp_path / "s.tiff").write_bytes(b"")
+    (tmp_path / "p.csv").write_text("slide,x,y,label\ns.tiff,100,50,1\ns.tiff,10,20,0\ns.tiff,30,40,0\n")
+    p = patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16, level=0, val_frac=0.0, test_frac=0.0)
+    dl = json.loads(p.read_text())
+    assert dl["training"][0] == {"image": "s.tiff", "location": [50, 100], "size": [16, 16], "level": 0, "label": 1}
+    p2 = patch_csv_to_datalist(tmp_path / "p.csv", tmp_path / "tl.json", patch_size=16, center=False, val_frac=0.0, test_frac=0.0)
+    assert json.loads(p2.read_text())["training"][0]["location"] == [58, 108]  # top-left -> centre
+    (tmp_path / "bad.csv").write_text("slide,x,label\ns.tiff,1,0\n")
+    with pytest.raises(ValueError, match="bad.csv"):
+        patch_csv_to_datalist(tmp_path / "bad.csv")
+    (tmp_path / "nosize.csv").write_text("slide,x,y,label\ns.tiff,1,2,0\n")
+    with pytest.raises(ValueError, match="row 2"):
+        patch_csv_to_datalist(tmp_path / "nosize.csv")

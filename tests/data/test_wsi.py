@@ -1,0 +1,178 @@
+"""Tests of monai_gmr.data.wsi: tissue masks, patch sampling, inference grids, errors that name the slide."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monai_gmr.data import make_synthetic_wsi
+from monai_gmr.data.wsi import (
+    SlideNotFoundError,
+    WSIError,
+    list_slides,
+    read_region,
+    sample_patch_locations,
+    slide_info,
+    slide_patch_grid,
+    tissue_mask,
+    validate_patch_items,
+)
+from tests.conftest import shared_path
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wsi1")
+    res = make_synthetic_wsi(out, n_slides=1, size=1024, seed=2, patches_per_slide=8, patch_size=64)
+    return out / "slides" / "slide_000.tiff", res
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_tissue_mask_matches_ground_truth(slide, backend):
+    path, res = slide
+    mask, level, ds = tissue_mask(path, level=-1, backend=backend)
+    assert level == 2 and ds == pytest.approx(4.0) and mask.shape == (256, 256) and mask.dtype == bool
+    gt = np.load(path.parent.parent / res["slides"][0]["tissue_mask"]).astype(bool)
+    iou = (mask & gt).sum() / (mask | gt).sum()
+    assert iou > 0.9, iou
+
+
+def test_tissue_mask_by_mpp_and_size_cap(slide):
+    path, _ = slide
+    mask, level, ds = tissue_mask(path, mpp=1.0)
+    assert level == 1 and mask.shape == (512, 512) and ds == pytest.approx(2.0)
+    mask2, level2, ds2 = tissue_mask(path, level=0, max_size=300)
+    assert level2 == 0 and ds2 == pytest.approx(4.0) and mask2.shape == (256, 256)
+
+
+def test_slide_info_and_list(slide):
+    path, _ = slide
+    info = slide_info(path)
+    assert info["level_count"] == 3 and info["sizes"][2] == (256, 256) and info["mpp"][1] == pytest.approx((1.0, 1.0))
+    assert list_slides(path.parent) == [str(path)]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        list_slides(path.parent / "nope")
+
+
+def test_errors_name_the_slide(slide, tmp_path):
+    path, _ = slide
+    missing = tmp_path / "missing.tiff"
+    with pytest.raises(SlideNotFoundError, match="missing.tiff") as e:
+        tissue_mask(missing)
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, WSIError) and e.value.slide == str(missing)
+    corrupt = tmp_path / "corrupt.tiff"
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 100)
+    for backend in ("openslide", "tifffile"):
+        with pytest.raises(WSIError, match="corrupt.tiff"):
+            tissue_mask(corrupt, backend=backend)
+    with pytest.raises(WSIError, match=r"slide_000.tiff.*level 7 does not exist"):
+        tissue_mask(path, level=7)
+    with pytest.raises(WSIError, match=r"slide_000.tiff.*outside the slide"):
+        read_region(path, (1000, 1000), (64, 64))
+    with pytest.raises(WSIError, match="outside the slide"):
+        read_region(path, (-1, 10), (8, 8))
+    with pytest.raises(WSIError, match="level 3 does not exist"):
+        read_region(path, (0, 0), (8, 8), level=3)
+    with pytest.raises(WSIError, match="no level at mpp"):
+        tissue_mask(path, mpp=50.0)
+
+
+def test_read_region_centre_and_levels(slide):
+    import openslide
+
+    path, _ = slide
+    ref = openslide.OpenSlide(str(path))
+    a = read_region(path, (300, 200), (32, 48))  # top-left (y, x)
+    assert a.shape == (3, 32, 48)
+    assert np.array_equal(a.transpose(1, 2, 0), np.asarray(ref.read_region((200, 300), 0, (48, 32)).convert("RGB")))
+    b = read_region(path, (316, 224), (32, 48), center=True)
+    assert np.array_equal(a, b)
+    # MONAI center_location convention: top-left = location - size // 2 (size at the level, not scaled)
+    c = read_region(path, (512, 512), (16, 16), level=1, center=True)
+    assert np.array_equal(c.transpose(1, 2, 0), np.asarray(ref.read_region((504, 504), 1, (16, 16)).convert("RGB")))
+
+
+def test_sample_patch_locations_respects_masks():
+    mask = np.zeros((40, 40), bool)
+    mask[5:25, 5:30] = True
+    excl = np.zeros_like(mask)
+    excl[5:12, 5:30] = True
+    locs = sample_patch_locations(mask, 8.0, 50, patch_size=32, exclude=excl, seed=0)
+    assert locs.shape == (50, 2) and locs.dtype == np.int64
+    for y, x in locs:  # every 32x32 footprint lies in mask and away from excl (level 0, 8 px per mask pixel)
+        ys, xs = slice((y - 16) // 8, (y + 15) // 8 + 1), slice((x - 16) // 8, (x + 15) // 8 + 1)
+        assert mask[ys, xs].all() and not excl[ys, xs].any()
+    assert np.array_equal(locs, sample_patch_locations(mask, 8.0, 50, patch_size=32, exclude=excl, seed=0))
+    tl = sample_patch_locations(mask, 8.0, 5, patch_size=32, seed=1, center=False)
+    ce = sample_patch_locations(mask, 8.0, 5, patch_size=32, seed=1)
+    assert np.array_equal(tl + 16, ce)
+    assert len(sample_patch_locations(mask, 8.0, 10, patch_size=1000, seed=0)) == 0  # nothing fits
+    few = sample_patch_locations(np.pad(np.ones((1, 1), bool), 5), 1.0, 10, seed=0)
+    assert len(few) == 1
+    with pytest.raises(ValueError, match="2D"):
+        sample_patch_locations(np.zeros(5, bool), 1.0, 1)
+
+
+def test_slide_patch_grid_over_tissue(slide):
+    path, res = slide
+    grid = slide_patch_grid(path, patch_size=64, level=1, min_tissue=0.5, extra={"label": 0})
+    rows, cols = grid["grid_shape"]
+    assert (rows, cols) == (8, 8) and grid["stride"] == (128, 128) and grid["downsample"] == pytest.approx(2.0)
+    items = grid["items"]
+    assert 0 < len(items) < 64
+    gt = np.load(path.parent.parent / res["slides"][0]["tissue_mask"]).astype(bool)  # downsample 4
+    for it in items:
+        assert it["size"] == [64, 64] and it["level"] == 1 and it["label"] == 0
+        r, c = it["grid"]
+        assert it["location"] == [r * 128 + 32, c * 128 + 32]  # top-left + size // 2 (MONAI convention)
+        assert gt[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32].mean() > 0.3
+    full = slide_patch_grid(path, patch_size=64, level=1, min_tissue=0.0, center=False)
+    assert len(full["items"]) == 64 and full["items"][1]["location"] == [0, 128]
+    good, errors = validate_patch_items(items)
+    assert len(good) == len(items) and errors == []
+
+
+def test_grid_items_read_the_same_pixels_in_patch_wsi_dataset(slide):
+    """Level-1 grid items through MONAI PatchWSIDataset (center_location=True) == read_region(center=True) ==
+    the grid cell's top-left at level 1."""
+    import openslide
+    from monai.data import PatchWSIDataset
+
+    path, _ = slide
+    items = slide_patch_grid(path, patch_size=64, level=1, min_tissue=0.5)["items"][:3]
+    ds = PatchWSIDataset(items, reader="openslide", include_label=False)
+    ref = openslide.OpenSlide(str(path))
+    for it, d in zip(items, ds):
+        mine = read_region(path, it["location"], it["size"], level=1, center=True)
+        r, c = it["grid"]
+        cell = np.asarray(ref.read_region((c * 128, r * 128), 1, (64, 64)).convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(np.asarray(d["image"]).astype(np.uint8), mine) and np.array_equal(mine, cell)
+
+
+def test_validate_patch_items_skips_bad_entries(slide, tmp_path):
+    path, _ = slide
+    items = [
+        {"image": str(path), "location": [500, 500], "size": [64, 64], "level": 0},
+        {"image": str(path), "location": [1020, 500], "size": [64, 64], "level": 0},  # outside
+        {"image": str(path), "location": [500, 500], "size": [64, 64], "level": 9},  # no such level
+        {"image": str(tmp_path / "gone.tiff"), "location": [5, 5], "size": [4, 4]},  # missing slide
+    ]
+    good, errors = validate_patch_items(items, skip_bad=True)
+    assert good == items[:1] and len(errors) == 3
+    assert "outside" in errors[0] and "level 9" in errors[1] and "gone.tiff" in errors[2]
+    with pytest.raises(WSIError, match="outside"):
+        validate_patch_items(items)
+
+
+def test_real_slide_cmu_small_region():
+    svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
+    info = slide_info(svs)
+    assert info["level_count"] == 1 and info["sizes"][0] == (2967, 2220) and info["mpp"][0] == pytest.approx((0.499, 0.499))
+    mask, level, ds = tissue_mask(svs, level=-1, max_size=1024)
+    assert level == 0 and ds == pytest.approx(3.0) and mask.shape == (989, 740)
+    assert 0.2 < mask.mean() < 0.6  # a strip of tissue on glass
+    assert not mask[:50, :50].any()  # the top-left corner is glass
+    grid = slide_patch_grid(svs, patch_size=224, mask=mask, mask_downsample=ds, min_tissue=0.5)
+    assert grid["grid_shape"] == (13, 9) and 20 < len(grid["items"]) < 13 * 9
+    patch = read_region(svs, grid["items"][0]["location"], (224, 224), center=True)
+    assert patch.shape == (3, 224, 224) and patch.mean() < 230  # tissue, not glass

@@ -1,0 +1,136 @@
+"""GMRResNet / gmr_resnet18/34/50: shapes, exact logit invariance (D4 / cube group), features, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from monai_gmr.functional import cube_elements, d4_elements
+from monai_gmr.nets import GMRResNet, gmr_resnet18, gmr_resnet34, gmr_resnet50
+from monai_gmr.nn import GMRConv
+from tests.conftest import rel_err
+
+TINY = {"block_inplanes": (4, 8, 8, 16), "kernel_sizes": (5, 5, 3, 3)}
+CUBE_SAMPLE = [cube_elements()[i] for i in (0, 1, 10, 19, 30, 47)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets are overhead-bound: one intra-op thread is faster and avoids OpenMP spin contention on shared CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _invariance(net: nn.Module, x: torch.Tensor, elements) -> dict[str, float]:
+    with torch.no_grad():
+        y = net(x)
+        return {g.name: rel_err(net(g(x)), y) for g in elements}
+
+
+@pytest.mark.parametrize("fn, n_blocks, expansion", [(gmr_resnet18, 8, 1), (gmr_resnet34, 16, 1), (gmr_resnet50, 16, 4)])
+def test_shapes_and_d4_invariance_2d(fn, n_blocks, expansion):
+    net = fn(spatial_dims=2, in_channels=3, num_classes=5, **TINY).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert net(x).shape == (2, 5)
+    assert net.forward_features(x).shape == (2, 16 * expansion) and net.num_features == 16 * expansion
+    blocks = [m for m in net.modules() if type(m).__name__.startswith("GMRResNet") and m is not net]
+    assert len(blocks) == n_blocks
+    # the recipe: no strided conv anywhere, no 3x3/stride-2 max pool, no transposed conv
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, GMRConv)):
+            assert (m.stride if isinstance(m, GMRConv) else m.stride[0]) == 1
+        assert not isinstance(m, nn.MaxPool2d)
+    errs = _invariance(net, x, d4_elements())
+    assert len(errs) == 8 and max(errs.values()) <= 1e-4, errs
+
+
+def test_paper_default_kernels_and_train_mode_invariance():
+    net = gmr_resnet18(2, 3, 2, block_inplanes=(4, 8, 8, 16))
+    assert net.kernel_sizes == (9, 9, 5, 5)
+    assert net.stem[0].kernel_size == 9 and net.layer1[0].conv1.kernel_size == 9 and net.layer4[0].conv1.kernel_size == 5
+    x = torch.randn(4, 3, 32, 32)
+    errs = _invariance(net.train(), x, d4_elements())  # batch-norm batch statistics are invariant too
+    assert max(errs.values()) <= 1e-4, errs
+
+
+def test_invariant_after_training():
+    net = gmr_resnet18(2, 1, 2, **TINY)
+    x = torch.randn(4, 1, 32, 32)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    errs = _invariance(net.eval(), torch.randn(2, 1, 32, 32), d4_elements())
+    assert max(errs.values()) <= 1e-4, errs
+
+
+def test_cube_sample_invariance_3d():
+    net = gmr_resnet18(spatial_dims=3, in_channels=1, num_classes=3, block_inplanes=(2, 4, 4, 8), kernel_sizes=3).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    assert net(x).shape == (2, 3)
+    errs = _invariance(net, x, CUBE_SAMPLE)
+    assert max(errs.values()) <= 1e-4, errs
+
+
+@pytest.mark.slow
+def test_cube_all_48_invariance_3d():
+    net = gmr_resnet50(spatial_dims=3, in_channels=1, num_classes=3, block_inplanes=(2, 4, 4, 8), kernel_sizes=3).eval()
+    errs = _invariance(net, torch.randn(2, 1, 16, 16, 16), cube_elements())
+    assert len(errs) == 48 and max(errs.values()) <= 1e-4, errs
+
+
+def test_divisibility_rule_measured():
+    net = gmr_resnet18(2, 1, 2, **TINY).eval()
+    assert net.downsample_factor == 16
+    assert max(_invariance(net, torch.randn(2, 1, 48, 48), d4_elements()).values()) <= 1e-4
+    # 40 is not divisible by 16: the floor pooling at the 5x5 -> 2x2 level drops a row/column -> not exact
+    assert max(_invariance(net, torch.randn(2, 1, 40, 40), d4_elements()).values()) > 1e-3
+    no_pool = gmr_resnet18(2, 1, 2, no_max_pool=True, conv1_t_stride=2, **TINY)
+    assert no_pool.downsample_factor == 16 and isinstance(no_pool.stem[0], nn.AvgPool2d)
+
+
+def test_feed_forward_false_and_features():
+    net = gmr_resnet34(2, 1, 2, feed_forward=False, **TINY).eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert net.fc is None and torch.equal(net(x), net.forward_features(x))
+    net2 = GMRResNet("basic", (1, 1, 1, 1), (4, 4, 8, 8), 2, 1, 3, kernel_sizes=3, stem_pooling="max", widen_factor=2.0)
+    assert net2(x).shape == (2, 3) and net2.num_features == 16
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"spatial_dims": 1}, "spatial_dims"),
+        ({"kernel_sizes": (5, 5, 3)}, "kernel_sizes"),
+        ({"kernel_sizes": (5, 5, 3, 4)}, "kernel_sizes"),
+        ({"layers": (2, 2, 2)}, "layers"),
+        ({"block_inplanes": (4, 8)}, "block_inplanes"),
+        ({"block": "wide"}, "block"),
+        ({"conv1_t_size": 4}, "conv1_t_size"),
+        ({"conv1_t_stride": 0}, "conv1_t_stride"),
+        ({"stem_pooling": "lp"}, "stem_pooling"),
+        ({"num_classes": 0}, "num_classes"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = {"block": "basic", "layers": (1, 1, 1, 1), "block_inplanes": (4, 8, 8, 16), "spatial_dims": 2,
+            "in_channels": 1, "num_classes": 2, "kernel_sizes": 3}  # fmt: skip
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        GMRResNet(**args)
+
+
+def test_bad_input_shape():
+    net = gmr_resnet18(2, 3, 2, **TINY)
+    with pytest.raises(ValueError, match="in_channels=3"):
+        net(torch.randn(1, 1, 32, 32))

@@ -1,0 +1,179 @@
+"""GMRUNet: shapes (2D/3D), exact D4 / cube-group equivariance at init and after training, padding, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from monai_gmr.functional import cube_elements, d4_elements
+from monai_gmr.nets import GMRUNet
+from monai_gmr.nets.unet import make_upsample
+from tests.conftest import rel_err
+
+TINY = {"features": (4, 8, 8, 16), "kernel_sizes": (5, 5, 3, 3)}
+TINY3D = {"features": (2, 4, 4, 8), "kernel_sizes": (3, 3, 3, 3)}
+# a sample of cube symmetries for the default suite: identity, a pure flip, a 90-degree turn, a 3-cycle with flips,
+# an odd permutation with all flips (the full 48 run in the slow test)
+CUBE_SAMPLE = [cube_elements()[i] for i in (0, 1, 10, 19, 30, 47)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets are overhead-bound: one intra-op thread is faster and avoids OpenMP spin contention on shared CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _equiv_errors(net: nn.Module, x: torch.Tensor, elements) -> dict[str, float]:
+    with torch.no_grad():
+        y = net(x)
+        return {g.name: rel_err(net(g(x)), g(y)) for g in elements}
+
+
+def _train(net: nn.Module, x: torch.Tensor, steps: int = 20) -> list[float]:
+    """A few Adam steps on a synthetic task (foreground = smoothed input above zero)."""
+    y = (F.avg_pool2d(x[:, :1], 3, 1, 1) > 0).long()[:, 0] if x.ndim == 4 else (F.avg_pool3d(x[:, :1], 3, 1, 1) > 0).long()[:, 0]
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.train()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_shapes_2d_3d():
+    net2 = GMRUNet(2, 3, 5, **TINY)
+    assert net2(torch.randn(2, 3, 32, 24)).shape == (2, 5, 32, 24)
+    net3 = GMRUNet(3, 1, 2, **TINY3D)
+    assert net3(torch.randn(1, 1, 16, 8, 24)).shape == (1, 2, 16, 8, 24)
+    assert net2.levels == 3 and net2.multiple == 8
+
+
+def test_paper_defaults():
+    net = GMRUNet(2, 3, 2)
+    assert net.features == (16, 32, 64, 128) and net.kernel_sizes == (9, 9, 5, 5) and net.levels == 3
+    ks = [m.kernel_size for m in net.modules() if type(m).__name__ == "GMRConv"]
+    assert ks[:2] == [9, 9] and 5 in ks and set(ks) == {9, 5}
+    assert not any(isinstance(m, (nn.ConvTranspose2d, nn.MaxPool2d)) for m in net.modules())
+    x = torch.randn(1, 3, 32, 32)
+    errs = _equiv_errors(net.eval(), x, d4_elements())
+    assert max(errs.values()) <= 1e-4, errs
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest", "nearest-exact", "bicubic"])
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_d4_exact_all_modes(upsample, pooling):
+    net = GMRUNet(2, 2, 3, upsample=upsample, pooling=pooling, **TINY).eval()
+    errs = _equiv_errors(net, torch.randn(2, 2, 32, 32), d4_elements())
+    assert len(errs) == 8 and max(errs.values()) <= 1e-4, errs
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+def test_upsample_commutes_with_d4(mode):
+    up = make_upsample(2, 2, mode)
+    x = torch.randn(1, 2, 6, 6)
+    for g in d4_elements():
+        assert rel_err(up(g(x)), g(up(x))) <= 1e-6, (mode, g.name)
+    # align_corners=True would commute as well; a size-changing interpolation with a non-integer factor would not
+    assert up.align_corners is (None if mode == "nearest" else False)
+
+
+def test_d4_exact_after_training():
+    net = GMRUNet(2, 1, 2, **TINY)
+    x = torch.randn(2, 1, 16, 16)
+    losses = _train(net, x, steps=20)
+    assert losses[-1] < losses[0]
+    net.eval()
+    errs = _equiv_errors(net, torch.randn(2, 1, 16, 16), d4_elements())
+    assert max(errs.values()) <= 1e-4, errs
+    # instance norm without running stats: train mode is the same function and exact as well
+    net.train()
+    errs = _equiv_errors(net, torch.randn(2, 1, 16, 16), d4_elements())
+    assert max(errs.values()) <= 1e-4, errs
+
+
+def test_cube_sample_exact_at_init_and_after_training():
+    net = GMRUNet(3, 1, 2, **TINY3D).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    errs = _equiv_errors(net, x, CUBE_SAMPLE)
+    assert max(errs.values()) <= 1e-4, errs
+    _train(net, torch.randn(2, 1, 16, 16, 16), steps=20)
+    errs = _equiv_errors(net.eval(), x, CUBE_SAMPLE)
+    assert max(errs.values()) <= 1e-4, errs
+
+
+@pytest.mark.slow
+def test_cube_all_48_exact():
+    net = GMRUNet(3, 1, 2, **TINY3D)
+    x = torch.randn(1, 1, 16, 16, 16)
+    errs = _equiv_errors(net.eval(), x, cube_elements())
+    assert len(errs) == 48 and max(errs.values()) <= 1e-4, errs
+    _train(net, torch.randn(2, 1, 16, 16, 16), steps=20)
+    errs = _equiv_errors(net.eval(), x, cube_elements())
+    assert max(errs.values()) <= 1e-4, errs
+
+
+def test_not_divisible_raises_with_shape_and_rule():
+    net = GMRUNet(2, 1, 2, **TINY)
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*levels=8.*\[1, 1, 30, 32\]"):
+        net(torch.randn(1, 1, 30, 32))
+
+
+def test_pad_to_multiple():
+    net = GMRUNet(2, 1, 2, pad_to_multiple=True, **TINY).eval()
+    assert net(torch.randn(1, 1, 29, 35)).shape == (1, 2, 29, 35)
+    # 30 -> 32: total pad 2 is split 1 + 1 (symmetric), so D4 equivariance stays exact
+    errs = _equiv_errors(net, torch.randn(1, 1, 30, 30), d4_elements())
+    assert max(errs.values()) <= 1e-4, errs
+    # 31 -> 32: a 1-pixel pad on one side shifts the image by half a pixel: not exact
+    errs = _equiv_errors(net, torch.randn(1, 1, 31, 31), d4_elements())
+    assert max(errs.values()) > 1e-3
+    same = GMRUNet(2, 1, 2, pad_to_multiple=True, **TINY).eval()
+    same.load_state_dict(net.state_dict())
+    x = torch.randn(1, 1, 32, 32)
+    assert torch.equal(same(x), net(x))  # divisible input: no padding at all
+
+
+def test_gmr_kwargs_pass_through():
+    net = GMRUNet(2, 1, 2, num_rings=2, smoothing="none", impl="dense", **TINY)
+    convs = [m for m in net.modules() if type(m).__name__ == "GMRConv"]
+    assert convs and all(c.num_rings == 2 and c.smoothing == "none" and c.impl == "dense" for c in convs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"spatial_dims": 1}, "spatial_dims"),
+        ({"spatial_dims": 4}, "spatial_dims"),
+        ({"kernel_sizes": (5, 5, 3)}, "kernel_sizes"),
+        ({"kernel_sizes": (5, 5, 4, 3)}, "kernel_sizes"),
+        ({"features": (8,)}, "features"),
+        ({"features": (8, 0, 16)}, "features"),
+        ({"upsample": "deconv"}, "upsample"),
+        ({"pooling": "strided"}, "pooling"),
+        ({"pad_mode": "circular"}, "pad_mode"),
+        ({"in_channels": 0}, "in_channels"),
+        ({"spatial_dims": 3, "upsample": "bicubic"}, "bicubic"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, **TINY}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        GMRUNet(**args)
+
+
+def test_bad_input_shape():
+    net = GMRUNet(2, 3, 2, **TINY)
+    with pytest.raises(ValueError, match="in_channels=3"):
+        net(torch.randn(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="2 spatial dims"):
+        net(torch.randn(1, 3, 16, 16, 16))

@@ -1,0 +1,337 @@
+"""Tests of monai_gmr.workflows.common (shared bundle helpers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_gmr.workflows import common
+from monai_gmr.workflows.common import (
+    AtomicCheckpointSaver,
+    AtomicPILWriter,
+    EpochValidationHandler,
+    InstanceMaskd,
+    KeyMetricState,
+    ProgressLogger,
+    atomic_writer_for,
+    attach_resume,
+    check_datalist,
+    find_bundle_root,
+    find_latest_checkpoint,
+    instance_from_semantic,
+    list_images,
+    load_checkpoint,
+    run_on_rank0_first,
+    summarize_evaluation,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------------ bundle root
+def test_find_bundle_root_from_argv(tmp_path, monkeypatch):
+    cfg = tmp_path / "mybundle" / "configs"
+    cfg.mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["x", "run", "--config_file", f"['{cfg / 'train.json'}','{cfg / 'b.json'}']"])
+    assert find_bundle_root("whatever") == str((tmp_path / "mybundle").resolve())
+    monkeypatch.setattr(sys, "argv", ["x", f"--config_file={cfg / 'train.json'}"])
+    assert find_bundle_root() == str((tmp_path / "mybundle").resolve())
+
+
+def test_find_bundle_root_fallbacks(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    assert find_bundle_root("gmr_nuclei_segmentation") == str(ROOT / "bundles" / "gmr_nuclei_segmentation")
+    assert find_bundle_root("x", default=tmp_path) == str(tmp_path.resolve())
+
+
+def test_find_bundle_root_from_config_workflow(tmp_path, monkeypatch):
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    cfg = tmp_path / "b" / "configs"
+    cfg.mkdir(parents=True)
+    (cfg / "train.json").write_text(json.dumps({
+        "bundle_root": "$monai_gmr.workflows.find_bundle_root('nope')",
+        "imports": ["$import monai_gmr", "$import monai_gmr.workflows"],
+        "run": ["$@bundle_root"],
+    }))
+    wf = ConfigWorkflow(config_file=str(cfg / "train.json"), workflow_type=None, logging_file=False)
+    wf.initialize()
+    assert wf.run() == [str((tmp_path / "b").resolve())]
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_find_latest_checkpoint(tmp_path):
+    assert find_latest_checkpoint(tmp_path / "missing") is None
+    assert find_latest_checkpoint(tmp_path) is None
+    for name in ["checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "checkpoint_iteration=500.pt", "model.pt",
+                 "checkpoint_final_iteration=900.pt", "tmpabc", "checkpoint_epoch=11.pt.tmp"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert Path(find_latest_checkpoint(tmp_path)).name == "checkpoint_epoch=10.pt"
+    assert Path(find_latest_checkpoint(tmp_path, kind="iteration")).name == "checkpoint_iteration=500.pt"
+    with pytest.raises(ValueError, match="kind"):
+        find_latest_checkpoint(tmp_path, kind="final")
+
+
+def _tiny_trainer(tmp_path, max_epochs=3, n=8):
+    from monai.engines import SupervisedTrainer
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    data = [{"image": torch.rand(1, 8, 8), "label": (torch.rand(1, 8, 8) > 0.5).float()} for _ in range(n)]
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    from monai.losses import DiceCELoss
+
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=max_epochs, train_data_loader=loader, network=net, optimizer=opt,
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+    )
+    return trainer, net, opt
+
+
+def test_atomic_checkpoint_saver_and_resume(tmp_path):
+    trainer, net, opt = _tiny_trainer(tmp_path, max_epochs=2)
+    save = {"model": net, "optimizer": opt, "trainer": trainer}
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict=save, save_interval=1, n_saved=2)
+    assert saver._interval_checkpoint.save_handler._atomic is True
+    saver.attach(trainer)
+    trainer.run()
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+    assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".pt")]  # no temporary leftovers
+    w_saved = net.weight.detach().clone()
+
+    # a fresh trainer resumes at epoch 2 / iteration 8 with the saved weights, then runs epoch 3 only
+    trainer2, net2, opt2 = _tiny_trainer(tmp_path, max_epochs=3)
+    seen = []
+    from ignite.engine import Events
+
+    trainer2.add_event_handler(Events.EPOCH_STARTED, lambda e: seen.append((e.state.epoch, e.state.iteration)))
+    trainer2.add_event_handler(Events.STARTED(once=1), lambda e: None)
+    path = attach_resume(trainer2, True, tmp_path, {"model": net2, "optimizer": opt2, "trainer": trainer2})
+    assert Path(path).name == "checkpoint_epoch=2.pt"
+    trainer2.add_event_handler(Events.EPOCH_STARTED(once=3), lambda e: seen.append(("w", torch.equal(net2.weight, w_saved))))
+    trainer2.run()
+    assert seen[0] == (3, 8)
+    assert ("w", True) in seen
+    assert trainer2.state.epoch == 3 and trainer2.state.iteration == 12
+    # disabled / nothing to resume
+    assert attach_resume(trainer2, False, tmp_path, {"model": net2}) is None
+    assert attach_resume(trainer2, True, tmp_path / "none", {"model": net2}) is None
+
+
+def test_key_metric_state_round_trip(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True, key_metric_filename="model.pt")
+    state = KeyMetricState(saver)
+    state.load_state_dict({"saved": [[0.75, "model_key_metric=0.75.pt"]]})
+    assert state.state_dict() == {"saved": [[0.75, "model_key_metric=0.75.pt"]]}
+    with pytest.raises(ValueError, match="save_key_metric"):
+        KeyMetricState(AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1))
+
+
+def test_load_checkpoint_formats(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    ref = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.save({"model": ref, "optimizer": {"x": {}}}, tmp_path / "a.pt")
+    torch.save({**ref, "checkpointer": {"_saved": []}}, tmp_path / "b.pt")  # ignite single-object + include_self
+    for f in ("a.pt", "b.pt"):
+        other = torch.nn.Linear(3, 2)
+        load_checkpoint(other, tmp_path / f)
+        assert torch.equal(other.weight, ref["weight"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(net, tmp_path / "missing.pt")
+
+
+def test_epoch_validation_handler_runs_at_last_epoch():
+    from monai.engines import SupervisedEvaluator
+
+    trainer, net, _ = _tiny_trainer(None, max_epochs=5, n=2)
+    loader = torch.utils.data.DataLoader([{"image": torch.rand(1, 8, 8), "label": torch.zeros(1, 8, 8)}], batch_size=1)
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=net)
+    epochs = []
+    from ignite.engine import Events
+
+    evaluator.add_event_handler(Events.STARTED, lambda e: epochs.append(trainer.state.epoch))
+    EpochValidationHandler(interval=2, validator=evaluator).attach(trainer)
+    trainer.run()
+    assert epochs == [2, 4, 5]
+    with pytest.raises(ValueError, match="interval"):
+        EpochValidationHandler(interval=0)
+
+
+def test_progress_logger_summary(tmp_path, caplog):
+    trainer, _, _ = _tiny_trainer(tmp_path, max_epochs=2, n=4)
+    pl = ProgressLogger(interval=1, summary_file=tmp_path / "s" / "summary.json")
+    pl.attach(trainer)
+    with caplog.at_level("INFO"):
+        trainer.run()
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["iterations_completed"] == 4
+    assert summary["start_epoch"] == 0 and summary["resumed"] is False
+    assert np.isfinite(summary["final_loss"])
+    assert any("ETA" in r.message and "epoch 2/2" in r.message for r in caplog.records)
+    with pytest.raises(ValueError, match="interval"):
+        ProgressLogger(interval=-1)
+
+
+def test_run_on_rank0_first_without_dist():
+    assert run_on_rank0_first(lambda a, b=1: a + b, 2, b=3) == 5
+
+
+# ------------------------------------------------------------------------------------------------ writers
+def test_atomic_pil_writer(tmp_path):
+    from monai.transforms import LoadImage, SaveImage
+
+    Image.fromarray((np.arange(40 * 30 * 3) % 251).astype(np.uint8).reshape(40, 30, 3)).save(tmp_path / "img.png")
+    img = LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "img.png"))
+    mask = (img[:1] > 100).to(torch.uint8)
+    out = tmp_path / "out"
+    SaveImage(output_dir=out, output_postfix="seg", output_ext=".png", output_dtype=np.uint8, separate_folder=False,
+              print_log=False, writer="monai_gmr.workflows.AtomicPILWriter")(mask)
+    prob = img[:1].float() / 255.0
+    SaveImage(output_dir=out, output_postfix="prob", output_ext=".tif", output_dtype=np.float32, separate_folder=False,
+              print_log=False, writer=atomic_writer_for(".tif"))(prob)
+    assert sorted(p.name for p in out.iterdir()) == ["img_prob.tif", "img_seg.png"]
+    seg = Image.open(out / "img_seg.png")
+    assert seg.size == (30, 40)
+    np.testing.assert_array_equal(np.array(seg), (np.array(Image.open(tmp_path / "img.png"))[..., 0] > 100).astype(np.uint8))
+    import tifffile
+
+    p = tifffile.imread(out / "img_prob.tif")
+    assert p.shape == (40, 30) and p.dtype == np.float32
+    assert os.stat(out / "img_seg.png").st_mode & 0o777 == 0o666 & ~common._umask()  # like a normally created file
+    assert atomic_writer_for("nii.gz").__name__ == "AtomicNibabelWriter"
+    assert atomic_writer_for(".mha").__name__ == "AtomicITKWriter"
+
+
+def test_atomic_writer_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    from monai.data import PILWriter
+
+    def half_write(self, filename, verbose=False, **kwargs):
+        Path(filename).write_bytes(b"\x89PNG half")  # a crash in the middle of writing
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PILWriter, "write", half_write)
+    w = AtomicPILWriter(output_dtype=np.uint8)
+    w.set_data_array(torch.zeros(1, 4, 4), channel_dim=0)
+    with pytest.raises(OSError, match="disk full"):
+        w.write(str(tmp_path / "bad.png"))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ instances
+def _two_touching_discs(size=40):
+    yy, xx = np.mgrid[:size, :size]
+    a = (yy - 20) ** 2 + (xx - 13) ** 2 <= 64
+    b = (yy - 20) ** 2 + (xx - 27) ** 2 <= 64
+    return a, b
+
+
+def test_instance_from_semantic_connected_components():
+    sem = np.zeros((20, 20), np.int64)
+    sem[2:5, 2:5] = 1
+    sem[10:15, 10:15] = 1
+    sem[18, 18] = 1  # single pixel, removed by min_size
+    inst = instance_from_semantic(sem[None], min_size=2)
+    assert inst.dtype == np.int32 and inst.shape == (20, 20)
+    assert inst.max() == 2 and inst[18, 18] == 0
+    assert len(np.unique(inst[2:5, 2:5])) == 1 and len(np.unique(inst[10:15, 10:15])) == 1
+    assert inst[3, 3] != inst[12, 12]
+
+
+def test_instance_from_semantic_boundary_splits_touching():
+    a, b = _two_touching_discs()
+    fg = a | b
+    assert instance_from_semantic(fg.astype(int)).max() == 1  # touching: one component
+    from monai_gmr.workflows.nuclei import nucleus_boundaries
+
+    lab = a.astype(np.int64) + 2 * (b & ~a)
+    sem = fg.astype(np.int64)
+    sem[nucleus_boundaries(lab)] = 2
+    inst = instance_from_semantic(sem, boundary_class=2)
+    assert inst.max() == 2
+    assert np.array_equal(inst > 0, fg)  # boundary pixels re-assigned, nothing lost
+    assert inst[20, 10] != inst[20, 30]
+    ws = instance_from_semantic(fg.astype(int), method="watershed", min_distance=5)
+    assert ws.max() == 2 and ws[20, 10] != ws[20, 30]
+    with pytest.raises(ValueError, match="method"):
+        instance_from_semantic(sem, method="magic")
+    with pytest.raises(ValueError, match="shape"):
+        instance_from_semantic(np.zeros((2, 3, 4, 5)))
+
+
+def test_instance_maskd_keeps_meta():
+    from monai.data import MetaTensor
+
+    sem = MetaTensor(torch.zeros(1, 10, 10), meta={"filename_or_obj": "/x/img07.png"})
+    sem[0, 2:4, 2:4] = 1
+    out = InstanceMaskd("pred", output_key="instance")({"pred": sem})
+    assert out["instance"].shape == (1, 10, 10)
+    assert out["instance"].meta["filename_or_obj"] == "/x/img07.png"
+    assert int(out["instance"].max()) == 1
+    with pytest.raises(ValueError, match="output_key"):
+        InstanceMaskd(["a", "b"], output_key="c")
+
+
+# ------------------------------------------------------------------------------------------------ datalists
+def _png(path, shape, channels=3):
+    arr = np.zeros((*shape, channels) if channels > 1 else shape, np.uint8)
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def test_check_datalist_errors_name_the_file(tmp_path):
+    good = {"image": _png(tmp_path / "a.png", (16, 16)), "label": _png(tmp_path / "a_l.png", (16, 16), 1)}
+    assert check_datalist([good]) == [good]
+    with pytest.raises(ValueError, match="empty"):
+        check_datalist([])
+    bad_size = {"image": good["image"], "label": _png(tmp_path / "b_l.png", (16, 12), 1)}
+    with pytest.raises(ValueError, match=r"mismatch.*b_l\.png"):
+        check_datalist([good, bad_size])
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match=r"cannot read image file .*broken\.png"):
+        check_datalist([{"image": str(tmp_path / "broken.png"), "label": good["label"]}])
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        check_datalist([{"image": str(tmp_path / "nope.png"), "label": good["label"]}])
+    with pytest.raises(ValueError, match="no 'label'"):
+        check_datalist([{"image": good["image"]}])
+
+
+def test_list_images(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_images(tmp_path / "x")
+    with pytest.raises(ValueError, match="no image"):
+        list_images(tmp_path)
+    _png(tmp_path / "b.PNG", (4, 4))
+    _png(tmp_path / "a.png", (4, 4))
+    (tmp_path / "notes.txt").write_text("x")
+    assert [Path(p).name for p in list_images(tmp_path)] == ["a.png", "b.PNG"]
+
+
+# ------------------------------------------------------------------------------------------------ evaluation summary
+def test_summarize_evaluation(tmp_path):
+    from monai_gmr.evaluation import RobustnessResult
+
+    res = RobustnessResult(
+        model_name="m", task="segmentation", metrics=["dice"], angles=[0.0, 90.0, 45.0],
+        flips=["h"], per_angle={"dice": [0.8, 0.8, 0.6]}, per_flip={"h": {"dice": 0.8}}, n_images=2,
+    )
+
+    class _Ev:
+        class state:  # noqa: N801
+            metrics = {"val_mean_dice": 0.8, "not_a_number": [1, 2]}
+
+    out = summarize_evaluation(tmp_path / "m.json", evaluator=_Ev, robustness=res, report_paths={"json": "r.json"}, split="test")
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["metrics"] == {"val_mean_dice": 0.8}
+    assert saved["robustness"]["summary"]["dice"]["worst_angle"] == 45.0
+    assert saved["robustness"]["summary"]["dice"]["at_0"] == pytest.approx(0.8)
+    assert "0.8000" in out["table"] and saved["split"] == "test"

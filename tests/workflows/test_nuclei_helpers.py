@@ -1,0 +1,63 @@
+"""Tests of monai_gmr.workflows.nuclei helpers (label conversion, channel handling, foreground merging)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from monai_gmr.workflows.nuclei import ForegroundInferer, NucleiLabeld, merge_foreground, nucleus_boundaries, to_rgb
+
+
+def test_nuclei_labeld_binary_and_boundary():
+    lab = torch.zeros(1, 12, 12)
+    lab[0, 2:7, 2:7] = 3  # instance 3
+    lab[0, 2:7, 7:11] = 5  # instance 5 touching instance 3
+    out = NucleiLabeld("label")({"label": lab})["label"]
+    assert out.dtype == torch.uint8 and out.shape == (1, 12, 12)
+    assert torch.equal(out, (lab > 0).to(torch.uint8))
+    out3 = NucleiLabeld("label", boundary=True)({"label": lab})["label"][0]
+    assert set(torch.unique(out3).tolist()) == {0, 1, 2}
+    assert out3[4, 4] == 1 and out3[4, 9] == 1  # interiors
+    assert out3[4, 6] == 2 and out3[4, 7] == 2  # the shared border of the touching nuclei
+    assert out3[2, 4] == 2 and out3[0, 0] == 0  # outer border, background
+    assert torch.equal(out3 > 0, lab[0] > 0)
+    with pytest.raises(ValueError, match="boundary_width"):
+        NucleiLabeld("label", boundary=True, boundary_width=0)
+
+
+def test_nucleus_boundaries_width():
+    lab = np.zeros((11, 11), np.int64)
+    lab[1:10, 1:10] = 1
+    b1 = nucleus_boundaries(lab, 1)
+    b2 = nucleus_boundaries(lab, 2)
+    assert b1.sum() == 9 * 4 - 4 and b2.sum() == (81 - 25)
+    assert not b1[5, 5] and b1[1, 5]
+
+
+def test_to_rgb():
+    x = torch.arange(4 * 2 * 2, dtype=torch.float32).reshape(4, 2, 2)
+    assert torch.equal(to_rgb(x), x[:3])
+    assert torch.equal(to_rgb(x[:3]), x[:3])
+    assert torch.equal(to_rgb(x[:1]), x[:1].repeat(3, 1, 1))
+    with pytest.raises(ValueError, match="2 channels"):
+        to_rgb(x[:2])
+
+
+def test_merge_foreground_and_foreground_inferer():
+    p = torch.softmax(torch.randn(3, 5, 5), 0)
+    m = merge_foreground(p)
+    assert m.shape == (2, 5, 5)
+    torch.testing.assert_close(m[1], p[1] + p[2])
+    assert merge_foreground(p[:2]) is not None and merge_foreground(p[:2]).shape == (2, 5, 5)
+    with pytest.raises(ValueError):
+        merge_foreground(p[:1])
+
+    net = torch.nn.Conv2d(3, 3, 1)
+    x = torch.randn(2, 3, 8, 8)
+    out = ForegroundInferer()(x, net)
+    assert out.shape == (2, 2, 8, 8)
+    probs = torch.softmax(net(x), 1)
+    torch.testing.assert_close(torch.softmax(out, 1)[:, 1], probs[:, 1] + probs[:, 2], atol=1e-5, rtol=1e-5)
+    net2 = torch.nn.Conv2d(3, 2, 1)
+    torch.testing.assert_close(ForegroundInferer()(x, net2), net2(x))
