@@ -55,7 +55,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--angle-step", type=int, default=10, help="robustness angles: 0, step, ..., < 360")
     p.add_argument("--baseline", action="store_true", help="also train/evaluate a plain BasicUNet (about 2x time)")
-    p.add_argument("--features", type=int, nargs=4, default=[8, 16, 32, 64], help="GMRUNet widths per level")
+    p.add_argument("--features", type=int, nargs=4, default=[16, 32, 64, 128], help="GMRUNet widths per level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p.parse_args(argv)

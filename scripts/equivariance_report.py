@@ -1,18 +1,29 @@
 """Network-level rotation-equivariance report: GMRUNet vs MONAI BasicUNet of similar width.
 
 For every angle in 0..90 degrees (5-degree steps by default) it measures the relative error
-``||f(rotate(x)) - rotate(f(x))|| / ||rotate(f(x))||`` of the network logits on the central disk (radius
-``radius_frac`` of the image, intersected with the interpolation-validity mask) with
-:func:`monai_gmr.evaluation.equivariance.equivariance_error` (bicubic rotations in 2D), for both networks at random
-initialisation and after a short training on synthetic H&E-like nuclei tiles
-(:func:`monai_gmr.data.render_nuclei_tile`; a synthetic blob task generated here if that module is unavailable).
+``||f(rotate(x)) - rotate(f(x))|| / ||rotate(f(x))||`` on the central disk (radius ``radius_frac`` of the image,
+intersected with the interpolation-validity mask; bicubic rotations) for both networks, at random initialisation
+and after a short training on synthetic H&E-like nuclei tiles (:func:`monai_gmr.data.render_nuclei_tile`; a
+synthetic blob task generated here if that module is unavailable). Training uses ``--size`` tiles; evaluation
+uses ``--eval-size`` tiles (the nets are fully convolutional), so the image border is further from the disk.
 
-Outputs (all written atomically): ``equivariance_report.csv`` (model, stage, angle, rel_err),
-``equivariance_report.json`` (settings, errors, 45-degree ratios) and ``equivariance_report.png`` (error vs angle).
+Two kinds of evaluation input, both reported:
 
-Example (CPU, about a minute)::
+* ``tile``: the rendered tile as is. Rotating it by a non-right angle cuts off its corners and fills new corners
+  with zeros; with instance norm (both nets' default) the per-image statistics of every layer then change, which
+  shifts the whole output -- an error of the *input*, not of the layers.
+* ``disk``: the tile multiplied by a soft disk mask (radius ``S/2 - 1``, cosine taper of ``--taper`` pixels), so
+  the input content is the same at every angle and the error measures the network's own equivariance.
 
-    python scripts/equivariance_report.py --out equivariance_out --size 64 --train-steps 30
+Two outputs, measured from the same forward passes: ``logits`` and ``probs`` (softmax over classes).
+
+Outputs (all written atomically): ``equivariance_report.csv`` (model, stage, input, output, angle, rel_err),
+``equivariance_report.json`` (settings, training losses, parameters, errors, GMRUNet/BasicUNet ratios at 45
+degrees) and ``equivariance_report.png`` (error vs angle).
+
+Example (CPU, 1 thread, about 3 minutes; docs/networks.md quotes this run)::
+
+    python scripts/equivariance_report.py --out docs/results
 """
 
 from __future__ import annotations
@@ -29,22 +40,33 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 
-from monai_gmr.evaluation.equivariance import equivariance_error
+from monai_gmr.evaluation.equivariance import masked_rel_err
+from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_mask
 from monai_gmr.nets import GMRUNet
 from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, seed_everything
 
-__all__ = ["build_models", "synthetic_batch", "train", "run_report", "main"]
+__all__ = ["build_models", "synthetic_batch", "disk_taper", "measure", "train", "run_report", "main"]
+
+INPUTS = ("tile", "disk")
+OUTPUTS = ("logits", "probs")
 
 logger = logging.getLogger("monai_gmr.equivariance_report")
 
 
-def build_models(features: tuple[int, int, int, int], kernel_sizes: tuple[int, int, int, int]) -> dict[str, torch.nn.Module]:
+def build_models(
+    features: tuple[int, int, int, int], kernel_sizes: tuple[int, int, int, int], norm: str = "instance"
+) -> dict[str, torch.nn.Module]:
     """GMRUNet (3 levels, widths ``features``) and BasicUNet with the same widths per level (plus MONAI's 4th
-    down-sampling level at the deepest width): ``BasicUNet(features=(f0, f1, f2, f3, f3, f0))``."""
+    down-sampling level at the deepest width): ``BasicUNet(features=(f0, f1, f2, f3, f3, f0))``.
+
+    ``norm``: ``"instance"`` (both nets' default, affine instance norm) or ``"batch"`` (evaluated in eval mode,
+    i.e. with running statistics: a per-channel affine map, no per-image statistics).
+    """
     f0, f1, f2, f3 = features
+    n = ("instance", {"affine": True}) if norm == "instance" else ("batch", {})
     return {
-        "GMRUNet": GMRUNet(2, 3, 2, features=features, kernel_sizes=kernel_sizes),
-        "BasicUNet": BasicUNet(2, 3, 2, features=(f0, f1, f2, f3, f3, f0)),
+        "GMRUNet": GMRUNet(2, 3, 2, features=features, kernel_sizes=kernel_sizes, norm=n),
+        "BasicUNet": BasicUNet(2, 3, 2, features=(f0, f1, f2, f3, f3, f0), norm=n),
     }
 
 
@@ -78,6 +100,33 @@ def synthetic_batch(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.T
     return torch.stack(images), torch.stack(labels), "blobs generated in scripts/equivariance_report.py"
 
 
+def disk_taper(size: int, taper: float = 4.0) -> torch.Tensor:
+    """``(size, size)`` weights: 1 inside radius ``size / 2 - 1 - taper``, a cosine ramp to 0 at ``size / 2 - 1``."""
+    c = (size - 1) / 2.0
+    yy, xx = torch.meshgrid(torch.arange(size) - c, torch.arange(size) - c, indexing="ij")
+    r = (yy**2 + xx**2).sqrt()
+    w = ((size / 2.0 - 1.0 - r) / max(taper, 1e-6)).clamp(0.0, 1.0)
+    return 0.5 - 0.5 * torch.cos(np.pi * w)
+
+
+@torch.no_grad()
+def measure(net: torch.nn.Module, x: torch.Tensor, angles: list[float], radius_frac: float, mode: str) -> dict[str, dict[float, float]]:
+    """``{"logits": {angle: err}, "probs": {angle: err}}`` from one forward pass per angle (``net`` in eval mode).
+
+    Same definition as :func:`monai_gmr.evaluation.equivariance.equivariance_error` (central disk intersected with
+    the validity mask of the rotation), computed here for two outputs at once.
+    """
+    y0 = net(x)
+    disk = central_disk_mask(y0.shape[-2:], radius_frac, device=y0.device)
+    out: dict[str, dict[float, float]] = {k: {} for k in OUTPUTS}
+    for a in angles:
+        y = net(rotate(x, a, 2, mode))
+        mask = disk & validity_mask(y0.shape[-2:], a, 2, mode, device=y0.device)
+        out["logits"][a] = masked_rel_err(y, rotate(y0, a, 2, mode), mask)
+        out["probs"][a] = masked_rel_err(torch.softmax(y, 1), rotate(torch.softmax(y0, 1), a, 2, mode), mask)
+    return out
+
+
 def train(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> list[float]:
     """Adam on cross-entropy over random mini-batches of ``(x, y)`` (no augmentation); returns the losses."""
     g = torch.Generator().manual_seed(seed)
@@ -99,11 +148,13 @@ def run_report(args: argparse.Namespace) -> dict:
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     angles = [float(a) for a in np.arange(0.0, args.max_angle + 1e-9, args.step)]
-    models = build_models(tuple(args.features), tuple(args.kernel_sizes))
+    models = build_models(tuple(args.features), tuple(args.kernel_sizes), args.norm)
     x_train, y_train, source = synthetic_batch(args.n_train, args.size, args.seed)
-    x_eval, _, _ = synthetic_batch(args.n_eval, args.size, args.seed + 1000)
+    x_tile, _, _ = synthetic_batch(args.n_eval, args.eval_size, args.seed + 1000)
+    inputs = {"tile": x_tile, "disk": x_tile * disk_taper(args.eval_size, args.taper)}
     rows: list[dict] = []
-    results: dict[str, dict[str, dict[float, float]]] = {}
+    # results[model][stage][input][output][angle]
+    results: dict[str, dict[str, dict[str, dict[str, dict[float, float]]]]] = {}
     train_info: dict[str, dict] = {}
     for name, net in models.items():
         results[name] = {}
@@ -111,21 +162,27 @@ def run_report(args: argparse.Namespace) -> dict:
             if stage == "trained":
                 t0 = time.perf_counter()
                 losses = train(net, x_train, y_train, args.train_steps, args.batch, args.lr, args.seed)
-                train_info[name] = {"first_loss": losses[0], "last_loss": losses[-1], "seconds": time.perf_counter() - t0}
+                train_info[name] = {"first_loss": losses[0], "last_loss": losses[-1], "seconds": round(time.perf_counter() - t0, 1)}
                 logger.info("%s: trained %d steps, loss %.3f -> %.3f", name, args.train_steps, losses[0], losses[-1])
             net.eval()
-            errs = equivariance_error(net, x_eval, angles, radius_frac=args.radius_frac, mode=args.mode)
-            results[name][stage] = errs
-            rows += [{"model": name, "stage": stage, "angle": a, "rel_err": e} for a, e in errs.items()]
-            logger.info("%s (%s): error at 45 deg %.3e", name, stage, errs.get(45.0, float("nan")))
+            results[name][stage] = {}
+            for inp, x in inputs.items():
+                errs = measure(net, x, angles, args.radius_frac, args.mode)
+                results[name][stage][inp] = errs
+                for output, d in errs.items():
+                    rows += [{"model": name, "stage": stage, "input": inp, "output": output, "angle": a, "rel_err": e} for a, e in d.items()]
+                logger.info("%s (%s, %s input): error at 45 deg: logits %.3e, probs %.3e", name, stage, inp,
+                            errs["logits"].get(45.0, float("nan")), errs["probs"].get(45.0, float("nan")))  # fmt: skip
     ratios = {
-        stage: results["GMRUNet"][stage][45.0] / max(results["BasicUNet"][stage][45.0], 1e-300)
+        f"{stage}/{inp}/{output}": results["GMRUNet"][stage][inp][output][45.0] / max(results["BasicUNet"][stage][inp][output][45.0], 1e-300)
         for stage in ("init", "trained")
-        if 45.0 in results["GMRUNet"][stage]
+        for inp in INPUTS
+        for output in OUTPUTS
+        if 45.0 in results["GMRUNet"][stage][inp][output]
     }
     out = Path(args.out)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["model", "stage", "angle", "rel_err"])
+    w = csv.DictWriter(buf, fieldnames=["model", "stage", "input", "output", "angle", "rel_err"])
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "equivariance_report.csv", buf.getvalue())
@@ -134,9 +191,13 @@ def run_report(args: argparse.Namespace) -> dict:
         "data": source,
         "parameters": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
         "training": train_info,
-        "errors": {n: {s: {str(a): e for a, e in d.items()} for s, d in v.items()} for n, v in results.items()},
+        "errors": {
+            n: {st: {i: {o: {str(a): e for a, e in d.items()} for o, d in od.items()} for i, od in sd.items()} for st, sd in v.items()}
+            for n, v in results.items()
+        },
         "ratio_gmr_over_basicunet_at_45": ratios,
         "target_ratio_at_45": 0.2,
+        "target_met": {k: v <= 0.2 for k, v in ratios.items()},
     }
     atomic_write_json(out / "equivariance_report.json", summary)
     _plot(results, out / "equivariance_report.png")
@@ -149,51 +210,64 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, stage in zip(axes, ("init", "trained")):
-        for name, style in (("GMRUNet", "o-"), ("BasicUNet", "s--")):
-            errs = results[name][stage]
-            angles = [a for a in errs if a != 0.0]
-            ax.semilogy(angles, [max(errs[a], 1e-9) for a in angles], style, label=name, markersize=4)
-        ax.set_title(f"{'random init' if stage == 'init' else 'after training'}")
-        ax.set_xlabel("rotation angle (degrees)")
-        ax.set_xticks(range(0, 91, 15))
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("relative equivariance error (central disk)")
-    axes[0].legend()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey=True)
+    for row, inp in enumerate(INPUTS):
+        for col, stage in enumerate(("init", "trained")):
+            ax = axes[row, col]
+            for name, color in (("GMRUNet", "tab:blue"), ("BasicUNet", "tab:orange")):
+                for output, style in (("logits", "o-"), ("probs", "s--")):
+                    errs = results[name][stage][inp][output]
+                    angles = [a for a in errs if a != 0.0]
+                    ax.semilogy(angles, [max(errs[a], 1e-9) for a in angles], style, color=color, markersize=3,
+                                label=f"{name} {output}")  # fmt: skip
+            ax.set_title(f"{'random init' if stage == 'init' else 'after training'}, {inp} input")
+            ax.set_xlabel("rotation angle (degrees)")
+            ax.set_xticks(range(0, 91, 15))
+            ax.grid(True, which="both", alpha=0.3)
+        axes[row, 0].set_ylabel("relative equivariance error (central disk)")
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="equivariance_report", help="output folder")
-    p.add_argument("--size", type=int, default=64, help="image size (multiple of 16 for BasicUNet)")
+    p.add_argument("--size", type=int, default=64, help="training tile size (multiple of 16 for BasicUNet)")
+    p.add_argument("--eval-size", type=int, default=128, help="evaluation tile size (multiple of 16)")
+    p.add_argument("--taper", type=float, default=4.0, help="width (pixels) of the soft edge of the disk input")
     p.add_argument("--features", type=int, nargs=4, default=[16, 32, 64, 128], help="widths per level")
     p.add_argument("--kernel-sizes", type=int, nargs=4, default=[9, 9, 5, 5], help="GMR kernel widths per level")
+    p.add_argument("--norm", default="instance", choices=["instance", "batch"], help="norm of both nets")
     p.add_argument("--max-angle", type=float, default=90.0)
     p.add_argument("--step", type=float, default=5.0)
     p.add_argument("--radius-frac", type=float, default=0.35)
     p.add_argument("--mode", default="bicubic", help="interpolation of the rotations")
     p.add_argument("--n-train", type=int, default=16, help="synthetic training tiles")
     p.add_argument("--n-eval", type=int, default=4, help="synthetic evaluation tiles")
-    p.add_argument("--train-steps", type=int, default=30)
+    p.add_argument("--train-steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = p.parse_args(argv)
-    if args.size % 16:
-        raise SystemExit(f"--size must be a multiple of 16 (BasicUNet has 4 down-sampling levels), got {args.size}")
+    for flag, v in (("--size", args.size), ("--eval-size", args.eval_size)):
+        if v % 16:
+            raise SystemExit(f"{flag} must be a multiple of 16 (BasicUNet has 4 down-sampling levels), got {v}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     summary = run_report(args)
-    print(f"data: {summary['data']}")
+    print(f"data: {summary['data']}; parameters: {summary['parameters']}")
     for name, stages in summary["errors"].items():
-        for stage, errs in stages.items():
-            print(f"{name:10s} {stage:8s} err@15={errs.get('15.0', float('nan')):.3e} err@45={errs.get('45.0', float('nan')):.3e} err@90={errs.get('90.0', float('nan')):.3e}")
-    print("GMRUNet / BasicUNet error at 45 deg:", {k: round(v, 4) for k, v in summary["ratio_gmr_over_basicunet_at_45"].items()}, "(target <= 0.2)")
+        for stage, inps in stages.items():
+            for inp, outs in inps.items():
+                for output, errs in outs.items():
+                    print(f"{name:10s} {stage:8s} {inp:5s} {output:7s} err@15={errs.get('15.0', float('nan')):.3e} "
+                          f"err@45={errs.get('45.0', float('nan')):.3e} err@90={errs.get('90.0', float('nan')):.3e}")
+    print("GMRUNet / BasicUNet error at 45 deg (target <= 0.2):")
+    for k, v in summary["ratio_gmr_over_basicunet_at_45"].items():
+        print(f"  {k:22s} {v:.3f} {'met' if v <= 0.2 else 'NOT met'}")
     print(f"wrote {Path(args.out) / 'equivariance_report.csv'}, .json, .png")
     return summary
 

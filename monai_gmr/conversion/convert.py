@@ -65,6 +65,11 @@ _NORMS = (
     nn.GroupNorm,
     nn.LocalResponseNorm,
 )
+_PADS = (
+    nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad2d, nn.ReflectionPad1d, nn.ReflectionPad2d,
+    nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d,
+    nn.CircularPad2d, nn.CircularPad3d,
+)  # fmt: skip
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
@@ -487,9 +492,17 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
     ``None``). Only leaf modules are inspected; code in ``forward`` methods is not.
     """
     summary = summary if summary is not None else ConversionSummary()
+    shuffles = [n for n, m in model.named_modules() if type(m).__name__ == "SubpixelUpsample"]
+    for n in shuffles:  # MONAI's SubpixelUpsample calls a functional pixel shuffle inside forward
+        summary.non_equivariant[n or "SubpixelUpsample"] = (
+            "pixel shuffle maps channels to fixed sub-pixel positions (orientation-dependent); use a non-learned "
+            "up-sampling mode instead (e.g. SegResNet(upsample_mode='nontrainable'))"
+        )
     for name, m in model.named_modules():
         if any(True for _ in m.children()):
             continue
+        if any(name == s or name.startswith(s + ".") for s in shuffles if s):
+            continue  # reported with its SubpixelUpsample
         name = name or type(m).__name__
         if isinstance(m, GMRConv):
             if m.stride != 1:
@@ -527,6 +540,12 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             outs = out if isinstance(out, (tuple, list)) else (out,)
             if any(o not in (1, None) for o in outs):
                 summary.conditions[name] = f"{type(m).__name__}({out}) commutes when every input size is divisible by {out}"
+        elif isinstance(m, (nn.PixelShuffle, nn.PixelUnshuffle)):
+            summary.non_equivariant[name] = f"{type(m).__name__} maps channels to fixed sub-pixel positions (orientation-dependent)"
+        elif isinstance(m, _PADS):
+            pads = tuple(m.padding) if isinstance(m.padding, (tuple, list)) else (m.padding,)
+            if len(set(pads)) != 1:
+                summary.non_equivariant[name] = f"{type(m).__name__}{pads}: unequal padding of the sides/axes shifts the grid"
         elif isinstance(m, nn.Upsample):
             if not _is_int_scale(m.scale_factor):
                 summary.unknown[name] = f"Upsample with non-integer scale {m.scale_factor}"

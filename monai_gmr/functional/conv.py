@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .triton_conv import gmr_conv_triton, resolve_triton
+
 __all__ = [
     "IMPLS",
     "PADDING_MODES",
@@ -29,7 +31,7 @@ __all__ = [
     "conv_nd",
 ]
 
-IMPLS = ("auto", "dense", "rings")
+IMPLS = ("auto", "dense", "rings", "triton")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # Measured choice of implementation: (device type, spatial_dims) -> rules, first match wins; no match -> "dense".
@@ -38,13 +40,18 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # - CPU (oneDNN), 2D: the ring decomposition was 0.30-0.72x the dense time for C_in = 128 at every k (forward and
 #   forward+backward), and 0.67x for C_in = 32 at k >= 9 in inference; dense was faster elsewhere.
 # - CPU, 3D (C_in = 16): rings 0.54x / 0.55x at k = 3 and 0.70x / 0.92x at k = 9; dense at k = 5, 7.
-# - CUDA: dense (cuDNN). The two-step path was measured 5-20x slower than cuDNN dense at k = 7-11 on an H100
-#   (issue 2); our own GPU table is not yet recorded.
+# - CUDA: dense (cuDNN), except the fused Triton kernels (issue 7) where they measured faster than both cuDNN dense
+#   and GMR dense, forward + backward AND forward-only, bf16 (autocast) AND fp32 (TF32):
+#   `python scripts/bench_triton.py --out $OUT --sweep --workers 8 --repeats 10`, 2026-11-22, NVIDIA H100 80GB
+#   HBM3 (torch 2.11, triton 3.6); docs/benchmarks_triton.md. 2D, C = 128, (32, 128, 64, 64): k = 7, 9, 11 (k = 9
+#   bf16 fwd+bwd 2.46 ms vs cuDNN 3.21 / GMR dense 2.82); not k = 3 (2-3x slower) nor k = 5 (fp32 6% slower than
+#   GMR dense; bf16 1.6x faster). 3D, C = 32, (2, 32, 48^3): k = 5, 7 (k = 7 bf16 1.36 ms vs cuDNN 3.28); not k = 3.
+#   Narrower layers were not measured: the rules start at the measured width.
 AUTO_TABLE: dict[tuple[str, int], list[tuple[int, tuple[int, ...] | None, bool | None, str]]] = {
     ("cpu", 2): [(64, None, None, "rings"), (0, (9, 11), False, "rings")],
     ("cpu", 3): [(0, (3, 9), None, "rings")],
-    ("cuda", 2): [],
-    ("cuda", 3): [],
+    ("cuda", 2): [(128, (7, 9, 11), None, "triton")],
+    ("cuda", 3): [(32, (5, 7), None, "triton")],
 }
 
 
@@ -83,6 +90,7 @@ def select_impl(
     kernel_size: int,
     in_channels: int | None = None,
     needs_grad: bool | None = None,
+    allow_triton: bool = True,
 ) -> str:
     """Resolve ``impl="auto"`` from the measured :data:`AUTO_TABLE`; other values pass through.
 
@@ -93,6 +101,7 @@ def select_impl(
         kernel_size: odd kernel width.
         in_channels: input channels (rules may depend on the width); ``None`` matches only width-free rules.
         needs_grad: whether a backward pass will follow; ``None`` matches only rules valid for both.
+        allow_triton: when False, rules choosing ``"triton"`` are skipped (the fallback of an unsupported call).
     """
     if impl != "auto":
         return impl
@@ -104,6 +113,8 @@ def select_impl(
         if sizes is not None and kernel_size not in sizes:
             continue
         if grad is not None and needs_grad is not grad:
+            continue
+        if choice == "triton" and not allow_triton:
             continue
         return choice
     return "dense"
@@ -147,7 +158,8 @@ def gmr_conv(
         stride, dilation, groups: as in ``torch.nn.functional.conv2d``.
         padding: int or one int per spatial dim (symmetric).
         padding_mode: ``"zeros" | "reflect" | "replicate" | "circular"``.
-        impl: ``"dense"`` or ``"rings"`` (``"auto"`` resolves through :func:`select_impl`).
+        impl: ``"dense"``, ``"rings"`` or ``"triton"`` (fused kernels, :mod:`.triton_conv`; unsupported calls fall
+            back with a one-time warning); ``"auto"`` resolves through :func:`select_impl`.
         kernel: optional precomputed dense kernel (``impl="dense"`` only), e.g. an eval-mode cache.
 
     Returns:
@@ -158,9 +170,15 @@ def gmr_conv(
         raise ValueError(f"input must have 2 or 3 spatial dims, got input shape {tuple(x.shape)}.")
     if basis is None and (kernel is None or impl != "dense"):
         raise ValueError("gmr_conv needs basis unless a dense kernel is given with impl='dense'.")
+    requested = impl
+    k = (kernel if kernel is not None else basis).shape[-1]
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if impl == "auto":
-        k = (kernel if kernel is not None else basis).shape[-1]
-        impl = select_impl(impl, x.device, d, k, x.shape[1], torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        impl = select_impl(impl, x.device, d, k, x.shape[1], needs_grad)
+    if impl == "triton":  # fused kernels (issue 7); unsupported calls fall back (see triton_conv.resolve_triton)
+        impl = resolve_triton(requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None)
+        if impl == "triton":
+            return gmr_conv_triton(x, weight, basis, bias)
     pad = [padding] * d if isinstance(padding, int) else list(padding)
     if padding_mode != "zeros" and any(pad):
         x = _pad(x, pad, padding_mode)

@@ -4,22 +4,47 @@ Every entry is also reachable by its full dotted path in MONAI bundle configs, e
 ``{"_target_": "monai_gmr.nets.GMRUNet", "spatial_dims": 2, ...}`` or
 ``{"_target_": "monai_gmr.nets.get_network", "name": "gmr_unet_tiny", "in_channels": 3}``.
 
+Names (constructor defaults in brackets; every keyword can be overridden through ``get_network``):
+
+* ``gmr_unet`` / ``gmr_unet_tiny`` -- :class:`~monai_gmr.nets.GMRUNet` (2D, 1 -> 2 channels by default);
+* ``gmr_resnet18`` / ``gmr_resnet34`` / ``gmr_resnet50`` / ``gmr_resnet18_tiny`` -- :class:`~monai_gmr.nets.GMRResNet`;
+* ``symm_unet`` / ``symm_unet_tiny`` / ``symm_resnet18`` / ``symm_resnet18_tiny`` -- the naive radially symmetric
+  "Symm" baseline of the GMR paper: the same GMR networks with ``smoothing="none"`` (every kernel offset assigned
+  to its nearest ring, no Gaussian smoothing);
+* ``gcnn_unet`` / ``gcnn_unet_tiny`` / ``gcnn_resnet18`` / ``gcnn_resnet34`` / ``gcnn_resnet18_tiny`` -- the p4m
+  G-CNN baselines (:class:`~monai_gmr.nets.GCNNUNet`, :class:`~monai_gmr.nets.GCNNResNet`; pass ``group="p4"`` for
+  rotations only; 2D only).
+
 Tiny variants (``*_tiny``) have widths of a few channels and small kernels, for tests and smoke runs.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch.nn as nn
 
-__all__ = ["get_network", "list_networks", "register_network", "TINY_UNET", "TINY_RESNET"]
+__all__ = [
+    "get_network",
+    "list_networks",
+    "register_network",
+    "TINY_UNET",
+    "TINY_RESNET",
+    "TINY_GCNN_UNET",
+    "TINY_GCNN_RESNET",
+    "SYMM",
+]
 
 #: arguments of ``gmr_unet_tiny`` (over the GMRUNet defaults).
 TINY_UNET = {"features": (4, 8, 8, 16), "kernel_sizes": (5, 5, 3, 3)}
 #: arguments of ``gmr_resnet18_tiny`` (over the gmr_resnet18 defaults).
 TINY_RESNET = {"block_inplanes": (4, 8, 8, 16), "kernel_sizes": (5, 5, 3, 3)}
+#: arguments of ``gcnn_unet_tiny`` (over the GCNNUNet defaults; each channel carries |H| = 8 orientations).
+TINY_GCNN_UNET = {"features": (4, 4, 8, 8)}
+#: arguments of ``gcnn_resnet18_tiny`` (over the gcnn_resnet18 defaults).
+TINY_GCNN_RESNET = {"block_inplanes": (4, 4, 8, 8)}
+#: the naive radial ("Symm") baseline: GMR kernels without Gaussian smoothing.
+SYMM = {"smoothing": "none"}
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -82,11 +107,11 @@ def _resnet(fn_name: str, **overrides) -> Callable[..., nn.Module]:
     return build
 
 
-def _gcnn(fn_name: str) -> Callable[..., nn.Module]:
+def _gcnn(fn_name: str, **overrides) -> Callable[..., nn.Module]:
     def build(**kwargs) -> nn.Module:
         from . import gcnn  # p4/p4m baselines (monai_gmr/nets/gcnn.py)
 
-        return getattr(gcnn, fn_name)(**kwargs)
+        return getattr(gcnn, fn_name)(**{**overrides, **kwargs})
 
     return build
 
@@ -97,6 +122,12 @@ register_network("gmr_resnet18", _resnet("gmr_resnet18"))
 register_network("gmr_resnet34", _resnet("gmr_resnet34"))
 register_network("gmr_resnet50", _resnet("gmr_resnet50"))
 register_network("gmr_resnet18_tiny", _resnet("gmr_resnet18", **TINY_RESNET))
+register_network("symm_unet", _unet(**SYMM))
+register_network("symm_unet_tiny", _unet(**TINY_UNET, **SYMM))
+register_network("symm_resnet18", _resnet("gmr_resnet18", **SYMM))
+register_network("symm_resnet18_tiny", _resnet("gmr_resnet18", **TINY_RESNET, **SYMM))
 register_network("gcnn_unet", _gcnn("GCNNUNet"))
+register_network("gcnn_unet_tiny", _gcnn("GCNNUNet", **TINY_GCNN_UNET))
 register_network("gcnn_resnet18", _gcnn("gcnn_resnet18"))
 register_network("gcnn_resnet34", _gcnn("gcnn_resnet34"))
+register_network("gcnn_resnet18_tiny", _gcnn("gcnn_resnet18", **TINY_GCNN_RESNET))

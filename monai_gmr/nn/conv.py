@@ -29,6 +29,7 @@ from monai_gmr.functional import (
     support_mask,
     synthesize_kernel,
 )
+from monai_gmr.functional.triton_conv import gmr_conv_triton, resolve_triton
 
 __all__ = ["GMRConv", "GMRConv2d", "GMRConv3d", "SIGMA_MODES", "DC_GAIN_FRACTION"]
 
@@ -75,7 +76,8 @@ class GMRConv(nn.Module):
         sigma: ``"layer"`` (one trainable sigma per ring, shared by the layer, stored as ``log_sigma``) or
             ``"fixed"`` (sigma kept at its initial value as a buffer).
         circular: zero the offsets outside the inscribed circle/sphere.
-        impl: ``"auto" | "dense" | "rings"``; see :func:`monai_gmr.functional.gmr_conv`.
+        impl: ``"auto" | "dense" | "rings" | "triton"``; see :func:`monai_gmr.functional.gmr_conv` (``"triton"``:
+            fused GPU kernels, falling back with a one-time warning where they cannot run).
 
     Shapes:
         input ``(B, C_in, *spatial)``; output ``(B, C_out, *spatial_out)``; ``weight``: ``(C_out, C_in/groups, n)``.
@@ -267,6 +269,13 @@ class GMRConv(nn.Module):
             raise ValueError(f"input has {x.shape[1]} channels but in_channels={self.in_channels}.")
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
+        if impl == "triton":  # fused Triton kernels (issue 7), or the best other impl where they cannot run
+            impl = resolve_triton(
+                self.impl, x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups,
+                self.padding_mode, needs_grad,
+            )  # fmt: skip
+            if impl == "triton":
+                return gmr_conv_triton(x, self.weight, self.basis(), self.bias, circular=self.circular)
         kernel = self.dense_kernel() if impl == "dense" else None
         basis = self.basis() if kernel is None else None
         return gmr_conv(

@@ -61,6 +61,9 @@ __all__ = [
     "infer_slide",
     "infer_slides",
     "SlideInference",
+    "NullSummaryWriter",
+    "tensorboard_available",
+    "summary_writer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,7 +138,7 @@ def check_patch_datalist(
             if lab.size != 1 or float(lab[0]) != int(lab[0]) or not 0 <= int(lab[0]) < int(num_classes):
                 raise ValueError(
                     f"{name} item {n} (slide {str(item['image'])!r}, location {list(item['location'])}): label "
-                    f"{item['label']!r} is not a class index in [0, {num_classes})."
+                    f"{item['label']!r} is not a class index in [0, {num_classes}) (num_classes={num_classes})."
                 )
     kw = dict(backend=backend, patch_size=patch_size, patch_level=patch_level, center_location=center_location)
     if not skip_outside:
@@ -208,9 +211,21 @@ def to_top_left(
     return out
 
 
-def _ensure_wsi(dataset_dir: str | os.PathLike, generate: bool, synthetic: Mapping[str, Any]) -> str:
-    from monai_gmr.data import ensure_wsi_dataset
+def _ensure_wsi(dataset_dir: str | os.PathLike, generate: bool, synthetic: Mapping[str, Any],
+                patch_size: int | Sequence[int] | None = None) -> str:  # fmt: skip
+    import csv
 
+    from monai_gmr.data import DATALIST_NAME, ensure_wsi_dataset, patch_csv_to_datalist
+
+    root = Path(dataset_dir)
+    patch_csv = root / "patches.csv"
+    if patch_size is not None and not (root / DATALIST_NAME).is_file() and patch_csv.is_file():
+        # a user's slide,x,y,label CSV needs no size column: the bundle reads its own patch_size around each centre
+        with open(patch_csv, newline="") as f:
+            header = next(csv.reader(f), [])
+        if "size" not in [h.strip() for h in header]:
+            logger.info("building %s from %s (patch size %s)", root / DATALIST_NAME, patch_csv, patch_size)
+            return str(patch_csv_to_datalist(patch_csv, root / DATALIST_NAME, patch_size=_as_pair(patch_size)[0]))
     return str(ensure_wsi_dataset(dataset_dir, generate=generate, **dict(synthetic)))
 
 
@@ -261,7 +276,7 @@ def wsi_patch_datalist(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
-    datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {})
+    datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {}, patch_size)
     used = split
     items = _read_split(datalist, split)
     if not items and fallback_split is not None and fallback_split != split:
@@ -929,6 +944,10 @@ def infer_slide(
         raise
     except Exception as e:
         raise WSIError(f"cannot list the patches of slide {path!r}: {_describe(e)}", path) from e
+    # MONAI caches the slide handle it opened while listing the patches; forked DataLoader workers would share its
+    # file offset (tifffile backend: interleaved seeks corrupt the tiles), so every worker reopens the slide.
+    if int(num_workers) > 0 and hasattr(ds, "wsi_object_dict"):
+        ds.wsi_object_dict = {}
     n = len(ds)
     if n == 0:
         raise WSIError(
@@ -1168,3 +1187,43 @@ class SlideInference:
         self.results = out.pop("results")
         self.summary = out
         return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# TensorBoard without tensorboard
+# --------------------------------------------------------------------------------------------------------------------
+class NullSummaryWriter:
+    """Stand-in for ``torch.utils.tensorboard.SummaryWriter`` when the ``tensorboard`` package is missing: every
+    method (``add_scalar``, ``add_image``, ``flush``, ``close``, ...) does nothing, so MONAI's TensorBoard handlers
+    keep working and the run only loses its event files."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+    def __enter__(self) -> NullSummaryWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can be imported (it needs the ``tensorboard`` package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def summary_writer(log_dir: str | os.PathLike) -> Any:
+    """A TensorBoard ``SummaryWriter`` writing to ``log_dir``, or a :class:`NullSummaryWriter` (warning logged) when
+    ``tensorboard`` is not installed (e.g. a minimal GPU image), so training and evaluation still run."""
+    if not tensorboard_available():
+        logger.warning("tensorboard is not installed: no TensorBoard event files will be written to %s", log_dir)
+        return NullSummaryWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))

@@ -283,3 +283,47 @@ def test_bad_arguments(kwargs, match):
         convert_to_gmr(nn.Sequential(nn.Conv2d(1, 1, 3)), **kwargs)
     with pytest.raises(ValueError, match="model"):
         convert_to_gmr("UNet")  # type: ignore[arg-type]
+
+
+def test_top_level_convert_to_gmr():
+    import monai_gmr
+
+    assert monai_gmr.convert_to_gmr is convert_to_gmr and monai_gmr.ConversionSummary is ConversionSummary
+    net, summary = monai_gmr.convert_to_gmr(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1)), return_summary=True)
+    assert isinstance(net[0], GMRConv) and summary.counts == {"conv": 1} and summary.fully_equivariant
+
+
+def test_segresnet_upsample_modes_measured():
+    """deconv -> non-learned up-sampling + GMR conv (exact); pixel shuffle stays orientation-dependent and is reported."""
+    kw = dict(spatial_dims=2, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1, 1), blocks_up=(1, 1))
+    x = torch.randn(2, 1, 16, 16)
+    net, s = convert_to_gmr(SegResNet(**kw, upsample_mode="deconv"), return_summary=True)
+    assert s.counts["transposed_conv"] == 2 and s.fully_equivariant
+    assert max(_errors(net.eval(), x).values()) <= 1e-4
+    net, s = convert_to_gmr(SegResNet(**kw, upsample_mode="pixelshuffle"), return_summary=True)
+    assert sorted(s.non_equivariant) == ["up_samples.0.1.pixelshuffle", "up_samples.1.1.pixelshuffle"]
+    assert "pixel shuffle" in s.non_equivariant["up_samples.0.1.pixelshuffle"] and not s.unknown
+    assert max(_errors(net.eval(), x).values()) > 1e-3
+
+
+def test_dynunet_deep_supervision_and_anisotropic_kernels():
+    net = convert_to_gmr(DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
+                                 deep_supervision=True, deep_supr_num=1)).train()  # fmt: skip
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        y = net(x)  # (B, 1 + deep_supr_num, C, H, W): heads interpolated (nearest, x2) inside forward
+        assert y.shape == (2, 2, 2, 16, 16)
+        assert max(rel_err(net(g(x)), g(y)) for g in d4_elements()) <= 1e-4
+    aniso, s = convert_to_gmr(DynUNet(3, 1, 2, kernel_size=[[3, 3, 1], 3, 3], strides=[1, [2, 2, 1], 2],
+                                      upsample_kernel_size=[[2, 2, 1], 2]), return_summary=True)  # fmt: skip
+    assert s.counts["unsupported"] == 3 and "anisotropic kernel (3, 3, 1)" in s.kept["input_block.conv1.conv"]
+    assert "anisotropic pooling" in s.non_equivariant["downsamples.0.conv1.conv.pool"]
+    xx = torch.randn(1, 1, 16, 16, 8)
+    with torch.no_grad():
+        assert aniso(xx).shape == (1, 2, 16, 16, 8)
+
+
+def test_audit_padding_and_pixel_shuffle_layers():
+    net = nn.Sequential(nn.ReflectionPad2d(2), nn.ConstantPad2d((1, 0, 1, 0), 0.0), nn.PixelShuffle(2), nn.ZeroPad2d(1))
+    s = audit_equivariance(net)
+    assert set(s.non_equivariant) == {"1", "2"} and not s.unknown

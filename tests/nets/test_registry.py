@@ -7,8 +7,10 @@ import torch
 import torch.nn as nn
 from monai.bundle import ConfigParser
 
-from monai_gmr.nets import GMRResNet, GMRUNet, get_network, list_networks, register_network
+from monai_gmr.functional import d4_elements
+from monai_gmr.nets import GCNNResNet, GCNNUNet, GMRResNet, GMRUNet, get_network, list_networks, register_network
 from monai_gmr.nn import GMRConv
+from tests.conftest import rel_err
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +23,9 @@ def _one_thread():
 
 def test_list_networks():
     names = list_networks()
-    for n in ("gmr_unet", "gmr_unet_tiny", "gmr_resnet18", "gmr_resnet34", "gmr_resnet50", "gmr_resnet18_tiny", "gcnn_unet"):
+    for n in ("gmr_unet", "gmr_unet_tiny", "gmr_resnet18", "gmr_resnet34", "gmr_resnet50", "gmr_resnet18_tiny",
+              "symm_unet", "symm_unet_tiny", "symm_resnet18", "symm_resnet18_tiny",
+              "gcnn_unet", "gcnn_unet_tiny", "gcnn_resnet18", "gcnn_resnet34", "gcnn_resnet18_tiny"):  # fmt: skip
         assert n in names
     assert names == sorted(names)
 
@@ -76,3 +80,92 @@ def test_bundle_config_dotted_target(target, extra, cls):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert net(x).shape[:2] == (1, 2)
+
+
+def test_top_level_exports():
+    import monai_gmr
+    import monai_gmr.nets as nets
+
+    assert callable(monai_gmr.convert_to_gmr) and monai_gmr.ConversionSummary is not None
+    for name in ("GCNNUNet", "GCNNResNet", "gcnn_resnet18", "gcnn_resnet34", "group_widths"):
+        assert name in nets.__all__ and callable(getattr(nets, name))
+
+
+@pytest.mark.parametrize("name, cls", [("symm_unet_tiny", GMRUNet), ("symm_resnet18_tiny", GMRResNet)])
+def test_symm_baselines_are_gmr_nets_without_smoothing(name, cls):
+    net = get_network(name, in_channels=1).eval()
+    gmr = get_network(name.replace("symm", "gmr"), in_channels=1)
+    convs = [m for m in net.modules() if isinstance(m, GMRConv)]
+    assert type(net) is cls and convs and all(c.smoothing == "none" for c in convs)
+    assert all(c.smoothing == "gaussian" for c in gmr.modules() if isinstance(c, GMRConv))
+    # same architecture; the Symm kernels have no learnable sigma, hence fewer parameters
+    n_sigma = sum(p.numel() for n, p in gmr.named_parameters() if "sigma" in n)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in gmr.parameters()) - n_sigma
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        y = net(x)
+        errs = [rel_err(net(g(x)), g(y) if y.ndim == 4 else y) for g in d4_elements()]
+    assert max(errs) <= 1e-4, errs
+    # with the same ring weights the Symm kernel differs from the GMR kernel (hard ring assignment, no Gaussians)
+    missing, unexpected = net.load_state_dict(gmr.state_dict(), strict=False)
+    assert not missing and unexpected and all("sigma" in k for k in unexpected)
+    g0 = next(c for c in gmr.modules() if isinstance(c, GMRConv))
+    with torch.no_grad():
+        assert torch.equal(convs[0].weight, g0.weight)
+        assert rel_err(convs[0].dense_kernel(), g0.dense_kernel()) > 1e-2
+
+
+def test_gmr_resnet_passes_smoothing_to_every_conv():
+    net = get_network("gmr_resnet18_tiny", smoothing="none", num_rings=2)
+    convs = [m for m in net.modules() if isinstance(m, GMRConv)]
+    assert len(convs) == 17 and all(c.smoothing == "none" and c.num_rings == 2 for c in convs)
+
+
+def test_gcnn_tiny_variants():
+    unet = get_network("gcnn_unet_tiny", in_channels=3, out_channels=4)
+    assert isinstance(unet, GCNNUNet) and unet.features == (4, 4, 8, 8) and unet.group == "p4m"
+    res = get_network("gcnn_resnet18_tiny", in_channels=1, num_classes=3, group="p4")
+    assert isinstance(res, GCNNResNet) and res.block_inplanes == (4, 4, 8, 8) and res.group == "p4"
+    with torch.no_grad():
+        assert unet(torch.randn(1, 3, 16, 16)).shape == (1, 4, 16, 16)
+        assert res.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "network_def, cls",
+    [
+        ({"_target_": "monai_gmr.nets.GCNNUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2, "features": [4, 4, 8, 8]}, GCNNUNet),
+        ({"_target_": "monai_gmr.nets.GCNNUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2, "group": "p4", "features": [4, 4, 8, 8]}, GCNNUNet),
+        ({"_target_": "monai_gmr.nets.gcnn_resnet18", "spatial_dims": 2, "in_channels": 3, "num_classes": 2, "block_inplanes": [4, 4, 8, 8]}, GCNNResNet),
+        ({"_target_": "monai_gmr.nets.get_network", "name": "gcnn_unet_tiny", "in_channels": 3, "out_channels": 2}, GCNNUNet),
+        ({"_target_": "monai_gmr.nets.get_network", "name": "gcnn_resnet18_tiny", "in_channels": 3, "num_classes": 2}, GCNNResNet),
+        ({"_target_": "monai_gmr.nets.get_network", "name": "symm_unet_tiny", "in_channels": 3}, GMRUNet),
+        ({"_target_": "monai_gmr.nets.get_network", "name": "symm_resnet18_tiny", "in_channels": 3}, GMRResNet),
+        ({"_target_": "monai_gmr.nets.GMRUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2, "features": [4, 8], "kernel_sizes": 3, "smoothing": "none"}, GMRUNet),
+    ],
+)
+def test_baselines_through_bundle_config(network_def, cls):
+    parser = ConfigParser({"network_def": network_def, "network": "$@network_def.eval()"})
+    net = parser.get_parsed_content("network")
+    assert type(net) is cls
+    if "smoothing" in network_def or "symm" in network_def.get("name", ""):
+        assert all(c.smoothing == "none" for c in net.modules() if isinstance(c, GMRConv))
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 32, 32)).shape[:2] == (1, 2)
+
+
+def test_bundle_overrides_swap_gmr_for_baselines():
+    """How a bundle switches models: override ``network_def#name`` or ``network_def#_target_`` (as on the CLI
+    ``--network_def#name symm_unet_tiny``)."""
+    config = {"network_def": {"_target_": "monai_gmr.nets.get_network", "name": "gmr_unet_tiny", "in_channels": 1, "out_channels": 2}}
+    for name, cls, smoothing in (("symm_unet_tiny", GMRUNet, "none"), ("gcnn_unet_tiny", GCNNUNet, None), ("gmr_unet_tiny", GMRUNet, "gaussian")):
+        parser = ConfigParser(config)
+        parser["network_def#name"] = name
+        net = parser.get_parsed_content("network_def")
+        assert type(net) is cls and net.out_channels == 2
+        if smoothing:
+            assert {c.smoothing for c in net.modules() if isinstance(c, GMRConv)} == {smoothing}
+    parser = ConfigParser({"network_def": {"_target_": "monai_gmr.nets.GMRUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}})
+    parser.update({"network_def#_target_": "monai_gmr.nets.GCNNUNet", "network_def#features": [4, 4, 8, 8]})
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, GCNNUNet) and net.features == (4, 4, 8, 8)

@@ -1,0 +1,520 @@
+"""Tests of the gmr_wsi_patch_classification MONAI bundle: configs, metadata, end-to-end runs (train -> evaluate ->
+slide inference), resume after a kill, multi-process training, alternative data sources (PCam HDF5, image
+folders, real patches/slides from ../shared when present) and errors that name the slide.
+
+End-to-end runs use subprocesses exactly like a user (``python -m monai.bundle run ...``) on tiny synthetic slides
+(1024 x 1024, 3 levels, 32-pixel patches, a gmr_resnet18 with widths 4-16, a few iterations) so the file stays
+fast on 2 CPU cores; the other tests run the bundle configs in-process through ``monai.bundle.ConfigWorkflow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import ROOT, shared_path
+
+BUNDLE = ROOT / "bundles" / "gmr_wsi_patch_classification"
+CONFIGS = BUNDLE / "configs"
+TRAIN = str(CONFIGS / "train.json")
+EVALUATE = str(CONFIGS / "evaluate.json")
+INFERENCE = str(CONFIGS / "inference.json")
+MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
+MULTI_GPU_INFERENCE = str(CONFIGS / "multi_gpu_inference.json")
+METADATA = str(CONFIGS / "metadata.json")
+
+PATCH = 32
+TINY_NET = {
+    "_target_": "monai_gmr.nets.gmr_resnet18", "spatial_dims": 2, "in_channels": 3, "num_classes": "@num_classes",
+    "block_inplanes": [4, 8, 8, 16], "kernel_sizes": [5, 5, 3, 3],
+}  # fmt: skip
+SYNTH = {"n_slides": 3, "size": 1024, "seed": 0, "patches_per_slide": 16, "patch_size": PATCH}
+
+
+def _common(data: Path, out: Path) -> list[str]:
+    return [
+        "--dataset_dir", str(data), "--output_dir", str(out), "--synthetic", repr(SYNTH), "--patch_size", str(PATCH),
+        "--num_workers", "0", "--network_def", repr(TINY_NET),
+    ]  # fmt: skip
+
+
+TRAIN_ARGS = ["--epochs", "2", "--epoch_length", "2", "--batch_size", "4", "--val_batch_size", "16", "--log_interval", "1"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _bundle(configs: list[str], *args: str, cwd: Path, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
+    cfg = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg, *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> dict:
+    """A tiny synthetic slide dataset (read-only for the tests that use it) plus a corrupt slide."""
+    from monai_gmr.data import make_synthetic_wsi
+
+    root = tmp_path_factory.mktemp("wsi_bundle")
+    info = make_synthetic_wsi(root / "data", **SYNTH)
+    (root / "corrupt.svs").write_bytes(b"II*\x00 not a slide at all" * 8)
+    info["corrupt"] = str(root / "corrupt.svs")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------- configs
+def _parser(files, **override):
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(files)
+    p.read_meta(METADATA)
+    p.update(override)
+    return p
+
+
+def test_configs_parse_and_resolve(tmp_path):
+    """Every config parses; the main components resolve; defaults are the documented ones."""
+    for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_INFERENCE, METADATA):
+        json.loads(Path(f).read_text())
+    over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
+    p = _parser([TRAIN], **over)
+    assert p.get_parsed_content("bundle_root") == str(BUNDLE)
+    net = p.get_parsed_content("network")
+    assert type(net).__name__ == "GMRResNet"
+    assert net(torch.rand(2, 3, PATCH, PATCH)).shape == (2, 2)
+    for i in ("loss", "optimizer", "lr_scheduler", "train#preprocessing", "validate#preprocessing",
+              "validate#postprocessing", "validate#inferer", "train#inferer", "validate#key_metric"):  # fmt: skip
+        assert p.get_parsed_content(i) is not None, i
+    # defaults: gmr_resnet18 with the GMR kernels, binary, no geometric augmentation, no resume, slides source
+    p0 = _parser([TRAIN], output_dir=str(tmp_path / "out"))
+    nd = p0.get("network_def")
+    assert nd["_target_"] == "monai_gmr.nets.gmr_resnet18" and nd["kernel_sizes"] == [9, 9, 5, 5]
+    assert p0.get_parsed_content("num_classes") == 2 and p0.get_parsed_content("patch_size") == 96
+    assert p0.get_parsed_content("augment_rotation") is False and p0.get_parsed_content("resume") is False
+    assert p0.get_parsed_content("data_source") == "wsi" and p0.get_parsed_content("wsi_backend") == "openslide"
+    names = [type(t).__name__ for t in p0.get_parsed_content("train#preprocessing").transforms]
+    assert "RandRotated" not in names and "RandFlipd" not in names
+    pa = _parser([TRAIN], output_dir=str(tmp_path / "out"), augment_rotation=True)
+    names = [type(t).__name__ for t in pa.get_parsed_content("train#preprocessing").transforms]
+    assert {"RandRotated", "RandFlipd", "RandRotate90d", "CenterSpatialCropd"} <= set(names)
+    assert pa.get_parsed_content("train#read_size") == 136  # rotation context of a 96 patch
+
+    pe = _parser([TRAIN, EVALUATE], **{**over, "tta": True})
+    assert type(pe.get_parsed_content("validate#inferer")).__name__ == "RotationTTAInferer"
+    rob = pe.get_parsed_content("robustness")
+    assert len(rob["angles"]) == 36 and rob["flips"] == ["h", "v"] and rob["metrics"] == ["accuracy", "auc"]
+    assert type(rob["inferer"]).__name__ == "CenterCropInferer"
+    assert pe.get_parsed_content("context_size") == 136
+    assert type(pe.get_parsed_content("slide_inference")).__name__ == "SlideInference"
+
+    pi = _parser([INFERENCE], **over)
+    for i in ("network", "preprocessing", "inferer"):
+        assert pi.get_parsed_content(i) is not None, i
+    si = pi.get_parsed_content("slide_inference")
+    assert type(si).__name__ == "SlideInference" and si.kwargs["mode"] == "sliding"
+    pm = _parser([TRAIN, MULTI_GPU])
+    assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert pm.get("train#dataloader#shuffle") is False
+    assert pm.get("train#sampler")["_target_"] == "monai.data.DistributedSampler"
+    pmi = _parser([INFERENCE, MULTI_GPU_INFERENCE])
+    assert "init_process_group" in " ".join(pmi.get("initialize")) and pmi.get("finalize")
+
+
+def test_train_transforms_on_a_slide_patch(slides, tmp_path):
+    """Training transforms: [0, 255] -> [0, 1] float patches and long labels; the rotation switch reads a larger
+    context, rotates and crops back to the patch size."""
+    over = {"output_dir": str(tmp_path / "o"), "dataset_dir": slides["root"], "generate_synthetic": False,
+            "patch_size": PATCH, "num_workers": 0}  # fmt: skip
+    for augment in (False, True):
+        p = _parser([TRAIN], **over, augment_rotation=augment)
+        ds = p.get_parsed_content("train#dataset")
+        d = ds[0]
+        assert tuple(d["image"].shape) == (3, PATCH, PATCH) and d["image"].dtype == torch.float32
+        assert -0.2 <= float(d["image"].min()) and float(d["image"].max()) <= 1.3
+        assert d["label"].dtype == torch.long and int(d["label"]) in (0, 1)
+        assert ds.patch_size == ((46, 46) if augment else (PATCH, PATCH))
+
+
+# ---------------------------------------------------------------------------------------------------------- metadata
+def test_verify_metadata_offline():
+    from monai.bundle import verify_metadata
+
+    schema = shared_path("monai", "meta_schema_20240725.json")
+    verify_metadata(meta_file=METADATA, filepath=str(schema), hash_val="06954cad2cc5d3784e72077ac76f0fc8")
+    meta = json.loads(Path(METADATA).read_text())
+    assert meta["required_packages_version"]["monai_gmr"] == "0.1.0"
+    assert "optional_packages_version" not in meta
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [96, 96]
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=METADATA, config_file=INFERENCE, device="cpu")
+    with pytest.raises(ValueError, match="output channel"):
+        verify_net_in_out(net_id="network_def", meta_file=METADATA, config_file=INFERENCE, device="cpu", num_classes=3)
+
+
+# ---------------------------------------------------------------------------------------------------------- end to end
+def test_train_evaluate_infer_end_to_end(tmp_path, slides):
+    data, out = tmp_path / "data", tmp_path / "run"
+    cwd = tmp_path / "elsewhere"  # any working directory
+    cwd.mkdir()
+    proc = _bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
+    assert "holds no slides: generating 3 synthetic slides" in proc.stdout + proc.stderr
+    models = out / "models"
+    assert (models / "model.pt").is_file()
+    assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} == {"checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"}
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["iterations_completed"] == 4 and not summary["resumed"]
+    assert summary["key_metric_name"] == "val_auc" and 0.0 <= summary["best_metric"] <= 1.0
+    assert np.isfinite(summary["final_loss"])
+    assert list((out / "logs").glob("events.out.tfevents.*"))
+
+    # evaluation: right angles and flips are exact for the GMR ResNet (32-pixel patches, 46-pixel context)
+    _bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", "[0, 45, 90, 180, 270]", cwd=cwd)
+    ev = out / "eval"
+    for f in ("robustness.json", "robustness.csv", "robustness_polar.png", "metrics.json"):
+        assert (ev / f).is_file() and (ev / f).stat().st_size > 0, f
+    rep = json.loads((ev / "robustness.json").read_text())
+    assert rep["angles"] == [0, 45, 90, 180, 270] and sorted(rep["per_flip"]) == ["h", "v"]
+    for m in ("accuracy", "auc"):
+        vals = rep["per_angle"][m]
+        assert all(v is not None and 0.0 <= v <= 1.0 for v in vals), (m, vals)
+        for i in (2, 3, 4):
+            assert abs(vals[i] - vals[0]) < 1e-6, (m, vals)
+        for f in ("h", "v"):
+            assert abs(rep["per_flip"][f][m] - vals[0]) < 1e-6, (m, f)
+    metrics = json.loads((ev / "metrics.json").read_text())
+    n_test = len(slides["test"])  # same seed and size: the bundle generated the same dataset
+    assert metrics["n_patches"] == n_test and metrics["context_size"] == 46
+    assert abs(metrics["metrics"]["val_auc"] - rep["per_angle"]["auc"][0]) < 1e-6
+    assert abs(metrics["metrics"]["val_accuracy"] - rep["per_angle"]["accuracy"][0]) < 1e-6
+    # slide-level map quality against the ground-truth tumour mask of the test slide
+    sl = metrics["slides"]
+    assert sl["n_ok"] == 1 and sl["n_failed"] == 0 and sl["patches_per_s"] > 0
+    m = sl["slides"][0]["metrics"]
+    assert 0.0 <= m["pixel_auc"] <= 1.0 and 0.0 <= m["dice"] <= 1.0 and 0.0 < m["tumour_fraction"] < 1.0
+    assert sl["map_quality"]["mean_pixel_auc"] == m["pixel_auc"]
+    name = sl["slides"][0]["name"]
+    assert np.load(ev / "maps" / f"{name}_prob.npy").shape == (256, 256)  # level 2 of a 1024 slide
+    csv_lines = (ev / "robustness.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,view,kind,angle,flip") and len(csv_lines) >= 1 + 5 + 2
+
+    # inference over a slide list: the bad slides are reported and skipped, the others finish
+    pred = out / "pred"
+    good = sorted(str(p) for p in (data / "slides").glob("*.tiff"))
+    assert len(good) == 3
+    missing = str(tmp_path / "missing.svs")
+    lst = [good[0], missing, slides["corrupt"], good[2]]
+    proc = _bundle([INFERENCE], *_common(data, out), "--input_slides", repr(lst), cwd=cwd)
+    log = proc.stdout + proc.stderr
+    assert "patches/s (reading included)" in log
+    assert "skipping slide 2/4" in log and "missing.svs" in log and "skipping slide 3/4" in log
+    summ = json.loads((pred / "inference_summary.json").read_text())
+    assert summ["n_ok"] == 2 and summ["n_failed"] == 2 and summ["patches_per_s"] > 0
+    errors = {e["slide"]: e["error"] for e in summ["slides"] if e["status"] == "error"}
+    assert "does not exist" in errors[missing] and "cannot read slide" in errors[slides["corrupt"]]
+    for g in (good[0], good[2]):
+        stem = Path(g).stem
+        prob = np.load(pred / f"{stem}_prob.npy")
+        assert prob.shape == (256, 256) and prob.dtype == np.float32
+        assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob.max() > 0.0
+        assert np.array(Image.open(pred / f"{stem}_heatmap.png")).shape == (256, 256, 3)
+        tissue = np.array(Image.open(pred / f"{stem}_tissue.png")) > 0
+        assert tissue.shape == (256, 256) and 0.2 < tissue.mean() < 0.9
+        # probabilities only in the cells of patches with >= 25% tissue (cells may overhang the tissue border)
+        assert (prob[~tissue] == 0).mean() > 0.85 and (prob[tissue] > 0).mean() > 0.85
+    assert not [p for p in pred.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_resume_after_kill(tmp_path, slides):
+    """Kill (SIGKILL) training right after the first checkpoint; ``--resume true`` continues from epoch 1."""
+    data, out = Path(slides["root"]), tmp_path / "run"
+    kill = tmp_path / "kill_after_epoch1.json"
+    kill.write_text(json.dumps({
+        "run": [
+            "$import signal",
+            "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), "
+            "lambda e: os.kill(os.getpid(), signal.SIGKILL))",
+            "$@train#trainer.run()",
+        ],
+    }))  # fmt: skip
+    args = [*_common(data, out), *TRAIN_ARGS, "--epochs", "3", "--val_interval", "2", "--generate_synthetic", "false"]
+    proc = _bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    models = out / "models"
+    assert sorted(p.name for p in models.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    assert not (out / "train_summary.json").exists()
+    assert not [p for p in models.iterdir() if not p.name.endswith(".pt")]  # no partial checkpoint
+
+    proc = _bundle([TRAIN], *args, "--resume", "true", cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed"] is True
+    assert summary["start_epoch"] == 1 and summary["start_iteration"] == 2
+    assert summary["epochs_completed"] == 3 and summary["iterations_completed"] == 6
+    assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} >= {"checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"}
+    assert (models / "model.pt").is_file()
+
+
+def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
+    """multi_gpu_train.json on CPU: torchrun, 2 processes, gloo backend, DDP + DistributedSampler."""
+    out = tmp_path / "run"
+    cfg = f"['{TRAIN}','{MULTI_GPU}']"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+        "--config_file", cfg, *_common(Path(slides["root"]), out), "--generate_synthetic", "false",
+        "--epochs", "2", "--batch_size", "4", "--log_interval", "1",
+    ]  # fmt: skip
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["epochs_completed"] == 2
+    # the training split is sharded by DistributedSampler: each rank sees ceil(n_train / 2) patches per epoch
+    n_train = len(slides["training"])
+    assert summary["iterations_completed"] == 2 * int(np.ceil(np.ceil(n_train / 2) / 4))
+    ck = torch.load(out / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in ck["model"])  # DDP unwrapped: loadable by a plain network
+    assert (out / "models" / "model.pt").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------- other data
+def _run_workflow(configs, **override) -> None:
+    """Run a bundle workflow in-process (``python -m monai.bundle run`` without the subprocess)."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=configs, workflow_type=None, logging_file=False, **override)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+
+
+def _tiny_overrides(out: Path, **kw) -> dict:
+    return {"output_dir": str(out), "network_def": TINY_NET, "num_workers": 0, "epochs": 1, "batch_size": 4,
+            "val_batch_size": 8, "device": "$torch.device('cpu')", "amp": False, **kw}  # fmt: skip
+
+
+def _train_summary(out: Path) -> dict:
+    return json.loads((out / "train_summary.json").read_text())
+
+
+def test_train_from_pcam_hdf5(tmp_path):
+    """``--data_source pcam --pcam_dir DIR``: PCam-style *_x.h5 / *_y.h5 files, one per split."""
+    from monai_gmr.data import write_pcam_h5
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("valid", 6), ("test", 6)):
+        y = np.arange(n) % 2
+        x = rng.integers(0, 120, (n, 48, 48, 3), dtype=np.uint8)
+        x[y == 1, 12:36, 12:36] = 230  # a learnable bright square in tumour patches
+        write_pcam_h5(tmp_path / "pcam" / f"camelyonpatch_level_2_split_{split}", x, y)
+    out = tmp_path / "out"
+    over = _tiny_overrides(out, data_source="pcam", pcam_dir=str(tmp_path / "pcam"), patch_size=PATCH)
+    _run_workflow(TRAIN, **over)
+    s = _train_summary(out)
+    assert s["epochs_completed"] == 1 and s["iterations_completed"] == 3 and 0.0 <= s["best_metric"] <= 1.0
+    _run_workflow([TRAIN, EVALUATE], **over, robustness_angles=[0, 90])
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["n_patches"] == 6 and "slides" in metrics and metrics["slides"] is None  # no slides to map
+    assert 0.0 <= metrics["metrics"]["val_auc"] <= 1.0
+
+
+def test_train_and_evaluate_from_image_folders_multiclass(tmp_path):
+    """``--data_source image_folder --image_dir DIR``: class folders (Kather layout), 3 classes, and a labels CSV."""
+    rng = np.random.default_rng(0)
+    colours = {"01_TUMOR": (90, 40, 140), "02_STROMA": (230, 120, 180), "03_LYMPHO": (40, 40, 90)}
+    for c, col in colours.items():
+        (tmp_path / "tiles" / c).mkdir(parents=True)
+        for i in range(6):
+            img = np.clip(np.array(col) + rng.normal(0, 15, (56, 56, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "tiles" / c / f"{c}_{i}.png")
+    out = tmp_path / "out"
+    over = _tiny_overrides(out, data_source="image_folder", image_dir=str(tmp_path / "tiles"), num_classes=3,
+                           patch_size=PATCH)  # fmt: skip
+    _run_workflow(TRAIN, **over)
+    assert _train_summary(out)["epochs_completed"] == 1
+    _run_workflow([TRAIN, EVALUATE], **over, robustness_angles=[0, 30, 90])
+    rep = json.loads((out / "eval" / "robustness.json").read_text())
+    assert rep["angles"] == [0, 30, 90] and all(0.0 <= v <= 1.0 for v in rep["per_angle"]["accuracy"])
+    # a Kaggle-style labels CSV (id,label, images in a sub-folder, ids without extension)
+    (tmp_path / "kaggle" / "train").mkdir(parents=True)
+    rows = ["id,label"]
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "kaggle" / "train" / f"p{i}.tif")
+        rows.append(f"p{i},{i % 2}")
+    (tmp_path / "kaggle" / "labels.csv").write_text("\n".join(rows) + "\n")
+    out2 = tmp_path / "out2"
+    _run_workflow(TRAIN, **_tiny_overrides(out2, data_source="image_folder", image_dir=str(tmp_path / "kaggle"),
+                                           labels_csv="labels.csv", patch_size=PATCH))  # fmt: skip
+    assert _train_summary(out2)["epochs_completed"] == 1
+
+
+def test_train_and_evaluate_without_tensorboard(tmp_path, slides, monkeypatch):
+    """Without the tensorboard package (e.g. a minimal GPU image) training and evaluation still run (warning
+    logged, no event files)."""
+    from monai_gmr.workflows.wsi import NullSummaryWriter, summary_writer, tensorboard_available
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # any import of it now raises ImportError
+    assert not tensorboard_available()
+    w = summary_writer(tmp_path / "tb")
+    assert isinstance(w, NullSummaryWriter) and w.add_scalar("a", 1.0, 1) is None
+    out = tmp_path / "out"
+    over = _tiny_overrides(out, dataset_dir=slides["root"], generate_synthetic=False, patch_size=PATCH, epoch_length=2)
+    _run_workflow(TRAIN, **over)
+    assert _train_summary(out)["iterations_completed"] == 2
+    _run_workflow([TRAIN, EVALUATE], **over, robustness_angles=[0, 90], slide_eval=False)
+    rep = json.loads((out / "eval" / "robustness.json").read_text())
+    assert rep["per_angle"]["auc"][0] == pytest.approx(rep["per_angle"]["auc"][1], abs=1e-6)
+    assert not list(out.rglob("events.out.tfevents.*"))
+
+
+def test_train_from_real_patch_collections(tmp_path):
+    """Real patches from ../shared (skipped when absent): Kaggle HCD (PCam) tiles with id,label CSV, Kather 2016."""
+    hcd = shared_path("data", "pcam_kaggle_hcd_patches")
+    kather = shared_path("data", "kather2016_crc_texture_tiles")
+    out = tmp_path / "hcd"
+    _run_workflow(TRAIN, **_tiny_overrides(out, data_source="image_folder", image_dir=str(hcd),
+                                           labels_csv="mock_train_labels.csv", patch_size=96))  # fmt: skip
+    s = _train_summary(out)
+    assert s["epochs_completed"] == 1 and s["iterations_completed"] >= 2 and np.isfinite(s["final_loss"])
+    out = tmp_path / "kather"
+    _run_workflow(TRAIN, **_tiny_overrides(out, data_source="image_folder", image_dir=str(kather), num_classes=8,
+                                           patch_size=64, val_frac=0.34, test_frac=0.0))  # fmt: skip
+    s = _train_summary(out)
+    assert s["epochs_completed"] == 1 and 0.0 <= s["best_metric"] <= 1.0
+
+
+def test_real_slide_inference_through_the_config(tmp_path):
+    """Inference config on ../shared CMU-1 small region (one level, 2220 x 2967): tissue mask + probability map."""
+    svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
+    p = _parser([INFERENCE], output_dir=str(tmp_path / "out"), network_def=TINY_NET, input_slides=[str(svs)],
+                map_max_size=1024, num_workers=0, batch_size=32, device="$torch.device('cpu')", amp=False)  # fmt: skip
+    summary = p.get_parsed_content("slide_inference").run()
+    assert summary["n_ok"] == 1
+    e = summary["slides"][0]
+    assert e["map_level"] == 0 and e["map_downsample"] == 3.0 and e["map_shape"] == [989, 740]  # ceil(2967/1024)=3
+    assert 0.05 < e["tissue_fraction"] < 0.95 and e["n_patches"] > 50 and e["patches_per_s"] > 0
+    prob = np.load(e["files"]["prob"])
+    tissue = np.array(Image.open(e["files"]["tissue"])) > 0
+    assert prob.shape == tissue.shape == (989, 740) and ((prob >= 0) & (prob <= 1)).all()
+    assert Path(e["files"]["heatmap"]).stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------------- errors
+def _init_error(configs, **override) -> str:
+    """Initialise and run a bundle workflow in-process and return the text of the whole exception chain."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=configs, workflow_type=None, logging_file=False, **override)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()
+    msgs, e = [], info.value
+    while e is not None:
+        msgs.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    return "\n".join(msgs)
+
+
+def _no_outputs(out: Path) -> bool:
+    return not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def _dataset_with_csv(tmp_path: Path, slides: dict, rows: list[str]) -> Path:
+    d = tmp_path / "csvdata"
+    d.mkdir()
+    good = slides["training"][0]
+    base = [f"{good['image']},{good['location'][1]},{good['location'][0]},1,training",
+            f"{good['image']},{good['location'][1]},{good['location'][0]},1,validation"]  # fmt: skip
+    (d / "patches.csv").write_text("slide,x,y,label,split\n" + "\n".join(base + rows) + "\n")
+    return d
+
+
+@pytest.mark.parametrize("bad", ["outside", "missing", "corrupt", "level"])
+def test_bad_training_data_errors_name_the_slide(tmp_path, slides, bad):
+    """A patch outside its slide, a missing or corrupt slide, or a level that does not exist stop training before
+    anything is written, with an error naming the slide."""
+    good = slides["training"][0]["image"]
+    rows = {
+        "outside": [f"{good},1010,40,0,training"],
+        "missing": [f"{tmp_path / 'gone_slide.svs'},100,100,0,training"],
+        "corrupt": [f"{slides['corrupt']},100,100,0,training"],
+        "level": [],
+    }[bad]
+    data = _dataset_with_csv(tmp_path, slides, rows)
+    out = tmp_path / "out"
+    over = {"dataset_dir": str(data), "output_dir": str(out), "generate_synthetic": False, "patch_size": PATCH,
+            "network_def": TINY_NET, "num_workers": 0}  # fmt: skip
+    if bad == "level":
+        over["patch_level"] = 5
+    msg = _init_error(TRAIN, **over)
+    named = {"outside": good, "missing": "gone_slide.svs", "corrupt": "corrupt.svs", "level": good}[bad]
+    text = {"outside": "outside the slide", "missing": "does not exist", "corrupt": "cannot read slide",
+            "level": "level 5 does not exist"}[bad]  # fmt: skip
+    assert named in msg and text in msg, msg
+    assert _no_outputs(out)
+
+
+def test_missing_dataset_without_generation_and_missing_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    msg = _init_error(TRAIN, dataset_dir=str(tmp_path / "missing"), output_dir=str(out), generate_synthetic=False)
+    assert str(tmp_path / "missing") in msg and "generation is disabled" in msg, msg
+    assert _no_outputs(out) and not (tmp_path / "missing").exists()
+    msg = _init_error([TRAIN, EVALUATE], dataset_dir=str(tmp_path / "missing"), output_dir=str(out),
+                      generate_synthetic=False, network_def=TINY_NET)  # fmt: skip
+    assert "generation is disabled" in msg or "model.pt" in msg, msg
+    msg = _init_error(INFERENCE, output_dir=str(out), network_def=TINY_NET, input_slides=["x.svs"])
+    assert "model.pt" in msg and "does not exist" in msg, msg
+    assert _no_outputs(out)
+
+
+@pytest.mark.slow
+def test_multi_gpu_inference_gloo_two_processes(tmp_path, slides):
+    """multi_gpu_inference.json on CPU (torchrun, 2 processes, gloo): each slide's patches are sharded with
+    DistributedSampler and gathered; rank 0 writes the same map as a single-process run."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    net = _parser([INFERENCE], network_def=TINY_NET, output_dir=str(tmp_path)).get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, ckpt)
+    good = sorted(str(Path(slides["root"]) / m["image"]) for m in slides["slides"])[:2]
+    pred = tmp_path / "pred"
+    cfg = f"['{INFERENCE}','{MULTI_GPU_INFERENCE}']"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+        "--config_file", cfg, "--network_def", repr(TINY_NET), "--ckpt_path", str(ckpt), "--pred_dir", str(pred),
+        "--input_slides", repr(good + [str(tmp_path / "missing.svs")]), "--patch_size", str(PATCH),
+        "--num_workers", "0", "--batch_size", "16",
+    ]  # fmt: skip
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    summ = json.loads((pred / "inference_summary.json").read_text())
+    assert summ["n_ok"] == 2 and summ["n_failed"] == 1
+    assert all(e["settings"]["processes"] == 2 for e in summ["slides"] if e["status"] == "ok")
+    net.eval()
+    ref = infer_slide(good[0], net, None, patch_size=PATCH, batch_size=16)
+    np.testing.assert_allclose(np.load(pred / f"{Path(good[0]).stem}_prob.npy"), ref.prob, atol=1e-5)

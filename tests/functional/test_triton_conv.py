@@ -1,0 +1,457 @@
+"""Fused Triton GMR convolution (``impl="triton"``, issue 7).
+
+- Pure-PyTorch checks of the shell decomposition (always run).
+- Fallback behaviour on CPU and without Triton (always run).
+- Kernel correctness in Triton's CPU interpreter (``TRITON_INTERPRET=1``, tiny shapes; skipped without Triton).
+- Kernel correctness on CUDA against a float64 dense reference (``requires_cuda``, marked ``gpu``): outputs and
+  the gradients for the input, ring weights, log sigma and bias; kernel outputs are poisoned with NaN first.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_gmr.functional import gmr_conv, offset_distances, select_impl, support_mask, synthesize_kernel
+from monai_gmr.functional import triton_conv as tc
+from monai_gmr.nn import GMRConv
+from tests.conftest import rel_err, requires_cuda
+
+HAS_TRITON = tc.triton_available()
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+
+# ---------------------------------------------------------------------------------------------------- shell table
+@pytest.mark.parametrize(
+    "k,d,circular,shells,offsets",
+    [(9, 2, True, 13, 69), (5, 2, True, 5, 21), (11, 2, True, 16, 97), (3, 2, False, 3, 9), (9, 2, False, 15, 81),
+     (7, 3, True, 12, 179), (3, 3, True, 3, 19), (1, 2, True, 1, 1)],
+)  # fmt: skip
+def test_shell_table_counts(k, d, circular, shells, offsets):
+    t = tc.shell_table(k, d, circular)
+    assert t.num_shells == shells
+    assert t.num_offsets == offsets
+    assert t.sq_radius[0] == 0 and list(t.sq_radius) == sorted(set(t.sq_radius))
+    # every offset of the support appears once: the centre plus both signs of every stored pair
+    assert 1 + 2 * len(t.codes) == offsets
+    mask = support_mask(k, d, circular)
+    assert int(mask.sum()) == offsets
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_shell_offsets_cover_support_with_equal_radius(d):
+    k = 7 if d == 2 else 5
+    t = tc.shell_table(k, d, True)
+    shells = tc._shell_offsets(t)
+    seen = set()
+    for s, shell in enumerate(shells):
+        for q in shell:
+            assert sum(c * c for c in q) == t.sq_radius[s]
+            seen.add(q)
+    r = k // 2
+    grid = offset_distances(k, d)
+    mask = support_mask(k, d, True)
+    want = {(0,) * (3 - d) + tuple(int(i) - r for i in idx) for idx in torch.nonzero(mask > 0).tolist()}
+    assert seen == want
+    # the representative index points at an offset of the right radius
+    flat = grid.reshape(-1)
+    for s in range(t.num_shells):
+        assert abs(float(flat[t.rep_index[s]]) ** 2 - t.sq_radius[s]) < 1e-9
+
+
+@pytest.mark.parametrize("d,k", [(2, 5), (2, 9), (3, 3), (3, 5)])
+@pytest.mark.parametrize("smoothing,circular", [("gaussian", True), ("none", True), ("gaussian", False)])
+def test_shell_weights_reproduce_dense_kernel(d, k, smoothing, circular):
+    """Expanding the shell weights over their offsets gives exactly synthesize_kernel's dense kernel."""
+    m = GMRConv(d, 3, 4, k, smoothing=smoothing, circular=circular).double()
+    with torch.no_grad():
+        m.log_sigma.add_(torch.randn_like(m.log_sigma) * 0.3)
+    basis = m.basis()
+    dense = synthesize_kernel(m.weight, basis)  # (C_out, C_in, k..)
+    for circ in {circular, False}:  # the full cube is valid for any radial basis
+        t = tc.shell_table(k, d, circ)
+        w = tc.shell_weights(m.weight, basis, t).double()  # (S, C_in, C_out)
+        rebuilt = torch.zeros_like(dense)
+        r = k // 2
+        for s, shell in enumerate(tc._shell_offsets(t)):
+            for q in shell:
+                idx = tuple(c + r for c in q[3 - d :])
+                rebuilt[(slice(None), slice(None)) + idx] = w[s].t()
+        assert rel_err(rebuilt, dense) < 1e-6  # shell weights are float32
+
+
+def test_shell_weights_are_differentiable():
+    m = GMRConv(2, 3, 4, 5).double()
+    t = tc.shell_table(5, 2, True)
+    w = tc.shell_weights(m.weight, m.basis(), t)
+    w.sum().backward()
+    assert m.weight.grad is not None and m.log_sigma.grad is not None
+    assert torch.isfinite(m.log_sigma.grad).all() and m.log_sigma.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------- dispatch
+def test_impl_triton_is_accepted():
+    m = GMRConv(2, 3, 4, 5, impl="triton")
+    assert "impl=triton" in repr(m)
+
+
+def test_cpu_falls_back_with_one_warning(monkeypatch, caplog):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(tc, "_WARNED", set())
+    m = GMRConv(2, 3, 4, 5, impl="triton")
+    x = torch.randn(2, 3, 9, 10)
+    with caplog.at_level(logging.WARNING, logger=tc.__name__):
+        y1 = m(x)
+        y2 = m(x)
+    warnings = [r for r in caplog.records if "impl='triton' is not available" in r.getMessage()]
+    assert len(warnings) == 1
+    m.impl = "dense"
+    ref = m(x)
+    assert rel_err(y1, ref) < 1e-6 and rel_err(y2, ref) < 1e-6
+
+
+def test_functional_triton_falls_back_for_unsupported_configs(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    m = GMRConv(2, 4, 6, 5).double()
+    x = torch.randn(1, 4, 11, 12, dtype=torch.float64)
+    basis = m.basis()
+    for kw in (dict(stride=2, padding=2), dict(padding=2, groups=2), dict(padding=2, padding_mode="reflect"),
+               dict(padding=0), dict(padding=4, dilation=2)):  # fmt: skip
+        w = m.weight if kw.get("groups", 1) == 1 else m.weight[:, :2]
+        y = gmr_conv(x, w, basis, m.bias, impl="triton", **kw)
+        ref = gmr_conv(x, w, basis, m.bias, impl="dense", **kw)
+        assert rel_err(y, ref) < 1e-12
+
+
+def test_unsupported_reasons(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(1, 2, 8, 8)
+    if HAS_TRITON:
+        assert tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "zeros") is None
+    assert "stride" in tc.triton_unsupported_reason(x, 5, 2, 2, 1, 1, "zeros")
+    assert "dilation" in tc.triton_unsupported_reason(x, 5, 1, 4, 2, 1, "zeros")
+    assert "groups" in tc.triton_unsupported_reason(x, 5, 1, 2, 1, 2, "zeros")
+    assert "padding" in tc.triton_unsupported_reason(x, 5, 1, 1, 1, 1, "zeros")
+    assert "padding_mode" in tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "reflect")
+    assert "dtype" in tc.triton_unsupported_reason(x.double(), 5, 1, 2, 1, 1, "zeros")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "zeros") is not None  # CPU without the interpreter
+
+
+def test_auto_never_selects_triton_on_cpu():
+    for k in (3, 5, 7, 9, 11):
+        for c in (1, 32, 128):
+            for d in (2, 3):
+                assert select_impl("auto", torch.device("cpu"), d, k, c, True) != "triton"
+
+
+def test_auto_selects_triton_only_where_measured_faster_on_cuda():
+    cuda = torch.device("cuda")  # select_impl only reads the device type: no GPU needed
+    for k in (7, 9, 11):
+        assert select_impl("auto", cuda, 2, k, 128, True) == "triton"
+        assert select_impl("auto", cuda, 2, k, 128, False) == "triton"
+        assert select_impl("auto", cuda, 2, k, 64, True) == "dense"  # narrower layers were not measured
+    for k in (1, 3, 5):
+        assert select_impl("auto", cuda, 2, k, 128, True) == "dense"
+    assert select_impl("auto", cuda, 3, 7, 32, True) == "triton" and select_impl("auto", cuda, 3, 5, 32, False) == "triton"
+    assert select_impl("auto", cuda, 3, 3, 32, True) == "dense" and select_impl("auto", cuda, 3, 7, 16, True) == "dense"
+    assert select_impl("auto", cuda, 2, 9, 128, True, allow_triton=False) == "dense"
+
+
+def test_fallback_without_triton(monkeypatch, caplog):
+    """With triton unimportable, impl='triton' falls back to a working implementation."""
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.setattr(tc, "_WARNED", set())
+    tc.triton_available.cache_clear()
+    try:
+        assert not tc.triton_available()
+        m = GMRConv(2, 3, 4, 3, impl="triton")
+        x = torch.randn(1, 3, 8, 8)
+        with caplog.at_level(logging.WARNING, logger=tc.__name__):
+            y = m(x)
+        assert any("not installed" in r.getMessage() for r in caplog.records)
+        m.impl = "dense"
+        assert rel_err(y, m(x)) < 1e-6
+    finally:
+        monkeypatch.undo()
+        tc.triton_available.cache_clear()
+
+
+def test_module_imports_without_triton():
+    path = Path(tc.__file__)
+    code = (
+        "import sys, importlib.util as u; sys.modules['triton'] = None; "
+        f"spec = u.spec_from_file_location('tc_probe', {str(path)!r}); m = u.module_from_spec(spec); "
+        "sys.modules['tc_probe'] = m; spec.loader.exec_module(m); assert not m.triton_available(); print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _make(d, c_in, c_out, k, circular=True, smoothing="gaussian", bias=True, dtype=torch.float64, device="cpu"):
+    m = GMRConv(d, c_in, c_out, k, circular=circular, smoothing=smoothing, bias=bias)
+    with torch.no_grad():
+        if smoothing == "gaussian":
+            m.log_sigma.add_(torch.randn_like(m.log_sigma) * 0.2)
+        if bias:
+            m.bias.normal_()
+    return m.to(device=device, dtype=dtype)
+
+
+def _grads(m, x, g, autocast_dtype=None):
+    """Output and gradients (input, ring weights, log sigma, bias) of ``m(x)`` with upstream gradient ``g``."""
+    x = x.detach().clone().requires_grad_(True)
+    params = [m.weight] + ([m.log_sigma] if isinstance(m.log_sigma, torch.nn.Parameter) else []) + (
+        [m.bias] if m.bias is not None else []
+    )
+    if autocast_dtype is not None:
+        with torch.autocast(x.device.type, dtype=autocast_dtype):
+            y = m(x)
+    else:
+        y = m(x)
+    grads = torch.autograd.grad(y, [x] + params, g.to(y.dtype))
+    return [y.detach()] + list(grads)
+
+
+def _compare(d, shape, c_out, k, dtype, tol, device, autocast=False, circular=True, smoothing="gaussian", bias=True,
+             channels_last=False):  # fmt: skip
+    """Triton impl in ``dtype`` (or fp32 params under autocast to ``dtype``) against the float64 dense impl."""
+    b, c_in = shape[:2]
+    ref_m = _make(d, c_in, c_out, k, circular, smoothing, bias, torch.float64, device)
+    ref_m.impl = "dense"
+    if not autocast and dtype != torch.float32:  # low-precision parameters: compare the same rounded function
+        with torch.no_grad():
+            for prm in ref_m.parameters():
+                prm.copy_(prm.to(dtype).double())
+    x = torch.randn(*shape, dtype=torch.float64, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
+    g = torch.randn(b, c_out, *shape[2:], dtype=torch.float64, device=device)
+    ref = _grads(ref_m, x, g)
+    m = copy.deepcopy(ref_m)
+    m.impl = "triton"
+    if autocast:
+        got = _grads(m.float(), x.float(), g, autocast_dtype=dtype)
+    else:
+        got = _grads(m.to(dtype), x.to(dtype), g)
+    names = ["output", "grad_input", "grad_weight"]
+    names += ["grad_log_sigma"] if smoothing == "gaussian" else []
+    names += ["grad_bias"] if bias else []
+    assert len(names) == len(got) == len(ref)
+    errs = {}
+    for name, a, r in zip(names, got, ref):
+        assert torch.isfinite(a).all(), f"{name} has non-finite values (unwritten output?)"
+        assert a.shape == r.shape, name
+        errs[name] = rel_err(a, r)
+    bad = {n: e for n, e in errs.items() if not e <= tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
+    if autocast:
+        assert got[0].dtype == dtype
+    return got
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    monkeypatch.setattr(tc, "_POISON", True)
+
+
+# ---------------------------------------------------------------------------------------------------- interpreter
+def _interpreter_works() -> bool:
+    """Triton 3.6's interpreter cannot take int kernel arguments with numpy >= 2.3 ('only 0-dimensional arrays');
+    newer Triton can. Probe once with the smallest call."""
+    if not HAS_TRITON:
+        return False
+    import os
+
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        m = _make(2, 1, 1, 3, dtype=torch.float32)
+        m.impl = "triton"
+        with torch.no_grad():
+            m(torch.randn(1, 1, 3, 3))
+        return True
+    except Exception as e:  # noqa: BLE001 - any interpreter failure means: skip these tests
+        logging.getLogger(__name__).warning("Triton interpreter unusable here: %r", e, exc_info=True)
+        return False
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+_INTERP_OK: list[bool] = []
+
+
+@pytest.fixture
+def interpreter(monkeypatch, poison):
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    if not _INTERP_OK:
+        _INTERP_OK.append(_interpreter_works())
+    if not _INTERP_OK[0]:
+        pytest.skip("the Triton CPU interpreter does not run here (see _interpreter_works)")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@needs_triton
+@pytest.mark.parametrize("variant", ["unrolled", pytest.param("loop", marks=pytest.mark.slow)])
+def test_interpreter_2d(interpreter, monkeypatch, variant):
+    monkeypatch.setattr(tc, "VARIANT", variant)
+    _compare(2, (2, 5, 9, 11), 7, 5, torch.float32, 1e-5, "cpu")
+
+
+@needs_triton
+def test_interpreter_3d(interpreter):
+    # k = 3 in 3D: shells of 6 and 12 offsets, the second summed by the run-time loop inside the unrolled kernel
+    _compare(3, (1, 3, 5, 6, 7), 4, 3, torch.float32, 1e-5, "cpu")
+
+
+@needs_triton
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "d,shape,c_out,k,circular,smoothing,bias",
+    [(2, (1, 3, 7, 6), 5, 3, False, "gaussian", True), (2, (1, 17, 12, 13), 3, 11, True, "gaussian", False),
+     (2, (2, 4, 6, 9), 4, 7, True, "none", True), (3, (2, 2, 4, 5, 6), 3, 5, True, "gaussian", True)],
+)  # fmt: skip
+def test_interpreter_more(interpreter, d, shape, c_out, k, circular, smoothing, bias):
+    _compare(d, shape, c_out, k, torch.float32, 1e-5, "cpu", circular=circular, smoothing=smoothing, bias=bias)
+
+
+@needs_triton
+def test_interpreter_low_level_writes_every_output(interpreter):
+    t = tc.shell_table(5, 2, True)
+    x = torch.randn(2, 3, 7, 9)
+    w = torch.randn(t.num_shells, 3, 5)
+    out = torch.full((2, 5, 7, 9), float("nan"))
+    tc.triton_forward(x, w, t, None, out=out)
+    assert torch.isfinite(out).all()
+    gw = tc.triton_weight_grad(x, torch.randn(2, 5, 7, 9), t)
+    assert gw.shape == (t.num_shells, 3, 5) and torch.isfinite(gw).all()
+
+
+# ---------------------------------------------------------------------------------------------------- CUDA
+CUDA_2D = [
+    # batch-1, odd channel counts, sizes that are not multiples of the tiles, every k
+    ((1, 3, 13, 21), 17, 3),
+    ((1, 17, 13, 21), 3, 5),
+    ((2, 3, 23, 17), 17, 7),
+    ((1, 17, 19, 30), 17, 9),
+    ((2, 5, 21, 19), 7, 11),
+    # wider layers: several channel blocks, C_out above one block
+    ((2, 64, 40, 37), 130, 9),
+    ((3, 130, 19, 70), 33, 5),
+]
+CUDA_3D = [
+    ((1, 3, 9, 10, 11), 17, 3),
+    ((1, 17, 7, 9, 12), 5, 5),
+    ((2, 32, 13, 12, 17), 32, 7),
+]
+DTYPES = [(torch.float32, 2e-3, False), (torch.bfloat16, 1e-2, True)]
+
+
+@requires_cuda
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.parametrize("dtype,tol,autocast", DTYPES, ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("shape,c_out,k", CUDA_2D)
+def test_cuda_2d(poison, shape, c_out, k, dtype, tol, autocast):
+    _compare(2, shape, c_out, k, dtype, tol, "cuda", autocast=autocast)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.parametrize("dtype,tol,autocast", DTYPES, ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("shape,c_out,k", CUDA_3D)
+def test_cuda_3d(poison, shape, c_out, k, dtype, tol, autocast):
+    _compare(3, shape, c_out, k, dtype, tol, "cuda", autocast=autocast)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.parametrize(
+    "case",
+    ["fp16-autocast", "bf16-params", "channels_last", "native-layout", "loop-variant", "loop-3d", "no-tf32",
+     "full-cube", "hard-rings", "no-bias"],
+)  # fmt: skip
+def test_cuda_variants(poison, monkeypatch, case):
+    shape, c_out, k, dtype, tol, kw = (2, 19, 21, 26), 24, 9, torch.float32, 2e-3, {}
+    if case == "fp16-autocast":
+        dtype, tol, kw = torch.float16, 1e-2, dict(autocast=True)
+    elif case == "bf16-params":
+        dtype, tol = torch.bfloat16, 1e-2
+    elif case == "channels_last":
+        kw = dict(channels_last=True)
+    elif case == "native-layout":
+        monkeypatch.setattr(tc, "LAYOUT", "native")
+    elif case == "loop-variant":
+        monkeypatch.setattr(tc, "VARIANT", "loop")
+    elif case == "loop-3d":
+        monkeypatch.setattr(tc, "VARIANT", "loop")
+        _compare(3, (1, 5, 9, 8, 10), 6, 5, dtype, tol, "cuda")
+        return
+    elif case == "no-tf32":
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        tol = 1e-4
+    elif case == "full-cube":
+        kw = dict(circular=False)
+    elif case == "hard-rings":
+        kw = dict(smoothing="none")
+    elif case == "no-bias":
+        kw = dict(bias=False)
+    got = _compare(2, shape, c_out, k, dtype, tol, "cuda", **kw)
+    if case == "channels_last":
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+        assert got[1].is_contiguous(memory_format=torch.channels_last)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@needs_triton
+def test_cuda_fallbacks_match_dense(monkeypatch):
+    monkeypatch.setattr(tc, "_WARNED", set())
+    x = torch.randn(2, 4, 17, 18, device="cuda")
+    for kw in (dict(stride=2), dict(groups=2), dict(padding_mode="reflect"), dict(dilation=2)):
+        m = GMRConv(2, 4, 6, 5, impl="triton", **kw).cuda()
+        y = m(x)
+        m.impl = "dense"
+        assert rel_err(y, m(x)) < 1e-5
+    m = GMRConv(2, 4, 6, 5, impl="triton").cuda().double()
+    y = m(x.double())  # float64: unsupported dtype -> dense
+    m.impl = "dense"
+    assert rel_err(y, m(x.double())) < 1e-12
+
+
+@requires_cuda
+@pytest.mark.gpu
+@needs_triton
+def test_cuda_low_level_writes_every_output():
+    t = tc.shell_table(7, 2, True)
+    x = torch.randn(3, 21, 29, 33, device="cuda")
+    w = torch.randn(t.num_shells, 21, 40, device="cuda")
+    out = torch.full((3, 40, 29, 33), float("nan"), device="cuda")
+    tc.triton_forward(x, w, t, None, out=out)
+    assert torch.isfinite(out).all()
+    ref = torch.nn.functional.conv2d(x.double(), _expand(w.double(), t, 2), padding=3)
+    assert rel_err(out, ref) < 2e-3
+
+
+def _expand(w: torch.Tensor, t, d: int) -> torch.Tensor:
+    """Dense (C_out, C_in, k..) kernel from shell weights (S, C_in, C_out)."""
+    k, r = t.kernel_size, t.kernel_size // 2
+    dense = torch.zeros(w.shape[2], w.shape[1], *([k] * d), dtype=w.dtype, device=w.device)
+    for s, shell in enumerate(tc._shell_offsets(t)):
+        for q in shell:
+            dense[(slice(None), slice(None)) + tuple(c + r for c in q[3 - d :])] = w[s].t()
+    return dense

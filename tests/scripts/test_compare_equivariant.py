@@ -1,0 +1,138 @@
+"""scripts/compare_equivariant.py: the --quick CPU profile end to end (real training, real rotation evaluation)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from monai_gmr.evaluation import RobustnessResult
+from tests.conftest import ROOT, SHARED
+
+SCRIPT = ROOT / "scripts" / "compare_equivariant.py"
+EXACT = ("symm", "gcnn", "gmr")  # exactly D4-equivariant (segmentation) / invariant (classification) models
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("compare_equivariant", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ce():
+    return _load()
+
+
+@pytest.fixture(scope="module")
+def quick_run(ce, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare_quick")
+    report = ce.main(["--device", "cpu", "--quick", "--out", str(out), "--tasks", "nuclei,cpm15,wsi"])
+    return out, report
+
+
+def _in01(v) -> bool:
+    return v is not None and not math.isnan(v) and 0.0 <= v <= 1.0
+
+
+def test_quick_run_writes_files(quick_run):
+    out, report = quick_run
+    js, md = out / "compare_quick.json", out / "compare_quick.md"
+    assert js.is_file() and md.is_file()
+    loaded = json.loads(js.read_text())
+    assert set(loaded["tasks"]) == {"nuclei", "cpm15", "wsi"}
+    text = md.read_text()
+    for label in ("plain MONAI", "plain + rot/flip aug", "naive radial (Symm)", "p4m G-CNN", "GMR"):
+        assert text.count(f"| {label} |") >= 2  # nuclei and wsi tables at least
+    ran = [t for t, rec in loaded["tasks"].items() if not rec.get("skipped")]
+    assert "nuclei" in ran and "wsi" in ran
+    if (SHARED / "data" / "cpm15_nuclei_he").is_dir():
+        assert "cpm15" in ran
+    else:
+        assert "absent" in loaded["tasks"]["cpm15"]["skipped"]
+    for t in ran:
+        png = out / loaded["tasks"][t]["polar_png"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        if t != "wsi":
+            assert (out / loaded["tasks"][t]["polar_zero_padding_png"]).stat().st_size > 5000
+    assert "n/a" in text  # peak memory is CUDA only
+
+
+def test_quick_run_values(ce, quick_run):
+    _, report = quick_run
+    for task, rec in report["tasks"].items():
+        if rec.get("skipped"):
+            continue
+        assert list(rec["rows"]) == list(ce.MODELS)
+        rows = rec["rows"]
+        plain = rows["plain"]["params"]
+        assert rows["plain_aug"]["params"] == plain
+        for name, row in rows.items():
+            assert row["params"] > 0
+            assert 0.7 * plain <= row["params"] <= 1.3 * plain, (task, name, row["params"], plain)  # similar budgets
+            assert row["peak_train_mem_mib"] is None
+            assert row["train_images_per_s"] > 0 and row["infer_images_per_s"] > 0
+            assert math.isfinite(row["final_loss"]) and row["steps"] == 3
+            for m in rec["metrics"]:
+                s = row["metrics"][m]
+                for k in ("at_0", "mean", "min", "flip_h", "flip_v"):
+                    assert _in01(s[k]), (task, name, m, k, s[k])
+                assert s["min"] <= s["mean"] <= 1.0 and s["std"] >= 0.0
+            res = RobustnessResult.from_dict(rec["robustness"][name])
+            assert len(res.angles) == 36 and res.flips == ["h", "v"]
+            assert all(_in01(v) for m in res.metrics for v in res.per_angle[m])
+            if rec["kind"] == "segmentation":
+                z = row["metrics_zero_padding"][rec["metrics"][0]]
+                assert _in01(z["mean"]) and _in01(z["min"])
+        # exactly equivariant models score the same at 0/90/180/270 degrees and under flips (exact index ops)
+        for name in EXACT:
+            res = RobustnessResult.from_dict(rec["robustness"][name])
+            for m in res.metrics:
+                v0 = res.per_angle[m][0]
+                for i in (9, 18, 27):
+                    assert res.per_angle[m][i] == pytest.approx(v0, abs=1e-6), (task, name, m, res.angles[i])
+                for f in ("h", "v"):
+                    assert res.per_flip[f][m] == pytest.approx(v0, abs=1e-6), (task, name, m, f)
+
+
+def test_missing_cpm15_is_skipped(ce, tmp_path):
+    report = ce.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--tasks", "cpm15",
+                      "--cpm15-dir", str(tmp_path / "absent")])  # fmt: skip
+    assert "absent" in report["tasks"]["cpm15"]["skipped"]
+    assert "skipped" in (tmp_path / "compare_quick.md").read_text()
+
+
+def test_augmentation_is_a_rotation_or_reflection(ce):
+    aug = ce.RandomRotateFlip(torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, 9, 9)
+    c, s = math.cos(math.pi / 2), math.sin(math.pi / 2)
+    rot = aug.warp["bilinear"](x, torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]]))
+    assert torch.allclose(rot, torch.rot90(x, 3, (-2, -1)), atol=1e-5)
+    mirror = aug.warp["bilinear"](x, torch.tensor([[[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]))
+    assert torch.allclose(mirror, x.flip(-2), atol=1e-6)
+    y = (torch.rand(4, 1, 46, 46) > 0.5).long()
+    xr, yr = aug(torch.rand(4, 3, 46, 46), y)
+    assert xr.shape == (4, 3, 46, 46) and yr.dtype == torch.long and set(yr.unique().tolist()) <= {0, 1}
+
+
+def test_match_width(ce):
+    def build(w: int) -> torch.nn.Module:
+        return torch.nn.Conv2d(w, w, 3)
+
+    w, p = ce.match_width(build, 9 * 20 * 20 + 20, start=4)
+    assert (w, p) == (20, 9 * 400 + 20)
+
+
+def test_bad_arguments(ce, tmp_path):
+    with pytest.raises(ValueError, match="--tasks"):
+        ce.main(["--out", str(tmp_path), "--tasks", "nuclei,bogus"])
+    with pytest.raises(ValueError, match="--models"):
+        ce.main(["--out", str(tmp_path), "--models", "gmr,resnet"])
+    with pytest.raises(ValueError, match="--steps"):
+        ce.main(["--out", str(tmp_path), "--steps", "0"])
+    with pytest.raises(ValueError, match="model must be one of"):
+        ce.build_model("nuclei", "unet", ce.PROFILES["quick"])

@@ -1,0 +1,425 @@
+"""Tests of monai_gmr.workflows.wsi: datasets, slide inference (geometry, modes, backends, TTA, slide lists),
+map quality, masks, heatmaps and inferer helpers, on tiny synthetic slides (1024 x 1024, 3 levels)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import shared_path
+
+PATCH = 32
+SYNTH = {"n_slides": 3, "size": 1024, "seed": 0, "patches_per_slide": 16, "patch_size": PATCH}
+
+
+@pytest.fixture(scope="module")
+def wsi_data(tmp_path_factory) -> dict:
+    from monai_gmr.data import make_synthetic_wsi, write_pyramidal_tiff
+
+    root = tmp_path_factory.mktemp("wsi")
+    info = make_synthetic_wsi(root / "data", **SYNTH)
+    # a one-level slide (no level 2) and a corrupt "slide"
+    rgb = np.full((256, 256, 3), 230, np.uint8)
+    rgb[64:192, 64:192] = (150, 60, 160)
+    write_pyramidal_tiff(root / "single_level.tiff", rgb, n_levels=1, tile_size=128)
+    (root / "corrupt.svs").write_bytes(b"II*\x00 definitely not a slide" * 10)
+    small = make_synthetic_wsi(root / "small", n_slides=1, size=256, n_levels=4, seed=3, patches_per_slide=8,
+                               patch_size=16)  # fmt: skip
+    info["small"] = (str(Path(small["root"]) / small["slides"][0]["image"]),
+                     str(Path(small["root"]) / small["slides"][0]["tumor_mask"]))  # fmt: skip
+    info["single"] = str(root / "single_level.tiff")
+    info["corrupt"] = str(root / "corrupt.svs")
+    info["slide_paths"] = [str(Path(info["root"]) / m["image"]) for m in info["slides"]]
+    info["tumor_masks"] = [str(Path(info["root"]) / m["tumor_mask"]) for m in info["slides"]]
+    return info
+
+
+class DarkNucleiNet(torch.nn.Module):
+    """An 'oracle' classifier: tumour logit grows with the fraction of dark (hematoxylin) pixels.
+
+    On the synthetic slides tumour patches are >= 16% dark, normal ones <= 1% (checked on the generator), so a
+    probability map built with the right geometry matches the ground-truth tumour mask closely.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dark = (x[:, 0] < 115.0 / 255.0).float().mean((1, 2))
+        return torch.stack([torch.zeros_like(dark), 40.0 * (dark - 0.08)], 1)
+
+
+def _tiny_gmr() -> torch.nn.Module:
+    from monai_gmr.nets import get_network
+
+    return get_network("gmr_resnet18_tiny", num_classes=2).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def test_context_size():
+    from monai_gmr.workflows.wsi import context_size
+
+    for p in (1, 16, 32, 96, 97):
+        s = context_size(p)
+        assert s >= p * np.sqrt(2) - 1e-9 and (s - p) % 2 == 0
+        assert s - 2 < p * np.sqrt(2)  # the smallest such size (s - p stays even)
+    assert context_size(96) == 136 and context_size(32) == 46
+    with pytest.raises(ValueError, match="patch_size"):
+        context_size(0)
+
+
+def test_center_crop_inferer():
+    from monai_gmr.workflows.wsi import CenterCropInferer
+
+    seen = {}
+
+    def net(x):
+        seen["shape"] = tuple(x.shape)
+        return x.mean((2, 3))
+
+    x = torch.arange(2 * 3 * 10 * 12, dtype=torch.float32).reshape(2, 3, 10, 12)
+    out = CenterCropInferer(4)(x, net)
+    assert seen["shape"] == (2, 3, 4, 4)
+    torch.testing.assert_close(out, x[:, :, 3:7, 4:8].mean((2, 3)))
+    CenterCropInferer([6, 8])(x, net)
+    assert seen["shape"] == (2, 3, 6, 8)
+    with pytest.raises(ValueError, match="roi_size"):
+        CenterCropInferer(11)(x, net)
+
+
+def test_classification_outputs():
+    from monai_gmr.workflows.wsi import classification_outputs
+
+    items = [{"pred": torch.tensor([0.2, 0.8]), "label": torch.tensor([0.0, 1.0])},
+             {"pred": torch.tensor([0.9, 0.1]), "label": torch.tensor([1.0, 0.0])}]  # fmt: skip
+    p, y = classification_outputs(items)
+    assert p.shape == (2, 2) and y.tolist() == [1, 0]
+    p, y = classification_outputs({"pred": torch.rand(3, 4), "label": torch.tensor([3, 0, 2])})
+    assert p.shape == (3, 4) and y.tolist() == [3, 0, 2]
+
+
+def test_map_quality_exact_values():
+    from monai_gmr.workflows.wsi import map_quality
+
+    prob = np.array([[0.9, 0.8, 0.1, 0.2], [0.7, 0.4, 0.3, 0.0]], np.float32)
+    gt = np.array([[1, 1, 0, 0], [1, 0, 0, 0]])
+    m = map_quality(prob, gt)
+    assert m["pixel_auc"] == pytest.approx(1.0) and m["dice"] == pytest.approx(1.0)
+    assert m["n_pixels"] == 8 and m["tumour_fraction"] == pytest.approx(3 / 8)
+    gt2 = np.array([[1, 0, 0, 0], [0, 1, 0, 0]])  # positives 0.9, 0.4 vs negatives 0.8 0.1 0.2 0.7 0.3 0.0
+    m2 = map_quality(prob, gt2, threshold=0.5)
+    # positives 0.9, 0.4; negatives 0.8 0.1 0.2 0.7 0.3 0.0: 0.9 beats all 6, 0.4 beats 4 -> (6 + 4) / 12
+    assert m2["pixel_auc"] == pytest.approx(10 / 12)
+    # Dice: predicted {0.9, 0.8, 0.7}, truth {0.9, 0.4}: 2 * 1 / (3 + 2)
+    assert m2["dice"] == pytest.approx(0.4)
+    # a low-resolution mask is resized (nearest) to the map; invalid pixels are ignored
+    big = np.repeat(np.repeat(prob, 2, 0), 2, 1)
+    m3 = map_quality(big, gt, valid=np.ones(big.shape, bool))
+    assert m3["n_pixels"] == 32 and m3["dice"] == pytest.approx(1.0)
+    valid = np.zeros(prob.shape, bool)
+    valid[:, 2:] = True  # only negatives left: AUC undefined, empty prediction and truth: Dice 1
+    m4 = map_quality(prob, gt, valid=valid)
+    assert m4["pixel_auc"] is None and m4["dice"] == 1.0 and m4["n_pixels"] == 4
+    with pytest.raises(ValueError, match="valid mask shape"):
+        map_quality(prob, gt, valid=np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match="2D"):
+        map_quality(prob[None], gt)
+
+
+def test_map_quality_auc_matches_sklearn_style_count():
+    from monai_gmr.workflows.wsi import map_quality
+
+    rng = np.random.default_rng(1)
+    prob = rng.random((20, 30)).astype(np.float32)
+    gt = rng.random((20, 30)) < 0.3
+    pos, neg = prob[gt], prob[~gt]
+    want = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+    assert map_quality(prob, gt)["pixel_auc"] == pytest.approx(float(want), abs=1e-6)
+
+
+def test_load_mask_formats_and_errors(tmp_path):
+    import tifffile
+
+    from monai_gmr.workflows.wsi import load_mask
+
+    m = np.zeros((6, 8), np.uint8)
+    m[2:4, 3:6] = 1
+    np.save(tmp_path / "m.npy", m)
+    Image.fromarray(m * 255).save(tmp_path / "m.png")
+    Image.fromarray(np.stack([m * 255] * 3, -1)).save(tmp_path / "rgb.png")
+    tifffile.imwrite(tmp_path / "m.tif", m)
+    for f in ("m.npy", "m.png", "rgb.png", "m.tif"):
+        np.testing.assert_array_equal(load_mask(tmp_path / f) > 0, m > 0)
+    with pytest.raises(FileNotFoundError, match="nothere.png"):
+        load_mask(tmp_path / "nothere.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="bad.png"):
+        load_mask(tmp_path / "bad.png")
+
+
+def test_save_heatmap(tmp_path):
+    from monai_gmr.workflows.wsi import save_heatmap
+
+    thumb = np.full((40, 60, 3), 200, np.uint8)
+    prob = np.zeros((40, 60), np.float32)
+    prob[:, 30:] = 1.0
+    covered = np.zeros((40, 60), bool)
+    covered[10:30] = True
+    p = save_heatmap(tmp_path / "h.png", thumb, prob, covered)
+    img = np.array(Image.open(p))
+    assert img.shape == (40, 60, 3)
+    np.testing.assert_array_equal(img[0, 0], [200, 200, 200])  # not covered: the thumbnail
+    assert not np.array_equal(img[20, 10], img[20, 50])  # covered: colour-mapped probability
+    small = np.array(Image.open(save_heatmap(tmp_path / "s.png", thumb, prob, max_size=30)))
+    assert small.shape == (20, 30, 3)
+    with pytest.raises(ValueError, match="must match"):
+        save_heatmap(tmp_path / "x.png", thumb, prob[:10])
+
+
+def test_to_top_left_levels(wsi_data):
+    from monai_gmr.workflows.wsi import to_top_left
+
+    s = wsi_data["slide_paths"][0]
+    items = [{"image": s, "location": [500, 300], "label": 0}]
+    assert to_top_left(items, 32, 0)[0]["location"] == [484, 284]
+    assert to_top_left(items, 32, 1)[0]["location"] == [468, 268]  # level-1 patch = 64 level-0 pixels
+    assert to_top_left(items, [16, 32], 2)[0]["location"] == [468, 236]
+
+
+# ---------------------------------------------------------------------------------------------------------- datasets
+def test_patch_dataset_wsi_reads_labelled_patches(wsi_data):
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    ds = patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH,
+                       num_classes=2)  # fmt: skip
+    assert len(ds) == len(wsi_data["training"])
+    d = ds[0]
+    assert tuple(d["image"].shape) == (3, PATCH, PATCH) and int(d["label"]) in (0, 1)
+    # the datalist centre convention: the bundle's patch equals read_region(center=True)
+    from monai_gmr.data import read_region
+
+    it = wsi_data["training"][0]
+    want = read_region(it["image"], it["location"], (PATCH, PATCH), 0, center=True)
+    np.testing.assert_array_equal(np.asarray(d["image"]), want)
+    # larger read (rotation context) keeps the same centre
+    big = patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH,
+                        read_size=46)  # fmt: skip
+    tops = [list(d["location"]) for d in big.data]
+    k = tops.index([int(v) - 23 for v in it["location"]])  # context 46 = patch 32 + 2 * 7 around the same centre
+    b = np.asarray(big[k]["image"])
+    assert b.shape == (3, 46, 46)
+    np.testing.assert_array_equal(b[:, 7:39, 7:39], want)
+
+
+def test_patch_dataset_errors(wsi_data, tmp_path):
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    with pytest.raises(ValueError, match="data_source"):
+        patch_dataset("zarr", "training")
+    with pytest.raises(ValueError, match="split"):
+        patch_dataset("wsi", "train", dataset_dir=wsi_data["root"])
+    with pytest.raises(ValueError, match="pcam_dir"):
+        patch_dataset("pcam", "training")
+    with pytest.raises(ValueError, match="image_dir"):
+        patch_dataset("image_folder", "training")
+    with pytest.raises(ValueError, match="num_classes"):
+        patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH, num_classes=1)
+    with pytest.raises(FileNotFoundError, match="generation is disabled"):
+        patch_dataset("wsi", "training", dataset_dir=tmp_path / "none", generate=False)
+
+
+def _write_datalist(tmp_path: Path, items: list[dict]) -> Path:
+    d = tmp_path / "dl"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "datalist.json").write_text(json.dumps({"training": items, "validation": items}))
+    return d
+
+
+def test_training_datalist_errors_name_the_slide(wsi_data, tmp_path):
+    from monai_gmr.data import SlideNotFoundError, WSIError
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    good = wsi_data["training"][0]
+    s = good["image"]
+    cases = {
+        "outside": ([{**good, "location": [1020, 500]}], WSIError, "outside the slide", s),
+        "missing": ([{**good, "image": str(tmp_path / "gone.svs")}], SlideNotFoundError, "does not exist", "gone.svs"),
+        "corrupt": ([{**good, "image": wsi_data["corrupt"]}], WSIError, "cannot read slide", "corrupt.svs"),
+    }
+    for name, (items, exc, text, slide) in cases.items():
+        d = _write_datalist(tmp_path / name, items)
+        with pytest.raises(exc) as info:
+            patch_dataset("wsi", "training", dataset_dir=d, generate=False, patch_size=PATCH)
+        assert text in str(info.value) and slide in str(info.value), (name, str(info.value))
+    d = _write_datalist(tmp_path / "level", [good])
+    with pytest.raises(WSIError, match=r"level 5 does not exist") as info:
+        patch_dataset("wsi", "training", dataset_dir=d, generate=False, patch_size=PATCH, patch_level=5)
+    assert s in str(info.value)
+    d = _write_datalist(tmp_path / "label", [{**good, "label": 3}])
+    with pytest.raises(ValueError, match=r"label 3 is not a class index in \[0, 2\)"):
+        patch_dataset("wsi", "training", dataset_dir=d, generate=False, patch_size=PATCH, num_classes=2)
+
+
+def test_pcam_and_image_folder_datasets(tmp_path):
+    from monai_gmr.data import write_pcam_h5
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "valid", "test"):
+        n = 6 if split == "train" else 4
+        write_pcam_h5(tmp_path / "pcam" / f"camelyonpatch_level_2_split_{split}", rng.integers(0, 255, (n, 24, 24, 3),
+                      dtype=np.uint8), np.arange(n) % 2)  # fmt: skip
+    ds = patch_dataset("pcam", "validation", pcam_dir=tmp_path / "pcam")
+    assert len(ds) == 4 and tuple(ds[1]["image"].shape) == (3, 24, 24) and int(ds[1]["label"]) == 1
+    assert float(ds[0]["image"].max()) > 1.0  # [0, 255] before the bundle's transforms
+    # one file split into the three sets
+    write_pcam_h5(tmp_path / "one" / "all", rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8), np.arange(20) % 2)
+    sizes = [len(patch_dataset("pcam", s, pcam_dir=tmp_path / "one")) for s in ("training", "validation", "test")]
+    assert sum(sizes) == 20 and min(sizes) >= 4
+    # class folders, multi-class
+    for c in ("a_tum", "b_str", "c_lym"):
+        (tmp_path / "folders" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "folders" / c / f"{i}.png")
+    tr = patch_dataset("image_folder", "training", image_dir=tmp_path / "folders", num_classes=3)
+    labels = sorted(int(tr[i]["label"]) for i in range(len(tr)))
+    assert set(labels) == {0, 1, 2} and tuple(tr[0]["image"].shape) == (3, 20, 20)
+    with pytest.raises(ValueError, match="num_classes=2"):
+        patch_dataset("image_folder", "training", image_dir=tmp_path / "folders", num_classes=2)
+
+
+# ---------------------------------------------------------------------------------------------------------- inference
+def test_infer_slide_map_geometry_matches_ground_truth(wsi_data, tmp_path):
+    """With an oracle classifier the probability map reproduces the ground-truth tumour mask: this checks that
+    every patch lands in its own cell of the map (a transposed/shifted map would score far lower)."""
+    from monai_gmr.workflows.wsi import infer_slide, load_mask
+
+    s, gt = wsi_data["slide_paths"][0], wsi_data["tumor_masks"][0]
+    res = infer_slide({"image": s, "label_mask": gt}, DarkNucleiNet(), tmp_path, patch_size=PATCH, batch_size=64)
+    assert res.map_level == 2 and res.map_downsample == 4.0
+    assert res.prob.shape == (256, 256) == res.tissue.shape == res.covered.shape
+    assert res.probs.shape == (2, 256, 256)
+    assert res.covered.mean() > 0.3 and res.n_patches > 300 and res.patches_per_s > 0
+    assert res.metrics["pixel_auc"] > 0.95 and res.metrics["dice"] > 0.8, res.metrics
+    # transposing the map breaks the match: the metric is sensitive to geometry
+    from monai_gmr.workflows.wsi import map_quality
+
+    bad = map_quality(res.prob.T, load_mask(gt), valid=res.covered.T & res.tissue.T)
+    assert bad["dice"] < res.metrics["dice"] - 0.2
+    prob = np.load(res.files["prob"])
+    np.testing.assert_array_equal(prob, res.prob)
+    assert np.array(Image.open(res.files["heatmap"])).shape == (256, 256, 3)
+    assert np.array(Image.open(res.files["tissue"])).shape == (256, 256)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_infer_slide_masked_mode_tifffile_and_level(wsi_data):
+    from monai_gmr.workflows.wsi import infer_slide
+
+    # masked mode: one patch per tissue pixel of the lowest level (32 x 32 here); patch level 1 (32 level-0 pixels)
+    small, small_gt = wsi_data["small"]
+    res = infer_slide(small, DarkNucleiNet(), None, mode="masked", patch_size=16, patch_level=1, label_mask=small_gt,
+                      batch_size=512)  # fmt: skip
+    assert res.map_level == 3 and res.prob.shape == (32, 32) and res.covered.sum() == res.n_patches
+    assert res.n_patches > 300 and (res.covered <= res.tissue).all()
+    assert res.metrics["pixel_auc"] > 0.85 and res.metrics["dice"] > 0.7, res.metrics
+    s = wsi_data["slide_paths"][1]
+    # tifffile backend: same slide, same map up to JPEG decoding differences
+    a = infer_slide(s, DarkNucleiNet(), None, patch_size=PATCH, mask_level=1, map_max_size=256)
+    # (2 workers: each must reopen the slide; a shared tifffile handle corrupts reads)
+    b = infer_slide(s, DarkNucleiNet(), None, patch_size=PATCH, mask_level=1, map_max_size=256, backend="tifffile",
+                    num_workers=2, batch_size=16)  # fmt: skip
+    assert a.prob.shape == b.prob.shape == (256, 256) and a.map_downsample == 4.0  # level 1 (512) block-averaged x2
+    np.testing.assert_array_equal(a.covered, b.covered)
+    assert np.abs(a.prob - b.prob).mean() < 0.02
+
+
+def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
+    from monai_gmr.inferers import RotationTTAInferer
+    from monai_gmr.workflows.wsi import infer_slide
+
+    net = _tiny_gmr()
+    s = wsi_data["small"][0]
+    plain = infer_slide(s, net, None, patch_size=PATCH, batch_size=128)
+    tta = infer_slide(s, net, None, patch_size=PATCH, batch_size=128,
+                      inferer=RotationTTAInferer(angles=[0, 90, 180, 270], flips=["h"], task="classification"))  # fmt: skip
+    assert tta.settings["inferer"] == "RotationTTAInferer"
+    np.testing.assert_allclose(tta.prob, plain.prob, atol=1e-4)  # invariant network: TTA changes nothing
+
+
+def test_infer_slide_errors_name_the_slide(wsi_data, tmp_path):
+    from monai_gmr.data import SlideNotFoundError, WSIError
+    from monai_gmr.workflows.wsi import infer_slide
+
+    s = wsi_data["slide_paths"][0]
+    with pytest.raises(SlideNotFoundError, match="gone.svs"):
+        infer_slide(tmp_path / "gone.svs", DarkNucleiNet())
+    with pytest.raises(WSIError, match="corrupt.svs"):
+        infer_slide(wsi_data["corrupt"], DarkNucleiNet())
+    with pytest.raises(WSIError, match="level 4 does not exist") as info:
+        infer_slide(s, DarkNucleiNet(), patch_level=4)
+    assert s in str(info.value)
+    with pytest.raises(WSIError, match="single_level.tiff.*level 2 does not exist"):
+        infer_slide(wsi_data["single"], DarkNucleiNet(), mask_level=2)
+    with pytest.raises(ValueError, match="mode"):
+        infer_slide(s, DarkNucleiNet(), mode="tiles")
+
+
+def test_infer_slides_reports_and_skips_bad_slides(wsi_data, tmp_path):
+    from monai_gmr.workflows.wsi import infer_slides
+
+    s0, s1 = wsi_data["slide_paths"][:2]
+    missing = str(tmp_path / "missing_slide.svs")
+    slides = [s0, missing, wsi_data["corrupt"], wsi_data["single"], {"image": s1, "label_mask": wsi_data["tumor_masks"][1]}]
+    out = infer_slides(slides, DarkNucleiNet(), tmp_path / "maps", patch_size=PATCH, mask_level=2)
+    assert out["n_slides"] == 5 and out["n_ok"] == 2 and out["n_failed"] == 3
+    status = {e["name"]: e for e in out["slides"]}
+    assert status["slide_000"]["status"] == status["slide_001"]["status"] == "ok"
+    assert "missing_slide.svs" in status["missing_slide"]["error"] and "does not exist" in status["missing_slide"]["error"]
+    assert "corrupt.svs" in status["corrupt"]["error"] and "cannot read" in status["corrupt"]["error"]
+    assert "single_level.tiff" in status["single_level"]["error"] and "level 2" in status["single_level"]["error"]
+    assert out["map_quality"]["n_slides"] == 1 and out["map_quality"]["mean_pixel_auc"] > 0.95
+    summary = json.loads((tmp_path / "maps" / "inference_summary.json").read_text())
+    assert summary["n_ok"] == 2 and summary["patches_per_s"] > 0
+    files = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert files == sorted(["inference_summary.json"] + [f"slide_00{i}_{k}" for i in (0, 1)
+                                                         for k in ("prob.npy", "heatmap.png", "tissue.png")])  # fmt: skip
+    assert set(out["results"]) == {"slide_000", "slide_001"}
+    with pytest.raises(RuntimeError, match="1 of 2 slide"):
+        infer_slides([s0, missing], DarkNucleiNet(), None, strict=True, patch_size=PATCH)
+    with pytest.raises(RuntimeError, match="corrupt.svs"):
+        infer_slides([wsi_data["corrupt"]], DarkNucleiNet(), None)
+
+
+def test_inference_slides_listing(wsi_data, tmp_path):
+    from monai_gmr.workflows.wsi import inference_slides
+
+    test = inference_slides(None, wsi_data["root"], "test", generate=False)
+    names = {Path(t["image"]).name for t in test}
+    assert names == {Path(i["image"]).name for i in wsi_data["test"]}
+    assert all(Path(t["label_mask"]).is_file() for t in test)
+    folder = inference_slides(str(Path(wsi_data["root"]) / "slides"))
+    assert len(folder) == 3 and all("label_mask" not in f for f in folder)
+    assert inference_slides(["a.svs", {"image": "b.tif"}]) == [{"image": "a.svs"}, {"image": "b.tif"}]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no slide file"):
+        inference_slides(str(tmp_path / "empty"))
+
+
+def test_real_slide_cmu_inference(tmp_path):
+    """CMU-1 small region (one level, 2220 x 2967): tissue mask and probability map at the (capped) map level."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
+    res = infer_slide(svs, _tiny_gmr(), tmp_path, patch_size=96, batch_size=32, map_max_size=512)
+    # level 0 is 2967 x 2220 (H x W); block-averaged by ceil(2967 / 512) = 6 -> 494 x 370
+    assert res.map_level == 0 and res.map_downsample == 6.0
+    assert res.prob.shape == (494, 370) == res.tissue.shape
+    assert 0.05 < res.tissue.mean() < 0.95 and res.n_patches > 50
+    assert res.covered.sum() > 0 and ((res.prob >= 0) & (res.prob <= 1)).all()
+    assert np.load(tmp_path / "cmu_small_region_prob.npy").shape == (494, 370)
+    assert (tmp_path / "cmu_small_region_heatmap.png").stat().st_size > 0
+    assert np.array(Image.open(tmp_path / "cmu_small_region_tissue.png")).shape == (494, 370)
+
