@@ -40,6 +40,16 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny nets are
+    overhead-bound, so one thread is faster and avoids OpenMP spin contention on shared CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

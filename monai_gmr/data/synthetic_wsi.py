@@ -292,7 +292,6 @@ def render_synthetic_slide(
         ``(rgb, tumor_mask, tissue_mask, info)``: ``(H, W, 3)`` uint8, two ``(H / ds, W / ds)`` bool masks at
         ``mask_downsample`` (a mask pixel is set when at least half of its level-0 block is set), and counts.
     """
-    from scipy import ndimage
 
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)

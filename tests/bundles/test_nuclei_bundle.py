@@ -7,7 +7,6 @@ dataset (64x64 images, a small GMRUNet, a few iterations) so the whole file stay
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,10 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.bundles.helpers import bundle_env, config_parser, no_outputs, run_bundle, workflow_error
 from tests.conftest import ROOT, shared_path
 
 BUNDLE = ROOT / "bundles" / "gmr_nuclei_segmentation"
 CONFIGS = BUNDLE / "configs"
+METADATA = str(CONFIGS / "metadata.json")
 TRAIN = str(CONFIGS / "train.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
@@ -47,39 +48,13 @@ TRAIN_ARGS = [
 ]  # fmt: skip
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def _bundle(configs: list[str], *args: str, cwd: Path, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
-    cfg = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg, *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
 # ---------------------------------------------------------------------------------------------------------- configs
-def _parser(files, **override):
-    from monai.bundle import ConfigParser
-
-    p = ConfigParser()
-    p.read_config(files)
-    p.read_meta(str(CONFIGS / "metadata.json"))
-    p.update(override)
-    return p
-
-
 def test_configs_parse_and_resolve(tmp_path):
     """Every config parses; the main components resolve (network, loss, optimizer, transforms, inferers)."""
     for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, str(CONFIGS / "metadata.json")):
         json.loads(Path(f).read_text())
     over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
-    p = _parser([TRAIN], **{**over, "network_def": eval(TINY_NET)})
+    p = config_parser([TRAIN], **{**over, "network_def": eval(TINY_NET)}, metadata=METADATA)
     assert p.get_parsed_content("bundle_root") == str(BUNDLE)
     net = p.get_parsed_content("network")
     assert type(net).__name__ == "GMRUNet"
@@ -89,19 +64,19 @@ def test_configs_parse_and_resolve(tmp_path):
               "validate#postprocessing", "validate#inferer", "train#inferer"):
         assert p.get_parsed_content(i) is not None, i
     # the default network is the GMR U-Net with the paper's widths and kernels
-    p0 = _parser([TRAIN], output_dir=str(tmp_path / "out"))
+    p0 = config_parser([TRAIN], output_dir=str(tmp_path / "out"), metadata=METADATA)
     nd = p0.get("network_def")
     assert nd["_target_"] == "monai_gmr.nets.GMRUNet" and nd["kernel_sizes"] == [9, 9, 5, 5]
     assert p0.get_parsed_content("augment_rotation") is False and p0.get_parsed_content("resume") is False
 
-    pe = _parser([TRAIN, EVALUATE], **{**over, "network_def": eval(TINY_NET), "tta": True})
+    pe = config_parser([TRAIN, EVALUATE], **{**over, "network_def": eval(TINY_NET), "tta": True}, metadata=METADATA)
     assert type(pe.get_parsed_content("validate#inferer")).__name__ == "RotationTTAInferer"
     rob = pe.get_parsed_content("robustness")
     assert len(rob["angles"]) == 36 and rob["flips"] == ["h", "v"]
-    pi = _parser([INFERENCE], **{**over, "network_def": eval(TINY_NET)})
+    pi = config_parser([INFERENCE], **{**over, "network_def": eval(TINY_NET)}, metadata=METADATA)
     for i in ("network", "preprocessing", "postprocessing", "inferer"):
         assert pi.get_parsed_content(i) is not None, i
-    pm = _parser([TRAIN, MULTI_GPU])
+    pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
 
@@ -121,7 +96,7 @@ def _write_pair(folder: Path, name: str, size=(40, 48), label_size=None) -> dict
 @pytest.mark.parametrize("augment", [False, True])
 def test_train_transforms_crop_and_augmentation_switch(tmp_path, augment):
     item = _write_pair(tmp_path, "a", size=(72, 80))
-    p = _parser([TRAIN], output_dir=str(tmp_path / "o"), crop_size=32, crops_per_image=3, augment_rotation=augment)
+    p = config_parser([TRAIN], output_dir=str(tmp_path / "o"), crop_size=32, crops_per_image=3, augment_rotation=augment, metadata=METADATA)
     pre = p.get_parsed_content("train#preprocessing")
     names = [type(t).__name__ for t in pre.transforms]
     assert ("RandRotated" in names) is augment and ("RandRotate90d" in names) is augment
@@ -134,7 +109,7 @@ def test_train_transforms_crop_and_augmentation_switch(tmp_path, augment):
         assert -0.2 <= float(d["image"].min()) and float(d["image"].max()) <= 1.5  # [0, 1] +- intensity jitter
     val = p.get_parsed_content("validate#preprocessing")(item)
     assert val["image"].shape == (3, 80, 72)  # whole tile (MONAI PIL reader: spatial dims are (W, H))
-    p3 = _parser([TRAIN], output_dir=str(tmp_path / "o"), num_classes=3)
+    p3 = config_parser([TRAIN], output_dir=str(tmp_path / "o"), num_classes=3, metadata=METADATA)
     lab3 = p3.get_parsed_content("validate#preprocessing")(item)["label"]
     assert set(torch.unique(lab3).tolist()) == {0.0, 1.0, 2.0}
 
@@ -164,7 +139,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
     data, out = tmp_path / "data", tmp_path / "run"
     cwd = tmp_path / "elsewhere"  # any working directory
     cwd.mkdir()
-    proc = _bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
+    proc = run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
     assert "synthetic" in (proc.stdout + proc.stderr).lower()  # the generation is logged
     models = out / "models"
     assert (models / "model.pt").is_file()
@@ -176,7 +151,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
 
     # evaluation: 0/90/180/270 degrees are exact for GMRUNet on 64x64 tiles (one sliding window)
     angles = "[0, 45, 90, 180, 270]"
-    _bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", angles, cwd=cwd)
+    run_bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", angles, cwd=cwd)
     ev = out / "eval"
     for f in ("robustness.json", "robustness.csv", "robustness_polar.png", "metrics.json"):
         assert (ev / f).is_file() and (ev / f).stat().st_size > 0, f
@@ -197,7 +172,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
 
     # inference writes semantic, instance and probability maps with the input's size
     pred = out / "pred"
-    _bundle([INFERENCE], *_common(data, out), "--pred_dir", str(pred), cwd=cwd)
+    run_bundle([INFERENCE], *_common(data, out), "--pred_dir", str(pred), cwd=cwd)
     segs = sorted(pred.glob("*_seg.png"))
     assert segs, list(pred.iterdir()) if pred.exists() else "no pred dir"
     import tifffile
@@ -230,14 +205,14 @@ def test_resume_after_kill(tmp_path):
         ],
     }))
     args = [*_common(data, out), *TRAIN_ARGS, "--epochs", "3", "--val_interval", "2"]
-    proc = _bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
+    proc = run_bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     models = out / "models"
     assert sorted(p.name for p in models.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
     assert not (out / "train_summary.json").exists()
     assert not [p for p in models.iterdir() if not p.name.endswith(".pt")]  # no partial checkpoint
 
-    proc = _bundle([TRAIN], *args, "--resume", "true", cwd=tmp_path)
+    proc = run_bundle([TRAIN], *args, "--resume", "true", cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
     summary = json.loads((out / "train_summary.json").read_text())
@@ -262,7 +237,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
         "--epochs", "2", "--val_interval", "1",
         "--crop_size", "32", "--batch_size", "2", "--crops_per_image", "2", "--log_interval", "1",
     ]  # fmt: skip
-    env = _env()
+    env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -280,33 +255,14 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- errors
-def _init_error(tmp_path, configs, **override) -> str:
-    """Initialise a bundle workflow in-process and return the text of the whole exception chain."""
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(config_file=configs, workflow_type=None, logging_file=False, **override)
-    with pytest.raises(Exception) as info:
-        wf.initialize()
-        wf.run()
-    msgs, e = [], info.value
-    while e is not None:
-        msgs.append(f"{type(e).__name__}: {e}")
-        e = e.__cause__ or e.__context__
-    return "\n".join(msgs)
-
-
-def _no_outputs(out: Path) -> bool:
-    return not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
-
-
 def test_missing_or_empty_dataset_without_generation(tmp_path):
     out = tmp_path / "out"
     for data in (tmp_path / "missing", tmp_path / "empty"):
         if data.name == "empty":
             data.mkdir()
-        msg = _init_error(tmp_path, TRAIN, dataset_dir=str(data), output_dir=str(out), generate_synthetic=False)
+        msg = workflow_error(TRAIN, dataset_dir=str(data), output_dir=str(out), generate_synthetic=False)
         assert str(data) in msg, msg
-        assert _no_outputs(out)
+        assert no_outputs(out)
         assert not data.exists() or not list(data.iterdir())  # nothing generated
 
 
@@ -331,17 +287,17 @@ def _dataset_with(tmp_path: Path, bad: str) -> Path:
 def test_bad_data_errors_name_the_file(tmp_path, bad):
     bad_file = _dataset_with(tmp_path, bad)
     out = tmp_path / "out"
-    msg = _init_error(tmp_path, TRAIN, dataset_dir=str(tmp_path / "data"), output_dir=str(out), synthetic=SYNTH)
+    msg = workflow_error(TRAIN, dataset_dir=str(tmp_path / "data"), output_dir=str(out), synthetic=SYNTH)
     assert bad_file.name in msg, msg
     assert ("mismatch" in msg) if bad == "size" else ("cannot read" in msg), msg
-    assert _no_outputs(out)
+    assert no_outputs(out)
 
 
 def test_evaluate_and_inference_without_checkpoint(tmp_path):
     out = tmp_path / "out"
     data = tmp_path / "data"
-    msg = _init_error(tmp_path, [TRAIN, EVALUATE], dataset_dir=str(data), output_dir=str(out), synthetic=SYNTH)
+    msg = workflow_error([TRAIN, EVALUATE], dataset_dir=str(data), output_dir=str(out), synthetic=SYNTH)
     assert "model.pt" in msg and "does not exist" in msg
-    msg = _init_error(tmp_path, INFERENCE, dataset_dir=str(data), output_dir=str(out), synthetic=SYNTH)
+    msg = workflow_error(INFERENCE, dataset_dir=str(data), output_dir=str(out), synthetic=SYNTH)
     assert "model.pt" in msg
-    assert _no_outputs(out)
+    assert no_outputs(out)

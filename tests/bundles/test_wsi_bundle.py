@@ -10,7 +10,6 @@ fast on 2 CPU cores; the other tests run the bundle configs in-process through `
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.bundles.helpers import bundle_env, config_parser, no_outputs, run_bundle, workflow_error
 from tests.conftest import ROOT, shared_path
 
 BUNDLE = ROOT / "bundles" / "gmr_wsi_patch_classification"
@@ -50,22 +50,6 @@ def _common(data: Path, out: Path) -> list[str]:
 TRAIN_ARGS = ["--epochs", "2", "--epoch_length", "2", "--batch_size", "4", "--val_batch_size", "16", "--log_interval", "1"]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def _bundle(configs: list[str], *args: str, cwd: Path, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
-    cfg = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg, *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> dict:
     """A tiny synthetic slide dataset (read-only for the tests that use it) plus a corrupt slide."""
@@ -79,22 +63,12 @@ def slides(tmp_path_factory) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- configs
-def _parser(files, **override):
-    from monai.bundle import ConfigParser
-
-    p = ConfigParser()
-    p.read_config(files)
-    p.read_meta(METADATA)
-    p.update(override)
-    return p
-
-
 def test_configs_parse_and_resolve(tmp_path):
     """Every config parses; the main components resolve; defaults are the documented ones."""
     for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_INFERENCE, METADATA):
         json.loads(Path(f).read_text())
     over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
-    p = _parser([TRAIN], **over)
+    p = config_parser([TRAIN], **over, metadata=METADATA)
     assert p.get_parsed_content("bundle_root") == str(BUNDLE)
     net = p.get_parsed_content("network")
     assert type(net).__name__ == "GMRResNet"
@@ -103,7 +77,7 @@ def test_configs_parse_and_resolve(tmp_path):
               "validate#postprocessing", "validate#inferer", "train#inferer", "validate#key_metric"):  # fmt: skip
         assert p.get_parsed_content(i) is not None, i
     # defaults: gmr_resnet18 with the GMR kernels, binary, no geometric augmentation, no resume, slides source
-    p0 = _parser([TRAIN], output_dir=str(tmp_path / "out"))
+    p0 = config_parser([TRAIN], output_dir=str(tmp_path / "out"), metadata=METADATA)
     nd = p0.get("network_def")
     assert nd["_target_"] == "monai_gmr.nets.gmr_resnet18" and nd["kernel_sizes"] == [9, 9, 5, 5]
     assert p0.get_parsed_content("num_classes") == 2 and p0.get_parsed_content("patch_size") == 96
@@ -111,12 +85,12 @@ def test_configs_parse_and_resolve(tmp_path):
     assert p0.get_parsed_content("data_source") == "wsi" and p0.get_parsed_content("wsi_backend") == "openslide"
     names = [type(t).__name__ for t in p0.get_parsed_content("train#preprocessing").transforms]
     assert "RandRotated" not in names and "RandFlipd" not in names
-    pa = _parser([TRAIN], output_dir=str(tmp_path / "out"), augment_rotation=True)
+    pa = config_parser([TRAIN], output_dir=str(tmp_path / "out"), augment_rotation=True, metadata=METADATA)
     names = [type(t).__name__ for t in pa.get_parsed_content("train#preprocessing").transforms]
     assert {"RandRotated", "RandFlipd", "RandRotate90d", "CenterSpatialCropd"} <= set(names)
     assert pa.get_parsed_content("train#read_size") == 136  # rotation context of a 96 patch
 
-    pe = _parser([TRAIN, EVALUATE], **{**over, "tta": True})
+    pe = config_parser([TRAIN, EVALUATE], **{**over, "tta": True}, metadata=METADATA)
     assert type(pe.get_parsed_content("validate#inferer")).__name__ == "RotationTTAInferer"
     rob = pe.get_parsed_content("robustness")
     assert len(rob["angles"]) == 36 and rob["flips"] == ["h", "v"] and rob["metrics"] == ["accuracy", "auc"]
@@ -124,16 +98,16 @@ def test_configs_parse_and_resolve(tmp_path):
     assert pe.get_parsed_content("context_size") == 136
     assert type(pe.get_parsed_content("slide_inference")).__name__ == "SlideInference"
 
-    pi = _parser([INFERENCE], **over)
+    pi = config_parser([INFERENCE], **over, metadata=METADATA)
     for i in ("network", "preprocessing", "inferer"):
         assert pi.get_parsed_content(i) is not None, i
     si = pi.get_parsed_content("slide_inference")
     assert type(si).__name__ == "SlideInference" and si.kwargs["mode"] == "sliding"
-    pm = _parser([TRAIN, MULTI_GPU])
+    pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
     assert pm.get("train#sampler")["_target_"] == "monai.data.DistributedSampler"
-    pmi = _parser([INFERENCE, MULTI_GPU_INFERENCE])
+    pmi = config_parser([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA)
     assert "init_process_group" in " ".join(pmi.get("initialize")) and pmi.get("finalize")
 
 
@@ -143,7 +117,7 @@ def test_train_transforms_on_a_slide_patch(slides, tmp_path):
     over = {"output_dir": str(tmp_path / "o"), "dataset_dir": slides["root"], "generate_synthetic": False,
             "patch_size": PATCH, "num_workers": 0}  # fmt: skip
     for augment in (False, True):
-        p = _parser([TRAIN], **over, augment_rotation=augment)
+        p = config_parser([TRAIN], **over, augment_rotation=augment, metadata=METADATA)
         ds = p.get_parsed_content("train#dataset")
         d = ds[0]
         assert tuple(d["image"].shape) == (3, PATCH, PATCH) and d["image"].dtype == torch.float32
@@ -177,7 +151,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path, slides):
     data, out = tmp_path / "data", tmp_path / "run"
     cwd = tmp_path / "elsewhere"  # any working directory
     cwd.mkdir()
-    proc = _bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
+    proc = run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
     assert "holds no slides: generating 3 synthetic slides" in proc.stdout + proc.stderr
     models = out / "models"
     assert (models / "model.pt").is_file()
@@ -189,7 +163,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path, slides):
     assert list((out / "logs").glob("events.out.tfevents.*"))
 
     # evaluation: right angles and flips are exact for the GMR ResNet (32-pixel patches, 46-pixel context)
-    _bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", "[0, 45, 90, 180, 270]", cwd=cwd)
+    run_bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", "[0, 45, 90, 180, 270]", cwd=cwd)
     ev = out / "eval"
     for f in ("robustness.json", "robustness.csv", "robustness_polar.png", "metrics.json"):
         assert (ev / f).is_file() and (ev / f).stat().st_size > 0, f
@@ -224,7 +198,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path, slides):
     assert len(good) == 3
     missing = str(tmp_path / "missing.svs")
     lst = [good[0], missing, slides["corrupt"], good[2]]
-    proc = _bundle([INFERENCE], *_common(data, out), "--input_slides", repr(lst), cwd=cwd)
+    proc = run_bundle([INFERENCE], *_common(data, out), "--input_slides", repr(lst), cwd=cwd)
     log = proc.stdout + proc.stderr
     assert "patches/s (reading included)" in log
     assert "skipping slide 2/4" in log and "missing.svs" in log and "skipping slide 3/4" in log
@@ -258,14 +232,14 @@ def test_resume_after_kill(tmp_path, slides):
         ],
     }))  # fmt: skip
     args = [*_common(data, out), *TRAIN_ARGS, "--epochs", "3", "--val_interval", "2", "--generate_synthetic", "false"]
-    proc = _bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
+    proc = run_bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     models = out / "models"
     assert sorted(p.name for p in models.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
     assert not (out / "train_summary.json").exists()
     assert not [p for p in models.iterdir() if not p.name.endswith(".pt")]  # no partial checkpoint
 
-    proc = _bundle([TRAIN], *args, "--resume", "true", cwd=tmp_path)
+    proc = run_bundle([TRAIN], *args, "--resume", "true", cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
     summary = json.loads((out / "train_summary.json").read_text())
@@ -285,7 +259,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
         "--config_file", cfg, *_common(Path(slides["root"]), out), "--generate_synthetic", "false",
         "--epochs", "2", "--batch_size", "4", "--log_interval", "1",
     ]  # fmt: skip
-    env = _env()
+    env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -409,7 +383,7 @@ def test_train_from_real_patch_collections(tmp_path):
 def test_real_slide_inference_through_the_config(tmp_path):
     """Inference config on ../shared CMU-1 small region (one level, 2220 x 2967): tissue mask + probability map."""
     svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
-    p = _parser([INFERENCE], output_dir=str(tmp_path / "out"), network_def=TINY_NET, input_slides=[str(svs)],
+    p = config_parser([INFERENCE], metadata=METADATA, output_dir=str(tmp_path / "out"), network_def=TINY_NET, input_slides=[str(svs)],
                 map_max_size=1024, num_workers=0, batch_size=32, device="$torch.device('cpu')", amp=False)  # fmt: skip
     summary = p.get_parsed_content("slide_inference").run()
     assert summary["n_ok"] == 1
@@ -423,25 +397,6 @@ def test_real_slide_inference_through_the_config(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- errors
-def _init_error(configs, **override) -> str:
-    """Initialise and run a bundle workflow in-process and return the text of the whole exception chain."""
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(config_file=configs, workflow_type=None, logging_file=False, **override)
-    with pytest.raises(Exception) as info:
-        wf.initialize()
-        wf.run()
-    msgs, e = [], info.value
-    while e is not None:
-        msgs.append(f"{type(e).__name__}: {e}")
-        e = e.__cause__ or e.__context__
-    return "\n".join(msgs)
-
-
-def _no_outputs(out: Path) -> bool:
-    return not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
-
-
 def _dataset_with_csv(tmp_path: Path, slides: dict, rows: list[str]) -> Path:
     d = tmp_path / "csvdata"
     d.mkdir()
@@ -469,25 +424,25 @@ def test_bad_training_data_errors_name_the_slide(tmp_path, slides, bad):
             "network_def": TINY_NET, "num_workers": 0}  # fmt: skip
     if bad == "level":
         over["patch_level"] = 5
-    msg = _init_error(TRAIN, **over)
+    msg = workflow_error(TRAIN, **over)
     named = {"outside": good, "missing": "gone_slide.svs", "corrupt": "corrupt.svs", "level": good}[bad]
     text = {"outside": "outside the slide", "missing": "does not exist", "corrupt": "cannot read slide",
             "level": "level 5 does not exist"}[bad]  # fmt: skip
     assert named in msg and text in msg, msg
-    assert _no_outputs(out)
+    assert no_outputs(out)
 
 
 def test_missing_dataset_without_generation_and_missing_checkpoint(tmp_path):
     out = tmp_path / "out"
-    msg = _init_error(TRAIN, dataset_dir=str(tmp_path / "missing"), output_dir=str(out), generate_synthetic=False)
+    msg = workflow_error(TRAIN, dataset_dir=str(tmp_path / "missing"), output_dir=str(out), generate_synthetic=False)
     assert str(tmp_path / "missing") in msg and "generation is disabled" in msg, msg
-    assert _no_outputs(out) and not (tmp_path / "missing").exists()
-    msg = _init_error([TRAIN, EVALUATE], dataset_dir=str(tmp_path / "missing"), output_dir=str(out),
+    assert no_outputs(out) and not (tmp_path / "missing").exists()
+    msg = workflow_error([TRAIN, EVALUATE], dataset_dir=str(tmp_path / "missing"), output_dir=str(out),
                       generate_synthetic=False, network_def=TINY_NET)  # fmt: skip
     assert "generation is disabled" in msg or "model.pt" in msg, msg
-    msg = _init_error(INFERENCE, output_dir=str(out), network_def=TINY_NET, input_slides=["x.svs"])
+    msg = workflow_error(INFERENCE, output_dir=str(out), network_def=TINY_NET, input_slides=["x.svs"])
     assert "model.pt" in msg and "does not exist" in msg, msg
-    assert _no_outputs(out)
+    assert no_outputs(out)
 
 
 @pytest.mark.slow
@@ -496,7 +451,7 @@ def test_multi_gpu_inference_gloo_two_processes(tmp_path, slides):
     DistributedSampler and gathered; rank 0 writes the same map as a single-process run."""
     from monai_gmr.workflows.wsi import infer_slide
 
-    net = _parser([INFERENCE], network_def=TINY_NET, output_dir=str(tmp_path)).get_parsed_content("network_def")
+    net = config_parser([INFERENCE], network_def=TINY_NET, output_dir=str(tmp_path), metadata=METADATA).get_parsed_content("network_def")
     ckpt = tmp_path / "model.pt"
     torch.save({"model": net.state_dict()}, ckpt)
     good = sorted(str(Path(slides["root"]) / m["image"]) for m in slides["slides"])[:2]
@@ -508,7 +463,7 @@ def test_multi_gpu_inference_gloo_two_processes(tmp_path, slides):
         "--input_slides", repr(good + [str(tmp_path / "missing.svs")]), "--patch_size", str(PATCH),
         "--num_workers", "0", "--batch_size", "16",
     ]  # fmt: skip
-    env = _env()
+    env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]

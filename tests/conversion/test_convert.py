@@ -17,13 +17,7 @@ from monai_gmr.nn import GMRConv
 from tests.conftest import rel_err
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets are overhead-bound: one intra-op thread is faster and avoids OpenMP spin contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # name -> (factory, input size where the original runs and the GMR version is exact when possible, task)

@@ -20,13 +20,7 @@ from monai_gmr.nn import GMRConv
 from tests.conftest import ROOT, rel_err
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets are overhead-bound: one intra-op thread is faster and avoids OpenMP spin contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 NETS = {

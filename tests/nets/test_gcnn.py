@@ -26,13 +26,7 @@ TINY_UNET = dict(features=(4, 4, 8, 8))
 TINY_RESNET = dict(block_inplanes=(4, 4, 8, 8))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets are overhead-bound: one intra-op thread is faster and avoids OpenMP spin contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _param_counts() -> dict[str, int]:

@@ -19,13 +19,7 @@ TINY3D = {"features": (2, 4, 4, 8), "kernel_sizes": (3, 3, 3, 3)}
 CUBE_SAMPLE = [cube_elements()[i] for i in (0, 1, 10, 19, 30, 47)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets are overhead-bound: one intra-op thread is faster and avoids OpenMP spin contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _equiv_errors(net: nn.Module, x: torch.Tensor, elements) -> dict[str, float]:
