@@ -1,4 +1,4 @@
-"""Small shared utilities: atomic file writes and seeding.
+"""Small shared utilities: atomic file writes, seeding, and the run environment recorded by benchmarks.
 
 Everything that writes a checkpoint, report or mask goes through these helpers so that a file on disk is
 either the complete new version or absent (never half-written).
@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "seed_everything"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "seed_everything",
+    "run_environment",
+]
 
 
 @contextlib.contextmanager
@@ -99,3 +107,44 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> None:
         from monai.utils import set_determinism
 
         set_determinism(seed=seed)
+
+
+def run_environment(device: str | None = None, repo: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a benchmark report records about the machine: versions, device, GPU name, CPU, threads, git commit.
+
+    Args:
+        device: the device the run used (e.g. ``"cuda"``, ``"cuda:1"``, ``"cpu"``); the GPU name is read for CUDA.
+        repo: a folder inside the git checkout whose ``HEAD`` is recorded (default: this package's folder);
+            ``commit`` is ``None`` outside a checkout or without git. The query is read-only.
+
+    Returns:
+        ``{"python", "torch", "monai", "device", "gpu", "cpu", "cpu_count", "torch_threads", "host", "commit"}``.
+    """
+    import platform
+    import subprocess
+
+    import monai
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    gpu = None
+    if dev.type == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(dev if dev.index is not None else 0)
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "device": str(dev),
+        "gpu": gpu,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }
+    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        env["commit"] = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -97,6 +96,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per bundle step")
+    p.add_argument("--instance-metrics", action="store_true", help="also AJI and PQ at every angle (CPU, slower)")
+    p.add_argument("--skip-trained", action="store_true",
+                   help="reuse a model already trained in --out (models/model.pt + train_summary.json): evaluate only")
     return p.parse_args(argv)
 
 
@@ -147,7 +149,9 @@ def _row(name: str, run_dir: Path) -> dict[str, Any]:
     s = m["robustness"]["summary"]
     flips = m["robustness"].get("per_flip", {})
     row: dict[str, Any] = {"model": name, "params": _param_count(run_dir / "models" / "model.pt")}
-    for metric in ("dice", "iou", "auc"):
+    for metric in ("dice", "iou", "auc", "aji", "pq"):
+        if metric not in s:
+            continue
         ms = s.get(metric) or {}
         row[f"{metric}_0"] = ms.get("at_0")
         row[f"{metric}_mean"] = ms.get("mean")
@@ -164,7 +168,8 @@ def _row(name: str, run_dir: Path) -> dict[str, Any]:
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
     cols = ["model", "params", "dice_0", "dice_mean", "dice_std", "dice_min", "dice_worst_angle", "dice_flip_h",
-            "dice_flip_v", "iou_0", "iou_mean", "iou_std", "auc_0", "auc_mean", "auc_std", "best_val_dice", "train_s"]  # fmt: skip
+            "dice_flip_v", "iou_0", "iou_mean", "iou_std", "auc_0", "auc_mean", "auc_std", "aji_0", "aji_mean", "aji_std",
+            "aji_min", "pq_0", "pq_mean", "pq_std", "pq_min", "best_val_dice", "train_s"]  # fmt: skip
     cols = [c for c in cols if any(c in r for r in rows)]
 
     def fmt(c: str, v: Any) -> str:
@@ -181,25 +186,10 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _environment(device: str) -> dict[str, Any]:
-    import monai
-    import torch
+def _environment(device) -> dict[str, Any]:
+    from monai_gmr.utils import run_environment
 
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "device": device,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu_count": os.cpu_count(),
-    }
-    try:  # read-only query of the checked-out commit
-        env["commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        env["commit"] = None
-    return env
+    return run_environment(device, repo=ROOT)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -240,14 +230,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "learning_rate": args.lr,
         "log_interval": 20,
     }
-    evaluate = {"robustness_angles": list(range(0, 360, args.angle_step)), "robustness_flips": ["h", "v"]}
+    evaluate: dict[str, Any] = {"robustness_angles": list(range(0, 360, args.angle_step)), "robustness_flips": ["h", "v"]}
+    if args.instance_metrics:
+        evaluate["instance_metrics"] = True
     rows = []
     t0 = time.perf_counter()
     for name in args.models:
         run_dir = out / name
         over = {**common, "output_dir": str(run_dir), **MODELS[name]}
-        logger.info("training %s (log: %s)", name, run_dir / "train.log")
-        _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
+        trained = (run_dir / "models" / "model.pt").is_file() and (run_dir / "train_summary.json").is_file()
+        if args.skip_trained and trained:
+            logger.info("using the trained %s in %s", name, run_dir)
+        else:
+            logger.info("training %s (log: %s)", name, run_dir / "train.log")
+            _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
         logger.info("evaluating %s (log: %s)", name, run_dir / "evaluate.log")
         _run(_bundle_cmd(["train.json", "evaluate.json"], {**over, **evaluate}), run_dir / "evaluate.log", env, args.timeout)
         rows.append(_row(name, run_dir))

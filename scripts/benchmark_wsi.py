@@ -333,26 +333,10 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _environment(device: str) -> dict[str, Any]:
-    import monai
-    import torch
+def _environment(device) -> dict[str, Any]:
+    from monai_gmr.utils import run_environment
 
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "device": device,
-        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:  # read-only query of the checked-out commit
-        env["commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        env["commit"] = None
-    return env
+    return run_environment(device, repo=ROOT)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

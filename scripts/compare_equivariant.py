@@ -62,9 +62,6 @@ import functools
 import json
 import logging
 import math
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -574,7 +571,6 @@ def run_task(task: str, profile: dict[str, Any], models: Sequence[str], device: 
     no flips), beside the main evaluation with reflection-filled corners.
     """
     from monai_gmr.evaluation import rotation_robustness
-    from monai_gmr.utils import seed_everything
 
     t0 = time.perf_counter()
     kind = "classification" if task == "wsi" else "segmentation"
@@ -749,26 +745,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
-    import monai
+def _environment(device) -> dict[str, Any]:
+    from monai_gmr.utils import run_environment
 
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "device": device.type,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "host": platform.node(),
-    }
-    try:  # read-only query of the checked-out commit
-        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                       timeout=10).stdout.strip() or None  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        env["commit"] = None
-    return env
+    return run_environment(str(device), repo=ROOT)
 
 
 # --------------------------------------------------------------------------------------------------------------------

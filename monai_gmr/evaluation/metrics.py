@@ -1,4 +1,5 @@
-"""Metric accumulators for rotation robustness: masked Dice/IoU (MONAI), exact streaming ROC-AUC, accuracy.
+"""Metric accumulators for rotation robustness: masked Dice/IoU (MONAI), exact streaming ROC-AUC, accuracy, and
+nuclei instance metrics (AJI, PQ).
 
 Masking convention (segmentation): the one-hot prediction and the one-hot label are both multiplied by the
 validity mask before MONAI's ``DiceMetric`` / ``MeanIoU`` see them, so a masked-out pixel belongs to no class and
@@ -12,6 +13,14 @@ positive, the negatives with a lower score plus half of those with an equal scor
 which equals the trapezoidal ROC-AUC of ``sklearn.metrics.roc_auc_score`` and MONAI's ``ROCAUCMetric``. This is
 hand-written because MONAI's ``compute_roc_auc`` runs a Python loop over all samples (minutes for millions of
 pixels) and needs all scores in one tensor.
+
+Instance metrics (optional, ``"aji"``, ``"pq"``): predicted instances are the connected components of the pixels
+predicted as class 1 (nucleus), ground-truth instances are the instance-id label rotated with ``nearest``; both are
+cut to the validity mask. PQ is MONAI's ``compute_panoptic_quality`` (IoU > 0.5 matching). AJI (Kumar et al., IEEE
+TMI 2017) has no MONAI implementation; it is written here following the widely used "fast AJI" of HoVer-Net
+(Graham et al. 2019, ``get_fast_aji``): each ground-truth nucleus is paired with the predicted one of highest IoU,
+unpaired nuclei of either side add their area to the union. Both are computed per image and averaged over images
+(an image with neither true nor predicted nuclei inside the mask is left out).
 """
 
 from __future__ import annotations
@@ -24,14 +33,19 @@ from monai.metrics import DiceMetric, MeanIoU
 __all__ = [
     "CLS_METRICS",
     "SEG_METRICS",
+    "INSTANCE_METRICS",
     "ExactAUC",
     "ClassificationAccumulator",
     "SegmentationAccumulator",
+    "aggregated_jaccard_index",
+    "instance_metrics",
+    "label_instances",
     "roc_auc_exact",
     "to_probabilities",
 ]
 
 SEG_METRICS = ("dice", "iou", "auc")
+INSTANCE_METRICS = ("aji", "pq")
 CLS_METRICS = ("accuracy", "auc")
 ACTIVATIONS = ("auto", "softmax", "sigmoid", None)
 
@@ -92,6 +106,68 @@ class ExactAUC:
         return float(u) / (float(n_pos) * float(n_neg))
 
 
+def label_instances(foreground: torch.Tensor) -> torch.Tensor:
+    """Connected components (full connectivity: 8 in 2D, 26 in 3D) of a boolean ``(*spatial)`` map, ids 1..n."""
+    import numpy as np
+    from scipy import ndimage
+
+    fg = foreground.detach().cpu().numpy().astype(bool)
+    lab, _ = ndimage.label(fg, structure=np.ones((3,) * fg.ndim, dtype=bool))
+    return torch.from_numpy(lab.astype(np.int64))
+
+
+def aggregated_jaccard_index(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """Aggregated Jaccard Index of two instance-id maps of the same shape (0 = background).
+
+    Every ground-truth instance is paired with the predicted instance of highest IoU (when it overlaps one); the
+    paired intersections over the paired unions plus the areas of all unpaired instances of both maps.
+    NaN when both maps are empty.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}.")
+    p = torch.unique(pred.reshape(-1).long(), return_inverse=True)[1]  # contiguous ids, 0 stays 0 when present
+    g = torch.unique(gt.reshape(-1).long(), return_inverse=True)[1]
+    if not bool((pred == 0).any()):
+        p = p + 1
+    if not bool((gt == 0).any()):
+        g = g + 1
+    n_p, n_g = int(p.max()) + 1, int(g.max()) + 1
+    if n_p == 1 and n_g == 1:
+        return math.nan
+    inter = torch.bincount(g * n_p + p, minlength=n_g * n_p).reshape(n_g, n_p)[1:, 1:].double()
+    area_g = torch.bincount(g, minlength=n_g)[1:].double()
+    area_p = torch.bincount(p, minlength=n_p)[1:].double()
+    if n_g == 1:
+        return 0.0
+    if n_p == 1:
+        return 0.0
+    union = area_g[:, None] + area_p[None, :] - inter
+    iou = inter / union
+    best_iou, best = iou.max(dim=1)
+    paired = best_iou > 0
+    rows = torch.nonzero(paired).reshape(-1)
+    cols = best[paired]
+    total_inter = inter[rows, cols].sum()
+    total_union = union[rows, cols].sum() + area_g[~paired].sum()
+    used = torch.zeros(n_p - 1, dtype=torch.bool)
+    used[cols] = True
+    total_union = total_union + area_p[~used].sum()
+    return float(total_inter / total_union)
+
+
+def instance_metrics(pred: torch.Tensor, gt: torch.Tensor, metrics: tuple[str, ...] = INSTANCE_METRICS) -> dict[str, float]:
+    """AJI and/or PQ of two instance-id maps ``(*spatial)`` (NaN when both are empty)."""
+    from monai.metrics.panoptic_quality import compute_panoptic_quality
+
+    out: dict[str, float] = {}
+    empty = not bool((pred > 0).any()) and not bool((gt > 0).any())
+    if "aji" in metrics:
+        out["aji"] = math.nan if empty else aggregated_jaccard_index(pred, gt)
+    if "pq" in metrics:
+        out["pq"] = math.nan if empty else float(compute_panoptic_quality(pred.long(), gt.long(), metric_name="pq"))
+    return out
+
+
 def to_probabilities(y: torch.Tensor, activation: str | None = "auto") -> torch.Tensor:
     """Network outputs ``(N, C, ...)`` -> probabilities: ``"auto"`` = softmax over C when C > 1 else sigmoid;
     ``None`` = outputs already are probabilities."""
@@ -113,7 +189,8 @@ class SegmentationAccumulator:
     """Masked Dice / IoU / pixel ROC-AUC for one view.
 
     Args:
-        metrics: subset of ``("dice", "iou", "auc")``.
+        metrics: subset of ``("dice", "iou", "auc", "aji", "pq")``; the instance metrics need ``instances`` in
+            :meth:`update`.
         include_background: include class 0 in Dice/IoU/AUC (for binary tasks ``False`` means foreground only).
         activation: see :func:`to_probabilities`.
         auc_storage: device where AUC scores are accumulated.
@@ -134,12 +211,16 @@ class SegmentationAccumulator:
         self.iou = MeanIoU(include_background=include_background, reduction="mean", ignore_empty=True)
         self.aucs: dict[int, ExactAUC] = {}
         self.num_classes: int | None = None
+        self.instance: dict[str, list[float]] = {m: [] for m in INSTANCE_METRICS if m in self.metrics}
 
-    def update(self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    def update(
+        self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, instances: torch.Tensor | None = None
+    ) -> None:
         """Args:
         y_pred: network outputs ``(N, C, *spatial)`` (logits unless ``activation=None``).
         y: integer class labels ``(N, 1, *spatial)``.
         mask: bool ``(*spatial)`` or ``(N, 1, *spatial)`` of pixels to score (None = all).
+        instances: ground-truth instance ids ``(N, 1, *spatial)`` (required for ``"aji"`` / ``"pq"``).
         """
         probs = _class_probs(to_probabilities(y_pred, self.activation))
         k = probs.shape[1]
@@ -172,9 +253,28 @@ class SegmentationAccumulator:
                 if sel is not None:
                     sc, lc = sc[sel], lc[sel]
                 self.aucs.setdefault(c, ExactAUC(self.auc_storage)).update(sc, lc)
+        if self.instance:
+            if instances is None:
+                raise ValueError(f"metrics {tuple(self.instance)} need the ground-truth instance map (instances=None).")
+            if instances.shape != labels.shape:
+                raise ValueError(
+                    f"instances must have the label's shape {tuple(labels.shape)}, got {tuple(instances.shape)}."
+                )
+            fg = pred_idx == 1  # the nucleus class
+            inst = instances.long()
+            if m is not None:
+                fg, inst = fg & m, torch.where(m, inst, 0)
+            names = tuple(self.instance)
+            for i in range(fg.shape[0]):
+                vals = instance_metrics(label_instances(fg[i, 0]), inst[i, 0].cpu(), names)
+                for name, v in vals.items():
+                    if not math.isnan(v):
+                        self.instance[name].append(v)
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
+        for name, vals in self.instance.items():
+            out[name] = float(sum(vals) / len(vals)) if vals else math.nan
         if "dice" in self.metrics:
             out["dice"] = _agg(self.dice)
         if "iou" in self.metrics:

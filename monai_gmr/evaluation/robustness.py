@@ -20,7 +20,7 @@ from monai.inferers import SimpleInferer
 
 from monai_gmr.functional.rotation import Geometry, central_disk_mask, make_geometries
 
-from .metrics import CLS_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
+from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
 __all__ = ["RobustnessResult", "rotation_robustness", "parse_batch", "binarize_label", "TASKS", "REGIONS"]
 
@@ -162,6 +162,7 @@ def rotation_robustness(
     axes: Sequence[int] | None = None,
     image_key: str = "image",
     label_key: str = "label",
+    instance_key: str | None = None,
     image_mode: str = "bilinear",
     padding_mode: str = "zeros",
     region: str = "valid",
@@ -191,13 +192,18 @@ def rotation_robustness(
             ``(N, C)`` one-hot for classification.
         angles: degrees (counter-clockwise); right angles are exact index ops.
         flips: ``"h"``/``"v"`` (``"d"`` in 3D) views at angle 0, reported separately from the angles.
-        metrics: segmentation ``("dice", "iou", "auc")``, classification ``("accuracy", "auc")`` (the defaults).
+        metrics: segmentation ``("dice", "iou", "auc")``, classification ``("accuracy", "auc")`` (the defaults);
+            segmentation also takes the nuclei instance metrics ``"aji"`` and ``"pq"`` (labels must then be
+            instance-id maps, turned into classes by ``label_transform``; predicted instances are the connected
+            components of class 1; computed on the CPU, per image).
         task: ``"segmentation"`` or ``"classification"``.
         inferer: called as ``inferer(images, network)``; default ``SimpleInferer()`` (``SlidingWindowInferer`` works).
         device: where images, network and metric maths run (default: the network's device, else CPU).
         spatial_dims: 2 or 3 (3D angles rotate in the plane ``axes``, default ``(1, 2)``).
         axes: 3D rotation plane.
         image_key, label_key: dict keys of the batches.
+        instance_key: dict key of ground-truth instance-id maps ``(N, 1, *spatial)`` for ``"aji"``/``"pq"`` when the
+            labels are already class maps (default: the label before ``label_transform`` is the instance map).
         image_mode: interpolation of the images (``"bilinear"``, ``"bicubic"`` (2D), ``"nearest"``).
         padding_mode: padding of rotated-in image pixels (``"zeros"``, ``"border"``, ``"reflection"``).
         region: ``"valid"`` or ``"disk"`` (segmentation).
@@ -221,8 +227,10 @@ def rotation_robustness(
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got task={task!r}.")
-    allowed = SEG_METRICS if task == "segmentation" else CLS_METRICS
-    metrics = tuple(allowed if metrics is None else ([metrics] if isinstance(metrics, str) else metrics))
+    allowed = SEG_METRICS + INSTANCE_METRICS if task == "segmentation" else CLS_METRICS
+    default = SEG_METRICS if task == "segmentation" else CLS_METRICS
+    metrics = tuple(default if metrics is None else ([metrics] if isinstance(metrics, str) else metrics))
+    want_instances = any(m in INSTANCE_METRICS for m in metrics)
     bad = [m for m in metrics if m not in allowed]
     if bad or not metrics:
         raise ValueError(f"metrics must be a non-empty subset of {allowed} for task={task!r}, got metrics={metrics!r}.")
@@ -256,6 +264,17 @@ def rotation_robustness(
             x, y = parse_batch(batch, image_key, label_key)
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
+            y_inst = None
+            if want_instances and task == "segmentation":
+                if instance_key is None:
+                    y_inst = y
+                else:
+                    if not isinstance(batch, Mapping) or instance_key not in batch:
+                        raise ValueError(f"instance_key={instance_key!r} is not a key of the batches.")
+                    y_inst = torch.as_tensor(batch[instance_key])
+                    y_inst = (y_inst.as_tensor() if hasattr(y_inst, "as_tensor") else y_inst).to(device)
+            if y_inst is not None and y_inst.ndim == x.ndim - 1:
+                y_inst = y_inst.unsqueeze(1)
             if label_transform is not None:
                 y = label_transform(y)
             _check_pair(x, y, task, spatial_dims)
@@ -283,7 +302,8 @@ def rotation_robustness(
                     if region == "disk":
                         m = m & central_disk_mask(m.shape, radius_frac, device=device)
                     mask_cache[key] = m
-                acc.update(out, yg, mask_cache[key])
+                inst = None if y_inst is None else g.apply(y_inst, "nearest")
+                acc.update(out, yg, mask_cache[key], instances=inst)
     finally:
         if was_training:
             network.train()  # type: ignore[union-attr]

@@ -151,13 +151,13 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
 
     # evaluation: 0/90/180/270 degrees are exact for GMRUNet on 64x64 tiles (one sliding window)
     angles = "[0, 45, 90, 180, 270]"
-    run_bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", angles, cwd=cwd)
+    run_bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", angles, "--instance_metrics", "true", cwd=cwd)
     ev = out / "eval"
     for f in ("robustness.json", "robustness.csv", "robustness_polar.png", "metrics.json"):
         assert (ev / f).is_file() and (ev / f).stat().st_size > 0, f
     rep = json.loads((ev / "robustness.json").read_text())
     assert rep["angles"] == [0, 45, 90, 180, 270] and sorted(rep["per_flip"]) == ["h", "v"]
-    for m in ("dice", "iou", "auc"):
+    for m in ("dice", "iou", "auc", "aji", "pq"):  # instance metrics from the instance maps (--instance_metrics)
         vals = rep["per_angle"][m]
         assert all(v is not None and 0.0 <= v <= 1.0 for v in vals), (m, vals)
         for i in (2, 3, 4):  # exact equivariance of the GMR U-Net => identical metrics at right angles

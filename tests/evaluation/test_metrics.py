@@ -87,3 +87,51 @@ def test_classification_accumulator_hand_computed():
     assert r["auc"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="label"):
         acc.update(logits, torch.tensor([0, 1]))
+
+
+# ------------------------------------------------------------------------------------------------ instance metrics
+def test_aji_and_pq_hand_computed():
+    from monai_gmr.evaluation.metrics import aggregated_jaccard_index, instance_metrics
+
+    gt = torch.zeros(12, 12, dtype=torch.long)
+    gt[1:5, 1:5] = 7  # 16 px, arbitrary id
+    pred = torch.zeros_like(gt)
+    pred[1:5, 1:6] = 3  # 20 px covering the nucleus: IoU 16 / 20
+    assert aggregated_jaccard_index(pred, gt) == pytest.approx(16 / 20)
+    pred[8:10, 8:10] = 9  # an unpaired false positive of 4 px adds its area to the union
+    assert aggregated_jaccard_index(pred, gt) == pytest.approx(16 / 24)
+    # PQ = SQ * RQ: one match (IoU 0.8), one FP, no FN -> 0.8 * 1 / (1 + 0.5)
+    assert instance_metrics(pred, gt)["pq"] == pytest.approx(0.8 / 1.5, abs=1e-5)
+
+    # two true nuclei merged into one prediction: both pair with it, the predicted area counts twice
+    gt2 = torch.zeros(6, 12, dtype=torch.long)
+    gt2[1:3, 0:5], gt2[1:3, 7:12] = 1, 2  # 10 px each
+    pred2 = torch.zeros_like(gt2)
+    pred2[1:3, 0:12] = 1  # 24 px
+    assert aggregated_jaccard_index(pred2, gt2) == pytest.approx(20 / 48)
+    assert aggregated_jaccard_index(gt2, gt2) == 1.0 and instance_metrics(gt2, gt2)["pq"] == pytest.approx(1.0)
+    assert aggregated_jaccard_index(torch.zeros_like(gt2), gt2) == 0.0  # nothing predicted
+    assert math.isnan(instance_metrics(torch.zeros_like(gt2), torch.zeros_like(gt2))["aji"])
+    with pytest.raises(ValueError, match="shape"):
+        aggregated_jaccard_index(pred, gt2)
+
+
+def test_accumulator_instance_metrics_and_missing_instances():
+    from monai_gmr.evaluation.metrics import label_instances
+
+    inst = torch.zeros(1, 1, 10, 10, dtype=torch.long)
+    inst[0, 0, 1:4, 1:4], inst[0, 0, 6:9, 5:9] = 4, 5
+    fg = (inst > 0).long()
+    logits = torch.cat([1.0 - fg, fg.float()], 1) * 5
+    acc = SegmentationAccumulator(("dice", "aji", "pq"))
+    acc.update(logits, fg, instances=inst)
+    out = acc.compute()
+    assert out["aji"] == 1.0 and out["pq"] == pytest.approx(1.0) and out["dice"] == 1.0
+    assert int(label_instances(fg[0, 0] > 0).max()) == 2
+    mask = torch.ones(10, 10, dtype=torch.bool)
+    mask[:, 5:] = False  # hides the second nucleus on both sides
+    acc = SegmentationAccumulator(("aji",))
+    acc.update(logits, fg, mask, instances=inst)
+    assert acc.compute()["aji"] == 1.0
+    with pytest.raises(ValueError, match="instance"):
+        SegmentationAccumulator(("aji",)).update(logits, fg)

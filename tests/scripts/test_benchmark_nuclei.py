@@ -1,0 +1,51 @@
+"""scripts/benchmark_nuclei.py: a tiny CPU run on a synthetic prepared dataset (real bundle train + evaluate)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "benchmark_nuclei.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("benchmark_nuclei", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
+    from monai_gmr.data import make_synthetic_nuclei
+
+    data = tmp_path / "data"
+    make_synthetic_nuclei(data, n_images=5, size=64, seed=0)
+    bn = _load()
+    out = tmp_path / "bench"
+    args = ["--prepared", str(data), "--out", str(out), "--models", "gmrunet", "--epochs", "1", "--max-steps", "1",
+            "--crop", "32", "--crops-per-image", "1", "--batch-size", "1", "--roi", "64", "--angle-step", "90",
+            "--num-workers", "0", "--device", "cpu"]  # fmt: skip
+    report = bn.main(args)
+    row = report["rows"][0]
+    assert row["model"] == "gmrunet" and row["params"] > 0 and row["iterations"] == 1
+    assert "aji_0" not in row
+    # GMRUNet on 64x64 tiles: right angles and flips give the 0-degree Dice exactly
+    assert row["dice_std"] == pytest.approx(0.0, abs=1e-6) and row["dice_flip_h"] == pytest.approx(row["dice_0"], abs=1e-6)
+    assert (out / "benchmark.md").is_file() and json.loads((out / "benchmark.json").read_text())["rows"]
+    mtime = (out / "gmrunet" / "models" / "model.pt").stat().st_mtime_ns
+
+    report = bn.main([*args, "--skip-trained", "--instance-metrics"])
+    row = report["rows"][0]
+    assert (out / "gmrunet" / "models" / "model.pt").stat().st_mtime_ns == mtime  # not retrained
+    for m in ("aji", "pq"):
+        assert 0.0 <= row[f"{m}_0"] <= 1.0 and row[f"{m}_std"] == pytest.approx(0.0, abs=1e-6)
+    assert "aji_mean" in (out / "benchmark.md").read_text()
+
+
+def test_out_inside_the_repository_is_refused():
+    with pytest.raises(SystemExit, match="inside the repository"):
+        _load().main(["--prepared", "x", "--out", str(ROOT / "bench_out")])

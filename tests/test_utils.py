@@ -1,0 +1,52 @@
+"""monai_gmr.utils: atomic writes leave either the complete file or the old one, seeding, run environment."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from monai_gmr.utils import atomic_path, atomic_torch_save, atomic_write_json, run_environment, seed_everything
+
+
+def test_atomic_write_json_numpy_and_no_temporary_files(tmp_path):
+    p = atomic_write_json(tmp_path / "sub" / "r.json", {"a": np.float32(0.5), "b": np.arange(3), "c": tmp_path})
+    assert json.loads(p.read_text()) == {"a": 0.5, "b": [0, 1, 2], "c": str(tmp_path)}
+    assert [q.name for q in p.parent.iterdir()] == ["r.json"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    p = tmp_path / "r.json"
+    atomic_write_json(p, {"v": 1})
+    with pytest.raises(TypeError, match="not JSON serialisable"):
+        atomic_write_json(p, {"v": object()})  # serialisation fails before the disk is touched
+    with pytest.raises(RuntimeError):
+        with atomic_path(p) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert json.loads(p.read_text()) == {"v": 1}
+    assert [q.name for q in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_atomic_torch_save_round_trip(tmp_path):
+    p = atomic_torch_save({"w": torch.ones(2)}, tmp_path / "m.pt")
+    assert torch.equal(torch.load(p, weights_only=True)["w"], torch.ones(2))
+
+
+def test_seed_everything_repeats():
+    seed_everything(3)
+    a = (np.random.rand(), torch.rand(2))
+    seed_everything(3)
+    b = (np.random.rand(), torch.rand(2))
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+def test_run_environment_cpu(tmp_path):
+    env = run_environment("cpu")
+    assert env["device"] == "cpu" and env["gpu"] is None
+    assert env["torch"] == torch.__version__ and env["cpu_count"] >= 1
+    assert env["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", env["commit"])
+    assert run_environment("cpu", repo=tmp_path)["commit"] is None  # not a git checkout
