@@ -13,6 +13,7 @@ from ``scripts/bench_conv.py`` runs recorded in ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -31,7 +32,11 @@ __all__ = [
     "conv_nd",
 ]
 
+logger = logging.getLogger(__name__)
+
 IMPLS = ("auto", "dense", "rings", "triton")
+# (device type, spatial dims, kernel size, dtype) where the Triton kernels raised once: not tried again
+_TRITON_FAILED: set[tuple[str, int, int, str]] = set()
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # Measured choice of implementation: (device type, spatial_dims) -> rules, first match wins; no match -> "dense".
@@ -178,7 +183,15 @@ def gmr_conv(
     if impl == "triton":  # fused kernels (issue 7); unsupported calls fall back (see triton_conv.resolve_triton)
         impl = resolve_triton(requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None)
         if impl == "triton":
-            return gmr_conv_triton(x, weight, basis, bias)
+            key = (x.device.type, d, k, str(x.dtype))
+            if key not in _TRITON_FAILED:
+                try:
+                    return gmr_conv_triton(x, weight, basis, bias)
+                except Exception as e:  # compile / launch failure on this GPU: fall back, never crash a forward pass
+                    _TRITON_FAILED.add(key)
+                    logger.warning("impl='triton' failed for %s (%s: %s); using the dense/rings path from now on.",
+                                   key, type(e).__name__, e)  # fmt: skip
+            impl = select_impl("auto", x.device, d, k, x.shape[1], needs_grad, allow_triton=False)
     pad = [padding] * d if isinstance(padding, int) else list(padding)
     if padding_mode != "zeros" and any(pad):
         x = _pad(x, pad, padding_mode)

@@ -65,9 +65,15 @@ def test_configs_parse_and_resolve(tmp_path):
         assert p.get_parsed_content(i) is not None, i
     # the default network is the GMR U-Net with the paper's widths and kernels
     p0 = config_parser([TRAIN], output_dir=str(tmp_path / "out"), metadata=METADATA)
-    nd = p0.get("network_def")
-    assert nd["_target_"] == "monai_gmr.nets.GMRUNet" and nd["kernel_sizes"] == [9, 9, 5, 5]
+    gmr = p0.get_parsed_content("network_def")
+    assert type(gmr).__name__ == "GMRUNet"
+    assert [m.kernel_size for m in gmr.modules() if type(m).__name__ == "GMRConv"][:2] == [9, 9]
     assert p0.get_parsed_content("augment_rotation") is False and p0.get_parsed_content("resume") is False
+    # swapping the network by its target alone (the README's baseline command) builds a plain MONAI BasicUNet
+    pb = config_parser([TRAIN], output_dir=str(tmp_path / "out"), metadata=METADATA,
+                       **{"network_def#_target_": "monai.networks.nets.BasicUNet"})  # fmt: skip
+    basic = pb.get_parsed_content("network_def")
+    assert type(basic).__name__ == "BasicUNet" and basic(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)
 
     pe = config_parser([TRAIN, EVALUATE], **{**over, "network_def": eval(TINY_NET), "tta": True}, metadata=METADATA)
     assert type(pe.get_parsed_content("validate#inferer")).__name__ == "RotationTTAInferer"

@@ -455,3 +455,27 @@ def _expand(w: torch.Tensor, t, d: int) -> torch.Tensor:
         for q in shell:
             dense[(slice(None), slice(None)) + tuple(c + r for c in q[3 - d :])] = w[s].t()
     return dense
+
+
+def test_runtime_failure_falls_back_to_dense(monkeypatch, caplog):
+    """A Triton compile/launch error in the forward pass is logged once and the call is served by the dense path."""
+    import monai_gmr.functional.conv as conv_mod
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", broken)
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    m = GMRConv(2, 3, 4, 5).double()
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    ref = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="dense")
+    with caplog.at_level("WARNING", logger="monai_gmr.functional.conv"):
+        y1 = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
+        y2 = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
+    assert rel_err(y1, ref) < 1e-12 and rel_err(y2, ref) < 1e-12
+    assert len(calls) == 1  # not retried for the same configuration
+    assert sum("out of resources" in r.message for r in caplog.records) == 1

@@ -22,11 +22,11 @@ def _load():
 def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
     from monai_gmr.data import make_synthetic_nuclei
 
-    data = tmp_path / "data"
-    make_synthetic_nuclei(data, n_images=5, size=64, seed=0)
+    raw = tmp_path / "raw"  # an image + instance-mask folder pair, prepared by the script like real data
+    make_synthetic_nuclei(raw, n_images=5, size=64, seed=0)
     bn = _load()
     out = tmp_path / "bench"
-    args = ["--prepared", str(data), "--out", str(out), "--models", "gmrunet", "--epochs", "1", "--max-steps", "1",
+    args = ["--data", str(raw), "--out", str(out), "--models", "gmrunet", "--epochs", "1", "--max-steps", "1",
             "--crop", "32", "--crops-per-image", "1", "--batch-size", "1", "--roi", "64", "--angle-step", "90",
             "--num-workers", "0", "--device", "cpu"]  # fmt: skip
     report = bn.main(args)
@@ -36,6 +36,8 @@ def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
     # GMRUNet on 64x64 tiles: right angles and flips give the 0-degree Dice exactly
     assert row["dice_std"] == pytest.approx(0.0, abs=1e-6) and row["dice_flip_h"] == pytest.approx(row["dice_0"], abs=1e-6)
     assert (out / "benchmark.md").is_file() and json.loads((out / "benchmark.json").read_text())["rows"]
+    dl = json.loads((out / "prepared" / "datalist.json").read_text())
+    assert all("instance" in item for item in dl["test"])  # the prepared layout (an instance key besides the label)
     mtime = (out / "gmrunet" / "models" / "model.pt").stat().st_mtime_ns
 
     report = bn.main([*args, "--skip-trained", "--instance-metrics"])
