@@ -1,7 +1,8 @@
-"""monai_gmr.inferers: rotation/reflection test-time augmentation."""
+"""monai_gmr.inferers: rotation/reflection test-time augmentation and a symmetric sliding window."""
 
 from __future__ import annotations
 
 from .rotation_tta import RotationTTAInferer
+from .sliding_window import SymmetricSlidingWindowInferer, symmetric_window_grid
 
-__all__ = ["RotationTTAInferer"]
+__all__ = ["RotationTTAInferer", "SymmetricSlidingWindowInferer", "symmetric_window_grid"]
