@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .rotation_tta import RotationTTAInferer
-from .sliding_window import SymmetricSlidingWindowInferer, symmetric_window_grid
+from .sliding_window import SymmetricSlidingWindowInferer, symmetric_window_starts
 
-__all__ = ["RotationTTAInferer", "SymmetricSlidingWindowInferer", "symmetric_window_grid"]
+__all__ = ["RotationTTAInferer", "SymmetricSlidingWindowInferer", "symmetric_window_starts"]

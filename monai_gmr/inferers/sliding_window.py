@@ -1,36 +1,40 @@
-"""Sliding-window inference whose window grid is symmetric, so that an exactly equivariant network stays exactly
+"""Sliding-window inference on a mirror-symmetric window grid, so that an exactly equivariant network stays exactly
 equivariant on whole tiles.
 
 MONAI's ``SlidingWindowInferer`` starts its windows at the top-left corner at a fixed stride and aligns the last
-window with the far edge: a flipped or rotated tile is cut into different windows (with different zero-padded
-borders), so even a D4-equivariant network such as ``GMRUNet`` gives slightly different answers for a rotated tile
-(about 0.3 Dice points on CPM-15). No MONAI inferer offers a symmetric grid, hence this subclass: it pads each
-spatial dim symmetrically to a size ``T = roi + m * interval`` (so the window starts ``0, interval, ..., T - roi``
-are mirror-symmetric), runs MONAI's sliding window with exactly that interval, and crops the padding off.
+window with the far edge: a flipped or rotated tile is cut into different windows, so even a D4-equivariant network
+such as ``GMRUNet`` gives slightly different answers for a rotated tile (about 0.3 Dice points on CPM-15). MONAI's
+inferers take no custom window positions, hence this small hand-written loop: the windows lie inside the tile as in
+MONAI (no padding unless the tile is smaller than a window), but their start positions along every dim form a set
+that is its own mirror image (``s -> size - roi - s``). The blending weights are MONAI's importance maps.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import SlidingWindowInferer
-from monai.utils import fall_back_tuple
+from monai.data.utils import compute_importance_map
+from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
-__all__ = ["SymmetricSlidingWindowInferer", "symmetric_window_grid"]
+__all__ = ["SymmetricSlidingWindowInferer", "symmetric_window_starts"]
 
 _PAD_MODES = ("constant", "reflect", "replicate")
+_BLEND_MODES = ("constant", "gaussian")
 
 
-def symmetric_window_grid(size: int, roi: int, overlap: float) -> tuple[int, int]:
-    """``(padded_size, interval)`` of a mirror-symmetric window grid along one dim.
+def symmetric_window_starts(size: int, roi: int, overlap: float = 0.25) -> list[int]:
+    """Window start positions along one dim: inside ``[0, size - roi]``, covering the dim, mirror-symmetric.
 
-    ``padded_size >= size`` and ``padded_size - size`` is even (equal padding on both sides);
-    ``padded_size = roi + m * interval`` for an integer ``m >= 0``, so the windows start at ``0, interval, ...,
-    padded_size - roi``, a set that is its own mirror image. ``interval`` is ``int(roi * (1 - overlap))`` or one
-    less (an odd interval is needed when ``size`` and ``roi`` differ in parity); the smallest such size is chosen.
+    The span ``size - roi`` is cut into ``m = ceil(span / interval)`` steps (``interval = int(roi * (1 - overlap))``);
+    the first half of the starts is ``ceil(j * span / m)`` and the second half its mirror image, so no two
+    consecutive starts are more than ``interval`` apart (at least ``overlap`` of overlap, every pixel covered).
+    ``size <= roi`` gives ``[0]`` (the caller pads).
 
     Raises:
         ValueError: ``size``/``roi`` < 1 or ``overlap`` outside ``[0, 1)``.
@@ -39,78 +43,107 @@ def symmetric_window_grid(size: int, roi: int, overlap: float) -> tuple[int, int
         raise ValueError(f"size and roi must be >= 1, got size={size}, roi={roi}.")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
-    base = max(1, int(roi * (1.0 - overlap)))
-    best: tuple[int, int] | None = None
-    for interval in sorted({base, max(1, base - 1)}, reverse=True):
-        m = max(0, -(-(size - roi) // interval))  # smallest m with roi + m * interval >= size
-        for mm in (m, m + 1):  # one more window when the parity is wrong
-            t = roi + mm * interval
-            if (t - size) % 2 == 0 and (best is None or t < best[0]):
-                best = (t, interval)
-                break
-    if best is None:  # roi and every candidate interval even, size odd: no symmetric grid of these windows
-        raise ValueError(
-            f"no mirror-symmetric window grid for size={size} with roi={roi}: use an odd roi or overlap so that "
-            f"int(roi * (1 - overlap)) is odd."
-        )
-    return best
+    span = size - roi
+    if span <= 0:
+        return [0]
+    interval = max(1, int(roi * (1.0 - overlap)))
+    m = math.ceil(span / interval)
+    half = [-((-j * span) // m) for j in range(m // 2 + 1)]  # ceil(j * span / m)
+    return sorted(set(half) | {span - s for s in half})
 
 
-class SymmetricSlidingWindowInferer(SlidingWindowInferer):
-    """``monai.inferers.SlidingWindowInferer`` with a window grid that is symmetric under flips (and, for a square
-    ``roi_size``, under right-angle rotations): pad symmetrically, slide, crop.
+class SymmetricSlidingWindowInferer(Inferer):
+    """Sliding-window inference whose windows are placed symmetrically (see :func:`symmetric_window_starts`).
 
     With a network that is exactly equivariant on ``roi_size`` windows (e.g. ``GMRUNet`` with sizes divisible by
-    ``2 ** levels``), ``infer(flip(x)) == flip(infer(x))`` and ``infer(rot90(x)) == rot90(infer(x))`` for any tile
-    size, up to float summation order. Costs at most one extra row/column of windows per dim compared with MONAI's
-    grid. Arguments are those of ``SlidingWindowInferer``; ``overlap`` sets the nominal interval
-    ``int(roi * (1 - overlap))`` (the grid may use one less), ``padding_mode`` / ``cval`` also pad the tile
-    (``"constant"``, ``"reflect"`` or ``"replicate"``).
+    ``2 ** levels``), ``infer(flip(x)) == flip(infer(x))`` for any tile size and, with a square (cubic)
+    ``roi_size``, ``infer(rot90(x)) == rot90(infer(x))``, up to float summation order. A drop-in for MONAI's
+    ``SlidingWindowInferer`` in bundle configs (the same main arguments).
 
-    Shapes: ``inputs`` ``(N, C, *spatial)`` -> the network's outputs at ``(*spatial)``.
+    Args:
+        roi_size: window size, an int or one per spatial dim.
+        sw_batch_size: windows per network call.
+        overlap: nominal fraction of overlap between neighbouring windows.
+        mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (MONAI's importance maps).
+        sigma_scale: Gaussian blending width (``mode="gaussian"``).
+        padding_mode: padding of tiles smaller than a window (equal on both sides): ``"constant"`` (``cval``),
+            ``"reflect"`` or ``"replicate"``.
+        cval: constant padding value.
+
+    Shapes: ``inputs`` ``(N, C, *spatial)`` -> network outputs ``(N, C', *spatial)`` (float32; a ``MetaTensor``
+    with the input's metadata when the input is one).
     """
 
-    def __init__(self, roi_size: Sequence[int] | int, *args: Any, **kwargs: Any) -> None:
-        super().__init__(roi_size, *args, **kwargs)
-        mode = str(getattr(self.padding_mode, "value", self.padding_mode))
-        if mode not in _PAD_MODES:
-            raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got padding_mode={self.padding_mode!r}.")
+    def __init__(
+        self,
+        roi_size: Sequence[int] | int,
+        sw_batch_size: int = 1,
+        overlap: float = 0.25,
+        mode: str = "constant",
+        sigma_scale: Sequence[float] | float = 0.125,
+        padding_mode: str = "constant",
+        cval: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got sw_batch_size={sw_batch_size}.")
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
+        mode, padding_mode = str(getattr(mode, "value", mode)), str(getattr(padding_mode, "value", padding_mode))
+        if mode not in _BLEND_MODES:
+            raise ValueError(f"mode must be one of {_BLEND_MODES}, got mode={mode!r}.")
+        if padding_mode not in _PAD_MODES:
+            raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got padding_mode={padding_mode!r}.")
+        self.roi_size = roi_size
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = float(overlap)
+        self.mode = mode
+        self.sigma_scale = sigma_scale
+        self.padding_mode = padding_mode
+        self.cval = float(cval)
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         d = inputs.ndim - 2
-        spatial = tuple(int(s) for s in inputs.shape[2:])
-        roi = fall_back_tuple(self.roi_size, spatial)
-        overlaps = _ensure_seq(self.overlap, d)
-        pads: list[tuple[int, int]] = []
-        eff_overlap: list[float] = []
-        for s, r, o in zip(spatial, roi, overlaps):
-            t, interval = symmetric_window_grid(s, int(r), float(o))
-            before = (t - s) // 2
-            pads.append((before, t - s - before))
-            # MONAI's interval is int(roi * (1 - overlap)): aim at interval + 0.5 so rounding cannot move it
-            eff_overlap.append((r - interval - 0.5) / r)
-        flat = [p for pair in reversed(pads) for p in pair]  # F.pad order: last dim first
-        mode = str(getattr(self.padding_mode, "value", self.padding_mode))
-        x = F.pad(inputs, flat, mode=mode, value=self.cval) if mode == "constant" else F.pad(inputs, flat, mode=mode)
-        saved = self.overlap
-        self.overlap = eff_overlap
-        try:
-            out = super().__call__(x, network, *args, **kwargs)
-        finally:
-            self.overlap = saved
-        crop = (slice(None), slice(None)) + tuple(slice(b, b + s) for (b, _), s in zip(pads, spatial))
-        if isinstance(out, torch.Tensor):
-            return out[crop]
-        if isinstance(out, dict):
-            return {k: v[crop] for k, v in out.items()}
-        return type(out)(v[crop] for v in out)
-
-
-def _ensure_seq(v: Sequence[float] | float, n: int) -> list[float]:
-    """``v`` as a list of ``n`` floats."""
-    if isinstance(v, (int, float)):
-        return [float(v)] * n
-    v = [float(e) for e in v]
-    if len(v) != n:
-        raise ValueError(f"overlap must have one value per spatial dim ({n}), got {v}.")
-    return v
+        if d < 1:
+            raise ValueError(f"inputs must be (N, C, *spatial), got shape {tuple(inputs.shape)}.")
+        x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+        roi = tuple(int(r) for r in ensure_tuple_rep(self.roi_size, d))
+        spatial = tuple(int(s) for s in x.shape[2:])
+        # tiles smaller than a window: pad equally on both sides (one more pixel on both when the difference is odd)
+        pads = []
+        for s, r in zip(spatial, roi):
+            diff = max(r - s, 0)
+            pads.append((diff + 1) // 2)
+        if any(pads):
+            flat = [p for p in reversed(pads) for _ in range(2)]  # F.pad order: last dim first
+            x = F.pad(x, flat, mode=self.padding_mode, value=self.cval) if self.padding_mode == "constant" else F.pad(
+                x, flat, mode=self.padding_mode
+            )
+        padded = tuple(int(s) for s in x.shape[2:])
+        starts = [symmetric_window_starts(s, r, self.overlap) for s, r in zip(padded, roi)]
+        windows = list(itertools.product(*starts))
+        weight = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=x.device)
+        weight = weight.to(torch.float32)
+        n = x.shape[0]
+        out: torch.Tensor | None = None
+        count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=x.device)
+        for i in range(0, len(windows), self.sw_batch_size):
+            chunk = windows[i : i + self.sw_batch_size]
+            sl = [tuple(slice(st, st + r) for st, r in zip(w, roi)) for w in chunk]
+            batch = torch.cat([x[(slice(None), slice(None)) + s] for s in sl], 0)
+            y = network(batch, *args, **kwargs)
+            y = y.as_tensor() if hasattr(y, "as_tensor") else y
+            if y.shape[2:] != roi:
+                raise ValueError(f"network output for a {roi} window has spatial shape {tuple(y.shape[2:])}.")
+            y = y.float()
+            if out is None:
+                out = torch.zeros((n, y.shape[1], *padded), dtype=torch.float32, device=x.device)
+            for j, s in enumerate(sl):
+                idx = (slice(None), slice(None)) + s
+                out[idx] += y[j * n : (j + 1) * n] * weight
+                count[idx] += weight
+        assert out is not None
+        out = out / count.clamp_min(torch.finfo(torch.float32).tiny)
+        crop = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pads, spatial))
+        # a MetaTensor input gives a MetaTensor output with its metadata (file names for writers), as in MONAI
+        return convert_to_dst_type(out[crop], inputs, dtype=torch.float32)[0]

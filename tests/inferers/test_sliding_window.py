@@ -8,30 +8,35 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 from monai_gmr.functional import d4_elements
-from monai_gmr.inferers import SymmetricSlidingWindowInferer, symmetric_window_grid
+from monai_gmr.inferers import SymmetricSlidingWindowInferer, symmetric_window_starts
 from monai_gmr.nets import GMRUNet
 from tests.conftest import rel_err
 
 
 @pytest.mark.parametrize("roi", [8, 16, 15])
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
-def test_grid_is_symmetric_and_minimal(roi, overlap):
-    for size in range(1, 70):
-        t, interval = symmetric_window_grid(size, roi, overlap)
-        assert t >= size and (t - size) % 2 == 0 and t >= roi and (t - roi) % interval == 0
-        assert interval in (max(1, int(roi * (1 - overlap))), max(1, int(roi * (1 - overlap)) - 1))
-        starts = set(range(0, t - roi + 1, interval))
-        assert starts == {t - roi - s for s in starts}  # mirror-symmetric
-        assert t < size + 2 * roi  # never more than a couple of extra windows
+def test_starts_are_symmetric_inside_and_cover(roi, overlap):
+    interval = max(1, int(roi * (1 - overlap)))
+    for size in range(roi, 90):
+        starts = symmetric_window_starts(size, roi, overlap)
+        span = size - roi
+        assert starts[0] == 0 and starts[-1] == span and set(starts) == {span - s for s in starts}
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert all(0 < g <= interval for g in gaps), (size, starts)  # every pixel covered, overlap >= `overlap`
+    assert symmetric_window_starts(5, 8, 0.25) == [0]
 
 
-def test_grid_bad_arguments():
+def test_bad_arguments():
     with pytest.raises(ValueError, match="overlap"):
-        symmetric_window_grid(10, 8, 1.0)
+        symmetric_window_starts(10, 8, 1.0)
     with pytest.raises(ValueError, match="size"):
-        symmetric_window_grid(0, 8, 0.25)
+        symmetric_window_starts(0, 8, 0.25)
     with pytest.raises(ValueError, match="padding_mode"):
         SymmetricSlidingWindowInferer(16, padding_mode="circular")
+    with pytest.raises(ValueError, match="mode"):
+        SymmetricSlidingWindowInferer(16, mode="mean")
+    with pytest.raises(ValueError, match="sw_batch_size"):
+        SymmetricSlidingWindowInferer(16, sw_batch_size=0)
 
 
 def _net() -> torch.nn.Module:
@@ -40,27 +45,39 @@ def _net() -> torch.nn.Module:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("shape", [(37, 50), (40, 40), (16, 29)])
-def test_exact_d4_equivariance_on_whole_tiles(shape):
+@pytest.mark.parametrize("shape,mode", [((37, 50), "constant"), ((40, 40), "gaussian"), ((13, 29), "constant")])
+def test_exact_d4_equivariance_on_whole_tiles(shape, mode):
     net = _net()
-    x = torch.rand(1, 3, *shape)
-    sym = SymmetricSlidingWindowInferer(16, sw_batch_size=4, overlap=0.25)
+    x = torch.rand(2, 3, *shape)
+    sym = SymmetricSlidingWindowInferer(16, sw_batch_size=3, overlap=0.25, mode=mode)
     y = sym(x, net)
-    assert y.shape == (1, 2, *shape)
+    assert y.shape == (2, 2, *shape)
     for g in d4_elements():
         assert rel_err(sym(g(x), net), g(y)) < 1e-5, g
 
 
 @torch.no_grad()
-def test_monai_grid_is_not_equivariant_and_reflect_padding_works():
+def test_matches_monai_where_the_grids_agree_and_monai_is_not_equivariant():
     net = _net()
-    x = torch.rand(1, 3, 37, 50)
+    # 40 = 16 + 2 * 12: MONAI's grid (0, 12, 24) is already symmetric, so both inferers compute the same thing
+    x = torch.rand(1, 3, 40, 40)
     plain = SlidingWindowInferer(16, sw_batch_size=4, overlap=0.25)
+    sym = SymmetricSlidingWindowInferer(16, sw_batch_size=4, overlap=0.25)
+    assert rel_err(sym(x, net), plain(x, net)) < 1e-5
+    # 37 x 50: MONAI's grid is anchored top-left, so a flip changes its answer; the symmetric grid's does not
+    x = torch.rand(1, 3, 37, 50)
     flip = lambda t: torch.flip(t, (-1,))  # noqa: E731
-    assert rel_err(plain(flip(x), net), flip(plain(x, net))) > 1e-3  # what the symmetric grid fixes
-    sym = SymmetricSlidingWindowInferer(16, sw_batch_size=4, overlap=0.25, padding_mode="reflect")
+    assert rel_err(plain(flip(x), net), flip(plain(x, net))) > 1e-3
     assert rel_err(sym(flip(x), net), flip(sym(x, net))) < 1e-5
-    # one window covering the whole (divisible) tile: the same as running the network directly
-    one = SymmetricSlidingWindowInferer(32, sw_batch_size=1, overlap=0.25)
+    # one window covering the whole tile: the same as running the network directly
     x32 = torch.rand(1, 3, 32, 32)
-    assert rel_err(one(x32, net), net(x32)) < 1e-6
+    assert rel_err(SymmetricSlidingWindowInferer(32)(x32, net), net(x32)) < 1e-6
+
+
+@torch.no_grad()
+def test_metatensor_metadata_is_kept():
+    from monai.data import MetaTensor
+
+    x = MetaTensor(torch.rand(1, 3, 20, 24), meta={"filename_or_obj": "tile_07.png"})
+    y = SymmetricSlidingWindowInferer(16)(x, _net())
+    assert isinstance(y, MetaTensor) and y.meta["filename_or_obj"] == "tile_07.png" and y.shape == (1, 2, 20, 24)
