@@ -3,7 +3,9 @@ the error of a failing in-process workflow."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-__all__ = ["bundle_env", "run_bundle", "config_parser", "workflow_error", "no_outputs"]
+__all__ = ["bundle_env", "run_bundle", "config_parser", "workflow_error", "no_outputs", "check_kill_and_resume"]
 
 
 def bundle_env() -> dict[str, str]:
@@ -65,3 +67,37 @@ def workflow_error(configs, **override) -> str:
 def no_outputs(out: Path) -> bool:
     """True when ``out`` is missing or holds no file."""
     return not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def check_kill_and_resume(train_config: str, args: list[str], out: Path, tmp_path: Path) -> None:
+    """SIGKILL training right after the first epoch's checkpoint, then ``--resume true`` to the end.
+
+    ``args`` must set ``--output_dir out``, 3 epochs of 2 iterations and validation every 2 epochs. Checks that
+    the killed run left exactly the epoch-1 checkpoint and nothing half-written, and that the resumed run restored
+    it and completed epochs 2-3.
+    """
+    kill = tmp_path / "kill_after_epoch1.json"
+    kill.write_text(json.dumps({
+        "run": [
+            "$import signal",
+            "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), "
+            "lambda e: os.kill(os.getpid(), signal.SIGKILL))",
+            "$@train#trainer.run()",
+        ],
+    }))  # fmt: skip
+    proc = run_bundle([train_config, str(kill)], *args, cwd=tmp_path, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    models = out / "models"
+    assert sorted(p.name for p in models.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    assert not (out / "train_summary.json").exists()
+    assert not [p for p in models.iterdir() if not p.name.endswith(".pt")]  # no partial checkpoint
+
+    proc = run_bundle([train_config], *args, "--resume", "true", cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed"] is True
+    assert summary["start_epoch"] == 1 and summary["start_iteration"] == 2  # epoch_length 2
+    assert summary["epochs_completed"] == 3 and summary["iterations_completed"] == 6
+    assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} >= {"checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"}
+    assert (models / "model.pt").is_file()

@@ -10,7 +10,6 @@ fast on 2 CPU cores; the other tests run the bundle configs in-process through `
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.bundles.helpers import bundle_env, config_parser, no_outputs, run_bundle, workflow_error
+from tests.bundles.helpers import (
+    bundle_env,
+    check_kill_and_resume,
+    config_parser,
+    no_outputs,
+    run_bundle,
+    workflow_error,
+)
 from tests.conftest import ROOT, shared_path
 
 BUNDLE = ROOT / "bundles" / "gmr_wsi_patch_classification"
@@ -222,32 +228,8 @@ def test_train_evaluate_infer_end_to_end(tmp_path, slides):
 def test_resume_after_kill(tmp_path, slides):
     """Kill (SIGKILL) training right after the first checkpoint; ``--resume true`` continues from epoch 1."""
     data, out = Path(slides["root"]), tmp_path / "run"
-    kill = tmp_path / "kill_after_epoch1.json"
-    kill.write_text(json.dumps({
-        "run": [
-            "$import signal",
-            "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), "
-            "lambda e: os.kill(os.getpid(), signal.SIGKILL))",
-            "$@train#trainer.run()",
-        ],
-    }))  # fmt: skip
     args = [*_common(data, out), *TRAIN_ARGS, "--epochs", "3", "--val_interval", "2", "--generate_synthetic", "false"]
-    proc = run_bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    models = out / "models"
-    assert sorted(p.name for p in models.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
-    assert not (out / "train_summary.json").exists()
-    assert not [p for p in models.iterdir() if not p.name.endswith(".pt")]  # no partial checkpoint
-
-    proc = run_bundle([TRAIN], *args, "--resume", "true", cwd=tmp_path)
-    log = proc.stdout + proc.stderr
-    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
-    summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["resumed"] is True
-    assert summary["start_epoch"] == 1 and summary["start_iteration"] == 2
-    assert summary["epochs_completed"] == 3 and summary["iterations_completed"] == 6
-    assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} >= {"checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"}
-    assert (models / "model.pt").is_file()
+    check_kill_and_resume(TRAIN, args, out, tmp_path)
 
 
 def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
