@@ -1,4 +1,5 @@
-"""Small shared utilities: atomic file writes, seeding, and the run environment recorded by benchmarks.
+"""Small shared utilities: atomic file writes, seeding, the run environment recorded by benchmarks, and a
+TensorBoard writer that degrades to a no-op when ``tensorboard`` is missing.
 
 Everything that writes a checkpoint, report or mask goes through these helpers so that a file on disk is
 either the complete new version or absent (never half-written).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +24,13 @@ __all__ = [
     "atomic_torch_save",
     "seed_everything",
     "run_environment",
+    "summary_writer",
+    "tensorboard_available",
+    "NullSummaryWriter",
 ]
+
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -148,3 +156,43 @@ def run_environment(device: str | None = None, repo: str | os.PathLike | None = 
     except (OSError, subprocess.SubprocessError):
         env["commit"] = None
     return env
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# TensorBoard without tensorboard
+# --------------------------------------------------------------------------------------------------------------------
+class NullSummaryWriter:
+    """Stand-in for ``torch.utils.tensorboard.SummaryWriter`` when the ``tensorboard`` package is missing: every
+    method (``add_scalar``, ``add_image``, ``flush``, ``close``, ...) does nothing, so MONAI's TensorBoard handlers
+    keep working and the run only loses its event files."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+    def __enter__(self) -> NullSummaryWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can be imported (it needs the ``tensorboard`` package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def summary_writer(log_dir: str | os.PathLike) -> Any:
+    """A TensorBoard ``SummaryWriter`` writing to ``log_dir``, or a :class:`NullSummaryWriter` (warning logged) when
+    ``tensorboard`` is not installed (e.g. a minimal GPU image), so training and evaluation still run."""
+    if not tensorboard_available():
+        logger.warning("tensorboard is not installed: no TensorBoard event files will be written to %s", log_dir)
+        return NullSummaryWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))

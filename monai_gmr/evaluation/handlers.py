@@ -82,9 +82,9 @@ class RotationRobustnessHandler:
 
     def _writer(self) -> Any:
         if self.summary_writer is None and self.log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from monai_gmr.utils import summary_writer  # a no-op writer when tensorboard is not installed
 
-            self.summary_writer = SummaryWriter(log_dir=str(self.log_dir))
+            self.summary_writer = summary_writer(self.log_dir)
         return self.summary_writer
 
     def __call__(self, engine: Any) -> None:

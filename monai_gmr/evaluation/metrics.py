@@ -14,8 +14,9 @@ which equals the trapezoidal ROC-AUC of ``sklearn.metrics.roc_auc_score`` and MO
 hand-written because MONAI's ``compute_roc_auc`` runs a Python loop over all samples (minutes for millions of
 pixels) and needs all scores in one tensor.
 
-Instance metrics (optional, ``"aji"``, ``"pq"``): predicted instances are the connected components of the pixels
-predicted as class 1 (nucleus), ground-truth instances are the instance-id label rotated with ``nearest``; both are
+Instance metrics (optional, ``"aji"``, ``"pq"``): predicted instances come from the class map by the nuclei
+bundle's own post-processing (``monai_gmr.workflows.instance_from_semantic``: connected components of the nuclei,
+full connectivity; with 3 classes the boundary pixels join the nearest interior component), ground-truth instances are the instance-id label rotated with ``nearest``; both are
 cut to the validity mask. PQ is MONAI's ``compute_panoptic_quality`` (IoU > 0.5 matching). AJI (Kumar et al., IEEE
 TMI 2017) has no MONAI implementation; it is written here following the widely used "fast AJI" of HoVer-Net
 (Graham et al. 2019, ``get_fast_aji``): each ground-truth nucleus is paired with the predicted one of highest IoU,
@@ -39,7 +40,6 @@ __all__ = [
     "SegmentationAccumulator",
     "aggregated_jaccard_index",
     "instance_metrics",
-    "label_instances",
     "roc_auc_exact",
     "to_probabilities",
 ]
@@ -106,16 +106,6 @@ class ExactAUC:
         return float(u) / (float(n_pos) * float(n_neg))
 
 
-def label_instances(foreground: torch.Tensor) -> torch.Tensor:
-    """Connected components (full connectivity: 8 in 2D, 26 in 3D) of a boolean ``(*spatial)`` map, ids 1..n."""
-    import numpy as np
-    from scipy import ndimage
-
-    fg = foreground.detach().cpu().numpy().astype(bool)
-    lab, _ = ndimage.label(fg, structure=np.ones((3,) * fg.ndim, dtype=bool))
-    return torch.from_numpy(lab.astype(np.int64))
-
-
 def aggregated_jaccard_index(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """Aggregated Jaccard Index of two instance-id maps of the same shape (0 = background).
 
@@ -134,13 +124,11 @@ def aggregated_jaccard_index(pred: torch.Tensor, gt: torch.Tensor) -> float:
     n_p, n_g = int(p.max()) + 1, int(g.max()) + 1
     if n_p == 1 and n_g == 1:
         return math.nan
+    if n_p == 1 or n_g == 1:  # one side has no instance: nothing intersects
+        return 0.0
     inter = torch.bincount(g * n_p + p, minlength=n_g * n_p).reshape(n_g, n_p)[1:, 1:].double()
     area_g = torch.bincount(g, minlength=n_g)[1:].double()
     area_p = torch.bincount(p, minlength=n_p)[1:].double()
-    if n_g == 1:
-        return 0.0
-    if n_p == 1:
-        return 0.0
     union = area_g[:, None] + area_p[None, :] - inter
     iou = inter / union
     best_iou, best = iou.max(dim=1)
@@ -260,13 +248,19 @@ class SegmentationAccumulator:
                 raise ValueError(
                     f"instances must have the label's shape {tuple(labels.shape)}, got {tuple(instances.shape)}."
                 )
-            fg = pred_idx == 1  # the nucleus class
+            # predicted instances: the bundle's own post-processing (connected components of the nuclei, full
+            # connectivity; with 3 classes, boundary pixels join the nearest interior component)
+            from monai_gmr.workflows.common import instance_from_semantic  # lazy: workflows build on evaluation
+
+            sem = pred_idx
             inst = instances.long()
             if m is not None:
-                fg, inst = fg & m, torch.where(m, inst, 0)
+                sem, inst = torch.where(m, sem, 0), torch.where(m, inst, 0)
+            boundary = 2 if k == 3 else None
             names = tuple(self.instance)
-            for i in range(fg.shape[0]):
-                vals = instance_metrics(label_instances(fg[i, 0]), inst[i, 0].cpu(), names)
+            for i in range(sem.shape[0]):
+                pred_inst = instance_from_semantic(sem[i, 0], boundary_class=boundary, connectivity=sem.ndim - 2)
+                vals = instance_metrics(torch.from_numpy(pred_inst).long(), inst[i, 0].cpu(), names)
                 for name, v in vals.items():
                     if not math.isnan(v):
                         self.instance[name].append(v)

@@ -104,9 +104,12 @@ class RotationRobustnessEvaluator:
         self.result = rotation_robustness(self.network, self.dataloader, device=self.device, **self.kwargs)
         self.paths = write_report(self.result, self.output_dir, self.prefix, plot=self.plot, compare=others)
         if self.log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from monai_gmr.utils import summary_writer  # a no-op writer when tensorboard is not installed
 
-            with SummaryWriter(log_dir=str(self.log_dir)) as w:
+            w = summary_writer(self.log_dir)
+            try:
                 write_tensorboard(self.result, w)
+            finally:
+                w.close()
         logger.info("rotation robustness report: %s", {k: str(v) for k, v in self.paths.items()})
         return self.result

@@ -152,6 +152,7 @@ def gmr_conv(
     padding_mode: str = "zeros",
     impl: str = "dense",
     kernel: torch.Tensor | None = None,
+    circular: bool | None = None,
 ) -> torch.Tensor:
     """GMR convolution of ``x``.
 
@@ -166,6 +167,8 @@ def gmr_conv(
         impl: ``"dense"``, ``"rings"`` or ``"triton"`` (fused kernels, :mod:`.triton_conv`; unsupported calls fall
             back with a one-time warning); ``"auto"`` resolves through :func:`select_impl`.
         kernel: optional precomputed dense kernel (``impl="dense"`` only), e.g. an eval-mode cache.
+        circular: ``True`` when ``basis`` is zero outside the inscribed circle/sphere, which lets the Triton kernels
+            skip the corner offsets (see :func:`.triton_conv.gmr_conv_triton`); ignored by the other impls.
 
     Returns:
         output of shape ``(B, C_out) + spatial_out``.
@@ -186,7 +189,7 @@ def gmr_conv(
             key = (x.device.type, d, k, str(x.dtype))
             if key not in _TRITON_FAILED:
                 try:
-                    return gmr_conv_triton(x, weight, basis, bias)
+                    return gmr_conv_triton(x, weight, basis, bias, circular=circular)
                 except Exception as e:  # compile / launch failure on this GPU: fall back, never crash a forward pass
                     _TRITON_FAILED.add(key)
                     logger.warning("impl='triton' failed for %s (%s: %s); using the dense/rings path from now on.",

@@ -101,6 +101,7 @@ class SymmetricSlidingWindowInferer(Inferer):
         self.sigma_scale = sigma_scale
         self.padding_mode = padding_mode
         self.cval = float(cval)
+        self._weights: dict[tuple, torch.Tensor] = {}  # importance maps by (roi, device): built once, not per call
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         d = inputs.ndim - 2
@@ -122,8 +123,11 @@ class SymmetricSlidingWindowInferer(Inferer):
         padded = tuple(int(s) for s in x.shape[2:])
         starts = [symmetric_window_starts(s, r, self.overlap) for s, r in zip(padded, roi)]
         windows = list(itertools.product(*starts))
-        weight = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=x.device)
-        weight = weight.to(torch.float32)
+        key = (roi, str(x.device))
+        if key not in self._weights:
+            w = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=x.device)
+            self._weights[key] = w.to(torch.float32)
+        weight = self._weights[key]
         n = x.shape[0]
         out: torch.Tensor | None = None
         count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=x.device)

@@ -29,7 +29,6 @@ from monai_gmr.functional import (
     support_mask,
     synthesize_kernel,
 )
-from monai_gmr.functional.triton_conv import gmr_conv_triton, resolve_triton
 
 __all__ = ["GMRConv", "GMRConv2d", "GMRConv3d", "SIGMA_MODES", "DC_GAIN_FRACTION"]
 
@@ -269,14 +268,7 @@ class GMRConv(nn.Module):
             raise ValueError(f"input has {x.shape[1]} channels but in_channels={self.in_channels}.")
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
-        if impl == "triton":  # fused Triton kernels (issue 7), or the best other impl where they cannot run
-            impl = resolve_triton(
-                self.impl, x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups,
-                self.padding_mode, needs_grad,
-            )  # fmt: skip
-            if impl == "triton":
-                return gmr_conv_triton(x, self.weight, self.basis(), self.bias, circular=self.circular)
-        kernel = self.dense_kernel() if impl == "dense" else None
+        kernel = self.dense_kernel() if impl == "dense" else None  # cached in eval mode
         basis = self.basis() if kernel is None else None
         return gmr_conv(
             x,
@@ -288,8 +280,10 @@ class GMRConv(nn.Module):
             dilation=self.dilation,
             groups=self.groups,
             padding_mode=self.padding_mode,
-            impl=impl,
+            # "triton" is resolved (support checks, fallbacks, warnings for an explicit request) by gmr_conv itself
+            impl=self.impl if impl == "triton" else impl,
             kernel=kernel,
+            circular=self.circular,
         )
 
     def extra_repr(self) -> str:

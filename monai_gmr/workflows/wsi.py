@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
+from monai_gmr.utils import NullSummaryWriter, summary_writer, tensorboard_available  # re-exported
 from monai_gmr.utils import atomic_path, atomic_write_json
 
 from .common import is_main_process, run_on_rank0_first
@@ -1187,43 +1188,3 @@ class SlideInference:
         self.results = out.pop("results")
         self.summary = out
         return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# TensorBoard without tensorboard
-# --------------------------------------------------------------------------------------------------------------------
-class NullSummaryWriter:
-    """Stand-in for ``torch.utils.tensorboard.SummaryWriter`` when the ``tensorboard`` package is missing: every
-    method (``add_scalar``, ``add_image``, ``flush``, ``close``, ...) does nothing, so MONAI's TensorBoard handlers
-    keep working and the run only loses its event files."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return lambda *args, **kwargs: None
-
-    def __enter__(self) -> NullSummaryWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def tensorboard_available() -> bool:
-    """Whether ``torch.utils.tensorboard`` can be imported (it needs the ``tensorboard`` package)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def summary_writer(log_dir: str | os.PathLike) -> Any:
-    """A TensorBoard ``SummaryWriter`` writing to ``log_dir``, or a :class:`NullSummaryWriter` (warning logged) when
-    ``tensorboard`` is not installed (e.g. a minimal GPU image), so training and evaluation still run."""
-    if not tensorboard_available():
-        logger.warning("tensorboard is not installed: no TensorBoard event files will be written to %s", log_dir)
-        return NullSummaryWriter()
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(log_dir))

@@ -479,3 +479,22 @@ def test_runtime_failure_falls_back_to_dense(monkeypatch, caplog):
     assert rel_err(y1, ref) < 1e-12 and rel_err(y2, ref) < 1e-12
     assert len(calls) == 1  # not retried for the same configuration
     assert sum("out of resources" in r.message for r in caplog.records) == 1
+
+
+def test_module_goes_through_the_same_dispatch(monkeypatch):
+    """GMRConv(impl="triton") uses gmr_conv's resolution, so it gets the same fallback and the circular flag."""
+    import monai_gmr.functional.conv as conv_mod
+
+    seen = []
+
+    def broken(x, weight, basis, bias=None, circular=None):
+        seen.append(circular)
+        raise RuntimeError("launch failed")
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", broken)
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    m = GMRConv(2, 3, 4, 5, impl="triton").double()
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    ref = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="dense")
+    assert rel_err(m(x), ref) < 1e-12 and seen == [True]
