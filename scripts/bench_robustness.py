@@ -45,15 +45,17 @@ def build_net(kind: str, width: int) -> torch.nn.Module:
     )  # fmt: skip
 
 
-def load_data(source: str, n_images: int, size: int, batch_size: int) -> tuple[list[dict], str]:
-    if source == "cpm15" and CPM15.is_dir():
+def load_data(source: str, n_images: int, size: int, batch_size: int, cpm15_dir: Path = CPM15) -> tuple[list[dict], str]:
+    if source == "cpm15":
+        if not (cpm15_dir / "images").is_dir() or not (cpm15_dir / "labels").is_dir():
+            raise SystemExit(f"--data cpm15: {cpm15_dir} has no images/ and labels/ folders (set --cpm15-dir)")
         import numpy as np
         from PIL import Image
 
         imgs, labs = [], []
-        for p in sorted((CPM15 / "images").glob("*.png"))[:n_images]:
+        for p in sorted((cpm15_dir / "images").glob("*.png"))[:n_images]:
             im = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
-            lab = np.asarray(Image.open(CPM15 / "labels" / f"{p.stem}_label.png")).astype(np.int64)
+            lab = np.asarray(Image.open(cpm15_dir / "labels" / f"{p.stem}_label.png")).astype(np.int64)
             h, w = lab.shape
             s = min(size, h, w)
             t, l = (h - s) // 2, (w - s) // 2
@@ -95,6 +97,7 @@ def main() -> None:
     ap.add_argument("--metrics", default="dice,iou,auc")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
+    ap.add_argument("--cpm15-dir", type=Path, default=CPM15, help="CPM-15 folder with images/ and labels/ (--data cpm15)")
     ap.add_argument("--out", default=None, help="also write the JSON summary here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -103,7 +106,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     net = build_net(args.net, args.width).to(device).eval()
-    batches, desc = load_data(args.data, args.n_images, args.size, args.batch_size)
+    batches, desc = load_data(args.data, args.n_images, args.size, args.batch_size, args.cpm15_dir)
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]  # both timings start from device data
     angles = [a * args.angle_step for a in range(int(round(360 / args.angle_step)))]
     flips = [f for f in args.flips.split(",") if f]

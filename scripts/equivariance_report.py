@@ -18,6 +18,8 @@ Two kinds of evaluation input, both reported:
 Two outputs, measured from the same forward passes: ``logits`` and ``probs`` (softmax over classes).
 
 Outputs (all written atomically): ``equivariance_report.csv`` (model, stage, input, output, angle, rel_err),
+``equivariance_layers.csv`` (the error of every leaf module's output on the disk input at ``--layer-angle``,
+:func:`monai_gmr.evaluation.layerwise_equivariance_error`: where the error arises),
 ``equivariance_report.json`` (settings, training losses, parameters, errors, GMRUNet/BasicUNet ratios at 45
 degrees) and ``equivariance_report.png`` (error vs angle).
 
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 
-from monai_gmr.evaluation.equivariance import masked_rel_err
+from monai_gmr.evaluation.equivariance import layerwise_equivariance_error, masked_rel_err
 from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_mask
 from monai_gmr.nets import GMRUNet
 from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, seed_everything
@@ -156,6 +158,7 @@ def run_report(args: argparse.Namespace) -> dict:
     # results[model][stage][input][output][angle]
     results: dict[str, dict[str, dict[str, dict[str, dict[float, float]]]]] = {}
     train_info: dict[str, dict] = {}
+    layer_rows: list[dict] = []
     for name, net in models.items():
         results[name] = {}
         for stage in ("init", "trained"):
@@ -173,6 +176,10 @@ def run_report(args: argparse.Namespace) -> dict:
                     rows += [{"model": name, "stage": stage, "input": inp, "output": output, "angle": a, "rel_err": e} for a, e in d.items()]
                 logger.info("%s (%s, %s input): error at 45 deg: logits %.3e, probs %.3e", name, stage, inp,
                             errs["logits"].get(45.0, float("nan")), errs["probs"].get(45.0, float("nan")))  # fmt: skip
+            # where the error arises: every leaf module's output at the layer angle, disk input
+            for module, (shape, e) in layerwise_equivariance_error(net, inputs["disk"], args.layer_angle, radius_frac=args.radius_frac, mode=args.mode).items():
+                layer_rows.append({"model": name, "stage": stage, "module": module, "type": type(net.get_submodule(module)).__name__,
+                                   "shape": "x".join(map(str, shape)), "angle": args.layer_angle, "rel_err": e})  # fmt: skip
     ratios = {
         f"{stage}/{inp}/{output}": results["GMRUNet"][stage][inp][output][45.0] / max(results["BasicUNet"][stage][inp][output][45.0], 1e-300)
         for stage in ("init", "trained")
@@ -186,6 +193,11 @@ def run_report(args: argparse.Namespace) -> dict:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "equivariance_report.csv", buf.getvalue())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["model", "stage", "module", "type", "shape", "angle", "rel_err"])
+    w.writeheader()
+    w.writerows(layer_rows)
+    atomic_write_text(out / "equivariance_layers.csv", buf.getvalue())
     summary = {
         "settings": {k: v for k, v in vars(args).items()},
         "data": source,
@@ -244,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-angle", type=float, default=90.0)
     p.add_argument("--step", type=float, default=5.0)
     p.add_argument("--radius-frac", type=float, default=0.35)
+    p.add_argument("--layer-angle", type=float, default=45.0, help="angle of the per-layer errors (equivariance_layers.csv)")
     p.add_argument("--mode", default="bicubic", help="interpolation of the rotations")
     p.add_argument("--n-train", type=int, default=16, help="synthetic training tiles")
     p.add_argument("--n-eval", type=int, default=4, help="synthetic evaluation tiles")

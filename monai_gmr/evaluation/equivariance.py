@@ -17,7 +17,7 @@ import torch
 from monai_gmr.functional.groups import group_elements
 from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_mask
 
-__all__ = ["equivariance_error", "group_equivariance_error", "masked_rel_err"]
+__all__ = ["equivariance_error", "group_equivariance_error", "layerwise_equivariance_error", "masked_rel_err"]
 
 
 def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -111,4 +111,75 @@ def group_equivariance_error(
     for g in group_elements(spatial_dims):
         y = _first(fn(g(x)))
         out[g.name] = masked_rel_err(y, g(y0) if spatial_out else y0)
+    return out
+
+
+@torch.no_grad()
+def layerwise_equivariance_error(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    angle: float = 45.0,
+    modules: Sequence[str] | None = None,
+    radius_frac: float = 0.35,
+    mode: str | None = None,
+    spatial_dims: int = 2,
+    axes: Sequence[int] | None = None,
+) -> dict[str, tuple[tuple[int, ...], float]]:
+    """Where a network loses equivariance: the rotation error of every selected module's output.
+
+    Runs ``net(x)`` and ``net(rotate(x, angle))`` once each, records the outputs of ``modules`` with forward hooks
+    (cloned, so later in-place activations do not change them), and measures
+    ``||m(rotate x) - rotate(m(x))|| / ||rotate(m(x))||`` on the central disk of each module's own grid (intersected
+    with the validity mask). Rotations of a coarser grid are about its centre, which is the centre of the image for
+    2x pooling of even sizes, so errors at every level of a U-Net are comparable.
+
+    Args:
+        net: module in ``eval()`` mode.
+        x: ``(N, C, *spatial)``.
+        angle: degrees; multiples of 90 measure the exact D4 elements (errors at float precision for GMR nets).
+        modules: names from ``net.named_modules()``; default: every leaf module (no children).
+        radius_frac, mode, spatial_dims, axes: as in :func:`equivariance_error`.
+
+    Returns:
+        ``{name: (spatial shape, rel_err)}`` in execution order, for the modules whose output is a tensor with
+        ``x.ndim`` dims (others, e.g. a flattening head, are left out).
+
+    Raises:
+        ValueError: a name in ``modules`` that ``net`` does not have, or a bad ``x``.
+    """
+    _check_x(x, spatial_dims)
+    mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
+    named = dict(net.named_modules())
+    if modules is None:
+        modules = [n for n, m in named.items() if n and next(m.children(), None) is None]
+    missing = [n for n in modules if n not in named]
+    if missing:
+        raise ValueError(f"modules: {missing} are not modules of {type(net).__name__} (see net.named_modules()).")
+    records: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name: str):
+        def f(_mod, _inp, out):
+            out = _first(out)
+            if isinstance(out, torch.Tensor) and out.ndim == x.ndim:
+                records.setdefault(name, []).append(out.detach().clone())
+
+        return f
+
+    handles = [named[n].register_forward_hook(hook(n)) for n in modules]
+    try:
+        net(x)
+        net(rotate(x, angle, spatial_dims, mode, axes))
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, tuple[tuple[int, ...], float]] = {}
+    for name, outs in records.items():
+        if len(outs) != 2:  # a module called several times per forward: its calls cannot be paired reliably
+            continue
+        y0, y1 = outs
+        shape = tuple(y0.shape[-spatial_dims:])
+        mask = central_disk_mask(shape, radius_frac, device=y0.device) & validity_mask(
+            shape, angle, spatial_dims, mode, axes, device=y0.device
+        )
+        out[name] = (shape, masked_rel_err(y1, rotate(y0, angle, spatial_dims, mode, axes), mask))
     return out

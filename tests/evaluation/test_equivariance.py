@@ -58,3 +58,27 @@ def test_errors():
         equivariance_error(lambda t: t, x, spatial_dims=3)
     with pytest.raises(ValueError, match="spatial_dims"):
         group_equivariance_error(lambda t: t, x, spatial_dims=4)
+
+
+def test_layerwise_error_locates_the_non_equivariant_layer():
+    """A GMR stack with one plain 3x3 conv in the middle: exact (90 deg) up to that conv, broken from it on."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        monai_gmr.GMRConv(2, 1, 4, 5), torch.nn.InstanceNorm2d(4), torch.nn.LeakyReLU(0.1, inplace=True),
+        torch.nn.Conv2d(4, 4, 3, padding=1), monai_gmr.GMRConv(2, 4, 2, 5),
+    ).eval()  # fmt: skip
+    x = _smooth(2, 32)
+    err = layerwise_equivariance_error(net, x, angle=90.0)
+    assert list(err) == ["0", "1", "2", "3", "4"] and all(s == (32, 32) for s, _ in err.values())
+    assert max(err[n][1] for n in ("0", "1", "2")) < 1e-5
+    assert min(err[n][1] for n in ("3", "4")) > 1e-2
+    # hooks clone: the norm's output is recorded before the in-place activation overwrites it
+    y0 = net[1](net[0](x))
+    y1 = net[1](net[0](torch.rot90(x, 1, (2, 3))))
+    assert torch.allclose(torch.rot90(y0, 1, (2, 3)), y1, atol=1e-5) and (y0 < 0).any()
+    one = layerwise_equivariance_error(net, x, angle=45.0, modules=["1", "2"])
+    assert list(one) == ["1", "2"] and one["1"][1] != one["2"][1]
+    with pytest.raises(ValueError, match="nope"):
+        layerwise_equivariance_error(net, x, modules=["nope"])

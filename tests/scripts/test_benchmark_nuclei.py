@@ -51,3 +51,11 @@ def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
 def test_out_inside_the_repository_is_refused():
     with pytest.raises(SystemExit, match="inside the repository"):
         _load().main(["--prepared", "x", "--out", str(ROOT / "bench_out")])
+
+
+def test_default_models_and_the_opt_in_wide_gmrunet():
+    bn = _load()
+    assert bn._parse(["--out", "x"]).models == ["gmrunet", "basicunet", "basicunet_rotaug"]
+    wide, base = bn.MODELS["gmrunet_wide"]["network_def"], bn.MODELS["gmrunet"]["network_def"]
+    assert wide["features"] == [2 * f for f in base["features"]] and wide["kernel_sizes"] == base["kernel_sizes"]
+    assert bn._parse(["--out", "x", "--models", "gmrunet_wide"]).models == ["gmrunet_wide"]
