@@ -42,6 +42,7 @@ BUNDLE = ROOT / "bundles" / "gmr_nuclei_segmentation"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cpm15_nuclei_he"
 logger = logging.getLogger("monai_gmr.benchmark_nuclei")
 
+
 def _gmrunet(features: list[int]) -> dict[str, Any]:
     net = {"_target_": "monai_gmr.nets.GMRUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": "@num_classes",
            "features": features, "kernel_sizes": [9, 9, 5, 5]}  # fmt: skip

@@ -238,19 +238,17 @@ def _install_wheels(site: Path) -> None:
 
 
 def _pack(work: Path, out: Path, records: list[dict]) -> None:
-    """Write ``device_summary.{json,md}`` and ``device_results.tar.gz`` (every file under ``work``) into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``device_summary.{json,md}`` and ``device_results.tar.gz`` (every file under ``work``) into ``out``,
+    each atomically (the package's writers: importable once the wheels are installed and on ``sys.path``)."""
+    from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text
+
     lines = ["| part | issue | status | rc | seconds | command |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['part']} | {r['issue']} | {r['status']} | {r.get('rc', '')} | {r.get('seconds', '')} | "
               f"`{r.get('command', '')}` |" for r in records]  # fmt: skip
-    for name, text in (("device_summary.json", json.dumps(records, indent=2)), ("device_summary.md", "\n".join(lines) + "\n")):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-    tmp = out / "device_results.tar.gz.tmp"
-    with tarfile.open(tmp, "w:gz") as tar:
+    atomic_write_json(out / "device_summary.json", records)
+    atomic_write_text(out / "device_summary.md", "\n".join(lines) + "\n")
+    with atomic_path(out / "device_results.tar.gz", suffix=".tmp") as tmp, tarfile.open(tmp, "w:gz") as tar:
         tar.add(work, arcname="device_results")
-    os.replace(tmp, out / "device_results.tar.gz")
 
 
 def command(part: Part, fill: dict[str, str]) -> list[str]:
@@ -316,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
         _install_wheels(site)
         paths.insert(0, str(site))
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    sys.path[:0] = paths  # this process too (the result packing uses monai_gmr.utils)
     env["PYTHONUNBUFFERED"] = "1"
     try:
         import xdist  # noqa: F401

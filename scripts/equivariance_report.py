@@ -188,16 +188,12 @@ def run_report(args: argparse.Namespace) -> dict:
         if 45.0 in results["GMRUNet"][stage][inp][output]
     }
     out = Path(args.out)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["model", "stage", "input", "output", "angle", "rel_err"])
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "equivariance_report.csv", buf.getvalue())
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["model", "stage", "module", "type", "shape", "angle", "rel_err"])
-    w.writeheader()
-    w.writerows(layer_rows)
-    atomic_write_text(out / "equivariance_layers.csv", buf.getvalue())
+    for name, table in (("equivariance_report.csv", rows), ("equivariance_layers.csv", layer_rows)):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+        atomic_write_text(out / name, buf.getvalue())
     summary = {
         "settings": {k: v for k, v in vars(args).items()},
         "data": source,
