@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "MODELS", "DEFAULT_MODELS"]
+__all__ = ["main", "MODELS", "DEFAULT_MODELS", "parse_overrides"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "gmr_nuclei_segmentation"
@@ -101,7 +101,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--instance-metrics", action="store_true", help="also AJI and PQ at every angle (CPU, slower)")
     p.add_argument("--skip-trained", action="store_true",
                    help="reuse a model already trained in --out (models/model.pt + train_summary.json): evaluate only")
-    return p.parse_args(argv)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
+                   help="extra bundle override for every model in this run, VALUE parsed as JSON when it parses "
+                        "(else a string); repeatable, applied after the model's own overrides, e.g. "
+                        "--set network_def#kernel_sizes=[5,5,5,5] --set network_def#norm=batch")
+    args = p.parse_args(argv)
+    try:
+        args.extra = parse_overrides(args.set_)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a#b=[1, 2]", "c=batch"]`` -> ``{"a#b": [1, 2], "c": "batch"}`` (ValueError naming a malformed item)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: int | None) -> float:
@@ -239,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     for name in args.models:
         run_dir = out / name
-        over = {**common, "output_dir": str(run_dir), **MODELS[name]}
+        over = {**common, "output_dir": str(run_dir), **MODELS[name], **args.extra}
         trained = (run_dir / "models" / "model.pt").is_file() and (run_dir / "train_summary.json").is_file()
         if args.skip_trained and trained:
             logger.info("using the trained %s in %s", name, run_dir)
@@ -260,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r.model_name = name
         results.append(r)
     plot_polar(results, out / "robustness_comparison.png", title="rotation robustness (test split)")
-    settings = {k: v for k, v in vars(args).items()}
+    settings = {k: v for k, v in vars(args).items() if k != "set_"}
     settings["epoch_length"] = epoch_length
     environment = _environment(device)
     report = {"rows": rows, "environment": environment, "settings": settings, "seconds": round(time.perf_counter() - t0, 1)}
@@ -270,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "",
         f"data: {args.prepared or args.data} (split seed {args.split_seed}); test split, whole tiles, sliding window {args.roi}",
         f"budget: {args.epochs} epochs, epoch_length {epoch_length or 'full'}, crop {args.crop}, "
-        f"{args.crops_per_image} crops/image, batch {args.batch_size} images, lr {args.lr}, seed {args.seed}",
+        f"{args.crops_per_image} crops/image, batch {args.batch_size} images, lr {args.lr}, seed {args.seed}"
+        + (f"; overrides {json.dumps(args.extra)}" if args.extra else ""),
         f"angles: {len(evaluate['robustness_angles'])} (step {args.angle_step} deg), flips h/v; std = population std across angles",
         f"environment: {json.dumps(environment)}",
         "",

@@ -21,6 +21,7 @@ def _load():
 
 def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
     from monai_gmr.data import make_synthetic_nuclei
+    from monai_gmr.nets import GMRUNet
 
     raw = tmp_path / "raw"  # an image + instance-mask folder pair, prepared by the script like real data
     make_synthetic_nuclei(raw, n_images=5, size=64, seed=0)
@@ -28,10 +29,14 @@ def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
     out = tmp_path / "bench"
     args = ["--data", str(raw), "--out", str(out), "--models", "gmrunet", "--epochs", "1", "--max-steps", "1",
             "--crop", "32", "--crops-per-image", "1", "--batch-size", "1", "--roi", "64", "--angle-step", "90",
-            "--num-workers", "0", "--device", "cpu"]  # fmt: skip
+            "--num-workers", "0", "--device", "cpu", "--set", "network_def#kernel_sizes=[3, 3, 5, 3]"]  # fmt: skip
     report = bn.main(args)
     row = report["rows"][0]
-    assert row["model"] == "gmrunet" and row["params"] > 0 and row["iterations"] == 1
+    # the --set override reached the trained network (the default kernel sizes give another count)
+    expected = sum(p.numel() for p in GMRUNet(2, 3, 2, kernel_sizes=(3, 3, 5, 3)).parameters())
+    assert expected != sum(p.numel() for p in GMRUNet(2, 3, 2).parameters())
+    assert row["model"] == "gmrunet" and row["params"] == expected and row["iterations"] == 1
+    assert report["settings"]["extra"] == {"network_def#kernel_sizes": [3, 3, 5, 3]}
     assert "aji_0" not in row
     # GMRUNet on 64x64 tiles: right angles and flips give the 0-degree Dice exactly
     assert row["dice_std"] == pytest.approx(0.0, abs=1e-6) and row["dice_flip_h"] == pytest.approx(row["dice_0"], abs=1e-6)
@@ -59,3 +64,15 @@ def test_default_models_and_the_opt_in_wide_gmrunet():
     wide, base = bn.MODELS["gmrunet_wide"]["network_def"], bn.MODELS["gmrunet"]["network_def"]
     assert wide["features"] == [2 * f for f in base["features"]] and wide["kernel_sizes"] == base["kernel_sizes"]
     assert bn._parse(["--out", "x", "--models", "gmrunet_wide"]).models == ["gmrunet_wide"]
+
+
+def test_set_overrides_parse_as_json_or_string_and_bad_items_are_refused(capsys):
+    bn = _load()
+    assert bn.parse_overrides(["network_def#norm=batch", "a#b=[1, 2]", "lr= 0.5", "s="]) == {
+        "network_def#norm": "batch", "a#b": [1, 2], "lr": 0.5, "s": ""}
+    for bad in ("no_equals_sign", "=3"):
+        with pytest.raises(SystemExit):
+            bn._parse(["--out", "x", "--set", bad])
+        assert "--set expects KEY=VALUE" in capsys.readouterr().err
+    cmd = bn._bundle_cmd(["train.json"], {"network_def": {"x": 1}, "network_def#norm": "batch"})
+    assert cmd[-4:] == ["--network_def", "{'x': 1}", "--network_def#norm", "batch"]  # applied after the model's dict
