@@ -236,7 +236,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
 
-    dataset_dir = Path(args.prepared) if args.prepared else prepare(args.data, out / "prepared", args.split_seed, env, args.timeout)
+    # The bundle runs and the preparation CLI run with the log folder as working directory, so relative
+    # --data / --prepared paths are resolved against the caller's directory here, before they are passed on.
+    if args.prepared:
+        dataset_dir = Path(args.prepared).resolve()
+        if not (dataset_dir / "datalist.json").is_file():
+            raise SystemExit(f"--prepared {dataset_dir} has no datalist.json; run without --prepared to prepare --data")
+    else:
+        data = Path(args.data).resolve()
+        if not data.is_dir():
+            raise SystemExit(f"--data {data} is not a folder")
+        dataset_dir = prepare(str(data), out / "prepared", args.split_seed, env, args.timeout)
     epoch_length = None if args.max_steps is None else max(1, math.ceil(args.max_steps / args.epochs))
     common = {
         "dataset_dir": str(dataset_dir),

@@ -19,7 +19,7 @@ def _load():
     return mod
 
 
-def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
+def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path, monkeypatch):
     from monai_gmr.data import make_synthetic_nuclei
     from monai_gmr.nets import GMRUNet
 
@@ -27,7 +27,9 @@ def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
     make_synthetic_nuclei(raw, n_images=5, size=64, seed=0)
     bn = _load()
     out = tmp_path / "bench"
-    args = ["--data", str(raw), "--out", str(out), "--models", "gmrunet", "--epochs", "1", "--max-steps", "1",
+    # relative paths, as a user types them: the subprocesses run elsewhere, so the script must resolve them
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", "raw", "--out", "bench", "--models", "gmrunet", "--epochs", "1", "--max-steps", "1",
             "--crop", "32", "--crops-per-image", "1", "--batch-size", "1", "--roi", "64", "--angle-step", "90",
             "--num-workers", "0", "--device", "cpu", "--set", "network_def#kernel_sizes=[3, 3, 5, 3]"]  # fmt: skip
     report = bn.main(args)
@@ -56,6 +58,16 @@ def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path):
 def test_out_inside_the_repository_is_refused():
     with pytest.raises(SystemExit, match="inside the repository"):
         _load().main(["--prepared", "x", "--out", str(ROOT / "bench_out")])
+
+
+def test_missing_data_or_unprepared_dataset_is_refused_before_anything_runs(tmp_path):
+    bn = _load()
+    with pytest.raises(SystemExit, match=r"--data .*no_such is not a folder"):
+        bn.main(["--data", str(tmp_path / "no_such"), "--out", str(tmp_path / "o1")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"--prepared .*empty has no datalist.json"):
+        bn.main(["--prepared", str(tmp_path / "empty"), "--out", str(tmp_path / "o2")])
+    assert not (tmp_path / "o1" / "prepared").exists() and not any((tmp_path / "o2").iterdir())
 
 
 def test_default_models_and_the_opt_in_wide_gmrunet():
