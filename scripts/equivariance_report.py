@@ -7,25 +7,33 @@ and after a short training on synthetic H&E-like nuclei tiles (:func:`monai_gmr.
 synthetic blob task generated here if that module is unavailable). Training uses ``--size`` tiles; evaluation
 uses ``--eval-size`` tiles (the nets are fully convolutional), so the image border is further from the disk.
 
-Two kinds of evaluation input, both reported:
+Four kinds of evaluation input, all reported:
 
 * ``tile``: the rendered tile as is. Rotating it by a non-right angle cuts off its corners and fills new corners
   with zeros; with instance norm (both nets' default) the per-image statistics of every layer then change, which
   shifts the whole output -- an error of the *input*, not of the layers.
+* ``crop``: a tile cut from the centre of a larger rendered field, against the same cut from the rotated field (a
+  slide placed at another angle, tiled at the same place): no zero corners, but the tissue near the tile's
+  corners differs between the two views, and both nets' receptive fields reach it.
 * ``disk``: the tile multiplied by a soft disk mask (radius ``S/2 - 1``, cosine taper of ``--taper`` pixels), so
-  the input content is the same at every angle and the error measures the network's own equivariance.
+  the input content is the same at every angle.
+* ``canvas``: the same disk centred on a zero canvas of side ``--canvas`` (default twice ``--eval-size``; the
+  central disk keeps its radius in pixels, :func:`monai_gmr.evaluation.on_canvas`). The square border of the
+  input is not rotation-invariant either (zero padding there, bias/norm/activation outputs around the content);
+  on the bare disk a receptive field as large as GMRUNet's (about 280 pixels) carries the border's effect into the
+  central disk, on the canvas only the network's own equivariance error remains.
 
 Two outputs, measured from the same forward passes: ``logits`` and ``probs`` (softmax over classes).
 
 Outputs (all written atomically): ``equivariance_report.csv`` (model, stage, input, output, angle, rel_err),
-``equivariance_layers.csv`` (the error of every leaf module's output on the disk input at ``--layer-angle``,
-:func:`monai_gmr.evaluation.layerwise_equivariance_error`: where the error arises),
+``equivariance_layers.csv`` (the error of every leaf module's output on the ``disk`` and ``canvas`` inputs at
+``--layer-angle``, :func:`monai_gmr.evaluation.layerwise_equivariance_error`: where the error arises),
 ``equivariance_report.json`` (settings, training losses, parameters, errors, GMRUNet/BasicUNet ratios at 45
 degrees) and ``equivariance_report.png`` (error vs angle).
 
-Example (CPU, 1 thread, about 3 minutes; docs/networks.md quotes this run)::
+Example (CPU, 2 threads, about 5 minutes; docs/networks.md quotes this run)::
 
-    python scripts/equivariance_report.py --out docs/results
+    python scripts/equivariance_report.py --out docs/results --threads 2
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ import argparse
 import csv
 import io
 import logging
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +52,14 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 
-from monai_gmr.evaluation.equivariance import layerwise_equivariance_error, masked_rel_err
+from monai_gmr.evaluation.equivariance import layerwise_equivariance_error, masked_rel_err, on_canvas
 from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_mask
 from monai_gmr.nets import GMRUNet
 from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, seed_everything
 
-__all__ = ["build_models", "synthetic_batch", "disk_taper", "measure", "train", "run_report", "main"]
+__all__ = ["build_models", "synthetic_batch", "disk_taper", "field_size", "measure", "train", "run_report", "main"]
 
-INPUTS = ("tile", "disk")
+INPUTS = ("tile", "crop", "disk", "canvas")
 OUTPUTS = ("logits", "probs")
 
 logger = logging.getLogger("monai_gmr.equivariance_report")
@@ -111,18 +121,50 @@ def disk_taper(size: int, taper: float = 4.0) -> torch.Tensor:
     return 0.5 - 0.5 * torch.cos(np.pi * w)
 
 
+def field_size(size: int, margin: int = 4) -> int:
+    """Side of a field whose rotation by any angle still covers its central ``size`` square with ``margin`` pixels
+    to spare (so no rotated-in zero and no interpolation border reaches the crop); ``field - size`` is even."""
+    return size + 2 * math.ceil(size * (math.sqrt(2.0) - 1.0) / 2.0 + margin)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size x size`` window of ``(..., H, W)`` (``H - size`` and ``W - size`` even)."""
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def crop_view(field: torch.Tensor, size: int, mode: str) -> Callable[[float], torch.Tensor]:
+    """``angle -> central crop of the rotated field`` (the ``crop`` input); refuses a field too small to fill it."""
+
+    def view(a: float) -> torch.Tensor:
+        valid = center_crop(validity_mask(field.shape[-2:], a, 2, mode, device=field.device), size)
+        if not bool(valid.all()):
+            raise ValueError(f"field of {tuple(field.shape[-2:])} does not cover a {size}-pixel crop at {a} degrees.")
+        return center_crop(rotate(field, a, 2, mode), size)
+
+    return view
+
+
 @torch.no_grad()
-def measure(net: torch.nn.Module, x: torch.Tensor, angles: list[float], radius_frac: float, mode: str) -> dict[str, dict[float, float]]:
+def measure(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    angles: list[float],
+    radius_frac: float,
+    mode: str,
+    view: Callable[[float], torch.Tensor] | None = None,
+) -> dict[str, dict[float, float]]:
     """``{"logits": {angle: err}, "probs": {angle: err}}`` from one forward pass per angle (``net`` in eval mode).
 
     Same definition as :func:`monai_gmr.evaluation.equivariance.equivariance_error` (central disk intersected with
-    the validity mask of the rotation), computed here for two outputs at once.
+    the validity mask of the rotation), computed here for two outputs at once. ``view(angle)`` gives the rotated
+    input (default ``rotate(x, angle)``; the ``crop`` input cuts it from a rotated larger field instead).
     """
     y0 = net(x)
     disk = central_disk_mask(y0.shape[-2:], radius_frac, device=y0.device)
     out: dict[str, dict[float, float]] = {k: {} for k in OUTPUTS}
     for a in angles:
-        y = net(rotate(x, a, 2, mode))
+        y = net(rotate(x, a, 2, mode) if view is None else view(a))
         mask = disk & validity_mask(y0.shape[-2:], a, 2, mode, device=y0.device)
         out["logits"][a] = masked_rel_err(y, rotate(y0, a, 2, mode), mask)
         out["probs"][a] = masked_rel_err(torch.softmax(y, 1), rotate(torch.softmax(y0, 1), a, 2, mode), mask)
@@ -153,7 +195,17 @@ def run_report(args: argparse.Namespace) -> dict:
     models = build_models(tuple(args.features), tuple(args.kernel_sizes), args.norm)
     x_train, y_train, source = synthetic_batch(args.n_train, args.size, args.seed)
     x_tile, _, _ = synthetic_batch(args.n_eval, args.eval_size, args.seed + 1000)
-    inputs = {"tile": x_tile, "disk": x_tile * disk_taper(args.eval_size, args.taper)}
+    x_field, _, _ = synthetic_batch(args.n_eval, field_size(args.eval_size), args.seed + 2000)
+    x_disk = x_tile * disk_taper(args.eval_size, args.taper)
+    canvas = args.canvas or 2 * args.eval_size
+    x_canvas, canvas_radius = on_canvas(x_disk, canvas, 2, args.radius_frac)
+    # input name -> (input, radius fraction of the central disk, rotated view or None for rotate(input))
+    inputs = {
+        "tile": (x_tile, args.radius_frac, None),
+        "crop": (center_crop(x_field, args.eval_size), args.radius_frac, crop_view(x_field, args.eval_size, args.mode)),
+        "disk": (x_disk, args.radius_frac, None),
+        "canvas": (x_canvas, canvas_radius, None),
+    }
     rows: list[dict] = []
     # results[model][stage][input][output][angle]
     results: dict[str, dict[str, dict[str, dict[str, dict[float, float]]]]] = {}
@@ -169,17 +221,19 @@ def run_report(args: argparse.Namespace) -> dict:
                 logger.info("%s: trained %d steps, loss %.3f -> %.3f", name, args.train_steps, losses[0], losses[-1])
             net.eval()
             results[name][stage] = {}
-            for inp, x in inputs.items():
-                errs = measure(net, x, angles, args.radius_frac, args.mode)
+            for inp, (x, radius, view) in inputs.items():
+                errs = measure(net, x, angles, radius, args.mode, view)
                 results[name][stage][inp] = errs
                 for output, d in errs.items():
                     rows += [{"model": name, "stage": stage, "input": inp, "output": output, "angle": a, "rel_err": e} for a, e in d.items()]
                 logger.info("%s (%s, %s input): error at 45 deg: logits %.3e, probs %.3e", name, stage, inp,
                             errs["logits"].get(45.0, float("nan")), errs["probs"].get(45.0, float("nan")))  # fmt: skip
-            # where the error arises: every leaf module's output at the layer angle, disk input
-            for module, (shape, e) in layerwise_equivariance_error(net, inputs["disk"], args.layer_angle, radius_frac=args.radius_frac, mode=args.mode).items():
-                layer_rows.append({"model": name, "stage": stage, "module": module, "type": type(net.get_submodule(module)).__name__,
-                                   "shape": "x".join(map(str, shape)), "angle": args.layer_angle, "rel_err": e})  # fmt: skip
+            # where the error arises: every leaf module's output at the layer angle, disk input bare and on the canvas
+            for inp in ("disk", "canvas"):
+                x, radius, _ = inputs[inp]
+                for module, (shape, e) in layerwise_equivariance_error(net, x, args.layer_angle, radius_frac=radius, mode=args.mode).items():
+                    layer_rows.append({"model": name, "stage": stage, "input": inp, "module": module, "type": type(net.get_submodule(module)).__name__,
+                                       "shape": "x".join(map(str, shape)), "angle": args.layer_angle, "rel_err": e})  # fmt: skip
     ratios = {
         f"{stage}/{inp}/{output}": results["GMRUNet"][stage][inp][output][45.0] / max(results["BasicUNet"][stage][inp][output][45.0], 1e-300)
         for stage in ("init", "trained")
@@ -195,7 +249,7 @@ def run_report(args: argparse.Namespace) -> dict:
         w.writerows(table)
         atomic_write_text(out / name, buf.getvalue())
     summary = {
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": {**vars(args), "canvas": canvas, "field": field_size(args.eval_size)},
         "data": source,
         "parameters": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
         "training": train_info,
@@ -218,7 +272,7 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey=True)
+    fig, axes = plt.subplots(len(INPUTS), 2, figsize=(11, 4 * len(INPUTS)), sharey=True)
     for row, inp in enumerate(INPUTS):
         for col, stage in enumerate(("init", "trained")):
             ax = axes[row, col]
@@ -246,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=64, help="training tile size (multiple of 16 for BasicUNet)")
     p.add_argument("--eval-size", type=int, default=128, help="evaluation tile size (multiple of 16)")
     p.add_argument("--taper", type=float, default=4.0, help="width (pixels) of the soft edge of the disk input")
+    p.add_argument("--canvas", type=int, default=None,
+                   help="side of the zero canvas of the 'canvas' input (default: twice --eval-size)")  # fmt: skip
     p.add_argument("--features", type=int, nargs=4, default=[16, 32, 64, 128], help="widths per level")
     p.add_argument("--kernel-sizes", type=int, nargs=4, default=[9, 9, 5, 5], help="GMR kernel widths per level")
     p.add_argument("--norm", default="instance", choices=["instance", "batch"], help="norm of both nets")
@@ -262,9 +318,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = p.parse_args(argv)
-    for flag, v in (("--size", args.size), ("--eval-size", args.eval_size)):
+    for flag, v in (("--size", args.size), ("--eval-size", args.eval_size), ("--canvas", args.canvas or 16)):
         if v % 16:
             raise SystemExit(f"{flag} must be a multiple of 16 (BasicUNet has 4 down-sampling levels), got {v}")
+    if args.canvas is not None and args.canvas < args.eval_size:
+        raise SystemExit(f"--canvas must be at least --eval-size={args.eval_size}, got {args.canvas}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     summary = run_report(args)
     print(f"data: {summary['data']}; parameters: {summary['parameters']}")
@@ -272,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         for stage, inps in stages.items():
             for inp, outs in inps.items():
                 for output, errs in outs.items():
-                    print(f"{name:10s} {stage:8s} {inp:5s} {output:7s} err@15={errs.get('15.0', float('nan')):.3e} "
+                    print(f"{name:10s} {stage:8s} {inp:6s} {output:7s} err@15={errs.get('15.0', float('nan')):.3e} "
                           f"err@45={errs.get('45.0', float('nan')):.3e} err@90={errs.get('90.0', float('nan')):.3e}")
     print("GMRUNet / BasicUNet error at 45 deg (target <= 0.2):")
     for k, v in summary["ratio_gmr_over_basicunet_at_45"].items():

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from .equivariance import equivariance_error, group_equivariance_error, layerwise_equivariance_error, masked_rel_err
+from .equivariance import (
+    equivariance_error,
+    group_equivariance_error,
+    layerwise_equivariance_error,
+    masked_rel_err,
+    on_canvas,
+)
 from .handlers import RotationRobustnessHandler
 from .metrics import ClassificationAccumulator, ExactAUC, SegmentationAccumulator, roc_auc_exact, to_probabilities
 from .report import load_result, plot_polar, result_to_csv, save_csv, save_json, write_report, write_tensorboard
@@ -14,6 +20,7 @@ __all__ = [
     "group_equivariance_error",
     "layerwise_equivariance_error",
     "masked_rel_err",
+    "on_canvas",
     "RotationRobustnessHandler",
     "ClassificationAccumulator",
     "ExactAUC",

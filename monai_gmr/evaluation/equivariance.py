@@ -6,6 +6,12 @@ invariance error ``||fn(g x) - fn(x)|| / ||fn(x)||``. Arbitrary angles are measu
 (:func:`~monai_gmr.functional.rotation.central_disk_mask`) intersected with the validity mask, so neither the
 image corners (padding) nor the resampling of the border enters; the exact group elements (D4 in 2D, the 48 cube
 symmetries in 3D) are measured on the whole tensor.
+
+The square (cubic) border of the input is itself not rotation-invariant: zero padding at the border, and bias,
+norm and activation outputs that are non-zero beyond the input's content, make every layer's features near the
+border differ from the interior, and a network whose receptive field reaches the border from the central disk
+carries that into the measured error (a default GMRUNet's receptive field spans about 280 pixels). ``canvas``
+centres the input on a larger zero canvas so that border stays out of reach; the disk keeps its radius in pixels.
 """
 
 from __future__ import annotations
@@ -13,11 +19,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from monai_gmr.functional.groups import group_elements
 from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_mask
 
-__all__ = ["equivariance_error", "group_equivariance_error", "layerwise_equivariance_error", "masked_rel_err"]
+__all__ = [
+    "equivariance_error",
+    "group_equivariance_error",
+    "layerwise_equivariance_error",
+    "masked_rel_err",
+    "on_canvas",
+]
 
 
 def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -28,6 +41,42 @@ def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
         m = mask.to(device=a.device, dtype=torch.float64)
         a, b = a * m, b * m
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def on_canvas(
+    x: torch.Tensor, canvas: int | Sequence[int] | None, spatial_dims: int = 2, radius_frac: float = 0.35
+) -> tuple[torch.Tensor, float]:
+    """Centre ``x`` on a zero canvas and rescale a central-disk fraction so the disk keeps its size in pixels.
+
+    Args:
+        x: ``(N, C, *spatial)``.
+        canvas: canvas size, an int for every spatial dim or one int per dim; each at least the input's size and
+            differing from it by an even number (the input stays centred on the grid, so right angles and flips
+            still map it onto itself). ``None``: ``x`` unchanged.
+        spatial_dims: 2 or 3.
+        radius_frac: disk radius as a fraction of the smallest spatial size of ``x``.
+
+    Returns:
+        ``(x on the canvas, radius as a fraction of the canvas's smallest size)``.
+
+    Raises:
+        ValueError: a ``canvas`` of the wrong length, smaller than the input, or differing by an odd number.
+    """
+    if canvas is None:
+        return x, radius_frac
+    sizes = tuple(int(s) for s in x.shape[-spatial_dims:])
+    sides = tuple(canvas) if isinstance(canvas, (tuple, list)) else (canvas,) * spatial_dims
+    if len(sides) != spatial_dims or any(isinstance(c, bool) or not isinstance(c, int) for c in sides):
+        raise ValueError(f"canvas must be an int or {spatial_dims} ints, got canvas={canvas!r}.")
+    if any(c < s or (c - s) % 2 for c, s in zip(sides, sizes)):
+        raise ValueError(
+            f"canvas must be at least the input's spatial size {sizes} and differ from it by an even number in every "
+            f"dim (so the input stays centred), got canvas={canvas!r}."
+        )
+    pads: list[int] = []
+    for c, s in zip(reversed(sides), reversed(sizes)):
+        pads += [(c - s) // 2, (c - s) // 2]
+    return F.pad(x, pads), radius_frac * min(sizes) / min(sides)
 
 
 def _first(out):
@@ -52,6 +101,7 @@ def equivariance_error(
     mode: str | None = None,
     spatial_dims: int = 2,
     axes: Sequence[int] | None = None,
+    canvas: int | Sequence[int] | None = None,
 ) -> dict[float, float]:
     """Relative rotation-equivariance error of ``fn`` at each angle.
 
@@ -64,6 +114,9 @@ def equivariance_error(
         mode: interpolation of inputs and outputs; default ``"bicubic"`` in 2D, ``"bilinear"`` in 3D.
         spatial_dims: 2 or 3.
         axes: 3D rotation plane (default ``(1, 2)``).
+        canvas: measure with ``x`` centred on a zero canvas of this size (:func:`on_canvas`; the disk keeps its
+            radius in pixels of ``x``), so that a large receptive field does not reach the canvas border from the
+            disk. ``None``: ``x`` as is.
 
     Returns:
         ``{angle: rel_err}`` (floats).
@@ -72,6 +125,7 @@ def equivariance_error(
     angles = list(angles)
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
+    x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac)
     mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
     y0 = _first(fn(x))
     spatial_out = y0.ndim == x.ndim
@@ -124,6 +178,7 @@ def layerwise_equivariance_error(
     mode: str | None = None,
     spatial_dims: int = 2,
     axes: Sequence[int] | None = None,
+    canvas: int | Sequence[int] | None = None,
 ) -> dict[str, tuple[tuple[int, ...], float]]:
     """Where a network loses equivariance: the rotation error of every selected module's output.
 
@@ -138,16 +193,17 @@ def layerwise_equivariance_error(
         x: ``(N, C, *spatial)``.
         angle: degrees; multiples of 90 measure the exact D4 elements (errors at float precision for GMR nets).
         modules: names from ``net.named_modules()``; default: every leaf module (no children).
-        radius_frac, mode, spatial_dims, axes: as in :func:`equivariance_error`.
+        radius_frac, mode, spatial_dims, axes, canvas: as in :func:`equivariance_error`.
 
     Returns:
         ``{name: (spatial shape, rel_err)}`` in execution order, for the modules whose output is a tensor with
-        ``x.ndim`` dims (others, e.g. a flattening head, are left out).
+        ``x.ndim`` dims (others, e.g. a flattening head, are left out); shapes are those on the canvas.
 
     Raises:
-        ValueError: a name in ``modules`` that ``net`` does not have, or a bad ``x``.
+        ValueError: a name in ``modules`` that ``net`` does not have, a bad ``x`` or ``canvas``.
     """
     _check_x(x, spatial_dims)
+    x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac)
     mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
     named = dict(net.named_modules())
     if modules is None:

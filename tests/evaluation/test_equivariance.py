@@ -82,3 +82,54 @@ def test_layerwise_error_locates_the_non_equivariant_layer():
     assert list(one) == ["1", "2"] and one["1"][1] != one["2"][1]
     with pytest.raises(ValueError, match="nope"):
         layerwise_equivariance_error(net, x, modules=["nope"])
+
+
+def _disk_input(n: int, size: int, seed: int) -> torch.Tensor:
+    """Smooth random content inside a soft-edged disk (zero outside): the same content at every angle."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.rand(n, 1, size + 4, size + 4, generator=g), 5, 1)
+    c = (size - 1) / 2.0
+    yy, xx = torch.meshgrid(torch.arange(size) - c, torch.arange(size) - c, indexing="ij")
+    w = ((size / 2.0 - 1.0 - (yy**2 + xx**2).sqrt()) / 3.0).clamp(0.0, 1.0)
+    return x * (0.5 - 0.5 * torch.cos(torch.pi * w))
+
+
+def test_on_canvas_centres_and_keeps_the_disk_radius():
+    from monai_gmr.evaluation import on_canvas
+    from monai_gmr.functional.rotation import central_disk_mask
+
+    x = torch.randn(2, 3, 16, 24)
+    y, r = on_canvas(x, 40, radius_frac=0.35)
+    assert y.shape == (2, 3, 40, 40) and torch.equal(y[..., 12:28, 8:32], x)
+    y[..., 12:28, 8:32] = 0
+    assert not y.any()  # zeros around the input
+    # the disk has the same pixels as the input's own central disk, at the same place
+    assert torch.equal(central_disk_mask((40, 40), r)[12:28, 8:32], central_disk_mask((16, 24), 0.35))
+    assert central_disk_mask((40, 40), r).sum() == central_disk_mask((16, 24), 0.35).sum()
+    y3, r3 = on_canvas(torch.randn(1, 1, 4, 6, 8), (8, 10, 8), spatial_dims=3, radius_frac=0.5)
+    assert y3.shape == (1, 1, 8, 10, 8) and r3 == 0.5 * 4 / 8
+    assert on_canvas(x, None, radius_frac=0.3) == (x, 0.3)
+    for bad in (15, 17, (40,), (40, 40, 40), 2.5, (40, 39)):
+        with pytest.raises(ValueError, match="canvas"):
+            on_canvas(x, bad)
+
+
+def test_canvas_keeps_the_border_out_of_a_large_receptive_field():
+    """A GMRUNet's receptive field spans the whole 32-pixel input: on the bare input its 45-degree error is
+    dominated by the square border (zero padding, bias and norm outputs around the content), on a 96-pixel canvas
+    only the layers' own error remains. A pointwise map is unaffected by the canvas."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+    from monai_gmr.nets import GMRUNet
+
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = GMRUNet(2, 1, 2, features=(4, 8, 8), kernel_sizes=(5, 5, 5)).eval()
+        x = _disk_input(2, 32, seed)
+        bare = equivariance_error(net, x, angles=(45,))[45.0]
+        framed = equivariance_error(net, x, angles=(45,), canvas=96)[45.0]
+        assert framed < 0.3 * bare, (seed, framed, bare)
+    x = _disk_input(1, 32, 0)
+    assert equivariance_error(lambda t: 2.0 * t, x, angles=(30,), canvas=(48, 64))[30.0] < 1e-6
+    layers = layerwise_equivariance_error(net, x, angle=45.0, modules=["encoders.0.0.conv", "head"], canvas=96)
+    assert [s for s, _ in layers.values()] == [(96, 96), (96, 96)]
+    assert layers["head"][1] == pytest.approx(equivariance_error(net, x, angles=(45,), canvas=96)[45.0], rel=1e-6)

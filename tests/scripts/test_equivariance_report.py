@@ -20,11 +20,31 @@ def test_tiny_report(tmp_path, one_thread):
     assert {r["angle"] for r in rows} == {"0.0", "45.0", "90.0"}
     gmr90 = [float(r["rel_err"]) for r in rows if r["model"] == "GMRUNet" and r["angle"] == "90.0"]
     plain90 = [float(r["rel_err"]) for r in rows if r["model"] == "BasicUNet" and r["angle"] == "90.0"]
-    assert len(gmr90) == 8 and max(gmr90) < 1e-4 and min(plain90) > 1e-3
+    assert len(gmr90) == 16 and max(gmr90) < 1e-4 and min(plain90) > 1e-3  # 2 stages x 4 inputs x 2 outputs
+    assert {r["input"] for r in rows} == {"tile", "crop", "disk", "canvas"}
     layers = list(csv.DictReader(open(tmp_path / "equivariance_layers.csv")))
     gmr = [r for r in layers if r["model"] == "GMRUNet"]
-    assert {r["stage"] for r in gmr} == {"init", "trained"} and {"4x4", "32x32"} <= {r["shape"] for r in gmr}
+    assert {r["stage"] for r in gmr} == {"init", "trained"} and {r["input"] for r in gmr} == {"disk", "canvas"}
+    assert {"4x4", "32x32"} <= {r["shape"] for r in gmr if r["input"] == "disk"}
+    assert {"8x8", "64x64"} <= {r["shape"] for r in gmr if r["input"] == "canvas"}  # default canvas: 2 x 32
     assert max(float(r["rel_err"]) for r in gmr) < 1e-4  # every layer exact at 90 degrees
     assert max(float(r["rel_err"]) for r in layers if r["model"] == "BasicUNet") > 1e-3
     saved = json.loads((tmp_path / "equivariance_report.json").read_text())
     assert set(saved["ratio_gmr_over_basicunet_at_45"]) == set(summary["ratio_gmr_over_basicunet_at_45"]) and (tmp_path / "equivariance_report.png").is_file()
+
+
+def test_crop_view_covers_the_tile_at_every_angle():
+    """The ``crop`` input: the field is large enough at every angle, is refused when it is not, and a right angle
+    gives the exactly rotated crop (the crop is centred on the field)."""
+    import pytest
+    import torch
+
+    size = 32
+    field = torch.rand(1, 3, er.field_size(size), er.field_size(size))
+    assert (field.shape[-1] - size) % 2 == 0
+    view = er.crop_view(field, size, "bicubic")
+    for a in (0.0, 15.0, 45.0, 80.0):
+        assert view(a).shape == (1, 3, size, size)
+    assert torch.allclose(view(90.0), torch.rot90(er.center_crop(field, size), 1, (2, 3)))
+    with pytest.raises(ValueError, match="does not cover"):
+        er.crop_view(field[..., 8:-8, 8:-8], size, "bicubic")(45.0)  # 38 / sqrt(2) < 32
