@@ -20,8 +20,8 @@ Four kinds of evaluation input, all reported:
 * ``canvas``: the same disk centred on a zero canvas of side ``--canvas`` (default twice ``--eval-size``; the
   central disk keeps its radius in pixels, :func:`monai_gmr.evaluation.on_canvas`). The square border of the
   input is not rotation-invariant either (zero padding there, bias/norm/activation outputs around the content);
-  on the bare disk a receptive field as large as GMRUNet's (about 280 pixels) carries the border's effect into the
-  central disk, on the canvas only the network's own equivariance error remains.
+  on the bare disk a receptive field as large as GMRUNet's (288 pixels) carries the border's effect into the
+  central disk, on the canvas mostly the network's own equivariance error remains.
 
 Two outputs, measured from the same forward passes: ``logits`` and ``probs`` (softmax over classes).
 

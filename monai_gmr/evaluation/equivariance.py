@@ -10,8 +10,8 @@ symmetries in 3D) are measured on the whole tensor.
 The square (cubic) border of the input is itself not rotation-invariant: zero padding at the border, and bias,
 norm and activation outputs that are non-zero beyond the input's content, make every layer's features near the
 border differ from the interior, and a network whose receptive field reaches the border from the central disk
-carries that into the measured error (a default GMRUNet's receptive field spans about 280 pixels). ``canvas``
-centres the input on a larger zero canvas so that border stays out of reach; the disk keeps its radius in pixels.
+carries that into the measured error (a default GMRUNet's receptive field spans 288 pixels). ``canvas`` centres
+the input on a larger zero canvas, which moves that border away from the disk; the disk keeps its radius in pixels.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def equivariance_error(
         spatial_dims: 2 or 3.
         axes: 3D rotation plane (default ``(1, 2)``).
         canvas: measure with ``x`` centred on a zero canvas of this size (:func:`on_canvas`; the disk keeps its
-            radius in pixels of ``x``), so that a large receptive field does not reach the canvas border from the
-            disk. ``None``: ``x`` as is.
+            radius in pixels of ``x``), so that a large receptive field reaches less of (or none of) the border from
+            the disk. ``None``: ``x`` as is.
 
     Returns:
         ``{angle: rel_err}`` (floats).

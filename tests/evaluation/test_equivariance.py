@@ -117,7 +117,7 @@ def test_on_canvas_centres_and_keeps_the_disk_radius():
 def test_canvas_keeps_the_border_out_of_a_large_receptive_field():
     """A GMRUNet's receptive field spans the whole 32-pixel input: on the bare input its 45-degree error is
     dominated by the square border (zero padding, bias and norm outputs around the content), on a 96-pixel canvas
-    only the layers' own error remains. A pointwise map is unaffected by the canvas."""
+    mostly the layers' own error remains. A pointwise map is unaffected by the canvas."""
     from monai_gmr.evaluation import layerwise_equivariance_error
     from monai_gmr.nets import GMRUNet
 
