@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -104,6 +105,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--timeout", type=int, default=None, help="seconds per bundle step")
+    p.add_argument("--reuse-training", action="store_true",
+                   help="skip training a model whose <out>/<model>/train_summary.json reports the requested epochs "
+                        "completed (its models/model.pt is evaluated again; train s is the summary's wall time)")
     return p.parse_args(argv)
 
 
@@ -241,6 +245,20 @@ def _robustness_row(name: str, run_dir: Path, train_s: float, eval_s: float) -> 
     return row
 
 
+def _completed_training(run_dir: Path, epochs: int) -> float | None:
+    """Wall time of a finished training in ``run_dir`` (``train_summary.json`` with ``epochs`` completed), else None."""
+    path = run_dir / "train_summary.json"
+    if not path.is_file() or not (run_dir / "models" / "model.pt").is_file():
+        return None
+    try:
+        t = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if int(t.get("epochs_completed", -1)) != int(epochs):
+        return None
+    return float(t.get("wall_time_s", math.nan))
+
+
 def train_and_evaluate(out: Path, prof: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
                        num_workers: int) -> list[dict[str, Any]]:  # fmt: skip
     """Part (b): bundle training of both models on the same slides, then the 36-angle + flip evaluation."""
@@ -263,8 +281,13 @@ def train_and_evaluate(out: Path, prof: dict[str, Any], args: argparse.Namespace
     for name, net in networks(prof["widths"]).items():
         run_dir = out / name
         over = {**common, "output_dir": str(run_dir), "network_def": net}
-        logger.info("training %s (log: %s)", name, run_dir / "train.log")
-        t_train = _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
+        done = _completed_training(run_dir, epochs) if args.reuse_training else None
+        if done is not None:
+            logger.info("reusing the completed training of %s (%s)", name, run_dir / "train_summary.json")
+            t_train = done
+        else:
+            logger.info("training %s (log: %s)", name, run_dir / "train.log")
+            t_train = _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
         logger.info("evaluating %s (log: %s)", name, run_dir / "evaluate.log")
         t_eval = _run(_bundle_cmd(["train.json", "evaluate.json"], {**over, **evaluate}), run_dir / "evaluate.log", env,
                       args.timeout)  # fmt: skip
