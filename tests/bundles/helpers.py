@@ -14,7 +14,15 @@ import pytest
 
 from tests.conftest import ROOT
 
-__all__ = ["bundle_env", "run_bundle", "config_parser", "workflow_error", "no_outputs", "check_kill_and_resume"]
+__all__ = [
+    "bundle_env",
+    "run_bundle",
+    "config_parser",
+    "workflow_error",
+    "no_outputs",
+    "check_kill_and_resume",
+    "check_best_saver_keeps_the_latest_tie",
+]
 
 
 def bundle_env() -> dict[str, str]:
@@ -101,3 +109,33 @@ def check_kill_and_resume(train_config: str, args: list[str], out: Path, tmp_pat
     assert summary["epochs_completed"] == 3 and summary["iterations_completed"] == 6
     assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} >= {"checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"}
     assert (models / "model.pt").is_file()
+
+
+def check_best_saver_keeps_the_latest_tie(parser, ckpt_dir: Path) -> None:
+    """The config's ``validate#best_saver`` writes ``model.pt`` for the latest of equally scored epochs.
+
+    A saturating key metric (patch AUC reaches 1.0 after one epoch on easy data) must not freeze ``model.pt`` at
+    the first epoch that reached it: validation scores 0.5, 1.0, 1.0, 0.9 must leave epoch 3's weights.
+    """
+    import torch
+    from ignite.engine import Engine, Events
+
+    net = parser.get_parsed_content("network")
+    saver = parser.get_parsed_content("validate#best_saver")
+    scores = [0.5, 1.0, 1.0, 0.9]
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _validation_result(e):  # stands in for the evaluator: new weights, then this epoch's metric
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(float(e.state.epoch))
+        e.state.metrics = {"val_key": scores[e.state.epoch - 1]}
+        e.state.key_metric_name = "val_key"
+
+    saver.attach(engine)  # after the handler above: it reads the metric that epoch set
+    engine.run([0], max_epochs=len(scores))
+    state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    values = {float(v.reshape(-1)[0]) for k, v in state.items() if k in dict(net.named_parameters())}
+    assert values == {3.0}, f"model.pt holds the weights of epoch(s) {values}, expected the latest tie (3)"

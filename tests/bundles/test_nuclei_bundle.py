@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from tests.bundles.helpers import (
+    check_best_saver_keeps_the_latest_tie,
     bundle_env,
     check_kill_and_resume,
     config_parser,
@@ -91,6 +92,14 @@ def test_configs_parse_and_resolve(tmp_path):
     pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
+
+
+def test_best_checkpoint_keeps_the_latest_of_equal_scores(tmp_path):
+    """``model.pt`` follows the latest epoch among those with the best validation score (key_metric_greater_or_equal)."""
+    out = tmp_path / "out"
+    p = config_parser([TRAIN], output_dir=str(out), dataset_dir=str(tmp_path / "data"), network_def=eval(TINY_NET),
+                      metadata=METADATA)  # fmt: skip
+    check_best_saver_keeps_the_latest_tie(p, out / "models")
 
 
 def _write_pair(folder: Path, name: str, size=(40, 48), label_size=None) -> dict[str, str]:

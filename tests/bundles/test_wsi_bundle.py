@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from tests.bundles.helpers import (
+    check_best_saver_keeps_the_latest_tie,
     bundle_env,
     check_kill_and_resume,
     config_parser,
@@ -115,6 +116,14 @@ def test_configs_parse_and_resolve(tmp_path):
     assert pm.get("train#sampler")["_target_"] == "monai.data.DistributedSampler"
     pmi = config_parser([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA)
     assert "init_process_group" in " ".join(pmi.get("initialize")) and pmi.get("finalize")
+
+
+def test_best_checkpoint_keeps_the_latest_of_equal_scores(tmp_path):
+    """``model.pt`` follows the latest epoch among those with the best validation score (key_metric_greater_or_equal)."""
+    out = tmp_path / "out"
+    p = config_parser([TRAIN], output_dir=str(out), dataset_dir=str(tmp_path / "data"), network_def=TINY_NET,
+                      metadata=METADATA)  # fmt: skip
+    check_best_saver_keeps_the_latest_tie(p, out / "models")
 
 
 def test_train_transforms_on_a_slide_patch(slides, tmp_path):
