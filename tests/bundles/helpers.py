@@ -139,3 +139,10 @@ def check_best_saver_keeps_the_latest_tie(parser, ckpt_dir: Path) -> None:
     state = state.get("model", state)
     values = {float(v.reshape(-1)[0]) for k, v in state.items() if k in dict(net.named_parameters())}
     assert values == {3.0}, f"model.pt holds the weights of epoch(s) {values}, expected the latest tie (3)"
+    # the evaluator's best_metric_epoch (logs, train_summary.json) must name the same epoch as model.pt
+    cmp = parser.get_parsed_content("validate#evaluator#metric_cmp_fn")
+    best, best_epoch = -1.0, -1
+    for epoch, score in enumerate(scores, 1):
+        if cmp(score, best):
+            best, best_epoch = score, epoch
+    assert best_epoch == 3, f"the evaluator reports epoch {best_epoch} as best, model.pt holds epoch 3"
