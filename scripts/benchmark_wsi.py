@@ -222,7 +222,9 @@ def _robustness_row(name: str, run_dir: Path, train_s: float, eval_s: float) -> 
     rep = json.loads((run_dir / "eval" / "robustness.json").read_text())
     m = json.loads((run_dir / "eval" / "metrics.json").read_text())
     t = json.loads((run_dir / "train_summary.json").read_text())
-    row: dict[str, Any] = {"model": name, "n_test_patches": m.get("n_patches"), "n_angles": len(rep["angles"])}
+    # patches evaluated at every angle: test patches whose rotation context leaves the slide are skipped (warned)
+    row: dict[str, Any] = {"model": name, "n_test_patches": rep.get("n_images", m.get("n_patches")),
+                           "n_test_patches_listed": m.get("n_patches"), "n_angles": len(rep["angles"])}  # fmt: skip
     for metric in ("auc", "accuracy"):
         vals = np.asarray([np.nan if v is None else v for v in rep["per_angle"][metric]], dtype=float)
         row[f"{metric}_0"] = float(vals[0])

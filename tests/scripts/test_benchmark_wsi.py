@@ -53,3 +53,26 @@ def test_out_inside_the_repository_is_refused():
     with pytest.raises(SystemExit, match="inside the repository"):
         bw.main(["--out", str(ROOT / "bench_out"), "--device", "cpu", "--skip-throughput", "--skip-training"])
     assert not (ROOT / "bench_out").exists()
+
+
+def test_robustness_row_reads_the_bundle_outputs(tmp_path):
+    """One row per model from the bundle's eval files: per-angle statistics, flips, the patches really evaluated."""
+    bw = _load()
+    run = tmp_path / "gmr_resnet18"
+    (run / "eval").mkdir(parents=True)
+    auc = [1.0, 0.97, 0.99, 0.98]
+    (run / "eval" / "robustness.json").write_text(json.dumps({
+        "angles": [0, 90, 180, 270], "n_images": 254,
+        "per_angle": {"auc": auc, "accuracy": [0.9, 0.8, None, 0.85]},
+        "per_flip": {"h": {"auc": 0.96, "accuracy": 0.7}, "v": {"auc": 1.0, "accuracy": 0.9}},
+    }))  # fmt: skip
+    (run / "eval" / "metrics.json").write_text(json.dumps(
+        {"n_patches": 256, "slides": {"map_quality": {"mean_pixel_auc": 0.96, "mean_dice": 0.93}, "patches_per_s": 20.1}}))
+    (run / "train_summary.json").write_text(json.dumps({"best_metric": 1.0, "iterations_completed": 960}))
+    row = bw._robustness_row("gmr_resnet18", run, 100.0, 10.0)
+    assert row["n_test_patches"] == 254 and row["n_test_patches_listed"] == 256 and row["n_angles"] == 4
+    assert row["auc_0"] == 1.0 and row["auc_min"] == 0.97 and row["auc_worst_angle"] == 90
+    assert row["auc_mean"] == pytest.approx(0.985) and row["auc_std"] == pytest.approx(0.0111803, abs=1e-6)
+    assert row["accuracy_min"] == 0.8 and row["accuracy_mean"] == pytest.approx(0.85)  # a missing angle is skipped
+    assert row["auc_flip_h"] == 0.96 and row["accuracy_flip_v"] == 0.9
+    assert row["map_dice"] == 0.93 and row["slide_patches_per_s"] == 20.1 and row["iterations"] == 960
