@@ -231,25 +231,41 @@ class KeyMetricState:
     Put it in the interval checkpoint's ``save_dict`` (e.g. ``"best_metric_state"``) so that a resumed run knows
     the best validation score reached so far and does not overwrite a better ``model.pt`` with a worse one. (The
     alternative, MONAI's ``key_metric_save_state=True``, stores the state *inside* ``model.pt``, which then is no
-    longer a plain state dict.)
+    longer a plain state dict.) With ``evaluator`` it also carries the evaluator's ``best_metric`` and
+    ``best_metric_epoch``, so that the logs and the run summary of a resumed run name the same best epoch as
+    ``model.pt`` (a fresh evaluator would otherwise start from "no best yet").
 
     Args:
         saver: a ``CheckpointSaver`` created with ``save_key_metric=True``.
+        evaluator: optional MONAI evaluator (``Workflow``) whose ``state.best_metric`` / ``best_metric_epoch``
+            are saved and restored with the tracking list.
     """
 
-    def __init__(self, saver: CheckpointSaver) -> None:
+    def __init__(self, saver: CheckpointSaver, evaluator: Any = None) -> None:
         ckpt = getattr(saver, "_key_metric_checkpoint", None)
         if ckpt is None:
             raise ValueError("KeyMetricState needs a CheckpointSaver created with save_key_metric=True.")
+        if evaluator is not None and not hasattr(evaluator, "state"):
+            raise TypeError(f"evaluator must be an ignite/MONAI engine with a state, got {type(evaluator).__name__}.")
         self._ckpt = ckpt
+        self._evaluator = evaluator
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved (priority, filename) pairs of the best checkpoints."""
-        return {"saved": [[float(item.priority), str(item.filename)] for item in self._ckpt._saved]}
+        """Saved (priority, filename) pairs of the best checkpoints (and the evaluator's best metric/epoch)."""
+        out: dict[str, Any] = {"saved": [[float(item.priority), str(item.filename)] for item in self._ckpt._saved]}
+        st = getattr(self._evaluator, "state", None)
+        if st is not None and getattr(st, "best_metric", -1) not in (None, -1):
+            out["best_metric"] = float(st.best_metric)
+            out["best_metric_epoch"] = int(getattr(st, "best_metric_epoch", -1))
+        return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore the tracking list (keeps the saver's existing files)."""
+        """Restore the tracking list (keeps the saver's existing files) and the evaluator's best metric/epoch."""
         self._ckpt.load_state_dict({"_saved": [(p, f) for p, f in state_dict.get("saved", [])]})
+        st = getattr(self._evaluator, "state", None)
+        if st is not None and "best_metric" in state_dict:
+            st.best_metric = float(state_dict["best_metric"])
+            st.best_metric_epoch = int(state_dict.get("best_metric_epoch", -1))
 
 
 def load_checkpoint(

@@ -220,6 +220,38 @@ def test_resume_after_kill(tmp_path):
     check_kill_and_resume(TRAIN, args, out, tmp_path)
 
 
+def test_resumed_run_remembers_the_best_validation_before_the_kill(tmp_path):
+    """Validation every epoch, SIGKILL after epoch 2, resume to 4: the run summary names the best epoch of the whole
+    run (the evaluator's best travels in the checkpoint), the same one ``model.pt`` was chosen by."""
+    import re
+    import signal
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    args = [*_common(data, out), *TRAIN_ARGS, "--epochs", "4", "--val_interval", "1"]
+    kill = tmp_path / "kill_after_epoch2.json"
+    kill.write_text(json.dumps({"run": [
+        "$import signal",
+        "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=2), "
+        "lambda e: os.kill(os.getpid(), signal.SIGKILL))",
+        "$@train#trainer.run()",
+    ]}))  # fmt: skip
+    first = run_bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    saved = torch.load(out / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
+    assert "best_metric" in saved["best_metric_state"]
+    second = run_bundle([TRAIN], *args, "--resume", "true", cwd=tmp_path)
+    scores = {}
+    for log in (first, second):
+        for e, v in re.findall(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)", log.stdout + log.stderr):
+            scores[int(e)] = float(v)
+    assert sorted(scores) == [1, 2, 3, 4]
+    best = max(scores.values())
+    best_epoch = max(e for e, v in scores.items() if v == best)  # the latest of equal scores
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed"] is True
+    assert summary["best_metric"] == pytest.approx(best, abs=1e-4) and summary["best_metric_epoch"] == best_epoch
+
+
 def test_multi_gpu_train_gloo_two_processes(tmp_path):
     """multi_gpu_train.json on CPU: torchrun, 2 processes, gloo backend, DDP + DistributedSampler.
 

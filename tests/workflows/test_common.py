@@ -335,3 +335,40 @@ def test_summarize_evaluation(tmp_path):
     assert saved["robustness"]["summary"]["dice"]["worst_angle"] == 45.0
     assert saved["robustness"]["summary"]["dice"]["at_0"] == pytest.approx(0.8)
     assert "0.8000" in out["table"] and saved["split"] == "test"
+
+
+def test_key_metric_state_carries_the_evaluator_best(tmp_path):
+    """A resumed run's evaluator starts from the best metric/epoch saved before the kill, not from "none yet"."""
+    from types import SimpleNamespace
+
+    from ignite.engine import State
+
+    def saver(d):
+        return AtomicCheckpointSaver(save_dir=str(d), save_dict={"model": torch.nn.Linear(2, 2)}, save_key_metric=True,
+                                     key_metric_filename="model.pt")  # fmt: skip
+
+    def evaluator():
+        ev = SimpleNamespace(state=State())
+        ev.state.best_metric, ev.state.best_metric_epoch = -1, -1  # MONAI Workflow's "no best yet"
+        return ev
+
+    ev = evaluator()
+    state = KeyMetricState(saver(tmp_path / "a"), ev)
+    assert "best_metric" not in state.state_dict()  # nothing validated yet
+    ev.state.best_metric, ev.state.best_metric_epoch = 0.9, 5
+    sd = state.state_dict()
+    assert sd["best_metric"] == 0.9 and sd["best_metric_epoch"] == 5
+    sd = torch.load(_save(tmp_path / "s.pt", sd), weights_only=True)  # through a checkpoint file
+    ev2 = evaluator()
+    KeyMetricState(saver(tmp_path / "b"), ev2).load_state_dict(sd)
+    assert (ev2.state.best_metric, ev2.state.best_metric_epoch) == (0.9, 5)
+    ev3 = evaluator()  # a checkpoint written before the evaluator was tracked: the evaluator is left alone
+    KeyMetricState(saver(tmp_path / "c"), ev3).load_state_dict({"saved": [[0.5, "model.pt"]]})
+    assert (ev3.state.best_metric, ev3.state.best_metric_epoch) == (-1, -1)
+    with pytest.raises(TypeError, match="evaluator"):
+        KeyMetricState(saver(tmp_path / "d"), object())
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return path
