@@ -26,6 +26,8 @@ Usage::
     python scripts/benchmark_wsi.py --device cuda --out /tmp/bench_wsi
     # CPU smoke check (a few minutes on 2 cores): smaller slides/patches/widths, 4 epochs
     python scripts/benchmark_wsi.py --device cpu --quick --out /tmp/bench_wsi_quick
+    # evaluate again (e.g. after an evaluation change) without retraining the models that finished
+    python scripts/benchmark_wsi.py --device cuda --out /tmp/bench_wsi --skip-throughput --reuse-training
 """
 
 from __future__ import annotations
