@@ -21,6 +21,7 @@ __all__ = [
     "workflow_error",
     "no_outputs",
     "check_kill_and_resume",
+    "kill_after_epoch_config",
     "check_best_saver_keeps_the_latest_tie",
 ]
 
@@ -77,6 +78,21 @@ def no_outputs(out: Path) -> bool:
     return not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 
+def kill_after_epoch_config(folder: Path, epoch: int) -> Path:
+    """A config file to add after ``train.json``: the trainer SIGKILLs its own process once ``epoch`` completes
+    (after that epoch's checkpoint, which is attached earlier)."""
+    path = Path(folder) / f"kill_after_epoch{epoch}.json"
+    path.write_text(json.dumps({
+        "run": [
+            "$import signal",
+            f"$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once={epoch}), "
+            "lambda e: os.kill(os.getpid(), signal.SIGKILL))",
+            "$@train#trainer.run()",
+        ],
+    }))  # fmt: skip
+    return path
+
+
 def check_kill_and_resume(train_config: str, args: list[str], out: Path, tmp_path: Path) -> None:
     """SIGKILL training right after the first epoch's checkpoint, then ``--resume true`` to the end.
 
@@ -84,15 +100,7 @@ def check_kill_and_resume(train_config: str, args: list[str], out: Path, tmp_pat
     the killed run left exactly the epoch-1 checkpoint and nothing half-written, and that the resumed run restored
     it and completed epochs 2-3.
     """
-    kill = tmp_path / "kill_after_epoch1.json"
-    kill.write_text(json.dumps({
-        "run": [
-            "$import signal",
-            "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), "
-            "lambda e: os.kill(os.getpid(), signal.SIGKILL))",
-            "$@train#trainer.run()",
-        ],
-    }))  # fmt: skip
+    kill = kill_after_epoch_config(tmp_path, 1)
     proc = run_bundle([train_config, str(kill)], *args, cwd=tmp_path, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     models = out / "models"

@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 
 from tests.bundles.helpers import (
-    check_best_saver_keeps_the_latest_tie,
     bundle_env,
+    check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
     config_parser,
+    kill_after_epoch_config,
     no_outputs,
     run_bundle,
     workflow_error,
@@ -228,13 +229,7 @@ def test_resumed_run_remembers_the_best_validation_before_the_kill(tmp_path):
 
     data, out = tmp_path / "data", tmp_path / "run"
     args = [*_common(data, out), *TRAIN_ARGS, "--epochs", "4", "--val_interval", "1"]
-    kill = tmp_path / "kill_after_epoch2.json"
-    kill.write_text(json.dumps({"run": [
-        "$import signal",
-        "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=2), "
-        "lambda e: os.kill(os.getpid(), signal.SIGKILL))",
-        "$@train#trainer.run()",
-    ]}))  # fmt: skip
+    kill = kill_after_epoch_config(tmp_path, 2)
     first = run_bundle([TRAIN, str(kill)], *args, cwd=tmp_path, check=False)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     saved = torch.load(out / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)

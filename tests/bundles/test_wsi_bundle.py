@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from tests.bundles.helpers import (
-    check_best_saver_keeps_the_latest_tie,
     bundle_env,
+    check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
     config_parser,
     no_outputs,
