@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from monai_gmr.utils import atomic_path, atomic_torch_save, atomic_write_json, run_environment, seed_everything
+from monai_gmr.utils import (
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    current_umask,
+    run_environment,
+    seed_everything,
+)
 
 
 def test_atomic_write_json_numpy_and_no_temporary_files(tmp_path):
@@ -50,3 +58,26 @@ def test_run_environment_cpu(tmp_path):
     assert env["torch"] == torch.__version__ and env["cpu_count"] >= 1
     assert env["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", env["commit"])
     assert run_environment("cpu", repo=tmp_path)["commit"] is None  # not a git checkout
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_atomic_files_get_the_umask_permissions(tmp_path, mask):
+    """Atomic writes end with the mode of a normally created file (0o666 minus the umask), not mkstemp's 0o600."""
+    import os
+
+    old = os.umask(mask)
+    try:
+        assert current_umask() == mask
+        atomic_write_text(tmp_path / "report.json", "{}")
+        atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "model.pt")
+        with atomic_path(tmp_path / "img.png") as tmp:
+            tmp.unlink()  # a writer that creates its own file in place of the temporary one
+            tmp.write_bytes(b"png")
+        with open(tmp_path / "plain.txt", "w") as f:  # the reference: what the OS gives a new file
+            f.write("x")
+    finally:
+        os.umask(old)
+    want = os.stat(tmp_path / "plain.txt").st_mode & 0o777
+    assert want == 0o666 & ~mask
+    for name in ("report.json", "model.pt", "img.png"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == want, name

@@ -565,12 +565,6 @@ class ProgressLogger:
 # --------------------------------------------------------------------------------------------------------------------
 # atomic image writers (for SaveImage / SaveImaged ``writer=``)
 # --------------------------------------------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _full_suffix(path: str | os.PathLike) -> str:
     name = Path(path).name.lower()
     for ext in (".nii.gz", ".ome.tif", ".ome.tiff"):
@@ -585,8 +579,6 @@ class _AtomicWriteMixin:
     def write(self, filename: str | os.PathLike, verbose: bool = False, **kwargs: Any) -> None:
         with atomic_path(filename, suffix=_full_suffix(filename)) as tmp:
             super().write(str(tmp), verbose=False, **kwargs)  # type: ignore[misc]
-            # mkstemp creates 0600 files; give the result the usual permissions (0666 minus the umask)
-            os.chmod(tmp, 0o666 & ~_umask())
         if verbose:
             logger.info("file written: %s.", filename)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from monai_gmr.utils import current_umask
 from monai_gmr.workflows import common
 from monai_gmr.workflows.common import (
     AtomicCheckpointSaver,
@@ -207,7 +208,7 @@ def test_atomic_pil_writer(tmp_path):
 
     p = tifffile.imread(out / "img_prob.tif")
     assert p.shape == (40, 30) and p.dtype == np.float32
-    assert os.stat(out / "img_seg.png").st_mode & 0o777 == 0o666 & ~common._umask()  # like a normally created file
+    assert os.stat(out / "img_seg.png").st_mode & 0o777 == 0o666 & ~current_umask()  # like a normally created file
     assert atomic_writer_for("nii.gz").__name__ == "AtomicNibabelWriter"
     assert atomic_writer_for(".mha").__name__ == "AtomicITKWriter"
 
