@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
+from types import ModuleType
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +60,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a = a.detach().double()
     b = b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` as a fresh module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

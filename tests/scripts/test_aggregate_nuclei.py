@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
-SCRIPT = ROOT / "scripts" / "aggregate_nuclei.py"
 RESULTS = ROOT / "docs" / "results"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("aggregate_nuclei", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("aggregate_nuclei")
 
 
 def _settings(seed: int, models: list[str], extra: dict | None = None, **kw) -> dict:

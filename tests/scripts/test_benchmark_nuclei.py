@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.conftest import ROOT
-
-SCRIPT = ROOT / "scripts" / "benchmark_nuclei.py"
+from tests.conftest import ROOT, load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_nuclei", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmark_nuclei")
 
 
 def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path, monkeypatch):

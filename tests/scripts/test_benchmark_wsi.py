@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.conftest import ROOT
-
-SCRIPT = ROOT / "scripts" / "benchmark_wsi.py"
+from tests.conftest import ROOT, load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_wsi", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmark_wsi")
 
 
 def _finished(run_dir, epochs: int, wall: float = 12.5, model: bool = True):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -10,17 +9,13 @@ import pytest
 import torch
 
 from monai_gmr.evaluation import RobustnessResult
-from tests.conftest import ROOT, SHARED
+from tests.conftest import SHARED, load_script
 
-SCRIPT = ROOT / "scripts" / "compare_equivariant.py"
 EXACT = ("symm", "gcnn", "gmr")  # exactly D4-equivariant (segmentation) / invariant (classification) models
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("compare_equivariant", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_equivariant")
 
 
 @pytest.fixture(scope="module")
