@@ -129,7 +129,6 @@ def equivariance_error(
     mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
     y0 = _first(fn(x))
     spatial_out = y0.ndim == x.ndim
-    disk = central_disk_mask(y0.shape[-spatial_dims:], radius_frac, device=y0.device) if spatial_out else None
     errors: dict[float, float] = {}
     for a in angles:
         y = _first(fn(rotate(x, a, spatial_dims, mode, axes)))
@@ -139,7 +138,9 @@ def equivariance_error(
         ref = rotate(y0, a, spatial_dims, mode, axes)
         if y.shape != ref.shape:
             raise ValueError(f"fn output shapes differ under rotation: {tuple(y.shape)} vs {tuple(ref.shape)}.")
-        mask = disk & validity_mask(y0.shape[-spatial_dims:], a, spatial_dims, mode, axes, device=y0.device)  # type: ignore[operator]
+        # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output
+        disk = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device)
+        mask = disk & validity_mask(y0.shape[-spatial_dims:], a, spatial_dims, mode, axes, device=y0.device)
         errors[float(a)] = masked_rel_err(y, ref, mask)
     return errors
 
@@ -234,8 +235,10 @@ def layerwise_equivariance_error(
             continue
         y0, y1 = outs
         shape = tuple(y0.shape[-spatial_dims:])
-        mask = central_disk_mask(shape, radius_frac, device=y0.device) & validity_mask(
+        ref = rotate(y0, angle, spatial_dims, mode, axes)
+        # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output
+        mask = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device) & validity_mask(
             shape, angle, spatial_dims, mode, axes, device=y0.device
         )
-        out[name] = (shape, masked_rel_err(y1, rotate(y0, angle, spatial_dims, mode, axes), mask))
+        out[name] = (shape, masked_rel_err(y1, ref, mask))
     return out

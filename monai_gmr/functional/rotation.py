@@ -418,7 +418,8 @@ def roundtrip_mask(
     back_mode = "nearest" if mode == "nearest" else "bilinear"
     m_inv = rotation_matrix(angle, spatial_dims, axes).T
     back = _resample(v, m_inv, spatial_dims, back_mode, "zeros")
-    inv_valid = _valid_from_matrix(tuple(fwd.shape), m_inv, back_mode, fwd.device)
+    # the back-rotation samples with ``mode`` itself: a bicubic stencil reaches one pixel further than bilinear
+    inv_valid = _valid_from_matrix(tuple(fwd.shape), m_inv, mode, fwd.device)
     return (back >= 1.0 - 1e-6) & inv_valid
 
 

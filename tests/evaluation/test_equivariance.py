@@ -27,6 +27,21 @@ def test_linear_pointwise_map_is_equivariant_at_every_angle():
     assert max(err.values()) < 1e-6
 
 
+def test_non_square_inputs_at_right_and_arbitrary_angles():
+    """A right angle swaps the sizes of a non-square output: the disk is taken in the rotated frame."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 20, 30)
+    err = equivariance_error(lambda t: 2.0 * t, x, angles=(30, 90, 270))
+    assert set(err) == {30.0, 90.0, 270.0} and err[90.0] < 1e-7 and err[270.0] < 1e-7 and err[30.0] < 1e-6
+    plain = torch.nn.Conv2d(1, 1, 3, padding=1).eval()
+    assert equivariance_error(plain, x, angles=(90,))[90.0] > 0.1
+    net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 5), torch.nn.Conv2d(2, 1, 3, padding=1)).eval()
+    layer = layerwise_equivariance_error(net, x, angle=90.0)
+    assert layer["0"][1] < 1e-5 and layer["1"][1] > 1e-2
+
+
 def test_gmr_exact_group_and_approximate_angles():
     net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 4, 5), torch.nn.Tanh(), monai_gmr.GMRConv(2, 4, 2, 5)).eval()
     plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 5, padding=2), torch.nn.Tanh(), torch.nn.Conv2d(4, 2, 5, padding=2)).eval()

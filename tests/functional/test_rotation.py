@@ -205,3 +205,16 @@ def test_nearest_gather_matches_grid_sample(padding_mode):
     grid = _source_grid((17, 23), rotation_matrix(33.0), x.device, torch.float64)
     ref = F.grid_sample(x.reshape(1, 6, 17, 23), grid, mode="nearest", padding_mode=padding_mode, align_corners=True)
     assert torch.equal(y, ref.reshape(x.shape))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("shape", [(21, 21), (20, 20), (16, 27)])
+def test_roundtrip_mask_reads_no_padding(mode, shape):
+    # a round trip of an image of ones is 1 wherever the mask says no padding was read (the bicubic back-rotation
+    # stencil reaches one pixel further than the bilinear one)
+    ones = torch.ones(1, 1, *shape, dtype=torch.float64)
+    for angle in (5.0, 10.0, 30.0, 45.0, 60.0, 100.0):
+        z = rotate_inverse(rotate(ones, angle, mode=mode), angle, mode=mode)
+        rm = roundtrip_mask(shape, angle, mode=mode)
+        assert rm.any()
+        assert torch.allclose(z[0, 0][rm], torch.ones_like(z[0, 0][rm]), atol=1e-9), (mode, shape, angle)
