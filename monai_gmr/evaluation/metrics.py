@@ -195,8 +195,8 @@ class SegmentationAccumulator:
         self.include_background = include_background
         self.activation = activation
         self.auc_storage = auc_storage
-        self.dice = DiceMetric(include_background=include_background, reduction="mean", ignore_empty=True)
-        self.iou = MeanIoU(include_background=include_background, reduction="mean", ignore_empty=True)
+        self.dice = DiceMetric(include_background=include_background, reduction="mean", ignore_empty=True, get_not_nans=True)
+        self.iou = MeanIoU(include_background=include_background, reduction="mean", ignore_empty=True, get_not_nans=True)
         self.aucs: dict[int, ExactAUC] = {}
         self.num_classes: int | None = None
         self.instance: dict[str, list[float]] = {m: [] for m in INSTANCE_METRICS if m in self.metrics}
@@ -281,12 +281,13 @@ class SegmentationAccumulator:
 
 
 def _agg(metric) -> float:
+    """Mean of a MONAI metric built with ``get_not_nans=True``; NaN when no (image, class) pair was scorable (MONAI
+    returns 0 then, which would read as a total failure)."""
     try:
-        v = metric.aggregate()
+        v, not_nans = metric.aggregate()
     except (ValueError, RuntimeError):  # nothing accumulated
         return math.nan
-    v = v[0] if isinstance(v, (list, tuple)) else v
-    return float(v)
+    return math.nan if float(not_nans.sum()) == 0 else float(v)
 
 
 class ClassificationAccumulator:

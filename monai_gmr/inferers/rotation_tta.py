@@ -39,7 +39,8 @@ class RotationTTAInferer(Inferer):
     probability ``p`` is returned as logits (``log p`` for softmax, ``log(p / (1 - p))`` for sigmoid, ``p`` clamped to
     ``[1e-7, 1 - 1e-7]``) so the post transforms written for the plain network (``Activations``, ``AsDiscrete``)
     still apply and recover ``p`` (up to the clamping); ``output="probs"`` returns ``p``. ``average="logits"``
-    averages raw outputs (no activation).
+    averages raw outputs (no activation) and returns their mean, or ``activation`` of the mean with
+    ``output="probs"``.
 
     Args:
         inferer: inner inferer called as ``inferer(view, network, *args, **kwargs)``; default ``SimpleInferer()``,
@@ -127,7 +128,11 @@ class RotationTTAInferer(Inferer):
         return torch.softmax(y, dim=1) if self.activation == "softmax" else torch.sigmoid(y)
 
     def _finalize(self, p: torch.Tensor) -> torch.Tensor:
-        if self.average == "logits" or self.output == "probs":
+        if self.average == "logits":  # p is the mean of the raw outputs
+            if self.output == "logits":
+                return p
+            return torch.softmax(p, dim=1) if self.activation == "softmax" else torch.sigmoid(p)
+        if self.output == "probs":
             return p
         p = p.clamp(_EPS, 1.0 - _EPS)
         return torch.log(p) if self.activation == "softmax" else torch.log(p) - torch.log1p(-p)

@@ -57,6 +57,35 @@ def test_masked_dice_iou_auc_hand_computed():
     assert acc2.compute()["dice"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))
 
 
+def test_dice_iou_nan_when_no_image_has_foreground_in_the_region():
+    """ignore_empty: images without foreground in the scored region are left out; when none is left the score is
+    NaN (like AUC), not MONAI's 0, which would report a perfect model as a total failure."""
+    bg = torch.zeros(2, 1, 8, 8)
+    bg[:, 0] = -5.0  # predicts background everywhere
+    empty = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    acc = SegmentationAccumulator(("dice", "iou", "auc"))
+    acc.update(bg, empty)
+    r = acc.compute()
+    assert math.isnan(r["dice"]) and math.isnan(r["iou"]) and math.isnan(r["auc"])
+    # foreground only outside the mask: still nothing to score
+    corner = empty[:1].clone()
+    corner[..., 0, 0] = 1
+    mask = torch.ones(8, 8, dtype=torch.bool)
+    mask[0, 0] = False
+    acc = SegmentationAccumulator(("dice",))
+    acc.update(bg[:1], corner, mask)
+    assert math.isnan(acc.compute()["dice"])
+    # one empty image and one perfect image: the mean is over the scorable one
+    hit = bg[:1].clone()
+    hit[0, 0, 2:4, 2:4] = 5.0
+    lab = empty[:1].clone()
+    lab[0, 0, 2:4, 2:4] = 1
+    acc = SegmentationAccumulator(("dice", "iou"))
+    acc.update(hit, lab)
+    acc.update(bg[:1], empty[:1])
+    assert acc.compute() == {"dice": 1.0, "iou": 1.0}
+
+
 def test_two_channel_softmax_equals_single_channel_sigmoid():
     lab = (torch.rand(2, 1, 8, 8) > 0.5).long()
     z = torch.randn(2, 1, 8, 8)

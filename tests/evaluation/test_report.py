@@ -187,3 +187,13 @@ def test_evaluator_run_and_cli(tmp_path):
         cli_main(str(tmp_path / "missing.json"), output_dir=str(tmp_path / "x"))
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
         cli_main(str(cfg_path), ckpt_path=str(tmp_path / "nope.pt"), output_dir=str(tmp_path / "x"))
+
+
+def test_cli_passes_every_rotation_robustness_argument():
+    """The CLI forwards each rotation_robustness argument (but network, data and its own --device)."""
+    import inspect
+
+    from monai_gmr.evaluation.__main__ import ROBUSTNESS_ARGS
+
+    params = set(inspect.signature(rotation_robustness).parameters) - {"network", "data", "device"}
+    assert set(ROBUSTNESS_ARGS) == params and len(ROBUSTNESS_ARGS) == len(params)

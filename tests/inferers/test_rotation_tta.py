@@ -95,6 +95,11 @@ def test_classification_average_probabilities():
     assert torch.allclose(res[0], (p0 + p1) / 2, atol=1e-6)
     stacked = RotationTTAInferer(task="classification", angles=(0, 90), reduce="none")(y, toy)
     assert stacked.shape == (2, 1, 2)
+    # averaged logits, returned as probabilities: the activation of the mean logit
+    res = RotationTTAInferer(task="classification", angles=(0, 90), average="logits", output="probs")(y, toy)
+    assert torch.allclose(res[0], torch.softmax(torch.tensor([1.0, 0.0]), 0), atol=1e-6)
+    res = RotationTTAInferer(task="classification", angles=(0, 90), average="logits")(y, toy)
+    assert torch.allclose(res[0], torch.tensor([1.0, 0.0]), atol=1e-6)
 
 
 @torch.no_grad()
@@ -103,10 +108,22 @@ def test_3d_tta():
     x = torch.randn(1, 1, 10, 10, 10)
     out = RotationTTAInferer(spatial_dims=3, flips=("d",))(x, net)
     assert torch.allclose(out.softmax(1), net(x).softmax(1), atol=1e-6)
-    out = RotationTTAInferer(spatial_dims=3, angles=(0, 90), axes=(0, 2), mode="bilinear")(x, net)
+    # another plane: TTA over its four right angles makes a plain conv equivariant in that plane only
+    torch.manual_seed(0)
+    plain = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    tta = RotationTTAInferer(spatial_dims=3, angles=(0, 90, 180, 270), axes=(0, 2))
+    out = tta(x, plain)
     assert out.shape == (1, 2, 10, 10, 10)
-    out = RotationTTAInferer(spatial_dims=3, angles=(0, 25))(x, net)
-    assert torch.isfinite(out).all()
+    assert torch.allclose(tta(torch.rot90(x, 1, (2, 4)), plain), torch.rot90(out, 1, (2, 4)), atol=1e-5)
+    assert not torch.allclose(tta(torch.rot90(x, 1, (2, 3)), plain), torch.rot90(out, 1, (2, 3)), atol=1e-3)
+    # an arbitrary angle: the identity on a linear ramp comes back exactly (view 0 covers every pixel, the 25 deg
+    # view is exact where its weight is 1), so a wrong inverse rotation or plane would show
+    ramp = torch.arange(10.0).reshape(1, 1, 10, 1, 1) + 2.0 * torch.arange(10.0).reshape(1, 1, 1, 1, 10)
+    ramp = ramp + 3.0 * torch.arange(10.0).reshape(1, 1, 1, 10, 1)
+    for axes in ((1, 2), (0, 2)):
+        tta = RotationTTAInferer(spatial_dims=3, angles=(0, 25), axes=axes, average="logits")
+        assert tta.view_weights((10, 10, 10))[1].mean() > 0.3
+        assert torch.allclose(tta(ramp, lambda t: t), ramp, atol=1e-4)
 
 
 @torch.no_grad()
