@@ -14,6 +14,7 @@ baseline of the paper).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -34,6 +35,11 @@ SMOOTHING_MODES = ("gaussian", "none")
 LOG_SIGMA_MIN = math.log(1e-2)
 
 
+def _ints(values: Sequence) -> bool:
+    """Every value is a Python int (bools and floats are not: ``int()`` would silently truncate them)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
 def check_kernel_size(kernel_size: int | tuple[int, ...] | list[int], spatial_dims: int) -> int:
     """Validate a GMR kernel size and return it as one odd positive int.
 
@@ -41,7 +47,7 @@ def check_kernel_size(kernel_size: int | tuple[int, ...] | list[int], spatial_di
         ValueError: if ``kernel_size`` is even, non-positive, or a non-cubic tuple.
     """
     if isinstance(kernel_size, (tuple, list)):
-        if len(kernel_size) != spatial_dims or len(set(int(s) for s in kernel_size)) != 1:
+        if len(kernel_size) != spatial_dims or not _ints(kernel_size) or len(set(kernel_size)) != 1:
             raise ValueError(
                 f"kernel_size must be an int or a tuple of {spatial_dims} equal ints (GMR kernels are isotropic), "
                 f"got kernel_size={tuple(kernel_size)}."

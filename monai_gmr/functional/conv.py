@@ -176,6 +176,8 @@ def gmr_conv(
     d = x.ndim - 2
     if d not in (2, 3):
         raise ValueError(f"input must have 2 or 3 spatial dims, got input shape {tuple(x.shape)}.")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}.")
     if basis is None and (kernel is None or impl != "dense"):
         raise ValueError("gmr_conv needs basis unless a dense kernel is given with impl='dense'.")
     requested = impl

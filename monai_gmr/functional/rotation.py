@@ -251,10 +251,9 @@ def _resample(x: torch.Tensor, m: torch.Tensor, spatial_dims: int, mode: str, pa
     lead = x.ndim - spatial_dims
     spatial = tuple(x.shape[lead:])
     orig_dtype = x.dtype
-    if orig_dtype.is_floating_point and orig_dtype != torch.float16:
-        work_dtype = orig_dtype
-    else:
-        work_dtype = torch.float32
+    # half precision (fp16, bf16) resamples in float32: a bf16 sampling grid is off by up to a pixel at 128 px and
+    # PyTorch's CPU grid_sample returns NaN/1e37 on bf16 images of ~200 px
+    work_dtype = orig_dtype if orig_dtype in (torch.float32, torch.float64) else torch.float32
     grid = _cached(
         ("grid", spatial, _mkey(m), x.device, work_dtype), lambda: (_source_grid(spatial, m, x.device, work_dtype),)
     )[0]

@@ -15,15 +15,15 @@ __all__ = ["GMRConvolution"]
 class GMRConvolution(nn.Sequential):
     """GMR convolution followed by MONAI's ``ADN`` (activation / dropout / normalisation) block.
 
-    The counterpart of :class:`monai.networks.blocks.Convolution` with the same argument names, for
-    stride-1-by-default equivariant layers. Submodules are named ``conv`` and ``adn`` like MONAI's block.
+    The counterpart of :class:`monai.networks.blocks.Convolution` with the same argument names in the same order
+    (``strides`` before ``kernel_size``), for stride-1-by-default equivariant layers. Submodules are named ``conv`` and ``adn`` like MONAI's block.
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels.
         out_channels: output channels.
-        kernel_size: odd GMR kernel width.
         strides: convolution stride (1 keeps exact equivariance).
+        kernel_size: odd GMR kernel width.
         act: activation name or ``(name, kwargs)``; ``None`` for none.
         norm: norm name or ``(name, kwargs)``; ``None`` for none.
         dropout: dropout probability or ``(name, kwargs)``.
@@ -45,8 +45,8 @@ class GMRConvolution(nn.Sequential):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | Sequence[int] = 3,
         strides: int | Sequence[int] = 1,
+        kernel_size: int | Sequence[int] = 3,
         adn_ordering: str = "NDA",
         act: tuple | str | None = "PRELU",
         norm: tuple | str | None = "INSTANCE",

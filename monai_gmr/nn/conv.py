@@ -29,6 +29,7 @@ from monai_gmr.functional import (
     support_mask,
     synthesize_kernel,
 )
+from monai_gmr.functional.basis import _ints
 
 __all__ = ["GMRConv", "GMRConv2d", "GMRConv3d", "SIGMA_MODES", "DC_GAIN_FRACTION"]
 
@@ -44,7 +45,7 @@ DC_GAIN_FRACTION = 0.93
 def _single(value: int | Sequence[int], name: str, spatial_dims: int) -> int:
     """Collapse an isotropic int/tuple argument to one int (GMR layers are isotropic by construction)."""
     if isinstance(value, (tuple, list)):
-        if len(value) != spatial_dims or len(set(int(v) for v in value)) != 1:
+        if len(value) != spatial_dims or not _ints(value) or len(set(value)) != 1:
             raise ValueError(f"{name} must be an int or {spatial_dims} equal ints, got {name}={tuple(value)}.")
         value = int(value[0])
     if isinstance(value, bool) or not isinstance(value, int):
@@ -81,9 +82,13 @@ class GMRConv(nn.Module):
     Shapes:
         input ``(B, C_in, *spatial)``; output ``(B, C_out, *spatial_out)``; ``weight``: ``(C_out, C_in/groups, n)``.
 
-    In eval mode with gradients disabled the synthesised dense kernel is cached; the cache key holds the version
-    counter and storage of every parameter, so any in-place update (optimizer step, ``load_state_dict``,
-    ``.data`` assignment, ``.to()``) invalidates it.
+    On CPU, in eval mode with gradients disabled, the synthesised dense kernel is cached. A cached kernel is used
+    only while ``weight`` and ``log_sigma`` still hold the values it was built from (compared element-wise, which
+    also catches in-place edits through ``.data`` that autograd's version counters miss, e.g. a mean-teacher EMA),
+    and only in the inference mode it was built in; ``train()``, ``.to()`` and ``load_state_dict`` drop it. On
+    GPUs the kernel is synthesised on every call: it is one small einsum there, and a value check would
+    synchronise the device. The kernel is always synthesised with autocast off, in the parameters' dtype (the
+    convolution itself still autocasts).
     """
 
     def __init__(
@@ -161,10 +166,10 @@ class GMRConv(nn.Module):
         self.impl = impl
         self.log_sigma_range = log_sigma_bounds(num_rings)
 
-        # fixed geometry: non-persistent buffers (recomputed from the constructor arguments, follow .to()/.double())
-        self.register_buffer("distances", offset_distances(k, spatial_dims, torch.float32), persistent=False)
-        self.register_buffer("mask", support_mask(k, spatial_dims, circular, torch.float32), persistent=False)
-        self.register_buffer("centers", ring_centers(k, num_rings, torch.float32), persistent=False)
+        # fixed geometry: non-persistent buffers, computed in float64 and rounded to the module's dtype (recomputed
+        # by _apply, so that .double() gives float64-exact geometry rather than widened float32 values)
+        for name, value in self._geometry().items():
+            self.register_buffer(name, value.float(), persistent=False)
 
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_rings))
         log_sigma = torch.full((num_rings,), math.log(initial_sigma(k, num_rings)))
@@ -174,8 +179,17 @@ class GMRConv(nn.Module):
             # sigma is not learned (fixed, or unused by hard ring assignment): keep it out of the state_dict
             self.register_buffer("log_sigma", log_sigma, persistent=False)
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self._kernel_cache: tuple[tuple, torch.Tensor] | None = None
+        self._kernel_cache: tuple[tuple, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.reset_parameters()
+
+    def _geometry(self) -> dict[str, torch.Tensor]:
+        """The fixed geometry buffers, in float64."""
+        k, d = self.kernel_size, self.spatial_dims
+        return {
+            "distances": offset_distances(k, d, torch.float64),
+            "mask": support_mask(k, d, self.circular, torch.float64),
+            "centers": ring_centers(k, self.num_rings, torch.float64),
+        }
 
     # ------------------------------------------------------------------ parameters
     def basis(self) -> torch.Tensor:
@@ -216,27 +230,45 @@ class GMRConv(nn.Module):
         return self.log_sigma.detach().clamp(*self.log_sigma_range).exp()
 
     def _cache_key(self) -> tuple:
-        return tuple(
-            (t.data_ptr(), t._version, t.dtype, t.device) for t in (self.weight, self.log_sigma, self.distances)
+        return (
+            tuple((t.dtype, t.device) for t in (self.weight, self.log_sigma, self.distances)),
+            torch.is_inference_mode_enabled(),  # an inference-mode kernel cannot take part in autograd later
         )
+
+    def _synthesize(self) -> torch.Tensor:
+        device_type = self.weight.device.type
+        if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+            # synthesised in the parameters' dtype: a low-precision kernel would otherwise reach the cache
+            with torch.autocast(device_type, enabled=False):
+                return synthesize_kernel(self.weight, self.basis())
+        return synthesize_kernel(self.weight, self.basis())
 
     def dense_kernel(self) -> torch.Tensor:
         """The synthesised dense kernel, shape ``(C_out, C_in/groups) + (k,) * spatial_dims``.
 
-        Cached in eval mode when no gradient is needed; the cache is keyed on parameter versions.
+        Cached on CPU in eval mode when no gradient is needed, while the parameters keep their values (see the class
+        docstring).
         """
-        cacheable = not self.training and not (
-            torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad)
+        cacheable = (
+            self.weight.device.type == "cpu"
+            and not self.training
+            and not (torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad))
         )
-        if cacheable:
-            key = self._cache_key()
-            if self._kernel_cache is not None and self._kernel_cache[0] == key:
-                return self._kernel_cache[1]
-            kernel = synthesize_kernel(self.weight, self.basis())
-            self._kernel_cache = (key, kernel)
-            return kernel
-        self._kernel_cache = None
-        return synthesize_kernel(self.weight, self.basis())
+        if not cacheable:
+            self._kernel_cache = None
+            return self._synthesize()
+        key = self._cache_key()
+        cache = self._kernel_cache
+        if (
+            cache is not None
+            and cache[0] == key
+            and torch.equal(cache[1], self.weight)
+            and torch.equal(cache[2], self.log_sigma)
+        ):
+            return cache[3]
+        kernel = self._synthesize()
+        self._kernel_cache = (key, self.weight.detach().clone(), self.log_sigma.detach().clone(), kernel)
+        return kernel
 
     def train(self, mode: bool = True) -> "GMRConv":
         self._kernel_cache = None
@@ -244,7 +276,12 @@ class GMRConv(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double() drop the cache
         self._kernel_cache = None
-        return super()._apply(fn, recurse)
+        out = super()._apply(fn, recurse)
+        for name, exact in self._geometry().items():  # round the float64 geometry to the new dtype, not twice
+            buf = self._buffers[name]
+            if buf is not None and buf.is_floating_point() and buf.device.type != "meta":
+                self._buffers[name] = exact.to(device=buf.device, dtype=buf.dtype)
+        return out
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._kernel_cache = None

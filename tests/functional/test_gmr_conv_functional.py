@@ -82,6 +82,9 @@ def test_functional_errors():
         gmr_conv(torch.randn(2, 5, 5), m.weight, m.basis())
     with pytest.raises(ValueError, match="rings"):
         synthesize_kernel(torch.randn(2, 2, 3), m.basis())
+    for pad in (0, 1):  # also when no padding is applied
+        with pytest.raises(ValueError, match="padding_mode"):
+            gmr_conv(torch.randn(1, 2, 5, 5), m.weight, m.basis(), padding=pad, padding_mode="mirror")
 
 
 def test_all_padding_modes_and_strides_keep_shapes():

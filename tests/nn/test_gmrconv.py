@@ -11,7 +11,7 @@ from scipy import ndimage
 
 import monai_gmr
 from monai_gmr import GMRConv, GMRConv2d, GMRConv3d, GMRConvolution, export_dense
-from monai_gmr.functional import cube_elements, d4_elements
+from monai_gmr.functional import cube_elements, d4_elements, offset_distances, ring_centers
 from tests.conftest import rel_err
 
 
@@ -65,6 +65,12 @@ def test_parameter_count_grows_with_rings_not_area():
         (dict(in_channels=0), "in_channels"),
         (dict(stride=0), "stride"),
         (dict(dilation=(1, 2)), "dilation"),
+        # tuples of non-ints are not truncated by int()
+        (dict(kernel_size=(3.7, 3.2)), "kernel_size"),
+        (dict(kernel_size=(True, True)), "kernel_size"),
+        (dict(kernel_size=("5", "5")), "kernel_size"),
+        (dict(stride=(1.9, 1.9)), "stride"),
+        (dict(padding=(2.7, 2.7)), "padding"),
     ],
 )
 def test_constructor_errors(kwargs, match):
@@ -195,6 +201,51 @@ def test_eval_cache_is_used_and_invalidated():
         assert rel_err(m2(x), before) > 1e-3
 
 
+def test_eval_cache_follows_edits_autograd_does_not_see():
+    """In-place edits through ``.data`` (a mean-teacher EMA) leave the version counter alone: the cache compares
+    values. A kernel cached under autocast or inference mode must not leak into later fp32 / autograd calls."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 8, 8)
+    m = GMRConv(2, 2, 3, 5, impl="dense").eval()
+    fresh = GMRConv(2, 2, 3, 5, impl="dense").eval()
+    with torch.no_grad():
+        m(x)
+        m.weight.data.mul_(2.0)  # no version bump
+        m.log_sigma.data.add_(0.2)
+        fresh.load_state_dict(m.state_dict())
+        assert torch.equal(m(x), fresh(x))
+        teacher, student = GMRConv(2, 2, 3, 5).eval(), GMRConv(2, 2, 3, 5)
+        teacher(x)
+        for _ in range(3):  # EMA through .data, as mean-teacher code does
+            for tp, sp in zip(teacher.parameters(), student.parameters()):
+                tp.data.mul_(0.5).add_(sp.data, alpha=0.5)
+        fresh.load_state_dict(teacher.state_dict())
+        assert torch.equal(teacher(x), fresh(x))
+    # autocast first: the cached kernel stays in the parameters' dtype
+    m = GMRConv(2, 2, 3, 5, impl="dense").eval()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert m(x).dtype == torch.bfloat16
+        fresh.load_state_dict(m.state_dict())
+        assert torch.equal(m(x), fresh(x))
+    # inference mode first, then autograd through a frozen model (saliency maps)
+    m = GMRConv(2, 2, 3, 5, impl="dense").eval().requires_grad_(False)
+    with torch.inference_mode():
+        m(x)
+    xg = x.clone().requires_grad_(True)
+    m(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_double_has_float64_exact_geometry():
+    m = GMRConv(3, 1, 1, 7, num_rings=4).double()
+    assert torch.equal(m.distances, offset_distances(7, 3, torch.float64))
+    assert torch.equal(m.centers, ring_centers(7, 4, torch.float64))
+    back = m.float()
+    assert back.distances.dtype == torch.float32
+    assert torch.equal(back.distances, offset_distances(7, 3, torch.float64).float())
+
+
 def test_no_cache_when_gradients_are_needed():
     m = GMRConv(2, 2, 2, 3).eval()
     x = torch.randn(1, 2, 5, 5, requires_grad=True)
@@ -268,6 +319,12 @@ def test_gmr_convolution_block():
     x = torch.randn(1, 3, 12, 12)
     for g in d4_elements():
         assert rel_err(b(g(x)), g(b(x))) < 1e-5
+    # MONAI's positional order: (spatial_dims, in_channels, out_channels, strides, kernel_size)
+    from monai.networks.blocks import Convolution
+
+    ref, pos = Convolution(2, 4, 8, 1, 3), GMRConvolution(2, 4, 8, 1, 3)
+    assert pos.conv.stride == 1 and pos.conv.kernel_size == 3
+    assert pos(torch.randn(1, 4, 12, 12)).shape == ref(torch.randn(1, 4, 12, 12)).shape == (1, 8, 12, 12)
 
 
 @pytest.mark.parametrize("d", [2, 3])
