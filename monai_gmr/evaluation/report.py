@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_gmr.functional.rotation import Geometry
 from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text
 
 from .robustness import RobustnessResult
@@ -41,12 +42,12 @@ def result_to_csv(result: RobustnessResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["model", "view", "kind", "angle", "flip", *result.metrics])
-    for i, a in enumerate(result.angles):
-        w.writerow([result.model_name, f"rot{a:g}", "angle", f"{a:g}", "", *(_fmt(result.per_angle[m][i]) for m in result.metrics)])
+    for i, a in enumerate(result.angles):  # view names as in per_view() and the TTA inferer (rotm10, not rot-10)
+        w.writerow([result.model_name, Geometry(a).name, "angle", f"{a:g}", "", *(_fmt(result.per_angle[m][i]) for m in result.metrics)])
     for f, vals in result.per_flip.items():
         w.writerow([result.model_name, f"flip_{f}", "flip", "0", f, *(_fmt(vals.get(m)) for m in result.metrics)])
     summ = result.summary()
-    for stat in ("mean", "std", "min", "max", "range", "worst_angle"):
+    for stat in next(iter(summ.values()), {}):  # every statistic of the JSON summary, in its order
         w.writerow([result.model_name, stat, "summary", "", "", *(_fmt(summ[m][stat]) for m in result.metrics)])
     return buf.getvalue()
 

@@ -34,7 +34,8 @@ def symmetric_window_starts(size: int, roi: int, overlap: float = 0.25) -> list[
     The span ``size - roi`` is cut into ``m = ceil(span / interval)`` steps (``interval = int(roi * (1 - overlap))``);
     the first half of the starts is ``ceil(j * span / m)`` and the second half its mirror image, so no two
     consecutive starts are more than ``interval`` apart (at least ``overlap`` of overlap, every pixel covered).
-    ``size <= roi`` gives ``[0]`` (the caller pads).
+    ``size <= roi`` gives ``[0]`` (the caller pads). The count is ``m + 1`` like MONAI's, or ``m + 2`` when ``span``
+    is odd and ``m`` even (mirror-symmetric integer starts cannot have a middle one then).
 
     Raises:
         ValueError: ``size``/``roi`` < 1 or ``overlap`` outside ``[0, 1)``.

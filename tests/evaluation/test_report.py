@@ -56,7 +56,13 @@ def test_write_report_json_csv_png(tmp_path):
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert [row["view"] for row in rows[:5]] == ["rot0", "rot90", "rot180", "rot270", "flip_h"]
     assert float(rows[1]["dice"]) == 0.7 and rows[4]["flip"] == "h"
-    assert {row["view"] for row in rows if row["kind"] == "summary"} >= {"mean", "std", "min", "worst_angle"}
+    summary_rows = {row["view"]: row for row in rows if row["kind"] == "summary"}
+    assert list(summary_rows) == list(d["summary"]["dice"])  # every JSON statistic, at_0 included
+    assert float(summary_rows["at_0"]["dice"]) == pytest.approx(0.8)
+    # negative angles get the view names of per_view() and the TTA inferer
+    neg = RobustnessResult("m", "segmentation", ["dice"], [-10.0, 0.0], [], {"dice": [0.5, 0.6]}, {}, 1)
+    views = [row["view"] for row in csv.DictReader(io.StringIO(monai_gmr.evaluation.report.result_to_csv(neg)))]
+    assert views[:2] == list(neg.per_view()) == ["rotm10", "rot0"]
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

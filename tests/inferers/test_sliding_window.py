@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
+from monai.inferers.utils import _get_scan_interval
 
 from monai_gmr.functional import d4_elements
 from monai_gmr.inferers import SymmetricSlidingWindowInferer, symmetric_window_starts
@@ -23,6 +25,10 @@ def test_starts_are_symmetric_inside_and_cover(roi, overlap):
         assert starts[0] == 0 and starts[-1] == span and set(starts) == {span - s for s in starts}
         gaps = [b - a for a, b in zip(starts, starts[1:])]
         assert all(0 < g <= interval for g in gaps), (size, starts)  # every pixel covered, overlap >= `overlap`
+        # as many windows as MONAI, one more only where a symmetric set must be even and MONAI's is odd
+        n_monai = len(dense_patch_slices((size,), (roi,), _get_scan_interval((size,), (roi,), 1, (overlap,))))
+        odd_case = span % 2 == 1 and n_monai % 2 == 1
+        assert len(starts) == n_monai + (1 if odd_case else 0), (size, starts, n_monai)
     assert symmetric_window_starts(5, 8, 0.25) == [0]
 
 
