@@ -136,6 +136,29 @@ def test_train_transforms_crop_and_augmentation_switch(tmp_path, augment):
     assert set(torch.unique(lab3).tolist()) == {0.0, 1.0, 2.0}
 
 
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_inference_masks_have_the_foreground_validation_scores(tmp_path, num_classes):
+    """inference.json's semantic/instance masks and probability map agree with validation's foreground
+    (merge_foreground + argmax) also with a boundary class: (0.4, 0.3, 0.3) is a nucleus pixel."""
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(num_classes, 24, 40)
+    logits[:, :4, :4] = torch.tensor([0.4, 0.3, 0.3][:num_classes]).log().reshape(-1, 1, 1)
+    over = dict(output_dir=str(tmp_path / "o"), num_classes=num_classes, metadata=METADATA)
+    post = config_parser([INFERENCE], **over).get_parsed_content("postprocessing")
+    steps = list(post.transforms)
+    steps = steps[: next(i for i, t in enumerate(steps) if type(t).__name__ == "SaveImaged")]
+    d = {"pred": logits.clone(), "image": torch.zeros(3, 24, 40)}
+    for t in steps:
+        d = t(d)
+    val = config_parser([TRAIN], **over).get_parsed_content("validate#postprocessing")
+    fg = val({"pred": logits.clone(), "label": torch.zeros(1, 24, 40)})["pred"][1] > 0.5
+    assert fg.any() and (~fg).any()
+    torch.testing.assert_close(d["pred"][0] > 0, fg)
+    torch.testing.assert_close(d["prob"][0] > 0.5, fg)
+    assert bool(d["pred"][0, 0, 0] > 0) is (num_classes == 3)
+    assert ((torch.as_tensor(d["instance"][0]) > 0) <= fg).all()
+
+
 # ---------------------------------------------------------------------------------------------------------- metadata
 def test_verify_metadata_offline(tmp_path):
     from monai.bundle import verify_metadata

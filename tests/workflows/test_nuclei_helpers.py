@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from monai_gmr.workflows.nuclei import ForegroundInferer, NucleiLabeld, merge_foreground, nucleus_boundaries, to_rgb
+from monai_gmr.workflows.nuclei import (
+    ForegroundInferer,
+    NucleiLabeld,
+    merge_foreground,
+    nucleus_boundaries,
+    nucleus_class_map,
+    to_rgb,
+)
 
 
 def test_nuclei_labeld_binary_and_boundary():
@@ -42,6 +49,23 @@ def test_to_rgb():
     assert torch.equal(to_rgb(x[:1]), x[:1].repeat(3, 1, 1))
     with pytest.raises(ValueError, match="2 channels"):
         to_rgb(x[:2])
+
+
+def test_nucleus_class_map_has_the_scored_foreground():
+    """Inference's class map: foreground exactly where validation (merge_foreground + argmax) sees a nucleus."""
+    p = torch.tensor([0.4, 0.3, 0.3]).reshape(3, 1, 1)  # argmax says background, nucleus probability 0.6
+    assert nucleus_class_map(p).item() == 1.0
+    torch.manual_seed(0)
+    p = torch.softmax(3 * torch.randn(3, 16, 16), 0)
+    cmap = nucleus_class_map(p)
+    assert cmap.shape == (1, 16, 16)
+    torch.testing.assert_close((cmap > 0).float(), merge_foreground(p).argmax(0, keepdim=True).float())
+    fg = cmap[0] > 0
+    torch.testing.assert_close(cmap[0][fg], (1 + p[1:].argmax(0))[fg].float())
+    two = torch.softmax(torch.randn(2, 16, 16), 0)
+    torch.testing.assert_close(nucleus_class_map(two), two.argmax(0, keepdim=True).float())
+    with pytest.raises(ValueError, match="2 channels"):
+        nucleus_class_map(p[:1])
 
 
 def test_merge_foreground_and_foreground_inferer():
