@@ -13,9 +13,12 @@ Rules (every replacement keeps the module's output shape for every input size th
   ``k=2, p=0`` up-convs).
 * even kernel sizes ``k`` map to ``k + 1`` (GMR kernels have a centre pixel); sizes may also be remapped with
   ``kernel_size`` (an int for every ``k > 1`` conv, or a callable ``old -> new``).
-* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay. Max/avg pools whose kernel
-  differs from their stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet stems) stay unless
-  ``replace_pooling=True`` (then: the same pool type with kernel = stride and the same output size).
+* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay. Max/avg pools whose window
+  grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
+  stems) stay unless ``replace_pooling=True`` (then: the same pool type with kernel = stride, the same output size
+  and the same ``return_indices``). Pools that already commute at such sizes (every stride-1 pool with symmetric
+  padding, e.g. a 3x3/stride-1/pad-1 max pool) are never replaced; with ``replace_pooling=True`` they are listed in
+  ``kept``.
 * convs that cannot be mapped exactly (anisotropic kernels/dilations, paddings whose output size no symmetric
   padding reproduces) are left as they are and reported.
 
@@ -111,9 +114,10 @@ class ConversionSummary:
     Attributes:
         converted: module name -> ``"old -> new"`` description, for every replaced module.
         counts: kind -> number of modules (``conv``, ``strided_conv``, ``transposed_conv``, ``strided_pointwise``,
-            ``transposed_pointwise``, ``even_kernel``, ``pool_replaced``, ``pointwise_kept``, ``excluded``,
-            ``unsupported``, ``already_gmr``).
-        kept: module name -> why a conv was not replaced (excluded, unsupported geometry).
+            ``transposed_pointwise``, ``even_kernel``, ``pool_replaced``, ``pool_kept``, ``pointwise_kept``,
+            ``excluded``, ``unsupported``, ``already_gmr``).
+        kept: module name -> why a conv (or, with ``replace_pooling``, a pool) was not replaced (excluded,
+            unsupported geometry, a pool that already commutes).
         non_equivariant: module name -> why the module (after conversion) does not commute with the group at
             usual input sizes.
         conditions: module name -> input-size condition under which the module commutes (e.g. divisibility by a
@@ -435,12 +439,17 @@ class _Converter:
         if getattr(pool, "ceil_mode", False) or len(set(ks)) != 1:
             return None
         e = [2 * p - di * (k - 1) for p, di, k in zip(pads, dils, ks)]
+        if len(set(ss)) == 1 and len(set(e)) == 1 and (1 - e[0]) % ss[0] == 0:
+            # the window grid is already mirror-symmetric at sizes divisible by the stride (always for stride 1
+            # with symmetric padding): the pool commutes as it is; replacing it would change what it computes
+            self._keep(name, f"{type(pool).__name__}(k={ks[0]}, stride={ss[0]}, padding={pads[0]}) already commutes at sizes divisible by its stride", "pool_kept")
+            return None
         cfg = [_down_pool_config(ei, si) for ei, si in zip(e, ss)]
         if any(c is None for c in cfg) or len({c[1] for c in cfg}) != 1:  # type: ignore[index]
             return None
         qs = tuple(c[0] for c in cfg)  # type: ignore[index]
         if isinstance(pool, (nn.MaxPool2d, nn.MaxPool3d)):
-            new = type(pool)(kernel_size=ss, stride=ss, padding=qs, ceil_mode=cfg[0][1])  # type: ignore[index]
+            new = type(pool)(kernel_size=ss, stride=ss, padding=qs, ceil_mode=cfg[0][1], return_indices=pool.return_indices)  # type: ignore[index]
         else:
             new = type(pool)(kernel_size=ss, stride=ss, padding=qs, ceil_mode=cfg[0][1], count_include_pad=pool.count_include_pad)  # type: ignore[index]
         self.counts["pool_replaced"] += 1
@@ -527,7 +536,9 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             # windows start at j*s - p and span di*(k-1)+1 pixels; the window grid is mirror-symmetric exactly when
             # the last window ends at the far padded edge: (H + 2p - di(k-1) - 1) % s == 0, i.e. H % s == req
             req = (1 - (2 * p - di * (k - 1))) % s
-            if req == 0:
+            if s == 1:
+                pass  # stride 1 with symmetric padding: a window centred on every pixel
+            elif req == 0:
                 summary.conditions[name] = f"{type(m).__name__}(kernel={k}, stride={s}) commutes when every input size is divisible by {s}"
             else:
                 summary.non_equivariant[name] = (
@@ -587,8 +598,10 @@ def convert_to_gmr(
         pool_mode: pooling replacing strides: ``"avg"`` (default, the GMR recipe) or ``"max"``.
         weights: ``"init"`` (fresh GMR initialisation) or ``"project"`` (least-squares ring weights reproducing
             the radial average of each existing kernel, bias copied; for pretrained nets).
-        replace_pooling: also replace pools whose kernel differs from their stride (e.g. 3x3/stride-2/pad-1 max
-            pools) by the same pool type with kernel = stride and the same output size (equivariant at even sizes).
+        replace_pooling: also replace pools whose window grid is off-centre (e.g. 3x3/stride-2/pad-1 max pools) by
+            the same pool type with kernel = stride and the same output size (equivariant at even sizes;
+            ``return_indices`` kept). Pools that already commute (e.g. stride 1 with symmetric padding) stay and are
+            listed in ``summary.kept``.
         return_summary: return ``(model, summary)`` instead of ``model``.
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
             ``circular``, ``impl``; ``padding_mode`` overrides the convs' own).

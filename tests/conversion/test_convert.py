@@ -321,3 +321,42 @@ def test_audit_padding_and_pixel_shuffle_layers():
     net = nn.Sequential(nn.ReflectionPad2d(2), nn.ConstantPad2d((1, 0, 1, 0), 0.0), nn.PixelShuffle(2), nn.ZeroPad2d(1))
     s = audit_equivariance(net)
     assert set(s.non_equivariant) == {"1", "2"} and not s.unknown
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [nn.MaxPool2d(3, stride=1, padding=1), nn.AvgPool2d(5, stride=1, padding=2), nn.MaxPool2d(4, stride=2, padding=1)],
+)
+def test_replace_pooling_keeps_pools_that_already_commute(pool):
+    """Stride-1 pools with symmetric padding (and k=4/stride-2/pad-1) already commute: they stay, reported as kept."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), pool)
+    new, summary = convert_to_gmr(net, replace_pooling=True, return_summary=True)
+    assert new[1] is not pool and type(new[1]) is type(pool)  # a copy (not inplace) of the same pool
+    assert (new[1].kernel_size, new[1].stride, new[1].padding) == (pool.kernel_size, pool.stride, pool.padding)
+    assert "already commutes" in summary.kept["1"] and summary.counts["pool_kept"] == 1
+    assert "pool_replaced" not in summary.counts and "1" not in summary.non_equivariant
+    if pool.stride == 1:
+        assert "1" not in summary.conditions and summary.fully_equivariant
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        h = new[0](x)
+        assert torch.equal(new[1](h), pool(h))  # still the same operation (not an identity)
+    assert max(_errors(new.eval(), x).values()) <= 1e-4
+
+
+def test_replace_pooling_keeps_return_indices():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = nn.MaxPool2d(3, 2, 1, return_indices=True)
+
+        def forward(self, x):
+            y, idx = self.pool(x)
+            return y, idx
+
+    new, summary = convert_to_gmr(Net(), replace_pooling=True, return_summary=True)
+    assert summary.counts["pool_replaced"] == 1 and new.pool.return_indices
+    x = torch.randn(1, 2, 8, 8)
+    y, idx = new(x)
+    assert y.shape == (1, 2, 4, 4)
+    assert torch.equal(x.flatten(2).gather(2, idx.flatten(2)), y.flatten(2))  # indices point at the maxima
