@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
 from monai_gmr.nets.unet import interp_mode
 
@@ -272,6 +273,9 @@ class _Converter:
         self.summary = ConversionSummary()
         self.counts: Counter = Counter()
         self.memo: dict[int, nn.Module | None] = {}  # id(module) -> replacement: shared modules stay shared
+        # (parent, attribute, replacement): applied by apply() once every replacement was built, so that an error
+        # half-way leaves an inplace model untouched
+        self.pending: list[tuple[nn.Module, str, nn.Module]] = []
 
     # -- helpers
     def _excluded(self, name: str, module: nn.Module) -> bool:
@@ -303,9 +307,7 @@ class _Converter:
 
     def _gmr(self, conv: nn.Module, d: int, k: int, padding: int, dilation: int, in_c: int, out_c: int) -> GMRConv:
         kwargs = dict(self.gmr_kwargs)
-        kwargs.setdefault("padding_mode", getattr(conv, "padding_mode", "zeros"))
-        if kwargs["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
-            kwargs["padding_mode"] = "zeros"
+        kwargs.setdefault("padding_mode", getattr(conv, "padding_mode", "zeros"))  # nn.Conv's modes = GMRConv's
         return GMRConv(
             d, in_c, out_c, k, stride=1, padding=padding, dilation=dilation, groups=conv.groups,
             bias=conv.bias is not None, **kwargs,
@@ -465,7 +467,18 @@ class _Converter:
                 new = self.visit(name, child)
                 self.memo[id(child)] = new
             if new is not None:
-                setattr(module, child_name, new)
+                self.pending.append((module, child_name, new))
+
+    def apply(self) -> None:
+        """Install the replacements collected by :meth:`walk`."""
+        for parent, child_name, new in self.pending:
+            setattr(parent, child_name, new)
+        self.pending = []
+
+    def excluded_path(self, name: str, modules: dict[str, nn.Module]) -> bool:
+        """Whether :meth:`walk` skips the module ``name``: it or one of its ancestors is excluded."""
+        parts = name.split(".")
+        return any(self._excluded(".".join(parts[:i]), modules[".".join(parts[:i])]) for i in range(1, len(parts) + 1))
 
     def visit(self, name: str, module: nn.Module) -> nn.Module | None:
         """Replacement of ``module`` (or ``None``: keep it, after converting its children)."""
@@ -604,14 +617,16 @@ def convert_to_gmr(
             listed in ``summary.kept``.
         return_summary: return ``(model, summary)`` instead of ``model``.
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
-            ``circular``, ``impl``; ``padding_mode`` overrides the convs' own).
+            ``circular``, ``impl``; ``padding_mode`` overrides the convs' own); other keys raise ``ValueError``.
 
     Returns:
         the converted model (a copy unless ``inplace``), with the :class:`ConversionSummary` attached as
         ``model.gmr_conversion_summary``; ``(model, summary)`` when ``return_summary``.
 
     Raises:
-        ValueError: bad ``upsample_mode``, ``pool_mode``, ``weights``, ``kernel_size`` or ``exclude`` entries.
+        ValueError: bad ``upsample_mode`` (also ``"bicubic"`` with a strided 3D transposed conv), ``pool_mode``,
+            ``weights``, ``kernel_size``, ``exclude`` entries, or ``gmr_kwargs`` (a key :class:`GMRConv` does not
+            take, or a value it rejects). The model is not modified when an error is raised (also with ``inplace``).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got model={type(model).__name__}.")
@@ -624,13 +639,24 @@ def convert_to_gmr(
     if kernel_size is not None and not callable(kernel_size):
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
             raise ValueError(f"kernel_size must be None, a positive int or a callable, got kernel_size={kernel_size!r}.")
+    check_gmr_kwargs(gmr_kwargs)
     conv = _Converter(kernel_size, exclude, upsample_mode, pool_mode, weights, replace_pooling, gmr_kwargs)
+    if upsample_mode == "bicubic":
+        modules = dict(model.named_modules(remove_duplicate=False))
+        conv3d = [n or type(m).__name__ for n, m in modules.items() if isinstance(m, nn.ConvTranspose3d)
+                  and any(s > 1 for s in m.stride) and not (n and conv.excluded_path(n, modules))]  # fmt: skip
+        if conv3d:
+            raise ValueError(
+                f"upsample_mode='bicubic' is 2D only, but the model has strided 3D transposed convs ({', '.join(conv3d)}); "
+                "use upsample_mode='bilinear' (trilinear in 3D) or 'nearest'."
+            )
     root = model if inplace else copy.deepcopy(model)
     new_root = conv.visit("", root) if isinstance(root, _CONV + _CONV_T) else None
     if new_root is not None:
         root = new_root
     elif not isinstance(root, _CONV + _CONV_T):
         conv.walk(root, "")
+        conv.apply()  # only now, after every replacement was built: an error above leaves an inplace model as it was
     summary = conv.summary
     summary.counts = {k: int(v) for k, v in sorted(conv.counts.items()) if v}
     audit_equivariance(root, summary)

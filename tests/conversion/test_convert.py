@@ -360,3 +360,54 @@ def test_replace_pooling_keeps_return_indices():
     y, idx = new(x)
     assert y.shape == (1, 2, 4, 4)
     assert torch.equal(x.flatten(2).gather(2, idx.flatten(2)), y.flatten(2))  # indices point at the maxima
+
+
+def _state(net: nn.Module) -> dict:
+    return {"types": [type(m) for m in net.modules()], **{k: v.clone() for k, v in net.state_dict().items()}}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k] == b[k] if k == "types" else torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"padding_mode": "reflection"}, "padding_mode"),  # was silently replaced by "zeros"
+        ({"smothing": "none"}, "smothing"),  # misspelled GMRConv keyword
+        ({"smoothing": "nearest"}, "smoothing"),
+        ({"num_rings": 1}, "num_rings"),
+        ({"stride": 2}, "stride"),  # geometry is the converter's business
+        ({"upsample_mode": "bicubic"}, "upsample_mode"),  # 2D only; the net has a 3D transposed conv
+        ({"kernel_size": lambda k: 0 if k == 5 else k}, "kernel_size"),  # fails at the second conv
+    ],
+)
+def test_bad_arguments_leave_inplace_model_unchanged(kwargs, match):
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.Conv3d(2, 2, 5, padding=2), nn.ConvTranspose3d(2, 2, 2, stride=2))
+    before = _state(net)
+    with pytest.raises(ValueError, match=match):
+        convert_to_gmr(net, inplace=True, **kwargs)
+    assert _same_state(_state(net), before) and not hasattr(net, "gmr_conversion_summary")
+
+
+def test_bad_gmr_kwargs_rejected_without_any_k_gt_1_conv():
+    with pytest.raises(ValueError, match="smothing"):
+        convert_to_gmr(nn.Sequential(nn.Conv2d(1, 2, 1)), smothing="none")
+
+
+def test_bicubic_allowed_when_3d_transposed_convs_do_not_upsample():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ConvTranspose2d(2, 2, 2, stride=2))
+    new = convert_to_gmr(net, upsample_mode="bicubic")
+    assert new[1].upsample.mode == "bicubic"
+    net3d = nn.Sequential(nn.ConvTranspose3d(1, 2, 3, padding=1), nn.Sequential(nn.ConvTranspose3d(2, 2, 2, stride=2)))
+    new3d, s = convert_to_gmr(net3d, upsample_mode="bicubic", exclude="1", return_summary=True)  # stride 1 / excluded
+    assert isinstance(new3d[0], GMRConv) and s.kept == {"1": "excluded"}
+
+
+def test_gmr_conv_kwargs_match_gmrconv_signature():
+    import inspect
+
+    from monai_gmr.nn import GMR_CONV_KWARGS
+
+    geometry = {"self", "spatial_dims", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias"}
+    assert set(GMR_CONV_KWARGS) == set(inspect.signature(GMRConv.__init__).parameters) - geometry
