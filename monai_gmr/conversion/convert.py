@@ -286,7 +286,8 @@ class _Converter:
                 return True
         return False
 
-    def _new_k(self, k: int) -> int:
+    def _new_k(self, k: int) -> tuple[int, bool]:
+        """GMR kernel size for a conv of size ``k`` (odd), and whether an even requested size was bumped by one."""
         if self.kernel_size is None:
             new = k
         elif callable(self.kernel_size):
@@ -296,9 +297,14 @@ class _Converter:
         if isinstance(new, bool) or not isinstance(new, int) or new < 1:
             raise ValueError(f"kernel_size must give a positive int for kernel size {k}, got {new!r}.")
         if new % 2 == 0:
+            return new + 1, True
+        return new, False
+
+    def _count_even(self, name: str, even: bool, k_new: int) -> None:
+        """Count an even kernel size mapped to ``k_new`` (called once the conv is replaced)."""
+        if even:
             self.counts["even_kernel"] += 1
-            new += 1
-        return new
+            logger.debug("convert_to_gmr: %s: even kernel size mapped to %d", name, k_new)
 
     def _keep(self, name: str, reason: str, kind: str) -> None:
         self.summary.kept[name] = reason
@@ -338,9 +344,7 @@ class _Converter:
             self.counts["pointwise_kept"] += 1
             return None
         strided = any(s > 1 for s in s_all)
-        k_new = 1 if k == 1 else self._new_k(k)
-        if k != 1 and k % 2 == 0 and self.kernel_size is None:
-            logger.debug("convert_to_gmr: %s has even kernel size %d, mapped to %d", name, k, k_new)
+        k_new, even = (1, False) if k == 1 else self._new_k(k)
         if not strided:
             # stride 1: GMR padding p' with H + 2p' - dil (k' - 1) = H + e
             if len(set(e)) != 1 or (e[0] + dil * (k_new - 1)) % 2 or e[0] + dil * (k_new - 1) < 0:
@@ -377,6 +381,7 @@ class _Converter:
                 self.counts["strided_conv"] += 1
                 desc = f"{type(conv).__name__}(k={k}, stride={s_all}) -> {type(pool).__name__}({s_all}) + GMRConv(k={k_new})"
             new = PooledConv(pool, inner)
+        self._count_even(name, even, k_new)
         self.summary.converted[name] = desc
         return self._finish(new, conv)
 
@@ -396,7 +401,7 @@ class _Converter:
             return None
         # out = (H - 1) s - 2p + dil (k - 1) + op + 1 = s H + c
         c = [dil * (k - 1) + o + 1 - s - 2 * p for s, p, o in zip(strides, pads, ops)]
-        k_new = 1 if k == 1 else self._new_k(k)
+        k_new, even = (1, False) if k == 1 else self._new_k(k)
         if len(set(c)) != 1 or (c[0] + dil * (k_new - 1)) % 2 or c[0] + dil * (k_new - 1) < 0:
             self._keep(name, f"no symmetric padding reproduces the output size (stride {strides}, padding {pads}, output_padding {ops})", "unsupported")
             return None
@@ -428,6 +433,7 @@ class _Converter:
             new = UpsampledConv(up, inner)
             desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({self.upsample_mode}, x{strides[0]}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
         self.counts[kind] += 1
+        self._count_even(name, even, k_new)
         self.summary.converted[name] = desc
         return self._finish(new, conv)
 
