@@ -577,7 +577,16 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             if len(set(pads)) != 1:
                 summary.non_equivariant[name] = f"{type(m).__name__}{pads}: unequal padding of the sides/axes shifts the grid"
         elif isinstance(m, nn.Upsample):
-            if not _is_int_scale(m.scale_factor):
+            if m.size is not None:
+                sizes = tuple(m.size) if isinstance(m.size, (tuple, list)) else (m.size,)
+                if len(set(sizes)) != 1:
+                    summary.non_equivariant[name] = f"Upsample(size={m.size}): unequal output sizes break axis permutations"
+                elif m.mode in ("nearest", "nearest-exact"):  # (multi)linear/bicubic resizing is mirror-symmetric
+                    summary.conditions[name] = (
+                        f"Upsample(size={m.size}, mode={m.mode!r}) commutes when the output size is an integer multiple "
+                        "of every input size (otherwise the nearest source pixels are off-centre)"
+                    )
+            elif not _is_int_scale(m.scale_factor):
                 summary.unknown[name] = f"Upsample with non-integer scale {m.scale_factor}"
         elif isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten, nn.Linear)):
             pass  # per channel / per position; Linear/Flatten assumed after global pooling

@@ -413,3 +413,17 @@ def test_gmr_conv_kwargs_match_gmrconv_signature():
 
     geometry = {"self", "spatial_dims", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias"}
     assert set(GMR_CONV_KWARGS) == set(inspect.signature(GMRConv.__init__).parameters) - geometry
+
+
+def test_audit_upsample_to_a_fixed_size():
+    """``Upsample(size=...)`` was reported equivariant: nearest resizing 4 -> 7 is not (measured)."""
+    near, lin, aniso = nn.Upsample(size=(7, 7)), nn.Upsample(size=(7, 7), mode="bilinear"), nn.Upsample(size=(6, 8))
+    s = audit_equivariance(nn.Sequential(near, lin, aniso))
+    assert set(s.conditions) == {"0"} and "integer multiple" in s.conditions["0"]
+    assert set(s.non_equivariant) == {"2"} and not s.unknown
+    x = torch.randn(1, 1, 4, 5)
+    with torch.no_grad():
+        assert max(rel_err(near(g(x)), g(near(x))) for g in d4_elements()) > 1e-1
+        assert max(rel_err(lin(g(x)), g(lin(x))) for g in d4_elements()) <= 1e-5  # linear resizing is symmetric
+        near8, x4 = nn.Upsample(size=(8, 8)), torch.randn(1, 1, 4, 4)
+        assert max(rel_err(near8(g(x4)), g(near8(x4))) for g in d4_elements()) == 0  # the condition holds: 4 -> 8
