@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -517,7 +518,9 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
     """Classify every leaf module of ``model`` by how it interacts with the grid symmetries (D4 / cube group).
 
     Fills ``summary.non_equivariant``, ``summary.conditions`` and ``summary.unknown`` (a fresh summary when
-    ``None``). Only leaf modules are inspected; code in ``forward`` methods is not.
+    ``None``). Only leaf modules are inspected; code in ``forward`` methods is not, except that a ``downsample``
+    attribute holding a plain callable (not a module; e.g. MONAI ``ResNet(shortcut_type="A")``'s strided
+    ``functools.partial`` shortcut) is reported.
     """
     summary = summary if summary is not None else ConversionSummary()
     shuffles = [n for n, m in model.named_modules() if type(m).__name__ == "SubpixelUpsample"]
@@ -527,6 +530,18 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             "up-sampling mode instead (e.g. SegResNet(upsample_mode='nontrainable'))"
         )
     for name, m in model.named_modules():
+        ds = m.__dict__.get("downsample")  # a plain attribute: a callable run inside forward, not a submodule
+        if callable(ds) and not isinstance(ds, nn.Module):
+            key = f"{name}.downsample" if name else "downsample"
+            if isinstance(ds, functools.partial) and getattr(ds.func, "__name__", "") == "_downsample_basic_block":
+                stride = _tuple(ds.keywords.get("stride", 1), 1)
+                if any(s != 1 for s in stride):
+                    summary.non_equivariant[key] = (
+                        f"MONAI ResNet shortcut_type='A': the shortcut subsamples with stride {ds.keywords.get('stride')} "
+                        "inside forward (an off-centre sub-grid, not convertible); use shortcut_type='B'"
+                    )
+            else:
+                summary.unknown[key] = f"downsample is a non-module callable ({type(ds).__name__}) run inside forward"
         if any(True for _ in m.children()):
             continue
         if any(name == s or name.startswith(s + ".") for s in shuffles if s):

@@ -427,3 +427,25 @@ def test_audit_upsample_to_a_fixed_size():
         assert max(rel_err(lin(g(x)), g(lin(x))) for g in d4_elements()) <= 1e-5  # linear resizing is symmetric
         near8, x4 = nn.Upsample(size=(8, 8)), torch.randn(1, 1, 4, 4)
         assert max(rel_err(near8(g(x4)), g(near8(x4))) for g in d4_elements()) == 0  # the condition holds: 4 -> 8
+
+
+def test_resnet_shortcut_a_reported():
+    """MONAI ResNet(shortcut_type="A") subsamples its shortcuts with a functools.partial inside forward: the audit
+    (leaf modules only) called the converted net fully equivariant while its D4 error is ~0.1."""
+    kw = dict(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 8, 16, 32], spatial_dims=2, n_input_channels=1, num_classes=2)
+    x = torch.randn(2, 1, 32, 32)
+    net_b, s_b = convert_to_gmr(ResNet(**kw, shortcut_type="B"), replace_pooling=True, return_summary=True)
+    assert s_b.fully_equivariant and max(_errors(net_b.eval(), x).values()) <= 1e-4
+    net_a, s_a = convert_to_gmr(ResNet(**kw, shortcut_type="A"), replace_pooling=True, return_summary=True)
+    assert sorted(s_a.non_equivariant) == ["layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"]
+    assert "shortcut_type='A'" in s_a.non_equivariant["layer2.0.downsample"] and not s_a.fully_equivariant
+    assert max(_errors(net_a.eval(), x).values()) > 1e-3
+
+    class Block(nn.Module):  # any other plain-callable downsample is unknown to the audit
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+            self.downsample = lambda t: t[..., ::2, ::2]
+
+    s = audit_equivariance(nn.Sequential(Block()))
+    assert "function" in s.unknown["0.downsample"] and not s.fully_equivariant
