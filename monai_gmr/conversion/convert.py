@@ -315,10 +315,12 @@ class _Converter:
     def _gmr(self, conv: nn.Module, d: int, k: int, padding: int, dilation: int, in_c: int, out_c: int) -> GMRConv:
         kwargs = dict(self.gmr_kwargs)
         kwargs.setdefault("padding_mode", getattr(conv, "padding_mode", "zeros"))  # nn.Conv's modes = GMRConv's
-        return GMRConv(
+        gmr = GMRConv(
             d, in_c, out_c, k, stride=1, padding=padding, dilation=dilation, groups=conv.groups,
             bias=conv.bias is not None, **kwargs,
         )  # fmt: skip
+        # the source's dtype/device before any weights are projected into it (float64 weights stay float64-exact)
+        return gmr.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
     def _finish(self, new: nn.Module, old: nn.Module) -> nn.Module:
         w = old.weight
@@ -367,7 +369,8 @@ class _Converter:
             pool_cls = {("avg", 2): nn.AvgPool2d, ("avg", 3): nn.AvgPool3d, ("max", 2): nn.MaxPool2d, ("max", 3): nn.MaxPool3d}[(self.pool_mode, d)]
             pool = pool_cls(kernel_size=s_all, stride=s_all, padding=qs, ceil_mode=ceil)
             if k == 1:
-                conv1 = (nn.Conv2d if d == 2 else nn.Conv3d)(conv.in_channels, conv.out_channels, 1, groups=conv.groups, bias=conv.bias is not None)
+                conv1 = (nn.Conv2d if d == 2 else nn.Conv3d)(conv.in_channels, conv.out_channels, 1, groups=conv.groups, bias=conv.bias is not None,
+                                                             device=conv.weight.device, dtype=conv.weight.dtype)  # fmt: skip
                 with torch.no_grad():
                     conv1.weight.copy_(conv.weight)
                     if conv.bias is not None:
@@ -411,7 +414,8 @@ class _Converter:
         out_c = weight.shape[0]
         if k_new == 1:
             conv_cls = nn.Conv2d if d == 2 else nn.Conv3d
-            inner: nn.Module = conv_cls(conv.in_channels, out_c, 1, padding=pad, groups=conv.groups, bias=conv.bias is not None)
+            inner: nn.Module = conv_cls(conv.in_channels, out_c, 1, padding=pad, groups=conv.groups, bias=conv.bias is not None,
+                                        device=conv.weight.device, dtype=conv.weight.dtype)  # fmt: skip
             with torch.no_grad():
                 inner.weight.copy_(_fit_kernel(weight, 1))
                 if conv.bias is not None:

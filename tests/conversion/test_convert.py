@@ -449,3 +449,22 @@ def test_resnet_shortcut_a_reported():
 
     s = audit_equivariance(nn.Sequential(Block()))
     assert "function" in s.unknown["0.downsample"] and not s.fully_equivariant
+
+
+def test_float64_weights_keep_float64_precision():
+    """Weights were copied into float32 modules before the cast to the source dtype (projection rel. error ~2e-8)."""
+    g = GMRConv(2, 3, 4, 5).double()
+    with torch.no_grad():
+        g.bias.normal_()
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    for src in (gmr_to_dense_conv(g), nn.Sequential(nn.Conv2d(3, 4, 5, stride=2, padding=2).double())):
+        new = convert_to_gmr(src, weights="project")
+        assert all(p.dtype == torch.float64 for p in new.parameters())
+    new = convert_to_gmr(gmr_to_dense_conv(g), weights="project")
+    with torch.no_grad():
+        assert rel_err(new(x), g(x)) <= 1e-12
+    c1 = nn.Conv2d(3, 4, 1, stride=2).double()
+    t1 = nn.ConvTranspose2d(3, 4, 1, stride=2, output_padding=1).double()
+    p1, u1 = convert_to_gmr(c1), convert_to_gmr(t1)
+    assert torch.equal(p1.conv.weight, c1.weight) and torch.equal(p1.conv.bias, c1.bias)
+    assert torch.equal(u1.conv.weight, t1.weight.transpose(0, 1)) and torch.equal(u1.conv.bias, t1.bias)
