@@ -156,6 +156,14 @@ def test_gmr_kwargs_pass_through():
         ({"pad_mode": "circular"}, "pad_mode"),
         ({"in_channels": 0}, "in_channels"),
         ({"spatial_dims": 3, "upsample": "bicubic"}, "bicubic"),
+        # keywords other than GMRConv's were forwarded to every GMRConvolution: conv_only=True built a purely linear
+        # net, strides/padding failed only in forward, a misspelled GMR keyword only deep in the constructor
+        ({"conv_only": True}, "conv_only"),
+        ({"strides": 2}, "strides"),
+        ({"padding": 0}, "padding"),
+        ({"num_classes": 3}, "num_classes"),
+        ({"smothing": "none"}, "smothing"),
+        ({"padding_mode": "reflection"}, "padding_mode"),
     ],
 )
 def test_bad_arguments(kwargs, match):
