@@ -13,9 +13,12 @@ Rules (every replacement keeps the module's output shape for every input size th
   ``k=2, p=0`` up-convs).
 * even kernel sizes ``k`` map to ``k + 1`` (GMR kernels have a centre pixel); sizes may also be remapped with
   ``kernel_size`` (an int for every ``k > 1`` conv, or a callable ``old -> new``).
-* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay. Max/avg pools whose kernel
-  differs from their stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet stems) stay unless
-  ``replace_pooling=True`` (then: the same pool type with kernel = stride and the same output size).
+* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay. Max/avg pools whose window
+  grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
+  stems) stay unless ``replace_pooling=True`` (then: the same pool type with kernel = stride, the same output size
+  and the same ``return_indices``). Pools that already commute at such sizes (every stride-1 pool with symmetric
+  padding, e.g. a 3x3/stride-1/pad-1 max pool) are never replaced; with ``replace_pooling=True`` they are listed in
+  ``kept``.
 * convs that cannot be mapped exactly (anisotropic kernels/dilations, paddings whose output size no symmetric
   padding reproduces) are left as they are and reported.
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -41,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
 from monai_gmr.nets.unet import interp_mode
 
@@ -111,9 +116,10 @@ class ConversionSummary:
     Attributes:
         converted: module name -> ``"old -> new"`` description, for every replaced module.
         counts: kind -> number of modules (``conv``, ``strided_conv``, ``transposed_conv``, ``strided_pointwise``,
-            ``transposed_pointwise``, ``even_kernel``, ``pool_replaced``, ``pointwise_kept``, ``excluded``,
-            ``unsupported``, ``already_gmr``).
-        kept: module name -> why a conv was not replaced (excluded, unsupported geometry).
+            ``transposed_pointwise``, ``even_kernel``, ``pool_replaced``, ``pool_kept``, ``pointwise_kept``,
+            ``excluded``, ``unsupported``, ``already_gmr``).
+        kept: module name -> why a conv (or, with ``replace_pooling``, a pool) was not replaced (excluded,
+            unsupported geometry, a pool that already commutes).
         non_equivariant: module name -> why the module (after conversion) does not commute with the group at
             usual input sizes.
         conditions: module name -> input-size condition under which the module commutes (e.g. divisibility by a
@@ -268,6 +274,9 @@ class _Converter:
         self.summary = ConversionSummary()
         self.counts: Counter = Counter()
         self.memo: dict[int, nn.Module | None] = {}  # id(module) -> replacement: shared modules stay shared
+        # (parent, attribute, replacement): applied by apply() once every replacement was built, so that an error
+        # half-way leaves an inplace model untouched
+        self.pending: list[tuple[nn.Module, str, nn.Module]] = []
 
     # -- helpers
     def _excluded(self, name: str, module: nn.Module) -> bool:
@@ -278,7 +287,8 @@ class _Converter:
                 return True
         return False
 
-    def _new_k(self, k: int) -> int:
+    def _new_k(self, k: int) -> tuple[int, bool]:
+        """GMR kernel size for a conv of size ``k`` (odd), and whether an even requested size was bumped by one."""
         if self.kernel_size is None:
             new = k
         elif callable(self.kernel_size):
@@ -288,9 +298,14 @@ class _Converter:
         if isinstance(new, bool) or not isinstance(new, int) or new < 1:
             raise ValueError(f"kernel_size must give a positive int for kernel size {k}, got {new!r}.")
         if new % 2 == 0:
+            return new + 1, True
+        return new, False
+
+    def _count_even(self, name: str, even: bool, k_new: int) -> None:
+        """Count an even kernel size mapped to ``k_new`` (called once the conv is replaced)."""
+        if even:
             self.counts["even_kernel"] += 1
-            new += 1
-        return new
+            logger.debug("convert_to_gmr: %s: even kernel size mapped to %d", name, k_new)
 
     def _keep(self, name: str, reason: str, kind: str) -> None:
         self.summary.kept[name] = reason
@@ -299,13 +314,13 @@ class _Converter:
 
     def _gmr(self, conv: nn.Module, d: int, k: int, padding: int, dilation: int, in_c: int, out_c: int) -> GMRConv:
         kwargs = dict(self.gmr_kwargs)
-        kwargs.setdefault("padding_mode", getattr(conv, "padding_mode", "zeros"))
-        if kwargs["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
-            kwargs["padding_mode"] = "zeros"
-        return GMRConv(
+        kwargs.setdefault("padding_mode", getattr(conv, "padding_mode", "zeros"))  # nn.Conv's modes = GMRConv's
+        gmr = GMRConv(
             d, in_c, out_c, k, stride=1, padding=padding, dilation=dilation, groups=conv.groups,
             bias=conv.bias is not None, **kwargs,
         )  # fmt: skip
+        # the source's dtype/device before any weights are projected into it (float64 weights stay float64-exact)
+        return gmr.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
     def _finish(self, new: nn.Module, old: nn.Module) -> nn.Module:
         w = old.weight
@@ -332,9 +347,7 @@ class _Converter:
             self.counts["pointwise_kept"] += 1
             return None
         strided = any(s > 1 for s in s_all)
-        k_new = 1 if k == 1 else self._new_k(k)
-        if k != 1 and k % 2 == 0 and self.kernel_size is None:
-            logger.debug("convert_to_gmr: %s has even kernel size %d, mapped to %d", name, k, k_new)
+        k_new, even = (1, False) if k == 1 else self._new_k(k)
         if not strided:
             # stride 1: GMR padding p' with H + 2p' - dil (k' - 1) = H + e
             if len(set(e)) != 1 or (e[0] + dil * (k_new - 1)) % 2 or e[0] + dil * (k_new - 1) < 0:
@@ -356,7 +369,8 @@ class _Converter:
             pool_cls = {("avg", 2): nn.AvgPool2d, ("avg", 3): nn.AvgPool3d, ("max", 2): nn.MaxPool2d, ("max", 3): nn.MaxPool3d}[(self.pool_mode, d)]
             pool = pool_cls(kernel_size=s_all, stride=s_all, padding=qs, ceil_mode=ceil)
             if k == 1:
-                conv1 = (nn.Conv2d if d == 2 else nn.Conv3d)(conv.in_channels, conv.out_channels, 1, groups=conv.groups, bias=conv.bias is not None)
+                conv1 = (nn.Conv2d if d == 2 else nn.Conv3d)(conv.in_channels, conv.out_channels, 1, groups=conv.groups, bias=conv.bias is not None,
+                                                             device=conv.weight.device, dtype=conv.weight.dtype)  # fmt: skip
                 with torch.no_grad():
                     conv1.weight.copy_(conv.weight)
                     if conv.bias is not None:
@@ -371,6 +385,7 @@ class _Converter:
                 self.counts["strided_conv"] += 1
                 desc = f"{type(conv).__name__}(k={k}, stride={s_all}) -> {type(pool).__name__}({s_all}) + GMRConv(k={k_new})"
             new = PooledConv(pool, inner)
+        self._count_even(name, even, k_new)
         self.summary.converted[name] = desc
         return self._finish(new, conv)
 
@@ -390,7 +405,7 @@ class _Converter:
             return None
         # out = (H - 1) s - 2p + dil (k - 1) + op + 1 = s H + c
         c = [dil * (k - 1) + o + 1 - s - 2 * p for s, p, o in zip(strides, pads, ops)]
-        k_new = 1 if k == 1 else self._new_k(k)
+        k_new, even = (1, False) if k == 1 else self._new_k(k)
         if len(set(c)) != 1 or (c[0] + dil * (k_new - 1)) % 2 or c[0] + dil * (k_new - 1) < 0:
             self._keep(name, f"no symmetric padding reproduces the output size (stride {strides}, padding {pads}, output_padding {ops})", "unsupported")
             return None
@@ -399,7 +414,8 @@ class _Converter:
         out_c = weight.shape[0]
         if k_new == 1:
             conv_cls = nn.Conv2d if d == 2 else nn.Conv3d
-            inner: nn.Module = conv_cls(conv.in_channels, out_c, 1, padding=pad, groups=conv.groups, bias=conv.bias is not None)
+            inner: nn.Module = conv_cls(conv.in_channels, out_c, 1, padding=pad, groups=conv.groups, bias=conv.bias is not None,
+                                        device=conv.weight.device, dtype=conv.weight.dtype)  # fmt: skip
             with torch.no_grad():
                 inner.weight.copy_(_fit_kernel(weight, 1))
                 if conv.bias is not None:
@@ -422,6 +438,7 @@ class _Converter:
             new = UpsampledConv(up, inner)
             desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({self.upsample_mode}, x{strides[0]}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
         self.counts[kind] += 1
+        self._count_even(name, even, k_new)
         self.summary.converted[name] = desc
         return self._finish(new, conv)
 
@@ -435,12 +452,17 @@ class _Converter:
         if getattr(pool, "ceil_mode", False) or len(set(ks)) != 1:
             return None
         e = [2 * p - di * (k - 1) for p, di, k in zip(pads, dils, ks)]
+        if len(set(ss)) == 1 and len(set(e)) == 1 and (1 - e[0]) % ss[0] == 0:
+            # the window grid is already mirror-symmetric at sizes divisible by the stride (always for stride 1
+            # with symmetric padding): the pool commutes as it is; replacing it would change what it computes
+            self._keep(name, f"{type(pool).__name__}(k={ks[0]}, stride={ss[0]}, padding={pads[0]}) already commutes at sizes divisible by its stride", "pool_kept")
+            return None
         cfg = [_down_pool_config(ei, si) for ei, si in zip(e, ss)]
         if any(c is None for c in cfg) or len({c[1] for c in cfg}) != 1:  # type: ignore[index]
             return None
         qs = tuple(c[0] for c in cfg)  # type: ignore[index]
         if isinstance(pool, (nn.MaxPool2d, nn.MaxPool3d)):
-            new = type(pool)(kernel_size=ss, stride=ss, padding=qs, ceil_mode=cfg[0][1])  # type: ignore[index]
+            new = type(pool)(kernel_size=ss, stride=ss, padding=qs, ceil_mode=cfg[0][1], return_indices=pool.return_indices)  # type: ignore[index]
         else:
             new = type(pool)(kernel_size=ss, stride=ss, padding=qs, ceil_mode=cfg[0][1], count_include_pad=pool.count_include_pad)  # type: ignore[index]
         self.counts["pool_replaced"] += 1
@@ -456,7 +478,18 @@ class _Converter:
                 new = self.visit(name, child)
                 self.memo[id(child)] = new
             if new is not None:
-                setattr(module, child_name, new)
+                self.pending.append((module, child_name, new))
+
+    def apply(self) -> None:
+        """Install the replacements collected by :meth:`walk`."""
+        for parent, child_name, new in self.pending:
+            setattr(parent, child_name, new)
+        self.pending = []
+
+    def excluded_path(self, name: str, modules: dict[str, nn.Module]) -> bool:
+        """Whether :meth:`walk` skips the module ``name``: it or one of its ancestors is excluded."""
+        parts = name.split(".")
+        return any(self._excluded(".".join(parts[:i]), modules[".".join(parts[:i])]) for i in range(1, len(parts) + 1))
 
     def visit(self, name: str, module: nn.Module) -> nn.Module | None:
         """Replacement of ``module`` (or ``None``: keep it, after converting its children)."""
@@ -489,7 +522,9 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
     """Classify every leaf module of ``model`` by how it interacts with the grid symmetries (D4 / cube group).
 
     Fills ``summary.non_equivariant``, ``summary.conditions`` and ``summary.unknown`` (a fresh summary when
-    ``None``). Only leaf modules are inspected; code in ``forward`` methods is not.
+    ``None``). Only leaf modules are inspected; code in ``forward`` methods is not, except that a ``downsample``
+    attribute holding a plain callable (not a module; e.g. MONAI ``ResNet(shortcut_type="A")``'s strided
+    ``functools.partial`` shortcut) is reported.
     """
     summary = summary if summary is not None else ConversionSummary()
     shuffles = [n for n, m in model.named_modules() if type(m).__name__ == "SubpixelUpsample"]
@@ -499,6 +534,18 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             "up-sampling mode instead (e.g. SegResNet(upsample_mode='nontrainable'))"
         )
     for name, m in model.named_modules():
+        ds = m.__dict__.get("downsample")  # a plain attribute: a callable run inside forward, not a submodule
+        if callable(ds) and not isinstance(ds, nn.Module):
+            key = f"{name}.downsample" if name else "downsample"
+            if isinstance(ds, functools.partial) and getattr(ds.func, "__name__", "") == "_downsample_basic_block":
+                stride = _tuple(ds.keywords.get("stride", 1), 1)
+                if any(s != 1 for s in stride):
+                    summary.non_equivariant[key] = (
+                        f"MONAI ResNet shortcut_type='A': the shortcut subsamples with stride {ds.keywords.get('stride')} "
+                        "inside forward (an off-centre sub-grid, not convertible); use shortcut_type='B'"
+                    )
+            else:
+                summary.unknown[key] = f"downsample is a non-module callable ({type(ds).__name__}) run inside forward"
         if any(True for _ in m.children()):
             continue
         if any(name == s or name.startswith(s + ".") for s in shuffles if s):
@@ -527,7 +574,9 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             # windows start at j*s - p and span di*(k-1)+1 pixels; the window grid is mirror-symmetric exactly when
             # the last window ends at the far padded edge: (H + 2p - di(k-1) - 1) % s == 0, i.e. H % s == req
             req = (1 - (2 * p - di * (k - 1))) % s
-            if req == 0:
+            if s == 1:
+                pass  # stride 1 with symmetric padding: a window centred on every pixel
+            elif req == 0:
                 summary.conditions[name] = f"{type(m).__name__}(kernel={k}, stride={s}) commutes when every input size is divisible by {s}"
             else:
                 summary.non_equivariant[name] = (
@@ -547,7 +596,16 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             if len(set(pads)) != 1:
                 summary.non_equivariant[name] = f"{type(m).__name__}{pads}: unequal padding of the sides/axes shifts the grid"
         elif isinstance(m, nn.Upsample):
-            if not _is_int_scale(m.scale_factor):
+            if m.size is not None:
+                sizes = tuple(m.size) if isinstance(m.size, (tuple, list)) else (m.size,)
+                if len(set(sizes)) != 1:
+                    summary.non_equivariant[name] = f"Upsample(size={m.size}): unequal output sizes break axis permutations"
+                elif m.mode in ("nearest", "nearest-exact"):  # (multi)linear/bicubic resizing is mirror-symmetric
+                    summary.conditions[name] = (
+                        f"Upsample(size={m.size}, mode={m.mode!r}) commutes when the output size is an integer multiple "
+                        "of every input size (otherwise the nearest source pixels are off-centre)"
+                    )
+            elif not _is_int_scale(m.scale_factor):
                 summary.unknown[name] = f"Upsample with non-integer scale {m.scale_factor}"
         elif isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten, nn.Linear)):
             pass  # per channel / per position; Linear/Flatten assumed after global pooling
@@ -587,18 +645,22 @@ def convert_to_gmr(
         pool_mode: pooling replacing strides: ``"avg"`` (default, the GMR recipe) or ``"max"``.
         weights: ``"init"`` (fresh GMR initialisation) or ``"project"`` (least-squares ring weights reproducing
             the radial average of each existing kernel, bias copied; for pretrained nets).
-        replace_pooling: also replace pools whose kernel differs from their stride (e.g. 3x3/stride-2/pad-1 max
-            pools) by the same pool type with kernel = stride and the same output size (equivariant at even sizes).
+        replace_pooling: also replace pools whose window grid is off-centre (e.g. 3x3/stride-2/pad-1 max pools) by
+            the same pool type with kernel = stride and the same output size (equivariant at even sizes;
+            ``return_indices`` kept). Pools that already commute (e.g. stride 1 with symmetric padding) stay and are
+            listed in ``summary.kept``.
         return_summary: return ``(model, summary)`` instead of ``model``.
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
-            ``circular``, ``impl``; ``padding_mode`` overrides the convs' own).
+            ``circular``, ``impl``; ``padding_mode`` overrides the convs' own); other keys raise ``ValueError``.
 
     Returns:
         the converted model (a copy unless ``inplace``), with the :class:`ConversionSummary` attached as
         ``model.gmr_conversion_summary``; ``(model, summary)`` when ``return_summary``.
 
     Raises:
-        ValueError: bad ``upsample_mode``, ``pool_mode``, ``weights``, ``kernel_size`` or ``exclude`` entries.
+        ValueError: bad ``upsample_mode`` (also ``"bicubic"`` with a strided 3D transposed conv), ``pool_mode``,
+            ``weights``, ``kernel_size``, ``exclude`` entries, or ``gmr_kwargs`` (a key :class:`GMRConv` does not
+            take, or a value it rejects). The model is not modified when an error is raised (also with ``inplace``).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got model={type(model).__name__}.")
@@ -611,13 +673,24 @@ def convert_to_gmr(
     if kernel_size is not None and not callable(kernel_size):
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
             raise ValueError(f"kernel_size must be None, a positive int or a callable, got kernel_size={kernel_size!r}.")
+    check_gmr_kwargs(gmr_kwargs)
     conv = _Converter(kernel_size, exclude, upsample_mode, pool_mode, weights, replace_pooling, gmr_kwargs)
+    if upsample_mode == "bicubic":
+        modules = dict(model.named_modules(remove_duplicate=False))
+        conv3d = [n or type(m).__name__ for n, m in modules.items() if isinstance(m, nn.ConvTranspose3d)
+                  and any(s > 1 for s in m.stride) and not (n and conv.excluded_path(n, modules))]  # fmt: skip
+        if conv3d:
+            raise ValueError(
+                f"upsample_mode='bicubic' is 2D only, but the model has strided 3D transposed convs ({', '.join(conv3d)}); "
+                "use upsample_mode='bilinear' (trilinear in 3D) or 'nearest'."
+            )
     root = model if inplace else copy.deepcopy(model)
     new_root = conv.visit("", root) if isinstance(root, _CONV + _CONV_T) else None
     if new_root is not None:
         root = new_root
     elif not isinstance(root, _CONV + _CONV_T):
         conv.walk(root, "")
+        conv.apply()  # only now, after every replacement was built: an error above leaves an inplace model as it was
     summary = conv.summary
     summary.counts = {k: int(v) for k, v in sorted(conv.counts.items()) if v}
     audit_equivariance(root, summary)

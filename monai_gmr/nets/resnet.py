@@ -23,6 +23,7 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
+from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
 
 from .unet import POOL_MODES, _check_spatial_dims, make_pool
@@ -163,7 +164,8 @@ class GMRResNet(nn.Module):
         block_inplanes: widths of the 4 stages (before ``widen_factor``).
         spatial_dims: 2 or 3.
         in_channels: input channels.
-        num_classes: number of logits; unused when ``feed_forward=False``.
+        num_classes: number of logits (``out_channels`` is accepted as an alias; 2 when neither is given); unused
+            when ``feed_forward=False``.
         kernel_sizes: odd GMR kernel width per stage (4 ints, or one int for all).
         conv1_t_size: odd kernel width of the GMR stem; ``None`` uses ``kernel_sizes[0]``.
         conv1_t_stride: stem down-sampling factor (average pooling before the stride-1 stem conv, like every
@@ -175,7 +177,10 @@ class GMRResNet(nn.Module):
         bias_downsample: bias of the shortcuts' 1x1 convs.
         act: activation name or ``(name, kwargs)``.
         norm: norm name or ``(name, kwargs)``.
-        gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``impl``, ...).
+        out_channels: alias of ``num_classes`` (so configs written for ``out_channels`` work, as for
+            :class:`~monai_gmr.nets.GCNNResNet`).
+        gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
+            ``circular``, ``impl``, ``padding_mode``); any other keyword raises ``ValueError``.
 
     Attributes:
         downsample_factor: total down-sampling; exact invariance needs every spatial size divisible by it.
@@ -193,7 +198,7 @@ class GMRResNet(nn.Module):
         block_inplanes: Sequence[int] = RESNET_INPLANES,
         spatial_dims: int = 2,
         in_channels: int = 3,
-        num_classes: int = 2,
+        num_classes: int | None = None,
         kernel_sizes: int | Sequence[int] = (9, 9, 5, 5),
         conv1_t_size: int | None = None,
         conv1_t_stride: int = 1,
@@ -204,10 +209,18 @@ class GMRResNet(nn.Module):
         bias_downsample: bool = True,
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple = "batch",
+        out_channels: int | None = None,
         **gmr_kwargs,
     ) -> None:
         super().__init__()
         _check_spatial_dims(spatial_dims)
+        if num_classes is not None and out_channels is not None and num_classes != out_channels:
+            raise ValueError(
+                "num_classes and its alias out_channels disagree: "
+                f"num_classes={num_classes}, out_channels={out_channels}."
+            )
+        num_classes = num_classes if num_classes is not None else out_channels if out_channels is not None else 2
+        check_gmr_kwargs(gmr_kwargs)
         if isinstance(block, str):
             if block not in _BLOCKS:
                 raise ValueError(f"block must be one of {tuple(_BLOCKS)} or a block class, got block={block!r}.")
@@ -236,7 +249,7 @@ class GMRResNet(nn.Module):
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got in_channels={in_channels!r}.")
         if feed_forward and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int, got num_classes={num_classes!r}.")
+            raise ValueError(f"num_classes (or its alias out_channels) must be a positive int, got num_classes={num_classes!r}.")
 
         planes = [int(p * widen_factor) for p in block_inplanes]
         self.spatial_dims = spatial_dims
@@ -295,19 +308,19 @@ class GMRResNet(nn.Module):
         return h
 
 
-def gmr_resnet18(spatial_dims: int = 2, in_channels: int = 3, num_classes: int = 2, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
+def gmr_resnet18(spatial_dims: int = 2, in_channels: int = 3, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
     """GMR ResNet-18 (basic blocks, ``layers=(2, 2, 2, 2)``); other arguments as in :class:`GMRResNet`."""
     return GMRResNet("basic", (2, 2, 2, 2), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
                      kernel_sizes=kernel_sizes, **kwargs)  # fmt: skip
 
 
-def gmr_resnet34(spatial_dims: int = 2, in_channels: int = 3, num_classes: int = 2, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
+def gmr_resnet34(spatial_dims: int = 2, in_channels: int = 3, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
     """GMR ResNet-34 (basic blocks, ``layers=(3, 4, 6, 3)``); other arguments as in :class:`GMRResNet`."""
     return GMRResNet("basic", (3, 4, 6, 3), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
                      kernel_sizes=kernel_sizes, **kwargs)  # fmt: skip
 
 
-def gmr_resnet50(spatial_dims: int = 2, in_channels: int = 3, num_classes: int = 2, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
+def gmr_resnet50(spatial_dims: int = 2, in_channels: int = 3, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
     """GMR ResNet-50 (bottleneck blocks, ``layers=(3, 4, 6, 3)``); other arguments as in :class:`GMRResNet`."""
     return GMRResNet("bottleneck", (3, 4, 6, 3), spatial_dims=spatial_dims, in_channels=in_channels,
                      num_classes=num_classes, kernel_sizes=kernel_sizes, **kwargs)  # fmt: skip

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Pool
 
-from monai_gmr.nn.blocks import GMRConvolution
+from monai_gmr.nn.blocks import GMRConvolution, check_gmr_kwargs
 
 __all__ = ["GMRUNet", "UPSAMPLE_MODES", "POOL_MODES", "PAD_MODES", "interp_mode", "make_upsample", "make_pool"]
 
@@ -135,7 +135,7 @@ class GMRUNet(nn.Module):
             (otherwise such inputs raise ``ValueError``).
         pad_mode: ``"constant"`` (zeros), ``"reflect"`` or ``"replicate"`` padding for ``pad_to_multiple``.
         gmr_kwargs: extra :class:`monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
-            ``circular``, ``impl``, ``padding_mode``).
+            ``circular``, ``impl``, ``padding_mode``); any other keyword raises ``ValueError``.
 
     Shapes:
         ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``.
@@ -178,6 +178,7 @@ class GMRUNet(nn.Module):
             raise ValueError(f"pooling must be one of {POOL_MODES}, got pooling={pooling!r}.")
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got pad_mode={pad_mode!r}.")
+        check_gmr_kwargs(gmr_kwargs)  # e.g. conv_only/strides/padding would reach GMRConvolution and break the net
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels

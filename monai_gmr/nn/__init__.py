@@ -1,6 +1,6 @@
 """Modules and MONAI-style blocks of monai_gmr."""
 
-from .blocks import GMRConvolution
+from .blocks import GMR_CONV_KWARGS, GMRConvolution, check_gmr_kwargs
 from .conv import SIGMA_MODES, GMRConv, GMRConv2d, GMRConv3d
 from .factories import GMR_FACTORY_NAME, gmr_conv_factory, register_monai_factories
 from .gconv import (
@@ -29,6 +29,8 @@ __all__ = [
     "GMRConv2d",
     "GMRConv3d",
     "GMRConvolution",
+    "GMR_CONV_KWARGS",
+    "check_gmr_kwargs",
     "SIGMA_MODES",
     "GMR_FACTORY_NAME",
     "gmr_conv_factory",

@@ -9,7 +9,33 @@ from monai.networks.blocks import ADN
 
 from .conv import GMRConv
 
-__all__ = ["GMRConvolution"]
+__all__ = ["GMRConvolution", "GMR_CONV_KWARGS", "check_gmr_kwargs"]
+
+#: the :class:`GMRConv` arguments that networks and ``convert_to_gmr`` forward through ``**gmr_kwargs`` (the others
+#: -- channels, kernel size, stride, padding, dilation, groups, bias -- are set by the network itself).
+GMR_CONV_KWARGS = ("padding_mode", "num_rings", "smoothing", "sigma", "circular", "impl")
+
+
+def check_gmr_kwargs(gmr_kwargs: dict) -> None:
+    """Validate extra :class:`GMRConv` keyword arguments before anything is built from them.
+
+    Args:
+        gmr_kwargs: keyword arguments forwarded to every :class:`GMRConv` (keys from :data:`GMR_CONV_KWARGS`).
+
+    Raises:
+        ValueError: a key outside :data:`GMR_CONV_KWARGS` (e.g. a misspelling, or a geometry argument such as
+            ``strides``/``padding`` that the network sets itself), or a value :class:`GMRConv` rejects.
+    """
+    unexpected = sorted(k for k in gmr_kwargs if k not in GMR_CONV_KWARGS)
+    if unexpected:
+        raise ValueError(
+            f"unexpected keyword argument(s) {', '.join(unexpected)}: extra keywords are passed to every GMRConv, "
+            f"which takes only {', '.join(GMR_CONV_KWARGS)} here."
+        )
+    try:
+        GMRConv(2, 1, 1, 3, **gmr_kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid GMRConv keyword argument: {e}") from e
 
 
 class GMRConvolution(nn.Sequential):

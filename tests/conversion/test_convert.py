@@ -166,7 +166,9 @@ def test_layer_output_sizes_match(conv):
         (nn.Conv2d(3, 4, (1, 3), padding=(0, 1)), "anisotropic kernel"),
         (nn.Conv2d(3, 4, 3, stride=2, padding=0), "no pooling reproduces"),
         (nn.Conv2d(3, 4, 4, padding=1), "no symmetric padding"),
+        (nn.Conv2d(3, 4, 4, stride=2), "no pooling reproduces"),
         (nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1), "no symmetric padding"),
+        (nn.ConvTranspose2d(3, 4, 4, padding=1), "no symmetric padding"),
     ],
 )
 def test_unsupported_layers_are_kept_and_reported(conv, reason, caplog):
@@ -174,7 +176,7 @@ def test_unsupported_layers_are_kept_and_reported(conv, reason, caplog):
     with caplog.at_level(logging.INFO, logger="monai_gmr.conversion.convert"):
         new, summary = convert_to_gmr(net, return_summary=True)
     assert type(new[0]) is type(conv)
-    assert reason in summary.kept["0"] and summary.counts["unsupported"] == 1
+    assert reason in summary.kept["0"] and summary.counts == {"unsupported": 1}  # no even_kernel for a kept conv
     assert "0" in summary.non_equivariant and not summary.fully_equivariant
     assert "left orientation-dependent: 0" in caplog.text
 
@@ -321,3 +323,148 @@ def test_audit_padding_and_pixel_shuffle_layers():
     net = nn.Sequential(nn.ReflectionPad2d(2), nn.ConstantPad2d((1, 0, 1, 0), 0.0), nn.PixelShuffle(2), nn.ZeroPad2d(1))
     s = audit_equivariance(net)
     assert set(s.non_equivariant) == {"1", "2"} and not s.unknown
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [nn.MaxPool2d(3, stride=1, padding=1), nn.AvgPool2d(5, stride=1, padding=2), nn.MaxPool2d(4, stride=2, padding=1)],
+)
+def test_replace_pooling_keeps_pools_that_already_commute(pool):
+    """Stride-1 pools with symmetric padding (and k=4/stride-2/pad-1) already commute: they stay, reported as kept."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), pool)
+    new, summary = convert_to_gmr(net, replace_pooling=True, return_summary=True)
+    assert new[1] is not pool and type(new[1]) is type(pool)  # a copy (not inplace) of the same pool
+    assert (new[1].kernel_size, new[1].stride, new[1].padding) == (pool.kernel_size, pool.stride, pool.padding)
+    assert "already commutes" in summary.kept["1"] and summary.counts["pool_kept"] == 1
+    assert "pool_replaced" not in summary.counts and "1" not in summary.non_equivariant
+    if pool.stride == 1:
+        assert "1" not in summary.conditions and summary.fully_equivariant
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        h = new[0](x)
+        assert torch.equal(new[1](h), pool(h))  # still the same operation (not an identity)
+    assert max(_errors(new.eval(), x).values()) <= 1e-4
+
+
+def test_replace_pooling_keeps_return_indices():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = nn.MaxPool2d(3, 2, 1, return_indices=True)
+
+        def forward(self, x):
+            y, idx = self.pool(x)
+            return y, idx
+
+    new, summary = convert_to_gmr(Net(), replace_pooling=True, return_summary=True)
+    assert summary.counts["pool_replaced"] == 1 and new.pool.return_indices
+    x = torch.randn(1, 2, 8, 8)
+    y, idx = new(x)
+    assert y.shape == (1, 2, 4, 4)
+    assert torch.equal(x.flatten(2).gather(2, idx.flatten(2)), y.flatten(2))  # indices point at the maxima
+
+
+def _state(net: nn.Module) -> dict:
+    return {"types": [type(m) for m in net.modules()], **{k: v.clone() for k, v in net.state_dict().items()}}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k] == b[k] if k == "types" else torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"padding_mode": "reflection"}, "padding_mode"),  # was silently replaced by "zeros"
+        ({"smothing": "none"}, "smothing"),  # misspelled GMRConv keyword
+        ({"smoothing": "nearest"}, "smoothing"),
+        ({"num_rings": 1}, "num_rings"),
+        ({"stride": 2}, "stride"),  # geometry is the converter's business
+        ({"upsample_mode": "bicubic"}, "upsample_mode"),  # 2D only; the net has a 3D transposed conv
+        ({"kernel_size": lambda k: 0 if k == 5 else k}, "kernel_size"),  # fails at the second conv
+    ],
+)
+def test_bad_arguments_leave_inplace_model_unchanged(kwargs, match):
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.Conv3d(2, 2, 5, padding=2), nn.ConvTranspose3d(2, 2, 2, stride=2))
+    before = _state(net)
+    with pytest.raises(ValueError, match=match):
+        convert_to_gmr(net, inplace=True, **kwargs)
+    assert _same_state(_state(net), before) and not hasattr(net, "gmr_conversion_summary")
+
+
+def test_bad_gmr_kwargs_rejected_without_any_k_gt_1_conv():
+    with pytest.raises(ValueError, match="smothing"):
+        convert_to_gmr(nn.Sequential(nn.Conv2d(1, 2, 1)), smothing="none")
+
+
+def test_bicubic_allowed_when_3d_transposed_convs_do_not_upsample():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ConvTranspose2d(2, 2, 2, stride=2))
+    new = convert_to_gmr(net, upsample_mode="bicubic")
+    assert new[1].upsample.mode == "bicubic"
+    net3d = nn.Sequential(nn.ConvTranspose3d(1, 2, 3, padding=1), nn.Sequential(nn.ConvTranspose3d(2, 2, 2, stride=2)))
+    new3d, s = convert_to_gmr(net3d, upsample_mode="bicubic", exclude="1", return_summary=True)  # stride 1 / excluded
+    assert isinstance(new3d[0], GMRConv) and s.kept == {"1": "excluded"}
+
+
+def test_gmr_conv_kwargs_match_gmrconv_signature():
+    import inspect
+
+    from monai_gmr.nn import GMR_CONV_KWARGS
+
+    geometry = {"self", "spatial_dims", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias"}
+    assert set(GMR_CONV_KWARGS) == set(inspect.signature(GMRConv.__init__).parameters) - geometry
+
+
+def test_audit_upsample_to_a_fixed_size():
+    """``Upsample(size=...)`` was reported equivariant: nearest resizing 4 -> 7 is not (measured)."""
+    near, lin, aniso = nn.Upsample(size=(7, 7)), nn.Upsample(size=(7, 7), mode="bilinear"), nn.Upsample(size=(6, 8))
+    s = audit_equivariance(nn.Sequential(near, lin, aniso))
+    assert set(s.conditions) == {"0"} and "integer multiple" in s.conditions["0"]
+    assert set(s.non_equivariant) == {"2"} and not s.unknown
+    x = torch.randn(1, 1, 4, 5)
+    with torch.no_grad():
+        assert max(rel_err(near(g(x)), g(near(x))) for g in d4_elements()) > 1e-1
+        assert max(rel_err(lin(g(x)), g(lin(x))) for g in d4_elements()) <= 1e-5  # linear resizing is symmetric
+        near8, x4 = nn.Upsample(size=(8, 8)), torch.randn(1, 1, 4, 4)
+        assert max(rel_err(near8(g(x4)), g(near8(x4))) for g in d4_elements()) == 0  # the condition holds: 4 -> 8
+
+
+def test_resnet_shortcut_a_reported():
+    """MONAI ResNet(shortcut_type="A") subsamples its shortcuts with a functools.partial inside forward: the audit
+    (leaf modules only) called the converted net fully equivariant while its D4 error is ~0.1."""
+    kw = dict(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 8, 16, 32], spatial_dims=2, n_input_channels=1, num_classes=2)
+    x = torch.randn(2, 1, 32, 32)
+    net_b, s_b = convert_to_gmr(ResNet(**kw, shortcut_type="B"), replace_pooling=True, return_summary=True)
+    assert s_b.fully_equivariant and max(_errors(net_b.eval(), x).values()) <= 1e-4
+    net_a, s_a = convert_to_gmr(ResNet(**kw, shortcut_type="A"), replace_pooling=True, return_summary=True)
+    assert sorted(s_a.non_equivariant) == ["layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"]
+    assert "shortcut_type='A'" in s_a.non_equivariant["layer2.0.downsample"] and not s_a.fully_equivariant
+    assert max(_errors(net_a.eval(), x).values()) > 1e-3
+
+    class Block(nn.Module):  # any other plain-callable downsample is unknown to the audit
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+            self.downsample = lambda t: t[..., ::2, ::2]
+
+    s = audit_equivariance(nn.Sequential(Block()))
+    assert "function" in s.unknown["0.downsample"] and not s.fully_equivariant
+
+
+def test_float64_weights_keep_float64_precision():
+    """Weights were copied into float32 modules before the cast to the source dtype (projection rel. error ~2e-8)."""
+    g = GMRConv(2, 3, 4, 5).double()
+    with torch.no_grad():
+        g.bias.normal_()
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    for src in (gmr_to_dense_conv(g), nn.Sequential(nn.Conv2d(3, 4, 5, stride=2, padding=2).double())):
+        new = convert_to_gmr(src, weights="project")
+        assert all(p.dtype == torch.float64 for p in new.parameters())
+    new = convert_to_gmr(gmr_to_dense_conv(g), weights="project")
+    with torch.no_grad():
+        assert rel_err(new(x), g(x)) <= 1e-12
+    c1 = nn.Conv2d(3, 4, 1, stride=2).double()
+    t1 = nn.ConvTranspose2d(3, 4, 1, stride=2, output_padding=1).double()
+    p1, u1 = convert_to_gmr(c1), convert_to_gmr(t1)
+    assert torch.equal(p1.conv.weight, c1.weight) and torch.equal(p1.conv.bias, c1.bias)
+    assert torch.equal(u1.conv.weight, t1.weight.transpose(0, 1)) and torch.equal(u1.conv.bias, t1.bias)

@@ -114,6 +114,11 @@ def test_feed_forward_false_and_features():
         ({"conv1_t_stride": 0}, "conv1_t_stride"),
         ({"stem_pooling": "lp"}, "stem_pooling"),
         ({"num_classes": 0}, "num_classes"),
+        ({"out_channels": 0}, "num_classes"),
+        ({"num_classes": 2, "out_channels": 3}, "out_channels"),
+        ({"stride": 2}, "stride"),  # GMR keywords only (was a TypeError from the blocks)
+        ({"padding": 0}, "padding"),  # was accepted: 'valid' GMR convs, failing in forward
+        ({"smothing": "none"}, "smothing"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -122,6 +127,22 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         GMRResNet(**args)
+
+
+@pytest.mark.parametrize("fn", [gmr_resnet18, gmr_resnet34, gmr_resnet50])
+def test_out_channels_alias_of_num_classes(fn):
+    """``get_network`` documents ``out_channels / num_classes``; GMRResNet raised TypeError for out_channels."""
+    from monai_gmr.nets import get_network
+
+    args = dict(spatial_dims=2, in_channels=1, **TINY)
+    assert fn(**args, out_channels=3).fc.out_features == 3
+    assert fn(**args, num_classes=3, out_channels=3).num_classes == 3
+    assert fn(**args).fc.out_features == 2  # default
+    with pytest.raises(ValueError, match="out_channels"):
+        fn(**args, num_classes=3, out_channels=4)
+    if fn is gmr_resnet18:
+        assert get_network("gmr_resnet18_tiny", out_channels=5).fc.out_features == 5
+        assert GMRResNet(layers=(1, 1, 1, 1), out_channels=4, **args).num_classes == 4
 
 
 def test_bad_input_shape():

@@ -123,7 +123,14 @@ def test_not_divisible_raises_with_shape_and_rule():
 
 def test_pad_to_multiple():
     net = GMRUNet(2, 1, 2, pad_to_multiple=True, **TINY).eval()
-    assert net(torch.randn(1, 1, 29, 35)).shape == (1, 2, 29, 35)
+    x = torch.randn(1, 1, 29, 35)
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (1, 2, 29, 35)
+        # the documented split: total // 2 before, the rest after (29 -> 32: 1 + 2; 35 -> 40: 2 + 3); the output is
+        # the padded input's output cropped at the same offsets (a crop off by one pixel on the odd side fails)
+        ref = net(F.pad(x, [2, 3, 1, 2]))[..., 1 : 1 + 29, 2 : 2 + 35]
+    assert torch.equal(y, ref)
     # 30 -> 32: total pad 2 is split 1 + 1 (symmetric), so D4 equivariance stays exact
     errs = _equiv_errors(net, torch.randn(1, 1, 30, 30), d4_elements())
     assert max(errs.values()) <= 1e-4, errs
@@ -156,6 +163,14 @@ def test_gmr_kwargs_pass_through():
         ({"pad_mode": "circular"}, "pad_mode"),
         ({"in_channels": 0}, "in_channels"),
         ({"spatial_dims": 3, "upsample": "bicubic"}, "bicubic"),
+        # keywords other than GMRConv's were forwarded to every GMRConvolution: conv_only=True built a purely linear
+        # net, strides/padding failed only in forward, a misspelled GMR keyword only deep in the constructor
+        ({"conv_only": True}, "conv_only"),
+        ({"strides": 2}, "strides"),
+        ({"padding": 0}, "padding"),
+        ({"num_classes": 3}, "num_classes"),
+        ({"smothing": "none"}, "smothing"),
+        ({"padding_mode": "reflection"}, "padding_mode"),
     ],
 )
 def test_bad_arguments(kwargs, match):
