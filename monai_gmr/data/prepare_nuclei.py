@@ -536,7 +536,9 @@ def prepare_nuclei_dataset(
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # absolute: the datalist makes the item paths relative to the temporary folder, which a relative --output
+    # would leave relative (and pointing at the temporary folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)).resolve()
     try:
         items, stats = [], []
         for pair in found:

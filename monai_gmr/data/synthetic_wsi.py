@@ -556,7 +556,7 @@ def patch_csv_to_datalist(
     Raises:
         FileNotFoundError: the CSV does not exist. ValueError: missing columns or bad values (row named).
     """
-    csv_path = Path(csv_path)
+    csv_path = Path(csv_path).absolute()  # slide paths relative to it must not stay relative to the working folder
     if not csv_path.is_file():
         raise FileNotFoundError(f"patch CSV {str(csv_path)!r} does not exist.")
     out_path = Path(out_path) if out_path is not None else csv_path.parent / DATALIST_NAME

@@ -68,6 +68,24 @@ def test_folders_format(tmp_path):
     assert [i["image"] for i in json.loads(again.read_text())["test"]] == [i["image"] for i in dl["test"]]
 
 
+def test_relative_output_and_pairs_paths(tmp_path, monkeypatch):
+    """A relative ``--output`` (and pairs CSV) gives a datalist relative to the dataset, not to the temp folder."""
+    from monai_gmr.data import read_datalist
+
+    _write_folder_case(tmp_path / "raw", n=3)
+    with open(tmp_path / "raw" / "pairs.csv", "w") as f:
+        f.write("image,label\n" + "".join(f"images/t{i}.png,labels/t{i}_label.png\n" for i in range(3)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--input", "raw", "--output", "rel/out", "--seed", "0"]) == 0
+    dl = json.loads((tmp_path / "rel/out/datalist.json").read_text())
+    items = dl["training"] + dl["validation"] + dl["test"]
+    assert len(items) == 3 and all(not Path(it[k]).is_absolute() for it in items for k in ("image", "label"))
+    assert {it["image"] for it in items} == {f"images/t{i}.png" for i in range(3)}
+    for it in read_datalist(tmp_path / "rel/out/datalist.json", "training"):  # loadable from another folder
+        assert Path(it["image"]).is_file() and Path(it["label"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["out"]  # no temp folder left behind
+
+
 def test_binary_and_colour_masks_become_instances(tmp_path):
     binary = (_inst() > 0).astype(np.uint8) * 255
     p = tmp_path / "b.png"

@@ -196,6 +196,22 @@ def test_ensure_wsi_dataset(tmp_path, caplog):
         ensure_wsi_dataset(other)
 
 
+def test_relative_dataset_dir_with_only_a_patch_csv(tmp_path, monkeypatch):
+    """``ensure_wsi_dataset("rel")`` on slides/ + patches.csv: slide paths relative to the datalist, not doubled."""
+    from monai_gmr.data import read_datalist
+
+    kw = {"n_slides": 1, "size": 512, "patches_per_slide": 4, "patch_size": 32}
+    make_synthetic_wsi(tmp_path / "rel" / "ds", seed=0, **kw)
+    (tmp_path / "rel" / "ds" / "datalist.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    p = ensure_wsi_dataset(Path("rel") / "ds", generate=False)
+    dl = json.loads((tmp_path / "rel" / "ds" / "datalist.json").read_text())
+    assert {it["image"] for k in ("training", "validation", "test") for it in dl[k]} == {"slides/slide_000.tiff"}
+    monkeypatch.chdir("/")
+    items = read_datalist(tmp_path / p, "training")
+    assert items and all(Path(it["image"]).is_file() for it in items)
+
+
 def test_patch_csv_to_datalist(tmp_path):
     (tmp_path / "s.tiff").write_bytes(b"")
     (tmp_path / "p.csv").write_text("slide,x,y,label\ns.tiff,100,50,1\ns.tiff,10,20,0\ns.tiff,30,40,0\n")
