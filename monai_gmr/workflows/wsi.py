@@ -306,15 +306,14 @@ def _pcam_dataset(pcam_dir: str | os.PathLike, split: str, transform: Callable |
                   test_frac: float, seed: int) -> torch.utils.data.Dataset:  # fmt: skip
     from monai_gmr.data import PCamH5Dataset, find_pcam_files, split_items
 
-    try:
-        pairs = find_pcam_files(pcam_dir, PCAM_SPLITS[split])
-    except FileNotFoundError:
-        pairs = []
-    if pairs:
-        x, y = pairs[0]
-        return PCamH5Dataset(x, y, transform=transform, scale=False)
     allp = find_pcam_files(pcam_dir)  # raises naming pcam_dir when there is no *_x.h5 at all
-    if len(allp) != 1:
+    if len(allp) > 1:  # one file per split; a single file (even one named *train*) is split for every split
+        try:
+            x, y = find_pcam_files(pcam_dir, PCAM_SPLITS[split])[0]
+        except FileNotFoundError:
+            pass
+        else:
+            return PCamH5Dataset(x, y, transform=transform, scale=False)
         raise FileNotFoundError(
             f"pcam_dir {str(pcam_dir)!r} has no '*{PCAM_SPLITS[split]}*_x.h5' file and {len(allp)} other files; give one "
             "file per split (train/valid/test) or a single file to be split."
@@ -378,7 +377,8 @@ def patch_dataset(
       level closest to a resolution instead of ``patch_level``. With ``read_size`` larger than the
       patch (evaluation context for rotations) patches whose context leaves the slide are skipped (logged).
     * ``"pcam"``: PatchCamelyon-style HDF5 in ``pcam_dir`` (:class:`monai_gmr.data.PCamH5Dataset`): one
-      ``*train*/*valid*/*test*_x.h5`` per split, or a single file split with ``val_frac``/``test_frac``/``split_seed``.
+      ``*train*/*valid*/*test*_x.h5`` per split, or a single file (whatever its name, e.g. only the ``train`` file)
+      split into disjoint training/validation/test parts with ``val_frac``/``test_frac``/``split_seed``.
     * ``"image_folder"``: images under ``image_dir`` with class sub-folders (Kather) or a ``labels_csv``
       (NCT-CRC / Kaggle ``id,label``) (:class:`monai_gmr.data.ImageFolderDataset`), split with
       ``val_frac``/``test_frac``/``split_seed`` (stratified).

@@ -278,6 +278,13 @@ def test_pcam_and_image_folder_datasets(tmp_path):
     write_pcam_h5(tmp_path / "one" / "all", rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8), np.arange(20) % 2)
     sizes = [len(patch_dataset("pcam", s, pcam_dir=tmp_path / "one")) for s in ("training", "validation", "test")]
     assert sum(sizes) == 20 and min(sizes) >= 4
+    # a single file named *train*: split into disjoint parts for every split (not used whole for training)
+    imgs = np.arange(15, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)  # patch i is all i
+    write_pcam_h5(tmp_path / "train_only" / "camelyonpatch_level_2_split_train", imgs, np.arange(15) % 2)
+    ids = {s: sorted(int(d["image"][0, 0, 0]) for d in patch_dataset("pcam", s, pcam_dir=tmp_path / "train_only"))
+           for s in ("training", "validation", "test")}  # fmt: skip
+    assert all(ids.values()) and len(ids["training"]) < 15
+    assert sorted(ids["training"] + ids["validation"] + ids["test"]) == list(range(15))  # disjoint, union = file
     # class folders, multi-class
     for c in ("a_tum", "b_str", "c_lym"):
         (tmp_path / "folders" / c).mkdir(parents=True)
