@@ -47,7 +47,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ import numpy as np
 
 from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items, write_datalist
 from monai_gmr.data.synthetic_nuclei import save_png
+from monai_gmr.utils import make_temp_dir
 
 __all__ = [
     "FORMATS",
@@ -535,10 +535,8 @@ def prepare_nuclei_dataset(
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")) and not overwrite:
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # absolute: the datalist makes the item paths relative to the temporary folder, which a relative --output
-    # would leave relative (and pointing at the temporary folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)).resolve()
+    # absolute (the datalist's paths are made relative to it, whatever the working folder), mode 0o777 - umask
+    tmp = make_temp_dir(out)
     try:
         items, stats = [], []
         for pair in found:

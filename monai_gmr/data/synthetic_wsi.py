@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ from monai_gmr.data.render import (
 )
 from monai_gmr.data.synthetic_nuclei import save_png
 from monai_gmr.data.wsi import monai_location, sample_patch_locations
-from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text
+from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, make_temp_dir
 
 __all__ = [
     "write_pyramidal_tiff",
@@ -655,8 +654,7 @@ def ensure_wsi_dataset(
         )
     logger.info("dataset_dir %s holds no slides: generating %d synthetic slides (size %s, seed %d)", root, n_slides,
                 size, seed)  # fmt: skip
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp = make_temp_dir(root)  # becomes the dataset folder: mode 0o777 - umask, not mkdtemp's 0o700
     try:
         make_synthetic_wsi(tmp, n_slides=n_slides, size=size, seed=seed, **kwargs)
         move_into_place(tmp, root, datalist_name)
