@@ -257,6 +257,7 @@ def tissue_mask(
     backend: str | Any = "openslide",
     hsv_threshold: Mapping[str, Any] | None = None,
     min_saturation: float = 0.04,
+    min_brightness: float = 0.1,
     fill_holes: bool = True,
     min_area: float = 0.0005,
     max_size: int | None = 2048,
@@ -264,7 +265,8 @@ def tissue_mask(
     """Tissue mask of a slide at a low resolution: Otsu threshold on HSV saturation (MONAI ``ForegroundMask``).
 
     The level is read whole through ``WSIReader``; pixels whose saturation is above both Otsu's threshold and
-    ``min_saturation`` are tissue; holes are filled and components smaller than ``min_area`` (fraction of the
+    ``min_saturation`` are tissue, near-black pixels (brightest channel at most ``min_brightness``) are
+    background; holes are filled and components smaller than ``min_area`` (fraction of the
     mask) removed (``scipy.ndimage``). When the level's larger side exceeds ``max_size`` it is block-averaged
     by an integer factor first (the returned ``downsample`` includes that factor).
 
@@ -276,6 +278,9 @@ def tissue_mask(
         hsv_threshold: thresholds passed to ``ForegroundMask(threshold=None, hsv_threshold=...)`` (default
             ``{"S": "otsu"}``).
         min_saturation: saturation floor (so a blank slide gives an empty mask, not Otsu noise).
+        min_brightness: pixels whose brightest channel is at most this fraction of 255 are background (HSV
+            saturation ``(max - min) / max`` is close to 1 for near-black pixels, so a black or noisy dark
+            background, e.g. a scanner's unscanned area, would otherwise be tissue); ``0`` disables it.
         fill_holes: fill holes inside tissue.
         min_area: drop components smaller than this fraction of the mask.
         max_size: upper bound of the mask's larger side (``None``: no limit).
@@ -305,6 +310,9 @@ def tissue_mask(
         factor = int(math.ceil(max(img.shape[1:]) / max_size))
         h, w = img.shape[1] // factor, img.shape[2] // factor
         img = img[:, : h * factor, : w * factor].reshape(3, h, factor, w, factor).mean((2, 4)).astype(np.uint8)
+    # near-black pixels (saturation ~1) become white background before Otsu, so they neither count as tissue nor
+    # pull Otsu's threshold above the saturation of real tissue
+    img = np.where(img.max(0, keepdims=True) > min_brightness * 255.0, img, np.uint8(255))
     fg = ForegroundMask(threshold=None, hsv_threshold=dict(hsv_threshold or {"S": "otsu"}))
     mask = np.asarray(fg(img))[0].astype(bool)
     sat = _saturation(img)
