@@ -368,7 +368,12 @@ def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
         raise ValueError(f"pairs file {str(csv_path)!r} has no mask column for format {fmt!r} (one of {list(order)}).")
     base = csv_path.parent
     out = []
-    for row in rows:
+    for n, row in enumerate(rows, start=2):  # row 1 is the header
+        if not (row["image"] or "").strip() or not (row[col] or "").strip():
+            raise ValueError(
+                f"pairs file {str(csv_path)!r} row {n}: needs an 'image' and a {col!r} path, got "
+                f"{[v for k, v in row.items() if k is not None]}."
+            )
         img, msk = Path(row["image"]), Path(row[col])
         img = img if img.is_absolute() else base / img
         msk = msk if msk.is_absolute() else base / msk

@@ -212,6 +212,19 @@ def test_missing_annotation_and_bad_input(tmp_path):
         read_rgb_image(tmp_path / "missing.png")
 
 
+def test_short_pairs_csv_row_is_a_clear_error(tmp_path, capsys):
+    _write_folder_case(tmp_path / "raw", n=2)
+    pairs = tmp_path / "raw" / "pairs.csv"
+    pairs.write_text("image,label\nimages/t0.png,labels/t0_label.png\nimages/t1.png\n")
+    with pytest.raises(ValueError, match=r"pairs\.csv.*row 3.*'label'"):
+        find_nuclei_pairs(tmp_path / "raw")
+    pairs.write_text("image,label\nimages/t0.png,\n")  # empty mask cell
+    with pytest.raises(ValueError, match=r"pairs\.csv.*row 2"):
+        find_nuclei_pairs(tmp_path / "raw")
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out")]) == 1  # no traceback
+    assert "row 2" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_cli_main_and_module(tmp_path, capsys):
     _write_folder_case(tmp_path / "raw", n=4, suffix="_mask")
     rc = main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "o1"), "--format", "folders",
