@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_torch_save",
+    "make_temp_dir",
     "current_umask",
     "seed_everything",
     "run_environment",
@@ -60,6 +61,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def make_temp_dir(path: str | os.PathLike) -> Path:
+    """Create a hidden, empty, uniquely named folder ``.<name>.tmp-XXXXXX`` next to ``path`` and return its absolute path.
+
+    Datasets are written there and moved onto ``path`` when complete
+    (:func:`monai_gmr.data.datalist.move_into_place`), so the folder gets the permissions of a normally created
+    folder (``0o777`` minus the umask) instead of ``mkdtemp``'s private ``0o700``. It is absolute, so paths
+    built inside it stay valid (and relative to it) whatever the working folder; ``path``'s parent is created.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
 
 
 def current_umask() -> int:

@@ -77,6 +77,17 @@ MODELS: dict[str, dict[str, Any]] = {
 DEFAULT_MODELS = ("gmrunet", "basicunet", "basicunet_rotaug")
 
 
+def _positive_int(value: str) -> int:
+    """argparse type of counts that must be >= 1 (argparse names the option in its error)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="raw dataset (CPM-15 layout: images/, masks_txt/ or labels/)")
@@ -84,15 +95,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder (outside the repository)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS),
                    help=f"default: {' '.join(DEFAULT_MODELS)}")
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--epochs", type=_positive_int, default=300)
     p.add_argument("--max-steps", type=int, default=None, help="total training iterations (sets epoch_length)")
     p.add_argument("--val-interval", type=int, default=10)
     p.add_argument("--crop", type=int, default=256, help="training crop (multiple of 8)")
-    p.add_argument("--crops-per-image", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=2, help="images per batch (x crops-per-image crops)")
+    p.add_argument("--crops-per-image", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=2, help="images per batch (x crops-per-image crops)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--roi", type=int, default=256, help="sliding-window size for whole-tile validation/evaluation")
-    p.add_argument("--angle-step", type=int, default=10, help="evaluation angles 0, step, ... < 360")
+    p.add_argument("--angle-step", type=_positive_int, default=10, help="evaluation angles 0, step, ... < 360")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test split")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--num-workers", type=int, default=4)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from monai_gmr.utils import (
     atomic_write_json,
     atomic_write_text,
     current_umask,
+    make_temp_dir,
     run_environment,
     seed_everything,
 )
@@ -81,3 +84,21 @@ def test_atomic_files_get_the_umask_permissions(tmp_path, mask):
     assert want == 0o666 & ~mask
     for name in ("report.json", "model.pt", "img.png"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == want, name
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_make_temp_dir_gets_the_umask_permissions(tmp_path, monkeypatch, mask):
+    """The temporary dataset folder (moved into place as the dataset) has mkdir's mode, not mkdtemp's 0o700."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(mask)
+    try:
+        tmp = make_temp_dir(Path("sub") / "data")
+        os.mkdir(tmp_path / "plain")  # the reference: what the OS gives a new folder
+    finally:
+        os.umask(old)
+    assert tmp.is_absolute() and tmp.parent == tmp_path / "sub" and tmp.name.startswith(".data.tmp-")
+    assert tmp.is_dir() and not any(tmp.iterdir())
+    want = os.stat(tmp_path / "plain").st_mode & 0o777
+    assert want == 0o777 & ~mask and os.stat(tmp).st_mode & 0o777 == want

@@ -244,7 +244,7 @@ def image_folder_datalist(
         FileNotFoundError: missing folder/CSV, or a listed image that does not exist (named).
         ValueError: no images, unknown columns or labels.
     """
-    root = Path(root)
+    root = Path(root).absolute()  # relative CSV / image_dir paths are joined to it (a relative root doubled them)
     if not root.is_dir():
         raise FileNotFoundError(f"patch folder {str(root)!r} does not exist.")
     exts = tuple(e.lower() for e in extensions)

@@ -47,7 +47,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ import numpy as np
 
 from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items, write_datalist
 from monai_gmr.data.synthetic_nuclei import save_png
+from monai_gmr.utils import make_temp_dir
 
 __all__ = [
     "FORMATS",
@@ -368,7 +368,12 @@ def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
         raise ValueError(f"pairs file {str(csv_path)!r} has no mask column for format {fmt!r} (one of {list(order)}).")
     base = csv_path.parent
     out = []
-    for row in rows:
+    for n, row in enumerate(rows, start=2):  # row 1 is the header
+        if not (row["image"] or "").strip() or not (row[col] or "").strip():
+            raise ValueError(
+                f"pairs file {str(csv_path)!r} row {n}: needs an 'image' and a {col!r} path, got "
+                f"{[v for k, v in row.items() if k is not None]}."
+            )
         img, msk = Path(row["image"]), Path(row[col])
         img = img if img.is_absolute() else base / img
         msk = msk if msk.is_absolute() else base / msk
@@ -535,8 +540,8 @@ def prepare_nuclei_dataset(
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")) and not overwrite:
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # absolute (the datalist's paths are made relative to it, whatever the working folder), mode 0o777 - umask
+    tmp = make_temp_dir(out)
     try:
         items, stats = [], []
         for pair in found:

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from monai_gmr.data.render import (
     smooth_noise,
     stains_to_rgb,
 )
-from monai_gmr.utils import atomic_path
+from monai_gmr.utils import atomic_path, make_temp_dir
 
 __all__ = ["render_nuclei_tile", "make_synthetic_nuclei", "ensure_nuclei_dataset", "save_png"]
 
@@ -370,8 +369,7 @@ def ensure_nuclei_dataset(
     logger.info(
         "dataset_dir %s holds no data: generating %d synthetic images (size %s, seed %d)", root, n_images, size, seed
     )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp = make_temp_dir(root)  # becomes the dataset folder: mode 0o777 - umask, not mkdtemp's 0o700
     try:
         make_synthetic_nuclei(tmp, n_images=n_images, size=size, seed=seed, **kwargs)
         move_into_place(tmp, root, datalist_name)

@@ -20,13 +20,16 @@ Files written in ``out_dir``::
     datalist.json                    MONAI datalist for PatchWSIDataset (training/validation/test)
     slides.json                      per-slide metadata (levels, sizes, mpp, mask level/downsample, counts)
 
-Patch locations follow MONAI 1.6.1 ``PatchWSIDataset`` with its default ``center_location=True``: datalist items
-are ``{"image": "slides/<name>.tiff", "location": [y, x], "size": [s, s], "level": L, "label": 0|1}`` where
-``location`` is ``(row, col) = (y, x)`` in level-0 pixels and the patch read has its top-left corner at
-``location - size // 2`` (``size`` at level ``L``; MONAI does not scale this offset by the downsample, so the
-location is the level-0 patch centre only for ``L = 0``, the default). ``"size"`` / ``"level"`` are the per-item
-keys ``PatchWSIDataset`` reads when its dataset-wide ``patch_size`` / ``patch_level`` are ``None`` (MONAI's
-docstring example says ``patch_size``/``patch_level``, the code reads ``WSIPatchKeys.SIZE = "size"`` and
+Patch locations are level-0 patch centres, at every patch level: datalist items are ``{"image":
+"slides/<name>.tiff", "location": [y, x], "size": [s, s], "level": L, "label": 0|1}`` where ``location`` is
+``(row, col) = (y, x)`` in level-0 pixels and the patch of ``size`` at level ``L`` (downsample ``d = 2**L``) has its
+level-0 top-left corner at ``location - (s * d) // 2`` (:func:`monai_gmr.data.wsi.level0_top_left`). This is what the
+WSI bundle reads (:func:`monai_gmr.workflows.wsi.to_top_left`, then ``PatchWSIDataset(center_location=False)``)
+and what its datalist check validates. At level 0 (the default) it is also MONAI 1.6.1 ``PatchWSIDataset``'s
+default ``center_location=True`` (top-left = ``location - size // 2``); MONAI does not scale that offset by the
+downsample, so for ``L > 0`` read the items through ``to_top_left`` instead. ``"size"`` / ``"level"`` are the
+per-item keys ``PatchWSIDataset`` reads when its dataset-wide ``patch_size`` / ``patch_level`` are ``None``
+(MONAI's docstring example says ``patch_size``/``patch_level``, the code reads ``WSIPatchKeys.SIZE = "size"`` and
 ``WSIPatchKeys.LEVEL = "level"``). ``x``/``y`` in the CSV are the same numbers.
 
 Everything is deterministic in ``seed`` (slide ``i`` uses ``SeedSequence([seed, i])``).
@@ -40,7 +43,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,8 @@ from monai_gmr.data.render import (
     smooth_noise,
 )
 from monai_gmr.data.synthetic_nuclei import save_png
-from monai_gmr.data.wsi import monai_location, sample_patch_locations
-from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text
+from monai_gmr.data.wsi import level0_center, sample_patch_locations
+from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, make_temp_dir
 
 __all__ = [
     "write_pyramidal_tiff",
@@ -480,7 +482,7 @@ def make_synthetic_wsi(
                                           exclude=ndimage.binary_dilation(tumor_m), seed=prng, center=False)  # fmt: skip
         for label, locs in ((1, tum_locs), (0, nor_locs)):
             for top_left in locs:
-                loc = monai_location(top_left, (patch_size, patch_size))
+                loc = level0_center(top_left, (patch_size, patch_size), patch_ds)  # the sampled footprint
                 items.append({"image": str(slide_path.resolve()), "location": loc,
                               "size": [int(patch_size), int(patch_size)], "level": int(patch_level),
                               "label": int(label), "slide": name})  # fmt: skip
@@ -513,7 +515,7 @@ def make_synthetic_wsi(
     meta = {"generator": "monai_gmr.data.make_synthetic_wsi", "n_slides": int(n_slides), "size": list(hw),
             "seed": int(seed), "mpp": mpp, "n_levels": int(n_levels), "compression": compression,
             "patch_size": int(patch_size), "patch_level": int(patch_level), "split_by": split_by,
-            "location": "[y, x] level-0, PatchWSIDataset center_location=True convention (top-left = location - size // 2)",
+            "location": "[y, x] level-0 patch centre at every level (level-0 top-left = location - size * 2**level // 2)",
             "render": {k: v for k, v in render_kwargs.items()}, "slides": slides_meta}  # fmt: skip
     slides_json = atomic_write_json(out / SLIDES_JSON, meta)
     dl_path = write_datalist(
@@ -522,9 +524,9 @@ def make_synthetic_wsi(
         path_keys=("image",),
         name="synthetic_wsi",
         description="Synthetic pyramidal H&E-like slides (monai_gmr.data.make_synthetic_wsi); items for MONAI "
-        "PatchWSIDataset: location = [y, x] in level-0 pixels with center_location=True (top-left = location - "
-        "size // 2; the patch centre at level 0), size/level per item, "
-        "label 1 = tumour, 0 = normal.",
+        "PatchWSIDataset: location = [y, x] level-0 patch centre (level-0 top-left = location - size * "
+        "downsample // 2: center_location=True at level 0; at level > 0 read via monai_gmr.workflows.wsi."
+        "to_top_left and center_location=False), size/level per item, label 1 = tumour, 0 = normal.",
         labels={"0": "normal", "1": "tumor"},
         center_location=True,
         split_by=split_by,
@@ -534,6 +536,20 @@ def make_synthetic_wsi(
     abs_splits = {k: [dict(it) for it in v] for k, v in splits.items()}
     return {"datalist_path": str(dl_path), "patch_csv": str(csv_path), "slides_json": str(slides_json),
             "root": str(out), "slides": slides_meta, **abs_splits}  # fmt: skip
+
+
+def _level_downsample(slide: Path, level: int, cache: dict[str, list[float]]) -> float:
+    """Downsample of ``level`` of ``slide`` (1 for level 0 without opening it; the slide is opened once)."""
+    if level == 0:
+        return 1.0
+    from monai_gmr.data.wsi import slide_info
+
+    if str(slide) not in cache:
+        cache[str(slide)] = slide_info(slide)["downsamples"]
+    dss = cache[str(slide)]
+    if not -len(dss) <= level < len(dss):
+        raise ValueError(f"slide {str(slide)!r} has no level {level} ({len(dss)} levels)")
+    return dss[level]
 
 
 def patch_csv_to_datalist(
@@ -548,15 +564,15 @@ def patch_csv_to_datalist(
 ) -> Path:
     """Turn a patch CSV (``slide,x,y,label`` and optional ``level``, ``size``, ``split``) into a datalist JSON.
 
-    ``x``/``y`` are level-0 pixels: with ``center`` in the ``PatchWSIDataset(center_location=True)`` convention
-    (top-left = location - size // 2, the patch centre at level 0), else top-left corners, which are converted;
-    ``slide`` paths are relative to the CSV. Rows with a ``split`` column keep it, the others are split
+    ``x``/``y`` are level-0 pixels: with ``center`` the level-0 patch centres (the datalist convention, see the
+    module docstring), else level-0 top-left corners, which are converted (for ``level > 0`` with the slide's
+    downsample, so the slide is opened); ``slide`` paths are relative to the CSV. Rows with a ``split`` column keep it, the others are split
     with :func:`monai_gmr.data.datalist.split_items` (stratified by label).
 
     Raises:
         FileNotFoundError: the CSV does not exist. ValueError: missing columns or bad values (row named).
     """
-    csv_path = Path(csv_path)
+    csv_path = Path(csv_path).absolute()  # slide paths relative to it must not stay relative to the working folder
     if not csv_path.is_file():
         raise FileNotFoundError(f"patch CSV {str(csv_path)!r} does not exist.")
     out_path = Path(out_path) if out_path is not None else csv_path.parent / DATALIST_NAME
@@ -567,6 +583,7 @@ def patch_csv_to_datalist(
         raise ValueError(f"patch CSV {str(csv_path)!r} needs columns {sorted(need)}, has {list(rows[0]) if rows else []}.")
     fixed: dict[str, list] = {"training": [], "validation": [], "test": []}
     free = []
+    downsamples: dict[str, list[float]] = {}
     for n, r in enumerate(rows, start=2):
         try:
             sz = int(patch_size) if patch_size is not None else int(float(r.get("size") or 0))
@@ -574,10 +591,10 @@ def patch_csv_to_datalist(
             if sz <= 0:
                 raise ValueError("no patch size (column 'size' or patch_size)")
             x, y = int(float(r["x"])), int(float(r["y"]))
-            if not center:  # top-left corners -> PatchWSIDataset(center_location=True) locations
-                y, x = monai_location((y, x), (sz, sz))
             slide = Path(r["slide"])
             slide = slide if slide.is_absolute() else (csv_path.parent / slide)
+            if not center:  # top-left corners -> level-0 centres
+                y, x = level0_center((y, x), (sz, sz), _level_downsample(slide, lvl, downsamples))
             item = {"image": str(slide), "location": [y, x], "size": [sz, sz], "level": lvl, "label": int(r["label"])}
         except (ValueError, TypeError) as e:
             raise ValueError(f"patch CSV {str(csv_path)!r} row {n}: {e}") from e
@@ -655,8 +672,7 @@ def ensure_wsi_dataset(
         )
     logger.info("dataset_dir %s holds no slides: generating %d synthetic slides (size %s, seed %d)", root, n_slides,
                 size, seed)  # fmt: skip
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp = make_temp_dir(root)  # becomes the dataset folder: mode 0o777 - umask, not mkdtemp's 0o700
     try:
         make_synthetic_wsi(tmp, n_slides=n_slides, size=size, seed=seed, **kwargs)
         move_into_place(tmp, root, datalist_name)

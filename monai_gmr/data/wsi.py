@@ -10,6 +10,11 @@ Conventions (the same as MONAI's ``WSIReader`` and ``PatchWSIDataset``):
   1.6.1 computes it). At level 0 this is the patch centre; at level ``L > 0`` MONAI does not scale the offset by
   the downsample, so the location is ``top_left + size // 2``, not the level-0 centre. All helpers here use
   the same formula (``center=True``), so an item reads the same pixels here and in ``PatchWSIDataset``;
+- the training datalists of the WSI bundle (synthetic slides, ``patches.csv``) instead hold the **level-0 centre**
+  of each patch, at every level: the patch of ``size`` at level ``L`` has its level-0 top-left corner at
+  ``location - int(size * downsample_L) // 2`` (:func:`level0_top_left`, :func:`level0_center`); the bundle reads
+  it with ``PatchWSIDataset(center_location=False)`` from that corner, so a larger context patch (rotations) or
+  another level stays centred on the same point. At level 0 both conventions give the same patch;
 - a mask at pyramid level ``L`` comes with its ``downsample`` (level-0 pixels per mask pixel), so mask pixel
   ``(i, j)`` covers level-0 pixels ``[i * ds, (i + 1) * ds) x [j * ds, (j + 1) * ds)``.
 
@@ -44,6 +49,8 @@ __all__ = [
     "slide_patch_grid",
     "validate_patch_items",
     "monai_location",
+    "level0_center",
+    "level0_top_left",
 ]
 
 logger = logging.getLogger(__name__)
@@ -236,6 +243,19 @@ def monai_location(top_left: Sequence[int], size: Sequence[int]) -> list[int]:
     return [int(top_left[0]) + int(size[0]) // 2, int(top_left[1]) + int(size[1]) // 2]
 
 
+def level0_top_left(location: Sequence[int], size: Sequence[int], downsample: float) -> list[int]:
+    """Level-0 top-left corner of the patch of ``size`` (at a level of ``downsample``) whose level-0 centre is
+    ``location``: ``location - int(size * downsample) // 2`` (the WSI bundle's datalist convention; equal to MONAI's
+    ``center_location=True`` ``location - size // 2`` only at level 0)."""
+    return [int(location[i]) - int(int(size[i]) * float(downsample)) // 2 for i in range(2)]
+
+
+def level0_center(top_left: Sequence[int], size: Sequence[int], downsample: float) -> list[int]:
+    """Inverse of :func:`level0_top_left`: the datalist location (level-0 centre) of the patch of ``size`` at a
+    level of ``downsample`` whose level-0 top-left corner is ``top_left``."""
+    return [int(top_left[i]) + int(int(size[i]) * float(downsample)) // 2 for i in range(2)]
+
+
 def _check_inside(slide: Any, top: Sequence[int], size: Sequence[int], ds: float, size0: Sequence[int]) -> None:
     h0, w0 = int(size0[0]), int(size0[1])
     y, x = int(top[0]), int(top[1])
@@ -257,6 +277,7 @@ def tissue_mask(
     backend: str | Any = "openslide",
     hsv_threshold: Mapping[str, Any] | None = None,
     min_saturation: float = 0.04,
+    min_brightness: float = 0.1,
     fill_holes: bool = True,
     min_area: float = 0.0005,
     max_size: int | None = 2048,
@@ -264,7 +285,8 @@ def tissue_mask(
     """Tissue mask of a slide at a low resolution: Otsu threshold on HSV saturation (MONAI ``ForegroundMask``).
 
     The level is read whole through ``WSIReader``; pixels whose saturation is above both Otsu's threshold and
-    ``min_saturation`` are tissue; holes are filled and components smaller than ``min_area`` (fraction of the
+    ``min_saturation`` are tissue, near-black pixels (brightest channel at most ``min_brightness``) are
+    background; holes are filled and components smaller than ``min_area`` (fraction of the
     mask) removed (``scipy.ndimage``). When the level's larger side exceeds ``max_size`` it is block-averaged
     by an integer factor first (the returned ``downsample`` includes that factor).
 
@@ -276,6 +298,9 @@ def tissue_mask(
         hsv_threshold: thresholds passed to ``ForegroundMask(threshold=None, hsv_threshold=...)`` (default
             ``{"S": "otsu"}``).
         min_saturation: saturation floor (so a blank slide gives an empty mask, not Otsu noise).
+        min_brightness: pixels whose brightest channel is at most this fraction of 255 are background (HSV
+            saturation ``(max - min) / max`` is close to 1 for near-black pixels, so a black or noisy dark
+            background, e.g. a scanner's unscanned area, would otherwise be tissue); ``0`` disables it.
         fill_holes: fill holes inside tissue.
         min_area: drop components smaller than this fraction of the mask.
         max_size: upper bound of the mask's larger side (``None``: no limit).
@@ -305,6 +330,9 @@ def tissue_mask(
         factor = int(math.ceil(max(img.shape[1:]) / max_size))
         h, w = img.shape[1] // factor, img.shape[2] // factor
         img = img[:, : h * factor, : w * factor].reshape(3, h, factor, w, factor).mean((2, 4)).astype(np.uint8)
+    # near-black pixels (saturation ~1) become white background before Otsu, so they neither count as tissue nor
+    # pull Otsu's threshold above the saturation of real tissue
+    img = np.where(img.max(0, keepdims=True) > min_brightness * 255.0, img, np.uint8(255))
     fg = ForegroundMask(threshold=None, hsv_threshold=dict(hsv_threshold or {"S": "otsu"}))
     mask = np.asarray(fg(img))[0].astype(bool)
     sat = _saturation(img)
@@ -354,8 +382,9 @@ def sample_patch_locations(
         min_fraction: required fraction of the footprint inside ``mask``.
         exclude: optional ``(H, W)`` bool mask that the footprint must not touch (e.g. tumour for normal patches).
         seed: integer seed or numpy ``Generator``.
-        center: return level-0 patch centres (else level-0 top-left corners; use :func:`monai_location` to get
-            ``PatchWSIDataset`` locations for patches read at a level > 0).
+        center: return level-0 patch centres (else level-0 top-left corners; :func:`level0_center` turns them into
+            the bundle's datalist locations, :func:`monai_location` into ``PatchWSIDataset(center_location=True)``
+            ones).
         replace: sample mask pixels with replacement (otherwise ``n`` is capped by the eligible count).
 
     Returns:
@@ -517,6 +546,7 @@ def validate_patch_items(
     patch_level: int | None = None,
     center_location: bool = True,
     skip_bad: bool = False,
+    level0_centers: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Check a ``PatchWSIDataset`` datalist before training/inference: every slide opens, every level exists,
     every patch lies inside its slide. Each slide is opened once.
@@ -528,6 +558,8 @@ def validate_patch_items(
         patch_level: dataset-wide level (overrides ``item["level"]``).
         center_location: locations follow ``PatchWSIDataset(center_location=True)`` (its default).
         skip_bad: drop bad items and return their messages instead of raising.
+        level0_centers: with ``center_location``, locations are level-0 patch centres (the WSI bundle's convention,
+            :func:`level0_top_left`) rather than MONAI's ``location - size // 2``; the box checked is the one read.
 
     Returns:
         ``(good_items, error_messages)``.
@@ -565,7 +597,10 @@ def validate_patch_items(
             loc = item.get("location")
             if loc is None:
                 raise WSIError(f"item of slide {slide!r} has no 'location'.", slide)
-            top = _top_left([int(v) for v in loc], size, center_location)
+            if center_location and level0_centers:
+                top = tuple(level0_top_left([int(v) for v in loc], size, dss[idx]))
+            else:
+                top = _top_left([int(v) for v in loc], size, center_location)
             _check_inside(slide, top, size, dss[idx], size0)
             good.append(dict(item))
         except WSIError as e:

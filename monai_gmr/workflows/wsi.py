@@ -102,17 +102,21 @@ def check_patch_datalist(
     """Check a ``PatchWSIDataset`` datalist before any engine runs: every slide opens, has the patch level, every
     patch lies inside its slide, and labels are class indices below ``num_classes``.
 
+    The box checked is the one :func:`patch_dataset` reads: with ``center_location`` the ``patch_size`` patch at
+    ``patch_level`` centred on the level-0 ``location`` (top-left ``location - int(size * downsample) // 2``,
+    :func:`to_top_left`).
+
     Slide checks are :func:`monai_gmr.data.validate_patch_items` (each slide opened once; errors are
     :class:`monai_gmr.data.WSIError` naming the slide); this adds the label check and the list's name.
 
     Args:
         items: ``[{"image": slide, "location": [y, x], "label": int, ("size", "level")}, ...]``; locations in level-0
-            pixels, patch centres when ``center_location`` (MONAI's default).
+            pixels, level-0 patch centres when ``center_location``.
         backend: ``WSIReader`` backend.
         patch_size: dataset-wide patch size at the patch level (``None``: each item's ``"size"``).
         patch_level: dataset-wide level (``None``: each item's ``"level"``, default 0).
         num_classes: when given, labels must be integers in ``[0, num_classes)``.
-        center_location: locations are patch centres.
+        center_location: locations are level-0 patch centres (else level-0 top-left corners).
         skip_outside: drop patches that are outside their slide (logged) instead of raising; unreadable slides and
             missing levels still raise.
         name: what the list is called in messages.
@@ -141,7 +145,8 @@ def check_patch_datalist(
                     f"{name} item {n} (slide {str(item['image'])!r}, location {list(item['location'])}): label "
                     f"{item['label']!r} is not a class index in [0, {num_classes}) (num_classes={num_classes})."
                 )
-    kw = dict(backend=backend, patch_size=patch_size, patch_level=patch_level, center_location=center_location)
+    kw = dict(backend=backend, patch_size=patch_size, patch_level=patch_level, center_location=center_location,
+              level0_centers=True)  # the box to_top_left / patch_dataset read
     if not skip_outside:
         try:
             good, _ = validate_patch_items(items, **kw)
@@ -193,13 +198,18 @@ def to_top_left(
     patch_level: int | None = 0,
     backend: str = "openslide",
 ) -> list[dict[str, Any]]:
-    """Patch-centre locations -> top-left corners (level-0 pixels) of ``patch_size`` patches at ``patch_level``
-    (``None``: each item's ``"level"``, default 0).
+    """Level-0 patch-centre locations -> level-0 top-left corners of ``patch_size`` patches at ``patch_level``
+    (``None``: each item's ``"level"``, default 0): ``location - int(size * downsample) // 2`` with the slide's
+    downsample of that level (:func:`monai_gmr.data.wsi.level0_top_left`).
 
-    MONAI 1.6.1's ``PatchWSIDataset(center_location=True)`` subtracts ``size // 2`` *at the patch level* from the
-    level-0 centre, which is off-centre for levels > 0; the bundle therefore converts centres with each slide's
-    downsample and reads with ``center_location=False``. Each slide is opened once.
+    This is the bundle's location convention at every level (the synthetic generator writes it, the datalist check
+    validates this box). MONAI 1.6.1's ``PatchWSIDataset(center_location=True)`` subtracts ``size // 2`` *at the
+    patch level* from the location, which is off-centre for levels > 0 (and would move a larger context patch off
+    the labelled centre); the bundle therefore converts centres here and reads with ``center_location=False``.
+    Each slide is opened once.
     """
+    from monai_gmr.data.wsi import level0_top_left
+
     ph, pw = _as_pair(patch_size)
     ds_of = _slide_downsamples([str(i["image"]) for i in items], backend)
     out = []
@@ -208,7 +218,7 @@ def to_top_left(
         level = int(item.get("level", 0)) if patch_level is None else int(patch_level)
         ds = dss[level + len(dss) if level < 0 else level]
         y, x = (int(round(float(v))) for v in np.asarray(item["location"]).reshape(-1)[:2])
-        out.append({**dict(item), "location": [y - int(ph * ds) // 2, x - int(pw * ds) // 2]})
+        out.append({**dict(item), "location": level0_top_left((y, x), (ph, pw), ds)})
     return out
 
 
@@ -306,15 +316,14 @@ def _pcam_dataset(pcam_dir: str | os.PathLike, split: str, transform: Callable |
                   test_frac: float, seed: int) -> torch.utils.data.Dataset:  # fmt: skip
     from monai_gmr.data import PCamH5Dataset, find_pcam_files, split_items
 
-    try:
-        pairs = find_pcam_files(pcam_dir, PCAM_SPLITS[split])
-    except FileNotFoundError:
-        pairs = []
-    if pairs:
-        x, y = pairs[0]
-        return PCamH5Dataset(x, y, transform=transform, scale=False)
     allp = find_pcam_files(pcam_dir)  # raises naming pcam_dir when there is no *_x.h5 at all
-    if len(allp) != 1:
+    if len(allp) > 1:  # one file per split; a single file (even one named *train*) is split for every split
+        try:
+            x, y = find_pcam_files(pcam_dir, PCAM_SPLITS[split])[0]
+        except FileNotFoundError:
+            pass
+        else:
+            return PCamH5Dataset(x, y, transform=transform, scale=False)
         raise FileNotFoundError(
             f"pcam_dir {str(pcam_dir)!r} has no '*{PCAM_SPLITS[split]}*_x.h5' file and {len(allp)} other files; give one "
             "file per split (train/valid/test) or a single file to be split."
@@ -378,7 +387,8 @@ def patch_dataset(
       level closest to a resolution instead of ``patch_level``. With ``read_size`` larger than the
       patch (evaluation context for rotations) patches whose context leaves the slide are skipped (logged).
     * ``"pcam"``: PatchCamelyon-style HDF5 in ``pcam_dir`` (:class:`monai_gmr.data.PCamH5Dataset`): one
-      ``*train*/*valid*/*test*_x.h5`` per split, or a single file split with ``val_frac``/``test_frac``/``split_seed``.
+      ``*train*/*valid*/*test*_x.h5`` per split, or a single file (whatever its name, e.g. only the ``train`` file)
+      split into disjoint training/validation/test parts with ``val_frac``/``test_frac``/``split_seed``.
     * ``"image_folder"``: images under ``image_dir`` with class sub-folders (Kather) or a ``labels_csv``
       (NCT-CRC / Kaggle ``id,label``) (:class:`monai_gmr.data.ImageFolderDataset`), split with
       ``val_frac``/``test_frac``/``split_seed`` (stratified).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from monai_gmr.data.datalist import move_into_place, read_datalist, split_counts, split_items, write_datalist
@@ -73,3 +74,31 @@ def test_move_into_place(tmp_path):
     (src2 / "a").mkdir(parents=True)
     move_into_place(src2, tmp_path / "new")
     assert (tmp_path / "new" / "a").is_dir() and not src2.exists()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_prepared_and_generated_dataset_folders_get_the_umask_permissions(tmp_path, mask):
+    """Dataset folders moved into place from a temporary folder have mkdir's mode (0o777 minus the umask)."""
+    import os
+
+    from PIL import Image
+
+    from monai_gmr.data import ensure_nuclei_dataset, ensure_wsi_dataset
+    from monai_gmr.data.prepare_nuclei import prepare_nuclei_dataset
+
+    (tmp_path / "raw" / "images").mkdir(parents=True)
+    (tmp_path / "raw" / "labels").mkdir()
+    lab = np.zeros((16, 16), np.uint8)
+    lab[4:9, 4:9] = 1
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 100 + i, np.uint8)).save(tmp_path / "raw" / "images" / f"t{i}.png")
+        Image.fromarray(lab).save(tmp_path / "raw" / "labels" / f"t{i}.png")
+    old = os.umask(mask)
+    try:
+        prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "prepared")
+        ensure_nuclei_dataset(tmp_path / "nuclei", n_images=2, size=64)
+        ensure_wsi_dataset(tmp_path / "wsi", n_slides=1, size=512, patches_per_slide=4, patch_size=32)
+    finally:
+        os.umask(old)
+    modes = {name: oct(os.stat(tmp_path / name).st_mode & 0o777) for name in ("prepared", "nuclei", "wsi")}
+    assert modes == dict.fromkeys(modes, oct(0o777 & ~mask))

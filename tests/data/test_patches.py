@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -107,6 +109,21 @@ def test_image_folder_class_folders_and_csv(tmp_path):
     d = ds[0]
     assert d["image"].shape == (3, 8, 10) and d["label"] == 0 and float(d["image"].mean()) == pytest.approx(50 / 255)
     assert ds.class_names == ["a_tumor", "b_stroma"]
+
+
+@pytest.mark.parametrize("labels_csv", ["auto", "labels.csv"])
+def test_image_folder_relative_root_with_labels_csv(tmp_path, monkeypatch, labels_csv):
+    """A relative ``root`` with a labels CSV (``"auto"`` or relative to root) and a relative ``image_dir``."""
+    root = tmp_path / "rel" / "patches"
+    root.mkdir(parents=True)
+    _folder(root)
+    (root / "labels.csv").write_text("file,label\nb_stroma/b_stroma_0.tif,1\na_tumor/a_tumor_1,0\n")
+    monkeypatch.chdir(tmp_path)
+    items, _ = image_folder_datalist("rel/patches", labels_csv=labels_csv)
+    assert [i["label"] for i in items] == [1, 0] and all(Path(i["image"]).is_file() for i in items)
+    (root / "labels.csv").write_text("file,label\nb_stroma_1.tif,1\n")
+    items2, _ = image_folder_datalist("rel/patches", labels_csv=labels_csv, image_dir="b_stroma")  # relative to root
+    assert [Path(i["image"]) for i in items2] == [root / "b_stroma" / "b_stroma_1.tif"]
 
 
 def test_image_folder_items_feed_monai_loadimaged(tmp_path):

@@ -25,11 +25,13 @@ from monai_gmr.data.prepare_nuclei import (
 from tests.conftest import ROOT, shared_path
 
 
-def _inst(h=20, w=24) -> np.ndarray:
+def _inst(h=20, w=24, i: int | None = None) -> np.ndarray:
     lab = np.zeros((h, w), np.uint16)
     lab[2:8, 2:9] = 7  # ids need not be consecutive in the input
     lab[2:8, 9:14] = 3  # touching instance
     lab[12:18, 15:22] = 12
+    if i is not None:  # one more nucleus, placed per image: every image of a folder case has its own mask
+        lab[14:17, 1 + 2 * i : 3 + 2 * i] = 20 + i
     return lab
 
 
@@ -39,7 +41,7 @@ def _write_folder_case(root: Path, n: int = 5, suffix: str = "_label") -> None:
     rng = np.random.default_rng(0)
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "images" / f"t{i}.png")
-        Image.fromarray(_inst()).save(root / "labels" / f"t{i}{suffix}.png")
+        Image.fromarray(_inst(i=i)).save(root / "labels" / f"t{i}{suffix}.png")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -47,25 +49,55 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_folders_format(tmp_path):
+    from monai_gmr.data.prepare_nuclei import relabel_sequential
+
     _write_folder_case(tmp_path / "raw")
     out = tmp_path / "out"
     dl_path = prepare_nuclei_dataset(tmp_path / "raw", out, boundary=True, seed=0)
     dl = json.loads(dl_path.read_text())
     assert dl["preparation"]["format"] == "folders"
     assert [len(dl[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
-    item = dl["training"][0]
-    assert set(item) == {"image", "label", "instance", "mask", "boundary"} and item["label"] == item["instance"]
-    inst = np.asarray(Image.open(out / item["instance"]))
-    assert inst.dtype == np.uint16 and sorted(np.unique(inst).tolist()) == [0, 1, 2, 3]  # relabelled 1..N
-    assert np.array_equal(np.asarray(Image.open(out / item["mask"])), (_inst() > 0).astype(np.uint8))
-    three = np.asarray(Image.open(out / item["boundary"]))
+    items = dl["training"] + dl["validation"] + dl["test"]
+    assert sorted(Path(it["image"]).name for it in items) == [f"t{i}.png" for i in range(5)]
+    for it in items:  # every image keeps its own mask (the masks differ: a mis-pairing shows)
+        i = int(Path(it["image"]).stem[1:])
+        assert set(it) == {"image", "label", "instance", "mask", "boundary"} and it["label"] == it["instance"]
+        assert all(Path(it[k]).name == f"t{i}.png" for k in ("label", "instance", "mask", "boundary"))
+        raw = np.asarray(Image.open(tmp_path / "raw" / "images" / f"t{i}.png"))
+        assert np.array_equal(np.asarray(Image.open(out / it["image"])), raw)
+        inst = np.asarray(Image.open(out / it["instance"]))
+        assert inst.dtype == np.uint16 and np.array_equal(inst, relabel_sequential(_inst(i=i)))  # relabelled 1..N
+        assert sorted(np.unique(inst).tolist()) == [0, 1, 2, 3, 4]
+        assert np.array_equal(np.asarray(Image.open(out / it["mask"])), (_inst(i=i) > 0).astype(np.uint8))
+    three = np.asarray(Image.open(out / dl["training"][0]["boundary"]))
     assert set(np.unique(three).tolist()) == {0, 1, 2}
     assert three[5, 8] == 2 and three[5, 9] == 2  # the shared border of the touching nuclei
     assert three[5, 5] == 1 and three[0, 0] == 0
-    assert np.asarray(Image.open(out / item["image"])).shape == (20, 24, 3)
-    # same seed -> same split; other seed -> other split (5 items)
-    again = prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out2", seed=0)
-    assert [i["image"] for i in json.loads(again.read_text())["test"]] == [i["image"] for i in dl["test"]]
+    assert np.asarray(Image.open(out / dl["training"][0]["image"])).shape == (20, 24, 3)
+    # same seed -> same split; another seed -> another split (5 items: seeds 0 and 1 differ)
+    again = json.loads(prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out2", seed=0).read_text())
+    other = json.loads(prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out3", seed=1).read_text())
+    split = {k: [i["image"] for i in dl[k]] for k in ("training", "validation", "test")}
+    assert {k: [i["image"] for i in again[k]] for k in split} == split
+    assert {k: [i["image"] for i in other[k]] for k in split} != split
+
+
+def test_relative_output_and_pairs_paths(tmp_path, monkeypatch):
+    """A relative ``--output`` (and pairs CSV) gives a datalist relative to the dataset, not to the temp folder."""
+    from monai_gmr.data import read_datalist
+
+    _write_folder_case(tmp_path / "raw", n=3)
+    with open(tmp_path / "raw" / "pairs.csv", "w") as f:
+        f.write("image,label\n" + "".join(f"images/t{i}.png,labels/t{i}_label.png\n" for i in range(3)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--input", "raw", "--output", "rel/out", "--seed", "0"]) == 0
+    dl = json.loads((tmp_path / "rel/out/datalist.json").read_text())
+    items = dl["training"] + dl["validation"] + dl["test"]
+    assert len(items) == 3 and all(not Path(it[k]).is_absolute() for it in items for k in ("image", "label"))
+    assert {it["image"] for it in items} == {f"images/t{i}.png" for i in range(3)}
+    for it in read_datalist(tmp_path / "rel/out/datalist.json", "training"):  # loadable from another folder
+        assert Path(it["image"]).is_file() and Path(it["label"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["out"]  # no temp folder left behind
 
 
 def test_binary_and_colour_masks_become_instances(tmp_path):
@@ -192,6 +224,19 @@ def test_missing_annotation_and_bad_input(tmp_path):
         find_nuclei_pairs(tmp_path / "raw", format="dicom")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         read_rgb_image(tmp_path / "missing.png")
+
+
+def test_short_pairs_csv_row_is_a_clear_error(tmp_path, capsys):
+    _write_folder_case(tmp_path / "raw", n=2)
+    pairs = tmp_path / "raw" / "pairs.csv"
+    pairs.write_text("image,label\nimages/t0.png,labels/t0_label.png\nimages/t1.png\n")
+    with pytest.raises(ValueError, match=r"pairs\.csv.*row 3.*'label'"):
+        find_nuclei_pairs(tmp_path / "raw")
+    pairs.write_text("image,label\nimages/t0.png,\n")  # empty mask cell
+    with pytest.raises(ValueError, match=r"pairs\.csv.*row 2"):
+        find_nuclei_pairs(tmp_path / "raw")
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out")]) == 1  # no traceback
+    assert "row 2" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_cli_main_and_module(tmp_path, capsys):

@@ -144,16 +144,25 @@ def test_deflate_is_lossless(tmp_path):
         write_pyramidal_tiff(tmp_path / "e.tiff", img, description="Aperio fake")
 
 
-def test_patches_at_level_1_use_the_monai_location_convention(tmp_path):
-    res = make_synthetic_wsi(tmp_path, n_slides=1, size=1024, seed=5, patches_per_slide=10, patch_size=32, patch_level=1)
+def test_patches_at_level_1_are_labelled_by_the_footprint_the_bundle_reads(tmp_path):
+    """location = level-0 patch centre at every level: the bundle reads the level-1 patch (32 px = 64 level-0 px)
+    from ``to_top_left`` (location - 64 // 2), and every label holds for that footprint."""
+    from monai_gmr.workflows.wsi import to_top_left
+
+    res = make_synthetic_wsi(tmp_path, n_slides=1, size=1024, seed=0, patches_per_slide=200, patch_size=32,
+                             patch_level=1)  # fmt: skip
     tumor = np.load(tmp_path / res["slides"][0]["tumor_mask"]).astype(bool)  # downsample 4
     items = res["training"] + res["validation"] + res["test"]
-    assert len(items) == 10 and all(it["level"] == 1 and it["size"] == [32, 32] for it in items)
-    for it in items:
-        y, x = it["location"]
-        ty, tx = y - 16, x - 16  # MONAI: top-left = location - size // 2; extent 32 * 2 level-0 pixels
+    assert len(items) == 200 and all(it["level"] == 1 and it["size"] == [32, 32] for it in items)
+    tops = to_top_left(items, 32, 1)
+    bad = []
+    for it, top in zip(items, tops):
+        ty, tx = top["location"]
+        assert [ty + 32, tx + 32] == it["location"]  # the level-0 centre of the 64 x 64 level-0 footprint
         box = tumor[ty // 4 : (ty + 63) // 4 + 1, tx // 4 : (tx + 63) // 4 + 1]
-        assert box.all() if it["label"] == 1 else not box.any()
+        if not (box.all() if it["label"] == 1 else not box.any()):
+            bad.append(it["location"])
+    assert not bad, f"{len(bad)} of {len(items)} labels disagree with the tumour mask under the read patch"
 
 
 def test_slide_split_with_three_slides(tmp_path):
@@ -194,6 +203,22 @@ def test_ensure_wsi_dataset(tmp_path, caplog):
     (other / "a.svs").write_bytes(b"x")
     with pytest.raises(FileNotFoundError, match="patches.csv"):
         ensure_wsi_dataset(other)
+
+
+def test_relative_dataset_dir_with_only_a_patch_csv(tmp_path, monkeypatch):
+    """``ensure_wsi_dataset("rel")`` on slides/ + patches.csv: slide paths relative to the datalist, not doubled."""
+    from monai_gmr.data import read_datalist
+
+    kw = {"n_slides": 1, "size": 512, "patches_per_slide": 4, "patch_size": 32}
+    make_synthetic_wsi(tmp_path / "rel" / "ds", seed=0, **kw)
+    (tmp_path / "rel" / "ds" / "datalist.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    p = ensure_wsi_dataset(Path("rel") / "ds", generate=False)
+    dl = json.loads((tmp_path / "rel" / "ds" / "datalist.json").read_text())
+    assert {it["image"] for k in ("training", "validation", "test") for it in dl[k]} == {"slides/slide_000.tiff"}
+    monkeypatch.chdir("/")
+    items = read_datalist(tmp_path / p, "training")
+    assert items and all(Path(it["image"]).is_file() for it in items)
 
 
 def test_patch_csv_to_datalist(tmp_path):

@@ -37,6 +37,24 @@ def test_tissue_mask_matches_ground_truth(slide, backend):
     assert iou > 0.9, iou
 
 
+def test_tissue_mask_ignores_near_black_background(tmp_path):
+    """Dark noise has HSV saturation near 1 ((max - min) / max): it is not tissue (min_brightness)."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    dark = np.clip(rng.normal(5, 3, (512, 768, 3)), 0, 255).astype(np.uint8)
+    write_pyramidal_tiff(tmp_path / "dark.tiff", dark, compression="deflate", n_levels=2, tile_size=256)
+    assert not tissue_mask(tmp_path / "dark.tiff")[0].any()
+    # pink tissue on the same dark noise is still found, the background around it is not
+    dark[128:384, 256:512] = (230, 140, 190)
+    write_pyramidal_tiff(tmp_path / "on_dark.tiff", dark, compression="deflate", n_levels=2, tile_size=256)
+    mask, _, ds = tissue_mask(tmp_path / "on_dark.tiff")
+    want = np.zeros(mask.shape, bool)
+    want[64:192, 128:256] = True  # level 1, downsample 2
+    assert ds == pytest.approx(2.0) and np.array_equal(mask, want)
+    assert tissue_mask(tmp_path / "dark.tiff", min_brightness=0.0)[0].mean() > 0.1  # the old behaviour
+
+
 def test_tissue_mask_by_mpp_and_size_cap(slide):
     path, _ = slide
     mask, level, ds = tissue_mask(path, mpp=1.0)

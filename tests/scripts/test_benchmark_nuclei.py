@@ -82,3 +82,17 @@ def test_set_overrides_parse_as_json_or_string_and_bad_items_are_refused(capsys)
         assert "--set expects KEY=VALUE" in capsys.readouterr().err
     cmd = bn._bundle_cmd(["train.json"], {"network_def": {"x": 1}, "network_def#norm": "batch"})
     assert cmd[-4:] == ["--network_def", "{'x': 1}", "--network_def#norm", "batch"]  # applied after the model's dict
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--crops-per-image", "--batch-size", "--angle-step"])
+def test_counts_below_one_are_refused_naming_the_option(tmp_path, capsys, option):
+    bn = _load()
+    for bad in ("0", "-2", "x"):
+        with pytest.raises(SystemExit):
+            bn._parse(["--out", "x", option, bad])
+        assert f"argument {option}:" in capsys.readouterr().err
+    assert getattr(bn._parse(["--out", "x", option, "1"]), option[2:].replace("-", "_")) == 1
+    # main refuses before anything runs (--epochs 0 --max-steps 10 was a ZeroDivisionError)
+    with pytest.raises(SystemExit):
+        bn.main(["--out", str(tmp_path / "out"), "--prepared", str(tmp_path / "none"), option, "0", "--max-steps", "10"])
+    assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "out").exists()

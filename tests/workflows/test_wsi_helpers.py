@@ -188,6 +188,36 @@ def test_to_top_left_levels(wsi_data):
     assert to_top_left(items, [16, 32], 2)[0]["location"] == [468, 236]
 
 
+def test_level_1_patches_checked_and_read_around_the_level_0_centre(tmp_path):
+    """At patch_level 1 the datalist check validates, and patch_dataset reads, the patch centred on the level-0
+    location (top-left = location - size * downsample // 2), the box the generator labels."""
+    from monai_gmr.data import WSIError, make_synthetic_wsi, read_region
+    from monai_gmr.workflows.wsi import check_patch_datalist, patch_dataset
+
+    res = make_synthetic_wsi(tmp_path / "l1", n_slides=1, size=1024, seed=1, patches_per_slide=12, patch_size=PATCH,
+                             patch_level=1)  # fmt: skip
+    ds = patch_dataset("wsi", "training", dataset_dir=tmp_path / "l1", generate=False, patch_size=PATCH, patch_level=1)
+    assert len(ds) == len(res["training"])
+    for k in range(3):
+        it = res["training"][k]
+        top = [v - PATCH for v in it["location"]]  # level-1 patch of 32 = 64 level-0 pixels around the centre
+        np.testing.assert_array_equal(np.asarray(ds[k]["image"]), read_region(it["image"], top, (PATCH, PATCH), 1))
+    slide = res["training"][0]["image"]
+    # the box read, not MONAI's location - size // 2: inside the 1024 slide only for the first, outside for the second
+    near_bottom = {"image": slide, "location": [990, 500], "label": 0}  # read 958..1022 (MONAI: 974..1038)
+    near_top = {"image": slide, "location": [20, 500], "label": 0}  # read -12..52 (MONAI: 4..68)
+    assert len(check_patch_datalist([near_bottom], patch_size=PATCH, patch_level=1)) == 1
+    with pytest.raises(WSIError, match="outside the slide"):
+        check_patch_datalist([near_top], patch_size=PATCH, patch_level=1)
+    assert check_patch_datalist([near_top], patch_size=PATCH, patch_level=0)  # level 0: 4..36, inside
+    # a CSV of level-1 top-left corners becomes the same level-0 centres (the slide's downsample, 2)
+    from monai_gmr.data import patch_csv_to_datalist
+
+    (tmp_path / "tl.csv").write_text(f"slide,x,y,level,label\n{slide},100,200,1,0\n")
+    dl = patch_csv_to_datalist(tmp_path / "tl.csv", patch_size=PATCH, center=False, val_frac=0.0, test_frac=0.0)
+    assert json.loads(dl.read_text())["training"][0]["location"] == [200 + PATCH, 100 + PATCH]
+
+
 # ---------------------------------------------------------------------------------------------------------- datasets
 def test_patch_dataset_wsi_reads_labelled_patches(wsi_data):
     from monai_gmr.workflows.wsi import patch_dataset
@@ -278,6 +308,13 @@ def test_pcam_and_image_folder_datasets(tmp_path):
     write_pcam_h5(tmp_path / "one" / "all", rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8), np.arange(20) % 2)
     sizes = [len(patch_dataset("pcam", s, pcam_dir=tmp_path / "one")) for s in ("training", "validation", "test")]
     assert sum(sizes) == 20 and min(sizes) >= 4
+    # a single file named *train*: split into disjoint parts for every split (not used whole for training)
+    imgs = np.arange(15, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)  # patch i is all i
+    write_pcam_h5(tmp_path / "train_only" / "camelyonpatch_level_2_split_train", imgs, np.arange(15) % 2)
+    ids = {s: sorted(int(d["image"][0, 0, 0]) for d in patch_dataset("pcam", s, pcam_dir=tmp_path / "train_only"))
+           for s in ("training", "validation", "test")}  # fmt: skip
+    assert all(ids.values()) and len(ids["training"]) < 15
+    assert sorted(ids["training"] + ids["validation"] + ids["test"]) == list(range(15))  # disjoint, union = file
     # class folders, multi-class
     for c in ("a_tum", "b_str", "c_lym"):
         (tmp_path / "folders" / c).mkdir(parents=True)
