@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -96,7 +95,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS),
                    help=f"default: {' '.join(DEFAULT_MODELS)}")
     p.add_argument("--epochs", type=_positive_int, default=300)
-    p.add_argument("--max-steps", type=int, default=None, help="total training iterations (sets epoch_length)")
+    p.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="total training iterations, a multiple of --epochs (sets epoch_length = max_steps / epochs)")
     p.add_argument("--val-interval", type=int, default=10)
     p.add_argument("--crop", type=int, default=256, help="training crop (multiple of 8)")
     p.add_argument("--crops-per-image", type=_positive_int, default=8)
@@ -117,11 +117,41 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "(else a string); repeatable, applied after the model's own overrides, e.g. "
                         "--set network_def#kernel_sizes=[5,5,5,5] --set network_def#norm=batch")
     args = p.parse_args(argv)
+    if args.max_steps is not None and args.max_steps % args.epochs:
+        p.error(f"argument --max-steps: must be a multiple of --epochs ({args.epochs}) so that it is the total number "
+                f"of iterations, got {args.max_steps}")
     try:
         args.extra = parse_overrides(args.set_)
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+TRAINING_RECORD = "benchmark_train.json"
+# bundle overrides that do not change what is trained (where it is written, how it is loaded)
+_NOT_TRAINING = ("output_dir", "num_workers")
+
+
+def training_record(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The bundle overrides a model was trained with, as written to ``<run>/benchmark_train.json``."""
+    return json.loads(json.dumps({k: v for k, v in overrides.items() if k not in _NOT_TRAINING}))
+
+
+def check_training_record(run_dir: Path, record: dict[str, Any]) -> bool:
+    """``--skip-trained``: the reused model must have been trained with this run's settings (seed, budget, ``--set``,
+    data), else its results would be reported under the wrong settings. ``False`` (with a warning) for a model
+    trained before records were written; ``SystemExit`` naming the differences on a mismatch."""
+    path = run_dir / TRAINING_RECORD
+    if not path.is_file():
+        logger.warning("%s has no %s: cannot check that it was trained with this run's settings", run_dir, TRAINING_RECORD)
+        return False
+    saved = json.loads(path.read_text())
+    diff = {k: (saved.get(k), record.get(k)) for k in sorted(set(saved) | set(record)) if saved.get(k) != record.get(k)}
+    if diff:
+        lines = "; ".join(f"{k}: trained {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise SystemExit(f"--skip-trained: {run_dir} was trained with other settings ({lines}); drop --skip-trained "
+                         "or use another --out")
+    return True
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -258,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not data.is_dir():
             raise SystemExit(f"--data {data} is not a folder")
         dataset_dir = prepare(str(data), out / "prepared", args.split_seed, env, args.timeout)
-    epoch_length = None if args.max_steps is None else max(1, math.ceil(args.max_steps / args.epochs))
+    epoch_length = None if args.max_steps is None else args.max_steps // args.epochs
     common = {
         "dataset_dir": str(dataset_dir),
         "generate_synthetic": False,
@@ -279,24 +309,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     evaluate: dict[str, Any] = {"robustness_angles": list(range(0, 360, args.angle_step)), "robustness_flips": ["h", "v"]}
     if args.instance_metrics:
         evaluate["instance_metrics"] = True
-    rows = []
+    from monai_gmr.utils import atomic_write_json, atomic_write_text
+
+    rows, unverified = [], []
     t0 = time.perf_counter()
     for name in args.models:
         run_dir = out / name
         over = {**common, "output_dir": str(run_dir), **MODELS[name], **args.extra}
         trained = (run_dir / "models" / "model.pt").is_file() and (run_dir / "train_summary.json").is_file()
+        record = training_record({**over, **train})
         if args.skip_trained and trained:
+            if not check_training_record(run_dir, record):
+                unverified.append(name)
             logger.info("using the trained %s in %s", name, run_dir)
         else:
             logger.info("training %s (log: %s)", name, run_dir / "train.log")
             _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
+            atomic_write_json(run_dir / TRAINING_RECORD, record)
         logger.info("evaluating %s (log: %s)", name, run_dir / "evaluate.log")
         _run(_bundle_cmd(["train.json", "evaluate.json"], {**over, **evaluate}), run_dir / "evaluate.log", env, args.timeout)
         rows.append(_row(name, run_dir))
         logger.info("%s: %s", name, {k: v for k, v in rows[-1].items() if k.startswith("dice")})
 
     from monai_gmr.evaluation import load_result, plot_polar
-    from monai_gmr.utils import atomic_write_json, atomic_write_text
 
     results = []
     for name in args.models:
@@ -306,6 +341,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot_polar(results, out / "robustness_comparison.png", title="rotation robustness (test split)")
     settings = {k: v for k, v in vars(args).items() if k != "set_"}
     settings["epoch_length"] = epoch_length
+    if unverified:  # reused models trained before training records existed: their seed/budget are not checked
+        settings["reused_without_training_record"] = unverified
     environment = _environment(device)
     report = {"rows": rows, "environment": environment, "settings": settings, "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(out / "benchmark.json", report)

@@ -47,6 +47,16 @@ def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path, monkeypatch):
     for m in ("aji", "pq"):
         assert 0.0 <= row[f"{m}_0"] <= 1.0 and row[f"{m}_std"] == pytest.approx(0.0, abs=1e-6)
     assert "aji_mean" in (out / "benchmark.md").read_text()
+    assert "reused_without_training_record" not in report["settings"]
+    # a reused model trained with another seed or budget is refused (it would be reported under this run's settings)
+    for change in (["--seed", "1"], ["--epochs", "1", "--max-steps", "2"]):
+        with pytest.raises(SystemExit, match="trained with other settings"):
+            bn.main([*args, "--skip-trained", *change])
+    assert (out / "gmrunet" / "models" / "model.pt").stat().st_mtime_ns == mtime
+    # a model trained before training records existed is reused, and flagged in the report
+    (out / "gmrunet" / "benchmark_train.json").unlink()
+    report = bn.main([*args, "--skip-trained"])
+    assert report["settings"]["reused_without_training_record"] == ["gmrunet"]
 
 
 def test_out_inside_the_repository_is_refused():
@@ -96,3 +106,12 @@ def test_counts_below_one_are_refused_naming_the_option(tmp_path, capsys, option
     with pytest.raises(SystemExit):
         bn.main(["--out", str(tmp_path / "out"), "--prepared", str(tmp_path / "none"), option, "0", "--max-steps", "10"])
     assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_max_steps_must_be_a_multiple_of_epochs(capsys):
+    bn = _load()
+    assert bn._parse(["--out", "x", "--epochs", "4", "--max-steps", "12"]).max_steps == 12
+    for bad in (["--epochs", "3", "--max-steps", "10"], ["--epochs", "10", "--max-steps", "5"], ["--max-steps", "0"]):
+        with pytest.raises(SystemExit):
+            bn._parse(["--out", "x", *bad])
+        assert "argument --max-steps:" in capsys.readouterr().err
