@@ -136,6 +136,8 @@ def _peak_alone_mb(runner: _Runner) -> float | None:
     """Peak CUDA memory of one step of ``runner`` as if its model were alone on the device (see module doc)."""
     if runner.device.type != "cuda":
         return None
+    if runner.opt is not None:  # the previous step's gradients are freed by the step itself and then rebuilt:
+        runner.opt.zero_grad(set_to_none=True)  # counting them in `base` would leave them out of the peak
     _sync(runner.device)
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(runner.device)

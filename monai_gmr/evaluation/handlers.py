@@ -23,6 +23,7 @@ class RotationRobustnessHandler:
     ``engine.state.metrics`` (so checkpoint/early-stopping handlers can key on them), writes TensorBoard scalars
     (:func:`~monai_gmr.evaluation.report.write_tensorboard`, ``step`` = epoch) when ``summary_writer`` or ``log_dir``
     is given, and the JSON/CSV/PNG report when ``output_dir`` is given. The network's train/eval mode is restored.
+    Single process only (see :func:`~monai_gmr.evaluation.rotation_robustness`): not for multi-GPU training configs.
 
     Args:
         data: iterable of batches (dicts with ``image``/``label``); ``None`` = ``engine.data_loader``.

@@ -151,16 +151,19 @@ def plot_polar(
 def write_tensorboard(result: RobustnessResult, writer: Any, tag_prefix: str = "robustness", step: int | None = None) -> None:
     """Write scalars to a TensorBoard ``SummaryWriter``.
 
-    * ``{tag_prefix}/{model}/{metric}/by_angle`` with ``global_step`` = angle in degrees (rounded): the curve.
+    * ``{tag_prefix}/{model}/{metric}/by_angle`` with ``global_step`` = angle in degrees (rounded): the curve;
+      ``.../by_angle/step{step}`` when ``step`` is given, so that the curves of several epochs do not overlay
+      each other on one tag.
     * ``{tag_prefix}/{model}/{metric}/flip_{f}`` at ``step``.
     * ``{tag_prefix}/{model}/{metric}/{mean|std|min|worst_angle}`` at ``step`` (e.g. the epoch).
     """
+    curve = "by_angle" if step is None else f"by_angle/step{int(step)}"
     step = 0 if step is None else int(step)
     base = f"{tag_prefix}/{result.model_name}"
     for m in result.metrics:
         for a, v in zip(result.angles, result.per_angle[m]):
             if not math.isnan(v):
-                writer.add_scalar(f"{base}/{m}/by_angle", v, int(round(a)))
+                writer.add_scalar(f"{base}/{m}/{curve}", v, int(round(a)))
         for f, vals in result.per_flip.items():
             v = vals.get(m, math.nan)
             if not math.isnan(v):

@@ -221,10 +221,21 @@ def rotation_robustness(
     Returns:
         :class:`RobustnessResult`.
 
+    Runs in one process: inside a multi-process ``torch.distributed`` run it raises (MONAI's Dice/IoU gather
+    across ranks while AUC, accuracy and the image count would not, and a call on one rank alone waits forever in
+    that gather). The bundles evaluate with the single-process ``configs/evaluate.json``.
+
     Raises:
         ValueError: empty ``angles``, unknown ``metrics``/``task``/``region``, or a label whose size does not match
             the image.
+        RuntimeError: called inside a distributed run with more than one process.
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise RuntimeError(
+            "rotation_robustness runs in a single process, but torch.distributed is initialised with "
+            f"{torch.distributed.get_world_size()} processes: evaluate after training in one process "
+            "(e.g. the bundle's configs/evaluate.json)."
+        )
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got task={task!r}.")
     allowed = SEG_METRICS + INSTANCE_METRICS if task == "segmentation" else CLS_METRICS

@@ -17,27 +17,13 @@ __all__ = ["RotationRobustnessEvaluator", "load_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-_STATE_KEYS = ("network", "model", "state_dict", "net", "network_weights")
-
-
 def load_checkpoint(network: torch.nn.Module, ckpt_path: str | os.PathLike, strict: bool = True) -> torch.nn.Module:
-    """Load weights into ``network`` from a plain ``state_dict`` file or a MONAI ``CheckpointSaver`` dict
-    (``{"network": sd}``, ``{"model": sd}``, ...). Loaded on CPU with ``weights_only=True``."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path {path} does not exist.")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        for k in _STATE_KEYS:
-            if k in obj and isinstance(obj[k], dict):
-                obj = obj[k]
-                break
-        else:
-            raise ValueError(f"ckpt_path {path}: no state dict under keys {_STATE_KEYS}, found keys {sorted(obj)}.")
-    if not isinstance(obj, dict):
-        raise ValueError(f"ckpt_path {path}: expected a state dict, got {type(obj).__name__}.")
-    network.load_state_dict(obj, strict=strict)
-    return network
+    """Load weights into ``network`` from a plain state dict file or a MONAI ``CheckpointSaver`` dict
+    (``{"model": sd}``, ``{"network": sd}``, ...): :func:`monai_gmr.workflows.load_checkpoint`, the one loader of
+    the package (imported here lazily: the evaluation package does not depend on the workflows at import time)."""
+    from monai_gmr.workflows.common import load_checkpoint as _load
+
+    return _load(network, ckpt_path, strict=strict)
 
 
 class RotationRobustnessEvaluator:

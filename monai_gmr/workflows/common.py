@@ -189,12 +189,25 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 ckpt.save_handler._atomic = True
 
 
+def _interval_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """``(N, path)`` of the interval checkpoints (``checkpoint_epoch=N.pt`` / ``iteration=N``) in ``ckpt_dir``."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for path in ckpt_dir.iterdir():
+        m = CHECKPOINT_PATTERN.match(path.name)
+        if m is not None and path.is_file():
+            found.append((int(m.group(2)), path))
+    return sorted(found)
+
+
 def attach_resume(
     engine: Any,
     enabled: bool,
     ckpt_dir: str | os.PathLike,
     load_dict: Mapping[str, Any],
     map_location: Any = "cpu",
+    saver: CheckpointSaver | None = None,
 ) -> str | None:
     """Resume training from the newest checkpoint in ``ckpt_dir`` when ``enabled`` (the bundles' ``resume`` switch).
 
@@ -203,6 +216,12 @@ def attach_resume(
     :class:`KeyMetricState`) — so the run continues from the saved epoch/iteration with the saved optimizer and
     schedule state. Use the same dict as the interval :class:`AtomicCheckpointSaver`'s ``save_dict``.
 
+    A run started with a larger ``max_epochs`` than the checkpoint's keeps the configured horizon of schedulers
+    that have one (``CosineAnnealingLR.T_max``): the checkpoint's value would make the learning rate climb back
+    after the old end. Without ``enabled`` (a fresh run), interval checkpoints an earlier run left in ``ckpt_dir``
+    are moved to ``ckpt_dir/previous_run_<time>/`` (on the main process), so that a later resume cannot pick one
+    of them up.
+
     Args:
         engine: the ignite trainer (must also be the ``"trainer"`` entry of ``load_dict`` to restore its state).
         enabled: the ``resume`` switch; ``False`` returns ``None`` and attaches nothing.
@@ -210,11 +229,21 @@ def attach_resume(
         load_dict: name -> object with ``load_state_dict`` (``DistributedDataParallel`` is unwrapped by ignite).
         map_location: ``torch.load`` map location (``"cpu"`` is safe for every rank; tensors are then copied to
             the parameters' devices).
+        saver: the interval ``CheckpointSaver`` writing into ``ckpt_dir``: on resume its ``n_saved`` bookkeeping is
+            rebuilt from the files (ignite's list starts empty, so older checkpoints were never pruned again).
 
     Returns:
         The checkpoint path being resumed from, or ``None`` (disabled or nothing to resume; a warning is logged).
     """
+    ckpt_dir = Path(ckpt_dir)
     if not enabled:
+        stale = _interval_checkpoints(ckpt_dir)
+        if stale and is_main_process():
+            dest = ckpt_dir / time.strftime("previous_run_%Y%m%d-%H%M%S")
+            dest.mkdir(parents=True, exist_ok=True)
+            for _, path in stale:
+                os.replace(path, dest / path.name)
+            logger.warning("resume=False: moved %d checkpoints of an earlier run to %s", len(stale), dest)
         return None
     path = find_latest_checkpoint(ckpt_dir)
     if path is None:
@@ -222,6 +251,24 @@ def attach_resume(
         return None
     logger.info("resuming training from %s", path)
     CheckpointLoader(load_path=path, load_dict=dict(load_dict), map_location=map_location).attach(engine)
+    horizons = {k: v.T_max for k, v in load_dict.items() if isinstance(v, torch.optim.lr_scheduler.CosineAnnealingLR)}
+    if horizons:
+        from ignite.engine import Events
+
+        def _keep_horizons(_engine: Any) -> None:  # registered after the loader: runs once it has loaded
+            for k, t_max in horizons.items():
+                if load_dict[k].T_max != t_max:
+                    logger.info("%s: T_max %s from the checkpoint -> %s as configured", k, load_dict[k].T_max, t_max)
+                    load_dict[k].T_max = t_max
+
+        engine.add_event_handler(Events.STARTED, _keep_horizons)
+    interval = getattr(saver, "_interval_checkpoint", None)
+    if interval is not None and is_main_process():
+        files = [p for _, p in _interval_checkpoints(ckpt_dir)]
+        keep = files[-interval.n_saved :] if interval.n_saved else files
+        for old in files[: len(files) - len(keep)]:
+            old.unlink()
+        interval._saved = [type(interval).Item(n, p.name) for n, p in _interval_checkpoints(ckpt_dir)]
     return path
 
 
@@ -268,18 +315,24 @@ class KeyMetricState:
             st.best_metric_epoch = int(state_dict.get("best_metric_epoch", -1))
 
 
+# the keys MONAI/ignite checkpoints keep a network's state dict under (``key`` is tried first)
+STATE_DICT_KEYS = ("model", "network", "state_dict", "net", "network_weights")
+
+
 def load_checkpoint(
     network: torch.nn.Module, path: str | os.PathLike, key: str | None = "model", map_location: Any = "cpu", strict: bool = True
 ) -> torch.nn.Module:
     """Load network weights from a MONAI/ignite checkpoint file (``{key: state_dict, ...}`` or a bare state dict).
 
-    Used by evaluation/inference configs before anything is written, so a missing checkpoint stops the bundle
-    with a clear message instead of half-written outputs. ``DistributedDataParallel``/``DataParallel`` wrappers
-    are unwrapped.
+    The state dict is taken from ``key``, else from the first of :data:`STATE_DICT_KEYS` holding one, else the
+    file is a bare state dict (possibly with ignite's ``"checkpointer"`` bookkeeping entry beside the tensors).
+    Loaded with ``weights_only=True``. Used by evaluation/inference configs before anything is written, so a
+    missing checkpoint stops the bundle with a clear message instead of half-written outputs.
+    ``DistributedDataParallel``/``DataParallel`` wrappers are unwrapped.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says how to produce it).
-        KeyError: ``key`` is not in the checkpoint.
+        KeyError: the file holds no state dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -288,15 +341,20 @@ def load_checkpoint(
             "<output_dir>/models/model.pt) or point ckpt_path / output_dir at an existing one."
         )
     state = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(state, Mapping) and key is not None and isinstance(state.get(key), Mapping):
-        state = state[key]
-    elif isinstance(state, Mapping):
-        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-        if not tensors:
-            raise KeyError(f"checkpoint {str(path)!r} has no {key!r} entry and no tensors (entries: {sorted(state)}).")
-        # a bare state dict (MONAI/ignite save a single object without a key), possibly with ignite's
-        # "checkpointer" bookkeeping entry beside the tensors
-        state = tensors
+    if isinstance(state, Mapping):
+        keys = ([key] if key is not None else []) + [k for k in STATE_DICT_KEYS if k != key]
+        found = next((k for k in keys if isinstance(state.get(k), Mapping)), None)
+        if found is not None:
+            state = state[found]
+        else:
+            tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+            if not tensors:
+                raise KeyError(
+                    f"checkpoint {str(path)!r} has no state dict under {keys} and no tensors (entries: {sorted(state)})."
+                )
+            state = tensors
+    else:
+        raise KeyError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict.")
     module = network.module if isinstance(network, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else network
     module.load_state_dict(state, strict=strict)
     logger.info("loaded weights from %s", path)
@@ -400,7 +458,19 @@ class EpochValidationHandler(ValidationHandler):
 
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=_due), self)
         if self.exec_at_start:
-            engine.add_event_handler(Events.STARTED, self)
+            # at the run's first EPOCH_STARTED, not at STARTED: a resume loader attached later also fires at STARTED
+            # and must restore the weights (and the best-metric state) before this validation
+            pending = {"run": False}
+            engine.add_event_handler(Events.STARTED, lambda _e: pending.update(run=True))
+
+            def _at_start(eng: Any) -> None:
+                if pending["run"]:
+                    pending["run"] = False
+                    if self.validator is None:
+                        raise RuntimeError("EpochValidationHandler: set validator before training.")
+                    self.validator.run(eng.state.epoch - 1)  # the epoch the weights come from, as at STARTED
+
+            engine.add_event_handler(Events.EPOCH_STARTED, _at_start)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -504,6 +574,7 @@ class ProgressLogger:
     def _started(self, engine: Any) -> None:
         self._t0 = time.perf_counter()
         self._start_epoch = None
+        self._start_iteration = 0
 
     def _epoch_started(self, engine: Any) -> None:
         self._t_epoch = time.perf_counter()
@@ -538,6 +609,8 @@ class ProgressLogger:
 
     def _completed(self, engine: Any) -> None:
         st = engine.state
+        if self._start_epoch is None:  # no epoch ran: resumed from the final checkpoint
+            self._start_epoch, self._start_iteration = int(st.epoch), int(st.iteration)
         summary: dict[str, Any] = {
             "epochs_completed": int(st.epoch),
             "max_epochs": int(st.max_epochs or 0),

@@ -210,3 +210,12 @@ def test_instance_metrics_under_rotation():
     for m in ("aji", "pq"):
         v = r.per_angle[m] + [r.per_flip["v"][m]]
         assert 0.0 < v[0] < 1.0 and max(v) - min(v) < 1e-6, (m, v)
+
+
+def test_refuses_to_run_inside_a_multi_process_distributed_run(monkeypatch):
+    """MONAI's Dice would gather across ranks (AUC would not; one rank alone would hang): refuse clearly."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    x = torch.rand(1, 1, 8, 8)
+    with pytest.raises(RuntimeError, match="single process"):
+        rotation_robustness(torch.nn.Conv2d(1, 2, 1), (x, (x > 0.5).long()), angles=(0,), flips=())

@@ -143,10 +143,17 @@ def test_load_checkpoint_formats(tmp_path):
     ref = {k: v.clone() for k, v in net.state_dict().items()}
     torch.save({"model": ref, "optimizer": {"x": {}}}, tmp_path / "a.pt")
     torch.save({**ref, "checkpointer": {"_saved": []}}, tmp_path / "b.pt")  # ignite single-object + include_self
-    for f in ("a.pt", "b.pt"):
-        other = torch.nn.Linear(3, 2)
-        load_checkpoint(other, tmp_path / f)
-        assert torch.equal(other.weight, ref["weight"])
+    torch.save({"network": ref, "epoch": 3}, tmp_path / "c.pt")
+    from monai_gmr.evaluation import load_checkpoint as evaluation_load_checkpoint
+
+    for f in ("a.pt", "b.pt", "c.pt"):
+        for load in (load_checkpoint, evaluation_load_checkpoint):  # one loader behind both names
+            other = torch.nn.Linear(3, 2)
+            load(other, tmp_path / f)
+            assert torch.equal(other.weight, ref["weight"]), (f, load.__module__)
+    torch.save({"optimizer": {"x": {}}}, tmp_path / "d.pt")
+    with pytest.raises(KeyError, match="no state dict"):
+        load_checkpoint(net, tmp_path / "d.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(net, tmp_path / "missing.pt")
 
@@ -373,3 +380,70 @@ def test_key_metric_state_carries_the_evaluator_best(tmp_path):
 def _save(path, obj):
     torch.save(obj, path)
     return path
+
+
+def _run_with_saver(d, epochs, resume, seed=0, n=4):
+    trainer, net, opt = _tiny_trainer(None, max_epochs=epochs, n=n)
+    torch.manual_seed(seed)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
+    sd = {"model": net, "optimizer": opt, "lr_scheduler": sched, "trainer": trainer}
+    saver = AtomicCheckpointSaver(save_dir=str(d), save_dict=sd, save_interval=1, n_saved=2)
+    saver.attach(trainer)
+    pl = ProgressLogger(interval=0, summary_file=Path(d) / "summary.json")
+    pl.attach(trainer)
+    lrs = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: lrs.append(opt.param_groups[0]["lr"]))
+    path = attach_resume(trainer, resume, d, sd, saver=saver)
+    trainer.run()
+    return path, pl.summary, sorted(p.name for p in Path(d).glob("checkpoint_*.pt")), lrs
+
+
+def test_fresh_run_moves_an_earlier_runs_checkpoints_aside(tmp_path):
+    """resume=False: an older, longer run's checkpoints must not be what a later resume picks up."""
+    _run_with_saver(tmp_path, 4, False)  # leaves epochs 3, 4
+    _, _, files, _ = _run_with_saver(tmp_path, 2, False, seed=1)
+    assert files == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+    aside = list(tmp_path.glob("previous_run_*/checkpoint_epoch=*.pt"))
+    assert sorted(p.name for p in aside) == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt"]
+    assert Path(find_latest_checkpoint(tmp_path)).name == "checkpoint_epoch=2.pt"
+
+
+def test_resume_keeps_pruning_and_the_configured_schedule(tmp_path):
+    """After a resume n_saved still prunes the older files, and a longer run keeps its cosine horizon (T_max)
+    instead of the checkpoint's (the learning rate would climb back after the old end)."""
+    _run_with_saver(tmp_path, 3, False)
+    path, summary, files, lrs = _run_with_saver(tmp_path, 6, True)
+    assert Path(path).name == "checkpoint_epoch=3.pt"
+    assert files == ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
+    assert summary["resumed"] is True and summary["start_epoch"] == 3
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and len(lrs) == 3  # epochs 4-6: still decaying
+    # resuming from the final checkpoint: nothing runs, and the summary says it resumed
+    _, summary, files, lrs = _run_with_saver(tmp_path, 6, True)
+    assert lrs == [] and files == ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
+    assert summary["resumed"] is True and summary["start_epoch"] == 6 and summary["epochs_completed"] == 6
+
+
+def test_validation_at_start_runs_after_the_resume_loader(tmp_path):
+    """exec_at_start validates the restored weights, not the fresh ones (the loader is attached later)."""
+    from monai.engines import SupervisedEvaluator
+
+    first, net0, opt0 = _tiny_trainer(None, max_epochs=2, n=4)
+    AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net0, "optimizer": opt0, "trainer": first},
+                          save_interval=1).attach(first)
+    first.run()
+    trainer, net, opt = _tiny_trainer(None, max_epochs=3, n=4)
+    saved = torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=False)["model"]["weight"]
+    loader = torch.utils.data.DataLoader([{"image": torch.rand(1, 8, 8), "label": torch.zeros(1, 8, 8)}], batch_size=1)
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=net)
+    seen = []
+    from ignite.engine import Events
+
+    evaluator.add_event_handler(Events.COMPLETED, lambda e: seen.append((e.state.epoch, torch.equal(net.weight, saved))))
+    EpochValidationHandler(interval=5, validator=evaluator, exec_at_start=True).attach(trainer)
+    attach_resume(trainer, True, tmp_path, {"model": net, "optimizer": opt, "trainer": trainer})
+    trainer.run()
+    # once at the start (the restored weights, labelled with their epoch), once after the last epoch
+    assert seen == [(2, True), (3, False)]
