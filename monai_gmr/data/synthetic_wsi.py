@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -538,14 +539,14 @@ def make_synthetic_wsi(
             "root": str(out), "slides": slides_meta, **abs_splits}  # fmt: skip
 
 
-def _level_downsample(slide: Path, level: int, cache: dict[str, list[float]]) -> float:
+def _level_downsample(slide: Path, level: int, cache: dict[str, list[float]], backend: str = "openslide") -> float:
     """Downsample of ``level`` of ``slide`` (1 for level 0 without opening it; the slide is opened once)."""
     if level == 0:
         return 1.0
     from monai_gmr.data.wsi import slide_info
 
     if str(slide) not in cache:
-        cache[str(slide)] = slide_info(slide)["downsamples"]
+        cache[str(slide)] = slide_info(slide, backend)["downsamples"]
     dss = cache[str(slide)]
     if not -len(dss) <= level < len(dss):
         raise ValueError(f"slide {str(slide)!r} has no level {level} ({len(dss)} levels)")
@@ -561,16 +562,19 @@ def patch_csv_to_datalist(
     test_frac: float = 0.2,
     seed: int = 0,
     center: bool = True,
+    backend: str = "openslide",
 ) -> Path:
     """Turn a patch CSV (``slide,x,y,label`` and optional ``level``, ``size``, ``split``) into a datalist JSON.
 
     ``x``/``y`` are level-0 pixels: with ``center`` the level-0 patch centres (the datalist convention, see the
     module docstring), else level-0 top-left corners, which are converted (for ``level > 0`` with the slide's
     downsample, so the slide is opened); ``slide`` paths are relative to the CSV. Rows with a ``split`` column keep it, the others are split
-    with :func:`monai_gmr.data.datalist.split_items` (stratified by label).
+    with :func:`monai_gmr.data.datalist.split_items` (stratified by label). ``backend``: the ``WSIReader``
+    backend that opens slides for their downsamples.
 
     Raises:
-        FileNotFoundError: the CSV does not exist. ValueError: missing columns or bad values (row named).
+        FileNotFoundError: the CSV does not exist. ValueError: missing columns, bad values or an unreadable slide
+        (row named).
     """
     csv_path = Path(csv_path).absolute()  # slide paths relative to it must not stay relative to the working folder
     if not csv_path.is_file():
@@ -594,9 +598,9 @@ def patch_csv_to_datalist(
             slide = Path(r["slide"])
             slide = slide if slide.is_absolute() else (csv_path.parent / slide)
             if not center:  # top-left corners -> level-0 centres
-                y, x = level0_center((y, x), (sz, sz), _level_downsample(slide, lvl, downsamples))
+                y, x = level0_center((y, x), (sz, sz), _level_downsample(slide, lvl, downsamples, backend))
             item = {"image": str(slide), "location": [y, x], "size": [sz, sz], "level": lvl, "label": int(r["label"])}
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError) as e:  # WSIError (an unreadable slide) is a ValueError
             raise ValueError(f"patch CSV {str(csv_path)!r} row {n}: {e}") from e
         split = (r.get("split") or "").strip()
         if split:
@@ -621,6 +625,22 @@ def _holds_slides(folder: Path) -> bool:
         if p.is_file() and p.name.lower().endswith((*SLIDE_EXTENSIONS, ".csv", ".json", ".h5")):
             return True
     return False
+
+
+def _check_location_convention(root: Path) -> None:
+    """Refuse a synthetic dataset with ``patch_level > 0`` written by an earlier generator (before the WSI bundle's
+    0.1.2): its locations follow MONAI's ``location - size // 2`` while patches are read around the level-0 centre,
+    so about 1 in 6 labels disagree with the tissue read. Level-0 datasets are the same under both conventions."""
+    meta_path = root / SLIDES_JSON
+    if not meta_path.is_file():
+        return
+    meta = json.loads(meta_path.read_text())
+    if int(meta.get("patch_level", 0)) > 0 and "location - size // 2" in str(meta.get("location", "")):
+        raise ValueError(
+            f"dataset_dir {str(root)!r} holds synthetic slides generated with patch_level={meta['patch_level']} under "
+            "the old location convention (location - size // 2): its labels do not match the patches read. Delete "
+            "the folder to regenerate it."
+        )
 
 
 def ensure_wsi_dataset(
@@ -653,6 +673,7 @@ def ensure_wsi_dataset(
     root = Path(dataset_dir)
     datalist = root / datalist_name
     if datalist.is_file():
+        _check_location_convention(root)
         logger.info("using the slide dataset in %s (%s)", root, datalist_name)
         return datalist
     if root.exists() and not root.is_dir():

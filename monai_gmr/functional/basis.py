@@ -14,6 +14,7 @@ baseline of the paper).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -35,9 +36,14 @@ SMOOTHING_MODES = ("gaussian", "none")
 LOG_SIGMA_MIN = math.log(1e-2)
 
 
+def _is_int(value: object) -> bool:
+    """An integer (Python or NumPy); bools and floats are not (``int()`` would silently truncate a float)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _ints(values: Sequence) -> bool:
-    """Every value is a Python int (bools and floats are not: ``int()`` would silently truncate them)."""
-    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    """Every value is an integer (see :func:`_is_int`)."""
+    return all(_is_int(v) for v in values)
 
 
 def check_kernel_size(kernel_size: int | tuple[int, ...] | list[int], spatial_dims: int) -> int:
@@ -53,8 +59,9 @@ def check_kernel_size(kernel_size: int | tuple[int, ...] | list[int], spatial_di
                 f"got kernel_size={tuple(kernel_size)}."
             )
         kernel_size = int(kernel_size[0])
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+    if not _is_int(kernel_size):
         raise ValueError(f"kernel_size must be an odd positive int, got kernel_size={kernel_size!r}.")
+    kernel_size = int(kernel_size)  # a NumPy integer becomes a Python int
     if kernel_size <= 0 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd positive int, got kernel_size={kernel_size}.")
     return kernel_size

@@ -180,7 +180,7 @@ class GMRResNet(nn.Module):
         out_channels: alias of ``num_classes`` (so configs written for ``out_channels`` work, as for
             :class:`~monai_gmr.nets.GCNNResNet`).
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
-            ``circular``, ``impl``, ``padding_mode``); any other keyword raises ``ValueError``.
+            ``circular``, ``impl``, ``padding_mode``, ``dilation``); any other keyword raises ``ValueError``.
 
     Attributes:
         downsample_factor: total down-sampling; exact invariance needs every spatial size divisible by it.
@@ -220,7 +220,7 @@ class GMRResNet(nn.Module):
                 f"num_classes={num_classes}, out_channels={out_channels}."
             )
         num_classes = num_classes if num_classes is not None else out_channels if out_channels is not None else 2
-        check_gmr_kwargs(gmr_kwargs)
+        check_gmr_kwargs(gmr_kwargs, extra=("dilation",))
         if isinstance(block, str):
             if block not in _BLOCKS:
                 raise ValueError(f"block must be one of {tuple(_BLOCKS)} or a block class, got block={block!r}.")

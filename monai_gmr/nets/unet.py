@@ -135,7 +135,9 @@ class GMRUNet(nn.Module):
             (otherwise such inputs raise ``ValueError``).
         pad_mode: ``"constant"`` (zeros), ``"reflect"`` or ``"replicate"`` padding for ``pad_to_multiple``.
         gmr_kwargs: extra :class:`monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
-            ``circular``, ``impl``, ``padding_mode``); any other keyword raises ``ValueError``.
+            ``circular``, ``impl``, ``padding_mode``, ``dilation``, ``groups``) and the
+            :class:`~monai_gmr.nn.GMRConvolution` block's ``adn_ordering``/``dropout_dim``; any other keyword raises
+            ``ValueError``.
 
     Shapes:
         ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``.
@@ -178,7 +180,8 @@ class GMRUNet(nn.Module):
             raise ValueError(f"pooling must be one of {POOL_MODES}, got pooling={pooling!r}.")
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got pad_mode={pad_mode!r}.")
-        check_gmr_kwargs(gmr_kwargs)  # e.g. conv_only/strides/padding would reach GMRConvolution and break the net
+        # conv_only/strides/padding would reach GMRConvolution and break the net; these extras keep it equivariant
+        check_gmr_kwargs(gmr_kwargs, extra=("dilation", "groups", "adn_ordering", "dropout_dim"))
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels

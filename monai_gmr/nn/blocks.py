@@ -16,24 +16,27 @@ __all__ = ["GMRConvolution", "GMR_CONV_KWARGS", "check_gmr_kwargs"]
 GMR_CONV_KWARGS = ("padding_mode", "num_rings", "smoothing", "sigma", "circular", "impl")
 
 
-def check_gmr_kwargs(gmr_kwargs: dict) -> None:
+def check_gmr_kwargs(gmr_kwargs: dict, extra: Sequence[str] = ()) -> None:
     """Validate extra :class:`GMRConv` keyword arguments before anything is built from them.
 
     Args:
         gmr_kwargs: keyword arguments forwarded to every :class:`GMRConv` (keys from :data:`GMR_CONV_KWARGS`).
+        extra: further keys the caller accepts and forwards itself (e.g. ``dilation`` or ``GMRConvolution``'s
+            ``adn_ordering`` in a network); only the :data:`GMR_CONV_KWARGS` values are checked by a trial GMRConv.
 
     Raises:
-        ValueError: a key outside :data:`GMR_CONV_KWARGS` (e.g. a misspelling, or a geometry argument such as
-            ``strides``/``padding`` that the network sets itself), or a value :class:`GMRConv` rejects.
+        ValueError: a key outside :data:`GMR_CONV_KWARGS` and ``extra`` (e.g. a misspelling, or a geometry argument
+            such as ``strides``/``padding`` that the network sets itself), or a value :class:`GMRConv` rejects.
     """
-    unexpected = sorted(k for k in gmr_kwargs if k not in GMR_CONV_KWARGS)
+    allowed = (*GMR_CONV_KWARGS, *extra)
+    unexpected = sorted(k for k in gmr_kwargs if k not in allowed)
     if unexpected:
         raise ValueError(
             f"unexpected keyword argument(s) {', '.join(unexpected)}: extra keywords are passed to every GMRConv, "
-            f"which takes only {', '.join(GMR_CONV_KWARGS)} here."
+            f"which takes only {', '.join(allowed)} here."
         )
     try:
-        GMRConv(2, 1, 1, 3, **gmr_kwargs)
+        GMRConv(2, 1, 1, 3, **{k: v for k, v in gmr_kwargs.items() if k in GMR_CONV_KWARGS})
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid GMRConv keyword argument: {e}") from e
 

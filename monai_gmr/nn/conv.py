@@ -29,7 +29,7 @@ from monai_gmr.functional import (
     support_mask,
     synthesize_kernel,
 )
-from monai_gmr.functional.basis import _ints
+from monai_gmr.functional.basis import _ints, _is_int
 
 __all__ = ["GMRConv", "GMRConv2d", "GMRConv3d", "SIGMA_MODES", "DC_GAIN_FRACTION"]
 
@@ -48,9 +48,9 @@ def _single(value: int | Sequence[int], name: str, spatial_dims: int) -> int:
         if len(value) != spatial_dims or not _ints(value) or len(set(value)) != 1:
             raise ValueError(f"{name} must be an int or {spatial_dims} equal ints, got {name}={tuple(value)}.")
         value = int(value[0])
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not _is_int(value):
         raise ValueError(f"{name} must be an int, got {name}={value!r}.")
-    return value
+    return int(value)
 
 
 class GMRConv(nn.Module):
@@ -276,11 +276,17 @@ class GMRConv(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double() drop the cache
         self._kernel_cache = None
+        before = {name: self._buffers[name] for name in ("distances", "mask", "centers")}
         out = super()._apply(fn, recurse)
-        for name, exact in self._geometry().items():  # round the float64 geometry to the new dtype, not twice
-            buf = self._buffers[name]
-            if buf is not None and buf.is_floating_point() and buf.device.type != "meta":
-                self._buffers[name] = exact.to(device=buf.device, dtype=buf.dtype)
+        changed = [n for n, b in before.items() if self._buffers[n] is not b]  # a no-op .to() keeps the tensors
+        if changed:
+            with torch.inference_mode(False):  # buffers made inside inference mode could not enter autograd later
+                exact = self._geometry()
+            for name in changed:  # round the float64 geometry to the new dtype, not twice
+                buf = self._buffers[name]
+                if buf is not None and buf.is_floating_point() and buf.device.type != "meta":
+                    with torch.inference_mode(False):
+                        self._buffers[name] = exact[name].to(device=buf.device, dtype=buf.dtype)
         return out
 
     def _load_from_state_dict(self, *args, **kwargs):

@@ -165,6 +165,27 @@ def test_patches_at_level_1_are_labelled_by_the_footprint_the_bundle_reads(tmp_p
     assert not bad, f"{len(bad)} of {len(items)} labels disagree with the tumour mask under the read patch"
 
 
+def test_level_1_datasets_of_the_old_location_convention_are_refused(tmp_path):
+    """A synthetic level-1 dataset written under the old convention (location - size // 2) has wrong labels for the
+    patches read: it is refused with a message saying to regenerate; level-0 and current datasets are used."""
+    import json
+
+    from monai_gmr.data import ensure_wsi_dataset
+
+    for level in (0, 1):
+        root = tmp_path / f"l{level}"
+        make_synthetic_wsi(root, n_slides=1, size=512, seed=0, patches_per_slide=6, patch_size=32, patch_level=level)
+        assert ensure_wsi_dataset(root).is_file()
+        meta = json.loads((root / "slides.json").read_text())
+        meta["location"] = "[y, x] level-0, PatchWSIDataset center_location=True convention (top-left = location - size // 2)"
+        (root / "slides.json").write_text(json.dumps(meta))
+        if level == 0:
+            assert ensure_wsi_dataset(root).is_file()
+        else:
+            with pytest.raises(ValueError, match="regenerate"):
+                ensure_wsi_dataset(root)
+
+
 def test_slide_split_with_three_slides(tmp_path):
     res = make_synthetic_wsi(tmp_path, n_slides=3, size=512, seed=1, patches_per_slide=6, patch_size=32)
     by_split = {k: {i["slide"] for i in res[k]} for k in ("training", "validation", "test")}

@@ -145,6 +145,14 @@ def test_out_channels_alias_of_num_classes(fn):
         assert GMRResNet(layers=(1, 1, 1, 1), out_channels=4, **args).num_classes == 4
 
 
+def test_dilation_passes_through_and_stays_invariant():
+    torch.manual_seed(0)
+    net = gmr_resnet18(spatial_dims=2, in_channels=1, num_classes=3, **TINY, dilation=2).eval()
+    assert all(m.dilation == 2 for m in net.modules() if isinstance(m, GMRConv))
+    err = _invariance(net, torch.randn(2, 1, 32, 32), d4_elements())
+    assert max(err.values()) < 1e-4
+
+
 def test_bad_input_shape():
     net = gmr_resnet18(2, 3, 2, **TINY)
     with pytest.raises(ValueError, match="in_channels=3"):

@@ -180,6 +180,17 @@ def test_bad_arguments(kwargs, match):
         GMRUNet(**args)
 
 
+def test_block_keywords_still_pass_through_and_stay_equivariant():
+    """dilation / adn_ordering / dropout_dim reach every GMRConvolution (they worked before the keyword check)."""
+    torch.manual_seed(0)
+    net = GMRUNet(2, 1, 2, **TINY, dilation=2, adn_ordering="ADN", dropout_dim=2).eval()
+    assert all(m.dilation == 2 for m in net.modules() if type(m).__name__ == "GMRConv" and m.kernel_size > 1)
+    x = torch.randn(1, 1, 32, 32)
+    y = net(x)
+    for g in d4_elements():
+        assert rel_err(net(g(x)), g(y)) < 1e-4
+
+
 def test_bad_input_shape():
     net = GMRUNet(2, 3, 2, **TINY)
     with pytest.raises(ValueError, match="in_channels=3"):

@@ -46,6 +46,12 @@ def test_parameter_count_grows_with_rings_not_area():
 
 
 # ----------------------------------------------------------------------------------------- validation
+def test_numpy_integers_are_accepted():
+    m = GMRConv(2, 1, 1, (np.int64(5),) * 2, stride=(np.int64(1),) * 2, padding=np.int32(2))
+    assert (m.kernel_size, m.stride, m.padding) == (5, 1, 2) and type(m.kernel_size) is int
+    assert GMRConv(2, 1, 1, np.int64(3)).kernel_size == 3
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -355,3 +361,16 @@ def test_monai_factory_registration():
     assert isinstance(layer, GMRConv) and layer(torch.randn(1, 4, 6, 6)).shape == (1, 8, 6, 6)
     with pytest.raises(ValueError, match="spatial_dims"):
         Conv["GMR", 1]
+
+
+def test_to_inside_inference_mode_keeps_the_module_trainable():
+    """A no-op .to()/.float() (or a real .double()) inside inference mode must not leave inference-tensor geometry
+    buffers behind: training through basis() afterwards would fail."""
+    m = GMRConv(2, 2, 2, 5)
+    with torch.inference_mode():
+        m.to("cpu")
+        m.float()
+    x = torch.randn(1, 2, 8, 8)
+    m.train()
+    m(x).sum().backward()
+    assert m.weight.grad is not None and not m.distances.is_inference()
