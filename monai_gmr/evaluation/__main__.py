@@ -3,8 +3,9 @@
 Reads MONAI bundle config(s) with ``monai.bundle.ConfigParser`` and writes the rotation-robustness report
 (JSON, CSV, polar PNG). See docs/robustness.md for the config contract. Examples::
 
-    python -m monai_gmr.evaluation --config_file bundles/x/configs/evaluate.json --ckpt_path bundles/x/models/model.pt \\
-        --output_dir eval/robustness --angles "[0, 45, 90]" --flips "['h']" --validate#dataloader#batch_size 4
+    python -m monai_gmr.evaluation --config_file bundles/x/configs/train.json,bundles/x/configs/evaluate.json \\
+        --ckpt_path bundles/x/outputs/models/model.pt --output_dir eval/robustness --angles "[0, 45, 90]" \\
+        --flips "['h']" --validate#dataloader#batch_size 4
 """
 
 from __future__ import annotations

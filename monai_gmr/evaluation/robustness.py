@@ -226,8 +226,8 @@ def rotation_robustness(
     that gather). The bundles evaluate with the single-process ``configs/evaluate.json``.
 
     Raises:
-        ValueError: empty ``angles``, unknown ``metrics``/``task``/``region``, or a label whose size does not match
-            the image.
+        ValueError: empty ``angles``, unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does
+            not match the image, or label values outside the output classes.
         RuntimeError: called inside a distributed run with more than one process.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
@@ -252,7 +252,10 @@ def rotation_robustness(
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
     flips = list(flips or ())
     geoms = make_geometries(angles, flips, spatial_dims, axes, product=False, padding_mode=padding_mode)
-    geoms[0].valid_mask([4] * spatial_dims, image_mode)  # validates image_mode early
+    try:  # validates image_mode early
+        geoms[0].valid_mask([4] * spatial_dims, image_mode)
+    except ValueError as e:
+        raise ValueError(f"image_mode: {e} (got image_mode={image_mode!r})") from e
     inferer = inferer if inferer is not None else SimpleInferer()
     if device is None:
         params = list(network.parameters()) if isinstance(network, torch.nn.Module) else []

@@ -163,6 +163,8 @@ def test_bad_arguments():
         rotation_robustness(_identity_net, data, task="detection")
     with pytest.raises(ValueError, match="region"):
         rotation_robustness(_identity_net, data, region="corners")
+    with pytest.raises(ValueError, match="image_mode='foo'"):
+        rotation_robustness(_identity_net, data, image_mode="foo")
     with pytest.raises(ValueError, match="image_key|image"):
         rotation_robustness(_identity_net, [{"img": lab.float(), "label": lab}])
     with pytest.raises(ValueError, match="label"):  # instance ids without label_transform
