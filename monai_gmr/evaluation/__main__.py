@@ -26,7 +26,7 @@ logger = logging.getLogger("monai_gmr.evaluation")
 ROBUSTNESS_ARGS = (
     "angles", "flips", "metrics", "task", "inferer", "spatial_dims", "axes", "image_key", "label_key", "instance_key",
     "image_mode", "padding_mode", "region", "radius_frac", "include_background", "activation", "label_transform",
-    "model_name", "amp", "auc_storage",
+    "model_name", "amp", "auc_storage", "merge_foreground", "instance_kwargs",
 )  # fmt: skip
 
 

@@ -15,8 +15,9 @@ hand-written because MONAI's ``compute_roc_auc`` runs a Python loop over all sam
 pixels) and needs all scores in one tensor.
 
 Instance metrics (optional, ``"aji"``, ``"pq"``): predicted instances come from the class map by the nuclei
-bundle's own post-processing (``monai_gmr.workflows.instance_from_semantic``: connected components of the nuclei,
-full connectivity; with 3 classes the boundary pixels join the nearest interior component), ground-truth instances are the instance-id label rotated with ``nearest``; both are
+bundle's own post-processing (``monai_gmr.workflows.instance_from_semantic``: by default connected components of
+the nuclei with full connectivity, or the inference settings given as ``instance_kwargs``; with 3 classes the
+boundary pixels join the nearest interior component), ground-truth instances are the instance-id label rotated with ``nearest``; both are
 cut to the validity mask. PQ is MONAI's ``compute_panoptic_quality`` (IoU > 0.5 matching). AJI (Kumar et al., IEEE
 TMI 2017) has no MONAI implementation; it is written here following the widely used "fast AJI" of HoVer-Net
 (Graham et al. 2019, ``get_fast_aji``): each ground-truth nucleus is paired with the predicted one of highest IoU,
@@ -27,6 +28,8 @@ unpaired nuclei of either side add their area to the union. Both are computed pe
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from monai.metrics import DiceMetric, MeanIoU
@@ -182,6 +185,13 @@ class SegmentationAccumulator:
         include_background: include class 0 in Dice/IoU/AUC (for binary tasks ``False`` means foreground only).
         activation: see :func:`to_probabilities`.
         auc_storage: device where AUC scores are accumulated.
+        merge_foreground: outputs with more than 2 classes are nuclei classes (e.g. interior and boundary): Dice,
+            IoU and AUC score their sum as one nucleus class (:func:`monai_gmr.workflows.nuclei.merge_foreground`)
+            while the instances come from the full class map (:func:`monai_gmr.workflows.nuclei.nucleus_class_map`,
+            boundary class 2 with 3 classes), as the nuclei bundle's inference writes them.
+        instance_kwargs: arguments of :func:`monai_gmr.workflows.instance_from_semantic` for the predicted
+            instances (``method``, ``min_size``, ``connectivity``; default: connected components with full
+            connectivity and no size filter); pass the inference settings to score what inference writes.
     """
 
     def __init__(
@@ -190,8 +200,12 @@ class SegmentationAccumulator:
         include_background: bool = False,
         activation: str | None = "auto",
         auc_storage: torch.device | str | None = None,
+        merge_foreground: bool = False,
+        instance_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.metrics = tuple(metrics)
+        self.merge_foreground = merge_foreground
+        self.instance_kwargs = dict(instance_kwargs or {})
         self.include_background = include_background
         self.activation = activation
         self.auc_storage = auc_storage
@@ -211,6 +225,13 @@ class SegmentationAccumulator:
         instances: ground-truth instance ids ``(N, 1, *spatial)`` (required for ``"aji"`` / ``"pq"``).
         """
         probs = _class_probs(to_probabilities(y_pred, self.activation))
+        class_map, boundary = None, None
+        if self.merge_foreground and probs.shape[1] > 2:
+            from monai_gmr.workflows.nuclei import merge_foreground, nucleus_class_map  # lazy, as below
+
+            class_map = torch.stack([nucleus_class_map(p) for p in probs]).long()
+            boundary = 2 if probs.shape[1] == 3 else None
+            probs = torch.stack([merge_foreground(p) for p in probs])
         k = probs.shape[1]
         if self.num_classes is None:
             self.num_classes = k
@@ -248,18 +269,21 @@ class SegmentationAccumulator:
                 raise ValueError(
                     f"instances must have the label's shape {tuple(labels.shape)}, got {tuple(instances.shape)}."
                 )
-            # predicted instances: the bundle's own post-processing (connected components of the nuclei, full
-            # connectivity; with 3 classes, boundary pixels join the nearest interior component)
+            # predicted instances: the bundle's own post-processing (instance_from_semantic; with 3 classes, boundary
+            # pixels join the nearest interior component)
             from monai_gmr.workflows.common import instance_from_semantic  # lazy: workflows build on evaluation
 
-            sem = pred_idx
+            if class_map is None:
+                sem, boundary = pred_idx, (2 if k == 3 else None)
+            else:
+                sem = class_map.to(pred_idx.device)
             inst = instances.long()
             if m is not None:
                 sem, inst = torch.where(m, sem, 0), torch.where(m, inst, 0)
-            boundary = 2 if k == 3 else None
+            kw = {"connectivity": sem.ndim - 2, **self.instance_kwargs}
             names = tuple(self.instance)
             for i in range(sem.shape[0]):
-                pred_inst = instance_from_semantic(sem[i, 0], boundary_class=boundary, connectivity=sem.ndim - 2)
+                pred_inst = instance_from_semantic(sem[i, 0], boundary_class=boundary, **kw)
                 vals = instance_metrics(torch.from_numpy(pred_inst).long(), inst[i, 0].cpu(), names)
                 for name, v in vals.items():
                     if not math.isnan(v):

@@ -173,6 +173,8 @@ def rotation_robustness(
     model_name: str = "model",
     amp: bool = False,
     auc_storage: torch.device | str | None = None,
+    merge_foreground: bool = False,
+    instance_kwargs: Mapping[str, Any] | None = None,
 ) -> RobustnessResult:
     """Evaluate ``network`` on ``data`` under every rotation angle and flip.
 
@@ -217,6 +219,10 @@ def rotation_robustness(
         model_name: name in reports.
         amp: run the network under ``torch.autocast`` on the device.
         auc_storage: device keeping the AUC scores (default: ``device``; 4 bytes per scored pixel per view).
+        merge_foreground, instance_kwargs: segmentation with several nuclei classes (e.g. interior + boundary):
+            Dice/IoU/AUC of their sum, instances from the full class map with these
+            :func:`~monai_gmr.workflows.instance_from_semantic` settings (see
+            :class:`~monai_gmr.evaluation.metrics.SegmentationAccumulator`).
 
     Returns:
         :class:`RobustnessResult`.
@@ -267,7 +273,10 @@ def rotation_robustness(
         network.to(device).eval()
 
     if task == "segmentation":
-        accs: list[Any] = [SegmentationAccumulator(metrics, include_background, activation, auc_storage) for _ in geoms]
+        accs: list[Any] = [
+            SegmentationAccumulator(metrics, include_background, activation, auc_storage, merge_foreground, instance_kwargs)
+            for _ in geoms
+        ]
     else:
         accs = [ClassificationAccumulator(metrics, activation) for _ in geoms]
     mask_cache: dict[tuple, torch.Tensor] = {}
@@ -338,6 +347,8 @@ def rotation_robustness(
         "radius_frac": radius_frac if region == "disk" else None,
         "include_background": include_background,
         "activation": activation,
+        "merge_foreground": merge_foreground,
+        "instance_kwargs": dict(instance_kwargs or {}),
         "inferer": type(inferer).__name__,
         "device": str(device),
         "forward_passes_per_batch": len(geoms),

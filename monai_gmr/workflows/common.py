@@ -695,8 +695,9 @@ def instance_from_semantic(
     Methods:
         - ``"connected_components"``: connected foreground regions (``scipy.ndimage.label``). With
           ``boundary_class`` set (3-class models: background / interior / boundary), the seeds are the connected
-          interior regions and every other foreground pixel (the predicted boundaries) joins its nearest seed
-          (exact Euclidean distance transform), which separates touching objects.
+          interior regions and every other foreground pixel (the predicted boundaries) joins the nearest seed of
+          its own foreground region (exact Euclidean distance transform), which separates touching objects; a
+          region without interior pixels is one object.
         - ``"watershed"``: marker watershed on the distance transform of the foreground (scikit-image
           ``peak_local_max`` + ``watershed``), the classic split of touching blobs for binary masks.
 
@@ -731,9 +732,14 @@ def instance_from_semantic(
             if n == 0:
                 inst, _ = ndimage.label(fg, structure=structure)
             else:
-                # assign each remaining foreground pixel the id of its nearest seed pixel
+                # each remaining foreground pixel joins the nearest seed of its own foreground blob; a blob without
+                # interior pixels (a nucleus predicted as boundary only) is an object of its own
+                blobs, _ = ndimage.label(fg, structure=structure)
                 _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-                inst = np.where(fg, seeds[tuple(idx)], 0)
+                same = blobs[tuple(idx)] == blobs
+                inst = np.where(fg & same, seeds[tuple(idx)], 0)
+                rest, _ = ndimage.label(fg & ~same, structure=structure)
+                inst = np.where(rest > 0, rest + n, inst)
     else:
         try:
             from skimage.feature import peak_local_max
@@ -741,9 +747,14 @@ def instance_from_semantic(
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("method='watershed' needs scikit-image (pip install scikit-image).") from e
         dist = ndimage.distance_transform_edt(fg)
-        coords = peak_local_max(dist, min_distance=max(int(min_distance), 1), labels=ndimage.label(fg)[0])
+        blobs, n_blobs = ndimage.label(fg, structure=structure)
+        # exclude_border=False: the default drops seeds near the image edge and with them whole nuclei
+        coords = peak_local_max(dist, min_distance=max(int(min_distance), 1), labels=blobs, exclude_border=False)
         markers = np.zeros(sem.shape, dtype=np.int32)
         markers[tuple(coords.T)] = np.arange(1, len(coords) + 1)
+        unseeded = np.setdiff1d(np.arange(1, n_blobs + 1), np.unique(blobs[tuple(coords.T)]))
+        for j, b in enumerate(unseeded, start=len(coords) + 1):  # every blob gets at least one marker
+            markers[tuple(np.argwhere(blobs == b)[0])] = j
         inst = watershed(-dist, markers, mask=fg)
     inst = inst.astype(np.int64)
     if min_size > 0 and inst.max() > 0:

@@ -159,6 +159,21 @@ def test_inference_masks_have_the_foreground_validation_scores(tmp_path, num_cla
     assert ((torch.as_tensor(d["instance"][0]) > 0) <= fg).all()
 
 
+def test_evaluation_scores_the_instances_inference_writes(tmp_path):
+    """evaluate.json's AJI/PQ use inference.json's instance settings and the unmerged class map."""
+    over = dict(output_dir=str(tmp_path / "o"), metadata=METADATA)
+    ev = config_parser([TRAIN, EVALUATE], **over)
+    inf = config_parser([INFERENCE], **over)
+    for key in ("instance_method", "min_nucleus_size"):
+        assert ev.get_parsed_content(key) == inf.get_parsed_content(key), key
+    rob = ev.get_parsed_content("robustness")
+    assert rob["merge_foreground"] is True
+    assert rob["instance_kwargs"] == {"method": inf.get_parsed_content("instance_method"),
+                                      "min_size": inf.get_parsed_content("min_nucleus_size"), "connectivity": 1}
+    step = next(t for t in inf.get_parsed_content("postprocessing").transforms if type(t).__name__ == "InstanceMaskd")
+    assert step.kwargs["connectivity"] == 1 and step.kwargs["min_size"] == rob["instance_kwargs"]["min_size"]
+
+
 # ---------------------------------------------------------------------------------------------------------- metadata
 def test_verify_metadata_offline(tmp_path):
     from monai.bundle import verify_metadata

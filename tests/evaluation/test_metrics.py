@@ -164,3 +164,27 @@ def test_accumulator_instance_metrics_and_missing_instances():
     assert acc.compute()["aji"] == 1.0
     with pytest.raises(ValueError, match="instance"):
         SegmentationAccumulator(("aji",)).update(logits, fg)
+
+
+def test_boundary_class_outputs_score_the_instances_inference_writes():
+    """With interior + boundary classes, merge_foreground scores Dice on the merged nucleus class and builds the
+    instances from the full class map (touching nuclei split by their boundary), as inference does; the merged
+    2-class view of the same output merges the touching nuclei. instance_kwargs reaches instance_from_semantic."""
+    gt = torch.zeros(1, 1, 12, 20, dtype=torch.long)
+    gt[0, 0, 2:10, 2:10], gt[0, 0, 2:10, 10:18] = 1, 2  # two touching square nuclei
+    gt[0, 0, 0, 0] = 3  # a one-pixel nucleus
+    cls = (gt > 0).long()
+    cls[0, 0, 2:10, 9:11] = 2  # the boundary between the two squares
+    logits = 10.0 * torch.nn.functional.one_hot(cls[:, 0], 3).permute(0, 3, 1, 2).float()
+    fg = (gt > 0).long()
+    acc = SegmentationAccumulator(("dice", "aji", "pq"), merge_foreground=True)
+    acc.update(logits, fg, instances=gt)
+    r = acc.compute()
+    assert r["dice"] == pytest.approx(1.0) and r["aji"] == pytest.approx(1.0) and r["pq"] == pytest.approx(1.0, abs=1e-5)
+    merged = torch.cat([logits[:, :1], torch.logsumexp(logits[:, 1:], 1, keepdim=True)], 1)  # ForegroundInferer-like
+    acc = SegmentationAccumulator(("dice", "aji"))
+    acc.update(merged, fg, instances=gt)
+    assert acc.compute()["aji"] < 0.6
+    acc = SegmentationAccumulator(("aji",), merge_foreground=True, instance_kwargs={"min_size": 2})
+    acc.update(logits, fg, instances=gt)  # the one-pixel nucleus is dropped: a missed nucleus
+    assert acc.compute()["aji"] == pytest.approx(128 / 129)

@@ -276,6 +276,25 @@ def test_instance_from_semantic_boundary_splits_touching():
         instance_from_semantic(np.zeros((2, 3, 4, 5)))
 
 
+def test_boundary_pixels_stay_in_their_own_nucleus_and_edge_nuclei_survive_watershed():
+    # a nucleus predicted as boundary only must not join a distant nucleus's id
+    sem = np.zeros((12, 12), np.int64)
+    sem[1:6, 1:6] = 2
+    sem[2:5, 2:5] = 1
+    sem[8:10, 8:10] = 2
+    for conn in (1, 2):
+        inst = instance_from_semantic(sem, boundary_class=2, connectivity=conn)
+        assert inst.max() == 2 and inst[8, 8] != inst[3, 3] and np.array_equal(inst > 0, sem > 0)
+        assert len(np.unique(inst[1:6, 1:6])) == 1 and len(np.unique(inst[8:10, 8:10])) == 1
+    # watershed keeps nuclei touching the image border (peak_local_max drops border seeds by default)
+    edge = np.zeros((10, 10), np.int64)
+    edge[0:2, 0:2] = 1
+    edge[0:3, 5:8] = 1
+    edge[6:9, 2:5] = 1
+    ws = instance_from_semantic(edge, method="watershed")
+    assert ws.max() == 3 and np.array_equal(ws > 0, edge > 0)
+
+
 def test_instance_maskd_keeps_meta():
     from monai.data import MetaTensor
 
