@@ -123,6 +123,12 @@ class RotationTTAInferer(Inferer):
         return self._weight_cache[key]
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        if self.activation == "softmax" and y.shape[1] == 1 and (self.average == "probs" or self.output == "probs"):
+            # a softmax over one channel is 1 everywhere: every prediction would become the same constant
+            raise ValueError(
+                "RotationTTAInferer(activation='softmax') got a network output with a single channel; use "
+                "activation='sigmoid' for single-logit networks."
+            )
         if self.average == "logits":
             return y
         return torch.softmax(y, dim=1) if self.activation == "softmax" else torch.sigmoid(y)

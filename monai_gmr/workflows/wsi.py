@@ -581,11 +581,13 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
             from PIL import Image
 
             with Image.open(p) as im:
+                if "A" in im.getbands():  # LA / RGBA / PA: the alpha band is not tumour
+                    im = im.convert("L" if im.mode in ("LA", "La") else "RGB")
                 arr = np.asarray(im)
     except Exception as e:
         raise ValueError(f"cannot read mask {str(path)!r}: {type(e).__name__}: {e}") from e
     arr = np.asarray(arr)
-    if arr.ndim == 3:
+    if arr.ndim == 3:  # channel-last colour masks (RGB) or channel-first stacks: non-zero in any channel
         arr = arr.max(axis=-1) if arr.shape[-1] in (3, 4) else arr.max(axis=0)
     if arr.ndim != 2:
         raise ValueError(f"mask {str(path)!r} must be 2D, got shape {arr.shape}.")
@@ -621,14 +623,28 @@ def map_quality(
 
     Returns:
         ``{"pixel_auc" (exact ROC-AUC, ties 1/2; None if one class is absent), "dice" (1.0 when both the
-        thresholded map and the mask are empty), "threshold", "n_pixels", "tumour_fraction"}``.
+        thresholded map and the mask are empty, None when no pixel is valid), "threshold", "n_pixels",
+        "tumour_fraction"}``.
+
+    Raises:
+        ValueError: a map that is not 2D, a ``valid`` of another shape, or a mask whose aspect ratio differs from
+        the map's by more than 5% (e.g. a transposed mask, which resizing would silently distort).
     """
     from monai_gmr.evaluation import roc_auc_exact
 
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2:
         raise ValueError(f"prob must be a 2D map, got shape {prob.shape}.")
-    gt = _resize_nearest(np.asarray(label_mask), prob.shape) > 0
+    label_mask = np.asarray(label_mask)
+    if label_mask.ndim != 2:
+        raise ValueError(f"label_mask must be 2D, got shape {label_mask.shape}.")
+    aspect, mask_aspect = prob.shape[0] / prob.shape[1], label_mask.shape[0] / label_mask.shape[1]
+    if abs(mask_aspect - aspect) > 0.05 * aspect:
+        raise ValueError(
+            f"label_mask of shape {label_mask.shape} does not have the map's aspect ratio ({prob.shape}): a transposed "
+            "or wrongly cropped mask?"
+        )
+    gt = _resize_nearest(label_mask, prob.shape) > 0
     v = np.ones(prob.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     if v.shape != prob.shape:
         raise ValueError(f"valid mask shape {v.shape} does not match the map shape {prob.shape}.")
@@ -640,7 +656,7 @@ def map_quality(
         auc = float(roc_auc_exact(torch.from_numpy(p), torch.from_numpy(g)))
     pred = p >= threshold
     denom = int(pred.sum()) + pos
-    dice = 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, g).sum() / denom)
+    dice = None if n == 0 else 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, g).sum() / denom)
     return {"pixel_auc": auc, "dice": dice, "threshold": float(threshold), "n_pixels": n,
             "tumour_fraction": float(pos / n) if n else None}
 
@@ -844,9 +860,9 @@ def infer_slide(
        on HSV saturation; block-averaged so the longer side is at most ``map_max_size``); MONAI
        ``SlidingPatchWSIDataset`` lays a grid of ``patch_size`` patches at ``patch_level`` (``overlap``) and the
        patches whose footprint is at least ``min_tissue`` tissue are classified; each fills its grid cell of the
-       map, which has the tissue mask's grid. ``mode="masked"``: MONAI ``MaskedPatchWSIDataset`` (one patch
-       centred on every pixel of its own Otsu tissue mask at ``mask_level``: a dense map at that level; patches
-       leaving the slide are dropped).
+       map, which has the tissue mask's grid. ``mode="masked"``: MONAI ``MaskedPatchWSIDataset``'s layout (one patch
+       centred on every pixel of the :func:`~monai_gmr.data.tissue_mask` at ``mask_level``, full resolution: a
+       dense map at that level; patches leaving the slide are dropped).
     3. Batched inference through ``inferer`` (default ``SimpleInferer``; e.g.
        ``monai_gmr.inferers.RotationTTAInferer(task="classification")`` for rotation TTA), softmax (sigmoid for a
        single output channel). Under ``torch.distributed`` the patches are sharded with MONAI's
@@ -876,7 +892,7 @@ def infer_slide(
         monai_gmr.data.WSIError (a ``ValueError``; ``SlideNotFoundError`` also a ``FileNotFoundError``): missing or
         unreadable slide, missing level, no tissue patch, failed read; every message names the slide.
     """
-    from monai.data import DataLoader, DistributedSampler, MaskedPatchWSIDataset, SlidingPatchWSIDataset
+    from monai.data import DataLoader, DistributedSampler, PatchWSIDataset, SlidingPatchWSIDataset
 
     from monai_gmr.data.wsi import WSIError, open_slide, resolve_level, tissue_mask
 
@@ -933,23 +949,24 @@ def infer_slide(
             centres = (locs + foot / 2.0) / mr
             cells = np.stack([np.round(centres - stride / 2.0), np.round(centres + stride / 2.0)], 1).astype(int)
         else:
-            mr = lvl_ds
-            h, w = thumb.shape[1:]
-            ds = MaskedPatchWSIDataset(
-                data=[{"image": path}], patch_size=ps, patch_level=patch_level, mask_level=mask_level,
-                transform=transform, reader=reader,
-            )
-            mloc = np.array([np.asarray(d["mask_location"], dtype=np.int64) for d in ds.data]).reshape(-1, 2)
-            tissue = np.zeros((h, w), bool)
-            tissue[mloc[:, 0], mloc[:, 1]] = True
-            # MONAI centres a patch on every tissue pixel; drop those whose footprint leaves the slide (openslide
-            # would pad them with black, tifffile would return a truncated patch)
+            # one patch centred on every pixel of the package's tissue mask at mask_level (MaskedPatchWSIDataset's
+            # layout and location formula; its own plain Otsu mask would skip tissue_mask's brightness, saturation
+            # and area rules, e.g. classify a black scanner background and miss the tissue)
+            tissue, _, mr = tissue_mask(path, level=mask_level, backend=reader, max_size=None)
+            h, w = tissue.shape
+            thumb = thumb[:, :h, :w]
+            mloc = np.argwhere(tissue).astype(np.int64).reshape(-1, 2)
+            locs = np.round((mloc + 0.5) * mr - foot // 2).astype(np.int64)
+            # drop patches whose footprint leaves the slide (openslide would pad them with black, tifffile would
+            # return a truncated patch)
             h0, w0 = (int(v) for v in reader.get_size(wsi, 0))
-            locs = np.array([np.asarray(d["location"], dtype=np.float64) for d in ds.data]).reshape(-1, 2)
             inside = (locs >= 0).all(1) & (locs[:, 0] + foot[0] <= h0) & (locs[:, 1] + foot[1] <= w0)
-            keep = np.flatnonzero(inside)
-            ds.data = [ds.data[i] for i in keep]
-            mloc = mloc[keep]
+            mloc, locs = mloc[inside], locs[inside]
+            ds = PatchWSIDataset(
+                data=[{"image": path, "location": [int(v) for v in loc], "label": 0} for loc in locs],
+                patch_size=ps, patch_level=patch_level, center_location=False, include_label=False,
+                transform=transform, reader=reader,
+            )  # fmt: skip
             cells = np.stack([mloc, mloc + 1], 1)
     except WSIError:
         raise
@@ -1127,10 +1144,11 @@ def _slides_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     scored = [e["metrics"] for e in ok if e.get("metrics")]
     if scored:
         aucs = [m["pixel_auc"] for m in scored if m.get("pixel_auc") is not None]
+        dices = [m["dice"] for m in scored if m.get("dice") is not None]  # None: no valid pixel on that slide
         out["map_quality"] = {
             "n_slides": len(scored),
             "mean_pixel_auc": float(np.mean(aucs)) if aucs else None,
-            "mean_dice": float(np.mean([m["dice"] for m in scored])),
+            "mean_dice": float(np.mean(dices)) if dices else None,
         }
     return out
 

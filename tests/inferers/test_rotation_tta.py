@@ -153,3 +153,10 @@ def test_bad_arguments():
         RotationTTAInferer()(torch.randn(1, 16, 16), SimpleInferer())
     with pytest.raises(ValueError, match="classification"):
         RotationTTAInferer()(torch.randn(1, 1, 8, 8), lambda t: t.mean((2, 3)))
+    # a single logit under softmax would be a constant 1 (a 0.5 map after the caller's sigmoid)
+    one_logit = lambda t: t.mean((2, 3))  # noqa: E731
+    with pytest.raises(ValueError, match="sigmoid"):
+        RotationTTAInferer(task="classification")(torch.randn(2, 1, 8, 8), one_logit)
+    x = torch.randn(2, 1, 8, 8)
+    out = RotationTTAInferer(task="classification", activation="sigmoid", output="probs")(x, one_logit)
+    torch.testing.assert_close(out, torch.sigmoid(one_logit(x)))  # the mean is rotation invariant

@@ -149,14 +149,31 @@ def test_load_mask_formats_and_errors(tmp_path):
     np.save(tmp_path / "m.npy", m)
     Image.fromarray(m * 255).save(tmp_path / "m.png")
     Image.fromarray(np.stack([m * 255] * 3, -1)).save(tmp_path / "rgb.png")
+    # opaque alpha bands are not tumour (RGBA counted everything, LA was reduced over the rows)
+    Image.fromarray(np.stack([m * 255] * 3 + [np.full_like(m, 255)], -1)).save(tmp_path / "rgba.png")
+    Image.fromarray(np.stack([m * 255, np.full_like(m, 255)], -1), mode="LA").save(tmp_path / "la.png")
     tifffile.imwrite(tmp_path / "m.tif", m)
-    for f in ("m.npy", "m.png", "rgb.png", "m.tif"):
+    for f in ("m.npy", "m.png", "rgb.png", "rgba.png", "la.png", "m.tif"):
         np.testing.assert_array_equal(load_mask(tmp_path / f) > 0, m > 0)
     with pytest.raises(FileNotFoundError, match="nothere.png"):
         load_mask(tmp_path / "nothere.png")
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="bad.png"):
         load_mask(tmp_path / "bad.png")
+
+
+def test_map_quality_refuses_a_mask_of_another_aspect_and_scores_nothing_as_none():
+    from monai_gmr.workflows.wsi import map_quality
+
+    prob = np.zeros((40, 60), np.float32)
+    prob[10:20, 10:30] = 1.0
+    gt = prob > 0.5
+    assert map_quality(prob, gt)["dice"] == 1.0
+    assert map_quality(prob, np.kron(gt, np.ones((2, 2))))["dice"] == 1.0  # another resolution is fine
+    with pytest.raises(ValueError, match="aspect"):
+        map_quality(prob, gt.T)
+    empty = map_quality(prob, gt, valid=np.zeros(prob.shape, bool))
+    assert empty["n_pixels"] == 0 and empty["dice"] is None and empty["pixel_auc"] is None
 
 
 def test_save_heatmap(tmp_path):
@@ -373,6 +390,27 @@ def test_infer_slide_masked_mode_tifffile_and_level(wsi_data):
     assert np.abs(a.prob - b.prob).mean() < 0.02
 
 
+def test_masked_mode_uses_the_package_tissue_mask(tmp_path):
+    """Masked mode lays a patch on every pixel of tissue_mask (near-black background is not tissue), not on
+    MONAI's plain Otsu mask, which took the black background for tissue and missed the tissue itself."""
+    from monai_gmr.data import WSIError, tissue_mask, write_pyramidal_tiff
+    from monai_gmr.workflows.wsi import infer_slide
+
+    rng = np.random.default_rng(0)
+    dark = np.clip(rng.normal(5, 3, (256, 384, 3)), 0, 255).astype(np.uint8)
+    dark[64:192, 128:256] = (230, 140, 190)
+    write_pyramidal_tiff(tmp_path / "on_dark.tiff", dark, compression="deflate", n_levels=2, tile_size=128)
+    tissue = tissue_mask(tmp_path / "on_dark.tiff", level=1, max_size=None)[0]
+    res = infer_slide(tmp_path / "on_dark.tiff", DarkNucleiNet(), None, mode="masked", patch_size=8, mask_level=1,
+                      batch_size=1024)  # fmt: skip
+    assert tissue.sum() == 64 * 64 and res.n_patches == tissue.sum()
+    assert (res.covered == tissue).all()
+    blank = np.clip(rng.normal(5, 3, (256, 256, 3)), 0, 255).astype(np.uint8)
+    write_pyramidal_tiff(tmp_path / "blank.tiff", blank, compression="deflate", n_levels=2, tile_size=128)
+    with pytest.raises(WSIError, match="blank.tiff"):
+        infer_slide(tmp_path / "blank.tiff", DarkNucleiNet(), None, mode="masked", patch_size=8, mask_level=1)
+
+
 def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
     from monai_gmr.inferers import RotationTTAInferer
     from monai_gmr.workflows.wsi import infer_slide
@@ -384,6 +422,21 @@ def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
                       inferer=RotationTTAInferer(angles=[0, 90, 180, 270], flips=["h"], task="classification"))  # fmt: skip
     assert tta.settings["inferer"] == "RotationTTAInferer"
     np.testing.assert_allclose(tta.prob, plain.prob, atol=1e-4)  # invariant network: TTA changes nothing
+    # a network that is not invariant (top rows vs bottom rows): the TTA map is the mean of the four rotated
+    # views' probabilities, which differs from the plain map, so TTA cannot be skipped unnoticed
+
+    def updown(x: torch.Tensor) -> torch.Tensor:
+        d = 20.0 * (x[:, 0, :8].mean((1, 2)) - x[:, 0, -8:].mean((1, 2)))
+        return torch.stack([torch.zeros_like(d), d], 1)
+
+    plain = infer_slide(s, updown, None, patch_size=PATCH, batch_size=128)
+    tta = infer_slide(s, updown, None, patch_size=PATCH, batch_size=128,
+                      inferer=RotationTTAInferer(angles=[0, 90, 180, 270], task="classification"))  # fmt: skip
+    assert np.abs(tta.prob - plain.prob)[plain.covered].max() > 0.1
+    one = infer_slide(s, updown, None, patch_size=PATCH, batch_size=128,
+                      inferer=lambda x, net: torch.log(torch.stack([torch.softmax(net(torch.rot90(x, k, (2, 3))), 1)
+                                                                    for k in range(4)]).mean(0)))  # fmt: skip
+    np.testing.assert_allclose(tta.prob, one.prob, atol=1e-5)
 
 
 def test_infer_slide_errors_name_the_slide(wsi_data, tmp_path):
