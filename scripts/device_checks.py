@@ -11,8 +11,12 @@ script does the preparation here and the run there, so a GPU session spends its 
     ``run`` tool call (command and ``carry``).
 
 ``run`` (there)
-    installs the wheels into ``/tmp/site``, then runs the selected parts one after another under one deadline. A
-    part is skipped when its estimate no longer fits; a running part is stopped at the deadline. After every part
+    installs the wheels into ``/tmp/site``, runs a pre-flight (CUDA visible, Triton importable, one strict
+    ``GMRConv(impl="triton")`` forward + backward; exit 2 without running anything if it fails), then runs the
+    selected parts one after another under one deadline, with ``MONAI_GMR_REQUIRE_GPU=1`` (CUDA tests fail rather
+    than skip) and ``MONAI_GMR_TRITON_STRICT=1`` (no silent fallback from Triton to dense). A part is time-boxed to
+    twice its estimate (at least estimate + 60 s), skipped when its estimate no longer fits, and stopped at the
+    deadline. After every part
     the results are packed again into ``$OUT/device_results.tar.gz`` with ``$OUT/device_summary.{json,md}``
     (part, issue, return code, seconds, command), so a command stopped by the tool's limit still returns what was
     finished. Unpack with ``tar xzf device_results.tar.gz``.
@@ -112,7 +116,8 @@ class Part:
 PARTS: dict[str, Part] = {
     p.name: p
     for p in (
-        Part("gpu_tests", "7, 2", 150.0, ("{py}", "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "{xdist}", "tests"),
+        Part("gpu_tests", "7, 2", 150.0, ("{py}", "-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider", "{xdist}",
+                                         "tests/functional/test_triton_conv.py"),
              "every CUDA test (Triton correctness of the final tile defaults, CUDA dispatch, AMP)"),
         Part("bench_nets", "3", 200.0, ("{py}", "scripts/bench_nets.py", "--device", "cuda", "--out", "{work}/bench_nets"),
              "training/inference throughput and peak memory, GMR nets vs MONAI nets"),
@@ -222,8 +227,10 @@ def prepare(args: argparse.Namespace) -> int:
     logger.info("wheels: %d files; carried in all (wheels + data): %.1f MiB (the device tool carries at most 64 MiB "
                 "including the working tree)", len(wheels), size / 2**20)  # fmt: skip
     parts = args.parts or "gpu_tests,bench_nets,wsi_throughput,triton_unet"
+    # the CPM-15 copy only travels when a chosen part reads it (transfers count against the device time)
+    needs_data = any("{data}" in a for n in parts.split(",") if n.strip() in PARTS for a in PARTS[n.strip()].argv)
     print(json.dumps({"command": f"python3 scripts/device_checks.py run --parts {parts} --deadline-s 540",
-                      "carry": [".whl", ".gpu_data"], "timeout_s": 600}, indent=2))  # fmt: skip
+                      "carry": [".whl", ".gpu_data"] if needs_data else [".whl"], "timeout_s": 600}, indent=2))  # fmt: skip
     return 1 if unmet else 0
 
 
@@ -237,18 +244,34 @@ def _install_wheels(site: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _pack(work: Path, out: Path, records: list[dict]) -> None:
-    """Write ``device_summary.{json,md}`` and ``device_results.tar.gz`` (every file under ``work``) into ``out``,
-    each atomically (the package's writers: importable once the wheels are installed and on ``sys.path``)."""
-    from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text
+#: files left out of the results tarball (slides, checkpoints, maps): one tarball over the tool's 16 MiB per-file
+#: limit would lose every result
+BULKY = (".tif", ".tiff", ".svs", ".pt", ".pth", ".npy", ".npz", ".h5")
 
+
+def _replace_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _pack(work: Path, out: Path, records: list[dict]) -> None:
+    """Write ``device_summary.{json,md}`` and ``device_results.tar.gz`` (the files under ``work`` but
+    :data:`BULKY` ones) into ``out``, each atomically. Standard library only (written by hand rather than with
+    ``monai_gmr.utils``): packing must work even when the package or its dependencies fail to import there."""
+    out.mkdir(parents=True, exist_ok=True)
     lines = ["| part | issue | status | rc | seconds | command |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['part']} | {r['issue']} | {r['status']} | {r.get('rc', '')} | {r.get('seconds', '')} | "
               f"`{r.get('command', '')}` |" for r in records]  # fmt: skip
-    atomic_write_json(out / "device_summary.json", records)
-    atomic_write_text(out / "device_summary.md", "\n".join(lines) + "\n")
-    with atomic_path(out / "device_results.tar.gz", suffix=".tmp") as tmp, tarfile.open(tmp, "w:gz") as tar:
-        tar.add(work, arcname="device_results")
+    _replace_atomically(out / "device_summary.json", lambda t: t.write_text(json.dumps(records, indent=2)))
+    _replace_atomically(out / "device_summary.md", lambda t: t.write_text("\n".join(lines) + "\n"))
+
+    def tar_work(t: Path) -> None:
+        with tarfile.open(t, "w:gz") as tar:
+            tar.add(work, arcname="device_results",
+                    filter=lambda info: None if info.isfile() and info.name.lower().endswith(BULKY) else info)
+
+    _replace_atomically(out / "device_results.tar.gz", tar_work)
 
 
 def command(part: Part, fill: dict[str, str]) -> list[str]:
@@ -288,7 +311,8 @@ def run_parts(parts: list[Part], work: Path, out: Path, deadline_s: float, env: 
         else:
             logger.info("running %s (issue %s): %s", part.name, part.issue, rec["command"])
             start = time.monotonic()
-            rc = _run_one(argv, work / f"{part.name}.log", env, left)
+            # time-boxed to twice its estimate (at least a minute more), so one hang cannot eat the others' time
+            rc = _run_one(argv, work / f"{part.name}.log", env, min(left, max(2 * part.estimate_s, part.estimate_s + 60)))
             rec["seconds"] = round(time.monotonic() - start, 1)
             rec["rc"] = rc
             rec["status"] = "timeout" if rc is None else ("ok" if rc == 0 else "failed")
@@ -296,6 +320,41 @@ def run_parts(parts: list[Part], work: Path, out: Path, deadline_s: float, env: 
         records.append(rec)
         _pack(work, out, records)
     return records
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+PREFLIGHT = """
+import torch, triton
+assert torch.cuda.is_available(), "CUDA is not available to torch " + torch.__version__
+from monai_gmr import GMRConv
+from monai_gmr.functional import triton_conv as tc
+calls = []
+real = tc.triton_forward
+tc.triton_forward = lambda *a, **k: calls.append(1) or real(*a, **k)
+m = GMRConv(2, 4, 4, 5, impl="triton").cuda()
+x = torch.randn(1, 4, 16, 16, device="cuda", requires_grad=True)
+m(x).sum().backward()
+torch.cuda.synchronize()
+assert calls, "GMRConv(impl='triton') did not launch the Triton kernels"
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}, "
+      f"{torch.cuda.get_device_name(0)}: Triton forward + backward ok")
+"""
+
+
+def _preflight(env: dict[str, str], timeout: float = 180.0) -> tuple[bool, str]:
+    """CUDA visible, Triton importable, one GMRConv(impl="triton") forward + backward through the Triton kernels
+    (strict: no fallback); run before any part, so a machine without them fails loudly instead of reporting skipped
+    tests as passed. Returns ``(ok, output)``."""
+    try:
+        done = subprocess.run([sys.executable, "-c", PREFLIGHT], env=env, cwd=str(ROOT), capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False, f"pre-flight did not finish in {timeout:.0f} s"
+    return done.returncode == 0, done.stdout + done.stderr
 
 
 def run(args: argparse.Namespace) -> int:
@@ -309,13 +368,22 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--work {work} is inside the repository (the benchmarks refuse that); choose a folder outside {ROOT}")
     env = dict(os.environ)
     paths = [str(ROOT)]
-    if not args.no_install:
+    if not args.no_install and not args.dry_run:
         site = Path(args.site)
-        _install_wheels(site)
+        try:
+            _install_wheels(site)
+        except (subprocess.CalledProcessError, OSError) as e:
+            _pack(work if work.is_dir() else _mkdir(work), out, [{"part": "install", "issue": "-", "status": "failed",
+                                                                 "reason": f"{type(e).__name__}: {e}"}])  # fmt: skip
+            logger.error("installing the wheels failed: %s", e)
+            return 2
         paths.insert(0, str(site))
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    sys.path[:0] = paths  # this process too (the result packing uses monai_gmr.utils)
     env["PYTHONUNBUFFERED"] = "1"
+    # GPU tests fail (not skip) without CUDA/Triton, and a Triton failure raises instead of falling back to a dense
+    # result that the tests and benchmarks would count as Triton
+    env["MONAI_GMR_REQUIRE_GPU"] = "1"
+    env["MONAI_GMR_TRITON_STRICT"] = "1"
     try:
         import xdist  # noqa: F401
 
@@ -327,6 +395,14 @@ def run(args: argparse.Namespace) -> int:
         for n in names:
             print(f"{n} (issue {PARTS[n].issue}, ~{PARTS[n].estimate_s:.0f} s): {shlex.join(command(PARTS[n], fill))}")
         return 0
+    if not args.no_preflight:
+        ok, report = _preflight(env)
+        (_mkdir(work) / "preflight.log").write_text(report)
+        if not ok:
+            _pack(work, out, [{"part": "preflight", "issue": "-", "status": "failed", "reason": report[-2000:]}])
+            logger.error("pre-flight failed, no part run:\n%s", report)
+            return 2
+        logger.info("pre-flight: %s", report.strip().splitlines()[-1] if report.strip() else "")
     records = run_parts([PARTS[n] for n in names], work, out, args.deadline_s, env, fill)
     print((out / "device_summary.md").read_text())
     return 0 if all(r["status"] in ("ok", "skipped") for r in records) else 1
@@ -348,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--nuclei-epochs", type=int, default=100, help="epochs of the nuclei part (the benchmark default is 300)")
     pr.add_argument("--no-install", action="store_true", help="use the installed packages (no wheels)")
     pr.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    pr.add_argument("--no-preflight", action="store_true",
+                    help="skip the CUDA/Triton pre-flight (only for trying the script without a GPU)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return prepare(args) if args.cmd == "prepare" else run(args)

@@ -14,6 +14,7 @@ from ``scripts/bench_conv.py`` runs recorded in ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "select_impl",
     "gmr_conv",
     "conv_nd",
+    "TRITON_STRICT_ENV",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 IMPLS = ("auto", "dense", "rings", "triton")
 # (device type, spatial dims, kernel size, dtype) where the Triton kernels raised once: not tried again
 _TRITON_FAILED: set[tuple[str, int, int, str]] = set()
+#: set to "1" to re-raise a Triton compile/launch failure instead of falling back to the dense/rings path (GPU tests
+#: and benchmarks: a silent fallback would be counted as Triton)
+TRITON_STRICT_ENV = "MONAI_GMR_TRITON_STRICT"
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # Measured choice of implementation: (device type, spatial_dims) -> rules, first match wins; no match -> "dense".
@@ -193,6 +198,8 @@ def gmr_conv(
                 try:
                     return gmr_conv_triton(x, weight, basis, bias, circular=circular)
                 except Exception as e:  # compile / launch failure on this GPU: fall back, never crash a forward pass
+                    if os.environ.get(TRITON_STRICT_ENV) == "1":  # tests and benchmarks: a fallback would pass as Triton
+                        raise
                     _TRITON_FAILED.add(key)
                     logger.warning("impl='triton' failed for %s (%s: %s); using the dense/rings path from now on.",
                                    key, type(e).__name__, e)  # fmt: skip

@@ -19,12 +19,14 @@ import pytest
 import torch
 
 from monai_gmr.functional import gmr_conv, offset_distances, select_impl, support_mask, synthesize_kernel
+import monai_gmr.functional.conv as conv_mod
 from monai_gmr.functional import triton_conv as tc
 from monai_gmr.nn import GMRConv
-from tests.conftest import rel_err, requires_cuda
+from tests.conftest import REQUIRE_GPU, rel_err, requires_cuda
 
 HAS_TRITON = tc.triton_available()
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+# on a GPU machine (MONAI_GMR_REQUIRE_GPU=1) a missing Triton is a failure, not a skip
+needs_triton = pytest.mark.skipif(not HAS_TRITON and not REQUIRE_GPU, reason="triton is not installed")
 
 
 # ---------------------------------------------------------------------------------------------------- shell table
@@ -238,10 +240,12 @@ def _compare(d, shape, c_out, k, dtype, tol, device, autocast=False, circular=Tr
     ref = _grads(ref_m, x, g)
     m = copy.deepcopy(ref_m)
     m.impl = "triton"
+    launches = len(_TRITON_CALLS)
     if autocast:
         got = _grads(m.float(), x.float(), g, autocast_dtype=dtype)
     else:
         got = _grads(m.to(dtype), x.to(dtype), g)
+    assert len(_TRITON_CALLS) > launches, "the Triton kernels were never called (the dispatcher took another path)"
     names = ["output", "grad_input", "grad_weight"]
     names += ["grad_log_sigma"] if smoothing == "gaussian" else []
     names += ["grad_bias"] if bias else []
@@ -258,9 +262,24 @@ def _compare(d, shape, c_out, k, dtype, tol, device, autocast=False, circular=Tr
     return got
 
 
+_TRITON_CALLS: list[int] = []  # launches seen since the poison fixture started (checked by _compare)
+
+
 @pytest.fixture
 def poison(monkeypatch):
+    """Unwritten outputs become NaN, a Triton failure raises instead of falling back to dense, and the test fails
+    unless the Triton path actually ran (a silent fallback would pass every comparison with the dense reference)."""
     monkeypatch.setattr(tc, "_POISON", True)
+    monkeypatch.setenv(conv_mod.TRITON_STRICT_ENV, "1")
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    _TRITON_CALLS.clear()
+    real = tc.triton_forward  # every Triton forward/backward kernel launch of the convolution goes through it
+
+    def counted(*args, **kwargs):
+        _TRITON_CALLS.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tc, "triton_forward", counted)
 
 
 # ---------------------------------------------------------------------------------------------------- interpreter
@@ -459,8 +478,6 @@ def _expand(w: torch.Tensor, t, d: int) -> torch.Tensor:
 
 def test_runtime_failure_falls_back_to_dense(monkeypatch, caplog):
     """A Triton compile/launch error in the forward pass is logged once and the call is served by the dense path."""
-    import monai_gmr.functional.conv as conv_mod
-
     calls = []
 
     def broken(*args, **kwargs):
@@ -479,6 +496,11 @@ def test_runtime_failure_falls_back_to_dense(monkeypatch, caplog):
     assert rel_err(y1, ref) < 1e-12 and rel_err(y2, ref) < 1e-12
     assert len(calls) == 1  # not retried for the same configuration
     assert sum("out of resources" in r.message for r in caplog.records) == 1
+    # strict mode (GPU tests and benchmarks): the failure surfaces instead of a dense result counted as Triton
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    monkeypatch.setenv(conv_mod.TRITON_STRICT_ENV, "1")
+    with pytest.raises(RuntimeError, match="out of resources"):
+        gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
 
 
 def test_module_goes_through_the_same_dispatch(monkeypatch):

@@ -47,7 +47,8 @@ def _part(name, code, estimate=1.0):
 def test_run_parts_statuses_deadline_and_packing(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     parts = [
-        _part("ok", "import pathlib; pathlib.Path('{work}/ok.txt').write_text('done'); print('hello')"),
+        _part("ok", "import pathlib; pathlib.Path('{work}/ok.txt').write_text('done'); "
+                    "pathlib.Path('{work}/model.pt').write_bytes(b'0' * 100); print('hello')"),
         _part("fails", "import sys; sys.exit(3)"),
         _part("too_long", "pass", estimate=1e6),
         # the benchmarks start subprocesses: at the deadline the whole process group must go, grandchildren too
@@ -67,6 +68,7 @@ def test_run_parts_statuses_deadline_and_packing(tmp_path):
     with tarfile.open(out / "device_results.tar.gz") as tar:
         names = set(tar.getnames())
         assert {"device_results/ok.txt", "device_results/ok.log", "device_results/hangs.log"} <= names
+        assert "device_results/model.pt" not in names  # bulky outputs stay out of the one tarball
         assert tar.extractfile("device_results/ok.log").read().decode().strip() == "hello"
         assert b"stopped at the deadline" in tar.extractfile("device_results/hangs.log").read()
     assert not list(out.glob("*.tmp"))
@@ -80,6 +82,29 @@ def test_run_rejects_unknown_parts_and_work_inside_repo(tmp_path):
         dc.main(["run", "--parts", "gpu_tests,nope", "--no-install", "--dry-run"])
     with pytest.raises(SystemExit, match="inside the repository"):
         dc.main(["run", "--parts", "gpu_tests", "--no-install", "--work", str(ROOT / "w"), "--out", str(tmp_path)])
+
+
+def test_run_without_a_usable_gpu_fails_loudly_before_any_part(tmp_path):
+    """The pre-flight (CUDA, Triton, one strict Triton forward + backward) fails here, so nothing runs and the
+    summary says why, instead of 'gpu_tests ok' with every CUDA test skipped."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    assert dc.main(["run", "--parts", "gpu_tests", "--no-install", "--work", str(work), "--out", str(out)]) == 2
+    summary = json.loads((out / "device_summary.json").read_text())
+    assert [r["part"] for r in summary] == ["preflight"] and summary[0]["status"] == "failed"
+    assert not (work / "gpu_tests.log").exists()
+
+
+def test_gpu_tests_fail_instead_of_skipping_when_a_gpu_is_required(tmp_path):
+    """With MONAI_GMR_REQUIRE_GPU=1 (set by the run) a CUDA test on a machine without CUDA fails, not skips."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MONAI_GMR_REQUIRE_GPU": "1"}
+    test = "tests/functional/test_triton_conv.py::test_cuda_low_level_writes_every_output"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode != 0 and "1 failed" in done.stdout, done.stdout[-2000:]
 
 
 def test_dry_run_lists_every_part(capsys):
