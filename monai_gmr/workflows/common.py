@@ -32,7 +32,7 @@ from monai.data import ITKWriter, MetaTensor, NibabelWriter, PILWriter
 from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
 from monai.transforms import MapTransform
 
-from monai_gmr.utils import atomic_path, atomic_write_json
+from monai_gmr.utils import atomic_path, atomic_write_json, current_umask
 
 __all__ = [
     "find_bundle_root",
@@ -189,16 +189,23 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 ckpt.save_handler._atomic = True
 
 
-def _interval_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """``(N, path)`` of the interval checkpoints (``checkpoint_epoch=N.pt`` / ``iteration=N``) in ``ckpt_dir``."""
+def _interval_checkpoints(ckpt_dir: Path, pattern: re.Pattern = CHECKPOINT_PATTERN) -> list[tuple[int, Path]]:
+    """``(N, path)`` of the interval checkpoints in ``ckpt_dir`` whose names match ``pattern`` (default: every
+    ``[prefix_]checkpoint_{epoch|iteration}=N.pt``; the number is the pattern's last group), sorted by N."""
     if not ckpt_dir.is_dir():
         return []
     found = []
     for path in ckpt_dir.iterdir():
-        m = CHECKPOINT_PATTERN.match(path.name)
+        m = pattern.match(path.name)
         if m is not None and path.is_file():
-            found.append((int(m.group(2)), path))
+            found.append((int(m.groups()[-1]), path))
     return sorted(found)
+
+
+def _saver_pattern(interval: Any) -> re.Pattern:
+    """File names of one ignite interval ``Checkpoint`` (MONAI ``CheckpointSaver``: ``[prefix_]checkpoint_epoch=N.pt``)."""
+    prefix = f"{re.escape(interval.filename_prefix)}_" if interval.filename_prefix else ""
+    return re.compile(rf"^{prefix}checkpoint_{re.escape(str(interval.score_name))}=(\d+)\.pt$")
 
 
 def attach_resume(
@@ -239,8 +246,10 @@ def attach_resume(
     if not enabled:
         stale = _interval_checkpoints(ckpt_dir)
         if stale and is_main_process():
-            dest = ckpt_dir / time.strftime("previous_run_%Y%m%d-%H%M%S")
-            dest.mkdir(parents=True, exist_ok=True)
+            import tempfile  # a unique folder: two fresh runs within a second must not overwrite each other's
+
+            dest = Path(tempfile.mkdtemp(prefix=time.strftime("previous_run_%Y%m%d-%H%M%S_"), dir=ckpt_dir))
+            os.chmod(dest, 0o777 & ~current_umask())
             for _, path in stale:
                 os.replace(path, dest / path.name)
             logger.warning("resume=False: moved %d checkpoints of an earlier run to %s", len(stale), dest)
@@ -257,18 +266,27 @@ def attach_resume(
 
         def _keep_horizons(_engine: Any) -> None:  # registered after the loader: runs once it has loaded
             for k, t_max in horizons.items():
-                if load_dict[k].T_max != t_max:
-                    logger.info("%s: T_max %s from the checkpoint -> %s as configured", k, load_dict[k].T_max, t_max)
-                    load_dict[k].T_max = t_max
+                sched = load_dict[k]
+                if sched.T_max != t_max:
+                    logger.info("%s: T_max %s from the checkpoint -> %s as configured", k, sched.T_max, t_max)
+                    sched.T_max = t_max
+                    # back onto the configured curve (the recursive step would continue from the old curve's rate,
+                    # e.g. eta_min at the end of a shorter run)
+                    lrs = sched._get_closed_form_lr()
+                    for group, lr in zip(sched.optimizer.param_groups, lrs):
+                        group["lr"] = lr
+                    sched._last_lr = list(lrs)
 
         engine.add_event_handler(Events.STARTED, _keep_horizons)
     interval = getattr(saver, "_interval_checkpoint", None)
     if interval is not None and is_main_process():
-        files = [p for _, p in _interval_checkpoints(ckpt_dir)]
+        pattern = _saver_pattern(interval)  # only this saver's files (another saver may share the folder)
+        files = [p for _, p in _interval_checkpoints(ckpt_dir, pattern)]
         keep = files[-interval.n_saved :] if interval.n_saved else files
         for old in files[: len(files) - len(keep)]:
-            old.unlink()
-        interval._saved = [type(interval).Item(n, p.name) for n, p in _interval_checkpoints(ckpt_dir)]
+            if old != Path(path):  # never the one being resumed
+                old.unlink()
+        interval._saved = [type(interval).Item(n, p.name) for n, p in _interval_checkpoints(ckpt_dir, pattern)]
     return path
 
 
@@ -441,7 +459,8 @@ class EpochValidationHandler(ValidationHandler):
     Args:
         interval: validate every N epochs (>= 1).
         validator: the MONAI evaluator to run.
-        exec_at_start: also validate before training.
+        exec_at_start: also validate before training (at the run's first epoch start, after any resume has restored
+            the weights; a run resumed from its final checkpoint trains no epoch and so does not validate).
     """
 
     def __init__(self, interval: int, validator: Any = None, exec_at_start: bool = False) -> None:
@@ -736,10 +755,20 @@ def instance_from_semantic(
                 # interior pixels (a nucleus predicted as boundary only) is an object of its own
                 blobs, _ = ndimage.label(fg, structure=structure)
                 _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-                same = blobs[tuple(idx)] == blobs
-                inst = np.where(fg & same, seeds[tuple(idx)], 0)
-                rest, _ = ndimage.label(fg & ~same, structure=structure)
-                inst = np.where(rest > 0, rest + n, inst)
+                inst = np.where(fg, seeds[tuple(idx)], 0)
+                wrong = fg & (blobs[tuple(idx)] != blobs)  # the nearest seed lies in another region
+                seeded = set(np.unique(blobs[seeds > 0]).tolist())
+                boxes = ndimage.find_objects(blobs)
+                for b in np.unique(blobs[wrong]).tolist():
+                    box = boxes[b - 1]
+                    own = blobs[box] == b
+                    if b in seeded:  # again, with this region's seeds only
+                        local = np.where(own, seeds[box], 0)
+                        _, li = ndimage.distance_transform_edt(local == 0, return_indices=True)
+                        inst[box] = np.where(own, local[tuple(li)], inst[box])
+                    else:  # no interior pixel: the region is one object
+                        n += 1
+                        inst[box] = np.where(own, n, inst[box])
     else:
         try:
             from skimage.feature import peak_local_max

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import MapTransform
 
 from .common import check_datalist, list_images, run_on_rank0_first
@@ -27,7 +26,6 @@ __all__ = [
     "nuclei_datalist",
     "inference_datalist",
     "NucleiLabeld",
-    "ForegroundInferer",
     "to_rgb",
     "merge_foreground",
     "nucleus_class_map",
@@ -224,26 +222,3 @@ class NucleiLabeld(MapTransform):
                 out[0][torch.as_tensor(edge, device=out.device)] = 2
             d[key] = out
         return d
-
-
-class ForegroundInferer(Inferer):
-    """Wrap an inferer so that C > 2 class outputs become 2-class ``[background, nucleus]`` logits.
-
-    Used to score 3-class (background / interior / boundary) models on nucleus *foreground* Dice/IoU/AUC: the
-    softmax probabilities of all nucleus classes are summed and returned as log-probabilities (a later softmax
-    gives back the merged probabilities). 1- and 2-channel outputs pass through unchanged.
-
-    Args:
-        inferer: inner inferer (default ``SimpleInferer()``).
-    """
-
-    def __init__(self, inferer: Inferer | None = None) -> None:
-        self.inferer = inferer if inferer is not None else SimpleInferer()
-
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.inferer(inputs, network, *args, **kwargs)
-        if out.shape[1] <= 2:
-            return out
-        p = torch.softmax(out.float(), dim=1)
-        merged = torch.cat([p[:, :1], p[:, 1:].sum(1, keepdim=True)], dim=1)
-        return torch.log(merged.clamp_min(1e-7))

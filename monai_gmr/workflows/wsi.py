@@ -628,7 +628,8 @@ def map_quality(
 
     Raises:
         ValueError: a map that is not 2D, a ``valid`` of another shape, or a mask whose aspect ratio differs from
-        the map's by more than 5% (e.g. a transposed mask, which resizing would silently distort).
+        the map's by more than rounding (one map pixel or 5%; e.g. a transposed mask, which resizing would silently
+        distort).
     """
     from monai_gmr.evaluation import roc_auc_exact
 
@@ -638,8 +639,10 @@ def map_quality(
     label_mask = np.asarray(label_mask)
     if label_mask.ndim != 2:
         raise ValueError(f"label_mask must be 2D, got shape {label_mask.shape}.")
-    aspect, mask_aspect = prob.shape[0] / prob.shape[1], label_mask.shape[0] / label_mask.shape[1]
-    if abs(mask_aspect - aspect) > 0.05 * aspect:
+    # the map's height expected from the mask's aspect ratio; maps are cut to whole patches/blocks, so allow one map
+    # pixel (or 5%) of rounding
+    expected_h = label_mask.shape[0] * prob.shape[1] / label_mask.shape[1]
+    if abs(expected_h - prob.shape[0]) > max(1.0, 0.05 * prob.shape[0]):
         raise ValueError(
             f"label_mask of shape {label_mask.shape} does not have the map's aspect ratio ({prob.shape}): a transposed "
             "or wrongly cropped mask?"

@@ -181,7 +181,7 @@ def test_boundary_class_outputs_score_the_instances_inference_writes():
     acc.update(logits, fg, instances=gt)
     r = acc.compute()
     assert r["dice"] == pytest.approx(1.0) and r["aji"] == pytest.approx(1.0) and r["pq"] == pytest.approx(1.0, abs=1e-5)
-    merged = torch.cat([logits[:, :1], torch.logsumexp(logits[:, 1:], 1, keepdim=True)], 1)  # ForegroundInferer-like
+    merged = torch.cat([logits[:, :1], torch.logsumexp(logits[:, 1:], 1, keepdim=True)], 1)  # merged 2-class logits
     acc = SegmentationAccumulator(("dice", "aji"))
     acc.update(merged, fg, instances=gt)
     assert acc.compute()["aji"] < 0.6

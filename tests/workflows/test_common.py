@@ -404,7 +404,7 @@ def _save(path, obj):
 def _run_with_saver(d, epochs, resume, seed=0, n=4):
     trainer, net, opt = _tiny_trainer(None, max_epochs=epochs, n=n)
     torch.manual_seed(seed)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-3)
     from ignite.engine import Events
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
@@ -428,6 +428,19 @@ def test_fresh_run_moves_an_earlier_runs_checkpoints_aside(tmp_path):
     aside = list(tmp_path.glob("previous_run_*/checkpoint_epoch=*.pt"))
     assert sorted(p.name for p in aside) == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt"]
     assert Path(find_latest_checkpoint(tmp_path)).name == "checkpoint_epoch=2.pt"
+    _run_with_saver(tmp_path, 2, False)  # a third fresh run within the same second keeps both earlier sets
+    assert len(list(tmp_path.glob("previous_run_*/checkpoint_epoch=*.pt"))) == 4
+
+
+def test_resume_prunes_only_its_own_checkpoints(tmp_path):
+    """Another saver's files in the same folder (other prefix/kind) are neither pruned nor taken as this saver's."""
+    _run_with_saver(tmp_path, 3, False)
+    for n in (8, 12):
+        (tmp_path / f"iter_checkpoint_iteration={n}.pt").write_bytes(b"x")
+    path, _, files, _ = _run_with_saver(tmp_path, 4, True)
+    assert Path(path).name == "checkpoint_epoch=3.pt"
+    assert files == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt"]
+    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_checkpoint_iteration=12.pt", "iter_checkpoint_iteration=8.pt"]
 
 
 def test_resume_keeps_pruning_and_the_configured_schedule(tmp_path):
@@ -438,7 +451,9 @@ def test_resume_keeps_pruning_and_the_configured_schedule(tmp_path):
     assert Path(path).name == "checkpoint_epoch=3.pt"
     assert files == ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
     assert summary["resumed"] is True and summary["start_epoch"] == 3
-    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and len(lrs) == 3  # epochs 4-6: still decaying
+    # epochs 4-6 follow the configured 6-epoch cosine, as in an uninterrupted run (not eta_min, the 3-epoch end)
+    _, _, _, full = _run_with_saver(tmp_path / "full", 6, False)
+    assert len(lrs) == 3 and lrs == pytest.approx(full[3:], abs=1e-9) and lrs[0] > 2e-3
     # resuming from the final checkpoint: nothing runs, and the summary says it resumed
     _, summary, files, lrs = _run_with_saver(tmp_path, 6, True)
     assert lrs == [] and files == ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
@@ -466,3 +481,16 @@ def test_validation_at_start_runs_after_the_resume_loader(tmp_path):
     trainer.run()
     # once at the start (the restored weights, labelled with their epoch), once after the last epoch
     assert seen == [(2, True), (3, False)]
+
+
+def test_boundary_arm_stays_with_its_own_nucleus():
+    """A boundary arm of nucleus A that ends next to nucleus B joins A (the nearest seed of its own region)."""
+    sem = np.zeros((12, 20), np.int64)
+    sem[2:7, 1:6] = 2
+    sem[3:6, 2:5] = 1  # A: interior + boundary ring
+    sem[4, 6:13] = 2  # A's boundary arm towards B
+    sem[2:7, 14:19] = 2
+    sem[3:6, 15:18] = 1  # B, a separate region (column 13 is background)
+    inst = instance_from_semantic(sem, boundary_class=2)
+    assert inst.max() == 2 and inst[4, 12] == inst[4, 3] != inst[4, 16]
+    assert np.array_equal(inst > 0, sem > 0)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from monai_gmr.workflows.nuclei import (
-    ForegroundInferer,
     NucleiLabeld,
     merge_foreground,
     nucleus_boundaries,
@@ -68,7 +67,7 @@ def test_nucleus_class_map_has_the_scored_foreground():
         nucleus_class_map(p[:1])
 
 
-def test_merge_foreground_and_foreground_inferer():
+def test_merge_foreground():
     p = torch.softmax(torch.randn(3, 5, 5), 0)
     m = merge_foreground(p)
     assert m.shape == (2, 5, 5)
@@ -76,12 +75,3 @@ def test_merge_foreground_and_foreground_inferer():
     assert merge_foreground(p[:2]) is not None and merge_foreground(p[:2]).shape == (2, 5, 5)
     with pytest.raises(ValueError):
         merge_foreground(p[:1])
-
-    net = torch.nn.Conv2d(3, 3, 1)
-    x = torch.randn(2, 3, 8, 8)
-    out = ForegroundInferer()(x, net)
-    assert out.shape == (2, 2, 8, 8)
-    probs = torch.softmax(net(x), 1)
-    torch.testing.assert_close(torch.softmax(out, 1)[:, 1], probs[:, 1] + probs[:, 2], atol=1e-5, rtol=1e-5)
-    net2 = torch.nn.Conv2d(3, 2, 1)
-    torch.testing.assert_close(ForegroundInferer()(x, net2), net2(x))

@@ -172,6 +172,9 @@ def test_map_quality_refuses_a_mask_of_another_aspect_and_scores_nothing_as_none
     assert map_quality(prob, np.kron(gt, np.ones((2, 2))))["dice"] == 1.0  # another resolution is fine
     with pytest.raises(ValueError, match="aspect"):
         map_quality(prob, gt.T)
+    # a thin map cut to whole blocks: 47 x 2100 mask rows/cols -> an 11 x 525 map (one pixel of rounding) is fine
+    thin = np.zeros((11, 525), np.float32)
+    assert map_quality(thin, np.zeros((47, 2100)))["n_pixels"] == 11 * 525
     empty = map_quality(prob, gt, valid=np.zeros(prob.shape, bool))
     assert empty["n_pixels"] == 0 and empty["dice"] is None and empty["pixel_auc"] is None
 
