@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn as nn
 from monai.networks.blocks import ADN
 
@@ -36,7 +37,8 @@ def check_gmr_kwargs(gmr_kwargs: dict, extra: Sequence[str] = ()) -> None:
             f"which takes only {', '.join(allowed)} here."
         )
     try:
-        GMRConv(2, 1, 1, 3, **{k: v for k, v in gmr_kwargs.items() if k in GMR_CONV_KWARGS})
+        with torch.random.fork_rng(devices=[]):  # the trial layer's initialisation must not move the global RNG
+            GMRConv(2, 1, 1, 3, **{k: v for k, v in gmr_kwargs.items() if k in GMR_CONV_KWARGS})
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid GMRConv keyword argument: {e}") from e
 

@@ -374,3 +374,14 @@ def test_to_inside_inference_mode_keeps_the_module_trainable():
     m.train()
     m(x).sum().backward()
     assert m.weight.grad is not None and not m.distances.is_inference()
+
+
+def test_keyword_check_leaves_the_global_rng_alone():
+    """Networks validate their GMR keywords with a trial layer: seeded initialisation must not depend on it."""
+    from monai_gmr.nn.blocks import check_gmr_kwargs
+
+    torch.manual_seed(0)
+    ref = torch.rand(3)
+    torch.manual_seed(0)
+    check_gmr_kwargs({"num_rings": 2, "smoothing": "gaussian"})
+    assert torch.equal(torch.rand(3), ref)
