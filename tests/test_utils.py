@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 from pathlib import Path
@@ -102,3 +103,12 @@ def test_make_temp_dir_gets_the_umask_permissions(tmp_path, monkeypatch, mask):
     assert tmp.is_dir() and not any(tmp.iterdir())
     want = os.stat(tmp_path / "plain").st_mode & 0o777
     assert want == 0o777 & ~mask and os.stat(tmp).st_mode & 0o777 == want
+
+
+def test_seed_everything_seeds_python_random_too():
+    from monai_gmr.utils import seed_everything
+    seed_everything(3)
+    a = (random.random(), np.random.rand(), torch.rand(2))
+    seed_everything(3)
+    b = (random.random(), np.random.rand(), torch.rand(2))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])

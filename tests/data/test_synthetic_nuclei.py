@@ -187,3 +187,10 @@ def test_plain_cnn_learns_the_orientation_shortcut():
     assert with_fibres[0] > 0.9 and without[0] > 0.9
     assert with_fibres[0] - with_fibres[90] > 0.04, with_fibres
     assert abs(without[0] - without[90]) < 0.02, without
+
+
+def test_image_streams_do_not_overlap_across_seeds(tmp_path):
+    make_synthetic_nuclei(tmp_path / "a", n_images=2, size=64, seed=7)
+    make_synthetic_nuclei(tmp_path / "c", n_images=1, size=64, seed=8)
+    # SeedSequence([seed, i]): seed 8's image 0 is not seed 7's image 1
+    assert _files(tmp_path / "c")["images/nuclei_000.png"] != _files(tmp_path / "a")["images/nuclei_001.png"]

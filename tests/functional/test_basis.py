@@ -85,3 +85,11 @@ def test_check_kernel_size_rejects(bad):
 def test_unknown_smoothing():
     with pytest.raises(ValueError, match="smoothing"):
         ring_basis(offset_distances(3, 2), ring_centers(3, 2), None, support_mask(3, 2), "bilateral")
+
+
+def test_sigma_is_clipped_from_below_too():
+    from monai_gmr.functional import offset_distances, ring_basis, ring_centers, support_mask
+    d, mu, m = offset_distances(5, 2), ring_centers(5, 3), support_mask(5, 2)
+    rng = (-4.6, math.log(6))
+    small = ring_basis(d, mu, torch.full((3,), -50.0, dtype=torch.float64), m, log_sigma_range=rng)
+    assert torch.equal(small, ring_basis(d, mu, torch.full((3,), -4.6, dtype=torch.float64), m))

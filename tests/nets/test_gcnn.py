@@ -246,3 +246,12 @@ def test_resnet_trains_and_stays_invariant():
     with torch.no_grad():
         out = net(x)
         assert max(rel_err(net(g(x)), out) for g in d4_elements()) <= 1e-4
+
+
+def test_gcnn_unet_builds_the_requested_modes():
+    from monai_gmr.nets.gcnn import GCNNUNet
+    from monai_gmr.nn.gconv import GroupSpatialPool, GroupUpsample
+    net = GCNNUNet(2, 1, 2, upsample="nearest", pooling="max", group_pool="mean")
+    assert {m.mode for m in net.modules() if isinstance(m, GroupUpsample)} == {"nearest"}
+    assert {m.mode for m in net.modules() if isinstance(m, GroupSpatialPool)} == {"max"}
+    assert net.group_pool.mode == "mean"

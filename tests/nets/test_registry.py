@@ -164,3 +164,13 @@ def test_bundle_overrides_swap_gmr_for_baselines():
     parser.update({"network_def#_target_": "monai_gmr.nets.GCNNUNet", "network_def#features": [4, 4, 8, 8]})
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, GCNNUNet) and net.features == (4, 4, 8, 8)
+
+
+def test_registry_returns_fresh_modules_and_overwrite_replaces():
+    from monai_gmr.nets import get_network, list_networks, register_network
+    register_network("test_identity_net", lambda **kw: nn.Identity(), overwrite=True)
+    assert "test_identity_net" in list_networks()
+    a, b = get_network("test_identity_net"), get_network("test_identity_net")
+    assert isinstance(a, nn.Identity) and a is not b  # a fresh module per call, never a shared instance
+    register_network("test_identity_net", lambda **kw: nn.Tanh(), overwrite=True)
+    assert isinstance(get_network("test_identity_net"), nn.Tanh)  # overwrite=True replaces the factory

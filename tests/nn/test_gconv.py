@@ -274,3 +274,12 @@ def test_bad_inputs():
         GroupPool()(torch.randn(1, 2, 8, 8))
     with pytest.raises(ValueError, match="GroupBatchNorm"):
         GroupBatchNorm(2)(torch.randn(1, 2, 8, 8))
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_pool_and_upsample_use_their_modes(n):
+    from monai_gmr.nn.gconv import GroupSpatialPool, GroupUpsample
+    x = torch.randn(2, 3, n, 8, 12)
+    assert torch.equal(GroupSpatialPool(2, "max")(x), F.max_pool2d(x.flatten(1, 2), 2).unflatten(1, (3, n)))
+    ref = F.interpolate(x.flatten(1, 2), scale_factor=2, mode="bilinear", align_corners=False).unflatten(1, (3, n))
+    assert torch.allclose(GroupUpsample(2, "bilinear")(x), ref)

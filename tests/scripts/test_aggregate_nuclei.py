@@ -116,3 +116,20 @@ def test_the_committed_1600_iteration_results_aggregate():
     for label, p in summary["paired"].items():  # paired mean difference = difference of the per-model means
         m = summary["models"]
         assert p["dice_mean"]["mean"] == pytest.approx(m[label]["dice_mean"]["mean"] - m[summary["reference"]]["dice_mean"]["mean"])
+
+
+def test_pairs_by_seed_not_by_input_order(tmp_path):
+    ag = load_script("aggregate_nuclei")
+    plain = _write(tmp_path / "s0" / "benchmark.json", {"rows": [_row("gmrunet", 0.87, 0.86, 0.85)], "settings": _settings(0, ["gmrunet"], K5)})
+    plain_b = _write(tmp_path / "b0" / "benchmark.json", {"rows": [_row("basicunet", 0.88, 0.87, 0.84)], "settings": _settings(0, ["basicunet", "basicunet_rotaug"])})
+    merged_map = _write(tmp_path / "m1.json", {
+        "rows": [_row("gmrunet (kernel_sizes=[5,5,5,5])", 0.86, 0.85, 0.84), _row("basicunet", 0.88, 0.86, 0.845)],
+        "settings": {"gmrunet_k5555": _settings(1, ["gmrunet"], K5), "basicunet": _settings(1, ["basicunet"])}})
+    merged_flat = _write(tmp_path / "m2.json", {
+        "rows": [_row("basicunet", 0.87, 0.85, 0.83), _row("gmrunet (kernel_sizes=[5,5,5,5])", 0.865, 0.855, 0.845)],
+        "settings": _settings(2, ["gmrunet"], K5), "settings_basicunet": _settings(2, ["basicunet"])})
+    # inputs in an order where the two models meet their seeds in different orders (g: 0, 2, 1; b: 2, 1, 0)
+    s = ag.main([plain, merged_flat, merged_map, plain_b, "--out", str(tmp_path / "agg")])
+    p = s["paired"]["basicunet"]["dice_mean"]
+    assert s["reference"] == "gmrunet (kernel_sizes=[5,5,5,5])"
+    assert p["seeds"] == [0, 1, 2] and p["differences"] == pytest.approx([0.01, 0.01, -0.005])

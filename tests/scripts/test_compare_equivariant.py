@@ -131,3 +131,17 @@ def test_bad_arguments(ce, tmp_path):
         ce.main(["--out", str(tmp_path), "--steps", "0"])
     with pytest.raises(ValueError, match="model must be one of"):
         ce.build_model("nuclei", "unet", ce.PROFILES["quick"])
+
+
+def test_augmentation_rotates_or_mirrors_image_and_label_together():
+    ce = load_script("compare_equivariant")
+    aug = ce.RandomRotateFlip(torch.Generator().manual_seed(0))
+    img = torch.zeros(8, 1, 46, 46)
+    img[..., 12:22, 8:30] = 1.0  # an off-centre bar: no symmetry of the square maps it onto itself
+    xr, yr = aug(img.expand(-1, 3, -1, -1), img.long())
+    assert not torch.allclose(xr[:, :1], img)  # something was rotated
+    assert ((xr[:, :1] > 0.5).long() == yr).float().mean() > 0.98  # the label follows the image
+    th = ce.RandomRotateFlip(torch.Generator().manual_seed(1)).theta(2000, torch.device("cpu"))
+    det = th[:, 0, 0] * th[:, 1, 1] - th[:, 0, 1] * th[:, 1, 0]
+    assert torch.allclose(det.abs(), torch.ones(2000), atol=1e-5)  # rotations and reflections only
+    assert 0.45 < float((det < 0).float().mean()) < 0.55  # mirrored half the time
