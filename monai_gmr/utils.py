@@ -63,8 +63,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
-def make_temp_dir(path: str | os.PathLike) -> Path:
-    """Create a hidden, empty, uniquely named folder ``.<name>.tmp-XXXXXX`` next to ``path`` and return its absolute path.
+def make_temp_dir(path: str | os.PathLike, prefix: str | None = None) -> Path:
+    """Create an empty, uniquely named folder next to ``path`` (``.<name>.tmp-XXXXXX``, or ``<prefix>XXXXXX``) and
+    return its absolute path.
 
     Datasets are written there and moved onto ``path`` when complete
     (:func:`monai_gmr.data.datalist.move_into_place`), so the folder gets the permissions of a normally created
@@ -73,7 +74,7 @@ def make_temp_dir(path: str | os.PathLike) -> Path:
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix if prefix is not None else f".{path.name}.tmp-", dir=path.parent))
     os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
 

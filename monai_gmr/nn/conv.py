@@ -280,12 +280,12 @@ class GMRConv(nn.Module):
         out = super()._apply(fn, recurse)
         changed = [n for n, b in before.items() if self._buffers[n] is not b]  # a no-op .to() keeps the tensors
         if changed:
-            with torch.inference_mode(False):  # buffers made inside inference mode could not enter autograd later
+            # buffers made inside inference mode could not enter autograd later
+            with torch.inference_mode(False):
                 exact = self._geometry()
-            for name in changed:  # round the float64 geometry to the new dtype, not twice
-                buf = self._buffers[name]
-                if buf is not None and buf.is_floating_point() and buf.device.type != "meta":
-                    with torch.inference_mode(False):
+                for name in changed:  # round the float64 geometry to the new dtype, not twice
+                    buf = self._buffers[name]
+                    if buf is not None and buf.is_floating_point() and buf.device.type != "meta":
                         self._buffers[name] = exact[name].to(device=buf.device, dtype=buf.dtype)
         return out
 

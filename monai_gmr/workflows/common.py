@@ -32,7 +32,7 @@ from monai.data import ITKWriter, MetaTensor, NibabelWriter, PILWriter
 from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
 from monai.transforms import MapTransform
 
-from monai_gmr.utils import atomic_path, atomic_write_json, current_umask
+from monai_gmr.utils import atomic_path, atomic_write_json, make_temp_dir
 
 __all__ = [
     "find_bundle_root",
@@ -159,18 +159,11 @@ def find_latest_checkpoint(ckpt_dir: str | os.PathLike, kind: str | None = None)
     """
     if kind not in (None, "epoch", "iteration"):
         raise ValueError(f"kind must be None, 'epoch' or 'iteration', got {kind!r}.")
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return None
-    best: tuple[int, int, str] | None = None
-    for path in ckpt_dir.iterdir():
-        m = CHECKPOINT_PATTERN.match(path.name)
-        if m is None or not path.is_file() or (kind is not None and m.group(1) != kind):
-            continue
-        key = (1 if m.group(1) == "epoch" else 0, int(m.group(2)), str(path))
-        if best is None or key > best:
-            best = key
-    return None if best is None else best[2]
+    for k in ("epoch", "iteration") if kind is None else (kind,):
+        found = _interval_checkpoints(Path(ckpt_dir), re.compile(rf"^(?:.*_)?checkpoint_{k}=(\d+)\.pt$"))
+        if found:
+            return str(found[-1][1])
+    return None
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -246,10 +239,8 @@ def attach_resume(
     if not enabled:
         stale = _interval_checkpoints(ckpt_dir)
         if stale and is_main_process():
-            import tempfile  # a unique folder: two fresh runs within a second must not overwrite each other's
-
-            dest = Path(tempfile.mkdtemp(prefix=time.strftime("previous_run_%Y%m%d-%H%M%S_"), dir=ckpt_dir))
-            os.chmod(dest, 0o777 & ~current_umask())
+            # a unique folder: two fresh runs within a second must not overwrite each other's
+            dest = make_temp_dir(ckpt_dir / "previous_run", prefix=time.strftime("previous_run_%Y%m%d-%H%M%S_"))
             for _, path in stale:
                 os.replace(path, dest / path.name)
             logger.warning("resume=False: moved %d checkpoints of an earlier run to %s", len(stale), dest)
