@@ -38,10 +38,11 @@ def _write(path, doc) -> str:
 K5 = {"network_def#kernel_sizes": [5, 5, 5, 5]}
 
 
-def test_plain_and_merged_layouts_group_by_model_and_pair_by_seed(tmp_path):
-    ag = _load()
-    # seed 0: two plain benchmark_nuclei.py --out folders; a --set override reaches every model of its run, so
-    # it is part of the label (gmrunet here), and BasicUNet ran without one
+def _three_seeds(tmp_path, basicunet_first: bool = False) -> tuple[str, str, str, str]:
+    """Inputs of seeds 0 (two plain --out folders), 1 (merged, run name -> settings) and 2 (merged, settings +
+    settings_<model>); ``basicunet_first`` lists seed 2's rows in the other order."""
+    # seed 0: a --set override reaches every model of its run, so it is part of the label (gmrunet here), and
+    # BasicUNet ran without one
     plain = _write(tmp_path / "s0" / "benchmark.json", {
         "rows": [_row("gmrunet", 0.87, 0.86, 0.85)], "settings": _settings(0, ["gmrunet"], K5)})
     plain_b = _write(tmp_path / "b0" / "benchmark.json", {
@@ -51,9 +52,16 @@ def test_plain_and_merged_layouts_group_by_model_and_pair_by_seed(tmp_path):
         "rows": [_row("gmrunet (kernel_sizes=[5,5,5,5])", 0.86, 0.85, 0.84), _row("basicunet", 0.88, 0.86, 0.845)],
         "settings": {"gmrunet_k5555": _settings(1, ["gmrunet"], K5), "basicunet": _settings(1, ["basicunet"])}})
     # seed 2: a merged file with settings + settings_<model>
+    rows2 = [_row("gmrunet (kernel_sizes=[5,5,5,5])", 0.865, 0.855, 0.845), _row("basicunet", 0.87, 0.85, 0.83)]
     merged_flat = _write(tmp_path / "m2.json", {
-        "rows": [_row("gmrunet (kernel_sizes=[5,5,5,5])", 0.865, 0.855, 0.845), _row("basicunet", 0.87, 0.85, 0.83)],
+        "rows": rows2[::-1] if basicunet_first else rows2,
         "settings": _settings(2, ["gmrunet"], K5), "settings_basicunet": _settings(2, ["basicunet"])})
+    return plain, plain_b, merged_map, merged_flat
+
+
+def test_plain_and_merged_layouts_group_by_model_and_pair_by_seed(tmp_path):
+    ag = _load()
+    plain, plain_b, merged_map, merged_flat = _three_seeds(tmp_path)
     out = tmp_path / "agg"
     summary = ag.main([str(tmp_path / "s0"), str(tmp_path / "b0"), merged_map, merged_flat, "--out", str(out)])
 
@@ -119,15 +127,8 @@ def test_the_committed_1600_iteration_results_aggregate():
 
 
 def test_pairs_by_seed_not_by_input_order(tmp_path):
-    ag = load_script("aggregate_nuclei")
-    plain = _write(tmp_path / "s0" / "benchmark.json", {"rows": [_row("gmrunet", 0.87, 0.86, 0.85)], "settings": _settings(0, ["gmrunet"], K5)})
-    plain_b = _write(tmp_path / "b0" / "benchmark.json", {"rows": [_row("basicunet", 0.88, 0.87, 0.84)], "settings": _settings(0, ["basicunet", "basicunet_rotaug"])})
-    merged_map = _write(tmp_path / "m1.json", {
-        "rows": [_row("gmrunet (kernel_sizes=[5,5,5,5])", 0.86, 0.85, 0.84), _row("basicunet", 0.88, 0.86, 0.845)],
-        "settings": {"gmrunet_k5555": _settings(1, ["gmrunet"], K5), "basicunet": _settings(1, ["basicunet"])}})
-    merged_flat = _write(tmp_path / "m2.json", {
-        "rows": [_row("basicunet", 0.87, 0.85, 0.83), _row("gmrunet (kernel_sizes=[5,5,5,5])", 0.865, 0.855, 0.845)],
-        "settings": _settings(2, ["gmrunet"], K5), "settings_basicunet": _settings(2, ["basicunet"])})
+    ag = _load()
+    plain, plain_b, merged_map, merged_flat = _three_seeds(tmp_path, basicunet_first=True)
     # inputs in an order where the two models meet their seeds in different orders (g: 0, 2, 1; b: 2, 1, 0)
     s = ag.main([plain, merged_flat, merged_map, plain_b, "--out", str(tmp_path / "agg")])
     p = s["paired"]["basicunet"]["dice_mean"]
