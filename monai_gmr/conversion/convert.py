@@ -470,7 +470,9 @@ class _Converter:
         return new
 
     def walk(self, module: nn.Module, prefix: str) -> None:
-        for child_name, child in list(module.named_children()):
+        # _modules, not named_children(): that skips a module registered twice under one parent (a weight-tied
+        # ``nn.Sequential(conv, act, conv)``), which would stay unconverted under its second name
+        for child_name, child in [(n, c) for n, c in module._modules.items() if c is not None]:
             name = f"{prefix}.{child_name}" if prefix else child_name
             if id(child) in self.memo:  # reached again through another parent (e.g. DynUNet's skip_layers)
                 new = self.memo[id(child)]

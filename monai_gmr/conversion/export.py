@@ -54,11 +54,14 @@ def export_dense(module: nn.Module, inplace: bool = False) -> nn.Module:
     if isinstance(module, GMRConv):
         return gmr_to_dense_conv(module)
     root = module if inplace else copy.deepcopy(module)
-    count = 0
-    for name, child in list(root.named_modules()):
-        for child_name, sub in list(child.named_children()):
+    # id(GMRConv) -> its dense conv: a GMR layer reached through several parents, or registered twice under one
+    # (weight tying), becomes one shared dense conv; _modules, because named_children() skips such a second name
+    dense: dict[int, nn.Module] = {}
+    for parent in list(root.modules()):
+        for child_name, sub in list(parent._modules.items()):
             if isinstance(sub, GMRConv):
-                setattr(child, child_name, gmr_to_dense_conv(sub))
-                count += 1
-    logger.info("export_dense: replaced %d GMR convolution(s) with dense convolutions", count)
+                if id(sub) not in dense:
+                    dense[id(sub)] = gmr_to_dense_conv(sub)
+                setattr(parent, child_name, dense[id(sub)])
+    logger.info("export_dense: replaced %d GMR convolution(s) with dense convolutions", len(dense))
     return root

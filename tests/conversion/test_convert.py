@@ -226,6 +226,14 @@ def test_shared_modules_stay_shared():
     assert isinstance(new.a[0], GMRConv) and new.a[0] is new.b[0]
 
 
+def test_conv_registered_twice_in_one_parent_is_converted_once():
+    """A weight-tied conv used twice in one Sequential: both names get the same GMRConv (the second was skipped)."""
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    new, summary = convert_to_gmr(nn.Sequential(conv, nn.ReLU(), conv), return_summary=True)
+    assert isinstance(new[2], GMRConv) and new[0] is new[2]
+    assert summary.counts == {"conv": 1} and summary.fully_equivariant
+
+
 def test_gmr_kwargs_and_padding_mode_override():
     net = nn.Sequential(nn.Conv2d(1, 2, 5, padding=2))
     new = convert_to_gmr(net, num_rings=2, smoothing="none", impl="dense", padding_mode="replicate")

@@ -143,3 +143,19 @@ def test_export_dense_on_plain_net_is_identity_function():
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
     x = torch.randn(1, 1, 8, 8)
     assert torch.equal(export_dense(net)(x), net(x))
+
+
+def test_export_dense_keeps_shared_gmr_layers_shared():
+    """A GMRConv registered twice under one parent (weight tying) was left in the exported net; one shared by two
+    parents became two independent convs."""
+    torch.manual_seed(0)
+    conv = GMRConv(3, 2, 2, 3)
+    net = nn.Module()
+    net.a = nn.Sequential(conv, nn.ReLU(), conv)
+    net.b = nn.Sequential(conv)
+    dense = export_dense(net)
+    assert not any(isinstance(m, GMRConv) for m in dense.modules())
+    assert dense.a[0] is dense.a[2] is dense.b[0]
+    x = torch.randn(1, 2, 5, 5, 5)
+    with torch.no_grad():
+        assert rel_err(dense.a(x), net.a(x)) <= 1e-5
