@@ -496,7 +496,8 @@ class _Converter:
     def visit(self, name: str, module: nn.Module) -> nn.Module | None:
         """Replacement of ``module`` (or ``None``: keep it, after converting its children)."""
         if isinstance(module, (GMRConv, PooledConv, UpsampledConv)):
-            self.counts["already_gmr"] += isinstance(module, GMRConv)
+            # the GMR convs inside too: those of PooledConv/UpsampledConv (a second conversion counted only a third)
+            self.counts["already_gmr"] += sum(isinstance(m, GMRConv) for m in module.modules())
             return None
         if self._excluded(name, module):
             if isinstance(module, _CONV + _CONV_T) or any(isinstance(m, _CONV + _CONV_T) for m in module.modules()):

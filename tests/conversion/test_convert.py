@@ -234,6 +234,18 @@ def test_conv_registered_twice_in_one_parent_is_converted_once():
     assert summary.counts == {"conv": 1} and summary.fully_equivariant
 
 
+def test_converting_twice_counts_every_gmr_conv_and_changes_nothing():
+    torch.manual_seed(0)
+    once = convert_to_gmr(UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)).eval()
+    n_gmr = sum(isinstance(m, GMRConv) for m in once.modules())
+    twice, summary = convert_to_gmr(once, return_summary=True)
+    assert summary.counts["already_gmr"] == n_gmr == 9  # 6 of them inside PooledConv/UpsampledConv
+    assert not summary.converted and not summary.non_equivariant
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(twice.eval()(x), once(x))
+
+
 def test_gmr_kwargs_and_padding_mode_override():
     net = nn.Sequential(nn.Conv2d(1, 2, 5, padding=2))
     new = convert_to_gmr(net, num_rings=2, smoothing="none", impl="dense", padding_mode="replicate")
