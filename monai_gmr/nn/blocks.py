@@ -47,7 +47,8 @@ class GMRConvolution(nn.Sequential):
     """GMR convolution followed by MONAI's ``ADN`` (activation / dropout / normalisation) block.
 
     The counterpart of :class:`monai.networks.blocks.Convolution` with the same argument names in the same order
-    (``strides`` before ``kernel_size``), for stride-1-by-default equivariant layers. Submodules are named ``conv`` and ``adn`` like MONAI's block.
+    (``strides`` before ``kernel_size``, ``is_transposed`` between ``conv_only`` and ``padding``), for
+    stride-1-by-default equivariant layers. Submodules are named ``conv`` and ``adn`` like MONAI's block.
 
     Args:
         spatial_dims: 2 or 3.
@@ -63,7 +64,11 @@ class GMRConvolution(nn.Sequential):
         groups: channel groups.
         bias: conv bias.
         conv_only: if ``True``, no ADN block is added.
+        is_transposed: must be ``False`` (accepted so that MONAI ``Convolution`` arguments carry over): there is no
+            GMR transposed convolution, whose learned stride breaks equivariance; up-sample without learning
+            (:func:`monai_gmr.nets.unet.make_upsample`) then use a stride-1 block, as ``convert_to_gmr`` does.
         padding: padding; ``None`` means "same".
+        output_padding: must be ``None`` (a transposed-convolution argument, see ``is_transposed``).
         adn_ordering: order of A/D/N, e.g. ``"NDA"`` (MONAI's default).
         gmr_kwargs: extra arguments for :class:`GMRConv` (``num_rings``, ``smoothing``, ``impl``, ...).
 
@@ -87,10 +92,18 @@ class GMRConvolution(nn.Sequential):
         groups: int = 1,
         bias: bool = True,
         conv_only: bool = False,
+        is_transposed: bool = False,
         padding: int | Sequence[int] | None = None,
+        output_padding: int | Sequence[int] | None = None,
         **gmr_kwargs,
     ) -> None:
         super().__init__()
+        if is_transposed or output_padding is not None:
+            raise ValueError(
+                f"GMRConvolution has no transposed form (got is_transposed={is_transposed!r}, output_padding="
+                f"{output_padding!r}): up-sample without learning (monai_gmr.nets.unet.make_upsample) and follow with a "
+                "stride-1 GMRConvolution, as convert_to_gmr does for transposed convolutions."
+            )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -331,6 +331,14 @@ def test_gmr_convolution_block():
     ref, pos = Convolution(2, 4, 8, 1, 3), GMRConvolution(2, 4, 8, 1, 3)
     assert pos.conv.stride == 1 and pos.conv.kernel_size == 3
     assert pos(torch.randn(1, 4, 12, 12)).shape == ref(torch.randn(1, 4, 12, 12)).shape == (1, 8, 12, 12)
+    # every positional argument in MONAI's order, padding after is_transposed (it took is_transposed's place before)
+    args = (3, 2, 4, 1, 5, "NDA", "relu", None, None, 1, 1, 1, True, False, False, 1)
+    ref, pos = Convolution(*args), GMRConvolution(*args)
+    assert pos.conv.padding == 1 and pos(torch.randn(1, 2, 6, 6, 6)).shape == ref(torch.randn(1, 2, 6, 6, 6)).shape
+    assert GMRConvolution(2, 4, 8, is_transposed=False, output_padding=None).conv.padding == 1  # MONAI-style keywords
+    for bad in ({"is_transposed": True}, {"output_padding": 1}):
+        with pytest.raises(ValueError, match="no transposed form"):
+            GMRConvolution(2, 4, 8, strides=2, **bad)
 
 
 @pytest.mark.parametrize("d", [2, 3])
