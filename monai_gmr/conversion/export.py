@@ -1,4 +1,4 @@
-"""Export GMR layers as plain ``nn.Conv2d`` / ``nn.Conv3d`` for deployment (TorchScript, ONNX, MONAI ckpt_export)."""
+"""Export GMR layers as plain ``nn.Conv2d`` / ``nn.Conv3d`` for deployment (TorchScript, MONAI ckpt_export; ONNX untested)."""
 
 from __future__ import annotations
 
