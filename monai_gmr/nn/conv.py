@@ -85,7 +85,8 @@ class GMRConv(nn.Module):
     On CPU, in eval mode with gradients disabled, the synthesised dense kernel is cached. A cached kernel is used
     only while ``weight`` and ``log_sigma`` still hold the values it was built from (compared element-wise, which
     also catches in-place edits through ``.data`` that autograd's version counters miss, e.g. a mean-teacher EMA),
-    and only in the inference mode it was built in; ``train()``, ``.to()`` and ``load_state_dict`` drop it. On
+    and only in the inference mode it was built in, never under ``torch.jit.trace`` (the trace records the synthesis);
+    ``train()``, ``.to()`` and ``load_state_dict`` drop it. On
     GPUs the kernel is synthesised on every call: it is one small einsum there, and a value check would
     synchronise the device. The kernel is always synthesised with autocast off, in the parameters' dtype (the
     convolution itself still autocasts).
@@ -252,6 +253,10 @@ class GMRConv(nn.Module):
         cacheable = (
             self.weight.device.type == "cpu"
             and not self.training
+            # a trace records the synthesis from the parameters, never a cached kernel as a constant (the traced
+            # module would ignore later weight changes, and a trace after an earlier call recorded another graph
+            # than the trace checker's rerun: "Graphs differed across invocations")
+            and not torch.jit.is_tracing()
             and not (torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad))
         )
         if not cacheable:

@@ -85,6 +85,23 @@ def test_export_after_training_and_gmr_trace(tmp_path):
         assert rel_err(loaded(x2), net(x2)) <= 1e-5  # the trace is not specialised to the example size
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_trace_of_gmr_net_records_kernel_synthesis_not_the_cache(d):
+    """Traced in eval mode under no_grad after an earlier call (kernels cached): the traced module computes its
+    kernels from its own parameters (it held the cached kernels as constants and ignored later weight changes)."""
+    torch.manual_seed(0)
+    net = get_network("gmr_unet_tiny", spatial_dims=d, features=(2, 4), kernel_sizes=3, impl="dense").eval()
+    x = torch.randn(1, 1, *([8] * d))
+    with torch.no_grad():
+        net(x)  # fills the eval-mode kernel caches
+        traced = _quiet(torch.jit.trace, net, x)  # (a fresh net failed the trace check: see the ckpt_export test)
+        before = traced(x)
+        delta = torch.randn_like(net.encoders[0][0].conv.weight)  # not a rescaling: instance norm would cancel that
+        for m in (net, traced):
+            getattr(getattr(m.encoders, "0"), "0").conv.weight.add_(delta)
+        assert rel_err(traced(x), before) > 1e-2 and rel_err(traced(x), net(x)) <= 1e-5
+
+
 def _bundle(tmp_path, network_def: dict, state: dict) -> tuple[str, str]:
     (tmp_path / "configs").mkdir()
     (tmp_path / "models").mkdir()
@@ -117,12 +134,9 @@ def test_ckpt_export_cli_on_exported_net(tmp_path):
 
 
 def test_ckpt_export_traced_gmr_net(tmp_path):
-    """ckpt_export with ``use_trace`` on the GMR network itself (GMR checkpoint, no dense export).
-
-    ``check_trace=False``: under ``no_grad`` in eval mode GMRConv caches its synthesised kernel, so the trace
-    checker's second invocation records a different (cached-constant) graph than the first and fails its sanity
-    check although both compute the same function (verified below). Exporting with ``dense=True`` avoids this.
-    """
+    """ckpt_export with ``use_trace`` on the GMR network itself (GMR checkpoint, no dense export), with the trace
+    checker on: GMRConv's eval-mode kernel cache is bypassed while tracing (the checker's second invocation used the
+    kernel cached by the first and failed with "Graphs differed across invocations")."""
     from monai.bundle import ckpt_export
 
     net_def = {"_target_": "monai_gmr.nets.gmr_resnet18", "spatial_dims": 2, "in_channels": 1, "num_classes": 3,
@@ -132,7 +146,7 @@ def test_ckpt_export_traced_gmr_net(tmp_path):
     out = tmp_path / "model.ts"
     _quiet(lambda: ckpt_export(net_id="network_def", filepath=str(out), ckpt_file=ckpt, config_file=config,
                                meta_file=str(tmp_path / "configs" / "metadata.json"), use_trace=True,
-                               input_shape=[1, 1, 32, 32], converter_kwargs={"check_trace": False}))  # fmt: skip
+                               input_shape=[1, 1, 32, 32]))  # fmt: skip
     loaded = _quiet(torch.jit.load, str(out))
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
