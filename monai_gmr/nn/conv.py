@@ -90,6 +90,9 @@ class GMRConv(nn.Module):
     GPUs the kernel is synthesised on every call: it is one small einsum there, and a value check would
     synchronise the device. The kernel is always synthesised with autocast off, in the parameters' dtype (the
     convolution itself still autocasts).
+
+    Under ``with torch.device("meta")`` the layer is built without initialising its weights; ``to_empty`` then
+    rebuilds the geometry buffers and a fixed sigma (neither is in the ``state_dict``) before ``load_state_dict``.
     """
 
     def __init__(
@@ -216,6 +219,9 @@ class GMRConv(nn.Module):
         (Measured in tests/nn/test_gmrconv.py: a 20-layer GMRConv+ReLU stack keeps its activation std within 2x,
         where the white-noise energy ``sum_{i,p} G_i(p)^2`` explodes it by orders of magnitude.)
         """
+        if self.weight.device.type == "meta":  # no values to set (``with torch.device("meta")``; see _apply)
+            self._kernel_cache = None
+            return
         fan = (self.in_channels // self.groups) * self.dc_energy()
         if self.kernel_size > 1:
             fan *= DC_GAIN_FRACTION
@@ -281,13 +287,18 @@ class GMRConv(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double() drop the cache
         self._kernel_cache = None
-        before = {name: self._buffers[name] for name in ("distances", "mask", "centers")}
+        names = ("distances", "mask", "centers") + (("log_sigma",) if "log_sigma" in self._buffers else ())
+        before = {name: self._buffers[name] for name in names}
         out = super()._apply(fn, recurse)
-        changed = [n for n, b in before.items() if self._buffers[n] is not b]  # a no-op .to() keeps the tensors
+        # a no-op .to() keeps the tensors; a fixed (non-learned, non-persistent) log_sigma is rebuilt only when it had
+        # no values (meta -> to_empty: load_state_dict cannot restore it), never over a value the user set
+        changed = [n for n, b in before.items() if self._buffers[n] is not b and (n != "log_sigma" or b.is_meta)]
         if changed:
             # buffers made inside inference mode could not enter autograd later
             with torch.inference_mode(False):
                 exact = self._geometry()
+                sigma0 = initial_sigma(self.kernel_size, self.num_rings)
+                exact["log_sigma"] = torch.full((self.num_rings,), math.log(sigma0), dtype=torch.float64)
                 for name in changed:  # round the float64 geometry to the new dtype, not twice
                     buf = self._buffers[name]
                     if buf is not None and buf.is_floating_point() and buf.device.type != "meta":

@@ -174,6 +174,26 @@ def test_state_dict_keys_same_in_train_and_eval_and_buffers_not_persistent():
     assert set(fixed.state_dict()) == {"weight"} and not any(n == "log_sigma" for n, _ in fixed.named_parameters())
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"sigma": "fixed"}, {"smoothing": "none"}])
+def test_meta_device_construction_then_to_empty_and_load(kwargs):
+    """``with torch.device("meta")`` (fast init of large 3D nets) then ``to_empty`` + ``load_state_dict``: construction
+    failed ("Tensor.item() cannot be called on meta tensors" in the DC-gain initialisation), and a fixed sigma, a
+    non-persistent buffer, would have kept to_empty's garbage."""
+    torch.manual_seed(0)
+    ref = GMRConv(3, 2, 3, 5, **kwargs).eval()
+    with torch.device("meta"):
+        m = GMRConv(3, 2, 3, 5, **kwargs)
+    assert m.weight.is_meta
+    m = m.to_empty(device="cpu")
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 6, 6, 6)
+    assert torch.equal(m.eval()(x), ref(x))
+    fixed = GMRConv(2, 1, 1, 3, sigma="fixed")
+    with torch.no_grad():
+        fixed.log_sigma.fill_(-1.0)  # a value set by the user survives .to()/.double() (rebuilt only from meta)
+    assert torch.all(fixed.double().log_sigma == -1.0)
+
+
 def test_eval_cache_is_used_and_invalidated():
     m = GMRConv(2, 2, 3, 5).eval()
     x = torch.randn(1, 2, 8, 8)
