@@ -279,13 +279,21 @@ class _Converter:
         self.pending: list[tuple[nn.Module, str, nn.Module]] = []
 
     # -- helpers
+    @staticmethod
+    def _name_matches(name: str, pat: str) -> bool:
+        return name == pat or name.startswith(pat + ".") or fnmatch.fnmatchcase(name, pat)
+
     def _excluded(self, name: str, module: nn.Module) -> bool:
         if self.exclude_types and isinstance(module, self.exclude_types):
             return True
-        for pat in self.exclude_names:
-            if name == pat or name.startswith(pat + ".") or fnmatch.fnmatchcase(name, pat):
-                return True
-        return False
+        return any(self._name_matches(name, pat) for pat in self.exclude_names)
+
+    def unmatched_excludes(self, modules: dict[str, nn.Module]) -> list:
+        """``exclude`` entries that match no module of ``modules`` (``named_modules`` of the model), e.g. misspelt."""
+        names = [n for n in modules if n]
+        return [p for p in self.exclude_names if not any(self._name_matches(n, p) for n in names)] + [
+            t for t in self.exclude_types if not any(isinstance(m, t) for m in modules.values())
+        ]
 
     def _new_k(self, k: int) -> tuple[int, bool]:
         """GMR kernel size for a conv of size ``k`` (odd), and whether an even requested size was bumped by one."""
@@ -641,7 +649,8 @@ def convert_to_gmr(
         kernel_size: ``None`` keeps each conv's size (even ``k`` -> ``k + 1``); an int sets every ``k > 1`` conv to
             that size; a callable maps old size -> new size. Even results become ``k + 1``. 1x1 convs stay 1x1.
         exclude: module names (exact, a prefix ``"a.b"`` that also covers its submodules, or an ``fnmatch`` pattern
-            like ``"*.conv0"``) and/or module types to leave untouched.
+            like ``"*.conv0"``) and/or module types to leave untouched; entries matching no module are logged as a
+            warning.
         inplace: modify ``model`` itself instead of a deep copy.
         upsample_mode: interpolation replacing transposed convs: ``"bilinear"`` (multi-linear in 3D),
             ``"nearest"``, ``"nearest-exact"``, ``"bicubic"`` (2D).
@@ -678,8 +687,16 @@ def convert_to_gmr(
             raise ValueError(f"kernel_size must be None, a positive int or a callable, got kernel_size={kernel_size!r}.")
     check_gmr_kwargs(gmr_kwargs)
     conv = _Converter(kernel_size, exclude, upsample_mode, pool_mode, weights, replace_pooling, gmr_kwargs)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    unmatched = conv.unmatched_excludes(modules)
+    if unmatched:  # a misspelt name would otherwise convert the very layer meant to stay, silently
+        logger.warning(
+            "convert_to_gmr: exclude entries %s match no module of the model (names as in model.named_modules(), "
+            "e.g. %s); nothing is excluded for them.",
+            ", ".join(repr(u if isinstance(u, str) else u.__name__) for u in unmatched),
+            ", ".join(repr(n) for n in list(modules)[1:4]) or "none",
+        )
     if upsample_mode == "bicubic":
-        modules = dict(model.named_modules(remove_duplicate=False))
         conv3d = [n or type(m).__name__ for n, m in modules.items() if isinstance(m, nn.ConvTranspose3d)
                   and any(s > 1 for s in m.stride) and not (n and conv.excluded_path(n, modules))]  # fmt: skip
         if conv3d:

@@ -217,6 +217,19 @@ def test_exclude_inplace_and_summary_attribute(caplog):
     assert net.gmr_conversion_summary.to_dict()["counts"] == {"conv": 3}
 
 
+def test_exclude_entries_matching_nothing_are_warned_about(caplog):
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()), nn.Conv2d(2, 2, 3, padding=1))
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        new = convert_to_gmr(net, exclude=["0.0", "out", "*.final*", nn.ConvTranspose2d])
+    assert isinstance(new[0][0], nn.Conv2d) and isinstance(new[1], GMRConv)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "'out', '*.final*', 'ConvTranspose2d' match no module" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        convert_to_gmr(net, exclude=["0", "0.0", "*1", nn.ReLU])  # all match (0.0 lies under the excluded 0)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_shared_modules_stay_shared():
     conv = nn.Conv2d(1, 1, 3, padding=1)
     net = nn.Module()
