@@ -444,7 +444,7 @@ class _Converter:
                 align_corners=False if self.upsample_mode not in ("nearest", "nearest-exact") else None,
             )
             new = UpsampledConv(up, inner)
-            desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({self.upsample_mode}, x{strides[0]}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
+            desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({self.upsample_mode}, x{strides[0] if len(set(strides)) == 1 else strides}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
         self.counts[kind] += 1
         self._count_even(name, even, k_new)
         self.summary.converted[name] = desc
@@ -618,6 +618,8 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
                     )
             elif not _is_int_scale(m.scale_factor):
                 summary.unknown[name] = f"Upsample with non-integer scale {m.scale_factor}"
+            elif isinstance(m.scale_factor, (tuple, list)) and len(set(m.scale_factor)) > 1:
+                summary.non_equivariant[name] = f"Upsample(scale_factor={m.scale_factor}): unequal scales break axis permutations"
         elif isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten, nn.Linear)):
             pass  # per channel / per position; Linear/Flatten assumed after global pooling
         elif type(m).__module__ == "torch.nn.modules.activation":

@@ -189,6 +189,20 @@ def test_anisotropic_stride_3d_reported():
     assert new(torch.randn(1, 1, 6, 8, 10)).shape == net(torch.randn(1, 1, 6, 8, 10)).shape
 
 
+def test_anisotropic_transposed_stride_3d_reported():
+    """An in-plane-only up-convolution (stride (2, 2, 1)) became an Upsample with unequal scales, which was reported
+    fully equivariant although it breaks axis permutations (its down-sampling counterpart was reported)."""
+    net = nn.Sequential(nn.ConvTranspose3d(1, 2, 3, stride=(2, 2, 1), padding=1, output_padding=(1, 1, 0)))
+    new, summary = convert_to_gmr(net, return_summary=True)
+    assert isinstance(new[0], UpsampledConv) and new[0].upsample.scale_factor == (2.0, 2.0, 1.0)
+    assert "unequal scales" in summary.non_equivariant["0.upsample"] and not summary.fully_equivariant
+    assert "x(2, 2, 1)" in summary.converted["0"]
+    x = torch.randn(1, 1, 4, 4, 4)
+    assert new(x).shape == net(x).shape == (1, 2, 8, 8, 4)
+    with torch.no_grad():  # swapping the last two axes does not even commute with the output shape
+        assert new(x.transpose(-1, -2)).shape != new(x).transpose(-1, -2).shape
+
+
 def test_kernel_size_options():
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 5, padding=2), nn.Conv2d(2, 2, 1), nn.ConvTranspose2d(2, 2, 2, stride=2))
     ks = lambda m: [c.kernel_size for c in m.modules() if isinstance(c, GMRConv)]  # noqa: E731
