@@ -598,7 +598,9 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
         elif isinstance(m, _ADAPTIVE):
             out = m.output_size
             outs = out if isinstance(out, (tuple, list)) else (out,)
-            if any(o not in (1, None) for o in outs):
+            if len(set(outs)) > 1:  # e.g. (2, 2, 1) or (1, 1, None): one axis is treated unlike the others
+                summary.non_equivariant[name] = f"{type(m).__name__}({out}): unequal output sizes break axis permutations"
+            elif any(o not in (1, None) for o in outs):
                 summary.conditions[name] = f"{type(m).__name__}({out}) commutes when every input size is divisible by {out}"
         elif isinstance(m, (nn.PixelShuffle, nn.PixelUnshuffle)):
             summary.non_equivariant[name] = f"{type(m).__name__} maps channels to fixed sub-pixel positions (orientation-dependent)"

@@ -197,6 +197,8 @@ def test_anisotropic_transposed_stride_3d_reported():
     assert isinstance(new[0], UpsampledConv) and new[0].upsample.scale_factor == (2.0, 2.0, 1.0)
     assert "unequal scales" in summary.non_equivariant["0.upsample"] and not summary.fully_equivariant
     assert "x(2, 2, 1)" in summary.converted["0"]
+    pools = audit_equivariance(nn.Sequential(nn.AdaptiveAvgPool3d((2, 2, 1)), nn.AdaptiveMaxPool3d((1, 1, None)), nn.AdaptiveAvgPool3d(2)))
+    assert set(pools.non_equivariant) == {"0", "1"} and set(pools.conditions) == {"2"}  # (2, 2, 1) was a condition
     x = torch.randn(1, 1, 4, 4, 4)
     assert new(x).shape == net(x).shape == (1, 2, 8, 8, 4)
     with torch.no_grad():  # swapping the last two axes does not even commute with the output shape
