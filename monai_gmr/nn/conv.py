@@ -85,10 +85,9 @@ class GMRConv(nn.Module):
     On CPU, in eval mode with gradients disabled, the synthesised dense kernel is cached. A cached kernel is used
     only while ``weight`` and ``log_sigma`` still hold the values it was built from (compared element-wise, which
     also catches in-place edits through ``.data`` that autograd's version counters miss, e.g. a mean-teacher EMA),
-    and only in the inference mode it was built in, never under ``torch.jit.trace`` (the trace records the synthesis);
-    ``train()``, ``.to()`` and ``load_state_dict`` drop it. On
-    GPUs the kernel is synthesised on every call: it is one small einsum there, and a value check would
-    synchronise the device. The kernel is always synthesised with autocast off, in the parameters' dtype (the
+    and only in the inference mode it was built in; ``train()``, ``.to()`` and ``load_state_dict`` drop it, and
+    ``torch.jit.trace`` bypasses it (the trace records the synthesis). On GPUs the kernel is synthesised on every
+    call: it is one small einsum there, and a value check would synchronise the device. The kernel is always synthesised with autocast off, in the parameters' dtype (the
     convolution itself still autocasts).
 
     Under ``with torch.device("meta")`` the layer is built without initialising its weights; ``to_empty`` then
