@@ -87,8 +87,8 @@ class GMRConv(nn.Module):
     also catches in-place edits through ``.data`` that autograd's version counters miss, e.g. a mean-teacher EMA),
     and only in the inference mode it was built in; ``train()``, ``.to()`` and ``load_state_dict`` drop it, and
     ``torch.jit.trace`` bypasses it (the trace records the synthesis). On GPUs the kernel is synthesised on every
-    call: it is one small einsum there, and a value check would synchronise the device. The kernel is always synthesised with autocast off, in the parameters' dtype (the
-    convolution itself still autocasts).
+    call: it is one small einsum there, and a value check would synchronise the device. The kernel is always
+    synthesised with autocast off, in the parameters' dtype (the convolution itself still autocasts).
 
     Under ``with torch.device("meta")`` the layer is built without initialising its weights; ``to_empty`` then
     rebuilds the geometry buffers and a fixed sigma (neither is in the ``state_dict``) before ``load_state_dict``.
