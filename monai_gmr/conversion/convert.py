@@ -4,6 +4,7 @@ Rules (every replacement keeps the module's output shape for every input size th
 
 * ``nn.Conv2d/3d`` with a cubic kernel ``k > 1`` and stride 1 -> :class:`~monai_gmr.nn.GMRConv` with the same
   channels, groups, dilation, bias and ``padding_mode``; the padding is chosen so the output size is unchanged.
+  Every replacement keeps the dtype, device, train/eval mode and frozen state (``requires_grad``) of the layer.
 * strided ``nn.Conv2d/3d`` (stride ``s``) -> :class:`PooledConv`: average pooling with kernel = stride = ``s``
   (``ceil_mode``/padding chosen to reproduce the conv's output size; ``ceil(H / s)`` for the usual
   ``padding = (k - 1) // 2``) then a stride-1 GMR conv (1x1 convs: a stride-1 ``nn.Conv`` with the same weights).
@@ -334,6 +335,8 @@ class _Converter:
         w = old.weight
         new.to(device=w.device, dtype=w.dtype)
         new.train(old.training)
+        if not w.requires_grad:  # a frozen layer (e.g. a pretrained encoder, weights="project") stays frozen
+            new.requires_grad_(False)
         return new
 
     # -- conversions

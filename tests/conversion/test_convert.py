@@ -246,6 +246,17 @@ def test_exclude_entries_matching_nothing_are_warned_about(caplog):
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def test_frozen_layers_stay_frozen():
+    """A frozen (requires_grad=False) conv was replaced by a trainable GMR layer: fine-tuning then trained it."""
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.Conv3d(2, 2, 3, stride=2, padding=1), nn.ConvTranspose3d(2, 2, 2, 2))
+    net[0].requires_grad_(False)
+    net[2].requires_grad_(False)
+    new = convert_to_gmr(net, weights="project")
+    assert [p.requires_grad for p in new[0].parameters()] == [False] * 3  # weight, log_sigma, bias
+    assert all(p.requires_grad for p in new[1].parameters())
+    assert isinstance(new[2], UpsampledConv) and not any(p.requires_grad for p in new[2].parameters())
+
+
 def test_shared_modules_stay_shared():
     conv = nn.Conv2d(1, 1, 3, padding=1)
     net = nn.Module()
