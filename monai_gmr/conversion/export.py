@@ -37,6 +37,9 @@ def gmr_to_dense_conv(module: GMRConv) -> nn.Conv2d | nn.Conv3d:
         conv.weight.copy_(kernel)
         if module.bias is not None:
             conv.bias.copy_(module.bias.detach())
+    conv.weight.requires_grad_(module.weight.requires_grad)  # a frozen layer stays frozen
+    if module.bias is not None:
+        conv.bias.requires_grad_(module.bias.requires_grad)
     conv.train(module.training)
     return conv
 

@@ -173,3 +173,10 @@ def test_export_dense_keeps_shared_gmr_layers_shared():
     x = torch.randn(1, 2, 5, 5, 5)
     with torch.no_grad():
         assert rel_err(dense.a(x), net.a(x)) <= 1e-5
+
+
+def test_export_dense_keeps_frozen_layers_frozen():
+    net = nn.Sequential(GMRConv(2, 1, 2, 3), GMRConv(2, 2, 2, 3))
+    net[0].requires_grad_(False)
+    dense = export_dense(net)
+    assert [p.requires_grad for p in dense.parameters()] == [False, False, True, True]
