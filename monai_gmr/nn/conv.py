@@ -359,6 +359,10 @@ class GMRConv(nn.Module):
             s += f", padding_mode={self.padding_mode}"
         if self.smoothing != "gaussian":
             s += f", smoothing={self.smoothing}"
+        elif self.sigma_mode != "layer":
+            s += f", sigma={self.sigma_mode}"
+        if not self.circular:
+            s += ", circular=False"
         return s + f", impl={self.impl}"
 
 

@@ -194,6 +194,13 @@ def test_meta_device_construction_then_to_empty_and_load(kwargs):
     assert torch.all(fixed.double().log_sigma == -1.0)
 
 
+def test_repr_shows_non_default_options():
+    """``print(model)`` showed smoothing='none' but not sigma='fixed' or circular=False."""
+    assert "sigma" not in repr(GMRConv(3, 1, 1, 3)) and "circular" not in repr(GMRConv(3, 1, 1, 3))
+    text = repr(GMRConv(3, 1, 1, 3, sigma="fixed", circular=False, padding_mode="reflect", bias=False))
+    assert "sigma=fixed" in text and "circular=False" in text and "padding_mode=reflect" in text and "bias=False" in text
+
+
 def test_eval_cache_is_used_and_invalidated():
     m = GMRConv(2, 2, 3, 5).eval()
     x = torch.randn(1, 2, 8, 8)
