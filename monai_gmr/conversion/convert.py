@@ -50,7 +50,15 @@ from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
 from monai_gmr.nets.unet import interp_mode
 
-__all__ = ["convert_to_gmr", "ConversionSummary", "PooledConv", "UpsampledConv", "audit_equivariance", "WEIGHT_MODES"]
+__all__ = [
+    "convert_to_gmr",
+    "ConversionSummary",
+    "PooledConv",
+    "UpsampledConv",
+    "AvgPool3dAnySize",
+    "audit_equivariance",
+    "WEIGHT_MODES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +87,30 @@ _PADS = (
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
+class AvgPool3dAnySize(nn.AvgPool3d):
+    """``nn.AvgPool3d`` that also pools inputs smaller than its window, as ``nn.AvgPool2d`` and ``nn.MaxPool3d`` do.
+
+    PyTorch's ``avg_pool3d`` rejects them ("input image ... smaller than kernel size") although its ceil-mode/padded
+    windows are well defined there; the strided ``Conv3d`` it replaces accepts them (e.g. a 1-voxel bottleneck of a
+    3D ResNet on 16^3 patches). Such inputs are pooled in two exact steps (a box average separates): the (H, W)
+    planes with ``avg_pool2d``, then the depth axis. Every other input goes through ``nn.AvgPool3d`` unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, p = self.kernel_size, self.stride, self.padding  # 3-tuples (set by convert_to_gmr)
+        d, h, w = x.shape[-3], x.shape[-2], x.shape[-1]
+        if d >= k[0] and h >= k[1] and w >= k[2]:
+            return F.avg_pool3d(x, k, s, p, self.ceil_mode, self.count_include_pad, self.divisor_override)
+        y = F.avg_pool2d(x.reshape(-1, d, h, w), (k[1], k[2]), (s[1], s[2]), (p[1], p[2]), self.ceil_mode, self.count_include_pad)
+        h2, w2 = y.shape[-2], y.shape[-1]
+        y = F.avg_pool2d(y.reshape(-1, 1, d, h2 * w2), (k[0], 1), (s[0], 1), (p[0], 0), self.ceil_mode, self.count_include_pad)
+        return y.reshape(list(x.shape[:-3]) + [y.shape[-2], h2, w2])
+
+
 class PooledConv(nn.Sequential):
     """Replacement of a strided convolution: pooling (kernel = stride) then a stride-1 convolution.
 
-    Children: ``pool`` and ``conv`` (a :class:`~monai_gmr.nn.GMRConv`, or an ``nn.Conv`` for 1x1 kernels).
+    Children: ``pool`` (average pooling in 3D is an :class:`AvgPool3dAnySize`) and ``conv`` (a :class:`~monai_gmr.nn.GMRConv`, or an ``nn.Conv`` for 1x1 kernels).
 
     Shapes:
         ``(B, C_in, *spatial) -> (B, C_out, *spatial_out)`` with the replaced conv's ``spatial_out``.
@@ -377,7 +405,7 @@ class _Converter:
                 return None
             qs = tuple(c[0] for c in cfg)  # type: ignore[index]
             ceil = cfg[0][1]  # type: ignore[index]
-            pool_cls = {("avg", 2): nn.AvgPool2d, ("avg", 3): nn.AvgPool3d, ("max", 2): nn.MaxPool2d, ("max", 3): nn.MaxPool3d}[(self.pool_mode, d)]
+            pool_cls = {("avg", 2): nn.AvgPool2d, ("avg", 3): AvgPool3dAnySize, ("max", 2): nn.MaxPool2d, ("max", 3): nn.MaxPool3d}[(self.pool_mode, d)]
             pool = pool_cls(kernel_size=s_all, stride=s_all, padding=qs, ceil_mode=ceil)
             if k == 1:
                 conv1 = (nn.Conv2d if d == 2 else nn.Conv3d)(conv.in_channels, conv.out_channels, 1, groups=conv.groups, bias=conv.bias is not None,
