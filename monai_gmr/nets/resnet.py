@@ -8,9 +8,11 @@ average pooling; a linear head.
 Exactness: the logits are invariant to the 8 symmetries of the square (2D) / the 48 symmetries of the cube (3D)
 when every spatial size is divisible by ``downsample_factor`` (``conv1_t_stride * 2 * 8 = 16`` with the defaults,
 ``conv1_t_stride * 8`` with ``no_max_pool=True``): each pooling with kernel = stride = ``s`` then sees sizes
-divisible by ``s``, so its block partition is mapped onto itself by every group element. Other sizes run (pooling
-floors, dropping the last row/column at odd sizes) but are then only approximately invariant; pad to a multiple
-(e.g. ``monai.transforms.DivisiblePad(k=net.downsample_factor)``) to keep exactness. Batch norm keeps invariance in
+divisible by ``s``, so its block partition is mapped onto itself by every group element. Other sizes of at least
+``downsample_factor`` run (pooling floors, dropping the last row/column at odd sizes) but are then only approximately
+invariant; pad to a multiple (e.g. ``monai.transforms.DivisiblePad(k=net.downsample_factor)``) to keep exactness.
+Smaller sizes raise ``ValueError`` (the last pooling would have less than one window; MONAI's ResNet, whose strided
+convolutions pad, runs there). Batch norm keeps invariance in
 both modes (train-mode statistics are over all positions; eval-mode running statistics are constants).
 """
 
@@ -295,6 +297,12 @@ class GMRResNet(nn.Module):
             raise ValueError(
                 f"input must be shaped (B, in_channels={self.in_channels}, *spatial) with {self.spatial_dims} spatial "
                 f"dims, got input shape {list(x.shape)}."
+            )
+        if min(x.shape[2:]) < self.downsample_factor:  # the pools floor: the last one would get an empty window
+            raise ValueError(
+                f"GMRResNet needs every spatial size >= downsample_factor={self.downsample_factor} (and divisible by it "
+                f"for exact invariance), got input shape {list(x.shape)}; pad the input, e.g. "
+                f"monai.transforms.DivisiblePad(k={self.downsample_factor})."
             )
         h = self.stem(x)
         h = self.layer4(self.layer3(self.layer2(self.layer1(h))))

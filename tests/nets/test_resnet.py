@@ -91,6 +91,13 @@ def test_divisibility_rule_measured():
     assert max(_invariance(net, torch.randn(2, 1, 40, 40), d4_elements()).values()) > 1e-3
     no_pool = gmr_resnet18(2, 1, 2, no_max_pool=True, conv1_t_stride=2, **TINY)
     assert no_pool.downsample_factor == 16 and isinstance(no_pool.stem[0], nn.AvgPool2d)
+    # below the factor the last pool had nothing to pool: a clear error instead of PyTorch's "Output size is too
+    # small" (2D) / "input image ... smaller than kernel size" (3D)
+    assert net(torch.randn(1, 1, 16, 17)).shape == (1, 2)
+    for shape in [(1, 1, 15, 16), (1, 1, 8, 8), (1, 1, 16, 16, 15)]:
+        model = net if len(shape) == 4 else gmr_resnet18(3, 1, 2, **TINY).eval()
+        with pytest.raises(ValueError, match="downsample_factor=16"):
+            model(torch.randn(*shape))
 
 
 def test_feed_forward_false_and_features():
