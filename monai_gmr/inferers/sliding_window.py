@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map
 from monai.inferers import Inferer
-from monai.utils import convert_to_dst_type, ensure_tuple_rep
+from monai.inferers.utils import _flatten_struct, _pack_struct
+from monai.utils import convert_to_dst_type, ensure_tuple_rep, fall_back_tuple
 
 __all__ = ["SymmetricSlidingWindowInferer", "symmetric_window_starts"]
 
@@ -62,17 +63,25 @@ class SymmetricSlidingWindowInferer(Inferer):
     ``SlidingWindowInferer`` in bundle configs (the same main arguments).
 
     Args:
-        roi_size: window size, an int or one per spatial dim.
+        roi_size: window size, an int or one per spatial dim; a non-positive entry (``-1``) means the input's size
+            along that dim, as in MONAI.
         sw_batch_size: windows per network call.
-        overlap: nominal fraction of overlap between neighbouring windows.
+        overlap: nominal fraction of overlap between neighbouring windows, one float or one per spatial dim.
         mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (MONAI's importance maps).
         sigma_scale: Gaussian blending width (``mode="gaussian"``).
         padding_mode: padding of tiles smaller than a window (equal on both sides): ``"constant"`` (``cval``),
             ``"reflect"`` or ``"replicate"``.
         cval: constant padding value.
+        sw_device: device the windows are sent to and the network runs on (default: the input's device).
+        device: device the output is stitched on (default: the input's device), e.g. ``sw_device="cuda",
+            device="cpu"`` for tiles too large for GPU memory.
+
+    MONAI's other options (``progress``, ``cache_roi_weight_map``, ``buffer_steps``, ``with_coord``) are not
+    accepted (``TypeError``), nor are networks whose output windows differ in size from the input windows.
 
     Shapes: ``inputs`` ``(N, C, *spatial)`` -> network outputs ``(N, C', *spatial)`` (float32; a ``MetaTensor``
-    with the input's metadata when the input is one).
+    with the input's metadata when the input is one). A network returning a tuple or a dict of such tensors gives a
+    tuple or dict of stitched outputs, as in MONAI.
     """
 
     def __init__(
@@ -84,12 +93,15 @@ class SymmetricSlidingWindowInferer(Inferer):
         sigma_scale: Sequence[float] | float = 0.125,
         padding_mode: str = "constant",
         cval: float = 0.0,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got sw_batch_size={sw_batch_size}.")
-        if not 0.0 <= float(overlap) < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
+        overlaps = tuple(overlap) if isinstance(overlap, Sequence) else (overlap,)
+        if not overlaps or not all(0.0 <= float(o) < 1.0 for o in overlaps):
+            raise ValueError(f"overlap must be in [0, 1) (one float or one per spatial dim), got overlap={overlap}.")
         mode, padding_mode = str(getattr(mode, "value", mode)), str(getattr(padding_mode, "value", padding_mode))
         if mode not in _BLEND_MODES:
             raise ValueError(f"mode must be one of {_BLEND_MODES}, got mode={mode!r}.")
@@ -97,20 +109,27 @@ class SymmetricSlidingWindowInferer(Inferer):
             raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got padding_mode={padding_mode!r}.")
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
-        self.overlap = float(overlap)
+        self.overlap = tuple(float(o) for o in overlap) if isinstance(overlap, Sequence) else float(overlap)
         self.mode = mode
         self.sigma_scale = sigma_scale
         self.padding_mode = padding_mode
         self.cval = float(cval)
+        self.sw_device = sw_device
+        self.device = device
         self._weights: dict[tuple, torch.Tensor] = {}  # importance maps by (roi, device): built once, not per call
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, ...] | dict[Any, torch.Tensor]:
         d = inputs.ndim - 2
         if d < 1:
             raise ValueError(f"inputs must be (N, C, *spatial), got shape {tuple(inputs.shape)}.")
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
-        roi = tuple(int(r) for r in ensure_tuple_rep(self.roi_size, d))
         spatial = tuple(int(s) for s in x.shape[2:])
+        roi = tuple(int(r) for r in fall_back_tuple(self.roi_size, spatial))  # -1 / 0: the whole dim, as in MONAI
+        overlap = ensure_tuple_rep(self.overlap, d)
+        sw_device = torch.device(self.sw_device) if self.sw_device is not None else x.device
+        device = torch.device(self.device) if self.device is not None else x.device
         # tiles smaller than a window: pad equally on both sides (one more pixel on both when the difference is odd)
         pads = []
         for s, r in zip(spatial, roi):
@@ -122,33 +141,37 @@ class SymmetricSlidingWindowInferer(Inferer):
                 x, flat, mode=self.padding_mode
             )
         padded = tuple(int(s) for s in x.shape[2:])
-        starts = [symmetric_window_starts(s, r, self.overlap) for s, r in zip(padded, roi)]
+        starts = [symmetric_window_starts(s, r, o) for s, r, o in zip(padded, roi, overlap)]
         windows = list(itertools.product(*starts))
-        key = (roi, str(x.device))
+        key = (roi, str(device))
         if key not in self._weights:
-            w = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=x.device)
+            w = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device)
             self._weights[key] = w.to(torch.float32)
         weight = self._weights[key]
         n = x.shape[0]
-        out: torch.Tensor | None = None
-        count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=x.device)
+        outs: list[torch.Tensor] | None = None
+        dict_keys = None
+        count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=device)
         for i in range(0, len(windows), self.sw_batch_size):
             chunk = windows[i : i + self.sw_batch_size]
             sl = [tuple(slice(st, st + r) for st, r in zip(w, roi)) for w in chunk]
-            batch = torch.cat([x[(slice(None), slice(None)) + s] for s in sl], 0)
-            y = network(batch, *args, **kwargs)
-            y = y.as_tensor() if hasattr(y, "as_tensor") else y
-            if y.shape[2:] != roi:
-                raise ValueError(f"network output for a {roi} window has spatial shape {tuple(y.shape[2:])}.")
-            y = y.float()
-            if out is None:
-                out = torch.zeros((n, y.shape[1], *padded), dtype=torch.float32, device=x.device)
-            for j, s in enumerate(sl):
-                idx = (slice(None), slice(None)) + s
-                out[idx] += y[j * n : (j + 1) * n] * weight
-                count[idx] += weight
-        assert out is not None
-        out = out / count.clamp_min(torch.finfo(torch.float32).tiny)
+            batch = torch.cat([x[(slice(None), slice(None)) + s] for s in sl], 0).to(sw_device)
+            # a tuple or dict of outputs (deep supervision, multi-head networks) is stitched per entry, as in MONAI
+            dict_keys, ys = _flatten_struct(network(batch, *args, **kwargs))
+            if outs is None:
+                outs = [torch.zeros((n, y.shape[1], *padded), dtype=torch.float32, device=device) for y in ys]
+            for y, out in zip(ys, outs):
+                y = y.as_tensor() if hasattr(y, "as_tensor") else y
+                if tuple(y.shape[2:]) != roi:
+                    raise ValueError(f"network output for a {roi} window has spatial shape {tuple(y.shape[2:])}.")
+                y = y.to(device=device, dtype=torch.float32)
+                for j, s in enumerate(sl):
+                    out[(slice(None), slice(None)) + s] += y[j * n : (j + 1) * n] * weight
+            for s in sl:
+                count[(slice(None), slice(None)) + s] += weight
+        assert outs is not None
+        count = count.clamp_min(torch.finfo(torch.float32).tiny)
         crop = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pads, spatial))
-        # a MetaTensor input gives a MetaTensor output with its metadata (file names for writers), as in MONAI
-        return convert_to_dst_type(out[crop], inputs, dtype=torch.float32)[0]
+        # a MetaTensor input gives MetaTensor outputs with its metadata (file names for writers), as in MONAI
+        res = [convert_to_dst_type((out / count)[crop], inputs, dtype=torch.float32, device=device)[0] for out in outs]
+        return _pack_struct(res, dict_keys)

@@ -87,3 +87,40 @@ def test_metatensor_metadata_is_kept():
     x = MetaTensor(torch.rand(1, 3, 20, 24), meta={"filename_or_obj": "tile_07.png"})
     y = SymmetricSlidingWindowInferer(16)(x, _net())
     assert isinstance(y, MetaTensor) and y.meta["filename_or_obj"] == "tile_07.png" and y.shape == (1, 2, 20, 24)
+
+
+@torch.no_grad()
+def test_monai_arguments_roi_minus_one_per_dim_overlap_and_devices():
+    # a pointwise network: both inferers must give the network's own output, whatever the grid
+    net = lambda t: t * 2.0 + 1.0  # noqa: E731
+    x = torch.rand(2, 3, 37, 41)
+    for kw in (
+        {"roi_size": (16, -1)},  # -1: the whole dim, as in MONAI
+        {"roi_size": -1},
+        {"roi_size": 16, "overlap": (0.5, 0.25)},  # one overlap per dim
+        {"roi_size": 16, "sw_device": "cpu", "device": "cpu"},
+    ):
+        y = SymmetricSlidingWindowInferer(**kw)(x, net)
+        assert y.shape == x.shape and rel_err(y, SlidingWindowInferer(**kw)(x, net)) < 1e-6, kw
+        assert rel_err(y, net(x)) < 1e-6, kw
+    # per-dim overlap really is per dim: a tighter overlap on W gives more windows along W only
+    calls = []
+    counting = lambda t: calls.append(t.shape[0]) or t  # noqa: E731
+    SymmetricSlidingWindowInferer(16, overlap=(0.0, 0.75))(torch.rand(1, 1, 32, 32), counting)
+    assert sum(calls) == len(symmetric_window_starts(32, 16, 0.0)) * len(symmetric_window_starts(32, 16, 0.75))
+    with pytest.raises(ValueError, match="overlap"):
+        SymmetricSlidingWindowInferer(16, overlap=(0.25, 1.0))
+
+
+@torch.no_grad()
+def test_tuple_and_dict_network_outputs_are_stitched_like_monai():
+    from monai.data import MetaTensor
+
+    x = MetaTensor(torch.rand(1, 3, 37, 41), meta={"filename_or_obj": "tile.png"})
+    for net in (lambda t: (t, t[:, :1] * 2.0), lambda t: {"seg": t, "aux": t[:, :2] - 1.0}):
+        ours, theirs = SymmetricSlidingWindowInferer(16)(x, net), SlidingWindowInferer(16)(x, net)
+        assert type(ours) is type(theirs)
+        keys = list(theirs) if isinstance(theirs, dict) else range(len(theirs))
+        for k in keys:
+            assert ours[k].shape == theirs[k].shape and rel_err(ours[k], theirs[k]) < 1e-6, k
+            assert isinstance(ours[k], MetaTensor) and ours[k].meta["filename_or_obj"] == "tile.png"
