@@ -59,7 +59,8 @@ class SymmetricSlidingWindowInferer(Inferer):
 
     With a network that is exactly equivariant on ``roi_size`` windows (e.g. ``GMRUNet`` with sizes divisible by
     ``2 ** levels``), ``infer(flip(x)) == flip(infer(x))`` for any tile size and, with a square (cubic)
-    ``roi_size``, ``infer(rot90(x)) == rot90(infer(x))``, up to float summation order. A drop-in for MONAI's
+    ``roi_size`` (no ``-1`` entry) and the same ``overlap`` and ``sigma_scale`` along every dim,
+    ``infer(rot90(x)) == rot90(infer(x))``, up to float summation order. A drop-in for MONAI's
     ``SlidingWindowInferer`` in bundle configs (the same main arguments).
 
     Args:
