@@ -49,7 +49,7 @@ from monai_gmr.data.render import (
     smooth_noise,
     stains_to_rgb,
 )
-from monai_gmr.utils import atomic_path, make_temp_dir
+from monai_gmr.utils import atomic_path, make_temp_dir, size_hw
 
 __all__ = ["render_nuclei_tile", "make_synthetic_nuclei", "ensure_nuclei_dataset", "save_png"]
 
@@ -130,7 +130,7 @@ def render_nuclei_tile(
 
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    hgt, wid = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    hgt, wid = size_hw(size)
     if hgt < 16 or wid < 16:
         raise ValueError(f"size must be >= 16 pixels, got {(hgt, wid)}.")
     if nucleus_axes[0] <= 0 or nucleus_axes[1] < nucleus_axes[0]:
@@ -273,6 +273,7 @@ def make_synthetic_nuclei(
     """
     if int(n_images) < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}.")
+    hw = size_hw(size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items, infos = [], []
@@ -285,7 +286,6 @@ def make_synthetic_nuclei(
         items.append({"image": str(img_p.resolve()), "label": str(lab_p.resolve()), "mask": str(msk_p.resolve())})
         infos.append({"image": name, **{k: info[k] for k in ("n_nuclei", "n_fibers", "n_touching")}})
     splits = split_items(items, val_frac, test_frac, seed if split_seed is None else split_seed)
-    hw = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
     params = {"n_images": int(n_images), "size": list(hw), "seed": int(seed), "val_frac": val_frac,
               "test_frac": test_frac, "split_seed": seed if split_seed is None else split_seed, **render_kwargs}  # fmt: skip
     dl_path = write_datalist(

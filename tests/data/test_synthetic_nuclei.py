@@ -121,6 +121,17 @@ def test_ensure_nuclei_dataset_generates_logs_and_reuses(tmp_path, caplog):
     assert ensure_nuclei_dataset(empty, n_images=2, size=32).is_file()
 
 
+def test_size_must_be_an_int_or_two_values(tmp_path):
+    # (32,) raised IndexError and (32, 32, 32) was taken as (32, 32) without a word
+    for bad in ((32,), (32, 32, 32)):
+        with pytest.raises(ValueError, match="size must be an int or"):
+            render_nuclei_tile(bad, 0)
+        with pytest.raises(ValueError, match="size must be an int or"):
+            make_synthetic_nuclei(tmp_path / "out", n_images=1, size=bad)
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+    assert render_nuclei_tile((20, 30), 0)[0].shape == (20, 30, 3)
+
+
 def test_ensure_nuclei_dataset_errors(tmp_path):
     missing = tmp_path / "missing"
     with pytest.raises(FileNotFoundError, match=str(missing)):

@@ -200,6 +200,8 @@ def test_bad_arguments(tmp_path):
         make_synthetic_wsi(tmp_path, n_slides=0)
     with pytest.raises(ValueError, match="patch_level"):
         make_synthetic_wsi(tmp_path, n_slides=1, size=512, patch_level=5)
+    with pytest.raises(ValueError, match="size must be an int or"):  # was silently (512, 512)
+        make_synthetic_wsi(tmp_path, n_slides=1, size=(512, 512, 3))
 
 
 def test_ensure_wsi_dataset(tmp_path, caplog):
