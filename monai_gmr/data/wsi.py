@@ -496,7 +496,7 @@ def slide_patch_grid(
     if stride is None:
         sh, sw = ph, pw
     else:
-        sh, sw = (int(stride), int(stride)) if np.isscalar(stride) else (int(stride[0]), int(stride[1]))
+        sh, sw = size_hw(stride, "stride")
     if min(ph, pw, sh, sw) <= 0:
         raise ValueError(f"patch_size and stride must be positive, got {(ph, pw)} and {(sh, sw)}.")
     f0 = (int(round(ph * ds)), int(round(pw * ds)))  # level-0 footprint

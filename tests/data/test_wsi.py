@@ -153,6 +153,9 @@ def test_slide_patch_grid_over_tissue(slide):
         assert gt[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32].mean() > 0.3
     full = slide_patch_grid(path, patch_size=64, level=1, min_tissue=0.0, center=False)
     assert len(full["items"]) == 64 and full["items"][1]["location"] == [0, 128]
+    for bad in ({"patch_size": (64, 64, 3)}, {"stride": (32, 32, 1)}):  # were silently cut to two values
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be an int or"):
+            slide_patch_grid(path, level=1, min_tissue=0.0, **{"patch_size": 64, **bad})
     good, errors = validate_patch_items(items)
     assert len(good) == len(items) and errors == []
 
