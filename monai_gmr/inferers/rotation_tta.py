@@ -40,7 +40,7 @@ class RotationTTAInferer(Inferer):
     ``[1e-7, 1 - 1e-7]``) so the post transforms written for the plain network (``Activations``, ``AsDiscrete``)
     still apply and recover ``p`` (up to the clamping); ``output="probs"`` returns ``p``. ``average="logits"``
     averages raw outputs (no activation) and returns their mean, or ``activation`` of the mean with
-    ``output="probs"``.
+    ``output="probs"``. Half-precision network outputs (AMP) are averaged in float32 and returned as float32.
 
     Args:
         inferer: inner inferer called as ``inferer(view, network, *args, **kwargs)``; default ``SimpleInferer()``,
@@ -146,9 +146,9 @@ class RotationTTAInferer(Inferer):
     def _run_views(self, x: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
         views = [g.apply(x, self.mode) for g in self.geometries]
         if self.batch_views and len({tuple(v.shape) for v in views}) == 1:
-            out = _plain(self.inferer(torch.cat(views, 0), network, *args, **kwargs))
+            out = _output(self.inferer(torch.cat(views, 0), network, *args, **kwargs))
             return list(out.split(x.shape[0], dim=0))
-        return [_plain(self.inferer(v, network, *args, **kwargs)) for v in views]
+        return [_output(self.inferer(v, network, *args, **kwargs)) for v in views]
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Run TTA inference.
@@ -196,3 +196,10 @@ def _plain(y: Any) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"the inner inferer must return a tensor, got {type(y).__name__}.")
     return y.as_tensor() if hasattr(y, "as_tensor") else y
+
+
+def _output(y: Any) -> torch.Tensor:
+    """An inner-inferer output as a plain tensor, half precision (AMP) widened to float32: in float16/bfloat16 the
+    clamp ``1 - 1e-7`` rounds to 1, so a confident sigmoid probability became an infinite logit."""
+    y = _plain(y)
+    return y.float() if y.dtype in (torch.float16, torch.bfloat16) else y

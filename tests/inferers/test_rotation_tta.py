@@ -103,6 +103,18 @@ def test_classification_average_probabilities():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_outputs_are_reduced_in_float32(dtype):
+    """AMP outputs: in half precision the clamp 1 - 1e-7 rounds to 1 and a confident sigmoid logit became +inf."""
+    x = torch.randn(1, 1, 8, 8)
+    net = lambda t: (40.0 * t).to(dtype)  # noqa: E731  (confident single-logit network)
+    y = RotationTTAInferer(activation="sigmoid")(x, net)
+    ref = RotationTTAInferer(activation="sigmoid")(x, lambda t: net(t).float())
+    assert y.dtype == torch.float32 and torch.isfinite(y).all() and torch.equal(y, ref)
+    assert y.max() > 15.0  # logit(1 - 1e-7)
+
+
+@torch.no_grad()
 def test_3d_tta():
     net = _gmr_seg(3)
     x = torch.randn(1, 1, 10, 10, 10)
