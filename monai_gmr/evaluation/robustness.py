@@ -309,7 +309,12 @@ def rotation_robustness(
                 xg = g.apply(x, image_mode)
                 with torch.autocast(device.type, enabled=amp):
                     out = inferer(xg, network)
-                out = out[0] if isinstance(out, (tuple, list)) else out
+                out = out[0] if isinstance(out, (tuple, list)) and out else out
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        f"the network (through the inferer) must return a tensor or a tuple/list whose first entry is "
+                        f"one, got {type(out).__name__}; wrap the network to pick the output to score."
+                    )
                 out = (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
                 if task == "classification":
                     acc.update(out, y)

@@ -169,6 +169,8 @@ def test_bad_arguments():
         rotation_robustness(_identity_net, [{"img": lab.float(), "label": lab}])
     with pytest.raises(ValueError, match="label"):  # instance ids without label_transform
         rotation_robustness(_identity_net, (lab.float(), lab * 7), angles=(0,))
+    with pytest.raises(TypeError, match="must return a tensor"):  # was AttributeError: 'dict' has no 'float'
+        rotation_robustness(lambda t: {"seg": _identity_net(t)}, data, angles=(0,))
 
 
 def test_real_cpm15_tile_identity():
