@@ -42,6 +42,7 @@ from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items,
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
+    check_params,
     draw_nucleus,
     draw_spindle,
     nucleus_polar_params,
@@ -135,6 +136,14 @@ def render_nuclei_tile(
         raise ValueError(f"size must be >= 16 pixels, got {(hgt, wid)}.")
     if nucleus_axes[0] <= 0 or nucleus_axes[1] < nucleus_axes[0]:
         raise ValueError(f"nucleus_axes must be an increasing positive range, got {nucleus_axes}.")
+    check_params(
+        nonnegative={"nuclei_density": nuclei_density, "min_minor_axis": min_minor_axis, "irregularity": irregularity,
+                     "fiber_density": fiber_density, "fiber_angle_jitter": fiber_angle_jitter,
+                     "stroma_streaks": stroma_streaks, "stain_jitter": stain_jitter},
+        fractions={"touching_frac": touching_frac, "white_space": white_space},
+        ranges={"nucleus_axes": nucleus_axes, "nucleus_aspect": nucleus_aspect, "fiber_length": fiber_length,
+                "fiber_width": fiber_width},
+    )  # fmt: skip
     shape = (hgt, wid)
     area = hgt * wid
 

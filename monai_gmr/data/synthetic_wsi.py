@@ -54,6 +54,7 @@ from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items,
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
+    check_params,
     draw_nucleus,
     draw_spindle,
     nucleus_polar_params,
@@ -300,6 +301,14 @@ def render_synthetic_slide(
         rng = np.random.default_rng(rng)
     hgt, wid = size_hw(size)
     ds = int(mask_downsample)
+    if ds < 1 or int(n_stamps) < 1:
+        raise ValueError(f"mask_downsample and n_stamps must be >= 1, got {mask_downsample} and {n_stamps}.")
+    check_params(
+        nonnegative={"tumor_density": tumor_density, "normal_density": normal_density, "fiber_density": fiber_density,
+                     "fiber_angle_jitter": fiber_angle_jitter},
+        fractions={"tissue_fraction": tissue_fraction, "tumor_fraction[1]": tumor_fraction[1]},
+        ranges={"tumor_fraction": tumor_fraction, "tumor_axes": tumor_axes, "normal_axes": normal_axes},
+    )  # fmt: skip
     if hgt % ds or wid % ds:
         raise ValueError(f"size {(hgt, wid)} must be divisible by mask_downsample={ds}.")
     if min(hgt, wid) < 8 * ds:
