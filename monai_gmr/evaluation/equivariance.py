@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from monai_gmr.functional.groups import group_elements
-from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_mask
+from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, rotate, validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -129,7 +129,7 @@ def equivariance_error(
         ``{angle: rel_err}`` (float keys; a tuple of 3 floats for Euler angles).
     """
     _check_x(x, spatial_dims)
-    angles = list(angles)
+    angles = as_angle_list(angles)
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
     x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac)

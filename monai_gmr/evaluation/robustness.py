@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_gmr.functional.rotation import Geometry, central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import Geometry, as_angle_list, central_disk_mask, make_geometries
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -253,7 +253,7 @@ def rotation_robustness(
         raise ValueError(f"metrics must be a non-empty subset of {allowed} for task={task!r}, got metrics={metrics!r}.")
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got region={region!r}.")
-    angles = [float(a) for a in angles]
+    angles = [float(a) for a in as_angle_list(angles)]  # one number (a CLI's --angles 90) is one angle
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
     flips = list(flips or ())

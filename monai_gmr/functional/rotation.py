@@ -27,15 +27,18 @@ mask or exact path for right angles; these functions are pure batched tensor mat
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "INTERP_MODES",
+    "as_angle_list",
     "PADDING_MODES_ROT",
     "Geometry",
     "central_disk_mask",
@@ -537,8 +540,17 @@ class Geometry:
         return m if self.flip is None else flip(m, self.flip, self.spatial_dims)
 
 
+def as_angle_list(angles: AngleLike | Iterable[AngleLike]) -> list[AngleLike]:
+    """``angles`` as a list: one number (``90``, as a CLI or a config gives a single angle) becomes ``[90]``; any
+    other iterable (sequence, ``range``, 1D tensor / array) is listed as it is (in 3D an entry may be an Euler
+    triple)."""
+    if isinstance(angles, numbers.Real) or (isinstance(angles, (torch.Tensor, np.ndarray)) and angles.ndim == 0):
+        return [float(angles)]
+    return list(angles)
+
+
 def make_geometries(
-    angles: Sequence[AngleLike] = (0,),
+    angles: AngleLike | Iterable[AngleLike] = (0,),
     flips: Sequence[str | int] = (),
     spatial_dims: int = 2,
     axes: Sequence[int] | None = None,
@@ -548,7 +560,7 @@ def make_geometries(
     """List of geometries: every angle (no flip), then either each flip alone (``product=False``, the robustness
     layout: 36 angles + 2 flips = 38 views) or every flip combined with every angle (``product=True``, the TTA
     layout: angles (0, 90, 180, 270) x flips ("h",) = the 8 elements of D4)."""
-    angles = list(angles)
+    angles = as_angle_list(angles)
     flips = list(flips) if flips is not None else []
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")

@@ -94,7 +94,7 @@ class RotationTTAInferer(Inferer):
                 raise ValueError(f"{name} must be one of {allowed}, got {name}={value!r}.")
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.geometries: list[Geometry] = make_geometries(
-            list(angles), list(flips or ()), spatial_dims, axes, product=True, padding_mode=padding_mode
+            angles, list(flips or ()), spatial_dims, axes, product=True, padding_mode=padding_mode
         )
         self.reduce = reduce
         self.task = task

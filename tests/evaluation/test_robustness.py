@@ -34,6 +34,22 @@ def test_identity_network_scores_one_at_every_angle():
     assert r.n_images == 3 and r.settings["forward_passes_per_batch"] == 17
 
 
+def test_a_single_number_is_one_angle():
+    """``--angles 90`` on the CLI (fire gives an int) or ``"angles": 90`` in a config raised 'int' object is not
+    iterable in rotation_robustness, RotationTTAInferer and equivariance_error."""
+    import numpy as np
+
+    from monai_gmr.evaluation import equivariance_error
+    from monai_gmr.inferers import RotationTTAInferer
+
+    lab = _blob_labels(1, 16)
+    for a in (90, 45.0, np.int64(90), torch.tensor(90.0)):
+        r = rotation_robustness(_identity_net, (lab.float(), lab), angles=a, flips=(), image_mode="nearest")
+        assert r.angles == [float(a)] and r.per_angle["dice"] == [1.0]
+    assert RotationTTAInferer(angles=90).view_names == ["rot90"]
+    assert list(equivariance_error(lambda t: t, lab.float(), angles=30)) == [30.0]
+
+
 def test_padded_corners_never_count():
     """Label all foreground, network predicts foreground everywhere: the zero-padded rotated-in corners of the
     label would be false positives if they were scored."""
