@@ -184,7 +184,10 @@ def _source_grid(spatial_shape: Sequence[int], m: torch.Tensor, device, dtype) -
     mn = (m * half[None, :]) / half[:, None]  # D^-1 M D in normalised coordinates
     theta = torch.zeros(1, d, d + 1, dtype=torch.float64)
     theta[0, :, :d] = mn.flip(0).flip(1)  # grid order is (x=W, y=H[, z=D]) = reversed spatial dims
-    return F.affine_grid(theta.to(device=device, dtype=dtype), [1, 1, *spatial_shape], align_corners=True)
+    # float64 (then cast): autocast (AMP) lowers float32 affine_grid to float16/bfloat16, which cost precision and
+    # put a half-precision grid in the float32 cache entry (grid_sample then failed, inside autocast and after it)
+    grid = F.affine_grid(theta.to(device=device), [1, 1, *spatial_shape], align_corners=True)
+    return grid.to(dtype)
 
 
 def _as_plain(x: torch.Tensor) -> torch.Tensor:

@@ -231,3 +231,19 @@ def test_half_precision_resamples_in_float32(dtype):
     ramp = _linear_image(129, 129)
     ref = rotate(ramp.float(), 17.0)
     assert (rotate(ramp.to(dtype), 17.0).float() - ref).abs().max() <= 2 * ref.abs().max() * 2**-8
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_rotation_under_autocast_keeps_a_float32_grid(spatial_dims):
+    """Inside torch.autocast (AMP: SupervisedEvaluator(amp=True) around a RotationTTAInferer with non-right angles)
+    affine_grid ran in bfloat16 and its grid was cached under the float32 key: grid_sample failed with 'expected scalar
+    type Float but found BFloat16' inside autocast, and every later float32 rotation of that shape failed too."""
+    from monai_gmr.functional.rotation import clear_rotation_cache
+
+    x = torch.rand(1, 1, *([12] * spatial_dims))
+    ref = rotate(x, 30.0, spatial_dims)
+    clear_rotation_cache()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = rotate(x, 30.0, spatial_dims)
+    assert y.dtype == torch.float32 and torch.equal(y, ref)
+    assert torch.equal(rotate(x, 30.0, spatial_dims), ref)  # the cached grid is still the float32 one

@@ -115,6 +115,20 @@ def test_half_precision_outputs_are_reduced_in_float32(dtype):
 
 
 @torch.no_grad()
+def test_non_right_angles_under_autocast():
+    """SupervisedEvaluator(amp=True) runs the inferer inside torch.autocast: a 30-degree view failed in grid_sample
+    ('expected scalar type Float but found BFloat16', the sampling grid was built in half precision)."""
+    from monai_gmr.functional.rotation import clear_rotation_cache
+
+    clear_rotation_cache()
+    net, x = _gmr_seg(), torch.randn(1, 1, 20, 20)
+    inf = RotationTTAInferer(angles=(0, 30), flips=("h",))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = inf(x, net)
+    assert y.dtype == torch.float32 and (y.softmax(1) - inf(x, net).softmax(1)).abs().max() < 0.05
+
+
+@torch.no_grad()
 def test_3d_tta():
     net = _gmr_seg(3)
     x = torch.randn(1, 1, 10, 10, 10)
