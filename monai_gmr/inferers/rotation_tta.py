@@ -9,7 +9,7 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
-from monai_gmr.functional.rotation import Geometry, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, make_geometries
 
 __all__ = ["RotationTTAInferer"]
 
@@ -104,7 +104,6 @@ class RotationTTAInferer(Inferer):
         self.output = output
         self.mode = mode
         self.batch_views = batch_views
-        self._weight_cache: dict[tuple, torch.Tensor] = {}
         # validate the interpolation mode early (raises ValueError naming `mode`)
         self.geometries[0].valid_mask([4] * spatial_dims, mode)
 
@@ -115,12 +114,15 @@ class RotationTTAInferer(Inferer):
 
     def view_weights(self, spatial_shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
         """``(V, *spatial)`` float weights of the segmentation views in the input frame (1 = real pixels only)."""
-        key = (tuple(int(s) for s in spatial_shape), str(device), self.mode)
-        if key not in self._weight_cache:
-            self._weight_cache[key] = torch.stack(
-                [g.roundtrip_mask(spatial_shape, self.mode, device=device) for g in self.geometries]
-            ).float()
-        return self._weight_cache[key]
+        shape = tuple(int(s) for s in spatial_shape)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        # bool masks in the rotation module's LRU cache (byte budget): a run over tiles of many sizes no longer keeps
+        # one float (V, H, W) stack per size for the inferer's lifetime
+        masks = _cached(
+            ("tta_weights", shape, tuple(self.geometries), self.mode, dev),
+            lambda: (torch.stack([g.roundtrip_mask(shape, self.mode, device=dev) for g in self.geometries]),),
+        )[0]
+        return masks.float()
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
         if self.activation == "softmax" and y.shape[1] == 1 and (self.average == "probs" or self.output == "probs"):

@@ -129,6 +129,26 @@ def test_non_right_angles_under_autocast():
 
 
 @torch.no_grad()
+def test_view_weights_of_many_tile_sizes_stay_within_the_rotation_cache_budget(monkeypatch):
+    """The inferer kept one float (V, H, W) weight stack per tile size for its whole life (18 MiB after 40 sizes of
+    ~120 px, GBs for a varied-size data set on the GPU); the weights now live in the rotation module's LRU cache."""
+    import monai_gmr.functional.rotation as rot
+
+    rot.clear_rotation_cache()
+    monkeypatch.setattr(rot, "_CACHE_BUDGET_BYTES", 2**20)
+    inf = RotationTTAInferer(angles=(0, 30, 90), flips=("h",))
+    net = lambda t: torch.cat([t, -t], 1)  # noqa: E731
+    for s in range(60, 76):
+        inf(torch.rand(1, 1, s, s + 3), net)
+    assert sum(t.numel() * t.element_size() for v in rot._CACHE.values() for t in v) <= 2**20
+    assert not [k for k, v in vars(inf).items() if isinstance(v, dict) and len(v) > 1]  # no per-size state
+    w = inf.view_weights((20, 23))
+    assert w.dtype == torch.float32 and w.shape == (6, 20, 23) and bool((w[[0, 2, 3, 5]] == 1).all())
+    assert 0 < float(w[1].mean()) < 1  # the 30-degree views lose their corners
+    rot.clear_rotation_cache()
+
+
+@torch.no_grad()
 def test_3d_tta():
     net = _gmr_seg(3)
     x = torch.randn(1, 1, 10, 10, 10)
