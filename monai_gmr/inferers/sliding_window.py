@@ -145,10 +145,12 @@ class SymmetricSlidingWindowInferer(Inferer):
         starts = [symmetric_window_starts(s, r, o) for s, r, o in zip(padded, roi, overlap)]
         windows = list(itertools.product(*starts))
         key = (roi, str(device))
-        if key not in self._weights:
-            w = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device)
-            self._weights[key] = w.to(torch.float32)
-        weight = self._weights[key]
+        weight = self._weights.get(key)
+        if weight is None:
+            weight = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device)
+            weight = weight.to(torch.float32)
+            if all(int(r) > 0 for r in ensure_tuple_rep(self.roi_size, d)):  # a -1 roi follows every tile's size
+                self._weights[key] = weight
         n = x.shape[0]
         outs: list[torch.Tensor] | None = None
         dict_keys = None

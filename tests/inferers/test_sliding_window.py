@@ -108,6 +108,11 @@ def test_monai_arguments_roi_minus_one_per_dim_overlap_and_devices():
     counting = lambda t: calls.append(t.shape[0]) or t  # noqa: E731
     SymmetricSlidingWindowInferer(16, overlap=(0.0, 0.75))(torch.rand(1, 1, 32, 32), counting)
     assert sum(calls) == len(symmetric_window_starts(32, 16, 0.0)) * len(symmetric_window_starts(32, 16, 0.75))
+    # a -1 roi follows every tile's size: its importance maps are not kept (one per tile size would pile up)
+    inf = SymmetricSlidingWindowInferer((16, -1))
+    for w in range(20, 26):
+        inf(torch.rand(1, 1, 20, w), net)
+    assert len(inf._weights) == 0
     with pytest.raises(ValueError, match="overlap"):
         SymmetricSlidingWindowInferer(16, overlap=(0.25, 1.0))
 
