@@ -77,8 +77,9 @@ class SymmetricSlidingWindowInferer(Inferer):
         device: device the output is stitched on (default: the input's device), e.g. ``sw_device="cuda",
             device="cpu"`` for tiles too large for GPU memory.
 
-    MONAI's other options (``progress``, ``cache_roi_weight_map``, ``buffer_steps``, ``with_coord``) are not
-    accepted (``TypeError``), nor are networks whose output windows differ in size from the input windows.
+    MONAI's other options (``progress``, ``cache_roi_weight_map``, ``cpu_thresh``, ``buffer_steps``, ``buffer_dim``,
+    ``with_coord``) are not accepted (``TypeError``), nor are networks whose output windows differ in size from the
+    input windows.
 
     Shapes: ``inputs`` ``(N, C, *spatial)`` -> network outputs ``(N, C', *spatial)`` (float32; a ``MetaTensor``
     with the input's metadata when the input is one). A network returning a tuple or a dict of such tensors gives a
