@@ -497,6 +497,8 @@ class Geometry:
         if self.axes is not None:
             object.__setattr__(self, "axes", tuple(int(a) for a in self.axes))
         _planes(self.angle, self.spatial_dims, self.axes)  # validates
+        if self.padding_mode not in PADDING_MODES_ROT:  # else only a non-right angle would notice, at call time
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES_ROT}, got padding_mode={self.padding_mode!r}.")
         if self.flip is not None:
             flip_axis(self.flip, self.spatial_dims)
 
@@ -574,10 +576,29 @@ def make_geometries(
             geoms += [Geometry(_norm_angle(a), f, spatial_dims, ax, padding_mode) for a in angles]  # type: ignore[arg-type]
         else:
             geoms.append(Geometry(0.0, f, spatial_dims, ax, padding_mode))  # type: ignore[arg-type]
-    names = [g.name for g in geoms]
-    if len(set(names)) != len(names):
-        raise ValueError(f"angles/flips produce duplicate views {names}; got angles={angles!r}, flips={flips!r}.")
+    # duplicates are views that move every pixel the same way, whatever their names: 0 and 360 degrees, or (with
+    # product=True) rot180 + flip "h" and flip "v"; a TTA average would weight them twice
+    seen: dict[tuple[float, ...], str] = {}
+    for g in geoms:
+        key = _view_key(g)
+        if key in seen:
+            raise ValueError(
+                f"angles/flips produce duplicate views ({seen[key]} and {g.name} are the same transform); got "
+                f"angles={angles!r}, flips={flips!r}."
+            )
+        seen[key] = g.name
     return geoms
+
+
+def _view_key(g: Geometry) -> tuple[float, ...]:
+    """The linear map of centred coordinates of ``g.apply`` (flip first, then rotate), rounded: equal keys = same view."""
+    m = rotation_matrix(g.angle, g.spatial_dims, g.axes)
+    if g.flip is not None:
+        f = torch.eye(g.spatial_dims, dtype=torch.float64)
+        a = flip_axis(g.flip, g.spatial_dims)
+        f[a, a] = -1.0
+        m = f @ m
+    return tuple(round(v, 9) + 0.0 for v in m.flatten().tolist())
 
 
 def _norm_angle(a: AngleLike) -> float | tuple[float, ...]:

@@ -81,6 +81,20 @@ def test_names_and_make_geometries():
     assert len(d4) == 8 and len({g.name for g in d4}) == 8
 
 
+
+def test_make_geometries_rejects_views_that_are_the_same_transform():
+    """Names differ but the pixels move the same way: a TTA average weighted such views twice (0 and 360 degrees; with
+    flips ("h", "v") x 4 right angles every reflection came twice, rot180 + flip h being flip v)."""
+    for angles, flips, product in (((0, 360), (), False), ((0, 90, -270), (), True), ((0, 90, 180, 270), ("h", "v"), True)):
+        with pytest.raises(ValueError, match="duplicate views"):
+            make_geometries(angles, flips, product=product)
+    assert len(make_geometries((0, 90), ("h", "v"), product=True)) == 6  # all distinct
+    x = torch.rand(1, 1, 5, 7)
+    assert torch.equal(Geometry(180, "h").apply(x), Geometry(0, "v").apply(x))  # the duplicate really is one
+    with pytest.raises(ValueError, match="padding_mode"):  # was only noticed at call time by a non-right angle
+        Geometry(90, padding_mode="mirror")
+
+
 @pytest.mark.parametrize("angle", [17.0, 30.0, 45.0, -60.0])
 def test_linear_image_rotation_and_roundtrip_exact_on_valid(angle):
     img = _linear_image(33, 33)
