@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_gmr.functional.rotation import Geometry, as_angle_list, central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, as_angle_list, central_disk_mask, make_geometries
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -279,7 +279,6 @@ def rotation_robustness(
         ]
     else:
         accs = [ClassificationAccumulator(metrics, activation) for _ in geoms]
-    mask_cache: dict[tuple, torch.Tensor] = {}
     n_images = 0
     t0 = time.perf_counter()
     try:
@@ -324,14 +323,14 @@ def rotation_robustness(
                     raise ValueError(
                         f"network output shape {tuple(out.shape)} does not match the (rotated) label {tuple(yg.shape)}."
                     )
-                key = (g, spatial, str(device))
-                if key not in mask_cache:
-                    m = g.valid_mask(spatial, image_mode, device=device)
-                    if region == "disk":
-                        m = m & central_disk_mask(m.shape, radius_frac, device=device)
-                    mask_cache[key] = m
+                # the rotation module's byte-budgeted LRU: a dict kept one mask per view and tile size for the whole
+                # run (GBs on data sets of varied tile sizes)
+                mask = _cached(
+                    ("robustness_mask", g, spatial, device, image_mode, region, radius_frac),
+                    lambda g=g, spatial=spatial: (_region_mask(g, spatial, image_mode, region, radius_frac, device),),
+                )[0]
                 inst = None if y_inst is None else g.apply(y_inst, "nearest")
-                acc.update(out, yg, mask_cache[key], instances=inst)
+                acc.update(out, yg, mask, instances=inst)
     finally:
         if was_training:
             network.train()  # type: ignore[union-attr]
@@ -371,6 +370,14 @@ def rotation_robustness(
         settings=settings,
         seconds=seconds,
     )
+
+
+def _region_mask(
+    g: Geometry, spatial: tuple[int, ...], image_mode: str, region: str, radius_frac: float, device: torch.device
+) -> torch.Tensor:
+    """Pixels scored for view ``g``: valid (no padding in the stencil), and inside the central disk for ``"disk"``."""
+    m = g.valid_mask(spatial, image_mode, device=device)
+    return m & central_disk_mask(m.shape, radius_frac, device=device) if region == "disk" else m
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, task: str, spatial_dims: int) -> None:
