@@ -1,6 +1,6 @@
 """Synthetic H&E-like nuclei tiles with instance masks, designed so that orientation matters.
 
-What a tile contains (see ``docs/data.md`` for the design rationale):
+What a tile contains, and why:
 
 - **stroma**: eosin-pink, with isotropic texture plus collagen-like streaks along a dominant direction;
 - **fibres / fibroblast streaks** (label = background): thin, dark (haematoxylin-rich), tapered, slightly curved
