@@ -66,7 +66,7 @@ class SymmetricSlidingWindowInferer(Inferer):
     Args:
         roi_size: window size, an int or one per spatial dim; a non-positive entry (``-1``) means the input's size
             along that dim, as in MONAI.
-        sw_batch_size: windows per network call.
+        sw_batch_size: windows per network call (counting each image of the batch separately, as in MONAI).
         overlap: nominal fraction of overlap between neighbouring windows, one float or one per spatial dim.
         mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (MONAI's importance maps).
         sigma_scale: Gaussian blending width (``mode="gaussian"``).
@@ -156,10 +156,12 @@ class SymmetricSlidingWindowInferer(Inferer):
         outs: list[torch.Tensor] | None = None
         dict_keys = None
         count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=device)
-        for i in range(0, len(windows), self.sw_batch_size):
-            chunk = windows[i : i + self.sw_batch_size]
-            sl = [tuple(slice(st, st + r) for st, r in zip(w, roi)) for w in chunk]
-            batch = torch.cat([x[(slice(None), slice(None)) + s] for s in sl], 0).to(sw_device)
+        # sw_batch_size counts (window, image) pairs per network call, as in MONAI (it was windows x batch size)
+        pairs = [(w, b) for w in windows for b in range(n)]
+        for i in range(0, len(pairs), self.sw_batch_size):
+            chunk = pairs[i : i + self.sw_batch_size]
+            sl = [(slice(b, b + 1), slice(None)) + tuple(slice(st, st + r) for st, r in zip(w, roi)) for w, b in chunk]
+            batch = torch.cat([x[s] for s in sl], 0).to(sw_device)
             # a tuple or dict of outputs (deep supervision, multi-head networks) is stitched per entry, as in MONAI
             dict_keys, ys = _flatten_struct(network(batch, *args, **kwargs))
             if outs is None:
@@ -170,9 +172,10 @@ class SymmetricSlidingWindowInferer(Inferer):
                     raise ValueError(f"network output for a {roi} window has spatial shape {tuple(y.shape[2:])}.")
                 y = y.to(device=device, dtype=torch.float32)
                 for j, s in enumerate(sl):
-                    out[(slice(None), slice(None)) + s] += y[j * n : (j + 1) * n] * weight
-            for s in sl:
-                count[(slice(None), slice(None)) + s] += weight
+                    out[s] += y[j : j + 1] * weight
+            for (_, b), s in zip(chunk, sl):
+                if b == 0:  # the weights are shared by the images of the batch: count each window once
+                    count[(slice(None),) + s[1:]] += weight
         assert outs is not None
         count = count.clamp_min(torch.finfo(torch.float32).tiny)
         crop = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pads, spatial))

@@ -118,6 +118,21 @@ def test_monai_arguments_roi_minus_one_per_dim_overlap_and_devices():
 
 
 @torch.no_grad()
+def test_sw_batch_size_counts_windows_of_each_image_as_in_monai():
+    """With a batch of N images every network call got sw_batch_size x N windows (MONAI: sw_batch_size), so a value
+    tuned for MONAI's inferer used N times the memory."""
+    x = torch.rand(3, 1, 40, 40)
+    sizes = {}
+    for cls in (SlidingWindowInferer, SymmetricSlidingWindowInferer):
+        calls = []
+        y = cls(16, sw_batch_size=4)(x, lambda t: calls.append(t.shape[0]) or t * 2.0)  # noqa: B023
+        sizes[cls] = calls
+        assert rel_err(y, x * 2.0) < 1e-6
+    assert max(sizes[SymmetricSlidingWindowInferer]) == 4 and sum(sizes[SymmetricSlidingWindowInferer]) == 3 * 9
+    assert sizes[SymmetricSlidingWindowInferer] == sizes[SlidingWindowInferer]  # here both grids have 3 x 3 windows
+
+
+@torch.no_grad()
 def test_tuple_and_dict_network_outputs_are_stitched_like_monai():
     from monai.data import MetaTensor
 
