@@ -29,10 +29,26 @@ __all__ = [
     "summary_writer",
     "tensorboard_available",
     "NullSummaryWriter",
+    "size_hw",
 ]
 
 
 logger = logging.getLogger(__name__)
+
+
+def size_hw(size: Any, name: str = "size") -> tuple[int, int]:
+    """``S`` or ``(H, W)`` -> ``(H, W)`` ints.
+
+    Raises:
+        ValueError: a sequence that does not hold exactly 2 values (the message names ``name``).
+    """
+    from monai.utils import ensure_tuple_rep
+
+    try:
+        hgt, wid = ensure_tuple_rep(size, 2)
+    except ValueError as e:
+        raise ValueError(f"{name} must be an int or (H, W), got {name}={size!r}.") from e
+    return int(hgt), int(wid)
 
 
 @contextlib.contextmanager

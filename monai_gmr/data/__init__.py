@@ -2,7 +2,7 @@
 
 - :func:`make_synthetic_nuclei` / :func:`ensure_nuclei_dataset`: H&E-like nuclei tiles with instance masks and an
   orientation shortcut (stromal fibres along a dominant direction) that plain CNNs learn and equivariant ones
-  cannot use (see ``docs/data.md``).
+  cannot use (the design is described in :mod:`monai_gmr.data.synthetic_nuclei`).
 - ``python -m monai_gmr.data.prepare_nuclei``: image/instance-mask folders, MoNuSeg XML, CPM-15 ASCII masks ->
   images, instance/binary(/boundary) masks and a MONAI datalist (:func:`prepare_nuclei_dataset`; the name
   ``monai_gmr.data.prepare_nuclei`` is the module).

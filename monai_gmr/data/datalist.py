@@ -115,6 +115,8 @@ def split_items(
 
 
 def _relative(value: Any, root: Path) -> Any:
+    if isinstance(value, (list, tuple)):  # several files per key (e.g. multi-modal images), as MONAI's datalists allow
+        return [_relative(v, root) for v in value]
     if isinstance(value, (str, os.PathLike)):
         p = Path(value)
         if p.is_absolute():
@@ -169,10 +171,17 @@ def read_datalist(path: str | os.PathLike, split: str | None = None, absolute: b
         raise KeyError(f"datalist {str(path)!r} has no split {split!r} (keys: {sorted(obj)}).")
     items = [dict(i) for i in obj[split]]
     if absolute:
+
+        def resolve(v: Any) -> Any:
+            if isinstance(v, list):  # several files per key, as MONAI's load_decathlon_datalist resolves them
+                return [resolve(e) for e in v]
+            if isinstance(v, str) and not Path(v).is_absolute() and (path.parent / v).exists():
+                return str(path.parent / v)
+            return v
+
         for it in items:
             for k, v in it.items():
-                if isinstance(v, str) and not Path(v).is_absolute() and (path.parent / v).exists():
-                    it[k] = str(path.parent / v)
+                it[k] = resolve(v)
     return items
 
 

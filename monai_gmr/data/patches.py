@@ -184,6 +184,11 @@ def write_pcam_h5(prefix: str | os.PathLike, images: np.ndarray, labels: Sequenc
         raise ValueError(f"images must be (N, H, W, 3) uint8, got {images.dtype} {images.shape}.")
     if labels.size != images.shape[0]:
         raise ValueError(f"{labels.size} labels for {images.shape[0]} images.")
+    # the labels are stored as uint8 (PCam layout): anything else would wrap silently (-1 -> 255, 256 -> 0)
+    if labels.size and (not np.all(np.mod(labels, 1) == 0) or labels.min() < 0 or labels.max() > 255):
+        raise ValueError(
+            f"labels must be integers in [0, 255] (stored as uint8), got range [{labels.min()}, {labels.max()}]."
+        )
     prefix = str(prefix)
     xp, yp = Path(prefix + "_x.h5"), Path(prefix + "_y.h5")
     with atomic_path(xp) as tmp:

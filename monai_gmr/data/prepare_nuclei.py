@@ -561,8 +561,10 @@ def prepare_nuclei_dataset(
                 item["boundary"] = str(save_png(tmp / "boundary" / name, three))
             item["label"] = item[{"instance": "instance", "binary": "mask", "boundary": "boundary"}[label]]
             items.append({k: item[k] for k in ("image", "label", "instance", "mask", "boundary") if k in item})
-            stats.append({"name": pair.name, "source_image": str(pair.image), "source_mask": str(pair.mask),
-                          "height": int(rgb.shape[0]), "width": int(rgb.shape[1]), "n_nuclei": int(inst.max())})  # fmt: skip
+            # absolute, like preparation["input"] (a path relative to this run's working folder means nothing later)
+            stats.append({"name": pair.name, "source_image": str(pair.image.resolve()),
+                          "source_mask": str(pair.mask.resolve()), "height": int(rgb.shape[0]),
+                          "width": int(rgb.shape[1]), "n_nuclei": int(inst.max())})  # fmt: skip
             logger.info("%s: %dx%d, %d nuclei", pair.name, rgb.shape[1], rgb.shape[0], int(inst.max()))
         splits = split_items(items, val_frac, test_frac, seed)
         write_datalist(

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "check_params",
     "HEMATOXYLIN",
     "EOSIN",
     "stains_to_rgb",
@@ -34,6 +35,34 @@ HEMATOXYLIN = np.array([0.650, 0.704, 0.286], dtype=np.float64)
 HEMATOXYLIN = HEMATOXYLIN / np.linalg.norm(HEMATOXYLIN)
 EOSIN = np.array([0.072, 0.990, 0.105], dtype=np.float64)
 EOSIN = EOSIN / np.linalg.norm(EOSIN)
+
+
+def check_params(
+    nonnegative: dict[str, float] | None = None,
+    fractions: dict[str, float] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> None:
+    """Validate generator arguments, naming the first bad one (numpy's own errors, e.g. ``"high - low < 0"`` or
+    ``"lam < 0"``, name none).
+
+    Args:
+        nonnegative: ``{name: value}`` that must be finite and ``>= 0``.
+        fractions: ``{name: value}`` that must lie in ``[0, 1]``.
+        ranges: ``{name: (low, high)}`` with ``0 <= low <= high``, both finite.
+
+    Raises:
+        ValueError: the first argument that breaks its rule.
+    """
+    for name, v in (nonnegative or {}).items():
+        if not math.isfinite(float(v)) or float(v) < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {name}={v!r}.")
+    for name, v in (fractions or {}).items():
+        if not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {name}={v!r}.")
+    for name, pair in (ranges or {}).items():
+        lo, hi = (float(v) for v in pair)
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
+            raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high, got {name}={tuple(pair)!r}.")
 
 
 def stains_to_rgb(

@@ -1,6 +1,6 @@
 """Synthetic H&E-like nuclei tiles with instance masks, designed so that orientation matters.
 
-What a tile contains (see ``docs/data.md`` for the design rationale):
+What a tile contains, and why:
 
 - **stroma**: eosin-pink, with isotropic texture plus collagen-like streaks along a dominant direction;
 - **fibres / fibroblast streaks** (label = background): thin, dark (haematoxylin-rich), tapered, slightly curved
@@ -42,6 +42,7 @@ from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items,
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
+    check_params,
     draw_nucleus,
     draw_spindle,
     nucleus_polar_params,
@@ -49,7 +50,7 @@ from monai_gmr.data.render import (
     smooth_noise,
     stains_to_rgb,
 )
-from monai_gmr.utils import atomic_path, make_temp_dir
+from monai_gmr.utils import atomic_path, make_temp_dir, size_hw
 
 __all__ = ["render_nuclei_tile", "make_synthetic_nuclei", "ensure_nuclei_dataset", "save_png"]
 
@@ -130,11 +131,19 @@ def render_nuclei_tile(
 
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    hgt, wid = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    hgt, wid = size_hw(size)
     if hgt < 16 or wid < 16:
         raise ValueError(f"size must be >= 16 pixels, got {(hgt, wid)}.")
     if nucleus_axes[0] <= 0 or nucleus_axes[1] < nucleus_axes[0]:
         raise ValueError(f"nucleus_axes must be an increasing positive range, got {nucleus_axes}.")
+    check_params(
+        nonnegative={"nuclei_density": nuclei_density, "min_minor_axis": min_minor_axis, "irregularity": irregularity,
+                     "fiber_density": fiber_density, "fiber_angle_jitter": fiber_angle_jitter,
+                     "stroma_streaks": stroma_streaks, "stain_jitter": stain_jitter},
+        fractions={"touching_frac": touching_frac, "white_space": white_space},
+        ranges={"nucleus_axes": nucleus_axes, "nucleus_aspect": nucleus_aspect, "fiber_length": fiber_length,
+                "fiber_width": fiber_width},
+    )  # fmt: skip
     shape = (hgt, wid)
     area = hgt * wid
 
@@ -273,6 +282,7 @@ def make_synthetic_nuclei(
     """
     if int(n_images) < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}.")
+    hw = size_hw(size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items, infos = [], []
@@ -285,7 +295,6 @@ def make_synthetic_nuclei(
         items.append({"image": str(img_p.resolve()), "label": str(lab_p.resolve()), "mask": str(msk_p.resolve())})
         infos.append({"image": name, **{k: info[k] for k in ("n_nuclei", "n_fibers", "n_touching")}})
     splits = split_items(items, val_frac, test_frac, seed if split_seed is None else split_seed)
-    hw = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
     params = {"n_images": int(n_images), "size": list(hw), "seed": int(seed), "val_frac": val_frac,
               "test_frac": test_frac, "split_seed": seed if split_seed is None else split_seed, **render_kwargs}  # fmt: skip
     dl_path = write_datalist(

@@ -54,6 +54,7 @@ from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items,
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
+    check_params,
     draw_nucleus,
     draw_spindle,
     nucleus_polar_params,
@@ -62,7 +63,7 @@ from monai_gmr.data.render import (
 )
 from monai_gmr.data.synthetic_nuclei import save_png
 from monai_gmr.data.wsi import level0_center, sample_patch_locations
-from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, make_temp_dir
+from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, make_temp_dir, size_hw
 
 __all__ = [
     "write_pyramidal_tiff",
@@ -298,8 +299,16 @@ def render_synthetic_slide(
 
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    hgt, wid = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    hgt, wid = size_hw(size)
     ds = int(mask_downsample)
+    if ds < 1 or int(n_stamps) < 1:
+        raise ValueError(f"mask_downsample and n_stamps must be >= 1, got {mask_downsample} and {n_stamps}.")
+    check_params(
+        nonnegative={"tumor_density": tumor_density, "normal_density": normal_density, "fiber_density": fiber_density,
+                     "fiber_angle_jitter": fiber_angle_jitter},
+        fractions={"tissue_fraction": tissue_fraction, "tumor_fraction[1]": tumor_fraction[1]},
+        ranges={"tumor_fraction": tumor_fraction, "tumor_axes": tumor_axes, "normal_axes": normal_axes},
+    )  # fmt: skip
     if hgt % ds or wid % ds:
         raise ValueError(f"size {(hgt, wid)} must be divisible by mask_downsample={ds}.")
     if min(hgt, wid) < 8 * ds:
@@ -433,7 +442,7 @@ def make_synthetic_wsi(
         dict with ``datalist_path``, ``patch_csv``, ``slides_json``, ``root``, ``slides`` (per-slide metadata) and
         the three splits (lists of PatchWSIDataset items with absolute slide paths).
     """
-    hw = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    hw = size_hw(size)
     if int(n_slides) < 1:
         raise ValueError(f"n_slides must be >= 1, got {n_slides}.")
     if n_levels is None:

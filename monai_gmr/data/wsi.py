@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_gmr.utils import size_hw
+
 __all__ = [
     "SLIDE_EXTENSIONS",
     "WSIError",
@@ -398,7 +400,7 @@ def sample_patch_locations(
     if downsample <= 0:
         raise ValueError(f"downsample must be > 0, got {downsample}.")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    ph, pw = (int(patch_size), int(patch_size)) if np.isscalar(patch_size) else (int(patch_size[0]), int(patch_size[1]))
+    ph, pw = size_hw(patch_size, "patch_size")
     foot0 = (ph * patch_downsample, pw * patch_downsample)  # level-0 footprint
     # a centre anywhere in mask pixel i has its footprint inside mask pixels i - r .. i + r: an odd, centred
     # window of 2 r + 1 pixels is a conservative footprint for every jittered centre
@@ -490,11 +492,11 @@ def slide_patch_grid(
         h0, w0 = (int(v) for v in reader.get_size(wsi, 0))
     finally:
         _close(wsi)
-    ph, pw = (int(patch_size), int(patch_size)) if np.isscalar(patch_size) else (int(patch_size[0]), int(patch_size[1]))
+    ph, pw = size_hw(patch_size, "patch_size")
     if stride is None:
         sh, sw = ph, pw
     else:
-        sh, sw = (int(stride), int(stride)) if np.isscalar(stride) else (int(stride[0]), int(stride[1]))
+        sh, sw = size_hw(stride, "stride")
     if min(ph, pw, sh, sw) <= 0:
         raise ValueError(f"patch_size and stride must be positive, got {(ph, pw)} and {(sh, sw)}.")
     f0 = (int(round(ph * ds)), int(round(pw * ds)))  # level-0 footprint

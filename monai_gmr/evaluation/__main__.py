@@ -122,6 +122,13 @@ def main(
         if inf_id is not None:
             section["inferer"] = parser.get_parsed_content(inf_id)
     network = parser.get_parsed_content(net_id)
+    if ckpt_path is None:  # the config's own "ckpt_path" id is not loaded: the numbers may be an untrained net's
+        cfg_ckpt = parser.get("ckpt_path", None)
+        logger.warning(
+            "no --ckpt_path: evaluating %r with the weights the config builds it with%s.",
+            net_id,
+            f" (config id 'ckpt_path' = {cfg_ckpt!r} is not loaded)" if cfg_ckpt else "",
+        )
     dataloader = parser.get_parsed_content(dl_id)
     section.setdefault("model_name", Path(ckpt_path).stem if ckpt_path else str(net_id))
     comp = [c.strip() for c in compare.split(",")] if isinstance(compare, str) else list(compare or [])

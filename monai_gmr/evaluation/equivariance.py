@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from monai_gmr.functional.groups import group_elements
-from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_mask
+from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, rotate, validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -80,8 +80,14 @@ def on_canvas(
 
 
 def _first(out):
-    if isinstance(out, (tuple, list)):
+    """The tensor to measure: the output itself, or the first of a tuple/list (deep supervision)."""
+    if isinstance(out, (tuple, list)) and out:
         out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"fn must return a tensor (or a tuple/list whose first entry is one), got {type(out).__name__}; wrap fn "
+            "to pick the output to measure, e.g. lambda x: net(x)['seg']."
+        )
     return out.as_tensor() if hasattr(out, "as_tensor") else out
 
 
@@ -102,14 +108,15 @@ def equivariance_error(
     spatial_dims: int = 2,
     axes: Sequence[int] | None = None,
     canvas: int | Sequence[int] | None = None,
-) -> dict[float, float]:
+) -> dict[float | tuple[float, ...], float]:
     """Relative rotation-equivariance error of ``fn`` at each angle.
 
     Args:
         fn: callable ``(N, C, *spatial) -> (N, C', *spatial')`` (or ``(N, C')`` for invariant heads). Put
             modules in ``eval()`` mode first.
         x: input batch ``(N, C, *spatial)``.
-        angles: degrees (counter-clockwise, :func:`~monai_gmr.functional.rotation.rotate` convention).
+        angles: degrees (counter-clockwise, :func:`~monai_gmr.functional.rotation.rotate` convention); in 3D
+            with ``axes=None`` an entry may also be 3 Euler angles ``(a0, a1, a2)``.
         radius_frac: radius of the central disk as a fraction of the smallest output spatial size.
         mode: interpolation of inputs and outputs; default ``"bicubic"`` in 2D, ``"bilinear"`` in 3D.
         spatial_dims: 2 or 3.
@@ -119,21 +126,22 @@ def equivariance_error(
             the disk. ``None``: ``x`` as is.
 
     Returns:
-        ``{angle: rel_err}`` (floats).
+        ``{angle: rel_err}`` (float keys; a tuple of 3 floats for Euler angles).
     """
     _check_x(x, spatial_dims)
-    angles = list(angles)
+    angles = as_angle_list(angles)
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
     x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac)
     mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
     y0 = _first(fn(x))
     spatial_out = y0.ndim == x.ndim
-    errors: dict[float, float] = {}
+    errors: dict[float | tuple[float, ...], float] = {}
     for a in angles:
+        key = tuple(float(v) for v in a) if isinstance(a, (tuple, list, torch.Tensor)) else float(a)
         y = _first(fn(rotate(x, a, spatial_dims, mode, axes)))
         if not spatial_out:
-            errors[float(a)] = masked_rel_err(y, y0)
+            errors[key] = masked_rel_err(y, y0)
             continue
         ref = rotate(y0, a, spatial_dims, mode, axes)
         if y.shape != ref.shape:
@@ -141,7 +149,7 @@ def equivariance_error(
         # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output
         disk = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device)
         mask = disk & validity_mask(y0.shape[-spatial_dims:], a, spatial_dims, mode, axes, device=y0.device)
-        errors[float(a)] = masked_rel_err(y, ref, mask)
+        errors[key] = masked_rel_err(y, ref, mask)
     return errors
 
 
@@ -216,8 +224,10 @@ def layerwise_equivariance_error(
 
     def hook(name: str):
         def f(_mod, _inp, out):
-            out = _first(out)
-            if isinstance(out, torch.Tensor) and out.ndim == x.ndim:
+            if isinstance(out, (tuple, list)) and out:
+                out = out[0]
+            if isinstance(out, torch.Tensor) and out.ndim == x.ndim:  # other outputs are left out, as documented
+                out = _first(out)
                 records.setdefault(name, []).append(out.detach().clone())
 
         return f

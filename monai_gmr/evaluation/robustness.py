@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_gmr.functional.rotation import Geometry, central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, as_angle_list, central_disk_mask, make_geometries
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -253,7 +253,7 @@ def rotation_robustness(
         raise ValueError(f"metrics must be a non-empty subset of {allowed} for task={task!r}, got metrics={metrics!r}.")
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got region={region!r}.")
-    angles = [float(a) for a in angles]
+    angles = [float(a) for a in as_angle_list(angles)]  # one number (a CLI's --angles 90) is one angle
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
     flips = list(flips or ())
@@ -279,7 +279,6 @@ def rotation_robustness(
         ]
     else:
         accs = [ClassificationAccumulator(metrics, activation) for _ in geoms]
-    mask_cache: dict[tuple, torch.Tensor] = {}
     n_images = 0
     t0 = time.perf_counter()
     try:
@@ -309,7 +308,12 @@ def rotation_robustness(
                 xg = g.apply(x, image_mode)
                 with torch.autocast(device.type, enabled=amp):
                     out = inferer(xg, network)
-                out = out[0] if isinstance(out, (tuple, list)) else out
+                out = out[0] if isinstance(out, (tuple, list)) and out else out
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        f"the network (through the inferer) must return a tensor or a tuple/list whose first entry is "
+                        f"one, got {type(out).__name__}; wrap the network to pick the output to score."
+                    )
                 out = (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
                 if task == "classification":
                     acc.update(out, y)
@@ -319,14 +323,14 @@ def rotation_robustness(
                     raise ValueError(
                         f"network output shape {tuple(out.shape)} does not match the (rotated) label {tuple(yg.shape)}."
                     )
-                key = (g, spatial, str(device))
-                if key not in mask_cache:
-                    m = g.valid_mask(spatial, image_mode, device=device)
-                    if region == "disk":
-                        m = m & central_disk_mask(m.shape, radius_frac, device=device)
-                    mask_cache[key] = m
+                # the rotation module's byte-budgeted LRU: a dict kept one mask per view and tile size for the whole
+                # run (GBs on data sets of varied tile sizes)
+                mask = _cached(
+                    ("robustness_mask", g, spatial, device, image_mode, region, radius_frac),
+                    lambda g=g, spatial=spatial: (_region_mask(g, spatial, image_mode, region, radius_frac, device),),
+                )[0]
                 inst = None if y_inst is None else g.apply(y_inst, "nearest")
-                acc.update(out, yg, mask_cache[key], instances=inst)
+                acc.update(out, yg, mask, instances=inst)
     finally:
         if was_training:
             network.train()  # type: ignore[union-attr]
@@ -366,6 +370,14 @@ def rotation_robustness(
         settings=settings,
         seconds=seconds,
     )
+
+
+def _region_mask(
+    g: Geometry, spatial: tuple[int, ...], image_mode: str, region: str, radius_frac: float, device: torch.device
+) -> torch.Tensor:
+    """Pixels scored for view ``g``: valid (no padding in the stencil), and inside the central disk for ``"disk"``."""
+    m = g.valid_mask(spatial, image_mode, device=device)
+    return m & central_disk_mask(m.shape, radius_frac, device=device) if region == "disk" else m
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, task: str, spatial_dims: int) -> None:

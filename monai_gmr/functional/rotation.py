@@ -27,15 +27,18 @@ mask or exact path for right angles; these functions are pure batched tensor mat
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "INTERP_MODES",
+    "as_angle_list",
     "PADDING_MODES_ROT",
     "Geometry",
     "central_disk_mask",
@@ -181,7 +184,10 @@ def _source_grid(spatial_shape: Sequence[int], m: torch.Tensor, device, dtype) -
     mn = (m * half[None, :]) / half[:, None]  # D^-1 M D in normalised coordinates
     theta = torch.zeros(1, d, d + 1, dtype=torch.float64)
     theta[0, :, :d] = mn.flip(0).flip(1)  # grid order is (x=W, y=H[, z=D]) = reversed spatial dims
-    return F.affine_grid(theta.to(device=device, dtype=dtype), [1, 1, *spatial_shape], align_corners=True)
+    # float64 (then cast): autocast (AMP) lowers float32 affine_grid to float16/bfloat16, which cost precision and
+    # put a half-precision grid in the float32 cache entry (grid_sample then failed, inside autocast and after it)
+    grid = F.affine_grid(theta.to(device=device), [1, 1, *spatial_shape], align_corners=True)
+    return grid.to(dtype)
 
 
 def _as_plain(x: torch.Tensor) -> torch.Tensor:
@@ -491,6 +497,8 @@ class Geometry:
         if self.axes is not None:
             object.__setattr__(self, "axes", tuple(int(a) for a in self.axes))
         _planes(self.angle, self.spatial_dims, self.axes)  # validates
+        if self.padding_mode not in PADDING_MODES_ROT:  # else only a non-right angle would notice, at call time
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES_ROT}, got padding_mode={self.padding_mode!r}.")
         if self.flip is not None:
             flip_axis(self.flip, self.spatial_dims)
 
@@ -537,8 +545,17 @@ class Geometry:
         return m if self.flip is None else flip(m, self.flip, self.spatial_dims)
 
 
+def as_angle_list(angles: AngleLike | Iterable[AngleLike]) -> list[AngleLike]:
+    """``angles`` as a list: one number (``90``, as a CLI or a config gives a single angle) becomes ``[90]``; any
+    other iterable (sequence, ``range``, 1D tensor / array) is listed as it is (in 3D an entry may be an Euler
+    triple)."""
+    if isinstance(angles, numbers.Real) or (isinstance(angles, (torch.Tensor, np.ndarray)) and angles.ndim == 0):
+        return [float(angles)]
+    return list(angles)
+
+
 def make_geometries(
-    angles: Sequence[AngleLike] = (0,),
+    angles: AngleLike | Iterable[AngleLike] = (0,),
     flips: Sequence[str | int] = (),
     spatial_dims: int = 2,
     axes: Sequence[int] | None = None,
@@ -548,7 +565,7 @@ def make_geometries(
     """List of geometries: every angle (no flip), then either each flip alone (``product=False``, the robustness
     layout: 36 angles + 2 flips = 38 views) or every flip combined with every angle (``product=True``, the TTA
     layout: angles (0, 90, 180, 270) x flips ("h",) = the 8 elements of D4)."""
-    angles = list(angles)
+    angles = as_angle_list(angles)
     flips = list(flips) if flips is not None else []
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
@@ -559,10 +576,29 @@ def make_geometries(
             geoms += [Geometry(_norm_angle(a), f, spatial_dims, ax, padding_mode) for a in angles]  # type: ignore[arg-type]
         else:
             geoms.append(Geometry(0.0, f, spatial_dims, ax, padding_mode))  # type: ignore[arg-type]
-    names = [g.name for g in geoms]
-    if len(set(names)) != len(names):
-        raise ValueError(f"angles/flips produce duplicate views {names}; got angles={angles!r}, flips={flips!r}.")
+    # duplicates are views that move every pixel the same way, whatever their names: 0 and 360 degrees, or (with
+    # product=True) rot180 + flip "h" and flip "v"; a TTA average would weight them twice
+    seen: dict[tuple[float, ...], str] = {}
+    for g in geoms:
+        key = _view_key(g)
+        if key in seen:
+            raise ValueError(
+                f"angles/flips produce duplicate views ({seen[key]} and {g.name} are the same transform); got "
+                f"angles={angles!r}, flips={flips!r}."
+            )
+        seen[key] = g.name
     return geoms
+
+
+def _view_key(g: Geometry) -> tuple[float, ...]:
+    """The linear map of centred coordinates of ``g.apply`` (flip first, then rotate), rounded: equal keys = same view."""
+    m = rotation_matrix(g.angle, g.spatial_dims, g.axes)
+    if g.flip is not None:
+        f = torch.eye(g.spatial_dims, dtype=torch.float64)
+        a = flip_axis(g.flip, g.spatial_dims)
+        f[a, a] = -1.0
+        m = f @ m
+    return tuple(round(v, 9) + 0.0 for v in m.flatten().tolist())
 
 
 def _norm_angle(a: AngleLike) -> float | tuple[float, ...]:

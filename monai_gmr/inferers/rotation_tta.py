@@ -9,7 +9,7 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
-from monai_gmr.functional.rotation import Geometry, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, make_geometries
 
 __all__ = ["RotationTTAInferer"]
 
@@ -40,7 +40,7 @@ class RotationTTAInferer(Inferer):
     ``[1e-7, 1 - 1e-7]``) so the post transforms written for the plain network (``Activations``, ``AsDiscrete``)
     still apply and recover ``p`` (up to the clamping); ``output="probs"`` returns ``p``. ``average="logits"``
     averages raw outputs (no activation) and returns their mean, or ``activation`` of the mean with
-    ``output="probs"``.
+    ``output="probs"``. Half-precision network outputs (AMP) are averaged in float32 and returned as float32.
 
     Args:
         inferer: inner inferer called as ``inferer(view, network, *args, **kwargs)``; default ``SimpleInferer()``,
@@ -94,7 +94,7 @@ class RotationTTAInferer(Inferer):
                 raise ValueError(f"{name} must be one of {allowed}, got {name}={value!r}.")
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.geometries: list[Geometry] = make_geometries(
-            list(angles), list(flips or ()), spatial_dims, axes, product=True, padding_mode=padding_mode
+            angles, list(flips or ()), spatial_dims, axes, product=True, padding_mode=padding_mode
         )
         self.reduce = reduce
         self.task = task
@@ -104,7 +104,6 @@ class RotationTTAInferer(Inferer):
         self.output = output
         self.mode = mode
         self.batch_views = batch_views
-        self._weight_cache: dict[tuple, torch.Tensor] = {}
         # validate the interpolation mode early (raises ValueError naming `mode`)
         self.geometries[0].valid_mask([4] * spatial_dims, mode)
 
@@ -115,12 +114,15 @@ class RotationTTAInferer(Inferer):
 
     def view_weights(self, spatial_shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
         """``(V, *spatial)`` float weights of the segmentation views in the input frame (1 = real pixels only)."""
-        key = (tuple(int(s) for s in spatial_shape), str(device), self.mode)
-        if key not in self._weight_cache:
-            self._weight_cache[key] = torch.stack(
-                [g.roundtrip_mask(spatial_shape, self.mode, device=device) for g in self.geometries]
-            ).float()
-        return self._weight_cache[key]
+        shape = tuple(int(s) for s in spatial_shape)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        # bool masks in the rotation module's LRU cache (byte budget): a run over tiles of many sizes no longer keeps
+        # one float (V, H, W) stack per size for the inferer's lifetime
+        masks = _cached(
+            ("tta_weights", shape, tuple(self.geometries), self.mode, dev),
+            lambda: (torch.stack([g.roundtrip_mask(shape, self.mode, device=dev) for g in self.geometries]),),
+        )[0]
+        return masks.float()
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
         if self.activation == "softmax" and y.shape[1] == 1 and (self.average == "probs" or self.output == "probs"):
@@ -146,9 +148,9 @@ class RotationTTAInferer(Inferer):
     def _run_views(self, x: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
         views = [g.apply(x, self.mode) for g in self.geometries]
         if self.batch_views and len({tuple(v.shape) for v in views}) == 1:
-            out = _plain(self.inferer(torch.cat(views, 0), network, *args, **kwargs))
+            out = _output(self.inferer(torch.cat(views, 0), network, *args, **kwargs))
             return list(out.split(x.shape[0], dim=0))
-        return [_plain(self.inferer(v, network, *args, **kwargs)) for v in views]
+        return [_output(self.inferer(v, network, *args, **kwargs)) for v in views]
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Run TTA inference.
@@ -196,3 +198,10 @@ def _plain(y: Any) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"the inner inferer must return a tensor, got {type(y).__name__}.")
     return y.as_tensor() if hasattr(y, "as_tensor") else y
+
+
+def _output(y: Any) -> torch.Tensor:
+    """An inner-inferer output as a plain tensor, half precision (AMP) widened to float32: in float16/bfloat16 the
+    clamp ``1 - 1e-7`` rounds to 1, so a confident sigmoid probability became an infinite logit."""
+    y = _plain(y)
+    return y.float() if y.dtype in (torch.float16, torch.bfloat16) else y

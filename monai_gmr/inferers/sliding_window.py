@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map
 from monai.inferers import Inferer
-from monai.utils import convert_to_dst_type, ensure_tuple_rep
+from monai.inferers.utils import _flatten_struct, _pack_struct
+from monai.utils import convert_to_dst_type, ensure_tuple_rep, fall_back_tuple
 
 __all__ = ["SymmetricSlidingWindowInferer", "symmetric_window_starts"]
 
@@ -58,21 +59,31 @@ class SymmetricSlidingWindowInferer(Inferer):
 
     With a network that is exactly equivariant on ``roi_size`` windows (e.g. ``GMRUNet`` with sizes divisible by
     ``2 ** levels``), ``infer(flip(x)) == flip(infer(x))`` for any tile size and, with a square (cubic)
-    ``roi_size``, ``infer(rot90(x)) == rot90(infer(x))``, up to float summation order. A drop-in for MONAI's
+    ``roi_size`` (no ``-1`` entry) and the same ``overlap`` and ``sigma_scale`` along every dim,
+    ``infer(rot90(x)) == rot90(infer(x))``, up to float summation order. A drop-in for MONAI's
     ``SlidingWindowInferer`` in bundle configs (the same main arguments).
 
     Args:
-        roi_size: window size, an int or one per spatial dim.
-        sw_batch_size: windows per network call.
-        overlap: nominal fraction of overlap between neighbouring windows.
+        roi_size: window size, an int or one per spatial dim; a non-positive entry (``-1``) means the input's size
+            along that dim, as in MONAI.
+        sw_batch_size: windows per network call (counting each image of the batch separately, as in MONAI).
+        overlap: nominal fraction of overlap between neighbouring windows, one float or one per spatial dim.
         mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (MONAI's importance maps).
         sigma_scale: Gaussian blending width (``mode="gaussian"``).
         padding_mode: padding of tiles smaller than a window (equal on both sides): ``"constant"`` (``cval``),
             ``"reflect"`` or ``"replicate"``.
         cval: constant padding value.
+        sw_device: device the windows are sent to and the network runs on (default: the input's device).
+        device: device the output is stitched on (default: the input's device), e.g. ``sw_device="cuda",
+            device="cpu"`` for tiles too large for GPU memory.
+
+    MONAI's other options (``progress``, ``cache_roi_weight_map``, ``cpu_thresh``, ``buffer_steps``, ``buffer_dim``,
+    ``with_coord``) are not accepted (``TypeError``), nor are networks whose output windows differ in size from the
+    input windows.
 
     Shapes: ``inputs`` ``(N, C, *spatial)`` -> network outputs ``(N, C', *spatial)`` (float32; a ``MetaTensor``
-    with the input's metadata when the input is one).
+    with the input's metadata when the input is one). A network returning a tuple or a dict of such tensors gives a
+    tuple or dict of stitched outputs, as in MONAI.
     """
 
     def __init__(
@@ -84,12 +95,15 @@ class SymmetricSlidingWindowInferer(Inferer):
         sigma_scale: Sequence[float] | float = 0.125,
         padding_mode: str = "constant",
         cval: float = 0.0,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got sw_batch_size={sw_batch_size}.")
-        if not 0.0 <= float(overlap) < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
+        overlaps = tuple(overlap) if isinstance(overlap, Sequence) else (overlap,)
+        if not overlaps or not all(0.0 <= float(o) < 1.0 for o in overlaps):
+            raise ValueError(f"overlap must be in [0, 1) (one float or one per spatial dim), got overlap={overlap}.")
         mode, padding_mode = str(getattr(mode, "value", mode)), str(getattr(padding_mode, "value", padding_mode))
         if mode not in _BLEND_MODES:
             raise ValueError(f"mode must be one of {_BLEND_MODES}, got mode={mode!r}.")
@@ -97,20 +111,27 @@ class SymmetricSlidingWindowInferer(Inferer):
             raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got padding_mode={padding_mode!r}.")
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
-        self.overlap = float(overlap)
+        self.overlap = tuple(float(o) for o in overlap) if isinstance(overlap, Sequence) else float(overlap)
         self.mode = mode
         self.sigma_scale = sigma_scale
         self.padding_mode = padding_mode
         self.cval = float(cval)
+        self.sw_device = sw_device
+        self.device = device
         self._weights: dict[tuple, torch.Tensor] = {}  # importance maps by (roi, device): built once, not per call
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, ...] | dict[Any, torch.Tensor]:
         d = inputs.ndim - 2
         if d < 1:
             raise ValueError(f"inputs must be (N, C, *spatial), got shape {tuple(inputs.shape)}.")
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
-        roi = tuple(int(r) for r in ensure_tuple_rep(self.roi_size, d))
         spatial = tuple(int(s) for s in x.shape[2:])
+        roi = tuple(int(r) for r in fall_back_tuple(self.roi_size, spatial))  # -1 / 0: the whole dim, as in MONAI
+        overlap = ensure_tuple_rep(self.overlap, d)
+        sw_device = torch.device(self.sw_device) if self.sw_device is not None else x.device
+        device = torch.device(self.device) if self.device is not None else x.device
         # tiles smaller than a window: pad equally on both sides (one more pixel on both when the difference is odd)
         pads = []
         for s, r in zip(spatial, roi):
@@ -122,33 +143,42 @@ class SymmetricSlidingWindowInferer(Inferer):
                 x, flat, mode=self.padding_mode
             )
         padded = tuple(int(s) for s in x.shape[2:])
-        starts = [symmetric_window_starts(s, r, self.overlap) for s, r in zip(padded, roi)]
+        starts = [symmetric_window_starts(s, r, o) for s, r, o in zip(padded, roi, overlap)]
         windows = list(itertools.product(*starts))
-        key = (roi, str(x.device))
-        if key not in self._weights:
-            w = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=x.device)
-            self._weights[key] = w.to(torch.float32)
-        weight = self._weights[key]
+        key = (roi, str(device))
+        weight = self._weights.get(key)
+        if weight is None:
+            weight = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device)
+            weight = weight.to(torch.float32)
+            if all(int(r) > 0 for r in ensure_tuple_rep(self.roi_size, d)):  # a -1 roi follows every tile's size
+                self._weights[key] = weight
         n = x.shape[0]
-        out: torch.Tensor | None = None
-        count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=x.device)
-        for i in range(0, len(windows), self.sw_batch_size):
-            chunk = windows[i : i + self.sw_batch_size]
-            sl = [tuple(slice(st, st + r) for st, r in zip(w, roi)) for w in chunk]
-            batch = torch.cat([x[(slice(None), slice(None)) + s] for s in sl], 0)
-            y = network(batch, *args, **kwargs)
-            y = y.as_tensor() if hasattr(y, "as_tensor") else y
-            if y.shape[2:] != roi:
-                raise ValueError(f"network output for a {roi} window has spatial shape {tuple(y.shape[2:])}.")
-            y = y.float()
-            if out is None:
-                out = torch.zeros((n, y.shape[1], *padded), dtype=torch.float32, device=x.device)
-            for j, s in enumerate(sl):
-                idx = (slice(None), slice(None)) + s
-                out[idx] += y[j * n : (j + 1) * n] * weight
-                count[idx] += weight
-        assert out is not None
-        out = out / count.clamp_min(torch.finfo(torch.float32).tiny)
+        outs: list[torch.Tensor] | None = None
+        dict_keys = None
+        count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=device)
+        # sw_batch_size counts (window, image) pairs per network call, as in MONAI (it was windows x batch size)
+        pairs = [(w, b) for w in windows for b in range(n)]
+        for i in range(0, len(pairs), self.sw_batch_size):
+            chunk = pairs[i : i + self.sw_batch_size]
+            sl = [(slice(b, b + 1), slice(None)) + tuple(slice(st, st + r) for st, r in zip(w, roi)) for w, b in chunk]
+            batch = torch.cat([x[s] for s in sl], 0).to(sw_device)
+            # a tuple or dict of outputs (deep supervision, multi-head networks) is stitched per entry, as in MONAI
+            dict_keys, ys = _flatten_struct(network(batch, *args, **kwargs))
+            if outs is None:
+                outs = [torch.zeros((n, y.shape[1], *padded), dtype=torch.float32, device=device) for y in ys]
+            for y, out in zip(ys, outs):
+                y = y.as_tensor() if hasattr(y, "as_tensor") else y
+                if tuple(y.shape[2:]) != roi:
+                    raise ValueError(f"network output for a {roi} window has spatial shape {tuple(y.shape[2:])}.")
+                y = y.to(device=device, dtype=torch.float32)
+                for j, s in enumerate(sl):
+                    out[s] += y[j : j + 1] * weight
+            for (_, b), s in zip(chunk, sl):
+                if b == 0:  # the weights are shared by the images of the batch: count each window once
+                    count[(slice(None),) + s[1:]] += weight
+        assert outs is not None
+        count = count.clamp_min(torch.finfo(torch.float32).tiny)
         crop = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pads, spatial))
-        # a MetaTensor input gives a MetaTensor output with its metadata (file names for writers), as in MONAI
-        return convert_to_dst_type(out[crop], inputs, dtype=torch.float32)[0]
+        # a MetaTensor input gives MetaTensor outputs with its metadata (file names for writers), as in MONAI
+        res = [convert_to_dst_type((out / count)[crop], inputs, dtype=torch.float32, device=device)[0] for out in outs]
+        return _pack_struct(res, dict_keys)

@@ -147,6 +147,8 @@ class GCNNUNet(nn.Module):
         if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
             raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")
         ks = _per_level(kernel_size, len(features), "kernel_size")
+        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
+            raise ValueError(f"out_channels must be a positive int, got out_channels={out_channels!r}.")
         _check_choice(upsample, UPSAMPLE_MODES, "upsample")
         _check_choice(pooling, SPATIAL_POOL_MODES, "pooling")
         _check_choice(group_pool, POOL_MODES, "group_pool")
@@ -373,6 +375,11 @@ class GCNNResNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"x must be shaped (B, in_channels={self.in_channels}, H, W), got x.shape={tuple(x.shape)}."
+            )
+        if min(x.shape[-2:]) < self.downsample_factor:  # each 2x2 pooling needs >= 2 pixels
+            raise ValueError(
+                f"spatial size must be at least downsample_factor={self.downsample_factor} in both dims, got "
+                f"x.shape={tuple(x.shape)}; pad the input (e.g. monai.transforms.SpatialPad)."
             )
         h = self.stem(x)
         h = self.layer4(self.layer3(self.layer2(self.layer1(h))))

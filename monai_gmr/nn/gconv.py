@@ -225,8 +225,16 @@ def group_lifting_conv2d(
     padding: int = 0,
     dilation: int = 1,
 ) -> torch.Tensor:
-    """Lifting convolution ``Z^2 -> G``: ``(B, C_in, H, W) -> (B, C_out, |H|, H', W')``; bias ``(C_out,)``."""
+    """Lifting convolution ``Z^2 -> G``: ``(B, C_in, H, W) -> (B, C_out, |H|, H', W')``; bias ``(C_out,)``.
+
+    Raises:
+        ValueError: ``x`` not shaped ``(B, C_in, H, W)`` with ``C_in = weight.shape[1]``.
+    """
     n = group_order(group)
+    if x.ndim != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"input must be shaped (B, in_channels={weight.shape[1]}, H, W), got input.shape={tuple(x.shape)}."
+        )
     bank = lifting_filter_bank(weight, group)
     b = bias.repeat_interleave(n) if bias is not None else None
     y = F.conv2d(x, bank, b, stride=stride, padding=padding, dilation=dilation)
@@ -242,8 +250,18 @@ def group_conv2d(
     padding: int = 0,
     dilation: int = 1,
 ) -> torch.Tensor:
-    """Group convolution ``G -> G``: ``(B, C_in, |H|, H, W) -> (B, C_out, |H|, H', W')``; bias ``(C_out,)``."""
+    """Group convolution ``G -> G``: ``(B, C_in, |H|, H, W) -> (B, C_out, |H|, H', W')``; bias ``(C_out,)``.
+
+    Raises:
+        ValueError: ``x`` not shaped ``(B, C_in, |H|, H, W)`` with ``C_in = weight.shape[1]`` (a planar
+            ``(B, C_in * |H|, H, W)`` or another orientation count would otherwise be mixed up silently).
+    """
     n = group_order(group)
+    if x.ndim != 5 or x.shape[1] != weight.shape[1] or x.shape[2] != n:
+        raise ValueError(
+            f"input must be shaped (B, in_channels={weight.shape[1]}, |H|={n}, H, W) for group={group!r}, got "
+            f"input.shape={tuple(x.shape)}."
+        )
     bank = group_filter_bank(weight, group)
     b = bias.repeat_interleave(n) if bias is not None else None
     y = F.conv2d(x.reshape(x.shape[0], -1, *x.shape[-2:]), bank, b, stride=stride, padding=padding, dilation=dilation)
@@ -347,11 +365,7 @@ class GroupLiftingConv(_GroupConvBase):
 
     lifting = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input must be shaped (B, in_channels={self.in_channels}, H, W), got input.shape={tuple(x.shape)}."
-            )
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the functional form checks the input shape
         return group_lifting_conv2d(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation)
 
 
@@ -376,12 +390,7 @@ class GroupConv(_GroupConvBase):
         input ``(B, C_in, |H|, H, W)``; output ``(B, C_out, |H|, H', W')``; ``weight``: ``(C_out, C_in, |H|, k, k)``.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.group_order:
-            raise ValueError(
-                f"input must be shaped (B, in_channels={self.in_channels}, |H|={self.group_order}, H, W) for "
-                f"group={self.group!r}, got input.shape={tuple(x.shape)}."
-            )
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the functional form checks the input shape
         return group_conv2d(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation)
 
 

@@ -56,6 +56,27 @@ def test_write_and_read_datalist_relative_paths(tmp_path):
         read_datalist(tmp_path / "nope.json")
 
 
+def test_list_valued_paths_are_relative_too(tmp_path):
+    """A key holding several files (MONAI datalists allow lists, e.g. multi-modal images) kept its absolute paths, so
+    the dataset folder could not be moved, and read_datalist did not resolve relative lists."""
+    from monai.data import load_decathlon_datalist
+
+    (tmp_path / "images").mkdir()
+    files = [tmp_path / "images" / n for n in ("a.png", "b.png")]
+    for f in files:
+        f.write_bytes(b"x")
+    item = {"image": [str(f) for f in files], "label": str(files[0])}
+    p = write_datalist(tmp_path / "datalist.json", {"training": [item]})
+    assert json.loads(p.read_text())["training"][0]["image"] == ["images/a.png", "images/b.png"]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("images", "datalist.json"):
+        (tmp_path / name).rename(moved / name)
+    want = [str(moved / "images" / n) for n in ("a.png", "b.png")]
+    assert read_datalist(moved / "datalist.json", "training")[0]["image"] == want
+    assert load_decathlon_datalist(str(moved / "datalist.json"))[0]["image"] == want
+
+
 def test_move_into_place(tmp_path):
     src = tmp_path / "src"
     (src / "images").mkdir(parents=True)

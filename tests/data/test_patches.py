@@ -84,6 +84,10 @@ def test_write_pcam_h5_roundtrip(tmp_path):
     assert [ds[i]["label"] for i in range(3)] == [1, 0, 1] and ds[0]["image"].shape == (3, 32, 32)
     with pytest.raises(ValueError, match="uint8"):
         write_pcam_h5(tmp_path / "q", imgs.astype(float), [0, 0, 0])
+    for bad in ([1, -1, 0], [0, 256, 1], [0, 0.5, 1]):  # were written as 255 / 0 / 0 without a word
+        with pytest.raises(ValueError, match="labels must be integers in"):
+            write_pcam_h5(tmp_path / "r", imgs, bad)
+    assert not (tmp_path / "r_x.h5").exists()
 
 
 def _folder(tmp_path):

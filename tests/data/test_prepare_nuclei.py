@@ -98,6 +98,10 @@ def test_relative_output_and_pairs_paths(tmp_path, monkeypatch):
     for it in read_datalist(tmp_path / "rel/out/datalist.json", "training"):  # loadable from another folder
         assert Path(it["image"]).is_file() and Path(it["label"]).is_file()
     assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["out"]  # no temp folder left behind
+    # provenance: the source files are recorded absolute (they were relative to the working folder of the run)
+    for st in dl["images"]:
+        for k in ("source_image", "source_mask"):
+            assert Path(st[k]).is_absolute() and Path(st[k]).is_file(), st
 
 
 def test_binary_and_colour_masks_become_instances(tmp_path):

@@ -121,6 +121,31 @@ def test_ensure_nuclei_dataset_generates_logs_and_reuses(tmp_path, caplog):
     assert ensure_nuclei_dataset(empty, n_images=2, size=32).is_file()
 
 
+def test_size_must_be_an_int_or_two_values(tmp_path):
+    # (32,) raised IndexError and (32, 32, 32) was taken as (32, 32) without a word
+    for bad in ((32,), (32, 32, 32)):
+        with pytest.raises(ValueError, match="size must be an int or"):
+            render_nuclei_tile(bad, 0)
+        with pytest.raises(ValueError, match="size must be an int or"):
+            make_synthetic_nuclei(tmp_path / "out", n_images=1, size=bad)
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+    assert render_nuclei_tile((20, 30), 0)[0].shape == (20, 30, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [({"nuclei_density": -1}, "nuclei_density"), ({"white_space": 1.5}, "white_space"),
+     ({"touching_frac": 2.0}, "touching_frac"), ({"fiber_density": -1}, "fiber_density"),
+     ({"nucleus_aspect": (2.0, 1.0)}, "nucleus_aspect"), ({"fiber_length": (10.0, 5.0)}, "fiber_length"),
+     ({"stain_jitter": -0.1}, "stain_jitter"), ({"nucleus_axes": (6.0, math.nan)}, "nucleus_axes")],
+)  # fmt: skip
+def test_render_arguments_are_checked_by_name(kwargs, name):
+    # numpy's own errors ("lam < 0 or lam is NaN", "high - low < 0", "Quantiles must be in the range [0, 1]") named
+    # no argument, and a negative fiber_density or touching_frac=2 were accepted
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        render_nuclei_tile(48, 0, **kwargs)
+
+
 def test_ensure_nuclei_dataset_errors(tmp_path):
     missing = tmp_path / "missing"
     with pytest.raises(FileNotFoundError, match=str(missing)):

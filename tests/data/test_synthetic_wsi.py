@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monai_gmr.data import ensure_wsi_dataset, make_synthetic_wsi, patch_csv_to_datalist, write_pyramidal_tiff
+from monai_gmr.data import (
+    ensure_wsi_dataset,
+    make_synthetic_wsi,
+    patch_csv_to_datalist,
+    render_synthetic_slide,
+    write_pyramidal_tiff,
+)
 
 SMALL = {"n_slides": 2, "size": 1024, "seed": 0, "patches_per_slide": 16, "patch_size": 64}
 
@@ -200,6 +206,14 @@ def test_bad_arguments(tmp_path):
         make_synthetic_wsi(tmp_path, n_slides=0)
     with pytest.raises(ValueError, match="patch_level"):
         make_synthetic_wsi(tmp_path, n_slides=1, size=512, patch_level=5)
+    with pytest.raises(ValueError, match="size must be an int or"):  # was silently (512, 512)
+        make_synthetic_wsi(tmp_path, n_slides=1, size=(512, 512, 3))
+    # numpy's errors named no argument ("Quantiles must be in the range [0, 1]", "high - low < 0", "high <= 0")
+    for kwargs, name in (({"tissue_fraction": 1.5}, "tissue_fraction"), ({"tumor_fraction": (0.5, 0.2)}, "tumor_fraction"),
+                         ({"tumor_density": -1.0}, "tumor_density"), ({"normal_axes": (5.0, 3.0)}, "normal_axes"),
+                         ({"n_stamps": 0}, "n_stamps")):  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            render_synthetic_slide(256, 0, **kwargs)
 
 
 def test_ensure_wsi_dataset(tmp_path, caplog):

@@ -110,6 +110,13 @@ def test_read_region_centre_and_levels(slide):
     assert np.array_equal(c.transpose(1, 2, 0), np.asarray(ref.read_region((504, 504), 1, (16, 16)).convert("RGB")))
 
 
+def test_patch_size_must_be_an_int_or_two_values():
+    mask = np.ones((20, 20), bool)
+    with pytest.raises(ValueError, match="patch_size must be an int or"):  # was silently (8, 8)
+        sample_patch_locations(mask, 4.0, 3, patch_size=(8, 8, 1))
+    assert sample_patch_locations(mask, 4.0, 3, patch_size=(8, 4), seed=0).shape == (3, 2)
+
+
 def test_sample_patch_locations_respects_masks():
     mask = np.zeros((40, 40), bool)
     mask[5:25, 5:30] = True
@@ -146,6 +153,9 @@ def test_slide_patch_grid_over_tissue(slide):
         assert gt[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32].mean() > 0.3
     full = slide_patch_grid(path, patch_size=64, level=1, min_tissue=0.0, center=False)
     assert len(full["items"]) == 64 and full["items"][1]["location"] == [0, 128]
+    for bad in ({"patch_size": (64, 64, 3)}, {"stride": (32, 32, 1)}):  # were silently cut to two values
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be an int or"):
+            slide_patch_grid(path, level=1, min_tissue=0.0, **{"patch_size": 64, **bad})
     good, errors = validate_patch_items(items)
     assert len(good) == len(items) and errors == []
 

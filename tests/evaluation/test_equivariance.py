@@ -65,6 +65,15 @@ def test_invariant_head_and_3d():
     assert 0 <= e[20.0] < 0.1
 
 
+def test_3d_euler_angles():
+    # rotate() and layerwise_equivariance_error take 3 Euler angles in 3D; equivariance_error keys them by tuple
+    x = _smooth(1, 12, 3)
+    e = equivariance_error(lambda t: 2.0 * t, x, angles=((10, 20, 30), 45, [0, 90, 0]), spatial_dims=3)
+    assert set(e) == {(10.0, 20.0, 30.0), 45.0, (0.0, 90.0, 0.0)} and max(e.values()) < 1e-6
+    plain = torch.nn.Conv3d(1, 1, 3, padding=1).eval()
+    assert equivariance_error(plain, x, angles=((0, 90, 0),), spatial_dims=3)[(0.0, 90.0, 0.0)] > 1e-2
+
+
 def test_errors():
     x = torch.randn(1, 1, 8, 8)
     with pytest.raises(ValueError, match="angles"):
@@ -73,6 +82,8 @@ def test_errors():
         equivariance_error(lambda t: t, x, spatial_dims=3)
     with pytest.raises(ValueError, match="spatial_dims"):
         group_equivariance_error(lambda t: t, x, spatial_dims=4)
+    with pytest.raises(TypeError, match="fn must return a tensor"):  # was AttributeError: 'dict' has no 'ndim'
+        equivariance_error(lambda t: {"seg": t}, x)
 
 
 def test_layerwise_error_locates_the_non_equivariant_layer():

@@ -197,6 +197,22 @@ def test_evaluator_run_and_cli(tmp_path):
         cli_main(str(cfg_path), ckpt_path=str(tmp_path / "nope.pt"), output_dir=str(tmp_path / "x"))
 
 
+def test_cli_without_ckpt_path_warns(tmp_path, caplog):
+    """Without --ckpt_path the CLI evaluated the config's freshly built network without a word (the bundles' own
+    'ckpt_path' id is not loaded): the report then holds an untrained network's numbers."""
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "ckpt_path": "models/model.pt",
+        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                    "kernel_size": 3},
+        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation"):
+        cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device="cpu", angles=[0, 90], flips=[], plot=False)
+    assert "no --ckpt_path" in caplog.text and "models/model.pt" in caplog.text
+
+
 def test_cli_passes_every_rotation_robustness_argument():
     """The CLI forwards each rotation_robustness argument (but network, data and its own --device)."""
     import inspect

@@ -34,6 +34,22 @@ def test_identity_network_scores_one_at_every_angle():
     assert r.n_images == 3 and r.settings["forward_passes_per_batch"] == 17
 
 
+def test_a_single_number_is_one_angle():
+    """``--angles 90`` on the CLI (fire gives an int) or ``"angles": 90`` in a config raised 'int' object is not
+    iterable in rotation_robustness, RotationTTAInferer and equivariance_error."""
+    import numpy as np
+
+    from monai_gmr.evaluation import equivariance_error
+    from monai_gmr.inferers import RotationTTAInferer
+
+    lab = _blob_labels(1, 16)
+    for a in (90, 45.0, np.int64(90), torch.tensor(90.0)):
+        r = rotation_robustness(_identity_net, (lab.float(), lab), angles=a, flips=(), image_mode="nearest")
+        assert r.angles == [float(a)] and r.per_angle["dice"] == [1.0]
+    assert RotationTTAInferer(angles=90).view_names == ["rot90"]
+    assert list(equivariance_error(lambda t: t, lab.float(), angles=30)) == [30.0]
+
+
 def test_padded_corners_never_count():
     """Label all foreground, network predicts foreground everywhere: the zero-padded rotated-in corners of the
     label would be false positives if they were scored."""
@@ -169,6 +185,8 @@ def test_bad_arguments():
         rotation_robustness(_identity_net, [{"img": lab.float(), "label": lab}])
     with pytest.raises(ValueError, match="label"):  # instance ids without label_transform
         rotation_robustness(_identity_net, (lab.float(), lab * 7), angles=(0,))
+    with pytest.raises(TypeError, match="must return a tensor"):  # was AttributeError: 'dict' has no 'float'
+        rotation_robustness(lambda t: {"seg": _identity_net(t)}, data, angles=(0,))
 
 
 def test_real_cpm15_tile_identity():
@@ -221,3 +239,34 @@ def test_refuses_to_run_inside_a_multi_process_distributed_run(monkeypatch):
     x = torch.rand(1, 1, 8, 8)
     with pytest.raises(RuntimeError, match="single process"):
         rotation_robustness(torch.nn.Conv2d(1, 2, 1), (x, (x > 0.5).long()), angles=(0,), flips=())
+
+
+def test_view_masks_of_many_tile_sizes_are_not_all_kept(monkeypatch):
+    """The scored-pixel mask of every (view, tile size) was kept in a dict for the whole run: 38 views x 1 byte per
+    pixel per size, GBs on a data set of varied tile sizes. They now live in the rotation module's LRU byte budget."""
+    import weakref
+
+    import monai_gmr.evaluation.metrics as metrics_mod
+    import monai_gmr.functional.rotation as rot
+
+    rot.clear_rotation_cache()
+    monkeypatch.setattr(rot, "_CACHE_BUDGET_BYTES", 64 * 2**10)
+    first: list[weakref.ref] = []
+    alive: list[bool] = []
+    update = metrics_mod.SegmentationAccumulator.update
+
+    def spy(self, y_pred, y, mask=None, instances=None):
+        if not first:
+            first.append(weakref.ref(mask))
+        alive.append(first[0]() is not None)  # is the first tile size's first mask still held?
+        return update(self, y_pred, y, mask, instances)
+
+    monkeypatch.setattr(metrics_mod.SegmentationAccumulator, "update", spy)
+    batches = [(lab.float(), lab) for lab in (_blob_labels(1, s) for s in range(40, 52))]
+    r = rotation_robustness(
+        _identity_net, batches, angles=(0, 30, 60), flips=("h",), image_mode="nearest", metrics=("dice",)
+    )
+    assert r.per_angle["dice"] == [1.0, 1.0, 1.0] and r.n_images == 12
+    assert not alive[-1]  # by the last tile size the first one's mask has been let go
+    assert sum(t.numel() * t.element_size() for v in rot._CACHE.values() for t in v) <= 64 * 2**10
+    rot.clear_rotation_cache()

@@ -81,6 +81,20 @@ def test_names_and_make_geometries():
     assert len(d4) == 8 and len({g.name for g in d4}) == 8
 
 
+
+def test_make_geometries_rejects_views_that_are_the_same_transform():
+    """Names differ but the pixels move the same way: a TTA average weighted such views twice (0 and 360 degrees; with
+    flips ("h", "v") x 4 right angles every reflection came twice, rot180 + flip h being flip v)."""
+    for angles, flips, product in (((0, 360), (), False), ((0, 90, -270), (), True), ((0, 90, 180, 270), ("h", "v"), True)):
+        with pytest.raises(ValueError, match="duplicate views"):
+            make_geometries(angles, flips, product=product)
+    assert len(make_geometries((0, 90), ("h", "v"), product=True)) == 6  # all distinct
+    x = torch.rand(1, 1, 5, 7)
+    assert torch.equal(Geometry(180, "h").apply(x), Geometry(0, "v").apply(x))  # the duplicate really is one
+    with pytest.raises(ValueError, match="padding_mode"):  # was only noticed at call time by a non-right angle
+        Geometry(90, padding_mode="mirror")
+
+
 @pytest.mark.parametrize("angle", [17.0, 30.0, 45.0, -60.0])
 def test_linear_image_rotation_and_roundtrip_exact_on_valid(angle):
     img = _linear_image(33, 33)
@@ -231,3 +245,19 @@ def test_half_precision_resamples_in_float32(dtype):
     ramp = _linear_image(129, 129)
     ref = rotate(ramp.float(), 17.0)
     assert (rotate(ramp.to(dtype), 17.0).float() - ref).abs().max() <= 2 * ref.abs().max() * 2**-8
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_rotation_under_autocast_keeps_a_float32_grid(spatial_dims):
+    """Inside torch.autocast (AMP: SupervisedEvaluator(amp=True) around a RotationTTAInferer with non-right angles)
+    affine_grid ran in bfloat16 and its grid was cached under the float32 key: grid_sample failed with 'expected scalar
+    type Float but found BFloat16' inside autocast, and every later float32 rotation of that shape failed too."""
+    from monai_gmr.functional.rotation import clear_rotation_cache
+
+    x = torch.rand(1, 1, *([12] * spatial_dims))
+    ref = rotate(x, 30.0, spatial_dims)
+    clear_rotation_cache()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = rotate(x, 30.0, spatial_dims)
+    assert y.dtype == torch.float32 and torch.equal(y, ref)
+    assert torch.equal(rotate(x, 30.0, spatial_dims), ref)  # the cached grid is still the float32 one

@@ -103,6 +103,52 @@ def test_classification_average_probabilities():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_outputs_are_reduced_in_float32(dtype):
+    """AMP outputs: in half precision the clamp 1 - 1e-7 rounds to 1 and a confident sigmoid logit became +inf."""
+    x = torch.randn(1, 1, 8, 8)
+    net = lambda t: (40.0 * t).to(dtype)  # noqa: E731  (confident single-logit network)
+    y = RotationTTAInferer(activation="sigmoid")(x, net)
+    ref = RotationTTAInferer(activation="sigmoid")(x, lambda t: net(t).float())
+    assert y.dtype == torch.float32 and torch.isfinite(y).all() and torch.equal(y, ref)
+    assert y.max() > 15.0  # logit(1 - 1e-7)
+
+
+@torch.no_grad()
+def test_non_right_angles_under_autocast():
+    """SupervisedEvaluator(amp=True) runs the inferer inside torch.autocast: a 30-degree view failed in grid_sample
+    ('expected scalar type Float but found BFloat16', the sampling grid was built in half precision)."""
+    from monai_gmr.functional.rotation import clear_rotation_cache
+
+    clear_rotation_cache()
+    net, x = _gmr_seg(), torch.randn(1, 1, 20, 20)
+    inf = RotationTTAInferer(angles=(0, 30), flips=("h",))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = inf(x, net)
+    assert y.dtype == torch.float32 and (y.softmax(1) - inf(x, net).softmax(1)).abs().max() < 0.05
+
+
+@torch.no_grad()
+def test_view_weights_of_many_tile_sizes_stay_within_the_rotation_cache_budget(monkeypatch):
+    """The inferer kept one float (V, H, W) weight stack per tile size for its whole life (18 MiB after 40 sizes of
+    ~120 px, GBs for a varied-size data set on the GPU); the weights now live in the rotation module's LRU cache."""
+    import monai_gmr.functional.rotation as rot
+
+    rot.clear_rotation_cache()
+    monkeypatch.setattr(rot, "_CACHE_BUDGET_BYTES", 2**20)
+    inf = RotationTTAInferer(angles=(0, 30, 90), flips=("h",))
+    net = lambda t: torch.cat([t, -t], 1)  # noqa: E731
+    for s in range(60, 76):
+        inf(torch.rand(1, 1, s, s + 3), net)
+    assert sum(t.numel() * t.element_size() for v in rot._CACHE.values() for t in v) <= 2**20
+    assert not [k for k, v in vars(inf).items() if isinstance(v, dict) and len(v) > 1]  # no per-size state
+    w = inf.view_weights((20, 23))
+    assert w.dtype == torch.float32 and w.shape == (6, 20, 23) and bool((w[[0, 2, 3, 5]] == 1).all())
+    assert 0 < float(w[1].mean()) < 1  # the 30-degree views lose their corners
+    rot.clear_rotation_cache()
+
+
+@torch.no_grad()
 def test_3d_tta():
     net = _gmr_seg(3)
     x = torch.randn(1, 1, 10, 10, 10)

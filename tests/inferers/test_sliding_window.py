@@ -87,3 +87,60 @@ def test_metatensor_metadata_is_kept():
     x = MetaTensor(torch.rand(1, 3, 20, 24), meta={"filename_or_obj": "tile_07.png"})
     y = SymmetricSlidingWindowInferer(16)(x, _net())
     assert isinstance(y, MetaTensor) and y.meta["filename_or_obj"] == "tile_07.png" and y.shape == (1, 2, 20, 24)
+
+
+@torch.no_grad()
+def test_monai_arguments_roi_minus_one_per_dim_overlap_and_devices():
+    # a pointwise network: both inferers must give the network's own output, whatever the grid
+    net = lambda t: t * 2.0 + 1.0  # noqa: E731
+    x = torch.rand(2, 3, 37, 41)
+    for kw in (
+        {"roi_size": (16, -1)},  # -1: the whole dim, as in MONAI
+        {"roi_size": -1},
+        {"roi_size": 16, "overlap": (0.5, 0.25)},  # one overlap per dim
+        {"roi_size": 16, "sw_device": "cpu", "device": "cpu"},
+    ):
+        y = SymmetricSlidingWindowInferer(**kw)(x, net)
+        assert y.shape == x.shape and rel_err(y, SlidingWindowInferer(**kw)(x, net)) < 1e-6, kw
+        assert rel_err(y, net(x)) < 1e-6, kw
+    # per-dim overlap really is per dim: a tighter overlap on W gives more windows along W only
+    calls = []
+    counting = lambda t: calls.append(t.shape[0]) or t  # noqa: E731
+    SymmetricSlidingWindowInferer(16, overlap=(0.0, 0.75))(torch.rand(1, 1, 32, 32), counting)
+    assert sum(calls) == len(symmetric_window_starts(32, 16, 0.0)) * len(symmetric_window_starts(32, 16, 0.75))
+    # a -1 roi follows every tile's size: its importance maps are not kept (one per tile size would pile up)
+    inf = SymmetricSlidingWindowInferer((16, -1))
+    for w in range(20, 26):
+        inf(torch.rand(1, 1, 20, w), net)
+    assert len(inf._weights) == 0
+    with pytest.raises(ValueError, match="overlap"):
+        SymmetricSlidingWindowInferer(16, overlap=(0.25, 1.0))
+
+
+@torch.no_grad()
+def test_sw_batch_size_counts_windows_of_each_image_as_in_monai():
+    """With a batch of N images every network call got sw_batch_size x N windows (MONAI: sw_batch_size), so a value
+    tuned for MONAI's inferer used N times the memory."""
+    x = torch.rand(3, 1, 40, 40)
+    sizes = {}
+    for cls in (SlidingWindowInferer, SymmetricSlidingWindowInferer):
+        calls = []
+        y = cls(16, sw_batch_size=4)(x, lambda t: calls.append(t.shape[0]) or t * 2.0)  # noqa: B023
+        sizes[cls] = calls
+        assert rel_err(y, x * 2.0) < 1e-6
+    assert max(sizes[SymmetricSlidingWindowInferer]) == 4 and sum(sizes[SymmetricSlidingWindowInferer]) == 3 * 9
+    assert sizes[SymmetricSlidingWindowInferer] == sizes[SlidingWindowInferer]  # here both grids have 3 x 3 windows
+
+
+@torch.no_grad()
+def test_tuple_and_dict_network_outputs_are_stitched_like_monai():
+    from monai.data import MetaTensor
+
+    x = MetaTensor(torch.rand(1, 3, 37, 41), meta={"filename_or_obj": "tile.png"})
+    for net in (lambda t: (t, t[:, :1] * 2.0), lambda t: {"seg": t, "aux": t[:, :2] - 1.0}):
+        ours, theirs = SymmetricSlidingWindowInferer(16)(x, net), SlidingWindowInferer(16)(x, net)
+        assert type(ours) is type(theirs)
+        keys = list(theirs) if isinstance(theirs, dict) else range(len(theirs))
+        for k in keys:
+            assert ours[k].shape == theirs[k].shape and rel_err(ours[k], theirs[k]) < 1e-6, k
+            assert isinstance(ours[k], MetaTensor) and ours[k].meta["filename_or_obj"] == "tile.png"

@@ -137,6 +137,7 @@ def test_resnet_features_and_options():
         (lambda: GCNNUNet(2, 1, 2, group_pool="sum"), "group_pool"),
         (lambda: gcnn_resnet18(2, 1, 2, group_pool="sum"), "group_pool"),
         (lambda: GCNNUNet(2, 0, 2), "in_channels"),
+        (lambda: GCNNUNet(2, 1, 0), "out_channels"),  # was built with a 0-channel head
         (lambda: gcnn_resnet18(2, 1), "num_classes"),
         (lambda: gcnn_resnet18(2, 1, 2, out_channels=3), "num_classes"),
         (lambda: GCNNResNet((2, 2, 2), num_classes=2), "layers"),
@@ -155,6 +156,11 @@ def test_bad_inputs():
         net(torch.randn(1, 2, 16, 16))
     with pytest.raises(ValueError, match="in_channels=3"):
         gcnn_resnet18(2, 3, 2, **TINY_RESNET)(torch.randn(1, 1, 32, 32))
+    # smaller than downsample_factor: was RuntimeError('Given input size: (32x1x1) ... Output size is too small')
+    net = gcnn_resnet18(2, 3, 2, **TINY_RESNET).eval()
+    with pytest.raises(ValueError, match=f"at least downsample_factor={net.downsample_factor}"):
+        net(torch.randn(1, 3, net.downsample_factor - 1, 64))
+    assert net(torch.randn(1, 3, net.downsample_factor, net.downsample_factor + 1)).shape == (1, 2)
 
 
 # ------------------------------------------------------------------------------------------------ bundle config

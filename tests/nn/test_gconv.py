@@ -274,6 +274,15 @@ def test_bad_inputs():
         GroupPool()(torch.randn(1, 2, 8, 8))
     with pytest.raises(ValueError, match="GroupBatchNorm"):
         GroupBatchNorm(2)(torch.randn(1, 2, 8, 8))
+    # the functional forms check too: group_conv2d reshaped any (B, C, n, H, W) / planar (B, C * n, H, W) input with
+    # the right element count and mixed channels and orientations up silently
+    w = torch.randn(3, 2, 8, 3, 3)
+    for shape in ((1, 4, 4, 6, 6), (1, 16, 6, 6), (1, 1, 16, 6, 6)):
+        with pytest.raises(ValueError, match=r"in_channels=2, \|H\|=8"):
+            group_conv2d(torch.randn(*shape), w, None, "p4m", padding=1)
+    with pytest.raises(ValueError, match="in_channels=2, H, W"):
+        group_lifting_conv2d(torch.randn(1, 1, 2, 6, 6), torch.randn(3, 2, 3, 3), None, "p4m", padding=1)
+    assert group_conv2d(torch.randn(1, 2, 8, 6, 6), w, None, "p4m", padding=1).shape == (1, 3, 8, 6, 6)
 
 
 @pytest.mark.parametrize("n", [4, 8])
