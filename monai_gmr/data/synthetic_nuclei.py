@@ -265,7 +265,7 @@ def make_synthetic_nuclei(
     Every file is written atomically and ``datalist.json`` last, so a dataset with a datalist is complete.
 
     Args:
-        out_dir: output folder (created).
+        out_dir: output folder (created); it must not hold data files already.
         n_images: number of tiles.
         size: tile size ``S`` or ``(H, W)``.
         seed: generation seed; image ``i`` uses ``SeedSequence([seed, i])``.
@@ -276,6 +276,9 @@ def make_synthetic_nuclei(
         render_kwargs: forwarded to :func:`render_nuclei_tile` (e.g. ``fiber_angle``, ``fiber_angle_jitter``,
             ``nuclei_density``, ``fiber_density``).
 
+    Raises:
+        FileExistsError: ``out_dir`` already holds data files (a new dataset would mix with them).
+
     Returns:
         dict with ``datalist_path`` (str), ``root`` (str), the three splits (``training``, ``validation``,
         ``test``: lists of ``{"image", "label", "mask"}`` with absolute paths) and ``info`` (per-image counts).
@@ -284,6 +287,11 @@ def make_synthetic_nuclei(
         raise ValueError(f"n_images must be >= 1, got {n_images}.")
     hw = size_hw(size)
     out = Path(out_dir)
+    if out.is_dir() and _holds_data(out):
+        # a smaller dataset written over a larger one would leave the old tiles beside the new datalist
+        raise FileExistsError(
+            f"out_dir {str(out)!r} already holds data files; write the synthetic dataset to a new or empty folder."
+        )
     out.mkdir(parents=True, exist_ok=True)
     items, infos = [], []
     for i in range(int(n_images)):

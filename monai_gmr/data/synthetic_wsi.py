@@ -417,7 +417,7 @@ def make_synthetic_wsi(
     """Write a synthetic whole-slide dataset to ``out_dir`` (see the module docstring for the files).
 
     Args:
-        out_dir: output folder.
+        out_dir: output folder; it must not hold slides or a datalist already.
         n_slides: number of slides.
         size: level-0 ``S`` or ``(H, W)`` (default 4096 x 4096).
         seed: generation seed.
@@ -437,6 +437,9 @@ def make_synthetic_wsi(
         split_seed: split seed (default ``seed``).
         prefix: slide name prefix.
         render_kwargs: forwarded to :func:`render_synthetic_slide`.
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds slides or a datalist (a new dataset would mix with them).
 
     Returns:
         dict with ``datalist_path``, ``patch_csv``, ``slides_json``, ``root``, ``slides`` (per-slide metadata) and
@@ -461,6 +464,12 @@ def make_synthetic_wsi(
     if not 0 <= patch_level < n_levels:
         raise ValueError(f"patch_level {patch_level} does not exist (n_levels={n_levels}).")
     out = Path(out_dir)
+    if out.is_dir() and _holds_slides(out):
+        # fewer slides written over an earlier dataset would leave its slides where inference looks for slides
+        raise FileExistsError(
+            f"out_dir {str(out)!r} already holds slides or a datalist; write the synthetic slides to a new or empty "
+            "folder."
+        )
     (out / "slides").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     slides_meta, items = [], []

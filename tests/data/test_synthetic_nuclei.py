@@ -219,3 +219,17 @@ def test_image_streams_do_not_overlap_across_seeds(tmp_path):
     make_synthetic_nuclei(tmp_path / "c", n_images=1, size=64, seed=8)
     # SeedSequence([seed, i]): seed 8's image 0 is not seed 7's image 1
     assert _files(tmp_path / "c")["images/nuclei_000.png"] != _files(tmp_path / "a")["images/nuclei_001.png"]
+
+
+def test_refuses_an_out_dir_that_holds_data(tmp_path):
+    """A 2-image dataset written over a 3-image one kept nuclei_002 beside the new datalist: now a clear error, and
+    nothing of the old dataset is touched; a folder with only hidden files counts as empty."""
+    make_synthetic_nuclei(tmp_path / "a", n_images=3, size=32, seed=0)
+    before = _files(tmp_path / "a")
+    with pytest.raises(FileExistsError, match="already holds data"):
+        make_synthetic_nuclei(tmp_path / "a", n_images=2, size=32, seed=1)
+    assert _files(tmp_path / "a") == before
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / ".keep").write_text("")
+    make_synthetic_nuclei(tmp_path / "b", n_images=1, size=32, seed=0)
+    assert (tmp_path / "b" / "datalist.json").is_file()

@@ -270,3 +270,14 @@ def test_patch_csv_to_datalist(tmp_path):
     (tmp_path / "nosize.csv").write_text("slide,x,y,label\ns.tiff,1,2,0\n")
     with pytest.raises(ValueError, match="row 2"):
         patch_csv_to_datalist(tmp_path / "nosize.csv")
+
+
+def test_refuses_an_out_dir_that_holds_slides(tmp_path):
+    """Fewer slides written over an earlier dataset left the old slides where slide inference looks: now refused,
+    before anything is written."""
+    kw = dict(n_slides=1, size=256, n_levels=3, patches_per_slide=4, patch_size=16)
+    make_synthetic_wsi(tmp_path / "a", seed=0, **kw)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "a").rglob("*"))
+    with pytest.raises(FileExistsError, match="already holds slides"):
+        make_synthetic_wsi(tmp_path / "a", seed=1, **kw)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "a").rglob("*")) == before
