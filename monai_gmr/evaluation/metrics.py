@@ -317,6 +317,9 @@ def _agg(metric) -> float:
 class ClassificationAccumulator:
     """Accuracy and (macro one-vs-rest) ROC-AUC for one view.
 
+    The macro AUC is the mean over the classes whose AUC is defined: a class with no positive or no negative sample
+    in the view is left out (MONAI's ``ROCAUCMetric`` returns NaN then); NaN only when no class has one.
+
     Args:
         metrics: subset of ``("accuracy", "auc")``.
         activation: see :func:`to_probabilities`.

@@ -118,6 +118,21 @@ def test_classification_accumulator_hand_computed():
         acc.update(logits, torch.tensor([0, 1]))
 
 
+def test_classification_macro_auc_leaves_out_classes_without_positives():
+    """3 classes, class 2 never the label: the macro AUC is the mean of classes 0 and 1 (documented; MONAI's
+    ROCAUCMetric gives NaN), and NaN when no class has both positives and negatives."""
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.4, 0.5, 0.1], [0.3, 0.3, 0.4]])
+    y = torch.tensor([0, 1, 0, 1])
+    acc = ClassificationAccumulator(activation=None)
+    acc.update(probs, y)
+    expected = (roc_auc_exact(probs[:, 0], y == 0) + roc_auc_exact(probs[:, 1], y == 1)) / 2
+    assert expected == pytest.approx(0.8125)  # class 0: 4 of 4 pairs; class 1: 2.5 of 4 (one tie)
+    assert acc.compute()["auc"] == pytest.approx(expected)
+    one = ClassificationAccumulator(activation=None)
+    one.update(probs, torch.zeros(4, dtype=torch.long))
+    assert math.isnan(one.compute()["auc"])
+
+
 # ------------------------------------------------------------------------------------------------ instance metrics
 def test_aji_and_pq_hand_computed():
     from monai_gmr.evaluation.metrics import aggregated_jaccard_index, instance_metrics
