@@ -46,9 +46,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai_gmr.functional.basis import _is_int
 from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
-from monai_gmr.nets.unet import interp_mode
+from monai_gmr.nets.unet import UPSAMPLE_MODES, interp_mode
 
 __all__ = [
     "convert_to_gmr",
@@ -332,8 +333,9 @@ class _Converter:
             new = self.kernel_size(k)
         else:
             new = self.kernel_size
-        if isinstance(new, bool) or not isinstance(new, int) or new < 1:
+        if not _is_int(new) or new < 1:
             raise ValueError(f"kernel_size must give a positive int for kernel size {k}, got {new!r}.")
+        new = int(new)
         if new % 2 == 0:
             return new + 1, True
         return new, False
@@ -711,14 +713,14 @@ def convert_to_gmr(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got model={type(model).__name__}.")
-    if upsample_mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic"):
-        raise ValueError(f"upsample_mode must be one of nearest, nearest-exact, bilinear, bicubic; got upsample_mode={upsample_mode!r}.")
+    if upsample_mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample_mode must be one of {', '.join(UPSAMPLE_MODES)}; got upsample_mode={upsample_mode!r}.")
     if pool_mode not in ("avg", "max"):
         raise ValueError(f"pool_mode must be 'avg' or 'max', got pool_mode={pool_mode!r}.")
     if weights not in WEIGHT_MODES:
         raise ValueError(f"weights must be one of {WEIGHT_MODES}, got weights={weights!r}.")
     if kernel_size is not None and not callable(kernel_size):
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+        if not _is_int(kernel_size) or kernel_size < 1:
             raise ValueError(f"kernel_size must be None, a positive int or a callable, got kernel_size={kernel_size!r}.")
     check_gmr_kwargs(gmr_kwargs)
     conv = _Converter(kernel_size, exclude, upsample_mode, pool_mode, weights, replace_pooling, gmr_kwargs)

@@ -372,6 +372,21 @@ def test_bad_arguments(kwargs, match):
         convert_to_gmr("UNet")  # type: ignore[arg-type]
 
 
+def test_numpy_int_kernel_sizes_and_the_upsample_mode_list():
+    """kernel_size as a NumPy int (as GMRConv accepts) was rejected, also from a callable; floats stay rejected;
+    the upsample_mode error lists every accepted mode (it left out linear/trilinear, which it accepts)."""
+    import numpy as np
+
+    for ks in (np.int64(5), lambda k: np.int32(k + 2)):
+        net = convert_to_gmr(nn.Sequential(nn.Conv2d(1, 1, 3)), kernel_size=ks)
+        assert isinstance(net[0], GMRConv) and net[0].kernel_size == 5 and type(net[0].kernel_size) is int
+    for bad in (5.0, np.float32(5), lambda k: 5.0):
+        with pytest.raises(ValueError, match="kernel_size"):
+            convert_to_gmr(nn.Sequential(nn.Conv2d(1, 1, 3)), kernel_size=bad)
+    with pytest.raises(ValueError, match="linear, bilinear, trilinear, bicubic"):
+        convert_to_gmr(nn.Sequential(nn.Conv2d(1, 1, 3)), upsample_mode="area")
+
+
 def test_top_level_convert_to_gmr():
     import monai_gmr
 
