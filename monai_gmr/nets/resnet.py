@@ -43,6 +43,15 @@ __all__ = [
 RESNET_INPLANES = (64, 128, 256, 512)
 
 
+def _isotropic(value, name: str):
+    """``value`` unchanged, or the one value of a tuple/list that repeats it (MONAI's per-dim form)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) == 0 or len(set(value)) != 1:
+            raise ValueError(f"{name} must be an int or a tuple repeating one value (GMR is isotropic), got {name}={tuple(value)!r}.")
+        return value[0]
+    return value
+
+
 def _shortcut(spatial_dims: int, in_planes: int, out_planes: int, stride: int, norm, bias: bool) -> nn.Sequential:
     """pool (kernel = stride) -> 1x1 conv -> norm (the shortcut of the recipe)."""
     layers: list[nn.Module] = []
@@ -169,9 +178,10 @@ class GMRResNet(nn.Module):
         num_classes: number of logits (``out_channels`` is accepted as an alias; 2 when neither is given); unused
             when ``feed_forward=False``.
         kernel_sizes: odd GMR kernel width per stage (4 ints, or one int for all).
-        conv1_t_size: odd kernel width of the GMR stem; ``None`` uses ``kernel_sizes[0]``.
+        conv1_t_size: odd kernel width of the GMR stem; ``None`` uses ``kernel_sizes[0]``. A tuple (MONAI style)
+            must repeat one value (the stem is isotropic).
         conv1_t_stride: stem down-sampling factor (average pooling before the stride-1 stem conv, like every
-            other stride of the recipe).
+            other stride of the recipe); a tuple must repeat one value.
         no_max_pool: drop the stem's 2x2 pool (MONAI's ``no_max_pool``).
         stem_pooling: ``"avg"`` or ``"max"`` for the stem's 2x2 pool (both exact on even sizes).
         widen_factor: multiplier of ``block_inplanes``.
@@ -202,8 +212,8 @@ class GMRResNet(nn.Module):
         in_channels: int = 3,
         num_classes: int | None = None,
         kernel_sizes: int | Sequence[int] = (9, 9, 5, 5),
-        conv1_t_size: int | None = None,
-        conv1_t_stride: int = 1,
+        conv1_t_size: int | Sequence[int] | None = None,
+        conv1_t_stride: int | Sequence[int] = 1,
         no_max_pool: bool = False,
         stem_pooling: str = "avg",
         widen_factor: float = 1.0,
@@ -241,6 +251,8 @@ class GMRResNet(nn.Module):
             ks = (kernel_sizes,) * 4
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in ks):
             raise ValueError(f"kernel_sizes must hold odd positive ints, got kernel_sizes={ks}.")
+        # MONAI's ResNet takes per-dim tuples here; a GMR stem is isotropic, so an all-equal tuple is its int
+        conv1_t_size, conv1_t_stride = _isotropic(conv1_t_size, "conv1_t_size"), _isotropic(conv1_t_stride, "conv1_t_stride")
         stem_k = ks[0] if conv1_t_size is None else conv1_t_size
         if isinstance(stem_k, bool) or not isinstance(stem_k, int) or stem_k < 1 or stem_k % 2 == 0:
             raise ValueError(f"conv1_t_size must be an odd positive int, got conv1_t_size={conv1_t_size!r}.")

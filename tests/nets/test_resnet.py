@@ -119,6 +119,8 @@ def test_feed_forward_false_and_features():
         ({"block": "wide"}, "block"),
         ({"conv1_t_size": 4}, "conv1_t_size"),
         ({"conv1_t_stride": 0}, "conv1_t_stride"),
+        ({"conv1_t_size": (7, 5)}, "isotropic"),
+        ({"conv1_t_stride": (2, 1)}, "isotropic"),
         ({"stem_pooling": "lp"}, "stem_pooling"),
         ({"num_classes": 0}, "num_classes"),
         ({"out_channels": 0}, "num_classes"),
@@ -134,6 +136,16 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         GMRResNet(**args)
+
+
+def test_monai_style_tuple_stem_arguments():
+    """MONAI's ResNet takes conv1_t_size / conv1_t_stride as per-dim tuples; GMRResNet rejected them: a tuple that
+    repeats one value now means that value (same layers as the int)."""
+    args = {"block": "basic", "layers": (1, 1, 1, 1), "block_inplanes": (4, 8, 8, 16), "spatial_dims": 3,
+            "in_channels": 1, "num_classes": 2, "kernel_sizes": 3}  # fmt: skip
+    a = GMRResNet(conv1_t_size=(5, 5, 5), conv1_t_stride=[2, 2, 2], **args)
+    b = GMRResNet(conv1_t_size=5, conv1_t_stride=2, **args)
+    assert repr(a) == repr(b) and a.downsample_factor == b.downsample_factor == 32
 
 
 @pytest.mark.parametrize("fn", [gmr_resnet18, gmr_resnet34, gmr_resnet50])
