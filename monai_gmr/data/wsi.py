@@ -290,7 +290,9 @@ def tissue_mask(
     ``min_saturation`` are tissue, near-black pixels (brightest channel at most ``min_brightness``) are
     background; holes are filled and components smaller than ``min_area`` (fraction of the
     mask) removed (``scipy.ndimage``). When the level's larger side exceeds ``max_size`` it is block-averaged
-    by an integer factor first (the returned ``downsample`` includes that factor).
+    by an integer factor first (the returned ``downsample`` includes that factor; the last rows/columns that do not
+    fill a whole block, fewer than ``factor`` pixels of the level, are left out of the mask, so they count as
+    background).
 
     Args:
         slide: slide path.
