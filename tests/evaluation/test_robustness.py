@@ -221,3 +221,19 @@ def test_refuses_to_run_inside_a_multi_process_distributed_run(monkeypatch):
     x = torch.rand(1, 1, 8, 8)
     with pytest.raises(RuntimeError, match="single process"):
         rotation_robustness(torch.nn.Conv2d(1, 2, 1), (x, (x > 0.5).long()), angles=(0,), flips=())
+
+
+def test_amp_is_cuda_only_like_monai_engines():
+    """``amp=True`` on CPU runs in float32, as MONAI's trainer/evaluator do (they autocast on CUDA only): the
+    bundles pass their ``amp`` switch to both, and CPU bfloat16 in the report alone made its 0-degree Dice differ
+    from the evaluator's and broke the exact right-angle equivariance."""
+    seen = []
+
+    def net(x):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return _identity_net(x)
+
+    lab = _blob_labels()
+    r = rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), amp=True, device="cpu")
+    assert seen and not any(seen)
+    assert r.per_angle["dice"] == [1.0, 1.0]
