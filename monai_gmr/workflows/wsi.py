@@ -414,6 +414,8 @@ def patch_dataset(
         return _folder_dataset(image_dir, labels_csv, split, transform, val_frac, test_frac, split_seed, num_classes)
     from monai.data import PatchWSIDataset
 
+    from monai_gmr.data.wsi import wsi_reader_for
+
     if dataset_dir is None:
         raise ValueError("data_source='wsi' needs dataset_dir.")
     size = _as_pair(read_size if read_size is not None else patch_size)
@@ -426,7 +428,7 @@ def patch_dataset(
     items = to_top_left(items, size, level, backend)
     return PatchWSIDataset(
         data=items, patch_size=size, patch_level=level, transform=transform, include_label=True,
-        center_location=False, reader=backend,
+        center_location=False, reader=wsi_reader_for(backend),
     )
 
 
