@@ -97,7 +97,9 @@ class TiffFileSlideReader(TiffFileWSIReader):
     and macro images (CMU-1-Small-Region: one level, four pages), so level 1 had the thumbnail's size and the next
     pyramid level's pixels, and the last "level" did not exist at all (tissue detection, which reads the lowest
     level, failed on every SVS). Here levels, sizes, downsamples and MPP all come from the main series' pyramid
-    (``wsi.series[0].levels``); for a pyramidal TIFF with one page per level nothing changes.
+    (``wsi.series[0].levels``); for a pyramidal TIFF with one page per level nothing changes. An SVS without
+    resolution tags gets its MPP from the Aperio description (``MPP = ...``), as with openslide, so ``patch_mpp``
+    works with both backends.
     """
 
     @staticmethod
@@ -112,9 +114,28 @@ class TiffFileSlideReader(TiffFileWSIReader):
         return float(self.get_size(wsi, 0)[0]) / float(self.get_size(wsi, level)[0])
 
     def get_mpp(self, wsi, level: int) -> tuple[float, float]:
-        mpp0 = super().get_mpp(wsi, 0)  # the base level is page 0 in both counts
+        try:
+            mpp0 = super().get_mpp(wsi, 0)  # resolution tags of the base level (page 0 in both counts)
+        except ValueError:
+            mpp0 = self._aperio_mpp(wsi)
+            if mpp0 is None:
+                raise
         (h0, w0), (h, w) = self.get_size(wsi, 0), self.get_size(wsi, level)
-        return (float(mpp0[0]) * h0 / h, float(mpp0[1]) * w0 / w)
+        return (float(mpp0[0]) * (h0 / h), float(mpp0[1]) * (w0 / w))
+
+    @staticmethod
+    def _aperio_mpp(wsi) -> tuple[float, float] | None:
+        """The ``MPP`` of an Aperio SVS description (where openslide reads it; SVS files carry no resolution
+        tags), or ``None``."""
+        if not getattr(wsi, "is_svs", False):
+            return None
+        from tifffile.tifffile import svs_description_metadata
+
+        try:
+            mpp = float(svs_description_metadata(wsi.pages[0].description)["MPP"])
+        except (KeyError, ValueError, TypeError):
+            return None
+        return (mpp, mpp) if mpp > 0 else None
 
 
 def wsi_reader_for(backend: str = "openslide") -> Any:

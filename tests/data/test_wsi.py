@@ -222,6 +222,8 @@ def test_tifffile_backend_sees_the_pyramid_of_an_svs(tmp_path):
     assert np.array_equal(patch, base[::2, ::2][32:64, 48:80].transpose(2, 0, 1))
     mask, level, ds = tissue_mask(path, level=-1, backend="tifffile")
     assert level == 1 and ds == 2.0 and mask.shape == (128, 160)
+    # no resolution tags: the MPP comes from the Aperio description, as with openslide (patch_mpp works)
+    assert info["mpp"] == [(0.5, 0.5), (1.0, 1.0)]
 
 
 def test_real_svs_with_the_tifffile_backend():
@@ -229,7 +231,7 @@ def test_real_svs_with_the_tifffile_backend():
     lowest level, which MONAI's tifffile reader called level 3 and then could not read."""
     svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
     info = slide_info(svs, "tifffile")
-    assert info["level_count"] == 1 and info["sizes"] == [(2967, 2220)]
+    assert info["level_count"] == 1 and info["sizes"] == [(2967, 2220)] and info["mpp"] == [(0.499, 0.499)]
     mask, level, ds = tissue_mask(svs, level=-1, max_size=1024, backend="tifffile")
     ref, _, _ = tissue_mask(svs, level=-1, max_size=1024, backend="openslide")
     assert level == 0 and mask.shape == (989, 740) and (mask == ref).mean() > 0.999
