@@ -342,6 +342,7 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says how to produce it).
         KeyError: the file holds no state dict.
+        RuntimeError: the state dict does not fit ``network`` (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -365,7 +366,13 @@ def load_checkpoint(
     else:
         raise KeyError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict.")
     module = network.module if isinstance(network, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else network
-    module.load_state_dict(state, strict=strict)
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as e:  # missing / unexpected keys, shape mismatches: name the file and the likely cause
+        raise RuntimeError(
+            f"checkpoint {str(path)!r} does not fit the network {type(module).__name__}: run with the network_def "
+            f"(and num_classes) it was trained with ({str(e).splitlines()[0]} ...)"
+        ) from e
     logger.info("loaded weights from %s", path)
     return network
 

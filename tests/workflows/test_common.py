@@ -156,6 +156,10 @@ def test_load_checkpoint_formats(tmp_path):
         load_checkpoint(net, tmp_path / "d.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(net, tmp_path / "missing.pt")
+    # another network than the one trained (e.g. evaluate.json without the training run's --network_def): the error
+    # names the checkpoint and the setting to fix, not only PyTorch's list of missing keys
+    with pytest.raises(RuntimeError, match=r"checkpoint '.*a\.pt' does not fit the network Sequential: .*network_def"):
+        load_checkpoint(torch.nn.Sequential(torch.nn.Linear(3, 4)), tmp_path / "a.pt")
 
 
 def test_epoch_validation_handler_runs_at_last_epoch():
