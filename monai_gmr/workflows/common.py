@@ -902,7 +902,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".
 
 
 def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
-    """Sorted image files directly inside ``folder`` (by extension, case-insensitive).
+    """Sorted image files directly inside ``folder`` (by extension, case-insensitive; hidden files such as macOS
+    ``._name.png`` resource forks are skipped, as in the slide and dataset listings).
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
@@ -912,7 +913,9 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder {str(folder)!r} does not exist.")
     exts = tuple(e.lower() for e in extensions)
-    files = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(exts))
+    files = sorted(
+        str(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(exts)
+    )
     if not files:
         raise ValueError(f"input folder {str(folder)!r} holds no image file with extension in {list(exts)}.")
     return files

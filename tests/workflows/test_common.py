@@ -344,6 +344,7 @@ def test_list_images(tmp_path):
     _png(tmp_path / "b.PNG", (4, 4))
     _png(tmp_path / "a.png", (4, 4))
     (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # a macOS resource fork: unreadable as PNG
     assert [Path(p).name for p in list_images(tmp_path)] == ["a.png", "b.PNG"]
 
 
