@@ -75,7 +75,9 @@ def workflow_error(configs, **override) -> str:
 
 
 #: the bundles' on/off settings; ``python -m monai.bundle run --amp false`` gives them as strings ("false")
-SWITCHES = ("amp", "tta", "resume", "generate_synthetic", "augment_rotation", "instance_metrics", "slide_eval", "strict")
+SWITCHES = (
+    "amp", "tta", "resume", "generate_synthetic", "augment_rotation", "instance_metrics", "slide_eval", "strict",
+)
 
 
 def check_switches_read_as_bool(config_dir: Path) -> None:

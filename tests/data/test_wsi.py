@@ -207,7 +207,8 @@ def _svs_like(path) -> np.ndarray:
         t.write(base, tile=(64, 64), photometric="rgb", description=desc, metadata=None)
         t.write(base[::8, ::8], photometric="rgb", description=desc + " -> 32x40", metadata=None)  # thumbnail
         t.write(base[::2, ::2], tile=(64, 64), photometric="rgb", description=desc + " -> 128x160", metadata=None)
-        t.write(base[:20, :30], photometric="rgb", subfiletype=1, description="Aperio Image Library test\nlabel", metadata=None)
+        label = "Aperio Image Library test\nlabel"
+        t.write(base[:20, :30], photometric="rgb", subfiletype=1, description=label, metadata=None)
     return base
 
 
