@@ -1,5 +1,5 @@
-"""Small shared utilities: atomic file writes, seeding, the run environment recorded by benchmarks, and a
-TensorBoard writer that degrades to a no-op when ``tensorboard`` is missing.
+"""Small shared utilities: atomic file writes, seeding, the run environment recorded by benchmarks, a TensorBoard
+writer that degrades to a no-op when ``tensorboard`` is missing, and command-line switches read as booleans.
 
 Everything that writes a checkpoint, report or mask goes through these helpers so that a file on disk is
 either the complete new version or absent (never half-written).
@@ -30,6 +30,7 @@ __all__ = [
     "tensorboard_available",
     "NullSummaryWriter",
     "size_hw",
+    "as_bool",
 ]
 
 
@@ -245,3 +246,35 @@ def summary_writer(log_dir: str | os.PathLike) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(log_dir))
+
+
+_TRUE = ("1", "true", "yes", "y", "on")
+_FALSE = ("0", "false", "no", "n", "off")
+
+
+def as_bool(value: Any, name: str = "value") -> bool:
+    """A switch as a ``bool``, also when it arrives as text from a command line.
+
+    ``python -m monai.bundle run --amp false`` passes the *string* ``"false"`` (Python Fire turns only ``True`` /
+    ``False`` into booleans), and a non-empty string is true in Python: the bundle configs read every switch
+    through this function, so ``true``/``false`` (any case), ``yes``/``no``, ``on``/``off`` and ``1``/``0`` mean
+    what they say.
+
+    Args:
+        value: a ``bool``, ``0``/``1`` or one of the strings above.
+        name: the switch's name, for the error message.
+
+    Raises:
+        ValueError: ``value`` is not one of these (the message names ``name``).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+    raise ValueError(f"{name} must be a boolean (true/false, yes/no, on/off or 1/0), got {value!r}.")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from monai_gmr.utils import (
+    as_bool,
     atomic_path,
     atomic_torch_save,
     atomic_write_json,
@@ -112,3 +113,22 @@ def test_seed_everything_seeds_python_random_too():
     seed_everything(3)
     b = (random.random(), np.random.rand(), torch.rand(2))
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("text", ["false", "False", "FALSE", " no ", "off", "0", "n"])
+def test_as_bool_reads_command_line_false_as_false(text):
+    # `python -m monai.bundle run --amp false` passes the string "false", which Python itself would call true
+    assert as_bool(text, "amp") is False
+
+
+@pytest.mark.parametrize("value", ["true", "True", "yes", "on", "1", "Y", True, 1])
+def test_as_bool_reads_true(value):
+    assert as_bool(value, "amp") is True
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2", 2, None, 0.5])
+def test_as_bool_rejects_other_values_naming_the_switch(value):
+    with pytest.raises(ValueError, match=r"^generate_synthetic must be a boolean .*got"):
+        as_bool(value, "generate_synthetic")
+    assert as_bool(False) is False
+

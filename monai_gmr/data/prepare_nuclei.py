@@ -57,7 +57,7 @@ import numpy as np
 
 from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items, write_datalist
 from monai_gmr.data.synthetic_nuclei import save_png
-from monai_gmr.utils import make_temp_dir
+from monai_gmr.utils import as_bool, make_temp_dir
 
 __all__ = [
     "FORMATS",
@@ -590,12 +590,10 @@ prepare_nuclei = prepare_nuclei_dataset
 
 
 def _bool(v: str) -> bool:
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "on"):
-        return True
-    if s in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+    try:
+        return as_bool(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:

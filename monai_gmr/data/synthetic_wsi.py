@@ -44,7 +44,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -581,6 +581,7 @@ def patch_csv_to_datalist(
     seed: int = 0,
     center: bool = True,
     backend: str = "openslide",
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Turn a patch CSV (``slide,x,y,label`` and optional ``level``, ``size``, ``split``) into a datalist JSON.
 
@@ -588,7 +589,7 @@ def patch_csv_to_datalist(
     module docstring), else level-0 top-left corners, which are converted (for ``level > 0`` with the slide's
     downsample, so the slide is opened); ``slide`` paths are relative to the CSV. Rows with a ``split`` column keep it, the others are split
     with :func:`monai_gmr.data.datalist.split_items` (stratified by label). ``backend``: the ``WSIReader``
-    backend that opens slides for their downsamples.
+    backend that opens slides for their downsamples. ``extra``: more top-level entries of the JSON.
 
     Raises:
         FileNotFoundError: the CSV does not exist. ValueError: missing columns, bad values or an unreadable slide
@@ -631,7 +632,7 @@ def patch_csv_to_datalist(
         for k, v in split_items(free, val_frac, test_frac, seed, stratify_key="label").items():
             fixed[k].extend(v)
     return write_datalist(out_path, fixed, path_keys=("image",), center_location=True,
-                          description=f"patches from {csv_path.name}")  # fmt: skip
+                          description=f"patches from {csv_path.name}", **dict(extra or {}))  # fmt: skip
 
 
 def _holds_slides(folder: Path) -> bool:

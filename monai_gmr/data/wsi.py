@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.data.wsi_reader import TiffFileWSIReader
 
 from monai_gmr.utils import size_hw
 
@@ -42,6 +43,8 @@ __all__ = [
     "SlideNotFoundError",
     "list_slides",
     "get_wsi_reader",
+    "wsi_reader_for",
+    "TiffFileSlideReader",
     "open_slide",
     "resolve_level",
     "slide_info",
@@ -88,10 +91,71 @@ def list_slides(folder: str | os.PathLike, extensions: Sequence[str] = SLIDE_EXT
     )
 
 
+class TiffFileSlideReader(TiffFileWSIReader):
+    """MONAI's ``TiffFileWSIReader`` with the levels of the slide's pyramid only.
+
+    MONAI 1.6.1 counts and sizes levels by TIFF page (``wsi.pages``) but reads pixels by pyramid level
+    (``wsi.asarray(level=...)``, the main series' levels). In an Aperio SVS the pages also hold the thumbnail, label
+    and macro images (CMU-1-Small-Region: one level, four pages), so level 1 had the thumbnail's size and the next
+    pyramid level's pixels, and the last "level" did not exist at all (tissue detection, which reads the lowest
+    level, failed on every SVS). Here levels, sizes, downsamples and MPP all come from the main series' pyramid
+    (``wsi.series[0].levels``); for a pyramidal TIFF with one page per level nothing changes. An SVS without
+    resolution tags gets its MPP from the Aperio description (``MPP = ...``), as with openslide, so ``patch_mpp``
+    works with both backends.
+    """
+
+    @staticmethod
+    def get_level_count(wsi) -> int:
+        return len(wsi.series[0].levels)
+
+    def get_size(self, wsi, level: int) -> tuple[int, int]:
+        page = wsi.series[0].levels[level].keyframe
+        return (int(page.imagelength), int(page.imagewidth))
+
+    def get_downsample_ratio(self, wsi, level: int) -> float:
+        return float(self.get_size(wsi, 0)[0]) / float(self.get_size(wsi, level)[0])
+
+    def get_mpp(self, wsi, level: int) -> tuple[float, float]:
+        try:
+            mpp0 = super().get_mpp(wsi, 0)  # resolution tags of the base level (page 0 in both counts)
+        except ValueError:
+            mpp0 = self._aperio_mpp(wsi)
+            if mpp0 is None:
+                raise
+        (h0, w0), (h, w) = self.get_size(wsi, 0), self.get_size(wsi, level)
+        return (float(mpp0[0]) * (h0 / h), float(mpp0[1]) * (w0 / w))
+
+    @staticmethod
+    def _aperio_mpp(wsi) -> tuple[float, float] | None:
+        """The ``MPP`` of an Aperio SVS description (where openslide reads it; SVS files carry no resolution
+        tags), or ``None``."""
+        if not getattr(wsi, "is_svs", False):
+            return None
+        from tifffile.tifffile import svs_description_metadata
+
+        try:
+            mpp = float(svs_description_metadata(wsi.pages[0].description)["MPP"])
+        except (KeyError, ValueError, TypeError):
+            return None
+        return (mpp, mpp) if mpp > 0 else None
+
+
+def wsi_reader_for(backend: str = "openslide") -> Any:
+    """What MONAI's WSI datasets take as ``reader`` for ``backend``: the name itself, or for ``tifffile`` the
+    :class:`TiffFileSlideReader` class (levels of the slide's pyramid only, also for SVS files)."""
+    if isinstance(backend, str) and backend.lower() == "tifffile":
+        return TiffFileSlideReader
+    return backend
+
+
 def get_wsi_reader(backend: str = "openslide", **kwargs: Any):
-    """A MONAI :class:`~monai.data.WSIReader` (``backend``: ``openslide``, ``tifffile`` or ``cucim``)."""
+    """A MONAI :class:`~monai.data.WSIReader` (``backend``: ``openslide`` or ``cucim``), or for ``tifffile`` a
+    :class:`TiffFileSlideReader` (the same interface, with the levels of the slide's pyramid only)."""
     from monai.data import WSIReader
 
+    reader = wsi_reader_for(backend)
+    if not isinstance(reader, str):
+        return reader(**kwargs)
     return WSIReader(backend=backend, **kwargs)
 
 

@@ -217,7 +217,8 @@ def rotation_robustness(
         label_transform: applied to each label batch before anything else (e.g. :func:`binarize_label` for
             instance-id maps).
         model_name: name in reports.
-        amp: run the network under ``torch.autocast`` on the device.
+        amp: run the network under ``torch.autocast`` on CUDA; ignored on other devices, as in MONAI's engines
+            (a bundle's ``amp`` switch must not turn on bfloat16 CPU autocast in the robustness report alone).
         auc_storage: device keeping the AUC scores (default: ``device``; 4 bytes per scored pixel per view).
         merge_foreground, instance_kwargs: segmentation with several nuclei classes (e.g. interior + boundary):
             Dice/IoU/AUC of their sum, instances from the full class map with these
@@ -306,7 +307,7 @@ def rotation_robustness(
             spatial = tuple(x.shape[-spatial_dims:])
             for g, acc in zip(geoms, accs):
                 xg = g.apply(x, image_mode)
-                with torch.autocast(device.type, enabled=amp):
+                with torch.autocast(device.type, enabled=bool(amp) and device.type == "cuda"):
                     out = inferer(xg, network)
                 out = out[0] if isinstance(out, (tuple, list)) and out else out
                 if not isinstance(out, torch.Tensor):

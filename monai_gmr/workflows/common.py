@@ -342,6 +342,7 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says how to produce it).
         KeyError: the file holds no state dict.
+        RuntimeError: the state dict does not fit ``network`` (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -365,7 +366,13 @@ def load_checkpoint(
     else:
         raise KeyError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict.")
     module = network.module if isinstance(network, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else network
-    module.load_state_dict(state, strict=strict)
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as e:  # missing / unexpected keys, shape mismatches: name the file and the likely cause
+        raise RuntimeError(
+            f"checkpoint {str(path)!r} does not fit the network {type(module).__name__}: run with the network_def "
+            f"(and num_classes) it was trained with ({str(e).splitlines()[0]} ...)"
+        ) from e
     logger.info("loaded weights from %s", path)
     return network
 
@@ -895,7 +902,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".
 
 
 def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
-    """Sorted image files directly inside ``folder`` (by extension, case-insensitive).
+    """Sorted image files directly inside ``folder`` (by extension, case-insensitive; hidden files such as macOS
+    ``._name.png`` resource forks are skipped, as in the slide and dataset listings).
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
@@ -905,7 +913,9 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder {str(folder)!r} does not exist.")
     exts = tuple(e.lower() for e in extensions)
-    files = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(exts))
+    files = sorted(
+        str(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(exts)
+    )
     if not files:
         raise ValueError(f"input folder {str(folder)!r} holds no image file with extension in {list(exts)}.")
     return files

@@ -114,6 +114,10 @@ def inference_datalist(
 
     Returns:
         list of ``{"image": path}`` dicts (each file read once when ``check``; errors name the file).
+
+    Raises:
+        ValueError: two images would write the same output files (``<name>_seg.png``, ...: MONAI's writers name
+            them by the file name without extension, e.g. ``a.png`` and ``a.tif``), before anything is written.
     """
     if input_dir:
         items = [{"image": p} for p in list_images(input_dir)]
@@ -127,7 +131,27 @@ def inference_datalist(
             )
         ]
         name = f"{split} images of {str(dataset_dir)!r}"
+    _check_output_names(items, name)
     return check_datalist(items, keys=("image",), name=name) if check else items
+
+
+def _output_name(path: str | os.PathLike) -> str:
+    """The name MONAI's ``SaveImage`` gives the outputs of ``path``: the file name without its extension
+    (``.nii.gz`` counts as one)."""
+    stem, ext = os.path.splitext(os.path.basename(str(path)))
+    return os.path.splitext(stem)[0] if ext == ".gz" else stem
+
+
+def _check_output_names(items: Sequence[Mapping[str, Any]], name: str) -> None:
+    seen: dict[str, str] = {}
+    for item in items:
+        out = _output_name(item["image"])
+        if out in seen:
+            raise ValueError(
+                f"{name}: {seen[out]!r} and {str(item['image'])!r} would both be written as {out}_seg.png, "
+                f"{out}_instance.png and {out}_prob.tif; rename one of them."
+            )
+        seen[out] = str(item["image"])
 
 
 def to_rgb(img: torch.Tensor) -> torch.Tensor:

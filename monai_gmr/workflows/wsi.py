@@ -223,20 +223,44 @@ def to_top_left(
 
 
 def _ensure_wsi(dataset_dir: str | os.PathLike, generate: bool, synthetic: Mapping[str, Any],
-                patch_size: int | Sequence[int] | None = None) -> str:  # fmt: skip
-    import csv
+                patch_size: int | Sequence[int] | None = None,
+                split: Mapping[str, Any] | None = None) -> str:  # fmt: skip
+    """The slide datalist of ``dataset_dir``; a user's ``patches.csv`` is turned into ``datalist.json`` there.
 
-    from monai_gmr.data import DATALIST_NAME, ensure_wsi_dataset, patch_csv_to_datalist
+    With ``split`` (``val_frac``, ``test_frac``, ``seed`` of the patch datasets) a datalist built from the CSV is
+    built again when the CSV or these settings changed (fingerprint stored in the JSON under ``"built_from_csv"``),
+    so an edited CSV or ``--val_frac`` is not silently ignored; without ``split`` (slide inference) an existing
+    datalist is used as it is. A datalist the user wrote is never replaced.
+    """
+    import csv
+    import hashlib
+
+    from monai_gmr.data import DATALIST_NAME, ensure_wsi_dataset, patch_csv_to_datalist, read_datalist
 
     root = Path(dataset_dir)
-    patch_csv = root / "patches.csv"
-    if patch_size is not None and not (root / DATALIST_NAME).is_file() and patch_csv.is_file():
-        # a user's slide,x,y,label CSV needs no size column: the bundle reads its own patch_size around each centre
+    patch_csv, datalist = root / "patches.csv", root / DATALIST_NAME
+    if patch_csv.is_file():
         with open(patch_csv, newline="") as f:
-            header = next(csv.reader(f), [])
-        if "size" not in [h.strip() for h in header]:
-            logger.info("building %s from %s (patch size %s)", root / DATALIST_NAME, patch_csv, patch_size)
-            return str(patch_csv_to_datalist(patch_csv, root / DATALIST_NAME, patch_size=_as_pair(patch_size)[0]))
+            header = [h.strip() for h in next(csv.reader(f), [])]
+        size = None if "size" in header or patch_size is None else _as_pair(patch_size)[0]
+        explicit = split is not None
+        split = {"val_frac": 0.2, "test_frac": 0.2, "seed": 0, **dict(split or {})}
+        stamp = {"sha256": hashlib.sha256(patch_csv.read_bytes()).hexdigest(), "val_frac": float(split["val_frac"]),
+                 "test_frac": float(split["test_frac"]), "seed": int(split["seed"])}  # fmt: skip
+        build = not datalist.is_file()
+        if not build and explicit:
+            old = read_datalist(datalist, absolute=False)
+            ours = "built_from_csv" in old or old.get("description") == f"patches from {patch_csv.name}"
+            build = ours and old.get("built_from_csv") != stamp
+            if build:
+                logger.warning("%s or the split settings (val_frac, test_frac, seed) changed since %s was built "
+                               "from it: building it again", patch_csv, datalist)  # fmt: skip
+        if build and (size is not None or "size" in header):
+            logger.info("building %s from %s (patch size %s, val_frac %s, test_frac %s, seed %s)", datalist,
+                        patch_csv, size, stamp["val_frac"], stamp["test_frac"], stamp["seed"])  # fmt: skip
+            return str(patch_csv_to_datalist(patch_csv, datalist, patch_size=size, val_frac=stamp["val_frac"],
+                                             test_frac=stamp["test_frac"], seed=stamp["seed"],
+                                             extra={"built_from_csv": stamp}))  # fmt: skip
     return str(ensure_wsi_dataset(dataset_dir, generate=generate, **dict(synthetic)))
 
 
@@ -262,6 +286,9 @@ def wsi_patch_datalist(
     fallback_split: str | None = None,
     skip_outside: bool = False,
     patch_mpp: float | None = None,
+    val_frac: float = 0.2,
+    test_frac: float = 0.2,
+    split_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """The ``PatchWSIDataset`` items of one split of the slide dataset in ``dataset_dir``.
 
@@ -281,13 +308,16 @@ def wsi_patch_datalist(
         fallback_split: split used when ``split`` is empty (e.g. evaluate on ``"validation"`` without a test split).
         patch_mpp: read patches at the level of each slide closest to this resolution (sets every item's
             ``"level"``; overrides ``patch_level``).
+        val_frac, test_frac, split_seed: split of the ``patches.csv`` rows without a ``split`` column (stratified
+            by label); the datalist built from the CSV is rebuilt when the CSV or these change.
 
     Returns:
         list of dicts with absolute slide paths.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
-    datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {}, patch_size)
+    split_settings = {"val_frac": val_frac, "test_frac": test_frac, "seed": split_seed}
+    datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {}, patch_size, split_settings)
     used = split
     items = _read_split(datalist, split)
     if not items and fallback_split is not None and fallback_split != split:
@@ -414,19 +444,22 @@ def patch_dataset(
         return _folder_dataset(image_dir, labels_csv, split, transform, val_frac, test_frac, split_seed, num_classes)
     from monai.data import PatchWSIDataset
 
+    from monai_gmr.data.wsi import wsi_reader_for
+
     if dataset_dir is None:
         raise ValueError("data_source='wsi' needs dataset_dir.")
     size = _as_pair(read_size if read_size is not None else patch_size)
     items = wsi_patch_datalist(
         dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend, patch_size=size,
         patch_level=patch_level, num_classes=num_classes, fallback_split=fallback_split,
-        skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp,
+        skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac,
+        split_seed=split_seed,
     )
     level = None if patch_mpp is not None else patch_level
     items = to_top_left(items, size, level, backend)
     return PatchWSIDataset(
         data=items, patch_size=size, patch_level=level, transform=transform, include_label=True,
-        center_location=False, reader=backend,
+        center_location=False, reader=wsi_reader_for(backend),
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "check_kill_and_resume",
     "kill_after_epoch_config",
     "check_best_saver_keeps_the_latest_tie",
+    "check_switches_read_as_bool",
 ]
 
 
@@ -71,6 +72,24 @@ def workflow_error(configs, **override) -> str:
         msgs.append(f"{type(e).__name__}: {e}")
         e = e.__cause__ or e.__context__
     return "\n".join(msgs)
+
+
+#: the bundles' on/off settings; ``python -m monai.bundle run --amp false`` gives them as strings ("false")
+SWITCHES = (
+    "amp", "tta", "resume", "generate_synthetic", "augment_rotation", "instance_metrics", "slide_eval", "strict",
+)
+
+
+def check_switches_read_as_bool(config_dir: Path) -> None:
+    """Every reference to an on/off setting in the bundle's configs goes through ``monai_gmr.utils.as_bool``: a
+    bare ``@amp`` would take the command line's ``--amp false`` (the string ``"false"``) as true."""
+    import re
+
+    bare = re.compile(r"(?<!as_bool\()@(" + "|".join(SWITCHES) + r")\b")
+    found = []
+    for f in sorted(Path(config_dir).glob("*.json")):
+        found += [f"{f.name}: {m.group(0)}" for m in bare.finditer(f.read_text())]
+    assert not found, found
 
 
 def no_outputs(out: Path) -> bool:

@@ -20,6 +20,7 @@ from tests.bundles.helpers import (
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
+    check_switches_read_as_bool,
     config_parser,
     kill_after_epoch_config,
     no_outputs,
@@ -93,6 +94,27 @@ def test_configs_parse_and_resolve(tmp_path):
     pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
+
+
+@pytest.mark.parametrize("text", ["false", "true"])
+def test_switches_given_as_text_mean_what_they_say(tmp_path, text):
+    """``--amp false`` / ``--tta true`` arrive as the strings "false" / "true" (Python Fire makes only ``False`` /
+    ``True`` booleans); a bare non-empty string is true, so "false" used to switch augmentation, TTA, instance
+    metrics and AMP on."""
+    on = text == "true"
+    over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "synthetic": SYNTH,
+            "network_def": eval(TINY_NET), "generate_synthetic": "yes"}  # fmt: skip
+    switches = {k: text for k in ("amp", "tta", "augment_rotation", "instance_metrics")}
+    p = config_parser([TRAIN, EVALUATE], **over, **switches, metadata=METADATA)
+    names = [type(t).__name__ for t in p.get_parsed_content("train#preprocessing").transforms]
+    assert ("RandRotated" in names) is on
+    assert (type(p.get_parsed_content("validate#inferer")).__name__ == "RotationTTAInferer") is on
+    assert ("aji" in p.get_parsed_content("robustness_metrics")) is on
+    assert p.get_parsed_content("robustness#amp") is on and p.get_parsed_content("validate#evaluator").amp is on
+    pi = config_parser([INFERENCE], **over, **switches, metadata=METADATA)
+    assert (type(pi.get_parsed_content("inferer")).__name__ == "RotationTTAInferer") is on
+    assert pi.get_parsed_content("evaluator").amp is on
+    check_switches_read_as_bool(CONFIGS)
 
 
 def test_best_checkpoint_keeps_the_latest_of_equal_scores(tmp_path):
@@ -317,12 +339,14 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- errors
-def test_missing_or_empty_dataset_without_generation(tmp_path):
+@pytest.mark.parametrize("generate", [False, "false"])  # "false": from the command line (--generate_synthetic false)
+def test_missing_or_empty_dataset_without_generation(tmp_path, generate):
     out = tmp_path / "out"
     for data in (tmp_path / "missing", tmp_path / "empty"):
         if data.name == "empty":
             data.mkdir()
-        msg = workflow_error(TRAIN, dataset_dir=str(data), output_dir=str(out), generate_synthetic=False)
+        msg = workflow_error(TRAIN, dataset_dir=str(data), output_dir=str(out), generate_synthetic=generate,
+                             synthetic=SYNTH, epochs=1, epoch_length=1, num_workers=0, network_def=eval(TINY_NET))
         assert str(data) in msg, msg
         assert no_outputs(out)
         assert not data.exists() or not list(data.iterdir())  # nothing generated

@@ -23,6 +23,7 @@ from tests.bundles.helpers import (
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
+    check_switches_read_as_bool,
     config_parser,
     no_outputs,
     run_bundle,
@@ -116,6 +117,24 @@ def test_configs_parse_and_resolve(tmp_path):
     assert pm.get("train#sampler")["_target_"] == "monai.data.DistributedSampler"
     pmi = config_parser([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA)
     assert "init_process_group" in " ".join(pmi.get("initialize")) and pmi.get("finalize")
+
+
+@pytest.mark.parametrize("text", ["false", "true"])
+def test_switches_given_as_text_mean_what_they_say(tmp_path, text):
+    """``--tta false`` / ``--strict false`` arrive as the strings "false" / "true" from the command line; a bare
+    non-empty string is true, so "false" used to switch them (and AMP, augmentation, slide evaluation) on."""
+    on = text == "true"
+    over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
+    switches = {k: text for k in ("amp", "tta", "augment_rotation", "slide_eval", "generate_synthetic")}
+    p = config_parser([TRAIN, EVALUATE], **over, **switches, metadata=METADATA)
+    assert (p.get_parsed_content("train#read_size") == 136) is on
+    assert (type(p.get_parsed_content("validate#inferer")).__name__ == "RotationTTAInferer") is on
+    assert p.get_parsed_content("robustness#amp") is on and p.get_parsed_content("run_slide_eval") is on
+    assert p.get_parsed_content("train#dataset#generate") is on
+    pi = config_parser([INFERENCE], **over, **switches, strict=text, metadata=METADATA)
+    si = pi.get_parsed_content("slide_inference")
+    assert si.strict is on and si.kwargs["amp"] is on and si.generate is on
+    check_switches_read_as_bool(CONFIGS)
 
 
 def test_best_checkpoint_keeps_the_latest_of_equal_scores(tmp_path):

@@ -204,3 +204,45 @@ def test_real_slide_cmu_small_region():
     assert grid["grid_shape"] == (13, 9) and 20 < len(grid["items"]) < 13 * 9
     patch = read_region(svs, grid["items"][0]["location"], (224, 224), center=True)
     assert patch.shape == (3, 224, 224) and patch.mean() < 230  # tissue, not glass
+
+
+def _svs_like(path) -> np.ndarray:
+    """An Aperio-style TIFF: tiled base level, a thumbnail page, a tiled half-size level, a label page (the page
+    order of an SVS); returns the base image."""
+    import tifffile
+
+    base = np.random.default_rng(0).integers(0, 255, (256, 320, 3), dtype=np.uint8)
+    desc = "Aperio Image Library test\n256x320 [0,0 256x320] (64x64) JPEG/RGB Q=70|AppMag = 20|MPP = 0.5"
+    with tifffile.TiffWriter(path) as t:
+        t.write(base, tile=(64, 64), photometric="rgb", description=desc, metadata=None)
+        t.write(base[::8, ::8], photometric="rgb", description=desc + " -> 32x40", metadata=None)  # thumbnail
+        t.write(base[::2, ::2], tile=(64, 64), photometric="rgb", description=desc + " -> 128x160", metadata=None)
+        label = "Aperio Image Library test\nlabel"
+        t.write(base[:20, :30], photometric="rgb", subfiletype=1, description=label, metadata=None)
+    return base
+
+
+def test_tifffile_backend_sees_the_pyramid_of_an_svs(tmp_path):
+    """MONAI's tifffile reader counted and sized levels by TIFF page: in an SVS level 1 was the thumbnail (32x40,
+    downsample 8) while its pixels came from the real level 1, and the lowest "level" (the label) did not exist."""
+    path = tmp_path / "a.svs"
+    base = _svs_like(path)
+    info = slide_info(path, "tifffile")
+    assert info["level_count"] == 2 and info["sizes"] == [(256, 320), (128, 160)] and info["downsamples"] == [1.0, 2.0]
+    patch = read_region(path, (64, 96), (32, 32), level=1, backend="tifffile")
+    assert np.array_equal(patch, base[::2, ::2][32:64, 48:80].transpose(2, 0, 1))
+    mask, level, ds = tissue_mask(path, level=-1, backend="tifffile")
+    assert level == 1 and ds == 2.0 and mask.shape == (128, 160)
+    # no resolution tags: the MPP comes from the Aperio description, as with openslide (patch_mpp works)
+    assert info["mpp"] == [(0.5, 0.5), (1.0, 1.0)]
+
+
+def test_real_svs_with_the_tifffile_backend():
+    """CMU-1-Small-Region.svs: one pyramid level plus thumbnail, label and macro pages; tissue detection reads the
+    lowest level, which MONAI's tifffile reader called level 3 and then could not read."""
+    svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
+    info = slide_info(svs, "tifffile")
+    assert info["level_count"] == 1 and info["sizes"] == [(2967, 2220)] and info["mpp"] == [(0.499, 0.499)]
+    mask, level, ds = tissue_mask(svs, level=-1, max_size=1024, backend="tifffile")
+    ref, _, _ = tissue_mask(svs, level=-1, max_size=1024, backend="openslide")
+    assert level == 0 and mask.shape == (989, 740) and (mask == ref).mean() > 0.999

@@ -270,3 +270,19 @@ def test_view_masks_of_many_tile_sizes_are_not_all_kept(monkeypatch):
     assert not alive[-1]  # by the last tile size the first one's mask has been let go
     assert sum(t.numel() * t.element_size() for v in rot._CACHE.values() for t in v) <= 64 * 2**10
     rot.clear_rotation_cache()
+
+
+def test_amp_is_cuda_only_like_monai_engines():
+    """``amp=True`` on CPU runs in float32, as MONAI's trainer/evaluator do (they autocast on CUDA only): the
+    bundles pass their ``amp`` switch to both, and CPU bfloat16 in the report alone made its 0-degree Dice differ
+    from the evaluator's and broke the exact right-angle equivariance."""
+    seen = []
+
+    def net(x):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return _identity_net(x)
+
+    lab = _blob_labels()
+    r = rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), amp=True, device="cpu")
+    assert seen and not any(seen)
+    assert r.per_angle["dice"] == [1.0, 1.0]

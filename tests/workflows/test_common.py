@@ -156,6 +156,10 @@ def test_load_checkpoint_formats(tmp_path):
         load_checkpoint(net, tmp_path / "d.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(net, tmp_path / "missing.pt")
+    # another network than the one trained (e.g. evaluate.json without the training run's --network_def): the error
+    # names the checkpoint and the setting to fix, not only PyTorch's list of missing keys
+    with pytest.raises(RuntimeError, match=r"checkpoint '.*a\.pt' does not fit the network Sequential: .*network_def"):
+        load_checkpoint(torch.nn.Sequential(torch.nn.Linear(3, 4)), tmp_path / "a.pt")
 
 
 def test_epoch_validation_handler_runs_at_last_epoch():
@@ -340,6 +344,7 @@ def test_list_images(tmp_path):
     _png(tmp_path / "b.PNG", (4, 4))
     _png(tmp_path / "a.png", (4, 4))
     (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # a macOS resource fork: unreadable as PNG
     assert [Path(p).name for p in list_images(tmp_path)] == ["a.png", "b.PNG"]
 
 

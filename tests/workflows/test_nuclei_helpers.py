@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from monai_gmr.workflows.nuclei import (
     NucleiLabeld,
+    inference_datalist,
     merge_foreground,
     nucleus_boundaries,
     nucleus_class_map,
@@ -75,3 +78,18 @@ def test_merge_foreground():
     assert merge_foreground(p[:2]) is not None and merge_foreground(p[:2]).shape == (2, 5, 5)
     with pytest.raises(ValueError):
         merge_foreground(p[:1])
+
+
+def test_inference_datalist_refuses_two_images_with_one_output_name(tmp_path):
+    """``a.png`` and ``a.tif`` in one input folder: MONAI's writers name outputs by the file name without its
+    extension, so the second image's masks silently replaced the first's; now an error names both files."""
+    from PIL import Image
+
+    img = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    for name in ("a.png", "a.tif", "b.png"):
+        img.save(tmp_path / name)
+    with pytest.raises(ValueError, match=r"a\.png' and .*a\.tif' would both be written as a_seg\.png"):
+        inference_datalist(tmp_path, tmp_path / "unused", check=False)
+    (tmp_path / "a.tif").unlink()
+    assert [Path(d["image"]).name for d in inference_datalist(tmp_path, tmp_path / "unused")] == ["a.png", "b.png"]
+

@@ -239,6 +239,29 @@ def test_level_1_patches_checked_and_read_around_the_level_0_centre(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- datasets
+def test_patches_csv_split_follows_the_settings_and_the_csv(wsi_data, tmp_path):
+    """A user's patches.csv (no split column) becomes datalist.json in dataset_dir on the first run; later runs
+    used that file as it was: --val_frac / --test_frac never reached the CSV split, and an edited CSV was
+    ignored. Now the datalist built from the CSV follows both; a datalist the user wrote is left alone."""
+    from monai_gmr.workflows.wsi import wsi_patch_datalist
+
+    slide = wsi_data["slide_paths"][0]
+    rows = [f"{slide},{200 + 20 * i},{300 + 10 * i},{i % 2}" for i in range(20)]
+    csv_file = tmp_path / "patches.csv"
+    csv_file.write_text("slide,x,y,label\n" + "\n".join(rows) + "\n")
+
+    def n(split, **kw):
+        return len(wsi_patch_datalist(tmp_path, split, generate=False, check=False, patch_size=PATCH, **kw))
+
+    assert (n("training"), n("validation"), n("test")) == (12, 4, 4)  # defaults 0.2 / 0.2
+    assert n("validation", val_frac=0.5, test_frac=0.25) == 10
+    csv_file.write_text("slide,x,y,label\n" + "\n".join(rows[:10]) + "\n")  # the user drops half the rows
+    assert n("validation", val_frac=0.5, test_frac=0.25) + n("test", val_frac=0.5, test_frac=0.25) < 10
+    own = {"training": [{"image": slide, "location": [300, 200], "label": 1}], "validation": [], "test": []}
+    (tmp_path / "datalist.json").write_text(json.dumps(own))
+    assert n("training", val_frac=0.5) == 1 and json.loads((tmp_path / "datalist.json").read_text()) == own
+
+
 def test_patch_dataset_wsi_reads_labelled_patches(wsi_data):
     from monai_gmr.workflows.wsi import patch_dataset
 
