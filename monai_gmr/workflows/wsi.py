@@ -1240,13 +1240,26 @@ class SlideInference:
         self.summary: dict[str, Any] = {}
         self.results: dict[str, SlideResult] = {}
 
+    def slide_items(self) -> list[dict[str, Any]]:
+        """The slides ``run()`` processes (:func:`inference_slides`; generates the synthetic dataset when due)."""
+        return inference_slides(self.slides, self.dataset_dir, self.split, self.generate, self.synthetic)
+
+    @property
+    def dataset(self) -> Any:
+        """The slide list as a MONAI ``Dataset`` of ``{"image": path[, "label_mask": path]}`` items: the ``dataset``
+        property MONAI's inference-bundle checks ask for (``ConfigWorkflow.check_properties``); the patches of each
+        slide are read by :func:`infer_slide` itself."""
+        from monai.data import Dataset
+
+        return Dataset(self.slide_items())
+
     def run(self) -> dict[str, Any]:
         """Process the slides; returns the JSON-ready summary."""
         if self.ckpt_path is not None and isinstance(self.network, torch.nn.Module):
             from .common import load_checkpoint
 
             load_checkpoint(self.network, self.ckpt_path)
-        slides = inference_slides(self.slides, self.dataset_dir, self.split, self.generate, self.synthetic)
+        slides = self.slide_items()
         out = infer_slides(slides, self.network, self.output_dir, summary_file=self.summary_file, strict=self.strict,
                            **self.kwargs)  # fmt: skip
         self.results = out.pop("results")

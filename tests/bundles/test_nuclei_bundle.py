@@ -20,6 +20,7 @@ from tests.bundles.helpers import (
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
+    check_monai_properties,
     check_switches_read_as_bool,
     config_parser,
     kill_after_epoch_config,
@@ -197,6 +198,17 @@ def test_evaluation_scores_the_instances_inference_writes(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- metadata
+
+@pytest.mark.parametrize("config, workflow_type", [(TRAIN, "train"), (INFERENCE, "infer")])
+def test_monai_bundle_properties(tmp_path, config, workflow_type):
+    from monai_gmr.data import ensure_nuclei_dataset
+
+    data = tmp_path / "data"
+    ensure_nuclei_dataset(str(data), generate=True, **SYNTH)
+    check_monai_properties(config, METADATA, workflow_type, dataset_dir=str(data), output_dir=str(tmp_path / "out"),
+                           num_workers=0)  # fmt: skip
+
+
 def test_verify_metadata_offline(tmp_path):
     from monai.bundle import verify_metadata
 

@@ -23,6 +23,7 @@ from tests.bundles.helpers import (
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
+    check_monai_properties,
     check_switches_read_as_bool,
     config_parser,
     no_outputs,
@@ -135,6 +136,12 @@ def test_switches_given_as_text_mean_what_they_say(tmp_path, text):
     si = pi.get_parsed_content("slide_inference")
     assert si.strict is on and si.kwargs["amp"] is on and si.generate is on
     check_switches_read_as_bool(CONFIGS)
+
+
+@pytest.mark.parametrize("config, workflow_type", [("train.json", "train"), ("inference.json", "infer")])
+def test_monai_bundle_properties(slides, tmp_path, config, workflow_type):
+    check_monai_properties(str(CONFIGS / config), METADATA, workflow_type, dataset_dir=slides["root"],
+                           output_dir=str(tmp_path / "out"), patch_size=SYNTH["patch_size"], num_workers=0)  # fmt: skip
 
 
 def test_best_checkpoint_keeps_the_latest_of_equal_scores(tmp_path):
