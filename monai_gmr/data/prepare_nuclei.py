@@ -120,7 +120,8 @@ class NucleiPair:
 def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as ``(H, W, 3)`` uint8 RGB (PIL, with tifffile as fallback for TIFFs PIL cannot decode).
 
-    Alpha is dropped, grey is repeated to 3 channels, 16-bit images are scaled to 8 bits.
+    Alpha is dropped, grey is repeated to 3 channels, 16-bit images are scaled to 8 bits by their own maximum (per
+    image: the contrast of each image is kept, absolute intensities are not comparable across images).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

@@ -157,9 +157,20 @@ def _check_output_names(items: Sequence[Mapping[str, Any]], name: str) -> None:
 def to_rgb(img: torch.Tensor) -> torch.Tensor:
     """Channel-first image -> 3 channels: RGBA drops alpha, grey is repeated, RGB is unchanged.
 
+    The bundles read 8-bit intensities (0..255, then scaled to [0, 1] with clipping); a 16-bit image would be
+    clipped to a nearly white tile and segmented silently wrong, so intensities above 255 are an error.
+
     Raises:
-        ValueError: for another number of channels.
+        ValueError: for another number of channels, or intensities above 255 (the message names the file when the
+            image is a MONAI ``MetaTensor`` from ``LoadImage``).
     """
+    if img.numel() and float(img.max()) > 255:
+        meta = getattr(img, "meta", None) or {}
+        name = meta.get("filename_or_obj", "the input image")
+        raise ValueError(
+            f"image {str(name)!r} has intensities up to {float(img.max()):g}: the bundle reads 8-bit RGB (0..255); "
+            "convert it to 8 bits first (python -m monai_gmr.data.prepare_nuclei writes 8-bit images)."
+        )
     c = img.shape[0]
     if c == 3:
         return img

@@ -53,6 +53,30 @@ def test_to_rgb():
         to_rgb(x[:2])
 
 
+def test_16_bit_images_are_refused_by_name(tmp_path):
+    """A 16-bit image (grey TIFF through ITK, grey PNG through PIL) went through LoadImaged and the [0, 255] ->
+    [0, 1] clipping as an almost white tile and was segmented without a word; now an error naming the file. 8-bit
+    images (255 included) pass unchanged."""
+    import numpy as np
+    import tifffile
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from PIL import Image
+
+    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])
+    grey16 = (np.random.default_rng(0).random((16, 16)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "tile16.tif", grey16)
+    Image.fromarray(grey16).save(tmp_path / "tile16.png")
+    for name in ("tile16.tif", "tile16.png"):
+        img = load({"image": str(tmp_path / name)})["image"]
+        assert float(img.max()) > 255  # the reader kept 16 bits
+        with pytest.raises(ValueError, match=f"{name}.*8-bit"):
+            to_rgb(img)
+    Image.fromarray((grey16 >> 8).astype(np.uint8)).save(tmp_path / "tile8.png")
+    img8 = load({"image": str(tmp_path / "tile8.png")})["image"]
+    assert torch.equal(to_rgb(img8), img8.repeat(3, 1, 1))
+    assert torch.equal(to_rgb(torch.full((3, 2, 2), 255.0)), torch.full((3, 2, 2), 255.0))
+
+
 def test_nucleus_class_map_has_the_scored_foreground():
     """Inference's class map: foreground exactly where validation (merge_foreground + argmax) sees a nucleus."""
     p = torch.tensor([0.4, 0.3, 0.3]).reshape(3, 1, 1)  # argmax says background, nucleus probability 0.6
