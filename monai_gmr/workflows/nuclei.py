@@ -184,7 +184,7 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
 def merge_foreground(probs: torch.Tensor) -> torch.Tensor:
     """``(C, ...)`` class probabilities -> ``(2, ...)`` [background, any nucleus class] (C >= 2)."""
     if probs.shape[0] < 2:
-        raise ValueError(f"need >= 2 channels, got shape {tuple(probs.shape)}.")
+        raise ValueError(f"need >= 2 channels (num_classes >= 2: background + nucleus), got shape {tuple(probs.shape)}.")
     if probs.shape[0] == 2:
         return probs
     return torch.cat([probs[:1], probs[1:].sum(0, keepdim=True)], 0)
@@ -199,7 +199,7 @@ def nucleus_class_map(probs: torch.Tensor) -> torch.Tensor:
     nucleus probability is 0.6. For C = 2 the two agree.
     """
     if probs.shape[0] < 2:
-        raise ValueError(f"need >= 2 channels, got shape {tuple(probs.shape)}.")
+        raise ValueError(f"need >= 2 channels (num_classes >= 2: background + nucleus), got shape {tuple(probs.shape)}.")
     fg = probs[1:].sum(0, keepdim=True) > probs[:1]
     cls = 1 + probs[1:].argmax(0, keepdim=True)
     return torch.where(fg, cls, torch.zeros_like(cls)).to(probs.dtype)

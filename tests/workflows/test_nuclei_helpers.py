@@ -117,3 +117,10 @@ def test_inference_datalist_refuses_two_images_with_one_output_name(tmp_path):
     (tmp_path / "a.tif").unlink()
     assert [Path(d["image"]).name for d in inference_datalist(tmp_path, tmp_path / "unused")] == ["a.png", "b.png"]
 
+
+
+def test_one_channel_outputs_name_num_classes():
+    """``--num_classes 1`` failed with "need >= 2 channels" only; the message now names the setting."""
+    for fn in (merge_foreground, nucleus_class_map):
+        with pytest.raises(ValueError, match="num_classes >= 2"):
+            fn(torch.zeros(1, 4, 4))
