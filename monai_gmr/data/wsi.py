@@ -125,6 +125,26 @@ class TiffFileSlideReader(TiffFileWSIReader):
         (h0, w0), (h, w) = self.get_size(wsi, 0), self.get_size(wsi, level)
         return (float(mpp0[0]) * (h0 / h), float(mpp0[1]) * (w0 / w))
 
+    def _get_patch(self, wsi, location: tuple[int, int], size: tuple[int, int], level: int, dtype, mode: str) -> np.ndarray:
+        """A patch read from the tiles it overlaps only. MONAI's reader decodes the whole level for every patch
+        (``wsi.asarray(level=level)``: 48 s against openslide's 13 s for slide inference on a 2967 x 2220 SVS, and a
+        full-resolution 40x level does not fit in memory); pages that are not tiled single-plane images still go
+        through MONAI's whole-level read. Same output as MONAI's (a region beyond the level is cut at its edge)."""
+        ds = self.get_downsample_ratio(wsi=wsi, level=level)
+        y0, x0 = (round(location[i] / ds) for i in range(2))
+        region = _read_tiled_region(wsi.series[0].levels[level].pages[0], y0, x0, int(size[0]), int(size[1]))
+        if region is None:
+            return super()._get_patch(wsi, location, size, level, dtype, mode)
+        patch = np.moveaxis(region.astype(dtype, copy=False), -1, self.channel_dim)
+        if mode in "RGB":  # as MONAI's TiffFileWSIReader._get_patch
+            if patch.shape[self.channel_dim] not in (3, 4):
+                raise ValueError(
+                    f"The image is expected to have three or four color channels in '{mode}' mode but has "
+                    f"{patch.shape[self.channel_dim]}. "
+                )
+            patch = np.take(patch, [0, 1, 2], self.channel_dim)
+        return patch
+
     @staticmethod
     def _aperio_mpp(wsi) -> tuple[float, float] | None:
         """The ``MPP`` of an Aperio SVS description (where openslide reads it; SVS files carry no resolution
@@ -138,6 +158,40 @@ class TiffFileSlideReader(TiffFileWSIReader):
         except (KeyError, ValueError, TypeError):
             return None
         return (mpp, mpp) if mpp > 0 else None
+
+
+def _read_tiled_region(page: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
+    """Pixels ``[y0:y0+h, x0:x0+w]`` (cut at the page's edges) of a tiled TIFF page as ``(h', w', samples)``,
+    decoding only the tiles that overlap them (tifffile's own segment reader and decoder, as in
+    ``TiffPage.segments``, which has no region argument); ``None`` for a page that is not tiled, not one plane with
+    contiguous samples, or not 2D."""
+    kf = page.keyframe
+    if not kf.is_tiled or kf.planarconfig != 1 or kf.imagedepth != 1 or len(kf.shape) not in (2, 3):
+        return None
+    hh, ww, th, tw = int(kf.imagelength), int(kf.imagewidth), int(kf.tilelength), int(kf.tilewidth)
+    ny, nx = -(-hh // th), -(-ww // tw)
+    if len(page.dataoffsets) != ny * nx:
+        return None
+    ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y0 + h, hh), min(x0 + w, ww)
+    samples = int(kf.samplesperpixel)
+    out = np.zeros((max(yb - ya, 0), max(xb - xa, 0), samples), dtype=kf.dtype)
+    if out.size == 0:
+        return out
+    index = [ty * nx + tx for ty in range(ya // th, (yb - 1) // th + 1) for tx in range(xa // tw, (xb - 1) // tw + 1)]
+    args: dict[str, Any] = {"_fullsize": True}
+    if kf.compression in (6, 7, 34892, 33007):  # JPEG: shared tables, as TiffPage.segments passes them
+        args["jpegtables"] = page.jpegtables
+        args["jpegheader"] = kf.jpegheader
+    fh = page.parent.filehandle
+    offsets = [page.dataoffsets[i] for i in index]
+    counts = [page.databytecounts[i] for i in index]
+    for data, i in fh.read_segments(offsets, counts, indices=index, lock=fh.lock, flat=True):
+        seg, (_, _, ty, tx, _), _ = kf.decode(data, i, **args)  # seg: (1, th, tw, samples); ty, tx: its origin
+        seg = seg.reshape(th, tw, samples)
+        sy, sx = max(ya, ty), max(xa, tx)
+        ey, ex = min(yb, ty + th), min(xb, tx + tw)
+        out[sy - ya : ey - ya, sx - xa : ex - xa] = seg[sy - ty : ey - ty, sx - tx : ex - tx]
+    return out
 
 
 def wsi_reader_for(backend: str = "openslide") -> Any:

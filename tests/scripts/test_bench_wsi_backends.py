@@ -1,0 +1,19 @@
+"""scripts/bench_wsi_backends.py: both backends run the bundle's slide inference and read the same pixels."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import load_script
+
+
+def test_backends_give_the_same_map_on_a_synthetic_slide(tmp_path):
+    from monai_gmr.data import make_synthetic_wsi
+
+    res = make_synthetic_wsi(tmp_path / "d", n_slides=1, size=512, seed=0, patches_per_slide=4, patch_size=32)
+    slide = str(tmp_path / "d" / res["slides"][0]["image"])
+    out = load_script("bench_wsi_backends").main(["--slide", slide, "--out", str(tmp_path / "o"), "--repeats", "1",
+                                                  "--map-max-size", "256"])  # fmt: skip
+    assert out["n_patches"] > 0 and out["max_abs_prob_difference"] == 0.0
+    assert set(out["median_wall_s"]) == {"openslide", "tifffile"} and all(v > 0 for v in out["median_wall_s"].values())
+    assert json.loads((tmp_path / "o" / "bench_wsi_backends.json").read_text()) == out
