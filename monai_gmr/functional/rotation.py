@@ -79,10 +79,15 @@ def _check_mode(mode: str, spatial_dims: int) -> str:
     return mode
 
 
+def _is_degrees(a: object) -> bool:
+    """A finite real number (Python or NumPy); not a bool."""
+    return isinstance(a, numbers.Real) and not isinstance(a, (bool, np.bool_)) and math.isfinite(float(a))
+
+
 def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> list[tuple[tuple[int, int], float]]:
     """Normalise ``angle``/``axes`` into a list of (plane, degrees) applied in order."""
     _check_spatial_dims(spatial_dims)
-    if isinstance(angle, torch.Tensor):
+    if isinstance(angle, (torch.Tensor, np.ndarray, np.generic)):  # NumPy scalars (np.arange angles) and arrays too
         angle = angle.tolist()
     if isinstance(angle, (list, tuple)):
         if spatial_dims != 3 or axes is not None or len(angle) != 3:
@@ -90,8 +95,10 @@ def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> 
                 "angle may be a sequence only as 3 Euler angles in 3D with axes=None, "
                 f"got angle={angle!r}, spatial_dims={spatial_dims}, axes={axes!r}."
             )
+        if not all(_is_degrees(a) for a in angle):
+            raise ValueError(f"Euler angles must be 3 finite numbers of degrees, got angle={angle!r}.")
         return [(p, float(a)) for p, a in zip(_EULER_PLANES, angle)]
-    if not isinstance(angle, (int, float)) or not math.isfinite(float(angle)):
+    if not _is_degrees(angle):
         raise ValueError(f"angle must be a finite number of degrees, got angle={angle!r}.")
     if spatial_dims == 2:
         if axes is not None and tuple(axes) not in ((0, 1), (1, 0), (-2, -1)):
@@ -114,7 +121,7 @@ def _quarter_turns(deg: float) -> int | None:
 
 def is_right_angle(angle: AngleLike) -> bool:
     """True when every angle is a multiple of 90 degrees (the exact index-op path applies)."""
-    if isinstance(angle, torch.Tensor):
+    if isinstance(angle, (torch.Tensor, np.ndarray, np.generic)):
         angle = angle.tolist()
     if isinstance(angle, (list, tuple)):
         return all(_quarter_turns(float(a)) is not None for a in angle)
@@ -492,11 +499,11 @@ class Geometry:
     padding_mode: str = "zeros"
 
     def __post_init__(self):
-        if isinstance(self.angle, (list, tuple, torch.Tensor)):  # keep the dataclass hashable (used as cache key)
-            object.__setattr__(self, "angle", tuple(float(a) for a in (self.angle.tolist() if isinstance(self.angle, torch.Tensor) else self.angle)))
         if self.axes is not None:
             object.__setattr__(self, "axes", tuple(int(a) for a in self.axes))
         _planes(self.angle, self.spatial_dims, self.axes)  # validates
+        # a float or a tuple of floats: keeps the dataclass hashable (used as cache key) and its repr plain
+        object.__setattr__(self, "angle", _norm_angle(self.angle))
         if self.padding_mode not in PADDING_MODES_ROT:  # else only a non-right angle would notice, at call time
             raise ValueError(f"padding_mode must be one of {PADDING_MODES_ROT}, got padding_mode={self.padding_mode!r}.")
         if self.flip is not None:
@@ -602,7 +609,7 @@ def _view_key(g: Geometry) -> tuple[float, ...]:
 
 
 def _norm_angle(a: AngleLike) -> float | tuple[float, ...]:
-    if isinstance(a, torch.Tensor):
+    if isinstance(a, (torch.Tensor, np.ndarray, np.generic)):
         a = a.tolist()
     if isinstance(a, (list, tuple)):
         return tuple(float(v) for v in a)

@@ -261,3 +261,29 @@ def test_rotation_under_autocast_keeps_a_float32_grid(spatial_dims):
         y = rotate(x, 30.0, spatial_dims)
     assert y.dtype == torch.float32 and torch.equal(y, ref)
     assert torch.equal(rotate(x, 30.0, spatial_dims), ref)  # the cached grid is still the float32 one
+
+
+def test_numpy_angles_and_non_finite_euler_angles():
+    """NumPy scalars (``for a in np.arange(0, 360, 45)``) and arrays of Euler angles are angles like Python numbers
+    and tensors; a NaN/inf Euler angle is refused by name (it failed with "cannot convert float NaN to integer", and
+    a Geometry with one was accepted)."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 7, 9)
+    for a in (np.int64(90), np.float32(45.0), np.int32(-30)):
+        assert torch.equal(rotate(x, a), rotate(x, float(a)))
+        assert torch.equal(rotate_inverse(x, a), rotate_inverse(x, float(a)))
+    v = torch.randn(1, 5, 6, 7)
+    euler = np.array([10.0, 20.0, 90.0])
+    assert torch.equal(rotate(v, euler, 3), rotate(v, (10.0, 20.0, 90.0), 3))
+    assert torch.equal(validity_mask((5, 6, 7), euler, 3), validity_mask((5, 6, 7), (10.0, 20.0, 90.0), 3))
+    g = Geometry(np.int64(90))
+    assert g.angle == 90.0 and type(g.angle) is float and g.is_exact and g.name == "rot90"
+    assert Geometry(euler, spatial_dims=3).angle == (10.0, 20.0, 90.0)
+    for bad in ((float("nan"), 0, 0), (0, float("inf"), 0), (True, 0, 0)):
+        with pytest.raises(ValueError, match="Euler angles"):
+            rotate(v, bad, 3)
+        with pytest.raises(ValueError, match="Euler angles"):
+            Geometry(bad, spatial_dims=3)
+    with pytest.raises(ValueError, match="angle"):
+        rotate(x, True)
