@@ -25,7 +25,15 @@ def gmr_conv_factory(dim: int) -> type[GMRConv2d] | type[GMRConv3d]:
 
 
 def register_monai_factories() -> None:
-    """Register ``Conv["GMR", dim]`` in MONAI's ``Conv`` layer factory (idempotent)."""
+    """Register ``Conv["GMR", dim]`` in MONAI's ``Conv`` layer factory (idempotent).
+
+    A repeated call keeps one entry but points it at this module's factory: after ``monai_gmr`` is imported afresh
+    (its modules dropped from ``sys.modules``, MONAI kept), ``Conv["GMR", 2]`` builds the current ``GMRConv2d``, not
+    the class of the first import (which ``isinstance(layer, monai_gmr.GMRConv)`` and ``export_dense`` would not
+    recognise).
+    """
+    desc = "GMR (Gaussian Mixture Ring) convolution, monai_gmr"
     if GMR_FACTORY_NAME in Conv.names:
+        Conv.add(GMR_FACTORY_NAME, desc, gmr_conv_factory)  # rebinds the entry; the factory's docstring lists it once
         return
-    Conv.add_factory_callable(GMR_FACTORY_NAME, gmr_conv_factory, "GMR (Gaussian Mixture Ring) convolution, monai_gmr")
+    Conv.add_factory_callable(GMR_FACTORY_NAME, gmr_conv_factory, desc)

@@ -398,6 +398,31 @@ def test_monai_factory_registration():
         Conv["GMR", 1]
 
 
+def test_factory_follows_a_fresh_import_of_monai_gmr():
+    """With MONAI kept and monai_gmr's modules dropped from sys.modules, a fresh ``import monai_gmr`` left
+    ``Conv["GMR", 2]`` building the first import's class (not an instance of the new ``monai_gmr.GMRConv``).
+    Run in a subprocess: purging monai_gmr here would split class identities for the other tests."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, monai_gmr\n"
+        "from monai.networks.layers.factories import Conv\n"
+        "doc = Conv.__doc__\n"
+        "for k in [k for k in sys.modules if k.startswith('monai_gmr')]: del sys.modules[k]\n"
+        "import monai_gmr as fresh\n"
+        "assert Conv['GMR', 2] is fresh.GMRConv2d and Conv['GMR', 3] is fresh.GMRConv3d\n"
+        "assert isinstance(Conv['GMR', 2](1, 1, 3), fresh.GMRConv)\n"
+        "assert Conv.names.count('GMR') == 1 and Conv.__doc__ == doc\n"
+        "print('ok')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_to_inside_inference_mode_keeps_the_module_trainable():
     """A no-op .to()/.float() (or a real .double()) inside inference mode must not leave inference-tensor geometry
     buffers behind: training through basis() afterwards would fail."""
