@@ -117,8 +117,9 @@ class GMRConv(nn.Module):
             raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
         k = check_kernel_size(kernel_size, spatial_dims)
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
+            if not _is_int(val) or val <= 0:  # NumPy integers too, like kernel_size and torch.nn.Conv2d
                 raise ValueError(f"{name} must be a positive int, got {name}={val!r}.")
+        in_channels, out_channels, groups = int(in_channels), int(out_channels), int(groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels={in_channels} and out_channels={out_channels} must both be divisible by groups={groups}."
@@ -146,8 +147,9 @@ class GMRConv(nn.Module):
             raise ValueError(f"impl must be one of {IMPLS}, got impl={impl!r}.")
         if num_rings is None:
             num_rings = default_num_rings(k)
-        if isinstance(num_rings, bool) or not isinstance(num_rings, int):
+        if not _is_int(num_rings):
             raise ValueError(f"num_rings must be an int, got num_rings={num_rings!r}.")
+        num_rings = int(num_rings)
         if k > 1 and num_rings < 2:
             raise ValueError(f"num_rings must be >= 2 for kernel_size={k} > 1, got num_rings={num_rings}.")
         if k == 1 and num_rings != 1:

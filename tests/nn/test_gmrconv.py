@@ -50,6 +50,14 @@ def test_numpy_integers_are_accepted():
     m = GMRConv(2, 1, 1, (np.int64(5),) * 2, stride=(np.int64(1),) * 2, padding=np.int32(2))
     assert (m.kernel_size, m.stride, m.padding) == (5, 1, 2) and type(m.kernel_size) is int
     assert GMRConv(2, 1, 1, np.int64(3)).kernel_size == 3
+    # channels, groups and num_rings too (computed widths, e.g. np.prod; torch.nn.Conv2d takes them): they were refused
+    m = GMRConv(2, np.int64(4), np.int32(6), 5, groups=np.int64(2), num_rings=np.int64(4))
+    assert (m.in_channels, m.out_channels, m.groups, m.num_rings) == (4, 6, 2, 4)
+    assert all(type(v) is int for v in (m.in_channels, m.out_channels, m.groups, m.num_rings))
+    assert m.weight.shape == (6, 2, 4) and m(torch.randn(1, 4, 7, 7)).shape == (1, 6, 7, 7)
+    for bad in (dict(in_channels=4.0), dict(groups=True), dict(num_rings=3.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GMRConv(**{**dict(spatial_dims=2, in_channels=4, out_channels=4, kernel_size=5), **bad})
 
 
 @pytest.mark.parametrize(
