@@ -275,7 +275,10 @@ def _resample(x: torch.Tensor, m: torch.Tensor, spatial_dims: int, mode: str, pa
     if orig_dtype == torch.bool:
         return out > 0.5
     if not orig_dtype.is_floating_point:
-        return out.round().to(orig_dtype)
+        # saturate: bicubic overshoots the input range at edges (a uint8 255|0 edge gives 301 and -28), which the
+        # integer cast would wrap around (301 -> 45, -28 -> 228)
+        info = torch.iinfo(orig_dtype)
+        return out.round().clamp(info.min, info.max).to(orig_dtype)
     return out.to(orig_dtype)
 
 
@@ -312,8 +315,8 @@ def rotate(
     Args:
         x: ``(..., *spatial)`` tensor, any dtype. ``mode="nearest"`` is an integer gather (exact for labels of any
             dtype, and images and labels pick the same pixels); interpolating modes sample integer/bool tensors in
-            float32 and round back. All leading dims share one sampling grid. MetaTensors come back as plain
-            tensors.
+            float32 and round back, saturating at the dtype's range (bicubic overshoots a uint8 edge). All leading
+            dims share one sampling grid. MetaTensors come back as plain tensors.
         angle: degrees; in 3D also ``(a0, a1, a2)`` Euler angles (with ``axes=None``).
         spatial_dims: 2 or 3.
         mode: ``"nearest"``, ``"bilinear"`` (trilinear on volumes; also accepted as ``"trilinear"``) or

@@ -287,3 +287,20 @@ def test_numpy_angles_and_non_finite_euler_angles():
             Geometry(bad, spatial_dims=3)
     with pytest.raises(ValueError, match="angle"):
         rotate(x, True)
+
+
+def test_bicubic_integer_images_saturate_instead_of_wrapping():
+    """Bicubic overshoots a sharp edge (a uint8 0|255 edge resamples to -28 .. 301 in float): the integer cast wrapped
+    those to 228 / 45, dark and bright speckles along every edge of a rotated uint8 RGB tile."""
+    x = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    x[..., 16:] = 255
+    x[..., 8:24, 8:12] = 0
+    ref = rotate(x.float(), 30, mode="bicubic")
+    assert ref.min() < -5 and ref.max() > 260  # the overshoot is there
+    y = rotate(x, 30, mode="bicubic")
+    assert y.dtype == torch.uint8
+    assert torch.equal(y, ref.round().clamp(0, 255).to(torch.uint8))
+    s8 = (x.to(torch.int16) - 128).to(torch.int8)  # signed: -128 | 127 edges saturate at -128 / 127
+    ref8 = rotate(s8.float(), 30, mode="bicubic")
+    assert ref8.min() < -130 and ref8.max() > 130
+    assert torch.equal(rotate(s8, 30, mode="bicubic"), ref8.round().clamp(-128, 127).to(torch.int8))
