@@ -101,16 +101,17 @@ def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> 
     if not _is_degrees(angle):
         raise ValueError(f"angle must be a finite number of degrees, got angle={angle!r}.")
     if spatial_dims == 2:
-        if axes is not None and tuple(axes) not in ((0, 1), (1, 0), (-2, -1)):
-            raise ValueError(f"axes must be None or (0, 1) in 2D, got axes={axes!r}.")
-        plane = (0, 1) if axes is None or tuple(axes) != (1, 0) else (1, 0)
-        return [(plane, float(angle))]
+        # negative indices count from the end, as in 3D and torch.rot90: (-2, -1) is (0, 1), (-1, -2) is (1, 0)
+        plane = (0, 1) if axes is None else tuple(int(a) % 2 if -2 <= int(a) <= 1 else -1 for a in axes)
+        if plane not in ((0, 1), (1, 0)):
+            raise ValueError(f"axes must be None, (0, 1) or (1, 0) (negative indices allowed) in 2D, got axes={axes!r}.")
+        return [(plane, float(angle))]  # type: ignore[list-item]
     if axes is None:
         return [((1, 2), float(angle))]
-    axes = tuple(int(a) % 3 for a in axes)
-    if len(axes) != 2 or axes[0] == axes[1]:
-        raise ValueError(f"axes must be two distinct spatial axes in 0..2, got axes={axes!r}.")
-    return [(axes, float(angle))]  # type: ignore[list-item]
+    plane3 = tuple(int(a) % 3 if -3 <= int(a) <= 2 else -1 for a in axes)  # (3, 1) is out of range, not (0, 1)
+    if len(plane3) != 2 or plane3[0] == plane3[1] or -1 in plane3:
+        raise ValueError(f"axes must be two distinct spatial axes in 0..2 (or -3..-1), got axes={axes!r}.")
+    return [(plane3, float(angle))]  # type: ignore[list-item]
 
 
 def _quarter_turns(deg: float) -> int | None:

@@ -304,3 +304,21 @@ def test_bicubic_integer_images_saturate_instead_of_wrapping():
     ref8 = rotate(s8.float(), 30, mode="bicubic")
     assert ref8.min() < -130 and ref8.max() > 130
     assert torch.equal(rotate(s8, 30, mode="bicubic"), ref8.round().clamp(-128, 127).to(torch.int8))
+
+
+def test_2d_axes_accept_negative_indices_like_3d_and_rot90():
+    """``axes=(-1, -2)`` (the reversed plane, as torch.rot90 takes it) was refused in 2D while (1, 0) and (-2, -1)
+    were accepted, and 3D normalises negative indices."""
+    x = torch.randn(1, 2, 6, 7)
+    for axes, ref in (((-1, -2), (1, 0)), ((0, -1), (0, 1)), ((-2, 1), (0, 1)), ((1, -2), (1, 0))):
+        assert torch.equal(rotate(x, 90, axes=axes), rotate(x, 90, axes=ref)), axes
+        assert torch.equal(rotate(x, 30, axes=axes), rotate(x, 30, axes=ref)), axes
+    assert torch.equal(rotate(x, 90, axes=(-1, -2)), torch.rot90(x, 1, dims=(-1, -2)))
+    for bad in ((0, 0), (-1, 1), (0, 2), (0, 1, 2)):
+        with pytest.raises(ValueError, match="axes"):
+            rotate(x, 30, axes=bad)
+    v = torch.randn(1, 4, 5, 6)
+    assert torch.equal(rotate(v, 90, 3, axes=(-1, -3)), torch.rot90(v, 1, dims=(-1, -3)))
+    for bad in ((3, 1), (0, 5), (-4, 1)):  # out of range: (3, 1) was taken for (0, 1)
+        with pytest.raises(ValueError, match="axes"):
+            rotate(v, 30, 3, axes=bad)
