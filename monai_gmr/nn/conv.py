@@ -219,10 +219,17 @@ class GMRConv(nn.Module):
         the sum is 1, ``f`` is not applied and this is exactly Kaiming-normal.
         (Measured in tests/nn/test_gmrconv.py: a 20-layer GMRConv+ReLU stack keeps its activation std within 2x,
         where the white-noise energy ``sum_{i,p} G_i(p)^2`` explodes it by orders of magnitude.)
+
+        A learned ``log_sigma`` is reset to its initial value first (the gain depends on it), so that the deferred
+        initialisation ``with torch.device("meta")`` -> ``to_empty`` -> ``reset_parameters()`` gives the layer a
+        constructor-fresh state; a fixed sigma (a buffer the user may have set) is kept.
         """
         if self.weight.device.type == "meta":  # no values to set (``with torch.device("meta")``; see _apply)
             self._kernel_cache = None
             return
+        if isinstance(self.log_sigma, nn.Parameter):
+            with torch.no_grad():
+                self.log_sigma.fill_(math.log(initial_sigma(self.kernel_size, self.num_rings)))
         fan = (self.in_channels // self.groups) * self.dc_energy()
         if self.kernel_size > 1:
             fan *= DC_GAIN_FRACTION

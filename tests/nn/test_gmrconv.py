@@ -183,6 +183,39 @@ def test_state_dict_keys_same_in_train_and_eval_and_buffers_not_persistent():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"sigma": "fixed"}, {"smoothing": "none"}])
+def test_meta_device_then_to_empty_then_reset_parameters(kwargs):
+    """PyTorch's deferred initialisation without a checkpoint (``to_empty`` then ``reset_parameters()``, as FSDP's
+    ``param_init_fn`` does): the learned ``log_sigma`` kept to_empty's uninitialised memory (0.0, i.e. sigma 1 instead
+    of 0.53 at k = 5, or 8e14), or NaN, which made the gain NaN ("normal expects std >= 0.0")."""
+    torch.manual_seed(0)
+    ref = GMRConv(2, 2, 3, 5, **kwargs)
+    with torch.device("meta"):
+        m = GMRConv(2, 2, 3, 5, **kwargs)
+    m = m.to_empty(device="cpu")
+    if isinstance(m.log_sigma, torch.nn.Parameter):
+        with torch.no_grad():
+            m.log_sigma.fill_(float("nan"))  # what uninitialised memory may hold
+    torch.manual_seed(0)
+    m.reset_parameters()
+    assert torch.equal(m.log_sigma, ref.log_sigma)
+    assert torch.equal(m.weight, ref.weight) and torch.equal(m.bias, ref.bias)
+    x = torch.randn(1, 2, 7, 7)
+    assert torch.equal(m(x), ref(x))
+    # a trained learned sigma is reset too (reset_parameters re-initialises every parameter); a fixed one is kept
+    if "sigma" not in kwargs and "smoothing" not in kwargs:
+        with torch.no_grad():
+            m.log_sigma.add_(0.5)
+        m.reset_parameters()
+        assert torch.equal(m.log_sigma, ref.log_sigma)
+    else:
+        with torch.no_grad():
+            m.log_sigma.add_(0.5)
+        kept = m.log_sigma.clone()
+        m.reset_parameters()
+        assert torch.equal(m.log_sigma, kept)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"sigma": "fixed"}, {"smoothing": "none"}])
 def test_meta_device_construction_then_to_empty_and_load(kwargs):
     """``with torch.device("meta")`` (fast init of large 3D nets) then ``to_empty`` + ``load_state_dict``: construction
     failed ("Tensor.item() cannot be called on meta tensors" in the DC-gain initialisation), and a fixed sigma, a
