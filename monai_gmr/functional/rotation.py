@@ -104,7 +104,7 @@ def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> 
         # negative indices count from the end, as in 3D and torch.rot90: (-2, -1) is (0, 1), (-1, -2) is (1, 0)
         plane = (0, 1) if axes is None else tuple(int(a) % 2 if -2 <= int(a) <= 1 else -1 for a in axes)
         if plane not in ((0, 1), (1, 0)):
-            raise ValueError(f"axes must be None, (0, 1) or (1, 0) (negative indices allowed) in 2D, got axes={axes!r}.")
+            raise ValueError(f"axes must be None, (0, 1) or (1, 0) (or negative indices) in 2D, got axes={axes!r}.")
         return [(plane, float(angle))]  # type: ignore[list-item]
     if axes is None:
         return [((1, 2), float(angle))]
