@@ -81,7 +81,7 @@ def build(name: str, d: int, c: int, k: int, device, official_cls):
             return None
         conv = official_cls(c, c, k, padding=k // 2)
     else:
-        raise ValueError(name)
+        raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
     return conv.to(device).train()
 
 
@@ -132,6 +132,36 @@ def measure(steps: dict, device: torch.device, warmup: int, repeats: int) -> dic
     return out
 
 
+IMPLS = ("torch", "gmr_dense", "gmr_rings", "official")
+DTYPES = ("fp32", "bf16")
+MODES = ("fwd", "fwd_bwd")
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values that would crash mid-run or be measured under a wrong label (``p.error`` names the option)."""
+    for opt, value, allowed in (("--impls", args.impls, IMPLS), ("--dtypes", args.dtypes, DTYPES),
+                                ("--modes", args.modes, MODES)):  # fmt: skip
+        bad = [v for v in value.split(",") if v not in allowed] if value is not None else []
+        if bad:
+            p.error(f"{opt}: unknown value(s) {bad}; choose from {','.join(allowed)}")
+    try:
+        kernels = [int(k) for k in args.kernels.split(",")]
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+    except ValueError as e:
+        p.error(f"--kernels / --shapes must be comma-separated integers: {e}")
+    if any(k < 1 or k % 2 == 0 for k in kernels):
+        p.error(f"--kernels must be odd and positive, got {args.kernels}")
+    bad_shapes = [s for s, t in zip(args.shapes, shapes) if len(t) not in (4, 5) or min(t) < 1]
+    if bad_shapes:
+        p.error(f"--shapes must be B,C,H,W or B,C,D,H,W with positive sizes, got {bad_shapes}")
+    if args.repeats < 1 or args.warmup < 0:
+        p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available here")
+
+
 def git_commit() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True).strip()
@@ -153,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="JSON output (a .md table is written beside it)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _check_args(p, args)
 
     device = torch.device(args.device)
     if args.threads:

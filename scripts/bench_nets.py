@@ -271,14 +271,17 @@ def _markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from monai_gmr.functional import IMPLS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda, cuda:N or cpu")
     p.add_argument("--out", required=True, help="output folder for bench_nets_<device>.json/.md")
-    p.add_argument("--quick", action="store_true", help="small sizes (64 x 64, batch 2) for a smoke check")
+    p.add_argument("--quick", action="store_true", help="small sizes for a smoke check: "
+                   + ", ".join(f"{k} {v[2]} x {v[2]}, batch {v[3]}" for k, v in SUITES.items()))
     p.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
     p.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
                    help="default: fp32 and bf16 on CUDA, fp32 on CPU (bf16 autocast convolutions are very slow there)")
-    p.add_argument("--impls", nargs="+", default=["auto", "dense"], help="GMR implementations to time")
+    p.add_argument("--impls", nargs="+", default=["auto", "dense"], choices=list(IMPLS), help="GMR implementations to time")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per model (default 3, quick 1)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5, quick 2)")
     p.add_argument("--iters", type=int, default=None, help="steps per round (default 10, quick 1)")
@@ -289,6 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
     args.iters = args.iters if args.iters is not None else (1 if args.quick else 10)
+    if args.repeats < 1 or args.iters < 1 or args.warmup < 0:
+        p.error(f"--repeats and --iters must be >= 1 and --warmup >= 0, got {args.repeats}, {args.iters}, {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
     device = torch.device(args.device)
     if args.precisions is None:
         args.precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]

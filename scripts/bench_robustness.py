@@ -24,6 +24,7 @@ import torch
 
 import monai_gmr
 from monai_gmr.evaluation import binarize_label, rotation_robustness
+from monai_gmr.evaluation.metrics import INSTANCE_METRICS, SEG_METRICS
 from monai_gmr.utils import atomic_write_json, seed_everything
 
 CPM15 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cpm15_nuclei_he"
@@ -31,7 +32,7 @@ CPM15 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cpm15_nuclei_
 
 def build_net(kind: str, width: int) -> torch.nn.Module:
     """Small 2-class segmentation net: ``gmr`` (stride-1 GMR conv stack, exactly D4-equivariant), ``plain``
-    (same with nn.Conv2d), or ``gmrunet`` (monai_gmr.nets.GMRUNet when it exists)."""
+    (same with nn.Conv2d), or ``gmrunet`` (``monai_gmr.nets.GMRUNet`` with its default widths; ``width`` unused)."""
     if kind == "gmrunet":
         from monai_gmr.nets import GMRUNet  # type: ignore[attr-defined]
 
@@ -67,8 +68,9 @@ def load_data(source: str, n_images: int, size: int, batch_size: int, cpm15_dir:
         desc = f"cpm15 ({len(imgs)} tiles, centre {s}x{s})"
     else:
         g = torch.Generator().manual_seed(0)
-        labs = [(torch.rand(1, size // 8, size // 8, generator=g) > 0.6).long().repeat_interleave(8, 1).repeat_interleave(8, 2)
-                for _ in range(n_images)]
+        cells = -(-size // 8)  # 8-pixel blocks, cropped to size
+        labs = [(torch.rand(1, cells, cells, generator=g) > 0.6).long().repeat_interleave(8, 1).repeat_interleave(8, 2)
+                [:, :size, :size] for _ in range(n_images)]  # fmt: skip
         imgs = [lb.float().repeat(3, 1, 1) + 0.3 * torch.randn(3, size, size, generator=g) for lb in labs]
         desc = f"synthetic ({n_images} images {size}x{size})"
     batches = [
@@ -83,7 +85,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the JSON summary (printed, and written to ``--out`` when given)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", choices=("synthetic", "cpm15"), default="synthetic")
@@ -91,7 +94,7 @@ def main() -> None:
     ap.add_argument("--n_images", type=int, default=4)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch_size", type=int, default=2)
-    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--width", type=int, default=8, help="channels of the gmr / plain stacks (gmrunet: its defaults)")
     ap.add_argument("--angle_step", type=float, default=10.0)
     ap.add_argument("--flips", default="h,v")
     ap.add_argument("--metrics", default="dice,iou,auc")
@@ -99,7 +102,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
     ap.add_argument("--cpm15-dir", type=Path, default=CPM15, help="CPM-15 folder with images/ and labels/ (--data cpm15)")
     ap.add_argument("--out", default=None, help="also write the JSON summary here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    for name in ("n_images", "size", "batch_size", "width"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.angle_step <= 360:
+        ap.error(f"--angle_step must be in (0, 360], got {args.angle_step}")
+    bad_flips = [f for f in args.flips.split(",") if f and f not in ("h", "v")]
+    bad_metrics = [m for m in args.metrics.split(",") if m and m not in SEG_METRICS + INSTANCE_METRICS]
+    if bad_flips or bad_metrics or not args.metrics.strip(","):
+        ap.error(f"--flips must be a subset of h,v and --metrics a non-empty subset of "
+                 f"{','.join(SEG_METRICS + INSTANCE_METRICS)}, got {args.flips!r} and {args.metrics!r}")  # fmt: skip
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available here")
+    if args.threads < 0:
+        ap.error(f"--threads must be >= 0, got {args.threads}")
     logging.basicConfig(level=logging.WARNING)
     seed_everything(0)
     if args.threads:
@@ -155,6 +172,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     if args.out:
         atomic_write_json(args.out, summary)
+    return summary
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Runs ``configs/inference.json`` of ``bundles/gmr_wsi_patch_classification`` (tis
 tissue, batched inference, map assembly) on ``--slide`` with each backend, interleaved (openslide, tifffile,
 openslide, ...) after one warm-up run each, with a small untrained GMR ResNet-18 (reading dominates; the weights do
 not change the time) on the CPU. Reports the median wall time and patches/s per backend and the largest difference
-between the two probability maps (the backends must read the same pixels). Everything is written under ``--out``.
+between the two probability maps (the backends must read the same pixels). Everything is written under ``--out``
+(outside the repository; ``bench_wsi_backends.json`` atomically).
 
 Usage::
 
@@ -62,9 +63,15 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    out = Path(args.out)
+    if not Path(args.slide).is_file():
+        ap.error(f"--slide {args.slide}: no such file")
+    out = Path(args.out).resolve()
+    if ROOT in out.parents or out == ROOT:
+        ap.error(f"--out {out} is inside the repository; choose a folder outside {ROOT}")
     out.mkdir(parents=True, exist_ok=True)
     import torch
+
+    from monai_gmr.utils import atomic_write_json
 
     torch.manual_seed(0)
     runs: dict[str, list[dict]] = {b: [] for b in BACKENDS}
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_abs_prob_difference": float(np.abs(maps["openslide"] - maps["tifffile"]).max()),
         "repeats": args.repeats,
     }
-    (out / "bench_wsi_backends.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "bench_wsi_backends.json", result)
     logger.info("%s", json.dumps(result, indent=2))
     return result
 

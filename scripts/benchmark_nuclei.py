@@ -97,18 +97,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=_positive_int, default=300)
     p.add_argument("--max-steps", type=_positive_int, default=None,
                    help="total training iterations, a multiple of --epochs (sets epoch_length = max_steps / epochs)")
-    p.add_argument("--val-interval", type=int, default=10)
-    p.add_argument("--crop", type=int, default=256, help="training crop (multiple of 8)")
+    p.add_argument("--val-interval", type=_positive_int, default=10)
+    p.add_argument("--crop", type=_positive_int, default=256, help="training crop (multiple of 8)")
     p.add_argument("--crops-per-image", type=_positive_int, default=8)
     p.add_argument("--batch-size", type=_positive_int, default=2, help="images per batch (x crops-per-image crops)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--roi", type=int, default=256, help="sliding-window size for whole-tile validation/evaluation")
+    p.add_argument("--roi", type=_positive_int, default=256, help="sliding-window size for whole-tile validation/evaluation")
     p.add_argument("--angle-step", type=_positive_int, default=10, help="evaluation angles 0, step, ... < 360")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test split")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--timeout", type=int, default=None, help="seconds per bundle step")
+    p.add_argument("--timeout", type=_positive_int, default=None, help="seconds per bundle step")
     p.add_argument("--instance-metrics", action="store_true", help="also AJI and PQ at every angle (CPU, slower)")
     p.add_argument("--skip-trained", action="store_true",
                    help="reuse a model already trained in --out (models/model.pt + train_summary.json): evaluate only")
@@ -117,6 +117,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "(else a string); repeatable, applied after the model's own overrides, e.g. "
                         "--set network_def#kernel_sizes=[5,5,5,5] --set network_def#norm=batch")
     args = p.parse_args(argv)
+    if args.num_workers < 0:
+        p.error(f"argument --num-workers: must be >= 0, got {args.num_workers}")
     if args.max_steps is not None and args.max_steps % args.epochs:
         p.error(f"argument --max-steps: must be a multiple of --epochs ({args.epochs}) so that it is the total number "
                 f"of iterations, got {args.max_steps}")
@@ -267,11 +269,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for v, name in ((args.crop, "--crop"), (args.roi, "--roi")):
         if v % 8:
             raise SystemExit(f"{name} must be a multiple of 8, got {v}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device} but torch.cuda.is_available() is False")
     out = Path(args.out).resolve()
     if ROOT in out.parents or out == ROOT:
         raise SystemExit(f"--out {out} is inside the repository; choose a folder outside {ROOT}")
     out.mkdir(parents=True, exist_ok=True)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if device == "cpu":

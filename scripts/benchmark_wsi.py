@@ -110,7 +110,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse-training", action="store_true",
                    help="skip training a model whose <out>/<model>/train_summary.json reports the requested epochs "
                         "completed (its models/model.pt is evaluated again; train s is the summary's wall time)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, v, low in (("--epochs", args.epochs, 1), ("--repeats", args.repeats, 1), ("--timeout", args.timeout, 1),
+                         ("--num-workers", args.num_workers, 0)):  # fmt: skip
+        if v is not None and v < low:  # 0 epochs / repeats silently became the profile's default
+            p.error(f"{flag} must be >= {low}, got {v}")
+    return args
 
 
 # ---------------------------------------------------------------------------------------------------------- (a)

@@ -766,7 +766,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpm15-dir", default=str(DEFAULT_CPM15), help="raw CPM-15 folder or a prepared dataset (datalist.json)")
     p.add_argument("--data-dir", default=None, help="where generated/prepared data go (default: a temporary folder)")
-    p.add_argument("--wsi-backend", default="openslide", help="MONAI WSIReader backend for the slides (openslide | tifffile)")
+    p.add_argument("--wsi-backend", default="openslide", choices=["openslide", "tifffile"],
+                   help="MONAI WSIReader backend for the slides")  # fmt: skip
     p.add_argument("--prefix", default=None, help="output file stem (default: compare_<profile>)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-zero-padding", action="store_true",
@@ -796,6 +797,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}.")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}.")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}.")
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":

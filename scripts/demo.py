@@ -13,6 +13,9 @@ Usage::
     python scripts/demo.py --out demo_output            # ~3-5 minutes on 2 CPU cores
     python scripts/demo.py --out demo_output --baseline --epochs 20 --n-images 48 --size 256
 
+A rerun into the same ``--out`` reuses its synthetic data when ``--n-images``, ``--size`` and ``--seed`` match
+(else it stops with an error) and trains the models again.
+
 Everything runs through ``monai.bundle.run`` in this process, exactly like
 ``python -m monai.bundle run --config_file bundles/gmr_nuclei_segmentation/configs/train.json ...``.
 """
@@ -57,7 +60,39 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--features", type=int, nargs=4, default=[16, 32, 64, 128], help="GMRUNet widths per level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("n_images", "epochs", "crops_per_image", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 1 <= args.angle_step <= 360:
+        p.error(f"--angle-step must be in 1..360, got {args.angle_step}")
+    if min(args.features) < 1 or (args.threads is not None and args.threads < 1):
+        p.error(f"--features and --threads must be >= 1, got {args.features} and {args.threads}")
+    return args
+
+
+def _check_existing_data(data_dir: Path, synthetic: dict[str, Any]) -> None:
+    """Refuse to reuse ``data_dir`` when its synthetic data were generated with other settings.
+
+    :func:`monai_gmr.data.ensure_nuclei_dataset` uses an existing dataset as it is, so a rerun into the same
+    ``--out`` with another ``--n-images`` / ``--size`` / ``--seed`` would train on the old data while the summary
+    reported the new settings.
+    """
+    from monai_gmr.data import DATALIST_NAME
+
+    datalist = data_dir / DATALIST_NAME
+    if not datalist.is_file():
+        return
+    gen = json.loads(datalist.read_text()).get("generator")
+    if not gen:  # not recorded: nothing to compare
+        return
+    have = {"n_images": gen.get("n_images"), "size": gen.get("size"), "seed": gen.get("seed")}
+    want = {**synthetic, "size": [synthetic["size"]] * 2}
+    if have != want:
+        raise SystemExit(
+            f"{data_dir} holds synthetic data generated with {have}, not the requested {want} (--n-images, --size, "
+            f"--seed); choose another --out or delete {data_dir}"
+        )
 
 
 def _bundle_run(configs: list[str], **override: Any) -> None:
@@ -122,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     synthetic = {"n_images": args.n_images, "size": args.size, "seed": args.seed}
     logger.info("step 1/3: synthetic H&E-like nuclei data in %s", data_dir)
+    _check_existing_data(data_dir, synthetic)
     ensure_nuclei_dataset(str(data_dir), generate=True, **synthetic)
 
     models: dict[str, dict[str, Any]] = {

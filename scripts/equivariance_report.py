@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--step", type=float, default=5.0)
     p.add_argument("--radius-frac", type=float, default=0.35)
     p.add_argument("--layer-angle", type=float, default=45.0, help="angle of the per-layer errors (equivariance_layers.csv)")
-    p.add_argument("--mode", default="bicubic", help="interpolation of the rotations")
+    p.add_argument("--mode", default="bicubic", choices=["nearest", "bilinear", "bicubic"],
+                   help="interpolation of the rotations")  # fmt: skip
     p.add_argument("--n-train", type=int, default=16, help="synthetic training tiles")
     p.add_argument("--n-eval", type=int, default=4, help="synthetic evaluation tiles")
     p.add_argument("--train-steps", type=int, default=60)
@@ -318,6 +319,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = p.parse_args(argv)
+    for flag, v in (("--n-train", args.n_train), ("--n-eval", args.n_eval), ("--train-steps", args.train_steps),
+                    ("--batch", args.batch), ("--threads", args.threads), ("--features", min(args.features))):  # fmt: skip
+        if v < 1:
+            p.error(f"{flag} must be >= 1, got {v}")
+    if any(k < 1 or k % 2 == 0 for k in args.kernel_sizes):
+        p.error(f"--kernel-sizes must be odd and positive (GMR kernels are centred), got {args.kernel_sizes}")
+    if args.step <= 0 or args.max_angle < 0:
+        p.error(f"--step must be > 0 and --max-angle >= 0, got {args.step} and {args.max_angle}")
+    if not 0 < args.radius_frac <= 0.5:
+        p.error(f"--radius-frac must be in (0, 0.5], got {args.radius_frac}")
     for flag, v in (("--size", args.size), ("--eval-size", args.eval_size), ("--canvas", args.canvas or 16)):
         if v % 16:
             raise SystemExit(f"{flag} must be a multiple of 16 (BasicUNet has 4 down-sampling levels), got {v}")

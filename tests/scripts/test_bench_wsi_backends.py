@@ -17,3 +17,20 @@ def test_backends_give_the_same_map_on_a_synthetic_slide(tmp_path):
     assert out["n_patches"] > 0 and out["max_abs_prob_difference"] == 0.0
     assert set(out["median_wall_s"]) == {"openslide", "tifffile"} and all(v > 0 for v in out["median_wall_s"].values())
     assert json.loads((tmp_path / "o" / "bench_wsi_backends.json").read_text()) == out
+
+
+def test_refuses_a_missing_slide_and_an_output_folder_inside_the_repository(tmp_path, capsys):
+    import pytest
+
+    from tests.conftest import ROOT
+
+    mod = load_script("bench_wsi_backends")
+    with pytest.raises(SystemExit):
+        mod.main(["--slide", str(tmp_path / "nope.svs"), "--out", str(tmp_path / "o")])
+    assert "--slide" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    slide = tmp_path / "s.tiff"
+    slide.write_bytes(b"")
+    inside = ROOT / "bench_wsi_backends_out_test"
+    with pytest.raises(SystemExit):
+        mod.main(["--slide", str(slide), "--out", str(inside)])
+    assert "inside the repository" in capsys.readouterr().err and not inside.exists()

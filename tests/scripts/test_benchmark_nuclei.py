@@ -96,7 +96,9 @@ def test_set_overrides_parse_as_json_or_string_and_bad_items_are_refused(capsys)
     assert cmd[-4:] == ["--network_def", "{'x': 1}", "--network_def#norm", "batch"]  # applied after the model's dict
 
 
-@pytest.mark.parametrize("option", ["--epochs", "--crops-per-image", "--batch-size", "--angle-step"])
+@pytest.mark.parametrize(
+    "option", ["--epochs", "--crops-per-image", "--batch-size", "--angle-step", "--val-interval", "--crop", "--roi", "--timeout"]
+)  # --val-interval/--crop/--roi/--timeout 0 failed inside the first bundle step (or timed out at once)
 def test_counts_below_one_are_refused_naming_the_option(tmp_path, capsys, option):
     bn = _load()
     for bad in ("0", "-2", "x"):
@@ -117,3 +119,17 @@ def test_max_steps_must_be_a_multiple_of_epochs(capsys):
         with pytest.raises(SystemExit):
             bn._parse(["--out", "x", *bad])
         assert "argument --max-steps:" in capsys.readouterr().err
+
+
+def test_negative_workers_and_cuda_without_cuda_are_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """--num-workers -1 failed in the bundle's DataLoader; --device cuda on a machine without CUDA started training."""
+    import torch
+
+    bn = _load()
+    with pytest.raises(SystemExit):
+        bn._parse(["--out", "x", "--num-workers", "-1"])
+    assert "argument --num-workers: must be >= 0" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device cuda"):
+        bn.main(["--out", str(tmp_path / "out"), "--device", "cuda", "--prepared", str(tmp_path / "none")])
+    assert not (tmp_path / "out").exists()

@@ -70,3 +70,13 @@ def test_robustness_row_reads_the_bundle_outputs(tmp_path):
     assert row["accuracy_min"] == 0.8 and row["accuracy_mean"] == pytest.approx(0.85)  # a missing angle is skipped
     assert row["auc_flip_h"] == 0.96 and row["accuracy_flip_v"] == 0.9
     assert row["map_dice"] == 0.93 and row["slide_patches_per_s"] == 20.1 and row["iterations"] == 960
+
+
+@pytest.mark.parametrize("extra, named", [(["--epochs", "0"], "--epochs"), (["--repeats", "0"], "--repeats"),
+                                          (["--num-workers", "-1"], "--num-workers"), (["--timeout", "0"], "--timeout")])  # fmt: skip
+def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
+    """--epochs 0 / --repeats 0 silently ran the profile's defaults; --num-workers -1 and --timeout 0 were tracebacks
+    from the first bundle step."""
+    with pytest.raises(SystemExit):
+        _load().main(["--out", str(tmp_path / "o"), "--device", "cpu", "--quick", "--skip-throughput"] + extra)
+    assert named in capsys.readouterr().err and not (tmp_path / "o").exists()

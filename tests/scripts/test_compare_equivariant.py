@@ -129,6 +129,11 @@ def test_bad_arguments(ce, tmp_path):
         ce.main(["--out", str(tmp_path), "--models", "gmr,resnet"])
     with pytest.raises(ValueError, match="--steps"):
         ce.main(["--out", str(tmp_path), "--steps", "0"])
+    with pytest.raises(ValueError, match="--threads"):  # a set_num_threads RuntimeError
+        ce.main(["--out", str(tmp_path), "--threads", "-1"])
+    with pytest.raises(SystemExit):  # an unknown backend failed only at the wsi task, after the other tasks trained
+        ce.main(["--out", str(tmp_path / "o"), "--wsi-backend", "foo"])
+    assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match="model must be one of"):
         ce.build_model("nuclei", "unet", ce.PROFILES["quick"])
 

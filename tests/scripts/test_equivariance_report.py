@@ -48,3 +48,16 @@ def test_crop_view_covers_the_tile_at_every_angle():
     assert torch.allclose(view(90.0), torch.rot90(er.center_crop(field, size), 1, (2, 3)))
     with pytest.raises(ValueError, match="does not cover"):
         er.crop_view(field[..., 8:-8, 8:-8], size, "bicubic")(45.0)  # 38 / sqrt(2) < 32
+
+
+def test_bad_values_are_refused_before_any_work(tmp_path, capsys):
+    """--step 0, --train-steps 0, --n-eval 0, --threads 0 and an unknown --mode were tracebacks (ZeroDivisionError,
+    IndexError, ...), some after the training."""
+    import pytest
+
+    for extra, named in ((["--step", "0"], "--step"), (["--train-steps", "0"], "--train-steps"),
+                         (["--n-eval", "0"], "--n-eval"), (["--threads", "0"], "--threads"), (["--mode", "foo"], "--mode"),
+                         (["--kernel-sizes", "4", "4", "4", "4"], "--kernel-sizes"), (["--radius-frac", "0"], "--radius-frac")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            er.main(["--out", str(tmp_path / "o"), "--size", "32", "--eval-size", "32"] + extra)
+        assert named in capsys.readouterr().err and not (tmp_path / "o").exists()

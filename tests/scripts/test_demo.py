@@ -1,0 +1,30 @@
+"""scripts/demo.py: the argument checks and reruns into an existing --out."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import load_script
+
+
+@pytest.mark.parametrize("extra, named", [(["--angle-step", "0"], "--angle-step"), (["--epochs", "0"], "--epochs"),
+                                          (["--batch-size", "0"], "--batch-size"),
+                                          (["--crops-per-image", "0"], "--crops-per-image")])  # fmt: skip
+def test_bad_values_are_refused_before_any_work(tmp_path, capsys, extra, named):
+    """--angle-step 0 was a range() traceback after the data were generated; the others failed inside the bundle."""
+    with pytest.raises(SystemExit):
+        load_script("demo").main(["--out", str(tmp_path / "o")] + extra)
+    assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_rerun_with_other_data_settings_is_refused(tmp_path):
+    """The data of an earlier run were reused as they were while the summary reported the new settings."""
+    from monai_gmr.data import ensure_nuclei_dataset
+
+    ensure_nuclei_dataset(tmp_path / "o" / "data", n_images=4, size=32, seed=0)
+    demo = load_script("demo")
+    with pytest.raises(SystemExit, match=r"'n_images': 4.*'n_images': 5"):
+        demo.main(["--out", str(tmp_path / "o"), "--n-images", "5", "--size", "32"])
+    with pytest.raises(SystemExit, match=r"'size': \[32, 32\].*'size': \[64, 64\]"):
+        demo.main(["--out", str(tmp_path / "o"), "--n-images", "4", "--size", "64"])
+    demo._check_existing_data(tmp_path / "o" / "data", {"n_images": 4, "size": 32, "seed": 0})  # same: reused
