@@ -74,7 +74,9 @@ class GMRConv(nn.Module):
         num_rings: number of rings ``n``; defaults to ``(k + 1) // 2``; must be >= 2 when ``k > 1``.
         smoothing: ``"gaussian"`` (GMR) or ``"none"`` (nearest-ring assignment, the naive "Symm" baseline).
         sigma: ``"layer"`` (one trainable sigma per ring, shared by the layer, stored as ``log_sigma``) or
-            ``"fixed"`` (sigma kept at its initial value as a buffer).
+            ``"fixed"`` (sigma kept at its initial value as a buffer). ``log_sigma`` is clipped to
+            ``[log 1e-2, log 2n]`` when the kernel is built; outside that range its gradient is zero, so a value
+            pushed past a bound (e.g. by a large learning rate) stays there until set back by hand.
         circular: zero the offsets outside the inscribed circle/sphere.
         impl: ``"auto" | "dense" | "rings" | "triton"``; see :func:`monai_gmr.functional.gmr_conv` (``"triton"``:
             fused GPU kernels, falling back with a one-time warning where they cannot run).
