@@ -136,10 +136,11 @@ def inference_datalist(
 
 
 def _output_name(path: str | os.PathLike) -> str:
-    """The name MONAI's ``SaveImage`` gives the outputs of ``path``: the file name without its extension
-    (``.nii.gz`` counts as one)."""
-    stem, ext = os.path.splitext(os.path.basename(str(path)))
-    return os.path.splitext(stem)[0] if ext == ".gz" else stem
+    """The name MONAI's ``SaveImage`` (``separate_folder=False``, as in inference.json) gives the outputs of
+    ``path``: the file name without its extension (``.nii.gz`` counts as one), by MONAI's own rule."""
+    from monai.data.utils import create_file_basename
+
+    return create_file_basename("", path, "", separate_folder=False, makedirs=False)
 
 
 def _check_output_names(items: Sequence[Mapping[str, Any]], name: str) -> None:
