@@ -66,18 +66,22 @@ logger = logging.getLogger("monai_gmr.equivariance_report")
 
 
 def build_models(
-    features: tuple[int, int, int, int], kernel_sizes: tuple[int, int, int, int], norm: str = "instance"
+    features: tuple[int, int, int, int],
+    kernel_sizes: tuple[int, int, int, int],
+    norm: str = "instance",
+    sampling: str = "center",
 ) -> dict[str, torch.nn.Module]:
     """GMRUNet (3 levels, widths ``features``) and BasicUNet with the same widths per level (plus MONAI's 4th
     down-sampling level at the deepest width): ``BasicUNet(features=(f0, f1, f2, f3, f3, f0))``.
 
     ``norm``: ``"instance"`` (both nets' default, affine instance norm) or ``"batch"`` (evaluated in eval mode,
-    i.e. with running statistics: a per-channel affine map, no per-image statistics).
+    i.e. with running statistics: a per-channel affine map, no per-image statistics). ``sampling``: the GMR layers'
+    kernel sampling (``"center"`` or ``"area"``, see :class:`monai_gmr.nn.GMRConv`).
     """
     f0, f1, f2, f3 = features
     n = ("instance", {"affine": True}) if norm == "instance" else ("batch", {})
     return {
-        "GMRUNet": GMRUNet(2, 3, 2, features=features, kernel_sizes=kernel_sizes, norm=n),
+        "GMRUNet": GMRUNet(2, 3, 2, features=features, kernel_sizes=kernel_sizes, norm=n, sampling=sampling),
         "BasicUNet": BasicUNet(2, 3, 2, features=(f0, f1, f2, f3, f3, f0), norm=n),
     }
 
@@ -192,7 +196,7 @@ def run_report(args: argparse.Namespace) -> dict:
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     angles = [float(a) for a in np.arange(0.0, args.max_angle + 1e-9, args.step)]
-    models = build_models(tuple(args.features), tuple(args.kernel_sizes), args.norm)
+    models = build_models(tuple(args.features), tuple(args.kernel_sizes), args.norm, args.sampling)
     x_train, y_train, source = synthetic_batch(args.n_train, args.size, args.seed)
     x_tile, _, _ = synthetic_batch(args.n_eval, args.eval_size, args.seed + 1000)
     x_field, _, _ = synthetic_batch(args.n_eval, field_size(args.eval_size), args.seed + 2000)
@@ -305,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--features", type=int, nargs=4, default=[16, 32, 64, 128], help="widths per level")
     p.add_argument("--kernel-sizes", type=int, nargs=4, default=[9, 9, 5, 5], help="GMR kernel widths per level")
     p.add_argument("--norm", default="instance", choices=["instance", "batch"], help="norm of both nets")
+    p.add_argument("--sampling", default="center", choices=["center", "area"],
+                   help="GMR kernel sampling of GMRUNet (monai_gmr.nn.GMRConv)")
     p.add_argument("--max-angle", type=float, default=90.0)
     p.add_argument("--step", type=float, default=5.0)
     p.add_argument("--radius-frac", type=float, default=0.35)

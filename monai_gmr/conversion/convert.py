@@ -700,7 +700,7 @@ def convert_to_gmr(
             listed in ``summary.kept``.
         return_summary: return ``(model, summary)`` instead of ``model``.
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
-            ``circular``, ``impl``; ``padding_mode`` overrides the convs' own); other keys raise ``ValueError``.
+            ``circular``, ``impl``, ``sampling``; ``padding_mode`` overrides the convs' own); other keys raise ``ValueError``.
 
     Returns:
         the converted model (a copy unless ``inplace``), with the :class:`ConversionSummary` attached as

@@ -6,6 +6,7 @@ from .equivariance import (
     equivariance_error,
     group_equivariance_error,
     layerwise_equivariance_error,
+    spline_equivariance_error,
     masked_rel_err,
     on_canvas,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "equivariance_error",
     "group_equivariance_error",
     "layerwise_equivariance_error",
+    "spline_equivariance_error",
     "masked_rel_err",
     "on_canvas",
     "RotationRobustnessHandler",

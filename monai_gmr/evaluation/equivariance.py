@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +27,7 @@ from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, rota
 
 __all__ = [
     "equivariance_error",
+    "spline_equivariance_error",
     "group_equivariance_error",
     "layerwise_equivariance_error",
     "masked_rel_err",
@@ -154,6 +156,60 @@ def equivariance_error(
 
 
 @torch.no_grad()
+def spline_equivariance_error(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    angles: Sequence[float] = (15, 30, 45),
+    radius_frac: float = 0.35,
+    spatial_dims: int = 2,
+    axes: Sequence[int] = (1, 2),
+    order: int = 3,
+) -> dict[float, float]:
+    """Relative rotation-equivariance error of ``fn`` with spline rotations (``scipy.ndimage.rotate``).
+
+    :func:`equivariance_error` rotates with PyTorch's bicubic/trilinear resampling, whose own interpolation error on
+    a smooth field (about 1% at sigma = 3 px) hides that of a single layer. A prefiltered cubic B-spline is far more
+    accurate, so this variant measures the layer's own error (e.g. of a GMR kernel sampled on a grid). Inputs and
+    outputs are rotated in float64 on the CPU, with ``reshape=False`` and zeros outside; the error is taken on the
+    central disk/ball (:func:`~monai_gmr.functional.rotation.central_disk_mask`) of the output.
+
+    Args:
+        fn: callable ``(N, C, *spatial) -> (N, C', *spatial)`` (modules in ``eval()`` mode).
+        x: input ``(N, C, *spatial)``.
+        angles: degrees.
+        radius_frac: radius of the disk as a fraction of the smallest output spatial size.
+        spatial_dims: 2 or 3.
+        axes: 3D rotation plane (spatial axes 0 = D, 1 = H, 2 = W); ignored in 2D.
+        order: spline order of ``scipy.ndimage.rotate`` (3: cubic).
+
+    Returns:
+        ``{angle: rel_err}``.
+    """
+    from scipy import ndimage  # a dependency of monai_gmr; here only, to keep the module import light
+
+    _check_x(x, spatial_dims)
+    angles = as_angle_list(angles)
+    if any(isinstance(a, (tuple, list, torch.Tensor)) for a in angles):
+        raise ValueError(f"angles must be single angles in degrees (one rotation plane), got angles={angles!r}.")
+    angles = [float(a) for a in angles]
+    if not angles:
+        raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
+    if spatial_dims == 3 and (len(axes) != 2 or len({int(a) % 3 for a in axes}) != 2):
+        raise ValueError(f"axes must be two distinct spatial axes in 0..2, got axes={tuple(axes)!r}.")
+    plane = (0, 1) if spatial_dims == 2 else tuple(int(a) % 3 for a in axes)
+
+    def rot(t: torch.Tensor, angle: float) -> torch.Tensor:
+        arr = t.detach().double().cpu().numpy()
+        out = [[ndimage.rotate(c, angle, axes=plane, reshape=False, order=order) for c in n] for n in arr]
+        return torch.from_numpy(np.asarray(out)).to(device=t.device, dtype=t.dtype)
+
+    y0 = _first(fn(x))
+    if y0.ndim != x.ndim:
+        raise ValueError(f"fn must return spatial outputs (N, C, *spatial), got shape {tuple(y0.shape)}.")
+    disk = central_disk_mask(y0.shape[2:], radius_frac, device=y0.device)
+    return {a: masked_rel_err(_first(fn(rot(x, a))), rot(y0, a), disk) for a in angles}
+
+
 def group_equivariance_error(
     fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spatial_dims: int = 2
 ) -> dict[str, float]:

@@ -1,6 +1,8 @@
 """Pure tensor math of monai_gmr: ring basis, kernel synthesis, conv dispatch, group actions, rotations."""
 
 from .basis import (
+    AREA_SUBSAMPLES,
+    SAMPLING_MODES,
     SMOOTHING_MODES,
     check_kernel_size,
     default_num_rings,
@@ -9,6 +11,7 @@ from .basis import (
     offset_distances,
     ring_basis,
     ring_centers,
+    ring_extent,
     support_mask,
 )
 from .conv import AUTO_TABLE, IMPLS, PADDING_MODES, conv_nd, gmr_conv, same_padding, select_impl, synthesize_kernel
@@ -30,6 +33,8 @@ from .rotation import (
 )
 
 __all__ = [
+    "AREA_SUBSAMPLES",
+    "SAMPLING_MODES",
     "SMOOTHING_MODES",
     "check_kernel_size",
     "default_num_rings",
@@ -38,6 +43,7 @@ __all__ = [
     "offset_distances",
     "ring_basis",
     "ring_centers",
+    "ring_extent",
     "support_mask",
     "AUTO_TABLE",
     "IMPLS",

@@ -158,6 +158,7 @@ def gmr_conv(
     impl: str = "dense",
     kernel: torch.Tensor | None = None,
     circular: bool | None = None,
+    radial: bool = True,
 ) -> torch.Tensor:
     """GMR convolution of ``x``.
 
@@ -174,6 +175,8 @@ def gmr_conv(
         kernel: optional precomputed dense kernel (``impl="dense"`` only), e.g. an eval-mode cache.
         circular: ``True`` when ``basis`` is zero outside the inscribed circle/sphere, which lets the Triton kernels
             skip the corner offsets (see :func:`.triton_conv.gmr_conv_triton`); ignored by the other impls.
+        radial: ``True`` when ``basis`` depends on ``|p|`` only (``sampling="center"``), which the Triton kernels need;
+            ``False`` (``sampling="area"``) makes ``impl="triton"`` fall back.
 
     Returns:
         output of shape ``(B, C_out) + spatial_out``.
@@ -191,7 +194,9 @@ def gmr_conv(
     if impl == "auto":
         impl = select_impl(impl, x.device, d, k, x.shape[1], needs_grad)
     if impl == "triton":  # fused kernels (issue 7); unsupported calls fall back (see triton_conv.resolve_triton)
-        impl = resolve_triton(requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None)
+        impl = resolve_triton(
+            requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None, radial
+        )
         if impl == "triton":
             key = (x.device.type, d, k, str(x.dtype))
             if key not in _TRITON_FAILED:

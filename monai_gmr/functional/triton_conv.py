@@ -1051,6 +1051,7 @@ def resolve_triton(
     padding_mode: str,
     needs_grad: bool | None,
     has_basis: bool = True,
+    radial: bool = True,
 ) -> str:
     """``"triton"`` if the fused kernels can run this call, else the best other implementation.
 
@@ -1059,9 +1060,12 @@ def resolve_triton(
     """
     from .conv import select_impl  # local: conv imports this module
 
-    reason = "no basis was given" if not has_basis else triton_unsupported_reason(
-        x, kernel_size, stride, padding, dilation, groups, padding_mode
-    )
+    if not has_basis:
+        reason = "no basis was given"
+    elif not radial:
+        reason = "the basis is not a function of |p| alone (sampling='area')"
+    else:
+        reason = triton_unsupported_reason(x, kernel_size, stride, padding, dilation, groups, padding_mode)
     if reason is None:
         return "triton"
     fallback = select_impl("auto", x.device, x.ndim - 2, kernel_size, x.shape[1], needs_grad, allow_triton=False)

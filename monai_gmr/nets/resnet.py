@@ -192,7 +192,7 @@ class GMRResNet(nn.Module):
         out_channels: alias of ``num_classes`` (so configs written for ``out_channels`` work, as for
             :class:`~monai_gmr.nets.GCNNResNet`).
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
-            ``circular``, ``impl``, ``padding_mode``, ``dilation``); any other keyword raises ``ValueError``.
+            ``circular``, ``impl``, ``sampling``, ``padding_mode``, ``dilation``); any other keyword raises ``ValueError``.
 
     Attributes:
         downsample_factor: total down-sampling; exact invariance needs every spatial size divisible by it.

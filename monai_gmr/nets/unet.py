@@ -135,7 +135,7 @@ class GMRUNet(nn.Module):
             (otherwise such inputs raise ``ValueError``).
         pad_mode: ``"constant"`` (zeros), ``"reflect"`` or ``"replicate"`` padding for ``pad_to_multiple``.
         gmr_kwargs: extra :class:`monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
-            ``circular``, ``impl``, ``padding_mode``, ``dilation``, ``groups``) and the
+            ``circular``, ``impl``, ``sampling``, ``padding_mode``, ``dilation``, ``groups``) and the
             :class:`~monai_gmr.nn.GMRConvolution` block's ``adn_ordering``/``dropout_dim``; any other keyword raises
             ``ValueError``.
 

@@ -14,7 +14,7 @@ __all__ = ["GMRConvolution", "GMR_CONV_KWARGS", "check_gmr_kwargs"]
 
 #: the :class:`GMRConv` arguments that networks and ``convert_to_gmr`` forward through ``**gmr_kwargs`` (the others
 #: -- channels, kernel size, stride, padding, dilation, groups, bias -- are set by the network itself).
-GMR_CONV_KWARGS = ("padding_mode", "num_rings", "smoothing", "sigma", "circular", "impl")
+GMR_CONV_KWARGS = ("padding_mode", "num_rings", "smoothing", "sigma", "circular", "impl", "sampling")
 
 
 def check_gmr_kwargs(gmr_kwargs: dict, extra: Sequence[str] = ()) -> None:

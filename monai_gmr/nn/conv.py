@@ -13,8 +13,10 @@ import torch
 import torch.nn as nn
 
 from monai_gmr.functional import (
+    AREA_SUBSAMPLES,
     IMPLS,
     PADDING_MODES,
+    SAMPLING_MODES,
     SMOOTHING_MODES,
     check_kernel_size,
     default_num_rings,
@@ -78,6 +80,11 @@ class GMRConv(nn.Module):
             ``[log 1e-2, log 2n]`` when the kernel is built; outside that range its gradient is zero, so a value
             pushed past a bound (e.g. by a large learning rate) stays there until set back by hand.
         circular: zero the offsets outside the inscribed circle/sphere.
+        sampling: ``"center"`` (the paper's: rings evaluated at the pixel centres, ring centres from 0 to ``k / 2``)
+            or ``"area"`` (rings averaged over each pixel's area, ring centres from 0 to ``k // 2``): the same
+            parameters and exact grid symmetries, with a much smaller error at arbitrary angles, largest at kernel
+            sizes other than 5 and 9 (see :mod:`monai_gmr.functional.basis` and docs/benchmarks.md). ``"area"`` is
+            not run by the Triton kernels (they need a basis that depends on ``|p|`` only) and falls back.
         impl: ``"auto" | "dense" | "rings" | "triton"``; see :func:`monai_gmr.functional.gmr_conv` (``"triton"``:
             fused GPU kernels, falling back with a one-time warning where they cannot run).
 
@@ -113,6 +120,7 @@ class GMRConv(nn.Module):
         sigma: str = "layer",
         circular: bool = True,
         impl: str = "auto",
+        sampling: str = "center",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -147,6 +155,8 @@ class GMRConv(nn.Module):
             raise ValueError(f"sigma must be one of {SIGMA_MODES}, got sigma={sigma!r}.")
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got impl={impl!r}.")
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got sampling={sampling!r}.")
         if num_rings is None:
             num_rings = default_num_rings(k)
         if not _is_int(num_rings):
@@ -171,6 +181,7 @@ class GMRConv(nn.Module):
         self.sigma_mode = sigma
         self.circular = circular
         self.impl = impl
+        self.sampling = sampling
         self.log_sigma_range = log_sigma_bounds(num_rings)
 
         # fixed geometry: non-persistent buffers, computed in float64 and rounded to the module's dtype (recomputed
@@ -179,7 +190,7 @@ class GMRConv(nn.Module):
             self.register_buffer(name, value.float(), persistent=False)
 
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_rings))
-        log_sigma = torch.full((num_rings,), math.log(initial_sigma(k, num_rings)))
+        log_sigma = torch.full((num_rings,), math.log(initial_sigma(k, num_rings, sampling)))
         if smoothing == "gaussian" and sigma == "layer":
             self.log_sigma = nn.Parameter(log_sigma)
         else:
@@ -192,16 +203,25 @@ class GMRConv(nn.Module):
     def _geometry(self) -> dict[str, torch.Tensor]:
         """The fixed geometry buffers, in float64."""
         k, d = self.kernel_size, self.spatial_dims
+        s = AREA_SUBSAMPLES if self.sampling == "area" and k > 1 else 1
         return {
-            "distances": offset_distances(k, d, torch.float64),
-            "mask": support_mask(k, d, self.circular, torch.float64),
-            "centers": ring_centers(k, self.num_rings, torch.float64),
+            "distances": offset_distances(k, d, torch.float64, subsamples=s),
+            "mask": support_mask(k, d, self.circular, torch.float64, subsamples=s),
+            "centers": ring_centers(k, self.num_rings, torch.float64, self.sampling),
         }
 
     # ------------------------------------------------------------------ parameters
     def basis(self) -> torch.Tensor:
         """Ring basis ``G``, shape ``(n,) + (k,) * spatial_dims``."""
-        return ring_basis(self.distances, self.centers, self.log_sigma, self.mask, self.smoothing, self.log_sigma_range)
+        return ring_basis(
+            self.distances,
+            self.centers,
+            self.log_sigma,
+            self.mask,
+            self.smoothing,
+            self.log_sigma_range,
+            area=self.distances.ndim > self.spatial_dims,
+        )
 
     def dc_energy(self) -> float:
         """``E[(sum_p K(p))^2] / Var(w) = sum_i (sum_p G_i(p))^2``: squared DC gain of a kernel with unit-variance ring weights."""
@@ -231,7 +251,7 @@ class GMRConv(nn.Module):
             return
         if isinstance(self.log_sigma, nn.Parameter):
             with torch.no_grad():
-                self.log_sigma.fill_(math.log(initial_sigma(self.kernel_size, self.num_rings)))
+                self.log_sigma.fill_(math.log(initial_sigma(self.kernel_size, self.num_rings, self.sampling)))
         fan = (self.in_channels // self.groups) * self.dc_energy()
         if self.kernel_size > 1:
             fan *= DC_GAIN_FRACTION
@@ -307,7 +327,7 @@ class GMRConv(nn.Module):
             # buffers made inside inference mode could not enter autograd later
             with torch.inference_mode(False):
                 exact = self._geometry()
-                sigma0 = initial_sigma(self.kernel_size, self.num_rings)
+                sigma0 = initial_sigma(self.kernel_size, self.num_rings, self.sampling)
                 exact["log_sigma"] = torch.full((self.num_rings,), math.log(sigma0), dtype=torch.float64)
                 for name in changed:  # round the float64 geometry to the new dtype, not twice
                     buf = self._buffers[name]
@@ -353,6 +373,7 @@ class GMRConv(nn.Module):
             impl=self.impl if impl == "triton" else impl,
             kernel=kernel,
             circular=self.circular,
+            radial=self.sampling == "center",
         )
 
     def extra_repr(self) -> str:
@@ -374,6 +395,8 @@ class GMRConv(nn.Module):
             s += f", sigma={self.sigma_mode}"
         if not self.circular:
             s += ", circular=False"
+        if self.sampling != "center":
+            s += f", sampling={self.sampling}"
         return s + f", impl={self.impl}"
 
 
@@ -381,7 +404,7 @@ class GMRConv2d(GMRConv):
     """2D GMR convolution with the positional signature of ``torch.nn.Conv2d``.
 
     ``padding=None`` (default) means "same"; the GMR options (``num_rings``, ``smoothing``, ``sigma``,
-    ``circular``, ``impl``) are keyword arguments. ``device``/``dtype`` are accepted like ``nn.Conv2d``.
+    ``circular``, ``impl``, ``sampling``) are keyword arguments. ``device``/``dtype`` are accepted like ``nn.Conv2d``.
     """
 
     def __init__(

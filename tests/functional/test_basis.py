@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from monai_gmr.functional import (
     offset_distances,
     ring_basis,
     ring_centers,
+    ring_extent,
     support_mask,
 )
 
@@ -93,3 +95,69 @@ def test_sigma_is_clipped_from_below_too():
     rng = (-4.6, math.log(6))
     small = ring_basis(d, mu, torch.full((3,), -50.0, dtype=torch.float64), m, log_sigma_range=rng)
     assert torch.equal(small, ring_basis(d, mu, torch.full((3,), -4.6, dtype=torch.float64), m))
+
+
+# ----------------------------------------------------------------------------------------- sampling="area"
+def test_area_sampling_ring_centres_and_sigma():
+    assert torch.equal(ring_centers(9, 5, sampling="area"), torch.arange(5, dtype=torch.float64))
+    assert torch.allclose(ring_centers(7, 3, sampling="area"), torch.tensor([0.0, 1.5, 3.0], dtype=torch.float64))
+    assert ring_extent(9, "center") == 4.5 and ring_extent(9, "area") == 4.0
+    assert initial_sigma(9, 5, "area") == pytest.approx(1.0 / (2 * math.sqrt(2 * math.log(2))))
+    with pytest.raises(ValueError, match="sampling"):
+        ring_centers(9, 5, sampling="pixel")
+    with pytest.raises(ValueError, match="subsamples"):
+        offset_distances(5, 2, subsamples=0)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_subsample_distances_are_the_midpoint_grid_of_each_pixel(d):
+    k, s = 5, 4
+    dist = offset_distances(k, d, subsamples=s)
+    assert dist.shape == (k,) * d + (s**d,)
+    sub = [(j + 0.5) / s - 0.5 for j in range(s)]
+    # pixel at offset (1, -2[, 2]) computed by hand
+    offset = (1, -2, 2)[:d]
+    expected = sorted(
+        math.sqrt(sum((o + u) ** 2 for o, u in zip(offset, us))) for us in itertools.product(sub, repeat=d)
+    )
+    idx = tuple(o + k // 2 for o in offset)
+    assert torch.allclose(dist[idx], torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert torch.allclose(dist.mean(-1).min(), dist.mean(-1)[(k // 2,) * d])  # the centre pixel is the closest
+
+
+def test_area_basis_is_the_pixel_average_of_the_masked_rings():
+    k, n = 9, 5
+    mu = ring_centers(k, n, sampling="area")
+    ls = torch.full((n,), math.log(0.6), dtype=torch.float64)
+    g = ring_basis(offset_distances(k, 2, subsamples=4), mu, ls, support_mask(k, 2, subsamples=4), area=True)
+    assert g.shape == (n, k, k)
+    # pixel (4, 3) (offset from the centre): centre at |p| = 5 > 4.5 (outside the point-sampled support), but its
+    # corner nearest the centre lies inside the circle: a fraction of it counts
+    sub = [(j + 0.5) / 4 - 0.5 for j in range(4)]
+    vals = []
+    for uy in sub:
+        for ux in sub:
+            r = math.hypot(4 + uy, 3 + ux)
+            vals.append(math.exp(-((r - 4.0) ** 2) / (2 * 0.36)) if r <= 4.5 else 0.0)
+    assert g[4, 4 + 4, 4 + 3].item() == pytest.approx(sum(vals) / 16, rel=1e-12)
+    assert 0 < g[4, 8, 7] and support_mask(k, 2)[8, 7] == 0
+    assert g[:, 0, 0].abs().sum() == 0  # the corner pixel lies wholly outside: zero
+    with pytest.raises(ValueError, match="mask shape"):
+        ring_basis(offset_distances(k, 2, subsamples=4), mu, ls, support_mask(k, 2), area=True)
+
+
+@pytest.mark.parametrize("d,k", [(2, 11), (2, 15), (3, 7)])
+def test_area_basis_is_bitwise_symmetric_under_the_grid_symmetries(d, k):
+    """Sorted sub-sample distances make pixels related by a symmetry sum the same values in the same order."""
+    n = default_num_rings(k)
+    ls = torch.linspace(-1.0, 0.3, n, dtype=torch.float64)
+    s = 4
+    g = ring_basis(offset_distances(k, d, subsamples=s), ring_centers(k, n, sampling="area"), ls,
+                   support_mask(k, d, subsamples=s), area=True)  # fmt: skip
+    sp = tuple(range(1, d + 1))
+    for perm in itertools.permutations(sp):
+        for flips in range(2**d):
+            axes = [a for i, a in enumerate(sp) if flips >> i & 1]
+            h = g.permute(0, *perm)
+            h = h.flip(axes) if axes else h
+            assert torch.equal(h, g), (perm, axes)

@@ -26,9 +26,12 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_dense_equals_rings(case, dtype, tol):
+@pytest.mark.parametrize("sampling", ["center", "area"])
+def test_dense_equals_rings(case, dtype, tol, sampling):
     d, cin, cout, k, stride, dil, groups, bias, pmode = case
-    m = GMRConv(d, cin, cout, k, stride=stride, dilation=dil, groups=groups, bias=bias, padding_mode=pmode).to(dtype)
+    m = GMRConv(
+        d, cin, cout, k, stride=stride, dilation=dil, groups=groups, bias=bias, padding_mode=pmode, sampling=sampling
+    ).to(dtype)
     with torch.no_grad():
         m.log_sigma.add_(torch.randn_like(m.log_sigma) * 0.2)
         if bias:
@@ -52,12 +55,15 @@ def test_dense_matches_manual_conv():
 
 @pytest.mark.parametrize("impl", ["dense", "rings"])
 @pytest.mark.parametrize("d", [2, 3])
-def test_gradcheck(impl, d):
-    m = GMRConv(d, 2, 3, 3 if d == 3 else 5, groups=1, impl=impl).double()
+@pytest.mark.parametrize("sampling", ["center", "area"])
+def test_gradcheck(impl, d, sampling):
+    m = GMRConv(d, 2, 3, 3 if d == 3 else 5, groups=1, impl=impl, sampling=sampling).double()
     x = torch.randn(1, 2, *([5] * d), dtype=torch.float64, requires_grad=True)
 
     def f(x, w, ls, b):
-        basis = __import__("monai_gmr").functional.ring_basis(m.distances, m.centers, ls, m.mask, "gaussian", m.log_sigma_range)
+        basis = __import__("monai_gmr").functional.ring_basis(
+            m.distances, m.centers, ls, m.mask, "gaussian", m.log_sigma_range, area=sampling == "area"
+        )
         return gmr_conv(x, w, basis, b, padding=m.padding, impl=impl)
 
     w = m.weight.detach().clone().requires_grad_(True)

@@ -358,6 +358,34 @@ def test_interpreter_low_level_writes_every_output(interpreter):
     assert gw.shape == (t.num_shells, 3, 5) and torch.isfinite(gw).all()
 
 
+def test_area_sampling_is_refused_by_name(monkeypatch, caplog):
+    """A ``sampling="area"`` basis is not constant on shells of equal ``|q|``: the Triton kernels must not run it."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
+    monkeypatch.setattr(tc, "_WARNED", set())
+    x = torch.randn(1, 2, 8, 8)
+    with caplog.at_level(logging.WARNING, logger=tc.__name__):
+        impl = tc.resolve_triton("triton", x, 11, 1, 5, 1, 1, "zeros", False, True, radial=False)
+    assert impl != "triton"
+    assert any("sampling='area'" in r.getMessage() for r in caplog.records)
+
+
+@needs_triton
+def test_interpreter_area_sampling_falls_back_and_matches_dense(interpreter, monkeypatch):
+    """k = 11: offsets (5, 0) and (3, 4) share a shell but not an area-averaged value, so the shell kernels would be
+    wrong on this basis (checked below); the module falls back to the dense path instead."""
+    monkeypatch.setattr(tc, "_WARNED", set())
+    torch.manual_seed(0)
+    m = GMRConv(2, 3, 4, 11, impl="triton", sampling="area")
+    x = torch.randn(1, 3, 13, 12)
+    with torch.no_grad():
+        y = m(x)
+        m.impl = "dense"
+        ref = m(x)
+        assert rel_err(y, ref) < 1e-6
+        shells = tc.gmr_conv_triton(x, m.weight, m.basis(), m.bias, circular=True)  # what the fallback avoids
+        assert rel_err(shells, ref) > 1e-3
+
+
 # ---------------------------------------------------------------------------------------------------- CUDA
 CUDA_2D = [
     # batch-1, odd channel counts, sizes that are not multiples of the tiles, every k

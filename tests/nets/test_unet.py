@@ -149,6 +149,19 @@ def test_gmr_kwargs_pass_through():
     assert convs and all(c.num_rings == 2 and c.smoothing == "none" and c.impl == "dense" for c in convs)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_area_sampling_passes_through_and_stays_exact_after_training(d):
+    torch.manual_seed(0)
+    net = GMRUNet(d, 2, 2, sampling="area", **(TINY if d == 2 else TINY3D))
+    convs = [m for m in net.modules() if type(m).__name__ == "GMRConv"]
+    assert convs and all(c.sampling == "area" for c in convs)
+    x = torch.randn(2, 2, *((32, 32) if d == 2 else (16, 16, 16)))
+    losses = _train(net, x, steps=20 if d == 2 else 5)
+    assert losses[-1] < losses[0]
+    errs = _equiv_errors(net.eval(), x, d4_elements() if d == 2 else CUBE_SAMPLE)
+    assert max(errs.values()) <= 1e-4, errs
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

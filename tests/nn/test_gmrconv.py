@@ -11,6 +11,7 @@ from scipy import ndimage
 
 import monai_gmr
 from monai_gmr import GMRConv, GMRConv2d, GMRConv3d, GMRConvolution, export_dense
+from monai_gmr.evaluation import spline_equivariance_error
 from monai_gmr.functional import cube_elements, d4_elements, offset_distances, ring_centers
 from tests.conftest import rel_err
 
@@ -107,8 +108,9 @@ def test_forward_errors_name_the_problem():
 # ----------------------------------------------------------------------------------------- equivariance
 @pytest.mark.parametrize("size", [(16, 16), (15, 17), (12, 9)])
 @pytest.mark.parametrize("impl", ["dense", "rings"])
-def test_exact_d4_equivariance(size, impl):
-    m = GMRConv(2, 3, 4, 7, impl=impl)
+@pytest.mark.parametrize("sampling", ["center", "area"])
+def test_exact_d4_equivariance(size, impl, sampling):
+    m = GMRConv(2, 3, 4, 7, impl=impl, sampling=sampling)
     x = torch.randn(2, 3, *size)
     y = m(x)
     for g in d4_elements():
@@ -124,8 +126,9 @@ def test_d4_equivariance_other_padding_modes(pmode):
         assert rel_err(m(g(x)), g(y)) <= 1e-5, g.name
 
 
-def test_exact_cube_equivariance_all_48():
-    m = GMRConv(3, 2, 3, 5)
+@pytest.mark.parametrize("sampling", ["center", "area"])
+def test_exact_cube_equivariance_all_48(sampling):
+    m = GMRConv(3, 2, 3, 5, sampling=sampling)
     x = torch.randn(1, 2, 8, 7, 9)
     y = m(x)
     elements = cube_elements()
@@ -141,32 +144,65 @@ def test_plain_conv_is_not_equivariant_so_the_check_can_fail():
     assert rel_err(conv(g(x)), g(conv(x))) > 0.1
 
 
-def _rotation_error(fn, field: np.ndarray, angle: float) -> float:
-    size = field.shape[0]
-    yy, xx = np.mgrid[:size, :size]
-    c = (size - 1) / 2
-    disk = (yy - c) ** 2 + (xx - c) ** 2 <= (0.35 * size) ** 2
-    a = ndimage.rotate(fn(field), angle, reshape=False, order=3)
-    b = fn(ndimage.rotate(field, angle, reshape=False, order=3))
-    return float(np.linalg.norm((a - b)[disk]) / np.linalg.norm(a[disk]))
+def _worst_angle_error(k: int, seed: int, sampling: str) -> float:
+    """Largest relative error at 15, 30 and 45 degrees of one random single-channel layer (float64, no bias) on a
+    smooth random field (sigma = 3 px), cubic-spline rotations, central disk of radius 0.35 * size."""
+    rng = np.random.default_rng(seed)
+    field = torch.from_numpy(ndimage.gaussian_filter(rng.standard_normal((96, 96)), 3))[None, None]
+    torch.manual_seed(seed)
+    m = GMRConv(2, 1, 1, k, bias=False, sampling=sampling).double()
+    with torch.no_grad():
+        return max(spline_equivariance_error(m, field, (15, 30, 45)).values())
 
 
 # Bound of the issue: <= 0.01 at 15, 30, 45 degrees (k = 9, smooth random field with sigma = 3 px, cubic
-# interpolation, central disk of radius 0.35 * size). Measured here: 0.004-0.008 for GMR, 0.2-0.6 for a plain conv.
-@pytest.mark.parametrize("seed", [0, 1])
-def test_arbitrary_angle_error_bound(seed):
-    rng = np.random.default_rng(seed)
+# interpolation, central disk of radius 0.35 * size). The paper's sampling ("center") meets it for a typical layer,
+# not for every one: over seeds 0-39 the worst-angle error is 0.0003-0.028, median 0.006, and 11 of 40 seeds exceed
+# 0.01 (those with a large outer-ring weight: that ring is centred on the support's edge, half cut off). The test
+# therefore bounds the median over 20 seeds, and shows that a plain conv fails the same check.
+def test_arbitrary_angle_error_bound_center_sampling_k9():
+    errors = np.array([_worst_angle_error(9, seed, "center") for seed in range(20)])
+    assert np.median(errors) <= 0.01, errors
+    assert errors.max() > 0.01, errors  # the documented limitation (see sampling="area" below)
+    rng = np.random.default_rng(0)
     field = ndimage.gaussian_filter(rng.standard_normal((96, 96)), 3)
-    torch.manual_seed(seed)
-    m = GMRConv(2, 1, 1, 9, bias=False).double()
+    torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 1, 9, padding=4, bias=False).double()
+    with torch.no_grad():
+        errors = spline_equivariance_error(conv, torch.from_numpy(field)[None, None], (15, 30, 45))
+    assert min(errors.values()) > 0.1, errors
 
-    def run(module):
-        return lambda a: module(torch.from_numpy(a)[None, None]).detach().numpy()[0, 0]
 
-    for angle in (15, 30, 45):
-        assert _rotation_error(run(m), field, angle) <= 0.01, angle
-        assert _rotation_error(run(conv), field, angle) > 0.1, angle
+# sampling="area" meets the bound for every seed and kernel size 5..21 (measured over seeds 0-19: worst 0.0038 at
+# k = 21; "center": worst 0.04 / 0.26 / 0.05 / 0.43 at k = 7 / 11 / 15 / 21). k = 3 is left out of the "every seed"
+# bound: both samplings have rare seeds whose two ring weights nearly cancel on smooth inputs, so that the relative
+# error of a near-zero output is large (seeds 0-59: 1 above 0.01 with "area", worst 0.011; 2 with "center", worst
+# 0.033).
+@pytest.mark.parametrize("k", [5, 7, 9, 11, 15, 21])
+def test_arbitrary_angle_error_bound_area_sampling_every_seed(k):
+    errors = np.array([_worst_angle_error(k, seed, "area") for seed in range(10)])
+    assert errors.max() <= 0.01, errors
+
+
+def test_area_sampling_beats_center_sampling_where_the_center_kernel_is_worst():
+    """The check above fails for the paper's sampling: at k = 11 and 15 most seeds exceed 0.01."""
+    for k in (11, 15):
+        center = np.array([_worst_angle_error(k, seed, "center") for seed in range(10)])
+        area = np.array([_worst_angle_error(k, seed, "area") for seed in range(10)])
+        assert center.max() > 0.01 and np.median(area) < np.median(center) / 5, (k, center, area)
+
+
+def test_area_sampling_has_the_same_parameters_and_a_clear_error():
+    a, c = GMRConv(2, 3, 4, 9, sampling="area"), GMRConv(2, 3, 4, 9)
+    assert {n: p.shape for n, p in a.named_parameters()} == {n: p.shape for n, p in c.named_parameters()}
+    assert set(a.state_dict()) == set(c.state_dict())
+    assert a.distances.shape == (9, 9, 16) and a.basis().shape == (5, 9, 9)
+    assert "sampling=area" in repr(a) and "sampling" not in repr(c)
+    a.load_state_dict(c.state_dict())  # checkpoints move between samplings (the kernels differ)
+    assert not torch.allclose(a.dense_kernel(), c.dense_kernel())
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        GMRConv(2, 3, 4, 9, sampling="pixel")
+    assert GMRConv(2, 3, 4, 1, sampling="area").distances.shape == (1, 1)  # k = 1: nothing to average
 
 
 # ----------------------------------------------------------------------------------------- cache and state
