@@ -26,7 +26,9 @@ Rules (every replacement keeps the module's output shape for every input size th
 After converting, every leaf module is audited and the :class:`ConversionSummary` lists what remains
 orientation-dependent (``non_equivariant``), what is equivariant only for some input sizes (``conditions``) and
 leaf types the audit does not know (``unknown``). Operations written inside ``forward`` methods (padding,
-cropping, functional interpolation) are invisible to the audit: measure (tests/conversion, docs/networks.md).
+cropping, functional interpolation) are invisible to the audit: measure (tests/conversion, docs/networks.md). An
+``nn.Linear`` not preceded by global pooling (it reads a flattened spatial map, e.g. ``SegResNetVAE``'s
+``vae_fc*``) is reported as orientation-dependent; a classification head after global pooling is not.
 
 The replacement modules were written here rather than taken from MONAI because MONAI has no "pool then conv" /
 "resize then conv" blocks that take an existing conv's geometry.
@@ -562,15 +564,60 @@ def _is_int_scale(scale) -> bool:
     return all(float(v).is_integer() for v in vals)
 
 
+def _is_global_pool(m: nn.Module) -> bool:
+    """An adaptive pool to size 1 along every spatial axis (``None`` keeps an axis, so it is not global)."""
+    if not isinstance(m, _ADAPTIVE):
+        return False
+    out = m.output_size
+    return all(o == 1 for o in (out if isinstance(out, (tuple, list)) else (out,)))
+
+
+def _passes_position(m: nn.Module) -> bool:
+    """Leaves that act per channel / per position (or only reshape) and so do not change what a following
+    ``nn.Linear`` reads: norms, dropout, activations, ``Identity``, ``Flatten`` and other ``Linear`` layers."""
+    return isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten, nn.Linear)) or (
+        type(m).__module__ == "torch.nn.modules.activation"
+    )
+
+
+def _linears_without_global_pooling(model: nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` leaves of ``model`` that are not preceded by global pooling.
+
+    A ``Linear`` after global pooling (MONAI ``ResNet``'s ``avgpool -> fc``, ``DenseNet121``'s ``class_layers``, a
+    squeeze-and-excitation block) reads one value per channel: invariant. A ``Linear`` on a flattened spatial map
+    (``SegResNetVAE``'s ``vae_fc1/2/3``, MONAI ``Regressor``) gives every pixel its own weights: orientation-dependent.
+    The flattening happens in ``forward`` (e.g. ``x.view(-1, fc.in_features)``), which the audit does not see, and
+    a forward hook would need an example input and the right mode (SegResNetVAE runs its VAE branch only in
+    training), so the decision is structural: walk back from the ``Linear`` through the leaves in registration
+    order (``model.named_modules()``, which for MONAI nets and ``nn.Sequential`` is the order ``forward`` runs them),
+    skipping per-channel / per-position leaves (:func:`_passes_position`); the ``Linear`` is fine when the first
+    other leaf is a global pooling, and reported otherwise (also when nothing precedes it). This errs towards
+    reporting: per-token ``Linear`` layers of transformers are reported too (those nets are orientation-dependent
+    anyway through their patch and position embeddings).
+    """
+    flagged = []
+    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+    for i, (name, m) in enumerate(leaves):
+        if not isinstance(m, nn.Linear):
+            continue
+        before = next((p for _, p in reversed(leaves[:i]) if not _passes_position(p)), None)
+        if before is None or not _is_global_pool(before):
+            flagged.append(name or type(m).__name__)
+    return flagged
+
+
 def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = None) -> ConversionSummary:
     """Classify every leaf module of ``model`` by how it interacts with the grid symmetries (D4 / cube group).
 
     Fills ``summary.non_equivariant``, ``summary.conditions`` and ``summary.unknown`` (a fresh summary when
     ``None``). Only leaf modules are inspected; code in ``forward`` methods is not, except that a ``downsample``
     attribute holding a plain callable (not a module; e.g. MONAI ``ResNet(shortcut_type="A")``'s strided
-    ``functools.partial`` shortcut) is reported.
+    ``functools.partial`` shortcut) is reported. An ``nn.Linear`` is reported unless global pooling precedes it
+    (it then reads a flattened spatial map, e.g. ``SegResNetVAE``'s ``vae_fc*``; see
+    :func:`_linears_without_global_pooling`).
     """
     summary = summary if summary is not None else ConversionSummary()
+    spatial_linears = set(_linears_without_global_pooling(model))
     shuffles = [n for n, m in model.named_modules() if type(m).__name__ == "SubpixelUpsample"]
     for n in shuffles:  # MONAI's SubpixelUpsample calls a functional pixel shuffle inside forward
         summary.non_equivariant[n or "SubpixelUpsample"] = (
@@ -655,8 +702,15 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
                 summary.unknown[name] = f"Upsample with non-integer scale {m.scale_factor}"
             elif isinstance(m.scale_factor, (tuple, list)) and len(set(m.scale_factor)) > 1:
                 summary.non_equivariant[name] = f"Upsample(scale_factor={m.scale_factor}): unequal scales break axis permutations"
-        elif isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten, nn.Linear)):
-            pass  # per channel / per position; Linear/Flatten assumed after global pooling
+        elif isinstance(m, nn.Linear):
+            if name in spatial_linears:
+                summary.non_equivariant[name] = (
+                    f"{type(m).__name__}({m.in_features} -> {m.out_features}) with no global pooling before it: "
+                    "weights per position of a flattened spatial map (orientation-dependent); a head after global "
+                    "pooling would be invariant"
+                )
+        elif isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten)):
+            pass  # per channel / per position; a Flatten only reshapes (a Linear reading it is checked above)
         elif type(m).__module__ == "torch.nn.modules.activation":
             dim = getattr(m, "dim", None)
             if dim not in (None, 0, 1):
@@ -682,7 +736,7 @@ def convert_to_gmr(
 
     Args:
         model: any ``nn.Module`` (tested: MONAI ``UNet``, ``BasicUNet``, ``DynUNet``, ``SegResNet``,
-            ``DenseNet121``, ``ResNet``), or a single conv.
+            ``SegResNetVAE`` (its VAE ``Linear`` layers are reported), ``DenseNet121``, ``ResNet``), or a single conv.
         kernel_size: ``None`` keeps each conv's size (even ``k`` -> ``k + 1``); an int sets every ``k > 1`` conv to
             that size; a callable maps old size -> new size. Even results become ``k + 1``. 1x1 convs stay 1x1.
         exclude: module names (exact, a prefix ``"a.b"`` that also covers its submodules, or an ``fnmatch`` pattern

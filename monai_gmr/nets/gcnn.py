@@ -159,6 +159,7 @@ class GCNNUNet(nn.Module):
         self.kernel_size = ks
         self.group = group
         self.levels = len(features) - 1
+        self.multiple = 2**self.levels  # an int attribute: in TorchScript ``int ** int`` is a float
 
         def block(c_in: int, c_out: int, k: int, lifting: bool = False) -> GroupConvolution:
             return GroupConvolution(
@@ -190,17 +191,17 @@ class GCNNUNet(nn.Module):
         self.head = nn.Conv2d(features[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"x must be shaped (B, in_channels={self.in_channels}, H, W), got x.shape={tuple(x.shape)}."
+                f"x must be shaped (B, in_channels={self.in_channels}, H, W), got x.shape={list(x.shape)}."
             )
-        div = 2**self.levels
-        if x.shape[-1] % div or x.shape[-2] % div:
+        div = self.multiple
+        if x.shape[-1] % div != 0 or x.shape[-2] % div != 0:
             raise ValueError(
                 f"spatial size must be divisible by 2**levels={div} (exact equivariance and skip shapes), "
-                f"got x.shape={tuple(x.shape)}; pad the input (e.g. monai.transforms.DivisiblePad(k={div}))."
+                f"got x.shape={list(x.shape)}; pad the input (e.g. monai.transforms.DivisiblePad(k={div}))."
             )
-        skips = []
+        skips: list[torch.Tensor] = []
         h = x
         for enc in self.encoders:
             h = enc(h)
@@ -372,14 +373,14 @@ class GCNNResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"x must be shaped (B, in_channels={self.in_channels}, H, W), got x.shape={tuple(x.shape)}."
+                f"x must be shaped (B, in_channels={self.in_channels}, H, W), got x.shape={list(x.shape)}."
             )
-        if min(x.shape[-2:]) < self.downsample_factor:  # each 2x2 pooling needs >= 2 pixels
+        if min(x.shape[-2], x.shape[-1]) < self.downsample_factor:  # each 2x2 pooling needs >= 2 pixels
             raise ValueError(
                 f"spatial size must be at least downsample_factor={self.downsample_factor} in both dims, got "
-                f"x.shape={tuple(x.shape)}; pad the input (e.g. monai.transforms.SpatialPad)."
+                f"x.shape={list(x.shape)}; pad the input (e.g. monai.transforms.SpatialPad)."
             )
         h = self.stem(x)
         h = self.layer4(self.layer3(self.layer2(self.layer1(h))))

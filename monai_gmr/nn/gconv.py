@@ -159,15 +159,20 @@ def transform_group_features(x: torch.Tensor, g: D4Element, group: str) -> torch
     return g(x.index_select(x.ndim - 3, perm))
 
 
-# gather indices are cached per (group, k, device) so no host-to-device copy happens per forward
+# ---------------------------------------------------------------------------------------------------- filter banks
+# The gather indices are built once per (group, k) as tuples of Python ints: building them with torch ops while
+# ``torch.jit.trace`` runs would record those ops in the graph on a cold cache and not on the trace checker's rerun
+# ("Graphs differed across invocations"). The layers hold the index as a non-persistent buffer (it follows
+# ``.to(device)``, is a module attribute for the tracer and TorchScript, and is not in the state dict); the functional
+# forms keep a per-device tensor cache, bypassed while tracing so that every trace records the same constant.
 @functools.lru_cache(maxsize=None)
-def _lifting_index(group: str, k: int, device: torch.device) -> torch.Tensor:
+def _lifting_index_values(group: str, k: int) -> tuple[int, ...]:
     base = torch.arange(k * k).reshape(k, k)
-    return torch.stack([e(base) for e in group_elements_of(group)]).reshape(-1).to(device)  # (n*k*k,)
+    return tuple(torch.stack([e(base) for e in group_elements_of(group)]).reshape(-1).tolist())  # (n*k*k,)
 
 
 @functools.lru_cache(maxsize=None)
-def _group_index(group: str, k: int, device: torch.device) -> torch.Tensor:
+def _group_index_values(group: str, k: int) -> tuple[int, ...]:
     n = group_order(group)
     table, inv = _tables(group)
     base = torch.arange(n * k * k).reshape(n, k, k)
@@ -175,7 +180,87 @@ def _group_index(group: str, k: int, device: torch.device) -> torch.Tensor:
     for h, e in enumerate(group_elements_of(group)):
         src = torch.tensor([table[inv[h]][hp] for hp in range(n)])  # h^-1 . h'
         rows.append(e(base[src]))
-    return torch.stack(rows).reshape(-1).to(device)  # (n*n*k*k,): [h, h', y, x]
+    return tuple(torch.stack(rows).reshape(-1).tolist())  # (n*n*k*k,): [h, h', y, x]
+
+
+def _new_index(group: str, k: int, lifting: bool, device: torch.device | None = None) -> torch.Tensor:
+    values = _lifting_index_values(group, k) if lifting else _group_index_values(group, k)
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_index(group: str, k: int, lifting: bool, device: torch.device) -> torch.Tensor:
+    return _new_index(group, k, lifting, device)
+
+
+def _bank_index(group: str, k: int, lifting: bool, device: torch.device) -> torch.Tensor:
+    """Gather index of the filter bank on ``device``: cached (no host-to-device copy per call), fresh when tracing."""
+    if torch.jit.is_tracing():
+        return _new_index(group, k, lifting, device)
+    return _cached_index(group, k, lifting, device)
+
+
+# TorchScript-compatible cores shared by the functional forms and the layers (``index`` from ``_bank_index`` or the
+# layers' ``bank_index`` buffer; ``n = |H|``).
+def _lifting_bank(weight: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    o, c, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+    bank = weight.reshape(o, c, k * k).index_select(2, index).reshape(o, c, n, k, k)
+    return bank.transpose(1, 2).reshape(o * n, c, k, k)
+
+
+def _group_bank(weight: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    o, c, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+    bank = weight.reshape(o, c, n * k * k).index_select(2, index).reshape(o, c, n, n, k, k)
+    return bank.transpose(1, 2).reshape(o * n, c * n, k, k)
+
+
+def _check_lifting_input(x: torch.Tensor, in_channels: int) -> None:
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"input must be shaped (B, in_channels={in_channels}, H, W), got input.shape={list(x.shape)}."
+        )
+
+
+def _check_group_conv_input(x: torch.Tensor, in_channels: int, n: int, group: str) -> None:
+    if x.dim() != 5 or x.shape[1] != in_channels or x.shape[2] != n:
+        raise ValueError(
+            f"input must be shaped (B, in_channels={in_channels}, |H|={n}, H, W) for group='{group}', got "
+            f"input.shape={list(x.shape)}."
+        )
+
+
+def _lifting_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor,
+    n: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+) -> torch.Tensor:
+    b: torch.Tensor | None = None
+    if bias is not None:
+        b = bias.repeat_interleave(n)
+    y = F.conv2d(x, _lifting_bank(weight, index, n), b, stride=stride, padding=padding, dilation=dilation)
+    return y.reshape(y.shape[0], weight.shape[0], n, y.shape[-2], y.shape[-1])
+
+
+def _group_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor,
+    n: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+) -> torch.Tensor:
+    b: torch.Tensor | None = None
+    if bias is not None:
+        b = bias.repeat_interleave(n)
+    y = F.conv2d(x.flatten(1, 2), _group_bank(weight, index, n), b, stride=stride, padding=padding, dilation=dilation)
+    return y.reshape(y.shape[0], weight.shape[0], n, y.shape[-2], y.shape[-1])
 
 
 def lifting_filter_bank(weight: torch.Tensor, group: str) -> torch.Tensor:
@@ -189,12 +274,9 @@ def lifting_filter_bank(weight: torch.Tensor, group: str) -> torch.Tensor:
         ``(C_out * |H|, C_in, k, k)``; row ``o * |H| + h`` is ``T_h(weight[o])``.
     """
     n = group_order(group)
-    o, c, k, k2 = weight.shape
-    if k != k2:
+    if weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
         raise ValueError(f"weight must have square kernels, got weight.shape={tuple(weight.shape)}.")
-    idx = _lifting_index(_check_group(group), k, weight.device)
-    bank = weight.reshape(o, c, k * k).index_select(2, idx).reshape(o, c, n, k, k)
-    return bank.transpose(1, 2).reshape(o * n, c, k, k)
+    return _lifting_bank(weight, _bank_index(_check_group(group), weight.shape[-1], True, weight.device), n)
 
 
 def group_filter_bank(weight: torch.Tensor, group: str) -> torch.Tensor:
@@ -208,12 +290,9 @@ def group_filter_bank(weight: torch.Tensor, group: str) -> torch.Tensor:
         ``(C_out * |H|, C_in * |H|, k, k)``; entry ``[o * |H| + h, c * |H| + h']`` is ``T_h(weight[o, c, h^-1 . h'])``.
     """
     n = group_order(group)
-    o, c, n_w, k, k2 = weight.shape
-    if n_w != n or k != k2:
+    if weight.ndim != 5 or weight.shape[2] != n or weight.shape[3] != weight.shape[4]:
         raise ValueError(f"weight must be shaped (C_out, C_in, {n}, k, k), got weight.shape={tuple(weight.shape)}.")
-    idx = _group_index(_check_group(group), k, weight.device)
-    bank = weight.reshape(o, c, n * k * k).index_select(2, idx).reshape(o, c, n, n, k, k)
-    return bank.transpose(1, 2).reshape(o * n, c * n, k, k)
+    return _group_bank(weight, _bank_index(_check_group(group), weight.shape[-1], False, weight.device), n)
 
 
 def group_lifting_conv2d(
@@ -231,14 +310,11 @@ def group_lifting_conv2d(
         ValueError: ``x`` not shaped ``(B, C_in, H, W)`` with ``C_in = weight.shape[1]``.
     """
     n = group_order(group)
-    if x.ndim != 4 or x.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"input must be shaped (B, in_channels={weight.shape[1]}, H, W), got input.shape={tuple(x.shape)}."
-        )
-    bank = lifting_filter_bank(weight, group)
-    b = bias.repeat_interleave(n) if bias is not None else None
-    y = F.conv2d(x, bank, b, stride=stride, padding=padding, dilation=dilation)
-    return y.reshape(y.shape[0], weight.shape[0], n, *y.shape[-2:])
+    _check_lifting_input(x, weight.shape[1])
+    if weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(f"weight must have square kernels, got weight.shape={tuple(weight.shape)}.")
+    index = _bank_index(_check_group(group), weight.shape[-1], True, weight.device)
+    return _lifting_conv(x, weight, bias, index, n, stride, padding, dilation)
 
 
 def group_conv2d(
@@ -256,16 +332,13 @@ def group_conv2d(
         ValueError: ``x`` not shaped ``(B, C_in, |H|, H, W)`` with ``C_in = weight.shape[1]`` (a planar
             ``(B, C_in * |H|, H, W)`` or another orientation count would otherwise be mixed up silently).
     """
+    group = _check_group(group)
     n = group_order(group)
-    if x.ndim != 5 or x.shape[1] != weight.shape[1] or x.shape[2] != n:
-        raise ValueError(
-            f"input must be shaped (B, in_channels={weight.shape[1]}, |H|={n}, H, W) for group={group!r}, got "
-            f"input.shape={tuple(x.shape)}."
-        )
-    bank = group_filter_bank(weight, group)
-    b = bias.repeat_interleave(n) if bias is not None else None
-    y = F.conv2d(x.reshape(x.shape[0], -1, *x.shape[-2:]), bank, b, stride=stride, padding=padding, dilation=dilation)
-    return y.reshape(y.shape[0], weight.shape[0], n, *y.shape[-2:])
+    _check_group_conv_input(x, weight.shape[1], n, group)
+    if weight.ndim != 5 or weight.shape[2] != n or weight.shape[3] != weight.shape[4]:
+        raise ValueError(f"weight must be shaped (C_out, C_in, {n}, k, k), got weight.shape={tuple(weight.shape)}.")
+    index = _bank_index(group, weight.shape[-1], False, weight.device)
+    return _group_conv(x, weight, bias, index, n, stride, padding, dilation)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -322,6 +395,11 @@ class _GroupConvBase(nn.Module):
         shape = (out_channels, in_channels) + (() if self.lifting else (self.group_order,)) + (self.kernel_size,) * 2
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        # the filter-bank gather index: a buffer, so it follows .to(device) and a trace or TorchScript reads it as a
+        # module attribute (see "filter banks" above); not persistent, so state dicts are those of the parameters
+        self.register_buffer(
+            "bank_index", _new_index(self.group, self.kernel_size, self.lifting), persistent=False
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -365,8 +443,11 @@ class GroupLiftingConv(_GroupConvBase):
 
     lifting = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the functional form checks the input shape
-        return group_lifting_conv2d(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_lifting_input(x, self.in_channels)
+        return _lifting_conv(
+            x, self.weight, self.bias, self.bank_index, self.group_order, self.stride, self.padding, self.dilation
+        )
 
 
 class GroupConv(_GroupConvBase):
@@ -390,14 +471,17 @@ class GroupConv(_GroupConvBase):
         input ``(B, C_in, |H|, H, W)``; output ``(B, C_out, |H|, H', W')``; ``weight``: ``(C_out, C_in, |H|, k, k)``.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the functional form checks the input shape
-        return group_conv2d(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_conv_input(x, self.in_channels, self.group_order, self.group)
+        return _group_conv(
+            x, self.weight, self.bias, self.bank_index, self.group_order, self.stride, self.padding, self.dilation
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- pooling / norms
 def _check_group_input(x: torch.Tensor, name: str) -> None:
-    if x.ndim != 5:
-        raise ValueError(f"{name} expects input shaped (B, C, |H|, H, W), got input.shape={tuple(x.shape)}.")
+    if x.dim() != 5:
+        raise ValueError(f"{name} expects input shaped (B, C, |H|, H, W), got input.shape={list(x.shape)}.")
 
 
 class GroupPool(nn.Module):
@@ -470,10 +554,11 @@ class GroupSpatialPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_group_input(x, "GroupSpatialPool")
-        b, c, n, h, w = x.shape
-        pool = F.avg_pool2d if self.mode == "avg" else F.max_pool2d
-        y = pool(x.reshape(b, c * n, h, w), self.kernel_size)
-        return y.reshape(b, c, n, *y.shape[-2:])
+        if self.mode == "avg":
+            y = F.avg_pool2d(x.flatten(1, 2), self.kernel_size)
+        else:
+            y = F.max_pool2d(x.flatten(1, 2), self.kernel_size)
+        return y.reshape(x.shape[0], x.shape[1], x.shape[2], y.shape[-2], y.shape[-1])
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, mode={self.mode!r}"
@@ -502,10 +587,12 @@ class GroupUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_group_input(x, "GroupUpsample")
-        b, c, n, h, w = x.shape
-        kw = {"align_corners": False} if self.mode == "bilinear" else {}
-        y = F.interpolate(x.reshape(b, c * n, h, w), scale_factor=self.scale_factor, mode=self.mode, **kw)
-        return y.reshape(b, c, n, *y.shape[-2:])
+        scale = float(self.scale_factor)
+        if self.mode == "bilinear":
+            y = F.interpolate(x.flatten(1, 2), scale_factor=scale, mode="bilinear", align_corners=False)
+        else:
+            y = F.interpolate(x.flatten(1, 2), scale_factor=scale, mode="nearest")
+        return y.reshape(x.shape[0], x.shape[1], x.shape[2], y.shape[-2], y.shape[-1])
 
     def extra_repr(self) -> str:
         return f"scale_factor={self.scale_factor}, mode={self.mode!r}"

@@ -574,3 +574,50 @@ def test_float64_weights_keep_float64_precision():
     p1, u1 = convert_to_gmr(c1), convert_to_gmr(t1)
     assert torch.equal(p1.conv.weight, c1.weight) and torch.equal(p1.conv.bias, c1.bias)
     assert torch.equal(u1.conv.weight, t1.weight.transpose(0, 1)) and torch.equal(u1.conv.bias, t1.bias)
+
+
+def test_segresnetvae_flattening_linears_reported():
+    """SegResNetVAE's VAE branch flattens a spatial map into ``vae_fc1/2`` and reshapes ``vae_fc3``'s output to one:
+    the audit called the converted net fully equivariant. The segmentation output stays exact (the VAE branch runs
+    only in training); the VAE loss depends on the orientation (measured)."""
+    from monai.networks.nets import SegResNetVAE
+
+    orig = SegResNetVAE(input_image_size=(16, 16), spatial_dims=2, init_filters=8, in_channels=1, out_channels=2,
+                        blocks_down=(1, 1, 1), blocks_up=(1, 1), vae_nz=8)  # fmt: skip
+    net, s = convert_to_gmr(orig, return_summary=True)
+    assert sorted(s.non_equivariant) == ["vae_fc1", "vae_fc2", "vae_fc3"] and not s.fully_equivariant
+    assert "no global pooling" in s.non_equivariant["vae_fc1"] and not s.unknown
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        y = net.eval()(x)[0]
+        assert max(rel_err(net(g(x))[0], g(y)) for g in d4_elements()) <= 1e-4
+
+        def vae_loss(inp: torch.Tensor) -> float:
+            torch.manual_seed(1)  # the same latent noise for every orientation
+            return float(net.train()(inp)[1])
+
+        ref = vae_loss(x)
+        assert vae_loss(x) == ref and max(abs(vae_loss(g(x)) - ref) / ref for g in d4_elements()) > 1e-3
+
+
+def test_audit_linear_layers_by_what_precedes_them():
+    """A Linear after global pooling (also through Flatten / activations / dropout / another Linear) is invariant and
+    not reported; one reading a flattened map (no pooling, a non-global adaptive pool) is."""
+    from monai.networks.blocks import ChannelSELayer
+
+    head = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 8),
+                         nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 2))  # fmt: skip
+    s = audit_equivariance(head)
+    assert set(s.non_equivariant) == {"0"}  # only the learned conv
+    flat = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    assert set(audit_equivariance(flat).non_equivariant) == {"0", "3"}
+    for pool in (nn.AdaptiveAvgPool2d(2), nn.AdaptiveMaxPool2d((1, None))):
+        s = audit_equivariance(nn.Sequential(GMRConv(2, 1, 4, 3), pool, nn.Flatten(), nn.Linear(16, 2)))
+        assert "3" in s.non_equivariant, pool
+    # squeeze-and-excitation: global pooling then Linear layers, invariant per channel
+    se = nn.Sequential(GMRConv(2, 1, 4, 3), ChannelSELayer(2, 4, r=2))
+    assert audit_equivariance(se).fully_equivariant
+    # the classification heads of MONAI ResNet / DenseNet121 (global pooling -> fc) stay unreported after conversion
+    for name in ("ResNet", "DenseNet121"):
+        s = convert_to_gmr(NETS[name][0](), replace_pooling=True, return_summary=True)[1]
+        assert s.fully_equivariant, (name, s.non_equivariant)

@@ -292,3 +292,88 @@ def test_pool_and_upsample_use_their_modes(n):
     assert torch.equal(GroupSpatialPool(2, "max")(x), F.max_pool2d(x.flatten(1, 2), 2).unflatten(1, (3, n)))
     ref = F.interpolate(x.flatten(1, 2), scale_factor=2, mode="bilinear", align_corners=False).unflatten(1, (3, n))
     assert torch.allclose(GroupUpsample(2, "bilinear")(x), ref)
+
+
+# ------------------------------------------------------------------------------------------------ TorchScript
+def _quiet(fn, *args, **kwargs):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation / tracer warnings
+        return fn(*args, **kwargs)
+
+
+def _clear_gconv_caches() -> None:
+    from monai_gmr.nn import gconv
+
+    for obj in vars(gconv).values():
+        if callable(getattr(obj, "cache_clear", None)):
+            obj.cache_clear()
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_functional_forms_trace_on_cold_caches(group):
+    """``torch.jit.trace`` (trace checker on) of the functional forms in a fresh process: the gather index was built
+    by torch ops on the first call (recorded in the graph) and read from the cache on the checker's rerun."""
+    n = group_order(group)
+    w_lift, w = torch.randn(3, 2, 3, 3), torch.randn(2, 3, n, 3, 3)
+    b = torch.randn(2)
+
+    def f(x):
+        return group_conv2d(group_lifting_conv2d(x, w_lift, None, group, padding=1), w, b, group, padding=1)
+
+    x = torch.randn(1, 2, 6, 7)
+    _clear_gconv_caches()
+    traced = _quiet(torch.jit.trace, f, x)
+    assert torch.allclose(traced(x), f(x), atol=1e-5)
+    x2 = torch.randn(2, 2, 5, 4)
+    assert torch.allclose(traced(x2), f(x2), atol=1e-5)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_layers_script_and_trace(group):
+    """Every layer compiles with ``torch.jit.script`` and traces with the checker on; outputs equal eager."""
+    n = group_order(group)
+    cases = [
+        (GroupLiftingConv(2, 3, 3, group), (2, 2, 6, 7)),
+        (GroupLiftingConv(2, 3, 5, group, bias=False, stride=2), (1, 2, 9, 9)),
+        (GroupConv(3, 2, 3, group, dilation=2), (2, 3, n, 6, 7)),
+        (GroupConv(3, 2, 1, group, bias=False), (2, 3, n, 6, 7)),
+        (GroupPool("max"), (2, 3, n, 4, 5)),
+        (GroupPool("mean"), (2, 3, n, 4, 5)),
+        (GroupBatchNorm(3).eval(), (2, 3, n, 4, 5)),
+        (GroupInstanceNorm(3, affine=True), (2, 3, n, 4, 5)),
+        (GroupSpatialPool(2, "avg"), (2, 3, n, 4, 6)),
+        (GroupSpatialPool(2, "max"), (2, 3, n, 4, 6)),
+        (GroupUpsample(2, "nearest"), (2, 3, n, 3, 4)),
+        (GroupUpsample(2, "bilinear"), (2, 3, n, 3, 4)),
+        (GroupConvolution(3, 4, 3, group, norm="batch", act="relu", dropout=0.1).eval(), (2, 3, n, 4, 5)),
+        (GroupConvolution(2, 4, 3, group, lifting=True), (2, 2, 4, 5)),
+    ]
+    for m, shape in cases:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = m(x)
+            scripted = _quiet(torch.jit.script, m)
+            assert torch.allclose(scripted(x), ref, atol=1e-5), m
+            _clear_gconv_caches()
+            traced = _quiet(torch.jit.trace, m, x)
+            assert torch.allclose(traced(x), ref, atol=1e-5), m
+    with pytest.raises(Exception, match=r"\|H\|=8"):
+        _quiet(torch.jit.script, GroupConv(2, 2, 3, "p4m"))(torch.randn(1, 2, 4, 8, 8))
+    with pytest.raises(Exception, match="GroupPool"):
+        _quiet(torch.jit.script, GroupPool())(torch.randn(1, 2, 8, 8))
+
+
+def test_gather_index_is_a_non_persistent_buffer():
+    """The filter-bank index follows ``.to()`` as a module buffer (a traced net moved to another device used to keep
+    a constant on the tracing device), stays int64 under ``.double()``, and is not in the state dict."""
+    conv = GroupConv(2, 3, 3, "p4m")
+    assert "bank_index" in dict(conv.named_buffers()) and "bank_index" not in conv.state_dict()
+    assert set(conv.state_dict()) == {"weight", "bias"}
+    conv = conv.double()
+    assert conv.bank_index.dtype == torch.long and conv.weight.dtype == torch.float64
+    x = torch.randn(1, 2, 8, 5, 5, dtype=torch.float64)
+    assert torch.equal(conv(x), group_conv2d(x, conv.weight, conv.bias, "p4m", padding=1))
+    lift = GroupLiftingConv(2, 3, 5, "p4")
+    assert lift.bank_index.shape == (4 * 25,) and set(lift.state_dict()) == {"weight", "bias"}
