@@ -61,3 +61,11 @@ def test_bad_values_are_refused_before_any_work(tmp_path, capsys):
         with pytest.raises(SystemExit):
             er.main(["--out", str(tmp_path / "o"), "--size", "32", "--eval-size", "32"] + extra)
         assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_sampling_option_reaches_every_gmr_layer_only():
+    models = er.build_models((4, 8, 8, 8), (5, 5, 3, 3), "instance", "area")
+    convs = [m for m in models["GMRUNet"].modules() if type(m).__name__ == "GMRConv"]
+    assert convs and all(c.sampling == "area" for c in convs)
+    default = er.build_models((4, 8, 8, 8), (5, 5, 3, 3))
+    assert all(m.sampling == "center" for m in default["GMRUNet"].modules() if type(m).__name__ == "GMRConv")
