@@ -229,38 +229,22 @@ def _check_group_conv_input(x: torch.Tensor, in_channels: int, n: int, group: st
         )
 
 
-def _lifting_conv(
+def _conv_bank(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    bank: torch.Tensor,
     bias: torch.Tensor | None,
-    index: torch.Tensor,
     n: int,
+    out_channels: int,
     stride: int,
     padding: int,
     dilation: int,
 ) -> torch.Tensor:
+    """Planar convolution with an enlarged filter bank, output regrouped as ``(B, out_channels, n, H, W)``."""
     b: torch.Tensor | None = None
     if bias is not None:
         b = bias.repeat_interleave(n)
-    y = F.conv2d(x, _lifting_bank(weight, index, n), b, stride=stride, padding=padding, dilation=dilation)
-    return y.reshape(y.shape[0], weight.shape[0], n, y.shape[-2], y.shape[-1])
-
-
-def _group_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    index: torch.Tensor,
-    n: int,
-    stride: int,
-    padding: int,
-    dilation: int,
-) -> torch.Tensor:
-    b: torch.Tensor | None = None
-    if bias is not None:
-        b = bias.repeat_interleave(n)
-    y = F.conv2d(x.flatten(1, 2), _group_bank(weight, index, n), b, stride=stride, padding=padding, dilation=dilation)
-    return y.reshape(y.shape[0], weight.shape[0], n, y.shape[-2], y.shape[-1])
+    y = F.conv2d(x, bank, b, stride=stride, padding=padding, dilation=dilation)
+    return y.reshape(y.shape[0], out_channels, n, y.shape[-2], y.shape[-1])
 
 
 def lifting_filter_bank(weight: torch.Tensor, group: str) -> torch.Tensor:
@@ -314,7 +298,7 @@ def group_lifting_conv2d(
     if weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
         raise ValueError(f"weight must have square kernels, got weight.shape={tuple(weight.shape)}.")
     index = _bank_index(_check_group(group), weight.shape[-1], True, weight.device)
-    return _lifting_conv(x, weight, bias, index, n, stride, padding, dilation)
+    return _conv_bank(x, _lifting_bank(weight, index, n), bias, n, weight.shape[0], stride, padding, dilation)
 
 
 def group_conv2d(
@@ -338,7 +322,8 @@ def group_conv2d(
     if weight.ndim != 5 or weight.shape[2] != n or weight.shape[3] != weight.shape[4]:
         raise ValueError(f"weight must be shaped (C_out, C_in, {n}, k, k), got weight.shape={tuple(weight.shape)}.")
     index = _bank_index(group, weight.shape[-1], False, weight.device)
-    return _group_conv(x, weight, bias, index, n, stride, padding, dilation)
+    bank = _group_bank(weight, index, n)
+    return _conv_bank(x.flatten(1, 2), bank, bias, n, weight.shape[0], stride, padding, dilation)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -445,9 +430,9 @@ class GroupLiftingConv(_GroupConvBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_lifting_input(x, self.in_channels)
-        return _lifting_conv(
-            x, self.weight, self.bias, self.bank_index, self.group_order, self.stride, self.padding, self.dilation
-        )
+        n = self.group_order
+        bank = _lifting_bank(self.weight, self.bank_index, n)
+        return _conv_bank(x, bank, self.bias, n, self.out_channels, self.stride, self.padding, self.dilation)
 
 
 class GroupConv(_GroupConvBase):
@@ -473,9 +458,9 @@ class GroupConv(_GroupConvBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_group_conv_input(x, self.in_channels, self.group_order, self.group)
-        return _group_conv(
-            x, self.weight, self.bias, self.bank_index, self.group_order, self.stride, self.padding, self.dilation
-        )
+        n = self.group_order
+        bank = _group_bank(self.weight, self.bank_index, n)
+        return _conv_bank(x.flatten(1, 2), bank, self.bias, n, self.out_channels, self.stride, self.padding, self.dilation)
 
 
 # ---------------------------------------------------------------------------------------------------- pooling / norms
