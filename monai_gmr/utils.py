@@ -1,5 +1,6 @@
 """Small shared utilities: atomic file writes, seeding, the run environment recorded by benchmarks, a TensorBoard
-writer that degrades to a no-op when ``tensorboard`` is missing, and command-line switches read as booleans.
+writer that creates its event file only when something is written (and degrades to a no-op when ``tensorboard``
+is missing), and command-line switches read as booleans.
 
 Everything that writes a checkpoint, report or mask goes through these helpers so that a file on disk is
 either the complete new version or absent (never half-written).
@@ -29,6 +30,7 @@ __all__ = [
     "summary_writer",
     "tensorboard_available",
     "NullSummaryWriter",
+    "LazySummaryWriter",
     "size_hw",
     "as_bool",
 ]
@@ -237,15 +239,76 @@ def tensorboard_available() -> bool:
     return True
 
 
+class LazySummaryWriter:
+    """A TensorBoard ``SummaryWriter`` that is created at its first use.
+
+    ``torch.utils.tensorboard.SummaryWriter`` creates ``log_dir`` and an event file as soon as it is constructed.
+    A bundle builds its writer while its handlers are parsed, before every setting and input has been checked, so
+    a run that then stopped on bad input (e.g. ``--amp maybe``, ``--val_interval 0``) left a ``logs/`` folder with
+    an empty event file. This stand-in takes the writer's arguments and builds the real writer when a method that
+    writes (``add_scalar``, ``add_image``, ...) is first called, i.e. when the first value is logged: a run that
+    fails before that writes nothing. ``flush`` and ``close`` do nothing before then; ``get_logdir`` and
+    ``log_dir`` answer without creating anything.
+
+    Args:
+        log_dir: the TensorBoard folder.
+        kwargs: further ``SummaryWriter`` arguments (``comment``, ``flush_secs``, ...).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, **kwargs: Any) -> None:
+        self.log_dir = str(log_dir)
+        self._kwargs = kwargs
+        self._writer: Any = None
+
+    @property
+    def created(self) -> bool:
+        """Whether the real ``SummaryWriter`` (and so the event file) exists yet."""
+        return self.__dict__.get("_writer") is not None
+
+    @property
+    def writer(self) -> Any:
+        """The real ``SummaryWriter``, created now if it was not yet."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
+        return self._writer
+
+    def __getattr__(self, name: str) -> Any:  # only called for names not defined on this class
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.writer, name)
+
+    def get_logdir(self) -> str:
+        """The folder the event file is (or will be) written to."""
+        return self.log_dir
+
+    def flush(self) -> None:
+        """Flush the event file (nothing to do before the first write)."""
+        if self.created:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Close the event file (nothing to do before the first write)."""
+        if self.created:
+            self._writer.close()
+
+    def __enter__(self) -> LazySummaryWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def summary_writer(log_dir: str | os.PathLike) -> Any:
-    """A TensorBoard ``SummaryWriter`` writing to ``log_dir``, or a :class:`NullSummaryWriter` (warning logged) when
-    ``tensorboard`` is not installed (e.g. a minimal GPU image), so training and evaluation still run."""
+    """A TensorBoard writer for ``log_dir``: a :class:`LazySummaryWriter` (the event file and ``log_dir`` are
+    created when the first value is written, so a run stopped by bad input leaves nothing behind), or a
+    :class:`NullSummaryWriter` (warning logged) when ``tensorboard`` is not installed (e.g. a minimal GPU image),
+    so training and evaluation still run."""
     if not tensorboard_available():
         logger.warning("tensorboard is not installed: no TensorBoard event files will be written to %s", log_dir)
         return NullSummaryWriter()
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(log_dir))
+    return LazySummaryWriter(log_dir)
 
 
 _TRUE = ("1", "true", "yes", "y", "on")

@@ -132,3 +132,23 @@ def test_as_bool_rejects_other_values_naming_the_switch(value):
         as_bool(value, "generate_synthetic")
     assert as_bool(False) is False
 
+
+
+def test_summary_writer_creates_nothing_until_a_value_is_written(tmp_path):
+    """A bundle builds its writer before every input is checked: the event file (and its folder) must appear only
+    when the first value is logged, so a run stopped by bad input leaves no half-written logs/."""
+    from monai_gmr.utils import summary_writer, tensorboard_available
+
+    if not tensorboard_available():
+        pytest.skip("tensorboard is not installed")
+    log_dir = tmp_path / "logs"
+    w = summary_writer(log_dir)
+    assert not log_dir.exists()  # a SummaryWriter creates the folder and an event file at once
+    assert w.get_logdir() == str(log_dir)
+    w.flush()
+    w.close()
+    assert not log_dir.exists() and not w.created
+    w.add_scalar("loss", 1.0, 1)
+    w.flush()
+    assert w.created and len(list(log_dir.glob("events.out.tfevents.*"))) == 1
+    w.close()

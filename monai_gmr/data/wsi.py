@@ -50,6 +50,7 @@ __all__ = [
     "slide_info",
     "read_region",
     "tissue_mask",
+    "block_mean",
     "sample_patch_locations",
     "slide_patch_grid",
     "validate_patch_items",
@@ -408,9 +409,13 @@ def tissue_mask(
     ``min_saturation`` are tissue, near-black pixels (brightest channel at most ``min_brightness``) are
     background; holes are filled and components smaller than ``min_area`` (fraction of the
     mask) removed (``scipy.ndimage``). When the level's larger side exceeds ``max_size`` it is block-averaged
-    by an integer factor first (the returned ``downsample`` includes that factor; the last rows/columns that do not
-    fill a whole block, fewer than ``factor`` pixels of the level, are left out of the mask, so they count as
-    background).
+    by an integer factor first (:func:`block_mean`; the returned ``downsample`` includes that factor). The last
+    row and column of blocks may be partial (the level's size is rarely a multiple of the factor): they are
+    averaged over the pixels they hold, so tissue at the right and bottom edges of the slide is in the mask, which
+    has ``ceil(H / factor) x ceil(W / factor)`` pixels. Its grid can therefore extend past the slide by less than one
+    mask pixel (``(H0, W0)`` at level 0 is the slide's extent, not ``mask.shape * downsample``): a footprint that
+    must stay on the slide is checked against the slide size, as :func:`slide_patch_grid` and
+    :func:`monai_gmr.workflows.wsi.infer_slide` do and :func:`sample_patch_locations` does with ``bounds``.
 
     Args:
         slide: slide path.
@@ -450,8 +455,7 @@ def tissue_mask(
     factor = 1
     if max_size is not None and max(img.shape[1:]) > max_size:
         factor = int(math.ceil(max(img.shape[1:]) / max_size))
-        h, w = img.shape[1] // factor, img.shape[2] // factor
-        img = img[:, : h * factor, : w * factor].reshape(3, h, factor, w, factor).mean((2, 4)).astype(np.uint8)
+        img = block_mean(img, factor)
     # near-black pixels (saturation ~1) become white background before Otsu, so they neither count as tissue nor
     # pull Otsu's threshold above the saturation of real tissue
     img = np.where(img.max(0, keepdims=True) > min_brightness * 255.0, img, np.uint8(255))
@@ -468,6 +472,28 @@ def tissue_mask(
         keep[0] = False
         mask = keep[lab]
     return mask, lvl, ds * factor
+
+
+def block_mean(img: np.ndarray, factor: int) -> np.ndarray:
+    """Block average of a ``(C, H, W)`` image by an integer ``factor``: ``(C, ceil(H / factor), ceil(W / factor))``.
+
+    Output pixel ``(i, j)`` is the mean of the input pixels ``[i * factor, (i + 1) * factor) x [j * factor, (j + 1) *
+    factor)`` that exist: the last row and column of blocks, when ``H`` or ``W`` is not a multiple of ``factor``, are
+    averaged over the pixels they hold instead of being dropped. The result has ``img``'s dtype (integer types
+    truncated, as ``mean().astype()`` does).
+    """
+    img = np.asarray(img)
+    factor = int(factor)
+    if factor <= 1:
+        return img
+    if img.ndim != 3:
+        raise ValueError(f"img must be (C, H, W), got shape {img.shape}.")
+    hgt, wid = img.shape[1:]
+    rows, cols = np.arange(0, hgt, factor), np.arange(0, wid, factor)
+    acc = np.float64 if img.dtype.kind == "f" else np.int64
+    total = np.add.reduceat(np.add.reduceat(img, rows, axis=1, dtype=acc), cols, axis=2, dtype=acc)
+    count = np.diff(np.append(rows, hgt))[:, None] * np.diff(np.append(cols, wid))[None, :]
+    return (total / count).astype(img.dtype)
 
 
 def _saturation(img_chw: np.ndarray) -> np.ndarray:
@@ -487,6 +513,7 @@ def sample_patch_locations(
     seed: int | np.random.Generator = 0,
     center: bool = True,
     replace: bool = False,
+    bounds: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Random patch locations (level-0 ``(y, x)``) whose footprint lies in ``mask`` (and outside ``exclude``).
 
@@ -508,6 +535,9 @@ def sample_patch_locations(
             the bundle's datalist locations, :func:`monai_location` into ``PatchWSIDataset(center_location=True)``
             ones).
         replace: sample mask pixels with replacement (otherwise ``n`` is capped by the eligible count).
+        bounds: level-0 ``(H0, W0)`` of the slide: every footprint also stays inside it (default: the mask grid,
+            ``mask.shape * downsample``). Give it with a :func:`tissue_mask` whose last row/column covers a partial
+            block, i.e. reaches past the slide's edge.
 
     Returns:
         ``(m, 2)`` int64 array of ``(y, x)``, ``m <= n`` (a warning is logged when fewer are eligible).
@@ -534,12 +564,16 @@ def sample_patch_locations(
         if ex.shape != mask.shape:
             raise ValueError(f"exclude must have the mask's shape {mask.shape}, got {ex.shape}.")
         eligible &= ~ndimage.maximum_filter(ex, size=win, mode="constant", cval=False)
-    # keep the whole footprint inside the mask grid
+    # keep the whole footprint inside the mask grid (and the slide)
     half_h, half_w = foot0[0] / 2.0, foot0[1] / 2.0
+    ext_h, ext_w = mask.shape[0] * downsample, mask.shape[1] * downsample
+    if bounds is not None:
+        bh, bw = (float(v) for v in bounds)
+        ext_h, ext_w = min(ext_h, bh), min(ext_w, bw)
     ys = (np.arange(mask.shape[0]) + 0.5) * downsample
     xs = (np.arange(mask.shape[1]) + 0.5) * downsample
-    eligible &= ((ys - half_h >= 0) & (ys + half_h <= mask.shape[0] * downsample))[:, None]
-    eligible &= ((xs - half_w >= 0) & (xs + half_w <= mask.shape[1] * downsample))[None, :]
+    eligible &= ((ys - half_h >= 0) & (ys + half_h <= ext_h))[:, None]
+    eligible &= ((xs - half_w >= 0) & (xs + half_w <= ext_w))[None, :]
     idx = np.flatnonzero(eligible)
     if idx.size == 0 or n <= 0:
         if n > 0:
@@ -553,8 +587,8 @@ def sample_patch_locations(
     jy, jx = rng.uniform(0.0, 1.0, size=(2, m))
     cy = (iy + jy) * downsample
     cx = (ix + jx) * downsample
-    cy = np.clip(cy, half_h, mask.shape[0] * downsample - half_h)
-    cx = np.clip(cx, half_w, mask.shape[1] * downsample - half_w)
+    cy = np.clip(cy, half_h, ext_h - half_h)
+    cx = np.clip(cx, half_w, ext_w - half_w)
     if center:
         out = np.stack([np.floor(cy), np.floor(cx)], 1)
     else:

@@ -10,8 +10,8 @@ from .equivariance import (
     masked_rel_err,
     on_canvas,
 )
-from .handlers import RotationRobustnessHandler
-from .metrics import ClassificationAccumulator, ExactAUC, SegmentationAccumulator, roc_auc_exact, to_probabilities
+from .handlers import DefinedClassesROCAUC, RotationRobustnessHandler
+from .metrics import ClassificationAccumulator, DefinedClassesROCAUCMetric, ExactAUC, SegmentationAccumulator, roc_auc_exact, to_probabilities
 from .report import load_result, plot_polar, result_to_csv, save_csv, save_json, write_report, write_tensorboard
 from .robustness import RobustnessResult, binarize_label, parse_batch, rotation_robustness
 from .workflow import RotationRobustnessEvaluator, load_checkpoint
@@ -24,7 +24,9 @@ __all__ = [
     "masked_rel_err",
     "on_canvas",
     "RotationRobustnessHandler",
+    "DefinedClassesROCAUC",
     "ClassificationAccumulator",
+    "DefinedClassesROCAUCMetric",
     "ExactAUC",
     "SegmentationAccumulator",
     "roc_auc_exact",

@@ -1,4 +1,5 @@
-"""Ignite handler running the rotation-robustness evaluation from a trainer or ``SupervisedEvaluator``."""
+"""Ignite handlers: the rotation-robustness evaluation run from a trainer or ``SupervisedEvaluator``, and a MONAI
+ROC-AUC metric handler whose macro average leaves out the classes whose AUC is undefined."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from monai.handlers import IgniteMetricHandler
+
+from .metrics import DefinedClassesROCAUCMetric
 from .report import write_report, write_tensorboard
 from .robustness import RobustnessResult, rotation_robustness
 
-__all__ = ["RotationRobustnessHandler"]
+__all__ = ["RotationRobustnessHandler", "DefinedClassesROCAUC"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,3 +124,26 @@ class RotationRobustnessHandler:
         if self.summary_writer is not None and self.log_dir is not None:
             self.summary_writer.close()
 
+
+
+class DefinedClassesROCAUC(IgniteMetricHandler):
+    """MONAI ``ROCAUC`` handler (macro average) that never averages in an undefined class.
+
+    A drop-in replacement for ``monai.handlers.ROCAUC(average="macro")`` (same ``output_transform`` and inputs:
+    probabilities and one-hot labels) computing :class:`~monai_gmr.evaluation.metrics.DefinedClassesROCAUCMetric`:
+    a class without a positive (or negative) sample among the evaluated ones, e.g. a class of ``num_classes`` that
+    the validation split lacks, is left out of the mean and named in a warning, instead of turning the whole
+    metric, and the best-checkpoint selection keyed on it, into NaN.
+
+    Args:
+        output_transform: extracts ``(y_pred, y)`` from ``engine.state.output``
+            (e.g. ``monai.handlers.from_engine(["pred", "label"])``).
+    """
+
+    def __init__(self, output_transform: Callable = lambda x: x) -> None:
+        super().__init__(metric_fn=DefinedClassesROCAUCMetric(), output_transform=output_transform, save_details=False)
+
+    def attach(self, engine: Any, name: str) -> None:  # type: ignore[override]
+        """Attach as ``name`` (also the name the warning about undefined classes uses)."""
+        self.metric_fn.name = name  # type: ignore[attr-defined]
+        super().attach(engine, name)

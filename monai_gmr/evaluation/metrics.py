@@ -12,7 +12,9 @@ every positive and negative score (4 bytes per pixel per class per view) and at 
 positive, the negatives with a lower score plus half of those with an equal score (Mann-Whitney U, ties = 1/2),
 which equals the trapezoidal ROC-AUC of ``sklearn.metrics.roc_auc_score`` and MONAI's ``ROCAUCMetric``. This is
 hand-written because MONAI's ``compute_roc_auc`` runs a Python loop over all samples (minutes for millions of
-pixels) and needs all scores in one tensor.
+pixels) and needs all scores in one tensor. A macro AUC is the mean over the classes whose AUC is defined (MONAI's
+is NaN when one class has no positive sample); :class:`DefinedClassesROCAUCMetric` is that macro AUC behind MONAI's
+``ROCAUCMetric`` interface, for the classification bundle's validation key metric.
 
 Instance metrics (optional, ``"aji"``, ``"pq"``): predicted instances come from the class map by the nuclei
 bundle's own post-processing (``monai_gmr.workflows.instance_from_semantic``: by default connected components of
@@ -27,12 +29,13 @@ unpaired nuclei of either side add their area to the union. Both are computed pe
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from monai.metrics import DiceMetric, MeanIoU
+from monai.metrics import DiceMetric, MeanIoU, ROCAUCMetric
 
 __all__ = [
     "CLS_METRICS",
@@ -40,6 +43,7 @@ __all__ = [
     "INSTANCE_METRICS",
     "ExactAUC",
     "ClassificationAccumulator",
+    "DefinedClassesROCAUCMetric",
     "SegmentationAccumulator",
     "aggregated_jaccard_index",
     "instance_metrics",
@@ -51,6 +55,8 @@ SEG_METRICS = ("dice", "iou", "auc")
 INSTANCE_METRICS = ("aji", "pq")
 CLS_METRICS = ("accuracy", "auc")
 ACTIVATIONS = ("auto", "softmax", "sigmoid", None)
+
+logger = logging.getLogger(__name__)
 
 
 def roc_auc_exact(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -351,11 +357,68 @@ class ClassificationAccumulator:
             for c in range(1 if k == 2 else 0, k):  # binary: score of class 1 only
                 self.aucs.setdefault(c, ExactAUC()).update(probs[:, c], labels == c)
 
+    def class_aucs(self) -> dict[int, float]:
+        """One-vs-rest ROC-AUC of each scored class (binary: class 1 only), NaN for a class without a positive or
+        without a negative sample; the macro AUC of :meth:`compute` is the mean of the values that are not NaN."""
+        return {c: a.compute() for c, a in sorted(self.aucs.items())}
+
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
         if "accuracy" in self.metrics:
             out["accuracy"] = self.correct / self.total if self.total else math.nan
         if "auc" in self.metrics:
-            vals = [v for v in (a.compute() for a in self.aucs.values()) if not math.isnan(v)]
+            vals = [v for v in self.class_aucs().values() if not math.isnan(v)]
             out["auc"] = float(sum(vals) / len(vals)) if vals else math.nan
         return out
+
+
+class DefinedClassesROCAUCMetric(ROCAUCMetric):
+    """MONAI's ``ROCAUCMetric`` whose macro average leaves out the classes whose ROC-AUC is undefined.
+
+    MONAI's macro ROC-AUC is NaN as soon as one class has no positive (or no negative) sample among the evaluated
+    ones, e.g. a validation split without a patch of class 2 when ``num_classes=3``; a NaN key metric never
+    compares as better, so the best checkpoint would stay the first epoch's. This metric takes the same inputs
+    (``y_pred`` ``(N, C)`` probabilities, ``y`` ``(N, C)`` one-hot or ``(N,)`` class indices; batch-first tensors
+    or lists of channel-first ones, gathered across processes by MONAI's ``Cumulative``) and computes the macro
+    one-vs-rest AUC of :class:`ClassificationAccumulator` (binary: the AUC of class 1): the mean over the classes
+    whose AUC is defined. Each set of left-out classes is logged once as a warning naming the classes. The result
+    is NaN only when no class has a defined AUC (every sample of one class).
+
+    Args:
+        name: what the metric is called in the warning (set to the metric's name by :class:`DefinedClassesROCAUC`).
+    """
+
+    def __init__(self, name: str = "ROC-AUC") -> None:
+        super().__init__(average="macro")
+        self.name = name
+        self._warned: set[tuple[int, ...]] = set()
+
+    def aggregate(self, average: Any = None) -> float:  # type: ignore[override]
+        """The macro ROC-AUC over the classes whose AUC is defined (``average`` other than macro: MONAI's)."""
+        if average is not None and str(getattr(average, "value", average)) != "macro":
+            return super().aggregate(average)
+        y_pred, y = self.get_buffer()
+        if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise ValueError("y_pred and y must be PyTorch Tensor.")
+        acc = ClassificationAccumulator(("auc",), activation=None)
+        acc.update(y_pred, y)
+        per_class = acc.class_aucs()
+        undefined = tuple(c for c, v in per_class.items() if math.isnan(v))
+        if undefined and undefined not in self._warned and _main_process():
+            self._warned.add(undefined)
+            defined = [c for c in per_class if c not in undefined]
+            why = [
+                f"class {c}: {'no sample' if acc.aucs[c].counts[0] == 0 else 'every sample'}" for c in undefined
+            ]
+            logger.warning(
+                "%s: the one-vs-rest ROC-AUC of class(es) %s is undefined on these %d samples (%s); the macro "
+                "average is over class(es) %s%s",
+                self.name, list(undefined), acc.total, "; ".join(why),
+                defined, "" if defined else " (none: the value is NaN)",
+            )  # fmt: skip
+        return acc.compute()["auc"]
+
+
+def _main_process() -> bool:
+    """Rank 0, or not distributed (the gathered metric is the same on every rank: warn once)."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0

@@ -16,6 +16,8 @@ full dotted ``_target_`` / ``$`` expressions:
 from __future__ import annotations
 
 import ast
+import contextlib
+import functools
 import logging
 import os
 import re
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.handlers import DiskSaver
 from monai.config import KeysCollection
 from monai.data import ITKWriter, MetaTensor, NibabelWriter, PILWriter
 from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
@@ -173,13 +176,39 @@ class AtomicCheckpointSaver(CheckpointSaver):
     group/other read permissions); ignite >= 0.4.12 restores those permissions itself after an atomic save, so
     this subclass switches ignite's own atomic mode back on. A crash or kill during a save leaves the previous
     checkpoint intact instead of a truncated ``.pt``. Same arguments as ``monai.handlers.CheckpointSaver``.
+
+    ``save_dir`` is created when the first checkpoint is saved, not when the saver is built (ignite's
+    ``DiskSaver`` creates it at once): a bundle run stopped by bad input after its handlers were built leaves no
+    empty checkpoint folder behind.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        save_dir = kwargs.get("save_dir", args[0] if args else None)
+        existed = save_dir is None or os.path.isdir(save_dir)
         super().__init__(*args, **kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if ckpt is not None and hasattr(ckpt.save_handler, "_atomic"):
+            if ckpt is None:
+                continue
+            if hasattr(ckpt.save_handler, "_atomic"):
                 ckpt.save_handler._atomic = True
+            if isinstance(ckpt.save_handler, DiskSaver):
+                ckpt.save_handler.__class__ = _creates_dir_on_save(type(ckpt.save_handler))
+        if not existed:
+            with contextlib.suppress(OSError):  # only an empty folder is removed; another process may use it
+                os.rmdir(save_dir)
+
+
+@functools.lru_cache(maxsize=None)
+def _creates_dir_on_save(cls: type) -> type:
+    """``cls`` (an ignite ``DiskSaver`` class, e.g. MONAI's private subclass) that creates its folder when saving."""
+
+    class _CreatesDirOnSave(cls):  # type: ignore[valid-type, misc]
+        def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+            Path(self.dirname).mkdir(parents=True, exist_ok=True)
+            super().__call__(checkpoint, filename, metadata)
+
+    _CreatesDirOnSave.__name__ = _CreatesDirOnSave.__qualname__ = f"{cls.__name__}CreatesDirOnSave"
+    return _CreatesDirOnSave
 
 
 def _interval_checkpoints(ckpt_dir: Path, pattern: re.Pattern = CHECKPOINT_PATTERN) -> list[tuple[int, Path]]:

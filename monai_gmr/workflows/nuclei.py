@@ -3,6 +3,7 @@
 - :func:`nuclei_datalist`: the MONAI datalist of one split, built from ``dataset_dir`` (synthetic data generated
   there by :func:`monai_gmr.data.ensure_nuclei_dataset` when it holds none), checked file by file;
 - :class:`NucleiLabeld`: instance / binary masks -> class maps (background, nucleus[, boundary]);
+  :func:`has_boundary_class`: which of the two layouts ``num_classes`` asks for (2 or 3; anything else an error);
 - :func:`to_rgb`, :func:`merge_foreground`: small tensor helpers used by the configs.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "nuclei_datalist",
     "inference_datalist",
     "NucleiLabeld",
+    "has_boundary_class",
     "to_rgb",
     "merge_foreground",
     "nucleus_class_map",
@@ -180,6 +182,27 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
     if c == 1:
         return img.repeat(3, *([1] * (img.ndim - 1)))
     raise ValueError(f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)}).")
+
+
+def has_boundary_class(num_classes: Any) -> bool:
+    """The label layout of ``num_classes`` for training and evaluation: ``2`` -> background / nucleus (``False``),
+    ``3`` -> background / nucleus interior / nucleus boundary (``True``; :class:`NucleiLabeld`).
+
+    Raises:
+        ValueError: any other value (the message names ``num_classes``): the labels have classes ``0..1`` or
+            ``0..2`` only, so ``num_classes=1`` would meet labels outside ``[0, num_classes)`` in the first training
+            step, and ``num_classes >= 4`` would train output channels that no label ever marks.
+    """
+    try:
+        k = int(num_classes)
+    except (TypeError, ValueError):
+        k = None
+    if k is None or k != num_classes or k not in (2, 3):
+        raise ValueError(
+            f"num_classes must be 2 (background, nucleus) or 3 (background, nucleus, nucleus boundary), got "
+            f"num_classes={num_classes!r}."
+        )
+    return k == 3
 
 
 def merge_foreground(probs: torch.Tensor) -> torch.Tensor:

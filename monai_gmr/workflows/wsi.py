@@ -47,6 +47,7 @@ __all__ = [
     "MODES",
     "PCAM_SPLITS",
     "check_patch_datalist",
+    "check_class_labels",
     "to_top_left",
     "levels_for_mpp",
     "wsi_patch_datalist",
@@ -163,6 +164,64 @@ def check_patch_datalist(
             raise ValueError(f"{name}: every patch lies outside its slide (first: {errors[0]}).")
     logger.info("%s: %d patches from %d slide(s) checked", name, len(good), len({str(i["image"]) for i in good}))
     return good
+
+
+def check_class_labels(
+    labels: Sequence[int] | np.ndarray,
+    num_classes: int | None,
+    name: str = "dataset",
+    min_classes: int = 1,
+) -> dict[int, int]:
+    """Check the class labels of one split against ``num_classes`` before any engine runs.
+
+    A class of ``range(num_classes)`` without any sample (e.g. ``--num_classes 3`` on two-class data) is not an
+    error: it is logged as a warning naming the classes (in a validation or test split its one-vs-rest ROC-AUC is
+    undefined and left out of the macro AUC, :class:`monai_gmr.evaluation.DefinedClassesROCAUC`).
+
+    Args:
+        labels: the class index of every sample of the split.
+        num_classes: the bundle's ``num_classes`` (``None``: only ``min_classes`` is checked).
+        name: what the split is called in messages.
+        min_classes: the least number of distinct classes the split must hold (2 for the validation split of
+            training: its ROC-AUC, the key metric that picks the best checkpoint, is undefined with one class).
+
+    Returns:
+        ``{class: number of samples}``.
+
+    Raises:
+        ValueError: a label is not an integer in ``[0, num_classes)`` (the message names ``num_classes``), or the
+            split holds fewer than ``min_classes`` classes.
+    """
+    lab = np.asarray(labels).reshape(-1)
+    frac = np.mod(lab, 1) != 0 if lab.size else np.zeros(0, bool)
+    if frac.any():
+        raise ValueError(f"{name}: labels must be class indices (integers), got {lab[frac][:3].tolist()}.")
+    lab = lab.astype(np.int64)
+    values, counts = np.unique(lab, return_counts=True)
+    found = {int(v): int(c) for v, c in zip(values, counts)}
+    if num_classes is not None:
+        k = int(num_classes)
+        bad = [v for v in found if not 0 <= v < k]
+        if bad:
+            raise ValueError(
+                f"{name}: label(s) {bad} are not class indices in [0, {k}) (num_classes={k}); set --num_classes to "
+                f"the number of classes of the data (labels found: {sorted(found)})."
+            )
+        missing = [c for c in range(k) if c not in found]
+        if missing:
+            logger.warning(
+                "%s: no sample of class(es) %s (num_classes=%d, samples per class %s); check num_classes (in a "
+                "validation or test split such a class's ROC-AUC is undefined and left out of the macro AUC)",
+                name, missing, k, found,
+            )  # fmt: skip
+    if len(found) < int(min_classes):
+        raise ValueError(
+            f"{name}: holds {len(found)} class(es) {sorted(found)} but needs at least {int(min_classes)} "
+            f"(min_classes={int(min_classes)}): a ROC-AUC, such as the validation key metric that selects the best "
+            "checkpoint, is undefined with a single class; give the split samples of another class (e.g. a larger "
+            "val_frac)."
+        )
+    return found
 
 
 def _slide_downsamples(slides: Sequence[str], backend: str) -> dict[str, tuple[list[float], list[tuple[float, float]] | None]]:
@@ -408,6 +467,7 @@ def patch_dataset(
     val_frac: float = 0.2,
     test_frac: float = 0.2,
     split_seed: int = 0,
+    min_classes: int = 1,
 ) -> torch.utils.data.Dataset:
     """The patch dataset of one split, for the bundle's ``data_source`` switch.
 
@@ -424,11 +484,20 @@ def patch_dataset(
       ``val_frac``/``test_frac``/``split_seed`` (stratified).
 
     Every source yields ``{"image": (3, H, W) values in [0, 255], "label": class index}`` before ``transform``.
+    The labels of the split are checked by :func:`check_class_labels` before the dataset is returned: a label
+    outside ``[0, num_classes)`` is an error naming ``num_classes``, a class without any sample a warning naming it.
 
     Args:
         source: one of :data:`SOURCES`.
         split: ``"training"``, ``"validation"`` or ``"test"``.
         transform: MONAI dictionary transform applied to each sample.
+        num_classes: the number of classes of the network (labels must lie in ``[0, num_classes)``).
+        min_classes: the least number of distinct classes the split must hold (the training config asks 2 of the
+            validation split, whose ROC-AUC selects the best checkpoint).
+
+    Raises:
+        ValueError: bad settings, an empty split, labels outside ``[0, num_classes)``, fewer than ``min_classes``
+            classes (the messages name the setting or the data).
     """
     if source not in SOURCES:
         raise ValueError(f"data_source must be one of {SOURCES}, got data_source={source!r}.")
@@ -437,11 +506,18 @@ def patch_dataset(
     if source == "pcam":
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")
-        return _pcam_dataset(pcam_dir, split, transform, val_frac, test_frac, split_seed)
+        ds = _pcam_dataset(pcam_dir, split, transform, val_frac, test_frac, split_seed)
+        if ds.labels is not None:
+            check_class_labels(ds.labels[ds.indices], num_classes, f"{split} patches of pcam_dir {str(pcam_dir)!r}",
+                               min_classes)  # fmt: skip
+        return ds
     if source == "image_folder":
         if not image_dir:
             raise ValueError("data_source='image_folder' needs image_dir (class sub-folders, or with labels_csv).")
-        return _folder_dataset(image_dir, labels_csv, split, transform, val_frac, test_frac, split_seed, num_classes)
+        ds = _folder_dataset(image_dir, labels_csv, split, transform, val_frac, test_frac, split_seed, num_classes)
+        check_class_labels([int(i["label"]) for i in ds.items], num_classes,
+                           f"{split} images of image_dir {str(image_dir)!r}", min_classes)  # fmt: skip
+        return ds
     from monai.data import PatchWSIDataset
 
     from monai_gmr.data.wsi import wsi_reader_for
@@ -455,6 +531,9 @@ def patch_dataset(
         skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed,
     )
+    if all("label" in i for i in items):
+        check_class_labels([np.asarray(i["label"]).reshape(-1)[0] for i in items], num_classes,
+                           f"{split} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
     level = None if patch_mpp is not None else patch_level
     items = to_top_left(items, size, level, backend)
     return PatchWSIDataset(
@@ -853,14 +932,6 @@ def _as_probs(out: torch.Tensor) -> torch.Tensor:
     return torch.softmax(out, 1)
 
 
-def _block_mean(img: np.ndarray, factor: int) -> np.ndarray:
-    """``(C, H, W)`` uint8 -> block average by ``factor`` (the same reduction as :func:`monai_gmr.data.tissue_mask`)."""
-    if factor <= 1:
-        return img
-    c, h, w = img.shape[0], img.shape[1] // factor, img.shape[2] // factor
-    return img[:, : h * factor, : w * factor].reshape(c, h, factor, w, factor).mean((2, 4)).astype(np.uint8)
-
-
 def infer_slide(
     slide: str | os.PathLike | Mapping[str, Any],
     network: torch.nn.Module | Callable,
@@ -930,7 +1001,7 @@ def infer_slide(
     """
     from monai.data import DataLoader, DistributedSampler, PatchWSIDataset, SlidingPatchWSIDataset
 
-    from monai_gmr.data.wsi import WSIError, open_slide, resolve_level, tissue_mask
+    from monai_gmr.data.wsi import WSIError, block_mean, open_slide, resolve_level, tissue_mask
 
     item = _as_slide_item(slide)
     path = str(item["image"])
@@ -963,7 +1034,8 @@ def infer_slide(
     try:
         if mode == "sliding":
             tissue, _, mr = tissue_mask(path, level=mask_level, backend=reader, max_size=map_max_size)
-            thumb = _block_mean(thumb, int(round(mr / lvl_ds)))[:, : tissue.shape[0], : tissue.shape[1]]
+            # the thumbnail reduced as the mask was (partial edge blocks included): one pixel per map pixel
+            thumb = block_mean(thumb, int(round(mr / lvl_ds)))[:, : tissue.shape[0], : tissue.shape[1]]
             h, w = tissue.shape
             ds: Any = SlidingPatchWSIDataset(
                 data=[{"image": path}], patch_size=ps, patch_level=patch_level, mask_level=mask_level, overlap=overlap,
@@ -1208,6 +1280,10 @@ class SlideInference:
         strict: see :func:`infer_slides`.
         kwargs: forwarded to :func:`infer_slide` (``backend``, ``patch_size``, ``patch_level``, ``mask_level``,
             ``mode``, ``overlap``, ``inferer``, ``transform``, ``batch_size``, ``device``, ``amp``, ...).
+
+    Raises:
+        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` that :func:`infer_slide`
+            refuses (checked here, so that a bundle stops before it writes anything).
     """
 
     def __init__(
@@ -1226,6 +1302,11 @@ class SlideInference:
     ) -> None:
         if not slides and dataset_dir is None:
             raise ValueError("SlideInference needs slides or dataset_dir.")
+        # settings every slide would fail on: refused here, before anything is read or written
+        if kwargs.get("mode", "sliding") not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got mode={kwargs['mode']!r}.")
+        if not 0.0 <= float(kwargs.get("overlap", 0.0)) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got overlap={kwargs['overlap']}.")
         self.network = network
         self.output_dir = output_dir
         self.slides = slides

@@ -20,6 +20,7 @@ __all__ = [
     "config_parser",
     "workflow_error",
     "no_outputs",
+    "BAD_TRAIN_SETTINGS",
     "check_kill_and_resume",
     "kill_after_epoch_config",
     "check_best_saver_keeps_the_latest_tie",
@@ -94,8 +95,18 @@ def check_switches_read_as_bool(config_dir: Path) -> None:
 
 
 def no_outputs(out: Path) -> bool:
-    """True when ``out`` is missing or holds no file."""
-    return not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+    """True when ``out`` is missing or empty: no file and no folder (e.g. an empty ``logs/`` or ``models/``)."""
+    return not out.exists() or not list(out.iterdir())
+
+
+#: settings that are only checked once the trainer is being built or run, after its handlers (TensorBoard writer,
+#: checkpoint savers) were constructed: a run stopped by them must still write nothing
+BAD_TRAIN_SETTINGS = (
+    {"amp": "maybe"},  # trainer/evaluator argument, parsed after the handlers
+    {"val_interval": 0},  # EpochValidationHandler, built after the evaluator and its TensorBoard handler
+    {"resume": "maybe"},  # initialize: attach_resume, after the trainer
+    {"epochs": 0},  # ignite refuses max_epochs=0 in trainer.run()
+)
 
 
 def kill_after_epoch_config(folder: Path, epoch: int) -> Path:

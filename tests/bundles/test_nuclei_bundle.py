@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from tests.bundles.helpers import (
+    BAD_TRAIN_SETTINGS,
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
@@ -209,6 +210,31 @@ def test_monai_bundle_properties(tmp_path, config, workflow_type):
                            num_workers=0)  # fmt: skip
 
 
+def test_metadata_value_ranges_hold_for_the_network_outputs(tmp_path):
+    """network_data_format is truthful: the network outputs logits (outside [0, 1]), so ``outputs.pred`` declares
+    no range; the class map of the post-processing is in the declared range."""
+    from monai_gmr.workflows.nuclei import nucleus_class_map
+
+    meta = json.loads(Path(METADATA).read_text())["network_data_format"]
+    spec_in, pred = meta["inputs"]["image"], meta["outputs"]["pred"]
+    torch.manual_seed(0)
+    net = config_parser([INFERENCE], output_dir=str(tmp_path), network_def=eval(TINY_NET),
+                        metadata=METADATA).get_parsed_content("network_def").eval()  # fmt: skip
+    lo, hi = spec_in["value_range"]
+    with torch.no_grad():
+        logits = net(lo + (hi - lo) * torch.rand(1, spec_in["num_channels"], 64, 64))
+    assert logits.shape[1] == pred["num_channels"]
+    assert bool((logits < 0).any() or (logits > 1).any())  # logits: a [0, 1] range would be false
+    if pred["value_range"]:  # a declared range must hold (it said [0, 1] for these logits)
+        assert pred["value_range"][0] <= float(logits.min()) and float(logits.max()) <= pred["value_range"][1], (
+            pred["value_range"], float(logits.min()), float(logits.max()))
+    assert pred["type"] == "logits" and pred["value_range"] == []  # MONAI's bundle spec: [] when not bounded
+    post = meta["post_processed_outputs"]["pred"]
+    cls = nucleus_class_map(torch.softmax(logits[0], 0))
+    assert post["num_channels"] == cls.shape[0] == 1
+    assert post["value_range"][0] <= float(cls.min()) and float(cls.max()) <= post["value_range"][1]
+
+
 def test_verify_metadata_offline(tmp_path):
     from monai.bundle import verify_metadata
 
@@ -388,6 +414,42 @@ def test_bad_data_errors_name_the_file(tmp_path, bad):
     msg = workflow_error(TRAIN, dataset_dir=str(tmp_path / "data"), output_dir=str(out), synthetic=SYNTH)
     assert bad_file.name in msg, msg
     assert ("mismatch" in msg) if bad == "size" else ("cannot read" in msg), msg
+    assert no_outputs(out)
+
+
+@pytest.fixture(scope="module")
+def nuclei_data(tmp_path_factory) -> Path:
+    """A tiny synthetic nuclei dataset (read-only for the tests that use it)."""
+    from monai_gmr.data import ensure_nuclei_dataset
+
+    data = tmp_path_factory.mktemp("nuclei_bundle") / "data"
+    ensure_nuclei_dataset(str(data), generate=True, **SYNTH)
+    return data
+
+
+def _tiny_train(data: Path, out: Path, **kw) -> dict:
+    return {"dataset_dir": str(data), "output_dir": str(out), "generate_synthetic": False, "synthetic": SYNTH,
+            "network_def": eval(TINY_NET), "num_workers": 0, "epochs": 1, "epoch_length": 1, "val_interval": 1,
+            "crop_size": 32, "batch_size": 2, "crops_per_image": 2, "roi_size": [64, 64], "cache_rate": 0.0,
+            "device": "$torch.device('cpu')", "amp": False, **kw}  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_TRAIN_SETTINGS, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_bad_settings_write_nothing(tmp_path, nuclei_data, bad):
+    """A setting that is only checked while the trainer is built or started (after its TensorBoard writer and
+    checkpoint savers exist) stops the run without an event file in logs/ or an empty models/ folder."""
+    out = tmp_path / "out"
+    workflow_error(TRAIN, **_tiny_train(nuclei_data, out, **bad))
+    assert no_outputs(out), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_num_classes_other_than_2_or_3_is_an_error_naming_it(tmp_path, nuclei_data, num_classes):
+    """The labels have classes 0..1 (0..2 with the boundary): num_classes=1 failed in the first training step
+    (leaving an event file), num_classes=4 trained two output channels that no label marks."""
+    out = tmp_path / "out"
+    msg = workflow_error(TRAIN, **_tiny_train(nuclei_data, out, num_classes=num_classes))
+    assert f"num_classes={num_classes}" in msg and "must be 2" in msg, msg
     assert no_outputs(out)
 
 

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from tests.bundles.helpers import (
+    BAD_TRAIN_SETTINGS,
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
@@ -168,6 +169,28 @@ def test_train_transforms_on_a_slide_patch(slides, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- metadata
+def test_metadata_value_ranges_hold_for_the_network_outputs(tmp_path):
+    """network_data_format is truthful: the network outputs logits (outside [0, 1]), so ``outputs.pred`` declares
+    no range; the softmax probabilities of the post-processing are in the declared [0, 1]."""
+    meta = json.loads(Path(METADATA).read_text())["network_data_format"]
+    spec_in, pred = meta["inputs"]["image"], meta["outputs"]["pred"]
+    torch.manual_seed(0)
+    net = config_parser([INFERENCE], output_dir=str(tmp_path), metadata=METADATA).get_parsed_content("network_def").eval()
+    lo, hi = spec_in["value_range"]
+    with torch.no_grad():
+        logits = net(lo + (hi - lo) * torch.rand(8, spec_in["num_channels"], *spec_in["spatial_shape"]))
+    assert logits.shape == (8, pred["num_channels"])
+    assert bool((logits < 0).any() or (logits > 1).any())  # logits: a [0, 1] range would be false
+    if pred["value_range"]:  # a declared range must hold (it said [0, 1] for these logits)
+        assert pred["value_range"][0] <= float(logits.min()) and float(logits.max()) <= pred["value_range"][1], (
+            pred["value_range"], float(logits.min()), float(logits.max()))
+    assert pred["type"] == "logits" and pred["value_range"] == []  # MONAI's bundle spec: [] when not bounded
+    post = meta["post_processed_outputs"]["pred"]
+    assert post["type"] == "probabilities" and post["num_channels"] == pred["num_channels"]
+    probs = torch.softmax(logits, 1)
+    assert post["value_range"] == [0, 1] and bool(((probs >= 0) & (probs <= 1)).all())
+
+
 def test_verify_metadata_offline():
     from monai.bundle import verify_metadata
 
@@ -460,6 +483,97 @@ def test_missing_dataset_without_generation_and_missing_checkpoint(tmp_path):
     msg = workflow_error(INFERENCE, output_dir=str(out), network_def=TINY_NET, input_slides=["x.svs"])
     assert "model.pt" in msg and "does not exist" in msg, msg
     assert no_outputs(out)
+
+
+@pytest.mark.parametrize("bad", BAD_TRAIN_SETTINGS, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_bad_settings_write_nothing(tmp_path, slides, bad):
+    """A setting that is only checked while the trainer is built or started (after its TensorBoard writer and
+    checkpoint savers exist) stops the run without an event file in logs/ or an empty models/ folder."""
+    out = tmp_path / "out"
+    over = _tiny_overrides(out, dataset_dir=slides["root"], generate_synthetic=False, patch_size=PATCH, epoch_length=1)
+    workflow_error(TRAIN, **{**over, **bad})
+    assert no_outputs(out), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
+@pytest.mark.parametrize("bad", [{"slide_eval": "maybe"}, {"inference_mode": "dense"}, {"overlap": 1.0}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_bad_evaluation_and_inference_settings_write_nothing(tmp_path, slides, bad):
+    """Slide-evaluation settings were read only in the third run step, after the robustness report had been
+    written (and a bad mode failed every slide after inference_summary.json was started): now the run stops first."""
+    out = tmp_path / "out"
+    net = config_parser([INFERENCE], network_def=TINY_NET, output_dir=str(out), metadata=METADATA).get_parsed_content("network_def")
+    (out / "models").mkdir(parents=True)
+    torch.save({"model": net.state_dict()}, out / "models" / "model.pt")
+    over = _tiny_overrides(out, dataset_dir=slides["root"], generate_synthetic=False, patch_size=PATCH, **bad)
+    workflow_error([TRAIN, EVALUATE], **over, robustness_angles=[0, 90])
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
+    if "slide_eval" not in bad:
+        workflow_error(INFERENCE, **{k: v for k, v in over.items() if k in ("output_dir", "network_def", "device", "amp")},
+                       input_slides=[str(Path(slides["root"]) / slides["slides"][0]["image"])], **bad)  # fmt: skip
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
+
+
+# ---------------------------------------------------------------------------------------------------------- classes
+def _pcam_dir(tmp_path: Path, valid_labels: list[int] | None = None) -> Path:
+    """PCam-style train/valid/test files of 32-pixel patches, labels 0/1 (``valid_labels``: the validation ones)."""
+    from monai_gmr.data import write_pcam_h5
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("valid", 6), ("test", 4)):
+        y = np.array(valid_labels) if split == "valid" and valid_labels is not None else np.arange(n) % 2
+        write_pcam_h5(tmp_path / "pcam" / f"camelyonpatch_level_2_split_{split}",
+                      rng.integers(0, 255, (len(y), PATCH, PATCH, 3), dtype=np.uint8), y)  # fmt: skip
+    return tmp_path / "pcam"
+
+
+def test_validation_auc_is_defined_with_more_classes_than_the_data(tmp_path, slides, caplog):
+    """``--num_classes 3`` on two-class slides: class 2 has no validation patch, so MONAI's macro ROC-AUC was NaN
+    (and the best checkpoint stuck at epoch 1); the key metric is now the macro AUC of classes 0 and 1, and warnings
+    name the missing class."""
+    out = tmp_path / "out"
+    over = _tiny_overrides(out, dataset_dir=slides["root"], generate_synthetic=False, patch_size=PATCH, epoch_length=2,
+                           epochs=2, num_classes=3)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        _run_workflow(TRAIN, **over)
+    s = _train_summary(out)
+    assert s["key_metric_name"] == "val_auc" and s["epochs_completed"] == 2
+    assert np.isfinite(s["best_metric"]) and 0.0 <= s["best_metric"] <= 1.0, s
+    assert (out / "models" / "model.pt").is_file()
+    assert "no sample of class(es) [2] (num_classes=3" in caplog.text  # the datasets, before training
+    assert "val_auc: the one-vs-rest ROC-AUC of class(es) [2] is undefined" in caplog.text  # the metric
+
+
+@pytest.mark.parametrize("source", ["wsi", "pcam", "image_folder"])
+def test_labels_outside_num_classes_stop_training_naming_it(tmp_path, slides, source):
+    """Labels 0/1 with ``--num_classes 1``: an error naming num_classes before anything is written (PCam labels
+    were not checked: training failed in its first step, after the TensorBoard writer had been created)."""
+    out = tmp_path / "out"
+    over = _tiny_overrides(out, patch_size=PATCH, num_classes=1, epoch_length=1)
+    if source == "wsi":
+        over.update(dataset_dir=slides["root"], generate_synthetic=False)
+    elif source == "pcam":
+        over.update(data_source="pcam", pcam_dir=str(_pcam_dir(tmp_path)))
+    else:
+        for c in ("a", "b"):
+            (tmp_path / "tiles" / c).mkdir(parents=True)
+            for i in range(5):
+                Image.fromarray(np.full((40, 40, 3), 60 + 100 * (c == "b") + i, np.uint8)).save(tmp_path / "tiles" / c / f"{i}.png")
+        over.update(data_source="image_folder", image_dir=str(tmp_path / "tiles"))
+    msg = workflow_error(TRAIN, **over)
+    assert "num_classes=1" in msg, msg
+    assert no_outputs(out)
+
+
+def test_single_class_validation_split_is_an_error(tmp_path):
+    """A validation split with one class has no ROC-AUC at all (the key metric): an error before training."""
+    out = tmp_path / "out"
+    over = _tiny_overrides(out, data_source="pcam", pcam_dir=str(_pcam_dir(tmp_path, valid_labels=[0] * 6)),
+                           patch_size=PATCH)  # fmt: skip
+    msg = workflow_error(TRAIN, **over)
+    assert "validation patches of pcam_dir" in msg and "needs at least 2" in msg, msg
+    assert no_outputs(out)
+    # evaluation may score a single-class split (accuracy; the AUC is then undefined)
+    assert config_parser([TRAIN, EVALUATE], output_dir=str(out), metadata=METADATA).get("validate#dataset#min_classes") == 1
 
 
 @pytest.mark.slow

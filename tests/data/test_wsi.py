@@ -64,6 +64,64 @@ def test_tissue_mask_by_mpp_and_size_cap(slide):
     assert level2 == 0 and ds2 == pytest.approx(4.0) and mask2.shape == (256, 256)
 
 
+def _edge_tissue_slide(path, hw=(1010, 703), edge=(2, 3)):
+    """A one-level slide of glass whose only tissue is a strip of ``edge`` pixels along the bottom and right edges:
+    with ``max_size=256`` (factor 4: 1010 = 252 * 4 + 2, 703 = 175 * 4 + 3) exactly the last, partial blocks."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(236, 2, (*hw, 3)), 0, 255).astype(np.uint8)
+    img[-edge[0]:, :] = (200, 90, 160)
+    img[:, -edge[1]:] = (200, 90, 160)
+    write_pyramidal_tiff(path, img, compression="deflate", n_levels=1, tile_size=256)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_tissue_mask_covers_the_last_partial_block(tmp_path, backend):
+    """Tissue that lies only in the last, partial row/column of blocks (the level's size is not a multiple of the
+    block-averaging factor) is in the mask: the mask has ceil(H / factor) x ceil(W / factor) pixels."""
+    path = _edge_tissue_slide(tmp_path / "edge.tiff")
+    mask, level, ds = tissue_mask(path, level=0, max_size=256, backend=backend)
+    assert level == 0 and ds == pytest.approx(4.0)
+    assert mask.shape == (253, 176)  # ceil(1010 / 4), ceil(703 / 4)
+    assert mask[-1, :].all() and mask[:, -1].all()  # the partial blocks hold the tissue
+    assert not mask[:-1, :-1].any()  # the glass is not tissue
+
+
+def test_block_mean_averages_partial_blocks_over_their_pixels():
+    from monai_gmr.data.wsi import block_mean
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 10, 7), dtype=np.uint8)
+    out = block_mean(img, 4)
+    assert out.shape == (3, 3, 2) and out.dtype == np.uint8
+    for i in range(3):
+        for j in range(2):
+            want = img[:, 4 * i: 4 * i + 4, 4 * j: 4 * j + 4].reshape(3, -1).mean(1).astype(np.uint8)
+            np.testing.assert_array_equal(out[:, i, j], want)
+    assert block_mean(img, 1) is img
+
+
+def test_patches_over_an_edge_tissue_mask_stay_inside_the_slide(tmp_path):
+    """The mask's last row/column reaches past the slide (partial blocks): the patch grid and sampled locations
+    (with ``bounds``) still lie inside the slide."""
+    path = _edge_tissue_slide(tmp_path / "edge.tiff")
+    h0, w0 = 1010, 703
+    mask, _, ds = tissue_mask(path, level=0, max_size=256)
+    assert mask.shape[0] * ds > h0 and mask.shape[1] * ds > w0
+    # 10-pixel patches: the last grid row (1000..1010) covers the tissue strip, a third of its mask rows
+    grid = slide_patch_grid(path, patch_size=10, mask=mask, mask_downsample=ds, min_tissue=0.3, center=False)
+    locs = np.array([i["location"] for i in grid["items"]])
+    assert len(locs) > 0 and (locs >= 0).all()
+    assert (locs[:, 0] + 10 <= h0).all() and (locs[:, 1] + 10 <= w0).all()
+    assert (locs[:, 0] == 1000).all()  # only the bottom row of patches, over the partial blocks
+    top_left = sample_patch_locations(mask, ds, 50, 8, min_fraction=0.3, seed=0, center=False, replace=True,
+                                      bounds=(h0, w0))  # fmt: skip
+    assert len(top_left) == 50 and (top_left >= 0).all()
+    assert (top_left[:, 0] + 8 <= h0).all() and (top_left[:, 1] + 8 <= w0).all()
+
+
 def test_slide_info_and_list(slide):
     path, _ = slide
     info = slide_info(path)

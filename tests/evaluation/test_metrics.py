@@ -203,3 +203,58 @@ def test_boundary_class_outputs_score_the_instances_inference_writes():
     acc = SegmentationAccumulator(("aji",), merge_foreground=True, instance_kwargs={"min_size": 2})
     acc.update(logits, fg, instances=gt)  # the one-pixel nucleus is dropped: a missed nucleus
     assert acc.compute()["aji"] == pytest.approx(128 / 129)
+
+
+def _onehot(labels, k):
+    return torch.nn.functional.one_hot(torch.as_tensor(labels), k).float()
+
+
+def test_defined_classes_roc_auc_equals_monai_when_every_class_is_present():
+    """All classes scored: the same value as MONAI's macro ROCAUC (binary and multi-class, batches and lists)."""
+    from monai.metrics import ROCAUCMetric
+
+    from monai_gmr.evaluation import DefinedClassesROCAUCMetric
+
+    g = torch.Generator().manual_seed(0)
+    for k in (2, 3):
+        probs = torch.softmax(torch.randn(40, k, generator=g), 1)
+        labels = torch.arange(40) % k
+        ours, ref = DefinedClassesROCAUCMetric(), ROCAUCMetric(average="macro")
+        ours(list(probs[:25]), list(_onehot(labels[:25], k)))  # decollated, as the bundle's evaluator gives them
+        ours(probs[25:], _onehot(labels[25:], k))
+        ref(probs, _onehot(labels, k))
+        assert ours.aggregate() == pytest.approx(float(ref.aggregate()), abs=1e-12)
+
+
+def test_defined_classes_roc_auc_leaves_out_a_class_without_samples(caplog):
+    """num_classes 3 on two-class labels: MONAI's macro AUC is NaN; ours is the mean of the defined classes, and a
+    warning names the missing class (once)."""
+    from monai.handlers import IgniteMetricHandler
+    from monai.metrics import ROCAUCMetric
+
+    from monai_gmr.evaluation import DefinedClassesROCAUC, DefinedClassesROCAUCMetric
+
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(30, 3, generator=g), 1)
+    labels = torch.arange(30) % 2  # classes 0 and 1 only
+    ref = ROCAUCMetric(average="macro")
+    ref(probs, _onehot(labels, 3))
+    per_class = ROCAUCMetric(average="none")
+    per_class(probs, _onehot(labels, 3))
+    with pytest.warns(UserWarning, match="skip AUC computation"):  # MONAI, for class 2
+        assert math.isnan(float(ref.aggregate()))  # the defect: one undefined class makes the whole metric NaN
+        want = sum(per_class.aggregate()[:2]) / 2
+    m = DefinedClassesROCAUCMetric(name="val_auc")
+    m(probs, _onehot(labels, 3))
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation.metrics"):
+        assert m.aggregate() == pytest.approx(want, abs=1e-12)
+        assert m.aggregate() == pytest.approx(want, abs=1e-12)
+    warned = [r.getMessage() for r in caplog.records if "undefined" in r.getMessage()]
+    assert len(warned) == 1 and "val_auc" in warned[0] and "class(es) [2]" in warned[0] and "class 2: no sample" in warned[0]
+    # only one class present: nothing is defined -> NaN (the training config refuses such a validation split)
+    m1 = DefinedClassesROCAUCMetric()
+    m1(probs, _onehot(torch.zeros(30, dtype=torch.long), 3))
+    assert math.isnan(m1.aggregate())
+    # the handler: a MONAI metric handler (like monai.handlers.ROCAUC) over this metric
+    h = DefinedClassesROCAUC()
+    assert isinstance(h, IgniteMetricHandler) and isinstance(h.metric_fn, DefinedClassesROCAUCMetric)

@@ -499,3 +499,19 @@ def test_boundary_arm_stays_with_its_own_nucleus():
     inst = instance_from_semantic(sem, boundary_class=2)
     assert inst.max() == 2 and inst[4, 12] == inst[4, 3] != inst[4, 16]
     assert np.array_equal(inst > 0, sem > 0)
+
+
+def test_checkpoint_saver_creates_its_folder_when_it_saves(tmp_path):
+    """Building the saver (done while a bundle's handlers are parsed, before every input is checked) creates no
+    folder; the first checkpoint does."""
+    trainer, net, _ = _tiny_trainer(tmp_path, max_epochs=1)
+    ckpt_dir = tmp_path / "out" / "models"
+    saver = AtomicCheckpointSaver(save_dir=str(ckpt_dir), save_dict={"model": net}, save_interval=1, n_saved=1)
+    best = AtomicCheckpointSaver(save_dir=str(ckpt_dir), save_dict={"model": net}, save_key_metric=True,
+                                 key_metric_filename="model.pt")  # fmt: skip
+    assert not ckpt_dir.exists()
+    saver.attach(trainer)
+    trainer.run()
+    assert [p.name for p in ckpt_dir.iterdir()] == ["model_epoch=1.pt"]  # ignite names a single object's file
+    assert saver._interval_checkpoint.last_checkpoint == ckpt_dir / "model_epoch=1.pt"
+    assert best._key_metric_checkpoint.save_handler._atomic is True

@@ -437,6 +437,25 @@ def test_masked_mode_uses_the_package_tissue_mask(tmp_path):
         infer_slide(tmp_path / "blank.tiff", DarkNucleiNet(), None, mode="masked", patch_size=8, mask_level=1)
 
 
+def test_sliding_inference_classifies_tissue_at_the_slide_edge(tmp_path):
+    """A slide whose size is not a multiple of the tissue mask's block-averaging factor, with tissue only along its
+    bottom edge (the last, partial block row): the patches over it are classified and fill the bottom of the map (the
+    partial blocks were dropped from the mask: no tissue patch, an error), and no patch leaves the slide."""
+    from monai_gmr.data import write_pyramidal_tiff
+    from monai_gmr.workflows.wsi import infer_slide
+
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(236, 2, (1010, 703, 3)), 0, 255).astype(np.uint8)
+    img[-2:, :] = (200, 90, 160)  # 1010 = 252 * 4 + 2: only the partial last block row holds tissue
+    write_pyramidal_tiff(tmp_path / "edge.tiff", img, compression="deflate", n_levels=1, tile_size=256)
+    res = infer_slide(tmp_path / "edge.tiff", DarkNucleiNet(), tmp_path / "maps", patch_size=10, map_max_size=256,
+                      min_tissue=0.25, batch_size=256)  # fmt: skip
+    assert res.map_downsample == 4.0 and res.prob.shape == res.tissue.shape == (253, 176)
+    assert res.tissue[-1].all() and not res.tissue[:-1].any()
+    assert res.n_patches == 70 and res.covered[-3:].any() and not res.covered[:-3].any()  # the bottom row of patches
+    assert np.array(Image.open(res.files["heatmap"])).shape[:2] == (253, 176)  # the thumbnail has the map's grid
+
+
 def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
     from monai_gmr.inferers import RotationTTAInferer
     from monai_gmr.workflows.wsi import infer_slide
@@ -530,12 +549,13 @@ def test_real_slide_cmu_inference(tmp_path):
 
     svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
     res = infer_slide(svs, _tiny_gmr(), tmp_path, patch_size=96, batch_size=32, map_max_size=512)
-    # level 0 is 2967 x 2220 (H x W); block-averaged by ceil(2967 / 512) = 6 -> 494 x 370
+    # level 0 is 2967 x 2220 (H x W); block-averaged by ceil(2967 / 512) = 6 -> ceil(2967 / 6) x 2220 / 6 = 495 x 370
+    # (the last block row holds the slide's last 3 rows)
     assert res.map_level == 0 and res.map_downsample == 6.0
-    assert res.prob.shape == (494, 370) == res.tissue.shape
+    assert res.prob.shape == (495, 370) == res.tissue.shape
     assert 0.05 < res.tissue.mean() < 0.95 and res.n_patches > 50
     assert res.covered.sum() > 0 and ((res.prob >= 0) & (res.prob <= 1)).all()
-    assert np.load(tmp_path / "cmu_small_region_prob.npy").shape == (494, 370)
+    assert np.load(tmp_path / "cmu_small_region_prob.npy").shape == (495, 370)
     assert (tmp_path / "cmu_small_region_heatmap.png").stat().st_size > 0
-    assert np.array(Image.open(tmp_path / "cmu_small_region_tissue.png")).shape == (494, 370)
+    assert np.array(Image.open(tmp_path / "cmu_small_region_tissue.png")).shape == (495, 370)
 
