@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ __all__ = [
     "LazySummaryWriter",
     "size_hw",
     "as_bool",
+    "positive_int",
 ]
 
 
@@ -341,3 +343,35 @@ def as_bool(value: Any, name: str = "value") -> bool:
         if s in _FALSE:
             return False
     raise ValueError(f"{name} must be a boolean (true/false, yes/no, on/off or 1/0), got {value!r}.")
+
+
+def positive_int(value: Any, name: str = "value", allow_none: bool = False) -> int | None:
+    """A count or interval setting as a positive ``int``, refusing anything else by name.
+
+    Bundle configs read ``epochs``, ``val_interval`` and ``epoch_length`` through this function: ``--val_interval 0``
+    was refused only by the handler, whose message said ``interval``, and ``--epoch_length 0`` ran 0 iterations per
+    epoch without an error (nothing trained, no summary written).
+
+    Args:
+        value: an int (or a NumPy integer, or text holding one, as a command line may pass it); ``None`` when
+            ``allow_none``.
+        name: the setting's name, for the error message.
+        allow_none: accept ``None`` (e.g. ``epoch_length: null`` = the whole data loader) and return it.
+
+    Raises:
+        ValueError: ``value`` is not an integer >= 1 (the message names ``name``).
+    """
+    if value is None and allow_none:
+        return None
+    parsed: int | None = None
+    if isinstance(value, str):
+        try:
+            parsed = int(value.strip())
+        except ValueError:
+            parsed = None
+    elif not isinstance(value, bool) and isinstance(value, numbers.Integral):
+        parsed = int(value)
+    if parsed is None or parsed < 1:
+        extra = " or null" if allow_none else ""
+        raise ValueError(f"{name} must be a positive integer{extra}, got {value!r}.")
+    return parsed

@@ -152,3 +152,14 @@ def test_summary_writer_creates_nothing_until_a_value_is_written(tmp_path):
     w.flush()
     assert w.created and len(list(log_dir.glob("events.out.tfevents.*"))) == 1
     w.close()
+
+
+def test_positive_int_reads_counts_and_names_the_setting():
+    from monai_gmr.utils import positive_int
+
+    assert positive_int(5, "epochs") == 5 and positive_int(np.int64(3), "epochs") == 3
+    assert positive_int(" 7 ", "epochs") == 7  # a command line may pass text
+    assert positive_int(None, "epoch_length", allow_none=True) is None
+    for bad in (0, -1, 2.5, True, "5x", "", None):
+        with pytest.raises(ValueError, match="val_interval must be a positive integer"):
+            positive_int(bad, "val_interval")

@@ -105,7 +105,9 @@ BAD_TRAIN_SETTINGS = (
     {"amp": "maybe"},  # trainer/evaluator argument, parsed after the handlers
     {"val_interval": 0},  # EpochValidationHandler, built after the evaluator and its TensorBoard handler
     {"resume": "maybe"},  # initialize: attach_resume, after the trainer
-    {"epochs": 0},  # ignite refuses max_epochs=0 in trainer.run()
+    {"epochs": 0},  # ignite refused max_epochs=0 in trainer.run() (naming max_epochs)
+    {"epoch_length": 0},  # ran 0 iterations per epoch: trained nothing, no error
+    {"val_interval": "5x"},  # text that is not a number (a command line passes text)
 )
 
 

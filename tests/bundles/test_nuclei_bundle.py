@@ -439,8 +439,9 @@ def test_bad_settings_write_nothing(tmp_path, nuclei_data, bad):
     """A setting that is only checked while the trainer is built or started (after its TensorBoard writer and
     checkpoint savers exist) stops the run without an event file in logs/ or an empty models/ folder."""
     out = tmp_path / "out"
-    workflow_error(TRAIN, **_tiny_train(nuclei_data, out, **bad))
+    msg = workflow_error(TRAIN, **_tiny_train(nuclei_data, out, **bad))
     assert no_outputs(out), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert f"{next(iter(bad))} must be" in msg, msg  # the error names the setting
 
 
 @pytest.mark.parametrize("num_classes", [1, 4])

@@ -491,7 +491,8 @@ def test_bad_settings_write_nothing(tmp_path, slides, bad):
     checkpoint savers exist) stops the run without an event file in logs/ or an empty models/ folder."""
     out = tmp_path / "out"
     over = _tiny_overrides(out, dataset_dir=slides["root"], generate_synthetic=False, patch_size=PATCH, epoch_length=1)
-    workflow_error(TRAIN, **{**over, **bad})
+    msg = workflow_error(TRAIN, **{**over, **bad})
+    assert f"{next(iter(bad))} must be" in msg, msg  # the error names the setting
     assert no_outputs(out), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
 
 
