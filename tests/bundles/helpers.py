@@ -201,3 +201,12 @@ def check_monai_properties(config: str, metadata: str, workflow_type: str, **ove
                         **{**override, "initialize": []})  # fmt: skip
     wf.initialize()
     assert wf.check_properties() == []
+
+
+def check_logits_metadata(logits, pred: dict) -> None:
+    """``network_data_format.outputs.pred`` of a bundle whose network outputs logits: ``logits`` ``(N, C, ...)``
+    has values outside [0, 1] (a [0, 1] range, as the metadata once said, would be false), so ``pred`` must declare
+    ``type: logits`` with no range (MONAI's bundle specification: ``[]`` when the range is not bounded)."""
+    assert logits.shape[1] == pred["num_channels"]
+    assert bool((logits < 0).any() or (logits > 1).any())
+    assert pred["type"] == "logits" and pred["value_range"] == [], pred

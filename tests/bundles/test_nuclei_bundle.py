@@ -21,6 +21,7 @@ from tests.bundles.helpers import (
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
+    check_logits_metadata,
     check_monai_properties,
     check_switches_read_as_bool,
     config_parser,
@@ -223,12 +224,7 @@ def test_metadata_value_ranges_hold_for_the_network_outputs(tmp_path):
     lo, hi = spec_in["value_range"]
     with torch.no_grad():
         logits = net(lo + (hi - lo) * torch.rand(1, spec_in["num_channels"], 64, 64))
-    assert logits.shape[1] == pred["num_channels"]
-    assert bool((logits < 0).any() or (logits > 1).any())  # logits: a [0, 1] range would be false
-    if pred["value_range"]:  # a declared range must hold (it said [0, 1] for these logits)
-        assert pred["value_range"][0] <= float(logits.min()) and float(logits.max()) <= pred["value_range"][1], (
-            pred["value_range"], float(logits.min()), float(logits.max()))
-    assert pred["type"] == "logits" and pred["value_range"] == []  # MONAI's bundle spec: [] when not bounded
+    check_logits_metadata(logits, pred)
     post = meta["post_processed_outputs"]["pred"]
     cls = nucleus_class_map(torch.softmax(logits[0], 0))
     assert post["num_channels"] == cls.shape[0] == 1
