@@ -277,7 +277,9 @@ class LazySummaryWriter:
         return self._writer
 
     def __getattr__(self, name: str) -> Any:  # only called for names not defined on this class
-        if name.startswith("_"):
+        # private SummaryWriter methods are forwarded too: MONAI's add_animated_gif (TensorBoardImageHandler on 3D
+        # images) calls writer._get_file_writer(); this class's own fields and dunder lookups (pickle, copy) are not
+        if name.startswith("__") or name in ("_writer", "_kwargs"):
             raise AttributeError(name)
         return getattr(self.writer, name)
 
@@ -356,13 +358,14 @@ def positive_int(value: Any, name: str = "value", allow_none: bool = False) -> i
         value: an int (or a NumPy integer, or text holding one, as a command line may pass it); ``None`` when
             ``allow_none``.
         name: the setting's name, for the error message.
-        allow_none: accept ``None`` (e.g. ``epoch_length: null`` = the whole data loader) and return it.
+        allow_none: accept ``None`` (e.g. ``epoch_length: null`` = the whole data loader), or the text ``"null"`` /
+            ``"none"`` that ``--epoch_length null`` passes, and return ``None``.
 
     Raises:
         ValueError: ``value`` is not an integer >= 1 (the message names ``name``).
     """
-    if value is None and allow_none:
-        return None
+    if allow_none and (value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none"))):
+        return None  # the command line passes ``--epoch_length null`` as the text "null" (``None`` as None)
     parsed: int | None = None
     if isinstance(value, str):
         try:

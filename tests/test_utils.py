@@ -160,6 +160,31 @@ def test_positive_int_reads_counts_and_names_the_setting():
     assert positive_int(5, "epochs") == 5 and positive_int(np.int64(3), "epochs") == 3
     assert positive_int(" 7 ", "epochs") == 7  # a command line may pass text
     assert positive_int(None, "epoch_length", allow_none=True) is None
+    # `--epoch_length null` reaches the config as the text "null" (Python Fire); the error message offers "null"
+    for text in ("null", "None", " NULL "):
+        assert positive_int(text, "epoch_length", allow_none=True) is None
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        positive_int("null", "epochs")
     for bad in (0, -1, 2.5, True, "5x", "", None):
         with pytest.raises(ValueError, match="val_interval must be a positive integer"):
             positive_int(bad, "val_interval")
+
+
+def test_lazy_summary_writer_writes_3d_images_through_monai(tmp_path):
+    """MONAI's TensorBoardImageHandler plots 3D images with add_animated_gif, which calls the private
+    ``writer._get_file_writer()``: the lazy writer must forward it (AttributeError before), and still pickle."""
+    import copy
+    import pickle
+
+    import torch
+    from monai.visualize import plot_2d_or_3d_image
+
+    from monai_gmr.utils import LazySummaryWriter, tensorboard_available
+
+    if not tensorboard_available():
+        pytest.skip("tensorboard is not installed")
+    w = LazySummaryWriter(tmp_path / "tb")
+    assert not pickle.loads(pickle.dumps(w)).created and not copy.deepcopy(w).created
+    plot_2d_or_3d_image(torch.rand(1, 1, 8, 8, 8), 1, w, tag="vol")
+    w.close()
+    assert w.created and len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
