@@ -180,8 +180,9 @@ def spline_equivariance_error(
         angles: degrees.
         radius_frac: radius of the disk as a fraction of the smallest output spatial size.
         spatial_dims: 2 or 3.
-        axes: 3D rotation plane (spatial axes 0 = D, 1 = H, 2 = W); ignored in 2D.
-        order: spline order of ``scipy.ndimage.rotate`` (3: cubic).
+        axes: 3D rotation plane (spatial axes 0 = D, 1 = H, 2 = W, or -3..-1, as in
+            :func:`~monai_gmr.functional.rotation.rotate`); ignored in 2D.
+        order: spline order of ``scipy.ndimage.rotate``, 0..5 (3: cubic).
 
     Returns:
         ``{angle: rel_err}``.
