@@ -21,6 +21,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -89,8 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.size < 2 * max(args.kernel_sizes):
         p.error(f"--size must be at least twice the largest kernel size, got {args.size}")
-    if args.field_sigma <= 0 or args.bound <= 0:
-        p.error("--field-sigma and --bound must be > 0")
+    if not (0 < args.field_sigma < math.inf and 0 < args.bound < math.inf):  # NaN fails every comparison
+        p.error(f"--field-sigma and --bound must be finite and > 0, got {args.field_sigma} and {args.bound}")
+    if not all(math.isfinite(a) for a in args.angles):
+        p.error(f"--angles must be finite degrees, got {args.angles}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     return args

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.groups import group_elements
-from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, rotate, validity_mask
+from monai_gmr.functional.rotation import _is_degrees, _planes, as_angle_list, central_disk_mask, rotate, validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -179,8 +180,9 @@ def spline_equivariance_error(
         angles: degrees.
         radius_frac: radius of the disk as a fraction of the smallest output spatial size.
         spatial_dims: 2 or 3.
-        axes: 3D rotation plane (spatial axes 0 = D, 1 = H, 2 = W); ignored in 2D.
-        order: spline order of ``scipy.ndimage.rotate`` (3: cubic).
+        axes: 3D rotation plane (spatial axes 0 = D, 1 = H, 2 = W, or -3..-1, as in
+            :func:`~monai_gmr.functional.rotation.rotate`); ignored in 2D.
+        order: spline order of ``scipy.ndimage.rotate``, 0..5 (3: cubic).
 
     Returns:
         ``{angle: rel_err}``.
@@ -191,12 +193,15 @@ def spline_equivariance_error(
     angles = as_angle_list(angles)
     if any(isinstance(a, (tuple, list, torch.Tensor)) for a in angles):
         raise ValueError(f"angles must be single angles in degrees (one rotation plane), got angles={angles!r}.")
-    angles = [float(a) for a in angles]
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
-    if spatial_dims == 3 and (len(axes) != 2 or len({int(a) % 3 for a in axes}) != 2):
-        raise ValueError(f"axes must be two distinct spatial axes in 0..2, got axes={tuple(axes)!r}.")
-    plane = (0, 1) if spatial_dims == 2 else tuple(int(a) % 3 for a in axes)
+    if not all(_is_degrees(a) for a in angles):  # NaN/inf would give a meaningless error, not an exception
+        raise ValueError(f"angles must be finite numbers of degrees, got angles={angles!r}.")
+    angles = [float(a) for a in angles]
+    if not (_is_int(order) and 0 <= order <= 5):
+        raise ValueError(f"order must be a spline order in 0..5, got order={order!r}.")
+    # the 3D plane as rotate() reads it: (3, 1) is out of range, not (0, 1)
+    plane = (0, 1) if spatial_dims == 2 else _planes(0.0, 3, axes)[0][0]
 
     def rot(t: torch.Tensor, angle: float) -> torch.Tensor:
         arr = t.detach().double().cpu().numpy()

@@ -335,6 +335,11 @@ class GMRConv(nn.Module):
                         self._buffers[name] = exact[name].to(device=buf.device, dtype=buf.dtype)
         return out
 
+    def __setstate__(self, state: dict) -> None:
+        # a whole module pickled (torch.save(model)) before the sampling option existed used the paper's sampling
+        state.setdefault("sampling", "center")
+        super().__setstate__(state)
+
     def _load_from_state_dict(self, *args, **kwargs):
         self._kernel_cache = None
         super()._load_from_state_dict(*args, **kwargs)

@@ -206,3 +206,17 @@ def test_spline_error_3d_plane_and_bad_arguments():
             spline_equivariance_error(m, vol, [(10, 20, 30)], spatial_dims=3)
         with pytest.raises(ValueError, match="spatial outputs"):
             spline_equivariance_error(lambda t: t.mean((2, 3, 4)), vol, 30, spatial_dims=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [({"axes": (3, 1)}, "axes"), ({"axes": (5, 7)}, "axes"), ({"axes": (1, 2, 0)}, "axes"),
+     ({"angles": (15, float("nan"))}, "angles"), ({"angles": float("inf")}, "angles"), ({"order": 7}, "order"),
+     ({"order": 1.5}, "order")],
+)  # fmt: skip
+def test_spline_error_refuses_what_rotate_refuses(kwargs, named):
+    """3D axes as rotate() reads them ((3, 1) is out of range, not (0, 1); (5, 7) is not (2, 1)), finite angles (a
+    NaN angle gave an error of 0), and a spline order scipy runs, each refused by name."""
+    vol = torch.zeros(1, 1, 8, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=named):
+        spline_equivariance_error(lambda t: t, vol, **{"angles": 30, "spatial_dims": 3, **kwargs})

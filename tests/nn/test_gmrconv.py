@@ -536,3 +536,18 @@ def test_keyword_check_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     check_gmr_kwargs({"num_rings": 2, "smoothing": "gaussian"})
     assert torch.equal(torch.rand(3), ref)
+
+
+def test_a_module_pickled_before_the_sampling_option_loads_as_center():
+    """torch.save(model) from before ``sampling`` existed: the unpickled layer has no such attribute; it must run
+    with the paper's sampling instead of failing in forward with an AttributeError."""
+    import pickle
+
+    m = GMRConv(2, 2, 3, 5).eval()
+    x = torch.randn(1, 2, 9, 9)
+    state = dict(m.__dict__)
+    del state["sampling"]
+    old = GMRConv.__new__(GMRConv)
+    old.__setstate__(state)
+    old = pickle.loads(pickle.dumps(old))
+    assert old.sampling == "center" and torch.equal(old(x), m(x)) and "sampling" not in repr(old)

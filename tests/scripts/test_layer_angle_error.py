@@ -26,7 +26,9 @@ def test_tiny_run_writes_the_table_and_area_beats_center_at_k11(tmp_path):
 
 @pytest.mark.parametrize("extra, named", [(["--kernel-sizes", "4"], "--kernel-sizes"), (["--seeds", "0"], "--seeds"),
                                           (["--size", "16"], "--size"), (["--samplings", "pixel"], "--samplings"),
-                                          (["--bound", "0"], "--bound")])  # fmt: skip
+                                          (["--bound", "0"], "--bound"), (["--bound", "nan"], "--bound"),
+                                          (["--field-sigma", "nan"], "--field-sigma"),
+                                          (["--angles", "15", "nan"], "--angles")])  # fmt: skip
 def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
     with pytest.raises(SystemExit):
         load_script("layer_angle_error").main(TINY + ["--out", str(tmp_path / "o")] + extra)
