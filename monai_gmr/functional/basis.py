@@ -37,6 +37,7 @@ __all__ = [
     "AREA_SUBSAMPLES",
     "LOG_SIGMA_MIN",
     "default_num_rings",
+    "check_sampling",
     "ring_extent",
     "ring_centers",
     "initial_sigma",
@@ -91,19 +92,20 @@ def default_num_rings(kernel_size: int) -> int:
     return (kernel_size + 1) // 2
 
 
-def _check_sampling(sampling: str) -> None:
+def check_sampling(sampling: str) -> None:
+    """Raise ``ValueError`` naming ``sampling`` unless it is one of :data:`SAMPLING_MODES`."""
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got sampling={sampling!r}.")
 
 
 def ring_extent(kernel_size: int, sampling: str = "center") -> float:
     """Centre of the outermost ring: ``k / 2`` for ``sampling="center"``, ``k // 2`` for ``sampling="area"``."""
-    _check_sampling(sampling)
+    check_sampling(sampling)
     return kernel_size / 2.0 if sampling == "center" else float(kernel_size // 2)
 
 
 def ring_centers(
-    kernel_size: int, num_rings: int, dtype: torch.dtype = torch.float64, sampling: str = "center"
+    kernel_size: int, num_rings: int, dtype: torch.dtype = torch.float64, *, sampling: str = "center"
 ) -> torch.Tensor:
     """Ring centres ``mu_i = i * R / (n - 1)`` evenly spaced from 0 to ``R`` (:func:`ring_extent`: ``k / 2``, or
     ``k // 2`` for ``sampling="area"``).
@@ -117,7 +119,7 @@ def ring_centers(
     return torch.arange(num_rings, dtype=dtype) * (extent / (num_rings - 1))
 
 
-def initial_sigma(kernel_size: int, num_rings: int, sampling: str = "center") -> float:
+def initial_sigma(kernel_size: int, num_rings: int, *, sampling: str = "center") -> float:
     """sigma at initialisation: full width at half maximum equal to the ring spacing (``sigma = Δd / 2.355``)."""
     extent = ring_extent(kernel_size, sampling)
     if num_rings == 1:
@@ -202,6 +204,11 @@ def ring_basis(
     Returns:
         basis of shape ``(n,) + (k,) * d``.
     """
+    if area and distances.ndim not in (3, 4):  # (k, k, S) or (k, k, k, S)
+        raise ValueError(
+            f"area=True needs per-sub-sample distances of shape (k,) * d + (S,) with d = 2 or 3 "
+            f"(offset_distances(..., subsamples=s)), got distances shape {tuple(distances.shape)}."
+        )
     if distances.shape != mask.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal distances shape {tuple(distances.shape)}.")
     n = centers.shape[0]

@@ -16,9 +16,9 @@ from monai_gmr.functional import (
     AREA_SUBSAMPLES,
     IMPLS,
     PADDING_MODES,
-    SAMPLING_MODES,
     SMOOTHING_MODES,
     check_kernel_size,
+    check_sampling,
     default_num_rings,
     gmr_conv,
     initial_sigma,
@@ -155,8 +155,7 @@ class GMRConv(nn.Module):
             raise ValueError(f"sigma must be one of {SIGMA_MODES}, got sigma={sigma!r}.")
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got impl={impl!r}.")
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got sampling={sampling!r}.")
+        check_sampling(sampling)
         if num_rings is None:
             num_rings = default_num_rings(k)
         if not _is_int(num_rings):
@@ -190,7 +189,7 @@ class GMRConv(nn.Module):
             self.register_buffer(name, value.float(), persistent=False)
 
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_rings))
-        log_sigma = torch.full((num_rings,), math.log(initial_sigma(k, num_rings, sampling)))
+        log_sigma = torch.full((num_rings,), math.log(initial_sigma(k, num_rings, sampling=sampling)))
         if smoothing == "gaussian" and sigma == "layer":
             self.log_sigma = nn.Parameter(log_sigma)
         else:
@@ -207,7 +206,7 @@ class GMRConv(nn.Module):
         return {
             "distances": offset_distances(k, d, torch.float64, subsamples=s),
             "mask": support_mask(k, d, self.circular, torch.float64, subsamples=s),
-            "centers": ring_centers(k, self.num_rings, torch.float64, self.sampling),
+            "centers": ring_centers(k, self.num_rings, torch.float64, sampling=self.sampling),
         }
 
     # ------------------------------------------------------------------ parameters
@@ -251,7 +250,7 @@ class GMRConv(nn.Module):
             return
         if isinstance(self.log_sigma, nn.Parameter):
             with torch.no_grad():
-                self.log_sigma.fill_(math.log(initial_sigma(self.kernel_size, self.num_rings, self.sampling)))
+                self.log_sigma.fill_(math.log(initial_sigma(self.kernel_size, self.num_rings, sampling=self.sampling)))
         fan = (self.in_channels // self.groups) * self.dc_energy()
         if self.kernel_size > 1:
             fan *= DC_GAIN_FRACTION
@@ -327,7 +326,7 @@ class GMRConv(nn.Module):
             # buffers made inside inference mode could not enter autograd later
             with torch.inference_mode(False):
                 exact = self._geometry()
-                sigma0 = initial_sigma(self.kernel_size, self.num_rings, self.sampling)
+                sigma0 = initial_sigma(self.kernel_size, self.num_rings, sampling=self.sampling)
                 exact["log_sigma"] = torch.full((self.num_rings,), math.log(sigma0), dtype=torch.float64)
                 for name in changed:  # round the float64 geometry to the new dtype, not twice
                     buf = self._buffers[name]

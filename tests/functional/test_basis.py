@@ -102,7 +102,7 @@ def test_area_sampling_ring_centres_and_sigma():
     assert torch.equal(ring_centers(9, 5, sampling="area"), torch.arange(5, dtype=torch.float64))
     assert torch.allclose(ring_centers(7, 3, sampling="area"), torch.tensor([0.0, 1.5, 3.0], dtype=torch.float64))
     assert ring_extent(9, "center") == 4.5 and ring_extent(9, "area") == 4.0
-    assert initial_sigma(9, 5, "area") == pytest.approx(1.0 / (2 * math.sqrt(2 * math.log(2))))
+    assert initial_sigma(9, 5, sampling="area") == pytest.approx(1.0 / (2 * math.sqrt(2 * math.log(2))))
     with pytest.raises(ValueError, match="sampling"):
         ring_centers(9, 5, sampling="pixel")
     with pytest.raises(ValueError, match="subsamples"):
@@ -142,6 +142,8 @@ def test_area_basis_is_the_pixel_average_of_the_masked_rings():
     assert g[4, 4 + 4, 4 + 3].item() == pytest.approx(sum(vals) / 16, rel=1e-12)
     assert 0 < g[4, 8, 7] and support_mask(k, 2)[8, 7] == 0
     assert g[:, 0, 0].abs().sum() == 0  # the corner pixel lies wholly outside: zero
+    with pytest.raises(ValueError, match="area=True needs per-sub-sample distances"):  # a point grid averaged its last axis
+        ring_basis(offset_distances(k, 2), mu, ls, support_mask(k, 2), area=True)
     with pytest.raises(ValueError, match="mask shape"):
         ring_basis(offset_distances(k, 2, subsamples=4), mu, ls, support_mask(k, 2), area=True)
 
