@@ -45,6 +45,7 @@ __all__ = [
     "offset_distances",
     "support_mask",
     "ring_basis",
+    "ring_basis_values",
     "check_kernel_size",
 ]
 
@@ -211,19 +212,51 @@ def ring_basis(
         )
     if distances.shape != mask.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal distances shape {tuple(distances.shape)}.")
+    if smoothing not in SMOOTHING_MODES:
+        raise ValueError(f"smoothing must be one of {SMOOTHING_MODES}, got smoothing={smoothing!r}.")
+    gaussian = smoothing == "gaussian"
+    if gaussian and log_sigma is None:
+        raise ValueError("smoothing='gaussian' needs log_sigma.")
+    lo, hi = log_sigma_range if log_sigma_range is not None else (-math.inf, math.inf)
+    # hard assignment ignores sigma: any tensor stands in for a missing one
+    ls = log_sigma if log_sigma is not None else centers
+    return ring_basis_values(distances, centers, ls, mask, gaussian, lo, hi, area)
+
+
+def ring_basis_values(
+    distances: torch.Tensor,
+    centers: torch.Tensor,
+    log_sigma: torch.Tensor,
+    mask: torch.Tensor,
+    gaussian: bool,
+    log_sigma_min: float,
+    log_sigma_max: float,
+    area: bool,
+) -> torch.Tensor:
+    """The arithmetic of :func:`ring_basis` without its argument checks; TorchScript-compatible (``torch.jit.script``
+    compiles it inside a scripted :class:`~monai_gmr.nn.GMRConv`, so eager and scripted layers share one formula).
+
+    Args:
+        distances: as in :func:`ring_basis`, shape ``(k,) * d`` or ``(k,) * d + (S,)``.
+        centers: ring centres, shape ``(n,)``.
+        log_sigma: ``log sigma`` per ring, shape ``(n,)`` (unused when ``gaussian`` is False).
+        mask: support mask, same shape as ``distances``.
+        gaussian: Gaussian rings (``smoothing="gaussian"``) or nearest-ring assignment (``smoothing="none"``).
+        log_sigma_min, log_sigma_max: clip range of ``log_sigma`` (``-inf``/``inf`` for none).
+        area: average over the last axis of ``distances``.
+
+    Returns:
+        basis of shape ``(n,) + (k,) * d``.
+    """
     n = centers.shape[0]
-    view = (n,) + (1,) * distances.ndim
+    view = [n] + [1] * distances.dim()
     diff = distances.unsqueeze(0) - centers.reshape(view)
-    if smoothing == "gaussian":
-        if log_sigma is None:
-            raise ValueError("smoothing='gaussian' needs log_sigma.")
-        ls = log_sigma if log_sigma_range is None else log_sigma.clamp(*log_sigma_range)
+    if gaussian:
+        ls = log_sigma.clamp(log_sigma_min, log_sigma_max)
         inv_two_var = 0.5 * torch.exp(-2.0 * ls).reshape(view)
         basis = torch.exp(-(diff * diff) * inv_two_var)
-    elif smoothing == "none":
+    else:
         nearest = diff.abs().argmin(dim=0)
         basis = (nearest.unsqueeze(0) == torch.arange(n, device=distances.device).reshape(view)).to(distances.dtype)
-    else:
-        raise ValueError(f"smoothing must be one of {SMOOTHING_MODES}, got smoothing={smoothing!r}.")
     basis = basis * mask.unsqueeze(0)
     return basis.mean(dim=-1) if area else basis
