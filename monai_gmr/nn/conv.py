@@ -107,7 +107,8 @@ class GMRConv(nn.Module):
     ignores ``persistent=False`` (pytorch/pytorch#69250).
 
     Under ``with torch.device("meta")`` the layer is built without initialising its weights; ``to_empty`` then
-    rebuilds the geometry buffers and a fixed sigma (neither is in the ``state_dict``) before ``load_state_dict``.
+    rebuilds the geometry buffers and a fixed sigma (neither is in the ``state_dict``) before ``load_state_dict``;
+    ``load_state_dict(..., assign=True)`` without ``to_empty`` rebuilds them on the loaded weight's device, in its dtype.
     """
 
     def __init__(
@@ -323,23 +324,34 @@ class GMRConv(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double() drop the cache
         self._kernel_cache = None
-        names = ("distances", "mask", "centers") + (("log_sigma",) if "log_sigma" in self._buffers else ())
+        names = self._derived_buffer_names()
         before = {name: self._buffers[name] for name in names}
         out = super()._apply(fn, recurse)
         # a no-op .to() keeps the tensors; a fixed (non-learned, non-persistent) log_sigma is rebuilt only when it had
         # no values (meta -> to_empty: load_state_dict cannot restore it), never over a value the user set
         changed = [n for n, b in before.items() if self._buffers[n] is not b and (n != "log_sigma" or b.is_meta)]
-        if changed:
-            # buffers made inside inference mode could not enter autograd later
-            with torch.inference_mode(False):
-                exact = self._geometry()
-                sigma0 = initial_sigma(self.kernel_size, self.num_rings, sampling=self.sampling)
-                exact["log_sigma"] = torch.full((self.num_rings,), math.log(sigma0), dtype=torch.float64)
-                for name in changed:  # round the float64 geometry to the new dtype, not twice
-                    buf = self._buffers[name]
-                    if buf is not None and buf.is_floating_point() and buf.device.type != "meta":
-                        self._buffers[name] = exact[name].to(device=buf.device, dtype=buf.dtype)
+        self._rebuild_buffers({n: (self._buffers[n].device, self._buffers[n].dtype) for n in changed})
         return out
+
+    def _derived_buffer_names(self) -> tuple[str, ...]:
+        """The non-persistent buffers computed from the hyper-parameters (a fixed ``log_sigma`` included)."""
+        return ("distances", "mask", "centers") + (("log_sigma",) if "log_sigma" in self._buffers else ())
+
+    def _rebuild_buffers(self, targets: dict[str, tuple[torch.device, torch.dtype]]) -> None:
+        """Recompute the named derived buffers in float64 and round them to ``targets[name] = (device, dtype)``
+        (meta targets are skipped: they hold no values)."""
+        targets = {n: t for n, t in targets.items() if torch.device(t[0]).type != "meta"}
+        if not targets:
+            return
+        # buffers made inside inference mode could not enter autograd later
+        with torch.inference_mode(False):
+            exact = self._geometry()
+            sigma0 = initial_sigma(self.kernel_size, self.num_rings, sampling=self.sampling)
+            exact["log_sigma"] = torch.full((self.num_rings,), math.log(sigma0), dtype=torch.float64)
+            for name, (device, dtype) in targets.items():  # round the float64 geometry to the new dtype, not twice
+                buf = self._buffers[name]
+                if buf is not None and buf.is_floating_point():
+                    self._buffers[name] = exact[name].to(device=device, dtype=dtype)
 
     def __setstate__(self, state: dict) -> None:
         # a whole module pickled (torch.save(model)) before the sampling option existed used the paper's sampling
@@ -349,6 +361,13 @@ class GMRConv(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         self._kernel_cache = None
         super()._load_from_state_dict(*args, **kwargs)
+        # ``with torch.device("meta")`` then ``load_state_dict(..., assign=True)``: the parameters are now the loaded
+        # tensors, but the non-persistent buffers (not in the state dict) are still on meta; rebuild them on the
+        # weight's device, in its dtype
+        weight = self.weight
+        if not weight.is_meta and weight.is_floating_point():
+            meta = [n for n in self._derived_buffer_names() if self._buffers[n].is_meta]
+            self._rebuild_buffers({n: (weight.device, weight.dtype) for n in meta})
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
