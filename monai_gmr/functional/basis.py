@@ -46,6 +46,7 @@ __all__ = [
     "support_mask",
     "ring_basis",
     "ring_basis_values",
+    "is_radial_basis",
     "check_kernel_size",
 ]
 
@@ -260,3 +261,37 @@ def ring_basis_values(
         basis = (nearest.unsqueeze(0) == torch.arange(n, device=distances.device).reshape(view)).to(distances.dtype)
     basis = basis * mask.unsqueeze(0)
     return basis.mean(dim=-1) if area else basis
+
+
+def is_radial_basis(basis: torch.Tensor, rtol: float = 1e-6) -> bool:
+    """Whether ``basis`` depends on the offset ``p`` only through ``|p|``: every ring takes one value on each shell of
+    offsets with equal integer ``|p|^2`` (what the Triton kernels of :mod:`.triton_conv` need).
+
+    ``sampling="center"`` bases are radial; ``sampling="area"`` bases are not once a shell holds offsets of several
+    grid-symmetry orbits (``(5, 0)`` and ``(3, 4)`` from ``k = 11`` in 2D, ``(3, 0, 0)`` and ``(2, 2, 1)`` from
+    ``k = 7`` in 3D); below that they are. Compares the basis with its average over each shell, within ``rtol`` of
+    its largest magnitude. One host-device synchronisation.
+
+    Args:
+        basis: ring basis, shape ``(n,) + (k,) * d`` with ``d`` = 2 or 3 and odd ``k``.
+        rtol: tolerance relative to ``max |basis|``.
+
+    Returns:
+        True if the basis is constant on every shell.
+    """
+    d = basis.ndim - 1
+    k = basis.shape[-1]
+    if d not in (2, 3) or any(s != k for s in basis.shape[1:]) or k % 2 == 0:
+        raise ValueError(
+            f"basis must have shape (n,) + (k,) * d with odd k and d = 2 or 3, got basis shape {tuple(basis.shape)}."
+        )
+    coords = torch.arange(-(k // 2), k // 2 + 1, device=basis.device)
+    grids = torch.meshgrid(*([coords] * d), indexing="ij")
+    shell = sum(g * g for g in grids).reshape(-1)  # integer |p|^2 per offset
+    _, inverse, counts = torch.unique(shell, return_inverse=True, return_counts=True)
+    flat = basis.reshape(basis.shape[0], -1).double()
+    sums = torch.zeros(flat.shape[0], counts.numel(), dtype=flat.dtype, device=flat.device)
+    sums.index_add_(1, inverse, flat)
+    mean = (sums / counts.to(flat.dtype))[:, inverse]
+    scale = flat.abs().max()
+    return bool(((flat - mean).abs() <= rtol * scale).all())
