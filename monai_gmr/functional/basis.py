@@ -45,6 +45,8 @@ __all__ = [
     "offset_distances",
     "support_mask",
     "ring_basis",
+    "ring_basis_values",
+    "is_radial_basis",
     "check_kernel_size",
 ]
 
@@ -211,19 +213,85 @@ def ring_basis(
         )
     if distances.shape != mask.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal distances shape {tuple(distances.shape)}.")
+    if smoothing not in SMOOTHING_MODES:
+        raise ValueError(f"smoothing must be one of {SMOOTHING_MODES}, got smoothing={smoothing!r}.")
+    gaussian = smoothing == "gaussian"
+    if gaussian and log_sigma is None:
+        raise ValueError("smoothing='gaussian' needs log_sigma.")
+    lo, hi = log_sigma_range if log_sigma_range is not None else (-math.inf, math.inf)
+    # hard assignment ignores sigma: any tensor stands in for a missing one
+    ls = log_sigma if log_sigma is not None else centers
+    return ring_basis_values(distances, centers, ls, mask, gaussian, lo, hi, area)
+
+
+def ring_basis_values(
+    distances: torch.Tensor,
+    centers: torch.Tensor,
+    log_sigma: torch.Tensor,
+    mask: torch.Tensor,
+    gaussian: bool,
+    log_sigma_min: float,
+    log_sigma_max: float,
+    area: bool,
+) -> torch.Tensor:
+    """The arithmetic of :func:`ring_basis` without its argument checks; TorchScript-compatible (``torch.jit.script``
+    compiles it inside a scripted :class:`~monai_gmr.nn.GMRConv`, so eager and scripted layers share one formula).
+
+    Args:
+        distances: as in :func:`ring_basis`, shape ``(k,) * d`` or ``(k,) * d + (S,)``.
+        centers: ring centres, shape ``(n,)``.
+        log_sigma: ``log sigma`` per ring, shape ``(n,)`` (unused when ``gaussian`` is False).
+        mask: support mask, same shape as ``distances``.
+        gaussian: Gaussian rings (``smoothing="gaussian"``) or nearest-ring assignment (``smoothing="none"``).
+        log_sigma_min, log_sigma_max: clip range of ``log_sigma`` (``-inf``/``inf`` for none).
+        area: average over the last axis of ``distances``.
+
+    Returns:
+        basis of shape ``(n,) + (k,) * d``.
+    """
     n = centers.shape[0]
-    view = (n,) + (1,) * distances.ndim
+    view = [n] + [1] * distances.dim()
     diff = distances.unsqueeze(0) - centers.reshape(view)
-    if smoothing == "gaussian":
-        if log_sigma is None:
-            raise ValueError("smoothing='gaussian' needs log_sigma.")
-        ls = log_sigma if log_sigma_range is None else log_sigma.clamp(*log_sigma_range)
+    if gaussian:
+        ls = log_sigma.clamp(log_sigma_min, log_sigma_max)
         inv_two_var = 0.5 * torch.exp(-2.0 * ls).reshape(view)
         basis = torch.exp(-(diff * diff) * inv_two_var)
-    elif smoothing == "none":
+    else:
         nearest = diff.abs().argmin(dim=0)
         basis = (nearest.unsqueeze(0) == torch.arange(n, device=distances.device).reshape(view)).to(distances.dtype)
-    else:
-        raise ValueError(f"smoothing must be one of {SMOOTHING_MODES}, got smoothing={smoothing!r}.")
     basis = basis * mask.unsqueeze(0)
     return basis.mean(dim=-1) if area else basis
+
+
+def is_radial_basis(basis: torch.Tensor, rtol: float = 1e-6) -> bool:
+    """Whether ``basis`` depends on the offset ``p`` only through ``|p|``: every ring takes one value on each shell of
+    offsets with equal integer ``|p|^2`` (what the Triton kernels of :mod:`.triton_conv` need).
+
+    ``sampling="center"`` bases are radial; ``sampling="area"`` bases are not once a shell holds offsets of several
+    grid-symmetry orbits (``(5, 0)`` and ``(3, 4)`` from ``k = 11`` in 2D, ``(3, 0, 0)`` and ``(2, 2, 1)`` from
+    ``k = 7`` in 3D); below that they are. Compares the basis with its average over each shell, within ``rtol`` of
+    its largest magnitude. One host-device synchronisation.
+
+    Args:
+        basis: ring basis, shape ``(n,) + (k,) * d`` with ``d`` = 2 or 3 and odd ``k``.
+        rtol: tolerance relative to ``max |basis|``.
+
+    Returns:
+        True if the basis is constant on every shell.
+    """
+    d = basis.ndim - 1
+    k = basis.shape[-1]
+    if d not in (2, 3) or any(s != k for s in basis.shape[1:]) or k % 2 == 0:
+        raise ValueError(
+            f"basis must have shape (n,) + (k,) * d with odd k and d = 2 or 3, got basis shape {tuple(basis.shape)}."
+        )
+    coords = torch.arange(-(k // 2), k // 2 + 1, device=basis.device)
+    grids = torch.meshgrid(*([coords] * d), indexing="ij")
+    shell = sum(g * g for g in grids).reshape(-1)  # integer |p|^2 per offset
+    _, inverse, counts = torch.unique(shell, return_inverse=True, return_counts=True)
+    flat = basis.reshape(basis.shape[0], -1).double()
+    sums = torch.zeros(flat.shape[0], counts.numel(), dtype=flat.dtype, device=flat.device)
+    sums.index_add_(1, inverse, flat)
+    mean = (sums / counts.to(flat.dtype))[:, inverse]
+    scale = flat.abs().max()
+    return bool(((flat - mean).abs() <= rtol * scale).all())

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .basis import is_radial_basis
 from .triton_conv import gmr_conv_triton, resolve_triton
 
 __all__ = [
@@ -158,7 +159,7 @@ def gmr_conv(
     impl: str = "dense",
     kernel: torch.Tensor | None = None,
     circular: bool | None = None,
-    radial: bool = True,
+    radial: bool | None = None,
 ) -> torch.Tensor:
     """GMR convolution of ``x``.
 
@@ -175,8 +176,11 @@ def gmr_conv(
         kernel: optional precomputed dense kernel (``impl="dense"`` only), e.g. an eval-mode cache.
         circular: ``True`` when ``basis`` is zero outside the inscribed circle/sphere, which lets the Triton kernels
             skip the corner offsets (see :func:`.triton_conv.gmr_conv_triton`); ignored by the other impls.
-        radial: ``True`` when ``basis`` depends on ``|p|`` only (``sampling="center"``), which the Triton kernels need;
-            ``False`` (``sampling="area"``) makes ``impl="triton"`` fall back.
+        radial: whether ``basis`` depends on ``|p|`` only, which the Triton kernels need (``False`` makes
+            ``impl="triton"`` fall back). ``None`` (default): determined from ``basis`` by
+            :func:`.basis.is_radial_basis` when, and only when, the Triton path is chosen (one host-device
+            synchronisation; ``sampling="center"`` bases are radial, ``sampling="area"`` ones from ``k = 11`` in 2D /
+            ``k = 7`` in 3D are not). Pass a bool to skip the check (:class:`~monai_gmr.nn.GMRConv` does).
 
     Returns:
         output of shape ``(B, C_out) + spatial_out``.
@@ -194,6 +198,8 @@ def gmr_conv(
     if impl == "auto":
         impl = select_impl(impl, x.device, d, k, x.shape[1], needs_grad)
     if impl == "triton":  # fused kernels (issue 7); unsupported calls fall back (see triton_conv.resolve_triton)
+        if radial is None:  # a direct caller with an unknown basis: the shell kernels would silently be wrong on it
+            radial = basis is None or is_radial_basis(basis)
         impl = resolve_triton(
             requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None, radial
         )

@@ -40,7 +40,8 @@ Measured (H100, docs/benchmarks_triton.md): at (32, 128, 64, 64) k = 9, forward 
 dense k = 9 (bf16 and fp32); 3D (2, 32, 48^3) k = 7 2.4x (bf16) / 4.2x (fp32); slower than cuDNN at k = 3.
 
 Support: 2D and 3D, stride 1, "same" zero padding (``padding == (k - 1) // 2``), dilation 1, groups 1, float32 /
-float16 / bfloat16 on CUDA. The basis must be radially symmetric (as :func:`ring_basis` makes it); only one offset
+float16 / bfloat16 on CUDA. The basis must be radially symmetric (as :func:`ring_basis` makes it with
+``sampling="center"``; ``gmr_conv`` checks an unknown basis with :func:`.basis.is_radial_basis`); only one offset
 per shell is read. Anything else falls back (see :func:`triton_unsupported_reason` and
 ``monai_gmr.functional.conv.gmr_conv``). On CPU tensors the kernels run only under Triton's interpreter (set the
 environment variable ``TRITON_INTERPRET=1``; slow, for tests). Triton is imported lazily: this module imports

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from monai_gmr.functional import (
     AREA_SUBSAMPLES,
@@ -25,6 +26,7 @@ from monai_gmr.functional import (
     log_sigma_bounds,
     offset_distances,
     ring_basis,
+    ring_basis_values,
     ring_centers,
     same_padding,
     select_impl,
@@ -99,8 +101,14 @@ class GMRConv(nn.Module):
     call: it is one small einsum there, and a value check would synchronise the device. The kernel is always
     synthesised with autocast off, in the parameters' dtype (the convolution itself still autocasts).
 
+    ``torch.jit.script`` compiles the layer (alone or in a net) to the dense path: the kernel is synthesised from the
+    parameters on every call, without the cache and the ``impl`` dispatch (rings / Triton are eager-only). The scripted
+    module holds the same parameters; its ``state_dict`` also lists the non-persistent geometry buffers, as TorchScript
+    ignores ``persistent=False`` (pytorch/pytorch#69250).
+
     Under ``with torch.device("meta")`` the layer is built without initialising its weights; ``to_empty`` then
-    rebuilds the geometry buffers and a fixed sigma (neither is in the ``state_dict``) before ``load_state_dict``.
+    rebuilds the geometry buffers and a fixed sigma (neither is in the ``state_dict``) before ``load_state_dict``;
+    ``load_state_dict(..., assign=True)`` without ``to_empty`` rebuilds them on the loaded weight's device, in its dtype.
     """
 
     def __init__(
@@ -263,7 +271,7 @@ class GMRConv(nn.Module):
     @property
     def sigma(self) -> torch.Tensor:
         """Current (clipped) ring widths sigma_i."""
-        return self.log_sigma.detach().clamp(*self.log_sigma_range).exp()
+        return self.log_sigma.detach().clamp(self.log_sigma_range[0], self.log_sigma_range[1]).exp()
 
     def _cache_key(self) -> tuple:
         return (
@@ -316,23 +324,34 @@ class GMRConv(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double() drop the cache
         self._kernel_cache = None
-        names = ("distances", "mask", "centers") + (("log_sigma",) if "log_sigma" in self._buffers else ())
+        names = self._derived_buffer_names()
         before = {name: self._buffers[name] for name in names}
         out = super()._apply(fn, recurse)
         # a no-op .to() keeps the tensors; a fixed (non-learned, non-persistent) log_sigma is rebuilt only when it had
         # no values (meta -> to_empty: load_state_dict cannot restore it), never over a value the user set
         changed = [n for n, b in before.items() if self._buffers[n] is not b and (n != "log_sigma" or b.is_meta)]
-        if changed:
-            # buffers made inside inference mode could not enter autograd later
-            with torch.inference_mode(False):
-                exact = self._geometry()
-                sigma0 = initial_sigma(self.kernel_size, self.num_rings, sampling=self.sampling)
-                exact["log_sigma"] = torch.full((self.num_rings,), math.log(sigma0), dtype=torch.float64)
-                for name in changed:  # round the float64 geometry to the new dtype, not twice
-                    buf = self._buffers[name]
-                    if buf is not None and buf.is_floating_point() and buf.device.type != "meta":
-                        self._buffers[name] = exact[name].to(device=buf.device, dtype=buf.dtype)
+        self._rebuild_buffers({n: (self._buffers[n].device, self._buffers[n].dtype) for n in changed})
         return out
+
+    def _derived_buffer_names(self) -> tuple[str, ...]:
+        """The non-persistent buffers computed from the hyper-parameters (a fixed ``log_sigma`` included)."""
+        return ("distances", "mask", "centers") + (("log_sigma",) if "log_sigma" in self._buffers else ())
+
+    def _rebuild_buffers(self, targets: dict[str, tuple[torch.device, torch.dtype]]) -> None:
+        """Recompute the named derived buffers in float64 and round them to ``targets[name] = (device, dtype)``
+        (meta targets are skipped: they hold no values)."""
+        targets = {n: t for n, t in targets.items() if torch.device(t[0]).type != "meta"}
+        if not targets:
+            return
+        # buffers made inside inference mode could not enter autograd later
+        with torch.inference_mode(False):
+            exact = self._geometry()
+            sigma0 = initial_sigma(self.kernel_size, self.num_rings, sampling=self.sampling)
+            exact["log_sigma"] = torch.full((self.num_rings,), math.log(sigma0), dtype=torch.float64)
+            for name, (device, dtype) in targets.items():  # round the float64 geometry to the new dtype, not twice
+                buf = self._buffers[name]
+                if buf is not None and buf.is_floating_point():
+                    self._buffers[name] = exact[name].to(device=device, dtype=dtype)
 
     def __setstate__(self, state: dict) -> None:
         # a whole module pickled (torch.save(model)) before the sampling option existed used the paper's sampling
@@ -342,6 +361,13 @@ class GMRConv(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         self._kernel_cache = None
         super()._load_from_state_dict(*args, **kwargs)
+        # ``with torch.device("meta")`` then ``load_state_dict(..., assign=True)``: the parameters are now the loaded
+        # tensors, but the non-persistent buffers (not in the state dict) are still on meta; rebuild them on the
+        # weight's device, in its dtype
+        weight = self.weight
+        if not weight.is_meta and weight.is_floating_point():
+            meta = [n for n in self._derived_buffer_names() if self._buffers[n].is_meta]
+            self._rebuild_buffers({n: (weight.device, weight.dtype) for n in meta})
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -351,6 +377,13 @@ class GMRConv(nn.Module):
         Returns:
             output of shape ``(B, C_out, *spatial_out)``.
         """
+        if torch.jit.is_scripting():
+            return self._forward_scripted(x)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
         if not isinstance(x, torch.Tensor) or x.ndim != self.spatial_dims + 2:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(
@@ -379,6 +412,44 @@ class GMRConv(nn.Module):
             circular=self.circular,
             radial=self.sampling == "center",
         )
+
+    def _forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward compiled by ``torch.jit.script``: the dense path, kernel synthesised from the ring basis on
+        every call (no cache, no ``impl`` dispatch); the same arithmetic as the eager dense path.
+
+        Shapes: as :meth:`forward`.
+        """
+        d = self.spatial_dims
+        if x.dim() != d + 2:
+            raise ValueError(
+                f"input must have shape (B, C, *spatial) with {d} spatial dims for spatial_dims={d}, got input shape "
+                f"{list(x.shape)}."
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels but in_channels={self.in_channels}.")
+        n = self.num_rings
+        lo, hi = self.log_sigma_range
+        basis = ring_basis_values(
+            self.distances, self.centers, self.log_sigma, self.mask, self.smoothing == "gaussian", lo, hi,
+            self.distances.dim() > d,
+        )  # fmt: skip
+        weight = self.weight
+        # synthesize_kernel's matmul (its shape check and tuple reshape are not TorchScript)
+        kernel = torch.matmul(weight.reshape(-1, n), basis.reshape(n, -1).to(weight.dtype))
+        kernel = kernel.reshape([weight.shape[0], weight.shape[1]] + [self.kernel_size] * d)
+        pad = self.padding
+        if self.padding_mode != "zeros" and pad > 0:
+            x = F.pad(x, [pad] * (2 * d), mode=self.padding_mode)
+            pad = 0
+        if kernel.dtype != x.dtype:
+            kernel = kernel.to(x.dtype)
+        bias = self.bias
+        if bias is not None:
+            if bias.dtype != x.dtype:
+                bias = bias.to(x.dtype)
+        if d == 2:
+            return F.conv2d(x, kernel, bias, self.stride, pad, self.dilation, self.groups)
+        return F.conv3d(x, kernel, bias, self.stride, pad, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         s = (

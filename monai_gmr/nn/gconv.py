@@ -397,6 +397,24 @@ class _GroupConvBase(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def _apply(self, fn, recurse: bool = True):
+        was_meta = self.bank_index.is_meta
+        out = super()._apply(fn, recurse)
+        if was_meta:  # meta -> to_empty: the index (not in the state dict) holds uninitialised memory
+            self._rebuild_bank_index(self.bank_index.device)
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        # meta construction then load_state_dict(..., assign=True): the parameters are loaded, the index is on meta
+        if self.bank_index.is_meta and not self.weight.is_meta:
+            self._rebuild_bank_index(self.weight.device)
+
+    def _rebuild_bank_index(self, device: torch.device) -> None:
+        if device.type != "meta":
+            with torch.inference_mode(False):
+                self._buffers["bank_index"] = _new_index(self.group, self.kernel_size, self.lifting, device)
+
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, group={self.group!r}, "
              f"stride={self.stride}, padding={self.padding}")

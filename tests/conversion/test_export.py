@@ -153,6 +153,24 @@ def test_ckpt_export_traced_gmr_net(tmp_path):
         assert rel_err(loaded(x), net(x)) <= 1e-5
 
 
+def test_ckpt_export_scripted_gmr_net(tmp_path):
+    """ckpt_export with its default (``torch.jit.script``) on the GMR network itself: scripting stopped at
+    GMRConv.forward, so the docs said to trace."""
+    from monai.bundle import ckpt_export
+
+    net_def = {"_target_": "monai_gmr.nets.get_network", "name": "gmr_unet_tiny", "in_channels": 1, "out_channels": 2,
+               "sampling": "area"}  # fmt: skip
+    net = get_network("gmr_unet_tiny", in_channels=1, out_channels=2, sampling="area").eval()
+    config, ckpt = _bundle(tmp_path, net_def, net.state_dict())
+    out = tmp_path / "model.ts"
+    _quiet(lambda: ckpt_export(net_id="network_def", filepath=str(out), ckpt_file=ckpt, config_file=config,
+                               meta_file=str(tmp_path / "configs" / "metadata.json")))  # fmt: skip
+    loaded = _quiet(torch.jit.load, str(out))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert rel_err(loaded(x), net(x)) <= 1e-5
+
+
 def test_export_dense_on_plain_net_is_identity_function():
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
     x = torch.randn(1, 1, 8, 8)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from monai_gmr.functional import (
+    AREA_SUBSAMPLES,
     check_kernel_size,
     default_num_rings,
     initial_sigma,
@@ -163,3 +164,28 @@ def test_area_basis_is_bitwise_symmetric_under_the_grid_symmetries(d, k):
             h = g.permute(0, *perm)
             h = h.flip(axes) if axes else h
             assert torch.equal(h, g), (perm, axes)
+
+
+@pytest.mark.parametrize(
+    "d,k,radial_area",
+    [(2, 5, True), (2, 9, True), (2, 11, False), (2, 13, False), (3, 5, True), (3, 7, False)],
+)
+def test_is_radial_basis_center_vs_area(d, k, radial_area):
+    """Centre-sampled bases are constant on shells of equal |p|^2; area-sampled ones are once every shell is a
+    single grid-symmetry orbit, and not from (5, 0) ~ (3, 4) (2D, k = 11) / (3, 0, 0) ~ (2, 2, 1) (3D, k = 7)."""
+    from monai_gmr.functional import is_radial_basis
+
+    for sampling, expected in (("center", True), ("area", radial_area)):
+        s = AREA_SUBSAMPLES if sampling == "area" else 1
+        n = (k + 1) // 2
+        sigma = initial_sigma(k, n, sampling=sampling)
+        basis = ring_basis(
+            offset_distances(k, d, subsamples=s), ring_centers(k, n, sampling=sampling),
+            torch.full((n,), math.log(sigma), dtype=torch.float64), support_mask(k, d, subsamples=s), area=s > 1,
+        )  # fmt: skip
+        assert is_radial_basis(basis) is expected, sampling
+        assert is_radial_basis(basis.float()) is expected, sampling
+    assert is_radial_basis(torch.ones(2, *(k,) * d))
+    assert not is_radial_basis(torch.randn(2, *(k,) * d))
+    with pytest.raises(ValueError, match="basis"):
+        is_radial_basis(torch.ones(2, 4, 4))

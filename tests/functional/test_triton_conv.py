@@ -548,3 +548,52 @@ def test_module_goes_through_the_same_dispatch(monkeypatch):
     x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
     ref = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="dense")
     assert rel_err(m(x), ref) < 1e-12 and seen == [True]
+
+
+@pytest.mark.parametrize("d,k", [(2, 11), (3, 7)])
+def test_direct_call_detects_a_non_radial_basis(monkeypatch, d, k):
+    """``gmr_conv(..., impl="triton")`` with an area basis and no ``radial`` argument told the Triton kernels the
+    basis was radial (the default was ``radial=True``), which gives wrong results on it. Now ``radial=None`` checks
+    the basis, only on the Triton path; an explicit bool is passed through unchecked."""
+    seen = []
+
+    def fake_resolve(*args):
+        seen.append(args[-1])  # the radial flag
+        return "dense"
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", fake_resolve)
+    x = torch.randn(1, 2, *(k + 2,) * d, dtype=torch.float64)
+    for sampling, radial in (("area", False), ("center", True)):
+        m = GMRConv(d, 2, 3, k, sampling=sampling).double()
+        basis = m.basis().detach()
+        seen.clear()
+        y = gmr_conv(x, m.weight, basis, m.bias, padding=k // 2, impl="triton")
+        assert seen == [radial], sampling
+        assert torch.allclose(y, gmr_conv(x, m.weight, basis, m.bias, padding=k // 2, impl="dense"), atol=1e-12)
+        seen.clear()
+        gmr_conv(x, m.weight, basis, m.bias, padding=k // 2, impl="triton", radial=True)  # explicit: trusted
+        assert seen == [True]
+
+    def no_check(basis):
+        raise AssertionError("is_radial_basis called off the Triton path")
+
+    monkeypatch.setattr(conv_mod, "is_radial_basis", no_check)
+    for impl in ("dense", "rings", "auto"):  # CPU: "auto" never picks Triton
+        gmr_conv(x, m.weight, basis, m.bias, padding=k // 2, impl=impl)
+    seen.clear()
+    GMRConv(d, 2, 3, k, sampling="area", impl="triton")(x.float())  # the module passes its own bool
+    assert seen == [False]
+
+
+def test_area_basis_no_radial_argument_is_refused(monkeypatch, caplog):
+    """End to end through the real resolver: an area basis without ``radial`` never reaches the shell kernels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
+    monkeypatch.setattr(tc, "_WARNED", set())
+    monkeypatch.setattr(tc, "gmr_conv_triton", lambda *a, **kw: pytest.fail("shell kernels ran on an area basis"))
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", tc.gmr_conv_triton)
+    m = GMRConv(2, 2, 3, 11, sampling="area").double()
+    x = torch.randn(1, 2, 13, 13, dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger=tc.__name__):
+        y = gmr_conv(x, m.weight, m.basis().detach(), m.bias, padding=5, impl="triton")
+    assert any("sampling='area'" in r.getMessage() for r in caplog.records)
+    assert torch.allclose(y, gmr_conv(x, m.weight, m.basis().detach(), m.bias, padding=5, impl="dense"), atol=1e-12)

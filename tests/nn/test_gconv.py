@@ -377,3 +377,21 @@ def test_gather_index_is_a_non_persistent_buffer():
     assert torch.equal(conv(x), group_conv2d(x, conv.weight, conv.bias, "p4m", padding=1))
     lift = GroupLiftingConv(2, 3, 5, "p4")
     assert lift.bank_index.shape == (4 * 25,) and set(lift.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("cls", [GroupLiftingConv, GroupConv])
+def test_meta_construction_then_load_or_to_empty(cls, group):
+    """The non-persistent ``bank_index`` stayed on meta after ``load_state_dict(..., assign=True)`` (wrong output),
+    and held uninitialised memory after ``to_empty`` ("index out of range")."""
+    ref = cls(2, 3, 3, group=group)
+    x = torch.randn(1, 2, 7, 7) if cls is GroupLiftingConv else torch.randn(1, 2, ref.group_order, 7, 7)
+    with torch.device("meta"):
+        m = cls(2, 3, 3, group=group)
+    m.load_state_dict(ref.state_dict(), assign=True)
+    assert torch.equal(m.bank_index, ref.bank_index) and torch.equal(m(x), ref(x))
+    with torch.device("meta"):
+        m = cls(2, 3, 3, group=group)
+    m = m.to_empty(device="cpu")
+    m.load_state_dict(ref.state_dict())
+    assert torch.equal(m.bank_index, ref.bank_index) and torch.equal(m(x), ref(x))

@@ -551,3 +551,31 @@ def test_a_module_pickled_before_the_sampling_option_loads_as_center():
     old.__setstate__(state)
     old = pickle.loads(pickle.dumps(old))
     assert old.sampling == "center" and torch.equal(old(x), m(x)) and "sampling" not in repr(old)
+
+
+@pytest.mark.parametrize(
+    "d,kwargs",
+    [(2, {}), (3, {}), (2, {"sampling": "area"}), (3, {"sampling": "area", "sigma": "fixed"}), (2, {"smoothing": "none"})],
+)
+def test_meta_device_construction_then_load_with_assign(d, kwargs):
+    """``with torch.device("meta")`` then ``load_state_dict(..., assign=True)`` (no ``to_empty``): the non-persistent
+    geometry buffers (and a fixed sigma) stayed on meta, and the forward raised "Tensor on device cpu is not on the
+    expected device meta!"."""
+    ref = GMRConv(d, 3, 4, 5, **kwargs)
+    with torch.device("meta"):
+        m = GMRConv(d, 3, 4, 5, **kwargs)
+    m.load_state_dict(ref.state_dict(), assign=True)
+    assert not any(b.is_meta for b in m.buffers())
+    for name, buf in m.named_buffers():
+        assert torch.equal(buf, getattr(ref, name)), name
+    x = torch.randn(2, 3, *(7,) * d)
+    assert torch.equal(m(x), ref(x))
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), ref.eval()(x))
+    # the buffers follow the loaded parameters' dtype
+    with torch.device("meta"):
+        m64 = GMRConv(d, 3, 4, 5, **kwargs)
+    m64.load_state_dict(ref.double().state_dict(), assign=True)
+    assert all(b.dtype == torch.float64 and b.device.type == "cpu" for b in m64.buffers())
+    assert torch.allclose(m64(x.double()), ref(x.double()), rtol=0, atol=1e-6)
