@@ -434,8 +434,14 @@ class GMRConv(nn.Module):
             self.distances.dim() > d,
         )  # fmt: skip
         weight = self.weight
-        # synthesize_kernel's matmul (its shape check and tuple reshape are not TorchScript)
-        kernel = torch.matmul(weight.reshape(-1, n), basis.reshape(n, -1).to(weight.dtype))
+        # synthesize_kernel's contraction over the rings, written as a sum of products: TorchScript ignores
+        # ``torch.autocast(enabled=False)``, and under autocast a matmul would synthesise the kernel in bf16/fp16
+        # (the eager layer synthesises it in the parameters' dtype); elementwise ops are not autocast
+        flat = weight.reshape(-1, n)
+        rings = basis.reshape(n, -1).to(weight.dtype)
+        kernel = flat[:, 0:1] * rings[0:1]
+        for i in range(1, n):
+            kernel = kernel + flat[:, i : i + 1] * rings[i : i + 1]
         kernel = kernel.reshape([weight.shape[0], weight.shape[1]] + [self.kernel_size] * d)
         pad = self.padding
         if self.padding_mode != "zeros" and pad > 0:

@@ -105,3 +105,18 @@ def test_script_checks_the_input_shape():
         scripted(torch.randn(1, 3, 8, 8, 8))
     with pytest.raises(Exception, match="in_channels=3"):
         scripted(torch.randn(1, 2, 8, 8))
+
+
+def test_script_under_autocast_synthesises_the_kernel_like_eager():
+    """Under autocast the eager layer synthesises its kernel in the parameters' dtype; the scripted layer used a matmul
+    that autocast ran in bf16 (TorchScript ignores ``torch.autocast(enabled=False)``), so its bf16 output differed from
+    the eager layer's by about one bf16 rounding of the kernel."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 8, 8, 9, impl="dense").eval()
+    scripted = _script(m)
+    x = torch.randn(2, 8, 24, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        eager, script = m(x), scripted(x)
+    assert script.dtype == eager.dtype == torch.bfloat16
+    scale = eager.float().abs().max()
+    assert (script.float() - eager.float()).abs().max() <= 1e-3 * scale
