@@ -27,6 +27,8 @@ __all__ = [
     "json_ready",
     "atomic_torch_save",
     "make_temp_dir",
+    "missing_dirs",
+    "remove_empty_dirs",
     "current_umask",
     "seed_everything",
     "run_environment",
@@ -100,6 +102,37 @@ def make_temp_dir(path: str | os.PathLike, prefix: str | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=prefix if prefix is not None else f".{path.name}.tmp-", dir=path.parent))
     os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
+
+
+def missing_dirs(path: str | os.PathLike) -> list[Path]:
+    """The folders among ``path`` and its ancestors that do not exist yet, deepest first (``[]`` when ``path`` is a
+    folder already).
+
+    Record them before something creates ``path`` with ``parents=True``; :func:`remove_empty_dirs` can then undo
+    exactly what was created (and nothing that existed before) when the run stops before writing into it.
+    """
+    path = Path(path).absolute()
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def remove_empty_dirs(dirs: list[Path] | tuple[Path, ...]) -> None:
+    """Remove each folder of ``dirs`` (deepest first, as :func:`missing_dirs` lists them) that exists and is empty.
+
+    Only empty folders are removed (``os.rmdir``): a folder holding anything, e.g. a file another process wrote
+    meanwhile, stays, and so do its parents.
+    """
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (or not ours to remove): its parents are not empty either
+            return
 
 
 def current_umask() -> int:

@@ -232,3 +232,21 @@ def test_atomic_write_json_refuses_a_nan_that_escapes_the_conversion(tmp_path, m
         utils.atomic_write_json(p, {"v": float("nan")})
     assert _strict_loads(p.read_text()) == {"v": 1}
     assert [q.name for q in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_missing_dirs_and_remove_empty_dirs_undo_only_what_was_created(tmp_path):
+    from monai_gmr.utils import missing_dirs, remove_empty_dirs
+
+    (tmp_path / "a").mkdir()
+    target = tmp_path / "a" / "b" / "c"
+    created = missing_dirs(target)
+    assert created == [target, target.parent]  # deepest first; tmp_path/a existed
+    assert missing_dirs(tmp_path / "a") == []
+    target.mkdir(parents=True)
+    remove_empty_dirs(created)
+    assert not (tmp_path / "a" / "b").exists() and (tmp_path / "a").is_dir()  # the pre-existing parent stays
+    target.mkdir(parents=True)
+    (target.parent / "user.txt").write_text("x")  # something was written meanwhile: that folder is kept
+    remove_empty_dirs(created)
+    assert not target.exists() and (target.parent / "user.txt").read_text() == "x"
+    remove_empty_dirs(created)  # already gone or not empty: no error
