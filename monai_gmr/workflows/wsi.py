@@ -374,6 +374,33 @@ def wsi_patch_datalist(
     Returns:
         list of dicts with absolute slide paths.
     """
+    return _wsi_patch_items(
+        dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend,
+        patch_size=patch_size, patch_level=patch_level, num_classes=num_classes, fallback_split=fallback_split,
+        skip_outside=skip_outside, patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac, split_seed=split_seed,
+    )[0]
+
+
+def _wsi_patch_items(
+    dataset_dir: str | os.PathLike,
+    split: str,
+    *,
+    generate: bool,
+    synthetic: Mapping[str, Any] | None,
+    check: bool,
+    backend: str,
+    patch_size: int | Sequence[int] | None,
+    patch_level: int | None,
+    num_classes: int | None,
+    fallback_split: str | None,
+    skip_outside: bool,
+    patch_mpp: float | None,
+    val_frac: float,
+    test_frac: float,
+    split_seed: int,
+) -> tuple[list[dict[str, Any]], str]:
+    """:func:`wsi_patch_datalist`'s items and the split they come from (``fallback_split`` when ``split`` was
+    empty), so that later messages (e.g. :func:`check_class_labels`'s warnings) name the split actually used."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
     split_settings = {"val_frac": val_frac, "test_frac": test_frac, "seed": split_seed}
@@ -395,7 +422,7 @@ def wsi_patch_datalist(
             items, backend=backend, patch_size=patch_size, patch_level=patch_level, num_classes=num_classes,
             skip_outside=skip_outside, name=f"{used} patches of {datalist!r}",
         )
-    return items
+    return items, used
 
 
 #: PCam file-name tokens of the bundle's splits (``camelyonpatch_level_2_split_<token>_x.h5``).
@@ -526,15 +553,15 @@ def patch_dataset(
     if dataset_dir is None:
         raise ValueError("data_source='wsi' needs dataset_dir.")
     size = _as_pair(read_size if read_size is not None else patch_size)
-    items = wsi_patch_datalist(
+    items, used = _wsi_patch_items(
         dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend, patch_size=size,
         patch_level=patch_level, num_classes=num_classes, fallback_split=fallback_split,
         skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed,
     )
-    if all("label" in i for i in items):
+    if all("label" in i for i in items):  # name the split the items come from (the fallback, when it was used)
         check_class_labels([np.asarray(i["label"]).reshape(-1)[0] for i in items], num_classes,
-                           f"{split} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
+                           f"{used} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
     level = None if patch_mpp is not None else patch_level
     items = to_top_left(items, size, level, backend)
     return PatchWSIDataset(

@@ -615,3 +615,27 @@ def test_real_slide_cmu_inference(tmp_path):
     assert (tmp_path / "cmu_small_region_heatmap.png").stat().st_size > 0
     assert np.array(Image.open(tmp_path / "cmu_small_region_tissue.png")).shape == (495, 370)
 
+
+
+def test_label_warning_names_the_fallback_split_actually_used(wsi_data, tmp_path, caplog):
+    """Evaluation asks for the test split and falls back to validation when it is empty (logged); the warning
+    about a class without samples must then name the validation patches, not the test split it did not read."""
+    import logging
+
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    slide = wsi_data["slide_paths"][0]
+    own = {"training": [{"image": slide, "location": [300, 200], "label": 1}],
+           "validation": [{"image": slide, "location": [300, 200], "label": 0},
+                          {"image": slide, "location": [400, 300], "label": 1}],
+           "test": []}  # fmt: skip
+    (tmp_path / "datalist.json").write_text(json.dumps(own))
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        ds = patch_dataset("wsi", "test", dataset_dir=str(tmp_path), generate=False, patch_size=PATCH, num_classes=3,
+                           fallback_split="validation", check=False)  # fmt: skip
+    assert len(ds) == 2
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("no 'test' patches; using 'validation'" in m for m in msgs), msgs  # the fallback is logged
+    missing = [m for m in msgs if "no sample of class(es) [2]" in m]
+    assert len(missing) == 1 and missing[0].startswith("validation patches of dataset_dir"), msgs
+    assert not any(m.startswith("test patches") for m in msgs), msgs
