@@ -14,7 +14,7 @@ import logging
 import numbers
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,12 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_bytes",
     "atomic_write_json",
+    "json_dumps",
+    "json_ready",
     "atomic_torch_save",
     "make_temp_dir",
+    "missing_dirs",
+    "remove_empty_dirs",
     "current_umask",
     "seed_everything",
     "run_environment",
@@ -100,6 +104,37 @@ def make_temp_dir(path: str | os.PathLike, prefix: str | None = None) -> Path:
     return tmp
 
 
+def missing_dirs(path: str | os.PathLike) -> list[Path]:
+    """The folders among ``path`` and its ancestors that do not exist yet, deepest first (``[]`` when ``path`` is a
+    folder already).
+
+    Record them before something creates ``path`` with ``parents=True``; :func:`remove_empty_dirs` can then undo
+    exactly what was created (and nothing that existed before) when the run stops before writing into it.
+    """
+    path = Path(path).absolute()
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def remove_empty_dirs(dirs: list[Path] | tuple[Path, ...]) -> None:
+    """Remove each folder of ``dirs`` (deepest first, as :func:`missing_dirs` lists them) that exists and is empty.
+
+    Only empty folders are removed (``os.rmdir``): a folder holding anything, e.g. a file another process wrote
+    meanwhile, stays, and so do its parents.
+    """
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (or not ours to remove): its parents are not empty either
+            return
+
+
 def current_umask() -> int:
     """The process umask (read without changing it where ``/proc`` allows; otherwise set and restored at once)."""
     with contextlib.suppress(OSError, ValueError):
@@ -128,8 +163,61 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    """Serialise ``obj`` as JSON (fully, before touching the disk) and write it atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+    """Serialise ``obj`` as strict JSON (fully, before touching the disk) and write it atomically.
+
+    Non-finite floats (``NaN``, ``inf``; e.g. the ROC-AUC of a single-class split) are written as ``null``: Python's
+    default ``NaN`` token is not JSON and strict readers (JavaScript, ``jq``, ``json.loads(..., parse_constant=...)``)
+    reject it. See :func:`json_dumps`.
+    """
+    return atomic_write_text(path, json_dumps(obj, indent=indent) + "\n")
+
+
+def json_dumps(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON text: :func:`json_ready` first, then ``json.dumps(..., allow_nan=False)``, so a
+    non-finite float that escaped the conversion raises instead of writing a bare ``NaN``.
+
+    Raises:
+        TypeError: an object that is not JSON serialisable.
+        ValueError: a non-finite float that :func:`json_ready` could not reach (it should not happen).
+    """
+    return json.dumps(json_ready(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
+def json_ready(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can hold: non-finite floats -> ``None``.
+
+    Recurses into mappings, lists and tuples (tuples become lists); NumPy scalars and arrays, 0-d (or larger)
+    ``torch`` tensors become Python numbers / lists; ``Path`` becomes ``str``. Mapping keys that are NumPy scalars
+    become Python scalars. Other objects are returned unchanged (``json.dumps`` then raises for what it cannot
+    serialise). ``json.dumps``'s ``default=`` hook is never called for floats, hence this walk.
+    """
+    import math
+
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {(k.item() if hasattr(k, "item") and not isinstance(k, (str, int, float, bool)) else k): json_ready(v)
+                for k, v in obj.items()}  # fmt: skip
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    mod = type(obj).__module__.split(".")[0]
+    if mod == "numpy":
+        import numpy as np
+
+        if isinstance(obj, np.ndarray):
+            return json_ready(obj.tolist())
+        if isinstance(obj, np.generic):
+            return json_ready(obj.item())
+    if mod == "torch":
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return json_ready(obj.detach().cpu().tolist())
+    return obj
 
 
 def _json_default(o: Any) -> Any:
@@ -138,9 +226,9 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
-        return float(o)
+        return json_ready(float(o))
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return json_ready(o.tolist())
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"object of type {type(o).__name__} is not JSON serialisable")

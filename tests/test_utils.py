@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 
@@ -188,3 +189,64 @@ def test_lazy_summary_writer_writes_3d_images_through_monai(tmp_path):
     plot_2d_or_3d_image(torch.rand(1, 1, 8, 8, 8), 1, w, tag="vol")
     w.close()
     assert w.created and len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
+
+
+def _strict_loads(text: str):
+    """``json.loads`` that refuses ``NaN`` / ``Infinity`` as a strict JSON reader (JavaScript, jq) does."""
+
+    def refuse(token: str):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_atomic_write_json_is_strict_non_finite_floats_become_null(tmp_path):
+    """A NaN (e.g. the ROC-AUC of a single-class split) was written as a bare ``NaN`` token, which strict JSON
+    readers reject: every non-finite float, however nested or typed, is written as ``null``."""
+    import torch
+
+    obj = {
+        "auc": float("nan"), "inf": float("inf"), "ninf": -math.inf, "ok": 0.25, "n": 3, "flag": True, "none": None,
+        "np32": np.float32("nan"), "np64": np.float64(0.5), "arr": np.array([1.0, np.nan]),
+        "t0": torch.tensor(float("nan")), "t1": torch.tensor([0.5, float("inf")]), "t_int": torch.tensor(2),
+        "nested": {"list": [float("nan"), (1.0, float("nan"))], np.int64(4): {"deep": [[float("-inf")]]}},
+    }  # fmt: skip
+    p = atomic_write_json(tmp_path / "m.json", obj)
+    back = _strict_loads(p.read_text())
+    assert back == {
+        "auc": None, "inf": None, "ninf": None, "ok": 0.25, "n": 3, "flag": True, "none": None, "np32": None,
+        "np64": 0.5, "arr": [1.0, None], "t0": None, "t1": [0.5, None], "t_int": 2,
+        "nested": {"list": [None, [1.0, None]], "4": {"deep": [[None]]}},
+    }  # fmt: skip
+    assert obj["auc"] != obj["auc"]  # the caller's object is not modified
+
+
+def test_atomic_write_json_refuses_a_nan_that_escapes_the_conversion(tmp_path, monkeypatch):
+    """``allow_nan=False`` in the writer: were the NaN -> null walk ever bypassed, writing raises (naming nothing
+    half-way) instead of putting a bare ``NaN`` in the file; the previous file stays whole."""
+    from monai_gmr import utils
+
+    p = atomic_write_json(tmp_path / "r.json", {"v": 1})
+    monkeypatch.setattr(utils, "json_ready", lambda obj: obj)  # a future regression of the walk
+    with pytest.raises(ValueError):
+        utils.atomic_write_json(p, {"v": float("nan")})
+    assert _strict_loads(p.read_text()) == {"v": 1}
+    assert [q.name for q in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_missing_dirs_and_remove_empty_dirs_undo_only_what_was_created(tmp_path):
+    from monai_gmr.utils import missing_dirs, remove_empty_dirs
+
+    (tmp_path / "a").mkdir()
+    target = tmp_path / "a" / "b" / "c"
+    created = missing_dirs(target)
+    assert created == [target, target.parent]  # deepest first; tmp_path/a existed
+    assert missing_dirs(tmp_path / "a") == []
+    target.mkdir(parents=True)
+    remove_empty_dirs(created)
+    assert not (tmp_path / "a" / "b").exists() and (tmp_path / "a").is_dir()  # the pre-existing parent stays
+    target.mkdir(parents=True)
+    (target.parent / "user.txt").write_text("x")  # something was written meanwhile: that folder is kept
+    remove_empty_dirs(created)
+    assert not target.exists() and (target.parent / "user.txt").read_text() == "x"
+    remove_empty_dirs(created)  # already gone or not empty: no error

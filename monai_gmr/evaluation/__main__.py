@@ -10,7 +10,6 @@ Reads MONAI bundle config(s) with ``monai.bundle.ConfigParser`` and writes the r
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -142,8 +141,10 @@ def main(
 def cli(argv: list[str] | None = None) -> None:
     import fire
 
+    from monai_gmr.utils import json_dumps  # strict JSON: NaN -> null
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fire.Fire(main, command=argv, name="python -m monai_gmr.evaluation", serialize=lambda r: json.dumps(r, indent=2))
+    fire.Fire(main, command=argv, name="python -m monai_gmr.evaluation", serialize=lambda r: json_dumps(r, indent=2))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from monai.data import ITKWriter, MetaTensor, NibabelWriter, PILWriter
 from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
 from monai.transforms import MapTransform
 
-from monai_gmr.utils import atomic_path, atomic_write_json, make_temp_dir
+from monai_gmr.utils import atomic_path, atomic_write_json, make_temp_dir, missing_dirs, remove_empty_dirs
 
 __all__ = [
     "find_bundle_root",
@@ -178,13 +178,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
     checkpoint intact instead of a truncated ``.pt``. Same arguments as ``monai.handlers.CheckpointSaver``.
 
     ``save_dir`` is created when the first checkpoint is saved, not when the saver is built (ignite's
-    ``DiskSaver`` creates it at once): a bundle run stopped by bad input after its handlers were built leaves no
-    empty checkpoint folder behind.
+    ``DiskSaver`` creates it, and its missing parents such as a new ``output_dir``, at once): a bundle run stopped
+    by bad input after its handlers were built leaves neither an empty checkpoint folder nor an empty output
+    folder behind. Folders that existed before are never removed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         save_dir = kwargs.get("save_dir", args[0] if args else None)
-        existed = save_dir is None or os.path.isdir(save_dir)
+        created = [] if save_dir is None else missing_dirs(save_dir)
         super().__init__(*args, **kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is None:
@@ -193,9 +194,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 ckpt.save_handler._atomic = True
             if isinstance(ckpt.save_handler, DiskSaver):
                 ckpt.save_handler.__class__ = _creates_dir_on_save(type(ckpt.save_handler))
-        if not existed:
-            with contextlib.suppress(OSError):  # only an empty folder is removed; another process may use it
-                os.rmdir(save_dir)
+        # ignite's DiskSaver made save_dir *and its missing parents* (e.g. a new output_dir): remove every folder
+        # it created, deepest first, as long as it is empty (a folder another process wrote to is kept)
+        remove_empty_dirs(created)
 
 
 @functools.lru_cache(maxsize=None)

@@ -76,6 +76,20 @@ def nuclei_datalist(
     Returns:
         list of dicts with absolute file paths.
     """
+    return _nuclei_items(dataset_dir, split, generate, keys, check, fallback_split, **synthetic_kwargs)[0]
+
+
+def _nuclei_items(
+    dataset_dir: str | os.PathLike,
+    split: str,
+    generate: bool,
+    keys: Sequence[str],
+    check: bool,
+    fallback_split: str | None,
+    **synthetic_kwargs: Any,
+) -> tuple[list[dict[str, Any]], str]:
+    """:func:`nuclei_datalist`'s items and the split they come from (``fallback_split`` when ``split`` was empty),
+    so that later messages name the split actually used."""
     from monai.data import load_decathlon_datalist
 
     if split not in SPLITS:
@@ -101,7 +115,7 @@ def nuclei_datalist(
     logger.info("%s split: %d items from %s", used, len(items), datalist_file)
     if check:
         items = check_datalist(items, keys=keys, same_shape=True, name=f"{used} split of {datalist_file}")
-    return items
+    return items, used
 
 
 def inference_datalist(
@@ -125,14 +139,9 @@ def inference_datalist(
         items = [{"image": p} for p in list_images(input_dir)]
         name = f"input_dir {str(input_dir)!r}"
     else:
-        items = [
-            {"image": d["image"]}
-            for d in nuclei_datalist(
-                dataset_dir, split, generate=generate, keys=("image",), check=False, fallback_split="validation",
-                **synthetic_kwargs,
-            )
-        ]
-        name = f"{split} images of {str(dataset_dir)!r}"
+        found, used = _nuclei_items(dataset_dir, split, generate, ("image",), False, "validation", **synthetic_kwargs)
+        items = [{"image": d["image"]} for d in found]
+        name = f"{used} images of {str(dataset_dir)!r}"  # the split the images come from (the fallback, if used)
     _check_output_names(items, name)
     return check_datalist(items, keys=("image",), name=name) if check else items
 

@@ -54,6 +54,7 @@ __all__ = [
     "patch_dataset",
     "inference_slides",
     "context_size",
+    "footprint_cells",
     "CenterCropInferer",
     "classification_outputs",
     "load_mask",
@@ -373,6 +374,33 @@ def wsi_patch_datalist(
     Returns:
         list of dicts with absolute slide paths.
     """
+    return _wsi_patch_items(
+        dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend,
+        patch_size=patch_size, patch_level=patch_level, num_classes=num_classes, fallback_split=fallback_split,
+        skip_outside=skip_outside, patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac, split_seed=split_seed,
+    )[0]
+
+
+def _wsi_patch_items(
+    dataset_dir: str | os.PathLike,
+    split: str,
+    *,
+    generate: bool,
+    synthetic: Mapping[str, Any] | None,
+    check: bool,
+    backend: str,
+    patch_size: int | Sequence[int] | None,
+    patch_level: int | None,
+    num_classes: int | None,
+    fallback_split: str | None,
+    skip_outside: bool,
+    patch_mpp: float | None,
+    val_frac: float,
+    test_frac: float,
+    split_seed: int,
+) -> tuple[list[dict[str, Any]], str]:
+    """:func:`wsi_patch_datalist`'s items and the split they come from (``fallback_split`` when ``split`` was
+    empty), so that later messages (e.g. :func:`check_class_labels`'s warnings) name the split actually used."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
     split_settings = {"val_frac": val_frac, "test_frac": test_frac, "seed": split_seed}
@@ -394,7 +422,7 @@ def wsi_patch_datalist(
             items, backend=backend, patch_size=patch_size, patch_level=patch_level, num_classes=num_classes,
             skip_outside=skip_outside, name=f"{used} patches of {datalist!r}",
         )
-    return items
+    return items, used
 
 
 #: PCam file-name tokens of the bundle's splits (``camelyonpatch_level_2_split_<token>_x.h5``).
@@ -525,15 +553,15 @@ def patch_dataset(
     if dataset_dir is None:
         raise ValueError("data_source='wsi' needs dataset_dir.")
     size = _as_pair(read_size if read_size is not None else patch_size)
-    items = wsi_patch_datalist(
+    items, used = _wsi_patch_items(
         dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend, patch_size=size,
         patch_level=patch_level, num_classes=num_classes, fallback_split=fallback_split,
         skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed,
     )
-    if all("label" in i for i in items):
+    if all("label" in i for i in items):  # name the split the items come from (the fallback, when it was used)
         check_class_labels([np.asarray(i["label"]).reshape(-1)[0] for i in items], num_classes,
-                           f"{split} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
+                           f"{used} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
     level = None if patch_mpp is not None else patch_level
     items = to_top_left(items, size, level, backend)
     return PatchWSIDataset(
@@ -932,6 +960,31 @@ def _as_probs(out: torch.Tensor) -> torch.Tensor:
     return torch.softmax(out, 1)
 
 
+def footprint_cells(
+    locations: np.ndarray, footprint: Sequence[float], downsample: float, shape: Sequence[int]
+) -> np.ndarray:
+    """The map cells that patch footprints cover: ``[[r0, c0], [r1, c1]]`` (end exclusive) per patch.
+
+    Args:
+        locations: ``(N, 2)`` top-left ``(row, col)`` of the patches in level-0 pixels.
+        footprint: ``(rows, cols)`` of a patch in level-0 pixels.
+        downsample: level-0 pixels per map pixel.
+        shape: ``(h, w)`` of the map.
+
+    Returns:
+        ``(N, 2, 2)`` ints: the floor of each footprint's start and the ceiling of its end, in map pixels, clipped to
+        the map. A map pixel that a footprint only partly covers (a patch not aligned with the map grid, a partial
+        last row or column) is counted as covered, so a footprint over the slide's edge fills the edge row itself;
+        footprints aligned with the grid fill exactly their own cells.
+    """
+    locs = np.asarray(locations, dtype=np.float64).reshape(-1, 2)
+    foot = np.asarray(footprint, dtype=np.float64).reshape(2)
+    lim = np.asarray(shape, dtype=np.int64).reshape(2)
+    start = np.clip(np.floor(locs / float(downsample)).astype(np.int64), 0, lim)
+    end = np.clip(np.ceil((locs + foot) / float(downsample)).astype(np.int64), 0, lim)
+    return np.stack([start, end], 1)
+
+
 def infer_slide(
     slide: str | os.PathLike | Mapping[str, Any],
     network: torch.nn.Module | Callable,
@@ -966,8 +1019,10 @@ def infer_slide(
     2. ``mode="sliding"`` (default): tissue is detected at ``mask_level`` by :func:`monai_gmr.data.tissue_mask` (Otsu
        on HSV saturation; block-averaged so the longer side is at most ``map_max_size``); MONAI
        ``SlidingPatchWSIDataset`` lays a grid of ``patch_size`` patches at ``patch_level`` (``overlap``) and the
-       patches whose footprint is at least ``min_tissue`` tissue are classified; each fills its grid cell of the
-       map, which has the tissue mask's grid. ``mode="masked"``: MONAI ``MaskedPatchWSIDataset``'s layout (one patch
+       patches whose footprint is at least ``min_tissue`` tissue are classified; each fills the map cells its
+       footprint covers (:func:`footprint_cells`: floor of the start, ceiling of the end, clipped to the map, which
+       has the tissue mask's grid; a map pixel covered by several patches, e.g. with ``overlap``, holds their
+       mean). ``mode="masked"``: MONAI ``MaskedPatchWSIDataset``'s layout (one patch
        centred on every pixel of the :func:`~monai_gmr.data.tissue_mask` at ``mask_level``, full resolution: a
        dense map at that level; patches leaving the slide are dropped).
     3. Batched inference through ``inferer`` (default ``SimpleInferer``; e.g.
@@ -1044,18 +1099,17 @@ def infer_slide(
             locs = np.array([np.asarray(d["location"], dtype=np.float64) for d in ds.data]).reshape(-1, 2)
             # tissue fraction of every patch footprint from an integral image of the mask
             integ = np.pad(tissue.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-            r0 = np.clip(np.floor(locs[:, 0] / mr).astype(int), 0, h)
-            c0 = np.clip(np.floor(locs[:, 1] / mr).astype(int), 0, w)
-            r1 = np.clip(np.ceil((locs[:, 0] + foot[0]) / mr).astype(int), 0, h)
-            c1 = np.clip(np.ceil((locs[:, 1] + foot[1]) / mr).astype(int), 0, w)
+            foot_cells = footprint_cells(locs, foot, mr, (h, w))
+            r0, c0 = foot_cells[:, 0, 0], foot_cells[:, 0, 1]
+            r1, c1 = foot_cells[:, 1, 0], foot_cells[:, 1, 1]
             area = np.maximum((r1 - r0) * (c1 - c0), 1)
             frac = (integ[r1, c1] - integ[r0, c1] - integ[r1, c0] + integ[r0, c0]) / area
             keep = np.flatnonzero(frac >= float(min_tissue) - 1e-9)
             ds.data = [ds.data[i] for i in keep]
-            locs = locs[keep]
-            stride = foot * (1.0 - float(overlap)) / mr  # one grid cell, in map pixels
-            centres = (locs + foot / 2.0) / mr
-            cells = np.stack([np.round(centres - stride / 2.0), np.round(centres + stride / 2.0)], 1).astype(int)
+            # each patch fills the map cells its footprint covers, the cells its tissue fraction was measured on
+            # (rounding the cell around its centre put a patch over a partial last row/column into the rows before
+            # the tissue row, e.g. rows 250-251 for a footprint over rows 250-252.5)
+            cells = foot_cells[keep]
         else:
             # one patch centred on every pixel of the package's tissue mask at mask_level (MaskedPatchWSIDataset's
             # layout and location formula; its own plain Otsu mask would skip tissue_mask's brightness, saturation

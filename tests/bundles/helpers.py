@@ -95,8 +95,10 @@ def check_switches_read_as_bool(config_dir: Path) -> None:
 
 
 def no_outputs(out: Path) -> bool:
-    """True when ``out`` is missing or empty: no file and no folder (e.g. an empty ``logs/`` or ``models/``)."""
-    return not out.exists() or not list(out.iterdir())
+    """True when ``out`` (an output folder that did not exist before the run) is still missing: no file, no folder
+    (e.g. an empty ``logs/`` or ``models/``), and not even an empty ``out`` itself, which a run that stopped on a
+    bad setting used to leave behind (the checkpoint saver created ``models/`` with its parents)."""
+    return not out.exists()
 
 
 #: settings that are only checked once the trainer is being built or run, after its handlers (TensorBoard writer,

@@ -440,6 +440,24 @@ def test_bad_settings_write_nothing(tmp_path, nuclei_data, bad):
     assert f"{next(iter(bad))} must be" in msg, msg  # the error names the setting
 
 
+@pytest.mark.parametrize("content", ["empty", "user files"])
+def test_bad_setting_leaves_an_existing_output_dir_untouched(tmp_path, nuclei_data, content):
+    """The folders a failed run created are removed, and only those: an output_dir that existed before (empty, or
+    holding the user's files and an empty folder of theirs) is left exactly as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if content == "user files":
+        (out / "notes.txt").write_text("mine")
+        (out / "models").mkdir()  # the user's own (empty) folder, where the run would save checkpoints
+        (out / "keep").mkdir()
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    msg = workflow_error(TRAIN, **_tiny_train(nuclei_data, out, amp="maybe"))
+    assert "amp must be" in msg, msg
+    assert out.is_dir() and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    if content == "user files":
+        assert (out / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("num_classes", [1, 4])
 def test_num_classes_other_than_2_or_3_is_an_error_naming_it(tmp_path, nuclei_data, num_classes):
     """The labels have classes 0..1 (0..2 with the boundary): num_classes=1 failed in the first training step

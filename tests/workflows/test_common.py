@@ -515,3 +515,28 @@ def test_checkpoint_saver_creates_its_folder_when_it_saves(tmp_path):
     assert [p.name for p in ckpt_dir.iterdir()] == ["model_epoch=1.pt"]  # ignite names a single object's file
     assert saver._interval_checkpoint.last_checkpoint == ckpt_dir / "model_epoch=1.pt"
     assert best._key_metric_checkpoint.save_handler._atomic is True
+
+
+def test_summarize_evaluation_writes_strict_json_nan_as_null(tmp_path):
+    """metrics.json of a single-class split: the ROC-AUC (and robustness values) are NaN; the file must be strict
+    JSON (``null``), which ``json.loads(..., parse_constant=...)``, JavaScript and jq accept."""
+    from monai_gmr.evaluation import RobustnessResult
+
+    res = RobustnessResult(
+        model_name="m", task="classification", metrics=["auc"], angles=[0.0, 90.0], flips=["h"],
+        per_angle={"auc": [float("nan"), float("nan")]}, per_flip={"h": {"auc": float("nan")}}, n_images=2,
+    )  # fmt: skip
+
+    class _Ev:
+        class state:  # noqa: N801
+            metrics = {"val_auc": float("nan"), "val_acc": np.float64(0.5)}
+
+    summarize_evaluation(tmp_path / "metrics.json", evaluator=_Ev, robustness=res, split="test")
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    saved = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert saved["metrics"] == {"val_auc": None, "val_acc": 0.5}
+    assert saved["robustness"]["per_flip"] == {"h": {"auc": None}}
+    assert saved["robustness"]["summary"]["auc"]["at_0"] is None

@@ -124,3 +124,26 @@ def test_one_channel_outputs_name_num_classes():
     for fn in (merge_foreground, nucleus_class_map):
         with pytest.raises(ValueError, match="num_classes >= 2"):
             fn(torch.zeros(1, 4, 4))
+
+
+def test_inference_messages_name_the_fallback_split_actually_used(tmp_path, caplog):
+    """Inference on a dataset without a test split falls back to validation (logged); errors about its images
+    must name the validation images, not the test split that was not read."""
+    import json
+    import logging
+
+    from PIL import Image
+
+    from monai_gmr.workflows.nuclei import inference_datalist
+
+    for name in ("a.png", "a.tif", "t.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "l.png")
+    dl = {"training": [{"image": "t.png", "label": "l.png"}],
+          "validation": [{"image": "a.png", "label": "l.png"}, {"image": "a.tif", "label": "l.png"}]}  # fmt: skip
+    (tmp_path / "datalist.json").write_text(json.dumps(dl))
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"), pytest.raises(ValueError) as info:
+        inference_datalist(None, tmp_path, "test", generate=False, check=False)
+    assert any("no 'test' split; using 'validation'" in r.getMessage() for r in caplog.records)
+    msg = str(info.value)
+    assert msg.startswith("validation images of") and "would both be written" in msg, msg

@@ -452,8 +452,64 @@ def test_sliding_inference_classifies_tissue_at_the_slide_edge(tmp_path):
                       min_tissue=0.25, batch_size=256)  # fmt: skip
     assert res.map_downsample == 4.0 and res.prob.shape == res.tissue.shape == (253, 176)
     assert res.tissue[-1].all() and not res.tissue[:-1].any()
-    assert res.n_patches == 70 and res.covered[-3:].any() and not res.covered[:-3].any()  # the bottom row of patches
+    assert res.n_patches == 70  # the bottom row of patches: level-0 rows 1000-1010, i.e. map rows 250-252.5
+    # each patch fills the map cells its footprint covers: rows 250, 251 and the tissue row 252 itself (rounding the
+    # cell around the patch centre filled rows 250-251 only, next to the tissue); columns 0-174 (70 patches of 10
+    # pixels = 700 of 703 columns: the 3 last level-0 columns, map column 175, are under no patch)
+    expected = np.zeros_like(res.covered)
+    expected[250:253, :175] = True
+    np.testing.assert_array_equal(res.covered, expected)
+    assert res.covered[-1][res.tissue[-1]].sum() == 175
+    np.testing.assert_array_equal(res.prob[-1], res.prob[-3])  # the tissue row holds its own patches' values
     assert np.array(Image.open(res.files["heatmap"])).shape[:2] == (253, 176)  # the thumbnail has the map's grid
+
+
+def test_footprint_cells_edge_and_interior_patches():
+    """The map cells a patch fills: floor of its footprint's start, ceiling of its end, clipped to the map. A patch
+    over the partial last row/column fills that row/column; interior patches aligned with the map grid fill exactly
+    the cells the previous centre-rounding rule gave them (interior maps are unchanged)."""
+    from monai_gmr.workflows.wsi import footprint_cells
+
+    # 10-pixel patches on a map of 4 level-0 pixels per cell, slide 1010 x 703 -> map (253, 176)
+    edge = footprint_cells(np.array([[1000, 690], [1000, 0]]), (10, 10), 4.0, (253, 176))
+    np.testing.assert_array_equal(edge[0], [[250, 172], [253, 175]])  # rows 250-252 (252 = partial last row)
+    np.testing.assert_array_equal(edge[1], [[250, 0], [253, 3]])
+    # a footprint leaving the map is clipped to it
+    np.testing.assert_array_equal(footprint_cells(np.array([[1008, 700]]), (10, 10), 4.0, (253, 176))[0],
+                                  [[252, 175], [253, 176]])  # fmt: skip
+    # interior, grid-aligned (32-pixel patches, 4 pixels per cell): identical to the old centre-rounding cells
+    rng = np.random.default_rng(0)
+    locs = rng.integers(0, 30, (50, 2)) * 32
+    foot, mr = np.array([32.0, 32.0]), 4.0
+    centres = (locs + foot / 2.0) / mr
+    old = np.stack([np.round(centres - foot / mr / 2.0), np.round(centres + foot / mr / 2.0)], 1).astype(int)
+    np.testing.assert_array_equal(footprint_cells(locs, foot, mr, (256, 256)), old)
+    # non-square footprint at a non-square grid position
+    np.testing.assert_array_equal(footprint_cells(np.array([[6, 2]]), (8, 3), 4.0, (10, 10))[0], [[1, 0], [4, 2]])
+
+
+def test_sliding_inference_interior_map_unchanged(tmp_path):
+    """A slide whose patch grid is aligned with the map (8-pixel patches, 4 pixels per map cell): every patch fills
+    exactly its own 2 x 2 cells, holding its own probability, as before the edge fix."""
+    from monai_gmr.data import write_pyramidal_tiff
+    from monai_gmr.workflows.wsi import infer_slide
+
+    rng = np.random.default_rng(1)
+    img = np.clip(rng.normal(236, 2, (64, 64, 3)), 0, 255).astype(np.uint8)
+    img[16:48, 16:48] = (200, 90, 160)  # tissue: level-0 rows/cols 16-47 = map cells 4-11
+    img[24:32, 32:40] = (60, 40, 120)  # one dark (tumour) patch: rows 24-31, cols 32-39 = map cells (6-7, 8-9)
+    write_pyramidal_tiff(tmp_path / "grid.tiff", img, compression="deflate", n_levels=1, tile_size=64)
+    res = infer_slide(tmp_path / "grid.tiff", DarkNucleiNet(), None, patch_size=8, map_max_size=16, min_tissue=0.5,
+                      batch_size=64)  # fmt: skip
+    assert res.map_downsample == 4.0 and res.prob.shape == (16, 16)
+    expected = np.zeros((16, 16), bool)
+    expected[4:12, 4:12] = True
+    np.testing.assert_array_equal(res.covered, expected)
+    assert res.n_patches == 16
+    tumour = res.prob > 0.5
+    expected_tumour = np.zeros((16, 16), bool)
+    expected_tumour[6:8, 8:10] = True
+    np.testing.assert_array_equal(tumour, expected_tumour)
 
 
 def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
@@ -559,3 +615,27 @@ def test_real_slide_cmu_inference(tmp_path):
     assert (tmp_path / "cmu_small_region_heatmap.png").stat().st_size > 0
     assert np.array(Image.open(tmp_path / "cmu_small_region_tissue.png")).shape == (495, 370)
 
+
+
+def test_label_warning_names_the_fallback_split_actually_used(wsi_data, tmp_path, caplog):
+    """Evaluation asks for the test split and falls back to validation when it is empty (logged); the warning
+    about a class without samples must then name the validation patches, not the test split it did not read."""
+    import logging
+
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    slide = wsi_data["slide_paths"][0]
+    own = {"training": [{"image": slide, "location": [300, 200], "label": 1}],
+           "validation": [{"image": slide, "location": [300, 200], "label": 0},
+                          {"image": slide, "location": [400, 300], "label": 1}],
+           "test": []}  # fmt: skip
+    (tmp_path / "datalist.json").write_text(json.dumps(own))
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        ds = patch_dataset("wsi", "test", dataset_dir=str(tmp_path), generate=False, patch_size=PATCH, num_classes=3,
+                           fallback_split="validation", check=False)  # fmt: skip
+    assert len(ds) == 2
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("no 'test' patches; using 'validation'" in m for m in msgs), msgs  # the fallback is logged
+    missing = [m for m in msgs if "no sample of class(es) [2]" in m]
+    assert len(missing) == 1 and missing[0].startswith("validation patches of dataset_dir"), msgs
+    assert not any(m.startswith("test patches") for m in msgs), msgs
