@@ -14,7 +14,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import time
@@ -25,7 +24,7 @@ import torch
 import monai_gmr
 from monai_gmr.evaluation import binarize_label, rotation_robustness
 from monai_gmr.evaluation.metrics import INSTANCE_METRICS, SEG_METRICS
-from monai_gmr.utils import atomic_write_json, seed_everything
+from monai_gmr.utils import atomic_write_json, json_dumps, seed_everything
 
 CPM15 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cpm15_nuclei_he"
 
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dice_std": res.summary()["dice"]["std"] if "dice" in metrics else None,
         "torch": torch.__version__,
     }
-    print(json.dumps(summary, indent=2))
+    print(json_dumps(summary))  # strict JSON, as the file
     if args.out:
         atomic_write_json(args.out, summary)
     return summary
