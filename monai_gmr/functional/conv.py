@@ -113,9 +113,14 @@ def select_impl(
         in_channels: input channels (rules may depend on the width); ``None`` matches only width-free rules.
         needs_grad: whether a backward pass will follow; ``None`` matches only rules valid for both.
         allow_triton: when False, rules choosing ``"triton"`` are skipped (the fallback of an unsupported call).
+            While ``torch.jit.trace`` runs, ``needs_grad`` is ignored (only rules valid for both match): the trace
+            checker reruns the function under ``torch.no_grad()``, so a choice that followed the grad mode recorded
+            a different graph there ("Graphs differed across invocations", e.g. a GMRUNet traced on CPU).
     """
     if impl != "auto":
         return impl
+    if torch.jit.is_tracing():
+        needs_grad = None
     if kernel_size == 1:
         return "dense"
     for min_c, sizes, grad, choice in AUTO_TABLE.get((device.type, spatial_dims), []):

@@ -123,3 +123,28 @@ def test_auto_module_matches_dense_in_train_and_inference():
     m.impl = "auto"
     with torch.no_grad():
         assert rel_err(m(x), y_auto) < 1e-5
+
+
+@pytest.mark.parametrize("k", [9, 11])
+def test_auto_trace_with_grad_enabled_passes_the_trace_checker(k):
+    """``impl="auto"`` on CPU picks rings for k = 9, 11 in inference and dense with grad: ``torch.jit.trace`` (grad
+    enabled, checker on, as by default) recorded the dense graph and its checker, which reruns under no_grad, the
+    rings graph ("Graphs differed across invocations"), so an eval-mode GMRUNet (k = 9) could not be traced.
+    While tracing, the choice no longer follows the grad mode."""
+    import warnings
+
+    torch.manual_seed(0)
+    conv = GMRConv(2, 4, 4, k).eval()
+    x = torch.randn(2, 4, 16, 16)
+    basis = conv.basis().detach()
+
+    def functional(inp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return gmr_conv(inp, weight, basis, bias, padding=k // 2, impl="auto")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings of the input checks
+        traced = torch.jit.trace(conv, x)  # check_trace=True
+        traced_f = torch.jit.trace(functional, (x, conv.weight, conv.bias))
+    with torch.no_grad():
+        ref = conv(x)
+        assert rel_err(traced(x), ref) <= 1e-5 and rel_err(traced_f(x, conv.weight, conv.bias), ref) <= 1e-5
