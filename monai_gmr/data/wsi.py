@@ -959,8 +959,10 @@ def transform_slide(
     chw = torch.from_numpy(np.require(img[:3].astype(np.uint8, copy=False), requirements=["C", "W"]))
     out = np.ascontiguousarray(g(chw).permute(1, 2, 0).numpy())  # (H', W', 3)
     del chw, img
-    levels = write_pyramidal_tiff(dst_p, out, mpp=float(mpp), tile_size=int(tile_size), n_levels=int(n_levels),
-                                  compression=compression, description=f"monai_gmr transform_slide {g.name}")  # fmt: skip
+    levels = write_pyramidal_tiff(
+        dst_p, out, mpp=float(mpp), tile_size=int(tile_size), n_levels=int(n_levels), compression=compression,
+        description=f"monai_gmr transform_slide {g.name}",
+    )
     logger.info("transform_slide: %s -> %s (%s, %d level(s))", src, dst, g.name, len(levels))
     return {
         "path": str(dst_p),

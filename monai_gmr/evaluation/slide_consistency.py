@@ -184,7 +184,13 @@ def slide_map_consistency(
         SlideNotFoundError / WSIError: missing or unreadable slide, too large a level 0 (name the slide).
         ValueError: a bad element (names ``elements``), a reserved key in ``infer_kwargs`` (names it).
     """
-    from monai_gmr.data.wsi import TRANSFORM_MAX_PIXELS, SlideNotFoundError, as_d4_element, transform_array, transform_slide
+    from monai_gmr.data.wsi import (
+        TRANSFORM_MAX_PIXELS,
+        SlideNotFoundError,
+        as_d4_element,
+        transform_array,
+        transform_slide,
+    )
     from monai_gmr.functional.groups import D4Element, d4_elements
     from monai_gmr.workflows.wsi import infer_slide
 
