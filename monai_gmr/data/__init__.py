@@ -41,6 +41,9 @@ from monai_gmr.data.wsi import (
     slide_info,
     slide_patch_grid,
     tissue_mask,
+    transform_array,
+    transform_box,
+    transform_slide,
     validate_patch_items,
 )
 
@@ -73,6 +76,9 @@ __all__ = [
     "sample_patch_locations",
     "slide_patch_grid",
     "validate_patch_items",
+    "transform_slide",
+    "transform_array",
+    "transform_box",
     "PCamH5Dataset",
     "write_pcam_h5",
     "find_pcam_files",

@@ -57,6 +57,11 @@ __all__ = [
     "monai_location",
     "level0_center",
     "level0_top_left",
+    "TRANSFORM_MAX_PIXELS",
+    "as_d4_element",
+    "transform_array",
+    "transform_box",
+    "transform_slide",
 ]
 
 logger = logging.getLogger(__name__)
@@ -766,3 +771,205 @@ def validate_patch_items(
     if errors:
         logger.warning("%d bad patch item(s) skipped; first: %s", len(errors), errors[0])
     return good, errors
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# D4 transforms of slides and maps
+# --------------------------------------------------------------------------------------------------------------------
+#: default upper bound of the level-0 pixels :func:`transform_slide` reads into memory (about 200 MB of RGB).
+TRANSFORM_MAX_PIXELS = 2**26
+
+
+def as_d4_element(element: Any, name: str = "element") -> Any:
+    """A :class:`monai_gmr.functional.D4Element` from an element, its ``name`` (``"rot90"``, ``"rot270_flip"``, ...)
+    or its index in :func:`monai_gmr.functional.d4_elements` (0-7, identity first).
+
+    Raises:
+        ValueError: anything else; the message names the argument ``name`` and lists the valid names.
+    """
+    from monai_gmr.functional.groups import D4Element, d4_elements
+
+    elements = d4_elements()
+    if isinstance(element, D4Element):
+        return D4Element(k=int(element.k) % 4, flip=bool(element.flip))
+    if isinstance(element, (int, np.integer)) and not isinstance(element, bool):
+        if 0 <= int(element) < len(elements):
+            return elements[int(element)]
+    elif isinstance(element, str):
+        for e in elements:
+            if e.name == element.strip().lower():
+                return e
+    raise ValueError(
+        f"{name} must be a D4Element, an index 0-7 or one of {[e.name for e in elements]}, got {name}={element!r}."
+    )
+
+
+def transform_array(array: Any, element: Any, inverse: bool = False, channels_last: bool = False) -> np.ndarray:
+    """Apply a D4 element (or its inverse) to the last two dims of an array (a mask, a probability map).
+
+    The element acts exactly as :class:`monai_gmr.functional.D4Element` on a tensor: ``(..., H, W)`` arrays (bool,
+    integer, float) go through ``torch.flip``/``torch.rot90`` and come back as numpy, so
+    ``transform_array(transform_array(a, g), g, inverse=True)`` is ``a`` bit for bit. Use it to bring a map computed on
+    a :func:`transform_slide` copy back to the original slide's frame (``inverse=True``).
+
+    Args:
+        array: ``(..., H, W)`` array.
+        element: :func:`as_d4_element` input.
+        inverse: apply the inverse element.
+        channels_last: ``array`` is ``(H, W, C)`` (an RGB image as slides are read): the element acts on its first
+            two dims.
+
+    Returns:
+        ``(..., H, W)`` array (``(..., W, H)`` for a rotation by 90 or 270 degrees; ``(H, W, C)``/``(W, H, C)`` with
+        ``channels_last``), a new contiguous array.
+    """
+    import torch
+
+    g = as_d4_element(element)
+    if inverse:
+        g = g.inverse()
+    arr = np.asarray(array)
+    if arr.ndim < (3 if channels_last else 2):
+        raise ValueError(f"array must be (..., H, W) or, with channels_last, (H, W, C); got shape {arr.shape}.")
+    if channels_last:
+        arr = np.moveaxis(arr, -1, 0)
+    out = g(torch.from_numpy(np.require(arr, requirements=["C", "W"])))  # a copy only when read-only/strided
+    if channels_last:
+        out = out.movedim(0, -1)
+    return np.ascontiguousarray(out.numpy())
+
+
+def transform_box(
+    top_left: Sequence[int], size: Sequence[int], shape: Sequence[int], element: Any, inverse: bool = False
+) -> list[int]:
+    """Top-left corner of a box after a D4 element acts on the ``(H, W)`` image that holds it.
+
+    ``transform_array`` of an image of ``shape`` moves the pixels ``[y, y + h) x [x, x + w)`` onto the box
+    ``[y', y' + h') x [x', x' + w')`` returned here (``(h', w') = (w, h)`` for a rotation by 90 or 270 degrees), e.g.
+    the level-0 footprint of a patch on the original slide to the one of the same pixels on the
+    :func:`transform_slide` copy.
+
+    Args:
+        top_left: ``(y, x)`` of the box.
+        size: ``(h, w)`` of the box.
+        shape: ``(H, W)`` of the image before the element.
+        element: :func:`as_d4_element` input.
+        inverse: apply the inverse element (``shape`` is then the transformed image's).
+
+    Returns:
+        ``[y', x']``.
+    """
+    g = as_d4_element(element)
+    if inverse:
+        g = g.inverse()
+    y, x = int(top_left[0]), int(top_left[1])
+    h, w = int(size[0]), int(size[1])
+    hh, ww = int(shape[0]), int(shape[1])
+    if g.flip:  # D4Element: flip W first
+        x = ww - x - w
+    for _ in range(g.k % 4):  # rot90 in (H, W): pixel (i, j) of an (H, W) image goes to (W - 1 - j, i)
+        y, x, h, w, hh, ww = ww - x - w, y, w, h, ww, hh
+    return [y, x]
+
+
+def transform_slide(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    element: Any,
+    *,
+    backend: str | Any = "openslide",
+    max_pixels: int | None = TRANSFORM_MAX_PIXELS,
+    n_levels: int | None = None,
+    mpp: float | None = None,
+    tile_size: int = 256,
+    compression: str = "deflate",
+) -> dict[str, Any]:
+    """Write a copy of a slide as if the glass had been placed rotated/flipped on the scanner.
+
+    Level 0 of ``src`` is read whole through MONAI's ``WSIReader`` (:func:`open_slide`), transformed by the D4
+    ``element`` exactly as :func:`transform_array` (:class:`~monai_gmr.functional.D4Element` on the ``(3, H, W)``
+    tensor) and written with :func:`~monai_gmr.data.synthetic_wsi.write_pyramidal_tiff` as a tiled pyramidal TIFF
+    (OpenSlide ``generic-tiff``; MONAI's openslide and tifffile backends read it), by default losslessly
+    (``deflate``), so level 0 of the copy holds exactly the transformed pixels. The lower levels are 2x2
+    box-filter reductions of the new level 0, not copies of the source's levels: they are the transform of the same
+    reductions of the source's level 0 only when the level-0 height and width are multiples of
+    ``2 ** (n_levels - 1)`` (the reduction drops an odd last row/column, which a flip moves to the other side).
+    Transform the reference slide with the identity (``element="rot0"``) to compare copies built the same way.
+
+    Args:
+        src: slide to read.
+        dst: ``.tif``/``.tiff`` to write (atomically; its folder is created).
+        element: :func:`as_d4_element` input (``D4Element``, name such as ``"rot90_flip"``, or index 0-7).
+        backend: ``WSIReader`` backend or reader used to read ``src``.
+        max_pixels: refuse a level 0 with more pixels than this (``None``: no limit); the level is held in memory
+            twice.
+        n_levels: levels of the copy (default: enough halvings to reach the resolution of ``src``'s coarsest
+            level, ``1 + round(log2(its downsample))``; 1 for a single-level slide).
+        mpp: level-0 microns per pixel of the copy (default: ``src``'s; a rotation by 90/270 degrees swaps the
+            ``y``/``x`` values, and their mean is written: the TIFF writer stores one isotropic value).
+        tile_size: TIFF tile edge (multiple of 16).
+        compression: TIFF codec (``"deflate"``: lossless; ``"jpeg"`` would change the pixels).
+
+    Returns:
+        ``{"path", "src", "element", "size0": [H, W] of the copy, "src_size0", "levels": [[H, W] per level], "mpp"}``.
+
+    Raises:
+        SlideNotFoundError: ``src`` does not exist. WSIError: unreadable ``src``, no MPP and none given, or a
+        level 0 larger than ``max_pixels`` (the message names the slide). ValueError: a bad ``element``, or ``dst``
+        is the same file as ``src``.
+    """
+    import torch
+
+    from monai_gmr.data.synthetic_wsi import write_pyramidal_tiff
+
+    g = as_d4_element(element)
+    src_p, dst_p = Path(src), Path(dst)
+    if dst_p.exists() and src_p.exists() and dst_p.resolve() == src_p.resolve():
+        raise ValueError(f"dst must differ from src, got dst={str(dst)!r}.")
+    reader, wsi = open_slide(src_p, backend)
+    try:
+        n_src = int(reader.get_level_count(wsi))
+        h0, w0 = (int(v) for v in reader.get_size(wsi, 0))
+        if max_pixels is not None and h0 * w0 > int(max_pixels):
+            raise WSIError(
+                f"slide {str(src)!r}: level 0 has {h0} x {w0} = {h0 * w0} pixels, more than max_pixels={max_pixels}; "
+                "raise max_pixels if it fits in memory (about 6 bytes per pixel).",
+                src,
+            )
+        if mpp is None:
+            try:
+                my, mx = (float(v) for v in reader.get_mpp(wsi, 0))
+            except Exception as e:  # noqa: BLE001
+                raise WSIError(f"slide {str(src)!r} has no MPP metadata; pass mpp=...", src) from e
+            if abs(my - mx) > 0.01 * max(my, mx):
+                logger.warning("slide %s: anisotropic MPP (%g, %g); the copy gets their mean.", src, my, mx)
+            mpp = 0.5 * (my + mx)
+        if n_levels is None:
+            ds_last = float(reader.get_downsample_ratio(wsi, n_src - 1))
+            n_levels = 1 + max(0, int(round(math.log2(max(ds_last, 1.0)))))
+        try:
+            img, _ = reader.get_data(wsi, location=(0, 0), size=(h0, w0), level=0)
+        except Exception as e:  # noqa: BLE001
+            raise WSIError(f"cannot read level 0 of slide {str(src)!r}: {type(e).__name__}: {e}", src) from e
+    finally:
+        _close(wsi)
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[0] < 3:
+        raise WSIError(f"slide {str(src)!r}: level 0 read as shape {img.shape}, expected (3, H, W).", src)
+    chw = torch.from_numpy(np.require(img[:3].astype(np.uint8, copy=False), requirements=["C", "W"]))
+    out = np.ascontiguousarray(g(chw).permute(1, 2, 0).numpy())  # (H', W', 3)
+    del chw, img
+    levels = write_pyramidal_tiff(
+        dst_p, out, mpp=float(mpp), tile_size=int(tile_size), n_levels=int(n_levels), compression=compression,
+        description=f"monai_gmr transform_slide {g.name}",
+    )
+    logger.info("transform_slide: %s -> %s (%s, %d level(s))", src, dst, g.name, len(levels))
+    return {
+        "path": str(dst_p),
+        "src": str(src_p),
+        "element": g.name,
+        "size0": [int(out.shape[0]), int(out.shape[1])],
+        "src_size0": [h0, w0],
+        "levels": [list(s) for s in levels],
+        "mpp": float(mpp),
+    }

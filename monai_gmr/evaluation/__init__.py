@@ -1,4 +1,5 @@
-"""monai_gmr.evaluation: rotation robustness (metrics per angle/flip, reports, handlers) and equivariance errors."""
+"""monai_gmr.evaluation: rotation robustness (metrics per angle/flip, reports, handlers), equivariance errors and
+slide-map consistency under D4 re-orientation of a slide."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .handlers import DefinedClassesROCAUC, RotationRobustnessHandler
 from .metrics import ClassificationAccumulator, DefinedClassesROCAUCMetric, ExactAUC, SegmentationAccumulator, roc_auc_exact, to_probabilities
 from .report import load_result, plot_polar, result_to_csv, save_csv, save_json, write_report, write_tensorboard
 from .robustness import RobustnessResult, binarize_label, parse_batch, rotation_robustness
+from .slide_consistency import CONSISTENCY_FIELDS, compare_maps, consistency_rows, slide_map_consistency
 from .workflow import RotationRobustnessEvaluator, load_checkpoint
 
 __all__ = [
@@ -42,6 +44,10 @@ __all__ = [
     "binarize_label",
     "parse_batch",
     "rotation_robustness",
+    "slide_map_consistency",
+    "compare_maps",
+    "consistency_rows",
+    "CONSISTENCY_FIELDS",
     "RotationRobustnessEvaluator",
     "load_checkpoint",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "SPLITS",
     "SOURCES",
     "MODES",
+    "GRIDS",
     "PCAM_SPLITS",
     "check_patch_datalist",
     "check_class_labels",
@@ -55,6 +56,7 @@ __all__ = [
     "inference_slides",
     "context_size",
     "footprint_cells",
+    "sliding_grid_offset",
     "CenterCropInferer",
     "classification_outputs",
     "load_mask",
@@ -77,6 +79,8 @@ SPLITS = ("training", "validation", "test")
 SOURCES = ("wsi", "pcam", "image_folder")
 #: patch layouts of slide inference (MONAI ``SlidingPatchWSIDataset`` / ``MaskedPatchWSIDataset``).
 MODES = ("sliding", "masked")
+#: placements of the ``mode="sliding"`` patch grid of slide inference (:func:`sliding_grid_offset`).
+GRIDS = ("top_left", "centered")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -985,6 +989,40 @@ def footprint_cells(
     return np.stack([start, end], 1)
 
 
+def sliding_grid_offset(
+    size0: Sequence[int], patch_size0: Sequence[float], overlap: float = 0.0, grid: str = "top_left"
+) -> tuple[int, int]:
+    """Level-0 ``(y, x)`` start of the first patch of MONAI ``SlidingPatchWSIDataset``'s grid (its ``offset``).
+
+    MONAI lays patches of level-0 footprint ``p`` at ``offset + k * step`` (``step = round(p * (1 - overlap))``) for
+    as long as they fit (``monai.data.utils.iter_patch_position``, ``padded=False``): with ``offset = 0``
+    (``grid="top_left"``, MONAI's default) the ``L = S - round(p) - (n - 1) * step`` pixels the ``n`` patches leave
+    uncovered all lie at the right/bottom. ``grid="centered"`` starts at ``L // 2`` so the same ``n`` patches leave
+    equal margins on both sides: a flipped/rotated slide then gets the flipped/rotated grid, exactly when ``L`` is even
+    (with an odd ``L`` no integer start is symmetric; the grid of the transformed slide is then off by one level-0
+    pixel).
+
+    Args:
+        size0: level-0 ``(H, W)`` of the slide.
+        patch_size0: level-0 ``(h, w)`` footprint of a patch (``patch_size * downsample`` of the patch level).
+        overlap: relative overlap in ``[0, 1)``, as ``infer_slide``.
+        grid: ``"top_left"`` or ``"centered"``.
+
+    Returns:
+        ``(oy, ox)``, ``(0, 0)`` for ``"top_left"`` or a side shorter than the patch.
+    """
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got grid={grid!r}.")
+    if grid == "top_left":
+        return (0, 0)
+    off = []
+    for s, p in zip((int(v) for v in size0), (float(v) for v in patch_size0)):
+        pr, step = int(round(p)), max(int(round(p * (1.0 - float(overlap)))), 1)
+        n = len(range(0, s - pr + 1, step))
+        off.append(0 if n == 0 else (s - pr - (n - 1) * step) // 2)
+    return (off[0], off[1])
+
+
 def infer_slide(
     slide: str | os.PathLike | Mapping[str, Any],
     network: torch.nn.Module | Callable,
@@ -997,6 +1035,7 @@ def infer_slide(
     mask_level: int | None = None,
     mode: str = "sliding",
     overlap: float = 0.0,
+    grid: str = "top_left",
     min_tissue: float = 0.25,
     map_max_size: int | None = 2048,
     transform: Callable | None = None,
@@ -1022,7 +1061,20 @@ def infer_slide(
        patches whose footprint is at least ``min_tissue`` tissue are classified; each fills the map cells its
        footprint covers (:func:`footprint_cells`: floor of the start, ceiling of the end, clipped to the map, which
        has the tissue mask's grid; a map pixel covered by several patches, e.g. with ``overlap``, holds their
-       mean). ``mode="masked"``: MONAI ``MaskedPatchWSIDataset``'s layout (one patch
+       mean). ``grid`` places that grid (:func:`sliding_grid_offset`): ``"top_left"`` (default, MONAI's layout: the
+       first patch at the slide's origin, the uncovered remainder of a side that is not a multiple of the stride all
+       at the right/bottom) or ``"centered"`` (MONAI's ``offset`` set so the remainder is split between both sides).
+       Only the centred grid follows the tissue when the glass is scanned rotated or flipped: the patches of a D4
+       transformed slide (:func:`monai_gmr.data.transform_slide`) are then exactly the transformed patches of the
+       original (for an even remainder; off by one level-0 pixel for an odd one), so an invariant classifier gives
+       the transformed map; with ``"top_left"`` the grid shifts against the tissue by up to one stride. The default
+       stays ``"top_left"`` so existing maps, datalists and published numbers do not change and the layout is
+       MONAI's; choose ``"centered"`` whenever maps of one slide scanned in different orientations are compared
+       (``monai_gmr.evaluation.slide_map_consistency``). The map grid itself (the tissue mask, block-averaged from
+       the top-left corner with partial blocks at the right/bottom, :func:`monai_gmr.data.block_mean`) is
+       symmetric only when the mask level's size is a multiple of the block factor (and the pyramid level a
+       transform of the other's, level-0 sides multiples of its downsample); otherwise the maps of a transformed
+       slide, mapped back, are offset by less than one map pixel. ``mode="masked"``: MONAI ``MaskedPatchWSIDataset``'s layout (one patch
        centred on every pixel of the :func:`~monai_gmr.data.tissue_mask` at ``mask_level``, full resolution: a
        dense map at that level; patches leaving the slide are dropped).
     3. Batched inference through ``inferer`` (default ``SimpleInferer``; e.g.
@@ -1066,6 +1118,8 @@ def infer_slide(
         raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}.")
     if not 0.0 <= float(overlap) < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got grid={grid!r}.")
     ps = _as_pair(patch_size)
     name = name or _slide_name(path)
     rank, world = _dist_rank_world()
@@ -1085,6 +1139,7 @@ def infer_slide(
     pr = float(reader.get_downsample_ratio(wsi, patch_level))
     foot = np.array([ps[0] * pr, ps[1] * pr])  # patch footprint in level-0 pixels
     transform = transform if transform is not None else _default_transform()
+    grid_offset: tuple[int, int] | None = None
 
     try:
         if mode == "sliding":
@@ -1092,9 +1147,10 @@ def infer_slide(
             # the thumbnail reduced as the mask was (partial edge blocks included): one pixel per map pixel
             thumb = block_mean(thumb, int(round(mr / lvl_ds)))[:, : tissue.shape[0], : tissue.shape[1]]
             h, w = tissue.shape
+            grid_offset = sliding_grid_offset(reader.get_size(wsi, 0), foot, float(overlap), grid)
             ds: Any = SlidingPatchWSIDataset(
                 data=[{"image": path}], patch_size=ps, patch_level=patch_level, mask_level=mask_level, overlap=overlap,
-                transform=transform, reader=reader,
+                offset=grid_offset, transform=transform, reader=reader,
             )
             locs = np.array([np.asarray(d["location"], dtype=np.float64) for d in ds.data]).reshape(-1, 2)
             # tissue fraction of every patch footprint from an integral image of the mask
@@ -1207,7 +1263,9 @@ def infer_slide(
         slide=path, name=name, prob=prob, probs=probs, tissue=tissue, covered=covered, map_level=mask_level,
         map_downsample=float(mr), n_patches=n, seconds=seconds, patches_per_s=pps,
         settings={"backend": backend, "patch_size": list(ps), "patch_level": patch_level, "mask_level": mask_level,
-                  "mode": mode, "overlap": float(overlap), "min_tissue": float(min_tissue),
+                  "mode": mode, "overlap": float(overlap), "grid": grid,
+                  "grid_offset": None if grid_offset is None else [int(v) for v in grid_offset],
+                  "min_tissue": float(min_tissue),
                   "inferer": type(inferer).__name__, "processes": world},
     )
     if label_mask is not None:
@@ -1333,10 +1391,10 @@ class SlideInference:
         summary_file: see :func:`infer_slides`.
         strict: see :func:`infer_slides`.
         kwargs: forwarded to :func:`infer_slide` (``backend``, ``patch_size``, ``patch_level``, ``mask_level``,
-            ``mode``, ``overlap``, ``inferer``, ``transform``, ``batch_size``, ``device``, ``amp``, ...).
+            ``mode``, ``overlap``, ``grid``, ``inferer``, ``transform``, ``batch_size``, ``device``, ``amp``, ...).
 
     Raises:
-        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` that :func:`infer_slide`
+        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` / ``grid`` that :func:`infer_slide`
             refuses (checked here, so that a bundle stops before it writes anything).
     """
 
@@ -1361,6 +1419,8 @@ class SlideInference:
             raise ValueError(f"mode must be one of {MODES}, got mode={kwargs['mode']!r}.")
         if not 0.0 <= float(kwargs.get("overlap", 0.0)) < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got overlap={kwargs['overlap']}.")
+        if kwargs.get("grid", "top_left") not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got grid={kwargs['grid']!r}.")
         self.network = network
         self.output_dir = output_dir
         self.slides = slides

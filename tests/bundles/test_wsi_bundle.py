@@ -114,6 +114,12 @@ def test_configs_parse_and_resolve(tmp_path):
         assert pi.get_parsed_content(i) is not None, i
     si = pi.get_parsed_content("slide_inference")
     assert type(si).__name__ == "SlideInference" and si.kwargs["mode"] == "sliding"
+    assert si.kwargs["grid"] == "top_left"  # the setting reaches infer_slide, default unchanged
+    pc = config_parser([INFERENCE], **over, grid="centered", metadata=METADATA)
+    assert pc.get_parsed_content("slide_inference").kwargs["grid"] == "centered"
+    pec = config_parser([TRAIN, EVALUATE], **over, grid="centered", metadata=METADATA)
+    assert pec.get_parsed_content("slide_inference").kwargs["grid"] == "centered"
+    assert pe.get_parsed_content("slide_inference").kwargs["grid"] == "top_left"
     pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
@@ -493,7 +499,8 @@ def test_bad_settings_write_nothing(tmp_path, slides, bad):
     assert no_outputs(out), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
 
 
-@pytest.mark.parametrize("bad", [{"slide_eval": "maybe"}, {"inference_mode": "dense"}, {"overlap": 1.0}],
+@pytest.mark.parametrize("bad", [{"slide_eval": "maybe"}, {"inference_mode": "dense"}, {"overlap": 1.0},
+                                 {"grid": "middle"}],
                          ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
 def test_bad_evaluation_and_inference_settings_write_nothing(tmp_path, slides, bad):
     """Slide-evaluation settings were read only in the third run step, after the robustness report had been

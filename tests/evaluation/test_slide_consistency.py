@@ -1,0 +1,101 @@
+"""Tests of monai_gmr.evaluation.slide_map_consistency: maps of a slide in the 8 D4 orientations, compared in the
+original frame (invariant vs orientation-dependent networks, centred vs top-left grid, files, bad inputs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monai_gmr.data import SlideNotFoundError, WSIError, write_pyramidal_tiff
+from monai_gmr.evaluation import CONSISTENCY_FIELDS, compare_maps, slide_map_consistency
+from tests.workflows.test_wsi_grid import MeanNet, _image
+
+KW = {"patch_size": 16, "batch_size": 256, "min_tissue": 0.25}
+
+
+class TopLeftPixelNet(torch.nn.Module):
+    """Orientation-dependent: the tumour logit is the red value of the patch's top-left pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros(x.shape[0]), 30.0 * (x[:, 0, 0, 0] - 0.6)], 1)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cons") / "s.tif"
+    write_pyramidal_tiff(path, _image(), mpp=0.5, tile_size=64, n_levels=1, compression="deflate")  # 200 x 136
+    return path
+
+
+def _tiny_gmr() -> torch.nn.Module:
+    from monai_gmr.nets import get_network
+
+    torch.manual_seed(0)
+    return get_network("gmr_resnet18_tiny", num_classes=2).eval()
+
+
+@pytest.mark.parametrize("net", [MeanNet, _tiny_gmr], ids=["mean", "gmr_tiny"])
+def test_invariant_network_centered_grid_is_consistent(slide, tmp_path, net):
+    res = slide_map_consistency(slide, net(), tmp_path / "work", {**KW, "grid": "centered"},
+                                output_json=tmp_path / "c.json", output_csv=tmp_path / "c.csv")  # fmt: skip
+    rows = res["elements"]
+    assert [r["element"] for r in rows] == ["rot0", "rot90", "rot180", "rot270", "rot0_flip", "rot90_flip",
+                                            "rot180_flip", "rot270_flip"]  # fmt: skip
+    for r in rows:
+        assert r["n_cells"] > 1000 and r["n_patches"] == res["reference"]["n_patches"] > 10
+        assert r["max_abs_diff"] <= 1e-5 and r["mean_abs_diff"] <= 1e-5, r
+        assert r["dice"] == 1.0 and r["agreement"] == 1.0 and r["tissue_iou"] == 1.0 and r["shape_match"]
+        assert r["grid_offset"] == [4, 4]
+    assert res["worst"]["max_abs_diff"] <= 1e-5 and res["worst"]["all_shapes_match"]
+    assert not list((tmp_path / "work").iterdir())  # the copies are removed
+    # files: strict JSON with the same numbers, CSV with one row per element
+    assert json.loads((tmp_path / "c.json").read_text(), parse_constant=lambda c: pytest.fail(c))["worst"] == res["worst"]
+    with open(tmp_path / "c.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 8 and tuple(table[0]) == CONSISTENCY_FIELDS and table[1]["element"] == "rot90"
+
+
+def test_orientation_dependent_network_or_top_left_grid_is_not_consistent(slide, tmp_path):
+    dep = slide_map_consistency(slide, TopLeftPixelNet(), tmp_path / "w1", {**KW, "grid": "centered"})
+    assert dep["worst"]["max_abs_diff"] > 0.5 and dep["worst"]["mean_abs_diff"] > 0.01
+    assert dep["worst"]["dice"] < 1.0
+    assert dep["elements"][0]["max_abs_diff"] == 0.0  # the identity against itself
+    # an invariant network on MONAI's top-left grid: the grid moves against the tissue (not for the transpose)
+    top = slide_map_consistency(slide, MeanNet(), tmp_path / "w2", {**KW, "grid": "top_left"},
+                                elements=["rot90", "rot90_flip"], keep_slides=True)  # fmt: skip
+    by = {r["element"]: r for r in top["elements"]}
+    assert by["rot90"]["max_abs_diff"] > 0.1 and by["rot90_flip"]["max_abs_diff"] <= 1e-5
+    assert top["worst"]["max_abs_diff_element"] == "rot90"
+    assert sorted(p.name for p in (tmp_path / "w2").iterdir()) == ["s_rot0.tif", "s_rot90.tif", "s_rot90_flip.tif"]
+
+
+def test_compare_maps():
+    p = np.array([[0.2, 0.8], [0.6, 0.0]])
+    t = np.array([[True, True], [True, False]])
+    q = np.array([[0.2, 0.3], [0.7, 0.9]])
+    r = compare_maps(p, t, q, np.ones((2, 2), bool))
+    assert r["n_cells"] == 3 and r["max_abs_diff"] == pytest.approx(0.5) and r["mean_abs_diff"] == pytest.approx(0.2)
+    assert r["dice"] == pytest.approx(2 * 1 / (2 + 1)) and r["agreement"] == pytest.approx(2 / 3)
+    assert r["tissue_iou"] == pytest.approx(0.75) and r["shape_match"]
+    empty = compare_maps(p, np.zeros((2, 2), bool), q, np.zeros((2, 2), bool))
+    assert empty["n_cells"] == 0 and empty["mean_abs_diff"] is None and empty["tissue_iou"] == 1.0
+    assert not compare_maps(p, t, np.zeros((3, 2)), np.ones((3, 2), bool))["shape_match"]
+    with pytest.raises(ValueError, match="ref_prob"):
+        compare_maps(p, t, q, np.ones((3, 3), bool))
+
+
+def test_bad_inputs(slide, tmp_path):
+    with pytest.raises(SlideNotFoundError, match="nope.tif"):
+        slide_map_consistency(tmp_path / "nope.tif", MeanNet(), tmp_path / "w", KW)
+    with pytest.raises(ValueError, match="elements"):
+        slide_map_consistency(slide, MeanNet(), tmp_path / "w", KW, elements=["rot45"])
+    with pytest.raises(ValueError, match="output_dir"):
+        slide_map_consistency(slide, MeanNet(), tmp_path / "w", {**KW, "output_dir": str(tmp_path)})
+    with pytest.raises(WSIError, match=r"s\.tif.*max_pixels"):
+        slide_map_consistency(slide, MeanNet(), tmp_path / "w", KW, max_pixels=100)
+    with pytest.raises(ValueError, match="grid"):
+        slide_map_consistency(slide, MeanNet(), tmp_path / "w", {**KW, "grid": "middle"})

@@ -1,0 +1,50 @@
+"""scripts/slide_rotation_consistency.py: argument checks and the Markdown report (the measurement itself trains two
+networks: docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import load_script
+
+
+def _run(kind: str, model: str, grid: str, max_diff: float) -> dict:
+    names = ["rot0", "rot90", "rot180", "rot270", "rot0_flip", "rot90_flip", "rot180_flip", "rot270_flip"]
+    els = [{"element": n, "max_abs_diff": 0.0 if i == 0 else max_diff, "grid_offset": [16, 16]} for i, n in enumerate(names)]
+    worst = {"mean_abs_diff": max_diff / 10, "max_abs_diff": max_diff, "max_abs_diff_element": "rot90", "dice": 0.9,
+             "agreement": 0.95, "tissue_iou": 1.0}  # fmt: skip
+    return {"slide_kind": kind, "model": model, "grid": grid, "reference": {"n_patches": 12}, "worst": worst,
+            "elements": els}  # fmt: skip
+
+
+def test_markdown_tables():
+    mod = load_script("slide_rotation_consistency")
+    report = {"command": "python scripts/slide_rotation_consistency.py --quick", "seconds": 1.0,
+              "settings": {"profile": "quick", "epochs": 4, "patch_size": 48, "widths": [8, 16, 32, 64]},
+              "environment": {"commit": "abc", "cpu_count": 2, "cpu": "x86_64", "device": "cpu", "torch": "2.13.0",
+                              "monai": "1.6.1"},
+              "slides": {"synthetic": {"path": "s.tiff", "size0": [2048, 2048], "levels": 4}},
+              "runs": [_run("synthetic", "gmr_resnet18", "centered", 3e-8), _run("synthetic", "resnet18", "top_left", 0.5)]}  # fmt: skip
+    md = mod.markdown(report)
+    assert "| synthetic | gmr_resnet18 | centered | 12 | 3.00e-09 | 3.00e-08 (rot90) | 0.9000 |" in md
+    assert "| synthetic | resnet18 | top_left | 12 | 0.0500 | 0.5000 (rot90) |" in md
+    assert "| rot0 | rot90 | rot180 | rot270 | rot0_flip | rot90_flip | rot180_flip | rot270_flip |" in md
+    assert "commit: abc" in md and "2-core" in md
+
+
+def test_bad_arguments(tmp_path):
+    mod = load_script("slide_rotation_consistency")
+    with pytest.raises(SystemExit):
+        mod._parse(["--out", str(tmp_path), "--epochs", "0"])
+    with pytest.raises(SystemExit):
+        mod._parse(["--out", str(tmp_path), "--real-slide", str(tmp_path / "missing.svs")])
+    assert mod._parse(["--out", str(tmp_path), "--quick"]).quick
+
+
+def test_symmetric_size():
+    mod = load_script("slide_rotation_consistency")
+    # the CMU-1 small region (2967 x 2220), 48-pixel patches, map blocks of 2: one row less
+    assert mod.symmetric_size([2967, 2220], 48, 48, 2) == [2966, 2220]
+    assert mod.symmetric_size([2048, 2048], 48, 48, 1) == [2048, 2048]
+    h, w = mod.symmetric_size([203, 131], 16, 16, 4)
+    assert h % 4 == 0 and w % 4 == 0 and h <= 203 and w <= 131 and (h - 16) % 16 % 2 == 0 and (w - 16) % 16 % 2 == 0

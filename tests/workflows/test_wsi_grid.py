@@ -1,0 +1,112 @@
+"""Tests of the centred sliding grid of slide inference (``infer_slide(grid=...)``, :func:`sliding_grid_offset`): the
+patches of a rotated/flipped slide are the rotated/flipped patches of the original only with ``grid="centered"``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from monai_gmr.data import transform_array, transform_box, transform_slide, write_pyramidal_tiff
+from monai_gmr.functional import d4_elements
+from monai_gmr.workflows.wsi import GRIDS, SlideInference, infer_slide, sliding_grid_offset
+
+P = 16
+H, W = 200, 136  # 200 = 12 * 16 + 8, 136 = 8 * 16 + 8: not multiples of the stride, even remainders
+
+
+class MeanNet(torch.nn.Module):
+    """Exactly D4-invariant: the tumour logit is the mean red intensity of the patch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros(x.shape[0]), 30.0 * (x[:, 0].mean((1, 2)) - 0.7)], 1)
+
+
+def _image(h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(236, 2, (h, w, 3)), 0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    for cy, cx, r in ((50, 40, 30), (130, 90, 35), (170, 30, 20)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (200, 90, 160)
+    img[60:75, 30:60] = (60, 40, 120)
+    img[120:140, 70:85] = (60, 40, 120)
+    return img
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    src = root / "s.tif"
+    write_pyramidal_tiff(src, _image(), mpp=0.5, tile_size=64, n_levels=1, compression="deflate")
+    out = {g.name: transform_slide(src, root / f"s_{g.name}.tif", g)["path"] for g in d4_elements()}
+    return src, out
+
+
+def _locations(path, grid: str) -> set[tuple[int, int]]:
+    from monai.data import SlidingPatchWSIDataset
+
+    from monai_gmr.data import slide_info
+
+    size0 = slide_info(path)["sizes"][0]
+    ds = SlidingPatchWSIDataset(data=[{"image": str(path)}], patch_size=P, patch_level=0, reader="openslide",
+                                offset=sliding_grid_offset(size0, (P, P), 0.0, grid))  # fmt: skip
+    return {tuple(int(v) for v in d["location"]) for d in ds.data}  # level-0 top-left corners
+
+
+def test_sliding_grid_offset():
+    assert sliding_grid_offset((H, W), (P, P), 0.0, "top_left") == (0, 0)
+    assert sliding_grid_offset((H, W), (P, P), 0.0, "centered") == (4, 4)
+    assert sliding_grid_offset((201, 128), (P, P), 0.0, "centered") == (4, 0)  # odd remainder 9 -> 4; multiple -> 0
+    assert sliding_grid_offset((204, 10), (P, P), 0.5, "centered") == (2, 0)  # step 8: remainder 4; no patch fits
+    assert sliding_grid_offset((200, 200), (32, 32), 0.0, "centered") == (4, 4)  # a level-1 footprint
+    with pytest.raises(ValueError, match="grid"):
+        sliding_grid_offset((H, W), (P, P), 0.0, "middle")
+    assert GRIDS == ("top_left", "centered")
+
+
+@pytest.mark.parametrize("g", d4_elements()[1:], ids=lambda g: g.name)
+def test_centered_grid_follows_the_slide(slides, g):
+    src, copies = slides
+    orig = {tuple(transform_box(loc, (P, P), (H, W), g)) for loc in _locations(src, "centered")}
+    assert _locations(copies[g.name], "centered") == orig  # exactly the transformed patches
+    # MONAI's top-left grid does not follow the slide (the remainder moves to the other side), except under the
+    # transpose (rot90_flip: pixel (i, j) -> (j, i)), the one non-trivial element that keeps the top-left corner
+    moved = {tuple(transform_box(loc, (P, P), (H, W), g)) for loc in _locations(src, "top_left")}
+    assert (_locations(copies[g.name], "top_left") == moved) == (g.name == "rot90_flip")
+
+
+def test_infer_slide_centered_maps_are_transformed_maps(slides):
+    src, copies = slides
+    kw = {"patch_size": P, "batch_size": 256, "map_max_size": 256}
+    ref = infer_slide(src, MeanNet(), None, grid="centered", **kw)
+    top = infer_slide(src, MeanNet(), None, **kw)
+    assert ref.settings["grid"] == "centered" and ref.settings["grid_offset"] == [4, 4]
+    assert top.settings["grid"] == "top_left" and top.settings["grid_offset"] == [0, 0]
+    assert ref.map_downsample == 1.0 and ref.n_patches > 10
+    differs = 0
+    for g in d4_elements()[1:]:
+        res = infer_slide(copies[g.name], MeanNet(), None, grid="centered", **kw)
+        assert res.n_patches == ref.n_patches
+        np.testing.assert_array_equal(transform_array(res.covered, g, inverse=True), ref.covered)
+        np.testing.assert_array_equal(transform_array(res.tissue, g, inverse=True), ref.tissue)
+        np.testing.assert_allclose(transform_array(res.prob, g, inverse=True), ref.prob, atol=1e-5)
+        t = infer_slide(copies[g.name], MeanNet(), None, grid="top_left", **kw)
+        differs += not np.array_equal(transform_array(t.covered, g, inverse=True), top.covered)
+    assert differs == 6  # the top-left grid moves against the tissue under every element but the transpose
+
+
+def test_grid_on_a_multiple_of_the_stride_changes_nothing(tmp_path):
+    write_pyramidal_tiff(tmp_path / "m.tif", _image(192, 128), tile_size=64, n_levels=1, compression="deflate")
+    kw = {"patch_size": P, "batch_size": 256}
+    a = infer_slide(tmp_path / "m.tif", MeanNet(), None, grid="centered", **kw)
+    b = infer_slide(tmp_path / "m.tif", MeanNet(), None, grid="top_left", **kw)
+    assert a.settings["grid_offset"] == [0, 0]
+    np.testing.assert_array_equal(a.prob, b.prob)
+
+
+def test_bad_grid_is_refused(slides):
+    src, _ = slides
+    with pytest.raises(ValueError, match="grid"):
+        infer_slide(src, MeanNet(), None, patch_size=P, grid="center")
+    with pytest.raises(ValueError, match="grid"):
+        SlideInference(MeanNet(), None, slides=[str(src)], grid="middle")
