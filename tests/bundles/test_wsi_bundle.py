@@ -114,12 +114,12 @@ def test_configs_parse_and_resolve(tmp_path):
         assert pi.get_parsed_content(i) is not None, i
     si = pi.get_parsed_content("slide_inference")
     assert type(si).__name__ == "SlideInference" and si.kwargs["mode"] == "sliding"
-    assert si.kwargs["grid"] == "top_left"  # the setting reaches infer_slide, default unchanged
-    pc = config_parser([INFERENCE], **over, grid="centered", metadata=METADATA)
-    assert pc.get_parsed_content("slide_inference").kwargs["grid"] == "centered"
-    pec = config_parser([TRAIN, EVALUATE], **over, grid="centered", metadata=METADATA)
-    assert pec.get_parsed_content("slide_inference").kwargs["grid"] == "centered"
-    assert pe.get_parsed_content("slide_inference").kwargs["grid"] == "top_left"
+    assert si.kwargs["grid"] == "centered"  # the setting reaches infer_slide; default: the symmetric grid
+    pc = config_parser([INFERENCE], **over, grid="top_left", metadata=METADATA)
+    assert pc.get_parsed_content("slide_inference").kwargs["grid"] == "top_left"
+    pec = config_parser([TRAIN, EVALUATE], **over, grid="top_left", metadata=METADATA)
+    assert pec.get_parsed_content("slide_inference").kwargs["grid"] == "top_left"
+    assert pe.get_parsed_content("slide_inference").kwargs["grid"] == "centered"
     pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
