@@ -1067,9 +1067,9 @@ def infer_slide(
        Only the centred grid follows the tissue when the glass is scanned rotated or flipped: the patches of a D4
        transformed slide (:func:`monai_gmr.data.transform_slide`) are then exactly the transformed patches of the
        original (for an even remainder; off by one level-0 pixel for an odd one), so an invariant classifier gives
-       the transformed map; with ``"top_left"`` the grid shifts against the tissue by up to one stride. The default
-       stays ``"top_left"`` so existing maps, datalists and published numbers do not change and the layout is
-       MONAI's; choose ``"centered"`` whenever maps of one slide scanned in different orientations are compared
+       the transformed map; with ``"top_left"`` the grid shifts against the tissue by up to one stride. The
+       function's default stays ``"top_left"`` (MONAI's layout, for callers that compare with MONAI's datasets);
+       the WSI bundle defaults to ``"centered"`` (its ``grid`` setting); choose ``"centered"`` whenever maps of one slide scanned in different orientations are compared
        (``monai_gmr.evaluation.slide_map_consistency``). The map grid itself (the tissue mask, block-averaged from
        the top-left corner with partial blocks at the right/bottom, :func:`monai_gmr.data.block_mean`) is
        symmetric only when the mask level's size is a multiple of the block factor (and the pyramid level a
