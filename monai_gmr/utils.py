@@ -13,6 +13,7 @@ import json
 import logging
 import numbers
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -204,19 +205,17 @@ def json_ready(obj: Any) -> Any:
         return [json_ready(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    mod = type(obj).__module__.split(".")[0]
-    if mod == "numpy":
-        import numpy as np
-
+    # by isinstance, not by the type's module: subclasses defined elsewhere (MONAI's MetaTensor, which MONAI metrics
+    # return) are tensors too; neither library is imported here if the caller has not imported it
+    np = sys.modules.get("numpy")
+    if np is not None:
         if isinstance(obj, np.ndarray):
             return json_ready(obj.tolist())
         if isinstance(obj, np.generic):
             return json_ready(obj.item())
-    if mod == "torch":
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return json_ready(obj.detach().cpu().tolist())
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return json_ready(obj.detach().cpu().tolist())
     return obj
 
 

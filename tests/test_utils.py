@@ -221,6 +221,19 @@ def test_atomic_write_json_is_strict_non_finite_floats_become_null(tmp_path):
     assert obj["auc"] != obj["auc"]  # the caller's object is not modified
 
 
+def test_json_ready_converts_tensor_subclasses():
+    """A torch.Tensor subclass from another module (MONAI's MetaTensor, what MONAI metrics return) is a tensor too:
+    it was returned unchanged (matched by the type's module name) and json_dumps raised TypeError."""
+    import torch
+    from monai.data import MetaTensor
+
+    from monai_gmr.utils import json_dumps, json_ready
+
+    obj = {"dice": MetaTensor(torch.tensor(0.5)), "per_class": MetaTensor(torch.tensor([0.25, float("nan")]))}
+    assert json_ready(obj) == {"dice": 0.5, "per_class": [0.25, None]}
+    assert _strict_loads(json_dumps(obj)) == {"dice": 0.5, "per_class": [0.25, None]}
+
+
 def test_atomic_write_json_refuses_a_nan_that_escapes_the_conversion(tmp_path, monkeypatch):
     """``allow_nan=False`` in the writer: were the NaN -> null walk ever bypassed, writing raises (naming nothing
     half-way) instead of putting a bare ``NaN`` in the file; the previous file stays whole."""

@@ -833,10 +833,16 @@ def transform_array(array: Any, element: Any, inverse: bool = False, channels_la
         raise ValueError(f"array must be (..., H, W) or, with channels_last, (H, W, C); got shape {arr.shape}.")
     if channels_last:
         arr = np.moveaxis(arr, -1, 0)
+    dtype = arr.dtype.newbyteorder("=")
+    if not arr.dtype.isnative:  # torch.from_numpy refuses a non-native byte order
+        arr = arr.astype(dtype)
+    if dtype.kind == "u" and dtype.itemsize > 1:
+        # torch cannot flip uint16/32/64 (e.g. label masks): permute the same bits as the signed type of that width
+        arr = arr.view(np.dtype(f"i{dtype.itemsize}"))
     out = g(torch.from_numpy(np.require(arr, requirements=["C", "W"])))  # a copy only when read-only/strided
     if channels_last:
         out = out.movedim(0, -1)
-    return np.ascontiguousarray(out.numpy())
+    return np.ascontiguousarray(out.numpy()).view(dtype)
 
 
 def transform_box(

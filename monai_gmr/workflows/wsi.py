@@ -1148,9 +1148,10 @@ def infer_slide(
             thumb = block_mean(thumb, int(round(mr / lvl_ds)))[:, : tissue.shape[0], : tissue.shape[1]]
             h, w = tissue.shape
             grid_offset = sliding_grid_offset(reader.get_size(wsi, 0), foot, float(overlap), grid)
+            # a float: MONAI reads an int overlap as pixels, not as a fraction (overlap=0 failed listing the patches)
             ds: Any = SlidingPatchWSIDataset(
-                data=[{"image": path}], patch_size=ps, patch_level=patch_level, mask_level=mask_level, overlap=overlap,
-                offset=grid_offset, transform=transform, reader=reader,
+                data=[{"image": path}], patch_size=ps, patch_level=patch_level, mask_level=mask_level,
+                overlap=float(overlap), offset=grid_offset, transform=transform, reader=reader,
             )
             locs = np.array([np.asarray(d["location"], dtype=np.float64) for d in ds.data]).reshape(-1, 2)
             # tissue fraction of every patch footprint from an integral image of the mask

@@ -79,6 +79,19 @@ def test_transform_array_and_box_match_the_element():
     assert not np.array_equal(transform_array(idx, "rot0_flip"), idx)
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "uint64", ">f4", ">u2"])
+def test_transform_array_unsigned_and_byte_swapped(dtype):
+    """uint16/32/64 arrays (label masks) and non-native byte orders: torch cannot flip the former
+    (NotImplementedError "flip_cpu") nor wrap the latter (ValueError); they are permuted bit for bit."""
+    a = (np.random.default_rng(2).integers(0, 60000, (2, 9, 5)) + 3000).astype(dtype)
+    a[0, 0, 0] = np.iinfo(np.uint16).max if a.dtype.kind == "u" else -1.5  # a value above the signed range
+    for g in d4_elements():
+        t = transform_array(a, g)
+        assert t.dtype == a.dtype.newbyteorder("=")
+        np.testing.assert_array_equal(t, g(torch.from_numpy(a.astype(np.float64))).numpy())
+        np.testing.assert_array_equal(transform_array(t, g, inverse=True), a)
+
+
 def test_transform_bad_inputs(tiny, tmp_path):
     root, path, img = tiny
     with pytest.raises(SlideNotFoundError, match="missing.tif"):

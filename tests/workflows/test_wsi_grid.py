@@ -104,6 +104,17 @@ def test_grid_on_a_multiple_of_the_stride_changes_nothing(tmp_path):
     np.testing.assert_array_equal(a.prob, b.prob)
 
 
+def test_integer_overlap_is_a_fraction(tmp_path):
+    """overlap=0 (an int, e.g. ``--overlap 0`` on the bundle command line) passes the [0, 1) check and is a fraction
+    for the grid offset; MONAI reads an int overlap as pixels and failed listing the patches (numpy float step)."""
+    write_pyramidal_tiff(tmp_path / "o.tif", _image(), tile_size=64, n_levels=1, compression="deflate")
+    kw = {"patch_size": P, "batch_size": 256, "grid": "centered"}
+    a = infer_slide(tmp_path / "o.tif", MeanNet(), None, overlap=0, **kw)
+    b = infer_slide(tmp_path / "o.tif", MeanNet(), None, overlap=0.0, **kw)
+    assert a.n_patches == b.n_patches and a.settings["grid_offset"] == [4, 4]
+    np.testing.assert_array_equal(a.prob, b.prob)
+
+
 def test_bad_grid_is_refused(slides):
     src, _ = slides
     with pytest.raises(ValueError, match="grid"):
