@@ -13,6 +13,8 @@ import csv
 import io
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_gmr.utils import atomic_write_json, atomic_write_text
+from monai_gmr.utils import atomic_write_json, atomic_write_text, missing_dirs, remove_empty_dirs
 
 __all__ = ["compare_maps", "slide_map_consistency", "consistency_rows", "CONSISTENCY_FIELDS"]
 
@@ -161,8 +163,9 @@ def slide_map_consistency(
     Args:
         slide: slide path (read with ``infer_kwargs["backend"]``, default ``openslide``).
         network: patch classifier ``(N, 3, h, w) -> (N, C)`` logits, as for ``infer_slide``.
-        work_dir: folder for the transformed copies (created; the copies are deleted afterwards unless
-            ``keep_slides``).
+        work_dir: folder for the transformed copies (created, and removed again if it was created and is left
+            empty). Without ``keep_slides`` the copies go to a temporary sub-folder that is deleted afterwards;
+            with it they are ``<stem>_<element>.tif`` in ``work_dir``, replacing copies of an earlier run.
         infer_kwargs: keyword arguments of ``infer_slide`` (``patch_size``, ``grid``, ``overlap``, ``batch_size``,
             ``device``, ...); ``slide``, ``network``, ``output_dir``, ``name`` and ``label_mask`` are set here.
         elements: D4 elements to test (:func:`monai_gmr.data.wsi.as_d4_element` inputs; default all 8). The identity
@@ -206,17 +209,18 @@ def slide_map_consistency(
         raise ValueError("elements is empty: nothing to compare.")
     identity = D4Element(0, False)
     backend = kwargs.get("backend", "openslide")
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    created = missing_dirs(work_dir)  # removed again at the end when left empty
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
     stem = src.name.split(".")[0] or "slide"
-    written: list[Path] = []
+    # copies that are deleted afterwards go to a fresh folder of their own, so that no file of the user's in
+    # work_dir (e.g. kept copies of an earlier run) is overwritten and then deleted
+    work = Path(work_dir) if keep_slides else Path(tempfile.mkdtemp(prefix=f"{stem}_d4_", dir=work_dir))
 
     def run(g: D4Element) -> tuple[Any, float]:
         dst = work / f"{stem}_{g.name}.tif"
         t = time.perf_counter()
         transform_slide(src, dst, g, backend=backend, compression=compression,
                         max_pixels=TRANSFORM_MAX_PIXELS if max_pixels is None else max_pixels)  # fmt: skip
-        written.append(dst)
         res = infer_slide(str(dst), network, None, name=f"{stem}_{g.name}", **kwargs)
         return res, time.perf_counter() - t
 
@@ -237,11 +241,8 @@ def slide_map_consistency(
             rows.append(row)
     finally:
         if not keep_slides:
-            for p in written:
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
+            shutil.rmtree(work, ignore_errors=True)  # the temporary folder made above, nothing else
+        remove_empty_dirs(created)
     settings = {k: (v if isinstance(v, (str, int, float, bool, type(None), list, tuple)) else type(v).__name__)
                 for k, v in kwargs.items()}  # fmt: skip
     result: dict[str, Any] = {

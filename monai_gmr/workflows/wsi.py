@@ -965,27 +965,49 @@ def _as_probs(out: torch.Tensor) -> torch.Tensor:
 
 
 def footprint_cells(
-    locations: np.ndarray, footprint: Sequence[float], downsample: float, shape: Sequence[int]
+    locations: np.ndarray,
+    footprint: Sequence[float],
+    downsample: float,
+    shape: Sequence[int],
+    size0: Sequence[float] | None = None,
 ) -> np.ndarray:
     """The map cells that patch footprints cover: ``[[r0, c0], [r1, c1]]`` (end exclusive) per patch.
+
+    A cell belongs to a footprint when the cell's centre lies in it (the last row/column of the map, cut by the
+    slide's edge, has its centre in the middle of its part inside the slide). Patches that tile the slide without
+    overlap therefore share no cell, whether or not they are aligned with the map grid (a real slide's level
+    downsample is rarely an integer, e.g. 4.000345, so a floor/ceiling rule made neighbouring patches share a row or
+    column of cells); patches aligned with the grid fill exactly their own cells; a patch over the slide's partial
+    last row/column fills it. A footprint that holds no cell centre (smaller than a cell) gets the cell holding its
+    own centre.
 
     Args:
         locations: ``(N, 2)`` top-left ``(row, col)`` of the patches in level-0 pixels.
         footprint: ``(rows, cols)`` of a patch in level-0 pixels.
         downsample: level-0 pixels per map pixel.
         shape: ``(h, w)`` of the map.
+        size0: level-0 ``(H, W)`` of the slide; ``None``: ``shape * downsample`` (whole last cells).
 
     Returns:
-        ``(N, 2, 2)`` ints: the floor of each footprint's start and the ceiling of its end, in map pixels, clipped to
-        the map. A map pixel that a footprint only partly covers (a patch not aligned with the map grid, a partial
-        last row or column) is counted as covered, so a footprint over the slide's edge fills the edge row itself;
-        footprints aligned with the grid fill exactly their own cells.
+        ``(N, 2, 2)`` ints, clipped to the map.
     """
     locs = np.asarray(locations, dtype=np.float64).reshape(-1, 2)
     foot = np.asarray(footprint, dtype=np.float64).reshape(2)
     lim = np.asarray(shape, dtype=np.int64).reshape(2)
-    start = np.clip(np.floor(locs / float(downsample)).astype(np.int64), 0, lim)
-    end = np.clip(np.ceil((locs + foot) / float(downsample)).astype(np.int64), 0, lim)
+    ds = float(downsample)
+    extent = lim * ds if size0 is None else np.minimum(np.asarray(size0, dtype=np.float64).reshape(2), lim * ds)
+    a, b = locs / ds, (locs + foot) / ds  # footprint in map cells
+    # centres i + 0.5 of the whole cells; the last cell's centre is the middle of its part inside the slide
+    last_centre = ((lim - 1) + extent / ds) / 2.0
+    start = np.ceil(a - 0.5 - 1e-9).astype(np.int64)
+    end = np.ceil(b - 0.5 - 1e-9).astype(np.int64)
+    start = np.where(start >= lim - 1, np.where(a <= last_centre + 1e-9, lim - 1, lim), start)
+    end = np.where(end >= lim - 1, np.where(b > last_centre + 1e-9, lim, lim - 1), end)
+    start, end = np.clip(start, 0, lim), np.clip(end, 0, lim)
+    empty = end <= start  # no cell centre inside: the cell holding the footprint's centre
+    own = np.clip(np.floor((a + b) / 2.0).astype(np.int64), 0, lim - 1)
+    start = np.where(empty, own, start)
+    end = np.where(empty, own + 1, end)
     return np.stack([start, end], 1)
 
 
@@ -1000,7 +1022,9 @@ def sliding_grid_offset(
     uncovered all lie at the right/bottom. ``grid="centered"`` starts at ``L // 2`` so the same ``n`` patches leave
     equal margins on both sides: a flipped/rotated slide then gets the flipped/rotated grid, exactly when ``L`` is even
     (with an odd ``L`` no integer start is symmetric; the grid of the transformed slide is then off by one level-0
-    pixel).
+    pixel). With ``patch_level > 0`` the patches are read in that level's pixels, so exactness also needs ``L / 2``
+    to be a whole number of them (a multiple of the level's downsample); otherwise the transformed grid is off by
+    part of a level pixel, and readers round the read position differently (OpenSlide vs tifffile).
 
     Args:
         size0: level-0 ``(H, W)`` of the slide.
@@ -1059,7 +1083,7 @@ def infer_slide(
        on HSV saturation; block-averaged so the longer side is at most ``map_max_size``); MONAI
        ``SlidingPatchWSIDataset`` lays a grid of ``patch_size`` patches at ``patch_level`` (``overlap``) and the
        patches whose footprint is at least ``min_tissue`` tissue are classified; each fills the map cells its
-       footprint covers (:func:`footprint_cells`: floor of the start, ceiling of the end, clipped to the map, which
+       footprint covers (:func:`footprint_cells`: the cells whose centres the footprint holds, clipped to the map, which
        has the tissue mask's grid; a map pixel covered by several patches, e.g. with ``overlap``, holds their
        mean). ``grid`` places that grid (:func:`sliding_grid_offset`): ``"top_left"`` (default, MONAI's layout: the
        first patch at the slide's origin, the uncovered remainder of a side that is not a multiple of the stride all
@@ -1156,7 +1180,7 @@ def infer_slide(
             locs = np.array([np.asarray(d["location"], dtype=np.float64) for d in ds.data]).reshape(-1, 2)
             # tissue fraction of every patch footprint from an integral image of the mask
             integ = np.pad(tissue.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-            foot_cells = footprint_cells(locs, foot, mr, (h, w))
+            foot_cells = footprint_cells(locs, foot, mr, (h, w), reader.get_size(wsi, 0))
             r0, c0 = foot_cells[:, 0, 0], foot_cells[:, 0, 1]
             r1, c1 = foot_cells[:, 1, 0], foot_cells[:, 1, 1]
             area = np.maximum((r1 - r0) * (c1 - c0), 1)
@@ -1264,7 +1288,8 @@ def infer_slide(
         slide=path, name=name, prob=prob, probs=probs, tissue=tissue, covered=covered, map_level=mask_level,
         map_downsample=float(mr), n_patches=n, seconds=seconds, patches_per_s=pps,
         settings={"backend": backend, "patch_size": list(ps), "patch_level": patch_level, "mask_level": mask_level,
-                  "mode": mode, "overlap": float(overlap), "grid": grid,
+                  "mode": mode, "overlap": float(overlap),
+                  "grid": grid if mode == "sliding" else None,  # the masked layout has no sliding grid
                   "grid_offset": None if grid_offset is None else [int(v) for v in grid_offset],
                   "min_tissue": float(min_tissue),
                   "inferer": type(inferer).__name__, "processes": world},

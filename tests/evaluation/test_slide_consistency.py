@@ -51,7 +51,7 @@ def test_invariant_network_centered_grid_is_consistent(slide, tmp_path, net):
         assert r["dice"] == 1.0 and r["agreement"] == 1.0 and r["tissue_iou"] == 1.0 and r["shape_match"]
         assert r["grid_offset"] == [4, 4]
     assert res["worst"]["max_abs_diff"] <= 1e-5 and res["worst"]["all_shapes_match"]
-    assert not list((tmp_path / "work").iterdir())  # the copies are removed
+    assert not (tmp_path / "work").exists()  # the copies are removed, and the folder made for them
     # files: strict JSON with the same numbers, CSV with one row per element
     assert json.loads((tmp_path / "c.json").read_text(), parse_constant=lambda c: pytest.fail(c))["worst"] == res["worst"]
     with open(tmp_path / "c.csv") as f:
@@ -99,3 +99,14 @@ def test_bad_inputs(slide, tmp_path):
         slide_map_consistency(slide, MeanNet(), tmp_path / "w", KW, max_pixels=100)
     with pytest.raises(ValueError, match="grid"):
         slide_map_consistency(slide, MeanNet(), tmp_path / "w", {**KW, "grid": "middle"})
+
+
+def test_work_dir_files_of_the_user_are_kept(slide, tmp_path):
+    """Without ``keep_slides`` the copies went to ``work_dir/<stem>_<element>.tif``: a file of that name already there
+    was overwritten and then deleted; a work_dir the function created stayed behind empty."""
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "s_rot90.tif").write_bytes(b"not a copy")
+    slide_map_consistency(slide, MeanNet(), work, {**KW, "grid": "centered"}, elements=["rot90"])
+    assert sorted(p.name for p in work.iterdir()) == ["s_rot90.tif"]
+    assert (work / "s_rot90.tif").read_bytes() == b"not a copy"

@@ -401,7 +401,9 @@ def test_infer_slide_masked_mode_tifffile_and_level(wsi_data):
     # masked mode: one patch per tissue pixel of the lowest level (32 x 32 here); patch level 1 (32 level-0 pixels)
     small, small_gt = wsi_data["small"]
     res = infer_slide(small, DarkNucleiNet(), None, mode="masked", patch_size=16, patch_level=1, label_mask=small_gt,
-                      batch_size=512)  # fmt: skip
+                      batch_size=512, grid="centered")  # fmt: skip
+    # the masked layout has no sliding grid: the settings do not claim one (they recorded "centered")
+    assert res.settings["grid"] is None and res.settings["grid_offset"] is None
     assert res.map_level == 3 and res.prob.shape == (32, 32) and res.covered.sum() == res.n_patches
     assert res.n_patches > 300 and (res.covered <= res.tissue).all()
     assert res.metrics["pixel_auc"] > 0.85 and res.metrics["dice"] > 0.7, res.metrics
@@ -465,17 +467,23 @@ def test_sliding_inference_classifies_tissue_at_the_slide_edge(tmp_path):
 
 
 def test_footprint_cells_edge_and_interior_patches():
-    """The map cells a patch fills: floor of its footprint's start, ceiling of its end, clipped to the map. A patch
-    over the partial last row/column fills that row/column; interior patches aligned with the map grid fill exactly
-    the cells the previous centre-rounding rule gave them (interior maps are unchanged)."""
+    """The map cells a patch fills: those whose centres its footprint holds, clipped to the map (the partial last
+    row/column has its centre in the middle of its part inside the slide). A patch over the partial last row/column
+    fills that row/column; interior patches aligned with the map grid fill exactly the cells the previous
+    centre-rounding rule gave them (interior maps are unchanged)."""
     from monai_gmr.workflows.wsi import footprint_cells
 
     # 10-pixel patches on a map of 4 level-0 pixels per cell, slide 1010 x 703 -> map (253, 176)
-    edge = footprint_cells(np.array([[1000, 690], [1000, 0]]), (10, 10), 4.0, (253, 176))
-    np.testing.assert_array_equal(edge[0], [[250, 172], [253, 175]])  # rows 250-252 (252 = partial last row)
-    np.testing.assert_array_equal(edge[1], [[250, 0], [253, 3]])
-    # a footprint leaving the map is clipped to it
-    np.testing.assert_array_equal(footprint_cells(np.array([[1008, 700]]), (10, 10), 4.0, (253, 176))[0],
+    size0 = (1010, 703)
+    edge = footprint_cells(np.array([[1000, 690], [1000, 0]]), (10, 10), 4.0, (253, 176), size0)
+    # rows 250-252 (252 = partial last row, [1008, 1010) inside the slide); columns 690-700 hold the centres of
+    # cells 172-174 (cell 175, [700, 703), belongs to the next patch)
+    np.testing.assert_array_equal(edge[0], [[250, 172], [253, 175]])
+    np.testing.assert_array_equal(edge[1], [[250, 0], [253, 2]])  # cell 2 ([8, 12)) has its centre at 10
+    # the next patch along the row takes cell 2; a footprint leaving the map is clipped to it
+    np.testing.assert_array_equal(footprint_cells(np.array([[1000, 10]]), (10, 10), 4.0, (253, 176), size0)[0],
+                                  [[250, 2], [253, 5]])  # fmt: skip
+    np.testing.assert_array_equal(footprint_cells(np.array([[1008, 700]]), (10, 10), 4.0, (253, 176), size0)[0],
                                   [[252, 175], [253, 176]])  # fmt: skip
     # interior, grid-aligned (32-pixel patches, 4 pixels per cell): identical to the old centre-rounding cells
     rng = np.random.default_rng(0)
@@ -484,8 +492,25 @@ def test_footprint_cells_edge_and_interior_patches():
     centres = (locs + foot / 2.0) / mr
     old = np.stack([np.round(centres - foot / mr / 2.0), np.round(centres + foot / mr / 2.0)], 1).astype(int)
     np.testing.assert_array_equal(footprint_cells(locs, foot, mr, (256, 256)), old)
-    # non-square footprint at a non-square grid position
-    np.testing.assert_array_equal(footprint_cells(np.array([[6, 2]]), (8, 3), 4.0, (10, 10))[0], [[1, 0], [4, 2]])
+    # non-square footprint at a non-square grid position: rows [6, 14) = cells [1.5, 3.5) hold the centres 1.5 and
+    # 2.5 (cells 1, 2); columns [2, 5) = cells [0.5, 1.25) hold no centre -> the cell of the footprint's centre (0)
+    np.testing.assert_array_equal(footprint_cells(np.array([[6, 2]]), (8, 3), 4.0, (10, 10))[0], [[1, 0], [3, 1]])
+
+
+def test_footprint_cells_tile_without_sharing_at_non_integer_downsample():
+    """A real slide's level downsample is rarely an integer (e.g. 32.0011 for a 4.000345 level, 8x blocks): patches
+    that tile the slide must still fill disjoint cells that together cover the tiled rows. The floor/ceiling rule
+    let each patch reach one more row and column by a sliver, so neighbours shared about one cell in eight."""
+    from monai_gmr.workflows.wsi import footprint_cells
+
+    ds, size = 32.0011, 256
+    n = 40  # 40 patches of 256 level-0 pixels: 10240 pixels = 319.99 cells
+    locs = np.stack([np.arange(n) * size, np.zeros(n)], 1)
+    h = int(np.ceil(n * size / ds))
+    cells = footprint_cells(locs, (size, size), ds, (h, 8), (n * size, size))
+    rows = [set(range(c[0, 0], c[1, 0])) for c in cells]
+    assert all(len(r) in (7, 8, 9) for r in rows), [len(r) for r in rows]
+    assert sum(len(r) for r in rows) == h and set().union(*rows) == set(range(h))  # a partition of the rows
 
 
 def test_sliding_inference_interior_map_unchanged(tmp_path):
