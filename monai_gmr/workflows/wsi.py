@@ -973,9 +973,11 @@ def footprint_cells(
 ) -> np.ndarray:
     """The map cells that patch footprints cover: ``[[r0, c0], [r1, c1]]`` (end exclusive) per patch.
 
-    A cell belongs to a footprint when the cell's centre lies in it (the last row/column of the map, cut by the
-    slide's edge, has its centre in the middle of its part inside the slide). Patches that tile the slide without
-    overlap therefore share no cell, whether or not they are aligned with the map grid (a real slide's level
+    A cell belongs to a footprint when the cell's centre lies in it, edges included (the last row/column of the map,
+    cut by the slide's edge, has its centre in the middle of its part inside the slide). Patches that tile the slide
+    without overlap therefore share no cell, whether or not they are aligned with the map grid, except a cell whose
+    centre lies exactly on the edge between two patches (each covers half of it), which both fill (their mean), so
+    that the rule is symmetric under flips (a real slide's level
     downsample is rarely an integer, e.g. 4.000345, so a floor/ceiling rule made neighbouring patches share a row or
     column of cells); patches aligned with the grid fill exactly their own cells; a patch over the slide's partial
     last row/column fills it. A footprint that holds no cell centre (smaller than a cell) gets the cell holding its
@@ -999,10 +1001,13 @@ def footprint_cells(
     a, b = locs / ds, (locs + foot) / ds  # footprint in map cells
     # centres i + 0.5 of the whole cells; the last cell's centre is the middle of its part inside the slide
     last_centre = ((lim - 1) + extent / ds) / 2.0
+    # centres in the closed interval [a, b]: a cell whose centre lies on a footprint's edge (a patch half across it)
+    # belongs to both neighbours, so the rule is the same after a flip (a half-open interval would give such a tie
+    # to the patch on one side only, and a flipped slide to the patch on the other)
     start = np.ceil(a - 0.5 - 1e-9).astype(np.int64)
-    end = np.ceil(b - 0.5 - 1e-9).astype(np.int64)
+    end = np.floor(b - 0.5 + 1e-9).astype(np.int64) + 1
     start = np.where(start >= lim - 1, np.where(a <= last_centre + 1e-9, lim - 1, lim), start)
-    end = np.where(end >= lim - 1, np.where(b > last_centre + 1e-9, lim, lim - 1), end)
+    end = np.where(end >= lim - 1, np.where(b >= last_centre - 1e-9, lim, lim - 1), end)
     start, end = np.clip(start, 0, lim), np.clip(end, 0, lim)
     empty = end <= start  # no cell centre inside: the cell holding the footprint's centre
     own = np.clip(np.floor((a + b) / 2.0).astype(np.int64), 0, lim - 1)

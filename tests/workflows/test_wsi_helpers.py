@@ -479,8 +479,9 @@ def test_footprint_cells_edge_and_interior_patches():
     # rows 250-252 (252 = partial last row, [1008, 1010) inside the slide); columns 690-700 hold the centres of
     # cells 172-174 (cell 175, [700, 703), belongs to the next patch)
     np.testing.assert_array_equal(edge[0], [[250, 172], [253, 175]])
-    np.testing.assert_array_equal(edge[1], [[250, 0], [253, 2]])  # cell 2 ([8, 12)) has its centre at 10
-    # the next patch along the row takes cell 2; a footprint leaving the map is clipped to it
+    np.testing.assert_array_equal(edge[1], [[250, 0], [253, 3]])  # cell 2 ([8, 12)) has its centre on the edge, 10
+    # ... so the next patch along the row fills cell 2 too (a tie, symmetric under flips: the slide flipped
+    # horizontally gives the mirrored cells); a footprint leaving the map is clipped to it
     np.testing.assert_array_equal(footprint_cells(np.array([[1000, 10]]), (10, 10), 4.0, (253, 176), size0)[0],
                                   [[250, 2], [253, 5]])  # fmt: skip
     np.testing.assert_array_equal(footprint_cells(np.array([[1008, 700]]), (10, 10), 4.0, (253, 176), size0)[0],
@@ -492,9 +493,27 @@ def test_footprint_cells_edge_and_interior_patches():
     centres = (locs + foot / 2.0) / mr
     old = np.stack([np.round(centres - foot / mr / 2.0), np.round(centres + foot / mr / 2.0)], 1).astype(int)
     np.testing.assert_array_equal(footprint_cells(locs, foot, mr, (256, 256)), old)
-    # non-square footprint at a non-square grid position: rows [6, 14) = cells [1.5, 3.5) hold the centres 1.5 and
-    # 2.5 (cells 1, 2); columns [2, 5) = cells [0.5, 1.25) hold no centre -> the cell of the footprint's centre (0)
-    np.testing.assert_array_equal(footprint_cells(np.array([[6, 2]]), (8, 3), 4.0, (10, 10))[0], [[1, 0], [3, 1]])
+    # non-square footprint at a non-square grid position: rows [6, 14) = cells [1.5, 3.5] hold the centres 1.5, 2.5
+    # and 3.5 (cells 1-3, the outer two ties); columns [2, 5) = cells [0.5, 1.25] hold the centre 0.5 (cell 0)
+    np.testing.assert_array_equal(footprint_cells(np.array([[6, 2]]), (8, 3), 4.0, (10, 10))[0], [[1, 0], [4, 1]])
+    # smaller than a cell and holding no centre: the cell of its own centre
+    np.testing.assert_array_equal(footprint_cells(np.array([[5, 5]]), (2, 2), 4.0, (10, 10))[0], [[1, 1], [2, 2]])
+
+
+def test_footprint_cells_are_flip_symmetric():
+    """Flipping the slide flips the cells of the flipped footprints, also for footprints half across a cell (ties) and
+    off the grid (a slide of 1012 rows = 253 whole map cells of 4 pixels). With a half-open rule a tie cell went to
+    the patch on one side, and to the patch on the other side on the flipped slide."""
+    from monai_gmr.workflows.wsi import footprint_cells
+
+    rng = np.random.default_rng(3)
+    size0, ds, shape = np.array([1012.0, 1012.0]), 4.0, (253, 253)
+    foot = np.array([24.0, 24.0])
+    locs = np.concatenate([rng.integers(0, 988, (200, 2)), np.array([[2, 6], [988, 988], [10, 0]])]).astype(float)
+    assert (locs % 4 == 2).any()  # footprints half across a cell: ties
+    cells = footprint_cells(locs, foot, ds, shape, size0)
+    flipped = footprint_cells(size0 - foot - locs, foot, ds, shape, size0)  # the footprints of the flipped slide
+    np.testing.assert_array_equal(cells, np.asarray(shape) - flipped[:, ::-1])  # [r0, r1) <-> [h - r1, h - r0)
 
 
 def test_footprint_cells_tile_without_sharing_at_non_integer_downsample():
