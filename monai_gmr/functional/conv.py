@@ -204,7 +204,10 @@ def gmr_conv(
         impl = select_impl(impl, x.device, d, k, x.shape[1], needs_grad)
     if impl == "triton":  # fused kernels (issue 7); unsupported calls fall back (see triton_conv.resolve_triton)
         if radial is None:  # a direct caller with an unknown basis: the shell kernels would silently be wrong on it
-            radial = basis is None or is_radial_basis(basis)
+            # a basis is_radial_basis cannot read (even or non-cubic k) is not treated as radial: the call falls back
+            # as it did before the check existed, instead of raising
+            cubic = basis is not None and basis.ndim == d + 1 and all(s == k for s in basis.shape[1:]) and k % 2 == 1
+            radial = basis is None or (cubic and is_radial_basis(basis))
         impl = resolve_triton(
             requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None, radial
         )

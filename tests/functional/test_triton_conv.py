@@ -597,3 +597,22 @@ def test_area_basis_no_radial_argument_is_refused(monkeypatch, caplog):
         y = gmr_conv(x, m.weight, m.basis().detach(), m.bias, padding=5, impl="triton")
     assert any("sampling='area'" in r.getMessage() for r in caplog.records)
     assert torch.allclose(y, gmr_conv(x, m.weight, m.basis().detach(), m.bias, padding=5, impl="dense"), atol=1e-12)
+
+
+def test_direct_call_with_an_unreadable_basis_falls_back(monkeypatch):
+    """A basis the radial check cannot read (even k) raised ValueError from ``is_radial_basis`` on the Triton path;
+    before the check existed such a call fell back to another implementation. It does again (radial=False)."""
+    seen = []
+
+    def fake_resolve(*args):
+        seen.append(args[-1])
+        return "dense"
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", fake_resolve)
+    torch.manual_seed(0)
+    basis = torch.rand(2, 4, 4, dtype=torch.float64)  # even k
+    weight = torch.randn(3, 2, 2, dtype=torch.float64)
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    y = gmr_conv(x, weight, basis, None, padding=0, impl="triton")
+    assert seen == [False]
+    assert torch.allclose(y, gmr_conv(x, weight, basis, None, padding=0, impl="dense"), atol=1e-12)
