@@ -924,8 +924,6 @@ def transform_slide(
         level 0 larger than ``max_pixels`` (the message names the slide). ValueError: a bad ``element``, or ``dst``
         is the same file as ``src``.
     """
-    import torch
-
     from monai_gmr.data.synthetic_wsi import write_pyramidal_tiff
 
     g = as_d4_element(element)
@@ -962,9 +960,8 @@ def transform_slide(
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[0] < 3:
         raise WSIError(f"slide {str(src)!r}: level 0 read as shape {img.shape}, expected (3, H, W).", src)
-    chw = torch.from_numpy(np.require(img[:3].astype(np.uint8, copy=False), requirements=["C", "W"]))
-    out = np.ascontiguousarray(g(chw).permute(1, 2, 0).numpy())  # (H', W', 3)
-    del chw, img
+    out = np.ascontiguousarray(np.moveaxis(transform_array(img[:3].astype(np.uint8, copy=False), g), 0, -1))
+    del img  # out: (H', W', 3)
     levels = write_pyramidal_tiff(
         dst_p, out, mpp=float(mpp), tile_size=int(tile_size), n_levels=int(n_levels), compression=compression,
         description=f"monai_gmr transform_slide {g.name}",
