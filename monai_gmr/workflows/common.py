@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ignite.distributed as idist
 import torch
 from ignite.handlers import DiskSaver
 from monai.config import KeysCollection
@@ -195,8 +196,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if isinstance(ckpt.save_handler, DiskSaver):
                 ckpt.save_handler.__class__ = _creates_dir_on_save(type(ckpt.save_handler))
         # ignite's DiskSaver made save_dir *and its missing parents* (e.g. a new output_dir): remove every folder
-        # it created, deepest first, as long as it is empty (a folder another process wrote to is kept)
-        remove_empty_dirs(created)
+        # it created, deepest first, as long as it is empty (a folder another process wrote to is kept). Only the
+        # process that saves (ignite creates the folder on rank 0 only) undoes it: another rank would find rank 0's
+        # new, still empty output folder among the folders missing when it looked, and remove it while rank 0 was
+        # starting to write there (a multi-process run failed now and then)
+        if idist.get_rank() == 0:
+            remove_empty_dirs(created)
 
 
 @functools.lru_cache(maxsize=None)

@@ -540,3 +540,25 @@ def test_summarize_evaluation_writes_strict_json_nan_as_null(tmp_path):
     assert saved["metrics"] == {"val_auc": None, "val_acc": 0.5}
     assert saved["robustness"]["per_flip"] == {"h": {"auc": None}}
     assert saved["robustness"]["summary"]["auc"]["at_0"] is None
+
+
+def test_checkpoint_saver_on_another_rank_keeps_rank0_folders(tmp_path, monkeypatch):
+    """Under torchrun every rank builds the saver; ignite creates the folders on rank 0 only. Rank 1 listed the
+    output folder as missing, then found it (created meanwhile by rank 0, still empty) and removed it, while rank 0
+    was about to write there: the 2-process bundle test failed now and then."""
+    import ignite.distributed as idist
+
+    import monai_gmr.workflows.common as common
+
+    out = tmp_path / "run"
+    real = common.missing_dirs
+
+    def missing_then_rank0_creates(path):
+        found = real(path)
+        (out / "models").mkdir(parents=True)  # rank 0, at the same time
+        return found
+
+    monkeypatch.setattr(common, "missing_dirs", missing_then_rank0_creates)
+    monkeypatch.setattr(idist, "get_rank", lambda: 1)
+    AtomicCheckpointSaver(save_dir=str(out / "models"), save_dict={"model": torch.nn.Linear(2, 2)}, save_interval=1)
+    assert (out / "models").is_dir()
