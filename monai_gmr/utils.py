@@ -220,16 +220,7 @@ def json_ready(obj: Any) -> Any:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return json_ready(float(o))
-    if isinstance(o, np.ndarray):
-        return json_ready(o.tolist())
-    if isinstance(o, Path):
-        return str(o)
+    # json_ready has converted NumPy values, tensors and paths: anything reaching json.dumps' hook is not JSON
     raise TypeError(f"object of type {type(o).__name__} is not JSON serialisable")
 
 

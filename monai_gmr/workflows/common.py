@@ -16,7 +16,6 @@ full dotted ``_target_`` / ``$`` expressions:
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import logging
 import os
@@ -27,8 +26,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ignite.distributed as idist
+import numpy as np
 import torch
 from ignite.handlers import DiskSaver
 from monai.config import KeysCollection

@@ -1052,6 +1052,16 @@ def sliding_grid_offset(
     return (off[0], off[1])
 
 
+def _check_layout(mode: str, overlap: float, grid: str) -> None:
+    """The patch-layout settings of :func:`infer_slide` (checked before a slide is read)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}.")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got grid={grid!r}.")
+
+
 def infer_slide(
     slide: str | os.PathLike | Mapping[str, Any],
     network: torch.nn.Module | Callable,
@@ -1143,12 +1153,7 @@ def infer_slide(
     path = str(item["image"])
     if label_mask is None:
         label_mask = item.get("label_mask", item.get("tumor_mask"))
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}.")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
-    if grid not in GRIDS:
-        raise ValueError(f"grid must be one of {GRIDS}, got grid={grid!r}.")
+    _check_layout(mode, overlap, grid)
     ps = _as_pair(patch_size)
     name = name or _slide_name(path)
     rank, world = _dist_rank_world()
@@ -1446,12 +1451,7 @@ class SlideInference:
         if not slides and dataset_dir is None:
             raise ValueError("SlideInference needs slides or dataset_dir.")
         # settings every slide would fail on: refused here, before anything is read or written
-        if kwargs.get("mode", "sliding") not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got mode={kwargs['mode']!r}.")
-        if not 0.0 <= float(kwargs.get("overlap", 0.0)) < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got overlap={kwargs['overlap']}.")
-        if kwargs.get("grid", "top_left") not in GRIDS:
-            raise ValueError(f"grid must be one of {GRIDS}, got grid={kwargs['grid']!r}.")
+        _check_layout(kwargs.get("mode", "sliding"), kwargs.get("overlap", 0.0), kwargs.get("grid", "top_left"))
         self.network = network
         self.output_dir = output_dir
         self.slides = slides

@@ -548,8 +548,6 @@ def test_checkpoint_saver_on_another_rank_keeps_rank0_folders(tmp_path, monkeypa
     was about to write there: the 2-process bundle test failed now and then."""
     import ignite.distributed as idist
 
-    import monai_gmr.workflows.common as common
-
     out = tmp_path / "run"
     real = common.missing_dirs
 
