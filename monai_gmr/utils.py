@@ -199,8 +199,7 @@ def json_ready(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Mapping):
-        return {(k.item() if hasattr(k, "item") and not isinstance(k, (str, int, float, bool)) else k): json_ready(v)
-                for k, v in obj.items()}  # fmt: skip
+        return {_json_key(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_ready(v) for v in obj]
     if isinstance(obj, Path):
@@ -217,6 +216,19 @@ def json_ready(obj: Any) -> Any:
     if torch is not None and isinstance(obj, torch.Tensor):
         return json_ready(obj.detach().cpu().tolist())
     return obj
+
+
+def _json_key(k: Any) -> Any:
+    # NumPy / 0-d tensor keys -> Python scalars; a non-finite float key becomes the string json.dumps would write
+    # for it with allow_nan=True ("NaN", "Infinity", "-Infinity"): keys are strings in JSON, so that is strict JSON,
+    # whereas allow_nan=False would raise on the float key
+    import math
+
+    if hasattr(k, "item") and not isinstance(k, (str, int, float, bool)):
+        k = k.item()
+    if isinstance(k, float) and not math.isfinite(k):
+        return "NaN" if k != k else ("Infinity" if k > 0 else "-Infinity")
+    return k
 
 
 def _json_default(o: Any) -> Any:

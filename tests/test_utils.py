@@ -234,6 +234,18 @@ def test_json_ready_converts_tensor_subclasses():
     assert _strict_loads(json_dumps(obj)) == {"dice": 0.5, "per_class": [0.25, None]}
 
 
+def test_json_dumps_non_finite_float_keys():
+    """A NaN / inf mapping key (e.g. a per-threshold table keyed by a float that came out undefined) made
+    ``json_dumps`` raise ValueError under ``allow_nan=False``: keys are strings in JSON, so such a key is written as
+    the string json would use for it, and NumPy / tensor keys are converted first."""
+    import torch
+
+    from monai_gmr.utils import json_dumps
+
+    obj = {float("nan"): 1, math.inf: 2, -math.inf: 3, np.float32("nan"): 4, torch.tensor(0.5): 5, 0.25: None}
+    assert _strict_loads(json_dumps(obj)) == {"NaN": 4, "Infinity": 2, "-Infinity": 3, "0.5": 5, "0.25": None}
+
+
 def test_atomic_write_json_refuses_a_nan_that_escapes_the_conversion(tmp_path, monkeypatch):
     """``allow_nan=False`` in the writer: were the NaN -> null walk ever bypassed, writing raises (naming nothing
     half-way) instead of putting a bare ``NaN`` in the file; the previous file stays whole."""
