@@ -40,3 +40,23 @@ def test_script_gmr_net_matches_eager(case, tmp_path):
             torch.jit.save(scripted, str(tmp_path / "net.ts"))
             loaded = torch.jit.load(str(tmp_path / "net.ts"))
             assert torch.allclose(loaded(x), ref, rtol=0, atol=1e-10)
+
+
+def test_trace_of_padding_unet_records_the_padding_branch():
+    """What the nuclei bundle README says of ``ckpt_export --use_trace``: a ``GMRUNet(pad_to_multiple=True)`` traced at
+    a size that needs padding computes the pad amounts from the input's shape, so it matches eager at other sizes
+    (which need padding or not); traced at a divisible size it recorded "no padding" and fails on one that needs it."""
+    from monai_gmr.nets import GMRUNet
+
+    torch.manual_seed(0)
+    net = GMRUNet(2, 1, 2, features=(4, 8, 8, 16), kernel_sizes=(5, 5, 3, 3), pad_to_multiple=True).double().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings of the shape checks
+        traced = torch.jit.trace(net, torch.rand(1, 1, 60, 60, dtype=torch.float64), check_trace=False)
+        traced_divisible = torch.jit.trace(net, torch.rand(1, 1, 64, 64, dtype=torch.float64), check_trace=False)
+    with torch.no_grad():
+        for size in (60, 64, 68, 52):
+            x = torch.randn(1, 1, size, size + 8, dtype=torch.float64)
+            assert torch.allclose(traced(x), net(x), rtol=0, atol=1e-10), size
+        with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+            traced_divisible(torch.randn(1, 1, 60, 60, dtype=torch.float64))
