@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data.wsi_reader import TiffFileWSIReader
+from monai.data.wsi_reader import OpenSlideWSIReader, TiffFileWSIReader
 
 from monai_gmr.utils import size_hw
 
@@ -45,6 +45,7 @@ __all__ = [
     "get_wsi_reader",
     "wsi_reader_for",
     "TiffFileSlideReader",
+    "OpenSlideSlideReader",
     "open_slide",
     "resolve_level",
     "slide_info",
@@ -200,17 +201,38 @@ def _read_tiled_region(page: Any, y0: int, x0: int, h: int, w: int) -> np.ndarra
     return out
 
 
+class OpenSlideSlideReader(OpenSlideWSIReader):
+    """MONAI's ``OpenSlideWSIReader`` returning writable, C-contiguous patches.
+
+    MONAI 1.6.1 returns ``np.asarray`` of the PIL image OpenSlide decoded, moved to channel-first: a read-only,
+    strided view of PIL's buffer. ``PatchWSIDataset`` wraps it in a ``MetaTensor`` as it is, so PyTorch warns
+    ("The given NumPy array is not writable ... undefined behavior") on the first patch of every run, and a transform
+    writing in place would write into PIL's buffer. A patch is copied once (channel-first, contiguous), which
+    costs little next to the JPEG decode; pixels are unchanged.
+    """
+
+    def _get_patch(self, wsi, location: tuple[int, int], size: tuple[int, int], level: int, dtype, mode: str) -> np.ndarray:
+        patch = super()._get_patch(wsi, location, size, level, dtype, mode)
+        if not (patch.flags.writeable and patch.flags.c_contiguous):
+            patch = np.array(patch, order="C", copy=True)
+        return patch
+
+
 def wsi_reader_for(backend: str = "openslide") -> Any:
-    """What MONAI's WSI datasets take as ``reader`` for ``backend``: the name itself, or for ``tifffile`` the
-    :class:`TiffFileSlideReader` class (levels of the slide's pyramid only, also for SVS files)."""
+    """What MONAI's WSI datasets take as ``reader`` for ``backend``: for ``openslide`` the
+    :class:`OpenSlideSlideReader` class (writable patches), for ``tifffile`` the :class:`TiffFileSlideReader` class
+    (levels of the slide's pyramid only, also for SVS files), else the name itself (MONAI ``WSIReader``)."""
     if isinstance(backend, str) and backend.lower() == "tifffile":
         return TiffFileSlideReader
+    if isinstance(backend, str) and backend.lower() == "openslide":
+        return OpenSlideSlideReader
     return backend
 
 
 def get_wsi_reader(backend: str = "openslide", **kwargs: Any):
-    """A MONAI :class:`~monai.data.WSIReader` (``backend``: ``openslide`` or ``cucim``), or for ``tifffile`` a
-    :class:`TiffFileSlideReader` (the same interface, with the levels of the slide's pyramid only)."""
+    """A reader with MONAI's ``WSIReader`` interface: :class:`OpenSlideSlideReader` for ``openslide``,
+    :class:`TiffFileSlideReader` for ``tifffile`` (levels of the slide's pyramid only), MONAI's
+    :class:`~monai.data.WSIReader` for other backends (``cucim``)."""
     from monai.data import WSIReader
 
     reader = wsi_reader_for(backend)

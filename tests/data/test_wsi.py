@@ -236,6 +236,34 @@ def test_grid_items_read_the_same_pixels_in_patch_wsi_dataset(slide):
         assert np.array_equal(np.asarray(d["image"]).astype(np.uint8), mine) and np.array_equal(mine, cell)
 
 
+def test_openslide_patches_are_writable_and_equal_to_monai(slide):
+    """MONAI's openslide reader hands PatchWSIDataset a read-only view of PIL's buffer, and torch warned "The given
+    NumPy array is not writable" on the first patch of every slide inference. The package's openslide reader
+    (``get_wsi_reader`` / ``wsi_reader_for``) returns writable, contiguous patches with the same pixels."""
+    from monai.data import PatchWSIDataset, WSIReader
+
+    from monai_gmr.data.wsi import OpenSlideSlideReader, wsi_reader_for
+
+    path, _ = slide
+    assert wsi_reader_for("openslide") is OpenSlideSlideReader
+    reader = get_wsi_reader("openslide")
+    assert reader.backend == "openslide"
+    plain = WSIReader(backend="openslide")
+    for level, loc in ((0, (300, 420)), (1, (64, 256))):
+        ours, _ = reader.get_data(reader.read(str(path)), location=loc, size=(48, 40), level=level)
+        ref, _ = plain.get_data(plain.read(str(path)), location=loc, size=(48, 40), level=level)
+        assert not ref.flags.writeable  # what MONAI returns (the reason for the subclass)
+        assert ours.flags.writeable and ours.flags.c_contiguous and ours.shape == (3, 48, 40)
+        assert np.array_equal(ours, ref)
+    # what PatchWSIDataset wraps in a MetaTensor (torch warns only once per process, so the array is checked)
+    item = {"image": str(path), "location": [300, 420], "label": 0}
+    for r in (wsi_reader_for("openslide"), reader):
+        arr, _ = PatchWSIDataset([item], patch_size=32, reader=r, include_label=False)._get_data(item)
+        assert arr.flags.writeable and arr.shape == (3, 32, 32)
+    arr, _ = PatchWSIDataset([item], patch_size=32, reader="openslide", include_label=False)._get_data(item)
+    assert not arr.flags.writeable  # MONAI's own reader, by name
+
+
 def test_validate_patch_items_skips_bad_entries(slide, tmp_path):
     path, _ = slide
     items = [
