@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.groups import group_elements
-from monai_gmr.functional.rotation import _is_degrees, _planes, as_angle_list, central_disk_mask, rotate, validity_mask
+from monai_gmr.functional.rotation import _is_degrees, _norm_angle, _planes, as_angle_list, central_disk_mask, rotate
+from monai_gmr.functional.rotation import validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -141,7 +142,7 @@ def equivariance_error(
     spatial_out = y0.ndim == x.ndim
     errors: dict[float | tuple[float, ...], float] = {}
     for a in angles:
-        key = tuple(float(v) for v in a) if isinstance(a, (tuple, list, torch.Tensor)) else float(a)
+        key = _norm_angle(a)  # a float, or a tuple for Euler angles (a 0-d tensor of a 1D tensor is one angle)
         y = _first(fn(rotate(x, a, spatial_dims, mode, axes)))
         if not spatial_out:
             errors[key] = masked_rel_err(y, y0)
@@ -191,10 +192,11 @@ def spline_equivariance_error(
 
     _check_x(x, spatial_dims)
     angles = as_angle_list(angles)
-    if any(isinstance(a, (tuple, list, torch.Tensor)) for a in angles):
+    if any(isinstance(a, (tuple, list)) or (isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim > 0) for a in angles):
         raise ValueError(f"angles must be single angles in degrees (one rotation plane), got angles={angles!r}.")
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
+    angles = [a.item() if isinstance(a, torch.Tensor) else a for a in angles]  # the entries of a 1D tensor
     if not all(_is_degrees(a) for a in angles):  # NaN/inf would give a meaningless error, not an exception
         raise ValueError(f"angles must be finite numbers of degrees, got angles={angles!r}.")
     angles = [float(a) for a in angles]

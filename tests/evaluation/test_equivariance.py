@@ -220,3 +220,15 @@ def test_spline_error_refuses_what_rotate_refuses(kwargs, named):
     vol = torch.zeros(1, 1, 8, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match=named):
         spline_equivariance_error(lambda t: t, vol, **{"angles": 30, "spatial_dims": 3, **kwargs})
+
+
+def test_angles_as_a_1d_tensor_or_array():
+    """``as_angle_list`` lists a 1D tensor as it is: equivariance_error raised 'iteration over a 0-d tensor' on its
+    entries, spline_equivariance_error refused them as 'not single angles'; an array row is an Euler triple in 3D."""
+    x = _smooth(1, 17)
+    for angles in (torch.tensor([15.0, 30.0]), np.array([15.0, 30.0])):
+        assert set(equivariance_error(lambda t: 2.0 * t, x, angles=angles)) == {15.0, 30.0}
+        assert set(spline_equivariance_error(lambda t: 2.0 * t, x, angles=angles)) == {15.0, 30.0}
+    vol = _smooth(1, 8, 3)
+    e = equivariance_error(lambda t: 2.0 * t, vol, angles=np.array([[10.0, 20.0, 30.0]]), spatial_dims=3)
+    assert set(e) == {(10.0, 20.0, 30.0)}
