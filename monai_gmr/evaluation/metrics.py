@@ -74,6 +74,8 @@ def roc_auc_exact(scores: torch.Tensor, labels: torch.Tensor) -> float:
 class ExactAUC:
     """Streaming, exact binary ROC-AUC.
 
+    :meth:`update` raises ``ValueError`` for NaN scores (e.g. a diverged network's outputs), as scikit-learn does.
+
     Args:
         storage_device: where scores are kept between updates (default: the device of the first update).
     """
@@ -93,6 +95,9 @@ class ExactAUC:
             raise ValueError(f"scores and labels must have the same number of elements, got {scores.numel()} and {labels.numel()}.")
         if not scores.dtype.is_floating_point:
             scores = scores.double()
+        n_nan = int(torch.isnan(scores).sum())
+        if n_nan:  # a NaN sorts above every number: it would count as a perfect positive score
+            raise ValueError(f"scores contain NaN ({n_nan} of {scores.numel()}); the ROC-AUC is undefined.")
         if self.storage_device is not None:
             scores, labels = scores.to(self.storage_device), labels.to(self.storage_device)
         self._pos.append(scores[labels])

@@ -234,7 +234,7 @@ def rotation_robustness(
 
     Raises:
         ValueError: empty ``angles``, unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does
-            not match the image, or label values outside the output classes.
+            not match the image, label values outside the output classes, or NaN outputs with ``"auc"`` scored.
         RuntimeError: called inside a distributed run with more than one process.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:

@@ -34,6 +34,20 @@ def test_auc_matches_monai_and_streams_exactly():
     assert acc.counts == (int(y.sum()), 600 - int(y.sum()))
 
 
+def test_auc_refuses_nan_scores():
+    """A NaN score sorted above every number: a NaN positive counted as beating all negatives, so a network with NaN
+    outputs got AUC 1.0 (0.5 for tied all-NaN scores) instead of an error, as sklearn's roc_auc_score raises."""
+    s = torch.tensor([0.1, float("nan"), 0.9, 0.3])
+    y = torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="scores.*NaN"):
+        roc_auc_exact(s, y)
+    acc = SegmentationAccumulator(("auc",))
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        acc.update(logits, torch.tensor([[[[1, 0], [1, 0]]]]))
+
+
 def test_masked_dice_iou_auc_hand_computed():
     # 1 x 4 x 4 image, binary single-channel logits
     lab = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]).reshape(1, 1, 4, 4)
