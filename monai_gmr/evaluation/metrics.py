@@ -151,7 +151,7 @@ def aggregated_jaccard_index(pred: torch.Tensor, gt: torch.Tensor) -> float:
     cols = best[paired]
     total_inter = inter[rows, cols].sum()
     total_union = union[rows, cols].sum() + area_g[~paired].sum()
-    used = torch.zeros(n_p - 1, dtype=torch.bool)
+    used = torch.zeros(n_p - 1, dtype=torch.bool, device=cols.device)  # indexed by cols: the maps' device
     used[cols] = True
     total_union = total_union + area_p[~used].sum()
     return float(total_inter / total_union)

@@ -174,6 +174,20 @@ def test_aji_and_pq_hand_computed():
         aggregated_jaccard_index(pred, gt2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_aji_of_cuda_instance_maps():
+    """aggregated_jaccard_index kept its 'used predictions' mask on the CPU and indexed it with CUDA indices
+    ('indices should be either on cpu or on the same device'): CUDA maps crashed."""
+    from monai_gmr.evaluation.metrics import aggregated_jaccard_index
+
+    gt = torch.zeros(12, 12, dtype=torch.long)
+    gt[1:5, 1:5] = 7
+    pred = torch.zeros_like(gt)
+    pred[1:5, 1:6] = 3
+    pred[8:10, 8:10] = 9
+    assert aggregated_jaccard_index(pred.cuda(), gt.cuda()) == pytest.approx(16 / 24)
+
+
 def test_accumulator_instance_metrics_and_missing_instances():
     from monai_gmr.workflows.common import instance_from_semantic
 
