@@ -105,6 +105,17 @@ def test_plot_metric_errors(tmp_path):
         plot_polar([], tmp_path / "p.png")
 
 
+def test_plot_without_a_common_metric(tmp_path):
+    """Results sharing no metric (a segmentation and a classification report), or metrics=[], reached
+    matplotlib's 'Number of columns must be a positive integer, not 0'."""
+    cls = RobustnessResult("cls", "classification", ["accuracy"], [0.0, 90.0], [], {"accuracy": [0.9, 0.8]})
+    with pytest.raises(ValueError, match="metrics.*no metric"):
+        plot_polar([_result(), cls], tmp_path / "p.png")
+    with pytest.raises(ValueError, match="metrics"):
+        plot_polar([_result()], tmp_path / "p.png", metrics=[])
+    assert not (tmp_path / "p.png").exists()
+
+
 class _Writer:
     def __init__(self):
         self.scalars = []
