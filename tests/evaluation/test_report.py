@@ -224,6 +224,23 @@ def test_cli_without_ckpt_path_warns(tmp_path, caplog):
     assert "no --ckpt_path" in caplog.text and "models/model.pt" in caplog.text
 
 
+def test_cli_robustness_section_that_is_not_a_dict(tmp_path):
+    """RotationRobustnessEvaluator's docstring put the evaluator itself under the id "robustness", the CLI's
+    keyword-argument section: the CLI then died in dict() with "'RotationRobustnessEvaluator' object is not
+    iterable"."""
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                    "kernel_size": 3},
+        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
+        "robustness": {"_target_": "monai_gmr.evaluation.RotationRobustnessEvaluator", "network": "@network",
+                       "dataloader": "@dataloader", "output_dir": str(tmp_path / "e")},
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="robustness_id.*RotationRobustnessEvaluator"):
+        cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device="cpu", plot=False)
+
+
 def test_cli_passes_every_rotation_robustness_argument():
     """The CLI forwards each rotation_robustness argument (but network, data and its own --device)."""
     import inspect
