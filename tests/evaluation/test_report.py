@@ -167,6 +167,26 @@ def test_handler_real_tensorboard_files(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in files)
 
 
+def test_handler_close_leaves_a_given_writer_open(tmp_path):
+    """close() is documented to close only a writer created from log_dir; with both summary_writer and log_dir given
+    (the writer is used, log_dir ignored) it closed the caller's writer."""
+
+    class W(_Writer):
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    w = W()
+    h = RotationRobustnessHandler(data=_seg_data(1), network=torch.nn.Conv2d(1, 2, 1), summary_writer=w,
+                                  log_dir=tmp_path / "tb", angles=(0,), flips=())
+    engine = Engine(lambda e, b: None)
+    h.attach(engine)
+    engine.run([0], max_epochs=1)
+    h.close()
+    assert w.scalars and not w.closed
+
+
 def test_evaluator_run_and_cli(tmp_path):
     net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 3))
     ckpt = tmp_path / "model.pt"
