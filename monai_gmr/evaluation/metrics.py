@@ -172,9 +172,15 @@ def instance_metrics(pred: torch.Tensor, gt: torch.Tensor, metrics: tuple[str, .
 
 def to_probabilities(y: torch.Tensor, activation: str | None = "auto") -> torch.Tensor:
     """Network outputs ``(N, C, ...)`` -> probabilities: ``"auto"`` = softmax over C when C > 1 else sigmoid;
-    ``None`` = outputs already are probabilities."""
+    ``None`` = outputs already are probabilities. ``"softmax"`` on a single channel raises ``ValueError`` (it is 1
+    everywhere)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got activation={activation!r}.")
+    if activation == "softmax" and y.shape[1] == 1:  # a constant 1: every prediction would be class 1
+        raise ValueError(
+            "activation='softmax' got outputs with a single channel (softmax over one channel is 1 everywhere); use "
+            "activation='sigmoid' or 'auto' for single-logit networks."
+        )
     if activation is None:
         return y.float()
     if activation == "auto":

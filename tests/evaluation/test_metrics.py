@@ -112,6 +112,20 @@ def test_two_channel_softmax_equals_single_channel_sigmoid():
     assert ra["auc"] == pytest.approx(rb["auc"], abs=1e-6)
 
 
+def test_softmax_of_a_single_channel_is_refused():
+    """activation='softmax' on single-channel outputs is 1 everywhere: every pixel/sample was predicted foreground
+    (Dice of an all-foreground map, AUC 0.5) without a word; RotationTTAInferer already refuses it."""
+    from monai_gmr.evaluation.metrics import to_probabilities
+
+    with pytest.raises(ValueError, match="activation='softmax'.*sigmoid"):
+        to_probabilities(torch.randn(2, 1, 4, 4), "softmax")
+    with pytest.raises(ValueError, match="activation"):
+        SegmentationAccumulator(activation="softmax").update(torch.randn(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="activation"):
+        ClassificationAccumulator(activation="softmax").update(torch.randn(3, 1), torch.tensor([0, 1, 0]))
+    assert to_probabilities(torch.zeros(2, 1), "sigmoid").eq(0.5).all()
+
+
 def test_segmentation_label_out_of_range():
     acc = SegmentationAccumulator()
     with pytest.raises(ValueError, match="label"):
