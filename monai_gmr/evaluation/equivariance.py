@@ -69,9 +69,10 @@ def on_canvas(
     if canvas is None:
         return x, radius_frac
     sizes = tuple(int(s) for s in x.shape[-spatial_dims:])
-    sides = tuple(canvas) if isinstance(canvas, (tuple, list)) else (canvas,) * spatial_dims
-    if len(sides) != spatial_dims or any(isinstance(c, bool) or not isinstance(c, int) for c in sides):
+    sides = tuple(canvas) if isinstance(canvas, (tuple, list, np.ndarray)) else (canvas,) * spatial_dims
+    if len(sides) != spatial_dims or not all(_is_int(c) for c in sides):  # Python or NumPy ints, not bools
         raise ValueError(f"canvas must be an int or {spatial_dims} ints, got canvas={canvas!r}.")
+    sides = tuple(int(c) for c in sides)
     if any(c < s or (c - s) % 2 for c, s in zip(sides, sizes)):
         raise ValueError(
             f"canvas must be at least the input's spatial size {sizes} and differ from it by an even number in every "

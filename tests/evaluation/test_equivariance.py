@@ -137,9 +137,12 @@ def test_on_canvas_centres_and_keeps_the_disk_radius():
     y3, r3 = on_canvas(torch.randn(1, 1, 4, 6, 8), (8, 10, 8), spatial_dims=3, radius_frac=0.5)
     assert y3.shape == (1, 1, 8, 10, 8) and r3 == 0.5 * 4 / 8
     assert on_canvas(x, None, radius_frac=0.3) == (x, 0.3)
-    for bad in (15, 17, (40,), (40, 40, 40), 2.5, (40, 39)):
+    for bad in (15, 17, (40,), (40, 40, 40), 2.5, (40, 39), True):
         with pytest.raises(ValueError, match="canvas"):
             on_canvas(x, bad)
+    # NumPy integers (a size computed with NumPy) were refused as 'canvas must be an int or 2 ints, got canvas=40'
+    for good in (np.int64(40), (np.int64(40), 40), np.array([40, 40])):
+        assert on_canvas(x, good)[0].shape == (2, 3, 40, 40)
 
 
 def test_canvas_keeps_the_border_out_of_a_large_receptive_field():
