@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,13 @@ def main(
 
     section: dict[str, Any] = {}
     if parser.get(robustness_id, None) is not None:
-        section = dict(parser.get_parsed_content(robustness_id))
+        parsed = parser.get_parsed_content(robustness_id)
+        if not isinstance(parsed, Mapping):  # e.g. the evaluator itself under that id
+            raise ValueError(
+                f"robustness_id: config id {robustness_id!r} must hold a dict of rotation_robustness keyword "
+                f"arguments, got a {type(parsed).__name__}; name the section with --robustness_id."
+            )
+        section = dict(parsed)
     section.update(kwargs)
     if section.get("label_transform") == "binarize":
         section["label_transform"] = binarize_label

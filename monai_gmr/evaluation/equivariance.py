@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.groups import group_elements
-from monai_gmr.functional.rotation import _is_degrees, _planes, as_angle_list, central_disk_mask, rotate, validity_mask
+from monai_gmr.functional.rotation import _is_degrees, _norm_angle, _planes, as_angle_list, central_disk_mask, rotate
+from monai_gmr.functional.rotation import validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -68,9 +69,10 @@ def on_canvas(
     if canvas is None:
         return x, radius_frac
     sizes = tuple(int(s) for s in x.shape[-spatial_dims:])
-    sides = tuple(canvas) if isinstance(canvas, (tuple, list)) else (canvas,) * spatial_dims
-    if len(sides) != spatial_dims or any(isinstance(c, bool) or not isinstance(c, int) for c in sides):
+    sides = tuple(canvas) if isinstance(canvas, (tuple, list, np.ndarray)) else (canvas,) * spatial_dims
+    if len(sides) != spatial_dims or not all(_is_int(c) for c in sides):  # Python or NumPy ints, not bools
         raise ValueError(f"canvas must be an int or {spatial_dims} ints, got canvas={canvas!r}.")
+    sides = tuple(int(c) for c in sides)
     if any(c < s or (c - s) % 2 for c, s in zip(sides, sizes)):
         raise ValueError(
             f"canvas must be at least the input's spatial size {sizes} and differ from it by an even number in every "
@@ -141,7 +143,7 @@ def equivariance_error(
     spatial_out = y0.ndim == x.ndim
     errors: dict[float | tuple[float, ...], float] = {}
     for a in angles:
-        key = tuple(float(v) for v in a) if isinstance(a, (tuple, list, torch.Tensor)) else float(a)
+        key = _norm_angle(a)  # a float, or a tuple for Euler angles (a 0-d tensor of a 1D tensor is one angle)
         y = _first(fn(rotate(x, a, spatial_dims, mode, axes)))
         if not spatial_out:
             errors[key] = masked_rel_err(y, y0)
@@ -191,10 +193,11 @@ def spline_equivariance_error(
 
     _check_x(x, spatial_dims)
     angles = as_angle_list(angles)
-    if any(isinstance(a, (tuple, list, torch.Tensor)) for a in angles):
+    if any(isinstance(a, (tuple, list)) or (isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim > 0) for a in angles):
         raise ValueError(f"angles must be single angles in degrees (one rotation plane), got angles={angles!r}.")
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
+    angles = [a.item() if isinstance(a, torch.Tensor) else a for a in angles]  # the entries of a 1D tensor
     if not all(_is_degrees(a) for a in angles):  # NaN/inf would give a meaningless error, not an exception
         raise ValueError(f"angles must be finite numbers of degrees, got angles={angles!r}.")
     angles = [float(a) for a in angles]

@@ -70,6 +70,7 @@ class RotationRobustnessHandler:
         self.output_dir = output_dir
         self.summary_writer = summary_writer
         self.log_dir = log_dir
+        self._own_writer = False  # True once a writer was created from log_dir (the one close() closes)
         self.event = event
         self.interval = int(interval)
         self.prefix = prefix
@@ -90,6 +91,7 @@ class RotationRobustnessHandler:
             from monai_gmr.utils import summary_writer  # a no-op writer when tensorboard is not installed
 
             self.summary_writer = summary_writer(self.log_dir)
+            self._own_writer = True
         return self.summary_writer
 
     def __call__(self, engine: Any) -> None:
@@ -121,7 +123,7 @@ class RotationRobustnessHandler:
 
     def close(self) -> None:
         """Close a writer created from ``log_dir``."""
-        if self.summary_writer is not None and self.log_dir is not None:
+        if self.summary_writer is not None and self._own_writer:
             self.summary_writer.close()
 
 

@@ -74,6 +74,8 @@ def roc_auc_exact(scores: torch.Tensor, labels: torch.Tensor) -> float:
 class ExactAUC:
     """Streaming, exact binary ROC-AUC.
 
+    :meth:`update` raises ``ValueError`` for NaN scores (e.g. a diverged network's outputs), as scikit-learn does.
+
     Args:
         storage_device: where scores are kept between updates (default: the device of the first update).
     """
@@ -93,6 +95,9 @@ class ExactAUC:
             raise ValueError(f"scores and labels must have the same number of elements, got {scores.numel()} and {labels.numel()}.")
         if not scores.dtype.is_floating_point:
             scores = scores.double()
+        n_nan = int(torch.isnan(scores).sum())
+        if n_nan:  # a NaN sorts above every number: it would count as a perfect positive score
+            raise ValueError(f"scores contain NaN ({n_nan} of {scores.numel()}); the ROC-AUC is undefined.")
         if self.storage_device is not None:
             scores, labels = scores.to(self.storage_device), labels.to(self.storage_device)
         self._pos.append(scores[labels])
@@ -146,7 +151,7 @@ def aggregated_jaccard_index(pred: torch.Tensor, gt: torch.Tensor) -> float:
     cols = best[paired]
     total_inter = inter[rows, cols].sum()
     total_union = union[rows, cols].sum() + area_g[~paired].sum()
-    used = torch.zeros(n_p - 1, dtype=torch.bool)
+    used = torch.zeros(n_p - 1, dtype=torch.bool, device=cols.device)  # indexed by cols: the maps' device
     used[cols] = True
     total_union = total_union + area_p[~used].sum()
     return float(total_inter / total_union)
@@ -167,9 +172,15 @@ def instance_metrics(pred: torch.Tensor, gt: torch.Tensor, metrics: tuple[str, .
 
 def to_probabilities(y: torch.Tensor, activation: str | None = "auto") -> torch.Tensor:
     """Network outputs ``(N, C, ...)`` -> probabilities: ``"auto"`` = softmax over C when C > 1 else sigmoid;
-    ``None`` = outputs already are probabilities."""
+    ``None`` = outputs already are probabilities. ``"softmax"`` on a single channel raises ``ValueError`` (it is 1
+    everywhere)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got activation={activation!r}.")
+    if activation == "softmax" and y.shape[1] == 1:  # a constant 1: every prediction would be class 1
+        raise ValueError(
+            "activation='softmax' got outputs with a single channel (softmax over one channel is 1 everywhere); use "
+            "activation='sigmoid' or 'auto' for single-logit networks."
+        )
     if activation is None:
         return y.float()
     if activation == "auto":

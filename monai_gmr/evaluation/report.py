@@ -108,6 +108,11 @@ def plot_polar(
         raise ValueError("results must hold at least one RobustnessResult, got none.")
     first = next(iter(named.values()))
     metrics = list(metrics) if metrics is not None else [m for m in first.metrics if all(m in r.metrics for r in named.values())]
+    if not metrics:  # else matplotlib's 'Number of columns must be a positive integer, not 0'
+        raise ValueError(
+            "metrics: no metric to plot (metrics=[] given, or the results share no metric); metrics of the results: "
+            f"{ {n: list(r.metrics) for n, r in named.items()} }."
+        )
     for m in metrics:
         missing = [n for n, r in named.items() if m not in r.metrics]
         if missing:

@@ -192,7 +192,8 @@ def rotation_robustness(
             pairs; a single dict / pair of tensors is accepted too. Images ``(N, C, *spatial)``; labels
             ``(N, 1, *spatial)`` (or ``(N, *spatial)``) class indices for segmentation, ``(N,)``/``(N, 1)`` indices or
             ``(N, C)`` one-hot for classification.
-        angles: degrees (counter-clockwise); right angles are exact index ops.
+        angles: degrees (counter-clockwise; single angles, in 3D in the plane ``axes``); right angles are exact
+            index ops.
         flips: ``"h"``/``"v"`` (``"d"`` in 3D) views at angle 0, reported separately from the angles.
         metrics: segmentation ``("dice", "iou", "auc")``, classification ``("accuracy", "auc")`` (the defaults);
             segmentation also takes the nuclei instance metrics ``"aji"`` and ``"pq"`` (labels must then be
@@ -234,7 +235,7 @@ def rotation_robustness(
 
     Raises:
         ValueError: empty ``angles``, unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does
-            not match the image, or label values outside the output classes.
+            not match the image, label values outside the output classes, or NaN outputs with ``"auc"`` scored.
         RuntimeError: called inside a distributed run with more than one process.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
@@ -254,7 +255,12 @@ def rotation_robustness(
         raise ValueError(f"metrics must be a non-empty subset of {allowed} for task={task!r}, got metrics={metrics!r}.")
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got region={region!r}.")
-    angles = [float(a) for a in as_angle_list(angles)]  # one number (a CLI's --angles 90) is one angle
+    angles = as_angle_list(angles)  # one number (a CLI's --angles 90) is one angle
+    if any(isinstance(a, (tuple, list)) or (isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim > 0) for a in angles):
+        raise ValueError(
+            f"angles must be single angles in degrees (rotations in the plane axes; no Euler triples), got angles={angles!r}."
+        )
+    angles = [float(a) for a in angles]
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
     flips = list(flips or ())

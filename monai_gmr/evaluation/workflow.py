@@ -46,13 +46,14 @@ class RotationRobustnessEvaluator:
         kwargs: forwarded to :func:`~monai_gmr.evaluation.rotation_robustness` (``angles``, ``flips``,
             ``metrics``, ``task``, ``inferer``, ``spatial_dims``, ``region``, ``label_transform``, ``model_name``...).
 
-    Bundle use (``evaluate.json``)::
+    Bundle use (``evaluate.json``; not under the id ``robustness``, which ``python -m monai_gmr.evaluation`` reads
+    as a dict of ``rotation_robustness`` keyword arguments)::
 
-        "robustness": {"_target_": "monai_gmr.evaluation.RotationRobustnessEvaluator",
-                       "network": "@network", "dataloader": "@validate#dataloader",
-                       "output_dir": "$@bundle_root + '/eval/robustness'", "device": "@device",
-                       "angles": "$list(range(0, 360, 10))", "flips": ["h", "v"]},
-        "run": ["$@robustness.run()"]
+        "robustness_eval": {"_target_": "monai_gmr.evaluation.RotationRobustnessEvaluator",
+                            "network": "@network", "dataloader": "@validate#dataloader",
+                            "output_dir": "$@bundle_root + '/eval/robustness'", "device": "@device",
+                            "angles": "$list(range(0, 360, 10))", "flips": ["h", "v"]},
+        "run": ["$@robustness_eval.run()"]
     """
 
     def __init__(

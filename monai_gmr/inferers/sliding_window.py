@@ -126,6 +126,14 @@ class SymmetricSlidingWindowInferer(Inferer):
         d = inputs.ndim - 2
         if d < 1:
             raise ValueError(f"inputs must be (N, C, *spatial), got shape {tuple(inputs.shape)}.")
+        per_dim = ("roi_size", "overlap") + (("sigma_scale",) if self.mode == "gaussian" else ())
+        for name in per_dim:  # else MONAI's bare 'Sequence must have length d'
+            value = getattr(self, name)
+            if isinstance(value, Sequence) and len(value) != d:
+                raise ValueError(
+                    f"{name} must be one value or one per spatial dim ({d} spatial dims for inputs of shape "
+                    f"{tuple(inputs.shape)}), got {name}={value!r}."
+                )
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         spatial = tuple(int(s) for s in x.shape[2:])
         roi = tuple(int(r) for r in fall_back_tuple(self.roi_size, spatial))  # -1 / 0: the whole dim, as in MONAI

@@ -137,9 +137,12 @@ def test_on_canvas_centres_and_keeps_the_disk_radius():
     y3, r3 = on_canvas(torch.randn(1, 1, 4, 6, 8), (8, 10, 8), spatial_dims=3, radius_frac=0.5)
     assert y3.shape == (1, 1, 8, 10, 8) and r3 == 0.5 * 4 / 8
     assert on_canvas(x, None, radius_frac=0.3) == (x, 0.3)
-    for bad in (15, 17, (40,), (40, 40, 40), 2.5, (40, 39)):
+    for bad in (15, 17, (40,), (40, 40, 40), 2.5, (40, 39), True):
         with pytest.raises(ValueError, match="canvas"):
             on_canvas(x, bad)
+    # NumPy integers (a size computed with NumPy) were refused as 'canvas must be an int or 2 ints, got canvas=40'
+    for good in (np.int64(40), (np.int64(40), 40), np.array([40, 40])):
+        assert on_canvas(x, good)[0].shape == (2, 3, 40, 40)
 
 
 def test_canvas_keeps_the_border_out_of_a_large_receptive_field():
@@ -220,3 +223,15 @@ def test_spline_error_refuses_what_rotate_refuses(kwargs, named):
     vol = torch.zeros(1, 1, 8, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match=named):
         spline_equivariance_error(lambda t: t, vol, **{"angles": 30, "spatial_dims": 3, **kwargs})
+
+
+def test_angles_as_a_1d_tensor_or_array():
+    """``as_angle_list`` lists a 1D tensor as it is: equivariance_error raised 'iteration over a 0-d tensor' on its
+    entries, spline_equivariance_error refused them as 'not single angles'; an array row is an Euler triple in 3D."""
+    x = _smooth(1, 17)
+    for angles in (torch.tensor([15.0, 30.0]), np.array([15.0, 30.0])):
+        assert set(equivariance_error(lambda t: 2.0 * t, x, angles=angles)) == {15.0, 30.0}
+        assert set(spline_equivariance_error(lambda t: 2.0 * t, x, angles=angles)) == {15.0, 30.0}
+    vol = _smooth(1, 8, 3)
+    e = equivariance_error(lambda t: 2.0 * t, vol, angles=np.array([[10.0, 20.0, 30.0]]), spatial_dims=3)
+    assert set(e) == {(10.0, 20.0, 30.0)}

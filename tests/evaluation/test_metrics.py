@@ -34,6 +34,20 @@ def test_auc_matches_monai_and_streams_exactly():
     assert acc.counts == (int(y.sum()), 600 - int(y.sum()))
 
 
+def test_auc_refuses_nan_scores():
+    """A NaN score sorted above every number: a NaN positive counted as beating all negatives, so a network with NaN
+    outputs got AUC 1.0 (0.5 for tied all-NaN scores) instead of an error, as sklearn's roc_auc_score raises."""
+    s = torch.tensor([0.1, float("nan"), 0.9, 0.3])
+    y = torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="scores.*NaN"):
+        roc_auc_exact(s, y)
+    acc = SegmentationAccumulator(("auc",))
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        acc.update(logits, torch.tensor([[[[1, 0], [1, 0]]]]))
+
+
 def test_masked_dice_iou_auc_hand_computed():
     # 1 x 4 x 4 image, binary single-channel logits
     lab = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]).reshape(1, 1, 4, 4)
@@ -98,6 +112,20 @@ def test_two_channel_softmax_equals_single_channel_sigmoid():
     assert ra["auc"] == pytest.approx(rb["auc"], abs=1e-6)
 
 
+def test_softmax_of_a_single_channel_is_refused():
+    """activation='softmax' on single-channel outputs is 1 everywhere: every pixel/sample was predicted foreground
+    (Dice of an all-foreground map, AUC 0.5) without a word; RotationTTAInferer already refuses it."""
+    from monai_gmr.evaluation.metrics import to_probabilities
+
+    with pytest.raises(ValueError, match="activation='softmax'.*sigmoid"):
+        to_probabilities(torch.randn(2, 1, 4, 4), "softmax")
+    with pytest.raises(ValueError, match="activation"):
+        SegmentationAccumulator(activation="softmax").update(torch.randn(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="activation"):
+        ClassificationAccumulator(activation="softmax").update(torch.randn(3, 1), torch.tensor([0, 1, 0]))
+    assert to_probabilities(torch.zeros(2, 1), "sigmoid").eq(0.5).all()
+
+
 def test_segmentation_label_out_of_range():
     acc = SegmentationAccumulator()
     with pytest.raises(ValueError, match="label"):
@@ -158,6 +186,20 @@ def test_aji_and_pq_hand_computed():
     assert math.isnan(instance_metrics(torch.zeros_like(gt2), torch.zeros_like(gt2))["aji"])
     with pytest.raises(ValueError, match="shape"):
         aggregated_jaccard_index(pred, gt2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_aji_of_cuda_instance_maps():
+    """aggregated_jaccard_index kept its 'used predictions' mask on the CPU and indexed it with CUDA indices
+    ('indices should be either on cpu or on the same device'): CUDA maps crashed."""
+    from monai_gmr.evaluation.metrics import aggregated_jaccard_index
+
+    gt = torch.zeros(12, 12, dtype=torch.long)
+    gt[1:5, 1:5] = 7
+    pred = torch.zeros_like(gt)
+    pred[1:5, 1:6] = 3
+    pred[8:10, 8:10] = 9
+    assert aggregated_jaccard_index(pred.cuda(), gt.cuda()) == pytest.approx(16 / 24)
 
 
 def test_accumulator_instance_metrics_and_missing_instances():

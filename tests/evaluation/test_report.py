@@ -105,6 +105,17 @@ def test_plot_metric_errors(tmp_path):
         plot_polar([], tmp_path / "p.png")
 
 
+def test_plot_without_a_common_metric(tmp_path):
+    """Results sharing no metric (a segmentation and a classification report), or metrics=[], reached
+    matplotlib's 'Number of columns must be a positive integer, not 0'."""
+    cls = RobustnessResult("cls", "classification", ["accuracy"], [0.0, 90.0], [], {"accuracy": [0.9, 0.8]})
+    with pytest.raises(ValueError, match="metrics.*no metric"):
+        plot_polar([_result(), cls], tmp_path / "p.png")
+    with pytest.raises(ValueError, match="metrics"):
+        plot_polar([_result()], tmp_path / "p.png", metrics=[])
+    assert not (tmp_path / "p.png").exists()
+
+
 class _Writer:
     def __init__(self):
         self.scalars = []
@@ -154,6 +165,26 @@ def test_handler_real_tensorboard_files(tmp_path):
     h.close()
     files = os.listdir(tmp_path / "tb")
     assert any(f.startswith("events.out.tfevents") for f in files)
+
+
+def test_handler_close_leaves_a_given_writer_open(tmp_path):
+    """close() is documented to close only a writer created from log_dir; with both summary_writer and log_dir given
+    (the writer is used, log_dir ignored) it closed the caller's writer."""
+
+    class W(_Writer):
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    w = W()
+    h = RotationRobustnessHandler(data=_seg_data(1), network=torch.nn.Conv2d(1, 2, 1), summary_writer=w,
+                                  log_dir=tmp_path / "tb", angles=(0,), flips=())
+    engine = Engine(lambda e, b: None)
+    h.attach(engine)
+    engine.run([0], max_epochs=1)
+    h.close()
+    assert w.scalars and not w.closed
 
 
 def test_evaluator_run_and_cli(tmp_path):
@@ -211,6 +242,23 @@ def test_cli_without_ckpt_path_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="monai_gmr.evaluation"):
         cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device="cpu", angles=[0, 90], flips=[], plot=False)
     assert "no --ckpt_path" in caplog.text and "models/model.pt" in caplog.text
+
+
+def test_cli_robustness_section_that_is_not_a_dict(tmp_path):
+    """RotationRobustnessEvaluator's docstring put the evaluator itself under the id "robustness", the CLI's
+    keyword-argument section: the CLI then died in dict() with "'RotationRobustnessEvaluator' object is not
+    iterable"."""
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                    "kernel_size": 3},
+        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
+        "robustness": {"_target_": "monai_gmr.evaluation.RotationRobustnessEvaluator", "network": "@network",
+                       "dataloader": "@dataloader", "output_dir": str(tmp_path / "e")},
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="robustness_id.*RotationRobustnessEvaluator"):
+        cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device="cpu", plot=False)
 
 
 def test_cli_passes_every_rotation_robustness_argument():

@@ -189,6 +189,16 @@ def test_bad_arguments():
         rotation_robustness(lambda t: {"seg": _identity_net(t)}, data, angles=(0,))
 
 
+def test_euler_angles_are_refused_naming_angles():
+    """rotation_robustness scores single angles in the plane ``axes`` (per-angle curves, polar plots); 3D Euler
+    triples, which rotate() and the TTA inferer take, died in float() with "float() argument must be a string or a
+    real number, not 'tuple'"."""
+    lab = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    lab[..., 2:5, 2:6, 3:7] = 1
+    with pytest.raises(ValueError, match="angles.*single angles"):
+        rotation_robustness(_identity_net, (lab.float(), lab), angles=[(10, 20, 30)], flips=(), spatial_dims=3)
+
+
 def test_real_cpm15_tile_identity():
     """A real nuclei instance map (binarised): identity network scores 1 at every angle on valid pixels."""
     import numpy as np

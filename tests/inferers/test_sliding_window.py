@@ -45,6 +45,16 @@ def test_bad_arguments():
         SymmetricSlidingWindowInferer(16, sw_batch_size=0)
 
 
+def test_per_dim_arguments_of_the_wrong_length_are_named():
+    """A 2D roi_size / overlap / sigma_scale on a 3D input raised MONAI's bare 'Sequence must have length 3, got
+    2.', naming no argument."""
+    x = torch.rand(1, 1, 9, 9, 9)
+    for kw, name in (({"roi_size": (8, 8)}, "roi_size"), ({"roi_size": 8, "overlap": (0.25, 0.25)}, "overlap"),
+                     ({"roi_size": 8, "mode": "gaussian", "sigma_scale": (0.1, 0.2)}, "sigma_scale")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name}.*3 spatial dims"):
+            SymmetricSlidingWindowInferer(**kw)(x, lambda t: t)
+
+
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)
     return GMRUNet(2, 3, 2, features=(4, 4, 8, 8), kernel_sizes=(5, 5, 3, 3)).eval()
