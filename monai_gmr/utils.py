@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import numbers
 import os
 import sys
@@ -189,11 +190,10 @@ def json_ready(obj: Any) -> Any:
 
     Recurses into mappings, lists and tuples (tuples become lists); NumPy scalars and arrays, 0-d (or larger)
     ``torch`` tensors become Python numbers / lists; ``Path`` becomes ``str``. Mapping keys that are NumPy scalars
-    become Python scalars. Other objects are returned unchanged (``json.dumps`` then raises for what it cannot
-    serialise). ``json.dumps``'s ``default=`` hook is never called for floats, hence this walk.
+    become Python scalars, non-finite float keys the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``. Other objects
+    are returned unchanged (``json.dumps`` then raises for what it cannot serialise). ``json.dumps``'s ``default=``
+    hook is never called for floats, hence this walk.
     """
-    import math
-
     if obj is None or isinstance(obj, (bool, str, int)):
         return obj
     if isinstance(obj, float):
@@ -222,8 +222,6 @@ def _json_key(k: Any) -> Any:
     # NumPy / 0-d tensor keys -> Python scalars; a non-finite float key becomes the string json.dumps would write
     # for it with allow_nan=True ("NaN", "Infinity", "-Infinity"): keys are strings in JSON, so that is strict JSON,
     # whereas allow_nan=False would raise on the float key
-    import math
-
     if hasattr(k, "item") and not isinstance(k, (str, int, float, bool)):
         k = k.item()
     if isinstance(k, float) and not math.isfinite(k):
