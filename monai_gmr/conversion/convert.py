@@ -367,8 +367,12 @@ class _Converter:
         w = old.weight
         new.to(device=w.device, dtype=w.dtype)
         new.train(old.training)
-        if not w.requires_grad:  # a frozen layer (e.g. a pretrained encoder, weights="project") stays frozen
-            new.requires_grad_(False)
+        # a frozen layer (e.g. a pretrained encoder, weights="project") stays frozen, per parameter: the bias follows
+        # the old bias (bias-only fine-tuning), everything else (weight, log_sigma) the old weight
+        b = old.bias
+        for pname, p in new.named_parameters():
+            src = b if pname.rsplit(".", 1)[-1] == "bias" and b is not None else w
+            p.requires_grad_(src.requires_grad)
         return new
 
     # -- conversions

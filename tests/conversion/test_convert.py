@@ -288,6 +288,21 @@ def test_frozen_layers_stay_frozen():
     assert isinstance(new[2], UpsampledConv) and not any(p.requires_grad for p in new[2].parameters())
 
 
+def test_partly_frozen_layers_keep_each_parameters_state():
+    """Bias-only fine-tuning (weight frozen, bias trainable) froze the new bias too, and a frozen bias next to a
+    trainable weight became trainable: the whole layer followed the weight's requires_grad."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.ConvTranspose2d(2, 2, 2, 2), nn.Conv2d(2, 2, 1, stride=2))
+    for i in (0, 2):
+        net[i].weight.requires_grad_(False)  # bias stays trainable
+    for i in (1, 3):
+        net[i].bias.requires_grad_(False)  # weight stays trainable
+    new = convert_to_gmr(net)
+    for i in range(4):
+        for name, p in new[i].named_parameters():
+            src = net[i].bias if name.endswith("bias") else net[i].weight  # log_sigma shapes the kernel: as weight
+            assert p.requires_grad == src.requires_grad, (i, name)
+
+
 def test_shared_modules_stay_shared():
     conv = nn.Conv2d(1, 1, 3, padding=1)
     net = nn.Module()
