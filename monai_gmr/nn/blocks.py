@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import ADN
 
-from .conv import GMRConv
+from .conv import GMRConv, _single
 
 __all__ = ["GMRConvolution", "GMR_CONV_KWARGS", "check_gmr_kwargs"]
 
@@ -107,6 +107,10 @@ class GMRConvolution(nn.Sequential):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
+        if spatial_dims in (2, 3):  # named as this block's argument (GMRConv would name its own `stride`)
+            strides = _single(strides, "strides", spatial_dims)
+            if strides < 1:
+                raise ValueError(f"strides must be >= 1, got strides={strides}.")
         conv = GMRConv(
             spatial_dims,
             in_channels,

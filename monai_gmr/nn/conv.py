@@ -372,26 +372,36 @@ class GMRConv(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args:
-            x: input of shape ``(B, C_in, *spatial)`` with ``spatial_dims`` spatial dims.
+            x: input of shape ``(B, C_in, *spatial)`` with ``spatial_dims`` spatial dims, or unbatched
+                ``(C_in, *spatial)`` as ``nn.Conv2d``/``nn.Conv3d`` accept.
 
         Returns:
-            output of shape ``(B, C_out, *spatial_out)``.
+            output of shape ``(B, C_out, *spatial_out)`` (``(C_out, *spatial_out)`` for an unbatched input).
         """
+        unbatched = isinstance(x, torch.Tensor) and x.dim() == self.spatial_dims + 1
+        if unbatched:
+            x = x.unsqueeze(0)
         if torch.jit.is_scripting():
-            return self._forward_scripted(x)
-        return self._forward_eager(x)
+            y = self._forward_scripted(x)
+        else:
+            y = self._forward_eager(x)
+        return y.squeeze(0) if unbatched else y
 
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
         if not isinstance(x, torch.Tensor) or x.ndim != self.spatial_dims + 2:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            dims = ", ".join("DHW"[3 - self.spatial_dims :])
             raise ValueError(
-                f"input must have shape (B, C, {', '.join('HWD'[: self.spatial_dims])}) for spatial_dims="
-                f"{self.spatial_dims}, got input shape {got}."
+                f"input must have shape (B, C, {dims}) or (C, {dims}) for spatial_dims={self.spatial_dims}, got input "
+                f"shape {got}."
             )
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"input has {x.shape[1]} channels but in_channels={self.in_channels}.")
+            raise ValueError(
+                f"input has {x.shape[1]} channels but in_channels={self.in_channels} (input read as (B, C, *spatial) "
+                f"with spatial_dims={self.spatial_dims}, unbatched inputs as (C, *spatial))."
+            )
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
         kernel = self.dense_kernel() if impl == "dense" else None  # cached in eval mode
@@ -422,11 +432,14 @@ class GMRConv(nn.Module):
         d = self.spatial_dims
         if x.dim() != d + 2:
             raise ValueError(
-                f"input must have shape (B, C, *spatial) with {d} spatial dims for spatial_dims={d}, got input shape "
-                f"{list(x.shape)}."
+                f"input must have shape (B, C, *spatial) or (C, *spatial) with {d} spatial dims for spatial_dims={d}, "
+                f"got input shape {list(x.shape)}."
             )
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"input has {x.shape[1]} channels but in_channels={self.in_channels}.")
+            raise ValueError(
+                f"input has {x.shape[1]} channels but in_channels={self.in_channels} (input read as (B, C, *spatial) "
+                f"with spatial_dims={d}, unbatched inputs as (C, *spatial))."
+            )
         n = self.num_rings
         lo, hi = self.log_sigma_range
         basis = ring_basis_values(

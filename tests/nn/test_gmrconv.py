@@ -97,12 +97,32 @@ def test_constructor_errors(kwargs, match):
 
 def test_forward_errors_name_the_problem():
     m = GMRConv(2, 3, 4, 3)
-    with pytest.raises(ValueError, match=r"input shape \(3, 8, 8\)"):
-        m(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) or \(C, H, W\).*input shape \(8, 8\)"):
+        m(torch.randn(8, 8))
+    with pytest.raises(ValueError, match=r"input shape \(1, 1, 3, 8, 8\)"):
+        m(torch.randn(1, 1, 3, 8, 8))
     with pytest.raises(ValueError, match="in_channels=3"):
         m(torch.randn(1, 2, 8, 8))
-    with pytest.raises(ValueError, match="spatial_dims=3"):
+    with pytest.raises(ValueError, match="in_channels=3.*spatial_dims=3"):  # 4D = unbatched (C, D, H, W) in 3D
         GMRConv(3, 3, 4, 3)(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(B, C, D, H, W\) or \(C, D, H, W\)"):
+        GMRConv(3, 3, 4, 3)(torch.randn(3, 8, 8))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+def test_unbatched_input_like_nn_conv(d, impl):
+    """``nn.Conv2d``/``nn.Conv3d`` take an unbatched ``(C, *spatial)`` input; GMRConv raised on it (a converted or
+    swapped-in layer broke code that used single samples). Same output as the batched call, in train and eval."""
+    m = GMRConv(d, 3, 4, 5, impl=impl).double()
+    x = torch.randn(3, *([9] * d), dtype=torch.float64)
+    for train in (True, False):
+        m.train(train)
+        y = m(x)
+        assert y.shape == (4, *([9] * d))
+        assert torch.allclose(y, m(x[None])[0], rtol=0, atol=1e-12)
+    ref = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(3, 4, 5, padding=2).double()
+    assert ref(x).shape == y.shape
 
 
 # ----------------------------------------------------------------------------------------- equivariance
@@ -457,6 +477,10 @@ def test_gmr_convolution_block():
     for bad in ({"is_transposed": True}, {"output_padding": 1}):
         with pytest.raises(ValueError, match="no transposed form"):
             GMRConvolution(2, 4, 8, strides=2, **bad)
+    for bad in ((1, 2), 0, 1.5):  # errors name this block's argument, not GMRConv's `stride`
+        with pytest.raises(ValueError, match=r"^strides must"):
+            GMRConvolution(2, 4, 8, strides=bad)
+    assert GMRConvolution(3, 4, 8, strides=[2, 2, 2]).conv.stride == 2
 
 
 @pytest.mark.parametrize("d", [2, 3])

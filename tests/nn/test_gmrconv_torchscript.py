@@ -105,6 +105,8 @@ def test_script_checks_the_input_shape():
         scripted(torch.randn(1, 3, 8, 8, 8))
     with pytest.raises(Exception, match="in_channels=3"):
         scripted(torch.randn(1, 2, 8, 8))
+    x = torch.randn(3, 8, 8)  # unbatched (C, H, W), as in eager
+    assert torch.allclose(scripted(x), scripted(x[None])[0], atol=1e-6) and scripted(x).shape == (4, 8, 8)
 
 
 def test_script_under_autocast_synthesises_the_kernel_like_eager():
