@@ -306,6 +306,9 @@ class _Converter:
         self.summary = ConversionSummary()
         self.counts: Counter = Counter()
         self.memo: dict[int, nn.Module | None] = {}  # id(module) -> replacement: shared modules stay shared
+        # id(module) of every module excluded under one of its names (or inside an excluded module): a module shared
+        # with an excluded name is kept under all its names (set by convert_to_gmr from the model it walks)
+        self.excluded_ids: set[int] = set()
         # (parent, attribute, replacement): applied by apply() once every replacement was built, so that an error
         # half-way leaves an inplace model untouched
         self.pending: list[tuple[nn.Module, str, nn.Module]] = []
@@ -546,9 +549,10 @@ class _Converter:
             # the GMR convs inside too: those of PooledConv/UpsampledConv (a second conversion counted only a third)
             self.counts["already_gmr"] += sum(isinstance(m, GMRConv) for m in module.modules())
             return None
-        if self._excluded(name, module):
+        excluded = self._excluded(name, module)
+        if excluded or id(module) in self.excluded_ids:
             if isinstance(module, _CONV + _CONV_T) or any(isinstance(m, _CONV + _CONV_T) for m in module.modules()):
-                self._keep(name, "excluded", "excluded")
+                self._keep(name, "excluded" if excluded else "excluded (shared with an excluded module)", "excluded")
             return None
         if isinstance(module, _CONV):
             return self.convert_conv(name, module)
@@ -745,7 +749,7 @@ def convert_to_gmr(
             that size; a callable maps old size -> new size. Even results become ``k + 1``. 1x1 convs stay 1x1.
         exclude: module names (exact, a prefix ``"a.b"`` that also covers its submodules, or an ``fnmatch`` pattern
             like ``"*.conv0"``) and/or module types to leave untouched; entries matching no module are logged as a
-            warning.
+            warning. A module shared under several names (tied weights) and excluded under one is kept under all.
         inplace: modify ``model`` itself instead of a deep copy.
         upsample_mode: interpolation replacing transposed convs: ``"bilinear"`` (multi-linear in 3D),
             ``"nearest"``, ``"nearest-exact"``, ``"bicubic"`` (2D).
@@ -800,6 +804,10 @@ def convert_to_gmr(
                 "use upsample_mode='bilinear' (trilinear in 3D) or 'nearest'."
             )
     root = model if inplace else copy.deepcopy(model)
+    # a module reached under several names (weight sharing) stays one module: excluded under any name, it is kept
+    # under all (converting it under the others would silently end the sharing)
+    root_modules = dict(root.named_modules(remove_duplicate=False))
+    conv.excluded_ids = {id(m) for n, m in root_modules.items() if n and conv.excluded_path(n, root_modules)}
     new_root = conv.visit("", root) if isinstance(root, _CONV + _CONV_T) else None
     if new_root is not None:
         root = new_root

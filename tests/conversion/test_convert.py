@@ -312,6 +312,19 @@ def test_shared_modules_stay_shared():
     assert isinstance(new.a[0], GMRConv) and new.a[0] is new.b[0]
 
 
+@pytest.mark.parametrize("excluded", ["a", "b", "b.0"])
+def test_shared_module_excluded_under_one_name_is_kept_under_all(excluded):
+    """A conv shared by ``a`` and ``b`` with only one name excluded was converted under the other name, so the two
+    stopped sharing weights, silently; exclusion now wins for the module under every name, and sharing holds."""
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    net = nn.Module()
+    net.a = nn.Sequential(conv)
+    net.b = nn.Sequential(conv)
+    new, summary = convert_to_gmr(net, exclude=[excluded], return_summary=True)
+    assert type(new.a[0]) is nn.Conv2d and new.a[0] is new.b[0]
+    assert not summary.converted and summary.kept and all(r.startswith("excluded") for r in summary.kept.values())
+
+
 def test_conv_registered_twice_in_one_parent_is_converted_once():
     """A weight-tied conv used twice in one Sequential: both names get the same GMRConv (the second was skipped)."""
     conv = nn.Conv2d(2, 2, 3, padding=1)
