@@ -289,6 +289,12 @@ def image_folder_datalist(
         raise ValueError(f"labels CSV {str(csv_path)!r}: need a file column and a label column, has {cols}.")
     base = Path(image_dir) if image_dir is not None else csv_path.parent
     base = base if base.is_absolute() else root / base
+    for n, r in enumerate(rows, start=2):  # row 1 is the header; csv gives None for the cells of a short row
+        if r[fcol] is None or r[lcol] is None:
+            raise ValueError(
+                f"labels CSV {str(csv_path)!r} row {n}: needs a {fcol!r} and a {lcol!r} value, got "
+                f"{[v for k, v in r.items() if k is not None and v is not None]}."
+            )
     raw = [r[lcol].strip() for r in rows]
     int_labels = all(_is_int(v) for v in raw)
     if classes is not None:

@@ -159,3 +159,12 @@ def test_pcam_kaggle_folder_with_ids():
     d = ds[0]
     assert d["image"].shape == (3, 96, 96) and d["label"] == items[0]["label"]
     assert items[0]["image"].endswith("f38a6374c348f90b587e046aac6079959adf3835.tif") and items[0]["label"] == 0
+
+
+def test_image_folder_csv_short_row_is_a_clear_error(tmp_path):
+    """A row with fewer cells than the header (its label missing) raised AttributeError: 'NoneType' object has no
+    attribute 'strip', naming neither the CSV nor the row."""
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("file,label\nb_stroma/b_stroma_0.tif,1\na_tumor/a_tumor_1.tif\n")
+    with pytest.raises(ValueError, match=r"labels\.csv.*row 3.*'label'"):
+        image_folder_datalist(root, labels_csv="labels.csv")
