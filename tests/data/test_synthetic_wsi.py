@@ -281,3 +281,13 @@ def test_refuses_an_out_dir_that_holds_slides(tmp_path):
     with pytest.raises(FileExistsError, match="already holds slides"):
         make_synthetic_wsi(tmp_path / "a", seed=1, **kw)
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "a").rglob("*")) == before
+
+
+def test_ensure_wsi_dataset_with_another_datalist_name(tmp_path):
+    """``datalist_name="patches.json"``: the generator wrote datalist.json and the returned path did not exist."""
+    root = tmp_path / "slides_dir"
+    kw = {"n_slides": 1, "size": 512, "patches_per_slide": 4, "patch_size": 32}
+    p = ensure_wsi_dataset(root, seed=0, datalist_name="patches.json", **kw)
+    assert p == root / "patches.json" and p.is_file() and not (root / "datalist.json").exists()
+    assert sum(len(json.loads(p.read_text())[k]) for k in ("training", "validation", "test")) == 4
+    assert ensure_wsi_dataset(root, generate=False, datalist_name="patches.json") == p
