@@ -22,6 +22,9 @@ Input formats (``--format``, default ``auto``):
 - ``cpm_txt``: CPM-15 style ASCII masks: the first line is ``width height``, then one integer per pixel in
   row-major order (x fastest), ``0`` background and ``1..N`` instance ids.
 
+Images without annotation named like another image plus ``_poly`` or ``_overlay`` (CPM-15's ``imageXX_poly.png``,
+the annotation drawn on ``imageXX.png``) are renderings and are skipped.
+
 Sub-folders are found by common names (images: ``images``, ``Images``, ``Tissue Images``, ...; masks: ``labels``,
 ``masks``, ``Annotations``, ``masks_txt``, ...) or given with ``--images`` / ``--masks``; with neither, images and
 masks are looked for directly in ``--input``. A ``pairs.csv`` in the input folder (or ``--pairs FILE``) overrides
@@ -86,6 +89,7 @@ _MASK_EXTENSIONS = {
 }
 _MASK_SUFFIXES = ("_label", "_labels", "_mask", "_masks", "_instance", "_instances", "_inst", "_seg", "-label", "-mask")
 _TEXT_NOT_MASKS = ("readme", "source", "license", "licence", "notes")  # .txt files that are not CPM masks
+_RENDERING_SUFFIXES = ("_poly", "_overlay")  # imageXX_poly.png beside imageXX.png: annotation drawn on the image
 _IMAGE_DIRS = ("images", "Images", "Tissue Images", "Tissue_Images", "tissue_images", "imgs", "img", "image")
 _MASK_DIRS = {
     "folders": ("labels", "Labels", "instances", "masks", "Masks", "label", "mask", "annotations_png"),
@@ -451,9 +455,14 @@ def find_nuclei_pairs(
                     raise ValueError(f"two annotation files for {key!r}: {str(table[key])!r} and {str(m)!r}.")
                 table[key] = m
         found, missing = [], []
+        stems = {p.stem for p in image_files}
         for img in image_files:
             m = exact.get(img.stem, stripped.get(img.stem))
-            if m is None:
+            if m is None and any(
+                img.stem.lower().endswith(suf) and img.stem[: -len(suf)] in stems for suf in _RENDERING_SUFFIXES
+            ):
+                logger.info("skipping %s: a rendering of the annotation of another image", img)
+            elif m is None:
                 missing.append(str(img))
             else:
                 found.append(NucleiPair(img.stem, img, m))

@@ -331,3 +331,23 @@ def test_cpm15_default_cli_layout(tmp_path):
     assert by_name["image04"].mask.name == "image04_label.png"
     pairs_txt, fmt_txt = find_nuclei_pairs(cpm, format="cpm_txt")
     assert fmt_txt == "cpm_txt" and {p.name: p.mask.name for p in pairs_txt}["image04"] == "image05_mask.txt"
+
+
+def test_cpm_download_layout_with_poly_renderings(tmp_path):
+    """The CPM-15 download holds ``imageXX.png``, ``imageXX_mask.txt`` and ``imageXX_poly.png`` (a rendering of the
+    annotation on the image, see its README) side by side: the renderings were taken for images and the run failed
+    with "no cpm_txt annotation ... for 3 image(s): [...image00_poly.png, ...]"."""
+    raw = tmp_path / "cpm"
+    raw.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 24, 3), 180, np.uint8)).save(raw / f"image{i:02d}.png")
+        Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(raw / f"image{i:02d}_poly.png")
+        _write_cpm_txt(raw / f"image{i:02d}_mask.txt", _inst(i=i))
+    pairs, fmt = find_nuclei_pairs(raw)
+    assert fmt == "cpm_txt" and [(p.name, p.image.name, p.mask.name) for p in pairs] == [
+        (f"image{i:02d}", f"image{i:02d}.png", f"image{i:02d}_mask.txt") for i in range(3)
+    ]
+    # a _poly image without its base image is still an image without annotation
+    (raw / "image00.png").unlink()
+    with pytest.raises(ValueError, match=r"image00_poly\.png"):
+        find_nuclei_pairs(raw)
