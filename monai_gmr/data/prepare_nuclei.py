@@ -295,6 +295,8 @@ def rasterize_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.
         for region in ann.iter("Region"):
             try:
                 pts = [(float(v.attrib["X"]), float(v.attrib["Y"])) for v in region.iter("Vertex")]
+                if not np.isfinite(pts).all():
+                    raise ValueError("non-finite coordinate")
             except (KeyError, ValueError) as e:
                 raise ValueError(
                     f"Aperio XML {str(path)!r}: region {region.attrib.get('Id', '?')} has a bad vertex ({e})."

@@ -351,3 +351,13 @@ def test_cpm_download_layout_with_poly_renderings(tmp_path):
     (raw / "image00.png").unlink()
     with pytest.raises(ValueError, match=r"image00_poly\.png"):
         find_nuclei_pairs(raw)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_aperio_xml_non_finite_vertex_is_refused(tmp_path, bad):
+    """``X="nan"``/``"inf"`` parse as floats and were drawn as some polygon without a word (the docstring promises a
+    ValueError for bad vertex coordinates)."""
+    xml = tmp_path / "a.xml"
+    _write_xml(xml, [[(2, 2), (6, 2), (6, 6)], [(1, 1), (bad, 5), (5, 5)]])
+    with pytest.raises(ValueError, match=r"a\.xml.*region 2.*bad vertex"):
+        rasterize_aperio_xml(xml, (8, 8))
