@@ -362,8 +362,11 @@ def _detect_format(root: Path, masks_dir: Path | None) -> str:
 
 
 def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
+        reader = csv.DictReader(f)
+        if reader.fieldnames:  # "image, label": header names without the spaces around them, like the paths
+            reader.fieldnames = [h.strip() for h in reader.fieldnames]
+        rows = list(reader)
     if not rows:
         raise ValueError(f"pairs file {str(csv_path)!r} has no rows.")
     cols = rows[0].keys()
@@ -381,7 +384,7 @@ def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
                 f"pairs file {str(csv_path)!r} row {n}: needs an 'image' and a {col!r} path, got "
                 f"{[v for k, v in row.items() if k is not None]}."
             )
-        img, msk = Path(row["image"]), Path(row[col])
+        img, msk = Path(row["image"].strip()), Path(row[col].strip())
         img = img if img.is_absolute() else base / img
         msk = msk if msk.is_absolute() else base / msk
         out.append(NucleiPair(img.stem, img, msk))

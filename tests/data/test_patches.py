@@ -168,3 +168,12 @@ def test_image_folder_csv_short_row_is_a_clear_error(tmp_path):
     (root / "labels.csv").write_text("file,label\nb_stroma/b_stroma_0.tif,1\na_tumor/a_tumor_1.tif\n")
     with pytest.raises(ValueError, match=r"labels\.csv.*row 3.*'label'"):
         image_folder_datalist(root, labels_csv="labels.csv")
+
+
+def test_image_folder_csv_with_bom_and_spaced_header(tmp_path):
+    """A CSV saved by Excel ("CSV UTF-8") starts with a byte-order mark and ``file, label`` has a space: the header
+    names were read verbatim ('\\ufefffile', ' label') and no file/label column was found."""
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("\ufefffile, label\nb_stroma/b_stroma_0.tif, 1\na_tumor/a_tumor_1.tif ,0\n", "utf-8")
+    items, _ = image_folder_datalist(root, labels_csv="labels.csv")
+    assert [(Path(i["image"]).name, i["label"]) for i in items] == [("b_stroma_0.tif", 1), ("a_tumor_1.tif", 0)]

@@ -361,3 +361,17 @@ def test_aperio_xml_non_finite_vertex_is_refused(tmp_path, bad):
     _write_xml(xml, [[(2, 2), (6, 2), (6, 6)], [(1, 1), (bad, 5), (5, 5)]])
     with pytest.raises(ValueError, match=r"a\.xml.*region 2.*bad vertex"):
         rasterize_aperio_xml(xml, (8, 8))
+
+
+def test_pairs_csv_with_bom_and_spaces(tmp_path):
+    """pairs.csv saved by Excel starts with a byte-order mark ('needs an 'image' column, has ['\\ufeffimage', ...]')
+    and ``image, label`` cells with a space after the comma gave paths starting with a space."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "pairs.csv").write_text(
+        "\ufeffimage, label\n" + "".join(f"images/t{i}.png, labels/t{i}_label.png\n" for i in range(2)), "utf-8"
+    )
+    pairs, fmt = find_nuclei_pairs(tmp_path / "raw")
+    assert fmt == "folders" and [(p.image.name, p.mask.name) for p in pairs] == [
+        (f"t{i}.png", f"t{i}_label.png") for i in range(2)
+    ]
+    assert all(p.image.is_file() and p.mask.is_file() for p in pairs)
