@@ -74,7 +74,7 @@ class PCamH5Dataset(torch.utils.data.Dataset):
         transform: optional callable applied to each item dict (e.g. MONAI dictionary transforms).
         x_key: image dataset name.
         y_key: label dataset name.
-        scale: divide by 255 (``False``: float values 0..255).
+        scale: divide by 255 (``x`` must then be uint8); ``False``: the stored values as floats (0..255 for uint8).
         indices: optional subset of indices.
 
     Raises:
@@ -109,11 +109,16 @@ class PCamH5Dataset(torch.utils.data.Dataset):
             with h5py.File(self.x_path, "r") as f:
                 if x_key not in f:
                     raise ValueError(f"PCam file {str(self.x_path)!r} has no dataset {x_key!r} (has {list(f.keys())}).")
-                shape = f[x_key].shape
+                shape, dtype = f[x_key].shape, f[x_key].dtype
         except OSError as e:
             raise ValueError(f"cannot read PCam file {str(self.x_path)!r}: {e}") from e
         if len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f"PCam file {str(self.x_path)!r}: dataset {x_key!r} must be (N, H, W, 3), got {shape}.")
+        if scale and dtype != np.uint8:  # float images in [0, 1] divided by 255 again would be nearly black
+            raise ValueError(
+                f"PCam file {str(self.x_path)!r}: dataset {x_key!r} is {dtype}; scale=True divides by 255 and expects "
+                "uint8 images (pass scale=False to use the stored values as they are)."
+            )
         self.n_total = int(shape[0])
         self.labels: np.ndarray | None = None
         if self.y_path is not None:

@@ -177,3 +177,14 @@ def test_image_folder_csv_with_bom_and_spaced_header(tmp_path):
     (root / "labels.csv").write_text("\ufefffile, label\nb_stroma/b_stroma_0.tif, 1\na_tumor/a_tumor_1.tif ,0\n", "utf-8")
     items, _ = image_folder_datalist(root, labels_csv="labels.csv")
     assert [(Path(i["image"]).name, i["label"]) for i in items] == [("b_stroma_0.tif", 1), ("a_tumor_1.tif", 0)]
+
+
+def test_pcam_float_images_are_not_silently_scaled(tmp_path):
+    """A ``*_x.h5`` of float images in [0, 1] was divided by 255 again: every patch was nearly black (max 0.004)."""
+    with h5py.File(tmp_path / "f_x.h5", "w") as f:
+        f.create_dataset("x", data=np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"f_x\.h5.*float32.*uint8.*scale=False"):
+        PCamH5Dataset(tmp_path / "f_x.h5")
+    ds = PCamH5Dataset(tmp_path / "f_x.h5", scale=False)  # the values as stored
+    assert 0.5 < float(ds[0]["image"].max()) <= 1.0
+
