@@ -129,11 +129,14 @@ class PCamH5Dataset(torch.utils.data.Dataset):
                     y = np.asarray(f[y_key][...])
             except OSError as e:
                 raise ValueError(f"cannot read PCam file {str(self.y_path)!r}: {e}") from e
-            if y.shape[0] != self.n_total or y.size != self.n_total:
+            if y.ndim == 0 or y.shape[0] != self.n_total or y.size != self.n_total:
                 raise ValueError(
                     f"PCam labels {str(self.y_path)!r} have shape {y.shape}; expected {self.n_total} labels "
                     f"((N,) or (N, 1, 1, 1)) for {str(self.x_path)!r}."
                 )
+            if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):  # 0.5 would become 0
+                raise ValueError(f"PCam labels {str(self.y_path)!r} must be integer class indices, got {y.dtype} values "
+                                 "with a fractional part.")  # fmt: skip
             self.labels = y.reshape(-1).astype(np.int64)
         self.indices = np.arange(self.n_total) if indices is None else np.asarray(indices, dtype=np.int64)
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= self.n_total):

@@ -188,3 +188,19 @@ def test_pcam_float_images_are_not_silently_scaled(tmp_path):
     ds = PCamH5Dataset(tmp_path / "f_x.h5", scale=False)  # the values as stored
     assert 0.5 < float(ds[0]["image"].max()) <= 1.0
 
+
+def test_pcam_labels_must_be_integers(tmp_path):
+    """A scalar ``y`` raised IndexError naming no file; fractional labels (0.5) were truncated to 0 without a word."""
+    _pcam(tmp_path, n=4)
+    (xp, _), = find_pcam_files(tmp_path)
+    with h5py.File(tmp_path / "scalar_y.h5", "w") as f:
+        f.create_dataset("y", data=np.uint8(1))
+    with pytest.raises(ValueError, match=r"scalar_y\.h5"):
+        PCamH5Dataset(xp, tmp_path / "scalar_y.h5")
+    with h5py.File(tmp_path / "frac_y.h5", "w") as f:
+        f.create_dataset("y", data=np.array([0.0, 1.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"frac_y\.h5.*integer"):
+        PCamH5Dataset(xp, tmp_path / "frac_y.h5")
+    with h5py.File(tmp_path / "float_y.h5", "w") as f:  # integral floats are fine
+        f.create_dataset("y", data=np.array([0.0, 1.0, 0.0, 1.0]))
+    assert [PCamH5Dataset(xp, tmp_path / "float_y.h5")[i]["label"] for i in range(4)] == [0, 1, 0, 1]
