@@ -179,7 +179,8 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
 
     - integer single-channel images: ids as stored, except that masks whose values are only {0, 1} or {0, 255}
       are binary and become instances by 8-connected components;
-    - RGB(A) images: every distinct non-black colour is one instance (colour-coded instance masks).
+    - RGB(A) images: every distinct non-black colour is one instance (colour-coded instance masks); fully
+      transparent pixels (alpha 0) are background.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -210,6 +211,8 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         rgb = arr[..., :3].astype(np.int64)
+        if arr.shape[-1] == 4:
+            rgb[arr[..., 3] == 0] = 0  # fully transparent pixels are background, whatever their colour
         if np.all(rgb == rgb[..., :1]):  # grey stored as RGB
             arr = rgb[..., 0]
         else:

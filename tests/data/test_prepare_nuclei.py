@@ -375,3 +375,16 @@ def test_pairs_csv_with_bom_and_spaces(tmp_path):
         (f"t{i}.png", f"t{i}_label.png") for i in range(2)
     ]
     assert all(p.image.is_file() and p.mask.is_file() for p in pairs)
+
+
+def test_rgba_colour_mask_transparent_background(tmp_path):
+    """A colour-coded RGBA mask with a transparent background whose colour is not black (here white, alpha 0): the
+    background became the largest 'nucleus'."""
+    rgba = np.zeros((20, 24, 4), np.uint8)
+    rgba[..., :3] = 255  # transparent white
+    rgba[_inst() == 7] = (255, 0, 0, 255)
+    rgba[_inst() == 3] = (0, 255, 0, 255)
+    rgba[_inst() == 12] = (0, 0, 255, 255)
+    Image.fromarray(rgba).save(tmp_path / "c.png")
+    lab = read_instance_mask(tmp_path / "c.png")
+    assert lab.max() == 3 and np.array_equal(lab > 0, _inst() > 0)
