@@ -124,8 +124,9 @@ class NucleiPair:
 def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as ``(H, W, 3)`` uint8 RGB (PIL, with tifffile as fallback for TIFFs PIL cannot decode).
 
-    Alpha is dropped, grey is repeated to 3 channels, 16-bit images are scaled to 8 bits by their own maximum (per
-    image: the contrast of each image is kept, absolute intensities are not comparable across images).
+    Alpha is dropped, grey is repeated to 3 channels, 16-bit, 32-bit and float images are scaled to 8 bits by their
+    own maximum, or by 1 when that is smaller (float images in [0, 1]); per image: the contrast of each image is
+    kept, absolute intensities are not comparable across images; negative values become 0.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -139,8 +140,8 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im).astype(np.float64)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # convert("RGB") would clip "F" in [0, 1] to black
+                arr = np.clip(np.asarray(im).astype(np.float64), 0, None)
                 arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
             else:
                 arr = np.asarray(im.convert("RGB"))
@@ -154,7 +155,8 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
         except Exception as e_tif:  # noqa: BLE001
             raise ValueError(f"cannot read image {str(path)!r}: {e_pil}; tifffile: {e_tif}") from e_tif
         if arr.dtype != np.uint8:
-            arr = np.rint(arr.astype(np.float64) / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
+            arr = np.clip(arr.astype(np.float64), 0, None)
+            arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):

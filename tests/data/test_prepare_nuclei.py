@@ -388,3 +388,15 @@ def test_rgba_colour_mask_transparent_background(tmp_path):
     Image.fromarray(rgba).save(tmp_path / "c.png")
     lab = read_instance_mask(tmp_path / "c.png")
     assert lab.max() == 3 and np.array_equal(lab > 0, _inst() > 0)
+
+
+def test_float_grey_image_is_scaled_not_blackened(tmp_path):
+    """A single-channel float32 TIFF (PIL mode "F", values in [0, 1]) went through PIL's convert("RGB") and came out
+    all black without a word; it is now scaled by its maximum like 16-bit images."""
+    import tifffile
+
+    grey = np.linspace(0.0, 1.0, 20 * 24, dtype=np.float32).reshape(20, 24)
+    tifffile.imwrite(tmp_path / "f.tif", grey)
+    rgb = read_rgb_image(tmp_path / "f.tif")
+    assert rgb.shape == (20, 24, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 0], np.rint(grey * 255).astype(np.uint8)) and np.array_equal(rgb[..., 0], rgb[..., 2])
