@@ -60,7 +60,7 @@ import numpy as np
 
 from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items, write_datalist
 from monai_gmr.data.synthetic_nuclei import save_png
-from monai_gmr.utils import as_bool, make_temp_dir
+from monai_gmr.utils import as_bool, make_temp_dir, missing_dirs, remove_empty_dirs
 
 __all__ = [
     "FORMATS",
@@ -561,7 +561,9 @@ def prepare_nuclei_dataset(
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
     # absolute (the datalist's paths are made relative to it, whatever the working folder), mode 0o777 - umask
+    created = missing_dirs(out.parent)  # made for the temporary folder: removed again if the run fails
     tmp = make_temp_dir(out)
+    done = False
     try:
         items, stats = [], []
         for pair in found:
@@ -600,8 +602,11 @@ def prepare_nuclei_dataset(
             images=stats,
         )
         move_into_place(tmp, out, DATALIST_NAME)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            remove_empty_dirs(created)
     return out / DATALIST_NAME
 
 

@@ -400,3 +400,13 @@ def test_float_grey_image_is_scaled_not_blackened(tmp_path):
     rgb = read_rgb_image(tmp_path / "f.tif")
     assert rgb.shape == (20, 24, 3) and rgb.dtype == np.uint8
     assert np.array_equal(rgb[..., 0], np.rint(grey * 255).astype(np.uint8)) and np.array_equal(rgb[..., 0], rgb[..., 2])
+
+
+def test_failed_run_leaves_no_parent_folders(tmp_path):
+    """``--output new/sub/out`` and a run that fails while writing (size mismatch): ``new/sub`` (created for the
+    temporary folder) stayed behind, empty."""
+    _write_folder_case(tmp_path / "raw", n=3)
+    Image.fromarray(_inst(21, 24)).save(tmp_path / "raw" / "labels" / "t1_label.png")
+    with pytest.raises(ValueError, match="size mismatch"):
+        prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "new" / "sub" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
