@@ -27,8 +27,8 @@ the annotation drawn on ``imageXX.png``) are renderings and are skipped.
 
 Sub-folders are found by common names (images: ``images``, ``Images``, ``Tissue Images``, ...; masks: ``labels``,
 ``masks``, ``Annotations``, ``masks_txt``, ...) or given with ``--images`` / ``--masks``; with neither, images and
-masks are looked for directly in ``--input``. A ``pairs.csv`` in the input folder (or ``--pairs FILE``) overrides
-name pairing: its ``image`` column and one mask column (``label_png``, ``label``, ``mask``, ``instance``,
+masks are looked for directly in ``--input``. A ``pairs.csv`` in the input folder (unless ``--images`` or
+``--masks`` is given) or ``--pairs FILE`` overrides name pairing: its ``image`` column and one mask column (``label_png``, ``label``, ``mask``, ``instance``,
 ``mask_txt``, ``annotation`` or ``xml``, chosen by ``--format``) hold paths relative to the CSV. This is how the
 CPM-15 copy in ``../shared/data/cpm15_nuclei_he`` fixes its swapped ``image04``/``image05`` masks.
 
@@ -411,7 +411,8 @@ def find_nuclei_pairs(
         format: ``auto``, ``folders``, ``monuseg_xml`` or ``cpm_txt``.
         images: image folder (absolute or relative to ``input_dir``); default: found by common names.
         masks: annotation folder; default: found by common names.
-        pairs: ``"auto"`` (use ``input_dir/pairs.csv`` when present), ``None``/``"none"`` (pair by name), or a
+        pairs: ``"auto"`` (use ``input_dir/pairs.csv`` when present and neither ``images`` nor ``masks`` is
+            given), ``None``/``"none"`` (pair by name), or a
             CSV path (columns ``image`` and a mask column, paths relative to the CSV).
 
     Returns:
@@ -539,7 +540,8 @@ def prepare_nuclei_dataset(
         test_frac: test fraction.
         images: image sub-folder override.
         masks: annotation sub-folder override.
-        pairs: pairs CSV (``"auto"``: ``input/pairs.csv`` when present; ``None``: pair by name).
+        pairs: pairs CSV (``"auto"``: ``input/pairs.csv`` when present and neither ``images`` nor ``masks`` is
+            given; ``None``: pair by name).
         overwrite: replace an existing dataset in ``output``.
 
     Returns:
@@ -639,7 +641,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test_frac", "--test-frac", type=float, default=0.2)
     p.add_argument("--images", default=None, help="image sub-folder (default: found by name)")
     p.add_argument("--masks", default=None, help="annotation sub-folder (default: found by name)")
-    p.add_argument("--pairs", default="auto", help="pairs CSV, 'auto' (input/pairs.csv if present) or 'none'")
+    p.add_argument("--pairs", default="auto", help="pairs CSV, 'auto' (input/pairs.csv if present and neither --images nor --masks "
+                   "is given) or 'none'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --output")
     return p
 
