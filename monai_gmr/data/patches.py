@@ -286,11 +286,14 @@ def image_folder_datalist(
     csv_path = csv_path if csv_path.is_absolute() else root / csv_path
     if not csv_path.is_file():
         raise FileNotFoundError(f"labels CSV {str(csv_path)!r} does not exist.")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
-        reader = csv.DictReader(f)
-        if reader.fieldnames:  # "file, label": header names without the spaces around them, like the values
-            reader.fieldnames = [h.strip() for h in reader.fieldnames]
-        rows = list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
+            reader = csv.DictReader(f)
+            if reader.fieldnames:  # "file, label": header names without the spaces around them, like the values
+                reader.fieldnames = [h.strip() for h in reader.fieldnames]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read labels CSV {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
     if not rows:
         raise ValueError(f"labels CSV {str(csv_path)!r} has no rows.")
     cols = list(rows[0].keys())

@@ -367,11 +367,14 @@ def _detect_format(root: Path, masks_dir: Path | None) -> str:
 
 
 def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
-        reader = csv.DictReader(f)
-        if reader.fieldnames:  # "image, label": header names without the spaces around them, like the paths
-            reader.fieldnames = [h.strip() for h in reader.fieldnames]
-        rows = list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
+            reader = csv.DictReader(f)
+            if reader.fieldnames:  # "image, label": header names without the spaces around them, like the paths
+                reader.fieldnames = [h.strip() for h in reader.fieldnames]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read pairs file {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
     if not rows:
         raise ValueError(f"pairs file {str(csv_path)!r} has no rows.")
     cols = rows[0].keys()

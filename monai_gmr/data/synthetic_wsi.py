@@ -599,11 +599,14 @@ def patch_csv_to_datalist(
     if not csv_path.is_file():
         raise FileNotFoundError(f"patch CSV {str(csv_path)!r} does not exist.")
     out_path = Path(out_path) if out_path is not None else csv_path.parent / DATALIST_NAME
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
-        reader = csv.DictReader(f)
-        if reader.fieldnames:  # "slide, x, y": header names without the spaces around them
-            reader.fieldnames = [h.strip() for h in reader.fieldnames]
-        rows = list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
+            reader = csv.DictReader(f)
+            if reader.fieldnames:  # "slide, x, y": header names without the spaces around them
+                reader.fieldnames = [h.strip() for h in reader.fieldnames]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read patch CSV {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
     need = {"slide", "x", "y", "label"}
     if not rows or not need <= set(rows[0]):
         raise ValueError(f"patch CSV {str(csv_path)!r} needs columns {sorted(need)}, has {list(rows[0]) if rows else []}.")

@@ -204,3 +204,11 @@ def test_pcam_labels_must_be_integers(tmp_path):
     with h5py.File(tmp_path / "float_y.h5", "w") as f:  # integral floats are fine
         f.create_dataset("y", data=np.array([0.0, 1.0, 0.0, 1.0]))
     assert [PCamH5Dataset(xp, tmp_path / "float_y.h5")[i]["label"] for i in range(4)] == [0, 1, 0, 1]
+
+
+def test_image_folder_csv_not_utf8_names_the_file(tmp_path):
+    """A cp1252 labels CSV raised a bare UnicodeDecodeError naming no file."""
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_bytes("file,label\nb_stroma/b_stroma_0.tif,stromé\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"labels\.csv.*UTF-8"):
+        image_folder_datalist(root, labels_csv="labels.csv")

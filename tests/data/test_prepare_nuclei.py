@@ -410,3 +410,14 @@ def test_failed_run_leaves_no_parent_folders(tmp_path):
     with pytest.raises(ValueError, match="size mismatch"):
         prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "new" / "sub" / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_pairs_csv_not_utf8_names_the_file(tmp_path, capsys):
+    """A pairs.csv in cp1252 (Excel's plain 'CSV') with an accented name: the error was only "'utf-8' codec can't
+    decode byte 0xe9 ...", naming no file."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "pairs.csv").write_bytes("image,label\nimages/t0_é.png,labels/t0_label.png\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"pairs\.csv.*UTF-8"):
+        find_nuclei_pairs(tmp_path / "raw")
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out")]) == 1
+    assert "pairs.csv" in capsys.readouterr().err

@@ -305,3 +305,10 @@ def test_patch_csv_with_bom_and_spaces(tmp_path):
     (tmp_path / "empty.csv").write_text("slide,x,y,label\n,100,50,1\n")  # was an item whose image is the CSV folder
     with pytest.raises(ValueError, match=r"empty\.csv.*row 2.*slide"):
         patch_csv_to_datalist(tmp_path / "empty.csv", patch_size=16)
+
+
+def test_patch_csv_not_utf8_names_the_file(tmp_path):
+    """A cp1252 patch CSV raised a bare UnicodeDecodeError naming no file."""
+    (tmp_path / "p.csv").write_bytes("slide,x,y,label\nsé.tiff,1,2,0\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"p\.csv.*UTF-8"):
+        patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
