@@ -74,7 +74,7 @@ class PCamH5Dataset(torch.utils.data.Dataset):
         transform: optional callable applied to each item dict (e.g. MONAI dictionary transforms).
         x_key: image dataset name.
         y_key: label dataset name.
-        scale: divide by 255 (``False``: float values 0..255).
+        scale: divide by 255 (``x`` must then be uint8); ``False``: the stored values as floats (0..255 for uint8).
         indices: optional subset of indices.
 
     Raises:
@@ -109,11 +109,16 @@ class PCamH5Dataset(torch.utils.data.Dataset):
             with h5py.File(self.x_path, "r") as f:
                 if x_key not in f:
                     raise ValueError(f"PCam file {str(self.x_path)!r} has no dataset {x_key!r} (has {list(f.keys())}).")
-                shape = f[x_key].shape
+                shape, dtype = f[x_key].shape, f[x_key].dtype
         except OSError as e:
             raise ValueError(f"cannot read PCam file {str(self.x_path)!r}: {e}") from e
         if len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f"PCam file {str(self.x_path)!r}: dataset {x_key!r} must be (N, H, W, 3), got {shape}.")
+        if scale and dtype != np.uint8:  # float images in [0, 1] divided by 255 again would be nearly black
+            raise ValueError(
+                f"PCam file {str(self.x_path)!r}: dataset {x_key!r} is {dtype}; scale=True divides by 255 and expects "
+                "uint8 images (pass scale=False to use the stored values as they are)."
+            )
         self.n_total = int(shape[0])
         self.labels: np.ndarray | None = None
         if self.y_path is not None:
@@ -124,11 +129,14 @@ class PCamH5Dataset(torch.utils.data.Dataset):
                     y = np.asarray(f[y_key][...])
             except OSError as e:
                 raise ValueError(f"cannot read PCam file {str(self.y_path)!r}: {e}") from e
-            if y.shape[0] != self.n_total or y.size != self.n_total:
+            if y.ndim == 0 or y.shape[0] != self.n_total or y.size != self.n_total:
                 raise ValueError(
                     f"PCam labels {str(self.y_path)!r} have shape {y.shape}; expected {self.n_total} labels "
                     f"((N,) or (N, 1, 1, 1)) for {str(self.x_path)!r}."
                 )
+            if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):  # 0.5 would become 0
+                raise ValueError(f"PCam labels {str(self.y_path)!r} must be integer class indices, got {y.dtype} values "
+                                 "with a fractional part.")  # fmt: skip
             self.labels = y.reshape(-1).astype(np.int64)
         self.indices = np.arange(self.n_total) if indices is None else np.asarray(indices, dtype=np.int64)
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= self.n_total):
@@ -278,8 +286,14 @@ def image_folder_datalist(
     csv_path = csv_path if csv_path.is_absolute() else root / csv_path
     if not csv_path.is_file():
         raise FileNotFoundError(f"labels CSV {str(csv_path)!r} does not exist.")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
+            reader = csv.DictReader(f)
+            if reader.fieldnames:  # "file, label": header names without the spaces around them, like the values
+                reader.fieldnames = [h.strip() for h in reader.fieldnames]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read labels CSV {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
     if not rows:
         raise ValueError(f"labels CSV {str(csv_path)!r} has no rows.")
     cols = list(rows[0].keys())
@@ -289,6 +303,12 @@ def image_folder_datalist(
         raise ValueError(f"labels CSV {str(csv_path)!r}: need a file column and a label column, has {cols}.")
     base = Path(image_dir) if image_dir is not None else csv_path.parent
     base = base if base.is_absolute() else root / base
+    for n, r in enumerate(rows, start=2):  # row 1 is the header; csv gives None for the cells of a short row
+        if r[fcol] is None or r[lcol] is None:
+            raise ValueError(
+                f"labels CSV {str(csv_path)!r} row {n}: needs a {fcol!r} and a {lcol!r} value, got "
+                f"{[v for k, v in r.items() if k is not None and v is not None]}."
+            )
     raw = [r[lcol].strip() for r in rows]
     int_labels = all(_is_int(v) for v in raw)
     if classes is not None:

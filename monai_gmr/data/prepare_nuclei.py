@@ -22,10 +22,13 @@ Input formats (``--format``, default ``auto``):
 - ``cpm_txt``: CPM-15 style ASCII masks: the first line is ``width height``, then one integer per pixel in
   row-major order (x fastest), ``0`` background and ``1..N`` instance ids.
 
+Images without annotation named like another image plus ``_poly`` or ``_overlay`` (CPM-15's ``imageXX_poly.png``,
+the annotation drawn on ``imageXX.png``) are renderings and are skipped.
+
 Sub-folders are found by common names (images: ``images``, ``Images``, ``Tissue Images``, ...; masks: ``labels``,
 ``masks``, ``Annotations``, ``masks_txt``, ...) or given with ``--images`` / ``--masks``; with neither, images and
-masks are looked for directly in ``--input``. A ``pairs.csv`` in the input folder (or ``--pairs FILE``) overrides
-name pairing: its ``image`` column and one mask column (``label_png``, ``label``, ``mask``, ``instance``,
+masks are looked for directly in ``--input``. A ``pairs.csv`` in the input folder (unless ``--images`` or
+``--masks`` is given) or ``--pairs FILE`` overrides name pairing: its ``image`` column and one mask column (``label_png``, ``label``, ``mask``, ``instance``,
 ``mask_txt``, ``annotation`` or ``xml``, chosen by ``--format``) hold paths relative to the CSV. This is how the
 CPM-15 copy in ``../shared/data/cpm15_nuclei_he`` fixes its swapped ``image04``/``image05`` masks.
 
@@ -57,7 +60,7 @@ import numpy as np
 
 from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items, write_datalist
 from monai_gmr.data.synthetic_nuclei import save_png
-from monai_gmr.utils import as_bool, make_temp_dir
+from monai_gmr.utils import as_bool, make_temp_dir, missing_dirs, remove_empty_dirs
 
 __all__ = [
     "FORMATS",
@@ -86,6 +89,7 @@ _MASK_EXTENSIONS = {
 }
 _MASK_SUFFIXES = ("_label", "_labels", "_mask", "_masks", "_instance", "_instances", "_inst", "_seg", "-label", "-mask")
 _TEXT_NOT_MASKS = ("readme", "source", "license", "licence", "notes")  # .txt files that are not CPM masks
+_RENDERING_SUFFIXES = ("_poly", "_overlay")  # imageXX_poly.png beside imageXX.png: annotation drawn on the image
 _IMAGE_DIRS = ("images", "Images", "Tissue Images", "Tissue_Images", "tissue_images", "imgs", "img", "image")
 _MASK_DIRS = {
     "folders": ("labels", "Labels", "instances", "masks", "Masks", "label", "mask", "annotations_png"),
@@ -120,8 +124,9 @@ class NucleiPair:
 def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as ``(H, W, 3)`` uint8 RGB (PIL, with tifffile as fallback for TIFFs PIL cannot decode).
 
-    Alpha is dropped, grey is repeated to 3 channels, 16-bit images are scaled to 8 bits by their own maximum (per
-    image: the contrast of each image is kept, absolute intensities are not comparable across images).
+    Alpha is dropped, grey is repeated to 3 channels, 16-bit, 32-bit and float images are scaled to 8 bits by their
+    own maximum, or by 1 when that is smaller (float images in [0, 1]); per image: the contrast of each image is
+    kept, absolute intensities are not comparable across images; negative values become 0.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -135,8 +140,8 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im).astype(np.float64)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # convert("RGB") would clip "F" in [0, 1] to black
+                arr = np.clip(np.asarray(im).astype(np.float64), 0, None)
                 arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
             else:
                 arr = np.asarray(im.convert("RGB"))
@@ -150,7 +155,8 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
         except Exception as e_tif:  # noqa: BLE001
             raise ValueError(f"cannot read image {str(path)!r}: {e_pil}; tifffile: {e_tif}") from e_tif
         if arr.dtype != np.uint8:
-            arr = np.rint(arr.astype(np.float64) / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
+            arr = np.clip(arr.astype(np.float64), 0, None)
+            arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
@@ -175,7 +181,8 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
 
     - integer single-channel images: ids as stored, except that masks whose values are only {0, 1} or {0, 255}
       are binary and become instances by 8-connected components;
-    - RGB(A) images: every distinct non-black colour is one instance (colour-coded instance masks).
+    - RGB(A) images: every distinct non-black colour is one instance (colour-coded instance masks); fully
+      transparent pixels (alpha 0) are background.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -206,6 +213,8 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         rgb = arr[..., :3].astype(np.int64)
+        if arr.shape[-1] == 4:
+            rgb[arr[..., 3] == 0] = 0  # fully transparent pixels are background, whatever their colour
         if np.all(rgb == rgb[..., :1]):  # grey stored as RGB
             arr = rgb[..., 0]
         else:
@@ -291,6 +300,8 @@ def rasterize_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.
         for region in ann.iter("Region"):
             try:
                 pts = [(float(v.attrib["X"]), float(v.attrib["Y"])) for v in region.iter("Vertex")]
+                if not np.isfinite(pts).all():
+                    raise ValueError("non-finite coordinate")
             except (KeyError, ValueError) as e:
                 raise ValueError(
                     f"Aperio XML {str(path)!r}: region {region.attrib.get('Id', '?')} has a bad vertex ({e})."
@@ -356,8 +367,14 @@ def _detect_format(root: Path, masks_dir: Path | None) -> str:
 
 
 def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
+            reader = csv.DictReader(f)
+            if reader.fieldnames:  # "image, label": header names without the spaces around them, like the paths
+                reader.fieldnames = [h.strip() for h in reader.fieldnames]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read pairs file {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
     if not rows:
         raise ValueError(f"pairs file {str(csv_path)!r} has no rows.")
     cols = rows[0].keys()
@@ -375,7 +392,7 @@ def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
                 f"pairs file {str(csv_path)!r} row {n}: needs an 'image' and a {col!r} path, got "
                 f"{[v for k, v in row.items() if k is not None]}."
             )
-        img, msk = Path(row["image"]), Path(row[col])
+        img, msk = Path(row["image"].strip()), Path(row[col].strip())
         img = img if img.is_absolute() else base / img
         msk = msk if msk.is_absolute() else base / msk
         out.append(NucleiPair(img.stem, img, msk))
@@ -397,7 +414,8 @@ def find_nuclei_pairs(
         format: ``auto``, ``folders``, ``monuseg_xml`` or ``cpm_txt``.
         images: image folder (absolute or relative to ``input_dir``); default: found by common names.
         masks: annotation folder; default: found by common names.
-        pairs: ``"auto"`` (use ``input_dir/pairs.csv`` when present), ``None``/``"none"`` (pair by name), or a
+        pairs: ``"auto"`` (use ``input_dir/pairs.csv`` when present and neither ``images`` nor ``masks`` is
+            given), ``None``/``"none"`` (pair by name), or a
             CSV path (columns ``image`` and a mask column, paths relative to the CSV).
 
     Returns:
@@ -451,9 +469,14 @@ def find_nuclei_pairs(
                     raise ValueError(f"two annotation files for {key!r}: {str(table[key])!r} and {str(m)!r}.")
                 table[key] = m
         found, missing = [], []
+        stems = {p.stem for p in image_files}
         for img in image_files:
             m = exact.get(img.stem, stripped.get(img.stem))
-            if m is None:
+            if m is None and any(
+                img.stem.lower().endswith(suf) and img.stem[: -len(suf)] in stems for suf in _RENDERING_SUFFIXES
+            ):
+                logger.info("skipping %s: a rendering of the annotation of another image", img)
+            elif m is None:
                 missing.append(str(img))
             else:
                 found.append(NucleiPair(img.stem, img, m))
@@ -520,7 +543,8 @@ def prepare_nuclei_dataset(
         test_frac: test fraction.
         images: image sub-folder override.
         masks: annotation sub-folder override.
-        pairs: pairs CSV (``"auto"``: ``input/pairs.csv`` when present; ``None``: pair by name).
+        pairs: pairs CSV (``"auto"``: ``input/pairs.csv`` when present and neither ``images`` nor ``masks`` is
+            given; ``None``: pair by name).
         overwrite: replace an existing dataset in ``output``.
 
     Returns:
@@ -542,7 +566,9 @@ def prepare_nuclei_dataset(
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
     # absolute (the datalist's paths are made relative to it, whatever the working folder), mode 0o777 - umask
+    created = missing_dirs(out.parent)  # made for the temporary folder: removed again if the run fails
     tmp = make_temp_dir(out)
+    done = False
     try:
         items, stats = [], []
         for pair in found:
@@ -581,8 +607,11 @@ def prepare_nuclei_dataset(
             images=stats,
         )
         move_into_place(tmp, out, DATALIST_NAME)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            remove_empty_dirs(created)
     return out / DATALIST_NAME
 
 
@@ -615,7 +644,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test_frac", "--test-frac", type=float, default=0.2)
     p.add_argument("--images", default=None, help="image sub-folder (default: found by name)")
     p.add_argument("--masks", default=None, help="annotation sub-folder (default: found by name)")
-    p.add_argument("--pairs", default="auto", help="pairs CSV, 'auto' (input/pairs.csv if present) or 'none'")
+    p.add_argument("--pairs", default="auto", help="pairs CSV, 'auto' (input/pairs.csv if present and neither --images nor --masks "
+                   "is given) or 'none'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --output")
     return p
 

@@ -389,6 +389,8 @@ def ensure_nuclei_dataset(
     tmp = make_temp_dir(root)  # becomes the dataset folder: mode 0o777 - umask, not mkdtemp's 0o700
     try:
         make_synthetic_nuclei(tmp, n_images=n_images, size=size, seed=seed, **kwargs)
+        if datalist_name != DATALIST_NAME:  # the generator writes datalist.json
+            os.replace(tmp / DATALIST_NAME, tmp / datalist_name)
         move_into_place(tmp, root, datalist_name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

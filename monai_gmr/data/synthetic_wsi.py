@@ -599,8 +599,14 @@ def patch_csv_to_datalist(
     if not csv_path.is_file():
         raise FileNotFoundError(f"patch CSV {str(csv_path)!r} does not exist.")
     out_path = Path(out_path) if out_path is not None else csv_path.parent / DATALIST_NAME
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
+            reader = csv.DictReader(f)
+            if reader.fieldnames:  # "slide, x, y": header names without the spaces around them
+                reader.fieldnames = [h.strip() for h in reader.fieldnames]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read patch CSV {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
     need = {"slide", "x", "y", "label"}
     if not rows or not need <= set(rows[0]):
         raise ValueError(f"patch CSV {str(csv_path)!r} needs columns {sorted(need)}, has {list(rows[0]) if rows else []}.")
@@ -614,7 +620,9 @@ def patch_csv_to_datalist(
             if sz <= 0:
                 raise ValueError("no patch size (column 'size' or patch_size)")
             x, y = int(float(r["x"])), int(float(r["y"]))
-            slide = Path(r["slide"])
+            if not (r["slide"] or "").strip():
+                raise ValueError("no slide path (column 'slide')")
+            slide = Path(r["slide"].strip())
             slide = slide if slide.is_absolute() else (csv_path.parent / slide)
             if not center:  # top-left corners -> level-0 centres
                 y, x = level0_center((y, x), (sz, sz), _level_downsample(slide, lvl, downsamples, backend))
@@ -715,6 +723,8 @@ def ensure_wsi_dataset(
     tmp = make_temp_dir(root)  # becomes the dataset folder: mode 0o777 - umask, not mkdtemp's 0o700
     try:
         make_synthetic_wsi(tmp, n_slides=n_slides, size=size, seed=seed, **kwargs)
+        if datalist_name != DATALIST_NAME:  # the generator writes datalist.json
+            os.replace(tmp / DATALIST_NAME, tmp / datalist_name)
         move_into_place(tmp, root, datalist_name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -159,3 +159,56 @@ def test_pcam_kaggle_folder_with_ids():
     d = ds[0]
     assert d["image"].shape == (3, 96, 96) and d["label"] == items[0]["label"]
     assert items[0]["image"].endswith("f38a6374c348f90b587e046aac6079959adf3835.tif") and items[0]["label"] == 0
+
+
+def test_image_folder_csv_short_row_is_a_clear_error(tmp_path):
+    """A row with fewer cells than the header (its label missing) raised AttributeError: 'NoneType' object has no
+    attribute 'strip', naming neither the CSV nor the row."""
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("file,label\nb_stroma/b_stroma_0.tif,1\na_tumor/a_tumor_1.tif\n")
+    with pytest.raises(ValueError, match=r"labels\.csv.*row 3.*'label'"):
+        image_folder_datalist(root, labels_csv="labels.csv")
+
+
+def test_image_folder_csv_with_bom_and_spaced_header(tmp_path):
+    """A CSV saved by Excel ("CSV UTF-8") starts with a byte-order mark and ``file, label`` has a space: the header
+    names were read verbatim ('\\ufefffile', ' label') and no file/label column was found."""
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_text("\ufefffile, label\nb_stroma/b_stroma_0.tif, 1\na_tumor/a_tumor_1.tif ,0\n", "utf-8")
+    items, _ = image_folder_datalist(root, labels_csv="labels.csv")
+    assert [(Path(i["image"]).name, i["label"]) for i in items] == [("b_stroma_0.tif", 1), ("a_tumor_1.tif", 0)]
+
+
+def test_pcam_float_images_are_not_silently_scaled(tmp_path):
+    """A ``*_x.h5`` of float images in [0, 1] was divided by 255 again: every patch was nearly black (max 0.004)."""
+    with h5py.File(tmp_path / "f_x.h5", "w") as f:
+        f.create_dataset("x", data=np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"f_x\.h5.*float32.*uint8.*scale=False"):
+        PCamH5Dataset(tmp_path / "f_x.h5")
+    ds = PCamH5Dataset(tmp_path / "f_x.h5", scale=False)  # the values as stored
+    assert 0.5 < float(ds[0]["image"].max()) <= 1.0
+
+
+def test_pcam_labels_must_be_integers(tmp_path):
+    """A scalar ``y`` raised IndexError naming no file; fractional labels (0.5) were truncated to 0 without a word."""
+    _pcam(tmp_path, n=4)
+    (xp, _), = find_pcam_files(tmp_path)
+    with h5py.File(tmp_path / "scalar_y.h5", "w") as f:
+        f.create_dataset("y", data=np.uint8(1))
+    with pytest.raises(ValueError, match=r"scalar_y\.h5"):
+        PCamH5Dataset(xp, tmp_path / "scalar_y.h5")
+    with h5py.File(tmp_path / "frac_y.h5", "w") as f:
+        f.create_dataset("y", data=np.array([0.0, 1.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"frac_y\.h5.*integer"):
+        PCamH5Dataset(xp, tmp_path / "frac_y.h5")
+    with h5py.File(tmp_path / "float_y.h5", "w") as f:  # integral floats are fine
+        f.create_dataset("y", data=np.array([0.0, 1.0, 0.0, 1.0]))
+    assert [PCamH5Dataset(xp, tmp_path / "float_y.h5")[i]["label"] for i in range(4)] == [0, 1, 0, 1]
+
+
+def test_image_folder_csv_not_utf8_names_the_file(tmp_path):
+    """A cp1252 labels CSV raised a bare UnicodeDecodeError naming no file."""
+    root = _folder(tmp_path)
+    (root / "labels.csv").write_bytes("file,label\nb_stroma/b_stroma_0.tif,stromé\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"labels\.csv.*UTF-8"):
+        image_folder_datalist(root, labels_csv="labels.csv")

@@ -331,3 +331,93 @@ def test_cpm15_default_cli_layout(tmp_path):
     assert by_name["image04"].mask.name == "image04_label.png"
     pairs_txt, fmt_txt = find_nuclei_pairs(cpm, format="cpm_txt")
     assert fmt_txt == "cpm_txt" and {p.name: p.mask.name for p in pairs_txt}["image04"] == "image05_mask.txt"
+
+
+def test_cpm_download_layout_with_poly_renderings(tmp_path):
+    """The CPM-15 download holds ``imageXX.png``, ``imageXX_mask.txt`` and ``imageXX_poly.png`` (a rendering of the
+    annotation on the image, see its README) side by side: the renderings were taken for images and the run failed
+    with "no cpm_txt annotation ... for 3 image(s): [...image00_poly.png, ...]"."""
+    raw = tmp_path / "cpm"
+    raw.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 24, 3), 180, np.uint8)).save(raw / f"image{i:02d}.png")
+        Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(raw / f"image{i:02d}_poly.png")
+        _write_cpm_txt(raw / f"image{i:02d}_mask.txt", _inst(i=i))
+    pairs, fmt = find_nuclei_pairs(raw)
+    assert fmt == "cpm_txt" and [(p.name, p.image.name, p.mask.name) for p in pairs] == [
+        (f"image{i:02d}", f"image{i:02d}.png", f"image{i:02d}_mask.txt") for i in range(3)
+    ]
+    # a _poly image without its base image is still an image without annotation
+    (raw / "image00.png").unlink()
+    with pytest.raises(ValueError, match=r"image00_poly\.png"):
+        find_nuclei_pairs(raw)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_aperio_xml_non_finite_vertex_is_refused(tmp_path, bad):
+    """``X="nan"``/``"inf"`` parse as floats and were drawn as some polygon without a word (the docstring promises a
+    ValueError for bad vertex coordinates)."""
+    xml = tmp_path / "a.xml"
+    _write_xml(xml, [[(2, 2), (6, 2), (6, 6)], [(1, 1), (bad, 5), (5, 5)]])
+    with pytest.raises(ValueError, match=r"a\.xml.*region 2.*bad vertex"):
+        rasterize_aperio_xml(xml, (8, 8))
+
+
+def test_pairs_csv_with_bom_and_spaces(tmp_path):
+    """pairs.csv saved by Excel starts with a byte-order mark ('needs an 'image' column, has ['\\ufeffimage', ...]')
+    and ``image, label`` cells with a space after the comma gave paths starting with a space."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "pairs.csv").write_text(
+        "\ufeffimage, label\n" + "".join(f"images/t{i}.png, labels/t{i}_label.png\n" for i in range(2)), "utf-8"
+    )
+    pairs, fmt = find_nuclei_pairs(tmp_path / "raw")
+    assert fmt == "folders" and [(p.image.name, p.mask.name) for p in pairs] == [
+        (f"t{i}.png", f"t{i}_label.png") for i in range(2)
+    ]
+    assert all(p.image.is_file() and p.mask.is_file() for p in pairs)
+
+
+def test_rgba_colour_mask_transparent_background(tmp_path):
+    """A colour-coded RGBA mask with a transparent background whose colour is not black (here white, alpha 0): the
+    background became the largest 'nucleus'."""
+    rgba = np.zeros((20, 24, 4), np.uint8)
+    rgba[..., :3] = 255  # transparent white
+    rgba[_inst() == 7] = (255, 0, 0, 255)
+    rgba[_inst() == 3] = (0, 255, 0, 255)
+    rgba[_inst() == 12] = (0, 0, 255, 255)
+    Image.fromarray(rgba).save(tmp_path / "c.png")
+    lab = read_instance_mask(tmp_path / "c.png")
+    assert lab.max() == 3 and np.array_equal(lab > 0, _inst() > 0)
+
+
+def test_float_grey_image_is_scaled_not_blackened(tmp_path):
+    """A single-channel float32 TIFF (PIL mode "F", values in [0, 1]) went through PIL's convert("RGB") and came out
+    all black without a word; it is now scaled by its maximum like 16-bit images."""
+    import tifffile
+
+    grey = np.linspace(0.0, 1.0, 20 * 24, dtype=np.float32).reshape(20, 24)
+    tifffile.imwrite(tmp_path / "f.tif", grey)
+    rgb = read_rgb_image(tmp_path / "f.tif")
+    assert rgb.shape == (20, 24, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 0], np.rint(grey * 255).astype(np.uint8)) and np.array_equal(rgb[..., 0], rgb[..., 2])
+
+
+def test_failed_run_leaves_no_parent_folders(tmp_path):
+    """``--output new/sub/out`` and a run that fails while writing (size mismatch): ``new/sub`` (created for the
+    temporary folder) stayed behind, empty."""
+    _write_folder_case(tmp_path / "raw", n=3)
+    Image.fromarray(_inst(21, 24)).save(tmp_path / "raw" / "labels" / "t1_label.png")
+    with pytest.raises(ValueError, match="size mismatch"):
+        prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "new" / "sub" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_pairs_csv_not_utf8_names_the_file(tmp_path, capsys):
+    """A pairs.csv in cp1252 (Excel's plain 'CSV') with an accented name: the error was only "'utf-8' codec can't
+    decode byte 0xe9 ...", naming no file."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "pairs.csv").write_bytes("image,label\nimages/t0_é.png,labels/t0_label.png\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"pairs\.csv.*UTF-8"):
+        find_nuclei_pairs(tmp_path / "raw")
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out")]) == 1
+    assert "pairs.csv" in capsys.readouterr().err

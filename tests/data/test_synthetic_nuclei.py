@@ -233,3 +233,13 @@ def test_refuses_an_out_dir_that_holds_data(tmp_path):
     (tmp_path / "b" / ".keep").write_text("")
     make_synthetic_nuclei(tmp_path / "b", n_images=1, size=32, seed=0)
     assert (tmp_path / "b" / "datalist.json").is_file()
+
+
+def test_ensure_nuclei_dataset_with_another_datalist_name(tmp_path):
+    """``datalist_name="train.json"``: the generator wrote datalist.json and the returned train.json did not exist
+    (and the next call refused the folder: files but no train.json)."""
+    root = tmp_path / "data"
+    p = ensure_nuclei_dataset(root, n_images=2, size=32, datalist_name="train.json")
+    assert p == root / "train.json" and p.is_file() and not (root / "datalist.json").exists()
+    assert len(json.loads(p.read_text())["training"]) >= 1
+    assert ensure_nuclei_dataset(root, generate=False, datalist_name="train.json") == p

@@ -281,3 +281,34 @@ def test_refuses_an_out_dir_that_holds_slides(tmp_path):
     with pytest.raises(FileExistsError, match="already holds slides"):
         make_synthetic_wsi(tmp_path / "a", seed=1, **kw)
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "a").rglob("*")) == before
+
+
+def test_ensure_wsi_dataset_with_another_datalist_name(tmp_path):
+    """``datalist_name="patches.json"``: the generator wrote datalist.json and the returned path did not exist."""
+    root = tmp_path / "slides_dir"
+    kw = {"n_slides": 1, "size": 512, "patches_per_slide": 4, "patch_size": 32}
+    p = ensure_wsi_dataset(root, seed=0, datalist_name="patches.json", **kw)
+    assert p == root / "patches.json" and p.is_file() and not (root / "datalist.json").exists()
+    assert sum(len(json.loads(p.read_text())[k]) for k in ("training", "validation", "test")) == 4
+    assert ensure_wsi_dataset(root, generate=False, datalist_name="patches.json") == p
+
+
+def test_patch_csv_with_bom_and_spaces(tmp_path):
+    """A patch CSV saved by Excel starts with a byte-order mark ("needs columns [...], has ['\\ufeffslide', ...]") and
+    ``slide, x, y, label`` with spaces kept ' x' and a slide path starting with a space."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    (tmp_path / "p.csv").write_text("\ufeffslide, x, y, label\ns.tiff, 100, 50, 1\n", "utf-8")
+    p = patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16, level=0, val_frac=0.0, test_frac=0.0)
+    assert json.loads(p.read_text())["training"] == [
+        {"image": "s.tiff", "location": [50, 100], "size": [16, 16], "level": 0, "label": 1}
+    ]
+    (tmp_path / "empty.csv").write_text("slide,x,y,label\n,100,50,1\n")  # was an item whose image is the CSV folder
+    with pytest.raises(ValueError, match=r"empty\.csv.*row 2.*slide"):
+        patch_csv_to_datalist(tmp_path / "empty.csv", patch_size=16)
+
+
+def test_patch_csv_not_utf8_names_the_file(tmp_path):
+    """A cp1252 patch CSV raised a bare UnicodeDecodeError naming no file."""
+    (tmp_path / "p.csv").write_bytes("slide,x,y,label\nsé.tiff,1,2,0\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"p\.csv.*UTF-8"):
+        patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
