@@ -608,6 +608,8 @@ def prepare_nuclei_dataset(
         )
         move_into_place(tmp, out, DATALIST_NAME)
         done = True
+        if not boundary and (out / "boundary").is_dir():  # (overwrite) an earlier preparation's 3-class masks: the
+            shutil.rmtree(out / "boundary")  # new datalist has none, and move_into_place replaces only what it brings
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not done:

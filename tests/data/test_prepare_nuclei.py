@@ -217,6 +217,18 @@ def test_unreadable_image_names_file_and_keeps_old_output(tmp_path):
         prepare_nuclei_dataset(tmp_path / "raw", out)
 
 
+def test_overwrite_without_boundary_removes_the_old_boundary_masks(tmp_path):
+    """``--overwrite`` replaced only the folders the new run wrote: after a ``--boundary`` run, a run without it left
+    the old ``boundary/`` masks beside a datalist that no longer names them."""
+    _write_folder_case(tmp_path / "raw", n=3)
+    out = tmp_path / "out"
+    prepare_nuclei_dataset(tmp_path / "raw", out, boundary=True)
+    assert (out / "boundary").is_dir()
+    prepare_nuclei_dataset(tmp_path / "raw", out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["datalist.json", "images", "labels", "masks"]
+    assert "boundary" not in json.loads((out / "datalist.json").read_text())["training"][0]
+
+
 def test_missing_annotation_and_bad_input(tmp_path):
     _write_folder_case(tmp_path / "raw", n=2)
     (tmp_path / "raw" / "labels" / "t1_label.png").unlink()
