@@ -155,7 +155,7 @@ def write_datalist(
 
 def read_datalist(path: str | os.PathLike, split: str | None = None, absolute: bool = True) -> Any:
     """Read a datalist JSON; with ``split`` return that list, with ``absolute`` resolve ``image``/``label``/... paths
-    (every string value of an item that names an existing file relative to the datalist folder).
+    (every non-empty string value of an item that names an existing file or folder relative to the datalist folder).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -175,7 +175,8 @@ def read_datalist(path: str | os.PathLike, split: str | None = None, absolute: b
         def resolve(v: Any) -> Any:
             if isinstance(v, list):  # several files per key, as MONAI's load_decathlon_datalist resolves them
                 return [resolve(e) for e in v]
-            if isinstance(v, str) and not Path(v).is_absolute() and (path.parent / v).exists():
+            # "" (an empty field) would name the datalist's own folder: left as it is
+            if isinstance(v, str) and v.strip() and not Path(v).is_absolute() and (path.parent / v).exists():
                 return str(path.parent / v)
             return v
 

@@ -56,6 +56,15 @@ def test_write_and_read_datalist_relative_paths(tmp_path):
         read_datalist(tmp_path / "nope.json")
 
 
+
+def test_read_datalist_leaves_empty_strings(tmp_path):
+    """An empty field ("", e.g. a patient id left blank) named the datalist's folder and became its path."""
+    p = tmp_path / "datalist.json"
+    p.write_text(json.dumps({"training": [{"image": "", "note": " ", "dir": "."}]}))
+    item = read_datalist(p, "training")[0]
+    assert item["image"] == "" and item["note"] == " " and item["dir"] == str(tmp_path / ".")
+
+
 def test_list_valued_paths_are_relative_too(tmp_path):
     """A key holding several files (MONAI datalists allow lists, e.g. multi-modal images) kept its absolute paths, so
     the dataset folder could not be moved, and read_datalist did not resolve relative lists."""
