@@ -22,6 +22,10 @@ Input formats (``--format``, default ``auto``):
 - ``cpm_txt``: CPM-15 style ASCII masks: the first line is ``width height``, then one integer per pixel in
   row-major order (x fastest), ``0`` background and ``1..N`` instance ids.
 
+``auto`` picks ``monuseg_xml`` when the mask folder (or, without one, the input folder or a sub-folder) holds an
+``.xml`` file with an ``<Annotation`` element, else ``cpm_txt`` when it holds a ``.txt`` file starting with two
+positive integers, else ``folders``.
+
 Images without annotation named like another image plus ``_poly`` or ``_overlay`` (CPM-15's ``imageXX_poly.png``,
 the annotation drawn on ``imageXX.png``) are renderings and are skipped.
 
@@ -349,15 +353,30 @@ def _mask_key(stem: str) -> str:
     return stem
 
 
+def _head(path: Path, n: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _cpm_header(path: Path) -> bool:
+    """Whether a text file starts like a CPM-15 mask (:func:`read_cpm_txt_mask`): two positive integers
+    (``width height``) first; a CITATION.txt or a notes file beside the images does not."""
+    first = _head(path, 64).split()[:2]
+    return len(first) == 2 and all(v.isdigit() and int(v) > 0 for v in first)
+
+
 def _detect_format(root: Path, masks_dir: Path | None) -> str:
     candidates = [masks_dir] if masks_dir is not None else [root, *(p for p in root.iterdir() if p.is_dir())]
     found = {fmt: False for fmt in ("monuseg_xml", "cpm_txt")}
     for folder in candidates:
         for p in folder.iterdir():
             if p.is_file():
-                if p.suffix.lower() == ".xml":
+                if p.suffix.lower() == ".xml" and _head(p, 4096).find(b"<Annotation") >= 0:
                     found["monuseg_xml"] = True
-                elif p.suffix.lower() == ".txt" and not p.stem.lower().startswith(_TEXT_NOT_MASKS):
+                elif p.suffix.lower() == ".txt" and not p.stem.lower().startswith(_TEXT_NOT_MASKS) and _cpm_header(p):
                     found["cpm_txt"] = True
     if found["monuseg_xml"]:
         return "monuseg_xml"

@@ -229,6 +229,21 @@ def test_overwrite_without_boundary_removes_the_old_boundary_masks(tmp_path):
     assert "boundary" not in json.loads((out / "datalist.json").read_text())["training"][0]
 
 
+def test_auto_format_ignores_text_and_xml_files_that_are_not_annotations(tmp_path):
+    """``--format auto`` took any .txt (e.g. CITATION.txt beside the images) for a CPM-15 mask and any .xml for
+    MoNuSeg annotations, and a folders-layout dataset then failed with "no cpm_txt annotation"."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "CITATION.txt").write_text("@article{cpm, title={...}, year={2015}}\n")
+    (tmp_path / "raw" / "images" / "scanner.xml").write_text("<?xml version='1.0'?><Scanner model='x'/>")
+    pairs, fmt = find_nuclei_pairs(tmp_path / "raw")
+    assert fmt == "folders" and len(pairs) == 2
+    lab = _inst()
+    (tmp_path / "cpm" / "masks_txt").mkdir(parents=True)
+    _write_cpm_txt(tmp_path / "cpm" / "masks_txt" / "t0_mask.txt", lab)
+    Image.fromarray(np.zeros((*lab.shape, 3), np.uint8)).save(tmp_path / "cpm" / "t0.png")
+    assert find_nuclei_pairs(tmp_path / "cpm")[1] == "cpm_txt"
+
+
 def test_missing_annotation_and_bad_input(tmp_path):
     _write_folder_case(tmp_path / "raw", n=2)
     (tmp_path / "raw" / "labels" / "t1_label.png").unlink()
