@@ -218,6 +218,7 @@ def spline_equivariance_error(
     return {a: masked_rel_err(_first(fn(rot(x, a))), rot(y0, a), disk) for a in angles}
 
 
+@torch.no_grad()  # like the other error functions: no autograd graph is kept for the 8 / 48 evaluations
 def group_equivariance_error(
     fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spatial_dims: int = 2
 ) -> dict[str, float]:
