@@ -143,6 +143,8 @@ class GCNNUNet(nn.Module):
         group_order(group)  # validates group
         if features is None:
             features = group_widths(UNET_BASE_FEATURES, group)
+        if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
+            raise ValueError(f"features must be a sequence of >= 2 positive ints, got features={features!r}.")
         features = tuple(features)
         if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
             raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")

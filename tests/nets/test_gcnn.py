@@ -132,6 +132,7 @@ def test_resnet_features_and_options():
         (lambda: GCNNUNet(2, 1, 2, kernel_size=4), "kernel_size"),
         (lambda: GCNNUNet(2, 1, 2, features=(4, 4), kernel_size=(3, 3, 3)), "kernel_size"),
         (lambda: GCNNUNet(2, 1, 2, features=(4,)), "features"),
+        (lambda: GCNNUNet(2, 1, 2, features=8), "features"),  # was TypeError("'int' object is not iterable")
         (lambda: GCNNUNet(2, 1, 2, upsample="deconv"), "upsample"),
         (lambda: GCNNUNet(2, 1, 2, pooling="lp"), "pooling"),
         (lambda: GCNNUNet(2, 1, 2, group_pool="sum"), "group_pool"),
