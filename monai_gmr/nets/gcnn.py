@@ -143,6 +143,8 @@ class GCNNUNet(nn.Module):
         group_order(group)  # validates group
         if features is None:
             features = group_widths(UNET_BASE_FEATURES, group)
+        if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
+            raise ValueError(f"features must be a sequence of >= 2 positive ints, got features={features!r}.")
         features = tuple(features)
         if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
             raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")
@@ -330,6 +332,16 @@ class GCNNResNet(nn.Module):
         if len(layers) != 4 or len(block_inplanes) != 4:
             raise ValueError(f"layers and block_inplanes must have 4 entries, got layers={layers}, "
                              f"block_inplanes={block_inplanes}.")
+        # checked here: the layers would name their own arguments (out_channels, kernel_size), which are not these
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers):
+            raise ValueError(f"layers must be 4 positive ints, got layers={layers!r}.")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in block_inplanes):
+            raise ValueError(f"block_inplanes must be 4 positive ints, got block_inplanes={block_inplanes!r}.")
+        stem_k = conv1_t_size
+        if isinstance(stem_k, (tuple, list)) and len(set(stem_k)) == 1:  # (k, k) is accepted by the lifting conv
+            stem_k = stem_k[0]
+        if isinstance(stem_k, bool) or not isinstance(stem_k, int) or stem_k < 1 or stem_k % 2 == 0:
+            raise ValueError(f"conv1_t_size must be an odd positive int, got conv1_t_size={conv1_t_size!r}.")
         _check_choice(pooling, SPATIAL_POOL_MODES, "pooling")
         _check_choice(group_pool, POOL_MODES, "group_pool")
         if isinstance(conv1_t_stride, bool) or not isinstance(conv1_t_stride, int) or conv1_t_stride < 1:

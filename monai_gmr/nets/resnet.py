@@ -265,7 +265,14 @@ class GMRResNet(nn.Module):
         if feed_forward and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes (or its alias out_channels) must be a positive int, got num_classes={num_classes!r}.")
 
+        if isinstance(widen_factor, bool) or not isinstance(widen_factor, (int, float)):
+            raise ValueError(f"widen_factor must be a positive number, got widen_factor={widen_factor!r}.")
         planes = [int(p * widen_factor) for p in block_inplanes]
+        if min(planes) < 1:  # GMRConv would name out_channels, which here is the alias of num_classes
+            raise ValueError(
+                f"widen_factor={widen_factor!r} leaves a stage without channels: block_inplanes={block_inplanes} "
+                f"gives widths {tuple(planes)}; each must be >= 1."
+            )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.num_classes = num_classes

@@ -653,7 +653,7 @@ class GroupConvolution(nn.Sequential):
             return
         if act is None and norm is None and dropout is None:
             return
-        if isinstance(norm, (str, tuple)) and str(norm if isinstance(norm, str) else norm[0]).lower() == "layer":
+        if isinstance(norm, (str, tuple, list)) and str(norm if isinstance(norm, str) else norm[0]).lower() == "layer":
             raise ValueError(f"norm='layer' is not supported on group feature maps, got norm={norm!r}.")
         self.add_module(
             "adn",

@@ -132,6 +132,7 @@ def test_resnet_features_and_options():
         (lambda: GCNNUNet(2, 1, 2, kernel_size=4), "kernel_size"),
         (lambda: GCNNUNet(2, 1, 2, features=(4, 4), kernel_size=(3, 3, 3)), "kernel_size"),
         (lambda: GCNNUNet(2, 1, 2, features=(4,)), "features"),
+        (lambda: GCNNUNet(2, 1, 2, features=8), "features"),  # was TypeError("'int' object is not iterable")
         (lambda: GCNNUNet(2, 1, 2, upsample="deconv"), "upsample"),
         (lambda: GCNNUNet(2, 1, 2, pooling="lp"), "pooling"),
         (lambda: GCNNUNet(2, 1, 2, group_pool="sum"), "group_pool"),
@@ -141,6 +142,14 @@ def test_resnet_features_and_options():
         (lambda: gcnn_resnet18(2, 1), "num_classes"),
         (lambda: gcnn_resnet18(2, 1, 2, out_channels=3), "num_classes"),
         (lambda: GCNNResNet((2, 2, 2), num_classes=2), "layers"),
+        # these reached the layers, whose errors named their own arguments: "out_channels=0" (GCNNResNet has an
+        # out_channels argument, the alias of num_classes) and "kernel_size=6" (also a GCNNResNet argument); layers
+        # with 0 or a negative count built an empty stage without a word
+        (lambda: gcnn_resnet18(2, 1, 2, block_inplanes=(4, 0, 8, 8)), "block_inplanes"),
+        (lambda: gcnn_resnet18(2, 1, 2, conv1_t_size=6), "conv1_t_size"),
+        (lambda: gcnn_resnet18(2, 1, 2, conv1_t_size=(7, 5)), "conv1_t_size"),
+        (lambda: GCNNResNet((2, 0, 2, 2), (4, 4, 8, 8), num_classes=2), "layers"),
+        (lambda: GCNNResNet((2, -1, 2, 2), (4, 4, 8, 8), num_classes=2), "layers"),
     ],
 )
 def test_bad_arguments(make, match):

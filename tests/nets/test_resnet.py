@@ -128,6 +128,11 @@ def test_feed_forward_false_and_features():
         ({"stride": 2}, "stride"),  # GMR keywords only (was a TypeError from the blocks)
         ({"padding": 0}, "padding"),  # was accepted: 'valid' GMR convs, failing in forward
         ({"smothing": "none"}, "smothing"),
+        # a width of 0 reached GMRConv, whose error named out_channels (here the alias of num_classes); a str
+        # factor ("2", e.g. from a config) repeated the digits and tried to allocate hundreds of GB
+        ({"widen_factor": 0.1}, "widen_factor"),
+        ({"widen_factor": -1.0}, "widen_factor"),
+        ({"widen_factor": "2"}, "widen_factor"),
     ],
 )
 def test_bad_arguments(kwargs, match):

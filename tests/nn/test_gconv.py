@@ -252,6 +252,9 @@ def test_stride_and_padding_shapes():
         (lambda: GroupSpatialPool(2, "lp"), "mode"),
         (lambda: GroupUpsample(2, "bicubic"), "mode"),
         (lambda: GroupConvolution(2, 2, 3, "p4m", norm="layer"), "norm"),
+        # a JSON/YAML bundle config gives the (name, kwargs) form as a list: it slipped past the check and built a
+        # LayerNorm over the last (W) axis, which rotations swap with H (equivariance silently lost)
+        (lambda: GroupConvolution(2, 2, 3, "p4m", norm=["layer", {"normalized_shape": 8}]), "norm"),
     ],
 )
 def test_bad_constructor_arguments(make, match):
