@@ -175,7 +175,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
     MONAI's ``CheckpointSaver`` builds ignite ``DiskSaver`` objects with ``atomic=False`` (MONAI 1.6.1, to keep
     group/other read permissions); ignite >= 0.4.12 restores those permissions itself after an atomic save, so
     this subclass switches ignite's own atomic mode back on. A crash or kill during a save leaves the previous
-    checkpoint intact instead of a truncated ``.pt``. Same arguments as ``monai.handlers.CheckpointSaver``.
+    checkpoint intact instead of a truncated ``.pt``; the files a new checkpoint replaces (``model.pt`` of the
+    best-metric saver, the oldest interval checkpoint beyond ``n_saved``) are removed only after it was written.
+    Same arguments as ``monai.handlers.CheckpointSaver``.
 
     ``save_dir`` is created when the first checkpoint is saved, not when the saver is built (ignite's
     ``DiskSaver`` creates it, and its missing parents such as a new ``output_dir``, at once): a bundle run stopped
@@ -205,12 +207,27 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 @functools.lru_cache(maxsize=None)
 def _creates_dir_on_save(cls: type) -> type:
-    """``cls`` (an ignite ``DiskSaver`` class, e.g. MONAI's private subclass) that creates its folder when saving."""
+    """``cls`` (an ignite ``DiskSaver`` class, e.g. MONAI's private subclass) that creates its folder when saving
+    and removes replaced checkpoints only once the new one is in place.
+
+    ignite's ``Checkpoint`` calls ``remove(old)`` *before* saving the new file; for the best model (MONAI's fixed
+    ``key_metric_filename``, e.g. ``model.pt``) that deleted ``model.pt`` itself, so a save that failed or was
+    killed while writing left no best model at all. Removals are therefore deferred to after a successful save
+    (and dropped when the save fails, or when they name the file just written, which ``os.replace`` overwrote).
+    """
 
     class _CreatesDirOnSave(cls):  # type: ignore[valid-type, misc]
         def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+            pending, self._pending_removals = getattr(self, "_pending_removals", []), []
             Path(self.dirname).mkdir(parents=True, exist_ok=True)
             super().__call__(checkpoint, filename, metadata)
+            fixed = getattr(self, "filename", None)  # MONAI's _DiskSaver: one fixed file name for every save
+            for old in pending:
+                if (fixed or old) != (fixed or filename):
+                    super().remove(old)
+
+        def remove(self, filename: str) -> None:
+            self._pending_removals = [*getattr(self, "_pending_removals", []), filename]
 
     _CreatesDirOnSave.__name__ = _CreatesDirOnSave.__qualname__ = f"{cls.__name__}CreatesDirOnSave"
     return _CreatesDirOnSave
