@@ -53,8 +53,9 @@ def nuclei_datalist(
     keys: Sequence[str] = ("image", "label"),
     check: bool = True,
     fallback_split: str | None = None,
+    return_split: bool = False,
     **synthetic_kwargs: Any,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], str]:
     """Datalist entries of one split of the nuclei dataset in ``dataset_dir``.
 
     ``dataset_dir`` is either prepared data (a ``datalist.json`` written by ``python -m
@@ -71,12 +72,15 @@ def nuclei_datalist(
         check: run :func:`monai_gmr.workflows.common.check_datalist` on the split.
         fallback_split: split to use when ``split`` is absent or empty (e.g. evaluate on ``"validation"`` when a
             dataset has no ``"test"`` split); ``None`` raises instead.
+        return_split: also return the name of the split the items come from (``fallback_split`` when it was
+            used), e.g. for an evaluation report.
         synthetic_kwargs: forwarded to ``ensure_nuclei_dataset`` (e.g. ``n_images``, ``size``, ``seed``).
 
     Returns:
-        list of dicts with absolute file paths.
+        list of dicts with absolute file paths; with ``return_split``, ``(items, split_used)``.
     """
-    return _nuclei_items(dataset_dir, split, generate, keys, check, fallback_split, **synthetic_kwargs)[0]
+    items, used = _nuclei_items(dataset_dir, split, generate, keys, check, fallback_split, **synthetic_kwargs)
+    return (items, used) if return_split else items
 
 
 def _nuclei_items(
