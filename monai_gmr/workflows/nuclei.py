@@ -180,9 +180,9 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
         ValueError: for another number of channels, or intensities above 255 (the message names the file when the
             image is a MONAI ``MetaTensor`` from ``LoadImage``).
     """
+    meta = getattr(img, "meta", None) or {}
+    name = meta.get("filename_or_obj", "the input image")
     if img.numel() and float(img.max()) > 255:
-        meta = getattr(img, "meta", None) or {}
-        name = meta.get("filename_or_obj", "the input image")
         raise ValueError(
             f"image {str(name)!r} has intensities up to {float(img.max()):g}: the bundle reads 8-bit RGB (0..255); "
             "convert it to 8 bits first (python -m monai_gmr.data.prepare_nuclei writes 8-bit images)."
@@ -194,7 +194,10 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
         return img[:3]
     if c == 1:
         return img.repeat(3, *([1] * (img.ndim - 1)))
-    raise ValueError(f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)}).")
+    raise ValueError(
+        ("" if "filename_or_obj" not in meta else f"image {str(name)!r}: ")
+        + f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)})."
+    )
 
 
 def has_boundary_class(num_classes: Any) -> bool:

@@ -147,3 +147,18 @@ def test_inference_messages_name_the_fallback_split_actually_used(tmp_path, capl
     assert any("no 'test' split; using 'validation'" in r.getMessage() for r in caplog.records)
     msg = str(info.value)
     assert msg.startswith("validation images of") and "would both be written" in msg, msg
+
+
+def test_two_channel_image_error_names_the_file(tmp_path):
+    """A grey + alpha PNG (PIL mode "LA") loads as 2 channels; the error said "got 2 channels" without naming the
+    image, which in a folder of thousands of tiles left the user searching."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).convert("LA").save(tmp_path / "grey_alpha.png")
+    img = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])(
+        {"image": str(tmp_path / "grey_alpha.png")}
+    )["image"]
+    assert img.shape[0] == 2
+    with pytest.raises(ValueError, match="grey_alpha.png.*2 channels"):
+        to_rgb(img)
