@@ -901,6 +901,7 @@ def check_datalist(
     same_shape: bool = True,
     reader: Any = None,
     name: str = "datalist",
+    image_checks: Mapping[str, Callable[[Any], Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Read every file of a datalist once and fail early, naming the file, on missing/unreadable/mismatched data.
 
@@ -914,12 +915,16 @@ def check_datalist(
         same_shape: require equal spatial shapes across ``keys`` of one item.
         reader: optional reader passed to ``LoadImage``.
         name: what the list is called in messages.
+        image_checks: optional ``key -> callable`` run on each loaded channel-first image of that key (e.g. the
+            pipeline's own channel/intensity check), so that an image the transforms would refuse later stops the
+            run here; a ``ValueError`` it raises is re-raised naming the item and the file.
 
     Returns:
         The items as a list of dicts (unchanged).
 
     Raises:
-        ValueError: empty list, missing key, unreadable file or spatial-shape mismatch (message names the file).
+        ValueError: empty list, missing key, unreadable file, spatial-shape mismatch or a failed ``image_checks``
+            check (message names the file).
         FileNotFoundError: a listed file does not exist.
     """
     from monai.transforms import EnsureChannelFirst, LoadImage
@@ -941,6 +946,12 @@ def check_datalist(
                 img = ensure_cf(loader(path))
             except Exception as e:
                 raise ValueError(f"{name} item {n}: cannot read {key} file {str(path)!r}: {e}") from e
+            if image_checks and key in image_checks:
+                try:
+                    image_checks[key](img)
+                except ValueError as e:
+                    where = "" if str(path) in str(e) else f"{key} file {str(path)!r}: "  # name the file once
+                    raise ValueError(f"{name} item {n}: {where}{e}") from e
             shapes[key] = tuple(int(s) for s in img.shape[1:])
         if same_shape and len(set(shapes.values())) > 1:
             desc = ", ".join(f"{k} {str(item[k])!r} has spatial shape {s}" for k, s in shapes.items())

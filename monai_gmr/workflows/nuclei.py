@@ -118,7 +118,9 @@ def _nuclei_items(
         raise ValueError(f"datalist {datalist_file!r} has no items in split {used!r} (dataset_dir={str(dataset_dir)!r}).")
     logger.info("%s split: %d items from %s", used, len(items), datalist_file)
     if check:
-        items = check_datalist(items, keys=keys, same_shape=True, name=f"{used} split of {datalist_file}")
+        items = check_datalist(
+            items, keys=keys, same_shape=True, name=f"{used} split of {datalist_file}", image_checks={"image": to_rgb}
+        )
     return items, used
 
 
@@ -147,7 +149,7 @@ def inference_datalist(
         items = [{"image": d["image"]} for d in found]
         name = f"{used} images of {str(dataset_dir)!r}"  # the split the images come from (the fallback, if used)
     _check_output_names(items, name)
-    return check_datalist(items, keys=("image",), name=name) if check else items
+    return check_datalist(items, keys=("image",), name=name, image_checks={"image": to_rgb}) if check else items
 
 
 def _output_name(path: str | os.PathLike) -> str:
