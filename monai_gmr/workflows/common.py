@@ -271,7 +271,8 @@ def attach_resume(
     that have one (``CosineAnnealingLR.T_max``): the checkpoint's value would make the learning rate climb back
     after the old end. Without ``enabled`` (a fresh run), interval checkpoints an earlier run left in ``ckpt_dir``
     are moved to ``ckpt_dir/previous_run_<time>/`` (on the main process), so that a later resume cannot pick one
-    of them up.
+    of them up, together with the best model of every :class:`KeyMetricState` in ``load_dict`` saved there under a
+    fixed name (``model.pt``), which the new run would otherwise overwrite at its first validation.
 
     Args:
         engine: the ignite trainer (must also be the ``"trainer"`` entry of ``load_dict`` to restore its state).
@@ -288,11 +289,11 @@ def attach_resume(
     """
     ckpt_dir = Path(ckpt_dir)
     if not enabled:
-        stale = _interval_checkpoints(ckpt_dir)
+        stale = [p for _, p in _interval_checkpoints(ckpt_dir)] + _best_model_files(load_dict, ckpt_dir)
         if stale and is_main_process():
             # a unique folder: two fresh runs within a second must not overwrite each other's
             dest = make_temp_dir(ckpt_dir / "previous_run", prefix=time.strftime("previous_run_%Y%m%d-%H%M%S_"))
-            for _, path in stale:
+            for path in stale:
                 os.replace(path, dest / path.name)
             logger.warning("resume=False: moved %d checkpoints of an earlier run to %s", len(stale), dest)
         return None
@@ -330,6 +331,20 @@ def attach_resume(
                 old.unlink()
         interval._saved = [type(interval).Item(n, p.name) for n, p in _interval_checkpoints(ckpt_dir, pattern)]
     return path
+
+
+def _best_model_files(load_dict: Mapping[str, Any], ckpt_dir: Path) -> list[Path]:
+    """Existing fixed-name best-model files (``key_metric_filename``, e.g. ``model.pt``) in ``ckpt_dir`` of the
+    :class:`KeyMetricState` entries of ``load_dict``."""
+    found = []
+    for obj in load_dict.values():
+        handler = obj._ckpt.save_handler if isinstance(obj, KeyMetricState) else None
+        name, dirname = getattr(handler, "filename", None), getattr(handler, "dirname", None)
+        if name and dirname is not None and Path(dirname).resolve() == ckpt_dir.resolve():
+            path = ckpt_dir / name
+            if path.is_file() and path not in found:
+                found.append(path)
+    return found
 
 
 class KeyMetricState:

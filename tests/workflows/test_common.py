@@ -605,3 +605,26 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, kind):
         assert float(state["weight"]) == 2.0  # epoch 2, the best saved before the failure
     else:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+
+
+def test_fresh_run_moves_the_earlier_runs_best_model_aside_too(tmp_path):
+    """resume=False moved an earlier run's interval checkpoints aside but left its models/model.pt, which the new
+    run's first validation overwrote: the earlier run's best model was lost, and a user who then moved the earlier
+    checkpoints back to resume it got the new run's weights in model.pt under the earlier run's best score (the
+    tracking list travels in the checkpoint). model.pt goes into the same previous_run folder now."""
+    trainer, net, opt = _tiny_trainer(tmp_path, max_epochs=1)
+    best = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                                 key_metric_filename="model.pt")  # fmt: skip
+    _save(tmp_path / "checkpoint_epoch=3.pt", {"x": 3})
+    _save(tmp_path / "model.pt", {"x": "earlier best"})
+    (tmp_path / "notes.txt").write_text("mine")
+    load = {"model": net, "trainer": trainer, "best_metric_state": KeyMetricState(best)}
+    assert attach_resume(trainer, False, tmp_path, load) is None
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["notes.txt"]
+    (aside,) = tmp_path.glob("previous_run_*")
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint_epoch=3.pt", "model.pt"]
+    assert torch.load(aside / "model.pt", weights_only=True) == {"x": "earlier best"}
+    # a first run (nothing to move) and a best model alone are handled too
+    _save(tmp_path / "model.pt", {"x": "alone"})
+    attach_resume(trainer, False, tmp_path, load)
+    assert not (tmp_path / "model.pt").exists() and len(list(tmp_path.glob("previous_run_*"))) == 2
