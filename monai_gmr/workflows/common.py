@@ -175,7 +175,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
     MONAI's ``CheckpointSaver`` builds ignite ``DiskSaver`` objects with ``atomic=False`` (MONAI 1.6.1, to keep
     group/other read permissions); ignite >= 0.4.12 restores those permissions itself after an atomic save, so
     this subclass switches ignite's own atomic mode back on. A crash or kill during a save leaves the previous
-    checkpoint intact instead of a truncated ``.pt``. Same arguments as ``monai.handlers.CheckpointSaver``.
+    checkpoint intact instead of a truncated ``.pt``; the files a new checkpoint replaces (``model.pt`` of the
+    best-metric saver, the oldest interval checkpoint beyond ``n_saved``) are removed only after it was written.
+    Same arguments as ``monai.handlers.CheckpointSaver``.
 
     ``save_dir`` is created when the first checkpoint is saved, not when the saver is built (ignite's
     ``DiskSaver`` creates it, and its missing parents such as a new ``output_dir``, at once): a bundle run stopped
@@ -205,12 +207,27 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 @functools.lru_cache(maxsize=None)
 def _creates_dir_on_save(cls: type) -> type:
-    """``cls`` (an ignite ``DiskSaver`` class, e.g. MONAI's private subclass) that creates its folder when saving."""
+    """``cls`` (an ignite ``DiskSaver`` class, e.g. MONAI's private subclass) that creates its folder when saving
+    and removes replaced checkpoints only once the new one is in place.
+
+    ignite's ``Checkpoint`` calls ``remove(old)`` *before* saving the new file; for the best model (MONAI's fixed
+    ``key_metric_filename``, e.g. ``model.pt``) that deleted ``model.pt`` itself, so a save that failed or was
+    killed while writing left no best model at all. Removals are therefore deferred to after a successful save
+    (and dropped when the save fails, or when they name the file just written, which ``os.replace`` overwrote).
+    """
 
     class _CreatesDirOnSave(cls):  # type: ignore[valid-type, misc]
         def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+            pending, self._pending_removals = getattr(self, "_pending_removals", []), []
             Path(self.dirname).mkdir(parents=True, exist_ok=True)
             super().__call__(checkpoint, filename, metadata)
+            fixed = getattr(self, "filename", None)  # MONAI's _DiskSaver: one fixed file name for every save
+            for old in pending:
+                if (fixed or old) != (fixed or filename):
+                    super().remove(old)
+
+        def remove(self, filename: str) -> None:
+            self._pending_removals = [*getattr(self, "_pending_removals", []), filename]
 
     _CreatesDirOnSave.__name__ = _CreatesDirOnSave.__qualname__ = f"{cls.__name__}CreatesDirOnSave"
     return _CreatesDirOnSave
@@ -254,7 +271,8 @@ def attach_resume(
     that have one (``CosineAnnealingLR.T_max``): the checkpoint's value would make the learning rate climb back
     after the old end. Without ``enabled`` (a fresh run), interval checkpoints an earlier run left in ``ckpt_dir``
     are moved to ``ckpt_dir/previous_run_<time>/`` (on the main process), so that a later resume cannot pick one
-    of them up.
+    of them up, together with the best model of every :class:`KeyMetricState` in ``load_dict`` saved there under a
+    fixed name (``model.pt``), which the new run would otherwise overwrite at its first validation.
 
     Args:
         engine: the ignite trainer (must also be the ``"trainer"`` entry of ``load_dict`` to restore its state).
@@ -271,11 +289,11 @@ def attach_resume(
     """
     ckpt_dir = Path(ckpt_dir)
     if not enabled:
-        stale = _interval_checkpoints(ckpt_dir)
+        stale = [p for _, p in _interval_checkpoints(ckpt_dir)] + _best_model_files(load_dict, ckpt_dir)
         if stale and is_main_process():
             # a unique folder: two fresh runs within a second must not overwrite each other's
             dest = make_temp_dir(ckpt_dir / "previous_run", prefix=time.strftime("previous_run_%Y%m%d-%H%M%S_"))
-            for _, path in stale:
+            for path in stale:
                 os.replace(path, dest / path.name)
             logger.warning("resume=False: moved %d checkpoints of an earlier run to %s", len(stale), dest)
         return None
@@ -313,6 +331,20 @@ def attach_resume(
                 old.unlink()
         interval._saved = [type(interval).Item(n, p.name) for n, p in _interval_checkpoints(ckpt_dir, pattern)]
     return path
+
+
+def _best_model_files(load_dict: Mapping[str, Any], ckpt_dir: Path) -> list[Path]:
+    """Existing fixed-name best-model files (``key_metric_filename``, e.g. ``model.pt``) in ``ckpt_dir`` of the
+    :class:`KeyMetricState` entries of ``load_dict``."""
+    found = []
+    for obj in load_dict.values():
+        handler = obj._ckpt.save_handler if isinstance(obj, KeyMetricState) else None
+        name, dirname = getattr(handler, "filename", None), getattr(handler, "dirname", None)
+        if name and dirname is not None and Path(dirname).resolve() == ckpt_dir.resolve():
+            path = ckpt_dir / name
+            if path.is_file() and path not in found:
+                found.append(path)
+    return found
 
 
 class KeyMetricState:
@@ -884,6 +916,7 @@ def check_datalist(
     same_shape: bool = True,
     reader: Any = None,
     name: str = "datalist",
+    image_checks: Mapping[str, Callable[[Any], Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Read every file of a datalist once and fail early, naming the file, on missing/unreadable/mismatched data.
 
@@ -897,12 +930,16 @@ def check_datalist(
         same_shape: require equal spatial shapes across ``keys`` of one item.
         reader: optional reader passed to ``LoadImage``.
         name: what the list is called in messages.
+        image_checks: optional ``key -> callable`` run on each loaded channel-first image of that key (e.g. the
+            pipeline's own channel/intensity check), so that an image the transforms would refuse later stops the
+            run here; a ``ValueError`` it raises is re-raised naming the item and the file.
 
     Returns:
         The items as a list of dicts (unchanged).
 
     Raises:
-        ValueError: empty list, missing key, unreadable file or spatial-shape mismatch (message names the file).
+        ValueError: empty list, missing key, unreadable file, spatial-shape mismatch or a failed ``image_checks``
+            check (message names the file).
         FileNotFoundError: a listed file does not exist.
     """
     from monai.transforms import EnsureChannelFirst, LoadImage
@@ -924,6 +961,12 @@ def check_datalist(
                 img = ensure_cf(loader(path))
             except Exception as e:
                 raise ValueError(f"{name} item {n}: cannot read {key} file {str(path)!r}: {e}") from e
+            if image_checks and key in image_checks:
+                try:
+                    image_checks[key](img)
+                except ValueError as e:
+                    where = "" if str(path) in str(e) else f"{key} file {str(path)!r}: "  # name the file once
+                    raise ValueError(f"{name} item {n}: {where}{e}") from e
             shapes[key] = tuple(int(s) for s in img.shape[1:])
         if same_shape and len(set(shapes.values())) > 1:
             desc = ", ".join(f"{k} {str(item[k])!r} has spatial shape {s}" for k, s in shapes.items())

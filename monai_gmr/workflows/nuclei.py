@@ -53,8 +53,9 @@ def nuclei_datalist(
     keys: Sequence[str] = ("image", "label"),
     check: bool = True,
     fallback_split: str | None = None,
+    return_split: bool = False,
     **synthetic_kwargs: Any,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], str]:
     """Datalist entries of one split of the nuclei dataset in ``dataset_dir``.
 
     ``dataset_dir`` is either prepared data (a ``datalist.json`` written by ``python -m
@@ -71,12 +72,15 @@ def nuclei_datalist(
         check: run :func:`monai_gmr.workflows.common.check_datalist` on the split.
         fallback_split: split to use when ``split`` is absent or empty (e.g. evaluate on ``"validation"`` when a
             dataset has no ``"test"`` split); ``None`` raises instead.
+        return_split: also return the name of the split the items come from (``fallback_split`` when it was
+            used), e.g. for an evaluation report.
         synthetic_kwargs: forwarded to ``ensure_nuclei_dataset`` (e.g. ``n_images``, ``size``, ``seed``).
 
     Returns:
-        list of dicts with absolute file paths.
+        list of dicts with absolute file paths; with ``return_split``, ``(items, split_used)``.
     """
-    return _nuclei_items(dataset_dir, split, generate, keys, check, fallback_split, **synthetic_kwargs)[0]
+    items, used = _nuclei_items(dataset_dir, split, generate, keys, check, fallback_split, **synthetic_kwargs)
+    return (items, used) if return_split else items
 
 
 def _nuclei_items(
@@ -114,7 +118,9 @@ def _nuclei_items(
         raise ValueError(f"datalist {datalist_file!r} has no items in split {used!r} (dataset_dir={str(dataset_dir)!r}).")
     logger.info("%s split: %d items from %s", used, len(items), datalist_file)
     if check:
-        items = check_datalist(items, keys=keys, same_shape=True, name=f"{used} split of {datalist_file}")
+        items = check_datalist(
+            items, keys=keys, same_shape=True, name=f"{used} split of {datalist_file}", image_checks={"image": to_rgb}
+        )
     return items, used
 
 
@@ -143,7 +149,7 @@ def inference_datalist(
         items = [{"image": d["image"]} for d in found]
         name = f"{used} images of {str(dataset_dir)!r}"  # the split the images come from (the fallback, if used)
     _check_output_names(items, name)
-    return check_datalist(items, keys=("image",), name=name) if check else items
+    return check_datalist(items, keys=("image",), name=name, image_checks={"image": to_rgb}) if check else items
 
 
 def _output_name(path: str | os.PathLike) -> str:
@@ -176,9 +182,9 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
         ValueError: for another number of channels, or intensities above 255 (the message names the file when the
             image is a MONAI ``MetaTensor`` from ``LoadImage``).
     """
+    meta = getattr(img, "meta", None) or {}
+    name = meta.get("filename_or_obj", "the input image")
     if img.numel() and float(img.max()) > 255:
-        meta = getattr(img, "meta", None) or {}
-        name = meta.get("filename_or_obj", "the input image")
         raise ValueError(
             f"image {str(name)!r} has intensities up to {float(img.max()):g}: the bundle reads 8-bit RGB (0..255); "
             "convert it to 8 bits first (python -m monai_gmr.data.prepare_nuclei writes 8-bit images)."
@@ -190,7 +196,10 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
         return img[:3]
     if c == 1:
         return img.repeat(3, *([1] * (img.ndim - 1)))
-    raise ValueError(f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)}).")
+    raise ValueError(
+        ("" if "filename_or_obj" not in meta else f"image {str(name)!r}: ")
+        + f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)})."
+    )
 
 
 def has_boundary_class(num_classes: Any) -> bool:

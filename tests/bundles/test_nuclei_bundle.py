@@ -199,6 +199,26 @@ def test_evaluation_scores_the_instances_inference_writes(tmp_path):
     assert step.kwargs["connectivity"] == 1 and step.kwargs["min_size"] == rob["instance_kwargs"]["min_size"]
 
 
+def test_evaluation_report_names_the_split_it_scored(tmp_path, nuclei_data):
+    """A dataset without a test split is evaluated on its validation split (a warning says so); metrics.json said
+    ``"split": "test"`` all the same, so the report claimed test numbers for the validation images."""
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(nuclei_data, data)
+    dl = json.loads((data / "datalist.json").read_text())
+    del dl["test"]
+    (data / "datalist.json").write_text(json.dumps(dl))
+    net = config_parser([INFERENCE], output_dir=str(out), network_def=eval(TINY_NET),
+                        metadata=METADATA).get_parsed_content("network_def")  # fmt: skip
+    (out / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), out / "models" / "model.pt")
+    run_bundle([TRAIN, EVALUATE], *_common(data, out), "--generate_synthetic", "false", "--robustness_angles", "[0]",
+               "--robustness_flips", "[]", cwd=tmp_path)  # fmt: skip
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["split"] == "validation" and metrics["n_images"] == len(dl["validation"]), metrics
+
+
 # ---------------------------------------------------------------------------------------------------------- metadata
 
 @pytest.mark.parametrize("config, workflow_type", [(TRAIN, "train"), (INFERENCE, "infer")])

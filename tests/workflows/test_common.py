@@ -560,3 +560,71 @@ def test_checkpoint_saver_on_another_rank_keeps_rank0_folders(tmp_path, monkeypa
     monkeypatch.setattr(idist, "get_rank", lambda: 1)
     AtomicCheckpointSaver(save_dir=str(out / "models"), save_dict={"model": torch.nn.Linear(2, 2)}, save_interval=1)
     assert (out / "models").is_dir()
+
+
+@pytest.mark.parametrize("kind", ["best", "interval"])
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, kind):
+    """ignite removes the file a new checkpoint replaces *before* writing the new one; for the best model (one
+    fixed name, ``model.pt``) a save that fails (disk full, kill while writing the temporary file) left no
+    ``model.pt`` at all, and an interval save lost the older of the two kept checkpoints. The old files must stay
+    until the new one is in place."""
+    from ignite.engine import Engine, Events
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _validation_result(e):  # new weights and a better score every epoch
+        with torch.no_grad():
+            net.weight.fill_(float(e.state.epoch))
+        e.state.metrics = {"val_key": 0.1 * e.state.epoch}
+        e.state.key_metric_name = "val_key"
+
+    if kind == "best":
+        saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                                      key_metric_filename="model.pt")  # fmt: skip
+    else:
+        saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net, "engine": engine},
+                                      save_interval=1, n_saved=2)  # fmt: skip
+    saver.attach(engine)
+    real_save = torch.save
+
+    def disk_full_at_epoch_3(obj, f, *args, **kwargs):
+        if engine.state.epoch == 3:
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_epoch_3)
+    with pytest.raises(OSError, match="No space left"):
+        engine.run([0], max_epochs=3)
+    monkeypatch.setattr(torch, "save", real_save)
+    if kind == "best":
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+        state = torch.load(tmp_path / "model.pt", weights_only=True)
+        assert float(state["weight"]) == 2.0  # epoch 2, the best saved before the failure
+    else:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+
+
+def test_fresh_run_moves_the_earlier_runs_best_model_aside_too(tmp_path):
+    """resume=False moved an earlier run's interval checkpoints aside but left its models/model.pt, which the new
+    run's first validation overwrote: the earlier run's best model was lost, and a user who then moved the earlier
+    checkpoints back to resume it got the new run's weights in model.pt under the earlier run's best score (the
+    tracking list travels in the checkpoint). model.pt goes into the same previous_run folder now."""
+    trainer, net, opt = _tiny_trainer(tmp_path, max_epochs=1)
+    best = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                                 key_metric_filename="model.pt")  # fmt: skip
+    _save(tmp_path / "checkpoint_epoch=3.pt", {"x": 3})
+    _save(tmp_path / "model.pt", {"x": "earlier best"})
+    (tmp_path / "notes.txt").write_text("mine")
+    load = {"model": net, "trainer": trainer, "best_metric_state": KeyMetricState(best)}
+    assert attach_resume(trainer, False, tmp_path, load) is None
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["notes.txt"]
+    (aside,) = tmp_path.glob("previous_run_*")
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint_epoch=3.pt", "model.pt"]
+    assert torch.load(aside / "model.pt", weights_only=True) == {"x": "earlier best"}
+    # a first run (nothing to move) and a best model alone are handled too
+    _save(tmp_path / "model.pt", {"x": "alone"})
+    attach_resume(trainer, False, tmp_path, load)
+    assert not (tmp_path / "model.pt").exists() and len(list(tmp_path.glob("previous_run_*"))) == 2

@@ -147,3 +147,34 @@ def test_inference_messages_name_the_fallback_split_actually_used(tmp_path, capl
     assert any("no 'test' split; using 'validation'" in r.getMessage() for r in caplog.records)
     msg = str(info.value)
     assert msg.startswith("validation images of") and "would both be written" in msg, msg
+
+
+def test_two_channel_image_error_names_the_file(tmp_path):
+    """A grey + alpha PNG (PIL mode "LA") loads as 2 channels; the error said "got 2 channels" without naming the
+    image, which in a folder of thousands of tiles left the user searching."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).convert("LA").save(tmp_path / "grey_alpha.png")
+    img = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])(
+        {"image": str(tmp_path / "grey_alpha.png")}
+    )["image"]
+    assert img.shape[0] == 2
+    with pytest.raises(ValueError, match="grey_alpha.png.*2 channels"):
+        to_rgb(img)
+
+
+@pytest.mark.parametrize("bad", ["16-bit", "grey+alpha"])
+def test_inference_datalist_refuses_images_the_pipeline_cannot_take(tmp_path, bad):
+    """Every input image is read once before inference starts, but a 16-bit or 2-channel image passed that check
+    and stopped the run only when its turn came, after the masks of the images before it had been written (a
+    half-finished pred_dir); now the check refuses it, naming the file, before anything is written."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    if bad == "16-bit":
+        Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(tmp_path / "b.png")
+    else:
+        Image.fromarray(np.zeros((8, 8), np.uint8)).convert("LA").save(tmp_path / "b.png")
+    with pytest.raises(ValueError, match=r"b\.png.*(8-bit|2 channels)"):
+        inference_datalist(tmp_path, tmp_path / "unused")
