@@ -1143,7 +1143,8 @@ def infer_slide(
 
     Raises:
         monai_gmr.data.WSIError (a ``ValueError``; ``SlideNotFoundError`` also a ``FileNotFoundError``): missing or
-        unreadable slide, missing level, no tissue patch, failed read; every message names the slide.
+        unreadable slide, missing level, a patch footprint larger than the slide, no tissue patch, failed read; every
+        message names the slide.
     """
     from monai.data import DataLoader, DistributedSampler, PatchWSIDataset, SlidingPatchWSIDataset
 
@@ -1172,6 +1173,16 @@ def infer_slide(
     thumb = np.array(thumb[:3], dtype=np.uint8)  # (3, h, w), a writable copy
     pr = float(reader.get_downsample_ratio(wsi, patch_level))
     foot = np.array([ps[0] * pr, ps[1] * pr])  # patch footprint in level-0 pixels
+    size0 = tuple(int(v) for v in reader.get_size(wsi, 0))
+    if (np.round(foot) > size0).any():
+        # MONAI's sliding grid clips such a patch to the slide and lists it anyway (read past the slide's edge:
+        # black padding with openslide, a smaller patch with tifffile); the masked layout would find no patch at all
+        raise WSIError(
+            f"slide {path!r}: the patch footprint {tuple(int(v) for v in np.round(foot))} (level-0 pixels; "
+            f"patch_size {list(ps)} at level {patch_level}) is larger than the slide {size0} (level-0 (H, W)); "
+            "lower patch_size or patch_level.",
+            path,
+        )
     transform = transform if transform is not None else _default_transform()
     grid_offset: tuple[int, int] | None = None
 

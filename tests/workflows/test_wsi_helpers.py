@@ -556,6 +556,25 @@ def test_sliding_inference_interior_map_unchanged(tmp_path):
     np.testing.assert_array_equal(tumour, expected_tumour)
 
 
+@pytest.mark.parametrize("mode", ["sliding", "masked"])
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_patch_larger_than_the_slide_is_refused_naming_the_slide(tmp_path, mode, backend):
+    """A slide with a side shorter than the patch footprint (100 x 300 pixels, 128-pixel patches): MONAI's
+    SlidingPatchWSIDataset clips the patch size to the slide and still lists patches, which were then read past the
+    slide's bottom edge (openslide pads black, tifffile returns 100 x 128 patches) and filled the map; masked mode
+    said no patch had enough tissue. Both now refuse it, naming the slide, the patch footprint and the slide size."""
+    from monai_gmr.data import WSIError, write_pyramidal_tiff
+    from monai_gmr.workflows.wsi import infer_slide
+
+    rgb = np.full((100, 300, 3), 230, np.uint8)
+    rgb[10:90, 20:280] = (150, 60, 160)
+    write_pyramidal_tiff(tmp_path / "narrow.tiff", rgb, n_levels=1, tile_size=128)
+    with pytest.raises(WSIError, match=r"narrow\.tiff.*footprint.*\(128, 128\).*\(100, 300\)"):
+        infer_slide(tmp_path / "narrow.tiff", DarkNucleiNet(), None, patch_size=128, mode=mode, backend=backend)
+    res = infer_slide(tmp_path / "narrow.tiff", DarkNucleiNet(), None, patch_size=100, mode=mode, backend=backend)
+    assert res.n_patches >= 1  # a patch of the slide's height still fits
+
+
 def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
     from monai_gmr.inferers import RotationTTAInferer
     from monai_gmr.workflows.wsi import infer_slide
