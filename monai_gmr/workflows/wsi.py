@@ -1363,9 +1363,10 @@ def infer_slides(
     used: set[str] = set()
     summary: dict[str, Any] = {}
     for i, item in enumerate(items):
-        name = item.get("name") or _slide_name(str(item["image"]))
-        if name in used:
-            name = f"{name}_{i}"
+        base = item.get("name") or _slide_name(str(item["image"]))
+        name, k = base, i
+        while name in used:  # "{name}_{i}" may itself be an earlier slide's name (a_2.svs, a.svs, b/a.svs)
+            name, k = f"{base}_{k}", k + 1
         used.add(name)
         logger.info("slide %d/%d: %s", i + 1, len(items), item["image"])
         try:

@@ -575,6 +575,30 @@ def test_patch_larger_than_the_slide_is_refused_naming_the_slide(tmp_path, mode,
     assert res.n_patches >= 1  # a patch of the slide's height still fits
 
 
+def test_infer_slides_output_names_are_unique(tmp_path):
+    """Slides of the same name in different folders get a numbered name; that name must not be the one of another
+    slide of the list (a_2.tiff, a.tiff, b/a.tiff: b/a.tiff was named a_2 and overwrote a_2.tiff's map files and its
+    entry in the results)."""
+    import shutil
+
+    from monai_gmr.data import write_pyramidal_tiff
+    from monai_gmr.workflows.wsi import infer_slides
+
+    rgb = np.full((64, 64, 3), 230, np.uint8)
+    rgb[8:56, 8:56] = (150, 60, 160)
+    write_pyramidal_tiff(tmp_path / "a.tiff", rgb, n_levels=1, tile_size=64)
+    for d in ("b", "c"):
+        (tmp_path / d).mkdir()
+        shutil.copy(tmp_path / "a.tiff", tmp_path / d / "a.tiff")
+    shutil.copy(tmp_path / "a.tiff", tmp_path / "a_2.tiff")
+    slides = [str(tmp_path / p) for p in ("a_2.tiff", "a.tiff", "b/a.tiff", "c/a.tiff")]
+    out = infer_slides(slides, DarkNucleiNet(), tmp_path / "maps", patch_size=16)
+    names = [e["name"] for e in out["slides"]]
+    assert len(set(names)) == 4 and names[:2] == ["a_2", "a"], names
+    assert len(out["results"]) == 4 and [out["results"][n].slide for n in names] == slides
+    assert len(list((tmp_path / "maps").glob("*_prob.npy"))) == 4
+
+
 def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
     from monai_gmr.inferers import RotationTTAInferer
     from monai_gmr.workflows.wsi import infer_slide
