@@ -1119,7 +1119,8 @@ def infer_slide(
     3. Batched inference through ``inferer`` (default ``SimpleInferer``; e.g.
        ``monai_gmr.inferers.RotationTTAInferer(task="classification")`` for rotation TTA), softmax (sigmoid for a
        single output channel). Under ``torch.distributed`` the patches are sharded with MONAI's
-       ``DistributedSampler`` and gathered on every rank; only rank 0 writes.
+       ``DistributedSampler`` and gathered on every rank; only rank 0 writes; a failure in one process fails the slide
+       in every process (so a slide list stays in step).
     4. Outputs in ``output_dir`` (when given; written atomically): ``{name}_prob.npy`` (float32 ``(H, W)``
        probability of ``tumour_class``, 0 where no patch; ``(C, H, W)`` when C > 2), ``{name}_heatmap.png``
        (heatmap over the slide thumbnail at the map's resolution), ``{name}_tissue.png`` (tissue mask).
@@ -1260,6 +1261,7 @@ def infer_slide(
     if isinstance(network, torch.nn.Module):
         network.eval()
     outs: list[torch.Tensor] = []
+    failure: Exception | None = None
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
@@ -1272,15 +1274,24 @@ def infer_slide(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as e:
-        raise WSIError(f"inference failed on slide {path!r}: {_describe(e)}", path) from e
+        if world == 1:
+            raise WSIError(f"inference failed on slide {path!r}: {_describe(e)}", path) from e
+        failure = e  # reported after the gather, which every process must join
     finally:
         if was_training:
             network.train()  # type: ignore[union-attr]
     seconds = time.perf_counter() - t0
     probs_local = torch.cat(outs).numpy() if outs else np.zeros((0, 2), np.float32)
     if world > 1:
+        # a process whose shard failed still joins this slide's gather and all processes then fail the slide: had it
+        # left, its next slide's gather would have paired with this one (another slide's probabilities in this map)
         gathered: list[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, (order, probs_local, seconds))
+        torch.distributed.all_gather_object(
+            gathered, (order, probs_local, seconds, None if failure is None else _describe(failure))
+        )
+        errors = [f"process {r}: {g[3]}" for r, g in enumerate(gathered) if g[3] is not None]
+        if errors:
+            raise WSIError(f"inference failed on slide {path!r}: {'; '.join(errors)}", path) from failure
         order = np.concatenate([g[0] for g in gathered])
         probs_all = np.concatenate([g[1] for g in gathered])
         seconds = max(float(g[2]) for g in gathered)

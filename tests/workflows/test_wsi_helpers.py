@@ -671,6 +671,79 @@ def test_infer_slides_reports_and_skips_bad_slides(wsi_data, tmp_path):
         infer_slides([wsi_data["corrupt"]], DarkNucleiNet(), None)
 
 
+class FailOnceOnRank1Net(torch.nn.Module):
+    """DarkNucleiNet that raises on its first batch in process 1 of a process group (e.g. a corrupt tile read in that
+    process's shard of the first slide only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if torch.distributed.get_rank() == 1 and self.calls == 1:
+            raise RuntimeError("unreadable tile in process 1")
+        return DarkNucleiNet()(x)
+
+
+def _two_process_infer_slides(rank: int, port: int, slides: list, out_dir: str) -> None:
+    """Worker of test_infer_slides_failure_in_one_process_fails_the_slide_in_all (spawned, gloo)."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    from monai_gmr.workflows.wsi import infer_slides
+
+    try:
+        out = infer_slides(slides, FailOnceOnRank1Net(), None, summary_file=None, patch_size=PATCH, mask_level=2,
+                           batch_size=8)  # fmt: skip
+        res = {"slides": [{k: e.get(k) for k in ("status", "error", "n_patches")} for e in out["slides"]],
+               "sums": {k: float(r.prob.sum()) for k, r in out["results"].items()}}  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        res = {"raised": f"{type(e).__name__}: {e}"}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
+    torch.distributed.destroy_process_group()
+
+
+def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tmp_path):
+    """Multi-process slide inference where the shard of process 1 fails on the first slide only: the failed process
+    went on with the next slide while process 0 waited in the first slide's gather, so process 0 built the first
+    slide's map from process 1's patches of the second slide (an IndexError, or with slides of one size a wrong map
+    reported as ok), and the processes then disagreed slide by slide. Now every process fails that slide (naming the
+    process and its error) and the next slides agree with a single-process run."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from monai_gmr.workflows.wsi import infer_slides
+
+    slides = wsi_data["slide_paths"][:3]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_two_process_infer_slides, args=(r, port, slides, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    alive = [p.is_alive() for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not any(alive), "a process hung"
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert res[0] == res[1] and "raised" not in res[0], res
+    status = [e["status"] for e in res[0]["slides"]]
+    assert status == ["error", "ok", "ok"], res[0]
+    assert "process 1: RuntimeError: unreadable tile in process 1" in res[0]["slides"][0]["error"]
+    assert Path(slides[0]).name in res[0]["slides"][0]["error"]
+    single = infer_slides(slides[1:], DarkNucleiNet(), None, patch_size=PATCH, mask_level=2, batch_size=8)
+    assert [e["n_patches"] for e in res[0]["slides"][1:]] == [e["n_patches"] for e in single["slides"]]
+    for k, r in single["results"].items():
+        assert res[0]["sums"][k] == pytest.approx(float(r.prob.sum()), rel=1e-5)
+
+
 def test_inference_slides_listing(wsi_data, tmp_path):
     from monai_gmr.workflows.wsi import inference_slides
 
