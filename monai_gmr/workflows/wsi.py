@@ -1249,8 +1249,15 @@ def infer_slide(
             path,
         )
 
-    sampler = DistributedSampler(ds, shuffle=False, even_divisible=False) if world > 1 else None
-    order = np.asarray(list(iter(sampler)) if sampler is not None else range(n), dtype=np.int64)
+    sampler: list[int] | None = None
+    if world > 1:
+        # MONAI's DistributedSampler refuses fewer samples than processes (a slide with a few tissue patches):
+        # process 0 then takes them all
+        if n >= world:
+            sampler = [int(i) for i in DistributedSampler(ds, shuffle=False, even_divisible=False)]
+        else:
+            sampler = list(range(n)) if rank == 0 else []
+    order = np.asarray(sampler if sampler is not None else range(n), dtype=np.int64)
     loader = DataLoader(ds, batch_size=int(batch_size), shuffle=False, sampler=sampler, num_workers=int(num_workers))
     inferer = inferer if inferer is not None else SimpleInferer()
     if device is None:
@@ -1293,7 +1300,7 @@ def infer_slide(
         if errors:
             raise WSIError(f"inference failed on slide {path!r}: {'; '.join(errors)}", path) from failure
         order = np.concatenate([g[0] for g in gathered])
-        probs_all = np.concatenate([g[1] for g in gathered])
+        probs_all = np.concatenate([g[1] for g in gathered if len(g[1])])  # an empty shard has no class count
         seconds = max(float(g[2]) for g in gathered)
     else:
         probs_all = probs_local

@@ -686,8 +686,17 @@ class FailOnceOnRank1Net(torch.nn.Module):
         return DarkNucleiNet()(x)
 
 
-def _two_process_infer_slides(rank: int, port: int, slides: list, out_dir: str) -> None:
-    """Worker of test_infer_slides_failure_in_one_process_fails_the_slide_in_all (spawned, gloo)."""
+class ThreeClassNet(torch.nn.Module):
+    """Three logits per patch (a multi-class network)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean((1, 2, 3))
+        return torch.stack([m, 2 * m, 3 * m], 1)
+
+
+def _two_process_infer_slides(rank: int, port: int, slides: list, out_dir: str, net: type = FailOnceOnRank1Net,
+                              patch_size: int = PATCH, mask_level: int = 2) -> None:  # fmt: skip
+    """Worker of the two-process slide inference tests (spawned, gloo)."""
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -695,34 +704,29 @@ def _two_process_infer_slides(rank: int, port: int, slides: list, out_dir: str) 
     from monai_gmr.workflows.wsi import infer_slides
 
     try:
-        out = infer_slides(slides, FailOnceOnRank1Net(), None, summary_file=None, patch_size=PATCH, mask_level=2,
+        out = infer_slides(slides, net(), None, summary_file=None, patch_size=patch_size, mask_level=mask_level,
                            batch_size=8)  # fmt: skip
         res = {"slides": [{k: e.get(k) for k in ("status", "error", "n_patches")} for e in out["slides"]],
-               "sums": {k: float(r.prob.sum()) for k, r in out["results"].items()}}  # fmt: skip
+               "sums": {k: float(r.prob.sum()) for k, r in out["results"].items()},
+               "shapes": {k: list(r.probs.shape) for k, r in out["results"].items()}}  # fmt: skip
     except Exception as e:  # noqa: BLE001 - reported to the test
         res = {"raised": f"{type(e).__name__}: {e}"}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
     torch.distributed.destroy_process_group()
 
 
-def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tmp_path):
-    """Multi-process slide inference where the shard of process 1 fails on the first slide only: the failed process
-    went on with the next slide while process 0 waited in the first slide's gather, so process 0 built the first
-    slide's map from process 1's patches of the second slide (an IndexError, or with slides of one size a wrong map
-    reported as ok), and the processes then disagreed slide by slide. Now every process fails that slide (naming the
-    process and its error) and the next slides agree with a single-process run."""
+def _run_two_processes(slides: list, tmp_path: Path, *args: object) -> list[dict]:
+    """Run _two_process_infer_slides in 2 spawned gloo processes; their results (rank 0, rank 1)."""
     import socket
 
     import torch.multiprocessing as mp
 
-    from monai_gmr.workflows.wsi import infer_slides
-
-    slides = wsi_data["slide_paths"][:3]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_two_process_infer_slides, args=(r, port, slides, str(tmp_path))) for r in range(2)]
+    procs = [ctx.Process(target=_two_process_infer_slides, args=(r, port, slides, str(tmp_path), *args))
+             for r in range(2)]  # fmt: skip
     for p in procs:
         p.start()
     for p in procs:
@@ -732,7 +736,19 @@ def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tm
         if p.is_alive():
             p.kill()
     assert not any(alive), "a process hung"
-    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tmp_path):
+    """Multi-process slide inference where the shard of process 1 fails on the first slide only: the failed process
+    went on with the next slide while process 0 waited in the first slide's gather, so process 0 built the first
+    slide's map from process 1's patches of the second slide (an IndexError, or with slides of one size a wrong map
+    reported as ok), and the processes then disagreed slide by slide. Now every process fails that slide (naming the
+    process and its error) and the next slides agree with a single-process run."""
+    from monai_gmr.workflows.wsi import infer_slides
+
+    slides = wsi_data["slide_paths"][:3]
+    res = _run_two_processes(slides, tmp_path)
     assert res[0] == res[1] and "raised" not in res[0], res
     status = [e["status"] for e in res[0]["slides"]]
     assert status == ["error", "ok", "ok"], res[0]
@@ -742,6 +758,22 @@ def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tm
     assert [e["n_patches"] for e in res[0]["slides"][1:]] == [e["n_patches"] for e in single["slides"]]
     for k, r in single["results"].items():
         assert res[0]["sums"][k] == pytest.approx(float(r.prob.sum()), rel=1e-5)
+
+
+def test_multi_class_slide_with_fewer_patches_than_processes(tmp_path):
+    """Two processes and a slide with a single tissue patch (a three-class network): MONAI's DistributedSampler
+    refused it ("the dataset length is less than the number of participating ranks": the slide failed); now
+    process 0 takes the patch, process 1's empty shard (a (0, 2) placeholder) is left out of the gathered
+    probabilities and the (3, H, W) map is built."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    rgb = np.full((64, 64, 3), 230, np.uint8)
+    rgb[8:56, 8:56] = (150, 60, 160)
+    write_pyramidal_tiff(tmp_path / "one_patch.tiff", rgb, n_levels=1, tile_size=64)
+    res = _run_two_processes([str(tmp_path / "one_patch.tiff")], tmp_path, ThreeClassNet, 64, 0)
+    assert res[0] == res[1] and "raised" not in res[0], res
+    assert res[0]["slides"][0]["status"] == "ok" and res[0]["slides"][0]["n_patches"] == 1
+    assert res[0]["shapes"]["one_patch"][0] == 3
 
 
 def test_inference_slides_listing(wsi_data, tmp_path):
