@@ -1119,7 +1119,8 @@ def infer_slide(
     3. Batched inference through ``inferer`` (default ``SimpleInferer``; e.g.
        ``monai_gmr.inferers.RotationTTAInferer(task="classification")`` for rotation TTA), softmax (sigmoid for a
        single output channel). Under ``torch.distributed`` the patches are sharded with MONAI's
-       ``DistributedSampler`` and gathered on every rank; only rank 0 writes.
+       ``DistributedSampler`` and gathered on every rank; only rank 0 writes; a failure in one process fails the slide
+       in every process (so a slide list stays in step).
     4. Outputs in ``output_dir`` (when given; written atomically): ``{name}_prob.npy`` (float32 ``(H, W)``
        probability of ``tumour_class``, 0 where no patch; ``(C, H, W)`` when C > 2), ``{name}_heatmap.png``
        (heatmap over the slide thumbnail at the map's resolution), ``{name}_tissue.png`` (tissue mask).
@@ -1143,7 +1144,8 @@ def infer_slide(
 
     Raises:
         monai_gmr.data.WSIError (a ``ValueError``; ``SlideNotFoundError`` also a ``FileNotFoundError``): missing or
-        unreadable slide, missing level, no tissue patch, failed read; every message names the slide.
+        unreadable slide, missing level, a patch footprint larger than the slide, no tissue patch, failed read; every
+        message names the slide.
     """
     from monai.data import DataLoader, DistributedSampler, PatchWSIDataset, SlidingPatchWSIDataset
 
@@ -1172,6 +1174,16 @@ def infer_slide(
     thumb = np.array(thumb[:3], dtype=np.uint8)  # (3, h, w), a writable copy
     pr = float(reader.get_downsample_ratio(wsi, patch_level))
     foot = np.array([ps[0] * pr, ps[1] * pr])  # patch footprint in level-0 pixels
+    size0 = tuple(int(v) for v in reader.get_size(wsi, 0))
+    if (np.round(foot) > size0).any():
+        # MONAI's sliding grid clips such a patch to the slide and lists it anyway (read past the slide's edge:
+        # black padding with openslide, a smaller patch with tifffile); the masked layout would find no patch at all
+        raise WSIError(
+            f"slide {path!r}: the patch footprint {tuple(int(v) for v in np.round(foot))} (level-0 pixels; "
+            f"patch_size {list(ps)} at level {patch_level}) is larger than the slide {size0} (level-0 (H, W)); "
+            "lower patch_size or patch_level.",
+            path,
+        )
     transform = transform if transform is not None else _default_transform()
     grid_offset: tuple[int, int] | None = None
 
@@ -1237,8 +1249,15 @@ def infer_slide(
             path,
         )
 
-    sampler = DistributedSampler(ds, shuffle=False, even_divisible=False) if world > 1 else None
-    order = np.asarray(list(iter(sampler)) if sampler is not None else range(n), dtype=np.int64)
+    sampler: list[int] | None = None
+    if world > 1:
+        # MONAI's DistributedSampler refuses fewer samples than processes (a slide with a few tissue patches):
+        # process 0 then takes them all
+        if n >= world:
+            sampler = [int(i) for i in DistributedSampler(ds, shuffle=False, even_divisible=False)]
+        else:
+            sampler = list(range(n)) if rank == 0 else []
+    order = np.asarray(sampler if sampler is not None else range(n), dtype=np.int64)
     loader = DataLoader(ds, batch_size=int(batch_size), shuffle=False, sampler=sampler, num_workers=int(num_workers))
     inferer = inferer if inferer is not None else SimpleInferer()
     if device is None:
@@ -1249,6 +1268,7 @@ def infer_slide(
     if isinstance(network, torch.nn.Module):
         network.eval()
     outs: list[torch.Tensor] = []
+    failure: Exception | None = None
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
@@ -1261,17 +1281,26 @@ def infer_slide(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as e:
-        raise WSIError(f"inference failed on slide {path!r}: {_describe(e)}", path) from e
+        if world == 1:
+            raise WSIError(f"inference failed on slide {path!r}: {_describe(e)}", path) from e
+        failure = e  # reported after the gather, which every process must join
     finally:
         if was_training:
             network.train()  # type: ignore[union-attr]
     seconds = time.perf_counter() - t0
     probs_local = torch.cat(outs).numpy() if outs else np.zeros((0, 2), np.float32)
     if world > 1:
+        # a process whose shard failed still joins this slide's gather and all processes then fail the slide: had it
+        # left, its next slide's gather would have paired with this one (another slide's probabilities in this map)
         gathered: list[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, (order, probs_local, seconds))
+        torch.distributed.all_gather_object(
+            gathered, (order, probs_local, seconds, None if failure is None else _describe(failure))
+        )
+        errors = [f"process {r}: {g[3]}" for r, g in enumerate(gathered) if g[3] is not None]
+        if errors:
+            raise WSIError(f"inference failed on slide {path!r}: {'; '.join(errors)}", path) from failure
         order = np.concatenate([g[0] for g in gathered])
-        probs_all = np.concatenate([g[1] for g in gathered])
+        probs_all = np.concatenate([g[1] for g in gathered if len(g[1])])  # an empty shard has no class count
         seconds = max(float(g[2]) for g in gathered)
     else:
         probs_all = probs_local
@@ -1352,9 +1381,10 @@ def infer_slides(
     used: set[str] = set()
     summary: dict[str, Any] = {}
     for i, item in enumerate(items):
-        name = item.get("name") or _slide_name(str(item["image"]))
-        if name in used:
-            name = f"{name}_{i}"
+        base = item.get("name") or _slide_name(str(item["image"]))
+        name, k = base, i
+        while name in used:  # "{name}_{i}" may itself be an earlier slide's name (a_2.svs, a.svs, b/a.svs)
+            name, k = f"{base}_{k}", k + 1
         used.add(name)
         logger.info("slide %d/%d: %s", i + 1, len(items), item["image"])
         try:

@@ -556,6 +556,49 @@ def test_sliding_inference_interior_map_unchanged(tmp_path):
     np.testing.assert_array_equal(tumour, expected_tumour)
 
 
+@pytest.mark.parametrize("mode", ["sliding", "masked"])
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_patch_larger_than_the_slide_is_refused_naming_the_slide(tmp_path, mode, backend):
+    """A slide with a side shorter than the patch footprint (100 x 300 pixels, 128-pixel patches): MONAI's
+    SlidingPatchWSIDataset clips the patch size to the slide and still lists patches, which were then read past the
+    slide's bottom edge (openslide pads black, tifffile returns 100 x 128 patches) and filled the map; masked mode
+    said no patch had enough tissue. Both now refuse it, naming the slide, the patch footprint and the slide size."""
+    from monai_gmr.data import WSIError, write_pyramidal_tiff
+    from monai_gmr.workflows.wsi import infer_slide
+
+    rgb = np.full((100, 300, 3), 230, np.uint8)
+    rgb[10:90, 20:280] = (150, 60, 160)
+    write_pyramidal_tiff(tmp_path / "narrow.tiff", rgb, n_levels=1, tile_size=128)
+    with pytest.raises(WSIError, match=r"narrow\.tiff.*footprint.*\(128, 128\).*\(100, 300\)"):
+        infer_slide(tmp_path / "narrow.tiff", DarkNucleiNet(), None, patch_size=128, mode=mode, backend=backend)
+    res = infer_slide(tmp_path / "narrow.tiff", DarkNucleiNet(), None, patch_size=100, mode=mode, backend=backend)
+    assert res.n_patches >= 1  # a patch of the slide's height still fits
+
+
+def test_infer_slides_output_names_are_unique(tmp_path):
+    """Slides of the same name in different folders get a numbered name; that name must not be the one of another
+    slide of the list (a_2.tiff, a.tiff, b/a.tiff: b/a.tiff was named a_2 and overwrote a_2.tiff's map files and its
+    entry in the results)."""
+    import shutil
+
+    from monai_gmr.data import write_pyramidal_tiff
+    from monai_gmr.workflows.wsi import infer_slides
+
+    rgb = np.full((64, 64, 3), 230, np.uint8)
+    rgb[8:56, 8:56] = (150, 60, 160)
+    write_pyramidal_tiff(tmp_path / "a.tiff", rgb, n_levels=1, tile_size=64)
+    for d in ("b", "c"):
+        (tmp_path / d).mkdir()
+        shutil.copy(tmp_path / "a.tiff", tmp_path / d / "a.tiff")
+    shutil.copy(tmp_path / "a.tiff", tmp_path / "a_2.tiff")
+    slides = [str(tmp_path / p) for p in ("a_2.tiff", "a.tiff", "b/a.tiff", "c/a.tiff")]
+    out = infer_slides(slides, DarkNucleiNet(), tmp_path / "maps", patch_size=16)
+    names = [e["name"] for e in out["slides"]]
+    assert len(set(names)) == 4 and names[:2] == ["a_2", "a"], names
+    assert len(out["results"]) == 4 and [out["results"][n].slide for n in names] == slides
+    assert len(list((tmp_path / "maps").glob("*_prob.npy"))) == 4
+
+
 def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
     from monai_gmr.inferers import RotationTTAInferer
     from monai_gmr.workflows.wsi import infer_slide
@@ -626,6 +669,111 @@ def test_infer_slides_reports_and_skips_bad_slides(wsi_data, tmp_path):
         infer_slides([s0, missing], DarkNucleiNet(), None, strict=True, patch_size=PATCH)
     with pytest.raises(RuntimeError, match="corrupt.svs"):
         infer_slides([wsi_data["corrupt"]], DarkNucleiNet(), None)
+
+
+class FailOnceOnRank1Net(torch.nn.Module):
+    """DarkNucleiNet that raises on its first batch in process 1 of a process group (e.g. a corrupt tile read in that
+    process's shard of the first slide only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if torch.distributed.get_rank() == 1 and self.calls == 1:
+            raise RuntimeError("unreadable tile in process 1")
+        return DarkNucleiNet()(x)
+
+
+class ThreeClassNet(torch.nn.Module):
+    """Three logits per patch (a multi-class network)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean((1, 2, 3))
+        return torch.stack([m, 2 * m, 3 * m], 1)
+
+
+def _two_process_infer_slides(rank: int, port: int, slides: list, out_dir: str, net: type = FailOnceOnRank1Net,
+                              patch_size: int = PATCH, mask_level: int = 2) -> None:  # fmt: skip
+    """Worker of the two-process slide inference tests (spawned, gloo)."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    from monai_gmr.workflows.wsi import infer_slides
+
+    try:
+        out = infer_slides(slides, net(), None, summary_file=None, patch_size=patch_size, mask_level=mask_level,
+                           batch_size=8)  # fmt: skip
+        res = {"slides": [{k: e.get(k) for k in ("status", "error", "n_patches")} for e in out["slides"]],
+               "sums": {k: float(r.prob.sum()) for k, r in out["results"].items()},
+               "shapes": {k: list(r.probs.shape) for k, r in out["results"].items()}}  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        res = {"raised": f"{type(e).__name__}: {e}"}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
+    torch.distributed.destroy_process_group()
+
+
+def _run_two_processes(slides: list, tmp_path: Path, *args: object) -> list[dict]:
+    """Run _two_process_infer_slides in 2 spawned gloo processes; their results (rank 0, rank 1)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_two_process_infer_slides, args=(r, port, slides, str(tmp_path), *args))
+             for r in range(2)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    alive = [p.is_alive() for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not any(alive), "a process hung"
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tmp_path):
+    """Multi-process slide inference where the shard of process 1 fails on the first slide only: the failed process
+    went on with the next slide while process 0 waited in the first slide's gather, so process 0 built the first
+    slide's map from process 1's patches of the second slide (an IndexError, or with slides of one size a wrong map
+    reported as ok), and the processes then disagreed slide by slide. Now every process fails that slide (naming the
+    process and its error) and the next slides agree with a single-process run."""
+    from monai_gmr.workflows.wsi import infer_slides
+
+    slides = wsi_data["slide_paths"][:3]
+    res = _run_two_processes(slides, tmp_path)
+    assert res[0] == res[1] and "raised" not in res[0], res
+    status = [e["status"] for e in res[0]["slides"]]
+    assert status == ["error", "ok", "ok"], res[0]
+    assert "process 1: RuntimeError: unreadable tile in process 1" in res[0]["slides"][0]["error"]
+    assert Path(slides[0]).name in res[0]["slides"][0]["error"]
+    single = infer_slides(slides[1:], DarkNucleiNet(), None, patch_size=PATCH, mask_level=2, batch_size=8)
+    assert [e["n_patches"] for e in res[0]["slides"][1:]] == [e["n_patches"] for e in single["slides"]]
+    for k, r in single["results"].items():
+        assert res[0]["sums"][k] == pytest.approx(float(r.prob.sum()), rel=1e-5)
+
+
+def test_multi_class_slide_with_fewer_patches_than_processes(tmp_path):
+    """Two processes and a slide with a single tissue patch (a three-class network): MONAI's DistributedSampler
+    refused it ("the dataset length is less than the number of participating ranks": the slide failed); now
+    process 0 takes the patch, process 1's empty shard (a (0, 2) placeholder) is left out of the gathered
+    probabilities and the (3, H, W) map is built."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    rgb = np.full((64, 64, 3), 230, np.uint8)
+    rgb[8:56, 8:56] = (150, 60, 160)
+    write_pyramidal_tiff(tmp_path / "one_patch.tiff", rgb, n_levels=1, tile_size=64)
+    res = _run_two_processes([str(tmp_path / "one_patch.tiff")], tmp_path, ThreeClassNet, 64, 0)
+    assert res[0] == res[1] and "raised" not in res[0], res
+    assert res[0]["slides"][0]["status"] == "ok" and res[0]["slides"][0]["n_patches"] == 1
+    assert res[0]["shapes"]["one_patch"][0] == 3
 
 
 def test_inference_slides_listing(wsi_data, tmp_path):
