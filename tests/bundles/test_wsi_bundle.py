@@ -120,6 +120,12 @@ def test_configs_parse_and_resolve(tmp_path):
     pec = config_parser([TRAIN, EVALUATE], **over, grid="top_left", metadata=METADATA)
     assert pec.get_parsed_content("slide_inference").kwargs["grid"] == "top_left"
     assert pe.get_parsed_content("slide_inference").kwargs["grid"] == "centered"
+    # the slide maps of evaluate.json score the class and map size given, as inference.json does (they were fixed to
+    # class 1 and 2048 pixels: --tumour_class / --map_max_size were silently ignored)
+    kw = config_parser([TRAIN, EVALUATE], **over, tumour_class=0, map_max_size=512, metadata=METADATA).get_parsed_content(
+        "slide_inference").kwargs
+    assert kw["tumour_class"] == 0 and kw["map_max_size"] == 512
+    assert pe.get_parsed_content("slide_inference").kwargs["tumour_class"] == 1 == pi.get_parsed_content("tumour_class")
     pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
