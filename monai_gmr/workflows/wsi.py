@@ -1156,6 +1156,8 @@ def infer_slide(
     if label_mask is None:
         label_mask = item.get("label_mask", item.get("tumor_mask"))
     _check_layout(mode, overlap, grid)
+    if label_mask is not None and not isinstance(label_mask, np.ndarray):
+        label_mask = load_mask(label_mask)  # before the inference: a wrong path fails at once, not after the slide
     ps = _as_pair(patch_size)
     name = name or _slide_name(path)
     rank, world = _dist_rank_world()
@@ -1334,8 +1336,7 @@ def infer_slide(
                   "inferer": type(inferer).__name__, "processes": world},
     )
     if label_mask is not None:
-        gt = label_mask if isinstance(label_mask, np.ndarray) else load_mask(label_mask)
-        res.metrics = map_quality(prob, gt, valid=covered & tissue, threshold=threshold)
+        res.metrics = map_quality(prob, label_mask, valid=covered & tissue, threshold=threshold)
         logger.info("slide %s map quality: %s", name, res.metrics)
     if output_dir is not None and rank == 0:
         out = Path(output_dir)

@@ -395,6 +395,21 @@ def test_infer_slide_map_geometry_matches_ground_truth(wsi_data, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_infer_slide_reads_the_label_mask_before_inference(wsi_data, tmp_path, monkeypatch):
+    """A wrong ground-truth mask path failed only after the slide's whole inference (its work thrown away): the mask
+    is now read first, and the network never runs."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]
+    with pytest.raises(FileNotFoundError, match="no_such_mask.png"):
+        infer_slide(small, net, None, mode="masked", patch_size=16, patch_level=1,
+                    label_mask=str(tmp_path / "no_such_mask.png"))  # fmt: skip
+    assert not calls
+
+
 def test_infer_slide_masked_mode_tifffile_and_level(wsi_data):
     from monai_gmr.workflows.wsi import infer_slide
 
