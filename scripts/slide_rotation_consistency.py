@@ -58,8 +58,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=None, help="also write PREFIX.json and PREFIX.md (e.g. in docs/results)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per bundle training")
     args = p.parse_args(argv)
-    if args.epochs is not None and args.epochs < 1:
-        p.error(f"--epochs must be >= 1, got {args.epochs}")
+    for flag, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--timeout", args.timeout)):
+        if v is not None and v < 1:
+            p.error(f"{flag} must be >= 1, got {v}")
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():  # else both networks train first, then .to() fails
+        p.error(f"--device {args.device}: CUDA is not available here")
     if args.real_slide is not None and not Path(args.real_slide).is_file():
         p.error(f"--real-slide {args.real_slide!r} does not exist")
     return args
