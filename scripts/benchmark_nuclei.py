@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             logger.info("using the trained %s in %s", name, run_dir)
         else:
             logger.info("training %s (log: %s)", name, run_dir / "train.log")
+            (run_dir / TRAINING_RECORD).unlink(missing_ok=True)  # an earlier model's record must not outlive it
             _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
             atomic_write_json(run_dir / TRAINING_RECORD, record)
         logger.info("evaluating %s (log: %s)", name, run_dir / "evaluate.log")

@@ -133,3 +133,27 @@ def test_negative_workers_and_cuda_without_cuda_are_refused_before_anything_runs
     with pytest.raises(SystemExit, match="--device cuda"):
         bn.main(["--out", str(tmp_path / "out"), "--device", "cuda", "--prepared", str(tmp_path / "none")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_retraining_does_not_keep_the_earlier_training_record(tmp_path, monkeypatch):
+    """Retraining into an --out that holds a finished model kept that model's benchmark_train.json while the bundle
+    trained anew; when the new training stopped (after writing its first models/model.pt), a later --skip-trained
+    run with the earlier settings accepted the half-trained model as trained with them."""
+    bn = _load()
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "datalist.json").write_text("{}")
+    run_dir = tmp_path / "out" / "gmrunet"
+    (run_dir / "models").mkdir(parents=True)
+    (run_dir / "models" / "model.pt").write_bytes(b"")
+    (run_dir / "train_summary.json").write_text("{}")
+    (run_dir / bn.TRAINING_RECORD).write_text(json.dumps({"seed": 0}))
+
+    def fail(cmd, log, env, timeout):
+        raise RuntimeError("training stopped")
+
+    monkeypatch.setattr(bn, "_run", fail)
+    with pytest.raises(RuntimeError, match="training stopped"):
+        bn.main(["--prepared", str(prepared), "--out", str(tmp_path / "out"), "--models", "gmrunet", "--seed", "1",
+                 "--device", "cpu", "--num-workers", "0"])  # fmt: skip
+    assert not (run_dir / bn.TRAINING_RECORD).exists()
