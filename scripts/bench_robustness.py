@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
     if bad_flips or bad_metrics or not args.metrics.strip(","):
         ap.error(f"--flips must be a subset of h,v and --metrics a non-empty subset of "
                  f"{','.join(SEG_METRICS + INSTANCE_METRICS)}, got {args.flips!r} and {args.metrics!r}")  # fmt: skip
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here")
     if args.threads < 0:
         ap.error(f"--threads must be >= 0, got {args.threads}")

@@ -9,7 +9,7 @@ from tests.conftest import load_script
 
 @pytest.mark.parametrize("extra, named", [(["--repeats", "0"], "--repeats"), (["--iters", "0"], "--iters"),
                                           (["--impls", "foo"], "--impls"), (["--threads", "-1"], "--threads"),
-                                          (["--budget-s", "-1"], "--budget-s")])  # fmt: skip
+                                          (["--budget-s", "-1"], "--budget-s"), (["--device", "gpu"], "--device")])  # fmt: skip
 def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named):
     """--repeats 0 / --iters 0 crashed after the models were built (empty median, division by zero); a negative
     --budget-s skipped every suite and then failed with KeyError: 'seconds'."""

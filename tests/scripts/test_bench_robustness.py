@@ -21,7 +21,7 @@ def test_tiny_run_at_a_size_that_is_not_a_multiple_of_8(tmp_path):
 
 @pytest.mark.parametrize("extra, named", [(["--angle_step", "0"], "--angle_step"), (["--n_images", "0"], "--n_images"),
                                           (["--batch_size", "0"], "--batch_size"), (["--flips", "x"], "--flips"),
-                                          (["--metrics", "foo"], "--metrics")])  # fmt: skip
+                                          (["--metrics", "foo"], "--metrics"), (["--device", "gpu"], "--device")])  # fmt: skip
 def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
     """They raised ZeroDivisionError / ValueError tracebacks (or range() arg 3 must not be zero)."""
     with pytest.raises(SystemExit):
