@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["throughput"] = throughput(out, prof, device, num_workers, repeats)
         report["seconds"] = round(time.perf_counter() - t0, 1)
         atomic_write_json(out / "benchmark.json", report)  # incremental: part (a) survives a later failure
+        atomic_write_text(out / "benchmark.md", _markdown(report))  # (not an earlier run's table beside it)
     if not args.skip_training:
         rows = train_and_evaluate(out, prof, args, env, num_workers)
         report["robustness"] = rows

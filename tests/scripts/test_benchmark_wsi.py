@@ -80,3 +80,28 @@ def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
     with pytest.raises(SystemExit):
         _load().main(["--out", str(tmp_path / "o"), "--device", "cpu", "--quick", "--skip-throughput"] + extra)
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_part_a_written_before_a_failing_part_b_updates_the_markdown_too(tmp_path, monkeypatch):
+    """benchmark.json was rewritten with part (a) before part (b) ran, but benchmark.md was not: when part (b)
+    failed, --out held the new JSON beside the Markdown of an earlier run (other numbers, other settings)."""
+    bw = _load()
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "benchmark.md").write_text("an earlier run\n")
+    tp = {"repeats": 1, "slide_size": 1024, "overlap": 0.0, "batch_size": 32, "num_workers": 0, "amp": False,
+          "params": {"gmr_resnet18": 1, "resnet18": 2}, "n_patches": {"gmr_resnet18": 3, "resnet18": 3},
+          "patches_per_s": {"gmr_resnet18": 10.0, "resnet18": 20.0},
+          "model_only_patches_per_s": {"gmr_resnet18": 30.0, "resnet18": 60.0}, "ratio_gmr_vs_monai": 0.5,
+          "model_only_ratio": 0.5}  # fmt: skip
+    monkeypatch.setattr(bw, "throughput", lambda *a, **k: tp)
+
+    def fail(*a, **k):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(bw, "train_and_evaluate", fail)
+    with pytest.raises(RuntimeError, match="training failed"):
+        bw.main(["--out", str(out), "--device", "cpu", "--quick"])
+    assert json.loads((out / "benchmark.json").read_text())["throughput"] == tp
+    md = (out / "benchmark.md").read_text()
+    assert "an earlier run" not in md and "GMR / MONAI: 0.500x" in md
