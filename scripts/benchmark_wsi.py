@@ -118,6 +118,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def throughput_synthetic(prof: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the one synthetic slide that part (a) reads (``<out>/throughput_slide``)."""
+    return {"n_slides": 1, "size": int(prof["tp_slide_size"]), "seed": 123, "patches_per_slide": 8, "patch_size": 96}
+
+
+def check_existing_slides(data_dir: Path, synthetic: dict[str, Any]) -> None:
+    """Refuse synthetic slides in ``data_dir`` generated with other settings than ``synthetic`` (e.g. by a run of
+    the other profile into the same ``--out``): ``ensure_wsi_dataset`` uses an existing dataset as it is, so the run
+    would train on / time those slides while reporting this profile's settings."""
+    meta_path = data_dir / "slides.json"
+    if not meta_path.is_file():
+        return
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return
+    size = synthetic["size"]
+    want = {"n_slides": synthetic["n_slides"], "size": [size, size] if isinstance(size, int) else list(size),
+            "seed": synthetic["seed"]}  # fmt: skip
+    have = {k: meta.get(k) for k in want}
+    if have != want:
+        raise SystemExit(f"{data_dir} holds synthetic slides generated with {have}, not this run's {want} (another "
+                         f"profile, --quick or not, into the same --out?); choose another --out or delete {data_dir}")
+
+
 # ---------------------------------------------------------------------------------------------------------- (a)
 def _build(network_def: dict[str, Any], num_classes: int = 2):
     from monai.bundle import ConfigParser
@@ -159,7 +184,7 @@ def throughput(out: Path, prof: dict[str, Any], device_name: str, num_workers: i
         torch.backends.cudnn.benchmark = True
     data = out / "throughput_slide"
     size = int(prof["tp_slide_size"])
-    ensure_wsi_dataset(data, n_slides=1, size=size, seed=123, patches_per_slide=8, patch_size=96)
+    ensure_wsi_dataset(data, **throughput_synthetic(prof))
     slide = str(sorted((data / "slides").glob("*.tiff"))[0])
     nets = {k: _build(v).to(device).eval() for k, v in networks(None).items()}  # full-size networks
     kw = dict(patch_size=96, overlap=float(prof["tp_overlap"]), batch_size=int(prof["tp_batch"]),
@@ -380,11 +405,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out).resolve()
     if ROOT in out.parents or out == ROOT:
         raise SystemExit(f"--out {out} is inside the repository; choose a folder outside {ROOT}")
+    prof = dict(PROFILES["quick" if args.quick else "full"])
+    if not args.skip_throughput:  # before anything runs: slides of another run's settings are not reused silently
+        check_existing_slides(out / "throughput_slide", throughput_synthetic(prof))
+    if not args.skip_training:
+        check_existing_slides(out / "data", prof["synthetic"])
     out.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    prof = dict(PROFILES["quick" if args.quick else "full"])
     num_workers = args.num_workers if args.num_workers is not None else (8 if device.startswith("cuda") else 0)
     repeats = int(args.repeats or prof["repeats"])
     env = dict(os.environ)

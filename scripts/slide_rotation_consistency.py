@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out).resolve()
     if ROOT in out.parents or out == ROOT:
         raise SystemExit(f"--out {out} is inside the repository; choose a folder outside {ROOT}")
-    out.mkdir(parents=True, exist_ok=True)
     prof = dict(bw.PROFILES["quick" if args.quick else "full"])
+    bw.check_existing_slides(out / "data", prof["synthetic"])  # another profile's slides are not reused silently
+    out.mkdir(parents=True, exist_ok=True)
     epochs = int(args.epochs or prof["epochs"])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)

@@ -105,3 +105,29 @@ def test_part_a_written_before_a_failing_part_b_updates_the_markdown_too(tmp_pat
     assert json.loads((out / "benchmark.json").read_text())["throughput"] == tp
     md = (out / "benchmark.md").read_text()
     assert "an earlier run" not in md and "GMR / MONAI: 0.500x" in md
+
+
+@pytest.mark.parametrize("part, folder", [("training", "data"), ("throughput", "throughput_slide")])
+def test_slides_of_another_profile_in_out_are_refused(tmp_path, monkeypatch, part, folder):
+    """The synthetic slides in --out were reused whatever profile made them: a full run into the --out of a --quick
+    run trained on the quick 2048-pixel slides (and timed the 1024-pixel throughput slide) while the report gave the
+    full profile's settings (4096)."""
+    bw = _load()
+    out = tmp_path / "o"
+    data = out / folder
+    data.mkdir(parents=True)
+    (data / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": []}))
+    quick = bw.PROFILES["quick"]
+    made = quick["synthetic"] if folder == "data" else {"n_slides": 1, "size": quick["tp_slide_size"], "seed": 123}
+    (data / "slides.json").write_text(json.dumps({"generator": "monai_gmr.data.make_synthetic_wsi", "n_slides": made["n_slides"],
+                                                  "size": [made["size"]] * 2, "seed": made["seed"]}))  # fmt: skip
+
+    def ran(*a, **k):
+        raise RuntimeError("ran on the other profile's slides")
+
+    monkeypatch.setattr(bw, "_run", ran)
+    monkeypatch.setattr(bw, "infer_slide", ran, raising=False)
+    monkeypatch.setattr("monai_gmr.workflows.wsi.infer_slide", ran)
+    skip = ["--skip-throughput"] if part == "training" else ["--skip-training"]
+    with pytest.raises(SystemExit, match=folder):
+        bw.main(["--out", str(out), "--device", "cpu", *skip])

@@ -61,3 +61,16 @@ def test_bad_values_are_refused_before_training(tmp_path, capsys, monkeypatch, e
     with pytest.raises(SystemExit):
         load_script("slide_rotation_consistency").main(["--out", str(tmp_path / "o"), "--quick"] + extra)
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_slides_of_another_profile_in_out_are_refused(tmp_path):
+    """A full run into the --out of a --quick run reused the quick profile's 2048-pixel slides (ensure_wsi_dataset
+    keeps an existing dataset) while the report gave the full profile's settings."""
+    import json
+
+    data = tmp_path / "o" / "data"
+    data.mkdir(parents=True)
+    (data / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": []}))
+    (data / "slides.json").write_text(json.dumps({"n_slides": 4, "size": [2048, 2048], "seed": 0}))
+    with pytest.raises(SystemExit, match="holds synthetic slides generated with"):
+        load_script("slide_rotation_consistency").main(["--out", str(tmp_path / "o"), "--epochs", "1", "--timeout", "60"])
