@@ -109,7 +109,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=None, help="seconds per bundle step")
     p.add_argument("--reuse-training", action="store_true",
                    help="skip training a model whose <out>/<model>/train_summary.json reports the requested epochs "
-                        "completed (its models/model.pt is evaluated again; train s is the summary's wall time)")
+                        "completed (its models/model.pt is evaluated again; train s is the summary's wall time); "
+                        "a model recorded as trained with another --seed is refused")
     args = p.parse_args(argv)
     for flag, v, low in (("--epochs", args.epochs, 1), ("--repeats", args.repeats, 1), ("--timeout", args.timeout, 1),
                          ("--num-workers", args.num_workers, 0)):  # fmt: skip
@@ -279,8 +280,26 @@ def _robustness_row(name: str, run_dir: Path, train_s: float, eval_s: float) -> 
     return row
 
 
-def _completed_training(run_dir: Path, epochs: int) -> float | None:
-    """Wall time of a finished training in ``run_dir`` (``train_summary.json`` with ``epochs`` completed), else None."""
+TRAINING_RECORD = "benchmark_train.json"
+
+
+def training_started(run_dir: Path) -> None:
+    """Before a training into ``run_dir``: an earlier model's record must not outlive it (a stopped training)."""
+    (run_dir / TRAINING_RECORD).unlink(missing_ok=True)
+
+
+def training_finished(run_dir: Path, seed: int, epochs: int) -> None:
+    """After a training: record its seed beside the model, for :func:`_completed_training`."""
+    from monai_gmr.utils import atomic_write_json
+
+    atomic_write_json(run_dir / TRAINING_RECORD, {"seed": int(seed), "epochs": int(epochs)})
+
+
+def _completed_training(run_dir: Path, epochs: int, seed: int | None = None) -> float | None:
+    """Wall time of a finished training in ``run_dir`` (``train_summary.json`` with ``epochs`` completed), else None.
+
+    With ``seed``: ``SystemExit`` when the model's training record names another seed (it would be reported under
+    this run's seed); a model trained before records were written is reused with a warning."""
     path = run_dir / "train_summary.json"
     if not path.is_file() or not (run_dir / "models" / "model.pt").is_file():
         return None
@@ -290,6 +309,15 @@ def _completed_training(run_dir: Path, epochs: int) -> float | None:
         return None
     if int(t.get("epochs_completed", -1)) != int(epochs):
         return None
+    if seed is not None:
+        try:
+            trained = json.loads((run_dir / TRAINING_RECORD).read_text()).get("seed")
+        except (OSError, ValueError, AttributeError):
+            logger.warning("%s has no readable %s: cannot check its training seed", run_dir, TRAINING_RECORD)
+        else:
+            if trained != int(seed):
+                raise SystemExit(f"--reuse-training: {run_dir} was trained with seed {trained}, not --seed {seed}; "
+                                 "drop --reuse-training or use another --out")
     return float(t.get("wall_time_s", math.nan))
 
 
@@ -315,13 +343,15 @@ def train_and_evaluate(out: Path, prof: dict[str, Any], args: argparse.Namespace
     for name, net in networks(prof["widths"]).items():
         run_dir = out / name
         over = {**common, "output_dir": str(run_dir), "network_def": net}
-        done = _completed_training(run_dir, epochs) if args.reuse_training else None
+        done = _completed_training(run_dir, epochs, args.seed) if args.reuse_training else None
         if done is not None:
             logger.info("reusing the completed training of %s (%s)", name, run_dir / "train_summary.json")
             t_train = done
         else:
             logger.info("training %s (log: %s)", name, run_dir / "train.log")
+            training_started(run_dir)
             t_train = _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
+            training_finished(run_dir, args.seed, epochs)
         logger.info("evaluating %s (log: %s)", name, run_dir / "evaluate.log")
         t_eval = _run(_bundle_cmd(["train.json", "evaluate.json"], {**over, **evaluate}), run_dir / "evaluate.log", env,
                       args.timeout)  # fmt: skip

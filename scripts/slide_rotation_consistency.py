@@ -191,11 +191,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_s: dict[str, float] = {}
     for name, net_def in bw.networks(prof["widths"]).items():
         run_dir = out / name
-        done = bw._completed_training(run_dir, epochs) if args.reuse_training else None
+        done = bw._completed_training(run_dir, epochs, args.seed) if args.reuse_training else None
         if done is None:
             logger.info("training %s (log: %s)", name, run_dir / "train.log")
             over = {**common, "output_dir": str(run_dir), "network_def": net_def, **train}
+            bw.training_started(run_dir)
             done = bw._run(bw._bundle_cmd(["train.json"], over), run_dir / "train.log", env, args.timeout)
+            bw.training_finished(run_dir, args.seed, epochs)
         train_s[name] = round(float(done), 1)
         net = bw._build(net_def)
         load_checkpoint(net, run_dir / "models" / "model.pt")

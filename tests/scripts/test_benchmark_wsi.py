@@ -131,3 +131,28 @@ def test_slides_of_another_profile_in_out_are_refused(tmp_path, monkeypatch, par
     skip = ["--skip-throughput"] if part == "training" else ["--skip-training"]
     with pytest.raises(SystemExit, match=folder):
         bw.main(["--out", str(out), "--device", "cpu", *skip])
+
+
+def test_reuse_training_refuses_a_model_trained_with_another_seed(tmp_path, monkeypatch):
+    """--reuse-training checked only the epochs: --seed 0 --reuse-training reused models trained with --seed 1 (and
+    reported seed 0). The training seed is now recorded beside the model and compared."""
+    bw = _load()
+    monkeypatch.setattr("monai_gmr.data.ensure_wsi_dataset", lambda *a, **k: None)
+
+    def fake_run(cmd, log, env, timeout):
+        if any("evaluate.json" in c for c in cmd):
+            raise RuntimeError("evaluated")
+        _finished(log.parent, int(cmd[cmd.index("--epochs") + 1]))
+        return 1.0
+
+    monkeypatch.setattr(bw, "_run", fake_run)
+    args = ["--out", str(tmp_path / "o"), "--device", "cpu", "--quick", "--skip-throughput"]
+    with pytest.raises(RuntimeError, match="evaluated"):
+        bw.main(args + ["--seed", "1"])
+    run_dir = tmp_path / "o" / "gmr_resnet18"
+    assert json.loads((run_dir / "benchmark_train.json").read_text())["seed"] == 1
+    with pytest.raises(SystemExit, match="seed"):
+        bw.main(args + ["--seed", "0", "--reuse-training"])
+    with pytest.raises(RuntimeError, match="evaluated"):  # the same seed is reused
+        bw.main(args + ["--seed", "1", "--reuse-training"])
+    assert bw._completed_training(run_dir, 4, seed=1) == 12.5
