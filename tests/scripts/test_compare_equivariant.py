@@ -171,3 +171,22 @@ def test_a_failed_task_writes_no_polar_plot_of_the_tasks_before_it(tmp_path, mon
     with pytest.raises(RuntimeError, match="wsi failed"):
         mod.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--tasks", "nuclei,wsi"])
     assert plotted == [] and not list(tmp_path.iterdir())
+
+
+def test_data_dir_keeps_each_profiles_data_apart(tmp_path, monkeypatch):
+    """--data-dir was used as is by every profile, and the generated datasets in it are reused whatever made them: a
+    cpu-profile run after a --quick run trained on the quick profile's tiny synthetic data while its report named
+    the cpu profile's settings."""
+    mod = _load()
+    works = []
+
+    def run_task(task, profile, models, device, work, *a, **k):
+        works.append(work)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(mod, "run_task", run_task)
+    for extra in (["--quick"], ["--profile", "cpu"], ["--quick"]):
+        with pytest.raises(RuntimeError, match="stop"):
+            mod.main(["--device", "cpu", "--out", str(tmp_path / "o"), "--tasks", "nuclei", "--data-dir",
+                      str(tmp_path / "d")] + extra)  # fmt: skip
+    assert works[0] != works[1] and works[0] == works[2] and all(tmp_path / "d" in w.parents for w in works)
