@@ -157,3 +157,27 @@ def test_a_failed_retraining_does_not_keep_the_earlier_training_record(tmp_path,
         bn.main(["--prepared", str(prepared), "--out", str(tmp_path / "out"), "--models", "gmrunet", "--seed", "1",
                  "--device", "cpu", "--num-workers", "0"])  # fmt: skip
     assert not (run_dir / bn.TRAINING_RECORD).exists()
+
+
+@pytest.mark.parametrize("change", [["--split-seed", "1"], ["--data", "other"]])
+def test_a_dataset_prepared_with_other_settings_in_out_is_refused(tmp_path, monkeypatch, change):
+    """<out>/prepared was reused whenever it held a datalist: a rerun into the same --out with another --split-seed
+    (or --data) trained and scored on the earlier split while the report gave the new settings."""
+    bn = _load()
+    for name in ("raw", "other"):
+        (tmp_path / name).mkdir()
+    prepared = tmp_path / "out" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "datalist.json").write_text(json.dumps({"training": [], "preparation": {"input": str(tmp_path / "raw"),
+                                                                                        "seed": 0}}))  # fmt: skip
+
+    def ran(*a, **k):
+        raise RuntimeError("ran on the earlier preparation")
+
+    monkeypatch.setattr(bn, "_run", ran)
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", "raw", "--out", "out", "--models", "gmrunet", "--device", "cpu", "--num-workers", "0"]
+    with pytest.raises(SystemExit, match=change[0]):
+        bn.main(args + change)
+    with pytest.raises(RuntimeError, match="earlier preparation"):  # the same settings reuse it
+        bn.main(args)
