@@ -296,7 +296,12 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--repeats and --iters must be >= 1 and --warmup >= 0, got {args.repeats}, {args.iters}, {args.warmup}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
-    device = torch.device(args.device)
+    if not args.budget_s >= 0:  # a negative budget skipped every suite (NaN: none)
+        p.error(f"--budget-s must be >= 0 (0: no limit), got {args.budget_s}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.precisions is None:
         args.precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--angle_step", type=float, default=10.0)
     ap.add_argument("--flips", default="h,v")
     ap.add_argument("--metrics", default="dice,iou,auc")
-    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--amp", action="store_true", help="autocast on CUDA (ignored elsewhere, as in rotation_robustness)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
     ap.add_argument("--cpm15-dir", type=Path, default=CPM15, help="CPM-15 folder with images/ and labels/ (--data cpm15)")
     ap.add_argument("--out", default=None, help="also write the JSON summary here")
@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
     if bad_flips or bad_metrics or not args.metrics.strip(","):
         ap.error(f"--flips must be a subset of h,v and --metrics a non-empty subset of "
                  f"{','.join(SEG_METRICS + INSTANCE_METRICS)}, got {args.flips!r} and {args.metrics!r}")  # fmt: skip
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here")
     if args.threads < 0:
         ap.error(f"--threads must be >= 0, got {args.threads}")
@@ -129,13 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = [m for m in args.metrics.split(",") if m]
     n_views = len(angles) + len(flips)
 
-    with torch.no_grad():  # warm-up (allocator, cudnn autotune, first grid)
-        rotation_robustness(net, batches[:1], angles=angles[:2], flips=flips[:1], metrics=metrics, device=device)
+    amp = args.amp and device.type == "cuda"  # as rotation_robustness: autocast on CUDA only
+    with torch.no_grad():  # warm-up (allocator, cudnn autotune, first grid), at the precision that is timed
+        rotation_robustness(net, batches[:1], angles=angles[:2], flips=flips[:1], metrics=metrics, device=device, amp=amp)
         _sync(device)
         t0 = time.perf_counter()
         for b in batches:
             for _ in range(n_views):
-                with torch.autocast(device.type, enabled=args.amp):
+                with torch.autocast(device.type, enabled=amp):
                     net(b["image"])
         _sync(device)
         t_plain = time.perf_counter() - t0

@@ -551,7 +551,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.inspect:
         f = args.inspect.split(",")
-        for row in inspect_kernels(int(f[0]), tuple(int(v) for v in f[3:]), int(f[2]), f[1]):
+        try:
+            d, k, shape = int(f[0]), int(f[2]), tuple(int(v) for v in f[3:])
+        except (ValueError, IndexError):
+            d, k, shape = 0, 0, ()
+        if d not in (2, 3) or f[1] not in DT or k < 1 or k % 2 == 0 or len(shape) != d + 2 or min(shape) < 1:
+            p.error(f"--inspect must be 'dims,dtype,k,B,C,*spatial' (dims 2 or 3, dtype one of {','.join(DT)}, odd k, "
+                    f"dims spatial sizes), got {args.inspect!r}")
+        for row in inspect_kernels(d, shape, k, f[1]):
             print(json.dumps(row))
         return 0
     if not torch.cuda.is_available():

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
+    if args.map_max_size < 1:
+        ap.error(f"--map-max-size must be >= 1, got {args.map_max_size}")
     if not Path(args.slide).is_file():
         ap.error(f"--slide {args.slide}: no such file")
     out = Path(args.out).resolve()

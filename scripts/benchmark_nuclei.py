@@ -184,6 +184,14 @@ def _run(cmd: list[str], log: Path, env: dict[str, str], timeout: int | None) ->
 def prepare(data: str, out_dir: Path, split_seed: int, env: dict[str, str], timeout: int | None) -> Path:
     """Prepare ``data`` into ``out_dir`` with the preparation CLI (idempotent); returns the dataset_dir."""
     if (out_dir / "datalist.json").is_file():
+        try:
+            prep = json.loads((out_dir / "datalist.json").read_text()).get("preparation") or {}
+        except (OSError, ValueError, AttributeError):
+            prep = {}
+        have, want = (prep.get("input"), prep.get("seed")), (str(Path(data).resolve()), split_seed)
+        if prep and have != want:  # (the split and the data the report names must be the ones trained on)
+            raise SystemExit(f"{out_dir} was prepared from {have[0]} with split seed {have[1]}, not --data {want[0]} "
+                             f"--split-seed {split_seed}; use another --out, or --prepared {out_dir} to reuse it")
         logger.info("using the prepared dataset in %s", out_dir)
         return out_dir
     cmd = [sys.executable, "-m", "monai_gmr.data.prepare_nuclei", "--input", str(data), "--output", str(out_dir),
@@ -328,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             logger.info("using the trained %s in %s", name, run_dir)
         else:
             logger.info("training %s (log: %s)", name, run_dir / "train.log")
+            (run_dir / TRAINING_RECORD).unlink(missing_ok=True)  # an earlier model's record must not outlive it
             _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
             atomic_write_json(run_dir / TRAINING_RECORD, record)
         logger.info("evaluating %s (log: %s)", name, run_dir / "evaluate.log")

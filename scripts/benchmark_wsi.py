@@ -109,13 +109,39 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=None, help="seconds per bundle step")
     p.add_argument("--reuse-training", action="store_true",
                    help="skip training a model whose <out>/<model>/train_summary.json reports the requested epochs "
-                        "completed (its models/model.pt is evaluated again; train s is the summary's wall time)")
+                        "completed (its models/model.pt is evaluated again; train s is the summary's wall time); "
+                        "a model recorded as trained with another --seed is refused")
     args = p.parse_args(argv)
     for flag, v, low in (("--epochs", args.epochs, 1), ("--repeats", args.repeats, 1), ("--timeout", args.timeout, 1),
                          ("--num-workers", args.num_workers, 0)):  # fmt: skip
         if v is not None and v < low:  # 0 epochs / repeats silently became the profile's default
             p.error(f"{flag} must be >= {low}, got {v}")
     return args
+
+
+def throughput_synthetic(prof: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the one synthetic slide that part (a) reads (``<out>/throughput_slide``)."""
+    return {"n_slides": 1, "size": int(prof["tp_slide_size"]), "seed": 123, "patches_per_slide": 8, "patch_size": 96}
+
+
+def check_existing_slides(data_dir: Path, synthetic: dict[str, Any]) -> None:
+    """Refuse synthetic slides in ``data_dir`` generated with other settings than ``synthetic`` (e.g. by a run of
+    the other profile into the same ``--out``): ``ensure_wsi_dataset`` uses an existing dataset as it is, so the run
+    would train on / time those slides while reporting this profile's settings."""
+    meta_path = data_dir / "slides.json"
+    if not meta_path.is_file():
+        return
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return
+    size = synthetic["size"]
+    want = {"n_slides": synthetic["n_slides"], "size": [size, size] if isinstance(size, int) else list(size),
+            "seed": synthetic["seed"]}  # fmt: skip
+    have = {k: meta.get(k) for k in want}
+    if have != want:
+        raise SystemExit(f"{data_dir} holds synthetic slides generated with {have}, not this run's {want} (another "
+                         f"profile, --quick or not, into the same --out?); choose another --out or delete {data_dir}")
 
 
 # ---------------------------------------------------------------------------------------------------------- (a)
@@ -159,7 +185,7 @@ def throughput(out: Path, prof: dict[str, Any], device_name: str, num_workers: i
         torch.backends.cudnn.benchmark = True
     data = out / "throughput_slide"
     size = int(prof["tp_slide_size"])
-    ensure_wsi_dataset(data, n_slides=1, size=size, seed=123, patches_per_slide=8, patch_size=96)
+    ensure_wsi_dataset(data, **throughput_synthetic(prof))
     slide = str(sorted((data / "slides").glob("*.tiff"))[0])
     nets = {k: _build(v).to(device).eval() for k, v in networks(None).items()}  # full-size networks
     kw = dict(patch_size=96, overlap=float(prof["tp_overlap"]), batch_size=int(prof["tp_batch"]),
@@ -254,8 +280,26 @@ def _robustness_row(name: str, run_dir: Path, train_s: float, eval_s: float) -> 
     return row
 
 
-def _completed_training(run_dir: Path, epochs: int) -> float | None:
-    """Wall time of a finished training in ``run_dir`` (``train_summary.json`` with ``epochs`` completed), else None."""
+TRAINING_RECORD = "benchmark_train.json"
+
+
+def training_started(run_dir: Path) -> None:
+    """Before a training into ``run_dir``: an earlier model's record must not outlive it (a stopped training)."""
+    (run_dir / TRAINING_RECORD).unlink(missing_ok=True)
+
+
+def training_finished(run_dir: Path, seed: int, epochs: int) -> None:
+    """After a training: record its seed beside the model, for :func:`_completed_training`."""
+    from monai_gmr.utils import atomic_write_json
+
+    atomic_write_json(run_dir / TRAINING_RECORD, {"seed": int(seed), "epochs": int(epochs)})
+
+
+def _completed_training(run_dir: Path, epochs: int, seed: int | None = None) -> float | None:
+    """Wall time of a finished training in ``run_dir`` (``train_summary.json`` with ``epochs`` completed), else None.
+
+    With ``seed``: ``SystemExit`` when the model's training record names another seed (it would be reported under
+    this run's seed); a model trained before records were written is reused with a warning."""
     path = run_dir / "train_summary.json"
     if not path.is_file() or not (run_dir / "models" / "model.pt").is_file():
         return None
@@ -265,6 +309,15 @@ def _completed_training(run_dir: Path, epochs: int) -> float | None:
         return None
     if int(t.get("epochs_completed", -1)) != int(epochs):
         return None
+    if seed is not None:
+        try:
+            trained = json.loads((run_dir / TRAINING_RECORD).read_text()).get("seed")
+        except (OSError, ValueError, AttributeError):
+            logger.warning("%s has no readable %s: cannot check its training seed", run_dir, TRAINING_RECORD)
+        else:
+            if trained != int(seed):
+                raise SystemExit(f"--reuse-training: {run_dir} was trained with seed {trained}, not --seed {seed}; "
+                                 "drop --reuse-training or use another --out")
     return float(t.get("wall_time_s", math.nan))
 
 
@@ -290,13 +343,15 @@ def train_and_evaluate(out: Path, prof: dict[str, Any], args: argparse.Namespace
     for name, net in networks(prof["widths"]).items():
         run_dir = out / name
         over = {**common, "output_dir": str(run_dir), "network_def": net}
-        done = _completed_training(run_dir, epochs) if args.reuse_training else None
+        done = _completed_training(run_dir, epochs, args.seed) if args.reuse_training else None
         if done is not None:
             logger.info("reusing the completed training of %s (%s)", name, run_dir / "train_summary.json")
             t_train = done
         else:
             logger.info("training %s (log: %s)", name, run_dir / "train.log")
+            training_started(run_dir)
             t_train = _run(_bundle_cmd(["train.json"], {**over, **train}), run_dir / "train.log", env, args.timeout)
+            training_finished(run_dir, args.seed, epochs)
         logger.info("evaluating %s (log: %s)", name, run_dir / "evaluate.log")
         t_eval = _run(_bundle_cmd(["train.json", "evaluate.json"], {**over, **evaluate}), run_dir / "evaluate.log", env,
                       args.timeout)  # fmt: skip
@@ -380,11 +435,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out).resolve()
     if ROOT in out.parents or out == ROOT:
         raise SystemExit(f"--out {out} is inside the repository; choose a folder outside {ROOT}")
+    prof = dict(PROFILES["quick" if args.quick else "full"])
+    if not args.skip_throughput:  # before anything runs: slides of another run's settings are not reused silently
+        check_existing_slides(out / "throughput_slide", throughput_synthetic(prof))
+    if not args.skip_training:
+        check_existing_slides(out / "data", prof["synthetic"])
     out.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    prof = dict(PROFILES["quick" if args.quick else "full"])
     num_workers = args.num_workers if args.num_workers is not None else (8 if device.startswith("cuda") else 0)
     repeats = int(args.repeats or prof["repeats"])
     env = dict(os.environ)
@@ -405,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["throughput"] = throughput(out, prof, device, num_workers, repeats)
         report["seconds"] = round(time.perf_counter() - t0, 1)
         atomic_write_json(out / "benchmark.json", report)  # incremental: part (a) survives a later failure
+        atomic_write_text(out / "benchmark.md", _markdown(report))  # (not an earlier run's table beside it)
     if not args.skip_training:
         rows = train_and_evaluate(out, prof, args, env, num_workers)
         report["robustness"] = rows

@@ -765,7 +765,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, choices=list(PROFILES), help="default: quick with --quick, else the device type")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpm15-dir", default=str(DEFAULT_CPM15), help="raw CPM-15 folder or a prepared dataset (datalist.json)")
-    p.add_argument("--data-dir", default=None, help="where generated/prepared data go (default: a temporary folder)")
+    p.add_argument("--data-dir", default=None,
+                   help="where generated/prepared data go, in a folder per profile (default: a temporary folder)")
     p.add_argument("--wsi-backend", default="openslide", choices=["openslide", "tifffile"],
                    help="MONAI WSIReader backend for the slides")  # fmt: skip
     p.add_argument("--prefix", default=None, help="output file stem (default: compare_<profile>)")
@@ -826,8 +827,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "environment": _environment(device),
         "tasks": {},
     }
+    plots = []  # (png, results, metrics, title): drawn once every task has finished, so a failed run writes none
     with tempfile.TemporaryDirectory(prefix="compare_equivariant_") as tmp:
-        work = Path(args.data_dir) if args.data_dir else Path(tmp)
+        # one folder per profile: the generated/prepared datasets in it are reused as they are, whatever made them
+        work = Path(args.data_dir) / profile_name if args.data_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for task in tasks:
             rec = run_task(task, profile, models, device, work, Path(args.cpm15_dir), args.seed, args.steps,
@@ -835,17 +838,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results = rec.pop("_results", None)
             if results:
                 png = out / f"{prefix}_{task}_polar.png"
-                plot_polar({LABELS[k]: r for k, r in results.items()}, png, metrics=list(rec["metrics"]),
-                           title=f"{task}: metrics vs rotation angle" + (" (reflection-filled corners, central disk)"
-                                                                         if rec["kind"] == "segmentation" else ""))  # fmt: skip
+                plots.append((png, results, list(rec["metrics"]), f"{task}: metrics vs rotation angle"
+                              + (" (reflection-filled corners, central disk)" if rec["kind"] == "segmentation" else "")))  # fmt: skip
                 rec["polar_png"] = png.name
             zres = rec.pop("_zero_results", None)
             if zres:
                 png = out / f"{prefix}_{task}_polar_zero_padding.png"
-                plot_polar({LABELS[k]: r for k, r in zres.items()}, png, metrics=list(rec["metrics"]),
-                           title=f"{task}: metrics vs rotation angle (zero-filled corners, central disk)")  # fmt: skip
+                plots.append((png, zres, list(rec["metrics"]),
+                              f"{task}: metrics vs rotation angle (zero-filled corners, central disk)"))  # fmt: skip
                 rec["polar_zero_padding_png"] = png.name
             report["tasks"][task] = rec
+    for png, res, metrics, title in plots:
+        plot_polar({LABELS[k]: r for k, r in res.items()}, png, metrics=metrics, title=title)
     report["seconds"] = time.perf_counter() - t0
     md = markdown(report)
     paths = {"json": atomic_write_json(out / f"{prefix}.json", report), "md": atomic_write_text(out / f"{prefix}.md", md)}

@@ -146,9 +146,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    for v, name in ((args.size, "--size"), (args.crop, "--crop")):
-        if v % 8:
-            raise SystemExit(f"{name} must be a multiple of 8 (GMRUNet is exactly equivariant on sizes divisible by 8), got {v}")
+    for v, name, low in ((args.size, "--size", 16), (args.crop, "--crop", 8)):
+        if v < low or v % 8:
+            raise SystemExit(f"{name} must be a multiple of 8 (GMRUNet is exactly equivariant on sizes divisible by 8) "
+                             f"and >= {low}, got {v}")
     out = Path(args.out).resolve()
     data_dir = out / "data"
     t0 = time.perf_counter()

@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 < args.radius_frac <= 0.5:
         p.error(f"--radius-frac must be in (0, 0.5], got {args.radius_frac}")
     for flag, v in (("--size", args.size), ("--eval-size", args.eval_size), ("--canvas", args.canvas or 16)):
-        if v % 16:
-            raise SystemExit(f"{flag} must be a multiple of 16 (BasicUNet has 4 down-sampling levels), got {v}")
+        if v < 16 or v % 16:
+            raise SystemExit(f"{flag} must be a positive multiple of 16 (BasicUNet has 4 down-sampling levels), got {v}")
     if args.canvas is not None and args.canvas < args.eval_size:
         raise SystemExit(f"--canvas must be at least --eval-size={args.eval_size}, got {args.canvas}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -58,8 +58,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=None, help="also write PREFIX.json and PREFIX.md (e.g. in docs/results)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per bundle training")
     args = p.parse_args(argv)
-    if args.epochs is not None and args.epochs < 1:
-        p.error(f"--epochs must be >= 1, got {args.epochs}")
+    for flag, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--timeout", args.timeout)):
+        if v is not None and v < 1:
+            p.error(f"{flag} must be >= 1, got {v}")
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():  # else both networks train first, then .to() fails
+        p.error(f"--device {args.device}: CUDA is not available here")
     if args.real_slide is not None and not Path(args.real_slide).is_file():
         p.error(f"--real-slide {args.real_slide!r} does not exist")
     return args
@@ -163,8 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out).resolve()
     if ROOT in out.parents or out == ROOT:
         raise SystemExit(f"--out {out} is inside the repository; choose a folder outside {ROOT}")
-    out.mkdir(parents=True, exist_ok=True)
     prof = dict(bw.PROFILES["quick" if args.quick else "full"])
+    bw.check_existing_slides(out / "data", prof["synthetic"])  # another profile's slides are not reused silently
+    out.mkdir(parents=True, exist_ok=True)
     epochs = int(args.epochs or prof["epochs"])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -181,11 +191,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_s: dict[str, float] = {}
     for name, net_def in bw.networks(prof["widths"]).items():
         run_dir = out / name
-        done = bw._completed_training(run_dir, epochs) if args.reuse_training else None
+        done = bw._completed_training(run_dir, epochs, args.seed) if args.reuse_training else None
         if done is None:
             logger.info("training %s (log: %s)", name, run_dir / "train.log")
             over = {**common, "output_dir": str(run_dir), "network_def": net_def, **train}
+            bw.training_started(run_dir)
             done = bw._run(bw._bundle_cmd(["train.json"], over), run_dir / "train.log", env, args.timeout)
+            bw.training_finished(run_dir, args.seed, epochs)
         train_s[name] = round(float(done), 1)
         net = bw._build(net_def)
         load_checkpoint(net, run_dir / "models" / "model.pt")

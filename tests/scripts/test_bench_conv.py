@@ -21,7 +21,8 @@ def test_tiny_cpu_run_writes_json_and_markdown(tmp_path):
 @pytest.mark.parametrize(
     "extra, named",
     [(["--modes", "bar"], "--modes"), (["--dtypes", "fp16"], "--dtypes"), (["--impls", "foo"], "--impls"),
-     (["--repeats", "0"], "--repeats"), (["--kernels", "4"], "--kernels"), (["--shapes", "2,3"], "--shapes")],
+     (["--repeats", "0"], "--repeats"), (["--kernels", "4"], "--kernels"), (["--shapes", "2,3"], "--shapes"),
+     (["--device", "gpu"], "--device")],
 )  # fmt: skip
 def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named):
     """An unknown --modes/--dtypes was measured as fwd_bwd/fp32 under the unknown label; others crashed mid-run."""

@@ -8,9 +8,11 @@ from tests.conftest import load_script
 
 
 @pytest.mark.parametrize("extra, named", [(["--repeats", "0"], "--repeats"), (["--iters", "0"], "--iters"),
-                                          (["--impls", "foo"], "--impls"), (["--threads", "-1"], "--threads")])  # fmt: skip
+                                          (["--impls", "foo"], "--impls"), (["--threads", "-1"], "--threads"),
+                                          (["--budget-s", "-1"], "--budget-s"), (["--device", "gpu"], "--device")])  # fmt: skip
 def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named):
-    """--repeats 0 / --iters 0 crashed after the models were built (empty median, division by zero)."""
+    """--repeats 0 / --iters 0 crashed after the models were built (empty median, division by zero); a negative
+    --budget-s skipped every suite and then failed with KeyError: 'seconds'."""
     with pytest.raises(SystemExit):
         load_script("bench_nets").main(["--device", "cpu", "--quick", "--out", str(tmp_path / "o")] + extra)
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()

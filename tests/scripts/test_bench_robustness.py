@@ -21,9 +21,32 @@ def test_tiny_run_at_a_size_that_is_not_a_multiple_of_8(tmp_path):
 
 @pytest.mark.parametrize("extra, named", [(["--angle_step", "0"], "--angle_step"), (["--n_images", "0"], "--n_images"),
                                           (["--batch_size", "0"], "--batch_size"), (["--flips", "x"], "--flips"),
-                                          (["--metrics", "foo"], "--metrics")])  # fmt: skip
+                                          (["--metrics", "foo"], "--metrics"), (["--device", "gpu"], "--device")])  # fmt: skip
 def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
     """They raised ZeroDivisionError / ValueError tracebacks (or range() arg 3 must not be zero)."""
     with pytest.raises(SystemExit):
         load_script("bench_robustness").main(TINY + ["--size", "16", "--out", str(tmp_path / "r.json")] + extra)
     assert named in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def test_amp_gives_the_plain_passes_the_same_precision_as_rotation_robustness(tmp_path, monkeypatch):
+    """rotation_robustness runs autocast on CUDA only; with --amp on the CPU the plain forward passes still ran under
+    bfloat16 autocast, so the two timings compared fp32 against bf16 (the ratio measured the precision)."""
+    import torch
+
+    mod = load_script("bench_robustness")
+    seen = []
+    build = mod.build_net
+
+    class Spy(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return self.net(x)
+
+    monkeypatch.setattr(mod, "build_net", lambda kind, width: Spy(build(kind, width)))
+    mod.main(TINY + ["--size", "16", "--amp", "--out", str(tmp_path / "r.json")])
+    assert seen and not any(seen)

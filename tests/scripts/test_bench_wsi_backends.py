@@ -34,3 +34,14 @@ def test_refuses_a_missing_slide_and_an_output_folder_inside_the_repository(tmp_
     with pytest.raises(SystemExit):
         mod.main(["--slide", str(slide), "--out", str(inside)])
     assert "inside the repository" in capsys.readouterr().err and not inside.exists()
+
+
+def test_map_max_size_below_one_is_refused_before_anything_runs(tmp_path, capsys):
+    """--map-max-size 0 ran the warm-up inference into a ZeroDivisionError traceback (every slide failed)."""
+    import pytest
+
+    slide = tmp_path / "s.tiff"
+    slide.write_bytes(b"")
+    with pytest.raises(SystemExit):
+        load_script("bench_wsi_backends").main(["--slide", str(slide), "--out", str(tmp_path / "o"), "--map-max-size", "0"])
+    assert "--map-max-size" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -133,3 +133,51 @@ def test_negative_workers_and_cuda_without_cuda_are_refused_before_anything_runs
     with pytest.raises(SystemExit, match="--device cuda"):
         bn.main(["--out", str(tmp_path / "out"), "--device", "cuda", "--prepared", str(tmp_path / "none")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_retraining_does_not_keep_the_earlier_training_record(tmp_path, monkeypatch):
+    """Retraining into an --out that holds a finished model kept that model's benchmark_train.json while the bundle
+    trained anew; when the new training stopped (after writing its first models/model.pt), a later --skip-trained
+    run with the earlier settings accepted the half-trained model as trained with them."""
+    bn = _load()
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "datalist.json").write_text("{}")
+    run_dir = tmp_path / "out" / "gmrunet"
+    (run_dir / "models").mkdir(parents=True)
+    (run_dir / "models" / "model.pt").write_bytes(b"")
+    (run_dir / "train_summary.json").write_text("{}")
+    (run_dir / bn.TRAINING_RECORD).write_text(json.dumps({"seed": 0}))
+
+    def fail(cmd, log, env, timeout):
+        raise RuntimeError("training stopped")
+
+    monkeypatch.setattr(bn, "_run", fail)
+    with pytest.raises(RuntimeError, match="training stopped"):
+        bn.main(["--prepared", str(prepared), "--out", str(tmp_path / "out"), "--models", "gmrunet", "--seed", "1",
+                 "--device", "cpu", "--num-workers", "0"])  # fmt: skip
+    assert not (run_dir / bn.TRAINING_RECORD).exists()
+
+
+@pytest.mark.parametrize("change", [["--split-seed", "1"], ["--data", "other"]])
+def test_a_dataset_prepared_with_other_settings_in_out_is_refused(tmp_path, monkeypatch, change):
+    """<out>/prepared was reused whenever it held a datalist: a rerun into the same --out with another --split-seed
+    (or --data) trained and scored on the earlier split while the report gave the new settings."""
+    bn = _load()
+    for name in ("raw", "other"):
+        (tmp_path / name).mkdir()
+    prepared = tmp_path / "out" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "datalist.json").write_text(json.dumps({"training": [], "preparation": {"input": str(tmp_path / "raw"),
+                                                                                        "seed": 0}}))  # fmt: skip
+
+    def ran(*a, **k):
+        raise RuntimeError("ran on the earlier preparation")
+
+    monkeypatch.setattr(bn, "_run", ran)
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", "raw", "--out", "out", "--models", "gmrunet", "--device", "cpu", "--num-workers", "0"]
+    with pytest.raises(SystemExit, match=change[0]):
+        bn.main(args + change)
+    with pytest.raises(RuntimeError, match="earlier preparation"):  # the same settings reuse it
+        bn.main(args)

@@ -80,3 +80,79 @@ def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
     with pytest.raises(SystemExit):
         _load().main(["--out", str(tmp_path / "o"), "--device", "cpu", "--quick", "--skip-throughput"] + extra)
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_part_a_written_before_a_failing_part_b_updates_the_markdown_too(tmp_path, monkeypatch):
+    """benchmark.json was rewritten with part (a) before part (b) ran, but benchmark.md was not: when part (b)
+    failed, --out held the new JSON beside the Markdown of an earlier run (other numbers, other settings)."""
+    bw = _load()
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "benchmark.md").write_text("an earlier run\n")
+    tp = {"repeats": 1, "slide_size": 1024, "overlap": 0.0, "batch_size": 32, "num_workers": 0, "amp": False,
+          "params": {"gmr_resnet18": 1, "resnet18": 2}, "n_patches": {"gmr_resnet18": 3, "resnet18": 3},
+          "patches_per_s": {"gmr_resnet18": 10.0, "resnet18": 20.0},
+          "model_only_patches_per_s": {"gmr_resnet18": 30.0, "resnet18": 60.0}, "ratio_gmr_vs_monai": 0.5,
+          "model_only_ratio": 0.5}  # fmt: skip
+    monkeypatch.setattr(bw, "throughput", lambda *a, **k: tp)
+
+    def fail(*a, **k):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(bw, "train_and_evaluate", fail)
+    with pytest.raises(RuntimeError, match="training failed"):
+        bw.main(["--out", str(out), "--device", "cpu", "--quick"])
+    assert json.loads((out / "benchmark.json").read_text())["throughput"] == tp
+    md = (out / "benchmark.md").read_text()
+    assert "an earlier run" not in md and "GMR / MONAI: 0.500x" in md
+
+
+@pytest.mark.parametrize("part, folder", [("training", "data"), ("throughput", "throughput_slide")])
+def test_slides_of_another_profile_in_out_are_refused(tmp_path, monkeypatch, part, folder):
+    """The synthetic slides in --out were reused whatever profile made them: a full run into the --out of a --quick
+    run trained on the quick 2048-pixel slides (and timed the 1024-pixel throughput slide) while the report gave the
+    full profile's settings (4096)."""
+    bw = _load()
+    out = tmp_path / "o"
+    data = out / folder
+    data.mkdir(parents=True)
+    (data / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": []}))
+    quick = bw.PROFILES["quick"]
+    made = quick["synthetic"] if folder == "data" else {"n_slides": 1, "size": quick["tp_slide_size"], "seed": 123}
+    (data / "slides.json").write_text(json.dumps({"generator": "monai_gmr.data.make_synthetic_wsi", "n_slides": made["n_slides"],
+                                                  "size": [made["size"]] * 2, "seed": made["seed"]}))  # fmt: skip
+
+    def ran(*a, **k):
+        raise RuntimeError("ran on the other profile's slides")
+
+    monkeypatch.setattr(bw, "_run", ran)
+    monkeypatch.setattr(bw, "infer_slide", ran, raising=False)
+    monkeypatch.setattr("monai_gmr.workflows.wsi.infer_slide", ran)
+    skip = ["--skip-throughput"] if part == "training" else ["--skip-training"]
+    with pytest.raises(SystemExit, match=folder):
+        bw.main(["--out", str(out), "--device", "cpu", *skip])
+
+
+def test_reuse_training_refuses_a_model_trained_with_another_seed(tmp_path, monkeypatch):
+    """--reuse-training checked only the epochs: --seed 0 --reuse-training reused models trained with --seed 1 (and
+    reported seed 0). The training seed is now recorded beside the model and compared."""
+    bw = _load()
+    monkeypatch.setattr("monai_gmr.data.ensure_wsi_dataset", lambda *a, **k: None)
+
+    def fake_run(cmd, log, env, timeout):
+        if any("evaluate.json" in c for c in cmd):
+            raise RuntimeError("evaluated")
+        _finished(log.parent, int(cmd[cmd.index("--epochs") + 1]))
+        return 1.0
+
+    monkeypatch.setattr(bw, "_run", fake_run)
+    args = ["--out", str(tmp_path / "o"), "--device", "cpu", "--quick", "--skip-throughput"]
+    with pytest.raises(RuntimeError, match="evaluated"):
+        bw.main(args + ["--seed", "1"])
+    run_dir = tmp_path / "o" / "gmr_resnet18"
+    assert json.loads((run_dir / "benchmark_train.json").read_text())["seed"] == 1
+    with pytest.raises(SystemExit, match="seed"):
+        bw.main(args + ["--seed", "0", "--reuse-training"])
+    with pytest.raises(RuntimeError, match="evaluated"):  # the same seed is reused
+        bw.main(args + ["--seed", "1", "--reuse-training"])
+    assert bw._completed_training(run_dir, 4, seed=1) == 12.5

@@ -150,3 +150,43 @@ def test_augmentation_rotates_or_mirrors_image_and_label_together():
     det = th[:, 0, 0] * th[:, 1, 1] - th[:, 0, 1] * th[:, 1, 0]
     assert torch.allclose(det.abs(), torch.ones(2000), atol=1e-5)  # rotations and reflections only
     assert 0.45 < float((det < 0).float().mean()) < 0.55  # mirrored half the time
+
+
+def test_a_failed_task_writes_no_polar_plot_of_the_tasks_before_it(tmp_path, monkeypatch):
+    """The polar PNGs of each task were written as soon as the task finished; a later task that failed left them in
+    --out beside the JSON/Markdown of an earlier run (e.g. docs/results), which no longer described them."""
+    import monai_gmr.evaluation as ev
+
+    mod = _load()
+    plotted = []
+    monkeypatch.setattr(ev, "plot_polar", lambda *a, **k: plotted.append(a[1]))
+    done = {"kind": "segmentation", "metrics": ["dice"], "_results": {"plain": None}, "_zero_results": {"plain": None}}
+
+    def run_task(task, *a, **k):
+        if task == "wsi":
+            raise RuntimeError("wsi failed")
+        return dict(done)
+
+    monkeypatch.setattr(mod, "run_task", run_task)
+    with pytest.raises(RuntimeError, match="wsi failed"):
+        mod.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--tasks", "nuclei,wsi"])
+    assert plotted == [] and not list(tmp_path.iterdir())
+
+
+def test_data_dir_keeps_each_profiles_data_apart(tmp_path, monkeypatch):
+    """--data-dir was used as is by every profile, and the generated datasets in it are reused whatever made them: a
+    cpu-profile run after a --quick run trained on the quick profile's tiny synthetic data while its report named
+    the cpu profile's settings."""
+    mod = _load()
+    works = []
+
+    def run_task(task, profile, models, device, work, *a, **k):
+        works.append(work)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(mod, "run_task", run_task)
+    for extra in (["--quick"], ["--profile", "cpu"], ["--quick"]):
+        with pytest.raises(RuntimeError, match="stop"):
+            mod.main(["--device", "cpu", "--out", str(tmp_path / "o"), "--tasks", "nuclei", "--data-dir",
+                      str(tmp_path / "d")] + extra)  # fmt: skip
+    assert works[0] != works[1] and works[0] == works[2] and all(tmp_path / "d" in w.parents for w in works)

@@ -28,3 +28,12 @@ def test_rerun_with_other_data_settings_is_refused(tmp_path):
     with pytest.raises(SystemExit, match=r"'size': \[32, 32\].*'size': \[64, 64\]"):
         demo.main(["--out", str(tmp_path / "o"), "--n-images", "4", "--size", "64"])
     demo._check_existing_data(tmp_path / "o" / "data", {"n_images": 4, "size": 32, "seed": 0})  # same: reused
+
+
+@pytest.mark.parametrize("extra, named", [(["--size", "0"], "--size"), (["--crop", "0"], "--crop")])
+def test_sizes_below_one_block_are_refused_before_any_work(tmp_path, extra, named):
+    """--size 0 / --crop 0 passed the multiple-of-8 check: a ValueError traceback in the data generator, or a bundle
+    failure after the data were generated."""
+    with pytest.raises(SystemExit, match=named):
+        load_script("demo").main(["--out", str(tmp_path / "o")] + extra)
+    assert not (tmp_path / "o").exists()

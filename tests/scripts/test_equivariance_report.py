@@ -69,3 +69,13 @@ def test_sampling_option_reaches_every_gmr_layer_only():
     assert convs and all(c.sampling == "area" for c in convs)
     default = er.build_models((4, 8, 8, 8), (5, 5, 3, 3))
     assert all(m.sampling == "center" for m in default["GMRUNet"].modules() if type(m).__name__ == "GMRConv")
+
+
+def test_sizes_below_16_are_refused_before_any_work(tmp_path):
+    """--size 0 / --eval-size 0 passed the multiple-of-16 check and failed with a ValueError traceback in the data."""
+    import pytest
+
+    for extra, named in ((["--size", "0"], "--size"), (["--eval-size", "-16"], "--eval-size")):
+        with pytest.raises(SystemExit, match=named):
+            er.main(["--out", str(tmp_path / "o"), "--size", "32", "--eval-size", "32"] + extra)
+        assert not (tmp_path / "o").exists()

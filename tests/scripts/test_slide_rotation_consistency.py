@@ -48,3 +48,29 @@ def test_symmetric_size():
     assert mod.symmetric_size([2048, 2048], 48, 48, 1) == [2048, 2048]
     h, w = mod.symmetric_size([203, 131], 16, 16, 4)
     assert h % 4 == 0 and w % 4 == 0 and h <= 203 and w <= 131 and (h - 16) % 16 % 2 == 0 and (w - 16) % 16 % 2 == 0
+
+
+@pytest.mark.parametrize("extra, named", [(["--device", "cuda"], "--device"), (["--batch-size", "0"], "--batch-size"),
+                                          (["--timeout", "0"], "--timeout")])  # fmt: skip
+def test_bad_values_are_refused_before_training(tmp_path, capsys, monkeypatch, extra, named):
+    """--device cuda without CUDA trained both networks (minutes) and then failed with a traceback at net.to(device);
+    --batch-size 0 failed after training, --timeout 0 killed the first bundle run."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        load_script("slide_rotation_consistency").main(["--out", str(tmp_path / "o"), "--quick"] + extra)
+    assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_slides_of_another_profile_in_out_are_refused(tmp_path):
+    """A full run into the --out of a --quick run reused the quick profile's 2048-pixel slides (ensure_wsi_dataset
+    keeps an existing dataset) while the report gave the full profile's settings."""
+    import json
+
+    data = tmp_path / "o" / "data"
+    data.mkdir(parents=True)
+    (data / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": []}))
+    (data / "slides.json").write_text(json.dumps({"n_slides": 4, "size": [2048, 2048], "seed": 0}))
+    with pytest.raises(SystemExit, match="holds synthetic slides generated with"):
+        load_script("slide_rotation_consistency").main(["--out", str(tmp_path / "o"), "--epochs", "1", "--timeout", "60"])
