@@ -11,6 +11,7 @@ Paths are stored relative to the datalist file, so a dataset folder can be moved
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ __all__ = [
     "split_items",
     "write_datalist",
     "read_datalist",
+    "read_csv_rows",
     "move_into_place",
 ]
 
@@ -184,6 +186,30 @@ def read_datalist(path: str | os.PathLike, split: str | None = None, absolute: b
             for k, v in it.items():
                 it[k] = resolve(v)
     return items
+
+
+def read_csv_rows(path: str | os.PathLike, what: str = "CSV") -> list[dict[str, str]]:
+    """Rows of a CSV file with a header, as dicts (``csv.DictReader``).
+
+    Tolerates what spreadsheet programs write: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped and header
+    names are stripped (``"file, label"`` gives the column ``label``). Values are returned as read.
+
+    Args:
+        path: the CSV file.
+        what: what the file is called in error messages (e.g. ``"labels CSV"``).
+
+    Raises:
+        ValueError: the file is not UTF-8 text (e.g. Excel's plain "CSV", cp1252) or not parseable as CSV; the
+            message names the file.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
+            reader = csv.DictReader(f)
+            if reader.fieldnames:
+                reader.fieldnames = [h.strip() for h in reader.fieldnames]
+            return list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read {what} {str(path)!r} (a UTF-8 CSV is expected): {e}") from e
 
 
 def move_into_place(tmp: str | os.PathLike, root: str | os.PathLike, datalist_name: str = DATALIST_NAME) -> Path:

@@ -15,7 +15,6 @@ Both give MONAI-style dicts ``{"image": ..., "label": int}`` so they feed MONAI 
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from monai_gmr.data.datalist import read_csv_rows
 
 __all__ = [
     "PATCH_IMAGE_EXTENSIONS",
@@ -286,14 +287,7 @@ def image_folder_datalist(
     csv_path = csv_path if csv_path.is_absolute() else root / csv_path
     if not csv_path.is_file():
         raise FileNotFoundError(f"labels CSV {str(csv_path)!r} does not exist.")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
-            reader = csv.DictReader(f)
-            if reader.fieldnames:  # "file, label": header names without the spaces around them, like the values
-                reader.fieldnames = [h.strip() for h in reader.fieldnames]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"cannot read labels CSV {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
+    rows = read_csv_rows(csv_path, "labels CSV")
     if not rows:
         raise ValueError(f"labels CSV {str(csv_path)!r} has no rows.")
     cols = list(rows[0].keys())

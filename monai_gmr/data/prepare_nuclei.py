@@ -49,7 +49,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import shutil
@@ -62,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items, write_datalist
+from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, read_csv_rows, split_items, write_datalist
 from monai_gmr.data.synthetic_nuclei import save_png
 from monai_gmr.utils import as_bool, make_temp_dir, missing_dirs, remove_empty_dirs
 
@@ -386,14 +385,7 @@ def _detect_format(root: Path, masks_dir: Path | None) -> str:
 
 
 def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
-            reader = csv.DictReader(f)
-            if reader.fieldnames:  # "image, label": header names without the spaces around them, like the paths
-                reader.fieldnames = [h.strip() for h in reader.fieldnames]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"cannot read pairs file {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
+    rows = read_csv_rows(csv_path, "pairs file")
     if not rows:
         raise ValueError(f"pairs file {str(csv_path)!r} has no rows.")
     cols = rows[0].keys()

@@ -37,7 +37,6 @@ Everything is deterministic in ``seed`` (slide ``i`` uses ``SeedSequence([seed, 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -50,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items, write_datalist
+from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, read_csv_rows, split_items, write_datalist
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
@@ -599,14 +598,7 @@ def patch_csv_to_datalist(
     if not csv_path.is_file():
         raise FileNotFoundError(f"patch CSV {str(csv_path)!r} does not exist.")
     out_path = Path(out_path) if out_path is not None else csv_path.parent / DATALIST_NAME
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: drops the byte-order mark Excel writes
-            reader = csv.DictReader(f)
-            if reader.fieldnames:  # "slide, x, y": header names without the spaces around them
-                reader.fieldnames = [h.strip() for h in reader.fieldnames]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"cannot read patch CSV {str(csv_path)!r} (a UTF-8 CSV is expected): {e}") from e
+    rows = read_csv_rows(csv_path, "patch CSV")
     need = {"slide", "x", "y", "label"}
     if not rows or not need <= set(rows[0]):
         raise ValueError(f"patch CSV {str(csv_path)!r} needs columns {sorted(need)}, has {list(rows[0]) if rows else []}.")

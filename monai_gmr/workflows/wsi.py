@@ -296,16 +296,16 @@ def _ensure_wsi(dataset_dir: str | os.PathLike, generate: bool, synthetic: Mappi
     so an edited CSV or ``--val_frac`` is not silently ignored; without ``split`` (slide inference) an existing
     datalist is used as it is. A datalist the user wrote is never replaced.
     """
-    import csv
     import hashlib
 
     from monai_gmr.data import DATALIST_NAME, ensure_wsi_dataset, patch_csv_to_datalist, read_datalist
+    from monai_gmr.data.datalist import read_csv_rows
 
     root = Path(dataset_dir)
     patch_csv, datalist = root / "patches.csv", root / DATALIST_NAME
     if patch_csv.is_file():
-        with open(patch_csv, newline="") as f:
-            header = [h.strip() for h in next(csv.reader(f), [])]
+        rows = read_csv_rows(patch_csv, "patch CSV")  # BOM and spaced headers as patch_csv_to_datalist reads them
+        header = list(rows[0]) if rows else []
         size = None if "size" in header or patch_size is None else _as_pair(patch_size)[0]
         explicit = split is not None
         split = {"val_frac": 0.2, "test_frac": 0.2, "seed": 0, **dict(split or {})}
