@@ -387,21 +387,27 @@ class GMRConv(nn.Module):
             y = self._forward_eager(x)
         return y.squeeze(0) if unbatched else y
 
-    @torch.jit.unused
-    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
-        """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
-        if not isinstance(x, torch.Tensor) or x.ndim != self.spatial_dims + 2:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            dims = ", ".join("DHW"[3 - self.spatial_dims :])
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Shape checks of both forwards (TorchScript-compatible); ``x`` is batched here."""
+        d = self.spatial_dims
+        if x.dim() != d + 2:
+            dims = "H, W" if d == 2 else "D, H, W"
             raise ValueError(
-                f"input must have shape (B, C, {dims}) or (C, {dims}) for spatial_dims={self.spatial_dims}, got input "
-                f"shape {got}."
+                f"input must have shape (B, C, {dims}) or (C, {dims}) for spatial_dims={d}, got input shape "
+                f"{list(x.shape)}."
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"input has {x.shape[1]} channels but in_channels={self.in_channels} (input read as (B, C, *spatial) "
-                f"with spatial_dims={self.spatial_dims}, unbatched inputs as (C, *spatial))."
+                f"with spatial_dims={d}, unbatched inputs as (C, *spatial))."
             )
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"input must be a tensor, got {type(x).__name__}.")
+        self._check_input(x)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
         kernel = self.dense_kernel() if impl == "dense" else None  # cached in eval mode
@@ -429,17 +435,8 @@ class GMRConv(nn.Module):
 
         Shapes: as :meth:`forward`.
         """
+        self._check_input(x)
         d = self.spatial_dims
-        if x.dim() != d + 2:
-            raise ValueError(
-                f"input must have shape (B, C, *spatial) or (C, *spatial) with {d} spatial dims for spatial_dims={d}, "
-                f"got input shape {list(x.shape)}."
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input has {x.shape[1]} channels but in_channels={self.in_channels} (input read as (B, C, *spatial) "
-                f"with spatial_dims={d}, unbatched inputs as (C, *spatial))."
-            )
         n = self.num_rings
         lo, hi = self.log_sigma_range
         basis = ring_basis_values(

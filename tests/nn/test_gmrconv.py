@@ -97,9 +97,9 @@ def test_constructor_errors(kwargs, match):
 
 def test_forward_errors_name_the_problem():
     m = GMRConv(2, 3, 4, 3)
-    with pytest.raises(ValueError, match=r"\(B, C, H, W\) or \(C, H, W\).*input shape \(8, 8\)"):
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) or \(C, H, W\).*input shape \[8, 8\]"):
         m(torch.randn(8, 8))
-    with pytest.raises(ValueError, match=r"input shape \(1, 1, 3, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"input shape \[1, 1, 3, 8, 8\]"):
         m(torch.randn(1, 1, 3, 8, 8))
     with pytest.raises(ValueError, match="in_channels=3"):
         m(torch.randn(1, 2, 8, 8))

@@ -101,7 +101,7 @@ def test_script_leaves_the_eager_module_unchanged():
 
 def test_script_checks_the_input_shape():
     scripted = _script(GMRConv(2, 3, 4, 5))
-    with pytest.raises(Exception, match="spatial dims"):
+    with pytest.raises(Exception, match=r"\(B, C, H, W\) or \(C, H, W\) for spatial_dims=2"):
         scripted(torch.randn(1, 3, 8, 8, 8))
     with pytest.raises(Exception, match="in_channels=3"):
         scripted(torch.randn(1, 2, 8, 8))
