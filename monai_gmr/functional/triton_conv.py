@@ -39,7 +39,7 @@ Variants (:data:`VARIANT`): "unrolled" kernels are generated per (k, dims, suppo
 Measured (H100, docs/benchmarks_triton.md): at (32, 128, 64, 64) k = 9, forward + backward 1.3x faster than cuDNN
 dense k = 9 (bf16 and fp32); 3D (2, 32, 48^3) k = 7 2.4x (bf16) / 4.2x (fp32); slower than cuDNN at k = 3.
 
-Support: 2D and 3D, stride 1, "same" zero padding (``padding == (k - 1) // 2``), dilation 1, groups 1, float32 /
+Support: 2D and 3D, odd k, stride 1, "same" zero padding (``padding == (k - 1) // 2``), dilation 1, groups 1, float32 /
 float16 / bfloat16 on CUDA. The basis must be radially symmetric (as :func:`ring_basis` makes it with
 ``sampling="center"``; ``gmr_conv`` checks an unknown basis with :func:`.basis.is_radial_basis`); only one offset
 per shell is read. Anything else falls back (see :func:`triton_unsupported_reason` and
@@ -148,7 +148,7 @@ def triton_unsupported_reason(
     """Why ``impl="triton"`` cannot run this convolution, or ``None`` when it can.
 
     Supported: CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``), 2 or 3 spatial dims, float32 /
-    float16 / bfloat16 (after autocast), stride 1, dilation 1, groups 1, "same" zero padding.
+    float16 / bfloat16 (after autocast), odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding.
     """
     d = x.ndim - 2
     if d not in (2, 3):
@@ -161,6 +161,8 @@ def triton_unsupported_reason(
         return all(int(e) == val for e in (v if isinstance(v, (tuple, list)) else [v] * d))
 
     # call arguments first (they do not depend on the installation), then installation and device
+    if kernel_size % 2 == 0:  # the shell table centres the offsets on a pixel: an even k has no centre
+        return f"kernel_size={kernel_size} is even"
     if not _all(stride, 1):
         return f"stride={stride}"
     if not _all(dilation, 1):

@@ -616,3 +616,22 @@ def test_direct_call_with_an_unreadable_basis_falls_back(monkeypatch):
     y = gmr_conv(x, weight, basis, None, padding=0, impl="triton")
     assert seen == [False]
     assert torch.allclose(y, gmr_conv(x, weight, basis, None, padding=0, impl="dense"), atol=1e-12)
+
+
+def test_even_kernel_size_is_refused(monkeypatch, caplog):
+    """The shell table centres the offsets on a pixel, so an even ``k`` has no shell decomposition: its rep indices
+    ran past the ``k^d`` grid (an index error on CPU, a device-side assert on CUDA) even when the caller vouched
+    ``radial=True``. The support check now names it and the call falls back without trying the kernels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float32)
+    for k in (2, 4):
+        reason = tc.triton_unsupported_reason(x, k, 1, (k - 1) // 2, 1, 1, "zeros")
+        assert reason is not None and f"kernel_size={k}" in reason
+    torch.manual_seed(0)
+    basis = torch.rand(2, 4, 4)
+    weight = torch.randn(3, 2, 2)
+    with caplog.at_level(logging.WARNING, logger=conv_mod.__name__):
+        y = gmr_conv(x, weight, basis, None, padding=1, impl="triton", radial=True)
+    assert not any("failed" in r.getMessage() for r in caplog.records)
+    assert torch.allclose(y, gmr_conv(x, weight, basis, None, padding=1, impl="dense"), atol=1e-6)
