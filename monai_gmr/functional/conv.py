@@ -209,7 +209,8 @@ def gmr_conv(
             cubic = basis is not None and basis.ndim == d + 1 and all(s == k for s in basis.shape[1:]) and k % 2 == 1
             radial = basis is None or (cubic and is_radial_basis(basis))
         impl = resolve_triton(
-            requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None, radial
+            requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None, radial,
+            out_channels=weight.shape[0],
         )
         if impl == "triton":
             key = (x.device.type, d, k, str(x.dtype))

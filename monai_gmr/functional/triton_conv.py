@@ -144,11 +144,14 @@ def triton_unsupported_reason(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
+    out_channels: int | None = None,
 ) -> str | None:
     """Why ``impl="triton"`` cannot run this convolution, or ``None`` when it can.
 
     Supported: CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``), 2 or 3 spatial dims, float32 /
-    float16 / bfloat16 (after autocast), odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding.
+    float16 / bfloat16 (after autocast), odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding, and
+    fewer than ``2**31`` elements in one input sample and (given ``out_channels``) one output sample: the kernels
+    index within a sample in int32.
     """
     d = x.ndim - 2
     if d not in (2, 3):
@@ -184,6 +187,8 @@ def triton_unsupported_reason(
         return f"kernel_size={kernel_size} is too large"
     if x.numel() and x[0].numel() >= 2**31:
         return "one sample has >= 2**31 elements"
+    if x.numel() and out_channels is not None and out_channels * math.prod(x.shape[2:]) >= 2**31:
+        return "one output sample has >= 2**31 elements"
     return None
 
 
@@ -1055,6 +1060,7 @@ def resolve_triton(
     needs_grad: bool | None,
     has_basis: bool = True,
     radial: bool = True,
+    out_channels: int | None = None,
 ) -> str:
     """``"triton"`` if the fused kernels can run this call, else the best other implementation.
 
@@ -1068,7 +1074,9 @@ def resolve_triton(
     elif not radial:
         reason = "the basis is not a function of |p| alone (sampling='area')"
     else:
-        reason = triton_unsupported_reason(x, kernel_size, stride, padding, dilation, groups, padding_mode)
+        reason = triton_unsupported_reason(
+            x, kernel_size, stride, padding, dilation, groups, padding_mode, out_channels=out_channels
+        )
     if reason is None:
         return "triton"
     fallback = select_impl("auto", x.device, x.ndim - 2, kernel_size, x.shape[1], needs_grad, allow_triton=False)

@@ -557,7 +557,7 @@ def test_direct_call_detects_a_non_radial_basis(monkeypatch, d, k):
     the basis, only on the Triton path; an explicit bool is passed through unchecked."""
     seen = []
 
-    def fake_resolve(*args):
+    def fake_resolve(*args, **kwargs):
         seen.append(args[-1])  # the radial flag
         return "dense"
 
@@ -604,7 +604,7 @@ def test_direct_call_with_an_unreadable_basis_falls_back(monkeypatch):
     before the check existed such a call fell back to another implementation. It does again (radial=False)."""
     seen = []
 
-    def fake_resolve(*args):
+    def fake_resolve(*args, **kwargs):
         seen.append(args[-1])
         return "dense"
 
@@ -635,3 +635,24 @@ def test_even_kernel_size_is_refused(monkeypatch, caplog):
         y = gmr_conv(x, weight, basis, None, padding=1, impl="triton", radial=True)
     assert not any("failed" in r.getMessage() for r in caplog.records)
     assert torch.allclose(y, gmr_conv(x, weight, basis, None, padding=1, impl="dense"), atol=1e-6)
+
+
+def test_output_sample_past_int32_is_refused(monkeypatch):
+    """The kernels index within a sample in int32: the input check alone let a layer widening past 2**31 elements per
+    output sample (``C_out * spatial``; also the ``grad_out`` read in the backward) run with overflowing offsets."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.zeros(1, 1, 1, 1).expand(1, 2, 2**15, 2**14)  # 2**30 elements per input sample, no memory
+    if HAS_TRITON:
+        assert tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "zeros", out_channels=2) is None
+    reason = tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "zeros", out_channels=4)
+    assert reason is not None and "2**31" in reason
+    seen = []
+
+    def fake_resolve(*args, **kwargs):
+        seen.append(kwargs.get("out_channels"))
+        return "dense"
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", fake_resolve)
+    m = GMRConv(2, 2, 5, 3)
+    gmr_conv(torch.randn(1, 2, 6, 6), m.weight, m.basis(), None, padding=1, impl="triton", radial=True)
+    assert seen == [5]  # gmr_conv hands the output width to the support check
