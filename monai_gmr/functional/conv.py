@@ -217,6 +217,8 @@ def gmr_conv(
             if key not in _TRITON_FAILED:
                 try:
                     return gmr_conv_triton(x, weight, basis, bias, circular=circular)
+                except torch.OutOfMemoryError:  # this batch does not fit: not a kernel failure, the dense path would
+                    raise  # need as much memory, and the kernels must stay enabled for the calls that fit
                 except Exception as e:  # compile / launch failure on this GPU: fall back, never crash a forward pass
                     if os.environ.get(TRITON_STRICT_ENV) == "1":  # tests and benchmarks: a fallback would pass as Triton
                         raise

@@ -656,3 +656,25 @@ def test_output_sample_past_int32_is_refused(monkeypatch):
     m = GMRConv(2, 2, 5, 3)
     gmr_conv(torch.randn(1, 2, 6, 6), m.weight, m.basis(), None, padding=1, impl="triton", radial=True)
     assert seen == [5]  # gmr_conv hands the output width to the support check
+
+
+def test_out_of_memory_is_not_a_triton_failure(monkeypatch):
+    """A CUDA out-of-memory error in the Triton forward (a batch too large this once, e.g. while a batch size is
+    probed) is not a compile/launch failure of the kernels: it used to be served by the dense path (which needs the
+    same memory or more) and disabled Triton for the configuration for the rest of the process. It surfaces now,
+    and a later call that fits still runs the fused kernels."""
+    calls = []
+
+    def oom(*args, **kwargs):
+        calls.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", oom)
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    m = GMRConv(2, 3, 4, 5)
+    x = torch.randn(1, 3, 9, 9)
+    for _ in range(2):
+        with pytest.raises(torch.OutOfMemoryError):
+            gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
+    assert len(calls) == 2 and not conv_mod._TRITON_FAILED
