@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .basis import is_radial_basis
-from .triton_conv import gmr_conv_triton, resolve_triton
+from .triton_conv import _compute_dtype, gmr_conv_triton, resolve_triton
 
 __all__ = [
     "IMPLS",
@@ -38,7 +38,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMPLS = ("auto", "dense", "rings", "triton")
-# (device type, spatial dims, kernel size, dtype) where the Triton kernels raised once: not tried again
+# (device type, spatial dims, kernel size, compute dtype: the autocast dtype under autocast) where the Triton kernels
+# raised once: not tried again
 _TRITON_FAILED: set[tuple[str, int, int, str]] = set()
 #: set to "1" to re-raise a Triton compile/launch failure instead of falling back to the dense/rings path (GPU tests
 #: and benchmarks: a silent fallback would be counted as Triton)
@@ -213,7 +214,7 @@ def gmr_conv(
             out_channels=weight.shape[0],
         )
         if impl == "triton":
-            key = (x.device.type, d, k, str(x.dtype))
+            key = (x.device.type, d, k, str(_compute_dtype(x)))
             if key not in _TRITON_FAILED:
                 try:
                     return gmr_conv_triton(x, weight, basis, bias, circular=circular)

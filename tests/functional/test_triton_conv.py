@@ -678,3 +678,25 @@ def test_out_of_memory_is_not_a_triton_failure(monkeypatch):
         with pytest.raises(torch.OutOfMemoryError):
             gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
     assert len(calls) == 2 and not conv_mod._TRITON_FAILED
+
+
+def test_triton_failure_is_remembered_per_compute_dtype(monkeypatch):
+    """A failure of the bf16 kernels (under autocast) must not disable the float32 kernels of the same layer: the
+    failure key used the input's dtype (float32 in both cases) instead of the dtype the kernels ran in."""
+    calls = []
+
+    def broken_under_autocast(x, *args, **kwargs):
+        calls.append(torch.is_autocast_enabled("cpu"))
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("bf16 dot unsupported")
+        return torch.zeros(1)
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", broken_under_autocast)
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    m = GMRConv(2, 3, 4, 5)
+    x = torch.randn(1, 3, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")  # falls back
+    y = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
+    assert calls == [True, False] and torch.equal(y, torch.zeros(1))
