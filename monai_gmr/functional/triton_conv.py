@@ -990,6 +990,7 @@ class _GMRTritonFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels' gradients carry no graph: refuse a double backward
     def backward(ctx, grad_out: torch.Tensor):
         xk, wk = ctx.saved_tensors
         table = ctx.table

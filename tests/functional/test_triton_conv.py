@@ -700,3 +700,17 @@ def test_triton_failure_is_remembered_per_compute_dtype(monkeypatch):
         gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")  # falls back
     y = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
     assert calls == [True, False] and torch.equal(y, torch.zeros(1))
+
+
+@needs_triton
+def test_interpreter_double_backward_is_refused_not_silently_zero(interpreter):
+    """The Triton backward runs opaque kernels, so its gradients carry no graph: a gradient penalty built with
+    ``create_graph=True`` (WGAN-GP, input-gradient regularisers) silently contributed nothing through a Triton layer
+    while the dense and rings paths differentiate it. Differentiating twice now raises."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 3, impl="triton")
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    (gx,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+    loss = m(x).mean() + gx.square().sum()  # the penalty's weight gradient was silently dropped
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        loss.backward()
