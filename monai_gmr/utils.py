@@ -50,16 +50,25 @@ logger = logging.getLogger(__name__)
 def size_hw(size: Any, name: str = "size") -> tuple[int, int]:
     """``S`` or ``(H, W)`` -> ``(H, W)`` ints.
 
+    Integral floats (``256.0``, as YAML may give them) and NumPy integers are accepted.
+
     Raises:
-        ValueError: a sequence that does not hold exactly 2 values (the message names ``name``).
+        ValueError: a sequence that does not hold exactly 2 values, or a value that is not a whole number (a
+            fraction, a bool, ``None``; ``int()`` would truncate ``1.5`` to 1 silently). The message names ``name``.
     """
     from monai.utils import ensure_tuple_rep
 
     try:
-        hgt, wid = ensure_tuple_rep(size, 2)
+        hw = ensure_tuple_rep(size, 2)
     except ValueError as e:
         raise ValueError(f"{name} must be an int or (H, W), got {name}={size!r}.") from e
-    return int(hgt), int(wid)
+    whole = [
+        isinstance(v, numbers.Integral) or (isinstance(v, numbers.Real) and float(v).is_integer())
+        for v in hw
+    ]
+    if not all(whole) or any(isinstance(v, bool) for v in hw):
+        raise ValueError(f"{name} must be an int or (H, W) of ints, got {name}={size!r}.")
+    return int(hw[0]), int(hw[1])
 
 
 @contextlib.contextmanager
