@@ -214,6 +214,15 @@ def gmr_conv(
             out_channels=weight.shape[0],
         )
         if impl == "triton":
+            # the kernels read weight and bias by the input's channel count and the weight's output count without
+            # bounds: a mismatch raises here, as the dense path does, instead of reading past the buffers
+            if weight.ndim != 3 or weight.shape[1] != x.shape[1]:
+                raise ValueError(
+                    f"weight must have shape (C_out, C_in, n) with C_in = {x.shape[1]} for an input of {x.shape[1]} "
+                    f"input channels (groups=1), got weight shape {tuple(weight.shape)}."
+                )
+            if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+                raise ValueError(f"bias must have shape ({weight.shape[0]},), got bias shape {tuple(bias.shape)}.")
             key = (x.device.type, d, k, str(_compute_dtype(x)))
             if key not in _TRITON_FAILED:
                 try:

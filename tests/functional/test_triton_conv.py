@@ -714,3 +714,21 @@ def test_interpreter_double_backward_is_refused_not_silently_zero(interpreter):
     loss = m(x).mean() + gx.square().sum()  # the penalty's weight gradient was silently dropped
     with pytest.raises(RuntimeError, match="differentiate twice"):
         loss.backward()
+
+
+def test_triton_path_refuses_mismatched_weight_and_bias_by_name(monkeypatch):
+    """The kernels read the ring weights and the bias by the input's channel count and the weight's output count,
+    without bounds: a weight for another input width, or a bias of another length, ran and returned garbage (seen
+    in the interpreter) where the dense path raises. It is refused by name before the kernels are launched."""
+    calls = []
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", lambda *a, **k: calls.append(1) or torch.zeros(1))
+    m = GMRConv(2, 2, 3, 3)
+    x = torch.randn(1, 4, 6, 6)
+    with pytest.raises(ValueError, match=r"weight .*4 input channels"):
+        gmr_conv(x, m.weight, m.basis(), None, padding=1, impl="triton", radial=True)
+    with pytest.raises(ValueError, match=r"bias .*\(3,\)"):
+        gmr_conv(x[:, :2], m.weight, m.basis(), torch.randn(5), padding=1, impl="triton", radial=True)
+    assert not calls
+    gmr_conv(x[:, :2], m.weight, m.basis(), torch.randn(3), padding=1, impl="triton", radial=True)
+    assert calls == [1]
