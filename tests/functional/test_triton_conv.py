@@ -732,3 +732,17 @@ def test_triton_path_refuses_mismatched_weight_and_bias_by_name(monkeypatch):
     assert not calls
     gmr_conv(x[:, :2], m.weight, m.basis(), torch.randn(3), padding=1, impl="triton", radial=True)
     assert calls == [1]
+
+
+def test_triton_path_refuses_a_weight_with_another_ring_count(monkeypatch):
+    """``shell_weights`` reshapes the weight by the basis' ring count: a weight with 2 rings against a 3-ring basis
+    was silently scrambled into shell weights (synthesize_kernel refuses it on the dense path)."""
+    basis = torch.rand(3, 3, 3)
+    weight = torch.randn(3, 2, 2)
+    assert tc.shell_weights(weight, basis, tc.shell_table(3, 2)).shape[1:] == (2, 3)  # no error down there
+    calls = []
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", lambda *a, **k: calls.append(1) or torch.zeros(1))
+    with pytest.raises(ValueError, match="rings"):
+        gmr_conv(torch.randn(1, 2, 6, 6), weight, basis, None, padding=1, impl="triton", radial=True)
+    assert not calls
