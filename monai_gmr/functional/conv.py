@@ -221,6 +221,11 @@ def gmr_conv(
                     f"weight must have shape (C_out, C_in, n) with C_in = {x.shape[1]} for an input of {x.shape[1]} "
                     f"input channels (groups=1), got weight shape {tuple(weight.shape)}."
                 )
+            if basis.ndim != d + 1 or any(s != k for s in basis.shape[1:]):
+                raise ValueError(
+                    f"basis must have shape (n,) + (k,) * {d} for an input with {d} spatial dims, got basis shape "
+                    f"{tuple(basis.shape)}."
+                )
             if weight.shape[2] != basis.shape[0]:
                 raise ValueError(f"weight has {weight.shape[2]} rings but basis has {basis.shape[0]}.")
             if bias is not None and tuple(bias.shape) != (weight.shape[0],):

@@ -746,3 +746,16 @@ def test_triton_path_refuses_a_weight_with_another_ring_count(monkeypatch):
     with pytest.raises(ValueError, match="rings"):
         gmr_conv(torch.randn(1, 2, 6, 6), weight, basis, None, padding=1, impl="triton", radial=True)
     assert not calls
+
+
+def test_triton_path_refuses_a_basis_of_other_dims(monkeypatch):
+    """A 2D basis with a 3D input (``radial=True`` given by the caller) reached ``shell_weights``, whose 3D rep
+    indices run past the ``k^2`` grid (an index error here, a device-side assert on CUDA); the dense path raises a
+    shape error. It is refused by name before the kernels."""
+    calls = []
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", lambda *a, **k: calls.append(1) or torch.zeros(1))
+    with pytest.raises(ValueError, match="basis"):
+        gmr_conv(torch.randn(1, 2, 5, 5, 5), torch.randn(3, 2, 3), torch.rand(3, 3, 3), None, padding=1,
+                 impl="triton", radial=True)  # fmt: skip
+    assert not calls
