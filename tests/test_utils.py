@@ -283,7 +283,8 @@ def test_size_hw_reads_sizes_and_refuses_non_integers_by_name():
     1; ``None`` raised a TypeError that did not name the setting."""
     assert size_hw(64) == (64, 64) and size_hw((32, 48)) == (32, 48)
     assert size_hw(np.int64(8)) == (8, 8) and size_hw(256.0) == (256, 256)  # YAML / NumPy numbers
-    for bad in (1.5, (64, 0.5), True, None, (32, None)):
+    assert size_hw("64") == (64, 64) and size_hw(("32", 48)) == (32, 48)  # text, as int() read it before
+    for bad in (1.5, (64, 0.5), True, None, (32, None), "1.5", "big"):
         with pytest.raises(ValueError, match=r"^stride must be an int or \(H, W\)"):
             size_hw(bad, "stride")
     with pytest.raises(ValueError, match="stride"):
