@@ -50,16 +50,28 @@ logger = logging.getLogger(__name__)
 def size_hw(size: Any, name: str = "size") -> tuple[int, int]:
     """``S`` or ``(H, W)`` -> ``(H, W)`` ints.
 
+    Integral floats (``256.0``, as YAML may give them), NumPy integers and text holding an int are accepted.
+
     Raises:
-        ValueError: a sequence that does not hold exactly 2 values (the message names ``name``).
+        ValueError: a sequence that does not hold exactly 2 values, or a value that is not a whole number (a
+            fraction, a bool, ``None``; ``int()`` would truncate ``1.5`` to 1 silently). The message names ``name``.
     """
     from monai.utils import ensure_tuple_rep
 
     try:
-        hgt, wid = ensure_tuple_rep(size, 2)
+        hw = ensure_tuple_rep(size, 2)
     except ValueError as e:
         raise ValueError(f"{name} must be an int or (H, W), got {name}={size!r}.") from e
-    return int(hgt), int(wid)
+    out = []
+    for v in hw:
+        if isinstance(v, str):  # text from a config, as int() read it before
+            with contextlib.suppress(ValueError):
+                v = int(v.strip())
+        whole = isinstance(v, numbers.Integral) or (isinstance(v, numbers.Real) and float(v).is_integer())
+        if not whole or isinstance(v, bool):
+            raise ValueError(f"{name} must be an int or (H, W) of ints, got {name}={size!r}.")
+        out.append(int(v))
+    return out[0], out[1]
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from monai_gmr.utils import (
     make_temp_dir,
     run_environment,
     seed_everything,
+    size_hw,
 )
 
 
@@ -275,3 +276,16 @@ def test_missing_dirs_and_remove_empty_dirs_undo_only_what_was_created(tmp_path)
     remove_empty_dirs(created)
     assert not target.exists() and (target.parent / "user.txt").read_text() == "x"
     remove_empty_dirs(created)  # already gone or not empty: no error
+
+
+def test_size_hw_reads_sizes_and_refuses_non_integers_by_name():
+    """``int()`` truncated a fractional size (``stride=1.5`` became 1, ``0.5`` became 0) and let ``True`` through as
+    1; ``None`` raised a TypeError that did not name the setting."""
+    assert size_hw(64) == (64, 64) and size_hw((32, 48)) == (32, 48)
+    assert size_hw(np.int64(8)) == (8, 8) and size_hw(256.0) == (256, 256)  # YAML / NumPy numbers
+    assert size_hw("64") == (64, 64) and size_hw(("32", 48)) == (32, 48)  # text, as int() read it before
+    for bad in (1.5, (64, 0.5), True, None, (32, None), "1.5", "big"):
+        with pytest.raises(ValueError, match=r"^stride must be an int or \(H, W\)"):
+            size_hw(bad, "stride")
+    with pytest.raises(ValueError, match="stride"):
+        size_hw((1, 2, 3), "stride")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .basis import is_radial_basis
-from .triton_conv import gmr_conv_triton, resolve_triton
+from .triton_conv import _compute_dtype, gmr_conv_triton, resolve_triton
 
 __all__ = [
     "IMPLS",
@@ -38,7 +38,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMPLS = ("auto", "dense", "rings", "triton")
-# (device type, spatial dims, kernel size, dtype) where the Triton kernels raised once: not tried again
+# (device type, spatial dims, kernel size, compute dtype: the autocast dtype under autocast) where the Triton kernels
+# raised once: not tried again
 _TRITON_FAILED: set[tuple[str, int, int, str]] = set()
 #: set to "1" to re-raise a Triton compile/launch failure instead of falling back to the dense/rings path (GPU tests
 #: and benchmarks: a silent fallback would be counted as Triton)
@@ -209,13 +210,32 @@ def gmr_conv(
             cubic = basis is not None and basis.ndim == d + 1 and all(s == k for s in basis.shape[1:]) and k % 2 == 1
             radial = basis is None or (cubic and is_radial_basis(basis))
         impl = resolve_triton(
-            requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None, radial
+            requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None, radial,
+            out_channels=weight.shape[0],
         )
         if impl == "triton":
-            key = (x.device.type, d, k, str(x.dtype))
+            # the kernels read weight and bias by the input's channel count and the weight's output count without
+            # bounds: a mismatch raises here, as the dense path does, instead of reading past the buffers
+            if weight.ndim != 3 or weight.shape[1] != x.shape[1]:
+                raise ValueError(
+                    f"weight must have shape (C_out, C_in, n) with C_in = {x.shape[1]} for an input of {x.shape[1]} "
+                    f"input channels (groups=1), got weight shape {tuple(weight.shape)}."
+                )
+            if basis.ndim != d + 1 or any(s != k for s in basis.shape[1:]):
+                raise ValueError(
+                    f"basis must have shape (n,) + (k,) * {d} for an input with {d} spatial dims, got basis shape "
+                    f"{tuple(basis.shape)}."
+                )
+            if weight.shape[2] != basis.shape[0]:
+                raise ValueError(f"weight has {weight.shape[2]} rings but basis has {basis.shape[0]}.")
+            if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+                raise ValueError(f"bias must have shape ({weight.shape[0]},), got bias shape {tuple(bias.shape)}.")
+            key = (x.device.type, d, k, str(_compute_dtype(x)))
             if key not in _TRITON_FAILED:
                 try:
                     return gmr_conv_triton(x, weight, basis, bias, circular=circular)
+                except torch.OutOfMemoryError:  # this batch does not fit: not a kernel failure, the dense path would
+                    raise  # need as much memory, and the kernels must stay enabled for the calls that fit
                 except Exception as e:  # compile / launch failure on this GPU: fall back, never crash a forward pass
                     if os.environ.get(TRITON_STRICT_ENV) == "1":  # tests and benchmarks: a fallback would pass as Triton
                         raise

@@ -39,7 +39,7 @@ Variants (:data:`VARIANT`): "unrolled" kernels are generated per (k, dims, suppo
 Measured (H100, docs/benchmarks_triton.md): at (32, 128, 64, 64) k = 9, forward + backward 1.3x faster than cuDNN
 dense k = 9 (bf16 and fp32); 3D (2, 32, 48^3) k = 7 2.4x (bf16) / 4.2x (fp32); slower than cuDNN at k = 3.
 
-Support: 2D and 3D, stride 1, "same" zero padding (``padding == (k - 1) // 2``), dilation 1, groups 1, float32 /
+Support: 2D and 3D, odd k, stride 1, "same" zero padding (``padding == (k - 1) // 2``), dilation 1, groups 1, float32 /
 float16 / bfloat16 on CUDA. The basis must be radially symmetric (as :func:`ring_basis` makes it with
 ``sampling="center"``; ``gmr_conv`` checks an unknown basis with :func:`.basis.is_radial_basis`); only one offset
 per shell is read. Anything else falls back (see :func:`triton_unsupported_reason` and
@@ -144,11 +144,14 @@ def triton_unsupported_reason(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
+    out_channels: int | None = None,
 ) -> str | None:
     """Why ``impl="triton"`` cannot run this convolution, or ``None`` when it can.
 
     Supported: CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``), 2 or 3 spatial dims, float32 /
-    float16 / bfloat16 (after autocast), stride 1, dilation 1, groups 1, "same" zero padding.
+    float16 / bfloat16 (after autocast), odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding, and
+    fewer than ``2**31`` elements in one input sample and (given ``out_channels``) one output sample: the kernels
+    index within a sample in int32.
     """
     d = x.ndim - 2
     if d not in (2, 3):
@@ -161,6 +164,8 @@ def triton_unsupported_reason(
         return all(int(e) == val for e in (v if isinstance(v, (tuple, list)) else [v] * d))
 
     # call arguments first (they do not depend on the installation), then installation and device
+    if kernel_size % 2 == 0:  # the shell table centres the offsets on a pixel: an even k has no centre
+        return f"kernel_size={kernel_size} is even"
     if not _all(stride, 1):
         return f"stride={stride}"
     if not _all(dilation, 1):
@@ -182,6 +187,8 @@ def triton_unsupported_reason(
         return f"kernel_size={kernel_size} is too large"
     if x.numel() and x[0].numel() >= 2**31:
         return "one sample has >= 2**31 elements"
+    if x.numel() and out_channels is not None and out_channels * math.prod(x.shape[2:]) >= 2**31:
+        return "one output sample has >= 2**31 elements"
     return None
 
 
@@ -983,6 +990,7 @@ class _GMRTritonFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels' gradients carry no graph: refuse a double backward
     def backward(ctx, grad_out: torch.Tensor):
         xk, wk = ctx.saved_tensors
         table = ctx.table
@@ -1053,6 +1061,7 @@ def resolve_triton(
     needs_grad: bool | None,
     has_basis: bool = True,
     radial: bool = True,
+    out_channels: int | None = None,
 ) -> str:
     """``"triton"`` if the fused kernels can run this call, else the best other implementation.
 
@@ -1066,7 +1075,9 @@ def resolve_triton(
     elif not radial:
         reason = "the basis is not a function of |p| alone (sampling='area')"
     else:
-        reason = triton_unsupported_reason(x, kernel_size, stride, padding, dilation, groups, padding_mode)
+        reason = triton_unsupported_reason(
+            x, kernel_size, stride, padding, dilation, groups, padding_mode, out_channels=out_channels
+        )
     if reason is None:
         return "triton"
     fallback = select_impl("auto", x.device, x.ndim - 2, kernel_size, x.shape[1], needs_grad, allow_triton=False)

@@ -557,7 +557,7 @@ def test_direct_call_detects_a_non_radial_basis(monkeypatch, d, k):
     the basis, only on the Triton path; an explicit bool is passed through unchecked."""
     seen = []
 
-    def fake_resolve(*args):
+    def fake_resolve(*args, **kwargs):
         seen.append(args[-1])  # the radial flag
         return "dense"
 
@@ -604,7 +604,7 @@ def test_direct_call_with_an_unreadable_basis_falls_back(monkeypatch):
     before the check existed such a call fell back to another implementation. It does again (radial=False)."""
     seen = []
 
-    def fake_resolve(*args):
+    def fake_resolve(*args, **kwargs):
         seen.append(args[-1])
         return "dense"
 
@@ -616,3 +616,146 @@ def test_direct_call_with_an_unreadable_basis_falls_back(monkeypatch):
     y = gmr_conv(x, weight, basis, None, padding=0, impl="triton")
     assert seen == [False]
     assert torch.allclose(y, gmr_conv(x, weight, basis, None, padding=0, impl="dense"), atol=1e-12)
+
+
+def test_even_kernel_size_is_refused(monkeypatch, caplog):
+    """The shell table centres the offsets on a pixel, so an even ``k`` has no shell decomposition: its rep indices
+    ran past the ``k^d`` grid (an index error on CPU, a device-side assert on CUDA) even when the caller vouched
+    ``radial=True``. The support check now names it and the call falls back without trying the kernels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float32)
+    for k in (2, 4):
+        reason = tc.triton_unsupported_reason(x, k, 1, (k - 1) // 2, 1, 1, "zeros")
+        assert reason is not None and f"kernel_size={k}" in reason
+    torch.manual_seed(0)
+    basis = torch.rand(2, 4, 4)
+    weight = torch.randn(3, 2, 2)
+    with caplog.at_level(logging.WARNING, logger=conv_mod.__name__):
+        y = gmr_conv(x, weight, basis, None, padding=1, impl="triton", radial=True)
+    assert not any("failed" in r.getMessage() for r in caplog.records)
+    assert torch.allclose(y, gmr_conv(x, weight, basis, None, padding=1, impl="dense"), atol=1e-6)
+
+
+def test_output_sample_past_int32_is_refused(monkeypatch):
+    """The kernels index within a sample in int32: the input check alone let a layer widening past 2**31 elements per
+    output sample (``C_out * spatial``; also the ``grad_out`` read in the backward) run with overflowing offsets."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.zeros(1, 1, 1, 1).expand(1, 2, 2**15, 2**14)  # 2**30 elements per input sample, no memory
+    if HAS_TRITON:
+        assert tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "zeros", out_channels=2) is None
+    reason = tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "zeros", out_channels=4)
+    assert reason is not None and "2**31" in reason
+    seen = []
+
+    def fake_resolve(*args, **kwargs):
+        seen.append(kwargs.get("out_channels"))
+        return "dense"
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", fake_resolve)
+    m = GMRConv(2, 2, 5, 3)
+    gmr_conv(torch.randn(1, 2, 6, 6), m.weight, m.basis(), None, padding=1, impl="triton", radial=True)
+    assert seen == [5]  # gmr_conv hands the output width to the support check
+
+
+def test_out_of_memory_is_not_a_triton_failure(monkeypatch):
+    """A CUDA out-of-memory error in the Triton forward (a batch too large this once, e.g. while a batch size is
+    probed) is not a compile/launch failure of the kernels: it used to be served by the dense path (which needs the
+    same memory or more) and disabled Triton for the configuration for the rest of the process. It surfaces now,
+    and a later call that fits still runs the fused kernels."""
+    calls = []
+
+    def oom(*args, **kwargs):
+        calls.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", oom)
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    m = GMRConv(2, 3, 4, 5)
+    x = torch.randn(1, 3, 9, 9)
+    for _ in range(2):
+        with pytest.raises(torch.OutOfMemoryError):
+            gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
+    assert len(calls) == 2 and not conv_mod._TRITON_FAILED
+
+
+def test_triton_failure_is_remembered_per_compute_dtype(monkeypatch):
+    """A failure of the bf16 kernels (under autocast) must not disable the float32 kernels of the same layer: the
+    failure key used the input's dtype (float32 in both cases) instead of the dtype the kernels ran in."""
+    calls = []
+
+    def broken_under_autocast(x, *args, **kwargs):
+        calls.append(torch.is_autocast_enabled("cpu"))
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("bf16 dot unsupported")
+        return torch.zeros(1)
+
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", broken_under_autocast)
+    monkeypatch.setattr(conv_mod, "_TRITON_FAILED", set())
+    m = GMRConv(2, 3, 4, 5)
+    x = torch.randn(1, 3, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")  # falls back
+    y = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl="triton")
+    assert calls == [True, False] and torch.equal(y, torch.zeros(1))
+
+
+@needs_triton
+def test_interpreter_double_backward_is_refused_not_silently_zero(interpreter):
+    """The Triton backward runs opaque kernels, so its gradients carry no graph: a gradient penalty built with
+    ``create_graph=True`` (WGAN-GP, input-gradient regularisers) silently contributed nothing through a Triton layer
+    while the dense and rings paths differentiate it. Differentiating twice now raises."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 3, impl="triton")
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    (gx,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+    loss = m(x).mean() + gx.square().sum()  # the penalty's weight gradient was silently dropped
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        loss.backward()
+
+
+def test_triton_path_refuses_mismatched_weight_and_bias_by_name(monkeypatch):
+    """The kernels read the ring weights and the bias by the input's channel count and the weight's output count,
+    without bounds: a weight for another input width, or a bias of another length, ran and returned garbage (seen
+    in the interpreter) where the dense path raises. It is refused by name before the kernels are launched."""
+    calls = []
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", lambda *a, **k: calls.append(1) or torch.zeros(1))
+    m = GMRConv(2, 2, 3, 3)
+    x = torch.randn(1, 4, 6, 6)
+    with pytest.raises(ValueError, match=r"weight .*4 input channels"):
+        gmr_conv(x, m.weight, m.basis(), None, padding=1, impl="triton", radial=True)
+    with pytest.raises(ValueError, match=r"bias .*\(3,\)"):
+        gmr_conv(x[:, :2], m.weight, m.basis(), torch.randn(5), padding=1, impl="triton", radial=True)
+    assert not calls
+    gmr_conv(x[:, :2], m.weight, m.basis(), torch.randn(3), padding=1, impl="triton", radial=True)
+    assert calls == [1]
+
+
+def test_triton_path_refuses_a_weight_with_another_ring_count(monkeypatch):
+    """``shell_weights`` reshapes the weight by the basis' ring count: a weight with 2 rings against a 3-ring basis
+    was silently scrambled into shell weights (synthesize_kernel refuses it on the dense path)."""
+    basis = torch.rand(3, 3, 3)
+    weight = torch.randn(3, 2, 2)
+    assert tc.shell_weights(weight, basis, tc.shell_table(3, 2)).shape[1:] == (2, 3)  # no error down there
+    calls = []
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", lambda *a, **k: calls.append(1) or torch.zeros(1))
+    with pytest.raises(ValueError, match="rings"):
+        gmr_conv(torch.randn(1, 2, 6, 6), weight, basis, None, padding=1, impl="triton", radial=True)
+    assert not calls
+
+
+def test_triton_path_refuses_a_basis_of_other_dims(monkeypatch):
+    """A 2D basis with a 3D input (``radial=True`` given by the caller) reached ``shell_weights``, whose 3D rep
+    indices run past the ``k^2`` grid (an index error here, a device-side assert on CUDA); the dense path raises a
+    shape error. It is refused by name before the kernels."""
+    calls = []
+    monkeypatch.setattr(conv_mod, "resolve_triton", lambda *a, **k: "triton")
+    monkeypatch.setattr(conv_mod, "gmr_conv_triton", lambda *a, **k: calls.append(1) or torch.zeros(1))
+    with pytest.raises(ValueError, match="basis"):
+        gmr_conv(torch.randn(1, 2, 5, 5, 5), torch.randn(3, 2, 3), torch.rand(3, 3, 3), None, padding=1,
+                 impl="triton", radial=True)  # fmt: skip
+    assert not calls
