@@ -67,6 +67,12 @@ AUTO_TABLE: dict[tuple[str, int], list[tuple[int, tuple[int, ...] | None, bool |
 }
 
 
+def _check_rings(weight: torch.Tensor, basis: torch.Tensor) -> None:
+    """The ring axis of ``weight`` (last) matches the basis (first); shared by the dense and Triton paths."""
+    if weight.shape[-1] != basis.shape[0]:
+        raise ValueError(f"weight has {weight.shape[-1]} rings but basis has {basis.shape[0]}.")
+
+
 def synthesize_kernel(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Dense kernel ``K[o, c, p] = sum_i weight[o, c, i] * basis[i, p]``.
 
@@ -77,9 +83,8 @@ def synthesize_kernel(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor
     Returns:
         kernel of shape ``(C_out, C_in / groups) + (k,) * d``.
     """
+    _check_rings(weight, basis)
     n = basis.shape[0]
-    if weight.shape[-1] != n:
-        raise ValueError(f"weight has {weight.shape[-1]} rings but basis has {n}.")
     spatial = basis.shape[1:]
     kernel = torch.matmul(weight.reshape(-1, n), basis.reshape(n, -1).to(weight.dtype))
     return kernel.reshape(weight.shape[0], weight.shape[1], *spatial)
@@ -226,8 +231,7 @@ def gmr_conv(
                     f"basis must have shape (n,) + (k,) * {d} for an input with {d} spatial dims, got basis shape "
                     f"{tuple(basis.shape)}."
                 )
-            if weight.shape[2] != basis.shape[0]:
-                raise ValueError(f"weight has {weight.shape[2]} rings but basis has {basis.shape[0]}.")
+            _check_rings(weight, basis)
             if bias is not None and tuple(bias.shape) != (weight.shape[0],):
                 raise ValueError(f"bias must have shape ({weight.shape[0]},), got bias shape {tuple(bias.shape)}.")
             key = (x.device.type, d, k, str(_compute_dtype(x)))
