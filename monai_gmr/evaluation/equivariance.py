@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.groups import group_elements
-from monai_gmr.functional.rotation import _is_degrees, _norm_angle, _planes, as_angle_list, central_disk_mask, rotate
-from monai_gmr.functional.rotation import validity_mask
+from monai_gmr.functional.rotation import _is_degrees, _is_euler, _norm_angle, _planes, as_angle_list, central_disk_mask
+from monai_gmr.functional.rotation import rotate, validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -193,7 +193,7 @@ def spline_equivariance_error(
 
     _check_x(x, spatial_dims)
     angles = as_angle_list(angles)
-    if any(isinstance(a, (tuple, list)) or (isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim > 0) for a in angles):
+    if any(_is_euler(a) for a in angles):
         raise ValueError(f"angles must be single angles in degrees (one rotation plane), got angles={angles!r}.")
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_gmr.functional.rotation import Geometry, _cached, as_angle_list, central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, _is_euler, as_angle_list, central_disk_mask, make_geometries
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -256,7 +256,7 @@ def rotation_robustness(
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got region={region!r}.")
     angles = as_angle_list(angles)  # one number (a CLI's --angles 90) is one angle
-    if any(isinstance(a, (tuple, list)) or (isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim > 0) for a in angles):
+    if any(_is_euler(a) for a in angles):
         raise ValueError(
             f"angles must be single angles in degrees (rotations in the plane axes; no Euler triples), got angles={angles!r}."
         )

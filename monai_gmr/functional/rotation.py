@@ -612,6 +612,11 @@ def _view_key(g: Geometry) -> tuple[float, ...]:
     return tuple(round(v, 9) + 0.0 for v in m.flatten().tolist())
 
 
+def _is_euler(a: object) -> bool:
+    """An entry of an angle list that is a sequence (a 3D Euler triple), not a single angle."""
+    return isinstance(a, (tuple, list)) or (isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim > 0)
+
+
 def _norm_angle(a: AngleLike) -> float | tuple[float, ...]:
     if isinstance(a, (torch.Tensor, np.ndarray, np.generic)):
         a = a.tolist()
