@@ -34,6 +34,7 @@ __all__ = [
     "current_umask",
     "seed_everything",
     "run_environment",
+    "subprocess_env",
     "summary_writer",
     "tensorboard_available",
     "NullSummaryWriter",
@@ -75,13 +76,15 @@ def size_hw(size: Any, name: str = "size") -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` atomically.
 
     Args:
         path: final destination.
         suffix: suffix of the temporary file (defaults to the suffix of ``path`` so writers that infer the
             format from the extension, e.g. matplotlib, keep working).
+        fsync: flush the written file to disk (``os.fsync``) before the rename, so that after a crash of the
+            machine (not only of the process) ``path`` holds the old or the new content, never an empty file.
 
     On any exception the temporary file is removed and ``path`` is left untouched. The result gets the
     permissions of a normally created file (``0o666`` minus the umask), not ``mkstemp``'s private ``0o600``, so
@@ -95,6 +98,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~current_umask())  # the writer may have replaced the file: set it last
+        if fsync:  # by path: the writer (PIL, ITK, torch.save, matplotlib) has closed its own handle
+            fd = os.open(tmp_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -164,10 +173,7 @@ def current_umask() -> int:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_bytes(data)
     return Path(path)
 
 
@@ -309,6 +315,50 @@ def run_environment(device: str | None = None, repo: str | os.PathLike | None = 
         env["commit"] = out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         env["commit"] = None
+    return env
+
+
+def subprocess_env(device: str, pythonpath: str | os.PathLike | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child process (a bundle run started by a benchmark script) that must use ``device``.
+
+    The bundles pick ``cuda:0`` whenever CUDA is visible, so the device is chosen through
+    ``CUDA_VISIBLE_DEVICES``: ``"cpu"`` hides every GPU; ``"cuda:N"`` makes the parent's N-th visible GPU the
+    child's only one (the N-th entry of an existing ``CUDA_VISIBLE_DEVICES``, else GPU ``N``); ``"cuda"`` leaves
+    the variable as it is.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        pythonpath: a folder put first on the child's ``PYTHONPATH`` (e.g. the repository root), or ``None``.
+        base: the environment to start from (default: ``os.environ``); it is copied, never changed.
+
+    Raises:
+        ValueError: ``device`` is not a CPU/CUDA device, or ``cuda:N`` names a GPU the parent does not see
+            (``N`` beyond the entries of ``CUDA_VISIBLE_DEVICES``). The message names ``device``.
+    """
+    import torch
+
+    env = dict(os.environ if base is None else base)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got device={device!r}.") from e
+    if dev.type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif dev.type != "cuda":
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got device={device!r}.")
+    elif dev.index is not None:
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            env["CUDA_VISIBLE_DEVICES"] = str(dev.index)
+        else:
+            entries = [v.strip() for v in visible.split(",") if v.strip()]
+            if dev.index >= len(entries):
+                raise ValueError(
+                    f"device={device!r} but CUDA_VISIBLE_DEVICES={visible!r} makes {len(entries)} GPU(s) visible."
+                )
+            env["CUDA_VISIBLE_DEVICES"] = entries[dev.index]
     return env
 
 

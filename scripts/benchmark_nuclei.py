@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -284,10 +283,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if ROOT in out.parents or out == ROOT:
         raise SystemExit(f"--out {out} is inside the repository; choose a folder outside {ROOT}")
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    from monai_gmr.utils import subprocess_env
+
+    try:  # the bundle runs use the device through CUDA_VISIBLE_DEVICES (cuda:N included)
+        env = subprocess_env(device, pythonpath=ROOT)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}") from e
 
     # The bundle runs and the preparation CLI run with the log folder as working directory, so relative
     # --data / --prepared paths are resolved against the caller's directory here, before they are passed on.

@@ -36,7 +36,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -446,10 +445,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
     num_workers = args.num_workers if args.num_workers is not None else (8 if device.startswith("cuda") else 0)
     repeats = int(args.repeats or prof["repeats"])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # the bundle picks cuda when it sees one
+    from monai_gmr.utils import subprocess_env
+
+    try:  # the bundle picks cuda:0 when it sees a GPU: the device (cuda:N included) goes by CUDA_VISIBLE_DEVICES
+        env = subprocess_env(device, pythonpath=ROOT)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}") from e
 
     t0 = time.perf_counter()
     report: dict[str, Any] = {

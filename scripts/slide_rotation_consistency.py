@@ -176,10 +176,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bw.check_existing_slides(out / "data", prof["synthetic"])  # another profile's slides are not reused silently
     out.mkdir(parents=True, exist_ok=True)
     epochs = int(args.epochs or prof["epochs"])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    if args.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    from monai_gmr.utils import subprocess_env
+
+    try:  # the bundle trainings use the device (cuda:N included) through CUDA_VISIBLE_DEVICES
+        env = subprocess_env(args.device, pythonpath=ROOT)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}") from e
     t0 = time.perf_counter()
     data = out / "data"
     ensure_wsi_dataset(data, generate=True, **prof["synthetic"])

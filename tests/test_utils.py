@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 
@@ -289,3 +290,57 @@ def test_size_hw_reads_sizes_and_refuses_non_integers_by_name():
             size_hw(bad, "stride")
     with pytest.raises(ValueError, match="stride"):
         size_hw((1, 2, 3), "stride")
+
+
+def test_atomic_path_flushes_the_new_file_to_disk_before_the_rename(tmp_path, monkeypatch):
+    # every writer (PIL, ITK, torch.save, matplotlib) goes through atomic_path: the file it wrote and closed must be
+    # fsynced before os.replace, so a machine crash cannot leave an empty file under the final name
+    import monai_gmr.utils as u
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(u.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(u.os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b))[1])
+    with u.atomic_path(tmp_path / "r.bin") as tmp:
+        with open(tmp, "wb") as f:  # the writer's own handle, closed before atomic_path takes over
+            f.write(b"abc")
+    assert [e[0] for e in events] == ["fsync", "replace"]
+    assert events[0][1] == events[1][1]  # the temporary file itself was flushed
+    assert (tmp_path / "r.bin").read_bytes() == b"abc"
+    events.clear()
+    with u.atomic_path(tmp_path / "s.bin", fsync=False) as tmp:
+        tmp.write_bytes(b"x")
+    assert [e[0] for e in events] == ["replace"]
+
+
+@pytest.mark.parametrize(
+    ("device", "visible", "expected"),
+    [
+        ("cpu", None, ""),
+        ("cpu", "0,1", ""),
+        ("cuda:1", None, "1"),
+        ("cuda:1", "4,6", "6"),
+        ("cuda:0", " 3 , 5", "3"),
+        ("cuda", "2,3", "2,3"),
+        ("cuda", None, None),
+    ],
+)
+def test_subprocess_env_selects_the_device_for_bundle_children(device, visible, expected):
+    from monai_gmr.utils import subprocess_env
+
+    base = {"PATH": "/bin", "PYTHONPATH": "/x"}
+    if visible is not None:
+        base["CUDA_VISIBLE_DEVICES"] = visible
+    env = subprocess_env(device, pythonpath="/repo", base=base)
+    assert env.get("CUDA_VISIBLE_DEVICES") == expected
+    assert env["PYTHONPATH"] == os.pathsep.join(["/repo", "/x"])
+    assert base.get("CUDA_VISIBLE_DEVICES") == visible and base["PYTHONPATH"] == "/x"  # the base is not changed
+
+
+@pytest.mark.parametrize(("device", "visible"), [("cuda:2", "0,1"), ("tpu", None), ("cuda:x", None), ("mps", None)])
+def test_subprocess_env_refuses_devices_it_cannot_select_by_name(device, visible):
+    from monai_gmr.utils import subprocess_env
+
+    base = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    with pytest.raises(ValueError, match="device="):
+        subprocess_env(device, base=base)
