@@ -326,6 +326,12 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
         np.testing.assert_array_equal(sa > 0, prob > 0.5)  # argmax of 2 classes == p(nucleus) > 0.5
         assert ((ia > 0) <= (sa > 0)).all()  # instances only inside the semantic foreground
     assert not [p for p in pred.iterdir() if p.name.startswith(".")]  # no temporary files left
+    # the metadata describes every output inference writes, under the names it writes them
+    ppo = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["post_processed_outputs"]
+    written = {"pred": ("_seg.png", sa), "instance": ("_instance.png", ia), "prob": ("_prob.tif", prob)}
+    assert sorted(ppo) == sorted(written)
+    for key, (postfix, arr) in written.items():
+        assert postfix in ppo[key]["channel_def"]["0"] and str(arr.dtype) in ppo[key]["channel_def"]["0"], key
 
 
 def test_resume_after_kill(tmp_path):
