@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,12 @@ def test_wheel_holds_the_type_marker_and_the_licence(tmp_path):
         pytest.skip(f"setuptools {setuptools.__version__} < 77 in this environment: the wheel is built in isolation only")
     # no build isolation: nothing is downloaded, the environment's setuptools builds the wheel
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    build_dir_existed = (ROOT / "build").exists()
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    finally:  # setuptools builds in the source tree: leave no build/ folder that was not there
+        if not build_dir_existed:
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     (wheel,) = tmp_path.glob("monai_gmr-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
