@@ -99,7 +99,7 @@ def _nuclei_items(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     datalist_file = run_on_rank0_first(_ensure_dataset, dataset_dir, generate, **synthetic_kwargs)
-    base_dir = str(Path(datalist_file).parent)
+    base_dir = os.path.abspath(Path(datalist_file).parent)  # a relative dataset_dir gave relative item paths
     used = split
     try:
         items = load_decathlon_datalist(datalist_file, is_segmentation=True, data_list_key=split, base_dir=base_dir)
