@@ -437,6 +437,8 @@ def as_bool(value: Any, name: str = "value") -> bool:
     """
     if isinstance(value, bool):
         return value
+    if type(value).__name__ == "bool_" and type(value).__module__ == "numpy":  # numpy.bool_ is not a bool
+        return bool(value)
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     if isinstance(value, str):
