@@ -461,6 +461,28 @@ def test_bad_settings_write_nothing(tmp_path, nuclei_data, bad):
     assert f"{next(iter(bad))} must be" in msg, msg  # the error names the setting
 
 
+@pytest.mark.parametrize("bad", [{"crop_size": 30}, {"roi_size": [60, 60]}, {"roi_size": 100}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_sizes_the_network_cannot_take_are_refused_by_name_before_training(tmp_path, nuclei_data, bad):
+    """crop_size 30 stopped at the first training step and roi_size [60, 60] only at the first validation, after
+    val_interval epochs of training, with GMRUNet's input-shape error that named neither setting."""
+    out = tmp_path / "out"
+    msg = workflow_error(TRAIN, **_tiny_train(nuclei_data, out, **bad))
+    name = next(iter(bad))
+    assert f"{name}=" in msg and "divisible by" in msg, msg
+    assert no_outputs(out), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    # evaluation and inference read roi_size too
+    msg = workflow_error(INFERENCE, dataset_dir=str(nuclei_data), output_dir=str(out), network_def=eval(TINY_NET),
+                         roi_size=[60, 60], generate_synthetic=False)  # fmt: skip
+    assert "roi_size=" in msg and "divisible by" in msg, msg
+    # with pad_to_multiple the network takes the size: no refusal
+    from monai_gmr.nets import GMRUNet
+    from monai_gmr.workflows.nuclei import check_window_sizes
+
+    check_window_sizes(GMRUNet(2, 3, 2, features=(4, 4, 4, 4), pad_to_multiple=True), crop_size=30)
+    check_window_sizes(torch.nn.Conv2d(3, 2, 3), crop_size=30)  # no `multiple`: not checked
+
+
 @pytest.mark.parametrize("content", ["empty", "user files"])
 def test_bad_setting_leaves_an_existing_output_dir_untouched(tmp_path, nuclei_data, content):
     """The folders a failed run created are removed, and only those: an output_dir that existed before (empty, or
