@@ -241,6 +241,23 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
             )
 
 
+def check_instance_settings(instance_method: Any, min_nucleus_size: Any) -> None:
+    """Refuse, by setting name, instance post-processing settings before anything runs.
+
+    ``--instance_method watershd`` stopped inference only after the network had run on the first image (evaluation
+    with ``--instance_metrics true``: after the validation run and the first rotated views), with "method must
+    be ..." from :func:`monai_gmr.workflows.common.instance_from_semantic`, which named no bundle setting.
+
+    Raises:
+        ValueError: ``instance_method`` is not ``"connected_components"`` / ``"watershed"``, or
+            ``min_nucleus_size`` is not an integer >= 0; the message names the setting.
+    """
+    if instance_method not in ("connected_components", "watershed"):
+        raise ValueError(f"instance_method must be 'connected_components' or 'watershed', got {instance_method!r}.")
+    if isinstance(min_nucleus_size, bool) or not isinstance(min_nucleus_size, numbers.Integral) or min_nucleus_size < 0:
+        raise ValueError(f"min_nucleus_size must be an integer >= 0 (pixels), got {min_nucleus_size!r}.")
+
+
 def has_boundary_class(num_classes: Any) -> bool:
     """The label layout of ``num_classes`` for training and evaluation: ``2`` -> background / nucleus (``False``),
     ``3`` -> background / nucleus interior / nucleus boundary (``True``; :class:`NucleiLabeld`).

@@ -483,6 +483,24 @@ def test_sizes_the_network_cannot_take_are_refused_by_name_before_training(tmp_p
     check_window_sizes(torch.nn.Conv2d(3, 2, 3), crop_size=30)  # no `multiple`: not checked
 
 
+@pytest.mark.parametrize("bad", [{"instance_method": "watershd"}, {"min_nucleus_size": "ten"}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_bad_instance_settings_stop_evaluation_and_inference_first(tmp_path, nuclei_data, bad):
+    """--instance_method watershd stopped inference only after the network ran on the first image, with
+    "method must be ..." naming no setting (evaluation: after the validation run)."""
+    out = tmp_path / "out"
+    net = config_parser([INFERENCE], network_def=eval(TINY_NET), output_dir=str(out), metadata=METADATA).get_parsed_content("network_def")
+    (out / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), out / "models" / "model.pt")
+    common = {"dataset_dir": str(nuclei_data), "output_dir": str(out), "network_def": eval(TINY_NET),
+              "generate_synthetic": False, "roi_size": [64, 64], **bad}  # fmt: skip
+    msg = workflow_error(INFERENCE, **common)
+    assert f"{next(iter(bad))} must be" in msg, msg
+    msg = workflow_error([TRAIN, EVALUATE], **common, instance_metrics=True, num_workers=0)
+    assert f"{next(iter(bad))} must be" in msg, msg
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
+
+
 @pytest.mark.parametrize("content", ["empty", "user files"])
 def test_bad_setting_leaves_an_existing_output_dir_untouched(tmp_path, nuclei_data, content):
     """The folders a failed run created are removed, and only those: an output_dir that existed before (empty, or
