@@ -12,6 +12,23 @@ __version__ = "0.1.0"
 
 register_monai_factories()
 
+#: subpackages that ``import monai_gmr`` does not load (they pull in scipy, ignite, WSI readers, ...): the first
+#: ``monai_gmr.<name>`` attribute access imports them, so ``monai_gmr.evaluation.equivariance_error(...)`` works
+#: after a plain ``import monai_gmr`` as the docs write it
+_LAZY_SUBMODULES = ("data", "evaluation", "inferers", "utils", "workflows")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 __all__ = [
     "GMRConv",
     "GMRConv2d",

@@ -42,6 +42,7 @@ __all__ = [
     "size_hw",
     "as_bool",
     "positive_int",
+    "positive_float",
 ]
 
 
@@ -486,6 +487,8 @@ def as_bool(value: Any, name: str = "value") -> bool:
     """
     if isinstance(value, bool):
         return value
+    if type(value).__name__ == "bool_" and type(value).__module__ == "numpy":  # numpy.bool_ is not a bool
+        return bool(value)
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     if isinstance(value, str):
@@ -527,4 +530,33 @@ def positive_int(value: Any, name: str = "value", allow_none: bool = False) -> i
     if parsed is None or parsed < 1:
         extra = " or null" if allow_none else ""
         raise ValueError(f"{name} must be a positive integer{extra}, got {value!r}.")
+    return parsed
+
+
+def positive_float(value: Any, name: str = "value", allow_zero: bool = False) -> float:
+    """A rate setting (learning rate, weight decay) as a finite ``float`` > 0 (>= 0 with ``allow_zero``).
+
+    Bundle configs read ``learning_rate`` and ``weight_decay`` through this function: ``--learning_rate abc`` used
+    to stop inside ``torch.optim.AdamW`` with ``TypeError: '<=' not supported between instances of 'float' and
+    'str'``, which named neither the setting nor the value.
+
+    Args:
+        value: an int or float, or text holding one (``"1e-3"``), as a command line may pass it.
+        name: the setting's name, for the error message.
+        allow_zero: accept 0 (e.g. ``weight_decay``).
+
+    Raises:
+        ValueError: ``value`` is not a finite number > 0 (>= 0 with ``allow_zero``); the message names ``name``.
+    """
+    parsed: float | None = None
+    if isinstance(value, str):
+        try:
+            parsed = float(value.strip())
+        except ValueError:
+            parsed = None
+    elif not isinstance(value, bool) and isinstance(value, numbers.Real):
+        parsed = float(value)
+    if parsed is None or not math.isfinite(parsed) or parsed < 0 or (parsed == 0 and not allow_zero):
+        kind = "a non-negative number" if allow_zero else "a positive number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
     return parsed

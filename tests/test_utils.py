@@ -173,6 +173,19 @@ def test_positive_int_reads_counts_and_names_the_setting():
             positive_int(bad, "val_interval")
 
 
+def test_positive_float_reads_rates_and_names_the_setting():
+    from monai_gmr.utils import positive_float
+
+    assert positive_float(1e-3, "learning_rate") == 1e-3 and positive_float(2, "learning_rate") == 2.0
+    assert positive_float(" 3e-3 ", "learning_rate") == 3e-3  # a command line may pass text
+    assert positive_float(0, "weight_decay", allow_zero=True) == 0.0
+    for bad in (0, -1e-3, "abc", "", None, True, float("nan"), float("inf"), [1e-3]):
+        with pytest.raises(ValueError, match="learning_rate must be a positive number"):
+            positive_float(bad, "learning_rate")
+    with pytest.raises(ValueError, match="weight_decay must be a non-negative number"):
+        positive_float(-1, "weight_decay", allow_zero=True)
+
+
 def test_lazy_summary_writer_writes_3d_images_through_monai(tmp_path):
     """MONAI's TensorBoardImageHandler plots 3D images with add_animated_gif, which calls the private
     ``writer._get_file_writer()``: the lazy writer must forward it (AttributeError before), and still pickle."""

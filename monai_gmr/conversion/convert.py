@@ -785,6 +785,11 @@ def convert_to_gmr(
         if not _is_int(kernel_size) or kernel_size < 1:
             raise ValueError(f"kernel_size must be None, a positive int or a callable, got kernel_size={kernel_size!r}.")
     check_gmr_kwargs(gmr_kwargs)
+    from monai_gmr.utils import as_bool
+
+    # text from a command line (`--network_def#replace_pooling false` passes "false", which is truthy)
+    inplace, replace_pooling = as_bool(inplace, "inplace"), as_bool(replace_pooling, "replace_pooling")
+    return_summary = as_bool(return_summary, "return_summary")
     conv = _Converter(kernel_size, exclude, upsample_mode, pool_mode, weights, replace_pooling, gmr_kwargs)
     modules = dict(model.named_modules(remove_duplicate=False))
     unmatched = conv.unmatched_excludes(modules)

@@ -285,6 +285,15 @@ def make_synthetic_nuclei(
     """
     if int(n_images) < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}.")
+    import inspect
+
+    known = [k for k in inspect.signature(render_nuclei_tile).parameters if k not in ("size", "rng")]
+    unknown = sorted(k for k in render_kwargs if k not in known)
+    if unknown:  # e.g. a bundle's --synthetic "{'n_image': 8}": a TypeError from render_nuclei_tile named no setting
+        raise ValueError(
+            f"unknown synthetic nuclei setting(s) {', '.join(unknown)}; known: n_images, size, seed, val_frac, "
+            f"test_frac, split_seed, prefix, {', '.join(known)}."
+        )
     hw = size_hw(size)
     out = Path(out_dir)
     if out.is_dir() and _holds_data(out):

@@ -447,6 +447,15 @@ def make_synthetic_wsi(
     hw = size_hw(size)
     if int(n_slides) < 1:
         raise ValueError(f"n_slides must be >= 1, got {n_slides}.")
+    import inspect
+
+    own = [k for k in inspect.signature(make_synthetic_wsi).parameters if k not in ("out_dir", "render_kwargs")]
+    known = [k for k in inspect.signature(render_synthetic_slide).parameters if k not in ("size", "rng", "mask_downsample")]
+    unknown = sorted(k for k in render_kwargs if k not in known)
+    if unknown:  # e.g. a bundle's --synthetic "{'n_slide': 4}": a TypeError from render_synthetic_slide named no setting
+        raise ValueError(
+            f"unknown synthetic slide setting(s) {', '.join(unknown)}; known: {', '.join(own + known)}."
+        )
     if n_levels is None:
         n_levels = 1
         while min(hw) // (2**n_levels) >= 256:

@@ -41,6 +41,7 @@ def _first_id(parser: Any, candidates: list[str], what: str, required: bool = Tr
 
 def main(
     config_file: str | list[str],
+    *more_config_files: str,
     ckpt_path: str | None = None,
     output_dir: str | None = None,
     meta_file: str | None = None,
@@ -58,6 +59,9 @@ def main(
 
     Args:
         config_file: bundle config file(s): a list or a comma-separated string (later files override earlier).
+        more_config_files: further config files given after a space (``--config_file a.json b.json``), read after
+            ``config_file``; the other arguments are options only. A second file after a space used to be taken for
+            ``ckpt_path`` / ``output_dir`` and the run failed only after the whole evaluation, writing the report.
         ckpt_path: checkpoint loaded into the network (state dict or MONAI ``{"network"|"model": sd}``).
         output_dir: report directory (default: config id ``output_dir``).
         meta_file: optional bundle metadata (``metadata.json``).
@@ -83,6 +87,8 @@ def main(
     from .workflow import RotationRobustnessEvaluator
 
     files = [f.strip() for f in config_file.split(",")] if isinstance(config_file, str) else list(config_file)
+    for extra in more_config_files:
+        files += [f.strip() for f in extra.split(",")] if isinstance(extra, str) else list(extra)
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"config_file {f} does not exist.")
@@ -101,6 +107,8 @@ def main(
         if parser.get("output_dir", None) is None:
             raise ValueError("output_dir: pass --output_dir or define config id 'output_dir'.")
         output_dir = parser.get_parsed_content("output_dir")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():  # found before the evaluation, not after it
+        raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder for the report.")
     if device is None and parser.get("device", None) is not None:
         device = parser.get_parsed_content("device")
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
+from monai_gmr.utils import as_bool
 from monai_gmr.nn.gconv import (
     POOL_MODES,
     SPATIAL_POOL_MODES,
@@ -154,6 +155,7 @@ class GCNNUNet(nn.Module):
         _check_choice(upsample, UPSAMPLE_MODES, "upsample")
         _check_choice(pooling, SPATIAL_POOL_MODES, "pooling")
         _check_choice(group_pool, POOL_MODES, "group_pool")
+        bias = as_bool(bias, "bias")  # `--network_def#bias false` passes the (truthy) text "false"
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -322,6 +324,8 @@ class GCNNResNet(nn.Module):
                 f"num_classes={num_classes}, out_channels={out_channels}."
             )
         num_classes = num_classes if num_classes is not None else out_channels
+        # text from a command line (`--network_def#feed_forward false` passes "false", which is truthy)
+        no_max_pool, feed_forward = as_bool(no_max_pool, "no_max_pool"), as_bool(feed_forward, "feed_forward")
         if feed_forward and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(
                 f"num_classes (or its alias out_channels) must be a positive int, got num_classes={num_classes!r}."

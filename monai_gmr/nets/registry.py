@@ -81,6 +81,9 @@ def get_network(name: str, dense: bool = False, **kwargs) -> nn.Module:
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown network name={name!r}; available: {', '.join(list_networks())}.")
+    from monai_gmr.utils import as_bool
+
+    dense = as_bool(dense, "dense")  # `--network_def#dense false` passes the (truthy) text "false"
     net = _REGISTRY[name](**kwargs)
     if dense:
         from monai_gmr.conversion.export import export_dense

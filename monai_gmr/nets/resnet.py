@@ -27,6 +27,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
+from monai_gmr.utils import as_bool
 
 from .unet import POOL_MODES, _check_spatial_dims, make_pool
 
@@ -233,6 +234,9 @@ class GMRResNet(nn.Module):
             )
         num_classes = num_classes if num_classes is not None else out_channels if out_channels is not None else 2
         check_gmr_kwargs(gmr_kwargs, extra=("dilation",))
+        # text from a command line (`--network_def#feed_forward false`: Python Fire passes "false", which is truthy)
+        no_max_pool, feed_forward = as_bool(no_max_pool, "no_max_pool"), as_bool(feed_forward, "feed_forward")
+        bias_downsample = as_bool(bias_downsample, "bias_downsample")
         if isinstance(block, str):
             if block not in _BLOCKS:
                 raise ValueError(f"block must be one of {tuple(_BLOCKS)} or a block class, got block={block!r}.")

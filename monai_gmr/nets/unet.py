@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Pool
 
 from monai_gmr.nn.blocks import GMRConvolution, check_gmr_kwargs
+from monai_gmr.utils import as_bool
 
 __all__ = ["GMRUNet", "UPSAMPLE_MODES", "POOL_MODES", "PAD_MODES", "interp_mode", "make_upsample", "make_pool"]
 
@@ -175,6 +176,7 @@ class GMRUNet(nn.Module):
         if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
             raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")
         ks = _kernel_sizes(kernel_sizes, len(features))
+        bias = as_bool(bias, "bias")
         interp_mode(upsample, spatial_dims)  # validates
         if pooling not in POOL_MODES:
             raise ValueError(f"pooling must be one of {POOL_MODES}, got pooling={pooling!r}.")
@@ -189,7 +191,7 @@ class GMRUNet(nn.Module):
         self.kernel_sizes = ks
         self.levels = len(features) - 1
         self.multiple = 2**self.levels
-        self.pad_to_multiple = bool(pad_to_multiple)
+        self.pad_to_multiple = as_bool(pad_to_multiple, "pad_to_multiple")  # "false" from a command line is truthy
         self.pad_mode = pad_mode
         drop = dropout if dropout else None
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import ADN
 
+from monai_gmr.utils import as_bool
+
 from .conv import GMRConv, _single
 
 __all__ = ["GMRConvolution", "GMR_CONV_KWARGS", "check_gmr_kwargs"]
@@ -98,6 +100,8 @@ class GMRConvolution(nn.Sequential):
         **gmr_kwargs,
     ) -> None:
         super().__init__()
+        bias, conv_only = as_bool(bias, "bias"), as_bool(conv_only, "conv_only")
+        is_transposed = as_bool(is_transposed, "is_transposed")
         if is_transposed or output_padding is not None:
             raise ValueError(
                 f"GMRConvolution has no transposed form (got is_transposed={is_transposed!r}, output_padding="

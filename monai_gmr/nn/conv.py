@@ -34,6 +34,7 @@ from monai_gmr.functional import (
     synthesize_kernel,
 )
 from monai_gmr.functional.basis import _ints, _is_int
+from monai_gmr.utils import as_bool
 
 __all__ = ["GMRConv", "GMRConv2d", "GMRConv3d", "SIGMA_MODES", "DC_GAIN_FRACTION"]
 
@@ -164,6 +165,8 @@ class GMRConv(nn.Module):
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got impl={impl!r}.")
         check_sampling(sampling)
+        # text from a command line (`--network_def#bias false`: Python Fire passes "false", which is truthy)
+        bias, circular = as_bool(bias, "bias"), as_bool(circular, "circular")
         if num_rings is None:
             num_rings = default_num_rings(k)
         if not _is_int(num_rings):

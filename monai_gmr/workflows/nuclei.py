@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -99,7 +100,7 @@ def _nuclei_items(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     datalist_file = run_on_rank0_first(_ensure_dataset, dataset_dir, generate, **synthetic_kwargs)
-    base_dir = str(Path(datalist_file).parent)
+    base_dir = os.path.abspath(Path(datalist_file).parent)  # a relative dataset_dir gave relative item paths
     used = split
     try:
         items = load_decathlon_datalist(datalist_file, is_segmentation=True, data_list_key=split, base_dir=base_dir)
@@ -200,6 +201,61 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
         ("" if "filename_or_obj" not in meta else f"image {str(name)!r}: ")
         + f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)})."
     )
+
+
+def check_window_sizes(network: Any, **sizes: Any) -> None:
+    """Refuse, by setting name, a crop or window size the network cannot take, before any data are read.
+
+    A U-Net with ``2 ** levels`` down-sampling (``GMRUNet``, ``GCNNUNet``: their ``multiple`` attribute) needs every
+    input size divisible by it unless built with ``pad_to_multiple=True``. ``--crop_size 30`` used to stop at the
+    first training step and ``--roi_size "[60, 60]"`` only at the first validation (after ``val_interval`` epochs of
+    training), both with an error about the input shape that named neither setting. Networks without a
+    ``multiple`` attribute (e.g. MONAI's ``BasicUNet``) are not checked here.
+
+    Args:
+        network: the bundle's network (a ``DistributedDataParallel`` wrapper is looked through).
+        sizes: setting name -> size (an int or ``(H, W)``; ``-1`` in ``roi_size``, the whole dimension, is skipped).
+
+    Raises:
+        ValueError: a size not divisible by the network's ``multiple``; the message names the setting.
+    """
+    net = getattr(network, "module", network)
+    multiple = getattr(net, "multiple", None)
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 2 or getattr(net, "pad_to_multiple", False):
+        return
+    for name, size in sizes.items():
+        values = [size] if isinstance(size, (int, float, str)) else list(size)
+        bad = []
+        for v in values:
+            try:
+                v = int(str(v).strip()) if isinstance(v, str) else v
+            except ValueError:
+                continue  # not a number: left to the transform / inferer that reads it
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 and v % multiple:
+                bad.append(int(v))
+        if bad:
+            fix = ", ".join(f"{v} -> {max(multiple, round(v / multiple) * multiple)}" for v in dict.fromkeys(bad))
+            raise ValueError(
+                f"{name}={size!r}: {type(net).__name__} needs every size divisible by {multiple} (2**levels), "
+                f"e.g. {fix}; or build it with pad_to_multiple=True (--network_def#pad_to_multiple true)."
+            )
+
+
+def check_instance_settings(instance_method: Any, min_nucleus_size: Any) -> None:
+    """Refuse, by setting name, instance post-processing settings before anything runs.
+
+    ``--instance_method watershd`` stopped inference only after the network had run on the first image (evaluation
+    with ``--instance_metrics true``: after the validation run and the first rotated views), with "method must
+    be ..." from :func:`monai_gmr.workflows.common.instance_from_semantic`, which named no bundle setting.
+
+    Raises:
+        ValueError: ``instance_method`` is not ``"connected_components"`` / ``"watershed"``, or
+            ``min_nucleus_size`` is not an integer >= 0; the message names the setting.
+    """
+    if instance_method not in ("connected_components", "watershed"):
+        raise ValueError(f"instance_method must be 'connected_components' or 'watershed', got {instance_method!r}.")
+    if isinstance(min_nucleus_size, bool) or not isinstance(min_nucleus_size, numbers.Integral) or min_nucleus_size < 0:
+        raise ValueError(f"min_nucleus_size must be an integer >= 0 (pixels), got {min_nucleus_size!r}.")
 
 
 def has_boundary_class(num_classes: Any) -> bool:

@@ -468,7 +468,8 @@ def _folder_dataset(image_dir: str | os.PathLike, labels_csv: str | os.PathLike 
     labels = sorted({int(i["label"]) for i in items})
     if num_classes is not None and labels and (labels[0] < 0 or labels[-1] >= int(num_classes)):
         raise ValueError(
-            f"image folder {str(image_dir)!r} has labels {labels} (classes {names}) but num_classes={num_classes}."
+            f"image folder {str(image_dir)!r} has labels {labels} (classes {names}) but num_classes={num_classes}"
+            + (f": pass --num_classes {labels[-1] + 1}." if labels[0] >= 0 else ".")
         )
     parts = split_items(items, val_frac, test_frac, seed, stratify_key="label")
     if not parts[split]:

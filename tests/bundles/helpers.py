@@ -110,6 +110,8 @@ BAD_TRAIN_SETTINGS = (
     {"epochs": 0},  # ignite refused max_epochs=0 in trainer.run() (naming max_epochs)
     {"epoch_length": 0},  # ran 0 iterations per epoch: trained nothing, no error
     {"val_interval": "5x"},  # text that is not a number (a command line passes text)
+    {"learning_rate": "abc"},  # AdamW: "TypeError: '<=' not supported between 'float' and 'str'", no name
+    {"weight_decay": -1},  # AdamW: "Invalid weight_decay value: -1" behind "Failed to instantiate torch.optim.AdamW"
 )
 
 

@@ -456,7 +456,8 @@ def _tiny_train(data: Path, out: Path, **kw) -> dict:
             "device": "$torch.device('cpu')", "amp": False, **kw}  # fmt: skip
 
 
-@pytest.mark.parametrize("bad", BAD_TRAIN_SETTINGS, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+@pytest.mark.parametrize("bad", BAD_TRAIN_SETTINGS + ({"crops_per_image": 0},),  # MONAI: "num_samples must be positive"
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
 def test_bad_settings_write_nothing(tmp_path, nuclei_data, bad):
     """A setting that is only checked while the trainer is built or started (after its TensorBoard writer and
     checkpoint savers exist) stops the run without an event file in logs/ or an empty models/ folder."""
@@ -464,6 +465,46 @@ def test_bad_settings_write_nothing(tmp_path, nuclei_data, bad):
     msg = workflow_error(TRAIN, **_tiny_train(nuclei_data, out, **bad))
     assert no_outputs(out), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert f"{next(iter(bad))} must be" in msg, msg  # the error names the setting
+
+
+@pytest.mark.parametrize("bad", [{"crop_size": 30}, {"roi_size": [60, 60]}, {"roi_size": 100}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_sizes_the_network_cannot_take_are_refused_by_name_before_training(tmp_path, nuclei_data, bad):
+    """crop_size 30 stopped at the first training step and roi_size [60, 60] only at the first validation, after
+    val_interval epochs of training, with GMRUNet's input-shape error that named neither setting."""
+    out = tmp_path / "out"
+    msg = workflow_error(TRAIN, **_tiny_train(nuclei_data, out, **bad))
+    name = next(iter(bad))
+    assert f"{name}=" in msg and "divisible by" in msg, msg
+    assert no_outputs(out), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    # evaluation and inference read roi_size too
+    msg = workflow_error(INFERENCE, dataset_dir=str(nuclei_data), output_dir=str(out), network_def=eval(TINY_NET),
+                         roi_size=[60, 60], generate_synthetic=False)  # fmt: skip
+    assert "roi_size=" in msg and "divisible by" in msg, msg
+    # with pad_to_multiple the network takes the size: no refusal
+    from monai_gmr.nets import GMRUNet
+    from monai_gmr.workflows.nuclei import check_window_sizes
+
+    check_window_sizes(GMRUNet(2, 3, 2, features=(4, 4, 4, 4), pad_to_multiple=True), crop_size=30)
+    check_window_sizes(torch.nn.Conv2d(3, 2, 3), crop_size=30)  # no `multiple`: not checked
+
+
+@pytest.mark.parametrize("bad", [{"instance_method": "watershd"}, {"min_nucleus_size": "ten"}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_bad_instance_settings_stop_evaluation_and_inference_first(tmp_path, nuclei_data, bad):
+    """--instance_method watershd stopped inference only after the network ran on the first image, with
+    "method must be ..." naming no setting (evaluation: after the validation run)."""
+    out = tmp_path / "out"
+    net = config_parser([INFERENCE], network_def=eval(TINY_NET), output_dir=str(out), metadata=METADATA).get_parsed_content("network_def")
+    (out / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), out / "models" / "model.pt")
+    common = {"dataset_dir": str(nuclei_data), "output_dir": str(out), "network_def": eval(TINY_NET),
+              "generate_synthetic": False, "roi_size": [64, 64], **bad}  # fmt: skip
+    msg = workflow_error(INFERENCE, **common)
+    assert f"{next(iter(bad))} must be" in msg, msg
+    msg = workflow_error([TRAIN, EVALUATE], **common, instance_metrics=True, num_workers=0)
+    assert f"{next(iter(bad))} must be" in msg, msg
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
 
 
 @pytest.mark.parametrize("content", ["empty", "user files"])

@@ -243,3 +243,12 @@ def test_ensure_nuclei_dataset_with_another_datalist_name(tmp_path):
     assert p == root / "train.json" and p.is_file() and not (root / "datalist.json").exists()
     assert len(json.loads(p.read_text())["training"]) >= 1
     assert ensure_nuclei_dataset(root, generate=False, datalist_name="train.json") == p
+
+
+def test_unknown_synthetic_setting_is_named_before_anything_is_written(tmp_path):
+    """A typo in a bundle's ``--synthetic "{'n_image': 8}"`` reached render_nuclei_tile as a keyword and stopped
+    with its TypeError; now the setting is named (with the known ones) before any file is written."""
+    with pytest.raises(ValueError, match="unknown synthetic nuclei setting\\(s\\) n_image; known: n_images"):
+        ensure_nuclei_dataset(str(tmp_path / "data"), generate=True, n_image=4, size=32)
+    assert not (tmp_path / "data").exists() and list(tmp_path.iterdir()) == []
+    make_synthetic_nuclei(tmp_path / "ok", n_images=1, size=32, fiber_angle=30.0)  # render settings still pass

@@ -312,3 +312,13 @@ def test_patch_csv_not_utf8_names_the_file(tmp_path):
     (tmp_path / "p.csv").write_bytes("slide,x,y,label\nsé.tiff,1,2,0\n".encode("cp1252"))
     with pytest.raises(ValueError, match=r"p\.csv.*UTF-8"):
         patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+
+
+def test_unknown_synthetic_slide_setting_is_named_before_anything_is_written(tmp_path):
+    """A typo in the WSI bundle's ``--synthetic "{'n_slide': 4}"`` reached render_synthetic_slide as a keyword and
+    stopped with its TypeError; now the setting is named (with the known ones) before any file is written."""
+    from monai_gmr.data import make_synthetic_wsi
+
+    with pytest.raises(ValueError, match="unknown synthetic slide setting\\(s\\) n_slide; known: n_slides"):
+        make_synthetic_wsi(tmp_path / "slides", n_slide=4, size=512)
+    assert list(tmp_path.iterdir()) == []

@@ -228,6 +228,43 @@ def test_evaluator_run_and_cli(tmp_path):
         cli_main(str(cfg_path), ckpt_path=str(tmp_path / "nope.pt"), output_dir=str(tmp_path / "x"))
 
 
+def test_cli_reads_a_second_config_file_after_a_space(tmp_path):
+    """``--config_file train.json evaluate.json`` (a space instead of a comma): Fire bound the second file to the
+    next parameter, ``ckpt_path`` or ``output_dir``, and the run failed only after the whole evaluation, with
+    ``FileExistsError`` from mkdir on the config file. Files after a space are now more config files, the options
+    are keyword-only, and an output_dir that is a file is refused before anything runs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 3))
+    torch.save(net[0].state_dict(), tmp_path / "conv.pt")
+    base = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "device": "$torch.device('cpu')",
+        "network_def": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                        "kernel_size": 3},
+        "validate": {"dataloader": {
+            "_target_": "monai.data.DataLoader", "batch_size": 2,
+            "dataset": {"_target_": "monai.data.Dataset", "data": "$[{'image': torch.rand(1, 16, 16), "
+                        "'label': (torch.rand(1, 16, 16) > 0.5).long()} for _ in range(2)]"}}},
+    }  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps({"robustness": {"angles": [0, 90], "flips": []}}))
+    out = tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "monai_gmr.evaluation", "--config_file", str(tmp_path / "a.json"),
+                        str(tmp_path / "b.json"), "--ckpt_path", str(tmp_path / "conv.pt"), "--output_dir", str(out),
+                        "--plot", "False"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_result(out / "robustness.json").angles == [0.0, 90.0]  # b.json's section was read
+    with pytest.raises(ValueError, match="is a file"):
+        cli_main(str(tmp_path / "a.json"), output_dir=str(tmp_path / "b.json"), device="cpu")
+    with pytest.raises(FileNotFoundError, match="config_file"):
+        cli_main(str(tmp_path / "a.json"), str(tmp_path / "missing.json"), output_dir=str(out))
+
+
 def test_cli_without_ckpt_path_warns(tmp_path, caplog):
     """Without --ckpt_path the CLI evaluated the config's freshly built network without a word (the bundles' own
     'ckpt_path' id is not loaded): the report then holds an untrained network's numbers."""

@@ -12,6 +12,7 @@ from monai_gmr.workflows.nuclei import (
     NucleiLabeld,
     inference_datalist,
     merge_foreground,
+    nuclei_datalist,
     nucleus_boundaries,
     nucleus_class_map,
     to_rgb,
@@ -178,3 +179,14 @@ def test_inference_datalist_refuses_images_the_pipeline_cannot_take(tmp_path, ba
         Image.fromarray(np.zeros((8, 8), np.uint8)).convert("LA").save(tmp_path / "b.png")
     with pytest.raises(ValueError, match=r"b\.png.*(8-bit|2 channels)"):
         inference_datalist(tmp_path, tmp_path / "unused")
+
+
+def test_nuclei_datalist_paths_are_absolute_for_a_relative_dataset_dir(tmp_path, monkeypatch):
+    """The docstring promises absolute paths; with a relative ``--dataset_dir`` (as the bundle README writes it)
+    the items were relative to the working directory."""
+    from monai_gmr.data import ensure_nuclei_dataset
+
+    ensure_nuclei_dataset(str(tmp_path / "data"), generate=True, n_images=5, size=32, seed=0)
+    monkeypatch.chdir(tmp_path)
+    items = nuclei_datalist("data", "training", generate=False, check=False)
+    assert items and all(Path(d[k]).is_absolute() and Path(d[k]).is_file() for d in items for k in ("image", "label"))

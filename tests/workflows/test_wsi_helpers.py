@@ -366,7 +366,8 @@ def test_pcam_and_image_folder_datasets(tmp_path):
     tr = patch_dataset("image_folder", "training", image_dir=tmp_path / "folders", num_classes=3)
     labels = sorted(int(tr[i]["label"]) for i in range(len(tr)))
     assert set(labels) == {0, 1, 2} and tuple(tr[0]["image"].shape) == (3, 20, 20)
-    with pytest.raises(ValueError, match="num_classes=2"):
+    # the message says what to pass (Kather's 8 class folders with the default --num_classes 2)
+    with pytest.raises(ValueError, match="num_classes=2: pass --num_classes 3"):
         patch_dataset("image_folder", "training", image_dir=tmp_path / "folders", num_classes=2)
 
 
