@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.groups import group_elements
 from monai_gmr.functional.rotation import _is_degrees, _is_euler, _norm_angle, _planes, as_angle_list, central_disk_mask
-from monai_gmr.functional.rotation import rotate, validity_mask
+from monai_gmr.functional.rotation import _spatial_dims_hint, rotate, validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -100,7 +100,10 @@ def _check_x(x: torch.Tensor, spatial_dims: int) -> None:
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
     if x.ndim != spatial_dims + 2:
-        raise ValueError(f"x must be (N, C, *spatial) with spatial_dims={spatial_dims}, got x.shape={tuple(x.shape)}.")
+        raise ValueError(
+            f"x must be (N, C, *spatial) with spatial_dims={spatial_dims}, got x.shape={tuple(x.shape)}"
+            f"{_spatial_dims_hint(x.ndim, spatial_dims)}."
+        )
 
 
 @torch.no_grad()

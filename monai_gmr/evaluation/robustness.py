@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_gmr.functional.rotation import Geometry, _cached, _is_euler, as_angle_list, central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, _is_euler, _spatial_dims_hint, as_angle_list, central_disk_mask
+from monai_gmr.functional.rotation import make_geometries
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -389,7 +390,10 @@ def _region_mask(
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, task: str, spatial_dims: int) -> None:
     if x.ndim != spatial_dims + 2:
-        raise ValueError(f"image must be (N, C, *spatial) with spatial_dims={spatial_dims}, got image shape {tuple(x.shape)}.")
+        raise ValueError(
+            f"image must be (N, C, *spatial) with spatial_dims={spatial_dims}, got image shape {tuple(x.shape)}"
+            f"{_spatial_dims_hint(x.ndim, spatial_dims)}."
+        )
     if task == "segmentation":
         ok = (y.ndim == x.ndim and y.shape[1] == 1) or y.ndim == x.ndim - 1
         if not ok or y.shape[0] != x.shape[0] or tuple(y.shape[-spatial_dims:]) != tuple(x.shape[-spatial_dims:]):

@@ -69,6 +69,16 @@ def _check_spatial_dims(spatial_dims: int) -> None:
         raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
 
 
+def _spatial_dims_hint(ndim: int, spatial_dims: int) -> str:
+    """What to pass when a tensor of ``ndim`` dims does not match ``spatial_dims`` (for the shape errors of the
+    evaluation and TTA functions, whose ``spatial_dims`` defaults to 2: a volume needs ``spatial_dims=3``)."""
+    if ndim == 5 and spatial_dims == 2:
+        return "; a volume (N, C, D, H, W) needs spatial_dims=3"
+    if ndim == 4 and spatial_dims == 3:
+        return "; an image (N, C, H, W) needs spatial_dims=2"
+    return ""
+
+
 def _check_mode(mode: str, spatial_dims: int) -> str:
     if mode == "trilinear":
         mode = "bilinear"

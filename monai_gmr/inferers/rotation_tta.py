@@ -9,7 +9,7 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
-from monai_gmr.functional.rotation import Geometry, _cached, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, _spatial_dims_hint, make_geometries
 
 __all__ = ["RotationTTAInferer"]
 
@@ -165,7 +165,8 @@ class RotationTTAInferer(Inferer):
         """
         if inputs.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"inputs must be (N, C, *spatial) with spatial_dims={self.spatial_dims}, got shape {tuple(inputs.shape)}."
+                f"inputs must be (N, C, *spatial) with spatial_dims={self.spatial_dims}, got shape {tuple(inputs.shape)}"
+                f"{_spatial_dims_hint(inputs.ndim, self.spatial_dims)}."
             )
         x = _plain(inputs)
         outs = self._run_views(x, network, *args, **kwargs)

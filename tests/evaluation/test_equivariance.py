@@ -235,3 +235,18 @@ def test_angles_as_a_1d_tensor_or_array():
     vol = _smooth(1, 8, 3)
     e = equivariance_error(lambda t: 2.0 * t, vol, angles=np.array([[10.0, 20.0, 30.0]]), spatial_dims=3)
     assert set(e) == {(10.0, 20.0, 30.0)}
+
+
+def test_a_volume_without_spatial_dims_says_to_pass_3():
+    """``spatial_dims`` defaults to 2: a volume passed without it stopped with "x must be (N, C, *spatial) with
+    spatial_dims=2, got x.shape=(1, 1, 8, 8, 8)", not saying what to pass; the error now names spatial_dims=3 (and
+    spatial_dims=2 for an image given with spatial_dims=3)."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    net = torch.nn.Identity()
+    vol, img = torch.randn(1, 1, 8, 8, 8), torch.randn(1, 1, 8, 8)
+    for fn in (equivariance_error, group_equivariance_error, spline_equivariance_error, layerwise_equivariance_error):
+        with pytest.raises(ValueError, match=r"x.shape=\(1, 1, 8, 8, 8\); a volume \(N, C, D, H, W\) needs spatial_dims=3"):
+            fn(net, vol)
+        with pytest.raises(ValueError, match=r"an image \(N, C, H, W\) needs spatial_dims=2"):
+            fn(net, img, spatial_dims=3)

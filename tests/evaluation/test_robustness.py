@@ -296,3 +296,14 @@ def test_amp_is_cuda_only_like_monai_engines():
     r = rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), amp=True, device="cpu")
     assert seen and not any(seen)
     assert r.per_angle["dice"] == [1.0, 1.0]
+
+
+def test_a_volume_without_spatial_dims_says_to_pass_3():
+    """``spatial_dims`` defaults to 2: a 3D data set evaluated without it stopped with "image must be (N, C, *spatial)
+    with spatial_dims=2, got image shape (1, 1, 8, 8, 8)"; the error now names spatial_dims=3."""
+    net = torch.nn.Conv3d(1, 2, 1)
+    batch = {"image": torch.randn(1, 1, 8, 8, 8), "label": torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"a volume \(N, C, D, H, W\) needs spatial_dims=3"):
+        rotation_robustness(net, [batch], angles=(0, 90), flips=None)
+    res = rotation_robustness(net, [batch], angles=(0, 90), flips=None, spatial_dims=3, metrics=("dice",))
+    assert set(res.summary()) == {"dice"}
