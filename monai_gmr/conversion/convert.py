@@ -446,8 +446,11 @@ class _Converter:
         dils = _tuple(conv.dilation, d)
         pads = _tuple(conv.padding, d)
         ops = _tuple(conv.output_padding, d)
-        if len(set(ks)) != 1 or len(set(dils)) != 1:
-            self._keep(name, f"anisotropic kernel {ks} / dilation {dils}", "unsupported")
+        if len(set(ks)) != 1:
+            self._keep(name, f"anisotropic kernel {ks} (GMR kernels are isotropic)", "unsupported")
+            return None
+        if len(set(dils)) != 1:
+            self._keep(name, f"anisotropic dilation {dils}", "unsupported")
             return None
         k, dil = ks[0], dils[0]
         if k == 1 and all(s == 1 for s in strides) and all(p == 0 for p in pads) and all(o == 0 for o in ops):
@@ -486,7 +489,7 @@ class _Converter:
                 align_corners=False if self.upsample_mode not in ("nearest", "nearest-exact") else None,
             )
             new = UpsampledConv(up, inner)
-            desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({self.upsample_mode}, x{strides[0] if len(set(strides)) == 1 else strides}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
+            desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({up.mode}, x{strides[0] if len(set(strides)) == 1 else strides}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
         self.counts[kind] += 1
         self._count_even(name, even, k_new)
         self.summary.converted[name] = desc

@@ -236,6 +236,19 @@ def test_anisotropic_transposed_stride_3d_reported():
         assert new(x.transpose(-1, -2)).shape != new(x).transpose(-1, -2).shape
 
 
+def test_3d_summary_names_the_interpolation_that_runs_and_anisotropic_up_kernels():
+    """In 3D the summary said ``Upsample(bilinear, x2)`` while the module runs trilinear interpolation; a kept
+    anisotropic up-conv kernel (DynUNet's ``upsample_kernel_size=[2, 2, 1]``) was listed as
+    "anisotropic kernel (2, 2, 1) / dilation (1, 1, 1)", naming an isotropic dilation as a cause."""
+    net = nn.Sequential(nn.ConvTranspose3d(1, 2, 2, stride=2), nn.ConvTranspose3d(2, 2, (2, 2, 1), stride=(2, 2, 1)))
+    new, summary = convert_to_gmr(net, return_summary=True)
+    assert new[0].upsample.mode == "trilinear" and "Upsample(trilinear, x2)" in summary.converted["0"]
+    assert summary.kept["1"] == "anisotropic kernel (2, 2, 1) (GMR kernels are isotropic)"
+    net2d = nn.Sequential(nn.ConvTranspose2d(1, 2, 2, stride=2))
+    assert "Upsample(bilinear, x2)" in convert_to_gmr(net2d, return_summary=True)[1].converted["0"]
+    dil = nn.Sequential(nn.ConvTranspose3d(1, 2, 3, dilation=(1, 1, 2)))
+    assert convert_to_gmr(dil, return_summary=True)[1].kept["0"] == "anisotropic dilation (1, 1, 2)"
+
 def test_kernel_size_options():
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 5, padding=2), nn.Conv2d(2, 2, 1), nn.ConvTranspose2d(2, 2, 2, stride=2))
     ks = lambda m: [c.kernel_size for c in m.modules() if isinstance(c, GMRConv)]  # noqa: E731
