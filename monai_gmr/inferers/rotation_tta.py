@@ -52,7 +52,8 @@ class RotationTTAInferer(Inferer):
             :attr:`view_names`, weights from :meth:`view_weights`.
         task: ``"segmentation"`` or ``"classification"``.
         spatial_dims: 2 or 3.
-        axes: 3D rotation plane (default ``(1, 2)``, about the depth axis).
+        axes: 3D rotation plane (default ``(1, 2)``, about axis 0, the depth axis of ``(N, C, D, H, W)``; for
+            MONAI-loaded NIfTI volumes ``(N, C, H, W, D)`` pass ``(0, 1)`` to turn the axial slices).
         average, activation, output: see above.
         mode: interpolation for inputs and back-rotated predictions of non-right angles (``"bilinear"``,
             ``"bicubic"`` (2D), ``"nearest"``).
