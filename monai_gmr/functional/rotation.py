@@ -460,7 +460,10 @@ def flip_axis(axis: int | str, spatial_dims: int = 2) -> int:
     _check_spatial_dims(spatial_dims)
     if isinstance(axis, str):
         if axis not in _FLIP_NAMES[spatial_dims]:
-            raise ValueError(f"flip axis must be one of {sorted(_FLIP_NAMES[spatial_dims])} or an int, got axis={axis!r}.")
+            hint = "; 'd' mirrors the depth axis of a volume: pass spatial_dims=3" if axis == "d" else ""
+            raise ValueError(
+                f"flip axis must be one of {sorted(_FLIP_NAMES[spatial_dims])} or an int, got axis={axis!r}{hint}."
+            )
         return _FLIP_NAMES[spatial_dims][axis]
     if not -spatial_dims <= int(axis) < spatial_dims:
         raise ValueError(f"flip axis must be in [-{spatial_dims}, {spatial_dims - 1}], got axis={axis!r}.")
