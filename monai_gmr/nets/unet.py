@@ -103,10 +103,16 @@ def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, 
         if len(ks) != levels:
             raise ValueError(
                 f"kernel_sizes must be an int or have one entry per level (len(features)={levels}), "
-                f"got kernel_sizes={ks}."
+                f"got kernel_sizes={ks}; the entries are isotropic widths per level, not per axis (GMR kernels have "
+                f"no (3, 3, 1) form)."
             )
     else:
         ks = (kernel_sizes,) * levels
+    if any(isinstance(k, (tuple, list)) for k in ks):
+        raise ValueError(
+            f"kernel_sizes must hold one odd int per level (GMR kernels are isotropic: 3, not (3, 3, 3)), got "
+            f"kernel_sizes={ks}."
+        )
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise ValueError(f"kernel_sizes must hold odd positive ints (GMR kernels are centred), got kernel_sizes={ks}.")

@@ -210,3 +210,14 @@ def test_bad_input_shape():
         net(torch.randn(1, 1, 16, 16))
     with pytest.raises(ValueError, match="2 spatial dims"):
         net(torch.randn(1, 3, 16, 16, 16))
+
+
+def test_per_axis_kernel_sizes_are_named_as_such():
+    """A 3D user's per-axis kernel (``kernel_sizes=(3, 3, 1)``, or one ``(3, 3, 3)`` per level) was refused as
+    "must be an int or have one entry per level" / "must hold odd positive ints (GMR kernels are centred)", with no word
+    that the sizes are isotropic widths per level; both errors now say so."""
+    with pytest.raises(ValueError, match=r"isotropic widths per level, not per axis"):
+        GMRUNet(3, 1, 2, features=(4, 8), kernel_sizes=(3, 3, 1))
+    with pytest.raises(ValueError, match=r"one odd int per level \(GMR kernels are isotropic: 3, not \(3, 3, 3\)\)"):
+        GMRUNet(3, 1, 2, features=(4, 8), kernel_sizes=((3, 3, 3), (3, 3, 3)))
+    assert GMRUNet(3, 1, 2, features=(4, 8), kernel_sizes=[3, 5]).kernel_sizes == (3, 5)
