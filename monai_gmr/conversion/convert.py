@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai.networks.layers.simplelayers import ChannelPad
+
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
@@ -722,6 +724,8 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
                 )
         elif isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten)):
             pass  # per channel / per position; a Flatten only reshapes (a Linear reading it is checked above)
+        elif isinstance(m, ChannelPad) and (m.pad is None or not any(m.pad[:-4])):  # pad: spatial, channel, batch
+            pass  # MONAI's residual channel matching (HighResNet): zero channels added, no spatial padding
         elif type(m).__module__ == "torch.nn.modules.activation":
             dim = getattr(m, "dim", None)
             if dim not in (None, 0, 1):

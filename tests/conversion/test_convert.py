@@ -662,3 +662,28 @@ def test_audit_linear_layers_by_what_precedes_them():
     for name in ("ResNet", "DenseNet121"):
         s = convert_to_gmr(NETS[name][0](), replace_pooling=True, return_summary=True)[1]
         assert s.fully_equivariant, (name, s.non_equivariant)
+
+
+def test_highresnet_3d_channel_padding_is_known_equivariant():
+    """MONAI's HighResNet (3D; dilated 3x3x3 convs, residual channel matching by ``ChannelPad``): every conv converts,
+    but the summary listed each ``ChannelPad`` as unknown, so ``fully_equivariant`` was False for an exactly
+    equivariant net. ``ChannelPad`` only adds zero channels; it now counts as equivariant."""
+    from monai.networks.layers.simplelayers import ChannelPad
+    from monai.networks.nets import HighResNet
+
+    torch.manual_seed(0)
+    params = ({"name": "conv_0", "n_features": 2, "kernel_size": 3},
+              {"name": "res_1", "n_features": 4, "kernels": (3, 3), "repeat": 1},
+              {"name": "conv_1", "n_features": 4, "kernel_size": 1}, {"name": "conv_2", "kernel_size": 1})  # fmt: skip
+    net, summary = convert_to_gmr(HighResNet(3, 1, 2, layer_params=params), return_summary=True)
+    assert not summary.unknown and not summary.non_equivariant and summary.fully_equivariant
+    net.eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        y = net(x)
+        for g in cube_elements()[::7]:
+            assert rel_err(net(g(x)), g(y)) < 1e-4
+    # a ChannelPad that also pads space would not be equivariant: still reported
+    odd = ChannelPad(3, 2, 4)
+    odd.pad = (1, 0) + odd.pad[2:]
+    assert set(audit_equivariance(nn.Sequential(odd)).unknown) == {"0"}
