@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_gmr.functional.rotation import Geometry, _cached, _is_euler, _spatial_dims_hint, as_angle_list, central_disk_mask
-from monai_gmr.functional.rotation import make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, _is_euler, _spatial_dims_hint, as_angle_list
+from monai_gmr.functional.rotation import central_disk_mask, make_geometries
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 

@@ -15,8 +15,9 @@ Conventions (shared by the TTA inferer, the robustness evaluator and the equivar
   ``torch.rot90(x, 1, dims=(a, b))`` at 90 degrees; the default plane is ``(1, 2)`` (H, W), i.e. about the depth
   axis, so axial slices turn like 2D images when the depth axis comes first (PyTorch's ``(N, C, D, H, W)``).
   MONAI's ``LoadImage`` gives NIfTI volumes as ``(C, H, W, D)``, the slice axis last: there ``axes=(0, 1)`` turns
-  the axial slices (the default ``(1, 2)`` mixes the slice axis in), and flip ``"d"`` mirrors axis 0. Euler angles ``angle=(a0, a1, a2)`` (with ``axes=None``) apply
-  rotations in the planes ``(1, 2)``, ``(2, 0)``, ``(0, 1)`` in that order, composed into one resampling.
+  the axial slices (the default ``(1, 2)`` mixes the slice axis in), and flip ``"d"`` mirrors axis 0. Euler
+  angles ``angle=(a0, a1, a2)`` (with ``axes=None``) apply rotations in the planes ``(1, 2)``, ``(2, 0)``,
+  ``(0, 1)`` in that order, composed into one resampling.
 * The inverse of ``rotate(x, angle)`` is ``rotate_inverse(y, angle)`` (``rotate(y, -angle)`` for one plane).
 * ``validity_mask`` marks output pixels whose interpolation stencil lies entirely inside the input, so corners
   filled by padding never count; ``roundtrip_mask`` does the same for rotate-then-rotate-back (TTA weights).

@@ -354,4 +354,5 @@ def test_depth_flip_without_spatial_dims_3_says_to_pass_it():
         RotationTTAInferer(angles=(0,), flips=("d",))
     with pytest.raises(ValueError, match=r"got axis='x'\.$"):
         flip_axis("x", 3)
-    assert flip_axis("d", 3) == 0 and RotationTTAInferer(angles=(0,), flips=("d",), spatial_dims=3).view_names == ["rot0", "flip_d"]
+    assert flip_axis("d", 3) == 0
+    assert RotationTTAInferer(angles=(0,), flips=("d",), spatial_dims=3).view_names == ["rot0", "flip_d"]
