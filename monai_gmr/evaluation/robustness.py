@@ -385,7 +385,16 @@ def _region_mask(
 ) -> torch.Tensor:
     """Pixels scored for view ``g``: valid (no padding in the stencil), and inside the central disk for ``"disk"``."""
     m = g.valid_mask(spatial, image_mode, device=device)
-    return m & central_disk_mask(m.shape, radius_frac, device=device) if region == "disk" else m
+    if region != "disk":
+        return m
+    disk = central_disk_mask(m.shape, radius_frac, device=device)
+    if not bool(disk.any()):  # e.g. a thin volume: the metrics were NaN at every view
+        raise ValueError(
+            f"region='disk' scores no pixel: the central disk/ball of radius radius_frac * min(size) = "
+            f"{radius_frac * min(m.shape):g} pixels is empty for the spatial shape {tuple(m.shape)}; use "
+            f"region='valid' or a larger radius_frac."
+        )
+    return m & disk
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, task: str, spatial_dims: int) -> None:

@@ -307,3 +307,15 @@ def test_a_volume_without_spatial_dims_says_to_pass_3():
         rotation_robustness(net, [batch], angles=(0, 90), flips=None)
     res = rotation_robustness(net, [batch], angles=(0, 90), flips=None, spatial_dims=3, metrics=("dice",))
     assert set(res.summary()) == {"dice"}
+
+
+def test_disk_region_that_holds_no_voxel_is_refused():
+    """``region="disk"`` on a thin volume (2 slices): the ball of radius 0.35 * 2 voxels holds no voxel and every
+    metric was NaN without a word; it is now refused, naming the radius and the way out."""
+    net = torch.nn.Conv3d(1, 2, 1)
+    x = torch.randn(1, 1, 16, 16, 2)
+    batch = {"image": x, "label": (x > 0).long()}
+    with pytest.raises(ValueError, match=r"region='disk' scores no pixel.*0.7 pixels.*\(16, 16, 2\).*region='valid'"):
+        rotation_robustness(net, [batch], angles=(0, 30), flips=None, spatial_dims=3, axes=(0, 1), region="disk")
+    res = rotation_robustness(net, [batch], angles=(0, 30), flips=None, spatial_dims=3, axes=(0, 1), metrics=("dice",))
+    assert all(v == v for v in res.per_angle["dice"])  # region="valid" scores them
