@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai.networks.layers.simplelayers import ChannelPad
+
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
@@ -446,8 +448,11 @@ class _Converter:
         dils = _tuple(conv.dilation, d)
         pads = _tuple(conv.padding, d)
         ops = _tuple(conv.output_padding, d)
-        if len(set(ks)) != 1 or len(set(dils)) != 1:
-            self._keep(name, f"anisotropic kernel {ks} / dilation {dils}", "unsupported")
+        if len(set(ks)) != 1:
+            self._keep(name, f"anisotropic kernel {ks} (GMR kernels are isotropic)", "unsupported")
+            return None
+        if len(set(dils)) != 1:
+            self._keep(name, f"anisotropic dilation {dils}", "unsupported")
             return None
         k, dil = ks[0], dils[0]
         if k == 1 and all(s == 1 for s in strides) and all(p == 0 for p in pads) and all(o == 0 for o in ops):
@@ -486,7 +491,7 @@ class _Converter:
                 align_corners=False if self.upsample_mode not in ("nearest", "nearest-exact") else None,
             )
             new = UpsampledConv(up, inner)
-            desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({self.upsample_mode}, x{strides[0] if len(set(strides)) == 1 else strides}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
+            desc = f"{type(conv).__name__}(k={k}, stride={strides}) -> Upsample({up.mode}, x{strides[0] if len(set(strides)) == 1 else strides}) + {'GMRConv' if k_new > 1 else '1x1 conv'}(k={k_new})"
         self.counts[kind] += 1
         self._count_even(name, even, k_new)
         self.summary.converted[name] = desc
@@ -719,6 +724,8 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
                 )
         elif isinstance(m, _NORMS + _DROPOUT + (nn.Identity, nn.Flatten)):
             pass  # per channel / per position; a Flatten only reshapes (a Linear reading it is checked above)
+        elif isinstance(m, ChannelPad) and (m.pad is None or not any(m.pad[:-4])):  # pad: spatial, channel, batch
+            pass  # MONAI's residual channel matching (HighResNet): zero channels added, no spatial padding
         elif type(m).__module__ == "torch.nn.modules.activation":
             dim = getattr(m, "dim", None)
             if dim not in (None, 0, 1):

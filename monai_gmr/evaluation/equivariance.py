@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.groups import group_elements
 from monai_gmr.functional.rotation import _is_degrees, _is_euler, _norm_angle, _planes, as_angle_list, central_disk_mask
-from monai_gmr.functional.rotation import rotate, validity_mask
+from monai_gmr.functional.rotation import _spatial_dims_hint, rotate, validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -38,13 +38,28 @@ __all__ = [
 
 
 def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """``||(a - b) * mask|| / ||b * mask||`` in float64 (``mask`` broadcasts over the trailing dims)."""
+    """``||(a - b) * mask|| / ||b * mask||`` in float64 (``mask`` broadcasts over the trailing dims); NaN when ``mask``
+    selects nothing (no pixel compared is not a zero error)."""
     a = a.detach().double()
     b = b.detach().double()
     if mask is not None:
+        if not bool(mask.any()):
+            return float("nan")
         m = mask.to(device=a.device, dtype=torch.float64)
         a, b = a * m, b * m
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def _require_region(mask: torch.Tensor, radius_frac: float) -> None:
+    """Refuse an empty compared region: the central disk/ball's radius is ``radius_frac * min(size)``, so a thin
+    volume (e.g. 2 slices) or a tiny input leaves no pixel in it, and the error used to read 0.0."""
+    if not bool(mask.any()):
+        shape = tuple(int(s) for s in mask.shape)
+        raise ValueError(
+            f"the compared region is empty: the central disk/ball of radius radius_frac * min(size) = "
+            f"{radius_frac} * {min(shape)} = {radius_frac * min(shape):g} pixels holds no pixel of the spatial shape "
+            f"{shape} (within the validity mask); use a larger input, a larger radius_frac or a canvas."
+        )
 
 
 def on_canvas(
@@ -100,7 +115,10 @@ def _check_x(x: torch.Tensor, spatial_dims: int) -> None:
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
     if x.ndim != spatial_dims + 2:
-        raise ValueError(f"x must be (N, C, *spatial) with spatial_dims={spatial_dims}, got x.shape={tuple(x.shape)}.")
+        raise ValueError(
+            f"x must be (N, C, *spatial) with spatial_dims={spatial_dims}, got x.shape={tuple(x.shape)}"
+            f"{_spatial_dims_hint(x.ndim, spatial_dims)}."
+        )
 
 
 @torch.no_grad()
@@ -154,6 +172,7 @@ def equivariance_error(
         # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output
         disk = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device)
         mask = disk & validity_mask(y0.shape[-spatial_dims:], a, spatial_dims, mode, axes, device=y0.device)
+        _require_region(mask, radius_frac)
         errors[key] = masked_rel_err(y, ref, mask)
     return errors
 
@@ -215,6 +234,7 @@ def spline_equivariance_error(
     if y0.ndim != x.ndim:
         raise ValueError(f"fn must return spatial outputs (N, C, *spatial), got shape {tuple(y0.shape)}.")
     disk = central_disk_mask(y0.shape[2:], radius_frac, device=y0.device)
+    _require_region(disk, radius_frac)
     return {a: masked_rel_err(_first(fn(rot(x, a))), rot(y0, a), disk) for a in angles}
 
 
@@ -271,7 +291,9 @@ def layerwise_equivariance_error(
 
     Returns:
         ``{name: (spatial shape, rel_err)}`` in execution order, for the modules whose output is a tensor with
-        ``x.ndim`` dims (others, e.g. a flattening head, are left out); shapes are those on the canvas.
+        ``x.ndim`` dims (others, e.g. a flattening head, are left out); shapes are those on the canvas. A module
+        whose grid is too coarse for the disk to hold a pixel (e.g. 2x2 at the bottom of a U-Net fed 16x16) gets
+        NaN (it read 0.0).
 
     Raises:
         ValueError: a name in ``modules`` that ``net`` does not have, a bad ``x`` or ``canvas``.

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_gmr.functional.rotation import Geometry, _cached, _is_euler, as_angle_list, central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, _is_euler, _spatial_dims_hint, as_angle_list
+from monai_gmr.functional.rotation import central_disk_mask, make_geometries
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -384,12 +385,24 @@ def _region_mask(
 ) -> torch.Tensor:
     """Pixels scored for view ``g``: valid (no padding in the stencil), and inside the central disk for ``"disk"``."""
     m = g.valid_mask(spatial, image_mode, device=device)
-    return m & central_disk_mask(m.shape, radius_frac, device=device) if region == "disk" else m
+    if region != "disk":
+        return m
+    disk = central_disk_mask(m.shape, radius_frac, device=device)
+    if not bool(disk.any()):  # e.g. a thin volume: the metrics were NaN at every view
+        raise ValueError(
+            f"region='disk' scores no pixel: the central disk/ball of radius radius_frac * min(size) = "
+            f"{radius_frac * min(m.shape):g} pixels is empty for the spatial shape {tuple(m.shape)}; use "
+            f"region='valid' or a larger radius_frac."
+        )
+    return m & disk
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, task: str, spatial_dims: int) -> None:
     if x.ndim != spatial_dims + 2:
-        raise ValueError(f"image must be (N, C, *spatial) with spatial_dims={spatial_dims}, got image shape {tuple(x.shape)}.")
+        raise ValueError(
+            f"image must be (N, C, *spatial) with spatial_dims={spatial_dims}, got image shape {tuple(x.shape)}"
+            f"{_spatial_dims_hint(x.ndim, spatial_dims)}."
+        )
     if task == "segmentation":
         ok = (y.ndim == x.ndim and y.shape[1] == 1) or y.ndim == x.ndim - 1
         if not ok or y.shape[0] != x.shape[0] or tuple(y.shape[-spatial_dims:]) != tuple(x.shape[-spatial_dims:]):

@@ -13,8 +13,11 @@ Conventions (shared by the TTA inferer, the robustness evaluator and the equivar
   (= trilinear on 3D volumes) or ``nearest`` in 3D.
 * 3D: ``axes=(a, b)`` (spatial axis indices, 0 = D, 1 = H, 2 = W) picks the rotation plane, the rotation equals
   ``torch.rot90(x, 1, dims=(a, b))`` at 90 degrees; the default plane is ``(1, 2)`` (H, W), i.e. about the depth
-  axis, so axial slices turn like 2D images. Euler angles ``angle=(a0, a1, a2)`` (with ``axes=None``) apply
-  rotations in the planes ``(1, 2)``, ``(2, 0)``, ``(0, 1)`` in that order, composed into one resampling.
+  axis, so axial slices turn like 2D images when the depth axis comes first (PyTorch's ``(N, C, D, H, W)``).
+  MONAI's ``LoadImage`` gives NIfTI volumes as ``(C, H, W, D)``, the slice axis last: there ``axes=(0, 1)`` turns
+  the axial slices (the default ``(1, 2)`` mixes the slice axis in), and flip ``"d"`` mirrors axis 0. Euler
+  angles ``angle=(a0, a1, a2)`` (with ``axes=None``) apply rotations in the planes ``(1, 2)``, ``(2, 0)``,
+  ``(0, 1)`` in that order, composed into one resampling.
 * The inverse of ``rotate(x, angle)`` is ``rotate_inverse(y, angle)`` (``rotate(y, -angle)`` for one plane).
 * ``validity_mask`` marks output pixels whose interpolation stencil lies entirely inside the input, so corners
   filled by padding never count; ``roundtrip_mask`` does the same for rotate-then-rotate-back (TTA weights).
@@ -67,6 +70,16 @@ AngleLike = float | int | Sequence[float]
 def _check_spatial_dims(spatial_dims: int) -> None:
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
+
+
+def _spatial_dims_hint(ndim: int, spatial_dims: int) -> str:
+    """What to pass when a tensor of ``ndim`` dims does not match ``spatial_dims`` (for the shape errors of the
+    evaluation and TTA functions, whose ``spatial_dims`` defaults to 2: a volume needs ``spatial_dims=3``)."""
+    if ndim == 5 and spatial_dims == 2:
+        return "; a volume (N, C, D, H, W) needs spatial_dims=3"
+    if ndim == 4 and spatial_dims == 3:
+        return "; an image (N, C, H, W) needs spatial_dims=2"
+    return ""
 
 
 def _check_mode(mode: str, spatial_dims: int) -> str:
@@ -448,7 +461,10 @@ def flip_axis(axis: int | str, spatial_dims: int = 2) -> int:
     _check_spatial_dims(spatial_dims)
     if isinstance(axis, str):
         if axis not in _FLIP_NAMES[spatial_dims]:
-            raise ValueError(f"flip axis must be one of {sorted(_FLIP_NAMES[spatial_dims])} or an int, got axis={axis!r}.")
+            hint = "; 'd' mirrors the depth axis of a volume: pass spatial_dims=3" if axis == "d" else ""
+            raise ValueError(
+                f"flip axis must be one of {sorted(_FLIP_NAMES[spatial_dims])} or an int, got axis={axis!r}{hint}."
+            )
         return _FLIP_NAMES[spatial_dims][axis]
     if not -spatial_dims <= int(axis) < spatial_dims:
         raise ValueError(f"flip axis must be in [-{spatial_dims}, {spatial_dims - 1}], got axis={axis!r}.")

@@ -9,7 +9,7 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
-from monai_gmr.functional.rotation import Geometry, _cached, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, _spatial_dims_hint, make_geometries
 
 __all__ = ["RotationTTAInferer"]
 
@@ -52,7 +52,8 @@ class RotationTTAInferer(Inferer):
             :attr:`view_names`, weights from :meth:`view_weights`.
         task: ``"segmentation"`` or ``"classification"``.
         spatial_dims: 2 or 3.
-        axes: 3D rotation plane (default ``(1, 2)``, about the depth axis).
+        axes: 3D rotation plane (default ``(1, 2)``, about axis 0, the depth axis of ``(N, C, D, H, W)``; for
+            MONAI-loaded NIfTI volumes ``(N, C, H, W, D)`` pass ``(0, 1)`` to turn the axial slices).
         average, activation, output: see above.
         mode: interpolation for inputs and back-rotated predictions of non-right angles (``"bilinear"``,
             ``"bicubic"`` (2D), ``"nearest"``).
@@ -165,7 +166,8 @@ class RotationTTAInferer(Inferer):
         """
         if inputs.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"inputs must be (N, C, *spatial) with spatial_dims={self.spatial_dims}, got shape {tuple(inputs.shape)}."
+                f"inputs must be (N, C, *spatial) with spatial_dims={self.spatial_dims}, got shape {tuple(inputs.shape)}"
+                f"{_spatial_dims_hint(inputs.ndim, self.spatial_dims)}."
             )
         x = _plain(inputs)
         outs = self._run_views(x, network, *args, **kwargs)

@@ -250,9 +250,17 @@ class GMRResNet(nn.Module):
         if isinstance(kernel_sizes, (tuple, list)):
             ks = tuple(kernel_sizes)
             if len(ks) != 4:
-                raise ValueError(f"kernel_sizes must be an int or 4 ints (one per stage), got kernel_sizes={ks}.")
+                raise ValueError(
+                    f"kernel_sizes must be an int or 4 ints (one per stage), got kernel_sizes={ks}; the entries are "
+                    f"isotropic widths per stage, not per axis (GMR kernels have no (3, 3, 1) form)."
+                )
         else:
             ks = (kernel_sizes,) * 4
+        if any(isinstance(k, (tuple, list)) for k in ks):
+            raise ValueError(
+                f"kernel_sizes must hold one odd int per stage (GMR kernels are isotropic: 3, not (3, 3, 3)), got "
+                f"kernel_sizes={ks}."
+            )
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in ks):
             raise ValueError(f"kernel_sizes must hold odd positive ints, got kernel_sizes={ks}.")
         # MONAI's ResNet takes per-dim tuples here; a GMR stem is isotropic, so an all-equal tuple is its int

@@ -103,10 +103,16 @@ def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, 
         if len(ks) != levels:
             raise ValueError(
                 f"kernel_sizes must be an int or have one entry per level (len(features)={levels}), "
-                f"got kernel_sizes={ks}."
+                f"got kernel_sizes={ks}; the entries are isotropic widths per level, not per axis (GMR kernels have "
+                f"no (3, 3, 1) form)."
             )
     else:
         ks = (kernel_sizes,) * levels
+    if any(isinstance(k, (tuple, list)) for k in ks):
+        raise ValueError(
+            f"kernel_sizes must hold one odd int per level (GMR kernels are isotropic: 3, not (3, 3, 3)), got "
+            f"kernel_sizes={ks}."
+        )
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise ValueError(f"kernel_sizes must hold odd positive ints (GMR kernels are centred), got kernel_sizes={ks}.")
@@ -259,6 +265,17 @@ class GMRUNet(nn.Module):
                     f"matching skip shapes), got input shape {list(x.shape)}; pad the input (e.g. "
                     f"monai.transforms.DivisiblePad(k={self.multiple})) or construct with pad_to_multiple=True."
                 )
+            if self.pad_mode == "reflect":
+                # reflect padding needs a pad smaller than the size (torch's error names neither the net nor pad_mode):
+                # a thin volume (a few slices) padded to a multiple of 8
+                for j in range(len(pads) // 2):
+                    size = x.shape[x.ndim - 1 - j]
+                    if max(pads[2 * j], pads[2 * j + 1]) >= size:
+                        raise ValueError(
+                            f"GMRUNet pad_mode='reflect' cannot pad a spatial size of {size} to a multiple of "
+                            f"{self.multiple} (a reflection pad must be smaller than the size), got input shape "
+                            f"{list(x.shape)}; use pad_mode='replicate' or 'constant'."
+                        )
             x = F.pad(x, pads, mode=self.pad_mode)
         skips: list[torch.Tensor] = []
         h = x

@@ -383,6 +383,16 @@ class GMRConv(nn.Module):
         """
         unbatched = isinstance(x, torch.Tensor) and x.dim() == self.spatial_dims + 1
         if unbatched:
+            if x.shape[0] != self.in_channels:
+                d = self.spatial_dims
+                dims = "H, W" if d == 2 else "D, H, W"
+                # e.g. a batch of 2D images (B, C, H, W) given to a 3D layer: say how the shape was read
+                hint = " (a batch of 2D images (B, C, H, W) needs spatial_dims=2)" if d == 3 else ""
+                raise ValueError(
+                    f"input shape {list(x.shape)} has {d + 1} dims, so it is read as unbatched (C, {dims}) with "
+                    f"C={x.shape[0]}, but in_channels={self.in_channels}; a batched input is (B, C, {dims}) for "
+                    f"spatial_dims={d}{hint}."
+                )
             x = x.unsqueeze(0)
         if torch.jit.is_scripting():
             y = self._forward_scripted(x)
@@ -401,8 +411,8 @@ class GMRConv(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
-                f"input has {x.shape[1]} channels but in_channels={self.in_channels} (input read as (B, C, *spatial) "
-                f"with spatial_dims={d}, unbatched inputs as (C, *spatial))."
+                f"input has {x.shape[1]} channels but in_channels={self.in_channels} (input shape {list(x.shape)} read "
+                f"as (B, C, *spatial) with spatial_dims={d}, unbatched inputs as (C, *spatial))."
             )
 
     @torch.jit.unused

@@ -236,6 +236,19 @@ def test_anisotropic_transposed_stride_3d_reported():
         assert new(x.transpose(-1, -2)).shape != new(x).transpose(-1, -2).shape
 
 
+def test_3d_summary_names_the_interpolation_that_runs_and_anisotropic_up_kernels():
+    """In 3D the summary said ``Upsample(bilinear, x2)`` while the module runs trilinear interpolation; a kept
+    anisotropic up-conv kernel (DynUNet's ``upsample_kernel_size=[2, 2, 1]``) was listed as
+    "anisotropic kernel (2, 2, 1) / dilation (1, 1, 1)", naming an isotropic dilation as a cause."""
+    net = nn.Sequential(nn.ConvTranspose3d(1, 2, 2, stride=2), nn.ConvTranspose3d(2, 2, (2, 2, 1), stride=(2, 2, 1)))
+    new, summary = convert_to_gmr(net, return_summary=True)
+    assert new[0].upsample.mode == "trilinear" and "Upsample(trilinear, x2)" in summary.converted["0"]
+    assert summary.kept["1"] == "anisotropic kernel (2, 2, 1) (GMR kernels are isotropic)"
+    net2d = nn.Sequential(nn.ConvTranspose2d(1, 2, 2, stride=2))
+    assert "Upsample(bilinear, x2)" in convert_to_gmr(net2d, return_summary=True)[1].converted["0"]
+    dil = nn.Sequential(nn.ConvTranspose3d(1, 2, 3, dilation=(1, 1, 2)))
+    assert convert_to_gmr(dil, return_summary=True)[1].kept["0"] == "anisotropic dilation (1, 1, 2)"
+
 def test_kernel_size_options():
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 5, padding=2), nn.Conv2d(2, 2, 1), nn.ConvTranspose2d(2, 2, 2, stride=2))
     ks = lambda m: [c.kernel_size for c in m.modules() if isinstance(c, GMRConv)]  # noqa: E731
@@ -649,3 +662,28 @@ def test_audit_linear_layers_by_what_precedes_them():
     for name in ("ResNet", "DenseNet121"):
         s = convert_to_gmr(NETS[name][0](), replace_pooling=True, return_summary=True)[1]
         assert s.fully_equivariant, (name, s.non_equivariant)
+
+
+def test_highresnet_3d_channel_padding_is_known_equivariant():
+    """MONAI's HighResNet (3D; dilated 3x3x3 convs, residual channel matching by ``ChannelPad``): every conv converts,
+    but the summary listed each ``ChannelPad`` as unknown, so ``fully_equivariant`` was False for an exactly
+    equivariant net. ``ChannelPad`` only adds zero channels; it now counts as equivariant."""
+    from monai.networks.layers.simplelayers import ChannelPad
+    from monai.networks.nets import HighResNet
+
+    torch.manual_seed(0)
+    params = ({"name": "conv_0", "n_features": 2, "kernel_size": 3},
+              {"name": "res_1", "n_features": 4, "kernels": (3, 3), "repeat": 1},
+              {"name": "conv_1", "n_features": 4, "kernel_size": 1}, {"name": "conv_2", "kernel_size": 1})  # fmt: skip
+    net, summary = convert_to_gmr(HighResNet(3, 1, 2, layer_params=params), return_summary=True)
+    assert not summary.unknown and not summary.non_equivariant and summary.fully_equivariant
+    net.eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        y = net(x)
+        for g in cube_elements()[::7]:
+            assert rel_err(net(g(x)), g(y)) < 1e-4
+    # a ChannelPad that also pads space would not be equivariant: still reported
+    odd = ChannelPad(3, 2, 4)
+    odd.pad = (1, 0) + odd.pad[2:]
+    assert set(audit_equivariance(nn.Sequential(odd)).unknown) == {"0"}

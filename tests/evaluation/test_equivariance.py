@@ -235,3 +235,38 @@ def test_angles_as_a_1d_tensor_or_array():
     vol = _smooth(1, 8, 3)
     e = equivariance_error(lambda t: 2.0 * t, vol, angles=np.array([[10.0, 20.0, 30.0]]), spatial_dims=3)
     assert set(e) == {(10.0, 20.0, 30.0)}
+
+
+def test_a_volume_without_spatial_dims_says_to_pass_3():
+    """``spatial_dims`` defaults to 2: a volume passed without it stopped with "x must be (N, C, *spatial) with
+    spatial_dims=2, got x.shape=(1, 1, 8, 8, 8)", not saying what to pass; the error now names spatial_dims=3 (and
+    spatial_dims=2 for an image given with spatial_dims=3)."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    net = torch.nn.Identity()
+    vol, img = torch.randn(1, 1, 8, 8, 8), torch.randn(1, 1, 8, 8)
+    for fn in (equivariance_error, group_equivariance_error, spline_equivariance_error, layerwise_equivariance_error):
+        with pytest.raises(ValueError, match=r"x.shape=\(1, 1, 8, 8, 8\); a volume \(N, C, D, H, W\) needs spatial_dims=3"):
+            fn(net, vol)
+        with pytest.raises(ValueError, match=r"an image \(N, C, H, W\) needs spatial_dims=2"):
+            fn(net, img, spatial_dims=3)
+
+
+def test_an_empty_compared_region_is_not_a_zero_error():
+    """The central disk/ball has radius ``radius_frac * min(size)``: on a thin volume (2 slices) rotated in-plane it
+    holds no voxel, and equivariance_error returned 0.0 (perfect) for any network; the spline error too. They now
+    refuse it naming the radius; layerwise errors give NaN for a module whose grid is too coarse (the 2x2 bottom of
+    a U-Net fed 16x16 read 0.0)."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 1, 1, bias=False)
+    thin = torch.randn(1, 1, 16, 16, 2)
+    with pytest.raises(ValueError, match=r"compared region is empty.*0.35 \* 2 = 0.7 pixels.*\(16, 16, 2\)"):
+        equivariance_error(lambda t: t.flip(-1), thin, spatial_dims=3, axes=(0, 1))
+    with pytest.raises(ValueError, match="compared region is empty"):
+        spline_equivariance_error(net, thin, spatial_dims=3, axes=(0, 1))
+    assert equivariance_error(net, torch.randn(1, 1, 16, 16, 8), spatial_dims=3, axes=(0, 1))[45.0] < 1e-6
+    pool = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.AvgPool2d(8))
+    errs = layerwise_equivariance_error(pool, torch.randn(1, 1, 16, 16), angle=30)
+    assert errs["0"][1] < 1e-6 and errs["1"][0] == (2, 2) and errs["1"][1] != errs["1"][1]  # NaN

@@ -296,3 +296,26 @@ def test_amp_is_cuda_only_like_monai_engines():
     r = rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), amp=True, device="cpu")
     assert seen and not any(seen)
     assert r.per_angle["dice"] == [1.0, 1.0]
+
+
+def test_a_volume_without_spatial_dims_says_to_pass_3():
+    """``spatial_dims`` defaults to 2: a 3D data set evaluated without it stopped with "image must be (N, C, *spatial)
+    with spatial_dims=2, got image shape (1, 1, 8, 8, 8)"; the error now names spatial_dims=3."""
+    net = torch.nn.Conv3d(1, 2, 1)
+    batch = {"image": torch.randn(1, 1, 8, 8, 8), "label": torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"a volume \(N, C, D, H, W\) needs spatial_dims=3"):
+        rotation_robustness(net, [batch], angles=(0, 90), flips=None)
+    res = rotation_robustness(net, [batch], angles=(0, 90), flips=None, spatial_dims=3, metrics=("dice",))
+    assert set(res.summary()) == {"dice"}
+
+
+def test_disk_region_that_holds_no_voxel_is_refused():
+    """``region="disk"`` on a thin volume (2 slices): the ball of radius 0.35 * 2 voxels holds no voxel and every
+    metric was NaN without a word; it is now refused, naming the radius and the way out."""
+    net = torch.nn.Conv3d(1, 2, 1)
+    x = torch.randn(1, 1, 16, 16, 2)
+    batch = {"image": x, "label": (x > 0).long()}
+    with pytest.raises(ValueError, match=r"region='disk' scores no pixel.*0.7 pixels.*\(16, 16, 2\).*region='valid'"):
+        rotation_robustness(net, [batch], angles=(0, 30), flips=None, spatial_dims=3, axes=(0, 1), region="disk")
+    res = rotation_robustness(net, [batch], angles=(0, 30), flips=None, spatial_dims=3, axes=(0, 1), metrics=("dice",))
+    assert all(v == v for v in res.per_angle["dice"])  # region="valid" scores them

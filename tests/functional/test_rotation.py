@@ -340,3 +340,19 @@ def test_roundtrip_mask_is_tight(mode):
         rm = roundtrip_mask(shape, angle, mode=mode)
         assert not (rm & ~clean).any(), angle
         assert int((clean & ~rm).sum()) <= 2, (angle, int(clean.sum()), int(rm.sum()))
+
+
+def test_depth_flip_without_spatial_dims_3_says_to_pass_it():
+    """``spatial_dims`` defaults to 2 in the TTA inferer and the robustness evaluation: ``flips=("d",)`` for a volume
+    without ``spatial_dims=3`` stopped with "flip axis must be one of ['h', 'v'] or an int, got axis='d'"."""
+    from monai_gmr.functional.rotation import flip_axis
+    from monai_gmr.inferers import RotationTTAInferer
+
+    with pytest.raises(ValueError, match="'d' mirrors the depth axis of a volume: pass spatial_dims=3"):
+        flip_axis("d")
+    with pytest.raises(ValueError, match="pass spatial_dims=3"):
+        RotationTTAInferer(angles=(0,), flips=("d",))
+    with pytest.raises(ValueError, match=r"got axis='x'\.$"):
+        flip_axis("x", 3)
+    assert flip_axis("d", 3) == 0
+    assert RotationTTAInferer(angles=(0,), flips=("d",), spatial_dims=3).view_names == ["rot0", "flip_d"]

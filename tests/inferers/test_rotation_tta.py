@@ -206,3 +206,14 @@ def test_bad_arguments():
     x = torch.randn(2, 1, 8, 8)
     out = RotationTTAInferer(task="classification", activation="sigmoid", output="probs")(x, one_logit)
     torch.testing.assert_close(out, torch.sigmoid(one_logit(x)))  # the mean is rotation invariant
+
+
+def test_a_volume_without_spatial_dims_says_to_pass_3():
+    """``spatial_dims`` defaults to 2: a volume stopped with "inputs must be (N, C, *spatial) with spatial_dims=2,
+    got shape (1, 1, 8, 8, 8)"; the error now names spatial_dims=3 (and spatial_dims=2 for an image in 3D)."""
+    net = torch.nn.Conv3d(1, 2, 1)
+    with pytest.raises(ValueError, match=r"a volume \(N, C, D, H, W\) needs spatial_dims=3"):
+        RotationTTAInferer(angles=(0, 90))(torch.randn(1, 1, 8, 8, 8), net)
+    with pytest.raises(ValueError, match=r"an image \(N, C, H, W\) needs spatial_dims=2"):
+        RotationTTAInferer(angles=(0, 90), spatial_dims=3)(torch.randn(1, 1, 8, 8), torch.nn.Conv2d(1, 2, 1))
+    assert RotationTTAInferer(angles=(0, 90), spatial_dims=3)(torch.randn(1, 1, 8, 8, 8), net).shape == (1, 2, 8, 8, 8)

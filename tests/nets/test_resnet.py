@@ -181,3 +181,12 @@ def test_bad_input_shape():
     net = gmr_resnet18(2, 3, 2, **TINY)
     with pytest.raises(ValueError, match="in_channels=3"):
         net(torch.randn(1, 1, 32, 32))
+
+
+def test_per_axis_kernel_sizes_are_named_as_such():
+    """As for GMRUNet: ``kernel_sizes=(3, 3, 1)`` or per-axis tuples per stage now say the sizes are isotropic widths
+    per stage (the errors said "4 ints (one per stage)" / "odd positive ints")."""
+    with pytest.raises(ValueError, match=r"isotropic widths per stage, not per axis"):
+        gmr_resnet18(spatial_dims=3, in_channels=1, kernel_sizes=(3, 3, 1))
+    with pytest.raises(ValueError, match=r"one odd int per stage \(GMR kernels are isotropic"):
+        gmr_resnet18(spatial_dims=3, in_channels=1, kernel_sizes=[(3, 3, 3)] * 4)

@@ -210,3 +210,26 @@ def test_bad_input_shape():
         net(torch.randn(1, 1, 16, 16))
     with pytest.raises(ValueError, match="2 spatial dims"):
         net(torch.randn(1, 3, 16, 16, 16))
+
+
+def test_per_axis_kernel_sizes_are_named_as_such():
+    """A 3D user's per-axis kernel (``kernel_sizes=(3, 3, 1)``, or one ``(3, 3, 3)`` per level) was refused as
+    "must be an int or have one entry per level" / "must hold odd positive ints (GMR kernels are centred)", with no word
+    that the sizes are isotropic widths per level; both errors now say so."""
+    with pytest.raises(ValueError, match=r"isotropic widths per level, not per axis"):
+        GMRUNet(3, 1, 2, features=(4, 8), kernel_sizes=(3, 3, 1))
+    with pytest.raises(ValueError, match=r"one odd int per level \(GMR kernels are isotropic: 3, not \(3, 3, 3\)\)"):
+        GMRUNet(3, 1, 2, features=(4, 8), kernel_sizes=((3, 3, 3), (3, 3, 3)))
+    assert GMRUNet(3, 1, 2, features=(4, 8), kernel_sizes=[3, 5]).kernel_sizes == (3, 5)
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_reflect_padding_of_a_thin_volume_names_pad_mode(scripted):
+    """``pad_to_multiple=True, pad_mode="reflect"`` on a volume of 3 slices (padded to 8): torch's error ("Padding size
+    should be less than the corresponding input dimension") named neither the net nor ``pad_mode``; it now does and
+    points to the modes that can pad it. Sizes reflect can pad still run."""
+    net = GMRUNet(3, 1, 2, features=(2, 2, 2, 2), kernel_sizes=3, pad_to_multiple=True, pad_mode="reflect").eval()
+    net = torch.jit.script(net) if scripted else net
+    with pytest.raises(Exception, match=r"pad_mode='reflect' cannot pad a spatial size of 3 to a multiple of 8.*'replicate'"):
+        net(torch.randn(1, 1, 3, 8, 8))
+    assert net(torch.randn(1, 1, 6, 8, 14)).shape == (1, 2, 6, 8, 14)

@@ -109,6 +109,20 @@ def test_forward_errors_name_the_problem():
         GMRConv(3, 3, 4, 3)(torch.randn(3, 8, 8))
 
 
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_2d_batch_into_a_3d_layer_names_the_shape(scripted):
+    """A batch of 2D images ``(B, C, H, W)`` given to a 3D layer is read as one unbatched volume ``(C, D, H, W)``;
+    the error said "input has 2 channels but in_channels=3" for an input with 3 channels (B=2), without the shape.
+    It now gives the shape, how it was read, and the 2D fix; a batched channel mismatch gives the shape too."""
+    m = GMRConv(3, 3, 4, 3)
+    m = torch.jit.script(m) if scripted else m
+    with pytest.raises(Exception, match=r"input shape \[2, 3, 8, 8\].*unbatched \(C, D, H, W\) with C=2.*spatial_dims=2"):
+        m(torch.randn(2, 3, 8, 8))
+    with pytest.raises(Exception, match=r"input has 2 channels but in_channels=3 \(input shape \[1, 2, 4, 4, 4\]"):
+        m(torch.randn(1, 2, 4, 4, 4))
+    assert m(torch.randn(3, 4, 4, 4)).shape == (4, 4, 4, 4)  # a real unbatched volume still runs
+
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("impl", ["dense", "rings"])
 def test_unbatched_input_like_nn_conv(d, impl):
