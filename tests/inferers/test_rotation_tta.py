@@ -206,3 +206,21 @@ def test_bad_arguments():
     x = torch.randn(2, 1, 8, 8)
     out = RotationTTAInferer(task="classification", activation="sigmoid", output="probs")(x, one_logit)
     torch.testing.assert_close(out, torch.sigmoid(one_logit(x)))  # the mean is rotation invariant
+
+
+@torch.no_grad()
+def test_reduce_none_returns_raw_views_in_the_input_frame():
+    """``reduce="none"`` (segmentation): every view's raw output (no activation) rotated back to the input frame; with
+    an identity 'network' each of the 8 D4 views reproduces the input bit-exactly, and a view of a plain convolution
+    equals g^-1(net(g(x))) (a non-square input, so an un-inverted odd rotation would not even have the right shape)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 14)
+    tta = RotationTTAInferer(flips=("h",), reduce="none")
+    views = tta(x, lambda t: t)
+    assert views.shape == (8, 2, 3, 10, 14)
+    for v in views:
+        assert torch.equal(v, x)
+    net = torch.nn.Conv2d(3, 2, 3, padding=1).eval()
+    views = tta(x, net)
+    for g, v in zip(d4_elements(), views):
+        assert torch.allclose(v, g.inverse()(net(g(x))), atol=1e-6), g.name
