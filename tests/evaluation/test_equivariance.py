@@ -235,3 +235,23 @@ def test_angles_as_a_1d_tensor_or_array():
     vol = _smooth(1, 8, 3)
     e = equivariance_error(lambda t: 2.0 * t, vol, angles=np.array([[10.0, 20.0, 30.0]]), spatial_dims=3)
     assert set(e) == {(10.0, 20.0, 30.0)}
+
+
+def test_padding_outside_the_valid_region_is_left_out():
+    """A disk of radius 0.5 reaches pixels that a 45-degree rotation fills with padding; an affine pointwise map is
+    exactly equivariant on the real pixels only (``t + 1`` of the zero padding is 1, the rotated output's padding 0),
+    so the error is ~0 only because the validity mask removes them."""
+    x = _smooth(2, 33)
+    err = equivariance_error(lambda t: 3.0 * t - 1.0, x, angles=(30, 45), radius_frac=0.5)
+    assert max(err.values()) < 1e-6
+    for mode in ("bilinear", "nearest"):
+        assert max(equivariance_error(lambda t: t + 1.0, x, angles=(45,), radius_frac=0.5, mode=mode).values()) < 1e-6
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    class Shift(torch.nn.Module):
+        def forward(self, t):
+            return t + 1.0
+
+    net = torch.nn.Sequential(Shift(), torch.nn.Identity()).eval()
+    layer = layerwise_equivariance_error(net, x, angle=45.0, radius_frac=0.5)
+    assert set(layer) == {"0", "1"} and max(e for _, e in layer.values()) < 1e-6
