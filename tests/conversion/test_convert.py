@@ -151,6 +151,8 @@ def test_3d_unet_cube_sample():
         nn.ConvTranspose2d(3, 4, 3, stride=1, padding=1),
         nn.ConvTranspose2d(3, 4, 1, stride=2, output_padding=1),
         nn.ConvTranspose2d(4, 6, 2, stride=2, groups=2),
+        nn.ConvTranspose2d(3, 4, 3, stride=2, padding=2, dilation=2, output_padding=1),
+        nn.ConvTranspose2d(3, 4, 3, stride=1, padding=2, dilation=2),
     ],
 )
 def test_layer_output_sizes_match(conv):
@@ -649,3 +651,28 @@ def test_audit_linear_layers_by_what_precedes_them():
     for name in ("ResNet", "DenseNet121"):
         s = convert_to_gmr(NETS[name][0](), replace_pooling=True, return_summary=True)[1]
         assert s.fully_equivariant, (name, s.non_equivariant)
+
+
+def test_project_to_a_smaller_kernel_keeps_the_centre():
+    """``kernel_size`` smaller than the conv's with ``weights="project"``: the dense kernel is centre-cropped before the
+    projection, so a 5x5 kernel whose centre 3x3 is a GMR kernel (and whose border is noise) becomes that GMR conv."""
+    torch.manual_seed(0)
+    g = GMRConv(2, 2, 3, 3)
+    conv = nn.Conv2d(2, 3, 5, padding=2)
+    with torch.no_grad():
+        conv.weight.normal_()
+        conv.weight[:, :, 1:4, 1:4] = g.dense_kernel()
+        conv.bias.copy_(g.bias)
+    new = convert_to_gmr(conv, kernel_size=3, weights="project")
+    assert isinstance(new, GMRConv) and new.kernel_size == 3
+    x = torch.randn(1, 2, 9, 11)
+    with torch.no_grad():
+        assert rel_err(new(x), g(x)) <= 1e-5
+
+
+def test_replacements_keep_the_train_eval_mode():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.ConvTranspose2d(2, 2, 2, 2))
+    for training in (True, False):
+        new = convert_to_gmr(net.train(training))
+        assert [type(m).__name__ for m in new] == ["GMRConv", "PooledConv", "UpsampledConv"]
+        assert all(m.training is training for m in new.modules())
