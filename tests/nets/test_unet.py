@@ -141,6 +141,15 @@ def test_pad_to_multiple():
     same.load_state_dict(net.state_dict())
     x = torch.randn(1, 1, 32, 32)
     assert torch.equal(same(x), net(x))  # divisible input: no padding at all
+    # pad_mode is the F.pad mode of that padding
+    x = torch.randn(1, 1, 29, 35)
+    for mode in ("reflect", "replicate"):
+        other = GMRUNet(2, 1, 2, pad_to_multiple=True, pad_mode=mode, **TINY).eval()
+        other.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            ref = other(F.pad(x, [2, 3, 1, 2], mode=mode))[..., 1 : 1 + 29, 2 : 2 + 35]
+            y = other(x)
+            assert torch.equal(y, ref) and not torch.allclose(y, net(x))
 
 
 def test_gmr_kwargs_pass_through():
