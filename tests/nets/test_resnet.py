@@ -181,3 +181,34 @@ def test_bad_input_shape():
     net = gmr_resnet18(2, 3, 2, **TINY)
     with pytest.raises(ValueError, match="in_channels=3"):
         net(torch.randn(1, 1, 32, 32))
+
+
+@pytest.mark.parametrize("stride,in_planes", [(1, 8), (2, 4)])
+def test_blocks_add_their_shortcut(stride, in_planes):
+    """Both residual blocks compute ``act(main(x) + shortcut(x))``: identity shortcut when the shape is kept, pool ->
+    1x1 conv -> norm otherwise (with ``bias_downsample`` as the 1x1 conv's bias), checked against the children."""
+    from monai_gmr.nets.resnet import GMRResNetBlock, GMRResNetBottleneck
+
+    torch.manual_seed(0)
+    x = torch.randn(2, in_planes, 8, 8)
+    for cls, planes in ((GMRResNetBlock, 8), (GMRResNetBottleneck, 2)):
+        blk = cls(in_planes, planes, 2, stride, 3, bias_downsample=False).eval()
+        with torch.no_grad():
+            for m in blk.modules():  # non-trivial norm statistics
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.normal_()
+                    m.running_var.uniform_(0.5, 2.0)
+            if cls is GMRResNetBlock:
+                main = blk.bn2(blk.conv2(blk.act(blk.bn1(blk.conv1(blk.pool(x))))))
+            else:
+                main = blk.act(blk.bn2(blk.conv2(blk.pool(blk.act(blk.bn1(blk.conv1(x)))))))
+                main = blk.bn3(blk.conv3(main))
+            if stride == 1 and in_planes == planes * cls.expansion:
+                assert blk.downsample is None
+                short = x
+            else:
+                convs = [m for m in blk.downsample.modules() if isinstance(m, nn.Conv2d)]
+                assert len(convs) == 1 and convs[0].bias is None  # bias_downsample=False
+                short = blk.downsample(x)
+                assert short.shape == main.shape
+            assert torch.allclose(blk(x), torch.relu(main + short), atol=1e-6), cls.__name__
