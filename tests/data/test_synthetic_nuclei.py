@@ -243,3 +243,17 @@ def test_ensure_nuclei_dataset_with_another_datalist_name(tmp_path):
     assert p == root / "train.json" and p.is_file() and not (root / "datalist.json").exists()
     assert len(json.loads(p.read_text())["training"]) >= 1
     assert ensure_nuclei_dataset(root, generate=False, datalist_name="train.json") == p
+
+
+def test_tiles_differ_and_split_seed_moves_only_the_split(tmp_path):
+    """Every tile of a dataset is its own draw; ``split_seed`` changes the split (with the same files) and defaults
+    to ``seed``."""
+    a = make_synthetic_nuclei(tmp_path / "a", n_images=6, size=32, seed=7)
+    fa = _files(tmp_path / "a")
+    tiles = [fa[f"images/nuclei_{i:03d}.png"] for i in range(6)]
+    assert len(set(tiles)) == 6
+    names = lambda r: [sorted(Path(i["image"]).name for i in r[k]) for k in ("training", "validation", "test")]  # noqa: E731
+    splits = {s: names(make_synthetic_nuclei(tmp_path / f"s{s}", n_images=6, size=32, seed=7, split_seed=s)) for s in range(4)}
+    assert all(_files(tmp_path / f"s{s}")["images/nuclei_003.png"] == fa["images/nuclei_003.png"] for s in range(4))
+    assert len({str(v) for v in splits.values()}) > 1  # the split follows split_seed
+    assert names(a) == names(make_synthetic_nuclei(tmp_path / "b", n_images=6, size=32, seed=7, split_seed=7))
