@@ -64,7 +64,9 @@ def test_invariant_head_and_3d():
     g = group_equivariance_error(head, x, spatial_dims=3)
     assert len(g) == 48 and max(g.values()) < 1e-5
     e = equivariance_error(monai_gmr.GMRConv(3, 1, 2, 3).eval(), x, angles=(20,), spatial_dims=3, radius_frac=0.3)
-    assert 0 <= e[20.0] < 0.1
+    # a plain 3x3x3 conv measures ~0.1-0.3 here (a bound of 0.1 alone would not tell them apart)
+    e_plain = equivariance_error(torch.nn.Conv3d(1, 2, 3, padding=1).eval(), x, angles=(20,), spatial_dims=3, radius_frac=0.3)
+    assert 0 <= e[20.0] < 0.03 and e[20.0] < 0.3 * e_plain[20.0], (e, e_plain)
 
 
 def test_3d_euler_angles():
