@@ -381,3 +381,21 @@ def test_tifffile_backend_reads_only_the_tiles_of_a_patch(tmp_path, monkeypatch,
 def test_real_svs_tile_reads_match_the_whole_level():
     svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
     assert _regions_match_the_whole_level_read(svs, n=20) == 21
+
+
+def test_level_patches_are_checked_and_placed_by_their_level0_extent(slide):
+    """A patch of ``size`` at a level of downsample ``ds`` covers ``size * ds`` level-0 pixels: it must fit the slide
+    with that extent, and the datalist's level-0 centre <-> top-left conversion uses it."""
+    from monai_gmr.data.wsi import level0_center, level0_top_left
+
+    path, _ = slide
+    assert read_region(path, (1024 - 128, 1024 - 128), (64, 64), level=1).shape == (3, 64, 64)  # fits exactly
+    for backend in ("openslide", "tifffile"):
+        with pytest.raises(WSIError, match="outside the slide"):
+            read_region(path, (900, 100), (64, 64), level=1, backend=backend)  # 900 + 128 > 1024
+        with pytest.raises(WSIError, match="outside the slide"):
+            read_region(path, (100, 800), (64, 64), level=2, backend=backend)  # 800 + 256 > 1024
+    assert level0_top_left((500, 300), (64, 48), 4.0) == [500 - 128, 300 - 96]
+    assert level0_center((372, 204), (64, 48), 4.0) == [500, 300]
+    assert level0_top_left((500, 300), (63, 63), 2.0) == [500 - 63, 300 - 63]
+    assert level0_center(level0_top_left((10, 11), (5, 7), 1.0), (5, 7), 1.0) == [10, 11]
