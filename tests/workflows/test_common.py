@@ -162,6 +162,21 @@ def test_load_checkpoint_formats(tmp_path):
         load_checkpoint(torch.nn.Sequential(torch.nn.Linear(3, 4)), tmp_path / "a.pt")
 
 
+def test_load_checkpoint_prefers_the_given_key_and_unwraps_data_parallel(tmp_path):
+    """``key`` is looked up before the other state-dict keys (a checkpoint holding the model and, e.g., an EMA copy
+    under "network"), and a ``DataParallel`` wrapper gets the weights without its "module." prefix."""
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.save({"network": b.state_dict(), "model": a.state_dict()}, tmp_path / "two.pt")
+    net = torch.nn.Linear(3, 2)
+    load_checkpoint(net, tmp_path / "two.pt")  # key="model" (default)
+    assert torch.equal(net.weight, a.weight)
+    load_checkpoint(net, tmp_path / "two.pt", key="network")
+    assert torch.equal(net.weight, b.weight)
+    dp = torch.nn.DataParallel(torch.nn.Linear(3, 2))
+    assert load_checkpoint(dp, tmp_path / "two.pt") is dp
+    assert torch.equal(dp.module.weight, a.weight)
+
+
 def test_epoch_validation_handler_runs_at_last_epoch():
     from monai.engines import SupervisedEvaluator
 
