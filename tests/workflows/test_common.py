@@ -272,6 +272,11 @@ def test_instance_from_semantic_connected_components():
     assert inst.max() == 2 and inst[18, 18] == 0
     assert len(np.unique(inst[2:5, 2:5])) == 1 and len(np.unique(inst[10:15, 10:15])) == 1
     assert inst[3, 3] != inst[12, 12]
+    # min_size removes objects *smaller* than it: the 9-pixel square stays at min_size=9 and goes at 10
+    assert instance_from_semantic(sem, min_size=9).max() == 2 and instance_from_semantic(sem, min_size=10).max() == 1
+    # connectivity: diagonal neighbours are one object with full connectivity only
+    diag = np.eye(4, dtype=np.int64)
+    assert instance_from_semantic(diag, connectivity=1).max() == 4 and instance_from_semantic(diag, connectivity=2).max() == 1
 
 
 def test_instance_from_semantic_boundary_splits_touching():
