@@ -624,3 +624,14 @@ def test_circular_false_keeps_the_corners_and_sigma_is_clipped():
     with torch.no_grad():
         sq.log_sigma.copy_(torch.tensor([lo - 3.0, 0.0, hi + 3.0]))
     assert torch.allclose(sq.sigma, torch.tensor([math.exp(lo), 1.0, math.exp(hi)]))
+
+
+def test_gmr_convolution_passes_adn_ordering_and_dropout_dim():
+    """``GMRConvolution`` builds MONAI's ADN with the given ``adn_ordering`` and ``dropout_dim`` (as
+    ``monai.networks.blocks.Convolution`` does)."""
+    blk = GMRConvolution(2, 1, 2, kernel_size=3, adn_ordering="AN", act="relu", norm="batch", dropout=0.1)
+    assert list(blk.adn._modules) == ["A", "N"]
+    blk = GMRConvolution(2, 1, 2, kernel_size=3, adn_ordering="DNA", act="relu", norm="batch", dropout=0.1, dropout_dim=2)
+    assert list(blk.adn._modules) == ["D", "N", "A"] and isinstance(blk.adn.D, torch.nn.Dropout2d)
+    assert isinstance(GMRConvolution(2, 1, 2, kernel_size=3, dropout=0.1).adn.D, torch.nn.Dropout)
+    assert not hasattr(GMRConvolution(2, 1, 2, kernel_size=3, conv_only=True), "adn")
