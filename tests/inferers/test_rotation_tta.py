@@ -224,3 +224,16 @@ def test_reduce_none_returns_raw_views_in_the_input_frame():
     views = tta(x, net)
     for g, v in zip(d4_elements(), views):
         assert torch.allclose(v, g.inverse()(net(g(x))), atol=1e-6), g.name
+
+
+def test_view_weights_follow_the_interpolation_mode():
+    """The weights are each view's round-trip mask for the inferer's own ``mode`` (bicubic stencils reach further
+    than bilinear ones, nearest ones less), also when an inferer of another mode computed them first for the same
+    views and size (cache)."""
+    from monai_gmr.functional.rotation import Geometry
+
+    shape = (21, 21)
+    w = {m: RotationTTAInferer(angles=(0, 30), mode=m).view_weights(shape) for m in ("bilinear", "bicubic", "nearest")}
+    for m, wm in w.items():
+        assert torch.equal(wm[1].bool(), Geometry(30.0).roundtrip_mask(shape, m)), m
+    assert w["bicubic"][1].sum() < w["bilinear"][1].sum() < w["nearest"][1].sum()
