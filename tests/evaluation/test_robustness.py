@@ -372,3 +372,19 @@ def test_network_runs_in_eval_mode_and_its_training_mode_is_restored():
         seen.clear()
         rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), image_mode="nearest")
         assert seen and not any(seen) and net.training is training
+
+
+def test_scored_region_follows_image_mode_and_radius_in_one_process():
+    """The scored-pixel masks are cached per view and size: a later run with another ``image_mode`` or
+    ``radius_frac`` must get its own mask, not the one of an earlier run."""
+    ones = torch.ones(1, 1, 32, 32, dtype=torch.long)
+    exact = lambda x: torch.cat([torch.zeros_like(x), ((x - 1).abs() < 1e-9).double()], 1)  # noqa: E731
+    kw = dict(angles=(45,), flips=(), metrics=("dice",), activation=None)
+    assert rotation_robustness(exact, (ones.double(), ones), image_mode="nearest", **kw).per_angle["dice"] == [1.0]
+    # bicubic stencils read the padding further in: a reused nearest-mode mask would score those pixels as misses
+    assert rotation_robustness(exact, (ones.double(), ones), image_mode="bicubic", **kw).per_angle["dice"] == [1.0]
+    lab = _blob_labels(2, 32)
+    img = lab.float() * monai_gmr.functional.central_disk_mask((32, 32), 0.2)
+    kw = dict(angles=(0, 90), flips=(), metrics=("dice",), image_mode="nearest", region="disk")
+    assert rotation_robustness(_identity_net, (img, lab), radius_frac=0.2, **kw).per_angle["dice"] == [1.0, 1.0]
+    assert max(rotation_robustness(_identity_net, (img, lab), radius_frac=0.45, **kw).per_angle["dice"]) < 0.99
