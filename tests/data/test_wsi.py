@@ -399,3 +399,20 @@ def test_level_patches_are_checked_and_placed_by_their_level0_extent(slide):
     assert level0_center((372, 204), (64, 48), 4.0) == [500, 300]
     assert level0_top_left((500, 300), (63, 63), 2.0) == [500 - 63, 300 - 63]
     assert level0_center(level0_top_left((10, 11), (5, 7), 1.0), (5, 7), 1.0) == [10, 11]
+
+
+def test_slide_patch_grid_keeps_cells_by_their_exact_tissue_fraction(slide):
+    """Non-square patches over a given mask: a cell is kept when the tissue fraction of its own footprint (h x w
+    level-0 pixels) is at least ``min_tissue`` (a cell at exactly ``min_tissue`` included); checked by brute force."""
+    path, _ = slide
+    rng = np.random.default_rng(0)
+    mask = rng.random((64, 64)) < 0.5  # downsample 16: one mask pixel per 16 x 16 level-0 pixels
+    mask[:2, :4] = [[True, True, False, False], [True, True, False, False]]  # cell (0, 0): exactly one half
+    ph, pw = 32, 64
+    grid = slide_patch_grid(path, patch_size=(ph, pw), mask=mask, mask_downsample=16.0, min_tissue=0.5, center=False)
+    assert grid["grid_shape"] == (32, 16)
+    kept = {tuple(i["grid"]) for i in grid["items"]}
+    want = {(r, c) for r in range(32) for c in range(16) if mask[2 * r : 2 * r + 2, 4 * c : 4 * c + 4].mean() >= 0.5}
+    assert (0, 0) in want and kept == want
+    for it in grid["items"]:
+        assert it["location"] == [it["grid"][0] * ph, it["grid"][1] * pw] and it["size"] == [ph, pw]
