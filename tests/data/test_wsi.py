@@ -416,3 +416,17 @@ def test_slide_patch_grid_keeps_cells_by_their_exact_tissue_fraction(slide):
     assert (0, 0) in want and kept == want
     for it in grid["items"]:
         assert it["location"] == [it["grid"][0] * ph, it["grid"][1] * pw] and it["size"] == [ph, pw]
+
+
+def test_sampled_footprints_that_straddle_mask_pixels_stay_inside():
+    """A 40-pixel footprint at 8 level-0 pixels per mask pixel reaches 20 / 8 = 2.5 mask pixels from its centre:
+    every sampled footprint (the whole [c - 20, c + 20) box) lies in ``mask``, and the samples spread over the
+    eligible region instead of piling up in its first rows."""
+    yy, xx = np.mgrid[:48, :48]
+    mask = (yy - 24) ** 2 + (xx - 24) ** 2 <= 18**2  # a disk: a footprint too wide by a pixel would cross its edge
+    locs = sample_patch_locations(mask, 8.0, 300, patch_size=40, seed=3, replace=True)
+    assert len(locs) == 300
+    for y, x in locs:
+        assert mask[(y - 20) // 8 : (y + 19) // 8 + 1, (x - 20) // 8 : (x + 19) // 8 + 1].all(), (y, x)
+    rows = locs[:, 0] // 8
+    assert rows.min() <= 12 and rows.max() >= 36  # the disk's eligible rows are about 9..39
