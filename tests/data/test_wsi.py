@@ -430,3 +430,15 @@ def test_sampled_footprints_that_straddle_mask_pixels_stay_inside():
         assert mask[(y - 20) // 8 : (y + 19) // 8 + 1, (x - 20) // 8 : (x + 19) // 8 + 1].all(), (y, x)
     rows = locs[:, 0] // 8
     assert rows.min() <= 12 and rows.max() >= 36  # the disk's eligible rows are about 9..39
+
+
+def test_blank_glass_gives_an_empty_tissue_mask(tmp_path):
+    """A blank slide (near-white glass with faint noise): Otsu alone would split the noise in two, the saturation
+    floor ``min_saturation`` leaves the mask empty."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(240, 1, (256, 384, 3)), 0, 255).astype(np.uint8)
+    write_pyramidal_tiff(tmp_path / "blank.tiff", glass, compression="deflate", n_levels=1, tile_size=256)
+    assert not tissue_mask(tmp_path / "blank.tiff", min_area=0.0)[0].any()
+    assert tissue_mask(tmp_path / "blank.tiff", min_area=0.0, min_saturation=0.0)[0].any()  # Otsu noise without it
