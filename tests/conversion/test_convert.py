@@ -676,3 +676,19 @@ def test_replacements_keep_the_train_eval_mode():
         new = convert_to_gmr(net.train(training))
         assert [type(m).__name__ for m in new] == ["GMRConv", "PooledConv", "UpsampledConv"]
         assert all(m.training is training for m in new.modules())
+
+
+def test_audit_dilated_pools_and_strided_gmr_convs():
+    """The pool rule uses the dilated window span ``di (k - 1) + 1``: a 2x2/stride-2 max pool with dilation 2 commutes
+    at odd sizes only (its windows end at the far edge there), without dilation at even sizes; a strided GMRConv
+    samples an off-centre sub-grid. The rule is checked against the dilated pool itself."""
+    dil = nn.MaxPool2d(2, 2, dilation=2)
+    net = nn.Sequential(dil, nn.MaxPool2d(2, 2), GMRConv(2, 1, 1, 3, stride=2), GMRConv(2, 1, 1, 3))
+    s = audit_equivariance(net)
+    assert set(s.conditions) == {"1"} and set(s.non_equivariant) == {"0", "2"}
+    assert "H % 2 == 1" in s.non_equivariant["0"] and "stride 2" in s.non_equivariant["2"]
+    x = torch.randn(1, 1, 11, 11)  # an odd size: the dilated pool commutes with every D4 element
+    for g in d4_elements():
+        assert torch.equal(dil(g(x)), g(dil(x))), g.name
+    x = torch.randn(1, 1, 12, 12)
+    assert not all(torch.equal(dil(g(x)), g(dil(x))) for g in d4_elements())
