@@ -66,6 +66,11 @@ def test_paper_defaults():
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_d4_exact_all_modes(upsample, pooling):
     net = GMRUNet(2, 2, 3, upsample=upsample, pooling=pooling, **TINY).eval()
+    # the modes reach the layers (else every parametrisation would test the default net)
+    pools = [m for m in net.modules() if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d))]
+    ups = [m for m in net.modules() if isinstance(m, nn.Upsample)]
+    assert len(pools) == 3 and all(isinstance(m, nn.MaxPool2d if pooling == "max" else nn.AvgPool2d) for m in pools)
+    assert len(ups) == 3 and all(m.mode == upsample for m in ups)
     errs = _equiv_errors(net, torch.randn(2, 2, 32, 32), d4_elements())
     assert len(errs) == 8 and max(errs.values()) <= 1e-4, errs
 
