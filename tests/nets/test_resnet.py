@@ -106,6 +106,7 @@ def test_feed_forward_false_and_features():
     assert net.fc is None and torch.equal(net(x), net.forward_features(x))
     net2 = GMRResNet("basic", (1, 1, 1, 1), (4, 4, 8, 8), 2, 1, 3, kernel_sizes=3, stem_pooling="max", widen_factor=2.0)
     assert net2(x).shape == (2, 3) and net2.num_features == 16
+    assert isinstance(net2.stem[-1], nn.MaxPool2d) and isinstance(net.stem[-1], nn.AvgPool2d)  # stem_pooling (avg default)
 
 
 @pytest.mark.parametrize(
