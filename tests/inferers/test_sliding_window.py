@@ -80,6 +80,10 @@ def test_matches_monai_where_the_grids_agree_and_monai_is_not_equivariant():
     plain = SlidingWindowInferer(16, sw_batch_size=4, overlap=0.25)
     sym = SymmetricSlidingWindowInferer(16, sw_batch_size=4, overlap=0.25)
     assert rel_err(sym(x, net), plain(x, net)) < 1e-5
+    # the same with Gaussian blending (and it differs from constant blending where windows overlap)
+    plain_g = SlidingWindowInferer(16, sw_batch_size=4, overlap=0.25, mode="gaussian")
+    sym_g = SymmetricSlidingWindowInferer(16, sw_batch_size=4, overlap=0.25, mode="gaussian")
+    assert rel_err(sym_g(x, net), plain_g(x, net)) < 1e-5 and rel_err(sym_g(x, net), sym(x, net)) > 1e-4
     # 37 x 50: MONAI's grid is anchored top-left, so a flip changes its answer; the symmetric grid's does not
     x = torch.rand(1, 3, 37, 50)
     flip = lambda t: torch.flip(t, (-1,))  # noqa: E731
