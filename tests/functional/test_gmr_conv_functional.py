@@ -112,6 +112,9 @@ def test_auto_selection_follows_measured_table():
     assert select_impl("auto", cpu, 3, 5, 16, False) == "dense" and select_impl("auto", cpu, 3, 3, 16, False) == "rings"
     assert select_impl("auto", cuda, 2, 9, 128, True) == "triton"  # measured on H100 (docs/benchmarks_triton.md)
     assert select_impl("auto", cpu, 2, 1, 128, True) == "dense"
+    # an unknown width matches only the width-free rules (the 64-channel CPU rule needs in_channels)
+    assert select_impl("auto", cpu, 2, 5, None, True) == "dense" and select_impl("auto", cpu, 2, 9, None, False) == "rings"
+    assert select_impl("auto", cuda, 2, 9, None, True) == "dense"
 
 
 def test_auto_module_matches_dense_in_train_and_inference():

@@ -390,3 +390,14 @@ def test_flipped_geometry_roundtrip_mask_is_in_the_input_frame(fl):
     assert not torch.equal(rm, roundtrip_mask(shape, angle))  # the mirror matters here
     assert not (rm & ~clean).any()
     assert int((clean & ~rm).sum()) <= 2
+
+
+def test_interpolated_bool_masks_are_thresholded_at_one_half():
+    """A bool tensor resampled with an interpolating mode is the float resampling thresholded at 0.5 (not any
+    non-zero weight, which would grow the mask by a pixel at every edge)."""
+    m = torch.zeros(1, 1, 24, 24, dtype=torch.bool)
+    m[..., 6:18, 8:14] = True
+    for mode in ("bilinear", "bicubic"):
+        r = rotate(m, 30.0, mode=mode)
+        assert r.dtype == torch.bool and torch.equal(r, rotate(m.float(), 30.0, mode=mode) > 0.5), mode
+        assert abs(int(r.sum()) - int(m.sum())) <= 8, mode
