@@ -692,3 +692,26 @@ def test_audit_dilated_pools_and_strided_gmr_convs():
         assert torch.equal(dil(g(x)), g(dil(x))), g.name
     x = torch.randn(1, 1, 12, 12)
     assert not all(torch.equal(dil(g(x)), g(dil(x))) for g in d4_elements())
+
+
+def test_avg_pool_3d_any_size_pads_the_depth_axis_too():
+    """The two-step pooling of inputs smaller than the window pads every axis as ``nn.AvgPool3d`` would (zeros that
+    count in the average): with padding 1, a one-slice input's depth window [-1, 1) holds the slice and one padded
+    slice, so the result is the padded 2D pool of the slice divided by 2."""
+    pool = AvgPool3dAnySize(2, 2, padding=1, ceil_mode=True)
+    pool.kernel_size, pool.stride, pool.padding = (2, 2, 2), (2, 2, 2), (1, 1, 1)  # as convert_to_gmr sets them
+    x = torch.randn(2, 3, 1, 4, 5)
+    ref = nn.AvgPool2d(2, 2, padding=1, ceil_mode=True)(x[:, :, 0]) / 2
+    y = pool(x)
+    assert y.shape == (2, 3, 1, 3, 3) and torch.allclose(y[:, :, 0], ref, atol=1e-6)
+    one = torch.randn(1, 1, 1, 1, 1)
+    assert torch.allclose(pool(one), one / 8)  # one real voxel in a 2x2x2 window of zeros
+
+
+@pytest.mark.parametrize("pool_mode", ["avg", "max"])
+def test_pool_mode_picks_the_pool_of_strided_convs(pool_mode):
+    want2 = nn.MaxPool2d if pool_mode == "max" else nn.AvgPool2d
+    want3 = nn.MaxPool3d if pool_mode == "max" else AvgPool3dAnySize
+    new2 = convert_to_gmr(nn.Conv2d(2, 3, 3, stride=2, padding=1), pool_mode=pool_mode)
+    new3 = convert_to_gmr(nn.Conv3d(2, 3, 3, stride=2, padding=1), pool_mode=pool_mode)
+    assert type(new2.pool) is want2 and type(new3.pool) is want3
