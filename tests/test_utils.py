@@ -357,3 +357,26 @@ def test_subprocess_env_refuses_devices_it_cannot_select_by_name(device, visible
     base = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
     with pytest.raises(ValueError, match="device="):
         subprocess_env(device, base=base)
+
+
+def test_failed_torch_save_keeps_the_old_checkpoint(tmp_path):
+    """``atomic_torch_save`` writes a temporary file and renames it: a save that fails half-way (an unpicklable object
+    after a tensor) leaves the previous checkpoint intact and no temporary file behind."""
+    p = tmp_path / "model.pt"
+    atomic_torch_save({"w": torch.ones(3)}, p)
+    with pytest.raises(Exception):
+        atomic_torch_save({"w": torch.zeros(1000), "f": lambda: None}, p)
+    assert torch.equal(torch.load(p, weights_only=True)["w"], torch.ones(3))
+    assert [q.name for q in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_remove_empty_dirs_goes_on_past_a_folder_already_gone(tmp_path):
+    """The deepest folder was removed by someone else: its empty parents are still removed."""
+    from monai_gmr.utils import missing_dirs, remove_empty_dirs
+
+    target = tmp_path / "a" / "b" / "c"
+    created = missing_dirs(target)
+    target.mkdir(parents=True)
+    target.rmdir()
+    remove_empty_dirs(created)
+    assert not (tmp_path / "a").exists() and tmp_path.is_dir()

@@ -151,6 +151,8 @@ def test_3d_unet_cube_sample():
         nn.ConvTranspose2d(3, 4, 3, stride=1, padding=1),
         nn.ConvTranspose2d(3, 4, 1, stride=2, output_padding=1),
         nn.ConvTranspose2d(4, 6, 2, stride=2, groups=2),
+        nn.ConvTranspose2d(3, 4, 3, stride=2, padding=2, dilation=2, output_padding=1),
+        nn.ConvTranspose2d(3, 4, 3, stride=1, padding=2, dilation=2),
     ],
 )
 def test_layer_output_sizes_match(conv):
@@ -687,3 +689,67 @@ def test_highresnet_3d_channel_padding_is_known_equivariant():
     odd = ChannelPad(3, 2, 4)
     odd.pad = (1, 0) + odd.pad[2:]
     assert set(audit_equivariance(nn.Sequential(odd)).unknown) == {"0"}
+
+
+def test_project_to_a_smaller_kernel_keeps_the_centre():
+    """``kernel_size`` smaller than the conv's with ``weights="project"``: the dense kernel is centre-cropped before the
+    projection, so a 5x5 kernel whose centre 3x3 is a GMR kernel (and whose border is noise) becomes that GMR conv."""
+    torch.manual_seed(0)
+    g = GMRConv(2, 2, 3, 3)
+    conv = nn.Conv2d(2, 3, 5, padding=2)
+    with torch.no_grad():
+        conv.weight.normal_()
+        conv.weight[:, :, 1:4, 1:4] = g.dense_kernel()
+        conv.bias.copy_(g.bias)
+    new = convert_to_gmr(conv, kernel_size=3, weights="project")
+    assert isinstance(new, GMRConv) and new.kernel_size == 3
+    x = torch.randn(1, 2, 9, 11)
+    with torch.no_grad():
+        assert rel_err(new(x), g(x)) <= 1e-5
+
+
+def test_replacements_keep_the_train_eval_mode():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.ConvTranspose2d(2, 2, 2, 2))
+    for training in (True, False):
+        new = convert_to_gmr(net.train(training))
+        assert [type(m).__name__ for m in new] == ["GMRConv", "PooledConv", "UpsampledConv"]
+        assert all(m.training is training for m in new.modules())
+
+
+def test_audit_dilated_pools_and_strided_gmr_convs():
+    """The pool rule uses the dilated window span ``di (k - 1) + 1``: a 2x2/stride-2 max pool with dilation 2 commutes
+    at odd sizes only (its windows end at the far edge there), without dilation at even sizes; a strided GMRConv
+    samples an off-centre sub-grid. The rule is checked against the dilated pool itself."""
+    dil = nn.MaxPool2d(2, 2, dilation=2)
+    net = nn.Sequential(dil, nn.MaxPool2d(2, 2), GMRConv(2, 1, 1, 3, stride=2), GMRConv(2, 1, 1, 3))
+    s = audit_equivariance(net)
+    assert set(s.conditions) == {"1"} and set(s.non_equivariant) == {"0", "2"}
+    assert "H % 2 == 1" in s.non_equivariant["0"] and "stride 2" in s.non_equivariant["2"]
+    x = torch.randn(1, 1, 11, 11)  # an odd size: the dilated pool commutes with every D4 element
+    for g in d4_elements():
+        assert torch.equal(dil(g(x)), g(dil(x))), g.name
+    x = torch.randn(1, 1, 12, 12)
+    assert not all(torch.equal(dil(g(x)), g(dil(x))) for g in d4_elements())
+
+
+def test_avg_pool_3d_any_size_pads_the_depth_axis_too():
+    """The two-step pooling of inputs smaller than the window pads every axis as ``nn.AvgPool3d`` would (zeros that
+    count in the average): with padding 1, a one-slice input's depth window [-1, 1) holds the slice and one padded
+    slice, so the result is the padded 2D pool of the slice divided by 2."""
+    pool = AvgPool3dAnySize(2, 2, padding=1, ceil_mode=True)
+    pool.kernel_size, pool.stride, pool.padding = (2, 2, 2), (2, 2, 2), (1, 1, 1)  # as convert_to_gmr sets them
+    x = torch.randn(2, 3, 1, 4, 5)
+    ref = nn.AvgPool2d(2, 2, padding=1, ceil_mode=True)(x[:, :, 0]) / 2
+    y = pool(x)
+    assert y.shape == (2, 3, 1, 3, 3) and torch.allclose(y[:, :, 0], ref, atol=1e-6)
+    one = torch.randn(1, 1, 1, 1, 1)
+    assert torch.allclose(pool(one), one / 8)  # one real voxel in a 2x2x2 window of zeros
+
+
+@pytest.mark.parametrize("pool_mode", ["avg", "max"])
+def test_pool_mode_picks_the_pool_of_strided_convs(pool_mode):
+    want2 = nn.MaxPool2d if pool_mode == "max" else nn.AvgPool2d
+    want3 = nn.MaxPool3d if pool_mode == "max" else AvgPool3dAnySize
+    new2 = convert_to_gmr(nn.Conv2d(2, 3, 3, stride=2, padding=1), pool_mode=pool_mode)
+    new3 = convert_to_gmr(nn.Conv3d(2, 3, 3, stride=2, padding=1), pool_mode=pool_mode)
+    assert type(new2.pool) is want2 and type(new3.pool) is want3

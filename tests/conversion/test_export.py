@@ -198,3 +198,30 @@ def test_export_dense_keeps_frozen_layers_frozen():
     net[0].requires_grad_(False)
     dense = export_dense(net)
     assert [p.requires_grad for p in dense.parameters()] == [False, False, True, True]
+
+
+@pytest.mark.parametrize(
+    "d,kwargs",
+    [
+        (2, dict(stride=2, dilation=2, groups=2, padding_mode="reflect")),
+        (2, dict(dilation=3, padding_mode="circular", bias=False)),
+        (2, dict(padding=0, padding_mode="replicate", sampling="area")),
+        (3, dict(stride=2, dilation=2, padding_mode="replicate", groups=2)),
+    ],
+)
+def test_dense_conv_of_one_layer_keeps_its_geometry_and_mode(d, kwargs):
+    """Every geometry option of a GMRConv (stride, dilation, groups, padding and its mode, bias) carries over to the
+    dense conv: equal outputs on a non-square input whose border the padding mode changes, and the train/eval mode
+    is kept."""
+    torch.manual_seed(0)
+    for training in (True, False):
+        m = GMRConv(d, 4, 6, 5 if d == 2 else 3, **kwargs).double().train(training)
+        with torch.no_grad():
+            m.log_sigma.add_(0.1)
+            if m.bias is not None:
+                m.bias.normal_()
+        dense = export_dense(m)
+        assert isinstance(dense, nn.Conv2d if d == 2 else nn.Conv3d) and dense.training is training
+        x = torch.randn(2, 4, *((13, 17) if d == 2 else (9, 10, 11)), dtype=torch.float64)
+        with torch.no_grad():
+            assert rel_err(dense(x), m(x)) <= 1e-12

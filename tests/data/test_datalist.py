@@ -132,3 +132,17 @@ def test_prepared_and_generated_dataset_folders_get_the_umask_permissions(tmp_pa
         os.umask(old)
     modes = {name: oct(os.stat(tmp_path / name).st_mode & 0o777) for name in ("prepared", "nuclei", "wsi")}
     assert modes == dict.fromkeys(modes, oct(0o777 & ~mask))
+
+
+def test_stratified_split_does_not_depend_on_which_class_comes_first():
+    """Strata are split in a fixed (sorted) order from one seeded generator: listing the class-1 items before the
+    class-0 ones (each class in the same order) gives the same members in every split, and within a split the input
+    order is kept."""
+    zeros = [{"image": f"a{i}.png", "label": 0} for i in range(10)]
+    ones = [{"image": f"b{i}.png", "label": 1} for i in range(10)]
+    s1 = split_items(zeros + ones, 0.2, 0.2, seed=5, stratify_key="label")
+    s2 = split_items(ones + zeros, 0.2, 0.2, seed=5, stratify_key="label")
+    for split in ("training", "validation", "test"):
+        assert sorted(i["image"] for i in s1[split]) == sorted(i["image"] for i in s2[split]), split
+        order = [i["image"] for i in s1[split]]
+        assert order == [i["image"] for i in zeros + ones if i["image"] in order]

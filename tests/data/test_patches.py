@@ -43,6 +43,11 @@ def test_pcam_h5_dataset(tmp_path):
     torch.testing.assert_close(item["image"], torch.from_numpy(x[3].transpose(2, 0, 1)).float() / 255)
     sub = PCamH5Dataset(xp, yp, indices=[0, 5], scale=False)
     assert len(sub) == 2 and sub[1]["label"] == 1 and float(sub[1]["image"].max()) > 1.0
+    # item j of a subset is patch indices[j] (image and label), not patch j
+    sub = PCamH5Dataset(xp, yp, indices=[3, 0, 4], scale=False)
+    for j, i in enumerate([3, 0, 4]):
+        assert sub[j]["label"] == int(y.reshape(-1)[i]) == i % 2
+        assert torch.equal(sub[j]["image"], torch.from_numpy(x[i].transpose(2, 0, 1)).float())
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 96, 96) and batch["label"].tolist() == [0, 1, 0, 1]
 

@@ -381,3 +381,64 @@ def test_tifffile_backend_reads_only_the_tiles_of_a_patch(tmp_path, monkeypatch,
 def test_real_svs_tile_reads_match_the_whole_level():
     svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
     assert _regions_match_the_whole_level_read(svs, n=20) == 21
+
+
+def test_level_patches_are_checked_and_placed_by_their_level0_extent(slide):
+    """A patch of ``size`` at a level of downsample ``ds`` covers ``size * ds`` level-0 pixels: it must fit the slide
+    with that extent, and the datalist's level-0 centre <-> top-left conversion uses it."""
+    from monai_gmr.data.wsi import level0_center, level0_top_left
+
+    path, _ = slide
+    assert read_region(path, (1024 - 128, 1024 - 128), (64, 64), level=1).shape == (3, 64, 64)  # fits exactly
+    for backend in ("openslide", "tifffile"):
+        with pytest.raises(WSIError, match="outside the slide"):
+            read_region(path, (900, 100), (64, 64), level=1, backend=backend)  # 900 + 128 > 1024
+        with pytest.raises(WSIError, match="outside the slide"):
+            read_region(path, (100, 800), (64, 64), level=2, backend=backend)  # 800 + 256 > 1024
+    assert level0_top_left((500, 300), (64, 48), 4.0) == [500 - 128, 300 - 96]
+    assert level0_center((372, 204), (64, 48), 4.0) == [500, 300]
+    assert level0_top_left((500, 300), (63, 63), 2.0) == [500 - 63, 300 - 63]
+    assert level0_center(level0_top_left((10, 11), (5, 7), 1.0), (5, 7), 1.0) == [10, 11]
+
+
+def test_slide_patch_grid_keeps_cells_by_their_exact_tissue_fraction(slide):
+    """Non-square patches over a given mask: a cell is kept when the tissue fraction of its own footprint (h x w
+    level-0 pixels) is at least ``min_tissue`` (a cell at exactly ``min_tissue`` included); checked by brute force."""
+    path, _ = slide
+    rng = np.random.default_rng(0)
+    mask = rng.random((64, 64)) < 0.5  # downsample 16: one mask pixel per 16 x 16 level-0 pixels
+    mask[:2, :4] = [[True, True, False, False], [True, True, False, False]]  # cell (0, 0): exactly one half
+    ph, pw = 32, 64
+    grid = slide_patch_grid(path, patch_size=(ph, pw), mask=mask, mask_downsample=16.0, min_tissue=0.5, center=False)
+    assert grid["grid_shape"] == (32, 16)
+    kept = {tuple(i["grid"]) for i in grid["items"]}
+    want = {(r, c) for r in range(32) for c in range(16) if mask[2 * r : 2 * r + 2, 4 * c : 4 * c + 4].mean() >= 0.5}
+    assert (0, 0) in want and kept == want
+    for it in grid["items"]:
+        assert it["location"] == [it["grid"][0] * ph, it["grid"][1] * pw] and it["size"] == [ph, pw]
+
+
+def test_sampled_footprints_that_straddle_mask_pixels_stay_inside():
+    """A 40-pixel footprint at 8 level-0 pixels per mask pixel reaches 20 / 8 = 2.5 mask pixels from its centre:
+    every sampled footprint (the whole [c - 20, c + 20) box) lies in ``mask``, and the samples spread over the
+    eligible region instead of piling up in its first rows."""
+    yy, xx = np.mgrid[:48, :48]
+    mask = (yy - 24) ** 2 + (xx - 24) ** 2 <= 18**2  # a disk: a footprint too wide by a pixel would cross its edge
+    locs = sample_patch_locations(mask, 8.0, 300, patch_size=40, seed=3, replace=True)
+    assert len(locs) == 300
+    for y, x in locs:
+        assert mask[(y - 20) // 8 : (y + 19) // 8 + 1, (x - 20) // 8 : (x + 19) // 8 + 1].all(), (y, x)
+    rows = locs[:, 0] // 8
+    assert rows.min() <= 12 and rows.max() >= 36  # the disk's eligible rows are about 9..39
+
+
+def test_blank_glass_gives_an_empty_tissue_mask(tmp_path):
+    """A blank slide (near-white glass with faint noise): Otsu alone would split the noise in two, the saturation
+    floor ``min_saturation`` leaves the mask empty."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(240, 1, (256, 384, 3)), 0, 255).astype(np.uint8)
+    write_pyramidal_tiff(tmp_path / "blank.tiff", glass, compression="deflate", n_levels=1, tile_size=256)
+    assert not tissue_mask(tmp_path / "blank.tiff", min_area=0.0)[0].any()
+    assert tissue_mask(tmp_path / "blank.tiff", min_area=0.0, min_saturation=0.0)[0].any()  # Otsu noise without it

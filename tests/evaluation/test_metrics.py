@@ -300,3 +300,41 @@ def test_defined_classes_roc_auc_leaves_out_a_class_without_samples(caplog):
     # the handler: a MONAI metric handler (like monai.handlers.ROCAUC) over this metric
     h = DefinedClassesROCAUC()
     assert isinstance(h, IgniteMetricHandler) and isinstance(h.metric_fn, DefinedClassesROCAUCMetric)
+
+
+def test_masked_out_predictions_are_no_false_positives():
+    """A predicted foreground pixel outside the mask belongs to no class: it is no false positive (the prediction's
+    one-hot is masked as well as the label's)."""
+    lab = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    lab[0, 0, :2, :2] = 1
+    pred = lab.clone()
+    pred[0, 0, 3, 3] = 1  # a false positive ...
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[3, 3] = False  # ... outside the valid region
+    acc = SegmentationAccumulator(("dice", "iou"))
+    acc.update((pred.float() * 2 - 1) * 3.0, lab, mask)
+    r = acc.compute()
+    assert r["dice"] == pytest.approx(1.0) and r["iou"] == pytest.approx(1.0)
+    unmasked = SegmentationAccumulator(("dice",))
+    unmasked.update((pred.float() * 2 - 1) * 3.0, lab, None)
+    assert unmasked.compute()["dice"] == pytest.approx(2 * 4 / (2 * 4 + 1))
+
+
+def test_segmentation_macro_auc_leaves_out_a_class_without_pixels():
+    """3 classes, class 2 absent from the label: the pixel macro AUC is class 1's alone (not NaN)."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 6, 6)
+    lab = (torch.rand(1, 1, 6, 6) > 0.5).long()  # classes 0 and 1 only
+    acc = SegmentationAccumulator(("auc",))
+    acc.update(logits, lab)
+    expected = roc_auc_exact(logits.softmax(1)[:, 1].reshape(-1), lab.reshape(-1) == 1)
+    assert not math.isnan(expected)
+    assert acc.compute()["auc"] == pytest.approx(expected)
+
+
+def test_binary_classification_scores_class_one_only():
+    """Binary outputs: one AUC, class 1's (documented in class_aucs), for 2-channel softmax and 1-channel sigmoid."""
+    for logits in (torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]]), torch.tensor([[-2.0], [1.0], [3.0], [-1.0]])):
+        acc = ClassificationAccumulator()
+        acc.update(logits, torch.tensor([0, 1, 0, 1]))
+        assert list(acc.class_aucs()) == [1] and acc.class_aucs()[1] == pytest.approx(0.5)

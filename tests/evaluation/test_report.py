@@ -306,3 +306,23 @@ def test_cli_passes_every_rotation_robustness_argument():
 
     params = set(inspect.signature(rotation_robustness).parameters) - {"network", "data", "device"}
     assert set(ROBUSTNESS_ARGS) == params and len(ROBUSTNESS_ARGS) == len(params)
+
+
+@pytest.mark.timeout(30)  # a labelling loop that never finds a free name must fail, not hang
+def test_results_with_one_name_get_distinct_labels(tmp_path):
+    """Several results of one ``model_name`` (e.g. two runs of one config) are labelled ``name``, ``name (2)``, ...
+    in the plot instead of overwriting each other; a mapping keeps its own labels."""
+    from monai_gmr.evaluation.report import _as_named
+
+    a, b, c = _result(), _result(shift=0.1), _result(shift=0.2)
+    named = _as_named([a, b, c, _result("plain")])
+    assert list(named) == ["gmr", "gmr (2)", "gmr (3)", "plain"]
+    assert named["gmr"] is a and named["gmr (2)"] is b and named["gmr (3)"] is c
+    assert list(_as_named({"x": a, "y": b})) == ["x", "y"] and list(_as_named(a)) == ["gmr"]
+    assert plot_polar([a, b], tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_csv_keeps_six_significant_digits():
+    r = RobustnessResult("m", "segmentation", ["dice"], [0.0], [], {"dice": [0.123456789]}, {}, 1)
+    rows = list(csv.DictReader(io.StringIO(monai_gmr.evaluation.report.result_to_csv(r))))
+    assert rows[0]["dice"] == "0.123457" and float(rows[0]["dice"]) == pytest.approx(0.123456789, abs=1e-6)

@@ -319,3 +319,95 @@ def test_disk_region_that_holds_no_voxel_is_refused():
         rotation_robustness(net, [batch], angles=(0, 30), flips=None, spatial_dims=3, axes=(0, 1), region="disk")
     res = rotation_robustness(net, [batch], angles=(0, 30), flips=None, spatial_dims=3, axes=(0, 1), metrics=("dice",))
     assert all(v == v for v in res.per_angle["dice"])  # region="valid" scores them
+
+
+def test_labels_are_rotated_with_nearest_whatever_the_image_mode():
+    """Labels 0/2 of a 3-class task: a bilinear (or bicubic) rotation of the label would create class-1 pixels at the
+    edges, which the network never predicts; rotated with nearest (documented) class 1 stays absent (NaN, left out)
+    and the score is that of class 2 alone."""
+    lab = 2 * _blob_labels(2, 32)
+    img = (lab > 0).float()
+
+    def net(x):  # class 2 where the (interpolated) image exceeds 0.5, else class 0; never class 1
+        return torch.cat([1 - x, torch.full_like(x, -10.0), x], 1) * 10.0
+
+    for mode in ("bilinear", "bicubic"):
+        r = rotation_robustness(net, (img, lab), angles=(0, 30, 45), flips=(), metrics=("dice",), image_mode=mode)
+        assert r.per_angle["dice"][0] == 1.0
+        assert min(r.per_angle["dice"]) > 0.85, (mode, r.per_angle["dice"])
+
+
+def test_disk_region_scores_only_the_central_disk():
+    """``region="disk"``: pixels outside the central disk are not scored, and padded pixels inside a disk that reaches
+    past the valid region are not either."""
+    lab = _blob_labels(2, 32)
+    disk = monai_gmr.functional.central_disk_mask((32, 32), 0.35)
+    assert (lab[:, 0] * ~disk).any() and (lab[:, 0] * disk).any()  # foreground inside and outside the disk
+    img = lab.float() * disk  # the identity 'segmenter' misses everything outside the disk
+    kw = dict(angles=(0, 90, 180), flips=("h",), metrics=("dice", "iou"), image_mode="nearest")
+    r_disk = rotation_robustness(_identity_net, (img, lab), region="disk", **kw)
+    r_valid = rotation_robustness(_identity_net, (img, lab), region="valid", **kw)
+    assert r_disk.per_angle["dice"] == [1.0, 1.0, 1.0] and r_disk.per_flip["h"]["iou"] == 1.0
+    assert max(r_valid.per_angle["dice"]) < 0.99
+    assert r_disk.settings["region"] == "disk" and r_disk.settings["radius_frac"] == 0.35
+    # a disk of radius 0.5 reaches pixels whose bicubic stencil reads the zero padding at 45 degrees: a 'network'
+    # that flags every pixel not exactly 1 scores them as misses, so Dice 1 means they were left out
+    ones = torch.ones(1, 1, 32, 32, dtype=torch.long)
+    exact = lambda x: torch.cat([torch.zeros_like(x), ((x - 1).abs() < 1e-9).double()], 1)  # noqa: E731
+    r = rotation_robustness(exact, (ones.double(), ones), angles=(45,), flips=(), metrics=("dice",), region="disk",
+                            radius_frac=0.5, image_mode="bicubic", activation=None)  # fmt: skip
+    assert r.per_angle["dice"] == [1.0]
+
+
+def test_flips_are_reported_under_their_own_names():
+    """A fixed prediction in the top-right quadrant against a label in the top-left one: the "h" flip (mirrors W)
+    moves the label onto the prediction (Dice 1), the "v" flip (mirrors H) to the bottom-left (Dice 0)."""
+    lab = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    lab[0, 0, :4, :4] = 1
+    pred = torch.zeros(1, 1, 8, 8)
+    pred[0, 0, :4, 4:] = 1.0
+    net = lambda x: torch.cat([1 - pred, pred], 1).expand(x.shape[0], -1, -1, -1) * 5  # noqa: E731
+    r = rotation_robustness(net, (lab.float(), lab), angles=(0,), flips=("h", "v"), metrics=("dice",))
+    assert r.per_flip["h"]["dice"] == 1.0 and r.per_flip["v"]["dice"] == 0.0
+    assert list(r.per_view()) == ["rot0", "flip_h", "flip_v"]
+
+
+def test_summary_at_0_is_the_zero_angle_wherever_it_is():
+    r = RobustnessResult("m", "segmentation", ["dice"], [30.0, 0.0, 60.0], [], {"dice": [0.2, 0.9, 0.4]})
+    assert r.summary()["dice"]["at_0"] == 0.9
+    r = RobustnessResult("m", "segmentation", ["dice"], [90.0, 360.0], [], {"dice": [0.2, 0.7]})
+    assert r.summary()["dice"]["at_0"] == 0.7
+    r = RobustnessResult("m", "segmentation", ["dice"], [90.0, 180.0], [], {"dice": [0.2, 0.7]})
+    assert r.summary()["dice"]["at_0"] is None
+
+
+def test_network_runs_in_eval_mode_and_its_training_mode_is_restored():
+    seen = []
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            seen.append(self.training)
+            return _identity_net(x)
+
+    lab = _blob_labels(1, 16)
+    for training in (True, False):
+        net = Net().train(training)
+        seen.clear()
+        rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), image_mode="nearest")
+        assert seen and not any(seen) and net.training is training
+
+
+def test_scored_region_follows_image_mode_and_radius_in_one_process():
+    """The scored-pixel masks are cached per view and size: a later run with another ``image_mode`` or
+    ``radius_frac`` must get its own mask, not the one of an earlier run."""
+    ones = torch.ones(1, 1, 32, 32, dtype=torch.long)
+    exact = lambda x: torch.cat([torch.zeros_like(x), ((x - 1).abs() < 1e-9).double()], 1)  # noqa: E731
+    kw = dict(angles=(45,), flips=(), metrics=("dice",), activation=None)
+    assert rotation_robustness(exact, (ones.double(), ones), image_mode="nearest", **kw).per_angle["dice"] == [1.0]
+    # bicubic stencils read the padding further in: a reused nearest-mode mask would score those pixels as misses
+    assert rotation_robustness(exact, (ones.double(), ones), image_mode="bicubic", **kw).per_angle["dice"] == [1.0]
+    lab = _blob_labels(2, 32)
+    img = lab.float() * monai_gmr.functional.central_disk_mask((32, 32), 0.2)
+    kw = dict(angles=(0, 90), flips=(), metrics=("dice",), image_mode="nearest", region="disk")
+    assert rotation_robustness(_identity_net, (img, lab), radius_frac=0.2, **kw).per_angle["dice"] == [1.0, 1.0]
+    assert max(rotation_robustness(_identity_net, (img, lab), radius_frac=0.45, **kw).per_angle["dice"]) < 0.99

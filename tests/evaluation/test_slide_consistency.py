@@ -84,6 +84,12 @@ def test_compare_maps():
     empty = compare_maps(p, np.zeros((2, 2), bool), q, np.zeros((2, 2), bool))
     assert empty["n_cells"] == 0 and empty["mean_abs_diff"] is None and empty["tissue_iou"] == 1.0
     assert not compare_maps(p, t, np.zeros((3, 2)), np.ones((3, 2), bool))["shape_match"]
+    # a cell exactly at the threshold is positive (as the WSI workflow's p >= threshold); no positive cell in
+    # either map: Dice 1 (the maps agree), not 0
+    at = compare_maps(np.full((2, 2), 0.5), np.ones((2, 2), bool), np.array([[0.5, 0.5], [0.5, 0.4]]), np.ones((2, 2), bool))
+    assert at["dice"] == pytest.approx(2 * 3 / (4 + 3)) and at["agreement"] == pytest.approx(3 / 4)
+    none = compare_maps(np.full((2, 2), 0.1), np.ones((2, 2), bool), np.full((2, 2), 0.3), np.ones((2, 2), bool))
+    assert none["dice"] == 1.0 and none["agreement"] == 1.0
     with pytest.raises(ValueError, match="ref_prob"):
         compare_maps(p, t, q, np.ones((3, 3), bool))
 

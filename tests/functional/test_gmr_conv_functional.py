@@ -112,6 +112,9 @@ def test_auto_selection_follows_measured_table():
     assert select_impl("auto", cpu, 3, 5, 16, False) == "dense" and select_impl("auto", cpu, 3, 3, 16, False) == "rings"
     assert select_impl("auto", cuda, 2, 9, 128, True) == "triton"  # measured on H100 (docs/benchmarks_triton.md)
     assert select_impl("auto", cpu, 2, 1, 128, True) == "dense"
+    # an unknown width matches only the width-free rules (the 64-channel CPU rule needs in_channels)
+    assert select_impl("auto", cpu, 2, 5, None, True) == "dense" and select_impl("auto", cpu, 2, 9, None, False) == "rings"
+    assert select_impl("auto", cuda, 2, 9, None, True) == "dense"
 
 
 def test_auto_module_matches_dense_in_train_and_inference():
@@ -148,3 +151,53 @@ def test_auto_trace_with_grad_enabled_passes_the_trace_checker(k):
     with torch.no_grad():
         ref = conv(x)
         assert rel_err(traced(x), ref) <= 1e-5 and rel_err(traced_f(x, conv.weight, conv.bias), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+@pytest.mark.parametrize("pmode", ["reflect", "replicate", "circular", "zeros"])
+def test_per_dim_padding_matches_torch_reference(impl, pmode):
+    """A per-dim padding ``(ph, pw)`` pads H by ``ph`` and W by ``pw`` (F.pad takes the last dim first), checked against
+    an independent F.pad + F.conv2d reference on a non-square input, where swapping the two would change the result
+    (both impls share the padding, so comparing them with each other cannot see it)."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5).double()
+    x = torch.randn(1, 2, 9, 12, dtype=torch.float64)
+    kernel = synthesize_kernel(m.weight, m.basis())
+    if pmode == "zeros":
+        ref = torch.nn.functional.conv2d(x, kernel, m.bias, padding=(1, 2))
+    else:
+        ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [2, 2, 1, 1], mode=pmode), kernel, m.bias)
+    y = gmr_conv(x, m.weight, m.basis(), m.bias, padding=(1, 2), padding_mode=pmode, impl=impl)
+    assert y.shape == ref.shape == (1, 3, 7, 12)
+    assert rel_err(y, ref) < 1e-12
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_same_padding_keeps_size_with_dilation(d):
+    """``padding=None``/``"same"`` is ``dilation * (k - 1) // 2``: the output keeps the input size at any dilation,
+    and the module equals the dilated torch convolution of its synthesised kernel."""
+    from monai_gmr.functional import same_padding
+
+    assert same_padding(5, 1) == 2 and same_padding(5, 3) == 6 and same_padding(3, 2) == 2
+    torch.manual_seed(0)
+    m = GMRConv(d, 2, 2, 3, dilation=2, padding="same").double()
+    x = torch.randn(1, 2, *([9] * d), dtype=torch.float64)
+    y = m(x)
+    assert y.shape == x.shape
+    conv = torch.nn.functional.conv2d if d == 2 else torch.nn.functional.conv3d
+    ref = conv(x, synthesize_kernel(m.weight, m.basis()), m.bias, padding=2, dilation=2)
+    assert rel_err(y, ref) < 1e-12
+
+
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+def test_parameters_are_cast_to_the_input_dtype(impl):
+    """float32 parameters and a float64 input (no autocast): the kernel/bias are cast to the input's dtype, so the
+    output is float64 and equals the float64 computation (to float32 rounding of the parameters)."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5, impl=impl)
+    with torch.no_grad():
+        m.bias.normal_()
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    y = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl=impl)
+    ref = gmr_conv(x, m.weight.double(), m.basis().double(), m.bias.double(), padding=2, impl=impl)
+    assert y.dtype == torch.float64 and rel_err(y, ref) < 1e-6

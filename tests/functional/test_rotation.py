@@ -356,3 +356,64 @@ def test_depth_flip_without_spatial_dims_3_says_to_pass_it():
         flip_axis("x", 3)
     assert flip_axis("d", 3) == 0
     assert RotationTTAInferer(angles=(0,), flips=("d",), spatial_dims=3).view_names == ["rot0", "flip_d"]
+
+
+def test_central_disk_is_centred_with_radius_from_the_shorter_side():
+    """Brute force on a non-square grid: centre ``(s - 1) / 2`` per axis and radius ``radius_frac * min(shape)``; the
+    disk of an even-sized grid is symmetric under both flips (an off-by-half centre is not), and it stays inside the
+    image along the short side."""
+    shape, frac = (10, 16), 0.4
+    d = central_disk_mask(shape, frac)
+    r2 = (frac * 10) ** 2
+    ref = torch.tensor([[(i - 4.5) ** 2 + (j - 7.5) ** 2 <= r2 + 1e-9 for j in range(16)] for i in range(10)])
+    assert torch.equal(d, ref)
+    assert torch.equal(d, d.flip(0)) and torch.equal(d, d.flip(1))
+    assert not d[0].any() and not d[-1].any()  # r = 4 < 4.5: the top and bottom rows are outside
+    b = central_disk_mask((6, 8, 12), 0.5)
+    assert torch.equal(b, b.flip(0)) and torch.equal(b, b.flip(1)) and torch.equal(b, b.flip(2))
+    assert int(b.sum()) == sum(
+        (i - 2.5) ** 2 + (j - 3.5) ** 2 + (k - 5.5) ** 2 <= 9 + 1e-9 for i in range(6) for j in range(8) for k in range(12)
+    )
+
+
+def test_near_right_angles_are_resampled_not_rot90():
+    """Only true multiples of 90 degrees take the exact rot90 path: 90.2 degrees is resampled (and differs from rot90
+    on a random image)."""
+    from monai_gmr.functional.rotation import is_right_angle
+
+    assert is_right_angle(90.0) and is_right_angle(-270.0) and is_right_angle((0.0, 180.0, 90.0))
+    assert not is_right_angle(90.2) and not is_right_angle(0.5) and not is_right_angle((0.0, 90.0, 90.05))
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 31, 31, dtype=torch.float64)
+    assert not torch.allclose(rotate(x, 90.2), torch.rot90(x, 1, (-2, -1)))
+    assert torch.equal(rotate(x, 90.0), torch.rot90(x, 1, (-2, -1)))
+
+
+@pytest.mark.parametrize("fl", ["h", "v"])
+def test_flipped_geometry_roundtrip_mask_is_in_the_input_frame(fl):
+    """``Geometry.roundtrip_mask`` of a flipped view is the rotation's round-trip mask mirrored into the input frame:
+    exactly the pixels whose ``invert(apply(x))`` reads no padding (checked against the padding modes, as in
+    test_roundtrip_mask_is_tight), on a non-square image where the unmirrored mask differs."""
+    torch.manual_seed(0)
+    shape, angle = (13, 21), 30.0
+    x = torch.rand(3, *shape, dtype=torch.float64)
+    zs = []
+    for p in ("zeros", "border", "reflection"):
+        g = Geometry(angle, fl, padding_mode=p)
+        zs.append(g.invert(g.apply(x)))
+    clean = ((zs[1] - zs[0]).abs().amax(0) < 1e-12) & ((zs[2] - zs[0]).abs().amax(0) < 1e-12)
+    rm = Geometry(angle, fl).roundtrip_mask(shape)
+    assert not torch.equal(rm, roundtrip_mask(shape, angle))  # the mirror matters here
+    assert not (rm & ~clean).any()
+    assert int((clean & ~rm).sum()) <= 2
+
+
+def test_interpolated_bool_masks_are_thresholded_at_one_half():
+    """A bool tensor resampled with an interpolating mode is the float resampling thresholded at 0.5 (not any
+    non-zero weight, which would grow the mask by a pixel at every edge)."""
+    m = torch.zeros(1, 1, 24, 24, dtype=torch.bool)
+    m[..., 6:18, 8:14] = True
+    for mode in ("bilinear", "bicubic"):
+        r = rotate(m, 30.0, mode=mode)
+        assert r.dtype == torch.bool and torch.equal(r, rotate(m.float(), 30.0, mode=mode) > 0.5), mode
+        assert abs(int(r.sum()) - int(m.sum())) <= 8, mode

@@ -217,3 +217,34 @@ def test_a_volume_without_spatial_dims_says_to_pass_3():
     with pytest.raises(ValueError, match=r"an image \(N, C, H, W\) needs spatial_dims=2"):
         RotationTTAInferer(angles=(0, 90), spatial_dims=3)(torch.randn(1, 1, 8, 8), torch.nn.Conv2d(1, 2, 1))
     assert RotationTTAInferer(angles=(0, 90), spatial_dims=3)(torch.randn(1, 1, 8, 8, 8), net).shape == (1, 2, 8, 8, 8)
+
+
+@torch.no_grad()
+def test_reduce_none_returns_raw_views_in_the_input_frame():
+    """``reduce="none"`` (segmentation): every view's raw output (no activation) rotated back to the input frame; with
+    an identity 'network' each of the 8 D4 views reproduces the input bit-exactly, and a view of a plain convolution
+    equals g^-1(net(g(x))) (a non-square input, so an un-inverted odd rotation would not even have the right shape)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 14)
+    tta = RotationTTAInferer(flips=("h",), reduce="none")
+    views = tta(x, lambda t: t)
+    assert views.shape == (8, 2, 3, 10, 14)
+    for v in views:
+        assert torch.equal(v, x)
+    net = torch.nn.Conv2d(3, 2, 3, padding=1).eval()
+    views = tta(x, net)
+    for g, v in zip(d4_elements(), views):
+        assert torch.allclose(v, g.inverse()(net(g(x))), atol=1e-6), g.name
+
+
+def test_view_weights_follow_the_interpolation_mode():
+    """The weights are each view's round-trip mask for the inferer's own ``mode`` (bicubic stencils reach further
+    than bilinear ones, nearest ones less), also when an inferer of another mode computed them first for the same
+    views and size (cache)."""
+    from monai_gmr.functional.rotation import Geometry
+
+    shape = (21, 21)
+    w = {m: RotationTTAInferer(angles=(0, 30), mode=m).view_weights(shape) for m in ("bilinear", "bicubic", "nearest")}
+    for m, wm in w.items():
+        assert torch.equal(wm[1].bool(), Geometry(30.0).roundtrip_mask(shape, m)), m
+    assert w["bicubic"][1].sum() < w["bilinear"][1].sum() < w["nearest"][1].sum()

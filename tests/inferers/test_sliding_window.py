@@ -80,6 +80,10 @@ def test_matches_monai_where_the_grids_agree_and_monai_is_not_equivariant():
     plain = SlidingWindowInferer(16, sw_batch_size=4, overlap=0.25)
     sym = SymmetricSlidingWindowInferer(16, sw_batch_size=4, overlap=0.25)
     assert rel_err(sym(x, net), plain(x, net)) < 1e-5
+    # the same with Gaussian blending (and it differs from constant blending where windows overlap)
+    plain_g = SlidingWindowInferer(16, sw_batch_size=4, overlap=0.25, mode="gaussian")
+    sym_g = SymmetricSlidingWindowInferer(16, sw_batch_size=4, overlap=0.25, mode="gaussian")
+    assert rel_err(sym_g(x, net), plain_g(x, net)) < 1e-5 and rel_err(sym_g(x, net), sym(x, net)) > 1e-4
     # 37 x 50: MONAI's grid is anchored top-left, so a flip changes its answer; the symmetric grid's does not
     x = torch.rand(1, 3, 37, 50)
     flip = lambda t: torch.flip(t, (-1,))  # noqa: E731
@@ -154,3 +158,20 @@ def test_tuple_and_dict_network_outputs_are_stitched_like_monai():
         for k in keys:
             assert ours[k].shape == theirs[k].shape and rel_err(ours[k], theirs[k]) < 1e-6, k
             assert isinstance(ours[k], MetaTensor) and ours[k].meta["filename_or_obj"] == "tile.png"
+
+
+@pytest.mark.parametrize("padding_mode", ["constant", "reflect", "replicate"])
+def test_tiles_smaller_than_the_window_are_padded_equally_with_cval(padding_mode):
+    """A 4 x 6 tile in an 8 x 8 window: padded by (8 - 4) / 2 = 2 rows and (8 - 6) / 2 = 1 column on each side with
+    ``padding_mode`` (``cval`` for constant), one window, output cropped back; checked against the explicit padding
+    with a network whose output near the tile's border depends on the padded values."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = torch.randn(1, 1, 4, 6)
+    inf = SymmetricSlidingWindowInferer(8, padding_mode=padding_mode, cval=0.7)
+    kw = dict(value=0.7) if padding_mode == "constant" else {}
+    with torch.no_grad():
+        ref = net(torch.nn.functional.pad(x, [1, 1, 2, 2], mode=padding_mode, **kw))[..., 2:6, 1:7]
+        y = inf(x, net)
+    assert y.shape == (1, 2, 4, 6)
+    assert torch.allclose(y, ref, atol=1e-6)

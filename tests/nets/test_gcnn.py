@@ -270,3 +270,21 @@ def test_gcnn_unet_builds_the_requested_modes():
     assert {m.mode for m in net.modules() if isinstance(m, GroupUpsample)} == {"nearest"}
     assert {m.mode for m in net.modules() if isinstance(m, GroupSpatialPool)} == {"max"}
     assert net.group_pool.mode == "mean"
+
+
+@pytest.mark.parametrize("stride,in_planes", [(1, 4), (2, 3)])
+def test_resnet_block_adds_its_shortcut(stride, in_planes):
+    """``GCNNResNetBlock`` computes ``act(main(x) + shortcut(x))`` (identity, or pool -> 1x1 gconv -> norm)."""
+    from monai_gmr.nets.gcnn import GCNNResNetBlock
+
+    blk = GCNNResNetBlock(in_planes, 4, "p4", stride).eval()
+    with torch.no_grad():
+        for m in blk.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(2, in_planes, 4, 8, 8)
+        main = blk.bn2(blk.conv2(blk.act(blk.bn1(blk.conv1(blk.pool(x))))))
+        short = x if blk.downsample is None else blk.downsample(x)
+        assert (blk.downsample is None) == (stride == 1 and in_planes == 4)
+        assert torch.allclose(blk(x), torch.relu(main + short), atol=1e-6)

@@ -174,3 +174,14 @@ def test_registry_returns_fresh_modules_and_overwrite_replaces():
     assert isinstance(a, nn.Identity) and a is not b  # a fresh module per call, never a shared instance
     register_network("test_identity_net", lambda **kw: nn.Tanh(), overwrite=True)
     assert isinstance(get_network("test_identity_net"), nn.Tanh)  # overwrite=True replaces the factory
+
+
+@pytest.mark.parametrize(
+    "name, small",
+    [("symm_unet", {"features": (2, 4), "kernel_sizes": 3}), ("symm_resnet18", {"block_inplanes": (2, 2, 2, 2), "kernel_sizes": 3}),
+     ("symm_unet_tiny", {}), ("symm_resnet18_tiny", {})],
+)  # fmt: skip
+def test_every_symm_name_builds_hard_ring_assignment(name, small):
+    """Every ``symm_*`` registry name (full-size ones too, built small here) gives smoothing="none" GMR convolutions."""
+    convs = [m for m in get_network(name, in_channels=1, **small).modules() if isinstance(m, GMRConv)]
+    assert convs and all(c.smoothing == "none" for c in convs), name

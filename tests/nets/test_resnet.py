@@ -106,6 +106,7 @@ def test_feed_forward_false_and_features():
     assert net.fc is None and torch.equal(net(x), net.forward_features(x))
     net2 = GMRResNet("basic", (1, 1, 1, 1), (4, 4, 8, 8), 2, 1, 3, kernel_sizes=3, stem_pooling="max", widen_factor=2.0)
     assert net2(x).shape == (2, 3) and net2.num_features == 16
+    assert isinstance(net2.stem[-1], nn.MaxPool2d) and isinstance(net.stem[-1], nn.AvgPool2d)  # stem_pooling (avg default)
 
 
 @pytest.mark.parametrize(
@@ -190,3 +191,34 @@ def test_per_axis_kernel_sizes_are_named_as_such():
         gmr_resnet18(spatial_dims=3, in_channels=1, kernel_sizes=(3, 3, 1))
     with pytest.raises(ValueError, match=r"one odd int per stage \(GMR kernels are isotropic"):
         gmr_resnet18(spatial_dims=3, in_channels=1, kernel_sizes=[(3, 3, 3)] * 4)
+
+
+@pytest.mark.parametrize("stride,in_planes", [(1, 8), (2, 4)])
+def test_blocks_add_their_shortcut(stride, in_planes):
+    """Both residual blocks compute ``act(main(x) + shortcut(x))``: identity shortcut when the shape is kept, pool ->
+    1x1 conv -> norm otherwise (with ``bias_downsample`` as the 1x1 conv's bias), checked against the children."""
+    from monai_gmr.nets.resnet import GMRResNetBlock, GMRResNetBottleneck
+
+    torch.manual_seed(0)
+    x = torch.randn(2, in_planes, 8, 8)
+    for cls, planes in ((GMRResNetBlock, 8), (GMRResNetBottleneck, 2)):
+        blk = cls(in_planes, planes, 2, stride, 3, bias_downsample=False).eval()
+        with torch.no_grad():
+            for m in blk.modules():  # non-trivial norm statistics
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.normal_()
+                    m.running_var.uniform_(0.5, 2.0)
+            if cls is GMRResNetBlock:
+                main = blk.bn2(blk.conv2(blk.act(blk.bn1(blk.conv1(blk.pool(x))))))
+            else:
+                main = blk.act(blk.bn2(blk.conv2(blk.pool(blk.act(blk.bn1(blk.conv1(x)))))))
+                main = blk.bn3(blk.conv3(main))
+            if stride == 1 and in_planes == planes * cls.expansion:
+                assert blk.downsample is None
+                short = x
+            else:
+                convs = [m for m in blk.downsample.modules() if isinstance(m, nn.Conv2d)]
+                assert len(convs) == 1 and convs[0].bias is None  # bias_downsample=False
+                short = blk.downsample(x)
+                assert short.shape == main.shape
+            assert torch.allclose(blk(x), torch.relu(main + short), atol=1e-6), cls.__name__

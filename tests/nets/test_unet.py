@@ -66,6 +66,11 @@ def test_paper_defaults():
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_d4_exact_all_modes(upsample, pooling):
     net = GMRUNet(2, 2, 3, upsample=upsample, pooling=pooling, **TINY).eval()
+    # the modes reach the layers (else every parametrisation would test the default net)
+    pools = [m for m in net.modules() if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d))]
+    ups = [m for m in net.modules() if isinstance(m, nn.Upsample)]
+    assert len(pools) == 3 and all(isinstance(m, nn.MaxPool2d if pooling == "max" else nn.AvgPool2d) for m in pools)
+    assert len(ups) == 3 and all(m.mode == upsample for m in ups)
     errs = _equiv_errors(net, torch.randn(2, 2, 32, 32), d4_elements())
     assert len(errs) == 8 and max(errs.values()) <= 1e-4, errs
 
@@ -141,6 +146,15 @@ def test_pad_to_multiple():
     same.load_state_dict(net.state_dict())
     x = torch.randn(1, 1, 32, 32)
     assert torch.equal(same(x), net(x))  # divisible input: no padding at all
+    # pad_mode is the F.pad mode of that padding
+    x = torch.randn(1, 1, 29, 35)
+    for mode in ("reflect", "replicate"):
+        other = GMRUNet(2, 1, 2, pad_to_multiple=True, pad_mode=mode, **TINY).eval()
+        other.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            ref = other(F.pad(x, [2, 3, 1, 2], mode=mode))[..., 1 : 1 + 29, 2 : 2 + 35]
+            y = other(x)
+            assert torch.equal(y, ref) and not torch.allclose(y, net(x))
 
 
 def test_gmr_kwargs_pass_through():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from scipy import ndimage
 import monai_gmr
 from monai_gmr import GMRConv, GMRConv2d, GMRConv3d, GMRConvolution, export_dense
 from monai_gmr.evaluation import spline_equivariance_error
-from monai_gmr.functional import cube_elements, d4_elements, offset_distances, ring_centers
+from monai_gmr.functional import cube_elements, d4_elements, offset_distances, ring_centers, synthesize_kernel
 from tests.conftest import rel_err
 
 
@@ -335,11 +336,15 @@ def test_eval_cache_is_used_and_invalidated():
         assert m.dense_kernel() is k0  # cached
         # 1) in-place parameter update (what optimizers do)
         m.weight.mul_(2.0)
-        assert rel_err(m(x), 2 * (y0 - m.bias[:, None, None]) + m.bias[:, None, None]) < 1e-6
-        # 2) sigma change
+        y1 = m(x)
+        assert rel_err(y1, 2 * (y0 - m.bias[:, None, None]) + m.bias[:, None, None]) < 1e-6
+        # 2) sigma change alone (compared with the output just before it, not with y0, which the weight change
+        # already moved)
         m.log_sigma.add_(0.3)
         y2 = m(x)
-        assert rel_err(y2, y0) > 1e-3
+        assert rel_err(y2, y1) > 1e-3
+        fresh = torch.nn.functional.conv2d(x, synthesize_kernel(m.weight, m.basis()), m.bias, padding=2)
+        assert rel_err(y2, fresh) < 1e-6
     # 3) load_state_dict
     other = GMRConv(2, 2, 3, 5)
     m.load_state_dict(other.state_dict())
@@ -617,3 +622,30 @@ def test_meta_device_construction_then_load_with_assign(d, kwargs):
     m64.load_state_dict(ref.double().state_dict(), assign=True)
     assert all(b.dtype == torch.float64 and b.device.type == "cpu" for b in m64.buffers())
     assert torch.allclose(m64(x.double()), ref(x.double()), rtol=0, atol=1e-6)
+
+
+def test_circular_false_keeps_the_corners_and_sigma_is_clipped():
+    """``circular=False``: the support is the whole k x k square (corners non-zero in the basis and the kernel);
+    ``sigma`` reports the clipped widths (what the basis uses)."""
+    torch.manual_seed(0)
+    sq, disk = GMRConv(2, 1, 1, 5, circular=False), GMRConv(2, 1, 1, 5)
+    assert (sq.basis()[:, 0, 0] > 0).any() and (sq.basis().sum(0) > 0).all()
+    assert (disk.basis()[:, 0, 0] == 0).all()
+    assert torch.equal(sq.mask, torch.ones(5, 5)) and sq.dense_kernel()[0, 0, 0, 0] != 0
+    sq3 = GMRConv(3, 1, 1, 3, circular=False)
+    assert (sq3.basis()[:, 0, 0, 0] > 0).any()
+    lo, hi = sq.log_sigma_range
+    with torch.no_grad():
+        sq.log_sigma.copy_(torch.tensor([lo - 3.0, 0.0, hi + 3.0]))
+    assert torch.allclose(sq.sigma, torch.tensor([math.exp(lo), 1.0, math.exp(hi)]))
+
+
+def test_gmr_convolution_passes_adn_ordering_and_dropout_dim():
+    """``GMRConvolution`` builds MONAI's ADN with the given ``adn_ordering`` and ``dropout_dim`` (as
+    ``monai.networks.blocks.Convolution`` does)."""
+    blk = GMRConvolution(2, 1, 2, kernel_size=3, adn_ordering="AN", act="relu", norm="batch", dropout=0.1)
+    assert list(blk.adn._modules) == ["A", "N"]
+    blk = GMRConvolution(2, 1, 2, kernel_size=3, adn_ordering="DNA", act="relu", norm="batch", dropout=0.1, dropout_dim=2)
+    assert list(blk.adn._modules) == ["D", "N", "A"] and isinstance(blk.adn.D, torch.nn.Dropout2d)
+    assert isinstance(GMRConvolution(2, 1, 2, kernel_size=3, dropout=0.1).adn.D, torch.nn.Dropout)
+    assert not hasattr(GMRConvolution(2, 1, 2, kernel_size=3, conv_only=True), "adn")

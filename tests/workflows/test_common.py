@@ -162,6 +162,21 @@ def test_load_checkpoint_formats(tmp_path):
         load_checkpoint(torch.nn.Sequential(torch.nn.Linear(3, 4)), tmp_path / "a.pt")
 
 
+def test_load_checkpoint_prefers_the_given_key_and_unwraps_data_parallel(tmp_path):
+    """``key`` is looked up before the other state-dict keys (a checkpoint holding the model and, e.g., an EMA copy
+    under "network"), and a ``DataParallel`` wrapper gets the weights without its "module." prefix."""
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.save({"network": b.state_dict(), "model": a.state_dict()}, tmp_path / "two.pt")
+    net = torch.nn.Linear(3, 2)
+    load_checkpoint(net, tmp_path / "two.pt")  # key="model" (default)
+    assert torch.equal(net.weight, a.weight)
+    load_checkpoint(net, tmp_path / "two.pt", key="network")
+    assert torch.equal(net.weight, b.weight)
+    dp = torch.nn.DataParallel(torch.nn.Linear(3, 2))
+    assert load_checkpoint(dp, tmp_path / "two.pt") is dp
+    assert torch.equal(dp.module.weight, a.weight)
+
+
 def test_epoch_validation_handler_runs_at_last_epoch():
     from monai.engines import SupervisedEvaluator
 
@@ -257,6 +272,11 @@ def test_instance_from_semantic_connected_components():
     assert inst.max() == 2 and inst[18, 18] == 0
     assert len(np.unique(inst[2:5, 2:5])) == 1 and len(np.unique(inst[10:15, 10:15])) == 1
     assert inst[3, 3] != inst[12, 12]
+    # min_size removes objects *smaller* than it: the 9-pixel square stays at min_size=9 and goes at 10
+    assert instance_from_semantic(sem, min_size=9).max() == 2 and instance_from_semantic(sem, min_size=10).max() == 1
+    # connectivity: diagonal neighbours are one object with full connectivity only
+    diag = np.eye(4, dtype=np.int64)
+    assert instance_from_semantic(diag, connectivity=1).max() == 4 and instance_from_semantic(diag, connectivity=2).max() == 1
 
 
 def test_instance_from_semantic_boundary_splits_touching():

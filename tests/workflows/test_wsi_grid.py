@@ -121,3 +121,20 @@ def test_bad_grid_is_refused(slides):
         infer_slide(src, MeanNet(), None, patch_size=P, grid="center")
     with pytest.raises(ValueError, match="grid"):
         SlideInference(MeanNet(), None, slides=[str(src)], grid="middle")
+
+
+def test_slide_inference_turns_outputs_into_class_probabilities():
+    """``_as_probs``: one logit -> ``[1 - sigmoid, sigmoid]``, several -> softmax, ``(N, C, 1, 1)`` flattened; spatial
+    outputs refused."""
+    import torch
+
+    from monai_gmr.workflows.wsi import _as_probs
+
+    one = torch.tensor([[0.0], [2.0], [-1.0]])
+    p = torch.sigmoid(one)
+    assert torch.allclose(_as_probs(one), torch.cat([1 - p, p], 1))
+    two = torch.tensor([[0.3, -0.2], [1.0, 2.0]])
+    assert torch.allclose(_as_probs(two), two.softmax(1))
+    assert torch.allclose(_as_probs(two[:, :, None, None]), two.softmax(1))
+    with pytest.raises(ValueError, match="classification outputs"):
+        _as_probs(torch.zeros(2, 2, 3, 3))

@@ -514,6 +514,13 @@ def test_footprint_cells_edge_and_interior_patches():
     np.testing.assert_array_equal(footprint_cells(np.array([[6, 2]]), (8, 3), 4.0, (10, 10))[0], [[1, 0], [4, 1]])
     # smaller than a cell and holding no centre: the cell of its own centre
     np.testing.assert_array_equal(footprint_cells(np.array([[5, 5]]), (2, 2), 4.0, (10, 10))[0], [[1, 1], [2, 2]])
+    # ... also when it straddles two cells: [7, 9) = cells [1.75, 2.25], its centre 2.0 is in cell 2 (not cell 1,
+    # where it starts)
+    np.testing.assert_array_equal(footprint_cells(np.array([[7, 7]]), (2, 2), 4.0, (10, 10))[0], [[2, 2], [3, 3]])
+    # the partial last row [1008, 1010) has its centre at 1009 (cell 252.25), not at the whole cell's 252.5: a
+    # footprint ending at 1009.2 (cell 252.3) holds it
+    np.testing.assert_array_equal(footprint_cells(np.array([[1000, 0]]), (9.2, 8), 4.0, (253, 176), size0)[0],
+                                  [[250, 0], [253, 2]])  # fmt: skip
 
 
 def test_footprint_cells_are_flip_symmetric():
