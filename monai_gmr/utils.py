@@ -519,14 +519,7 @@ def positive_int(value: Any, name: str = "value", allow_none: bool = False) -> i
     """
     if allow_none and (value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none"))):
         return None  # the command line passes ``--epoch_length null`` as the text "null" (``None`` as None)
-    parsed: int | None = None
-    if isinstance(value, str):
-        try:
-            parsed = int(value.strip())
-        except ValueError:
-            parsed = None
-    elif not isinstance(value, bool) and isinstance(value, numbers.Integral):
-        parsed = int(value)
+    parsed = _number(value, int, numbers.Integral)
     if parsed is None or parsed < 1:
         extra = " or null" if allow_none else ""
         raise ValueError(f"{name} must be a positive integer{extra}, got {value!r}.")
@@ -548,15 +541,21 @@ def positive_float(value: Any, name: str = "value", allow_zero: bool = False) ->
     Raises:
         ValueError: ``value`` is not a finite number > 0 (>= 0 with ``allow_zero``); the message names ``name``.
     """
-    parsed: float | None = None
-    if isinstance(value, str):
-        try:
-            parsed = float(value.strip())
-        except ValueError:
-            parsed = None
-    elif not isinstance(value, bool) and isinstance(value, numbers.Real):
-        parsed = float(value)
+    parsed = _number(value, float, numbers.Real)
     if parsed is None or not math.isfinite(parsed) or parsed < 0 or (parsed == 0 and not allow_zero):
         kind = "a non-negative number" if allow_zero else "a positive number"
         raise ValueError(f"{name} must be {kind}, got {value!r}.")
     return parsed
+
+
+def _number(value: Any, cast: type, kind: type) -> Any:
+    """``value`` as ``cast`` (``int`` / ``float``) when it is a number of ``kind`` (not a bool) or text holding one,
+    else ``None`` (the callers raise, naming the setting)."""
+    if isinstance(value, str):
+        try:
+            return cast(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, bool) and isinstance(value, kind):
+        return cast(value)
+    return None
