@@ -381,33 +381,35 @@ class GMRConv(nn.Module):
         Returns:
             output of shape ``(B, C_out, *spatial_out)`` (``(C_out, *spatial_out)`` for an unbatched input).
         """
-        unbatched = isinstance(x, torch.Tensor) and x.dim() == self.spatial_dims + 1
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"input must be a tensor, got {type(x).__name__}.")
+        unbatched = x.dim() == self.spatial_dims + 1
         if unbatched:
-            if x.shape[0] != self.in_channels:
-                d = self.spatial_dims
-                dims = "H, W" if d == 2 else "D, H, W"
-                # e.g. a batch of 2D images (B, C, H, W) given to a 3D layer: say how the shape was read
-                hint = " (a batch of 2D images (B, C, H, W) needs spatial_dims=2)" if d == 3 else ""
-                raise ValueError(
-                    f"input shape {list(x.shape)} has {d + 1} dims, so it is read as unbatched (C, {dims}) with "
-                    f"C={x.shape[0]}, but in_channels={self.in_channels}; a batched input is (B, C, {dims}) for "
-                    f"spatial_dims={d}{hint}."
-                )
             x = x.unsqueeze(0)
+        self._check_input(x, unbatched)
         if torch.jit.is_scripting():
             y = self._forward_scripted(x)
         else:
             y = self._forward_eager(x)
         return y.squeeze(0) if unbatched else y
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        """Shape checks of both forwards (TorchScript-compatible); ``x`` is batched here."""
+    def _check_input(self, x: torch.Tensor, unbatched: bool = False) -> None:
+        """Shape checks of both forwards (TorchScript-compatible); ``x`` is batched here (``unbatched``: it was
+        ``(C, *spatial)`` before the batch dim was added, which the channel error names)."""
         d = self.spatial_dims
+        dims = "H, W" if d == 2 else "D, H, W"
         if x.dim() != d + 2:
-            dims = "H, W" if d == 2 else "D, H, W"
             raise ValueError(
                 f"input must have shape (B, C, {dims}) or (C, {dims}) for spatial_dims={d}, got input shape "
                 f"{list(x.shape)}."
+            )
+        if unbatched and x.shape[1] != self.in_channels:
+            # e.g. a batch of 2D images (B, C, H, W) given to a 3D layer: say how the shape was read
+            hint = " (a batch of 2D images (B, C, H, W) needs spatial_dims=2)" if d == 3 else ""
+            raise ValueError(
+                f"input shape {list(x.shape[1:])} has {d + 1} dims, so it is read as unbatched (C, {dims}) with "
+                f"C={x.shape[1]}, but in_channels={self.in_channels}; a batched input is (B, C, {dims}) for "
+                f"spatial_dims={d}{hint}."
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
@@ -418,9 +420,6 @@ class GMRConv(nn.Module):
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"input must be a tensor, got {type(x).__name__}.")
-        self._check_input(x)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
         kernel = self.dense_kernel() if impl == "dense" else None  # cached in eval mode
@@ -448,7 +447,6 @@ class GMRConv(nn.Module):
 
         Shapes: as :meth:`forward`.
         """
-        self._check_input(x)
         d = self.spatial_dims
         n = self.num_rings
         lo, hi = self.log_sigma_range
