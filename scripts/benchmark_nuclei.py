@@ -106,7 +106,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test split")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--num-workers", type=int, default=4)
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available; the bundle "
+                   "runs see GPU N only, through CUDA_VISIBLE_DEVICES)")
     p.add_argument("--timeout", type=_positive_int, default=None, help="seconds per bundle step")
     p.add_argument("--instance-metrics", action="store_true", help="also AJI and PQ at every angle (CPU, slower)")
     p.add_argument("--skip-trained", action="store_true",

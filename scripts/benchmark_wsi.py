@@ -97,7 +97,8 @@ def networks(widths: list[int] | None) -> dict[str, dict[str, Any]]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (outside the repository)")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available; the bundle "
+                   "runs see GPU N only, through CUDA_VISIBLE_DEVICES)")
     p.add_argument("--quick", action="store_true", help="CPU smoke profile (small slides, patches and widths)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the profile's)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 8 on cuda, 0 on cpu)")
