@@ -137,13 +137,13 @@ def measure_ceilings() -> dict:
     ms = time_group({"mm": lambda: a32 @ b32}, 10, 3)["mm"]
     torch.backends.cuda.matmul.allow_tf32 = prev
     out["tf32_tflops"] = 2 * n**3 / ms / 1e9
-    del a, b, a32, b32
+    a = b = a32 = b32 = None  # free before the 1 GiB copy buffers (not `del`: the timed lambdas close over them)
     src = torch.empty(2**28, device="cuda", dtype=torch.float32)  # 1 GiB
     src.normal_()
     dst = torch.empty_like(src)
     ms = time_group({"copy": lambda: dst.copy_(src)}, 10, 3)["copy"]
     out["copy_tb_s"] = 2 * src.numel() * 4 / ms / 1e9
-    del src, dst
+    src = dst = None
     torch.cuda.empty_cache()
     return out
 
