@@ -112,6 +112,8 @@ BAD_TRAIN_SETTINGS = (
     {"val_interval": "5x"},  # text that is not a number (a command line passes text)
     {"learning_rate": "abc"},  # AdamW: "TypeError: '<=' not supported between 'float' and 'str'", no name
     {"weight_decay": -1},  # AdamW: "Invalid weight_decay value: -1" behind "Failed to instantiate torch.optim.AdamW"
+    {"ckpt_interval": 0},  # CheckpointSaver: no interval checkpoint at all, so `--resume true` later found nothing
+    {"ckpt_interval": "2x"},  # CheckpointSaver: "'>' not supported between instances of 'str' and 'int'", no name
 )
 
 
