@@ -323,8 +323,8 @@ def layerwise_equivariance_error(
     (cloned, so later in-place activations do not change them), and measures
     ``||m(rotate x) - rotate(m(x))|| / ||rotate(m(x))||`` on the central disk of each module's own grid (intersected
     with the validity mask; in 3D the cylinder about the rotation axis for a single angle, the ball for Euler
-    angles, as in :func:`equivariance_error`). Rotations of a coarser grid are about its centre, which is the centre of the image for
-    2x pooling of even sizes, so errors at every level of a U-Net are comparable.
+    angles, as in :func:`equivariance_error`). Rotations of a coarser grid are about its centre, which is the centre
+    of the image for 2x pooling of even sizes, so errors at every level of a U-Net are comparable.
 
     Args:
         net: module in ``eval()`` mode.
