@@ -5,7 +5,8 @@ For every kernel size, sampling and seed: one random single-channel ``GMRConv`` 
 initialisation) on a smooth random field (Gaussian-filtered white noise, ``--field-sigma`` px), relative error
 ``||f(rotate(x)) - rotate(f(x))|| / ||rotate(f(x))||`` on the central disk (radius ``0.35 * size``) at each angle,
 through :func:`monai_gmr.evaluation.spline_equivariance_error` (cubic-spline rotations, which add far less
-interpolation error than PyTorch's bicubic resampling; 3D: in the H-W plane). The worst angle counts for each seed; the table gives the median, 90th percentile and maximum over seeds, and
+interpolation error than PyTorch's bicubic resampling; 3D: in the H-W plane, scored on the cylinder of that disk
+along the whole D axis). The worst angle counts for each seed; the table gives the median, 90th percentile and maximum over seeds, and
 how many seeds exceed ``--bound``. Both samplings see the same fields and the same random ring weights (the weights
 are drawn from the same generator state; their scale differs with the basis, which a relative error ignores).
 

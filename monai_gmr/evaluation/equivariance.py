@@ -2,10 +2,12 @@
 
 For a map ``fn`` with spatial outputs the error at geometry ``g`` is the relative L2 error
 ``||fn(g x) - g fn(x)|| / ||g fn(x)||``; for outputs without spatial dims (class logits ``(N, C)``) it is the
-invariance error ``||fn(g x) - fn(x)|| / ||fn(x)||``. Arbitrary angles are measured on the central disk
-(:func:`~monai_gmr.functional.rotation.central_disk_mask`) intersected with the validity mask, so neither the
-image corners (padding) nor the resampling of the border enters; the exact group elements (D4 in 2D, the 48 cube
-symmetries in 3D) are measured on the whole tensor.
+invariance error ``||fn(g x) - fn(x)|| / ||fn(x)||``. Arbitrary angles are measured on the central region that the
+rotation maps onto itself (:func:`~monai_gmr.functional.rotation.central_disk_mask`) intersected with the validity
+mask, so neither the image corners (padding) nor the resampling of the border enters: in 2D the central disk; in 3D,
+for a rotation in one plane ``axes`` (a single angle), the cylinder of that disk in the plane times the whole extent
+of the rotation axis (a thin volume keeps all its slices); for 3D Euler angles the central ball. The exact group
+elements (D4 in 2D, the 48 cube symmetries in 3D) are measured on the whole tensor.
 
 The square (cubic) border of the input is itself not rotation-invariant: zero padding at the border, and bias,
 norm and activation outputs that are non-zero beyond the input's content, make every layer's features near the
@@ -24,8 +26,8 @@ import torch.nn.functional as F
 
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.groups import group_elements
-from monai_gmr.functional.rotation import _is_degrees, _is_euler, _norm_angle, _planes, as_angle_list, central_disk_mask
-from monai_gmr.functional.rotation import _spatial_dims_hint, rotate, validity_mask
+from monai_gmr.functional.rotation import _disk_axes, _is_degrees, _is_euler, _norm_angle, _planes, _region_name
+from monai_gmr.functional.rotation import _spatial_dims_hint, as_angle_list, central_disk_mask, rotate, validity_mask
 
 __all__ = [
     "equivariance_error",
@@ -50,20 +52,41 @@ def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def _require_region(mask: torch.Tensor, radius_frac: float) -> None:
-    """Refuse an empty compared region: the central disk/ball's radius is ``radius_frac * min(size)``, so a thin
-    volume (e.g. 2 slices) or a tiny input leaves no pixel in it, and the error used to read 0.0."""
+def _require_region(mask: torch.Tensor, radius_frac: float, axes: Sequence[int] | None = None) -> None:
+    """Refuse an empty compared region (the error used to read 0.0).
+
+    Args:
+        mask: the compared region ``(*spatial)`` (central disk/ball/cylinder and validity mask).
+        radius_frac: the fraction the region's radius was made with.
+        axes: the 3D rotation plane of a cylinder (:func:`~monai_gmr.functional.rotation.central_disk_mask`);
+            ``None``: a disk (2D) or ball (3D), whose radius ``radius_frac * min(size)`` a thin volume (e.g. 2 slices
+            under Euler angles) or a tiny input leaves no pixel in.
+    """
     if not bool(mask.any()):
         shape = tuple(int(s) for s in mask.shape)
+        sizes = shape if axes is None else tuple(shape[int(a) % len(shape)] for a in axes)
         raise ValueError(
-            f"the compared region is empty: the central disk/ball of radius radius_frac * min(size) = "
-            f"{radius_frac} * {min(shape)} = {radius_frac * min(shape):g} pixels holds no pixel of the spatial shape "
-            f"{shape} (within the validity mask); use a larger input, a larger radius_frac or a canvas."
+            f"the compared region is empty: the {_region_name(len(shape), axes)} = {radius_frac} * {min(sizes)} = "
+            f"{radius_frac * min(sizes):g} pixels holds no pixel of the spatial shape {shape} (within the validity "
+            f"mask); use a larger input, a larger radius_frac or a canvas."
         )
 
 
+def _canvas_frac(radius_frac: float, sizes: Sequence[int], sides: Sequence[int], axes: Sequence[int] | None) -> float:
+    """``radius_frac`` of ``sizes`` rescaled to the canvas ``sides`` so the region keeps its radius in pixels; the
+    radius is taken from the plane ``axes`` (a cylinder) or from every dim (``None``: a disk or ball)."""
+    if tuple(sizes) == tuple(sides):
+        return radius_frac  # exactly: no canvas
+    dims = range(len(sizes)) if axes is None else [int(a) % len(sizes) for a in axes]
+    return radius_frac * min(sizes[i] for i in dims) / min(sides[i] for i in dims)
+
+
 def on_canvas(
-    x: torch.Tensor, canvas: int | Sequence[int] | None, spatial_dims: int = 2, radius_frac: float = 0.35
+    x: torch.Tensor,
+    canvas: int | Sequence[int] | None,
+    spatial_dims: int = 2,
+    radius_frac: float = 0.35,
+    axes: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Centre ``x`` on a zero canvas and rescale a central-disk fraction so the disk keeps its size in pixels.
 
@@ -73,10 +96,13 @@ def on_canvas(
             differing from it by an even number (the input stays centred on the grid, so right angles and flips
             still map it onto itself). ``None``: ``x`` unchanged.
         spatial_dims: 2 or 3.
-        radius_frac: disk radius as a fraction of the smallest spatial size of ``x``.
+        radius_frac: disk radius as a fraction of the smallest spatial size of ``x`` (with ``axes``: of the smallest
+            of the two sizes of the 3D rotation plane, the radius of the cylinder of
+            :func:`~monai_gmr.functional.rotation.central_disk_mask`).
+        axes: 3D rotation plane of a cylinder; ``None``: a disk (2D) or ball (3D).
 
     Returns:
-        ``(x on the canvas, radius as a fraction of the canvas's smallest size)``.
+        ``(x on the canvas, radius as a fraction of the canvas's smallest size (of the plane's with axes))``.
 
     Raises:
         ValueError: a ``canvas`` of the wrong length, smaller than the input, or differing by an odd number.
@@ -96,7 +122,7 @@ def on_canvas(
     pads: list[int] = []
     for c, s in zip(reversed(sides), reversed(sizes)):
         pads += [(c - s) // 2, (c - s) // 2]
-    return F.pad(x, pads), radius_frac * min(sizes) / min(sides)
+    return F.pad(x, pads), _canvas_frac(radius_frac, sizes, sides, axes)
 
 
 def _first(out):
@@ -140,22 +166,29 @@ def equivariance_error(
         x: input batch ``(N, C, *spatial)``.
         angles: degrees (counter-clockwise, :func:`~monai_gmr.functional.rotation.rotate` convention); in 3D
             with ``axes=None`` an entry may also be 3 Euler angles ``(a0, a1, a2)``.
-        radius_frac: radius of the central disk as a fraction of the smallest output spatial size.
+        radius_frac: radius of the compared region as a fraction of the smallest output spatial size: of the
+            central disk (2D), of the cylinder of a single 3D angle (fraction of the smaller of the two sizes of the
+            plane ``axes``; the cylinder spans the whole rotation axis), of the ball of 3D Euler angles.
         mode: interpolation of inputs and outputs; default ``"bicubic"`` in 2D, ``"bilinear"`` in 3D.
         spatial_dims: 2 or 3.
         axes: 3D rotation plane (default ``(1, 2)``).
-        canvas: measure with ``x`` centred on a zero canvas of this size (:func:`on_canvas`; the disk keeps its
-            radius in pixels of ``x``), so that a large receptive field reaches less of (or none of) the border from
-            the disk. ``None``: ``x`` as is.
+        canvas: measure with ``x`` centred on a zero canvas of this size (:func:`on_canvas`; the disk, cylinder or
+            ball keeps its radius in pixels of ``x``), so that a large receptive field reaches less of (or none of)
+            the border from it. ``None``: ``x`` as is.
 
     Returns:
         ``{angle: rel_err}`` (float keys; a tuple of 3 floats for Euler angles).
+
+    Raises:
+        ValueError: bad arguments, or a compared region (within the validity mask) that holds no pixel.
     """
     _check_x(x, spatial_dims)
     angles = as_angle_list(angles)
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
-    x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac)
+    sizes = tuple(int(s) for s in x.shape[-spatial_dims:])
+    x, _ = on_canvas(x, canvas, spatial_dims, radius_frac)
+    sides = tuple(int(s) for s in x.shape[-spatial_dims:])
     mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
     y0 = _first(fn(x))
     spatial_out = y0.ndim == x.ndim
@@ -169,10 +202,13 @@ def equivariance_error(
         ref = rotate(y0, a, spatial_dims, mode, axes)
         if y.shape != ref.shape:
             raise ValueError(f"fn output shapes differ under rotation: {tuple(y.shape)} vs {tuple(ref.shape)}.")
-        # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output
-        disk = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device)
+        # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output; a single 3D
+        # angle scores the cylinder about its rotation axis, Euler angles the ball
+        plane = _disk_axes(a, spatial_dims, axes)
+        frac = _canvas_frac(radius_frac, sizes, sides, plane)
+        disk = central_disk_mask(ref.shape[-spatial_dims:], frac, device=y0.device, axes=plane)
         mask = disk & validity_mask(y0.shape[-spatial_dims:], a, spatial_dims, mode, axes, device=y0.device)
-        _require_region(mask, radius_frac)
+        _require_region(mask, frac, plane)
         errors[key] = masked_rel_err(y, ref, mask)
     return errors
 
@@ -193,13 +229,16 @@ def spline_equivariance_error(
     a smooth field (about 1% at sigma = 3 px) hides that of a single layer. A prefiltered cubic B-spline is far more
     accurate, so this variant measures the layer's own error (e.g. of a GMR kernel sampled on a grid). Inputs and
     outputs are rotated in float64 on the CPU, with ``reshape=False`` and zeros outside; the error is taken on the
-    central disk/ball (:func:`~monai_gmr.functional.rotation.central_disk_mask`) of the output.
+    central region of the output that the rotation maps onto itself
+    (:func:`~monai_gmr.functional.rotation.central_disk_mask`): the disk in 2D, in 3D the cylinder of the disk in the
+    plane ``axes`` times the whole rotation axis.
 
     Args:
         fn: callable ``(N, C, *spatial) -> (N, C', *spatial)`` (modules in ``eval()`` mode).
         x: input ``(N, C, *spatial)``.
         angles: degrees.
-        radius_frac: radius of the disk as a fraction of the smallest output spatial size.
+        radius_frac: radius of the disk as a fraction of the smallest output spatial size (3D: of the smaller of
+            the output's two sizes in the plane ``axes``).
         spatial_dims: 2 or 3.
         axes: 3D rotation plane (spatial axes 0 = D, 1 = H, 2 = W, or -3..-1, as in
             :func:`~monai_gmr.functional.rotation.rotate`); ignored in 2D.
@@ -207,6 +246,9 @@ def spline_equivariance_error(
 
     Returns:
         ``{angle: rel_err}``.
+
+    Raises:
+        ValueError: bad arguments, or a compared region that holds no pixel.
     """
     from scipy import ndimage  # a dependency of monai_gmr; here only, to keep the module import light
 
@@ -233,8 +275,9 @@ def spline_equivariance_error(
     y0 = _first(fn(x))
     if y0.ndim != x.ndim:
         raise ValueError(f"fn must return spatial outputs (N, C, *spatial), got shape {tuple(y0.shape)}.")
-    disk = central_disk_mask(y0.shape[2:], radius_frac, device=y0.device)
-    _require_region(disk, radius_frac)
+    disk_axes = None if spatial_dims == 2 else plane  # 3D: the cylinder about the rotation axis
+    disk = central_disk_mask(y0.shape[2:], radius_frac, device=y0.device, axes=disk_axes)
+    _require_region(disk, radius_frac, disk_axes)
     return {a: masked_rel_err(_first(fn(rot(x, a))), rot(y0, a), disk) for a in angles}
 
 
@@ -279,13 +322,15 @@ def layerwise_equivariance_error(
     Runs ``net(x)`` and ``net(rotate(x, angle))`` once each, records the outputs of ``modules`` with forward hooks
     (cloned, so later in-place activations do not change them), and measures
     ``||m(rotate x) - rotate(m(x))|| / ||rotate(m(x))||`` on the central disk of each module's own grid (intersected
-    with the validity mask). Rotations of a coarser grid are about its centre, which is the centre of the image for
-    2x pooling of even sizes, so errors at every level of a U-Net are comparable.
+    with the validity mask; in 3D the cylinder about the rotation axis for a single angle, the ball for Euler
+    angles, as in :func:`equivariance_error`). Rotations of a coarser grid are about its centre, which is the centre
+    of the image for 2x pooling of even sizes, so errors at every level of a U-Net are comparable.
 
     Args:
         net: module in ``eval()`` mode.
         x: ``(N, C, *spatial)``.
-        angle: degrees; multiples of 90 measure the exact D4 elements (errors at float precision for GMR nets).
+        angle: degrees; multiples of 90 measure the exact D4 elements (errors at float precision for GMR nets). In 3D
+            also 3 Euler angles (with ``axes=None``).
         modules: names from ``net.named_modules()``; default: every leaf module (no children).
         radius_frac, mode, spatial_dims, axes, canvas: as in :func:`equivariance_error`.
 
@@ -299,7 +344,8 @@ def layerwise_equivariance_error(
         ValueError: a name in ``modules`` that ``net`` does not have, a bad ``x`` or ``canvas``.
     """
     _check_x(x, spatial_dims)
-    x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac)
+    plane = _disk_axes(angle, spatial_dims, axes)
+    x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac, axes=plane)
     mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
     named = dict(net.named_modules())
     if modules is None:
@@ -334,7 +380,7 @@ def layerwise_equivariance_error(
         shape = tuple(y0.shape[-spatial_dims:])
         ref = rotate(y0, angle, spatial_dims, mode, axes)
         # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output
-        mask = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device) & validity_mask(
+        mask = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device, axes=plane) & validity_mask(
             shape, angle, spatial_dims, mode, axes, device=y0.device
         )
         out[name] = (shape, masked_rel_err(y1, ref, mask))

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_gmr.functional.rotation import Geometry, _cached, _is_euler, _spatial_dims_hint, as_angle_list
-from monai_gmr.functional.rotation import central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import Geometry, _cached, _disk_axes, _is_euler, _region_name, _spatial_dims_hint
+from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, make_geometries
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -184,7 +184,8 @@ def rotation_robustness(
     whole data set. Segmentation metrics use only the valid pixels (``region="valid"``: output pixels that came from
     inside the image, :func:`~monai_gmr.functional.rotation.validity_mask` for ``image_mode``) or the central disk
     (``region="disk"``: the same tissue at every angle, radius ``radius_frac * min(size)``, intersected with the
-    valid pixels). Classification uses the whole rotated image (corners filled with ``padding_mode``).
+    valid pixels; in 3D the cylinder of that disk in the rotation plane ``axes``, radius ``radius_frac`` times the
+    smaller of the plane's two sizes, times the whole rotation axis, so a thin volume keeps all its slices). Classification uses the whole rotated image (corners filled with ``padding_mode``).
 
     Args:
         network: model ``(N, C, *spatial) -> (N, C', *spatial)`` (segmentation) or ``(N, C')`` (classification);
@@ -211,7 +212,8 @@ def rotation_robustness(
         image_mode: interpolation of the images (``"bilinear"``, ``"bicubic"`` (2D), ``"nearest"``).
         padding_mode: padding of rotated-in image pixels (``"zeros"``, ``"border"``, ``"reflection"``).
         region: ``"valid"`` or ``"disk"`` (segmentation).
-        radius_frac: disk radius for ``region="disk"``.
+        radius_frac: disk (3D: cylinder) radius for ``region="disk"``, a fraction of the smallest size (3D: of the
+            smaller of the two sizes of the plane ``axes``).
         include_background: score class 0 too (Dice/IoU/AUC); binary tasks default to the foreground only.
         activation: outputs -> probabilities: ``"auto"`` (softmax if C > 1 else sigmoid), ``"softmax"``,
             ``"sigmoid"`` or ``None`` (already probabilities). Predicted class = argmax of probabilities (> 0.5 for a
@@ -383,15 +385,18 @@ def rotation_robustness(
 def _region_mask(
     g: Geometry, spatial: tuple[int, ...], image_mode: str, region: str, radius_frac: float, device: torch.device
 ) -> torch.Tensor:
-    """Pixels scored for view ``g``: valid (no padding in the stencil), and inside the central disk for ``"disk"``."""
+    """Pixels scored for view ``g``: valid (no padding in the stencil), and for ``"disk"`` inside the central disk
+    (3D: the cylinder about the rotation axis of the plane ``g.axes``, a ball for Euler angles)."""
     m = g.valid_mask(spatial, image_mode, device=device)
     if region != "disk":
         return m
-    disk = central_disk_mask(m.shape, radius_frac, device=device)
-    if not bool(disk.any()):  # e.g. a thin volume: the metrics were NaN at every view
+    plane = _disk_axes(g.angle, g.spatial_dims, g.axes)
+    disk = central_disk_mask(m.shape, radius_frac, device=device, axes=plane)
+    if not bool(disk.any()):  # e.g. a tiny rotation plane: the metrics were NaN at every view
+        sizes = tuple(m.shape) if plane is None else tuple(m.shape[a] for a in plane)
         raise ValueError(
-            f"region='disk' scores no pixel: the central disk/ball of radius radius_frac * min(size) = "
-            f"{radius_frac * min(m.shape):g} pixels is empty for the spatial shape {tuple(m.shape)}; use "
+            f"region='disk' scores no pixel: the {_region_name(g.spatial_dims, plane)} = "
+            f"{radius_frac * min(sizes):g} pixels is empty for the spatial shape {tuple(m.shape)}; use "
             f"region='valid' or a larger radius_frac."
         )
     return m & disk

@@ -479,21 +479,67 @@ def flip(x: torch.Tensor, axis: int | str, spatial_dims: int = 2) -> torch.Tenso
 
 
 def central_disk_mask(
-    spatial_shape: Sequence[int], radius_frac: float = 0.35, device: torch.device | str | None = None
+    spatial_shape: Sequence[int],
+    radius_frac: float = 0.35,
+    device: torch.device | str | None = None,
+    axes: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Bool disk (2D) / ball (3D) about the centre ``(size - 1) / 2`` of radius ``radius_frac * min(size)``.
+    """Bool disk (2D), ball (3D) or, with a 3D rotation plane ``axes``, cylinder about the centre ``(size - 1) / 2``.
 
-    With ``radius_frac <= 0.5 - 1/min(size)`` the disk stays inside the image under any rotation, so it is the
-    same set of image content at every angle (used for equivariance errors and fair cross-angle comparisons).
+    * 2D: the disk of radius ``radius_frac * min(size)`` (``axes``, if given, is checked and changes nothing: the
+      plane is the whole image).
+    * 3D, ``axes=None``: the ball of radius ``radius_frac * min(size)``, the region that every 3D rotation (Euler
+      angles) maps onto itself.
+    * 3D, ``axes=(a, b)``: the region that a rotation in the plane ``(a, b)`` (about the remaining axis ``c``) maps
+      onto itself, a cylinder: the disk of radius ``radius_frac * min(size[a], size[b])`` in the plane, times the
+      whole extent of axis ``c``. A thin volume (e.g. ``(64, 64, 8)`` rotated in the 64x64 plane) keeps every slice.
+
+    With ``radius_frac <= 0.5 - 1/r_size`` (``r_size`` the smallest size the radius is taken from) the region stays
+    inside the image under any such rotation, so it is the same set of image content at every angle (used for
+    equivariance errors and fair cross-angle comparisons).
+
+    Args:
+        spatial_shape: spatial shape ``(H, W)`` or ``(D, H, W)`` (2 or 3 positive ints).
+        radius_frac: radius as a fraction of the smallest size the radius is taken from, in ``(0, 0.5]``.
+        device: device of the returned mask.
+        axes: rotation plane ``(a, b)`` of spatial axes (negative indices allowed, as in :func:`rotate`); ``None``:
+            the disk (2D) or ball (3D).
+
+    Returns:
+        bool tensor of ``spatial_shape``.
     """
     if not 0 < radius_frac <= 0.5:
         raise ValueError(f"radius_frac must be in (0, 0.5], got radius_frac={radius_frac}.")
     spatial_shape = tuple(int(s) for s in spatial_shape)
-    r = radius_frac * min(spatial_shape)
+    in_plane = list(range(len(spatial_shape)))
+    if axes is not None:
+        if len(spatial_shape) not in (2, 3):
+            raise ValueError(f"axes needs a 2D or 3D spatial_shape, got spatial_shape={spatial_shape}, axes={axes!r}.")
+        in_plane = sorted(_planes(0.0, len(spatial_shape), axes)[0][0])  # validates axes as rotate() does
+    r = radius_frac * min(spatial_shape[i] for i in in_plane)
     coords = torch.meshgrid(
         *[torch.arange(s, dtype=torch.float64, device=device) - (s - 1) / 2.0 for s in spatial_shape], indexing="ij"
     )
-    return sum(c**2 for c in coords) <= r * r + 1e-9  # type: ignore[operator]
+    return sum(coords[i] ** 2 for i in in_plane) <= r * r + 1e-9  # type: ignore[operator]
+
+
+def _disk_axes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> tuple[int, int] | None:
+    """The ``axes`` of :func:`central_disk_mask` that scores rotations by ``angle``: the rotation plane of a single 3D
+    angle (default ``(1, 2)``, a cylinder), ``None`` for Euler angles (a ball) and in 2D (the disk)."""
+    if spatial_dims != 3 or _is_euler(angle):
+        return None
+    return _planes(0.0, 3, axes)[0][0]  # type: ignore[return-value]
+
+
+def _region_name(spatial_dims: int, axes: Sequence[int] | None) -> str:
+    """Words for the region of :func:`central_disk_mask` (for error messages): disk, ball or cylinder."""
+    if spatial_dims != 3:
+        return "central disk of radius radius_frac * min(size)"
+    if axes is None:
+        return "central ball of radius radius_frac * min(size)"
+    a, b = sorted(int(v) % 3 for v in axes)
+    c = 3 - a - b
+    return f"central cylinder (along axis {c}) of radius radius_frac * min(size[{a}], size[{b}])"
 
 
 def _fmt_angle(a: float) -> str:

@@ -255,19 +255,23 @@ def test_a_volume_without_spatial_dims_says_to_pass_3():
 
 
 def test_an_empty_compared_region_is_not_a_zero_error():
-    """The central disk/ball has radius ``radius_frac * min(size)``: on a thin volume (2 slices) rotated in-plane it
-    holds no voxel, and equivariance_error returned 0.0 (perfect) for any network; the spline error too. They now
-    refuse it naming the radius; layerwise errors give NaN for a module whose grid is too coarse (the 2x2 bottom of
-    a U-Net fed 16x16 read 0.0)."""
+    """An empty compared region read as an error of 0.0 (perfect) for any network; it is refused, naming the region
+    and its radius: the ball of Euler angles (radius ``radius_frac * min(size)``) on a thin volume (2 slices), the
+    cylinder of a rotation in a plane only 2 voxels wide. Layerwise errors give NaN for a module whose grid is too
+    coarse (the 2x2 bottom of a U-Net fed 16x16 read 0.0)."""
     from monai_gmr.evaluation import layerwise_equivariance_error
 
     torch.manual_seed(0)
     net = torch.nn.Conv3d(1, 1, 1, bias=False)
     thin = torch.randn(1, 1, 16, 16, 2)
-    with pytest.raises(ValueError, match=r"compared region is empty.*0.35 \* 2 = 0.7 pixels.*\(16, 16, 2\)"):
-        equivariance_error(lambda t: t.flip(-1), thin, spatial_dims=3, axes=(0, 1))
-    with pytest.raises(ValueError, match="compared region is empty"):
-        spline_equivariance_error(net, thin, spatial_dims=3, axes=(0, 1))
+    with pytest.raises(ValueError, match=r"empty: the central ball of radius .* 0.35 \* 2 = 0.7 pixels.*\(16, 16, 2\)"):
+        equivariance_error(lambda t: t.flip(-1), thin, angles=[(10, 20, 30)], spatial_dims=3)
+    cyl = r"empty: the central cylinder \(along axis 1\) of radius radius_frac \* min\(size\[0\], size\[2\]\) = "
+    cyl += r"0.35 \* 2 = 0.7 pixels.*\(16, 16, 2\)"
+    with pytest.raises(ValueError, match=cyl):
+        equivariance_error(lambda t: t.flip(-1), thin, spatial_dims=3, axes=(2, 0))
+    with pytest.raises(ValueError, match=cyl):
+        spline_equivariance_error(net, thin, spatial_dims=3, axes=(0, 2))
     assert equivariance_error(net, torch.randn(1, 1, 16, 16, 8), spatial_dims=3, axes=(0, 1))[45.0] < 1e-6
     pool = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.AvgPool2d(8))
     errs = layerwise_equivariance_error(pool, torch.randn(1, 1, 16, 16), angle=30)
@@ -292,3 +296,77 @@ def test_padding_outside_the_valid_region_is_left_out():
     net = torch.nn.Sequential(Shift(), torch.nn.Identity()).eval()
     layer = layerwise_equivariance_error(net, x, angle=45.0, radius_frac=0.5)
     assert set(layer) == {"0", "1"} and max(e for _, e in layer.values()) < 1e-6
+
+
+def _thin_field(depth: int) -> torch.Tensor:
+    """Smooth random float64 volume ``(1, 1, 32, 32, depth)`` (seeded), thin along the last axis."""
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(ndimage.gaussian_filter(rng.standard_normal((32, 32, depth)), (2.5, 2.5, 1.0)))[None, None]
+
+
+def test_a_thin_volume_rotated_in_its_large_plane_is_scored_on_a_cylinder():
+    """A rotation in the plane ``axes`` maps the cylinder (central disk of that plane x the whole rotation axis) onto
+    itself: a 32x32x2 volume rotated in its 32x32 plane was refused (the ball of radius 0.35 * 2 held no voxel) and is
+    now scored by all three arbitrary-angle errors, a GMR layer / net small, a plain Conv3d clearly larger.
+
+    Measured (seed 0, float64): equivariance_error (trilinear) GMRConv k5 0.0039-0.0056, plain Conv3d k5
+    0.057-0.17, GMR net 0.0091-0.0101; spline error GMRConv 1.7e-4-2.9e-4, plain 0.058-0.17; layerwise at 30 deg:
+    0.0037, 0.021, 0.010. Bounds: GMR < 0.02 (trilinear) / < 0.002 (spline), plain > 0.04, GMR < 0.2 x plain."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    torch.manual_seed(0)
+    x = _thin_field(2)
+    gmr = monai_gmr.GMRConv(3, 1, 2, 5).double().eval()
+    plain = torch.nn.Conv3d(1, 2, 5, padding=2).double().eval()
+    net = torch.nn.Sequential(monai_gmr.GMRConv(3, 1, 2, 5), torch.nn.LeakyReLU(0.1), monai_gmr.GMRConv(3, 2, 2, 5))
+    net = net.double().eval()
+    kw = dict(angles=(15, 30, 45), spatial_dims=3, axes=(0, 1))
+    e_gmr, e_plain, e_net = (equivariance_error(f, x, **kw) for f in (gmr, plain, net))
+    s_gmr, s_plain = (spline_equivariance_error(f, x, **kw) for f in (gmr, plain))
+    for a in (15.0, 30.0, 45.0):
+        assert 0 < e_gmr[a] < 0.02 and e_net[a] < 0.02 and e_plain[a] > 0.04, (a, e_gmr, e_net, e_plain)
+        assert e_gmr[a] < 0.2 * e_plain[a] and e_net[a] < 0.2 * e_plain[a]
+        assert 0 < s_gmr[a] < 0.002 and s_plain[a] > 0.04 and s_gmr[a] < 0.2 * s_plain[a], (a, s_gmr, s_plain)
+    layers = layerwise_equivariance_error(net, x, 30.0, spatial_dims=3, axes=(0, 1))
+    assert [s for s, _ in layers.values()] == [(32, 32, 2)] * 3
+    assert all(0 < err < 0.05 for _, err in layers.values()), layers
+    # on a canvas of the plane only (40x40, the 2 slices kept) the cylinder keeps its radius in pixels of x (the
+    # ball's fraction came from the 2 slices), so the errors are those without the canvas
+    on = layerwise_equivariance_error(net, x, 30.0, spatial_dims=3, axes=(0, 1), canvas=(40, 40, 2))
+    for name, (_, err) in layers.items():
+        assert on[name][0] == (40, 40, 2) and abs(on[name][1] - err) < 1e-9 * err, (name, on[name], err)
+
+
+def test_the_cylinder_spans_the_whole_rotation_axis_and_euler_angles_keep_the_ball():
+    """A map that is equivariant except on the first slice along the rotation axis (it adds a fixed, not
+    rotation-invariant pattern there): the ball of a 32x32x6 volume (radius 0.35 * 6 = 2.1 about slice 2.5) left that
+    slice out and read 0; the cylinder includes it. Euler angles keep the ball even when they turn one plane only:
+    a defect at the end of the rotation axis of a cube is scored for the single angle 30 (cylinder), not for the same
+    rotation given as Euler angles (30, 0, 0) (ball). On a canvas the cylinder keeps its radius in pixels of ``x``."""
+    from monai_gmr.evaluation import on_canvas
+    from monai_gmr.functional.rotation import central_disk_mask
+
+    x = _thin_field(6)
+    pattern = torch.zeros(32, 32, 6, dtype=torch.float64)
+    pattern[10:16, 12:20, 0] = 1.0
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        return 2.0 * t + pattern
+
+    for err_fn in (equivariance_error, spline_equivariance_error):
+        e = err_fn(fn, x, angles=(30,), spatial_dims=3, axes=(0, 1))[30.0]
+        assert e > 0.05, (err_fn.__name__, e)
+        assert err_fn(lambda t: 2.0 * t, x, angles=(30,), spatial_dims=3, axes=(0, 1))[30.0] < 0.05 * e
+    # a defect at the end of the rotation axis 0, off-centre in the plane (1, 2): inside the cylinder of that plane,
+    # outside the ball (radius 0.35 * 12 = 4.2 about index 5.5); Euler angles (30, 0, 0) turn the same plane
+    vol = ndimage.gaussian_filter(np.random.default_rng(1).standard_normal((12, 12, 12)), 2)
+    vol = torch.from_numpy(vol)[None, None]
+    defect = torch.zeros(12, 12, 12, dtype=torch.float64)
+    defect[0, 3:5, 6:8] = 1.0
+    e = equivariance_error(lambda t: 2.0 * t + defect, vol, angles=(30, (30, 0, 0)), spatial_dims=3)
+    assert e[30.0] > 0.01 and e[(30.0, 0.0, 0.0)] < 1e-12, e
+    # on_canvas with the plane: the cylinder on the canvas has the pixels of x's own cylinder
+    y, r = on_canvas(x, (40, 40, 6), spatial_dims=3, radius_frac=0.35, axes=(0, 1))
+    assert y.shape == (1, 1, 40, 40, 6) and r == 0.35 * 32 / 40
+    own = central_disk_mask((32, 32, 6), 0.35, axes=(0, 1))
+    assert torch.equal(central_disk_mask((40, 40, 6), r, axes=(0, 1))[4:36, 4:36], own) and own[..., 0].any()

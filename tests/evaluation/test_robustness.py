@@ -310,15 +310,36 @@ def test_a_volume_without_spatial_dims_says_to_pass_3():
 
 
 def test_disk_region_that_holds_no_voxel_is_refused():
-    """``region="disk"`` on a thin volume (2 slices): the ball of radius 0.35 * 2 voxels holds no voxel and every
-    metric was NaN without a word; it is now refused, naming the radius and the way out."""
+    """``region="disk"`` scoring no voxel made every metric NaN without a word; it is refused, naming the region, its
+    radius and the way out. In 3D the region of a rotation in the plane ``axes`` is the cylinder (the plane's disk x
+    the whole rotation axis): a 16x16x2 volume rotated in its 16x16 plane is scored (the ball of radius 0.35 * 2 held
+    no voxel and was refused), rotated in a 16x2 plane it is refused."""
     net = torch.nn.Conv3d(1, 2, 1)
     x = torch.randn(1, 1, 16, 16, 2)
     batch = {"image": x, "label": (x > 0).long()}
-    with pytest.raises(ValueError, match=r"region='disk' scores no pixel.*0.7 pixels.*\(16, 16, 2\).*region='valid'"):
-        rotation_robustness(net, [batch], angles=(0, 30), flips=None, spatial_dims=3, axes=(0, 1), region="disk")
-    res = rotation_robustness(net, [batch], angles=(0, 30), flips=None, spatial_dims=3, axes=(0, 1), metrics=("dice",))
+    kw = dict(angles=(0, 30), flips=None, spatial_dims=3, metrics=("dice",))
+    with pytest.raises(ValueError, match=r"region='disk' scores no pixel: the central cylinder \(along axis 1\).*"
+                       r"0.7 pixels.*\(16, 16, 2\).*region='valid'"):  # fmt: skip
+        rotation_robustness(net, [batch], axes=(0, 2), region="disk", **kw)
+    res = rotation_robustness(net, [batch], axes=(0, 2), **kw)
     assert all(v == v for v in res.per_angle["dice"])  # region="valid" scores them
+    disk = rotation_robustness(net, [batch], axes=(0, 1), region="disk", **kw)
+    assert all(v == v for v in disk.per_angle["dice"]) and disk.settings["radius_frac"] == 0.35
+
+
+def test_3d_disk_region_is_the_cylinder_about_the_rotation_axis():
+    """The identity 'segmenter' scored against a label that is wrong only on the end slices of the rotation axis
+    (outside the ball of radius 0.35 * 8 = 2.8 about slice 3.5, inside the cylinder): the ball gave Dice 1, the
+    cylinder scores the wrong slices (same value at 0 and 90 degrees, exact views)."""
+    lab = torch.zeros(1, 1, 8, 16, 16, dtype=torch.long)
+    lab[..., 4:12, 4:12] = 1
+    img = lab.double()
+    wrong = lab.clone()
+    wrong[:, :, 0] = 0  # slice 0 along the rotation axis 0 (default plane (1, 2))
+    kw = dict(angles=(0, 90), flips=(), metrics=("dice",), image_mode="nearest", spatial_dims=3, region="disk")
+    res = rotation_robustness(_identity_net, (img, wrong), **kw)
+    assert all(abs(v - 2 * 7 / (7 + 8)) < 1e-6 for v in res.per_angle["dice"]), res.per_angle  # 7 of 8 slices agree
+    assert all(abs(v - 1.0) < 1e-6 for v in rotation_robustness(_identity_net, (img, lab), **kw).per_angle["dice"])
 
 
 def test_labels_are_rotated_with_nearest_whatever_the_image_mode():

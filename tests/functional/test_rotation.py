@@ -417,3 +417,48 @@ def test_interpolated_bool_masks_are_thresholded_at_one_half():
         r = rotate(m, 30.0, mode=mode)
         assert r.dtype == torch.bool and torch.equal(r, rotate(m.float(), 30.0, mode=mode) > 0.5), mode
         assert abs(int(r.sum()) - int(m.sum())) <= 8, mode
+
+
+@pytest.mark.parametrize("axes, along", [((1, 2), 0), ((2, 1), 0), ((0, 2), 1), ((-3, -1), 1), ((0, 1), 2)])
+def test_central_disk_mask_of_a_3d_plane_is_a_cylinder(axes, along):
+    """``axes`` (a 3D rotation plane): the disk of radius ``radius_frac * min(the plane's two sizes)`` in that plane,
+    about the centre ``(s - 1) / 2``, times the whole extent of the rotation axis ``along``; checked voxel by voxel
+    against a brute-force construction, on a shape whose three sizes differ (the ball took its radius from the
+    smallest size, 5, and left the ends of the long axis out)."""
+    shape, frac = (5, 8, 12), 0.4
+    a, b = sorted(int(v) % 3 for v in axes)
+    r = frac * min(shape[a], shape[b])
+    ref = torch.zeros(shape, dtype=torch.bool)
+    for idx in [(i, j, k) for i in range(5) for j in range(8) for k in range(12)]:
+        ref[idx] = (idx[a] - (shape[a] - 1) / 2) ** 2 + (idx[b] - (shape[b] - 1) / 2) ** 2 <= r * r + 1e-9
+    m = central_disk_mask(shape, frac, axes=axes)
+    assert m.dtype == torch.bool and m.shape == shape and torch.equal(m, ref)
+    # every slice across the rotation axis is the same 2D disk, the whole axis long (both end slices included)
+    disk = central_disk_mask([shape[a], shape[b]], frac)
+    for s in range(shape[along]):
+        assert torch.equal(m.select(along, s), disk)
+    assert m.sum() == disk.sum() * shape[along]
+
+
+@pytest.mark.parametrize("shape, axes", [((7, 10, 10), (1, 2)), ((10, 3, 10), (0, 2)), ((9, 9, 4), (-3, -2))])
+def test_cylinder_is_invariant_under_its_plane_rotations(shape, axes):
+    """A square rotation plane: the cylinder maps onto itself under rot90 in that plane (exact), and it lies inside the
+    validity mask of every angle in that plane (the same voxels at every angle)."""
+    m = central_disk_mask(shape, 0.35, axes=axes)
+    assert m.any() and not m.all()
+    for k in (1, 2, 3):
+        assert torch.equal(torch.rot90(m, k, dims=axes), m)
+    for angle in (15.0, 30.0, 45.0, 137.0):
+        assert (m <= validity_mask(shape, angle, 3, "bilinear", axes=axes)).all()
+
+
+def test_central_disk_mask_axes_in_2d_and_the_ball_without_axes():
+    """2D: the plane is the whole image, ``axes`` changes nothing; 3D without ``axes``: the ball (Euler angles);
+    bad ``axes`` are refused by name as in rotate()."""
+    assert torch.equal(central_disk_mask((10, 16), 0.4, axes=(0, 1)), central_disk_mask((10, 16), 0.4))
+    assert torch.equal(central_disk_mask((10, 16), 0.4, axes=(-1, -2)), central_disk_mask((10, 16), 0.4))
+    ball, cyl = central_disk_mask((9, 9, 9), 0.3), central_disk_mask((9, 9, 9), 0.3, axes=(1, 2))
+    assert (ball <= cyl).all() and not ball[0].any() and torch.equal(cyl[0], cyl[4])
+    for bad in ((1, 1), (0, 3), (0, 1, 2)):
+        with pytest.raises(ValueError, match="axes"):
+            central_disk_mask((9, 9, 9), 0.3, axes=bad)

@@ -228,8 +228,8 @@ def test_area_sampling_beats_center_sampling_where_the_center_kernel_is_worst():
 
 
 def test_area_sampling_3d_arbitrary_angle():
-    """3D, k = 9, 40^3 field, rotations in the H-W plane; seed 8 is the paper's sampling's worst of seeds 0-9
-    (docs/benchmarks.md section 8: 0.049), and "area" holds 0.0014 there."""
+    """3D, k = 9, 40^3 field, rotations in the H-W plane (scored on the cylinder along D); seed 8 is the paper's
+    sampling's worst of seeds 0-9 (docs/benchmarks.md section 8: 0.045), and "area" holds 0.0006 there."""
     rng = np.random.default_rng(8)
     vol = torch.from_numpy(ndimage.gaussian_filter(rng.standard_normal((40, 40, 40)), 3))[None, None]
     worst = {}
