@@ -185,7 +185,8 @@ def rotation_robustness(
     inside the image, :func:`~monai_gmr.functional.rotation.validity_mask` for ``image_mode``) or the central disk
     (``region="disk"``: the same tissue at every angle, radius ``radius_frac * min(size)``, intersected with the
     valid pixels; in 3D the cylinder of that disk in the rotation plane ``axes``, radius ``radius_frac`` times the
-    smaller of the plane's two sizes, times the whole rotation axis, so a thin volume keeps all its slices). Classification uses the whole rotated image (corners filled with ``padding_mode``).
+    smaller of the plane's two sizes, times the whole rotation axis, so a thin volume keeps all its slices).
+    Classification uses the whole rotated image (corners filled with ``padding_mode``).
 
     Args:
         network: model ``(N, C, *spatial) -> (N, C', *spatial)`` (segmentation) or ``(N, C')`` (classification);
