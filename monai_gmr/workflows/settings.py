@@ -123,12 +123,15 @@ def _tracking_ids(tracking: Any) -> set[str]:
 
 
 def _show(files: Any) -> str:
+    """The config files of a ``config_file`` argument, for a message: ``a.json, b.json``."""
     if isinstance(files, (str, os.PathLike)):
         files = str(files).split(",") if not Path(files).is_file() and "," in str(files) else [files]
     return ", ".join(str(f) for f in files)
 
 
-def check_setting_names(config_files: Any, overrides: Mapping[str, Any]) -> None:
+def check_setting_names(
+    config_files: str | os.PathLike | Sequence[str | os.PathLike] | None, overrides: Mapping[str, Any]
+) -> None:
     """Refuse override ids that no config file has: MONAI would add them silently and never read them.
 
     ``overrides`` are the keyword arguments of ``monai.bundle.run(config_file=config_files, **overrides)`` (or of
