@@ -2,7 +2,8 @@
 
 ``monai_gmr.workflows.common`` holds generic pieces shared by every bundle (bundle-root lookup, resumable atomic
 checkpointing, progress display, distributed set-up, atomic image writers, instance post-processing, datalist
-checks); ``monai_gmr.workflows.nuclei`` the nuclei-segmentation specifics.
+checks); ``monai_gmr.workflows.settings`` the check of the setting names given on a ``python -m monai.bundle run``
+command line; ``monai_gmr.workflows.nuclei`` the nuclei-segmentation specifics.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .common import (
     run_on_rank0_first,
     summarize_evaluation,
 )
+from .settings import BUNDLE_COMMANDS, check_cli_setting_names, check_setting_names, cli_overrides, run_arguments
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -39,6 +41,7 @@ __all__ = [
     "AtomicITKWriter",
     "AtomicNibabelWriter",
     "AtomicPILWriter",
+    "BUNDLE_COMMANDS",
     "EpochValidationHandler",
     "InstanceMaskd",
     "KeyMetricState",
@@ -46,13 +49,17 @@ __all__ = [
     "atomic_writer_for",
     "attach_handlers",
     "attach_resume",
+    "check_cli_setting_names",
     "check_datalist",
+    "check_setting_names",
+    "cli_overrides",
     "find_bundle_root",
     "find_latest_checkpoint",
     "instance_from_semantic",
     "is_main_process",
     "list_images",
     "load_checkpoint",
+    "run_arguments",
     "run_on_rank0_first",
     "summarize_evaluation",
 ]

@@ -439,6 +439,19 @@ def test_bad_data_errors_name_the_file(tmp_path, bad):
     assert no_outputs(out)
 
 
+def test_a_misspelt_setting_stops_the_run_before_anything_is_written(tmp_path):
+    """``--epoch 2`` (for ``--epochs 2``): MONAI added ``epoch`` to the config silently and trained the default 100
+    epochs; the configs' first ``initialize`` step refuses it by name with the closest known id, before the dataset
+    is generated or any output is written."""
+    data, out = tmp_path / "data", tmp_path / "run"
+    args = ["--epoch" if a == "--epochs" else a for a in TRAIN_ARGS]
+    proc = run_bundle([TRAIN], *_common(data, out), *args, cwd=tmp_path, check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    assert "Unknown setting 'epoch' (did you mean 'epochs'?)" in log, log[-3000:]
+    assert no_outputs(out) and not data.exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+
+
 @pytest.fixture(scope="module")
 def nuclei_data(tmp_path_factory) -> Path:
     """A tiny synthetic nuclei dataset (read-only for the tests that use it)."""

@@ -1,0 +1,287 @@
+"""Refuse misspelt setting names given to ``python -m monai.bundle run``.
+
+MONAI's ``ConfigWorkflow`` applies the command line's ``--<id> <value>`` pairs with ``ConfigParser.update``: an id
+that no config file has (``--epoch 2`` for ``--epochs 2``, ``--learning_rat 1e-3``) is silently *added* to the
+config and then never read, so the run goes on with the default setting and no message. The bundles' configs call
+:func:`check_cli_setting_names` first in their ``initialize`` list, which stops such a run with an error naming the
+setting and the closest known names, before anything is trained or written.
+
+- :func:`check_setting_names`: the check itself, for the arguments of a ``monai.bundle.run(...)`` call;
+- :func:`cli_overrides`: reads those arguments back from a ``python -m monai.bundle run ...`` command line, the way
+  Python Fire (MONAI's command-line front end) parses them;
+- :func:`check_cli_setting_names`: the two together, for the configs' ``initialize`` list.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BUNDLE_COMMANDS",
+    "run_arguments",
+    "check_setting_names",
+    "cli_overrides",
+    "check_cli_setting_names",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the ``python -m monai.bundle <command>`` commands that run a bundle config (Fire also accepts ``run-workflow``)
+BUNDLE_COMMANDS = ("run", "run_workflow")
+
+#: ``@id`` references anywhere in a config string (MONAI's ``ReferenceResolver.id_matcher`` is ``@\w*(#\w*)*``)
+_REFERENCE = re.compile(r"@(\w+)")
+
+#: MONAI's default ids of the expressions a workflow runs (``ConfigWorkflow``: init_id, run_id, final_id)
+_DEFAULT_RUN_IDS = {"init_id": "initialize", "run_id": "run", "final_id": "finalize"}
+
+
+def run_arguments() -> frozenset[str]:
+    """Names of the arguments of ``monai.bundle.run`` / ``run_workflow`` that are not config settings.
+
+    Read from the signatures of MONAI's ``run``, ``run_workflow``, ``create_workflow`` and ``ConfigWorkflow``
+    (every named parameter, not their ``**override``), so a MONAI release that adds one is followed: in MONAI
+    1.6 ``run_id``, ``init_id``, ``final_id``, ``meta_file``, ``config_file``, ``logging_file``, ``tracking``,
+    ``args_file``, ``workflow_name``, ``workflow_type`` and ``properties_path``.
+    """
+    from monai.bundle import ConfigWorkflow
+    from monai.bundle.scripts import create_workflow, run, run_workflow
+
+    names: set[str] = set()
+    for fn in (run, run_workflow, create_workflow, ConfigWorkflow.__init__):
+        for p in inspect.signature(fn).parameters.values():
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                names.add(p.name)
+    return frozenset(names)
+
+
+def _split_first(id: str) -> tuple[str, str]:
+    """``("network_def", "#features")`` for ``network_def#features`` or ``network_def::features``."""
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    first = ReferenceResolver.split_id(ReferenceResolver.normalize_id(str(id)))[0]
+    return first, str(id)[len(first):]  # the rest as written ("#" and "::" both separate)
+
+
+def _first_id(id: str) -> str:
+    """The top-level part of a config id: ``network_def`` for ``network_def#features`` or ``network_def::features``."""
+    return _split_first(id)[0]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a config value (nested dicts and lists included, dict keys too)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _referenced_ids(value: Any) -> set[str]:
+    """Top-level ids that ``value`` refers to: ``@name`` / ``@name#...`` in any string (``$`` expressions too) and
+    whole-string ``%name...`` macros of the same config (not ``%file.json#...``)."""
+    from monai.bundle import ConfigParser
+
+    found: set[str] = set()
+    for s in _strings(value):
+        found.update(_REFERENCE.findall(s))
+        if s.startswith("%"):
+            path, ids = ConfigParser.split_path_id(s[1:])
+            if not path and ids:
+                found.add(_first_id(ids))
+    return found
+
+
+def _tracking_ids(tracking: Any) -> set[str]:
+    """Top-level ids that MONAI's experiment tracking (``--tracking mlflow`` or a settings file) adds to the config;
+    they can be set on the command line (e.g. ``--experiment_name``)."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    if tracking is None:
+        return set()
+    try:
+        if isinstance(tracking, str) and tracking in DEFAULT_EXP_MGMT_SETTINGS:
+            settings = DEFAULT_EXP_MGMT_SETTINGS[tracking]
+        else:
+            settings = ConfigParser.load_config_files(tracking)
+        return {str(k) for k in settings.get("configs", {})}
+    except Exception:  # MONAI reports a bad tracking setting itself
+        return set()
+
+
+def _show(files: Any) -> str:
+    """The config files of a ``config_file`` argument, for a message: ``a.json, b.json``."""
+    if isinstance(files, (str, os.PathLike)):
+        files = str(files).split(",") if not Path(files).is_file() and "," in str(files) else [files]
+    return ", ".join(str(f) for f in files)
+
+
+def check_setting_names(
+    config_files: str | os.PathLike | Sequence[str | os.PathLike] | None, overrides: Mapping[str, Any]
+) -> None:
+    """Refuse override ids that no config file has: MONAI would add them silently and never read them.
+
+    ``overrides`` are the keyword arguments of ``monai.bundle.run(config_file=config_files, **overrides)`` (or of
+    ``python -m monai.bundle run``, see :func:`cli_overrides`): MONAI's own arguments (:func:`run_arguments`, e.g.
+    ``run_id``, ``meta_file``, ``args_file``) are not settings and are skipped; every other key is an id that
+    ``ConfigWorkflow`` sets with ``ConfigParser.update``. An id is accepted when its top-level part (``network_def``
+    of ``network_def#features``) is a top-level id of one of ``config_files`` (merged as MONAI merges them, so
+    ``evaluate.json`` given with ``train.json`` knows ``train.json``'s ids), ``_meta_``, or a new id that MONAI does
+    use: one that a config value or another override refers to (``@name``, ``@name#...`` in any string or ``$``
+    expression, a ``%name`` macro), the ``run_id`` / ``init_id`` / ``final_id`` in effect (by default ``run``,
+    ``initialize``, ``finalize``), or an id that ``tracking`` adds. Keys and values of an ``args_file`` count as
+    overrides too, and its ``config_file`` is used when ``config_files`` is ``None``, as MONAI does
+    (``monai.bundle.scripts.create_workflow``).
+
+    Only names are checked, nothing is parsed or instantiated.
+
+    Args:
+        config_files: the ``config_file`` argument: a path, a comma-separated string of paths, or a sequence of
+            paths (``monai.bundle.ConfigParser.load_config_files`` reads them), or ``None`` when ``args_file``
+            gives it.
+        overrides: the other keyword arguments, ``{id: value}``.
+
+    Raises:
+        ValueError: one or more override ids are unknown; the message names each with the config files and the
+            closest known ids (``did you mean 'epochs'?``).
+    """
+    from monai.bundle import ConfigParser
+
+    given = dict(overrides)
+    args_file = given.get("args_file")
+    if args_file is not None:
+        from_file = ConfigParser.load_config_file(args_file)
+        if not isinstance(from_file, Mapping):
+            raise ValueError(f"args_file {args_file!r} must hold a mapping of arguments, got {type(from_file).__name__}")
+        # as monai.bundle.scripts.update_kwargs: the command line's values win over the file's (None does not count)
+        given = {**from_file, **{k: v for k, v in given.items() if v is not None or k not in from_file}}
+        given.pop("args_file", None)
+        if config_files is None:
+            config_files = from_file.get("config_file")
+    if config_files is None:
+        raise ValueError("check_setting_names needs config_files (or an args_file that gives config_file)")
+    config = ConfigParser.load_config_files(config_files)
+
+    run_args = run_arguments()
+    settings = {str(k): v for k, v in given.items() if str(k) not in run_args}
+    known = {str(k) for k in config} | {ConfigParser.meta_key}
+    used = _referenced_ids(config) | _tracking_ids(given.get("tracking"))
+    for key, default in _DEFAULT_RUN_IDS.items():
+        used.add(str(given.get(key) if given.get(key) is not None else default))
+
+    unknown = []
+    for id in settings:
+        first, rest = _split_first(id)
+        others = [v for k, v in settings.items() if k != id]
+        if first in known or first in used or first in _referenced_ids(others):
+            continue
+        close = difflib.get_close_matches(first, sorted(known), n=3)
+        hint = f" (did you mean {' or '.join(repr(c + rest) for c in close)}?)" if close else ""
+        unknown.append(f"'{id}'{hint}")
+    if unknown:
+        one = len(unknown) == 1
+        raise ValueError(
+            f"Unknown setting{'' if one else 's'} {', '.join(unknown)}: no config file ({_show(config_files)}) has "
+            f"{'it' if one else 'them'} and nothing refers to {'it' if one else 'them'}. MONAI would add "
+            f"{'it' if one else 'them'} to the config silently and run with the default instead. Check the spelling "
+            "(a new id is accepted when a config value or another setting refers to it as @name)."
+        )
+
+
+def cli_overrides(argv: Sequence[str] | None = None) -> tuple[Any, dict[str, Any]] | None:
+    """The ``config_file`` and the other keyword arguments of a ``python -m monai.bundle run`` command line.
+
+    Reads ``argv`` (default ``sys.argv``) as Python Fire does for ``monai.bundle.__main__`` (``fire.Fire()``):
+    ``--key value``, ``--key=value``, a bare ``--flag`` (``True``; ``--noflag`` is ``flag=False``), ``-`` in a key
+    read as ``_``, values parsed by Fire's own parser (``"[8, 16]"`` is a list, ``"['a.json','b.json']"`` a list of
+    config files, ``1e-3`` a float), positional values given to the command's parameters in order (``run training``
+    is ``run_id="training"``) and everything after a lone ``--`` left to Fire. The result is what Fire passes to
+    ``monai.bundle.run``/``run_workflow``, ready for :func:`check_setting_names`.
+
+    Args:
+        argv: a command line, ``argv[0]`` the program; ``None`` reads ``sys.argv``.
+
+    Returns:
+        ``(config_file, overrides)`` (``config_file`` ``None`` when only an ``--args_file`` may give it), or ``None``
+        when ``argv`` is not ``python -m monai.bundle run ...`` / ``run_workflow ...`` (``argv[0]`` not MONAI's
+        ``monai/bundle/__main__.py``: a script or test calling ``monai.bundle.run(...)``, another command).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return None
+    command = argv[1].replace("-", "_")
+    if command not in BUNDLE_COMMANDS:
+        return None
+    from fire.parser import DefaultParseValue
+    from monai.bundle import scripts
+
+    args = argv[2:]
+    if "--" in args:  # Fire: the arguments after the last lone "--" are Fire's own flags (--help, --verbose, ...)
+        args = args[: len(args) - 1 - args[::-1].index("--")]
+    kwargs: dict[str, Any] = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not _is_flag(arg):
+            positional.append(arg)
+            i += 1
+            continue
+        key, eq, value = arg.lstrip("-").partition("=")
+        key = key.replace("-", "_")
+        if not eq and (i + 1 == len(args) or _is_flag(args[i + 1])):  # a bare flag: True, or --noX: X=False
+            if key.startswith("no"):
+                key, value = key[2:], "False"
+            else:
+                value = "True"
+            i += 1
+        elif not eq:
+            value = args[i + 1]
+            i += 2
+        else:
+            i += 1
+        kwargs[key] = DefaultParseValue(value)
+    fn = getattr(scripts, command)
+    for p in inspect.signature(fn).parameters.values():  # Fire fills the parameters not named, in order
+        if positional and p.kind == p.POSITIONAL_OR_KEYWORD and p.name not in kwargs:
+            kwargs[p.name] = DefaultParseValue(positional.pop(0))
+    config_file = kwargs.pop("config_file", None)
+    return config_file, kwargs
+
+
+def _is_flag(arg: str) -> bool:
+    """Fire's test of a named argument (``fire.core._IsFlag``): ``--x``, or ``-x`` that is not a negative number."""
+    return arg.startswith("--") or re.match(r"^-[a-zA-Z]", arg) is not None
+
+
+def check_cli_setting_names() -> None:
+    """Refuse a ``python -m monai.bundle run`` command line that sets an unknown id (see :func:`check_setting_names`).
+
+    Meant as the first item of a bundle config's ``initialize`` list (``"$monai_gmr.workflows.check_cli_setting_names()"``):
+    it runs before anything is built or trained, reads only ``sys.argv`` and the config files (no config item is
+    instantiated, no random number drawn). Does nothing when the process was not started as ``python -m monai.bundle
+    run`` / ``run_workflow`` (``torchrun -m monai.bundle run`` is checked in every process): a program calling
+    ``monai.bundle.run(config_file=..., **overrides)`` or ``ConfigWorkflow`` is not checked by this and can call
+    ``check_setting_names(config_file, overrides)`` itself first.
+
+    Raises:
+        ValueError: an unknown setting (the message names it and suggests the closest known ids).
+    """
+    found = cli_overrides()
+    if found is None:
+        return
+    check_setting_names(*found)
+    logger.debug("setting names checked: %s", sorted(found[1]))

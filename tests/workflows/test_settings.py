@@ -1,0 +1,146 @@
+"""Tests of monai_gmr.workflows.settings: unknown setting names given to ``python -m monai.bundle run`` are refused.
+
+MONAI adds an override id that no config has (``--epoch 2`` for ``--epochs 2``) silently and never reads it; the
+bundles' configs call ``check_cli_setting_names`` first in ``initialize`` to refuse such a run by name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from monai_gmr.workflows import check_cli_setting_names, check_setting_names, cli_overrides, run_arguments
+from tests.conftest import ROOT
+
+NUCLEI = ROOT / "bundles" / "gmr_nuclei_segmentation" / "configs"
+WSI = ROOT / "bundles" / "gmr_wsi_patch_classification" / "configs"
+TRAIN, EVALUATE = str(NUCLEI / "train.json"), str(NUCLEI / "evaluate.json")
+MAIN = str(Path(sys.prefix) / "lib" / "site-packages" / "monai" / "bundle" / "__main__.py")  # python -m monai.bundle
+
+
+def _refused(config_files, overrides) -> str:
+    with pytest.raises(ValueError) as info:
+        check_setting_names(config_files, overrides)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- check_setting_names
+@pytest.mark.parametrize("typo, suggestion", [("epoch", "epochs"), ("learning_rat", "learning_rate"),
+                                              ("netwrk_def#features", "network_def#features")])  # fmt: skip
+def test_a_misspelt_setting_is_refused_naming_it_and_the_closest_ids(typo, suggestion):
+    msg = _refused(TRAIN, {"epochs": 2, typo: 3})
+    assert f"'{typo}'" in msg and f"did you mean '{suggestion}'" in msg, msg
+    assert TRAIN in msg  # the config file it is not in
+    assert "'epochs'" not in msg.split("(did you mean")[0]  # only the unknown id is named
+
+
+def test_all_unknown_settings_are_named_in_one_error():
+    msg = _refused(TRAIN, {"epoch": 2, "learning_rat": 0.1, "batch_size": 2})
+    assert "'epoch'" in msg and "'learning_rat'" in msg and "'batch_size'" not in msg, msg
+
+
+def test_known_and_nested_settings_are_accepted():
+    check_setting_names(TRAIN, {"epochs": 2, "network_def#features": [8, 8, 16, 32], "train::dataloader::shuffle": False,
+                                "_meta_#version": "x", "initialize": [], "run": []})  # fmt: skip
+
+
+def test_ids_of_every_merged_config_file_are_known():
+    """evaluate.json runs together with train.json: ``tta`` is evaluate's, ``epochs`` train's."""
+    check_setting_names([TRAIN, EVALUATE], {"tta": True, "epochs": 2})
+    check_setting_names(f"{TRAIN},{EVALUATE}", {"tta": True})  # MONAI's comma-separated form
+    assert "'tta'" in _refused(TRAIN, {"tta": True})
+
+
+def test_a_new_id_that_something_refers_to_is_accepted(tmp_path):
+    check_setting_names(TRAIN, {"my_lr": 0.1, "learning_rate": "@my_lr"})  # another override refers to it
+    check_setting_names(TRAIN, {"base": 4, "network_def#features": "$[@base, @base * 2, 16, 32]"})  # $ expression
+    cfg = tmp_path / "extra.json"
+    cfg.write_text(json.dumps({"scale": "$@factor#value * 2", "copied": "%template"}))
+    check_setting_names([TRAIN, str(cfg)], {"factor": {"value": 1}, "template": [1]})  # a config refers to them
+    assert "'factr'" in _refused([TRAIN, str(cfg)], {"factr": {"value": 1}})
+
+
+def test_a_new_id_named_by_run_init_or_final_id_is_accepted():
+    check_setting_names(TRAIN, {"run_id": "my_run", "my_run": ["$print(1)"]})
+    check_setting_names(TRAIN, {"init_id": "my_init", "my_init": [], "final_id": "my_end", "my_end": []})
+    check_setting_names(TRAIN, {"finalize": ["$print(1)"]})  # MONAI's default final_id, which train.json lacks
+    assert "'my_run'" in _refused(TRAIN, {"my_run": ["$print(1)"]})
+
+
+def test_monai_run_arguments_are_not_settings():
+    assert {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+            "workflow_name", "workflow_type", "properties_path"} <= run_arguments()  # fmt: skip
+    check_setting_names(TRAIN, {"meta_file": "m.json", "logging_file": False, "workflow_type": "train"})
+    check_setting_names(TRAIN, {"tracking": "mlflow", "experiment_name": "x"})  # an id that mlflow tracking adds
+    assert "'experiment_name'" in _refused(TRAIN, {"experiment_name": "x"})
+
+
+def test_args_file_settings_are_checked_and_may_give_the_config_file(tmp_path):
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"config_file": TRAIN, "epoch": 2}))
+    msg = _refused(None, {"args_file": str(args)})
+    assert "'epoch'" in msg and "did you mean 'epochs'" in msg, msg
+    args.write_text(json.dumps({"config_file": TRAIN, "epochs": 2, "my_run": ["$print(1)"]}))
+    check_setting_names(None, {"args_file": str(args), "run_id": "my_run"})
+    args.write_text(json.dumps({"run_id": "my_run"}))  # its run_id names a new id given on the command line
+    check_setting_names(TRAIN, {"args_file": str(args), "my_run": []})
+
+
+# ---------------------------------------------------------------------------------------------------- cli_overrides
+def test_cli_overrides_reads_fire_keywords_as_monai_receives_them():
+    argv = [MAIN, "run", "--config_file", TRAIN, "--epochs", "2", "--learning_rate=1e-3",
+            "--network_def#features", "[8, 8, 16, 32]", "--batch-size", "-4", "--amp", "--noresume"]  # fmt: skip
+    config_file, over = cli_overrides(argv)
+    assert config_file == TRAIN
+    assert over == {"epochs": 2, "learning_rate": 1e-3, "network_def#features": [8, 8, 16, 32], "batch_size": -4,
+                    "amp": True, "resume": False}  # fmt: skip
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("['a.json','b.json']", ["a.json", "b.json"]),  # a Python list, as the bundle READMEs write it
+    ("a.json,b.json", "a.json,b.json"),  # comma-separated: MONAI's ConfigParser splits it
+])  # fmt: skip
+def test_cli_overrides_config_file_forms(given, expected):
+    assert cli_overrides([MAIN, "run", f"--config_file={given}"]) == (expected, {})
+
+
+def test_cli_overrides_positional_values_and_fire_flags():
+    """``run training`` is ``run_id="training"`` (Fire fills ``run``'s parameters in order); arguments after a lone
+    ``--`` are Fire's own (``-- --help``)."""
+    cf, over = cli_overrides([MAIN, "run", "training", "--config_file", TRAIN, "--epoch", "2", "--", "--verbose"])
+    assert cf == TRAIN and over == {"run_id": "training", "epoch": 2}
+    cf, over = cli_overrides([MAIN, "run_workflow", "ConfigWorkflow", "--config_file", TRAIN])
+    assert cf == TRAIN and over == {"workflow_name": "ConfigWorkflow"}
+    assert cli_overrides([MAIN, "run-workflow", "--config_file", TRAIN]) == (TRAIN, {})
+
+
+@pytest.mark.parametrize("argv", [
+    ["/usr/bin/pytest", "run", "--config_file", TRAIN],  # a program calling monai.bundle.run itself
+    [MAIN, "verify_metadata", "--meta_file", "m.json"],  # another monai.bundle command
+    [MAIN],
+])  # fmt: skip
+def test_cli_overrides_is_none_unless_a_bundle_run(argv):
+    assert cli_overrides(argv) is None
+
+
+def test_check_cli_setting_names_checks_only_a_bundle_run(monkeypatch):
+    monkeypatch.setattr(sys, "argv", [MAIN, "run", "--config_file", TRAIN, "--epoch", "2"])
+    with pytest.raises(ValueError, match=r"'epoch' \(did you mean 'epochs'\?\)"):
+        check_cli_setting_names()
+    monkeypatch.setattr(sys, "argv", [MAIN, "run", "--config_file", TRAIN, "--epochs", "2"])
+    check_cli_setting_names()
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--epoch", "2"])  # not a command line of monai.bundle
+    check_cli_setting_names()
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in NUCLEI.glob("*.json")) + sorted(
+    "wsi/" + p.name for p in WSI.glob("*.json")))  # fmt: skip
+def test_every_bundle_config_checks_the_setting_names_first(config):
+    path = WSI / config[4:] if config.startswith("wsi/") else NUCLEI / config
+    data = json.loads(path.read_text())
+    if "initialize" not in data:  # metadata.json
+        return
+    assert data["initialize"][0] == "$monai_gmr.workflows.check_cli_setting_names()", path
