@@ -105,6 +105,8 @@ def test_patches_csv_datalist_and_labels(wsi_set):
     assert csv_locs == sorted(tuple(i["location"]) for i in items)
 
 
+# MONAI's own openslide reader hands PatchWSIDataset a read-only array (the package's reader returns writable copies)
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 def test_patch_wsi_dataset_reads_centred_patches(wsi_set):
     """MONAI 1.6.1 PatchWSIDataset: location = [y, x] level-0 centre with center_location=True (its default)."""
     import openslide
