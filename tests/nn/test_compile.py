@@ -77,6 +77,7 @@ def _conv(d: int) -> GMRConv:
 MODULES = {
     "conv2d": (lambda: _conv(2), (2, 3, 16, 16)),
     "conv3d": (lambda: _conv(3), (1, 3, 8, 8, 8)),
+    "conv2d_rings": (lambda: GMRConv(2, 3, 4, 9, impl="rings"), (2, 3, 16, 16)),  # the paper-size kernels' CPU path
     "unet": (lambda: get_network("gmr_unet_tiny"), (1, 1, 32, 32)),
     "resnet18": (lambda: get_network("gmr_resnet18_tiny"), (2, 3, 32, 32)),
 }
