@@ -88,7 +88,7 @@ def _graph_breaks(module: torch.nn.Module, x: torch.Tensor) -> int:
     return torch._dynamo.explain(module)(x).graph_break_count
 
 
-@pytest.mark.parametrize("name", list(MODULES))
+@pytest.mark.parametrize("name", [n for n in MODULES if n != "unet"])  # the U-Net: in the training test below (time)
 def test_compiled_matches_eager(name):
     """Compiled forward and gradients equal the eager ones in train mode; eval forward with and without gradients."""
     build, shape = MODULES[name]
@@ -149,7 +149,7 @@ def test_compiled_eval_no_grad_fullgraph_and_no_recompile():
     assert torch.equal(y0, y1) and torch.equal(y1, y2)
 
 
-def _train_steps(fn, params, x: torch.Tensor, steps: int = 3) -> None:
+def _train_steps(fn, params, x: torch.Tensor, steps: int = 2) -> None:
     opt = torch.optim.SGD(params, lr=0.1)
     for _ in range(steps):
         opt.zero_grad()
@@ -158,16 +158,23 @@ def _train_steps(fn, params, x: torch.Tensor, steps: int = 3) -> None:
 
 
 def test_compiled_training_then_eval_no_stale_kernel_and_exact_d4():
-    """Train a few steps compiled, switch to eval: the compiled net, the same net uncompiled and a fresh net loaded
-    with its state (which never cached anything) agree, although the eager layers cached their kernels before the
-    training; the compiled eval net keeps exact D4 equivariance."""
+    """GMRUNet: the first compiled training step gives the eager outputs and gradients; after a few compiled steps, in
+    eval mode, the compiled net, the same net uncompiled and a fresh net loaded with its state (which never cached
+    anything) agree, although the eager layers cached their kernels before the training; the compiled eval net keeps
+    exact D4 equivariance."""
     net = get_network("gmr_unet_tiny")
+    ref = copy.deepcopy(net)
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():  # eager eval calls before training: fill the kernel caches with the initial kernels
         net.eval()
         y_before = net(x)
     net.train()
     compiled = _compile(net)
+    y, y_ref = compiled(x), ref(x)
+    assert _rel(y, y_ref) < 1e-5
+    y.square().mean().backward()
+    y_ref.square().mean().backward()
+    _check_grads(net, ref, 1e-4)
     _train_steps(compiled, net.parameters(), x)
     net.eval()
     fresh = get_network("gmr_unet_tiny").eval()
