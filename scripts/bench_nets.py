@@ -19,6 +19,11 @@ For each suite and precision (``fp32``; ``bf16`` = ``torch.autocast`` with bfloa
 GMR models run with ``impl="auto"`` and ``impl="dense"`` (``--impls``); inference also times the GMR net exported
 with :func:`monai_gmr.export_dense` (plain convolutions, what a deployed TorchScript model runs).
 
+``--compile [BACKEND]`` (default backend ``inductor``) adds a ``torch.compile``d copy of the baseline and of each GMR
+model (same initial weights), timed side by side with the eager ones (compilation happens in the warm-up steps, which
+are then at least 2); ``compile_ratios`` (and a table in the .md) give compiled / eager throughput per model.
+``--size`` / ``--batch`` override the suite's image size and batch.
+
 Method: every model gets ``--warmup`` untimed steps first; then ``--repeats`` rounds, each round timing
 ``--iters`` consecutive steps of every model in turn (interleaved, so drifts in clocks/load hit all models alike);
 the median over rounds is reported, with the min/max. ``torch.backends.cudnn.benchmark`` is on for all models.
@@ -32,6 +37,7 @@ Examples::
 
     python scripts/bench_nets.py --device cuda --out docs/results          # GPU, about 2-3 minutes
     python scripts/bench_nets.py --device cpu --quick --out /tmp/bench     # CPU smoke check, small sizes
+    python scripts/bench_nets.py --device cpu --suites unet --impls auto --compile --size 64 --batch 4 --out /tmp/b
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import platform
 import statistics
 import time
 from collections import Counter
+import copy
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -155,6 +162,8 @@ def bench_suite(suite: str, precision: str, args: argparse.Namespace, device: to
     size, batch, q_size, q_batch = SUITES[suite]
     if args.quick:
         size, batch = q_size, q_batch
+    size, batch = getattr(args, "size", None) or size, getattr(args, "batch", None) or batch
+    backend = getattr(args, "compile", None)
     torch.manual_seed(0)
     models = build_suite(suite, args.impls)
     for m, _, _ in models.values():
@@ -167,6 +176,10 @@ def bench_suite(suite: str, precision: str, args: argparse.Namespace, device: to
         if mode == "infer":  # the deployed form of the GMR net: plain convolutions (same function)
             gmr_label = next(k for k, v in models.items() if v[1] == "gmr")
             entries[gmr_label.split("[")[0] + "[export_dense]"] = (export_dense(models[gmr_label][0]).to(device), "gmr", "export_dense")
+        if backend:  # compiled copies (same initial weights), timed beside the eager models
+            for label, (m, kind, impl) in models.items():
+                compiled = torch.compile(copy.deepcopy(m), backend=backend)
+                entries[f"{label}+compile"] = (compiled, f"{kind}_compiled", impl)
         runners = {k: _Runner(m, mode, x, y, device, precision) for k, (m, _, _) in entries.items()}
         for label, r in list(runners.items()):  # warm-up (cudnn autotuning, kernel caches, allocator)
             t0 = time.perf_counter()
@@ -228,6 +241,21 @@ def _ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _compile_ratios(rows: list[dict]) -> list[dict]:
+    """Compiled / eager throughput of the same model per (suite, precision, mode)."""
+    out = []
+    for r in rows:
+        if not r["kind"].endswith("_compiled"):
+            continue
+        eager = r["model"][: -len("+compile")]
+        base = next((b for b in rows if b["model"] == eager and all(b[k] == r[k] for k in ("suite", "precision", "mode"))), None)
+        if base is None or base["kind"] == "failed":
+            continue
+        out.append({"suite": r["suite"], "precision": r["precision"], "mode": r["mode"], "model": eager,
+                    "compiled_over_eager": r["images_per_s"] / base["images_per_s"]})  # fmt: skip
+    return out
+
+
 def _markdown(result: dict) -> str:
     s = result["settings"]
     lines = [
@@ -262,6 +290,11 @@ def _markdown(result: dict) -> str:
             mem = "n/a" if q["memory_ratio"] is None else f"{q['memory_ratio']:.2f}x ({'met' if q['memory_ratio'] <= 1.5 else 'NOT met'})"
             lines.append(f"- {q['precision']} {q['model']}: throughput {q['throughput_ratio']:.2f}x "
                          f"({'met' if q['throughput_ratio'] >= 0.5 else 'NOT met'}), memory {mem}")  # fmt: skip
+    if result.get("compile_ratios"):
+        lines += ["", f"torch.compile (backend {s.get('compile')}) / eager throughput of the same model:", "",
+                  "| suite | precision | mode | model | compiled / eager |", "|---|---|---|---|---:|"]
+        lines += [f"| {q['suite']} | {q['precision']} | {q['mode']} | {q['model']} | {q['compiled_over_eager']:.2f} |"
+                  for q in result["compile_ratios"]]  # fmt: skip
     impls = {(r["model"], r["mode"]): r["resolved_impls"] for r in result["rows"] if r.get("resolved_impls") and r["precision"] == "fp32"}
     if impls:
         lines += ["", "GMR convolutions per resolved implementation (fp32): " + "; ".join(f"{m} {mode}: {d}" for (m, mode), d in impls.items())]
@@ -286,12 +319,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5, quick 2)")
     p.add_argument("--iters", type=int, default=None, help="steps per round (default 10, quick 1)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="also time torch.compile'd copies of the models (backend default: inductor)")
+    p.add_argument("--size", type=int, default=None, help="image size (overrides the suite's / --quick's)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (overrides the suite's / --quick's)")
     p.add_argument("--budget-s", type=float, default=170.0,
                    help="start no new suite/precision after this many seconds (0: no limit); skipped ones are listed")
     args = p.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
     args.iters = args.iters if args.iters is not None else (1 if args.quick else 10)
+    if args.compile and args.warmup < 2:  # the first steps compile (train: forward and backward graphs)
+        args.warmup = 2
+    for name in ("size", "batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.repeats < 1 or args.iters < 1 or args.warmup < 0:
         p.error(f"--repeats and --iters must be >= 1 and --warmup >= 0, got {args.repeats}, {args.iters}, {args.warmup}")
     if args.threads is not None and args.threads < 1:
@@ -335,6 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             result["rows"] += bench_suite(suite, precision, args, device)
             result["ratios"] = _ratios(result["rows"])
+            result["compile_ratios"] = _compile_ratios(result["rows"])
             result["seconds"] = round(time.perf_counter() - t_start, 1)
             atomic_write_json(out / f"bench_nets_{tag}.json", result)
             atomic_write_text(out / f"bench_nets_{tag}.md", _markdown(result))

@@ -102,6 +102,10 @@ class GMRConv(nn.Module):
     call: it is one small einsum there, and a value check would synchronise the device. The kernel is always
     synthesised with autocast off, in the parameters' dtype (the convolution itself still autocasts).
 
+    ``torch.compile`` (any backend) traces the whole layer into one graph, in training and in eval mode, with and
+    without gradients: compiled code synthesises the kernel from the current parameters on every call and never reads
+    or writes the eager cache, so it cannot use a kernel built from older values (tests/nn/test_compile.py).
+
     ``torch.jit.script`` compiles the layer (alone or in a net) to the dense path: the kernel is synthesised from the
     parameters on every call, without the cache and the ``impl`` dispatch (rings / Triton are eager-only). The scripted
     module holds the same parameters; its ``state_dict`` also lists the non-persistent geometry buffers, as TorchScript
@@ -294,8 +298,14 @@ class GMRConv(nn.Module):
         """The synthesised dense kernel, shape ``(C_out, C_in/groups) + (k,) * spatial_dims``.
 
         Cached on CPU in eval mode when no gradient is needed, while the parameters keep their values (see the class
-        docstring).
+        docstring); never inside ``torch.compile``d code.
         """
+        if torch.compiler.is_compiling():
+            # torch.compile / torch.export: the synthesis is part of the graph (it is recomputed from the parameters on
+            # every call, fused by inductor) and the cache is neither read nor written. Reading it needs value checks
+            # that Dynamo cannot trace (a graph break per layer, and a recompilation when the cache fills), and a
+            # compiled graph must never hold a kernel computed from older parameter values.
+            return self._synthesize()
         cacheable = (
             self.weight.device.type == "cpu"
             and not self.training

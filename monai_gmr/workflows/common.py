@@ -38,6 +38,7 @@ from monai.transforms import MapTransform
 from monai_gmr.utils import atomic_path, atomic_write_json, make_temp_dir, missing_dirs, remove_empty_dirs
 
 __all__ = [
+    "compile_prepare_batch",
     "find_bundle_root",
     "find_latest_checkpoint",
     "attach_resume",
@@ -441,6 +442,35 @@ def load_checkpoint(
         ) from e
     logger.info("loaded weights from %s", path)
     return network
+
+
+def compile_prepare_batch(
+    batchdata: dict[str, torch.Tensor] | torch.Tensor | Sequence[torch.Tensor],
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """``monai.engines.default_prepare_batch`` returning plain tensors: the ``prepare_batch`` of a MONAI engine built
+    with ``compile=True``.
+
+    MONAI 1.6.1's ``SupervisedTrainer(compile=True)`` converts MetaTensor inputs to tensors for the compiled network
+    and rebuilds MetaTensors from the batch's metadata after the step; for a collated batch of more than one image
+    whose metadata hold ``original_channel_dim`` (one value per image) that rebuild fails with "Boolean value of Tensor
+    with more than one value is ambiguous". A batch of plain tensors skips it; the network sees the same values.
+
+    Args:
+        batchdata: the collated batch, as for ``default_prepare_batch``.
+        device: device to move the tensors to.
+        non_blocking: non-blocking copies.
+        kwargs: passed to ``Tensor.to``.
+
+    Returns:
+        ``default_prepare_batch``'s result with every MetaTensor replaced by a plain tensor.
+    """
+    from monai.engines.utils import default_prepare_batch
+
+    prepared = default_prepare_batch(batchdata, device=device, non_blocking=non_blocking, **kwargs)
+    return tuple(t.as_tensor() if isinstance(t, MetaTensor) else t for t in prepared)
 
 
 def summarize_evaluation(

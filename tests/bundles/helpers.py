@@ -78,7 +78,7 @@ def workflow_error(configs, **override) -> str:
 
 #: the bundles' on/off settings; ``python -m monai.bundle run --amp false`` gives them as strings ("false")
 SWITCHES = (
-    "amp", "tta", "resume", "generate_synthetic", "augment_rotation", "instance_metrics", "slide_eval", "strict",
+    "amp", "tta", "resume", "generate_synthetic", "augment_rotation", "instance_metrics", "slide_eval", "strict", "compile",
 )
 
 

@@ -140,12 +140,13 @@ def test_switches_given_as_text_mean_what_they_say(tmp_path, text):
     non-empty string is true, so "false" used to switch them (and AMP, augmentation, slide evaluation) on."""
     on = text == "true"
     over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
-    switches = {k: text for k in ("amp", "tta", "augment_rotation", "slide_eval", "generate_synthetic")}
+    switches = {k: text for k in ("amp", "tta", "augment_rotation", "slide_eval", "generate_synthetic", "compile")}
     p = config_parser([TRAIN, EVALUATE], **over, **switches, metadata=METADATA)
     assert (p.get_parsed_content("train#read_size") == 136) is on
     assert (type(p.get_parsed_content("validate#inferer")).__name__ == "RotationTTAInferer") is on
     assert p.get_parsed_content("robustness#amp") is on and p.get_parsed_content("run_slide_eval") is on
     assert p.get_parsed_content("train#dataset#generate") is on
+    assert p.get_parsed_content("train#trainer#compile") is on and p.get_parsed_content("validate#evaluator#compile") is on
     pi = config_parser([INFERENCE], **over, **switches, strict=text, metadata=METADATA)
     si = pi.get_parsed_content("slide_inference")
     assert si.strict is on and si.kwargs["amp"] is on and si.generate is on

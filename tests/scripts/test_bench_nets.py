@@ -26,3 +26,20 @@ def test_quick_help_states_the_quick_sizes(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for suite, (_, _, size, batch) in mod.SUITES.items():
         assert f"{suite} {size} x {size}, batch {batch}" in text
+
+
+@pytest.mark.slow  # about 15 s on 2 CPU cores
+def test_compile_option_times_compiled_copies_beside_the_eager_models(tmp_path):
+    """``--compile aot_eager``: every model gets a compiled copy, timed in the same run, with compiled / eager ratios."""
+    pytest.importorskip("torch._dynamo")
+    mod = load_script("bench_nets")
+    result = mod.main(["--device", "cpu", "--quick", "--suites", "unet", "--impls", "dense", "--compile", "aot_eager",
+                       "--size", "32", "--batch", "1", "--repeats", "1", "--out", str(tmp_path)])  # fmt: skip
+    labels = {(r["mode"], r["model"]) for r in result["rows"] if r["kind"] != "failed"}
+    for mode in ("train", "infer"):
+        for model in ("BasicUNet", "GMRUNet[dense]"):
+            assert (mode, model) in labels and (mode, model + "+compile") in labels, labels
+    ratios = {(q["mode"], q["model"]): q["compiled_over_eager"] for q in result["compile_ratios"]}
+    assert len(ratios) == 4 and all(v > 0 for v in ratios.values())
+    assert result["settings"]["warmup"] >= 2 and result["rows"][0]["size"] == 32
+    assert "torch.compile (backend aot_eager)" in (tmp_path / "bench_nets_cpu.md").read_text()

@@ -648,3 +648,23 @@ def test_fresh_run_moves_the_earlier_runs_best_model_aside_too(tmp_path):
     _save(tmp_path / "model.pt", {"x": "alone"})
     attach_resume(trainer, False, tmp_path, load)
     assert not (tmp_path / "model.pt").exists() and len(list(tmp_path.glob("previous_run_*"))) == 2
+
+
+def test_compile_prepare_batch_returns_plain_tensors_that_monai_can_rebuild_after():
+    """MONAI 1.6.1's ``SupervisedTrainer(compile=True)`` rebuilds MetaTensors from a collated batch's metadata after
+    the step; with two or more images carrying ``original_channel_dim`` that fails. ``compile_prepare_batch`` gives
+    the same values as plain tensors (which MONAI leaves alone)."""
+    from monai.data import MetaTensor, list_data_collate
+    from monai.engines import default_prepare_batch
+
+    from monai_gmr.workflows import compile_prepare_batch
+
+    items = [{"image": MetaTensor(torch.rand(3, 4, 4), meta={"original_channel_dim": 0}),
+              "label": MetaTensor(torch.ones(1, 4, 4), meta={"original_channel_dim": 0})} for _ in range(2)]  # fmt: skip
+    batch = list_data_collate(items)
+    image, label = default_prepare_batch(batch)
+    with pytest.raises(RuntimeError, match="ambiguous"):  # what MONAI's compile path does with these metadata
+        MetaTensor(image.as_tensor(), meta=image.meta)
+    plain_image, plain_label = compile_prepare_batch(batch, device="cpu")
+    assert type(plain_image) is torch.Tensor and type(plain_label) is torch.Tensor
+    assert torch.equal(plain_image, image.as_tensor()) and torch.equal(plain_label, label.as_tensor())
