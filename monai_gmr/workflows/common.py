@@ -470,6 +470,8 @@ def compile_prepare_batch(
     from monai.engines.utils import default_prepare_batch
 
     prepared = default_prepare_batch(batchdata, device=device, non_blocking=non_blocking, **kwargs)
+    if isinstance(prepared, torch.Tensor):  # a batch of GAN "reals" comes back alone, not as a pair
+        return prepared.as_tensor() if isinstance(prepared, MetaTensor) else prepared
     return tuple(t.as_tensor() if isinstance(t, MetaTensor) else t for t in prepared)
 
 

@@ -668,3 +668,16 @@ def test_compile_prepare_batch_returns_plain_tensors_that_monai_can_rebuild_afte
     plain_image, plain_label = compile_prepare_batch(batch, device="cpu")
     assert type(plain_image) is torch.Tensor and type(plain_label) is torch.Tensor
     assert torch.equal(plain_image, image.as_tensor()) and torch.equal(plain_label, label.as_tensor())
+
+
+def test_compile_prepare_batch_keeps_the_shape_of_monais_result():
+    """An image-only batch gives ``(image, None)``, a GAN batch of "reals" one tensor (not iterated into images)."""
+    from monai.data import MetaTensor
+
+    from monai_gmr.workflows import compile_prepare_batch
+
+    reals = MetaTensor(torch.rand(2, 3, 4, 4))
+    out = compile_prepare_batch({"reals": reals})
+    assert type(out) is torch.Tensor and torch.equal(out, reals.as_tensor())
+    image, label = compile_prepare_batch({"image": MetaTensor(torch.rand(2, 3, 4, 4))})
+    assert type(image) is torch.Tensor and image.shape == (2, 3, 4, 4) and label is None
