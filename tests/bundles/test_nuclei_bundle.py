@@ -354,6 +354,23 @@ def test_compiled_training_matches_eager_and_saves_uncompiled_checkpoints(tmp_pa
         assert not [k for k in state if "_orig_mod" in k]
         net.load_state_dict(state, strict=True)
 
+    # evaluation and inference of that model: compiled == eager (same metrics, same probability maps)
+    import tifffile
+
+    out, compiled = tmp_path / "compiled", ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"]
+    reports, probs = {}, {}
+    for name, extra in (("eager", []), ("compiled", compiled)):
+        run_bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", "[0, 90]", "--eval_dir",
+                   str(tmp_path / f"eval_{name}"), *extra, cwd=tmp_path)  # fmt: skip
+        reports[name] = json.loads((tmp_path / f"eval_{name}" / "robustness.json").read_text())["per_angle"]["dice"]
+        pred = tmp_path / f"pred_{name}"
+        run_bundle([INFERENCE], *_common(data, out), "--pred_dir", str(pred), *extra, cwd=tmp_path)
+        probs[name] = {p.name: tifffile.imread(p) for p in sorted(pred.glob("*_prob.tif"))}
+    assert np.allclose(reports["compiled"], reports["eager"], atol=1e-5), reports
+    assert probs["eager"] and sorted(probs["compiled"]) == sorted(probs["eager"])
+    for f, p in probs["eager"].items():
+        np.testing.assert_allclose(probs["compiled"][f], p, atol=1e-5, err_msg=f)
+
 
 def test_resume_after_kill(tmp_path):
     """Kill (SIGKILL) training right after the first checkpoint; ``--resume true`` continues from epoch 1."""
