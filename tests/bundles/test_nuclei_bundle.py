@@ -436,6 +436,31 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
     assert (out / "models" / "model.pt").is_file()
 
 
+@pytest.mark.slow
+def test_multi_gpu_train_compiled_matches_eager(tmp_path):
+    """multi_gpu_train.json with ``--compile true`` (MONAI compiles the DDP-wrapped network; aot_eager backend) on 2
+    gloo processes trains as the eager run does, and its checkpoints hold the plain network's keys."""
+    cfg = f"['{TRAIN}','{MULTI_GPU}']"
+    env = bundle_env()
+    env["OMP_NUM_THREADS"] = "1"
+    summaries = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"])):
+        data, out = tmp_path / "data", tmp_path / name
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+            "run", "--config_file", cfg, *_common(data, out), "--synthetic", repr({**SYNTH, "n_images": 10}),
+            "--epochs", "2", "--val_interval", "1", "--crop_size", "32", "--batch_size", "2", "--crops_per_image", "2",
+            *extra,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+        summaries[name] = json.loads((out / "train_summary.json").read_text())
+        state = torch.load(out / "models" / "checkpoint_epoch=2.pt", weights_only=True)["model"]
+        assert not [k for k in state if k.startswith("module.") or "_orig_mod" in k]
+    for key in ("final_loss", "best_metric"):
+        assert abs(summaries["compiled"][key] - summaries["eager"][key]) < 1e-4 * max(1.0, abs(summaries["eager"][key]))
+
+
 # ---------------------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("generate", [False, "false"])  # "false": from the command line (--generate_synthetic false)
 def test_missing_or_empty_dataset_without_generation(tmp_path, generate):

@@ -56,6 +56,7 @@ def _compile(module: torch.nn.Module, backend: str = BACKEND) -> torch.nn.Module
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
