@@ -43,6 +43,7 @@ __all__ = [
     "as_bool",
     "positive_int",
     "positive_float",
+    "keyword_args",
 ]
 
 
@@ -546,6 +547,30 @@ def positive_float(value: Any, name: str = "value", allow_zero: bool = False) ->
         kind = "a non-negative number" if allow_zero else "a positive number"
         raise ValueError(f"{name} must be {kind}, got {value!r}.")
     return parsed
+
+
+def keyword_args(value: Any, name: str = "value") -> dict[str, Any]:
+    """A setting that holds keyword arguments (e.g. ``compile_kwargs``) as a ``dict`` with string keys.
+
+    ``--compile_kwargs "{'backend': 'aot_eager'}"`` reaches the config as a dict (Python Fire parses the literal); a
+    value Fire could not parse stays text, and ``torch.compile(net, **"text")`` failed inside MONAI's engine with
+    "argument after ** must be a mapping", naming no setting.
+
+    Args:
+        value: a mapping with string keys, or ``None`` (no arguments).
+        name: the setting's name, for the error message.
+
+    Raises:
+        ValueError: ``value`` is not such a mapping (the message names ``name``).
+    """
+    if value is None:
+        return {}
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return dict(value)
+    raise ValueError(
+        f"{name} must be a mapping of keyword arguments with string keys, e.g. \"{{'backend': 'inductor'}}\", "
+        f"got {value!r}."
+    )
 
 
 def _number(value: Any, cast: type, kind: type) -> Any:

@@ -186,6 +186,16 @@ def test_positive_float_reads_rates_and_names_the_setting():
         positive_float(-1, "weight_decay", allow_zero=True)
 
 
+def test_keyword_args_reads_mappings_and_names_the_setting():
+    from monai_gmr.utils import keyword_args
+
+    assert keyword_args({"backend": "aot_eager"}, "compile_kwargs") == {"backend": "aot_eager"}
+    assert keyword_args(None, "compile_kwargs") == {} and keyword_args({}, "compile_kwargs") == {}
+    for bad in ("backend=eager", ["backend"], {1: "x"}, 3):
+        with pytest.raises(ValueError, match="compile_kwargs must be a mapping"):
+            keyword_args(bad, "compile_kwargs")
+
+
 def test_lazy_summary_writer_writes_3d_images_through_monai(tmp_path):
     """MONAI's TensorBoardImageHandler plots 3D images with add_animated_gif, which calls the private
     ``writer._get_file_writer()``: the lazy writer must forward it (AttributeError before), and still pickle."""

@@ -114,6 +114,7 @@ BAD_TRAIN_SETTINGS = (
     {"weight_decay": -1},  # AdamW: "Invalid weight_decay value: -1" behind "Failed to instantiate torch.optim.AdamW"
     {"ckpt_interval": 0},  # CheckpointSaver: no interval checkpoint at all, so `--resume true` later found nothing
     {"ckpt_interval": "2x"},  # CheckpointSaver: "'>' not supported between instances of 'str' and 'int'", no name
+    {"compile_kwargs": "backend=eager"},  # the engine: "argument after ** must be a mapping, not str", no name
 )
 
 
