@@ -31,6 +31,8 @@ Parts, in the default order (estimates are planning numbers, not measurements)::
     nuclei          issue 5    CPM-15 benchmark (3 models; --nuclei-epochs)       ~480 s
     compare         issue 8    plain / aug / Symm / p4m / GMR comparison          ~300 s
     wsi_full        issue 6    WSI bundle defaults: train + evaluate, 2 models    ~480 s
+    compile_tests   issue 3    torch.compile (inductor) on CUDA, 3 GMR paths      ~90 s
+    bench_compile   issue 3    compiled vs eager U-Net throughput on CUDA          ~180 s
 
 Example (from the repository root)::
 
@@ -143,6 +145,13 @@ PARTS: dict[str, Part] = {
              "plain / plain + aug / Symm / p4m G-CNN / GMR on nuclei, CPM-15 and WSI patches"),
         Part("wsi_full", "6", 480.0, ("{py}", "scripts/benchmark_wsi.py", "--device", "cuda", "--out", "{work}/wsi_full"),
              "WSI bundle defaults: throughput, then train + evaluate gmr_resnet18 and resnet18 (36 angles)"),
+        Part("compile_tests", "3", 90.0,
+             ("{py}", "-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider", "tests/nn/test_compile.py"),
+             "inductor on CUDA: GMR layers on the dense, rings and triton paths match eager"),
+        Part("bench_compile", "3", 180.0,
+             ("{py}", "scripts/bench_nets.py", "--device", "cuda", "--suites", "unet", "--compile",
+              "--out", "{work}/bench_compile"),
+             "compiled (inductor) vs eager GMRUNet / BasicUNet throughput on CUDA"),
     )
 }
 

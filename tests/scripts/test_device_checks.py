@@ -29,7 +29,19 @@ def test_commands_fill_placeholders_and_drop_empty_ones():
     assert tri[tri.index("--shapes3d") + 1] == ""  # a literal empty value (skip 3D) is kept
 
 
-@pytest.mark.parametrize("name", [n for n in dc.PARTS if n != "gpu_tests"])
+PYTEST_PARTS = [n for n in dc.PARTS if dc.PARTS[n].argv[1:3] == ("-m", "pytest")]
+
+
+@pytest.mark.parametrize("name", PYTEST_PARTS)
+def test_pytest_parts_name_test_files_with_gpu_tests(name):
+    """A pytest part runs ``-m gpu`` over test files that exist and hold CUDA tests (not an empty selection)."""
+    argv = dc.command(dc.PARTS[name], FILL)
+    assert argv[argv.index("-m", 2) + 1] == "gpu"
+    files = [ROOT / a for a in argv if a.startswith("tests/")]
+    assert files and all(f.is_file() and "pytest.mark.gpu" in f.read_text() for f in files), files
+
+
+@pytest.mark.parametrize("name", [n for n in dc.PARTS if n not in PYTEST_PARTS])
 def test_part_scripts_and_options_exist(name):
     """Every part names a script of the repository and only options that script defines (no silent rot)."""
     argv = dc.command(dc.PARTS[name], FILL)
