@@ -44,23 +44,50 @@ _REFERENCE = re.compile(r"@(\w+)")
 _DEFAULT_RUN_IDS = {"init_id": "initialize", "run_id": "run", "final_id": "finalize"}
 
 
-def run_arguments() -> frozenset[str]:
+def run_arguments(workflow_name: Any = None) -> frozenset[str]:
     """Names of the arguments of ``monai.bundle.run`` / ``run_workflow`` that are not config settings.
 
     Read from the signatures of MONAI's ``run``, ``run_workflow``, ``create_workflow`` and ``ConfigWorkflow``
     (every named parameter, not their ``**override``), so a MONAI release that adds one is followed: in MONAI
     1.6 ``run_id``, ``init_id``, ``final_id``, ``meta_file``, ``config_file``, ``logging_file``, ``tracking``,
     ``args_file``, ``workflow_name``, ``workflow_type`` and ``properties_path``.
+
+    Args:
+        workflow_name: the ``workflow_name`` of ``run_workflow`` (a class, a ``monai.bundle`` class name or a dotted
+            path, as ``monai.bundle.scripts.create_workflow`` finds it): the named parameters of its ``__init__``
+            are arguments too (``create_workflow`` passes the keyword arguments to the class). ``None``, or a name
+            that cannot be found (MONAI reports it): ``ConfigWorkflow`` only.
     """
     from monai.bundle import ConfigWorkflow
     from monai.bundle.scripts import create_workflow, run, run_workflow
 
+    fns: list[Any] = [run, run_workflow, create_workflow, ConfigWorkflow.__init__]
+    workflow = _workflow_class(workflow_name)
+    if workflow is not None:
+        fns.append(workflow.__init__)
     names: set[str] = set()
-    for fn in (run, run_workflow, create_workflow, ConfigWorkflow.__init__):
+    for fn in fns:
         for p in inspect.signature(fn).parameters.values():
             if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 names.add(p.name)
     return frozenset(names)
+
+
+def _workflow_class(workflow_name: Any) -> type | None:
+    """The class ``create_workflow`` instantiates for ``workflow_name`` (``None`` when it cannot be found)."""
+    if workflow_name is None or isinstance(workflow_name, type):
+        return workflow_name
+    from pydoc import locate
+
+    from monai.utils import optional_import
+
+    found, has = optional_import("monai.bundle", name=str(workflow_name))
+    if not has:
+        try:
+            found = locate(str(workflow_name))
+        except Exception:  # an import error inside the module: MONAI reports it
+            found = None
+    return found if isinstance(found, type) else None
 
 
 def _split_first(id: str) -> tuple[str, str]:
@@ -76,31 +103,50 @@ def _first_id(id: str) -> str:
     return _split_first(id)[0]
 
 
-def _strings(value: Any) -> Iterator[str]:
-    """Every string in a config value (nested dicts and lists included, dict keys too)."""
+def _strings(value: Any, id: str = "") -> Iterator[tuple[str, str, bool]]:
+    """Every string in a config value (nested dicts and lists included, dict keys too) as ``(id, string, is_key)``:
+    ``id`` the config id of the item it is (of the dict, for a key), ``::``-separated as MONAI's sub-ids."""
     if isinstance(value, str):
-        yield value
+        yield id, value, False
     elif isinstance(value, Mapping):
         for k, v in value.items():
-            yield from _strings(k)
-            yield from _strings(v)
+            if isinstance(k, str):
+                yield id, k, True
+            yield from _strings(v, f"{id}::{k}" if id != "" else str(k))
     elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _strings(v)
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{id}::{i}" if id != "" else str(i))
 
 
-def _referenced_ids(value: Any) -> set[str]:
-    """Top-level ids that ``value`` refers to: ``@name`` / ``@name#...`` in any string (``$`` expressions too) and
-    whole-string ``%name...`` macros of the same config (not ``%file.json#...``)."""
+def _referenced_ids(value: Any, id: str = "", macros: bool = True) -> set[str]:
+    """Top-level ids that ``value`` (the config item ``id``) refers to, as MONAI resolves them.
+
+    ``@name`` / ``@name#...`` in any string (``$`` expressions too), relative references (``@##name`` in ``a#b`` is
+    ``@name``, ``ConfigParser.resolve_relative_ids``), whole-string ``%name...`` macros of the same config (relative
+    ones too) and, with ``macros``, the ``@`` references inside the content that a ``%file.json#id`` macro copies
+    from another file (MONAI does not expand macros within that content, so they are not followed).
+    """
     from monai.bundle import ConfigParser
+    from monai.bundle.reference_resolver import ReferenceResolver
 
     found: set[str] = set()
-    for s in _strings(value):
+    for at, s, is_key in _strings(value, ReferenceResolver.normalize_id(str(id))):
+        if not is_key:  # MONAI resolves relative ids (and macros) in values only
+            try:
+                s = ConfigParser.resolve_relative_ids(at, s)
+            except ValueError:  # out of the config's range: MONAI reports it itself
+                pass
         found.update(_REFERENCE.findall(s))
-        if s.startswith("%"):
+        if macros and not is_key and s.startswith("%"):
             path, ids = ConfigParser.split_path_id(s[1:])
-            if not path and ids:
-                found.add(_first_id(ids))
+            if not path:
+                if ids:
+                    found.add(_first_id(ids))
+                continue
+            try:  # the other file's content lands in this config: its @references are this config's ids
+                found |= _referenced_ids(ConfigParser(ConfigParser.load_config_file(path))[ids], macros=False)
+            except Exception:  # a missing file or id: MONAI reports it itself
+                pass
     return found
 
 
@@ -175,7 +221,7 @@ def check_setting_names(
         raise ValueError("check_setting_names needs config_files (or an args_file that gives config_file)")
     config = ConfigParser.load_config_files(config_files)
 
-    run_args = run_arguments()
+    run_args = run_arguments(given.get("workflow_name"))
     settings = {str(k): v for k, v in given.items() if str(k) not in run_args}
     known = {str(k) for k in config} | {ConfigParser.meta_key}
     used = _referenced_ids(config) | _tracking_ids(given.get("tracking"))
@@ -185,8 +231,9 @@ def check_setting_names(
     unknown = []
     for id in settings:
         first, rest = _split_first(id)
-        others = [v for k, v in settings.items() if k != id]
-        if first in known or first in used or first in _referenced_ids(others):
+        if first in known or first in used:
+            continue
+        if any(first in _referenced_ids(v, k) for k, v in settings.items() if k != id):
             continue
         close = difflib.get_close_matches(first, sorted(known), n=3)
         hint = f" (did you mean {' or '.join(repr(c + rest) for c in close)}?)" if close else ""
@@ -242,7 +289,11 @@ def cli_overrides(argv: Sequence[str] | None = None) -> tuple[Any, dict[str, Any
             continue
         key, eq, value = arg.lstrip("-").partition("=")
         key = key.replace("-", "_")
-        if not eq and (i + 1 == len(args) or _is_flag(args[i + 1])):  # a bare flag: True, or --noX: X=False
+        bare = not eq and (i + 1 == len(args) or _is_flag(args[i + 1]))
+        if not key:  # "--", "---", "--=v": Fire consumes no keyword (nor the value after it) and leaves them over
+            i += 1 if eq or bare else 2
+            continue
+        if bare:  # a bare flag: True, or --noX: X=False
             if key.startswith("no"):
                 key, value = key[2:], "False"
             else:

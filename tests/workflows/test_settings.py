@@ -144,3 +144,53 @@ def test_every_bundle_config_checks_the_setting_names_first(config):
     if "initialize" not in data:  # metadata.json
         return
     assert data["initialize"][0] == "$monai_gmr.workflows.check_cli_setting_names()", path
+
+
+# ------------------------------------------------------------------------------------------------ review additions
+def test_a_new_id_that_a_relative_reference_or_macro_points_to_is_accepted(tmp_path):
+    """``@##name`` / ``%##name`` in ``a#b`` is MONAI's relative form of ``@name`` / ``%name`` (top level): a new
+    ``--name`` that only such a reference uses is read by MONAI and must not be refused."""
+    cfg = tmp_path / "rel.json"
+    cfg.write_text(json.dumps({"a": {"b": "@##newid", "m": "%##macro_src", "c": "$@#d + 1", "d": 1}}))
+    check_setting_names(str(cfg), {"newid": 5, "macro_src": 7})
+    assert "'newi'" in _refused(str(cfg), {"newi": 5})
+    # an override's own relative reference: "@##base" in "network_def#features" is "@base"
+    check_setting_names(TRAIN, {"base": 4, "network_def#features": "$[@##base, 16]"})
+
+
+def test_a_new_id_referenced_inside_another_files_macro_is_accepted(tmp_path):
+    """``"%base.json#net"`` copies ``net`` of another file into the config; an ``@width`` in it refers to this
+    run's top-level ``width``, which a command line may add."""
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"net": {"_target_": "torch.nn.Linear", "in_features": "@width", "out_features": 2}}))
+    cfg = tmp_path / "main.json"
+    cfg.write_text(json.dumps({"net": f"%{base}#net"}))
+    check_setting_names(str(cfg), {"width": 3})
+    assert "'widht'" in _refused(str(cfg), {"widht": 3})
+
+
+class _WorkflowWithOptions:
+    """Stands for a ``ConfigWorkflow`` subclass given as ``run_workflow --workflow_name`` (its own arguments)."""
+
+    def __init__(self, config_file=None, verbose_steps: int = 0, **override):
+        pass
+
+
+def test_arguments_of_the_named_workflow_class_are_not_settings():
+    """``run_workflow --workflow_name my.Workflow --verbose_steps 2``: MONAI passes ``verbose_steps`` to the class."""
+    name = f"{__name__}._WorkflowWithOptions"
+    check_setting_names(TRAIN, {"workflow_name": name, "verbose_steps": 2, "epochs": 2})
+    check_setting_names(TRAIN, {"workflow_name": _WorkflowWithOptions, "verbose_steps": 2})
+    assert "'verbose_steps'" in _refused(TRAIN, {"verbose_steps": 2})  # not an argument of ConfigWorkflow
+
+
+@pytest.mark.parametrize("tail, expected", [
+    (["---", "1"], {"epochs": 2}),  # Fire consumes no keyword for an empty name (nor its value)
+    (["--=1", "train"], {"epochs": 2, "run_id": "train"}),
+    (["--x", "--", "--y", "--", "--verbose"], {"epochs": 2, "x": True, "y": True}),  # a lone "--" before the last
+    (["--no"], {"epochs": 2, "": False}),  # Fire does pass this one: "no" + "" -> "" = False
+])  # fmt: skip
+def test_cli_overrides_skips_flags_with_an_empty_name_as_fire_does(tail, expected):
+    """Checked against ``fire.Fire`` 0.7: ``--``/``---``/``--=v`` (empty key) is left unconsumed, so ``run`` gets no
+    ``""`` setting (refusing it as "Unknown setting ''" stopped a run that MONAI carries out)."""
+    assert cli_overrides([MAIN, "run", "--config_file", TRAIN, "--epochs", "2", *tail]) == (TRAIN, expected)
