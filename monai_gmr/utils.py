@@ -101,7 +101,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, fsync: bool 
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~current_umask())  # the writer may have replaced the file: set it last
         if fsync:  # by path: the writer (PIL, ITK, torch.save, matplotlib) has closed its own handle
-            fd = os.open(tmp_path, os.O_RDONLY)
+            # Windows' fsync (_commit) needs a handle with write access; POSIX flushes through a read-only one
+            fd = os.open(tmp_path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
