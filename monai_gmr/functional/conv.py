@@ -48,10 +48,16 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # Measured choice of implementation: (device type, spatial_dims) -> rules, first match wins; no match -> "dense".
 # A rule is (min_in_channels, kernel sizes or None for any, grad: True (training) / False (inference) / None (both),
-# impl). Source: scripts/bench_conv.py runs recorded in docs/benchmarks.md.
-# - CPU (oneDNN), 2D: the ring decomposition was 0.30-0.72x the dense time for C_in = 128 at every k (forward and
-#   forward+backward), and 0.67x for C_in = 32 at k >= 9 in inference; dense was faster elsewhere.
-# - CPU, 3D (C_in = 16): rings 0.54x / 0.55x at k = 3 and 0.70x / 0.92x at k = 9; dense at k = 5, 7.
+# impl). Source: scripts/bench_conv.py runs recorded in docs/benchmarks.md section 1.
+# - CPU (oneDNN), fp32, 1 thread, two 2-core AMD EPYC VMs; per measured cell the choice with the smaller worst-case
+#   slowdown over both. Commit 0e81fa8 (AVX-512 VM, 2026-12-06): the ring decomposition was faster than dense only
+#   for C_in = 128 at k >= 5 in 2D (0.67-0.89x, forward and forward + backward; 1.17-1.30x at k = 3) and at k = 3 in
+#   3D (0.45-0.56x, C_in 16 and 32); everywhere else it was slower, up to 4.7x (C_in = 16, 128x128, k = 11) in 2D and
+#   4.3-5x (C_in = 16, 24^3, k = 9) in 3D. Commit 35ea11e (another VM, where the dense convolutions took 2-12x longer)
+#   had measured rings faster also for C_in = 128 at k = 3 (0.64-0.73x), for C_in = 32 at k >= 9 in inference
+#   (0.68x) and for 3D k = 9 (0.69x). So: rings for C_in >= 128 at every k in 2D (worst 1.30x, against 1.56x for
+#   dense at k = 3), for k = 3 in 3D; dense elsewhere (worst 1.47x there, against 3.1-4.5x for rings here). The
+#   earlier rules sent a GMRUNet's k = 9 inference layers to rings, 3-4x slower than dense on the newer VM.
 # - CUDA: dense (cuDNN), except the fused Triton kernels (issue 7) where they measured faster than both cuDNN dense
 #   and GMR dense, forward + backward AND forward-only, bf16 (autocast) AND fp32 (TF32):
 #   `python scripts/bench_triton.py --out $OUT --sweep --workers 8 --repeats 10`, 2026-11-22, NVIDIA H100 80GB
@@ -60,8 +66,8 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 #   GMR dense; bf16 1.6x faster). 3D, C = 32, (2, 32, 48^3): k = 5, 7 (k = 7 bf16 1.36 ms vs cuDNN 3.28); not k = 3.
 #   Narrower layers were not measured: the rules start at the measured width.
 AUTO_TABLE: dict[tuple[str, int], list[tuple[int, tuple[int, ...] | None, bool | None, str]]] = {
-    ("cpu", 2): [(64, None, None, "rings"), (0, (9, 11), False, "rings")],
-    ("cpu", 3): [(0, (3, 9), None, "rings")],
+    ("cpu", 2): [(128, None, None, "rings")],
+    ("cpu", 3): [(0, (3,), None, "rings")],
     ("cuda", 2): [(128, (7, 9, 11), None, "triton")],
     ("cuda", 3): [(32, (5, 7), None, "triton")],
 }

@@ -106,20 +106,23 @@ def test_auto_selection_follows_measured_table():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert select_impl("dense", cpu, 2, 9, 128, True) == "dense"  # explicit choice passes through
     assert select_impl("auto", cpu, 2, 5, 128, True) == "rings"  # wide 2D layers on CPU
-    assert select_impl("auto", cpu, 2, 5, 32, True) == "dense"
-    assert select_impl("auto", cpu, 2, 9, 32, False) == "rings"  # large kernels, inference
-    assert select_impl("auto", cpu, 2, 9, 32, True) == "dense"
+    assert select_impl("auto", cpu, 2, 11, 256, False) == "rings"
+    assert select_impl("auto", cpu, 2, 3, 128, True) == "rings"  # k = 3: rings 1.17-1.30x dense (0e81fa8), 0.64-0.73x (35ea11e)
+    assert select_impl("auto", cpu, 2, 5, 64, True) == "dense"  # rings 1.2-1.7x dense at C_in = 64
+    assert select_impl("auto", cpu, 2, 9, 32, False) == "dense"  # rings 3.1x dense (it won on the slower VM)
+    assert select_impl("auto", cpu, 2, 9, 16, True) == "dense"
     assert select_impl("auto", cpu, 3, 5, 16, False) == "dense" and select_impl("auto", cpu, 3, 3, 16, False) == "rings"
+    assert select_impl("auto", cpu, 3, 9, 16, False) == "dense"  # rings 4.3x dense at 24^3 (0e81fa8)
     assert select_impl("auto", cuda, 2, 9, 128, True) == "triton"  # measured on H100 (docs/benchmarks_triton.md)
     assert select_impl("auto", cpu, 2, 1, 128, True) == "dense"
-    # an unknown width matches only the width-free rules (the 64-channel CPU rule needs in_channels)
-    assert select_impl("auto", cpu, 2, 5, None, True) == "dense" and select_impl("auto", cpu, 2, 9, None, False) == "rings"
+    # an unknown width matches only the width-free rules (the 128-channel CPU rule needs in_channels)
+    assert select_impl("auto", cpu, 2, 5, None, True) == "dense" and select_impl("auto", cpu, 3, 3, None, False) == "rings"
     assert select_impl("auto", cuda, 2, 9, None, True) == "dense"
 
 
 def test_auto_module_matches_dense_in_train_and_inference():
-    m = GMRConv(2, 64, 8, 5, impl="auto")
-    x = torch.randn(1, 64, 9, 9)
+    m = GMRConv(2, 128, 8, 5, impl="auto")  # a width and size for which auto resolves to rings on CPU
+    x = torch.randn(1, 128, 9, 9)
     y_auto = m(x)
     m.impl = "dense"
     assert rel_err(y_auto, m(x)) < 1e-5
@@ -129,13 +132,19 @@ def test_auto_module_matches_dense_in_train_and_inference():
 
 
 @pytest.mark.parametrize("k", [9, 11])
-def test_auto_trace_with_grad_enabled_passes_the_trace_checker(k):
-    """``impl="auto"`` on CPU picks rings for k = 9, 11 in inference and dense with grad: ``torch.jit.trace`` (grad
+def test_auto_trace_with_grad_enabled_passes_the_trace_checker(k, monkeypatch):
+    """``impl="auto"`` on CPU picked rings for k = 9, 11 in inference and dense with grad: ``torch.jit.trace`` (grad
     enabled, checker on, as by default) recorded the dense graph and its checker, which reruns under no_grad, the
     rings graph ("Graphs differed across invocations"), so an eval-mode GMRUNet (k = 9) could not be traced.
-    While tracing, the choice no longer follows the grad mode."""
+    While tracing, the choice no longer follows the grad mode. (The measured table has no grad-dependent CPU rule
+    since 0e81fa8: the test installs that earlier rule, so it still guards the tracing fix.)"""
     import warnings
 
+    from monai_gmr.functional import AUTO_TABLE, select_impl
+
+    monkeypatch.setitem(AUTO_TABLE, ("cpu", 2), [(0, (9, 11), False, "rings")])
+    assert select_impl("auto", torch.device("cpu"), 2, k, 4, False) == "rings"
+    assert select_impl("auto", torch.device("cpu"), 2, k, 4, True) == "dense"
     torch.manual_seed(0)
     conv = GMRConv(2, 4, 4, k).eval()
     x = torch.randn(2, 4, 16, 16)
