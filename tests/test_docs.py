@@ -30,6 +30,9 @@ import numpy as np
 import pytest
 import torch
 
+# tracing the documented networks prints TracerWarnings for their input-shape checks (harmless, see docs/networks.md)
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: folders never searched for Markdown files (besides hidden ones and virtual environments)
