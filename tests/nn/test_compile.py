@@ -72,6 +72,17 @@ def _check_grads(net: torch.nn.Module, ref: torch.nn.Module, tol: float) -> None
         assert float((g - g_ref).abs().max()) <= tol * scale, n
 
 
+def _check_step(compiled: torch.nn.Module, net: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor,
+                tol: float = 1e-5, grad_tol: float = 1e-4) -> None:
+    """One training forward + backward of ``compiled`` (wrapping ``net``) against the eager copy ``ref``: outputs to
+    ``tol`` relative, gradients to ``grad_tol`` of the largest gradient."""
+    y, y_ref = compiled(x), ref(x)
+    assert _rel(y, y_ref) < tol
+    y.square().mean().backward()
+    y_ref.square().mean().backward()
+    _check_grads(net, ref, grad_tol)
+
+
 def _conv(d: int) -> GMRConv:
     return GMRConv(d, 3, 4, 5 if d == 3 else 7)
 
@@ -98,12 +109,7 @@ def test_compiled_matches_eager(name):
     ref = copy.deepcopy(net)
     compiled = _compile(net)
     x = torch.randn(*shape)
-
-    y, y_ref = compiled(x), ref(x)
-    assert _rel(y, y_ref) < 1e-5
-    y.square().mean().backward()
-    y_ref.square().mean().backward()
-    _check_grads(net, ref, 1e-4)
+    _check_step(compiled, net, ref, x)
 
     net.eval(), ref.eval()
     if name.startswith("conv"):  # eval with gradients: the layer's uncached path again (one more compilation)
@@ -172,11 +178,7 @@ def test_compiled_training_then_eval_no_stale_kernel_and_exact_d4():
         y_before = net(x)
     net.train()
     compiled = _compile(net)
-    y, y_ref = compiled(x), ref(x)
-    assert _rel(y, y_ref) < 1e-5
-    y.square().mean().backward()
-    y_ref.square().mean().backward()
-    _check_grads(net, ref, 1e-4)
+    _check_step(compiled, net, ref, x)
     _train_steps(compiled, net.parameters(), x)
     net.eval()
     fresh = get_network("gmr_unet_tiny").eval()
@@ -241,11 +243,7 @@ def test_inductor_matches_eager(name):
     ref = copy.deepcopy(net)
     compiled = _compile(net, backend="inductor")
     x = torch.randn(*shape)
-    y, y_ref = compiled(x), ref(x)
-    assert _rel(y, y_ref) < 1e-5
-    y.square().mean().backward()
-    y_ref.square().mean().backward()
-    _check_grads(net, ref, 1e-4)
+    _check_step(compiled, net, ref, x)
     net.eval(), ref.eval()
     with torch.no_grad():
         assert _rel(compiled(x), ref(x)) < 1e-5
@@ -268,11 +266,7 @@ def test_inductor_on_cuda_matches_eager(impl, monkeypatch):
     ref = copy.deepcopy(net)
     compiled = torch.compile(net, fullgraph=impl != "triton")
     x = torch.randn(4, 16, 64, 64, device="cuda")
-    y, y_ref = compiled(x), ref(x)
-    assert _rel(y, y_ref) < 1e-4
-    y.square().mean().backward()
-    y_ref.square().mean().backward()
-    _check_grads(net, ref, 1e-3)
+    _check_step(compiled, net, ref, x, tol=1e-4, grad_tol=1e-3)
     net.eval(), ref.eval()
     with torch.no_grad():
         assert _rel(compiled(x), ref(x)) < 1e-4
