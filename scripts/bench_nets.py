@@ -43,12 +43,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import platform
 import statistics
 import time
 from collections import Counter
-import copy
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -162,8 +162,8 @@ def bench_suite(suite: str, precision: str, args: argparse.Namespace, device: to
     size, batch, q_size, q_batch = SUITES[suite]
     if args.quick:
         size, batch = q_size, q_batch
-    size, batch = getattr(args, "size", None) or size, getattr(args, "batch", None) or batch
-    backend = getattr(args, "compile", None)
+    size, batch = args.size or size, args.batch or batch
+    backend = args.compile
     torch.manual_seed(0)
     models = build_suite(suite, args.impls)
     for m, _, _ in models.values():
