@@ -10,6 +10,10 @@ cannot run here for a stated reason are in :data:`SKIPS`. A new block that is no
 fails until it runs on its own or is listed; stale entries (a marker that matches no block, or several) fail too.
 
 A line ``name = ...  # (2, 3, 64)`` also checks ``tuple(name.shape) == (2, 3, 64)``, so documented shapes cannot rot.
+
+The documented ``python -m monai.bundle run`` command lines (fenced or inline, also under ``torchrun``) are parsed
+as Python Fire parses them and checked against the bundle configs they name: the files exist and every setting is
+one the bundles accept (:func:`monai_gmr.workflows.check_setting_names`), so a copied doc command is not refused.
 """
 
 from __future__ import annotations
@@ -340,3 +344,115 @@ def test_docs_block(block: Block, docs_env):
         namespace.update({k: scratch[k] for k in free_names(block.source) if k in scratch})
         torch.manual_seed(0)
     _run(with_shape_checks(block.source), str(ROOT / block.path), block.line, namespace, block.where())
+
+
+# ------------------------------------------------------------------------------- documented bundle command lines
+#: a ``python -m monai.bundle run ...`` / ``torchrun ... -m monai.bundle run ...`` command in a doc line (after the
+#: ``\``-continued lines are joined); an inline one ends at its closing backtick, a shell comment is cut
+_BUNDLE_COMMAND = re.compile(r"(?:python3? -m|torchrun\b[^`]*?-m) monai\.bundle (run(?:_workflow|-workflow)?)\b([^`]*)")
+#: the placeholder the top-level README uses for "either bundle"
+_ANY_BUNDLE = "bundles/<name>/"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One documented bundle command line: its Markdown file (relative, POSIX), 1-based line and argv after
+    ``python -m monai.bundle``."""
+
+    path: str
+    line: int
+    argv: tuple[str, ...]
+
+    def where(self) -> str:
+        return f"{self.path} line {self.line}: monai.bundle {' '.join(self.argv)}"
+
+
+def extract_commands(text: str, path: str) -> list[Command]:
+    """The ``monai.bundle run`` command lines of Markdown ``text`` that set a ``--config_file`` (prose mentions of
+    the command without one are not commands)."""
+    import shlex
+
+    found, line_no, pending, start = [], 0, "", 0
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not pending:
+            start = line_no
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        full, pending = pending + line, ""
+        for m in _BUNDLE_COMMAND.finditer(full):
+            rest = re.split(r"\s#", m[2], maxsplit=1)[0]
+            argv = (m[1], *shlex.split(rest))
+            if any(a == "--config_file" or a.startswith("--config_file=") for a in argv):
+                found.append(Command(path, start, argv))
+    return found
+
+
+def _command_config_files(command: Command, config_file: Any) -> list[list[Path]]:
+    """The config files a documented command means, once per bundle it may run in: relative to the bundle of a
+    bundle README, else to the project root, else (docs/*.md written from inside a bundle folder) to every bundle
+    that has them; ``bundles/<name>/`` stands for each bundle."""
+    files = [str(f) for f in (config_file if isinstance(config_file, (list, tuple)) else [config_file])]
+    bundles = sorted(p for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir())
+    if command.path.startswith("bundles/"):
+        bases = [ROOT / Path(command.path).parents[1]]
+    elif any(_ANY_BUNDLE in f for f in files):
+        return [[ROOT / f.replace(_ANY_BUNDLE, f"bundles/{b.name}/") for f in files] for b in bundles]
+    elif all((ROOT / f).is_file() for f in files):
+        bases = [ROOT]
+    else:
+        bases = [b for b in bundles if all((b / f).is_file() for f in files)]
+    return [[base / f for f in files] for base in bases]
+
+
+COMMANDS = [c for f in markdown_files() for c in extract_commands(f.read_text(encoding="utf-8"),
+                                                                   f.relative_to(ROOT).as_posix())]  # fmt: skip
+
+
+def test_commands_found():
+    """The extraction works (so an empty parametrization cannot pass): both bundle READMEs still document runs,
+    continued lines are joined, inline commands end at their backtick, comments are cut."""
+    per_file = {p: sum(c.path == p for c in COMMANDS) for p in (
+        "bundles/gmr_nuclei_segmentation/docs/README.md", "bundles/gmr_wsi_patch_classification/docs/README.md")}
+    assert all(n >= 5 for n in per_file.values()), per_file
+    text = ("Run `python -m monai.bundle run --config_file a.json --x 1` here, or `python -m monai.bundle run`.\n"
+            "```\ntorchrun --nproc_per_node=2 -m monai.bundle run \\\n    --config_file \"['a.json','b.json']\" --y 2  # c\n```\n")
+    assert extract_commands(text, "t.md") == [
+        Command("t.md", 1, ("run", "--config_file", "a.json", "--x", "1")),
+        Command("t.md", 3, ("run", "--config_file", "['a.json','b.json']", "--y", "2")),
+    ]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.path.split('/')[-3] if c.path.startswith('bundles/') else c.path}"
+                                                   f"-{c.line}" for c in COMMANDS])  # fmt: skip
+def test_documented_bundle_command(command: Command):
+    """Every documented ``monai.bundle run`` command names existing config files and only settings those configs
+    have (the bundles refuse an unknown setting name; a copied doc command must not be refused)."""
+    from monai_gmr.workflows import check_setting_names, cli_overrides
+
+    main = str(Path("site-packages", "monai", "bundle", "__main__.py"))
+    parsed = cli_overrides([main, *command.argv])
+    assert parsed is not None, command.where()
+    config_file, overrides = parsed
+    choices = _command_config_files(command, config_file)
+    assert choices, f"{command.where()}: config files {config_file!r} not found"
+    for files in choices:
+        missing = [str(f) for f in files if not f.is_file()]
+        assert not missing, f"{command.where()}: no such config file {missing}"
+        try:
+            check_setting_names([str(f) for f in files], overrides)
+        except ValueError as e:
+            pytest.fail(f"{command.where()}: {e}")
+
+
+def test_documented_command_check_can_fail():
+    """The check above refuses a documented command with a misspelt setting."""
+    from monai_gmr.workflows import check_setting_names, cli_overrides
+
+    (command,) = extract_commands(
+        "```\npython -m monai.bundle run --config_file configs/train.json --epoch 2\n```\n",
+        "bundles/gmr_nuclei_segmentation/docs/README.md")
+    config_file, overrides = cli_overrides([str(Path("monai", "bundle", "__main__.py")), *command.argv])
+    (files,) = _command_config_files(command, config_file)
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        check_setting_names([str(f) for f in files], overrides)

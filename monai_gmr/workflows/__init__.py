@@ -2,8 +2,8 @@
 
 ``monai_gmr.workflows.common`` holds generic pieces shared by every bundle (bundle-root lookup, resumable atomic
 checkpointing, progress display, distributed set-up, atomic image writers, instance post-processing, datalist
-checks); ``monai_gmr.workflows.settings`` the check of the setting names given on a ``python -m monai.bundle run``
-command line; ``monai_gmr.workflows.nuclei`` the nuclei-segmentation specifics.
+checks); ``monai_gmr.workflows.settings`` the check of the setting names given to a bundle run (``python -m
+monai.bundle run`` or ``monai.bundle.run(...)``); ``monai_gmr.workflows.nuclei`` the nuclei-segmentation specifics.
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ from .common import (
     run_on_rank0_first,
     summarize_evaluation,
 )
-from .settings import BUNDLE_COMMANDS, check_cli_setting_names, check_setting_names, cli_overrides, run_arguments
+from .settings import (
+    BUNDLE_COMMANDS,
+    check_cli_setting_names,
+    check_setting_names,
+    cli_overrides,
+    run_arguments,
+    workflow_overrides,
+)
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -64,4 +71,5 @@ __all__ = [
     "run_arguments",
     "run_on_rank0_first",
     "summarize_evaluation",
+    "workflow_overrides",
 ]

@@ -1,15 +1,20 @@
-"""Refuse misspelt setting names given to ``python -m monai.bundle run``.
+"""Refuse misspelt setting names given to a bundle run.
 
-MONAI's ``ConfigWorkflow`` applies the command line's ``--<id> <value>`` pairs with ``ConfigParser.update``: an id
-that no config file has (``--epoch 2`` for ``--epochs 2``, ``--learning_rat 1e-3``) is silently *added* to the
-config and then never read, so the run goes on with the default setting and no message. The bundles' configs call
-:func:`check_cli_setting_names` first in their ``initialize`` list, which stops such a run with an error naming the
-setting and the closest known names, before anything is trained or written.
+MONAI's ``ConfigWorkflow`` applies the command line's ``--<id> <value>`` pairs (or the keyword arguments of
+``monai.bundle.run(...)``) with ``ConfigParser.update``: an id that no config file has (``--epoch 2`` for
+``--epochs 2``, ``--learning_rat 1e-3``) is silently *added* to the config and then never read, so the run goes on
+with the default setting and no message. The bundles' configs call :func:`check_cli_setting_names` first in their
+``initialize`` list, which stops such a run with an error naming the setting and the closest known names, before
+anything is trained or written.
 
-- :func:`check_setting_names`: the check itself, for the arguments of a ``monai.bundle.run(...)`` call;
-- :func:`cli_overrides`: reads those arguments back from a ``python -m monai.bundle run ...`` command line, the way
-  Python Fire (MONAI's command-line front end) parses them;
-- :func:`check_cli_setting_names`: the two together, for the configs' ``initialize`` list.
+- :func:`check_setting_names`: the check itself, for a config file and the overrides given with it;
+- :func:`workflow_overrides`: those arguments as MONAI's ``create_workflow`` received them, for the workflow being
+  initialised (``python -m monai.bundle run``, ``torchrun -m monai.bundle run``, ``monai.bundle.run(...)``,
+  ``run_workflow``, ``create_workflow`` all go through it);
+- :func:`cli_overrides`: the same arguments read back from a ``python -m monai.bundle run ...`` command line, the
+  way Python Fire (MONAI's command-line front end) parses them;
+- :func:`check_cli_setting_names`: the check of the running workflow's arguments, for the configs' ``initialize``
+  list.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "run_arguments",
     "check_setting_names",
     "cli_overrides",
+    "workflow_overrides",
     "check_cli_setting_names",
 ]
 
@@ -237,6 +243,8 @@ def check_setting_names(
             continue
         close = difflib.get_close_matches(first, sorted(known), n=3)
         hint = f" (did you mean {' or '.join(repr(c + rest) for c in close)}?)" if close else ""
+        if not id:  # Fire reads a bare "--noX" as X=False, so a bare "--no" sets the empty name
+            hint = " (a bare '--no' on the command line: Fire reads '--noNAME' as NAME=False; write '--NAME false')"
         unknown.append(f"'{id}'{hint}")
     if unknown:
         one = len(unknown) == 1
@@ -318,20 +326,58 @@ def _is_flag(arg: str) -> bool:
     return arg.startswith("--") or re.match(r"^-[a-zA-Z]", arg) is not None
 
 
+def workflow_overrides() -> tuple[Any, dict[str, Any]] | None:
+    """The ``config_file`` and the other keyword arguments of the MONAI bundle workflow being created now.
+
+    ``python -m monai.bundle run`` (also under ``torchrun``), ``monai.bundle.run(...)``, ``run_workflow(...)`` and
+    ``create_workflow(...)`` all build their workflow in ``monai.bundle.scripts.create_workflow``, which merges an
+    ``args_file`` with the given arguments and then calls the workflow's ``initialize()``. Called from a config's
+    ``initialize`` list, this finds that call on the stack and returns its arguments exactly as MONAI holds them
+    (after Fire's parsing and the ``args_file`` merge), ready for :func:`check_setting_names`.
+
+    Written by hand because MONAI keeps neither the override arguments nor the list of config files on the workflow
+    object (``ConfigWorkflow.__init__`` only applies them to its parser), and a check must tell the ids that came
+    from the files from those that an override added.
+
+    Returns:
+        ``(config_file, overrides)``, ``overrides`` including ``workflow_name``; ``None`` when no
+        ``create_workflow`` call is running (a ``ConfigWorkflow`` built and initialised directly, a test calling
+        the configs' expressions itself) or it was given no ``config_file``.
+    """
+    from monai.bundle import scripts
+
+    code = getattr(inspect.unwrap(scripts.create_workflow), "__code__", None)
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if frame.f_code is code:
+                found = frame.f_locals
+                if "_args" not in found or found.get("config_file") is None:
+                    return None
+                return found["config_file"], {**found["_args"], "workflow_name": found.get("workflow_name")}
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
+
+
 def check_cli_setting_names() -> None:
-    """Refuse a ``python -m monai.bundle run`` command line that sets an unknown id (see :func:`check_setting_names`).
+    """Refuse a bundle run that sets an unknown id (see :func:`check_setting_names`).
 
     Meant as the first item of a bundle config's ``initialize`` list (``"$monai_gmr.workflows.check_cli_setting_names()"``):
-    it runs before anything is built or trained, reads only ``sys.argv`` and the config files (no config item is
-    instantiated, no random number drawn). Does nothing when the process was not started as ``python -m monai.bundle
-    run`` / ``run_workflow`` (``torchrun -m monai.bundle run`` is checked in every process): a program calling
-    ``monai.bundle.run(config_file=..., **overrides)`` or ``ConfigWorkflow`` is not checked by this and can call
-    ``check_setting_names(config_file, overrides)`` itself first.
+    it runs before anything is built or trained, reads only the run's arguments and the config files (no config
+    item is instantiated, no random number drawn). The arguments are those of the running ``create_workflow`` call
+    (:func:`workflow_overrides`: ``python -m monai.bundle run``, also under ``torchrun`` in every process,
+    ``monai.bundle.run(...)``, ``run_workflow``, ``create_workflow``); when there is none, those of a ``python -m
+    monai.bundle run`` command line (:func:`cli_overrides`). A ``ConfigWorkflow`` built and initialised directly by a
+    program is not checked: call ``check_setting_names(config_file, overrides)`` first.
 
     Raises:
         ValueError: an unknown setting (the message names it and suggests the closest known ids).
     """
-    found = cli_overrides()
+    found = workflow_overrides()
+    if found is None:
+        found = cli_overrides()
     if found is None:
         return
     check_setting_names(*found)

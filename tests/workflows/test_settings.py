@@ -194,3 +194,82 @@ def test_cli_overrides_skips_flags_with_an_empty_name_as_fire_does(tail, expecte
     """Checked against ``fire.Fire`` 0.7: ``--``/``---``/``--=v`` (empty key) is left unconsumed, so ``run`` gets no
     ``""`` setting (refusing it as "Unknown setting ''" stopped a run that MONAI carries out)."""
     assert cli_overrides([MAIN, "run", "--config_file", TRAIN, "--epochs", "2", *tail]) == (TRAIN, expected)
+
+
+# ------------------------------------------------------------------------ the running workflow's arguments (any caller)
+def _tiny_bundle(tmp_path: Path) -> Path:
+    """A config whose ``initialize`` checks the names and whose ``run`` writes ``@out`` (so a refused run shows no
+    file), with the metadata/logging files MONAI looks for beside it."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "metadata.json").write_text(json.dumps({"version": "0.0.1"}))
+    config = {
+        "imports": ["$import monai_gmr"],
+        "epochs": 1,
+        "out": str(tmp_path / "ran.txt"),
+        "initialize": ["$monai_gmr.workflows.check_cli_setting_names()"],
+        "run": ["$open(@out, 'w').write(str(@epochs))"],
+    }
+    (configs / "train.json").write_text(json.dumps(config))
+    return configs / "train.json"
+
+
+def _run_refused(fn, **kwargs) -> str:
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps the error of a config expression
+        fn(**kwargs)
+    assert isinstance(info.value.__cause__, ValueError), info.value
+    return str(info.value.__cause__)
+
+
+def test_a_programmatic_bundle_run_is_checked_too(tmp_path):
+    """``monai.bundle.run(...)`` / ``run_workflow`` / ``create_workflow`` in Python (no command line) are checked from
+    the arguments MONAI received; a refused run runs nothing, an accepted one runs."""
+    from monai.bundle import create_workflow, run, run_workflow
+
+    config = _tiny_bundle(tmp_path)
+    ran = tmp_path / "ran.txt"
+    for fn in (run, run_workflow, create_workflow):
+        assert "'epoch' (did you mean 'epochs'?)" in _run_refused(fn, config_file=str(config), epoch=3), fn
+        assert not ran.exists(), fn
+    run(config_file=str(config), epochs=3)
+    assert ran.read_text() == "3"
+    # an args_file's ids are checked as MONAI merges them with the call's
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"config_file": str(config), "epoch": 4}))
+    ran.unlink()
+    assert "'epoch'" in _run_refused(run, args_file=str(args))
+    assert not ran.exists()
+    args.write_text(json.dumps({"config_file": str(config), "epochs": 4}))
+    run(args_file=str(args))
+    assert ran.read_text() == "4"
+
+
+def test_the_running_workflows_arguments_win_over_the_command_line(tmp_path, monkeypatch):
+    """Inside ``create_workflow`` the check reads what MONAI was given, not ``sys.argv`` (a program started as
+    ``python -m monai.bundle run`` may run another bundle itself)."""
+    from monai.bundle import run
+
+    config = _tiny_bundle(tmp_path)
+    monkeypatch.setattr(sys, "argv", [MAIN, "run", "--config_file", str(config), "--epoch", "2"])
+    run(config_file=str(config), epochs=2)  # the call's settings are right: accepted
+    monkeypatch.setattr(sys, "argv", [MAIN, "run", "--config_file", str(config), "--epochs", "2"])
+    assert "'epoch'" in _run_refused(run, config_file=str(config), epoch=2)
+
+
+def test_a_workflow_built_directly_is_not_checked(tmp_path):
+    """Documented limit: ``ConfigWorkflow(...)`` built and initialised by a program has no ``create_workflow`` call
+    to read (MONAI keeps no list of its overrides), so the check has nothing to compare and lets it run."""
+    from monai.bundle import ConfigWorkflow
+
+    from monai_gmr.workflows import workflow_overrides
+
+    assert workflow_overrides() is None
+    workflow = ConfigWorkflow(config_file=str(_tiny_bundle(tmp_path)), epoch=2)
+    workflow.initialize()
+    workflow.run()
+    assert (tmp_path / "ran.txt").read_text() == "1"
+
+
+def test_a_bare_no_is_explained():
+    message = _refused(TRAIN, {"": False})
+    assert "Unknown setting ''" in message and "bare '--no'" in message
