@@ -39,6 +39,8 @@ from monai_gmr.utils import atomic_path, atomic_write_json, make_temp_dir, missi
 
 __all__ = [
     "compile_prepare_batch",
+    "CompiledModule",
+    "maybe_compile",
     "find_bundle_root",
     "find_latest_checkpoint",
     "attach_resume",
@@ -473,6 +475,104 @@ def compile_prepare_batch(
     if isinstance(prepared, torch.Tensor):  # a batch of GAN "reals" comes back alone, not as a pair
         return prepared.as_tensor() if isinstance(prepared, MetaTensor) else prepared
     return tuple(t.as_tensor() if isinstance(t, MetaTensor) else t for t in prepared)
+
+
+class CompiledModule(torch.nn.Module):
+    """``torch.compile(module)`` for a network used outside MONAI's engines, fed plain tensors, whose state stays the
+    original module's (:func:`maybe_compile` builds it from the bundle settings).
+
+    - Calls run the compiled module with every ``MetaTensor`` argument turned into a plain tensor first (outputs are
+      plain tensors): with torch 2.13 / MONAI 1.6.1 a compiled module called on a collated MetaTensor batch fails
+      (``aot_eager``: "Multiple dispatch failed for 'torch._ops.aten.convolution.default'"), as MONAI's compiled
+      engines do without :func:`compile_prepare_batch`.
+    - The original module is the only registered child (``module``), so ``.to()``, ``.eval()``, ``.train()``,
+      ``.parameters()`` and ``.training`` act on it (``training`` is the original module's flag), and ``state_dict()`` / ``load_state_dict()`` are the original
+      module's, with its keys (no ``module.`` or ``_orig_mod.`` prefix): checkpoints load either way. Other attributes
+      not found on the wrapper are looked up on the original module.
+
+    Args:
+        module: the network (left unchanged; weights loaded into it later are used by the compiled calls).
+        compile_kwargs: keyword arguments of ``torch.compile`` (e.g. ``backend="aot_eager"``).
+    """
+
+    def __init__(self, module: torch.nn.Module, **compile_kwargs: Any) -> None:
+        super().__init__()
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"CompiledModule needs a torch.nn.Module, got {type(module).__name__}.")
+        self.module = module
+        self.compile_kwargs = dict(compile_kwargs)
+        # not registered as a child: it holds ``module`` again (as ``_orig_mod``) and would add prefixed state_dict keys
+        object.__setattr__(self, "compiled", torch.compile(module, **compile_kwargs))
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        """The original module's mode (as ``torch.compile``'s ``OptimizedModule`` does): a MONAI engine that compiled
+        the same module itself and switched it to ``eval()`` leaves no stale ``training`` flag here."""
+        module = self.__dict__.get("_modules", {}).get("module")
+        return True if module is None else module.training
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        module = self.__dict__.get("_modules", {}).get("module")
+        if module is not None:  # nn.Module.__init__ sets the default before ``module`` exists
+            module.training = value
+
+    @staticmethod
+    def _plain(x: Any) -> Any:
+        return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(self._plain(a) for a in args)
+        kwargs = {k: self._plain(v) for k, v in kwargs.items()}
+        return self.compiled(*args, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:  # the original module's keys
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":  # not set yet (during __init__)
+                raise
+            return getattr(self._modules["module"], name)
+
+    def extra_repr(self) -> str:
+        return f"compile_kwargs={self.compile_kwargs!r}"
+
+
+def maybe_compile(
+    module: torch.nn.Module, compile: Any = False, compile_kwargs: Any = None
+) -> torch.nn.Module:
+    """The network to use outside MONAI's engines under the bundle settings ``compile`` / ``compile_kwargs``: a
+    :class:`CompiledModule` of ``module`` when ``compile`` is true, else ``module`` itself.
+
+    The bundle configs pass ``@network`` through this function for the rotation-robustness evaluator and the WSI slide
+    inference, which are not MONAI engines (MONAI's ``compile=True`` option does not reach them); checkpoints keep
+    loading into the plain ``@network`` (the compiled calls use its current weights).
+
+    Args:
+        module: the network.
+        compile: the ``compile`` setting (a bool, or text such as ``"true"`` from a command line; see
+            :func:`monai_gmr.utils.as_bool`).
+        compile_kwargs: the ``compile_kwargs`` setting: keyword arguments of ``torch.compile`` (a mapping with string
+            keys, or ``None``; see :func:`monai_gmr.utils.keyword_args`).
+
+    Raises:
+        ValueError: ``compile`` is not a boolean or ``compile_kwargs`` not such a mapping (the message names the
+            setting). ``compile_kwargs`` is checked when ``compile`` is false too.
+    """
+    from monai_gmr.utils import as_bool, keyword_args
+
+    on = as_bool(compile, "compile")
+    kwargs = keyword_args(compile_kwargs, "compile_kwargs")
+    if not on:
+        return module
+    logger.info("running %s through torch.compile(%s)", type(module).__name__, ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
+    return CompiledModule(module, **kwargs)
 
 
 def summarize_evaluation(

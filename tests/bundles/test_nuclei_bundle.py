@@ -115,6 +115,10 @@ def test_switches_given_as_text_mean_what_they_say(tmp_path, text):
     assert ("aji" in p.get_parsed_content("robustness_metrics")) is on
     assert p.get_parsed_content("robustness#amp") is on and p.get_parsed_content("validate#evaluator").amp is on
     assert p.get_parsed_content("validate#evaluator").compile is on and p.get_parsed_content("train#trainer").compile is on
+    # the robustness evaluator (not a MONAI engine) runs the compiled network too; the checkpoint loads into @network
+    net, rob_net = p.get_parsed_content("network"), p.get_parsed_content("robustness_evaluator").network
+    assert type(net).__name__ == "GMRUNet" and (rob_net is net) is not on
+    assert not on or (type(rob_net).__name__ == "CompiledModule" and rob_net.module is net)
     pi = config_parser([INFERENCE], **over, **switches, metadata=METADATA)
     assert (type(pi.get_parsed_content("inferer")).__name__ == "RotationTTAInferer") is on
     assert pi.get_parsed_content("evaluator").amp is on and pi.get_parsed_content("evaluator").compile is on
@@ -354,14 +358,17 @@ def test_compiled_training_matches_eager_and_saves_uncompiled_checkpoints(tmp_pa
         assert not [k for k in state if "_orig_mod" in k]
         net.load_state_dict(state, strict=True)
 
-    # evaluation and inference of that model: compiled == eager (same metrics, same probability maps)
+    # evaluation (its engine and the robustness evaluator) and inference of that model: compiled == eager (same
+    # metrics, same probability maps)
     import tifffile
 
     out, compiled = tmp_path / "compiled", ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"]
     reports, probs = {}, {}
     for name, extra in (("eager", []), ("compiled", compiled)):
-        run_bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", "[0, 90]", "--eval_dir",
-                   str(tmp_path / f"eval_{name}"), *extra, cwd=tmp_path)  # fmt: skip
+        proc = run_bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", "[0, 90]", "--eval_dir",
+                          str(tmp_path / f"eval_{name}"), *extra, cwd=tmp_path)  # fmt: skip
+        # the robustness evaluator (not a MONAI engine) runs the compiled network too
+        assert ("GMRUNet through torch.compile(backend='aot_eager')" in proc.stdout + proc.stderr) is (name == "compiled")
         reports[name] = json.loads((tmp_path / f"eval_{name}" / "robustness.json").read_text())["per_angle"]["dice"]
         pred = tmp_path / f"pred_{name}"
         run_bundle([INFERENCE], *_common(data, out), "--pred_dir", str(pred), *extra, cwd=tmp_path)

@@ -147,9 +147,18 @@ def test_switches_given_as_text_mean_what_they_say(tmp_path, text):
     assert p.get_parsed_content("robustness#amp") is on and p.get_parsed_content("run_slide_eval") is on
     assert p.get_parsed_content("train#dataset#generate") is on
     assert p.get_parsed_content("train#trainer#compile") is on and p.get_parsed_content("validate#evaluator#compile") is on
+    # the robustness evaluator and the slide maps (not MONAI engines) run the compiled network too, the checkpoint
+    # loads into @network (no patches are read: the evaluator gets an empty loader)
+    p.update({"robustness_data#dataloader": []})
+    net = p.get_parsed_content("network")
+    for other in (p.get_parsed_content("robustness_evaluator").network, p.get_parsed_content("slide_inference").network):
+        assert (other is net) is not on
+        assert not on or (type(other).__name__ == "CompiledModule" and other.module is net)
     pi = config_parser([INFERENCE], **over, **switches, strict=text, metadata=METADATA)
     si = pi.get_parsed_content("slide_inference")
     assert si.strict is on and si.kwargs["amp"] is on and si.generate is on
+    assert (si.network is pi.get_parsed_content("network")) is not on
+    assert not on or (type(si.network).__name__ == "CompiledModule" and si.network.module is pi.get_parsed_content("network"))
     check_switches_read_as_bool(CONFIGS)
 
 
@@ -291,6 +300,39 @@ def test_train_evaluate_infer_end_to_end(tmp_path, slides):
         # probabilities only in the cells of patches with >= 25% tissue (cells may overhang the tissue border)
         assert (prob[~tissue] == 0).mean() > 0.85 and (prob[tissue] > 0).mean() > 0.85
     assert not [p for p in pred.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_compiled_evaluation_and_slide_inference_match_eager(tmp_path, slides):
+    """``--compile true`` (aot_eager: no C compiler) also runs evaluate.json's robustness evaluation and slide maps and
+    inference.json's slide inference (not MONAI engines) through torch.compile: same robustness report and probability
+    maps as eager (to 1e-5). inference.json had no ``compile`` setting, so ``--compile true`` was refused there."""
+    data, out = Path(slides["root"]), tmp_path / "run"
+    torch.manual_seed(0)  # an untrained network is enough to compare the two runs
+    net = config_parser([INFERENCE], network_def=TINY_NET, metadata=METADATA).get_parsed_content("network_def")
+    (out / "models").mkdir(parents=True)
+    torch.save({"model": net.state_dict()}, out / "models" / "model.pt")
+    compiled = ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"]
+    reports, maps, probs = {}, {}, {}
+    for name, extra in (("eager", []), ("compiled", compiled)):
+        ev, pred = tmp_path / f"eval_{name}", tmp_path / f"pred_{name}"
+        proc = run_bundle([TRAIN, EVALUATE], *_common(data, out), "--generate_synthetic", "false", "--robustness_angles",
+                          "[0, 45]", "--robustness_flips", "['h']", "--eval_dir", str(ev), *extra, cwd=tmp_path)  # fmt: skip
+        logs = proc.stdout + proc.stderr
+        assert ("through torch.compile(backend='aot_eager')" in logs) is (name == "compiled")
+        reports[name] = json.loads((ev / "robustness.json").read_text())["per_angle"]
+        maps[name] = {p.name: np.load(p) for p in sorted((ev / "maps").glob("*_prob.npy"))}
+        proc = run_bundle([INFERENCE], *_common(data, out), "--generate_synthetic", "false", "--pred_dir", str(pred),
+                          *extra, cwd=tmp_path)  # fmt: skip
+        logs = proc.stdout + proc.stderr
+        assert ("through torch.compile(backend='aot_eager')" in logs) is (name == "compiled")
+        probs[name] = {p.name: np.load(p) for p in sorted(pred.glob("*_prob.npy"))}
+    for m, vals in reports["eager"].items():
+        np.testing.assert_allclose(reports["compiled"][m], vals, atol=1e-5, err_msg=m)
+    for got, ref in ((maps["compiled"], maps["eager"]), (probs["compiled"], probs["eager"])):
+        assert ref and sorted(got) == sorted(ref)
+        for f, p in ref.items():
+            assert p.max() > 0, f
+            np.testing.assert_allclose(got[f], p, atol=1e-5, err_msg=f)
 
 
 def test_resume_after_kill(tmp_path, slides):

@@ -681,3 +681,66 @@ def test_compile_prepare_batch_keeps_the_shape_of_monais_result():
     assert type(out) is torch.Tensor and torch.equal(out, reals.as_tensor())
     image, label = compile_prepare_batch({"image": MetaTensor(torch.rand(2, 3, 4, 4))})
     assert type(image) is torch.Tensor and image.shape == (2, 3, 4, 4) and label is None
+
+
+def test_maybe_compile_is_the_module_itself_when_off_and_refuses_bad_settings_by_name():
+    from monai_gmr.workflows import maybe_compile
+
+    net = torch.nn.Linear(3, 2)
+    for off in (False, "false", "off", 0):
+        assert maybe_compile(net, off) is net
+    assert maybe_compile(net, False, {"backend": "aot_eager"}) is net
+    with pytest.raises(ValueError, match="^compile must be a boolean"):
+        maybe_compile(net, "maybe")
+    for bad in ("backend=aot_eager", {1: "x"}, ["backend"]):
+        with pytest.raises(ValueError, match="^compile_kwargs must be a mapping"):
+            maybe_compile(net, True, bad)
+    with pytest.raises(ValueError, match="^compile_kwargs must be a mapping"):  # checked when off too
+        maybe_compile(net, False, "backend=aot_eager")
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call")  # MetaTensor's lru_cache, traced by the failing call
+def test_maybe_compile_matches_eager_on_tensors_and_metatensor_batches_and_keeps_the_modules_state(tmp_path):
+    """On, the network runs through ``torch.compile`` (aot_eager: no C compiler) with the eager outputs, also for a
+    collated MetaTensor batch of 2, which the compiled module alone refuses with torch 2.13 / MONAI 1.6.1; ``.eval()``,
+    ``.to()``, ``parameters()`` and ``state_dict()`` / ``load_state_dict()`` act on the original module, with its keys."""
+    from monai.data import MetaTensor, list_data_collate
+
+    from monai_gmr.workflows import CompiledModule, load_checkpoint, maybe_compile
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    c = maybe_compile(net, "true", {"backend": "aot_eager"})
+    assert isinstance(c, CompiledModule) and isinstance(c, torch.nn.Module) and c.module is net
+    assert isinstance(c.compiled, torch._dynamo.eval_frame.OptimizedModule)
+    assert list(c.state_dict()) == list(net.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [id(p) for p in c.parameters()] == [id(p) for p in net.parameters()]
+    assert c.eval() is c and not net.training and not c.training
+    c.train()
+    assert net.training
+    net.eval()
+    assert not c.training and c.to("cpu") is c
+    net.num_classes = 2
+    assert c.num_classes == 2  # other attributes: the module's
+
+    items = [{"image": MetaTensor(torch.rand(3, 12, 12), meta={"original_channel_dim": -1})} for _ in range(2)]
+    batch = list_data_collate(items)["image"]
+    assert isinstance(batch, MetaTensor) and batch.shape[0] == 2
+    with torch.no_grad():
+        with pytest.raises(Exception, match="dispatch"):  # why the wrapper hands the compiled module plain tensors
+            c.compiled(batch)
+        for x in (batch.as_tensor(), batch):
+            out, ref = c(x), net(x)
+            assert type(out) is torch.Tensor
+            torch.testing.assert_close(out, torch.as_tensor(ref), atol=1e-5, rtol=0)
+
+    # weights loaded later (into the wrapper or the plain module; a checkpoint without prefixes) are used
+    new = {k: torch.randn_like(v) for k, v in net.state_dict().items()}
+    c.load_state_dict(new)
+    assert torch.equal(net[0].weight, new["0.weight"])
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), net(x), atol=1e-5, rtol=0)
+    torch.save({"model": {k: v + 1 for k, v in new.items()}}, tmp_path / "m.pt")
+    load_checkpoint(c, tmp_path / "m.pt")
+    assert torch.equal(net[0].weight, new["0.weight"] + 1)
