@@ -338,3 +338,18 @@ def test_binary_classification_scores_class_one_only():
         acc = ClassificationAccumulator()
         acc.update(logits, torch.tensor([0, 1, 0, 1]))
         assert list(acc.class_aucs()) == [1] and acc.class_aucs()[1] == pytest.approx(0.5)
+
+
+def test_include_background_adds_class_zero_to_the_pixel_macro_auc():
+    """``include_background=True`` averages the one-vs-rest pixel AUC of every class, class 0 included; ``False``
+    the foreground classes' only. Three classes: with two, class 0's AUC equals class 1's and could not tell."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 8, 8)
+    lab = torch.randint(0, 3, (1, 1, 8, 8))
+    probs = logits.softmax(1)
+    per_class = [roc_auc_exact(probs[:, c].reshape(-1), lab.reshape(-1) == c) for c in range(3)]
+    assert per_class[0] != pytest.approx((per_class[1] + per_class[2]) / 2)  # the two averages differ here
+    for include, classes in ((True, (0, 1, 2)), (False, (1, 2))):
+        acc = SegmentationAccumulator(("auc",), include_background=include)
+        acc.update(logits, lab)
+        assert acc.compute()["auc"] == pytest.approx(sum(per_class[c] for c in classes) / len(classes)), include

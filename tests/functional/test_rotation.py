@@ -376,6 +376,21 @@ def test_central_disk_is_centred_with_radius_from_the_shorter_side():
     )
 
 
+def test_central_disk_is_closed_pixels_on_the_radius_are_inside():
+    """A pixel at distance exactly ``r`` from the centre is inside (a closed disk / ball, as the 1e-9 margin for the
+    rounding of ``r * r`` intends): 25 x 25 at ``radius_frac=0.2`` (r = 5) holds the 81 lattice points with
+    ``|p| <= 5``, among them (5, 0) and (3, 4); likewise the 15^3 ball of r = 3. (The other disk tests use even sizes
+    or radii that no pixel lies on, where ``<`` and ``<=`` agree.)"""
+    d = central_disk_mask((25, 25), 0.2)
+    assert int(d.sum()) == sum(i * i + j * j <= 25 for i in range(-12, 13) for j in range(-12, 13)) == 81
+    assert d[12 + 5, 12] and d[12 + 3, 12 + 4] and not d[12 + 5, 12 + 1]
+    b = central_disk_mask((15, 15, 15), 0.2)  # r = 3: (3, 0, 0) and (2, 2, 1) lie on the sphere
+    assert int(b.sum()) == sum(
+        i * i + j * j + k * k <= 9 for i in range(-7, 8) for j in range(-7, 8) for k in range(-7, 8)
+    )
+    assert b[7 + 3, 7, 7] and b[7 + 2, 7 + 2, 7 + 1]
+
+
 def test_near_right_angles_are_resampled_not_rot90():
     """Only true multiples of 90 degrees take the exact rot90 path: 90.2 degrees is resampled (and differs from rot90
     on a random image)."""

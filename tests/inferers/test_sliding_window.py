@@ -175,3 +175,20 @@ def test_tiles_smaller_than_the_window_are_padded_equally_with_cval(padding_mode
         y = inf(x, net)
     assert y.shape == (1, 2, 4, 6)
     assert torch.allclose(y, ref, atol=1e-6)
+
+
+@torch.no_grad()
+def test_gaussian_blending_follows_sigma_scale_like_monai():
+    """``sigma_scale`` (one value or one per dim) reaches the Gaussian importance maps: on a 40 x 40 tile, where both
+    grids are (0, 12, 24), the output equals MONAI's with the same ``sigma_scale`` and differs from the default 0.125
+    (the other tests use the default, where a dropped ``sigma_scale`` would go unseen). The network has zero-padded
+    borders, so overlapping windows disagree and the blending weights matter."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 5, padding=2).eval()
+    x = torch.rand(1, 1, 40, 40)
+    default = SymmetricSlidingWindowInferer(16, overlap=0.25, mode="gaussian")(x, net)
+    for sigma_scale in (0.5, (0.05, 0.5)):
+        kw = dict(roi_size=16, overlap=0.25, mode="gaussian", sigma_scale=sigma_scale)
+        ours, theirs = SymmetricSlidingWindowInferer(**kw)(x, net), SlidingWindowInferer(**kw)(x, net)
+        assert rel_err(ours, theirs) < 1e-6, sigma_scale
+        assert rel_err(ours, default) > 1e-4, sigma_scale

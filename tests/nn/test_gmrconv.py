@@ -13,7 +13,14 @@ from scipy import ndimage
 import monai_gmr
 from monai_gmr import GMRConv, GMRConv2d, GMRConv3d, GMRConvolution, export_dense
 from monai_gmr.evaluation import spline_equivariance_error
-from monai_gmr.functional import cube_elements, d4_elements, offset_distances, ring_centers, synthesize_kernel
+from monai_gmr.functional import (
+    cube_elements,
+    d4_elements,
+    offset_distances,
+    ring_basis,
+    ring_centers,
+    synthesize_kernel,
+)
 from tests.conftest import rel_err
 
 
@@ -414,6 +421,38 @@ def test_no_cache_when_gradients_are_needed():
     x = torch.randn(1, 2, 5, 5, requires_grad=True)
     m(x).sum().backward()
     assert m._kernel_cache is None and m.weight.grad is not None
+
+
+def test_no_cache_when_only_sigma_is_trained():
+    """Frozen ring weights and a learned ``log_sigma`` in eval mode (fine-tuning the ring widths with frozen norms):
+    the kernel needs a fresh graph to ``log_sigma`` on every call, so it is never cached. A cached kernel would carry
+    the first call's graph, and the second backward with unchanged parameters would fail ("Trying to backward
+    through the graph a second time")."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 2, 5).eval()
+    m.weight.requires_grad_(False)
+    x = torch.randn(1, 2, 7, 7)
+    for _ in range(2):
+        m.log_sigma.grad = None
+        m(x).square().sum().backward()
+        assert m._kernel_cache is None
+        assert m.log_sigma.grad is not None and m.log_sigma.grad.abs().sum() > 0
+
+
+def test_module_basis_clips_log_sigma_like_sigma_reports():
+    """The layer's basis, and so its kernel and output, uses ``log_sigma`` clipped to ``log_sigma_range`` (the widths
+    that ``sigma`` reports): a learned ``log_sigma`` pushed out of range by an optimizer must not give rings wider
+    than ``2 n`` or narrower than ``1e-2``."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 1, 1, 5).double()
+    lo, hi = m.log_sigma_range
+    with torch.no_grad():
+        m.log_sigma.copy_(torch.tensor([lo - 3.0, 0.0, hi + 3.0], dtype=torch.float64))
+    clipped = ring_basis(m.distances, m.centers, m.log_sigma.detach().clamp(lo, hi), m.mask)
+    assert torch.equal(m.basis(), clipped)
+    x = torch.randn(1, 1, 7, 7, dtype=torch.float64)
+    ref = torch.nn.functional.conv2d(x, synthesize_kernel(m.weight, clipped), m.bias, padding=2)
+    assert rel_err(m(x), ref) < 1e-12
 
 
 def test_double_and_deepcopy():
