@@ -118,7 +118,9 @@ class SymmetricSlidingWindowInferer(Inferer):
         self.cval = float(cval)
         self.sw_device = sw_device
         self.device = device
-        self._weights: dict[tuple, torch.Tensor] = {}  # importance maps by (roi, device): built once, not per call
+        # importance maps by (roi, device, mode, sigma_scale): built once, not per call; the blending settings are in the
+        # key so that changing ``mode`` / ``sigma_scale`` on an inferer already used cannot reuse the old map
+        self._weights: dict[tuple, torch.Tensor] = {}
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
@@ -153,7 +155,8 @@ class SymmetricSlidingWindowInferer(Inferer):
         padded = tuple(int(s) for s in x.shape[2:])
         starts = [symmetric_window_starts(s, r, o) for s, r, o in zip(padded, roi, overlap)]
         windows = list(itertools.product(*starts))
-        key = (roi, str(device))
+        sigma = self.sigma_scale if isinstance(self.sigma_scale, (int, float)) else tuple(self.sigma_scale)
+        key = (roi, str(device), str(self.mode), sigma)
         weight = self._weights.get(key)
         if weight is None:
             weight = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device)

@@ -192,3 +192,18 @@ def test_gaussian_blending_follows_sigma_scale_like_monai():
         ours, theirs = SymmetricSlidingWindowInferer(**kw)(x, net), SlidingWindowInferer(**kw)(x, net)
         assert rel_err(ours, theirs) < 1e-6, sigma_scale
         assert rel_err(ours, default) > 1e-4, sigma_scale
+
+
+@torch.no_grad()
+def test_changing_the_blending_after_a_call_is_followed():
+    """The importance maps are cached per window size; ``mode`` / ``sigma_scale`` set on an inferer that has already
+    run must still take effect (the cache key holds them), as on a fresh inferer."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 5, padding=2).eval()
+    x = torch.rand(1, 1, 40, 40)
+    inf = SymmetricSlidingWindowInferer(16, overlap=0.25, mode="gaussian")
+    inf(x, net)
+    for attr, value in (("sigma_scale", 0.5), ("mode", "constant")):
+        setattr(inf, attr, value)
+        fresh = SymmetricSlidingWindowInferer(16, overlap=0.25, mode=inf.mode, sigma_scale=inf.sigma_scale)
+        assert rel_err(inf(x, net), fresh(x, net)) < 1e-7, attr
