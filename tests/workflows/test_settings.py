@@ -221,6 +221,7 @@ def _run_refused(fn, **kwargs) -> str:
     return str(info.value.__cause__)
 
 
+@pytest.mark.filterwarnings("ignore:parsing config_file")  # MONAI's trust notice for our own test config
 def test_a_programmatic_bundle_run_is_checked_too(tmp_path):
     """``monai.bundle.run(...)`` / ``run_workflow`` / ``create_workflow`` in Python (no command line) are checked from
     the arguments MONAI received; a refused run runs nothing, an accepted one runs."""
@@ -244,6 +245,7 @@ def test_a_programmatic_bundle_run_is_checked_too(tmp_path):
     assert ran.read_text() == "4"
 
 
+@pytest.mark.filterwarnings("ignore:parsing config_file")  # MONAI's trust notice for our own test config
 def test_the_running_workflows_arguments_win_over_the_command_line(tmp_path, monkeypatch):
     """Inside ``create_workflow`` the check reads what MONAI was given, not ``sys.argv`` (a program started as
     ``python -m monai.bundle run`` may run another bundle itself)."""
