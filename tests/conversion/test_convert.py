@@ -753,3 +753,55 @@ def test_pool_mode_picks_the_pool_of_strided_convs(pool_mode):
     new2 = convert_to_gmr(nn.Conv2d(2, 3, 3, stride=2, padding=1), pool_mode=pool_mode)
     new3 = convert_to_gmr(nn.Conv3d(2, 3, 3, stride=2, padding=1), pool_mode=pool_mode)
     assert type(new2.pool) is want2 and type(new3.pool) is want3
+
+
+def test_exclude_name_covers_its_submodules_but_not_longer_names():
+    """``exclude="conv1"`` keeps ``conv1`` and everything under ``conv1.`` but not ``conv10``: a prefix match without
+    the dot would silently leave every module whose name merely starts with the same characters unconverted."""
+    from collections import OrderedDict
+
+    net = nn.Sequential(OrderedDict(conv1=nn.Sequential(nn.Conv2d(1, 2, 3, padding=1)), conv10=nn.Conv2d(2, 2, 3, padding=1)))
+    new, summary = convert_to_gmr(net, exclude="conv1", return_summary=True)
+    assert isinstance(new.conv1[0], nn.Conv2d) and isinstance(new.conv10, GMRConv)
+    assert summary.kept == {"conv1": "excluded"} and summary.counts == {"conv": 1, "excluded": 1}
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_transposed_conv_upsampling_is_align_corners_false(mode):
+    """The interpolation replacing a strided transposed conv uses ``align_corners=False``, like GMRUNet's
+    (:func:`monai_gmr.nets.unet.make_upsample`). ``True`` is just as equivariant, so only the values tell them apart."""
+    from monai_gmr.nets.unet import make_upsample
+
+    torch.manual_seed(0)
+    new = convert_to_gmr(nn.ConvTranspose2d(2, 3, 2, stride=2), upsample_mode=mode)
+    assert isinstance(new, UpsampledConv) and new.upsample.align_corners is False
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    ref = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
+    assert torch.allclose(new.upsample(x), ref) and torch.allclose(make_upsample(2, 2, mode)(x), ref)
+
+
+def test_already_gmr_counts_gmr_convs_not_replacement_blocks():
+    """A second conversion counts the GMR convs it meets (``already_gmr``). A PooledConv / UpsampledConv that holds a
+    1x1 ``nn.Conv`` (from a strided / transposed pointwise conv) holds none and must not count as one."""
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 1, stride=2), nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.ConvTranspose2d(2, 2, 1, stride=2, output_padding=1)
+    )
+    once, s1 = convert_to_gmr(net, return_summary=True)
+    assert s1.counts == {"strided_pointwise": 1, "strided_conv": 1, "transposed_pointwise": 1}
+    assert isinstance(once[0], PooledConv) and isinstance(once[2], UpsampledConv)
+    _, s2 = convert_to_gmr(once, return_summary=True)
+    assert s2.counts == {"already_gmr": 1} and not s2.converted
+
+
+def test_replace_pooling_keeps_count_include_pad():
+    """A replaced average pool keeps ``count_include_pad``. Kernel 2 / stride 4 becomes kernel = stride = 4 with
+    padding 1, so the border windows reach into the padding: with ``count_include_pad=False`` a constant image must
+    stay constant (a replacement that always counted the padding darkened every border window)."""
+    for include in (False, True):
+        new = convert_to_gmr(nn.Sequential(nn.AvgPool2d(2, 4, count_include_pad=include)), replace_pooling=True)
+        pool = new[0]
+        assert isinstance(pool, nn.AvgPool2d) and tuple(pool.padding) == (1, 1) and pool.count_include_pad is include
+        x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+        assert torch.allclose(pool(x), F.avg_pool2d(x, 4, 4, 1, count_include_pad=include))
+        ones = pool(torch.ones(1, 1, 8, 8, dtype=torch.float64))
+        assert torch.equal(ones, torch.ones_like(ones)) is (not include)

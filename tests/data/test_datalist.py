@@ -19,6 +19,14 @@ def test_split_counts(n, val, test, expected):
     assert split_counts(n, val, test) == expected
 
 
+@pytest.mark.parametrize("n, val, test, expected", [(3, 0.6, 0.1, (1, 2, 0)), (3, 0.1, 0.6, (1, 0, 2))])
+def test_split_counts_bumps_an_empty_split_only_from_the_training_items(n, val, test, expected):
+    """A non-zero fraction that rounds to 0 items gets one only if training still keeps >= 1 item *after* that bump;
+    it never takes the item from the other split (3 items, val 0.6 / test 0.1: 2 validation, 0 test, 1 training; a
+    bump checked against ``n - n_val > 0`` gave test one item and took it back from validation: (1, 1, 1))."""
+    assert split_counts(n, val, test) == expected
+
+
 def test_split_counts_rejects_bad_fractions():
     with pytest.raises(ValueError, match="val_frac"):
         split_counts(10, 1.2, 0.1)

@@ -222,3 +222,31 @@ def test_blocks_add_their_shortcut(stride, in_planes):
                 short = blk.downsample(x)
                 assert short.shape == main.shape
             assert torch.allclose(blk(x), torch.relu(main + short), atol=1e-6), cls.__name__
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_projection_shortcut_is_pool_then_1x1_conv_then_norm(stride):
+    """The projection shortcut is average pool (kernel = stride) -> 1x1 conv -> norm (module docstring). The block test
+    computes its reference through ``blk.downsample`` itself, so a shortcut that lost its norm passed every test."""
+    from monai_gmr.nets.resnet import GMRResNetBlock, GMRResNetBottleneck
+
+    for cls in (GMRResNetBlock, GMRResNetBottleneck):
+        blk = cls(4, 8, 2, stride, 3)
+        expected = ([nn.AvgPool2d] if stride > 1 else []) + [nn.Conv2d, nn.BatchNorm2d]
+        assert [type(m) for m in blk.downsample] == expected, cls.__name__
+        assert blk.downsample[-2].kernel_size == (1, 1) and blk.downsample[-1].num_features == 8 * cls.expansion
+        if stride > 1:
+            assert blk.downsample[0].kernel_size == blk.downsample[0].stride == stride
+
+
+def test_features_are_the_global_average_of_the_last_stage():
+    """``forward_features`` is global *average* pooling of ``layer4`` (module docstring). A global max pool is just as
+    invariant, so the invariance tests passed with it; compare against the mean of the last stage."""
+    torch.manual_seed(0)
+    net = gmr_resnet18(2, 1, 2, **TINY).eval()
+    x = torch.randn(2, 1, 64, 64)  # layer4 is 4x4: mean and max differ
+    with torch.no_grad():
+        h = net.layer4(net.layer3(net.layer2(net.layer1(net.stem(x)))))
+        assert h.shape[2:] == (4, 4)
+        assert torch.allclose(net.forward_features(x), h.mean((2, 3)), atol=1e-6)
+        assert torch.allclose(net(x), net.fc(h.mean((2, 3))), atol=1e-6)

@@ -247,3 +247,53 @@ def test_reflect_padding_of_a_thin_volume_names_pad_mode(scripted):
     with pytest.raises(Exception, match=r"pad_mode='reflect' cannot pad a spatial size of 3 to a multiple of 8.*'replicate'"):
         net(torch.randn(1, 1, 3, 8, 8))
     assert net(torch.randn(1, 1, 6, 8, 14)).shape == (1, 2, 6, 8, 14)
+
+
+def test_decoders_read_the_skip_first_then_the_upsampled_path():
+    """Every decoder reads ``cat([skip, up(h)])`` (the documented layout: up-conv, then concat with the skip of level
+    ``i - 1``). The swapped order ``cat([up(h), skip])`` is just as equivariant and trains as well, so no other test
+    saw it, but it loads every existing checkpoint into the wrong input channels. Checked with forward hooks."""
+    torch.manual_seed(0)
+    net = GMRUNet(2, 1, 2, **TINY).eval()
+    enc_out, dec_in, up_out = [], [], []
+    hooks = [e.register_forward_hook(lambda m, i, o: enc_out.append(o)) for e in net.encoders]
+    hooks += [d.register_forward_hook(lambda m, i, o: dec_in.append(i[0])) for d in net.decoders]
+    hooks += [u.register_forward_hook(lambda m, i, o: up_out.append(o)) for u in net.up_convs]
+    with torch.no_grad():
+        net(torch.randn(1, 1, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert len(enc_out) == 4 and len(dec_in) == len(up_out) == 3
+    for k, (x, u) in enumerate(zip(dec_in, up_out)):
+        skip = enc_out[len(enc_out) - 2 - k]  # deepest decoder first: skips of levels 2, 1, 0
+        c = skip.shape[1]
+        assert x.shape[1] == 2 * c and torch.equal(x[:, :c], skip) and torch.equal(x[:, c:], u), k
+
+
+def test_up_convs_use_the_kernel_and_width_of_the_level_they_return_to():
+    """``up i``: interpolation -> GMR conv with ``kernel_sizes[i - 1]`` and width ``features[i - 1]`` (module
+    docstring). The paper-defaults test only checks the set of sizes ({9, 5}), which the kernel of level ``i`` keeps;
+    distinct sizes per level tell them apart."""
+    net = GMRUNet(2, 1, 2, features=(4, 8, 8, 16), kernel_sizes=(9, 7, 5, 3))
+    assert len(net.up_convs) == 3
+    for up, i in zip(net.up_convs, range(3, 0, -1)):
+        assert isinstance(up[0], nn.Upsample)
+        convs = [m for m in up.modules() if type(m).__name__ == "GMRConv"]
+        assert len(convs) == 1, i
+        assert convs[0].kernel_size == net.kernel_sizes[i - 1] and convs[0].out_channels == net.features[i - 1], i
+
+
+def test_dropout_reaches_every_block():
+    """``dropout`` is the element-wise dropout of every GMR conv block (the D of its ADN): ``dropout=0.5`` gives one
+    ``p=0.5`` dropout per block, a stochastic net in train mode and a deterministic one in eval mode; the default 0
+    adds none. A constructor that dropped the argument built the same net for every value without any test noticing."""
+    torch.manual_seed(0)
+    net = GMRUNet(2, 1, 2, dropout=0.5, **TINY)
+    drops = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    n_blocks = sum(type(m).__name__ == "GMRConvolution" for m in net.modules())
+    assert n_blocks == 17 and len(drops) == n_blocks and all(d.p == 0.5 for d in drops)
+    assert not any(isinstance(m, nn.Dropout) for m in GMRUNet(2, 1, 2, **TINY).modules())
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert not torch.equal(net.train()(x), net(x))
+        assert torch.equal(net.eval()(x), net(x))

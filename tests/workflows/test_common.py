@@ -744,3 +744,32 @@ def test_maybe_compile_matches_eager_on_tensors_and_metatensor_batches_and_keeps
     torch.save({"model": {k: v + 1 for k, v in new.items()}}, tmp_path / "m.pt")
     load_checkpoint(c, tmp_path / "m.pt")
     assert torch.equal(net[0].weight, new["0.weight"] + 1)
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call")  # MetaTensor's lru_cache, traced by the failing call
+def test_compiled_module_hands_keyword_metatensors_over_as_plain_tensors():
+    """Keyword inputs reach the compiled module as plain tensors too (the test above passes only positional ones): a
+    collated MetaTensor batch passed as ``c(x=batch)`` gives the eager output instead of the compiled module's
+    "dispatch" error."""
+    from monai.data import MetaTensor, list_data_collate
+
+    from monai_gmr.workflows import maybe_compile
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    c = maybe_compile(net, True, {"backend": "aot_eager"})
+    items = [{"image": MetaTensor(torch.rand(3, 8, 8), meta={"original_channel_dim": -1})} for _ in range(2)]
+    batch = list_data_collate(items)["image"]
+    assert isinstance(batch, MetaTensor)
+    with torch.no_grad():
+        out = c(x=batch)
+        assert type(out) is torch.Tensor
+        torch.testing.assert_close(out, torch.as_tensor(net(x=batch)), atol=1e-5, rtol=0)
