@@ -326,3 +326,24 @@ def test_csv_keeps_six_significant_digits():
     r = RobustnessResult("m", "segmentation", ["dice"], [0.0], [], {"dice": [0.123456789]}, {}, 1)
     rows = list(csv.DictReader(io.StringIO(monai_gmr.evaluation.report.result_to_csv(r))))
     assert rows[0]["dice"] == "0.123457" and float(rows[0]["dice"]) == pytest.approx(0.123456789, abs=1e-6)
+
+
+def test_evaluator_overlays_the_compared_results_on_its_plot(tmp_path, monkeypatch):
+    """``RotationRobustnessEvaluator(compare=[json, ...])`` loads those results and overlays them on the polar plot
+    (after its own result); nothing else shows that the compared files are read at all."""
+    import monai_gmr.evaluation.report as report
+
+    save_json(_result("plain", 0.1), tmp_path / "plain.json")
+    seen = []
+    real = report.plot_polar
+
+    def spy(results, path, **kwargs):
+        seen.append([r.model_name for r in results])
+        return real(results, path, **kwargs)
+
+    monkeypatch.setattr(report, "plot_polar", spy)
+    ev = RotationRobustnessEvaluator(torch.nn.Conv2d(1, 2, 1), _seg_data(1), tmp_path / "out", device="cpu",
+                                     compare=[tmp_path / "plain.json"], angles=(0, 90), flips=(),
+                                     metrics=("dice", "auc"), model_name="gmr")  # fmt: skip
+    ev.run()
+    assert seen == [["gmr", "plain"]] and (tmp_path / "out" / "robustness_polar.png").is_file()

@@ -541,6 +541,18 @@ def test_gmr_convolution_block():
     assert GMRConvolution(3, 4, 8, strides=[2, 2, 2]).conv.stride == 2
 
 
+
+def test_gmr_convolution_block_default_order_is_monai_s():
+    """Without ``adn_ordering`` the block applies norm, dropout, act in that order ("NDA"), MONAI ``Convolution``'s
+    default: the same layers in the same order as the MONAI block it replaces."""
+    from monai.networks.blocks import Convolution
+
+    kw = {"act": "relu", "norm": "batch", "dropout": 0.1}
+    ours, ref = GMRConvolution(2, 4, 8, **kw), Convolution(2, 4, 8, **kw)
+    assert list(ours.adn._modules) == list(ref.adn._modules) == ["N", "D", "A"]
+    assert [type(m) for m in ours.adn.children()] == [type(m) for m in ref.adn.children()]
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_export_dense_layer_and_tree(d):
     m = GMRConv(d, 2, 3, 5, stride=2, padding_mode="reflect", groups=1)

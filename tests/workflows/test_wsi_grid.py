@@ -138,3 +138,39 @@ def test_slide_inference_turns_outputs_into_class_probabilities():
     assert torch.allclose(_as_probs(two[:, :, None, None]), two.softmax(1))
     with pytest.raises(ValueError, match="classification outputs"):
         _as_probs(torch.zeros(2, 2, 3, 3))
+
+
+class ConstNet(torch.nn.Module):
+    """The same logits ``(0, 1)`` for every patch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[0.0, 1.0]]).expand(x.shape[0], 2)
+
+
+def test_overlapping_patches_average_in_the_map(tmp_path):
+    """A map cell covered by several patches (``overlap=0.5``: up to 4) holds their mean, not their sum: with a
+    constant classifier every covered cell is that classifier's probability."""
+    write_pyramidal_tiff(tmp_path / "v.tif", _image(), tile_size=64, n_levels=1, compression="deflate")
+    res = infer_slide(tmp_path / "v.tif", ConstNet(), None, patch_size=P, batch_size=256, overlap=0.5,
+                      map_max_size=256, min_tissue=0.0)  # fmt: skip
+    p = float(torch.softmax(torch.tensor([0.0, 1.0]), 0)[1])
+    assert res.covered.all() and res.n_patches == 24 * 16  # half-overlapping patches, step 8
+    np.testing.assert_allclose(res.prob, p, rtol=1e-6)
+    np.testing.assert_allclose(res.probs.sum(0), 1.0, rtol=1e-6)
+
+
+def test_min_tissue_is_inclusive(tmp_path):
+    """``min_tissue`` keeps the patches whose footprint is *at least* that tissue fraction: ``1.0`` keeps the patches
+    that are all tissue (a strict ``>`` kept none and failed the slide), ``0.0`` every patch of the grid."""
+    write_pyramidal_tiff(tmp_path / "t.tif", _image(), tile_size=64, n_levels=1, compression="deflate")
+    kw = {"patch_size": P, "batch_size": 256, "map_max_size": 256}
+    every = infer_slide(tmp_path / "t.tif", MeanNet(), None, min_tissue=0.0, **kw)
+    assert every.map_downsample == 1.0 and every.n_patches == (H // P) * (W // P)
+    # patches aligned with the map grid (downsample 1): a patch's tissue fraction is the mean of its mask block
+    blocks = every.tissue[: H // P * P, : W // P * P].reshape(H // P, P, W // P, P).mean((1, 3))
+    assert 0 < (blocks == 1.0).sum() < (blocks > 0).sum()
+    full = infer_slide(tmp_path / "t.tif", MeanNet(), None, min_tissue=1.0, **kw)
+    assert full.n_patches == int((blocks == 1.0).sum())
+    half = float(np.sort(blocks[(blocks > 0) & (blocks < 1)])[0])  # a fraction some patch has exactly
+    part = infer_slide(tmp_path / "t.tif", MeanNet(), None, min_tissue=half, **kw)
+    assert part.n_patches == int((blocks >= half).sum())

@@ -854,3 +854,49 @@ def test_label_warning_names_the_fallback_split_actually_used(wsi_data, tmp_path
     missing = [m for m in msgs if "no sample of class(es) [2]" in m]
     assert len(missing) == 1 and missing[0].startswith("validation patches of dataset_dir"), msgs
     assert not any(m.startswith("test patches") for m in msgs), msgs
+
+
+def test_classification_outputs_one_hot_labels_are_argmaxed_per_sample():
+    """One-hot labels become the class index of each *sample* (argmax over classes): with three samples of two
+    classes, an argmax over the samples would give two wrong labels (the two-sample test above is symmetric)."""
+    from monai_gmr.workflows.wsi import classification_outputs
+
+    onehot = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    items = [{"pred": torch.tensor([0.3, 0.7]), "label": lab} for lab in onehot]
+    p, y = classification_outputs(items)
+    assert p.shape == (3, 2) and y.tolist() == [1, 1, 0]
+    p, y = classification_outputs({"pred": torch.rand(3, 2), "label": onehot})  # a batch dict
+    assert p.shape == (3, 2) and y.tolist() == [1, 1, 0]
+
+
+def test_map_quality_threshold_is_inclusive():
+    """A pixel whose probability equals ``threshold`` is positive in the Dice map (``p >= threshold``, the rule of
+    ``monai_gmr.evaluation.compare_maps``); e.g. a constant 0.5 map of a sigmoid at logit 0."""
+    from monai_gmr.workflows.wsi import map_quality
+
+    prob = np.array([[0.5, 0.5, 0.2, 0.0]], np.float32)
+    gt = np.array([[1, 1, 0, 0]])
+    m = map_quality(prob, gt, threshold=0.5)
+    assert m["dice"] == pytest.approx(1.0) and m["threshold"] == 0.5
+    assert map_quality(prob, gt, threshold=0.5001)["dice"] == pytest.approx(0.0)
+
+
+def test_check_class_labels(caplog):
+    """``check_class_labels``: counts per class; a split with exactly ``min_classes`` classes passes (two classes
+    for the validation split of training), fewer raise; labels outside ``[0, num_classes)`` or fractional raise; a
+    class without samples is only a warning."""
+    import logging
+
+    from monai_gmr.workflows.wsi import check_class_labels
+
+    assert check_class_labels([1, 0, 1, 1], 2, min_classes=2) == {0: 1, 1: 3}
+    assert check_class_labels(np.array([0.0, 1.0]), None, min_classes=2) == {0: 1, 1: 1}
+    with pytest.raises(ValueError, match="min_classes=2"):
+        check_class_labels([1, 1, 1], 2, name="validation", min_classes=2)
+    with pytest.raises(ValueError, match=r"num_classes=2"):
+        check_class_labels([0, 2], 2)
+    with pytest.raises(ValueError, match="integers"):
+        check_class_labels([0, 0.5], 2)
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.workflows.wsi"):
+        assert check_class_labels([0, 1], 3, name="val") == {0: 1, 1: 1}
+    assert "no sample of class(es) [2]" in caplog.text
