@@ -353,3 +353,21 @@ def test_include_background_adds_class_zero_to_the_pixel_macro_auc():
         acc = SegmentationAccumulator(("auc",), include_background=include)
         acc.update(logits, lab)
         assert acc.compute()["auc"] == pytest.approx(sum(per_class[c] for c in classes) / len(classes)), include
+
+
+def test_defined_classes_roc_auc_handler_warns_under_its_attached_name(caplog):
+    """Attached to an engine as ``name``, the handler's warning about an undefined class names that metric (so a log
+    with several AUC handlers says which one left a class out)."""
+    from ignite.engine import Engine
+
+    from monai_gmr.evaluation import DefinedClassesROCAUC
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.softmax(torch.randn(8, 3, generator=g), 1), _onehot(torch.arange(8) % 2, 3)) for _ in range(2)]
+    engine = Engine(lambda e, batch: batch)
+    DefinedClassesROCAUC().attach(engine, "val_auc_attached")
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation.metrics"):
+        engine.run(batches)
+    assert 0.0 <= engine.state.metrics["val_auc_attached"] <= 1.0
+    warned = [r.getMessage() for r in caplog.records if "undefined" in r.getMessage()]
+    assert warned and all("val_auc_attached" in w for w in warned), warned

@@ -293,6 +293,9 @@ def test_pool_and_upsample_use_their_modes(n):
     from monai_gmr.nn.gconv import GroupSpatialPool, GroupUpsample
     x = torch.randn(2, 3, n, 8, 12)
     assert torch.equal(GroupSpatialPool(2, "max")(x), F.max_pool2d(x.flatten(1, 2), 2).unflatten(1, (3, n)))
+    avg = F.avg_pool2d(x.flatten(1, 2), 2).unflatten(1, (3, n))  # the default mode, the GMR recipe's down-sampling
+    assert torch.allclose(GroupSpatialPool(2)(x), avg) and torch.allclose(GroupSpatialPool(2, "avg")(x), avg)
+    assert not torch.allclose(GroupSpatialPool(2, "max")(x), avg)
     ref = F.interpolate(x.flatten(1, 2), scale_factor=2, mode="bilinear", align_corners=False).unflatten(1, (3, n))
     assert torch.allclose(GroupUpsample(2, "bilinear")(x), ref)
 
