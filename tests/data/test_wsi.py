@@ -48,27 +48,27 @@ def test_tissue_mask_ignores_near_black_background(tmp_path):
     assert not tissue_mask(tmp_path / "dark.tiff")[0].any()
     # pink tissue on the same dark noise is still found, the background around it is not
     dark[128:384, 256:512] = (230, 140, 190)
-    write_pyramidal_tiff(tmp_path / "on_dark.tiff", dark, compression="deflate", n_levels=2, tile_size=256)
-    mask, _, ds = tissue_mask(tmp_path / "on_dark.tiff")
-    want = np.zeros(mask.shape, bool)
-    want[64:192, 128:256] = True  # level 1, downsample 2
-    assert ds == pytest.approx(2.0) and np.array_equal(mask, want)
+    _check_level1_mask(tmp_path / "on_dark.tiff", dark, (slice(64, 192), slice(128, 256)))
     assert tissue_mask(tmp_path / "dark.tiff", min_brightness=0.0)[0].mean() > 0.1  # the old behaviour
 
+
+def _check_level1_mask(path, img: np.ndarray, tissue: tuple[slice, slice]) -> None:
+    """Write ``img`` as a 2-level pyramid and check that its tissue mask (level 1, downsample 2) is ``tissue``."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    write_pyramidal_tiff(path, img, compression="deflate", n_levels=2, tile_size=256)
+    mask, _, ds = tissue_mask(path)
+    want = np.zeros(mask.shape, bool)
+    want[tissue] = True
+    assert ds == pytest.approx(2.0) and np.array_equal(mask, want)
 
 
 def test_tissue_mask_keeps_deeply_stained_tissue(tmp_path):
     """``min_brightness`` tests a pixel's *brightest* channel: deeply stained tissue with one channel near 0 (e.g.
     (170, 10, 150)) is bright enough and is tissue; only pixels dark in every channel are background."""
-    from monai_gmr.data import write_pyramidal_tiff
-
     img = np.full((512, 512, 3), 240, np.uint8)
     img[128:384, 128:384] = (170, 10, 150)
-    write_pyramidal_tiff(tmp_path / "deep.tiff", img, compression="deflate", n_levels=2, tile_size=256)
-    mask, _, ds = tissue_mask(tmp_path / "deep.tiff")
-    want = np.zeros(mask.shape, bool)
-    want[64:192, 64:192] = True  # level 1, downsample 2
-    assert ds == pytest.approx(2.0) and np.array_equal(mask, want)
+    _check_level1_mask(tmp_path / "deep.tiff", img, (slice(64, 192), slice(64, 192)))
 
 
 def test_tissue_mask_by_mpp_and_size_cap(slide):
