@@ -134,3 +134,13 @@ def test_pairs_by_seed_not_by_input_order(tmp_path):
     p = s["paired"]["basicunet"]["dice_mean"]
     assert s["reference"] == "gmrunet (kernel_sizes=[5,5,5,5])"
     assert p["seeds"] == [0, 1, 2] and p["differences"] == pytest.approx([0.01, 0.01, -0.005])
+
+
+def test_per_model_values_are_in_seed_order_whatever_the_input_order(tmp_path):
+    """``seeds`` and every metric's ``values`` follow the sorted seeds, as documented, not the order of the inputs."""
+    ag = _load()
+    files = [_write(tmp_path / f"s{seed}.json", {"rows": [_row("basicunet", d, d, d)], "settings": _settings(seed, ["basicunet"])})
+             for seed, d in ((2, 0.82), (0, 0.80), (1, 0.81))]  # fmt: skip
+    e = ag.main([*files, "--out", str(tmp_path / "agg")])["models"]["basicunet"]
+    assert e["seeds"] == [0, 1, 2] and e["dice_mean"]["values"] == [0.80, 0.81, 0.82]
+    assert "| basicunet | 0, 1, 2 |" in (tmp_path / "agg" / "seeds.md").read_text()

@@ -32,3 +32,48 @@ def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named)
     with pytest.raises(SystemExit):
         load_script("bench_conv").main(argv + extra)
     assert named in capsys.readouterr().err and not out.exists()
+
+
+# ---- mutation audit round 4: what measure() times and how make_step / the ratios are defined ----
+
+
+def test_measure_times_round_robin_after_untimed_warmup_and_reports_the_median(monkeypatch):
+    import torch
+
+    mod = load_script("bench_conv")
+    calls, timed = [], []
+    vals = {"a": iter([1.0, 2.0, 30.0]), "b": iter([5.0, 4.0, 3.0])}
+
+    def fake_time_once(fn, device):
+        fn()
+        timed.append(calls[-1])
+        return next(vals[calls[-1]])
+
+    monkeypatch.setattr(mod, "time_once", fake_time_once)
+    steps = {n: (lambda n=n: calls.append(n)) for n in ("a", "b")}
+    out = mod.measure(steps, torch.device("cpu"), warmup=2, repeats=3)
+    assert calls[:4] == ["a", "a", "b", "b"] and len(calls) == 10  # warm-up calls, not timed
+    assert timed == ["a", "b"] * 3  # interleaved: one call of each implementation per repeat
+    assert out == {"a": (2.0, None), "b": (4.0, None)}  # medians, not means (11.0, 4.0)
+
+
+def test_fwd_bwd_step_computes_input_and_weight_gradients():
+    import torch
+
+    mod = load_script("bench_conv")
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    mod.make_step(conv, x, "fwd", "fp32")()
+    assert conv.weight.grad is None and x.grad is None
+    mod.make_step(conv, x, "fwd_bwd", "fp32")()
+    assert conv.weight.grad is not None and x.grad is not None and float(conv.weight.grad.abs().sum()) > 0
+
+
+def test_ratio_vs_torch_is_time_over_the_torch_time(tmp_path, monkeypatch):
+    mod = load_script("bench_conv")
+    ms = {"torch": 2.0, "gmr_dense": 5.0}
+    monkeypatch.setattr(mod, "measure", lambda steps, device, warmup, repeats: {n: (ms[n], None) for n in steps})
+    res = mod.main(["--device", "cpu", "--shapes", "1,4,12,12", "--kernels", "3", "--impls", "torch,gmr_dense",
+                    "--modes", "fwd", "--warmup", "0", "--repeats", "1"])  # fmt: skip
+    ratios = {r["impl"]: r["ratio_vs_torch"] for r in res["rows"]}
+    assert ratios == {"torch": 1.0, "gmr_dense": 2.5}  # 2.5x slower than the dense conv

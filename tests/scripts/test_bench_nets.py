@@ -43,3 +43,104 @@ def test_compile_option_times_compiled_copies_beside_the_eager_models(tmp_path):
     assert len(ratios) == 4 and all(v > 0 for v in ratios.values())
     assert result["settings"]["warmup"] >= 2 and result["rows"][0]["size"] == 32
     assert "torch.compile (backend aot_eager)" in (tmp_path / "bench_nets_cpu.md").read_text()
+
+
+# ---- mutation audit round 4: what the timed region, the rates, the ratios and the peak memory measure ----
+
+
+def _fake_clock_suite(monkeypatch, mod, compile_backend=None):
+    """bench_suite on two tiny nets under a fake clock: a forward costs 1 s, a backward 10 s, an Adam step 100 s."""
+    import argparse
+    from types import SimpleNamespace
+
+    import torch
+
+    clock = [0.0]
+
+    def tick(dt):
+        clock[0] += dt
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            tick(getattr(self, "cost", 1.0))  # a compiled copy (below) costs 0.5 s
+            y = self.conv(x)
+            if y.requires_grad:
+                y.register_hook(lambda g: tick(10.0))
+            return y
+
+    class Adam(torch.optim.Adam):
+        def step(self, closure=None):
+            tick(100.0)
+            return super().step(closure)
+
+    monkeypatch.setattr(mod, "build_suite", lambda suite, impls: {"Base": (Net(), "baseline", "-"),
+                                                                  "Gmr[x]": (Net(), "gmr", "x")})  # fmt: skip
+    monkeypatch.setattr(torch.optim, "Adam", Adam)
+    monkeypatch.setattr(mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, backend=None: compiled.append(backend) or setattr(m, "cost", 0.5) or m)
+    args = argparse.Namespace(quick=True, size=16, batch=3, impls=["x"], compile=compile_backend, warmup=2, repeats=2,
+                              iters=4)  # fmt: skip
+    return mod.bench_suite("unet", "fp32", args, torch.device("cpu")), compiled
+
+
+def test_rates_cover_forward_backward_and_optimizer_step_per_image(monkeypatch):
+    """Training images/s = iters x batch / time of iters full steps (forward + backward + Adam step); inference
+    images/s = iters x batch / time of iters forwards; warm-up steps are not timed."""
+    rows, compiled = _fake_clock_suite(monkeypatch, load_script("bench_nets"))
+    assert compiled == []
+    got = {(r["mode"], r["model"]): r["images_per_s"] for r in rows}
+    assert set(got) == {("train", "Base"), ("train", "Gmr[x]"), ("infer", "Base"), ("infer", "Gmr[x]"),
+                        ("infer", "Gmr[export_dense]")}  # fmt: skip
+    for (mode, model), ips in got.items():
+        assert ips == pytest.approx(3 / 111 if mode == "train" else 3 / 1), (mode, model)
+
+
+def test_compile_option_adds_compiled_copies_to_the_timed_models(monkeypatch):
+    """--compile BACKEND reaches bench_suite: every model gets a compiled copy (torch.compile with that backend)."""
+    rows, compiled = _fake_clock_suite(monkeypatch, load_script("bench_nets"), compile_backend="fake_backend")
+    assert compiled and set(compiled) == {"fake_backend"}
+    labels = {(r["mode"], r["model"], r["kind"]) for r in rows}
+    for mode in ("train", "infer"):
+        assert (mode, "Base+compile", "baseline_compiled") in labels and (mode, "Gmr[x]+compile", "gmr_compiled") in labels
+    ratios = {(q["mode"], q["model"]): q["compiled_over_eager"] for q in load_script("bench_nets")._compile_ratios(rows)}
+    assert ratios == pytest.approx({("train", "Base"): 111 / 110.5, ("train", "Gmr[x]"): 111 / 110.5,
+                                    ("infer", "Base"): 2.0, ("infer", "Gmr[x]"): 2.0})  # compiled / eager images/s
+
+
+def test_ratios_are_gmr_over_baseline():
+    mod = load_script("bench_nets")
+    key = {"suite": "unet", "precision": "fp32", "mode": "train"}
+    rows = [{**key, "model": "B", "kind": "baseline", "images_per_s": 100.0, "peak_mb": 200.0},
+            {**key, "model": "G", "kind": "gmr", "images_per_s": 40.0, "peak_mb": 300.0}]  # fmt: skip
+    (q,) = mod._ratios(rows)
+    assert q["model"] == "G" and q["baseline"] == "B"
+    assert q["throughput_ratio"] == pytest.approx(0.4) and q["memory_ratio"] == pytest.approx(1.5)
+
+
+def test_peak_memory_is_reset_before_the_measured_step(monkeypatch):
+    """_peak_alone_mb on a fake CUDA allocator: an earlier, larger peak (another model's) must not be reported."""
+    from types import SimpleNamespace
+
+    import torch
+
+    mod = load_script("bench_nets")
+    mb = 2**20
+    mem = {"alloc": 10 * mb, "peak": 500 * mb}  # 500 MB: the peak of a model measured before
+
+    def step():
+        mem["alloc"] += 30 * mb
+        mem["peak"] = max(mem["peak"], mem["alloc"])
+        mem["alloc"] -= 30 * mb
+
+    for name in ("synchronize", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: mem["alloc"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: mem["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: mem.update(peak=mem["alloc"]))
+    runner = SimpleNamespace(device=torch.device("cuda"), opt=None, step=step, persistent_bytes=lambda: 1 * mb)
+    assert mod._peak_alone_mb(runner) == pytest.approx(31.0)  # 30 MB of the step + 1 MB held between steps

@@ -50,3 +50,40 @@ def test_amp_gives_the_plain_passes_the_same_precision_as_rotation_robustness(tm
     monkeypatch.setattr(mod, "build_net", lambda kind, width: Spy(build(kind, width)))
     mod.main(TINY + ["--size", "16", "--amp", "--out", str(tmp_path / "r.json")])
     assert seen and not any(seen)
+
+
+def test_plain_passes_cover_every_view_and_the_ratio_is_robustness_over_plain(tmp_path, monkeypatch):
+    """Under a fake clock (1 s per forward call): the plain timing runs one forward per batch and view (angles and
+    flips), and overhead_ratio = robustness time / plain time."""
+    from types import SimpleNamespace
+
+    import torch
+
+    mod = load_script("bench_robustness")
+    clock = [0.0]
+    build = mod.build_net
+
+    class Ticking(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            clock[0] += 1.0
+            return self.net(x)
+
+    monkeypatch.setattr(mod, "build_net", lambda kind, width: Ticking(build(kind, width)))
+    monkeypatch.setattr(mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    rr = mod.rotation_robustness
+
+    def resampling_costs_30_s(*a, **k):  # the rotations' own cost, beside the same forwards as the plain passes
+        clock[0] += 30.0
+        return rr(*a, **k)
+
+    monkeypatch.setattr(mod, "rotation_robustness", resampling_costs_30_s)
+    res = mod.main(TINY + ["--size", "16", "--batch_size", "1", "--out", str(tmp_path / "r.json")])
+    assert res["views"] == 6 and res["images"] == 2
+    assert res["plain_forward_s"] == 2 * 6  # 2 batches x (4 angles + 2 flips)
+    assert res["plain_ms_per_image_view"] == pytest.approx(1000.0)
+    assert res["robustness_s"] > 30 and res["overhead_ratio"] == pytest.approx(res["robustness_s"] / res["plain_forward_s"], abs=1e-3)
+    assert res["overhead_ratio"] > 1

@@ -181,3 +181,39 @@ def test_a_dataset_prepared_with_other_settings_in_out_is_refused(tmp_path, monk
         bn.main(args + change)
     with pytest.raises(RuntimeError, match="earlier preparation"):  # the same settings reuse it
         bn.main(args)
+
+
+def test_training_command_gets_the_seed_and_epoch_length_of_the_budget(tmp_path, monkeypatch):
+    """--max-steps is the total: every model's bundle run gets epoch_length = max_steps / epochs and --seed."""
+    bn = _load()
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": []}))
+    cmds = []
+
+    def fake_run(cmd, log, env, timeout):
+        cmds.append(cmd)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(bn, "_run", fake_run)
+    with pytest.raises(RuntimeError, match="stop"):
+        bn.main(["--prepared", str(tmp_path / "prep"), "--out", str(tmp_path / "o"), "--models", "basicunet",
+                 "--epochs", "4", "--max-steps", "12", "--seed", "3", "--device", "cpu"])  # fmt: skip
+    (cmd,) = cmds
+    opts = dict(zip(cmd[::-1][1::2], cmd[::-1][::2]))  # "--key": value, the last occurrence wins as in the bundle
+    assert opts["--epoch_length"] == "3" and opts["--epochs"] == "4" and opts["--seed"] == "3"
+
+
+def test_row_reads_each_metric_from_its_own_summary_entry(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    summary = {m: {"at_0": base, "mean": base - 0.01, "std": 0.002, "min": base - 0.05, "worst_angle": 40}
+               for m, base in (("dice", 0.8), ("iou", 0.7), ("auc", 0.95))}  # fmt: skip
+    (run / "eval" / "metrics.json").write_text(json.dumps({"robustness": {"summary": summary, "per_flip": {
+        "h": {"dice": 0.79}, "v": {"dice": 0.78}}}}))  # fmt: skip
+    (run / "train_summary.json").write_text(json.dumps({"best_metric": 0.81, "wall_time_s": 12.0, "iterations_completed": 8}))
+    row = _load()._row("basicunet", run)
+    for m, base in (("dice", 0.8), ("iou", 0.7), ("auc", 0.95)):
+        assert (row[f"{m}_0"], row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_min"]) == pytest.approx(
+            (base, base - 0.01, 0.002, base - 0.05)), m
+    assert row["dice_worst_angle"] == 40 and (row["dice_flip_h"], row["dice_flip_v"]) == (0.79, 0.78)
+    assert (row["best_val_dice"], row["train_s"], row["iterations"], row["params"]) == (0.81, 12.0, 8, None)

@@ -190,3 +190,91 @@ def test_data_dir_keeps_each_profiles_data_apart(tmp_path, monkeypatch):
             mod.main(["--device", "cpu", "--out", str(tmp_path / "o"), "--tasks", "nuclei", "--data-dir",
                       str(tmp_path / "d")] + extra)  # fmt: skip
     assert works[0] != works[1] and works[0] == works[2] and all(tmp_path / "d" in w.parents for w in works)
+
+
+# ---- mutation audit round 4: same data for every model, the timed steps, the zero-padding pass, the angle grid ----
+
+
+def test_augmentation_does_not_change_the_crop_sequence(ce):
+    """plain and plain_aug see the same crops/patches: the augmentation draws from its own generator."""
+    dev = torch.device("cpu")
+    train = [(torch.rand(3, 96, 96), (torch.rand(1, 96, 96) > 0.5).long()) for _ in range(3)]
+    a, b = ce.SegBatches(train, 16, 4, seed=0, augment=False), ce.SegBatches(train, 16, 4, seed=0, augment=True)
+    xs, ys = torch.rand(10, 3, 40, 40), torch.randint(0, 2, (10,))
+    c, d = ce.ClsBatches(xs, ys, 16, 4, seed=0, augment=False), ce.ClsBatches(xs, ys, 16, 4, seed=0, augment=True)
+    for _ in range(3):
+        a(dev), b(dev)
+        assert torch.equal(c(dev)[1], d(dev)[1])
+    assert torch.equal(a.gen.get_state(), b.gen.get_state()) and torch.equal(c.gen.get_state(), d.gen.get_state())
+
+
+def test_train_images_per_s_leaves_out_the_warmup_steps(ce, monkeypatch):
+    """Under a fake clock where the first two forwards take 100 s and the others 1 s: 6 steps, 2 untimed."""
+    from types import SimpleNamespace
+
+    clock, calls = [0.0], [0]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            calls[0] += 1
+            clock[0] += 100.0 if calls[0] <= 2 else 1.0
+            return self.fc(x.mean((-2, -1)))
+
+    monkeypatch.setattr(ce, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    batches = lambda device: (torch.rand(5, 3, 8, 8), torch.randint(0, 2, (5,)))  # noqa: E731
+    tr = ce.train_model(Net(), batches, "classification", 6, 1e-3, torch.device("cpu"))
+    assert tr["steps"] == 6 and tr["train_images_per_s"] == pytest.approx(5.0)  # 4 steps x 5 images / 4 s
+
+
+def test_zero_padding_pass_uses_zero_filled_corners(ce, monkeypatch, tmp_path):
+    import monai_gmr.evaluation as ev
+
+    calls = []
+
+    class Res:
+        per_flip: dict = {}
+
+        def summary(self):
+            return {m: {"at_0": 0.5, "mean": 0.5, "std": 0.0, "min": 0.5, "worst_angle": 0.0} for m in ce.SEG_METRICS}
+
+        def to_dict(self):
+            return {}
+
+    def fake_rr(net, batches, **kw):
+        calls.append((tuple(kw["flips"]), kw["padding_mode"]))
+        return Res()
+
+    monkeypatch.setattr(ev, "rotation_robustness", fake_rr)
+    data = {"train": [(torch.rand(3, 96, 96), torch.randint(0, 2, (1, 96, 96)))],
+            "eval_images": torch.rand(2, 3, 32, 32), "eval_labels": torch.randint(0, 2, (2, 1, 32, 32))}  # fmt: skip
+    monkeypatch.setattr(ce, "seg_data", lambda *a, **k: data)
+    monkeypatch.setattr(ce, "train_model", lambda *a, **k: {"train_seconds": 0.0, "train_images_per_s": 1.0,
+                                                             "first_loss": 1.0, "final_loss": 1.0})  # fmt: skip
+    monkeypatch.setattr(ce, "inference_speed", lambda *a, **k: 1.0)
+    rec = ce.run_task("nuclei", ce.PROFILES["quick"], ["plain"], torch.device("cpu"), tmp_path, tmp_path, 0, None, "tifffile")
+    assert calls == [(tuple(ce.FLIPS), "reflection"), ((), "zeros")]
+    assert "metrics_zero_padding" in rec["rows"]["plain"]
+
+
+def test_angle_grid_starts_at_zero_in_steps_of_ten(ce):
+    """``at_0`` is the first angle's value and the report states 36 angles 0, 10, ..., 350."""
+    assert ce.ANGLES == tuple(10 * i for i in range(36))
+
+
+def test_inference_speed_counts_every_timed_call(ce, monkeypatch):
+    """Images/s = repeats x batch / time of the repeats (the warm-up call untimed); fake clock, 1 s per forward."""
+    from types import SimpleNamespace
+
+    clock = [0.0]
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            clock[0] += 1.0
+            return x
+
+    monkeypatch.setattr(ce, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    assert ce.inference_speed(Net(), torch.rand(4, 3, 8, 8), 3, torch.device("cpu")) == pytest.approx(4.0)

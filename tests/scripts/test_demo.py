@@ -59,3 +59,12 @@ def test_make_demo_gives_the_numbers_the_bundle_readme_shows(tmp_path):
     (got,) = [r for r in summary["rows"] if r["model"] == "GMRUNet"]
     measured = [got["dice_0"], got["dice_mean"], got["dice_std"]]
     assert measured == pytest.approx(documented, abs=3e-3), (measured, documented)
+
+
+def test_row_reads_each_column_from_its_own_summary_entry():
+    metrics = {"robustness": {"summary": {"dice": {"at_0": 0.9, "mean": 0.8, "std": 0.05, "min": 0.7, "worst_angle": 30.0},
+                                          "iou": {"mean": 0.6}, "auc": {"mean": 0.95}},
+                              "per_flip": {"h": {"dice": 0.85}, "v": {"dice": 0.83}}}}  # fmt: skip
+    assert load_script("demo")._row("GMRUNet", metrics) == {
+        "model": "GMRUNet", "dice_0": 0.9, "dice_mean": 0.8, "dice_std": 0.05, "dice_min": 0.7, "worst_angle": 30.0,
+        "iou_mean": 0.6, "auc_mean": 0.95, "dice_flip_h": 0.85, "dice_flip_v": 0.83}  # fmt: skip

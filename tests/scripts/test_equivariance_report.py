@@ -79,3 +79,35 @@ def test_sizes_below_16_are_refused_before_any_work(tmp_path):
         with pytest.raises(SystemExit, match=named):
             er.main(["--out", str(tmp_path / "o"), "--size", "32", "--eval-size", "32"] + extra)
         assert not (tmp_path / "o").exists()
+
+
+# ---- mutation audit round 4: the ratio's direction and the scored region ----
+
+
+def test_ratio_at_45_is_gmr_error_over_basicunet_error(tmp_path, one_thread):
+    summary = er.main(["--out", str(tmp_path), "--size", "32", "--eval-size", "32", "--features", "4", "8", "8", "8",
+                       "--kernel-sizes", "5", "5", "3", "3", "--step", "45", "--max-angle", "45", "--n-train", "2",
+                       "--n-eval", "1", "--train-steps", "1", "--batch", "2", "--layer-angle", "90"])  # fmt: skip
+    errors, ratios = summary["errors"], summary["ratio_gmr_over_basicunet_at_45"]
+    assert ratios
+    for key, ratio in ratios.items():
+        stage, inp, output = key.split("/")
+        gmr, basic = errors["GMRUNet"][stage][inp][output]["45.0"], errors["BasicUNet"][stage][inp][output]["45.0"]
+        assert ratio == gmr / basic, key
+    assert summary["target_met"] == {k: v <= summary["target_ratio_at_45"] for k, v in ratios.items()}
+
+
+def test_measure_scores_the_central_disk_only():
+    """A net that is equivariant inside the disk but not in one corner has zero error: the corners are not scored."""
+    import torch
+
+    class CornerBump(torch.nn.Module):
+        def forward(self, x):
+            y = x.clone()
+            y[..., :4, :4] += 5.0
+            return y
+
+    x = torch.rand(1, 2, 32, 32)
+    for a in (90.0, 180.0):
+        errs = er.measure(CornerBump(), x, [a], 0.4, "bicubic")
+        assert errs["logits"][a] < 1e-6 and errs["probs"][a] < 1e-6, (a, errs)

@@ -33,3 +33,19 @@ def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
     with pytest.raises(SystemExit):
         load_script("layer_angle_error").main(TINY + ["--out", str(tmp_path / "o")] + extra)
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+# ---- mutation audit round 4: the worst angle per seed and the summary statistics ----
+
+
+def test_worst_errors_keep_the_worst_angle_of_each_seed(monkeypatch):
+    mod = load_script("layer_angle_error")
+    monkeypatch.setattr(mod, "spline_equivariance_error", lambda layer, x, angles, spatial_dims: {15.0: 0.1, 30.0: 0.5, 45.0: 0.2})
+    assert mod.worst_errors(3, "center", 2, [15.0, 30.0, 45.0], 16, 2, 2.0) == [0.5, 0.5]
+
+
+def test_summarise_gives_median_p90_max_and_the_count_over_the_bound():
+    mod = load_script("layer_angle_error")
+    s = mod.summarise([v / 10 for v in range(11)], bound=0.75)  # 0.0, 0.1, ..., 1.0
+    assert s["median"] == pytest.approx(0.5) and s["p90"] == pytest.approx(0.9) and s["max"] == pytest.approx(1.0)
+    assert s["over_bound"] == 3 and s["seeds"] == 11
