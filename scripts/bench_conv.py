@@ -100,14 +100,38 @@ def make_step(conv, x, mode: str, dtype: str):
             y = conv(x)
         y.backward(torch.ones_like(y))
 
-    return fwd if mode == "fwd" else fwd_bwd
+    step = fwd if mode == "fwd" else fwd_bwd
+    step.module, step.input = conv, x  # for measure's peak memory "as if alone"
+    return step
+
+
+def _release_grads(steps: dict) -> None:
+    """Free every implementation's gradients and the input's (a forward + backward step allocates its own)."""
+    for fn in steps.values():
+        module, x = getattr(fn, "module", None), getattr(fn, "input", None)
+        if module is not None:
+            module.zero_grad(set_to_none=True)
+        if x is not None:
+            x.grad = None
+
+
+def _own_resident_bytes(fn) -> int:
+    """Bytes resident before a call of ``fn`` that it would hold alone too: its module's parameters and buffers and
+    its input (0 for a callable without them)."""
+    module, x = getattr(fn, "module", None), getattr(fn, "input", None)
+    tensors = [*module.parameters(), *module.buffers()] if module is not None else []
+    tensors += [x] if isinstance(x, torch.Tensor) else []
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def measure(steps: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, tuple[float, float | None]]:
     """Median time (ms) and peak memory (MiB, CUDA) per implementation.
 
     Implementations run round-robin (one call of each per repeat), so load changes on a shared machine affect
-    all of them alike; peak memory is measured in a separate call per implementation.
+    all of them alike; peak memory is measured in a separate call per implementation, as if it were alone on the
+    device: every implementation's gradients are freed first, and the peak is what the call allocates above the
+    memory resident before it, plus its own parameters, buffers and input (``max_memory_allocated`` alone would
+    also count the other implementations' weights, which all stay on the device, and depend on their order).
     """
     for fn in steps.values():
         for _ in range(warmup):
@@ -122,12 +146,14 @@ def measure(steps: dict, device: torch.device, warmup: int, repeats: int) -> dic
     for name, fn in steps.items():
         peak = None
         if device.type == "cuda":
+            _release_grads(steps)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
             fn()
             torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated(device) / 2**20
+            peak = (torch.cuda.max_memory_allocated(device) - base + _own_resident_bytes(fn)) / 2**20
         out[name] = (statistics.median(times[name]), peak)
     return out
 

@@ -77,3 +77,38 @@ def test_ratio_vs_torch_is_time_over_the_torch_time(tmp_path, monkeypatch):
                     "--modes", "fwd", "--warmup", "0", "--repeats", "1"])  # fmt: skip
     ratios = {r["impl"]: r["ratio_vs_torch"] for r in res["rows"]}
     assert ratios == {"torch": 1.0, "gmr_dense": 2.5}  # 2.5x slower than the dense conv
+
+
+def test_cuda_peak_memory_is_each_implementation_as_if_alone(monkeypatch):
+    """On a (fake) CUDA allocator: each implementation's peak is what its call allocates above the memory resident
+    before it, plus its own parameters and input, after every implementation's gradients were freed; the other
+    implementations' resident weights (and an earlier, larger peak) are not counted."""
+    import torch
+
+    mod = load_script("bench_conv")
+    mem = {"alloc": 0, "peak": 0}
+    for name in ("synchronize", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: mem["alloc"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: mem["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: mem.update(peak=mem["alloc"]))
+    monkeypatch.setattr(mod, "time_once", lambda fn, device: 1.0)
+    x = torch.zeros(4, dtype=torch.float32)  # 16 bytes
+    convs = {"small": torch.nn.Linear(1, 1, bias=False), "large": torch.nn.Linear(8, 8, bias=False)}  # 4, 256 bytes
+    grads_freed = []
+
+    def step(name, extra):
+        def fn():
+            grads_freed.append(all(m.weight.grad is None for m in convs.values()))
+            mem["peak"] = max(mem["peak"], mem["alloc"] + extra)  # a transient allocation of `extra` bytes
+        fn.module, fn.input = convs[name], x
+        return fn
+
+    for m in convs.values():
+        m.weight.grad = torch.ones_like(m.weight)
+    mem["alloc"] = 10**6  # resident: all weights, the input, other tensors of the process
+    mem["peak"] = 5 * 10**6  # an earlier peak of another implementation
+    out = mod.measure({"small": step("small", 2**20), "large": step("large", 2 * 2**20)}, torch.device("cuda"), 0, 1)
+    assert out["small"][1] == pytest.approx((2**20 + 4 + 16) / 2**20)
+    assert out["large"][1] == pytest.approx((2 * 2**20 + 256 + 16) / 2**20)
+    assert grads_freed[-2:] == [True, True]
