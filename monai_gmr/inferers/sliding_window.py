@@ -118,8 +118,8 @@ class SymmetricSlidingWindowInferer(Inferer):
         self.cval = float(cval)
         self.sw_device = sw_device
         self.device = device
-        # importance maps by (roi, device, mode, sigma_scale): built once, not per call; the blending settings are in the
-        # key so that changing ``mode`` / ``sigma_scale`` on an inferer already used cannot reuse the old map
+        # importance maps by (roi, device, mode, sigma_scale): built once, not per call; the blending settings are in
+        # the key so that changing ``mode`` / ``sigma_scale`` on an inferer already used cannot reuse the old map
         self._weights: dict[tuple, torch.Tensor] = {}
 
     def __call__(

@@ -486,9 +486,10 @@ class CompiledModule(torch.nn.Module):
       (``aot_eager``: "Multiple dispatch failed for 'torch._ops.aten.convolution.default'"), as MONAI's compiled
       engines do without :func:`compile_prepare_batch`.
     - The original module is the only registered child (``module``), so ``.to()``, ``.eval()``, ``.train()``,
-      ``.parameters()`` and ``.training`` act on it (``training`` is the original module's flag), and ``state_dict()`` / ``load_state_dict()`` are the original
-      module's, with its keys (no ``module.`` or ``_orig_mod.`` prefix): checkpoints load either way. Other attributes
-      not found on the wrapper are looked up on the original module.
+      ``.parameters()`` and ``.training`` act on it (``training`` is the original module's flag), and
+      ``state_dict()`` / ``load_state_dict()`` are the original module's, with its keys (no ``module.`` or
+      ``_orig_mod.`` prefix): checkpoints load either way. Other attributes not found on the wrapper are looked up on
+      the original module.
 
     Args:
         module: the network (left unchanged; weights loaded into it later are used by the compiled calls).
@@ -571,7 +572,8 @@ def maybe_compile(
     kwargs = keyword_args(compile_kwargs, "compile_kwargs")
     if not on:
         return module
-    logger.info("running %s through torch.compile(%s)", type(module).__name__, ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    logger.info("running %s through torch.compile(%s)", type(module).__name__, shown)
     return CompiledModule(module, **kwargs)
 
 
