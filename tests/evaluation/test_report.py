@@ -347,3 +347,46 @@ def test_evaluator_overlays_the_compared_results_on_its_plot(tmp_path, monkeypat
                                      metrics=("dice", "auc"), model_name="gmr")  # fmt: skip
     ev.run()
     assert seen == [["gmr", "plain"]] and (tmp_path / "out" / "robustness_polar.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------- mutation audit, round 5
+def _cli_with_a_fake_evaluator(tmp_path, monkeypatch, **kwargs) -> dict:
+    """Run the CLI's ``main`` on a tiny config with the evaluator replaced: returns the keyword arguments it got."""
+    import types
+
+    import monai_gmr.evaluation.workflow as workflow
+
+    seen: dict = {}
+
+    class Fake:
+        paths: dict = {}
+
+        def __init__(self, network, dataloader, output_dir, **kw):
+            seen.update(kw)
+
+        def run(self):
+            return types.SimpleNamespace(summary=dict)
+
+    monkeypatch.setattr(workflow, "RotationRobustnessEvaluator", Fake)
+    cfg = {"network": {"_target_": "torch.nn.Identity"}, "dataloader": []}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device="cpu", ckpt_path=None, **kwargs)
+    return seen
+
+
+def test_cli_option_forms_reach_the_evaluator(tmp_path, monkeypatch):
+    """``--label_transform binarize`` is ``binarize_label``, ``--compare a.json,b.json`` two reports, and
+    ``--bundle_root`` is accepted for a config that does not define it (the bundles' common override)."""
+    from monai_gmr.evaluation import binarize_label
+
+    seen = _cli_with_a_fake_evaluator(tmp_path, monkeypatch, label_transform="binarize", compare="a.json, b.json",
+                                      bundle_root=str(tmp_path))  # fmt: skip
+    assert seen["label_transform"] is binarize_label
+    assert seen["compare"] == ["a.json", "b.json"]
+
+
+def test_cli_refuses_an_inferer_id_the_config_lacks(tmp_path, monkeypatch):
+    """A named ``--inferer_id`` that is not in the config is an error, not a silent fall back to SimpleInferer."""
+    with pytest.raises(ValueError, match="inferer_id"):
+        _cli_with_a_fake_evaluator(tmp_path, monkeypatch, inferer_id="sliding_inferer")
+    assert "inferer" not in _cli_with_a_fake_evaluator(tmp_path, monkeypatch)  # no inferer id, none named: default

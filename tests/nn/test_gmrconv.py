@@ -700,3 +700,15 @@ def test_gmr_convolution_passes_adn_ordering_and_dropout_dim():
     assert list(blk.adn._modules) == ["D", "N", "A"] and isinstance(blk.adn.D, torch.nn.Dropout2d)
     assert isinstance(GMRConvolution(2, 1, 2, kernel_size=3, dropout=0.1).adn.D, torch.nn.Dropout)
     assert not hasattr(GMRConvolution(2, 1, 2, kernel_size=3, conv_only=True), "adn")
+
+
+@pytest.mark.parametrize("kw, layers", [({"act": "relu", "norm": None}, ["A"]), ({"act": None, "norm": "batch"}, ["N"]),
+                                        ({"act": None, "norm": None, "dropout": 0.1}, ["D"])])  # fmt: skip
+def test_gmr_convolution_block_keeps_a_single_adn_layer(kw, layers):
+    """Only act, norm and dropout all ``None`` leave out the ADN block (as MONAI's ``Convolution``); one of them alone
+    is still applied (an activation-only block ends in that activation)."""
+    block = GMRConvolution(2, 4, 8, **kw)
+    assert list(block.adn._modules) == layers
+    if kw["act"] == "relu":
+        assert (block(torch.randn(1, 4, 8, 8)) >= 0).all()
+    assert not hasattr(GMRConvolution(2, 4, 8, act=None, norm=None), "adn")

@@ -275,3 +275,68 @@ def test_a_workflow_built_directly_is_not_checked(tmp_path):
 def test_a_bare_no_is_explained():
     message = _refused(TRAIN, {"": False})
     assert "Unknown setting ''" in message and "bare '--no'" in message
+
+
+# ------------------------------------------------------------------------------------------- mutation audit, round 5
+def test_cli_overrides_fills_positional_values_in_order_after_the_named_ones():
+    """Checked against ``fire.Fire`` 0.7 on ``run``'s signature: positional values go to the parameters not named,
+    in order (``a b c`` is run_id, init_id, final_id; ``--run_id a b`` gives ``b`` to init_id, not run_id)."""
+    assert cli_overrides([MAIN, "run", "a", "b", "c", "--config_file", TRAIN]) == (
+        TRAIN, {"run_id": "a", "init_id": "b", "final_id": "c"})  # fmt: skip
+    assert cli_overrides([MAIN, "run", "--run_id", "a", "b", "--config_file", TRAIN, "--epochs", "2"]) == (
+        TRAIN, {"run_id": "a", "init_id": "b", "epochs": 2})  # fmt: skip
+
+
+def test_the_calls_values_win_over_the_args_files_but_none_does_not(tmp_path):
+    """As ``monai.bundle.scripts.update_kwargs``: a value given with the call replaces the args_file's, except None."""
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"run_id": "file_run"}))
+    check_setting_names(TRAIN, {"args_file": str(args), "run_id": "my_run", "my_run": []})  # the call's run_id
+    assert "'file_run'" in _refused(TRAIN, {"args_file": str(args), "run_id": "my_run", "file_run": []})
+    check_setting_names(TRAIN, {"args_file": str(args), "run_id": None, "file_run": []})  # None: the file's run_id
+
+
+def _causes(error: BaseException) -> str:
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+@pytest.mark.filterwarnings("ignore:parsing config_file")  # MONAI's trust notice for our own test config
+def test_a_bundle_run_inside_a_bundle_run_checks_its_own_arguments(tmp_path):
+    """The check reads the innermost ``create_workflow`` call (the workflow being initialised), not the outer run's:
+    here a bundle whose ``initialize`` runs another bundle, so both calls are on the stack."""
+    from monai.bundle import run
+
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "outer").mkdir()
+    inner = _tiny_bundle(tmp_path / "inner")
+    outer = _tiny_bundle(tmp_path / "outer")
+    config = json.loads(outer.read_text())
+    config["imports"].append("$import monai.bundle")
+    config["inner"] = str(inner)
+    config["initialize"].append("$monai.bundle.run(config_file=@inner, epoch=3)")
+    outer.write_text(json.dumps(config))
+    with pytest.raises(RuntimeError) as info:
+        run(config_file=str(outer), epochs=2)
+    assert "'epoch' (did you mean 'epochs'?)" in _causes(info.value)
+    assert not (tmp_path / "inner" / "ran.txt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:parsing config_file")  # MONAI's trust notice for our own test config
+def test_a_programmatic_run_workflow_knows_its_workflow_classs_arguments(tmp_path):
+    """``run_workflow(workflow_name=MyWorkflow, verbose_steps=2)``: MONAI passes ``verbose_steps`` to the class, so
+    the check of the running call (which pops ``workflow_name`` from its arguments) must still know the class."""
+    from monai.bundle import ConfigWorkflow, run_workflow
+
+    class WithOption(ConfigWorkflow):
+        def __init__(self, config_file=None, verbose_steps: int = 0, **override):
+            super().__init__(config_file=config_file, **override)
+
+    config = _tiny_bundle(tmp_path)
+    run_workflow(workflow_name=WithOption, config_file=str(config), verbose_steps=2, epochs=5)
+    assert (tmp_path / "ran.txt").read_text() == "5"
+    assert "'verbose_step'" in _run_refused(run_workflow, workflow_name=WithOption, config_file=str(config),
+                                            verbose_step=2)  # fmt: skip
