@@ -212,14 +212,15 @@ def check_setting_names(
     """
     from monai.bundle import ConfigParser
 
-    given = dict(overrides)
+    # as monai.bundle.scripts.update_kwargs: an argument given as None is dropped (so it sets no id), and the call's
+    # values win over an args_file's
+    given = {k: v for k, v in dict(overrides).items() if v is not None}
     args_file = given.get("args_file")
     if args_file is not None:
         from_file = ConfigParser.load_config_file(args_file)
         if not isinstance(from_file, Mapping):
             raise ValueError(f"args_file {args_file!r} must hold a mapping of arguments, got {type(from_file).__name__}")
-        # as monai.bundle.scripts.update_kwargs: the command line's values win over the file's (None does not count)
-        given = {**from_file, **{k: v for k, v in given.items() if v is not None or k not in from_file}}
+        given = {**from_file, **given}
         given.pop("args_file", None)
         if config_files is None:
             config_files = from_file.get("config_file")

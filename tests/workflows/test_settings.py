@@ -340,3 +340,11 @@ def test_a_programmatic_run_workflow_knows_its_workflow_classs_arguments(tmp_pat
     assert (tmp_path / "ran.txt").read_text() == "5"
     assert "'verbose_step'" in _run_refused(run_workflow, workflow_name=WithOption, config_file=str(config),
                                             verbose_step=2)  # fmt: skip
+
+
+def test_a_setting_given_as_none_is_no_setting():
+    """MONAI's ``update_kwargs`` drops every argument given as ``None`` before the workflow sees it, so such an id is
+    never added to the config: the check does not refuse it (``monai.bundle.run(..., epoch=None)`` runs as MONAI runs
+    it), while a real value for the same misspelt id is still refused."""
+    check_setting_names(TRAIN, {"epoch": None, "run_id": None})
+    assert "'epoch'" in _refused(TRAIN, {"epoch": 2})
