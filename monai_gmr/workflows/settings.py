@@ -196,7 +196,8 @@ def check_setting_names(
     expression, a ``%name`` macro), the ``run_id`` / ``init_id`` / ``final_id`` in effect (by default ``run``,
     ``initialize``, ``finalize``), or an id that ``tracking`` adds. Keys and values of an ``args_file`` count as
     overrides too, and its ``config_file`` is used when ``config_files`` is ``None``, as MONAI does
-    (``monai.bundle.scripts.create_workflow``).
+    (``monai.bundle.scripts.create_workflow``); an argument given as ``None`` is dropped, as MONAI's
+    ``update_kwargs`` drops it (it sets no id).
 
     Only names are checked, nothing is parsed or instantiated.
 
@@ -377,8 +378,8 @@ def check_cli_setting_names() -> None:
         ValueError: an unknown setting (the message names it and suggests the closest known ids).
     """
     found = workflow_overrides()
-    if found is None:
-        found = cli_overrides()
+    if found is None:  # no create_workflow call on the stack (a MONAI release that builds workflows elsewhere, or a
+        found = cli_overrides()  # caller running the configs' expressions itself): read a bundle command line
     if found is None:
         return
     check_setting_names(*found)
