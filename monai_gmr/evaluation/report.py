@@ -102,6 +102,7 @@ def plot_polar(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     named = _as_named(results)
     if not named:
@@ -139,6 +140,8 @@ def plot_polar(
             ax.set_ylim(max(bottom, 0.0) if lo >= 0 else bottom, hi + pad)
         ax.set_title(m, pad=12)
         ax.tick_params(labelsize=7)
+        # matplotlib's default puts 6-8 radial labels on a zoomed axis, where they overlap one another; 4 are readable
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
     handles, labels = axs[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
     if title:
