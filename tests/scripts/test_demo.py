@@ -45,7 +45,9 @@ def test_make_demo_gives_the_numbers_the_bundle_readme_shows(tmp_path):
 
     A config change that built the network at another point of the seeded run (a size check in ``initialize``
     instantiated ``network_def`` right after ``set_determinism``) changed the initial weights and the demo's Dice from
-    0.7548 to 0.7779 without any test noticing. The tolerance (0.003) allows float differences between CPU types.
+    0.7548 to 0.7779 without any test noticing. The tolerance (0.005) allows float differences between CPU types:
+    the README's row is from a 2-core AMD EPYC VM; a 2-core Intel Xeon VM gave Dice 0° 0.7603, mean 0.7670, std
+    0.0087 at the same commit (2026-12-07), 0.0029 from the row, and a change of the seeded run moves it by ~0.02.
     """
     import re
 
@@ -58,7 +60,7 @@ def test_make_demo_gives_the_numbers_the_bundle_readme_shows(tmp_path):
     summary = load_script("demo").main(["--out", str(tmp_path / "demo")])
     (got,) = [r for r in summary["rows"] if r["model"] == "GMRUNet"]
     measured = [got["dice_0"], got["dice_mean"], got["dice_std"]]
-    assert measured == pytest.approx(documented, abs=3e-3), (measured, documented)
+    assert measured == pytest.approx(documented, abs=5e-3), (measured, documented)
 
 
 def test_row_reads_each_column_from_its_own_summary_entry():
