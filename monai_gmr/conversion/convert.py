@@ -207,8 +207,8 @@ def _tuple(v, n: int) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def _excess(conv: nn.Module, d: int) -> tuple[int, ...] | None:
-    """Per dim ``e = 2 p - dil (k - 1)``: a stride-1 conv maps size ``H`` to ``H + e``; ``None`` if unknown."""
+def _excess(conv: nn.Module, d: int) -> tuple[int, ...]:
+    """Per dim ``e = 2 p - dil (k - 1)``: a stride-1 conv maps size ``H`` to ``H + e``."""
     k = _tuple(conv.kernel_size, d)
     dil = _tuple(conv.dilation, d)
     pad = conv.padding
