@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.utils import _triple
 
 from monai.networks.layers.simplelayers import ChannelPad
 
@@ -102,13 +103,18 @@ class AvgPool3dAnySize(nn.AvgPool3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.kernel_size, self.stride, self.padding  # 3-tuples (set by convert_to_gmr)
+        # an int or a 3-tuple each, as in nn.AvgPool3d (convert_to_gmr sets 3-tuples)
+        k, s, p = _triple(self.kernel_size), _triple(self.stride), _triple(self.padding)
         d, h, w = x.shape[-3], x.shape[-2], x.shape[-1]
         if d >= k[0] and h >= k[1] and w >= k[2]:
             return F.avg_pool3d(x, k, s, p, self.ceil_mode, self.count_include_pad, self.divisor_override)
-        y = F.avg_pool2d(x.reshape(-1, d, h, w), (k[1], k[2]), (s[1], s[2]), (p[1], p[2]), self.ceil_mode, self.count_include_pad)
+        # with divisor_override the window sum is divided by it: sum the (H, W) windows, then divide once
+        div = self.divisor_override
+        y = F.avg_pool2d(x.reshape(-1, d, h, w), (k[1], k[2]), (s[1], s[2]), (p[1], p[2]), self.ceil_mode,
+                         self.count_include_pad, 1 if div else None)  # fmt: skip
         h2, w2 = y.shape[-2], y.shape[-1]
-        y = F.avg_pool2d(y.reshape(-1, 1, d, h2 * w2), (k[0], 1), (s[0], 1), (p[0], 0), self.ceil_mode, self.count_include_pad)
+        y = F.avg_pool2d(y.reshape(-1, 1, d, h2 * w2), (k[0], 1), (s[0], 1), (p[0], 0), self.ceil_mode,
+                         self.count_include_pad, div)  # fmt: skip
         return y.reshape(list(x.shape[:-3]) + [y.shape[-2], h2, w2])
 
 
@@ -201,8 +207,8 @@ def _tuple(v, n: int) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def _excess(conv: nn.Module, d: int) -> tuple[int, ...] | None:
-    """Per dim ``e = 2 p - dil (k - 1)``: a stride-1 conv maps size ``H`` to ``H + e``; ``None`` if unknown."""
+def _excess(conv: nn.Module, d: int) -> tuple[int, ...]:
+    """Per dim ``e = 2 p - dil (k - 1)``: a stride-1 conv maps size ``H`` to ``H + e``."""
     k = _tuple(conv.kernel_size, d)
     dil = _tuple(conv.dilation, d)
     pad = conv.padding

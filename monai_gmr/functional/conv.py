@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .basis import is_radial_basis
+from .basis import _is_int, is_radial_basis
 from .triton_conv import _compute_dtype, gmr_conv_triton, resolve_triton
 
 __all__ = [
@@ -253,7 +253,7 @@ def gmr_conv(
                     logger.warning("impl='triton' failed for %s (%s: %s); using the dense/rings path from now on.",
                                    key, type(e).__name__, e)  # fmt: skip
             impl = select_impl("auto", x.device, d, k, x.shape[1], needs_grad, allow_triton=False)
-    pad = [padding] * d if isinstance(padding, int) else list(padding)
+    pad = [int(padding)] * d if _is_int(padding) else list(padding)  # NumPy ints too, as in F.conv2d
     if padding_mode != "zeros" and any(pad):
         x = _pad(x, pad, padding_mode)
         pad = [0] * d

@@ -362,7 +362,7 @@ class _GroupConvBase(nn.Module):
         kernel_size: int | Sequence[int] = 3,
         group: str = "p4m",
         stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] | str | None = None,
         dilation: int | Sequence[int] = 1,
         bias: bool = True,
     ) -> None:
@@ -436,7 +436,7 @@ class GroupLiftingConv(_GroupConvBase):
         kernel_size: odd square kernel width ``k``.
         group: ``"p4"`` (``|H| = 4``) or ``"p4m"`` (``|H| = 8``).
         stride: stride (strides other than 1 break exact equivariance).
-        padding: symmetric zero padding; ``None`` means "same" (``dilation * (k - 1) // 2``).
+        padding: symmetric zero padding; ``None`` or ``"same"`` means "same" (``dilation * (k - 1) // 2``).
         dilation: kernel dilation.
         bias: learnable bias, one per output channel (shared by all orientations).
 
@@ -466,7 +466,7 @@ class GroupConv(_GroupConvBase):
         kernel_size: odd square kernel width ``k``.
         group: ``"p4"`` (``|H| = 4``) or ``"p4m"`` (``|H| = 8``).
         stride: stride (strides other than 1 break exact equivariance).
-        padding: symmetric zero padding; ``None`` means "same".
+        padding: symmetric zero padding; ``None`` or ``"same"`` means "same".
         dilation: kernel dilation.
         bias: learnable bias, one per output channel (shared by all orientations).
 

@@ -746,6 +746,32 @@ def test_avg_pool_3d_any_size_pads_the_depth_axis_too():
     assert torch.allclose(pool(one), one / 8)  # one real voxel in a 2x2x2 window of zeros
 
 
+def test_avg_pool_3d_any_size_takes_int_arguments_as_nn_avg_pool_3d_does():
+    """``AvgPool3dAnySize(2)`` (int kernel/stride/padding, as ``nn.AvgPool3d`` is usually built) pools like
+    ``nn.AvgPool3d(2)``; its forward indexed ``kernel_size[0]`` and raised ``TypeError: 'int' object is not
+    subscriptable`` on every input, large or small."""
+    torch.manual_seed(0)
+    pool = AvgPool3dAnySize(2, padding=1, ceil_mode=True)
+    x = torch.randn(2, 3, 4, 5, 6)
+    assert torch.equal(pool(x), nn.AvgPool3d(2, padding=1, ceil_mode=True)(x))
+    small = torch.randn(1, 2, 1, 4, 5)  # smaller than the window in depth: the two-step path
+    tupled = AvgPool3dAnySize(2, padding=1, ceil_mode=True)
+    tupled.kernel_size, tupled.stride, tupled.padding = (2, 2, 2), (2, 2, 2), (1, 1, 1)
+    assert torch.allclose(pool(small), tupled(small), atol=1e-6)
+
+
+def test_avg_pool_3d_any_size_honours_divisor_override_on_small_inputs():
+    """With ``divisor_override`` the window sum is divided by it, as ``nn.AvgPool3d`` does: the two-step path of
+    inputs smaller than the window averaged each step instead (a sum pool, ``divisor_override=1``, returned means)."""
+    torch.manual_seed(0)
+    pool = AvgPool3dAnySize((2, 2, 2), (2, 2, 2), (0, 0, 0), ceil_mode=True, divisor_override=3)
+    small = torch.rand(2, 3, 1, 4, 6)  # one slice: each window holds a 2x2 block of it
+    ref = small[:, :, 0].reshape(2, 3, 2, 2, 3, 2).sum((3, 5))[:, :, None] / 3
+    assert torch.allclose(pool(small), ref, atol=1e-6)
+    big = torch.rand(2, 3, 2, 4, 6)  # the nn.AvgPool3d path agrees
+    assert torch.allclose(pool(big), nn.AvgPool3d(2, 2, 0, True, divisor_override=3)(big), atol=1e-6)
+
+
 @pytest.mark.parametrize("pool_mode", ["avg", "max"])
 def test_pool_mode_picks_the_pool_of_strided_convs(pool_mode):
     want2 = nn.MaxPool2d if pool_mode == "max" else nn.AvgPool2d

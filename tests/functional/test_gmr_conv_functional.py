@@ -181,6 +181,21 @@ def test_per_dim_padding_matches_torch_reference(impl, pmode):
     assert rel_err(y, ref) < 1e-12
 
 
+@pytest.mark.parametrize("pmode", ["zeros", "reflect"])
+def test_numpy_int_padding_is_taken_as_an_int(pmode):
+    """A NumPy integer padding (a value read from an array or a config) pads like the same Python int, as in
+    ``torch.nn.functional.conv2d``; ``gmr_conv`` called ``list()`` on it and raised ``TypeError: 'numpy.int64' object
+    is not iterable``."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5).double()
+    x = torch.randn(1, 2, 7, 9, dtype=torch.float64)
+    ref = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, padding_mode=pmode)
+    y = gmr_conv(x, m.weight, m.basis(), m.bias, padding=np.int64(2), padding_mode=pmode)
+    assert y.shape == ref.shape == (1, 3, 7, 9) and torch.equal(y, ref)
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_same_padding_keeps_size_with_dilation(d):
     """``padding=None``/``"same"`` is ``dilation * (k - 1) // 2``: the output keeps the input size at any dilation,
