@@ -18,8 +18,9 @@ Rules (every replacement keeps the module's output shape for every input size th
   grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
   stems) stay unless ``replace_pooling=True`` (then: the same pool type with kernel = stride, the same output size
   and the same ``return_indices``). Pools that already commute at such sizes (every stride-1 pool with symmetric
-  padding, e.g. a 3x3/stride-1/pad-1 max pool) are never replaced; with ``replace_pooling=True`` they are listed in
-  ``kept``.
+  padding, e.g. a 3x3/stride-1/pad-1 max pool) are never replaced, nor are average pools with a
+  ``divisor_override`` (a kernel=stride window would sum another number of pixels); with ``replace_pooling=True``
+  they are listed in ``kept``.
 * convs that cannot be mapped exactly (anisotropic kernels/dilations, paddings whose output size no symmetric
   padding reproduces) are left as they are and reported.
 
@@ -512,6 +513,12 @@ class _Converter:
             return None
         if getattr(pool, "ceil_mode", False) or len(set(ks)) != 1:
             return None
+        if getattr(pool, "divisor_override", None):
+            # the window sum is divided by a fixed number: a kernel=stride window holds another number of pixels, so
+            # the replacement would scale the output (a 3x3 sum pool, divisor 1, gave 1/9 of its value); kept, and the
+            # non-equivariance listing still names its off-centre window grid
+            self._keep(name, f"{type(pool).__name__}(k={ks[0]}, stride={ss}) has divisor_override={pool.divisor_override}: a kernel=stride pool would compute another sum", "pool_kept")
+            return None
         e = [2 * p - di * (k - 1) for p, di, k in zip(pads, dils, ks)]
         if len(set(ss)) == 1 and len(set(e)) == 1 and (1 - e[0]) % ss[0] == 0:
             # the window grid is already mirror-symmetric at sizes divisible by the stride (always for stride 1
@@ -771,8 +778,8 @@ def convert_to_gmr(
             the radial average of each existing kernel, bias copied; for pretrained nets).
         replace_pooling: also replace pools whose window grid is off-centre (e.g. 3x3/stride-2/pad-1 max pools) by
             the same pool type with kernel = stride and the same output size (equivariant at even sizes;
-            ``return_indices`` kept). Pools that already commute (e.g. stride 1 with symmetric padding) stay and are
-            listed in ``summary.kept``.
+            ``return_indices`` and ``count_include_pad`` kept). Pools that already commute (e.g. stride 1 with
+            symmetric padding) and average pools with a ``divisor_override`` stay and are listed in ``summary.kept``.
         return_summary: return ``(model, summary)`` instead of ``model``.
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
             ``circular``, ``impl``, ``sampling``; ``padding_mode`` overrides the convs' own); other keys raise ``ValueError``.

@@ -831,3 +831,17 @@ def test_replace_pooling_keeps_count_include_pad():
         assert torch.allclose(pool(x), F.avg_pool2d(x, 4, 4, 1, count_include_pad=include))
         ones = pool(torch.ones(1, 1, 8, 8, dtype=torch.float64))
         assert torch.equal(ones, torch.ones_like(ones)) is (not include)
+
+
+def test_replace_pooling_keeps_an_average_pool_with_divisor_override():
+    """A sum-like average pool (``divisor_override``) was swapped for a kernel=stride pool without the override: a
+    3x3/stride-2/pad-1 pool with divisor 1 gave 9.0 on ones, its replacement 1.0. It is kept now, and said so."""
+    net = nn.Sequential(nn.AvgPool2d(3, 2, 1, divisor_override=1))
+    x = torch.ones(1, 1, 8, 8)
+    new, summary = convert_to_gmr(net, replace_pooling=True, return_summary=True)
+    assert new[0] is not net[0] and isinstance(new[0], nn.AvgPool2d)  # a copy (inplace=False), not replaced
+    assert torch.equal(new(x), net(x)) and net(x)[0, 0, 1, 1] == 9.0
+    assert "divisor_override=1" in summary.kept["0"] and summary.counts == {"pool_kept": 1}
+    assert "0" in summary.non_equivariant  # its off-centre window grid is still listed
+    plain = convert_to_gmr(nn.Sequential(nn.AvgPool2d(3, 2, 1)), replace_pooling=True)  # no override: replaced
+    assert tuple(plain[0].kernel_size) == (2, 2)
