@@ -413,6 +413,11 @@ class GMRConv(nn.Module):
                 f"input must have shape (B, C, {dims}) or (C, {dims}) for spatial_dims={d}, got input shape "
                 f"{list(x.shape)}."
             )
+        if not (x.is_floating_point() or x.is_complex()):
+            # the kernel is cast to the input's dtype: an integer input (e.g. uint8 images) would truncate the kernel
+            raise ValueError(
+                f"input must be a floating-point tensor, got input dtype {x.dtype}; convert it first (e.g. x.float())."
+            )
         if unbatched and x.shape[1] != self.in_channels:
             # e.g. a batch of 2D images (B, C, H, W) given to a 3D layer: say how the shape was read
             hint = " (a batch of 2D images (B, C, H, W) needs spatial_dims=2)" if d == 3 else ""

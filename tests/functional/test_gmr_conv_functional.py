@@ -93,6 +93,14 @@ def test_functional_errors():
             gmr_conv(torch.randn(1, 2, 5, 5), m.weight, m.basis(), padding=pad, padding_mode="mirror")
 
 
+@pytest.mark.parametrize("impl", ["dense", "rings", "auto"])
+def test_integer_input_is_an_error_naming_the_dtype(impl):
+    """An integer input made gmr_conv cast the kernel to integers (all zeros for |K| < 1): a silent wrong result."""
+    m = GMRConv(2, 1, 2, 5)
+    with pytest.raises(ValueError, match="floating-point.*torch.int64"):
+        gmr_conv(torch.ones(1, 1, 8, 8, dtype=torch.int64), m.weight, m.basis(), padding=2, impl=impl)
+
+
 def test_all_padding_modes_and_strides_keep_shapes():
     for pmode, stride in itertools.product(("zeros", "reflect", "replicate", "circular"), (1, 2)):
         m = GMRConv(2, 1, 1, 5, stride=stride, padding_mode=pmode)

@@ -131,6 +131,20 @@ def test_2d_batch_into_a_3d_layer_names_the_shape(scripted):
         m(torch.randn(1, 2, 4, 4, 4))
     assert m(torch.randn(3, 4, 4, 4)).shape == (4, 4, 4, 4)  # a real unbatched volume still runs
 
+@pytest.mark.parametrize("impl,scripted", [("dense", False), ("rings", False), ("dense", True)])
+def test_integer_input_is_refused_not_run_with_a_truncated_kernel(impl, scripted):
+    """The kernel is cast to the input's dtype; an integer input (e.g. a uint8/int64 image batch) used to run with
+    the kernel truncated to integers, silently returning zeros, where ``nn.Conv2d`` raises. It is now an error naming
+    the dtype; float and complex inputs still run."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 1, 2, 5, impl=impl).eval()
+    m = torch.jit.script(m) if scripted else m
+    for dtype in (torch.int64, torch.uint8):
+        with pytest.raises(Exception, match="floating-point" if scripted else f"floating-point.*{dtype}"):
+            m(torch.randint(0, 4, (1, 1, 8, 8), dtype=dtype))
+    assert m(torch.randint(0, 4, (1, 1, 8, 8)).float()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("impl", ["dense", "rings"])
 def test_unbatched_input_like_nn_conv(d, impl):
