@@ -366,6 +366,13 @@ class GMRConv(nn.Module):
                 if buf is not None and buf.is_floating_point():
                     self._buffers[name] = exact[name].to(device=device, dtype=dtype)
 
+    def __getstate__(self) -> dict:
+        # the eval-mode kernel cache (a clone of the parameters and the dense kernel, k^d / n times the weight's size)
+        # is rebuilt on the next call: not written by torch.save(model) / pickle, not duplicated by copy.deepcopy
+        state = super().__getstate__()
+        state["_kernel_cache"] = None
+        return state
+
     def __setstate__(self, state: dict) -> None:
         # a whole module pickled (torch.save(model)) before the sampling option existed used the paper's sampling
         state.setdefault("sampling", "center")

@@ -476,6 +476,33 @@ def test_double_and_deepcopy():
     assert rel_err(m2(x.double()), m(x)) < 1e-5
 
 
+def test_save_pickle_and_deepcopy_leave_the_kernel_cache_out():
+    """After an eval-mode forward the layer holds its kernel cache (parameter clones and the dense kernel, here
+    81 / 5 times the weight's size); torch.save(model), pickle and copy.deepcopy carried it along (a saved model
+    several times its state_dict, an AveragedModel copy doubling it in memory). The copies now start without it and
+    give the same outputs; the original keeps its cache."""
+    import io
+    import pickle
+
+    torch.manual_seed(0)
+    m = GMRConv(2, 16, 16, 9).eval()
+    x = torch.randn(1, 16, 12, 12)
+    with torch.no_grad():
+        y = m(x)
+    assert m._kernel_cache is not None
+    buf, sd = io.BytesIO(), io.BytesIO()
+    torch.save(m, buf)
+    torch.save(m.state_dict(), sd)
+    assert len(buf.getvalue()) < 1.5 * len(sd.getvalue())
+    buf.seek(0)
+    copies = [torch.load(buf, weights_only=False), pickle.loads(pickle.dumps(m)), copy.deepcopy(m)]
+    for c in copies:
+        assert c._kernel_cache is None
+        with torch.no_grad():
+            assert torch.equal(c(x), y)
+    assert m._kernel_cache is not None
+
+
 def test_autocast_bf16_cpu_runs():
     m = GMRConv(2, 4, 4, 5)
     x = torch.randn(1, 4, 16, 16)
