@@ -136,6 +136,8 @@ class SymmetricSlidingWindowInferer(Inferer):
                     f"{name} must be one value or one per spatial dim ({d} spatial dims for inputs of shape "
                     f"{tuple(inputs.shape)}), got {name}={value!r}."
                 )
+        if inputs.shape[0] == 0:  # no window would reach the network, so the output channels are unknown
+            raise ValueError(f"inputs must hold at least one image, got shape {tuple(inputs.shape)}.")
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         spatial = tuple(int(s) for s in x.shape[2:])
         roi = tuple(int(r) for r in fall_back_tuple(self.roi_size, spatial))  # -1 / 0: the whole dim, as in MONAI

@@ -45,6 +45,13 @@ def test_bad_arguments():
         SymmetricSlidingWindowInferer(16, sw_batch_size=0)
 
 
+def test_an_empty_batch_is_an_error_naming_the_shape():
+    """A batch of 0 images ran no window and failed on a bare ``assert`` (MONAI's inferer fails with an
+    UnboundLocalError); now a ValueError with the shape."""
+    with pytest.raises(ValueError, match=r"at least one image.*\(0, 1, 20, 20\)"):
+        SymmetricSlidingWindowInferer(8)(torch.zeros(0, 1, 20, 20), torch.nn.Identity())
+
+
 def test_per_dim_arguments_of_the_wrong_length_are_named():
     """A 2D roi_size / overlap / sigma_scale on a 3D input raised MONAI's bare 'Sequence must have length 3, got
     2.', naming no argument."""
