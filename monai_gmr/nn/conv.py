@@ -298,8 +298,15 @@ class GMRConv(nn.Module):
         """The synthesised dense kernel, shape ``(C_out, C_in/groups) + (k,) * spatial_dims``.
 
         Cached on CPU in eval mode when no gradient is needed, while the parameters keep their values (see the class
-        docstring); never inside ``torch.compile``d code.
+        docstring); never inside ``torch.compile``d code. A kernel served from the cache is returned as a copy, so
+        that editing the returned tensor in place cannot change the layer's later outputs.
         """
+        kernel = self._dense_kernel()
+        cache = self._kernel_cache
+        return kernel.clone() if cache is not None and kernel is cache[3] else kernel
+
+    def _dense_kernel(self) -> torch.Tensor:
+        """:meth:`dense_kernel` without the copy of a cached kernel (the forward, which never edits it)."""
         if torch.compiler.is_compiling():
             # torch.compile / torch.export: the synthesis is part of the graph (it is recomputed from the parameters on
             # every call, fused by inductor) and the cache is neither read nor written. Reading it needs value checks
@@ -444,7 +451,7 @@ class GMRConv(nn.Module):
         """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
-        kernel = self.dense_kernel() if impl == "dense" else None  # cached in eval mode
+        kernel = self._dense_kernel() if impl == "dense" else None  # cached in eval mode
         basis = self.basis() if kernel is None else None
         return gmr_conv(
             x,

@@ -354,7 +354,8 @@ def test_eval_cache_is_used_and_invalidated():
     with torch.no_grad():
         y0 = m(x)
         k0 = m.dense_kernel()
-        assert m.dense_kernel() is k0  # cached
+        assert m._dense_kernel() is m._dense_kernel() is m._kernel_cache[3]  # cached
+        assert torch.equal(m.dense_kernel(), k0)
         # 1) in-place parameter update (what optimizers do)
         m.weight.mul_(2.0)
         y1 = m(x)
@@ -383,6 +384,19 @@ def test_eval_cache_is_used_and_invalidated():
     opt.step()
     with torch.no_grad():
         assert rel_err(m2(x), before) > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_editing_the_returned_dense_kernel_leaves_the_layer_alone(mode):
+    """In eval mode without gradients dense_kernel() returned the cached tensor itself: scaling it in place (e.g. to
+    plot a normalised kernel) silently changed every later output of the layer. It now returns a copy."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5).eval()
+    x = torch.randn(1, 2, 8, 8)
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+        y = m(x)
+        m.dense_kernel().mul_(0)
+        assert torch.equal(m(x), y)
 
 
 def test_eval_cache_follows_edits_autograd_does_not_see():
