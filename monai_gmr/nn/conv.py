@@ -98,8 +98,9 @@ class GMRConv(nn.Module):
     only while ``weight`` and ``log_sigma`` still hold the values it was built from (compared element-wise, which
     also catches in-place edits through ``.data`` that autograd's version counters miss, e.g. a mean-teacher EMA),
     and only in the inference mode it was built in; ``train()``, ``.to()`` and ``load_state_dict`` drop it, and
-    ``torch.jit.trace`` bypasses it (the trace records the synthesis). On GPUs the kernel is synthesised on every
-    call: it is one small einsum there, and a value check would synchronise the device. The kernel is always
+    ``torch.jit.trace`` (the trace records the synthesis) and ``torch.func`` transforms (``vmap``, ``grad``) bypass
+    it. On GPUs the kernel is synthesised on every call: it is one small einsum there, and a value check would
+    synchronise the device. The kernel is always
     synthesised with autocast off, in the parameters' dtype (the convolution itself still autocasts).
 
     ``torch.compile`` (any backend) traces the whole layer into one graph, in training and in eval mode, with and
@@ -320,6 +321,10 @@ class GMRConv(nn.Module):
             # module would ignore later weight changes, and a trace after an earlier call recorded another graph
             # than the trace checker's rerun: "Graphs differed across invocations")
             and not torch.jit.is_tracing()
+            # torch.func transforms (vmap, grad, ...): the parameters may be batched / wrapped tensors, which the value
+            # check cannot compare (vmap: "Batching rule not implemented for aten::equal") and the cache must not
+            # keep past the transform
+            and not torch._C._are_functorch_transforms_active()
             and not (torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad))
         )
         if not cacheable:

@@ -399,6 +399,28 @@ def test_editing_the_returned_dense_kernel_leaves_the_layer_alone(mode):
         assert torch.equal(m(x), y)
 
 
+@pytest.mark.parametrize("filled", [True, False])
+def test_vmap_over_stacked_parameters_bypasses_the_eval_cache(filled):
+    """Model ensembling with torch.func (vmap over stacked parameters through functional_call) in eval mode without
+    gradients: with a kernel cached, the value check failed ("Batching rule not implemented for aten::equal"); with
+    none, the cache kept batched tensors past the vmap. Under torch.func transforms the cache is now bypassed."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [GMRConv(2, 2, 3, 5, impl="dense").eval() for _ in range(2)]
+    x = torch.randn(1, 2, 8, 8)
+    m = models[0]
+    with torch.no_grad():
+        refs = [mm(x) for mm in models]
+        if not filled:
+            m._kernel_cache = None
+        params, buffers = stack_module_state(models)
+        ys = vmap(lambda p, b: functional_call(m, (p, b), (x,)))(params, buffers)
+        assert torch.allclose(ys, torch.stack(refs), atol=1e-6)
+        assert m._kernel_cache is None or not filled
+        assert torch.equal(m(x), refs[0])  # the plain layer after the transform
+
+
 def test_eval_cache_follows_edits_autograd_does_not_see():
     """In-place edits through ``.data`` (a mean-teacher EMA) leave the version counter alone: the cache compares
     values. A kernel cached under autocast or inference mode must not leak into later fp32 / autograd calls."""
