@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -98,8 +99,8 @@ class GMRConv(nn.Module):
     only while ``weight`` and ``log_sigma`` still hold the values it was built from (compared element-wise, which
     also catches in-place edits through ``.data`` that autograd's version counters miss, e.g. a mean-teacher EMA),
     and only in the inference mode it was built in; ``train()``, ``.to()`` and ``load_state_dict`` drop it, and
-    ``torch.jit.trace`` (the trace records the synthesis) and ``torch.func`` transforms (``vmap``, ``grad``) bypass
-    it. On GPUs the kernel is synthesised on every call: it is one small einsum there, and a value check would
+    ``torch.jit.trace`` (the trace records the synthesis), ``torch.func`` transforms (``vmap``, ``grad``) and
+    forward-mode AD with dual parameters bypass it. On GPUs the kernel is synthesised on every call: it is one small einsum there, and a value check would
     synchronise the device. The kernel is always
     synthesised with autocast off, in the parameters' dtype (the convolution itself still autocasts).
 
@@ -325,6 +326,8 @@ class GMRConv(nn.Module):
             # check cannot compare (vmap: "Batching rule not implemented for aten::equal") and the cache must not
             # keep past the transform
             and not torch._C._are_functorch_transforms_active()
+            # forward-mode AD (torch.autograd.forward_ad) runs under no_grad too: a cached kernel has no tangent
+            and not any(fwAD.unpack_dual(t).tangent is not None for t in (self.weight, self.log_sigma))
             and not (torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad))
         )
         if not cacheable:

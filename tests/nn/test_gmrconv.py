@@ -421,6 +421,26 @@ def test_vmap_over_stacked_parameters_bypasses_the_eval_cache(filled):
         assert torch.equal(m(x), refs[0])  # the plain layer after the transform
 
 
+def test_forward_mode_ad_through_dual_parameters_bypasses_the_eval_cache():
+    """Forward-mode AD (torch.autograd.forward_ad) also runs under no_grad: with dual (primal, tangent) ring
+    weights in eval mode, the value check matched the primal and the cached kernel was used, so the output had no
+    tangent (a JVP with respect to the weights silently missing). It now equals torch.func.jvp's."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import functional_call, jvp
+
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5, impl="dense").eval()
+    x = torch.randn(1, 2, 8, 8)
+    tangent = torch.randn_like(m.weight)
+    _, ref = jvp(lambda w: functional_call(m, {"weight": w}, (x,)), (m.weight.detach(),), (tangent,))
+    with torch.no_grad():
+        m(x)  # a cached kernel
+        with fwAD.dual_level():
+            y = functional_call(m, {"weight": fwAD.make_dual(m.weight.detach(), tangent)}, (x,))
+            jvp_out = fwAD.unpack_dual(y).tangent
+    assert jvp_out is not None and torch.allclose(jvp_out, ref, atol=1e-5)
+
+
 def test_eval_cache_follows_edits_autograd_does_not_see():
     """In-place edits through ``.data`` (a mean-teacher EMA) leave the version counter alone: the cache compares
     values. A kernel cached under autocast or inference mode must not leak into later fp32 / autograd calls."""
