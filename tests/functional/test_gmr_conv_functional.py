@@ -72,6 +72,23 @@ def test_gradcheck(impl, d, sampling):
     assert torch.autograd.gradcheck(f, (x, w, ls, b), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+def test_gradgradcheck_module_in_eval_mode(impl):
+    """Double backward (gradient penalties, meta-learning) through the module's own forward, in eval mode where the
+    kernel cache could otherwise hand autograd a detached kernel: second derivatives w.r.t. the input, the ring
+    weights and log_sigma are exact."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 2, 3, impl=impl, padding_mode="reflect").double().eval()
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = m.weight.detach().clone().requires_grad_(True)
+    ls = m.log_sigma.detach().clone().requires_grad_(True)
+
+    def f(x, w, ls):
+        return torch.func.functional_call(m, {"weight": w, "log_sigma": ls}, (x,))
+
+    assert torch.autograd.gradgradcheck(f, (x, w, ls), eps=1e-6, atol=1e-6)
+
+
 def test_gradcheck_module_sigma_gets_gradient():
     m = GMRConv(2, 2, 2, 5).double()
     x = torch.randn(1, 2, 7, 7, dtype=torch.float64)
