@@ -359,6 +359,12 @@ class GMRConv(nn.Module):
         # no values (meta -> to_empty: load_state_dict cannot restore it), never over a value the user set
         changed = [n for n, b in before.items() if self._buffers[n] is not b and (n != "log_sigma" or b.is_meta)]
         self._rebuild_buffers({n: (self._buffers[n].device, self._buffers[n].dtype) for n in changed})
+        old, new = before.get("log_sigma"), self._buffers.get("log_sigma")
+        if old is not None and new is not None and new is not old and not old.is_meta and not new.is_meta:
+            # a fixed sigma that had values keeps them: to_empty() of a materialised layer left it uninitialised, and
+            # neither load_state_dict (non-persistent) nor reset_parameters (keeps a fixed sigma) restored it
+            with torch.inference_mode(False):
+                self._buffers["log_sigma"] = old.to(device=new.device, dtype=new.dtype)
         return out
 
     def _derived_buffer_names(self) -> tuple[str, ...]:

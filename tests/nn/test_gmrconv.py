@@ -341,6 +341,22 @@ def test_meta_device_construction_then_to_empty_and_load(kwargs):
     assert torch.all(fixed.double().log_sigma == -1.0)
 
 
+def test_to_empty_of_a_materialised_layer_keeps_a_fixed_sigma():
+    """``to_empty`` of a layer that already had values (built on CPU, moved without copying storage) left a fixed
+    sigma uninitialised: it is not in the state_dict and reset_parameters keeps a fixed sigma, so the layer then ran
+    with garbage ring widths. A fixed sigma now keeps its values (dtype conversions still round them as before)."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5, sigma="fixed")
+    with torch.no_grad():
+        m.log_sigma.fill_(-0.3)
+    ref = copy.deepcopy(m)
+    m.to_empty(device="cpu")
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 8, 8)
+    assert torch.equal(m.log_sigma, ref.log_sigma) and torch.equal(m(x), ref(x))
+    assert torch.equal(m.half().log_sigma, ref.log_sigma.half())
+
+
 def test_repr_shows_non_default_options():
     """``print(model)`` showed smoothing='none' but not sigma='fixed' or circular=False."""
     assert "sigma" not in repr(GMRConv(3, 1, 1, 3)) and "circular" not in repr(GMRConv(3, 1, 1, 3))
