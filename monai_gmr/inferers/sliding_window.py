@@ -151,8 +151,8 @@ class SymmetricSlidingWindowInferer(Inferer):
             pads.append((diff + 1) // 2)
         if self.padding_mode == "reflect" and any(p >= s for p, s in zip(pads, spatial)):
             raise ValueError(
-                f"padding_mode='reflect' pads at most size - 1 pixels per side, but inputs of shape {tuple(inputs.shape)} "
-                f"need {pads} to reach roi_size={roi}; use padding_mode='replicate' or 'constant'."
+                f"padding_mode='reflect' pads at most size - 1 pixels per side, but inputs of shape "
+                f"{tuple(inputs.shape)} need {pads} to reach roi_size={roi}; use padding_mode='replicate' or 'constant'."
             )
         if any(pads):
             flat = [p for p in reversed(pads) for _ in range(2)]  # F.pad order: last dim first
