@@ -206,7 +206,10 @@ class RotationTTAInferer(Inferer):
 
 def _plain(y: Any) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
-        raise TypeError(f"the inner inferer must return a tensor, got {type(y).__name__}.")
+        raise TypeError(
+            f"the inner inferer must return a tensor, got {type(y).__name__}; for a network with several outputs (deep "
+            "supervision, a dict of heads) pass one returning the output to average, e.g. lambda x: net(x)[0]."
+        )
     return y.as_tensor() if hasattr(y, "as_tensor") else y
 
 

@@ -103,6 +103,16 @@ def test_classification_average_probabilities():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("wrap", [lambda y: (y, y), lambda y: {"seg": y}])
+def test_several_network_outputs_are_an_error_saying_how_to_pick_one(wrap):
+    """A deep-supervision tuple or a dict of heads: the TypeError named only the type; it now says how to pick the
+    output to average (the untested branch of _plain)."""
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    with pytest.raises(TypeError, match=r"got (tuple|dict); .*several outputs.*net\(x\)\[0\]"):
+        RotationTTAInferer()(torch.randn(1, 1, 8, 8), lambda v: wrap(net(v)))
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("reduce", ["mean", "none"])
 def test_classification_of_a_segmentation_output_is_an_error(reduce):
     """task='classification' given (N, C, H, W) maps averaged the views' maps in their rotated frames (no error, a
