@@ -100,9 +100,9 @@ class GMRConv(nn.Module):
     also catches in-place edits through ``.data`` that autograd's version counters miss, e.g. a mean-teacher EMA),
     and only in the inference mode it was built in; ``train()``, ``.to()`` and ``load_state_dict`` drop it, and
     ``torch.jit.trace`` (the trace records the synthesis), ``torch.func`` transforms (``vmap``, ``grad``) and
-    forward-mode AD with dual parameters bypass it. On GPUs the kernel is synthesised on every call: it is one small einsum there, and a value check would
-    synchronise the device. The kernel is always
-    synthesised with autocast off, in the parameters' dtype (the convolution itself still autocasts).
+    forward-mode AD with dual parameters bypass it. On GPUs the kernel is synthesised on every call: it is one small
+    einsum there, and a value check would synchronise the device. The kernel is always synthesised with autocast
+    off, in the parameters' dtype (the convolution itself still autocasts).
 
     ``torch.compile`` (any backend) traces the whole layer into one graph, in training and in eval mode, with and
     without gradients: compiled code synthesises the kernel from the current parameters on every call and never reads
