@@ -205,6 +205,11 @@ def gmr_conv(
     d = x.ndim - 2
     if d not in (2, 3):
         raise ValueError(f"input must have 2 or 3 spatial dims, got input shape {tuple(x.shape)}.")
+    if not (x.is_floating_point() or x.is_complex()):
+        # the kernel is cast to the input's dtype (_match): an integer input would truncate the kernel, often to 0
+        raise ValueError(
+            f"input must be a floating-point tensor, got input dtype {x.dtype}; convert it first (e.g. x.float())."
+        )
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}.")
     if basis is None and (kernel is None or impl != "dense"):

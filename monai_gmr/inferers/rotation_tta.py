@@ -32,7 +32,8 @@ class RotationTTAInferer(Inferer):
       the views are averaged pixel-wise with weights = :meth:`Geometry.roundtrip_mask` (1 where the view's
       prediction was computed from real pixels only, 0 in the padded corners; pixels no view covers get the
       plain mean).
-    * ``task="classification"``: outputs ``(N, C)`` are averaged directly (rotation does not move class scores).
+    * ``task="classification"``: outputs ``(N, C)`` are averaged directly (rotation does not move class scores); an
+      output with spatial dims larger than 1 is an error (its views would be averaged in their rotated frames).
 
     What is averaged (``average``): ``"probs"`` (default) applies ``activation`` (``"softmax"`` over channels or
     ``"sigmoid"``) to every view and averages probabilities; with ``output="logits"`` (default) the mean
@@ -187,6 +188,13 @@ class RotationTTAInferer(Inferer):
             wsum = w.sum(0)
             mean = torch.where(wsum > 0, (w * ys).sum(0) / wsum.clamp_min(1e-12), ys.mean(0))
         else:
+            for o in outs:
+                if o.ndim == inputs.ndim and any(s != 1 for s in o.shape[2:]):
+                    # the views' maps are in rotated frames: averaging them without rotating back mixes pixels
+                    raise ValueError(
+                        f"task='classification' needs (N, C) network outputs, got shape {tuple(o.shape)}; use "
+                        "task='segmentation' for (N, C, *spatial) outputs."
+                    )
             if self.reduce == "none":
                 return torch.stack(outs)
             mean = torch.stack([self._activate(o) for o in outs]).mean(0)
@@ -198,7 +206,10 @@ class RotationTTAInferer(Inferer):
 
 def _plain(y: Any) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
-        raise TypeError(f"the inner inferer must return a tensor, got {type(y).__name__}.")
+        raise TypeError(
+            f"the inner inferer must return a tensor, got {type(y).__name__}; for a network with several outputs (deep "
+            "supervision, a dict of heads) pass one returning the output to average, e.g. lambda x: net(x)[0]."
+        )
     return y.as_tensor() if hasattr(y, "as_tensor") else y
 
 

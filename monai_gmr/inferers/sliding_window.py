@@ -136,6 +136,8 @@ class SymmetricSlidingWindowInferer(Inferer):
                     f"{name} must be one value or one per spatial dim ({d} spatial dims for inputs of shape "
                     f"{tuple(inputs.shape)}), got {name}={value!r}."
                 )
+        if inputs.shape[0] == 0:  # no window would reach the network, so the output channels are unknown
+            raise ValueError(f"inputs must hold at least one image, got shape {tuple(inputs.shape)}.")
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         spatial = tuple(int(s) for s in x.shape[2:])
         roi = tuple(int(r) for r in fall_back_tuple(self.roi_size, spatial))  # -1 / 0: the whole dim, as in MONAI
@@ -147,6 +149,11 @@ class SymmetricSlidingWindowInferer(Inferer):
         for s, r in zip(spatial, roi):
             diff = max(r - s, 0)
             pads.append((diff + 1) // 2)
+        if self.padding_mode == "reflect" and any(p >= s for p, s in zip(pads, spatial)):
+            raise ValueError(
+                f"padding_mode='reflect' pads at most size - 1 pixels per side, but inputs of shape "
+                f"{tuple(inputs.shape)} need {pads} to reach roi_size={roi}; use padding_mode='replicate' or 'constant'."
+            )
         if any(pads):
             flat = [p for p in reversed(pads) for _ in range(2)]  # F.pad order: last dim first
             x = F.pad(x, flat, mode=self.padding_mode, value=self.cval) if self.padding_mode == "constant" else F.pad(

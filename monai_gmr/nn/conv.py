@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -98,9 +99,10 @@ class GMRConv(nn.Module):
     only while ``weight`` and ``log_sigma`` still hold the values it was built from (compared element-wise, which
     also catches in-place edits through ``.data`` that autograd's version counters miss, e.g. a mean-teacher EMA),
     and only in the inference mode it was built in; ``train()``, ``.to()`` and ``load_state_dict`` drop it, and
-    ``torch.jit.trace`` bypasses it (the trace records the synthesis). On GPUs the kernel is synthesised on every
-    call: it is one small einsum there, and a value check would synchronise the device. The kernel is always
-    synthesised with autocast off, in the parameters' dtype (the convolution itself still autocasts).
+    ``torch.jit.trace`` (the trace records the synthesis), ``torch.func`` transforms (``vmap``, ``grad``) and
+    forward-mode AD with dual parameters bypass it. On GPUs the kernel is synthesised on every call: it is one small
+    einsum there, and a value check would synchronise the device. The kernel is always synthesised with autocast
+    off, in the parameters' dtype (the convolution itself still autocasts).
 
     ``torch.compile`` (any backend) traces the whole layer into one graph, in training and in eval mode, with and
     without gradients: compiled code synthesises the kernel from the current parameters on every call and never reads
@@ -298,8 +300,15 @@ class GMRConv(nn.Module):
         """The synthesised dense kernel, shape ``(C_out, C_in/groups) + (k,) * spatial_dims``.
 
         Cached on CPU in eval mode when no gradient is needed, while the parameters keep their values (see the class
-        docstring); never inside ``torch.compile``d code.
+        docstring); never inside ``torch.compile``d code. A kernel served from the cache is returned as a copy, so
+        that editing the returned tensor in place cannot change the layer's later outputs.
         """
+        kernel = self._dense_kernel()
+        cache = self._kernel_cache
+        return kernel.clone() if cache is not None and kernel is cache[3] else kernel
+
+    def _dense_kernel(self) -> torch.Tensor:
+        """:meth:`dense_kernel` without the copy of a cached kernel (the forward, which never edits it)."""
         if torch.compiler.is_compiling():
             # torch.compile / torch.export: the synthesis is part of the graph (it is recomputed from the parameters on
             # every call, fused by inductor) and the cache is neither read nor written. Reading it needs value checks
@@ -313,6 +322,12 @@ class GMRConv(nn.Module):
             # module would ignore later weight changes, and a trace after an earlier call recorded another graph
             # than the trace checker's rerun: "Graphs differed across invocations")
             and not torch.jit.is_tracing()
+            # torch.func transforms (vmap, grad, ...): the parameters may be batched / wrapped tensors, which the value
+            # check cannot compare (vmap: "Batching rule not implemented for aten::equal") and the cache must not
+            # keep past the transform
+            and not torch._C._are_functorch_transforms_active()
+            # forward-mode AD (torch.autograd.forward_ad) runs under no_grad too: a cached kernel has no tangent
+            and not any(fwAD.unpack_dual(t).tangent is not None for t in (self.weight, self.log_sigma))
             and not (torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad))
         )
         if not cacheable:
@@ -344,6 +359,12 @@ class GMRConv(nn.Module):
         # no values (meta -> to_empty: load_state_dict cannot restore it), never over a value the user set
         changed = [n for n, b in before.items() if self._buffers[n] is not b and (n != "log_sigma" or b.is_meta)]
         self._rebuild_buffers({n: (self._buffers[n].device, self._buffers[n].dtype) for n in changed})
+        old, new = before.get("log_sigma"), self._buffers.get("log_sigma")
+        if old is not None and new is not None and new is not old and not old.is_meta and not new.is_meta:
+            # a fixed sigma that had values keeps them: to_empty() of a materialised layer left it uninitialised, and
+            # neither load_state_dict (non-persistent) nor reset_parameters (keeps a fixed sigma) restored it
+            with torch.inference_mode(False):
+                self._buffers["log_sigma"] = old.to(device=new.device, dtype=new.dtype)
         return out
 
     def _derived_buffer_names(self) -> tuple[str, ...]:
@@ -365,6 +386,13 @@ class GMRConv(nn.Module):
                 buf = self._buffers[name]
                 if buf is not None and buf.is_floating_point():
                     self._buffers[name] = exact[name].to(device=device, dtype=dtype)
+
+    def __getstate__(self) -> dict:
+        # the eval-mode kernel cache (a clone of the parameters and the dense kernel, k^d / n times the weight's size)
+        # is rebuilt on the next call: not written by torch.save(model) / pickle, not duplicated by copy.deepcopy
+        state = super().__getstate__()
+        state["_kernel_cache"] = None
+        return state
 
     def __setstate__(self, state: dict) -> None:
         # a whole module pickled (torch.save(model)) before the sampling option existed used the paper's sampling
@@ -413,6 +441,11 @@ class GMRConv(nn.Module):
                 f"input must have shape (B, C, {dims}) or (C, {dims}) for spatial_dims={d}, got input shape "
                 f"{list(x.shape)}."
             )
+        if not (x.is_floating_point() or x.is_complex()):
+            # the kernel is cast to the input's dtype: an integer input (e.g. uint8 images) would truncate the kernel
+            raise ValueError(
+                f"input must be a floating-point tensor, got input dtype {x.dtype}; convert it first (e.g. x.float())."
+            )
         if unbatched and x.shape[1] != self.in_channels:
             # e.g. a batch of 2D images (B, C, H, W) given to a 3D layer: say how the shape was read
             hint = " (a batch of 2D images (B, C, H, W) needs spatial_dims=2)" if d == 3 else ""
@@ -432,7 +465,7 @@ class GMRConv(nn.Module):
         """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
-        kernel = self.dense_kernel() if impl == "dense" else None  # cached in eval mode
+        kernel = self._dense_kernel() if impl == "dense" else None  # cached in eval mode
         basis = self.basis() if kernel is None else None
         return gmr_conv(
             x,

@@ -398,9 +398,11 @@ class _GroupConvBase(nn.Module):
             nn.init.zeros_(self.bias)
 
     def _apply(self, fn, recurse: bool = True):
-        was_meta = self.bank_index.is_meta
+        before = self.bank_index
         out = super()._apply(fn, recurse)
-        if was_meta:  # meta -> to_empty: the index (not in the state dict) holds uninitialised memory
+        # to_empty (from meta, or of a materialised layer): the index (not in the state dict) holds uninitialised
+        # memory; it is computed from the hyper-parameters only, so any new tensor is rebuilt (a no-op .to() keeps it)
+        if self.bank_index is not before:
             self._rebuild_bank_index(self.bank_index.device)
         return out
 

@@ -72,6 +72,23 @@ def test_gradcheck(impl, d, sampling):
     assert torch.autograd.gradcheck(f, (x, w, ls, b), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+def test_gradgradcheck_module_in_eval_mode(impl):
+    """Double backward (gradient penalties, meta-learning) through the module's own forward, in eval mode where the
+    kernel cache could otherwise hand autograd a detached kernel: second derivatives w.r.t. the input, the ring
+    weights and log_sigma are exact."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 2, 3, impl=impl, padding_mode="reflect").double().eval()
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = m.weight.detach().clone().requires_grad_(True)
+    ls = m.log_sigma.detach().clone().requires_grad_(True)
+
+    def f(x, w, ls):
+        return torch.func.functional_call(m, {"weight": w, "log_sigma": ls}, (x,))
+
+    assert torch.autograd.gradgradcheck(f, (x, w, ls), eps=1e-6, atol=1e-6)
+
+
 def test_gradcheck_module_sigma_gets_gradient():
     m = GMRConv(2, 2, 2, 5).double()
     x = torch.randn(1, 2, 7, 7, dtype=torch.float64)
@@ -91,6 +108,14 @@ def test_functional_errors():
     for pad in (0, 1):  # also when no padding is applied
         with pytest.raises(ValueError, match="padding_mode"):
             gmr_conv(torch.randn(1, 2, 5, 5), m.weight, m.basis(), padding=pad, padding_mode="mirror")
+
+
+@pytest.mark.parametrize("impl", ["dense", "rings", "auto"])
+def test_integer_input_is_an_error_naming_the_dtype(impl):
+    """An integer input made gmr_conv cast the kernel to integers (all zeros for |K| < 1): a silent wrong result."""
+    m = GMRConv(2, 1, 2, 5)
+    with pytest.raises(ValueError, match="floating-point.*torch.int64"):
+        gmr_conv(torch.ones(1, 1, 8, 8, dtype=torch.int64), m.weight, m.basis(), padding=2, impl=impl)
 
 
 def test_all_padding_modes_and_strides_keep_shapes():

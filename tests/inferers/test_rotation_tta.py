@@ -103,6 +103,30 @@ def test_classification_average_probabilities():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("wrap", [lambda y: (y, y), lambda y: {"seg": y}])
+def test_several_network_outputs_are_an_error_saying_how_to_pick_one(wrap):
+    """A deep-supervision tuple or a dict of heads: the TypeError named only the type; it now says how to pick the
+    output to average (the untested branch of _plain)."""
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    with pytest.raises(TypeError, match=r"got (tuple|dict); .*several outputs.*net\(x\)\[0\]"):
+        RotationTTAInferer()(torch.randn(1, 1, 8, 8), lambda v: wrap(net(v)))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("reduce", ["mean", "none"])
+def test_classification_of_a_segmentation_output_is_an_error(reduce):
+    """task='classification' given (N, C, H, W) maps averaged the views' maps in their rotated frames (no error, a
+    mixture of pixels from different places); now an error pointing to task='segmentation'. Pooled (N, C, 1, 1)
+    outputs, which rotation does not move, still run."""
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"classification.*\(1, 2, 8, 8\).*task='segmentation'"):
+        RotationTTAInferer(task="classification", reduce=reduce)(x, net)
+    pooled = RotationTTAInferer(task="classification", reduce=reduce)(x, lambda v: net(v).mean((2, 3), keepdim=True))
+    assert pooled.shape[-3:] == (2, 1, 1)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_outputs_are_reduced_in_float32(dtype):
     """AMP outputs: in half precision the clamp 1 - 1e-7 rounds to 1 and a confident sigmoid logit became +inf."""

@@ -45,6 +45,22 @@ def test_bad_arguments():
         SymmetricSlidingWindowInferer(16, sw_batch_size=0)
 
 
+def test_reflect_padding_of_a_tile_too_small_is_an_error_naming_padding_mode():
+    """A tile smaller than half the window cannot be reflect-padded: F.pad's "Argument #6: Padding size should be
+    less than the corresponding input dimension" did not say which inferer argument to change."""
+    sw = SymmetricSlidingWindowInferer(8, padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"padding_mode='reflect'.*\(1, 1, 3, 20\).*\[3, 0\].*'replicate'"):
+        sw(torch.zeros(1, 1, 3, 20), torch.nn.Identity())
+    assert sw(torch.zeros(1, 1, 5, 20), torch.nn.Identity()).shape == (1, 1, 5, 20)  # pads 2 < 5: still runs
+
+
+def test_an_empty_batch_is_an_error_naming_the_shape():
+    """A batch of 0 images ran no window and failed on a bare ``assert`` (MONAI's inferer fails with an
+    UnboundLocalError); now a ValueError with the shape."""
+    with pytest.raises(ValueError, match=r"at least one image.*\(0, 1, 20, 20\)"):
+        SymmetricSlidingWindowInferer(8)(torch.zeros(0, 1, 20, 20), torch.nn.Identity())
+
+
 def test_per_dim_arguments_of_the_wrong_length_are_named():
     """A 2D roi_size / overlap / sigma_scale on a 3D input raised MONAI's bare 'Sequence must have length 3, got
     2.', naming no argument."""

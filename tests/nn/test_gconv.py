@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -398,6 +400,20 @@ def test_meta_construction_then_load_or_to_empty(cls, group):
     assert torch.equal(m.bank_index, ref.bank_index) and torch.equal(m(x), ref(x))
     with torch.device("meta"):
         m = cls(2, 3, 3, group=group)
+    m = m.to_empty(device="cpu")
+    m.load_state_dict(ref.state_dict())
+    assert torch.equal(m.bank_index, ref.bank_index) and torch.equal(m(x), ref(x))
+
+
+@pytest.mark.parametrize("cls", [GroupLiftingConv, GroupConv])
+def test_to_empty_of_a_materialised_layer_rebuilds_the_index(cls):
+    """``to_empty`` of a layer built on a real device (moved without copying storage, then loaded) left the
+    non-persistent ``bank_index`` uninitialised: only a meta index was rebuilt ("index out of range" in forward)."""
+    torch.manual_seed(0)
+    ref = cls(2, 3, 3, group="p4m")
+    x = torch.randn(1, 2, 7, 7) if cls is GroupLiftingConv else torch.randn(1, 2, ref.group_order, 7, 7)
+    m = copy.deepcopy(ref)
+    torch.full((1 << 16,), 123456789, dtype=torch.long)  # leave non-index values in the allocator's free memory
     m = m.to_empty(device="cpu")
     m.load_state_dict(ref.state_dict())
     assert torch.equal(m.bank_index, ref.bank_index) and torch.equal(m(x), ref(x))

@@ -131,6 +131,20 @@ def test_2d_batch_into_a_3d_layer_names_the_shape(scripted):
         m(torch.randn(1, 2, 4, 4, 4))
     assert m(torch.randn(3, 4, 4, 4)).shape == (4, 4, 4, 4)  # a real unbatched volume still runs
 
+@pytest.mark.parametrize("impl,scripted", [("dense", False), ("rings", False), ("dense", True)])
+def test_integer_input_is_refused_not_run_with_a_truncated_kernel(impl, scripted):
+    """The kernel is cast to the input's dtype; an integer input (e.g. a uint8/int64 image batch) used to run with
+    the kernel truncated to integers, silently returning zeros, where ``nn.Conv2d`` raises. It is now an error naming
+    the dtype; float and complex inputs still run."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 1, 2, 5, impl=impl).eval()
+    m = torch.jit.script(m) if scripted else m
+    for dtype in (torch.int64, torch.uint8):
+        with pytest.raises(Exception, match="floating-point" if scripted else f"floating-point.*{dtype}"):
+            m(torch.randint(0, 4, (1, 1, 8, 8), dtype=dtype))
+    assert m(torch.randint(0, 4, (1, 1, 8, 8)).float()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("impl", ["dense", "rings"])
 def test_unbatched_input_like_nn_conv(d, impl):
@@ -327,6 +341,22 @@ def test_meta_device_construction_then_to_empty_and_load(kwargs):
     assert torch.all(fixed.double().log_sigma == -1.0)
 
 
+def test_to_empty_of_a_materialised_layer_keeps_a_fixed_sigma():
+    """``to_empty`` of a layer that already had values (built on CPU, moved without copying storage) left a fixed
+    sigma uninitialised: it is not in the state_dict and reset_parameters keeps a fixed sigma, so the layer then ran
+    with garbage ring widths. A fixed sigma now keeps its values (dtype conversions still round them as before)."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5, sigma="fixed")
+    with torch.no_grad():
+        m.log_sigma.fill_(-0.3)
+    ref = copy.deepcopy(m)
+    m.to_empty(device="cpu")
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 8, 8)
+    assert torch.equal(m.log_sigma, ref.log_sigma) and torch.equal(m(x), ref(x))
+    assert torch.equal(m.half().log_sigma, ref.log_sigma.half())
+
+
 def test_repr_shows_non_default_options():
     """``print(model)`` showed smoothing='none' but not sigma='fixed' or circular=False."""
     assert "sigma" not in repr(GMRConv(3, 1, 1, 3)) and "circular" not in repr(GMRConv(3, 1, 1, 3))
@@ -340,7 +370,8 @@ def test_eval_cache_is_used_and_invalidated():
     with torch.no_grad():
         y0 = m(x)
         k0 = m.dense_kernel()
-        assert m.dense_kernel() is k0  # cached
+        assert m._dense_kernel() is m._dense_kernel() is m._kernel_cache[3]  # cached
+        assert torch.equal(m.dense_kernel(), k0)
         # 1) in-place parameter update (what optimizers do)
         m.weight.mul_(2.0)
         y1 = m(x)
@@ -369,6 +400,61 @@ def test_eval_cache_is_used_and_invalidated():
     opt.step()
     with torch.no_grad():
         assert rel_err(m2(x), before) > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_editing_the_returned_dense_kernel_leaves_the_layer_alone(mode):
+    """In eval mode without gradients dense_kernel() returned the cached tensor itself: scaling it in place (e.g. to
+    plot a normalised kernel) silently changed every later output of the layer. It now returns a copy."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5).eval()
+    x = torch.randn(1, 2, 8, 8)
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+        y = m(x)
+        m.dense_kernel().mul_(0)
+        assert torch.equal(m(x), y)
+
+
+@pytest.mark.parametrize("filled", [True, False])
+def test_vmap_over_stacked_parameters_bypasses_the_eval_cache(filled):
+    """Model ensembling with torch.func (vmap over stacked parameters through functional_call) in eval mode without
+    gradients: with a kernel cached, the value check failed ("Batching rule not implemented for aten::equal"); with
+    none, the cache kept batched tensors past the vmap. Under torch.func transforms the cache is now bypassed."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [GMRConv(2, 2, 3, 5, impl="dense").eval() for _ in range(2)]
+    x = torch.randn(1, 2, 8, 8)
+    m = models[0]
+    with torch.no_grad():
+        refs = [mm(x) for mm in models]
+        if not filled:
+            m._kernel_cache = None
+        params, buffers = stack_module_state(models)
+        ys = vmap(lambda p, b: functional_call(m, (p, b), (x,)))(params, buffers)
+        assert torch.allclose(ys, torch.stack(refs), atol=1e-6)
+        assert m._kernel_cache is None or not filled
+        assert torch.equal(m(x), refs[0])  # the plain layer after the transform
+
+
+def test_forward_mode_ad_through_dual_parameters_bypasses_the_eval_cache():
+    """Forward-mode AD (torch.autograd.forward_ad) also runs under no_grad: with dual (primal, tangent) ring
+    weights in eval mode, the value check matched the primal and the cached kernel was used, so the output had no
+    tangent (a JVP with respect to the weights silently missing). It now equals torch.func.jvp's."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import functional_call, jvp
+
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5, impl="dense").eval()
+    x = torch.randn(1, 2, 8, 8)
+    tangent = torch.randn_like(m.weight)
+    _, ref = jvp(lambda w: functional_call(m, {"weight": w}, (x,)), (m.weight.detach(),), (tangent,))
+    with torch.no_grad():
+        m(x)  # a cached kernel
+        with fwAD.dual_level():
+            y = functional_call(m, {"weight": fwAD.make_dual(m.weight.detach(), tangent)}, (x,))
+            jvp_out = fwAD.unpack_dual(y).tangent
+    assert jvp_out is not None and torch.allclose(jvp_out, ref, atol=1e-5)
 
 
 def test_eval_cache_follows_edits_autograd_does_not_see():
@@ -460,6 +546,33 @@ def test_double_and_deepcopy():
     m2 = copy.deepcopy(m).double()
     x = torch.randn(1, 2, 5, 5, 5)
     assert rel_err(m2(x.double()), m(x)) < 1e-5
+
+
+def test_save_pickle_and_deepcopy_leave_the_kernel_cache_out():
+    """After an eval-mode forward the layer holds its kernel cache (parameter clones and the dense kernel, here
+    81 / 5 times the weight's size); torch.save(model), pickle and copy.deepcopy carried it along (a saved model
+    several times its state_dict, an AveragedModel copy doubling it in memory). The copies now start without it and
+    give the same outputs; the original keeps its cache."""
+    import io
+    import pickle
+
+    torch.manual_seed(0)
+    m = GMRConv(2, 16, 16, 9).eval()
+    x = torch.randn(1, 16, 12, 12)
+    with torch.no_grad():
+        y = m(x)
+    assert m._kernel_cache is not None
+    buf, sd = io.BytesIO(), io.BytesIO()
+    torch.save(m, buf)
+    torch.save(m.state_dict(), sd)
+    assert len(buf.getvalue()) < 1.5 * len(sd.getvalue())
+    buf.seek(0)
+    copies = [torch.load(buf, weights_only=False), pickle.loads(pickle.dumps(m)), copy.deepcopy(m)]
+    for c in copies:
+        assert c._kernel_cache is None
+        with torch.no_grad():
+            assert torch.equal(c(x), y)
+    assert m._kernel_cache is not None
 
 
 def test_autocast_bf16_cpu_runs():
