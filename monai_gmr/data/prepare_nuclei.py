@@ -562,7 +562,8 @@ def prepare_nuclei_dataset(
         path of ``output/datalist.json``.
 
     Raises:
-        FileNotFoundError / ValueError: bad input (messages name the file); ``FileExistsError`` when ``output``
+        FileNotFoundError / ValueError: bad input (messages name the file), or ``output`` holds input files in the
+        folders it would replace (e.g. ``output`` is ``input``); ``FileExistsError`` when ``output``
         already holds a dataset and ``overwrite`` is False. On any error ``output`` is left as it was.
     """
     if label not in ("instance", "binary", "boundary"):
@@ -576,6 +577,15 @@ def prepare_nuclei_dataset(
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")) and not overwrite:
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
+    # the folders this run replaces (move_into_place) or removes must not hold its sources: with --overwrite and
+    # --output equal to --input, the raw images/ and masks/ were deleted and replaced by the prepared ones
+    replaced = [(out / d).resolve() for d in ("images", "labels", "masks", "boundary")]
+    for src in (s.resolve() for pair in found for s in (pair.image, pair.mask)):
+        if any(src.is_relative_to(r) for r in replaced):
+            raise ValueError(
+                f"output {str(out)!r} holds the input file {str(src)!r}: preparing into it would replace its "
+                "images/, labels/, masks/ and boundary/ folders; choose another --output."
+            )
     # absolute (the datalist's paths are made relative to it, whatever the working folder), mode 0o777 - umask
     created = missing_dirs(out.parent)  # made for the temporary folder: removed again if the run fails
     tmp = make_temp_dir(out)

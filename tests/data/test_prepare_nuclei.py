@@ -448,3 +448,18 @@ def test_pairs_csv_not_utf8_names_the_file(tmp_path, capsys):
         find_nuclei_pairs(tmp_path / "raw")
     assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out")]) == 1
     assert "pairs.csv" in capsys.readouterr().err
+
+
+def test_output_holding_the_input_files_is_refused_and_left_untouched(tmp_path):
+    """``--output`` equal to ``--input`` with ``--overwrite`` replaced the raw ``images/`` and ``masks/`` folders by
+    the prepared ones (instance masks became binary 0/1 masks): the raw data was lost without an error."""
+    raw = tmp_path / "raw"
+    _write_folder_case(raw, n=3)
+    (raw / "labels").rename(raw / "masks")  # a common raw layout: images/ + masks/ (instance ids)
+    before = _tree(raw)
+    with pytest.raises(ValueError, match=r"holds the input file .*choose another --output"):
+        prepare_nuclei_dataset(raw, raw, overwrite=True)
+    assert _tree(raw) == before
+    with pytest.raises(ValueError, match="holds the input file"):  # an output that is the parent of the sources
+        prepare_nuclei_dataset(raw / "images", raw, masks=raw / "masks", overwrite=True)
+    assert _tree(raw) == before
