@@ -287,6 +287,14 @@ def resolve_level(reader: Any, wsi: Any, level: int | None = None, mpp: float | 
         raise ValueError(f"give level or mpp, not both (level={level}, mpp={mpp}).")
     if mpp is not None:
         try:
+            reader.get_mpp(wsi, 0)
+        except Exception as e:  # noqa: BLE001 - MONAI's message ("only supports length conversion but `none` is given")
+            raise WSIError(  # does not say that the slide lacks the metadata
+                f"slide {name!r} has no microns-per-pixel (MPP) metadata (resolution tags or scanner properties), so "
+                f"no level can be chosen by mpp={mpp}; give a level (e.g. patch_level) instead ({e}).",
+                name,
+            ) from e
+        try:
             return int(reader.get_valid_level(wsi, None, mpp, None))
         except Exception as e:  # noqa: BLE001
             raise WSIError(f"slide {name!r}: no level at mpp={mpp}: {e}", name) from e
