@@ -256,7 +256,8 @@ def image_folder_datalist(
 
     Raises:
         FileNotFoundError: missing folder/CSV, or a listed image that does not exist (named).
-        ValueError: no images, unknown columns or labels.
+        ValueError: no images, unknown columns or labels, an image listed with two labels (an image listed again
+            with the same label is kept once, with a warning).
     """
     root = Path(root).absolute()  # relative CSV / image_dir paths are joined to it (a relative root doubled them)
     if not root.is_dir():
@@ -316,6 +317,7 @@ def image_folder_datalist(
     else:
         names = sorted(set(raw))
     items = []
+    seen: dict[Path, tuple[int, int]] = {}  # image -> (row, label) of its first row
     for n, (r, v) in enumerate(zip(rows, raw), start=2):
         p = _resolve_file(base, r[fcol].strip(), exts)
         if p is None:
@@ -334,6 +336,16 @@ def image_folder_datalist(
             label = names.index(v)
         else:
             raise ValueError(f"labels CSV {str(csv_path)!r} row {n}: unknown label {v!r} (classes {names}).")
+        first = seen.setdefault(p.resolve(), (n, int(label)))
+        if first[1] != int(label):  # one image, two classes: contradictory training targets
+            raise ValueError(
+                f"labels CSV {str(csv_path)!r} row {n}: image {r[fcol]!r} has label {v!r} but row {first[0]} gives "
+                f"it another label; an image must be listed with one label."
+            )
+        if first[0] != n:  # listed again: kept once (a repeated image could land in training and test)
+            logger.warning("labels CSV %s row %d: image %r is listed again (row %d); kept once", csv_path, n,
+                           r[fcol], first[0])  # fmt: skip
+            continue
         items.append({"image": str(p), "label": int(label)})
     return items, names
 

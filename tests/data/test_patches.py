@@ -217,3 +217,19 @@ def test_image_folder_csv_not_utf8_names_the_file(tmp_path):
     (root / "labels.csv").write_bytes("file,label\nb_stroma/b_stroma_0.tif,stromé\n".encode("cp1252"))
     with pytest.raises(ValueError, match=r"labels\.csv.*UTF-8"):
         image_folder_datalist(root, labels_csv="labels.csv")
+
+
+def test_image_folder_csv_image_listed_twice(tmp_path, caplog):
+    """An image listed twice was kept twice: with two labels it trained on contradictory targets without a word, with
+    one it could land in both the training and the test split."""
+    root = _folder(tmp_path)
+    (root / "l.csv").write_text(
+        "file,label\na_tumor/a_tumor_0.tif,1\nb_stroma/b_stroma_0.tif,0\n./a_tumor/a_tumor_0.tif,0\n"
+    )
+    with pytest.raises(ValueError, match=r"l\.csv' row 4: image './a_tumor/a_tumor_0.tif' has label '0' but row 2"):
+        image_folder_datalist(root, labels_csv="l.csv")
+    (root / "l.csv").write_text("file,label\na_tumor/a_tumor_0.tif,1\nb_stroma/b_stroma_0.tif,0\na_tumor/a_tumor_0,1\n")
+    with caplog.at_level("WARNING", logger="monai_gmr.data.patches"):
+        items, _ = image_folder_datalist(root, labels_csv="l.csv")
+    assert [(Path(i["image"]).name, i["label"]) for i in items] == [("a_tumor_0.tif", 1), ("b_stroma_0.tif", 0)]
+    assert "row 4: image 'a_tumor/a_tumor_0' is listed again (row 2)" in caplog.text
