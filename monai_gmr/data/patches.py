@@ -239,7 +239,7 @@ def image_folder_datalist(
     - **labels CSV**: a file column (first of ``file``, ``filename``, ``path``, ``image``, ``id``, ``name`` or
       ``file_column``) with paths relative to ``image_dir`` (default: the CSV's folder; files without an
       extension are looked up with ``extensions``, as in Kaggle's ``id,label``) and a label column (``label``,
-      ``label_index``, ``class``, ``target``, ``y`` or ``label_column``): integers are used as they are, strings are
+      ``label_index``, ``class``, ``target``, ``y`` or ``label_column``): integers (also written ``1.0``) are used as they are, strings are
       mapped to indices of the sorted names (or ``classes``).
 
     Args:
@@ -311,7 +311,7 @@ def image_folder_datalist(
     elif int_labels:
         names = []
         if "label_name" in cols:  # e.g. Kather's labels.csv: label_index + label_name
-            by_index = {int(v): r["label_name"].strip() for r, v in zip(rows, raw)}
+            by_index = {_as_int(v): r["label_name"].strip() for r, v in zip(rows, raw)}
             if sorted(by_index) == list(range(len(by_index))):
                 names = [by_index[i] for i in range(len(by_index))]
     else:
@@ -329,7 +329,7 @@ def image_folder_datalist(
                 f"labels CSV {str(csv_path)!r} row {n}: image {r[fcol]!r} not found under {str(base)!r}."
             )
         if _is_int(v) and (int_labels or v not in names):
-            label = int(v)
+            label = _as_int(v)
             if names and not 0 <= label < len(names):
                 raise ValueError(f"labels CSV {str(csv_path)!r} row {n}: label {label} outside classes {names}.")
         elif v in names:
@@ -350,9 +350,25 @@ def image_folder_datalist(
     return items, names
 
 
+def _as_int(v: str) -> int:
+    """``v`` as an integer: ``"1"``, or ``"1.0"`` as pandas writes an integer column that held a missing value (read as
+    a class name, ``"10.0"`` sorted before ``"2.0"`` and the numeric labels were silently permuted).
+
+    Raises:
+        ValueError: ``v`` is not an integer.
+    """
+    try:
+        return int(v)
+    except ValueError:
+        f = float(v)  # ValueError for a name such as "tumor"
+        if not f.is_integer():  # also inf / nan
+            raise ValueError(f"{v!r} is not an integer") from None
+        return int(f)
+
+
 def _is_int(v: str) -> bool:
     try:
-        int(v)
+        _as_int(v)
         return True
     except ValueError:
         return False

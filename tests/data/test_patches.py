@@ -233,3 +233,17 @@ def test_image_folder_csv_image_listed_twice(tmp_path, caplog):
         items, _ = image_folder_datalist(root, labels_csv="l.csv")
     assert [(Path(i["image"]).name, i["label"]) for i in items] == [("a_tumor_0.tif", 1), ("b_stroma_0.tif", 0)]
     assert "row 4: image 'a_tumor/a_tumor_0' is listed again (row 2)" in caplog.text
+
+
+def test_image_folder_csv_float_formatted_integer_labels(tmp_path):
+    """Labels written as ``1.0`` (pandas, for an integer column that held a missing value) were class names, sorted as
+    strings: with 11 classes ``"10.0"`` came before ``"2.0"``, so label 2.0 became class 3 and 10.0 class 2."""
+    rows = []
+    for k in range(11):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"i{k}.png")
+        rows.append(f"i{k}.png,{float(k)}")
+    (tmp_path / "l.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    items, names = image_folder_datalist(tmp_path, "l.csv")
+    assert [i["label"] for i in items] == list(range(11)) and names == []
+    (tmp_path / "l.csv").write_text("file,label\ni0.png,0.5\ni1.png,1\n")  # not integers: class names, as before
+    assert [i["label"] for i in image_folder_datalist(tmp_path, "l.csv")[0]] == [0, 1]
