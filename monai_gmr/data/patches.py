@@ -239,8 +239,8 @@ def image_folder_datalist(
     - **labels CSV**: a file column (first of ``file``, ``filename``, ``path``, ``image``, ``id``, ``name`` or
       ``file_column``) with paths relative to ``image_dir`` (default: the CSV's folder; files without an
       extension are looked up with ``extensions``, as in Kaggle's ``id,label``) and a label column (``label``,
-      ``label_index``, ``class``, ``target``, ``y`` or ``label_column``): integers (also written ``1.0``) are used as they are, strings are
-      mapped to indices of the sorted names (or ``classes``).
+      ``label_index``, ``class``, ``target``, ``y`` or ``label_column``): integers (also written ``1.0``) are used
+      as they are, strings are mapped to indices of the sorted names (or ``classes``).
 
     Args:
         root: collection folder (class folders), or the folder of the CSV.
