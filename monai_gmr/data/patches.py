@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_gmr.data.datalist import read_csv_rows
+from monai_gmr.data.datalist import _as_int, read_csv_rows
 
 __all__ = [
     "PATCH_IMAGE_EXTENSIONS",
@@ -348,22 +348,6 @@ def image_folder_datalist(
             continue
         items.append({"image": str(p), "label": int(label)})
     return items, names
-
-
-def _as_int(v: str) -> int:
-    """``v`` as an integer: ``"1"``, or ``"1.0"`` as pandas writes an integer column that held a missing value (read as
-    a class name, ``"10.0"`` sorted before ``"2.0"`` and the numeric labels were silently permuted).
-
-    Raises:
-        ValueError: ``v`` is not an integer.
-    """
-    try:
-        return int(v)
-    except ValueError:
-        f = float(v)  # ValueError for a name such as "tumor"
-        if not f.is_integer():  # also inf / nan
-            raise ValueError(f"{v!r} is not an integer") from None
-        return int(f)
 
 
 def _is_int(v: str) -> bool:

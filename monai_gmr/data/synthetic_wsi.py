@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, read_csv_rows, split_items, write_datalist
+from monai_gmr.data.datalist import DATALIST_NAME, _as_int, move_into_place, read_csv_rows, split_items, write_datalist
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
@@ -599,8 +599,8 @@ def patch_csv_to_datalist(
     with :func:`monai_gmr.data.datalist.split_items` (stratified by label). ``backend``: the ``WSIReader``
     backend that opens slides for their downsamples. ``extra``: more top-level entries of the JSON.
 
-    A row repeating the slide, location, size and level of an earlier row is dropped (logged); with another label it
-    is an error.
+    ``label`` is an integer class index (``1`` or, as pandas writes it, ``1.0``). A row repeating the slide,
+    location, size and level of an earlier row is dropped (logged); with another label it is an error.
 
     Raises:
         FileNotFoundError: the CSV does not exist. ValueError: missing columns, bad values, an unreadable slide or a
@@ -631,7 +631,11 @@ def patch_csv_to_datalist(
             slide = slide if slide.is_absolute() else (csv_path.parent / slide)
             if not center:  # top-left corners -> level-0 centres
                 y, x = level0_center((y, x), (sz, sz), _level_downsample(slide, lvl, downsamples, backend))
-            item = {"image": str(slide), "location": [y, x], "size": [sz, sz], "level": lvl, "label": int(r["label"])}
+            try:
+                label = _as_int(r["label"])  # "1" or, as pandas writes it, "1.0"
+            except (ValueError, TypeError):
+                raise ValueError(f"label {r['label']!r} (column 'label') is not an integer class index") from None
+            item = {"image": str(slide), "location": [y, x], "size": [sz, sz], "level": lvl, "label": label}
         except (ValueError, TypeError) as e:  # WSIError (an unreadable slide) is a ValueError
             raise ValueError(f"patch CSV {str(csv_path)!r} row {n}: {e}") from e
         first = seen.setdefault((os.path.normpath(slide), y, x, sz, lvl), (n, item["label"]))

@@ -338,3 +338,16 @@ def test_patch_csv_patch_listed_twice(tmp_path, caplog):
         p = patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16, val_frac=0.0, test_frac=0.0)
     assert [(it["location"], it["label"]) for it in json.loads(p.read_text())["training"]] == [([50, 100], 1), ([20, 10], 0)]
     assert "row 4: the patch of row 2 again; kept once" in caplog.text
+
+
+def test_patch_csv_float_formatted_labels(tmp_path):
+    """``label`` written as ``1.0`` (pandas) stopped with "invalid literal for int() with base 10: '1.0'" while ``x``
+    and ``y`` accepted it; a class name did too, without naming the column."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    (tmp_path / "p.csv").write_text("slide,x,y,label\ns.tiff,100.0,50,1.0\ns.tiff,10,20,0.0\n")
+    p = patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16, val_frac=0.0, test_frac=0.0)
+    assert [it["label"] for it in json.loads(p.read_text())["training"]] == [1, 0]
+    for bad in ("0.5", "tumor"):
+        (tmp_path / "p.csv").write_text(f"slide,x,y,label\ns.tiff,100,50,{bad}\n")
+        with pytest.raises(ValueError, match=rf"row 2: label '{bad}' \(column 'label'\) is not an integer class index"):
+            patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
