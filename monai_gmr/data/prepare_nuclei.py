@@ -142,12 +142,17 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"image {str(path)!r} does not exist.")
     try:
         with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # convert("RGB") would clip "F" in [0, 1] to black
-                arr = np.clip(np.asarray(im).astype(np.float64), 0, None)
+            arr = _colour_png16(im, path)
+            if arr is not None:  # scaled by the maximum of its colour channels, as 16-bit grey is
+                arr = arr[..., :3] if arr.shape[-1] != 2 else arr[..., 0]  # alpha dropped
                 arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
             else:
-                arr = np.asarray(im.convert("RGB"))
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # convert("RGB") would clip "F" in [0, 1] to black
+                    arr = np.clip(np.asarray(im).astype(np.float64), 0, None)
+                    arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
+                else:
+                    arr = np.asarray(im.convert("RGB"))
     except Exception as e_pil:  # noqa: BLE001 - report any decoder failure with the file name
         if path.suffix.lower() not in (".tif", ".tiff"):
             raise ValueError(f"cannot read image {str(path)!r}: {e_pil}") from e_pil
@@ -165,6 +170,17 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         raise ValueError(f"cannot read image {str(path)!r}: expected an RGB(A) or grey image, got shape {arr.shape}.")
     return np.ascontiguousarray(arr[..., :3])
+
+
+def _colour_png16(im: Any, path: Path) -> np.ndarray | None:
+    """The pixels of a 16-bit colour (or grey + alpha) PNG at full depth, decoded with ``imagecodecs``; ``None`` for
+    any other file. PIL keeps only the high byte of each such sample: 12-bit camera data (0..4095) came out
+    nearly black (0..15), and 16-bit ids of a mask stored as RGB merged."""
+    if im.format != "PNG" or not im.tile or not str(im.tile[0][3]).endswith(";16B") or im.mode not in ("RGB", "RGBA"):
+        return None
+    import imagecodecs
+
+    return np.asarray(imagecodecs.png_decode(path.read_bytes()))
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
@@ -203,8 +219,10 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
         else:
             try:
                 with Image.open(path) as im:
-                    im.load()
-                    arr = np.asarray(im)
+                    arr = _colour_png16(im, path)
+                    if arr is None:
+                        im.load()
+                        arr = np.asarray(im)
             except Exception:
                 if path.suffix.lower() not in (".tif", ".tiff"):
                     raise
@@ -214,6 +232,8 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot read mask {str(path)!r}: {e}") from e
     arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 2 and path.suffix.lower() == ".png":  # 16-bit grey + alpha PNG
+        arr = np.where(arr[..., 1] == 0, 0, arr[..., 0])
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         rgb = arr[..., :3].astype(np.int64)
         if arr.shape[-1] == 4:

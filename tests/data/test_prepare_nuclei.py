@@ -463,3 +463,41 @@ def test_output_holding_the_input_files_is_refused_and_left_untouched(tmp_path):
     with pytest.raises(ValueError, match="holds the input file"):  # an output that is the parent of the sources
         prepare_nuclei_dataset(raw / "images", raw, masks=raw / "masks", overwrite=True)
     assert _tree(raw) == before
+
+
+def _png16(path: Path, arr: np.ndarray) -> None:
+    """A 16-bit PNG (colour type from the channels), which PIL cannot write."""
+    import struct
+    import zlib
+
+    arr = np.asarray(arr, np.uint16)
+    h, w = arr.shape[:2]
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[1 if arr.ndim == 2 else arr.shape[2]]
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_colour_png_keeps_its_depth(tmp_path):
+    """PIL keeps only the high byte of a 16-bit RGB(A) PNG: 12-bit camera data (0..4095) came out as a nearly black
+    image (0..15) while 16-bit grey was scaled by its maximum; ids of a 16-bit RGB mask merged."""
+    rgb = np.random.default_rng(0).integers(0, 4096, (6, 7, 3)).astype(np.uint16)
+    rgb[0, 0] = (4095, 0, 0)
+    _png16(tmp_path / "rgb.png", rgb)
+    expected = np.rint(rgb / 4095.0 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(read_rgb_image(tmp_path / "rgb.png"), expected)
+    _png16(tmp_path / "rgba.png", np.dstack([rgb, np.full((6, 7), 65535)]))  # alpha does not set the scale
+    np.testing.assert_array_equal(read_rgb_image(tmp_path / "rgba.png"), expected)
+    mask = np.zeros((6, 7, 3), np.uint16)
+    mask[1:3, 1:3], mask[4:6, 4:6] = (300, 0, 0), (301, 0, 0)  # same high byte: one colour for PIL
+    _png16(tmp_path / "mask.png", mask)
+    assert np.unique(read_instance_mask(tmp_path / "mask.png")).tolist() == [0, 1, 2]
+    grey_alpha = np.zeros((6, 7, 2), np.uint16)
+    grey_alpha[1:3, 1:3], grey_alpha[4:6, 4:6], grey_alpha[..., 1] = 256, 257, 65535
+    grey_alpha[0, 0] = (999, 0)  # transparent: background
+    _png16(tmp_path / "grey_alpha.png", grey_alpha)
+    assert np.unique(read_instance_mask(tmp_path / "grey_alpha.png"), return_counts=True)[1].tolist() == [34, 4, 4]
