@@ -256,7 +256,8 @@ def image_folder_datalist(
 
     Raises:
         FileNotFoundError: missing folder/CSV, or a listed image that does not exist (named).
-        ValueError: no images, unknown columns or labels, an image listed with two labels (an image listed again
+        ValueError: no images, a class sub-folder without images (without ``classes``), unknown columns or labels, an
+            image listed with two labels (an image listed again
             with the same label is kept once, with a warning).
     """
     root = Path(root).absolute()  # relative CSV / image_dir paths are joined to it (a relative root doubled them)
@@ -281,6 +282,12 @@ def image_folder_datalist(
             for f in sorted(d.iterdir()):
                 if f.is_file() and f.name.lower().endswith(exts) and not f.name.startswith("."):
                     items.append({"image": str(f), "label": idx})
+        empty = sorted(set(names) - {Path(i["image"]).parent.name for i in items})
+        if classes is None and items and empty:  # e.g. macOS's __MACOSX/ of an unzipped archive: it took label 0
+            raise ValueError(
+                f"sub-folder(s) {empty} of {str(root)!r} hold no image with extension in {list(exts)}: as classes "
+                "they would shift the labels of the classes sorted after them; remove them or pass classes."
+            )
         if not items:
             raise ValueError(f"no image with extension in {list(exts)} under {str(root)!r}.")
         return items, names

@@ -247,3 +247,15 @@ def test_image_folder_csv_float_formatted_integer_labels(tmp_path):
     assert [i["label"] for i in items] == list(range(11)) and names == []
     (tmp_path / "l.csv").write_text("file,label\ni0.png,0.5\ni1.png,1\n")  # not integers: class names, as before
     assert [i["label"] for i in image_folder_datalist(tmp_path, "l.csv")[0]] == [0, 1]
+
+
+def test_class_folder_without_images_is_refused(tmp_path):
+    """The ``__MACOSX/`` folder an unzipped archive leaves (only hidden ``._*`` files) became class 0, shifting every
+    real class by one (the num_classes error then advised one class too many)."""
+    root = _folder(tmp_path)
+    (root / "__MACOSX" / "a_tumor").mkdir(parents=True)
+    (root / "__MACOSX" / "a_tumor" / "._a_tumor_0.tif").write_bytes(b"\x00")
+    with pytest.raises(ValueError, match=r"sub-folder\(s\) \['__MACOSX'\] .* hold no image"):
+        image_folder_datalist(root)
+    items, names = image_folder_datalist(root, classes=["a_tumor", "b_stroma"])
+    assert names == ["a_tumor", "b_stroma"] and [i["label"] for i in items] == [0, 0, 1, 1]
