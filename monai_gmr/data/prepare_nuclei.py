@@ -14,8 +14,8 @@ Input formats (``--format``, default ``auto``):
 
 - ``folders``: an image folder and an instance-mask folder paired by file name. A mask matches an image when its
   stem equals the image stem, optionally followed by ``_label``, ``_labels``, ``_mask``, ``_masks``,
-  ``_instance``, ``_inst`` or ``_seg``. Masks may be 8/16/32-bit instance ids, binary 0/1 or 0/255 masks (turned
-  into instances by connected components), colour-coded RGB instance masks (one colour per nucleus) or ``.npy``.
+  ``_instance``, ``_inst`` or ``_seg``. Masks may be 8/16/32-bit instance ids, binary masks (one foreground value,
+  e.g. 0/1, 0/255 or 0/65535; turned into instances by connected components), colour-coded RGB instance masks (one colour per nucleus) or ``.npy``.
 - ``monuseg_xml``: images and Aperio ImageScope XML annotations (MoNuSeg): every
   ``Annotations/Annotation/Regions/Region`` polygon (``Vertices/Vertex`` ``X``, ``Y`` in pixels) becomes one
   instance (later regions are drawn over earlier ones).
@@ -198,8 +198,8 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     """Read an instance mask image (or ``.npy``) as ``(H, W)`` int32 ids (0 background).
 
-    - integer single-channel images: ids as stored, except that masks whose values are only {0, 1} or {0, 255}
-      are binary and become instances by 8-connected components;
+    - integer single-channel images: ids as stored, except that masks with a single non-zero value (0/1, 0/255,
+      0/65535) are binary and become instances by 8-connected components;
     - RGB(A) images: every distinct non-black colour is one instance (colour-coded instance masks); fully
       transparent pixels (alpha 0) are background.
 
@@ -255,8 +255,8 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
         arr = arr.astype(np.int64)
     if arr.min() < 0:
         raise ValueError(f"mask {str(path)!r} has negative values (min {arr.min()}).")
-    values = np.unique(arr)
-    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
+    # binary: one foreground value, whatever it is (0/1, 0/255, 0/65535 of a 16-bit mask, which was one instance)
+    if np.unique(arr[arr != 0]).size <= 1:
         lab, _ = ndimage.label(arr > 0, structure=np.ones((3, 3), bool))
         return lab.astype(np.int32)
     return relabel_sequential(arr)

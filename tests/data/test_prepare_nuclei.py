@@ -501,3 +501,20 @@ def test_16_bit_colour_png_keeps_its_depth(tmp_path):
     grey_alpha[0, 0] = (999, 0)  # transparent: background
     _png16(tmp_path / "grey_alpha.png", grey_alpha)
     assert np.unique(read_instance_mask(tmp_path / "grey_alpha.png"), return_counts=True)[1].tolist() == [34, 4, 4]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_binary_mask_becomes_instances(tmp_path, suffix):
+    """A 16-bit binary mask (0/65535, e.g. skimage's img_as_uint of a boolean mask) was taken as instance ids: every
+    nucleus of the image became one instance with id 65535."""
+    import tifffile
+
+    binary = np.zeros((12, 14), np.uint16)
+    binary[1:4, 1:4] = binary[7:11, 8:12] = 65535
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".png":
+        Image.fromarray(binary).save(path)
+    else:
+        tifffile.imwrite(path, binary)
+    lab = read_instance_mask(path)
+    assert lab.max() == 2 and (lab[1:4, 1:4] == 1).all() and (lab[7:11, 8:12] == 2).all()
