@@ -145,11 +145,13 @@ def check_patch_datalist(
             if key not in item:
                 raise ValueError(f"{name} item {n} has no {key!r} entry: {item}.")
         if num_classes is not None and "label" in item:
-            lab = np.asarray(item["label"]).reshape(-1)
-            if lab.size != 1 or float(lab[0]) != int(lab[0]) or not 0 <= int(lab[0]) < int(num_classes):
+            lab = np.asarray(item["label"]).reshape(-1)  # a string ("1" in the JSON) failed later, naming no item
+            if (lab.size != 1 or lab.dtype.kind not in "biuf" or float(lab[0]) != int(lab[0])
+                    or not 0 <= int(lab[0]) < int(num_classes)):  # fmt: skip
                 raise ValueError(
                     f"{name} item {n} (slide {str(item['image'])!r}, location {list(item['location'])}): label "
-                    f"{item['label']!r} is not a class index in [0, {num_classes}) (num_classes={num_classes})."
+                    f"{item['label']!r} is not a class index in [0, {num_classes}) (num_classes={num_classes})"
+                    + (": labels are numbers, not strings." if lab.dtype.kind not in "biuf" else ".")
                 )
     kw = dict(backend=backend, patch_size=patch_size, patch_level=patch_level, center_location=center_location,
               level0_centers=True)  # the box to_top_left / patch_dataset read
@@ -198,6 +200,8 @@ def check_class_labels(
             split holds fewer than ``min_classes`` classes.
     """
     lab = np.asarray(labels).reshape(-1)
+    if lab.size and lab.dtype.kind not in "biuf":  # strings ("1" in a datalist JSON): np.mod raised a bare TypeError
+        raise ValueError(f"{name}: labels must be class indices (integers), got {lab[:3].tolist()} ({lab.dtype}).")
     frac = np.mod(lab, 1) != 0 if lab.size else np.zeros(0, bool)
     if frac.any():
         raise ValueError(f"{name}: labels must be class indices (integers), got {lab[frac][:3].tolist()}.")

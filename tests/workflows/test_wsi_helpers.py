@@ -900,3 +900,18 @@ def test_check_class_labels(caplog):
     with caplog.at_level(logging.WARNING, logger="monai_gmr.workflows.wsi"):
         assert check_class_labels([0, 1], 3, name="val") == {0: 1, 1: 1}
     assert "no sample of class(es) [2]" in caplog.text
+
+
+def test_string_labels_of_a_datalist_are_named(wsi_data):
+    """``"label": "1"`` in a datalist JSON passed the datalist check and stopped in check_class_labels with numpy's
+    "ufunc 'remainder' not supported for the input types" (no file, item or setting named); ``"tumor"`` with
+    "could not convert string to float"."""
+    from monai_gmr.workflows.wsi import check_class_labels, check_patch_datalist
+
+    item = dict(wsi_data["training"][0])
+    for bad in ("1", "tumor"):
+        with pytest.raises(ValueError, match=rf"mylist item 0 .*label '{bad}' is not a class index .*not strings"):
+            check_patch_datalist([{**item, "label": bad}], patch_size=PATCH, num_classes=2, name="mylist")
+    with pytest.raises(ValueError, match=r"val: labels must be class indices \(integers\), got \['1', '0'\]"):
+        check_class_labels(["1", "0"], None, name="val")
+    assert check_patch_datalist([{**item, "label": 1}], patch_size=PATCH, num_classes=2)
