@@ -471,3 +471,20 @@ def test_mpp_on_a_slide_without_resolution_metadata_says_so(tmp_path, backend):
     with pytest.raises(WSIError, match=r"no_mpp\.tif.*has no microns-per-pixel \(MPP\) metadata.*give a level"):
         tissue_mask(path, mpp=1.0, backend=backend)
     assert tissue_mask(path, level=-1, backend=backend)[1:] == (0, 1.0)  # the lowest level of a flat TIFF is level 0
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_16_bit_slide_is_refused(tmp_path, backend):
+    """A 16-bit RGB TIFF slide was read as 8 bits without a word: openslide kept the high byte (12-bit data: a nearly
+    black slide, no tissue found), MONAI's tifffile reader cast with wrap-around (2400 became 96)."""
+    import tifffile
+
+    rgb = np.full((64, 64, 3), 230 * 16, np.uint16)
+    rgb[16:48, 16:48] = (150 * 16, 60 * 16, 160 * 16)  # 12-bit data
+    tifffile.imwrite(tmp_path / "s16.tif", rgb, photometric="rgb", tile=(32, 32))
+    for call in (lambda: read_region(tmp_path / "s16.tif", (20, 20), (4, 4), backend=backend),
+                 lambda: tissue_mask(tmp_path / "s16.tif", backend=backend)):  # fmt: skip
+        with pytest.raises(WSIError, match=r"s16\.tif' holds uint16 samples.*convert it to an 8-bit RGB slide"):
+            call()
+    tifffile.imwrite(tmp_path / "s8.tif", (rgb // 16).astype(np.uint8), photometric="rgb", tile=(32, 32))
+    assert read_region(tmp_path / "s8.tif", (20, 20), (4, 4), backend=backend)[:, 0, 0].tolist() == [150, 60, 160]
