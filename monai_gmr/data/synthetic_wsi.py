@@ -612,8 +612,10 @@ def patch_csv_to_datalist(
     out_path = Path(out_path) if out_path is not None else csv_path.parent / DATALIST_NAME
     rows = read_csv_rows(csv_path, "patch CSV")
     need = {"slide", "x", "y", "label"}
-    if not rows or not need <= set(rows[0]):
-        raise ValueError(f"patch CSV {str(csv_path)!r} needs columns {sorted(need)}, has {list(rows[0]) if rows else []}.")
+    if not rows:  # header only: it was "needs columns [...], has []" whatever the header held
+        raise ValueError(f"patch CSV {str(csv_path)!r} has no rows (a header and one row per patch are expected).")
+    if not need <= set(rows[0]):
+        raise ValueError(f"patch CSV {str(csv_path)!r} needs columns {sorted(need)}, has {list(rows[0])}.")
     fixed: dict[str, list] = {"training": [], "validation": [], "test": []}
     free = []
     downsamples: dict[str, list[float]] = {}

@@ -351,3 +351,10 @@ def test_patch_csv_float_formatted_labels(tmp_path):
         (tmp_path / "p.csv").write_text(f"slide,x,y,label\ns.tiff,100,50,{bad}\n")
         with pytest.raises(ValueError, match=rf"row 2: label '{bad}' \(column 'label'\) is not an integer class index"):
             patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+
+
+def test_patch_csv_with_a_header_only(tmp_path):
+    """A patch CSV holding its header only was refused with "needs columns [...], has []", though it has them."""
+    (tmp_path / "p.csv").write_text("slide,x,y,label\n")
+    with pytest.raises(ValueError, match=r"p\.csv' has no rows"):
+        patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
