@@ -533,8 +533,8 @@ def patch_dataset(
             validation split, whose ROC-AUC selects the best checkpoint).
 
     Raises:
-        ValueError: bad settings, an empty split, labels outside ``[0, num_classes)``, fewer than ``min_classes``
-            classes (the messages name the setting or the data).
+        ValueError: bad settings, an empty split, patches without labels, labels outside ``[0, num_classes)``, fewer
+            than ``min_classes`` classes (the messages name the setting or the data).
     """
     if source not in SOURCES:
         raise ValueError(f"data_source must be one of {SOURCES}, got data_source={source!r}.")
@@ -544,9 +544,11 @@ def patch_dataset(
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")
         ds = _pcam_dataset(pcam_dir, split, transform, val_frac, test_frac, split_seed)
-        if ds.labels is not None:
-            check_class_labels(ds.labels[ds.indices], num_classes, f"{split} patches of pcam_dir {str(pcam_dir)!r}",
-                               min_classes)  # fmt: skip
+        if ds.labels is None:  # items without "label": the engine failed on its first batch with a bare KeyError
+            raise ValueError(f"{split} patches of pcam_dir {str(pcam_dir)!r}: PCam file {str(ds.x_path)!r} has no "
+                             "label file (*_y.h5 beside it); training and evaluation need the labels.")  # fmt: skip
+        check_class_labels(ds.labels[ds.indices], num_classes, f"{split} patches of pcam_dir {str(pcam_dir)!r}",
+                           min_classes)  # fmt: skip
         return ds
     if source == "image_folder":
         if not image_dir:
@@ -568,9 +570,16 @@ def patch_dataset(
         skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed,
     )
-    if all("label" in i for i in items):  # name the split the items come from (the fallback, when it was used)
-        check_class_labels([np.asarray(i["label"]).reshape(-1)[0] for i in items], num_classes,
-                           f"{used} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
+    unlabelled = [i for i in items if "label" not in i]  # PatchWSIDataset failed on them with a bare KeyError
+    if unlabelled:
+        raise ValueError(
+            f"{used} patches of dataset_dir {str(dataset_dir)!r}: {len(unlabelled)} of {len(items)} have no 'label' "
+            f"(first: slide {str(unlabelled[0]['image'])!r}, location {list(unlabelled[0]['location'])}); training "
+            "and evaluation need a class index per patch."
+        )
+    # name the split the items come from (the fallback, when it was used)
+    check_class_labels([np.asarray(i["label"]).reshape(-1)[0] for i in items], num_classes,
+                       f"{used} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
     level = None if patch_mpp is not None else patch_level
     items = to_top_left(items, size, level, backend)
     return PatchWSIDataset(

@@ -915,3 +915,23 @@ def test_string_labels_of_a_datalist_are_named(wsi_data):
     with pytest.raises(ValueError, match=r"val: labels must be class indices \(integers\), got \['1', '0'\]"):
         check_class_labels(["1", "0"], None, name="val")
     assert check_patch_datalist([{**item, "label": 1}], patch_size=PATCH, num_classes=2)
+
+
+def test_patch_dataset_without_labels_is_refused(wsi_data, tmp_path):
+    """A PCam file without its ``*_y.h5`` and datalist items without ``"label"`` gave datasets whose items had no
+    label: PatchWSIDataset raised a bare ``KeyError: 'label'`` on the first patch, PCam failed in the engine."""
+    import h5py
+
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    (tmp_path / "pcam").mkdir()
+    with h5py.File(tmp_path / "pcam" / "camelyonpatch_level_2_split_train_x.h5", "w") as f:
+        f["x"] = np.zeros((10, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"PCam file .*split_train_x\.h5' has no label file"):
+        patch_dataset("pcam", "training", pcam_dir=tmp_path / "pcam")
+    root = tmp_path / "wsi"
+    root.mkdir()
+    item = {"image": wsi_data["training"][0]["image"], "location": wsi_data["training"][0]["location"]}
+    (root / "datalist.json").write_text(json.dumps({k: [item] for k in ("training", "validation", "test")}))
+    with pytest.raises(ValueError, match=r"training patches of dataset_dir .*1 of 1 have no 'label'"):
+        patch_dataset("wsi", "training", dataset_dir=root, generate=False, patch_size=PATCH)
