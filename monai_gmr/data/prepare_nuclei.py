@@ -213,12 +213,14 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask {str(path)!r} does not exist.")
+    pages = 1
     try:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
             try:
                 with Image.open(path) as im:
+                    pages = getattr(im, "n_frames", 1)  # PIL reads page 0 only: one nucleus of a stack of masks
                     arr = _colour_png16(im, path)
                     if arr is None:
                         im.load()
@@ -231,6 +233,11 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
                 arr = tifffile.imread(path)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot read mask {str(path)!r}: {e}") from e
+    if pages > 1:
+        raise ValueError(
+            f"mask {str(path)!r} has {pages} pages (e.g. one per nucleus): a mask is one 2D image of instance ids "
+            "(0 background); merge the pages into one first."
+        )
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] == 2 and path.suffix.lower() == ".png":  # 16-bit grey + alpha PNG
         arr = np.where(arr[..., 1] == 0, 0, arr[..., 0])

@@ -518,3 +518,18 @@ def test_16_bit_binary_mask_becomes_instances(tmp_path, suffix):
         tifffile.imwrite(path, binary)
     lab = read_instance_mask(path)
     assert lab.max() == 2 and (lab[1:4, 1:4] == 1).all() and (lab[7:11, 8:12] == 2).all()
+
+
+def test_multi_page_tiff_mask_is_refused(tmp_path):
+    """A TIFF mask with one page per nucleus was read by PIL as its first page only: one nucleus out of five, silently
+    (the same stack as ``.npy`` was already refused)."""
+    import tifffile
+
+    stack = np.zeros((5, 10, 12), np.uint8)
+    for k, (y, x) in enumerate([(1, 1), (5, 5), (1, 8), (7, 1), (8, 9)]):
+        stack[k, y : y + 2, x : x + 2] = 1
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    with pytest.raises(ValueError, match=r"stack\.tif' has 5 pages .*merge the pages"):
+        read_instance_mask(tmp_path / "stack.tif")
+    tifffile.imwrite(tmp_path / "one.tif", stack.max(0) * np.arange(1, 11)[:, None].astype(np.uint8))  # one page
+    assert read_instance_mask(tmp_path / "one.tif").max() >= 5
