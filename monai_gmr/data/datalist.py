@@ -212,6 +212,23 @@ def read_csv_rows(path: str | os.PathLike, what: str = "CSV") -> list[dict[str, 
         raise ValueError(f"cannot read {what} {str(path)!r} (a UTF-8 CSV is expected): {e}") from e
 
 
+def _as_int(v: str) -> int:
+    """A CSV label ``v`` as an integer: ``"1"``, or ``"1.0"`` as pandas writes an integer column that held a missing
+    value (labels files: read as a class name, ``"10.0"`` sorted before ``"2.0"`` and the labels were silently
+    permuted; patch CSVs: refused).
+
+    Raises:
+        ValueError: ``v`` is not an integer.
+    """
+    try:
+        return int(v)
+    except ValueError:
+        f = float(v)  # ValueError for a name such as "tumor"
+        if not f.is_integer():  # also inf / nan
+            raise ValueError(f"{v!r} is not an integer") from None
+        return int(f)
+
+
 def move_into_place(tmp: str | os.PathLike, root: str | os.PathLike, datalist_name: str = DATALIST_NAME) -> Path:
     """Move a complete dataset folder ``tmp`` to ``root``; ``root``'s datalist is replaced last.
 

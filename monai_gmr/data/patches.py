@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_gmr.data.datalist import read_csv_rows
+from monai_gmr.data.datalist import _as_int, read_csv_rows
 
 __all__ = [
     "PATCH_IMAGE_EXTENSIONS",
@@ -239,8 +239,8 @@ def image_folder_datalist(
     - **labels CSV**: a file column (first of ``file``, ``filename``, ``path``, ``image``, ``id``, ``name`` or
       ``file_column``) with paths relative to ``image_dir`` (default: the CSV's folder; files without an
       extension are looked up with ``extensions``, as in Kaggle's ``id,label``) and a label column (``label``,
-      ``label_index``, ``class``, ``target``, ``y`` or ``label_column``): integers are used as they are, strings are
-      mapped to indices of the sorted names (or ``classes``).
+      ``label_index``, ``class``, ``target``, ``y`` or ``label_column``): integers (also written ``1.0``) are used
+      as they are, strings are mapped to indices of the sorted names (or ``classes``).
 
     Args:
         root: collection folder (class folders), or the folder of the CSV.
@@ -256,7 +256,9 @@ def image_folder_datalist(
 
     Raises:
         FileNotFoundError: missing folder/CSV, or a listed image that does not exist (named).
-        ValueError: no images, unknown columns or labels.
+        ValueError: no images, a class sub-folder without images (without ``classes``), unknown columns or labels, an
+            image listed with two labels (an image listed again
+            with the same label is kept once, with a warning).
     """
     root = Path(root).absolute()  # relative CSV / image_dir paths are joined to it (a relative root doubled them)
     if not root.is_dir():
@@ -280,6 +282,12 @@ def image_folder_datalist(
             for f in sorted(d.iterdir()):
                 if f.is_file() and f.name.lower().endswith(exts) and not f.name.startswith("."):
                     items.append({"image": str(f), "label": idx})
+        empty = sorted(set(names) - {Path(i["image"]).parent.name for i in items})
+        if classes is None and items and empty:  # e.g. macOS's __MACOSX/ of an unzipped archive: it took label 0
+            raise ValueError(
+                f"sub-folder(s) {empty} of {str(root)!r} hold no image with extension in {list(exts)}: as classes "
+                "they would shift the labels of the classes sorted after them; remove them or pass classes."
+            )
         if not items:
             raise ValueError(f"no image with extension in {list(exts)} under {str(root)!r}.")
         return items, names
@@ -310,12 +318,13 @@ def image_folder_datalist(
     elif int_labels:
         names = []
         if "label_name" in cols:  # e.g. Kather's labels.csv: label_index + label_name
-            by_index = {int(v): r["label_name"].strip() for r, v in zip(rows, raw)}
+            by_index = {_as_int(v): r["label_name"].strip() for r, v in zip(rows, raw)}
             if sorted(by_index) == list(range(len(by_index))):
                 names = [by_index[i] for i in range(len(by_index))]
     else:
         names = sorted(set(raw))
     items = []
+    seen: dict[Path, tuple[int, int]] = {}  # image -> (row, label) of its first row
     for n, (r, v) in enumerate(zip(rows, raw), start=2):
         p = _resolve_file(base, r[fcol].strip(), exts)
         if p is None:
@@ -327,20 +336,30 @@ def image_folder_datalist(
                 f"labels CSV {str(csv_path)!r} row {n}: image {r[fcol]!r} not found under {str(base)!r}."
             )
         if _is_int(v) and (int_labels or v not in names):
-            label = int(v)
+            label = _as_int(v)
             if names and not 0 <= label < len(names):
                 raise ValueError(f"labels CSV {str(csv_path)!r} row {n}: label {label} outside classes {names}.")
         elif v in names:
             label = names.index(v)
         else:
             raise ValueError(f"labels CSV {str(csv_path)!r} row {n}: unknown label {v!r} (classes {names}).")
+        first = seen.setdefault(p.resolve(), (n, int(label)))
+        if first[1] != int(label):  # one image, two classes: contradictory training targets
+            raise ValueError(
+                f"labels CSV {str(csv_path)!r} row {n}: image {r[fcol]!r} has label {v!r} but row {first[0]} gives "
+                f"it another label; an image must be listed with one label."
+            )
+        if first[0] != n:  # listed again: kept once (a repeated image could land in training and test)
+            logger.warning("labels CSV %s row %d: image %r is listed again (row %d); kept once", csv_path, n,
+                           r[fcol], first[0])  # fmt: skip
+            continue
         items.append({"image": str(p), "label": int(label)})
     return items, names
 
 
 def _is_int(v: str) -> bool:
     try:
-        int(v)
+        _as_int(v)
         return True
     except ValueError:
         return False

@@ -14,8 +14,8 @@ Input formats (``--format``, default ``auto``):
 
 - ``folders``: an image folder and an instance-mask folder paired by file name. A mask matches an image when its
   stem equals the image stem, optionally followed by ``_label``, ``_labels``, ``_mask``, ``_masks``,
-  ``_instance``, ``_inst`` or ``_seg``. Masks may be 8/16/32-bit instance ids, binary 0/1 or 0/255 masks (turned
-  into instances by connected components), colour-coded RGB instance masks (one colour per nucleus) or ``.npy``.
+  ``_instance``, ``_inst`` or ``_seg``. Masks may be 8/16/32-bit instance ids, binary masks (one foreground value,
+  e.g. 0/1, 0/255 or 0/65535; turned into instances by connected components), colour-coded RGB instance masks (one colour per nucleus) or ``.npy``.
 - ``monuseg_xml``: images and Aperio ImageScope XML annotations (MoNuSeg): every
   ``Annotations/Annotation/Regions/Region`` polygon (``Vertices/Vertex`` ``X``, ``Y`` in pixels) becomes one
   instance (later regions are drawn over earlier ones).
@@ -142,12 +142,17 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"image {str(path)!r} does not exist.")
     try:
         with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # convert("RGB") would clip "F" in [0, 1] to black
-                arr = np.clip(np.asarray(im).astype(np.float64), 0, None)
+            arr = _colour_png16(im, path)
+            if arr is not None:  # scaled by the maximum of its colour channels, as 16-bit grey is
+                arr = arr[..., :3] if arr.shape[-1] != 2 else arr[..., 0]  # alpha dropped
                 arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
             else:
-                arr = np.asarray(im.convert("RGB"))
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # convert("RGB") would clip "F" in [0, 1] to black
+                    arr = np.clip(np.asarray(im).astype(np.float64), 0, None)
+                    arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
+                else:
+                    arr = np.asarray(im.convert("RGB"))
     except Exception as e_pil:  # noqa: BLE001 - report any decoder failure with the file name
         if path.suffix.lower() not in (".tif", ".tiff"):
             raise ValueError(f"cannot read image {str(path)!r}: {e_pil}") from e_pil
@@ -167,6 +172,17 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
+def _colour_png16(im: Any, path: Path) -> np.ndarray | None:
+    """The pixels of a 16-bit colour (or grey + alpha) PNG at full depth, decoded with ``imagecodecs``; ``None`` for
+    any other file. PIL keeps only the high byte of each such sample: 12-bit camera data (0..4095) came out
+    nearly black (0..15), and 16-bit ids of a mask stored as RGB merged."""
+    if im.format != "PNG" or not im.tile or not str(im.tile[0][3]).endswith(";16B") or im.mode not in ("RGB", "RGBA"):
+        return None
+    import imagecodecs
+
+    return np.asarray(imagecodecs.png_decode(path.read_bytes()))
+
+
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Map the non-zero ids of ``labels`` to ``1..N`` (order preserved); returns an int32 array."""
     labels = np.asarray(labels)
@@ -182,8 +198,8 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     """Read an instance mask image (or ``.npy``) as ``(H, W)`` int32 ids (0 background).
 
-    - integer single-channel images: ids as stored, except that masks whose values are only {0, 1} or {0, 255}
-      are binary and become instances by 8-connected components;
+    - integer single-channel images: ids as stored, except that masks with a single non-zero value (0/1, 0/255,
+      0/65535) are binary and become instances by 8-connected components;
     - RGB(A) images: every distinct non-black colour is one instance (colour-coded instance masks); fully
       transparent pixels (alpha 0) are background.
 
@@ -197,14 +213,18 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask {str(path)!r} does not exist.")
+    pages = 1
     try:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
             try:
                 with Image.open(path) as im:
-                    im.load()
-                    arr = np.asarray(im)
+                    pages = getattr(im, "n_frames", 1)  # PIL reads page 0 only: one nucleus of a stack of masks
+                    arr = _colour_png16(im, path)
+                    if arr is None:
+                        im.load()
+                        arr = np.asarray(im)
             except Exception:
                 if path.suffix.lower() not in (".tif", ".tiff"):
                     raise
@@ -213,7 +233,14 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
                 arr = tifffile.imread(path)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot read mask {str(path)!r}: {e}") from e
+    if pages > 1:
+        raise ValueError(
+            f"mask {str(path)!r} has {pages} pages (e.g. one per nucleus): a mask is one 2D image of instance ids "
+            "(0 background); merge the pages into one first."
+        )
     arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 2 and path.suffix.lower() == ".png":  # 16-bit grey + alpha PNG
+        arr = np.where(arr[..., 1] == 0, 0, arr[..., 0])
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         rgb = arr[..., :3].astype(np.int64)
         if arr.shape[-1] == 4:
@@ -235,8 +262,8 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
         arr = arr.astype(np.int64)
     if arr.min() < 0:
         raise ValueError(f"mask {str(path)!r} has negative values (min {arr.min()}).")
-    values = np.unique(arr)
-    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
+    # binary: one foreground value, whatever it is (0/1, 0/255, 0/65535 of a 16-bit mask, which was one instance)
+    if np.unique(arr[arr != 0]).size <= 1:
         lab, _ = ndimage.label(arr > 0, structure=np.ones((3, 3), bool))
         return lab.astype(np.int32)
     return relabel_sequential(arr)
@@ -562,7 +589,8 @@ def prepare_nuclei_dataset(
         path of ``output/datalist.json``.
 
     Raises:
-        FileNotFoundError / ValueError: bad input (messages name the file); ``FileExistsError`` when ``output``
+        FileNotFoundError / ValueError: bad input (messages name the file), or ``output`` holds input files in the
+        folders it would replace (e.g. ``output`` is ``input``); ``FileExistsError`` when ``output``
         already holds a dataset and ``overwrite`` is False. On any error ``output`` is left as it was.
     """
     if label not in ("instance", "binary", "boundary"):
@@ -576,6 +604,15 @@ def prepare_nuclei_dataset(
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")) and not overwrite:
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
+    # the folders this run replaces (move_into_place) or removes must not hold its sources: with --overwrite and
+    # --output equal to --input, the raw images/ and masks/ were deleted and replaced by the prepared ones
+    replaced = [(out / d).resolve() for d in ("images", "labels", "masks", "boundary")]
+    for src in (s.resolve() for pair in found for s in (pair.image, pair.mask)):
+        if any(src.is_relative_to(r) for r in replaced):
+            raise ValueError(
+                f"output {str(out)!r} holds the input file {str(src)!r}: preparing into it would replace its "
+                "images/, labels/, masks/ and boundary/ folders; choose another --output."
+            )
     # absolute (the datalist's paths are made relative to it, whatever the working folder), mode 0o777 - umask
     created = missing_dirs(out.parent)  # made for the temporary folder: removed again if the run fails
     tmp = make_temp_dir(out)

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, read_csv_rows, split_items, write_datalist
+from monai_gmr.data.datalist import DATALIST_NAME, _as_int, move_into_place, read_csv_rows, split_items, write_datalist
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
@@ -599,9 +599,12 @@ def patch_csv_to_datalist(
     with :func:`monai_gmr.data.datalist.split_items` (stratified by label). ``backend``: the ``WSIReader``
     backend that opens slides for their downsamples. ``extra``: more top-level entries of the JSON.
 
+    ``label`` is an integer class index (``1`` or, as pandas writes it, ``1.0``). A row repeating the slide,
+    location, size and level of an earlier row is dropped (logged); with another label it is an error.
+
     Raises:
-        FileNotFoundError: the CSV does not exist. ValueError: missing columns, bad values or an unreadable slide
-        (row named).
+        FileNotFoundError: the CSV does not exist. ValueError: missing columns, bad values, an unreadable slide or a
+        patch listed with two labels (row named).
     """
     csv_path = Path(csv_path).absolute()  # slide paths relative to it must not stay relative to the working folder
     if not csv_path.is_file():
@@ -609,11 +612,14 @@ def patch_csv_to_datalist(
     out_path = Path(out_path) if out_path is not None else csv_path.parent / DATALIST_NAME
     rows = read_csv_rows(csv_path, "patch CSV")
     need = {"slide", "x", "y", "label"}
-    if not rows or not need <= set(rows[0]):
-        raise ValueError(f"patch CSV {str(csv_path)!r} needs columns {sorted(need)}, has {list(rows[0]) if rows else []}.")
+    if not rows:  # header only: it was "needs columns [...], has []" whatever the header held
+        raise ValueError(f"patch CSV {str(csv_path)!r} has no rows (a header and one row per patch are expected).")
+    if not need <= set(rows[0]):
+        raise ValueError(f"patch CSV {str(csv_path)!r} needs columns {sorted(need)}, has {list(rows[0])}.")
     fixed: dict[str, list] = {"training": [], "validation": [], "test": []}
     free = []
     downsamples: dict[str, list[float]] = {}
+    seen: dict[tuple, tuple[int, int]] = {}  # (slide, location, size, level) -> (row, label) of its first row
     for n, r in enumerate(rows, start=2):
         try:
             sz = int(patch_size) if patch_size is not None else int(float(r.get("size") or 0))
@@ -627,9 +633,22 @@ def patch_csv_to_datalist(
             slide = slide if slide.is_absolute() else (csv_path.parent / slide)
             if not center:  # top-left corners -> level-0 centres
                 y, x = level0_center((y, x), (sz, sz), _level_downsample(slide, lvl, downsamples, backend))
-            item = {"image": str(slide), "location": [y, x], "size": [sz, sz], "level": lvl, "label": int(r["label"])}
+            try:
+                label = _as_int(r["label"])  # "1" or, as pandas writes it, "1.0"
+            except (ValueError, TypeError):
+                raise ValueError(f"label {r['label']!r} (column 'label') is not an integer class index") from None
+            item = {"image": str(slide), "location": [y, x], "size": [sz, sz], "level": lvl, "label": label}
         except (ValueError, TypeError) as e:  # WSIError (an unreadable slide) is a ValueError
             raise ValueError(f"patch CSV {str(csv_path)!r} row {n}: {e}") from e
+        first = seen.setdefault((os.path.normpath(slide), y, x, sz, lvl), (n, item["label"]))
+        if first[1] != item["label"]:  # one patch, two classes: contradictory training targets
+            raise ValueError(
+                f"patch CSV {str(csv_path)!r} row {n}: the patch of row {first[0]} (same slide, x, y, size and level) "
+                f"again, with label {item['label']} instead of {first[1]}; a patch must be listed with one label."
+            )
+        if first[0] != n:  # listed again: kept once (a repeated patch could land in training and test)
+            logger.warning("patch CSV %s row %d: the patch of row %d again; kept once", csv_path, n, first[0])
+            continue
         split = (r.get("split") or "").strip()
         if split:
             if split not in fixed:

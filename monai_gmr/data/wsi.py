@@ -256,7 +256,7 @@ def open_slide(slide: str | os.PathLike, backend: str | Any = "openslide") -> tu
 
     Raises:
         SlideNotFoundError: the file does not exist.
-        WSIError: the backend cannot open it, or it has no level.
+        WSIError: the backend cannot open it, it has no level, or it is a TIFF of other than 8-bit samples.
     """
     path = Path(slide)
     if not path.is_file():
@@ -271,7 +271,27 @@ def open_slide(slide: str | os.PathLike, backend: str | Any = "openslide") -> tu
         raise WSIError(f"cannot read slide {str(path)!r} with the {name!r} backend: {type(e).__name__}: {e}", path) from e
     if n < 1:
         raise WSIError(f"slide {str(path)!r} has no image level ({name!r} backend).", path)
+    dtype = _tiff_dtype(path)
+    if dtype is not None and dtype != np.uint8:
+        _close(wsi)
+        raise WSIError(
+            f"slide {str(path)!r} holds {dtype} samples: slides are read as 8-bit RGB (openslide keeps the high byte, "
+            "the tifffile reader wraps the values around), so its patches would be silently wrong; convert it to an "
+            "8-bit RGB slide.",
+            path,
+        )
     return reader, wsi
+
+
+def _tiff_dtype(path: Path) -> np.dtype | None:
+    """Sample type of the main image of a TIFF-based slide (``tifffile``, header only), ``None`` for other files."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return np.dtype(tif.series[0].dtype)
+    except Exception:  # noqa: BLE001 - not a TIFF (MIRAX, ...): the backend's reader decides alone
+        return None
 
 
 def resolve_level(reader: Any, wsi: Any, level: int | None = None, mpp: float | None = None, slide: Any = None) -> int:
@@ -286,6 +306,14 @@ def resolve_level(reader: Any, wsi: Any, level: int | None = None, mpp: float | 
     if level is not None and mpp is not None:
         raise ValueError(f"give level or mpp, not both (level={level}, mpp={mpp}).")
     if mpp is not None:
+        try:
+            reader.get_mpp(wsi, 0)
+        except Exception as e:  # noqa: BLE001 - MONAI's message ("only supports length conversion but `none` is given")
+            raise WSIError(  # does not say that the slide lacks the metadata
+                f"slide {name!r} has no microns-per-pixel (MPP) metadata (resolution tags or scanner properties), so "
+                f"no level can be chosen by mpp={mpp}; give a level (e.g. patch_level) instead ({e}).",
+                name,
+            ) from e
         try:
             return int(reader.get_valid_level(wsi, None, mpp, None))
         except Exception as e:  # noqa: BLE001

@@ -1072,8 +1072,8 @@ def check_datalist(
         The items as a list of dicts (unchanged).
 
     Raises:
-        ValueError: empty list, missing key, unreadable file, spatial-shape mismatch or a failed ``image_checks``
-            check (message names the file).
+        ValueError: empty list, missing key, unreadable file, a 16-bit colour PNG (read as its high byte),
+            spatial-shape mismatch or a failed ``image_checks`` check (message names the file).
         FileNotFoundError: a listed file does not exist.
     """
     from monai.transforms import EnsureChannelFirst, LoadImage
@@ -1091,6 +1091,12 @@ def check_datalist(
             path = item[key]
             if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
                 raise FileNotFoundError(f"{name} item {n}: {key} file {str(path)!r} does not exist.")
+            if isinstance(path, (str, os.PathLike)) and _colour_png16(path):
+                raise ValueError(
+                    f"{name} item {n}: {key} file {str(path)!r} is a 16-bit colour PNG, which MONAI's PNG reader (PIL) "
+                    "cuts to its high byte (12-bit data becomes nearly black); convert it to 8 bits (python -m "
+                    "monai_gmr.data.prepare_nuclei reads it at full depth and writes 8-bit images)."
+                )
             try:
                 img = ensure_cf(loader(path))
             except Exception as e:
@@ -1106,6 +1112,19 @@ def check_datalist(
             desc = ", ".join(f"{k} {str(item[k])!r} has spatial shape {s}" for k, s in shapes.items())
             raise ValueError(f"{name} item {n}: spatial size mismatch: {desc}.")
     return items
+
+
+def _colour_png16(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a 16-bit RGB(A) or grey + alpha PNG (read by PIL as 8 bits: only the high byte is kept)."""
+    if not str(path).lower().endswith(".png"):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # the header only
+            return bool(im.tile) and str(im.tile[0][3]).endswith(";16B") and im.mode in ("RGB", "RGBA")
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the read that follows
+        return False
 
 
 #: image file extensions recognised by :func:`list_images` (MONAI readers: PIL, tifffile, nibabel, ITK).

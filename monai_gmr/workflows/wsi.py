@@ -145,11 +145,13 @@ def check_patch_datalist(
             if key not in item:
                 raise ValueError(f"{name} item {n} has no {key!r} entry: {item}.")
         if num_classes is not None and "label" in item:
-            lab = np.asarray(item["label"]).reshape(-1)
-            if lab.size != 1 or float(lab[0]) != int(lab[0]) or not 0 <= int(lab[0]) < int(num_classes):
+            lab = np.asarray(item["label"]).reshape(-1)  # a string ("1" in the JSON) failed later, naming no item
+            if (lab.size != 1 or lab.dtype.kind not in "biuf" or float(lab[0]) != int(lab[0])
+                    or not 0 <= int(lab[0]) < int(num_classes)):  # fmt: skip
                 raise ValueError(
                     f"{name} item {n} (slide {str(item['image'])!r}, location {list(item['location'])}): label "
-                    f"{item['label']!r} is not a class index in [0, {num_classes}) (num_classes={num_classes})."
+                    f"{item['label']!r} is not a class index in [0, {num_classes}) (num_classes={num_classes})"
+                    + (": labels are numbers, not strings." if lab.dtype.kind not in "biuf" else ".")
                 )
     kw = dict(backend=backend, patch_size=patch_size, patch_level=patch_level, center_location=center_location,
               level0_centers=True)  # the box to_top_left / patch_dataset read
@@ -198,6 +200,8 @@ def check_class_labels(
             split holds fewer than ``min_classes`` classes.
     """
     lab = np.asarray(labels).reshape(-1)
+    if lab.size and lab.dtype.kind not in "biuf":  # strings ("1" in a datalist JSON): np.mod raised a bare TypeError
+        raise ValueError(f"{name}: labels must be class indices (integers), got {lab[:3].tolist()} ({lab.dtype}).")
     frac = np.mod(lab, 1) != 0 if lab.size else np.zeros(0, bool)
     if frac.any():
         raise ValueError(f"{name}: labels must be class indices (integers), got {lab[frac][:3].tolist()}.")
@@ -529,8 +533,8 @@ def patch_dataset(
             validation split, whose ROC-AUC selects the best checkpoint).
 
     Raises:
-        ValueError: bad settings, an empty split, labels outside ``[0, num_classes)``, fewer than ``min_classes``
-            classes (the messages name the setting or the data).
+        ValueError: bad settings, an empty split, patches without labels, labels outside ``[0, num_classes)``, fewer
+            than ``min_classes`` classes (the messages name the setting or the data).
     """
     if source not in SOURCES:
         raise ValueError(f"data_source must be one of {SOURCES}, got data_source={source!r}.")
@@ -540,9 +544,11 @@ def patch_dataset(
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")
         ds = _pcam_dataset(pcam_dir, split, transform, val_frac, test_frac, split_seed)
-        if ds.labels is not None:
-            check_class_labels(ds.labels[ds.indices], num_classes, f"{split} patches of pcam_dir {str(pcam_dir)!r}",
-                               min_classes)  # fmt: skip
+        if ds.labels is None:  # items without "label": the engine failed on its first batch with a bare KeyError
+            raise ValueError(f"{split} patches of pcam_dir {str(pcam_dir)!r}: PCam file {str(ds.x_path)!r} has no "
+                             "label file (*_y.h5 beside it); training and evaluation need the labels.")  # fmt: skip
+        check_class_labels(ds.labels[ds.indices], num_classes, f"{split} patches of pcam_dir {str(pcam_dir)!r}",
+                           min_classes)  # fmt: skip
         return ds
     if source == "image_folder":
         if not image_dir:
@@ -564,9 +570,16 @@ def patch_dataset(
         skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed,
     )
-    if all("label" in i for i in items):  # name the split the items come from (the fallback, when it was used)
-        check_class_labels([np.asarray(i["label"]).reshape(-1)[0] for i in items], num_classes,
-                           f"{used} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
+    unlabelled = [i for i in items if "label" not in i]  # PatchWSIDataset failed on them with a bare KeyError
+    if unlabelled:
+        raise ValueError(
+            f"{used} patches of dataset_dir {str(dataset_dir)!r}: {len(unlabelled)} of {len(items)} have no 'label' "
+            f"(first: slide {str(unlabelled[0]['image'])!r}, location {list(unlabelled[0]['location'])}); training "
+            "and evaluation need a class index per patch."
+        )
+    # name the split the items come from (the fallback, when it was used)
+    check_class_labels([np.asarray(i["label"]).reshape(-1)[0] for i in items], num_classes,
+                       f"{used} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
     level = None if patch_mpp is not None else patch_level
     items = to_top_left(items, size, level, backend)
     return PatchWSIDataset(

@@ -217,3 +217,45 @@ def test_image_folder_csv_not_utf8_names_the_file(tmp_path):
     (root / "labels.csv").write_bytes("file,label\nb_stroma/b_stroma_0.tif,stromé\n".encode("cp1252"))
     with pytest.raises(ValueError, match=r"labels\.csv.*UTF-8"):
         image_folder_datalist(root, labels_csv="labels.csv")
+
+
+def test_image_folder_csv_image_listed_twice(tmp_path, caplog):
+    """An image listed twice was kept twice: with two labels it trained on contradictory targets without a word, with
+    one it could land in both the training and the test split."""
+    root = _folder(tmp_path)
+    (root / "l.csv").write_text(
+        "file,label\na_tumor/a_tumor_0.tif,1\nb_stroma/b_stroma_0.tif,0\n./a_tumor/a_tumor_0.tif,0\n"
+    )
+    with pytest.raises(ValueError, match=r"l\.csv' row 4: image './a_tumor/a_tumor_0.tif' has label '0' but row 2"):
+        image_folder_datalist(root, labels_csv="l.csv")
+    (root / "l.csv").write_text("file,label\na_tumor/a_tumor_0.tif,1\nb_stroma/b_stroma_0.tif,0\na_tumor/a_tumor_0,1\n")
+    with caplog.at_level("WARNING", logger="monai_gmr.data.patches"):
+        items, _ = image_folder_datalist(root, labels_csv="l.csv")
+    assert [(Path(i["image"]).name, i["label"]) for i in items] == [("a_tumor_0.tif", 1), ("b_stroma_0.tif", 0)]
+    assert "row 4: image 'a_tumor/a_tumor_0' is listed again (row 2)" in caplog.text
+
+
+def test_image_folder_csv_float_formatted_integer_labels(tmp_path):
+    """Labels written as ``1.0`` (pandas, for an integer column that held a missing value) were class names, sorted as
+    strings: with 11 classes ``"10.0"`` came before ``"2.0"``, so label 2.0 became class 3 and 10.0 class 2."""
+    rows = []
+    for k in range(11):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"i{k}.png")
+        rows.append(f"i{k}.png,{float(k)}")
+    (tmp_path / "l.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    items, names = image_folder_datalist(tmp_path, "l.csv")
+    assert [i["label"] for i in items] == list(range(11)) and names == []
+    (tmp_path / "l.csv").write_text("file,label\ni0.png,0.5\ni1.png,1\n")  # not integers: class names, as before
+    assert [i["label"] for i in image_folder_datalist(tmp_path, "l.csv")[0]] == [0, 1]
+
+
+def test_class_folder_without_images_is_refused(tmp_path):
+    """The ``__MACOSX/`` folder an unzipped archive leaves (only hidden ``._*`` files) became class 0, shifting every
+    real class by one (the num_classes error then advised one class too many)."""
+    root = _folder(tmp_path)
+    (root / "__MACOSX" / "a_tumor").mkdir(parents=True)
+    (root / "__MACOSX" / "a_tumor" / "._a_tumor_0.tif").write_bytes(b"\x00")
+    with pytest.raises(ValueError, match=r"sub-folder\(s\) \['__MACOSX'\] .* hold no image"):
+        image_folder_datalist(root)
+    items, names = image_folder_datalist(root, classes=["a_tumor", "b_stroma"])
+    assert names == ["a_tumor", "b_stroma"] and [i["label"] for i in items] == [0, 0, 1, 1]

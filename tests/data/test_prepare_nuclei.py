@@ -448,3 +448,88 @@ def test_pairs_csv_not_utf8_names_the_file(tmp_path, capsys):
         find_nuclei_pairs(tmp_path / "raw")
     assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out")]) == 1
     assert "pairs.csv" in capsys.readouterr().err
+
+
+def test_output_holding_the_input_files_is_refused_and_left_untouched(tmp_path):
+    """``--output`` equal to ``--input`` with ``--overwrite`` replaced the raw ``images/`` and ``masks/`` folders by
+    the prepared ones (instance masks became binary 0/1 masks): the raw data was lost without an error."""
+    raw = tmp_path / "raw"
+    _write_folder_case(raw, n=3)
+    (raw / "labels").rename(raw / "masks")  # a common raw layout: images/ + masks/ (instance ids)
+    before = _tree(raw)
+    with pytest.raises(ValueError, match=r"holds the input file .*choose another --output"):
+        prepare_nuclei_dataset(raw, raw, overwrite=True)
+    assert _tree(raw) == before
+    with pytest.raises(ValueError, match="holds the input file"):  # an output that is the parent of the sources
+        prepare_nuclei_dataset(raw / "images", raw, masks=raw / "masks", overwrite=True)
+    assert _tree(raw) == before
+
+
+def _png16(path: Path, arr: np.ndarray) -> None:
+    """A 16-bit PNG (colour type from the channels), which PIL cannot write."""
+    import struct
+    import zlib
+
+    arr = np.asarray(arr, np.uint16)
+    h, w = arr.shape[:2]
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[1 if arr.ndim == 2 else arr.shape[2]]
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_colour_png_keeps_its_depth(tmp_path):
+    """PIL keeps only the high byte of a 16-bit RGB(A) PNG: 12-bit camera data (0..4095) came out as a nearly black
+    image (0..15) while 16-bit grey was scaled by its maximum; ids of a 16-bit RGB mask merged."""
+    rgb = np.random.default_rng(0).integers(0, 4096, (6, 7, 3)).astype(np.uint16)
+    rgb[0, 0] = (4095, 0, 0)
+    _png16(tmp_path / "rgb.png", rgb)
+    expected = np.rint(rgb / 4095.0 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(read_rgb_image(tmp_path / "rgb.png"), expected)
+    _png16(tmp_path / "rgba.png", np.dstack([rgb, np.full((6, 7), 65535)]))  # alpha does not set the scale
+    np.testing.assert_array_equal(read_rgb_image(tmp_path / "rgba.png"), expected)
+    mask = np.zeros((6, 7, 3), np.uint16)
+    mask[1:3, 1:3], mask[4:6, 4:6] = (300, 0, 0), (301, 0, 0)  # same high byte: one colour for PIL
+    _png16(tmp_path / "mask.png", mask)
+    assert np.unique(read_instance_mask(tmp_path / "mask.png")).tolist() == [0, 1, 2]
+    grey_alpha = np.zeros((6, 7, 2), np.uint16)
+    grey_alpha[1:3, 1:3], grey_alpha[4:6, 4:6], grey_alpha[..., 1] = 256, 257, 65535
+    grey_alpha[0, 0] = (999, 0)  # transparent: background
+    _png16(tmp_path / "grey_alpha.png", grey_alpha)
+    assert np.unique(read_instance_mask(tmp_path / "grey_alpha.png"), return_counts=True)[1].tolist() == [34, 4, 4]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_binary_mask_becomes_instances(tmp_path, suffix):
+    """A 16-bit binary mask (0/65535, e.g. skimage's img_as_uint of a boolean mask) was taken as instance ids: every
+    nucleus of the image became one instance with id 65535."""
+    import tifffile
+
+    binary = np.zeros((12, 14), np.uint16)
+    binary[1:4, 1:4] = binary[7:11, 8:12] = 65535
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".png":
+        Image.fromarray(binary).save(path)
+    else:
+        tifffile.imwrite(path, binary)
+    lab = read_instance_mask(path)
+    assert lab.max() == 2 and (lab[1:4, 1:4] == 1).all() and (lab[7:11, 8:12] == 2).all()
+
+
+def test_multi_page_tiff_mask_is_refused(tmp_path):
+    """A TIFF mask with one page per nucleus was read by PIL as its first page only: one nucleus out of five, silently
+    (the same stack as ``.npy`` was already refused)."""
+    import tifffile
+
+    stack = np.zeros((5, 10, 12), np.uint8)
+    for k, (y, x) in enumerate([(1, 1), (5, 5), (1, 8), (7, 1), (8, 9)]):
+        stack[k, y : y + 2, x : x + 2] = 1
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    with pytest.raises(ValueError, match=r"stack\.tif' has 5 pages .*merge the pages"):
+        read_instance_mask(tmp_path / "stack.tif")
+    tifffile.imwrite(tmp_path / "one.tif", stack.max(0) * np.arange(1, 11)[:, None].astype(np.uint8))  # one page
+    assert read_instance_mask(tmp_path / "one.tif").max() >= 5

@@ -324,3 +324,37 @@ def test_unknown_synthetic_slide_setting_is_named_before_anything_is_written(tmp
     with pytest.raises(ValueError, match="unknown synthetic slide setting\\(s\\) n_slide; known: n_slides"):
         make_synthetic_wsi(tmp_path / "slides", n_slide=4, size=512)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_patch_csv_patch_listed_twice(tmp_path, caplog):
+    """A patch listed twice was kept twice: with two labels the datalist held contradictory targets without a word,
+    with one label the stratified split could put it in both training and test."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    (tmp_path / "p.csv").write_text("slide,x,y,label\ns.tiff,100,50,1\ns.tiff,10,20,0\n./s.tiff,100,50,0\n")
+    with pytest.raises(ValueError, match=r"p\.csv' row 4: the patch of row 2 .*label 0 instead of 1"):
+        patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+    (tmp_path / "p.csv").write_text("slide,x,y,label\ns.tiff,100,50,1\ns.tiff,10,20,0\n./s.tiff,100.0,50,1\n")
+    with caplog.at_level("WARNING", logger="monai_gmr.data.synthetic_wsi"):
+        p = patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16, val_frac=0.0, test_frac=0.0)
+    assert [(it["location"], it["label"]) for it in json.loads(p.read_text())["training"]] == [([50, 100], 1), ([20, 10], 0)]
+    assert "row 4: the patch of row 2 again; kept once" in caplog.text
+
+
+def test_patch_csv_float_formatted_labels(tmp_path):
+    """``label`` written as ``1.0`` (pandas) stopped with "invalid literal for int() with base 10: '1.0'" while ``x``
+    and ``y`` accepted it; a class name did too, without naming the column."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    (tmp_path / "p.csv").write_text("slide,x,y,label\ns.tiff,100.0,50,1.0\ns.tiff,10,20,0.0\n")
+    p = patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16, val_frac=0.0, test_frac=0.0)
+    assert [it["label"] for it in json.loads(p.read_text())["training"]] == [1, 0]
+    for bad in ("0.5", "tumor"):
+        (tmp_path / "p.csv").write_text(f"slide,x,y,label\ns.tiff,100,50,{bad}\n")
+        with pytest.raises(ValueError, match=rf"row 2: label '{bad}' \(column 'label'\) is not an integer class index"):
+            patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+
+
+def test_patch_csv_with_a_header_only(tmp_path):
+    """A patch CSV holding its header only was refused with "needs columns [...], has []", though it has them."""
+    (tmp_path / "p.csv").write_text("slide,x,y,label\n")
+    with pytest.raises(ValueError, match=r"p\.csv' has no rows"):
+        patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)

@@ -457,3 +457,34 @@ def test_blank_glass_gives_an_empty_tissue_mask(tmp_path):
     write_pyramidal_tiff(tmp_path / "blank.tiff", glass, compression="deflate", n_levels=1, tile_size=256)
     assert not tissue_mask(tmp_path / "blank.tiff", min_area=0.0)[0].any()
     assert tissue_mask(tmp_path / "blank.tiff", min_area=0.0, min_saturation=0.0)[0].any()  # Otsu noise without it
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_mpp_on_a_slide_without_resolution_metadata_says_so(tmp_path, backend):
+    """A slide without MPP metadata and ``mpp`` requested failed with MONAI's "it only supports length conversion
+    but `none` is given", which does not say that the slide lacks the metadata nor what to do instead."""
+    import tifffile
+
+    path = tmp_path / "no_mpp.tif"
+    tifffile.imwrite(path, np.full((64, 96, 3), 200, np.uint8), photometric="rgb", tile=(32, 32))  # single level
+    assert slide_info(path, backend)["mpp"] is None
+    with pytest.raises(WSIError, match=r"no_mpp\.tif.*has no microns-per-pixel \(MPP\) metadata.*give a level"):
+        tissue_mask(path, mpp=1.0, backend=backend)
+    assert tissue_mask(path, level=-1, backend=backend)[1:] == (0, 1.0)  # the lowest level of a flat TIFF is level 0
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_16_bit_slide_is_refused(tmp_path, backend):
+    """A 16-bit RGB TIFF slide was read as 8 bits without a word: openslide kept the high byte (12-bit data: a nearly
+    black slide, no tissue found), MONAI's tifffile reader cast with wrap-around (2400 became 96)."""
+    import tifffile
+
+    rgb = np.full((64, 64, 3), 230 * 16, np.uint16)
+    rgb[16:48, 16:48] = (150 * 16, 60 * 16, 160 * 16)  # 12-bit data
+    tifffile.imwrite(tmp_path / "s16.tif", rgb, photometric="rgb", tile=(32, 32))
+    for call in (lambda: read_region(tmp_path / "s16.tif", (20, 20), (4, 4), backend=backend),
+                 lambda: tissue_mask(tmp_path / "s16.tif", backend=backend)):  # fmt: skip
+        with pytest.raises(WSIError, match=r"s16\.tif' holds uint16 samples.*convert it to an 8-bit RGB slide"):
+            call()
+    tifffile.imwrite(tmp_path / "s8.tif", (rgb // 16).astype(np.uint8), photometric="rgb", tile=(32, 32))
+    assert read_region(tmp_path / "s8.tif", (20, 20), (4, 4), backend=backend)[:, 0, 0].tolist() == [150, 60, 160]

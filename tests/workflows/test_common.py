@@ -773,3 +773,17 @@ def test_compiled_module_hands_keyword_metatensors_over_as_plain_tensors():
         out = c(x=batch)
         assert type(out) is torch.Tensor
         torch.testing.assert_close(out, torch.as_tensor(net(x=batch)), atol=1e-5, rtol=0)
+
+
+def test_check_datalist_refuses_a_16_bit_colour_png(tmp_path):
+    """MONAI's PNG reader (PIL) keeps only the high byte of a 16-bit RGB PNG: 12-bit camera data (0..4095) was read as
+    a nearly black 0..15 image, which passed every check (no value above 255) and was segmented silently wrong."""
+    from tests.data.test_prepare_nuclei import _png16
+
+    rgb = np.random.default_rng(0).integers(0, 4096, (8, 9, 3))
+    _png16(tmp_path / "cam.png", rgb)
+    with pytest.raises(ValueError, match=r"item 0: image file '.*cam\.png' is a 16-bit colour PNG"):
+        check_datalist([{"image": str(tmp_path / "cam.png")}], keys=("image",))
+    _png16(tmp_path / "grey.png", rgb[..., 0])  # 16-bit grey is read at full depth: not refused here
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "rgb8.png")
+    assert len(check_datalist([{"image": str(tmp_path / p)} for p in ("grey.png", "rgb8.png")], keys=("image",))) == 2

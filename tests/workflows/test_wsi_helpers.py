@@ -900,3 +900,38 @@ def test_check_class_labels(caplog):
     with caplog.at_level(logging.WARNING, logger="monai_gmr.workflows.wsi"):
         assert check_class_labels([0, 1], 3, name="val") == {0: 1, 1: 1}
     assert "no sample of class(es) [2]" in caplog.text
+
+
+def test_string_labels_of_a_datalist_are_named(wsi_data):
+    """``"label": "1"`` in a datalist JSON passed the datalist check and stopped in check_class_labels with numpy's
+    "ufunc 'remainder' not supported for the input types" (no file, item or setting named); ``"tumor"`` with
+    "could not convert string to float"."""
+    from monai_gmr.workflows.wsi import check_class_labels, check_patch_datalist
+
+    item = dict(wsi_data["training"][0])
+    for bad in ("1", "tumor"):
+        with pytest.raises(ValueError, match=rf"mylist item 0 .*label '{bad}' is not a class index .*not strings"):
+            check_patch_datalist([{**item, "label": bad}], patch_size=PATCH, num_classes=2, name="mylist")
+    with pytest.raises(ValueError, match=r"val: labels must be class indices \(integers\), got \['1', '0'\]"):
+        check_class_labels(["1", "0"], None, name="val")
+    assert check_patch_datalist([{**item, "label": 1}], patch_size=PATCH, num_classes=2)
+
+
+def test_patch_dataset_without_labels_is_refused(wsi_data, tmp_path):
+    """A PCam file without its ``*_y.h5`` and datalist items without ``"label"`` gave datasets whose items had no
+    label: PatchWSIDataset raised a bare ``KeyError: 'label'`` on the first patch, PCam failed in the engine."""
+    import h5py
+
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    (tmp_path / "pcam").mkdir()
+    with h5py.File(tmp_path / "pcam" / "camelyonpatch_level_2_split_train_x.h5", "w") as f:
+        f["x"] = np.zeros((10, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"PCam file .*split_train_x\.h5' has no label file"):
+        patch_dataset("pcam", "training", pcam_dir=tmp_path / "pcam")
+    root = tmp_path / "wsi"
+    root.mkdir()
+    item = {"image": wsi_data["training"][0]["image"], "location": wsi_data["training"][0]["location"]}
+    (root / "datalist.json").write_text(json.dumps({k: [item] for k in ("training", "validation", "test")}))
+    with pytest.raises(ValueError, match=r"training patches of dataset_dir .*1 of 1 have no 'label'"):
+        patch_dataset("wsi", "training", dataset_dir=root, generate=False, patch_size=PATCH)
