@@ -172,11 +172,17 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
+def is_colour_png16(im: Any) -> bool:
+    """Whether the opened PIL image ``im`` is a 16-bit RGB(A) PNG (header only): PIL keeps only the high byte of
+    each such sample, and so does MONAI's PNG reader, which uses PIL."""
+    return im.format == "PNG" and bool(im.tile) and str(im.tile[0][3]).endswith(";16B") and im.mode in ("RGB", "RGBA")
+
+
 def _colour_png16(im: Any, path: Path) -> np.ndarray | None:
-    """The pixels of a 16-bit colour (or grey + alpha) PNG at full depth, decoded with ``imagecodecs``; ``None`` for
-    any other file. PIL keeps only the high byte of each such sample: 12-bit camera data (0..4095) came out
-    nearly black (0..15), and 16-bit ids of a mask stored as RGB merged."""
-    if im.format != "PNG" or not im.tile or not str(im.tile[0][3]).endswith(";16B") or im.mode not in ("RGB", "RGBA"):
+    """The pixels of a 16-bit colour PNG at full depth, decoded with ``imagecodecs``; ``None`` for any other file.
+    PIL keeps only the high byte of each such sample: 12-bit camera data (0..4095) came out nearly black (0..15),
+    and 16-bit ids of a mask stored as RGB merged."""
+    if not is_colour_png16(im):
         return None
     import imagecodecs
 

@@ -1115,14 +1115,16 @@ def check_datalist(
 
 
 def _colour_png16(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a 16-bit RGB(A) or grey + alpha PNG (read by PIL as 8 bits: only the high byte is kept)."""
+    """Whether ``path`` is a 16-bit RGB(A) PNG (read by PIL as 8 bits: only the high byte is kept)."""
     if not str(path).lower().endswith(".png"):
         return False
     from PIL import Image
 
+    from monai_gmr.data.prepare_nuclei import is_colour_png16
+
     try:
         with Image.open(path) as im:  # the header only
-            return bool(im.tile) and str(im.tile[0][3]).endswith(";16B") and im.mode in ("RGB", "RGBA")
+            return is_colour_png16(im)
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the read that follows
         return False
 
