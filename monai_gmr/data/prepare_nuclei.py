@@ -16,6 +16,7 @@ Input formats (``--format``, default ``auto``):
   stem equals the image stem, optionally followed by ``_label``, ``_labels``, ``_mask``, ``_masks``,
   ``_instance``, ``_inst`` or ``_seg``. Masks may be 8/16/32-bit instance ids, binary masks (one foreground value,
   e.g. 0/1, 0/255 or 0/65535; turned into instances by connected components), colour-coded RGB instance masks (one colour per nucleus) or ``.npy``.
+  Only the files directly in the folders are paired; images in sub-folders are left out, with a warning.
 - ``monuseg_xml``: images and Aperio ImageScope XML annotations (MoNuSeg): every
   ``Annotations/Annotation/Regions/Region`` polygon (``Vertices/Vertex`` ``X``, ``Y`` in pixels) becomes one
   instance (later regions are drawn over earlier ones).
@@ -497,6 +498,14 @@ def find_nuclei_pairs(
         msk_dir = msk_dir_given or _first_dir(root, _MASK_DIRS[format]) or root
         image_files = _files(img_dir, IMAGE_EXTENSIONS)
         mask_files = _files(msk_dir, _MASK_EXTENSIONS[format])
+        nested = [p for sub in sorted(img_dir.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
+                  and sub not in (msk_dir, msk_dir_given) for p in _files(sub, IMAGE_EXTENSIONS)]  # fmt: skip
+        if nested:  # e.g. images/train/*.png: only the folder's own files are paired, the others were left silently
+            logger.warning(
+                "%d image file(s) in sub-folders of %s are not used (e.g. %s): only files directly in the image folder "
+                "are paired; give the sub-folder with --images (and --masks) or list the pairs in a pairs CSV.",
+                len(nested), img_dir, nested[0],
+            )
         if img_dir == msk_dir:  # one folder holds both: masks are the files with a mask suffix
             mask_files = [
                 m for m in mask_files if _mask_key(m.stem) != m.stem or m.suffix.lower() in (".xml", ".txt", ".npy")

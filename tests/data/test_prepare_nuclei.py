@@ -533,3 +533,21 @@ def test_multi_page_tiff_mask_is_refused(tmp_path):
         read_instance_mask(tmp_path / "stack.tif")
     tifffile.imwrite(tmp_path / "one.tif", stack.max(0) * np.arange(1, 11)[:, None].astype(np.uint8))  # one page
     assert read_instance_mask(tmp_path / "one.tif").max() >= 5
+
+
+def test_images_in_sub_folders_are_named_in_a_warning(tmp_path, caplog):
+    """Images in a sub-folder of the image folder (images/extra/*.png) were left out without a word: only the
+    folder's own files are paired. The run still pairs those and warns, naming the count and a file."""
+    _write_folder_case(tmp_path / "raw", n=3)
+    (tmp_path / "raw" / "images" / "extra").mkdir()
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "raw" / "images" / "extra" / "x0.png")
+    with caplog.at_level("WARNING", logger="monai_gmr.data.prepare_nuclei"):
+        found, _ = find_nuclei_pairs(tmp_path / "raw")
+    assert sorted(p.name for p in found) == ["t0", "t1", "t2"]
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1 image file(s) in sub-folders" in msg and "x0.png" in msg and "--images" in msg
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_gmr.data.prepare_nuclei"):
+        _write_folder_case(tmp_path / "plain", n=2)
+        find_nuclei_pairs(tmp_path / "plain")  # no sub-folder: no warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
