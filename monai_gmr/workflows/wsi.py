@@ -611,7 +611,9 @@ def inference_slides(
     ``dataset_dir`` (synthetic slides generated there when it holds none) with their ground-truth tumour masks
     (the datalist's ``"slides"`` section: ``tumor_mask``).
 
-    Slides are *not* opened here: an unreadable slide is reported and skipped by :func:`infer_slides`.
+    Slides are *not* opened here: an unreadable slide is reported and skipped by :func:`infer_slides`. In a folder,
+    a file ``<name>_mask.*`` beside a slide ``<name>.*`` is taken for that slide's mask and left out (a
+    warning says so).
 
     Raises:
         FileNotFoundError: a given folder does not exist. ValueError: no slide found.
@@ -625,7 +627,19 @@ def inference_slides(
                 found = list_slides(p)
                 if not found:
                     raise ValueError(f"slide folder {str(p)!r} holds no slide file.")
-                return [{"image": s} for s in found]
+                # a mask beside its slide (tumor_001.tif + tumor_001_mask.tif, as Camelyon names them) is not a slide:
+                # it was run through the network as one
+                stems = {Path(s).stem.lower() for s in found}
+                masks = [s for s in found if Path(s).stem.lower().endswith("_mask")
+                         and Path(s).stem.lower()[: -len("_mask")] in stems]  # fmt: skip
+                if masks:
+                    logger.warning(
+                        "slide folder %s: %d file(s) named <slide>_mask beside their slide are not processed as slides "
+                        "(e.g. %s); to score the maps against them, give input_slides as a list of {'image': slide, "
+                        "'label_mask': mask} (a mask at a low resolution, e.g. .npy or .png).",
+                        p, len(masks), Path(masks[0]).name,
+                    )
+                return [{"image": s} for s in found if s not in masks]
             return [{"image": str(p)}]
         return [_as_slide_item(s) for s in input_slides]
     if dataset_dir is None:

@@ -814,6 +814,20 @@ def test_inference_slides_listing(wsi_data, tmp_path):
         inference_slides(str(tmp_path / "empty"))
 
 
+
+def test_inference_slides_folder_leaves_out_masks_beside_their_slides(tmp_path, caplog):
+    """A Camelyon-style folder (tumor_001.tif + tumor_001_mask.tif) had its masks run through the network as slides;
+    a ``_mask`` file without its slide stays a slide (nothing tells it apart)."""
+    from monai_gmr.workflows.wsi import inference_slides
+
+    for name in ("tumor_001.tif", "tumor_001_mask.tif", "normal_002.svs", "lonely_mask.tif"):
+        (tmp_path / name).write_bytes(b"")  # only listed here, never opened
+    with caplog.at_level("WARNING", logger="monai_gmr.workflows.wsi"):
+        found = inference_slides(str(tmp_path))
+    assert [Path(f["image"]).name for f in found] == ["lonely_mask.tif", "normal_002.svs", "tumor_001.tif"]
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1 file(s)" in msg and "tumor_001_mask.tif" in msg and "label_mask" in msg
+
 def test_real_slide_cmu_inference(tmp_path):
     """CMU-1 small region (one level, 2220 x 2967): tissue mask and probability map at the (capped) map level."""
     from monai_gmr.workflows.wsi import infer_slide
