@@ -581,6 +581,15 @@ def patch_dataset(
     check_class_labels([np.asarray(i["label"]).reshape(-1)[0] for i in items], num_classes,
                        f"{used} patches of dataset_dir {str(dataset_dir)!r}", min_classes)  # fmt: skip
     level = None if patch_mpp is not None else patch_level
+    if level is not None:
+        other = [i for i in items if "level" in i and int(i["level"]) != int(level)]
+        if other:  # the dataset-wide level wins (as in MONAI's PatchWSIDataset): those patches are read at another
+            logger.warning(  # magnification than their datalist / patches.csv says, without a word before
+                "%s patches of dataset_dir %s: %d of %d list a level other than patch_level=%d (e.g. level %s of %s); "
+                "they are read at patch_level=%d. Set --patch_level to their level (or --patch_mpp) if that is "
+                "not what you want.",
+                used, dataset_dir, len(other), len(items), int(level), other[0]["level"], other[0]["image"], int(level),
+            )
     items = to_top_left(items, size, level, backend)
     return PatchWSIDataset(
         data=items, patch_size=size, patch_level=level, transform=transform, include_label=True,

@@ -238,6 +238,25 @@ def test_level_1_patches_checked_and_read_around_the_level_0_centre(tmp_path):
     assert json.loads(dl.read_text())["training"][0]["location"] == [200 + PATCH, 100 + PATCH]
 
 
+def test_items_of_another_level_than_patch_level_are_named_in_a_warning(tmp_path, caplog):
+    """The dataset-wide ``patch_level`` (the bundle's default 0) wins over each item's ``"level"``: level-1 patches
+    of a patches.csv / datalist were read at level 0 (another magnification) without a word."""
+    from monai_gmr.data import make_synthetic_wsi
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    make_synthetic_wsi(tmp_path / "l1", n_slides=1, size=512, seed=1, patches_per_slide=6, patch_size=PATCH,
+                       patch_level=1)  # fmt: skip
+    for level, warned in ((1, False), (0, True)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="monai_gmr.workflows.wsi"):
+            ds = patch_dataset("wsi", "training", dataset_dir=tmp_path / "l1", generate=False, patch_size=PATCH,
+                               patch_level=level)  # fmt: skip
+        msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(msgs) is warned, msgs
+        if warned:
+            assert f"{len(ds)} of {len(ds)} list a level other than patch_level=0 (e.g. level 1" in msgs[0]
+
+
 # ---------------------------------------------------------------------------------------------------------- datasets
 def test_patches_csv_split_follows_the_settings_and_the_csv(wsi_data, tmp_path):
     """A user's patches.csv (no split column) becomes datalist.json in dataset_dir on the first run; later runs
