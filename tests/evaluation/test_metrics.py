@@ -371,3 +371,32 @@ def test_defined_classes_roc_auc_handler_warns_under_its_attached_name(caplog):
     assert 0.0 <= engine.state.metrics["val_auc_attached"] <= 1.0
     warned = [r.getMessage() for r in caplog.records if "undefined" in r.getMessage()]
     assert warned and all("val_auc_attached" in w for w in warned), warned
+
+
+def test_float_labels_that_are_not_whole_numbers_are_refused():
+    """``y.long()`` truncated a resampled label's 0.5 (or a soft target's 0.7) to class 0: the foreground shrank
+    (or every sample became class 0, the AUC NaN) without a word. Whole-number floats still work."""
+    lab = torch.zeros(1, 1, 4, 4)
+    lab[..., :2, :2] = 1.0
+    logits = (lab * 2 - 1) * 5
+    acc = SegmentationAccumulator(("dice",))
+    acc.update(logits, lab)  # whole-number floats: accepted
+    assert acc.compute()["dice"] == 1.0
+    soft = lab.clone()
+    soft[..., 0, 0] = 0.5  # a bilinear-resampled label edge
+    with pytest.raises(ValueError, match="whole class indices.*0.5"):
+        SegmentationAccumulator(("dice",)).update(logits, soft)
+    cls = ClassificationAccumulator()
+    cls.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.0, 1.0]))
+    assert cls.compute() == {"accuracy": 1.0, "auc": 1.0}
+    with pytest.raises(ValueError, match="whole class indices"):
+        ClassificationAccumulator().update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.2, 0.7]))
+    cls = ClassificationAccumulator()  # label-smoothed one-hot targets are argmax-ed, not refused
+    cls.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
+    assert cls.compute()["accuracy"] == 1.0
+
+
+def test_classification_refuses_spatial_outputs_naming_the_task():
+    """A segmentation network's (N, C, H, W) maps under task='classification' failed with a bare broadcasting error."""
+    with pytest.raises(ValueError, match=r"\(N, C\).*task='segmentation'"):
+        ClassificationAccumulator().update(torch.randn(2, 2, 4, 4), torch.tensor([0, 1]))
