@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 
 import pytest
@@ -408,3 +409,18 @@ def test_polar_plot_has_few_radial_labels(tmp_path, monkeypatch):
     ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
     assert 2 <= len(ticks) <= 5, ticks
     assert lo <= min(dice) and max(dice) <= hi
+
+
+def test_handler_metrics_of_an_epoch_without_values_are_nan_not_the_previous_epochs():
+    """A summary statistic that is undefined (every angle NaN: no foreground in the scored region) was skipped, so
+    engine.state.metrics kept the previous epoch's value and a checkpoint keyed on it read a stale number."""
+    y = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    y[..., 2:5, 2:5] = 1
+    engine = Engine(lambda e, b: None)
+    h = RotationRobustnessHandler(data=(y.float(), y), network=lambda x: torch.cat([1 - x, x], 1) * 10, angles=(0, 90),
+                                  flips=(), metrics=("dice",), device="cpu")
+    h(engine)
+    assert engine.state.metrics["robustness_dice_mean"] == 1.0
+    h.data = (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.long))  # no foreground anywhere
+    h(engine)
+    assert all(math.isnan(engine.state.metrics[f"robustness_dice_{s}"]) for s in ("mean", "std", "min"))
