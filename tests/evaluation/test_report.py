@@ -424,3 +424,14 @@ def test_handler_metrics_of_an_epoch_without_values_are_nan_not_the_previous_epo
     h.data = (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.long))  # no foreground anywhere
     h(engine)
     assert all(math.isnan(engine.state.metrics[f"robustness_dice_{s}"]) for s in ("mean", "std", "min"))
+
+
+def test_evaluator_refuses_a_checkpoint_it_cannot_load(tmp_path):
+    """A ckpt_path with a network that is not an nn.Module (a wrapping function) was skipped without a word: the
+    report scored weights other than the checkpoint's."""
+    net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 3))
+    ckpt = tmp_path / "model.pt"
+    torch.save({"network": net.state_dict()}, ckpt)
+    with pytest.raises(TypeError, match="ckpt_path.*nn.Module"):
+        RotationRobustnessEvaluator(lambda x: net(x), _seg_data(), tmp_path / "out", device="cpu", ckpt_path=ckpt)
+    assert not (tmp_path / "out").exists()
