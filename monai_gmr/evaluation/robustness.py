@@ -66,8 +66,10 @@ class RobustnessResult:
 
     def summary(self) -> dict[str, dict[str, float | None]]:
         """Per metric across angles (NaNs ignored): ``mean``, ``std`` (population, ddof=0: the consistency
-        figure), ``min``, ``max``, ``range`` (max - min), ``worst_angle`` (angle of the minimum) and ``at_0`` (value
-        at angle 0 when evaluated)."""
+        figure), ``min``, ``max``, ``range`` (max - min), ``worst_angle`` (angle of the minimum; on ties the first
+        in the order of ``angles``) and ``at_0`` (value at angle 0 when evaluated, ``None`` otherwise or when NaN).
+        A NaN angle (nothing scorable in its region, e.g. no foreground) is left out of every statistic, so they are
+        over the defined angles only; all ``None`` when no angle is defined."""
         out: dict[str, dict[str, float | None]] = {}
         for m in self.metrics:
             v = np.asarray(self.per_angle[m], dtype=np.float64)

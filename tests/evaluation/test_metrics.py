@@ -400,3 +400,21 @@ def test_classification_refuses_spatial_outputs_naming_the_task():
     """A segmentation network's (N, C, H, W) maps under task='classification' failed with a bare broadcasting error."""
     with pytest.raises(ValueError, match=r"\(N, C\).*task='segmentation'"):
         ClassificationAccumulator().update(torch.randn(2, 2, 4, 4), torch.tensor([0, 1]))
+
+
+def test_false_positives_on_an_image_without_foreground_are_left_out_like_monai_ignore_empty():
+    """Documented convention (MONAI's ignore_empty=True): an image with no foreground in the region is left out of
+    Dice/IoU whatever the prediction, so its false positives cost nothing (they do lower the pixel AUC)."""
+    from monai.metrics import DiceMetric
+
+    fp = torch.full((1, 1, 8, 8), 5.0)  # foreground everywhere
+    empty = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    acc = SegmentationAccumulator(("dice", "iou"))
+    acc.update(fp, empty)
+    assert math.isnan(acc.compute()["dice"]) and math.isnan(acc.compute()["iou"])
+    pred_oh = torch.cat([torch.zeros_like(fp), torch.ones_like(fp)], 1)
+    assert torch.isnan(DiceMetric(include_background=False, ignore_empty=True)(pred_oh, 1 - pred_oh)).all()
+    lab = empty.clone()
+    lab[..., :2, :2] = 1  # with one scorable image the mean is that image's Dice (2*4 / (64 + 4))
+    acc.update(fp, lab)
+    assert acc.compute()["dice"] == pytest.approx(8 / 68)

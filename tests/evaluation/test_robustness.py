@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -432,3 +433,11 @@ def test_scored_region_follows_image_mode_and_radius_in_one_process():
     kw = dict(angles=(0, 90), flips=(), metrics=("dice",), image_mode="nearest", region="disk")
     assert rotation_robustness(_identity_net, (img, lab), radius_frac=0.2, **kw).per_angle["dice"] == [1.0, 1.0]
     assert max(rotation_robustness(_identity_net, (img, lab), radius_frac=0.45, **kw).per_angle["dice"]) < 0.99
+
+
+def test_summary_worst_angle_on_ties_is_the_first_in_the_given_order_and_nan_is_skipped():
+    r = RobustnessResult("m", "segmentation", ["dice"], [270.0, 0.0, 90.0, 180.0], [],
+                         {"dice": [0.5, float("nan"), 0.3, 0.3]})
+    s = r.summary()["dice"]
+    assert s["worst_angle"] == 90.0 and s["min"] == 0.3 and s["at_0"] is None
+    assert s["mean"] == pytest.approx(1.1 / 3) and s["std"] == pytest.approx(np.std([0.5, 0.3, 0.3]))
