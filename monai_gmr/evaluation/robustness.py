@@ -20,6 +20,7 @@ from monai.inferers import SimpleInferer
 
 from monai_gmr.functional.rotation import Geometry, _cached, _disk_axes, _is_euler, _region_name, _spatial_dims_hint
 from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, make_geometries
+from monai_gmr.utils import as_bool
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -217,7 +218,9 @@ def rotation_robustness(
         region: ``"valid"`` or ``"disk"`` (segmentation).
         radius_frac: disk (3D: cylinder) radius for ``region="disk"``, a fraction of the smallest size (3D: of the
             smaller of the two sizes of the plane ``axes``).
-        include_background: score class 0 too (Dice/IoU/AUC); binary tasks default to the foreground only.
+        include_background: score class 0 too (Dice/IoU/AUC); binary tasks default to the foreground only. This
+            switch, ``amp`` and ``merge_foreground`` also take the text forms of :func:`monai_gmr.utils.as_bool`
+            (``"false"``, ``"no"``, ``"0"`` from a command line; other text raises ``ValueError``).
         activation: outputs -> probabilities: ``"auto"`` (softmax if C > 1 else sigmoid), ``"softmax"``,
             ``"sigmoid"`` or ``None`` (already probabilities). Predicted class = argmax of probabilities (> 0.5 for a
             single channel).
@@ -253,6 +256,10 @@ def rotation_robustness(
         )
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got task={task!r}.")
+    # switches from a command line arrive as text: "false" is a non-empty, true string (it scored the background)
+    include_background = as_bool(include_background, "include_background")
+    amp = as_bool(amp, "amp")
+    merge_foreground = as_bool(merge_foreground, "merge_foreground")
     allowed = SEG_METRICS + INSTANCE_METRICS if task == "segmentation" else CLS_METRICS
     default = SEG_METRICS if task == "segmentation" else CLS_METRICS
     metrics = tuple(default if metrics is None else ([metrics] if isinstance(metrics, str) else metrics))

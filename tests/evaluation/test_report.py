@@ -435,3 +435,10 @@ def test_evaluator_refuses_a_checkpoint_it_cannot_load(tmp_path):
     with pytest.raises(TypeError, match="ckpt_path.*nn.Module"):
         RotationRobustnessEvaluator(lambda x: net(x), _seg_data(), tmp_path / "out", device="cpu", ckpt_path=ckpt)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_plot_switch_given_as_text(tmp_path, monkeypatch):
+    """Fire passes ``--plot false`` as the string "false", which is true: the PNG was written anyway."""
+    assert _cli_with_a_fake_evaluator(tmp_path, monkeypatch, plot="false")["plot"] is False
+    with pytest.raises(ValueError, match="plot"):
+        _cli_with_a_fake_evaluator(tmp_path, monkeypatch, plot="maybe")

@@ -441,3 +441,19 @@ def test_summary_worst_angle_on_ties_is_the_first_in_the_given_order_and_nan_is_
     s = r.summary()["dice"]
     assert s["worst_angle"] == 90.0 and s["min"] == 0.3 and s["at_0"] is None
     assert s["mean"] == pytest.approx(1.1 / 3) and s["std"] == pytest.approx(np.std([0.5, 0.3, 0.3]))
+
+
+def test_switches_given_as_text_mean_what_they_say():
+    """``--include_background false`` reaches rotation_robustness as the string "false", which is true: the Dice
+    silently included the background class (0.059 instead of 0.118 here)."""
+    y = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    y[..., 2:4, 2:4] = 1
+    net = lambda x: torch.cat([x * 0, x * 0 + 1], 1)  # noqa: E731  foreground everywhere
+    kw = dict(angles=[0], flips=(), metrics=("dice",))
+    ref = rotation_robustness(net, (y.float(), y), include_background=False, **kw).per_angle["dice"]
+    assert ref == [pytest.approx(8 / 68)]
+    for text in ("false", "False", "no", "0"):
+        r = rotation_robustness(net, (y.float(), y), include_background=text, merge_foreground=text, amp=text, **kw)
+        assert r.per_angle["dice"] == ref and r.settings["include_background"] is False
+    with pytest.raises(ValueError, match="include_background"):
+        rotation_robustness(net, (y.float(), y), include_background="maybe", **kw)
