@@ -306,7 +306,7 @@ def rotation_robustness(
         for batch in _as_batches(data):
             x, y = parse_batch(batch, image_key, label_key)
             x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            y = _signed(y.to(device, non_blocking=True))
             y_inst = None
             if want_instances and task == "segmentation":
                 if instance_key is None:
@@ -315,7 +315,7 @@ def rotation_robustness(
                     if not isinstance(batch, Mapping) or instance_key not in batch:
                         raise ValueError(f"instance_key={instance_key!r} is not a key of the batches.")
                     y_inst = torch.as_tensor(batch[instance_key])
-                    y_inst = (y_inst.as_tensor() if hasattr(y_inst, "as_tensor") else y_inst).to(device)
+                    y_inst = _signed((y_inst.as_tensor() if hasattr(y_inst, "as_tensor") else y_inst).to(device))
             if y_inst is not None and y_inst.ndim == x.ndim - 1:
                 y_inst = y_inst.unsqueeze(1)
             if label_transform is not None:
@@ -391,6 +391,12 @@ def rotation_robustness(
         settings=settings,
         seconds=seconds,
     )
+
+
+def _signed(t: torch.Tensor) -> torch.Tensor:
+    """uint16/32/64 labels (16-bit instance maps) -> int64: PyTorch has no comparison or gather for them ("gt_cpu"
+    not implemented for 'UInt16' in binarize_label)."""
+    return t.long() if t.dtype in (torch.uint16, torch.uint32, torch.uint64) else t
 
 
 def _region_mask(

@@ -457,3 +457,21 @@ def test_switches_given_as_text_mean_what_they_say():
         assert r.per_angle["dice"] == ref and r.settings["include_background"] is False
     with pytest.raises(ValueError, match="include_background"):
         rotation_robustness(net, (y.float(), y), include_background="maybe", **kw)
+
+
+def test_uint16_instance_labels_are_scored():
+    """16-bit instance maps (the usual nuclei label format) failed in binarize_label with PyTorch's bare
+    '"gt_cpu" not implemented for 'UInt16''; they are read as int64 now."""
+    from monai_gmr.evaluation import binarize_label
+
+    inst = torch.zeros(1, 1, 16, 16, dtype=torch.int64)
+    inst[..., 3:6, 3:6] = 7
+    inst[..., 9:12, 8:12] = 300
+    net = lambda x: torch.cat([1 - x, x], 1) * 10  # noqa: E731
+    kw = dict(angles=[0, 90, 30], flips=("h",), metrics=("dice", "aji"), label_transform=binarize_label, image_mode="nearest")
+    ref = rotation_robustness(net, {"image": (inst > 0).float(), "label": inst}, **kw)
+    r = rotation_robustness(net, {"image": (inst > 0).float(), "label": inst.to(torch.uint16)}, **kw)
+    assert r.per_angle == ref.per_angle == {"dice": [1.0] * 3, "aji": [1.0] * 3}
+    r = rotation_robustness(net, {"image": (inst > 0).float(), "label": binarize_label(inst), "inst": inst.to(torch.uint16)},
+                            instance_key="inst", **{**kw, "label_transform": None})
+    assert r.per_angle == ref.per_angle
