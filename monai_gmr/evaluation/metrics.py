@@ -370,7 +370,7 @@ class ClassificationAccumulator:
         if y_pred.ndim != 2:  # e.g. a segmentation network's (N, C, H, W) maps: the comparison below failed to broadcast
             raise ValueError(
                 f"classification outputs must be (N, C) scores, got shape {tuple(y_pred.shape)}; for per-pixel outputs "
-                "use task='segmentation'."
+                "use task='segmentation' (a head returning (N, C, 1, 1): flatten it to (N, C))."
             )
         probs = _class_probs(to_probabilities(y_pred, self.activation))
         k = probs.shape[1]

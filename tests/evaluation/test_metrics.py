@@ -397,9 +397,13 @@ def test_float_labels_that_are_not_whole_numbers_are_refused():
 
 
 def test_classification_refuses_spatial_outputs_naming_the_task():
-    """A segmentation network's (N, C, H, W) maps under task='classification' failed with a bare broadcasting error."""
+    """A segmentation network's (N, C, H, W) maps under task='classification' failed with a bare broadcasting error,
+    and a (N, C, 1, 1) head broadcast against the (N,) labels: accuracy 2.0 for a perfect one on 4 samples."""
     with pytest.raises(ValueError, match=r"\(N, C\).*task='segmentation'"):
         ClassificationAccumulator().update(torch.randn(2, 2, 4, 4), torch.tensor([0, 1]))
+    y = torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match=r"\(N, C, 1, 1\)"):
+        ClassificationAccumulator().update((torch.nn.functional.one_hot(y, 2).float() * 5)[..., None, None], y)
 
 
 def test_false_positives_on_an_image_without_foreground_are_left_out_like_monai_ignore_empty():
