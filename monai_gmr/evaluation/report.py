@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text
 from .robustness import RobustnessResult
 
 __all__ = ["load_result", "plot_polar", "result_to_csv", "save_csv", "save_json", "write_report", "write_tensorboard"]
+
+logger = logging.getLogger(__name__)
 
 
 def save_json(result: RobustnessResult, path: str | os.PathLike) -> Path:
@@ -159,13 +162,20 @@ def plot_polar(
 def write_tensorboard(result: RobustnessResult, writer: Any, tag_prefix: str = "robustness", step: int | None = None) -> None:
     """Write scalars to a TensorBoard ``SummaryWriter``.
 
-    * ``{tag_prefix}/{model}/{metric}/by_angle`` with ``global_step`` = angle in degrees (rounded): the curve;
+    * ``{tag_prefix}/{model}/{metric}/by_angle`` with ``global_step`` = angle in degrees (rounded; angles less than
+      1 degree apart share a step and TensorBoard shows one of them, logged as a warning): the curve;
       ``.../by_angle/step{step}`` when ``step`` is given, so that the curves of several epochs do not overlay
       each other on one tag.
     * ``{tag_prefix}/{model}/{metric}/flip_{f}`` at ``step``.
     * ``{tag_prefix}/{model}/{metric}/{mean|std|min|worst_angle}`` at ``step`` (e.g. the epoch).
     """
     curve = "by_angle" if step is None else f"by_angle/step{int(step)}"
+    steps = [int(round(a)) for a in result.angles]
+    if len(set(steps)) < len(steps):  # TensorBoard keeps one point per step: the curve silently lost angles
+        logger.warning(
+            "write_tensorboard: angles %s share integer steps once rounded (%s); the %s curve shows one of each.",
+            result.angles, steps, curve,
+        )
     step = 0 if step is None else int(step)
     base = f"{tag_prefix}/{result.model_name}"
     for m in result.metrics:

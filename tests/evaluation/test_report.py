@@ -442,3 +442,19 @@ def test_cli_plot_switch_given_as_text(tmp_path, monkeypatch):
     assert _cli_with_a_fake_evaluator(tmp_path, monkeypatch, plot="false")["plot"] is False
     with pytest.raises(ValueError, match="plot"):
         _cli_with_a_fake_evaluator(tmp_path, monkeypatch, plot="maybe")
+
+
+def test_tensorboard_warns_when_rounded_angles_share_a_step(caplog):
+    """Angles less than a degree apart (0 and 0.4) were written at one integer step without a word: TensorBoard
+    showed one of them."""
+    from monai_gmr.evaluation import write_tensorboard
+
+    w = _Writer()
+    r = RobustnessResult("m", "segmentation", ["dice"], [0.0, 0.4, 1.0], [], {"dice": [0.9, 0.8, 0.7]})
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation.report"):
+        write_tensorboard(r, w)
+    assert "share integer steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation.report"):
+        write_tensorboard(_result(), w)
+    assert "share integer steps" not in caplog.text
