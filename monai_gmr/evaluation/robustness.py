@@ -379,6 +379,14 @@ def rotation_robustness(
         "forward_passes_per_batch": len(geoms),
     }
     logger.info("rotation robustness of %s: %d images x %d views in %.1fs", model_name, n_images, len(geoms), seconds)
+    for m in metrics:  # the summary skips NaN angles: say so when it is over some of them only
+        undefined = [a for a, v in zip(angles, per_angle[m]) if math.isnan(v)]
+        if undefined and len(undefined) < na:
+            logger.warning(
+                "rotation robustness of %s: %s is undefined (NaN: nothing scorable in the region) at %d of %d angles "
+                "%s; its mean/std/min/worst angle are over the other %d angles only.",
+                model_name, m, len(undefined), na, undefined, na - len(undefined),
+            )  # fmt: skip
     return RobustnessResult(
         model_name=model_name,
         task=task,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -475,3 +477,16 @@ def test_uint16_instance_labels_are_scored():
     r = rotation_robustness(net, {"image": (inst > 0).float(), "label": binarize_label(inst), "inst": inst.to(torch.uint16)},
                             instance_key="inst", **{**kw, "label_transform": None})
     assert r.per_angle == ref.per_angle
+
+
+def test_angles_where_a_metric_is_undefined_are_named_in_a_warning(caplog):
+    """The only nucleus sits near the corner: at 45 degrees it leaves the valid region, the Dice is NaN there and the
+    summary is over the other angles; that is logged (it was silent) and the NaN angle is skipped."""
+    y = torch.zeros(1, 1, 16, 16, dtype=torch.long)
+    y[..., 0:2, 0:2] = 1
+    net = lambda x: torch.cat([1 - x, x], 1) * 10  # noqa: E731
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation.robustness"):
+        r = rotation_robustness(net, (y.float(), y), angles=[0, 45, 90], flips=(), metrics=("dice",), image_mode="nearest")
+    assert r.per_angle["dice"][0] == 1.0 and math.isnan(r.per_angle["dice"][1]) and r.per_angle["dice"][2] == 1.0
+    assert r.summary()["dice"]["mean"] == 1.0
+    assert "dice is undefined" in caplog.text and "[45.0]" in caplog.text
