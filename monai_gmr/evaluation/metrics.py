@@ -242,6 +242,7 @@ class SegmentationAccumulator:
         instances: ground-truth instance ids ``(N, 1, *spatial)`` (required for ``"aji"`` / ``"pq"``).
         """
         probs = _class_probs(to_probabilities(y_pred, self.activation))
+        _require_no_nan(probs)
         class_map, boundary = None, None
         if self.merge_foreground and probs.shape[1] > 2:
             from monai_gmr.workflows.nuclei import merge_foreground, nucleus_class_map  # lazy, as below
@@ -322,6 +323,17 @@ class SegmentationAccumulator:
         return out
 
 
+def _require_no_nan(probs: torch.Tensor) -> None:
+    """Refuse NaN outputs for every metric, as :class:`ExactAUC` does: argmax took a NaN pixel/sample for class 0, so a
+    partly diverged network's NaNs were scored as confident background predictions (Dice, IoU, accuracy)."""
+    n_nan = int(torch.isnan(probs).sum())
+    if n_nan:
+        raise ValueError(
+            f"network outputs contain NaN ({n_nan} of {probs.numel()} class probabilities); the metrics are undefined "
+            "(argmax would read them as class 0)."
+        )
+
+
 def _require_whole(y: torch.Tensor, labels: torch.Tensor) -> None:
     """Refuse float class labels that are not whole numbers (``labels = y.long()``): truncation turned a resampled
     label's 0.5 or a soft target's 0.7 into class 0 and scored the wrong pixels/samples without a word."""
@@ -373,6 +385,7 @@ class ClassificationAccumulator:
                 "use task='segmentation' (a head returning (N, C, 1, 1): flatten it to (N, C))."
             )
         probs = _class_probs(to_probabilities(y_pred, self.activation))
+        _require_no_nan(probs)
         k = probs.shape[1]
         one_hot = y.ndim == 2 and y.shape[1] == k and k > 1 and y_pred.shape[1] > 1
         labels = y.argmax(dim=1) if one_hot else y.reshape(-1)

@@ -245,7 +245,7 @@ def rotation_robustness(
     Raises:
         ValueError: empty ``angles``, unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does
             not match the image, label values outside the output classes or not whole numbers (float labels are
-            not truncated), classification outputs that are not ``(N, C)``, or NaN outputs with ``"auc"`` scored.
+            not truncated), classification outputs that are not ``(N, C)``, or NaN network outputs (any metric).
         RuntimeError: called inside a distributed run with more than one process.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:

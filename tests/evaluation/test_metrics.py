@@ -422,3 +422,18 @@ def test_false_positives_on_an_image_without_foreground_are_left_out_like_monai_
     lab[..., :2, :2] = 1  # with one scorable image the mean is that image's Dice (2*4 / (64 + 4))
     acc.update(fp, lab)
     assert acc.compute()["dice"] == pytest.approx(8 / 68)
+
+
+def test_nan_outputs_are_refused_for_every_metric_not_read_as_class_0():
+    """Only the AUC refused NaN outputs; argmax read a NaN pixel (sample) as class 0, so Dice/IoU/accuracy scored a
+    partly diverged network's NaNs as confident background (Dice 0.857 here instead of an error)."""
+    lab = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    lab[..., :2, :2] = 1
+    logits = (lab.float() * 2 - 1) * 5
+    logits[..., 0, 0] = float("nan")
+    for out in (logits, torch.cat([-logits, logits], 1)):
+        for metrics in (("dice",), ("iou",), ("auc",)):
+            with pytest.raises(ValueError, match="NaN"):
+                SegmentationAccumulator(metrics).update(out, lab)
+    with pytest.raises(ValueError, match="NaN"):
+        ClassificationAccumulator(("accuracy",)).update(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([1, 1]))
