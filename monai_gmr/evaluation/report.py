@@ -32,11 +32,25 @@ def save_json(result: RobustnessResult, path: str | os.PathLike) -> Path:
 
 
 def load_result(path: str | os.PathLike) -> RobustnessResult:
-    """Read a JSON report written by :func:`save_json`."""
+    """Read a JSON report written by :func:`save_json`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not JSON, or not a robustness report (e.g. a bundle's ``eval/metrics.json`` or the
+            CSV given to ``--compare``); the message names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"robustness report {path} does not exist.")
-    return RobustnessResult.from_dict(json.loads(path.read_text()))
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:  # a bare JSONDecodeError named no file
+        raise ValueError(f"robustness report {path} is not JSON ({e}); pass the {{prefix}}.json report.") from e
+    keys = ("model_name", "task", "metrics", "angles", "flips", "per_angle")
+    missing = [k for k in keys if not isinstance(d, dict) or k not in d]
+    if missing:  # a bare KeyError 'model_name'
+        raise ValueError(f"{path} is not a robustness report written by save_json: it lacks {missing}.")
+    return RobustnessResult.from_dict(d)
 
 
 def result_to_csv(result: RobustnessResult) -> str:

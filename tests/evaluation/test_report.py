@@ -458,3 +458,15 @@ def test_tensorboard_warns_when_rounded_angles_share_a_step(caplog):
     with caplog.at_level("WARNING", logger="monai_gmr.evaluation.report"):
         write_tensorboard(_result(), w)
     assert "share integer steps" not in caplog.text
+
+
+def test_load_result_of_a_file_that_is_not_a_report_names_it(tmp_path):
+    """``--compare eval/metrics.json`` (or the CSV) failed with a bare KeyError 'model_name' / JSONDecodeError."""
+    (tmp_path / "metrics.json").write_text(json.dumps({"dice": 0.8}))
+    (tmp_path / "robustness.csv").write_text("model,view\n")
+    with pytest.raises(ValueError, match=r"metrics\.json is not a robustness report.*model_name"):
+        load_result(tmp_path / "metrics.json")
+    with pytest.raises(ValueError, match=r"robustness\.csv is not JSON"):
+        load_result(tmp_path / "robustness.csv")
+    save_json(_result(), tmp_path / "ok.json")
+    assert load_result(tmp_path / "ok.json").per_angle == _result().per_angle
