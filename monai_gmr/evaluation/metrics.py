@@ -379,7 +379,7 @@ class ClassificationAccumulator:
         y_pred: ``(N, C)`` outputs.
         y: ``(N,)`` / ``(N, 1)`` class indices or ``(N, C)`` one-hot.
         """
-        if y_pred.ndim != 2:  # e.g. a segmentation network's (N, C, H, W) maps: the comparison below failed to broadcast
+        if y_pred.ndim != 2:  # a segmentation network's (N, C, H, W) maps: the comparison below failed to broadcast
             raise ValueError(
                 f"classification outputs must be (N, C) scores, got shape {tuple(y_pred.shape)}; for per-pixel outputs "
                 "use task='segmentation' (a head returning (N, C, 1, 1): flatten it to (N, C))."

@@ -436,4 +436,5 @@ def test_nan_outputs_are_refused_for_every_metric_not_read_as_class_0():
             with pytest.raises(ValueError, match="NaN"):
                 SegmentationAccumulator(metrics).update(out, lab)
     with pytest.raises(ValueError, match="NaN"):
-        ClassificationAccumulator(("accuracy",)).update(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([1, 1]))
+        acc = ClassificationAccumulator(("accuracy",))
+        acc.update(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([1, 1]))

@@ -470,12 +470,13 @@ def test_uint16_instance_labels_are_scored():
     inst[..., 3:6, 3:6] = 7
     inst[..., 9:12, 8:12] = 300
     net = lambda x: torch.cat([1 - x, x], 1) * 10  # noqa: E731
-    kw = dict(angles=[0, 90, 30], flips=("h",), metrics=("dice", "aji"), label_transform=binarize_label, image_mode="nearest")
+    kw = dict(angles=[0, 90, 30], flips=("h",), metrics=("dice", "aji"), label_transform=binarize_label,
+              image_mode="nearest")
     ref = rotation_robustness(net, {"image": (inst > 0).float(), "label": inst}, **kw)
     r = rotation_robustness(net, {"image": (inst > 0).float(), "label": inst.to(torch.uint16)}, **kw)
     assert r.per_angle == ref.per_angle == {"dice": [1.0] * 3, "aji": [1.0] * 3}
-    r = rotation_robustness(net, {"image": (inst > 0).float(), "label": binarize_label(inst), "inst": inst.to(torch.uint16)},
-                            instance_key="inst", **{**kw, "label_transform": None})
+    batch = {"image": (inst > 0).float(), "label": binarize_label(inst), "inst": inst.to(torch.uint16)}
+    r = rotation_robustness(net, batch, instance_key="inst", **{**kw, "label_transform": None})
     assert r.per_angle == ref.per_angle
 
 
@@ -486,7 +487,8 @@ def test_angles_where_a_metric_is_undefined_are_named_in_a_warning(caplog):
     y[..., 0:2, 0:2] = 1
     net = lambda x: torch.cat([1 - x, x], 1) * 10  # noqa: E731
     with caplog.at_level("WARNING", logger="monai_gmr.evaluation.robustness"):
-        r = rotation_robustness(net, (y.float(), y), angles=[0, 45, 90], flips=(), metrics=("dice",), image_mode="nearest")
+        r = rotation_robustness(net, (y.float(), y), angles=[0, 45, 90], flips=(), metrics=("dice",),
+                                image_mode="nearest")
     assert r.per_angle["dice"][0] == 1.0 and math.isnan(r.per_angle["dice"][1]) and r.per_angle["dice"][2] == 1.0
     assert r.summary()["dice"]["mean"] == 1.0
     assert "dice is undefined" in caplog.text and "[45.0]" in caplog.text
