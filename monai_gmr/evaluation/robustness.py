@@ -340,9 +340,11 @@ def rotation_robustness(
                     acc.update(out, y)
                     continue
                 yg = g.apply(y, "nearest")
-                if out.shape[-spatial_dims:] != yg.shape[-spatial_dims:] or out.shape[0] != yg.shape[0]:
+                same = out.shape[-spatial_dims:] == yg.shape[-spatial_dims:] and out.shape[0] == yg.shape[0]
+                if out.ndim != yg.ndim or not same:  # (N, H, W): a softmax over H, then a bare broadcasting error
                     raise ValueError(
-                        f"network output shape {tuple(out.shape)} does not match the (rotated) label {tuple(yg.shape)}."
+                        f"network output shape {tuple(out.shape)} does not match the (rotated) label {tuple(yg.shape)}: "
+                        "segmentation outputs must be (N, C, *spatial) (a single-channel output keeps its C = 1 dim)."
                     )
                 # the rotation module's byte-budgeted LRU: a dict kept one mask per view and tile size for the whole
                 # run (GBs on data sets of varied tile sizes)

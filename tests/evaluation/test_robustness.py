@@ -492,3 +492,11 @@ def test_angles_where_a_metric_is_undefined_are_named_in_a_warning(caplog):
     assert r.per_angle["dice"][0] == 1.0 and math.isnan(r.per_angle["dice"][1]) and r.per_angle["dice"][2] == 1.0
     assert r.summary()["dice"]["mean"] == 1.0
     assert "dice is undefined" in caplog.text and "[45.0]" in caplog.text
+
+
+def test_segmentation_output_without_its_channel_dim_is_refused():
+    """A single-channel network returning (N, H, W) got a softmax over H and then a bare broadcasting error."""
+    y = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    y[..., 2:5, 2:5] = 1
+    with pytest.raises(ValueError, match=r"must be \(N, C, \*spatial\)"):
+        rotation_robustness(lambda x: (x[:, 0] * 2 - 1) * 5, (y.float(), y), angles=[0], flips=(), metrics=("dice",))
