@@ -83,8 +83,12 @@ def main(
     import torch
     from monai.bundle import ConfigParser
 
+    from monai_gmr.utils import as_bool
+
     from .robustness import binarize_label
     from .workflow import RotationRobustnessEvaluator
+
+    plot = as_bool(plot, "plot")  # Fire passes --plot false as the (true) string "false"
 
     files = [f.strip() for f in config_file.split(",")] if isinstance(config_file, str) else list(config_file)
     for extra in more_config_files:

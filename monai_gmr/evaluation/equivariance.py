@@ -18,6 +18,7 @@ the input on a larger zero canvas, which moves that border away from the disk; t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -41,7 +42,8 @@ __all__ = [
 
 def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """``||(a - b) * mask|| / ||b * mask||`` in float64 (``mask`` broadcasts over the trailing dims); NaN when ``mask``
-    selects nothing (no pixel compared is not a zero error)."""
+    selects nothing (no pixel compared is not a zero error). A zero reference ``b`` gives ``0.0`` when ``a`` is zero
+    too (the outputs are equal) and ``inf`` otherwise (not a huge finite number)."""
     a = a.detach().double()
     b = b.detach().double()
     if mask is not None:
@@ -49,7 +51,10 @@ def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
             return float("nan")
         m = mask.to(device=a.device, dtype=torch.float64)
         a, b = a * m, b * m
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+    num, den = float((a - b).norm()), float(b.norm())
+    if den == 0.0:  # dividing by clamp_min(1e-300) read as an error of ~1e300, finite and written as such in reports
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
 
 
 def _require_region(mask: torch.Tensor, radius_frac: float, axes: Sequence[int] | None = None) -> None:

@@ -4,6 +4,7 @@ ROC-AUC metric handler whose macro average leaves out the classes whose AUC is u
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,8 @@ class RotationRobustnessHandler:
 
     On each firing it evaluates ``network`` (default: ``engine.network``) on ``data`` (default:
     ``engine.data_loader``) on ``engine.state.device``, stores ``{prefix}_{metric}_{mean|std|min}`` in
-    ``engine.state.metrics`` (so checkpoint/early-stopping handlers can key on them), writes TensorBoard scalars
+    ``engine.state.metrics`` (so checkpoint/early-stopping handlers can key on them; NaN when no angle gave a value,
+    e.g. no foreground in any scored region, never the value of an earlier epoch), writes TensorBoard scalars
     (:func:`~monai_gmr.evaluation.report.write_tensorboard`, ``step`` = epoch) when ``summary_writer`` or ``log_dir``
     is given, and the JSON/CSV/PNG report when ``output_dir`` is given. The network's train/eval mode is restored.
     Single process only (see :func:`~monai_gmr.evaluation.rotation_robustness`): not for multi-GPU training configs.
@@ -106,9 +108,8 @@ class RotationRobustnessHandler:
         self.last_result = result
         self.history.append((epoch, result))
         for m, s in result.summary().items():
-            for stat in ("mean", "std", "min"):
-                if s[stat] is not None:
-                    engine.state.metrics[f"{self.prefix}_{m}_{stat}"] = s[stat]
+            for stat in ("mean", "std", "min"):  # NaN when undefined: skipping it left the previous epoch's value
+                engine.state.metrics[f"{self.prefix}_{m}_{stat}"] = math.nan if s[stat] is None else s[stat]
         writer = self._writer()
         if writer is not None:
             write_tensorboard(result, writer, self.prefix, step=epoch)

@@ -242,6 +242,7 @@ class SegmentationAccumulator:
         instances: ground-truth instance ids ``(N, 1, *spatial)`` (required for ``"aji"`` / ``"pq"``).
         """
         probs = _class_probs(to_probabilities(y_pred, self.activation))
+        _require_no_nan(probs)
         class_map, boundary = None, None
         if self.merge_foreground and probs.shape[1] > 2:
             from monai_gmr.workflows.nuclei import merge_foreground, nucleus_class_map  # lazy, as below
@@ -253,6 +254,7 @@ class SegmentationAccumulator:
         if self.num_classes is None:
             self.num_classes = k
         labels = y.long()
+        _require_whole(y, labels)
         lo, hi = torch.aminmax(labels)
         if lo < 0 or hi >= k:
             raise ValueError(
@@ -321,6 +323,29 @@ class SegmentationAccumulator:
         return out
 
 
+def _require_no_nan(probs: torch.Tensor) -> None:
+    """Refuse NaN outputs for every metric, as :class:`ExactAUC` does: argmax took a NaN pixel/sample for class 0, so a
+    partly diverged network's NaNs were scored as confident background predictions (Dice, IoU, accuracy)."""
+    n_nan = int(torch.isnan(probs).sum())
+    if n_nan:
+        raise ValueError(
+            f"network outputs contain NaN ({n_nan} of {probs.numel()} class probabilities); the metrics are undefined "
+            "(argmax would read them as class 0)."
+        )
+
+
+def _require_whole(y: torch.Tensor, labels: torch.Tensor) -> None:
+    """Refuse float class labels that are not whole numbers (``labels = y.long()``): truncation turned a resampled
+    label's 0.5 or a soft target's 0.7 into class 0 and scored the wrong pixels/samples without a word."""
+    if y.is_floating_point() and not bool((labels.to(y.dtype) == y).all()):
+        bad = y[labels.to(y.dtype) != y].reshape(-1)[:3].tolist()
+        raise ValueError(
+            f"label values must be whole class indices, got non-integer values such as {bad} (a label resampled "
+            "with a non-nearest mode, or soft/probability targets); round or threshold the labels (label_transform) "
+            "first."
+        )
+
+
 def _agg(metric) -> float:
     """Mean of a MONAI metric built with ``get_not_nans=True``; NaN when no (image, class) pair was scorable (MONAI
     returns 0 then, which would read as a total failure)."""
@@ -354,10 +379,19 @@ class ClassificationAccumulator:
         y_pred: ``(N, C)`` outputs.
         y: ``(N,)`` / ``(N, 1)`` class indices or ``(N, C)`` one-hot.
         """
+        if y_pred.ndim != 2:  # a segmentation network's (N, C, H, W) maps: the comparison below failed to broadcast
+            raise ValueError(
+                f"classification outputs must be (N, C) scores, got shape {tuple(y_pred.shape)}; for per-pixel outputs "
+                "use task='segmentation' (a head returning (N, C, 1, 1): flatten it to (N, C))."
+            )
         probs = _class_probs(to_probabilities(y_pred, self.activation))
+        _require_no_nan(probs)
         k = probs.shape[1]
-        labels = y.argmax(dim=1) if (y.ndim == 2 and y.shape[1] == k and k > 1 and y_pred.shape[1] > 1) else y.reshape(-1)
+        one_hot = y.ndim == 2 and y.shape[1] == k and k > 1 and y_pred.shape[1] > 1
+        labels = y.argmax(dim=1) if one_hot else y.reshape(-1)
         labels = labels.long()
+        if not one_hot:
+            _require_whole(y.reshape(-1), labels)
         if labels.numel() != probs.shape[0]:
             raise ValueError(f"label must hold one class per sample ({probs.shape[0]}), got shape {tuple(y.shape)}.")
         if labels.min() < 0 or labels.max() >= k:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,8 @@ from .robustness import RobustnessResult
 
 __all__ = ["load_result", "plot_polar", "result_to_csv", "save_csv", "save_json", "write_report", "write_tensorboard"]
 
+logger = logging.getLogger(__name__)
+
 
 def save_json(result: RobustnessResult, path: str | os.PathLike) -> Path:
     """Write ``result.to_dict()`` (with the summary) as JSON, atomically."""
@@ -29,11 +32,25 @@ def save_json(result: RobustnessResult, path: str | os.PathLike) -> Path:
 
 
 def load_result(path: str | os.PathLike) -> RobustnessResult:
-    """Read a JSON report written by :func:`save_json`."""
+    """Read a JSON report written by :func:`save_json`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not JSON, or not a robustness report (e.g. a bundle's ``eval/metrics.json`` or the
+            CSV given to ``--compare``); the message names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"robustness report {path} does not exist.")
-    return RobustnessResult.from_dict(json.loads(path.read_text()))
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:  # a bare JSONDecodeError named no file
+        raise ValueError(f"robustness report {path} is not JSON ({e}); pass the {{prefix}}.json report.") from e
+    keys = ("model_name", "task", "metrics", "angles", "flips", "per_angle")
+    missing = [k for k in keys if not isinstance(d, dict) or k not in d]
+    if missing:  # a bare KeyError 'model_name'
+        raise ValueError(f"{path} is not a robustness report written by save_json: it lacks {missing}.")
+    return RobustnessResult.from_dict(d)
 
 
 def result_to_csv(result: RobustnessResult) -> str:
@@ -159,13 +176,20 @@ def plot_polar(
 def write_tensorboard(result: RobustnessResult, writer: Any, tag_prefix: str = "robustness", step: int | None = None) -> None:
     """Write scalars to a TensorBoard ``SummaryWriter``.
 
-    * ``{tag_prefix}/{model}/{metric}/by_angle`` with ``global_step`` = angle in degrees (rounded): the curve;
+    * ``{tag_prefix}/{model}/{metric}/by_angle`` with ``global_step`` = angle in degrees (rounded; angles less than
+      1 degree apart share a step and TensorBoard shows one of them, logged as a warning): the curve;
       ``.../by_angle/step{step}`` when ``step`` is given, so that the curves of several epochs do not overlay
       each other on one tag.
     * ``{tag_prefix}/{model}/{metric}/flip_{f}`` at ``step``.
     * ``{tag_prefix}/{model}/{metric}/{mean|std|min|worst_angle}`` at ``step`` (e.g. the epoch).
     """
     curve = "by_angle" if step is None else f"by_angle/step{int(step)}"
+    steps = [int(round(a)) for a in result.angles]
+    if len(set(steps)) < len(steps):  # TensorBoard keeps one point per step: the curve silently lost angles
+        logger.warning(
+            "write_tensorboard: angles %s share integer steps once rounded (%s); the %s curve shows one of each.",
+            result.angles, steps, curve,
+        )
     step = 0 if step is None else int(step)
     base = f"{tag_prefix}/{result.model_name}"
     for m in result.metrics:

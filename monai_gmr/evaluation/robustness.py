@@ -20,6 +20,7 @@ from monai.inferers import SimpleInferer
 
 from monai_gmr.functional.rotation import Geometry, _cached, _disk_axes, _is_euler, _region_name, _spatial_dims_hint
 from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, make_geometries
+from monai_gmr.utils import as_bool
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -66,8 +67,10 @@ class RobustnessResult:
 
     def summary(self) -> dict[str, dict[str, float | None]]:
         """Per metric across angles (NaNs ignored): ``mean``, ``std`` (population, ddof=0: the consistency
-        figure), ``min``, ``max``, ``range`` (max - min), ``worst_angle`` (angle of the minimum) and ``at_0`` (value
-        at angle 0 when evaluated)."""
+        figure), ``min``, ``max``, ``range`` (max - min), ``worst_angle`` (angle of the minimum; on ties the first
+        in the order of ``angles``) and ``at_0`` (value at angle 0 when evaluated, ``None`` otherwise or when NaN).
+        A NaN angle (nothing scorable in its region, e.g. no foreground) is left out of every statistic, so they are
+        over the defined angles only; all ``None`` when no angle is defined."""
         out: dict[str, dict[str, float | None]] = {}
         for m in self.metrics:
             v = np.asarray(self.per_angle[m], dtype=np.float64)
@@ -215,7 +218,9 @@ def rotation_robustness(
         region: ``"valid"`` or ``"disk"`` (segmentation).
         radius_frac: disk (3D: cylinder) radius for ``region="disk"``, a fraction of the smallest size (3D: of the
             smaller of the two sizes of the plane ``axes``).
-        include_background: score class 0 too (Dice/IoU/AUC); binary tasks default to the foreground only.
+        include_background: score class 0 too (Dice/IoU/AUC); binary tasks default to the foreground only. This
+            switch, ``amp`` and ``merge_foreground`` also take the text forms of :func:`monai_gmr.utils.as_bool`
+            (``"false"``, ``"no"``, ``"0"`` from a command line; other text raises ``ValueError``).
         activation: outputs -> probabilities: ``"auto"`` (softmax if C > 1 else sigmoid), ``"softmax"``,
             ``"sigmoid"`` or ``None`` (already probabilities). Predicted class = argmax of probabilities (> 0.5 for a
             single channel).
@@ -239,7 +244,8 @@ def rotation_robustness(
 
     Raises:
         ValueError: empty ``angles``, unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does
-            not match the image, label values outside the output classes, or NaN outputs with ``"auc"`` scored.
+            not match the image, label values outside the output classes or not whole numbers (float labels are
+            not truncated), classification outputs that are not ``(N, C)``, or NaN network outputs (any metric).
         RuntimeError: called inside a distributed run with more than one process.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
@@ -250,6 +256,10 @@ def rotation_robustness(
         )
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got task={task!r}.")
+    # switches from a command line arrive as text: "false" is a non-empty, true string (it scored the background)
+    include_background = as_bool(include_background, "include_background")
+    amp = as_bool(amp, "amp")
+    merge_foreground = as_bool(merge_foreground, "merge_foreground")
     allowed = SEG_METRICS + INSTANCE_METRICS if task == "segmentation" else CLS_METRICS
     default = SEG_METRICS if task == "segmentation" else CLS_METRICS
     metrics = tuple(default if metrics is None else ([metrics] if isinstance(metrics, str) else metrics))
@@ -296,7 +306,7 @@ def rotation_robustness(
         for batch in _as_batches(data):
             x, y = parse_batch(batch, image_key, label_key)
             x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            y = _signed(y.to(device, non_blocking=True))
             y_inst = None
             if want_instances and task == "segmentation":
                 if instance_key is None:
@@ -305,7 +315,7 @@ def rotation_robustness(
                     if not isinstance(batch, Mapping) or instance_key not in batch:
                         raise ValueError(f"instance_key={instance_key!r} is not a key of the batches.")
                     y_inst = torch.as_tensor(batch[instance_key])
-                    y_inst = (y_inst.as_tensor() if hasattr(y_inst, "as_tensor") else y_inst).to(device)
+                    y_inst = _signed((y_inst.as_tensor() if hasattr(y_inst, "as_tensor") else y_inst).to(device))
             if y_inst is not None and y_inst.ndim == x.ndim - 1:
                 y_inst = y_inst.unsqueeze(1)
             if label_transform is not None:
@@ -330,9 +340,11 @@ def rotation_robustness(
                     acc.update(out, y)
                     continue
                 yg = g.apply(y, "nearest")
-                if out.shape[-spatial_dims:] != yg.shape[-spatial_dims:] or out.shape[0] != yg.shape[0]:
+                same = out.shape[-spatial_dims:] == yg.shape[-spatial_dims:] and out.shape[0] == yg.shape[0]
+                if out.ndim != yg.ndim or not same:  # (N, H, W): a softmax over H, then a bare broadcasting error
                     raise ValueError(
-                        f"network output shape {tuple(out.shape)} does not match the (rotated) label {tuple(yg.shape)}."
+                        f"network output shape {tuple(out.shape)} does not match the (rotated) label {tuple(yg.shape)}: "
+                        "segmentation outputs must be (N, C, *spatial) (a single-channel output keeps its C = 1 dim)."
                     )
                 # the rotation module's byte-budgeted LRU: a dict kept one mask per view and tile size for the whole
                 # run (GBs on data sets of varied tile sizes)
@@ -369,6 +381,14 @@ def rotation_robustness(
         "forward_passes_per_batch": len(geoms),
     }
     logger.info("rotation robustness of %s: %d images x %d views in %.1fs", model_name, n_images, len(geoms), seconds)
+    for m in metrics:  # the summary skips NaN angles: say so when it is over some of them only
+        undefined = [a for a, v in zip(angles, per_angle[m]) if math.isnan(v)]
+        if undefined and len(undefined) < na:
+            logger.warning(
+                "rotation robustness of %s: %s is undefined (NaN: nothing scorable in the region) at %d of %d angles "
+                "%s; its mean/std/min/worst angle are over the other %d angles only.",
+                model_name, m, len(undefined), na, undefined, na - len(undefined),
+            )  # fmt: skip
     return RobustnessResult(
         model_name=model_name,
         task=task,
@@ -381,6 +401,12 @@ def rotation_robustness(
         settings=settings,
         seconds=seconds,
     )
+
+
+def _signed(t: torch.Tensor) -> torch.Tensor:
+    """uint16/32/64 labels (16-bit instance maps) -> int64: PyTorch has no comparison or gather for them ("gt_cpu"
+    not implemented for 'UInt16' in binarize_label)."""
+    return t.long() if t.dtype in (torch.uint16, torch.uint32, torch.uint64) else t
 
 
 def _region_mask(

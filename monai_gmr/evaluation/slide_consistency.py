@@ -69,8 +69,9 @@ def compare_maps(
         ``n_cells`` map cells that are tissue in both maps, the mean and max absolute probability difference, the
         Dice of the maps thresholded at ``threshold`` (``1.0`` when neither has a positive cell) and the fraction of
         cells where the thresholded maps agree; ``tissue_iou``: IoU of the two tissue masks (``1.0`` when both are
-        empty). Maps of different shapes (``shape_match`` false) are compared on their common top-left part. Values
-        are ``None`` when no cell is tissue in both.
+        empty). A NaN probability is a cell without a value: it is not compared (nor counted in ``n_cells``). Maps of
+        different shapes (``shape_match`` false) are compared on their common top-left part. Values are ``None``
+        when no cell is tissue (with a value) in both.
     """
     prob, ref_prob = np.asarray(prob, np.float64), np.asarray(ref_prob, np.float64)
     tissue, ref_tissue = np.asarray(tissue, bool), np.asarray(ref_tissue, bool)
@@ -84,7 +85,9 @@ def compare_maps(
     prob, ref_prob, tissue, ref_tissue = prob[:h, :w], ref_prob[:h, :w], tissue[:h, :w], ref_tissue[:h, :w]
     union = int((tissue | ref_tissue).sum())
     iou = float((tissue & ref_tissue).sum() / union) if union else 1.0
-    both = tissue & ref_tissue
+    # a NaN cell (no value, e.g. a map that marks unscored cells NaN) is not compared: it made mean/max NaN while the
+    # Dice and agreement counted it as a negative
+    both = tissue & ref_tissue & ~np.isnan(prob) & ~np.isnan(ref_prob)
     n = int(both.sum())
     out: dict[str, Any] = {"n_cells": n, "mean_abs_diff": None, "max_abs_diff": None, "dice": None,
                            "agreement": None, "tissue_iou": iou, "shape_match": bool(shape_match)}  # fmt: skip

@@ -38,7 +38,8 @@ class RotationRobustnessEvaluator:
         dataloader: iterable of dict batches with ``image``/``label`` (after the bundle's preprocessing).
         output_dir: report directory.
         device: device to run on (default: CUDA when available, else CPU).
-        ckpt_path: optional checkpoint to load first (see :func:`load_checkpoint`).
+        ckpt_path: optional checkpoint to load first (see :func:`load_checkpoint`); ``network`` must then be an
+            ``nn.Module`` (``TypeError`` otherwise: the weights would not be loaded).
         prefix: report file stem.
         plot: write the polar plot.
         compare: JSON reports of other models (paths) overlaid on the polar plot.
@@ -71,6 +72,11 @@ class RotationRobustnessEvaluator:
     ) -> None:
         if output_dir is None:
             raise ValueError("output_dir must be a directory path, got output_dir=None.")
+        if ckpt_path is not None and not isinstance(network, torch.nn.Module):  # the weights were skipped silently
+            raise TypeError(
+                f"ckpt_path={str(ckpt_path)!r} needs an nn.Module network to load into, got a "
+                f"{type(network).__name__}; load the weights into the module before wrapping it, or pass the module."
+            )
         self.network = network
         self.dataloader = dataloader
         self.output_dir = Path(output_dir)

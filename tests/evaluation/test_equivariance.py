@@ -370,3 +370,21 @@ def test_the_cylinder_spans_the_whole_rotation_axis_and_euler_angles_keep_the_ba
     assert y.shape == (1, 1, 40, 40, 6) and r == 0.35 * 32 / 40
     own = central_disk_mask((32, 32, 6), 0.35, axes=(0, 1))
     assert torch.equal(central_disk_mask((40, 40, 6), r, axes=(0, 1))[4:36, 4:36], own) and own[..., 0].any()
+
+
+def test_zero_reference_output_gives_zero_or_inf_not_a_huge_finite_error():
+    """||a - b|| / ||b|| with b = 0 divided by clamp_min(1e-300): a map that is zero on x but not on g(x) read as an
+    error of ~1e301, a finite number that reports and means carried as such."""
+    from monai_gmr.evaluation import masked_rel_err
+
+    assert masked_rel_err(torch.ones(3), torch.zeros(3)) == float("inf")
+    assert masked_rel_err(torch.zeros(3), torch.zeros(3)) == 0.0
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., 1, 2] = 1.0  # off-centre: every non-identity D4 element moves it
+
+    def fn(t):  # zero for x, one everywhere for any other image
+        return (1.0 - t[..., 1:2, 2:3]).expand_as(t)
+
+    errs = group_equivariance_error(fn, x)
+    assert errs["rot0"] == 0.0 and errs["rot90"] == float("inf")
+    assert equivariance_error(lambda t: torch.zeros_like(t), torch.randn(1, 1, 16, 16), angles=(30,)) == {30.0: 0.0}

@@ -371,3 +371,70 @@ def test_defined_classes_roc_auc_handler_warns_under_its_attached_name(caplog):
     assert 0.0 <= engine.state.metrics["val_auc_attached"] <= 1.0
     warned = [r.getMessage() for r in caplog.records if "undefined" in r.getMessage()]
     assert warned and all("val_auc_attached" in w for w in warned), warned
+
+
+def test_float_labels_that_are_not_whole_numbers_are_refused():
+    """``y.long()`` truncated a resampled label's 0.5 (or a soft target's 0.7) to class 0: the foreground shrank
+    (or every sample became class 0, the AUC NaN) without a word. Whole-number floats still work."""
+    lab = torch.zeros(1, 1, 4, 4)
+    lab[..., :2, :2] = 1.0
+    logits = (lab * 2 - 1) * 5
+    acc = SegmentationAccumulator(("dice",))
+    acc.update(logits, lab)  # whole-number floats: accepted
+    assert acc.compute()["dice"] == 1.0
+    soft = lab.clone()
+    soft[..., 0, 0] = 0.5  # a bilinear-resampled label edge
+    with pytest.raises(ValueError, match="whole class indices.*0.5"):
+        SegmentationAccumulator(("dice",)).update(logits, soft)
+    cls = ClassificationAccumulator()
+    cls.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.0, 1.0]))
+    assert cls.compute() == {"accuracy": 1.0, "auc": 1.0}
+    with pytest.raises(ValueError, match="whole class indices"):
+        ClassificationAccumulator().update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.2, 0.7]))
+    cls = ClassificationAccumulator()  # label-smoothed one-hot targets are argmax-ed, not refused
+    cls.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
+    assert cls.compute()["accuracy"] == 1.0
+
+
+def test_classification_refuses_spatial_outputs_naming_the_task():
+    """A segmentation network's (N, C, H, W) maps under task='classification' failed with a bare broadcasting error,
+    and a (N, C, 1, 1) head broadcast against the (N,) labels: accuracy 2.0 for a perfect one on 4 samples."""
+    with pytest.raises(ValueError, match=r"\(N, C\).*task='segmentation'"):
+        ClassificationAccumulator().update(torch.randn(2, 2, 4, 4), torch.tensor([0, 1]))
+    y = torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match=r"\(N, C, 1, 1\)"):
+        ClassificationAccumulator().update((torch.nn.functional.one_hot(y, 2).float() * 5)[..., None, None], y)
+
+
+def test_false_positives_on_an_image_without_foreground_are_left_out_like_monai_ignore_empty():
+    """Documented convention (MONAI's ignore_empty=True): an image with no foreground in the region is left out of
+    Dice/IoU whatever the prediction, so its false positives cost nothing (they do lower the pixel AUC)."""
+    from monai.metrics import DiceMetric
+
+    fp = torch.full((1, 1, 8, 8), 5.0)  # foreground everywhere
+    empty = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    acc = SegmentationAccumulator(("dice", "iou"))
+    acc.update(fp, empty)
+    assert math.isnan(acc.compute()["dice"]) and math.isnan(acc.compute()["iou"])
+    pred_oh = torch.cat([torch.zeros_like(fp), torch.ones_like(fp)], 1)
+    assert torch.isnan(DiceMetric(include_background=False, ignore_empty=True)(pred_oh, 1 - pred_oh)).all()
+    lab = empty.clone()
+    lab[..., :2, :2] = 1  # with one scorable image the mean is that image's Dice (2*4 / (64 + 4))
+    acc.update(fp, lab)
+    assert acc.compute()["dice"] == pytest.approx(8 / 68)
+
+
+def test_nan_outputs_are_refused_for_every_metric_not_read_as_class_0():
+    """Only the AUC refused NaN outputs; argmax read a NaN pixel (sample) as class 0, so Dice/IoU/accuracy scored a
+    partly diverged network's NaNs as confident background (Dice 0.857 here instead of an error)."""
+    lab = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    lab[..., :2, :2] = 1
+    logits = (lab.float() * 2 - 1) * 5
+    logits[..., 0, 0] = float("nan")
+    for out in (logits, torch.cat([-logits, logits], 1)):
+        for metrics in (("dice",), ("iou",), ("auc",)):
+            with pytest.raises(ValueError, match="NaN"):
+                SegmentationAccumulator(metrics).update(out, lab)
+    with pytest.raises(ValueError, match="NaN"):
+        acc = ClassificationAccumulator(("accuracy",))
+        acc.update(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([1, 1]))

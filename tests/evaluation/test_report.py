@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 
 import pytest
@@ -408,3 +409,64 @@ def test_polar_plot_has_few_radial_labels(tmp_path, monkeypatch):
     ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
     assert 2 <= len(ticks) <= 5, ticks
     assert lo <= min(dice) and max(dice) <= hi
+
+
+def test_handler_metrics_of_an_epoch_without_values_are_nan_not_the_previous_epochs():
+    """A summary statistic that is undefined (every angle NaN: no foreground in the scored region) was skipped, so
+    engine.state.metrics kept the previous epoch's value and a checkpoint keyed on it read a stale number."""
+    y = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    y[..., 2:5, 2:5] = 1
+    engine = Engine(lambda e, b: None)
+    h = RotationRobustnessHandler(data=(y.float(), y), network=lambda x: torch.cat([1 - x, x], 1) * 10, angles=(0, 90),
+                                  flips=(), metrics=("dice",), device="cpu")
+    h(engine)
+    assert engine.state.metrics["robustness_dice_mean"] == 1.0
+    h.data = (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.long))  # no foreground anywhere
+    h(engine)
+    assert all(math.isnan(engine.state.metrics[f"robustness_dice_{s}"]) for s in ("mean", "std", "min"))
+
+
+def test_evaluator_refuses_a_checkpoint_it_cannot_load(tmp_path):
+    """A ckpt_path with a network that is not an nn.Module (a wrapping function) was skipped without a word: the
+    report scored weights other than the checkpoint's."""
+    net = torch.nn.Sequential(monai_gmr.GMRConv(2, 1, 2, 3))
+    ckpt = tmp_path / "model.pt"
+    torch.save({"network": net.state_dict()}, ckpt)
+    with pytest.raises(TypeError, match="ckpt_path.*nn.Module"):
+        RotationRobustnessEvaluator(lambda x: net(x), _seg_data(), tmp_path / "out", device="cpu", ckpt_path=ckpt)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_plot_switch_given_as_text(tmp_path, monkeypatch):
+    """Fire passes ``--plot false`` as the string "false", which is true: the PNG was written anyway."""
+    assert _cli_with_a_fake_evaluator(tmp_path, monkeypatch, plot="false")["plot"] is False
+    with pytest.raises(ValueError, match="plot"):
+        _cli_with_a_fake_evaluator(tmp_path, monkeypatch, plot="maybe")
+
+
+def test_tensorboard_warns_when_rounded_angles_share_a_step(caplog):
+    """Angles less than a degree apart (0 and 0.4) were written at one integer step without a word: TensorBoard
+    showed one of them."""
+    from monai_gmr.evaluation import write_tensorboard
+
+    w = _Writer()
+    r = RobustnessResult("m", "segmentation", ["dice"], [0.0, 0.4, 1.0], [], {"dice": [0.9, 0.8, 0.7]})
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation.report"):
+        write_tensorboard(r, w)
+    assert "share integer steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation.report"):
+        write_tensorboard(_result(), w)
+    assert "share integer steps" not in caplog.text
+
+
+def test_load_result_of_a_file_that_is_not_a_report_names_it(tmp_path):
+    """``--compare eval/metrics.json`` (or the CSV) failed with a bare KeyError 'model_name' / JSONDecodeError."""
+    (tmp_path / "metrics.json").write_text(json.dumps({"dice": 0.8}))
+    (tmp_path / "robustness.csv").write_text("model,view\n")
+    with pytest.raises(ValueError, match=r"metrics\.json is not a robustness report.*model_name"):
+        load_result(tmp_path / "metrics.json")
+    with pytest.raises(ValueError, match=r"robustness\.csv is not JSON"):
+        load_result(tmp_path / "robustness.csv")
+    save_json(_result(), tmp_path / "ok.json")
+    assert load_result(tmp_path / "ok.json").per_angle == _result().per_angle

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -432,3 +435,68 @@ def test_scored_region_follows_image_mode_and_radius_in_one_process():
     kw = dict(angles=(0, 90), flips=(), metrics=("dice",), image_mode="nearest", region="disk")
     assert rotation_robustness(_identity_net, (img, lab), radius_frac=0.2, **kw).per_angle["dice"] == [1.0, 1.0]
     assert max(rotation_robustness(_identity_net, (img, lab), radius_frac=0.45, **kw).per_angle["dice"]) < 0.99
+
+
+def test_summary_worst_angle_on_ties_is_the_first_in_the_given_order_and_nan_is_skipped():
+    r = RobustnessResult("m", "segmentation", ["dice"], [270.0, 0.0, 90.0, 180.0], [],
+                         {"dice": [0.5, float("nan"), 0.3, 0.3]})
+    s = r.summary()["dice"]
+    assert s["worst_angle"] == 90.0 and s["min"] == 0.3 and s["at_0"] is None
+    assert s["mean"] == pytest.approx(1.1 / 3) and s["std"] == pytest.approx(np.std([0.5, 0.3, 0.3]))
+
+
+def test_switches_given_as_text_mean_what_they_say():
+    """``--include_background false`` reaches rotation_robustness as the string "false", which is true: the Dice
+    silently included the background class (0.059 instead of 0.118 here)."""
+    y = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    y[..., 2:4, 2:4] = 1
+    net = lambda x: torch.cat([x * 0, x * 0 + 1], 1)  # noqa: E731  foreground everywhere
+    kw = dict(angles=[0], flips=(), metrics=("dice",))
+    ref = rotation_robustness(net, (y.float(), y), include_background=False, **kw).per_angle["dice"]
+    assert ref == [pytest.approx(8 / 68)]
+    for text in ("false", "False", "no", "0"):
+        r = rotation_robustness(net, (y.float(), y), include_background=text, merge_foreground=text, amp=text, **kw)
+        assert r.per_angle["dice"] == ref and r.settings["include_background"] is False
+    with pytest.raises(ValueError, match="include_background"):
+        rotation_robustness(net, (y.float(), y), include_background="maybe", **kw)
+
+
+def test_uint16_instance_labels_are_scored():
+    """16-bit instance maps (the usual nuclei label format) failed in binarize_label with PyTorch's bare
+    '"gt_cpu" not implemented for 'UInt16''; they are read as int64 now."""
+    from monai_gmr.evaluation import binarize_label
+
+    inst = torch.zeros(1, 1, 16, 16, dtype=torch.int64)
+    inst[..., 3:6, 3:6] = 7
+    inst[..., 9:12, 8:12] = 300
+    net = lambda x: torch.cat([1 - x, x], 1) * 10  # noqa: E731
+    kw = dict(angles=[0, 90, 30], flips=("h",), metrics=("dice", "aji"), label_transform=binarize_label,
+              image_mode="nearest")
+    ref = rotation_robustness(net, {"image": (inst > 0).float(), "label": inst}, **kw)
+    r = rotation_robustness(net, {"image": (inst > 0).float(), "label": inst.to(torch.uint16)}, **kw)
+    assert r.per_angle == ref.per_angle == {"dice": [1.0] * 3, "aji": [1.0] * 3}
+    batch = {"image": (inst > 0).float(), "label": binarize_label(inst), "inst": inst.to(torch.uint16)}
+    r = rotation_robustness(net, batch, instance_key="inst", **{**kw, "label_transform": None})
+    assert r.per_angle == ref.per_angle
+
+
+def test_angles_where_a_metric_is_undefined_are_named_in_a_warning(caplog):
+    """The only nucleus sits near the corner: at 45 degrees it leaves the valid region, the Dice is NaN there and the
+    summary is over the other angles; that is logged (it was silent) and the NaN angle is skipped."""
+    y = torch.zeros(1, 1, 16, 16, dtype=torch.long)
+    y[..., 0:2, 0:2] = 1
+    net = lambda x: torch.cat([1 - x, x], 1) * 10  # noqa: E731
+    with caplog.at_level("WARNING", logger="monai_gmr.evaluation.robustness"):
+        r = rotation_robustness(net, (y.float(), y), angles=[0, 45, 90], flips=(), metrics=("dice",),
+                                image_mode="nearest")
+    assert r.per_angle["dice"][0] == 1.0 and math.isnan(r.per_angle["dice"][1]) and r.per_angle["dice"][2] == 1.0
+    assert r.summary()["dice"]["mean"] == 1.0
+    assert "dice is undefined" in caplog.text and "[45.0]" in caplog.text
+
+
+def test_segmentation_output_without_its_channel_dim_is_refused():
+    """A single-channel network returning (N, H, W) got a softmax over H and then a bare broadcasting error."""
+    y = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    y[..., 2:5, 2:5] = 1
+    with pytest.raises(ValueError, match=r"must be \(N, C, \*spatial\)"):
+        rotation_robustness(lambda x: (x[:, 0] * 2 - 1) * 5, (y.float(), y), angles=[0], flips=(), metrics=("dice",))

@@ -116,3 +116,18 @@ def test_work_dir_files_of_the_user_are_kept(slide, tmp_path):
     slide_map_consistency(slide, MeanNet(), work, {**KW, "grid": "centered"}, elements=["rot90"])
     assert sorted(p.name for p in work.iterdir()) == ["s_rot90.tif"]
     assert (work / "s_rot90.tif").read_bytes() == b"not a copy"
+
+
+def test_compare_maps_leaves_out_nan_cells_inside_tissue():
+    """A NaN probability in tissue made mean/max |dp| NaN while Dice and agreement counted it as a negative cell."""
+    p = np.random.default_rng(0).random((5, 6))
+    tissue = np.ones((5, 6), bool)
+    q = p.copy()
+    q[1, 1] = np.nan
+    r = compare_maps(q, tissue, p, tissue)
+    assert r["n_cells"] == 29
+    assert r["mean_abs_diff"] == 0.0 and r["max_abs_diff"] == 0.0 and r["dice"] == 1.0 and r["agreement"] == 1.0
+    outside = p.copy()
+    outside[0] = np.nan  # NaN outside tissue: never compared
+    tissue[0] = False
+    assert compare_maps(outside, tissue, p, tissue)["mean_abs_diff"] == 0.0
