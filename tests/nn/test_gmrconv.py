@@ -131,6 +131,7 @@ def test_2d_batch_into_a_3d_layer_names_the_shape(scripted):
         m(torch.randn(1, 2, 4, 4, 4))
     assert m(torch.randn(3, 4, 4, 4)).shape == (4, 4, 4, 4)  # a real unbatched volume still runs
 
+
 @pytest.mark.parametrize("impl,scripted", [("dense", False), ("rings", False), ("dense", True)])
 def test_integer_input_is_refused_not_run_with_a_truncated_kernel(impl, scripted):
     """The kernel is cast to the input's dtype; an integer input (e.g. a uint8/int64 image batch) used to run with
