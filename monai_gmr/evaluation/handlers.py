@@ -11,6 +11,8 @@ from typing import Any
 
 from monai.handlers import IgniteMetricHandler
 
+from monai_gmr.utils import as_bool
+
 from .metrics import DefinedClassesROCAUCMetric
 from .report import write_report, write_tensorboard
 from .robustness import RobustnessResult, rotation_robustness
@@ -76,7 +78,7 @@ class RotationRobustnessHandler:
         self.event = event
         self.interval = int(interval)
         self.prefix = prefix
-        self.plot = plot
+        self.plot = as_bool(plot, "plot")  # "false" (text from a config) was true: a plot was written
         self.kwargs = kwargs
         self.last_result: RobustnessResult | None = None
         self.history: list[tuple[int, RobustnessResult]] = []

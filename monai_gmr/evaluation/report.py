@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_gmr.functional.rotation import Geometry
-from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text
+from monai_gmr.utils import as_bool, atomic_path, atomic_write_json, atomic_write_text
 
 from .robustness import RobustnessResult
 
@@ -220,12 +220,14 @@ def write_report(
         result: the result to write.
         output_dir: created if missing.
         prefix: file name stem.
-        plot: also write the polar plot (``compare`` results overlaid).
+        plot: also write the polar plot (``compare`` results overlaid); text forms of
+            :func:`monai_gmr.utils.as_bool` (``"false"``, ``"no"``) are read as such, other text raises ``ValueError``.
         compare: other results to overlay on the plot (e.g. a plain baseline).
 
     Returns:
         ``{"json": path, "csv": path[, "png": path]}``.
     """
+    plot = as_bool(plot, "plot")  # before anything is written: "false" from a config or command line is true text
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": save_json(result, out / f"{prefix}.json"), "csv": save_csv(result, out / f"{prefix}.csv")}

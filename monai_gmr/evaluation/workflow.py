@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from monai_gmr.utils import as_bool
+
 from .report import load_result, write_report, write_tensorboard
 from .robustness import RobustnessResult, rotation_robustness
 
@@ -83,7 +85,7 @@ class RotationRobustnessEvaluator:
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.ckpt_path = ckpt_path
         self.prefix = prefix
-        self.plot = plot
+        self.plot = as_bool(plot, "plot")  # "false" (text from a config) was true: a plot was written
         self.compare = [Path(c) for c in compare]
         self.log_dir = log_dir
         self.kwargs = kwargs

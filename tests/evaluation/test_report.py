@@ -470,3 +470,28 @@ def test_load_result_of_a_file_that_is_not_a_report_names_it(tmp_path):
         load_result(tmp_path / "robustness.csv")
     save_json(_result(), tmp_path / "ok.json")
     assert load_result(tmp_path / "ok.json").per_angle == _result().per_angle
+
+
+def test_plot_switch_given_as_text_to_the_evaluator_handler_and_writer(tmp_path):
+    """``plot="false"`` (text from a config or a command line) is a non-empty, true string: the evaluator, the
+    handler and write_report wrote the polar plot anyway. Now read with as_bool; other text is refused before any
+    report file is written."""
+    from monai_gmr.evaluation import RotationRobustnessHandler
+
+    net = torch.nn.Conv2d(1, 2, 1)
+    ev = RotationRobustnessEvaluator(net, _seg_data(1), tmp_path / "ev", device="cpu", plot="false", angles=(0, 90),
+                                     flips=(), metrics=("dice",))  # fmt: skip
+    ev.run()
+    assert _listing(tmp_path / "ev") == ["robustness.csv", "robustness.json"]
+    h = RotationRobustnessHandler(data=_seg_data(1), network=net, output_dir=tmp_path / "h", angles=(0, 90), flips=(),
+                                  metrics=("dice",), plot="no")  # fmt: skip
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch = 1
+    h(engine)
+    assert not [f for f in os.listdir(tmp_path / "h") if f.endswith(".png")] and os.listdir(tmp_path / "h")
+    assert "png" not in write_report(_result(), tmp_path / "w", plot="false")
+    with pytest.raises(ValueError, match="plot"):
+        write_report(_result(), tmp_path / "bad", plot="maybe")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="plot"):
+        RotationRobustnessEvaluator(net, _seg_data(1), tmp_path / "ev2", device="cpu", plot="maybe")
