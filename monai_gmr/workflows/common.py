@@ -289,6 +289,11 @@ def attach_resume(
 
     Returns:
         The checkpoint path being resumed from, or ``None`` (disabled or nothing to resume; a warning is logged).
+        A newest checkpoint that cannot be loaded (truncated by a crash outside the atomic saver) is skipped with a
+        warning in favour of the newest readable one.
+
+    Raises:
+        RuntimeError: checkpoints exist but none can be loaded.
     """
     ckpt_dir = Path(ckpt_dir)
     if not enabled:
@@ -304,6 +309,8 @@ def attach_resume(
     if path is None:
         logger.warning("resume=True but no checkpoint_epoch=N.pt in %s: training starts from scratch.", ckpt_dir)
         return None
+    unreadable = []
+    path = _newest_readable_checkpoint(Path(path), map_location, unreadable)
     logger.info("resuming training from %s", path)
     CheckpointLoader(load_path=path, load_dict=dict(load_dict), map_location=map_location).attach(engine)
     horizons = {k: v.T_max for k, v in load_dict.items() if isinstance(v, torch.optim.lr_scheduler.CosineAnnealingLR)}
@@ -327,13 +334,41 @@ def attach_resume(
     interval = getattr(saver, "_interval_checkpoint", None)
     if interval is not None and is_main_process():
         pattern = _saver_pattern(interval)  # only this saver's files (another saver may share the folder)
-        files = [p for _, p in _interval_checkpoints(ckpt_dir, pattern)]
+        # unreadable newer files are neither counted nor pruned: the run's next saves of those epochs replace them
+        files = [p for _, p in _interval_checkpoints(ckpt_dir, pattern) if p not in unreadable]
         keep = files[-interval.n_saved :] if interval.n_saved else files
         for old in files[: len(files) - len(keep)]:
             if old != Path(path):  # never the one being resumed
                 old.unlink()
-        interval._saved = [type(interval).Item(n, p.name) for n, p in _interval_checkpoints(ckpt_dir, pattern)]
+        interval._saved = [
+            type(interval).Item(n, p.name) for n, p in _interval_checkpoints(ckpt_dir, pattern) if p not in unreadable
+        ]
     return path
+
+
+def _newest_readable_checkpoint(latest: Path, map_location: Any, unreadable: list[Path]) -> str:
+    """``latest`` or, when it cannot be loaded (truncated by a crash outside :class:`AtomicCheckpointSaver`, a full
+    disk, a copy cut short), the newest readable checkpoint of the same kind before it; each unreadable one is
+    logged and appended to ``unreadable``.
+
+    Raises:
+        RuntimeError: no checkpoint of that kind can be loaded (the message names the files).
+    """
+    kind = CHECKPOINT_PATTERN.match(latest.name).group(1)
+    candidates = _interval_checkpoints(latest.parent, re.compile(rf"^(?:.*_)?checkpoint_{kind}=(\d+)\.pt$"))
+    for _, path in reversed(candidates):
+        try:
+            torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure to read it: try the previous one
+            reason = (str(e).splitlines() or [""])[0]
+            logger.warning("resume: skipping unreadable checkpoint %s (%s: %s)", path, type(e).__name__, reason)
+            unreadable.append(path)
+            continue
+        return str(path)
+    raise RuntimeError(
+        f"resume=True but none of the checkpoints in {str(latest.parent)!r} can be loaded "
+        f"({', '.join(p.name for p in unreadable)}): remove them, or start a fresh run without resume."
+    )
 
 
 def _best_model_files(load_dict: Mapping[str, Any], ckpt_dir: Path) -> list[Path]:

@@ -787,3 +787,24 @@ def test_check_datalist_refuses_a_16_bit_colour_png(tmp_path):
     _png16(tmp_path / "grey.png", rgb[..., 0])  # 16-bit grey is read at full depth: not refused here
     Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "rgb8.png")
     assert len(check_datalist([{"image": str(tmp_path / p)} for p in ("grey.png", "rgb8.png")], keys=("image",))) == 2
+
+
+def test_resume_skips_a_truncated_latest_checkpoint(tmp_path, caplog):
+    """A newest checkpoint cut short outside the atomic saver (a kill during a copy, a full disk) stopped the resumed
+    run at its start with torch's bare "failed finding central directory", naming no file. It is skipped with a
+    warning now, the run resumes from the previous one and its next save replaces the broken file; when no
+    checkpoint can be read the error names the files."""
+    _run_with_saver(tmp_path, 2, False)  # leaves epochs 1, 2
+    broken = tmp_path / "checkpoint_epoch=2.pt"
+    broken.write_bytes(broken.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger=common.logger.name):
+        path, summary, files, lrs = _run_with_saver(tmp_path, 3, True)
+    assert Path(path).name == "checkpoint_epoch=1.pt" and "checkpoint_epoch=2.pt" in caplog.text
+    assert summary["start_epoch"] == 1 and len(lrs) == 2  # epochs 2 and 3 trained again
+    assert files == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]
+    torch.load(broken, weights_only=True)  # rewritten by the resumed run
+    for p in tmp_path.glob("checkpoint_epoch=*.pt"):
+        p.write_bytes(b"")
+    trainer, net, _ = _tiny_trainer(None, max_epochs=5)
+    with pytest.raises(RuntimeError, match=r"checkpoint_epoch=3\.pt, checkpoint_epoch=2\.pt"):
+        attach_resume(trainer, True, tmp_path, {"model": net, "trainer": trainer})
