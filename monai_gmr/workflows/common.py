@@ -312,7 +312,7 @@ def attach_resume(
     unreadable = []
     path = _newest_readable_checkpoint(Path(path), map_location, unreadable)
     logger.info("resuming training from %s", path)
-    CheckpointLoader(load_path=path, load_dict=dict(load_dict), map_location=map_location).attach(engine)
+    _ResumeLoader(load_path=path, load_dict=dict(load_dict), map_location=map_location).attach(engine)
     horizons = {k: v.T_max for k, v in load_dict.items() if isinstance(v, torch.optim.lr_scheduler.CosineAnnealingLR)}
     if horizons:
         from ignite.engine import Events
@@ -344,6 +344,35 @@ def attach_resume(
             type(interval).Item(n, p.name) for n, p in _interval_checkpoints(ckpt_dir, pattern) if p not in unreadable
         ]
     return path
+
+
+class _ResumeLoader(CheckpointLoader):
+    """MONAI ``CheckpointLoader`` whose errors name the checkpoint and the likely cause.
+
+    MONAI's loader raises torch's bare ``Error(s) in loading state_dict for ...`` when the checkpoint comes from a
+    run with another network or settings, and "Epoch count (N) in checkpoint is larger than the
+    `engine.state.max_epochs`" when the run's ``epochs`` is below the checkpoint's epoch; neither names the file.
+    """
+
+    def __call__(self, engine: Any) -> None:
+        max_epochs = engine.state.max_epochs
+        try:
+            super().__call__(engine)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = " ".join(line.strip() for line in str(e).splitlines()[:2])  # the heading and the first key
+            if isinstance(e, ValueError) and max_epochs is not None and engine.state.epoch > max_epochs:
+                msg = (
+                    f"cannot resume from {self.load_path!r}: it was saved after epoch {engine.state.epoch}, beyond "
+                    f"this run's epochs ({max_epochs}); set epochs above {engine.state.epoch} to train on, or start "
+                    "a fresh run without resume."
+                )
+            else:
+                msg = (
+                    f"cannot resume from {self.load_path!r}: it does not fit this run ({first} ...); it was probably "
+                    "written by a run with another network or settings: resume with those, or start a fresh run "
+                    "without resume (which moves the earlier run's checkpoints aside)."
+                )
+            raise type(e)(msg) from e
 
 
 def _newest_readable_checkpoint(latest: Path, map_location: Any, unreadable: list[Path]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -808,3 +809,21 @@ def test_resume_skips_a_truncated_latest_checkpoint(tmp_path, caplog):
     trainer, net, _ = _tiny_trainer(None, max_epochs=5)
     with pytest.raises(RuntimeError, match=r"checkpoint_epoch=3\.pt, checkpoint_epoch=2\.pt"):
         attach_resume(trainer, True, tmp_path, {"model": net, "trainer": trainer})
+
+
+def test_resume_errors_name_the_checkpoint(tmp_path):
+    """Resuming with another network (or with epochs below the checkpoint's) stopped with MONAI's/torch's message
+    ("Error(s) in loading state_dict for Conv2d", "Epoch count (2) in checkpoint is larger than ..."), which names
+    neither the file nor what to do."""
+    _run_with_saver(tmp_path, 2, False)
+    ckpt = str(tmp_path / "checkpoint_epoch=2.pt")
+    trainer, _, _ = _tiny_trainer(None, max_epochs=3, n=2)
+    other = torch.nn.Conv2d(1, 2, 5, padding=2)
+    attach_resume(trainer, True, tmp_path, {"model": other, "trainer": trainer})
+    with pytest.raises(RuntimeError, match=rf"cannot resume from {re.escape(repr(ckpt))}: .*size mismatch.*another network") as e:
+        trainer.run()
+    assert "Error(s) in loading state_dict" in str(e.value.__cause__)
+    trainer, net, _ = _tiny_trainer(None, max_epochs=1, n=2)
+    attach_resume(trainer, True, tmp_path, {"model": net, "trainer": trainer})
+    with pytest.raises(ValueError, match=rf"{re.escape(repr(ckpt))}: it was saved after epoch 2, beyond this run's epochs \(1\)"):
+        trainer.run()
