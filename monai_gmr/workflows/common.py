@@ -272,7 +272,8 @@ def attach_resume(
 
     A run started with a larger ``max_epochs`` than the checkpoint's keeps the configured horizon of schedulers
     that have one (``CosineAnnealingLR.T_max``): the checkpoint's value would make the learning rate climb back
-    after the old end. Without ``enabled`` (a fresh run), interval checkpoints an earlier run left in ``ckpt_dir``
+    after the old end; it also keeps the trainer's configured ``epoch_length`` (ignite would restore the
+    checkpoint's, the old number of iterations per epoch after the data grew). Without ``enabled`` (a fresh run), interval checkpoints an earlier run left in ``ckpt_dir``
     are moved to ``ckpt_dir/previous_run_<time>/`` (on the main process), so that a later resume cannot pick one
     of them up, together with the best model of every :class:`KeyMetricState` in ``load_dict`` saved there under a
     fixed name (``model.pt``), which the new run would otherwise overwrite at its first validation.
@@ -347,7 +348,8 @@ def attach_resume(
 
 
 class _ResumeLoader(CheckpointLoader):
-    """MONAI ``CheckpointLoader`` whose errors name the checkpoint and the likely cause.
+    """MONAI ``CheckpointLoader`` whose errors name the checkpoint and the likely cause, and which keeps the
+    trainer's configured ``epoch_length`` (like MONAI's loader keeps ``max_epochs``).
 
     MONAI's loader raises torch's bare ``Error(s) in loading state_dict for ...`` when the checkpoint comes from a
     run with another network or settings, and "Epoch count (N) in checkpoint is larger than the
@@ -355,7 +357,7 @@ class _ResumeLoader(CheckpointLoader):
     """
 
     def __call__(self, engine: Any) -> None:
-        max_epochs = engine.state.max_epochs
+        max_epochs, epoch_length = engine.state.max_epochs, engine.state.epoch_length
         try:
             super().__call__(engine)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
@@ -373,6 +375,15 @@ class _ResumeLoader(CheckpointLoader):
                     "without resume (which moves the earlier run's checkpoints aside)."
                 )
             raise type(e)(msg) from e
+        # ignite restores the checkpoint's epoch_length too: a run resumed after the data grew (or with another
+        # epoch_length) ran the old number of iterations per epoch and left the rest of each epoch's data unused
+        if epoch_length is not None and engine.state.epoch_length != epoch_length:
+            logger.warning(
+                "resume: epoch_length %s in %s -> %s as configured (the data or epoch_length changed)",
+                engine.state.epoch_length, self.load_path, epoch_length,
+            )  # fmt: skip
+            engine.state.epoch_length = epoch_length
+            engine.state.iteration = engine.state.epoch * epoch_length  # an interrupted epoch starts again
 
 
 def _newest_readable_checkpoint(latest: Path, map_location: Any, unreadable: list[Path]) -> str:

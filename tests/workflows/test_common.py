@@ -827,3 +827,17 @@ def test_resume_errors_name_the_checkpoint(tmp_path):
     attach_resume(trainer, True, tmp_path, {"model": net, "trainer": trainer})
     with pytest.raises(ValueError, match=rf"{re.escape(repr(ckpt))}: it was saved after epoch 2, beyond this run's epochs \(1\)"):
         trainer.run()
+
+
+def test_resume_keeps_the_configured_epoch_length(tmp_path):
+    """ignite restores the checkpoint's epoch_length with the trainer state: after the training data doubled (or
+    with another epoch_length), every resumed epoch silently ran the old number of iterations, half the data."""
+    from ignite.engine import Events
+
+    _run_with_saver(tmp_path, 2, False, n=4)  # 2 iterations per epoch
+    trainer, net, opt = _tiny_trainer(None, max_epochs=4, n=8)  # 4 iterations per epoch now
+    seen = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append((e.state.epoch, e.state.iteration)))
+    attach_resume(trainer, True, tmp_path, {"model": net, "optimizer": opt, "trainer": trainer})
+    trainer.run()
+    assert trainer.state.epoch_length == 4 and seen == [(3, 12), (4, 16)]
