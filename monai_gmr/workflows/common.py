@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import logging
 import os
 import re
@@ -419,9 +420,9 @@ def _best_model_files(load_dict: Mapping[str, Any], ckpt_dir: Path) -> list[Path
         handler = obj._ckpt.save_handler if isinstance(obj, KeyMetricState) else None
         name, dirname = getattr(handler, "filename", None), getattr(handler, "dirname", None)
         if name and dirname is not None and Path(dirname).resolve() == ckpt_dir.resolve():
-            path = ckpt_dir / name
-            if path.is_file() and path not in found:
-                found.append(path)
+            for path in (ckpt_dir / name, ckpt_dir / f"{name}.json"):  # and KeyMetricState's record of it
+                if path.is_file() and path not in found:
+                    found.append(path)
     return found
 
 
@@ -434,6 +435,13 @@ class KeyMetricState:
     longer a plain state dict.) With ``evaluator`` it also carries the evaluator's ``best_metric`` and
     ``best_metric_epoch``, so that the logs and the run summary of a resumed run name the same best epoch as
     ``model.pt`` (a fresh evaluator would otherwise start from "no best yet").
+
+    A best model saved *after* the newest interval checkpoint (``--ckpt_interval`` above the validation interval,
+    or a kill between a validation and that epoch's checkpoint) is unknown to the checkpoint: a resumed run compared
+    later scores with the checkpoint's older, lower best and replaced the better ``model.pt`` with a worse one.
+    With ``evaluator`` the state is therefore also written (atomically, main process) next to a fixed-name best
+    model after each validation that saved one (``model.pt.json``), and :meth:`load_state_dict` takes that file's
+    state when it is better than the checkpoint's (and ``model.pt`` exists).
 
     Args:
         saver: a ``CheckpointSaver`` created with ``save_key_metric=True``.
@@ -449,6 +457,26 @@ class KeyMetricState:
             raise TypeError(f"evaluator must be an ignite/MONAI engine with a state, got {type(evaluator).__name__}.")
         self._ckpt = ckpt
         self._evaluator = evaluator
+        self._written: list | None = None
+        if evaluator is not None and hasattr(evaluator, "add_event_handler"):
+            from ignite.engine import Events
+
+            # registered after the saver (a validation handler attached when the evaluator was built)
+            evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._write_sidecar)
+
+    def _sidecar(self) -> Path | None:
+        """``<best model>.json`` of a fixed-name best model (MONAI ``key_metric_filename``), else ``None``."""
+        handler = self._ckpt.save_handler
+        name, dirname = getattr(handler, "filename", None), getattr(handler, "dirname", None)
+        return None if not name or dirname is None else Path(dirname) / f"{name}.json"
+
+    def _write_sidecar(self, _engine: Any = None) -> None:
+        saved = [(item.priority, item.filename) for item in self._ckpt._saved]
+        sidecar = self._sidecar()
+        if sidecar is not None and saved and saved != self._written and is_main_process():
+            if sidecar.with_suffix("").is_file():  # the best model was written (not a failed save)
+                atomic_write_json(sidecar, self.state_dict())
+                self._written = saved
 
     def state_dict(self) -> dict[str, Any]:
         """Saved (priority, filename) pairs of the best checkpoints (and the evaluator's best metric/epoch)."""
@@ -460,7 +488,26 @@ class KeyMetricState:
         return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore the tracking list (keeps the saver's existing files) and the evaluator's best metric/epoch."""
+        """Restore the tracking list (keeps the saver's existing files) and the evaluator's best metric/epoch, from
+        ``state_dict`` or from the best model's ``.json`` when that one is better (saved after the checkpoint)."""
+        sidecar = self._sidecar()
+        if sidecar is not None and sidecar.is_file() and sidecar.with_suffix("").is_file():
+            try:
+                newer = json.loads(sidecar.read_text())
+            except (OSError, ValueError) as e:
+                logger.warning("ignoring unreadable %s (%s)", sidecar, e)
+                newer = {}
+
+            def _rank(sd: Mapping[str, Any]) -> tuple[float, int]:
+                best = max((float(p) for p, _ in sd.get("saved", [])), default=float("-inf"))
+                return best, int(sd.get("best_metric_epoch", -1))
+
+            if newer.get("saved") and _rank(newer) > _rank(state_dict):
+                logger.info(
+                    "%s is newer than the checkpoint (best %s at epoch %s): kept as the best so far",
+                    sidecar.with_suffix(""), newer.get("best_metric", newer["saved"][0][0]), newer.get("best_metric_epoch"),
+                )  # fmt: skip
+                state_dict = newer
         self._ckpt.load_state_dict({"_saved": [(p, f) for p, f in state_dict.get("saved", [])]})
         st = getattr(self._evaluator, "state", None)
         if st is not None and "best_metric" in state_dict:

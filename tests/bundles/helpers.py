@@ -146,7 +146,7 @@ def check_kill_and_resume(train_config: str, args: list[str], out: Path, tmp_pat
     models = out / "models"
     assert sorted(p.name for p in models.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
     assert not (out / "train_summary.json").exists()
-    assert not [p for p in models.iterdir() if not p.name.endswith(".pt")]  # no partial checkpoint
+    assert not [p for p in models.iterdir() if not p.name.endswith((".pt", "model.pt.json"))]  # no partial checkpoint
 
     proc = run_bundle([train_config], *args, "--resume", "true", cwd=tmp_path)
     log = proc.stdout + proc.stderr

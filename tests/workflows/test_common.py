@@ -841,3 +841,48 @@ def test_resume_keeps_the_configured_epoch_length(tmp_path):
     attach_resume(trainer, True, tmp_path, {"model": net, "optimizer": opt, "trainer": trainer})
     trainer.run()
     assert trainer.state.epoch_length == 4 and seen == [(3, 12), (4, 16)]
+
+
+def _best_model_run(d, scores, max_epochs, resume):
+    """Trainer validating every epoch (score ``scores[epoch]``, weights = score), best model ``model.pt``, interval
+    checkpoints every 2 epochs; returns the evaluator."""
+    from ignite.engine import Engine, Events
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    trainer, evaluator = Engine(lambda e, b: None), Engine(lambda e, b: None)
+    best = AtomicCheckpointSaver(save_dir=str(d), save_dict={"model": net}, save_key_metric=True,
+                                 key_metric_filename="model.pt")  # fmt: skip
+    score = {}
+
+    @evaluator.on(Events.EPOCH_COMPLETED)  # before the saver, as MONAI's metrics
+    def _metric(v):
+        v.state.metrics, v.state.key_metric_name = {"k": score["k"]}, "k"
+
+    best.attach(evaluator)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate(e):
+        with torch.no_grad():
+            net.weight.fill_(scores[e.state.epoch])
+        score["k"] = scores[e.state.epoch]
+        evaluator.run([0], max_epochs=1)
+
+    state = {"model": net, "trainer": trainer, "best_metric_state": KeyMetricState(best, evaluator)}
+    saver = AtomicCheckpointSaver(save_dir=str(d), save_dict=state, save_interval=2, n_saved=2)
+    saver.attach(trainer)
+    attach_resume(trainer, resume, d, state, saver=saver)
+    trainer.run([0], max_epochs=max_epochs)
+
+
+def test_resume_keeps_a_best_model_saved_after_the_checkpoint(tmp_path):
+    """model.pt saved after the newest interval checkpoint (ckpt_interval 2, validation every epoch; or a kill between
+    a validation and its epoch's checkpoint): the resumed run knew only the checkpoint's older best (0.6) and
+    replaced the better model.pt (0.9) with a worse one (0.7)."""
+    _best_model_run(tmp_path, {1: 0.5, 2: 0.6, 3: 0.9}, 3, False)  # checkpoint at epoch 2, model.pt at epoch 3
+    _best_model_run(tmp_path, {3: 0.7, 4: 0.65}, 4, True)  # resumed at 2: epoch 3 again scores 0.7 < 0.9
+    assert float(torch.load(tmp_path / "model.pt", weights_only=True)["weight"]) == pytest.approx(0.9)
+    _best_model_run(tmp_path, {1: 0.3}, 1, False)  # a fresh run moves model.pt and its record aside together
+    assert float(torch.load(tmp_path / "model.pt", weights_only=True)["weight"]) == pytest.approx(0.3)
+    assert json.loads((tmp_path / "model.pt.json").read_text())["saved"][0][0] == pytest.approx(0.3)
+    (aside,) = tmp_path.glob("previous_run_*")
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=4.pt", "model.pt", "model.pt.json"]
