@@ -322,13 +322,13 @@ class GMRConv(nn.Module):
             # module would ignore later weight changes, and a trace after an earlier call recorded another graph
             # than the trace checker's rerun: "Graphs differed across invocations")
             and not torch.jit.is_tracing()
+            and not (torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad))
             # torch.func transforms (vmap, grad, ...): the parameters may be batched / wrapped tensors, which the value
             # check cannot compare (vmap: "Batching rule not implemented for aten::equal") and the cache must not
             # keep past the transform
             and not torch._C._are_functorch_transforms_active()
             # forward-mode AD (torch.autograd.forward_ad) runs under no_grad too: a cached kernel has no tangent
             and not any(fwAD.unpack_dual(t).tangent is not None for t in (self.weight, self.log_sigma))
-            and not (torch.is_grad_enabled() and (self.weight.requires_grad or self.log_sigma.requires_grad))
         )
         if not cacheable:
             self._kernel_cache = None
