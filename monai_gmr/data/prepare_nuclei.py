@@ -145,7 +145,7 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as im:
             arr = _colour_png16(im, path)
             if arr is not None:  # scaled by the maximum of its colour channels, as 16-bit grey is
-                arr = arr[..., :3] if arr.shape[-1] != 2 else arr[..., 0]  # alpha dropped
+                arr = arr[..., :3]  # alpha dropped
                 arr = np.rint(arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
             else:
                 im.load()
