@@ -29,6 +29,23 @@ def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
     assert named in capsys.readouterr().err and not (tmp_path / "r.json").exists()
 
 
+def _on_forward(mod, monkeypatch, hook) -> None:
+    """Make the script's ``build_net`` wrap every net in a module that calls ``hook()`` before each forward."""
+    import torch
+
+    build = mod.build_net
+
+    class Hooked(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            hook()
+            return self.net(x)
+
+    monkeypatch.setattr(mod, "build_net", lambda kind, width: Hooked(build(kind, width)))
+
 def test_amp_gives_the_plain_passes_the_same_precision_as_rotation_robustness(tmp_path, monkeypatch):
     """rotation_robustness runs autocast on CUDA only; with --amp on the CPU the plain forward passes still ran under
     bfloat16 autocast, so the two timings compared fp32 against bf16 (the ratio measured the precision)."""
@@ -36,18 +53,7 @@ def test_amp_gives_the_plain_passes_the_same_precision_as_rotation_robustness(tm
 
     mod = load_script("bench_robustness")
     seen = []
-    build = mod.build_net
-
-    class Spy(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            seen.append(torch.is_autocast_enabled("cpu"))
-            return self.net(x)
-
-    monkeypatch.setattr(mod, "build_net", lambda kind, width: Spy(build(kind, width)))
+    _on_forward(mod, monkeypatch, lambda: seen.append(torch.is_autocast_enabled("cpu")))
     mod.main(TINY + ["--size", "16", "--amp", "--out", str(tmp_path / "r.json")])
     assert seen and not any(seen)
 
@@ -57,22 +63,13 @@ def test_plain_passes_cover_every_view_and_the_ratio_is_robustness_over_plain(tm
     flips), and overhead_ratio = robustness time / plain time."""
     from types import SimpleNamespace
 
-    import torch
-
     mod = load_script("bench_robustness")
     clock = [0.0]
-    build = mod.build_net
 
-    class Ticking(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
+    def tick() -> None:
+        clock[0] += 1.0
 
-        def forward(self, x):
-            clock[0] += 1.0
-            return self.net(x)
-
-    monkeypatch.setattr(mod, "build_net", lambda kind, width: Ticking(build(kind, width)))
+    _on_forward(mod, monkeypatch, tick)
     monkeypatch.setattr(mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     rr = mod.rotation_robustness
 
