@@ -36,7 +36,7 @@ from monai.data import ITKWriter, MetaTensor, NibabelWriter, PILWriter
 from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
 from monai.transforms import MapTransform
 
-from monai_gmr.utils import atomic_path, atomic_write_json, make_temp_dir, missing_dirs, remove_empty_dirs
+from monai_gmr.utils import as_bool, atomic_path, atomic_write_json, make_temp_dir, missing_dirs, remove_empty_dirs
 
 __all__ = [
     "compile_prepare_batch",
@@ -281,7 +281,8 @@ def attach_resume(
 
     Args:
         engine: the ignite trainer (must also be the ``"trainer"`` entry of ``load_dict`` to restore its state).
-        enabled: the ``resume`` switch; ``False`` returns ``None`` and attaches nothing.
+        enabled: the ``resume`` switch (a ``bool`` or text read by :func:`~monai_gmr.utils.as_bool`); ``False``
+            returns ``None`` and attaches nothing.
         ckpt_dir: checkpoint folder (see :func:`find_latest_checkpoint`).
         load_dict: name -> object with ``load_state_dict`` (``DistributedDataParallel`` is unwrapped by ignite).
         map_location: ``torch.load`` map location (``"cpu"`` is safe for every rank; tensors are then copied to
@@ -298,6 +299,8 @@ def attach_resume(
         RuntimeError: checkpoints exist but none can be loaded.
     """
     ckpt_dir = Path(ckpt_dir)
+    # from Python too, not only from the bundles' ``$as_bool(@resume)``: ``"false"`` is a true string
+    enabled = as_bool(enabled, "enabled")
     if not enabled:
         stale = [p for _, p in _interval_checkpoints(ckpt_dir)] + _best_model_files(load_dict, ckpt_dir)
         if stale and is_main_process():

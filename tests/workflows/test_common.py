@@ -129,6 +129,20 @@ def test_atomic_checkpoint_saver_and_resume(tmp_path):
     assert attach_resume(trainer2, True, tmp_path / "none", {"model": net2}) is None
 
 
+def test_attach_resume_reads_text_switches(tmp_path):
+    """``enabled="false"`` (text, as from a command line or an ``.env``) is a fresh run, not a resume."""
+    trainer, net, opt = _tiny_trainer(tmp_path, max_epochs=1)
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net, "trainer": trainer}, save_interval=1)
+    saver.attach(trainer)
+    trainer.run()
+    trainer2, net2, _ = _tiny_trainer(tmp_path, max_epochs=2)
+    assert attach_resume(trainer2, "false", tmp_path, {"model": net2, "trainer": trainer2}) is None
+    assert not list(tmp_path.glob("*.pt"))  # the earlier run's checkpoint was moved aside, as for False
+    assert len(list(tmp_path.glob("previous_run_*/checkpoint_epoch=1.pt"))) == 1
+    with pytest.raises(ValueError, match="enabled"):
+        attach_resume(trainer2, "maybe", tmp_path, {"model": net2})
+
+
 def test_key_metric_state_round_trip(tmp_path):
     net = torch.nn.Linear(2, 2)
     saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True, key_metric_filename="model.pt")
