@@ -81,8 +81,9 @@ class SymmetricSlidingWindowInferer(Inferer):
     ``with_coord``) are not accepted (``TypeError``), nor are networks whose output windows differ in size from the
     input windows.
 
-    Shapes: ``inputs`` ``(N, C, *spatial)`` -> network outputs ``(N, C', *spatial)`` (float32; a ``MetaTensor``
-    with the input's metadata when the input is one). A network returning a tuple or a dict of such tensors gives a
+    Shapes: ``inputs`` ``(N, C, *spatial)`` -> network outputs ``(N, C', *spatial)`` (a ``MetaTensor`` with the
+    input's metadata when the input is one). Stitching and output are float64 for float64 inputs and float32
+    otherwise: MONAI stitches in the input's dtype, which loses precision for float16/bfloat16 tiles under AMP. A network returning a tuple or a dict of such tensors gives a
     tuple or dict of stitched outputs, as in MONAI.
     """
 
@@ -139,6 +140,7 @@ class SymmetricSlidingWindowInferer(Inferer):
         if inputs.shape[0] == 0:  # no window would reach the network, so the output channels are unknown
             raise ValueError(f"inputs must hold at least one image, got shape {tuple(inputs.shape)}.")
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # stitching dtype (see the class doc)
         spatial = tuple(int(s) for s in x.shape[2:])
         roi = tuple(int(r) for r in fall_back_tuple(self.roi_size, spatial))  # -1 / 0: the whole dim, as in MONAI
         overlap = ensure_tuple_rep(self.overlap, d)
@@ -163,17 +165,17 @@ class SymmetricSlidingWindowInferer(Inferer):
         starts = [symmetric_window_starts(s, r, o) for s, r, o in zip(padded, roi, overlap)]
         windows = list(itertools.product(*starts))
         sigma = self.sigma_scale if isinstance(self.sigma_scale, (int, float)) else tuple(self.sigma_scale)
-        key = (roi, str(device), str(self.mode), sigma)
+        key = (roi, str(device), str(self.mode), sigma, acc)
         weight = self._weights.get(key)
         if weight is None:
             weight = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device)
-            weight = weight.to(torch.float32)
+            weight = weight.to(acc)
             if all(int(r) > 0 for r in ensure_tuple_rep(self.roi_size, d)):  # a -1 roi follows every tile's size
                 self._weights[key] = weight
         n = x.shape[0]
         outs: list[torch.Tensor] | None = None
         dict_keys = None
-        count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=device)
+        count = torch.zeros((1, 1, *padded), dtype=acc, device=device)
         # sw_batch_size counts (window, image) pairs per network call, as in MONAI (it was windows x batch size)
         pairs = [(w, b) for w in windows for b in range(n)]
         for i in range(0, len(pairs), self.sw_batch_size):
@@ -183,20 +185,20 @@ class SymmetricSlidingWindowInferer(Inferer):
             # a tuple or dict of outputs (deep supervision, multi-head networks) is stitched per entry, as in MONAI
             dict_keys, ys = _flatten_struct(network(batch, *args, **kwargs))
             if outs is None:
-                outs = [torch.zeros((n, y.shape[1], *padded), dtype=torch.float32, device=device) for y in ys]
+                outs = [torch.zeros((n, y.shape[1], *padded), dtype=acc, device=device) for y in ys]
             for y, out in zip(ys, outs):
                 y = y.as_tensor() if hasattr(y, "as_tensor") else y
                 if tuple(y.shape[2:]) != roi:
                     raise ValueError(f"network output for a {roi} window has spatial shape {tuple(y.shape[2:])}.")
-                y = y.to(device=device, dtype=torch.float32)
+                y = y.to(device=device, dtype=acc)
                 for j, s in enumerate(sl):
                     out[s] += y[j : j + 1] * weight
             for (_, b), s in zip(chunk, sl):
                 if b == 0:  # the weights are shared by the images of the batch: count each window once
                     count[(slice(None),) + s[1:]] += weight
         assert outs is not None
-        count = count.clamp_min(torch.finfo(torch.float32).tiny)
+        count = count.clamp_min(torch.finfo(acc).tiny)
         crop = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pads, spatial))
         # a MetaTensor input gives MetaTensor outputs with its metadata (file names for writers), as in MONAI
-        res = [convert_to_dst_type((out / count)[crop], inputs, dtype=torch.float32, device=device)[0] for out in outs]
+        res = [convert_to_dst_type((out / count)[crop], inputs, dtype=acc, device=device)[0] for out in outs]
         return _pack_struct(res, dict_keys)

@@ -223,3 +223,19 @@ def test_changing_the_blending_after_a_call_is_followed():
         setattr(inf, attr, value)
         fresh = SymmetricSlidingWindowInferer(16, overlap=0.25, mode=inf.mode, sigma_scale=inf.sigma_scale)
         assert rel_err(inf(x, net), fresh(x, net)) < 1e-7, attr
+
+
+def test_float64_tiles_are_stitched_in_float64_half_tiles_in_float32():
+    """A float64 tile was stitched and returned in float32 (relative error ~1e-7 against the network's float64
+    answer); now float64 in, float64 out. Half-precision tiles are stitched in float32, as before."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 2, 3, padding=1).double()
+    x = torch.randn(1, 1, 20, 20, dtype=torch.float64)
+    sw = SymmetricSlidingWindowInferer(20, overlap=0.5)  # one window: the tile itself
+    y = sw(x, conv)
+    assert y.dtype == torch.float64
+    assert torch.allclose(y, conv(x), rtol=0, atol=1e-13)
+    # overlapping windows: blending keeps float64 precision
+    y = SymmetricSlidingWindowInferer(8, overlap=0.5)(x, torch.nn.Identity())
+    assert y.dtype == torch.float64 and torch.allclose(y, x, rtol=0, atol=1e-14)
+    assert SymmetricSlidingWindowInferer(8)(x.half(), torch.nn.Identity()).dtype == torch.float32
