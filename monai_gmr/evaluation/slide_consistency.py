@@ -39,6 +39,7 @@ CONSISTENCY_FIELDS = (
     "dice",
     "agreement",
     "tissue_iou",
+    "coverage_iou",
     "shape_match",
     "grid_offset",
     "seconds",
@@ -65,13 +66,16 @@ def compare_maps(
         threshold: probability threshold of the binary maps.
 
     Returns:
-        ``{"n_cells", "mean_abs_diff", "max_abs_diff", "dice", "agreement", "tissue_iou", "shape_match"}``: over the
-        ``n_cells`` map cells that are tissue in both maps, the mean and max absolute probability difference, the
-        Dice of the maps thresholded at ``threshold`` (``1.0`` when neither has a positive cell) and the fraction of
-        cells where the thresholded maps agree; ``tissue_iou``: IoU of the two tissue masks (``1.0`` when both are
-        empty). A NaN probability is a cell without a value: it is not compared (nor counted in ``n_cells``). Maps of
-        different shapes (``shape_match`` false) are compared on their common top-left part. Values are ``None``
-        when no cell is tissue (with a value) in both.
+        ``{"n_cells", "mean_abs_diff", "max_abs_diff", "dice", "agreement", "tissue_iou", "coverage_iou",
+        "shape_match"}``: over the ``n_cells`` map cells that are tissue in both maps, the mean and max absolute
+        probability difference, the Dice of the maps thresholded at ``threshold`` (``1.0`` when neither has a
+        positive cell) and the fraction of cells where the thresholded maps agree; ``tissue_iou``: IoU of the two
+        tissue masks (``1.0`` when both are empty). A NaN probability is a cell without a value (no patch scored
+        it): it is not compared (nor counted in ``n_cells``); ``coverage_iou`` is the IoU of the tissue cells *with*
+        a value in each map (``tissue_iou`` when neither has a NaN), so a patch grid that leaves other tissue
+        unscored in one orientation shows there rather than as probability differences. Maps of different shapes
+        (``shape_match`` false) are compared on their common top-left part. Values are ``None`` when no cell is
+        tissue (with a value) in both.
     """
     prob, ref_prob = np.asarray(prob, np.float64), np.asarray(ref_prob, np.float64)
     tissue, ref_tissue = np.asarray(tissue, bool), np.asarray(ref_tissue, bool)
@@ -83,14 +87,19 @@ def compare_maps(
     shape_match = prob.shape == ref_prob.shape
     h, w = min(prob.shape[0], ref_prob.shape[0]), min(prob.shape[1], ref_prob.shape[1])
     prob, ref_prob, tissue, ref_tissue = prob[:h, :w], ref_prob[:h, :w], tissue[:h, :w], ref_tissue[:h, :w]
-    union = int((tissue | ref_tissue).sum())
-    iou = float((tissue & ref_tissue).sum() / union) if union else 1.0
+    def _iou(a: np.ndarray, b: np.ndarray) -> float:
+        union = int((a | b).sum())
+        return float((a & b).sum() / union) if union else 1.0
+
+    iou = _iou(tissue, ref_tissue)
+    coverage_iou = _iou(tissue & ~np.isnan(prob), ref_tissue & ~np.isnan(ref_prob))
     # a NaN cell (no value, e.g. a map that marks unscored cells NaN) is not compared: it made mean/max NaN while the
     # Dice and agreement counted it as a negative
     both = tissue & ref_tissue & ~np.isnan(prob) & ~np.isnan(ref_prob)
     n = int(both.sum())
     out: dict[str, Any] = {"n_cells": n, "mean_abs_diff": None, "max_abs_diff": None, "dice": None,
-                           "agreement": None, "tissue_iou": iou, "shape_match": bool(shape_match)}  # fmt: skip
+                           "agreement": None, "tissue_iou": iou, "coverage_iou": coverage_iou,
+                           "shape_match": bool(shape_match)}  # fmt: skip
     if n:
         d = np.abs(prob[both] - ref_prob[both])
         a, b = prob[both] >= threshold, ref_prob[both] >= threshold
@@ -104,6 +113,11 @@ def compare_maps(
     return out
 
 
+def _scored(res: Any) -> np.ndarray:
+    """A ``SlideResult``'s probability map with NaN in the cells no patch covered (``res.covered``)."""
+    return np.where(np.asarray(res.covered, bool), np.asarray(res.prob, np.float64), np.nan)
+
+
 def _worst(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     def pick(key: str, fn: Callable) -> Any:
         vals = [(r[key], r["element"]) for r in rows if r.get(key) is not None]
@@ -114,7 +128,7 @@ def _worst(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key, fn in (("mean_abs_diff", max), ("max_abs_diff", max), ("dice", min), ("agreement", min),
-                    ("tissue_iou", min)):  # fmt: skip
+                    ("tissue_iou", min), ("coverage_iou", min)):  # fmt: skip
         v, e = pick(key, fn)
         out[key] = v
         out[f"{key}_element"] = e
@@ -158,8 +172,9 @@ def slide_map_consistency(
     ``work_dir``; :func:`monai_gmr.workflows.wsi.infer_slide` builds its ``(H, W)`` probability map and tissue mask;
     both are mapped back with ``g^-1`` (:func:`monai_gmr.data.transform_array`) and compared by :func:`compare_maps`
     with the maps of the identity copy (written the same way, so every copy has the same pyramid construction and
-    codec). A network whose slide maps do not depend on the orientation gives 0 differences, Dice/agreement and
-    tissue IoU 1; with ``infer_kwargs={"grid": "centered"}`` a D4-invariant patch classifier comes close to that (see
+    codec). Cells no patch scored (outside ``SlideResult.covered``) are left out of the probability comparison and
+    measured by ``coverage_iou`` instead. A network whose slide maps do not depend on the orientation gives 0
+    differences, Dice/agreement and tissue/coverage IoU 1; with ``infer_kwargs={"grid": "centered"}`` a D4-invariant patch classifier comes close to that (see
     :func:`~monai_gmr.workflows.wsi.infer_slide`, ``grid``, for the exceptions: an odd grid remainder, partial blocks
     of the map grid), while the default ``"top_left"`` grid moves against the tissue.
 
@@ -183,8 +198,8 @@ def slide_map_consistency(
     Returns:
         ``{"slide", "settings", "reference": {"n_patches", "map_shape", "tissue_fraction"}, "elements": [per element:
         {"element", "k", "flip", "n_patches", "n_cells", "mean_abs_diff", "max_abs_diff", "dice", "agreement",
-        "tissue_iou", "shape_match", "grid_offset", "seconds"}], "worst": {"mean_abs_diff", "max_abs_diff", "dice",
-        "agreement", "tissue_iou" over the non-identity elements, each with its "<key>_element", "all_shapes_match"}}``.
+        "tissue_iou", "coverage_iou", "shape_match", "grid_offset", "seconds"}], "worst": {"mean_abs_diff",
+        "max_abs_diff", "dice", "agreement", "tissue_iou", "coverage_iou" over the non-identity elements, each with its "<key>_element", "all_shapes_match"}}``.
 
     Raises:
         SlideNotFoundError / WSIError: missing or unreadable slide, too large a level 0 (name the slide).
@@ -235,10 +250,11 @@ def slide_map_consistency(
                 res, secs = ref, ref_s
             else:
                 res, secs = run(g)
-            prob = transform_array(res.prob, g, inverse=True)
+            # cells no patch scored are NaN (infer_slide's maps hold 0 there): they are not probability differences
+            prob = transform_array(_scored(res), g, inverse=True)
             tissue = transform_array(res.tissue, g, inverse=True)
             row = {"element": g.name, "k": int(g.k % 4), "flip": bool(g.flip), "n_patches": int(res.n_patches),
-                   **compare_maps(prob, tissue, ref.prob, ref.tissue, threshold=threshold),
+                   **compare_maps(prob, tissue, _scored(ref), ref.tissue, threshold=threshold),
                    "grid_offset": res.settings.get("grid_offset"), "seconds": round(secs, 3)}  # fmt: skip
             logger.info("slide %s %s: %s", src.name, g.name, row)
             rows.append(row)

@@ -24,6 +24,13 @@ class TopLeftPixelNet(torch.nn.Module):
         return torch.stack([torch.zeros(x.shape[0]), 30.0 * (x[:, 0, 0, 0] - 0.6)], 1)
 
 
+class OneNet(torch.nn.Module):
+    """Invariant and constant: tumour probability ~1 for every patch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros(x.shape[0]), torch.full((x.shape[0],), 30.0)], 1)
+
+
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
     path = tmp_path_factory.mktemp("cons") / "s.tif"
@@ -80,7 +87,7 @@ def test_compare_maps():
     r = compare_maps(p, t, q, np.ones((2, 2), bool))
     assert r["n_cells"] == 3 and r["max_abs_diff"] == pytest.approx(0.5) and r["mean_abs_diff"] == pytest.approx(0.2)
     assert r["dice"] == pytest.approx(2 * 1 / (2 + 1)) and r["agreement"] == pytest.approx(2 / 3)
-    assert r["tissue_iou"] == pytest.approx(0.75) and r["shape_match"]
+    assert r["tissue_iou"] == pytest.approx(0.75) and r["coverage_iou"] == r["tissue_iou"] and r["shape_match"]
     empty = compare_maps(p, np.zeros((2, 2), bool), q, np.zeros((2, 2), bool))
     assert empty["n_cells"] == 0 and empty["mean_abs_diff"] is None and empty["tissue_iou"] == 1.0
     assert not compare_maps(p, t, np.zeros((3, 2)), np.ones((3, 2), bool))["shape_match"]
@@ -131,3 +138,23 @@ def test_compare_maps_leaves_out_nan_cells_inside_tissue():
     outside[0] = np.nan  # NaN outside tissue: never compared
     tissue[0] = False
     assert compare_maps(outside, tissue, p, tissue)["mean_abs_diff"] == 0.0
+
+
+def test_cells_no_patch_scored_are_coverage_not_probability_differences(slide, tmp_path):
+    """infer_slide's map holds 0 in tissue cells no patch covers (the grid's remainder): on MONAI's top-left grid
+    those cells differ between orientations, and were counted as probability differences of up to 1 (an invariant
+    network scoring 1 everywhere looked inconsistent). They are left out now and show in ``coverage_iou``."""
+    top = slide_map_consistency(slide, OneNet(), tmp_path / "w", {**KW, "grid": "top_left"}, elements=["rot90"])
+    rot = {r["element"]: r for r in top["elements"]}["rot90"]
+    assert rot["max_abs_diff"] == 0.0 and rot["dice"] == 1.0 and rot["agreement"] == 1.0
+    assert rot["coverage_iou"] < 1.0 and rot["tissue_iou"] == 1.0
+    assert top["worst"]["coverage_iou"] == rot["coverage_iou"] and top["worst"]["coverage_iou_element"] == "rot90"
+
+
+def test_compare_maps_coverage_iou_counts_scored_tissue_cells():
+    p = np.full((2, 3), 0.5)
+    q = p.copy()
+    q[0, 0] = np.nan  # not scored in the second map
+    t = np.ones((2, 3), bool)
+    r = compare_maps(p, t, q, t)
+    assert r["n_cells"] == 5 and r["tissue_iou"] == 1.0 and r["coverage_iou"] == pytest.approx(5 / 6)
