@@ -460,7 +460,7 @@ def tissue_mask(
 ) -> tuple[np.ndarray, int, float]:
     """Tissue mask of a slide at a low resolution: Otsu threshold on HSV saturation (MONAI ``ForegroundMask``).
 
-    The level is read whole through ``WSIReader``; pixels whose saturation is above both Otsu's threshold and
+    The level is read through ``WSIReader`` (strip by strip when it is large, see ``max_size``); pixels whose saturation is above both Otsu's threshold and
     ``min_saturation`` are tissue, near-black pixels (brightest channel at most ``min_brightness``) are
     background; holes are filled and components smaller than ``min_area`` (fraction of the
     mask) removed (``scipy.ndimage``). When the level's larger side exceeds ``max_size`` it is block-averaged
@@ -485,7 +485,9 @@ def tissue_mask(
             background, e.g. a scanner's unscanned area, would otherwise be tissue); ``0`` disables it.
         fill_holes: fill holes inside tissue.
         min_area: drop components smaller than this fraction of the mask.
-        max_size: upper bound of the mask's larger side (``None``: no limit).
+        max_size: upper bound of the mask's larger side (``None``: no limit). A level that must be reduced and holds
+            more than 16 M pixels is read in strips of whole blocks, so a large single-level slide need not fit in
+            memory.
 
     Returns:
         ``(mask, level, downsample)``: ``(H, W)`` bool mask, level read, level-0 pixels per mask pixel.
@@ -500,17 +502,16 @@ def tissue_mask(
     try:
         lvl = resolve_level(reader, wsi, None if mpp is not None else level, mpp, slide=slide)
         ds = float(reader.get_downsample_ratio(wsi, lvl))
+        hgt, wid = (int(v) for v in reader.get_size(wsi, lvl))
+        factor = 1
+        if max_size is not None and max(hgt, wid) > max_size:
+            factor = int(math.ceil(max(hgt, wid) / max_size))
         try:
-            img, _ = reader.get_data(wsi, level=lvl)
+            img = _read_level_block_mean(reader, wsi, lvl, ds, (hgt, wid), factor)
         except Exception as e:  # noqa: BLE001
             raise WSIError(f"cannot read level {lvl} of slide {str(slide)!r}: {e}", slide) from e
     finally:
         _close(wsi)
-    img = np.asarray(img)[:3]  # (3, H, W) uint8
-    factor = 1
-    if max_size is not None and max(img.shape[1:]) > max_size:
-        factor = int(math.ceil(max(img.shape[1:]) / max_size))
-        img = block_mean(img, factor)
     # near-black pixels (saturation ~1) become white background before Otsu, so they neither count as tissue nor
     # pull Otsu's threshold above the saturation of real tissue
     img = np.where(img.max(0, keepdims=True) > min_brightness * 255.0, img, np.uint8(255))
@@ -527,6 +528,33 @@ def tissue_mask(
         keep[0] = False
         mask = keep[lab]
     return mask, lvl, ds * factor
+
+
+#: level pixels per strip when :func:`tissue_mask` reads a large level strip by strip (~64 MB of RGBA)
+_STRIP_PIXELS = 1 << 24
+
+
+def _read_level_block_mean(
+    reader: Any, wsi: Any, lvl: int, ds: float, size: tuple[int, int], factor: int
+) -> np.ndarray:
+    """Level ``lvl`` as ``(3, ceil(H / factor), ceil(W / factor))`` uint8, block-averaged by ``factor``.
+
+    A level larger than ``_STRIP_PIXELS`` is read in strips of whole block rows and each strip averaged before the
+    next is read, so a single-level slide (a flat TIFF of 10^9 pixels and more) never has to fit in memory whole;
+    the result is the same as :func:`block_mean` of the whole level. Strips need level-0 locations, so only levels
+    with an integer downsample are read that way (others, rare, are read whole as before).
+    """
+    hgt, wid = size
+    if factor <= 1 or hgt * wid <= _STRIP_PIXELS or ds != int(ds):
+        img, _ = reader.get_data(wsi, level=lvl)
+        return block_mean(np.asarray(img)[:3], factor)
+    rows = factor * max(1, _STRIP_PIXELS // (wid * factor))  # a multiple of factor: blocks never straddle strips
+    parts = []
+    for y in range(0, hgt, rows):
+        h = min(rows, hgt - y)
+        strip, _ = reader.get_data(wsi, location=(int(y * ds), 0), size=(h, wid), level=lvl)
+        parts.append(block_mean(np.asarray(strip)[:3], factor))
+    return np.concatenate(parts, axis=1)
 
 
 def block_mean(img: np.ndarray, factor: int) -> np.ndarray:

@@ -1186,7 +1186,7 @@ def infer_slide(
     """
     from monai.data import DataLoader, DistributedSampler, PatchWSIDataset, SlidingPatchWSIDataset
 
-    from monai_gmr.data.wsi import WSIError, block_mean, open_slide, resolve_level, tissue_mask
+    from monai_gmr.data.wsi import WSIError, _read_level_block_mean, open_slide, resolve_level, tissue_mask
 
     item = _as_slide_item(slide)
     path = str(item["image"])
@@ -1206,11 +1206,16 @@ def infer_slide(
         patch_level = resolve_level(reader, wsi, patch_level, slide=path)
     mask_level = resolve_level(reader, wsi, -1 if mask_level is None else mask_level, slide=path)
     lvl_ds = float(reader.get_downsample_ratio(wsi, mask_level))
-    try:
-        thumb, _ = reader.get_data(wsi, level=mask_level)
-    except Exception as e:
-        raise WSIError(f"cannot read level {mask_level} of slide {path!r}: {type(e).__name__}: {e}", path) from e
-    thumb = np.array(thumb[:3], dtype=np.uint8)  # (3, h, w), a writable copy
+
+    def read_thumb(factor: int) -> np.ndarray:
+        """The mask level block-averaged by ``factor``, (3, h, w) uint8 (strip by strip when large)."""
+        size = tuple(int(v) for v in reader.get_size(wsi, mask_level))
+        try:
+            img = _read_level_block_mean(reader, wsi, mask_level, lvl_ds, size, factor)
+        except Exception as e:
+            raise WSIError(f"cannot read level {mask_level} of slide {path!r}: {type(e).__name__}: {e}", path) from e
+        return np.array(img[:3], dtype=np.uint8)  # a writable copy
+
     pr = float(reader.get_downsample_ratio(wsi, patch_level))
     foot = np.array([ps[0] * pr, ps[1] * pr])  # patch footprint in level-0 pixels
     size0 = tuple(int(v) for v in reader.get_size(wsi, 0))
@@ -1230,7 +1235,7 @@ def infer_slide(
         if mode == "sliding":
             tissue, _, mr = tissue_mask(path, level=mask_level, backend=reader, max_size=map_max_size)
             # the thumbnail reduced as the mask was (partial edge blocks included): one pixel per map pixel
-            thumb = block_mean(thumb, int(round(mr / lvl_ds)))[:, : tissue.shape[0], : tissue.shape[1]]
+            thumb = read_thumb(int(round(mr / lvl_ds)))[:, : tissue.shape[0], : tissue.shape[1]]
             h, w = tissue.shape
             grid_offset = sliding_grid_offset(reader.get_size(wsi, 0), foot, float(overlap), grid)
             # a float: MONAI reads an int overlap as pixels, not as a fraction (overlap=0 failed listing the patches)
@@ -1258,7 +1263,7 @@ def infer_slide(
             # and area rules, e.g. classify a black scanner background and miss the tissue)
             tissue, _, mr = tissue_mask(path, level=mask_level, backend=reader, max_size=None)
             h, w = tissue.shape
-            thumb = thumb[:, :h, :w]
+            thumb = read_thumb(1)[:, :h, :w]
             mloc = np.argwhere(tissue).astype(np.int64).reshape(-1, 2)
             locs = np.round((mloc + 0.5) * mr - foot // 2).astype(np.int64)
             # drop patches whose footprint leaves the slide (openslide would pad them with black, tifffile would

@@ -488,3 +488,42 @@ def test_16_bit_slide_is_refused(tmp_path, backend):
             call()
     tifffile.imwrite(tmp_path / "s8.tif", (rgb // 16).astype(np.uint8), photometric="rgb", tile=(32, 32))
     assert read_region(tmp_path / "s8.tif", (20, 20), (4, 4), backend=backend)[:, 0, 0].tolist() == [150, 60, 160]
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+@pytest.mark.parametrize("level", [0, 1])
+def test_large_levels_are_read_in_strips_with_the_same_mask(tmp_path, monkeypatch, backend, level):
+    """A level that must be block-averaged was read whole (a 50k x 50k single-level TIFF needs 10 GB): levels above
+    ``_STRIP_PIXELS`` are now read in strips of whole blocks, each averaged before the next, giving the same mask,
+    also when the size is not a multiple of the factor (partial last blocks)."""
+    import monai_gmr.data.wsi as wsi_mod
+    from monai_gmr.data import write_pyramidal_tiff
+
+    rng = np.random.default_rng(3)
+    img = np.full((302, 262, 3), 235, np.uint8)  # level 1: 151 x 131, downsample exactly 2
+    img[40:250, 30:200] = (200, 90, 170)
+    img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    path = tmp_path / "s.tiff"
+    write_pyramidal_tiff(path, img, compression="deflate", n_levels=2, tile_size=64)
+    whole = tissue_mask(path, level=level, backend=backend, max_size=40)
+    calls = []
+    real = wsi_mod._read_level_block_mean
+
+    def spy(reader, wsi, lvl, ds, size, factor):
+        orig = reader.get_data
+
+        def get_data(*a, **k):
+            calls.append(k.get("size"))
+            return orig(*a, **k)
+
+        reader.get_data = get_data
+        try:
+            return real(reader, wsi, lvl, ds, size, factor)
+        finally:
+            reader.get_data = orig
+
+    monkeypatch.setattr(wsi_mod, "_STRIP_PIXELS", 3000)
+    monkeypatch.setattr(wsi_mod, "_read_level_block_mean", spy)
+    strips = tissue_mask(path, level=level, backend=backend, max_size=40)
+    assert len(calls) > 3 and all(c is not None and c[0] < 302 // (level + 1) for c in calls), calls
+    assert strips[1:] == whole[1:] and np.array_equal(strips[0], whole[0]) and 0.2 < whole[0].mean() < 0.8

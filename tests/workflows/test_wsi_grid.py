@@ -174,3 +174,34 @@ def test_min_tissue_is_inclusive(tmp_path):
     half = float(np.sort(blocks[(blocks > 0) & (blocks < 1)])[0])  # a fraction some patch has exactly
     part = infer_slide(tmp_path / "t.tif", MeanNet(), None, min_tissue=half, **kw)
     assert part.n_patches == int((blocks >= half).sum())
+
+
+def test_a_large_single_level_slide_is_never_read_whole(tmp_path, monkeypatch):
+    """infer_slide read the whole mask level for its thumbnail (and tissue_mask again for the mask): a large
+    single-level slide had to fit in memory twice. Above ``_STRIP_PIXELS`` both are read strip by strip now, with
+    the same map, tissue mask and heatmap."""
+    import monai_gmr.data.wsi as wsi_mod
+
+    path = tmp_path / "flat.tif"
+    write_pyramidal_tiff(path, _image(), tile_size=64, n_levels=1, compression="deflate")
+    kw = {"patch_size": P, "batch_size": 256, "grid": "centered", "map_max_size": 50}
+    ref = infer_slide(path, MeanNet(), tmp_path / "a", **kw)
+    whole_reads = []
+    orig = wsi_mod.OpenSlideWSIReader.get_data
+
+    def get_data(self, wsi, location=(0, 0), size=None, level=None, **k):
+        if size is None:
+            whole_reads.append(level)
+        return orig(self, wsi, location=location, size=size, level=level, **k)
+
+    monkeypatch.setattr(wsi_mod.OpenSlideWSIReader, "get_data", get_data)
+    monkeypatch.setattr(wsi_mod, "_STRIP_PIXELS", 4000)
+    res = infer_slide(path, MeanNet(), tmp_path / "b", **kw)
+    assert whole_reads == []
+    assert ref.prob.shape == (50, 34) and ref.n_patches == res.n_patches > 0
+    np.testing.assert_array_equal(res.prob, ref.prob)
+    np.testing.assert_array_equal(res.tissue, ref.tissue)
+    from PIL import Image
+
+    heat = [np.asarray(Image.open(r.files["heatmap"])) for r in (ref, res)]
+    np.testing.assert_array_equal(heat[0], heat[1])
