@@ -985,10 +985,42 @@ def _full_suffix(path: str | os.PathLike) -> str:
     return Path(path).suffix
 
 
+def _check_integer_range(data: Any, dtype: Any, filename: str | os.PathLike) -> None:
+    """Refuse values that an integer ``dtype`` cannot hold: the writers cast with ``astype``, which wraps them
+    silently (instance id 65536 of a ``uint16`` mask became 0, i.e. background, and 65537 merged with nucleus 1).
+
+    Raises:
+        ValueError: ``data`` holds a value below or above the range of ``dtype`` (the message names the file).
+    """
+    if dtype is None or data is None or not hasattr(data, "dtype"):
+        return
+    dt = np.dtype(dtype)
+    if dt.kind not in "iu" or data.size == 0:
+        return
+    arr = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    if arr.dtype.kind not in "iufb":
+        return
+    lo, hi = arr.min(), arr.max()
+    info = np.iinfo(dt)
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        raise ValueError(f"{filename}: the data holds NaN, which the output dtype {dt.name} cannot hold.")
+    if lo < info.min or hi > info.max:
+        raise ValueError(
+            f"{filename}: values {lo}..{hi} do not fit the output dtype {dt.name} ({info.min}..{info.max}); "
+            "they would wrap around (e.g. instance ids above 65535 in a uint16 mask): choose a wider output_dtype."
+        )
+
+
 class _AtomicWriteMixin:
-    """Write to a temporary file beside the target and rename it into place (nothing half-written)."""
+    """Write to a temporary file beside the target and rename it into place (nothing half-written).
+
+    Data that an integer output dtype cannot hold is refused before anything is written (without a ``scale``, the
+    writers cast with ``astype``, which wraps out-of-range values around silently).
+    """
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **kwargs: Any) -> None:
+        if not getattr(self, "scale", None):  # PILWriter's scale clips to [0, 1] first: nothing can wrap then
+            _check_integer_range(getattr(self, "data_obj", None), getattr(self, "output_dtype", None), filename)
         with atomic_path(filename, suffix=_full_suffix(filename)) as tmp:
             super().write(str(tmp), verbose=False, **kwargs)  # type: ignore[misc]
         if verbose:

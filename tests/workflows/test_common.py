@@ -255,6 +255,23 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_writer_refuses_instance_ids_that_wrap_in_the_output_dtype(tmp_path):
+    # 70000 instances in a uint16 PNG: astype wrapped id 65536 to 0 (background) and 65537 to 1 (merged) silently
+    from monai.transforms import SaveImage
+
+    inst = torch.zeros(1, 8, 8, dtype=torch.int32)
+    inst[0, 0, :3] = torch.tensor([65536, 65537, 70000])
+    save = SaveImage(output_dir=tmp_path / "out", output_postfix="instance", output_ext=".png", output_dtype=np.uint16,
+                     resample=False, separate_folder=False, print_log=False, writer="monai_gmr.workflows.AtomicPILWriter")
+    with pytest.raises(RuntimeError, match="do not fit the output dtype uint16"):  # SaveImage wraps the ValueError
+        save(inst)
+    assert not any((tmp_path / "out").glob("*.png"))
+    inst[0, 0, :3] = torch.tensor([1, 2, 65535])  # the whole range of uint16 is written as is
+    save(inst)
+    (written,) = (tmp_path / "out").glob("*.png")
+    assert np.array(Image.open(written)).max() == 65535
+
+
 # ------------------------------------------------------------------------------------------------ instances
 def _two_touching_discs(size=40):
     yy, xx = np.mgrid[:size, :size]
