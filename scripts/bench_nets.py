@@ -340,6 +340,10 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if not args.budget_s >= 0:  # a negative budget skipped every suite (NaN: none)
         p.error(f"--budget-s must be >= 0 (0: no limit), got {args.budget_s}")
+    from monai_gmr.utils import output_dir_error
+
+    if output_dir_error(args.out):  # found now, not after the first suite was timed
+        p.error(output_dir_error(args.out))
     try:
         device = torch.device(args.device)
     except RuntimeError:

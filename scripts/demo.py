@@ -68,6 +68,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--angle-step must be in 1..360, got {args.angle_step}")
     if min(args.features) < 1 or (args.threads is not None and args.threads < 1):
         p.error(f"--features and --threads must be >= 1, got {args.features} and {args.threads}")
+    from monai_gmr.utils import output_dir_error
+
+    if output_dir_error(args.out):
+        p.error(output_dir_error(args.out))
     return args
 
 

@@ -18,6 +18,18 @@ def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named)
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+def test_an_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys):
+    """--out naming a file timed the first suite, then stopped with a FileExistsError traceback."""
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(SystemExit):
+            load_script("bench_nets").main(["--device", "cpu", "--quick", "--suites", "unet", "--impls", "dense",
+                                            "--size", "32", "--batch", "1", "--warmup", "1", "--repeats", "1",
+                                            "--threads", "1", "--out", str(out)])  # fmt: skip
+        assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_quick_help_states_the_quick_sizes(capsys):
     """The help said 64 x 64 while --quick runs 32 x 32."""
     mod = load_script("bench_nets")

@@ -17,6 +17,16 @@ def test_bad_values_are_refused_before_any_work(tmp_path, capsys, extra, named):
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    """--out naming a file stopped with a FileExistsError traceback from the dataset generation."""
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(SystemExit):
+            load_script("demo").main(["--out", str(out), "--n-images", "1", "--epochs", "1"])
+        assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_rerun_with_other_data_settings_is_refused(tmp_path):
     """The data of an earlier run were reused as they were while the summary reported the new settings."""
     from monai_gmr.data import ensure_nuclei_dataset

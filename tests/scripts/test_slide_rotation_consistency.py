@@ -41,6 +41,18 @@ def test_bad_arguments(tmp_path):
     assert mod._parse(["--out", str(tmp_path), "--quick"]).quick
 
 
+def test_an_out_or_results_under_a_file_is_refused(tmp_path, capsys):
+    """--out naming a file stopped with a FileExistsError traceback; --results under a file after the whole run."""
+    mod = load_script("slide_rotation_consistency")
+    (tmp_path / "afile").write_text("")
+    for argv, named in ((["--out", str(tmp_path / "afile")], "--out"), (["--out", str(tmp_path / "afile" / "o")], "--out"),
+                        (["--out", str(tmp_path / "o"), "--results", str(tmp_path / "afile" / "r")], "--results")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            mod._parse(argv)
+        assert named in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_symmetric_size():
     mod = load_script("slide_rotation_consistency")
     # the CMU-1 small region (2967 x 2220), 48-pixel patches, map blocks of 2: one row less
