@@ -115,7 +115,12 @@ def main(
         raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder for the report.")
     if device is None and parser.get("device", None) is not None:
         device = parser.get_parsed_content("device")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():  # else a torch AssertionError from inside the evaluation
+        raise ValueError(f"device {str(dev)!r}: CUDA is not available here; pass --device cpu.")
 
     section: dict[str, Any] = {}
     if parser.get(robustness_id, None) is not None:

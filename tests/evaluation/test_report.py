@@ -282,6 +282,24 @@ def test_cli_without_ckpt_path_warns(tmp_path, caplog):
     assert "no --ckpt_path" in caplog.text and "models/model.pt" in caplog.text
 
 
+@pytest.mark.parametrize("device, match", [("gpu", "device must be cpu, cuda or cuda:N, got 'gpu'"),
+                                           ("cuda", "device 'cuda': CUDA is not available here")])
+def test_cli_refuses_a_device_it_cannot_use_by_name(tmp_path, monkeypatch, device, match):
+    """--device cuda without CUDA ended in torch's "AssertionError: Torch not compiled with CUDA enabled" from inside
+    the evaluation; --device gpu in torch's RuntimeError listing every device type, naming no option."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                    "kernel_size": 3},
+        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=match):
+        cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device=device, angles=[0, 90], flips=[], plot=False)
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_robustness_section_that_is_not_a_dict(tmp_path):
     """RotationRobustnessEvaluator's docstring put the evaluator itself under the id "robustness", the CLI's
     keyword-argument section: the CLI then died in dict() with "'RotationRobustnessEvaluator' object is not
