@@ -331,8 +331,12 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"{flag} must be >= 1, got {v}")
     if any(k < 1 or k % 2 == 0 for k in args.kernel_sizes):
         p.error(f"--kernel-sizes must be odd and positive (GMR kernels are centred), got {args.kernel_sizes}")
-    if args.step <= 0 or args.max_angle < 0:
-        p.error(f"--step must be > 0 and --max-angle >= 0, got {args.step} and {args.max_angle}")
+    if not (0 < args.step < math.inf and 0 <= args.max_angle < math.inf):  # NaN fails every comparison
+        p.error(f"--step must be finite and > 0 and --max-angle finite and >= 0, got {args.step} and {args.max_angle}")
+    if not math.isfinite(args.layer_angle):  # else refused by the per-layer errors, after the whole measurement
+        p.error(f"--layer-angle must be a finite number of degrees, got {args.layer_angle}")
+    if not (0 <= args.taper < math.inf and 0 < args.lr < math.inf):  # NaN taper: NaN disk inputs, NaN errors
+        p.error(f"--taper must be finite and >= 0 and --lr finite and > 0, got {args.taper} and {args.lr}")
     if not 0 < args.radius_frac <= 0.5:
         p.error(f"--radius-frac must be in (0, 0.5], got {args.radius_frac}")
     if output_dir_error(args.out):  # found now, not after minutes of training when the first report is written
