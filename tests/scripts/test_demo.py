@@ -9,7 +9,8 @@ from tests.conftest import load_script
 
 @pytest.mark.parametrize("extra, named", [(["--angle-step", "0"], "--angle-step"), (["--epochs", "0"], "--epochs"),
                                           (["--batch-size", "0"], "--batch-size"),
-                                          (["--crops-per-image", "0"], "--crops-per-image")])  # fmt: skip
+                                          (["--crops-per-image", "0"], "--crops-per-image"),
+                                          (["--lr", "0"], "--lr"), (["--lr", "nan"], "--lr")])  # fmt: skip
 def test_bad_values_are_refused_before_any_work(tmp_path, capsys, extra, named):
     """--angle-step 0 was a range() traceback after the data were generated; the others failed inside the bundle."""
     with pytest.raises(SystemExit):
