@@ -124,6 +124,30 @@ def test_compile_option_adds_compiled_copies_to_the_timed_models(monkeypatch):
                                     ("infer", "Base"): 2.0, ("infer", "Gmr[x]"): 2.0})  # compiled / eager images/s
 
 
+def test_a_model_failing_in_a_timed_step_is_recorded_and_the_others_measured(monkeypatch):
+    """With --warmup 0 a model's first step is timed, outside the warm-up's per-model error handling: one failing
+    model (e.g. out of memory) ended the whole run and lost every measurement of the suite."""
+    import argparse
+
+    import torch
+
+    mod = load_script("bench_nets")
+
+    class Broken(torch.nn.Conv2d):
+        def forward(self, x):
+            raise RuntimeError("out of memory (simulated)")
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(mod, "build_suite", lambda suite, impls: {"Base": (torch.nn.Conv2d(3, 2, 1), "baseline", "-"),
+                                                                  "Gmr[x]": (Broken(3, 2, 1), "gmr", "x")})  # fmt: skip
+    args = argparse.Namespace(quick=True, size=8, batch=1, impls=["x"], compile=None, warmup=0, repeats=2, iters=1)
+    rows = mod.bench_suite("unet", "fp32", args, torch.device("cpu"))
+    kinds = {(r["mode"], r["model"]): r["kind"] for r in rows}
+    assert kinds[("train", "Base")] == kinds[("infer", "Base")] == "baseline"
+    assert kinds[("train", "Gmr[x]")] == "failed" and "out of memory" in next(r["error"] for r in rows if r["kind"] == "failed")
+    assert all(r["images_per_s"] > 0 for r in rows if r["kind"] == "baseline")
+
+
 def test_ratios_are_gmr_over_baseline():
     mod = load_script("bench_nets")
     key = {"suite": "unet", "precision": "fp32", "mode": "train"}
