@@ -533,7 +533,8 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says how to produce it).
         KeyError: the file holds no state dict.
-        RuntimeError: the state dict does not fit ``network`` (the message names the file).
+        RuntimeError: the file cannot be read by ``torch.load`` (not a checkpoint, truncated), or the state dict
+            does not fit ``network`` (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -541,7 +542,14 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} does not exist: train the bundle first (configs/train.json writes "
             "<output_dir>/models/model.pt) or point ckpt_path / output_dir at an existing one."
         )
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a text file gave "KeyError: 101", a truncated one a zip error: neither named the file
+        reason = (str(e).splitlines() or [""])[0]
+        raise RuntimeError(
+            f"checkpoint {str(path)!r} cannot be read as a PyTorch checkpoint ({type(e).__name__}: {reason}): is it "
+            "a complete file written by torch.save (e.g. <output_dir>/models/model.pt)?"
+        ) from e
     if isinstance(state, Mapping):
         keys = ([key] if key is not None else []) + [k for k in STATE_DICT_KEYS if k != key]
         found = next((k for k in keys if isinstance(state.get(k), Mapping)), None)

@@ -163,6 +163,15 @@ def test_load_checkpoint_formats(tmp_path):
         load_checkpoint(torch.nn.Sequential(torch.nn.Linear(3, 4)), tmp_path / "a.pt")
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"PK\x03\x04 cut short", b""])
+def test_load_checkpoint_names_a_file_that_is_not_a_checkpoint(tmp_path, content):
+    """A text file as --ckpt_path stopped with "KeyError: 101" (an unpickling error), a truncated one with a zip
+    reader error: neither named the file."""
+    (tmp_path / "model.pt").write_bytes(content)
+    with pytest.raises(RuntimeError, match=r"model\.pt' cannot be read as a PyTorch checkpoint"):
+        load_checkpoint(torch.nn.Linear(3, 2), tmp_path / "model.pt")
+
+
 def test_load_checkpoint_prefers_the_given_key_and_unwraps_data_parallel(tmp_path):
     """``key`` is looked up before the other state-dict keys (a checkpoint holding the model and, e.g., an EMA copy
     under "network"), and a ``DataParallel`` wrapper gets the weights without its "module." prefix."""
