@@ -83,7 +83,7 @@ def main(
     import torch
     from monai.bundle import ConfigParser
 
-    from monai_gmr.utils import as_bool
+    from monai_gmr.utils import as_bool, output_dir_error
 
     from .robustness import binarize_label
     from .workflow import RotationRobustnessEvaluator
@@ -111,8 +111,8 @@ def main(
         if parser.get("output_dir", None) is None:
             raise ValueError("output_dir: pass --output_dir or define config id 'output_dir'.")
         output_dir = parser.get_parsed_content("output_dir")
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():  # found before the evaluation, not after it
-        raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder for the report.")
+    if output_dir_error(output_dir, "output_dir"):  # found before the evaluation, not after it (a file or under one)
+        raise ValueError(output_dir_error(output_dir, "output_dir") + " (the report's folder).")
     if device is None and parser.get("device", None) is not None:
         device = parser.get_parsed_content("device")
     try:
