@@ -190,6 +190,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        p.error(f"--device {args.device}: only {torch.cuda.device_count()} GPU(s) visible here")
     if args.out is not None:  # found now, not when the first row is saved
         if Path(args.out).suffix.lower() == ".md":  # the .md table beside it would replace the JSON
             p.error(f"--out is the JSON file (the .md table is written beside it), got {args.out!r}")

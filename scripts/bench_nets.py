@@ -359,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {args.device}: only {torch.cuda.device_count()} GPU(s) visible here")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True

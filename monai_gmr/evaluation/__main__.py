@@ -121,6 +121,8 @@ def main(
         raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}.") from e
     if dev.type == "cuda" and not torch.cuda.is_available():  # else a torch AssertionError from inside the evaluation
         raise ValueError(f"device {str(dev)!r}: CUDA is not available here; pass --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(dev)!r}: only {torch.cuda.device_count()} GPU(s) visible here.")
 
     section: dict[str, Any] = {}
     if parser.get(robustness_id, None) is not None:

@@ -282,12 +282,15 @@ def test_cli_without_ckpt_path_warns(tmp_path, caplog):
     assert "no --ckpt_path" in caplog.text and "models/model.pt" in caplog.text
 
 
-@pytest.mark.parametrize("device, match", [("gpu", "device must be cpu, cuda or cuda:N, got 'gpu'"),
-                                           ("cuda", "device 'cuda': CUDA is not available here")])
-def test_cli_refuses_a_device_it_cannot_use_by_name(tmp_path, monkeypatch, device, match):
+@pytest.mark.parametrize("device, match, gpus", [("gpu", "device must be cpu, cuda or cuda:N, got 'gpu'", 0),
+                                                 ("cuda", "device 'cuda': CUDA is not available here", 0),
+                                                 ("cuda:1", r"device 'cuda:1': only 1 GPU\(s\) visible", 1)])
+def test_cli_refuses_a_device_it_cannot_use_by_name(tmp_path, monkeypatch, device, match, gpus):
     """--device cuda without CUDA ended in torch's "AssertionError: Torch not compiled with CUDA enabled" from inside
-    the evaluation; --device gpu in torch's RuntimeError listing every device type, naming no option."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    the evaluation; --device gpu in torch's RuntimeError listing every device type, naming no option; cuda:1 on a
+    one-GPU machine in "invalid device ordinal"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     cfg = {
         "imports": ["$import torch", "$import monai_gmr"],
         "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,

@@ -57,6 +57,18 @@ def test_an_out_that_cannot_hold_the_json_is_refused_before_measuring(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_a_gpu_index_beyond_the_visible_gpus_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    """--device cuda:1 on a one-GPU machine passed the checks and failed with "invalid device ordinal"."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit):
+        load_script("bench_conv").main(["--device", "cuda:1", "--shapes", "1,2,8,8", "--kernels", "3", "--impls", "torch",
+                                        "--warmup", "0", "--repeats", "1", "--out", str(tmp_path / "b.json")])  # fmt: skip
+    assert "only 1 GPU(s) visible" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
+
+
 # ---- mutation audit round 4: what measure() times and how make_step / the ratios are defined ----
 
 

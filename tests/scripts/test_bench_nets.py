@@ -30,6 +30,17 @@ def test_an_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_a_gpu_index_beyond_the_visible_gpus_is_refused_before_measuring(tmp_path, monkeypatch):
+    """--device cuda:1 on a one-GPU machine passed the checks and failed with "invalid device ordinal"."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match="only 1 GPU"):
+        load_script("bench_nets").main(["--device", "cuda:1", "--quick", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
 def test_quick_help_states_the_quick_sizes(capsys):
     """The help said 64 x 64 while --quick runs 32 x 32."""
     mod = load_script("bench_nets")
