@@ -797,6 +797,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}.") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device!r}: CUDA is not available.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {args.device!r}: only {torch.cuda.device_count()} GPU(s) visible.")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}.")
     if args.steps is not None and args.steps < 1:
