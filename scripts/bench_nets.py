@@ -182,11 +182,12 @@ def bench_suite(suite: str, precision: str, args: argparse.Namespace, device: to
                 entries[f"{label}+compile"] = (compiled, f"{kind}_compiled", impl)
         runners = {k: _Runner(m, mode, x, y, device, precision) for k, (m, _, _) in entries.items()}
 
-        def failed(label: str, exc: Exception) -> None:  # one failing model must not lose the others' measurements
+        def failed(label: str, exc: Exception, active: dict) -> None:
+            """Record ``label`` as failed and drop it from ``active`` (one failing model must not lose the others)."""
             logger.error("%s %s %s %s failed: %r", suite, precision, mode, label, exc)
             rows.append({"suite": suite, "precision": precision, "mode": mode, "model": label, "kind": "failed",
                          "impl": entries[label][2], "size": size, "batch": batch, "error": repr(exc)[:500]})  # fmt: skip
-            del runners[label]
+            del active[label]
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -197,7 +198,7 @@ def bench_suite(suite: str, precision: str, args: argparse.Namespace, device: to
                     r.step()
                 _sync(device)
             except Exception as exc:  # noqa: BLE001
-                failed(label, exc)
+                failed(label, exc, runners)
                 continue
             logger.info("%s %s %s %s: warm-up %.2fs", suite, precision, mode, label, time.perf_counter() - t0)
         rates: dict[str, list[float]] = {k: [] for k in runners}
@@ -210,7 +211,7 @@ def bench_suite(suite: str, precision: str, args: argparse.Namespace, device: to
                         r.step()
                     _sync(device)
                 except Exception as exc:  # noqa: BLE001
-                    failed(label, exc)
+                    failed(label, exc, runners)
                     continue
                 rates[label].append(args.iters * batch / (time.perf_counter() - t0))
         for label, r in runners.items():
