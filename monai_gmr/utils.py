@@ -30,6 +30,7 @@ __all__ = [
     "atomic_torch_save",
     "make_temp_dir",
     "missing_dirs",
+    "output_dir_error",
     "remove_empty_dirs",
     "current_umask",
     "seed_everything",
@@ -144,6 +145,27 @@ def missing_dirs(path: str | os.PathLike) -> list[Path]:
             break
         missing.append(p)
     return missing
+
+
+def output_dir_error(path: str | os.PathLike, name: str = "--out") -> str | None:
+    """Why ``path`` cannot be (or become) a folder to write into, or ``None`` when it can.
+
+    Scripts check their output folder with this before they compute anything: ``path`` being a file, or lying
+    under a file, used to end a run of minutes with a ``FileExistsError`` / ``NotADirectoryError`` traceback when
+    the first report was written.
+
+    Args:
+        path: the output folder (it may not exist yet; its missing parents are created when writing).
+        name: the setting's name, for the message.
+    """
+    path = Path(path).absolute()
+    for p in (path, *path.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            what = "is a file" if p == path else f"lies under the file {str(p)!r}"
+            return f"{name} {str(path)!r} {what}, not a folder to write into"
+    return None
 
 
 def remove_empty_dirs(dirs: list[Path] | tuple[Path, ...]) -> None:

@@ -203,7 +203,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("inputs", nargs="+", help="benchmark.json files or benchmark_nuclei.py --out folders")
     p.add_argument("--out", required=True, help="output folder for seeds.json and seeds.md")
     p.add_argument("--reference", default=None, help="model label the others are compared with (default: the first)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from monai_gmr.utils import output_dir_error
+
+    if output_dir_error(args.out):
+        p.error(output_dir_error(args.out))
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monai_gmr import GMRConv  # noqa: E402
-from monai_gmr.utils import atomic_write_json, atomic_write_text  # noqa: E402
+from monai_gmr.utils import atomic_write_json, atomic_write_text, output_dir_error  # noqa: E402
 
 logger = logging.getLogger("bench_conv")
 
@@ -190,6 +190,16 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        p.error(f"--device {args.device}: only {torch.cuda.device_count()} GPU(s) visible here")
+    if args.out is not None:  # found now, not when the first row is saved
+        if Path(args.out).suffix.lower() == ".md":  # the .md table beside it would replace the JSON
+            p.error(f"--out is the JSON file (the .md table is written beside it), got {args.out!r}")
+        if Path(args.out).is_dir():
+            p.error(f"--out {args.out!r} is a folder; give the JSON file's path (e.g. {Path(args.out) / 'bench_conv.json'})")
+        problem = output_dir_error(Path(args.out).absolute().parent, "the folder of --out")
+        if problem:
+            p.error(problem)
 
 
 def git_commit() -> str:
@@ -273,7 +283,12 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         cells = []
         for impl in ("torch", "gmr_dense", "gmr_rings", "official"):
             r = next((r for r in rows if (r["shape"], r["k"], r["dtype"], r["mode"]) == key and r["impl"] == impl), None)
-            cells.append("–" if r is None else (f"{r['ms']:.3f}" if impl == "torch" else f"{r['ms']:.3f} (×{r['ratio_vs_torch']:.2f})"))
+            if r is None:
+                cells.append("–")
+            elif impl == "torch" or r["ratio_vs_torch"] is None:  # no torch row to compare with (--impls without torch)
+                cells.append(f"{r['ms']:.3f}")
+            else:
+                cells.append(f"{r['ms']:.3f} (×{r['ratio_vs_torch']:.2f})")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -181,30 +181,38 @@ def bench_suite(suite: str, precision: str, args: argparse.Namespace, device: to
                 compiled = torch.compile(copy.deepcopy(m), backend=backend)
                 entries[f"{label}+compile"] = (compiled, f"{kind}_compiled", impl)
         runners = {k: _Runner(m, mode, x, y, device, precision) for k, (m, _, _) in entries.items()}
+
+        def failed(label: str, exc: Exception, active: dict) -> None:
+            """Record ``label`` as failed and drop it from ``active`` (one failing model must not lose the others)."""
+            logger.error("%s %s %s %s failed: %r", suite, precision, mode, label, exc)
+            rows.append({"suite": suite, "precision": precision, "mode": mode, "model": label, "kind": "failed",
+                         "impl": entries[label][2], "size": size, "batch": batch, "error": repr(exc)[:500]})  # fmt: skip
+            del active[label]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
         for label, r in list(runners.items()):  # warm-up (cudnn autotuning, kernel caches, allocator)
             t0 = time.perf_counter()
             try:
                 for _ in range(args.warmup):
                     r.step()
                 _sync(device)
-            except Exception as exc:  # noqa: BLE001 - one failing model must not lose the others' measurements
-                logger.error("%s %s %s %s failed: %r", suite, precision, mode, label, exc)
-                model, kind, impl = entries[label]
-                rows.append({"suite": suite, "precision": precision, "mode": mode, "model": label, "kind": "failed",
-                             "impl": impl, "size": size, "batch": batch, "error": repr(exc)[:500]})  # fmt: skip
-                del runners[label]
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            except Exception as exc:  # noqa: BLE001
+                failed(label, exc, runners)
                 continue
             logger.info("%s %s %s %s: warm-up %.2fs", suite, precision, mode, label, time.perf_counter() - t0)
         rates: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(args.repeats):
-            for label, r in runners.items():
-                _sync(device)
-                t0 = time.perf_counter()
-                for _ in range(args.iters):
-                    r.step()
-                _sync(device)
+            for label, r in list(runners.items()):
+                try:  # with --warmup 0 a model's first step is a timed one: its failure ended the whole run
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    for _ in range(args.iters):
+                        r.step()
+                    _sync(device)
+                except Exception as exc:  # noqa: BLE001
+                    failed(label, exc, runners)
+                    continue
                 rates[label].append(args.iters * batch / (time.perf_counter() - t0))
         for label, r in runners.items():
             model, kind, impl = entries[label]
@@ -340,6 +348,10 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if not args.budget_s >= 0:  # a negative budget skipped every suite (NaN: none)
         p.error(f"--budget-s must be >= 0 (0: no limit), got {args.budget_s}")
+    from monai_gmr.utils import output_dir_error
+
+    if output_dir_error(args.out):  # found now, not after the first suite was timed
+        p.error(output_dir_error(args.out))
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -348,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {args.device}: only {torch.cuda.device_count()} GPU(s) visible here")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True

@@ -791,15 +791,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tasks = _csv_choice(args.tasks, TASKS, "--tasks")
     models = _csv_choice(args.models, MODELS, "--models")
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:  # torch's message lists every device type and names no option
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}.") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device!r}: CUDA is not available.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {args.device!r}: only {torch.cuda.device_count()} GPU(s) visible.")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}.")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}.")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    from monai_gmr.utils import output_dir_error
+
+    for flag, folder in (("--out", args.out), ("--data-dir", args.data_dir)):
+        if folder is not None and output_dir_error(folder, flag):  # else a FileExistsError traceback
+            raise ValueError(output_dir_error(folder, flag))
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -64,10 +65,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     for name in ("n_images", "epochs", "crops_per_image", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.lr < math.inf:  # else refused by the bundle only after the data were generated (NaN: never)
+        p.error(f"--lr must be finite and > 0, got {args.lr}")
     if not 1 <= args.angle_step <= 360:
         p.error(f"--angle-step must be in 1..360, got {args.angle_step}")
     if min(args.features) < 1 or (args.threads is not None and args.threads < 1):
         p.error(f"--features and --threads must be >= 1, got {args.features} and {args.threads}")
+    from monai_gmr.utils import output_dir_error
+
+    if output_dir_error(args.out):
+        p.error(output_dir_error(args.out))
     return args
 
 

@@ -55,7 +55,7 @@ from monai.networks.nets import BasicUNet
 from monai_gmr.evaluation.equivariance import layerwise_equivariance_error, masked_rel_err, on_canvas
 from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_mask
 from monai_gmr.nets import GMRUNet
-from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, seed_everything
+from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, output_dir_error, seed_everything
 
 __all__ = ["build_models", "synthetic_batch", "disk_taper", "field_size", "measure", "train", "run_report", "main"]
 
@@ -331,13 +331,27 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"{flag} must be >= 1, got {v}")
     if any(k < 1 or k % 2 == 0 for k in args.kernel_sizes):
         p.error(f"--kernel-sizes must be odd and positive (GMR kernels are centred), got {args.kernel_sizes}")
-    if args.step <= 0 or args.max_angle < 0:
-        p.error(f"--step must be > 0 and --max-angle >= 0, got {args.step} and {args.max_angle}")
+    if not (0 < args.step < math.inf and 0 <= args.max_angle < math.inf):  # NaN fails every comparison
+        p.error(f"--step must be finite and > 0 and --max-angle finite and >= 0, got {args.step} and {args.max_angle}")
+    if not math.isfinite(args.layer_angle):  # else refused by the per-layer errors, after the whole measurement
+        p.error(f"--layer-angle must be a finite number of degrees, got {args.layer_angle}")
+    if not (0 <= args.taper < math.inf and 0 < args.lr < math.inf):  # NaN taper: NaN disk inputs, NaN errors
+        p.error(f"--taper must be finite and >= 0 and --lr finite and > 0, got {args.taper} and {args.lr}")
     if not 0 < args.radius_frac <= 0.5:
         p.error(f"--radius-frac must be in (0, 0.5], got {args.radius_frac}")
+    if output_dir_error(args.out):  # found now, not after minutes of training when the first report is written
+        p.error(output_dir_error(args.out))
     for flag, v in (("--size", args.size), ("--eval-size", args.eval_size), ("--canvas", args.canvas or 16)):
         if v < 16 or v % 16:
             raise SystemExit(f"{flag} must be a positive multiple of 16 (BasicUNet has 4 down-sampling levels), got {v}")
+    # BasicUNet's deepest features are 1 pixel on a 16-pixel image: instance norm cannot normalise them (the run
+    # stopped with a traceback from torch), nor can batch norm in training on a batch of one
+    small = [("--size", args.size)] if args.norm == "batch" and args.batch == 1 else []
+    small += [("--size", args.size), ("--eval-size", args.eval_size)] if args.norm == "instance" else []
+    for flag, v in small:
+        if v < 32:
+            raise SystemExit(f"{flag} must be at least 32 with --norm {args.norm}{' and --batch 1' if args.norm == 'batch' else ''} "
+                             f"(BasicUNet's deepest features are 1 pixel at {v}, which the norm cannot normalise), got {v}")
     if args.canvas is not None and args.canvas < args.eval_size:
         raise SystemExit(f"--canvas must be at least --eval-size={args.eval_size}, got {args.canvas}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

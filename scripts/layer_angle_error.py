@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monai_gmr.evaluation import spline_equivariance_error  # noqa: E402
 from monai_gmr.functional import SAMPLING_MODES  # noqa: E402
 from monai_gmr.nn import GMRConv  # noqa: E402
-from monai_gmr.utils import atomic_write_json, atomic_write_text, run_environment  # noqa: E402
+from monai_gmr.utils import atomic_write_json, atomic_write_text, output_dir_error, run_environment  # noqa: E402
 
 __all__ = ["smooth_field", "worst_errors", "summarise", "main"]
 
@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--angles must be finite degrees, got {args.angles}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    if output_dir_error(args.out):  # found now, not after every layer was measured
+        p.error(output_dir_error(args.out))
     return args
 
 

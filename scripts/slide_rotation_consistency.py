@@ -69,8 +69,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--device must be cpu or cuda, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():  # else both networks train first, then .to() fails
         p.error(f"--device {args.device}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        p.error(f"--device {args.device}: only {torch.cuda.device_count()} GPU(s) visible here")
     if args.real_slide is not None and not Path(args.real_slide).is_file():
         p.error(f"--real-slide {args.real_slide!r} does not exist")
+    sys.path.insert(0, str(ROOT))
+    from monai_gmr.utils import output_dir_error
+
+    if output_dir_error(args.out):
+        p.error(output_dir_error(args.out))
+    if args.results and output_dir_error(Path(args.results).absolute().parent, "the folder of --results"):
+        p.error(output_dir_error(Path(args.results).absolute().parent, "the folder of --results"))
     return args
 
 

@@ -22,6 +22,7 @@ from monai_gmr.utils import (
     atomic_write_text,
     current_umask,
     make_temp_dir,
+    output_dir_error,
     run_environment,
     seed_everything,
     size_hw,
@@ -390,3 +391,11 @@ def test_remove_empty_dirs_goes_on_past_a_folder_already_gone(tmp_path):
     target.rmdir()
     remove_empty_dirs(created)
     assert not (tmp_path / "a").exists() and tmp_path.is_dir()
+
+
+def test_output_dir_error_names_a_file_in_the_way(tmp_path):
+    (tmp_path / "afile").write_text("")
+    assert output_dir_error(tmp_path) is None and output_dir_error(tmp_path / "new" / "deeper") is None
+    assert "is a file" in output_dir_error(tmp_path / "afile") and output_dir_error(tmp_path / "afile").startswith("--out ")
+    assert "lies under the file" in output_dir_error(tmp_path / "afile" / "sub", name="--results")
+    assert output_dir_error(tmp_path / "afile" / "sub", name="--results").startswith("--results ")

@@ -83,7 +83,7 @@ def main(
     import torch
     from monai.bundle import ConfigParser
 
-    from monai_gmr.utils import as_bool
+    from monai_gmr.utils import as_bool, output_dir_error
 
     from .robustness import binarize_label
     from .workflow import RotationRobustnessEvaluator
@@ -111,11 +111,18 @@ def main(
         if parser.get("output_dir", None) is None:
             raise ValueError("output_dir: pass --output_dir or define config id 'output_dir'.")
         output_dir = parser.get_parsed_content("output_dir")
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():  # found before the evaluation, not after it
-        raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder for the report.")
+    if output_dir_error(output_dir, "output_dir"):  # found before the evaluation, not after it (a file or under one)
+        raise ValueError(output_dir_error(output_dir, "output_dir") + " (the report's folder).")
     if device is None and parser.get("device", None) is not None:
         device = parser.get_parsed_content("device")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():  # else a torch AssertionError from inside the evaluation
+        raise ValueError(f"device {str(dev)!r}: CUDA is not available here; pass --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(dev)!r}: only {torch.cuda.device_count()} GPU(s) visible here.")
 
     section: dict[str, Any] = {}
     if parser.get(robustness_id, None) is not None:

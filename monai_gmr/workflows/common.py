@@ -536,7 +536,8 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says how to produce it).
         KeyError: the file holds no state dict.
-        RuntimeError: the state dict does not fit ``network`` (the message names the file).
+        RuntimeError: the file cannot be read by ``torch.load`` (not a checkpoint, truncated), or the state dict
+            does not fit ``network`` (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -544,7 +545,14 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} does not exist: train the bundle first (configs/train.json writes "
             "<output_dir>/models/model.pt) or point ckpt_path / output_dir at an existing one."
         )
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a text file gave "KeyError: 101", a truncated one a zip error: neither named the file
+        reason = (str(e).splitlines() or [""])[0]
+        raise RuntimeError(
+            f"checkpoint {str(path)!r} cannot be read as a PyTorch checkpoint ({type(e).__name__}: {reason}): is it "
+            "a complete file written by torch.save (e.g. <output_dir>/models/model.pt)?"
+        ) from e
     if isinstance(state, Mapping):
         keys = ([key] if key is not None else []) + [k for k in STATE_DICT_KEYS if k != key]
         found = next((k for k in keys if isinstance(state.get(k), Mapping)), None)
@@ -988,10 +996,42 @@ def _full_suffix(path: str | os.PathLike) -> str:
     return Path(path).suffix
 
 
+def _check_integer_range(data: Any, dtype: Any, filename: str | os.PathLike) -> None:
+    """Refuse values that an integer ``dtype`` cannot hold: the writers cast with ``astype``, which wraps them
+    silently (instance id 65536 of a ``uint16`` mask became 0, i.e. background, and 65537 merged with nucleus 1).
+
+    Raises:
+        ValueError: ``data`` holds a value below or above the range of ``dtype`` (the message names the file).
+    """
+    if dtype is None or data is None or not hasattr(data, "dtype"):
+        return
+    dt = np.dtype(dtype)
+    if dt.kind not in "iu" or data.size == 0:
+        return
+    arr = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    if arr.dtype.kind not in "iufb":
+        return
+    lo, hi = arr.min(), arr.max()
+    info = np.iinfo(dt)
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        raise ValueError(f"{filename}: the data holds NaN, which the output dtype {dt.name} cannot hold.")
+    if lo < info.min or hi > info.max:
+        raise ValueError(
+            f"{filename}: values {lo}..{hi} do not fit the output dtype {dt.name} ({info.min}..{info.max}); "
+            "they would wrap around (e.g. instance ids above 65535 in a uint16 mask): choose a wider output_dtype."
+        )
+
+
 class _AtomicWriteMixin:
-    """Write to a temporary file beside the target and rename it into place (nothing half-written)."""
+    """Write to a temporary file beside the target and rename it into place (nothing half-written).
+
+    Data that an integer output dtype cannot hold is refused before anything is written (without a ``scale``, the
+    writers cast with ``astype``, which wraps out-of-range values around silently).
+    """
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **kwargs: Any) -> None:
+        if not getattr(self, "scale", None):  # PILWriter's scale clips to [0, 1] first: nothing can wrap then
+            _check_integer_range(getattr(self, "data_obj", None), getattr(self, "output_dtype", None), filename)
         with atomic_path(filename, suffix=_full_suffix(filename)) as tmp:
             super().write(str(tmp), verbose=False, **kwargs)  # type: ignore[misc]
         if verbose:

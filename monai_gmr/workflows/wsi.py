@@ -37,7 +37,7 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 
 from monai_gmr.utils import NullSummaryWriter, summary_writer, tensorboard_available  # re-exported
-from monai_gmr.utils import atomic_path, atomic_write_json
+from monai_gmr.utils import atomic_path, atomic_write_json, output_dir_error
 
 from .common import is_main_process, run_on_rank0_first
 
@@ -1198,6 +1198,8 @@ def infer_slide(
     ps = _as_pair(patch_size)
     name = name or _slide_name(path)
     rank, world = _dist_rank_world()
+    if output_dir is not None and output_dir_error(output_dir, "output_dir"):  # at once, not after the whole slide
+        raise ValueError(output_dir_error(output_dir, "output_dir"))
 
     reader, wsi = open_slide(path, backend)
     if patch_mpp is not None:
@@ -1417,6 +1419,8 @@ def infer_slides(
     items = [_as_slide_item(s) for s in slides]
     if not items:
         raise ValueError("slides is empty: nothing to process.")
+    if output_dir is not None and output_dir_error(output_dir, "output_dir"):  # else every slide was inferred, then failed
+        raise ValueError(output_dir_error(output_dir, "output_dir"))
     if summary_file == "auto":
         summary_file = None if output_dir is None else Path(output_dir) / "inference_summary.json"
     entries: list[dict[str, Any]] = []

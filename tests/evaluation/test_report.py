@@ -282,6 +282,44 @@ def test_cli_without_ckpt_path_warns(tmp_path, caplog):
     assert "no --ckpt_path" in caplog.text and "models/model.pt" in caplog.text
 
 
+@pytest.mark.parametrize("device, match, gpus", [("gpu", "device must be cpu, cuda or cuda:N, got 'gpu'", 0),
+                                                 ("cuda", "device 'cuda': CUDA is not available here", 0),
+                                                 ("cuda:1", r"device 'cuda:1': only 1 GPU\(s\) visible", 1)])
+def test_cli_refuses_a_device_it_cannot_use_by_name(tmp_path, monkeypatch, device, match, gpus):
+    """--device cuda without CUDA ended in torch's "AssertionError: Torch not compiled with CUDA enabled" from inside
+    the evaluation; --device gpu in torch's RuntimeError listing every device type, naming no option; cuda:1 on a
+    one-GPU machine in "invalid device ordinal"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                    "kernel_size": 3},
+        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=match):
+        cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device=device, angles=[0, 90], flips=[], plot=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_an_output_dir_under_a_file_before_the_evaluation(tmp_path, monkeypatch):
+    """output_dir inside a file (a/report with a a file) was found only after the evaluation (NotADirectoryError)."""
+    from monai_gmr.evaluation import workflow
+
+    monkeypatch.setattr(workflow.RotationRobustnessEvaluator, "run", lambda self: pytest.fail("evaluated"))
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                    "kernel_size": 3},
+        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    for out in (tmp_path / "c.json", tmp_path / "c.json" / "report"):
+        with pytest.raises(ValueError, match="output_dir .*c.json"):
+            cli_main(str(tmp_path / "c.json"), output_dir=str(out), device="cpu", angles=[0, 90], flips=[], plot=False)
+
+
 def test_cli_robustness_section_that_is_not_a_dict(tmp_path):
     """RotationRobustnessEvaluator's docstring put the evaluator itself under the id "robustness", the CLI's
     keyword-argument section: the CLI then died in dict() with "'RotationRobustnessEvaluator' object is not

@@ -112,6 +112,17 @@ def test_bad_inputs_name_the_file_and_write_nothing(tmp_path):
     refused([s0], r"--reference 'unet' is not among", "--reference", "unet")
 
 
+def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
+    """--out naming a file read every input, then stopped with a FileExistsError traceback."""
+    s0 = _write(tmp_path / "s0.json", {"rows": [_row("basicunet", 0.8, 0.8, 0.8)], "settings": _settings(0, ["basicunet"])})
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(SystemExit):
+            _load().main([s0, "--out", str(out)])
+        assert "--out" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == ""
+
+
 def test_the_committed_1600_iteration_results_aggregate():
     """The two merged docs/results files (seed 0 and seed 1) parse into three models with both seeds each."""
     ag = _load()

@@ -34,6 +34,41 @@ def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named)
     assert named in capsys.readouterr().err and not out.exists()
 
 
+def test_impls_without_torch_write_the_markdown_without_ratios(tmp_path):
+    """Without a torch row the ratio is None and the .md table crashed (TypeError) after the JSON was written."""
+    out = tmp_path / "b.json"
+    res = load_script("bench_conv").main(["--device", "cpu", "--shapes", "1,2,8,8", "--kernels", "3", "--impls",
+                                          "gmr_dense", "--modes", "fwd", "--warmup", "0", "--repeats", "1",
+                                          "--out", str(out)])  # fmt: skip
+    assert [r["ratio_vs_torch"] for r in res["rows"]] == [None]
+    row = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| 1,2,8,8")]
+    assert len(row) == 1 and "×" not in row[0] and f"{res['rows'][0]['ms']:.3f}" in row[0]
+
+
+@pytest.mark.parametrize("kind", ["md", "folder", "under_file"])
+def test_an_out_that_cannot_hold_the_json_is_refused_before_measuring(tmp_path, capsys, kind):
+    """--out x.md: the table beside it replaced the JSON; a folder or a path under a file failed at the first save."""
+    (tmp_path / "afile").write_text("")
+    out = {"md": tmp_path / "b.md", "folder": tmp_path, "under_file": tmp_path / "afile" / "b.json"}[kind]
+    with pytest.raises(SystemExit):
+        load_script("bench_conv").main(["--device", "cpu", "--shapes", "1,2,8,8", "--kernels", "3", "--impls", "torch",
+                                        "--modes", "fwd", "--warmup", "0", "--repeats", "1", "--out", str(out)])  # fmt: skip
+    assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_gpu_index_beyond_the_visible_gpus_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    """--device cuda:1 on a one-GPU machine passed the checks and failed with "invalid device ordinal"."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit):
+        load_script("bench_conv").main(["--device", "cuda:1", "--shapes", "1,2,8,8", "--kernels", "3", "--impls", "torch",
+                                        "--warmup", "0", "--repeats", "1", "--out", str(tmp_path / "b.json")])  # fmt: skip
+    assert "only 1 GPU(s) visible" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
+
+
 # ---- mutation audit round 4: what measure() times and how make_step / the ratios are defined ----
 
 

@@ -18,6 +18,29 @@ def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named)
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+def test_an_out_that_is_a_file_is_refused_before_measuring(tmp_path, capsys):
+    """--out naming a file timed the first suite, then stopped with a FileExistsError traceback."""
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(SystemExit):
+            load_script("bench_nets").main(["--device", "cpu", "--quick", "--suites", "unet", "--impls", "dense",
+                                            "--size", "32", "--batch", "1", "--warmup", "1", "--repeats", "1",
+                                            "--threads", "1", "--out", str(out)])  # fmt: skip
+        assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_gpu_index_beyond_the_visible_gpus_is_refused_before_measuring(tmp_path, monkeypatch):
+    """--device cuda:1 on a one-GPU machine passed the checks and failed with "invalid device ordinal"."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match="only 1 GPU"):
+        load_script("bench_nets").main(["--device", "cuda:1", "--quick", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
 def test_quick_help_states_the_quick_sizes(capsys):
     """The help said 64 x 64 while --quick runs 32 x 32."""
     mod = load_script("bench_nets")
@@ -110,6 +133,30 @@ def test_compile_option_adds_compiled_copies_to_the_timed_models(monkeypatch):
     ratios = {(q["mode"], q["model"]): q["compiled_over_eager"] for q in load_script("bench_nets")._compile_ratios(rows)}
     assert ratios == pytest.approx({("train", "Base"): 111 / 110.5, ("train", "Gmr[x]"): 111 / 110.5,
                                     ("infer", "Base"): 2.0, ("infer", "Gmr[x]"): 2.0})  # compiled / eager images/s
+
+
+def test_a_model_failing_in_a_timed_step_is_recorded_and_the_others_measured(monkeypatch):
+    """With --warmup 0 a model's first step is timed, outside the warm-up's per-model error handling: one failing
+    model (e.g. out of memory) ended the whole run and lost every measurement of the suite."""
+    import argparse
+
+    import torch
+
+    mod = load_script("bench_nets")
+
+    class Broken(torch.nn.Conv2d):
+        def forward(self, x):
+            raise RuntimeError("out of memory (simulated)")
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(mod, "build_suite", lambda suite, impls: {"Base": (torch.nn.Conv2d(3, 2, 1), "baseline", "-"),
+                                                                  "Gmr[x]": (Broken(3, 2, 1), "gmr", "x")})  # fmt: skip
+    args = argparse.Namespace(quick=True, size=8, batch=1, impls=["x"], compile=None, warmup=0, repeats=2, iters=1)
+    rows = mod.bench_suite("unet", "fp32", args, torch.device("cpu"))
+    kinds = {(r["mode"], r["model"]): r["kind"] for r in rows}
+    assert kinds[("train", "Base")] == kinds[("infer", "Base")] == "baseline"
+    assert kinds[("train", "Gmr[x]")] == "failed" and "out of memory" in next(r["error"] for r in rows if r["kind"] == "failed")
+    assert all(r["images_per_s"] > 0 for r in rows if r["kind"] == "baseline")
 
 
 def test_ratios_are_gmr_over_baseline():

@@ -138,6 +138,28 @@ def test_bad_arguments(ce, tmp_path):
         ce.build_model("nuclei", "unet", ce.PROFILES["quick"])
 
 
+def test_bad_device_and_out_are_refused_by_name(ce, tmp_path):
+    """--device gpu was torch's RuntimeError listing every device type; --out / --data-dir naming a file a
+    FileExistsError traceback."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="--device must be cpu or cuda, got 'gpu'"):
+        ce.main(["--out", str(tmp_path / "o"), "--device", "gpu"])
+    with pytest.raises(ValueError, match="--out .*afile.* is a file"):
+        ce.main(["--out", str(tmp_path / "afile"), "--quick"])
+    with pytest.raises(ValueError, match="--data-dir .*afile"):
+        ce.main(["--out", str(tmp_path / "o"), "--quick", "--data-dir", str(tmp_path / "afile" / "d")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_gpu_index_beyond_the_visible_gpus_is_refused(ce, tmp_path, monkeypatch):
+    """--device cuda:1 on a one-GPU machine passed the checks and failed in the first task ("invalid device ordinal")."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"--device 'cuda:1': only 1 GPU\(s\) visible"):
+        ce.main(["--out", str(tmp_path / "o"), "--quick", "--device", "cuda:1"])
+    assert not (tmp_path / "o").exists()
+
+
 def test_augmentation_rotates_or_mirrors_image_and_label_together():
     ce = load_script("compare_equivariant")
     aug = ce.RandomRotateFlip(torch.Generator().manual_seed(0))

@@ -9,12 +9,23 @@ from tests.conftest import load_script
 
 @pytest.mark.parametrize("extra, named", [(["--angle-step", "0"], "--angle-step"), (["--epochs", "0"], "--epochs"),
                                           (["--batch-size", "0"], "--batch-size"),
-                                          (["--crops-per-image", "0"], "--crops-per-image")])  # fmt: skip
+                                          (["--crops-per-image", "0"], "--crops-per-image"),
+                                          (["--lr", "0"], "--lr"), (["--lr", "nan"], "--lr")])  # fmt: skip
 def test_bad_values_are_refused_before_any_work(tmp_path, capsys, extra, named):
     """--angle-step 0 was a range() traceback after the data were generated; the others failed inside the bundle."""
     with pytest.raises(SystemExit):
         load_script("demo").main(["--out", str(tmp_path / "o")] + extra)
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    """--out naming a file stopped with a FileExistsError traceback from the dataset generation."""
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(SystemExit):
+            load_script("demo").main(["--out", str(out), "--n-images", "1", "--epochs", "1"])
+        assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_rerun_with_other_data_settings_is_refused(tmp_path):

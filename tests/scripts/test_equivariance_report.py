@@ -81,6 +81,47 @@ def test_sizes_below_16_are_refused_before_any_work(tmp_path):
         assert not (tmp_path / "o").exists()
 
 
+def test_size_16_with_instance_norm_is_refused_before_any_work(tmp_path):
+    """--size 16 / --eval-size 16 passed the multiple-of-16 check; BasicUNet's 1-pixel deepest features then stopped
+    the run in instance norm ("Expected more than 1 spatial element") with a traceback."""
+    import pytest
+
+    for extra, named in ((["--size", "16"], "--size"), (["--eval-size", "16", "--canvas", "32"], "--eval-size"),
+                         (["--size", "16", "--norm", "batch", "--batch", "1"], "--size")):  # fmt: skip
+        with pytest.raises(SystemExit, match=f"{named} must be at least 32"):
+            er.main(["--out", str(tmp_path / "o"), "--size", "32", "--eval-size", "32"] + extra)
+        assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_angles_taper_and_lr_are_refused_before_any_work(tmp_path, capsys):
+    """--taper nan wrote a complete-looking report of NaN errors; --step inf measured angle 0 only; --layer-angle nan
+    and --max-angle nan failed with tracebacks (the former after the whole measurement); --lr 0 trained nothing."""
+    import pytest
+
+    for extra, named in ((["--taper", "nan"], "--taper"), (["--taper", "-1"], "--taper"), (["--step", "inf"], "--step"),
+                         (["--max-angle", "nan"], "--max-angle"), (["--layer-angle", "nan"], "--layer-angle"),
+                         (["--lr", "0"], "--lr"), (["--lr", "nan"], "--lr")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            er.main(["--out", str(tmp_path / "o"), "--size", "32", "--eval-size", "32", "--features", "2", "2", "2", "2",
+                     "--kernel-sizes", "3", "3", "3", "3", "--step", "90", "--n-train", "1", "--n-eval", "1",
+                     "--train-steps", "1", "--batch", "2", "--layer-angle", "90"] + extra)  # fmt: skip
+        assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    """--out naming a file (or a path under one) ended the whole run with a FileExistsError traceback."""
+    import pytest
+
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(SystemExit):
+            er.main(["--out", str(out), "--size", "32", "--eval-size", "32", "--features", "2", "2", "2", "2",
+                     "--kernel-sizes", "3", "3", "3", "3", "--step", "90", "--n-train", "1", "--n-eval", "1",
+                     "--train-steps", "1", "--batch", "2", "--layer-angle", "90"])  # fmt: skip (tiny: the old code ran)
+        assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 # ---- mutation audit round 4: the ratio's direction and the scored region ----
 
 

@@ -35,6 +35,17 @@ def test_bad_values_are_refused_up_front(tmp_path, capsys, extra, named):
     assert named in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+def test_an_out_that_is_a_file_is_refused_up_front(tmp_path, capsys):
+    """--out naming a file measured every layer, then stopped with a FileExistsError traceback."""
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(SystemExit):
+            load_script("layer_angle_error").main(["--kernel-sizes", "3", "--seeds", "1", "--size", "8", "--angles", "45",
+                                                   "--samplings", "center", "--threads", "1", "--out", str(out)])  # fmt: skip
+        assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 # ---- mutation audit round 4: the worst angle per seed and the summary statistics ----
 
 

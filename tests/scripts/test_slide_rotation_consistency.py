@@ -41,6 +41,30 @@ def test_bad_arguments(tmp_path):
     assert mod._parse(["--out", str(tmp_path), "--quick"]).quick
 
 
+def test_an_out_or_results_under_a_file_is_refused(tmp_path, capsys):
+    """--out naming a file stopped with a FileExistsError traceback; --results under a file after the whole run."""
+    mod = load_script("slide_rotation_consistency")
+    (tmp_path / "afile").write_text("")
+    for argv, named in ((["--out", str(tmp_path / "afile")], "--out"), (["--out", str(tmp_path / "afile" / "o")], "--out"),
+                        (["--out", str(tmp_path / "o"), "--results", str(tmp_path / "afile" / "r")], "--results")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            mod._parse(argv)
+        assert named in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_gpu_index_beyond_the_visible_gpus_is_refused(tmp_path, capsys, monkeypatch):
+    """--device cuda:1 on a one-GPU machine trained both networks (through CUDA_VISIBLE_DEVICES, which the parent
+    process had not checked) and then failed at net.to(device)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit):
+        load_script("slide_rotation_consistency")._parse(["--out", str(tmp_path / "o"), "--device", "cuda:1"])
+    assert "only 1 GPU(s) visible" in capsys.readouterr().err
+
+
 def test_symmetric_size():
     mod = load_script("slide_rotation_consistency")
     # the CMU-1 small region (2967 x 2220), 48-pixel patches, map blocks of 2: one row less

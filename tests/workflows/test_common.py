@@ -177,6 +177,15 @@ def test_load_checkpoint_formats(tmp_path):
         load_checkpoint(torch.nn.Sequential(torch.nn.Linear(3, 4)), tmp_path / "a.pt")
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"PK\x03\x04 cut short", b""])
+def test_load_checkpoint_names_a_file_that_is_not_a_checkpoint(tmp_path, content):
+    """A text file as --ckpt_path stopped with "KeyError: 101" (an unpickling error), a truncated one with a zip
+    reader error: neither named the file."""
+    (tmp_path / "model.pt").write_bytes(content)
+    with pytest.raises(RuntimeError, match=r"model\.pt' cannot be read as a PyTorch checkpoint"):
+        load_checkpoint(torch.nn.Linear(3, 2), tmp_path / "model.pt")
+
+
 def test_load_checkpoint_prefers_the_given_key_and_unwraps_data_parallel(tmp_path):
     """``key`` is looked up before the other state-dict keys (a checkpoint holding the model and, e.g., an EMA copy
     under "network"), and a ``DataParallel`` wrapper gets the weights without its "module." prefix."""
@@ -267,6 +276,23 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         w.write(str(tmp_path / "bad.png"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writer_refuses_instance_ids_that_wrap_in_the_output_dtype(tmp_path):
+    # 70000 instances in a uint16 PNG: astype wrapped id 65536 to 0 (background) and 65537 to 1 (merged) silently
+    from monai.transforms import SaveImage
+
+    inst = torch.zeros(1, 8, 8, dtype=torch.int32)
+    inst[0, 0, :3] = torch.tensor([65536, 65537, 70000])
+    save = SaveImage(output_dir=tmp_path / "out", output_postfix="instance", output_ext=".png", output_dtype=np.uint16,
+                     resample=False, separate_folder=False, print_log=False, writer="monai_gmr.workflows.AtomicPILWriter")
+    with pytest.raises(RuntimeError, match="do not fit the output dtype uint16"):  # SaveImage wraps the ValueError
+        save(inst)
+    assert not any((tmp_path / "out").glob("*.png"))
+    inst[0, 0, :3] = torch.tensor([1, 2, 65535])  # the whole range of uint16 is written as is
+    save(inst)
+    (written,) = (tmp_path / "out").glob("*.png")
+    assert np.array(Image.open(written)).max() == 65535
 
 
 # ------------------------------------------------------------------------------------------------ instances

@@ -430,6 +430,24 @@ def test_infer_slide_reads_the_label_mask_before_inference(wsi_data, tmp_path, m
     assert not calls
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_inference(wsi_data, tmp_path):
+    """output_dir naming a file: every slide was inferred and then failed at its first write (infer_slides reported
+    each as failed); now refused before the network runs."""
+    from monai_gmr.workflows.wsi import infer_slide, infer_slides
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "maps"):
+        with pytest.raises(ValueError, match="output_dir .*afile"):
+            infer_slide(small, net, out, mode="masked", patch_size=16, patch_level=1)
+        with pytest.raises(ValueError, match="output_dir .*afile"):
+            infer_slides([small], net, out, mode="masked", patch_size=16, patch_level=1)
+    assert not calls and (tmp_path / "afile").read_text() == ""
+
+
 def test_infer_slide_masked_mode_tifffile_and_level(wsi_data):
     from monai_gmr.workflows.wsi import infer_slide
 
