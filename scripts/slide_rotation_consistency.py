@@ -141,15 +141,16 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['environment'].get('torch')}, MONAI {report['environment'].get('monai')}", "",
              f"training: benchmark_wsi profile `{s['profile']}` ({s['epochs']} epochs, patch {s['patch_size']}, widths "
              f"{s['widths']}); inference: patch {s['patch_size']} at level 0, no overlap, min_tissue 0.25, "
-             "map_max_size 2048; copies written losslessly (deflate). Differences over the map cells that are tissue in "
-             "both maps; Dice/agreement of the maps thresholded at 0.5; worst = over the 7 non-identity elements.", ""]
+             "map_max_size 2048; copies written losslessly (deflate). Differences over the map cells that are tissue and "
+             "scored by a patch in both maps (coverage IoU: IoU of the scored tissue cells); Dice/agreement of the "
+             "maps thresholded at 0.5; worst = over the 7 non-identity elements.", ""]
     lines += ["| slide | model | grid | patches | mean abs diff (worst) | max abs diff (worst, element) | Dice min | "
-              "agreement min | tissue IoU min |", "|---|---|---|---|---|---|---|---|---|"]
+              "agreement min | tissue IoU min | coverage IoU min |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         w = r["worst"]
         lines.append(f"| {r['slide_kind']} | {r['model']} | {r['grid']} | {r['reference']['n_patches']} | "
                      f"{_fmt(w['mean_abs_diff'])} | {_fmt(w['max_abs_diff'])} ({w['max_abs_diff_element']}) | "
-                     f"{_fmt(w['dice'])} | {_fmt(w['agreement'])} | {_fmt(w['tissue_iou'])} |")  # fmt: skip
+                     f"{_fmt(w['dice'])} | {_fmt(w['agreement'])} | {_fmt(w['tissue_iou'])} | {_fmt(w.get('coverage_iou'))} |")  # fmt: skip
     names = [e["element"] for e in report["runs"][0]["elements"]] if report["runs"] else []
     lines += ["", "max abs probability difference per element:", "",
               "| slide | model | grid | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]

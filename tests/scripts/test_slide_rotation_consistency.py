@@ -12,7 +12,7 @@ def _run(kind: str, model: str, grid: str, max_diff: float) -> dict:
     names = ["rot0", "rot90", "rot180", "rot270", "rot0_flip", "rot90_flip", "rot180_flip", "rot270_flip"]
     els = [{"element": n, "max_abs_diff": 0.0 if i == 0 else max_diff, "grid_offset": [16, 16]} for i, n in enumerate(names)]
     worst = {"mean_abs_diff": max_diff / 10, "max_abs_diff": max_diff, "max_abs_diff_element": "rot90", "dice": 0.9,
-             "agreement": 0.95, "tissue_iou": 1.0}  # fmt: skip
+             "agreement": 0.95, "tissue_iou": 1.0, "coverage_iou": 0.875}  # fmt: skip
     return {"slide_kind": kind, "model": model, "grid": grid, "reference": {"n_patches": 12}, "worst": worst,
             "elements": els}  # fmt: skip
 
@@ -27,7 +27,7 @@ def test_markdown_tables():
               "runs": [_run("synthetic", "gmr_resnet18", "centered", 3e-8), _run("synthetic", "resnet18", "top_left", 0.5)]}  # fmt: skip
     md = mod.markdown(report)
     assert "| synthetic | gmr_resnet18 | centered | 12 | 3.00e-09 | 3.00e-08 (rot90) | 0.9000 |" in md
-    assert "| synthetic | resnet18 | top_left | 12 | 0.0500 | 0.5000 (rot90) |" in md
+    assert "| synthetic | resnet18 | top_left | 12 | 0.0500 | 0.5000 (rot90) | 0.9000 | 0.9500 | 1.0000 | 0.8750 |" in md
     assert "| rot0 | rot90 | rot180 | rot270 | rot0_flip | rot90_flip | rot180_flip | rot270_flip |" in md
     assert "commit: abc" in md and "2-core" in md
 
