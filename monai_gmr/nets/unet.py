@@ -99,6 +99,15 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
+def _check_dropout(dropout) -> None:
+    """A dropout probability must be in [0, 1] and not a bool (``dropout=True`` reached ``nn.Dropout`` as ``p=1``,
+    zeroing every activation in training); MONAI's ``(name, kwargs)`` form and ``None`` pass unchecked."""
+    if isinstance(dropout, bool) or (isinstance(dropout, numbers.Real) and not 0 <= dropout <= 1):
+        raise ValueError(
+            f"dropout must be a probability in [0, 1] (or MONAI's (name, kwargs) form, or None), got dropout={dropout!r}."
+        )
+
+
 def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, ...]:
     """One odd kernel width per level (``levels = len(features)``)."""
     if isinstance(kernel_sizes, (tuple, list)):
@@ -186,11 +195,7 @@ class GMRUNet(nn.Module):
         if len(features) < 2 or any(not _is_int(f) or f < 1 for f in features):
             raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")
         features = tuple(int(f) for f in features)
-        if isinstance(dropout, bool) or (isinstance(dropout, numbers.Real) and not 0 <= dropout <= 1):
-            # dropout=True reached nn.Dropout as p=1: every activation zeroed in training
-            raise ValueError(
-                f"dropout must be a probability in [0, 1] (or MONAI's (name, kwargs) form, or None), got dropout={dropout!r}."
-            )
+        _check_dropout(dropout)
         ks = _kernel_sizes(kernel_sizes, len(features))
         bias = as_bool(bias, "bias")
         interp_mode(upsample, spatial_dims)  # validates
