@@ -565,9 +565,12 @@ class _Converter:
         groups: dict[int, list[tuple[str, nn.Module]]] = {}
         seen: set[int] = set()
         for name, m in modules.items():
-            if isinstance(m, _CONV + _CONV_T) and id(m) not in seen:  # one entry per module (shared modules stay one)
+            # the registered Parameter only: a parametrized weight (weight_norm) is a fresh tensor on every access,
+            # whose id a later temporary may reuse (distinct convs would look tied)
+            w = m._parameters.get("weight") if isinstance(m, _CONV + _CONV_T) else None
+            if w is not None and id(m) not in seen:  # one entry per module (shared modules stay one)
                 seen.add(id(m))
-                groups.setdefault(id(m.weight), []).append((name or type(m).__name__, m))
+                groups.setdefault(id(w), []).append((name or type(m).__name__, m))
         for convs in groups.values():
             news = [self.replaced.get(id(m)) for _, m in convs]
             if len(convs) < 2 or all(n is None for n in news):

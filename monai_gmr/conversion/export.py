@@ -57,7 +57,9 @@ def _tie_shared_parameters(layers: list[GMRConv], dense: dict[int, nn.Module]) -
     """
     groups: dict[int, list[GMRConv]] = {}
     for gmr in layers:
-        groups.setdefault(id(gmr.weight), []).append(gmr)
+        w = gmr._parameters.get("weight")  # a parametrized weight is a fresh tensor per access: never tied here
+        if w is not None:
+            groups.setdefault(id(w), []).append(gmr)
     for group in groups.values():
         first, conv0 = group[0], dense[id(group[0])]
         for gmr in group[1:]:

@@ -876,3 +876,15 @@ def test_convs_sharing_a_weight_parameter_that_cannot_stay_tied_are_warned_about
         new = convert_to_gmr(net, exclude="b")
     assert isinstance(new.a, GMRConv) and isinstance(new.b, nn.Conv2d)
     assert "a, b share one weight Parameter" in caplog.text
+
+
+def test_parametrized_convs_are_not_taken_for_tied_ones():
+    """A parametrized weight (weight_norm) is a fresh tensor on every access; grouping convs by ``id(conv.weight)``
+    would see reused ids and tie distinct convs."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*[weight_norm(nn.Conv2d(2, 2, 3, padding=1)) for _ in range(4)])
+    new = convert_to_gmr(net)
+    assert all(isinstance(m, GMRConv) for m in new)
+    assert len({id(m.weight) for m in new}) == 4 and len(list(new.parameters())) == 12
