@@ -25,6 +25,7 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
+from monai_gmr.functional.basis import _is_int
 from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
 from monai_gmr.utils import as_bool
@@ -283,9 +284,10 @@ class GMRResNet(nn.Module):
             raise ValueError(f"conv1_t_stride must be a positive int, got conv1_t_stride={conv1_t_stride!r}.")
         if stem_pooling not in POOL_MODES:
             raise ValueError(f"stem_pooling must be one of {POOL_MODES}, got stem_pooling={stem_pooling!r}.")
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        # NumPy integers too (e.g. num_classes=labels.max() + 1), as GMRConv, GMRUNet and nn.Linear take them
+        if not _is_int(in_channels) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got in_channels={in_channels!r}.")
-        if feed_forward and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        if feed_forward and (not _is_int(num_classes) or num_classes < 1):
             raise ValueError(f"num_classes (or its alias out_channels) must be a positive int, got num_classes={num_classes!r}.")
 
         if isinstance(widen_factor, bool) or not isinstance(widen_factor, (int, float)):
@@ -297,6 +299,8 @@ class GMRResNet(nn.Module):
                 f"gives widths {tuple(planes)}; each must be >= 1."
             )
         self.spatial_dims = spatial_dims
+        in_channels = int(in_channels)
+        num_classes = int(num_classes) if _is_int(num_classes) else num_classes
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.kernel_sizes = ks

@@ -264,3 +264,15 @@ def test_norm_none_and_act_none_build_identities_and_stay_invariant(fn):
         y = net(x)
         assert y.shape == (2, 3)
         assert max(rel_err(net(g(x)), y) for g in d4_elements()) <= 1e-4
+
+
+def test_numpy_integer_channels_and_classes_are_accepted():
+    """``num_classes=labels.max() + 1`` is a NumPy integer, which nn.Linear, GMRConv and GMRUNet take; GMRResNet
+    refused it ("num_classes ... must be a positive int, got num_classes=np.int64(3)")."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    net = gmr_resnet18(in_channels=np.int64(1), num_classes=np.int64(3), **TINY)
+    assert type(net.num_classes) is int and type(net.in_channels) is int
+    assert net.eval()(torch.randn(1, 1, 16, 16)).shape == (1, 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        gmr_resnet18(num_classes=np.float64(3.0), **TINY)
