@@ -116,7 +116,8 @@ def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, 
             raise ValueError(
                 f"kernel_sizes must be an int or have one entry per level (len(features)={levels}), "
                 f"got kernel_sizes={ks}; the entries are isotropic widths per level, not per axis (GMR kernels have "
-                f"no (3, 3, 1) form)."
+                f"no (3, 3, 1) form). The default kernel_sizes (and those of the *_tiny registry entries) have 4 "
+                f"entries, one per default level: pass kernel_sizes together with features of another length."
             )
     else:
         ks = (kernel_sizes,) * levels

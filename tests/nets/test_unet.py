@@ -315,3 +315,15 @@ def test_numpy_integer_arguments_are_accepted_like_gmrconv():
     assert net(torch.randn(1, 1, 8, 8)).shape == (1, 2, 8, 8)
     with pytest.raises(ValueError, match="in_channels"):
         GMRUNet(2, np.float64(1.0), 2, **TINY)
+
+
+def test_features_of_another_length_without_kernel_sizes_say_to_pass_them():
+    """``GMRUNet(2, 1, 2, features=(8, 16))`` (or ``get_network("gmr_unet_tiny", features=...)``) was refused with an
+    error about ``kernel_sizes=(9, 9, 5, 5)``, a value the user never passed; the error now says where it came from."""
+    from monai_gmr.nets import get_network
+
+    with pytest.raises(ValueError, match="pass kernel_sizes together with features"):
+        GMRUNet(2, 1, 2, features=(8, 16))
+    with pytest.raises(ValueError, match="pass kernel_sizes together with features"):
+        get_network("gmr_unet_tiny", features=(2, 4))
+    assert GMRUNet(2, 1, 2, features=(2, 4), kernel_sizes=3).kernel_sizes == (3, 3)
