@@ -321,6 +321,8 @@ class _Converter:
         # (parent, attribute, replacement): applied by apply() once every replacement was built, so that an error
         # half-way leaves an inplace model untouched
         self.pending: list[tuple[nn.Module, str, nn.Module]] = []
+        # id(replaced conv) -> its replacement (every conv replaced, for tie_shared_parameters)
+        self.replaced: dict[int, nn.Module] = {}
 
     # -- helpers
     @staticmethod
@@ -376,6 +378,7 @@ class _Converter:
         return gmr.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
     def _finish(self, new: nn.Module, old: nn.Module) -> nn.Module:
+        self.replaced[id(old)] = new
         w = old.weight
         new.to(device=w.device, dtype=w.dtype)
         new.train(old.training)
@@ -549,6 +552,54 @@ class _Converter:
                 self.memo[id(child)] = new
             if new is not None:
                 self.pending.append((module, child_name, new))
+
+    def tie_shared_parameters(self, modules: dict[str, nn.Module]) -> None:
+        """Tie the replacements of distinct convs that share one weight ``Parameter`` (weight tying without a shared
+        module), as the originals were: one GMR ``weight`` (and learned ``log_sigma``, so the kernels stay equal), and
+        the bias where the biases were shared too. Groups that cannot stay tied (a conv kept, transposed and plain
+        convs mixed, other kernel sizes) are logged as a warning. Call after :meth:`walk`, before :meth:`apply`.
+
+        Args:
+            modules: ``named_modules(remove_duplicate=False)`` of the model being converted.
+        """
+        groups: dict[int, list[tuple[str, nn.Module]]] = {}
+        seen: set[int] = set()
+        for name, m in modules.items():
+            # the registered Parameter only: a parametrized weight (weight_norm) is a fresh tensor on every access,
+            # whose id a later temporary may reuse (distinct convs would look tied)
+            w = m._parameters.get("weight") if isinstance(m, _CONV + _CONV_T) else None
+            if w is not None and id(m) not in seen:  # one entry per module (shared modules stay one)
+                seen.add(id(m))
+                groups.setdefault(id(w), []).append((name or type(m).__name__, m))
+        for convs in groups.values():
+            news = [self.replaced.get(id(m)) for _, m in convs]
+            if len(convs) < 2 or all(n is None for n in news):
+                continue  # not shared, or every conv kept (the originals still share their weight)
+            # the layer holding the weights: the GMRConv itself or the conv of a PooledConv / UpsampledConv
+            layers = [n.conv if isinstance(n, (PooledConv, UpsampledConv)) else n for n in news]
+            first = layers[0]
+            tieable = all(
+                layer is not None
+                and type(layer) is type(first)
+                and layer.weight.shape == first.weight.shape
+                and getattr(layer, "kernel_size", None) == getattr(first, "kernel_size", None)
+                for layer in layers
+            ) and len({isinstance(m, _CONV_T) for _, m in convs}) == 1  # a conv's kernel is a transposed conv's transpose
+            if not tieable:
+                logger.warning(
+                    "convert_to_gmr: %s share one weight Parameter but their replacements cannot share theirs (a conv "
+                    "kept, or different replacement geometry); after conversion they are trained independently.",
+                    ", ".join(n for n, _ in convs),
+                )
+                continue
+            bias0 = convs[0][1].bias
+            for (_, old), layer in zip(convs[1:], layers[1:]):
+                layer.weight = first.weight
+                if isinstance(getattr(first, "log_sigma", None), nn.Parameter) and isinstance(layer.log_sigma, nn.Parameter):
+                    layer.log_sigma = first.log_sigma
+                if bias0 is not None and old.bias is bias0:
+                    layer.bias = first.bias
+            logger.info("convert_to_gmr: %s keep sharing their weights", ", ".join(n for n, _ in convs))
 
     def apply(self) -> None:
         """Install the replacements collected by :meth:`walk`."""
@@ -770,6 +821,9 @@ def convert_to_gmr(
         exclude: module names (exact, a prefix ``"a.b"`` that also covers its submodules, or an ``fnmatch`` pattern
             like ``"*.conv0"``) and/or module types to leave untouched; entries matching no module are logged as a
             warning. A module shared under several names (tied weights) and excluded under one is kept under all.
+            Distinct convs that share one weight ``Parameter`` get replacements that share theirs (GMR ``weight`` and
+            learned ``log_sigma``; the bias where it was shared); where that cannot hold (one of them kept, a plain
+            and a transposed conv, different replacement geometry) a warning says they were untied.
         inplace: modify ``model`` itself instead of a deep copy.
         upsample_mode: interpolation replacing transposed convs: ``"bilinear"`` (multi-linear in 3D),
             ``"nearest"``, ``"nearest-exact"``, ``"bicubic"`` (2D).
@@ -838,6 +892,7 @@ def convert_to_gmr(
         root = new_root
     elif not isinstance(root, _CONV + _CONV_T):
         conv.walk(root, "")
+        conv.tie_shared_parameters(root_modules)  # distinct convs sharing one weight Parameter stay tied
         conv.apply()  # only now, after every replacement was built: an error above leaves an inplace model as it was
     summary = conv.summary
     summary.counts = {k: int(v) for k, v in sorted(conv.counts.items()) if v}

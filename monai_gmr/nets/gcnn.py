@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from monai_gmr.utils import as_bool
 from monai_gmr.nn.gconv import (
@@ -37,6 +36,9 @@ from monai_gmr.nn.gconv import (
     count_parameters,
     group_order,
 )
+
+from .resnet import _act_layer, _norm_layer
+from .unet import _check_dropout
 
 __all__ = [
     "GCNNUNet",
@@ -156,6 +158,7 @@ class GCNNUNet(nn.Module):
         _check_choice(pooling, SPATIAL_POOL_MODES, "pooling")
         _check_choice(group_pool, POOL_MODES, "group_pool")
         bias = as_bool(bias, "bias")  # `--network_def#bias false` passes the (truthy) text "false"
+        _check_dropout(dropout)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -236,22 +239,22 @@ class GCNNResNetBlock(nn.Module):
         group: str = "p4m",
         stride: int = 1,
         kernel_size: int = 3,
-        act: str | tuple = ("relu", {"inplace": True}),
-        norm: str | tuple = "batch",
+        act: str | tuple | None = ("relu", {"inplace": True}),
+        norm: str | tuple | None = "batch",
     ) -> None:
         super().__init__()
         self.pool = GroupSpatialPool(stride, "avg") if stride > 1 else nn.Identity()
         self.conv1 = GroupConv(in_planes, planes, kernel_size, group, bias=False)
-        self.bn1 = get_norm_layer(name=norm, spatial_dims=3, channels=planes)
-        self.act = get_act_layer(name=act)
+        self.bn1 = _norm_layer(norm, 3, planes)
+        self.act = _act_layer(act)
         self.conv2 = GroupConv(planes, planes, kernel_size, group, bias=False)
-        self.bn2 = get_norm_layer(name=norm, spatial_dims=3, channels=planes)
+        self.bn2 = _norm_layer(norm, 3, planes)
         self.downsample: nn.Module | None = None
         if stride > 1 or in_planes != planes:
             self.downsample = nn.Sequential(
                 GroupSpatialPool(stride, "avg") if stride > 1 else nn.Identity(),
                 GroupConv(in_planes, planes, 1, group, bias=True),
-                get_norm_layer(name=norm, spatial_dims=3, channels=planes),
+                _norm_layer(norm, 3, planes),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,9 +290,9 @@ class GCNNResNet(nn.Module):
         group_pool: ``"max"`` or ``"mean"`` pooling over orientations before global average pooling.
         feed_forward: if ``False``, there is no linear head and ``forward`` returns the pooled features
             ``(B, block_inplanes[-1])``.
-        act: activation name or ``(name, kwargs)``.
+        act: activation name or ``(name, kwargs)``; ``None`` for none.
         norm: norm name or ``(name, kwargs)``, built by MONAI's factory for 3 dims so that statistics are shared
-            across orientations.
+            across orientations; ``None`` for none.
         out_channels: alias of ``num_classes`` (so configs written for ``out_channels`` work).
 
     Shapes:
@@ -311,8 +314,8 @@ class GCNNResNet(nn.Module):
         pooling: str = "avg",
         group_pool: str = "max",
         feed_forward: bool = True,
-        act: str | tuple = ("relu", {"inplace": True}),
-        norm: str | tuple = "batch",
+        act: str | tuple | None = ("relu", {"inplace": True}),
+        norm: str | tuple | None = "batch",
         out_channels: int | None = None,
     ) -> None:
         super().__init__()
@@ -362,8 +365,8 @@ class GCNNResNet(nn.Module):
             stem.append(nn.AvgPool2d(conv1_t_stride))
         stem += [
             GroupLiftingConv(in_channels, block_inplanes[0], conv1_t_size, group, bias=False),
-            get_norm_layer(name=norm, spatial_dims=3, channels=block_inplanes[0]),
-            get_act_layer(name=act),
+            _norm_layer(norm, 3, block_inplanes[0]),
+            _act_layer(act),
         ]
         if not no_max_pool:
             stem.append(GroupSpatialPool(2, pooling))

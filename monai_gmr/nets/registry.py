@@ -53,8 +53,11 @@ def register_network(name: str, factory: Callable[..., nn.Module], overwrite: bo
     """Add ``factory`` (a class or function returning an ``nn.Module``) under ``name``.
 
     Raises:
-        ValueError: ``name`` is taken and ``overwrite`` is False, or ``factory`` is not callable.
+        ValueError: ``name`` is not a non-empty str, is taken and ``overwrite`` is False, or ``factory`` is not callable.
     """
+    if not isinstance(name, str) or not name:
+        # a non-str name broke list_networks() (sorted() of mixed types) and so every unknown-name error
+        raise ValueError(f"name must be a non-empty str, got name={name!r}.")
     if not callable(factory):
         raise ValueError(f"factory must be callable, got factory={factory!r}.")
     if name in _REGISTRY and not overwrite:

@@ -25,6 +25,7 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
+from monai_gmr.functional.basis import _is_int
 from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
 from monai_gmr.utils import as_bool
@@ -53,6 +54,17 @@ def _isotropic(value, name: str):
     return value
 
 
+def _norm_layer(norm, spatial_dims: int, channels: int) -> nn.Module:
+    """MONAI norm layer ``norm`` (name or ``(name, kwargs)``), or ``nn.Identity`` for ``norm=None`` (as in
+    :class:`~monai_gmr.nets.GMRUNet`; MONAI's factory failed on ``None`` with "cannot unpack non-iterable NoneType")."""
+    return nn.Identity() if norm is None else get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=channels)
+
+
+def _act_layer(act) -> nn.Module:
+    """MONAI activation ``act`` (name or ``(name, kwargs)``), or ``nn.Identity`` for ``act=None``."""
+    return nn.Identity() if act is None else get_act_layer(name=act)
+
+
 def _shortcut(spatial_dims: int, in_planes: int, out_planes: int, stride: int, norm, bias: bool) -> nn.Sequential:
     """pool (kernel = stride) -> 1x1 conv -> norm (the shortcut of the recipe)."""
     layers: list[nn.Module] = []
@@ -60,7 +72,7 @@ def _shortcut(spatial_dims: int, in_planes: int, out_planes: int, stride: int, n
         layers.append(make_pool(spatial_dims, stride, "avg"))
     layers += [
         Conv[Conv.CONV, spatial_dims](in_planes, out_planes, kernel_size=1, bias=bias),
-        get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=out_planes),
+        _norm_layer(norm, spatial_dims, out_planes),
     ]
     return nn.Sequential(*layers)
 
@@ -74,8 +86,8 @@ class GMRResNetBlock(nn.Module):
         spatial_dims: 2 or 3.
         stride: down-sampling factor, implemented as ``stride x stride`` average pooling before the first conv.
         kernel_size: odd GMR kernel width.
-        act: activation name or ``(name, kwargs)``.
-        norm: norm name or ``(name, kwargs)``.
+        act: activation name or ``(name, kwargs)``; ``None`` for none.
+        norm: norm name or ``(name, kwargs)``; ``None`` for none.
         bias_downsample: bias of the shortcut's 1x1 conv (MONAI's ``bias_downsample``).
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments.
 
@@ -92,18 +104,18 @@ class GMRResNetBlock(nn.Module):
         spatial_dims: int = 2,
         stride: int = 1,
         kernel_size: int = 3,
-        act: str | tuple = ("relu", {"inplace": True}),
-        norm: str | tuple = "batch",
+        act: str | tuple | None = ("relu", {"inplace": True}),
+        norm: str | tuple | None = "batch",
         bias_downsample: bool = True,
         **gmr_kwargs,
     ) -> None:
         super().__init__()
         self.pool = make_pool(spatial_dims, stride, "avg") if stride > 1 else nn.Identity()
         self.conv1 = GMRConv(spatial_dims, in_planes, planes, kernel_size, bias=False, **gmr_kwargs)
-        self.bn1 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes)
-        self.act = get_act_layer(name=act)
+        self.bn1 = _norm_layer(norm, spatial_dims, planes)
+        self.act = _act_layer(act)
         self.conv2 = GMRConv(spatial_dims, planes, planes, kernel_size, bias=False, **gmr_kwargs)
-        self.bn2 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes)
+        self.bn2 = _norm_layer(norm, spatial_dims, planes)
         self.downsample: nn.Module | None = None
         if stride > 1 or in_planes != planes * self.expansion:
             self.downsample = _shortcut(spatial_dims, in_planes, planes * self.expansion, stride, norm, bias_downsample)
@@ -134,21 +146,21 @@ class GMRResNetBottleneck(nn.Module):
         spatial_dims: int = 2,
         stride: int = 1,
         kernel_size: int = 3,
-        act: str | tuple = ("relu", {"inplace": True}),
-        norm: str | tuple = "batch",
+        act: str | tuple | None = ("relu", {"inplace": True}),
+        norm: str | tuple | None = "batch",
         bias_downsample: bool = True,
         **gmr_kwargs,
     ) -> None:
         super().__init__()
         conv1x1 = Conv[Conv.CONV, spatial_dims]
         self.conv1 = conv1x1(in_planes, planes, kernel_size=1, bias=False)
-        self.bn1 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes)
+        self.bn1 = _norm_layer(norm, spatial_dims, planes)
         self.pool = make_pool(spatial_dims, stride, "avg") if stride > 1 else nn.Identity()
         self.conv2 = GMRConv(spatial_dims, planes, planes, kernel_size, bias=False, **gmr_kwargs)
-        self.bn2 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes)
+        self.bn2 = _norm_layer(norm, spatial_dims, planes)
         self.conv3 = conv1x1(planes, planes * self.expansion, kernel_size=1, bias=False)
-        self.bn3 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes * self.expansion)
-        self.act = get_act_layer(name=act)
+        self.bn3 = _norm_layer(norm, spatial_dims, planes * self.expansion)
+        self.act = _act_layer(act)
         self.downsample: nn.Module | None = None
         if stride > 1 or in_planes != planes * self.expansion:
             self.downsample = _shortcut(spatial_dims, in_planes, planes * self.expansion, stride, norm, bias_downsample)
@@ -188,8 +200,8 @@ class GMRResNet(nn.Module):
         widen_factor: multiplier of ``block_inplanes``.
         feed_forward: ``False`` drops the linear head; ``forward`` then returns the pooled features.
         bias_downsample: bias of the shortcuts' 1x1 convs.
-        act: activation name or ``(name, kwargs)``.
-        norm: norm name or ``(name, kwargs)``.
+        act: activation name or ``(name, kwargs)``; ``None`` for none.
+        norm: norm name or ``(name, kwargs)``; ``None`` for none.
         out_channels: alias of ``num_classes`` (so configs written for ``out_channels`` work, as for
             :class:`~monai_gmr.nets.GCNNResNet`).
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
@@ -220,8 +232,8 @@ class GMRResNet(nn.Module):
         widen_factor: float = 1.0,
         feed_forward: bool = True,
         bias_downsample: bool = True,
-        act: str | tuple = ("relu", {"inplace": True}),
-        norm: str | tuple = "batch",
+        act: str | tuple | None = ("relu", {"inplace": True}),
+        norm: str | tuple | None = "batch",
         out_channels: int | None = None,
         **gmr_kwargs,
     ) -> None:
@@ -272,9 +284,10 @@ class GMRResNet(nn.Module):
             raise ValueError(f"conv1_t_stride must be a positive int, got conv1_t_stride={conv1_t_stride!r}.")
         if stem_pooling not in POOL_MODES:
             raise ValueError(f"stem_pooling must be one of {POOL_MODES}, got stem_pooling={stem_pooling!r}.")
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        # NumPy integers too (e.g. num_classes=labels.max() + 1), as GMRConv, GMRUNet and nn.Linear take them
+        if not _is_int(in_channels) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got in_channels={in_channels!r}.")
-        if feed_forward and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        if feed_forward and (not _is_int(num_classes) or num_classes < 1):
             raise ValueError(f"num_classes (or its alias out_channels) must be a positive int, got num_classes={num_classes!r}.")
 
         if isinstance(widen_factor, bool) or not isinstance(widen_factor, (int, float)):
@@ -286,6 +299,8 @@ class GMRResNet(nn.Module):
                 f"gives widths {tuple(planes)}; each must be >= 1."
             )
         self.spatial_dims = spatial_dims
+        in_channels = int(in_channels)
+        num_classes = int(num_classes) if _is_int(num_classes) else num_classes
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.kernel_sizes = ks
@@ -297,8 +312,8 @@ class GMRResNet(nn.Module):
             stem.append(make_pool(spatial_dims, conv1_t_stride, "avg"))
         stem += [
             GMRConv(spatial_dims, in_channels, planes[0], stem_k, bias=False, **gmr_kwargs),
-            get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes[0]),
-            get_act_layer(name=act),
+            _norm_layer(norm, spatial_dims, planes[0]),
+            _act_layer(act),
         ]
         if not no_max_pool:
             stem.append(make_pool(spatial_dims, 2, stem_pooling))

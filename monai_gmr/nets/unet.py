@@ -30,6 +30,7 @@ equivariant when every size's total padding ``(-size) % 2 ** L`` is even (the pa
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Pool
 
+from monai_gmr.functional.basis import _is_int
 from monai_gmr.nn.blocks import GMRConvolution, check_gmr_kwargs
 from monai_gmr.utils import as_bool
 
@@ -86,14 +88,24 @@ def make_pool(spatial_dims: int, size: int | Sequence[int], mode: str = "avg", c
 
 
 def _check_spatial_dims(spatial_dims: int) -> None:
-    if spatial_dims not in (2, 3):
+    if not _is_int(spatial_dims) or spatial_dims not in (2, 3):  # 2.0 passed `in (2, 3)`, then broke deep inside
         raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` as an int (NumPy integers too, as ``GMRConv`` and ``nn.Conv2d`` accept them; not bools/floats)."""
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
-    return value
+    return int(value)
+
+
+def _check_dropout(dropout) -> None:
+    """A dropout probability must be in [0, 1] and not a bool (``dropout=True`` reached ``nn.Dropout`` as ``p=1``,
+    zeroing every activation in training); MONAI's ``(name, kwargs)`` form and ``None`` pass unchecked."""
+    if isinstance(dropout, bool) or (isinstance(dropout, numbers.Real) and not 0 <= dropout <= 1):
+        raise ValueError(
+            f"dropout must be a probability in [0, 1] (or MONAI's (name, kwargs) form, or None), got dropout={dropout!r}."
+        )
 
 
 def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, ...]:
@@ -104,7 +116,8 @@ def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, 
             raise ValueError(
                 f"kernel_sizes must be an int or have one entry per level (len(features)={levels}), "
                 f"got kernel_sizes={ks}; the entries are isotropic widths per level, not per axis (GMR kernels have "
-                f"no (3, 3, 1) form)."
+                f"no (3, 3, 1) form). The default kernel_sizes (and those of the *_tiny registry entries) have 4 "
+                f"entries, one per default level: pass kernel_sizes together with features of another length."
             )
     else:
         ks = (kernel_sizes,) * levels
@@ -114,9 +127,9 @@ def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, 
             f"kernel_sizes={ks}."
         )
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+        if not _is_int(k) or k < 1 or k % 2 == 0:
             raise ValueError(f"kernel_sizes must hold odd positive ints (GMR kernels are centred), got kernel_sizes={ks}.")
-    return ks
+    return tuple(int(k) for k in ks)
 
 
 class GMRUNet(nn.Module):
@@ -174,13 +187,16 @@ class GMRUNet(nn.Module):
     ) -> None:
         super().__init__()
         _check_spatial_dims(spatial_dims)
-        _positive_int(in_channels, "in_channels")
-        _positive_int(out_channels, "out_channels")
+        spatial_dims = int(spatial_dims)
+        in_channels = _positive_int(in_channels, "in_channels")
+        out_channels = _positive_int(out_channels, "out_channels")
         if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
             raise ValueError(f"features must be a sequence of >= 2 positive ints, got features={features!r}.")
         features = tuple(features)
-        if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
+        if len(features) < 2 or any(not _is_int(f) or f < 1 for f in features):
             raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")
+        features = tuple(int(f) for f in features)
+        _check_dropout(dropout)
         ks = _kernel_sizes(kernel_sizes, len(features))
         bias = as_bool(bias, "bias")
         interp_mode(upsample, spatial_dims)  # validates

@@ -138,8 +138,9 @@ class GMRConv(nn.Module):
         sampling: str = "center",
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
+        if not _is_int(spatial_dims) or spatial_dims not in (2, 3):  # 2.0 passed `in (2, 3)`, then broke deep inside
+            raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
+        spatial_dims = int(spatial_dims)
         k = check_kernel_size(kernel_size, spatial_dims)
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
             if not _is_int(val) or val <= 0:  # NumPy integers too, like kernel_size and torch.nn.Conv2d
@@ -155,6 +156,13 @@ class GMRConv(nn.Module):
             raise ValueError(f"stride must be >= 1, got stride={stride}.")
         if dilation < 1:
             raise ValueError(f"dilation must be >= 1, got dilation={dilation}.")
+        if isinstance(padding, str) and padding == "same" and stride > 1:
+            # as torch.nn.Conv2d: a "same" output size cannot hold for a strided convolution (padding=None is this
+            # layer's own default, the symmetric "same" pad dilation * (k - 1) // 2, and stays accepted)
+            raise ValueError(
+                f"padding='same' is not supported for strided convolutions (stride={stride}), as in torch.nn.Conv2d; "
+                "pass an int padding (or padding=None for the symmetric pad dilation * (kernel_size - 1) // 2)."
+            )
         if padding is None or padding == "same":
             padding = same_padding(k, dilation)
         elif padding == "valid":

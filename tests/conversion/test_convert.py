@@ -845,3 +845,46 @@ def test_replace_pooling_keeps_an_average_pool_with_divisor_override():
     assert "0" in summary.non_equivariant  # its off-centre window grid is still listed
     plain = convert_to_gmr(nn.Sequential(nn.AvgPool2d(3, 2, 1)), replace_pooling=True)  # no override: replaced
     assert tuple(plain[0].kernel_size) == (2, 2)
+
+
+@pytest.mark.parametrize("weights", ["init", "project"])
+def test_convs_sharing_a_weight_parameter_stay_tied(weights):
+    """Two distinct convs sharing one weight Parameter (tying without a shared module) were converted into two
+    independent GMR convs, silently: 3 parameters became 6 and training let the kernels drift apart."""
+    torch.manual_seed(0)
+    net = nn.Module()
+    net.a = nn.Conv2d(2, 2, 3, padding=1)
+    net.b = nn.Conv2d(2, 2, 3, padding=1)  # own bias
+    net.c = nn.Conv2d(2, 2, 3, stride=2, padding=1)  # strided: a PooledConv around the tied GMRConv
+    net.b.weight = net.a.weight
+    net.c.weight, net.c.bias = net.a.weight, net.a.bias
+    new = convert_to_gmr(net, weights=weights)
+    a, b, c = new.a, new.b, new.c.conv
+    assert isinstance(a, GMRConv) and isinstance(c, GMRConv)
+    assert a.weight is b.weight is c.weight and a.log_sigma is b.log_sigma is c.log_sigma
+    assert c.bias is a.bias and b.bias is not a.bias
+    assert len(list(new.parameters())) == 4  # weight, log_sigma, a/c bias, b bias
+    assert net.a.weight is net.b.weight and isinstance(net.a, nn.Conv2d)  # the original is untouched
+
+
+def test_convs_sharing_a_weight_parameter_that_cannot_stay_tied_are_warned_about(caplog):
+    net = nn.Module()
+    net.a = nn.Conv2d(2, 2, 3, padding=1)
+    net.b = nn.Conv2d(2, 2, 3, padding=1)
+    net.b.weight = net.a.weight
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        new = convert_to_gmr(net, exclude="b")
+    assert isinstance(new.a, GMRConv) and isinstance(new.b, nn.Conv2d)
+    assert "a, b share one weight Parameter" in caplog.text
+
+
+def test_parametrized_convs_are_not_taken_for_tied_ones():
+    """A parametrized weight (weight_norm) is a fresh tensor on every access; grouping convs by ``id(conv.weight)``
+    would see reused ids and tie distinct convs."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*[weight_norm(nn.Conv2d(2, 2, 3, padding=1)) for _ in range(4)])
+    new = convert_to_gmr(net)
+    assert all(isinstance(m, GMRConv) for m in new)
+    assert len({id(m.weight) for m in new}) == 4 and len(list(new.parameters())) == 12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -225,3 +226,23 @@ def test_dense_conv_of_one_layer_keeps_its_geometry_and_mode(d, kwargs):
         x = torch.randn(2, 4, *((13, 17) if d == 2 else (9, 10, 11)), dtype=torch.float64)
         with torch.no_grad():
             assert rel_err(dense(x), m(x)) <= 1e-12
+
+
+def test_export_dense_keeps_tied_gmr_parameters_tied(caplog):
+    """Distinct GMR layers sharing their weight and log_sigma Parameters (e.g. convert_to_gmr of convs sharing one
+    weight) were exported as dense convs with independent copies of the kernel."""
+    torch.manual_seed(0)
+    net = nn.Module()
+    net.a, net.b, net.c = GMRConv(2, 2, 2, 3), GMRConv(2, 2, 2, 3, stride=2), GMRConv(2, 2, 2, 3)
+    net.b.weight, net.b.log_sigma, net.b.bias = net.a.weight, net.a.log_sigma, net.a.bias
+    net.c.weight = net.a.weight  # own log_sigma: the kernels may differ, so the dense convs stay untied (warned)
+    with torch.no_grad():
+        net.c.log_sigma.add_(0.1)
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.export"):
+        dense = export_dense(net)
+    assert dense.a.weight is dense.b.weight and dense.a.bias is dense.b.bias
+    assert dense.c.weight is not dense.a.weight and "exported untied" in caplog.text
+    x = torch.randn(1, 2, 6, 6)
+    with torch.no_grad():
+        for name in "abc":
+            assert rel_err(getattr(dense, name)(x), getattr(net, name)(x)) <= 1e-5, name

@@ -150,6 +150,9 @@ def test_resnet_features_and_options():
         (lambda: gcnn_resnet18(2, 1, 2, conv1_t_size=(7, 5)), "conv1_t_size"),
         (lambda: GCNNResNet((2, 0, 2, 2), (4, 4, 8, 8), num_classes=2), "layers"),
         (lambda: GCNNResNet((2, -1, 2, 2), (4, 4, 8, 8), num_classes=2), "layers"),
+        # dropout=True reached nn.Dropout as p=1 (every activation zeroed in training)
+        (lambda: GCNNUNet(2, 1, 2, dropout=True, **TINY_UNET), "^dropout must be a probability"),
+        (lambda: GCNNUNet(2, 1, 2, dropout=1.5, **TINY_UNET), "^dropout must be a probability"),
     ],
 )
 def test_bad_arguments(make, match):
@@ -288,3 +291,16 @@ def test_resnet_block_adds_its_shortcut(stride, in_planes):
         short = x if blk.downsample is None else blk.downsample(x)
         assert (blk.downsample is None) == (stride == 1 and in_planes == 4)
         assert torch.allclose(blk(x), torch.relu(main + short), atol=1e-6)
+
+
+def test_resnet_norm_none_and_act_none_build_identities():
+    """``norm=None`` / ``act=None`` mean "none" (as for GCNNUNet and the GMR nets); the ResNet failed inside MONAI's
+    factory with "cannot unpack non-iterable NoneType object", naming neither argument."""
+    torch.manual_seed(0)
+    net = gcnn_resnet18(2, 1, 2, norm=None, act=None, **TINY_RESNET).eval()
+    assert not any(isinstance(m, (torch.nn.BatchNorm3d, torch.nn.ReLU)) for m in net.modules())
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (2, 2)
+        assert max(rel_err(net(g(x)), y) for g in d4_elements()) <= 1e-4

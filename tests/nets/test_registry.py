@@ -50,6 +50,11 @@ def test_unknown_and_duplicate_names():
         register_network("gmr_unet", GMRUNet)
     with pytest.raises(ValueError, match="callable"):
         register_network("x_not_callable", 3)  # type: ignore[arg-type]
+    # a non-str name was registered, after which list_networks() (and every unknown-name error) raised TypeError
+    for bad in (3, None, ""):
+        with pytest.raises(ValueError, match="^name must be a non-empty str"):
+            register_network(bad, GMRUNet)  # type: ignore[arg-type]
+    assert all(isinstance(n, str) for n in list_networks())
 
 
 def test_register_network():

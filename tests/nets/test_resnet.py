@@ -250,3 +250,29 @@ def test_features_are_the_global_average_of_the_last_stage():
         assert h.shape[2:] == (4, 4)
         assert torch.allclose(net.forward_features(x), h.mean((2, 3)), atol=1e-6)
         assert torch.allclose(net(x), net.fc(h.mean((2, 3))), atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [gmr_resnet18, gmr_resnet50])
+def test_norm_none_and_act_none_build_identities_and_stay_invariant(fn):
+    """``norm=None`` / ``act=None`` mean "none", as for GMRUNet; they failed inside MONAI's factory with "cannot unpack
+    non-iterable NoneType object", naming neither argument."""
+    torch.manual_seed(0)
+    net = fn(in_channels=1, num_classes=3, norm=None, act=None, **TINY).eval()
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in net.modules())
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (2, 3)
+        assert max(rel_err(net(g(x)), y) for g in d4_elements()) <= 1e-4
+
+
+def test_numpy_integer_channels_and_classes_are_accepted():
+    """``num_classes=labels.max() + 1`` is a NumPy integer, which nn.Linear, GMRConv and GMRUNet take; GMRResNet
+    refused it ("num_classes ... must be a positive int, got num_classes=np.int64(3)")."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    net = gmr_resnet18(in_channels=np.int64(1), num_classes=np.int64(3), **TINY)
+    assert type(net.num_classes) is int and type(net.in_channels) is int
+    assert net.eval()(torch.randn(1, 1, 16, 16)).shape == (1, 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        gmr_resnet18(num_classes=np.float64(3.0), **TINY)

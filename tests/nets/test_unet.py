@@ -198,6 +198,12 @@ def test_area_sampling_passes_through_and_stays_exact_after_training(d):
         ({"num_classes": 3}, "num_classes"),
         ({"smothing": "none"}, "smothing"),
         ({"padding_mode": "reflection"}, "padding_mode"),
+        # a float passed `spatial_dims in (2, 3)` and failed deep inside with "can't multiply sequence by non-int"
+        ({"spatial_dims": 2.0}, "spatial_dims"),
+        # dropout=True reached nn.Dropout as p=1 (every activation zeroed in training); out-of-range p named no argument
+        ({"dropout": True}, "^dropout must be a probability"),
+        ({"dropout": 1.5}, "^dropout must be a probability"),
+        ({"dropout": -0.1}, "^dropout must be a probability"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -297,3 +303,27 @@ def test_dropout_reaches_every_block():
     with torch.no_grad():
         assert not torch.equal(net.train()(x), net(x))
         assert torch.equal(net.eval()(x), net(x))
+
+
+def test_numpy_integer_arguments_are_accepted_like_gmrconv():
+    """NumPy integers (e.g. ``out_channels=np.unique(labels).size``) are ints to GMRConv and nn.Conv2d; the U-Net
+    refused them ("in_channels must be a positive int, got in_channels=np.int64(1)")."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    net = GMRUNet(np.int64(2), np.int64(1), np.int64(2), features=[np.int64(2), np.int64(4)], kernel_sizes=np.int64(3))
+    assert type(net.in_channels) is int and net.features == (2, 4) and net.kernel_sizes == (3, 3)
+    assert net(torch.randn(1, 1, 8, 8)).shape == (1, 2, 8, 8)
+    with pytest.raises(ValueError, match="in_channels"):
+        GMRUNet(2, np.float64(1.0), 2, **TINY)
+
+
+def test_features_of_another_length_without_kernel_sizes_say_to_pass_them():
+    """``GMRUNet(2, 1, 2, features=(8, 16))`` (or ``get_network("gmr_unet_tiny", features=...)``) was refused with an
+    error about ``kernel_sizes=(9, 9, 5, 5)``, a value the user never passed; the error now says where it came from."""
+    from monai_gmr.nets import get_network
+
+    with pytest.raises(ValueError, match="pass kernel_sizes together with features"):
+        GMRUNet(2, 1, 2, features=(8, 16))
+    with pytest.raises(ValueError, match="pass kernel_sizes together with features"):
+        get_network("gmr_unet_tiny", features=(2, 4))
+    assert GMRUNet(2, 1, 2, features=(2, 4), kernel_sizes=3).kernel_sizes == (3, 3)

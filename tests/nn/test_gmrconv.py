@@ -94,6 +94,12 @@ def test_numpy_integers_are_accepted():
         (dict(kernel_size=("5", "5")), "kernel_size"),
         (dict(stride=(1.9, 1.9)), "stride"),
         (dict(padding=(2.7, 2.7)), "padding"),
+        # torch.nn.Conv2d refuses a "same" strided conv too (the output cannot keep the input size)
+        (dict(padding="same", stride=2), r"^padding='same' is not supported for strided"),
+        (dict(padding="same", stride=(2, 2), dilation=2), r"^padding='same'"),
+        # a float passed `spatial_dims in (2, 3)` and broke later with "can't multiply sequence by non-int"
+        (dict(spatial_dims=2.0), "spatial_dims"),
+        (dict(spatial_dims=True), "spatial_dims"),
     ],
 )
 def test_constructor_errors(kwargs, match):
