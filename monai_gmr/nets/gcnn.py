@@ -158,7 +158,7 @@ class GCNNUNet(nn.Module):
         _check_choice(pooling, SPATIAL_POOL_MODES, "pooling")
         _check_choice(group_pool, POOL_MODES, "group_pool")
         bias = as_bool(bias, "bias")  # `--network_def#bias false` passes the (truthy) text "false"
-        _check_dropout(dropout)
+        dropout = _check_dropout(dropout)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
