@@ -18,7 +18,8 @@ for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x
   ``k=2, p=0`` up-convs).
 * even kernel sizes ``k`` map to ``k + 1`` (GMR kernels have a centre pixel); sizes may also be remapped with
   ``kernel_size`` (an int for every ``k > 1`` conv, or a callable ``old -> new``).
-* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay. Max/avg pools whose window
+* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay; so do 1D convs
+  (``nn.Conv1d``/``nn.ConvTranspose1d``; a warning names them, ``summary.unknown`` lists them). Max/avg pools whose window
   grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
   stems) stay unless ``replace_pooling=True`` (then: the same pool type with kernel = stride, the same output size
   and the same ``return_indices``). Pools that already commute at such sizes (every stride-1 pool with symmetric
@@ -951,6 +952,15 @@ def convert_to_gmr(
     summary = conv.summary
     summary.counts = {k: int(v) for k, v in sorted(conv.counts.items()) if v}
     audit_equivariance(root, summary)
+    after = dict(root.named_modules())
+    conv1d = [n or type(m).__name__ for n, m in after.items() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))
+              and not (n and conv.excluded_path(n, after))]  # fmt: skip
+    if conv1d:  # else only listed in summary.unknown: a 1D model came back unchanged without a word
+        logger.warning(
+            "convert_to_gmr: 1D convolutions are not converted (GMR convolutions are 2D/3D) and stay as they are: %s "
+            "(listed in summary.unknown).",
+            ", ".join(conv1d),
+        )
     root.gmr_conversion_summary = summary  # plain attribute (not a submodule/buffer); kept by deepcopy/pickle
     logger.info(
         "convert_to_gmr: %s; %d module(s) left orientation-dependent%s",

@@ -910,3 +910,18 @@ def test_strided_reflect_circular_small_input_names_module_and_min_size(mode):
         assert gmr(x).shape == net(x).shape
     # zero padding has no such limit
     assert convert_to_gmr(nn.Conv2d(4, 4, 5, stride=3, padding=2)).min_size == ()
+
+
+def test_conv1d_left_alone_is_a_warning_naming_it(caplog):
+    """nn.Conv1d / nn.ConvTranspose1d stay (GMR convs are 2D/3D) but were only listed in summary.unknown, silently."""
+    net = nn.Sequential(nn.Conv1d(2, 2, 3, padding=1), nn.ReLU(), nn.ConvTranspose1d(2, 2, 2, stride=2), nn.Conv2d(2, 2, 3))
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        out, summary = convert_to_gmr(net, return_summary=True)
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "1D convolutions" in r.getMessage()]
+    assert len(msgs) == 1 and "0, 2" in msgs[0]
+    assert type(out[0]) is nn.Conv1d and type(out[2]) is nn.ConvTranspose1d and isinstance(out[3], GMRConv)
+    assert {"0", "2"} <= set(summary.unknown)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        convert_to_gmr(net, exclude=["0", "2"])  # excluded on purpose: no warning
+    assert not any("1D convolutions" in r.getMessage() for r in caplog.records)
