@@ -358,3 +358,34 @@ def test_patch_csv_with_a_header_only(tmp_path):
     (tmp_path / "p.csv").write_text("slide,x,y,label\n")
     with pytest.raises(ValueError, match=r"p\.csv' has no rows"):
         patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n_slides": 2.5}, "n_slides"),  # wrote 2 slides, silently
+    ({"n_slides": True}, "n_slides"),
+    ({"seed": None}, "seed"),  # int()'s TypeError
+    ({"seed": -1}, "seed"),  # NumPy's "expected non-negative integer"
+    ({"split_seed": -2}, "split_seed"),  # NumPy's error after every slide was written
+    ({"patch_size": 0}, "patch_size"),  # items of size 0, silently
+    ({"patch_size": -4}, "patch_size"),
+    ({"patch_size": 300}, "patch_size"),  # no patch fits: "cannot split an empty list" after the slides
+    ({"patches_per_slide": 0}, "patches_per_slide"),  # "cannot split an empty list" after the slides
+    ({"patch_level": 1.5}, "patch_level"),  # sampled with a downsample of 2**1.5, items said level 1
+    ({"n_levels": 2.5}, "n_levels"),
+    ({"mpp": 0}, "mpp"),  # ZeroDivisionError in the TIFF writer
+    ({"tile_size": 100}, "tile_size"),  # refused by the TIFF writer only after the first slide was rendered
+    ({"val_frac": 1.5}, "val_frac"),  # refused only after every slide was written
+])  # fmt: skip
+def test_bad_sizes_counts_and_seeds_are_refused_by_name_before_anything_is_written(tmp_path, kwargs, name):
+    kw = {"n_slides": 1, "size": 256, "patches_per_slide": 4, "patch_size": 16, **kwargs}
+    with pytest.raises(ValueError, match=f"^{name}"):
+        make_synthetic_wsi(tmp_path / "o", **kw)
+    assert not (tmp_path / "o").exists() or not any(p.is_file() for p in (tmp_path / "o").rglob("*"))
+
+
+def test_ensure_wsi_dataset_logs_text_settings(tmp_path, caplog):
+    """``--synthetic#seed 3`` passes text: the "generating" line used %d and logging printed a "--- Logging error
+    ---" traceback instead of the message."""
+    with caplog.at_level(logging.INFO, logger="monai_gmr.data.synthetic_wsi"):
+        ensure_wsi_dataset(tmp_path / "ds", n_slides="1", size=256, seed="3", patches_per_slide=4, patch_size=16)
+    assert any("generating 1 synthetic slides" in m and "seed 3" in m for m in caplog.messages)
