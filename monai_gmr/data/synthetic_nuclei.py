@@ -153,8 +153,6 @@ def render_nuclei_tile(
     hgt, wid = size_hw(size)
     if hgt < 16 or wid < 16:
         raise ValueError(f"size must be >= 16 pixels, got {(hgt, wid)}.")
-    if nucleus_axes[0] <= 0 or nucleus_axes[1] < nucleus_axes[0]:
-        raise ValueError(f"nucleus_axes must be an increasing positive range, got {nucleus_axes}.")
     check_params(
         nonnegative={"nuclei_density": nuclei_density, "min_minor_axis": min_minor_axis, "irregularity": irregularity,
                      "fiber_density": fiber_density, "fiber_angle_jitter": fiber_angle_jitter,
@@ -162,7 +160,10 @@ def render_nuclei_tile(
         fractions={"touching_frac": touching_frac, "white_space": white_space},
         ranges={"nucleus_axes": nucleus_axes, "nucleus_aspect": nucleus_aspect, "fiber_length": fiber_length,
                 "fiber_width": fiber_width},
+        finite={"fiber_angle": fiber_angle},
     )  # fmt: skip
+    if nucleus_axes[0] <= 0:
+        raise ValueError(f"nucleus_axes must be an increasing positive range, got {nucleus_axes}.")
     shape = (hgt, wid)
     area = hgt * wid
 

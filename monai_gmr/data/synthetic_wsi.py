@@ -316,15 +316,15 @@ def render_synthetic_slide(
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     hgt, wid = size_hw(size)
-    ds = int(mask_downsample)
-    if ds < 1 or int(n_stamps) < 1:
-        raise ValueError(f"mask_downsample and n_stamps must be >= 1, got {mask_downsample} and {n_stamps}.")
+    ds = positive_int(mask_downsample, "mask_downsample")  # 2.5 was read as 2, silently
+    n_stamps = positive_int(n_stamps, "n_stamps")
     check_params(
         nonnegative={"tumor_density": tumor_density, "normal_density": normal_density, "fiber_density": fiber_density,
                      "fiber_angle_jitter": fiber_angle_jitter},
-        fractions={"tissue_fraction": tissue_fraction, "tumor_fraction[1]": tumor_fraction[1]},
         ranges={"tumor_fraction": tumor_fraction, "tumor_axes": tumor_axes, "normal_axes": normal_axes},
+        finite={"fiber_angle": fiber_angle},
     )  # fmt: skip
+    check_params(fractions={"tissue_fraction": tissue_fraction, "tumor_fraction[1]": tumor_fraction[1]})
     if hgt % ds or wid % ds:
         raise ValueError(f"size {(hgt, wid)} must be divisible by mask_downsample={ds}.")
     if min(hgt, wid) < 8 * ds:

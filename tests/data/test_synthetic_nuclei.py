@@ -316,3 +316,20 @@ def test_ensure_nuclei_dataset_logs_text_settings(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="monai_gmr.data.synthetic_nuclei"):
         ensure_nuclei_dataset(tmp_path / "ds", n_images="1", size=32, seed="3")
     assert any("generating 1 synthetic images" in m and "seed 3" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"fiber_angle": math.nan}, "fiber_angle"),  # rendered an all-black tile, silently
+    ({"fiber_angle": math.inf}, "fiber_angle"),  # "math domain error"
+    ({"fiber_angle": "30"}, "fiber_angle"),  # "must be real number, not str"
+    ({"nuclei_density": None}, "nuclei_density"),  # float()'s TypeError
+    ({"nuclei_density": "abc"}, "nuclei_density"),  # "could not convert string to float"
+    ({"touching_frac": None}, "touching_frac"),
+    ({"nucleus_axes": 5.0}, "nucleus_axes"),  # "'float' object is not subscriptable"
+    ({"fiber_width": (1.0, 2.0, 3.0)}, "fiber_width"),  # "too many values to unpack"
+])  # fmt: skip
+def test_render_values_that_are_not_numbers_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        render_nuclei_tile(32, 0, **kwargs)
+    # arrays and NumPy scalars still pass
+    render_nuclei_tile(32, 0, nucleus_axes=np.array([6.0, 8.0]), fiber_angle=np.float32(30.0))

@@ -389,3 +389,14 @@ def test_ensure_wsi_dataset_logs_text_settings(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="monai_gmr.data.synthetic_wsi"):
         ensure_wsi_dataset(tmp_path / "ds", n_slides="1", size=256, seed="3", patches_per_slide=4, patch_size=16)
     assert any("generating 1 synthetic slides" in m and "seed 3" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"fiber_angle": float("nan")}, "fiber_angle"),  # an all-black slide, silently
+    ({"mask_downsample": 2.5}, "mask_downsample"),  # read as 2, silently
+    ({"n_stamps": 2.5}, "n_stamps"),  # "'float' object cannot be interpreted as an integer"
+    ({"tumor_fraction": 0.3}, "tumor_fraction"),  # "'float' object is not subscriptable"
+])  # fmt: skip
+def test_render_slide_values_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        render_synthetic_slide(256, 0, **{"mask_downsample": 4, **kwargs})
