@@ -333,3 +333,22 @@ def test_render_values_that_are_not_numbers_are_named(kwargs, name):
         render_nuclei_tile(32, 0, **kwargs)
     # arrays and NumPy scalars still pass
     render_nuclei_tile(32, 0, nucleus_axes=np.array([6.0, 8.0]), fiber_angle=np.float32(30.0))
+
+
+def test_a_crash_half_way_leaves_no_datalist(tmp_path, monkeypatch):
+    """The datalist is written last: an error while writing tile 2 leaves no datalist naming missing files."""
+    import monai_gmr.data.synthetic_nuclei as sn
+
+    real, calls = sn.save_png, []
+
+    def failing(path, array):
+        calls.append(path)
+        if len(calls) == 4:  # the first file of the second tile
+            raise OSError("disk full")
+        return real(path, array)
+
+    monkeypatch.setattr(sn, "save_png", failing)
+    with pytest.raises(OSError, match="disk full"):
+        make_synthetic_nuclei(tmp_path / "o", n_images=3, size=32, seed=0)
+    assert not (tmp_path / "o" / "datalist.json").exists()
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*.png")) == ["nuclei_000.png"] * 3  # tile 0 only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -400,3 +401,49 @@ def test_ensure_wsi_dataset_logs_text_settings(tmp_path, caplog):
 def test_render_slide_values_are_named(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must"):
         render_synthetic_slide(256, 0, **{"mask_downsample": 4, **kwargs})
+
+
+def _gradient_energy(rgb: np.ndarray, tissue: np.ndarray, ds: int) -> tuple[float, float]:
+    """``(Jyy / Jxx, Jxy / sqrt(Jxx Jyy))`` of the darkness structure tensor over the tissue."""
+    g = 255.0 - rgb.astype(np.float64).mean(-1)
+    gy, gx = np.gradient(g)
+    m = np.repeat(np.repeat(tissue, ds, 0), ds, 1)
+    jxx, jyy, jxy = (gx * gx)[m].sum(), (gy * gy)[m].sum(), (gx * gy)[m].sum()
+    return jyy / jxx, jxy / math.sqrt(jxx * jyy)
+
+
+def test_slide_fibres_run_along_fiber_angle_and_nuclei_have_no_orientation():
+    """The documented orientation cue: fibres run along ``fiber_angle`` (counter-clockwise on screen from the x axis,
+    as in the tile generator), and the nuclei carry no dominant direction (a test that fails if either changes)."""
+    kw = {"mask_downsample": 8, "tumor_density": 0.0, "normal_density": 0.0, "fiber_density": 1 / 800,
+          "fiber_angle_jitter": 5.0}  # fmt: skip
+    energy = {}
+    for a in (0.0, 90.0, 45.0, -45.0):
+        rgb, _, tissue, info = render_synthetic_slide(512, 0, fiber_angle=a, **kw)
+        assert info["n_fibers"] > 50
+        energy[a] = _gradient_energy(rgb, tissue, 8)
+    assert energy[0.0][0] > 5 and energy[90.0][0] < 0.2  # horizontal streaks: vertical gradients, and vice versa
+    # 45 degrees counter-clockwise on screen (rows grow downwards): gradients along (x, y_down) = (1, 1)
+    assert energy[45.0][1] > 0.5 and energy[-45.0][1] < -0.5
+    rgb, _, tissue, _ = render_synthetic_slide(512, 0, mask_downsample=8, fiber_density=0.0, tumor_density=1 / 200)
+    ratio, corr = _gradient_energy(rgb, tissue, 8)
+    assert 0.8 < ratio < 1.25 and abs(corr) < 0.1
+
+
+def test_a_crash_half_way_leaves_no_datalist(tmp_path, monkeypatch):
+    """patches.csv, slides.json and the datalist are written after every slide: an error while writing the second
+    slide leaves none of them (nothing naming a missing slide)."""
+    import monai_gmr.data.synthetic_wsi as sw
+
+    real, calls = sw.write_pyramidal_tiff, []
+
+    def failing(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sw, "write_pyramidal_tiff", failing)
+    with pytest.raises(OSError, match="disk full"):
+        make_synthetic_wsi(tmp_path / "o", n_slides=2, size=256, patches_per_slide=4, patch_size=16)
+    assert not any((tmp_path / "o" / n).exists() for n in ("datalist.json", "patches.csv", "slides.json"))
