@@ -447,3 +447,22 @@ def test_a_crash_half_way_leaves_no_datalist(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         make_synthetic_wsi(tmp_path / "o", n_slides=2, size=256, patches_per_slide=4, patch_size=16)
     assert not any((tmp_path / "o" / n).exists() for n in ("datalist.json", "patches.csv", "slides.json"))
+
+
+def test_mask_files_have_the_documented_dtype_values_and_level(tmp_path):
+    """masks/<name>_{tumor,tissue}.npy: 0/1 uint8 at the lowest pyramid level; the .png twins: 0/255 for viewing;
+    datalist slide paths relative to its folder, the returned items absolute."""
+    from PIL import Image
+
+    r = make_synthetic_wsi(tmp_path, n_slides=1, size=256, n_levels=3, patches_per_slide=4, patch_size=16, seed=1)
+    meta = r["slides"][0]
+    assert meta["mask_level"] == 2 and meta["mask_downsample"] == 4
+    for kind in ("tumor", "tissue"):
+        m = np.load(tmp_path / "masks" / f"slide_000_{kind}.npy")
+        assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} and m.shape == tuple(meta["level_sizes"][2])
+        png = np.asarray(Image.open(tmp_path / "masks" / f"slide_000_{kind}.png"))
+        assert png.dtype == np.uint8 and np.array_equal(png, m * 255)
+    dl = json.loads((tmp_path / "datalist.json").read_text())
+    items = dl["training"] + dl["validation"] + dl["test"]
+    assert items and all(it["image"] == "slides/slide_000.tiff" for it in items)
+    assert all(Path(it["image"]).is_absolute() for k in ("training", "validation", "test") for it in r[k])
