@@ -19,8 +19,8 @@ for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x
 * even kernel sizes ``k`` map to ``k + 1`` (GMR kernels have a centre pixel); sizes may also be remapped with
   ``kernel_size`` (an int for every ``k > 1`` conv, or a callable ``old -> new``).
 * 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay; so do 1D convs
-  (``nn.Conv1d``/``nn.ConvTranspose1d``; a warning names them, ``summary.unknown`` lists them). Max/avg pools whose window
-  grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
+  (``nn.Conv1d``/``nn.ConvTranspose1d``; a warning names them, ``summary.unknown`` lists them). Max/avg pools whose
+  window grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
   stems) stay unless ``replace_pooling=True`` (then: the same pool type with kernel = stride, the same output size
   and the same ``return_indices``). Pools that already commute at such sizes (every stride-1 pool with symmetric
   padding, e.g. a 3x3/stride-1/pad-1 max pool) are never replaced, nor are average pools with a
@@ -500,7 +500,8 @@ class _Converter:
                     _project(inner, conv.weight, conv.bias)
                 self.counts["strided_conv"] += 1
                 desc = f"{type(conv).__name__}(k={k}, stride={s_all}) -> {type(pool).__name__}({s_all}) + GMRConv(k={k_new})"
-            min_size = _min_pooled_input(e, s_all, getattr(inner, "padding", 0), getattr(inner, "padding_mode", "zeros"))
+            pad_mode = getattr(inner, "padding_mode", "zeros")
+            min_size = _min_pooled_input(e, s_all, getattr(inner, "padding", 0), pad_mode)
             new = PooledConv(pool, inner, name=name or type(conv).__name__, min_size=min_size)
         self._count_even(name, even, k_new)
         self.summary.converted[name] = desc

@@ -243,8 +243,9 @@ def rotation_robustness(
     that gather). The bundles evaluate with the single-process ``configs/evaluate.json``.
 
     Raises:
-        ValueError: empty ``angles`` or entries that are not finite numbers (also ``angles`` given as text), unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does
-            not match the image, label values outside the output classes or not whole numbers (float labels are
+        ValueError: empty ``angles`` or entries that are not finite numbers (also ``angles`` given as text),
+            unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does not match the image,
+            label values outside the output classes or not whole numbers (float labels are
             not truncated), classification outputs that are not ``(N, C)``, or NaN network outputs (any metric).
         RuntimeError: called inside a distributed run with more than one process.
     """
