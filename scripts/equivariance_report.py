@@ -57,7 +57,7 @@ from monai_gmr.functional.rotation import central_disk_mask, rotate, validity_ma
 from monai_gmr.nets import GMRUNet
 from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, output_dir_error, seed_everything
 
-__all__ = ["build_models", "synthetic_batch", "disk_taper", "field_size", "measure", "train", "run_report", "main"]
+__all__ = ["angle_grid", "build_models", "synthetic_batch", "disk_taper", "field_size", "measure", "train", "run_report", "main"]
 
 INPUTS = ("tile", "crop", "disk", "canvas")
 OUTPUTS = ("logits", "probs")
@@ -191,11 +191,17 @@ def train(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, ba
     return losses
 
 
+def angle_grid(max_angle: float, step: float) -> list[float]:
+    """Angles ``0, step, 2 step, ... <= max_angle`` in degrees, rounded to 6 decimals (``np.arange`` gave
+    ``89.10000000000001`` for ``step=0.1``, which then appeared in the CSV and missed the 45-degree lookup)."""
+    return [round(float(a), 6) for a in np.arange(0.0, max_angle + 1e-9, step)]
+
+
 def run_report(args: argparse.Namespace) -> dict:
     """Measure, write CSV/JSON/PNG into ``args.out`` and return the JSON summary."""
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
-    angles = [float(a) for a in np.arange(0.0, args.max_angle + 1e-9, args.step)]
+    angles = angle_grid(args.max_angle, args.step)
     models = build_models(tuple(args.features), tuple(args.kernel_sizes), args.norm, args.sampling)
     x_train, y_train, source = synthetic_batch(args.n_train, args.size, args.seed)
     x_tile, _, _ = synthetic_batch(args.n_eval, args.eval_size, args.seed + 1000)
@@ -355,6 +361,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.canvas is not None and args.canvas < args.eval_size:
         raise SystemExit(f"--canvas must be at least --eval-size={args.eval_size}, got {args.canvas}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if 45.0 not in angle_grid(args.max_angle, args.step):
+        # the GMRUNet / BasicUNet ratios and target_met are measured at 45 degrees only: they would come out empty
+        logger.warning(
+            "the angle grid (--step %g, --max-angle %g) does not contain 45 degrees: the GMRUNet / BasicUNet ratios "
+            "at 45 degrees and target_met will be empty; use a --step dividing 45 and --max-angle >= 45.",
+            args.step, args.max_angle,
+        )  # fmt: skip
     summary = run_report(args)
     print(f"data: {summary['data']}; parameters: {summary['parameters']}")
     for name, stages in summary["errors"].items():
@@ -366,6 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("GMRUNet / BasicUNet error at 45 deg (target <= 0.2):")
     for k, v in summary["ratio_gmr_over_basicunet_at_45"].items():
         print(f"  {k:22s} {v:.3f} {'met' if v <= 0.2 else 'NOT met'}")
+    if not summary["ratio_gmr_over_basicunet_at_45"]:
+        print("  not measured: 45 degrees is not in the angle grid (--step / --max-angle)")
     print(f"wrote {Path(args.out) / 'equivariance_report.csv'}, .json, .png")
     return summary
 

@@ -1,6 +1,10 @@
 """Convert existing (MONAI) networks to GMR convolutions: :func:`convert_to_gmr` and :class:`ConversionSummary`.
 
-Rules (every replacement keeps the module's output shape for every input size the original accepted):
+Rules (every replacement keeps the module's output shape for every input size the original accepted; one
+exception: a strided conv with ``padding_mode="reflect"``/``"circular"`` pads the smaller pooled map in its
+replacement, so inputs whose pooled map is not larger than that padding (``"circular"``: not smaller) raise a
+``ValueError`` naming the module and the smallest input size, where the original conv still worked, e.g. 5x5 inputs
+for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x7):
 
 * ``nn.Conv2d/3d`` with a cubic kernel ``k > 1`` and stride 1 -> :class:`~monai_gmr.nn.GMRConv` with the same
   channels, groups, dilation, bias and ``padding_mode``; the padding is chosen so the output size is unchanged.
@@ -14,8 +18,9 @@ Rules (every replacement keeps the module's output shape for every input size th
   ``k=2, p=0`` up-convs).
 * even kernel sizes ``k`` map to ``k + 1`` (GMR kernels have a centre pixel); sizes may also be remapped with
   ``kernel_size`` (an int for every ``k > 1`` conv, or a callable ``old -> new``).
-* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay. Max/avg pools whose window
-  grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
+* 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay; so do 1D convs
+  (``nn.Conv1d``/``nn.ConvTranspose1d``; a warning names them, ``summary.unknown`` lists them). Max/avg pools whose
+  window grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
   stems) stay unless ``replace_pooling=True`` (then: the same pool type with kernel = stride, the same output size
   and the same ``return_indices``). Pools that already commute at such sizes (every stride-1 pool with symmetric
   padding, e.g. a 3x3/stride-1/pad-1 max pool) are never replaced, nor are average pools with a
@@ -128,10 +133,59 @@ class PooledConv(nn.Sequential):
         ``(B, C_in, *spatial) -> (B, C_out, *spatial_out)`` with the replaced conv's ``spatial_out``.
     """
 
-    def __init__(self, pool: nn.Module, conv: nn.Module) -> None:
+    def __init__(self, pool: nn.Module, conv: nn.Module, name: str = "", min_size: tuple[int, ...] = ()) -> None:
+        """Args:
+            pool: the pooling (kernel = stride).
+            conv: the stride-1 convolution run on the pooled map.
+            name: name of the replaced conv in its model (named in the error below).
+            min_size: smallest input size per spatial dim for which ``conv``'s ``"reflect"``/``"circular"`` padding
+                fits the pooled map (``()``: every size, e.g. zero padding); smaller inputs raise a ``ValueError``.
+        """
         super().__init__()
         self.add_module("pool", pool)
         self.add_module("conv", conv)
+        self.source_name = name
+        self.min_size = tuple(int(m) for m in min_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(x)
+        if not torch.jit.is_scripting():
+            self._check_size(x, y)
+        return self.conv(y)
+
+    @torch.jit.unused
+    def _check_size(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Name the replaced conv and the smallest input size when the pooled map is too small for the padding."""
+        min_size = getattr(self, "min_size", ())  # a PooledConv pickled before min_size existed: no check
+        if not min_size:
+            return
+        d = len(min_size)
+        size = list(x.shape[-d:])
+        if any(h < m for h, m in zip(size, min_size)):
+            mode = getattr(self.conv, "padding_mode", "zeros")
+            raise ValueError(
+                f"{getattr(self, 'source_name', '') or 'PooledConv'}: input spatial size {size} is too small for the "
+                f"converted strided conv with padding_mode={mode!r}: its stride-1 GMR conv pads the pooled map "
+                f"{list(y.shape[-d:])} by {self.conv.padding}, which needs an input size of at least {list(min_size)} "
+                "(the original strided conv padded the larger input); use a larger input or "
+                "convert_to_gmr(..., padding_mode='zeros'/'replicate')."
+            )
+
+
+def _min_pooled_input(e: tuple[int, ...], strides: tuple[int, ...], pad: int, mode: str) -> tuple[int, ...]:
+    """Smallest input size per dim whose pooled map (a strided conv's output size ``(H + e - 1) // s + 1``) is large
+    enough for a ``pad``-pixel ``mode`` padding (``reflect``: ``pad < size``; ``circular``: ``pad <= size``);
+    ``()`` when every size fits (``zeros``/``replicate``, or no padding)."""
+    if mode not in ("reflect", "circular") or pad == 0:
+        return ()
+    need = pad + 1 if mode == "reflect" else pad
+    out = []
+    for ei, si in zip(e, strides):
+        h = 1
+        while (h + ei - 1) // si + 1 < need:
+            h += 1
+        out.append(h)
+    return tuple(out)
 
 
 class UpsampledConv(nn.Sequential):
@@ -446,7 +500,9 @@ class _Converter:
                     _project(inner, conv.weight, conv.bias)
                 self.counts["strided_conv"] += 1
                 desc = f"{type(conv).__name__}(k={k}, stride={s_all}) -> {type(pool).__name__}({s_all}) + GMRConv(k={k_new})"
-            new = PooledConv(pool, inner)
+            pad_mode = getattr(inner, "padding_mode", "zeros")
+            min_size = _min_pooled_input(e, s_all, getattr(inner, "padding", 0), pad_mode)
+            new = PooledConv(pool, inner, name=name or type(conv).__name__, min_size=min_size)
         self._count_even(name, even, k_new)
         self.summary.converted[name] = desc
         return self._finish(new, conv)
@@ -897,6 +953,15 @@ def convert_to_gmr(
     summary = conv.summary
     summary.counts = {k: int(v) for k, v in sorted(conv.counts.items()) if v}
     audit_equivariance(root, summary)
+    after = dict(root.named_modules())
+    conv1d = [n or type(m).__name__ for n, m in after.items() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))
+              and not (n and conv.excluded_path(n, after))]  # fmt: skip
+    if conv1d:  # else only listed in summary.unknown: a 1D model came back unchanged without a word
+        logger.warning(
+            "convert_to_gmr: 1D convolutions are not converted (GMR convolutions are 2D/3D) and stay as they are: %s "
+            "(listed in summary.unknown).",
+            ", ".join(conv1d),
+        )
     root.gmr_conversion_summary = summary  # plain attribute (not a submodule/buffer); kept by deepcopy/pickle
     logger.info(
         "convert_to_gmr: %s; %d module(s) left orientation-dependent%s",

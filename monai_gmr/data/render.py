@@ -15,6 +15,7 @@ generators control exactly which structures carry orientation information.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -37,10 +38,18 @@ EOSIN = np.array([0.072, 0.990, 0.105], dtype=np.float64)
 EOSIN = EOSIN / np.linalg.norm(EOSIN)
 
 
+def _real(v: object) -> float:
+    """``v`` as a float when it is a real number (not a bool, not text), else NaN (which every rule refuses)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return math.nan
+    return float(v)
+
+
 def check_params(
     nonnegative: dict[str, float] | None = None,
     fractions: dict[str, float] | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
+    finite: dict[str, float] | None = None,
 ) -> None:
     """Validate generator arguments, naming the first bad one (numpy's own errors, e.g. ``"high - low < 0"`` or
     ``"lam < 0"``, name none).
@@ -49,20 +58,29 @@ def check_params(
         nonnegative: ``{name: value}`` that must be finite and ``>= 0``.
         fractions: ``{name: value}`` that must lie in ``[0, 1]``.
         ranges: ``{name: (low, high)}`` with ``0 <= low <= high``, both finite.
+        finite: ``{name: value}`` that must be a finite number (e.g. an angle: NaN rendered an all-black tile).
 
     Raises:
-        ValueError: the first argument that breaks its rule.
+        ValueError: the first argument that breaks its rule (also a value that is not a number, e.g. ``None`` or
+            text, and a range that is not a pair).
     """
+    for name, v in (finite or {}).items():
+        if not math.isfinite(_real(v)):
+            raise ValueError(f"{name} must be a finite number, got {name}={v!r}.")
     for name, v in (nonnegative or {}).items():
-        if not math.isfinite(float(v)) or float(v) < 0:
+        if not math.isfinite(_real(v)) or _real(v) < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {name}={v!r}.")
     for name, v in (fractions or {}).items():
-        if not 0.0 <= float(v) <= 1.0:
+        if not 0.0 <= _real(v) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {name}={v!r}.")
     for name, pair in (ranges or {}).items():
-        lo, hi = (float(v) for v in pair)
+        try:  # a tuple, a list (JSON/YAML configs) or an array of two numbers
+            vals = [] if isinstance(pair, (str, bytes)) else list(pair)
+        except TypeError:  # a single number
+            vals = []
+        lo, hi = (_real(v) for v in vals) if len(vals) == 2 else (math.nan, math.nan)
         if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
-            raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high, got {name}={tuple(pair)!r}.")
+            raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high, got {name}={pair!r}.")
 
 
 def stains_to_rgb(

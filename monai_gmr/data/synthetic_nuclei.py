@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import shutil
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_items, write_datalist
+from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, split_counts, split_items, write_datalist
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
@@ -50,7 +51,7 @@ from monai_gmr.data.render import (
     smooth_noise,
     stains_to_rgb,
 )
-from monai_gmr.utils import atomic_path, make_temp_dir, size_hw
+from monai_gmr.utils import _number, atomic_path, make_temp_dir, positive_int, size_hw
 
 __all__ = ["render_nuclei_tile", "make_synthetic_nuclei", "ensure_nuclei_dataset", "save_png"]
 
@@ -73,6 +74,24 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG", optimize=False, compress_level=6)
     return Path(path)
+
+
+def _seed_arg(value: Any, name: str = "seed", allow_none: bool = False) -> int | None:
+    """A generation/split seed as a non-negative ``int`` (NumPy integers and text holding one, as a command line
+    passes ``--synthetic#seed 3``, are accepted); ``None`` only with ``allow_none``.
+
+    Raises:
+        ValueError: anything else (``None``, a bool, a fraction, a negative number, which ``SeedSequence``
+            refused with "expected non-negative integer"); the message names ``name``.
+    """
+    if allow_none and value is None:
+        return None
+    parsed = _number(value, int, numbers.Integral)
+    if parsed is None or parsed < 0:
+        raise ValueError(
+            f"{name} must be a non-negative int (the data are deterministic in it), got {name}={value!r}."
+        )
+    return parsed
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:
@@ -134,8 +153,6 @@ def render_nuclei_tile(
     hgt, wid = size_hw(size)
     if hgt < 16 or wid < 16:
         raise ValueError(f"size must be >= 16 pixels, got {(hgt, wid)}.")
-    if nucleus_axes[0] <= 0 or nucleus_axes[1] < nucleus_axes[0]:
-        raise ValueError(f"nucleus_axes must be an increasing positive range, got {nucleus_axes}.")
     check_params(
         nonnegative={"nuclei_density": nuclei_density, "min_minor_axis": min_minor_axis, "irregularity": irregularity,
                      "fiber_density": fiber_density, "fiber_angle_jitter": fiber_angle_jitter,
@@ -143,7 +160,10 @@ def render_nuclei_tile(
         fractions={"touching_frac": touching_frac, "white_space": white_space},
         ranges={"nucleus_axes": nucleus_axes, "nucleus_aspect": nucleus_aspect, "fiber_length": fiber_length,
                 "fiber_width": fiber_width},
+        finite={"fiber_angle": fiber_angle},
     )  # fmt: skip
+    if nucleus_axes[0] <= 0:
+        raise ValueError(f"nucleus_axes must be an increasing positive range, got {nucleus_axes}.")
     shape = (hgt, wid)
     area = hgt * wid
 
@@ -266,9 +286,9 @@ def make_synthetic_nuclei(
 
     Args:
         out_dir: output folder (created); it must not hold data files already.
-        n_images: number of tiles.
-        size: tile size ``S`` or ``(H, W)``.
-        seed: generation seed; image ``i`` uses ``SeedSequence([seed, i])``.
+        n_images: number of tiles (a positive int).
+        size: tile size ``S`` or ``(H, W)``, at least 16 pixels.
+        seed: generation seed, a non-negative int; image ``i`` uses ``SeedSequence([seed, i])``.
         val_frac: validation fraction of the datalist split.
         test_frac: test fraction.
         split_seed: seed of the split (defaults to ``seed``).
@@ -278,13 +298,17 @@ def make_synthetic_nuclei(
 
     Raises:
         FileExistsError: ``out_dir`` already holds data files (a new dataset would mix with them).
+        ValueError: ``n_images`` not a positive int, ``seed``/``split_seed`` not a non-negative int, a bad ``size``,
+            fraction or render setting (the message names it); raised before anything is written.
 
     Returns:
         dict with ``datalist_path`` (str), ``root`` (str), the three splits (``training``, ``validation``,
         ``test``: lists of ``{"image", "label", "mask"}`` with absolute paths) and ``info`` (per-image counts).
     """
-    if int(n_images) < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}.")
+    # a fraction (2.5 tiles) or a bool was truncated silently, None / a negative seed failed inside NumPy
+    n_images = positive_int(n_images, "n_images")
+    seed = _seed_arg(seed, "seed")
+    split_seed = _seed_arg(split_seed, "split_seed", allow_none=True)
     import inspect
 
     known = [k for k in inspect.signature(render_nuclei_tile).parameters if k not in ("size", "rng")]
@@ -295,6 +319,7 @@ def make_synthetic_nuclei(
             f"test_frac, split_seed, prefix, {', '.join(known)}."
         )
     hw = size_hw(size)
+    split_counts(n_images, val_frac, test_frac)  # bad fractions: refused now, not after every tile is written
     out = Path(out_dir)
     if out.is_dir() and _holds_data(out):
         # a smaller dataset written over a larger one would leave the old tiles beside the new datalist
@@ -393,8 +418,8 @@ def ensure_nuclei_dataset(
             "prepare a dataset with `python -m monai_gmr.data.prepare_nuclei` or enable generation."
         )
     logger.info(
-        "dataset_dir %s holds no data: generating %d synthetic images (size %s, seed %d)", root, n_images, size, seed
-    )
+        "dataset_dir %s holds no data: generating %s synthetic images (size %s, seed %s)", root, n_images, size, seed
+    )  # %s: the values are checked by make_synthetic_nuclei (text from a command line broke %d)
     tmp = make_temp_dir(root)  # becomes the dataset folder: mode 0o777 - umask, not mkdtemp's 0o700
     try:
         make_synthetic_nuclei(tmp, n_images=n_images, size=size, seed=seed, **kwargs)

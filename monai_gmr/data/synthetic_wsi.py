@@ -41,6 +41,7 @@ import io
 import json
 import logging
 import math
+import numbers
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -49,7 +50,15 @@ from typing import Any
 
 import numpy as np
 
-from monai_gmr.data.datalist import DATALIST_NAME, _as_int, move_into_place, read_csv_rows, split_items, write_datalist
+from monai_gmr.data.datalist import (
+    DATALIST_NAME,
+    _as_int,
+    move_into_place,
+    read_csv_rows,
+    split_counts,
+    split_items,
+    write_datalist,
+)
 from monai_gmr.data.render import (
     EOSIN,
     HEMATOXYLIN,
@@ -60,9 +69,17 @@ from monai_gmr.data.render import (
     oriented_noise,
     smooth_noise,
 )
-from monai_gmr.data.synthetic_nuclei import save_png
+from monai_gmr.data.synthetic_nuclei import _seed_arg, save_png
 from monai_gmr.data.wsi import level0_center, sample_patch_locations
-from monai_gmr.utils import atomic_path, atomic_write_json, atomic_write_text, make_temp_dir, size_hw
+from monai_gmr.utils import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    make_temp_dir,
+    positive_float,
+    positive_int,
+    size_hw,
+)
 
 __all__ = [
     "write_pyramidal_tiff",
@@ -299,15 +316,15 @@ def render_synthetic_slide(
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     hgt, wid = size_hw(size)
-    ds = int(mask_downsample)
-    if ds < 1 or int(n_stamps) < 1:
-        raise ValueError(f"mask_downsample and n_stamps must be >= 1, got {mask_downsample} and {n_stamps}.")
+    ds = positive_int(mask_downsample, "mask_downsample")  # 2.5 was read as 2, silently
+    n_stamps = positive_int(n_stamps, "n_stamps")
     check_params(
         nonnegative={"tumor_density": tumor_density, "normal_density": normal_density, "fiber_density": fiber_density,
                      "fiber_angle_jitter": fiber_angle_jitter},
-        fractions={"tissue_fraction": tissue_fraction, "tumor_fraction[1]": tumor_fraction[1]},
         ranges={"tumor_fraction": tumor_fraction, "tumor_axes": tumor_axes, "normal_axes": normal_axes},
+        finite={"fiber_angle": fiber_angle},
     )  # fmt: skip
+    check_params(fractions={"tissue_fraction": tissue_fraction, "tumor_fraction[1]": tumor_fraction[1]})
     if hgt % ds or wid % ds:
         raise ValueError(f"size {(hgt, wid)} must be divisible by mask_downsample={ds}.")
     if min(hgt, wid) < 8 * ds:
@@ -439,14 +456,34 @@ def make_synthetic_wsi(
 
     Raises:
         FileExistsError: ``out_dir`` already holds slides or a datalist (a new dataset would mix with them).
+        ValueError: a count or size that is not a positive int (``n_slides``, ``patch_size``, ``patches_per_slide``,
+            ``tile_size``, ``n_levels``), a ``patch_level`` that is not a non-negative int of the pyramid, a patch
+            larger than the slide, ``seed``/``split_seed`` not a non-negative int, ``mpp`` not positive, bad
+            fractions or render settings (the message names the argument); raised before anything is written.
 
     Returns:
         dict with ``datalist_path``, ``patch_csv``, ``slides_json``, ``root``, ``slides`` (per-slide metadata) and
         the three splits (lists of PatchWSIDataset items with absolute slide paths).
     """
     hw = size_hw(size)
-    if int(n_slides) < 1:
-        raise ValueError(f"n_slides must be >= 1, got {n_slides}.")
+    # fractions / bools were truncated silently (n_slides=2.5 wrote 2 slides, patch_level=1.5 sampled with a
+    # downsample of 2**1.5), patch_size 0 or negative wrote items of that size, None / a negative seed failed inside
+    # NumPy, mpp=0 in a ZeroDivisionError, patches_per_slide=0 after every slide was written
+    n_slides = positive_int(n_slides, "n_slides")
+    seed = _seed_arg(seed, "seed")
+    split_seed = _seed_arg(split_seed, "split_seed", allow_none=True)
+    patch_size = positive_int(patch_size, "patch_size")
+    patches_per_slide = positive_int(patches_per_slide, "patches_per_slide")
+    tile_size = positive_int(tile_size, "tile_size")
+    if tile_size % 16:
+        raise ValueError(f"tile_size must be a multiple of 16, got tile_size={tile_size}.")
+    mpp = positive_float(mpp, "mpp")
+    if n_levels is not None:
+        n_levels = positive_int(n_levels, "n_levels")
+    if isinstance(patch_level, bool) or not isinstance(patch_level, numbers.Integral) or patch_level < 0:
+        raise ValueError(f"patch_level must be a non-negative int, got patch_level={patch_level!r}.")
+    patch_level = int(patch_level)
+    split_counts(n_slides if n_slides >= 3 else patches_per_slide, val_frac, test_frac)  # fractions, before writing
     import inspect
 
     own = [k for k in inspect.signature(make_synthetic_wsi).parameters if k not in ("out_dir", "render_kwargs")]
@@ -471,6 +508,11 @@ def make_synthetic_wsi(
         raise ValueError(f"tumor_patch_fraction must be in [0, 1], got {tumor_patch_fraction}.")
     if not 0 <= patch_level < n_levels:
         raise ValueError(f"patch_level {patch_level} does not exist (n_levels={n_levels}).")
+    if patch_size * 2**patch_level > min(hw):
+        raise ValueError(
+            f"patch_size={patch_size} at patch_level={patch_level} covers {patch_size * 2**patch_level} level-0 pixels, "
+            f"more than the slide size {hw}: no patch fits."
+        )
     out = Path(out_dir)
     if out.is_dir() and _holds_slides(out):
         # fewer slides written over an earlier dataset would leave its slides where inference looks for slides
@@ -738,7 +780,8 @@ def ensure_wsi_dataset(
         raise FileNotFoundError(
             f"dataset_dir {str(root)!r} {state} (no {datalist_name}) and synthetic slide generation is disabled."
         )
-    logger.info("dataset_dir %s holds no slides: generating %d synthetic slides (size %s, seed %d)", root, n_slides,
+    # %s: the values are checked by make_synthetic_wsi (text from a command line broke %d)
+    logger.info("dataset_dir %s holds no slides: generating %s synthetic slides (size %s, seed %s)", root, n_slides,
                 size, seed)  # fmt: skip
     tmp = make_temp_dir(root)  # becomes the dataset folder: mode 0o777 - umask, not mkdtemp's 0o700
     try:

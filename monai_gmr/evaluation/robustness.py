@@ -243,8 +243,9 @@ def rotation_robustness(
     that gather). The bundles evaluate with the single-process ``configs/evaluate.json``.
 
     Raises:
-        ValueError: empty ``angles``, unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does
-            not match the image, label values outside the output classes or not whole numbers (float labels are
+        ValueError: empty ``angles`` or entries that are not finite numbers (also ``angles`` given as text),
+            unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does not match the image,
+            label values outside the output classes or not whole numbers (float labels are
             not truncated), classification outputs that are not ``(N, C)``, or NaN network outputs (any metric).
         RuntimeError: called inside a distributed run with more than one process.
     """
@@ -269,14 +270,32 @@ def rotation_robustness(
         raise ValueError(f"metrics must be a non-empty subset of {allowed} for task={task!r}, got metrics={metrics!r}.")
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got region={region!r}.")
+    given = angles
+    if isinstance(angles, str):  # list("abc") would be angles 'a', 'b', 'c' (and list("90") angles 9 and 0)
+        raise ValueError(
+            f"angles must be a number or a list of numbers in degrees (e.g. [0, 45, 90]; on the command line "
+            f"--angles \"[0, 45, 90]\"), got the text angles={angles!r}."
+        )
     angles = as_angle_list(angles)  # one number (a CLI's --angles 90) is one angle
     if any(_is_euler(a) for a in angles):
         raise ValueError(
             f"angles must be single angles in degrees (rotations in the plane axes; no Euler triples), got angles={angles!r}."
         )
+    bad = []
+    for a in angles:
+        try:
+            if isinstance(a, bool) or not math.isfinite(float(a)):
+                bad.append(a)
+        except (TypeError, ValueError):  # e.g. --angles "[0, foo]": fire passes [0, 'foo']
+            bad.append(a)
+    if bad:
+        raise ValueError(
+            f"angles must be finite numbers of degrees (e.g. [0, 45, 90]), got angles={angles!r} with the entries "
+            f"{bad!r} that are not."
+        )
     angles = [float(a) for a in angles]
     if not angles:
-        raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
+        raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={given!r}.")
     flips = list(flips or ())
     geoms = make_geometries(angles, flips, spatial_dims, axes, product=False, padding_mode=padding_mode)
     try:  # validates image_mode early

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from monai_gmr.functional.basis import _is_int
 from monai_gmr.utils import as_bool
 from monai_gmr.nn.gconv import (
     POOL_MODES,
@@ -149,16 +150,20 @@ class GCNNUNet(nn.Module):
         if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
             raise ValueError(f"features must be a sequence of >= 2 positive ints, got features={features!r}.")
         features = tuple(features)
-        if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
+        if len(features) < 2 or any(not _is_int(f) or f < 1 for f in features):
             raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")
+        features = tuple(int(f) for f in features)  # NumPy ints (as GMRUNet takes them) stored as Python ints
         ks = _per_level(kernel_size, len(features), "kernel_size")
-        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
+        ks = tuple(int(k) if _is_int(k) else k for k in ks)  # checked by the group convs
+        if not _is_int(out_channels) or out_channels < 1:
             raise ValueError(f"out_channels must be a positive int, got out_channels={out_channels!r}.")
+        out_channels = int(out_channels)
+        in_channels = int(in_channels) if _is_int(in_channels) else in_channels  # checked by the lifting conv
         _check_choice(upsample, UPSAMPLE_MODES, "upsample")
         _check_choice(pooling, SPATIAL_POOL_MODES, "pooling")
         _check_choice(group_pool, POOL_MODES, "group_pool")
         bias = as_bool(bias, "bias")  # `--network_def#bias false` passes the (truthy) text "false"
-        _check_dropout(dropout)
+        dropout = _check_dropout(dropout)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -329,7 +334,7 @@ class GCNNResNet(nn.Module):
         num_classes = num_classes if num_classes is not None else out_channels
         # text from a command line (`--network_def#feed_forward false` passes "false", which is truthy)
         no_max_pool, feed_forward = as_bool(no_max_pool, "no_max_pool"), as_bool(feed_forward, "feed_forward")
-        if feed_forward and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        if feed_forward and (not _is_int(num_classes) or num_classes < 1):
             raise ValueError(
                 f"num_classes (or its alias out_channels) must be a positive int, got num_classes={num_classes!r}."
             )
@@ -340,19 +345,24 @@ class GCNNResNet(nn.Module):
             raise ValueError(f"layers and block_inplanes must have 4 entries, got layers={layers}, "
                              f"block_inplanes={block_inplanes}.")
         # checked here: the layers would name their own arguments (out_channels, kernel_size), which are not these
-        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers):
+        if any(not _is_int(n) or n < 1 for n in layers):
             raise ValueError(f"layers must be 4 positive ints, got layers={layers!r}.")
-        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in block_inplanes):
+        if any(not _is_int(n) or n < 1 for n in block_inplanes):
             raise ValueError(f"block_inplanes must be 4 positive ints, got block_inplanes={block_inplanes!r}.")
+        layers, block_inplanes = tuple(int(n) for n in layers), tuple(int(n) for n in block_inplanes)
         stem_k = conv1_t_size
         if isinstance(stem_k, (tuple, list)) and len(set(stem_k)) == 1:  # (k, k) is accepted by the lifting conv
             stem_k = stem_k[0]
-        if isinstance(stem_k, bool) or not isinstance(stem_k, int) or stem_k < 1 or stem_k % 2 == 0:
+        if not _is_int(stem_k) or stem_k < 1 or stem_k % 2 == 0:
             raise ValueError(f"conv1_t_size must be an odd positive int, got conv1_t_size={conv1_t_size!r}.")
         _check_choice(pooling, SPATIAL_POOL_MODES, "pooling")
         _check_choice(group_pool, POOL_MODES, "group_pool")
-        if isinstance(conv1_t_stride, bool) or not isinstance(conv1_t_stride, int) or conv1_t_stride < 1:
+        if not _is_int(conv1_t_stride) or conv1_t_stride < 1:
             raise ValueError(f"conv1_t_stride must be a positive int, got conv1_t_stride={conv1_t_stride!r}.")
+        conv1_t_stride = int(conv1_t_stride)
+        if feed_forward:
+            num_classes = int(num_classes)
+        in_channels = int(in_channels) if _is_int(in_channels) else in_channels  # checked by the lifting conv
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.num_classes = num_classes

@@ -99,13 +99,24 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _check_dropout(dropout) -> None:
+def _check_dropout(dropout):
     """A dropout probability must be in [0, 1] and not a bool (``dropout=True`` reached ``nn.Dropout`` as ``p=1``,
-    zeroing every activation in training); MONAI's ``(name, kwargs)`` form and ``None`` pass unchecked."""
+    zeroing every activation in training); MONAI's ``(name, kwargs)`` form and ``None`` pass unchecked.
+
+    Returns:
+        ``dropout``, with a number given as text (``--network_def#dropout 0.2`` from a command line passes
+        ``"0.2"``, which MONAI refused as "Unsupported option '0.2'") read as a float.
+    """
+    if isinstance(dropout, str):
+        try:
+            dropout = float(dropout)
+        except ValueError:
+            pass  # a MONAI dropout name ("dropout", "alphadropout"): MONAI checks it
     if isinstance(dropout, bool) or (isinstance(dropout, numbers.Real) and not 0 <= dropout <= 1):
         raise ValueError(
             f"dropout must be a probability in [0, 1] (or MONAI's (name, kwargs) form, or None), got dropout={dropout!r}."
         )
+    return dropout
 
 
 def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, ...]:
@@ -196,7 +207,7 @@ class GMRUNet(nn.Module):
         if len(features) < 2 or any(not _is_int(f) or f < 1 for f in features):
             raise ValueError(f"features must hold >= 2 positive ints, got features={features!r}.")
         features = tuple(int(f) for f in features)
-        _check_dropout(dropout)
+        dropout = _check_dropout(dropout)
         ks = _kernel_sizes(kernel_sizes, len(features))
         bias = as_bool(bias, "bias")
         interp_mode(upsample, spatial_dims)  # validates

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import ADN
 
 from monai_gmr.functional import D4Element, d4_elements
+from monai_gmr.functional.basis import _is_int
 
 __all__ = [
     "GROUPS",
@@ -328,9 +329,10 @@ def group_conv2d(
 
 # ---------------------------------------------------------------------------------------------------- validation
 def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    # NumPy integers pass (as in GMRConv / GMRUNet) and are stored as Python ints (TorchScript attributes)
+    if not _is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {name}={value!r}.")
-    return value
+    return int(value)
 
 
 def _square(value, name: str) -> int:
@@ -339,9 +341,9 @@ def _square(value, name: str) -> int:
             raise ValueError(f"{name} must be an int or 2 equal ints (square, so rotations map it to itself), "
                              f"got {name}={tuple(value)}.")
         value = value[0]
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not _is_int(value):
         raise ValueError(f"{name} must be an int, got {name}={value!r}.")
-    return value
+    return int(value)
 
 
 def _kernel_size(kernel_size) -> int:

@@ -888,3 +888,40 @@ def test_parametrized_convs_are_not_taken_for_tied_ones():
     new = convert_to_gmr(net)
     assert all(isinstance(m, GMRConv) for m in new)
     assert len({id(m.weight) for m in new}) == 4 and len(list(new.parameters())) == 12
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular"])
+def test_strided_reflect_circular_small_input_names_module_and_min_size(mode):
+    """A strided reflect/circular conv pads the smaller pooled map in its replacement: at input sizes where the
+    original still works but the pooled map is too small, the error names the module and the smallest input size
+    (torch's bare "Padding size should be less than ..." / "wrapping around more than once" before); from that size
+    on the output shape is the original's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 4, 5, stride=3, padding=2, padding_mode=mode))
+    gmr = convert_to_gmr(net)
+    need = 7 if mode == "reflect" else 4  # pooled size (H - 1) // 3 + 1 must exceed 2 (reflect) / reach 2 (circular)
+    assert gmr[0].min_size == (need, need)
+    small = torch.randn(1, 4, need - 1, need - 1)
+    net(small)  # the original accepts it
+    with pytest.raises(ValueError, match=rf"^0: input spatial size \[{need - 1}, {need - 1}\].*at least \[{need}, {need}\]"):
+        gmr(small)
+    for h in (need, 8):
+        x = torch.randn(1, 4, h, h)
+        assert gmr(x).shape == net(x).shape
+    # zero padding has no such limit
+    assert convert_to_gmr(nn.Conv2d(4, 4, 5, stride=3, padding=2)).min_size == ()
+
+
+def test_conv1d_left_alone_is_a_warning_naming_it(caplog):
+    """nn.Conv1d / nn.ConvTranspose1d stay (GMR convs are 2D/3D) but were only listed in summary.unknown, silently."""
+    net = nn.Sequential(nn.Conv1d(2, 2, 3, padding=1), nn.ReLU(), nn.ConvTranspose1d(2, 2, 2, stride=2), nn.Conv2d(2, 2, 3))
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        out, summary = convert_to_gmr(net, return_summary=True)
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "1D convolutions" in r.getMessage()]
+    assert len(msgs) == 1 and "0, 2" in msgs[0]
+    assert type(out[0]) is nn.Conv1d and type(out[2]) is nn.ConvTranspose1d and isinstance(out[3], GMRConv)
+    assert {"0", "2"} <= set(summary.unknown)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        convert_to_gmr(net, exclude=["0", "2"])  # excluded on purpose: no warning
+    assert not any("1D convolutions" in r.getMessage() for r in caplog.records)

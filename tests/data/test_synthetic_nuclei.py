@@ -283,3 +283,72 @@ def test_oriented_noise_streaks_run_along_the_documented_direction(angle):
     t = math.radians(angle)
     assert abs(streak @ np.array([math.cos(t), -math.sin(t)])) > 0.97, (angle, streak)
     assert vals[1] > 10 * vals[0]  # clearly oriented
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n_images": 2.5}, "n_images"),  # was 2 tiles, silently
+    ({"n_images": True}, "n_images"),  # was 1 tile
+    ({"n_images": None}, "n_images"),  # was int()'s TypeError
+    ({"seed": None}, "seed"),  # was int()'s TypeError
+    ({"seed": -1}, "seed"),  # was NumPy's "expected non-negative integer"
+    ({"seed": 1.5}, "seed"),  # was SeedSequence's TypeError
+    ({"seed": True}, "seed"),  # was seed 1, silently
+    ({"split_seed": -1}, "split_seed"),  # NumPy's error after every tile was written
+    ({"val_frac": 1.5}, "val_frac"),  # refused only after every tile was written
+])  # fmt: skip
+def test_bad_counts_and_seeds_are_refused_by_name_before_anything_is_written(tmp_path, kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        make_synthetic_nuclei(tmp_path / "o", **{"n_images": 2, "size": 32, **kwargs})
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.png"))
+
+
+def test_numpy_and_text_counts_and_seeds_are_the_same_dataset(tmp_path):
+    """NumPy integers and text holding an int (``--synthetic#seed 3`` from a command line) give the same bytes."""
+    make_synthetic_nuclei(tmp_path / "a", n_images=2, size=32, seed=3)
+    make_synthetic_nuclei(tmp_path / "b", n_images=np.int64(2), size=32, seed=np.int64(3))
+    make_synthetic_nuclei(tmp_path / "c", n_images="2", size=32, seed="3")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") == _files(tmp_path / "c")
+
+
+def test_ensure_nuclei_dataset_logs_text_settings(tmp_path, caplog):
+    """``--synthetic#seed 3`` passes text: the "generating" line used %d and logging printed a "--- Logging error
+    ---" traceback instead of the message."""
+    with caplog.at_level(logging.INFO, logger="monai_gmr.data.synthetic_nuclei"):
+        ensure_nuclei_dataset(tmp_path / "ds", n_images="1", size=32, seed="3")
+    assert any("generating 1 synthetic images" in m and "seed 3" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"fiber_angle": math.nan}, "fiber_angle"),  # rendered an all-black tile, silently
+    ({"fiber_angle": math.inf}, "fiber_angle"),  # "math domain error"
+    ({"fiber_angle": "30"}, "fiber_angle"),  # "must be real number, not str"
+    ({"nuclei_density": None}, "nuclei_density"),  # float()'s TypeError
+    ({"nuclei_density": "abc"}, "nuclei_density"),  # "could not convert string to float"
+    ({"touching_frac": None}, "touching_frac"),
+    ({"nucleus_axes": 5.0}, "nucleus_axes"),  # "'float' object is not subscriptable"
+    ({"fiber_width": (1.0, 2.0, 3.0)}, "fiber_width"),  # "too many values to unpack"
+])  # fmt: skip
+def test_render_values_that_are_not_numbers_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        render_nuclei_tile(32, 0, **kwargs)
+    # arrays and NumPy scalars still pass
+    render_nuclei_tile(32, 0, nucleus_axes=np.array([6.0, 8.0]), fiber_angle=np.float32(30.0))
+
+
+def test_a_crash_half_way_leaves_no_datalist(tmp_path, monkeypatch):
+    """The datalist is written last: an error while writing tile 2 leaves no datalist naming missing files."""
+    import monai_gmr.data.synthetic_nuclei as sn
+
+    real, calls = sn.save_png, []
+
+    def failing(path, array):
+        calls.append(path)
+        if len(calls) == 4:  # the first file of the second tile
+            raise OSError("disk full")
+        return real(path, array)
+
+    monkeypatch.setattr(sn, "save_png", failing)
+    with pytest.raises(OSError, match="disk full"):
+        make_synthetic_nuclei(tmp_path / "o", n_images=3, size=32, seed=0)
+    assert not (tmp_path / "o" / "datalist.json").exists()
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*.png")) == ["nuclei_000.png"] * 3  # tile 0 only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -358,3 +359,110 @@ def test_patch_csv_with_a_header_only(tmp_path):
     (tmp_path / "p.csv").write_text("slide,x,y,label\n")
     with pytest.raises(ValueError, match=r"p\.csv' has no rows"):
         patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n_slides": 2.5}, "n_slides"),  # wrote 2 slides, silently
+    ({"n_slides": True}, "n_slides"),
+    ({"seed": None}, "seed"),  # int()'s TypeError
+    ({"seed": -1}, "seed"),  # NumPy's "expected non-negative integer"
+    ({"split_seed": -2}, "split_seed"),  # NumPy's error after every slide was written
+    ({"patch_size": 0}, "patch_size"),  # items of size 0, silently
+    ({"patch_size": -4}, "patch_size"),
+    ({"patch_size": 300}, "patch_size"),  # no patch fits: "cannot split an empty list" after the slides
+    ({"patches_per_slide": 0}, "patches_per_slide"),  # "cannot split an empty list" after the slides
+    ({"patch_level": 1.5}, "patch_level"),  # sampled with a downsample of 2**1.5, items said level 1
+    ({"n_levels": 2.5}, "n_levels"),
+    ({"mpp": 0}, "mpp"),  # ZeroDivisionError in the TIFF writer
+    ({"tile_size": 100}, "tile_size"),  # refused by the TIFF writer only after the first slide was rendered
+    ({"val_frac": 1.5}, "val_frac"),  # refused only after every slide was written
+])  # fmt: skip
+def test_bad_sizes_counts_and_seeds_are_refused_by_name_before_anything_is_written(tmp_path, kwargs, name):
+    kw = {"n_slides": 1, "size": 256, "patches_per_slide": 4, "patch_size": 16, **kwargs}
+    with pytest.raises(ValueError, match=f"^{name}"):
+        make_synthetic_wsi(tmp_path / "o", **kw)
+    assert not (tmp_path / "o").exists() or not any(p.is_file() for p in (tmp_path / "o").rglob("*"))
+
+
+def test_ensure_wsi_dataset_logs_text_settings(tmp_path, caplog):
+    """``--synthetic#seed 3`` passes text: the "generating" line used %d and logging printed a "--- Logging error
+    ---" traceback instead of the message."""
+    with caplog.at_level(logging.INFO, logger="monai_gmr.data.synthetic_wsi"):
+        ensure_wsi_dataset(tmp_path / "ds", n_slides="1", size=256, seed="3", patches_per_slide=4, patch_size=16)
+    assert any("generating 1 synthetic slides" in m and "seed 3" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"fiber_angle": float("nan")}, "fiber_angle"),  # an all-black slide, silently
+    ({"mask_downsample": 2.5}, "mask_downsample"),  # read as 2, silently
+    ({"n_stamps": 2.5}, "n_stamps"),  # "'float' object cannot be interpreted as an integer"
+    ({"tumor_fraction": 0.3}, "tumor_fraction"),  # "'float' object is not subscriptable"
+])  # fmt: skip
+def test_render_slide_values_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        render_synthetic_slide(256, 0, **{"mask_downsample": 4, **kwargs})
+
+
+def _gradient_energy(rgb: np.ndarray, tissue: np.ndarray, ds: int) -> tuple[float, float]:
+    """``(Jyy / Jxx, Jxy / sqrt(Jxx Jyy))`` of the darkness structure tensor over the tissue."""
+    g = 255.0 - rgb.astype(np.float64).mean(-1)
+    gy, gx = np.gradient(g)
+    m = np.repeat(np.repeat(tissue, ds, 0), ds, 1)
+    jxx, jyy, jxy = (gx * gx)[m].sum(), (gy * gy)[m].sum(), (gx * gy)[m].sum()
+    return jyy / jxx, jxy / math.sqrt(jxx * jyy)
+
+
+def test_slide_fibres_run_along_fiber_angle_and_nuclei_have_no_orientation():
+    """The documented orientation cue: fibres run along ``fiber_angle`` (counter-clockwise on screen from the x axis,
+    as in the tile generator), and the nuclei carry no dominant direction (a test that fails if either changes)."""
+    kw = {"mask_downsample": 8, "tumor_density": 0.0, "normal_density": 0.0, "fiber_density": 1 / 800,
+          "fiber_angle_jitter": 5.0}  # fmt: skip
+    energy = {}
+    for a in (0.0, 90.0, 45.0, -45.0):
+        rgb, _, tissue, info = render_synthetic_slide(512, 0, fiber_angle=a, **kw)
+        assert info["n_fibers"] > 50
+        energy[a] = _gradient_energy(rgb, tissue, 8)
+    assert energy[0.0][0] > 5 and energy[90.0][0] < 0.2  # horizontal streaks: vertical gradients, and vice versa
+    # 45 degrees counter-clockwise on screen (rows grow downwards): gradients along (x, y_down) = (1, 1)
+    assert energy[45.0][1] > 0.5 and energy[-45.0][1] < -0.5
+    rgb, _, tissue, _ = render_synthetic_slide(512, 0, mask_downsample=8, fiber_density=0.0, tumor_density=1 / 200)
+    ratio, corr = _gradient_energy(rgb, tissue, 8)
+    assert 0.8 < ratio < 1.25 and abs(corr) < 0.1
+
+
+def test_a_crash_half_way_leaves_no_datalist(tmp_path, monkeypatch):
+    """patches.csv, slides.json and the datalist are written after every slide: an error while writing the second
+    slide leaves none of them (nothing naming a missing slide)."""
+    import monai_gmr.data.synthetic_wsi as sw
+
+    real, calls = sw.write_pyramidal_tiff, []
+
+    def failing(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sw, "write_pyramidal_tiff", failing)
+    with pytest.raises(OSError, match="disk full"):
+        make_synthetic_wsi(tmp_path / "o", n_slides=2, size=256, patches_per_slide=4, patch_size=16)
+    assert not any((tmp_path / "o" / n).exists() for n in ("datalist.json", "patches.csv", "slides.json"))
+
+
+def test_mask_files_have_the_documented_dtype_values_and_level(tmp_path):
+    """masks/<name>_{tumor,tissue}.npy: 0/1 uint8 at the lowest pyramid level; the .png twins: 0/255 for viewing;
+    datalist slide paths relative to its folder, the returned items absolute."""
+    from PIL import Image
+
+    r = make_synthetic_wsi(tmp_path, n_slides=1, size=256, n_levels=3, patches_per_slide=4, patch_size=16, seed=1)
+    meta = r["slides"][0]
+    assert meta["mask_level"] == 2 and meta["mask_downsample"] == 4
+    for kind in ("tumor", "tissue"):
+        m = np.load(tmp_path / "masks" / f"slide_000_{kind}.npy")
+        assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} and m.shape == tuple(meta["level_sizes"][2])
+        png = np.asarray(Image.open(tmp_path / "masks" / f"slide_000_{kind}.png"))
+        assert png.dtype == np.uint8 and np.array_equal(png, m * 255)
+    dl = json.loads((tmp_path / "datalist.json").read_text())
+    items = dl["training"] + dl["validation"] + dl["test"]
+    assert items and all(it["image"] == "slides/slide_000.tiff" for it in items)
+    assert all(Path(it["image"]).is_absolute() for k in ("training", "validation", "test") for it in r[k])

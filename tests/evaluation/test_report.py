@@ -533,3 +533,22 @@ def test_plot_switch_given_as_text_to_the_evaluator_handler_and_writer(tmp_path)
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="plot"):
         RotationRobustnessEvaluator(net, _seg_data(1), tmp_path / "ev2", device="cpu", plot="maybe")
+
+
+@pytest.mark.parametrize("text", ["[0, foo]", "abc", "nan", "[0, inf]", "range(0, 360, -10)"])
+def test_cli_bad_angles_are_refused_naming_angles(tmp_path, text):
+    """--angles "[0, foo]" ended in a bare "could not convert string to float: 'foo'"; "abc" (a string, listed
+    character by character) likewise; "nan"/"inf" ran the evaluation on NaN rotations."""
+    from monai_gmr.evaluation.__main__ import cli
+
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "network": {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
+        "dataloader": "$[{'image': torch.rand(1, 1, 8, 8), 'label': (torch.rand(1, 1, 8, 8) > 0.5).long()}]",
+    }
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    argv = ["--config_file", str(tmp_path / "c.json"), "--output_dir", str(tmp_path / "o"), "--device", "cpu",
+            "--plot", "false", "--angles", text]  # fmt: skip
+    with pytest.raises(ValueError, match=r"^angles must be"):
+        cli(argv)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -500,3 +500,12 @@ def test_segmentation_output_without_its_channel_dim_is_refused():
     y[..., 2:5, 2:5] = 1
     with pytest.raises(ValueError, match=r"must be \(N, C, \*spatial\)"):
         rotation_robustness(lambda x: (x[:, 0] * 2 - 1) * 5, (y.float(), y), angles=[0], flips=(), metrics=("dice",))
+
+
+@pytest.mark.parametrize("angles", ["abc", "90", [0, "foo"], [0, float("nan")], [float("inf")], [0, None]])
+def test_bad_angle_values_are_refused_naming_angles(angles):
+    """A string was listed character by character ("90" became the angles 9 and 0; "abc" a bare float() error),
+    non-numbers ended in float()'s own error, NaN/inf angles ran the evaluation on NaN rotations."""
+    lab = _blob_labels(1, 8)
+    with pytest.raises(ValueError, match=r"^angles must be"):
+        rotation_robustness(_identity_net, (lab.float(), lab), angles=angles, flips=())

@@ -304,3 +304,19 @@ def test_resnet_norm_none_and_act_none_build_identities():
         y = net(x)
         assert y.shape == (2, 2)
         assert max(rel_err(net(g(x)), y) for g in d4_elements()) <= 1e-4
+
+
+def test_numpy_integers_are_accepted_like_gmrunet():
+    """GMRUNet takes np.int64 sizes; GCNNUNet / GCNNResNet refused them ("features must hold >= 2 positive ints")."""
+    import numpy as np
+
+    i = np.int64
+    torch.manual_seed(0)
+    unet = GCNNUNet(2, i(1), i(2), features=(i(4), i(4)), kernel_size=i(3), group="p4")
+    assert unet.features == (4, 4) and all(type(f) is int for f in unet.features + unet.kernel_size)
+    assert unet(torch.rand(1, 1, 8, 8)).shape == (1, 2, 8, 8)
+    net = GCNNResNet((i(1),) * 4, block_inplanes=(i(2),) * 4, in_channels=i(1), num_classes=i(2), group="p4",
+                     conv1_t_size=i(3), conv1_t_stride=i(1))  # fmt: skip
+    assert net(torch.rand(1, 1, 16, 16)).shape == (1, 2)
+    with pytest.raises(ValueError, match="^features must hold"):
+        GCNNUNet(2, 1, 2, features=(4.0, 4), group="p4")

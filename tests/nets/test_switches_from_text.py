@@ -76,3 +76,15 @@ def test_convert_to_gmr_switches_from_text():
 def test_other_text_is_an_error_naming_the_argument(build, name):
     with pytest.raises(ValueError, match=f"{name} must be a boolean"):
         build()
+
+
+@pytest.mark.parametrize("build", [lambda d: GMRUNet(2, 1, 2, dropout=d, **TINY),
+                                   lambda d: GCNNUNet(2, 1, 2, features=(4, 4), kernel_size=3, group="p4", dropout=d)])
+def test_dropout_given_as_text_is_a_probability(build):
+    """``--network_def#dropout 0.2`` passes the text "0.2": MONAI refused it with "Unsupported option '0.2'" (and
+    "0.0", a non-empty string, was truthy in GMRUNet: a dropout layer of "0.0" was asked for)."""
+    ps = {m.p for m in build("0.2").modules() if isinstance(m, torch.nn.Dropout)}
+    assert ps == {0.2}
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in build("0.0").modules())
+    with pytest.raises(ValueError, match="^dropout must be a probability"):
+        build("1.5")

@@ -417,3 +417,19 @@ def test_to_empty_of_a_materialised_layer_rebuilds_the_index(cls):
     m = m.to_empty(device="cpu")
     m.load_state_dict(ref.state_dict())
     assert torch.equal(m.bank_index, ref.bank_index) and torch.equal(m(x), ref(x))
+
+
+def test_numpy_integers_are_accepted_like_gmrconv():
+    """GMRConv takes np.int64 channels/sizes (``_is_int``); the group convs refused them ("in_channels must be an
+    int >= 1, got in_channels=np.int64(4)"). They are stored as Python ints."""
+    import numpy as np
+
+    i = np.int64
+    lift = GroupLiftingConv(i(1), i(2), i(3), "p4", stride=i(1), padding=i(1), dilation=i(1))
+    conv = GroupConv(i(2), i(2), (i(3), i(3)), "p4", padding=i(1))
+    for m in (lift, conv):
+        assert all(type(v) is int for v in (m.in_channels, m.out_channels, m.kernel_size, m.padding, m.stride))
+    torch.manual_seed(0)
+    assert conv(lift(torch.rand(1, 1, 6, 6))).shape == (1, 2, 4, 6, 6)
+    with pytest.raises(ValueError, match="^in_channels must be an int"):
+        GroupLiftingConv(np.float64(1.0), 2, 3, "p4")

@@ -152,3 +152,35 @@ def test_measure_scores_the_central_disk_only():
     for a in (90.0, 180.0):
         errs = er.measure(CornerBump(), x, [a], 0.4, "bicubic")
         assert errs["logits"][a] < 1e-6 and errs["probs"][a] < 1e-6, (a, errs)
+
+
+def test_angle_grid_is_rounded():
+    """np.arange gave 89.10000000000001 (step 0.1), written to the CSV as is."""
+    grid = er.angle_grid(90.0, 0.1)
+    assert 89.1 in grid and 45.0 in grid and len(grid) == 901
+    assert all(a == round(a, 6) and len(repr(a)) <= 8 for a in grid)
+    assert er.angle_grid(90.0, 7.0)[:3] == [0.0, 7.0, 14.0]
+
+
+def test_grid_without_45_degrees_warns_before_any_work(tmp_path, monkeypatch, caplog):
+    """--step 7 or --max-angle < 45 left the 45-degree ratios and target_met empty without a word."""
+    import logging
+
+    import pytest
+
+    class Stop(Exception):
+        pass
+
+    def stop(args):
+        raise Stop
+
+    monkeypatch.setattr(er, "run_report", stop)
+    for extra in (["--step", "7"], ["--max-angle", "30"]):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="monai_gmr.equivariance_report"), pytest.raises(Stop):
+            er.main(["--out", str(tmp_path / "o"), *extra])
+        assert any("does not contain 45 degrees" in r.getMessage() and "target_met" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.equivariance_report"), pytest.raises(Stop):
+        er.main(["--out", str(tmp_path / "o"), "--step", "0.1"])
+    assert not caplog.records
