@@ -48,6 +48,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import ADN
 
 from monai_gmr.functional import D4Element, d4_elements
+from monai_gmr.functional.basis import _is_int
+from monai_gmr.utils import as_bool
 
 __all__ = [
     "GROUPS",
@@ -328,9 +330,10 @@ def group_conv2d(
 
 # ---------------------------------------------------------------------------------------------------- validation
 def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    # NumPy integers too, as GMRConv and torch.nn.Conv2d take them (bools and floats are refused)
+    if not _is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {name}={value!r}.")
-    return value
+    return int(value)
 
 
 def _square(value, name: str) -> int:
@@ -339,9 +342,9 @@ def _square(value, name: str) -> int:
             raise ValueError(f"{name} must be an int or 2 equal ints (square, so rotations map it to itself), "
                              f"got {name}={tuple(value)}.")
         value = value[0]
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not _is_int(value):
         raise ValueError(f"{name} must be an int, got {name}={value!r}.")
-    return value
+    return int(value)
 
 
 def _kernel_size(kernel_size) -> int:
@@ -377,9 +380,10 @@ class _GroupConvBase(nn.Module):
         if padding is None or padding == "same":
             padding = self.dilation * (self.kernel_size - 1) // 2
         self.padding = _positive_int(_square(padding, "padding"), "padding", minimum=0)
-        shape = (out_channels, in_channels) + (() if self.lifting else (self.group_order,)) + (self.kernel_size,) * 2
+        shape = (self.out_channels, self.in_channels) + (() if self.lifting else (self.group_order,)) + (self.kernel_size,) * 2
         self.weight = nn.Parameter(torch.empty(shape))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        # text from a command line (`--network_def#bias false`: Python Fire passes "false", which is truthy)
+        self.bias = nn.Parameter(torch.empty(self.out_channels)) if as_bool(bias, "bias") else None
         # the filter-bank gather index: a buffer, so it follows .to(device) and a trace or TorchScript reads it as a
         # module attribute (see "filter banks" above); not persistent, so state dicts are those of the parameters
         self.register_buffer(
@@ -647,6 +651,8 @@ class GroupConvolution(nn.Sequential):
         padding: int | None = None,
     ) -> None:
         super().__init__()
+        # switches given as text ("false" from a command line) are read as what they say, as in GMRConvolution
+        lifting, conv_only = as_bool(lifting, "lifting"), as_bool(conv_only, "conv_only")
         cls = GroupLiftingConv if lifting else GroupConv
         self.add_module(
             "conv", cls(in_channels, out_channels, kernel_size, group, stride=strides, padding=padding, bias=bias)
