@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -477,3 +478,22 @@ def test_central_disk_mask_axes_in_2d_and_the_ball_without_axes():
     for bad in ((1, 1), (0, 3), (0, 1, 2)):
         with pytest.raises(ValueError, match="axes"):
             central_disk_mask((9, 9, 9), 0.3, axes=bad)
+
+
+def test_mask_shapes_must_be_ints_and_a_tensor_is_named():
+    """``spatial_shape`` of the mask functions: a float size was truncated silently (``validity_mask((7.5, 7), 30)``
+    gave a 7x7 mask) and the image itself (``roundtrip_mask(x, 30)`` instead of ``x.shape[-2:]``) raised "only one
+    element tensors can be converted to Python scalars"; both now name ``spatial_shape``. Integers of every kind
+    (NumPy, torch.Size, 0-dim integer tensors) still work."""
+    x = torch.zeros(1, 1, 9, 9)
+    with pytest.raises(ValueError, match=r"spatial_shape.*x\.shape"):
+        roundtrip_mask(x, 30.0)
+    for bad in ((7.5, 7), (True, 7)):
+        with pytest.raises(ValueError, match="spatial_shape"):
+            validity_mask(bad, 30.0)
+        with pytest.raises(ValueError, match="spatial_shape"):
+            central_disk_mask(bad)
+    ref = validity_mask((9, 8), 30.0)
+    for ok in (x.shape[-2:][:1] + (8,), (np.int64(9), 8), (torch.tensor(9), torch.tensor(8)), torch.tensor([9, 8])):
+        assert torch.equal(validity_mask(ok, 30.0), ref)
+    assert central_disk_mask(torch.Size([9, 8])).shape == (9, 8)
