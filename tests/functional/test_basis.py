@@ -189,3 +189,22 @@ def test_is_radial_basis_center_vs_area(d, k, radial_area):
     assert not is_radial_basis(torch.randn(2, *(k,) * d))
     with pytest.raises(ValueError, match="basis"):
         is_radial_basis(torch.ones(2, 4, 4))
+
+
+def test_basis_helpers_refuse_even_kernel_sizes_and_no_rings():
+    """offset_distances / support_mask of an even k returned a (k + 1)-wide grid (offsets -k/2..k/2) where the docs
+    promise (k,) * d; ring_centers(k, 0) an empty tensor and initial_sigma(k, 0) a negative sigma. They now raise
+    naming the argument, as GMRConv does."""
+    for bad in (4, 0, -3, 3.0, True):
+        with pytest.raises(ValueError, match="kernel_size"):
+            offset_distances(bad, 2)
+        with pytest.raises(ValueError, match="kernel_size"):
+            support_mask(bad, 2)
+        with pytest.raises(ValueError, match="kernel_size"):
+            ring_centers(bad, 2)
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="num_rings"):
+            ring_centers(5, bad)
+        with pytest.raises(ValueError, match="num_rings"):
+            initial_sigma(5, bad)
+    assert offset_distances(5, 3).shape == (5, 5, 5) and ring_centers(1, 1).shape == (1,) and initial_sigma(1, 1) == 1.0
