@@ -230,6 +230,13 @@ def ring_basis(
     gaussian = smoothing == "gaussian"
     if gaussian and log_sigma is None:
         raise ValueError("smoothing='gaussian' needs log_sigma.")
+    if centers.ndim != 1:
+        raise ValueError(f"centers must have shape (n,), got centers shape {tuple(centers.shape)}.")
+    if gaussian and log_sigma.numel() != centers.numel():
+        raise ValueError(
+            f"log_sigma must have one value per ring, shape ({centers.numel()},), got log_sigma shape "
+            f"{tuple(log_sigma.shape)}."
+        )
     lo, hi = log_sigma_range if log_sigma_range is not None else (-math.inf, math.inf)
     # hard assignment ignores sigma: any tensor stands in for a missing one
     ls = log_sigma if log_sigma is not None else centers

@@ -128,6 +128,8 @@ def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> 
 
 
 def _quarter_turns(deg: float) -> int | None:
+    if not math.isfinite(deg):  # not a right angle (round() raised on NaN / inf in is_right_angle)
+        return None
     q = deg / 90.0
     k = round(q)
     return k % 4 if abs(q - k) < 1e-9 else None

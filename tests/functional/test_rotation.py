@@ -497,3 +497,14 @@ def test_mask_shapes_must_be_ints_and_a_tensor_is_named():
     for ok in (x.shape[-2:][:1] + (8,), (np.int64(9), 8), (torch.tensor(9), torch.tensor(8)), torch.tensor([9, 8])):
         assert torch.equal(validity_mask(ok, 30.0), ref)
     assert central_disk_mask(torch.Size([9, 8])).shape == (9, 8)
+
+
+def test_is_right_angle_of_a_non_finite_angle_is_false():
+    """is_right_angle(nan) raised "cannot convert float NaN to integer" (inf: OverflowError) from round(); a
+    non-finite angle is no right angle (rotate() itself refuses it by name)."""
+    from monai_gmr.functional.rotation import is_right_angle
+
+    assert not is_right_angle(float("nan")) and not is_right_angle(float("inf")) and not is_right_angle((0, 90, -float("inf")))
+    assert is_right_angle(-270.0) and is_right_angle((0, 90, 180))
+    with pytest.raises(ValueError, match="angle"):
+        rotate(torch.zeros(3, 3), float("nan"))
