@@ -487,6 +487,9 @@ def flip_axis(axis: int | str, spatial_dims: int = 2) -> int:
                 f"flip axis must be one of {sorted(_FLIP_NAMES[spatial_dims])} or an int, got axis={axis!r}{hint}."
             )
         return _FLIP_NAMES[spatial_dims][axis]
+    # an integer (Python or NumPy): a float was truncated (1.5 mirrored axis 1) and True read as axis 1
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, (bool, np.bool_)):
+        raise ValueError(f"flip axis must be 'h', 'v', 'd' (3D) or an int spatial axis, got axis={axis!r}.")
     if not -spatial_dims <= int(axis) < spatial_dims:
         raise ValueError(f"flip axis must be in [-{spatial_dims}, {spatial_dims - 1}], got axis={axis!r}.")
     return int(axis) % spatial_dims

@@ -508,3 +508,16 @@ def test_is_right_angle_of_a_non_finite_angle_is_false():
     assert is_right_angle(-270.0) and is_right_angle((0, 90, 180))
     with pytest.raises(ValueError, match="angle"):
         rotate(torch.zeros(3, 3), float("nan"))
+
+
+def test_flip_axis_must_be_a_name_or_an_int():
+    """flip_axis(1.5) was truncated to axis 1 and flip_axis(True) read as axis 1 (also through Geometry(flip=...));
+    both are refused by name. NumPy integers and negative indices still work."""
+    from monai_gmr.functional.rotation import flip_axis
+
+    for bad in (1.5, True, None):
+        with pytest.raises(ValueError, match="flip axis"):
+            flip_axis(bad)
+    with pytest.raises(ValueError, match="flip axis"):
+        Geometry(0.0, 1.0)
+    assert flip_axis(np.int64(-1)) == 1 and flip_axis("v") == 0 and flip_axis(-3, 3) == 0
