@@ -380,7 +380,8 @@ class _GroupConvBase(nn.Module):
         if padding is None or padding == "same":
             padding = self.dilation * (self.kernel_size - 1) // 2
         self.padding = _positive_int(_square(padding, "padding"), "padding", minimum=0)
-        shape = (self.out_channels, self.in_channels) + (() if self.lifting else (self.group_order,)) + (self.kernel_size,) * 2
+        orientations = () if self.lifting else (self.group_order,)
+        shape = (self.out_channels, self.in_channels) + orientations + (self.kernel_size,) * 2
         self.weight = nn.Parameter(torch.empty(shape))
         # text from a command line (`--network_def#bias false`: Python Fire passes "false", which is truthy)
         self.bias = nn.Parameter(torch.empty(self.out_channels)) if as_bool(bias, "bias") else None
