@@ -89,6 +89,15 @@ def check_kernel_size(kernel_size: int | tuple[int, ...] | list[int], spatial_di
     return kernel_size
 
 
+def _check_rings_args(kernel_size: int, num_rings: int | None = None) -> None:
+    """``kernel_size`` an odd positive int and ``num_rings`` (if given) a positive int, for the public basis helpers
+    (an even ``k`` gave a ``(k + 1)``-wide grid, ``num_rings=0`` an empty / negative-sigma basis)."""
+    if not _is_int(kernel_size) or kernel_size <= 0 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd positive int, got kernel_size={kernel_size!r}.")
+    if num_rings is not None and (not _is_int(num_rings) or num_rings < 1):
+        raise ValueError(f"num_rings must be a positive int, got num_rings={num_rings!r}.")
+
+
 def default_num_rings(kernel_size: int) -> int:
     """The paper's default number of rings, ``n = (k + 1) / 2``."""
     return (kernel_size + 1) // 2
@@ -115,6 +124,7 @@ def ring_centers(
     Returns:
         tensor of shape ``(num_rings,)``.
     """
+    _check_rings_args(kernel_size, num_rings)
     extent = ring_extent(kernel_size, sampling)
     if num_rings == 1:
         return torch.zeros(1, dtype=dtype)
@@ -123,6 +133,7 @@ def ring_centers(
 
 def initial_sigma(kernel_size: int, num_rings: int, *, sampling: str = "center") -> float:
     """sigma at initialisation: full width at half maximum equal to the ring spacing (``sigma = Δd / 2.355``)."""
+    _check_rings_args(kernel_size, num_rings)
     extent = ring_extent(kernel_size, sampling)
     if num_rings == 1:
         return 1.0
@@ -151,6 +162,7 @@ def offset_distances(
     Returns:
         tensor of shape ``(k,) * spatial_dims`` (``subsamples=1``) or ``(k,) * spatial_dims + (s ** d,)``.
     """
+    _check_rings_args(kernel_size)
     if not _is_int(subsamples) or subsamples < 1:
         raise ValueError(f"subsamples must be a positive int, got subsamples={subsamples!r}.")
     r = kernel_size // 2
@@ -218,6 +230,13 @@ def ring_basis(
     gaussian = smoothing == "gaussian"
     if gaussian and log_sigma is None:
         raise ValueError("smoothing='gaussian' needs log_sigma.")
+    if centers.ndim != 1:
+        raise ValueError(f"centers must have shape (n,), got centers shape {tuple(centers.shape)}.")
+    if gaussian and log_sigma.numel() != centers.numel():
+        raise ValueError(
+            f"log_sigma must have one value per ring, shape ({centers.numel()},), got log_sigma shape "
+            f"{tuple(log_sigma.shape)}."
+        )
     lo, hi = log_sigma_range if log_sigma_range is not None else (-math.inf, math.inf)
     # hard assignment ignores sigma: any tensor stands in for a missing one
     ls = log_sigma if log_sigma is not None else centers

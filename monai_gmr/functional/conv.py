@@ -79,6 +79,62 @@ def _check_rings(weight: torch.Tensor, basis: torch.Tensor) -> None:
         raise ValueError(f"weight has {weight.shape[-1]} rings but basis has {basis.shape[0]}.")
 
 
+def _check_shapes(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    basis: torch.Tensor | None,
+    kernel: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    padding: int | Sequence[int],
+    groups: int,
+) -> None:
+    """Argument shapes of :func:`gmr_conv`, checked for every impl before dispatch.
+
+    The rings path reshapes ``weight`` to ``(C_out, C_in/groups * n)`` without reading its ring axis: a weight with
+    another ring count (or channel count) whose product matched ``C_in * n / groups`` was silently mixed with the
+    wrong ring responses. Dense / rings errors otherwise came from deep inside ``F.conv2d`` / ``Tensor.repeat``.
+
+    Args:
+        x: input, shape ``(B, C_in) + spatial`` with ``d`` spatial dims (checked by the caller).
+        weight: ring weights, shape ``(C_out, C_in / groups, n)``.
+        basis: ring basis, shape ``(n,) + (k,) * d``, or ``None``.
+        kernel: dense kernel, shape ``(C_out, C_in / groups) + (k,) * d``, or ``None``.
+        bias: ``None`` or shape ``(C_out,)``.
+        padding: a non-negative int or ``d`` of them.
+        groups: channel groups.
+    """
+    d = x.ndim - 2
+    if weight.ndim != 3:
+        raise ValueError(f"weight must have shape (C_out, C_in / groups, n), got weight shape {tuple(weight.shape)}.")
+    if basis is not None:
+        if basis.ndim != d + 1:
+            raise ValueError(
+                f"basis must have shape (n,) + (k,) * {d} for an input with {d} spatial dims, got basis shape "
+                f"{tuple(basis.shape)}."
+            )
+        _check_rings(weight, basis)
+    if kernel is not None and kernel.ndim != d + 2:
+        raise ValueError(
+            f"kernel must have shape (C_out, C_in / groups) + (k,) * {d} for an input with {d} spatial dims, got "
+            f"kernel shape {tuple(kernel.shape)}."
+        )
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got groups={groups!r}.")
+    if weight.shape[1] * groups != x.shape[1] or weight.shape[0] % groups:
+        raise ValueError(
+            f"weight shape {tuple(weight.shape)} with groups={groups} takes {weight.shape[1] * groups} input channels "
+            f"(and C_out={weight.shape[0]} divisible by groups), but the input has {x.shape[1]} input channels."
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got bias shape {tuple(bias.shape)}.")
+    pads = [padding] if _is_int(padding) else list(padding)
+    if (not _is_int(padding) and len(pads) != d) or not all(_is_int(p) and p >= 0 for p in pads):
+        raise ValueError(
+            f"padding must be a non-negative int or {d} non-negative ints for an input with {d} spatial dims, got "
+            f"padding={padding!r}."
+        )
+
+
 def synthesize_kernel(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Dense kernel ``K[o, c, p] = sum_i weight[o, c, i] * basis[i, p]``.
 
@@ -214,6 +270,7 @@ def gmr_conv(
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got padding_mode={padding_mode!r}.")
     if basis is None and (kernel is None or impl != "dense"):
         raise ValueError("gmr_conv needs basis unless a dense kernel is given with impl='dense'.")
+    _check_shapes(x, weight, basis, kernel, bias, padding, groups)
     requested = impl
     k = (kernel if kernel is not None else basis).shape[-1]
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)

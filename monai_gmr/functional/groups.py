@@ -9,9 +9,19 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .basis import _is_int
+
 __all__ = ["D4Element", "CubeElement", "d4_elements", "cube_elements", "group_elements"]
+
+
+def _as_flag(value: object, name: str) -> bool:
+    """A bool, NumPy bool or 0/1 as a ``bool``; anything else is a ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be bools, got {name}={value!r}.")
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,14 @@ class D4Element:
 
     k: int = 0
     flip: bool = False
+
+    def __post_init__(self) -> None:
+        # stored normalised (k in 0..3, flip a bool): equal transforms compare and hash equal (D4Element(5) ==
+        # D4Element(1)); a float k failed only when applied, inside torch.rot90
+        if not _is_int(self.k):
+            raise ValueError(f"k must be an int (quarter turns), got k={self.k!r}.")
+        object.__setattr__(self, "k", int(self.k) % 4)
+        object.__setattr__(self, "flip", _as_flag(self.flip, "flip"))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip:
@@ -40,6 +58,17 @@ class CubeElement:
 
     perm: tuple[int, int, int] = (0, 1, 2)
     flips: tuple[bool, bool, bool] = (False, False, False)
+
+    def __post_init__(self) -> None:
+        # stored as tuples of ints / bools: a list perm made the element unhashable (not usable in a set or as a
+        # key) and an invalid perm failed only when applied, inside Tensor.permute
+        perm, flips = tuple(self.perm), tuple(self.flips)
+        if len(perm) != 3 or not all(_is_int(p) for p in perm) or sorted(int(p) for p in perm) != [0, 1, 2]:
+            raise ValueError(f"perm must be a permutation of (0, 1, 2), got perm={self.perm!r}.")
+        if len(flips) != 3:
+            raise ValueError(f"flips must be 3 bools, got flips={self.flips!r}.")
+        object.__setattr__(self, "perm", tuple(int(p) for p in perm))
+        object.__setattr__(self, "flips", tuple(_as_flag(f, "flips") for f in flips))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.ndim - 3

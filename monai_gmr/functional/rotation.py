@@ -128,6 +128,8 @@ def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> 
 
 
 def _quarter_turns(deg: float) -> int | None:
+    if not math.isfinite(deg):  # not a right angle (round() raised on NaN / inf in is_right_angle)
+        return None
     q = deg / 90.0
     k = round(q)
     return k % 4 if abs(q - k) < 1e-9 else None
@@ -411,8 +413,27 @@ def validity_mask(
     return _valid_from_matrix(spatial_shape, rotation_matrix(angle, spatial_dims, axes), mode, device)
 
 
+def _shape_ints(spatial_shape) -> tuple[int, ...]:
+    """``spatial_shape`` as a tuple of ints: integers only (Python, NumPy, 0-dim integer tensors), never truncated
+    floats; a tensor of data (e.g. the image instead of its ``.shape[-2:]``) is named in the error."""
+    if isinstance(spatial_shape, torch.Tensor) and spatial_shape.ndim != 1:
+        raise ValueError(
+            f"spatial_shape must be a sequence of ints (e.g. x.shape[-2:]), got a tensor of shape "
+            f"{tuple(spatial_shape.shape)}."
+        )
+    values = spatial_shape.tolist() if isinstance(spatial_shape, (torch.Tensor, np.ndarray)) else spatial_shape
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"spatial_shape must be a sequence of ints, got spatial_shape={spatial_shape!r}.")
+    # 0-dim integer tensors (a shape computed with torch ops) as their values
+    values = tuple(v.item() if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.is_floating_point() else v
+                   for v in values)  # fmt: skip
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in values):
+        raise ValueError(f"spatial_shape must be a sequence of ints, got spatial_shape={values!r}.")
+    return tuple(int(v) for v in values)
+
+
 def _check_shape(spatial_shape, spatial_dims) -> tuple[int, ...]:
-    spatial_shape = tuple(int(s) for s in spatial_shape)
+    spatial_shape = _shape_ints(spatial_shape)
     if len(spatial_shape) != spatial_dims or min(spatial_shape) < 1:
         raise ValueError(f"spatial_shape must be {spatial_dims} positive ints, got spatial_shape={spatial_shape}.")
     return spatial_shape
@@ -466,6 +487,9 @@ def flip_axis(axis: int | str, spatial_dims: int = 2) -> int:
                 f"flip axis must be one of {sorted(_FLIP_NAMES[spatial_dims])} or an int, got axis={axis!r}{hint}."
             )
         return _FLIP_NAMES[spatial_dims][axis]
+    # an integer (Python or NumPy): a float was truncated (1.5 mirrored axis 1) and True read as axis 1
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, (bool, np.bool_)):
+        raise ValueError(f"flip axis must be 'h', 'v', 'd' (3D) or an int spatial axis, got axis={axis!r}.")
     if not -spatial_dims <= int(axis) < spatial_dims:
         raise ValueError(f"flip axis must be in [-{spatial_dims}, {spatial_dims - 1}], got axis={axis!r}.")
     return int(axis) % spatial_dims
@@ -510,7 +534,7 @@ def central_disk_mask(
     """
     if not 0 < radius_frac <= 0.5:
         raise ValueError(f"radius_frac must be in (0, 0.5], got radius_frac={radius_frac}.")
-    spatial_shape = tuple(int(s) for s in spatial_shape)
+    spatial_shape = _shape_ints(spatial_shape)
     in_plane = list(range(len(spatial_shape)))
     if axes is not None:
         if len(spatial_shape) not in (2, 3):

@@ -49,6 +49,7 @@ from monai.networks.blocks import ADN
 
 from monai_gmr.functional import D4Element, d4_elements
 from monai_gmr.functional.basis import _is_int
+from monai_gmr.utils import as_bool
 
 __all__ = [
     "GROUPS",
@@ -379,9 +380,11 @@ class _GroupConvBase(nn.Module):
         if padding is None or padding == "same":
             padding = self.dilation * (self.kernel_size - 1) // 2
         self.padding = _positive_int(_square(padding, "padding"), "padding", minimum=0)
-        shape = (out_channels, in_channels) + (() if self.lifting else (self.group_order,)) + (self.kernel_size,) * 2
+        orientations = () if self.lifting else (self.group_order,)
+        shape = (self.out_channels, self.in_channels) + orientations + (self.kernel_size,) * 2
         self.weight = nn.Parameter(torch.empty(shape))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        # text from a command line (`--network_def#bias false`: Python Fire passes "false", which is truthy)
+        self.bias = nn.Parameter(torch.empty(self.out_channels)) if as_bool(bias, "bias") else None
         # the filter-bank gather index: a buffer, so it follows .to(device) and a trace or TorchScript reads it as a
         # module attribute (see "filter banks" above); not persistent, so state dicts are those of the parameters
         self.register_buffer(
@@ -649,6 +652,8 @@ class GroupConvolution(nn.Sequential):
         padding: int | None = None,
     ) -> None:
         super().__init__()
+        # switches given as text ("false" from a command line) are read as what they say, as in GMRConvolution
+        lifting, conv_only = as_bool(lifting, "lifting"), as_bool(conv_only, "conv_only")
         cls = GroupLiftingConv if lifting else GroupConv
         self.add_module(
             "conv", cls(in_channels, out_channels, kernel_size, group, stride=strides, padding=padding, bias=bias)

@@ -189,3 +189,33 @@ def test_is_radial_basis_center_vs_area(d, k, radial_area):
     assert not is_radial_basis(torch.randn(2, *(k,) * d))
     with pytest.raises(ValueError, match="basis"):
         is_radial_basis(torch.ones(2, 4, 4))
+
+
+def test_basis_helpers_refuse_even_kernel_sizes_and_no_rings():
+    """offset_distances / support_mask of an even k returned a (k + 1)-wide grid (offsets -k/2..k/2) where the docs
+    promise (k,) * d; ring_centers(k, 0) an empty tensor and initial_sigma(k, 0) a negative sigma. They now raise
+    naming the argument, as GMRConv does."""
+    for bad in (4, 0, -3, 3.0, True):
+        with pytest.raises(ValueError, match="kernel_size"):
+            offset_distances(bad, 2)
+        with pytest.raises(ValueError, match="kernel_size"):
+            support_mask(bad, 2)
+        with pytest.raises(ValueError, match="kernel_size"):
+            ring_centers(bad, 2)
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="num_rings"):
+            ring_centers(5, bad)
+        with pytest.raises(ValueError, match="num_rings"):
+            initial_sigma(5, bad)
+    assert offset_distances(5, 3).shape == (5, 5, 5) and ring_centers(1, 1).shape == (1,) and initial_sigma(1, 1) == 1.0
+
+
+def test_ring_basis_names_a_log_sigma_of_another_ring_count():
+    """A log_sigma with another number of values than the ring centres failed inside a reshape ("shape '[3, 1, 1]'
+    is invalid for input of size 2"); it is a ValueError naming log_sigma."""
+    d, c, m = offset_distances(5, 2), ring_centers(5, 3), support_mask(5, 2)
+    for bad in (torch.zeros(2), torch.zeros(1), torch.tensor(0.0)):
+        with pytest.raises(ValueError, match="log_sigma must have one value per ring"):
+            ring_basis(d, c, bad, m)
+    assert ring_basis(d, c, torch.zeros(3), m).shape == (3, 5, 5)
+    assert ring_basis(d, c, torch.zeros(2), m, "none").shape == (3, 5, 5)  # hard assignment ignores sigma

@@ -250,3 +250,34 @@ def test_parameters_are_cast_to_the_input_dtype(impl):
     y = gmr_conv(x, m.weight, m.basis(), m.bias, padding=2, impl=impl)
     ref = gmr_conv(x, m.weight.double(), m.basis().double(), m.bias.double(), padding=2, impl=impl)
     assert y.dtype == torch.float64 and rel_err(y, ref) < 1e-6
+
+
+@pytest.mark.parametrize("impl", ["dense", "rings", "auto", "triton"])
+def test_ring_count_mismatch_is_an_error_on_every_impl(impl):
+    """The rings path reshaped the weight to (C_out, C_in/groups * n) without reading its ring axis: a weight of 4
+    channels x 2 rings against a 2-channel input and a 4-ring basis (both 8 ring responses) ran silently, mixing the
+    ring responses with the wrong weights."""
+    torch.manual_seed(0)
+    basis = GMRConv(2, 2, 3, 7).basis().detach()  # 4 rings
+    with pytest.raises(ValueError, match="2 rings but basis has 4"):
+        gmr_conv(torch.randn(1, 2, 9, 9), torch.randn(3, 4, 2), basis, padding=3, impl=impl)
+
+
+@pytest.mark.parametrize("impl", ["dense", "rings", "auto", "triton"])
+def test_shape_errors_name_the_argument_on_every_impl(impl):
+    """Channel, groups, bias, basis and padding mismatches raise a ValueError naming the argument, not a RuntimeError
+    from inside F.conv2d / Tensor.repeat."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 4, 6, 3)
+    w, basis, x = m.weight.detach(), m.basis().detach(), torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="input has 3 input channels"):
+        gmr_conv(torch.randn(1, 3, 8, 8), w, basis, padding=1, impl=impl)
+    with pytest.raises(ValueError, match="groups=2"):
+        gmr_conv(x, w, basis, padding=1, groups=2, impl=impl)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        gmr_conv(x, w, basis, torch.zeros(5), padding=1, impl=impl)
+    with pytest.raises(ValueError, match="basis must have shape"):
+        gmr_conv(x, w, torch.randn(2, 3, 3, 3), padding=1, impl=impl)
+    for pad in ((1, 1, 1), -1):
+        with pytest.raises(ValueError, match="padding must be"):
+            gmr_conv(x, w, basis, padding=pad, impl=impl)

@@ -33,3 +33,25 @@ def test_elements_act_on_trailing_dims_of_non_square_batches():
     assert torch.equal(CubeElement((0, 2, 1))(x3), x3.transpose(-2, -1))
     with pytest.raises(ValueError, match="spatial_dims"):
         group_elements(4)
+
+
+def test_elements_are_validated_and_normalised():
+    """D4Element(5) and D4Element(1) are one transform but compared unequal; a list perm made a CubeElement
+    unhashable (TypeError in a set); a float k or a non-permutation perm failed only when applied, inside
+    torch.rot90 / Tensor.permute. Elements are now stored normalised and checked at construction."""
+    assert D4Element(5) == D4Element(1) and D4Element(-1, 1) == D4Element(3, True) and D4Element(-1).k == 3
+    assert hash(D4Element(4)) == hash(D4Element(0)) and D4Element(-1, True).inverse() == D4Element(3, True)
+    assert CubeElement([1, 0, 2], [1, 0, 0]) == CubeElement((1, 0, 2), (True, False, False))
+    assert CubeElement([1, 0, 2]) in set(cube_elements()) and len(set(cube_elements())) == 48
+    x = torch.arange(27.0).reshape(3, 3, 3)
+    assert torch.equal(CubeElement([1, 0, 2])(x), x.transpose(0, 1))
+    for bad in (1.0, 1.5, "1"):
+        with pytest.raises(ValueError, match="k must be an int"):
+            D4Element(bad)
+    with pytest.raises(ValueError, match="flip"):
+        D4Element(1, 2)
+    for bad in ((0, 0, 1), (0, 1, 3), (0, 1), (0.0, 1, 2)):
+        with pytest.raises(ValueError, match="perm"):
+            CubeElement(bad)
+    with pytest.raises(ValueError, match="flips"):
+        CubeElement((0, 1, 2), (True, False))

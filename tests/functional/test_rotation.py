@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -477,3 +478,47 @@ def test_central_disk_mask_axes_in_2d_and_the_ball_without_axes():
     for bad in ((1, 1), (0, 3), (0, 1, 2)):
         with pytest.raises(ValueError, match="axes"):
             central_disk_mask((9, 9, 9), 0.3, axes=bad)
+
+
+def test_mask_shapes_must_be_ints_and_a_tensor_is_named():
+    """``spatial_shape`` of the mask functions: a float size was truncated silently (``validity_mask((7.5, 7), 30)``
+    gave a 7x7 mask) and the image itself (``roundtrip_mask(x, 30)`` instead of ``x.shape[-2:]``) raised "only one
+    element tensors can be converted to Python scalars"; both now name ``spatial_shape``. Integers of every kind
+    (NumPy, torch.Size, 0-dim integer tensors) still work."""
+    x = torch.zeros(1, 1, 9, 9)
+    with pytest.raises(ValueError, match=r"spatial_shape.*x\.shape"):
+        roundtrip_mask(x, 30.0)
+    for bad in ((7.5, 7), (True, 7)):
+        with pytest.raises(ValueError, match="spatial_shape"):
+            validity_mask(bad, 30.0)
+        with pytest.raises(ValueError, match="spatial_shape"):
+            central_disk_mask(bad)
+    ref = validity_mask((9, 8), 30.0)
+    for ok in (x.shape[-2:][:1] + (8,), (np.int64(9), 8), (torch.tensor(9), torch.tensor(8)), torch.tensor([9, 8])):
+        assert torch.equal(validity_mask(ok, 30.0), ref)
+    assert central_disk_mask(torch.Size([9, 8])).shape == (9, 8)
+
+
+def test_is_right_angle_of_a_non_finite_angle_is_false():
+    """is_right_angle(nan) raised "cannot convert float NaN to integer" (inf: OverflowError) from round(); a
+    non-finite angle is no right angle (rotate() itself refuses it by name)."""
+    from monai_gmr.functional.rotation import is_right_angle
+
+    assert not is_right_angle(float("nan")) and not is_right_angle(float("inf"))
+    assert not is_right_angle((0, 90, -float("inf")))
+    assert is_right_angle(-270.0) and is_right_angle((0, 90, 180))
+    with pytest.raises(ValueError, match="angle"):
+        rotate(torch.zeros(3, 3), float("nan"))
+
+
+def test_flip_axis_must_be_a_name_or_an_int():
+    """flip_axis(1.5) was truncated to axis 1 and flip_axis(True) read as axis 1 (also through Geometry(flip=...));
+    both are refused by name. NumPy integers and negative indices still work."""
+    from monai_gmr.functional.rotation import flip_axis
+
+    for bad in (1.5, True, None):
+        with pytest.raises(ValueError, match="flip axis"):
+            flip_axis(bad)
+    with pytest.raises(ValueError, match="flip axis"):
+        Geometry(0.0, 1.0)
+    assert flip_axis(np.int64(-1)) == 1 and flip_axis("v") == 0 and flip_axis(-3, 3) == 0

@@ -433,3 +433,32 @@ def test_numpy_integers_are_accepted_like_gmrconv():
     assert conv(lift(torch.rand(1, 1, 6, 6))).shape == (1, 2, 4, 6, 6)
     with pytest.raises(ValueError, match="^in_channels must be an int"):
         GroupLiftingConv(np.float64(1.0), 2, 3, "p4")
+
+
+def test_numpy_int_arguments_are_taken_as_ints():
+    """GMRConv and torch.nn.Conv2d take NumPy integers (e.g. widths from np.arange); the G-CNN layers refused them
+    ("in_channels must be an int >= 1, got in_channels=np.int64(4)")."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    m = GroupConv(np.int64(2), np.int64(3), np.int64(3), "p4", stride=np.int64(1), padding=np.int64(1))
+    assert (m.in_channels, m.out_channels, m.kernel_size, m.padding) == (2, 3, 3, 1)
+    assert all(type(v) is int for v in (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding))
+    assert m(torch.randn(1, 2, 4, 5, 5)).shape == (1, 3, 4, 5, 5)
+    assert GroupSpatialPool(np.int64(2)).kernel_size == 2 and GroupUpsample(np.int64(2)).scale_factor == 2
+    with pytest.raises(ValueError, match="in_channels"):
+        GroupConv(True, 3)
+    with pytest.raises(ValueError, match="kernel_size"):
+        GroupConv(2, 3, 3.0)
+
+
+def test_text_switches_are_read_as_what_they_say():
+    """A switch given as text (``--network_def#bias false`` from a command line: the string "false", which is
+    truthy) built the opposite layer: a bias, a lifting conv for ``lifting="false"`` and no ADN for
+    ``conv_only="false"``. They are read as GMRConv / GMRConvolution read them."""
+    torch.manual_seed(0)
+    assert GroupConv(2, 3, bias="false").bias is None and GroupLiftingConv(2, 3, bias="true").bias is not None
+    block = GroupConvolution(2, 3, lifting="false", conv_only="false")
+    assert isinstance(block.conv, GroupConv) and not isinstance(block.conv, GroupLiftingConv) and hasattr(block, "adn")
+    assert not hasattr(GroupConvolution(2, 3, lifting="true", conv_only="true"), "adn")
+    with pytest.raises(ValueError, match="conv_only"):
+        GroupConvolution(2, 3, conv_only="maybe")
