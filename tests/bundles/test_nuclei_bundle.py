@@ -358,11 +358,17 @@ def test_compiled_training_matches_eager_and_saves_uncompiled_checkpoints(tmp_pa
         assert not [k for k in state if "_orig_mod" in k]
         net.load_state_dict(state, strict=True)
 
-    # evaluation (its engine and the robustness evaluator) and inference of that model: compiled == eager (same
-    # metrics, same probability maps)
+
+@pytest.mark.slow
+def test_compiled_evaluation_and_inference_match_eager(tmp_path):
+    """evaluate.json (its engine and the robustness evaluator, which is not a MONAI engine) and inference.json with
+    ``--compile true`` (aot_eager) give the eager runs' metrics and probability maps (slow: 4 bundle runs; the
+    compile wiring of both configs is checked in the fast test of the switches)."""
     import tifffile
 
-    out, compiled = tmp_path / "compiled", ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"]
+    data, out = tmp_path / "data", tmp_path / "trained"
+    run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=tmp_path)  # a trained model: Dice defined, maps not flat
+    compiled = ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"]
     reports, probs = {}, {}
     for name, extra in (("eager", []), ("compiled", compiled)):
         proc = run_bundle([TRAIN, EVALUATE], *_common(data, out), "--robustness_angles", "[0, 90]", "--eval_dir",

@@ -302,37 +302,56 @@ def test_train_evaluate_infer_end_to_end(tmp_path, slides):
     assert not [p for p in pred.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_compiled_evaluation_and_slide_inference_match_eager(tmp_path, slides):
-    """``--compile true`` (aot_eager: no C compiler) also runs evaluate.json's robustness evaluation and slide maps and
-    inference.json's slide inference (not MONAI engines) through torch.compile: same robustness report and probability
-    maps as eager (to 1e-5). inference.json had no ``compile`` setting, so ``--compile true`` was refused there."""
+def _compiled_vs_eager_setup(tmp_path, slides):
     data, out = Path(slides["root"]), tmp_path / "run"
     torch.manual_seed(0)  # an untrained network is enough to compare the two runs
     net = config_parser([INFERENCE], network_def=TINY_NET, metadata=METADATA).get_parsed_content("network_def")
     (out / "models").mkdir(parents=True)
     torch.save({"model": net.state_dict()}, out / "models" / "model.pt")
-    compiled = ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"]
-    reports, maps, probs = {}, {}, {}
-    for name, extra in (("eager", []), ("compiled", compiled)):
-        ev, pred = tmp_path / f"eval_{name}", tmp_path / f"pred_{name}"
+    return data, out, {"eager": [], "compiled": ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"]}
+
+
+def _assert_same_maps(got: dict, ref: dict) -> None:
+    assert ref and sorted(got) == sorted(ref)
+    for f, p in ref.items():
+        assert p.max() > 0, f
+        np.testing.assert_allclose(got[f], p, atol=1e-5, err_msg=f)
+
+
+def test_compiled_slide_inference_matches_eager(tmp_path, slides):
+    """``--compile true`` (aot_eager: no C compiler) runs inference.json's slide inference (not a MONAI engine)
+    through torch.compile: the eager probability maps (to 1e-5). inference.json had no ``compile`` setting, so
+    ``--compile true`` was refused there."""
+    data, out, runs = _compiled_vs_eager_setup(tmp_path, slides)
+    probs = {}
+    for name, extra in runs.items():
+        pred = tmp_path / f"pred_{name}"
+        proc = run_bundle([INFERENCE], *_common(data, out), "--generate_synthetic", "false", "--pred_dir", str(pred),
+                          *extra, cwd=tmp_path)  # fmt: skip
+        logs = proc.stdout + proc.stderr
+        assert ("through torch.compile(backend='aot_eager')" in logs) is (name == "compiled")
+        probs[name] = {p.name: np.load(p) for p in sorted(pred.glob("*_prob.npy"))}
+    _assert_same_maps(probs["compiled"], probs["eager"])
+
+
+@pytest.mark.slow
+def test_compiled_evaluation_matches_eager(tmp_path, slides):
+    """evaluate.json with ``--compile true``: the robustness evaluation and the slide maps (not MONAI engines) run
+    through torch.compile and give the eager report and maps (to 1e-5). Slow: 2 bundle runs; the compile wiring of
+    evaluate.json is checked in the fast test of the switches."""
+    data, out, runs = _compiled_vs_eager_setup(tmp_path, slides)
+    reports, maps = {}, {}
+    for name, extra in runs.items():
+        ev = tmp_path / f"eval_{name}"
         proc = run_bundle([TRAIN, EVALUATE], *_common(data, out), "--generate_synthetic", "false", "--robustness_angles",
                           "[0, 45]", "--robustness_flips", "['h']", "--eval_dir", str(ev), *extra, cwd=tmp_path)  # fmt: skip
         logs = proc.stdout + proc.stderr
         assert ("through torch.compile(backend='aot_eager')" in logs) is (name == "compiled")
         reports[name] = json.loads((ev / "robustness.json").read_text())["per_angle"]
         maps[name] = {p.name: np.load(p) for p in sorted((ev / "maps").glob("*_prob.npy"))}
-        proc = run_bundle([INFERENCE], *_common(data, out), "--generate_synthetic", "false", "--pred_dir", str(pred),
-                          *extra, cwd=tmp_path)  # fmt: skip
-        logs = proc.stdout + proc.stderr
-        assert ("through torch.compile(backend='aot_eager')" in logs) is (name == "compiled")
-        probs[name] = {p.name: np.load(p) for p in sorted(pred.glob("*_prob.npy"))}
     for m, vals in reports["eager"].items():
         np.testing.assert_allclose(reports["compiled"][m], vals, atol=1e-5, err_msg=m)
-    for got, ref in ((maps["compiled"], maps["eager"]), (probs["compiled"], probs["eager"])):
-        assert ref and sorted(got) == sorted(ref)
-        for f, p in ref.items():
-            assert p.max() > 0, f
-            np.testing.assert_allclose(got[f], p, atol=1e-5, err_msg=f)
+    _assert_same_maps(maps["compiled"], maps["eager"])
 
 
 def test_resume_after_kill(tmp_path, slides):
