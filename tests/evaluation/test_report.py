@@ -282,6 +282,18 @@ def test_cli_without_ckpt_path_warns(tmp_path, caplog):
     assert "no --ckpt_path" in caplog.text and "models/model.pt" in caplog.text
 
 
+def _write_tiny_cli_config(path, **extra) -> None:
+    """A config the evaluation CLI can run: a GMRConv and one random 16x16 image/label pair (plus ``extra`` ids)."""
+    cfg = {
+        "imports": ["$import torch", "$import monai_gmr"],
+        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                    "kernel_size": 3},
+        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
+        **extra,
+    }  # fmt: skip
+    path.write_text(json.dumps(cfg))
+
+
 @pytest.mark.parametrize("device, match, gpus", [("gpu", "device must be cpu, cuda or cuda:N, got 'gpu'", 0),
                                                  ("cuda", "device 'cuda': CUDA is not available here", 0),
                                                  ("cuda:1", r"device 'cuda:1': only 1 GPU\(s\) visible", 1)])
@@ -291,13 +303,7 @@ def test_cli_refuses_a_device_it_cannot_use_by_name(tmp_path, monkeypatch, devic
     one-GPU machine in "invalid device ordinal"."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    cfg = {
-        "imports": ["$import torch", "$import monai_gmr"],
-        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
-                    "kernel_size": 3},
-        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
-    }  # fmt: skip
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    _write_tiny_cli_config(tmp_path / "c.json")
     with pytest.raises(ValueError, match=match):
         cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device=device, angles=[0, 90], flips=[], plot=False)
     assert not (tmp_path / "o").exists()
@@ -308,13 +314,7 @@ def test_cli_refuses_an_output_dir_under_a_file_before_the_evaluation(tmp_path, 
     from monai_gmr.evaluation import workflow
 
     monkeypatch.setattr(workflow.RotationRobustnessEvaluator, "run", lambda self: pytest.fail("evaluated"))
-    cfg = {
-        "imports": ["$import torch", "$import monai_gmr"],
-        "network": {"_target_": "monai_gmr.GMRConv", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
-                    "kernel_size": 3},
-        "dataloader": "$[{'image': torch.rand(1, 1, 16, 16), 'label': (torch.rand(1, 1, 16, 16) > 0.5).long()}]",
-    }  # fmt: skip
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    _write_tiny_cli_config(tmp_path / "c.json")
     for out in (tmp_path / "c.json", tmp_path / "c.json" / "report"):
         with pytest.raises(ValueError, match="output_dir .*c.json"):
             cli_main(str(tmp_path / "c.json"), output_dir=str(out), device="cpu", angles=[0, 90], flips=[], plot=False)
