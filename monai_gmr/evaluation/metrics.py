@@ -19,11 +19,12 @@ is NaN when one class has no positive sample); :class:`DefinedClassesROCAUCMetri
 Instance metrics (optional, ``"aji"``, ``"pq"``): predicted instances come from the class map by the nuclei
 bundle's own post-processing (``monai_gmr.workflows.instance_from_semantic``: by default connected components of
 the nuclei with full connectivity, or the inference settings given as ``instance_kwargs``; with 3 classes the
-boundary pixels join the nearest interior component), ground-truth instances are the instance-id label rotated with ``nearest``; both are
+boundary pixels join the nearest interior component, the larger one when equidistant), ground-truth instances are the instance-id label rotated with ``nearest``; both are
 cut to the validity mask. PQ is MONAI's ``compute_panoptic_quality`` (IoU > 0.5 matching). AJI (Kumar et al., IEEE
 TMI 2017) has no MONAI implementation; it is written here following the widely used "fast AJI" of HoVer-Net
-(Graham et al. 2019, ``get_fast_aji``): each ground-truth nucleus is paired with the predicted one of highest IoU,
-unpaired nuclei of either side add their area to the union. Both are computed per image and averaged over images
+(Graham et al. 2019, ``get_fast_aji``): each ground-truth nucleus is paired with the predicted one of highest IoU
+(a prediction may be paired with several: Kumar's AJI, not AJI+), unpaired nuclei of either side add their area to
+the union. Both are computed per image and averaged over images
 (an image with neither true nor predicted nuclei inside the mask is left out).
 """
 
