@@ -19,11 +19,12 @@ is NaN when one class has no positive sample); :class:`DefinedClassesROCAUCMetri
 Instance metrics (optional, ``"aji"``, ``"pq"``): predicted instances come from the class map by the nuclei
 bundle's own post-processing (``monai_gmr.workflows.instance_from_semantic``: by default connected components of
 the nuclei with full connectivity, or the inference settings given as ``instance_kwargs``; with 3 classes the
-boundary pixels join the nearest interior component), ground-truth instances are the instance-id label rotated with ``nearest``; both are
+boundary pixels join the nearest interior component, the larger one when equidistant), ground-truth instances are the instance-id label rotated with ``nearest``; both are
 cut to the validity mask. PQ is MONAI's ``compute_panoptic_quality`` (IoU > 0.5 matching). AJI (Kumar et al., IEEE
 TMI 2017) has no MONAI implementation; it is written here following the widely used "fast AJI" of HoVer-Net
-(Graham et al. 2019, ``get_fast_aji``): each ground-truth nucleus is paired with the predicted one of highest IoU,
-unpaired nuclei of either side add their area to the union. Both are computed per image and averaged over images
+(Graham et al. 2019, ``get_fast_aji``): each ground-truth nucleus is paired with the predicted one of highest IoU
+(a prediction may be paired with several: Kumar's AJI, not AJI+), unpaired nuclei of either side add their area to
+the union. Both are computed per image and averaged over images
 (an image with neither true nor predicted nuclei inside the mask is left out).
 """
 
@@ -123,12 +124,23 @@ class ExactAUC:
 def aggregated_jaccard_index(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """Aggregated Jaccard Index of two instance-id maps of the same shape (0 = background).
 
-    Every ground-truth instance is paired with the predicted instance of highest IoU (when it overlaps one); the
-    paired intersections over the paired unions plus the areas of all unpaired instances of both maps.
-    NaN when both maps are empty.
+    Every ground-truth instance is paired with the predicted instance of highest IoU (when it overlaps one; on equal
+    IoU the smaller predicted id); the paired intersections over the paired unions plus the areas of all unpaired
+    instances of both maps. This is Kumar et al.'s original AJI (HoVer-Net's ``get_fast_aji``): one prediction may
+    be paired with several ground-truth nuclei (a merge counts its area in each of their unions), unlike AJI+
+    (Graham et al. 2019), which pairs one to one. NaN when both maps are empty.
+
+    Args:
+        pred: predicted instance ids, any shape (e.g. ``(H, W)``), whole non-negative numbers (integer or float).
+        gt: ground-truth instance ids of the same shape.
+
+    Raises:
+        ValueError: the shapes differ, or a map holds NaN, negative or non-whole ids (the message names the map).
     """
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}.")
+    _require_instance_ids(pred, "pred")
+    _require_instance_ids(gt, "gt")
     p = torch.unique(pred.reshape(-1).long(), return_inverse=True)[1]  # contiguous ids, 0 stays 0 when present
     g = torch.unique(gt.reshape(-1).long(), return_inverse=True)[1]
     if not bool((pred == 0).any()):
@@ -158,9 +170,20 @@ def aggregated_jaccard_index(pred: torch.Tensor, gt: torch.Tensor) -> float:
 
 
 def instance_metrics(pred: torch.Tensor, gt: torch.Tensor, metrics: tuple[str, ...] = INSTANCE_METRICS) -> dict[str, float]:
-    """AJI and/or PQ of two instance-id maps ``(*spatial)`` (NaN when both are empty)."""
+    """AJI and/or PQ of two instance-id maps ``(*spatial)`` (0 = background; NaN when both are empty).
+
+    PQ is MONAI's ``compute_panoptic_quality``: pairs with IoU strictly above 0.5, ``PQ = SQ * RQ`` (0 when nothing
+    is paired). AJI: :func:`aggregated_jaccard_index`.
+
+    Raises:
+        ValueError: the shapes differ, or a map holds NaN, negative or non-whole ids (the message names the map).
+    """
     from monai.metrics.panoptic_quality import compute_panoptic_quality
 
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}.")
+    _require_instance_ids(pred, "pred")
+    _require_instance_ids(gt, "gt")
     out: dict[str, float] = {}
     empty = not bool((pred > 0).any()) and not bool((gt > 0).any())
     if "aji" in metrics:
@@ -168,6 +191,24 @@ def instance_metrics(pred: torch.Tensor, gt: torch.Tensor, metrics: tuple[str, .
     if "pq" in metrics:
         out["pq"] = math.nan if empty else float(compute_panoptic_quality(pred.long(), gt.long(), metric_name="pq"))
     return out
+
+
+def _require_instance_ids(ids: torch.Tensor, name: str) -> None:
+    """Refuse instance maps that are not whole non-negative ids: ``.long()`` truncated 1.5 to 1 and turned NaN into
+    a huge negative id, and a negative id was relabelled as background or counted as a nucleus depending on the
+    metric (AJI 0 but PQ 1 for the same map), all without a word."""
+    if ids.is_floating_point():
+        n_bad = int((~torch.isfinite(ids)).sum())
+        if n_bad:
+            raise ValueError(f"{name} instance ids contain NaN or infinite values ({n_bad} of {ids.numel()} pixels).")
+        if not bool((ids == torch.round(ids)).all()):
+            bad = ids[ids != torch.round(ids)].reshape(-1)[:3].tolist()
+            raise ValueError(
+                f"{name} instance ids must be whole numbers, got values such as {bad} (an id map resampled with a "
+                "non-nearest mode?)."
+            )
+    if ids.numel() and bool((ids < 0).any()):
+        raise ValueError(f"{name} instance ids must be >= 0 (0 = background), got minimum {ids.min().item()}.")
 
 
 def to_probabilities(y: torch.Tensor, activation: str | None = "auto") -> torch.Tensor:
@@ -296,6 +337,7 @@ class SegmentationAccumulator:
                 sem, boundary = pred_idx, (2 if k == 3 else None)
             else:
                 sem = class_map.to(pred_idx.device)
+            _require_instance_ids(instances, "instances")
             inst = instances.long()
             if m is not None:
                 sem, inst = torch.where(m, sem, 0), torch.where(m, inst, 0)

@@ -1064,6 +1064,42 @@ def atomic_writer_for(ext: str) -> type:
 # --------------------------------------------------------------------------------------------------------------------
 # instance post-processing
 # --------------------------------------------------------------------------------------------------------------------
+def _nearest_seed(seeds: np.ndarray, area: np.ndarray) -> np.ndarray:
+    """The id of the nearest seed (exact Euclidean distance) of every pixel, ties broken without the scan order.
+
+    ``scipy.ndimage.distance_transform_edt`` gives one of several equidistant seeds by its scan order, so a
+    boundary pixel halfway between two nuclei joined the upper/left one and the partition of a rotated or flipped
+    prediction was not the rotated partition. Here the transform runs in every orientation of the grid (2D: the 8
+    rotations/flips; 3D: the 8 axis flips), each result mapped back; a pixel takes, among the equidistant seeds
+    found, the one with the largest ``area`` (pixels), then the smallest id (the only scan-order-dependent case:
+    equidistant seeds of equal area).
+
+    Args:
+        seeds: integer seed ids ``(H, W[, D])`` (0 = no seed; at least one seed).
+        area: ``area[i]`` = size of seed ``i`` (length > max id).
+
+    Returns:
+        array of ``seeds``' shape with the chosen seed id of every pixel.
+    """
+    from scipy import ndimage
+
+    area = np.asarray(area, dtype=np.int64)
+    m = len(area)
+    transposes = (False, True) if seeds.ndim == 2 else (False,)
+    best = np.full(seeds.shape, -1, dtype=np.int64)
+    for flips in np.ndindex(*(2,) * seeds.ndim):
+        axes = tuple(a for a, f in enumerate(flips) if f)
+        for transpose in transposes:
+            s = np.flip(seeds, axes) if axes else seeds
+            s = np.ascontiguousarray(s.T if transpose else s)
+            _, idx = ndimage.distance_transform_edt(s == 0, return_indices=True)
+            lab = s[tuple(idx)]
+            lab = lab.T if transpose else lab
+            lab = (np.flip(lab, axes) if axes else lab).astype(np.int64)
+            best = np.maximum(best, area[lab] * m + (m - 1 - lab))  # larger area first, then the smaller id
+    return (m - 1 - best % m).astype(seeds.dtype)
+
+
 def instance_from_semantic(
     semantic: np.ndarray | torch.Tensor,
     method: str = "connected_components",
@@ -1078,8 +1114,9 @@ def instance_from_semantic(
         - ``"connected_components"``: connected foreground regions (``scipy.ndimage.label``). With
           ``boundary_class`` set (3-class models: background / interior / boundary), the seeds are the connected
           interior regions and every other foreground pixel (the predicted boundaries) joins the nearest seed of
-          its own foreground region (exact Euclidean distance transform), which separates touching objects; a
-          region without interior pixels is one object.
+          its own foreground region (exact Euclidean distance transform; equidistant seeds: the larger one, so that
+          the partition of a rotated/flipped map is the rotated/flipped partition), which separates touching
+          objects; a region without interior pixels is one object.
         - ``"watershed"``: marker watershed on the distance transform of the foreground (scikit-image
           ``peak_local_max`` + ``watershed``), the classic split of touching blobs for binary masks.
 
@@ -1117,9 +1154,12 @@ def instance_from_semantic(
                 # each remaining foreground pixel joins the nearest seed of its own foreground blob; a blob without
                 # interior pixels (a nucleus predicted as boundary only) is an object of its own
                 blobs, _ = ndimage.label(fg, structure=structure)
-                _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-                inst = np.where(fg, seeds[tuple(idx)], 0)
-                wrong = fg & (blobs[tuple(idx)] != blobs)  # the nearest seed lies in another region
+                area = np.bincount(seeds.ravel(), minlength=n + 1)
+                near = _nearest_seed(seeds, area)
+                inst = np.where(fg, near, 0)
+                seed_blob = np.zeros(n + 1, dtype=blobs.dtype)
+                seed_blob[seeds[seeds > 0]] = blobs[seeds > 0]
+                wrong = fg & (seed_blob[near] != blobs)  # the nearest seed lies in another region
                 seeded = set(np.unique(blobs[seeds > 0]).tolist())
                 boxes = ndimage.find_objects(blobs)
                 for b in np.unique(blobs[wrong]).tolist():
@@ -1127,8 +1167,7 @@ def instance_from_semantic(
                     own = blobs[box] == b
                     if b in seeded:  # again, with this region's seeds only
                         local = np.where(own, seeds[box], 0)
-                        _, li = ndimage.distance_transform_edt(local == 0, return_indices=True)
-                        inst[box] = np.where(own, local[tuple(li)], inst[box])
+                        inst[box] = np.where(own, _nearest_seed(local, area), inst[box])
                     else:  # no interior pixel: the region is one object
                         n += 1
                         inst[box] = np.where(own, n, inst[box])

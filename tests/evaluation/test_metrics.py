@@ -438,3 +438,74 @@ def test_nan_outputs_are_refused_for_every_metric_not_read_as_class_0():
     with pytest.raises(ValueError, match="NaN"):
         acc = ClassificationAccumulator(("accuracy",))
         acc.update(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([1, 1]))
+
+
+def _two_nuclei() -> torch.Tensor:
+    gt = torch.zeros(6, 12, dtype=torch.long)
+    gt[1:3, 0:5], gt[1:3, 7:12] = 1, 2  # 10 px each
+    return gt
+
+
+def test_aji_is_kumars_original_not_aji_plus():
+    """Documented variant: a prediction may pair with several ground-truth nuclei (Kumar / HoVer-Net get_fast_aji).
+    One prediction (24 px) merging two nuclei (10 px each): Kumar = (10 + 10) / (24 + 24) = 20/48; AJI+ (one-to-one)
+    would give 10 / (24 + 10) = 10/34."""
+    from monai_gmr.evaluation.metrics import aggregated_jaccard_index, instance_metrics
+
+    gt = _two_nuclei()
+    pred = torch.zeros_like(gt)
+    pred[1:3, 0:12] = 5
+    assert aggregated_jaccard_index(pred, gt) == pytest.approx(20 / 48)
+    assert aggregated_jaccard_index(pred, gt) != pytest.approx(10 / 34)
+    # the merge has IoU 10/24 < 0.5 with each nucleus: no PQ match at all -> 0
+    assert instance_metrics(pred, gt)["pq"] == 0.0
+    # one nucleus split into two predictions (6 px and 4 px): pairs with the larger, the other is an unpaired FP
+    split = torch.zeros_like(gt)
+    split[1:3, 0:3], split[1:3, 3:5], split[1:3, 7:12] = 17, 3, 40  # non-contiguous ids
+    assert aggregated_jaccard_index(split, gt) == pytest.approx((6 + 10) / (10 + 10 + 4))
+    # PQ: matches (IoU 0.6 and 1.0), FP 1, FN 0 -> 1.6 / (2 + 0.5)
+    assert instance_metrics(split, gt)["pq"] == pytest.approx(1.6 / 2.5, abs=1e-5)
+
+
+def test_instance_metrics_edge_cases_hand_computed():
+    """Perfect, empty and IoU = 0.5 (not a PQ match: strictly above 0.5), uint16 ids > 255 and whole float ids."""
+    from monai_gmr.evaluation.metrics import aggregated_jaccard_index, instance_metrics
+
+    gt = _two_nuclei()
+    big = (gt * 300).to(torch.int32)  # ids 300, 600, as read from a uint16 PNG
+    assert instance_metrics(big, gt) == pytest.approx({"aji": 1.0, "pq": 1.0}, abs=1e-5)
+    assert instance_metrics(big.float(), gt.double()) == pytest.approx({"aji": 1.0, "pq": 1.0}, abs=1e-5)
+    empty = torch.zeros_like(gt)
+    assert instance_metrics(empty, gt) == {"aji": 0.0, "pq": 0.0}
+    assert instance_metrics(gt, empty) == {"aji": 0.0, "pq": 0.0}
+    both = instance_metrics(empty, empty)
+    assert math.isnan(both["aji"]) and math.isnan(both["pq"])
+    half = torch.zeros_like(gt)
+    half[1:3, 0:10] = 1  # 20 px over nucleus 1 (10 px): IoU exactly 0.5 with nucleus 1, 6/24 with nucleus 2
+    assert instance_metrics(half, gt)["pq"] == 0.0
+    assert aggregated_jaccard_index(half, gt) == pytest.approx((10 + 6) / (20 + 24))  # both pair with it
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [(-1.0, "pred instance ids must be >= 0"), (math.nan, "pred instance ids contain NaN"),
+     (math.inf, "pred instance ids contain NaN or infinite"), (1.5, "pred instance ids must be whole")],
+)  # fmt: skip
+def test_instance_metrics_refuse_bad_ids_by_name(bad, match):
+    """A negative id gave AJI 0 but PQ 1 for the same map, NaN/inf turned into huge negative ids and 1.5 was
+    truncated to 1, all silently: now a ValueError naming the map."""
+    from monai_gmr.evaluation.metrics import aggregated_jaccard_index, instance_metrics
+
+    gt = _two_nuclei().float()
+    pred = gt.clone()
+    pred[gt == 1] = bad
+    for fn in (aggregated_jaccard_index, instance_metrics):
+        with pytest.raises(ValueError, match=match):
+            fn(pred, gt)
+        with pytest.raises(ValueError, match=match.replace("pred", "gt")):
+            fn(gt, pred)
+    with pytest.raises(ValueError, match="same shape"):
+        instance_metrics(gt, gt[:3], ("pq",))
+    logits = torch.zeros(1, 2, 6, 12)
+    with pytest.raises(ValueError, match=match.replace("pred", "instances")):
+        SegmentationAccumulator(("aji",)).update(logits, torch.zeros(1, 1, 6, 12, dtype=torch.long), instances=pred[None, None])

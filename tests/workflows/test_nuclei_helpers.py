@@ -190,3 +190,95 @@ def test_nuclei_datalist_paths_are_absolute_for_a_relative_dataset_dir(tmp_path,
     monkeypatch.chdir(tmp_path)
     items = nuclei_datalist("data", "training", generate=False, check=False)
     assert items and all(Path(d[k]).is_absolute() and Path(d[k]).is_file() for d in items for k in ("image", "label"))
+
+
+# --------------------------------------------------------------------- instance post-processing under rotations/flips
+def _canonical(inst: np.ndarray) -> np.ndarray:
+    """Relabel an instance map by the raster order of each instance's first pixel: equal partitions compare equal."""
+    flat = inst.ravel()
+    ids, first = np.unique(flat, return_index=True)
+    order = ids[np.argsort(first)]
+    order = order[order > 0]
+    lut = np.zeros(int(flat.max()) + 1, dtype=np.int64)
+    lut[order] = np.arange(1, len(order) + 1)
+    return lut[inst]
+
+
+_D4 = [lambda a, k=k: np.rot90(a, k) for k in (1, 2, 3)] + [lambda a: a[::-1], lambda a: a[:, ::-1], lambda a: a.T]
+
+
+def _random_class_maps(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` random (binary map, 3-class map with a 1-pixel boundary class 2) pairs of 20 x 20 blobs."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        fg = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((20, 20)), 1.5) > 0.5)
+        sem3 = fg.astype(np.int64)
+        sem3[fg & ~ndimage.binary_erosion(fg)] = 2
+        out.append((fg.astype(np.int64), sem3))
+    return out
+
+
+def test_connected_components_partition_commutes_with_rotations_and_flips():
+    """Locks in: connected components (4- and 8-connectivity, with min_size) give the rotated/flipped partition of a
+    rotated/flipped map (the structuring elements are symmetric)."""
+    from monai_gmr.workflows.common import instance_from_semantic
+
+    for sem, _ in _random_class_maps(10):
+        for kw in ({"connectivity": 1}, {"connectivity": 2}, {"connectivity": 2, "min_size": 5}):
+            base = instance_from_semantic(sem, **kw)
+            for op in _D4:
+                got = instance_from_semantic(np.ascontiguousarray(op(sem)), **kw)
+                assert np.array_equal(_canonical(got), _canonical(op(base))), kw
+
+
+def test_boundary_class_partition_commutes_with_rotations_and_flips():
+    """Boundary pixels equidistant from two interiors joined the first seed of distance_transform_edt's scan order
+    (upper/left), so the instances of a rotated/flipped 3-class map were not the rotated/flipped instances; they
+    now join the larger interior whatever the orientation."""
+    from monai_gmr.workflows.common import instance_from_semantic
+
+    sem = np.zeros((7, 10), dtype=np.int64)
+    sem[1:6, 1:4], sem[1:6, 5:9], sem[1:6, 4] = 1, 1, 2  # interiors of 15 and 20 px, a 1-px boundary column between
+    inst = instance_from_semantic(sem, boundary_class=2, connectivity=2)
+    assert (inst[1:6, 4] == inst[3, 6]).all() and len(np.unique(inst)) == 3  # the column joins the larger nucleus
+    flipped = instance_from_semantic(np.ascontiguousarray(sem[:, ::-1]), boundary_class=2, connectivity=2)
+    assert np.array_equal(_canonical(flipped), _canonical(inst[:, ::-1]))
+    for _, sem3 in _random_class_maps(10, seed=1):
+        base = instance_from_semantic(sem3, boundary_class=2, connectivity=2)
+        for op in _D4:
+            got = instance_from_semantic(np.ascontiguousarray(op(sem3)), boundary_class=2, connectivity=2)
+            assert np.array_equal(_canonical(got), _canonical(op(base)))
+
+
+def test_instance_ids_and_min_size_threshold():
+    """Locks in: ids 1..N in raster order of first pixel (connected components), objects of exactly min_size pixels
+    are kept (only smaller ones removed), 4- vs 8-connectivity as documented (1 = faces, 2 = full)."""
+    from monai_gmr.workflows.common import instance_from_semantic
+
+    sem = np.zeros((6, 6), dtype=np.int64)
+    sem[0, 4:6], sem[2, 0], sem[3, 1], sem[5, 3:6] = 1, 1, 1, 1  # 2 px, a diagonal pair, 3 px
+    assert instance_from_semantic(sem, connectivity=1).tolist() == [
+        [0, 0, 0, 0, 1, 1], [0] * 6, [2, 0, 0, 0, 0, 0], [0, 3, 0, 0, 0, 0], [0] * 6, [0, 0, 0, 4, 4, 4]
+    ]  # fmt: skip
+    eight = instance_from_semantic(sem, connectivity=2)
+    assert eight.max() == 3 and eight[2, 0] == eight[3, 1] == 2
+    kept = instance_from_semantic(sem, connectivity=2, min_size=2)  # the 2-px objects stay
+    assert kept.max() == 3
+    assert instance_from_semantic(sem, connectivity=1, min_size=2).max() == 2  # the single pixels go
+    assert instance_from_semantic(sem, connectivity=2, min_size=3).tolist()[5] == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.xfail(strict=True, reason="known, not fixed: watershed seeds (peak_local_max on distance plateaus) and "
+                   "flooding ties depend on the scan order, so the partition is not rotation/flip equivariant")
+def test_watershed_partition_commutes_with_rotations_and_flips():
+    pytest.importorskip("skimage")
+    from monai_gmr.workflows.common import instance_from_semantic
+
+    for sem, _ in _random_class_maps(10, seed=2):
+        base = instance_from_semantic(sem, method="watershed", connectivity=2)
+        for op in _D4:
+            got = instance_from_semantic(np.ascontiguousarray(op(sem)), method="watershed", connectivity=2)
+            assert np.array_equal(_canonical(got), _canonical(op(base)))
