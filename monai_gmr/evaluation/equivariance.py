@@ -43,7 +43,18 @@ __all__ = [
 def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """``||(a - b) * mask|| / ||b * mask||`` in float64 (``mask`` broadcasts over the trailing dims); NaN when ``mask``
     selects nothing (no pixel compared is not a zero error). A zero reference ``b`` gives ``0.0`` when ``a`` is zero
-    too (the outputs are equal) and ``inf`` otherwise (not a huge finite number)."""
+    too (the outputs are equal), NaN when ``a`` holds NaN and ``inf`` otherwise (not a huge finite number).
+
+    Raises:
+        ValueError: ``a`` and ``b`` of different shapes (they were broadcast against each other: ``(N, 1)`` against
+            ``(N, 2)`` read as an error of the first class only, an output whose spatial size does not follow a
+            right angle stopped in a torch size mismatch).
+    """
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"the compared outputs differ in shape: {tuple(a.shape)} vs the reference {tuple(b.shape)} (fn must "
+            "return outputs of the same shape for the transformed input, its spatial dims transformed with it)."
+        )
     a = a.detach().double()
     b = b.detach().double()
     if mask is not None:
@@ -53,7 +64,7 @@ def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
         a, b = a * m, b * m
     num, den = float((a - b).norm()), float(b.norm())
     if den == 0.0:  # dividing by clamp_min(1e-300) read as an error of ~1e300, finite and written as such in reports
-        return 0.0 if num == 0.0 else math.inf
+        return 0.0 if num == 0.0 else (math.nan if math.isnan(num) else math.inf)  # a NaN output is not inf
     return num / den
 
 
@@ -185,12 +196,24 @@ def equivariance_error(
         ``{angle: rel_err}`` (float keys; a tuple of 3 floats for Euler angles).
 
     Raises:
-        ValueError: bad arguments, or a compared region (within the validity mask) that holds no pixel.
+        ValueError: bad arguments (also ``angles`` as text or with entries that are not finite numbers), outputs
+            whose shapes do not follow the rotation, or a compared region (within the validity mask) that holds no
+            pixel.
     """
     _check_x(x, spatial_dims)
+    if isinstance(angles, (str, bytes)):  # list("30") was the angles 3 and 0
+        raise ValueError(f"angles must be a number or a list of numbers in degrees, got the text angles={angles!r}.")
     angles = as_angle_list(angles)
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
+    for a in angles:  # "abc" stopped in float() ("could not convert string to float") without naming angles
+        vals = a.tolist() if isinstance(a, (torch.Tensor, np.ndarray)) else a
+        vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
+        if not vals or not all(_is_degrees(v) for v in vals):
+            raise ValueError(
+                f"angles must be finite numbers of degrees (3D: or Euler triples), got angles={angles!r} with the "
+                f"entry {a!r}."
+            )
     sizes = tuple(int(s) for s in x.shape[-spatial_dims:])
     x, _ = on_canvas(x, canvas, spatial_dims, radius_frac)
     sides = tuple(int(s) for s in x.shape[-spatial_dims:])
