@@ -154,8 +154,10 @@ def _first(out):
 
 
 def _check_x(x: torch.Tensor, spatial_dims: int) -> None:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
+    if not (_is_int(spatial_dims) and spatial_dims in (2, 3)):  # 2.0 stopped in a slice ("indices must be integers")
+        raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
+    if not isinstance(x, torch.Tensor):  # a NumPy array was reported as fn's output ("fn must return a tensor")
+        raise TypeError(f"x must be a torch.Tensor (N, C, *spatial), got {type(x).__name__}.")
     if x.ndim != spatial_dims + 2:
         raise ValueError(
             f"x must be (N, C, *spatial) with spatial_dims={spatial_dims}, got x.shape={tuple(x.shape)}"
@@ -359,7 +361,8 @@ def layerwise_equivariance_error(
         x: ``(N, C, *spatial)``.
         angle: degrees; multiples of 90 measure the exact D4 elements (errors at float precision for GMR nets). In 3D
             also 3 Euler angles (with ``axes=None``).
-        modules: names from ``net.named_modules()``; default: every leaf module (no children).
+        modules: names from ``net.named_modules()`` (a single name may be given as a string); default: every leaf
+            module (no children).
         radius_frac, mode, spatial_dims, axes, canvas: as in :func:`equivariance_error`.
 
     Returns:
@@ -376,6 +379,8 @@ def layerwise_equivariance_error(
     x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac, axes=plane)
     mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
     named = dict(net.named_modules())
+    if isinstance(modules, str):  # one name (a command line's --modules enc1) was read letter by letter
+        modules = [modules]
     if modules is None:
         modules = [n for n, m in named.items() if n and next(m.children(), None) is None]
     missing = [n for n in modules if n not in named]

@@ -144,7 +144,14 @@ class RotationTTAInferer(Inferer):
         return masks.float()
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        if self.activation == "softmax" and y.shape[1] == 1 and (self.average == "probs" or self.output == "probs"):
+        softmax = self.activation == "softmax" and (self.average == "probs" or self.output == "probs")
+        if softmax and y.ndim < 2:
+            # a softmax over channels needs a channel dim: an (N,) output stopped in "tuple index out of range"
+            raise ValueError(
+                f"RotationTTAInferer(activation='softmax') needs (N, C, ...) network outputs, got shape "
+                f"{tuple(y.shape)}; use activation='sigmoid' for one logit per sample."
+            )
+        if softmax and y.shape[1] == 1:
             # a softmax over one channel is 1 everywhere: every prediction would become the same constant
             raise ValueError(
                 "RotationTTAInferer(activation='softmax') got a network output with a single channel; use "

@@ -423,3 +423,22 @@ def test_angles_as_text_or_non_numbers_are_refused_naming_angles(angles):
     convert string to float", ``True`` was an angle of 1 degree."""
     with pytest.raises(ValueError, match="angles"):
         equivariance_error(lambda t: t, torch.randn(1, 1, 16, 16), angles=angles)
+
+
+def test_bad_x_spatial_dims_and_a_single_module_name():
+    """``spatial_dims=2.0`` stopped in a slice ("slice indices must be integers"), a NumPy ``x`` was reported as fn's
+    output ("fn must return a tensor"), and ``modules="0"`` of layerwise_equivariance_error was read letter by letter
+    (``"conv"`` as the modules 'c', 'o', 'n', 'v')."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="spatial_dims"):
+        equivariance_error(lambda t: t, x, spatial_dims=2.0)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        group_equivariance_error(lambda t: t, x.numpy())
+    net = torch.nn.Sequential()
+    net.add_module("conv", torch.nn.Conv2d(1, 2, 3, padding=1))
+    net.add_module("act", torch.nn.ReLU())
+    res = layerwise_equivariance_error(net.eval(), x, angle=90.0, modules="conv")
+    assert list(res) == ["conv"] and res["conv"][0] == (16, 16)

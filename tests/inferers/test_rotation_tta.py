@@ -311,3 +311,15 @@ def test_bad_inferer_spatial_dims_and_inputs_name_the_argument():
         RotationTTAInferer(spatial_dims=2.0)
     with pytest.raises(TypeError, match="inputs must be a torch.Tensor"):
         RotationTTAInferer()(torch.randn(1, 1, 8, 8).numpy(), torch.nn.Conv2d(1, 2, 1))
+
+
+def test_outputs_without_a_channel_dim_under_softmax():
+    """An ``(N,)`` classification output stopped in ``y.shape[1]`` ("tuple index out of range"), also with
+    ``average="logits", output="logits"`` where no softmax is applied (that case now averages the raw outputs)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    score = lambda t: t.mean((1, 2, 3))  # noqa: E731
+    with pytest.raises(ValueError, match="activation='sigmoid'"):
+        RotationTTAInferer(task="classification")(x, score)
+    out = RotationTTAInferer(task="classification", average="logits")(x, score)
+    torch.testing.assert_close(out, score(x))  # the mean is rotation invariant
