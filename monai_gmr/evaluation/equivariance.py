@@ -48,13 +48,22 @@ def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
     Raises:
         ValueError: ``a`` and ``b`` of different shapes (they were broadcast against each other: ``(N, 1)`` against
             ``(N, 2)`` read as an error of the first class only, an output whose spatial size does not follow a
-            right angle stopped in a torch size mismatch).
+            right angle stopped in a torch size mismatch), or a ``mask`` that does not broadcast to their shape.
     """
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(
             f"the compared outputs differ in shape: {tuple(a.shape)} vs the reference {tuple(b.shape)} (fn must "
             "return outputs of the same shape for the transformed input, its spatial dims transformed with it)."
         )
+    if mask is not None:
+        try:
+            fits = torch.broadcast_shapes(tuple(mask.shape), tuple(a.shape)) == tuple(a.shape)
+        except RuntimeError:
+            fits = False
+        if not fits:  # stopped in torch's "The size of tensor a (8) must match the size of tensor b (4)"
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the compared outputs' shape {tuple(a.shape)}."
+            )
     a = a.detach().double()
     b = b.detach().double()
     if mask is not None:

@@ -442,3 +442,12 @@ def test_bad_x_spatial_dims_and_a_single_module_name():
     net.add_module("act", torch.nn.ReLU())
     res = layerwise_equivariance_error(net.eval(), x, angle=90.0, modules="conv")
     assert list(res) == ["conv"] and res["conv"][0] == (16, 16)
+
+
+def test_a_mask_of_another_size_is_an_error_naming_mask():
+    from monai_gmr.evaluation import masked_rel_err
+
+    a = torch.ones(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="mask of shape"):
+        masked_rel_err(a, a, torch.ones(4, 4, dtype=torch.bool))
+    assert masked_rel_err(2 * a, a, torch.ones(8, 8, dtype=torch.bool)) == 1.0
