@@ -381,7 +381,8 @@ def layerwise_equivariance_error(
         NaN (it read 0.0).
 
     Raises:
-        ValueError: a name in ``modules`` that ``net`` does not have, a bad ``x`` or ``canvas``.
+        ValueError: a name in ``modules`` that ``net`` does not have, a bad ``x`` or ``canvas``, a module whose output
+            for the rotated input does not have the shape of its rotated output (the message names it).
     """
     _check_x(x, spatial_dims)
     plane = _disk_axes(angle, spatial_dims, axes)
@@ -421,6 +422,11 @@ def layerwise_equivariance_error(
         y0, y1 = outs
         shape = tuple(y0.shape[-spatial_dims:])
         ref = rotate(y0, angle, spatial_dims, mode, axes)
+        if y1.shape != ref.shape:  # stopped in torch's "The size of tensor a (12) must match ..." naming no module
+            raise ValueError(
+                f"module {name!r}: its output for the rotated input has shape {tuple(y1.shape)}, the rotated output "
+                f"{tuple(ref.shape)}; leave it out of modules."
+            )
         # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output
         mask = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device, axes=plane) & validity_mask(
             shape, angle, spatial_dims, mode, axes, device=y0.device

@@ -451,3 +451,22 @@ def test_a_mask_of_another_size_is_an_error_naming_mask():
     with pytest.raises(ValueError, match="mask of shape"):
         masked_rel_err(a, a, torch.ones(4, 4, dtype=torch.bool))
     assert masked_rel_err(2 * a, a, torch.ones(8, 8, dtype=torch.bool)) == 1.0
+
+
+def test_layerwise_names_a_module_whose_output_does_not_rotate_with_the_input():
+    """A module with a fixed output size on a non-square input at 90 degrees stopped in torch's "The size of tensor a
+    (12) must match the size of tensor b (8)" without saying which module."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    class Fixed(torch.nn.Module):
+        def forward(self, t):
+            return torch.zeros(t.shape[0], 2, 8, 12) + t.mean()
+
+    net = torch.nn.Sequential()
+    net.add_module("conv", torch.nn.Conv2d(1, 2, 3, padding=1))
+    net.add_module("fixed", Fixed())
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 12)
+    with pytest.raises(ValueError, match="module 'fixed'"):
+        layerwise_equivariance_error(net.eval(), x, angle=90.0)
+    assert list(layerwise_equivariance_error(net, x, angle=90.0, modules=["conv"])) == ["conv"]
