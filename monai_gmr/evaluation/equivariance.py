@@ -43,7 +43,27 @@ __all__ = [
 def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """``||(a - b) * mask|| / ||b * mask||`` in float64 (``mask`` broadcasts over the trailing dims); NaN when ``mask``
     selects nothing (no pixel compared is not a zero error). A zero reference ``b`` gives ``0.0`` when ``a`` is zero
-    too (the outputs are equal) and ``inf`` otherwise (not a huge finite number)."""
+    too (the outputs are equal), NaN when ``a`` holds NaN and ``inf`` otherwise (not a huge finite number).
+
+    Raises:
+        ValueError: ``a`` and ``b`` of different shapes (they were broadcast against each other: ``(N, 1)`` against
+            ``(N, 2)`` read as an error of the first class only, an output whose spatial size does not follow a
+            right angle stopped in a torch size mismatch), or a ``mask`` that does not broadcast to their shape.
+    """
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"the compared outputs differ in shape: {tuple(a.shape)} vs the reference {tuple(b.shape)} (fn must "
+            "return outputs of the same shape for the transformed input, its spatial dims transformed with it)."
+        )
+    if mask is not None:
+        try:
+            fits = torch.broadcast_shapes(tuple(mask.shape), tuple(a.shape)) == tuple(a.shape)
+        except RuntimeError:
+            fits = False
+        if not fits:  # stopped in torch's "The size of tensor a (8) must match the size of tensor b (4)"
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the compared outputs' shape {tuple(a.shape)}."
+            )
     a = a.detach().double()
     b = b.detach().double()
     if mask is not None:
@@ -53,7 +73,7 @@ def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
         a, b = a * m, b * m
     num, den = float((a - b).norm()), float(b.norm())
     if den == 0.0:  # dividing by clamp_min(1e-300) read as an error of ~1e300, finite and written as such in reports
-        return 0.0 if num == 0.0 else math.inf
+        return 0.0 if num == 0.0 else (math.nan if math.isnan(num) else math.inf)  # a NaN output is not inf
     return num / den
 
 
@@ -143,8 +163,10 @@ def _first(out):
 
 
 def _check_x(x: torch.Tensor, spatial_dims: int) -> None:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
+    if not (_is_int(spatial_dims) and spatial_dims in (2, 3)):  # 2.0 stopped in a slice ("indices must be integers")
+        raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
+    if not isinstance(x, torch.Tensor):  # a NumPy array was reported as fn's output ("fn must return a tensor")
+        raise TypeError(f"x must be a torch.Tensor (N, C, *spatial), got {type(x).__name__}.")
     if x.ndim != spatial_dims + 2:
         raise ValueError(
             f"x must be (N, C, *spatial) with spatial_dims={spatial_dims}, got x.shape={tuple(x.shape)}"
@@ -185,12 +207,24 @@ def equivariance_error(
         ``{angle: rel_err}`` (float keys; a tuple of 3 floats for Euler angles).
 
     Raises:
-        ValueError: bad arguments, or a compared region (within the validity mask) that holds no pixel.
+        ValueError: bad arguments (also ``angles`` as text or with entries that are not finite numbers), outputs
+            whose shapes do not follow the rotation, or a compared region (within the validity mask) that holds no
+            pixel.
     """
     _check_x(x, spatial_dims)
+    if isinstance(angles, (str, bytes)):  # list("30") was the angles 3 and 0
+        raise ValueError(f"angles must be a number or a list of numbers in degrees, got the text angles={angles!r}.")
     angles = as_angle_list(angles)
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
+    for a in angles:  # "abc" stopped in float() ("could not convert string to float") without naming angles
+        vals = a.tolist() if isinstance(a, (torch.Tensor, np.ndarray)) else a
+        vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
+        if not vals or not all(_is_degrees(v) for v in vals):
+            raise ValueError(
+                f"angles must be finite numbers of degrees (3D: or Euler triples), got angles={angles!r} with the "
+                f"entry {a!r}."
+            )
     sizes = tuple(int(s) for s in x.shape[-spatial_dims:])
     x, _ = on_canvas(x, canvas, spatial_dims, radius_frac)
     sides = tuple(int(s) for s in x.shape[-spatial_dims:])
@@ -336,7 +370,8 @@ def layerwise_equivariance_error(
         x: ``(N, C, *spatial)``.
         angle: degrees; multiples of 90 measure the exact D4 elements (errors at float precision for GMR nets). In 3D
             also 3 Euler angles (with ``axes=None``).
-        modules: names from ``net.named_modules()``; default: every leaf module (no children).
+        modules: names from ``net.named_modules()`` (a single name may be given as a string); default: every leaf
+            module (no children).
         radius_frac, mode, spatial_dims, axes, canvas: as in :func:`equivariance_error`.
 
     Returns:
@@ -346,13 +381,16 @@ def layerwise_equivariance_error(
         NaN (it read 0.0).
 
     Raises:
-        ValueError: a name in ``modules`` that ``net`` does not have, a bad ``x`` or ``canvas``.
+        ValueError: a name in ``modules`` that ``net`` does not have, a bad ``x`` or ``canvas``, a module whose output
+            for the rotated input does not have the shape of its rotated output (the message names it).
     """
     _check_x(x, spatial_dims)
     plane = _disk_axes(angle, spatial_dims, axes)
     x, radius_frac = on_canvas(x, canvas, spatial_dims, radius_frac, axes=plane)
     mode = mode or ("bicubic" if spatial_dims == 2 else "bilinear")
     named = dict(net.named_modules())
+    if isinstance(modules, str):  # one name (a command line's --modules enc1) was read letter by letter
+        modules = [modules]
     if modules is None:
         modules = [n for n, m in named.items() if n and next(m.children(), None) is None]
     missing = [n for n in modules if n not in named]
@@ -384,6 +422,11 @@ def layerwise_equivariance_error(
         y0, y1 = outs
         shape = tuple(y0.shape[-spatial_dims:])
         ref = rotate(y0, angle, spatial_dims, mode, axes)
+        if y1.shape != ref.shape:  # stopped in torch's "The size of tensor a (12) must match ..." naming no module
+            raise ValueError(
+                f"module {name!r}: its output for the rotated input has shape {tuple(y1.shape)}, the rotated output "
+                f"{tuple(ref.shape)}; leave it out of modules."
+            )
         # the disk lives in the rotated frame: a right angle swaps the sizes of a non-square output
         mask = central_disk_mask(ref.shape[-spatial_dims:], radius_frac, device=y0.device, axes=plane) & validity_mask(
             shape, angle, spatial_dims, mode, axes, device=y0.device

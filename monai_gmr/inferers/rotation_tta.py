@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
-from monai_gmr.functional.rotation import Geometry, _cached, _spatial_dims_hint, make_geometries
+from monai_gmr.functional.basis import _is_int
+from monai_gmr.functional.rotation import Geometry, _cached, _is_degrees, _spatial_dims_hint
+from monai_gmr.functional.rotation import as_angle_list, make_geometries
+from monai_gmr.utils import as_bool
 
 __all__ = ["RotationTTAInferer"]
 
@@ -60,7 +64,14 @@ class RotationTTAInferer(Inferer):
             ``"bicubic"`` (2D), ``"nearest"``).
         padding_mode: padding for rotated-in pixels of the input (``"zeros"``, ``"border"``, ``"reflection"``).
         batch_views: run all views in one inner-inferer call (views concatenated along the batch dim; needs equal
-            view shapes, else falls back to one call per view). Faster on GPUs, ``V`` times the memory.
+            view shapes, else falls back to one call per view). Faster on GPUs, ``V`` times the memory. Text from a
+            config or command line (``"false"``, ``"no"``) is read by :func:`monai_gmr.utils.as_bool`.
+
+    Raises:
+        ValueError: an unknown ``reduce``/``task``/``average``/``activation``/``output``/``mode``/``padding_mode``,
+            ``spatial_dims`` other than 2 or 3, ``angles`` given as text or with entries that are not finite numbers
+            of degrees (3D: or Euler triples), duplicate views, a ``batch_views`` that is not a switch.
+        TypeError: an ``inferer`` that is not callable.
 
     Example (bundle config)::
 
@@ -94,6 +105,12 @@ class RotationTTAInferer(Inferer):
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {name}={value!r}.")
+        if not (_is_int(spatial_dims) and spatial_dims in (2, 3)):  # 2.0 stopped in torch.eye, "2" read as 2
+            raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
+        _check_angles(angles)
+        if inferer is not None and not callable(inferer):  # failed only at the first call, "'str' is not callable"
+            raise TypeError(f"inferer must be an Inferer or a callable, got inferer={inferer!r}.")
+        batch_views = as_bool(batch_views, "batch_views")  # "false" from a config was true text: all views batched
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.geometries: list[Geometry] = make_geometries(
             angles, list(flips or ()), spatial_dims, axes, product=True, padding_mode=padding_mode
@@ -127,7 +144,14 @@ class RotationTTAInferer(Inferer):
         return masks.float()
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        if self.activation == "softmax" and y.shape[1] == 1 and (self.average == "probs" or self.output == "probs"):
+        softmax = self.activation == "softmax" and (self.average == "probs" or self.output == "probs")
+        if softmax and y.ndim < 2:
+            # a softmax over channels needs a channel dim: an (N,) output stopped in "tuple index out of range"
+            raise ValueError(
+                f"RotationTTAInferer(activation='softmax') needs (N, C, ...) network outputs, got shape "
+                f"{tuple(y.shape)}; use activation='sigmoid' for one logit per sample."
+            )
+        if softmax and y.shape[1] == 1:
             # a softmax over one channel is 1 everywhere: every prediction would become the same constant
             raise ValueError(
                 "RotationTTAInferer(activation='softmax') got a network output with a single channel; use "
@@ -165,6 +189,8 @@ class RotationTTAInferer(Inferer):
             ``(N, C', *spatial')`` (segmentation) or ``(N, C')`` (classification) for ``reduce="mean"``;
             ``(V, ...)`` for ``reduce="none"``.
         """
+        if not isinstance(inputs, torch.Tensor):  # a NumPy array was reported as an inner-inferer output
+            raise TypeError(f"inputs must be a torch.Tensor (or MetaTensor), got {type(inputs).__name__}.")
         if inputs.ndim != self.spatial_dims + 2:
             raise ValueError(
                 f"inputs must be (N, C, *spatial) with spatial_dims={self.spatial_dims}, got shape {tuple(inputs.shape)}"
@@ -202,6 +228,33 @@ class RotationTTAInferer(Inferer):
         if hasattr(inputs, "meta"):  # MetaTensor in -> MetaTensor out with the input's metadata
             res = convert_to_dst_type(res, inputs, dtype=res.dtype)[0]
         return res
+
+
+def _check_angles(angles: Any) -> None:
+    """Refuse ``angles`` as text (``list("90")`` was the views rot9 and rot0) and entries that are not finite
+    numbers of degrees or Euler triples (``None``, ``"abc"`` stopped in ``float()`` without naming ``angles``; ``True``
+    was a 1 degree view).
+
+    Raises:
+        ValueError: naming ``angles``.
+    """
+    if isinstance(angles, (str, bytes)):
+        raise ValueError(
+            f"angles must be a number or a list of numbers in degrees (e.g. [0, 90, 180, 270]), got the text "
+            f"angles={angles!r}."
+        )
+    try:
+        entries = as_angle_list(angles)
+    except TypeError:
+        raise ValueError(f"angles must be a number or a list of numbers in degrees, got angles={angles!r}.") from None
+    for a in entries:
+        vals = a.tolist() if isinstance(a, (torch.Tensor, np.ndarray)) else a  # a 0-d / 1D tensor entry
+        vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
+        if not vals or not all(_is_degrees(v) for v in vals):
+            raise ValueError(
+                f"angles must be finite numbers of degrees (3D: or Euler triples), got angles={entries!r} with the "
+                f"entry {a!r}."
+            )
 
 
 def _plain(y: Any) -> torch.Tensor:

@@ -388,3 +388,85 @@ def test_zero_reference_output_gives_zero_or_inf_not_a_huge_finite_error():
     errs = group_equivariance_error(fn, x)
     assert errs["rot0"] == 0.0 and errs["rot90"] == float("inf")
     assert equivariance_error(lambda t: torch.zeros_like(t), torch.randn(1, 1, 16, 16), angles=(30,)) == {30.0: 0.0}
+
+
+def test_outputs_of_different_shapes_are_an_error_not_broadcast():
+    """masked_rel_err broadcast a against b: an (N, 1) output against an (N, 2) reference read as a finite error (0.0
+    for equal values), and group_equivariance_error on an output whose size does not follow a right angle of a
+    non-square input stopped in torch's "The size of tensor a (12) must match ..."."""
+    from monai_gmr.evaluation import masked_rel_err
+
+    with pytest.raises(ValueError, match="differ in shape"):
+        masked_rel_err(torch.ones(1, 2, 4, 4), torch.ones(1, 1, 4, 4))
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 12)
+    with pytest.raises(ValueError, match="differ in shape"):
+        group_equivariance_error(lambda t: torch.zeros(1, 2, 8, 12) + t.mean(), x)
+
+    def head(t):  # 2 class scores for the unrotated input, 1 for any other
+        return t.mean((2, 3)).repeat(1, 2) if torch.equal(t, x) else t.mean((2, 3))
+
+    with pytest.raises(ValueError, match="differ in shape"):
+        equivariance_error(head, x, angles=(30,))
+
+
+def test_nan_output_with_zero_reference_is_nan_not_inf():
+    from monai_gmr.evaluation import masked_rel_err
+
+    assert np.isnan(masked_rel_err(torch.full((3,), float("nan")), torch.zeros(3)))
+    assert masked_rel_err(torch.ones(3), torch.zeros(3)) == float("inf")
+
+
+@pytest.mark.parametrize("angles", ["30", ("abc",), (0, None), (15, True)])
+def test_angles_as_text_or_non_numbers_are_refused_naming_angles(angles):
+    """``angles="30"`` was the angles 3 and 0 (reported as "angle='3'"), ``"abc"`` stopped in float() with "could not
+    convert string to float", ``True`` was an angle of 1 degree."""
+    with pytest.raises(ValueError, match="angles"):
+        equivariance_error(lambda t: t, torch.randn(1, 1, 16, 16), angles=angles)
+
+
+def test_bad_x_spatial_dims_and_a_single_module_name():
+    """``spatial_dims=2.0`` stopped in a slice ("slice indices must be integers"), a NumPy ``x`` was reported as fn's
+    output ("fn must return a tensor"), and ``modules="0"`` of layerwise_equivariance_error was read letter by letter
+    (``"conv"`` as the modules 'c', 'o', 'n', 'v')."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="spatial_dims"):
+        equivariance_error(lambda t: t, x, spatial_dims=2.0)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        group_equivariance_error(lambda t: t, x.numpy())
+    net = torch.nn.Sequential()
+    net.add_module("conv", torch.nn.Conv2d(1, 2, 3, padding=1))
+    net.add_module("act", torch.nn.ReLU())
+    res = layerwise_equivariance_error(net.eval(), x, angle=90.0, modules="conv")
+    assert list(res) == ["conv"] and res["conv"][0] == (16, 16)
+
+
+def test_a_mask_of_another_size_is_an_error_naming_mask():
+    from monai_gmr.evaluation import masked_rel_err
+
+    a = torch.ones(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="mask of shape"):
+        masked_rel_err(a, a, torch.ones(4, 4, dtype=torch.bool))
+    assert masked_rel_err(2 * a, a, torch.ones(8, 8, dtype=torch.bool)) == 1.0
+
+
+def test_layerwise_names_a_module_whose_output_does_not_rotate_with_the_input():
+    """A module with a fixed output size on a non-square input at 90 degrees stopped in torch's "The size of tensor a
+    (12) must match the size of tensor b (8)" without saying which module."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    class Fixed(torch.nn.Module):
+        def forward(self, t):
+            return torch.zeros(t.shape[0], 2, 8, 12) + t.mean()
+
+    net = torch.nn.Sequential()
+    net.add_module("conv", torch.nn.Conv2d(1, 2, 3, padding=1))
+    net.add_module("fixed", Fixed())
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 12)
+    with pytest.raises(ValueError, match="module 'fixed'"):
+        layerwise_equivariance_error(net.eval(), x, angle=90.0)
+    assert list(layerwise_equivariance_error(net, x, angle=90.0, modules=["conv"])) == ["conv"]

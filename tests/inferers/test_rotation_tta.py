@@ -272,3 +272,54 @@ def test_view_weights_follow_the_interpolation_mode():
     for m, wm in w.items():
         assert torch.equal(wm[1].bool(), Geometry(30.0).roundtrip_mask(shape, m)), m
     assert w["bicubic"][1].sum() < w["bilinear"][1].sum() < w["nearest"][1].sum()
+
+
+def test_batch_views_reads_text_switches():
+    """``batch_views="false"`` (text from a config or command line) was true: all views went in one batched call."""
+    calls = []
+
+    def inner(v, net):
+        calls.append(v.shape[0])
+        return net(v)
+
+    x = torch.randn(1, 1, 8, 8)
+    RotationTTAInferer(inferer=inner, batch_views="false")(x, torch.nn.Conv2d(1, 2, 1))
+    assert calls == [1, 1, 1, 1]
+    calls.clear()
+    RotationTTAInferer(inferer=inner, batch_views="true")(x, torch.nn.Conv2d(1, 2, 1))
+    assert calls == [4]
+    with pytest.raises(ValueError, match="batch_views"):
+        RotationTTAInferer(batch_views="sometimes")
+
+
+@pytest.mark.parametrize("angles", ["90", ("abc",), (0, None), (0, True), (0, float("nan"))])
+def test_angles_as_text_or_non_numbers_are_refused_naming_angles(angles):
+    """``angles="90"`` (a config's text) was the views rot9 and rot0; ``"abc"`` / ``None`` stopped in float() without
+    naming ``angles``; ``True`` was a 1 degree view."""
+    with pytest.raises(ValueError, match="angles"):
+        RotationTTAInferer(angles=angles)
+    assert RotationTTAInferer(angles=torch.tensor([0, 90])).view_names == ["rot0", "rot90"]
+    assert RotationTTAInferer(angles=[0, (0, 90, 0)], spatial_dims=3).view_names == ["rot0", "rot(0,90,0)"]
+
+
+def test_bad_inferer_spatial_dims_and_inputs_name_the_argument():
+    """A non-callable ``inferer`` failed only at the first call ("'str' object is not callable"), ``spatial_dims=2.0``
+    in torch.eye, and a NumPy input was reported as an inner-inferer output."""
+    with pytest.raises(TypeError, match="inferer"):
+        RotationTTAInferer(inferer="SlidingWindowInferer")
+    with pytest.raises(ValueError, match="spatial_dims"):
+        RotationTTAInferer(spatial_dims=2.0)
+    with pytest.raises(TypeError, match="inputs must be a torch.Tensor"):
+        RotationTTAInferer()(torch.randn(1, 1, 8, 8).numpy(), torch.nn.Conv2d(1, 2, 1))
+
+
+def test_outputs_without_a_channel_dim_under_softmax():
+    """An ``(N,)`` classification output stopped in ``y.shape[1]`` ("tuple index out of range"), also with
+    ``average="logits", output="logits"`` where no softmax is applied (that case now averages the raw outputs)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    score = lambda t: t.mean((1, 2, 3))  # noqa: E731
+    with pytest.raises(ValueError, match="activation='sigmoid'"):
+        RotationTTAInferer(task="classification")(x, score)
+    out = RotationTTAInferer(task="classification", average="logits")(x, score)
+    torch.testing.assert_close(out, score(x))  # the mean is rotation invariant
