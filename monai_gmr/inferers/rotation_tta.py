@@ -70,7 +70,9 @@ class RotationTTAInferer(Inferer):
     Raises:
         ValueError: an unknown ``reduce``/``task``/``average``/``activation``/``output``/``mode``/``padding_mode``,
             ``spatial_dims`` other than 2 or 3, ``angles`` given as text or with entries that are not finite numbers
-            of degrees (3D: or Euler triples), duplicate views, a ``batch_views`` that is not a switch.
+            of degrees (3D: or Euler triples), ``flips`` given as text other than one flip name (``"h"`` is
+            ``["h"]``), duplicate views, a ``batch_views`` that is not a switch; at call time, integer/bool network
+            outputs (argmax labels) with ``reduce="mean"``.
         TypeError: an ``inferer`` that is not callable.
 
     Example (bundle config)::
@@ -113,7 +115,7 @@ class RotationTTAInferer(Inferer):
         batch_views = as_bool(batch_views, "batch_views")  # "false" from a config was true text: all views batched
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.geometries: list[Geometry] = make_geometries(
-            angles, list(flips or ()), spatial_dims, axes, product=True, padding_mode=padding_mode
+            angles, _flip_list(flips), spatial_dims, axes, product=True, padding_mode=padding_mode
         )
         self.reduce = reduce
         self.task = task
@@ -198,6 +200,13 @@ class RotationTTAInferer(Inferer):
             )
         x = _plain(inputs)
         outs = self._run_views(x, network, *args, **kwargs)
+        if self.reduce == "mean" and not all(o.is_floating_point() for o in outs):
+            # integer/bool outputs (argmax labels) stopped in a raw torch mean()/softmax error
+            dtype = next(o.dtype for o in outs if not o.is_floating_point())
+            raise ValueError(
+                f"reduce='mean' averages floating point network outputs (logits or probabilities), got {dtype}; return "
+                "logits (not argmax labels) or use reduce='none'."
+            )
         if self.task == "segmentation":
             for o in outs:
                 if o.ndim != inputs.ndim:
@@ -255,6 +264,23 @@ def _check_angles(angles: Any) -> None:
                 f"angles must be finite numbers of degrees (3D: or Euler triples), got angles={entries!r} with the "
                 f"entry {a!r}."
             )
+
+
+def _flip_list(flips: Any) -> list:
+    """``flips`` as a list: one flip name as text (``"h"``) is ``["h"]``; other text (``"false"``, ``"hv"`` from a
+    config) was split into letters and stopped in ``flip_axis`` with ``axis='f'``, not naming ``flips``.
+
+    Raises:
+        ValueError: naming ``flips``.
+    """
+    if isinstance(flips, (str, bytes)):
+        if flips not in ("h", "v", "d"):
+            raise ValueError(
+                f"flips must be a list of flip names ('h', 'v', 'd' in 3D) or spatial axes, e.g. ['h'], got the text "
+                f"flips={flips!r}."
+            )
+        return [flips]
+    return list(flips or ())
 
 
 def _plain(y: Any) -> torch.Tensor:

@@ -323,3 +323,28 @@ def test_outputs_without_a_channel_dim_under_softmax():
         RotationTTAInferer(task="classification")(x, score)
     out = RotationTTAInferer(task="classification", average="logits")(x, score)
     torch.testing.assert_close(out, score(x))  # the mean is rotation invariant
+
+
+@pytest.mark.parametrize("flips", ["false", "hv", "x"])
+def test_flips_as_text_is_refused_naming_flips(flips):
+    with pytest.raises(ValueError, match="flips="):
+        RotationTTAInferer(flips=flips)
+
+
+def test_a_single_flip_name_as_text_is_one_flip():
+    assert RotationTTAInferer(flips="h").view_names == RotationTTAInferer(flips=["h"]).view_names
+
+
+@pytest.mark.parametrize("average", ["logits", "probs"])
+@pytest.mark.parametrize("task", ["segmentation", "classification"])
+def test_integer_outputs_are_refused_under_reduce_mean(average, task):
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 8)
+
+    def net(v):
+        labels = (v > 0).long().repeat(1, 2, 1, 1)
+        return labels if task == "segmentation" else labels.flatten(2).amax(-1)
+
+    with pytest.raises(ValueError, match="floating point.*torch.int64"):
+        RotationTTAInferer(average=average, task=task)(x, net)
+    assert RotationTTAInferer(task=task, reduce="none")(x, net).dtype == torch.int64
