@@ -371,7 +371,8 @@ def layerwise_equivariance_error(
         angle: degrees; multiples of 90 measure the exact D4 elements (errors at float precision for GMR nets). In 3D
             also 3 Euler angles (with ``axes=None``).
         modules: names from ``net.named_modules()`` (a single name may be given as a string); default: every leaf
-            module (no children).
+            module (no children); a ``net`` without children (a bare ``GMRConv``) is reported under ``""``, its
+            name in ``named_modules()``.
         radius_frac, mode, spatial_dims, axes, canvas: as in :func:`equivariance_error`.
 
     Returns:
@@ -392,7 +393,8 @@ def layerwise_equivariance_error(
     if isinstance(modules, str):  # one name (a command line's --modules enc1) was read letter by letter
         modules = [modules]
     if modules is None:
-        modules = [n for n, m in named.items() if n and next(m.children(), None) is None]
+        # a leaf net (a bare GMRConv) is its own only leaf: reported under "", its name in named_modules() (was {})
+        modules = [n for n, m in named.items() if (n or len(named) == 1) and next(m.children(), None) is None]
     missing = [n for n in modules if n not in named]
     if missing:
         raise ValueError(f"modules: {missing} are not modules of {type(net).__name__} (see net.named_modules()).")

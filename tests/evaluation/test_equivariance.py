@@ -470,3 +470,16 @@ def test_layerwise_names_a_module_whose_output_does_not_rotate_with_the_input():
     with pytest.raises(ValueError, match="module 'fixed'"):
         layerwise_equivariance_error(net.eval(), x, angle=90.0)
     assert list(layerwise_equivariance_error(net, x, angle=90.0, modules=["conv"])) == ["conv"]
+
+
+@torch.no_grad()
+def test_layerwise_of_a_leaf_net_reports_it_under_the_empty_name():
+    """A bare layer has no children: its own error is reported under "" (it returned {})."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 16)
+    for net in (monai_gmr.GMRConv(2, 1, 2, 3).eval(), torch.nn.Conv2d(1, 2, 3, padding=1).eval()):
+        res = layerwise_equivariance_error(net, x, 90)
+        assert list(res) == [""] and res[""][0] == (16, 16)
+    assert layerwise_equivariance_error(monai_gmr.GMRConv(2, 1, 2, 3).eval(), x, 90)[""][1] < 1e-5
