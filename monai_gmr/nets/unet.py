@@ -30,7 +30,6 @@ equivariant when every size's total padding ``(-size) % 2 ** L`` is even (the pa
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Pool
 
 from monai_gmr.functional.basis import _is_int
-from monai_gmr.nn.blocks import GMRConvolution, check_gmr_kwargs
+from monai_gmr.nn.blocks import GMRConvolution, _check_dropout, check_gmr_kwargs
 from monai_gmr.utils import as_bool
 
 __all__ = ["GMRUNet", "UPSAMPLE_MODES", "POOL_MODES", "PAD_MODES", "interp_mode", "make_upsample", "make_pool"]
@@ -97,26 +96,6 @@ def _positive_int(value, name: str) -> int:
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
     return int(value)
-
-
-def _check_dropout(dropout):
-    """A dropout probability must be in [0, 1] and not a bool (``dropout=True`` reached ``nn.Dropout`` as ``p=1``,
-    zeroing every activation in training); MONAI's ``(name, kwargs)`` form and ``None`` pass unchecked.
-
-    Returns:
-        ``dropout``, with a number given as text (``--network_def#dropout 0.2`` from a command line passes
-        ``"0.2"``, which MONAI refused as "Unsupported option '0.2'") read as a float.
-    """
-    if isinstance(dropout, str):
-        try:
-            dropout = float(dropout)
-        except ValueError:
-            pass  # a MONAI dropout name ("dropout", "alphadropout"): MONAI checks it
-    if isinstance(dropout, bool) or (isinstance(dropout, numbers.Real) and not 0 <= dropout <= 1):
-        raise ValueError(
-            f"dropout must be a probability in [0, 1] (or MONAI's (name, kwargs) form, or None), got dropout={dropout!r}."
-        )
-    return dropout
 
 
 def _kernel_sizes(kernel_sizes: int | Sequence[int], levels: int) -> tuple[int, ...]:

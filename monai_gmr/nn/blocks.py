@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -115,6 +116,13 @@ class GMRConvolution(nn.Sequential):
             strides = _single(strides, "strides", spatial_dims)
             if strides < 1:
                 raise ValueError(f"strides must be >= 1, got strides={strides}.")
+            if strides > 1 and isinstance(padding, str) and padding == "same":  # GMRConv's error named `stride`
+                raise ValueError(
+                    f"padding='same' is not supported for strided convolutions (strides={strides}), as in "
+                    "torch.nn.Conv2d; pass an int padding (or padding=None for the symmetric pad "
+                    "dilation * (kernel_size - 1) // 2)."
+                )
+        dropout = _check_dropout(dropout)
         conv = GMRConv(
             spatial_dims,
             in_channels,
@@ -144,3 +152,23 @@ class GMRConvolution(nn.Sequential):
                 dropout_dim=dropout_dim,
             ),
         )
+
+
+def _check_dropout(dropout):
+    """A dropout probability must be in [0, 1] and not a bool (``dropout=True`` reached ``nn.Dropout`` as ``p=1``,
+    zeroing every activation in training); MONAI's ``(name, kwargs)`` form and ``None`` pass unchecked.
+
+    Returns:
+        ``dropout``, with a number given as text (``--network_def#dropout 0.2`` from a command line passes
+        ``"0.2"``, which MONAI refused as "Unsupported option '0.2'") read as a float.
+    """
+    if isinstance(dropout, str):
+        try:
+            dropout = float(dropout)
+        except ValueError:
+            pass  # a MONAI dropout name ("dropout", "alphadropout"): MONAI checks it
+    if isinstance(dropout, bool) or (isinstance(dropout, numbers.Real) and not 0 <= dropout <= 1):
+        raise ValueError(
+            f"dropout must be a probability in [0, 1] (or MONAI's (name, kwargs) form, or None), got dropout={dropout!r}."
+        )
+    return dropout

@@ -49,6 +49,7 @@ from monai.networks.blocks import ADN
 
 from monai_gmr.functional import D4Element, d4_elements
 from monai_gmr.functional.basis import _is_int
+from monai_gmr.nn.blocks import _check_dropout
 from monai_gmr.utils import as_bool
 
 __all__ = [
@@ -654,6 +655,7 @@ class GroupConvolution(nn.Sequential):
         super().__init__()
         # switches given as text ("false" from a command line) are read as what they say, as in GMRConvolution
         lifting, conv_only = as_bool(lifting, "lifting"), as_bool(conv_only, "conv_only")
+        dropout = _check_dropout(dropout)  # "0.2" from a command line is 0.2 (MONAI refused it as an option name)
         cls = GroupLiftingConv if lifting else GroupConv
         self.add_module(
             "conv", cls(in_channels, out_channels, kernel_size, group, stride=strides, padding=padding, bias=bias)

@@ -462,3 +462,10 @@ def test_text_switches_are_read_as_what_they_say():
     assert not hasattr(GroupConvolution(2, 3, lifting="true", conv_only="true"), "adn")
     with pytest.raises(ValueError, match="conv_only"):
         GroupConvolution(2, 3, conv_only="maybe")
+
+
+def test_group_convolution_reads_a_numeric_text_dropout():
+    block = GroupConvolution(2, 2, 3, "p4", dropout="0.2")
+    assert isinstance(block.adn.D, torch.nn.Dropout) and block.adn.D.p == 0.2
+    with pytest.raises(ValueError, match="dropout="):
+        GroupConvolution(2, 2, 3, "p4", dropout=1.5)

@@ -832,3 +832,16 @@ def test_gmr_convolution_block_keeps_a_single_adn_layer(kw, layers):
     if kw["act"] == "relu":
         assert (block(torch.randn(1, 4, 8, 8)) >= 0).all()
     assert not hasattr(GMRConvolution(2, 4, 8, act=None, norm=None), "adn")
+
+
+def test_gmrconvolution_strided_same_padding_error_names_strides():
+    with pytest.raises(ValueError, match=r"\(strides=2\)"):
+        GMRConvolution(2, 1, 2, strides=2, padding="same")
+
+
+@pytest.mark.parametrize("dropout", ["0.2", 0.2])
+def test_gmrconvolution_reads_a_numeric_text_dropout(dropout):
+    block = GMRConvolution(2, 1, 2, dropout=dropout)
+    assert isinstance(block.adn.D, torch.nn.Dropout) and block.adn.D.p == 0.2
+    with pytest.raises(ValueError, match="dropout="):
+        GMRConvolution(2, 1, 2, dropout=True)
