@@ -58,7 +58,7 @@ RESNET_BASE_PLANES = (64, 128, 256, 512)
 
 
 def _check_spatial_dims(spatial_dims: int) -> None:
-    if spatial_dims != 2:
+    if not _is_int(spatial_dims) or spatial_dims != 2:  # 2.0 passed and was stored as self.spatial_dims
         raise ValueError(
             f"G-CNN baselines are 2D only (p4 / p4m): spatial_dims must be 2, got spatial_dims={spatial_dims!r}."
         )

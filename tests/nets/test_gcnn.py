@@ -320,3 +320,12 @@ def test_numpy_integers_are_accepted_like_gmrunet():
     assert net(torch.rand(1, 1, 16, 16)).shape == (1, 2)
     with pytest.raises(ValueError, match="^features must hold"):
         GCNNUNet(2, 1, 2, features=(4.0, 4), group="p4")
+
+
+@pytest.mark.parametrize("spatial_dims", [2.0, "2", True])
+def test_non_int_spatial_dims_is_refused_naming_spatial_dims(spatial_dims):
+    """2.0 passed as 2 (== compares equal) and was stored as the network's spatial_dims."""
+    with pytest.raises(ValueError, match="spatial_dims="):
+        GCNNUNet(spatial_dims, 1, 2, features=(4, 4))
+    with pytest.raises(ValueError, match="spatial_dims="):
+        GCNNResNet(spatial_dims=spatial_dims, num_classes=2)
