@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import ADN
 
+from monai_gmr.functional.basis import _is_int
 from monai_gmr.utils import as_bool
 
 from .conv import GMRConv, _single
@@ -31,6 +32,8 @@ def check_gmr_kwargs(gmr_kwargs: dict, extra: Sequence[str] = ()) -> None:
     Raises:
         ValueError: a key outside :data:`GMR_CONV_KWARGS` and ``extra`` (e.g. a misspelling, or a geometry argument
             such as ``strides``/``padding`` that the network sets itself), or a value :class:`GMRConv` rejects.
+            The trial layer is 1x1 for ``num_rings=1`` and 3x3 otherwise: whether ``num_rings`` suits each layer's
+            kernel size (1 only for ``kernel_size=1``, >= 2 otherwise) is checked when that layer is built.
     """
     allowed = (*GMR_CONV_KWARGS, *extra)
     unexpected = sorted(k for k in gmr_kwargs if k not in allowed)
@@ -39,9 +42,13 @@ def check_gmr_kwargs(gmr_kwargs: dict, extra: Sequence[str] = ()) -> None:
             f"unexpected keyword argument(s) {', '.join(unexpected)}: extra keywords are passed to every GMRConv, "
             f"which takes only {', '.join(allowed)} here."
         )
+    # num_rings=1 is valid only for kernel_size=1 (and >= 2 only for k > 1): a k=3 trial refused num_rings=1 for a
+    # network whose GMR layers are all 1x1; each layer checks num_rings against its own kernel size when built
+    num_rings = gmr_kwargs.get("num_rings")
+    trial_k = 1 if _is_int(num_rings) and num_rings == 1 else 3
     try:
         with torch.random.fork_rng(devices=[]):  # the trial layer's initialisation must not move the global RNG
-            GMRConv(2, 1, 1, 3, **{k: v for k, v in gmr_kwargs.items() if k in GMR_CONV_KWARGS})
+            GMRConv(2, 1, 1, trial_k, **{k: v for k, v in gmr_kwargs.items() if k in GMR_CONV_KWARGS})
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid GMRConv keyword argument: {e}") from e
 

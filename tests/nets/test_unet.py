@@ -163,6 +163,16 @@ def test_gmr_kwargs_pass_through():
     assert convs and all(c.num_rings == 2 and c.smoothing == "none" and c.impl == "dense" for c in convs)
 
 
+def test_num_rings_1_is_accepted_for_a_net_of_1x1_gmr_layers():
+    """check_gmr_kwargs tried num_rings=1 on a 3x3 layer and refused it for a network whose layers are all 1x1."""
+    torch.manual_seed(0)
+    net = GMRUNet(2, 1, 2, features=(2, 2), kernel_sizes=1, num_rings=1)
+    convs = [m for m in net.modules() if type(m).__name__ == "GMRConv"]
+    assert convs and all(c.kernel_size == 1 and c.num_rings == 1 for c in convs)
+    with pytest.raises(ValueError, match="num_rings"):  # a 3x3 layer still refuses it, when built
+        GMRUNet(2, 1, 2, features=(2, 2), kernel_sizes=3, num_rings=1)
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_area_sampling_passes_through_and_stays_exact_after_training(d):
     torch.manual_seed(0)
