@@ -294,12 +294,14 @@ def group_lifting_conv2d(
     """Lifting convolution ``Z^2 -> G``: ``(B, C_in, H, W) -> (B, C_out, |H|, H', W')``; bias ``(C_out,)``.
 
     Raises:
-        ValueError: ``x`` not shaped ``(B, C_in, H, W)`` with ``C_in = weight.shape[1]``.
+        ValueError: ``x`` not shaped ``(B, C_in, H, W)`` with ``C_in = weight.shape[1]``; an even kernel size
+            (``weight.shape[-1]``), not exactly equivariant (the modules refuse it too).
     """
     n = group_order(group)
     _check_lifting_input(x, weight.shape[1])
     if weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
         raise ValueError(f"weight must have square kernels, got weight.shape={tuple(weight.shape)}.")
+    _check_odd_kernel(weight)
     index = _bank_index(_check_group(group), weight.shape[-1], True, weight.device)
     return _conv_bank(x, _lifting_bank(weight, index, n), bias, n, weight.shape[0], stride, padding, dilation)
 
@@ -318,18 +320,31 @@ def group_conv2d(
     Raises:
         ValueError: ``x`` not shaped ``(B, C_in, |H|, H, W)`` with ``C_in = weight.shape[1]`` (a planar
             ``(B, C_in * |H|, H, W)`` or another orientation count would otherwise be mixed up silently).
+            An even kernel size (``weight.shape[-1]``), not exactly equivariant (the modules refuse it too).
     """
     group = _check_group(group)
     n = group_order(group)
     _check_group_conv_input(x, weight.shape[1], n, group)
     if weight.ndim != 5 or weight.shape[2] != n or weight.shape[3] != weight.shape[4]:
         raise ValueError(f"weight must be shaped (C_out, C_in, {n}, k, k), got weight.shape={tuple(weight.shape)}.")
+    _check_odd_kernel(weight)
     index = _bank_index(group, weight.shape[-1], False, weight.device)
     bank = _group_bank(weight, index, n)
     return _conv_bank(x.flatten(1, 2), bank, bias, n, weight.shape[0], stride, padding, dilation)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
+def _check_odd_kernel(weight: torch.Tensor) -> None:
+    """The functional convs refuse even kernels as the modules do: an even filter has no centre pixel, so its
+    rotations are not centred on the same point and the convolution is not exactly equivariant."""
+    k = weight.shape[-1]
+    if k % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be odd (a centred filter) for an exactly equivariant convolution, got kernel_size={k} "
+            f"(weight.shape={tuple(weight.shape)})."
+        )
+
+
 def _positive_int(value, name: str, minimum: int = 1) -> int:
     # NumPy integers pass (as in GMRConv / GMRUNet) and are stored as Python ints (TorchScript attributes)
     if not _is_int(value) or value < minimum:

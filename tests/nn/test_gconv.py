@@ -469,3 +469,13 @@ def test_group_convolution_reads_a_numeric_text_dropout():
     assert isinstance(block.adn.D, torch.nn.Dropout) and block.adn.D.p == 0.2
     with pytest.raises(ValueError, match="dropout="):
         GroupConvolution(2, 2, 3, "p4", dropout=1.5)
+
+
+def test_functional_group_convs_refuse_even_kernels_as_the_modules_do():
+    """An even kernel has no centre: the functional convs ran it (not exactly equivariant) while the modules refused."""
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="kernel_size=4"):
+        group_lifting_conv2d(torch.randn(1, 1, 6, 6), torch.randn(2, 1, 4, 4), None, "p4")
+    with pytest.raises(ValueError, match="kernel_size=2"):
+        group_conv2d(torch.randn(1, 1, 4, 6, 6), torch.randn(2, 1, 4, 2, 2), None, "p4")
+    assert group_conv2d(torch.randn(1, 1, 4, 6, 6), torch.randn(2, 1, 4, 1, 1), None, "p4").shape == (1, 2, 4, 6, 6)
