@@ -14,6 +14,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 
+import monai_gmr.functional.conv as _fconv  # resolve_triton looked up there, as gmr_conv does (tests patch it)
 from monai_gmr.functional import (
     AREA_SUBSAMPLES,
     IMPLS,
@@ -473,6 +474,14 @@ class GMRConv(nn.Module):
         """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
+        if impl == "triton":
+            # an unsupported call (e.g. CPU without the interpreter) falls back here, so a fallback to "dense" uses
+            # the eval-mode kernel cache below (gmr_conv re-synthesised the kernel on every call); an explicit
+            # request still logs its one warning per reason
+            impl = _fconv.resolve_triton(
+                self.impl, x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups,
+                self.padding_mode, needs_grad, True, self.sampling == "center", out_channels=self.out_channels,
+            )  # fmt: skip
         kernel = self._dense_kernel() if impl == "dense" else None  # cached in eval mode
         basis = self.basis() if kernel is None else None
         return gmr_conv(

@@ -845,3 +845,27 @@ def test_gmrconvolution_reads_a_numeric_text_dropout(dropout):
     assert isinstance(block.adn.D, torch.nn.Dropout) and block.adn.D.p == 0.2
     with pytest.raises(ValueError, match="dropout="):
         GMRConvolution(2, 1, 2, dropout=True)
+
+
+def test_explicit_triton_fallback_on_cpu_uses_the_eval_kernel_cache(monkeypatch):
+    """impl="triton" falling back to the dense path (CPU, no interpreter) re-synthesised the kernel on every call."""
+    import os
+
+    import monai_gmr.functional.conv as fconv
+    import monai_gmr.nn.conv as nconv
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the Triton interpreter runs impl='triton' on CPU")
+    calls = []
+    for mod in (nconv, fconv):
+        orig = mod.synthesize_kernel
+        monkeypatch.setattr(mod, "synthesize_kernel", lambda *a, _o=orig, **k: calls.append(1) or _o(*a, **k))
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 8)
+    ref = GMRConv(2, 1, 2, 3, impl="dense").eval()
+    conv = GMRConv(2, 1, 2, 3, impl="triton").eval()
+    conv.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        y1, y2 = conv(x), conv(x)
+        assert len(calls) == 1
+        assert torch.equal(y1, y2) and torch.allclose(y1, ref(x), atol=1e-6)
