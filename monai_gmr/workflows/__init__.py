@@ -32,6 +32,7 @@ from .common import (
     list_images,
     load_checkpoint,
     maybe_compile,
+    rank_seed,
     run_on_rank0_first,
     summarize_evaluation,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "list_images",
     "load_checkpoint",
     "maybe_compile",
+    "rank_seed",
     "run_arguments",
     "run_on_rank0_first",
     "summarize_evaluation",

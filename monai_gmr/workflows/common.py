@@ -5,7 +5,7 @@ full dotted ``_target_`` / ``$`` expressions:
 
 - locating the bundle folder (:func:`find_bundle_root`) so configs run from any working directory;
 - resumable training (:func:`find_latest_checkpoint`, :func:`attach_resume`, :class:`AtomicCheckpointSaver`);
-- distributed helpers (:func:`is_main_process`, :func:`run_on_rank0_first`, :func:`attach_handlers`);
+- distributed helpers (:func:`is_main_process`, :func:`rank_seed`, :func:`run_on_rank0_first`, :func:`attach_handlers`);
 - a log-friendly progress display with a run summary (:class:`ProgressLogger`);
 - atomic image writers for ``SaveImaged`` (:class:`AtomicPILWriter`, :class:`AtomicITKWriter`,
   :class:`AtomicNibabelWriter`, :func:`atomic_writer_for`);
@@ -53,6 +53,7 @@ __all__ = [
     "EpochValidationHandler",
     "ProgressLogger",
     "is_main_process",
+    "rank_seed",
     "run_on_rank0_first",
     "AtomicPILWriter",
     "AtomicITKWriter",
@@ -833,6 +834,19 @@ def _dist_ready() -> bool:
 def is_main_process() -> bool:
     """``True`` outside distributed runs and on global rank 0."""
     return not _dist_ready() or torch.distributed.get_rank() == 0
+
+
+def rank_seed(seed: int) -> int:
+    """``seed`` plus the process's global rank (``seed`` itself outside distributed runs and on rank 0).
+
+    For ``set_determinism`` in multi-process training: with the same seed on every rank, the random augmentations
+    (crop positions, rotation angles, flips, intensity changes) and the data loader workers' seeds were drawn from
+    the same stream on every rank, so the k-th sample of each rank's shard got the same crop and rotation as on
+    rank 0, and a global batch of N processes carried 1/N of the augmentation variety of a one-process run. The
+    initial weights stay rank 0's (``DistributedDataParallel`` broadcasts them) and ``DistributedSampler`` shuffles
+    with its own seed, so every rank still starts from the same model and shards the same permutation.
+    """
+    return int(seed) + (torch.distributed.get_rank() if _dist_ready() else 0)
 
 
 def run_on_rank0_first(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -217,3 +217,34 @@ def check_logits_metadata(logits, pred: dict) -> None:
     assert logits.shape[1] == pred["num_channels"]
     assert bool((logits < 0).any() or (logits > 1).any())
     assert pred["type"] == "logits" and pred["value_range"] == [], pred
+
+
+
+def seeded_draws_per_rank(files, *, metadata: str, monkeypatch, ranks=(0, 1)) -> dict[int, float]:
+    """Evaluate the ``set_determinism`` item of ``initialize`` of ``files`` as if on each of ``ranks`` of a
+    distributed run (faked) and return a random number drawn right after it (from the stream the augmentations and
+    the data loader workers' seeds come from) per rank. The global random states are restored afterwards."""
+    import random
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    for flag in ("deterministic", "benchmark"):  # set_determinism switches them
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
+    states = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    draws = {}
+    try:
+        for rank in ranks:
+            monkeypatch.setattr(dist, "get_rank", lambda group=None, r=rank: r)
+            p = config_parser(files, metadata=metadata)
+            idx = [i for i, x in enumerate(p.get("initialize")) if "set_determinism" in str(x)]
+            assert len(idx) == 1, p.get("initialize")
+            p.get_parsed_content(f"initialize#{idx[0]}")
+            draws[rank] = float(torch.rand(()))
+    finally:
+        torch.random.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+    return draws

@@ -30,6 +30,7 @@ from monai_gmr.workflows.common import (
     instance_from_semantic,
     list_images,
     load_checkpoint,
+    rank_seed,
     run_on_rank0_first,
     summarize_evaluation,
 )
@@ -231,6 +232,14 @@ def test_progress_logger_summary(tmp_path, caplog):
     assert any("ETA" in r.message and "epoch 2/2" in r.message for r in caplog.records)
     with pytest.raises(ValueError, match="interval"):
         ProgressLogger(interval=-1)
+
+
+def test_rank_seed(monkeypatch):
+    assert rank_seed(7) == 7 and rank_seed("7") == 7  # not distributed
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    for rank in (0, 1, 3):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None, r=rank: r)
+        assert rank_seed(7) == 7 + rank
 
 
 def test_run_on_rank0_first_without_dist():
