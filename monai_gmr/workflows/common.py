@@ -1132,7 +1132,9 @@ def instance_from_semantic(
           the partition of a rotated/flipped map is the rotated/flipped partition), which separates touching
           objects; a region without interior pixels is one object.
         - ``"watershed"``: marker watershed on the distance transform of the foreground (scikit-image
-          ``peak_local_max`` + ``watershed``), the classic split of touching blobs for binary masks.
+          ``peak_local_max`` + ``watershed``), the classic split of touching blobs for binary masks. Its seeds on
+          flat plateaus of the distance map and its flooding of ties follow the scan order, so the partition of a
+          rotated/flipped map is not always the rotated/flipped partition (connected components' is).
 
     Args:
         semantic: class map ``(H, W[, D])`` or ``(1, H, W[, D])`` of non-negative integers.
