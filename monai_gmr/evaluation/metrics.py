@@ -137,10 +137,7 @@ def aggregated_jaccard_index(pred: torch.Tensor, gt: torch.Tensor) -> float:
     Raises:
         ValueError: the shapes differ, or a map holds NaN, negative or non-whole ids (the message names the map).
     """
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}.")
-    _require_instance_ids(pred, "pred")
-    _require_instance_ids(gt, "gt")
+    _check_instance_pair(pred, gt)
     p = torch.unique(pred.reshape(-1).long(), return_inverse=True)[1]  # contiguous ids, 0 stays 0 when present
     g = torch.unique(gt.reshape(-1).long(), return_inverse=True)[1]
     if not bool((pred == 0).any()):
@@ -180,10 +177,7 @@ def instance_metrics(pred: torch.Tensor, gt: torch.Tensor, metrics: tuple[str, .
     """
     from monai.metrics.panoptic_quality import compute_panoptic_quality
 
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}.")
-    _require_instance_ids(pred, "pred")
-    _require_instance_ids(gt, "gt")
+    _check_instance_pair(pred, gt)
     out: dict[str, float] = {}
     empty = not bool((pred > 0).any()) and not bool((gt > 0).any())
     if "aji" in metrics:
@@ -191,6 +185,14 @@ def instance_metrics(pred: torch.Tensor, gt: torch.Tensor, metrics: tuple[str, .
     if "pq" in metrics:
         out["pq"] = math.nan if empty else float(compute_panoptic_quality(pred.long(), gt.long(), metric_name="pq"))
     return out
+
+
+def _check_instance_pair(pred: torch.Tensor, gt: torch.Tensor) -> None:
+    """Two instance-id maps of one shape, each of whole non-negative ids (see :func:`_require_instance_ids`)."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}.")
+    _require_instance_ids(pred, "pred")
+    _require_instance_ids(gt, "gt")
 
 
 def _require_instance_ids(ids: torch.Tensor, name: str) -> None:

@@ -248,3 +248,13 @@ def seeded_draws_per_rank(files, *, metadata: str, monkeypatch, ranks=(0, 1)) ->
         np.random.set_state(states[1])
         random.setstate(states[2])
     return draws
+
+
+def check_multi_gpu_seeds_per_rank(train: str, multi_gpu: str, *, metadata: str, monkeypatch) -> None:
+    """multi_gpu_train.json seeds each rank differently (``rank_seed``): with one seed on every rank, each rank's
+    k-th sample got rank 0's random augmentations (the same random stream), so N processes carried 1/N of the
+    augmentation variety of a one-process run. Rank 0 keeps the configured seed (the one-process run's)."""
+    draws = seeded_draws_per_rank([train, multi_gpu], metadata=metadata, monkeypatch=monkeypatch)
+    single = seeded_draws_per_rank([train], metadata=metadata, monkeypatch=monkeypatch, ranks=(0,))
+    assert draws[0] != draws[1]
+    assert draws[0] == single[0]

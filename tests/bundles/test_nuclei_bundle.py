@@ -23,12 +23,12 @@ from tests.bundles.helpers import (
     check_kill_and_resume,
     check_logits_metadata,
     check_monai_properties,
+    check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
     config_parser,
     kill_after_epoch_config,
     no_outputs,
     run_bundle,
-    seeded_draws_per_rank,
     workflow_error,
 )
 from tests.conftest import ROOT, shared_path
@@ -420,13 +420,7 @@ def test_resumed_run_remembers_the_best_validation_before_the_kill(tmp_path):
 
 
 def test_multi_gpu_train_seeds_augmentations_per_rank(monkeypatch):
-    """multi_gpu_train.json seeds each rank differently (``rank_seed``): with one seed on every rank, each rank's
-    k-th sample got rank 0's crop, rotation and flips (the same random stream), so N processes carried 1/N of the
-    augmentation variety of a one-process run. Rank 0 keeps the configured seed (the one-process run's)."""
-    draws = seeded_draws_per_rank([TRAIN, MULTI_GPU], metadata=METADATA, monkeypatch=monkeypatch)
-    single = seeded_draws_per_rank([TRAIN], metadata=METADATA, monkeypatch=monkeypatch, ranks=(0,))
-    assert draws[0] != draws[1]
-    assert draws[0] == single[0]
+    check_multi_gpu_seeds_per_rank(TRAIN, MULTI_GPU, metadata=METADATA, monkeypatch=monkeypatch)
 
 
 def test_multi_gpu_train_gloo_two_processes(tmp_path):
