@@ -212,19 +212,9 @@ def equivariance_error(
             pixel.
     """
     _check_x(x, spatial_dims)
-    if isinstance(angles, (str, bytes)):  # list("30") was the angles 3 and 0
-        raise ValueError(f"angles must be a number or a list of numbers in degrees, got the text angles={angles!r}.")
-    angles = as_angle_list(angles)
+    angles = as_angle_list(angles)  # refuses text and entries that are not finite degrees, naming angles
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
-    for a in angles:  # "abc" stopped in float() ("could not convert string to float") without naming angles
-        vals = a.tolist() if isinstance(a, (torch.Tensor, np.ndarray)) else a
-        vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
-        if not vals or not all(_is_degrees(v) for v in vals):
-            raise ValueError(
-                f"angles must be finite numbers of degrees (3D: or Euler triples), got angles={angles!r} with the "
-                f"entry {a!r}."
-            )
     sizes = tuple(int(s) for s in x.shape[-spatial_dims:])
     x, _ = on_canvas(x, canvas, spatial_dims, radius_frac)
     sides = tuple(int(s) for s in x.shape[-spatial_dims:])

@@ -271,27 +271,11 @@ def rotation_robustness(
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got region={region!r}.")
     given = angles
-    if isinstance(angles, str):  # list("abc") would be angles 'a', 'b', 'c' (and list("90") angles 9 and 0)
-        raise ValueError(
-            f"angles must be a number or a list of numbers in degrees (e.g. [0, 45, 90]; on the command line "
-            f"--angles \"[0, 45, 90]\"), got the text angles={angles!r}."
-        )
-    angles = as_angle_list(angles)  # one number (a CLI's --angles 90) is one angle
+    # one number (a CLI's --angles 90) is one angle; text and entries that are not finite degrees are refused
+    angles = as_angle_list(angles)
     if any(_is_euler(a) for a in angles):
         raise ValueError(
             f"angles must be single angles in degrees (rotations in the plane axes; no Euler triples), got angles={angles!r}."
-        )
-    bad = []
-    for a in angles:
-        try:
-            if isinstance(a, bool) or not math.isfinite(float(a)):
-                bad.append(a)
-        except (TypeError, ValueError):  # e.g. --angles "[0, foo]": fire passes [0, 'foo']
-            bad.append(a)
-    if bad:
-        raise ValueError(
-            f"angles must be finite numbers of degrees (e.g. [0, 45, 90]), got angles={angles!r} with the entries "
-            f"{bad!r} that are not."
         )
     angles = [float(a) for a in angles]
     if not angles:

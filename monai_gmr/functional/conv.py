@@ -287,21 +287,13 @@ def gmr_conv(
             out_channels=weight.shape[0],
         )
         if impl == "triton":
-            # the kernels read weight and bias by the input's channel count and the weight's output count without
-            # bounds: a mismatch raises here, as the dense path does, instead of reading past the buffers
-            if weight.ndim != 3 or weight.shape[1] != x.shape[1]:
-                raise ValueError(
-                    f"weight must have shape (C_out, C_in, n) with C_in = {x.shape[1]} for an input of {x.shape[1]} "
-                    f"input channels (groups=1), got weight shape {tuple(weight.shape)}."
-                )
-            if basis.ndim != d + 1 or any(s != k for s in basis.shape[1:]):
+            # the kernels read weight, basis and bias without bounds: channel counts, rings and bias were checked by
+            # _check_shapes above (groups is 1 here); the basis must also be cubic, (n,) + (k,) * d
+            if any(s != k for s in basis.shape[1:]):
                 raise ValueError(
                     f"basis must have shape (n,) + (k,) * {d} for an input with {d} spatial dims, got basis shape "
                     f"{tuple(basis.shape)}."
                 )
-            _check_rings(weight, basis)
-            if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-                raise ValueError(f"bias must have shape ({weight.shape[0]},), got bias shape {tuple(bias.shape)}.")
             key = (x.device.type, d, k, str(_compute_dtype(x)))
             if key not in _TRITON_FAILED:
                 try:

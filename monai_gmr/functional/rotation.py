@@ -645,10 +645,36 @@ class Geometry:
 def as_angle_list(angles: AngleLike | Iterable[AngleLike]) -> list[AngleLike]:
     """``angles`` as a list: one number (``90``, as a CLI or a config gives a single angle) becomes ``[90]``; any
     other iterable (sequence, ``range``, 1D tensor / array) is listed as it is (in 3D an entry may be an Euler
-    triple)."""
-    if isinstance(angles, numbers.Real) or (isinstance(angles, (torch.Tensor, np.ndarray)) and angles.ndim == 0):
-        return [float(angles)]
-    return list(angles)
+    triple).
+
+    The one check of angle lists for every caller (``make_geometries``, ``rotation_robustness``,
+    ``RotationTTAInferer``, ``equivariance_error``): text was listed character by character (``"90"`` became the
+    angles 9 and 0), ``None``/``"abc"`` entries stopped in ``float()`` without naming ``angles``, ``True`` was 1
+    degree and NaN/inf rotated nothing meaningful.
+
+    Raises:
+        ValueError: ``angles`` given as text, or an entry that is not a finite number of degrees (nor an Euler triple
+            of them); the message names ``angles``.
+    """
+    if isinstance(angles, (str, bytes)):
+        raise ValueError(
+            f"angles must be a number or a list of numbers in degrees (e.g. [0, 45, 90]; on the command line "
+            f"--angles \"[0, 45, 90]\"), got the text angles={angles!r}."
+        )
+    single = isinstance(angles, numbers.Real) or (isinstance(angles, (torch.Tensor, np.ndarray)) and angles.ndim == 0)
+    try:
+        out: list[AngleLike] = [angles] if single else list(angles)
+    except TypeError:  # e.g. None
+        raise ValueError(f"angles must be a number or a list of numbers in degrees, got angles={angles!r}.") from None
+    for a in out:
+        vals = a.tolist() if isinstance(a, (torch.Tensor, np.ndarray)) else a
+        vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
+        if not vals or not all(_is_degrees(v) for v in vals):
+            raise ValueError(
+                f"angles must be finite numbers of degrees (3D: or Euler triples), got angles={out!r} with the entry "
+                f"{a!r}."
+            )
+    return [float(angles)] if single else out
 
 
 def make_geometries(

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
 from monai_gmr.functional.basis import _is_int
-from monai_gmr.functional.rotation import Geometry, _cached, _is_degrees, _spatial_dims_hint
+from monai_gmr.functional.rotation import Geometry, _cached, _spatial_dims_hint
 from monai_gmr.functional.rotation import as_angle_list, make_geometries
 from monai_gmr.utils import as_bool
 
@@ -109,7 +108,7 @@ class RotationTTAInferer(Inferer):
                 raise ValueError(f"{name} must be one of {allowed}, got {name}={value!r}.")
         if not (_is_int(spatial_dims) and spatial_dims in (2, 3)):  # 2.0 stopped in torch.eye, "2" read as 2
             raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
-        _check_angles(angles)
+        as_angle_list(angles)  # refuses text and entries that are not finite degrees, naming angles
         if inferer is not None and not callable(inferer):  # failed only at the first call, "'str' is not callable"
             raise TypeError(f"inferer must be an Inferer or a callable, got inferer={inferer!r}.")
         batch_views = as_bool(batch_views, "batch_views")  # "false" from a config was true text: all views batched
@@ -237,33 +236,6 @@ class RotationTTAInferer(Inferer):
         if hasattr(inputs, "meta"):  # MetaTensor in -> MetaTensor out with the input's metadata
             res = convert_to_dst_type(res, inputs, dtype=res.dtype)[0]
         return res
-
-
-def _check_angles(angles: Any) -> None:
-    """Refuse ``angles`` as text (``list("90")`` was the views rot9 and rot0) and entries that are not finite
-    numbers of degrees or Euler triples (``None``, ``"abc"`` stopped in ``float()`` without naming ``angles``; ``True``
-    was a 1 degree view).
-
-    Raises:
-        ValueError: naming ``angles``.
-    """
-    if isinstance(angles, (str, bytes)):
-        raise ValueError(
-            f"angles must be a number or a list of numbers in degrees (e.g. [0, 90, 180, 270]), got the text "
-            f"angles={angles!r}."
-        )
-    try:
-        entries = as_angle_list(angles)
-    except TypeError:
-        raise ValueError(f"angles must be a number or a list of numbers in degrees, got angles={angles!r}.") from None
-    for a in entries:
-        vals = a.tolist() if isinstance(a, (torch.Tensor, np.ndarray)) else a  # a 0-d / 1D tensor entry
-        vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
-        if not vals or not all(_is_degrees(v) for v in vals):
-            raise ValueError(
-                f"angles must be finite numbers of degrees (3D: or Euler triples), got angles={entries!r} with the "
-                f"entry {a!r}."
-            )
 
 
 def _flip_list(flips: Any) -> list:

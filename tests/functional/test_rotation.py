@@ -522,3 +522,17 @@ def test_flip_axis_must_be_a_name_or_an_int():
     with pytest.raises(ValueError, match="flip axis"):
         Geometry(0.0, 1.0)
     assert flip_axis(np.int64(-1)) == 1 and flip_axis("v") == 0 and flip_axis(-3, 3) == 0
+
+
+@pytest.mark.parametrize("angles", ["90", [0, "90"], [0, None], [True], [float("nan")], [(0, 0, float("inf"))], None])
+def test_as_angle_list_refuses_text_and_non_degrees_for_every_caller(angles):
+    """The one check of angle lists (make_geometries, rotation_robustness, RotationTTAInferer, equivariance_error
+    each had a copy): text, non-numbers, bools and non-finite entries are refused naming ``angles``."""
+    from monai_gmr.functional.rotation import as_angle_list
+
+    with pytest.raises(ValueError, match="^angles must be"):
+        as_angle_list(angles)
+    with pytest.raises(ValueError, match="^angles must be"):
+        make_geometries(angles)
+    assert as_angle_list(90) == [90.0] and as_angle_list(torch.tensor(45.0)) == [45.0]
+    assert as_angle_list(range(0, 180, 90)) == [0, 90] and as_angle_list([(0, 90, 0)]) == [(0, 90, 0)]
