@@ -36,7 +36,8 @@ class RotationTTAInferer(Inferer):
       prediction was computed from real pixels only, 0 in the padded corners; pixels no view covers get the
       plain mean).
     * ``task="classification"``: outputs ``(N, C)`` are averaged directly (rotation does not move class scores); an
-      output with spatial dims larger than 1 is an error (its views would be averaged in their rotated frames).
+      output with any dim after ``C`` larger than 1 (``(N, C, H, W)`` maps, ``(N, C, L)`` flattened maps) is an
+      error (its views would be averaged in their rotated frames); ``(N,)`` and ``(N, C, 1, ...)`` run.
 
     What is averaged (``average``): ``"probs"`` (default) applies ``activation`` (``"softmax"`` over channels or
     ``"sigmoid"``) to every view and averages probabilities; with ``output="logits"`` (default) the mean
@@ -223,8 +224,9 @@ class RotationTTAInferer(Inferer):
             mean = torch.where(wsum > 0, (w * ys).sum(0) / wsum.clamp_min(1e-12), ys.mean(0))
         else:
             for o in outs:
-                if o.ndim == inputs.ndim and any(s != 1 for s in o.shape[2:]):
-                    # the views' maps are in rotated frames: averaging them without rotating back mixes pixels
+                if any(s != 1 for s in o.shape[2:]):
+                    # the views' maps are in rotated frames: averaging them without rotating back mixes pixels (also
+                    # (N, C, L) outputs of a 2D input, e.g. a map flattened to tokens, which passed before)
                     raise ValueError(
                         f"task='classification' needs (N, C) network outputs, got shape {tuple(o.shape)}; use "
                         "task='segmentation' for (N, C, *spatial) outputs."

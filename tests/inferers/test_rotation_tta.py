@@ -124,6 +124,11 @@ def test_classification_of_a_segmentation_output_is_an_error(reduce):
         RotationTTAInferer(task="classification", reduce=reduce)(x, net)
     pooled = RotationTTAInferer(task="classification", reduce=reduce)(x, lambda v: net(v).mean((2, 3), keepdim=True))
     assert pooled.shape[-3:] == (2, 1, 1)
+    # a map flattened to (N, C, L) passed the check (its ndim differs from the input's) and was averaged
+    with pytest.raises(ValueError, match=r"classification.*\(1, 2, 64\).*task='segmentation'"):
+        RotationTTAInferer(task="classification", reduce=reduce)(x, lambda v: net(v).flatten(2))
+    flat = RotationTTAInferer(task="classification", reduce=reduce)(x, lambda v: net(v).mean((2, 3))[..., None])
+    assert flat.shape[-2:] == (2, 1)
 
 
 @torch.no_grad()
