@@ -189,7 +189,8 @@ class RotationTTAInferer(Inferer):
 
         Returns:
             ``(N, C', *spatial')`` (segmentation) or ``(N, C')`` (classification) for ``reduce="mean"``;
-            ``(V, ...)`` for ``reduce="none"``.
+            ``(V, ...)`` for ``reduce="none"``: a plain tensor (a MetaTensor's metadata describes ``N`` samples, not
+            ``V`` stacked views), while ``reduce="mean"`` returns a MetaTensor with the input's metadata.
         """
         if not isinstance(inputs, torch.Tensor):  # a NumPy array was reported as an inner-inferer output
             raise TypeError(f"inputs must be a torch.Tensor (or MetaTensor), got {type(inputs).__name__}.")
