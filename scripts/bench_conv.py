@@ -14,6 +14,7 @@ Examples::
 
     python scripts/bench_conv.py --device cuda --out docs/bench_conv_cuda.json
     python scripts/bench_conv.py --device cpu --shapes 2,32,64,64 --kernels 3,5,7,9,11 --repeats 20
+    python scripts/bench_conv.py --device cpu --shapes 4,128,64,64 --groups 1,8,128 --impls torch,gmr_dense,gmr_rings
 """
 
 from __future__ import annotations
@@ -69,15 +70,15 @@ def time_once(fn, device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def build(name: str, d: int, c: int, k: int, device, official_cls):
+def build(name: str, d: int, c: int, k: int, device, official_cls, groups: int = 1):
     if name == "torch":
-        conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(c, c, k, padding=k // 2, bias=True)
+        conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(c, c, k, padding=k // 2, bias=True, groups=groups)
     elif name == "gmr_dense":
-        conv = GMRConv(d, c, c, k, impl="dense")
+        conv = GMRConv(d, c, c, k, groups=groups, impl="dense")
     elif name == "gmr_rings":
-        conv = GMRConv(d, c, c, k, impl="rings")
+        conv = GMRConv(d, c, c, k, groups=groups, impl="rings")
     elif name == "official":
-        if official_cls is None or d != 2:
+        if official_cls is None or d != 2 or groups != 1:  # GMR_Conv2d has no groups argument
             return None
         conv = official_cls(c, c, k, padding=k // 2)
     else:
@@ -182,6 +183,14 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--shapes must be B,C,H,W or B,C,D,H,W with positive sizes, got {bad_shapes}")
     if args.repeats < 1 or args.warmup < 0:
         p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    try:
+        groups = [int(g) for g in args.groups.split(",")]
+    except ValueError as e:
+        p.error(f"--groups must be comma-separated integers: {e}")
+    bad_groups = [(g, s) for g in groups for s, t in zip(args.shapes, shapes) if g < 1 or t[1] % g]
+    if bad_groups:
+        p.error(f"--groups must be positive and divide the channels of every shape, got {bad_groups[0][0]} for "
+                f"shape {bad_groups[0][1]}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     try:
@@ -219,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--modes", default="fwd,fwd_bwd")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--groups", default="1", help="channel groups (comma-separated; C_in = C_out = groups: depthwise)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="JSON output (a .md table is written beside it)")
     args = p.parse_args(argv)
@@ -248,26 +258,27 @@ def main(argv: list[str] | None = None) -> dict:
         shape = tuple(int(s) for s in shape_s.split(","))
         d = len(shape) - 2
         x = torch.randn(*shape, device=device, requires_grad=True)
-        for k in (int(s) for s in args.kernels.split(",")):
+        for k, g in ((int(s), int(g)) for s in args.kernels.split(",") for g in args.groups.split(",")):
             for dtype in dtypes:
                 for mode in args.modes.split(","):
                     steps = {}
                     for name in args.impls.split(","):
-                        conv = build(name, d, shape[1], k, device, official_cls)
+                        conv = build(name, d, shape[1], k, device, official_cls, groups=g)
                         if conv is not None:
                             steps[name] = make_step(conv, x, mode, dtype)
                     try:
                         results = measure(steps, device, args.warmup, args.repeats)
                     except RuntimeError as e:  # e.g. out of memory
-                        logger.warning("k=%d %s %s %s failed: %s", k, shape_s, dtype, mode, e)
+                        logger.warning("k=%d groups=%d %s %s %s failed: %s", k, g, shape_s, dtype, mode, e)
                         continue
                     base = results["torch"][0] if "torch" in results else None
                     for name, (ms, peak) in results.items():
-                        row = dict(shape=shape_s, k=k, dtype=dtype, mode=mode, impl=name, ms=round(ms, 4),
+                        row = dict(shape=shape_s, k=k, groups=g, dtype=dtype, mode=mode, impl=name, ms=round(ms, 4),
                                    ratio_vs_torch=round(ms / base, 3) if base else None,
                                    peak_mib=round(peak, 1) if peak is not None else None)
                         rows.append(row)
-                        logger.info("%-14s k=%-2d %-5s %-7s %-10s %9.3f ms  x%s", shape_s, k, dtype, mode, name, ms, row["ratio_vs_torch"])
+                        logger.info("%-14s k=%-2d g=%-3d %-5s %-7s %-10s %9.3f ms  x%s", shape_s, k, g, dtype, mode, name,
+                                    ms, row["ratio_vs_torch"])
                     save()
     print(to_markdown(rows, meta))
     save()
@@ -278,11 +289,16 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Device: {meta['device']}; torch {meta['torch']}; commit {meta['commit']}; median of {meta['repeats']} runs "
              f"after {meta['warmup']} warm-up; time in ms (ratio to torch dense conv of the same k)", "",
              "| shape | k | dtype | mode | torch | gmr_dense | gmr_rings | official |", "|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["shape"], r["k"], r["dtype"], r["mode"]) for r in rows}, key=lambda t: (t[0], t[2], t[3], t[1]))
+    # shape label "B,C,H,W g=G" for grouped rows (rows of files written before --groups existed have no "groups")
+    def label(r: dict) -> str:
+        g = r.get("groups", 1)
+        return r["shape"] if g == 1 else f"{r['shape']} g={g}"
+
+    keys = sorted({(label(r), r["k"], r["dtype"], r["mode"]) for r in rows}, key=lambda t: (t[0], t[2], t[3], t[1]))
     for key in keys:
         cells = []
         for impl in ("torch", "gmr_dense", "gmr_rings", "official"):
-            r = next((r for r in rows if (r["shape"], r["k"], r["dtype"], r["mode"]) == key and r["impl"] == impl), None)
+            r = next((r for r in rows if (label(r), r["k"], r["dtype"], r["mode"]) == key and r["impl"] == impl), None)
             if r is None:
                 cells.append("–")
             elif impl == "torch" or r["ratio_vs_torch"] is None:  # no torch row to compare with (--impls without torch)

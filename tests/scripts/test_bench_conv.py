@@ -22,7 +22,8 @@ def test_tiny_cpu_run_writes_json_and_markdown(tmp_path):
     "extra, named",
     [(["--modes", "bar"], "--modes"), (["--dtypes", "fp16"], "--dtypes"), (["--impls", "foo"], "--impls"),
      (["--repeats", "0"], "--repeats"), (["--kernels", "4"], "--kernels"), (["--shapes", "2,3"], "--shapes"),
-     (["--device", "gpu"], "--device")],
+     (["--device", "gpu"], "--device"), (["--groups", "3"], "--groups"), (["--groups", "0"], "--groups"),
+     (["--groups", "x"], "--groups")],
 )  # fmt: skip
 def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named):
     """An unknown --modes/--dtypes was measured as fwd_bwd/fp32 under the unknown label; others crashed mid-run."""
@@ -32,6 +33,20 @@ def test_bad_values_are_refused_before_measuring(tmp_path, capsys, extra, named)
     with pytest.raises(SystemExit):
         load_script("bench_conv").main(argv + extra)
     assert named in capsys.readouterr().err and not out.exists()
+
+
+def test_groups_build_grouped_layers_and_label_their_rows(tmp_path):
+    """--groups measures grouped/depthwise layers of every implementation; the table names the groups."""
+    out = tmp_path / "b.json"
+    res = load_script("bench_conv").main(["--device", "cpu", "--shapes", "1,4,12,12", "--kernels", "3", "--groups",
+                                          "1,4", "--impls", "torch,gmr_dense,gmr_rings", "--modes", "fwd",
+                                          "--warmup", "0", "--repeats", "1", "--out", str(out)])  # fmt: skip
+    assert sorted({(r["groups"], r["impl"]) for r in res["rows"]}) == [
+        (1, "gmr_dense"), (1, "gmr_rings"), (1, "torch"), (4, "gmr_dense"), (4, "gmr_rings"), (4, "torch")]
+    table = out.with_suffix(".md").read_text()
+    assert "| 1,4,12,12 | 3 |" in table and "| 1,4,12,12 g=4 | 3 |" in table
+    mod = load_script("bench_conv")
+    assert [mod.build(n, 2, 4, 3, "cpu", None, groups=4).groups for n in ("torch", "gmr_dense", "gmr_rings")] == [4] * 3
 
 
 def test_impls_without_torch_write_the_markdown_without_ratios(tmp_path):
