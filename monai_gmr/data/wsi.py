@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from monai.data.wsi_reader import OpenSlideWSIReader, TiffFileWSIReader
 
-from monai_gmr.utils import size_hw
+from monai_gmr.utils import positive_int, size_hw
 
 __all__ = [
     "SLIDE_EXTENSIONS",
@@ -494,10 +494,13 @@ def tissue_mask(
 
     Raises:
         SlideNotFoundError / WSIError: missing/unreadable slide, level that does not exist.
+        ValueError: ``max_size`` is not a positive integer or ``None``.
     """
     from monai.transforms import ForegroundMask
     from scipy import ndimage
 
+    # a negative max_size gave a negative downsample (a map whose cells lay nowhere), 0 a ZeroDivisionError
+    max_size = positive_int(max_size, "max_size", allow_none=True)
     reader, wsi = open_slide(slide, backend)
     try:
         lvl = resolve_level(reader, wsi, None if mpp is not None else level, mpp, slide=slide)

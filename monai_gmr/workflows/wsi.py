@@ -864,10 +864,16 @@ def save_heatmap(
         alpha: opacity of the heatmap.
         cmap: matplotlib colormap name.
         max_size: longest side of the PNG (downscaled when larger; ``None`` keeps the map's size).
+
+    Raises:
+        ValueError: ``thumbnail`` and ``prob`` of different sizes, ``max_size`` not a positive integer or ``None``.
     """
     import matplotlib
     from PIL import Image
 
+    from monai_gmr.utils import positive_int
+
+    max_size = positive_int(max_size, "max_size", allow_none=True)  # -1 wrote a 1 x 1 PNG
     thumb = np.asarray(thumbnail)
     if thumb.ndim != 3 or thumb.shape[-1] < 3 or thumb.shape[:2] != np.shape(prob):
         raise ValueError(f"thumbnail (H, W, 3) and prob (H, W) must match, got {thumb.shape} and {np.shape(prob)}.")
@@ -1089,8 +1095,12 @@ def sliding_grid_offset(
     return (off[0], off[1])
 
 
-def _check_layout(mode: str, overlap: float, grid: str) -> None:
+def _check_layout(mode: str, overlap: float, grid: str, map_max_size: Any = None) -> None:
     """The patch-layout settings of :func:`infer_slide` (checked before a slide is read)."""
+    from monai_gmr.utils import positive_int
+
+    # map_max_size=-1 gave a negative map downsample and a map with one scored cell, without an error
+    positive_int(map_max_size, "map_max_size", allow_none=True)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}.")
     if not 0.0 <= float(overlap) < 1.0:
@@ -1182,17 +1192,20 @@ def infer_slide(
     Raises:
         monai_gmr.data.WSIError (a ``ValueError``; ``SlideNotFoundError`` also a ``FileNotFoundError``): missing or
         unreadable slide, missing level, a patch footprint larger than the slide, no tissue patch, failed read; every
-        message names the slide.
+        message names the slide. ValueError: a bad ``mode`` / ``overlap`` / ``grid`` / ``map_max_size`` /
+        ``heatmap_max_size`` (refused before the slide is read; the message names the setting).
     """
     from monai.data import DataLoader, DistributedSampler, PatchWSIDataset, SlidingPatchWSIDataset
 
     from monai_gmr.data.wsi import WSIError, _read_level_block_mean, open_slide, resolve_level, tissue_mask
+    from monai_gmr.utils import positive_int
 
     item = _as_slide_item(slide)
     path = str(item["image"])
     if label_mask is None:
         label_mask = item.get("label_mask", item.get("tumor_mask"))
-    _check_layout(mode, overlap, grid)
+    _check_layout(mode, overlap, grid, map_max_size)
+    positive_int(heatmap_max_size, "heatmap_max_size", allow_none=True)  # before the slide, not at its last write
     if label_mask is not None and not isinstance(label_mask, np.ndarray):
         label_mask = load_mask(label_mask)  # before the inference: a wrong path fails at once, not after the slide
     ps = _as_pair(patch_size)
@@ -1507,7 +1520,7 @@ class SlideInference:
             ``mode``, ``overlap``, ``grid``, ``inferer``, ``transform``, ``batch_size``, ``device``, ``amp``, ...).
 
     Raises:
-        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` / ``grid`` that :func:`infer_slide`
+        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` / ``grid`` / ``map_max_size`` that :func:`infer_slide`
             refuses (checked here, so that a bundle stops before it writes anything).
     """
 
@@ -1528,7 +1541,8 @@ class SlideInference:
         if not slides and dataset_dir is None:
             raise ValueError("SlideInference needs slides or dataset_dir.")
         # settings every slide would fail on: refused here, before anything is read or written
-        _check_layout(kwargs.get("mode", "sliding"), kwargs.get("overlap", 0.0), kwargs.get("grid", "top_left"))
+        _check_layout(kwargs.get("mode", "sliding"), kwargs.get("overlap", 0.0), kwargs.get("grid", "top_left"),
+                      kwargs.get("map_max_size"))
         self.network = network
         self.output_dir = output_dir
         self.slides = slides

@@ -986,3 +986,29 @@ def test_patch_dataset_without_labels_is_refused(wsi_data, tmp_path):
     (root / "datalist.json").write_text(json.dumps({k: [item] for k in ("training", "validation", "test")}))
     with pytest.raises(ValueError, match=r"training patches of dataset_dir .*1 of 1 have no 'label'"):
         patch_dataset("wsi", "training", dataset_dir=root, generate=False, patch_size=PATCH)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, 2.5])
+def test_map_max_size_must_be_positive(wsi_data, tmp_path, bad):
+    """map_max_size=-1 gave a negative map downsample: a map with one scored cell of ~10^5, no error; 0 failed every
+    slide with a ZeroDivisionError. Now refused by name before the slide is read (and by SlideInference at once)."""
+    from monai_gmr.data.wsi import tissue_mask
+    from monai_gmr.workflows.wsi import SlideInference, infer_slide, save_heatmap
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]
+    with pytest.raises(ValueError, match="map_max_size"):
+        infer_slide(small, net, None, patch_size=16, map_max_size=bad)
+    with pytest.raises(ValueError, match="heatmap_max_size"):
+        infer_slide(small, net, None, patch_size=16, heatmap_max_size=bad)
+    with pytest.raises(ValueError, match="map_max_size"):
+        SlideInference(net, None, slides=[small], map_max_size=bad)
+    with pytest.raises(ValueError, match="max_size"):
+        tissue_mask(small, max_size=bad)
+    with pytest.raises(ValueError, match="max_size"):
+        save_heatmap(tmp_path / "h.png", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4)), max_size=bad)
+    assert not calls and not (tmp_path / "h.png").exists()
+    mask, _, ds = tissue_mask(small, max_size="32")  # the text a command line may pass
+    assert max(mask.shape) <= 32 and ds > 0
