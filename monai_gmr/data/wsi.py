@@ -840,7 +840,9 @@ def validate_patch_items(
             if loc is None:
                 raise WSIError(f"item of slide {slide!r} has no 'location'.", slide)
             if center_location and level0_centers:
-                top = tuple(level0_top_left([int(v) for v in loc], size, dss[idx]))
+                # rounded as monai_gmr.workflows.wsi.to_top_left rounds them for the read (int() truncated: a
+                # fractional centre passed here and was read one pixel further, past the slide's edge)
+                top = tuple(level0_top_left([int(round(float(v))) for v in loc], size, dss[idx]))
             else:
                 top = _top_left([int(v) for v in loc], size, center_location)
             _check_inside(slide, top, size, dss[idx], size0)

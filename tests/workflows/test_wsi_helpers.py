@@ -1012,3 +1012,19 @@ def test_map_max_size_must_be_positive(wsi_data, tmp_path, bad):
     assert not calls and not (tmp_path / "h.png").exists()
     mask, _, ds = tissue_mask(small, max_size="32")  # the text a command line may pass
     assert max(mask.shape) <= 32 and ds > 0
+
+
+def test_fractional_centres_are_checked_where_they_are_read(wsi_data):
+    """A datalist centre of 992.6 was checked as 992 (int() truncates: rows 960-1023, inside the 1024-row slide) but
+    read by to_top_left as 993 (rows 961-1024, one past the edge: a 63-row tifffile patch or a black openslide row).
+    The check now rounds as the read does."""
+    from monai_gmr.data.wsi import WSIError
+    from monai_gmr.workflows.wsi import check_patch_datalist, to_top_left
+
+    slide = wsi_data["slide_paths"][0]
+    edge = {"image": slide, "location": [992.6, 500.2], "label": 1}
+    inside = {"image": slide, "location": [991.4, 500.2], "label": 1}
+    assert to_top_left([edge], 64, 0)[0]["location"] == [961, 468]  # read: rows 961 .. 1024
+    with pytest.raises(WSIError, match="outside the slide"):
+        check_patch_datalist([edge], patch_size=64, patch_level=0, num_classes=2)
+    assert check_patch_datalist([edge, inside], patch_size=64, patch_level=0, skip_outside=True) == [inside]
