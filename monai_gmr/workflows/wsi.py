@@ -275,6 +275,9 @@ def to_top_left(
     patch level* from the location, which is off-centre for levels > 0 (and would move a larger context patch off
     the labelled centre); the bundle therefore converts centres here and reads with ``center_location=False``.
     Each slide is opened once.
+
+    Every item's ``"level"`` becomes the index of the level read on its slide, counted from 0: a negative level
+    (``-1`` = the coarsest) reached MONAI's reader as it was, and OpenSlide returns black patches for it.
     """
     from monai_gmr.data.wsi import level0_top_left
 
@@ -284,9 +287,9 @@ def to_top_left(
     for item in items:
         dss = ds_of[str(item["image"])][0]
         level = int(item.get("level", 0)) if patch_level is None else int(patch_level)
-        ds = dss[level + len(dss) if level < 0 else level]
+        idx = level + len(dss) if level < 0 else level
         y, x = (int(round(float(v))) for v in np.asarray(item["location"]).reshape(-1)[:2])
-        out.append({**dict(item), "location": level0_top_left((y, x), (ph, pw), ds)})
+        out.append({**dict(item), "location": level0_top_left((y, x), (ph, pw), dss[idx]), "level": idx})
     return out
 
 
@@ -590,9 +593,10 @@ def patch_dataset(
                 "not what you want.",
                 used, dataset_dir, len(other), len(items), int(level), other[0]["level"], other[0]["image"], int(level),
             )
-    items = to_top_left(items, size, level, backend)
+    items = to_top_left(items, size, level, backend)  # also the level index of each item's slide (-1: its last)
     return PatchWSIDataset(
-        data=items, patch_size=size, patch_level=level, transform=transform, include_label=True,
+        data=items, patch_size=size, patch_level=level if level is None or level >= 0 else None,
+        transform=transform, include_label=True,
         center_location=False, reader=wsi_reader_for(backend),
     )
 

@@ -1028,3 +1028,19 @@ def test_fractional_centres_are_checked_where_they_are_read(wsi_data):
     with pytest.raises(WSIError, match="outside the slide"):
         check_patch_datalist([edge], patch_size=64, patch_level=0, num_classes=2)
     assert check_patch_datalist([edge, inside], patch_size=64, patch_level=0, skip_outside=True) == [inside]
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_negative_patch_level_reads_the_coarsest_level(wsi_data, backend):
+    """patch_level=-1 (the coarsest level, as the datalist check and to_top_left count it) reached MONAI's reader as
+    -1: OpenSlide returned all-black patches (training on black squares, no error). Now each item is read at the
+    level index the negative level names on its slide: the patches of patch_level=2 (the last of 3 levels)."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    kw = dict(dataset_dir=wsi_data["root"], generate=False, patch_size=8, num_classes=2, backend=backend)
+    neg = patch_dataset("wsi", "training", patch_level=-1, **kw)
+    pos = patch_dataset("wsi", "training", patch_level=2, **kw)
+    for i in (0, len(pos) - 1):
+        a, b = np.asarray(neg[i]["image"]), np.asarray(pos[i]["image"])
+        assert a.max() > 0  # tissue, not OpenSlide's black
+        np.testing.assert_array_equal(a, b)
