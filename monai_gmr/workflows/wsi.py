@@ -95,6 +95,12 @@ def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
     return vals  # type: ignore[return-value]
 
 
+def _item_size(size: Any) -> tuple[int, int]:
+    """``(h, w)`` of a datalist item's ``"size"`` (an int or ``[h, w]``, as ``PatchWSIDataset`` takes it)."""
+    vals = np.asarray(size).reshape(-1)
+    return int(vals[0]), int(vals[-1])
+
+
 def check_patch_datalist(
     items: Sequence[Mapping[str, Any]],
     backend: str = "openslide",
@@ -593,6 +599,17 @@ def patch_dataset(
                 "not what you want.",
                 used, dataset_dir, len(other), len(items), int(level), other[0]["level"], other[0]["image"], int(level),
             )
+    want = _as_pair(patch_size)
+    resized = [i for i in items if "size" in i and _item_size(i["size"]) != want]
+    if resized:  # as with the level: MONAI's dataset-wide patch_size wins over each item's "size"
+        logger.warning(
+            "%s patches of dataset_dir %s: %d of %d list a size other than patch_size=%s (e.g. size %s of %s); they "
+            "are read as %d x %d patches around the same centres. Set --patch_size to their size if that is not "
+            "what you want.",
+            used, dataset_dir, len(resized), len(items), want[0] if want[0] == want[1] else list(want),
+            list(_item_size(resized[0]["size"])),
+            resized[0]["image"], want[0], want[1],
+        )
     items = to_top_left(items, size, level, backend)  # also the level index of each item's slide (-1: its last)
     return PatchWSIDataset(
         data=items, patch_size=size, patch_level=level if level is None or level >= 0 else None,

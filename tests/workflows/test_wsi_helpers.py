@@ -1044,3 +1044,19 @@ def test_negative_patch_level_reads_the_coarsest_level(wsi_data, backend):
         a, b = np.asarray(neg[i]["image"]), np.asarray(pos[i]["image"])
         assert a.max() > 0  # tissue, not OpenSlide's black
         np.testing.assert_array_equal(a, b)
+
+
+def test_items_of_another_size_than_patch_size_are_named_in_a_warning(wsi_data, caplog):
+    """The dataset-wide ``patch_size`` (the bundle's default 96) wins over each item's ``"size"``, as the level does:
+    patches listed (and labelled) as 32 x 32 were read as 24 x 24 crops without a word."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    for size, warned in ((PATCH, False), (24, True)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="monai_gmr.workflows.wsi"):
+            ds = patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=size)
+        msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "size" in r.getMessage()]
+        assert bool(msgs) is warned, msgs
+        assert tuple(ds[0]["image"].shape) == (3, size, size)
+        if warned:
+            assert f"{len(ds)} of {len(ds)} list a size other than patch_size={size} (e.g. size [32, 32]" in msgs[0]
