@@ -95,6 +95,15 @@ def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
     return vals  # type: ignore[return-value]
 
 
+def _patch_size_arg(size: Any, name: str = "patch_size") -> tuple[int, int]:
+    """:func:`_as_pair` of a setting that must be positive (``patch_size=0`` in slide inference failed as "no patch
+    of size [0, 0] has >= 25% tissue", a negative one in NumPy broadcasting)."""
+    pair = _as_pair(size)
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {name}={size!r}.")
+    return pair
+
+
 def _item_size(size: Any) -> tuple[int, int]:
     """``(h, w)`` of a datalist item's ``"size"`` (an int or ``[h, w]``, as ``PatchWSIDataset`` takes it)."""
     vals = np.asarray(size).reshape(-1)
@@ -1229,7 +1238,7 @@ def infer_slide(
     positive_int(heatmap_max_size, "heatmap_max_size", allow_none=True)  # before the slide, not at its last write
     if label_mask is not None and not isinstance(label_mask, np.ndarray):
         label_mask = load_mask(label_mask)  # before the inference: a wrong path fails at once, not after the slide
-    ps = _as_pair(patch_size)
+    ps = _patch_size_arg(patch_size)
     name = name or _slide_name(path)
     rank, world = _dist_rank_world()
     if output_dir is not None and output_dir_error(output_dir, "output_dir"):  # at once, not after the whole slide
@@ -1263,6 +1272,11 @@ def infer_slide(
             f"patch_size {list(ps)} at level {patch_level}) is larger than the slide {size0} (level-0 (H, W)); "
             "lower patch_size or patch_level.",
             path,
+        )
+    if mode == "sliding" and (np.round(foot * (1.0 - float(overlap))) < 1).any():  # MONAI: range() step 0
+        raise ValueError(
+            f"overlap={overlap} leaves a grid step of 0 pixels for the patch footprint {tuple(float(v) for v in foot)} "
+            "(level-0 pixels); lower overlap."
         )
     transform = transform if transform is not None else _default_transform()
     grid_offset: tuple[int, int] | None = None

@@ -1060,3 +1060,21 @@ def test_items_of_another_size_than_patch_size_are_named_in_a_warning(wsi_data, 
         assert tuple(ds[0]["image"].shape) == (3, size, size)
         if warned:
             assert f"{len(ds)} of {len(ds)} list a size other than patch_size={size} (e.g. size [32, 32]" in msgs[0]
+
+
+def test_slide_inference_names_a_bad_patch_size_or_overlap(wsi_data):
+    """patch_size=0 failed as 'no patch of size [0, 0] has >= 25% tissue ... lower min_tissue or patch_size',
+    patch_size=-16 inside NumPy broadcasting, an overlap whose step rounds to 0 pixels as MONAI's 'range() arg 3 must
+    not be zero'; each is now an error naming the setting, before any patch is classified."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]
+    for ps in (0, -16, [16, 0]):
+        with pytest.raises(ValueError, match=r"patch_size must be positive"):
+            infer_slide(small, net, None, patch_size=ps)
+    with pytest.raises(ValueError, match=r"overlap=0.99 leaves a grid step of 0 pixels"):
+        infer_slide(small, net, None, patch_size=16, overlap=0.99)
+    assert not calls
