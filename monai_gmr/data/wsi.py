@@ -256,9 +256,12 @@ def open_slide(slide: str | os.PathLike, backend: str | Any = "openslide") -> tu
 
     Raises:
         SlideNotFoundError: the file does not exist.
-        WSIError: the backend cannot open it, it has no level, or it is a TIFF of other than 8-bit samples.
+        WSIError: ``slide`` is a folder, the backend cannot open it, it has no level, or it is a TIFF of other than
+            8-bit samples.
     """
     path = Path(slide)
+    if path.is_dir():  # it said "does not exist" (e.g. a folder of slides in a list of slides)
+        raise WSIError(f"slide {str(path)!r} is a folder, not a slide file.", path)
     if not path.is_file():
         raise SlideNotFoundError(f"slide {str(path)!r} does not exist.", path)
     reader = _reader_of(backend)

@@ -527,3 +527,15 @@ def test_large_levels_are_read_in_strips_with_the_same_mask(tmp_path, monkeypatc
     strips = tissue_mask(path, level=level, backend=backend, max_size=40)
     assert len(calls) > 3 and all(c is not None and c[0] < 302 // (level + 1) for c in calls), calls
     assert strips[1:] == whole[1:] and np.array_equal(strips[0], whole[0]) and 0.2 < whole[0].mean() < 0.8
+
+
+def test_a_folder_given_as_a_slide_is_named_a_folder(tmp_path):
+    """A folder in a list of slides (e.g. --input_slides "['/data/set1', '/data/set2']") failed as "slide
+    '/data/set1' does not exist" although it does; the error now says it is a folder."""
+    from monai_gmr.data.wsi import open_slide
+
+    folder = tmp_path / "set1.svs"  # even with a slide's extension
+    folder.mkdir()
+    with pytest.raises(WSIError, match=r"set1.svs' is a folder, not a slide file") as e:
+        open_slide(folder)
+    assert e.value.slide == str(folder) and not isinstance(e.value, FileNotFoundError)
