@@ -798,8 +798,9 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     except Exception as e:
         raise ValueError(f"cannot read mask {str(path)!r}: {type(e).__name__}: {e}") from e
     arr = np.asarray(arr)
-    if arr.ndim == 3:  # channel-last colour masks (RGB) or channel-first stacks: non-zero in any channel
-        arr = arr.max(axis=-1) if arr.shape[-1] in (3, 4) else arr.max(axis=0)
+    if arr.ndim == 3:  # channel-last masks ((H, W, 1), RGB) or channel-first stacks: non-zero in any channel
+        # (H, W, 1) was reduced over its rows into a (W, 1) "mask"
+        arr = arr.max(axis=-1) if arr.shape[-1] in (1, 3, 4) else arr.max(axis=0)
     if arr.ndim != 2:
         raise ValueError(f"mask {str(path)!r} must be 2D, got shape {arr.shape}.")
     return arr

@@ -1078,3 +1078,17 @@ def test_slide_inference_names_a_bad_patch_size_or_overlap(wsi_data):
     with pytest.raises(ValueError, match=r"overlap=0.99 leaves a grid step of 0 pixels"):
         infer_slide(small, net, None, patch_size=16, overlap=0.99)
     assert not calls
+
+
+def test_load_mask_of_one_trailing_channel(tmp_path):
+    """An (H, W, 1) mask (channel-last, as many tools save a single-channel image) was reduced over its rows into a
+    (W, 1) array, which map_quality then refused as 'a transposed or wrongly cropped mask'; channel-first (1, H, W)
+    was and is read right."""
+    from monai_gmr.workflows.wsi import load_mask
+
+    m = np.zeros((6, 8), np.uint8)
+    m[2:4, 3:6] = 1
+    np.save(tmp_path / "last.npy", m[..., None])
+    np.save(tmp_path / "first.npy", m[None])
+    for f in ("last.npy", "first.npy"):
+        np.testing.assert_array_equal(load_mask(tmp_path / f), m)
