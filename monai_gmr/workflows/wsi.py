@@ -652,7 +652,8 @@ def inference_slides(
 
     Slides are *not* opened here: an unreadable slide is reported and skipped by :func:`infer_slides`. In a folder,
     a file ``<name>_mask.*`` beside a slide ``<name>.*`` is taken for that slide's mask and left out (a
-    warning says so).
+    warning says so); it is not used as the slide's ``label_mask`` (a Camelyon mask is a full-resolution TIFF):
+    give ``{"image": slide, "label_mask": mask}`` items with a low-resolution mask to score the maps.
 
     Raises:
         FileNotFoundError: a given folder does not exist. ValueError: no slide found.
