@@ -817,6 +817,18 @@ def _resize_nearest(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return arr[rows[:, None], cols[None, :]]
 
 
+def _check_mask_aspect(mask_shape: Sequence[int], map_shape: Sequence[int]) -> None:
+    """Refuse a ground-truth mask whose aspect ratio is not the map's (resizing would distort it silently)."""
+    # the map's height expected from the mask's aspect ratio; maps are cut to whole patches/blocks, so allow one map
+    # pixel (or 5%) of rounding
+    expected_h = mask_shape[0] * map_shape[1] / mask_shape[1]
+    if abs(expected_h - map_shape[0]) > max(1.0, 0.05 * map_shape[0]):
+        raise ValueError(
+            f"label_mask of shape {tuple(mask_shape)} does not have the map's aspect ratio ({tuple(map_shape)}): a "
+            "transposed or wrongly cropped mask?"
+        )
+
+
 def map_quality(
     prob: np.ndarray,
     label_mask: np.ndarray,
@@ -852,14 +864,7 @@ def map_quality(
     label_mask = np.asarray(label_mask)
     if label_mask.ndim != 2:
         raise ValueError(f"label_mask must be 2D, got shape {label_mask.shape}.")
-    # the map's height expected from the mask's aspect ratio; maps are cut to whole patches/blocks, so allow one map
-    # pixel (or 5%) of rounding
-    expected_h = label_mask.shape[0] * prob.shape[1] / label_mask.shape[1]
-    if abs(expected_h - prob.shape[0]) > max(1.0, 0.05 * prob.shape[0]):
-        raise ValueError(
-            f"label_mask of shape {label_mask.shape} does not have the map's aspect ratio ({prob.shape}): a transposed "
-            "or wrongly cropped mask?"
-        )
+    _check_mask_aspect(label_mask.shape, prob.shape)
     gt = _resize_nearest(label_mask, prob.shape) > 0
     v = np.ones(prob.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     if v.shape != prob.shape:
@@ -1337,6 +1342,8 @@ def infer_slide(
     # file offset (tifffile backend: interleaved seeks corrupt the tiles), so every worker reopens the slide.
     if int(num_workers) > 0 and hasattr(ds, "wsi_object_dict"):
         ds.wsi_object_dict = {}
+    if label_mask is not None and np.ndim(label_mask) == 2:  # before the inference, not after it (the map was lost)
+        _check_mask_aspect(np.shape(label_mask), tissue.shape)
     n = len(ds)
     if n == 0:
         raise WSIError(

@@ -1092,3 +1092,20 @@ def test_load_mask_of_one_trailing_channel(tmp_path):
     np.save(tmp_path / "first.npy", m[None])
     for f in ("last.npy", "first.npy"):
         np.testing.assert_array_equal(load_mask(tmp_path / f), m)
+
+
+def test_infer_slide_checks_the_label_mask_aspect_before_inference(wsi_data):
+    """A label mask of another aspect ratio than the map (e.g. transposed) was refused by map_quality only after the
+    slide's whole inference, and the slide's map was then not written either; it is now refused before the network
+    runs."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]  # 256 x 256: a square map
+    with pytest.raises(ValueError, match=r"label_mask of shape \(10, 40\) does not have the map's aspect ratio"):
+        infer_slide(small, net, None, patch_size=16, label_mask=np.zeros((10, 40), np.uint8))
+    assert not calls
+    res = infer_slide(small, net, None, patch_size=16, label_mask=np.zeros((64, 64), np.uint8))
+    assert calls and res.metrics is not None
