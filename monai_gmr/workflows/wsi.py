@@ -1381,6 +1381,9 @@ def infer_slide(
                 with torch.autocast(device.type, enabled=bool(amp) and device.type == "cuda"):
                     out = inferer(x, network)
                 outs.append(_as_probs(out).cpu())
+                if len(outs) == 1 and not 0 <= int(tumour_class) < outs[0].shape[1]:  # not after the whole slide
+                    raise ValueError(f"tumour_class must be in [0, {outs[0].shape[1]}) (the network's classes), got "
+                                     f"tumour_class={tumour_class}.")  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as e:

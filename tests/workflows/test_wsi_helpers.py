@@ -1109,3 +1109,17 @@ def test_infer_slide_checks_the_label_mask_aspect_before_inference(wsi_data):
     assert not calls
     res = infer_slide(small, net, None, patch_size=16, label_mask=np.zeros((64, 64), np.uint8))
     assert calls and res.metrics is not None
+
+
+def test_a_tumour_class_the_network_lacks_stops_after_the_first_batch(wsi_data):
+    """tumour_class=2 with a 2-class network was refused only after the whole slide had been classified (every slide
+    of a list, each to the end); now after the first batch, with a message naming tumour_class."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]
+    with pytest.raises(ValueError, match=r"tumour_class must be in \[0, 2\).*tumour_class=2"):
+        infer_slide(small, net, None, patch_size=16, batch_size=4, tumour_class=2, min_tissue=0.0)
+    assert len(calls) == 1
