@@ -524,6 +524,11 @@ def tissue_mask(
     fg = ForegroundMask(threshold=None, hsv_threshold=dict(hsv_threshold or {"S": "otsu"}))
     mask = np.asarray(fg(img))[0].astype(bool)
     sat = _saturation(img)
+    if not sat.any() and img.min() < img.max():  # an empty mask that "lower min_tissue" advice would not explain
+        logger.warning(
+            "slide %s: level %d has no colour at all (a greyscale slide?): the tissue mask thresholds HSV saturation "
+            "and is empty; give a tissue mask of your own or use min_tissue=0.", slide, lvl,
+        )  # fmt: skip
     mask &= sat > min_saturation
     if fill_holes:
         mask = ndimage.binary_fill_holes(mask)

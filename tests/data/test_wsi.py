@@ -539,3 +539,26 @@ def test_a_folder_given_as_a_slide_is_named_a_folder(tmp_path):
     with pytest.raises(WSIError, match=r"set1.svs' is a folder, not a slide file") as e:
         open_slide(folder)
     assert e.value.slide == str(folder) and not isinstance(e.value, FileNotFoundError)
+
+
+def test_greyscale_slide_tissue_mask_says_why_it_is_empty(tmp_path, caplog):
+    """A greyscale slide read through OpenSlide (equal RGB channels) has no saturation, so its tissue mask is empty
+    and slide inference failed with 'no patch ... has >= 25% tissue; lower min_tissue or patch_size' without a hint;
+    a warning now names the slide and the cause. A coloured slide gives no such warning."""
+    import tifffile
+
+    grey = np.full((256, 256), 235, np.uint8)
+    grey[64:192, 64:192] = 120
+    tifffile.imwrite(tmp_path / "grey.tif", grey, tile=(128, 128), photometric="minisblack")
+    with caplog.at_level("WARNING", logger="monai_gmr.data.wsi"):
+        mask, _, _ = tissue_mask(tmp_path / "grey.tif", backend="openslide")
+    assert not mask.any()
+    msgs = [r.getMessage() for r in caplog.records if "greyscale" in r.getMessage()]
+    assert len(msgs) == 1 and "grey.tif" in msgs[0]
+    rgb = np.stack([grey, grey, grey], -1)
+    rgb[64:192, 64:192] = (150, 60, 160)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, tile=(128, 128), photometric="rgb")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_gmr.data.wsi"):
+        assert tissue_mask(tmp_path / "rgb.tif", backend="openslide")[0].any()
+    assert not [r for r in caplog.records if "greyscale" in r.getMessage()]
