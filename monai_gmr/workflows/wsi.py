@@ -333,14 +333,17 @@ def _ensure_wsi(dataset_dir: str | os.PathLike, generate: bool, synthetic: Mappi
         split = {"val_frac": 0.2, "test_frac": 0.2, "seed": 0, **dict(split or {})}
         stamp = {"sha256": hashlib.sha256(patch_csv.read_bytes()).hexdigest(), "val_frac": float(split["val_frac"]),
                  "test_frac": float(split["test_frac"]), "seed": int(split["seed"])}  # fmt: skip
+        if size is not None:  # no size column: the items get patch_size, so a new --patch_size builds it again
+            stamp["patch_size"] = int(size)
         build = not datalist.is_file()
         if not build and explicit:
             old = read_datalist(datalist, absolute=False)
             ours = "built_from_csv" in old or old.get("description") == f"patches from {patch_csv.name}"
             build = ours and old.get("built_from_csv") != stamp
             if build:
-                logger.warning("%s or the split settings (val_frac, test_frac, seed) changed since %s was built "
-                               "from it: building it again", patch_csv, datalist)  # fmt: skip
+                logger.warning("%s, the split settings (val_frac, test_frac, seed) or the patch size of a CSV "
+                               "without a size column changed since %s was built from it: building it again",
+                               patch_csv, datalist)  # fmt: skip
         if build and (size is not None or "size" in header):
             logger.info("building %s from %s (patch size %s, val_frac %s, test_frac %s, seed %s)", datalist,
                         patch_csv, size, stamp["val_frac"], stamp["test_frac"], stamp["seed"])  # fmt: skip
@@ -424,9 +427,12 @@ def _wsi_patch_items(
     val_frac: float,
     test_frac: float,
     split_seed: int,
+    read_size: int | Sequence[int] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """:func:`wsi_patch_datalist`'s items and the split they come from (``fallback_split`` when ``split`` was
-    empty), so that later messages (e.g. :func:`check_class_labels`'s warnings) name the split actually used."""
+    empty), so that later messages (e.g. :func:`check_class_labels`'s warnings) name the split actually used.
+    ``read_size`` (default ``patch_size``): the size read and checked; a datalist built from a ``patches.csv``
+    without a size column gets ``patch_size``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
     split_settings = {"val_frac": val_frac, "test_frac": test_frac, "seed": split_seed}
@@ -445,7 +451,8 @@ def _wsi_patch_items(
         patch_level = None
     if check:
         items = check_patch_datalist(
-            items, backend=backend, patch_size=patch_size, patch_level=patch_level, num_classes=num_classes,
+            items, backend=backend, patch_size=read_size if read_size is not None else patch_size,
+            patch_level=patch_level, num_classes=num_classes,
             skip_outside=skip_outside, name=f"{used} patches of {datalist!r}",
         )
     return items, used
@@ -583,7 +590,8 @@ def patch_dataset(
         raise ValueError("data_source='wsi' needs dataset_dir.")
     size = _as_pair(read_size if read_size is not None else patch_size)
     items, used = _wsi_patch_items(
-        dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend, patch_size=size,
+        dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend,
+        patch_size=_as_pair(patch_size), read_size=size,
         patch_level=patch_level, num_classes=num_classes, fallback_split=fallback_split,
         skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed,

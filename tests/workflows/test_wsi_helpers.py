@@ -1123,3 +1123,30 @@ def test_a_tumour_class_the_network_lacks_stops_after_the_first_batch(wsi_data):
     with pytest.raises(ValueError, match=r"tumour_class must be in \[0, 2\).*tumour_class=2"):
         infer_slide(small, net, None, patch_size=16, batch_size=4, tumour_class=2, min_tissue=0.0)
     assert len(calls) == 1
+
+
+def test_a_size_less_patches_csv_gets_the_patch_size_not_the_read_size(wsi_data, tmp_path, caplog):
+    """A patches.csv without a size column got its datalist sizes from the first dataset built: the rotation context
+    (read_size 46) when training with augment_rotation, so every later split was told its patches were 46 x 46;
+    and a later --patch_size left the sizes as they were. Now the items get patch_size (the network's input), and a
+    new patch_size builds the datalist again (same split); no size warning is due in either case."""
+    from monai_gmr.data import read_datalist
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    slide = wsi_data["slide_paths"][0]
+    rows = [f"{slide},{200 + 20 * i},{300 + 10 * i},{i % 2}" for i in range(20)]
+    (tmp_path / "patches.csv").write_text("slide,x,y,label\n" + "\n".join(rows) + "\n")
+
+    def sizes():
+        return {tuple(i["size"]) for i in read_datalist(tmp_path / "datalist.json", "training")}
+
+    with caplog.at_level("WARNING", logger="monai_gmr.workflows.wsi"):
+        patch_dataset("wsi", "training", dataset_dir=tmp_path, generate=False, patch_size=PATCH, read_size=46)
+        assert sizes() == {(PATCH, PATCH)}
+        split = read_datalist(tmp_path / "datalist.json", "validation")
+        patch_dataset("wsi", "validation", dataset_dir=tmp_path, generate=False, patch_size=PATCH)
+        patch_dataset("wsi", "validation", dataset_dir=tmp_path, generate=False, patch_size=24)
+        assert sizes() == {(24, 24)}
+        assert [i["location"] for i in read_datalist(tmp_path / "datalist.json", "validation")] == [
+            i["location"] for i in split]  # fmt: skip
+    assert not [r for r in caplog.records if "list a size other than" in r.getMessage()]
