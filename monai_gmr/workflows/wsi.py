@@ -1575,8 +1575,9 @@ class SlideInference:
             ``mode``, ``overlap``, ``grid``, ``inferer``, ``transform``, ``batch_size``, ``device``, ``amp``, ...).
 
     Raises:
-        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` / ``grid`` / ``map_max_size`` that :func:`infer_slide`
-            refuses (checked here, so that a bundle stops before it writes anything).
+        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` / ``grid`` /
+            ``map_max_size`` that :func:`infer_slide` refuses (checked here, so that a bundle stops before it writes
+            anything).
     """
 
     def __init__(

@@ -472,7 +472,8 @@ def test_patch_csv_split_patch_by_patch_warns_about_slides_on_both_sides(tmp_pat
     """Rows without a 'split' are split patch by patch: patches of one slide landed in training and test without a
     word (test metrics on slides seen in training). The slides concerned are now named in a warning; a per-slide
     split column gives none."""
-    rows = ["slide,x,y,label"] + [f"s{s}.tif,{100 + 10 * i},{200 + 10 * i},{i % 2}" for s in range(3) for i in range(10)]
+    rows = ["slide,x,y,label"] + [f"s{s}.tif,{100 + 10 * i},{200 + 10 * i},{i % 2}"
+                                  for s in range(3) for i in range(10)]  # fmt: skip
     (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
     with caplog.at_level("WARNING", logger="monai_gmr.data.synthetic_wsi"):
         patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
