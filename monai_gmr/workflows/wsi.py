@@ -663,11 +663,24 @@ def inference_slides(
     warning says so); it is not used as the slide's ``label_mask`` (a Camelyon mask is a full-resolution TIFF):
     give ``{"image": slide, "label_mask": mask}`` items with a low-resolution mask to score the maps.
 
+    ``input_slides`` given as the text ``"null"`` / ``"none"`` (what ``--input_slides null`` passes) means ``None``;
+    an empty list or text is an error (it processed the dataset's slides, generating synthetic ones if needed).
+
     Raises:
-        FileNotFoundError: a given folder does not exist. ValueError: no slide found.
+        FileNotFoundError: a given folder does not exist. ValueError: no slide found, or an empty ``input_slides``.
     """
     from monai_gmr.data import list_slides, read_datalist
 
+    if (isinstance(input_slides, str) and input_slides.strip().lower() in ("null", "none")
+            and not Path(input_slides).exists()):  # fmt: skip
+        input_slides = None  # "slide 'null' does not exist"
+    if input_slides is not None and (
+        not str(input_slides).strip() if isinstance(input_slides, (str, os.PathLike)) else len(input_slides) == 0
+    ):
+        raise ValueError(
+            f"input_slides is empty ({input_slides!r}): give slide files, a slide folder or a list of slides, or "
+            "null for the slides of dataset_dir."
+        )
     if input_slides:
         if isinstance(input_slides, (str, os.PathLike)):
             p = Path(input_slides)

@@ -1150,3 +1150,18 @@ def test_a_size_less_patches_csv_gets_the_patch_size_not_the_read_size(wsi_data,
         assert [i["location"] for i in read_datalist(tmp_path / "datalist.json", "validation")] == [
             i["location"] for i in split]  # fmt: skip
     assert not [r for r in caplog.records if "list a size other than" in r.getMessage()]
+
+
+def test_empty_or_null_input_slides(wsi_data):
+    """--input_slides "[]" (e.g. a glob that matched nothing) silently processed the test slides of dataset_dir (and
+    would have generated synthetic slides for them); --input_slides null, the documented default, failed as "slide
+    'null' does not exist". Now an empty list or text is an error naming input_slides, and "null" means None."""
+    from monai_gmr.workflows.wsi import inference_slides
+
+    root = wsi_data["root"]
+    for empty in ([], (), ""):
+        with pytest.raises(ValueError, match="input_slides is empty"):
+            inference_slides(empty, root, "test", generate=False)
+    want = inference_slides(None, root, "test", generate=False)
+    assert inference_slides("null", root, "test", generate=False) == want
+    assert inference_slides(" None ", root, "test", generate=False) == want
