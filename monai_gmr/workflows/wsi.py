@@ -95,6 +95,14 @@ def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
     return vals  # type: ignore[return-value]
 
 
+def _null_text(value: Any) -> Any:
+    """``None`` for ``None`` or the text ``"null"`` / ``"none"`` (what ``--patch_mpp null`` passes on a command
+    line: it failed as "could not convert string to float: 'null'"), else ``value``."""
+    if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+        return None
+    return value
+
+
 def _patch_size_arg(size: Any, name: str = "patch_size") -> tuple[int, int]:
     """:func:`_as_pair` of a setting that must be positive (``patch_size=0`` in slide inference failed as "no patch
     of size [0, 0] has >= 25% tissue", a negative one in NumPy broadcasting)."""
@@ -565,6 +573,7 @@ def patch_dataset(
         raise ValueError(f"data_source must be one of {SOURCES}, got data_source={source!r}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
+    patch_mpp = _null_text(patch_mpp)
     if source == "pcam":
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")
@@ -1260,6 +1269,7 @@ def infer_slide(
 
     item = _as_slide_item(slide)
     path = str(item["image"])
+    patch_mpp, mask_level = _null_text(patch_mpp), _null_text(mask_level)  # --mask_level null: the documented default
     if label_mask is None:
         label_mask = item.get("label_mask", item.get("tumor_mask"))
     _check_layout(mode, overlap, grid, map_max_size)

@@ -1165,3 +1165,19 @@ def test_empty_or_null_input_slides(wsi_data):
     want = inference_slides(None, root, "test", generate=False)
     assert inference_slides("null", root, "test", generate=False) == want
     assert inference_slides(" None ", root, "test", generate=False) == want
+
+
+def test_null_text_of_patch_mpp_and_mask_level_means_none(wsi_data):
+    """--mask_level null / --patch_mpp null (the configs' documented defaults, passed as the text 'null' by the
+    command line) failed every slide with "invalid literal for int() with base 10: 'null'" / "could not convert string
+    to float: 'null'", and training with the latter; the text now means None."""
+    from monai_gmr.workflows.wsi import infer_slide, patch_dataset
+
+    small, _ = wsi_data["small"]
+    want = infer_slide(small, DarkNucleiNet(), None, patch_size=16)
+    got = infer_slide(small, DarkNucleiNet(), None, patch_size=16, mask_level="null", patch_mpp="None")
+    assert got.map_level == want.map_level and got.settings["patch_level"] == 0
+    np.testing.assert_array_equal(got.prob, want.prob)
+    ds = patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH,
+                       patch_mpp="null")  # fmt: skip
+    assert len(ds) == len(wsi_data["training"])
