@@ -573,7 +573,7 @@ def patch_dataset(
         raise ValueError(f"data_source must be one of {SOURCES}, got data_source={source!r}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
-    patch_mpp = _null_text(patch_mpp)
+    patch_mpp, pcam_dir, image_dir, labels_csv = (_null_text(v) for v in (patch_mpp, pcam_dir, image_dir, labels_csv))
     if source == "pcam":
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")

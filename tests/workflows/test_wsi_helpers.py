@@ -1181,3 +1181,17 @@ def test_null_text_of_patch_mpp_and_mask_level_means_none(wsi_data):
     ds = patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH,
                        patch_mpp="null")  # fmt: skip
     assert len(ds) == len(wsi_data["training"])
+
+
+def test_null_text_labels_csv_means_class_folders(tmp_path):
+    """--labels_csv null (train.json's default, the text 'null' on a command line) was looked up as the file
+    '<image_dir>/null' ("labels CSV ... does not exist"); it now means class sub-folders."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    ds = patch_dataset("image_folder", "training", image_dir=str(tmp_path), labels_csv="null", num_classes=2,
+                       val_frac=0.2, test_frac=0.2)  # fmt: skip
+    assert len(ds) == 6 and {int(d["label"]) for d in ds.items} == {0, 1}
