@@ -676,7 +676,8 @@ def inference_slides(
     an empty list or text is an error (it processed the dataset's slides, generating synthetic ones if needed).
 
     Raises:
-        FileNotFoundError: a given folder does not exist. ValueError: no slide found, or an empty ``input_slides``.
+        FileNotFoundError: a given folder does not exist. ValueError: no slide found, an empty ``input_slides``, or
+        a ``split`` that is not one of :data:`SPLITS`.
     """
     from monai_gmr.data import list_slides, read_datalist
 
@@ -714,6 +715,8 @@ def inference_slides(
         return [_as_slide_item(s) for s in input_slides]
     if dataset_dir is None:
         raise ValueError("give input_slides or dataset_dir.")
+    if split not in SPLITS:  # a typo ("tset") processed the validation slides after a warning
+        raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
     datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {})
     names: list[str] = []
     for s in (split, "validation", "training"):

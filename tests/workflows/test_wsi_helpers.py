@@ -1195,3 +1195,12 @@ def test_null_text_labels_csv_means_class_folders(tmp_path):
     ds = patch_dataset("image_folder", "training", image_dir=str(tmp_path), labels_csv="null", num_classes=2,
                        val_frac=0.2, test_frac=0.2)  # fmt: skip
     assert len(ds) == 6 and {int(d["label"]) for d in ds.items} == {0, 1}
+
+
+def test_inference_split_must_be_a_split_name(wsi_data):
+    """--input_split tset (a typo) processed the validation slides after a warning that the dataset 'has no 'tset'
+    slides'; it is now an error naming split."""
+    from monai_gmr.workflows.wsi import inference_slides
+
+    with pytest.raises(ValueError, match=r"split must be one of .*got split='tset'"):
+        inference_slides(None, wsi_data["root"], "tset", generate=False)
