@@ -1502,6 +1502,9 @@ def infer_slides(
             rewritten atomically after every slide (rank 0 only).
         strict: raise after the last slide if any slide failed (default: only if all failed).
 
+    The map files of a slide that fails (``{name}_prob.npy``, ``_heatmap.png``, ``_tissue.png``, e.g. from an earlier
+    run into the same ``output_dir``) are removed, so the folder holds this run's maps only.
+
     Returns:
         ``{"slides": [per-slide dict with "status" "ok"/"error" (and "error" message)], "n_ok", "n_failed",
         "patches_per_s" (all patches / all seconds), "results": {name: SlideResult}}``; ``"results"`` is not
@@ -1536,6 +1539,8 @@ def infer_slides(
                 msg = f"slide {str(item['image'])!r}: {msg}"
             logger.error("skipping slide %d/%d: %s", i + 1, len(items), msg)
             entries.append({"slide": str(item["image"]), "name": name, "status": "error", "error": msg})
+            if output_dir is not None and is_main_process():
+                _remove_stale_outputs(Path(output_dir), name)
         else:
             results[name] = res
             entries.append(res.to_dict())
@@ -1553,6 +1558,21 @@ def infer_slides(
             f"{len(failed)} of {len(entries)} slide(s) failed:\n" + "\n".join(f"  {e['error']}" for e in failed)
         )
     return {**summary, "results": results}
+
+
+#: the files :func:`infer_slide` writes per slide, ``{name}{suffix}``.
+_SLIDE_OUTPUTS = ("_prob.npy", "_heatmap.png", "_tissue.png")
+
+
+def _remove_stale_outputs(output_dir: Path, name: str) -> None:
+    """Remove the map files of slide ``name`` after it failed: left by an earlier run (or by this one before it
+    failed), they sat beside this run's maps as if they were its result."""
+    stale = [output_dir / f"{name}{suffix}" for suffix in _SLIDE_OUTPUTS if (output_dir / f"{name}{suffix}").is_file()]
+    for p in stale:
+        p.unlink()
+    if stale:
+        logger.warning("slide %s failed: removed its map files of an earlier run from %s (%s)", name, output_dir,
+                       ", ".join(p.name for p in stale))  # fmt: skip
 
 
 def _slides_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1204,3 +1204,20 @@ def test_inference_split_must_be_a_split_name(wsi_data):
 
     with pytest.raises(ValueError, match=r"split must be one of .*got split='tset'"):
         inference_slides(None, wsi_data["root"], "tset", generate=False)
+
+
+def test_a_failed_slide_leaves_no_map_of_an_earlier_run(wsi_data, tmp_path):
+    """A slide that failed in a second run into the same output_dir (e.g. after a model or setting change) kept the
+    first run's map, heatmap and tissue files beside the new maps, as if they were this run's result; they are now
+    removed (the summary names the slide as failed, as before)."""
+    from monai_gmr.workflows.wsi import infer_slides
+
+    small, _ = wsi_data["small"]
+    out = tmp_path / "maps"
+    kw = dict(patch_size=32, mode="masked", patch_level=1)
+    infer_slides([{"image": small, "name": "s"}, {"image": small, "name": "u"}], DarkNucleiNet(), out, **kw)
+    assert {p.name for p in out.glob("s_*")} == {"s_prob.npy", "s_heatmap.png", "s_tissue.png"}
+    res = infer_slides([{"image": wsi_data["corrupt"], "name": "s"}, {"image": small, "name": "t"}], DarkNucleiNet(),
+                       out, **kw)  # fmt: skip
+    assert res["n_failed"] == 1 and not list(out.glob("s_*")) and (out / "t_prob.npy").is_file()
+    assert len(list(out.glob("u_*"))) == 3  # another slide's maps are left alone
