@@ -638,7 +638,8 @@ def patch_csv_to_datalist(
     ``x``/``y`` are level-0 pixels: with ``center`` the level-0 patch centres (the datalist convention, see the
     module docstring), else level-0 top-left corners, which are converted (for ``level > 0`` with the slide's
     downsample, so the slide is opened); ``slide`` paths are relative to the CSV. Rows with a ``split`` column keep it, the others are split
-    with :func:`monai_gmr.data.datalist.split_items` (stratified by label). ``backend``: the ``WSIReader``
+    with :func:`monai_gmr.data.datalist.split_items` (stratified by label, patch by patch: a warning names the
+    slides that then have patches in training and in validation/test). ``backend``: the ``WSIReader``
     backend that opens slides for their downsamples. ``extra``: more top-level entries of the JSON.
 
     ``label`` is an integer class index (``1`` or, as pandas writes it, ``1.0``). A row repeating the slide,
@@ -699,8 +700,19 @@ def patch_csv_to_datalist(
         else:
             free.append(item)
     if free:
-        for k, v in split_items(free, val_frac, test_frac, seed, stratify_key="label").items():
+        parts = split_items(free, val_frac, test_frac, seed, stratify_key="label")
+        for k, v in parts.items():
             fixed[k].extend(v)
+        # a patch-level split puts patches of one slide (even overlapping ones) on both sides: say so
+        held = {i["image"] for k in ("validation", "test") for i in parts[k]}
+        shared = sorted({i["image"] for i in parts["training"]} & held)
+        if shared:
+            logger.warning(
+                "patch CSV %s: rows without a 'split' are split patch by patch, so %d slide(s) have patches both in "
+                "training and in validation/test (e.g. %s); their validation/test metrics then score slides seen in "
+                "training. Give the rows a 'split' column (one split per slide) to split by slide.",
+                csv_path, len(shared), shared[0],
+            )  # fmt: skip
     return write_datalist(out_path, fixed, path_keys=("image",), center_location=True,
                           description=f"patches from {csv_path.name}", **dict(extra or {}))  # fmt: skip
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from monai.data.wsi_reader import OpenSlideWSIReader, TiffFileWSIReader
 
-from monai_gmr.utils import size_hw
+from monai_gmr.utils import positive_int, size_hw
 
 __all__ = [
     "SLIDE_EXTENSIONS",
@@ -256,9 +256,12 @@ def open_slide(slide: str | os.PathLike, backend: str | Any = "openslide") -> tu
 
     Raises:
         SlideNotFoundError: the file does not exist.
-        WSIError: the backend cannot open it, it has no level, or it is a TIFF of other than 8-bit samples.
+        WSIError: ``slide`` is a folder, the backend cannot open it, it has no level, or it is a TIFF of other than
+            8-bit samples.
     """
     path = Path(slide)
+    if path.is_dir():  # it said "does not exist" (e.g. a folder of slides in a list of slides)
+        raise WSIError(f"slide {str(path)!r} is a folder, not a slide file.", path)
     if not path.is_file():
         raise SlideNotFoundError(f"slide {str(path)!r} does not exist.", path)
     reader = _reader_of(backend)
@@ -494,10 +497,13 @@ def tissue_mask(
 
     Raises:
         SlideNotFoundError / WSIError: missing/unreadable slide, level that does not exist.
+        ValueError: ``max_size`` is not a positive integer or ``None``.
     """
     from monai.transforms import ForegroundMask
     from scipy import ndimage
 
+    # a negative max_size gave a negative downsample (a map whose cells lay nowhere), 0 a ZeroDivisionError
+    max_size = positive_int(max_size, "max_size", allow_none=True)
     reader, wsi = open_slide(slide, backend)
     try:
         lvl = resolve_level(reader, wsi, None if mpp is not None else level, mpp, slide=slide)
@@ -518,6 +524,11 @@ def tissue_mask(
     fg = ForegroundMask(threshold=None, hsv_threshold=dict(hsv_threshold or {"S": "otsu"}))
     mask = np.asarray(fg(img))[0].astype(bool)
     sat = _saturation(img)
+    if not sat.any() and img.min() < img.max():  # an empty mask that "lower min_tissue" advice would not explain
+        logger.warning(
+            "slide %s: level %d has no colour at all (a greyscale slide?): the tissue mask thresholds HSV saturation "
+            "and is empty; give a tissue mask of your own or use min_tissue=0.", slide, lvl,
+        )  # fmt: skip
     mask &= sat > min_saturation
     if fill_holes:
         mask = ndimage.binary_fill_holes(mask)
@@ -837,7 +848,9 @@ def validate_patch_items(
             if loc is None:
                 raise WSIError(f"item of slide {slide!r} has no 'location'.", slide)
             if center_location and level0_centers:
-                top = tuple(level0_top_left([int(v) for v in loc], size, dss[idx]))
+                # rounded as monai_gmr.workflows.wsi.to_top_left rounds them for the read (int() truncated: a
+                # fractional centre passed here and was read one pixel further, past the slide's edge)
+                top = tuple(level0_top_left([int(round(float(v))) for v in loc], size, dss[idx]))
             else:
                 top = _top_left([int(v) for v in loc], size, center_location)
             _check_inside(slide, top, size, dss[idx], size0)

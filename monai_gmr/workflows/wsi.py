@@ -95,6 +95,29 @@ def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
     return vals  # type: ignore[return-value]
 
 
+def _null_text(value: Any) -> Any:
+    """``None`` for ``None`` or the text ``"null"`` / ``"none"`` (what ``--patch_mpp null`` passes on a command
+    line: it failed as "could not convert string to float: 'null'"), else ``value``."""
+    if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+        return None
+    return value
+
+
+def _patch_size_arg(size: Any, name: str = "patch_size") -> tuple[int, int]:
+    """:func:`_as_pair` of a setting that must be positive (``patch_size=0`` in slide inference failed as "no patch
+    of size [0, 0] has >= 25% tissue", a negative one in NumPy broadcasting)."""
+    pair = _as_pair(size)
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {name}={size!r}.")
+    return pair
+
+
+def _item_size(size: Any) -> tuple[int, int]:
+    """``(h, w)`` of a datalist item's ``"size"`` (an int or ``[h, w]``, as ``PatchWSIDataset`` takes it)."""
+    vals = np.asarray(size).reshape(-1)
+    return int(vals[0]), int(vals[-1])
+
+
 def check_patch_datalist(
     items: Sequence[Mapping[str, Any]],
     backend: str = "openslide",
@@ -275,6 +298,9 @@ def to_top_left(
     patch level* from the location, which is off-centre for levels > 0 (and would move a larger context patch off
     the labelled centre); the bundle therefore converts centres here and reads with ``center_location=False``.
     Each slide is opened once.
+
+    Every item's ``"level"`` becomes the index of the level read on its slide, counted from 0: a negative level
+    (``-1`` = the coarsest) reached MONAI's reader as it was, and OpenSlide returns black patches for it.
     """
     from monai_gmr.data.wsi import level0_top_left
 
@@ -284,9 +310,9 @@ def to_top_left(
     for item in items:
         dss = ds_of[str(item["image"])][0]
         level = int(item.get("level", 0)) if patch_level is None else int(patch_level)
-        ds = dss[level + len(dss) if level < 0 else level]
+        idx = level + len(dss) if level < 0 else level
         y, x = (int(round(float(v))) for v in np.asarray(item["location"]).reshape(-1)[:2])
-        out.append({**dict(item), "location": level0_top_left((y, x), (ph, pw), ds)})
+        out.append({**dict(item), "location": level0_top_left((y, x), (ph, pw), dss[idx]), "level": idx})
     return out
 
 
@@ -315,14 +341,17 @@ def _ensure_wsi(dataset_dir: str | os.PathLike, generate: bool, synthetic: Mappi
         split = {"val_frac": 0.2, "test_frac": 0.2, "seed": 0, **dict(split or {})}
         stamp = {"sha256": hashlib.sha256(patch_csv.read_bytes()).hexdigest(), "val_frac": float(split["val_frac"]),
                  "test_frac": float(split["test_frac"]), "seed": int(split["seed"])}  # fmt: skip
+        if size is not None:  # no size column: the items get patch_size, so a new --patch_size builds it again
+            stamp["patch_size"] = int(size)
         build = not datalist.is_file()
         if not build and explicit:
             old = read_datalist(datalist, absolute=False)
             ours = "built_from_csv" in old or old.get("description") == f"patches from {patch_csv.name}"
             build = ours and old.get("built_from_csv") != stamp
             if build:
-                logger.warning("%s or the split settings (val_frac, test_frac, seed) changed since %s was built "
-                               "from it: building it again", patch_csv, datalist)  # fmt: skip
+                logger.warning("%s, the split settings (val_frac, test_frac, seed) or the patch size of a CSV "
+                               "without a size column changed since %s was built from it: building it again",
+                               patch_csv, datalist)  # fmt: skip
         if build and (size is not None or "size" in header):
             logger.info("building %s from %s (patch size %s, val_frac %s, test_frac %s, seed %s)", datalist,
                         patch_csv, size, stamp["val_frac"], stamp["test_frac"], stamp["seed"])  # fmt: skip
@@ -406,9 +435,12 @@ def _wsi_patch_items(
     val_frac: float,
     test_frac: float,
     split_seed: int,
+    read_size: int | Sequence[int] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """:func:`wsi_patch_datalist`'s items and the split they come from (``fallback_split`` when ``split`` was
-    empty), so that later messages (e.g. :func:`check_class_labels`'s warnings) name the split actually used."""
+    empty), so that later messages (e.g. :func:`check_class_labels`'s warnings) name the split actually used.
+    ``read_size`` (default ``patch_size``): the size read and checked; a datalist built from a ``patches.csv``
+    without a size column gets ``patch_size``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
     split_settings = {"val_frac": val_frac, "test_frac": test_frac, "seed": split_seed}
@@ -427,7 +459,8 @@ def _wsi_patch_items(
         patch_level = None
     if check:
         items = check_patch_datalist(
-            items, backend=backend, patch_size=patch_size, patch_level=patch_level, num_classes=num_classes,
+            items, backend=backend, patch_size=read_size if read_size is not None else patch_size,
+            patch_level=patch_level, num_classes=num_classes,
             skip_outside=skip_outside, name=f"{used} patches of {datalist!r}",
         )
     return items, used
@@ -540,6 +573,7 @@ def patch_dataset(
         raise ValueError(f"data_source must be one of {SOURCES}, got data_source={source!r}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
+    patch_mpp, pcam_dir, image_dir, labels_csv = (_null_text(v) for v in (patch_mpp, pcam_dir, image_dir, labels_csv))
     if source == "pcam":
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")
@@ -565,7 +599,8 @@ def patch_dataset(
         raise ValueError("data_source='wsi' needs dataset_dir.")
     size = _as_pair(read_size if read_size is not None else patch_size)
     items, used = _wsi_patch_items(
-        dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend, patch_size=size,
+        dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend,
+        patch_size=_as_pair(patch_size), read_size=size,
         patch_level=patch_level, num_classes=num_classes, fallback_split=fallback_split,
         skip_outside=size != _as_pair(patch_size), patch_mpp=patch_mpp, val_frac=val_frac, test_frac=test_frac,
         split_seed=split_seed,
@@ -590,9 +625,21 @@ def patch_dataset(
                 "not what you want.",
                 used, dataset_dir, len(other), len(items), int(level), other[0]["level"], other[0]["image"], int(level),
             )
-    items = to_top_left(items, size, level, backend)
+    want = _as_pair(patch_size)
+    resized = [i for i in items if "size" in i and _item_size(i["size"]) != want]
+    if resized:  # as with the level: MONAI's dataset-wide patch_size wins over each item's "size"
+        logger.warning(
+            "%s patches of dataset_dir %s: %d of %d list a size other than patch_size=%s (e.g. size %s of %s); they "
+            "are read as %d x %d patches around the same centres. Set --patch_size to their size if that is not "
+            "what you want.",
+            used, dataset_dir, len(resized), len(items), want[0] if want[0] == want[1] else list(want),
+            list(_item_size(resized[0]["size"])),
+            resized[0]["image"], want[0], want[1],
+        )
+    items = to_top_left(items, size, level, backend)  # also the level index of each item's slide (-1: its last)
     return PatchWSIDataset(
-        data=items, patch_size=size, patch_level=level, transform=transform, include_label=True,
+        data=items, patch_size=size, patch_level=level if level is None or level >= 0 else None,
+        transform=transform, include_label=True,
         center_location=False, reader=wsi_reader_for(backend),
     )
 
@@ -622,13 +669,28 @@ def inference_slides(
 
     Slides are *not* opened here: an unreadable slide is reported and skipped by :func:`infer_slides`. In a folder,
     a file ``<name>_mask.*`` beside a slide ``<name>.*`` is taken for that slide's mask and left out (a
-    warning says so).
+    warning says so); it is not used as the slide's ``label_mask`` (a Camelyon mask is a full-resolution TIFF):
+    give ``{"image": slide, "label_mask": mask}`` items with a low-resolution mask to score the maps.
+
+    ``input_slides`` given as the text ``"null"`` / ``"none"`` (what ``--input_slides null`` passes) means ``None``;
+    an empty list or text is an error (it processed the dataset's slides, generating synthetic ones if needed).
 
     Raises:
-        FileNotFoundError: a given folder does not exist. ValueError: no slide found.
+        FileNotFoundError: a given folder does not exist. ValueError: no slide found, an empty ``input_slides``, or
+        a ``split`` that is not one of :data:`SPLITS`.
     """
     from monai_gmr.data import list_slides, read_datalist
 
+    if (isinstance(input_slides, str) and input_slides.strip().lower() in ("null", "none")
+            and not Path(input_slides).exists()):  # fmt: skip
+        input_slides = None  # "slide 'null' does not exist"
+    if input_slides is not None and (
+        not str(input_slides).strip() if isinstance(input_slides, (str, os.PathLike)) else len(input_slides) == 0
+    ):
+        raise ValueError(
+            f"input_slides is empty ({input_slides!r}): give slide files, a slide folder or a list of slides, or "
+            "null for the slides of dataset_dir."
+        )
     if input_slides:
         if isinstance(input_slides, (str, os.PathLike)):
             p = Path(input_slides)
@@ -653,6 +715,8 @@ def inference_slides(
         return [_as_slide_item(s) for s in input_slides]
     if dataset_dir is None:
         raise ValueError("give input_slides or dataset_dir.")
+    if split not in SPLITS:  # a typo ("tset") processed the validation slides after a warning
+        raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
     datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {})
     names: list[str] = []
     for s in (split, "validation", "training"):
@@ -768,8 +832,9 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     except Exception as e:
         raise ValueError(f"cannot read mask {str(path)!r}: {type(e).__name__}: {e}") from e
     arr = np.asarray(arr)
-    if arr.ndim == 3:  # channel-last colour masks (RGB) or channel-first stacks: non-zero in any channel
-        arr = arr.max(axis=-1) if arr.shape[-1] in (3, 4) else arr.max(axis=0)
+    if arr.ndim == 3:  # channel-last masks ((H, W, 1), RGB) or channel-first stacks: non-zero in any channel
+        # (H, W, 1) was reduced over its rows into a (W, 1) "mask"
+        arr = arr.max(axis=-1) if arr.shape[-1] in (1, 3, 4) else arr.max(axis=0)
     if arr.ndim != 2:
         raise ValueError(f"mask {str(path)!r} must be 2D, got shape {arr.shape}.")
     return arr
@@ -783,6 +848,18 @@ def _resize_nearest(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     rows = np.minimum(((np.arange(h) + 0.5) * arr.shape[0] / h).astype(np.int64), arr.shape[0] - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * arr.shape[1] / w).astype(np.int64), arr.shape[1] - 1)
     return arr[rows[:, None], cols[None, :]]
+
+
+def _check_mask_aspect(mask_shape: Sequence[int], map_shape: Sequence[int]) -> None:
+    """Refuse a ground-truth mask whose aspect ratio is not the map's (resizing would distort it silently)."""
+    # the map's height expected from the mask's aspect ratio; maps are cut to whole patches/blocks, so allow one map
+    # pixel (or 5%) of rounding
+    expected_h = mask_shape[0] * map_shape[1] / mask_shape[1]
+    if abs(expected_h - map_shape[0]) > max(1.0, 0.05 * map_shape[0]):
+        raise ValueError(
+            f"label_mask of shape {tuple(mask_shape)} does not have the map's aspect ratio ({tuple(map_shape)}): a "
+            "transposed or wrongly cropped mask?"
+        )
 
 
 def map_quality(
@@ -820,14 +897,7 @@ def map_quality(
     label_mask = np.asarray(label_mask)
     if label_mask.ndim != 2:
         raise ValueError(f"label_mask must be 2D, got shape {label_mask.shape}.")
-    # the map's height expected from the mask's aspect ratio; maps are cut to whole patches/blocks, so allow one map
-    # pixel (or 5%) of rounding
-    expected_h = label_mask.shape[0] * prob.shape[1] / label_mask.shape[1]
-    if abs(expected_h - prob.shape[0]) > max(1.0, 0.05 * prob.shape[0]):
-        raise ValueError(
-            f"label_mask of shape {label_mask.shape} does not have the map's aspect ratio ({prob.shape}): a transposed "
-            "or wrongly cropped mask?"
-        )
+    _check_mask_aspect(label_mask.shape, prob.shape)
     gt = _resize_nearest(label_mask, prob.shape) > 0
     v = np.ones(prob.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     if v.shape != prob.shape:
@@ -864,10 +934,16 @@ def save_heatmap(
         alpha: opacity of the heatmap.
         cmap: matplotlib colormap name.
         max_size: longest side of the PNG (downscaled when larger; ``None`` keeps the map's size).
+
+    Raises:
+        ValueError: ``thumbnail`` and ``prob`` of different sizes, ``max_size`` not a positive integer or ``None``.
     """
     import matplotlib
     from PIL import Image
 
+    from monai_gmr.utils import positive_int
+
+    max_size = positive_int(max_size, "max_size", allow_none=True)  # -1 wrote a 1 x 1 PNG
     thumb = np.asarray(thumbnail)
     if thumb.ndim != 3 or thumb.shape[-1] < 3 or thumb.shape[:2] != np.shape(prob):
         raise ValueError(f"thumbnail (H, W, 3) and prob (H, W) must match, got {thumb.shape} and {np.shape(prob)}.")
@@ -1089,8 +1165,12 @@ def sliding_grid_offset(
     return (off[0], off[1])
 
 
-def _check_layout(mode: str, overlap: float, grid: str) -> None:
+def _check_layout(mode: str, overlap: float, grid: str, map_max_size: Any = None) -> None:
     """The patch-layout settings of :func:`infer_slide` (checked before a slide is read)."""
+    from monai_gmr.utils import positive_int
+
+    # map_max_size=-1 gave a negative map downsample and a map with one scored cell, without an error
+    positive_int(map_max_size, "map_max_size", allow_none=True)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}.")
     if not 0.0 <= float(overlap) < 1.0:
@@ -1182,20 +1262,24 @@ def infer_slide(
     Raises:
         monai_gmr.data.WSIError (a ``ValueError``; ``SlideNotFoundError`` also a ``FileNotFoundError``): missing or
         unreadable slide, missing level, a patch footprint larger than the slide, no tissue patch, failed read; every
-        message names the slide.
+        message names the slide. ValueError: a bad ``mode`` / ``overlap`` / ``grid`` / ``map_max_size`` /
+        ``heatmap_max_size`` (refused before the slide is read; the message names the setting).
     """
     from monai.data import DataLoader, DistributedSampler, PatchWSIDataset, SlidingPatchWSIDataset
 
     from monai_gmr.data.wsi import WSIError, _read_level_block_mean, open_slide, resolve_level, tissue_mask
+    from monai_gmr.utils import positive_int
 
     item = _as_slide_item(slide)
     path = str(item["image"])
+    patch_mpp, mask_level = _null_text(patch_mpp), _null_text(mask_level)  # --mask_level null: the documented default
     if label_mask is None:
         label_mask = item.get("label_mask", item.get("tumor_mask"))
-    _check_layout(mode, overlap, grid)
+    _check_layout(mode, overlap, grid, map_max_size)
+    positive_int(heatmap_max_size, "heatmap_max_size", allow_none=True)  # before the slide, not at its last write
     if label_mask is not None and not isinstance(label_mask, np.ndarray):
         label_mask = load_mask(label_mask)  # before the inference: a wrong path fails at once, not after the slide
-    ps = _as_pair(patch_size)
+    ps = _patch_size_arg(patch_size)
     name = name or _slide_name(path)
     rank, world = _dist_rank_world()
     if output_dir is not None and output_dir_error(output_dir, "output_dir"):  # at once, not after the whole slide
@@ -1229,6 +1313,11 @@ def infer_slide(
             f"patch_size {list(ps)} at level {patch_level}) is larger than the slide {size0} (level-0 (H, W)); "
             "lower patch_size or patch_level.",
             path,
+        )
+    if mode == "sliding" and (np.round(foot * (1.0 - float(overlap))) < 1).any():  # MONAI: range() step 0
+        raise ValueError(
+            f"overlap={overlap} leaves a grid step of 0 pixels for the patch footprint {tuple(float(v) for v in foot)} "
+            "(level-0 pixels); lower overlap."
         )
     transform = transform if transform is not None else _default_transform()
     grid_offset: tuple[int, int] | None = None
@@ -1287,6 +1376,8 @@ def infer_slide(
     # file offset (tifffile backend: interleaved seeks corrupt the tiles), so every worker reopens the slide.
     if int(num_workers) > 0 and hasattr(ds, "wsi_object_dict"):
         ds.wsi_object_dict = {}
+    if label_mask is not None and np.ndim(label_mask) == 2:  # before the inference, not after it (the map was lost)
+        _check_mask_aspect(np.shape(label_mask), tissue.shape)
     n = len(ds)
     if n == 0:
         raise WSIError(
@@ -1324,6 +1415,9 @@ def infer_slide(
                 with torch.autocast(device.type, enabled=bool(amp) and device.type == "cuda"):
                     out = inferer(x, network)
                 outs.append(_as_probs(out).cpu())
+                if len(outs) == 1 and not 0 <= int(tumour_class) < outs[0].shape[1]:  # not after the whole slide
+                    raise ValueError(f"tumour_class must be in [0, {outs[0].shape[1]}) (the network's classes), got "
+                                     f"tumour_class={tumour_class}.")  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as e:
@@ -1408,6 +1502,9 @@ def infer_slides(
             rewritten atomically after every slide (rank 0 only).
         strict: raise after the last slide if any slide failed (default: only if all failed).
 
+    The map files of a slide that fails (``{name}_prob.npy``, ``_heatmap.png``, ``_tissue.png``, e.g. from an earlier
+    run into the same ``output_dir``) are removed, so the folder holds this run's maps only.
+
     Returns:
         ``{"slides": [per-slide dict with "status" "ok"/"error" (and "error" message)], "n_ok", "n_failed",
         "patches_per_s" (all patches / all seconds), "results": {name: SlideResult}}``; ``"results"`` is not
@@ -1442,6 +1539,8 @@ def infer_slides(
                 msg = f"slide {str(item['image'])!r}: {msg}"
             logger.error("skipping slide %d/%d: %s", i + 1, len(items), msg)
             entries.append({"slide": str(item["image"]), "name": name, "status": "error", "error": msg})
+            if output_dir is not None and is_main_process():
+                _remove_stale_outputs(Path(output_dir), name)
         else:
             results[name] = res
             entries.append(res.to_dict())
@@ -1459,6 +1558,21 @@ def infer_slides(
             f"{len(failed)} of {len(entries)} slide(s) failed:\n" + "\n".join(f"  {e['error']}" for e in failed)
         )
     return {**summary, "results": results}
+
+
+#: the files :func:`infer_slide` writes per slide, ``{name}{suffix}``.
+_SLIDE_OUTPUTS = ("_prob.npy", "_heatmap.png", "_tissue.png")
+
+
+def _remove_stale_outputs(output_dir: Path, name: str) -> None:
+    """Remove the map files of slide ``name`` after it failed: left by an earlier run (or by this one before it
+    failed), they sat beside this run's maps as if they were its result."""
+    stale = [output_dir / f"{name}{suffix}" for suffix in _SLIDE_OUTPUTS if (output_dir / f"{name}{suffix}").is_file()]
+    for p in stale:
+        p.unlink()
+    if stale:
+        logger.warning("slide %s failed: removed its map files of an earlier run from %s (%s)", name, output_dir,
+                       ", ".join(p.name for p in stale))  # fmt: skip
 
 
 def _slides_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1507,8 +1621,9 @@ class SlideInference:
             ``mode``, ``overlap``, ``grid``, ``inferer``, ``transform``, ``batch_size``, ``device``, ``amp``, ...).
 
     Raises:
-        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` / ``grid`` that :func:`infer_slide`
-            refuses (checked here, so that a bundle stops before it writes anything).
+        ValueError: neither ``slides`` nor ``dataset_dir``, or a ``mode`` / ``overlap`` / ``grid`` /
+            ``map_max_size`` that :func:`infer_slide` refuses (checked here, so that a bundle stops before it writes
+            anything).
     """
 
     def __init__(
@@ -1528,7 +1643,8 @@ class SlideInference:
         if not slides and dataset_dir is None:
             raise ValueError("SlideInference needs slides or dataset_dir.")
         # settings every slide would fail on: refused here, before anything is read or written
-        _check_layout(kwargs.get("mode", "sliding"), kwargs.get("overlap", 0.0), kwargs.get("grid", "top_left"))
+        _check_layout(kwargs.get("mode", "sliding"), kwargs.get("overlap", 0.0), kwargs.get("grid", "top_left"),
+                      kwargs.get("map_max_size"))
         self.network = network
         self.output_dir = output_dir
         self.slides = slides

@@ -573,7 +573,7 @@ def test_bad_settings_write_nothing(tmp_path, slides, bad):
 
 
 @pytest.mark.parametrize("bad", [{"slide_eval": "maybe"}, {"inference_mode": "dense"}, {"overlap": 1.0},
-                                 {"grid": "middle"}],
+                                 {"grid": "middle"}, {"map_max_size": -1}],
                          ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
 def test_bad_evaluation_and_inference_settings_write_nothing(tmp_path, slides, bad):
     """Slide-evaluation settings were read only in the third run step, after the robustness report had been

@@ -466,3 +466,24 @@ def test_mask_files_have_the_documented_dtype_values_and_level(tmp_path):
     items = dl["training"] + dl["validation"] + dl["test"]
     assert items and all(it["image"] == "slides/slide_000.tiff" for it in items)
     assert all(Path(it["image"]).is_absolute() for k in ("training", "validation", "test") for it in r[k])
+
+
+def test_patch_csv_split_patch_by_patch_warns_about_slides_on_both_sides(tmp_path, caplog):
+    """Rows without a 'split' are split patch by patch: patches of one slide landed in training and test without a
+    word (test metrics on slides seen in training). The slides concerned are now named in a warning; a per-slide
+    split column gives none."""
+    rows = ["slide,x,y,label"] + [f"s{s}.tif,{100 + 10 * i},{200 + 10 * i},{i % 2}"
+                                  for s in range(3) for i in range(10)]  # fmt: skip
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING", logger="monai_gmr.data.synthetic_wsi"):
+        patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+    msgs = [r.getMessage() for r in caplog.records if "patch by patch" in r.getMessage()]
+    assert len(msgs) == 1 and "3 slide(s) have patches both in training and in validation/test" in msgs[0]
+    split = {0: "training", 1: "validation", 2: "test"}
+    rows = ["slide,x,y,label,split"] + [f"s{s}.tif,{100 + 10 * i},{200 + 10 * i},{i % 2},{split[s]}"
+                                        for s in range(3) for i in range(10)]  # fmt: skip
+    (tmp_path / "q.csv").write_text("\n".join(rows) + "\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_gmr.data.synthetic_wsi"):
+        patch_csv_to_datalist(tmp_path / "q.csv", tmp_path / "q.json", patch_size=16)
+    assert not [r for r in caplog.records if "patch by patch" in r.getMessage()]

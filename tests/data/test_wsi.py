@@ -527,3 +527,38 @@ def test_large_levels_are_read_in_strips_with_the_same_mask(tmp_path, monkeypatc
     strips = tissue_mask(path, level=level, backend=backend, max_size=40)
     assert len(calls) > 3 and all(c is not None and c[0] < 302 // (level + 1) for c in calls), calls
     assert strips[1:] == whole[1:] and np.array_equal(strips[0], whole[0]) and 0.2 < whole[0].mean() < 0.8
+
+
+def test_a_folder_given_as_a_slide_is_named_a_folder(tmp_path):
+    """A folder in a list of slides (e.g. --input_slides "['/data/set1', '/data/set2']") failed as "slide
+    '/data/set1' does not exist" although it does; the error now says it is a folder."""
+    from monai_gmr.data.wsi import open_slide
+
+    folder = tmp_path / "set1.svs"  # even with a slide's extension
+    folder.mkdir()
+    with pytest.raises(WSIError, match=r"set1.svs' is a folder, not a slide file") as e:
+        open_slide(folder)
+    assert e.value.slide == str(folder) and not isinstance(e.value, FileNotFoundError)
+
+
+def test_greyscale_slide_tissue_mask_says_why_it_is_empty(tmp_path, caplog):
+    """A greyscale slide read through OpenSlide (equal RGB channels) has no saturation, so its tissue mask is empty
+    and slide inference failed with 'no patch ... has >= 25% tissue; lower min_tissue or patch_size' without a hint;
+    a warning now names the slide and the cause. A coloured slide gives no such warning."""
+    import tifffile
+
+    grey = np.full((256, 256), 235, np.uint8)
+    grey[64:192, 64:192] = 120
+    tifffile.imwrite(tmp_path / "grey.tif", grey, tile=(128, 128), photometric="minisblack")
+    with caplog.at_level("WARNING", logger="monai_gmr.data.wsi"):
+        mask, _, _ = tissue_mask(tmp_path / "grey.tif", backend="openslide")
+    assert not mask.any()
+    msgs = [r.getMessage() for r in caplog.records if "greyscale" in r.getMessage()]
+    assert len(msgs) == 1 and "grey.tif" in msgs[0]
+    rgb = np.stack([grey, grey, grey], -1)
+    rgb[64:192, 64:192] = (150, 60, 160)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, tile=(128, 128), photometric="rgb")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_gmr.data.wsi"):
+        assert tissue_mask(tmp_path / "rgb.tif", backend="openslide")[0].any()
+    assert not [r for r in caplog.records if "greyscale" in r.getMessage()]

@@ -986,3 +986,238 @@ def test_patch_dataset_without_labels_is_refused(wsi_data, tmp_path):
     (root / "datalist.json").write_text(json.dumps({k: [item] for k in ("training", "validation", "test")}))
     with pytest.raises(ValueError, match=r"training patches of dataset_dir .*1 of 1 have no 'label'"):
         patch_dataset("wsi", "training", dataset_dir=root, generate=False, patch_size=PATCH)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, 2.5])
+def test_map_max_size_must_be_positive(wsi_data, tmp_path, bad):
+    """map_max_size=-1 gave a negative map downsample: a map with one scored cell of ~10^5, no error; 0 failed every
+    slide with a ZeroDivisionError. Now refused by name before the slide is read (and by SlideInference at once)."""
+    from monai_gmr.data.wsi import tissue_mask
+    from monai_gmr.workflows.wsi import SlideInference, infer_slide, save_heatmap
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]
+    with pytest.raises(ValueError, match="map_max_size"):
+        infer_slide(small, net, None, patch_size=16, map_max_size=bad)
+    with pytest.raises(ValueError, match="heatmap_max_size"):
+        infer_slide(small, net, None, patch_size=16, heatmap_max_size=bad)
+    with pytest.raises(ValueError, match="map_max_size"):
+        SlideInference(net, None, slides=[small], map_max_size=bad)
+    with pytest.raises(ValueError, match="max_size"):
+        tissue_mask(small, max_size=bad)
+    with pytest.raises(ValueError, match="max_size"):
+        save_heatmap(tmp_path / "h.png", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4)), max_size=bad)
+    assert not calls and not (tmp_path / "h.png").exists()
+    mask, _, ds = tissue_mask(small, max_size="32")  # the text a command line may pass
+    assert max(mask.shape) <= 32 and ds > 0
+
+
+def test_fractional_centres_are_checked_where_they_are_read(wsi_data):
+    """A datalist centre of 992.6 was checked as 992 (int() truncates: rows 960-1023, inside the 1024-row slide) but
+    read by to_top_left as 993 (rows 961-1024, one past the edge: a 63-row tifffile patch or a black openslide row).
+    The check now rounds as the read does."""
+    from monai_gmr.data.wsi import WSIError
+    from monai_gmr.workflows.wsi import check_patch_datalist, to_top_left
+
+    slide = wsi_data["slide_paths"][0]
+    edge = {"image": slide, "location": [992.6, 500.2], "label": 1}
+    inside = {"image": slide, "location": [991.4, 500.2], "label": 1}
+    assert to_top_left([edge], 64, 0)[0]["location"] == [961, 468]  # read: rows 961 .. 1024
+    with pytest.raises(WSIError, match="outside the slide"):
+        check_patch_datalist([edge], patch_size=64, patch_level=0, num_classes=2)
+    assert check_patch_datalist([edge, inside], patch_size=64, patch_level=0, skip_outside=True) == [inside]
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_negative_patch_level_reads_the_coarsest_level(wsi_data, backend):
+    """patch_level=-1 (the coarsest level, as the datalist check and to_top_left count it) reached MONAI's reader as
+    -1: OpenSlide returned all-black patches (training on black squares, no error). Now each item is read at the
+    level index the negative level names on its slide: the patches of patch_level=2 (the last of 3 levels)."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    kw = dict(dataset_dir=wsi_data["root"], generate=False, patch_size=8, num_classes=2, backend=backend)
+    neg = patch_dataset("wsi", "training", patch_level=-1, **kw)
+    pos = patch_dataset("wsi", "training", patch_level=2, **kw)
+    for i in (0, len(pos) - 1):
+        a, b = np.asarray(neg[i]["image"]), np.asarray(pos[i]["image"])
+        assert a.max() > 0  # tissue, not OpenSlide's black
+        np.testing.assert_array_equal(a, b)
+
+
+def test_items_of_another_size_than_patch_size_are_named_in_a_warning(wsi_data, caplog):
+    """The dataset-wide ``patch_size`` (the bundle's default 96) wins over each item's ``"size"``, as the level does:
+    patches listed (and labelled) as 32 x 32 were read as 24 x 24 crops without a word."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    for size, warned in ((PATCH, False), (24, True)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="monai_gmr.workflows.wsi"):
+            ds = patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=size)
+        msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "size" in r.getMessage()]
+        assert bool(msgs) is warned, msgs
+        assert tuple(ds[0]["image"].shape) == (3, size, size)
+        if warned:
+            assert f"{len(ds)} of {len(ds)} list a size other than patch_size={size} (e.g. size [32, 32]" in msgs[0]
+
+
+def test_slide_inference_names_a_bad_patch_size_or_overlap(wsi_data):
+    """patch_size=0 failed as 'no patch of size [0, 0] has >= 25% tissue ... lower min_tissue or patch_size',
+    patch_size=-16 inside NumPy broadcasting, an overlap whose step rounds to 0 pixels as MONAI's 'range() arg 3 must
+    not be zero'; each is now an error naming the setting, before any patch is classified."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]
+    for ps in (0, -16, [16, 0]):
+        with pytest.raises(ValueError, match=r"patch_size must be positive"):
+            infer_slide(small, net, None, patch_size=ps)
+    with pytest.raises(ValueError, match=r"overlap=0.99 leaves a grid step of 0 pixels"):
+        infer_slide(small, net, None, patch_size=16, overlap=0.99)
+    assert not calls
+
+
+def test_load_mask_of_one_trailing_channel(tmp_path):
+    """An (H, W, 1) mask (channel-last, as many tools save a single-channel image) was reduced over its rows into a
+    (W, 1) array, which map_quality then refused as 'a transposed or wrongly cropped mask'; channel-first (1, H, W)
+    was and is read right."""
+    from monai_gmr.workflows.wsi import load_mask
+
+    m = np.zeros((6, 8), np.uint8)
+    m[2:4, 3:6] = 1
+    np.save(tmp_path / "last.npy", m[..., None])
+    np.save(tmp_path / "first.npy", m[None])
+    for f in ("last.npy", "first.npy"):
+        np.testing.assert_array_equal(load_mask(tmp_path / f), m)
+
+
+def test_infer_slide_checks_the_label_mask_aspect_before_inference(wsi_data):
+    """A label mask of another aspect ratio than the map (e.g. transposed) was refused by map_quality only after the
+    slide's whole inference, and the slide's map was then not written either; it is now refused before the network
+    runs."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]  # 256 x 256: a square map
+    with pytest.raises(ValueError, match=r"label_mask of shape \(10, 40\) does not have the map's aspect ratio"):
+        infer_slide(small, net, None, patch_size=16, label_mask=np.zeros((10, 40), np.uint8))
+    assert not calls
+    res = infer_slide(small, net, None, patch_size=16, label_mask=np.zeros((64, 64), np.uint8))
+    assert calls and res.metrics is not None
+
+
+def test_a_tumour_class_the_network_lacks_stops_after_the_first_batch(wsi_data):
+    """tumour_class=2 with a 2-class network was refused only after the whole slide had been classified (every slide
+    of a list, each to the end); now after the first batch, with a message naming tumour_class."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    calls = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: calls.append(1))
+    small, _ = wsi_data["small"]
+    with pytest.raises(ValueError, match=r"tumour_class must be in \[0, 2\).*tumour_class=2"):
+        infer_slide(small, net, None, patch_size=16, batch_size=4, tumour_class=2, min_tissue=0.0)
+    assert len(calls) == 1
+
+
+def test_a_size_less_patches_csv_gets_the_patch_size_not_the_read_size(wsi_data, tmp_path, caplog):
+    """A patches.csv without a size column got its datalist sizes from the first dataset built: the rotation context
+    (read_size 46) when training with augment_rotation, so every later split was told its patches were 46 x 46;
+    and a later --patch_size left the sizes as they were. Now the items get patch_size (the network's input), and a
+    new patch_size builds the datalist again (same split); no size warning is due in either case."""
+    from monai_gmr.data import read_datalist
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    slide = wsi_data["slide_paths"][0]
+    rows = [f"{slide},{200 + 20 * i},{300 + 10 * i},{i % 2}" for i in range(20)]
+    (tmp_path / "patches.csv").write_text("slide,x,y,label\n" + "\n".join(rows) + "\n")
+
+    def sizes():
+        return {tuple(i["size"]) for i in read_datalist(tmp_path / "datalist.json", "training")}
+
+    with caplog.at_level("WARNING", logger="monai_gmr.workflows.wsi"):
+        patch_dataset("wsi", "training", dataset_dir=tmp_path, generate=False, patch_size=PATCH, read_size=46)
+        assert sizes() == {(PATCH, PATCH)}
+        split = read_datalist(tmp_path / "datalist.json", "validation")
+        patch_dataset("wsi", "validation", dataset_dir=tmp_path, generate=False, patch_size=PATCH)
+        patch_dataset("wsi", "validation", dataset_dir=tmp_path, generate=False, patch_size=24)
+        assert sizes() == {(24, 24)}
+        assert [i["location"] for i in read_datalist(tmp_path / "datalist.json", "validation")] == [
+            i["location"] for i in split]  # fmt: skip
+    assert not [r for r in caplog.records if "list a size other than" in r.getMessage()]
+
+
+def test_empty_or_null_input_slides(wsi_data):
+    """--input_slides "[]" (e.g. a glob that matched nothing) silently processed the test slides of dataset_dir (and
+    would have generated synthetic slides for them); --input_slides null, the documented default, failed as "slide
+    'null' does not exist". Now an empty list or text is an error naming input_slides, and "null" means None."""
+    from monai_gmr.workflows.wsi import inference_slides
+
+    root = wsi_data["root"]
+    for empty in ([], (), ""):
+        with pytest.raises(ValueError, match="input_slides is empty"):
+            inference_slides(empty, root, "test", generate=False)
+    want = inference_slides(None, root, "test", generate=False)
+    assert inference_slides("null", root, "test", generate=False) == want
+    assert inference_slides(" None ", root, "test", generate=False) == want
+
+
+def test_null_text_of_patch_mpp_and_mask_level_means_none(wsi_data):
+    """--mask_level null / --patch_mpp null (the configs' documented defaults, passed as the text 'null' by the
+    command line) failed every slide with "invalid literal for int() with base 10: 'null'" / "could not convert string
+    to float: 'null'", and training with the latter; the text now means None."""
+    from monai_gmr.workflows.wsi import infer_slide, patch_dataset
+
+    small, _ = wsi_data["small"]
+    want = infer_slide(small, DarkNucleiNet(), None, patch_size=16)
+    got = infer_slide(small, DarkNucleiNet(), None, patch_size=16, mask_level="null", patch_mpp="None")
+    assert got.map_level == want.map_level and got.settings["patch_level"] == 0
+    np.testing.assert_array_equal(got.prob, want.prob)
+    ds = patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH,
+                       patch_mpp="null")  # fmt: skip
+    assert len(ds) == len(wsi_data["training"])
+
+
+def test_null_text_labels_csv_means_class_folders(tmp_path):
+    """--labels_csv null (train.json's default, the text 'null' on a command line) was looked up as the file
+    '<image_dir>/null' ("labels CSV ... does not exist"); it now means class sub-folders."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    ds = patch_dataset("image_folder", "training", image_dir=str(tmp_path), labels_csv="null", num_classes=2,
+                       val_frac=0.2, test_frac=0.2)  # fmt: skip
+    assert len(ds) == 6 and {int(d["label"]) for d in ds.items} == {0, 1}
+
+
+def test_inference_split_must_be_a_split_name(wsi_data):
+    """--input_split tset (a typo) processed the validation slides after a warning that the dataset 'has no 'tset'
+    slides'; it is now an error naming split."""
+    from monai_gmr.workflows.wsi import inference_slides
+
+    with pytest.raises(ValueError, match=r"split must be one of .*got split='tset'"):
+        inference_slides(None, wsi_data["root"], "tset", generate=False)
+
+
+def test_a_failed_slide_leaves_no_map_of_an_earlier_run(wsi_data, tmp_path):
+    """A slide that failed in a second run into the same output_dir (e.g. after a model or setting change) kept the
+    first run's map, heatmap and tissue files beside the new maps, as if they were this run's result; they are now
+    removed (the summary names the slide as failed, as before)."""
+    from monai_gmr.workflows.wsi import infer_slides
+
+    small, _ = wsi_data["small"]
+    out = tmp_path / "maps"
+    kw = dict(patch_size=32, mode="masked", patch_level=1)
+    infer_slides([{"image": small, "name": "s"}, {"image": small, "name": "u"}], DarkNucleiNet(), out, **kw)
+    assert {p.name for p in out.glob("s_*")} == {"s_prob.npy", "s_heatmap.png", "s_tissue.png"}
+    res = infer_slides([{"image": wsi_data["corrupt"], "name": "s"}, {"image": small, "name": "t"}], DarkNucleiNet(),
+                       out, **kw)  # fmt: skip
+    assert res["n_failed"] == 1 and not list(out.glob("s_*")) and (out / "t_prob.npy").is_file()
+    assert len(list(out.glob("u_*"))) == 3  # another slide's maps are left alone
