@@ -44,7 +44,8 @@ float16 / bfloat16 on CUDA. The basis must be radially symmetric (as :func:`ring
 ``sampling="center"``; ``gmr_conv`` checks an unknown basis with :func:`.basis.is_radial_basis`); only one offset
 per shell is read. Anything else falls back (see :func:`triton_unsupported_reason` and
 ``monai_gmr.functional.conv.gmr_conv``). On CPU tensors the kernels run only under Triton's interpreter (set the
-environment variable ``TRITON_INTERPRET=1``; slow, for tests). Triton is imported lazily: this module imports
+environment variable ``TRITON_INTERPRET=1``; slow, for tests), in float32 / float16: bfloat16 falls back there (the
+interpreter's ``tl.dot`` returns garbage for bfloat16 operands). Triton is imported lazily: this module imports
 without it.
 
 Memory layout: the shifted loads of the shell sums vectorise only along the channel dimension, so by default
@@ -148,8 +149,9 @@ def triton_unsupported_reason(
 ) -> str | None:
     """Why ``impl="triton"`` cannot run this convolution, or ``None`` when it can.
 
-    Supported: CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``), 2 or 3 spatial dims, float32 /
-    float16 / bfloat16 (after autocast), odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding, and
+    Supported: CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``, and not in bfloat16: the interpreter's
+    ``tl.dot`` is wrong for bfloat16 operands), 2 or 3 spatial dims, float32 / float16 / bfloat16 (after autocast),
+    odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding, and
     fewer than ``2**31`` elements in one input sample and (given ``out_channels``) one output sample: the kernels
     index within a sample in int32.
     """
@@ -181,6 +183,8 @@ def triton_unsupported_reason(
     if x.device.type == "cpu":
         if not _interpret_requested():
             return "CPU tensor (the Triton kernels run on CUDA; on CPU only under TRITON_INTERPRET=1)"
+        if dt == torch.bfloat16:  # the interpreter's tl.dot on bf16 operands returned ~1e10 for unit-size inputs
+            return "bfloat16 in Triton's CPU interpreter (its tl.dot gives wrong values for bfloat16 operands)"
     elif x.device.type != "cuda":
         return f"device {x.device.type!r}"
     if kernel_size > 2 * (_OFF_BIAS - 1) + 1:

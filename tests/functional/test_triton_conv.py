@@ -358,6 +358,32 @@ def test_interpreter_low_level_writes_every_output(interpreter):
     assert gw.shape == (t.num_shells, 3, 5) and torch.isfinite(gw).all()
 
 
+@needs_triton
+def test_interpreter_bfloat16_falls_back_instead_of_garbage(interpreter, monkeypatch, caplog):
+    """Triton's CPU interpreter computes ``tl.dot`` on bfloat16 operands wrongly: a bf16 GMRConv (or a float32 one
+    under CPU bf16 autocast) with ``impl="triton"`` returned values around 1e10 for unit-size inputs, silently. The
+    interpreter now refuses bf16 by name and the dense path gives the result."""
+    monkeypatch.setattr(tc, "_WARNED", set())
+    torch.manual_seed(0)
+    m = _make(2, 3, 4, 3, dtype=torch.float32)
+    x = torch.randn(1, 3, 6, 7)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    launches = len(_TRITON_CALLS)
+    with caplog.at_level(logging.WARNING, logger=tc.__name__):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ya = m(x)
+            ra = ref_m(x)
+        y = m.bfloat16()(x.bfloat16())
+    r = ref_m.bfloat16()(x.bfloat16())
+    assert y.dtype == ya.dtype == torch.bfloat16
+    assert rel_err(y.float(), r.float()) < 1e-6 and rel_err(ya.float(), ra.float()) < 1e-6
+    assert len(_TRITON_CALLS) == launches
+    assert any("bfloat16" in rec.getMessage() for rec in caplog.records)
+    assert "bfloat16" in tc.triton_unsupported_reason(x.bfloat16(), 3, 1, 1, 1, 1, "zeros")
+
+
 def test_area_sampling_is_refused_by_name(monkeypatch, caplog):
     """A ``sampling="area"`` basis is not constant on shells of equal ``|q|``: the Triton kernels must not run it."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
