@@ -132,7 +132,8 @@ def _interpret_requested() -> bool:
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
+    # autocast casts float32 / float16 / bfloat16 tensors only: a float64 convolution stays float64 under autocast
+    if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
 

@@ -384,6 +384,26 @@ def test_interpreter_bfloat16_falls_back_instead_of_garbage(interpreter, monkeyp
     assert "bfloat16" in tc.triton_unsupported_reason(x.bfloat16(), 3, 1, 1, 1, 1, "zeros")
 
 
+@needs_triton
+def test_interpreter_float64_under_autocast_stays_float64(interpreter):
+    """Autocast leaves float64 tensors alone, so a float64 GMRConv under autocast runs in float64 with the dense
+    impl (``F.conv2d`` does the same). ``impl="triton"`` took the autocast dtype as the compute dtype and cast the
+    float64 input down: a float16 result, relative error 4e-4 against dense, no warning. It now falls back."""
+    torch.manual_seed(0)
+    m = _make(2, 3, 4, 3, dtype=torch.float64)
+    x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    launches = len(_TRITON_CALLS)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = m(x)
+        r = ref_m(x)
+    assert r.dtype == torch.float64
+    assert y.dtype == torch.float64 and rel_err(y, r) < 1e-12
+    assert len(_TRITON_CALLS) == launches
+
+
 def test_area_sampling_is_refused_by_name(monkeypatch, caplog):
     """A ``sampling="area"`` basis is not constant on shells of equal ``|q|``: the Triton kernels must not run it."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
