@@ -334,6 +334,13 @@ def group_conv2d(
 
 
 # ---------------------------------------------------------------------------------------------------- validation
+def _check_group_norm(norm) -> None:
+    """Refuse ``norm="layer"`` (or ``("layer", kwargs)``) for group feature maps: MONAI's ``LayerNorm`` needs a
+    ``normalized_shape`` over trailing dims, whose elementwise affine is not shared across orientations (or fails)."""
+    if isinstance(norm, (str, tuple, list)) and str(norm if isinstance(norm, str) else norm[0]).lower() == "layer":
+        raise ValueError(f"norm='layer' is not supported on group feature maps, got norm={norm!r}.")
+
+
 def _check_odd_kernel(weight: torch.Tensor) -> None:
     """The functional convs refuse even kernels as the modules do: an even filter has no centre pixel, so its
     rotations are not centred on the same point and the convolution is not exactly equivariant."""
@@ -679,8 +686,7 @@ class GroupConvolution(nn.Sequential):
             return
         if act is None and norm is None and dropout is None:
             return
-        if isinstance(norm, (str, tuple, list)) and str(norm if isinstance(norm, str) else norm[0]).lower() == "layer":
-            raise ValueError(f"norm='layer' is not supported on group feature maps, got norm={norm!r}.")
+        _check_group_norm(norm)
         self.add_module(
             "adn",
             ADN(
