@@ -193,7 +193,11 @@ def _new_index(group: str, k: int, lifting: bool, device: torch.device | None = 
 
 @functools.lru_cache(maxsize=None)
 def _cached_index(group: str, k: int, lifting: bool, device: torch.device) -> torch.Tensor:
-    return _new_index(group, k, lifting, device)
+    # a normal tensor even when the cache is filled under torch.inference_mode(): the bank's index_select saves the
+    # index for backward, and an inference tensor there failed every later training call ("Inference tensors cannot
+    # be saved for backward")
+    with torch.inference_mode(False):
+        return _new_index(group, k, lifting, device)
 
 
 def _bank_index(group: str, k: int, lifting: bool, device: torch.device) -> torch.Tensor:
