@@ -279,9 +279,12 @@ def _table_tensors(table: ShellTable, device: torch.device) -> tuple[torch.Tenso
     key = (table.kernel_size, table.spatial_dims, table.circular, str(device))
     hit = _TABLE_TENSORS.get(key)
     if hit is None:
-        codes = torch.tensor(list(table.codes) or [0], dtype=torch.int32, device=device)
-        starts = torch.tensor(table.starts, dtype=torch.int32, device=device)
-        rep = torch.tensor(table.rep_index, dtype=torch.int64, device=device)
+        # normal tensors even when first built under torch.inference_mode(): shell_weights' index_select saves
+        # ``rep`` for backward, and an inference tensor there made every later training call fail (and fall back)
+        with torch.inference_mode(False):
+            codes = torch.tensor(list(table.codes) or [0], dtype=torch.int32, device=device)
+            starts = torch.tensor(table.starts, dtype=torch.int32, device=device)
+            rep = torch.tensor(table.rep_index, dtype=torch.int64, device=device)
         hit = _TABLE_TENSORS[key] = (codes, starts, rep)
     return hit
 

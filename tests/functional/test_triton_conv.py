@@ -404,6 +404,29 @@ def test_interpreter_float64_under_autocast_stays_float64(interpreter):
     assert len(_TRITON_CALLS) == launches
 
 
+@needs_triton
+def test_interpreter_trains_after_a_first_call_under_inference_mode(interpreter, monkeypatch):
+    """The shell-table tensors are cached per device; built by a first call under ``torch.inference_mode()`` they
+    were inference tensors, which ``shell_weights``' ``index_select`` saves for backward: the next training call
+    failed ("Inference tensors cannot be saved for backward"), and outside the strict mode the Triton kernels were
+    switched off for that kernel size for the rest of the process. Training now runs the kernels."""
+    monkeypatch.setattr(tc, "_TABLE_TENSORS", {})
+    torch.manual_seed(0)
+    m = _make(2, 2, 3, 3, dtype=torch.float32)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    x = torch.randn(1, 2, 5, 6)
+    with torch.inference_mode():
+        m(x)
+    launches = len(_TRITON_CALLS)
+    g = torch.randn(1, 3, 5, 6)
+    got = _grads(m, x, g)  # output and the gradients of input, ring weights, log sigma and bias
+    assert len(_TRITON_CALLS) > launches
+    for a, r in zip(got, _grads(ref_m, x, g)):
+        assert rel_err(a, r) < 1e-5
+
+
 def test_area_sampling_is_refused_by_name(monkeypatch, caplog):
     """A ``sampling="area"`` basis is not constant on shells of equal ``|q|``: the Triton kernels must not run it."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
