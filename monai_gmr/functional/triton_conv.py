@@ -63,6 +63,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -147,6 +148,7 @@ def triton_unsupported_reason(
     groups: int = 1,
     padding_mode: str = "zeros",
     out_channels: int | None = None,
+    tensors: Sequence[torch.Tensor | None] = (),
 ) -> str | None:
     """Why ``impl="triton"`` cannot run this convolution, or ``None`` when it can.
 
@@ -154,7 +156,10 @@ def triton_unsupported_reason(
     ``tl.dot`` is wrong for bfloat16 operands), 2 or 3 spatial dims, float32 / float16 / bfloat16 (after autocast),
     odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding, and
     fewer than ``2**31`` elements in one input sample and (given ``out_channels``) one output sample: the kernels
-    index within a sample in int32.
+    index within a sample in int32. The kernels' autograd function has a reverse-mode backward only: inside a
+    ``torch.func`` transform (``vmap``, ``grad``, ...) or with forward-mode AD tangents on ``x`` or ``tensors`` (the
+    caller's weight, basis, bias) the call falls back; they raised in the kernels' function before, which
+    ``gmr_conv`` took for a kernel failure and turned the kernels off for the rest of the process.
     """
     d = x.ndim - 2
     if d not in (2, 3):
@@ -162,6 +167,10 @@ def triton_unsupported_reason(
     dt = _compute_dtype(x)
     if dt not in SUPPORTED_DTYPES:
         return f"dtype {dt}"
+    if torch._C._are_functorch_transforms_active():
+        return "a torch.func transform (vmap, grad, ...) is active; the kernels support reverse-mode autograd only"
+    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in (x, *tensors)):
+        return "forward-mode AD (a dual tensor); the kernels support reverse-mode autograd only"
 
     def _all(v, val):
         return all(int(e) == val for e in (v if isinstance(v, (tuple, list)) else [v] * d))
@@ -1070,6 +1079,7 @@ def resolve_triton(
     has_basis: bool = True,
     radial: bool = True,
     out_channels: int | None = None,
+    tensors: Sequence[torch.Tensor | None] = (),
 ) -> str:
     """``"triton"`` if the fused kernels can run this call, else the best other implementation.
 
@@ -1084,7 +1094,7 @@ def resolve_triton(
         reason = "the basis is not a function of |p| alone (sampling='area')"
     else:
         reason = triton_unsupported_reason(
-            x, kernel_size, stride, padding, dilation, groups, padding_mode, out_channels=out_channels
+            x, kernel_size, stride, padding, dilation, groups, padding_mode, out_channels=out_channels, tensors=tensors
         )
     if reason is None:
         return "triton"

@@ -427,6 +427,33 @@ def test_interpreter_trains_after_a_first_call_under_inference_mode(interpreter,
         assert rel_err(a, r) < 1e-5
 
 
+@needs_triton
+def test_interpreter_torch_func_and_forward_ad_fall_back_without_disabling_the_kernels(interpreter):
+    """The kernels' autograd function has no functorch rule and no jvp: ``torch.func.vmap`` over a Triton GMRConv,
+    or a forward-mode AD dual input, raised inside it, which gmr_conv took for a kernel failure: "impl='triton'
+    failed ...; using the dense/rings path from now on", and every later plain call of that kernel size ran dense.
+    Both now fall back for that call only (matching dense), and the next plain call runs the kernels."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    m = _make(2, 2, 3, 3, dtype=torch.float32)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    x = torch.randn(3, 1, 2, 5, 5)
+    launches = len(_TRITON_CALLS)
+    with torch.no_grad():
+        assert rel_err(torch.func.vmap(m)(x), torch.func.vmap(ref_m)(x)) < 1e-6
+    t = torch.randn_like(x[0])
+    with fwAD.dual_level():
+        y, r = (fwAD.unpack_dual(f(fwAD.make_dual(x[0], t))) for f in (m, ref_m))
+        assert rel_err(y.primal, r.primal) < 1e-6 and rel_err(y.tangent, r.tangent) < 1e-6
+    assert len(_TRITON_CALLS) == launches and not conv_mod._TRITON_FAILED
+    with torch.no_grad():
+        assert rel_err(m(x[0]), ref_m(x[0])) < 1e-5
+    assert len(_TRITON_CALLS) > launches
+
+
 def test_area_sampling_is_refused_by_name(monkeypatch, caplog):
     """A ``sampling="area"`` basis is not constant on shells of equal ``|q|``: the Triton kernels must not run it."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
