@@ -25,8 +25,9 @@ Kernels (never materialising a ``k^d``- or ``n``-times intermediate in global me
   are summed in PyTorch (deterministic, no atomics).
 - bias: added in the forward epilogue; its gradient is a PyTorch sum of ``grad_out``.
 
-Precision: shell sums and accumulation are fp32. float32 inputs use TF32 tensor cores when
-``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default, the same rule cuDNN follows for the dense impl),
+Precision: shell sums and accumulation are fp32. float32 inputs use TF32 tensor cores when cuDNN convolutions may
+(``torch.backends.cudnn.conv.fp32_precision``, or the legacy ``torch.backends.cudnn.allow_tf32``: PyTorch's default,
+the same rule cuDNN follows for the dense impl),
 with the operands rounded to nearest TF32 in registers (Triton's TF32 path otherwise truncates); exact fp32 FMA
 dots (``input_precision="ieee"``) otherwise. bf16/fp16 (explicit, or under ``torch.autocast``) feed the tensor
 cores with the shell sums rounded once to the compute dtype in the forward and input-gradient kernels; the weight
@@ -830,9 +831,24 @@ def _config(kind: str, d: int, dtype: torch.dtype, c_in: int, c_out: int, interp
     return cfg
 
 
+def _cudnn_conv_allows_tf32() -> bool:
+    """Whether cuDNN convolutions may use TF32 (the rule of the dense impl), from PyTorch's per-operator
+    ``fp32_precision`` flags where they exist (``torch.backends.cudnn.conv``, then ``torch.backends.cudnn``, then
+    ``torch.backends``; ``"none"`` defers to the next). ``torch.backends.cudnn.allow_tf32`` raises once the conv and
+    RNN flags differ (e.g. after ``torch.backends.cudnn.conv.fp32_precision = "ieee"``)."""
+    cudnn = torch.backends.cudnn
+    levels = (getattr(cudnn, "conv", None), cudnn, torch.backends)
+    if not all(hasattr(m, "fp32_precision") for m in levels):  # older PyTorch: the legacy flag only
+        return bool(cudnn.allow_tf32)
+    for m in levels:
+        if m.fp32_precision != "none":
+            return m.fp32_precision == "tf32"
+    return False
+
+
 def _dot_mode(dtype: torch.dtype, interp: bool) -> tuple[bool, str]:
     """(round operands to TF32, tl.dot input_precision) for a compute dtype."""
-    if dtype == torch.float32 and not interp and torch.backends.cudnn.allow_tf32:
+    if dtype == torch.float32 and not interp and _cudnn_conv_allows_tf32():
         return True, "tf32"
     return False, "ieee"
 

@@ -146,6 +146,30 @@ def test_unsupported_reasons(monkeypatch):
     assert tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "zeros") is not None  # CPU without the interpreter
 
 
+def test_tf32_rule_reads_the_conv_precision_flag():
+    """The float32 kernels use TF32 when cuDNN convolutions may. The rule read ``torch.backends.cudnn.allow_tf32``,
+    which raises once PyTorch's newer per-operator flags differ between conv and RNN: after
+    ``torch.backends.cudnn.conv.fp32_precision = "ieee"`` every float32 Triton call raised there, which gmr_conv
+    took for a kernel failure (kernels off for the process). It now reads the conv flag."""
+    cudnn = torch.backends.cudnn
+    if not hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        pytest.skip("this PyTorch has only the legacy allow_tf32 flag")
+    saved = (cudnn.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+    try:
+        cudnn.conv.fp32_precision = "ieee"
+        assert tc._dot_mode(torch.float32, False) == (False, "ieee")
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = "tf32", "ieee"
+        assert tc._dot_mode(torch.float32, False) == (True, "tf32")
+        assert tc._dot_mode(torch.float32, True) == (False, "ieee")  # the interpreter: exact fp32
+        cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = "tf32"
+        cudnn.allow_tf32 = False  # the legacy flag still decides when it is the one used
+        assert tc._dot_mode(torch.float32, False) == (False, "ieee")
+    finally:
+        cudnn.fp32_precision = saved[0]
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = saved[1:]
+    assert (cudnn.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == saved
+
+
 def test_auto_never_selects_triton_on_cpu():
     for k in (3, 5, 7, 9, 11):
         for c in (1, 32, 128):
