@@ -789,6 +789,12 @@ def _np2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
+def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A tensor subclass (MONAI's ``MetaTensor``) as a plain tensor for a kernel launch (same storage; Triton's
+    interpreter copies kernel arguments with ``new_empty``, whose signature ``MetaTensor`` changes)."""
+    return t.as_subclass(torch.Tensor) if t is not None and type(t) is not torch.Tensor else t
+
+
 def _is_interp(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
@@ -913,6 +919,7 @@ def triton_forward(
     Returns:
         ``(B, C_out) + spatial`` in ``x.dtype``.
     """
+    x, w_shell, out = _plain(x), _plain(w_shell), _plain(out)
     interp = _is_interp(x)
     k = _kernels(interp, table, "fwd")["fwd"]
     d = x.ndim - 2
@@ -960,6 +967,7 @@ def triton_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: ShellTabl
     Returns:
         ``(num_shells, C_in, C_out)`` float32.
     """
+    x, grad_out = _plain(x), _plain(grad_out)
     interp = _is_interp(x)
     k = _kernels(interp, table, "wgrad")["wgrad"]
     d = x.ndim - 2
@@ -1065,8 +1073,12 @@ def gmr_conv_triton(
             for any radial basis, a little more work).
 
     Returns:
-        ``(B, C_out) + spatial`` in the compute dtype (the autocast dtype under autocast, else ``x.dtype``).
+        ``(B, C_out) + spatial`` in the compute dtype (the autocast dtype under autocast, else ``x.dtype``); of
+        ``x``'s tensor subclass where it has one (a ``MetaTensor`` keeps its metadata, as with the dense impl).
     """
+    if torch.overrides.has_torch_function((x,)):
+        # tensor subclasses (MONAI's MetaTensor) wrap the result as they wrap F.conv2d's, i.e. the dense impl's
+        return torch.overrides.handle_torch_function(gmr_conv_triton, (x,), x, weight, basis, bias, circular=circular)
     d = x.ndim - 2
     k = basis.shape[-1]
     table = shell_table(k, d, bool(circular))

@@ -478,6 +478,31 @@ def test_interpreter_torch_func_and_forward_ad_fall_back_without_disabling_the_k
     assert len(_TRITON_CALLS) > launches
 
 
+@needs_triton
+def test_interpreter_metatensor_input_matches_dense(interpreter):
+    """MONAI pipelines feed ``MetaTensor`` batches to networks. The dense impl returns a ``MetaTensor`` with the
+    input's metadata (``F.conv2d``'s ``__torch_function__``); the Triton path launched the kernels on the
+    ``MetaTensor`` itself, which Triton's interpreter cannot copy (``TypeError`` from ``MetaTensor.new_empty``:
+    a "kernel failure" that switched the kernels off), and on CUDA it returned a plain tensor. Now the kernels get
+    plain views and the result is wrapped like the dense impl's."""
+    from monai.data import MetaTensor
+
+    torch.manual_seed(0)
+    m = _make(2, 2, 3, 3, dtype=torch.float32)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    x = MetaTensor(torch.randn(1, 2, 5, 6), meta={"filename_or_obj": "tile_0.png"})
+    g = torch.randn(1, 3, 5, 6)
+    launches = len(_TRITON_CALLS)
+    got, ref = _grads(m, x, g), _grads(ref_m, x, g)
+    assert len(_TRITON_CALLS) > launches
+    assert type(got[0]) is type(ref[0]) is MetaTensor
+    assert got[0].meta["filename_or_obj"] == "tile_0.png"
+    for a, r in zip(got, ref):
+        assert rel_err(torch.as_tensor(a), torch.as_tensor(r)) < 1e-5
+
+
 def test_area_sampling_is_refused_by_name(monkeypatch, caplog):
     """A ``sampling="area"`` basis is not constant on shells of equal ``|q|``: the Triton kernels must not run it."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU would otherwise be the reason
