@@ -805,6 +805,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--steps must be >= 1, got {args.steps}.")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    if not 0 <= args.seed < 2**32:  # numpy's seed range; else a bare numpy error after --out was created
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}.")
     from monai_gmr.utils import output_dir_error
 
     for flag, folder in (("--out", args.out), ("--data-dir", args.data_dir)):

@@ -284,7 +284,7 @@ def gmr_conv(
             radial = basis is None or (cubic and is_radial_basis(basis))
         impl = resolve_triton(
             requested, x, k, stride, padding, dilation, groups, padding_mode, needs_grad, basis is not None, radial,
-            out_channels=weight.shape[0],
+            out_channels=weight.shape[0], tensors=(weight, basis, bias),
         )
         if impl == "triton":
             # the kernels read weight, basis and bias without bounds: channel counts, rings and bias were checked by

@@ -25,8 +25,9 @@ Kernels (never materialising a ``k^d``- or ``n``-times intermediate in global me
   are summed in PyTorch (deterministic, no atomics).
 - bias: added in the forward epilogue; its gradient is a PyTorch sum of ``grad_out``.
 
-Precision: shell sums and accumulation are fp32. float32 inputs use TF32 tensor cores when
-``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default, the same rule cuDNN follows for the dense impl),
+Precision: shell sums and accumulation are fp32. float32 inputs use TF32 tensor cores when cuDNN convolutions may
+(``torch.backends.cudnn.conv.fp32_precision``, or the legacy ``torch.backends.cudnn.allow_tf32``: PyTorch's default,
+the same rule cuDNN follows for the dense impl),
 with the operands rounded to nearest TF32 in registers (Triton's TF32 path otherwise truncates); exact fp32 FMA
 dots (``input_precision="ieee"``) otherwise. bf16/fp16 (explicit, or under ``torch.autocast``) feed the tensor
 cores with the shell sums rounded once to the compute dtype in the forward and input-gradient kernels; the weight
@@ -44,7 +45,8 @@ float16 / bfloat16 on CUDA. The basis must be radially symmetric (as :func:`ring
 ``sampling="center"``; ``gmr_conv`` checks an unknown basis with :func:`.basis.is_radial_basis`); only one offset
 per shell is read. Anything else falls back (see :func:`triton_unsupported_reason` and
 ``monai_gmr.functional.conv.gmr_conv``). On CPU tensors the kernels run only under Triton's interpreter (set the
-environment variable ``TRITON_INTERPRET=1``; slow, for tests). Triton is imported lazily: this module imports
+environment variable ``TRITON_INTERPRET=1``; slow, for tests), in float32 / float16: bfloat16 falls back there (the
+interpreter's ``tl.dot`` returns garbage for bfloat16 operands). Triton is imported lazily: this module imports
 without it.
 
 Memory layout: the shifted loads of the shell sums vectorise only along the channel dimension, so by default
@@ -62,6 +64,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -131,7 +134,8 @@ def _interpret_requested() -> bool:
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
+    # autocast casts float32 / float16 / bfloat16 tensors only: a float64 convolution stays float64 under autocast
+    if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
 
@@ -145,13 +149,18 @@ def triton_unsupported_reason(
     groups: int = 1,
     padding_mode: str = "zeros",
     out_channels: int | None = None,
+    tensors: Sequence[torch.Tensor | None] = (),
 ) -> str | None:
     """Why ``impl="triton"`` cannot run this convolution, or ``None`` when it can.
 
-    Supported: CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``), 2 or 3 spatial dims, float32 /
-    float16 / bfloat16 (after autocast), odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding, and
+    Supported: CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``, and not in bfloat16: the interpreter's
+    ``tl.dot`` is wrong for bfloat16 operands), 2 or 3 spatial dims, float32 / float16 / bfloat16 (after autocast),
+    odd kernel size, stride 1, dilation 1, groups 1, "same" zero padding, and
     fewer than ``2**31`` elements in one input sample and (given ``out_channels``) one output sample: the kernels
-    index within a sample in int32.
+    index within a sample in int32. The kernels' autograd function has a reverse-mode backward only: inside a
+    ``torch.func`` transform (``vmap``, ``grad``, ...) or with forward-mode AD tangents on ``x`` or ``tensors`` (the
+    caller's weight, basis, bias) the call falls back; they raised in the kernels' function before, which
+    ``gmr_conv`` took for a kernel failure and turned the kernels off for the rest of the process.
     """
     d = x.ndim - 2
     if d not in (2, 3):
@@ -159,6 +168,10 @@ def triton_unsupported_reason(
     dt = _compute_dtype(x)
     if dt not in SUPPORTED_DTYPES:
         return f"dtype {dt}"
+    if torch._C._are_functorch_transforms_active():
+        return "a torch.func transform (vmap, grad, ...) is active; the kernels support reverse-mode autograd only"
+    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in (x, *tensors)):
+        return "forward-mode AD (a dual tensor); the kernels support reverse-mode autograd only"
 
     def _all(v, val):
         return all(int(e) == val for e in (v if isinstance(v, (tuple, list)) else [v] * d))
@@ -181,6 +194,8 @@ def triton_unsupported_reason(
     if x.device.type == "cpu":
         if not _interpret_requested():
             return "CPU tensor (the Triton kernels run on CUDA; on CPU only under TRITON_INTERPRET=1)"
+        if dt == torch.bfloat16:  # the interpreter's tl.dot on bf16 operands returned ~1e10 for unit-size inputs
+            return "bfloat16 in Triton's CPU interpreter (its tl.dot gives wrong values for bfloat16 operands)"
     elif x.device.type != "cuda":
         return f"device {x.device.type!r}"
     if kernel_size > 2 * (_OFF_BIAS - 1) + 1:
@@ -274,9 +289,12 @@ def _table_tensors(table: ShellTable, device: torch.device) -> tuple[torch.Tenso
     key = (table.kernel_size, table.spatial_dims, table.circular, str(device))
     hit = _TABLE_TENSORS.get(key)
     if hit is None:
-        codes = torch.tensor(list(table.codes) or [0], dtype=torch.int32, device=device)
-        starts = torch.tensor(table.starts, dtype=torch.int32, device=device)
-        rep = torch.tensor(table.rep_index, dtype=torch.int64, device=device)
+        # normal tensors even when first built under torch.inference_mode(): shell_weights' index_select saves
+        # ``rep`` for backward, and an inference tensor there made every later training call fail (and fall back)
+        with torch.inference_mode(False):
+            codes = torch.tensor(list(table.codes) or [0], dtype=torch.int32, device=device)
+            starts = torch.tensor(table.starts, dtype=torch.int32, device=device)
+            rep = torch.tensor(table.rep_index, dtype=torch.int64, device=device)
         hit = _TABLE_TENSORS[key] = (codes, starts, rep)
     return hit
 
@@ -771,6 +789,12 @@ def _np2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
+def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A tensor subclass (MONAI's ``MetaTensor``) as a plain tensor for a kernel launch (same storage; Triton's
+    interpreter copies kernel arguments with ``new_empty``, whose signature ``MetaTensor`` changes)."""
+    return t.as_subclass(torch.Tensor) if t is not None and type(t) is not torch.Tensor else t
+
+
 def _is_interp(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
@@ -813,9 +837,24 @@ def _config(kind: str, d: int, dtype: torch.dtype, c_in: int, c_out: int, interp
     return cfg
 
 
+def _cudnn_conv_allows_tf32() -> bool:
+    """Whether cuDNN convolutions may use TF32 (the rule of the dense impl), from PyTorch's per-operator
+    ``fp32_precision`` flags where they exist (``torch.backends.cudnn.conv``, then ``torch.backends.cudnn``, then
+    ``torch.backends``; ``"none"`` defers to the next). ``torch.backends.cudnn.allow_tf32`` raises once the conv and
+    RNN flags differ (e.g. after ``torch.backends.cudnn.conv.fp32_precision = "ieee"``)."""
+    cudnn = torch.backends.cudnn
+    levels = (getattr(cudnn, "conv", None), cudnn, torch.backends)
+    if not all(hasattr(m, "fp32_precision") for m in levels):  # older PyTorch: the legacy flag only
+        return bool(cudnn.allow_tf32)
+    for m in levels:
+        if m.fp32_precision != "none":
+            return m.fp32_precision == "tf32"
+    return False
+
+
 def _dot_mode(dtype: torch.dtype, interp: bool) -> tuple[bool, str]:
     """(round operands to TF32, tl.dot input_precision) for a compute dtype."""
-    if dtype == torch.float32 and not interp and torch.backends.cudnn.allow_tf32:
+    if dtype == torch.float32 and not interp and _cudnn_conv_allows_tf32():
         return True, "tf32"
     return False, "ieee"
 
@@ -880,6 +919,7 @@ def triton_forward(
     Returns:
         ``(B, C_out) + spatial`` in ``x.dtype``.
     """
+    x, w_shell, out = _plain(x), _plain(w_shell), _plain(out)
     interp = _is_interp(x)
     k = _kernels(interp, table, "fwd")["fwd"]
     d = x.ndim - 2
@@ -927,6 +967,7 @@ def triton_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: ShellTabl
     Returns:
         ``(num_shells, C_in, C_out)`` float32.
     """
+    x, grad_out = _plain(x), _plain(grad_out)
     interp = _is_interp(x)
     k = _kernels(interp, table, "wgrad")["wgrad"]
     d = x.ndim - 2
@@ -1032,8 +1073,12 @@ def gmr_conv_triton(
             for any radial basis, a little more work).
 
     Returns:
-        ``(B, C_out) + spatial`` in the compute dtype (the autocast dtype under autocast, else ``x.dtype``).
+        ``(B, C_out) + spatial`` in the compute dtype (the autocast dtype under autocast, else ``x.dtype``); of
+        ``x``'s tensor subclass where it has one (a ``MetaTensor`` keeps its metadata, as with the dense impl).
     """
+    if torch.overrides.has_torch_function((x,)):
+        # tensor subclasses (MONAI's MetaTensor) wrap the result as they wrap F.conv2d's, i.e. the dense impl's
+        return torch.overrides.handle_torch_function(gmr_conv_triton, (x,), x, weight, basis, bias, circular=circular)
     d = x.ndim - 2
     k = basis.shape[-1]
     table = shell_table(k, d, bool(circular))
@@ -1062,6 +1107,7 @@ def resolve_triton(
     has_basis: bool = True,
     radial: bool = True,
     out_channels: int | None = None,
+    tensors: Sequence[torch.Tensor | None] = (),
 ) -> str:
     """``"triton"`` if the fused kernels can run this call, else the best other implementation.
 
@@ -1076,7 +1122,7 @@ def resolve_triton(
         reason = "the basis is not a function of |p| alone (sampling='area')"
     else:
         reason = triton_unsupported_reason(
-            x, kernel_size, stride, padding, dilation, groups, padding_mode, out_channels=out_channels
+            x, kernel_size, stride, padding, dilation, groups, padding_mode, out_channels=out_channels, tensors=tensors
         )
     if reason is None:
         return "triton"

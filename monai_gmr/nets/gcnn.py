@@ -34,6 +34,7 @@ from monai_gmr.nn.gconv import (
     GroupPool,
     GroupSpatialPool,
     GroupUpsample,
+    _check_group_norm,
     count_parameters,
     group_order,
 )
@@ -297,7 +298,7 @@ class GCNNResNet(nn.Module):
             ``(B, block_inplanes[-1])``.
         act: activation name or ``(name, kwargs)``; ``None`` for none.
         norm: norm name or ``(name, kwargs)``, built by MONAI's factory for 3 dims so that statistics are shared
-            across orientations; ``None`` for none.
+            across orientations; ``None`` for none. ``"layer"`` is not supported.
         out_channels: alias of ``num_classes`` (so configs written for ``out_channels`` work).
 
     Shapes:
@@ -357,6 +358,7 @@ class GCNNResNet(nn.Module):
             raise ValueError(f"conv1_t_size must be an odd positive int, got conv1_t_size={conv1_t_size!r}.")
         _check_choice(pooling, SPATIAL_POOL_MODES, "pooling")
         _check_choice(group_pool, POOL_MODES, "group_pool")
+        _check_group_norm(norm)  # as GroupConvolution (the U-Net's blocks) does
         if not _is_int(conv1_t_stride) or conv1_t_stride < 1:
             raise ValueError(f"conv1_t_stride must be a positive int, got conv1_t_stride={conv1_t_stride!r}.")
         conv1_t_stride = int(conv1_t_stride)

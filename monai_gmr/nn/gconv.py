@@ -193,7 +193,11 @@ def _new_index(group: str, k: int, lifting: bool, device: torch.device | None = 
 
 @functools.lru_cache(maxsize=None)
 def _cached_index(group: str, k: int, lifting: bool, device: torch.device) -> torch.Tensor:
-    return _new_index(group, k, lifting, device)
+    # a normal tensor even when the cache is filled under torch.inference_mode(): the bank's index_select saves the
+    # index for backward, and an inference tensor there failed every later training call ("Inference tensors cannot
+    # be saved for backward")
+    with torch.inference_mode(False):
+        return _new_index(group, k, lifting, device)
 
 
 def _bank_index(group: str, k: int, lifting: bool, device: torch.device) -> torch.Tensor:
@@ -334,6 +338,13 @@ def group_conv2d(
 
 
 # ---------------------------------------------------------------------------------------------------- validation
+def _check_group_norm(norm) -> None:
+    """Refuse ``norm="layer"`` (or ``("layer", kwargs)``) for group feature maps: MONAI's ``LayerNorm`` needs a
+    ``normalized_shape`` over trailing dims, whose elementwise affine is not shared across orientations (or fails)."""
+    if isinstance(norm, (str, tuple, list)) and str(norm if isinstance(norm, str) else norm[0]).lower() == "layer":
+        raise ValueError(f"norm='layer' is not supported on group feature maps, got norm={norm!r}.")
+
+
 def _check_odd_kernel(weight: torch.Tensor) -> None:
     """The functional convs refuse even kernels as the modules do: an even filter has no centre pixel, so its
     rotations are not centred on the same point and the convolution is not exactly equivariant."""
@@ -679,8 +690,7 @@ class GroupConvolution(nn.Sequential):
             return
         if act is None and norm is None and dropout is None:
             return
-        if isinstance(norm, (str, tuple, list)) and str(norm if isinstance(norm, str) else norm[0]).lower() == "layer":
-            raise ValueError(f"norm='layer' is not supported on group feature maps, got norm={norm!r}.")
+        _check_group_norm(norm)
         self.add_module(
             "adn",
             ADN(

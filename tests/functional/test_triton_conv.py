@@ -146,6 +146,30 @@ def test_unsupported_reasons(monkeypatch):
     assert tc.triton_unsupported_reason(x, 5, 1, 2, 1, 1, "zeros") is not None  # CPU without the interpreter
 
 
+def test_tf32_rule_reads_the_conv_precision_flag():
+    """The float32 kernels use TF32 when cuDNN convolutions may. The rule read ``torch.backends.cudnn.allow_tf32``,
+    which raises once PyTorch's newer per-operator flags differ between conv and RNN: after
+    ``torch.backends.cudnn.conv.fp32_precision = "ieee"`` every float32 Triton call raised there, which gmr_conv
+    took for a kernel failure (kernels off for the process). It now reads the conv flag."""
+    cudnn = torch.backends.cudnn
+    if not hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        pytest.skip("this PyTorch has only the legacy allow_tf32 flag")
+    saved = (cudnn.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+    try:
+        cudnn.conv.fp32_precision = "ieee"
+        assert tc._dot_mode(torch.float32, False) == (False, "ieee")
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = "tf32", "ieee"
+        assert tc._dot_mode(torch.float32, False) == (True, "tf32")
+        assert tc._dot_mode(torch.float32, True) == (False, "ieee")  # the interpreter: exact fp32
+        cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = "tf32"
+        cudnn.allow_tf32 = False  # the legacy flag still decides when it is the one used
+        assert tc._dot_mode(torch.float32, False) == (False, "ieee")
+    finally:
+        cudnn.fp32_precision = saved[0]
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = saved[1:]
+    assert (cudnn.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == saved
+
+
 def test_auto_never_selects_triton_on_cpu():
     for k in (3, 5, 7, 9, 11):
         for c in (1, 32, 128):
@@ -356,6 +380,127 @@ def test_interpreter_low_level_writes_every_output(interpreter):
     assert torch.isfinite(out).all()
     gw = tc.triton_weight_grad(x, torch.randn(2, 5, 7, 9), t)
     assert gw.shape == (t.num_shells, 3, 5) and torch.isfinite(gw).all()
+
+
+@needs_triton
+def test_interpreter_bfloat16_falls_back_instead_of_garbage(interpreter, monkeypatch, caplog):
+    """Triton's CPU interpreter computes ``tl.dot`` on bfloat16 operands wrongly: a bf16 GMRConv (or a float32 one
+    under CPU bf16 autocast) with ``impl="triton"`` returned values around 1e10 for unit-size inputs, silently. The
+    interpreter now refuses bf16 by name and the dense path gives the result."""
+    monkeypatch.setattr(tc, "_WARNED", set())
+    torch.manual_seed(0)
+    m = _make(2, 3, 4, 3, dtype=torch.float32)
+    x = torch.randn(1, 3, 6, 7)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    launches = len(_TRITON_CALLS)
+    with caplog.at_level(logging.WARNING, logger=tc.__name__):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ya = m(x)
+            ra = ref_m(x)
+        y = m.bfloat16()(x.bfloat16())
+    r = ref_m.bfloat16()(x.bfloat16())
+    assert y.dtype == ya.dtype == torch.bfloat16
+    assert rel_err(y.float(), r.float()) < 1e-6 and rel_err(ya.float(), ra.float()) < 1e-6
+    assert len(_TRITON_CALLS) == launches
+    assert any("bfloat16" in rec.getMessage() for rec in caplog.records)
+    assert "bfloat16" in tc.triton_unsupported_reason(x.bfloat16(), 3, 1, 1, 1, 1, "zeros")
+
+
+@needs_triton
+def test_interpreter_float64_under_autocast_stays_float64(interpreter):
+    """Autocast leaves float64 tensors alone, so a float64 GMRConv under autocast runs in float64 with the dense
+    impl (``F.conv2d`` does the same). ``impl="triton"`` took the autocast dtype as the compute dtype and cast the
+    float64 input down: a float16 result, relative error 4e-4 against dense, no warning. It now falls back."""
+    torch.manual_seed(0)
+    m = _make(2, 3, 4, 3, dtype=torch.float64)
+    x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    launches = len(_TRITON_CALLS)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = m(x)
+        r = ref_m(x)
+    assert r.dtype == torch.float64
+    assert y.dtype == torch.float64 and rel_err(y, r) < 1e-12
+    assert len(_TRITON_CALLS) == launches
+
+
+@needs_triton
+def test_interpreter_trains_after_a_first_call_under_inference_mode(interpreter, monkeypatch):
+    """The shell-table tensors are cached per device; built by a first call under ``torch.inference_mode()`` they
+    were inference tensors, which ``shell_weights``' ``index_select`` saves for backward: the next training call
+    failed ("Inference tensors cannot be saved for backward"), and outside the strict mode the Triton kernels were
+    switched off for that kernel size for the rest of the process. Training now runs the kernels."""
+    monkeypatch.setattr(tc, "_TABLE_TENSORS", {})
+    torch.manual_seed(0)
+    m = _make(2, 2, 3, 3, dtype=torch.float32)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    x = torch.randn(1, 2, 5, 6)
+    with torch.inference_mode():
+        m(x)
+    launches = len(_TRITON_CALLS)
+    g = torch.randn(1, 3, 5, 6)
+    got = _grads(m, x, g)  # output and the gradients of input, ring weights, log sigma and bias
+    assert len(_TRITON_CALLS) > launches
+    for a, r in zip(got, _grads(ref_m, x, g)):
+        assert rel_err(a, r) < 1e-5
+
+
+@needs_triton
+def test_interpreter_torch_func_and_forward_ad_fall_back_without_disabling_the_kernels(interpreter):
+    """The kernels' autograd function has no functorch rule and no jvp: ``torch.func.vmap`` over a Triton GMRConv,
+    or a forward-mode AD dual input, raised inside it, which gmr_conv took for a kernel failure: "impl='triton'
+    failed ...; using the dense/rings path from now on", and every later plain call of that kernel size ran dense.
+    Both now fall back for that call only (matching dense), and the next plain call runs the kernels."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    m = _make(2, 2, 3, 3, dtype=torch.float32)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    x = torch.randn(3, 1, 2, 5, 5)
+    launches = len(_TRITON_CALLS)
+    with torch.no_grad():
+        assert rel_err(torch.func.vmap(m)(x), torch.func.vmap(ref_m)(x)) < 1e-6
+    t = torch.randn_like(x[0])
+    with fwAD.dual_level():
+        y, r = (fwAD.unpack_dual(f(fwAD.make_dual(x[0], t))) for f in (m, ref_m))
+        assert rel_err(y.primal, r.primal) < 1e-6 and rel_err(y.tangent, r.tangent) < 1e-6
+    assert len(_TRITON_CALLS) == launches and not conv_mod._TRITON_FAILED
+    with torch.no_grad():
+        assert rel_err(m(x[0]), ref_m(x[0])) < 1e-5
+    assert len(_TRITON_CALLS) > launches
+
+
+@needs_triton
+def test_interpreter_metatensor_input_matches_dense(interpreter):
+    """MONAI pipelines feed ``MetaTensor`` batches to networks. The dense impl returns a ``MetaTensor`` with the
+    input's metadata (``F.conv2d``'s ``__torch_function__``); the Triton path launched the kernels on the
+    ``MetaTensor`` itself, which Triton's interpreter cannot copy (``TypeError`` from ``MetaTensor.new_empty``:
+    a "kernel failure" that switched the kernels off), and on CUDA it returned a plain tensor. Now the kernels get
+    plain views and the result is wrapped like the dense impl's."""
+    from monai.data import MetaTensor
+
+    torch.manual_seed(0)
+    m = _make(2, 2, 3, 3, dtype=torch.float32)
+    ref_m = copy.deepcopy(m)
+    ref_m.impl = "dense"
+    m.impl = "triton"
+    x = MetaTensor(torch.randn(1, 2, 5, 6), meta={"filename_or_obj": "tile_0.png"})
+    g = torch.randn(1, 3, 5, 6)
+    launches = len(_TRITON_CALLS)
+    got, ref = _grads(m, x, g), _grads(ref_m, x, g)
+    assert len(_TRITON_CALLS) > launches
+    assert type(got[0]) is type(ref[0]) is MetaTensor
+    assert got[0].meta["filename_or_obj"] == "tile_0.png"
+    for a, r in zip(got, ref):
+        assert rel_err(torch.as_tensor(a), torch.as_tensor(r)) < 1e-5
 
 
 def test_area_sampling_is_refused_by_name(monkeypatch, caplog):

@@ -153,6 +153,12 @@ def test_resnet_features_and_options():
         # dropout=True reached nn.Dropout as p=1 (every activation zeroed in training)
         (lambda: GCNNUNet(2, 1, 2, dropout=True, **TINY_UNET), "^dropout must be a probability"),
         (lambda: GCNNUNet(2, 1, 2, dropout=1.5, **TINY_UNET), "^dropout must be a probability"),
+        # the U-Net's GroupConvolution refused norm="layer" by name; the ResNet raised LayerNorm's TypeError (no
+        # normalized_shape), and with ("layer", {"normalized_shape": ...}) built a norm whose elementwise affine
+        # over (|H|, H, W) is not shared across orientations
+        (lambda: gcnn_resnet18(2, 1, 2, norm="layer", **TINY_RESNET), "norm='layer'"),
+        (lambda: gcnn_resnet18(2, 1, 2, norm=("LAYER", {"normalized_shape": (8, 32, 32)}), **TINY_RESNET),
+         "norm='layer'"),
     ],
 )
 def test_bad_arguments(make, match):

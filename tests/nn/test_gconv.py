@@ -338,6 +338,27 @@ def test_functional_forms_trace_on_cold_caches(group):
     assert torch.allclose(traced(x2), f(x2), atol=1e-5)
 
 
+def test_functional_forms_train_after_a_first_call_under_inference_mode():
+    """The functional forms cache their gather index per device; filled by a first call under
+    ``torch.inference_mode()`` (a validation pass before training), it was an inference tensor, which the bank's
+    ``index_select`` saves for backward: every later training call raised "Inference tensors cannot be saved for
+    backward". The cached index is now a normal tensor."""
+    torch.manual_seed(0)
+    w_lift, w = torch.randn(3, 2, 3, 3, requires_grad=True), torch.randn(2, 3, 8, 3, 3, requires_grad=True)
+    x = torch.randn(1, 2, 6, 6)
+
+    def f(x):
+        return group_conv2d(group_lifting_conv2d(x, w_lift, None, "p4m", padding=1), w, None, "p4m", padding=1)
+
+    _clear_gconv_caches()
+    with torch.inference_mode():
+        y0 = f(x)
+    y = f(x)
+    y.square().sum().backward()
+    assert torch.equal(y.detach(), y0)
+    assert w_lift.grad.abs().sum() > 0 and w.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_layers_script_and_trace(group):
     """Every layer compiles with ``torch.jit.script`` and traces with the checker on; outputs equal eager."""

@@ -131,6 +131,9 @@ def test_bad_arguments(ce, tmp_path):
         ce.main(["--out", str(tmp_path), "--steps", "0"])
     with pytest.raises(ValueError, match="--threads"):  # a set_num_threads RuntimeError
         ce.main(["--out", str(tmp_path), "--threads", "-1"])
+    with pytest.raises(ValueError, match="--seed"):  # numpy's "Seed must be between 0 and 2**32 - 1", --out made
+        ce.main(["--out", str(tmp_path / "s"), "--seed", "-1"])
+    assert not (tmp_path / "s").exists()
     with pytest.raises(SystemExit):  # an unknown backend failed only at the wsi task, after the other tasks trained
         ce.main(["--out", str(tmp_path / "o"), "--wsi-backend", "foo"])
     assert not (tmp_path / "o").exists()
