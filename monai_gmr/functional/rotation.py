@@ -185,7 +185,11 @@ def _cached(key: tuple, build: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    val = build()
+    # normal tensors even when first built under torch.inference_mode(): an inference tensor in the cache (a grid
+    # built while evaluating) made every later rotation of a tensor that needs gradients fail ("Inference tensors
+    # cannot be saved for backward")
+    with torch.inference_mode(False):
+        val = build()
     size = sum(t.numel() * t.element_size() for t in val)
     if size <= _CACHE_BUDGET_BYTES // 8:
         _CACHE[key] = val

@@ -536,3 +536,21 @@ def test_as_angle_list_refuses_text_and_non_degrees_for_every_caller(angles):
         make_geometries(angles)
     assert as_angle_list(90) == [90.0] and as_angle_list(torch.tensor(45.0)) == [45.0]
     assert as_angle_list(range(0, 180, 90)) == [0, 90] and as_angle_list([(0, 90, 0)]) == [(0, 90, 0)]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_a_first_rotation_under_inference_mode_does_not_break_later_training(mode):
+    """The grid / gather index built by a first call under ``torch.inference_mode()`` (an evaluation) was an inference
+    tensor in the cache: every later rotation of a tensor that needs gradients failed in backward ("Inference tensors
+    cannot be saved for backward")."""
+    from monai_gmr.functional.rotation import clear_rotation_cache
+
+    clear_rotation_cache()
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 11, 13)
+    with torch.inference_mode():
+        ref = rotate(x, 33.0, mode=mode)
+    xg = x.clone().requires_grad_(True)
+    y = rotate(xg, 33.0, mode=mode)
+    y.square().sum().backward()
+    assert torch.equal(y.detach(), ref) and xg.grad is not None and xg.grad.abs().sum() > 0
