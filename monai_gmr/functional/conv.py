@@ -48,7 +48,8 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # Measured choice of implementation: (device type, spatial_dims) -> rules, first match wins; no match -> "dense".
 # A rule is (min_in_channels, kernel sizes or None for any, grad: True (training) / False (inference) / None (both),
-# impl). Source: scripts/bench_conv.py runs recorded in docs/benchmarks.md section 1.
+# impl); min_in_channels is compared with C_in / groups (grouped and depthwise layers: rings 3.5-19x slower than
+# dense on CPU at C_in = 128-256, groups 8-256; docs/benchmarks.md section 1). Source: scripts/bench_conv.py runs recorded in docs/benchmarks.md section 1.
 # - CPU (oneDNN), fp32, 1 thread, two 2-core AMD EPYC VMs; per measured cell the choice with the smaller worst-case
 #   slowdown over both. Commit 0e81fa8 (AVX-512 VM, 2026-12-06): the ring decomposition was faster than dense only
 #   for C_in = 128 at k >= 5 in 2D (0.67-0.89x, forward and forward + backward; 1.17-1.30x at k = 3) and at k = 3 in
@@ -67,7 +68,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 #   Narrower layers were not measured: the rules start at the measured width.
 AUTO_TABLE: dict[tuple[str, int], list[tuple[int, tuple[int, ...] | None, bool | None, str]]] = {
     ("cpu", 2): [(128, None, None, "rings")],
-    ("cpu", 3): [(0, (3,), None, "rings")],
+    ("cpu", 3): [(16, (3,), None, "rings")],  # measured at C_in = 16, 32 (groups 1)
     ("cuda", 2): [(128, (7, 9, 11), None, "triton")],
     ("cuda", 3): [(32, (5, 7), None, "triton")],
 }
@@ -170,6 +171,7 @@ def select_impl(
     in_channels: int | None = None,
     needs_grad: bool | None = None,
     allow_triton: bool = True,
+    groups: int = 1,
 ) -> str:
     """Resolve ``impl="auto"`` from the measured :data:`AUTO_TABLE`; other values pass through.
 
@@ -184,6 +186,10 @@ def select_impl(
             While ``torch.jit.trace`` runs, ``needs_grad`` is ignored (only rules valid for both match): the trace
             checker reruns the function under ``torch.no_grad()``, so a choice that followed the grad mode recorded
             a different graph there ("Graphs differed across invocations", e.g. a GMRUNet traced on CPU).
+        groups: channel groups; the width the rules compare is ``in_channels // groups``, the input channels each
+            output channel sees (the ring decomposition convolves every input channel with all ``n`` rings, so its
+            cost does not shrink with the groups as the dense convolution's does: depthwise layers were sent to
+            rings at ``C_in >= 128`` and ran 3.5-19x slower than dense on CPU, docs/benchmarks.md section 1).
     """
     if impl != "auto":
         return impl
@@ -191,8 +197,9 @@ def select_impl(
         needs_grad = None
     if kernel_size == 1:
         return "dense"
+    width = None if in_channels is None else int(in_channels) // max(int(groups), 1)
     for min_c, sizes, grad, choice in AUTO_TABLE.get((device.type, spatial_dims), []):
-        if min_c and (in_channels is None or in_channels < min_c):
+        if min_c and (width is None or width < min_c):
             continue
         if sizes is not None and kernel_size not in sizes:
             continue
@@ -275,7 +282,7 @@ def gmr_conv(
     k = (kernel if kernel is not None else basis).shape[-1]
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if impl == "auto":
-        impl = select_impl(impl, x.device, d, k, x.shape[1], needs_grad)
+        impl = select_impl(impl, x.device, d, k, x.shape[1], needs_grad, groups=groups)
     if impl == "triton":  # fused kernels (issue 7); unsupported calls fall back (see triton_conv.resolve_triton)
         if radial is None:  # a direct caller with an unknown basis: the shell kernels would silently be wrong on it
             # a basis is_radial_basis cannot read (even or non-cubic k) is not treated as radial: the call falls back
@@ -306,7 +313,7 @@ def gmr_conv(
                     _TRITON_FAILED.add(key)
                     logger.warning("impl='triton' failed for %s (%s: %s); using the dense/rings path from now on.",
                                    key, type(e).__name__, e)  # fmt: skip
-            impl = select_impl("auto", x.device, d, k, x.shape[1], needs_grad, allow_triton=False)
+            impl = select_impl("auto", x.device, d, k, x.shape[1], needs_grad, allow_triton=False, groups=groups)
     pad = [int(padding)] * d if _is_int(padding) else list(padding)  # NumPy ints too, as in F.conv2d
     if padding_mode != "zeros" and any(pad):
         x = _pad(x, pad, padding_mode)

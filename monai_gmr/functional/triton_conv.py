@@ -1126,7 +1126,9 @@ def resolve_triton(
         )
     if reason is None:
         return "triton"
-    fallback = select_impl("auto", x.device, x.ndim - 2, kernel_size, x.shape[1], needs_grad, allow_triton=False)
+    fallback = select_impl(
+        "auto", x.device, x.ndim - 2, kernel_size, x.shape[1], needs_grad, allow_triton=False, groups=groups
+    )
     if requested == "triton" and reason not in _WARNED:
         _WARNED.add(reason)
         logger.warning("impl='triton' is not available for this call (%s); falling back to impl=%r.", reason, fallback)

@@ -473,7 +473,9 @@ class GMRConv(nn.Module):
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         """The eager forward: dispatch among the implementations, eval-mode kernel cache (not compiled by TorchScript)."""
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        impl = select_impl(self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad)
+        impl = select_impl(
+            self.impl, x.device, self.spatial_dims, self.kernel_size, self.in_channels, needs_grad, groups=self.groups
+        )
         if impl == "triton":
             # an unsupported call (e.g. CPU without the interpreter) falls back here, so a fallback to "dense" uses
             # the eval-mode kernel cache below (gmr_conv re-synthesised the kernel on every call); an explicit

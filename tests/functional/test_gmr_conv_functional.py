@@ -140,9 +140,46 @@ def test_auto_selection_follows_measured_table():
     assert select_impl("auto", cpu, 3, 9, 16, False) == "dense"  # rings 4.3x dense at 24^3 (0e81fa8)
     assert select_impl("auto", cuda, 2, 9, 128, True) == "triton"  # measured on H100 (docs/benchmarks_triton.md)
     assert select_impl("auto", cpu, 2, 1, 128, True) == "dense"
-    # an unknown width matches only the width-free rules (the 128-channel CPU rule needs in_channels)
-    assert select_impl("auto", cpu, 2, 5, None, True) == "dense" and select_impl("auto", cpu, 3, 3, None, False) == "rings"
+    # an unknown width matches only the width-free rules (the CPU rules need in_channels)
+    assert select_impl("auto", cpu, 2, 5, None, True) == "dense" and select_impl("auto", cpu, 3, 3, None, False) == "dense"
     assert select_impl("auto", cuda, 2, 9, None, True) == "dense"
+
+
+def test_auto_selection_compares_the_per_group_width():
+    """The 128-channel CPU rule read C_in whatever the groups: depthwise/grouped layers went to rings, which
+    convolves every input channel with all n rings and ran 3.5-19x slower than dense there (docs/benchmarks.md
+    section 1). The width compared is C_in / groups now; groups=1 is unchanged."""
+    from monai_gmr.functional import gmr_conv, select_impl
+
+    cpu = torch.device("cpu")
+    assert select_impl("auto", cpu, 2, 9, 128, True, groups=1) == "rings"
+    assert select_impl("auto", cpu, 2, 9, 128, True, groups=128) == "dense"  # depthwise
+    assert select_impl("auto", cpu, 2, 9, 256, False, groups=8) == "dense"  # 32 channels per group
+    assert select_impl("auto", cpu, 2, 9, 256, False, groups=2) == "rings"  # 128 per group
+    assert select_impl("auto", cpu, 3, 3, 32, True, groups=1) == "rings"
+    assert select_impl("auto", cpu, 3, 3, 32, True, groups=32) == "dense"  # 3D depthwise: rings 12x slower
+    assert select_impl("auto", cpu, 3, 3, 32, True, groups=4) == "dense"
+    # the layer and the functional form pass their groups
+    seen = []
+    import monai_gmr.functional.conv as fconv
+
+    real = fconv.select_impl
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out)
+        return out
+
+    layer = GMRConv(2, 128, 128, 5, groups=128, impl="auto")
+    x = torch.randn(1, 128, 6, 6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fconv, "select_impl", spy)
+        import monai_gmr.nn.conv as nconv
+
+        mp.setattr(nconv, "select_impl", spy)
+        layer(x)
+        gmr_conv(x, layer.weight, layer.basis(), padding=2, groups=128, impl="auto")
+    assert seen == ["dense", "dense"]
 
 
 def test_auto_module_matches_dense_in_train_and_inference():
