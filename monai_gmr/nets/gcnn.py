@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from monai_gmr.functional.basis import _is_int
-from monai_gmr.utils import as_bool
+from monai_gmr.utils import as_bool, positive_int
 from monai_gmr.nn.gconv import (
     POOL_MODES,
     SPATIAL_POOL_MODES,
@@ -249,6 +249,7 @@ class GCNNResNetBlock(nn.Module):
         norm: str | tuple | None = "batch",
     ) -> None:
         super().__init__()
+        stride = positive_int(stride, "stride")  # 0 or -1 ran as stride 1 without a word
         self.pool = GroupSpatialPool(stride, "avg") if stride > 1 else nn.Identity()
         self.conv1 = GroupConv(in_planes, planes, kernel_size, group, bias=False)
         self.bn1 = _norm_layer(norm, 3, planes)

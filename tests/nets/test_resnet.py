@@ -276,3 +276,16 @@ def test_numpy_integer_channels_and_classes_are_accepted():
     assert net.eval()(torch.randn(1, 1, 16, 16)).shape == (1, 3)
     with pytest.raises(ValueError, match="num_classes"):
         gmr_resnet18(num_classes=np.float64(3.0), **TINY)
+
+
+@pytest.mark.parametrize("stride", [0, -1, 1.5])
+def test_resnet_blocks_refuse_a_stride_that_is_not_a_positive_int(stride):
+    """A stride of 0 or -1 built a stride-1 block without a word (``stride > 1`` was the only test)."""
+    from monai_gmr.nets.gcnn import GCNNResNetBlock
+    from monai_gmr.nets.resnet import GMRResNetBlock, GMRResNetBottleneck
+
+    for build in (lambda: GMRResNetBlock(4, 4, 2, stride=stride), lambda: GMRResNetBottleneck(4, 4, 2, stride=stride),
+                  lambda: GCNNResNetBlock(4, 4, stride=stride)):  # fmt: skip
+        with pytest.raises(ValueError, match="stride"):
+            build()
+    assert isinstance(GMRResNetBlock(4, 4, 2, stride=2).pool, torch.nn.AvgPool2d)
