@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 from monai.data.wsi_reader import OpenSlideWSIReader, TiffFileWSIReader
 
-from monai_gmr.utils import positive_int, size_hw
+from monai_gmr.utils import _number, positive_int, size_hw
 
 __all__ = [
     "SLIDE_EXTENSIONS",
@@ -321,11 +322,24 @@ def resolve_level(reader: Any, wsi: Any, level: int | None = None, mpp: float | 
             return int(reader.get_valid_level(wsi, None, mpp, None))
         except Exception as e:  # noqa: BLE001
             raise WSIError(f"slide {name!r}: no level at mpp={mpp}: {e}", name) from e
-    lvl = 0 if level is None else int(level)
+    lvl = 0 if level is None else _level_index(level)
     idx = lvl + n if lvl < 0 else lvl
     if not 0 <= idx < n:
         raise WSIError(f"slide {name!r} has {n} level(s) (0..{n - 1}); level {level} does not exist.", name)
     return idx
+
+
+def _level_index(level: Any) -> int:
+    """A level given as an integer (also a NumPy integer, a whole float such as pandas' ``1.0``, or text holding
+    one) as an ``int``; anything else (``1.5``, which ``int()`` truncated to level 1 without a word) is an error."""
+    if isinstance(level, numbers.Real) and not isinstance(level, (bool, numbers.Integral)):
+        if math.isfinite(float(level)) and float(level).is_integer():
+            return int(level)
+    elif not isinstance(level, bool):
+        parsed = _number(level, int, numbers.Integral)
+        if parsed is not None:
+            return parsed
+    raise ValueError(f"a slide level must be an integer level index (negative: from the coarsest), got level={level!r}.")
 
 
 def _path_of(reader: Any, wsi: Any) -> str:

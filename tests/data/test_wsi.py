@@ -169,6 +169,20 @@ def test_errors_name_the_slide(slide, tmp_path):
         tissue_mask(path, mpp=50.0)
 
 
+def test_a_fractional_level_is_refused_not_truncated(slide):
+    """``level=1.5`` (e.g. ``--mask_level 1.5``) was read by ``int()`` as level 1 without a word; whole numbers in
+    any form (``1.0`` as pandas writes it, NumPy integers, text) still name their level."""
+    path, _ = slide
+    for bad in (1.5, "1.5", float("nan"), True):
+        with pytest.raises(ValueError, match=r"integer level index.*level="):
+            tissue_mask(path, level=bad)
+    ref, lvl, ds = tissue_mask(path, level=1)
+    assert lvl == 1
+    for same in (1.0, np.int64(1), "1", -2):  # the synthetic slide has 3 levels: -2 is level 1
+        mask, lvl_same, ds_same = tissue_mask(path, level=same)
+        assert np.array_equal(mask, ref) and (lvl_same, ds_same) == (1, ds)
+
+
 def test_read_region_centre_and_levels(slide):
     import openslide
 
