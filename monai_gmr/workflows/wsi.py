@@ -661,6 +661,7 @@ def inference_slides(
     split: str = "test",
     generate: bool = True,
     synthetic: Mapping[str, Any] | None = None,
+    patch_size: int | Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Slides to process: ``input_slides`` when given (a slide file, a folder of slides, or a list of paths /
     ``{"image": path, "label_mask": path}`` dicts), else the slides with patches in ``split`` of the dataset in
@@ -674,6 +675,8 @@ def inference_slides(
 
     ``input_slides`` given as the text ``"null"`` / ``"none"`` (what ``--input_slides null`` passes) means ``None``;
     an empty list or text is an error (it processed the dataset's slides, generating synthetic ones if needed).
+    ``patch_size``: the patch size of a ``patches.csv`` without a ``size`` column in ``dataset_dir``, used when its
+    datalist has not been built yet (by training; :class:`SlideInference` passes its own ``patch_size``).
 
     Raises:
         FileNotFoundError: a given folder does not exist. ValueError: no slide found, an empty ``input_slides``, or
@@ -717,7 +720,9 @@ def inference_slides(
         raise ValueError("give input_slides or dataset_dir.")
     if split not in SPLITS:  # a typo ("tset") processed the validation slides after a warning
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
-    datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {})
+    # patch_size: the size of the patches of a patches.csv without a size column, for the datalist built from it
+    # when training has not built it yet (it failed: "no patch size", though the slide list needs none)
+    datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {}, patch_size)
     names: list[str] = []
     for s in (split, "validation", "training"):
         names = list(dict.fromkeys(str(i["image"]) for i in _read_split(datalist, s)))
@@ -1661,7 +1666,8 @@ class SlideInference:
 
     def slide_items(self) -> list[dict[str, Any]]:
         """The slides ``run()`` processes (:func:`inference_slides`; generates the synthetic dataset when due)."""
-        return inference_slides(self.slides, self.dataset_dir, self.split, self.generate, self.synthetic)
+        return inference_slides(self.slides, self.dataset_dir, self.split, self.generate, self.synthetic,
+                                patch_size=self.kwargs.get("patch_size"))
 
     @property
     def dataset(self) -> Any:

@@ -1152,6 +1152,24 @@ def test_a_size_less_patches_csv_gets_the_patch_size_not_the_read_size(wsi_data,
     assert not [r for r in caplog.records if "list a size other than" in r.getMessage()]
 
 
+def test_slide_list_of_a_size_less_patches_csv_before_training(wsi_data, tmp_path):
+    """Slide inference on a dataset_dir holding a patches.csv without a size column (and no datalist yet: training
+    builds it) failed with "no patch size", though the slide list needs none; SlideInference passes its patch_size
+    now, and the datalist it builds is the one training builds with the same settings."""
+    from monai_gmr.data import read_datalist
+    from monai_gmr.workflows.wsi import SlideInference, inference_slides
+
+    slides = wsi_data["slide_paths"]
+    rows = [f"{slides[i % 2]},{200 + 20 * i},{300 + 10 * i},{i % 2}" for i in range(20)]
+    (tmp_path / "patches.csv").write_text("slide,x,y,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match="no patch size"):
+        inference_slides(None, tmp_path, "test", generate=False)
+    step = SlideInference(DarkNucleiNet(), None, dataset_dir=tmp_path, split="test", generate=False, patch_size=PATCH)
+    got = {i["image"] for i in step.slide_items()}
+    assert got and got <= {str(Path(p).resolve()) for p in slides} | {str(p) for p in slides}
+    assert {tuple(i["size"]) for i in read_datalist(tmp_path / "datalist.json", "training")} == {(PATCH, PATCH)}
+
+
 def test_empty_or_null_input_slides(wsi_data):
     """--input_slides "[]" (e.g. a glob that matched nothing) silently processed the test slides of dataset_dir (and
     would have generated synthetic slides for them); --input_slides null, the documented default, failed as "slide
