@@ -597,6 +597,13 @@ def patch_dataset(
 
     if dataset_dir is None:
         raise ValueError("data_source='wsi' needs dataset_dir.")
+    if patch_level is not None:  # 1.5 was truncated to level 1 by int() without a word
+        from monai_gmr.data.wsi import _level_index
+
+        try:
+            patch_level = _level_index(patch_level)
+        except ValueError as e:
+            raise ValueError(f"patch_level: {e}") from None
     size = _as_pair(read_size if read_size is not None else patch_size)
     items, used = _wsi_patch_items(
         dataset_dir, split, generate=generate, synthetic=synthetic, check=check, backend=backend,

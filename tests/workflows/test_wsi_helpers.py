@@ -1170,6 +1170,14 @@ def test_slide_list_of_a_size_less_patches_csv_before_training(wsi_data, tmp_pat
     assert {tuple(i["size"]) for i in read_datalist(tmp_path / "datalist.json", "training")} == {(PATCH, PATCH)}
 
 
+def test_a_fractional_patch_level_is_refused(wsi_data):
+    """--patch_level 1.5 trained on level-1 patches (int() truncation) without a word."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    with pytest.raises(ValueError, match=r"patch_level: .*integer level index.*1\.5"):
+        patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH, patch_level=1.5)
+
+
 def test_empty_or_null_input_slides(wsi_data):
     """--input_slides "[]" (e.g. a glob that matched nothing) silently processed the test slides of dataset_dir (and
     would have generated synthetic slides for them); --input_slides null, the documented default, failed as "slide
