@@ -11,7 +11,7 @@ from typing import Any
 
 from monai.handlers import IgniteMetricHandler
 
-from monai_gmr.utils import as_bool
+from monai_gmr.utils import as_bool, positive_int
 
 from .metrics import DefinedClassesROCAUCMetric
 from .report import write_report, write_tensorboard
@@ -67,8 +67,7 @@ class RotationRobustnessHandler:
     ) -> None:
         if event not in ("EPOCH_COMPLETED", "COMPLETED"):
             raise ValueError(f"event must be 'EPOCH_COMPLETED' or 'COMPLETED', got event={event!r}.")
-        if int(interval) < 1:
-            raise ValueError(f"interval must be >= 1, got interval={interval}.")
+        interval = positive_int(interval, "interval")  # int() read 2.5 as 2 and True as 1 without a word
         self.data = data
         self.network = network
         self.output_dir = output_dir
@@ -76,7 +75,7 @@ class RotationRobustnessHandler:
         self.log_dir = log_dir
         self._own_writer = False  # True once a writer was created from log_dir (the one close() closes)
         self.event = event
-        self.interval = int(interval)
+        self.interval = interval
         self.prefix = prefix
         self.plot = as_bool(plot, "plot")  # "false" (text from a config) was true: a plot was written
         self.kwargs = kwargs

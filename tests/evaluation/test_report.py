@@ -552,3 +552,13 @@ def test_cli_bad_angles_are_refused_naming_angles(tmp_path, text):
     with pytest.raises(ValueError, match=r"^angles must be"):
         cli(argv)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("interval", [0, -1, 2.5, True, "x"])
+def test_handler_interval_must_be_a_positive_int(interval):
+    """int() read interval=2.5 as 2 and True as 1 without a word; 0 and -1 were refused."""
+    from monai_gmr.evaluation import RotationRobustnessHandler
+
+    with pytest.raises(ValueError, match="interval"):
+        RotationRobustnessHandler(interval=interval)
+    assert RotationRobustnessHandler(interval="3").interval == 3
