@@ -135,13 +135,27 @@ def inference_datalist(
 ) -> list[dict[str, Any]]:
     """Images to segment: every image in ``input_dir`` when given, else the ``split`` images of ``dataset_dir``.
 
+    ``input_dir`` given as the text ``"null"`` / ``"none"`` (what ``--input_dir null``, the documented default,
+    passes) means ``None`` unless such a folder exists; an empty one (``--input_dir ""``, ``"[]"``) is an error.
+
     Returns:
         list of ``{"image": path}`` dicts (each file read once when ``check``; errors name the file).
 
     Raises:
         ValueError: two images would write the same output files (``<name>_seg.png``, ...: MONAI's writers name
-            them by the file name without extension, e.g. ``a.png`` and ``a.tif``), before anything is written.
+            them by the file name without extension, e.g. ``a.png`` and ``a.tif``), before anything is written;
+            an empty ``input_dir``.
     """
+    if (isinstance(input_dir, str) and input_dir.strip().lower() in ("null", "none")
+            and not Path(input_dir).exists()):  # fmt: skip
+        input_dir = None  # "input folder 'null' does not exist"
+    if input_dir is not None and (
+        not str(input_dir).strip() if isinstance(input_dir, (str, os.PathLike)) else not input_dir
+    ):
+        raise ValueError(
+            f"input_dir is empty ({input_dir!r}): give a folder of images, or null for the {split!r} images of "
+            "dataset_dir."
+        )
     if input_dir:
         items = [{"image": p} for p in list_images(input_dir)]
         name = f"input_dir {str(input_dir)!r}"

@@ -150,6 +150,23 @@ def test_inference_messages_name_the_fallback_split_actually_used(tmp_path, capl
     assert msg.startswith("validation images of") and "would both be written" in msg, msg
 
 
+def test_empty_or_null_input_dir(tmp_path):
+    """--input_dir null (the documented default, passed as the text 'null') failed as "input folder 'null' does not
+    exist"; --input_dir "[]" or "" (e.g. an unset shell variable) silently segmented the test images of dataset_dir
+    instead. Now "null" means None and an empty input_dir is an error naming it."""
+    from monai_gmr.data import ensure_nuclei_dataset
+
+    data = tmp_path / "data"
+    ensure_nuclei_dataset(str(data), generate=True, n_images=5, size=32, seed=0)
+    want = inference_datalist(None, data, "test", generate=False, check=False)
+    assert want
+    assert inference_datalist("null", data, "test", generate=False, check=False) == want
+    assert inference_datalist(" None ", data, "test", generate=False, check=False) == want
+    for empty in ([], (), "", " "):
+        with pytest.raises(ValueError, match="input_dir is empty"):
+            inference_datalist(empty, data, "test", generate=False, check=False)
+
+
 def test_two_channel_image_error_names_the_file(tmp_path):
     """A grey + alpha PNG (PIL mode "LA") loads as 2 channels; the error said "got 2 channels" without naming the
     image, which in a folder of thousands of tiles left the user searching."""
