@@ -8,7 +8,8 @@ Reads raw image/annotation pairs in one of three layouts and writes a dataset fo
     output/boundary/<name>.png   uint8 0 background / 1 nucleus interior / 2 nucleus inner boundary (--boundary)
     output/datalist.json         MONAI datalist, seeded training/validation/test split, paths relative
 
-The datalist's ``"label"`` is the instance mask by default (``--label binary|boundary`` picks another one).
+The datalist's ``"label"`` is the instance mask by default (``--label binary|boundary`` picks another one; the
+``gmr_nuclei_segmentation`` bundle reads ``"instance"`` whatever ``"label"`` names).
 
 Input formats (``--format``, default ``auto``):
 

@@ -118,11 +118,32 @@ def _nuclei_items(
     if not items:
         raise ValueError(f"datalist {datalist_file!r} has no items in split {used!r} (dataset_dir={str(dataset_dir)!r}).")
     logger.info("%s split: %d items from %s", used, len(items), datalist_file)
+    items = _instance_labels(items, datalist_file)
     if check:
         items = check_datalist(
             items, keys=keys, same_shape=True, name=f"{used} split of {datalist_file}", image_checks={"image": to_rgb}
         )
     return items, used
+
+
+def _instance_labels(items: list[dict[str, Any]], datalist_file: str | os.PathLike) -> list[dict[str, Any]]:
+    """Items whose ``"label"`` is their ``"instance"`` mask where a prepared datalist has both and they differ.
+
+    The bundle derives every class from instance ids (:class:`NucleiLabeld`: nucleus, and the boundary class of
+    ``num_classes=3`` between touching nuclei) and scores AJI/PQ against them. ``prepare_nuclei --label boundary``
+    points ``"label"`` at the 3-class map, whose values were read as two "instances" (all interiors, all boundaries):
+    the boundary class trained on was 2 pixels wide, AJI/PQ scored one interior and one boundary object per tile;
+    ``--label binary`` gave a single ground-truth nucleus per tile. The 2-class targets are the same either way.
+    """
+    swapped = [it for it in items if it.get("instance") and it.get("label") and it["instance"] != it["label"]]
+    if not swapped:
+        return items
+    logger.warning(
+        "datalist %s: 'label' is not the instance mask (e.g. %s); the bundle reads the 'instance' masks (%s) "
+        "instead: its classes (the boundary class too) and the AJI/PQ nuclei come from instance ids.",
+        datalist_file, swapped[0]["label"], swapped[0]["instance"],
+    )  # fmt: skip
+    return [{**it, "label": it["instance"]} if it.get("instance") and it.get("label") else it for it in items]
 
 
 def inference_datalist(

@@ -299,3 +299,35 @@ def test_watershed_partition_commutes_with_rotations_and_flips():
         for op in _D4:
             got = instance_from_semantic(np.ascontiguousarray(op(sem)), method="watershed", connectivity=2)
             assert np.array_equal(_canonical(got), _canonical(op(base)))
+
+
+@pytest.mark.parametrize("label", ["boundary", "binary"])
+def test_prepared_label_choice_does_not_change_the_classes_or_the_nuclei(tmp_path, label, caplog):
+    """A dataset prepared with ``--label boundary`` made the bundle read its 3-class map as instance ids: the
+    boundary class it trained on (num_classes=3) was 2 pixels wide instead of 1, and AJI/PQ scored one "interior"
+    and one "boundary" nucleus per tile (``--label binary``: one nucleus per tile). The bundle now reads the
+    prepared instance masks, whatever "label" names, and says so."""
+    import logging
+
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from PIL import Image
+
+    from monai_gmr.data.prepare_nuclei import prepare_nuclei_dataset
+
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "labels").mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((16, 20, 3), 200, np.uint8)).save(raw / "images" / f"t{i}.png")
+        inst = np.zeros((16, 20), np.uint16)
+        inst[2:9, 2:9], inst[2:9, 9:15] = 1, 2  # two touching nuclei
+        Image.fromarray(inst).save(raw / "labels" / f"t{i}.png")
+    prepare_nuclei_dataset(raw, tmp_path / "out", label=label, boundary=True, seed=0)
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        items = nuclei_datalist(tmp_path / "out", "training", generate=False)
+    assert all(it["label"] == it["instance"] for it in items)
+    assert any("is not the instance mask" in r.getMessage() for r in caplog.records)
+    load = Compose([LoadImaged("label", image_only=True), EnsureChannelFirstd("label"), NucleiLabeld("label", True)])
+    three = load({"label": items[0]["label"]})["label"][0].numpy()
+    prepared = load.transforms[0]({"label": items[0]["boundary"]})["label"].numpy()  # prepare_nuclei's 3-class map
+    np.testing.assert_array_equal(three, prepared)  # the same 1-pixel boundaries, between touching nuclei too
