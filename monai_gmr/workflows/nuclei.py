@@ -245,15 +245,28 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
     input size divisible by it unless built with ``pad_to_multiple=True``. ``--crop_size 30`` used to stop at the
     first training step and ``--roi_size "[60, 60]"`` only at the first validation (after ``val_interval`` epochs of
     training), both with an error about the input shape that named neither setting. Networks without a
-    ``multiple`` attribute (e.g. MONAI's ``BasicUNet``) are not checked here.
+    ``multiple`` attribute (e.g. MONAI's ``BasicUNet``) are not divisibility-checked here.
+
+    A size of 0 or below is refused for every network: MONAI's crops and sliding windows read it as "the whole
+    dimension", so ``--crop_size 0`` (or ``-8``) silently trained on whole tiles instead of random crops, and
+    ``--roi_size "[0, 0]"`` ran whole tiles through the network. ``-1`` in ``roi_size`` keeps that documented
+    MONAI meaning.
 
     Args:
         network: the bundle's network (a ``DistributedDataParallel`` wrapper is looked through).
         sizes: setting name -> size (an int or ``(H, W)``; ``-1`` in ``roi_size``, the whole dimension, is skipped).
 
     Raises:
-        ValueError: a size not divisible by the network's ``multiple``; the message names the setting.
+        ValueError: a size not divisible by the network's ``multiple``, or one that is 0 or negative (other than
+            ``-1`` in ``roi_size``); the message names the setting.
     """
+    for name, size in sizes.items():
+        values = [size] if isinstance(size, (int, float, str)) else list(size)
+        for v in values:
+            v = _as_int(v)
+            if v is not None and v <= 0 and not (v == -1 and name == "roi_size"):
+                whole = " (or -1 for the whole dimension)" if name == "roi_size" else ""
+                raise ValueError(f"{name}={size!r}: sizes must be positive integers{whole}, got {v}.")
     net = getattr(network, "module", network)
     multiple = getattr(net, "multiple", None)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 2 or getattr(net, "pad_to_multiple", False):
@@ -262,11 +275,8 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
         values = [size] if isinstance(size, (int, float, str)) else list(size)
         bad = []
         for v in values:
-            try:
-                v = int(str(v).strip()) if isinstance(v, str) else v
-            except ValueError:
-                continue  # not a number: left to the transform / inferer that reads it
-            if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 and v % multiple:
+            v = _as_int(v)  # not a number: left to the transform / inferer that reads it
+            if v is not None and v > 0 and v % multiple:
                 bad.append(int(v))
         if bad:
             fix = ", ".join(f"{v} -> {max(multiple, round(v / multiple) * multiple)}" for v in dict.fromkeys(bad))
@@ -274,6 +284,15 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
                 f"{name}={size!r}: {type(net).__name__} needs every size divisible by {multiple} (2**levels), "
                 f"e.g. {fix}; or build it with pad_to_multiple=True (--network_def#pad_to_multiple true)."
             )
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer size (also as text from a command line), else ``None``."""
+    try:
+        value = int(str(value).strip()) if isinstance(value, str) else value
+    except ValueError:
+        return None
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
 
 
 def check_instance_settings(instance_method: Any, min_nucleus_size: Any) -> None:

@@ -331,3 +331,22 @@ def test_prepared_label_choice_does_not_change_the_classes_or_the_nuclei(tmp_pat
     three = load({"label": items[0]["label"]})["label"][0].numpy()
     prepared = load.transforms[0]({"label": items[0]["boundary"]})["label"].numpy()  # prepare_nuclei's 3-class map
     np.testing.assert_array_equal(three, prepared)  # the same 1-pixel boundaries, between touching nuclei too
+
+
+@pytest.mark.parametrize("bad", [{"crop_size": 0}, {"crop_size": -8}, {"crop_size": "0"}, {"roi_size": [0, 0]},
+                                 {"roi_size": [64, -8]}, {"roi_size": 0}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_non_positive_window_sizes_are_refused_by_name(bad):
+    """MONAI reads a crop / window size <= 0 as "the whole dimension": --crop_size 0 (or -8) silently trained on
+    whole tiles instead of random crops and --roi_size "[0, 0]" ran whole tiles through the network, for any
+    network. Now an error names the setting; -1 in roi_size keeps MONAI's documented meaning."""
+    from monai.networks.nets import BasicUNet
+
+    from monai_gmr.nets import GMRUNet
+    from monai_gmr.workflows.nuclei import check_window_sizes
+
+    name = next(iter(bad))
+    for net in (GMRUNet(2, 3, 2, features=(4, 4, 4, 4)), BasicUNet(2, 3, 2, features=(4, 4, 4, 4, 4, 4))):
+        with pytest.raises(ValueError, match=f"{name}=.*must be positive"):
+            check_window_sizes(net, **bad)
+        check_window_sizes(net, crop_size=32, roi_size=[64, -1])  # -1: the whole dimension, as in MONAI
