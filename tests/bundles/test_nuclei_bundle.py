@@ -601,6 +601,23 @@ def test_bad_instance_settings_stop_evaluation_and_inference_first(tmp_path, nuc
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
 
 
+@pytest.mark.parametrize("bad", [{"robustness_region": "valdi"}, {"robustness_angles": []},
+                                 {"robustness_flips": ["x"]}, {"robustness_angles": "null"}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_bad_robustness_settings_stop_evaluation_before_the_validation_run(tmp_path, nuclei_data, bad):
+    """--robustness_region valdi, --robustness_angles "[]" or --robustness_flips "['x']" stopped evaluation only
+    after the validation run over the whole split (the robustness evaluator reads them when it starts), naming
+    region / angles / axis but no setting; now initialize refuses them by name, before any data are read."""
+    out = tmp_path / "out"
+    net = config_parser([INFERENCE], network_def=eval(TINY_NET), output_dir=str(out), metadata=METADATA).get_parsed_content("network_def")
+    (out / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), out / "models" / "model.pt")
+    msg = workflow_error([TRAIN, EVALUATE], dataset_dir=str(nuclei_data), output_dir=str(out), network_def=eval(TINY_NET),
+                         generate_synthetic=False, roi_size=[64, 64], num_workers=0, **bad)  # fmt: skip
+    assert f"{next(iter(bad))}=" in msg or f"{next(iter(bad))} must be" in msg, msg
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
+
+
 @pytest.mark.parametrize("content", ["empty", "user files"])
 def test_bad_setting_leaves_an_existing_output_dir_untouched(tmp_path, nuclei_data, content):
     """The folders a failed run created are removed, and only those: an output_dir that existed before (empty, or
