@@ -47,7 +47,42 @@ SPLITS = ("training", "validation", "test")
 def _ensure_dataset(dataset_dir: str | os.PathLike, generate: bool, **synthetic_kwargs: Any) -> str:
     from monai_gmr.data import ensure_nuclei_dataset
 
-    return str(ensure_nuclei_dataset(dataset_dir, generate=generate, **synthetic_kwargs))
+    path = str(ensure_nuclei_dataset(dataset_dir, generate=generate, **synthetic_kwargs))
+    _warn_other_synthetic(path, synthetic_kwargs)
+    return path
+
+
+def _warn_other_synthetic(datalist_file: str | os.PathLike, synthetic_kwargs: Mapping[str, Any]) -> None:
+    """Warn when ``datalist_file`` holds synthetic data generated with other ``synthetic`` settings than the run's.
+
+    Synthetic data are generated only into an empty ``dataset_dir``: a later ``--synthetic "{'n_images': 8,
+    'size': 128}"`` with the same folder silently trained on the tiles generated before (e.g. the default 24 tiles
+    of 256 x 256), the log saying only "using the dataset in ...".
+    """
+    import json
+
+    try:
+        record = json.loads(Path(datalist_file).read_text()).get("generator")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(record, Mapping):
+        return  # prepared (not synthetic) data: the synthetic settings do not apply
+    from monai_gmr.utils import size_hw
+
+    want = dict(synthetic_kwargs)
+    if "size" in want:
+        try:
+            want["size"] = list(size_hw(want["size"], "size"))  # 64 -> [64, 64], as the record has it
+        except (TypeError, ValueError):
+            pass
+    differ = {k: (record[k], v) for k, v in want.items() if k in record and record[k] != v}
+    if differ:
+        logger.warning(
+            "dataset_dir %s holds synthetic data generated with other settings than synthetic=%s (%s): they are "
+            "used as they are; point dataset_dir to an empty folder to generate the data asked for.",
+            Path(datalist_file).parent, dict(synthetic_kwargs),
+            ", ".join(f"{k}: {a!r} there, {b!r} asked for" for k, (a, b) in differ.items()),
+        )  # fmt: skip
 
 
 def nuclei_datalist(

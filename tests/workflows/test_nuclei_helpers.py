@@ -350,3 +350,20 @@ def test_non_positive_window_sizes_are_refused_by_name(bad):
         with pytest.raises(ValueError, match=f"{name}=.*must be positive"):
             check_window_sizes(net, **bad)
         check_window_sizes(net, crop_size=32, roi_size=[64, -1])  # -1: the whole dimension, as in MONAI
+
+
+def test_synthetic_settings_other_than_the_generated_data_are_named_in_a_warning(tmp_path, caplog):
+    """Synthetic data are generated only into an empty dataset_dir: a later run with other --synthetic settings
+    silently used the tiles generated before (the log said only "using the dataset in ..."); a warning names the
+    settings that differ. The same settings (size as an int or a pair) warn nothing."""
+    import logging
+
+    data = tmp_path / "data"
+    nuclei_datalist(data, "training", n_images=5, size=32, seed=0, check=False)
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        nuclei_datalist(data, "training", n_images=5, size=[32, 32], seed=0, check=False)
+        assert not [r for r in caplog.records if "other settings" in r.getMessage()]
+        items = nuclei_datalist(data, "training", n_images=8, size=64, seed=0, check=False)
+    assert len(items) == 3  # the data there, as before
+    msgs = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
+    assert len(msgs) == 1 and "n_images: 5 there, 8 asked for" in msgs[0] and "size: [32, 32] there" in msgs[0], msgs
