@@ -63,7 +63,14 @@ from typing import Any
 
 import numpy as np
 
-from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, read_csv_rows, split_items, write_datalist
+from monai_gmr.data.datalist import (
+    DATALIST_NAME,
+    move_into_place,
+    read_csv_rows,
+    split_counts,
+    split_items,
+    write_datalist,
+)
 from monai_gmr.data.synthetic_nuclei import save_png
 from monai_gmr.utils import as_bool, make_temp_dir, missing_dirs, remove_empty_dirs
 
@@ -620,6 +627,7 @@ def prepare_nuclei_dataset(
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")) and not overwrite:
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
+    split_counts(len(found), val_frac, test_frac)  # bad fractions: refused now, not after every image is converted
     # the folders this run replaces (move_into_place) or removes must not hold its sources: with --overwrite and
     # --output equal to --input, the raw images/ and masks/ were deleted and replaced by the prepared ones
     replaced = [(out / d).resolve() for d in ("images", "labels", "masks", "boundary")]

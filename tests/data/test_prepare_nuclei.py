@@ -551,3 +551,16 @@ def test_images_in_sub_folders_are_named_in_a_warning(tmp_path, caplog):
         _write_folder_case(tmp_path / "plain", n=2)
         find_nuclei_pairs(tmp_path / "plain")  # no sub-folder: no warning
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_bad_split_fractions_are_refused_before_any_image_is_converted(tmp_path, monkeypatch):
+    """--val_frac 0.5 --test_frac 0.5 was refused by the split only after every image had been read, converted and
+    written to the temporary folder (minutes for a large dataset); now before the first image is read."""
+    import monai_gmr.data.prepare_nuclei as pn
+
+    _write_folder_case(tmp_path / "raw")
+    read = []
+    monkeypatch.setattr(pn, "read_rgb_image", lambda p: read.append(p) or np.zeros((20, 24, 3), np.uint8))
+    with pytest.raises(ValueError, match="val_frac \\+ test_frac must be < 1"):
+        prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out", val_frac=0.5, test_frac=0.5)
+    assert read == [] and not (tmp_path / "out").exists()
