@@ -36,6 +36,8 @@ __all__ = [
     "merge_foreground",
     "nucleus_class_map",
     "nucleus_boundaries",
+    "OUTPUT_SUFFIXES",
+    "remove_earlier_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -244,6 +246,41 @@ def _check_output_names(items: Sequence[Mapping[str, Any]], name: str) -> None:
                 f"{out}_instance.png and {out}_prob.tif; rename one of them."
             )
         seen[out] = str(item["image"])
+
+
+#: the files inference.json writes per input image: ``<name>`` + each suffix (its SaveImaged postfixes and extensions)
+OUTPUT_SUFFIXES = ("_seg.png", "_instance.png", "_prob.tif")
+
+
+def remove_earlier_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | os.PathLike) -> list[str]:
+    """Remove the files an earlier inference wrote in ``pred_dir`` for the images of ``items``, before this run
+    writes any: inference writes image by image, so a run that failed (or was killed) at its k-th image left the
+    earlier run's masks of the images after it, indistinguishable from this run's, beside the new ones.
+
+    Files that are themselves input images of ``items`` are kept. Other files in ``pred_dir`` (outputs of images
+    that this run does not segment) are kept.
+
+    Args:
+        items: the inference datalist (``{"image": path}`` dicts).
+        pred_dir: the output folder (``pred_dir``).
+
+    Returns:
+        the removed paths (a warning says how many).
+    """
+    root = Path(pred_dir)
+    if not root.is_dir():
+        return []
+    inputs = {Path(it["image"]).resolve() for it in items}
+    removed = []
+    for it in items:
+        for suffix in OUTPUT_SUFFIXES:
+            path = root / f"{_output_name(it['image'])}{suffix}"
+            if path.is_file() and path.resolve() not in inputs:
+                path.unlink()
+                removed.append(str(path))
+    if removed:
+        logger.warning("removed %d output file(s) of an earlier run from %s (e.g. %s)", len(removed), root, removed[0])
+    return removed
 
 
 def to_rgb(img: torch.Tensor) -> torch.Tensor:

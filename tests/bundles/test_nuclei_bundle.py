@@ -618,6 +618,26 @@ def test_bad_robustness_settings_stop_evaluation_before_the_validation_run(tmp_p
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
 
 
+def test_inference_removes_the_earlier_outputs_of_its_images_before_it_runs(tmp_path, nuclei_data):
+    """Inference writes image by image: a run that failed at its first image left the masks an earlier run wrote for
+    the images of this run in pred_dir, indistinguishable from new ones. They are now removed once the checkpoint
+    is loaded, before the network runs; outputs of other images stay."""
+    from monai_gmr.workflows.nuclei import inference_datalist
+
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    net = {"_target_": "torch.nn.Conv2d", "in_channels": 4, "out_channels": 2, "kernel_size": 1}  # fails on RGB
+    (out / "models").mkdir(parents=True)
+    torch.save(torch.nn.Conv2d(4, 2, 1).state_dict(), out / "models" / "model.pt")
+    names = [Path(d["image"]).stem for d in inference_datalist(None, nuclei_data, "test", generate=False, check=False)]
+    pred.mkdir()
+    stale = [pred / f"{n}{s}" for n in names for s in ("_seg.png", "_instance.png", "_prob.tif")]
+    for p in [*stale, pred / "other_seg.png"]:
+        p.write_bytes(b"earlier run")
+    msg = workflow_error(INFERENCE, dataset_dir=str(nuclei_data), output_dir=str(out), pred_dir=str(pred),
+                         network_def=net, generate_synthetic=False, roi_size=[64, 64])  # fmt: skip
+    assert "channels" in msg, msg  # the network failed on the first image
+    assert sorted(p.name for p in pred.iterdir()) == ["other_seg.png"]
+
 @pytest.mark.parametrize("content", ["empty", "user files"])
 def test_bad_setting_leaves_an_existing_output_dir_untouched(tmp_path, nuclei_data, content):
     """The folders a failed run created are removed, and only those: an output_dir that existed before (empty, or

@@ -367,3 +367,16 @@ def test_synthetic_settings_other_than_the_generated_data_are_named_in_a_warning
     assert len(items) == 3  # the data there, as before
     msgs = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
     assert len(msgs) == 1 and "n_images: 5 there, 8 asked for" in msgs[0] and "size: [32, 32] there" in msgs[0], msgs
+
+
+def test_remove_earlier_outputs_keeps_input_images_and_other_files(tmp_path):
+    """pred_dir may be the input folder: an input image named like an output (a_seg.png) is never removed."""
+    from monai_gmr.workflows.nuclei import remove_earlier_outputs
+
+    for name in ("a.png", "a_seg.png", "a_prob.tif", "b_seg.png"):
+        (tmp_path / name).write_bytes(b"x")
+    items = [{"image": str(tmp_path / "a.png")}, {"image": str(tmp_path / "a_seg.png")}]
+    removed = remove_earlier_outputs(items, tmp_path)
+    assert sorted(Path(p).name for p in removed) == ["a_prob.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_seg.png", "b_seg.png"]
+    assert remove_earlier_outputs(items, tmp_path / "missing") == []
