@@ -453,6 +453,13 @@ def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
     return out
 
 
+def _null_text(value: Any, base: Path) -> bool:
+    """Whether ``value`` is ``None`` or the text ``"none"`` / ``"null"`` (any case) that is not a path under ``base``."""
+    if value is None:
+        return True
+    return isinstance(value, str) and value.strip().lower() in ("none", "null") and not (base / value).exists()
+
+
 def find_nuclei_pairs(
     input_dir: str | os.PathLike,
     format: str = "auto",  # noqa: A002 - mirrors the CLI option
@@ -468,7 +475,7 @@ def find_nuclei_pairs(
         images: image folder (absolute or relative to ``input_dir``); default: found by common names.
         masks: annotation folder; default: found by common names.
         pairs: ``"auto"`` (use ``input_dir/pairs.csv`` when present and neither ``images`` nor ``masks`` is
-            given), ``None``/``"none"`` (pair by name), or a
+            given), ``None``/``"none"``/``"null"`` (pair by name), or a
             CSV path (columns ``image`` and a mask column, paths relative to the CSV).
 
     Returns:
@@ -479,12 +486,17 @@ def find_nuclei_pairs(
         ValueError: unknown format, no pairs, images without annotation (all listed), duplicate names.
     """
     root = Path(input_dir)
+    # the text "none" / "null" (any case) means None, as the defaults do, unless such a file or folder exists:
+    # --pairs None failed as "pairs file 'None' does not exist", --images null as "image folder '<input>/null' ..."
+    pairs = None if _null_text(pairs, Path.cwd()) else pairs
+    images = None if _null_text(images, root) else images
+    masks = None if _null_text(masks, root) else masks
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
     if not root.is_dir():
         raise FileNotFoundError(f"input {str(root)!r} is not a folder.")
     csv_path: Path | None = None
-    if pairs not in (None, "none", "auto"):
+    if pairs not in (None, "auto"):
         csv_path = Path(pairs)
         if not csv_path.is_file():
             raise FileNotFoundError(f"pairs file {str(csv_path)!r} does not exist.")
@@ -733,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = prepare_nuclei_dataset(
             args.input, args.output, format=args.format, boundary=args.boundary, boundary_width=args.boundary_width,
             label=args.label, seed=args.seed, val_frac=args.val_frac, test_frac=args.test_frac, images=args.images,
-            masks=args.masks, pairs=None if args.pairs == "none" else args.pairs, overwrite=args.overwrite,
+            masks=args.masks, pairs=args.pairs, overwrite=args.overwrite,
         )  # fmt: skip
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -564,3 +564,15 @@ def test_bad_split_fractions_are_refused_before_any_image_is_converted(tmp_path,
     with pytest.raises(ValueError, match="val_frac \\+ test_frac must be < 1"):
         prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out", val_frac=0.5, test_frac=0.5)
     assert read == [] and not (tmp_path / "out").exists()
+
+
+def test_null_text_of_pairs_images_masks_means_none(tmp_path):
+    """--pairs None (or null) failed as "pairs file 'None' does not exist" and --images null / --masks null as
+    "image folder '<input>/null' does not exist"; the text now means None, as the defaults do."""
+    _write_folder_case(tmp_path / "raw")
+    (tmp_path / "raw" / "pairs.csv").write_text("image,label\nimages/t1.png,labels/t0_label.png\n")  # ignored by None
+    want, fmt = find_nuclei_pairs(tmp_path / "raw", pairs=None)
+    assert len(want) == 5 and fmt == "folders"
+    for kw in ({"pairs": "None"}, {"pairs": " null "}, {"pairs": None, "images": "null", "masks": "None"}):
+        assert find_nuclei_pairs(tmp_path / "raw", **kw) == (want, fmt), kw
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "o"), "--pairs", "null"]) == 0
