@@ -1366,9 +1366,15 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file (e.g. one image given as ``--input_dir``; the message said
+            "does not exist").
         ValueError: no image file in ``folder``.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"input folder {str(folder)!r} is a file, not a folder: give the folder that holds the images."
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder {str(folder)!r} does not exist.")
     exts = tuple(e.lower() for e in extensions)

@@ -418,6 +418,14 @@ def test_list_images(tmp_path):
     assert [Path(p).name for p in list_images(tmp_path)] == ["a.png", "b.PNG"]
 
 
+def test_list_images_of_a_file_says_it_is_a_file(tmp_path):
+    """--input_dir tile.png (one image instead of its folder) failed as "input folder 'tile.png' does not exist",
+    although the file was there."""
+    _png(tmp_path / "a.png", (4, 4))
+    with pytest.raises(NotADirectoryError, match="a.png' is a file, not a folder"):
+        list_images(tmp_path / "a.png")
+
+
 # ------------------------------------------------------------------------------------------------ evaluation summary
 def test_summarize_evaluation(tmp_path):
     from monai_gmr.evaluation import RobustnessResult
