@@ -380,3 +380,20 @@ def test_remove_earlier_outputs_keeps_input_images_and_other_files(tmp_path):
     assert sorted(Path(p).name for p in removed) == ["a_prob.tif"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_seg.png", "b_seg.png"]
     assert remove_earlier_outputs(items, tmp_path / "missing") == []
+
+
+def test_float_images_in_0_1_are_refused_by_name():
+    """A float image in [0, 1] (e.g. a float32 TIFF) passed the 16-bit check, was divided by 255 once more into a
+    nearly black tile and segmented without a word; no 8-bit image has fractional or negative intensities, so they
+    are now an error naming the file (the input check of inference_datalist / nuclei_datalist runs to_rgb on every
+    image before anything is written). Whole numbers 0..255 as floats pass."""
+    from monai.data import MetaTensor
+
+    rng = np.random.default_rng(0)
+    img = MetaTensor(torch.as_tensor(rng.random((3, 16, 16)), dtype=torch.float32), meta={"filename_or_obj": "unit.tif"})
+    with pytest.raises(ValueError, match=r"unit\.tif.*not whole numbers"):
+        to_rgb(img)
+    whole = torch.as_tensor(rng.integers(0, 256, (3, 4, 4)), dtype=torch.float32)
+    assert torch.equal(to_rgb(whole), whole)
+    with pytest.raises(ValueError, match="not whole numbers"):
+        to_rgb(torch.full((3, 2, 2), -1.0))  # negative
