@@ -21,7 +21,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .common import check_datalist, list_images, run_on_rank0_first
+from .common import IMAGE_EXTENSIONS, check_datalist, list_images, run_on_rank0_first
 
 __all__ = [
     "SPLITS",
@@ -220,12 +220,28 @@ def inference_datalist(
     if input_dir:
         items = [{"image": p} for p in list_images(input_dir)]
         name = f"input_dir {str(input_dir)!r}"
+        _warn_nested_images(input_dir)
     else:
         found, used = _nuclei_items(dataset_dir, split, generate, ("image",), False, "validation", **synthetic_kwargs)
         items = [{"image": d["image"]} for d in found]
         name = f"{used} images of {str(dataset_dir)!r}"  # the split the images come from (the fallback, if used)
     _check_output_names(items, name)
     return check_datalist(items, keys=("image",), name=name, image_checks={"image": to_rgb}) if check else items
+
+
+def _warn_nested_images(input_dir: str | os.PathLike) -> None:
+    """Warn about image files in the sub-folders of ``input_dir``: only its own files are segmented, and a folder
+    of per-slide sub-folders beside a few loose tiles was segmented in part without a word."""
+    nested = []
+    for sub in sorted(p for p in Path(input_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        exts = tuple(e.lower() for e in IMAGE_EXTENSIONS)
+        nested += [p for p in sorted(sub.iterdir()) if p.is_file() and not p.name.startswith(".")
+                   and p.name.lower().endswith(exts)]  # fmt: skip
+    if nested:
+        logger.warning(
+            "%d image file(s) in sub-folders of input_dir %s are not segmented (e.g. %s): only the files directly in "
+            "input_dir are; run inference on each sub-folder.", len(nested), input_dir, nested[0],
+        )  # fmt: skip
 
 
 def _output_name(path: str | os.PathLike) -> str:

@@ -397,3 +397,24 @@ def test_float_images_in_0_1_are_refused_by_name():
     assert torch.equal(to_rgb(whole), whole)
     with pytest.raises(ValueError, match="not whole numbers"):
         to_rgb(torch.full((3, 2, 2), -1.0))  # negative
+
+
+def test_images_in_sub_folders_of_input_dir_are_named_in_a_warning(tmp_path, caplog):
+    """Only the files directly in input_dir are segmented; images in its sub-folders (e.g. one per slide) were
+    left out without a word. A warning now says how many (a folder without images does not count)."""
+    import logging
+
+    from PIL import Image
+
+    img = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    img.save(tmp_path / "a.png")
+    (tmp_path / "slide1").mkdir()
+    img.save(tmp_path / "slide1" / "b.png")
+    img.save(tmp_path / "slide1" / "c.tif")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "x.txt").write_text("x")
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        items = inference_datalist(tmp_path, tmp_path / "unused", check=False)
+    assert [Path(d["image"]).name for d in items] == ["a.png"]
+    msgs = [r.getMessage() for r in caplog.records if "sub-folders" in r.getMessage()]
+    assert len(msgs) == 1 and msgs[0].startswith("2 image file(s)") and "b.png" in msgs[0], msgs
