@@ -36,6 +36,7 @@ __all__ = [
     "merge_foreground",
     "nucleus_class_map",
     "nucleus_boundaries",
+    "instance_ids",
     "OUTPUT_SUFFIXES",
     "remove_earlier_outputs",
 ]
@@ -483,6 +484,25 @@ def nucleus_class_map(probs: torch.Tensor) -> torch.Tensor:
     fg = probs[1:].sum(0, keepdim=True) > probs[:1]
     cls = 1 + probs[1:].argmax(0, keepdim=True)
     return torch.where(fg, cls, torch.zeros_like(cls)).to(probs.dtype)
+
+
+def instance_ids(label: torch.Tensor) -> torch.Tensor:
+    """``(1, H, W)`` ground-truth nuclei as instance ids: a binary mask (one foreground value, e.g. 0/1 or 0/255)
+    becomes its 8-connected components, as ``prepare_nuclei`` reads binary masks; an instance-id map is returned
+    as it is.
+
+    ``evaluate.json`` scores AJI/PQ (``--instance_metrics true``) against these ids: a binary label of a user's
+    datalist was scored as one "nucleus" per tile (all its foreground pixels), without a word.
+    """
+    from scipy import ndimage
+
+    arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    if arr.ndim != 3 or arr.shape[0] != 1 or np.unique(arr[arr != 0]).size > 1:
+        return label
+    lab, _ = ndimage.label(arr[0] > 0, structure=np.ones((3, 3), bool))
+    out = label.clone() if isinstance(label, torch.Tensor) else np.array(label)
+    out[0] = torch.as_tensor(lab, dtype=out.dtype) if isinstance(out, torch.Tensor) else lab
+    return out
 
 
 def nucleus_boundaries(instances: np.ndarray, width: int = 1) -> np.ndarray:

@@ -205,6 +205,26 @@ def test_evaluation_scores_the_instances_inference_writes(tmp_path):
     assert step.kwargs["connectivity"] == 1 and step.kwargs["min_size"] == rob["instance_kwargs"]["min_size"]
 
 
+
+@pytest.mark.parametrize("binary", [1, 255])
+def test_instance_metrics_read_a_binary_label_as_its_connected_components(tmp_path, binary):
+    """With a binary label (a user's datalist; NucleiLabeld takes them for training) AJI/PQ scored every tile against
+    one ground-truth "nucleus" (all foreground pixels) without a word. The evaluation's ground-truth instances are now its 8-connected components (as prepare_nuclei
+    reads binary masks); instance-id labels are kept as they are."""
+    from monai_gmr.workflows.nuclei import instance_ids
+
+    item = _write_pair(tmp_path, "a", size=(40, 48))
+    lab = np.array(Image.open(item["label"]))
+    Image.fromarray(((lab > 0) * binary).astype(np.uint8)).save(tmp_path / "binary.png")
+    p = config_parser([TRAIN, EVALUATE], output_dir=str(tmp_path / "o"), instance_metrics=True, metadata=METADATA)
+    tf = p.get_parsed_content("robustness_transforms")
+    got = tf({**item, "label": str(tmp_path / "binary.png")})["gt_instances"]
+    want = tf(item)["gt_instances"]  # the instance ids 1, 2
+    assert sorted(torch.unique(torch.as_tensor(want)).tolist()) == [0, 1, 2]
+    torch.testing.assert_close(torch.as_tensor(got).float(), torch.as_tensor(want).float())
+    ids = torch.tensor([[[0, 3, 3], [0, 0, 7]]])
+    assert instance_ids(ids) is ids
+
 def test_evaluation_report_names_the_split_it_scored(tmp_path, nuclei_data):
     """A dataset without a test split is evaluated on its validation split (a warning says so); metrics.json said
     ``"split": "test"`` all the same, so the report claimed test numbers for the validation images."""
