@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 import os
 import shutil
 import sys
@@ -640,6 +641,8 @@ def prepare_nuclei_dataset(
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
     split_counts(len(found), val_frac, test_frac)  # bad fractions: refused now, not after every image is converted
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy's error named no setting
+        raise ValueError(f"seed must be an integer >= 0 (the split seed), got seed={seed!r}.")
     # the folders this run replaces (move_into_place) or removes must not hold its sources: with --overwrite and
     # --output equal to --input, the raw images/ and masks/ were deleted and replaced by the prepared ones
     replaced = [(out / d).resolve() for d in ("images", "labels", "masks", "boundary")]

@@ -566,6 +566,19 @@ def test_bad_split_fractions_are_refused_before_any_image_is_converted(tmp_path,
     assert read == [] and not (tmp_path / "out").exists()
 
 
+def test_negative_split_seed_is_refused_by_name_before_any_image_is_converted(tmp_path, monkeypatch, capsys):
+    """--seed -1 failed as "error: expected non-negative integer" (NumPy's message, naming no option) after every
+    image had been converted; now an error naming seed comes before the first image is read."""
+    import monai_gmr.data.prepare_nuclei as pn
+
+    _write_folder_case(tmp_path / "raw")
+    read = []
+    monkeypatch.setattr(pn, "read_rgb_image", lambda p: read.append(p) or np.zeros((20, 24, 3), np.uint8))
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--seed", "-1"]) == 1
+    assert "seed must be an integer >= 0" in capsys.readouterr().err
+    assert read == [] and not (tmp_path / "out").exists()
+
+
 def test_null_text_of_pairs_images_masks_means_none(tmp_path):
     """--pairs None (or null) failed as "pairs file 'None' does not exist" and --images null / --masks null as
     "image folder '<input>/null' does not exist"; the text now means None, as the defaults do."""
