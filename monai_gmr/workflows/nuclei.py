@@ -496,12 +496,12 @@ def instance_ids(label: torch.Tensor) -> torch.Tensor:
     """
     from scipy import ndimage
 
-    arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    arr = label.detach().cpu().numpy()
     if arr.ndim != 3 or arr.shape[0] != 1 or np.unique(arr[arr != 0]).size > 1:
         return label
     lab, _ = ndimage.label(arr[0] > 0, structure=np.ones((3, 3), bool))
-    out = label.clone() if isinstance(label, torch.Tensor) else np.array(label)
-    out[0] = torch.as_tensor(lab, dtype=out.dtype) if isinstance(out, torch.Tensor) else lab
+    out = label.clone().to(torch.float32)  # a uint8 0/255 mask may have more than 255 nuclei; meta kept
+    out[0] = torch.as_tensor(lab, dtype=torch.float32, device=out.device)
     return out
 
 
