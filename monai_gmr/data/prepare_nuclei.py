@@ -455,7 +455,7 @@ def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
 
 
 def _null_text(value: Any, base: Path) -> bool:
-    """Whether ``value`` is ``None`` or the text ``"none"`` / ``"null"`` (any case) that is not a path under ``base``."""
+    """Whether ``value`` is ``None`` or the text ``"none"`` / ``"null"`` (any case), not a path under ``base``."""
     if value is None:
         return True
     return isinstance(value, str) and value.strip().lower() in ("none", "null") and not (base / value).exists()

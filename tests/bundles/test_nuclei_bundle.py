@@ -209,8 +209,8 @@ def test_evaluation_scores_the_instances_inference_writes(tmp_path):
 @pytest.mark.parametrize("binary", [1, 255])
 def test_instance_metrics_read_a_binary_label_as_its_connected_components(tmp_path, binary):
     """With a binary label (a user's datalist; NucleiLabeld takes them for training) AJI/PQ scored every tile against
-    one ground-truth "nucleus" (all foreground pixels) without a word. The evaluation's ground-truth instances are now its 8-connected components (as prepare_nuclei
-    reads binary masks); instance-id labels are kept as they are."""
+    one ground-truth "nucleus" (all foreground pixels) without a word. The evaluation's ground-truth instances are
+    now its 8-connected components (as prepare_nuclei reads binary masks); instance-id labels are kept as they are."""
     from monai_gmr.workflows.nuclei import instance_ids
 
     item = _write_pair(tmp_path, "a", size=(40, 48))
@@ -629,11 +629,12 @@ def test_bad_robustness_settings_stop_evaluation_before_the_validation_run(tmp_p
     after the validation run over the whole split (the robustness evaluator reads them when it starts), naming
     region / angles / axis but no setting; now initialize refuses them by name, before any data are read."""
     out = tmp_path / "out"
-    net = config_parser([INFERENCE], network_def=eval(TINY_NET), output_dir=str(out), metadata=METADATA).get_parsed_content("network_def")
+    parser = config_parser([INFERENCE], network_def=eval(TINY_NET), output_dir=str(out), metadata=METADATA)
     (out / "models").mkdir(parents=True)
-    torch.save(net.state_dict(), out / "models" / "model.pt")
-    msg = workflow_error([TRAIN, EVALUATE], dataset_dir=str(nuclei_data), output_dir=str(out), network_def=eval(TINY_NET),
-                         generate_synthetic=False, roi_size=[64, 64], num_workers=0, **bad)  # fmt: skip
+    torch.save(parser.get_parsed_content("network_def").state_dict(), out / "models" / "model.pt")
+    msg = workflow_error([TRAIN, EVALUATE], dataset_dir=str(nuclei_data), output_dir=str(out),
+                         network_def=eval(TINY_NET), generate_synthetic=False, roi_size=[64, 64], num_workers=0,
+                         **bad)  # fmt: skip
     assert f"{next(iter(bad))}=" in msg or f"{next(iter(bad))} must be" in msg, msg
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
 

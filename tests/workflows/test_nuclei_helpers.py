@@ -390,7 +390,8 @@ def test_float_images_in_0_1_are_refused_by_name():
     from monai.data import MetaTensor
 
     rng = np.random.default_rng(0)
-    img = MetaTensor(torch.as_tensor(rng.random((3, 16, 16)), dtype=torch.float32), meta={"filename_or_obj": "unit.tif"})
+    img = MetaTensor(torch.as_tensor(rng.random((3, 16, 16)), dtype=torch.float32),
+                     meta={"filename_or_obj": "unit.tif"})  # fmt: skip
     with pytest.raises(ValueError, match=r"unit\.tif.*not whole numbers"):
         to_rgb(img)
     whole = torch.as_tensor(rng.integers(0, 256, (3, 4, 4)), dtype=torch.float32)
