@@ -8,7 +8,8 @@ Reads raw image/annotation pairs in one of three layouts and writes a dataset fo
     output/boundary/<name>.png   uint8 0 background / 1 nucleus interior / 2 nucleus inner boundary (--boundary)
     output/datalist.json         MONAI datalist, seeded training/validation/test split, paths relative
 
-The datalist's ``"label"`` is the instance mask by default (``--label binary|boundary`` picks another one).
+The datalist's ``"label"`` is the instance mask by default (``--label binary|boundary`` picks another one; the
+``gmr_nuclei_segmentation`` bundle reads ``"instance"`` whatever ``"label"`` names).
 
 Input formats (``--format``, default ``auto``):
 
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 import os
 import shutil
 import sys
@@ -62,7 +64,14 @@ from typing import Any
 
 import numpy as np
 
-from monai_gmr.data.datalist import DATALIST_NAME, move_into_place, read_csv_rows, split_items, write_datalist
+from monai_gmr.data.datalist import (
+    DATALIST_NAME,
+    move_into_place,
+    read_csv_rows,
+    split_counts,
+    split_items,
+    write_datalist,
+)
 from monai_gmr.data.synthetic_nuclei import save_png
 from monai_gmr.utils import as_bool, make_temp_dir, missing_dirs, remove_empty_dirs
 
@@ -445,6 +454,13 @@ def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
     return out
 
 
+def _null_text(value: Any, base: Path) -> bool:
+    """Whether ``value`` is ``None`` or the text ``"none"`` / ``"null"`` (any case), not a path under ``base``."""
+    if value is None:
+        return True
+    return isinstance(value, str) and value.strip().lower() in ("none", "null") and not (base / value).exists()
+
+
 def find_nuclei_pairs(
     input_dir: str | os.PathLike,
     format: str = "auto",  # noqa: A002 - mirrors the CLI option
@@ -460,7 +476,7 @@ def find_nuclei_pairs(
         images: image folder (absolute or relative to ``input_dir``); default: found by common names.
         masks: annotation folder; default: found by common names.
         pairs: ``"auto"`` (use ``input_dir/pairs.csv`` when present and neither ``images`` nor ``masks`` is
-            given), ``None``/``"none"`` (pair by name), or a
+            given), ``None``/``"none"``/``"null"`` (pair by name), or a
             CSV path (columns ``image`` and a mask column, paths relative to the CSV).
 
     Returns:
@@ -471,12 +487,17 @@ def find_nuclei_pairs(
         ValueError: unknown format, no pairs, images without annotation (all listed), duplicate names.
     """
     root = Path(input_dir)
+    # the text "none" / "null" (any case) means None, as the defaults do, unless such a file or folder exists:
+    # --pairs None failed as "pairs file 'None' does not exist", --images null as "image folder '<input>/null' ..."
+    pairs = None if _null_text(pairs, Path.cwd()) else pairs
+    images = None if _null_text(images, root) else images
+    masks = None if _null_text(masks, root) else masks
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
     if not root.is_dir():
         raise FileNotFoundError(f"input {str(root)!r} is not a folder.")
     csv_path: Path | None = None
-    if pairs not in (None, "none", "auto"):
+    if pairs not in (None, "auto"):
         csv_path = Path(pairs)
         if not csv_path.is_file():
             raise FileNotFoundError(f"pairs file {str(csv_path)!r} does not exist.")
@@ -619,6 +640,9 @@ def prepare_nuclei_dataset(
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")) and not overwrite:
         raise FileExistsError(f"output {str(out)!r} is not empty; pass overwrite=True (--overwrite) to replace it.")
     found, fmt = find_nuclei_pairs(input, format, images=images, masks=masks, pairs=pairs)
+    split_counts(len(found), val_frac, test_frac)  # bad fractions: refused now, not after every image is converted
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy's error named no setting
+        raise ValueError(f"seed must be an integer >= 0 (the split seed), got seed={seed!r}.")
     # the folders this run replaces (move_into_place) or removes must not hold its sources: with --overwrite and
     # --output equal to --input, the raw images/ and masks/ were deleted and replaced by the prepared ones
     replaced = [(out / d).resolve() for d in ("images", "labels", "masks", "boundary")]
@@ -724,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = prepare_nuclei_dataset(
             args.input, args.output, format=args.format, boundary=args.boundary, boundary_width=args.boundary_width,
             label=args.label, seed=args.seed, val_frac=args.val_frac, test_frac=args.test_frac, images=args.images,
-            masks=args.masks, pairs=None if args.pairs == "none" else args.pairs, overwrite=args.overwrite,
+            masks=args.masks, pairs=args.pairs, overwrite=args.overwrite,
         )  # fmt: skip
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

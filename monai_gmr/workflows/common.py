@@ -895,7 +895,9 @@ class ProgressLogger:
         interval: log every N iterations (``0`` disables iteration lines).
         evaluator: optional validation engine; its ``state.best_metric`` / ``best_metric_epoch`` (MONAI
             ``Workflow``) go into the summary.
-        summary_file: optional JSON path written atomically on completion (main process only).
+        summary_file: optional JSON path written atomically on completion (main process only). A summary that
+            an earlier run left there is removed when a run starts from scratch (not resumed), so that a run that
+            fails or is killed does not leave the earlier run's summary beside its own checkpoints.
         loss_transform: maps ``engine.state.output`` to a float loss (default: the ``"loss"`` of MONAI's
             decollated output).
         name: logger name (default: the engine's logger).
@@ -948,6 +950,11 @@ class ProgressLogger:
             if self._start_iteration > 0:
                 self.logger.info(  # type: ignore[union-attr]
                     "continuing from epoch %d, iteration %d", self._start_epoch, self._start_iteration
+                )
+            elif self.summary_file is not None and Path(self.summary_file).is_file() and is_main_process():
+                os.remove(self.summary_file)  # an earlier run's: it described other checkpoints than this run's
+                self.logger.warning(  # type: ignore[union-attr]
+                    "removed the run summary %s of an earlier run (this run starts from scratch)", self.summary_file
                 )
 
     def _iteration(self, engine: Any) -> None:
@@ -1359,9 +1366,15 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file (e.g. one image given as ``--input_dir``; the message said
+            "does not exist").
         ValueError: no image file in ``folder``.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"input folder {str(folder)!r} is a file, not a folder: give the folder that holds the images."
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder {str(folder)!r} does not exist.")
     exts = tuple(e.lower() for e in extensions)

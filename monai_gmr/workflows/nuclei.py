@@ -21,7 +21,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .common import check_datalist, list_images, run_on_rank0_first
+from .common import IMAGE_EXTENSIONS, check_datalist, list_images, run_on_rank0_first
 
 __all__ = [
     "SPLITS",
@@ -29,10 +29,16 @@ __all__ = [
     "inference_datalist",
     "NucleiLabeld",
     "has_boundary_class",
+    "check_window_sizes",
+    "check_instance_settings",
+    "check_robustness_settings",
     "to_rgb",
     "merge_foreground",
     "nucleus_class_map",
     "nucleus_boundaries",
+    "instance_ids",
+    "OUTPUT_SUFFIXES",
+    "remove_earlier_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,7 +50,42 @@ SPLITS = ("training", "validation", "test")
 def _ensure_dataset(dataset_dir: str | os.PathLike, generate: bool, **synthetic_kwargs: Any) -> str:
     from monai_gmr.data import ensure_nuclei_dataset
 
-    return str(ensure_nuclei_dataset(dataset_dir, generate=generate, **synthetic_kwargs))
+    path = str(ensure_nuclei_dataset(dataset_dir, generate=generate, **synthetic_kwargs))
+    _warn_other_synthetic(path, synthetic_kwargs)
+    return path
+
+
+def _warn_other_synthetic(datalist_file: str | os.PathLike, synthetic_kwargs: Mapping[str, Any]) -> None:
+    """Warn when ``datalist_file`` holds synthetic data generated with other ``synthetic`` settings than the run's.
+
+    Synthetic data are generated only into an empty ``dataset_dir``: a later ``--synthetic "{'n_images': 8,
+    'size': 128}"`` with the same folder silently trained on the tiles generated before (e.g. the default 24 tiles
+    of 256 x 256), the log saying only "using the dataset in ...".
+    """
+    import json
+
+    try:
+        record = json.loads(Path(datalist_file).read_text()).get("generator")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(record, Mapping):
+        return  # prepared (not synthetic) data: the synthetic settings do not apply
+    from monai_gmr.utils import size_hw
+
+    want = dict(synthetic_kwargs)
+    if "size" in want:
+        try:
+            want["size"] = list(size_hw(want["size"], "size"))  # 64 -> [64, 64], as the record has it
+        except (TypeError, ValueError):
+            pass
+    differ = {k: (record[k], v) for k, v in want.items() if k in record and record[k] != v}
+    if differ:
+        logger.warning(
+            "dataset_dir %s holds synthetic data generated with other settings than synthetic=%s (%s): they are "
+            "used as they are; point dataset_dir to an empty folder to generate the data asked for.",
+            Path(datalist_file).parent, dict(synthetic_kwargs),
+            ", ".join(f"{k}: {a!r} there, {b!r} asked for" for k, (a, b) in differ.items()),
+        )  # fmt: skip
 
 
 def nuclei_datalist(
@@ -118,11 +159,32 @@ def _nuclei_items(
     if not items:
         raise ValueError(f"datalist {datalist_file!r} has no items in split {used!r} (dataset_dir={str(dataset_dir)!r}).")
     logger.info("%s split: %d items from %s", used, len(items), datalist_file)
+    items = _instance_labels(items, datalist_file)
     if check:
         items = check_datalist(
             items, keys=keys, same_shape=True, name=f"{used} split of {datalist_file}", image_checks={"image": to_rgb}
         )
     return items, used
+
+
+def _instance_labels(items: list[dict[str, Any]], datalist_file: str | os.PathLike) -> list[dict[str, Any]]:
+    """Items whose ``"label"`` is their ``"instance"`` mask where a prepared datalist has both and they differ.
+
+    The bundle derives every class from instance ids (:class:`NucleiLabeld`: nucleus, and the boundary class of
+    ``num_classes=3`` between touching nuclei) and scores AJI/PQ against them. ``prepare_nuclei --label boundary``
+    points ``"label"`` at the 3-class map, whose values were read as two "instances" (all interiors, all boundaries):
+    the boundary class trained on was 2 pixels wide, AJI/PQ scored one interior and one boundary object per tile;
+    ``--label binary`` gave a single ground-truth nucleus per tile. The 2-class targets are the same either way.
+    """
+    swapped = [it for it in items if it.get("instance") and it.get("label") and it["instance"] != it["label"]]
+    if not swapped:
+        return items
+    logger.warning(
+        "datalist %s: 'label' is not the instance mask (e.g. %s); the bundle reads the 'instance' masks (%s) "
+        "instead: its classes (the boundary class too) and the AJI/PQ nuclei come from instance ids.",
+        datalist_file, swapped[0]["label"], swapped[0]["instance"],
+    )  # fmt: skip
+    return [{**it, "label": it["instance"]} if it.get("instance") and it.get("label") else it for it in items]
 
 
 def inference_datalist(
@@ -135,22 +197,52 @@ def inference_datalist(
 ) -> list[dict[str, Any]]:
     """Images to segment: every image in ``input_dir`` when given, else the ``split`` images of ``dataset_dir``.
 
+    ``input_dir`` given as the text ``"null"`` / ``"none"`` (what ``--input_dir null``, the documented default,
+    passes) means ``None`` unless such a folder exists; an empty one (``--input_dir ""``, ``"[]"``) is an error.
+
     Returns:
         list of ``{"image": path}`` dicts (each file read once when ``check``; errors name the file).
 
     Raises:
         ValueError: two images would write the same output files (``<name>_seg.png``, ...: MONAI's writers name
-            them by the file name without extension, e.g. ``a.png`` and ``a.tif``), before anything is written.
+            them by the file name without extension, e.g. ``a.png`` and ``a.tif``), before anything is written;
+            an empty ``input_dir``.
     """
+    if (isinstance(input_dir, str) and input_dir.strip().lower() in ("null", "none")
+            and not Path(input_dir).exists()):  # fmt: skip
+        input_dir = None  # "input folder 'null' does not exist"
+    if input_dir is not None and (
+        not str(input_dir).strip() if isinstance(input_dir, (str, os.PathLike)) else not input_dir
+    ):
+        raise ValueError(
+            f"input_dir is empty ({input_dir!r}): give a folder of images, or null for the {split!r} images of "
+            "dataset_dir."
+        )
     if input_dir:
         items = [{"image": p} for p in list_images(input_dir)]
         name = f"input_dir {str(input_dir)!r}"
+        _warn_nested_images(input_dir)
     else:
         found, used = _nuclei_items(dataset_dir, split, generate, ("image",), False, "validation", **synthetic_kwargs)
         items = [{"image": d["image"]} for d in found]
         name = f"{used} images of {str(dataset_dir)!r}"  # the split the images come from (the fallback, if used)
     _check_output_names(items, name)
     return check_datalist(items, keys=("image",), name=name, image_checks={"image": to_rgb}) if check else items
+
+
+def _warn_nested_images(input_dir: str | os.PathLike) -> None:
+    """Warn about image files in the sub-folders of ``input_dir``: only its own files are segmented, and a folder
+    of per-slide sub-folders beside a few loose tiles was segmented in part without a word."""
+    nested = []
+    for sub in sorted(p for p in Path(input_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        exts = tuple(e.lower() for e in IMAGE_EXTENSIONS)
+        nested += [p for p in sorted(sub.iterdir()) if p.is_file() and not p.name.startswith(".")
+                   and p.name.lower().endswith(exts)]  # fmt: skip
+    if nested:
+        logger.warning(
+            "%d image file(s) in sub-folders of input_dir %s are not segmented (e.g. %s): only the files directly in "
+            "input_dir are; run inference on each sub-folder.", len(nested), input_dir, nested[0],
+        )  # fmt: skip
 
 
 def _output_name(path: str | os.PathLike) -> str:
@@ -173,15 +265,52 @@ def _check_output_names(items: Sequence[Mapping[str, Any]], name: str) -> None:
         seen[out] = str(item["image"])
 
 
+#: the files inference.json writes per input image: ``<name>`` + each suffix (its SaveImaged postfixes and extensions)
+OUTPUT_SUFFIXES = ("_seg.png", "_instance.png", "_prob.tif")
+
+
+def remove_earlier_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | os.PathLike) -> list[str]:
+    """Remove the files an earlier inference wrote in ``pred_dir`` for the images of ``items``, before this run
+    writes any: inference writes image by image, so a run that failed (or was killed) at its k-th image left the
+    earlier run's masks of the images after it, indistinguishable from this run's, beside the new ones.
+
+    Files that are themselves input images of ``items`` are kept. Other files in ``pred_dir`` (outputs of images
+    that this run does not segment) are kept.
+
+    Args:
+        items: the inference datalist (``{"image": path}`` dicts).
+        pred_dir: the output folder (``pred_dir``).
+
+    Returns:
+        the removed paths (a warning says how many).
+    """
+    root = Path(pred_dir)
+    if not root.is_dir():
+        return []
+    inputs = {Path(it["image"]).resolve() for it in items}
+    removed = []
+    for it in items:
+        for suffix in OUTPUT_SUFFIXES:
+            path = root / f"{_output_name(it['image'])}{suffix}"
+            if path.is_file() and path.resolve() not in inputs:
+                path.unlink()
+                removed.append(str(path))
+    if removed:
+        logger.warning("removed %d output file(s) of an earlier run from %s (e.g. %s)", len(removed), root, removed[0])
+    return removed
+
+
 def to_rgb(img: torch.Tensor) -> torch.Tensor:
     """Channel-first image -> 3 channels: RGBA drops alpha, grey is repeated, RGB is unchanged.
 
     The bundles read 8-bit intensities (0..255, then scaled to [0, 1] with clipping); a 16-bit image would be
-    clipped to a nearly white tile and segmented silently wrong, so intensities above 255 are an error.
+    clipped to a nearly white tile and segmented silently wrong, so intensities above 255 are an error. So are
+    negative or fractional intensities, which no 8-bit image has: a float image in [0, 1] (e.g. a float32 TIFF)
+    was divided by 255 once more into a nearly black tile and segmented silently wrong.
 
     Raises:
-        ValueError: for another number of channels, or intensities above 255 (the message names the file when the
-            image is a MONAI ``MetaTensor`` from ``LoadImage``).
+        ValueError: for another number of channels, or intensities above 255, below 0 or not whole numbers (the
+            message names the file when the image is a MONAI ``MetaTensor`` from ``LoadImage``).
     """
     meta = getattr(img, "meta", None) or {}
     name = meta.get("filename_or_obj", "the input image")
@@ -189,6 +318,12 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"image {str(name)!r} has intensities up to {float(img.max()):g}: the bundle reads 8-bit RGB (0..255); "
             "convert it to 8 bits first (python -m monai_gmr.data.prepare_nuclei writes 8-bit images)."
+        )
+    if img.numel() and img.is_floating_point() and (float(img.min()) < 0 or bool((img != torch.round(img)).any())):
+        raise ValueError(
+            f"image {str(name)!r} has intensities that are not whole numbers in 0..255 (range {float(img.min()):g}.."
+            f"{float(img.max()):g}, e.g. a float image in [0, 1]): the bundle reads 8-bit RGB (0..255); convert it "
+            "to 8 bits first (python -m monai_gmr.data.prepare_nuclei scales float images to 8 bits)."
         )
     c = img.shape[0]
     if c == 3:
@@ -210,15 +345,28 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
     input size divisible by it unless built with ``pad_to_multiple=True``. ``--crop_size 30`` used to stop at the
     first training step and ``--roi_size "[60, 60]"`` only at the first validation (after ``val_interval`` epochs of
     training), both with an error about the input shape that named neither setting. Networks without a
-    ``multiple`` attribute (e.g. MONAI's ``BasicUNet``) are not checked here.
+    ``multiple`` attribute (e.g. MONAI's ``BasicUNet``) are not divisibility-checked here.
+
+    A size of 0 or below is refused for every network: MONAI's crops and sliding windows read it as "the whole
+    dimension", so ``--crop_size 0`` (or ``-8``) silently trained on whole tiles instead of random crops, and
+    ``--roi_size "[0, 0]"`` ran whole tiles through the network. ``-1`` in ``roi_size`` keeps that documented
+    MONAI meaning.
 
     Args:
         network: the bundle's network (a ``DistributedDataParallel`` wrapper is looked through).
         sizes: setting name -> size (an int or ``(H, W)``; ``-1`` in ``roi_size``, the whole dimension, is skipped).
 
     Raises:
-        ValueError: a size not divisible by the network's ``multiple``; the message names the setting.
+        ValueError: a size not divisible by the network's ``multiple``, or one that is 0 or negative (other than
+            ``-1`` in ``roi_size``); the message names the setting.
     """
+    for name, size in sizes.items():
+        values = [size] if isinstance(size, (int, float, str)) else list(size)
+        for v in values:
+            v = _as_int(v)
+            if v is not None and v <= 0 and not (v == -1 and name == "roi_size"):
+                whole = " (or -1 for the whole dimension)" if name == "roi_size" else ""
+                raise ValueError(f"{name}={size!r}: sizes must be positive integers{whole}, got {v}.")
     net = getattr(network, "module", network)
     multiple = getattr(net, "multiple", None)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 2 or getattr(net, "pad_to_multiple", False):
@@ -227,11 +375,8 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
         values = [size] if isinstance(size, (int, float, str)) else list(size)
         bad = []
         for v in values:
-            try:
-                v = int(str(v).strip()) if isinstance(v, str) else v
-            except ValueError:
-                continue  # not a number: left to the transform / inferer that reads it
-            if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 and v % multiple:
+            v = _as_int(v)  # not a number: left to the transform / inferer that reads it
+            if v is not None and v > 0 and v % multiple:
                 bad.append(int(v))
         if bad:
             fix = ", ".join(f"{v} -> {max(multiple, round(v / multiple) * multiple)}" for v in dict.fromkeys(bad))
@@ -239,6 +384,15 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
                 f"{name}={size!r}: {type(net).__name__} needs every size divisible by {multiple} (2**levels), "
                 f"e.g. {fix}; or build it with pad_to_multiple=True (--network_def#pad_to_multiple true)."
             )
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer size (also as text from a command line), else ``None``."""
+    try:
+        value = int(str(value).strip()) if isinstance(value, str) else value
+    except ValueError:
+        return None
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
 
 
 def check_instance_settings(instance_method: Any, min_nucleus_size: Any) -> None:
@@ -256,6 +410,35 @@ def check_instance_settings(instance_method: Any, min_nucleus_size: Any) -> None
         raise ValueError(f"instance_method must be 'connected_components' or 'watershed', got {instance_method!r}.")
     if isinstance(min_nucleus_size, bool) or not isinstance(min_nucleus_size, numbers.Integral) or min_nucleus_size < 0:
         raise ValueError(f"min_nucleus_size must be an integer >= 0 (pixels), got {min_nucleus_size!r}.")
+
+
+def check_robustness_settings(angles: Any, flips: Any, region: Any, padding_mode: Any) -> None:
+    """Refuse, by setting name, the rotation-robustness settings of ``evaluate.json`` before anything runs.
+
+    The robustness evaluator reads them only when it starts, after the validation run over the whole evaluation
+    split: ``--robustness_region valdi``, ``--robustness_angles "[]"`` or ``--robustness_flips "['x']"`` stopped
+    the run only then, with messages that named ``region`` / ``angles`` / ``axis`` but no bundle setting.
+
+    Args:
+        angles: ``robustness_angles`` (degrees; one number or a non-empty list).
+        flips: ``robustness_flips`` (``"h"``, ``"v"``; may be empty).
+        region: ``robustness_region`` (``"valid"`` or ``"disk"``).
+        padding_mode: ``robustness_padding`` (``"zeros"``, ``"border"`` or ``"reflection"``).
+
+    Raises:
+        ValueError: any of them is invalid; the message names the setting.
+    """
+    from monai_gmr.evaluation.robustness import REGIONS
+    from monai_gmr.functional.rotation import make_geometries
+
+    if region not in REGIONS:
+        raise ValueError(f"robustness_region must be one of {REGIONS}, got {region!r}.")
+    try:
+        make_geometries(angles, list(flips or ()), 2, None, product=False, padding_mode=padding_mode)
+    except ValueError as e:
+        raise ValueError(
+            f"robustness_angles={angles!r} / robustness_flips={flips!r} / robustness_padding={padding_mode!r}: {e}"
+        ) from e
 
 
 def has_boundary_class(num_classes: Any) -> bool:
@@ -301,6 +484,25 @@ def nucleus_class_map(probs: torch.Tensor) -> torch.Tensor:
     fg = probs[1:].sum(0, keepdim=True) > probs[:1]
     cls = 1 + probs[1:].argmax(0, keepdim=True)
     return torch.where(fg, cls, torch.zeros_like(cls)).to(probs.dtype)
+
+
+def instance_ids(label: torch.Tensor) -> torch.Tensor:
+    """``(1, H, W)`` ground-truth nuclei as instance ids: a binary mask (one foreground value, e.g. 0/1 or 0/255)
+    becomes its 8-connected components, as ``prepare_nuclei`` reads binary masks; an instance-id map is returned
+    as it is.
+
+    ``evaluate.json`` scores AJI/PQ (``--instance_metrics true``) against these ids: a binary label of a user's
+    datalist was scored as one "nucleus" per tile (all its foreground pixels), without a word.
+    """
+    from scipy import ndimage
+
+    arr = label.detach().cpu().numpy()
+    if arr.ndim != 3 or arr.shape[0] != 1 or np.unique(arr[arr != 0]).size > 1:
+        return label
+    lab, _ = ndimage.label(arr[0] > 0, structure=np.ones((3, 3), bool))
+    out = label.clone().to(torch.float32)  # a uint8 0/255 mask may have more than 255 nuclei; meta kept
+    out[0] = torch.as_tensor(lab, dtype=torch.float32, device=out.device)
+    return out
 
 
 def nucleus_boundaries(instances: np.ndarray, width: int = 1) -> np.ndarray:

@@ -205,6 +205,26 @@ def test_evaluation_scores_the_instances_inference_writes(tmp_path):
     assert step.kwargs["connectivity"] == 1 and step.kwargs["min_size"] == rob["instance_kwargs"]["min_size"]
 
 
+
+@pytest.mark.parametrize("binary", [1, 255])
+def test_instance_metrics_read_a_binary_label_as_its_connected_components(tmp_path, binary):
+    """With a binary label (a user's datalist; NucleiLabeld takes them for training) AJI/PQ scored every tile against
+    one ground-truth "nucleus" (all foreground pixels) without a word. The evaluation's ground-truth instances are
+    now its 8-connected components (as prepare_nuclei reads binary masks); instance-id labels are kept as they are."""
+    from monai_gmr.workflows.nuclei import instance_ids
+
+    item = _write_pair(tmp_path, "a", size=(40, 48))
+    lab = np.array(Image.open(item["label"]))
+    Image.fromarray(((lab > 0) * binary).astype(np.uint8)).save(tmp_path / "binary.png")
+    p = config_parser([TRAIN, EVALUATE], output_dir=str(tmp_path / "o"), instance_metrics=True, metadata=METADATA)
+    tf = p.get_parsed_content("robustness_transforms")
+    got = tf({**item, "label": str(tmp_path / "binary.png")})["gt_instances"]
+    want = tf(item)["gt_instances"]  # the instance ids 1, 2
+    assert sorted(torch.unique(torch.as_tensor(want)).tolist()) == [0, 1, 2]
+    torch.testing.assert_close(torch.as_tensor(got).float(), torch.as_tensor(want).float())
+    ids = torch.tensor([[[0, 3, 3], [0, 0, 7]]])
+    assert instance_ids(ids) is ids
+
 def test_evaluation_report_names_the_split_it_scored(tmp_path, nuclei_data):
     """A dataset without a test split is evaluated on its validation split (a warning says so); metrics.json said
     ``"split": "test"`` all the same, so the report claimed test numbers for the validation images."""
@@ -600,6 +620,44 @@ def test_bad_instance_settings_stop_evaluation_and_inference_first(tmp_path, nuc
     assert f"{next(iter(bad))} must be" in msg, msg
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
 
+
+@pytest.mark.parametrize("bad", [{"robustness_region": "valdi"}, {"robustness_angles": []},
+                                 {"robustness_flips": ["x"]}, {"robustness_angles": "null"}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_bad_robustness_settings_stop_evaluation_before_the_validation_run(tmp_path, nuclei_data, bad):
+    """--robustness_region valdi, --robustness_angles "[]" or --robustness_flips "['x']" stopped evaluation only
+    after the validation run over the whole split (the robustness evaluator reads them when it starts), naming
+    region / angles / axis but no setting; now initialize refuses them by name, before any data are read."""
+    out = tmp_path / "out"
+    parser = config_parser([INFERENCE], network_def=eval(TINY_NET), output_dir=str(out), metadata=METADATA)
+    (out / "models").mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), out / "models" / "model.pt")
+    msg = workflow_error([TRAIN, EVALUATE], dataset_dir=str(nuclei_data), output_dir=str(out),
+                         network_def=eval(TINY_NET), generate_synthetic=False, roi_size=[64, 64], num_workers=0,
+                         **bad)  # fmt: skip
+    assert f"{next(iter(bad))}=" in msg or f"{next(iter(bad))} must be" in msg, msg
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["models", "models/model.pt"]
+
+
+def test_inference_removes_the_earlier_outputs_of_its_images_before_it_runs(tmp_path, nuclei_data):
+    """Inference writes image by image: a run that failed at its first image left the masks an earlier run wrote for
+    the images of this run in pred_dir, indistinguishable from new ones. They are now removed once the checkpoint
+    is loaded, before the network runs; outputs of other images stay."""
+    from monai_gmr.workflows.nuclei import inference_datalist
+
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    net = {"_target_": "torch.nn.Conv2d", "in_channels": 4, "out_channels": 2, "kernel_size": 1}  # fails on RGB
+    (out / "models").mkdir(parents=True)
+    torch.save(torch.nn.Conv2d(4, 2, 1).state_dict(), out / "models" / "model.pt")
+    names = [Path(d["image"]).stem for d in inference_datalist(None, nuclei_data, "test", generate=False, check=False)]
+    pred.mkdir()
+    stale = [pred / f"{n}{s}" for n in names for s in ("_seg.png", "_instance.png", "_prob.tif")]
+    for p in [*stale, pred / "other_seg.png"]:
+        p.write_bytes(b"earlier run")
+    msg = workflow_error(INFERENCE, dataset_dir=str(nuclei_data), output_dir=str(out), pred_dir=str(pred),
+                         network_def=net, generate_synthetic=False, roi_size=[64, 64])  # fmt: skip
+    assert "channels" in msg, msg  # the network failed on the first image
+    assert sorted(p.name for p in pred.iterdir()) == ["other_seg.png"]
 
 @pytest.mark.parametrize("content", ["empty", "user files"])
 def test_bad_setting_leaves_an_existing_output_dir_untouched(tmp_path, nuclei_data, content):

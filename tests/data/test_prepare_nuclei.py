@@ -551,3 +551,41 @@ def test_images_in_sub_folders_are_named_in_a_warning(tmp_path, caplog):
         _write_folder_case(tmp_path / "plain", n=2)
         find_nuclei_pairs(tmp_path / "plain")  # no sub-folder: no warning
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_bad_split_fractions_are_refused_before_any_image_is_converted(tmp_path, monkeypatch):
+    """--val_frac 0.5 --test_frac 0.5 was refused by the split only after every image had been read, converted and
+    written to the temporary folder (minutes for a large dataset); now before the first image is read."""
+    import monai_gmr.data.prepare_nuclei as pn
+
+    _write_folder_case(tmp_path / "raw")
+    read = []
+    monkeypatch.setattr(pn, "read_rgb_image", lambda p: read.append(p) or np.zeros((20, 24, 3), np.uint8))
+    with pytest.raises(ValueError, match="val_frac \\+ test_frac must be < 1"):
+        prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out", val_frac=0.5, test_frac=0.5)
+    assert read == [] and not (tmp_path / "out").exists()
+
+
+def test_negative_split_seed_is_refused_by_name_before_any_image_is_converted(tmp_path, monkeypatch, capsys):
+    """--seed -1 failed as "error: expected non-negative integer" (NumPy's message, naming no option) after every
+    image had been converted; now an error naming seed comes before the first image is read."""
+    import monai_gmr.data.prepare_nuclei as pn
+
+    _write_folder_case(tmp_path / "raw")
+    read = []
+    monkeypatch.setattr(pn, "read_rgb_image", lambda p: read.append(p) or np.zeros((20, 24, 3), np.uint8))
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--seed", "-1"]) == 1
+    assert "seed must be an integer >= 0" in capsys.readouterr().err
+    assert read == [] and not (tmp_path / "out").exists()
+
+
+def test_null_text_of_pairs_images_masks_means_none(tmp_path):
+    """--pairs None (or null) failed as "pairs file 'None' does not exist" and --images null / --masks null as
+    "image folder '<input>/null' does not exist"; the text now means None, as the defaults do."""
+    _write_folder_case(tmp_path / "raw")
+    (tmp_path / "raw" / "pairs.csv").write_text("image,label\nimages/t1.png,labels/t0_label.png\n")  # ignored by None
+    want, fmt = find_nuclei_pairs(tmp_path / "raw", pairs=None)
+    assert len(want) == 5 and fmt == "folders"
+    for kw in ({"pairs": "None"}, {"pairs": " null "}, {"pairs": None, "images": "null", "masks": "None"}):
+        assert find_nuclei_pairs(tmp_path / "raw", **kw) == (want, fmt), kw
+    assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "o"), "--pairs", "null"]) == 0

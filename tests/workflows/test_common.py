@@ -418,6 +418,14 @@ def test_list_images(tmp_path):
     assert [Path(p).name for p in list_images(tmp_path)] == ["a.png", "b.PNG"]
 
 
+def test_list_images_of_a_file_says_it_is_a_file(tmp_path):
+    """--input_dir tile.png (one image instead of its folder) failed as "input folder 'tile.png' does not exist",
+    although the file was there."""
+    _png(tmp_path / "a.png", (4, 4))
+    with pytest.raises(NotADirectoryError, match="a.png' is a file, not a folder"):
+        list_images(tmp_path / "a.png")
+
+
 # ------------------------------------------------------------------------------------------------ evaluation summary
 def test_summarize_evaluation(tmp_path):
     from monai_gmr.evaluation import RobustnessResult
@@ -935,3 +943,24 @@ def test_resume_keeps_a_best_model_saved_after_the_checkpoint(tmp_path):
     assert json.loads((tmp_path / "model.pt.json").read_text())["saved"][0][0] == pytest.approx(0.3)
     (aside,) = tmp_path.glob("previous_run_*")
     assert sorted(p.name for p in aside.iterdir()) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=4.pt", "model.pt", "model.pt.json"]
+
+
+def test_a_fresh_run_that_fails_leaves_no_earlier_run_summary(tmp_path):
+    """A fresh run (not resumed) in an output folder with an earlier run's train_summary.json moved the earlier
+    checkpoints aside but kept its summary: when the new run failed or was killed, the folder held the new run's
+    checkpoints beside the earlier run's summary (its epochs, best metric). The summary is now removed when a run
+    starts from scratch; a resumed run keeps it until its own replaces it."""
+    from ignite.engine import Events
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"epochs_completed": 100, "best_metric": 0.9}))
+    trainer, _, _ = _tiny_trainer(tmp_path, max_epochs=2, n=4)
+    ProgressLogger(interval=0, summary_file=summary).attach(trainer)
+
+    def fail(engine):
+        raise RuntimeError("killed")
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.run()
+    assert not summary.exists()

@@ -150,6 +150,23 @@ def test_inference_messages_name_the_fallback_split_actually_used(tmp_path, capl
     assert msg.startswith("validation images of") and "would both be written" in msg, msg
 
 
+def test_empty_or_null_input_dir(tmp_path):
+    """--input_dir null (the documented default, passed as the text 'null') failed as "input folder 'null' does not
+    exist"; --input_dir "[]" or "" (e.g. an unset shell variable) silently segmented the test images of dataset_dir
+    instead. Now "null" means None and an empty input_dir is an error naming it."""
+    from monai_gmr.data import ensure_nuclei_dataset
+
+    data = tmp_path / "data"
+    ensure_nuclei_dataset(str(data), generate=True, n_images=5, size=32, seed=0)
+    want = inference_datalist(None, data, "test", generate=False, check=False)
+    assert want
+    assert inference_datalist("null", data, "test", generate=False, check=False) == want
+    assert inference_datalist(" None ", data, "test", generate=False, check=False) == want
+    for empty in ([], (), "", " "):
+        with pytest.raises(ValueError, match="input_dir is empty"):
+            inference_datalist(empty, data, "test", generate=False, check=False)
+
+
 def test_two_channel_image_error_names_the_file(tmp_path):
     """A grey + alpha PNG (PIL mode "LA") loads as 2 channels; the error said "got 2 channels" without naming the
     image, which in a folder of thousands of tiles left the user searching."""
@@ -282,3 +299,123 @@ def test_watershed_partition_commutes_with_rotations_and_flips():
         for op in _D4:
             got = instance_from_semantic(np.ascontiguousarray(op(sem)), method="watershed", connectivity=2)
             assert np.array_equal(_canonical(got), _canonical(op(base)))
+
+
+@pytest.mark.parametrize("label", ["boundary", "binary"])
+def test_prepared_label_choice_does_not_change_the_classes_or_the_nuclei(tmp_path, label, caplog):
+    """A dataset prepared with ``--label boundary`` made the bundle read its 3-class map as instance ids: the
+    boundary class it trained on (num_classes=3) was 2 pixels wide instead of 1, and AJI/PQ scored one "interior"
+    and one "boundary" nucleus per tile (``--label binary``: one nucleus per tile). The bundle now reads the
+    prepared instance masks, whatever "label" names, and says so."""
+    import logging
+
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from PIL import Image
+
+    from monai_gmr.data.prepare_nuclei import prepare_nuclei_dataset
+
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "labels").mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((16, 20, 3), 200, np.uint8)).save(raw / "images" / f"t{i}.png")
+        inst = np.zeros((16, 20), np.uint16)
+        inst[2:9, 2:9], inst[2:9, 9:15] = 1, 2  # two touching nuclei
+        Image.fromarray(inst).save(raw / "labels" / f"t{i}.png")
+    prepare_nuclei_dataset(raw, tmp_path / "out", label=label, boundary=True, seed=0)
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        items = nuclei_datalist(tmp_path / "out", "training", generate=False)
+    assert all(it["label"] == it["instance"] for it in items)
+    assert any("is not the instance mask" in r.getMessage() for r in caplog.records)
+    load = Compose([LoadImaged("label", image_only=True), EnsureChannelFirstd("label"), NucleiLabeld("label", True)])
+    three = load({"label": items[0]["label"]})["label"][0].numpy()
+    prepared = load.transforms[0]({"label": items[0]["boundary"]})["label"].numpy()  # prepare_nuclei's 3-class map
+    np.testing.assert_array_equal(three, prepared)  # the same 1-pixel boundaries, between touching nuclei too
+
+
+@pytest.mark.parametrize("bad", [{"crop_size": 0}, {"crop_size": -8}, {"crop_size": "0"}, {"roi_size": [0, 0]},
+                                 {"roi_size": [64, -8]}, {"roi_size": 0}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_non_positive_window_sizes_are_refused_by_name(bad):
+    """MONAI reads a crop / window size <= 0 as "the whole dimension": --crop_size 0 (or -8) silently trained on
+    whole tiles instead of random crops and --roi_size "[0, 0]" ran whole tiles through the network, for any
+    network. Now an error names the setting; -1 in roi_size keeps MONAI's documented meaning."""
+    from monai.networks.nets import BasicUNet
+
+    from monai_gmr.nets import GMRUNet
+    from monai_gmr.workflows.nuclei import check_window_sizes
+
+    name = next(iter(bad))
+    for net in (GMRUNet(2, 3, 2, features=(4, 4, 4, 4)), BasicUNet(2, 3, 2, features=(4, 4, 4, 4, 4, 4))):
+        with pytest.raises(ValueError, match=f"{name}=.*must be positive"):
+            check_window_sizes(net, **bad)
+        check_window_sizes(net, crop_size=32, roi_size=[64, -1])  # -1: the whole dimension, as in MONAI
+
+
+def test_synthetic_settings_other_than_the_generated_data_are_named_in_a_warning(tmp_path, caplog):
+    """Synthetic data are generated only into an empty dataset_dir: a later run with other --synthetic settings
+    silently used the tiles generated before (the log said only "using the dataset in ..."); a warning names the
+    settings that differ. The same settings (size as an int or a pair) warn nothing."""
+    import logging
+
+    data = tmp_path / "data"
+    nuclei_datalist(data, "training", n_images=5, size=32, seed=0, check=False)
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        nuclei_datalist(data, "training", n_images=5, size=[32, 32], seed=0, check=False)
+        assert not [r for r in caplog.records if "other settings" in r.getMessage()]
+        items = nuclei_datalist(data, "training", n_images=8, size=64, seed=0, check=False)
+    assert len(items) == 3  # the data there, as before
+    msgs = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
+    assert len(msgs) == 1 and "n_images: 5 there, 8 asked for" in msgs[0] and "size: [32, 32] there" in msgs[0], msgs
+
+
+def test_remove_earlier_outputs_keeps_input_images_and_other_files(tmp_path):
+    """pred_dir may be the input folder: an input image named like an output (a_seg.png) is never removed."""
+    from monai_gmr.workflows.nuclei import remove_earlier_outputs
+
+    for name in ("a.png", "a_seg.png", "a_prob.tif", "b_seg.png"):
+        (tmp_path / name).write_bytes(b"x")
+    items = [{"image": str(tmp_path / "a.png")}, {"image": str(tmp_path / "a_seg.png")}]
+    removed = remove_earlier_outputs(items, tmp_path)
+    assert sorted(Path(p).name for p in removed) == ["a_prob.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_seg.png", "b_seg.png"]
+    assert remove_earlier_outputs(items, tmp_path / "missing") == []
+
+
+def test_float_images_in_0_1_are_refused_by_name():
+    """A float image in [0, 1] (e.g. a float32 TIFF) passed the 16-bit check, was divided by 255 once more into a
+    nearly black tile and segmented without a word; no 8-bit image has fractional or negative intensities, so they
+    are now an error naming the file (the input check of inference_datalist / nuclei_datalist runs to_rgb on every
+    image before anything is written). Whole numbers 0..255 as floats pass."""
+    from monai.data import MetaTensor
+
+    rng = np.random.default_rng(0)
+    img = MetaTensor(torch.as_tensor(rng.random((3, 16, 16)), dtype=torch.float32),
+                     meta={"filename_or_obj": "unit.tif"})  # fmt: skip
+    with pytest.raises(ValueError, match=r"unit\.tif.*not whole numbers"):
+        to_rgb(img)
+    whole = torch.as_tensor(rng.integers(0, 256, (3, 4, 4)), dtype=torch.float32)
+    assert torch.equal(to_rgb(whole), whole)
+    with pytest.raises(ValueError, match="not whole numbers"):
+        to_rgb(torch.full((3, 2, 2), -1.0))  # negative
+
+
+def test_images_in_sub_folders_of_input_dir_are_named_in_a_warning(tmp_path, caplog):
+    """Only the files directly in input_dir are segmented; images in its sub-folders (e.g. one per slide) were
+    left out without a word. A warning now says how many (a folder without images does not count)."""
+    import logging
+
+    from PIL import Image
+
+    img = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    img.save(tmp_path / "a.png")
+    (tmp_path / "slide1").mkdir()
+    img.save(tmp_path / "slide1" / "b.png")
+    img.save(tmp_path / "slide1" / "c.tif")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "x.txt").write_text("x")
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        items = inference_datalist(tmp_path, tmp_path / "unused", check=False)
+    assert [Path(d["image"]).name for d in items] == ["a.png"]
+    msgs = [r.getMessage() for r in caplog.records if "sub-folders" in r.getMessage()]
+    assert len(msgs) == 1 and msgs[0].startswith("2 image file(s)") and "b.png" in msgs[0], msgs
