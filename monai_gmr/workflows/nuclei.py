@@ -305,12 +305,13 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
 
     The bundles read 8-bit intensities (0..255, then scaled to [0, 1] with clipping); a 16-bit image would be
     clipped to a nearly white tile and segmented silently wrong, so intensities above 255 are an error. So are
-    negative or fractional intensities, which no 8-bit image has: a float image in [0, 1] (e.g. a float32 TIFF)
-    was divided by 255 once more into a nearly black tile and segmented silently wrong.
+    negative intensities, and a float image in [0, 1] with fractional values (e.g. a float32 TIFF), which was
+    divided by 255 once more into a nearly black tile and segmented silently wrong; float intensities with
+    fractions on the 0..255 scale are read as they are.
 
     Raises:
-        ValueError: for another number of channels, or intensities above 255, below 0 or not whole numbers (the
-            message names the file when the image is a MONAI ``MetaTensor`` from ``LoadImage``).
+        ValueError: for another number of channels, or intensities above 255, below 0 or fractional and none
+            above 1 (the message names the file when the image is a MONAI ``MetaTensor`` from ``LoadImage``).
     """
     meta = getattr(img, "meta", None) or {}
     name = meta.get("filename_or_obj", "the input image")
@@ -319,11 +320,15 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
             f"image {str(name)!r} has intensities up to {float(img.max()):g}: the bundle reads 8-bit RGB (0..255); "
             "convert it to 8 bits first (python -m monai_gmr.data.prepare_nuclei writes 8-bit images)."
         )
-    if img.numel() and img.is_floating_point() and (float(img.min()) < 0 or bool((img != torch.round(img)).any())):
+    # a float image in [0, 1] (fractional values, none above 1) or with negative values is not on the 0..255 scale;
+    # a float image with fractional values up to 255 (e.g. stain-normalised and saved as float) is
+    if img.numel() and img.is_floating_point() and (
+        float(img.min()) < 0 or (float(img.max()) <= 1.0 and bool((img != torch.round(img)).any()))
+    ):
         raise ValueError(
-            f"image {str(name)!r} has intensities that are not whole numbers in 0..255 (range {float(img.min()):g}.."
-            f"{float(img.max()):g}, e.g. a float image in [0, 1]): the bundle reads 8-bit RGB (0..255); convert it "
-            "to 8 bits first (python -m monai_gmr.data.prepare_nuclei scales float images to 8 bits)."
+            f"image {str(name)!r} has intensities in {float(img.min()):g}..{float(img.max()):g}, not on the 0..255 "
+            "scale (e.g. a float image in [0, 1]): the bundle reads 8-bit RGB (0..255); convert it to 8 bits first "
+            "(python -m monai_gmr.data.prepare_nuclei scales float images to 8 bits)."
         )
     c = img.shape[0]
     if c == 3:

@@ -392,11 +392,13 @@ def test_float_images_in_0_1_are_refused_by_name():
     rng = np.random.default_rng(0)
     img = MetaTensor(torch.as_tensor(rng.random((3, 16, 16)), dtype=torch.float32),
                      meta={"filename_or_obj": "unit.tif"})  # fmt: skip
-    with pytest.raises(ValueError, match=r"unit\.tif.*not whole numbers"):
+    with pytest.raises(ValueError, match=r"unit\.tif.*not on the 0\.\.255 scale"):
         to_rgb(img)
     whole = torch.as_tensor(rng.integers(0, 256, (3, 4, 4)), dtype=torch.float32)
     assert torch.equal(to_rgb(whole), whole)
-    with pytest.raises(ValueError, match="not whole numbers"):
+    fractional = whole + 0.25  # float intensities on the 0..255 scale (e.g. stain-normalised) are read as they are
+    assert torch.equal(to_rgb(fractional), fractional)
+    with pytest.raises(ValueError, match="not on the 0..255 scale"):
         to_rgb(torch.full((3, 2, 2), -1.0))  # negative
 
 
