@@ -97,9 +97,39 @@ def _is_degrees(a: object) -> bool:
     return isinstance(a, numbers.Real) and not isinstance(a, (bool, np.bool_)) and math.isfinite(float(a))
 
 
+def _axes_ints(axes: object, spatial_dims: int) -> tuple[int, ...]:
+    """``axes`` (a rotation plane) as a tuple of ints: a sequence (or 1D array / tensor) of integers, Python or NumPy.
+
+    A single int (a rotation *axis*, e.g. ``axes=2`` for the slice axis of a MONAI ``(H, W, D)`` volume) stopped in
+    "'int' object is not iterable", text ``"ab"`` in ``int()``, both without naming ``axes``; text ``"01"``, floats
+    (``(0.5, 1)`` was ``(0, 1)``) and bools (``(True, 2)`` was ``(1, 2)``) were read silently.
+
+    Raises:
+        ValueError: naming ``axes`` (for a single int in 3D: the plane that rotates about that axis).
+    """
+    if isinstance(axes, (torch.Tensor, np.ndarray)):
+        axes = axes.tolist()
+    if isinstance(axes, numbers.Integral) and not isinstance(axes, (bool, np.bool_)):
+        hint = ""
+        if spatial_dims == 3 and -3 <= int(axes) <= 2:
+            c = int(axes) % 3
+            hint = f"; to rotate about spatial axis {c} pass axes={tuple(i for i in range(3) if i != c)}"
+        raise ValueError(
+            f"axes is a rotation plane, two spatial axes (e.g. axes=(0, 1)), got the single axis axes={axes!r}{hint}."
+        )
+    if isinstance(axes, (str, bytes)) or not isinstance(axes, Iterable):
+        raise ValueError(f"axes must be a rotation plane of two int spatial axes, e.g. (0, 1), got axes={axes!r}.")
+    values = tuple(axes)
+    if not all(isinstance(a, numbers.Integral) and not isinstance(a, (bool, np.bool_)) for a in values):
+        raise ValueError(f"axes must be a rotation plane of two int spatial axes, e.g. (0, 1), got axes={axes!r}.")
+    return tuple(int(a) for a in values)
+
+
 def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> list[tuple[tuple[int, int], float]]:
     """Normalise ``angle``/``axes`` into a list of (plane, degrees) applied in order."""
     _check_spatial_dims(spatial_dims)
+    if axes is not None:
+        axes = _axes_ints(axes, spatial_dims)
     if isinstance(angle, (torch.Tensor, np.ndarray, np.generic)):  # NumPy scalars (np.arange angles) and arrays too
         angle = angle.tolist()
     if isinstance(angle, (list, tuple)):
@@ -594,7 +624,7 @@ class Geometry:
 
     def __post_init__(self):
         if self.axes is not None:
-            object.__setattr__(self, "axes", tuple(int(a) for a in self.axes))
+            object.__setattr__(self, "axes", _axes_ints(self.axes, self.spatial_dims))
         _planes(self.angle, self.spatial_dims, self.axes)  # validates
         # a float or a tuple of floats: keeps the dataclass hashable (used as cache key) and its repr plain
         object.__setattr__(self, "angle", _norm_angle(self.angle))
@@ -696,7 +726,7 @@ def make_geometries(
     flips = list(flips) if flips is not None else []
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
-    ax = tuple(axes) if axes is not None else None
+    ax = _axes_ints(axes, spatial_dims) if axes is not None else None
     geoms = [Geometry(_norm_angle(a), None, spatial_dims, ax, padding_mode) for a in angles]  # type: ignore[arg-type]
     for f in flips:
         if product:
