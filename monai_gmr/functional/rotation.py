@@ -29,6 +29,7 @@ mask or exact path for right angles; these functions are pure batched tensor mat
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections import OrderedDict
@@ -55,7 +56,10 @@ __all__ = [
     "rotation_matrix",
     "roundtrip_mask",
     "validity_mask",
+    "warn_if_anisotropic",
 ]
+
+logger = logging.getLogger(__name__)
 
 INTERP_MODES = ("nearest", "bilinear", "bicubic")
 PADDING_MODES_ROT = ("zeros", "border", "reflection")
@@ -756,6 +760,49 @@ def _view_key(g: Geometry) -> tuple[float, ...]:
         f[a, a] = -1.0
         m = f @ m
     return tuple(round(v, 9) + 0.0 for v in m.flatten().tolist())
+
+
+_WARNED_ANISOTROPIC: set[tuple] = set()
+
+
+def warn_if_anisotropic(x: torch.Tensor, geometries: Iterable[Geometry]) -> None:
+    """Log a warning (once per plane and spacings) when ``geometries`` rotate ``x`` in a plane whose two voxel spacings
+    differ, read from the affine of a MONAI ``MetaTensor`` (plain tensors carry none: nothing to check).
+
+    The rotations act on voxel indices: in such a plane (a MONAI ``(H, W, D)`` volume of 0.8 x 0.8 x 3 mm voxels
+    rotated with the default ``axes=(1, 2)``, the W-D plane) they are no physical rotation, and right angles swap
+    the spacings, so the views a TTA average or a robustness report is made of are distorted anatomy. Flips do not
+    distort and are not checked.
+
+    Args:
+        x: ``(N, C, *spatial)`` or ``(C, *spatial)`` batch; a ``MetaTensor`` (batched affine ``(N, 4, 4)``: the first
+            image's is read) or a plain tensor.
+        geometries: the views applied to ``x``.
+    """
+    affine = getattr(x, "affine", None)
+    if not isinstance(affine, torch.Tensor) or affine.ndim not in (2, 3):
+        return
+    a = (affine[0] if affine.ndim == 3 else affine).detach().double().cpu()
+    for g in geometries:
+        d = g.spatial_dims
+        if a.shape[-1] - 1 < d:  # an affine without that many spatial axes
+            continue
+        spacing = torch.linalg.vector_norm(a[:-1, :d], dim=0).tolist()
+        for (i, j), deg in _planes(g.angle, d, g.axes):
+            si, sj = spacing[i], spacing[j]
+            if _quarter_turns(deg) == 0 or min(si, sj) <= 0 or max(si, sj) / min(si, sj) < 1.01:
+                continue
+            key = (d, tuple(sorted((i, j))), round(si, 4), round(sj, 4))
+            if key in _WARNED_ANISOTROPIC:
+                continue
+            _WARNED_ANISOTROPIC.add(key)
+            logger.warning(
+                "rotating in the plane of spatial axes (%d, %d), whose voxel spacings differ (%g vs %g, from the "
+                "MetaTensor's affine): the rotation moves voxel indices and is no physical rotation there (right angles "
+                "swap the spacings). For MONAI (H, W, D) volumes rotate the axial slices with axes=(0, 1), or resample "
+                "to isotropic voxels first (monai.transforms.Spacingd).",
+                i, j, si, sj,
+            )  # fmt: skip
 
 
 def _is_euler(a: object) -> bool:

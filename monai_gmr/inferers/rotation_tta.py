@@ -11,7 +11,7 @@ from monai.utils import convert_to_dst_type
 
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.rotation import Geometry, _cached, _spatial_dims_hint
-from monai_gmr.functional.rotation import as_angle_list, make_geometries
+from monai_gmr.functional.rotation import as_angle_list, make_geometries, warn_if_anisotropic
 from monai_gmr.utils import as_bool
 
 __all__ = ["RotationTTAInferer"]
@@ -199,6 +199,7 @@ class RotationTTAInferer(Inferer):
                 f"inputs must be (N, C, *spatial) with spatial_dims={self.spatial_dims}, got shape {tuple(inputs.shape)}"
                 f"{_spatial_dims_hint(inputs.ndim, self.spatial_dims)}."
             )
+        warn_if_anisotropic(inputs, self.geometries)  # a MetaTensor rotated in a plane of unequal voxel spacings
         x = _plain(inputs)
         outs = self._run_views(x, network, *args, **kwargs)
         if self.reduce == "mean" and not all(o.is_floating_point() for o in outs):
