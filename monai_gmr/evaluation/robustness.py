@@ -200,7 +200,8 @@ def rotation_robustness(
             ``(N, C)`` one-hot for classification.
         angles: degrees (counter-clockwise; single angles, in 3D in the plane ``axes``); right angles are exact
             index ops.
-        flips: ``"h"``/``"v"`` (``"d"`` in 3D) views at angle 0, reported separately from the angles.
+        flips: ``"h"``/``"v"`` (``"d"`` in 3D) views at angle 0, reported separately from the angles; in 3D they
+            mirror spatial axes 2 / 1 / 0 (of a MONAI ``(N, C, H, W, D)`` volume: D / W / H), or pass axis indices.
         metrics: segmentation ``("dice", "iou", "auc")``, classification ``("accuracy", "auc")`` (the defaults);
             segmentation also takes the nuclei instance metrics ``"aji"`` and ``"pq"`` (labels must then be
             instance-id maps, turned into classes by ``label_transform``; predicted instances are the connected

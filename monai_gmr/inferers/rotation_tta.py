@@ -51,7 +51,10 @@ class RotationTTAInferer(Inferer):
         inferer: inner inferer called as ``inferer(view, network, *args, **kwargs)``; default ``SimpleInferer()``,
             e.g. a ``SlidingWindowInferer`` works unchanged.
         angles: rotation angles in degrees (counter-clockwise, see :func:`~monai_gmr.functional.rotation.rotate`).
-        flips: flips combined with every angle: ``"h"`` (mirror W), ``"v"`` (mirror H), ``"d"`` (3D depth).
+        flips: flips combined with every angle: ``"h"`` (mirror W), ``"v"`` (mirror H), ``"d"`` (3D depth), or a
+            spatial axis index. In 3D they mirror spatial axes 2 / 1 / 0 whatever they hold: of a MONAI
+            ``(N, C, H, W, D)`` volume ``"h"`` mirrors D (the slice order); with ``axes=(0, 1)`` the axial D4 is
+            ``angles=(0, 90, 180, 270), flips=(0,)``.
         reduce: ``"mean"`` or ``"none"``: return all views stacked as ``(V, N, C, ...)`` (segmentation views
             rotated back to the input frame), raw network outputs without activation; names in
             :attr:`view_names`, weights from :meth:`view_weights`.
