@@ -780,7 +780,7 @@ def warn_if_anisotropic(x: torch.Tensor, geometries: Iterable[Geometry]) -> None
         geometries: the views applied to ``x``.
     """
     affine = getattr(x, "affine", None)
-    if not isinstance(affine, torch.Tensor) or affine.ndim not in (2, 3):
+    if not isinstance(affine, torch.Tensor) or affine.ndim not in (2, 3) or 0 in affine.shape:
         return
     a = (affine[0] if affine.ndim == 3 else affine).detach().double().cpu()
     for g in geometries:
