@@ -202,7 +202,7 @@ class RotationTTAInferer(Inferer):
                 f"inputs must be (N, C, *spatial) with spatial_dims={self.spatial_dims}, got shape {tuple(inputs.shape)}"
                 f"{_spatial_dims_hint(inputs.ndim, self.spatial_dims)}."
             )
-        warn_if_anisotropic(inputs, self.geometries)  # a MetaTensor rotated in a plane of unequal voxel spacings
+        warn_if_anisotropic(inputs, self.geometries)  # a MetaTensor rotated in a plane of unequal spacings
         x = _plain(inputs)
         outs = self._run_views(x, network, *args, **kwargs)
         if self.reduce == "mean" and not all(o.is_floating_point() for o in outs):

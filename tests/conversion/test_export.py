@@ -169,7 +169,8 @@ def test_converted_3d_net_scripts(tmp_path):
             _quiet(torch.jit.save, scripted, str(tmp_path / "scripted.ts"))
             assert rel_err(_quiet(torch.jit.load, str(tmp_path / "scripted.ts"))(x), ref) <= 1e-5
         small = torch.randn(1, 2, 1, 3, 3)  # depth 1 < window 2: the two-step path
-        for pool in (AvgPool3dAnySize(2, 2, ceil_mode=True), AvgPool3dAnySize((2, 2, 2), (2, 2, 2), (0, 0, 0), True, True, 3)):
+        pools = (AvgPool3dAnySize(2, 2, ceil_mode=True), AvgPool3dAnySize((2, 2, 2), (2, 2, 2), (0, 0, 0), True, True, 3))
+        for pool in pools:
             assert torch.equal(_quiet(torch.jit.script, pool)(small), pool(small))
 
 
