@@ -115,9 +115,10 @@ class AvgPool3dAnySize(nn.AvgPool3d):
         if d >= k[0] and h >= k[1] and w >= k[2]:
             return F.avg_pool3d(x, k, s, p, self.ceil_mode, self.count_include_pad, self.divisor_override)
         # with divisor_override the window sum is divided by it: sum the (H, W) windows, then divide once
+        # (``is not None``: TorchScript cannot read an Optional[int] as a bool, and scripting the net failed here)
         div = self.divisor_override
         y = F.avg_pool2d(x.reshape(-1, d, h, w), (k[1], k[2]), (s[1], s[2]), (p[1], p[2]), self.ceil_mode,
-                         self.count_include_pad, 1 if div else None)  # fmt: skip
+                         self.count_include_pad, 1 if div is not None else None)  # fmt: skip
         h2, w2 = y.shape[-2], y.shape[-1]
         y = F.avg_pool2d(y.reshape(-1, 1, d, h2 * w2), (k[0], 1), (s[0], 1), (p[0], 0), self.ceil_mode,
                          self.count_include_pad, div)  # fmt: skip

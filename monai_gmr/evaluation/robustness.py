@@ -19,7 +19,7 @@ import torch
 from monai.inferers import SimpleInferer
 
 from monai_gmr.functional.rotation import Geometry, _cached, _disk_axes, _is_euler, _region_name, _spatial_dims_hint
-from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, make_geometries, warn_if_anisotropic
 from monai_gmr.utils import as_bool
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
@@ -200,7 +200,8 @@ def rotation_robustness(
             ``(N, C)`` one-hot for classification.
         angles: degrees (counter-clockwise; single angles, in 3D in the plane ``axes``); right angles are exact
             index ops.
-        flips: ``"h"``/``"v"`` (``"d"`` in 3D) views at angle 0, reported separately from the angles.
+        flips: ``"h"``/``"v"`` (``"d"`` in 3D) views at angle 0, reported separately from the angles; in 3D they
+            mirror spatial axes 2 / 1 / 0 (of a MONAI ``(N, C, H, W, D)`` volume: D / W / H), or pass axis indices.
         metrics: segmentation ``("dice", "iou", "auc")``, classification ``("accuracy", "auc")`` (the defaults);
             segmentation also takes the nuclei instance metrics ``"aji"`` and ``"pq"`` (labels must then be
             instance-id maps, turned into classes by ``label_transform``; predicted instances are the connected
@@ -308,6 +309,8 @@ def rotation_robustness(
     try:
         for batch in _as_batches(data):
             x, y = parse_batch(batch, image_key, label_key)
+            # MetaTensor images rotated in a plane of unequal voxel spacings (parse_batch drops the affine)
+            warn_if_anisotropic(batch[image_key] if isinstance(batch, Mapping) else batch[0], geoms)
             x = x.to(device, non_blocking=True)
             y = _signed(y.to(device, non_blocking=True))
             y_inst = None

@@ -29,6 +29,7 @@ mask or exact path for right angles; these functions are pure batched tensor mat
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections import OrderedDict
@@ -55,7 +56,10 @@ __all__ = [
     "rotation_matrix",
     "roundtrip_mask",
     "validity_mask",
+    "warn_if_anisotropic",
 ]
+
+logger = logging.getLogger(__name__)
 
 INTERP_MODES = ("nearest", "bilinear", "bicubic")
 PADDING_MODES_ROT = ("zeros", "border", "reflection")
@@ -97,9 +101,39 @@ def _is_degrees(a: object) -> bool:
     return isinstance(a, numbers.Real) and not isinstance(a, (bool, np.bool_)) and math.isfinite(float(a))
 
 
+def _axes_ints(axes: object, spatial_dims: int) -> tuple[int, ...]:
+    """``axes`` (a rotation plane) as a tuple of ints: a sequence (or 1D array / tensor) of integers, Python or NumPy.
+
+    A single int (a rotation *axis*, e.g. ``axes=2`` for the slice axis of a MONAI ``(H, W, D)`` volume) stopped in
+    "'int' object is not iterable", text ``"ab"`` in ``int()``, both without naming ``axes``; text ``"01"``, floats
+    (``(0.5, 1)`` was ``(0, 1)``) and bools (``(True, 2)`` was ``(1, 2)``) were read silently.
+
+    Raises:
+        ValueError: naming ``axes`` (for a single int in 3D: the plane that rotates about that axis).
+    """
+    if isinstance(axes, (torch.Tensor, np.ndarray)):
+        axes = axes.tolist()
+    if isinstance(axes, numbers.Integral) and not isinstance(axes, (bool, np.bool_)):
+        hint = ""
+        if spatial_dims == 3 and -3 <= int(axes) <= 2:
+            c = int(axes) % 3
+            hint = f"; to rotate about spatial axis {c} pass axes={tuple(i for i in range(3) if i != c)}"
+        raise ValueError(
+            f"axes is a rotation plane, two spatial axes (e.g. axes=(0, 1)), got the single axis axes={axes!r}{hint}."
+        )
+    if isinstance(axes, (str, bytes)) or not isinstance(axes, Iterable):
+        raise ValueError(f"axes must be a rotation plane of two int spatial axes, e.g. (0, 1), got axes={axes!r}.")
+    values = tuple(axes)
+    if not all(isinstance(a, numbers.Integral) and not isinstance(a, (bool, np.bool_)) for a in values):
+        raise ValueError(f"axes must be a rotation plane of two int spatial axes, e.g. (0, 1), got axes={axes!r}.")
+    return tuple(int(a) for a in values)
+
+
 def _planes(angle: AngleLike, spatial_dims: int, axes: Sequence[int] | None) -> list[tuple[tuple[int, int], float]]:
     """Normalise ``angle``/``axes`` into a list of (plane, degrees) applied in order."""
     _check_spatial_dims(spatial_dims)
+    if axes is not None:
+        axes = _axes_ints(axes, spatial_dims)
     if isinstance(angle, (torch.Tensor, np.ndarray, np.generic)):  # NumPy scalars (np.arange angles) and arrays too
         angle = angle.tolist()
     if isinstance(angle, (list, tuple)):
@@ -594,7 +628,7 @@ class Geometry:
 
     def __post_init__(self):
         if self.axes is not None:
-            object.__setattr__(self, "axes", tuple(int(a) for a in self.axes))
+            object.__setattr__(self, "axes", _axes_ints(self.axes, self.spatial_dims))
         _planes(self.angle, self.spatial_dims, self.axes)  # validates
         # a float or a tuple of floats: keeps the dataclass hashable (used as cache key) and its repr plain
         object.__setattr__(self, "angle", _norm_angle(self.angle))
@@ -696,7 +730,7 @@ def make_geometries(
     flips = list(flips) if flips is not None else []
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
-    ax = tuple(axes) if axes is not None else None
+    ax = _axes_ints(axes, spatial_dims) if axes is not None else None
     geoms = [Geometry(_norm_angle(a), None, spatial_dims, ax, padding_mode) for a in angles]  # type: ignore[arg-type]
     for f in flips:
         if product:
@@ -726,6 +760,49 @@ def _view_key(g: Geometry) -> tuple[float, ...]:
         f[a, a] = -1.0
         m = f @ m
     return tuple(round(v, 9) + 0.0 for v in m.flatten().tolist())
+
+
+_WARNED_ANISOTROPIC: set[tuple] = set()
+
+
+def warn_if_anisotropic(x: torch.Tensor, geometries: Iterable[Geometry]) -> None:
+    """Log a warning (once per plane and spacings) when ``geometries`` rotate ``x`` in a plane whose two voxel spacings
+    differ, read from the affine of a MONAI ``MetaTensor`` (plain tensors carry none: nothing to check).
+
+    The rotations act on voxel indices: in such a plane (a MONAI ``(H, W, D)`` volume of 0.8 x 0.8 x 3 mm voxels
+    rotated with the default ``axes=(1, 2)``, the W-D plane) they are no physical rotation, and right angles swap
+    the spacings, so the views a TTA average or a robustness report is made of are distorted anatomy. Flips do not
+    distort and are not checked.
+
+    Args:
+        x: ``(N, C, *spatial)`` or ``(C, *spatial)`` batch; a ``MetaTensor`` (batched affine ``(N, 4, 4)``: the first
+            image's is read) or a plain tensor.
+        geometries: the views applied to ``x``.
+    """
+    affine = getattr(x, "affine", None)
+    if not isinstance(affine, torch.Tensor) or affine.ndim not in (2, 3) or 0 in affine.shape:
+        return
+    a = (affine[0] if affine.ndim == 3 else affine).detach().double().cpu()
+    for g in geometries:
+        d = g.spatial_dims
+        if a.shape[-1] - 1 < d:  # an affine without that many spatial axes
+            continue
+        spacing = torch.linalg.vector_norm(a[:-1, :d], dim=0).tolist()
+        for (i, j), deg in _planes(g.angle, d, g.axes):
+            si, sj = spacing[i], spacing[j]
+            if _quarter_turns(deg) == 0 or min(si, sj) <= 0 or max(si, sj) / min(si, sj) < 1.01:
+                continue
+            key = (d, tuple(sorted((i, j))), round(si, 4), round(sj, 4))
+            if key in _WARNED_ANISOTROPIC:
+                continue
+            _WARNED_ANISOTROPIC.add(key)
+            logger.warning(
+                "rotating in the plane of spatial axes (%d, %d), whose voxel spacings differ (%g vs %g, from the "
+                "MetaTensor's affine): the rotation moves voxel indices and is no physical rotation there (right angles "
+                "swap the spacings). For MONAI (H, W, D) volumes rotate the axial slices with axes=(0, 1), or resample "
+                "to isotropic voxels first (monai.transforms.Spacingd).",
+                i, j, si, sj,
+            )  # fmt: skip
 
 
 def _is_euler(a: object) -> bool:

@@ -11,7 +11,7 @@ from monai.utils import convert_to_dst_type
 
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.rotation import Geometry, _cached, _spatial_dims_hint
-from monai_gmr.functional.rotation import as_angle_list, make_geometries
+from monai_gmr.functional.rotation import as_angle_list, make_geometries, warn_if_anisotropic
 from monai_gmr.utils import as_bool
 
 __all__ = ["RotationTTAInferer"]
@@ -51,7 +51,10 @@ class RotationTTAInferer(Inferer):
         inferer: inner inferer called as ``inferer(view, network, *args, **kwargs)``; default ``SimpleInferer()``,
             e.g. a ``SlidingWindowInferer`` works unchanged.
         angles: rotation angles in degrees (counter-clockwise, see :func:`~monai_gmr.functional.rotation.rotate`).
-        flips: flips combined with every angle: ``"h"`` (mirror W), ``"v"`` (mirror H), ``"d"`` (3D depth).
+        flips: flips combined with every angle: ``"h"`` (mirror W), ``"v"`` (mirror H), ``"d"`` (3D depth), or a
+            spatial axis index. In 3D they mirror spatial axes 2 / 1 / 0 whatever they hold: of a MONAI
+            ``(N, C, H, W, D)`` volume ``"h"`` mirrors D (the slice order); with ``axes=(0, 1)`` the axial D4 is
+            ``angles=(0, 90, 180, 270), flips=(0,)``.
         reduce: ``"mean"`` or ``"none"``: return all views stacked as ``(V, N, C, ...)`` (segmentation views
             rotated back to the input frame), raw network outputs without activation; names in
             :attr:`view_names`, weights from :meth:`view_weights`.
@@ -199,6 +202,7 @@ class RotationTTAInferer(Inferer):
                 f"inputs must be (N, C, *spatial) with spatial_dims={self.spatial_dims}, got shape {tuple(inputs.shape)}"
                 f"{_spatial_dims_hint(inputs.ndim, self.spatial_dims)}."
             )
+        warn_if_anisotropic(inputs, self.geometries)  # a MetaTensor rotated in a plane of unequal spacings
         x = _plain(inputs)
         outs = self._run_views(x, network, *args, **kwargs)
         if self.reduce == "mean" and not all(o.is_floating_point() for o in outs):

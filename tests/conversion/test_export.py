@@ -15,7 +15,7 @@ import torch.nn as nn
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 
 from monai_gmr import export_dense
-from monai_gmr.conversion.convert import convert_to_gmr
+from monai_gmr.conversion.convert import AvgPool3dAnySize, convert_to_gmr
 from monai_gmr.nets import get_network, gmr_resnet50
 from monai_gmr.nn import GMRConv
 from tests.conftest import ROOT, rel_err
@@ -152,6 +152,26 @@ def test_ckpt_export_traced_gmr_net(tmp_path):
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert rel_err(loaded(x), net(x)) <= 1e-5
+
+
+def test_converted_3d_net_scripts(tmp_path):
+    """``torch.jit.script`` (``ckpt_export``'s default) of a converted 3D net: its strided convs become
+    ``AvgPool3dAnySize`` pools, whose forward read ``divisor_override`` (an ``Optional[int]``) as a bool, and scripting
+    stopped at "Could not cast value of type NoneType to bool" for the GMR net and its ``export_dense`` copy alike (2D
+    nets use ``nn.AvgPool2d`` and scripted). Also the pool alone on inputs smaller than its window."""
+    torch.manual_seed(0)
+    net = convert_to_gmr(UNet(3, 1, 2, channels=(2, 4, 8), strides=(2, 2), num_res_units=1)).eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+        for model in (net, export_dense(net).eval()):
+            scripted = _quiet(torch.jit.script, model)
+            _quiet(torch.jit.save, scripted, str(tmp_path / "scripted.ts"))
+            assert rel_err(_quiet(torch.jit.load, str(tmp_path / "scripted.ts"))(x), ref) <= 1e-5
+        small = torch.randn(1, 2, 1, 3, 3)  # depth 1 < window 2: the two-step path
+        pools = (AvgPool3dAnySize(2, 2, ceil_mode=True), AvgPool3dAnySize((2, 2, 2), (2, 2, 2), (0, 0, 0), True, True, 3))
+        for pool in pools:
+            assert torch.equal(_quiet(torch.jit.script, pool)(small), pool(small))
 
 
 def test_ckpt_export_scripted_gmr_net(tmp_path):

@@ -325,6 +325,31 @@ def test_2d_axes_accept_negative_indices_like_3d_and_rot90():
             rotate(v, 30, 3, axes=bad)
 
 
+def test_axes_must_be_a_plane_of_int_axes_named_in_the_error():
+    """``axes`` is a plane: a single int (a 3D user's "rotate about the slice axis", ``axes=2`` for MONAI's
+    ``(H, W, D)``) stopped in "'int' object is not iterable" naming nothing; floats and bools were truncated
+    silently (``(0.5, 1)`` rotated in ``(0, 1)``, ``(True, 2)`` in ``(1, 2)``) and text was read digit by digit
+    (``"01"``). Every entry point (rotate, Geometry, make_geometries / the TTA inferer, central_disk_mask) names
+    ``axes``; a single 3D axis gets the plane that rotates about it."""
+    v = torch.randn(1, 4, 5, 6)
+    entry_points = (
+        lambda ax: rotate(v, 30, 3, axes=ax),
+        lambda ax: Geometry(30.0, None, 3, ax),
+        lambda ax: make_geometries((0, 90), (), 3, ax),  # RotationTTAInferer and rotation_robustness build these
+        lambda ax: central_disk_mask((4, 5, 6), axes=ax),
+    )
+    for f in entry_points:
+        with pytest.raises(ValueError, match=r"single axis axes=2; to rotate about spatial axis 2 pass axes=\(0, 1\)"):
+            f(2)
+        for bad in ((0.5, 1), (True, 2), "01", (1.0, 2.0)):
+            with pytest.raises(ValueError, match="axes"):
+                f(bad)
+    # integer sequences of any kind still work
+    for ok in ([0, 1], np.array([0, 1]), torch.tensor([0, 1]), (np.int64(0), 1)):
+        assert torch.equal(rotate(v, 30, 3, axes=ok), rotate(v, 30, 3, axes=(0, 1)))
+        assert Geometry(30.0, None, 3, ok).axes == (0, 1)
+
+
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
 def test_roundtrip_mask_is_tight(mode):
     """The round-trip mask keeps (nearly) every pixel whose round trip reads no padding, not just a safe subset: a

@@ -202,6 +202,38 @@ def test_3d_tta():
 
 
 @torch.no_grad()
+def test_rotating_an_anisotropic_metatensor_plane_warns(monkeypatch, caplog):
+    """A MONAI volume ``(N, C, H, W, D)`` of 0.8 x 0.8 x 3 mm voxels under the default ``axes=(1, 2)`` is rotated in
+    its W-D plane: views of distorted anatomy (a rotation of voxel indices, right angles swapping the spacings),
+    averaged without a word. Now a warning (once per plane and spacings) names the plane, the spacings and
+    ``axes=(0, 1)``; the axial plane (equal spacings), flips alone and plain tensors stay silent. The same check runs
+    in rotation_robustness."""
+    import monai_gmr.functional.rotation as rot
+    from monai_gmr.evaluation import rotation_robustness
+
+    monkeypatch.setattr(rot, "_WARNED_ANISOTROPIC", set(), raising=False)
+    affine = torch.diag(torch.tensor([0.8, 0.8, 3.0, 1.0], dtype=torch.float64))
+    x = MetaTensor(torch.randn(1, 1, 6, 6, 4), affine=affine)
+    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    name = "monai_gmr.functional.rotation"
+    with caplog.at_level("WARNING", logger=name):
+        RotationTTAInferer(spatial_dims=3, axes=(0, 1), flips=(0,))(x, net)  # axial D4: equal spacings
+        RotationTTAInferer(spatial_dims=3, angles=(0,), flips=("h", "v"))(x, net)  # flips only
+        RotationTTAInferer(spatial_dims=3)(x.as_tensor(), net)  # no affine
+        assert not [r for r in caplog.records if r.name == name]
+        RotationTTAInferer(spatial_dims=3)(x, net)
+        RotationTTAInferer(spatial_dims=3, angles=(0, 30))(x, net)  # the same plane again: warned once
+    msgs = [r.getMessage() for r in caplog.records if r.name == name]
+    assert len(msgs) == 1 and "(1, 2)" in msgs[0] and "0.8 vs 3" in msgs[0] and "axes=(0, 1)" in msgs[0], msgs
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=name):
+        label = torch.zeros(1, 1, 6, 6, 4, dtype=torch.long)
+        rotation_robustness(net, {"image": x, "label": label}, angles=(0, 90), flips=(), spatial_dims=3, axes=(2, 0))
+    msgs = [r.getMessage() for r in caplog.records if r.name == name]
+    assert len(msgs) == 1 and "(2, 0)" in msgs[0] and "3 vs 0.8" in msgs[0], msgs
+
+
+@torch.no_grad()
 def test_metatensor_passthrough_and_supervised_evaluator():
     net = _gmr_seg()
     x = MetaTensor(torch.randn(1, 1, 16, 16), meta={"filename_or_obj": "a.png"})
