@@ -20,7 +20,7 @@ from monai.inferers import SimpleInferer
 
 from monai_gmr.functional.rotation import Geometry, _cached, _disk_axes, _is_euler, _region_name, _spatial_dims_hint
 from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, make_geometries
-from monai_gmr.utils import as_bool
+from monai_gmr.utils import as_bool, restore_training_modes, training_modes
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -291,9 +291,10 @@ def rotation_robustness(
         params = list(network.parameters()) if isinstance(network, torch.nn.Module) else []
         device = params[0].device if params else torch.device("cpu")
     device = torch.device(device)
-    was_training = None
+    modes = None
     if isinstance(network, torch.nn.Module):
-        was_training = network.training
+        # every submodule's mode, not the root's only: a frozen batch norm of a training net came back training
+        modes = training_modes(network)
         network.to(device).eval()
 
     if task == "segmentation":
@@ -358,8 +359,8 @@ def rotation_robustness(
                 inst = None if y_inst is None else g.apply(y_inst, "nearest")
                 acc.update(out, yg, mask, instances=inst)
     finally:
-        if was_training:
-            network.train()  # type: ignore[union-attr]
+        if modes is not None:
+            restore_training_modes(modes)
     if n_images == 0:
         raise ValueError("data yielded no batches.")
     seconds = time.perf_counter() - t0

@@ -509,3 +509,20 @@ def test_bad_angle_values_are_refused_naming_angles(angles):
     lab = _blob_labels(1, 8)
     with pytest.raises(ValueError, match=r"^angles must be"):
         rotation_robustness(_identity_net, (lab.float(), lab), angles=angles, flips=())
+
+
+def test_submodule_modes_are_restored_not_only_the_root_mode():
+    """A bare ``network.train()`` afterwards switched every submodule to training: the batch norm a fine-tuning run had
+    frozen in eval mode (its running statistics must not move) came back training after the first evaluation (e.g.
+    RotationRobustnessHandler at EPOCH_COMPLETED); and a Monte-Carlo dropout of an eval-mode net came back off."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.BatchNorm2d(2), torch.nn.Dropout(0.0))
+    lab = _blob_labels(1, 16)
+    net.train()
+    net[1].eval()  # frozen batch norm
+    rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), image_mode="nearest")
+    assert [m.training for m in net] == [True, False, True] and net.training
+    net.eval()
+    net[2].train()  # Monte-Carlo dropout
+    rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), image_mode="nearest")
+    assert [m.training for m in net] == [False, False, True] and not net.training
