@@ -609,6 +609,21 @@ def test_autocast_bf16_cpu_runs():
     assert y.dtype == torch.bfloat16 and rel_err(y.float(), m(x)) < 3e-2
 
 
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+def test_float64_input_under_autocast_runs_in_float64(impl):
+    """A float64 input to a float32 layer runs in float64 (the kernel is cast to the input's dtype); under autocast,
+    which leaves float64 alone, the float32 kernel was cast to bfloat16 instead and the convolution failed ("Input
+    type (double) and bias type (c10::BFloat16) should be the same")."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5, impl=impl).eval()
+    x = torch.randn(1, 2, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+    assert y.dtype == torch.float64 and torch.equal(y, ref)
+
+
 # ----------------------------------------------------------------------------------------- initialisation
 @pytest.mark.parametrize("k", [3, 5, 9])
 def test_twenty_layer_relu_stack_keeps_activation_std_within_factor_two(k):
