@@ -229,7 +229,8 @@ def rotation_robustness(
         model_name: name in reports.
         amp: run the network under ``torch.autocast`` on CUDA; ignored on other devices, as in MONAI's engines
             (a bundle's ``amp`` switch must not turn on bfloat16 CPU autocast in the robustness report alone).
-        auc_storage: device keeping the AUC scores (default: ``device``; 4 bytes per scored pixel per view).
+        auc_storage: device keeping the AUC scores (default: ``device``; 4 bytes per scored pixel per view, 8 for
+            float64 network outputs).
         merge_foreground, instance_kwargs: segmentation with several nuclei classes (e.g. interior + boundary):
             Dice/IoU/AUC of their sum, instances from the full class map with these
             :func:`~monai_gmr.workflows.instance_from_semantic` settings (see
@@ -339,7 +340,9 @@ def rotation_robustness(
                         f"the network (through the inferer) must return a tensor or a tuple/list whose first entry is "
                         f"one, got {type(out).__name__}; wrap the network to pick the output to score."
                     )
-                out = (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
+                out = out.as_tensor() if hasattr(out, "as_tensor") else out
+                # scored in float32, float64 outputs in float64 (rounded, distinct probabilities near 0 or 1 were ties)
+                out = out if out.dtype == torch.float64 else out.float()
                 if task == "classification":
                     acc.update(out, y)
                     continue

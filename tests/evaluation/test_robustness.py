@@ -526,3 +526,16 @@ def test_submodule_modes_are_restored_not_only_the_root_mode():
     net[2].train()  # Monte-Carlo dropout
     rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), image_mode="nearest")
     assert [m.training for m in net] == [False, False, True] and not net.training
+
+
+def test_float64_outputs_are_scored_in_float64():
+    """Float64 network outputs were rounded to float32: probabilities of 1 - 8e-10 and 1 - 1.3e-9 both became 1.0, a
+    tie, and the AUC read 0.5 instead of 1.0."""
+    x = torch.cat([torch.full((2, 1, 8, 8), 1.0), torch.full((2, 1, 8, 8), 0.5)]).double()
+    y = torch.tensor([1, 1, 0, 0])
+
+    def net(t: torch.Tensor) -> torch.Tensor:  # logits (0, 20 + mean): every probability is within 2e-9 of 1
+        return torch.stack([torch.zeros(t.shape[0], dtype=t.dtype), 20.0 + t.mean((1, 2, 3))], 1)
+
+    r = rotation_robustness(net, (x, y), angles=(0, 90), flips=(), task="classification", metrics=("auc",))
+    assert r.per_angle["auc"] == [1.0, 1.0]
