@@ -45,6 +45,8 @@ __all__ = [
     "positive_int",
     "positive_float",
     "keyword_args",
+    "training_modes",
+    "restore_training_modes",
 ]
 
 
@@ -492,6 +494,25 @@ def summary_writer(log_dir: str | os.PathLike) -> Any:
 
 _TRUE = ("1", "true", "yes", "y", "on")
 _FALSE = ("0", "false", "no", "n", "off")
+
+
+def training_modes(module: Any) -> list[tuple[Any, bool]]:
+    """The ``training`` flag of ``module`` (an ``nn.Module``) and of every submodule, in ``modules()`` order, for
+    :func:`restore_training_modes`."""
+    return [(m, bool(m.training)) for m in module.modules()]
+
+
+def restore_training_modes(modes: list[tuple[Any, bool]]) -> None:
+    """Put every module of :func:`training_modes` back into its recorded mode.
+
+    A bare ``net.train()`` after an evaluation switched every submodule to training, also those the caller had put in
+    eval mode (a frozen batch norm whose running statistics must not move, a frozen encoder); ``net.eval()`` left
+    on none of them in training mode (Monte-Carlo dropout). Parents come first (``modules()`` order), so that a
+    parent's recursive ``train()`` cannot undo a child's restored flag.
+    """
+    for m, flag in modes:
+        if m.training != flag:
+            m.train(flag)
 
 
 def as_bool(value: Any, name: str = "value") -> bool:

@@ -216,7 +216,8 @@ def _require_instance_ids(ids: torch.Tensor, name: str) -> None:
 def to_probabilities(y: torch.Tensor, activation: str | None = "auto") -> torch.Tensor:
     """Network outputs ``(N, C, ...)`` -> probabilities: ``"auto"`` = softmax over C when C > 1 else sigmoid;
     ``None`` = outputs already are probabilities. ``"softmax"`` on a single channel raises ``ValueError`` (it is 1
-    everywhere)."""
+    everywhere). Probabilities are float32, float64 for float64 outputs (rounded to float32, distinct probabilities
+    close to 0 or 1 became ties, which changed the ROC-AUC)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got activation={activation!r}.")
     if activation == "softmax" and y.shape[1] == 1:  # a constant 1: every prediction would be class 1
@@ -224,11 +225,12 @@ def to_probabilities(y: torch.Tensor, activation: str | None = "auto") -> torch.
             "activation='softmax' got outputs with a single channel (softmax over one channel is 1 everywhere); use "
             "activation='sigmoid' or 'auto' for single-logit networks."
         )
+    y = y if y.dtype == torch.float64 else y.float()
     if activation is None:
-        return y.float()
+        return y
     if activation == "auto":
         activation = "softmax" if y.shape[1] > 1 else "sigmoid"
-    return torch.softmax(y.float(), dim=1) if activation == "softmax" else torch.sigmoid(y.float())
+    return torch.softmax(y, dim=1) if activation == "softmax" else torch.sigmoid(y)
 
 
 def _class_probs(p: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from monai.inferers import SimpleInferer
 
 from monai_gmr.functional.rotation import Geometry, _cached, _disk_axes, _is_euler, _region_name, _spatial_dims_hint
 from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, make_geometries, warn_if_anisotropic
-from monai_gmr.utils import as_bool
+from monai_gmr.utils import as_bool, restore_training_modes, training_modes
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
 
@@ -230,7 +230,8 @@ def rotation_robustness(
         model_name: name in reports.
         amp: run the network under ``torch.autocast`` on CUDA; ignored on other devices, as in MONAI's engines
             (a bundle's ``amp`` switch must not turn on bfloat16 CPU autocast in the robustness report alone).
-        auc_storage: device keeping the AUC scores (default: ``device``; 4 bytes per scored pixel per view).
+        auc_storage: device keeping the AUC scores (default: ``device``; 4 bytes per scored pixel per view, 8 for
+            float64 network outputs).
         merge_foreground, instance_kwargs: segmentation with several nuclei classes (e.g. interior + boundary):
             Dice/IoU/AUC of their sum, instances from the full class map with these
             :func:`~monai_gmr.workflows.instance_from_semantic` settings (see
@@ -292,9 +293,10 @@ def rotation_robustness(
         params = list(network.parameters()) if isinstance(network, torch.nn.Module) else []
         device = params[0].device if params else torch.device("cpu")
     device = torch.device(device)
-    was_training = None
+    modes = None
     if isinstance(network, torch.nn.Module):
-        was_training = network.training
+        # every submodule's mode, not the root's only: a frozen batch norm of a training net came back training
+        modes = training_modes(network)
         network.to(device).eval()
 
     if task == "segmentation":
@@ -341,7 +343,9 @@ def rotation_robustness(
                         f"the network (through the inferer) must return a tensor or a tuple/list whose first entry is "
                         f"one, got {type(out).__name__}; wrap the network to pick the output to score."
                     )
-                out = (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
+                out = out.as_tensor() if hasattr(out, "as_tensor") else out
+                # scored in float32, float64 outputs in float64 (rounded, distinct probabilities near 0 or 1 were ties)
+                out = out if out.dtype == torch.float64 else out.float()
                 if task == "classification":
                     acc.update(out, y)
                     continue
@@ -361,8 +365,8 @@ def rotation_robustness(
                 inst = None if y_inst is None else g.apply(y_inst, "nearest")
                 acc.update(out, yg, mask, instances=inst)
     finally:
-        if was_training:
-            network.train()  # type: ignore[union-attr]
+        if modes is not None:
+            restore_training_modes(modes)
     if n_images == 0:
         raise ValueError("data yielded no batches.")
     seconds = time.perf_counter() - t0

@@ -212,8 +212,13 @@ def select_impl(
 
 
 def _match(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-    """Cast a parameter-derived tensor to the input dtype (autocast casts by itself)."""
-    if t is None or t.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+    """Cast a parameter-derived tensor to the input dtype (autocast casts by itself, except a float64 input, which it
+    leaves in float64: a float32 kernel beside it was cast to the autocast dtype and the convolution failed with
+    "Input type (double) and bias type (c10::BFloat16) should be the same", where it runs in float64 without
+    autocast and in the TorchScript forward)."""
+    if t is None or t.dtype == x.dtype:
+        return t
+    if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
         return t
     return t.to(x.dtype)
 

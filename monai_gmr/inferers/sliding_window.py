@@ -168,8 +168,12 @@ class SymmetricSlidingWindowInferer(Inferer):
         key = (roi, str(device), str(self.mode), sigma, acc)
         weight = self._weights.get(key)
         if weight is None:
-            weight = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device)
-            weight = weight.to(acc)
+            # a normal tensor even when the first call runs under torch.inference_mode() (a validation pass): an
+            # inference tensor in the cache made every later call whose windows need gradients (saliency, training
+            # through the inferer) fail ("Inference tensors cannot be saved for backward")
+            with torch.inference_mode(False):
+                weight = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=device)
+                weight = weight.to(acc)
             if all(int(r) > 0 for r in ensure_tuple_rep(self.roi_size, d)):  # a -1 roi follows every tile's size
                 self._weights[key] = weight
         n = x.shape[0]

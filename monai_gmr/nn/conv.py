@@ -210,9 +210,11 @@ class GMRConv(nn.Module):
         self.log_sigma_range = log_sigma_bounds(num_rings)
 
         # fixed geometry: non-persistent buffers, computed in float64 and rounded to the module's dtype (recomputed
-        # by _apply, so that .double() gives float64-exact geometry rather than widened float32 values)
+        # by _apply, so that .double() gives float64-exact geometry rather than widened float32 values); the
+        # module's dtype is that of its parameters, torch's default dtype (float64 geometry under
+        # torch.set_default_dtype(torch.float64), not float32 values beside float64 weights)
         for name, value in self._geometry().items():
-            self.register_buffer(name, value.float(), persistent=False)
+            self.register_buffer(name, value.to(torch.get_default_dtype()), persistent=False)
 
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, num_rings))
         log_sigma = torch.full((num_rings,), math.log(initial_sigma(k, num_rings, sampling=sampling)))

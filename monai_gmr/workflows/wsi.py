@@ -37,7 +37,7 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 
 from monai_gmr.utils import NullSummaryWriter, summary_writer, tensorboard_available  # re-exported
-from monai_gmr.utils import atomic_path, atomic_write_json, output_dir_error
+from monai_gmr.utils import atomic_path, atomic_write_json, output_dir_error, restore_training_modes, training_modes
 
 from .common import is_main_process, run_on_rank0_first
 
@@ -1413,7 +1413,7 @@ def infer_slide(
         params = list(network.parameters()) if isinstance(network, torch.nn.Module) else []
         device = params[0].device if params else torch.device("cpu")
     device = torch.device(device)
-    was_training = isinstance(network, torch.nn.Module) and network.training
+    modes = training_modes(network) if isinstance(network, torch.nn.Module) else None  # every submodule's mode
     if isinstance(network, torch.nn.Module):
         network.eval()
     outs: list[torch.Tensor] = []
@@ -1437,8 +1437,8 @@ def infer_slide(
             raise WSIError(f"inference failed on slide {path!r}: {_describe(e)}", path) from e
         failure = e  # reported after the gather, which every process must join
     finally:
-        if was_training:
-            network.train()  # type: ignore[union-attr]
+        if modes is not None:
+            restore_training_modes(modes)
     seconds = time.perf_counter() - t0
     probs_local = torch.cat(outs).numpy() if outs else np.zeros((0, 2), np.float32)
     if world > 1:

@@ -509,3 +509,20 @@ def test_instance_metrics_refuse_bad_ids_by_name(bad, match):
     logits = torch.zeros(1, 2, 6, 12)
     with pytest.raises(ValueError, match=match.replace("pred", "instances")):
         SegmentationAccumulator(("aji",)).update(logits, torch.zeros(1, 1, 6, 12, dtype=torch.long), instances=pred[None, None])
+
+
+def test_float64_probabilities_keep_their_precision_in_the_auc():
+    """Float64 outputs were rounded to float32 before scoring: distinct probabilities close to 1 became ties, and the
+    macro ROC-AUC of DefinedClassesROCAUCMetric read 0.75 where MONAI's ROCAUCMetric gives 1.0."""
+    from monai.metrics import ROCAUCMetric
+
+    from monai_gmr.evaluation.metrics import DefinedClassesROCAUCMetric, to_probabilities
+
+    p = torch.tensor([[2e-9, 1 - 2e-9], [1e-9, 1 - 1e-9], [3e-9, 1 - 3e-9], [0.5, 0.5]], dtype=torch.float64)
+    y = torch.tensor([[0, 1], [0, 1], [1, 0], [1, 0]], dtype=torch.float64)
+    ref, ours = ROCAUCMetric(), DefinedClassesROCAUCMetric()
+    ref(p, y)
+    ours(p, y)
+    assert ours.aggregate() == pytest.approx(ref.aggregate()) == 1.0
+    assert to_probabilities(p.log(), "softmax").dtype == torch.float64
+    assert to_probabilities(torch.zeros(2, 2, dtype=torch.float16), None).dtype == torch.float32

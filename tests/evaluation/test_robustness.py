@@ -509,3 +509,33 @@ def test_bad_angle_values_are_refused_naming_angles(angles):
     lab = _blob_labels(1, 8)
     with pytest.raises(ValueError, match=r"^angles must be"):
         rotation_robustness(_identity_net, (lab.float(), lab), angles=angles, flips=())
+
+
+def test_submodule_modes_are_restored_not_only_the_root_mode():
+    """A bare ``network.train()`` afterwards switched every submodule to training: the batch norm a fine-tuning run had
+    frozen in eval mode (its running statistics must not move) came back training after the first evaluation (e.g.
+    RotationRobustnessHandler at EPOCH_COMPLETED); and a Monte-Carlo dropout of an eval-mode net came back off."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.BatchNorm2d(2), torch.nn.Dropout(0.0))
+    lab = _blob_labels(1, 16)
+    net.train()
+    net[1].eval()  # frozen batch norm
+    rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), image_mode="nearest")
+    assert [m.training for m in net] == [True, False, True] and net.training
+    net.eval()
+    net[2].train()  # Monte-Carlo dropout
+    rotation_robustness(net, (lab.float(), lab), angles=(0, 90), flips=(), image_mode="nearest")
+    assert [m.training for m in net] == [False, False, True] and not net.training
+
+
+def test_float64_outputs_are_scored_in_float64():
+    """Float64 network outputs were rounded to float32: probabilities of 1 - 8e-10 and 1 - 1.3e-9 both became 1.0, a
+    tie, and the AUC read 0.5 instead of 1.0."""
+    x = torch.cat([torch.full((2, 1, 8, 8), 1.0), torch.full((2, 1, 8, 8), 0.5)]).double()
+    y = torch.tensor([1, 1, 0, 0])
+
+    def net(t: torch.Tensor) -> torch.Tensor:  # logits (0, 20 + mean): every probability is within 2e-9 of 1
+        return torch.stack([torch.zeros(t.shape[0], dtype=t.dtype), 20.0 + t.mean((1, 2, 3))], 1)
+
+    r = rotation_robustness(net, (x, y), angles=(0, 90), flips=(), task="classification", metrics=("auc",))
+    assert r.per_angle["auc"] == [1.0, 1.0]

@@ -239,3 +239,21 @@ def test_float64_tiles_are_stitched_in_float64_half_tiles_in_float32():
     y = SymmetricSlidingWindowInferer(8, overlap=0.5)(x, torch.nn.Identity())
     assert y.dtype == torch.float64 and torch.allclose(y, x, rtol=0, atol=1e-14)
     assert SymmetricSlidingWindowInferer(8)(x.half(), torch.nn.Identity()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
+def test_gradients_flow_after_a_first_call_under_inference_mode(mode):
+    """The importance map cached by a first call under ``torch.inference_mode()`` (a validation pass) was an inference
+    tensor: every later call whose windows need gradients (saliency maps) failed ("Inference tensors cannot be saved
+    for backward")."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = torch.randn(1, 1, 12, 12)
+    inferer = SymmetricSlidingWindowInferer(8, overlap=0.5, mode=mode)
+    with torch.inference_mode():
+        ref = inferer(x, net)
+    xg = x.clone().requires_grad_()
+    out = inferer(xg, net)
+    out.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    assert torch.allclose(out.detach(), ref, atol=1e-6)

@@ -509,6 +509,25 @@ def test_double_has_float64_exact_geometry():
     assert torch.equal(back.distances, offset_distances(7, 3, torch.float64).float())
 
 
+def test_default_dtype_float64_builds_float64_exact_geometry():
+    """Built under ``torch.set_default_dtype(torch.float64)`` the parameters were float64 but the geometry buffers
+    float32 (rounded distances, centres and mask): outputs differed from the ``.double()`` layer by ~1e-8."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        m = GMRConv(2, 1, 2, 5, num_rings=3)
+    finally:
+        torch.set_default_dtype(previous)
+    ref = GMRConv(2, 1, 2, 5, num_rings=3).double()
+    ref.load_state_dict(m.state_dict())
+    for name, buf in ref.named_buffers():
+        assert m.get_buffer(name).dtype == torch.float64 and torch.equal(m.get_buffer(name), buf), name
+    x = torch.randn(1, 1, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(m(x), ref(x))
+
+
 def test_no_cache_when_gradients_are_needed():
     m = GMRConv(2, 2, 2, 3).eval()
     x = torch.randn(1, 2, 5, 5, requires_grad=True)
@@ -588,6 +607,21 @@ def test_autocast_bf16_cpu_runs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = m(x)
     assert y.dtype == torch.bfloat16 and rel_err(y.float(), m(x)) < 3e-2
+
+
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+def test_float64_input_under_autocast_runs_in_float64(impl):
+    """A float64 input to a float32 layer runs in float64 (the kernel is cast to the input's dtype); under autocast,
+    which leaves float64 alone, the float32 kernel was cast to bfloat16 instead and the convolution failed ("Input
+    type (double) and bias type (c10::BFloat16) should be the same")."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5, impl=impl).eval()
+    x = torch.randn(1, 2, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+    assert y.dtype == torch.float64 and torch.equal(y, ref)
 
 
 # ----------------------------------------------------------------------------------------- initialisation

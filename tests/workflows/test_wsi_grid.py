@@ -205,3 +205,14 @@ def test_a_large_single_level_slide_is_never_read_whole(tmp_path, monkeypatch):
 
     heat = [np.asarray(Image.open(r.files["heatmap"])) for r in (ref, res)]
     np.testing.assert_array_equal(heat[0], heat[1])
+
+
+def test_slide_inference_restores_every_submodule_mode(tmp_path):
+    """A bare ``network.train()`` after the slide switched every submodule to training: a batch norm frozen in eval
+    mode by a fine-tuning run came back training (its running statistics then moved)."""
+    write_pyramidal_tiff(tmp_path / "m.tif", _image(64, 64), tile_size=64, n_levels=1, compression="deflate")
+    net = torch.nn.Sequential(MeanNet(), torch.nn.BatchNorm1d(2))
+    net.train()
+    net[1].eval()  # frozen batch norm
+    infer_slide(tmp_path / "m.tif", net, None, patch_size=P, batch_size=256)
+    assert net.training and net[0].training and not net[1].training
