@@ -68,7 +68,9 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 #   Narrower layers were not measured: the rules start at the measured width.
 AUTO_TABLE: dict[tuple[str, int], list[tuple[int, tuple[int, ...] | None, bool | None, str]]] = {
     ("cpu", 2): [(128, None, None, "rings")],
-    ("cpu", 3): [(16, (3,), None, "rings")],  # measured at C_in = 16, 32 (groups 1)
+    # measured at C_in = 16, 32 (groups 1); on a third (Intel) VM rings won at (1, 16, 24^3) and (1, 32, 16^3) but
+    # lost 2.8x at (2, 32, 24^3) (eb9caa0, docs/benchmarks.md section 1): shape-dependent there
+    ("cpu", 3): [(16, (3,), None, "rings")],
     ("cuda", 2): [(128, (7, 9, 11), None, "triton")],
     ("cuda", 3): [(32, (5, 7), None, "triton")],
 }
