@@ -105,7 +105,9 @@ def _resolved_impls(model: nn.Module, device: torch.device, needs_grad: bool) ->
     for m in model.modules():
         if isinstance(m, GMRConv):
             try:
-                counts[select_impl(m.impl, device, m.spatial_dims, m.kernel_size, m.in_channels, needs_grad, groups=m.groups)] += 1
+                impl = select_impl(m.impl, device, m.spatial_dims, m.kernel_size, m.in_channels, needs_grad,
+                                   groups=m.groups)
+                counts[impl] += 1
             except Exception:  # noqa: BLE001 - informative only; the signature may evolve
                 counts[m.impl] += 1
     return dict(counts)

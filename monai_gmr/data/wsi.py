@@ -339,7 +339,9 @@ def _level_index(level: Any) -> int:
         parsed = _number(level, int, numbers.Integral)
         if parsed is not None:
             return parsed
-    raise ValueError(f"a slide level must be an integer level index (negative: from the coarsest), got level={level!r}.")
+    raise ValueError(
+        f"a slide level must be an integer level index (negative: from the coarsest), got level={level!r}."
+    )
 
 
 def _path_of(reader: Any, wsi: Any) -> str:

@@ -48,8 +48,8 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # Measured choice of implementation: (device type, spatial_dims) -> rules, first match wins; no match -> "dense".
 # A rule is (min_in_channels, kernel sizes or None for any, grad: True (training) / False (inference) / None (both),
-# impl); min_in_channels is compared with C_in / groups (grouped and depthwise layers: rings 3.5-19x slower than
-# dense on CPU at C_in = 128-256, groups 8-256; docs/benchmarks.md section 1). Source: scripts/bench_conv.py runs recorded in docs/benchmarks.md section 1.
+# impl); min_in_channels is compared with C_in / groups (grouped and depthwise layers: rings 1.06-28x slower than
+# dense on CPU, commit eb9caa0). Source: scripts/bench_conv.py runs recorded in docs/benchmarks.md section 1.
 # - CPU (oneDNN), fp32, 1 thread, two 2-core AMD EPYC VMs; per measured cell the choice with the smaller worst-case
 #   slowdown over both. Commit 0e81fa8 (AVX-512 VM, 2026-12-06): the ring decomposition was faster than dense only
 #   for C_in = 128 at k >= 5 in 2D (0.67-0.89x, forward and forward + backward; 1.17-1.30x at k = 3) and at k = 3 in
@@ -191,7 +191,7 @@ def select_impl(
         groups: channel groups; the width the rules compare is ``in_channels // groups``, the input channels each
             output channel sees (the ring decomposition convolves every input channel with all ``n`` rings, so its
             cost does not shrink with the groups as the dense convolution's does: depthwise layers were sent to
-            rings at ``C_in >= 128`` and ran 3.5-19x slower than dense on CPU, docs/benchmarks.md section 1).
+            rings at ``C_in >= 128`` and ran 3.6-28x slower than dense on CPU, docs/benchmarks.md section 1).
     """
     if impl != "auto":
         return impl

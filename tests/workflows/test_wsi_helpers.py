@@ -1175,7 +1175,8 @@ def test_a_fractional_patch_level_is_refused(wsi_data):
     from monai_gmr.workflows.wsi import patch_dataset
 
     with pytest.raises(ValueError, match=r"patch_level: .*integer level index.*1\.5"):
-        patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH, patch_level=1.5)
+        patch_dataset("wsi", "training", dataset_dir=wsi_data["root"], generate=False, patch_size=PATCH,
+                      patch_level=1.5)
 
 
 def test_empty_or_null_input_slides(wsi_data):
