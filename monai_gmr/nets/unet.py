@@ -57,6 +57,12 @@ def interp_mode(mode: str, spatial_dims: int) -> str:
     Raises:
         ValueError: unknown ``mode`` or ``"bicubic"`` with ``spatial_dims=3``.
     """
+    if mode in ("deconv", "deconvgroup", "pixelshuffle", "nontrainable"):  # MONAI UpSample / BasicUNet mode names
+        raise ValueError(
+            f"upsample must be one of {UPSAMPLE_MODES}, got MONAI's upsample={mode!r}: GMR nets up-sample only without "
+            "learning (a transposed conv or pixel shuffle is learned and orientation-dependent); MONAI's "
+            "'nontrainable' is upsample='bilinear' here (align_corners=False), or pick another interpolation mode."
+        )
     if mode not in UPSAMPLE_MODES:
         raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got upsample={mode!r}.")
     if mode in ("linear", "bilinear", "trilinear"):
