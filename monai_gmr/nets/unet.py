@@ -92,6 +92,16 @@ def make_pool(spatial_dims: int, size: int | Sequence[int], mode: str = "avg", c
     return pool_type(kernel_size=size, stride=size, padding=padding, ceil_mode=ceil_mode)
 
 
+#: monai.networks.nets.UNet arguments with no GMRUNet namesake, and what to pass instead.
+_MONAI_UNET_KEYS = {
+    "channels": "features (one width per level)",
+    "strides": "none (each level down-samples by fixed 2x pooling, see pooling)",
+    "kernel_size": "kernel_sizes (one odd width per level)",
+    "up_kernel_size": "kernel_sizes (the up-path blocks use their level's width)",
+    "num_res_units": "none (plain two-block levels, no residual units)",
+}
+
+
 def _check_spatial_dims(spatial_dims: int) -> None:
     if not _is_int(spatial_dims) or spatial_dims not in (2, 3):  # 2.0 passed `in (2, 3)`, then broke deep inside
         raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
@@ -200,6 +210,13 @@ class GMRUNet(nn.Module):
             raise ValueError(f"pooling must be one of {POOL_MODES}, got pooling={pooling!r}.")
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got pad_mode={pad_mode!r}.")
+        ported = sorted(k for k in gmr_kwargs if k in _MONAI_UNET_KEYS)  # a config written for monai's UNet
+        if ported:
+            raise ValueError(
+                f"GMRUNet does not take MONAI UNet's {', '.join(ported)}: "
+                + "; ".join(f"{k} -> {_MONAI_UNET_KEYS[k]}" for k in ported)
+                + "."
+            )
         # conv_only/strides/padding would reach GMRConvolution and break the net; these extras keep it equivariant
         check_gmr_kwargs(gmr_kwargs, extra=("dilation", "groups", "adn_ordering", "dropout_dim"))
         self.spatial_dims = spatial_dims
