@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.nets.resnet import ResNetBlock as MonaiResNetBlock
+from monai.networks.nets.resnet import ResNetBottleneck as MonaiResNetBottleneck
 
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.nn.blocks import check_gmr_kwargs
@@ -185,11 +187,13 @@ class GMRResNet(nn.Module):
     ``block_inplanes``) with the GMR recipe described in the module docstring.
 
     Args:
-        block: ``"basic"`` (ResNet-18/34), ``"bottleneck"`` (ResNet-50+) or a block class.
+        block: ``"basic"`` (ResNet-18/34), ``"bottleneck"`` (ResNet-50+) or a block class taking
+            :class:`GMRResNetBlock`'s arguments; MONAI's ``ResNetBlock`` / ``ResNetBottleneck`` classes mean
+            :class:`GMRResNetBlock` / :class:`GMRResNetBottleneck`.
         layers: blocks per stage (4 ints), e.g. ``(2, 2, 2, 2)`` for ResNet-18.
         block_inplanes: widths of the 4 stages (before ``widen_factor``).
         spatial_dims: 2 or 3.
-        in_channels: input channels.
+        in_channels: input channels (3 when neither it nor ``n_input_channels`` is given).
         num_classes: number of logits (``out_channels`` is accepted as an alias; 2 when neither is given); unused
             when ``feed_forward=False``.
         kernel_sizes: odd GMR kernel width per stage (4 ints, or one int for all).
@@ -206,6 +210,8 @@ class GMRResNet(nn.Module):
         norm: norm name or ``(name, kwargs)``; ``None`` for none.
         out_channels: alias of ``num_classes`` (so configs written for ``out_channels`` work, as for
             :class:`~monai_gmr.nets.GCNNResNet`).
+        n_input_channels: alias of ``in_channels`` (MONAI ``ResNet``'s name).
+        shortcut_type: ``"B"`` only (MONAI's default; ``"A"``, a strided subsampling, raises ``ValueError``).
         gmr_kwargs: extra :class:`~monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
             ``circular``, ``impl``, ``sampling``, ``padding_mode``, ``dilation``); any other keyword raises ``ValueError``.
 
@@ -224,7 +230,7 @@ class GMRResNet(nn.Module):
         layers: Sequence[int] = (2, 2, 2, 2),
         block_inplanes: Sequence[int] = RESNET_INPLANES,
         spatial_dims: int = 2,
-        in_channels: int = 3,
+        in_channels: int | None = None,
         num_classes: int | None = None,
         kernel_sizes: int | Sequence[int] = (9, 9, 5, 5),
         conv1_t_size: int | Sequence[int] | None = None,
@@ -237,9 +243,13 @@ class GMRResNet(nn.Module):
         act: str | tuple | None = ("relu", {"inplace": True}),
         norm: str | tuple | None = "batch",
         out_channels: int | None = None,
+        n_input_channels: int | None = None,
+        shortcut_type: str = "B",
         **gmr_kwargs,
     ) -> None:
         super().__init__()
+        in_channels_given = in_channels is not None
+        in_channels = 3 if in_channels is None else in_channels
         _check_spatial_dims(spatial_dims)
         if num_classes is not None and out_channels is not None and num_classes != out_channels:
             raise ValueError(
@@ -247,6 +257,18 @@ class GMRResNet(nn.Module):
                 f"num_classes={num_classes}, out_channels={out_channels}."
             )
         num_classes = num_classes if num_classes is not None else out_channels if out_channels is not None else 2
+        if n_input_channels is not None:  # MONAI ResNet's name of in_channels
+            if in_channels_given and n_input_channels != in_channels:
+                raise ValueError(
+                    "in_channels and its alias n_input_channels disagree: "
+                    f"in_channels={in_channels}, n_input_channels={n_input_channels}."
+                )
+            in_channels = n_input_channels
+        if shortcut_type != "B":  # MONAI's "A" (stride-2 subsampling, zero-padded channels) is not equivariant
+            raise ValueError(
+                f"shortcut_type must be 'B' (pool -> 1x1 conv -> norm, the only GMRResNet shortcut), got "
+                f"shortcut_type={shortcut_type!r}; MONAI's 'A' subsamples with a stride and is not supported."
+            )
         check_gmr_kwargs(gmr_kwargs, extra=("dilation",))
         # text from a command line (`--network_def#feed_forward false`: Python Fire passes "false", which is truthy)
         no_max_pool, feed_forward = as_bool(no_max_pool, "no_max_pool"), as_bool(feed_forward, "feed_forward")
@@ -255,6 +277,9 @@ class GMRResNet(nn.Module):
             if block not in _BLOCKS:
                 raise ValueError(f"block must be one of {tuple(_BLOCKS)} or a block class, got block={block!r}.")
             block = _BLOCKS[block]
+        # MONAI's own block classes (a config ported from monai.networks.nets.ResNet) mean their GMR counterparts, as
+        # "basic"/"bottleneck" do; built as they were, they raised "takes from 3 to 8 positional arguments"
+        block = {MonaiResNetBlock: GMRResNetBlock, MonaiResNetBottleneck: GMRResNetBottleneck}.get(block, block)
         layers = tuple(layers)
         block_inplanes = tuple(block_inplanes)
         if len(layers) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers):
@@ -364,19 +389,19 @@ class GMRResNet(nn.Module):
         return h
 
 
-def gmr_resnet18(spatial_dims: int = 2, in_channels: int = 3, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
+def gmr_resnet18(spatial_dims: int = 2, in_channels: int | None = None, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
     """GMR ResNet-18 (basic blocks, ``layers=(2, 2, 2, 2)``); other arguments as in :class:`GMRResNet`."""
     return GMRResNet("basic", (2, 2, 2, 2), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
                      kernel_sizes=kernel_sizes, **kwargs)  # fmt: skip
 
 
-def gmr_resnet34(spatial_dims: int = 2, in_channels: int = 3, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
+def gmr_resnet34(spatial_dims: int = 2, in_channels: int | None = None, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
     """GMR ResNet-34 (basic blocks, ``layers=(3, 4, 6, 3)``); other arguments as in :class:`GMRResNet`."""
     return GMRResNet("basic", (3, 4, 6, 3), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
                      kernel_sizes=kernel_sizes, **kwargs)  # fmt: skip
 
 
-def gmr_resnet50(spatial_dims: int = 2, in_channels: int = 3, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
+def gmr_resnet50(spatial_dims: int = 2, in_channels: int | None = None, num_classes: int | None = None, kernel_sizes: int | Sequence[int] = (9, 9, 5, 5), **kwargs) -> GMRResNet:
     """GMR ResNet-50 (bottleneck blocks, ``layers=(3, 4, 6, 3)``); other arguments as in :class:`GMRResNet`."""
     return GMRResNet("bottleneck", (3, 4, 6, 3), spatial_dims=spatial_dims, in_channels=in_channels,
                      num_classes=num_classes, kernel_sizes=kernel_sizes, **kwargs)  # fmt: skip

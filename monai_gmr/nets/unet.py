@@ -57,6 +57,12 @@ def interp_mode(mode: str, spatial_dims: int) -> str:
     Raises:
         ValueError: unknown ``mode`` or ``"bicubic"`` with ``spatial_dims=3``.
     """
+    if mode in ("deconv", "deconvgroup", "pixelshuffle", "nontrainable"):  # MONAI UpSample / BasicUNet mode names
+        raise ValueError(
+            f"upsample must be one of {UPSAMPLE_MODES}, got MONAI's upsample={mode!r}: GMR nets up-sample only without "
+            "learning (a transposed conv or pixel shuffle is learned and orientation-dependent); MONAI's "
+            "'nontrainable' is upsample='bilinear' here (align_corners=False), or pick another interpolation mode."
+        )
     if mode not in UPSAMPLE_MODES:
         raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got upsample={mode!r}.")
     if mode in ("linear", "bilinear", "trilinear"):
@@ -84,6 +90,16 @@ def make_pool(spatial_dims: int, size: int | Sequence[int], mode: str = "avg", c
         raise ValueError(f"pooling must be one of {POOL_MODES}, got pooling={mode!r}.")
     pool_type = Pool[Pool.AVG if mode == "avg" else Pool.MAX, spatial_dims]
     return pool_type(kernel_size=size, stride=size, padding=padding, ceil_mode=ceil_mode)
+
+
+#: monai.networks.nets.UNet arguments with no GMRUNet namesake, and what to pass instead.
+_MONAI_UNET_KEYS = {
+    "channels": "features (one width per level)",
+    "strides": "none (each level down-samples by fixed 2x pooling, see pooling)",
+    "kernel_size": "kernel_sizes (one odd width per level)",
+    "up_kernel_size": "kernel_sizes (the up-path blocks use their level's width)",
+    "num_res_units": "none (plain two-block levels, no residual units)",
+}
 
 
 def _check_spatial_dims(spatial_dims: int) -> None:
@@ -194,6 +210,13 @@ class GMRUNet(nn.Module):
             raise ValueError(f"pooling must be one of {POOL_MODES}, got pooling={pooling!r}.")
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got pad_mode={pad_mode!r}.")
+        ported = sorted(k for k in gmr_kwargs if k in _MONAI_UNET_KEYS)  # a config written for monai's UNet
+        if ported:
+            raise ValueError(
+                f"GMRUNet does not take MONAI UNet's {', '.join(ported)}: "
+                + "; ".join(f"{k} -> {_MONAI_UNET_KEYS[k]}" for k in ported)
+                + "."
+            )
         # conv_only/strides/padding would reach GMRConvolution and break the net; these extras keep it equivariant
         check_gmr_kwargs(gmr_kwargs, extra=("dilation", "groups", "adn_ordering", "dropout_dim"))
         self.spatial_dims = spatial_dims

@@ -119,6 +119,7 @@ class GMRConvolution(nn.Sequential):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.is_transposed = is_transposed  # always False; MONAI's Convolution has this attribute
         if spatial_dims in (2, 3):  # named as this block's argument (GMRConv would name its own `stride`)
             strides = _single(strides, "strides", spatial_dims)
             if strides < 1:

@@ -289,3 +289,31 @@ def test_resnet_blocks_refuse_a_stride_that_is_not_a_positive_int(stride):
         with pytest.raises(ValueError, match="stride"):
             build()
     assert isinstance(GMRResNetBlock(4, 4, 2, stride=2).pool, torch.nn.AvgPool2d)
+
+
+def test_monai_block_classes_mean_their_gmr_counterparts():
+    """A config ported from MONAI's ResNet names ``block=ResNetBlock``; it raised "takes from 3 to 8 positional
+    arguments" (MONAI's block signature has ``downsample`` where GMR blocks take ``kernel_size``)."""
+    from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
+
+    from monai_gmr.nets.resnet import GMRResNetBlock, GMRResNetBottleneck
+
+    torch.manual_seed(0)
+    for monai_block, gmr_block in ((ResNetBlock, GMRResNetBlock), (ResNetBottleneck, GMRResNetBottleneck)):
+        net = GMRResNet(monai_block, (1, 1, 1, 1), (2, 2, 2, 2), spatial_dims=2, in_channels=1, num_classes=3, kernel_sizes=3)
+        assert isinstance(net.layer1[0], gmr_block)
+        assert net.eval()(torch.randn(1, 1, 16, 16)).shape == (1, 3)
+
+
+def test_monai_resnet_keywords_n_input_channels_and_shortcut_type():
+    """MONAI ResNet's ``n_input_channels`` and ``shortcut_type`` were refused as unknown GMRConv keywords."""
+    args = dict(block="basic", layers=(1, 1, 1, 1), block_inplanes=(2, 2, 2, 2), spatial_dims=2, kernel_sizes=3)
+    net = GMRResNet(**args, n_input_channels=1, shortcut_type="B", num_classes=2)
+    assert net.in_channels == 1 and net.stem[0].in_channels == 1
+    assert gmr_resnet18(n_input_channels=1, kernel_sizes=3, block_inplanes=(2, 2, 2, 2)).in_channels == 1
+    assert GMRResNet(**args, in_channels=1, n_input_channels=1).in_channels == 1
+    assert GMRResNet(**args).in_channels == 3  # the default is unchanged
+    with pytest.raises(ValueError, match="n_input_channels"):
+        GMRResNet(**args, in_channels=3, n_input_channels=1)
+    with pytest.raises(ValueError, match="shortcut_type"):
+        GMRResNet(**args, shortcut_type="A")

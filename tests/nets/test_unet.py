@@ -337,3 +337,19 @@ def test_features_of_another_length_without_kernel_sizes_say_to_pass_them():
     with pytest.raises(ValueError, match="pass kernel_sizes together with features"):
         get_network("gmr_unet_tiny", features=(2, 4))
     assert GMRUNet(2, 1, 2, features=(2, 4), kernel_sizes=3).kernel_sizes == (3, 3)
+
+
+@pytest.mark.parametrize("mode", ["deconv", "pixelshuffle", "nontrainable"])
+def test_monai_upsample_names_are_explained(mode):
+    """BasicUNet's ``upsample`` values were refused with only the list of GMR modes; the error now says why and that
+    MONAI's ``"nontrainable"`` is ``"bilinear"`` here."""
+    with pytest.raises(ValueError, match=r"upsample.*orientation-dependent.*'nontrainable' is upsample='bilinear'"):
+        GMRUNet(2, 1, 2, features=(2, 2), kernel_sizes=3, upsample=mode)
+
+
+def test_monai_unet_keywords_name_their_counterpart():
+    """MONAI UNet's channels/strides/... were refused as unknown GMRConv keywords, without the GMRUNet counterpart."""
+    with pytest.raises(ValueError, match=r"MONAI UNet's channels, strides: channels -> features.*strides -> none"):
+        GMRUNet(2, 1, 2, channels=(4, 8), strides=(2,))
+    with pytest.raises(ValueError, match=r"kernel_size -> kernel_sizes"):
+        GMRUNet(2, 1, 2, kernel_size=3)

@@ -695,6 +695,16 @@ def test_gmr_convolution_block():
     assert GMRConvolution(3, 4, 8, strides=[2, 2, 2]).conv.stride == 2
 
 
+def test_gmr_convolution_has_monai_s_attributes():
+    """Code reading MONAI ``Convolution``'s attributes (``is_transposed`` raised AttributeError) works on the block."""
+    from monai.networks.blocks import Convolution
+
+    ref, blk = Convolution(2, 4, 8), GMRConvolution(2, 4, 8)
+    for name in ("spatial_dims", "in_channels", "out_channels", "is_transposed"):
+        assert getattr(blk, name) == getattr(ref, name), name
+    assert [n for n, _ in blk.named_children()] == [n for n, _ in ref.named_children()] == ["conv", "adn"]
+
+
 
 def test_gmr_convolution_block_default_order_is_monai_s():
     """Without ``adn_ordering`` the block applies norm, dropout, act in that order ("NDA"), MONAI ``Convolution``'s
