@@ -47,9 +47,14 @@ __all__ = [
 RESNET_INPLANES = (64, 128, 256, 512)
 
 
-def _isotropic(value, name: str):
-    """``value`` unchanged, or the one value of a tuple/list that repeats it (MONAI's per-dim form)."""
+def _isotropic(value, name: str, spatial_dims: int | None = None):
+    """``value`` unchanged, or the one value of a tuple/list that repeats it (MONAI's per-dim form: one entry per
+    spatial dim when ``spatial_dims`` is given; ``(7, 7)`` for a 3D net was taken as 7 without a word)."""
     if isinstance(value, (tuple, list)):
+        if spatial_dims is not None and len(value) != spatial_dims:
+            raise ValueError(
+                f"{name} must be an int or one value per spatial dim ({spatial_dims}), got {name}={tuple(value)!r}."
+            )
         if len(value) == 0 or len(set(value)) != 1:
             raise ValueError(f"{name} must be an int or a tuple repeating one value (GMR is isotropic), got {name}={tuple(value)!r}.")
         return value[0]
@@ -303,7 +308,8 @@ class GMRResNet(nn.Module):
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in ks):
             raise ValueError(f"kernel_sizes must hold odd positive ints, got kernel_sizes={ks}.")
         # MONAI's ResNet takes per-dim tuples here; a GMR stem is isotropic, so an all-equal tuple is its int
-        conv1_t_size, conv1_t_stride = _isotropic(conv1_t_size, "conv1_t_size"), _isotropic(conv1_t_stride, "conv1_t_stride")
+        conv1_t_size = _isotropic(conv1_t_size, "conv1_t_size", spatial_dims)
+        conv1_t_stride = _isotropic(conv1_t_stride, "conv1_t_stride", spatial_dims)
         stem_k = ks[0] if conv1_t_size is None else conv1_t_size
         if isinstance(stem_k, bool) or not isinstance(stem_k, int) or stem_k < 1 or stem_k % 2 == 0:
             raise ValueError(f"conv1_t_size must be an odd positive int, got conv1_t_size={conv1_t_size!r}.")

@@ -317,3 +317,15 @@ def test_monai_resnet_keywords_n_input_channels_and_shortcut_type():
         GMRResNet(**args, in_channels=3, n_input_channels=1)
     with pytest.raises(ValueError, match="shortcut_type"):
         GMRResNet(**args, shortcut_type="A")
+
+
+def test_stem_tuples_need_one_value_per_spatial_dim():
+    """conv1_t_size=(7, 7) for a 3D net (a 2D config ported to 3D) was taken as 7 without a word; MONAI's ResNet
+    wants one value per spatial dim, as now here (all equal: GMR is isotropic)."""
+    with pytest.raises(ValueError, match=r"conv1_t_size must be an int or one value per spatial dim \(3\)"):
+        GMRResNet("basic", (1, 1, 1, 1), spatial_dims=3, in_channels=1, num_classes=2, conv1_t_size=(7, 7))
+    with pytest.raises(ValueError, match=r"conv1_t_stride .*\(2\)"):
+        GMRResNet("basic", (1, 1, 1, 1), spatial_dims=2, in_channels=1, num_classes=2, conv1_t_stride=(2, 2, 2))
+    net = GMRResNet("basic", (1, 1, 1, 1), spatial_dims=3, in_channels=1, num_classes=2, conv1_t_size=(5, 5, 5),
+                    block_inplanes=(4, 4, 4, 4), kernel_sizes=3)
+    assert isinstance(net.stem[0], GMRConv) and net.stem[0].kernel_size == 5
