@@ -45,6 +45,7 @@ __all__ = [
     "positive_int",
     "positive_float",
     "keyword_args",
+    "null_to_none",
     "training_modes",
     "restore_training_modes",
 ]
@@ -496,6 +497,19 @@ _TRUE = ("1", "true", "yes", "y", "on")
 _FALSE = ("0", "false", "no", "n", "off")
 
 
+def null_to_none(value: Any, path_base: str | os.PathLike | None = None) -> Any:
+    """``None`` for ``None`` or the text ``"null"`` / ``"none"`` (any case, surrounding spaces), else ``value``.
+
+    A command line passes ``--mask_level null`` (a setting whose documented default is null) as the text
+    ``"null"``, which was read as a level, a file or a folder named ``null``. With ``path_base``, text that names an
+    existing file or folder under it (e.g. a folder really called ``none``) stays a path.
+    """
+    if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+        if path_base is None or not (Path(path_base) / value).exists():
+            return None
+    return value
+
+
 def training_modes(module: Any) -> list[tuple[Any, bool]]:
     """The ``training`` flag of ``module`` (an ``nn.Module``) and of every submodule, in ``modules()`` order, for
     :func:`restore_training_modes`."""
@@ -562,7 +576,7 @@ def positive_int(value: Any, name: str = "value", allow_none: bool = False) -> i
     Raises:
         ValueError: ``value`` is not an integer >= 1 (the message names ``name``).
     """
-    if allow_none and (value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none"))):
+    if allow_none and null_to_none(value) is None:
         return None  # the command line passes ``--epoch_length null`` as the text "null" (``None`` as None)
     parsed = _number(value, int, numbers.Integral)
     if parsed is None or parsed < 1:

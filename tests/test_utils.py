@@ -399,3 +399,15 @@ def test_output_dir_error_names_a_file_in_the_way(tmp_path):
     assert "is a file" in output_dir_error(tmp_path / "afile") and output_dir_error(tmp_path / "afile").startswith("--out ")
     assert "lies under the file" in output_dir_error(tmp_path / "afile" / "sub", name="--results")
     assert output_dir_error(tmp_path / "afile" / "sub", name="--results").startswith("--results ")
+
+
+def test_null_to_none_reads_null_text_unless_it_names_a_path(tmp_path):
+    """The one reading of "null"/"none" command-line text for settings whose default is null."""
+    from monai_gmr.utils import null_to_none
+
+    for text in ("null", " None ", "NULL", None):
+        assert null_to_none(text) is None
+    assert null_to_none("nullx") == "nullx" and null_to_none(3) == 3 and null_to_none("") == ""
+    (tmp_path / "none").mkdir()
+    assert null_to_none("none", path_base=tmp_path) == "none"  # a folder really called "none" stays a path
+    assert null_to_none("null", path_base=tmp_path) is None

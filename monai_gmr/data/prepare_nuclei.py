@@ -73,7 +73,7 @@ from monai_gmr.data.datalist import (
     write_datalist,
 )
 from monai_gmr.data.synthetic_nuclei import save_png
-from monai_gmr.utils import as_bool, make_temp_dir, missing_dirs, remove_empty_dirs
+from monai_gmr.utils import as_bool, make_temp_dir, missing_dirs, null_to_none, remove_empty_dirs
 
 __all__ = [
     "FORMATS",
@@ -454,13 +454,6 @@ def _pairs_from_csv(csv_path: Path, fmt: str) -> list[NucleiPair]:
     return out
 
 
-def _null_text(value: Any, base: Path) -> bool:
-    """Whether ``value`` is ``None`` or the text ``"none"`` / ``"null"`` (any case), not a path under ``base``."""
-    if value is None:
-        return True
-    return isinstance(value, str) and value.strip().lower() in ("none", "null") and not (base / value).exists()
-
-
 def find_nuclei_pairs(
     input_dir: str | os.PathLike,
     format: str = "auto",  # noqa: A002 - mirrors the CLI option
@@ -489,9 +482,8 @@ def find_nuclei_pairs(
     root = Path(input_dir)
     # the text "none" / "null" (any case) means None, as the defaults do, unless such a file or folder exists:
     # --pairs None failed as "pairs file 'None' does not exist", --images null as "image folder '<input>/null' ..."
-    pairs = None if _null_text(pairs, Path.cwd()) else pairs
-    images = None if _null_text(images, root) else images
-    masks = None if _null_text(masks, root) else masks
+    pairs = null_to_none(pairs, path_base=".")
+    images, masks = null_to_none(images, path_base=root), null_to_none(masks, path_base=root)
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
     if not root.is_dir():

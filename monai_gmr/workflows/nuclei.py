@@ -21,6 +21,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from monai_gmr.utils import null_to_none, size_hw
+
 from .common import IMAGE_EXTENSIONS, check_datalist, list_images, run_on_rank0_first
 
 __all__ = [
@@ -70,8 +72,6 @@ def _warn_other_synthetic(datalist_file: str | os.PathLike, synthetic_kwargs: Ma
         return
     if not isinstance(record, Mapping):
         return  # prepared (not synthetic) data: the synthetic settings do not apply
-    from monai_gmr.utils import size_hw
-
     want = dict(synthetic_kwargs)
     if "size" in want:
         try:
@@ -208,9 +208,7 @@ def inference_datalist(
             them by the file name without extension, e.g. ``a.png`` and ``a.tif``), before anything is written;
             an empty ``input_dir``.
     """
-    if (isinstance(input_dir, str) and input_dir.strip().lower() in ("null", "none")
-            and not Path(input_dir).exists()):  # fmt: skip
-        input_dir = None  # "input folder 'null' does not exist"
+    input_dir = null_to_none(input_dir, path_base=".")  # "input folder 'null' does not exist"
     if input_dir is not None and (
         not str(input_dir).strip() if isinstance(input_dir, (str, os.PathLike)) else not input_dir
     ):

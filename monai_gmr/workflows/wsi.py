@@ -37,7 +37,8 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 
 from monai_gmr.utils import NullSummaryWriter, summary_writer, tensorboard_available  # re-exported
-from monai_gmr.utils import atomic_path, atomic_write_json, output_dir_error, restore_training_modes, training_modes
+from monai_gmr.utils import atomic_path, atomic_write_json, null_to_none, output_dir_error, positive_int
+from monai_gmr.utils import restore_training_modes, training_modes
 
 from .common import is_main_process, run_on_rank0_first
 
@@ -93,14 +94,6 @@ def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
     if len(vals) != 2:
         raise ValueError(f"a patch size must be an int or (h, w), got {size!r}.")
     return vals  # type: ignore[return-value]
-
-
-def _null_text(value: Any) -> Any:
-    """``None`` for ``None`` or the text ``"null"`` / ``"none"`` (what ``--patch_mpp null`` passes on a command
-    line: it failed as "could not convert string to float: 'null'"), else ``value``."""
-    if isinstance(value, str) and value.strip().lower() in ("null", "none"):
-        return None
-    return value
 
 
 def _patch_size_arg(size: Any, name: str = "patch_size") -> tuple[int, int]:
@@ -573,7 +566,8 @@ def patch_dataset(
         raise ValueError(f"data_source must be one of {SOURCES}, got data_source={source!r}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
-    patch_mpp, pcam_dir, image_dir, labels_csv = (_null_text(v) for v in (patch_mpp, pcam_dir, image_dir, labels_csv))
+    # the text "null" (--patch_mpp null, the documented default) means None
+    patch_mpp, pcam_dir, image_dir, labels_csv = (null_to_none(v) for v in (patch_mpp, pcam_dir, image_dir, labels_csv))
     if source == "pcam":
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")
@@ -691,9 +685,7 @@ def inference_slides(
     """
     from monai_gmr.data import list_slides, read_datalist
 
-    if (isinstance(input_slides, str) and input_slides.strip().lower() in ("null", "none")
-            and not Path(input_slides).exists()):  # fmt: skip
-        input_slides = None  # "slide 'null' does not exist"
+    input_slides = null_to_none(input_slides, path_base=".")  # "slide 'null' does not exist"
     if input_slides is not None and (
         not str(input_slides).strip() if isinstance(input_slides, (str, os.PathLike)) else len(input_slides) == 0
     ):
@@ -953,8 +945,6 @@ def save_heatmap(
     import matplotlib
     from PIL import Image
 
-    from monai_gmr.utils import positive_int
-
     max_size = positive_int(max_size, "max_size", allow_none=True)  # -1 wrote a 1 x 1 PNG
     thumb = np.asarray(thumbnail)
     if thumb.ndim != 3 or thumb.shape[-1] < 3 or thumb.shape[:2] != np.shape(prob):
@@ -1179,8 +1169,6 @@ def sliding_grid_offset(
 
 def _check_layout(mode: str, overlap: float, grid: str, map_max_size: Any = None) -> None:
     """The patch-layout settings of :func:`infer_slide` (checked before a slide is read)."""
-    from monai_gmr.utils import positive_int
-
     # map_max_size=-1 gave a negative map downsample and a map with one scored cell, without an error
     positive_int(map_max_size, "map_max_size", allow_none=True)
     if mode not in MODES:
@@ -1280,11 +1268,10 @@ def infer_slide(
     from monai.data import DataLoader, DistributedSampler, PatchWSIDataset, SlidingPatchWSIDataset
 
     from monai_gmr.data.wsi import WSIError, _read_level_block_mean, open_slide, resolve_level, tissue_mask
-    from monai_gmr.utils import positive_int
 
     item = _as_slide_item(slide)
     path = str(item["image"])
-    patch_mpp, mask_level = _null_text(patch_mpp), _null_text(mask_level)  # --mask_level null: the documented default
+    patch_mpp, mask_level = null_to_none(patch_mpp), null_to_none(mask_level)  # --mask_level null: the default
     if label_mask is None:
         label_mask = item.get("label_mask", item.get("tumor_mask"))
     _check_layout(mode, overlap, grid, map_max_size)
