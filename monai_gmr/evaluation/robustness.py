@@ -19,7 +19,8 @@ import torch
 from monai.inferers import SimpleInferer
 
 from monai_gmr.functional.rotation import Geometry, _cached, _disk_axes, _is_euler, _region_name, _spatial_dims_hint
-from monai_gmr.functional.rotation import as_angle_list, central_disk_mask, make_geometries, warn_if_anisotropic
+from monai_gmr.functional.rotation import as_angle_list, as_flip_list, central_disk_mask, make_geometries
+from monai_gmr.functional.rotation import warn_if_anisotropic
 from monai_gmr.utils import as_bool, restore_training_modes, training_modes
 
 from .metrics import CLS_METRICS, INSTANCE_METRICS, SEG_METRICS, ClassificationAccumulator, SegmentationAccumulator
@@ -282,7 +283,7 @@ def rotation_robustness(
     angles = [float(a) for a in angles]
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={given!r}.")
-    flips = list(flips or ())
+    flips = as_flip_list(flips)  # one flip name as text is one flip; other text is refused naming flips
     geoms = make_geometries(angles, flips, spatial_dims, axes, product=False, padding_mode=padding_mode)
     try:  # validates image_mode early
         geoms[0].valid_mask([4] * spatial_dims, image_mode)

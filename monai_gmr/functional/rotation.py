@@ -43,6 +43,7 @@ import torch.nn.functional as F
 __all__ = [
     "INTERP_MODES",
     "as_angle_list",
+    "as_flip_list",
     "PADDING_MODES_ROT",
     "Geometry",
     "central_disk_mask",
@@ -715,6 +716,24 @@ def as_angle_list(angles: AngleLike | Iterable[AngleLike]) -> list[AngleLike]:
     return [float(angles)] if single else out
 
 
+def as_flip_list(flips: object) -> list:
+    """``flips`` as a list, for every caller (``make_geometries``: ``RotationTTAInferer``, ``rotation_robustness``):
+    ``None`` is no flip, one flip name as text (``"h"``) is ``["h"]``; other text (``"false"``, ``"hv"`` from a
+    config) was split into letters and stopped in ``flip_axis`` with ``axis='f'``, not naming ``flips``.
+
+    Raises:
+        ValueError: ``flips`` given as text other than one flip name (the message names ``flips``).
+    """
+    if isinstance(flips, (str, bytes)):
+        if flips not in ("h", "v", "d"):
+            raise ValueError(
+                f"flips must be a list of flip names ('h', 'v', 'd' in 3D) or spatial axes, e.g. ['h'], got the text "
+                f"flips={flips!r}."
+            )
+        return [flips]
+    return list(flips or ())  # type: ignore[call-overload]
+
+
 def make_geometries(
     angles: AngleLike | Iterable[AngleLike] = (0,),
     flips: Sequence[str | int] = (),
@@ -727,7 +746,7 @@ def make_geometries(
     layout: 36 angles + 2 flips = 38 views) or every flip combined with every angle (``product=True``, the TTA
     layout: angles (0, 90, 180, 270) x flips ("h",) = the 8 elements of D4)."""
     angles = as_angle_list(angles)
-    flips = list(flips) if flips is not None else []
+    flips = as_flip_list(flips)
     if not angles:
         raise ValueError(f"angles must be a non-empty sequence of degrees, got angles={angles!r}.")
     ax = _axes_ints(axes, spatial_dims) if axes is not None else None

@@ -11,7 +11,7 @@ from monai.utils import convert_to_dst_type
 
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.functional.rotation import Geometry, _cached, _spatial_dims_hint
-from monai_gmr.functional.rotation import as_angle_list, make_geometries, warn_if_anisotropic
+from monai_gmr.functional.rotation import make_geometries, warn_if_anisotropic
 from monai_gmr.utils import as_bool
 
 __all__ = ["RotationTTAInferer"]
@@ -112,13 +112,12 @@ class RotationTTAInferer(Inferer):
                 raise ValueError(f"{name} must be one of {allowed}, got {name}={value!r}.")
         if not (_is_int(spatial_dims) and spatial_dims in (2, 3)):  # 2.0 stopped in torch.eye, "2" read as 2
             raise ValueError(f"spatial_dims must be 2 or 3, got spatial_dims={spatial_dims!r}.")
-        as_angle_list(angles)  # refuses text and entries that are not finite degrees, naming angles
         if inferer is not None and not callable(inferer):  # failed only at the first call, "'str' is not callable"
             raise TypeError(f"inferer must be an Inferer or a callable, got inferer={inferer!r}.")
         batch_views = as_bool(batch_views, "batch_views")  # "false" from a config was true text: all views batched
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.geometries: list[Geometry] = make_geometries(
-            angles, _flip_list(flips), spatial_dims, axes, product=True, padding_mode=padding_mode
+            angles, flips, spatial_dims, axes, product=True, padding_mode=padding_mode
         )
         self.reduce = reduce
         self.task = task
@@ -243,23 +242,6 @@ class RotationTTAInferer(Inferer):
         if hasattr(inputs, "meta"):  # MetaTensor in -> MetaTensor out with the input's metadata
             res = convert_to_dst_type(res, inputs, dtype=res.dtype)[0]
         return res
-
-
-def _flip_list(flips: Any) -> list:
-    """``flips`` as a list: one flip name as text (``"h"``) is ``["h"]``; other text (``"false"``, ``"hv"`` from a
-    config) was split into letters and stopped in ``flip_axis`` with ``axis='f'``, not naming ``flips``.
-
-    Raises:
-        ValueError: naming ``flips``.
-    """
-    if isinstance(flips, (str, bytes)):
-        if flips not in ("h", "v", "d"):
-            raise ValueError(
-                f"flips must be a list of flip names ('h', 'v', 'd' in 3D) or spatial axes, e.g. ['h'], got the text "
-                f"flips={flips!r}."
-            )
-        return [flips]
-    return list(flips or ())
 
 
 def _plain(y: Any) -> torch.Tensor:

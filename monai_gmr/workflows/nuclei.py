@@ -437,7 +437,7 @@ def check_robustness_settings(angles: Any, flips: Any, region: Any, padding_mode
     if region not in REGIONS:
         raise ValueError(f"robustness_region must be one of {REGIONS}, got {region!r}.")
     try:
-        make_geometries(angles, list(flips or ()), 2, None, product=False, padding_mode=padding_mode)
+        make_geometries(angles, flips, 2, None, product=False, padding_mode=padding_mode)
     except ValueError as e:
         raise ValueError(
             f"robustness_angles={angles!r} / robustness_flips={flips!r} / robustness_padding={padding_mode!r}: {e}"

@@ -539,3 +539,15 @@ def test_float64_outputs_are_scored_in_float64():
 
     r = rotation_robustness(net, (x, y), angles=(0, 90), flips=(), task="classification", metrics=("auc",))
     assert r.per_angle["auc"] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("flips", ["false", "hv"])
+def test_flips_as_text_is_refused_naming_flips_as_in_the_tta_inferer(flips):
+    """rotation_robustness split text flips into letters ("false" stopped in flip_axis naming axis 'f'); it shares
+    RotationTTAInferer's reading now (make_geometries): one flip name is one flip, other text is refused."""
+    net = torch.nn.Conv2d(1, 2, 1)
+    data = [(torch.rand(1, 1, 8, 8), torch.randint(0, 2, (1, 1, 8, 8)))]
+    with pytest.raises(ValueError, match="flips="):
+        rotation_robustness(net, data, angles=(0, 90), flips=flips)
+    res = rotation_robustness(net, data, angles=(0, 90), flips="h")
+    assert list(res.flips) == ["h"]
