@@ -81,6 +81,7 @@ __all__ = [
     "NucleiPair",
     "read_rgb_image",
     "read_instance_mask",
+    "binary_mask_instances",
     "read_cpm_txt_mask",
     "rasterize_aperio_xml",
     "relabel_sequential",
@@ -224,7 +225,6 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
         ValueError: unreadable file or unsupported shape (the message names the file).
     """
     from PIL import Image
-    from scipy import ndimage
 
     path = Path(path)
     if not path.is_file():
@@ -278,11 +278,19 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
         arr = arr.astype(np.int64)
     if arr.min() < 0:
         raise ValueError(f"mask {str(path)!r} has negative values (min {arr.min()}).")
-    # binary: one foreground value, whatever it is (0/1, 0/255, 0/65535 of a 16-bit mask, which was one instance)
-    if np.unique(arr[arr != 0]).size <= 1:
-        lab, _ = ndimage.label(arr > 0, structure=np.ones((3, 3), bool))
-        return lab.astype(np.int32)
-    return relabel_sequential(arr)
+    lab = binary_mask_instances(arr)
+    return lab if lab is not None else relabel_sequential(arr)
+
+
+def binary_mask_instances(arr: np.ndarray) -> np.ndarray | None:
+    """The 8-connected components ``(H, W)`` int32 of a binary mask (one foreground value, whatever it is: 0/1,
+    0/255, 0/65535 of a 16-bit mask, which was one instance), or ``None`` for an instance-id map (several ids)."""
+    from scipy import ndimage
+
+    if np.unique(arr[arr != 0]).size > 1:
+        return None
+    lab, _ = ndimage.label(arr > 0, structure=np.ones((3, 3), bool))
+    return lab.astype(np.int32)
 
 
 def read_cpm_txt_mask(path: str | os.PathLike) -> np.ndarray:

@@ -497,12 +497,12 @@ def instance_ids(label: torch.Tensor) -> torch.Tensor:
     ``evaluate.json`` scores AJI/PQ (``--instance_metrics true``) against these ids: a binary label of a user's
     datalist was scored as one "nucleus" per tile (all its foreground pixels), without a word.
     """
-    from scipy import ndimage
+    from monai_gmr.data.prepare_nuclei import binary_mask_instances
 
     arr = label.detach().cpu().numpy()
-    if arr.ndim != 3 or arr.shape[0] != 1 or np.unique(arr[arr != 0]).size > 1:
+    lab = binary_mask_instances(arr[0]) if arr.ndim == 3 and arr.shape[0] == 1 else None
+    if lab is None:
         return label
-    lab, _ = ndimage.label(arr[0] > 0, structure=np.ones((3, 3), bool))
     out = label.clone().to(torch.float32)  # a uint8 0/255 mask may have more than 255 nuclei; meta kept
     out[0] = torch.as_tensor(lab, dtype=torch.float32, device=out.device)
     return out
