@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 
 from monai_gmr.functional.basis import _is_int
-from monai_gmr.utils import as_bool, positive_int
+from monai_gmr.utils import as_bool
+from monai_gmr.nn.blocks import _check_dropout
 from monai_gmr.nn.gconv import (
     POOL_MODES,
     SPATIAL_POOL_MODES,
@@ -40,7 +41,7 @@ from monai_gmr.nn.gconv import (
 )
 
 from .resnet import _act_layer, _norm_layer
-from .unet import _check_dropout
+from .unet import _positive_int
 
 __all__ = [
     "GCNNUNet",
@@ -249,7 +250,7 @@ class GCNNResNetBlock(nn.Module):
         norm: str | tuple | None = "batch",
     ) -> None:
         super().__init__()
-        stride = positive_int(stride, "stride")  # 0 or -1 ran as stride 1 without a word
+        stride = _positive_int(stride, "stride")  # 0 or -1 ran as stride 1 without a word
         self.pool = GroupSpatialPool(stride, "avg") if stride > 1 else nn.Identity()
         self.conv1 = GroupConv(in_planes, planes, kernel_size, group, bias=False)
         self.bn1 = _norm_layer(norm, 3, planes)

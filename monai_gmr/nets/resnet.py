@@ -30,9 +30,9 @@ from monai.networks.nets.resnet import ResNetBottleneck as MonaiResNetBottleneck
 from monai_gmr.functional.basis import _is_int
 from monai_gmr.nn.blocks import check_gmr_kwargs
 from monai_gmr.nn.conv import GMRConv
-from monai_gmr.utils import as_bool, positive_int
+from monai_gmr.utils import as_bool
 
-from .unet import POOL_MODES, _check_spatial_dims, make_pool
+from .unet import POOL_MODES, _check_spatial_dims, _positive_int, make_pool
 
 __all__ = [
     "GMRResNet",
@@ -117,7 +117,7 @@ class GMRResNetBlock(nn.Module):
         **gmr_kwargs,
     ) -> None:
         super().__init__()
-        stride = positive_int(stride, "stride")  # 0 or -1 ran as stride 1 without a word
+        stride = _positive_int(stride, "stride")  # 0 or -1 ran as stride 1 without a word
         self.pool = make_pool(spatial_dims, stride, "avg") if stride > 1 else nn.Identity()
         self.conv1 = GMRConv(spatial_dims, in_planes, planes, kernel_size, bias=False, **gmr_kwargs)
         self.bn1 = _norm_layer(norm, spatial_dims, planes)
@@ -160,7 +160,7 @@ class GMRResNetBottleneck(nn.Module):
         **gmr_kwargs,
     ) -> None:
         super().__init__()
-        stride = positive_int(stride, "stride")  # 0 or -1 ran as stride 1 without a word
+        stride = _positive_int(stride, "stride")  # 0 or -1 ran as stride 1 without a word
         conv1x1 = Conv[Conv.CONV, spatial_dims]
         self.conv1 = conv1x1(in_planes, planes, kernel_size=1, bias=False)
         self.bn1 = _norm_layer(norm, spatial_dims, planes)
