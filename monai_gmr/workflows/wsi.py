@@ -494,7 +494,10 @@ def _folder_dataset(image_dir: str | os.PathLike, labels_csv: str | os.PathLike 
                     num_classes: int | None) -> torch.utils.data.Dataset:  # fmt: skip
     from monai_gmr.data import ImageFolderDataset, image_folder_datalist, split_items
 
-    items, names = image_folder_datalist(image_dir, labels_csv=labels_csv)
+    # the CSV's file paths are read under image_dir (as documented for the bundle), not under the CSV's own folder:
+    # with a CSV kept elsewhere, --image_dir was ignored (images of the CSV's folder were used, or none were found)
+    base = Path(image_dir).absolute() if labels_csv is not None else None  # absolute: a relative one is joined to root
+    items, names = image_folder_datalist(image_dir, labels_csv=labels_csv, image_dir=base)
     labels = sorted({int(i["label"]) for i in items})
     if num_classes is not None and labels and (labels[0] < 0 or labels[-1] >= int(num_classes)):
         raise ValueError(

@@ -1248,3 +1248,34 @@ def test_a_failed_slide_leaves_no_map_of_an_earlier_run(wsi_data, tmp_path):
                        out, **kw)  # fmt: skip
     assert res["n_failed"] == 1 and not list(out.glob("s_*")) and (out / "t_prob.npy").is_file()
     assert len(list(out.glob("u_*"))) == 3  # another slide's maps are left alone
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_labels_csv_images_are_read_under_image_dir(tmp_path, monkeypatch, relative):
+    """--image_dir DIR --labels_csv FILE with FILE outside DIR (Kaggle ids kept in another folder): the CSV's files were
+    looked up under the CSV's own folder, so --image_dir was ignored: same-named images there were trained on without
+    a word, or none were found ("image ... not found under <the CSV's folder>"). They are read under image_dir."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    images, labels = tmp_path / "hcd" / "train", tmp_path / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    rows = ["id,label"]
+    for i in range(10):
+        Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(images / f"id{i}.tif")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(labels / f"id{i}.tif")  # not the images the user named
+        rows.append(f"id{i},{i % 2}")
+    (labels / "train_labels.csv").write_text("\n".join(rows) + "\n")
+    image_dir = str(images)
+    if relative:
+        monkeypatch.chdir(tmp_path)
+        image_dir = "hcd/train"
+    ds = patch_dataset("image_folder", "training", image_dir=image_dir, labels_csv=str(labels / "train_labels.csv"),
+                       num_classes=2, val_frac=0.2, test_frac=0.2)  # fmt: skip
+    assert len(ds) == 6
+    assert all(Path(d["image"]).resolve().parent == images.resolve() for d in ds.items)
+    # the Kaggle layout with the CSV beside the image folder is still found (ids in a sub-folder of image_dir)
+    (labels / "train_labels.csv").replace(tmp_path / "hcd" / "train_labels.csv")
+    ds = patch_dataset("image_folder", "training", image_dir=str(tmp_path / "hcd"), labels_csv="train_labels.csv",
+                       num_classes=2, val_frac=0.2, test_frac=0.2)  # fmt: skip
+    assert all(Path(d["image"]).resolve().parent == images.resolve() for d in ds.items)
