@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ __all__ = [
     "is_main_process",
     "rank_seed",
     "run_on_rank0_first",
+    "distributed_sampler",
     "AtomicPILWriter",
     "AtomicITKWriter",
     "AtomicNibabelWriter",
@@ -847,6 +848,40 @@ def rank_seed(seed: int) -> int:
     with its own seed, so every rank still starts from the same model and shards the same permutation.
     """
     return int(seed) + (torch.distributed.get_rank() if _dist_ready() else 0)
+
+
+def distributed_sampler(
+    dataset: Sized, split: str, even_divisible: bool = True, shuffle: bool = True, **kwargs: Any
+) -> torch.utils.data.Sampler:
+    """MONAI ``DistributedSampler`` of one split of a multi-process run, refusing by name a split it cannot shard.
+
+    With ``even_divisible=False`` (validation: every item once) MONAI needs at least as many items as processes and
+    said only "the dataset length is less than the number of participating ranks", without naming the split, its
+    size or the number of processes.
+
+    Args:
+        dataset: the split's dataset.
+        split: its name in messages (e.g. ``"validation"``).
+        even_divisible: MONAI's switch: ``True`` repeats a few items so that every process gets as many.
+        shuffle: shuffle the items (with the sampler's seed).
+        kwargs: further arguments of ``monai.data.DistributedSampler`` (``num_replicas``, ``rank``, ``seed``, ...).
+
+    Raises:
+        ValueError: ``even_divisible=False`` and ``dataset`` has fewer items than processes; the message names the
+            split and both numbers.
+    """
+    from monai.data import DistributedSampler
+
+    replicas = kwargs.get("num_replicas")
+    if replicas is None and _dist_ready():
+        replicas = torch.distributed.get_world_size()
+    if not even_divisible and replicas is not None and len(dataset) < int(replicas):
+        raise ValueError(
+            f"the {split} split has {len(dataset)} item(s) but {int(replicas)} processes take part: each process "
+            f"needs at least one {split} item; run with at most {len(dataset)} process(es) (--nproc_per_node) or give "
+            f"the {split} split more data."
+        )
+    return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle, **kwargs)
 
 
 def run_on_rank0_first(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -258,3 +258,23 @@ def check_multi_gpu_seeds_per_rank(train: str, multi_gpu: str, *, metadata: str,
     single = seeded_draws_per_rank([train], metadata=metadata, monkeypatch=monkeypatch, ranks=(0,))
     assert draws[0] != draws[1]
     assert draws[0] == single[0]
+
+
+def check_validation_shorter_than_processes(files, *, metadata: str) -> None:
+    """multi_gpu_train.json's validation sampler over fewer items than processes: the error names the split and both
+    numbers (MONAI's DistributedSampler said only "the dataset length is less than the number of participating
+    ranks."). The training sampler repeats items instead."""
+    p = config_parser(files, metadata=metadata)
+    p["validate#dataset"] = "$[0]"
+    p["train#dataset"] = "$[0]"
+    for key in ("validate#sampler", "train#sampler"):
+        p[f"{key}#num_replicas"] = 2
+        p[f"{key}#rank"] = 1
+    assert list(p.get_parsed_content("train#sampler")) == [0]
+    with pytest.raises(RuntimeError) as info:
+        p.get_parsed_content("validate#sampler")
+    msgs, e = [], info.value
+    while e is not None:
+        msgs.append(str(e))
+        e = e.__cause__
+    assert "the validation split has 1 item(s) but 2 processes take part" in " ".join(msgs), msgs

@@ -25,6 +25,7 @@ from tests.bundles.helpers import (
     check_monai_properties,
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
+    check_validation_shorter_than_processes,
     config_parser,
     kill_after_epoch_config,
     no_outputs,
@@ -695,3 +696,7 @@ def test_evaluate_and_inference_without_checkpoint(tmp_path):
     msg = workflow_error(INFERENCE, dataset_dir=str(data), output_dir=str(out), synthetic=SYNTH)
     assert "model.pt" in msg
     assert no_outputs(out)
+
+
+def test_multi_gpu_validation_split_shorter_than_processes_is_named():
+    check_validation_shorter_than_processes([TRAIN, MULTI_GPU], metadata=METADATA)

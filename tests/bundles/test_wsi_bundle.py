@@ -28,6 +28,7 @@ from tests.bundles.helpers import (
     check_monai_properties,
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
+    check_validation_shorter_than_processes,
     config_parser,
     no_outputs,
     run_bundle,
@@ -130,7 +131,7 @@ def test_configs_parse_and_resolve(tmp_path):
     pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
-    assert pm.get("train#sampler")["_target_"] == "monai.data.DistributedSampler"
+    assert pm.get("train#sampler")["_target_"] == "monai_gmr.workflows.distributed_sampler"  # MONAI's, checked first
     pmi = config_parser([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA)
     assert "init_process_group" in " ".join(pmi.get("initialize")) and pmi.get("finalize")
 
@@ -682,3 +683,7 @@ def test_multi_gpu_inference_gloo_two_processes(tmp_path, slides):
     net.eval()
     ref = infer_slide(good[0], net, None, patch_size=PATCH, batch_size=16)
     np.testing.assert_allclose(np.load(pred / f"{Path(good[0]).stem}_prob.npy"), ref.prob, atol=1e-5)
+
+
+def test_multi_gpu_validation_split_shorter_than_processes_is_named():
+    check_validation_shorter_than_processes([TRAIN, MULTI_GPU], metadata=METADATA)

@@ -964,3 +964,18 @@ def test_a_fresh_run_that_fails_leaves_no_earlier_run_summary(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         trainer.run()
     assert not summary.exists()
+
+
+def test_distributed_sampler_names_a_split_too_small_to_shard():
+    """multi_gpu_train.json with fewer validation items than processes stopped with MONAI's "the dataset length is
+    less than the number of participating ranks." (no split, no numbers); the message now names the split and both."""
+    from monai.data import DistributedSampler
+
+    from monai_gmr.workflows import distributed_sampler
+
+    with pytest.raises(ValueError, match=r"validation split has 1 item\(s\) but 2 processes.*--nproc_per_node"):
+        distributed_sampler([0], "validation", even_divisible=False, shuffle=False, num_replicas=2, rank=1)
+    s = distributed_sampler(list(range(5)), "validation", even_divisible=False, shuffle=False, num_replicas=2, rank=1)
+    assert isinstance(s, DistributedSampler) and list(s) == [1, 3]
+    # training repeats items to shard evenly (MONAI's even_divisible=True): a short split is fine there
+    assert list(distributed_sampler([0], "training", shuffle=False, num_replicas=2, rank=1)) == [0]
