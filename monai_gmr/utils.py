@@ -310,8 +310,9 @@ def run_environment(device: str | None = None, repo: str | os.PathLike | None = 
 
     Args:
         device: the device the run used (e.g. ``"cuda"``, ``"cuda:1"``, ``"cpu"``); the GPU name is read for CUDA.
-        repo: a folder inside the git checkout whose ``HEAD`` is recorded (default: this package's folder);
-            ``commit`` is ``None`` outside a checkout or without git. The query is read-only.
+        repo: a folder inside the git checkout whose ``HEAD`` is recorded (default: this package's folder, when it
+            is a source checkout's ``monai_gmr``; an installed package records ``None``, also inside another
+            project's checkout); ``commit`` is ``None`` outside a checkout or without git. The query is read-only.
 
     Returns:
         ``{"python", "torch", "monai", "device", "gpu", "cpu", "cpu_count", "torch_threads", "host", "commit"}``.
@@ -337,10 +338,17 @@ def run_environment(device: str | None = None, repo: str | os.PathLike | None = 
         "torch_threads": torch.get_num_threads(),
         "host": platform.node(),
     }
-    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent
+    cwd = Path(repo) if repo is not None else package
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        env["commit"] = out.stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "HEAD", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10)  # fmt: skip
+        commit, top = (out.stdout.splitlines() + [None, None])[:2] if out.returncode == 0 else (None, None)
+        # an installed package (a wheel in site-packages) inside another git checkout, e.g. a project's .venv,
+        # is not monai_gmr's source: that checkout's HEAD was recorded as monai_gmr's commit
+        if repo is None and top is not None and Path(top).resolve() / package.name != package:
+            commit = None
+        env["commit"] = commit or None
     except (OSError, subprocess.SubprocessError):
         env["commit"] = None
     return env

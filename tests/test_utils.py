@@ -69,6 +69,30 @@ def test_run_environment_cpu(tmp_path):
     assert run_environment("cpu", repo=tmp_path)["commit"] is None  # not a git checkout
 
 
+
+def test_run_environment_of_an_installed_package_inside_another_checkout(tmp_path):
+    """monai_gmr installed as a wheel in a project's own .venv (inside the project's git checkout) recorded the
+    project's HEAD as monai_gmr's commit; an installed package now records None (a source checkout its HEAD)."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    project = tmp_path / "project"
+    site = project / ".venv" / "lib" / "site-packages" / "monai_gmr"
+    site.mkdir(parents=True)
+    shutil.copy(Path(run_environment.__code__.co_filename), site / "utils.py")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "project"], cwd=project, check=True)
+    spec = importlib.util.spec_from_file_location("installed_monai_gmr_utils", site / "utils.py")
+    installed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installed)
+    assert installed.run_environment("cpu")["commit"] is None
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert installed.run_environment("cpu", repo=project)["commit"] == head  # an explicit repo is recorded as asked
+
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 def test_atomic_files_get_the_umask_permissions(tmp_path, mask):
     """Atomic writes end with the mode of a normally created file (0o666 minus the umask), not mkstemp's 0o600."""
