@@ -456,3 +456,23 @@ def test_documented_command_check_can_fail():
     (files,) = _command_config_files(command, config_file)
     with pytest.raises(ValueError, match="did you mean 'epochs'"):
         check_setting_names([str(f) for f in files], overrides)
+
+
+def test_robustness_workflow_step_follows_output_dir(tmp_path):
+    """docs/robustness.md's ``evaluate.json`` step read ``<bundle_root>/outputs/models/model.pt`` and wrote under
+    ``<bundle_root>/eval``: with ``--output_dir`` the step evaluated another run's checkpoint. Both follow
+    ``output_dir`` (the bundles' ``ckpt_dir``) now."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    text = (ROOT / "docs" / "robustness.md").read_text()
+    start = text.index('"robustness_eval": {"_target_": "monai_gmr.evaluation.RotationRobustnessEvaluator"')
+    step = json.loads("{" + text[start : text.index("\n```", start)] + "}")
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "gmr_nuclei_segmentation" / "configs" / "train.json"))
+    parser.update({**step, "bundle_root": str(tmp_path / "bundle"), "output_dir": str(tmp_path / "run")})
+    ckpt = Path(parser.get_parsed_content("robustness_eval#ckpt_path"))
+    out = Path(parser.get_parsed_content("robustness_eval#output_dir"))
+    assert ckpt == tmp_path / "run" / "models" / "model.pt"
+    assert (tmp_path / "run") in out.parents
