@@ -106,6 +106,13 @@ def main(
     for k in unknown:
         if parser.get(k, None) is None:
             raise ValueError(f"unknown option --{k}: not a rotation_robustness argument {ROBUSTNESS_ARGS} nor a config id.")
+    if "bundle_root" not in config_over and "find_bundle_root(" in str(parser.get("bundle_root", "")):
+        # the bundles' find_bundle_root() looks for --config_file on the command line: config files given as
+        # positional arguments or from Python were not seen, and an installed monai_gmr (no source checkout to fall
+        # back on) then took the working directory for the bundle, its data and its outputs
+        from monai_gmr.workflows.common import bundle_root_of
+
+        parser["bundle_root"] = bundle_root_of(files[0])
     parser.update(config_over)
     if output_dir is None:
         if parser.get("output_dir", None) is None:

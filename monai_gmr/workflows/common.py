@@ -42,6 +42,7 @@ __all__ = [
     "compile_prepare_batch",
     "CompiledModule",
     "maybe_compile",
+    "bundle_root_of",
     "find_bundle_root",
     "find_latest_checkpoint",
     "attach_resume",
@@ -116,6 +117,19 @@ def _config_root_from_argv(argv: Sequence[str]) -> Path | None:
     return None
 
 
+def bundle_root_of(config_file: str | os.PathLike) -> str:
+    """The bundle folder of a config file: its folder, or that folder's parent when it is named ``configs``.
+
+    Args:
+        config_file: a bundle config file (e.g. ``bundles/x/configs/train.json``).
+
+    Returns:
+        Absolute path of the bundle root as a string (``bundles/x``).
+    """
+    root = Path(config_file).expanduser().resolve().parent
+    return str(root.parent if root.name == "configs" else root)
+
+
 def find_bundle_root(name: str | None = None, default: str | os.PathLike | None = None) -> str:
     """Locate the folder of the running bundle, so that configs run from any working directory.
 
@@ -138,10 +152,7 @@ def find_bundle_root(name: str | None = None, default: str | os.PathLike | None 
     """
     root = _config_root_from_stack() or _config_root_from_argv(sys.argv)
     if root is not None:
-        root = root.resolve()
-        if root.name == "configs":
-            root = root.parent
-        return str(root)
+        return bundle_root_of(root / "config")
     if default is not None:
         return str(Path(default).expanduser().resolve())
     if name is not None:

@@ -7,6 +7,8 @@ import io
 import json
 import math
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -562,3 +564,26 @@ def test_handler_interval_must_be_a_positive_int(interval):
     with pytest.raises(ValueError, match="interval"):
         RotationRobustnessHandler(interval=interval)
     assert RotationRobustnessHandler(interval="3").interval == 3
+
+
+def test_cli_finds_the_bundle_of_config_files_given_without_config_file(tmp_path, monkeypatch):
+    """``python -m monai_gmr.evaluation train.json evaluate.json`` (positional files, as its help shows) or a call
+    from Python: the bundles' ``find_bundle_root()`` looks for ``--config_file`` on the command line and, with an
+    installed monai_gmr (no source checkout to fall back on), took the working directory for the bundle, so the
+    dataset and outputs came from there. The CLI now gives it the first config file's bundle."""
+    bundle = tmp_path / "mybundle"
+    (bundle / "configs").mkdir(parents=True)
+    _write_tiny_cli_config(bundle / "configs" / "c.json",
+                           bundle_root="$monai_gmr.workflows.find_bundle_root('journey_no_such_bundle')",
+                           output_dir="$@bundle_root + '/outputs'")  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "argv", ["python -m monai_gmr.evaluation", str(bundle / "configs" / "c.json")])
+    out = cli_main(str(bundle / "configs" / "c.json"), device="cpu", angles=[0, 90], flips=[], plot=False)
+    assert Path(out["paths"]["json"]).parent == bundle / "outputs"
+    assert not any(elsewhere.iterdir())
+    # a bundle_root the config sets itself, or --bundle_root, is kept
+    cli_main(str(bundle / "configs" / "c.json"), device="cpu", angles=[0], flips=[], plot=False,
+             bundle_root=str(tmp_path / "given"))  # fmt: skip
+    assert (tmp_path / "given" / "outputs" / "robustness.json").is_file()
