@@ -98,10 +98,13 @@ def _config_root_from_argv(argv: Sequence[str]) -> Path | None:
     """Parent folder of the first ``--config_file`` given on a ``python -m monai.bundle ...`` command line."""
     for i, arg in enumerate(argv):
         value = None
-        if arg == "--config_file" and i + 1 < len(argv):
+        key, eq, rest = arg.partition("=")
+        if key.replace("-", "_") != "__config_file":  # Fire reads --config-file as --config_file
+            continue
+        if eq:
+            value = rest
+        elif i + 1 < len(argv):
             value = argv[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
         if value is None:
             continue
         value = value.strip()
@@ -159,7 +162,12 @@ def find_bundle_root(name: str | None = None, default: str | os.PathLike | None 
         candidate = Path(__file__).resolve().parents[2] / "bundles" / name
         if candidate.is_dir():
             return str(candidate)
-    logger.warning("could not locate the bundle root; using the current directory %s", os.getcwd())
+    logger.warning(
+        "could not locate the bundle root%s (no bundle workflow running, no --config_file on the command line%s); "
+        "using the current directory %s: set bundle_root to the bundle folder (--bundle_root, or "
+        "parser['bundle_root'] with monai.bundle.ConfigParser) so that its data and outputs are found there",
+        f" of {name!r}" if name else "", ", monai_gmr is not a source checkout" if name else "", os.getcwd(),
+    )  # fmt: skip
     return os.getcwd()
 
 

@@ -979,3 +979,20 @@ def test_distributed_sampler_names_a_split_too_small_to_shard():
     assert isinstance(s, DistributedSampler) and list(s) == [1, 3]
     # training repeats items to shard evenly (MONAI's even_divisible=True): a short split is fine there
     assert list(distributed_sampler([0], "training", shuffle=False, num_replicas=2, rank=1)) == [0]
+
+
+def test_find_bundle_root_reads_fires_hyphen_form_and_says_how_to_set_it(tmp_path, monkeypatch, caplog):
+    """``--config-file`` (Fire's spelling of ``--config_file``, accepted by ``python -m monai.bundle``) was not read,
+    and with an installed monai_gmr (no source checkout to fall back on) the fallback to the working directory only
+    said "could not locate the bundle root": the warning now names the setting to give (``bundle_root``)."""
+    cfg = tmp_path / "my-bundle" / "configs"
+    cfg.mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["x", "verify_net_in_out", "--config-file", str(cfg / "inference.json")])
+    assert find_bundle_root("journey_no_such_bundle") == str((tmp_path / "my-bundle").resolve())
+    monkeypatch.setattr(sys, "argv", ["x", f"--config-file={cfg / 'inference.json'}"])
+    assert find_bundle_root("journey_no_such_bundle") == str((tmp_path / "my-bundle").resolve())
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="monai_gmr.workflows.common"):
+        assert find_bundle_root("journey_no_such_bundle") == str(tmp_path)
+    assert "'journey_no_such_bundle'" in caplog.text and "set bundle_root" in caplog.text
