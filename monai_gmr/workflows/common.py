@@ -129,8 +129,13 @@ def bundle_root_of(config_file: str | os.PathLike) -> str:
     Returns:
         Absolute path of the bundle root as a string (``bundles/x``).
     """
-    root = Path(config_file).expanduser().resolve().parent
-    return str(root.parent if root.name == "configs" else root)
+    return _bundle_of_config_folder(Path(config_file).expanduser().resolve().parent)
+
+
+def _bundle_of_config_folder(folder: Path) -> str:
+    """The bundle root of a config folder: the folder, or its parent when it is named ``configs``."""
+    folder = folder.resolve()
+    return str(folder.parent if folder.name == "configs" else folder)
 
 
 def find_bundle_root(name: str | None = None, default: str | os.PathLike | None = None) -> str:
@@ -155,7 +160,7 @@ def find_bundle_root(name: str | None = None, default: str | os.PathLike | None 
     """
     root = _config_root_from_stack() or _config_root_from_argv(sys.argv)
     if root is not None:
-        return bundle_root_of(root / "config")
+        return _bundle_of_config_folder(root)
     if default is not None:
         return str(Path(default).expanduser().resolve())
     if name is not None:
