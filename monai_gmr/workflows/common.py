@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence, Sized
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -875,7 +875,7 @@ def rank_seed(seed: int) -> int:
 
 
 def distributed_sampler(
-    dataset: Sized, split: str, even_divisible: bool = True, shuffle: bool = True, **kwargs: Any
+    dataset: torch.utils.data.Dataset, split: str, even_divisible: bool = True, shuffle: bool = True, **kwargs: Any
 ) -> torch.utils.data.Sampler:
     """MONAI ``DistributedSampler`` of one split of a multi-process run, refusing by name a split it cannot shard.
 
@@ -899,11 +899,11 @@ def distributed_sampler(
     replicas = kwargs.get("num_replicas")
     if replicas is None and _dist_ready():
         replicas = torch.distributed.get_world_size()
-    if not even_divisible and replicas is not None and len(dataset) < int(replicas):
+    n = len(dataset)  # type: ignore[arg-type]  # map-style datasets (MONAI's) have a length
+    if not even_divisible and replicas is not None and n < int(replicas):
         raise ValueError(
-            f"the {split} split has {len(dataset)} item(s) but {int(replicas)} processes take part: each process "
-            f"needs at least one {split} item; run with at most {len(dataset)} process(es) (--nproc_per_node) or give "
-            f"the {split} split more data."
+            f"the {split} split has {n} item(s) but {int(replicas)} processes take part: each process needs at least "
+            f"one {split} item; run with at most {n} process(es) (--nproc_per_node) or give the {split} split more data."
         )
     return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle, **kwargs)
 
