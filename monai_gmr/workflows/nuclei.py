@@ -57,6 +57,25 @@ def _ensure_dataset(dataset_dir: str | os.PathLike, generate: bool, **synthetic_
     return path
 
 
+def _synthetic_split_hint(datalist_file: str | os.PathLike) -> str:
+    """A hint for an empty split of a *synthetic* dataset: too few ``n_images`` for its fractions (``""`` for
+    prepared data). A tiny ``--synthetic "{'n_images': 2}"`` generated its tiles and then failed naming only the
+    split."""
+    import json
+
+    try:
+        record = json.loads(Path(datalist_file).read_text()).get("generator")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(record, Mapping) or "n_images" not in record:
+        return ""
+    return (
+        f" It holds synthetic data of n_images={record['n_images']} split with val_frac={record.get('val_frac')} and "
+        f"test_frac={record.get('test_frac')}: generate more images (e.g. --synthetic#n_images 8) into an empty "
+        "dataset_dir."
+    )
+
+
 def _warn_other_synthetic(datalist_file: str | os.PathLike, synthetic_kwargs: Mapping[str, Any]) -> None:
     """Warn when ``datalist_file`` holds synthetic data generated with other ``synthetic`` settings than the run's.
 
@@ -157,7 +176,10 @@ def _nuclei_items(
         except ValueError:
             items = []
     if not items:
-        raise ValueError(f"datalist {datalist_file!r} has no items in split {used!r} (dataset_dir={str(dataset_dir)!r}).")
+        raise ValueError(
+            f"datalist {datalist_file!r} has no items in split {used!r} (dataset_dir={str(dataset_dir)!r})."
+            + _synthetic_split_hint(datalist_file)
+        )
     logger.info("%s split: %d items from %s", used, len(items), datalist_file)
     items = _instance_labels(items, datalist_file)
     if check:

@@ -421,3 +421,20 @@ def test_images_in_sub_folders_of_input_dir_are_named_in_a_warning(tmp_path, cap
     assert [Path(d["image"]).name for d in items] == ["a.png"]
     msgs = [r.getMessage() for r in caplog.records if "sub-folders" in r.getMessage()]
     assert len(msgs) == 1 and msgs[0].startswith("2 image file(s)") and "b.png" in msgs[0], msgs
+
+
+def test_empty_split_of_a_tiny_synthetic_dataset_says_to_generate_more_images(tmp_path):
+    """A tiny --synthetic n_images left a split empty and the error named only the split; it now names the
+    synthetic n_images and fractions and says how to get more. Prepared data keep the plain message."""
+    import json
+
+    data = tmp_path / "data"
+    with pytest.raises(ValueError, match=r"no items in split 'validation'.*n_images=2 .*--synthetic#n_images"):
+        nuclei_datalist(data, "validation", n_images=2, size=32, seed=0, check=False)
+    dl = data / "datalist.json"
+    record = json.loads(dl.read_text())
+    del record["generator"]  # as a prepared dataset's datalist
+    dl.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="no items in split 'validation'") as err:
+        nuclei_datalist(data, "validation", generate=False, check=False)
+    assert "n_images" not in str(err.value)
