@@ -92,7 +92,7 @@ __all__ = [
     "main",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("monai_gmr.data.prepare_nuclei")  # not "__main__" under `python -m`
 
 FORMATS = ("auto", "folders", "monuseg_xml", "cpm_txt")
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")

@@ -294,6 +294,8 @@ def test_cli_as_module_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and "RuntimeWarning" not in proc.stderr
     assert not (tmp_path / "o3" / "boundary").exists()
+    # the module's logger keeps its package name under `python -m` (it logged as "__main__", outside "monai_gmr")
+    assert "INFO monai_gmr.data.prepare_nuclei:" in proc.stderr and "__main__" not in proc.stderr, proc.stderr
 
 
 def test_instance_boundaries_width():
