@@ -13,6 +13,10 @@ from PIL import Image
 
 from tests.conftest import shared_path
 
+#: one intra-op thread (tests/conftest.py): the networks here are tiny (an oracle, gmr_resnet18_tiny) and
+#: overhead-bound; with 2 threads on 2 shared cores the CMU-1 slide inference took 4.6-10.5 s instead of 2.7-3.0 s
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PATCH = 32
 SYNTH = {"n_slides": 3, "size": 1024, "seed": 0, "patches_per_slide": 16, "patch_size": PATCH}
 
@@ -759,6 +763,7 @@ def _two_process_infer_slides(rank: int, port: int, out_dir: str, jobs: list) ->
     patch_size, mask_level)`` in turn, with a fresh ``net()``, and writes ``rank<rank>_<name>.json``."""
     import os
 
+    torch.set_num_threads(1)  # two processes on 2 shared cores (the module's one_thread does not reach them)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     from monai_gmr.workflows.wsi import infer_slides
