@@ -298,16 +298,32 @@ def test_verify_net_in_out():
 
 
 # ---------------------------------------------------------------------------------------------------------- end to end
-def test_train_evaluate_infer_end_to_end(tmp_path):
-    data, out = tmp_path / "data", tmp_path / "run"
-    cwd = tmp_path / "elsewhere"  # any working directory
+@pytest.fixture(scope="module")
+def eager_training(tmp_path_factory) -> dict:
+    """One eager training run (``TRAIN_ARGS``, generating its synthetic data, from another working directory), shared
+    by the end-to-end test and the compiled-training comparison (one bundle subprocess less). What the run left is
+    recorded here right after it: the end-to-end test goes on to write ``eval/`` and ``pred/`` into ``out``, so other
+    users read only the recorded training outputs (``summary``, ``log``, ``models``)."""
+    root = tmp_path_factory.mktemp("nuclei_eager_training")
+    data, out = root / "data", root / "run"
+    cwd = root / "elsewhere"  # any working directory
     cwd.mkdir()
     proc = run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
-    assert "synthetic" in (proc.stdout + proc.stderr).lower()  # the generation is logged
+    return {
+        "data": data, "out": out, "cwd": cwd, "log": proc.stdout + proc.stderr,
+        "summary": json.loads((out / "train_summary.json").read_text()),
+        "models": sorted(p.name for p in (out / "models").iterdir()),
+    }  # fmt: skip
+
+
+def test_train_evaluate_infer_end_to_end(eager_training):
+    data, out, cwd = eager_training["data"], eager_training["out"], eager_training["cwd"]
+    assert "synthetic" in eager_training["log"].lower()  # the generation is logged
     models = out / "models"
-    assert (models / "model.pt").is_file()
-    assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} == {"checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"}
-    summary = json.loads((out / "train_summary.json").read_text())
+    assert "model.pt" in eager_training["models"] and (models / "model.pt").is_file()
+    assert {p for p in eager_training["models"] if p.startswith("checkpoint_epoch=") and p.endswith(".pt")} == {
+        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"}
+    summary = eager_training["summary"]
     assert summary["epochs_completed"] == 2 and summary["iterations_completed"] == 4 and not summary["resumed"]
     assert 0.0 <= summary["best_metric"] <= 1.0 and np.isfinite(summary["final_loss"])
     assert list((out / "logs").glob("events.out.tfevents.*"))  # TensorBoard scalars + images
@@ -361,16 +377,17 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
         assert postfix in ppo[key]["channel_def"]["0"] and str(arr.dtype) in ppo[key]["channel_def"]["0"], key
 
 
-def test_compiled_training_matches_eager_and_saves_uncompiled_checkpoints(tmp_path):
+def test_compiled_training_matches_eager_and_saves_uncompiled_checkpoints(tmp_path, eager_training):
     """``--compile true`` (backend from ``--compile_kwargs``; aot_eager: no C compiler, a few seconds) trains the same
-    as the eager run; the checkpoints hold the uncompiled network's state (no ``_orig_mod.`` prefix) and load into it
-    with strict=True. (Inductor, the default backend, spends about a minute compiling the tiny U-Net on 2 CPU cores.)"""
-    data = tmp_path / "data"
-    runs = {}
-    for name, extra in (("eager", []), ("compiled", ["--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}"])):
-        out = tmp_path / name
-        run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, *extra, cwd=tmp_path)
-        runs[name] = json.loads((out / "train_summary.json").read_text())
+    as the eager run (the shared ``eager_training``: same settings, same generated data); the checkpoints hold the
+    uncompiled network's state (no ``_orig_mod.`` prefix) and load into it with strict=True. (Inductor, the default
+    backend, spends about a minute compiling the tiny U-Net on 2 CPU cores.)"""
+    data = eager_training["data"]  # the eager run's data (read only)
+    runs = {"eager": eager_training["summary"]}
+    out = tmp_path / "compiled"
+    run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, "--compile", "true", "--compile_kwargs",
+               "{'backend': 'aot_eager'}", cwd=tmp_path)  # fmt: skip
+    runs["compiled"] = json.loads((out / "train_summary.json").read_text())
     for key in ("final_loss", "best_metric"):
         assert abs(runs["compiled"][key] - runs["eager"][key]) < 1e-4 * max(1.0, abs(runs["eager"][key])), (key, runs)
     net = config_parser([TRAIN], network_def=eval(TINY_NET), metadata=METADATA).get_parsed_content("network_def")

@@ -232,16 +232,43 @@ def test_verify_net_in_out():
 
 
 # ---------------------------------------------------------------------------------------------------------- end to end
-def test_train_evaluate_infer_end_to_end(tmp_path, slides):
-    data, out = tmp_path / "data", tmp_path / "run"
-    cwd = tmp_path / "elsewhere"  # any working directory
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, slides) -> dict:
+    """A training run (``TRAIN_ARGS``, generating its synthetic slides, from another working directory) followed by
+    inference over a slide list with two bad slides, shared by the end-to-end test and the compiled-inference
+    comparison (one bundle subprocess less). What the runs left is recorded right after them (logs, training summary,
+    model files, inference summary and maps): the end-to-end test goes on to write ``eval/`` into ``out``."""
+    root = tmp_path_factory.mktemp("wsi_trained_run")
+    data, out = root / "data", root / "run"
+    cwd = root / "elsewhere"  # any working directory
     cwd.mkdir()
-    proc = run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
-    assert "holds no slides: generating 3 synthetic slides" in proc.stdout + proc.stderr
+    train = run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, cwd=cwd)
+    run = {
+        "data": data, "out": out, "cwd": cwd, "train_log": train.stdout + train.stderr,
+        "summary": json.loads((out / "train_summary.json").read_text()),
+        "models": sorted(p.name for p in (out / "models").iterdir()),
+    }  # fmt: skip
+    # inference over a slide list: the bad slides are reported and skipped, the others finish
+    good = sorted(str(p) for p in (data / "slides").glob("*.tiff"))
+    missing = str(root / "missing.svs")
+    run["good"], run["missing"] = good, missing
+    run["input_slides"] = [good[0], missing, slides["corrupt"], good[2]] if len(good) == 3 else good
+    infer = run_bundle([INFERENCE], *_common(data, out), "--input_slides", repr(run["input_slides"]), cwd=cwd)
+    pred = out / "pred"
+    run["infer_log"] = infer.stdout + infer.stderr
+    run["pred_files"] = sorted(p.name for p in pred.iterdir())
+    run["probs"] = {p.name: np.load(p) for p in sorted(pred.glob("*_prob.npy"))}
+    return run
+
+
+def test_train_evaluate_infer_end_to_end(trained_run, slides):
+    data, out, cwd = trained_run["data"], trained_run["out"], trained_run["cwd"]
+    assert "holds no slides: generating 3 synthetic slides" in trained_run["train_log"]
     models = out / "models"
-    assert (models / "model.pt").is_file()
-    assert {p.name for p in models.glob("checkpoint_epoch=*.pt")} == {"checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"}
-    summary = json.loads((out / "train_summary.json").read_text())
+    assert "model.pt" in trained_run["models"] and (models / "model.pt").is_file()
+    assert {p for p in trained_run["models"] if p.startswith("checkpoint_epoch=") and p.endswith(".pt")} == {
+        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"}
+    summary = trained_run["summary"]
     assert summary["epochs_completed"] == 2 and summary["iterations_completed"] == 4 and not summary["resumed"]
     assert summary["key_metric_name"] == "val_auc" and 0.0 <= summary["best_metric"] <= 1.0
     assert np.isfinite(summary["final_loss"])
@@ -277,14 +304,12 @@ def test_train_evaluate_infer_end_to_end(tmp_path, slides):
     csv_lines = (ev / "robustness.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,view,kind,angle,flip") and len(csv_lines) >= 1 + 5 + 2
 
-    # inference over a slide list: the bad slides are reported and skipped, the others finish
+    # inference over a slide list (run by the fixture): the bad slides are reported and skipped, the others finish
     pred = out / "pred"
-    good = sorted(str(p) for p in (data / "slides").glob("*.tiff"))
+    good, missing = trained_run["good"], trained_run["missing"]
     assert len(good) == 3
-    missing = str(tmp_path / "missing.svs")
-    lst = [good[0], missing, slides["corrupt"], good[2]]
-    proc = run_bundle([INFERENCE], *_common(data, out), "--input_slides", repr(lst), cwd=cwd)
-    log = proc.stdout + proc.stderr
+    assert trained_run["input_slides"] == [good[0], missing, slides["corrupt"], good[2]]
+    log = trained_run["infer_log"]
     assert "patches/s (reading included)" in log
     assert "skipping slide 2/4" in log and "missing.svs" in log and "skipping slide 3/4" in log
     summ = json.loads((pred / "inference_summary.json").read_text())
@@ -301,7 +326,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path, slides):
         assert tissue.shape == (256, 256) and 0.2 < tissue.mean() < 0.9
         # probabilities only in the cells of patches with >= 25% tissue (cells may overhang the tissue border)
         assert (prob[~tissue] == 0).mean() > 0.85 and (prob[tissue] > 0).mean() > 0.85
-    assert not [p for p in pred.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert not [p for p in trained_run["pred_files"] if p.startswith(".")]  # no temporary files left
 
 
 def _compiled_vs_eager_setup(tmp_path, slides):
@@ -320,20 +345,21 @@ def _assert_same_maps(got: dict, ref: dict) -> None:
         np.testing.assert_allclose(got[f], p, atol=1e-5, err_msg=f)
 
 
-def test_compiled_slide_inference_matches_eager(tmp_path, slides):
+def test_compiled_slide_inference_matches_eager(tmp_path, trained_run):
     """``--compile true`` (aot_eager: no C compiler) runs inference.json's slide inference (not a MONAI engine)
-    through torch.compile: the eager probability maps (to 1e-5). inference.json had no ``compile`` setting, so
-    ``--compile true`` was refused there."""
-    data, out, runs = _compiled_vs_eager_setup(tmp_path, slides)
-    probs = {}
-    for name, extra in runs.items():
-        pred = tmp_path / f"pred_{name}"
-        proc = run_bundle([INFERENCE], *_common(data, out), "--generate_synthetic", "false", "--pred_dir", str(pred),
-                          *extra, cwd=tmp_path)  # fmt: skip
-        logs = proc.stdout + proc.stderr
-        assert ("through torch.compile(backend='aot_eager')" in logs) is (name == "compiled")
-        probs[name] = {p.name: np.load(p) for p in sorted(pred.glob("*_prob.npy"))}
-    _assert_same_maps(probs["compiled"], probs["eager"])
+    through torch.compile: the eager probability maps (to 1e-5) of the shared ``trained_run`` (same model, data and
+    settings), for one of its good slides. inference.json had no ``compile`` setting, so ``--compile true`` was
+    refused there."""
+    assert "through torch.compile" not in trained_run["infer_log"]  # the eager run
+    slide = trained_run["good"][0]
+    pred = tmp_path / "pred_compiled"
+    proc = run_bundle([INFERENCE], *_common(trained_run["data"], trained_run["out"]), "--generate_synthetic", "false",
+                      "--input_slides", repr([slide]), "--pred_dir", str(pred), "--compile", "true",
+                      "--compile_kwargs", "{'backend': 'aot_eager'}", cwd=tmp_path)  # fmt: skip
+    assert "through torch.compile(backend='aot_eager')" in proc.stdout + proc.stderr
+    compiled = {p.name: np.load(p) for p in sorted(pred.glob("*_prob.npy"))}
+    eager = {f: p for f, p in trained_run["probs"].items() if f == f"{Path(slide).stem}_prob.npy"}
+    _assert_same_maps(compiled, eager)
 
 
 @pytest.mark.slow

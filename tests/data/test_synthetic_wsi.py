@@ -19,6 +19,8 @@ from monai_gmr.data import (
     write_pyramidal_tiff,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 SMALL = {"n_slides": 2, "size": 1024, "seed": 0, "patches_per_slide": 16, "patch_size": 64}
 
 

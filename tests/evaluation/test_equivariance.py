@@ -10,6 +10,8 @@ from scipy import ndimage
 import monai_gmr
 from monai_gmr.evaluation import equivariance_error, group_equivariance_error, spline_equivariance_error
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 
 def _smooth(n: int, size: int, spatial_dims: int = 2) -> torch.Tensor:
     """Band-limited random field (sums of a few low-frequency cosines): interpolation is accurate on it."""

@@ -28,6 +28,8 @@ from monai_gmr.evaluation import (
 )
 from monai_gmr.evaluation.__main__ import main as cli_main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 
 def _result(name: str = "gmr", shift: float = 0.0) -> RobustnessResult:
     angles = [0.0, 90.0, 180.0, 270.0]

@@ -14,6 +14,8 @@ from monai_gmr.data import SlideNotFoundError, WSIError, write_pyramidal_tiff
 from monai_gmr.evaluation import CONSISTENCY_FIELDS, compare_maps, slide_map_consistency
 from tests.workflows.test_wsi_grid import MeanNet, _image
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 KW = {"patch_size": 16, "batch_size": 256, "min_tissue": 0.25}
 
 

@@ -11,6 +11,8 @@ from monai_gmr.functional import gmr_conv, synthesize_kernel
 from monai_gmr.nn import GMRConv
 from tests.conftest import rel_err
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 CASES = [
     # spatial_dims, c_in, c_out, k, stride, dilation, groups, bias, padding_mode
     (2, 4, 6, 5, 1, 1, 1, True, "zeros"),

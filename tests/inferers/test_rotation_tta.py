@@ -12,6 +12,8 @@ import monai_gmr
 from monai_gmr.functional.groups import d4_elements
 from monai_gmr.inferers import RotationTTAInferer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 
 def _gmr_seg(spatial_dims: int = 2) -> torch.nn.Module:
     return torch.nn.Sequential(

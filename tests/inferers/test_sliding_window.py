@@ -14,6 +14,8 @@ from monai_gmr.inferers import SymmetricSlidingWindowInferer, symmetric_window_s
 from monai_gmr.nets import GMRUNet
 from tests.conftest import rel_err
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 
 @pytest.mark.parametrize("roi", [8, 16, 15])
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])

@@ -9,6 +9,8 @@ import torch
 
 from monai_gmr import GMRConv, GMRConv2d, GMRConv3d
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 #: non-persistent buffers that TorchScript lists in a ScriptModule's state_dict anyway (pytorch/pytorch#69250)
 GEOMETRY = {"distances", "mask", "centers"}
 

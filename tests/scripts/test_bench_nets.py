@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import load_script
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 
 @pytest.mark.parametrize("extra, named", [(["--repeats", "0"], "--repeats"), (["--iters", "0"], "--iters"),
                                           (["--impls", "foo"], "--impls"), (["--threads", "-1"], "--threads"),

@@ -23,6 +23,10 @@ def test_tiny_run_then_reevaluate_with_instance_metrics(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     # relative paths, as a user types them: the subprocesses run elsewhere, so the script must resolve them
     monkeypatch.chdir(tmp_path)
+    # the bundle runs inherit the environment: 1 thread for the tiny network (2 threads on 2 shared cores roughly
+    # double a run's time; see tests/bundles/helpers.bundle_env)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
     args = ["--data", "raw", "--out", "bench", "--models", "gmrunet", "--epochs", "1", "--max-steps", "1",
             "--crop", "32", "--crops-per-image", "1", "--batch-size", "1", "--roi", "64", "--angle-step", "90",
             "--num-workers", "0", "--device", "cpu", "--set", "network_def#kernel_sizes=[3, 3, 5, 3]"]  # fmt: skip

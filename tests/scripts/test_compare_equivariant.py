@@ -26,7 +26,14 @@ def ce():
 @pytest.fixture(scope="module")
 def quick_run(ce, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare_quick")
-    report = ce.main(["--device", "cpu", "--quick", "--out", str(out), "--tasks", "nuclei,cpm15,wsi"])
+    # one intra-op thread, as the conftest one_thread fixture gives (a module fixture cannot use it): the quick
+    # profile's nets are tiny and overhead-bound; 2 threads on 2 shared cores took 18-32 s instead of 10-13 s
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = ce.main(["--device", "cpu", "--quick", "--out", str(out), "--tasks", "nuclei,cpm15,wsi"])
+    finally:
+        torch.set_num_threads(n)
     return out, report
 
 

@@ -35,6 +35,8 @@ from monai_gmr.workflows.common import (
     summarize_evaluation,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny, overhead-bound tensors
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

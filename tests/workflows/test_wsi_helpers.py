@@ -13,6 +13,10 @@ from PIL import Image
 
 from tests.conftest import shared_path
 
+#: one intra-op thread (tests/conftest.py): the networks here are tiny (an oracle, gmr_resnet18_tiny) and
+#: overhead-bound; with 2 threads on 2 shared cores the CMU-1 slide inference took 4.6-10.5 s instead of 2.7-3.0 s
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PATCH = 32
 SYNTH = {"n_slides": 3, "size": 1024, "seed": 0, "patches_per_slide": 16, "patch_size": PATCH}
 
@@ -754,29 +758,32 @@ class ThreeClassNet(torch.nn.Module):
         return torch.stack([m, 2 * m, 3 * m], 1)
 
 
-def _two_process_infer_slides(rank: int, port: int, slides: list, out_dir: str, net: type = FailOnceOnRank1Net,
-                              patch_size: int = PATCH, mask_level: int = 2) -> None:  # fmt: skip
-    """Worker of the two-process slide inference tests (spawned, gloo)."""
+def _two_process_infer_slides(rank: int, port: int, out_dir: str, jobs: list) -> None:
+    """Worker of the two-process slide inference tests (spawned, gloo): runs each job ``(name, slides, net,
+    patch_size, mask_level)`` in turn, with a fresh ``net()``, and writes ``rank<rank>_<name>.json``."""
     import os
 
+    torch.set_num_threads(1)  # two processes on 2 shared cores (the module's one_thread does not reach them)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     from monai_gmr.workflows.wsi import infer_slides
 
-    try:
-        out = infer_slides(slides, net(), None, summary_file=None, patch_size=patch_size, mask_level=mask_level,
-                           batch_size=8)  # fmt: skip
-        res = {"slides": [{k: e.get(k) for k in ("status", "error", "n_patches")} for e in out["slides"]],
-               "sums": {k: float(r.prob.sum()) for k, r in out["results"].items()},
-               "shapes": {k: list(r.probs.shape) for k, r in out["results"].items()}}  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - reported to the test
-        res = {"raised": f"{type(e).__name__}: {e}"}
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
+    for name, slides, net, patch_size, mask_level in jobs:
+        try:
+            out = infer_slides(slides, net(), None, summary_file=None, patch_size=patch_size, mask_level=mask_level,
+                               batch_size=8)  # fmt: skip
+            res = {"slides": [{k: e.get(k) for k in ("status", "error", "n_patches")} for e in out["slides"]],
+                   "sums": {k: float(r.prob.sum()) for k, r in out["results"].items()},
+                   "shapes": {k: list(r.probs.shape) for k, r in out["results"].items()}}  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            res = {"raised": f"{type(e).__name__}: {e}"}
+        Path(out_dir, f"rank{rank}_{name}.json").write_text(json.dumps(res))
     torch.distributed.destroy_process_group()
 
 
-def _run_two_processes(slides: list, tmp_path: Path, *args: object) -> list[dict]:
-    """Run _two_process_infer_slides in 2 spawned gloo processes; their results (rank 0, rank 1)."""
+def _run_two_processes(jobs: list, tmp_path: Path) -> dict[str, list[dict]]:
+    """Run _two_process_infer_slides over ``jobs`` in 2 spawned gloo processes; per job name, the results of rank 0
+    and rank 1."""
     import socket
 
     import torch.multiprocessing as mp
@@ -785,8 +792,7 @@ def _run_two_processes(slides: list, tmp_path: Path, *args: object) -> list[dict
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_two_process_infer_slides, args=(r, port, slides, str(tmp_path), *args))
-             for r in range(2)]  # fmt: skip
+    procs = [ctx.Process(target=_two_process_infer_slides, args=(r, port, str(tmp_path), jobs)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -796,10 +802,29 @@ def _run_two_processes(slides: list, tmp_path: Path, *args: object) -> list[dict
         if p.is_alive():
             p.kill()
     assert not any(alive), "a process hung"
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return {job[0]: [json.loads((tmp_path / f"rank{r}_{job[0]}.json").read_text()) for r in range(2)] for job in jobs}
 
 
-def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tmp_path):
+@pytest.fixture(scope="module")
+def two_process_runs(wsi_data, tmp_path_factory) -> dict[str, list[dict]]:
+    """The two-process slide inferences of the tests below, run by one pair of spawned processes (starting the
+    processes, each importing torch and the package, costs more than the inferences): per scenario, the results of
+    rank 0 and rank 1. Each scenario gets a fresh network; the simple one runs first, so the failure scenario cannot
+    leave anything behind for it."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    tmp = tmp_path_factory.mktemp("two_processes")
+    rgb = np.full((64, 64, 3), 230, np.uint8)  # a slide with a single tissue patch
+    rgb[8:56, 8:56] = (150, 60, 160)
+    write_pyramidal_tiff(tmp / "one_patch.tiff", rgb, n_levels=1, tile_size=64)
+    jobs = [
+        ("one_patch", [str(tmp / "one_patch.tiff")], ThreeClassNet, 64, 0),
+        ("fail_once", wsi_data["slide_paths"][:3], FailOnceOnRank1Net, PATCH, 2),
+    ]  # fmt: skip
+    return _run_two_processes(jobs, tmp)
+
+
+def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, two_process_runs):
     """Multi-process slide inference where the shard of process 1 fails on the first slide only: the failed process
     went on with the next slide while process 0 waited in the first slide's gather, so process 0 built the first
     slide's map from process 1's patches of the second slide (an IndexError, or with slides of one size a wrong map
@@ -808,7 +833,7 @@ def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tm
     from monai_gmr.workflows.wsi import infer_slides
 
     slides = wsi_data["slide_paths"][:3]
-    res = _run_two_processes(slides, tmp_path)
+    res = two_process_runs["fail_once"]
     assert res[0] == res[1] and "raised" not in res[0], res
     status = [e["status"] for e in res[0]["slides"]]
     assert status == ["error", "ok", "ok"], res[0]
@@ -820,17 +845,12 @@ def test_infer_slides_failure_in_one_process_fails_the_slide_in_all(wsi_data, tm
         assert res[0]["sums"][k] == pytest.approx(float(r.prob.sum()), rel=1e-5)
 
 
-def test_multi_class_slide_with_fewer_patches_than_processes(tmp_path):
+def test_multi_class_slide_with_fewer_patches_than_processes(two_process_runs):
     """Two processes and a slide with a single tissue patch (a three-class network): MONAI's DistributedSampler
     refused it ("the dataset length is less than the number of participating ranks": the slide failed); now
     process 0 takes the patch, process 1's empty shard (a (0, 2) placeholder) is left out of the gathered
     probabilities and the (3, H, W) map is built."""
-    from monai_gmr.data import write_pyramidal_tiff
-
-    rgb = np.full((64, 64, 3), 230, np.uint8)
-    rgb[8:56, 8:56] = (150, 60, 160)
-    write_pyramidal_tiff(tmp_path / "one_patch.tiff", rgb, n_levels=1, tile_size=64)
-    res = _run_two_processes([str(tmp_path / "one_patch.tiff")], tmp_path, ThreeClassNet, 64, 0)
+    res = two_process_runs["one_patch"]
     assert res[0] == res[1] and "raised" not in res[0], res
     assert res[0]["slides"][0]["status"] == "ok" and res[0]["slides"][0]["n_patches"] == 1
     assert res[0]["shapes"]["one_patch"][0] == 3
