@@ -382,33 +382,58 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
         sizes: setting name -> size (an int or ``(H, W)``; ``-1`` in ``roi_size``, the whole dimension, is skipped).
 
     Raises:
-        ValueError: a size not divisible by the network's ``multiple``, or one that is 0 or negative (other than
-            ``-1`` in ``roi_size``); the message names the setting.
+        ValueError: a size not divisible by the network's ``multiple``, one that is 0 or negative (other than
+            ``-1`` in ``roi_size``), not an integer (``32x``), or a list whose length is not the network's
+            ``spatial_dims`` (when it has that attribute); the message names the setting.
     """
-    for name, size in sizes.items():
-        values = [size] if isinstance(size, (int, float, str)) else list(size)
-        for v in values:
-            v = _as_int(v)
-            if v is not None and v <= 0 and not (v == -1 and name == "roi_size"):
-                whole = " (or -1 for the whole dimension)" if name == "roi_size" else ""
-                raise ValueError(f"{name}={size!r}: sizes must be positive integers{whole}, got {v}.")
     net = getattr(network, "module", network)
+    dims = getattr(net, "spatial_dims", None)
+    parsed = {name: _size_values(name, size, dims) for name, size in sizes.items()}
+    for name, values in parsed.items():
+        for v in values:
+            if v <= 0 and not (v == -1 and name == "roi_size"):
+                whole = " (or -1 for the whole dimension)" if name == "roi_size" else ""
+                raise ValueError(f"{name}={sizes[name]!r}: sizes must be positive integers{whole}, got {v}.")
     multiple = getattr(net, "multiple", None)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 2 or getattr(net, "pad_to_multiple", False):
         return
-    for name, size in sizes.items():
-        values = [size] if isinstance(size, (int, float, str)) else list(size)
-        bad = []
-        for v in values:
-            v = _as_int(v)  # not a number: left to the transform / inferer that reads it
-            if v is not None and v > 0 and v % multiple:
-                bad.append(int(v))
+    for name, values in parsed.items():
+        bad = [v for v in values if v > 0 and v % multiple]
         if bad:
             fix = ", ".join(f"{v} -> {max(multiple, round(v / multiple) * multiple)}" for v in dict.fromkeys(bad))
             raise ValueError(
-                f"{name}={size!r}: {type(net).__name__} needs every size divisible by {multiple} (2**levels), "
+                f"{name}={sizes[name]!r}: {type(net).__name__} needs every size divisible by {multiple} (2**levels), "
                 f"e.g. {fix}; or build it with pad_to_multiple=True (--network_def#pad_to_multiple true)."
             )
+
+
+def _size_values(name: str, size: Any, spatial_dims: Any) -> list[int]:
+    """The integers of a size setting (one value, or one per spatial dimension), refusing anything else by name.
+
+    ``--roi_size "[64, 64, 64]"`` (three values for a 2D network) passed training and stopped only at the first
+    validation, after ``val_interval`` epochs, in the sliding-window inferer; ``--crop_size 32x`` failed in a config
+    expression with ``can't multiply sequence by non-int``, naming no setting.
+    """
+    if isinstance(size, (str, numbers.Number)):
+        values = [size]
+    elif isinstance(size, Sequence):
+        values = list(size)
+        if isinstance(spatial_dims, int) and not isinstance(spatial_dims, bool) and len(values) != spatial_dims:
+            raise ValueError(
+                f"{name}={size!r}: give one size or {spatial_dims} (one per spatial dimension of the network), got "
+                f"{len(values)}."
+            )
+    else:
+        values = [size]
+    out = []
+    for v in values:
+        i = _as_int(v)
+        if i is None and isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer():
+            i = int(v)  # 64.0, as a YAML file or an expression may give it
+        if i is None:
+            raise ValueError(f"{name}={size!r}: sizes must be integers (one, or one per spatial dimension), got {v!r}.")
+        out.append(i)
+    return out
 
 
 def _as_int(value: Any) -> int | None:

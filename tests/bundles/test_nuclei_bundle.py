@@ -582,6 +582,16 @@ def test_bad_settings_write_nothing(tmp_path, nuclei_data, bad):
     assert f"{next(iter(bad))} must be" in msg, msg  # the error names the setting
 
 
+def test_crop_size_text_is_refused_by_name_in_the_train_config(tmp_path):
+    """--crop_size 32x failed in the rotation crop size's expression with "can't multiply sequence by non-int of
+    type 'float'", naming no setting (the trainer is built before the window sizes are checked)."""
+    p = config_parser([TRAIN], output_dir=str(tmp_path / "o"), crop_size="32x", metadata=METADATA)
+    with pytest.raises(Exception) as info:
+        p.get_parsed_content("train#rotation_crop_size")
+    assert "crop_size must be a positive integer" in str(info.value.__cause__ or info.value), info.value
+    assert config_parser([TRAIN], crop_size=32, metadata=METADATA).get_parsed_content("train#rotation_crop_size") == 48
+
+
 @pytest.mark.parametrize("bad", [{"crop_size": 30}, {"roi_size": [60, 60]}, {"roi_size": 100}],
                          ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
 def test_sizes_the_network_cannot_take_are_refused_by_name_before_training(tmp_path, nuclei_data, bad):
