@@ -37,7 +37,8 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 
 from monai_gmr.utils import NullSummaryWriter, summary_writer, tensorboard_available  # re-exported
-from monai_gmr.utils import atomic_path, atomic_write_json, null_to_none, output_dir_error, positive_int
+from monai_gmr.utils import atomic_path, atomic_write_json, fraction, null_to_none, output_dir_error, positive_int
+from monai_gmr.utils import positive_float, size_hw
 from monai_gmr.utils import restore_training_modes, training_modes
 
 from .common import is_main_process, run_on_rank0_first
@@ -87,19 +88,23 @@ GRIDS = ("top_left", "centered")
 # --------------------------------------------------------------------------------------------------------------------
 # training data
 # --------------------------------------------------------------------------------------------------------------------
-def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
+def _as_pair(size: int | Sequence[int], name: str = "a patch size") -> tuple[int, int]:
+    """``(h, w)`` of ``S`` or ``(h, w)``; text or a fraction (``--patch_size 32x``: "invalid literal for int()", no
+    setting named) is refused naming ``name`` (:func:`monai_gmr.utils.size_hw`)."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         return int(size), int(size)
-    vals = tuple(int(s) for s in size)
+    if isinstance(size, (str, bytes)) or not isinstance(size, (Sequence, np.ndarray)):
+        return size_hw(size, name)
+    vals = list(size)
     if len(vals) != 2:
-        raise ValueError(f"a patch size must be an int or (h, w), got {size!r}.")
-    return vals  # type: ignore[return-value]
+        raise ValueError(f"{name} must be an int or (h, w), got {size!r}.")
+    return size_hw(vals, name)
 
 
 def _patch_size_arg(size: Any, name: str = "patch_size") -> tuple[int, int]:
     """:func:`_as_pair` of a setting that must be positive (``patch_size=0`` in slide inference failed as "no patch
     of size [0, 0] has >= 25% tissue", a negative one in NumPy broadcasting)."""
-    pair = _as_pair(size)
+    pair = _as_pair(size, name)
     if min(pair) < 1:
         raise ValueError(f"{name} must be positive, got {name}={size!r}.")
     return pair
@@ -571,6 +576,14 @@ def patch_dataset(
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
     # the text "null" (--patch_mpp null, the documented default) means None
     patch_mpp, pcam_dir, image_dir, labels_csv = (null_to_none(v) for v in (patch_mpp, pcam_dir, image_dir, labels_csv))
+    # checked for every source, before any data are read or generated: --val_frac 1.5 was accepted silently where the
+    # split comes from the datalist, --val_frac x / --patch_mpp x / --patch_size 32x failed naming no setting
+    val_frac, test_frac = fraction(val_frac, "val_frac"), fraction(test_frac, "test_frac")
+    if val_frac + test_frac >= 1.0:
+        raise ValueError(f"val_frac + test_frac must be < 1, got val_frac={val_frac} + test_frac={test_frac}.")
+    if patch_mpp is not None:
+        patch_mpp = positive_float(patch_mpp, "patch_mpp")
+    _patch_size_arg(patch_size, "patch_size")
     if source == "pcam":
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")

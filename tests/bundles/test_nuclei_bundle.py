@@ -25,6 +25,7 @@ from tests.bundles.helpers import (
     check_monai_properties,
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
+    check_settings_refused_by_name,
     check_validation_shorter_than_processes,
     config_parser,
     kill_after_epoch_config,
@@ -710,3 +711,23 @@ def test_evaluate_and_inference_without_checkpoint(tmp_path):
 
 def test_multi_gpu_validation_split_shorter_than_processes_is_named():
     check_validation_shorter_than_processes([TRAIN, MULTI_GPU], metadata=METADATA)
+
+
+def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by_name():
+    """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
+    --log_interval x, --num_workers two failed with "'<' not supported between 'str' and 'int'"; --cache_rate 2 or
+    -0.5 was accepted silently and --cache_rate all failed with "invalid literal for int() ... 'allallallall'"."""
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
+        ("seed", "abc", "initialize#1"), ("seed", 1.5, "initialize#1"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("log_interval", -1, "train#handlers#3#interval"), ("cache_rate", 2, "train#dataset#cache_rate"),
+        ("cache_rate", "all", "validate#dataset#cache_rate"), ("num_workers", "two", "train#dataloader#num_workers"),
+        ("num_workers", -1, "validate#dataloader#num_workers"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[
+        ("seed", "abc", "initialize#1"), ("num_workers", "two", "dataloader#num_workers"),
+    ])  # fmt: skip
+    p = config_parser([TRAIN], log_interval=0, cache_rate=0.5, num_workers=0, metadata=METADATA)
+    assert p.get_parsed_content("train#handlers#3#interval") == 0  # 0: no iteration lines, as documented
+    assert p.get_parsed_content("train#dataset#cache_rate") == 0.5 and p.get_parsed_content("train#dataloader#num_workers") == 0

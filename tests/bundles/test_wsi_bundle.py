@@ -28,6 +28,7 @@ from tests.bundles.helpers import (
     check_monai_properties,
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
+    check_settings_refused_by_name,
     check_validation_shorter_than_processes,
     config_parser,
     no_outputs,
@@ -687,3 +688,16 @@ def test_multi_gpu_inference_gloo_two_processes(tmp_path, slides):
 
 def test_multi_gpu_validation_split_shorter_than_processes_is_named():
     check_validation_shorter_than_processes([TRAIN, MULTI_GPU], metadata=METADATA)
+
+
+def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
+    """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
+    --log_interval x and --num_workers two failed with "'<' not supported between 'str' and 'int'"."""
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
+        ("seed", "abc", "initialize#1"), ("seed", 1.5, "initialize#1"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("num_workers", "two", "train#dataloader#num_workers"), ("num_workers", -1, "validate#dataloader#num_workers"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#1")])
+    check_settings_refused_by_name([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#4")])
