@@ -1183,16 +1183,46 @@ def sliding_grid_offset(
     return (off[0], off[1])
 
 
-def _check_layout(mode: str, overlap: float, grid: str, map_max_size: Any = None) -> None:
-    """The patch-layout settings of :func:`infer_slide` (checked before a slide is read)."""
+def _check_layout(
+    mode: str,
+    overlap: float,
+    grid: str,
+    map_max_size: Any = None,
+    *,
+    min_tissue: Any = None,
+    threshold: Any = None,
+    tumour_class: Any = None,
+    batch_size: Any = None,
+) -> None:
+    """The patch-layout and scoring settings of :func:`infer_slide`, checked before a slide is read (``None``: not
+    given, not checked).
+
+    ``--min_tissue 1.5`` failed on every slide ("no patch ... has >= 150% tissue") and ``--min_tissue x``,
+    ``--overlap x`` with "could not convert string to float"; ``--threshold 2`` was accepted silently (a Dice of a
+    map that is never positive) and ``--threshold x`` failed after the network had run on the whole slide;
+    ``--tumour_class x`` failed in each slide with "invalid literal for int()". Each is now refused by name.
+
+    Raises:
+        ValueError: a setting out of its range or of the wrong type; the message names it.
+    """
     # map_max_size=-1 gave a negative map downsample and a map with one scored cell, without an error
     positive_int(map_max_size, "map_max_size", allow_none=True)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}.")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
+    try:
+        fraction(overlap, "overlap")
+    except ValueError:
+        raise ValueError(f"overlap must be in [0, 1), got overlap={overlap!r}.") from None
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got grid={grid!r}.")
+    if min_tissue is not None:
+        fraction(min_tissue, "min_tissue", include_one=True)
+    if threshold is not None:
+        fraction(threshold, "threshold", include_one=True)
+    if tumour_class is not None:
+        positive_int(tumour_class, "tumour_class", allow_zero=True)
+    if batch_size is not None:
+        positive_int(batch_size, "batch_size")
 
 
 def infer_slide(
@@ -1290,7 +1320,8 @@ def infer_slide(
     patch_mpp, mask_level = null_to_none(patch_mpp), null_to_none(mask_level)  # --mask_level null: the default
     if label_mask is None:
         label_mask = item.get("label_mask", item.get("tumor_mask"))
-    _check_layout(mode, overlap, grid, map_max_size)
+    _check_layout(mode, overlap, grid, map_max_size, min_tissue=min_tissue, threshold=threshold,
+                  tumour_class=tumour_class, batch_size=batch_size)  # fmt: skip
     positive_int(heatmap_max_size, "heatmap_max_size", allow_none=True)  # before the slide, not at its last write
     if label_mask is not None and not isinstance(label_mask, np.ndarray):
         label_mask = load_mask(label_mask)  # before the inference: a wrong path fails at once, not after the slide
@@ -1659,7 +1690,9 @@ class SlideInference:
             raise ValueError("SlideInference needs slides or dataset_dir.")
         # settings every slide would fail on: refused here, before anything is read or written
         _check_layout(kwargs.get("mode", "sliding"), kwargs.get("overlap", 0.0), kwargs.get("grid", "top_left"),
-                      kwargs.get("map_max_size"))
+                      kwargs.get("map_max_size"), min_tissue=kwargs.get("min_tissue"),
+                      threshold=kwargs.get("threshold"), tumour_class=kwargs.get("tumour_class"),
+                      batch_size=kwargs.get("batch_size"))  # fmt: skip
         self.network = network
         self.output_dir = output_dir
         self.slides = slides
