@@ -23,7 +23,7 @@ from monai.transforms import MapTransform
 
 from monai_gmr.utils import null_to_none, size_hw
 
-from .common import IMAGE_EXTENSIONS, check_datalist, list_images, run_on_rank0_first
+from .common import IMAGE_EXTENSIONS, check_datalist, check_robustness_settings, list_images, run_on_rank0_first
 
 __all__ = [
     "SPLITS",
@@ -460,35 +460,6 @@ def check_instance_settings(instance_method: Any, min_nucleus_size: Any) -> None
         raise ValueError(f"instance_method must be 'connected_components' or 'watershed', got {instance_method!r}.")
     if isinstance(min_nucleus_size, bool) or not isinstance(min_nucleus_size, numbers.Integral) or min_nucleus_size < 0:
         raise ValueError(f"min_nucleus_size must be an integer >= 0 (pixels), got {min_nucleus_size!r}.")
-
-
-def check_robustness_settings(angles: Any, flips: Any, region: Any, padding_mode: Any) -> None:
-    """Refuse, by setting name, the rotation-robustness settings of ``evaluate.json`` before anything runs.
-
-    The robustness evaluator reads them only when it starts, after the validation run over the whole evaluation
-    split: ``--robustness_region valdi``, ``--robustness_angles "[]"`` or ``--robustness_flips "['x']"`` stopped
-    the run only then, with messages that named ``region`` / ``angles`` / ``axis`` but no bundle setting.
-
-    Args:
-        angles: ``robustness_angles`` (degrees; one number or a non-empty list).
-        flips: ``robustness_flips`` (``"h"``, ``"v"``; may be empty).
-        region: ``robustness_region`` (``"valid"`` or ``"disk"``).
-        padding_mode: ``robustness_padding`` (``"zeros"``, ``"border"`` or ``"reflection"``).
-
-    Raises:
-        ValueError: any of them is invalid; the message names the setting.
-    """
-    from monai_gmr.evaluation.robustness import REGIONS
-    from monai_gmr.functional.rotation import make_geometries
-
-    if region not in REGIONS:
-        raise ValueError(f"robustness_region must be one of {REGIONS}, got {region!r}.")
-    try:
-        make_geometries(angles, flips, 2, None, product=False, padding_mode=padding_mode)
-    except ValueError as e:
-        raise ValueError(
-            f"robustness_angles={angles!r} / robustness_flips={flips!r} / robustness_padding={padding_mode!r}: {e}"
-        ) from e
 
 
 def has_boundary_class(num_classes: Any) -> bool:

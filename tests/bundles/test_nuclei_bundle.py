@@ -731,3 +731,10 @@ def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by
     p = config_parser([TRAIN], log_interval=0, cache_rate=0.5, num_workers=0, metadata=METADATA)
     assert p.get_parsed_content("train#handlers#3#interval") == 0  # 0: no iteration lines, as documented
     assert p.get_parsed_content("train#dataset#cache_rate") == 0.5 and p.get_parsed_content("train#dataloader#num_workers") == 0
+
+
+def test_config_settings_robustness_metrics_are_checked_by_name_before_the_data():
+    """--robustness_metrics "['dcie']" stopped evaluation only after the validation run over the whole split."""
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
+        ("robustness_metrics", ["dcie"], "initialize#4"),
+    ])  # fmt: skip

@@ -701,3 +701,15 @@ def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
     check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#1")])
     check_settings_refused_by_name([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#4")])
+
+
+def test_config_settings_robustness_are_checked_by_name_before_the_data():
+    """WSI evaluation read --robustness_angles / --robustness_flips / --robustness_metrics only when the robustness
+    evaluator started, after the validation run over the whole split; initialize now checks them, before the data."""
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
+        ("robustness_metrics", ["acc"], "initialize#2"),
+    ])  # fmt: skip
+    p = config_parser([TRAIN, EVALUATE], robustness_flips=["x"], metadata=METADATA)
+    with pytest.raises(Exception, match="robustness_flips"):
+        p.get_parsed_content("initialize#2")
+    assert "len(@validate::dataset)" in p["initialize"][3]  # the check comes before the data are read
