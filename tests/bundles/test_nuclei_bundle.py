@@ -738,3 +738,26 @@ def test_config_settings_robustness_metrics_are_checked_by_name_before_the_data(
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
         ("robustness_metrics", ["dcie"], "initialize#4"),
     ])  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [{"tta_angles": []}, {"amp": "maybe"}, {"sw_batch_size": "x"}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_bad_inference_setting_keeps_the_earlier_outputs(tmp_path, nuclei_data, bad):
+    """A setting read only when the evaluator was built (--tta_angles "[]", --amp maybe, --sw_batch_size x) stopped
+    inference after initialize had removed the earlier run's masks of the same images: the user lost them for a
+    typo. The evaluator is now built before they are removed."""
+    from monai_gmr.workflows.nuclei import inference_datalist
+
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    net = config_parser([INFERENCE], network_def=eval(TINY_NET), metadata=METADATA).get_parsed_content("network_def")
+    (out / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), out / "models" / "model.pt")
+    names = [Path(d["image"]).stem for d in inference_datalist(None, nuclei_data, "test", generate=False, check=False)]
+    pred.mkdir()
+    earlier = [pred / f"{n}{s}" for n in names for s in ("_seg.png", "_instance.png", "_prob.tif")]
+    for p in earlier:
+        p.write_bytes(b"earlier run")
+    msg = workflow_error(INFERENCE, dataset_dir=str(nuclei_data), output_dir=str(out), pred_dir=str(pred),
+                         network_def=eval(TINY_NET), generate_synthetic=False, roi_size=[64, 64], **bad)  # fmt: skip
+    assert any(s in msg for s in ("angles", "amp must be", "sw_batch_size must be")), msg
+    assert all(p.read_bytes() == b"earlier run" for p in earlier)
