@@ -772,9 +772,8 @@ def context_size(patch_size: int) -> int:
     """Smallest size ``S >= patch_size * sqrt(2)`` with ``S - patch_size`` even: a patch of size ``S`` rotated by any
     angle still holds real pixels in its central ``patch_size`` square, and the centre crop commutes exactly with
     90-degree rotations and flips (symmetric margins)."""
-    p = int(patch_size)
-    if p < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}.")
+    # a list (--patch_size "[96, 96]") failed with "int() argument must be ... not 'list'", naming no setting
+    p = positive_int(patch_size, "patch_size")
     return p + 2 * int(math.ceil(p * (math.sqrt(2.0) - 1.0) / 2.0))
 
 

@@ -713,3 +713,16 @@ def test_config_settings_robustness_are_checked_by_name_before_the_data():
     with pytest.raises(Exception, match="robustness_flips"):
         p.get_parsed_content("initialize#2")
     assert "len(@validate::dataset)" in p["initialize"][3]  # the check comes before the data are read
+
+
+def test_config_setting_patch_size_list_is_refused_by_name():
+    """--patch_size "[96, 96]" passed every check and failed in the first training step ("applying transform
+    CenterSpatialCropd", the crop size being [[96, 96], [96, 96]]), or in context_size with "int() argument must be
+    ... not 'list'": the bundle's patch_size is one int (square patches)."""
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
+        ("patch_size", [96, 96], "train#crop_transforms#0#roi_size"),
+        ("patch_size", [96, 96], "train#rotation_transforms#1#roi_size"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("patch_size", [96, 96], "context_size")])
+    p = config_parser([TRAIN], patch_size=48, metadata=METADATA)
+    assert p.get_parsed_content("train#crop_transforms#0#roi_size") == [48, 48]
