@@ -40,6 +40,7 @@ from monai_gmr.utils import as_bool, atomic_path, atomic_write_json, make_temp_d
 
 __all__ = [
     "check_robustness_settings",
+    "check_tta_settings",
     "compile_prepare_batch",
     "CompiledModule",
     "maybe_compile",
@@ -779,6 +780,30 @@ def check_robustness_settings(
         raise ValueError(
             f"robustness_angles={angles!r} / robustness_flips={flips!r} / robustness_padding={padding_mode!r}: {e}"
         ) from e
+
+
+def check_tta_settings(angles: Any, flips: Any, padding_mode: Any = "zeros", task: str = "segmentation") -> None:
+    """Refuse, by setting name, the rotation test-time augmentation settings of a bundle before anything runs.
+
+    ``--tta_angles "[]"``, ``--tta_flips "['x']"`` or ``--tta_padding zero`` failed when the inferer was built, with
+    messages of :class:`monai_gmr.inferers.RotationTTAInferer` that named ``angles`` / ``axis`` / ``padding_mode``
+    but no bundle setting. They are checked whether ``tta`` is on or not, as the configs build the inferer either way.
+
+    Args:
+        angles: ``tta_angles`` (degrees; one number or a non-empty list).
+        flips: ``tta_flips`` (``"h"``, ``"v"``; may be empty).
+        padding_mode: ``tta_padding`` (``"zeros"``, ``"border"`` or ``"reflection"``).
+        task: ``"segmentation"`` or ``"classification"``.
+
+    Raises:
+        ValueError: any of them is invalid; the message names the settings.
+    """
+    from monai_gmr.inferers import RotationTTAInferer
+
+    try:
+        RotationTTAInferer(None, angles=angles, flips=flips, padding_mode=padding_mode, task=task)
+    except ValueError as e:
+        raise ValueError(f"tta_angles={angles!r} / tta_flips={flips!r} / tta_padding={padding_mode!r}: {e}") from e
 
 
 def summarize_evaluation(

@@ -761,3 +761,12 @@ def test_bad_inference_setting_keeps_the_earlier_outputs(tmp_path, nuclei_data, 
                          network_def=eval(TINY_NET), generate_synthetic=False, roi_size=[64, 64], **bad)  # fmt: skip
     assert any(s in msg for s in ("angles", "amp must be", "sw_batch_size must be")), msg
     assert all(p.read_bytes() == b"earlier run" for p in earlier)
+
+
+def test_config_tta_settings_are_checked_by_name_in_initialize(tmp_path):
+    """--tta_angles "[]" failed when the inferer was built, naming only RotationTTAInferer's ``angles``."""
+    for configs, id in (([INFERENCE], "initialize#4"), ([TRAIN, EVALUATE], "initialize#5")):
+        p = config_parser(configs, tta_angles=[], dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                          metadata=METADATA)  # fmt: skip
+        with pytest.raises(Exception, match="tta_angles"):
+            p.get_parsed_content(id)

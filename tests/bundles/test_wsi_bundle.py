@@ -712,7 +712,8 @@ def test_config_settings_robustness_are_checked_by_name_before_the_data():
     p = config_parser([TRAIN, EVALUATE], robustness_flips=["x"], metadata=METADATA)
     with pytest.raises(Exception, match="robustness_flips"):
         p.get_parsed_content("initialize#2")
-    assert "len(@validate::dataset)" in p["initialize"][3]  # the check comes before the data are read
+    data = next(i for i, x in enumerate(p["initialize"]) if "len(@validate::dataset)" in x)
+    assert "check_robustness_settings" in p["initialize"][2] and data > 2  # the check comes before the data are read
 
 
 def test_config_setting_patch_size_list_is_refused_by_name():
@@ -726,3 +727,13 @@ def test_config_setting_patch_size_list_is_refused_by_name():
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("patch_size", [96, 96], "context_size")])
     p = config_parser([TRAIN], patch_size=48, metadata=METADATA)
     assert p.get_parsed_content("train#crop_transforms#0#roi_size") == [48, 48]
+
+
+def test_config_tta_settings_are_checked_by_name_in_initialize(tmp_path):
+    """--tta_flips "['x']" failed when the inferer was built, naming only RotationTTAInferer's flip ``axis``."""
+    for configs, id in (([INFERENCE], "initialize#2"), ([INFERENCE, MULTI_GPU_INFERENCE], "initialize#5"),
+                        ([TRAIN, EVALUATE], "initialize#3")):  # fmt: skip
+        p = config_parser(configs, tta_flips=["x"], dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                          metadata=METADATA)  # fmt: skip
+        with pytest.raises(Exception, match="tta_flips"):
+            p.get_parsed_content(id)

@@ -1012,3 +1012,16 @@ def test_check_robustness_settings_names_the_metrics_and_classification_settings
         check_robustness_settings([], ["h"], task="classification")
     check_robustness_settings([0, 90], [], metrics=["accuracy", "auc"], task="classification")
     check_robustness_settings(list(range(0, 360, 10)), ["h", "v"], "disk", "zeros", metrics=["dice", "aji"])
+
+
+def test_check_tta_settings_names_the_tta_settings():
+    """--tta_angles "[]", --tta_flips "['x']" or --tta_padding zero failed when the TTA inferer was built, naming
+    RotationTTAInferer's angles / axis / padding_mode but no bundle setting."""
+    from monai_gmr.workflows import check_tta_settings
+
+    for bad in ({"angles": []}, {"flips": ["x"]}, {"padding_mode": "zero"}):
+        kw = {"angles": [0, 90], "flips": ["h"], "padding_mode": "reflection", **bad}
+        with pytest.raises(ValueError, match="tta_angles=.* / tta_flips=.* / tta_padding="):
+            check_tta_settings(**kw)
+    check_tta_settings([0, 90, 180, 270], ["h"], "reflection")
+    check_tta_settings(45, [], task="classification")
