@@ -44,6 +44,7 @@ __all__ = [
     "as_bool",
     "positive_int",
     "positive_float",
+    "fraction",
     "keyword_args",
     "null_to_none",
     "training_modes",
@@ -567,7 +568,7 @@ def as_bool(value: Any, name: str = "value") -> bool:
     raise ValueError(f"{name} must be a boolean (true/false, yes/no, on/off or 1/0), got {value!r}.")
 
 
-def positive_int(value: Any, name: str = "value", allow_none: bool = False) -> int | None:
+def positive_int(value: Any, name: str = "value", allow_none: bool = False, allow_zero: bool = False) -> int | None:
     """A count or interval setting as a positive ``int``, refusing anything else by name.
 
     Bundle configs read ``epochs``, ``val_interval`` and ``epoch_length`` through this function: ``--val_interval 0``
@@ -580,16 +581,43 @@ def positive_int(value: Any, name: str = "value", allow_none: bool = False) -> i
         name: the setting's name, for the error message.
         allow_none: accept ``None`` (e.g. ``epoch_length: null`` = the whole data loader), or the text ``"null"`` /
             ``"none"`` that ``--epoch_length null`` passes, and return ``None``.
+        allow_zero: accept 0 too (``log_interval: 0`` turns the iteration lines off; ``seed``, ``num_workers``).
+            ``--seed abc`` failed inside MONAI's ``set_determinism`` with "invalid literal for int()", naming no
+            setting, and ``--seed 1.5`` was truncated to 1; ``--log_interval x`` failed with "'<' not supported".
 
     Raises:
-        ValueError: ``value`` is not an integer >= 1 (the message names ``name``).
+        ValueError: ``value`` is not an integer >= 1 (>= 0 with ``allow_zero``); the message names ``name``.
     """
     if allow_none and null_to_none(value) is None:
         return None  # the command line passes ``--epoch_length null`` as the text "null" (``None`` as None)
     parsed = _number(value, int, numbers.Integral)
-    if parsed is None or parsed < 1:
+    if parsed is None or parsed < (0 if allow_zero else 1):
+        kind = "a non-negative integer" if allow_zero else "a positive integer"
         extra = " or null" if allow_none else ""
-        raise ValueError(f"{name} must be a positive integer{extra}, got {value!r}.")
+        raise ValueError(f"{name} must be {kind}{extra}, got {value!r}.")
+    return parsed
+
+
+def fraction(value: Any, name: str = "value", include_one: bool = False) -> float:
+    """A fraction setting as a ``float`` in ``[0, 1)`` (``[0, 1]`` with ``include_one``), refusing anything else by
+    name.
+
+    ``--cache_rate 2`` or ``-0.5`` was accepted silently (MONAI's ``CacheDataset`` clips it) and ``--cache_rate all``
+    failed with "invalid literal for int() with base 10: 'allallallall'"; ``--val_frac 1.5`` was accepted silently
+    where the split is read from the datalist, and ``--val_frac x`` failed with "could not convert string to float".
+
+    Args:
+        value: a number, or text holding one (``"0.5"``), as a command line may pass it.
+        name: the setting's name, for the error message.
+        include_one: accept 1 (e.g. ``cache_rate``: cache everything).
+
+    Raises:
+        ValueError: ``value`` is not a number in the range (the message names ``name``).
+    """
+    parsed = _number(value, float, numbers.Real)
+    if parsed is None or not (0.0 <= parsed <= 1.0 if include_one else 0.0 <= parsed < 1.0):
+        bounds = "[0, 1]" if include_one else "[0, 1)"
+        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}.")
     return parsed
 
 

@@ -435,3 +435,21 @@ def test_null_to_none_reads_null_text_unless_it_names_a_path(tmp_path):
     (tmp_path / "none").mkdir()
     assert null_to_none("none", path_base=tmp_path) == "none"  # a folder really called "none" stays a path
     assert null_to_none("null", path_base=tmp_path) is None
+
+
+def test_positive_int_allow_zero_and_fraction_name_the_setting():
+    """``--seed abc`` failed inside MONAI's set_determinism ("invalid literal for int()") and ``--seed 1.5`` was
+    truncated; ``--log_interval x`` failed with "'<' not supported"; ``--cache_rate 2`` was accepted silently and
+    ``--cache_rate all`` failed with "invalid literal for int() with base 10: 'allallallall'"."""
+    from monai_gmr.utils import fraction, positive_int
+
+    assert positive_int(0, "seed", allow_zero=True) == 0 and positive_int("7", "seed", allow_zero=True) == 7
+    for bad in ("abc", 1.5, -1, True, None):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            positive_int(bad, "seed", allow_zero=True)
+    with pytest.raises(ValueError, match="log_interval must be a positive integer"):
+        positive_int(0, "log_interval")
+    assert fraction(1, "cache_rate", include_one=True) == 1.0 and fraction("0.25", "val_frac") == 0.25
+    for bad, one in ((2, True), (-0.5, True), ("all", True), (1.0, False), (float("nan"), True), (None, False)):
+        with pytest.raises(ValueError, match=r"x must be a number in \[0, 1"):
+            fraction(bad, "x", include_one=one)

@@ -33,7 +33,7 @@ import math
 import numbers
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,32 @@ def render_nuclei_tile(
     return rgb, instances, info
 
 
+#: the settings of :func:`make_synthetic_nuclei` itself (its other keyword arguments go to :func:`render_nuclei_tile`)
+_OWN_SETTINGS = ("n_images", "size", "seed", "val_frac", "test_frac", "split_seed", "prefix")
+
+
+def _check_synthetic_names(kwargs: Mapping[str, Any], own: Sequence[str] = ()) -> None:
+    """Refuse keyword names that neither :func:`make_synthetic_nuclei` (``own``: those of them among ``kwargs``
+    to check too) nor :func:`render_nuclei_tile` take: a bundle's ``--synthetic "{'n_image': 8}"`` or
+    ``--synthetic#n_imagez 8``.
+
+    Raises:
+        ValueError: an unknown name; the message lists the known ones and the closest matches.
+    """
+    import difflib
+    import inspect
+
+    known = [k for k in inspect.signature(render_nuclei_tile).parameters if k not in ("size", "rng")]
+    unknown = sorted(str(k) for k in kwargs if k not in known and k not in own)
+    if unknown:  # a TypeError from render_nuclei_tile named no setting; with existing data it was silently ignored
+        every = [*_OWN_SETTINGS, *known]
+        close = [c for k in unknown for c in difflib.get_close_matches(k, every, n=1)]
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(
+            f"unknown synthetic nuclei setting(s) {', '.join(unknown)}; known: {', '.join(every)}.{hint}"
+        )
+
+
 def make_synthetic_nuclei(
     out_dir: str | os.PathLike,
     n_images: int = 8,
@@ -309,15 +335,7 @@ def make_synthetic_nuclei(
     n_images = positive_int(n_images, "n_images")
     seed = _seed_arg(seed, "seed")
     split_seed = _seed_arg(split_seed, "split_seed", allow_none=True)
-    import inspect
-
-    known = [k for k in inspect.signature(render_nuclei_tile).parameters if k not in ("size", "rng")]
-    unknown = sorted(k for k in render_kwargs if k not in known)
-    if unknown:  # e.g. a bundle's --synthetic "{'n_image': 8}": a TypeError from render_nuclei_tile named no setting
-        raise ValueError(
-            f"unknown synthetic nuclei setting(s) {', '.join(unknown)}; known: n_images, size, seed, val_frac, "
-            f"test_frac, split_seed, prefix, {', '.join(known)}."
-        )
+    _check_synthetic_names(render_kwargs)
     hw = size_hw(size)
     split_counts(n_images, val_frac, test_frac)  # bad fractions: refused now, not after every tile is written
     out = Path(out_dir)
@@ -397,7 +415,11 @@ def ensure_nuclei_dataset(
     Raises:
         FileNotFoundError: ``dataset_dir`` is missing/empty and ``generate`` is False, or it holds data files
             but no datalist (the message says how to prepare one).
+        ValueError: a keyword name that :func:`make_synthetic_nuclei` does not take (checked also when the data
+            exist, so that a misspelt ``synthetic`` setting is not ignored).
     """
+    # before the existing data are returned: a misspelt name (--synthetic#n_imagez 8) was then silently ignored
+    _check_synthetic_names(kwargs, own=_OWN_SETTINGS)
     root = Path(dataset_dir)
     datalist = root / datalist_name
     if datalist.is_file():

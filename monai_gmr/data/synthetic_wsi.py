@@ -484,15 +484,7 @@ def make_synthetic_wsi(
         raise ValueError(f"patch_level must be a non-negative int, got patch_level={patch_level!r}.")
     patch_level = int(patch_level)
     split_counts(n_slides if n_slides >= 3 else patches_per_slide, val_frac, test_frac)  # fractions, before writing
-    import inspect
-
-    own = [k for k in inspect.signature(make_synthetic_wsi).parameters if k not in ("out_dir", "render_kwargs")]
-    known = [k for k in inspect.signature(render_synthetic_slide).parameters if k not in ("size", "rng", "mask_downsample")]
-    unknown = sorted(k for k in render_kwargs if k not in known)
-    if unknown:  # e.g. a bundle's --synthetic "{'n_slide': 4}": a TypeError from render_synthetic_slide named no setting
-        raise ValueError(
-            f"unknown synthetic slide setting(s) {', '.join(unknown)}; known: {', '.join(own + known)}."
-        )
+    _check_synthetic_names(render_kwargs)
     if n_levels is None:
         n_levels = 1
         while min(hw) // (2**n_levels) >= 256:
@@ -744,6 +736,27 @@ def _check_location_convention(root: Path) -> None:
         )
 
 
+def _check_synthetic_names(kwargs: Mapping[str, Any], own: bool = False) -> None:
+    """Refuse keyword names that neither :func:`make_synthetic_wsi` (with ``own``: its own parameters are accepted
+    among ``kwargs``) nor :func:`render_synthetic_slide` take: a bundle's ``--synthetic "{'n_slide': 4}"`` or
+    ``--synthetic#n_slidez 4``.
+
+    Raises:
+        ValueError: an unknown name; the message lists the known ones and the closest matches.
+    """
+    import difflib
+    import inspect
+
+    mine = [k for k in inspect.signature(make_synthetic_wsi).parameters if k not in ("out_dir", "render_kwargs")]
+    known = [k for k in inspect.signature(render_synthetic_slide).parameters if k not in ("size", "rng", "mask_downsample")]
+    unknown = sorted(str(k) for k in kwargs if k not in known and not (own and k in mine))
+    if unknown:  # a TypeError from render_synthetic_slide named no setting; with existing data it was ignored
+        every = [*mine, *known]
+        close = [c for k in unknown for c in difflib.get_close_matches(k, every, n=1)]
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(f"unknown synthetic slide setting(s) {', '.join(unknown)}; known: {', '.join(every)}.{hint}")
+
+
 def ensure_wsi_dataset(
     dataset_dir: str | os.PathLike,
     generate: bool = True,
@@ -770,9 +783,15 @@ def ensure_wsi_dataset(
         seed: synthetic data seed.
         datalist_name: datalist file name.
         kwargs: forwarded to :func:`make_synthetic_wsi`.
+
+    Raises:
+        ValueError: a keyword name that :func:`make_synthetic_wsi` does not take (checked also when the data
+            exist, so that a misspelt ``synthetic`` setting is not ignored).
     """
     root = Path(dataset_dir)
     datalist = root / datalist_name
+    # before the existing data are returned: a misspelt name (--synthetic#n_slidez 4) was then silently ignored
+    _check_synthetic_names(kwargs, own=True)
     if datalist.is_file():
         _check_location_convention(root)
         logger.info("using the slide dataset in %s (%s)", root, datalist_name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,11 @@ __all__ = ["SymmetricSlidingWindowInferer", "symmetric_window_starts"]
 
 _PAD_MODES = ("constant", "reflect", "replicate")
 _BLEND_MODES = ("constant", "gaussian")
+
+
+def _is_fraction(value: Any) -> bool:
+    """A real number (not a bool, not text) in ``[0, 1)``."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= float(value) < 1.0
 
 
 def symmetric_window_starts(size: int, roi: int, overlap: float = 0.25) -> list[int]:
@@ -100,11 +106,13 @@ class SymmetricSlidingWindowInferer(Inferer):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        if sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1, got sw_batch_size={sw_batch_size}.")
-        overlaps = tuple(overlap) if isinstance(overlap, Sequence) else (overlap,)
-        if not overlaps or not all(0.0 <= float(o) < 1.0 for o in overlaps):
-            raise ValueError(f"overlap must be in [0, 1) (one float or one per spatial dim), got overlap={overlap}.")
+        # text or a fraction (a bundle's --sw_batch_size x, --overlap x) failed with "'<' not supported" / "could not
+        # convert string to float", naming nothing, and --sw_batch_size 2.5 was truncated
+        if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, numbers.Integral) or sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be an integer >= 1, got sw_batch_size={sw_batch_size!r}.")
+        overlaps = tuple(overlap) if isinstance(overlap, Sequence) and not isinstance(overlap, str) else (overlap,)
+        if not overlaps or not all(_is_fraction(o) for o in overlaps):
+            raise ValueError(f"overlap must be in [0, 1) (one float or one per spatial dim), got overlap={overlap!r}.")
         mode, padding_mode = str(getattr(mode, "value", mode)), str(getattr(padding_mode, "value", padding_mode))
         if mode not in _BLEND_MODES:
             raise ValueError(f"mode must be one of {_BLEND_MODES}, got mode={mode!r}.")

@@ -39,6 +39,8 @@ from monai.transforms import MapTransform
 from monai_gmr.utils import as_bool, atomic_path, atomic_write_json, make_temp_dir, missing_dirs, remove_empty_dirs
 
 __all__ = [
+    "check_robustness_settings",
+    "check_tta_settings",
     "compile_prepare_batch",
     "CompiledModule",
     "maybe_compile",
@@ -734,6 +736,74 @@ def maybe_compile(
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     logger.info("running %s through torch.compile(%s)", type(module).__name__, shown)
     return CompiledModule(module, **kwargs)
+
+
+def check_robustness_settings(
+    angles: Any,
+    flips: Any,
+    region: Any = "valid",
+    padding_mode: Any = "reflection",
+    metrics: Any = None,
+    task: str = "segmentation",
+) -> None:
+    """Refuse, by setting name, the rotation-robustness settings of a bundle's ``evaluate.json`` before anything runs.
+
+    The robustness evaluator reads them only when it starts, after the validation run over the whole evaluation
+    split: ``--robustness_region valdi``, ``--robustness_angles "[]"``, ``--robustness_flips "['x']"`` or
+    ``--robustness_metrics "['acc']"`` stopped the run only then, with messages that named ``region`` / ``angles`` /
+    ``axis`` / ``metrics`` but no bundle setting.
+
+    Args:
+        angles: ``robustness_angles`` (degrees; one number or a non-empty list).
+        flips: ``robustness_flips`` (``"h"``, ``"v"``; may be empty).
+        region: ``robustness_region`` (``"valid"`` or ``"disk"``).
+        padding_mode: ``robustness_padding`` (``"zeros"``, ``"border"`` or ``"reflection"``).
+        metrics: ``robustness_metrics`` (``None``: the task's default metrics, not checked).
+        task: ``"segmentation"`` or ``"classification"``, for the metrics allowed.
+
+    Raises:
+        ValueError: any of them is invalid; the message names the setting.
+    """
+    from monai_gmr.evaluation.robustness import CLS_METRICS, INSTANCE_METRICS, REGIONS, SEG_METRICS
+    from monai_gmr.functional.rotation import make_geometries
+
+    if region not in REGIONS:
+        raise ValueError(f"robustness_region must be one of {REGIONS}, got {region!r}.")
+    if metrics is not None:
+        allowed = SEG_METRICS + INSTANCE_METRICS if task == "segmentation" else CLS_METRICS
+        given = [metrics] if isinstance(metrics, str) else metrics
+        if not isinstance(given, (list, tuple)) or not given or any(m not in allowed for m in given):
+            raise ValueError(f"robustness_metrics must be a non-empty list of {allowed}, got {metrics!r}.")
+    try:
+        make_geometries(angles, flips, 2, None, product=False, padding_mode=padding_mode)
+    except ValueError as e:
+        raise ValueError(
+            f"robustness_angles={angles!r} / robustness_flips={flips!r} / robustness_padding={padding_mode!r}: {e}"
+        ) from e
+
+
+def check_tta_settings(angles: Any, flips: Any, padding_mode: Any = "zeros", task: str = "segmentation") -> None:
+    """Refuse, by setting name, the rotation test-time augmentation settings of a bundle before anything runs.
+
+    ``--tta_angles "[]"``, ``--tta_flips "['x']"`` or ``--tta_padding zero`` failed when the inferer was built, with
+    messages of :class:`monai_gmr.inferers.RotationTTAInferer` that named ``angles`` / ``axis`` / ``padding_mode``
+    but no bundle setting. They are checked whether ``tta`` is on or not, as the configs build the inferer either way.
+
+    Args:
+        angles: ``tta_angles`` (degrees; one number or a non-empty list).
+        flips: ``tta_flips`` (``"h"``, ``"v"``; may be empty).
+        padding_mode: ``tta_padding`` (``"zeros"``, ``"border"`` or ``"reflection"``).
+        task: ``"segmentation"`` or ``"classification"``.
+
+    Raises:
+        ValueError: any of them is invalid; the message names the settings.
+    """
+    from monai_gmr.inferers import RotationTTAInferer
+
+    try:
+        RotationTTAInferer(None, angles=angles, flips=flips, padding_mode=padding_mode, task=task)
+    except ValueError as e:
+        raise ValueError(f"tta_angles={angles!r} / tta_flips={flips!r} / tta_padding={padding_mode!r}: {e}") from e
 
 
 def summarize_evaluation(

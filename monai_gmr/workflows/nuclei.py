@@ -23,7 +23,7 @@ from monai.transforms import MapTransform
 
 from monai_gmr.utils import null_to_none, size_hw
 
-from .common import IMAGE_EXTENSIONS, check_datalist, list_images, run_on_rank0_first
+from .common import IMAGE_EXTENSIONS, check_datalist, check_robustness_settings, list_images, run_on_rank0_first
 
 __all__ = [
     "SPLITS",
@@ -382,33 +382,58 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
         sizes: setting name -> size (an int or ``(H, W)``; ``-1`` in ``roi_size``, the whole dimension, is skipped).
 
     Raises:
-        ValueError: a size not divisible by the network's ``multiple``, or one that is 0 or negative (other than
-            ``-1`` in ``roi_size``); the message names the setting.
+        ValueError: a size not divisible by the network's ``multiple``, one that is 0 or negative (other than
+            ``-1`` in ``roi_size``), not an integer (``32x``), or a list whose length is not the network's
+            ``spatial_dims`` (when it has that attribute); the message names the setting.
     """
-    for name, size in sizes.items():
-        values = [size] if isinstance(size, (int, float, str)) else list(size)
-        for v in values:
-            v = _as_int(v)
-            if v is not None and v <= 0 and not (v == -1 and name == "roi_size"):
-                whole = " (or -1 for the whole dimension)" if name == "roi_size" else ""
-                raise ValueError(f"{name}={size!r}: sizes must be positive integers{whole}, got {v}.")
     net = getattr(network, "module", network)
+    dims = getattr(net, "spatial_dims", None)
+    parsed = {name: _size_values(name, size, dims) for name, size in sizes.items()}
+    for name, values in parsed.items():
+        for v in values:
+            if v <= 0 and not (v == -1 and name == "roi_size"):
+                whole = " (or -1 for the whole dimension)" if name == "roi_size" else ""
+                raise ValueError(f"{name}={sizes[name]!r}: sizes must be positive integers{whole}, got {v}.")
     multiple = getattr(net, "multiple", None)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 2 or getattr(net, "pad_to_multiple", False):
         return
-    for name, size in sizes.items():
-        values = [size] if isinstance(size, (int, float, str)) else list(size)
-        bad = []
-        for v in values:
-            v = _as_int(v)  # not a number: left to the transform / inferer that reads it
-            if v is not None and v > 0 and v % multiple:
-                bad.append(int(v))
+    for name, values in parsed.items():
+        bad = [v for v in values if v > 0 and v % multiple]
         if bad:
             fix = ", ".join(f"{v} -> {max(multiple, round(v / multiple) * multiple)}" for v in dict.fromkeys(bad))
             raise ValueError(
-                f"{name}={size!r}: {type(net).__name__} needs every size divisible by {multiple} (2**levels), "
+                f"{name}={sizes[name]!r}: {type(net).__name__} needs every size divisible by {multiple} (2**levels), "
                 f"e.g. {fix}; or build it with pad_to_multiple=True (--network_def#pad_to_multiple true)."
             )
+
+
+def _size_values(name: str, size: Any, spatial_dims: Any) -> list[int]:
+    """The integers of a size setting (one value, or one per spatial dimension), refusing anything else by name.
+
+    ``--roi_size "[64, 64, 64]"`` (three values for a 2D network) passed training and stopped only at the first
+    validation, after ``val_interval`` epochs, in the sliding-window inferer; ``--crop_size 32x`` failed in a config
+    expression with ``can't multiply sequence by non-int``, naming no setting.
+    """
+    if isinstance(size, (str, numbers.Number)):
+        values = [size]
+    elif isinstance(size, Sequence):
+        values = list(size)
+        if isinstance(spatial_dims, int) and not isinstance(spatial_dims, bool) and len(values) != spatial_dims:
+            raise ValueError(
+                f"{name}={size!r}: give one size or {spatial_dims} (one per spatial dimension of the network), got "
+                f"{len(values)}."
+            )
+    else:
+        values = [size]
+    out = []
+    for v in values:
+        i = _as_int(v)
+        if i is None and isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer():
+            i = int(v)  # 64.0, as a YAML file or an expression may give it
+        if i is None:
+            raise ValueError(f"{name}={size!r}: sizes must be integers (one, or one per spatial dimension), got {v!r}.")
+        out.append(i)
+    return out
 
 
 def _as_int(value: Any) -> int | None:
@@ -435,35 +460,6 @@ def check_instance_settings(instance_method: Any, min_nucleus_size: Any) -> None
         raise ValueError(f"instance_method must be 'connected_components' or 'watershed', got {instance_method!r}.")
     if isinstance(min_nucleus_size, bool) or not isinstance(min_nucleus_size, numbers.Integral) or min_nucleus_size < 0:
         raise ValueError(f"min_nucleus_size must be an integer >= 0 (pixels), got {min_nucleus_size!r}.")
-
-
-def check_robustness_settings(angles: Any, flips: Any, region: Any, padding_mode: Any) -> None:
-    """Refuse, by setting name, the rotation-robustness settings of ``evaluate.json`` before anything runs.
-
-    The robustness evaluator reads them only when it starts, after the validation run over the whole evaluation
-    split: ``--robustness_region valdi``, ``--robustness_angles "[]"`` or ``--robustness_flips "['x']"`` stopped
-    the run only then, with messages that named ``region`` / ``angles`` / ``axis`` but no bundle setting.
-
-    Args:
-        angles: ``robustness_angles`` (degrees; one number or a non-empty list).
-        flips: ``robustness_flips`` (``"h"``, ``"v"``; may be empty).
-        region: ``robustness_region`` (``"valid"`` or ``"disk"``).
-        padding_mode: ``robustness_padding`` (``"zeros"``, ``"border"`` or ``"reflection"``).
-
-    Raises:
-        ValueError: any of them is invalid; the message names the setting.
-    """
-    from monai_gmr.evaluation.robustness import REGIONS
-    from monai_gmr.functional.rotation import make_geometries
-
-    if region not in REGIONS:
-        raise ValueError(f"robustness_region must be one of {REGIONS}, got {region!r}.")
-    try:
-        make_geometries(angles, flips, 2, None, product=False, padding_mode=padding_mode)
-    except ValueError as e:
-        raise ValueError(
-            f"robustness_angles={angles!r} / robustness_flips={flips!r} / robustness_padding={padding_mode!r}: {e}"
-        ) from e
 
 
 def has_boundary_class(num_classes: Any) -> bool:

@@ -37,7 +37,8 @@ import torch
 from monai.inferers import Inferer, SimpleInferer
 
 from monai_gmr.utils import NullSummaryWriter, summary_writer, tensorboard_available  # re-exported
-from monai_gmr.utils import atomic_path, atomic_write_json, null_to_none, output_dir_error, positive_int
+from monai_gmr.utils import atomic_path, atomic_write_json, fraction, null_to_none, output_dir_error, positive_int
+from monai_gmr.utils import positive_float, size_hw
 from monai_gmr.utils import restore_training_modes, training_modes
 
 from .common import is_main_process, run_on_rank0_first
@@ -87,19 +88,23 @@ GRIDS = ("top_left", "centered")
 # --------------------------------------------------------------------------------------------------------------------
 # training data
 # --------------------------------------------------------------------------------------------------------------------
-def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
+def _as_pair(size: int | Sequence[int], name: str = "a patch size") -> tuple[int, int]:
+    """``(h, w)`` of ``S`` or ``(h, w)``; text or a fraction (``--patch_size 32x``: "invalid literal for int()", no
+    setting named) is refused naming ``name`` (:func:`monai_gmr.utils.size_hw`)."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         return int(size), int(size)
-    vals = tuple(int(s) for s in size)
+    if isinstance(size, (str, bytes)) or not isinstance(size, (Sequence, np.ndarray)):
+        return size_hw(size, name)
+    vals = list(size)
     if len(vals) != 2:
-        raise ValueError(f"a patch size must be an int or (h, w), got {size!r}.")
-    return vals  # type: ignore[return-value]
+        raise ValueError(f"{name} must be an int or (h, w), got {size!r}.")
+    return size_hw(vals, name)
 
 
 def _patch_size_arg(size: Any, name: str = "patch_size") -> tuple[int, int]:
     """:func:`_as_pair` of a setting that must be positive (``patch_size=0`` in slide inference failed as "no patch
     of size [0, 0] has >= 25% tissue", a negative one in NumPy broadcasting)."""
-    pair = _as_pair(size)
+    pair = _as_pair(size, name)
     if min(pair) < 1:
         raise ValueError(f"{name} must be positive, got {name}={size!r}.")
     return pair
@@ -571,6 +576,14 @@ def patch_dataset(
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
     # the text "null" (--patch_mpp null, the documented default) means None
     patch_mpp, pcam_dir, image_dir, labels_csv = (null_to_none(v) for v in (patch_mpp, pcam_dir, image_dir, labels_csv))
+    # checked for every source, before any data are read or generated: --val_frac 1.5 was accepted silently where the
+    # split comes from the datalist, --val_frac x / --patch_mpp x / --patch_size 32x failed naming no setting
+    val_frac, test_frac = fraction(val_frac, "val_frac"), fraction(test_frac, "test_frac")
+    if val_frac + test_frac >= 1.0:
+        raise ValueError(f"val_frac + test_frac must be < 1, got val_frac={val_frac} + test_frac={test_frac}.")
+    if patch_mpp is not None:
+        patch_mpp = positive_float(patch_mpp, "patch_mpp")
+    _patch_size_arg(patch_size, "patch_size")
     if source == "pcam":
         if not pcam_dir:
             raise ValueError("data_source='pcam' needs pcam_dir (a folder with PCam *_x.h5 / *_y.h5 files).")
@@ -759,9 +772,8 @@ def context_size(patch_size: int) -> int:
     """Smallest size ``S >= patch_size * sqrt(2)`` with ``S - patch_size`` even: a patch of size ``S`` rotated by any
     angle still holds real pixels in its central ``patch_size`` square, and the centre crop commutes exactly with
     90-degree rotations and flips (symmetric margins)."""
-    p = int(patch_size)
-    if p < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}.")
+    # a list (--patch_size "[96, 96]") failed with "int() argument must be ... not 'list'", naming no setting
+    p = positive_int(patch_size, "patch_size")
     return p + 2 * int(math.ceil(p * (math.sqrt(2.0) - 1.0) / 2.0))
 
 
@@ -1170,16 +1182,46 @@ def sliding_grid_offset(
     return (off[0], off[1])
 
 
-def _check_layout(mode: str, overlap: float, grid: str, map_max_size: Any = None) -> None:
-    """The patch-layout settings of :func:`infer_slide` (checked before a slide is read)."""
+def _check_layout(
+    mode: str,
+    overlap: float,
+    grid: str,
+    map_max_size: Any = None,
+    *,
+    min_tissue: Any = None,
+    threshold: Any = None,
+    tumour_class: Any = None,
+    batch_size: Any = None,
+) -> None:
+    """The patch-layout and scoring settings of :func:`infer_slide`, checked before a slide is read (``None``: not
+    given, not checked).
+
+    ``--min_tissue 1.5`` failed on every slide ("no patch ... has >= 150% tissue") and ``--min_tissue x``,
+    ``--overlap x`` with "could not convert string to float"; ``--threshold 2`` was accepted silently (a Dice of a
+    map that is never positive) and ``--threshold x`` failed after the network had run on the whole slide;
+    ``--tumour_class x`` failed in each slide with "invalid literal for int()". Each is now refused by name.
+
+    Raises:
+        ValueError: a setting out of its range or of the wrong type; the message names it.
+    """
     # map_max_size=-1 gave a negative map downsample and a map with one scored cell, without an error
     positive_int(map_max_size, "map_max_size", allow_none=True)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}.")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got overlap={overlap}.")
+    try:
+        fraction(overlap, "overlap")
+    except ValueError:
+        raise ValueError(f"overlap must be in [0, 1), got overlap={overlap!r}.") from None
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got grid={grid!r}.")
+    if min_tissue is not None:
+        fraction(min_tissue, "min_tissue", include_one=True)
+    if threshold is not None:
+        fraction(threshold, "threshold", include_one=True)
+    if tumour_class is not None:
+        positive_int(tumour_class, "tumour_class", allow_zero=True)
+    if batch_size is not None:
+        positive_int(batch_size, "batch_size")
 
 
 def infer_slide(
@@ -1277,7 +1319,8 @@ def infer_slide(
     patch_mpp, mask_level = null_to_none(patch_mpp), null_to_none(mask_level)  # --mask_level null: the default
     if label_mask is None:
         label_mask = item.get("label_mask", item.get("tumor_mask"))
-    _check_layout(mode, overlap, grid, map_max_size)
+    _check_layout(mode, overlap, grid, map_max_size, min_tissue=min_tissue, threshold=threshold,
+                  tumour_class=tumour_class, batch_size=batch_size)  # fmt: skip
     positive_int(heatmap_max_size, "heatmap_max_size", allow_none=True)  # before the slide, not at its last write
     if label_mask is not None and not isinstance(label_mask, np.ndarray):
         label_mask = load_mask(label_mask)  # before the inference: a wrong path fails at once, not after the slide
@@ -1646,7 +1689,9 @@ class SlideInference:
             raise ValueError("SlideInference needs slides or dataset_dir.")
         # settings every slide would fail on: refused here, before anything is read or written
         _check_layout(kwargs.get("mode", "sliding"), kwargs.get("overlap", 0.0), kwargs.get("grid", "top_left"),
-                      kwargs.get("map_max_size"))
+                      kwargs.get("map_max_size"), min_tissue=kwargs.get("min_tissue"),
+                      threshold=kwargs.get("threshold"), tumour_class=kwargs.get("tumour_class"),
+                      batch_size=kwargs.get("batch_size"))  # fmt: skip
         self.network = network
         self.output_dir = output_dir
         self.slides = slides

@@ -26,6 +26,7 @@ __all__ = [
     "check_best_saver_keeps_the_latest_tie",
     "check_switches_read_as_bool",
     "check_monai_properties",
+    "check_settings_refused_by_name",
 ]
 
 
@@ -282,3 +283,18 @@ def check_validation_shorter_than_processes(files, *, metadata: str) -> None:
         msgs.append(str(e))
         e = e.__cause__
     assert "the validation split has 1 item(s) but 2 processes take part" in " ".join(msgs), msgs
+
+
+def check_settings_refused_by_name(configs, *, metadata: str, cases) -> None:
+    """Each ``(setting, bad value, config id)`` of ``cases``: evaluating that config id (an expression that reads the
+    setting) with the bad value raises an error whose chain says ``"<setting> must be"``. Only that expression is
+    evaluated: nothing is built, read or generated."""
+    for setting, bad, id in cases:
+        p = config_parser(configs, metadata=metadata, **{setting: bad})
+        with pytest.raises(Exception) as info:
+            p.get_parsed_content(id)
+        msgs, e = [], info.value
+        while e is not None:
+            msgs.append(str(e))
+            e = e.__cause__ or e.__context__
+        assert any(f"{setting} must be" in m for m in msgs), (setting, bad, id, msgs)

@@ -25,6 +25,7 @@ from tests.bundles.helpers import (
     check_monai_properties,
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
+    check_settings_refused_by_name,
     check_validation_shorter_than_processes,
     config_parser,
     kill_after_epoch_config,
@@ -599,6 +600,16 @@ def test_bad_settings_write_nothing(tmp_path, nuclei_data, bad):
     assert f"{next(iter(bad))} must be" in msg, msg  # the error names the setting
 
 
+def test_crop_size_text_is_refused_by_name_in_the_train_config(tmp_path):
+    """--crop_size 32x failed in the rotation crop size's expression with "can't multiply sequence by non-int of
+    type 'float'", naming no setting (the trainer is built before the window sizes are checked)."""
+    p = config_parser([TRAIN], output_dir=str(tmp_path / "o"), crop_size="32x", metadata=METADATA)
+    with pytest.raises(Exception) as info:
+        p.get_parsed_content("train#rotation_crop_size")
+    assert "crop_size must be a positive integer" in str(info.value.__cause__ or info.value), info.value
+    assert config_parser([TRAIN], crop_size=32, metadata=METADATA).get_parsed_content("train#rotation_crop_size") == 48
+
+
 @pytest.mark.parametrize("bad", [{"crop_size": 30}, {"roi_size": [60, 60]}, {"roi_size": 100}],
                          ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
 def test_sizes_the_network_cannot_take_are_refused_by_name_before_training(tmp_path, nuclei_data, bad):
@@ -717,3 +728,62 @@ def test_evaluate_and_inference_without_checkpoint(tmp_path):
 
 def test_multi_gpu_validation_split_shorter_than_processes_is_named():
     check_validation_shorter_than_processes([TRAIN, MULTI_GPU], metadata=METADATA)
+
+
+def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by_name():
+    """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
+    --log_interval x, --num_workers two failed with "'<' not supported between 'str' and 'int'"; --cache_rate 2 or
+    -0.5 was accepted silently and --cache_rate all failed with "invalid literal for int() ... 'allallallall'"."""
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
+        ("seed", "abc", "initialize#1"), ("seed", 1.5, "initialize#1"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("log_interval", -1, "train#handlers#3#interval"), ("cache_rate", 2, "train#dataset#cache_rate"),
+        ("cache_rate", "all", "validate#dataset#cache_rate"), ("num_workers", "two", "train#dataloader#num_workers"),
+        ("num_workers", -1, "validate#dataloader#num_workers"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[
+        ("seed", "abc", "initialize#1"), ("num_workers", "two", "dataloader#num_workers"),
+    ])  # fmt: skip
+    p = config_parser([TRAIN], log_interval=0, cache_rate=0.5, num_workers=0, metadata=METADATA)
+    assert p.get_parsed_content("train#handlers#3#interval") == 0  # 0: no iteration lines, as documented
+    assert p.get_parsed_content("train#dataset#cache_rate") == 0.5 and p.get_parsed_content("train#dataloader#num_workers") == 0
+
+
+def test_config_settings_robustness_metrics_are_checked_by_name_before_the_data():
+    """--robustness_metrics "['dcie']" stopped evaluation only after the validation run over the whole split."""
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
+        ("robustness_metrics", ["dcie"], "initialize#4"),
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [{"tta_angles": []}, {"amp": "maybe"}, {"sw_batch_size": "x"}],
+                         ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
+def test_bad_inference_setting_keeps_the_earlier_outputs(tmp_path, nuclei_data, bad):
+    """A setting read only when the evaluator was built (--tta_angles "[]", --amp maybe, --sw_batch_size x) stopped
+    inference after initialize had removed the earlier run's masks of the same images: the user lost them for a
+    typo. The evaluator is now built before they are removed."""
+    from monai_gmr.workflows.nuclei import inference_datalist
+
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    net = config_parser([INFERENCE], network_def=eval(TINY_NET), metadata=METADATA).get_parsed_content("network_def")
+    (out / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), out / "models" / "model.pt")
+    names = [Path(d["image"]).stem for d in inference_datalist(None, nuclei_data, "test", generate=False, check=False)]
+    pred.mkdir()
+    earlier = [pred / f"{n}{s}" for n in names for s in ("_seg.png", "_instance.png", "_prob.tif")]
+    for p in earlier:
+        p.write_bytes(b"earlier run")
+    msg = workflow_error(INFERENCE, dataset_dir=str(nuclei_data), output_dir=str(out), pred_dir=str(pred),
+                         network_def=eval(TINY_NET), generate_synthetic=False, roi_size=[64, 64], **bad)  # fmt: skip
+    assert any(s in msg for s in ("angles", "amp must be", "sw_batch_size must be")), msg
+    assert all(p.read_bytes() == b"earlier run" for p in earlier)
+
+
+def test_config_tta_settings_are_checked_by_name_in_initialize(tmp_path):
+    """--tta_angles "[]" failed when the inferer was built, naming only RotationTTAInferer's ``angles``."""
+    for configs, id in (([INFERENCE], "initialize#4"), ([TRAIN, EVALUATE], "initialize#5")):
+        p = config_parser(configs, tta_angles=[], dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                          metadata=METADATA)  # fmt: skip
+        with pytest.raises(Exception, match="tta_angles"):
+            p.get_parsed_content(id)

@@ -28,6 +28,7 @@ from tests.bundles.helpers import (
     check_monai_properties,
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
+    check_settings_refused_by_name,
     check_validation_shorter_than_processes,
     config_parser,
     no_outputs,
@@ -713,3 +714,52 @@ def test_multi_gpu_inference_gloo_two_processes(tmp_path, slides):
 
 def test_multi_gpu_validation_split_shorter_than_processes_is_named():
     check_validation_shorter_than_processes([TRAIN, MULTI_GPU], metadata=METADATA)
+
+
+def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
+    """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
+    --log_interval x and --num_workers two failed with "'<' not supported between 'str' and 'int'"."""
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
+        ("seed", "abc", "initialize#1"), ("seed", 1.5, "initialize#1"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("num_workers", "two", "train#dataloader#num_workers"), ("num_workers", -1, "validate#dataloader#num_workers"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#1")])
+    check_settings_refused_by_name([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#4")])
+
+
+def test_config_settings_robustness_are_checked_by_name_before_the_data():
+    """WSI evaluation read --robustness_angles / --robustness_flips / --robustness_metrics only when the robustness
+    evaluator started, after the validation run over the whole split; initialize now checks them, before the data."""
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
+        ("robustness_metrics", ["acc"], "initialize#2"),
+    ])  # fmt: skip
+    p = config_parser([TRAIN, EVALUATE], robustness_flips=["x"], metadata=METADATA)
+    with pytest.raises(Exception, match="robustness_flips"):
+        p.get_parsed_content("initialize#2")
+    data = next(i for i, x in enumerate(p["initialize"]) if "len(@validate::dataset)" in x)
+    assert "check_robustness_settings" in p["initialize"][2] and data > 2  # the check comes before the data are read
+
+
+def test_config_setting_patch_size_list_is_refused_by_name():
+    """--patch_size "[96, 96]" passed every check and failed in the first training step ("applying transform
+    CenterSpatialCropd", the crop size being [[96, 96], [96, 96]]), or in context_size with "int() argument must be
+    ... not 'list'": the bundle's patch_size is one int (square patches)."""
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
+        ("patch_size", [96, 96], "train#crop_transforms#0#roi_size"),
+        ("patch_size", [96, 96], "train#rotation_transforms#1#roi_size"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("patch_size", [96, 96], "context_size")])
+    p = config_parser([TRAIN], patch_size=48, metadata=METADATA)
+    assert p.get_parsed_content("train#crop_transforms#0#roi_size") == [48, 48]
+
+
+def test_config_tta_settings_are_checked_by_name_in_initialize(tmp_path):
+    """--tta_flips "['x']" failed when the inferer was built, naming only RotationTTAInferer's flip ``axis``."""
+    for configs, id in (([INFERENCE], "initialize#2"), ([INFERENCE, MULTI_GPU_INFERENCE], "initialize#5"),
+                        ([TRAIN, EVALUATE], "initialize#3")):  # fmt: skip
+        p = config_parser(configs, tta_flips=["x"], dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                          metadata=METADATA)  # fmt: skip
+        with pytest.raises(Exception, match="tta_flips"):
+            p.get_parsed_content(id)

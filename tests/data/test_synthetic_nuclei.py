@@ -352,3 +352,14 @@ def test_a_crash_half_way_leaves_no_datalist(tmp_path, monkeypatch):
         make_synthetic_nuclei(tmp_path / "o", n_images=3, size=32, seed=0)
     assert not (tmp_path / "o" / "datalist.json").exists()
     assert sorted(p.name for p in (tmp_path / "o").rglob("*.png")) == ["nuclei_000.png"] * 3  # tile 0 only
+
+
+def test_unknown_synthetic_setting_is_refused_also_when_the_data_exist(tmp_path):
+    """``--synthetic#n_imagez 8`` (a misspelt key) with a dataset_dir that holds data was silently ignored: the
+    existing datalist was returned before the names were looked at. It is now refused naming the closest key."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "datalist.json").write_text('{"training": []}')
+    with pytest.raises(ValueError, match="n_imagez.*did you mean 'n_images'"):
+        ensure_nuclei_dataset(root, n_imagez=8, size=32)
+    assert ensure_nuclei_dataset(root, n_images=8, size=32, val_frac=0.1) == root / "datalist.json"

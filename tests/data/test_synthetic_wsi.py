@@ -489,3 +489,15 @@ def test_patch_csv_split_patch_by_patch_warns_about_slides_on_both_sides(tmp_pat
     with caplog.at_level("WARNING", logger="monai_gmr.data.synthetic_wsi"):
         patch_csv_to_datalist(tmp_path / "q.csv", tmp_path / "q.json", patch_size=16)
     assert not [r for r in caplog.records if "patch by patch" in r.getMessage()]
+
+
+def test_unknown_synthetic_slide_setting_is_refused_also_when_the_data_exist(tmp_path):
+    """``--synthetic#n_slidez 4`` (a misspelt key) with a dataset_dir that holds a datalist was silently ignored
+    (the datalist was returned before the names were looked at); it is now refused naming the closest key."""
+    from monai_gmr.data import ensure_wsi_dataset
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "datalist.json").write_text('{"training": []}')
+    with pytest.raises(ValueError, match="n_slidez.*did you mean 'n_slides'"):
+        ensure_wsi_dataset(root, n_slidez=4, size=512)

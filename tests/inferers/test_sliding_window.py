@@ -3,6 +3,7 @@ on whole tiles of any size; MONAI's top-left-anchored grid does not."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from monai.data.utils import dense_patch_slices
@@ -259,3 +260,16 @@ def test_gradients_flow_after_a_first_call_under_inference_mode(mode):
     out.sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     assert torch.allclose(out.detach(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"sw_batch_size": "x"}, "sw_batch_size must be an integer >= 1"),
+                                          ({"sw_batch_size": 2.5}, "sw_batch_size must be an integer >= 1"),
+                                          ({"overlap": "x"}, "overlap must be in"),
+                                          ({"overlap": [0.25, "x"]}, "overlap must be in")],
+                         ids=["sw_batch_size-text", "sw_batch_size-fraction", "overlap-text", "overlap-entry-text"])  # fmt: skip
+def test_text_or_fractional_settings_are_refused_by_name(kwargs, match):
+    """A bundle's --sw_batch_size x failed with "'<' not supported between 'str' and 'int'", --sw_batch_size 2.5 was
+    truncated to 2, and --overlap x failed with "could not convert string to float", naming no setting."""
+    with pytest.raises(ValueError, match=match):
+        SymmetricSlidingWindowInferer(roi_size=8, **kwargs)
+    SymmetricSlidingWindowInferer(roi_size=8, sw_batch_size=np.int64(2), overlap=np.float32(0.5))

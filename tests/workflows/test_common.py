@@ -998,3 +998,32 @@ def test_find_bundle_root_reads_fires_hyphen_form_and_says_how_to_set_it(tmp_pat
     with caplog.at_level("WARNING", logger="monai_gmr.workflows.common"):
         assert find_bundle_root("journey_no_such_bundle") == str(tmp_path)
     assert "'journey_no_such_bundle'" in caplog.text and "set bundle_root" in caplog.text
+
+
+def test_check_robustness_settings_names_the_metrics_and_classification_settings():
+    """--robustness_metrics "['dcie']" (nuclei) or "['acc']" (WSI) stopped evaluation only after the validation run
+    over the whole split, naming ``metrics``; the WSI evaluation did not check its robustness angles / flips before
+    that run at all."""
+    from monai_gmr.workflows import check_robustness_settings
+
+    with pytest.raises(ValueError, match="robustness_metrics must be a non-empty list of"):
+        check_robustness_settings([0, 90], ["h"], metrics=["dcie"])
+    with pytest.raises(ValueError, match="robustness_metrics must be a non-empty list of"):
+        check_robustness_settings([0, 90], ["h"], metrics=["dice"], task="classification")
+    with pytest.raises(ValueError, match="robustness_angles=\\[\\]"):
+        check_robustness_settings([], ["h"], task="classification")
+    check_robustness_settings([0, 90], [], metrics=["accuracy", "auc"], task="classification")
+    check_robustness_settings(list(range(0, 360, 10)), ["h", "v"], "disk", "zeros", metrics=["dice", "aji"])
+
+
+def test_check_tta_settings_names_the_tta_settings():
+    """--tta_angles "[]", --tta_flips "['x']" or --tta_padding zero failed when the TTA inferer was built, naming
+    RotationTTAInferer's angles / axis / padding_mode but no bundle setting."""
+    from monai_gmr.workflows import check_tta_settings
+
+    for bad in ({"angles": []}, {"flips": ["x"]}, {"padding_mode": "zero"}):
+        kw = {"angles": [0, 90], "flips": ["h"], "padding_mode": "reflection", **bad}
+        with pytest.raises(ValueError, match="tta_angles=.* / tta_flips=.* / tta_padding="):
+            check_tta_settings(**kw)
+    check_tta_settings([0, 90, 180, 270], ["h"], "reflection")
+    check_tta_settings(45, [], task="classification")

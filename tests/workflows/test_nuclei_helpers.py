@@ -438,3 +438,21 @@ def test_empty_split_of_a_tiny_synthetic_dataset_says_to_generate_more_images(tm
     with pytest.raises(ValueError, match="no items in split 'validation'") as err:
         nuclei_datalist(data, "validation", generate=False, check=False)
     assert "n_images" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad,match", [({"roi_size": [64, 64, 64]}, "roi_size=.*give one size or 2"),
+                                       ({"crop_size": "32x"}, "crop_size=.*must be integers"),
+                                       ({"roi_size": [64, "6x"]}, "roi_size=.*must be integers")],
+                         ids=["roi_size-3-values", "crop_size-text", "roi_size-text"])  # fmt: skip
+def test_window_sizes_of_the_wrong_length_or_not_integers_are_refused_by_name(bad, match):
+    """--roi_size "[64, 64, 64]" for the 2D network passed every check and stopped only at the first validation,
+    after val_interval epochs of training (leaving an event file), in the sliding-window inferer; text that is no
+    number was left to the transforms, which failed naming no setting."""
+    from monai_gmr.nets import GMRUNet
+    from monai_gmr.workflows.nuclei import check_window_sizes
+
+    net = GMRUNet(2, 3, 2, features=(4, 4, 4, 4))
+    with pytest.raises(ValueError, match=match):
+        check_window_sizes(net, **bad)
+    check_window_sizes(net, crop_size="32", roi_size=[64.0, 64])  # text holding an int, an integral float
+    check_window_sizes(torch.nn.Conv2d(3, 2, 3), roi_size=[64, 64, 64])  # no spatial_dims attribute: no length check

@@ -1299,3 +1299,42 @@ def test_labels_csv_images_are_read_under_image_dir(tmp_path, monkeypatch, relat
     ds = patch_dataset("image_folder", "training", image_dir=str(tmp_path / "hcd"), labels_csv="train_labels.csv",
                        num_classes=2, val_frac=0.2, test_frac=0.2)  # fmt: skip
     assert all(Path(d["image"]).resolve().parent == images.resolve() for d in ds.items)
+
+
+@pytest.mark.parametrize("bad,match", [({"val_frac": 1.5}, r"val_frac must be a number in \[0, 1\)"),
+                                       ({"test_frac": "x"}, r"test_frac must be a number in \[0, 1\)"),
+                                       ({"val_frac": 0.5, "test_frac": 0.5}, "val_frac \\+ test_frac must be < 1"),
+                                       ({"patch_mpp": "x"}, "patch_mpp must be a positive number"),
+                                       ({"patch_size": "32x"}, "patch_size must be an int or \\(H, W\\)")],
+                         ids=["val_frac-1.5", "test_frac-text", "fractions-sum", "patch_mpp-text", "patch_size-text"])  # fmt: skip
+def test_patch_dataset_refuses_bad_split_and_patch_settings_by_name_before_reading_data(tmp_path, bad, match):
+    """--val_frac 1.5 was accepted silently where the split comes from the datalist (the default synthetic slides),
+    and --val_frac x, --patch_mpp x or --patch_size 32x failed with "could not convert string to float" / "invalid
+    literal for int()", naming no setting. They are now refused first (here dataset_dir does not even exist)."""
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    with pytest.raises(ValueError, match=match):
+        patch_dataset("wsi", "training", dataset_dir=tmp_path / "missing", generate=False, **bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad,match", [({"min_tissue": 1.5}, r"min_tissue must be a number in \[0, 1\]"),
+                                       ({"min_tissue": "x"}, r"min_tissue must be a number in \[0, 1\]"),
+                                       ({"threshold": 2}, r"threshold must be a number in \[0, 1\]"),
+                                       ({"threshold": "x"}, r"threshold must be a number in \[0, 1\]"),
+                                       ({"tumour_class": "x"}, "tumour_class must be a non-negative integer"),
+                                       ({"overlap": "x"}, r"overlap must be in \[0, 1\)"),
+                                       ({"batch_size": 0}, "batch_size must be a positive integer")],
+                         ids=["min_tissue-1.5", "min_tissue-text", "threshold-2", "threshold-text", "tumour_class-text",
+                              "overlap-text", "batch_size-0"])  # fmt: skip
+def test_slide_inference_refuses_bad_scoring_settings_by_name_before_any_slide(tmp_path, bad, match):
+    """--min_tissue 1.5 failed on every slide ("no patch ... has >= 150% tissue"), --threshold 2 was accepted
+    silently (a Dice of a map that is never positive), --threshold x failed after the network had run on the whole
+    slide, and --min_tissue x / --tumour_class x / --overlap x failed inside each slide naming no setting."""
+    from monai_gmr.workflows.wsi import SlideInference, infer_slide
+
+    with pytest.raises(ValueError, match=match):
+        SlideInference(torch.nn.Identity(), tmp_path / "pred", dataset_dir=tmp_path / "missing", **bad)
+    with pytest.raises(ValueError, match=match):
+        infer_slide(str(tmp_path / "missing.tiff"), torch.nn.Identity(), **bad)
+    assert list(tmp_path.iterdir()) == []
