@@ -36,9 +36,21 @@ from monai.data import ITKWriter, MetaTensor, NibabelWriter, PILWriter
 from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
 from monai.transforms import MapTransform
 
-from monai_gmr.utils import as_bool, atomic_path, atomic_write_json, make_temp_dir, missing_dirs, remove_empty_dirs
+from monai_gmr.utils import (
+    as_bool,
+    atomic_path,
+    atomic_write_json,
+    fraction,
+    keyword_args,
+    make_temp_dir,
+    missing_dirs,
+    positive_float,
+    positive_int,
+    remove_empty_dirs,
+)
 
 __all__ = [
+    "check_training_settings",
     "check_robustness_settings",
     "check_tta_settings",
     "compile_prepare_batch",
@@ -736,6 +748,86 @@ def maybe_compile(
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     logger.info("running %s through torch.compile(%s)", type(module).__name__, shown)
     return CompiledModule(module, **kwargs)
+
+
+#: default of :func:`check_training_settings`'s bundle-specific settings: not given, not checked
+_NOT_GIVEN: Any = object()
+
+
+def check_training_settings(
+    *,
+    epochs: Any,
+    epoch_length: Any,
+    val_interval: Any,
+    ckpt_interval: Any,
+    log_interval: Any,
+    learning_rate: Any,
+    weight_decay: Any,
+    batch_size: Any,
+    amp: Any,
+    compile: Any = False,
+    compile_kwargs: Any = None,
+    resume: Any = False,
+    augment_rotation: Any = False,
+    num_workers: Any = 0,
+    val_batch_size: Any = _NOT_GIVEN,
+    crops_per_image: Any = _NOT_GIVEN,
+    cache_rate: Any = _NOT_GIVEN,
+) -> None:
+    """Refuse, by setting name, the training settings of a bundle's ``train.json`` before any data are generated or
+    read.
+
+    The configs read these settings when the optimizer, the data loaders, the handlers and the trainer are built,
+    which comes after the synthetic data were generated (the nuclei bundle builds its network after the data, which
+    keeps seeded results identical): ``--batch_size 0`` or ``--learning_rate abc`` was refused only after the
+    data generation (6 synthetic slides of 4096 x 4096 pixels by default in the WSI bundle). Each value is read by
+    the same reader the config uses when it builds the run (:func:`monai_gmr.utils.positive_int`,
+    :func:`monai_gmr.utils.positive_float`, :func:`monai_gmr.utils.fraction`, :func:`monai_gmr.utils.as_bool`,
+    :func:`monai_gmr.utils.keyword_args`), so this check accepts exactly what the run accepts (``epoch_length
+    null``, ``--learning_rate 1e-3`` given as text, ``--amp false``).
+
+    Args:
+        epochs: ``epochs`` (an integer >= 1).
+        epoch_length: ``epoch_length`` (an integer >= 1, or ``None`` / ``"null"``: the whole data loader).
+        val_interval: ``val_interval`` (an integer >= 1, in epochs).
+        ckpt_interval: ``ckpt_interval`` (an integer >= 1, in epochs).
+        log_interval: ``log_interval`` (an integer >= 0, in iterations; 0 turns the iteration lines off).
+        learning_rate: ``learning_rate`` (a finite number > 0).
+        weight_decay: ``weight_decay`` (a finite number >= 0).
+        batch_size: ``batch_size`` (an integer >= 1).
+        amp: ``amp`` (a switch).
+        compile: ``compile`` (a switch).
+        compile_kwargs: ``compile_kwargs`` (a mapping with string keys, or ``None``).
+        resume: ``resume`` (a switch).
+        augment_rotation: ``augment_rotation`` (a switch).
+        num_workers: ``num_workers`` (an integer >= 0).
+        val_batch_size: ``val_batch_size`` (an integer >= 1), where the bundle has it (WSI).
+        crops_per_image: ``crops_per_image`` (an integer >= 1), where the bundle has it (nuclei).
+        cache_rate: ``cache_rate`` (a number in ``[0, 1]``), where the bundle has it (nuclei).
+
+    Raises:
+        ValueError: any of them is invalid; the message names the setting.
+    """
+    positive_int(epochs, "epochs")
+    positive_int(epoch_length, "epoch_length", allow_none=True)
+    positive_int(val_interval, "val_interval")
+    positive_int(ckpt_interval, "ckpt_interval")
+    positive_int(log_interval, "log_interval", allow_zero=True)
+    positive_float(learning_rate, "learning_rate")
+    positive_float(weight_decay, "weight_decay", allow_zero=True)
+    positive_int(batch_size, "batch_size")
+    as_bool(amp, "amp")
+    as_bool(compile, "compile")
+    keyword_args(compile_kwargs, "compile_kwargs")
+    as_bool(resume, "resume")
+    as_bool(augment_rotation, "augment_rotation")
+    positive_int(num_workers, "num_workers", allow_zero=True)
+    if val_batch_size is not _NOT_GIVEN:
+        positive_int(val_batch_size, "val_batch_size")
+    if crops_per_image is not _NOT_GIVEN:
+        positive_int(crops_per_image, "crops_per_image")
+    if cache_rate is not _NOT_GIVEN:
+        fraction(cache_rate, "cache_rate", include_one=True)
 
 
 def check_robustness_settings(

@@ -27,6 +27,8 @@ __all__ = [
     "check_switches_read_as_bool",
     "check_monai_properties",
     "check_settings_refused_by_name",
+    "LATE_TRAIN_SETTINGS",
+    "check_training_settings_refused_before_the_data",
 ]
 
 
@@ -298,3 +300,34 @@ def check_settings_refused_by_name(configs, *, metadata: str, cases) -> None:
             msgs.append(str(e))
             e = e.__cause__ or e.__context__
         assert any(f"{setting} must be" in m for m in msgs), (setting, bad, id, msgs)
+
+
+#: a bad value of each training setting that train.json reads only when the optimizer, data loaders, handlers and
+#: trainer are built, after the synthetic data were generated (``--batch_size 0`` was refused by torch, naming
+#: ``batch_size`` but no setting, once the data existed)
+LATE_TRAIN_SETTINGS = (
+    ("batch_size", 0), ("batch_size", "4x"), ("learning_rate", "abc"), ("weight_decay", -1), ("amp", "maybe"),
+    ("epochs", 0), ("epoch_length", 0), ("val_interval", "5x"), ("ckpt_interval", 0), ("log_interval", -1),
+    ("compile", "maybe"), ("compile_kwargs", "x"), ("resume", "maybe"), ("augment_rotation", "maybe"),
+    ("num_workers", -1),
+)  # fmt: skip
+
+
+def check_training_settings_refused_before_the_data(train: str, multi_gpu: str, *, metadata: str, extra, data: Path,
+                                                     **override) -> None:
+    """Every bad value of :data:`LATE_TRAIN_SETTINGS` and ``extra`` (``(setting, value)``) is refused by name in the
+    item of ``initialize`` that follows ``check_cli_setting_names()`` (train.json and train.json +
+    multi_gpu_train.json), the values the run accepts pass there, and a whole in-process run with ``--batch_size 0``
+    stops before ``data`` (its ``dataset_dir``, synthetic data on) is created."""
+    msg = workflow_error(train, dataset_dir=str(data), batch_size=0, **override)
+    assert not data.exists(), (msg, sorted(str(p) for p in data.rglob("*")))  # nothing generated
+    assert "batch_size must be" in msg, msg
+    for configs in ([train], [train, multi_gpu]):
+        init = config_parser(configs, metadata=metadata)["initialize"]
+        first = next(i for i, x in enumerate(init) if "check_cli_setting_names" in x) + 1
+        assert "check_training_settings" in init[first], init
+        check_settings_refused_by_name(configs, metadata=metadata,
+                                       cases=[(k, v, f"initialize#{first}") for k, v in (*LATE_TRAIN_SETTINGS, *extra)])
+        ok = config_parser(configs, metadata=metadata, epoch_length="null", learning_rate="1e-3", weight_decay=0,
+                           amp="false", batch_size="2", log_interval=0, compile_kwargs=None)  # fmt: skip
+        ok.get_parsed_content(f"initialize#{first}")  # what the run accepts passes (text, null, 0 where allowed)

@@ -26,6 +26,7 @@ from tests.bundles.helpers import (
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
     check_settings_refused_by_name,
+    check_training_settings_refused_before_the_data,
     check_validation_shorter_than_processes,
     config_parser,
     kill_after_epoch_config,
@@ -735,13 +736,13 @@ def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by
     --log_interval x, --num_workers two failed with "'<' not supported between 'str' and 'int'"; --cache_rate 2 or
     -0.5 was accepted silently and --cache_rate all failed with "invalid literal for int() ... 'allallallall'"."""
     check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
-        ("seed", "abc", "initialize#1"), ("seed", 1.5, "initialize#1"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("seed", "abc", "initialize#2"), ("seed", 1.5, "initialize#2"), ("log_interval", "x", "train#handlers#3#interval"),
         ("log_interval", -1, "train#handlers#3#interval"), ("cache_rate", 2, "train#dataset#cache_rate"),
         ("cache_rate", "all", "validate#dataset#cache_rate"), ("num_workers", "two", "train#dataloader#num_workers"),
         ("num_workers", -1, "validate#dataloader#num_workers"),
     ])  # fmt: skip
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
-    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#6")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[
         ("seed", "abc", "initialize#1"), ("num_workers", "two", "dataloader#num_workers"),
     ])  # fmt: skip
@@ -749,6 +750,14 @@ def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by
     assert p.get_parsed_content("train#handlers#3#interval") == 0  # 0: no iteration lines, as documented
     assert p.get_parsed_content("train#dataset#cache_rate") == 0.5 and p.get_parsed_content("train#dataloader#num_workers") == 0
 
+
+
+def test_config_training_settings_are_refused_by_name_before_the_data(tmp_path):
+    """--batch_size 0, --learning_rate abc, --epochs 0, --amp maybe, ... were read only when the optimizer, data
+    loaders, handlers and trainer were built, after the synthetic data had been generated (1.4 s by
+    default): check_training_settings, right after the setting-name check, now refuses them by name first."""
+    check_training_settings_refused_before_the_data(TRAIN, MULTI_GPU, metadata=METADATA, extra=[("crops_per_image", 0), ("cache_rate", 2)],
+                                                     data=tmp_path / "data", output_dir=str(tmp_path / "out"), synthetic=SYNTH)
 
 def test_config_settings_robustness_metrics_are_checked_by_name_before_the_data():
     """--robustness_metrics "['dcie']" stopped evaluation only after the validation run over the whole split."""

@@ -29,6 +29,7 @@ from tests.bundles.helpers import (
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
     check_settings_refused_by_name,
+    check_training_settings_refused_before_the_data,
     check_validation_shorter_than_processes,
     config_parser,
     no_outputs,
@@ -720,14 +721,22 @@ def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
     """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
     --log_interval x and --num_workers two failed with "'<' not supported between 'str' and 'int'"."""
     check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
-        ("seed", "abc", "initialize#1"), ("seed", 1.5, "initialize#1"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("seed", "abc", "initialize#2"), ("seed", 1.5, "initialize#2"), ("log_interval", "x", "train#handlers#3#interval"),
         ("num_workers", "two", "train#dataloader#num_workers"), ("num_workers", -1, "validate#dataloader#num_workers"),
     ])  # fmt: skip
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
-    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#6")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#1")])
     check_settings_refused_by_name([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#4")])
 
+
+
+def test_config_training_settings_are_refused_by_name_before_the_data(tmp_path):
+    """--batch_size 0, --learning_rate abc, --epochs 0, --amp maybe, ... were read only when the optimizer, data
+    loaders, handlers and trainer were built, after the synthetic data had been generated (6 synthetic slides of 4096 x 4096 pixels by
+    default): check_training_settings, right after the setting-name check, now refuses them by name first."""
+    check_training_settings_refused_before_the_data(TRAIN, MULTI_GPU, metadata=METADATA, extra=[("val_batch_size", 0)],
+                                                     data=tmp_path / "data", output_dir=str(tmp_path / "out"), synthetic=SYNTH, patch_size=PATCH)
 
 def test_config_settings_robustness_are_checked_by_name_before_the_data():
     """WSI evaluation read --robustness_angles / --robustness_flips / --robustness_metrics only when the robustness
