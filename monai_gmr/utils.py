@@ -16,7 +16,7 @@ import numbers
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "positive_int",
     "positive_float",
     "fraction",
+    "one_of",
     "keyword_args",
     "null_to_none",
     "training_modes",
@@ -642,6 +643,27 @@ def positive_float(value: Any, name: str = "value", allow_zero: bool = False) ->
         raise ValueError(f"{name} must be {kind}, got {value!r}.")
     return parsed
 
+
+def one_of(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """A setting that takes one of a few values (``eval_split``, ``input_split``), refusing anything else by name.
+
+    ``--eval_split tset`` was refused by the datalist function with "split must be one of ...", which named its
+    argument but not the bundle setting.
+
+    Args:
+        value: the setting's value.
+        name: the setting's name, for the error message.
+        choices: the values allowed.
+
+    Returns:
+        ``value``, unchanged.
+
+    Raises:
+        ValueError: ``value`` is not one of ``choices``; the message names ``name``.
+    """
+    if isinstance(value, Hashable) and value in tuple(choices):
+        return value
+    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
 
 def keyword_args(value: Any, name: str = "value") -> dict[str, Any]:
     """A setting that holds keyword arguments (e.g. ``compile_kwargs``) as a ``dict`` with string keys.

@@ -471,11 +471,10 @@ def has_boundary_class(num_classes: Any) -> bool:
             ``0..2`` only, so ``num_classes=1`` would meet labels outside ``[0, num_classes)`` in the first training
             step, and ``num_classes >= 4`` would train output channels that no label ever marks.
     """
-    try:
-        k = int(num_classes)
-    except (TypeError, ValueError):
-        k = None
-    if k is None or k != num_classes or k not in (2, 3):
+    # an integer only: ``--num_classes 2.0`` passed (2.0 == 2) and failed in the network, whose message named its
+    # ``out_channels``; text (``"2"``) was refused here already, as the network takes no text either
+    k = int(num_classes) if isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool) else None
+    if k not in (2, 3):
         raise ValueError(
             f"num_classes must be 2 (background, nucleus) or 3 (background, nucleus, nucleus boundary), got "
             f"num_classes={num_classes!r}."

@@ -752,6 +752,16 @@ def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by
 
 
 
+def test_config_splits_and_num_classes_are_refused_by_setting_name():
+    """--eval_split tset / --input_split tset were refused by the datalist function with "split must be one of ...",
+    naming its argument, not the setting; --num_classes 2.0 passed has_boundary_class (2.0 == 2) and failed in the
+    network, whose message named its out_channels."""
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("eval_split", "tset", "eval_data")])
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("input_split", "tset", "datalist")])
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[("num_classes", 2.0, "boundary"),
+                                                                     ("num_classes", True, "boundary")])
+    assert config_parser([TRAIN], num_classes=3, metadata=METADATA).get_parsed_content("boundary") is True
+
 def test_config_training_settings_are_refused_by_name_before_the_data(tmp_path):
     """--batch_size 0, --learning_rate abc, --epochs 0, --amp maybe, ... were read only when the optimizer, data
     loaders, handlers and trainer were built, after the synthetic data had been generated (1.4 s by

@@ -731,6 +731,22 @@ def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
 
 
 
+def test_config_splits_and_batch_sizes_are_refused_by_setting_name():
+    """--eval_split tset / --input_split tset were refused by the dataset functions with "split must be one of ...",
+    naming their argument, not the setting; --val_batch_size 0 (and inference's --batch_size 0) was refused by torch
+    naming "batch_size"."""
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
+        ("eval_split", "tset", "validate#dataset#split"), ("eval_split", "tset", "robustness_data#dataset#split"),
+        ("eval_split", "tset", "slide_inference#split"), ("val_batch_size", 0, "validate#dataloader#batch_size"),
+        ("val_batch_size", 0, "robustness_data#dataloader#batch_size"), ("val_batch_size", 0, "slide_inference#batch_size"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[("val_batch_size", 0, "validate#dataloader#batch_size")])
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[
+        ("input_split", "tset", "slide_inference#split"), ("batch_size", 0, "slide_inference#batch_size"),
+    ])  # fmt: skip
+    assert config_parser([TRAIN, EVALUATE], eval_split="validation", metadata=METADATA).get_parsed_content(
+        "validate#dataset#split") == "validation"
+
 def test_config_training_settings_are_refused_by_name_before_the_data(tmp_path):
     """--batch_size 0, --learning_rate abc, --epochs 0, --amp maybe, ... were read only when the optimizer, data
     loaders, handlers and trainer were built, after the synthetic data had been generated (6 synthetic slides of 4096 x 4096 pixels by
