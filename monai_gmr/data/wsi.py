@@ -43,6 +43,8 @@ __all__ = [
     "WSIError",
     "SlideNotFoundError",
     "list_slides",
+    "WSI_BACKENDS",
+    "check_wsi_backend",
     "get_wsi_reader",
     "wsi_reader_for",
     "TiffFileSlideReader",
@@ -219,6 +221,28 @@ class OpenSlideSlideReader(OpenSlideWSIReader):
         return patch
 
 
+#: the slide-reader backends (any case): :class:`OpenSlideSlideReader`, :class:`TiffFileSlideReader`, MONAI's ``cucim``
+WSI_BACKENDS = ("openslide", "tifffile", "cucim")
+
+
+def check_wsi_backend(backend: Any, name: str = "backend") -> Any:
+    """``backend`` unchanged when it names one of :data:`WSI_BACKENDS` (any case) or is a reader (not text).
+
+    A typo (``opneslide``) failed in MONAI's ``WSIReader`` with "The supported backends are cucim, openslide, and
+    tifffile but 'opneslide' was given", naming no setting, and only when the first slide was opened (after the
+    synthetic slides had been generated).
+
+    Args:
+        backend: a backend name, ``None`` (the default, ``openslide``), or a ``WSIReader`` / reader class.
+        name: the setting's name, for the error message (``wsi_backend`` in the bundle).
+
+    Raises:
+        ValueError: ``backend`` is text that names no backend; the message names ``name``.
+    """
+    if isinstance(backend, str) and backend.strip().lower() not in WSI_BACKENDS:
+        raise ValueError(f"{name} must be one of {WSI_BACKENDS}, got {backend!r}.")
+    return backend.strip() if isinstance(backend, str) else backend
+
 def wsi_reader_for(backend: str = "openslide") -> Any:
     """What MONAI's WSI datasets take as ``reader`` for ``backend``: for ``openslide`` the
     :class:`OpenSlideSlideReader` class (writable patches), for ``tifffile`` the :class:`TiffFileSlideReader` class
@@ -236,7 +260,7 @@ def get_wsi_reader(backend: str = "openslide", **kwargs: Any):
     :class:`~monai.data.WSIReader` for other backends (``cucim``)."""
     from monai.data import WSIReader
 
-    reader = wsi_reader_for(backend)
+    reader = wsi_reader_for(check_wsi_backend(backend))
     if not isinstance(reader, str):
         return reader(**kwargs)
     return WSIReader(backend=backend, **kwargs)
@@ -298,15 +322,19 @@ def _tiff_dtype(path: Path) -> np.dtype | None:
         return None
 
 
-def resolve_level(reader: Any, wsi: Any, level: int | None = None, mpp: float | None = None, slide: Any = None) -> int:
+def resolve_level(
+    reader: Any, wsi: Any, level: int | None = None, mpp: float | None = None, slide: Any = None, name: str = "level"
+) -> int:
     """A valid level index: ``level`` (negative counts from the lowest resolution, ``-1`` = last) or the level
-    closest to ``mpp`` (microns per pixel, MONAI tolerances); ``None`` for both means 0.
+    closest to ``mpp`` (microns per pixel, MONAI tolerances); ``None`` for both means 0. ``name``: what the level is
+    called in the message of a level that does not exist (the setting, e.g. ``patch_level``: ``--patch_level 9``
+    said only "level 9 does not exist").
 
     Raises:
         WSIError: the level does not exist, the slide has no MPP, or no level matches ``mpp``.
     """
     n = reader.get_level_count(wsi)
-    name = str(slide) if slide is not None else _path_of(reader, wsi)
+    where = str(slide) if slide is not None else _path_of(reader, wsi)
     if level is not None and mpp is not None:
         raise ValueError(f"give level or mpp, not both (level={level}, mpp={mpp}).")
     if mpp is not None:
@@ -314,18 +342,18 @@ def resolve_level(reader: Any, wsi: Any, level: int | None = None, mpp: float | 
             reader.get_mpp(wsi, 0)
         except Exception as e:  # noqa: BLE001 - MONAI's message ("only supports length conversion but `none` is given")
             raise WSIError(  # does not say that the slide lacks the metadata
-                f"slide {name!r} has no microns-per-pixel (MPP) metadata (resolution tags or scanner properties), so "
+                f"slide {where!r} has no microns-per-pixel (MPP) metadata (resolution tags or scanner properties), so "
                 f"no level can be chosen by mpp={mpp}; give a level (e.g. patch_level) instead ({e}).",
-                name,
+                where,
             ) from e
         try:
             return int(reader.get_valid_level(wsi, None, mpp, None))
         except Exception as e:  # noqa: BLE001
-            raise WSIError(f"slide {name!r}: no level at mpp={mpp}: {e}", name) from e
+            raise WSIError(f"slide {where!r}: no level at mpp={mpp}: {e}", where) from e
     lvl = 0 if level is None else _level_index(level)
     idx = lvl + n if lvl < 0 else lvl
     if not 0 <= idx < n:
-        raise WSIError(f"slide {name!r} has {n} level(s) (0..{n - 1}); level {level} does not exist.", name)
+        raise WSIError(f"slide {where!r} has {n} level(s) (0..{n - 1}); {name} {level} does not exist.", where)
     return idx
 
 
@@ -854,8 +882,9 @@ def validate_patch_items(
             n, size0, dss = entry
             lvl = patch_level if patch_level is not None else int(item.get("level", 0))
             idx = lvl + n if lvl < 0 else lvl
-            if not 0 <= idx < n:
-                raise WSIError(f"slide {slide!r} has {n} level(s) (0..{n - 1}); level {lvl} does not exist.", slide)
+            if not 0 <= idx < n:  # the dataset-wide level is the patch_level setting (the message said "level 9")
+                what = "patch_level" if patch_level is not None else "level"
+                raise WSIError(f"slide {slide!r} has {n} level(s) (0..{n - 1}); {what} {lvl} does not exist.", slide)
             size = patch_size if patch_size is not None else item.get("size")
             if size is None:
                 raise WSIError(f"item of slide {slide!r} has no 'size' and no patch_size was given.", slide)

@@ -44,6 +44,7 @@ from monai_gmr.utils import restore_training_modes, training_modes
 from .common import is_main_process, run_on_rank0_first
 
 __all__ = [
+    "check_wsi_backend",
     "SPLITS",
     "SOURCES",
     "MODES",
@@ -83,6 +84,19 @@ SOURCES = ("wsi", "pcam", "image_folder")
 MODES = ("sliding", "masked")
 #: placements of the ``mode="sliding"`` patch grid of slide inference (:func:`sliding_grid_offset`).
 GRIDS = ("top_left", "centered")
+
+
+def check_wsi_backend(backend: Any, name: str = "wsi_backend") -> Any:
+    """The bundle's ``wsi_backend`` setting unchanged when it names a slide reader (``openslide``, ``tifffile``,
+    ``cucim``; :func:`monai_gmr.data.wsi.check_wsi_backend`), refused by name otherwise: a typo failed in MONAI's
+    ``WSIReader`` when the first slide was opened, after the synthetic slides had been generated, naming no setting.
+
+    Raises:
+        ValueError: ``backend`` names no backend; the message names ``name``.
+    """
+    from monai_gmr.data.wsi import check_wsi_backend as check
+
+    return check(backend, name)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -441,6 +455,7 @@ def _wsi_patch_items(
     without a size column gets ``patch_size``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}.")
+    check_wsi_backend(backend, "backend")  # before the slides are generated (MONAI refused it at the first slide)
     split_settings = {"val_frac": val_frac, "test_frac": test_frac, "seed": split_seed}
     datalist = run_on_rank0_first(_ensure_wsi, dataset_dir, generate, synthetic or {}, patch_size, split_settings)
     used = split
@@ -1334,8 +1349,8 @@ def infer_slide(
     if patch_mpp is not None:
         patch_level = resolve_level(reader, wsi, None, float(patch_mpp), slide=path)
     else:
-        patch_level = resolve_level(reader, wsi, patch_level, slide=path)
-    mask_level = resolve_level(reader, wsi, -1 if mask_level is None else mask_level, slide=path)
+        patch_level = resolve_level(reader, wsi, patch_level, slide=path, name="patch_level")
+    mask_level = resolve_level(reader, wsi, -1 if mask_level is None else mask_level, slide=path, name="mask_level")
     lvl_ds = float(reader.get_downsample_ratio(wsi, mask_level))
 
     def read_thumb(factor: int) -> np.ndarray:

@@ -747,6 +747,19 @@ def test_config_splits_and_batch_sizes_are_refused_by_setting_name():
     assert config_parser([TRAIN, EVALUATE], eval_split="validation", metadata=METADATA).get_parsed_content(
         "validate#dataset#split") == "validation"
 
+def test_config_wsi_backend_is_refused_by_name_before_the_slides():
+    """--wsi_backend opneslide failed in MONAI's WSIReader ("The supported backends are cucim, openslide, and
+    tifffile but 'opneslide' was given"), naming no setting, when the first slide was opened: after the synthetic
+    slides had been generated. The configs read it through check_wsi_backend, with the dataset's arguments."""
+    check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
+        ("wsi_backend", "opneslide", "train#dataset#backend"), ("wsi_backend", "opneslide", "validate#dataset#backend"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
+        ("wsi_backend", "opneslide", "robustness_data#dataset#backend"), ("wsi_backend", "x", "slide_inference#backend"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("wsi_backend", "x", "slide_inference#backend")])
+    assert config_parser([TRAIN], wsi_backend="tifffile", metadata=METADATA).get_parsed_content("train#dataset#backend") == "tifffile"
+
 def test_config_training_settings_are_refused_by_name_before_the_data(tmp_path):
     """--batch_size 0, --learning_rate abc, --epochs 0, --amp maybe, ... were read only when the optimizer, data
     loaders, handlers and trainer were built, after the synthetic data had been generated (6 synthetic slides of 4096 x 4096 pixels by

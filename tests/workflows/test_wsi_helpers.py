@@ -691,6 +691,33 @@ def test_infer_slide_rotation_tta_is_exact_for_gmr(wsi_data):
     np.testing.assert_allclose(tta.prob, one.prob, atol=1e-5)
 
 
+def test_missing_patch_level_and_bad_backend_are_named(wsi_data, tmp_path):
+    """--patch_level 9 said only "slide ... has 3 level(s) (0..2); level 9 does not exist" (training datalist check
+    and slide inference), and a backend typo failed in MONAI's WSIReader ("The supported backends are cucim,
+    openslide, and tifffile but 'opneslide' was given"), naming neither setting."""
+    from monai_gmr.data import WSIError
+    from monai_gmr.data.wsi import get_wsi_reader
+    from monai_gmr.workflows.wsi import check_wsi_backend, infer_slide, patch_dataset
+
+    good = wsi_data["training"][0]
+    d = _write_datalist(tmp_path / "level", [good])
+    with pytest.raises(WSIError, match=r"patch_level 9 does not exist"):
+        patch_dataset("wsi", "training", dataset_dir=d, generate=False, patch_size=PATCH, patch_level=9)
+    with pytest.raises(WSIError, match=r"patch_level 9 does not exist"):
+        infer_slide(wsi_data["slide_paths"][0], DarkNucleiNet(), patch_level=9)
+    with pytest.raises(WSIError, match=r"mask_level 2 does not exist"):
+        infer_slide(wsi_data["single"], DarkNucleiNet(), mask_level=2)
+    with pytest.raises(ValueError, match=r"wsi_backend must be one of"):
+        check_wsi_backend("opneslide")
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        get_wsi_reader("opneslide")
+    empty = tmp_path / "not_generated"
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        patch_dataset("wsi", "training", dataset_dir=empty, generate=True, synthetic=SYNTH, patch_size=PATCH,
+                      backend="opneslide")  # fmt: skip
+    assert not empty.exists()  # refused before the slides were generated
+    assert check_wsi_backend("TiffFile") == "TiffFile" and check_wsi_backend(None) is None
+
 def test_infer_slide_errors_name_the_slide(wsi_data, tmp_path):
     from monai_gmr.data import SlideNotFoundError, WSIError
     from monai_gmr.workflows.wsi import infer_slide
