@@ -665,6 +665,7 @@ def one_of(value: Any, name: str, choices: Sequence[Any]) -> Any:
         return value
     raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
 
+
 def keyword_args(value: Any, name: str = "value") -> dict[str, Any]:
     """A setting that holds keyword arguments (e.g. ``compile_kwargs``) as a ``dict`` with string keys.
 

@@ -243,6 +243,7 @@ def check_wsi_backend(backend: Any, name: str = "backend") -> Any:
         raise ValueError(f"{name} must be one of {WSI_BACKENDS}, got {backend!r}.")
     return backend.strip() if isinstance(backend, str) else backend
 
+
 def wsi_reader_for(backend: str = "openslide") -> Any:
     """What MONAI's WSI datasets take as ``reader`` for ``backend``: for ``openslide`` the
     :class:`OpenSlideSlideReader` class (writable patches), for ``tifffile`` the :class:`TiffFileSlideReader` class
