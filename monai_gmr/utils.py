@@ -46,6 +46,7 @@ __all__ = [
     "positive_float",
     "fraction",
     "one_of",
+    "refuse_unknown_names",
     "keyword_args",
     "null_to_none",
     "training_modes",
@@ -664,6 +665,28 @@ def one_of(value: Any, name: str, choices: Sequence[Any]) -> Any:
     if isinstance(value, Hashable) and value in tuple(choices):
         return value
     raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+
+
+def refuse_unknown_names(names: Any, known: Any, what: str) -> None:
+    """Refuse names outside ``known`` (e.g. the keys of a bundle's ``synthetic`` setting), listing the known ones and
+    the closest match of each unknown one.
+
+    Args:
+        names: the names given.
+        known: the names accepted, in the order they are listed.
+        what: what a name is, for the message (``"synthetic nuclei setting"``).
+
+    Raises:
+        ValueError: some of ``names`` are not in ``known``.
+    """
+    import difflib
+
+    known = [str(k) for k in known]
+    unknown = sorted(str(k) for k in names if str(k) not in known)
+    if unknown:
+        close = [c for k in unknown for c in difflib.get_close_matches(k, known, n=1)]
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(known)}.{hint}")
 
 
 def keyword_args(value: Any, name: str = "value") -> dict[str, Any]:

@@ -51,7 +51,7 @@ from monai_gmr.data.render import (
     smooth_noise,
     stains_to_rgb,
 )
-from monai_gmr.utils import _number, atomic_path, make_temp_dir, positive_int, size_hw
+from monai_gmr.utils import _number, atomic_path, make_temp_dir, positive_int, refuse_unknown_names, size_hw
 
 __all__ = ["render_nuclei_tile", "make_synthetic_nuclei", "ensure_nuclei_dataset", "save_png"]
 
@@ -273,26 +273,18 @@ def render_nuclei_tile(
 _OWN_SETTINGS = ("n_images", "size", "seed", "val_frac", "test_frac", "split_seed", "prefix")
 
 
-def _check_synthetic_names(kwargs: Mapping[str, Any], own: Sequence[str] = ()) -> None:
-    """Refuse keyword names that neither :func:`make_synthetic_nuclei` (``own``: those of them among ``kwargs``
-    to check too) nor :func:`render_nuclei_tile` take: a bundle's ``--synthetic "{'n_image': 8}"`` or
-    ``--synthetic#n_imagez 8``.
+def _check_synthetic_names(kwargs: Mapping[str, Any]) -> None:
+    """Refuse keyword names that neither :func:`make_synthetic_nuclei` nor :func:`render_nuclei_tile` take: a
+    bundle's ``--synthetic "{'n_image': 8}"`` or ``--synthetic#n_imagez 8``.
 
     Raises:
         ValueError: an unknown name; the message lists the known ones and the closest matches.
     """
-    import difflib
     import inspect
 
     known = [k for k in inspect.signature(render_nuclei_tile).parameters if k not in ("size", "rng")]
-    unknown = sorted(str(k) for k in kwargs if k not in known and k not in own)
-    if unknown:  # a TypeError from render_nuclei_tile named no setting; with existing data it was silently ignored
-        every = [*_OWN_SETTINGS, *known]
-        close = [c for k in unknown for c in difflib.get_close_matches(k, every, n=1)]
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-        raise ValueError(
-            f"unknown synthetic nuclei setting(s) {', '.join(unknown)}; known: {', '.join(every)}.{hint}"
-        )
+    # a TypeError from render_nuclei_tile named no setting; with existing data a misspelt name was silently ignored
+    refuse_unknown_names(kwargs, [*_OWN_SETTINGS, *known], "synthetic nuclei setting")
 
 
 def make_synthetic_nuclei(
@@ -419,7 +411,7 @@ def ensure_nuclei_dataset(
             exist, so that a misspelt ``synthetic`` setting is not ignored).
     """
     # before the existing data are returned: a misspelt name (--synthetic#n_imagez 8) was then silently ignored
-    _check_synthetic_names(kwargs, own=_OWN_SETTINGS)
+    _check_synthetic_names(kwargs)
     root = Path(dataset_dir)
     datalist = root / datalist_name
     if datalist.is_file():

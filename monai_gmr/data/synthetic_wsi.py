@@ -78,6 +78,7 @@ from monai_gmr.utils import (
     make_temp_dir,
     positive_float,
     positive_int,
+    refuse_unknown_names,
     size_hw,
 )
 
@@ -736,25 +737,19 @@ def _check_location_convention(root: Path) -> None:
         )
 
 
-def _check_synthetic_names(kwargs: Mapping[str, Any], own: bool = False) -> None:
-    """Refuse keyword names that neither :func:`make_synthetic_wsi` (with ``own``: its own parameters are accepted
-    among ``kwargs``) nor :func:`render_synthetic_slide` take: a bundle's ``--synthetic "{'n_slide': 4}"`` or
-    ``--synthetic#n_slidez 4``.
+def _check_synthetic_names(kwargs: Mapping[str, Any]) -> None:
+    """Refuse keyword names that neither :func:`make_synthetic_wsi` nor :func:`render_synthetic_slide` take: a
+    bundle's ``--synthetic "{'n_slide': 4}"`` or ``--synthetic#n_slidez 4``.
 
     Raises:
         ValueError: an unknown name; the message lists the known ones and the closest matches.
     """
-    import difflib
     import inspect
 
     mine = [k for k in inspect.signature(make_synthetic_wsi).parameters if k not in ("out_dir", "render_kwargs")]
     known = [k for k in inspect.signature(render_synthetic_slide).parameters if k not in ("size", "rng", "mask_downsample")]
-    unknown = sorted(str(k) for k in kwargs if k not in known and not (own and k in mine))
-    if unknown:  # a TypeError from render_synthetic_slide named no setting; with existing data it was ignored
-        every = [*mine, *known]
-        close = [c for k in unknown for c in difflib.get_close_matches(k, every, n=1)]
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-        raise ValueError(f"unknown synthetic slide setting(s) {', '.join(unknown)}; known: {', '.join(every)}.{hint}")
+    # a TypeError from render_synthetic_slide named no setting; with existing data a misspelt name was ignored
+    refuse_unknown_names(kwargs, [*mine, *known], "synthetic slide setting")
 
 
 def ensure_wsi_dataset(
@@ -791,7 +786,7 @@ def ensure_wsi_dataset(
     root = Path(dataset_dir)
     datalist = root / datalist_name
     # before the existing data are returned: a misspelt name (--synthetic#n_slidez 4) was then silently ignored
-    _check_synthetic_names(kwargs, own=True)
+    _check_synthetic_names(kwargs)
     if datalist.is_file():
         _check_location_convention(root)
         logger.info("using the slide dataset in %s (%s)", root, datalist_name)

@@ -24,15 +24,12 @@ from monai.inferers import Inferer
 from monai.inferers.utils import _flatten_struct, _pack_struct
 from monai.utils import convert_to_dst_type, ensure_tuple_rep, fall_back_tuple
 
+from monai_gmr.utils import fraction
+
 __all__ = ["SymmetricSlidingWindowInferer", "symmetric_window_starts"]
 
 _PAD_MODES = ("constant", "reflect", "replicate")
 _BLEND_MODES = ("constant", "gaussian")
-
-
-def _is_fraction(value: Any) -> bool:
-    """A real number (not a bool, not text) in ``[0, 1)``."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= float(value) < 1.0
 
 
 def symmetric_window_starts(size: int, roi: int, overlap: float = 0.25) -> list[int]:
@@ -111,7 +108,11 @@ class SymmetricSlidingWindowInferer(Inferer):
         if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, numbers.Integral) or sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be an integer >= 1, got sw_batch_size={sw_batch_size!r}.")
         overlaps = tuple(overlap) if isinstance(overlap, Sequence) and not isinstance(overlap, str) else (overlap,)
-        if not overlaps or not all(_is_fraction(o) for o in overlaps):
+        try:
+            overlaps = tuple(fraction(o, "overlap") for o in overlaps)
+        except ValueError:
+            overlaps = ()
+        if not overlaps:
             raise ValueError(f"overlap must be in [0, 1) (one float or one per spatial dim), got overlap={overlap!r}.")
         mode, padding_mode = str(getattr(mode, "value", mode)), str(getattr(padding_mode, "value", padding_mode))
         if mode not in _BLEND_MODES:
@@ -120,7 +121,7 @@ class SymmetricSlidingWindowInferer(Inferer):
             raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got padding_mode={padding_mode!r}.")
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
-        self.overlap = tuple(float(o) for o in overlap) if isinstance(overlap, Sequence) else float(overlap)
+        self.overlap = overlaps if isinstance(overlap, Sequence) and not isinstance(overlap, str) else overlaps[0]
         self.mode = mode
         self.sigma_scale = sigma_scale
         self.padding_mode = padding_mode

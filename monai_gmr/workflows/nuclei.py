@@ -57,17 +57,23 @@ def _ensure_dataset(dataset_dir: str | os.PathLike, generate: bool, **synthetic_
     return path
 
 
-def _synthetic_split_hint(datalist_file: str | os.PathLike) -> str:
-    """A hint for an empty split of a *synthetic* dataset: too few ``n_images`` for its fractions (``""`` for
-    prepared data). A tiny ``--synthetic "{'n_images': 2}"`` generated its tiles and then failed naming only the
-    split."""
+def _generator_record(datalist_file: str | os.PathLike) -> Mapping[str, Any] | None:
+    """The ``generator`` settings a synthetic dataset's datalist records (``None``: prepared data, or unreadable)."""
     import json
 
     try:
         record = json.loads(Path(datalist_file).read_text()).get("generator")
     except (OSError, ValueError, AttributeError):
-        return ""
-    if not isinstance(record, Mapping) or "n_images" not in record:
+        return None
+    return record if isinstance(record, Mapping) else None
+
+
+def _synthetic_split_hint(datalist_file: str | os.PathLike) -> str:
+    """A hint for an empty split of a *synthetic* dataset: too few ``n_images`` for its fractions (``""`` for
+    prepared data). A tiny ``--synthetic "{'n_images': 2}"`` generated its tiles and then failed naming only the
+    split."""
+    record = _generator_record(datalist_file)
+    if record is None or "n_images" not in record:
         return ""
     return (
         f" It holds synthetic data of n_images={record['n_images']} split with val_frac={record.get('val_frac')} and "
@@ -83,13 +89,8 @@ def _warn_other_synthetic(datalist_file: str | os.PathLike, synthetic_kwargs: Ma
     'size': 128}"`` with the same folder silently trained on the tiles generated before (e.g. the default 24 tiles
     of 256 x 256), the log saying only "using the dataset in ...".
     """
-    import json
-
-    try:
-        record = json.loads(Path(datalist_file).read_text()).get("generator")
-    except (OSError, ValueError, AttributeError):
-        return
-    if not isinstance(record, Mapping):
+    record = _generator_record(datalist_file)
+    if record is None:
         return  # prepared (not synthetic) data: the synthetic settings do not apply
     want = dict(synthetic_kwargs)
     if "size" in want:
