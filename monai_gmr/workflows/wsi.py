@@ -1002,9 +1002,9 @@ def load_mask(path: str | os.PathLike, min_shape: Sequence[int] | None = None) -
                 elif min_shape is None:
                     raise _MaskTooLarge(
                         f"mask {str(path)!r} is {page.imagelength} x {page.imagewidth} pixels "
-                        f"({nbytes / 2**30:.1f} GiB decoded), over the {_MASK_READ_LIMIT_BYTES / 2**30:g} GiB read limit; pass min_shape (the "
-                        "map's shape, as infer_slide does) or give a pyramidal TIFF or a low-resolution mask (.npy, "
-                        ".png at the map's resolution)."
+                        f"({nbytes / 2**30:.1f} GiB decoded), over the {_MASK_READ_LIMIT_BYTES / 2**30:g} GiB read "
+                        "limit; pass min_shape (the map's shape, as infer_slide does) or give a pyramidal TIFF or a "
+                        "low-resolution mask (.npy, .png at the map's resolution)."
                     )
                 else:
                     h, w = (int(v) for v in min_shape)
