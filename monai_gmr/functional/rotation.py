@@ -21,6 +21,13 @@ Conventions (shared by the TTA inferer, the robustness evaluator and the equivar
 * The inverse of ``rotate(x, angle)`` is ``rotate_inverse(y, angle)`` (``rotate(y, -angle)`` for one plane).
 * ``validity_mask`` marks output pixels whose interpolation stencil lies entirely inside the input, so corners
   filled by padding never count; ``roundtrip_mask`` does the same for rotate-then-rotate-back (TTA weights).
+* Memory (non-right angles): the sampling grid / nearest gather index comes from float64 coordinates (built in
+  one shot: 55-70 bytes of peak memory per voxel measured on CPU). When the temporaries (estimated conservatively
+  by ``_grid_bytes_per_voxel``) exceed ``_CHUNK_BUDGET_BYTES`` (256 MiB) the output is resampled in chunks of flat
+  output voxels, each with only its own rows of the grid, so peak extra memory stays near the budget plus the
+  output (a 512x512x300 float32 volume at 30 degrees on CPU: 4.2 GB -> 0.5 GB bilinear, 5.4 GB -> 0.55 GB
+  nearest); results are bit-for-bit those of the single-shot path. Grids / indices of at most 32 MiB are cached
+  (see ``_cached``), larger ones are never held whole. ``validity_mask`` is chunked too.
 
 Written with ``torch.nn.functional.affine_grid``/``grid_sample`` rather than MONAI's ``Rotate`` transform because
 the latter works on single unbatched images, rotates about a different centre convention and has no validity
@@ -206,6 +213,10 @@ def rotation_matrix(angle: AngleLike, spatial_dims: int = 2, axes: Sequence[int]
 
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 _CACHE_BUDGET_BYTES = 256 * 2**20  # per process; sampling grids/gather indices of recent (shape, angle, device)
+# Bound on the temporaries of one resampling (sampling grid, float64 source coordinates, gather indices): an input
+# whose single-shot temporaries would exceed it is resampled in chunks of output voxels (see _chunk_ranges)
+_CHUNK_BUDGET_BYTES = 256 * 2**20
+_CHUNK_MIN_VOXELS = 4096  # smallest chunk (a budget lowered in tests still keeps BLAS on its large-matrix path)
 
 
 def clear_rotation_cache() -> None:
@@ -215,7 +226,9 @@ def clear_rotation_cache() -> None:
 
 def _cached(key: tuple, build: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
     """Tiny LRU keyed by (kind, shape, matrix, device, ...) with a byte budget: evaluating 38 views per batch
-    reuses the same 38 grids for every batch instead of rebuilding them."""
+    reuses the same 38 grids for every batch instead of rebuilding them. An entry larger than an eighth of the
+    budget (32 MiB: a 3D float32 grid of about 2.8M voxels) is returned but not kept; the resampling functions do
+    not even build such grids whole (they go chunk by chunk, see :func:`_chunk_ranges`)."""
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -239,17 +252,75 @@ def _mkey(m: torch.Tensor) -> tuple[float, ...]:
     return tuple(float(v) for v in m.flatten().tolist())
 
 
-def _source_grid(spatial_shape: Sequence[int], m: torch.Tensor, device, dtype) -> torch.Tensor:
-    """``affine_grid`` (align_corners=True) of the source coordinates of matrix ``m``: ``(1, *spatial, d)``."""
+def _theta(spatial_shape: Sequence[int], m: torch.Tensor) -> torch.Tensor:
+    """``affine_grid``'s ``(1, d, d + 1)`` float64 ``theta`` of matrix ``m`` (normalised coordinates, no shift)."""
     d = len(spatial_shape)
     half = torch.tensor([max((s - 1) / 2.0, 0.5) for s in spatial_shape], dtype=torch.float64)
     mn = (m * half[None, :]) / half[:, None]  # D^-1 M D in normalised coordinates
     theta = torch.zeros(1, d, d + 1, dtype=torch.float64)
     theta[0, :, :d] = mn.flip(0).flip(1)  # grid order is (x=W, y=H[, z=D]) = reversed spatial dims
+    return theta
+
+
+def _source_grid(spatial_shape: Sequence[int], m: torch.Tensor, device, dtype) -> torch.Tensor:
+    """``affine_grid`` (align_corners=True) of the source coordinates of matrix ``m``: ``(1, *spatial, d)``."""
+    theta = _theta(spatial_shape, m)
     # float64 (then cast): autocast (AMP) lowers float32 affine_grid to float16/bfloat16, which cost precision and
     # put a half-precision grid in the float32 cache entry (grid_sample then failed, inside autocast and after it)
     grid = F.affine_grid(theta.to(device=device), [1, 1, *spatial_shape], align_corners=True)
     return grid.to(dtype)
+
+
+def _chunk_ranges(n_voxels: int, bytes_per_voxel: int) -> list[tuple[int, int]] | None:
+    """Ranges ``[start, stop)`` of flat (C-order) output voxel indices whose resampling temporaries fit
+    ``_CHUNK_BUDGET_BYTES`` (``bytes_per_voxel`` each), or ``None`` when the whole output fits (the single-shot path,
+    which caches its grid). Chunks are of near-equal size, at least ``_CHUNK_MIN_VOXELS / 2`` voxels each."""
+    if n_voxels * bytes_per_voxel <= _CHUNK_BUDGET_BYTES:
+        return None
+    size = max(_CHUNK_BUDGET_BYTES // bytes_per_voxel, _CHUNK_MIN_VOXELS)
+    k = -(-n_voxels // size)
+    if k <= 1:
+        return None
+    bounds = [n_voxels * i // k for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _grid_bytes_per_voxel(spatial_dims: int, n_lead: int) -> int:
+    """Upper estimate of the temporaries per output voxel of one resampling step: int64 flat indices and their
+    unravelled parts, float64 base grid / source coordinates (several ``spatial_dims``-vectors) and the chunk of
+    output of the ``n_lead`` leading channels. Calibrated on CPU with ``ru_maxrss`` (measured 117-236 bytes per
+    voxel of a chunk, 2D and 3D, 1-4 channels, every path incl. the masks)."""
+    return 48 * (spatial_dims + 1) + 32 * max(n_lead, 1)
+
+
+def _unravel(start: int, stop: int, spatial_shape: Sequence[int], device) -> list[torch.Tensor]:
+    """int64 index along each spatial axis of the flat (C-order) voxel indices ``start..stop - 1``."""
+    flat = torch.arange(start, stop, dtype=torch.long, device=device)
+    out = []
+    for s in reversed(spatial_shape[1:]):
+        out.append(flat % s)
+        flat = flat // s
+    out.append(flat)
+    return out[::-1]
+
+
+def _source_grid_chunk(spatial_shape: Sequence[int], m: torch.Tensor, device, dtype, start: int, stop: int):
+    """Rows ``start..stop - 1`` (flat output voxels) of :func:`_source_grid`, as ``(1, stop - start, d)``: the same
+    float64 base grid (``linspace(-1, 1, size)``, 0 for a size of 1) times ``theta`` with the same ``bmm`` as ATen's
+    ``affine_grid``, so every row equals the single-shot grid's (bit for bit, checked by the tests)."""
+    d = len(spatial_shape)
+    theta = _theta(spatial_shape, m).to(device=device)
+    idx = _unravel(start, stop, spatial_shape, device)
+    base = torch.empty(stop - start, d + 1, dtype=torch.float64, device=device)
+    for k in range(d):  # grid order (x=W, y=H[, z=D]): column k is spatial axis d - 1 - k
+        s = spatial_shape[d - 1 - k]
+        if s > 1:
+            lin = torch.linspace(-1, 1, s, dtype=torch.float64, device=device)
+        else:  # ATen's linspace_from_neg_one: 0 for a size of 1
+            lin = torch.zeros(1, dtype=torch.float64, device=device)
+        base[:, k] = lin[idx[d - 1 - k]]
+    base[:, d] = 1.0
+    return base[None].bmm(theta.transpose(1, 2)).to(dtype)
 
 
 def _as_plain(x: torch.Tensor) -> torch.Tensor:
@@ -266,10 +337,18 @@ def _right_angle_turns(planes, inverse: bool) -> list[tuple[tuple[int, int], int
     return turns  # type: ignore[return-value]
 
 
-def _source_coords(spatial_shape: Sequence[int], m: torch.Tensor, device) -> torch.Tensor:
-    """Float64 source index coordinates ``(*spatial, d)`` (spatial axis order) of every output pixel."""
+def _source_coords(
+    spatial_shape: Sequence[int], m: torch.Tensor, device, chunk: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Float64 source index coordinates ``(*spatial, d)`` (spatial axis order) of every output pixel; with
+    ``chunk=(start, stop)`` those of the flat output voxels ``start..stop - 1`` only, as ``(stop - start, d)``."""
     c = torch.tensor([(s - 1) / 2.0 for s in spatial_shape], dtype=torch.float64, device=device)
-    coords = torch.meshgrid(*[torch.arange(s, dtype=torch.float64, device=device) for s in spatial_shape], indexing="ij")
+    if chunk is None:
+        coords = torch.meshgrid(
+            *[torch.arange(s, dtype=torch.float64, device=device) for s in spatial_shape], indexing="ij"
+        )
+    else:
+        coords = [i.to(torch.float64) for i in _unravel(*chunk, spatial_shape, device)]  # exact integers
     off = torch.stack(coords, dim=-1) - c
     return off @ m.to(device).T + c
 
@@ -283,11 +362,14 @@ def _reflect(coord: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(c > size - 1, period - c, c)
 
 
-def _nearest_index(spatial: tuple[int, ...], m: torch.Tensor, device, padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat gather index and in-bounds mask of nearest-neighbour resampling (float64 coordinates)."""
-    src = _source_coords(spatial, m, device)
-    inside = torch.ones(spatial, dtype=torch.bool, device=device)
-    flat_idx = torch.zeros(spatial, dtype=torch.long, device=device)
+def _nearest_index(
+    spatial: tuple[int, ...], m: torch.Tensor, device, padding_mode: str, chunk: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat gather index and in-bounds mask of nearest-neighbour resampling (float64 coordinates); with
+    ``chunk=(start, stop)`` those of the flat output voxels ``start..stop - 1`` (the mask then flat too)."""
+    src = _source_coords(spatial, m, device, chunk)
+    inside = torch.ones(src.shape[:-1], dtype=torch.bool, device=device)
+    flat_idx = torch.zeros(src.shape[:-1], dtype=torch.long, device=device)
     for i, s in enumerate(spatial):
         ci = src[..., i]
         if padding_mode == "reflection":
@@ -298,35 +380,60 @@ def _nearest_index(spatial: tuple[int, ...], m: torch.Tensor, device, padding_mo
     return flat_idx.reshape(-1), inside
 
 
+def _cacheable(nbytes: int) -> bool:
+    """Whether :func:`_cached` keeps an entry of ``nbytes`` (at most an eighth of its budget)."""
+    return nbytes <= _CACHE_BUDGET_BYTES // 8
+
+
+def _nearest_index_chunked(
+    spatial: tuple[int, ...], m: torch.Tensor, device, padding_mode: str, chunks: list[tuple[int, int]] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_nearest_index` of the whole output, built chunk by chunk when ``chunks`` is given (same values)."""
+    if chunks is None:
+        return _nearest_index(spatial, m, device, padding_mode)
+    n = math.prod(spatial)
+    flat_idx = torch.empty(n, dtype=torch.long, device=device)
+    inside = torch.empty(n, dtype=torch.bool, device=device)
+    for start, stop in chunks:
+        flat_idx[start:stop], inside[start:stop] = _nearest_index(spatial, m, device, padding_mode, (start, stop))
+    return flat_idx, inside.reshape(spatial)
+
+
 def _resample_nearest(x: torch.Tensor, m: torch.Tensor, spatial_dims: int, padding_mode: str) -> torch.Tensor:
     """Nearest-neighbour resampling by integer gather: exact for every dtype (labels keep their ids) and the same
-    pixel choice for images and labels whatever their dtype (the coordinates are float64 for both)."""
+    pixel choice for images and labels whatever their dtype (the coordinates are float64 for both).
+
+    The gather index (9 bytes per voxel) is cached when small enough (:func:`_cached`); its float64 construction is
+    chunked (:func:`_chunk_ranges`) when it would exceed ``_CHUNK_BUDGET_BYTES``. An index too large to cache is
+    never built whole: each chunk of output voxels is gathered with its own rows of it. Same values on every path.
+    """
     lead = x.ndim - spatial_dims
     spatial = tuple(x.shape[lead:])
-    flat_idx, inside = _cached(
-        ("nearest", spatial, _mkey(m), x.device, padding_mode), lambda: _nearest_index(spatial, m, x.device, padding_mode)
-    )
     flat = x.reshape(*x.shape[:lead], -1)
-    out = flat[..., flat_idx].reshape(x.shape)
-    if padding_mode == "zeros":
-        out = out * inside if x.dtype != torch.bool else out & inside
-    return out
+    n = flat.shape[-1]
+    chunks = _chunk_ranges(n, _grid_bytes_per_voxel(spatial_dims, math.prod(x.shape[:lead])))
+    if chunks is None or _cacheable(9 * n):
+        flat_idx, inside = _cached(
+            ("nearest", spatial, _mkey(m), x.device, padding_mode),
+            lambda: _nearest_index_chunked(spatial, m, x.device, padding_mode, chunks),
+        )
+        out = flat[..., flat_idx].reshape(x.shape)
+        if padding_mode == "zeros":
+            out = out * inside if x.dtype != torch.bool else out & inside
+        return out
+    out = torch.empty_like(flat)
+    for start, stop in chunks:
+        idx, inside = _nearest_index(spatial, m, x.device, padding_mode, (start, stop))
+        part = flat[..., idx]
+        if padding_mode == "zeros":
+            part = part * inside if x.dtype != torch.bool else part & inside
+        out[..., start:stop] = part
+    return out.reshape(x.shape)
 
 
-def _resample(x: torch.Tensor, m: torch.Tensor, spatial_dims: int, mode: str, padding_mode: str) -> torch.Tensor:
-    if mode == "nearest":
-        return _resample_nearest(x, m, spatial_dims, padding_mode)
-    lead = x.ndim - spatial_dims
-    spatial = tuple(x.shape[lead:])
-    orig_dtype = x.dtype
-    # half precision (fp16, bf16) resamples in float32: a bf16 sampling grid is off by up to a pixel at 128 px and
-    # PyTorch's CPU grid_sample returns NaN/1e37 on bf16 images of ~200 px
-    work_dtype = orig_dtype if orig_dtype in (torch.float32, torch.float64) else torch.float32
-    grid = _cached(
-        ("grid", spatial, _mkey(m), x.device, work_dtype), lambda: (_source_grid(spatial, m, x.device, work_dtype),)
-    )[0]
-    flat = x.reshape(1, -1, *spatial).to(work_dtype)  # fold all leading dims into channels: one grid for all
-    out = F.grid_sample(flat, grid, mode=mode, padding_mode=padding_mode, align_corners=True).reshape(x.shape)
+def _cast_back(out: torch.Tensor, orig_dtype: torch.dtype) -> torch.Tensor:
+    """Interpolated values (float32/float64) back to the input's dtype: bool thresholded at 0.5, integers rounded
+    and saturated."""
     if orig_dtype == torch.bool:
         return out > 0.5
     if not orig_dtype.is_floating_point:
@@ -335,6 +442,54 @@ def _resample(x: torch.Tensor, m: torch.Tensor, spatial_dims: int, mode: str, pa
         info = torch.iinfo(orig_dtype)
         return out.round().clamp(info.min, info.max).to(orig_dtype)
     return out.to(orig_dtype)
+
+
+def _grid_chunked(spatial: tuple[int, ...], m: torch.Tensor, device, dtype, chunks) -> torch.Tensor:
+    """:func:`_source_grid`, built chunk by chunk with :func:`_source_grid_chunk` when ``chunks`` is given."""
+    if chunks is None:
+        return _source_grid(spatial, m, device, dtype)
+    d = len(spatial)
+    grid = torch.empty(1, math.prod(spatial), d, dtype=dtype, device=device)
+    for start, stop in chunks:
+        grid[:, start:stop] = _source_grid_chunk(spatial, m, device, dtype, start, stop)
+    return grid.reshape(1, *spatial, d)
+
+
+def _resample(x: torch.Tensor, m: torch.Tensor, spatial_dims: int, mode: str, padding_mode: str) -> torch.Tensor:
+    """Resample ``x`` (``(..., *spatial)``) at the source coordinates of matrix ``m`` with ``grid_sample``.
+
+    Memory: the sampling grid (``spatial_dims`` floats per voxel) is cached when small enough (:func:`_cached`); its
+    float64 construction is chunked (:func:`_chunk_ranges`) when it would exceed ``_CHUNK_BUDGET_BYTES``. A grid
+    too large to cache is never built whole: each chunk of output voxels is sampled with its own rows of the grid.
+    Every path gives the same values (the same grid rows, the same ``grid_sample`` per output voxel).
+    """
+    if mode == "nearest":
+        return _resample_nearest(x, m, spatial_dims, padding_mode)
+    lead = x.ndim - spatial_dims
+    spatial = tuple(x.shape[lead:])
+    orig_dtype = x.dtype
+    # half precision (fp16, bf16) resamples in float32: a bf16 sampling grid is off by up to a pixel at 128 px and
+    # PyTorch's CPU grid_sample returns NaN/1e37 on bf16 images of ~200 px
+    work_dtype = orig_dtype if orig_dtype in (torch.float32, torch.float64) else torch.float32
+    flat = x.reshape(1, -1, *spatial).to(work_dtype)  # fold all leading dims into channels: one grid for all
+    n = math.prod(spatial)
+    chunks = _chunk_ranges(n, _grid_bytes_per_voxel(spatial_dims, flat.shape[1]))
+    elem = torch.finfo(work_dtype).bits // 8
+    if chunks is None or _cacheable(n * spatial_dims * elem):
+        grid = _cached(
+            ("grid", spatial, _mkey(m), x.device, work_dtype),
+            lambda: (_grid_chunked(spatial, m, x.device, work_dtype, chunks),),
+        )[0]
+        out = F.grid_sample(flat, grid, mode=mode, padding_mode=padding_mode, align_corners=True).reshape(x.shape)
+        return _cast_back(out, orig_dtype)
+    out = torch.empty(flat.shape[1], n, dtype=orig_dtype, device=x.device)
+    for start, stop in chunks:
+        # the chunk's grid rows as a (1, [1,] 1, L, d) grid: grid_sample's output takes the grid's spatial shape
+        grid = _source_grid_chunk(spatial, m, x.device, work_dtype, start, stop)
+        grid = grid.reshape(1, *([1] * (spatial_dims - 1)), stop - start, spatial_dims)
+        part = F.grid_sample(flat, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+        out[:, start:stop] = _cast_back(part.reshape(flat.shape[1], stop - start), orig_dtype)
+    return out.reshape(x.shape)
 
 
 def _rotate(x, angle, spatial_dims, mode, axes, padding_mode, exact, inverse) -> torch.Tensor:
@@ -406,7 +561,20 @@ def rotate_inverse(
 
 
 def _valid_from_matrix(spatial_shape, m: torch.Tensor, mode: str, device) -> torch.Tensor:
-    src = _source_coords(spatial_shape, m, device)
+    """Validity of the source coordinates of matrix ``m`` (see :func:`validity_mask`); large shapes in chunks of
+    output voxels (:func:`_chunk_ranges`), the same values with bounded temporaries."""
+    n = math.prod(spatial_shape)
+    chunks = _chunk_ranges(n, _grid_bytes_per_voxel(len(spatial_shape), 1))
+    if chunks is None:
+        return _valid_coords(_source_coords(spatial_shape, m, device), spatial_shape, mode)
+    out = torch.empty(n, dtype=torch.bool, device=device)
+    for start, stop in chunks:
+        out[start:stop] = _valid_coords(_source_coords(spatial_shape, m, device, (start, stop)), spatial_shape, mode)
+    return out.reshape(tuple(spatial_shape))
+
+
+def _valid_coords(src: torch.Tensor, spatial_shape, mode: str) -> torch.Tensor:
+    """``(..., d)`` source coordinates -> bool ``(...)``: the interpolation stencil of ``mode`` lies inside."""
     sizes = torch.tensor(spatial_shape, dtype=torch.float64, device=src.device)
     if mode == "nearest":  # exactly the test used by _resample_nearest
         idx = torch.round(src)

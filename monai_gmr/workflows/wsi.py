@@ -63,6 +63,7 @@ __all__ = [
     "CenterCropInferer",
     "classification_outputs",
     "load_mask",
+    "mask_shape",
     "map_quality",
     "save_heatmap",
     "SlideResult",
@@ -702,8 +703,9 @@ def inference_slides(
 
     Slides are *not* opened here: an unreadable slide is reported and skipped by :func:`infer_slides`. In a folder,
     a file ``<name>_mask.*`` beside a slide ``<name>.*`` is taken for that slide's mask and left out (a
-    warning says so); it is not used as the slide's ``label_mask`` (a Camelyon mask is a full-resolution TIFF):
-    give ``{"image": slide, "label_mask": mask}`` items with a low-resolution mask to score the maps.
+    warning says so); it is not used as the slide's ``label_mask``: give ``{"image": slide, "label_mask": mask}``
+    items to score the maps (a full-resolution pyramidal TIFF is read at a level near the map's size, see
+    :func:`load_mask`).
 
     ``input_slides`` given as the text ``"null"`` / ``"none"`` (what ``--input_slides null`` passes) means ``None``;
     an empty list or text is an error (it processed the dataset's slides, generating synthetic ones if needed).
@@ -740,7 +742,7 @@ def inference_slides(
                     logger.warning(
                         "slide folder %s: %d file(s) named <slide>_mask beside their slide are not processed as slides "
                         "(e.g. %s); to score the maps against them, give input_slides as a list of {'image': slide, "
-                        "'label_mask': mask} (a mask at a low resolution, e.g. .npy or .png).",
+                        "'label_mask': mask} (.npy, .png, or a pyramidal TIFF, read at a level near the map's size).",
                         p, len(masks), Path(masks[0]).name,
                     )
                 return [{"image": s} for s in found if s not in masks]
@@ -835,9 +837,25 @@ def classification_outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------------------------
 # masks, heatmaps, map quality
 # --------------------------------------------------------------------------------------------------------------------
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a 2D mask (``.npy``, ``.npz`` (first array), PNG/JPEG/BMP via PIL, TIFF via tifffile (first page)) as
-    an array ``(H, W)``; RGB(A) masks are reduced to "any non-zero channel".
+# a mask image (one TIFF page / level) larger than this is never decoded whole: a pyramid level at least as large as
+# the map is read instead, else only the strips / tiles holding the rows the map needs (see load_mask)
+_MASK_READ_LIMIT_BYTES = 2**30
+
+
+def _mask_hw(shape: Sequence[int], path: str | os.PathLike) -> tuple[int, int]:
+    """The 2D (H, W) of a mask array / image of ``shape`` (as :func:`load_mask` reduces channels)."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 3:
+        shape = shape[:2] if shape[-1] in (1, 3, 4) else shape[1:]
+    if len(shape) != 2:
+        raise ValueError(f"mask {str(path)!r} must be 2D, got shape {shape}.")
+    return shape  # type: ignore[return-value]
+
+
+def mask_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """The full-resolution ``(H, W)`` of the mask file ``path``, from its header where the format has one (``.npy``,
+    TIFF tags of the first page, image headers; ``.npz`` is loaded): the cheap early check of a mask given for a
+    slide (it exists, is readable and 2D) before the slide's inference, without reading a large mask's pixels.
 
     Raises:
         FileNotFoundError: missing file. ValueError: unreadable file or not 2D (message names the file).
@@ -848,14 +866,150 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     name = p.name.lower()
     try:
         if name.endswith(".npy"):
-            arr = np.load(p)
+            shape = np.load(p, mmap_mode="r").shape
+        elif name.endswith(".npz"):
+            with np.load(p) as z:
+                shape = z[z.files[0]].shape
+        elif name.endswith((".tif", ".tiff")):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tf:
+                shape = tf.pages.first.shape
+        else:
+            from PIL import Image
+
+            with Image.open(p) as im:  # always 2D after load_mask's band reduction
+                shape = (im.height, im.width)
+    except Exception as e:
+        raise ValueError(f"cannot read mask {str(path)!r}: {type(e).__name__}: {e}") from e
+    return _mask_hw(shape, path)
+
+
+def _nearest_rows(n_src: int, n_dst: int) -> np.ndarray:
+    """Source indices of a nearest-neighbour resize from ``n_src`` to ``n_dst`` (pixel centres mapped)."""
+    return np.minimum(((np.arange(n_dst) + 0.5) * n_src / n_dst).astype(np.int64), n_src - 1)
+
+
+def _tiff_pick_page(tf, min_shape: Sequence[int] | None):
+    """The TIFF page :func:`load_mask` reads: the first page, or with ``min_shape`` the smallest level of the first
+    series' pyramid (SubIFDs or reduced-resolution pages, as tifffile lists them) whose (H, W) is at least
+    ``min_shape`` (the first page when none is that large, or when the first series does not start there)."""
+    first = tf.pages.first
+    if min_shape is None:
+        return first
+    h, w = (int(v) for v in min_shape)
+    try:
+        levels = tf.series[0].levels
+    except Exception:  # no series: the first page
+        return first
+    if not levels or levels[0].keyframe.offset != first.offset:
+        return first
+    best = first
+    for lvl in levels[1:]:
+        page = lvl.keyframe
+        if page.imagelength >= h and page.imagewidth >= w and page.imagelength * page.imagewidth < (
+            best.imagelength * best.imagewidth
+        ):
+            best = page
+    return best
+
+
+def _tiff_gather(page, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``page.asarray()[rows][:, cols]`` decoding only the strips / tiles that hold ``rows`` and ``cols``, one at a
+    time (the page is never decoded whole)."""
+    if page.imagedepth > 1 or (page.planarconfig == 2 and page.samplesperpixel > 1):
+        raise ValueError("volumetric or planar-separate TIFF pages are not read in pieces")
+    height, width = page.imagelength, page.imagewidth
+    th, tw = (page.tilelength, page.tilewidth) if page.is_tiled else (min(page.rowsperstrip or height, height), width)
+    across = -(-width // tw)
+    samples = page.samplesperpixel
+    out = np.zeros((len(rows), len(cols), samples), dtype=page.dtype)
+    fh = page.parent.filehandle
+    for r_seg in np.unique(rows // th):
+        ri = np.nonzero(rows // th == r_seg)[0]
+        for c_seg in np.unique(cols // tw):
+            ci = np.nonzero(cols // tw == c_seg)[0]
+            index = int(r_seg) * across + int(c_seg)
+            offset, count = page.dataoffsets[index], page.databytecounts[index]
+            data = None
+            if offset and count:
+                fh.seek(offset)
+                data = fh.read(count)
+            seg = page.decode(data, index, jpegtables=page.jpegtables)[0]
+            if seg is None:  # an empty segment: the page's fill value
+                out[np.ix_(ri, ci)] = page.nodata
+                continue
+            seg = np.asarray(seg).reshape(seg.shape[-3:])  # (length, width, samples)
+            out[np.ix_(ri, ci)] = seg[np.ix_(rows[ri] - r_seg * th, cols[ci] - c_seg * tw)]
+    return out[..., 0] if samples == 1 else out
+
+
+def load_mask(path: str | os.PathLike, min_shape: Sequence[int] | None = None) -> np.ndarray:
+    """Read a 2D mask (``.npy``, ``.npz`` (first array), PNG/JPEG/BMP via PIL, TIFF via tifffile (first page)) as
+    an array ``(H, W)``; RGB(A) masks are reduced to "any non-zero channel".
+
+    A ground-truth mask at the slide's full resolution (CAMELYON16 tumour masks: pyramidal tiled TIFFs of e.g.
+    100 000 x 200 000 pixels, 20 GB as uint8) is never read whole when ``min_shape`` (the shape of the map it will
+    be resized to, e.g. ``infer_slide``'s map) is given:
+
+    * a pyramidal TIFF (SubIFDs or reduced-resolution pages): the smallest level at least ``min_shape`` in both
+      sides is read, level 0 is not touched. Its nearest resize to the map (:func:`map_quality`) equals that of
+      level 0 exactly when the level is an integer-factor ``f`` reduction of level 0 (level-0 sides multiples of
+      ``f``) and the mask is constant on the aligned ``f x f`` blocks (any block-reduced label mask drawn at that
+      level or coarser); otherwise a map pixel's label comes from a source point less than ``f`` level-0 pixels
+      from level 0's pick, the reduction (box / max / subsampling) deciding its value.
+    * a TIFF page larger than ``_MASK_READ_LIMIT_BYTES`` (1 GiB) without a level that small: only the strips /
+      tiles holding the rows and columns of the nearest resize to ``min_shape`` are decoded, one at a time, and
+      the mask comes back already resized to ``min_shape`` (the same values as reading it whole and resizing).
+    * ``.npy``: memory-mapped (``mmap_mode="r"``), so the resize reads only the rows it picks.
+
+    Args:
+        path: the mask file.
+        min_shape: ``(h, w)`` of the map the mask will be resized to; ``None``: the mask at its own resolution
+            (a TIFF page over the 1 GiB limit is then refused).
+
+    Returns:
+        ``(H, W)`` array (read-only memory map for ``.npy`` with ``min_shape``): at the file's resolution (or
+        that of the pyramid level read), or ``min_shape`` for a large single-level TIFF.
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: unreadable file, not 2D, or (``min_shape=None``) a TIFF page over
+        the limit: the message names the file, its size and what to give instead.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"mask {str(path)!r} does not exist.")
+    name = p.name.lower()
+    try:
+        if name.endswith(".npy"):
+            arr = np.load(p, mmap_mode="r" if min_shape is not None else None)
+            # one channel: a view of the memory map, not a reduction that reads it all (the same values)
+            if arr.ndim == 3 and arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            elif arr.ndim == 3 and arr.shape[-1] not in (3, 4) and arr.shape[0] == 1:
+                arr = arr[0]
         elif name.endswith(".npz"):
             with np.load(p) as z:
                 arr = z[z.files[0]]
         elif name.endswith((".tif", ".tiff")):
             import tifffile
 
-            arr = tifffile.imread(p, key=0)
+            with tifffile.TiffFile(p) as tf:
+                page = _tiff_pick_page(tf, min_shape)
+                nbytes = int(np.prod(page.shape)) * page.dtype.itemsize
+                if nbytes <= _MASK_READ_LIMIT_BYTES:
+                    arr = page.asarray()
+                elif min_shape is None:
+                    raise _MaskTooLarge(
+                        f"mask {str(path)!r} is {page.imagelength} x {page.imagewidth} pixels "
+                        f"({nbytes / 2**30:.1f} GiB decoded), over the {_MASK_READ_LIMIT_BYTES / 2**30:g} GiB read "
+                        "limit; pass min_shape (the map's shape, as infer_slide does) or give a pyramidal TIFF or a "
+                        "low-resolution mask (.npy, .png at the map's resolution)."
+                    )
+                else:
+                    h, w = (int(v) for v in min_shape)
+                    rows, cols = _nearest_rows(page.imagelength, h), _nearest_rows(page.imagewidth, w)
+                    arr = _tiff_gather(page, rows, cols)
         else:
             from PIL import Image
 
@@ -863,6 +1017,8 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
                 if "A" in im.getbands():  # LA / RGBA / PA: the alpha band is not tumour
                     im = im.convert("L" if im.mode in ("LA", "La") else "RGB")
                 arr = np.asarray(im)
+    except _MaskTooLarge as e:
+        raise ValueError(str(e)) from None
     except Exception as e:
         raise ValueError(f"cannot read mask {str(path)!r}: {type(e).__name__}: {e}") from e
     arr = np.asarray(arr)
@@ -874,13 +1030,17 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
+class _MaskTooLarge(Exception):
+    """A mask page over ``_MASK_READ_LIMIT_BYTES`` asked for whole (re-raised as ValueError by load_mask)."""
+
+
 def _resize_nearest(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Nearest-neighbour resize of a 2D array (pixel centres mapped; exact for integer factors)."""
     h, w = (int(s) for s in shape)
     if tuple(arr.shape) == (h, w):
         return arr
-    rows = np.minimum(((np.arange(h) + 0.5) * arr.shape[0] / h).astype(np.int64), arr.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * arr.shape[1] / w).astype(np.int64), arr.shape[1] - 1)
+    rows = _nearest_rows(arr.shape[0], h)
+    cols = _nearest_rows(arr.shape[1], w)
     return arr[rows[:, None], cols[None, :]]
 
 
@@ -1302,7 +1462,9 @@ def infer_slide(
        probability of ``tumour_class``, 0 where no patch; ``(C, H, W)`` when C > 2), ``{name}_heatmap.png``
        (heatmap over the slide thumbnail at the map's resolution), ``{name}_tissue.png`` (tissue mask).
     5. With ``label_mask`` (a path or array at any resolution: resized to the map), :func:`map_quality` on the
-       covered tissue pixels.
+       covered tissue pixels. A path is checked at once (its header: exists, readable, 2D, aspect) and read once
+       the map's shape is known, with ``load_mask(path, min_shape=map shape)``: a full-resolution pyramidal TIFF at
+       its smallest level at least the map's size, never at level 0.
 
     Args:
         slide: slide path, or a dict ``{"image": path, "label_mask": path}``.
@@ -1337,8 +1499,11 @@ def infer_slide(
     _check_layout(mode, overlap, grid, map_max_size, min_tissue=min_tissue, threshold=threshold,
                   tumour_class=tumour_class, batch_size=batch_size)  # fmt: skip
     positive_int(heatmap_max_size, "heatmap_max_size", allow_none=True)  # before the slide, not at its last write
+    mask_file, mask_hw = None, None
     if label_mask is not None and not isinstance(label_mask, np.ndarray):
-        label_mask = load_mask(label_mask)  # before the inference: a wrong path fails at once, not after the slide
+        # before the inference: a wrong path fails at once, not after the slide; only the header is read here, the
+        # pixels once the map's shape is known (a full-resolution pyramidal mask is read at a level near the map's)
+        mask_file, mask_hw = label_mask, mask_shape(label_mask)
     ps = _patch_size_arg(patch_size)
     name = name or _slide_name(path)
     rank, world = _dist_rank_world()
@@ -1436,7 +1601,10 @@ def infer_slide(
     # file offset (tifffile backend: interleaved seeks corrupt the tiles), so every worker reopens the slide.
     if int(num_workers) > 0 and hasattr(ds, "wsi_object_dict"):
         ds.wsi_object_dict = {}
-    if label_mask is not None and np.ndim(label_mask) == 2:  # before the inference, not after it (the map was lost)
+    if mask_file is not None:  # the file's full-resolution shape, then its pixels at (at least) the map's size
+        _check_mask_aspect(mask_hw, tissue.shape)
+        label_mask = load_mask(mask_file, min_shape=tissue.shape)
+    elif label_mask is not None and np.ndim(label_mask) == 2:  # before the inference, not after it (the map was lost)
         _check_mask_aspect(np.shape(label_mask), tissue.shape)
     n = len(ds)
     if n == 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -579,3 +581,132 @@ def test_a_first_rotation_under_inference_mode_does_not_break_later_training(mod
     y = rotate(xg, 33.0, mode=mode)
     y.square().sum().backward()
     assert torch.equal(y.detach(), ref) and xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+# --- chunked resampling of large inputs (bounded memory) -----------------------------------------------------------
+
+
+def _force_chunks(monkeypatch, cache: bool) -> None:
+    """Make every input "large": a 1-byte chunk budget (chunks of 128-256 voxels), and with ``cache=False`` a zero
+    cache budget, so that nothing is cached and the per-chunk loop runs."""
+    from monai_gmr.functional import rotation as rot
+
+    rot.clear_rotation_cache()
+    monkeypatch.setattr(rot, "_CHUNK_BUDGET_BYTES", 1, raising=False)
+    monkeypatch.setattr(rot, "_CHUNK_MIN_VOXELS", 256, raising=False)
+    if not cache:
+        monkeypatch.setattr(rot, "_CACHE_BUDGET_BYTES", 0)
+
+
+_CHUNK_CASES = [
+    (2, (37, 43), 30.0, "bilinear"),
+    (2, (37, 43), -71.3, "bicubic"),
+    (2, (43, 37), 30.0, "nearest"),
+    (3, (12, 10, 9), 30.0, "bilinear"),
+    (3, (11, 7, 13), (10.0, 25.0, 40.0), "bilinear"),
+    (3, (12, 10, 9), 30.0, "nearest"),
+    (3, (11, 7, 13), (10.0, 25.0, 40.0), "nearest"),
+]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("spatial_dims,shape,angle,mode", _CHUNK_CASES)
+def test_chunked_resampling_is_identical_to_the_single_shot_path(monkeypatch, spatial_dims, shape, angle, mode, cache):
+    """Large inputs are resampled in chunks of output voxels (a grid too large to cache is never built whole):
+    torch.equal to the single-shot path for every padding mode and dtype (images, integer and bool labels), forward and
+    inverse, with the grid / gather index cached (built chunk by chunk) or not cached (per-chunk loop)."""
+    from monai_gmr.functional import rotation as rot
+
+    torch.manual_seed(0)
+    dtypes = [torch.float32, torch.float64, torch.float16, torch.uint8, torch.int64, torch.bool]
+    xs = [(torch.rand(2, 3, *shape) * 200).to(dt) if dt != torch.bool else torch.rand(2, 3, *shape) > 0.5
+          for dt in dtypes]  # fmt: skip
+    calls = []
+    for pad in rot.PADDING_MODES_ROT:
+        for x in xs:
+            for fn in (rotate, rotate_inverse):
+                rot.clear_rotation_cache()
+                ref = fn(x, angle, spatial_dims, mode, padding_mode=pad)
+                with monkeypatch.context() as mp:
+                    _force_chunks(mp, cache)
+                    n_before = rot._chunk_ranges(x[0, 0].numel(), rot._grid_bytes_per_voxel(spatial_dims, 6))
+                    out = fn(x, angle, spatial_dims, mode, padding_mode=pad)
+                    again = fn(x, angle, spatial_dims, mode, padding_mode=pad)  # from the cache when cache=True
+                    calls.append(len(n_before))
+                assert out.dtype == x.dtype and torch.equal(out, ref), (pad, x.dtype, fn.__name__)
+                assert torch.equal(again, ref)
+    assert min(calls) >= 4  # the chunked path ran (several chunks)
+
+
+@pytest.mark.parametrize("spatial_dims,shape,angle,mode", _CHUNK_CASES)
+def test_chunked_masks_are_identical(monkeypatch, spatial_dims, shape, angle, mode):
+    if isinstance(angle, tuple) and mode == "bicubic":
+        pytest.skip("bicubic is 2D")
+    ref_v = validity_mask(shape, angle, spatial_dims, mode)
+    ref_r = roundtrip_mask(shape, angle, spatial_dims, mode)
+    for cache in (True, False):
+        with monkeypatch.context() as mp:
+            _force_chunks(mp, cache)
+            assert torch.equal(validity_mask(shape, angle, spatial_dims, mode), ref_v)
+            assert torch.equal(roundtrip_mask(shape, angle, spatial_dims, mode), ref_r)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "mask"])
+def test_large_volume_never_builds_the_whole_grid(monkeypatch, mode):
+    """Regression: a non-right-angle rotation of a volume built float64 coordinates / the affine_grid of the whole
+    volume at once (~50-94 bytes per voxel: 7 GB for a 512x512x300 CT at 30 degrees). Now no build step covers more
+    than one chunk of output voxels (``_CHUNK_BUDGET_BYTES`` / bytes per voxel) when the grid is too large to cache."""
+    from monai_gmr.functional import rotation as rot
+
+    shape = (20, 24, 22)
+    n = 20 * 24 * 22  # 10560 voxels, over 200 bytes of temporaries each: 3 chunks of a 1 MiB budget
+    _force_chunks(monkeypatch, cache=False)
+    monkeypatch.setattr(rot, "_CHUNK_BUDGET_BYTES", 2**20, raising=False)
+    built = []
+
+    def spy(real):
+        def wrapper(*args, **kwargs):
+            out = real(*args, **kwargs)
+            built.append(out.numel() // 3)  # (..., 3): voxels covered by this build
+            return out
+
+        return wrapper
+
+    monkeypatch.setattr(rot.F, "affine_grid", spy(torch.nn.functional.affine_grid))
+    monkeypatch.setattr(rot, "_source_coords", spy(rot._source_coords))
+    if hasattr(rot, "_source_grid_chunk"):
+        monkeypatch.setattr(rot, "_source_grid_chunk", spy(rot._source_grid_chunk))
+    x = torch.rand(1, 1, *shape)
+    if mode == "mask":
+        roundtrip_mask(shape, 30.0, 3, "bilinear")
+    else:
+        rotate(x, 30.0, 3, mode)
+    assert built and max(built) < n / 2, built
+
+
+@pytest.mark.parametrize("spatial_dims,mode", [(2, "bilinear"), (2, "bicubic"), (2, "nearest"), (3, "bilinear")])
+def test_chunked_path_gradcheck(monkeypatch, spatial_dims, mode):
+    """Autograd through the per-chunk loop (outputs written into slices of one output tensor)."""
+    from monai_gmr.functional import rotation as rot
+
+    _force_chunks(monkeypatch, cache=False)
+    monkeypatch.setattr(rot, "_CHUNK_MIN_VOXELS", 8)
+    shape = (7, 9) if spatial_dims == 2 else (4, 5, 6)
+    assert len(rot._chunk_ranges(math.prod(shape), rot._grid_bytes_per_voxel(spatial_dims, 2))) >= 3
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, *shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: rotate(t, 30.0, spatial_dims, mode, padding_mode="border"), (x,))
+
+
+def test_chunk_ranges_cover_the_output_in_bounded_near_equal_chunks(monkeypatch):
+    from monai_gmr.functional import rotation as rot
+
+    assert rot._chunk_ranges(1000, 100) is None  # fits the budget: single shot
+    monkeypatch.setattr(rot, "_CHUNK_BUDGET_BYTES", 100 * 5000)
+    monkeypatch.setattr(rot, "_CHUNK_MIN_VOXELS", 16)
+    r = rot._chunk_ranges(12_345, 100)
+    assert r[0][0] == 0 and r[-1][1] == 12_345 and all(a[1] == b[0] for a, b in zip(r, r[1:]))
+    sizes = [b - a for a, b in r]
+    assert len(r) == 3 and max(sizes) <= 5000 and max(sizes) - min(sizes) <= 1
+    monkeypatch.setattr(rot, "_CHUNK_BUDGET_BYTES", 1)
+    assert all(b - a >= 8 for a, b in rot._chunk_ranges(100, 100))  # never below _CHUNK_MIN_VOXELS / 2

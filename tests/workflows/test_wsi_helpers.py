@@ -1365,3 +1365,119 @@ def test_slide_inference_refuses_bad_scoring_settings_by_name_before_any_slide(t
     with pytest.raises(ValueError, match=match):
         infer_slide(str(tmp_path / "missing.tiff"), torch.nn.Identity(), **bad)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ full-resolution masks
+def _write_mask_pyramid(path, levels, style: str) -> None:
+    """A tiled (zlib) pyramidal mask TIFF: level 0 with the others as SubIFDs (``style="subifds"``) or as
+    reduced-resolution pages after it (``"pages"``, the layout of ``write_pyramidal_tiff``)."""
+    import tifffile
+
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        tif.write(levels[0], tile=(32, 32), compression="zlib", subifds=len(levels) - 1 if style == "subifds" else 0)
+        for lvl in levels[1:]:
+            tif.write(lvl, tile=(32, 32), compression="zlib", subfiletype=1)
+
+
+def _corrupt_first_page(path) -> None:
+    """Overwrite the compressed tiles of the file's first page (level 0) with junk: reading it fails."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages.first
+        spans = list(zip(page.dataoffsets, page.databytecounts))
+    with open(path, "r+b") as f:
+        for off, n in spans:
+            f.seek(off)
+            f.write(b"\xff" * n)
+
+
+@pytest.mark.parametrize("style", ["subifds", "pages"])
+def test_load_mask_reads_the_smallest_pyramid_level_at_least_the_map_and_never_level_0(tmp_path, style):
+    """A full-resolution pyramidal ground-truth mask (CAMELYON16: 100 000 x 200 000 pixels, 20 GB as uint8) was read
+    at level 0 whole. With min_shape (the map's shape) the smallest level at least that large is read; for a mask of
+    4 x 4 aligned blocks and power-of-two levels its nearest resize to the map is exactly that of level 0."""
+    from monai_gmr.workflows.wsi import _resize_nearest, load_mask, mask_shape
+
+    rng = np.random.default_rng(0)
+    m0 = np.kron(rng.integers(0, 3, (32, 48)), np.ones((4, 4), np.int64)).astype(np.uint8)  # 128 x 192, label ids
+    p = tmp_path / f"mask_{style}.tif"
+    _write_mask_pyramid(p, [m0, m0[::2, ::2], m0[::4, ::4]], style)
+    _corrupt_first_page(p)
+    with pytest.raises(ValueError, match=f"cannot read mask .*mask_{style}.tif"):
+        load_mask(p)  # level 0 is unreadable: any read of it fails
+    assert mask_shape(p) == (128, 192)  # the header only
+    for map_shape, level_shape in [((32, 48), (32, 48)), ((25, 37), (32, 48)), ((33, 48), (64, 96)),
+                                   ((64, 96), (64, 96)), ((50, 75), (64, 96))]:  # fmt: skip
+        got = load_mask(p, min_shape=map_shape)
+        assert got.shape == level_shape, map_shape
+        np.testing.assert_array_equal(_resize_nearest(got, map_shape), _resize_nearest(m0, map_shape))
+
+
+@pytest.mark.parametrize("layout", ["strips", "tiles", "rgb_tiles"])
+def test_load_mask_decodes_a_large_single_level_tiff_in_pieces(tmp_path, monkeypatch, layout):
+    """A single-level mask TIFF over the read limit is not decoded whole: with min_shape only the strips / tiles
+    holding the rows and columns of the nearest resize are decoded (the same values as the whole read, resized);
+    without min_shape it is refused with a message naming the file, its size and what to give instead."""
+    import tifffile
+
+    from monai_gmr.workflows import wsi
+
+    rng = np.random.default_rng(1)
+    m = rng.integers(0, 4, (150, 250)).astype(np.uint8)  # no block structure: every pixel counts
+    p = tmp_path / f"big_{layout}.tif"
+    if layout == "strips":
+        tifffile.imwrite(p, m, rowsperstrip=7, compression="zlib")
+        ref = m
+    elif layout == "tiles":
+        tifffile.imwrite(p, m, tile=(32, 48), compression="zlib")
+        ref = m
+    else:
+        rgb = np.stack([m, (m + 1) % 4 * (m > 1), np.zeros_like(m)], -1)
+        tifffile.imwrite(p, rgb, tile=(32, 32), photometric="rgb")
+        ref = rgb.max(-1)
+    np.testing.assert_array_equal(wsi.load_mask(p), ref)  # under the limit: read whole, as before
+    monkeypatch.setattr(wsi, "_MASK_READ_LIMIT_BYTES", 1000, raising=False)
+
+    def whole(*a, **k):
+        raise AssertionError("the mask page was decoded whole")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", whole)
+    with pytest.raises(ValueError, match=rf"big_{layout}.tif' is 150 x 250 pixels .* pass min_shape .* pyramidal"):
+        wsi.load_mask(p)
+    for map_shape in [(30, 50), (37, 61), (150, 250), (200, 300)]:
+        got = wsi.load_mask(p, min_shape=map_shape)
+        np.testing.assert_array_equal(got, wsi._resize_nearest(ref, map_shape))
+
+
+def test_load_mask_memory_maps_npy_with_min_shape(tmp_path):
+    """A .npy mask given with min_shape is memory-mapped (the resize reads only the rows it picks), one-channel
+    (H, W, 1) / (1, H, W) masks as views of the map; the values and the resize are those of the plain read."""
+    from monai_gmr.workflows.wsi import _resize_nearest, load_mask
+
+    m = (np.random.default_rng(2).random((90, 120)) < 0.3).astype(np.uint8)
+    for name, arr in [("m.npy", m), ("last.npy", m[..., None]), ("first.npy", m[None])]:
+        np.save(tmp_path / name, arr)
+        got = load_mask(tmp_path / name, min_shape=(30, 40))
+        assert isinstance(got, np.memmap) or isinstance(got.base, np.memmap), name
+        np.testing.assert_array_equal(got, m)
+        plain = load_mask(tmp_path / name)
+        np.testing.assert_array_equal(_resize_nearest(got, (30, 40)), _resize_nearest(plain, (30, 40)))
+
+
+def test_infer_slide_scores_a_full_resolution_pyramidal_mask_without_reading_level_0(wsi_data, tmp_path):
+    """infer_slide read its label_mask whole at level 0 (a CAMELYON16 mask: 20 GB); now only the header at once and
+    then the pyramid level near the map: the same metrics as the low-resolution mask, with level 0 unreadable."""
+    from monai_gmr.workflows.wsi import infer_slide
+
+    small, small_gt = wsi_data["small"]
+    low = np.load(small_gt).astype(np.uint8)
+    ref = infer_slide(small, DarkNucleiNet(), None, patch_size=16, label_mask=small_gt, batch_size=512)
+    full = np.kron(low, np.ones((8, 8), np.uint8))  # 8x the low-resolution mask, aligned blocks
+    p = tmp_path / "small_mask.tif"
+    _write_mask_pyramid(p, [full, full[::2, ::2], full[::4, ::4], low], "subifds")
+    _corrupt_first_page(p)
+    res = infer_slide(small, DarkNucleiNet(), None, patch_size=16, label_mask=str(p), batch_size=512)
+    assert ref.metrics["pixel_auc"] is not None and res.metrics == ref.metrics
+    with pytest.raises(FileNotFoundError, match="nothere.tif"):  # a wrong path still fails before the slide is read
+        infer_slide("no_such_slide.svs", DarkNucleiNet(), None, patch_size=16, label_mask=str(tmp_path / "nothere.tif"))
