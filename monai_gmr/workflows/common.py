@@ -1342,6 +1342,121 @@ def _nearest_seed(seeds: np.ndarray, area: np.ndarray) -> np.ndarray:
     return (m - 1 - best % m).astype(seeds.dtype)
 
 
+def _watershed_markers(dist: np.ndarray, blobs: np.ndarray, min_distance: int) -> np.ndarray:
+    """Markers of :func:`instance_from_semantic`'s watershed: the peaks of the distance map ``dist`` (pixels not
+    lower than any pixel of their own blob within the (2 min_distance + 1)-wide square/cube around them), peaks of
+    one blob within Chebyshev distance ``min_distance`` of each other chained into one marker.
+
+    scikit-image's ``peak_local_max`` keeps one peak of a plateau, or of peaks closer than ``min_distance``, by scan
+    order (the first one listed): the marker set of a rotated map was not the rotated marker set. Keeping every peak
+    and merging close ones depends only on the geometry, so it commutes with the rotations and flips of the grid.
+    """
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    md = max(int(min_distance), 1)
+    size = 2 * md + 1
+    peaks = np.zeros(dist.shape, dtype=bool)
+    for b, box in enumerate(ndimage.find_objects(blobs), start=1):
+        if box is None:
+            continue
+        # the box grown by the window's half-width, so every window around a blob pixel lies inside it
+        big = tuple(slice(max(s.start - md, 0), min(s.stop + md, n)) for s, n in zip(box, dist.shape))
+        own = blobs[big] == b
+        local = np.where(own, dist[big], -1.0)  # other blobs and background never dominate a peak
+        peaks[big] |= own & (local >= ndimage.maximum_filter(local, size=size, mode="constant", cval=-1.0))
+    coords = np.argwhere(peaks)
+    group = np.arange(len(coords))  # union-find over peaks of one blob within min_distance (Chebyshev)
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    if len(coords):
+        owner = blobs[tuple(coords.T)]
+        for i, j in cKDTree(coords).query_pairs(r=md, p=np.inf):
+            if owner[i] == owner[j]:
+                group[root(i)] = root(j)
+    roots = np.array([root(i) for i in range(len(coords))], dtype=np.int64)
+    _, ids = np.unique(roots, return_inverse=True)
+    markers = np.zeros(dist.shape, dtype=np.int64)
+    markers[tuple(coords.T)] = ids.reshape(-1) + 1
+    return markers
+
+
+def _flood(dist: np.ndarray, markers: np.ndarray, fg: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Marker watershed of ``-dist`` restricted to ``fg``, flooded level by level in synchronous steps.
+
+    scikit-image's ``watershed`` floods pixels of equal level in the order they were queued, so a pixel reached from
+    two markers at the same level joined whichever came first in scan order. Here every level (from the highest
+    distance down) grows all regions at once, one neighbourhood step at a time. A pixel reached by several regions
+    in the same step joins the one holding more of its neighbours, then the one whose marker is nearest
+    (Euclidean), then the one grown larger so far, then the larger marker, then the higher peak: properties that a
+    rotation or flip of the map keeps. A pixel these leave undecided waits (for the next step or level: the regions
+    growing around may decide it); only one still undecided when nothing else can grow (a pixel midway between two
+    mirror-image regions) goes to the smaller marker id.
+    """
+    shape = dist.shape
+    pad = np.pad(markers, 1).astype(np.int64)
+    strides = np.array(pad.strides) // pad.itemsize
+    centre = np.array(structure.shape) // 2
+    offsets = np.array(
+        [int(np.dot(np.array(o) - centre, strides)) for o in np.argwhere(structure) if (np.array(o) != centre).any()],
+        dtype=np.int64,
+    )
+    lab = pad.ravel()
+    # flat indices (in the padded array) of every foreground pixel, highest distance first
+    idx = np.ravel_multi_index(tuple((np.argwhere(fg) + 1).T), pad.shape) if fg.any() else np.zeros(0, np.int64)
+    dvals = dist[fg]
+    order = np.argsort(-dvals, kind="stable")
+    idx, dvals = idx[order], dvals[order]
+    n = int(markers.max())
+    area = np.bincount(markers.ravel(), minlength=n + 1)
+    grown = area.copy()
+    height = np.zeros(n + 1)
+    np.maximum.at(height, markers[markers > 0], dist[markers > 0])
+    coords = np.argwhere(markers > 0)
+    ids = markers[markers > 0]
+    where = {int(m): coords[ids == m] for m in np.unique(ids)}  # each marker's pixels
+    pending = np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, dvals[1:] != dvals[:-1]]) if len(dvals) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(dvals)]
+    for s, e in zip(starts, ends):
+        pending = np.concatenate([pending, idx[s:e]])
+        pending = pending[lab[pending] == 0]
+        while len(pending):
+            near = lab[pending[:, None] + offsets[None, :]]  # (P, K) neighbour labels, 0 = none
+            first = near.max(axis=1)
+            reached = first > 0
+            if not reached.any():
+                break
+            new = first.copy()
+            # contested: reached by two different regions in this step
+            contested = np.flatnonzero(reached & ((near > 0) & (near != first[:, None])).any(axis=1))
+            tied = []
+            for i in contested.tolist():
+                pix = np.array(np.unravel_index(pending[i], pad.shape)) - 1
+                cands, votes = np.unique(near[i][near[i] > 0], return_counts=True)
+                keys = sorted(
+                    (int(v), -int(((where[m] - pix) ** 2).sum(axis=1).min()), int(grown[m]), int(area[m]), height[m], -m)
+                    for m, v in zip(cands.tolist(), votes.tolist())
+                )
+                new[i] = -keys[-1][-1]
+                if keys[-1][:-1] == keys[-2][:-1]:
+                    tied.append(i)
+            if tied and (len(tied) < int(reached.sum()) or e < len(dvals)):
+                # undecided: wait a step (or for the next level), the regions growing around may decide it
+                reached[tied] = False
+                if not reached.any():
+                    break
+            lab[pending[reached]] = new[reached]  # all at once: this step's growth sees none of itself
+            np.add.at(grown, new[reached], 1)
+            pending = pending[~reached]
+    return pad[tuple(slice(1, -1) for _ in shape)]
+
+
 def instance_from_semantic(
     semantic: np.ndarray | torch.Tensor,
     method: str = "connected_components",
@@ -1359,10 +1474,17 @@ def instance_from_semantic(
           its own foreground region (exact Euclidean distance transform; equidistant seeds: the larger one, so that
           the partition of a rotated/flipped map is the rotated/flipped partition), which separates touching
           objects; a region without interior pixels is one object.
-        - ``"watershed"``: marker watershed on the distance transform of the foreground (scikit-image
-          ``peak_local_max`` + ``watershed``), the classic split of touching blobs for binary masks. Its seeds on
-          flat plateaus of the distance map and its flooding of ties follow the scan order, so the partition of a
-          rotated/flipped map is not always the rotated/flipped partition (connected components' is).
+        - ``"watershed"``: marker watershed on the distance transform of the foreground, the classic split of
+          touching blobs for binary masks. Markers are the distance map's peaks within each blob (not lower than
+          any pixel of the blob in the (2 ``min_distance`` + 1)-wide window), peaks at most ``min_distance`` apart
+          (Chebyshev) chained into one marker, so a plateau or ridge of equal distance (a bar-shaped nucleus) is
+          one marker. The flooding goes level by level in synchronous steps; a pixel reached by two regions in
+          one step joins the one with more neighbours there, then the nearer marker, the larger region, the larger
+          marker, the higher peak. So the partition of a rotated/flipped (2D: D4; 3D: cube group) map is the
+          rotated/flipped partition, except at a pixel midway between two mirror-image regions, which no
+          orientation-free rule can give to one of them: it goes to the smaller marker id (scan order). (Written here
+          rather than with scikit-image's ``peak_local_max`` + ``watershed``, whose plateau peaks and equal-level
+          flooding follow the pixel scan order: the instances of a rotated tile were not the rotated instances.)
 
     Args:
         semantic: class map ``(H, W[, D])`` or ``(1, H, W[, D])`` of non-negative integers.
@@ -1370,7 +1492,8 @@ def instance_from_semantic(
         boundary_class: class id of the boundary class, or ``None``.
         min_size: objects smaller than this many pixels are removed (set to background).
         connectivity: neighbourhood for connected components (1 = faces, ndim = full).
-        min_distance: minimum seed distance in pixels for ``"watershed"``.
+        min_distance: ``"watershed"``: half-width of the peak window, and peaks of one blob at most this far apart
+            (Chebyshev distance, pixels) form one marker.
 
     Returns:
         ``int32`` array of the input's spatial shape with ids 1..N numbered consecutively.
@@ -1416,21 +1539,9 @@ def instance_from_semantic(
                         n += 1
                         inst[box] = np.where(own, n, inst[box])
     else:
-        try:
-            from skimage.feature import peak_local_max
-            from skimage.segmentation import watershed
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("method='watershed' needs scikit-image (pip install scikit-image).") from e
         dist = ndimage.distance_transform_edt(fg)
-        blobs, n_blobs = ndimage.label(fg, structure=structure)
-        # exclude_border=False: the default drops seeds near the image edge and with them whole nuclei
-        coords = peak_local_max(dist, min_distance=max(int(min_distance), 1), labels=blobs, exclude_border=False)
-        markers = np.zeros(sem.shape, dtype=np.int32)
-        markers[tuple(coords.T)] = np.arange(1, len(coords) + 1)
-        unseeded = np.setdiff1d(np.arange(1, n_blobs + 1), np.unique(blobs[tuple(coords.T)]))
-        for j, b in enumerate(unseeded, start=len(coords) + 1):  # every blob gets at least one marker
-            markers[tuple(np.argwhere(blobs == b)[0])] = j
-        inst = watershed(-dist, markers, mask=fg)
+        blobs, _ = ndimage.label(fg, structure=structure)
+        inst = _flood(dist, _watershed_markers(dist, blobs, min_distance), fg, structure)
     inst = inst.astype(np.int64)
     if min_size > 0 and inst.max() > 0:
         sizes = np.bincount(inst.ravel())

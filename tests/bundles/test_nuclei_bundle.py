@@ -736,15 +736,15 @@ def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by
     --log_interval x, --num_workers two failed with "'<' not supported between 'str' and 'int'"; --cache_rate 2 or
     -0.5 was accepted silently and --cache_rate all failed with "invalid literal for int() ... 'allallallall'"."""
     check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
-        ("seed", "abc", "initialize#2"), ("seed", 1.5, "initialize#2"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("seed", "abc", "initialize#3"), ("seed", 1.5, "initialize#3"), ("log_interval", "x", "train#handlers#3#interval"),
         ("log_interval", -1, "train#handlers#3#interval"), ("cache_rate", 2, "train#dataset#cache_rate"),
         ("cache_rate", "all", "validate#dataset#cache_rate"), ("num_workers", "two", "train#dataloader#num_workers"),
         ("num_workers", -1, "validate#dataloader#num_workers"),
     ])  # fmt: skip
-    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
-    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#6")])
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#2")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#7")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[
-        ("seed", "abc", "initialize#1"), ("num_workers", "two", "dataloader#num_workers"),
+        ("seed", "abc", "initialize#2"), ("num_workers", "two", "dataloader#num_workers"),
     ])  # fmt: skip
     p = config_parser([TRAIN], log_interval=0, cache_rate=0.5, num_workers=0, metadata=METADATA)
     assert p.get_parsed_content("train#handlers#3#interval") == 0  # 0: no iteration lines, as documented
@@ -760,6 +760,14 @@ def test_config_splits_and_num_classes_are_refused_by_setting_name():
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("input_split", "tset", "datalist")])
     check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[("num_classes", 2.0, "boundary"),
                                                                      ("num_classes", True, "boundary")])
+    # checked in initialize, right after the other training settings, before any data are generated (it was read
+    # only once the datalists existed); evaluation and inference check it before the network is built
+    for configs, id in (([TRAIN], "initialize#2"), ([TRAIN, MULTI_GPU], "initialize#2"), ([TRAIN, EVALUATE], "initialize#1")):
+        check_settings_refused_by_name(configs, metadata=METADATA, cases=[("num_classes", 2.0, id)])
+        init = config_parser(configs, metadata=METADATA)["initialize"]
+        assert not any("datalist" in x or "network" in x for x in init[: int(id.split("#")[1])]), init
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("num_classes", 3.0, "initialize#1"),
+                                                                         ("num_classes", 3.0, "postprocessing")])
     assert config_parser([TRAIN], num_classes=3, metadata=METADATA).get_parsed_content("boundary") is True
 
 def test_config_training_settings_are_refused_by_name_before_the_data(tmp_path):
@@ -772,7 +780,7 @@ def test_config_training_settings_are_refused_by_name_before_the_data(tmp_path):
 def test_config_settings_robustness_metrics_are_checked_by_name_before_the_data():
     """--robustness_metrics "['dcie']" stopped evaluation only after the validation run over the whole split."""
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
-        ("robustness_metrics", ["dcie"], "initialize#4"),
+        ("robustness_metrics", ["dcie"], "initialize#5"),
     ])  # fmt: skip
 
 
@@ -801,7 +809,7 @@ def test_bad_inference_setting_keeps_the_earlier_outputs(tmp_path, nuclei_data, 
 
 def test_config_tta_settings_are_checked_by_name_in_initialize(tmp_path):
     """--tta_angles "[]" failed when the inferer was built, naming only RotationTTAInferer's ``angles``."""
-    for configs, id in (([INFERENCE], "initialize#4"), ([TRAIN, EVALUATE], "initialize#5")):
+    for configs, id in (([INFERENCE], "initialize#5"), ([TRAIN, EVALUATE], "initialize#6")):
         p = config_parser(configs, tta_angles=[], dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
                           metadata=METADATA)  # fmt: skip
         with pytest.raises(Exception, match="tta_angles"):
