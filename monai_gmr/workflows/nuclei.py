@@ -321,6 +321,19 @@ def remove_earlier_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | o
     return removed
 
 
+#: PIL image modes whose pixel values are not grey/RGB(A) intensities, refused by :func:`to_rgb` (MONAI's
+#: ``PILReader`` returns the raw values: palette indices, CMYK / YCbCr / LAB / HSV channels, 0/1 bits)
+_NOT_INTENSITY_MODES = {
+    "P": "a palette (indexed-colour) image, whose values are palette indices",
+    "PA": "a palette (indexed-colour) image with alpha, whose values are palette indices",
+    "CMYK": "a CMYK image",
+    "YCbCr": "a YCbCr image",
+    "LAB": "a LAB image",
+    "HSV": "an HSV image",
+    "1": "a 1-bit image",
+}
+
+
 def to_rgb(img: torch.Tensor) -> torch.Tensor:
     """Channel-first image -> 3 channels: RGBA drops alpha, grey is repeated, RGB is unchanged.
 
@@ -330,12 +343,24 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
     divided by 255 once more into a nearly black tile and segmented silently wrong; float intensities with
     fractions on the 0..255 scale are read as they are.
 
+    An image that PIL decodes in a mode whose values are not grey/RGB(A) intensities (MONAI's ``PILReader`` records
+    the mode in the metadata) is an error too: a palette (indexed-colour) PNG was read as its palette indices, one
+    channel repeated as grey, and a CMYK JPEG's 4 channels as RGBA (black dropped), both segmented silently wrong.
+
     Raises:
-        ValueError: for another number of channels, or intensities above 255, below 0 or fractional and none
-            above 1 (the message names the file when the image is a MONAI ``MetaTensor`` from ``LoadImage``).
+        ValueError: for another number of channels, intensities above 255, below 0 or fractional and none above 1,
+            or a palette / CMYK / YCbCr / LAB / HSV / 1-bit image (the message names the file when the image is a
+            MONAI ``MetaTensor`` from ``LoadImage``).
     """
     meta = getattr(img, "meta", None) or {}
     name = meta.get("filename_or_obj", "the input image")
+    mode = meta.get("mode")
+    if isinstance(mode, str) and mode in _NOT_INTENSITY_MODES:
+        raise ValueError(
+            f"image {str(name)!r} is {_NOT_INTENSITY_MODES[mode]} (PIL mode {mode!r}), not grey/RGB/RGBA intensities: "
+            "convert it to 8-bit RGB first (python -m monai_gmr.data.prepare_nuclei converts such images; or PIL's "
+            "Image.open(path).convert('RGB'))."
+        )
     if img.numel() and float(img.max()) > 255:
         raise ValueError(
             f"image {str(name)!r} has intensities up to {float(img.max()):g}: the bundle reads 8-bit RGB (0..255); "

@@ -54,6 +54,31 @@ def test_to_rgb():
         to_rgb(x[:2])
 
 
+def test_palette_and_cmyk_images_are_refused_by_name(tmp_path):
+    """A palette (indexed-colour) PNG went through LoadImaged as one channel of palette indices, repeated as grey,
+    and a CMYK JPEG as 4 channels taken for RGBA (black dropped): both were segmented silently wrong. Now an error
+    naming the file and the mode; the RGB, RGBA and grey versions of the same tile still pass."""
+    import numpy as np
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from PIL import Image
+
+    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])
+    rgb = Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
+    rgb.quantize(16).save(tmp_path / "palette.png")
+    rgb.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    rgb.convert("1").save(tmp_path / "bits.png")
+    for name, mode in (("palette.png", "P"), ("cmyk.jpg", "CMYK"), ("bits.png", "1")):
+        img = load({"image": str(tmp_path / name)})["image"]
+        with pytest.raises(ValueError, match=f"{name}.*PIL mode '{mode}'.*convert"):
+            to_rgb(img)
+    for name, im in (("rgb.png", rgb), ("rgba.png", rgb.convert("RGBA")), ("grey.png", rgb.convert("L"))):
+        im.save(tmp_path / name)
+        out = to_rgb(load({"image": str(tmp_path / name)})["image"])
+        assert out.shape == (3, 16, 16)
+        expected = np.asarray(im.convert("RGB")).transpose(2, 1, 0)  # PILReader: (W, H) spatial order
+        assert np.array_equal(np.asarray(out), expected)
+
+
 def test_16_bit_images_are_refused_by_name(tmp_path):
     """A 16-bit image (grey TIFF through ITK, grey PNG through PIL) went through LoadImaged and the [0, 255] ->
     [0, 1] clipping as an almost white tile and was segmented without a word; now an error naming the file. 8-bit
