@@ -82,6 +82,8 @@ SPLITS = ("training", "validation", "test")
 SOURCES = ("wsi", "pcam", "image_folder")
 #: patch layouts of slide inference (MONAI ``SlidingPatchWSIDataset`` / ``MaskedPatchWSIDataset``).
 MODES = ("sliding", "masked")
+#: more patches than this in the masked layout (one per tissue pixel of ``mask_level``) is warned about before the run
+MASKED_PATCHES_WARN = 100_000
 #: placements of the ``mode="sliding"`` patch grid of slide inference (:func:`sliding_grid_offset`).
 GRIDS = ("top_left", "centered")
 
@@ -1445,6 +1447,16 @@ def infer_slide(
             f"(tissue covers {tissue.mean():.1%} of the level-{mask_level} mask); lower min_tissue or patch_size.",
             path,
         )
+    # the count before the network runs: the masked layout over a fine mask level (one patch per tissue pixel; the
+    # 2220 x 2967 CMU-1 region has one level, 2.4 million tissue pixels) ran for hours without a word
+    logger.info("slide %s: %d patches to classify (%dx%d at level %d, %s; tissue mask at level %d, %dx%d)",
+                name, n, ps[0], ps[1], patch_level, mode, mask_level, h, w)  # fmt: skip
+    if mode == "masked" and n > MASKED_PATCHES_WARN:
+        logger.warning(
+            "slide %s: the masked layout classifies one patch per tissue pixel of mask_level %d (%dx%d): %d patches; "
+            "a coarser mask_level (the slide has %d level(s)) or the sliding layout (inference_mode sliding) takes "
+            "far fewer.", name, mask_level, h, w, n, int(reader.get_level_count(wsi)),
+        )  # fmt: skip
 
     sampler: list[int] | None = None
     if world > 1:

@@ -452,6 +452,35 @@ def test_an_output_dir_that_is_a_file_is_refused_before_inference(wsi_data, tmp_
     assert not calls and (tmp_path / "afile").read_text() == ""
 
 
+def test_infer_slide_says_how_many_patches_before_the_network_runs(wsi_data, caplog, monkeypatch):
+    """Slide inference said nothing between "slide 1/1" and its final timing: the masked layout on the one-level
+    CMU-1 region (one patch per tissue pixel, 2.4 million) ran for hours without a word. The patch count is now
+    logged before the first batch, and a masked layout over more than MASKED_PATCHES_WARN patches is warned about."""
+    import logging
+
+    import monai_gmr.workflows.wsi as wsi_mod
+
+    small, _ = wsi_data["small"]
+    counted = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: counted.append(any("patches to classify" in r.getMessage()
+                                                            for r in caplog.records)))  # fmt: skip
+    monkeypatch.setattr(wsi_mod, "MASKED_PATCHES_WARN", 10, raising=False)
+    with caplog.at_level(logging.INFO, logger="monai_gmr.workflows.wsi"):
+        res = wsi_mod.infer_slide(small, net, None, mode="masked", patch_size=16, patch_level=1, batch_size=512)
+    assert counted and counted[0]  # logged before the network's first call
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(f"{res.n_patches} patches to classify (16x16 at level 1, masked; tissue mask at level 3, 32x32)" in m
+               for m in msgs), msgs  # fmt: skip
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "one patch per tissue pixel" in r.getMessage()]
+    assert len(warned) == 1 and "mask_level 3 (32x32)" in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_gmr.workflows.wsi"):
+        wsi_mod.infer_slide(small, DarkNucleiNet(), None, patch_size=16, patch_level=1)  # sliding: no warning
+    assert any("patches to classify" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_infer_slide_masked_mode_tifffile_and_level(wsi_data):
     from monai_gmr.workflows.wsi import infer_slide
 
