@@ -1448,14 +1448,15 @@ def infer_slide(
             path,
         )
     # the count before the network runs: the masked layout over a fine mask level (one patch per tissue pixel; the
-    # 2220 x 2967 CMU-1 region has one level, 2.4 million tissue pixels) ran for hours without a word
+    # 2220 x 2967 CMU-1 region has one level, 2.26 million tissue pixels) ran for hours without a word
     logger.info("slide %s: %d patches to classify (%dx%d at level %d, %s; tissue mask at level %d, %dx%d)",
                 name, n, ps[0], ps[1], patch_level, mode, mask_level, h, w)  # fmt: skip
     if mode == "masked" and n > MASKED_PATCHES_WARN:
+        last = int(reader.get_level_count(wsi)) - 1
+        coarser = f"a coarser mask_level (up to {last}) or" if mask_level < last else "the slide has no coarser level;"
         logger.warning(
             "slide %s: the masked layout classifies one patch per tissue pixel of mask_level %d (%dx%d): %d patches; "
-            "a coarser mask_level (the slide has %d level(s)) or the sliding layout (inference_mode sliding) takes "
-            "far fewer.", name, mask_level, h, w, n, int(reader.get_level_count(wsi)),
+            "%s the sliding layout (inference_mode sliding) takes far fewer.", name, mask_level, h, w, n, coarser,
         )  # fmt: skip
 
     sampler: list[int] | None = None

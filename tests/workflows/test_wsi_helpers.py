@@ -454,7 +454,7 @@ def test_an_output_dir_that_is_a_file_is_refused_before_inference(wsi_data, tmp_
 
 def test_infer_slide_says_how_many_patches_before_the_network_runs(wsi_data, caplog, monkeypatch):
     """Slide inference said nothing between "slide 1/1" and its final timing: the masked layout on the one-level
-    CMU-1 region (one patch per tissue pixel, 2.4 million) ran for hours without a word. The patch count is now
+    CMU-1 region (one patch per tissue pixel, 2.26 million) ran for hours without a word. The patch count is now
     logged before the first batch, and a masked layout over more than MASKED_PATCHES_WARN patches is warned about."""
     import logging
 
@@ -474,6 +474,7 @@ def test_infer_slide_says_how_many_patches_before_the_network_runs(wsi_data, cap
                for m in msgs), msgs  # fmt: skip
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and "one patch per tissue pixel" in r.getMessage()]
     assert len(warned) == 1 and "mask_level 3 (32x32)" in warned[0].getMessage()
+    assert "no coarser level" in warned[0].getMessage()  # level 3 is the small slide's last
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="monai_gmr.workflows.wsi"):
         wsi_mod.infer_slide(small, DarkNucleiNet(), None, patch_size=16, patch_level=1)  # sliding: no warning
