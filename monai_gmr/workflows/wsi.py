@@ -210,6 +210,16 @@ def check_patch_datalist(
     return good
 
 
+def _one_based_hint(labels: Any, num_classes: int) -> str:
+    """A hint for labels that count classes from 1 (``1..K``, e.g. Kather's folder numbers 01..08): class indices
+    start at 0, and ``--num_classes K + 1``, which the messages suggested, trains an extra class 0 without samples."""
+    found = sorted(int(v) for v in labels)
+    if not found or found[0] != 1 or found[-1] > int(num_classes) + 1:
+        return ""
+    return (f" The labels start at 1 ({found[0]}..{found[-1]}): class indices start at 0, so write them as label - 1 "
+            f"(0..{found[-1] - 1}); num_classes={found[-1] + 1} would add a class 0 without any sample.")  # fmt: skip
+
+
 def check_class_labels(
     labels: Sequence[int] | np.ndarray,
     num_classes: int | None,
@@ -251,7 +261,7 @@ def check_class_labels(
         if bad:
             raise ValueError(
                 f"{name}: label(s) {bad} are not class indices in [0, {k}) (num_classes={k}); set --num_classes to "
-                f"the number of classes of the data (labels found: {sorted(found)})."
+                f"the number of classes of the data (labels found: {sorted(found)})." + _one_based_hint(found, k)
             )
         missing = [c for c in range(k) if c not in found]
         if missing:
@@ -523,8 +533,10 @@ def _folder_dataset(image_dir: str | os.PathLike, labels_csv: str | os.PathLike 
     labels = sorted({int(i["label"]) for i in items})
     if num_classes is not None and labels and (labels[0] < 0 or labels[-1] >= int(num_classes)):
         raise ValueError(
-            f"image folder {str(image_dir)!r} has labels {labels} (classes {names}) but num_classes={num_classes}"
-            + (f": pass --num_classes {labels[-1] + 1}." if labels[0] >= 0 else ".")
+            f"image folder {str(image_dir)!r} has labels {labels}" + (f" (classes {names})" if names else "")
+            + f" but num_classes={num_classes}"
+            + (("." + hint) if (hint := _one_based_hint(labels, int(num_classes)))
+               else f": pass --num_classes {labels[-1] + 1}." if labels[0] >= 0 else ".")
         )
     parts = split_items(items, val_frac, test_frac, seed, stratify_key="label")
     if not parts[split]:
