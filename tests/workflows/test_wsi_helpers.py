@@ -1009,6 +1009,33 @@ def test_map_quality_threshold_is_inclusive():
     assert map_quality(prob, gt, threshold=0.5001)["dice"] == pytest.approx(0.0)
 
 
+def test_one_based_labels_get_a_hint_instead_of_an_extra_empty_class(tmp_path):
+    """Labels counted from 1 (Kather's folder numbers 01..08 written into a labels CSV) were refused with "pass
+    --num_classes 9", which trains a ninth class 0 without any sample; the message now says that the labels start at
+    1 and that class indices start at 0. Labels that are simply more than num_classes keep the old advice."""
+    from PIL import Image
+
+    from monai_gmr.workflows.wsi import check_class_labels, patch_dataset
+
+    rows = ["path,label"]
+    for i in range(8):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / f"t{i}.png")
+        rows.append(f"t{i}.png,{i % 2 + 1}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"labels \[1, 2\] but num_classes=2\. The labels start at 1 .*label - 1") as e:
+        patch_dataset("image_folder", "training", image_dir=tmp_path, labels_csv="labels.csv", num_classes=2)
+    assert "pass --num_classes 3" not in str(e.value) and "classes []" not in str(e.value)
+    with pytest.raises(ValueError, match=r"not class indices in \[0, 2\).*The labels start at 1 \(1\.\.2\)"):
+        check_class_labels([1, 2, 2, 1], 2, "training patches")
+    with pytest.raises(ValueError) as e:  # 0-based labels beyond num_classes: no such hint
+        check_class_labels([0, 1, 5], 2, "training patches")
+    assert "start at 1" not in str(e.value)
+    rows = ["path,label"] + [f"t{i}.png,{i % 3}" for i in range(8)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"num_classes=2: pass --num_classes 3\.$"):
+        patch_dataset("image_folder", "training", image_dir=tmp_path, labels_csv="labels.csv", num_classes=2)
+
+
 def test_check_class_labels(caplog):
     """``check_class_labels``: counts per class; a split with exactly ``min_classes`` classes passes (two classes
     for the validation split of training), fewer raise; labels outside ``[0, num_classes)`` or fractional raise; a
@@ -1395,30 +1422,3 @@ def test_slide_inference_refuses_bad_scoring_settings_by_name_before_any_slide(t
     with pytest.raises(ValueError, match=match):
         infer_slide(str(tmp_path / "missing.tiff"), torch.nn.Identity(), **bad)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_one_based_labels_get_a_hint_instead_of_an_extra_empty_class(tmp_path):
-    """Labels counted from 1 (Kather's folder numbers 01..08 written into a labels CSV) were refused with "pass
-    --num_classes 9", which trains a ninth class 0 without any sample; the message now says that the labels start at
-    1 and that class indices start at 0. Labels that are simply more than num_classes keep the old advice."""
-    from PIL import Image
-
-    from monai_gmr.workflows.wsi import check_class_labels, patch_dataset
-
-    rows = ["path,label"]
-    for i in range(8):
-        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / f"t{i}.png")
-        rows.append(f"t{i}.png,{i % 2 + 1}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    with pytest.raises(ValueError, match=r"labels \[1, 2\] but num_classes=2\. The labels start at 1 .*label - 1") as e:
-        patch_dataset("image_folder", "training", image_dir=tmp_path, labels_csv="labels.csv", num_classes=2)
-    assert "pass --num_classes 3" not in str(e.value) and "classes []" not in str(e.value)
-    with pytest.raises(ValueError, match=r"not class indices in \[0, 2\).*The labels start at 1 \(1\.\.2\)"):
-        check_class_labels([1, 2, 2, 1], 2, "training patches")
-    with pytest.raises(ValueError) as e:  # 0-based labels beyond num_classes: no such hint
-        check_class_labels([0, 1, 5], 2, "training patches")
-    assert "start at 1" not in str(e.value)
-    rows = ["path,label"] + [f"t{i}.png,{i % 3}" for i in range(8)]
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    with pytest.raises(ValueError, match=r"num_classes=2: pass --num_classes 3\.$"):
-        patch_dataset("image_folder", "training", image_dir=tmp_path, labels_csv="labels.csv", num_classes=2)
