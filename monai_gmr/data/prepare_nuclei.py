@@ -81,6 +81,7 @@ __all__ = [
     "NucleiPair",
     "read_rgb_image",
     "read_instance_mask",
+    "mask_array_instances",
     "binary_mask_instances",
     "read_cpm_txt_mask",
     "rasterize_aperio_xml",
@@ -254,8 +255,23 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
             f"mask {str(path)!r} has {pages} pages (e.g. one per nucleus): a mask is one 2D image of instance ids "
             "(0 background); merge the pages into one first."
         )
+    return mask_array_instances(arr, path, grey_alpha=path.suffix.lower() == ".png")
+
+
+def mask_array_instances(arr: np.ndarray, path: str | os.PathLike = "mask", grey_alpha: bool = True) -> np.ndarray:
+    """The instance ids ``(H, W)`` int32 (0 background) of a decoded mask array, channels last: how
+    :func:`read_instance_mask` reads every mask, and how the nuclei bundle reads the labels of a datalist
+    (``monai_gmr.workflows.nuclei.label_instances``), so that both take the same nuclei from one file.
+
+    ``(H, W)`` / ``(H, W, 1)`` ids as stored (a single foreground value: 8-connected components); ``(H, W, 2)`` grey +
+    alpha (with ``grey_alpha``; alpha 0 is background); ``(H, W, 3|4)`` colour-coded: every distinct non-black
+    colour is one nucleus, fully transparent pixels are background (grey stored as RGB: the grey ids).
+
+    Raises:
+        ValueError: an unsupported shape, non-integer or negative values (the message names ``path``).
+    """
     arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[-1] == 2 and path.suffix.lower() == ".png":  # 16-bit grey + alpha PNG
+    if arr.ndim == 3 and arr.shape[-1] == 2 and grey_alpha:  # 16-bit grey + alpha PNG
         arr = np.where(arr[..., 1] == 0, 0, arr[..., 0])
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         rgb = arr[..., :3].astype(np.int64)

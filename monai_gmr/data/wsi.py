@@ -273,6 +273,22 @@ def _reader_of(reader_or_backend: Any):
     return reader_or_backend
 
 
+def _tifffile_hint(path: Path) -> str:
+    """For a TIFF that openslide refuses but tifffile reads (a flat, untiled TIFF, e.g. a region exported from a
+    viewer: "Unsupported or missing image file"), the setting that reads it."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return ""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                return ""
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads either: no hint
+        return ""
+    return "; tifffile reads this TIFF (openslide does not open flat, untiled TIFFs): use --wsi_backend tifffile."
+
+
 def open_slide(slide: str | os.PathLike, backend: str | Any = "openslide") -> tuple[Any, Any]:
     """Open ``slide`` with a MONAI ``WSIReader``; returns ``(reader, wsi_object)``.
 
@@ -297,7 +313,11 @@ def open_slide(slide: str | os.PathLike, backend: str | Any = "openslide") -> tu
         n = reader.get_level_count(wsi)
         reader.get_size(wsi, 0)
     except Exception as e:  # noqa: BLE001 - any backend failure becomes a clear, slide-named error
-        raise WSIError(f"cannot read slide {str(path)!r} with the {name!r} backend: {type(e).__name__}: {e}", path) from e
+        raise WSIError(
+            f"cannot read slide {str(path)!r} with the {name!r} backend: {type(e).__name__}: {e}"
+            + (_tifffile_hint(path) if name == "openslide" else ""),
+            path,
+        ) from e
     if n < 1:
         raise WSIError(f"slide {str(path)!r} has no image level ({name!r} backend).", path)
     dtype = _tiff_dtype(path)

@@ -96,6 +96,26 @@ def _as_named(results: RobustnessResult | Sequence[RobustnessResult] | Mapping[s
     return named
 
 
+def _polar_line(angles: Any, values: Any) -> tuple[Any, Any]:
+    """The polar line of one metric: ``(theta (radians), values)`` in angle order, closed only when the angles go
+    round the circle (no gap between neighbours wider than twice the median gap, at least 3 angles). Otherwise the
+    line starts after its widest gap and ends before it: a sweep such as 0..90 or ``[0, 45, 90, 135]`` was joined
+    from its last angle back to 0 by a chord through angles never measured."""
+    import numpy as np
+
+    a = np.mod(np.asarray(angles, dtype=float), 360.0)
+    order = np.argsort(a, kind="stable")
+    a, v = a[order], np.asarray(values, dtype=float)[order]
+    if a.size < 2:
+        return np.deg2rad(a), v
+    gaps = np.append(np.diff(a), a[0] + 360.0 - a[-1])
+    if a.size >= 3 and gaps.max() <= 2.0 * float(np.median(gaps)) + 1e-9:
+        return np.deg2rad(np.append(a, a[0] + 360.0)), np.append(v, v[0])
+    first = (int(np.argmax(gaps)) + 1) % a.size  # the line is left open at its widest gap
+    a, v = np.roll(a, -first), np.roll(v, -first)
+    return np.deg2rad(a[0] + np.mod(a - a[0], 360.0)), v
+
+
 def plot_polar(
     results: RobustnessResult | Sequence[RobustnessResult] | Mapping[str, RobustnessResult],
     path: str | os.PathLike,
@@ -118,7 +138,6 @@ def plot_polar(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import numpy as np
     from matplotlib.ticker import MaxNLocator
 
     named = _as_named(results)
@@ -139,11 +158,7 @@ def plot_polar(
     for ax, m in zip(axs[0], metrics):
         allv = []
         for label, r in named.items():
-            order = np.argsort(np.mod(r.angles, 360.0))
-            th = np.deg2rad(np.mod(np.asarray(r.angles, dtype=float)[order], 360.0))
-            v = np.asarray(r.per_angle[m], dtype=float)[order]
-            if len(th) > 1:  # close the loop
-                th, v = np.append(th, th[0] + 2 * np.pi), np.append(v, v[0])
+            th, v = _polar_line(r.angles, r.per_angle[m])
             summ = r.summary()[m]
             std = summ["std"]
             ax.plot(th, v, marker="o", ms=2.5, lw=1.2, label=f"{label} (std {std:.3g})" if std is not None else label)
@@ -163,7 +178,8 @@ def plot_polar(
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95 if title else 1))
+    # polar axes titles (pad 12) are not fully counted by tight_layout: without a suptitle they were cut off at the top
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     path = Path(path)
     try:
         with atomic_path(path) as tmp:

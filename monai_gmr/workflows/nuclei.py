@@ -321,6 +321,19 @@ def remove_earlier_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | o
     return removed
 
 
+#: PIL image modes whose pixel values are not grey/RGB(A) intensities, refused by :func:`to_rgb` (MONAI's
+#: ``PILReader`` returns the raw values: palette indices, CMYK / YCbCr / LAB / HSV channels, 0/1 bits)
+_NOT_INTENSITY_MODES = {
+    "P": "a palette (indexed-colour) image, whose values are palette indices",
+    "PA": "a palette (indexed-colour) image with alpha, whose values are palette indices",
+    "CMYK": "a CMYK image",
+    "YCbCr": "a YCbCr image",
+    "LAB": "a LAB image",
+    "HSV": "an HSV image",
+    "1": "a 1-bit image",
+}
+
+
 def to_rgb(img: torch.Tensor) -> torch.Tensor:
     """Channel-first image -> 3 channels: RGBA drops alpha, grey is repeated, RGB is unchanged.
 
@@ -330,12 +343,24 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
     divided by 255 once more into a nearly black tile and segmented silently wrong; float intensities with
     fractions on the 0..255 scale are read as they are.
 
+    An image that PIL decodes in a mode whose values are not grey/RGB(A) intensities (MONAI's ``PILReader`` records
+    the mode in the metadata) is an error too: a palette (indexed-colour) PNG was read as its palette indices, one
+    channel repeated as grey, and a CMYK JPEG's 4 channels as RGBA (black dropped), both segmented silently wrong.
+
     Raises:
-        ValueError: for another number of channels, or intensities above 255, below 0 or fractional and none
-            above 1 (the message names the file when the image is a MONAI ``MetaTensor`` from ``LoadImage``).
+        ValueError: for another number of channels, intensities above 255, below 0 or fractional and none above 1,
+            or a palette / CMYK / YCbCr / LAB / HSV / 1-bit image (the message names the file when the image is a
+            MONAI ``MetaTensor`` from ``LoadImage``).
     """
     meta = getattr(img, "meta", None) or {}
     name = meta.get("filename_or_obj", "the input image")
+    mode = meta.get("mode")
+    if isinstance(mode, str) and mode in _NOT_INTENSITY_MODES:
+        raise ValueError(
+            f"image {str(name)!r} is {_NOT_INTENSITY_MODES[mode]} (PIL mode {mode!r}), not grey/RGB/RGBA intensities: "
+            "convert it to 8-bit RGB first (python -m monai_gmr.data.prepare_nuclei converts such images; or PIL's "
+            "Image.open(path).convert('RGB'))."
+        )
     if img.numel() and float(img.max()) > 255:
         raise ValueError(
             f"image {str(name)!r} has intensities up to {float(img.max()):g}: the bundle reads 8-bit RGB (0..255); "
@@ -517,12 +542,41 @@ def instance_ids(label: torch.Tensor) -> torch.Tensor:
     """
     from monai_gmr.data.prepare_nuclei import binary_mask_instances
 
+    if label.shape[0] != 1:  # a colour-coded RGB(A) or grey + alpha mask: its channels were returned as "ids"
+        return label_instances(label)
     arr = label.detach().cpu().numpy()
     lab = binary_mask_instances(arr[0]) if arr.ndim == 3 and arr.shape[0] == 1 else None
     if lab is None:
         return label
     out = label.clone().to(torch.float32)  # a uint8 0/255 mask may have more than 255 nuclei; meta kept
     out[0] = torch.as_tensor(lab, dtype=torch.float32, device=out.device)
+    return out
+
+
+def label_instances(label: torch.Tensor) -> torch.Tensor:
+    """A channel-first label of several channels as ``(1, *spatial)`` instance ids (float32, MONAI metadata kept),
+    read as ``prepare_nuclei`` reads the same file (:func:`monai_gmr.data.prepare_nuclei.mask_array_instances`):
+    a colour-coded RGB(A) instance mask gives one nucleus per distinct non-black colour (fully transparent pixels
+    are background), a grey + alpha PNG its grey ids. A one-channel label is returned as it is.
+
+    Before, :class:`NucleiLabeld` took any non-zero channel for nucleus, so an RGBA mask with an opaque black
+    background (alpha 255 everywhere) trained and validated on tiles that were nucleus everywhere, and
+    :func:`instance_ids` passed the channels on as instance ids (AJI/PQ against the red channel's values).
+
+    Raises:
+        ValueError: a label that is no such mask (e.g. a 2-channel TIFF), naming the file when the label is a MONAI
+            ``MetaTensor`` from ``LoadImage``.
+    """
+    if label.shape[0] == 1:
+        return label
+    from monai_gmr.data.prepare_nuclei import mask_array_instances
+
+    meta = getattr(label, "meta", None) or {}
+    name = str(meta.get("filename_or_obj", "the label"))
+    arr = np.moveaxis(label.detach().cpu().numpy(), 0, -1)
+    ids = mask_array_instances(arr, name, grey_alpha="filename_or_obj" not in meta or name.lower().endswith(".png"))
+    out = label[:1].clone().to(torch.float32)
+    out[0] = torch.as_tensor(ids, dtype=torch.float32, device=out.device)
     return out
 
 
@@ -547,10 +601,11 @@ class NucleiLabeld(MapTransform):
 
     ``boundary=False``: ``0`` background, ``1`` nucleus. ``boundary=True``: ``0`` background, ``1`` nucleus
     interior, ``2`` nucleus boundary (inner boundary of ``boundary_width`` pixels). Boundaries between *touching*
-    nuclei need instance ids (a binary mask only gives the outer contour).
+    nuclei need instance ids (a binary mask only gives the outer contour). A label of several channels (a
+    colour-coded RGB(A) instance mask) is read by :func:`label_instances` first.
 
     Args:
-        keys: label key(s), channel-first ``(1, H, W)``.
+        keys: label key(s), channel-first ``(1, H, W)`` (or ``(3|4, H, W)`` colour-coded).
         boundary: add the boundary class.
         boundary_width: boundary thickness in pixels.
         allow_missing_keys: skip missing keys.
@@ -568,9 +623,9 @@ class NucleiLabeld(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            lab = d[key]
-            if lab.shape[0] != 1:  # e.g. an RGB(A) mask image: any non-zero channel is foreground
-                lab = lab.amax(0, keepdim=True)
+            # an RGB(A) mask image: its nuclei as prepare_nuclei reads them (any non-zero channel, alpha included,
+            # was foreground: an RGBA mask with an opaque black background was nucleus everywhere)
+            lab = label_instances(d[key])
             out = (lab > 0).to(torch.uint8)
             if self.boundary:
                 arr = lab.detach().cpu().numpy()[0] if isinstance(lab, torch.Tensor) else np.asarray(lab)[0]

@@ -83,6 +83,8 @@ SPLITS = ("training", "validation", "test")
 SOURCES = ("wsi", "pcam", "image_folder")
 #: patch layouts of slide inference (MONAI ``SlidingPatchWSIDataset`` / ``MaskedPatchWSIDataset``).
 MODES = ("sliding", "masked")
+#: more patches than this in the masked layout (one per tissue pixel of ``mask_level``) is warned about before the run
+MASKED_PATCHES_WARN = 100_000
 #: placements of the ``mode="sliding"`` patch grid of slide inference (:func:`sliding_grid_offset`).
 GRIDS = ("top_left", "centered")
 
@@ -209,6 +211,16 @@ def check_patch_datalist(
     return good
 
 
+def _one_based_hint(labels: Any, num_classes: int) -> str:
+    """A hint for labels that count classes from 1 (``1..K``, e.g. Kather's folder numbers 01..08): class indices
+    start at 0, and ``--num_classes K + 1``, which the messages suggested, trains an extra class 0 without samples."""
+    found = sorted(int(v) for v in labels)
+    if not found or found[0] != 1 or found[-1] > int(num_classes) + 1:
+        return ""
+    return (f" The labels start at 1 ({found[0]}..{found[-1]}): class indices start at 0, so write them as label - 1 "
+            f"(0..{found[-1] - 1}); num_classes={found[-1] + 1} would add a class 0 without any sample.")  # fmt: skip
+
+
 def check_class_labels(
     labels: Sequence[int] | np.ndarray,
     num_classes: int | None,
@@ -250,7 +262,7 @@ def check_class_labels(
         if bad:
             raise ValueError(
                 f"{name}: label(s) {bad} are not class indices in [0, {k}) (num_classes={k}); set --num_classes to "
-                f"the number of classes of the data (labels found: {sorted(found)})."
+                f"the number of classes of the data (labels found: {sorted(found)})." + _one_based_hint(found, k)
             )
         missing = [c for c in range(k) if c not in found]
         if missing:
@@ -522,8 +534,10 @@ def _folder_dataset(image_dir: str | os.PathLike, labels_csv: str | os.PathLike 
     labels = sorted({int(i["label"]) for i in items})
     if num_classes is not None and labels and (labels[0] < 0 or labels[-1] >= int(num_classes)):
         raise ValueError(
-            f"image folder {str(image_dir)!r} has labels {labels} (classes {names}) but num_classes={num_classes}"
-            + (f": pass --num_classes {labels[-1] + 1}." if labels[0] >= 0 else ".")
+            f"image folder {str(image_dir)!r} has labels {labels}" + (f" (classes {names})" if names else "")
+            + f" but num_classes={num_classes}"
+            + (("." + hint) if (hint := _one_based_hint(labels, int(num_classes)))
+               else f": pass --num_classes {labels[-1] + 1}." if labels[0] >= 0 else ".")
         )
     parts = split_items(items, val_frac, test_frac, seed, stratify_key="label")
     if not parts[split]:
@@ -1613,6 +1627,17 @@ def infer_slide(
             f"(tissue covers {tissue.mean():.1%} of the level-{mask_level} mask); lower min_tissue or patch_size.",
             path,
         )
+    # the count before the network runs: the masked layout over a fine mask level (one patch per tissue pixel; the
+    # 2220 x 2967 CMU-1 region has one level, 2.26 million tissue pixels) ran for hours without a word
+    logger.info("slide %s: %d patches to classify (%dx%d at level %d, %s; tissue mask at level %d, %dx%d)",
+                name, n, ps[0], ps[1], patch_level, mode, mask_level, h, w)  # fmt: skip
+    if mode == "masked" and n > MASKED_PATCHES_WARN:
+        last = int(reader.get_level_count(wsi)) - 1
+        coarser = f"a coarser mask_level (up to {last}) or" if mask_level < last else "the slide has no coarser level;"
+        logger.warning(
+            "slide %s: the masked layout classifies one patch per tissue pixel of mask_level %d (%dx%d): %d patches; "
+            "%s the sliding layout (inference_mode sliding) takes far fewer.", name, mask_level, h, w, n, coarser,
+        )  # fmt: skip
 
     sampler: list[int] | None = None
     if world > 1:

@@ -576,3 +576,23 @@ def test_greyscale_slide_tissue_mask_says_why_it_is_empty(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="monai_gmr.data.wsi"):
         assert tissue_mask(tmp_path / "rgb.tif", backend="openslide")[0].any()
     assert not [r for r in caplog.records if "greyscale" in r.getMessage()]
+
+
+def test_a_flat_tiff_refused_by_openslide_names_the_tifffile_backend(tmp_path):
+    """A flat (untiled) RGB TIFF, e.g. a region exported from a viewer, failed with openslide's bare "Unsupported or
+    missing image file"; tifffile reads it, and the error now says so (--wsi_backend tifffile)."""
+    import tifffile
+
+    from monai_gmr.data.wsi import WSIError, open_slide
+
+    pytest.importorskip("openslide")
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    with pytest.raises(WSIError, match=r"flat\.tif.*openslide.*use --wsi_backend tifffile"):
+        open_slide(path, "openslide")
+    reader, wsi = open_slide(path, "tifffile")
+    assert tuple(reader.get_size(wsi, 0)) == (64, 48)
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff")
+    with pytest.raises(WSIError) as e:  # not a TIFF tifffile reads either: no hint
+        open_slide(tmp_path / "broken.tif", "openslide")
+    assert "wsi_backend" not in str(e.value)

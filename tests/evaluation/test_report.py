@@ -589,3 +589,67 @@ def test_cli_finds_the_bundle_of_config_files_given_without_config_file(tmp_path
     cli_main(str(bundle / "configs" / "c.json"), device="cpu", angles=[0], flips=[], plot=False,
              bundle_root=str(tmp_path / "given"))  # fmt: skip
     assert (tmp_path / "given" / "outputs" / "robustness.json").is_file()
+
+
+def test_polar_line_is_closed_only_when_the_angles_go_round(tmp_path, monkeypatch):
+    """A sweep such as [0, 45, 90, 135] (or 0..90) was joined from its last angle back to 0 degrees by a chord
+    through angles never measured (seen on a CPM-15 evaluation with --robustness_angles "[0, 45, 90, 135]"); the
+    full circle (0..350 or the four right angles) is still closed."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from matplotlib.projections.polar import PolarAxes
+
+    traces = []
+    original = PolarAxes.plot
+
+    def recording_plot(self, *args, **kwargs):
+        traces.append(np.rad2deg(np.asarray(args[0], dtype=float)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolarAxes, "plot", recording_plot)
+
+    def drawn(angles):
+        traces.clear()
+        r = RobustnessResult(model_name="m", task="segmentation", metrics=["dice"], angles=angles, flips=[],
+                             per_angle={"dice": [0.5 + 0.01 * i for i in range(len(angles))]}, per_flip={},
+                             n_images=1)  # fmt: skip
+        plot_polar([r], tmp_path / "p.png")
+        assert len(traces) == 1
+        return traces[0].round(6).tolist()
+
+    assert drawn([0.0, 45.0, 90.0, 135.0]) == [0.0, 45.0, 90.0, 135.0]
+    assert drawn([90.0, 0.0, 30.0, 60.0]) == [0.0, 30.0, 60.0, 90.0]
+    assert drawn([0.0, 30.0]) == [0.0, 30.0]
+    assert drawn([0.0, 90.0, 180.0, 270.0]) == [0.0, 90.0, 180.0, 270.0, 360.0]
+    assert drawn([float(a) for a in range(0, 360, 10)])[-2:] == [350.0, 360.0]
+    assert drawn([350.0, 0.0, 10.0]) == [350.0, 360.0, 370.0]  # a sweep across 0: the gap 10..350 is left open
+    assert drawn([a for a in range(0, 360, 10) if a != 170])[-2:] == [350.0, 360.0]  # one angle left out: closed
+
+
+def test_polar_metric_titles_stay_inside_the_figure_without_a_title(tmp_path, monkeypatch):
+    """Without a figure title (docs/robustness.md's ``plot_polar({...}, "polar.png")``) the metric names above the
+    polar axes were cut off at the top of the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    original = plt.close
+
+    def keep(fig=None):
+        figures.append(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    for title in (None, "rotation robustness"):
+        figures.clear()
+        plot_polar([_result()], tmp_path / "p.png", title=title)
+        fig = figures[0]
+        renderer = fig.canvas.get_renderer()
+        height = fig.get_window_extent(renderer).y1
+        for ax in fig.axes:
+            if ax.get_title():
+                assert ax.title.get_window_extent(renderer).y1 <= height, (title, ax.get_title())
+        original(fig)

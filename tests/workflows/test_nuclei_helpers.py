@@ -54,6 +54,74 @@ def test_to_rgb():
         to_rgb(x[:2])
 
 
+def test_colour_coded_label_masks_are_read_as_prepare_nuclei_reads_them(tmp_path):
+    """A user's datalist may point "label" at a colour-coded RGB(A) instance mask, which prepare_nuclei reads (one
+    nucleus per colour, transparent = background). The bundle took any non-zero channel for nucleus: an RGBA mask
+    with an opaque black background (alpha 255 everywhere) was nucleus everywhere, and instance_ids passed its 4
+    channels on as "ids". Now both read the nuclei of the file as prepare_nuclei does."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from PIL import Image
+
+    from monai_gmr.data.prepare_nuclei import read_instance_mask
+    from monai_gmr.workflows.nuclei import instance_ids
+
+    ids = np.zeros((12, 14), np.int32)
+    ids[2:7, 2:7] = 1
+    ids[2:7, 7:11] = 2  # touching nucleus 1; its colour has the same largest channel value (200)
+    ids[8:11, 3:6] = 3
+    palette = np.array([[0, 0, 0], [200, 10, 30], [200, 60, 90], [15, 120, 240]], np.uint8)
+    rgba = np.concatenate([palette[ids], np.full(ids.shape + (1,), 255, np.uint8)], axis=-1)  # opaque background
+    Image.fromarray(rgba).save(tmp_path / "mask_rgba.png")
+    Image.fromarray(palette[ids]).save(tmp_path / "mask_rgb.png")
+    load = Compose([LoadImaged("label", image_only=True), EnsureChannelFirstd("label")])
+    for name in ("mask_rgba.png", "mask_rgb.png"):
+        assert _same_instances(read_instance_mask(tmp_path / name), ids)  # what prepare_nuclei reads
+        lab = load({"label": str(tmp_path / name)})["label"]  # (C, W, H): MONAI's PIL reader swaps the axes
+        assert lab.shape[0] == (4 if "rgba" in name else 3)
+        classes = NucleiLabeld("label", boundary=True)({"label": lab})["label"]
+        assert classes.shape == (1, 14, 12)
+        expected = (ids > 0).astype(np.uint8)
+        expected[nucleus_boundaries(ids)] = 2  # the boundary between nuclei 1 and 2 included
+        assert np.array_equal(np.asarray(classes[0]).T, expected)
+        inst = instance_ids(lab)
+        assert inst.shape == (1, 14, 12) and inst.meta["filename_or_obj"].endswith(name)
+        assert _same_instances(np.asarray(inst[0]).T, ids)
+
+
+def _same_instances(a, b) -> bool:
+    """Whether two instance-id maps hold the same nuclei (the same background, ids matched one to one)."""
+    a, b = np.asarray(a).astype(np.int64), np.asarray(b).astype(np.int64)
+    if a.shape != b.shape or not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = set(zip(a[a > 0].tolist(), b[b > 0].tolist()))
+    return len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
+
+
+def test_palette_and_cmyk_images_are_refused_by_name(tmp_path):
+    """A palette (indexed-colour) PNG went through LoadImaged as one channel of palette indices, repeated as grey,
+    and a CMYK JPEG as 4 channels taken for RGBA (black dropped): both were segmented silently wrong. Now an error
+    naming the file and the mode; the RGB, RGBA and grey versions of the same tile still pass."""
+    import numpy as np
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from PIL import Image
+
+    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])
+    rgb = Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
+    rgb.quantize(16).save(tmp_path / "palette.png")
+    rgb.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    rgb.convert("1").save(tmp_path / "bits.png")
+    for name, mode in (("palette.png", "P"), ("cmyk.jpg", "CMYK"), ("bits.png", "1")):
+        img = load({"image": str(tmp_path / name)})["image"]
+        with pytest.raises(ValueError, match=f"{name}.*PIL mode '{mode}'.*convert"):
+            to_rgb(img)
+    for name, im in (("rgb.png", rgb), ("rgba.png", rgb.convert("RGBA")), ("grey.png", rgb.convert("L"))):
+        im.save(tmp_path / name)
+        out = to_rgb(load({"image": str(tmp_path / name)})["image"])
+        assert out.shape == (3, 16, 16)
+        expected = np.asarray(im.convert("RGB")).transpose(2, 1, 0)  # PILReader: (W, H) spatial order
+        assert np.array_equal(np.asarray(out), expected)
+
+
 def test_16_bit_images_are_refused_by_name(tmp_path):
     """A 16-bit image (grey TIFF through ITK, grey PNG through PIL) went through LoadImaged and the [0, 255] ->
     [0, 1] clipping as an almost white tile and was segmented without a word; now an error naming the file. 8-bit

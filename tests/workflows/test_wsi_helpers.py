@@ -452,6 +452,36 @@ def test_an_output_dir_that_is_a_file_is_refused_before_inference(wsi_data, tmp_
     assert not calls and (tmp_path / "afile").read_text() == ""
 
 
+def test_infer_slide_says_how_many_patches_before_the_network_runs(wsi_data, caplog, monkeypatch):
+    """Slide inference said nothing between "slide 1/1" and its final timing: the masked layout on the one-level
+    CMU-1 region (one patch per tissue pixel, 2.26 million) ran for hours without a word. The patch count is now
+    logged before the first batch, and a masked layout over more than MASKED_PATCHES_WARN patches is warned about."""
+    import logging
+
+    import monai_gmr.workflows.wsi as wsi_mod
+
+    small, _ = wsi_data["small"]
+    counted = []
+    net = DarkNucleiNet()
+    net.register_forward_hook(lambda *a: counted.append(any("patches to classify" in r.getMessage()
+                                                            for r in caplog.records)))  # fmt: skip
+    monkeypatch.setattr(wsi_mod, "MASKED_PATCHES_WARN", 10, raising=False)
+    with caplog.at_level(logging.INFO, logger="monai_gmr.workflows.wsi"):
+        res = wsi_mod.infer_slide(small, net, None, mode="masked", patch_size=16, patch_level=1, batch_size=512)
+    assert counted and counted[0]  # logged before the network's first call
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(f"{res.n_patches} patches to classify (16x16 at level 1, masked; tissue mask at level 3, 32x32)" in m
+               for m in msgs), msgs  # fmt: skip
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "one patch per tissue pixel" in r.getMessage()]
+    assert len(warned) == 1 and "mask_level 3 (32x32)" in warned[0].getMessage()
+    assert "no coarser level" in warned[0].getMessage()  # level 3 is the small slide's last
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_gmr.workflows.wsi"):
+        wsi_mod.infer_slide(small, DarkNucleiNet(), None, patch_size=16, patch_level=1)  # sliding: no warning
+    assert any("patches to classify" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_infer_slide_masked_mode_tifffile_and_level(wsi_data):
     from monai_gmr.workflows.wsi import infer_slide
 
@@ -977,6 +1007,33 @@ def test_map_quality_threshold_is_inclusive():
     m = map_quality(prob, gt, threshold=0.5)
     assert m["dice"] == pytest.approx(1.0) and m["threshold"] == 0.5
     assert map_quality(prob, gt, threshold=0.5001)["dice"] == pytest.approx(0.0)
+
+
+def test_one_based_labels_get_a_hint_instead_of_an_extra_empty_class(tmp_path):
+    """Labels counted from 1 (Kather's folder numbers 01..08 written into a labels CSV) were refused with "pass
+    --num_classes 9", which trains a ninth class 0 without any sample; the message now says that the labels start at
+    1 and that class indices start at 0. Labels that are simply more than num_classes keep the old advice."""
+    from PIL import Image
+
+    from monai_gmr.workflows.wsi import check_class_labels, patch_dataset
+
+    rows = ["path,label"]
+    for i in range(8):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / f"t{i}.png")
+        rows.append(f"t{i}.png,{i % 2 + 1}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"labels \[1, 2\] but num_classes=2\. The labels start at 1 .*label - 1") as e:
+        patch_dataset("image_folder", "training", image_dir=tmp_path, labels_csv="labels.csv", num_classes=2)
+    assert "pass --num_classes 3" not in str(e.value) and "classes []" not in str(e.value)
+    with pytest.raises(ValueError, match=r"not class indices in \[0, 2\).*The labels start at 1 \(1\.\.2\)"):
+        check_class_labels([1, 2, 2, 1], 2, "training patches")
+    with pytest.raises(ValueError) as e:  # 0-based labels beyond num_classes: no such hint
+        check_class_labels([0, 1, 5], 2, "training patches")
+    assert "start at 1" not in str(e.value)
+    rows = ["path,label"] + [f"t{i}.png,{i % 3}" for i in range(8)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"num_classes=2: pass --num_classes 3\.$"):
+        patch_dataset("image_folder", "training", image_dir=tmp_path, labels_csv="labels.csv", num_classes=2)
 
 
 def test_check_class_labels(caplog):
