@@ -39,8 +39,10 @@ __all__ = [
     "nucleus_class_map",
     "nucleus_boundaries",
     "instance_ids",
+    "label_instances",
     "OUTPUT_SUFFIXES",
     "remove_earlier_outputs",
+    "report_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -320,6 +322,36 @@ def remove_earlier_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | o
         logger.warning("removed %d output file(s) of an earlier run from %s (e.g. %s)", len(removed), root, removed[0])
     return removed
 
+
+
+def report_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | os.PathLike) -> dict[str, int]:
+    """Log what inference wrote: how many of the ``items``' images have each output file in ``pred_dir`` (the run
+    otherwise ended on ignite's "Engine run finished" without saying where the masks went), and warn about images
+    without all their files.
+
+    Args:
+        items: the inference datalist (``{"image": path}`` dicts).
+        pred_dir: the output folder (``pred_dir``).
+
+    Returns:
+        ``{suffix: number of images with that output}`` for each of :data:`OUTPUT_SUFFIXES`.
+    """
+    root = Path(pred_dir)
+    counts = {suffix: 0 for suffix in OUTPUT_SUFFIXES}
+    incomplete = []
+    for it in items:
+        have = [(root / f"{_output_name(it['image'])}{suffix}").is_file() for suffix in OUTPUT_SUFFIXES]
+        for suffix, ok in zip(OUTPUT_SUFFIXES, have):
+            counts[suffix] += int(ok)
+        if not all(have):
+            incomplete.append(str(it["image"]))
+    logger.info(
+        "inference wrote %s for %d image(s) to %s", ", ".join(f"{n} *{s}" for s, n in counts.items()), len(items),
+        root.resolve(),
+    )
+    if incomplete:
+        logger.warning("%d image(s) lack some of their outputs in %s (e.g. %s)", len(incomplete), root, incomplete[0])
+    return counts
 
 #: PIL image modes whose pixel values are not grey/RGB(A) intensities, refused by :func:`to_rgb` (MONAI's
 #: ``PILReader`` returns the raw values: palette indices, CMYK / YCbCr / LAB / HSV channels, 0/1 bits)

@@ -353,9 +353,13 @@ def test_train_evaluate_infer_end_to_end(eager_training):
 
     # inference writes semantic, instance and probability maps with the input's size
     pred = out / "pred"
-    run_bundle([INFERENCE], *_common(data, out), "--pred_dir", str(pred), cwd=cwd)
+    proc = run_bundle([INFERENCE], *_common(data, out), "--pred_dir", str(pred), cwd=cwd)
     segs = sorted(pred.glob("*_seg.png"))
     assert segs, list(pred.iterdir()) if pred.exists() else "no pred dir"
+    # the run says what it wrote and where (it ended on ignite's "Engine run finished")
+    n = len(segs)
+    assert f"inference wrote {n} *_seg.png, {n} *_instance.png, {n} *_prob.tif for {n} image(s) to {pred.resolve()}" \
+        in proc.stdout + proc.stderr
     import tifffile
 
     for seg in segs:

@@ -565,3 +565,19 @@ def test_window_sizes_of_the_wrong_length_or_not_integers_are_refused_by_name(ba
         check_window_sizes(net, **bad)
     check_window_sizes(net, crop_size="32", roi_size=[64.0, 64])  # text holding an int, an integral float
     check_window_sizes(torch.nn.Conv2d(3, 2, 3), roi_size=[64, 64, 64])  # no spatial_dims attribute: no length check
+
+
+def test_report_outputs_counts_each_output_and_warns_about_missing_ones(tmp_path, caplog):
+    import logging
+
+    from monai_gmr.workflows.nuclei import report_outputs
+
+    items = [{"image": str(tmp_path / "in" / f"t{i}.png")} for i in range(3)]
+    for name in ("t0_seg.png", "t0_instance.png", "t0_prob.tif", "t1_seg.png", "other_seg.png"):
+        (tmp_path / name).write_bytes(b"x")
+    with caplog.at_level(logging.INFO, logger="monai_gmr"):
+        counts = report_outputs(items, tmp_path)
+    assert counts == {"_seg.png": 2, "_instance.png": 1, "_prob.tif": 1}
+    text = caplog.text
+    assert f"inference wrote 2 *_seg.png, 1 *_instance.png, 1 *_prob.tif for 3 image(s) to {tmp_path.resolve()}" in text
+    assert "2 image(s) lack some of their outputs" in text and "t1.png" in text
