@@ -417,7 +417,9 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
         return img.repeat(3, *([1] * (img.ndim - 1)))
     raise ValueError(
         ("" if "filename_or_obj" not in meta else f"image {str(name)!r}: ")
-        + f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)})."
+        + f"expected a 1-, 3- or 4-channel image, got {c} channels (shape {tuple(img.shape)})"
+        + (": a grey + alpha image? convert it to RGB first (python -m monai_gmr.data.prepare_nuclei converts it; or "
+           "PIL's Image.open(path).convert('RGB'))." if c == 2 else ".")
     )
 
 

@@ -246,7 +246,7 @@ def test_two_channel_image_error_names_the_file(tmp_path):
         {"image": str(tmp_path / "grey_alpha.png")}
     )["image"]
     assert img.shape[0] == 2
-    with pytest.raises(ValueError, match="grey_alpha.png.*2 channels"):
+    with pytest.raises(ValueError, match=r"grey_alpha.png.*2 channels.*convert it to RGB"):  # and what to do
         to_rgb(img)
 
 
