@@ -71,6 +71,26 @@ def test_masked_dice_iou_auc_hand_computed():
     assert acc2.compute()["dice"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))
 
 
+def test_masked_out_pixels_are_not_background_with_include_background():
+    """A masked-out pixel belongs to no class: with ``include_background=True`` it must not count as a true negative
+    of the background class (mutation audit: scoring masked pixels as class 0 survived the test above, which leaves
+    the background out)."""
+    lab = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]).reshape(1, 1, 4, 4)
+    pred = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]).reshape(1, 1, 4, 4)
+    logits = (pred.float() * 2 - 1) * 3.0
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[3, 3] = False  # label 1, prediction 0: outside the region, neither a background hit nor a miss
+    mask[2, 2] = False  # label 0, prediction 0: were it scored as background it would add a background hit
+    acc = SegmentationAccumulator(("dice", "iou"), include_background=True)
+    acc.update(logits, lab, mask)
+    r = acc.compute()
+    # 14 valid pixels; class 1: TP 3, FP 1 ({12}), FN 1 ({01}); class 0: TP 14 - 5 = 9, FP 1 ({01}), FN 1 ({12})
+    dice = (2 * 9 / (2 * 9 + 2) + 2 * 3 / (2 * 3 + 2)) / 2
+    iou = (9 / (9 + 2) + 3 / (3 + 2)) / 2
+    assert r["dice"] == pytest.approx(dice)
+    assert r["iou"] == pytest.approx(iou)
+
+
 def test_dice_iou_nan_when_no_image_has_foreground_in_the_region():
     """ignore_empty: images without foreground in the scored region are left out; when none is left the score is
     NaN (like AUC), not MONAI's 0, which would report a perfect model as a total failure."""
