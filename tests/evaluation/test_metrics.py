@@ -208,6 +208,23 @@ def test_aji_and_pq_hand_computed():
         aggregated_jaccard_index(pred, gt2)
 
 
+def test_accumulator_skips_images_without_instances_in_aji_and_pq():
+    """An image with no nucleus on either side has an undefined AJI / PQ (NaN): it is left out of the mean, not
+    averaged in (mutation audit: appending the NaN made the whole run's AJI / PQ NaN, and no test noticed)."""
+    inst = torch.zeros(2, 1, 10, 10, dtype=torch.long)
+    inst[0, 0, 1:4, 1:4], inst[0, 0, 6:9, 5:9] = 4, 5  # image 0: two nuclei, found exactly; image 1: empty
+    fg = (inst > 0).long()
+    logits = torch.cat([1.0 - fg, fg.float()], 1) * 5
+    acc = SegmentationAccumulator(("aji", "pq"))
+    acc.update(logits, fg, instances=inst)
+    out = acc.compute()
+    assert out["aji"] == 1.0 and out["pq"] == pytest.approx(1.0)
+    # only empty images: nothing defined, NaN
+    acc = SegmentationAccumulator(("aji", "pq"))
+    acc.update(logits[1:], fg[1:], instances=inst[1:])
+    assert all(math.isnan(v) for v in acc.compute().values())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_aji_of_cuda_instance_maps():
     """aggregated_jaccard_index kept its 'used predictions' mask on the CPU and indexed it with CUDA indices
