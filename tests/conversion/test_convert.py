@@ -173,6 +173,35 @@ def test_layer_output_sizes_match(conv):
         assert isinstance(new, UpsampledConv if isinstance(conv, nn.ConvTranspose2d) else PooledConv)
 
 
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.ConvTranspose2d(3, 4, 3, padding=1),
+        nn.ConvTranspose2d(4, 6, 3, padding=1, groups=2),
+        nn.ConvTranspose2d(3, 4, 2),
+        nn.ConvTranspose2d(3, 4, 3, padding=2, dilation=2),
+        nn.ConvTranspose3d(2, 4, 3, padding=1, groups=2),
+    ],
+)
+def test_transposed_weight_is_the_equivalent_ordinary_conv(conv):
+    """The weights projected into a converted transposed conv are those of the ordinary conv it equals (channels
+    swapped per group, kernel flipped). Mutation audit: dropping the flip survived every other test (the radial
+    projection of an odd kernel does not see a flip); it changes the projection of even kernels (k = 2, 4)."""
+    from monai_gmr.conversion.convert import _transposed_as_conv_weight
+
+    torch.manual_seed(0)
+    d = conv.weight.ndim - 2
+    w = _transposed_as_conv_weight(conv)
+    k, p, dil = conv.kernel_size[0], conv.padding[0], conv.dilation[0]
+    x = torch.randn(2, conv.in_channels, *([7] * d))
+    conv_nd = F.conv2d if d == 2 else F.conv3d
+    with torch.no_grad():
+        ref = conv(x)
+        out = conv_nd(x, w, conv.bias, padding=dil * (k - 1) - p, dilation=dil, groups=conv.groups)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
 @pytest.mark.parametrize("conv", [nn.Conv3d(2, 3, 3, stride=2, padding=1), nn.Conv3d(2, 3, 5, stride=3, padding=2), nn.Conv3d(2, 3, 1, stride=2)])
 def test_3d_strided_conv_inputs_smaller_than_the_stride(conv):
     """avg_pool3d rejects inputs smaller than its window (2D pools and max_pool3d do not): a converted MONAI 3D

@@ -71,6 +71,26 @@ def test_masked_dice_iou_auc_hand_computed():
     assert acc2.compute()["dice"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))
 
 
+def test_masked_out_pixels_are_not_background_with_include_background():
+    """A masked-out pixel belongs to no class: with ``include_background=True`` it must not count as a true negative
+    of the background class (mutation audit: scoring masked pixels as class 0 survived the test above, which leaves
+    the background out)."""
+    lab = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]).reshape(1, 1, 4, 4)
+    pred = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]).reshape(1, 1, 4, 4)
+    logits = (pred.float() * 2 - 1) * 3.0
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[3, 3] = False  # label 1, prediction 0: outside the region, neither a background hit nor a miss
+    mask[2, 2] = False  # label 0, prediction 0: were it scored as background it would add a background hit
+    acc = SegmentationAccumulator(("dice", "iou"), include_background=True)
+    acc.update(logits, lab, mask)
+    r = acc.compute()
+    # 14 valid pixels; class 1: TP 3, FP 1 ({12}), FN 1 ({01}); class 0: TP 14 - 5 = 9, FP 1 ({01}), FN 1 ({12})
+    dice = (2 * 9 / (2 * 9 + 2) + 2 * 3 / (2 * 3 + 2)) / 2
+    iou = (9 / (9 + 2) + 3 / (3 + 2)) / 2
+    assert r["dice"] == pytest.approx(dice)
+    assert r["iou"] == pytest.approx(iou)
+
+
 def test_dice_iou_nan_when_no_image_has_foreground_in_the_region():
     """ignore_empty: images without foreground in the scored region are left out; when none is left the score is
     NaN (like AUC), not MONAI's 0, which would report a perfect model as a total failure."""
@@ -186,6 +206,40 @@ def test_aji_and_pq_hand_computed():
     assert math.isnan(instance_metrics(torch.zeros_like(gt2), torch.zeros_like(gt2))["aji"])
     with pytest.raises(ValueError, match="shape"):
         aggregated_jaccard_index(pred, gt2)
+
+
+def test_predicted_instances_use_full_connectivity_by_default():
+    """Documented default: the predicted nuclei are connected components with full connectivity (8 in 2D), unless
+    ``instance_kwargs`` say otherwise (mutation audit: 4-connectivity survived every other test)."""
+    inst = torch.zeros(1, 1, 10, 10, dtype=torch.long)
+    inst[0, 0, 1:4, 1:4] = 3
+    inst[0, 0, 4:7, 4:7] = 3  # one nucleus whose two halves touch at a corner only
+    fg = (inst > 0).long()
+    logits = torch.cat([1.0 - fg, fg.float()], 1) * 5
+    acc = SegmentationAccumulator(("aji", "pq"))
+    acc.update(logits, fg, instances=inst)
+    assert acc.compute() == pytest.approx({"aji": 1.0, "pq": 1.0})
+    acc = SegmentationAccumulator(("aji",), instance_kwargs={"connectivity": 1})  # 4-connectivity: two halves
+    acc.update(logits, fg, instances=inst)
+    # the nucleus (18 px) pairs with one half (9 px): 9 / (18 + the other, unpaired half's 9)
+    assert acc.compute()["aji"] == pytest.approx(9 / 27)
+
+
+def test_accumulator_skips_images_without_instances_in_aji_and_pq():
+    """An image with no nucleus on either side has an undefined AJI / PQ (NaN): it is left out of the mean, not
+    averaged in (mutation audit: appending the NaN made the whole run's AJI / PQ NaN, and no test noticed)."""
+    inst = torch.zeros(2, 1, 10, 10, dtype=torch.long)
+    inst[0, 0, 1:4, 1:4], inst[0, 0, 6:9, 5:9] = 4, 5  # image 0: two nuclei, found exactly; image 1: empty
+    fg = (inst > 0).long()
+    logits = torch.cat([1.0 - fg, fg.float()], 1) * 5
+    acc = SegmentationAccumulator(("aji", "pq"))
+    acc.update(logits, fg, instances=inst)
+    out = acc.compute()
+    assert out["aji"] == 1.0 and out["pq"] == pytest.approx(1.0)
+    # only empty images: nothing defined, NaN
+    acc = SegmentationAccumulator(("aji", "pq"))
+    acc.update(logits[1:], fg[1:], instances=inst[1:])
+    assert all(math.isnan(v) for v in acc.compute().values())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -191,6 +191,25 @@ def test_is_radial_basis_center_vs_area(d, k, radial_area):
         is_radial_basis(torch.ones(2, 4, 4))
 
 
+@pytest.mark.parametrize("scale", [1e-7, 1e7])
+def test_is_radial_basis_tolerance_is_relative_to_the_basis_magnitude(scale):
+    """``rtol`` is relative to ``max |basis|`` (mutation audit: an absolute tolerance survived, as every tested basis
+    peaks near 1): a non-radial area basis (2D, k = 11) stays non-radial when scaled down, a radial centre basis
+    stays radial when scaled up."""
+    from monai_gmr.functional import is_radial_basis
+
+    k, d = 11, 2
+    n = (k + 1) // 2
+    for sampling, expected in (("center", True), ("area", False)):
+        s = AREA_SUBSAMPLES if sampling == "area" else 1
+        sigma = initial_sigma(k, n, sampling=sampling)
+        basis = ring_basis(
+            offset_distances(k, d, subsamples=s), ring_centers(k, n, sampling=sampling),
+            torch.full((n,), math.log(sigma), dtype=torch.float64), support_mask(k, d, subsamples=s), area=s > 1,
+        )  # fmt: skip
+        assert is_radial_basis(basis * scale) is expected, sampling
+
+
 def test_basis_helpers_refuse_even_kernel_sizes_and_no_rings():
     """offset_distances / support_mask of an even k returned a (k + 1)-wide grid (offsets -k/2..k/2) where the docs
     promise (k,) * d; ring_centers(k, 0) an empty tensor and initial_sigma(k, 0) a negative sigma. They now raise
