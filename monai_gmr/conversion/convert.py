@@ -322,7 +322,8 @@ def _fit_kernel(kernel: torch.Tensor, k_new: int) -> torch.Tensor:
 
 
 def _project(gmr: GMRConv, kernel: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """Least-squares ring weights of ``gmr`` reproducing ``kernel`` ``(O, I/g, *k)`` (radial average), bias copied."""
+    """Least-squares ring weights of ``gmr`` approximating ``kernel`` ``(O, I/g, *k)`` (its projection onto the ring
+    basis, exact only for kernels in its span), bias copied."""
     with torch.no_grad():
         basis = gmr.basis().detach().double().reshape(gmr.num_rings, -1)  # (n, P)
         target = _fit_kernel(kernel.detach().double(), gmr.kernel_size).reshape(kernel.shape[0] * kernel.shape[1], -1)
@@ -885,8 +886,10 @@ def convert_to_gmr(
         upsample_mode: interpolation replacing transposed convs: ``"bilinear"`` (multi-linear in 3D),
             ``"nearest"``, ``"nearest-exact"``, ``"bicubic"`` (2D).
         pool_mode: pooling replacing strides: ``"avg"`` (default, the GMR recipe) or ``"max"``.
-        weights: ``"init"`` (fresh GMR initialisation) or ``"project"`` (least-squares ring weights reproducing
-            the radial average of each existing kernel, bias copied; for pretrained nets).
+        weights: ``"init"`` (fresh GMR initialisation) or ``"project"`` (least-squares ring weights approximating
+            each existing kernel, bias copied; for pretrained nets; exact only for kernels a GMR conv of that size
+            can synthesise, not for every radially symmetric kernel: a 3x3x3 kernel has 4 offset distances, the GMR
+            conv 2 rings).
         replace_pooling: also replace pools whose window grid is off-centre (e.g. 3x3/stride-2/pad-1 max pools) by
             the same pool type with kernel = stride and the same output size (equivariant at even sizes;
             ``return_indices`` and ``count_include_pad`` kept). Pools that already commute (e.g. stride 1 with

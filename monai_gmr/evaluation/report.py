@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_gmr.functional.rotation import Geometry
 from monai_gmr.utils import as_bool, atomic_path, atomic_write_json, atomic_write_text
 
 from .robustness import RobustnessResult
@@ -59,8 +58,9 @@ def result_to_csv(result: RobustnessResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["model", "view", "kind", "angle", "flip", *result.metrics])
-    for i, a in enumerate(result.angles):  # view names as in per_view() and the TTA inferer (rotm10, not rot-10)
-        w.writerow([result.model_name, Geometry(a).name, "angle", f"{a:g}", "", *(_fmt(result.per_angle[m][i]) for m in result.metrics)])
+    names = result.angle_view_names()  # as in per_view() and the TTA inferer (rotm10, not rot-10; 3D: rot30_ax01)
+    for i, a in enumerate(result.angles):
+        w.writerow([result.model_name, names[i], "angle", f"{a:g}", "", *(_fmt(result.per_angle[m][i]) for m in result.metrics)])
     for f, vals in result.per_flip.items():
         w.writerow([result.model_name, f"flip_{f}", "flip", "0", f, *(_fmt(vals.get(m)) for m in result.metrics)])
     summ = result.summary()
@@ -161,6 +161,9 @@ def plot_polar(
             th, v = _polar_line(r.angles, r.per_angle[m])
             summ = r.summary()[m]
             std = summ["std"]
+            axes = r.settings.get("axes") if r.settings.get("spatial_dims") == 3 else None
+            if axes:  # the angles of a 3D result mean nothing without their plane (two planes were told apart by name only)
+                label = f"{label}, axes ({', '.join(str(int(a)) for a in axes)})"
             ax.plot(th, v, marker="o", ms=2.5, lw=1.2, label=f"{label} (std {std:.3g})" if std is not None else label)
             allv.extend(x for x in v if not math.isnan(x))
         if rlim is not None:

@@ -93,9 +93,19 @@ class RobustnessResult:
             }
         return out
 
+    def angle_view_names(self) -> list[str]:
+        """View names of :attr:`angles` (``rot0``, ``rot10``, ...; in 3D with the rotation plane, as the TTA inferer
+        names its views: ``rot10_ax01``), so that reports of different planes are told apart."""
+        axes = self.settings.get("axes") if self.settings.get("spatial_dims") == 3 else None
+        if axes:
+            return [Geometry(a, spatial_dims=3, axes=tuple(axes)).name for a in self.angles]
+        return [Geometry(a).name for a in self.angles]
+
     def per_view(self) -> dict[str, dict[str, float]]:
-        """``{view name: {metric: value}}`` in evaluation order (``rot0``, ``rot10``, ..., ``flip_h``, ``flip_v``)."""
-        views = {Geometry(a).name: {m: self.per_angle[m][i] for m in self.metrics} for i, a in enumerate(self.angles)}
+        """``{view name: {metric: value}}`` in evaluation order (``rot0``, ``rot10``, ..., ``flip_h``, ``flip_v``; in
+        3D the angles' names carry the plane, ``rot10_ax12``)."""
+        names = self.angle_view_names()
+        views = {names[i]: {m: self.per_angle[m][i] for m in self.metrics} for i in range(len(self.angles))}
         for f, vals in self.per_flip.items():
             views[f"flip_{f}"] = dict(vals)
         return views
@@ -377,7 +387,8 @@ def rotation_robustness(
     per_flip = {str(f): values[na + j] for j, f in enumerate(flips)}
     settings = {
         "spatial_dims": spatial_dims,
-        "axes": list(axes) if axes is not None else None,
+        # the plane the angles turned in (3D: the default (1, 2) too; it was null, so a 3D report did not say)
+        "axes": list(geoms[0].axes) if geoms[0].axes is not None else ([1, 2] if spatial_dims == 3 else None),
         "image_mode": image_mode,
         "label_mode": "nearest",
         "padding_mode": padding_mode,

@@ -958,8 +958,9 @@ def warn_if_anisotropic(x: torch.Tensor, geometries: Iterable[Geometry]) -> None
 
     The rotations act on voxel indices: in such a plane (a MONAI ``(H, W, D)`` volume of 0.8 x 0.8 x 3 mm voxels
     rotated with the default ``axes=(1, 2)``, the W-D plane) they are no physical rotation, and right angles swap
-    the spacings, so the views a TTA average or a robustness report is made of are distorted anatomy. Flips do not
-    distort and are not checked.
+    the spacings, so the views a TTA average or a robustness report is made of are distorted anatomy. Flips and half
+    turns (180 degrees: ``(i, j) -> (-i, -j)``, a physical rotation whatever the spacings) do not distort and are not
+    checked.
 
     Args:
         x: ``(N, C, *spatial)`` or ``(C, *spatial)`` batch; a ``MetaTensor`` (batched affine ``(N, 4, 4)``: the first
@@ -977,7 +978,8 @@ def warn_if_anisotropic(x: torch.Tensor, geometries: Iterable[Geometry]) -> None
         spacing = torch.linalg.vector_norm(a[:-1, :d], dim=0).tolist()
         for (i, j), deg in _planes(g.angle, d, g.axes):
             si, sj = spacing[i], spacing[j]
-            if _quarter_turns(deg) == 0 or min(si, sj) <= 0 or max(si, sj) / min(si, sj) < 1.01:
+            # 0 and 180 degrees keep every voxel's spacings: a half turn of an anisotropic plane is a physical rotation
+            if _quarter_turns(deg) in (0, 2) or min(si, sj) <= 0 or max(si, sj) / min(si, sj) < 1.01:
                 continue
             key = (d, tuple(sorted((i, j))), round(si, 4), round(sj, 4))
             if key in _WARNED_ANISOTROPIC:

@@ -653,3 +653,42 @@ def test_polar_metric_titles_stay_inside_the_figure_without_a_title(tmp_path, mo
             if ax.get_title():
                 assert ax.title.get_window_extent(renderer).y1 <= height, (title, ax.get_title())
         original(fig)
+
+
+def test_3d_reports_name_the_rotation_plane(tmp_path, monkeypatch):
+    """A 3D robustness run's CSV named its views ``rot30`` whatever the plane (the TTA inferer says ``rot30_ax01``),
+    the JSON recorded ``axes: null`` for the default plane (1, 2), and the polar plot labelled the lines by model name
+    only: an axial and a coronal run of one model read as two runs of the same thing. Now the plane is in the view
+    names (CSV, ``per_view``), in ``settings["axes"]`` (default included) and in the plot's legend; 2D is unchanged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.projections.polar import PolarAxes
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    batch = {"image": torch.randn(1, 1, 8, 8, 6), "label": torch.randint(0, 2, (1, 1, 8, 8, 6))}
+    kw = dict(angles=(0, 30), flips=(0,), spatial_dims=3, metrics=("dice",))
+    axial = rotation_robustness(net, batch, axes=(0, 1), model_name="net", **kw)
+    default = rotation_robustness(net, batch, model_name="net", **kw)
+    assert axial.settings["axes"] == [0, 1] and default.settings["axes"] == [1, 2]
+    assert list(axial.per_view()) == ["rot0_ax01", "rot30_ax01", "flip_0"]
+    assert list(default.per_view()) == ["rot0_ax12", "rot30_ax12", "flip_0"]
+    write_report(axial, tmp_path, compare=[default])
+    views = [row["view"] for row in csv.DictReader(io.StringIO((tmp_path / "robustness.csv").read_text()))]
+    assert views[:3] == ["rot0_ax01", "rot30_ax01", "flip_0"]
+    assert list(load_result(tmp_path / "robustness.json").per_view())[:2] == ["rot0_ax01", "rot30_ax01"]
+    labels = []
+    original = PolarAxes.plot
+
+    def recording_plot(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolarAxes, "plot", recording_plot)
+    plot_polar([axial, default], tmp_path / "p.png")
+    assert labels[0].startswith("net, axes (0, 1) (std") and labels[1].startswith("net (2), axes (1, 2) (std"), labels
+    labels.clear()
+    plot_polar([_result()], tmp_path / "p2.png")  # 2D: no plane
+    assert labels[0].startswith("gmr (std"), labels
+    assert list(_result().per_view())[:2] == ["rot0", "rot90"]

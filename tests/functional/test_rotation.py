@@ -710,3 +710,24 @@ def test_chunk_ranges_cover_the_output_in_bounded_near_equal_chunks(monkeypatch)
     assert len(r) == 3 and max(sizes) <= 5000 and max(sizes) - min(sizes) <= 1
     monkeypatch.setattr(rot, "_CHUNK_BUDGET_BYTES", 1)
     assert all(b - a >= 8 for a, b in rot._chunk_ranges(100, 100))  # never below _CHUNK_MIN_VOXELS / 2
+
+
+def test_half_turns_of_an_anisotropic_plane_do_not_warn(monkeypatch, caplog):
+    """A 180-degree turn maps voxel offset (i, j) to (-i, -j): a physical rotation whatever the two spacings, like a
+    flip. The anisotropic-plane warning fired for it (TTA ``angles=(0, 180)`` of a 0.8 x 0.8 x 3 mm MR volume in its
+    W-D plane told the user the views were distorted anatomy); it still fires for 90 and 30 degrees there."""
+    from monai.data import MetaTensor
+
+    import monai_gmr.functional.rotation as rot
+
+    monkeypatch.setattr(rot, "_WARNED_ANISOTROPIC", set())
+    affine = torch.diag(torch.tensor([0.8, 0.8, 3.0, 1.0], dtype=torch.float64))
+    x = MetaTensor(torch.randn(1, 1, 6, 6, 4), affine=affine)
+    name = "monai_gmr.functional.rotation"
+    with caplog.at_level("WARNING", logger=name):
+        rot.warn_if_anisotropic(x, [rot.Geometry(a, f, 3, (1, 2)) for a in (0, 180, -180, 540) for f in (None, "h")])
+        assert not [r for r in caplog.records if r.name == name]
+        rot.warn_if_anisotropic(x, [rot.Geometry(90, None, 3, (1, 2))])
+        rot.warn_if_anisotropic(x, [rot.Geometry(30, None, 3, (0, 2))])
+    msgs = [r.getMessage() for r in caplog.records if r.name == name]
+    assert len(msgs) == 2 and "(1, 2)" in msgs[0] and "(0, 2)" in msgs[1], msgs
