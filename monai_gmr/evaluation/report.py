@@ -161,9 +161,8 @@ def plot_polar(
             th, v = _polar_line(r.angles, r.per_angle[m])
             summ = r.summary()[m]
             std = summ["std"]
-            axes = r.settings.get("axes") if r.settings.get("spatial_dims") == 3 else None
-            if axes:  # the angles of a 3D result mean nothing without their plane (two planes were told apart by name only)
-                label = f"{label}, axes ({', '.join(str(int(a)) for a in axes)})"
+            if r.plane():  # the angles of a 3D result mean nothing without their plane (two planes were told apart by name only)
+                label = f"{label}, axes ({', '.join(str(a) for a in r.plane())})"
             ax.plot(th, v, marker="o", ms=2.5, lw=1.2, label=f"{label} (std {std:.3g})" if std is not None else label)
             allv.extend(x for x in v if not math.isnan(x))
         if rlim is not None:
@@ -201,6 +200,9 @@ def write_tensorboard(result: RobustnessResult, writer: Any, tag_prefix: str = "
       each other on one tag.
     * ``{tag_prefix}/{model}/{metric}/flip_{f}`` at ``step``.
     * ``{tag_prefix}/{model}/{metric}/{mean|std|min|worst_angle}`` at ``step`` (e.g. the epoch).
+
+    In 3D ``{model}`` ends with the rotation plane (``GMRUNet_ax12``), so that two planes of one model written to
+    one log do not share (and overwrite) their tags.
     """
     curve = "by_angle" if step is None else f"by_angle/step{int(step)}"
     steps = [int(round(a)) for a in result.angles]
@@ -210,7 +212,8 @@ def write_tensorboard(result: RobustnessResult, writer: Any, tag_prefix: str = "
             result.angles, steps, curve,
         )
     step = 0 if step is None else int(step)
-    base = f"{tag_prefix}/{result.model_name}"
+    plane = result.plane()
+    base = f"{tag_prefix}/{result.model_name}" + (f"_ax{plane[0]}{plane[1]}" if plane else "")
     for m in result.metrics:
         for a, v in zip(result.angles, result.per_angle[m]):
             if not math.isnan(v):

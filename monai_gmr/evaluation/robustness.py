@@ -93,12 +93,18 @@ class RobustnessResult:
             }
         return out
 
+    def plane(self) -> tuple[int, int] | None:
+        """The rotation plane of a 3D result (``settings["axes"]``), ``None`` in 2D: what tells the reports of two
+        planes apart (view names, plot legends, TensorBoard tags)."""
+        axes = self.settings.get("axes") if self.settings.get("spatial_dims") == 3 else None
+        return tuple(int(a) for a in axes) if axes else None  # type: ignore[return-value]
+
     def angle_view_names(self) -> list[str]:
         """View names of :attr:`angles` (``rot0``, ``rot10``, ...; in 3D with the rotation plane, as the TTA inferer
         names its views: ``rot10_ax01``), so that reports of different planes are told apart."""
-        axes = self.settings.get("axes") if self.settings.get("spatial_dims") == 3 else None
-        if axes:
-            return [Geometry(a, spatial_dims=3, axes=tuple(axes)).name for a in self.angles]
+        plane = self.plane()
+        if plane:
+            return [Geometry(a, spatial_dims=3, axes=plane).name for a in self.angles]
         return [Geometry(a).name for a in self.angles]
 
     def per_view(self) -> dict[str, dict[str, float]]:

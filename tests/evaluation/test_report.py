@@ -692,3 +692,13 @@ def test_3d_reports_name_the_rotation_plane(tmp_path, monkeypatch):
     plot_polar([_result()], tmp_path / "p2.png")  # 2D: no plane
     assert labels[0].startswith("gmr (std"), labels
     assert list(_result().per_view())[:2] == ["rot0", "rot90"]
+    # TensorBoard: two planes of one model written to one log had the same tags (the second overwrote the first)
+    from monai_gmr.evaluation import write_tensorboard
+
+    tags = {}
+    for r in (axial, default, _result()):
+        w = _Writer()
+        write_tensorboard(r, w)
+        tags[r.plane()] = {t for t, _, _ in w.scalars}
+    assert "robustness/net_ax01/dice/by_angle" in tags[(0, 1)] and "robustness/net_ax12/dice/by_angle" in tags[(1, 2)]
+    assert tags[(0, 1)].isdisjoint(tags[(1, 2)]) and "robustness/gmr/dice/by_angle" in tags[None]
