@@ -226,6 +226,17 @@ def test_sample_patch_locations_respects_masks():
         sample_patch_locations(np.zeros(5, bool), 1.0, 1)
 
 
+def test_sample_patch_locations_top_left_of_non_square_patches():
+    """``center=False`` gives the top-left corner ``centre - (h/2, w/2)``: rows by the patch height, columns by its
+    width (a (16, 48) patch; halves swapped, the corners were off by 16 pixels in both axes)."""
+    mask = np.zeros((40, 40), bool)
+    mask[4:36, 4:36] = True
+    for seed in range(3):
+        ce = sample_patch_locations(mask, 4.0, 20, patch_size=(16, 48), seed=seed)
+        tl = sample_patch_locations(mask, 4.0, 20, patch_size=(16, 48), seed=seed, center=False)
+        assert len(ce) == 20 and np.array_equal(tl, ce - np.array([8, 24]))
+
+
 def test_slide_patch_grid_over_tissue(slide):
     path, res = slide
     grid = slide_patch_grid(path, patch_size=64, level=1, min_tissue=0.5, extra={"label": 0})
