@@ -386,6 +386,63 @@ def test_watershed_keeps_a_distance_plateau_as_one_nucleus():
     assert inst.max() == 2 and inst[12, 8] != inst[12, 34] and np.array_equal(inst > 0, discs)
 
 
+def test_watershed_chains_peaks_up_to_min_distance_apart_into_one_marker():
+    """Two discs of radius 6 whose centres are 3 pixels apart (one nucleus with a shallow waist) have two distance
+    peaks 3 pixels apart, not adjacent: with ``min_distance=3`` they are one marker, so one nucleus (peaks merged
+    only when adjacent split it in two); ``min_distance=1`` keeps them apart."""
+    from monai_gmr.workflows.common import instance_from_semantic
+
+    yy, xx = np.mgrid[:24, :30]
+    blob = ((yy - 12) ** 2 + (xx - 12) ** 2 <= 36) | ((yy - 12) ** 2 + (xx - 15) ** 2 <= 36)
+    one = instance_from_semantic(blob.astype(np.int64), method="watershed", min_distance=3)
+    assert one.max() == 1 and np.array_equal(one > 0, blob)
+    assert instance_from_semantic(blob.astype(np.int64), method="watershed", min_distance=1).max() == 2
+
+
+#: a 24 x 24 tile (from a seeded search over unions of random discs; nuclei cut by its left edge) whose watershed
+#: flooding meets a pixel that every orientation-free rule leaves tied in one step and that a later step decides
+_WAITING_TIE = [
+    '........................',
+    '........................',
+    '.........#..............',
+    '......#######...........',
+    '.....#########..........',
+    '....#############.......',
+    '....##############......',
+    '....##############......',
+    '..################......',
+    '#################.......',
+    '##############..........',
+    '##############..........',
+    '#############...........',
+    '###########.............',
+    '##########.....##.......',
+    '##########...#####......',
+    '.########....######.....',
+    '..######....#######.....',
+    '............#######.....',
+    '.............######.....',
+    '..............####......',
+    '........................',
+    '........................',
+    '........................',
+]
+
+
+def test_watershed_defers_an_undecided_pixel_until_a_later_step_decides_it():
+    """A pixel reached by two regions in one step with every tie rule equal waits for a later step (the regions
+    growing around it may decide it); giving it at once to the smaller marker id made the partition depend on the
+    orientation of the map (this blob: its rotated/flipped instances were not the rotated/flipped partition)."""
+    from monai_gmr.workflows.common import instance_from_semantic
+
+    sem = np.array([[c == "#" for c in row] for row in _WAITING_TIE], dtype=np.int64)
+    base = instance_from_semantic(sem, method="watershed")
+    assert base.max() >= 2
+    for op in _D4:
+        got = instance_from_semantic(np.ascontiguousarray(op(sem)), method="watershed")
+        assert np.array_equal(_canonical(got), _canonical(op(base)))
+
+
 def test_watershed_partition_commutes_with_the_48_cube_symmetries():
     import itertools
 
