@@ -88,6 +88,19 @@ def test_colour_coded_label_masks_are_read_as_prepare_nuclei_reads_them(tmp_path
         assert _same_instances(np.asarray(inst[0]).T, ids)
 
 
+def test_binary_uint8_label_with_more_than_255_nuclei_keeps_every_id():
+    """A uint8 0/255 binary label of 400 nuclei: ``instance_ids`` returns float32 ids 1..400 (ids written back into
+    the label's uint8 would wrap, nucleus 256 becoming background and 257 merging with nucleus 1)."""
+    from monai_gmr.workflows.nuclei import instance_ids
+
+    binary = np.zeros((40, 40), np.uint8)
+    binary[::2, ::2] = 255  # 20 x 20 single-pixel nuclei, 2 pixels apart: not 8-connected
+    out = instance_ids(torch.from_numpy(binary)[None])
+    assert out.dtype == torch.float32 and out.shape == (1, 40, 40)
+    ids = np.unique(out.numpy())
+    assert ids.tolist() == list(range(401)) and int((out > 0).sum()) == 400
+
+
 def _same_instances(a, b) -> bool:
     """Whether two instance-id maps hold the same nuclei (the same background, ids matched one to one)."""
     a, b = np.asarray(a).astype(np.int64), np.asarray(b).astype(np.int64)
