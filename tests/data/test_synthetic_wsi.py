@@ -277,6 +277,21 @@ def test_patch_csv_to_datalist(tmp_path):
         patch_csv_to_datalist(tmp_path / "nosize.csv")
 
 
+def test_patch_csv_rows_without_a_split_are_split_stratified_by_label(tmp_path):
+    """Rows without a ``split`` are split per label (5 tumour and 15 normal patches at 0.2 / 0.2: one tumour and three
+    normal patches in validation and in test, for every seed); a split of all rows together left a label's share
+    in validation/test to chance (or out of it)."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    rows = "".join(f"s.tiff,{10 * i},{7 * i},{int(i < 5)}\n" for i in range(20))
+    (tmp_path / "p.csv").write_text("slide,x,y,label\n" + rows)
+    for seed in range(6):
+        p = patch_csv_to_datalist(tmp_path / "p.csv", tmp_path / f"d{seed}.json", patch_size=16, seed=seed)
+        dl = json.loads(p.read_text())
+        for split in ("validation", "test"):
+            assert sorted(i["label"] for i in dl[split]) == [0, 0, 0, 1], (seed, split)
+        assert sorted(i["label"] for i in dl["training"]) == [0] * 9 + [1] * 3
+
+
 def test_refuses_an_out_dir_that_holds_slides(tmp_path):
     """Fewer slides written over an earlier dataset left the old slides where slide inference looks: now refused,
     before anything is written."""
