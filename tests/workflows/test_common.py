@@ -545,6 +545,19 @@ def test_resume_keeps_pruning_and_the_configured_schedule(tmp_path):
     assert summary["resumed"] is True and summary["start_epoch"] == 6 and summary["epochs_completed"] == 6
 
 
+def test_resume_prunes_the_oldest_of_more_than_n_saved_checkpoints(tmp_path):
+    """A folder holding more interval checkpoints than ``n_saved`` (e.g. a run with a larger ``n_saved``, or one
+    killed between a save and its pruning): the resume keeps the newest and deletes the oldest; keeping the oldest
+    left epoch 2 after the next save (the newest files are what a later resume needs)."""
+    import shutil
+
+    _run_with_saver(tmp_path, 3, False)  # epochs 2, 3
+    shutil.copy(tmp_path / "checkpoint_epoch=2.pt", tmp_path / "checkpoint_epoch=1.pt")  # a third, older file
+    path, _, files, _ = _run_with_saver(tmp_path, 4, True)
+    assert Path(path).name == "checkpoint_epoch=3.pt"
+    assert files == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt"]
+
+
 def test_validation_at_start_runs_after_the_resume_loader(tmp_path):
     """exec_at_start validates the restored weights, not the fresh ones (the loader is attached later)."""
     from monai.engines import SupervisedEvaluator
