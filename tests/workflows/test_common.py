@@ -306,6 +306,20 @@ def test_atomic_writer_refuses_instance_ids_that_wrap_in_the_output_dtype(tmp_pa
     assert np.array(Image.open(written)).max() == 65535
 
 
+def test_atomic_writer_refuses_negative_values_in_an_unsigned_output_dtype(tmp_path):
+    """A negative value (e.g. an ignore label -1) in a uint8 output wraps to 255 (a class or nucleus id) silently:
+    refused like values above the range, nothing written."""
+    from monai.transforms import SaveImage
+
+    lab = torch.zeros(1, 8, 8, dtype=torch.int32)
+    lab[0, 0, 0] = -1
+    save = SaveImage(output_dir=tmp_path / "out", output_postfix="seg", output_ext=".png", output_dtype=np.uint8,
+                     resample=False, separate_folder=False, print_log=False, writer="monai_gmr.workflows.AtomicPILWriter")
+    with pytest.raises(RuntimeError, match="do not fit the output dtype uint8"):
+        save(lab)
+    assert not any((tmp_path / "out").glob("*.png"))
+
+
 # ------------------------------------------------------------------------------------------------ instances
 def _two_touching_discs(size=40):
     yy, xx = np.mgrid[:size, :size]
