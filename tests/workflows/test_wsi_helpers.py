@@ -639,6 +639,15 @@ def test_footprint_cells_edge_and_interior_patches():
                                   [[250, 0], [253, 2]])  # fmt: skip
 
 
+def test_footprint_smaller_than_a_cell_fills_the_cell_holding_its_centre():
+    """A footprint holding no cell centre gets the cell that holds its own centre: a 2 x 2 patch at (5, 5) on a map
+    of 8-pixel cells (centre (6, 6), in cell 0, past its middle) fills cell (0, 0), not a rounded (1, 1)."""
+    from monai_gmr.workflows.wsi import footprint_cells
+
+    cells = footprint_cells(np.array([[5, 5], [5, 21], [13, 2]]), (2, 2), 8.0, (4, 4))
+    assert cells.tolist() == [[[0, 0], [1, 1]], [[0, 2], [1, 3]], [[1, 0], [2, 1]]]
+
+
 def test_footprint_cells_are_flip_symmetric():
     """Flipping the slide flips the cells of the flipped footprints, also for footprints half across a cell (ties) and
     off the grid (a slide of 1012 rows = 253 whole map cells of 4 pixels). With a half-open rule a tie cell went to
