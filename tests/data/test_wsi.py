@@ -256,6 +256,18 @@ def test_sample_patch_locations_top_left_of_non_square_patches():
         assert len(ce) == 20 and np.array_equal(tl, ce - np.array([8, 24]))
 
 
+def test_sample_patch_locations_follow_their_seed():
+    """The same integer seed gives the same locations, another seed other ones (a seed ignored gave every slide and
+    every run the same draw), and a ``Generator`` is drawn from as given."""
+    mask = np.zeros((40, 40), bool)
+    mask[4:36, 4:36] = True
+    a = sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=0)
+    assert np.array_equal(a, sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=0))
+    assert not np.array_equal(a, sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=1))
+    g = sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=np.random.default_rng(1))
+    assert np.array_equal(g, sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=1))
+
+
 def test_slide_patch_grid_over_tissue(slide):
     path, res = slide
     grid = slide_patch_grid(path, patch_size=64, level=1, min_tissue=0.5, extra={"label": 0})
