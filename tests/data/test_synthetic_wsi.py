@@ -30,6 +30,22 @@ def wsi_set(tmp_path_factory):
     return out, make_synthetic_wsi(out, **SMALL)
 
 
+def test_pyramid_levels_are_rounded_2x2_means(tmp_path):
+    """Each pyramid level is the 2 x 2 mean of the level above, *rounded* (values 0, 1, 1, 1 -> 1, not 0):
+    truncating made every level darker than the one above, by up to 3/4 of a grey level per level."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 96, 3)).astype(np.uint8)
+    write_pyramidal_tiff(tmp_path / "r.tif", img, n_levels=3, tile_size=32, compression="deflate")
+    with tifffile.TiffFile(tmp_path / "r.tif") as tf:
+        levels = [lv.asarray() for lv in tf.series[0].levels]
+    assert [lv.shape for lv in levels] == [(64, 96, 3), (32, 48, 3), (16, 24, 3)]
+    for hi, lo in zip(levels, levels[1:]):
+        mean = hi.reshape(lo.shape[0], 2, lo.shape[1], 2, 3).astype(np.float64).mean((1, 3))
+        assert np.array_equal(lo, np.rint(mean).astype(np.uint8))
+
+
 def test_openslide_opens_generic_tiff_with_levels_and_mpp(wsi_set):
     import openslide
 
