@@ -45,6 +45,25 @@ def test_nucleus_boundaries_width():
     assert not b1[5, 5] and b1[1, 5]
 
 
+def test_nucleus_boundaries_do_not_run_along_the_image_edge():
+    """A nucleus cut by the tile's edge has no boundary along that edge: only a differently labelled pixel (another
+    nucleus or background) within ``width`` makes a boundary pixel, not the outside of the image (padding the
+    erosion with 0 drew a boundary class along every edge nucleus's cut). The prepared masks use the same rule."""
+    from monai_gmr.data.prepare_nuclei import instance_boundaries
+
+    lab = np.zeros((8, 8), np.int64)
+    lab[0:4, 0:4] = 1  # in the top-left corner
+    lab[5:8, 2:8] = 2  # along the bottom and right edges
+    want = np.zeros((8, 8), bool)
+    want[3, 0:4] = want[0:4, 3] = True  # nucleus 1: its row and column next to the background
+    want[5, 2:8] = want[5:8, 2] = True  # nucleus 2: its top row and left column
+    for width in (1, 2):
+        got = nucleus_boundaries(lab, width)
+        assert np.array_equal(got, instance_boundaries(lab, width))
+        assert not got[0, 0] and not got[7, 7] and not got[0, 1] and not got[7, 5]
+    assert np.array_equal(nucleus_boundaries(lab), want)
+
+
 def test_to_rgb():
     x = torch.arange(4 * 2 * 2, dtype=torch.float32).reshape(4, 2, 2)
     assert torch.equal(to_rgb(x), x[:3])
