@@ -27,6 +27,13 @@ def test_split_counts_bumps_an_empty_split_only_from_the_training_items(n, val, 
     assert split_counts(n, val, test) == expected
 
 
+@pytest.mark.parametrize("n, val, test, expected", [(2, 0.4, 0.4, (1, 1, 0)), (4, 0.45, 0.45, (1, 2, 1))])
+def test_split_counts_keeps_a_training_item_when_the_rounded_fractions_take_every_item(n, val, test, expected):
+    """Fractions that round to all ``n`` items (2 items at 0.4 / 0.4: one each) give one back to training; a loop
+    stopping only at ``n_val + n_test > n`` left no training item at all."""
+    assert split_counts(n, val, test) == expected
+
+
 def test_split_counts_rejects_bad_fractions():
     with pytest.raises(ValueError, match="val_frac"):
         split_counts(10, 1.2, 0.1)

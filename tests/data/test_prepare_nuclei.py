@@ -120,6 +120,17 @@ def test_binary_and_colour_masks_become_instances(tmp_path):
     assert read_instance_mask(tmp_path / "n.npy").max() == 3
 
 
+def test_binary_mask_components_are_8_connected(tmp_path):
+    """A binary mask's nuclei are its 8-connected components (as documented and as ``instance_ids`` reads a binary
+    label): two squares touching only at a corner are one nucleus, not two (4-connectivity)."""
+    binary = np.zeros((12, 12), np.uint8)
+    binary[1:5, 1:5] = binary[5:9, 5:9] = 255  # corners (4, 4) and (5, 5) touch diagonally
+    binary[1:3, 9:11] = 255
+    Image.fromarray(binary).save(tmp_path / "d.png")
+    lab = read_instance_mask(tmp_path / "d.png")
+    assert lab.max() == 2 and lab[4, 4] == lab[5, 5] != lab[1, 9]
+
+
 def _write_xml(path: Path, polygons: list[list[tuple[float, float]]]) -> None:
     regions = "".join(
         f'<Region Id="{i + 1}" Type="0"><Attributes/><Vertices>'

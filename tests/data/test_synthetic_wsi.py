@@ -30,6 +30,22 @@ def wsi_set(tmp_path_factory):
     return out, make_synthetic_wsi(out, **SMALL)
 
 
+def test_pyramid_levels_are_rounded_2x2_means(tmp_path):
+    """Each pyramid level is the 2 x 2 mean of the level above, *rounded* (values 0, 1, 1, 1 -> 1, not 0):
+    truncating made every level darker than the one above, by up to 3/4 of a grey level per level."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 96, 3)).astype(np.uint8)
+    write_pyramidal_tiff(tmp_path / "r.tif", img, n_levels=3, tile_size=32, compression="deflate")
+    with tifffile.TiffFile(tmp_path / "r.tif") as tf:
+        levels = [lv.asarray() for lv in tf.series[0].levels]
+    assert [lv.shape for lv in levels] == [(64, 96, 3), (32, 48, 3), (16, 24, 3)]
+    for hi, lo in zip(levels, levels[1:]):
+        mean = hi.reshape(lo.shape[0], 2, lo.shape[1], 2, 3).astype(np.float64).mean((1, 3))
+        assert np.array_equal(lo, np.rint(mean).astype(np.uint8))
+
+
 def test_openslide_opens_generic_tiff_with_levels_and_mpp(wsi_set):
     import openslide
 
@@ -275,6 +291,21 @@ def test_patch_csv_to_datalist(tmp_path):
     (tmp_path / "nosize.csv").write_text("slide,x,y,label\ns.tiff,1,2,0\n")
     with pytest.raises(ValueError, match="row 2"):
         patch_csv_to_datalist(tmp_path / "nosize.csv")
+
+
+def test_patch_csv_rows_without_a_split_are_split_stratified_by_label(tmp_path):
+    """Rows without a ``split`` are split per label (5 tumour and 15 normal patches at 0.2 / 0.2: one tumour and three
+    normal patches in validation and in test, for every seed); a split of all rows together left a label's share
+    in validation/test to chance (or out of it)."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    rows = "".join(f"s.tiff,{10 * i},{7 * i},{int(i < 5)}\n" for i in range(20))
+    (tmp_path / "p.csv").write_text("slide,x,y,label\n" + rows)
+    for seed in range(6):
+        p = patch_csv_to_datalist(tmp_path / "p.csv", tmp_path / f"d{seed}.json", patch_size=16, seed=seed)
+        dl = json.loads(p.read_text())
+        for split in ("validation", "test"):
+            assert sorted(i["label"] for i in dl[split]) == [0, 0, 0, 1], (seed, split)
+        assert sorted(i["label"] for i in dl["training"]) == [0] * 9 + [1] * 3
 
 
 def test_refuses_an_out_dir_that_holds_slides(tmp_path):

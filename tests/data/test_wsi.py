@@ -52,6 +52,25 @@ def test_tissue_mask_ignores_near_black_background(tmp_path):
     assert tissue_mask(tmp_path / "dark.tiff", min_brightness=0.0)[0].mean() > 0.1  # the old behaviour
 
 
+def test_tissue_mask_min_area_keeps_a_component_of_exactly_min_area(tmp_path):
+    """``min_area`` drops components *smaller* than that fraction of the mask: a 4 x 4 tissue square of a 64 x 64
+    mask (16 / 4096) survives ``min_area=16 / 4096`` and goes at ``17 / 4096``; a tiny ``min_area`` (below one
+    pixel) keeps single-pixel tissue (a strict ``>`` test dropped every component at the threshold, and every
+    single pixel when ``min_area * mask.size <= 1``)."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    img = np.full((64, 64, 3), 240, np.uint8)
+    img[8:40, 8:40] = (200, 90, 160)  # a large component
+    img[50:54, 50:54] = (200, 90, 160)  # 16 pixels
+    img[56, 8] = (200, 90, 160)  # one pixel
+    write_pyramidal_tiff(tmp_path / "a.tiff", img, compression="deflate", n_levels=1, tile_size=32)
+    kw = {"level": 0, "max_size": None}
+    assert tissue_mask(tmp_path / "a.tiff", min_area=0.0, **kw)[0].sum() == 32 * 32 + 16 + 1
+    assert tissue_mask(tmp_path / "a.tiff", min_area=1e-6, **kw)[0].sum() == 32 * 32 + 16 + 1
+    assert tissue_mask(tmp_path / "a.tiff", min_area=16 / 4096, **kw)[0].sum() == 32 * 32 + 16
+    assert tissue_mask(tmp_path / "a.tiff", min_area=17 / 4096, **kw)[0].sum() == 32 * 32
+
+
 def _check_level1_mask(path, img: np.ndarray, tissue: tuple[slice, slice]) -> None:
     """Write ``img`` as a 2-level pyramid and check that its tissue mask (level 1, downsample 2) is ``tissue``."""
     from monai_gmr.data import write_pyramidal_tiff
@@ -224,6 +243,29 @@ def test_sample_patch_locations_respects_masks():
     assert len(few) == 1
     with pytest.raises(ValueError, match="2D"):
         sample_patch_locations(np.zeros(5, bool), 1.0, 1)
+
+
+def test_sample_patch_locations_top_left_of_non_square_patches():
+    """``center=False`` gives the top-left corner ``centre - (h/2, w/2)``: rows by the patch height, columns by its
+    width (a (16, 48) patch; halves swapped, the corners were off by 16 pixels in both axes)."""
+    mask = np.zeros((40, 40), bool)
+    mask[4:36, 4:36] = True
+    for seed in range(3):
+        ce = sample_patch_locations(mask, 4.0, 20, patch_size=(16, 48), seed=seed)
+        tl = sample_patch_locations(mask, 4.0, 20, patch_size=(16, 48), seed=seed, center=False)
+        assert len(ce) == 20 and np.array_equal(tl, ce - np.array([8, 24]))
+
+
+def test_sample_patch_locations_follow_their_seed():
+    """The same integer seed gives the same locations, another seed other ones (a seed ignored gave every slide and
+    every run the same draw), and a ``Generator`` is drawn from as given."""
+    mask = np.zeros((40, 40), bool)
+    mask[4:36, 4:36] = True
+    a = sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=0)
+    assert np.array_equal(a, sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=0))
+    assert not np.array_equal(a, sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=1))
+    g = sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=np.random.default_rng(1))
+    assert np.array_equal(g, sample_patch_locations(mask, 4.0, 20, patch_size=16, seed=1))
 
 
 def test_slide_patch_grid_over_tissue(slide):

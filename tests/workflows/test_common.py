@@ -306,6 +306,20 @@ def test_atomic_writer_refuses_instance_ids_that_wrap_in_the_output_dtype(tmp_pa
     assert np.array(Image.open(written)).max() == 65535
 
 
+def test_atomic_writer_refuses_negative_values_in_an_unsigned_output_dtype(tmp_path):
+    """A negative value (e.g. an ignore label -1) in a uint8 output wraps to 255 (a class or nucleus id) silently:
+    refused like values above the range, nothing written."""
+    from monai.transforms import SaveImage
+
+    lab = torch.zeros(1, 8, 8, dtype=torch.int32)
+    lab[0, 0, 0] = -1
+    save = SaveImage(output_dir=tmp_path / "out", output_postfix="seg", output_ext=".png", output_dtype=np.uint8,
+                     resample=False, separate_folder=False, print_log=False, writer="monai_gmr.workflows.AtomicPILWriter")
+    with pytest.raises(RuntimeError, match="do not fit the output dtype uint8"):
+        save(lab)
+    assert not any((tmp_path / "out").glob("*.png"))
+
+
 # ------------------------------------------------------------------------------------------------ instances
 def _two_touching_discs(size=40):
     yy, xx = np.mgrid[:size, :size]
@@ -543,6 +557,19 @@ def test_resume_keeps_pruning_and_the_configured_schedule(tmp_path):
     _, summary, files, lrs = _run_with_saver(tmp_path, 6, True)
     assert lrs == [] and files == ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
     assert summary["resumed"] is True and summary["start_epoch"] == 6 and summary["epochs_completed"] == 6
+
+
+def test_resume_prunes_the_oldest_of_more_than_n_saved_checkpoints(tmp_path):
+    """A folder holding more interval checkpoints than ``n_saved`` (e.g. a run with a larger ``n_saved``, or one
+    killed between a save and its pruning): the resume keeps the newest and deletes the oldest; keeping the oldest
+    left epoch 2 after the next save (the newest files are what a later resume needs)."""
+    import shutil
+
+    _run_with_saver(tmp_path, 3, False)  # epochs 2, 3
+    shutil.copy(tmp_path / "checkpoint_epoch=2.pt", tmp_path / "checkpoint_epoch=1.pt")  # a third, older file
+    path, _, files, _ = _run_with_saver(tmp_path, 4, True)
+    assert Path(path).name == "checkpoint_epoch=3.pt"
+    assert files == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt"]
 
 
 def test_validation_at_start_runs_after_the_resume_loader(tmp_path):

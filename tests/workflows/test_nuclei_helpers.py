@@ -45,6 +45,25 @@ def test_nucleus_boundaries_width():
     assert not b1[5, 5] and b1[1, 5]
 
 
+def test_nucleus_boundaries_do_not_run_along_the_image_edge():
+    """A nucleus cut by the tile's edge has no boundary along that edge: only a differently labelled pixel (another
+    nucleus or background) within ``width`` makes a boundary pixel, not the outside of the image (padding the
+    erosion with 0 drew a boundary class along every edge nucleus's cut). The prepared masks use the same rule."""
+    from monai_gmr.data.prepare_nuclei import instance_boundaries
+
+    lab = np.zeros((8, 8), np.int64)
+    lab[0:4, 0:4] = 1  # in the top-left corner
+    lab[5:8, 2:8] = 2  # along the bottom and right edges
+    want = np.zeros((8, 8), bool)
+    want[3, 0:4] = want[0:4, 3] = True  # nucleus 1: its row and column next to the background
+    want[5, 2:8] = want[5:8, 2] = True  # nucleus 2: its top row and left column
+    for width in (1, 2):
+        got = nucleus_boundaries(lab, width)
+        assert np.array_equal(got, instance_boundaries(lab, width))
+        assert not got[0, 0] and not got[7, 7] and not got[0, 1] and not got[7, 5]
+    assert np.array_equal(nucleus_boundaries(lab), want)
+
+
 def test_to_rgb():
     x = torch.arange(4 * 2 * 2, dtype=torch.float32).reshape(4, 2, 2)
     assert torch.equal(to_rgb(x), x[:3])
@@ -86,6 +105,19 @@ def test_colour_coded_label_masks_are_read_as_prepare_nuclei_reads_them(tmp_path
         inst = instance_ids(lab)
         assert inst.shape == (1, 14, 12) and inst.meta["filename_or_obj"].endswith(name)
         assert _same_instances(np.asarray(inst[0]).T, ids)
+
+
+def test_binary_uint8_label_with_more_than_255_nuclei_keeps_every_id():
+    """A uint8 0/255 binary label of 400 nuclei: ``instance_ids`` returns float32 ids 1..400 (ids written back into
+    the label's uint8 would wrap, nucleus 256 becoming background and 257 merging with nucleus 1)."""
+    from monai_gmr.workflows.nuclei import instance_ids
+
+    binary = np.zeros((40, 40), np.uint8)
+    binary[::2, ::2] = 255  # 20 x 20 single-pixel nuclei, 2 pixels apart: not 8-connected
+    out = instance_ids(torch.from_numpy(binary)[None])
+    assert out.dtype == torch.float32 and out.shape == (1, 40, 40)
+    ids = np.unique(out.numpy())
+    assert ids.tolist() == list(range(401)) and int((out > 0).sum()) == 400
 
 
 def _same_instances(a, b) -> bool:
@@ -384,6 +416,63 @@ def test_watershed_keeps_a_distance_plateau_as_one_nucleus():
     discs = ((yy - 12) ** 2 + (xx - 12) ** 2 <= 81) | ((yy - 12) ** 2 + (xx - 29) ** 2 <= 81)
     inst = instance_from_semantic(discs.astype(np.int64), method="watershed")
     assert inst.max() == 2 and inst[12, 8] != inst[12, 34] and np.array_equal(inst > 0, discs)
+
+
+def test_watershed_chains_peaks_up_to_min_distance_apart_into_one_marker():
+    """Two discs of radius 6 whose centres are 3 pixels apart (one nucleus with a shallow waist) have two distance
+    peaks 3 pixels apart, not adjacent: with ``min_distance=3`` they are one marker, so one nucleus (peaks merged
+    only when adjacent split it in two); ``min_distance=1`` keeps them apart."""
+    from monai_gmr.workflows.common import instance_from_semantic
+
+    yy, xx = np.mgrid[:24, :30]
+    blob = ((yy - 12) ** 2 + (xx - 12) ** 2 <= 36) | ((yy - 12) ** 2 + (xx - 15) ** 2 <= 36)
+    one = instance_from_semantic(blob.astype(np.int64), method="watershed", min_distance=3)
+    assert one.max() == 1 and np.array_equal(one > 0, blob)
+    assert instance_from_semantic(blob.astype(np.int64), method="watershed", min_distance=1).max() == 2
+
+
+#: a 24 x 24 tile (from a seeded search over unions of random discs; nuclei cut by its left edge) whose watershed
+#: flooding meets a pixel that every orientation-free rule leaves tied in one step and that a later step decides
+_WAITING_TIE = [
+    '........................',
+    '........................',
+    '.........#..............',
+    '......#######...........',
+    '.....#########..........',
+    '....#############.......',
+    '....##############......',
+    '....##############......',
+    '..################......',
+    '#################.......',
+    '##############..........',
+    '##############..........',
+    '#############...........',
+    '###########.............',
+    '##########.....##.......',
+    '##########...#####......',
+    '.########....######.....',
+    '..######....#######.....',
+    '............#######.....',
+    '.............######.....',
+    '..............####......',
+    '........................',
+    '........................',
+    '........................',
+]
+
+
+def test_watershed_defers_an_undecided_pixel_until_a_later_step_decides_it():
+    """A pixel reached by two regions in one step with every tie rule equal waits for a later step (the regions
+    growing around it may decide it); giving it at once to the smaller marker id made the partition depend on the
+    orientation of the map (this blob: its rotated/flipped instances were not the rotated/flipped partition)."""
+    from monai_gmr.workflows.common import instance_from_semantic
+
+    sem = np.array([[c == "#" for c in row] for row in _WAITING_TIE], dtype=np.int64)
+    base = instance_from_semantic(sem, method="watershed")
+    assert base.max() >= 2
+    for op in _D4:
+        got = instance_from_semantic(np.ascontiguousarray(op(sem)), method="watershed")
+        assert np.array_equal(_canonical(got), _canonical(op(base)))
 
 
 def test_watershed_partition_commutes_with_the_48_cube_symmetries():

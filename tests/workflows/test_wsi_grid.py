@@ -176,6 +176,33 @@ def test_min_tissue_is_inclusive(tmp_path):
     assert part.n_patches == int((blocks >= half).sum())
 
 
+def test_min_tissue_of_non_square_patches(tmp_path):
+    """A (16, 32) patch's tissue fraction is its tissue cells over its 16 x 32 cells (an area of rows x rows
+    doubled the fraction, keeping half-tissue patches at min_tissue=1)."""
+    write_pyramidal_tiff(tmp_path / "t.tif", _image(), tile_size=64, n_levels=1, compression="deflate")
+    kw = {"patch_size": (P, 2 * P), "batch_size": 256, "map_max_size": 256}
+    every = infer_slide(tmp_path / "t.tif", MeanNet(), None, min_tissue=0.0, **kw)
+    rows, cols = H // P, W // (2 * P)
+    assert every.map_downsample == 1.0 and every.n_patches == rows * cols
+    blocks = every.tissue[: rows * P, : cols * 2 * P].reshape(rows, P, cols, 2 * P).mean((1, 3))
+    assert 0 < (blocks == 1.0).sum() < (blocks >= 0.5).sum()
+    for t in (1.0, 0.5):
+        assert infer_slide(tmp_path / "t.tif", MeanNet(), None, min_tissue=t, **kw).n_patches == int((blocks >= t).sum())
+
+
+def test_map_holds_the_probability_of_tumour_class(tmp_path):
+    """``tumour_class`` picks the map's class: ``prob`` is ``probs[tumour_class]`` (class 0 here, 1 - the class-1
+    map), not always class 1."""
+    write_pyramidal_tiff(tmp_path / "c.tif", _image(), tile_size=64, n_levels=1, compression="deflate")
+    kw = {"patch_size": P, "batch_size": 256, "map_max_size": 256}
+    one = infer_slide(tmp_path / "c.tif", MeanNet(), None, **kw)
+    zero = infer_slide(tmp_path / "c.tif", MeanNet(), None, tumour_class=0, **kw)
+    assert zero.covered.any() and np.array_equal(zero.covered, one.covered)
+    np.testing.assert_allclose(zero.prob, zero.probs[0])
+    np.testing.assert_allclose(zero.prob[zero.covered], 1.0 - one.prob[one.covered], atol=1e-6)
+    assert not np.allclose(zero.prob[zero.covered], one.prob[one.covered])
+
+
 def test_a_large_single_level_slide_is_never_read_whole(tmp_path, monkeypatch):
     """infer_slide read the whole mask level for its thumbnail (and tissue_mask again for the mask): a large
     single-level slide had to fit in memory twice. Above ``_STRIP_PIXELS`` both are read strip by strip now, with

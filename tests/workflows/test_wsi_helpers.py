@@ -132,6 +132,21 @@ def test_map_quality_exact_values():
         map_quality(prob[None], gt)
 
 
+def test_map_quality_resizes_a_finer_mask_by_its_pixel_centres():
+    """A mask 3x finer than the map is resized by pixel centres: map pixel ``i`` takes mask pixel ``3 i + 1``, the
+    middle of its 3 x 3 block (a corner-aligned index, ``3 i``, shifted the mask by one mask pixel)."""
+    from monai_gmr.workflows.wsi import map_quality
+
+    prob = np.full((4, 5), 0.9, np.float32)
+    centres = np.zeros((12, 15), np.uint8)
+    centres[1::3, 1::3] = 1  # tumour only at the middle pixel of every 3 x 3 block
+    m = map_quality(prob, centres)
+    assert m["tumour_fraction"] == 1.0 and m["dice"] == 1.0 and m["n_pixels"] == 20
+    corners = np.zeros((12, 15), np.uint8)
+    corners[::3, ::3] = 1
+    assert map_quality(prob, corners)["tumour_fraction"] == 0.0
+
+
 def test_map_quality_auc_matches_sklearn_style_count():
     from monai_gmr.workflows.wsi import map_quality
 
@@ -526,6 +541,36 @@ def test_masked_mode_uses_the_package_tissue_mask(tmp_path):
         infer_slide(tmp_path / "blank.tiff", DarkNucleiNet(), None, mode="masked", patch_size=8, mask_level=1)
 
 
+def test_masked_mode_centres_each_patch_on_its_mask_pixel(tmp_path, monkeypatch):
+    """Masked mode lays one patch centred on the *centre* of every tissue pixel of the mask level (MONAI's
+    ``MaskedPatchWSIDataset`` formula ``(pixel + 0.5) * ratio - size // 2``): with a mask downsample of 2 and 8-pixel
+    patches, mask pixel ``(r, c)`` gets the level-0 centre ``(2 r + 1, 2 c + 1)`` (its corner, ``2 r``, shifted every
+    patch by half a mask pixel)."""
+    import monai.data
+
+    from monai_gmr.data import tissue_mask, write_pyramidal_tiff
+    from monai_gmr.workflows.wsi import infer_slide
+
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(236, 2, (64, 96, 3)), 0, 255).astype(np.uint8)
+    img[16:48, 32:72] = (200, 90, 160)
+    write_pyramidal_tiff(tmp_path / "m.tiff", img, compression="deflate", n_levels=2, tile_size=32)
+    seen = []
+
+    class Recorder(monai.data.PatchWSIDataset):
+        def __init__(self, data, *args, **kwargs):
+            seen.extend(tuple(int(v) for v in d["location"]) for d in data)
+            super().__init__(data, *args, **kwargs)
+
+    monkeypatch.setattr(monai.data, "PatchWSIDataset", Recorder)
+    res = infer_slide(tmp_path / "m.tiff", DarkNucleiNet(), None, mode="masked", patch_size=8, mask_level=1,
+                      batch_size=1024)  # fmt: skip
+    tissue = tissue_mask(tmp_path / "m.tiff", level=1, max_size=None)[0]
+    # the tissue lies well inside the slide: every tissue pixel gets its patch
+    assert res.map_downsample == 2.0 and res.n_patches == len(seen) == int(tissue.sum()) > 0
+    assert {(y + 4, x + 4) for y, x in seen} == {(2 * int(r) + 1, 2 * int(c) + 1) for r, c in np.argwhere(tissue)}
+
+
 def test_sliding_inference_classifies_tissue_at_the_slide_edge(tmp_path):
     """A slide whose size is not a multiple of the tissue mask's block-averaging factor, with tissue only along its
     bottom edge (the last, partial block row): the patches over it are classified and fill the bottom of the map (the
@@ -592,6 +637,15 @@ def test_footprint_cells_edge_and_interior_patches():
     # footprint ending at 1009.2 (cell 252.3) holds it
     np.testing.assert_array_equal(footprint_cells(np.array([[1000, 0]]), (9.2, 8), 4.0, (253, 176), size0)[0],
                                   [[250, 0], [253, 2]])  # fmt: skip
+
+
+def test_footprint_smaller_than_a_cell_fills_the_cell_holding_its_centre():
+    """A footprint holding no cell centre gets the cell that holds its own centre: a 2 x 2 patch at (5, 5) on a map
+    of 8-pixel cells (centre (6, 6), in cell 0, past its middle) fills cell (0, 0), not a rounded (1, 1)."""
+    from monai_gmr.workflows.wsi import footprint_cells
+
+    cells = footprint_cells(np.array([[5, 5], [5, 21], [13, 2]]), (2, 2), 8.0, (4, 4))
+    assert cells.tolist() == [[[0, 0], [1, 1]], [[0, 2], [1, 3]], [[1, 0], [2, 1]]]
 
 
 def test_footprint_cells_are_flip_symmetric():
