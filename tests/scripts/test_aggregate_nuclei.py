@@ -155,3 +155,13 @@ def test_per_model_values_are_in_seed_order_whatever_the_input_order(tmp_path):
     e = ag.main([*files, "--out", str(tmp_path / "agg")])["models"]["basicunet"]
     assert e["seeds"] == [0, 1, 2] and e["dice_mean"]["values"] == [0.80, 0.81, 0.82]
     assert "| basicunet | 0, 1, 2 |" in (tmp_path / "agg" / "seeds.md").read_text()
+
+
+def test_paired_positive_counts_seeds_strictly_above_the_reference(tmp_path):
+    """'seeds > 0' in the paired table: a seed where the model ties with the reference is not a gain."""
+    ag = _load()
+    files = [_write(tmp_path / f"{m}{seed}.json", {"rows": [_row(m, 0.8, d, 0.7)], "settings": _settings(seed, [m])})
+             for seed, (dg, db) in enumerate(((0.80, 0.80), (0.81, 0.80), (0.79, 0.80)))
+             for m, d in (("gmrunet", db), ("basicunet", dg))]  # fmt: skip
+    p = ag.main([*files, "--out", str(tmp_path / "agg")])["paired"]["basicunet"]["dice_mean"]
+    assert p["differences"] == pytest.approx([0.0, 0.01, -0.01]) and p["positive"] == 1

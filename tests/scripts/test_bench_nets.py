@@ -193,3 +193,49 @@ def test_peak_memory_is_reset_before_the_measured_step(monkeypatch):
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: mem.update(peak=mem["alloc"]))
     runner = SimpleNamespace(device=torch.device("cuda"), opt=None, step=step, persistent_bytes=lambda: 1 * mb)
     assert mod._peak_alone_mb(runner) == pytest.approx(31.0)  # 30 MB of the step + 1 MB held between steps
+
+
+def test_images_per_s_is_the_median_over_interleaved_rounds(monkeypatch):
+    """Under a fake clock where every third round of a model is 4x slower: images/s is the median over the rounds
+    (not the mean), min/max are the extreme rounds, and the rounds alternate between the models (round-robin,
+    not one model's rounds in a block)."""
+    import argparse
+    from types import SimpleNamespace
+
+    import torch
+
+    mod = load_script("bench_nets")
+    clock, order = [0.0], []
+
+    class Net(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name, self.calls, self.conv = name, 0, torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            clock[0] += (1.0, 1.0, 4.0)[self.calls % 3]  # 3 images in 1 s, 1 s, 4 s
+            self.calls += 1
+            order.append(self.name)
+            return self.conv(x)
+
+    monkeypatch.setattr(mod, "build_suite", lambda suite, impls: {"Base": (Net("Base"), "baseline", "-"),
+                                                                  "Gmr[x]": (Net("Gmr"), "gmr", "x")})  # fmt: skip
+    monkeypatch.setattr(mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    args = argparse.Namespace(quick=True, size=8, batch=3, impls=["x"], compile=None, warmup=0, repeats=3, iters=1)
+    rows = mod.bench_suite("unet", "fp32", args, torch.device("cpu"))
+    train = [r for r in rows if r["mode"] == "train"]
+    assert [r["model"] for r in train] == ["Base", "Gmr[x]"]
+    for r in train:
+        assert r["images_per_s"] == pytest.approx(3.0)  # median of 3, 3, 0.75 (the mean is 2.25)
+        assert r["images_per_s_min"] == pytest.approx(0.75) and r["images_per_s_max"] == pytest.approx(3.0)
+    assert order[:6] == ["Base", "Gmr"] * 3  # the timed training rounds, interleaved
+
+
+def test_ratios_compare_with_the_baseline_of_the_same_precision():
+    """A bf16 GMR row is compared with the bf16 baseline, not with the first baseline of the suite (fp32)."""
+    mod = load_script("bench_nets")
+    rows = [{"suite": "unet", "precision": p, "mode": "train", "model": m, "kind": k, "images_per_s": ips, "peak_mb": mb}
+            for p, m, k, ips, mb in (("fp32", "B", "baseline", 100.0, 200.0), ("bf16", "B", "baseline", 300.0, 100.0),
+                                     ("fp32", "G", "gmr", 50.0, 300.0), ("bf16", "G", "gmr", 60.0, 250.0))]  # fmt: skip
+    got = {q["precision"]: (q["throughput_ratio"], q["memory_ratio"]) for q in mod._ratios(rows)}
+    assert got == {"fp32": pytest.approx((0.5, 1.5)), "bf16": pytest.approx((0.2, 2.5))}

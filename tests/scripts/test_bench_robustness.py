@@ -82,5 +82,7 @@ def test_plain_passes_cover_every_view_and_the_ratio_is_robustness_over_plain(tm
     assert res["views"] == 6 and res["images"] == 2
     assert res["plain_forward_s"] == 2 * 6  # 2 batches x (4 angles + 2 flips)
     assert res["plain_ms_per_image_view"] == pytest.approx(1000.0)
+    # both per-image-view times divide by images x views (12 here), not by images only
+    assert res["robustness_ms_per_image_view"] == pytest.approx(1000 * res["robustness_s"] / 12, abs=0.1)
     assert res["robustness_s"] > 30 and res["overhead_ratio"] == pytest.approx(res["robustness_s"] / res["plain_forward_s"], abs=1e-3)
     assert res["overhead_ratio"] > 1

@@ -207,3 +207,23 @@ def test_targets_are_auc_at_least_095_and_std_at_most_001(tmp_path, monkeypatch,
     report = bw.main(["--out", str(tmp_path / "o"), "--device", "cpu", "--quick", "--skip-throughput"])
     t = report["targets"]
     assert (t["auc_min"], t["auc_std"]) == (auc_min, auc_std) and (t["auc_min_ok"], t["auc_std_ok"]) == ok
+
+
+def test_model_only_throughput_leaves_out_the_warm_up_batches(monkeypatch):
+    """Under a fake clock (1 s per batch): 8 patches in batches of 2 give 2 warm-up batches, then 4 timed ones, so
+    8 / 4 = 2 patches/s (timing the warm-up too gave 8 / 6)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    bw = _load()
+    clock, seen = [0.0], []
+
+    def net(x):
+        clock[0] += 1.0
+        seen.append(x.shape[0])
+        return x
+
+    monkeypatch.setattr(bw, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    assert bw._model_only(net, torch.zeros(8, 3, 4, 4), torch.device("cpu"), False, 2) == pytest.approx(2.0)
+    assert seen == [2] * 6

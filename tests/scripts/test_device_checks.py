@@ -139,3 +139,14 @@ def test_missing_requirements_uses_markers_the_set_and_the_image(tmp_path):
     b = _wheel(tmp_path, "beta_pkg", [])
     assert dc.missing_requirements([a, b]) == {a.name: ["gamma"]}
     assert dc.missing_requirements([a, b], available=dc.DEVICE_PACKAGES | {"gamma"}) == {}
+
+
+def test_a_part_is_skipped_by_the_time_left_not_by_the_whole_deadline(tmp_path):
+    """After a 3.5 s part, at most 2.5 s of a 6 s deadline are left: a part estimated at 5 s (under the deadline,
+    over what is left) is skipped, and a shorter one after it still runs."""
+    parts = [_part("slow", "import time; time.sleep(3.5)"), _part("big", "pass", estimate=5.0),
+             _part("small", "pass", estimate=0.1)]  # fmt: skip
+    fill = {**FILL, "work": str(tmp_path / "work")}
+    recs = dc.run_parts(parts, tmp_path / "work", tmp_path / "out", deadline_s=6.0, env=dict(__import__("os").environ), fill=fill)
+    assert {r["part"]: r["status"] for r in recs} == {"slow": "ok", "big": "skipped", "small": "ok"}
+    assert re.fullmatch(r"estimate 5 s > [0-2] s left", recs[1]["reason"]), recs[1]["reason"]

@@ -43,3 +43,19 @@ def test_run_writes_the_tables(tmp_path):
     assert f"| watershed | {rows['watershed']['aji']:.4f} | 3 (3) | 1/1 | 7/7 | 0 |" in (tmp_path / "out" / "res.md").read_text()
     with pytest.raises(SystemExit):
         mod.main(["--labels", str(tmp_path / "out"), "--pattern", "*.tif", "--out", str(tmp_path / "o2")])
+
+
+def test_consistency_counts_only_elements_without_any_mismatched_pixel(tmp_path, monkeypatch):
+    """One mismatched pixel makes an element inconsistent; a tile is consistent only under all 7 elements, and the
+    table counts such tiles (6 of 7 is not enough)."""
+    from PIL import Image
+
+    mod = load_script("instance_consistency")
+    Image.fromarray(np.eye(8, dtype=np.uint8)).save(tmp_path / "a.png")
+    mism = iter([0, 1, 0, 0, 0, 0, 0])  # the 7 non-identity elements of one tile, one of them off by one pixel
+    monkeypatch.setattr(mod, "_methods", lambda md: {"m": lambda fg: fg.astype(np.int64)})
+    monkeypatch.setattr(mod, "partition_mismatch", lambda a, b: next(mism))
+    (row,) = mod.evaluate_masks([tmp_path / "a.png"])
+    assert row["consistent_elements"] == 6 and row["mismatched_pixels"] == 1
+    table = mod._table([row, {**row, "mask": "b.png", "consistent_elements": 7, "mismatched_pixels": 0}])
+    assert "| 1/2 | 13/14 | 1 |" in table

@@ -60,3 +60,17 @@ def test_summarise_gives_median_p90_max_and_the_count_over_the_bound():
     s = mod.summarise([v / 10 for v in range(11)], bound=0.75)  # 0.0, 0.1, ..., 1.0
     assert s["median"] == pytest.approx(0.5) and s["p90"] == pytest.approx(0.9) and s["max"] == pytest.approx(1.0)
     assert s["over_bound"] == 3 and s["seeds"] == 11
+
+
+def test_each_seed_draws_its_own_unit_std_field():
+    """The input field follows the seed (same seed, same field; another seed, another field), with unit std."""
+    mod = load_script("layer_angle_error")
+    a, b, c = (mod.smooth_field(24, 2, 2.0, s) for s in (0, 0, 1))
+    assert a.shape == (1, 1, 24, 24) and a.std(unbiased=False).item() == pytest.approx(1.0)
+    assert bool((a == b).all()) and not bool((a - c).abs().max() < 1e-3)
+
+
+def test_over_bound_counts_errors_strictly_above_the_bound():
+    """The column is 'seeds > bound': an error equal to the bound is not over it."""
+    mod = load_script("layer_angle_error")
+    assert mod.summarise([0.5, 0.75, 1.0], bound=0.75)["over_bound"] == 1
