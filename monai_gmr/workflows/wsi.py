@@ -866,6 +866,18 @@ def _mask_hw(shape: Sequence[int], path: str | os.PathLike) -> tuple[int, int]:
     return shape  # type: ignore[return-value]
 
 
+def _mask_file(path: str | os.PathLike) -> tuple[Path, str]:
+    """``(path, lower-case file name)`` of an existing mask file, read by :func:`mask_shape` and :func:`load_mask`.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"mask {str(path)!r} does not exist.")
+    return p, p.name.lower()
+
+
 def mask_shape(path: str | os.PathLike) -> tuple[int, int]:
     """The full-resolution ``(H, W)`` of the mask file ``path``, from its header where the format has one (``.npy``,
     TIFF tags of the first page, image headers; ``.npz`` is loaded): the cheap early check of a mask given for a
@@ -874,10 +886,7 @@ def mask_shape(path: str | os.PathLike) -> tuple[int, int]:
     Raises:
         FileNotFoundError: missing file. ValueError: unreadable file or not 2D (message names the file).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"mask {str(path)!r} does not exist.")
-    name = p.name.lower()
+    p, name = _mask_file(path)
     try:
         if name.endswith(".npy"):
             shape = np.load(p, mmap_mode="r").shape
@@ -990,10 +999,7 @@ def load_mask(path: str | os.PathLike, min_shape: Sequence[int] | None = None) -
         FileNotFoundError: missing file. ValueError: unreadable file, not 2D, or (``min_shape=None``) a TIFF page over
         the limit: the message names the file, its size and what to give instead.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"mask {str(path)!r} does not exist.")
-    name = p.name.lower()
+    p, name = _mask_file(path)
     try:
         if name.endswith(".npy"):
             arr = np.load(p, mmap_mode="r" if min_shape is not None else None)
