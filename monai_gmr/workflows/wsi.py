@@ -856,11 +856,17 @@ def classification_outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
 _MASK_READ_LIMIT_BYTES = 2**30
 
 
+def _mask_channel_axis(shape: Sequence[int]) -> int:
+    """The channel axis of a 3D mask ``shape``: last for channel-last masks (``(H, W, 1)``, RGB(A)), else first
+    (channel-first stacks); :func:`load_mask` keeps "non-zero in any channel" over it."""
+    return -1 if shape[-1] in (1, 3, 4) else 0
+
+
 def _mask_hw(shape: Sequence[int], path: str | os.PathLike) -> tuple[int, int]:
     """The 2D (H, W) of a mask array / image of ``shape`` (as :func:`load_mask` reduces channels)."""
     shape = tuple(int(v) for v in shape)
     if len(shape) == 3:
-        shape = shape[:2] if shape[-1] in (1, 3, 4) else shape[1:]
+        shape = shape[:2] if _mask_channel_axis(shape) == -1 else shape[1:]
     if len(shape) != 2:
         raise ValueError(f"mask {str(path)!r} must be 2D, got shape {shape}.")
     return shape  # type: ignore[return-value]
@@ -1044,7 +1050,7 @@ def load_mask(path: str | os.PathLike, min_shape: Sequence[int] | None = None) -
     arr = np.asarray(arr)
     if arr.ndim == 3:  # channel-last masks ((H, W, 1), RGB) or channel-first stacks: non-zero in any channel
         # (H, W, 1) was reduced over its rows into a (W, 1) "mask"
-        arr = arr.max(axis=-1) if arr.shape[-1] in (1, 3, 4) else arr.max(axis=0)
+        arr = arr.max(axis=_mask_channel_axis(arr.shape))
     if arr.ndim != 2:
         raise ValueError(f"mask {str(path)!r} must be 2D, got shape {arr.shape}.")
     return arr
