@@ -536,6 +536,8 @@ def test_multi_gpu_inference_config_shards_every_tile_once():
              for key in ("init_process_group", "len(@datalist)", "$@evaluator", "remove_earlier_outputs")}  # fmt: skip
     assert 5 < where["init_process_group"] < where["len(@datalist)"] < where["$@evaluator"] < where["remove_earlier_outputs"]
     assert "barrier_after=True" in init[where["remove_earlier_outputs"]]
+    finalize = config_parser([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA)["finalize"]
+    assert "dist.barrier()" in finalize[0] and "run_on_rank0(monai_gmr.workflows.nuclei.report_outputs" in finalize[1]
     for n, world in ((3, 2), (1, 2), (2, 3), (5, 4), (8, 4)):
         shards = []
         for rank in range(world):
