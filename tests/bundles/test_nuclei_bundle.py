@@ -555,6 +555,14 @@ def test_multi_gpu_inference_config_shards_every_tile_once():
         config_parser([INFERENCE, MULTI_GPU_INFERENCE], tta_angles=[], metadata=METADATA).get_parsed_content("initialize#5")
 
 
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    """``tmp_path / "model.pt"``: the weights of the tiny network (seed 0)."""
+    torch.manual_seed(0)
+    net = config_parser([INFERENCE], network_def=eval(TINY_NET), metadata=METADATA).get_parsed_content("network_def")
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    return tmp_path / "model.pt"
+
+
 def _inference_input(tmp_path: Path, nuclei_data: Path, n: int) -> tuple[Path, Path]:
     """A folder of the first ``n`` tiles of ``nuclei_data`` and a checkpoint of the tiny network (seed 0)."""
     import shutil
@@ -563,17 +571,15 @@ def _inference_input(tmp_path: Path, nuclei_data: Path, n: int) -> tuple[Path, P
     tiles.mkdir()
     for src in sorted((nuclei_data / "images").glob("*.png"))[:n]:
         shutil.copy(src, tiles / src.name)
-    torch.manual_seed(0)
-    net = config_parser([INFERENCE], network_def=eval(TINY_NET), metadata=METADATA).get_parsed_content("network_def")
-    ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
-    return tiles, ckpt
+    return tiles, _tiny_checkpoint(tmp_path)
 
 
-def _torchrun_inference(tmp_path: Path, tiles: Path, ckpt: Path, pred: Path, nproc: int = 2) -> tuple[str, int, list]:
-    """multi_gpu_inference.json under torchrun (gloo, ``nproc`` processes); a third config file records how many
-    tiles each process ran (``iterations_rank<r>.txt`` in ``tmp_path``). Returns the log, the exit code and the
-    per-process tile counts (rank order)."""
+def _torchrun_inference(tmp_path: Path, tiles: Path | None, ckpt: Path, pred: Path, *args: str,
+                        nproc: int = 2) -> tuple[str, int, list]:  # fmt: skip
+    """multi_gpu_inference.json under torchrun (gloo, ``nproc`` processes) on the images in ``tiles`` (``None``: the
+    test split of a ``--dataset_dir`` in ``args``); a third config file records how many tiles each process ran
+    (``iterations_rank<r>.txt`` in ``tmp_path``). Returns the log, the exit code and the per-process tile counts
+    (rank order)."""
     record = tmp_path / "record.json"
     record.write_text(json.dumps({"run": [
         "$@evaluator.run() if len(@dataloader) > 0 else None",
@@ -585,8 +591,9 @@ def _torchrun_inference(tmp_path: Path, tiles: Path, ckpt: Path, pred: Path, npr
     cfg = f"['{INFERENCE}','{MULTI_GPU_INFERENCE}','{record}']"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "monai.bundle",
-        "run", "--config_file", cfg, "--network_def", TINY_NET, "--ckpt_path", str(ckpt), "--input_dir", str(tiles),
-        "--pred_dir", str(pred), "--output_dir", str(tmp_path / "out"), "--roi_size", "[64, 64]", "--num_workers", "0",
+        "run", "--config_file", cfg, "--network_def", TINY_NET, "--ckpt_path", str(ckpt), "--pred_dir", str(pred),
+        "--output_dir", str(tmp_path / "out"), "--roi_size", "[64, 64]", "--num_workers", "0",
+        *(["--input_dir", str(tiles)] if tiles is not None else []), *args,
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=bundle_env(), capture_output=True, text=True, timeout=180)
     counts = [int(f.read_text()) if (f := tmp_path / f"iterations_rank{r}.txt").is_file() else None for r in range(nproc)]
@@ -642,6 +649,24 @@ def test_multi_gpu_inference_fewer_tiles_than_processes(tmp_path, nuclei_data):
     name = next(tiles.iterdir()).stem
     assert sorted(p.name for p in pred.iterdir()) == sorted(f"{name}{s}" for s in ("_seg.png", "_instance.png", "_prob.tif"))
     assert log.count("inference wrote ") == 1 and _outputs_line(1, pred) in log, log[-6000:]
+
+
+def test_multi_gpu_inference_generates_the_synthetic_data_once(tmp_path):
+    """Without input_dir and data, process 0 generates the synthetic dataset while the other waits (no two
+    processes writing the same tiles), and both segment its test split."""
+    ckpt = _tiny_checkpoint(tmp_path)
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    log, rc, counts = _torchrun_inference(tmp_path, None, ckpt, pred, "--dataset_dir", str(data), "--synthetic",
+                                          repr({**SYNTH, "n_images": 10}))  # fmt: skip
+    assert rc == 0, log[-6000:]
+    assert log.count("synthetic nuclei tiles") == 1, log[-6000:]
+    assert log.count(f"using the dataset in {data}") == 1, log[-6000:]  # the other process found it ready
+    from monai_gmr.workflows.nuclei import inference_datalist
+
+    names = [Path(d["image"]).stem for d in inference_datalist(None, data, "test", generate=False, check=False)]
+    assert len(names) == 2 and counts == [1, 1], (names, counts)
+    assert sorted(p.name for p in pred.iterdir()) == sorted(f"{n}{s}" for n in names
+                                                            for s in ("_seg.png", "_instance.png", "_prob.tif"))  # fmt: skip
 
 
 def test_multi_gpu_inference_failure_on_one_process_ends_the_run(tmp_path, nuclei_data):
