@@ -574,12 +574,12 @@ def _inference_input(tmp_path: Path, nuclei_data: Path, n: int) -> tuple[Path, P
     return tiles, _tiny_checkpoint(tmp_path)
 
 
-def _torchrun_inference(tmp_path: Path, tiles: Path | None, ckpt: Path, pred: Path, *args: str,
-                        nproc: int = 2) -> tuple[str, int, list]:  # fmt: skip
+def _torchrun_inference(tmp_path: Path, tiles: Path | None, ckpt: Path, pred: Path, *args: str, nproc: int = 2,
+                        tee: bool = False) -> tuple[str, int, list]:  # fmt: skip
     """multi_gpu_inference.json under torchrun (gloo, ``nproc`` processes) on the images in ``tiles`` (``None``: the
     test split of a ``--dataset_dir`` in ``args``); a third config file records how many tiles each process ran
     (``iterations_rank<r>.txt`` in ``tmp_path``). Returns the log, the exit code and the per-process tile counts
-    (rank order)."""
+    (rank order). ``tee``: torchrun's ``--tee 3``, every output line prefixed by ``[default<rank>]:``."""
     record = tmp_path / "record.json"
     record.write_text(json.dumps({"run": [
         "$@evaluator.run() if len(@dataloader) > 0 else None",
@@ -590,7 +590,8 @@ def _torchrun_inference(tmp_path: Path, tiles: Path | None, ckpt: Path, pred: Pa
     assert run == json.loads(record.read_text())["run"][:1]  # the recording config runs what the bundle runs
     cfg = f"['{INFERENCE}','{MULTI_GPU_INFERENCE}','{record}']"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "monai.bundle",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        *(["--tee", "3"] if tee else []), "-m", "monai.bundle",
         "run", "--config_file", cfg, "--network_def", TINY_NET, "--ckpt_path", str(ckpt), "--pred_dir", str(pred),
         "--output_dir", str(tmp_path / "out"), "--roi_size", "[64, 64]", "--num_workers", "0",
         *(["--input_dir", str(tiles)] if tiles is not None else []), *args,
@@ -653,14 +654,19 @@ def test_multi_gpu_inference_fewer_tiles_than_processes(tmp_path, nuclei_data):
 
 def test_multi_gpu_inference_generates_the_synthetic_data_once(tmp_path):
     """Without input_dir and data, process 0 generates the synthetic dataset while the other waits (no two
-    processes writing the same tiles), and both segment its test split."""
+    processes writing the same tiles), and both segment its test split. Process 0 reads ``dataset_dir`` 2 s late:
+    had process 1 not waited for it (the datalist read before the process group exists), process 1 would have
+    generated the data."""
     ckpt = _tiny_checkpoint(tmp_path)
     data, pred = tmp_path / "data", tmp_path / "pred"
-    log, rc, counts = _torchrun_inference(tmp_path, None, ckpt, pred, "--dataset_dir", str(data), "--synthetic",
-                                          repr({**SYNTH, "n_images": 10}))  # fmt: skip
+    late = f"$__import__('time').sleep(2 if os.environ.get('RANK') == '0' else 0) or {str(data)!r}"
+    log, rc, counts = _torchrun_inference(tmp_path, None, ckpt, pred, "--dataset_dir", late, "--synthetic",
+                                          repr({**SYNTH, "n_images": 10}), tee=True)  # fmt: skip
     assert rc == 0, log[-6000:]
-    assert log.count("synthetic nuclei tiles") == 1, log[-6000:]
-    assert log.count(f"using the dataset in {data}") == 1, log[-6000:]  # the other process found it ready
+    wrote = [line for line in log.splitlines() if "synthetic nuclei tiles" in line]
+    assert len(wrote) == 1 and wrote[0].startswith("[default0]:"), log[-6000:]
+    used = [line for line in log.splitlines() if f"using the dataset in {data}" in line]
+    assert len(used) == 1 and used[0].startswith("[default1]:"), log[-6000:]  # process 1 found it ready
     from monai_gmr.workflows.nuclei import inference_datalist
 
     names = [Path(d["image"]).stem for d in inference_datalist(None, data, "test", generate=False, check=False)]
