@@ -38,6 +38,7 @@ from .common import (
     load_checkpoint,
     maybe_compile,
     rank_seed,
+    run_on_rank0,
     run_on_rank0_first,
     summarize_evaluation,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "maybe_compile",
     "rank_seed",
     "run_arguments",
+    "run_on_rank0",
     "run_on_rank0_first",
     "summarize_evaluation",
     "workflow_overrides",

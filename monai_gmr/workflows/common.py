@@ -5,7 +5,8 @@ full dotted ``_target_`` / ``$`` expressions:
 
 - locating the bundle folder (:func:`find_bundle_root`) so configs run from any working directory;
 - resumable training (:func:`find_latest_checkpoint`, :func:`attach_resume`, :class:`AtomicCheckpointSaver`);
-- distributed helpers (:func:`is_main_process`, :func:`rank_seed`, :func:`run_on_rank0_first`, :func:`attach_handlers`);
+- distributed helpers (:func:`is_main_process`, :func:`rank_seed`, :func:`run_on_rank0`, :func:`run_on_rank0_first`,
+  :func:`distributed_sampler`, :func:`attach_handlers`);
 - a log-friendly progress display with a run summary (:class:`ProgressLogger`);
 - atomic image writers for ``SaveImaged`` (:class:`AtomicPILWriter`, :class:`AtomicITKWriter`,
   :class:`AtomicNibabelWriter`, :func:`atomic_writer_for`);
@@ -69,6 +70,7 @@ __all__ = [
     "ProgressLogger",
     "is_main_process",
     "rank_seed",
+    "run_on_rank0",
     "run_on_rank0_first",
     "distributed_sampler",
     "AtomicPILWriter",
@@ -1037,7 +1039,12 @@ def rank_seed(seed: int) -> int:
 
 
 def distributed_sampler(
-    dataset: torch.utils.data.Dataset, split: str, even_divisible: bool = True, shuffle: bool = True, **kwargs: Any
+    dataset: torch.utils.data.Dataset,
+    split: str,
+    even_divisible: bool = True,
+    shuffle: bool = True,
+    allow_empty: bool = False,
+    **kwargs: Any,
 ) -> torch.utils.data.Sampler:
     """MONAI ``DistributedSampler`` of one split of a multi-process run, refusing by name a split it cannot shard.
 
@@ -1050,11 +1057,16 @@ def distributed_sampler(
         split: its name in messages (e.g. ``"validation"``).
         even_divisible: MONAI's switch: ``True`` repeats a few items so that every process gets as many.
         shuffle: shuffle the items (with the sampler's seed).
+        allow_empty: with ``even_divisible=False``, accept fewer items than processes: process ``r`` gets item ``r``
+            (after the shuffle, if any) and the processes beyond the last item get none (an empty shard: a MONAI
+            engine over an empty data loader skips its run with a warning). For inference, where every item is
+            processed once and no process waits on another's batches; training and validation (collective metric
+            reductions) keep the refusal.
         kwargs: further arguments of ``monai.data.DistributedSampler`` (``num_replicas``, ``rank``, ``seed``, ...).
 
     Raises:
-        ValueError: ``even_divisible=False`` and ``dataset`` has fewer items than processes; the message names the
-            split and both numbers.
+        ValueError: ``even_divisible=False``, not ``allow_empty``, and ``dataset`` has fewer items than processes; the
+            message names the split and both numbers.
     """
     from monai.data import DistributedSampler
 
@@ -1062,12 +1074,44 @@ def distributed_sampler(
     if replicas is None and _dist_ready():
         replicas = torch.distributed.get_world_size()
     n = len(dataset)  # type: ignore[arg-type]  # map-style datasets (MONAI's) have a length
+    if not even_divisible and allow_empty and replicas is not None and n < int(replicas):
+        # MONAI refuses this case; its even split (every process one item, the missing ones repeated) cut down to
+        # the items themselves: indices[rank:n:replicas] is [rank] for rank < n, else empty (torch's __iter__)
+        sampler = DistributedSampler(dataset, even_divisible=True, shuffle=shuffle, **kwargs)
+        sampler.total_size = n
+        sampler.num_samples = int(sampler.rank < n)
+        return sampler
     if not even_divisible and replicas is not None and n < int(replicas):
         raise ValueError(
             f"the {split} split has {n} item(s) but {int(replicas)} processes take part: each process needs at least "
             f"one {split} item; run with at most {n} process(es) (--nproc_per_node) or give the {split} split more data."
         )
     return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle, **kwargs)
+
+
+def run_on_rank0(
+    fn: Callable[..., Any], *args: Any, barrier_before: bool = False, barrier_after: bool = False, **kwargs: Any
+) -> Any:
+    """Call ``fn(*args, **kwargs)`` on rank 0 only, with optional barriers of all ranks around it.
+
+    For steps of a multi-process run that must happen once: removing an earlier run's outputs before any rank
+    writes (``barrier_after``), reporting on the outputs of all ranks once they are written (``barrier_before``).
+    Outside a distributed run (or with one process) this is just ``fn(*args, **kwargs)``.
+
+    A rank that fails before a barrier never reaches it: the others wait there until the launcher stops them
+    (``torchrun`` stops every process as soon as one exits with an error) or the process group's timeout ends.
+
+    Returns:
+        ``fn``'s result on rank 0, ``None`` on the other ranks.
+    """
+    if not _dist_ready() or torch.distributed.get_world_size() == 1:
+        return fn(*args, **kwargs)
+    if barrier_before:
+        torch.distributed.barrier()
+    result = fn(*args, **kwargs) if torch.distributed.get_rank() == 0 else None
+    if barrier_after:
+        torch.distributed.barrier()
+    return result
 
 
 def run_on_rank0_first(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

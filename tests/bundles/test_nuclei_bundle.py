@@ -43,6 +43,7 @@ TRAIN = str(CONFIGS / "train.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
+MULTI_GPU_INFERENCE = str(CONFIGS / "multi_gpu_inference.json")
 
 TINY_NET = (
     "{'_target_': 'monai_gmr.nets.GMRUNet', 'spatial_dims': 2, 'in_channels': 3, 'out_channels': '@num_classes', "
@@ -67,7 +68,7 @@ TRAIN_ARGS = [
 # ---------------------------------------------------------------------------------------------------------- configs
 def test_configs_parse_and_resolve(tmp_path):
     """Every config parses; the main components resolve (network, loss, optimizer, transforms, inferers)."""
-    for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, str(CONFIGS / "metadata.json")):
+    for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_INFERENCE, str(CONFIGS / "metadata.json")):
         json.loads(Path(f).read_text())
     over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
     p = config_parser([TRAIN], **{**over, "network_def": eval(TINY_NET)}, metadata=METADATA)
@@ -521,6 +522,170 @@ def test_multi_gpu_train_compiled_matches_eager(tmp_path):
         assert not [k for k in state if k.startswith("module.") or "_orig_mod" in k]
     for key in ("final_loss", "best_metric"):
         assert abs(summaries["compiled"][key] - summaries["eager"][key]) < 1e-4 * max(1.0, abs(summaries["eager"][key]))
+
+
+def test_multi_gpu_inference_config_shards_every_tile_once():
+    """multi_gpu_inference.json: its sampler gives every tile to exactly one process, also with fewer tiles than
+    processes (the processes beyond the last tile get none); the settings are checked by name as in inference.json,
+    before the process group and the data; the process group exists before the datalist (synthetic data are made
+    by process 0 first) and rank 0 removes the earlier outputs after the evaluator was built, as inference.json."""
+    base = config_parser([INFERENCE], metadata=METADATA)["initialize"]
+    init = config_parser([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA)["initialize"]
+    assert init[:6] == base[:6] and init[0] == "$monai_gmr.workflows.check_cli_setting_names()"
+    where = {key: next(i for i, x in enumerate(init) if key in x)
+             for key in ("init_process_group", "len(@datalist)", "$@evaluator", "remove_earlier_outputs")}  # fmt: skip
+    assert 5 < where["init_process_group"] < where["len(@datalist)"] < where["$@evaluator"] < where["remove_earlier_outputs"]
+    assert "barrier_after=True" in init[where["remove_earlier_outputs"]]
+    finalize = config_parser([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA)["finalize"]
+    assert "dist.barrier()" in finalize[0] and "run_on_rank0(monai_gmr.workflows.nuclei.report_outputs" in finalize[1]
+    for n, world in ((3, 2), (1, 2), (2, 3), (5, 4), (8, 4)):
+        shards = []
+        for rank in range(world):
+            p = config_parser([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, dataset=f"$list(range({n}))",
+                              **{"sampler#num_replicas": world, "sampler#rank": rank})  # fmt: skip
+            loader = p.get_parsed_content("dataloader")
+            assert loader.sampler is p.get_parsed_content("sampler")
+            shards.append([int(i) for i in loader.sampler])
+        assert sorted(i for shard in shards for i in shard) == list(range(n)), (n, world, shards)
+        assert [len(shard) for shard in shards] == [len(range(r, n, world)) for r in range(world)], shards
+    check_settings_refused_by_name([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, cases=[
+        ("seed", "abc", "initialize#2"), ("num_classes", 3.0, "initialize#1"), ("min_nucleus_size", "ten", "initialize#4"),
+    ])  # fmt: skip
+    with pytest.raises(Exception, match="tta_angles"):
+        config_parser([INFERENCE, MULTI_GPU_INFERENCE], tta_angles=[], metadata=METADATA).get_parsed_content("initialize#5")
+
+
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    """``tmp_path / "model.pt"``: the weights of the tiny network (seed 0)."""
+    torch.manual_seed(0)
+    net = config_parser([INFERENCE], network_def=eval(TINY_NET), metadata=METADATA).get_parsed_content("network_def")
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    return tmp_path / "model.pt"
+
+
+def _inference_input(tmp_path: Path, nuclei_data: Path, n: int) -> tuple[Path, Path]:
+    """A folder of the first ``n`` tiles of ``nuclei_data`` and a checkpoint of the tiny network (seed 0)."""
+    import shutil
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for src in sorted((nuclei_data / "images").glob("*.png"))[:n]:
+        shutil.copy(src, tiles / src.name)
+    return tiles, _tiny_checkpoint(tmp_path)
+
+
+def _torchrun_inference(tmp_path: Path, tiles: Path | None, ckpt: Path, pred: Path, *args: str, nproc: int = 2,
+                        tee: bool = False) -> tuple[str, int, list]:  # fmt: skip
+    """multi_gpu_inference.json under torchrun (gloo, ``nproc`` processes) on the images in ``tiles`` (``None``: the
+    test split of a ``--dataset_dir`` in ``args``); a third config file records how many tiles each process ran
+    (``iterations_rank<r>.txt`` in ``tmp_path``). Returns the log, the exit code and the per-process tile counts
+    (rank order). ``tee``: torchrun's ``--tee 3``, every output line prefixed by ``[default<rank>]:``."""
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"run": [
+        "$@evaluator.run() if len(@dataloader) > 0 else None",
+        f"$open(os.path.join({str(tmp_path)!r}, f'iterations_rank{{dist.get_rank()}}.txt'), 'w')"
+        ".write(str(@evaluator.state.iteration))",
+    ]}))  # fmt: skip
+    run = json.loads(Path(MULTI_GPU_INFERENCE).read_text())["run"]
+    assert run == json.loads(record.read_text())["run"][:1]  # the recording config runs what the bundle runs
+    cfg = f"['{INFERENCE}','{MULTI_GPU_INFERENCE}','{record}']"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        *(["--tee", "3"] if tee else []), "-m", "monai.bundle",
+        "run", "--config_file", cfg, "--network_def", TINY_NET, "--ckpt_path", str(ckpt), "--pred_dir", str(pred),
+        "--output_dir", str(tmp_path / "out"), "--roi_size", "[64, 64]", "--num_workers", "0",
+        *(["--input_dir", str(tiles)] if tiles is not None else []), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=bundle_env(), capture_output=True, text=True, timeout=180)
+    counts = [int(f.read_text()) if (f := tmp_path / f"iterations_rank{r}.txt").is_file() else None for r in range(nproc)]
+    return proc.stdout + proc.stderr, proc.returncode, counts
+
+
+def _outputs_line(n: int, pred: Path) -> str:
+    return f"inference wrote {n} *_seg.png, {n} *_instance.png, {n} *_prob.tif for {n} image(s) to {pred.resolve()}"
+
+
+def test_multi_gpu_inference_gloo_two_processes(tmp_path, nuclei_data):
+    """multi_gpu_inference.json on CPU (torchrun, 2 gloo processes, 3 tiles): each tile is segmented by one process
+    (2 + 1), the masks are those of a one-process inference.json run with the same checkpoint, the earlier run's
+    outputs of these tiles are gone and another image's are kept, and process 0 alone reports all 3 tiles once
+    every process has written its own."""
+    import tifffile
+
+    tiles, ckpt = _inference_input(tmp_path, nuclei_data, 3)
+    names = sorted(p.stem for p in tiles.iterdir())
+    ref = tmp_path / "ref"
+    run_bundle([INFERENCE], "--network_def", TINY_NET, "--ckpt_path", str(ckpt), "--input_dir", str(tiles),
+               "--pred_dir", str(ref), "--output_dir", str(tmp_path / "out"), "--roi_size", "[64, 64]",
+               "--num_workers", "0", cwd=tmp_path)  # fmt: skip
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for name in [*names, "other"]:
+        for suffix in ("_seg.png", "_instance.png", "_prob.tif"):
+            (pred / f"{name}{suffix}").write_bytes(b"earlier run")
+    log, rc, counts = _torchrun_inference(tmp_path, tiles, ckpt, pred)
+    assert rc == 0, log[-6000:]
+    assert counts == [2, 1], counts  # no tile twice (3 + 3 without the sampler), none skipped
+    expected = sorted(f"{n}{s}" for n in names for s in ("_seg.png", "_instance.png", "_prob.tif"))
+    assert sorted(p.name for p in ref.iterdir()) == expected
+    assert sorted(p.name for p in pred.iterdir()) == sorted([*expected, "other_seg.png", "other_instance.png",
+                                                              "other_prob.tif"])  # fmt: skip
+    for f in expected:
+        if f.endswith(".png"):
+            np.testing.assert_array_equal(np.array(Image.open(pred / f)), np.array(Image.open(ref / f)), err_msg=f)
+        else:
+            np.testing.assert_allclose(tifffile.imread(pred / f), tifffile.imread(ref / f), atol=1e-5, err_msg=f)
+    assert (pred / "other_seg.png").read_bytes() == b"earlier run"
+    assert log.count("inference wrote ") == 1 and _outputs_line(3, pred) in log, log[-6000:]
+
+
+def test_multi_gpu_inference_fewer_tiles_than_processes(tmp_path, nuclei_data):
+    """One tile, two processes: process 0 segments it, process 1 gets an empty shard and waits (MONAI's
+    DistributedSampler refused fewer items than processes), and the run ends normally."""
+    tiles, ckpt = _inference_input(tmp_path, nuclei_data, 1)
+    pred = tmp_path / "pred"
+    log, rc, counts = _torchrun_inference(tmp_path, tiles, ckpt, pred)
+    assert rc == 0, log[-6000:]
+    assert counts == [1, 0], counts
+    name = next(tiles.iterdir()).stem
+    assert sorted(p.name for p in pred.iterdir()) == sorted(f"{name}{s}" for s in ("_seg.png", "_instance.png", "_prob.tif"))
+    assert log.count("inference wrote ") == 1 and _outputs_line(1, pred) in log, log[-6000:]
+
+
+def test_multi_gpu_inference_generates_the_synthetic_data_once(tmp_path):
+    """Without input_dir and data, process 0 generates the synthetic dataset while the other waits (no two
+    processes writing the same tiles), and both segment its test split. Process 0 reads ``dataset_dir`` 2 s late:
+    had process 1 not waited for it (the datalist read before the process group exists), process 1 would have
+    generated the data."""
+    ckpt = _tiny_checkpoint(tmp_path)
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    late = f"$__import__('time').sleep(2 if os.environ.get('RANK') == '0' else 0) or {str(data)!r}"
+    log, rc, counts = _torchrun_inference(tmp_path, None, ckpt, pred, "--dataset_dir", late, "--synthetic",
+                                          repr({**SYNTH, "n_images": 10}), tee=True)  # fmt: skip
+    assert rc == 0, log[-6000:]
+    wrote = [line for line in log.splitlines() if "synthetic nuclei tiles" in line]
+    assert len(wrote) == 1 and wrote[0].startswith("[default0]:"), log[-6000:]
+    used = [line for line in log.splitlines() if f"using the dataset in {data}" in line]
+    assert len(used) == 1 and used[0].startswith("[default1]:"), log[-6000:]  # process 1 found it ready
+    from monai_gmr.workflows.nuclei import inference_datalist
+
+    names = [Path(d["image"]).stem for d in inference_datalist(None, data, "test", generate=False, check=False)]
+    assert len(names) == 2 and counts == [1, 1], (names, counts)
+    assert sorted(p.name for p in pred.iterdir()) == sorted(f"{n}{s}" for n in names
+                                                            for s in ("_seg.png", "_instance.png", "_prob.tif"))  # fmt: skip
+
+
+def test_multi_gpu_inference_failure_on_one_process_ends_the_run(tmp_path, nuclei_data):
+    """A tile that process 1 cannot write (a folder where its mask goes) ends the whole run with an error naming the
+    file, instead of process 0 waiting for it at the final barrier; no outputs summary is logged."""
+    tiles, ckpt = _inference_input(tmp_path, nuclei_data, 3)
+    pred = tmp_path / "pred"
+    second = sorted(p.stem for p in tiles.iterdir())[1]  # the sampler's item 1: process 1's
+    (pred / f"{second}_seg.png").mkdir(parents=True)
+    log, rc, counts = _torchrun_inference(tmp_path, tiles, ckpt, pred)  # hangs (timeout) if process 0 waits
+    assert rc != 0, log[-6000:]
+    assert "IsADirectoryError" in log and f"{second}_seg.png" in log, log[-6000:]
+    assert "inference wrote " not in log and counts[1] is None, (counts, log[-6000:])
 
 
 # ---------------------------------------------------------------------------------------------------------- errors

@@ -1010,6 +1010,53 @@ def test_distributed_sampler_names_a_split_too_small_to_shard():
     assert list(distributed_sampler([0], "training", shuffle=False, num_replicas=2, rank=1)) == [0]
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_distributed_sampler_allow_empty_gives_every_item_to_one_process(shuffle):
+    """multi_gpu_inference.json: with ``allow_empty`` every item goes to exactly one process, also with fewer items
+    than processes (the processes beyond the last item get an empty shard instead of MONAI's refusal)."""
+    from monai_gmr.workflows import distributed_sampler
+
+    for n, world in ((1, 2), (2, 3), (3, 2), (5, 4), (6, 3), (0, 2)):
+        shards = [list(distributed_sampler(list(range(n)), "inference", even_divisible=False, shuffle=shuffle,
+                                           allow_empty=True, num_replicas=world, rank=r)) for r in range(world)]  # fmt: skip
+        assert sorted(i for shard in shards for i in shard) == list(range(n)), (n, world, shards)
+        assert [len(shard) for shard in shards] == [len(range(r, n, world)) for r in range(world)], (n, world, shards)
+        for r, shard in enumerate(shards):
+            sampler = distributed_sampler(list(range(n)), "inference", even_divisible=False, shuffle=shuffle,
+                                          allow_empty=True, num_replicas=world, rank=r)  # fmt: skip
+            assert len(sampler) == len(shard)
+    # without allow_empty a short split is still refused by name
+    with pytest.raises(ValueError, match=r"inference split has 1 item\(s\) but 2 processes"):
+        distributed_sampler([0], "inference", even_divisible=False, shuffle=False, num_replicas=2, rank=1)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_run_on_rank0_calls_once_between_the_barriers(monkeypatch, rank):
+    """run_on_rank0: the function runs on rank 0 only, after the barrier before it (reports of all processes'
+    outputs) and before the barrier after it (removal of earlier outputs before any process writes)."""
+    from monai_gmr.workflows import run_on_rank0
+
+    events = []
+    assert run_on_rank0(lambda a, b=1: events.append(("fn", a, b)) or a + b, 2, b=3) == 5  # not distributed
+    assert events == [("fn", 2, 3)]
+    events.clear()
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: events.append("barrier"))
+    fn = lambda x: events.append("fn") or x  # noqa: E731
+    got = run_on_rank0(fn, 7, barrier_after=True)
+    assert got == (7 if rank == 0 else None)
+    assert events == (["fn", "barrier"] if rank == 0 else ["barrier"])
+    events.clear()
+    run_on_rank0(fn, 7, barrier_before=True)
+    assert events == (["barrier", "fn"] if rank == 0 else ["barrier"])
+    events.clear()
+    run_on_rank0(fn, 7, barrier_before=True, barrier_after=True)
+    assert events.count("barrier") == 2 and events.count("fn") == (rank == 0)
+
+
 def test_find_bundle_root_reads_fires_hyphen_form_and_says_how_to_set_it(tmp_path, monkeypatch, caplog):
     """``--config-file`` (Fire's spelling of ``--config_file``, accepted by ``python -m monai.bundle``) was not read,
     and with an installed monai_gmr (no source checkout to fall back on) the fallback to the working directory only
