@@ -274,8 +274,8 @@ def rotation_robustness(
         ValueError: empty ``angles`` or entries that are not finite numbers (also ``angles`` given as text),
             unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does not match the image,
             label values outside the output classes or not whole numbers (float labels are
-            not truncated), classification outputs that are not ``(N, C)``, or NaN network outputs (any metric).
-        ValueError: ``distributed`` without an initialised ``torch.distributed`` process group.
+            not truncated), classification outputs that are not ``(N, C)``, NaN network outputs (any metric), or
+            ``distributed`` without an initialised ``torch.distributed`` process group.
         RuntimeError: called inside a distributed run with more than one process without ``distributed``; with
             ``distributed``, when another rank failed.
     """
@@ -481,9 +481,10 @@ def _merge_across_ranks(
     must be the rank's own), and each rank then loads the union of all ranks' states in rank order
     (``merge_states``). Hand-written because MONAI has nothing for it: its ``evenly_divisible_all_gather`` /
     ``string_list_all_gather`` move one tensor / a list of strings, not the exact AUC's score lists, the
-    instance-metric lists or the counts of our accumulators, and its Cumulative metrics (Dice/IoU buffers) gather
-    inside ``aggregate()``, one collective per metric and view, skipped by a rank whose buffer is empty (a rank
-    without a batch, or a view with nothing scorable there), which then leaves the other ranks waiting.
+    instance-metric lists or the counts of our accumulators, and its Cumulative metrics (Dice/IoU buffers) do
+    all-gather by themselves, but inside ``aggregate()`` (``Cumulative.get_buffer``), one collective per metric and
+    view, which a rank with an empty buffer (no batch) skips, leaving the other ranks waiting; so the accumulators
+    keep the Dice/IoU rows themselves and only this function exchanges data.
 
     Args:
         accs: this rank's accumulators, one per view (the same views, in the same order, on every rank).
