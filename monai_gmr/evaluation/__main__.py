@@ -21,8 +21,9 @@ __all__ = ["main", "ROBUSTNESS_ARGS"]
 logger = logging.getLogger("monai_gmr.evaluation")
 
 
-# every argument of rotation_robustness but network, data and device (a CLI argument of its own); a test keeps the two
-# in step (written out so that --help does not import torch)
+# every argument of rotation_robustness but network, data, device (a CLI argument of its own) and distributed (this
+# CLI is one process over the whole data; multi-process evaluation is a bundle's configs/multi_gpu_evaluate.json
+# under torchrun); a test keeps the two in step (written out so that --help does not import torch)
 ROBUSTNESS_ARGS = (
     "angles", "flips", "metrics", "task", "inferer", "spatial_dims", "axes", "image_key", "label_key", "instance_key",
     "image_mode", "padding_mode", "region", "radius_frac", "include_background", "activation", "label_transform",

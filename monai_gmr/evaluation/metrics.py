@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.metrics import DiceMetric, MeanIoU, ROCAUCMetric
+from monai.metrics import DiceMetric, MeanIoU, ROCAUCMetric, do_metric_reduction
 
 __all__ = [
     "CLS_METRICS",
@@ -103,6 +103,23 @@ class ExactAUC:
             scores, labels = scores.to(self.storage_device), labels.to(self.storage_device)
         self._pos.append(scores[labels])
         self._neg.append(scores[~labels])
+
+    def state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores seen so far, ``(positive scores (P,), negative scores (Q,))`` as CPU tensors (picklable, for
+        :meth:`merge_states` in another process)."""
+        pos = torch.cat(self._pos).cpu() if self._pos else torch.zeros(0)
+        neg = torch.cat(self._neg).cpu() if self._neg else torch.zeros(0)
+        return pos, neg
+
+    def merge_states(self, states: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Replace the scores held by the union of ``states`` (:meth:`state` of several accumulators, e.g. one per
+        process, this one's included). The AUC counts pairs, so the order of the states does not change it."""
+        self.reset()
+        for pos, neg in states:
+            if self.storage_device is not None:
+                pos, neg = pos.to(self.storage_device), neg.to(self.storage_device)
+            self._pos.append(pos)
+            self._neg.append(neg)
 
     @property
     def counts(self) -> tuple[int, int]:
@@ -271,8 +288,11 @@ class SegmentationAccumulator:
         self.include_background = include_background
         self.activation = activation
         self.auc_storage = auc_storage
+        # MONAI's metrics compute the per-image rows; the rows are kept here (self.rows), not in MONAI's buffers,
+        # whose aggregate() all-gathers across processes by itself: state()/merge_states() merge them instead
         self.dice = DiceMetric(include_background=include_background, reduction="mean", ignore_empty=True, get_not_nans=True)
         self.iou = MeanIoU(include_background=include_background, reduction="mean", ignore_empty=True, get_not_nans=True)
+        self.rows: dict[str, list[torch.Tensor]] = {m: [] for m in ("dice", "iou") if m in self.metrics}
         self.aucs: dict[int, ExactAUC] = {}
         self.num_classes: int | None = None
         self.instance: dict[str, list[float]] = {m: [] for m in INSTANCE_METRICS if m in self.metrics}
@@ -315,10 +335,10 @@ class SegmentationAccumulator:
             l_idx = labels if m is None else torch.where(m, labels, k)
             pred_oh = (p_idx == classes).to(probs.dtype)
             lab_oh = (l_idx == classes).to(probs.dtype)
-            if "dice" in self.metrics:
-                self.dice(y_pred=pred_oh, y=lab_oh)
-            if "iou" in self.metrics:
-                self.iou(y_pred=pred_oh, y=lab_oh)
+            for name, metric in (("dice", self.dice), ("iou", self.iou)):
+                if name in self.rows:  # (N, K or K - 1) per image and class, NaN where the label has no such pixel
+                    self.rows[name].append(metric(y_pred=pred_oh, y=lab_oh).detach())
+                    metric.reset()
         if "auc" in self.metrics:
             sel = None if m is None else m[:, 0]
             for c in range(0 if self.include_background else 1, k):
@@ -358,15 +378,40 @@ class SegmentationAccumulator:
         out: dict[str, float] = {}
         for name, vals in self.instance.items():
             out[name] = float(sum(vals) / len(vals)) if vals else math.nan
-        if "dice" in self.metrics:
-            out["dice"] = _agg(self.dice)
-        if "iou" in self.metrics:
-            out["iou"] = _agg(self.iou)
+        for name, rows in self.rows.items():
+            out[name] = _mean_rows(rows)
         if "auc" in self.metrics:
             vals = [a.compute() for a in self.aucs.values()]
             vals = [v for v in vals if not math.isnan(v)]
             out["auc"] = float(sum(vals) / len(vals)) if vals else math.nan
         return out
+
+    def state(self) -> dict[str, Any]:
+        """Everything accumulated so far as CPU tensors and lists (picklable): ``{"num_classes": K or None, "rows":
+        {"dice"/"iou": (N, C') per-image values}, "aucs": {class: ExactAUC.state()}, "instance": {"aji"/"pq": [per
+        image]}}``, for :meth:`merge_states` (e.g. in another process)."""
+        return {
+            "num_classes": self.num_classes,
+            "rows": {m: [torch.cat(r).cpu()] if r else [] for m, r in self.rows.items()},
+            "aucs": {c: a.state() for c, a in self.aucs.items()},
+            "instance": {m: list(v) for m, v in self.instance.items()},
+        }
+
+    def merge_states(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Replace what this accumulator holds by the union of ``states`` (:meth:`state` of accumulators of the same
+        settings, e.g. one per process in rank order, this one's included): :meth:`compute` then gives the metrics
+        of all their images (the image means up to the float summation order)."""
+        ks = [st["num_classes"] for st in states if st["num_classes"] is not None]
+        if len(set(ks)) > 1:
+            raise ValueError(f"cannot merge segmentation accumulators of different numbers of classes {sorted(set(ks))}.")
+        self.num_classes = ks[0] if ks else None
+        self.rows = {m: [r for st in states for r in st["rows"].get(m, [])] for m in self.rows}
+        self.instance = {m: [v for st in states for v in st["instance"].get(m, [])] for m in self.instance}
+        classes = sorted({c for st in states for c in st["aucs"]})
+        self.aucs = {}
+        for c in classes:
+            self.aucs[c] = ExactAUC(self.auc_storage)
+            self.aucs[c].merge_states([st["aucs"][c] for st in states if c in st["aucs"]])
 
 
 def _require_no_nan(probs: torch.Tensor) -> None:
@@ -392,13 +437,13 @@ def _require_whole(y: torch.Tensor, labels: torch.Tensor) -> None:
         )
 
 
-def _agg(metric) -> float:
-    """Mean of a MONAI metric built with ``get_not_nans=True``; NaN when no (image, class) pair was scorable (MONAI
-    returns 0 then, which would read as a total failure)."""
-    try:
-        v, not_nans = metric.aggregate()
-    except (ValueError, RuntimeError):  # nothing accumulated
+def _mean_rows(rows: Sequence[torch.Tensor]) -> float:
+    """Mean of per-image Dice/IoU rows ``(N, C)`` over the values that are not NaN (MONAI's ``"mean"`` reduction,
+    what ``DiceMetric.aggregate()`` gives); NaN when no (image, class) pair was scorable (MONAI returns 0 then, which
+    would read as a total failure)."""
+    if not rows:  # nothing accumulated
         return math.nan
+    v, not_nans = do_metric_reduction(torch.cat([r.to(rows[0].device) for r in rows]), "mean")
     return math.nan if float(not_nans.sum()) == 0 else float(v)
 
 
@@ -447,6 +492,21 @@ class ClassificationAccumulator:
         if "auc" in self.metrics:
             for c in range(1 if k == 2 else 0, k):  # binary: score of class 1 only
                 self.aucs.setdefault(c, ExactAUC()).update(probs[:, c], labels == c)
+
+    def state(self) -> dict[str, Any]:
+        """Everything accumulated so far, picklable (CPU tensors, ints): ``{"correct", "total", "aucs": {class:
+        ExactAUC.state()}}``, for :meth:`merge_states` (e.g. in another process)."""
+        return {"correct": self.correct, "total": self.total, "aucs": {c: a.state() for c, a in self.aucs.items()}}
+
+    def merge_states(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Replace what this accumulator holds by the union of ``states`` (:meth:`state` of accumulators of the same
+        settings, e.g. one per process, this one's included)."""
+        self.correct = sum(int(st["correct"]) for st in states)
+        self.total = sum(int(st["total"]) for st in states)
+        self.aucs = {}
+        for c in sorted({c for st in states for c in st["aucs"]}):
+            self.aucs[c] = ExactAUC()
+            self.aucs[c].merge_states([st["aucs"][c] for st in states if c in st["aucs"]])
 
     def class_aucs(self) -> dict[int, float]:
         """One-vs-rest ROC-AUC of each scored class (binary: class 1 only), NaN for a class without a positive or

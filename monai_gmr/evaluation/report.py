@@ -20,7 +20,9 @@ from monai_gmr.utils import as_bool, atomic_path, atomic_write_json, atomic_writ
 
 from .robustness import RobustnessResult
 
-__all__ = ["load_result", "plot_polar", "result_to_csv", "save_csv", "save_json", "write_report", "write_tensorboard"]
+__all__ = [
+    "load_result", "plot_polar", "report_paths", "result_to_csv", "save_csv", "save_json", "write_report", "write_tensorboard",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +229,16 @@ def write_tensorboard(result: RobustnessResult, writer: Any, tag_prefix: str = "
                 writer.add_scalar(f"{base}/{m}/{stat}", v, step)
     if hasattr(writer, "flush"):
         writer.flush()
+
+
+def report_paths(output_dir: str | os.PathLike, prefix: str = "robustness", plot: bool = True) -> dict[str, Path]:
+    """The paths :func:`write_report` writes (``{"json", "csv"[, "png"]}``), without writing anything (e.g. on
+    the ranks of a distributed evaluation that leave the writing to rank 0)."""
+    out = Path(output_dir)
+    paths = {"json": out / f"{prefix}.json", "csv": out / f"{prefix}.csv"}
+    if as_bool(plot, "plot"):
+        paths["png"] = out / f"{prefix}_polar.png"
+    return paths
 
 
 def write_report(

@@ -196,6 +196,7 @@ def rotation_robustness(
     auc_storage: torch.device | str | None = None,
     merge_foreground: bool = False,
     instance_kwargs: Mapping[str, Any] | None = None,
+    distributed: bool = False,
 ) -> RobustnessResult:
     """Evaluate ``network`` on ``data`` under every rotation angle and flip.
 
@@ -253,26 +254,43 @@ def rotation_robustness(
             Dice/IoU/AUC of their sum, instances from the full class map with these
             :func:`~monai_gmr.workflows.instance_from_semantic` settings (see
             :class:`~monai_gmr.evaluation.metrics.SegmentationAccumulator`).
+        distributed: multi-process evaluation (one process per GPU, e.g. under ``torchrun``): needs an initialised
+            ``torch.distributed`` process group; every process (rank) must call this with the same settings on its
+            own shard of the data (e.g. a ``DataLoader`` with ``DistributedSampler(shuffle=False,
+            even_divisible=False)``: every image once). Each rank evaluates its shard, then the accumulated metric
+            data of every view are merged across the ranks (:func:`_merge_across_ranks`), so every rank returns the
+            same result, that of a one-process run over all the shards (up to the float summation order of the
+            image means; ``n_images`` is the total). A rank may have no batch when the others have some. Also text
+            forms of :func:`monai_gmr.utils.as_bool`.
 
     Returns:
         :class:`RobustnessResult`.
 
-    Runs in one process: inside a multi-process ``torch.distributed`` run it raises (MONAI's Dice/IoU gather
-    across ranks while AUC, accuracy and the image count would not, and a call on one rank alone waits forever in
-    that gather). The bundles evaluate with the single-process ``configs/evaluate.json``.
+    Without ``distributed`` it runs in one process: inside a multi-process ``torch.distributed`` run it raises (a
+    rank would report its own shard's metrics only). An error on one rank of a distributed evaluation (e.g. a bad
+    label) is raised there and, as a ``RuntimeError`` naming that rank, on the others (none waits forever).
 
     Raises:
         ValueError: empty ``angles`` or entries that are not finite numbers (also ``angles`` given as text),
             unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does not match the image,
             label values outside the output classes or not whole numbers (float labels are
-            not truncated), classification outputs that are not ``(N, C)``, or NaN network outputs (any metric).
-        RuntimeError: called inside a distributed run with more than one process.
+            not truncated), classification outputs that are not ``(N, C)``, NaN network outputs (any metric), or
+            ``distributed`` without an initialised ``torch.distributed`` process group.
+        RuntimeError: called inside a distributed run with more than one process without ``distributed``; with
+            ``distributed``, when another rank failed.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    distributed = as_bool(distributed, "distributed")
+    dist_ready = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and not dist_ready:
+        raise ValueError(
+            "distributed=True needs an initialised torch.distributed process group (torch.distributed."
+            "init_process_group, e.g. under torchrun); none is: pass distributed=False to evaluate in one process."
+        )
+    if not distributed and dist_ready and torch.distributed.get_world_size() > 1:
         raise RuntimeError(
             "rotation_robustness runs in a single process, but torch.distributed is initialised with "
-            f"{torch.distributed.get_world_size()} processes: evaluate after training in one process "
-            "(e.g. the bundle's configs/evaluate.json)."
+            f"{torch.distributed.get_world_size()} processes: pass distributed=True with each rank's shard of the "
+            "data (the bundle's configs/multi_gpu_evaluate.json), or evaluate in one process (configs/evaluate.json)."
         )
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got task={task!r}.")
@@ -325,6 +343,7 @@ def rotation_robustness(
         accs = [ClassificationAccumulator(metrics, activation) for _ in geoms]
     n_images = 0
     t0 = time.perf_counter()
+    failure: Exception | None = None
     try:
         for batch in _as_batches(data):
             x, y = parse_batch(batch, image_key, label_key)
@@ -381,12 +400,20 @@ def rotation_robustness(
                 )[0]
                 inst = None if y_inst is None else g.apply(y_inst, "nearest")
                 acc.update(out, yg, mask, instances=inst)
+    except Exception as e:
+        if not distributed:
+            raise
+        failure = e  # raised after the merge below, which the other ranks wait in
     finally:
         if modes is not None:
             restore_training_modes(modes)
-    if n_images == 0:
-        raise ValueError("data yielded no batches.")
     seconds = time.perf_counter() - t0
+    main = True
+    if distributed:
+        n_images, seconds, device_names = _merge_across_ranks(accs, n_images, seconds, device, failure)
+        main = torch.distributed.get_rank() == 0
+    if n_images == 0:
+        raise ValueError("data yielded no batches" + (" on any rank." if distributed else "."))
     values = [acc.compute() for acc in accs]
     na = len(angles)
     per_angle = {m: [values[i][m] for i in range(na)] for m in metrics}
@@ -408,15 +435,10 @@ def rotation_robustness(
         "device": str(device),
         "forward_passes_per_batch": len(geoms),
     }
-    logger.info("rotation robustness of %s: %d images x %d views in %.1fs", model_name, n_images, len(geoms), seconds)
-    for m in metrics:  # the summary skips NaN angles: say so when it is over some of them only
-        undefined = [a for a, v in zip(angles, per_angle[m]) if math.isnan(v)]
-        if undefined and len(undefined) < na:
-            logger.warning(
-                "rotation robustness of %s: %s is undefined (NaN: nothing scorable in the region) at %d of %d angles "
-                "%s; its mean/std/min/worst angle are over the other %d angles only.",
-                model_name, m, len(undefined), na, undefined, na - len(undefined),
-            )  # fmt: skip
+    if distributed:  # the same settings on every rank: all ranks' devices
+        settings.update(device=device_names[0], devices=device_names, world_size=len(device_names))
+    if main:  # every rank has the same result: rank 0 tells it
+        _log_result(model_name, metrics, angles, per_angle, n_images, len(geoms), seconds)
     return RobustnessResult(
         model_name=model_name,
         task=task,
@@ -429,6 +451,72 @@ def rotation_robustness(
         settings=settings,
         seconds=seconds,
     )
+
+
+def _log_result(
+    model_name: str, metrics: Sequence[str], angles: list[float], per_angle: Mapping[str, list[float]], n_images: int,
+    n_views: int, seconds: float,
+) -> None:
+    """Log the result's size and time, and warn of the metrics undefined (NaN) at some angles."""
+    na = len(angles)
+    logger.info("rotation robustness of %s: %d images x %d views in %.1fs", model_name, n_images, n_views, seconds)
+    for m in metrics:  # the summary skips NaN angles: say so when it is over some of them only
+        undefined = [a for a, v in zip(angles, per_angle[m]) if math.isnan(v)]
+        if undefined and len(undefined) < na:
+            logger.warning(
+                "rotation robustness of %s: %s is undefined (NaN: nothing scorable in the region) at %d of %d angles "
+                "%s; its mean/std/min/worst angle are over the other %d angles only.",
+                model_name, m, len(undefined), na, undefined, na - len(undefined),
+            )  # fmt: skip
+
+
+def _merge_across_ranks(
+    accs: Sequence[Any], n_images: int, seconds: float, device: torch.device, failure: Exception | None
+) -> tuple[int, float, list[str]]:
+    """Merge the per-view accumulators of every rank of a ``torch.distributed`` run into each rank's ``accs`` (the
+    one place where ranks exchange robustness data).
+
+    One ``all_gather_object`` of each rank's ``([acc.state() per view], n_images, seconds, device, error)``: the
+    states are CPU tensors and lists (pickled, so it works with gloo and with nccl, where the current CUDA device
+    must be the rank's own), and each rank then loads the union of all ranks' states in rank order
+    (``merge_states``). Hand-written because MONAI has nothing for it: its ``evenly_divisible_all_gather`` /
+    ``string_list_all_gather`` move one tensor / a list of strings, not the exact AUC's score lists, the
+    instance-metric lists or the counts of our accumulators, and its Cumulative metrics (Dice/IoU buffers) do
+    all-gather by themselves, but inside ``aggregate()`` (``Cumulative.get_buffer``), one collective per metric and
+    view, which a rank with an empty buffer (no batch) skips, leaving the other ranks waiting; so the accumulators
+    keep the Dice/IoU rows themselves and only this function exchanges data.
+
+    Args:
+        accs: this rank's accumulators, one per view (the same views, in the same order, on every rank).
+        n_images: images this rank evaluated.
+        seconds: this rank's evaluation time.
+        device: this rank's device.
+        failure: the exception this rank's evaluation raised, if any: the others raise too (no rank hangs).
+
+    Returns:
+        ``(total images, slowest rank's seconds, every rank's device name)``.
+
+    Raises:
+        Exception: ``failure`` on its rank; ``RuntimeError`` naming the failed rank(s) on the others.
+    """
+    world = torch.distributed.get_world_size()
+    rank = torch.distributed.get_rank()
+    states = None if failure is not None else [acc.state() for acc in accs]
+    error = None if failure is None else f"{type(failure).__name__}: {failure}"
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, (states, int(n_images), float(seconds), str(device), error))
+    if failure is not None:
+        raise failure
+    failed = {r: g[4] for r, g in enumerate(gathered) if g[4] is not None}
+    if failed:
+        raise RuntimeError(
+            f"rotation_robustness failed on rank(s) {sorted(failed)} of the distributed evaluation: "
+            + "; ".join(f"rank {r}: {e}" for r, e in failed.items())
+        )
+    for i, acc in enumerate(accs):
+        acc.merge_states([g[0][i] for g in gathered])
+    logger.debug("rotation robustness: merged the views of %d ranks (rank %d)", world, rank)
+    return sum(g[1] for g in gathered), max(g[2] for g in gathered), [g[3] for g in gathered]
 
 
 def _signed(t: torch.Tensor) -> torch.Tensor:

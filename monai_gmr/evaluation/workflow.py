@@ -12,7 +12,7 @@ import torch
 
 from monai_gmr.utils import as_bool
 
-from .report import load_result, write_report, write_tensorboard
+from .report import load_result, report_paths, write_report, write_tensorboard
 from .robustness import RobustnessResult, rotation_robustness
 
 __all__ = ["RotationRobustnessEvaluator", "load_checkpoint"]
@@ -46,6 +46,10 @@ class RotationRobustnessEvaluator:
         plot: write the polar plot.
         compare: JSON reports of other models (paths) overlaid on the polar plot.
         log_dir: TensorBoard log directory (optional).
+        distributed: multi-process evaluation (``torchrun``; see ``distributed`` of
+            :func:`~monai_gmr.evaluation.rotation_robustness`: ``dataloader`` yields this rank's shard): every rank
+            evaluates its shard and gets the merged :attr:`result`; only rank 0 writes the report files and the
+            TensorBoard scalars; :attr:`paths` names the same files on every rank.
         kwargs: forwarded to :func:`~monai_gmr.evaluation.rotation_robustness` (``angles``, ``flips``,
             ``metrics``, ``task``, ``inferer``, ``spatial_dims``, ``region``, ``label_transform``, ``model_name``...).
 
@@ -70,6 +74,7 @@ class RotationRobustnessEvaluator:
         plot: bool = True,
         compare: Sequence[str | os.PathLike] = (),
         log_dir: str | os.PathLike | None = None,
+        distributed: bool = False,
         **kwargs: Any,
     ) -> None:
         if output_dir is None:
@@ -88,6 +93,7 @@ class RotationRobustnessEvaluator:
         self.plot = as_bool(plot, "plot")  # "false" (text from a config) was true: a plot was written
         self.compare = [Path(c) for c in compare]
         self.log_dir = log_dir
+        self.distributed = as_bool(distributed, "distributed")
         self.kwargs = kwargs
         self.result: RobustnessResult | None = None
         self.paths: dict[str, Path] = {}
@@ -96,7 +102,12 @@ class RotationRobustnessEvaluator:
         if self.ckpt_path is not None and isinstance(self.network, torch.nn.Module):
             load_checkpoint(self.network, self.ckpt_path)
         others = [load_result(c) for c in self.compare]
-        self.result = rotation_robustness(self.network, self.dataloader, device=self.device, **self.kwargs)
+        self.result = rotation_robustness(
+            self.network, self.dataloader, device=self.device, distributed=self.distributed, **self.kwargs
+        )
+        if self.distributed and torch.distributed.get_rank() != 0:  # rank 0 writes the one report of all ranks
+            self.paths = report_paths(self.output_dir, self.prefix, plot=self.plot)
+            return self.result
         self.paths = write_report(self.result, self.output_dir, self.prefix, plot=self.plot, compare=others)
         if self.log_dir is not None:
             from monai_gmr.utils import summary_writer  # a no-op writer when tensorboard is not installed

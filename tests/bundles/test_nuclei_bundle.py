@@ -44,6 +44,7 @@ EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 MULTI_GPU_INFERENCE = str(CONFIGS / "multi_gpu_inference.json")
+MULTI_GPU_EVAL = str(CONFIGS / "multi_gpu_evaluate.json")
 
 TINY_NET = (
     "{'_target_': 'monai_gmr.nets.GMRUNet', 'spatial_dims': 2, 'in_channels': 3, 'out_channels': '@num_classes', "
@@ -68,7 +69,7 @@ TRAIN_ARGS = [
 # ---------------------------------------------------------------------------------------------------------- configs
 def test_configs_parse_and_resolve(tmp_path):
     """Every config parses; the main components resolve (network, loss, optimizer, transforms, inferers)."""
-    for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_INFERENCE, str(CONFIGS / "metadata.json")):
+    for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_INFERENCE, MULTI_GPU_EVAL, str(CONFIGS / "metadata.json")):
         json.loads(Path(f).read_text())
     over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
     p = config_parser([TRAIN], **{**over, "network_def": eval(TINY_NET)}, metadata=METADATA)
@@ -102,6 +103,9 @@ def test_configs_parse_and_resolve(tmp_path):
     pm = config_parser([TRAIN, MULTI_GPU], metadata=METADATA)
     assert pm.get("network")["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert pm.get("train#dataloader#shuffle") is False
+    pme = config_parser([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA)
+    assert pme.get_parsed_content("robustness")["distributed"] is True
+    assert pme.get("validate#dataloader#sampler").replace("::", "#") == "@validate#sampler" and pme.get("finalize")
 
 
 @pytest.mark.parametrize("text", ["false", "true"])
@@ -497,6 +501,47 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
     ck = torch.load(out / "models" / "checkpoint_epoch=2.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ck["model"])  # DDP unwrapped: loadable by a plain network
     assert (out / "models" / "model.pt").is_file()
+
+
+def test_multi_gpu_evaluate_gloo_two_processes_matches_one_process(tmp_path):
+    """multi_gpu_evaluate.json on CPU: torchrun, 2 processes, gloo, 3 test images (2 + 1 per rank): metrics.json
+    (the validation evaluator's all-gathered Dice/IoU and the robustness summary) and the robustness report with
+    instance metrics (their own data loader) equal a one-process evaluate.json run of the same checkpoint, and the
+    report, summary and TensorBoard events are written once, by rank 0."""
+    data = tmp_path / "data"
+    synth = repr({**SYNTH, "n_images": 13})  # test split: 3 images
+    net = config_parser([INFERENCE], network_def=eval(TINY_NET), metadata=METADATA).get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    args = ["--synthetic", synth, "--ckpt_path", str(ckpt), "--robustness_angles", "[0, 45, 90]", "--instance_metrics", "true"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_bundle([TRAIN, EVALUATE], *_common(data, one), *args, cwd=tmp_path)  # generates the data first
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+        "--config_file", f"['{TRAIN}','{EVALUATE}','{MULTI_GPU_EVAL}']", *_common(data, two), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=bundle_env(), capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    want, got = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (one, two))
+    assert got["n_images"] == want["n_images"] == 3 and got["split"] == "test"
+    assert sorted(got["metrics"]) == sorted(want["metrics"]) == ["val_mean_dice", "val_mean_iou"]
+    for k, v in want["metrics"].items():
+        assert abs(got["metrics"][k] - v) < 1e-5, (k, got["metrics"][k], v)
+    assert got["robustness"]["n_images"] == 3
+    rep_want, rep_got = (json.loads((d / "eval" / "robustness.json").read_text()) for d in (one, two))
+    assert rep_got["n_images"] == 3 and rep_got["settings"]["world_size"] == 2
+    for m in ("dice", "iou", "auc", "aji", "pq"):
+        for a, g, w in zip(rep_want["angles"], rep_got["per_angle"][m], rep_want["per_angle"][m]):
+            assert w is not None and abs(g - w) < 1e-5, (m, a, g, w)
+        for f in ("h", "v"):
+            assert abs(rep_got["per_flip"][f][m] - rep_want["per_flip"][f][m]) < 1e-5, (m, f)
+        assert got["robustness"]["summary"][m] == pytest.approx(want["robustness"]["summary"][m], abs=1e-5)
+    # one set of files, written by rank 0 alone (no temporary leftovers of a second writer)
+    names = ["metrics.json", "robustness.csv", "robustness.json", "robustness_polar.png"]
+    assert sorted(p.name for p in (two / "eval").iterdir()) == names
+    assert len(list((two / "logs").glob("events.out.tfevents.*"))) == 1
+    assert log.count("rotation robustness report:") == 1 and log.count("evaluation summary written to") == 1, log[-6000:]
 
 
 @pytest.mark.slow
@@ -900,6 +945,29 @@ def test_multi_gpu_validation_split_shorter_than_processes_is_named():
     check_validation_shorter_than_processes([TRAIN, MULTI_GPU], metadata=METADATA)
 
 
+def test_multi_gpu_evaluation_split_shorter_than_processes_is_named():
+    """multi_gpu_evaluate.json over fewer test images than processes: both samplers (the validation evaluator's and
+    the robustness loader's with instance metrics) refuse it naming the split and both numbers (MONAI's
+    DistributedSampler(even_divisible=False) said only "the dataset length is less than the number of participating
+    ranks")."""
+    p = config_parser([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA)
+    p["eval_data"] = "$[[0], 'test']"
+    p["validate#dataset"] = p["robustness_dataset"] = "$[0]"
+    for key in ("validate#sampler", "robustness_sampler"):
+        p[f"{key}#num_replicas"] = 2
+        p[f"{key}#rank"] = 1
+        with pytest.raises(RuntimeError) as info:
+            p.get_parsed_content(key)
+        msgs, e = [], info.value
+        while e is not None:
+            msgs.append(str(e))
+            e = e.__cause__
+        assert "the test split has 1 item(s) but 2 processes take part" in " ".join(msgs), (key, msgs)
+        p[f"{key}#num_replicas"] = 1
+        p[f"{key}#rank"] = 0
+        assert list(p.get_parsed_content(key)) == [0]
+
+
 def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by_name():
     """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
     --log_interval x, --num_workers two failed with "'<' not supported between 'str' and 'int'"; --cache_rate 2 or
@@ -912,6 +980,7 @@ def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by
     ])  # fmt: skip
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#2")])
     check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#7")])
+    check_settings_refused_by_name([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA, cases=[("seed", 1.5, "initialize#6")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[
         ("seed", "abc", "initialize#2"), ("num_workers", "two", "dataloader#num_workers"),
     ])  # fmt: skip
@@ -931,7 +1000,8 @@ def test_config_splits_and_num_classes_are_refused_by_setting_name():
                                                                      ("num_classes", True, "boundary")])
     # checked in initialize, right after the other training settings, before any data are generated (it was read
     # only once the datalists existed); evaluation and inference check it before the network is built
-    for configs, id in (([TRAIN], "initialize#2"), ([TRAIN, MULTI_GPU], "initialize#2"), ([TRAIN, EVALUATE], "initialize#1")):
+    for configs, id in (([TRAIN], "initialize#2"), ([TRAIN, MULTI_GPU], "initialize#2"), ([TRAIN, EVALUATE], "initialize#1"),
+                        ([TRAIN, EVALUATE, MULTI_GPU_EVAL], "initialize#1")):
         check_settings_refused_by_name(configs, metadata=METADATA, cases=[("num_classes", 2.0, id)])
         init = config_parser(configs, metadata=METADATA)["initialize"]
         assert not any("datalist" in x or "network" in x for x in init[: int(id.split("#")[1])]), init
@@ -950,6 +1020,9 @@ def test_config_settings_robustness_metrics_are_checked_by_name_before_the_data(
     """--robustness_metrics "['dcie']" stopped evaluation only after the validation run over the whole split."""
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
         ("robustness_metrics", ["dcie"], "initialize#5"),
+    ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA, cases=[
+        ("robustness_metrics", ["dcie"], "initialize#9"),
     ])  # fmt: skip
 
 
@@ -978,7 +1051,8 @@ def test_bad_inference_setting_keeps_the_earlier_outputs(tmp_path, nuclei_data, 
 
 def test_config_tta_settings_are_checked_by_name_in_initialize(tmp_path):
     """--tta_angles "[]" failed when the inferer was built, naming only RotationTTAInferer's ``angles``."""
-    for configs, id in (([INFERENCE], "initialize#5"), ([TRAIN, EVALUATE], "initialize#6")):
+    for configs, id in (([INFERENCE], "initialize#5"), ([TRAIN, EVALUATE], "initialize#6"),
+                        ([TRAIN, EVALUATE, MULTI_GPU_EVAL], "initialize#10")):
         p = config_parser(configs, tta_angles=[], dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
                           metadata=METADATA)  # fmt: skip
         with pytest.raises(Exception, match="tta_angles"):

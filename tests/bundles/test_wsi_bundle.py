@@ -45,6 +45,7 @@ EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 MULTI_GPU_INFERENCE = str(CONFIGS / "multi_gpu_inference.json")
+MULTI_GPU_EVAL = str(CONFIGS / "multi_gpu_evaluate.json")
 METADATA = str(CONFIGS / "metadata.json")
 
 PATCH = 32
@@ -80,7 +81,7 @@ def slides(tmp_path_factory) -> dict:
 # ---------------------------------------------------------------------------------------------------------- configs
 def test_configs_parse_and_resolve(tmp_path):
     """Every config parses; the main components resolve; defaults are the documented ones."""
-    for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_INFERENCE, METADATA):
+    for f in (TRAIN, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_INFERENCE, MULTI_GPU_EVAL, METADATA):
         json.loads(Path(f).read_text())
     over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "network_def": TINY_NET}
     p = config_parser([TRAIN], **over, metadata=METADATA)
@@ -717,6 +718,89 @@ def test_multi_gpu_validation_split_shorter_than_processes_is_named():
     check_validation_shorter_than_processes([TRAIN, MULTI_GPU], metadata=METADATA)
 
 
+def test_multi_gpu_evaluation_split_shorter_than_processes_is_named():
+    """multi_gpu_evaluate.json over fewer test patches than processes: the validation evaluator's and the robustness
+    loader's samplers refuse it naming the split and both numbers."""
+    p = config_parser([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA)
+    assert p.get_parsed_content("robustness")["distributed"] is True
+    for key, dataset in (("validate#sampler", "validate#dataset"), ("robustness_data#sampler", "robustness_data#dataset")):
+        p[dataset] = "$[0]"
+        p[f"{key}#num_replicas"], p[f"{key}#rank"] = 2, 1
+        with pytest.raises(RuntimeError) as info:
+            p.get_parsed_content(key)
+        msgs, e = [], info.value
+        while e is not None:
+            msgs.append(str(e))
+            e = e.__cause__
+        assert "the test split has 1 item(s) but 2 processes take part" in " ".join(msgs), (key, msgs)
+
+
+def _multi_gpu_evaluate_vs_one_process(tmp_path: Path, data: Path, data_args: list[str]) -> tuple[Path, Path, str]:
+    """evaluate.json in one process and train.json + evaluate.json + multi_gpu_evaluate.json under torchrun (2 gloo
+    processes) with the same random-weight checkpoint: metrics.json's metrics and the robustness report agree within
+    1e-5, the sharded run wrote the same file names, one TensorBoard file, one report and summary (rank 0).
+    Returns the two output folders and the torchrun log."""
+    net = config_parser([INFERENCE], network_def=TINY_NET, output_dir=str(tmp_path), metadata=METADATA).get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, ckpt)
+    args = [*data_args, "--ckpt_path", str(ckpt), "--robustness_angles", "[0, 45, 90]", "--val_batch_size", "2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_bundle([TRAIN, EVALUATE], *_common(data, one), *args, cwd=tmp_path)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+        "--config_file", f"['{TRAIN}','{EVALUATE}','{MULTI_GPU_EVAL}']", *_common(data, two), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=bundle_env(), capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    want, got = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (one, two))
+    assert got["n_patches"] == want["n_patches"]
+    assert sorted(got["metrics"]) == sorted(want["metrics"]) and want["metrics"]
+    for k, v in want["metrics"].items():
+        assert abs(got["metrics"][k] - v) < 1e-5, (k, got["metrics"][k], v)
+    rep_want, rep_got = (json.loads((d / "eval" / "robustness.json").read_text()) for d in (one, two))
+    assert rep_got["n_images"] == rep_want["n_images"] == want["n_patches"] and rep_got["settings"]["world_size"] == 2
+    for m in ("accuracy", "auc"):
+        for a, g, w in zip(rep_want["angles"], rep_got["per_angle"][m], rep_want["per_angle"][m]):
+            assert w is not None and abs(g - w) < 1e-5, (m, a, g, w)
+        for f in ("h", "v"):
+            assert abs(rep_got["per_flip"][f][m] - rep_want["per_flip"][f][m]) < 1e-5, (m, f)
+    assert sorted(p.name for p in (two / "eval").iterdir()) == sorted(p.name for p in (one / "eval").iterdir())
+    assert len(list((two / "logs").glob("events.out.tfevents.*"))) == 1
+    assert log.count("rotation robustness report:") == 1 and log.count("evaluation summary written to") == 1, log[-6000:]
+    return one, two, log
+
+
+def test_multi_gpu_evaluate_gloo_two_processes_matches_one_process(tmp_path):
+    """multi_gpu_evaluate.json on CPU (torchrun, 2 gloo processes) over 5 PCam-style test patches of noise, labels
+    0, 1, 0, 1, 0 (rank 0 gets the three 0s, rank 1 the two 1s, so a rank's shard alone gives other numbers than the
+    whole split whenever the accuracy of the whole is neither 0 nor 1): the validation evaluator and the robustness
+    report equal a one-process evaluate.json run."""
+    from monai_gmr.data import write_pcam_h5
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 4), ("valid", 4), ("test", 5)):
+        write_pcam_h5(tmp_path / "pcam" / f"camelyonpatch_level_2_split_{split}", rng.integers(0, 255, (n, 48, 48, 3),
+                      dtype=np.uint8), np.arange(n) % 2)  # fmt: skip
+    pcam = ["--data_source", "pcam", "--pcam_dir", str(tmp_path / "pcam")]
+    one, _, _ = _multi_gpu_evaluate_vs_one_process(tmp_path, tmp_path / "no_slides", pcam)
+    rep = json.loads((one / "eval" / "robustness.json").read_text())
+    assert rep["n_images"] == 5 and all(0.0 < v < 1.0 for v in rep["per_angle"]["accuracy"]), rep["per_angle"]
+
+
+@pytest.mark.slow
+def test_multi_gpu_evaluate_with_slide_inference_gloo_two_processes(tmp_path, slides):
+    """multi_gpu_evaluate.json on the synthetic slides (2 gloo processes): the patch metrics as above and the
+    sharded slide inference of the test slide writes the one-process maps (rank 0)."""
+    one, two, _ = _multi_gpu_evaluate_vs_one_process(tmp_path, Path(slides["root"]), ["--generate_synthetic", "false"])
+    want, got = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (one, two))
+    assert got["n_patches"] == len(slides["test"]) and got["slides"]["n_ok"] == want["slides"]["n_ok"] == 1
+    maps = sorted((one / "eval" / "maps").glob("*.npy"))
+    assert maps
+    for f in maps:
+        np.testing.assert_allclose(np.load(two / "eval" / "maps" / f.name), np.load(f), atol=1e-5)
+
+
 def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
     """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
     --log_interval x and --num_workers two failed with "'<' not supported between 'str' and 'int'"."""
@@ -725,6 +809,7 @@ def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
         ("num_workers", "two", "train#dataloader#num_workers"), ("num_workers", -1, "validate#dataloader#num_workers"),
     ])  # fmt: skip
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
+    check_settings_refused_by_name([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
     check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#6")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#1")])
     check_settings_refused_by_name([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#4")])
@@ -773,6 +858,9 @@ def test_config_settings_robustness_are_checked_by_name_before_the_data():
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[
         ("robustness_metrics", ["acc"], "initialize#2"),
     ])  # fmt: skip
+    check_settings_refused_by_name([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA, cases=[
+        ("robustness_metrics", ["acc"], "initialize#6"),
+    ])  # fmt: skip
     p = config_parser([TRAIN, EVALUATE], robustness_flips=["x"], metadata=METADATA)
     with pytest.raises(Exception, match="robustness_flips"):
         p.get_parsed_content("initialize#2")
@@ -796,7 +884,7 @@ def test_config_setting_patch_size_list_is_refused_by_name():
 def test_config_tta_settings_are_checked_by_name_in_initialize(tmp_path):
     """--tta_flips "['x']" failed when the inferer was built, naming only RotationTTAInferer's flip ``axis``."""
     for configs, id in (([INFERENCE], "initialize#2"), ([INFERENCE, MULTI_GPU_INFERENCE], "initialize#5"),
-                        ([TRAIN, EVALUATE], "initialize#3")):  # fmt: skip
+                        ([TRAIN, EVALUATE], "initialize#3"), ([TRAIN, EVALUATE, MULTI_GPU_EVAL], "initialize#7")):  # fmt: skip
         p = config_parser(configs, tta_flips=["x"], dataset_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
                           metadata=METADATA)  # fmt: skip
         with pytest.raises(Exception, match="tta_flips"):

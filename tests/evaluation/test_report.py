@@ -342,12 +342,13 @@ def test_cli_robustness_section_that_is_not_a_dict(tmp_path):
 
 
 def test_cli_passes_every_rotation_robustness_argument():
-    """The CLI forwards each rotation_robustness argument (but network, data and its own --device)."""
+    """The CLI forwards each rotation_robustness argument (but network, data, its own --device and distributed: the
+    CLI is one process)."""
     import inspect
 
     from monai_gmr.evaluation.__main__ import ROBUSTNESS_ARGS
 
-    params = set(inspect.signature(rotation_robustness).parameters) - {"network", "data", "device"}
+    params = set(inspect.signature(rotation_robustness).parameters) - {"network", "data", "device", "distributed"}
     assert set(ROBUSTNESS_ARGS) == params and len(ROBUSTNESS_ARGS) == len(params)
 
 

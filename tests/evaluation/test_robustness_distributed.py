@@ -1,0 +1,193 @@
+"""rotation_robustness(distributed=True) and RotationRobustnessEvaluator(distributed=True): 2 gloo processes (CPU)
+on uneven shards give every rank the one-process result over all the data; only rank 0 writes the report."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_gmr.evaluation import RotationRobustnessEvaluator, binarize_label, rotation_robustness
+
+ANGLES = [0.0, 30.0, 90.0, 200.0]
+FLIPS = ["h", "v"]
+WORLD = 2
+
+
+def _seg_data(n: int, size: int = 20) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` single images with instance-id labels (2-3 blobs each) and a noisy image of them."""
+    g = torch.Generator().manual_seed(n)
+    items = []
+    for i in range(n):
+        lab = torch.zeros(1, 1, size, size, dtype=torch.long)
+        lab[0, 0, 2 + i % 3 : 8 + i % 4, 3:9] = 1
+        lab[0, 0, 11:17, 10 + i % 3 : 16 + i % 2] = 2
+        if i % 2:
+            lab[0, 0, 3:6, 13:18] = 3
+        img = (lab > 0).float() + 0.6 * torch.randn(1, 1, size, size, generator=g)
+        items.append((img, lab))
+    return items
+
+
+def _cls_data(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(100 + n)
+    return [(torch.randn(1, 1, 12, 12, generator=g), torch.randint(0, 3, (1,), generator=g)) for _ in range(n)]
+
+
+def _seg_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 2, 3, padding=1))
+
+
+def _cls_net() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+
+SEG = {"metrics": ["dice", "iou", "auc", "aji", "pq"], "label_transform": binarize_label, "task": "segmentation"}
+
+
+def _cases() -> dict[str, tuple]:
+    """name -> (network, items, batch size, rotation_robustness keyword arguments): 5 images over 2 ranks (3 + 2),
+    7 classification samples, and 1 image (rank 1 has no batch)."""
+    return {
+        "segmentation": (_seg_net(), _seg_data(5), 2, SEG),
+        "classification": (_cls_net(), _cls_data(7), 2, {"metrics": ["accuracy", "auc"], "task": "classification"}),
+        "one_image": (_seg_net(), _seg_data(1), 2, {"metrics": ["dice", "auc"], "label_transform": binarize_label}),
+    }
+
+
+def _batches(items, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The shard of ``rank`` as ``DistributedSampler(shuffle=False, even_divisible=False)`` deals it (items
+    ``rank, rank + world, ...``), in batches."""
+    mine = items[rank::world]
+    return [
+        (torch.cat([x for x, _ in mine[i : i + batch_size]]), torch.cat([y for _, y in mine[i : i + batch_size]]))
+        for i in range(0, len(mine), batch_size)
+    ]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    import monai_gmr.evaluation.workflow as wf
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        got: dict[str, object] = {}
+        for name, (net, items, bs, kw) in _cases().items():
+            data = _batches(items, bs, rank, WORLD)
+            got[name] = rotation_robustness(net, data, angles=ANGLES, flips=FLIPS, distributed=True, **kw).to_dict()
+        # an error on one rank (an out-of-range label on rank 1) is raised on every rank, none waits forever
+        net, items, bs, kw = _cases()["segmentation"]
+        data = [(x, (y > 0).long() + (5 if rank == 1 else 0)) for x, y in _batches(items, bs, rank, WORLD)]
+        try:
+            rotation_robustness(net, data, angles=[0.0], flips=[], distributed=True, metrics=["dice"])
+        except (ValueError, RuntimeError) as e:
+            got["error"] = f"{type(e).__name__}: {e}"
+        # without distributed=True a rank would report its shard alone: refused
+        try:
+            rotation_robustness(net, data, angles=[0.0], flips=[], metrics=["dice"])
+        except RuntimeError as e:
+            got["not_distributed"] = str(e)
+        # the evaluator: every rank gets the result, only rank 0 writes
+        if rank != 0:
+            def refuse(*a, **k):
+                raise AssertionError("a rank other than 0 wrote the report")
+
+            wf.write_report = wf.write_tensorboard = refuse
+        ev = RotationRobustnessEvaluator(
+            net, _batches(items, bs, rank, WORLD), Path(out_dir) / "report", device="cpu", plot=False,
+            log_dir=Path(out_dir) / "tb", distributed="true", angles=ANGLES, flips=FLIPS, **kw,
+        )  # fmt: skip
+        ev.run()
+        got["evaluator"] = ev.result.to_dict()
+        got["paths"] = {k: str(v) for k, v in ev.paths.items()}
+        torch.save(got, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(out_dir: Path, timeout: float = 180.0) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the {WORLD} gloo processes did not finish in {timeout:.0f} s")
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _assert_close(got: dict, want: dict, tol: float = 1e-6) -> None:
+    assert got["angles"] == want["angles"] and got["flips"] == want["flips"] and got["n_images"] == want["n_images"]
+    pairs = [(f"{m}@{a}", g, w) for m in want["per_angle"]
+             for a, g, w in zip(want["angles"], got["per_angle"][m], want["per_angle"][m])]  # fmt: skip
+    pairs += [(f"{m}@flip_{f}", got["per_flip"][f][m], v) for f, vals in want["per_flip"].items() for m, v in vals.items()]
+    for name, g, w in pairs:
+        assert (g is None) == (w is None), (name, g, w)
+        if w is not None:
+            assert math.isfinite(g) and abs(g - w) <= tol, (name, g, w)
+
+
+def test_distributed_evaluation_on_two_gloo_processes_equals_one_process(tmp_path, monkeypatch):
+    """5 segmentation images (Dice, IoU, AUC, AJI, PQ) and 7 classification samples sharded over 2 ranks (uneven),
+    and 1 image (rank 1 evaluates no batch): every rank returns the one-process result over all the data at every
+    angle and flip, with the total image count; an error on one rank stops both; only rank 0 writes the report."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ranks = _spawn(tmp_path)
+    for name, (net, items, bs, kw) in _cases().items():
+        want = rotation_robustness(net, _batches(items, bs), angles=ANGLES, flips=FLIPS, **kw).to_dict()
+        assert want["n_images"] == len(items)
+        for r, got in enumerate(ranks):
+            _assert_close(got[name], want)
+            assert got[name]["settings"]["world_size"] == WORLD and got[name]["settings"]["devices"] == ["cpu", "cpu"]
+            # every rank merges in rank order: the same numbers, bit for bit
+            assert got[name]["per_angle"] == ranks[0][name]["per_angle"], (name, r)
+            assert got[name]["per_flip"] == ranks[0][name]["per_flip"], (name, r)
+    # the segmentation metrics are not trivial (a merge that dropped a rank's images would show)
+    seg = ranks[0]["segmentation"]["per_angle"]
+    assert all(0.05 < v < 0.999 for m in ("dice", "auc") for v in seg[m]), seg
+    assert ranks[1]["error"].startswith("ValueError: label values must be class indices"), ranks[1]["error"]
+    assert ranks[0]["error"].startswith("RuntimeError: rotation_robustness failed on rank(s) [1]"), ranks[0]["error"]
+    assert "label values must be class indices" in ranks[0]["error"]
+    assert all("pass distributed=True" in got["not_distributed"] for got in ranks)
+    # the evaluator: the merged result on every rank, one report written by rank 0, the same paths named on rank 1
+    net, items, bs, kw = _cases()["segmentation"]
+    want = rotation_robustness(net, _batches(items, bs), angles=ANGLES, flips=FLIPS, **kw).to_dict()
+    for got in ranks:
+        _assert_close(got["evaluator"], want)
+    assert ranks[0]["paths"] == ranks[1]["paths"] == {
+        "json": str(tmp_path / "report" / "robustness.json"), "csv": str(tmp_path / "report" / "robustness.csv")}
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["robustness.csv", "robustness.json"]
+    from monai_gmr.evaluation import load_result
+
+    _assert_close(load_result(tmp_path / "report" / "robustness.json").to_dict(), want)
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) <= 1
+
+
+def test_distributed_needs_a_process_group(tmp_path):
+    net, items, bs, kw = _cases()["one_image"]
+    assert not torch.distributed.is_initialized()
+    for flag in (True, "true"):
+        with pytest.raises(ValueError, match=r"distributed=True needs an initialised torch.distributed process group"):
+            rotation_robustness(net, _batches(items, bs), angles=[0], distributed=flag, **kw)
+    with pytest.raises(ValueError, match="distributed must be"):
+        rotation_robustness(net, _batches(items, bs), angles=[0], distributed="maybe", **kw)
+    ev = RotationRobustnessEvaluator(net, _batches(items, bs), tmp_path / "unused", device="cpu", distributed=True, angles=[0], **kw)
+    with pytest.raises(ValueError, match="distributed=True needs"):
+        ev.run()
+    assert not (tmp_path / "unused").exists()
