@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from monai.handlers import IgniteMetricHandler
 
 from monai_gmr.utils import as_bool, positive_int
@@ -31,7 +32,11 @@ class RotationRobustnessHandler:
     e.g. no foreground in any scored region, never the value of an earlier epoch), writes TensorBoard scalars
     (:func:`~monai_gmr.evaluation.report.write_tensorboard`, ``step`` = epoch) when ``summary_writer`` or ``log_dir``
     is given, and the JSON/CSV/PNG report when ``output_dir`` is given. The network's train/eval mode is restored.
-    Single process only (see :func:`~monai_gmr.evaluation.rotation_robustness`): not for multi-GPU training configs.
+    In a multi-process (``torchrun``) run pass ``distributed=True`` with each rank's shard of the data (e.g. a
+    validation loader with ``DistributedSampler(shuffle=False, even_divisible=False)``): every rank evaluates its
+    shard, every rank stores the merged metrics (all ranks must fire the handler, as for any collective), and rank 0
+    alone writes the report and the TensorBoard scalars (see ``distributed`` of
+    :func:`~monai_gmr.evaluation.rotation_robustness`); without it a multi-process run is refused there.
 
     Args:
         data: iterable of batches (dicts with ``image``/``label``); ``None`` = ``engine.data_loader``.
@@ -43,6 +48,7 @@ class RotationRobustnessHandler:
         interval: epochs between evaluations.
         prefix: metric-name and file prefix.
         plot: write the polar PNG with the report.
+        distributed: multi-process evaluation (above); also text forms of :func:`monai_gmr.utils.as_bool`.
         kwargs: forwarded to :func:`~monai_gmr.evaluation.rotation_robustness` (``angles``, ``flips``,
             ``metrics``, ``task``, ``inferer``, ``label_transform``, ``model_name`` ...).
 
@@ -63,6 +69,7 @@ class RotationRobustnessHandler:
         interval: int = 1,
         prefix: str = "robustness",
         plot: bool = True,
+        distributed: bool = False,
         **kwargs: Any,
     ) -> None:
         if event not in ("EPOCH_COMPLETED", "COMPLETED"):
@@ -78,6 +85,7 @@ class RotationRobustnessHandler:
         self.interval = interval
         self.prefix = prefix
         self.plot = as_bool(plot, "plot")  # "false" (text from a config) was true: a plot was written
+        self.distributed = as_bool(distributed, "distributed")
         self.kwargs = kwargs
         self.last_result: RobustnessResult | None = None
         self.history: list[tuple[int, RobustnessResult]] = []
@@ -104,13 +112,15 @@ class RotationRobustnessHandler:
             raise ValueError("RotationRobustnessHandler needs network and data (or an engine with .network/.data_loader).")
         kwargs = dict(self.kwargs)
         kwargs.setdefault("device", getattr(engine.state, "device", None))
-        result = rotation_robustness(network, data, **kwargs)
+        result = rotation_robustness(network, data, distributed=self.distributed, **kwargs)
         epoch = int(getattr(engine.state, "epoch", 0) or 0)
         self.last_result = result
         self.history.append((epoch, result))
         for m, s in result.summary().items():
             for stat in ("mean", "std", "min"):  # NaN when undefined: skipping it left the previous epoch's value
                 engine.state.metrics[f"{self.prefix}_{m}_{stat}"] = math.nan if s[stat] is None else s[stat]
+        if self.distributed and torch.distributed.get_rank() != 0:  # the same merged result: rank 0 writes it once
+            return
         writer = self._writer()
         if writer is not None:
             write_tensorboard(result, writer, self.prefix, step=epoch)

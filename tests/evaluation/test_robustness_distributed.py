@@ -8,11 +8,17 @@ import os
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from monai_gmr.evaluation import RotationRobustnessEvaluator, binarize_label, rotation_robustness
+from monai_gmr.evaluation import (
+    RotationRobustnessEvaluator,
+    RotationRobustnessHandler,
+    binarize_label,
+    rotation_robustness,
+)
 
 ANGLES = [0.0, 30.0, 90.0, 200.0]
 FLIPS = ["h", "v"]
@@ -108,6 +114,21 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         ev.run()
         got["evaluator"] = ev.result.to_dict()
         got["paths"] = {k: str(v) for k, v in ev.paths.items()}
+        # the Ignite handler (e.g. on a DDP trainer's validation): merged metrics on every rank, rank 0 writes
+        import monai_gmr.evaluation.handlers as hd
+
+        if rank != 0:
+            hd.write_report = hd.write_tensorboard = refuse
+        state = SimpleNamespace(metrics={}, epoch=3, device=torch.device("cpu"))
+        engine = SimpleNamespace(state=state, network=net, data_loader=_batches(items, bs, rank, WORLD))
+        handler = RotationRobustnessHandler(
+            output_dir=Path(out_dir) / "handler", log_dir=Path(out_dir) / "handler_tb", plot=False,
+            distributed="true", angles=ANGLES, flips=FLIPS, **kw,
+        )  # fmt: skip
+        handler(engine)
+        handler.close()
+        got["handler"] = handler.last_result.to_dict()
+        got["handler_metrics"] = dict(state.metrics)
         torch.save(got, Path(out_dir) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -177,6 +198,13 @@ def test_distributed_evaluation_on_two_gloo_processes_equals_one_process(tmp_pat
 
     _assert_close(load_result(tmp_path / "report" / "robustness.json").to_dict(), want)
     assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) <= 1
+    # the handler: every rank stores the merged metrics (the same numbers); one report, from rank 0
+    for got in ranks:
+        _assert_close(got["handler"], want)
+        assert got["handler_metrics"] == ranks[0]["handler_metrics"]
+    dice = ranks[0]["handler_metrics"]["robustness_dice_mean"]
+    assert math.isfinite(dice) and abs(dice - sum(want["per_angle"]["dice"]) / len(ANGLES)) < 1e-6
+    assert sorted(p.name for p in (tmp_path / "handler").iterdir()) == ["robustness_epoch3.csv", "robustness_epoch3.json"]
 
 
 def test_distributed_needs_a_process_group(tmp_path):
