@@ -26,9 +26,10 @@ from monai.utils import convert_to_dst_type, ensure_tuple_rep, fall_back_tuple
 
 from monai_gmr.utils import fraction
 
-__all__ = ["SymmetricSlidingWindowInferer", "symmetric_window_starts"]
+__all__ = ["PADDING_MODES", "SymmetricSlidingWindowInferer", "reflect_pad", "symmetric_window_starts"]
 
-_PAD_MODES = ("constant", "reflect", "replicate")
+PADDING_MODES = ("constant", "reflect", "replicate")  # of tiles smaller than a window
+_PAD_MODES = PADDING_MODES
 _BLEND_MODES = ("constant", "gaussian")
 
 
@@ -57,6 +58,30 @@ def symmetric_window_starts(size: int, roi: int, overlap: float = 0.25) -> list[
     return sorted(set(half) | {span - s for s in half})
 
 
+def reflect_pad(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
+    """Pad the spatial dims of ``x`` ``(N, C, *spatial)`` by ``pads[i]`` on both sides of dim ``i`` by reflection
+    (without repeating the edge), for any pad: ``numpy.pad(..., mode="reflect")`` per spatial dim.
+
+    ``F.pad(mode="reflect")`` refuses a pad of ``size`` or more; the reflection is repeated here, each time by at
+    most ``size - 1`` of the size reached so far, which is what ``numpy.pad`` does (and MONAI's ``SpatialPad``
+    through its numpy fallback). A dim of size 1 is repeated (``numpy.pad``'s rule for it). Equal pads on both
+    sides commute with flips and 90° rotations of the padded dims.
+    """
+    for i, p in enumerate(pads):
+        dim = x.ndim - len(pads) + i
+        while p > 0:
+            s = x.shape[dim]
+            if s == 1:
+                x = torch.cat([x] * (2 * p + 1), dim=dim)
+                break
+            step = min(p, s - 1)
+            left = x.narrow(dim, 1, step).flip(dim)  # x[1 : step + 1] reversed: the edge pixel is not repeated
+            right = x.narrow(dim, s - 1 - step, step).flip(dim)
+            x = torch.cat([left, x, right], dim=dim)
+            p -= step
+    return x
+
+
 class SymmetricSlidingWindowInferer(Inferer):
     """Sliding-window inference whose windows are placed symmetrically (see :func:`symmetric_window_starts`).
 
@@ -73,8 +98,11 @@ class SymmetricSlidingWindowInferer(Inferer):
         overlap: nominal fraction of overlap between neighbouring windows, one float or one per spatial dim.
         mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (MONAI's importance maps).
         sigma_scale: Gaussian blending width (``mode="gaussian"``).
-        padding_mode: padding of tiles smaller than a window (equal on both sides): ``"constant"`` (``cval``),
-            ``"reflect"`` or ``"replicate"``.
+        padding_mode: padding of tiles smaller than a window (equal on both sides): ``"constant"`` (``cval``, MONAI's
+            default), ``"reflect"`` (any pad, repeated as ``numpy.pad`` does: :func:`reflect_pad`) or
+            ``"replicate"``. A network with global statistics (instance norm, as in ``GMRUNet`` and MONAI's
+            ``BasicUNet``) reads a constant border as part of the image: on H&E tiles smaller than the window, black
+            (0) borders turned every nucleus into background (bundle README, "Tiles smaller than the window").
         cval: constant padding value.
         sw_device: device the windows are sent to and the network runs on (default: the input's device).
         device: device the output is stitched on (default: the input's device), e.g. ``sw_device="cuda",
@@ -160,12 +188,9 @@ class SymmetricSlidingWindowInferer(Inferer):
         for s, r in zip(spatial, roi):
             diff = max(r - s, 0)
             pads.append((diff + 1) // 2)
-        if self.padding_mode == "reflect" and any(p >= s for p, s in zip(pads, spatial)):
-            raise ValueError(
-                f"padding_mode='reflect' pads at most size - 1 pixels per side, but inputs of shape "
-                f"{tuple(inputs.shape)} need {pads} to reach roi_size={roi}; use padding_mode='replicate' or 'constant'."
-            )
-        if any(pads):
+        if self.padding_mode == "reflect":
+            x = reflect_pad(x, pads)
+        elif any(pads):
             flat = [p for p in reversed(pads) for _ in range(2)]  # F.pad order: last dim first
             x = F.pad(x, flat, mode=self.padding_mode, value=self.cval) if self.padding_mode == "constant" else F.pad(
                 x, flat, mode=self.padding_mode

@@ -45,6 +45,7 @@ from monai_gmr.utils import (
     keyword_args,
     make_temp_dir,
     missing_dirs,
+    one_of,
     positive_float,
     positive_int,
     remove_empty_dirs,
@@ -775,6 +776,7 @@ def check_training_settings(
     val_batch_size: Any = _NOT_GIVEN,
     crops_per_image: Any = _NOT_GIVEN,
     cache_rate: Any = _NOT_GIVEN,
+    sw_padding: Any = _NOT_GIVEN,
 ) -> None:
     """Refuse, by setting name, the training settings of a bundle's ``train.json`` before any data are generated or
     read.
@@ -806,6 +808,8 @@ def check_training_settings(
         val_batch_size: ``val_batch_size`` (an integer >= 1), where the bundle has it (WSI).
         crops_per_image: ``crops_per_image`` (an integer >= 1), where the bundle has it (nuclei).
         cache_rate: ``cache_rate`` (a number in ``[0, 1]``), where the bundle has it (nuclei).
+        sw_padding: ``sw_padding`` (one of :data:`monai_gmr.inferers.PADDING_MODES`), where the bundle has it
+            (nuclei).
 
     Raises:
         ValueError: any of them is invalid; the message names the setting.
@@ -830,6 +834,10 @@ def check_training_settings(
         positive_int(crops_per_image, "crops_per_image")
     if cache_rate is not _NOT_GIVEN:
         fraction(cache_rate, "cache_rate", include_one=True)
+    if sw_padding is not _NOT_GIVEN:
+        from monai_gmr.inferers import PADDING_MODES
+
+        one_of(sw_padding, "sw_padding", PADDING_MODES)
 
 
 def check_robustness_settings(

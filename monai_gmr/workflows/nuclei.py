@@ -21,7 +21,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from monai_gmr.utils import null_to_none, size_hw
+from monai_gmr.utils import null_to_none, one_of, size_hw
 
 from .common import IMAGE_EXTENSIONS, check_datalist, check_robustness_settings, list_images, run_on_rank0_first
 
@@ -423,7 +423,7 @@ def to_rgb(img: torch.Tensor) -> torch.Tensor:
     )
 
 
-def check_window_sizes(network: Any, **sizes: Any) -> None:
+def check_window_sizes(network: Any, sw_padding: Any = None, **sizes: Any) -> None:
     """Refuse, by setting name, a crop or window size the network cannot take, before any data are read.
 
     A U-Net with ``2 ** levels`` down-sampling (``GMRUNet``, ``GCNNUNet``: their ``multiple`` attribute) needs every
@@ -437,8 +437,14 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
     ``--roi_size "[0, 0]"`` ran whole tiles through the network. ``-1`` in ``roi_size`` keeps that documented
     MONAI meaning.
 
+    ``sw_padding`` (when given) is the padding of tiles smaller than the window, one of
+    :data:`monai_gmr.inferers.PADDING_MODES`; the bundles use ``"reflect"``: with MONAI's black (0) border, a
+    network with instance norm read the border as part of the tile and found no nucleus on tiles smaller than
+    ``roi_size`` (bundle README, "Tiles smaller than the window").
+
     Args:
         network: the bundle's network (a ``DistributedDataParallel`` wrapper is looked through).
+        sw_padding: the ``sw_padding`` setting, checked by name when not ``None``.
         sizes: setting name -> size (an int or ``(H, W)``; ``-1`` in ``roi_size``, the whole dimension, is skipped).
 
     Raises:
@@ -446,6 +452,10 @@ def check_window_sizes(network: Any, **sizes: Any) -> None:
             ``-1`` in ``roi_size``), not an integer (``32x``), or a list whose length is not the network's
             ``spatial_dims`` (when it has that attribute); the message names the setting.
     """
+    if sw_padding is not None:
+        from monai_gmr.inferers import PADDING_MODES
+
+        one_of(sw_padding, "sw_padding", PADDING_MODES)
     net = getattr(network, "module", network)
     dims = getattr(net, "spatial_dims", None)
     parsed = {name: _size_values(name, size, dims) for name, size in sizes.items()}

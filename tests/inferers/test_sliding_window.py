@@ -11,7 +11,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.inferers.utils import _get_scan_interval
 
 from monai_gmr.functional import d4_elements
-from monai_gmr.inferers import SymmetricSlidingWindowInferer, symmetric_window_starts
+from monai_gmr.inferers import SymmetricSlidingWindowInferer, reflect_pad, symmetric_window_starts
 from monai_gmr.nets import GMRUNet
 from tests.conftest import rel_err
 
@@ -48,13 +48,30 @@ def test_bad_arguments():
         SymmetricSlidingWindowInferer(16, sw_batch_size=0)
 
 
-def test_reflect_padding_of_a_tile_too_small_is_an_error_naming_padding_mode():
-    """A tile smaller than half the window cannot be reflect-padded: F.pad's "Argument #6: Padding size should be
-    less than the corresponding input dimension" did not say which inferer argument to change."""
-    sw = SymmetricSlidingWindowInferer(8, padding_mode="reflect")
-    with pytest.raises(ValueError, match=r"padding_mode='reflect'.*\(1, 1, 3, 20\).*\[3, 0\].*'replicate'"):
-        sw(torch.zeros(1, 1, 3, 20), torch.nn.Identity())
-    assert sw(torch.zeros(1, 1, 5, 20), torch.nn.Identity()).shape == (1, 1, 5, 20)  # pads 2 < 5: still runs
+@pytest.mark.parametrize("shape,pads", [((1, 1, 3, 20), (3, 0)), ((2, 3, 5, 7), (17, 2)), ((1, 1, 1, 4), (3, 9)),
+                                        ((1, 2, 4, 3, 2), (9, 0, 5))])  # fmt: skip
+def test_reflect_pad_equals_numpy_for_any_pad(shape, pads):
+    """F.pad(mode="reflect") refuses a pad of the size or more ("Padding size should be less than the corresponding
+    input dimension"), so a tile smaller than half the window could not be reflect-padded; reflect_pad repeats the
+    reflection as numpy.pad does (and a dim of size 1 is repeated, numpy's rule)."""
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    want = np.pad(x.numpy(), [(0, 0), (0, 0)] + [(p, p) for p in pads], mode="reflect")
+    assert np.array_equal(reflect_pad(x, pads).numpy(), want)
+
+
+def test_reflect_padding_of_a_tile_much_smaller_than_the_window():
+    """A 3 x 5 tile in a 16 window (pads of 7 and 6 pixels, more than the tile) runs; the output is the network's
+    output on the reflect-padded tile, cropped back; D4-equivariant networks stay exactly equivariant (equal pads on
+    both sides)."""
+    x = torch.randn(1, 2, 3, 5, generator=torch.Generator().manual_seed(1))
+    net = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    sw = SymmetricSlidingWindowInferer(16, padding_mode="reflect")
+    out = sw(x, net)
+    padded = reflect_pad(x, (7, 6))  # (16 - 3 + 1) // 2, (16 - 5 + 1) // 2
+    assert out.shape == x.shape and torch.allclose(out, net(padded)[..., 7:10, 6:11], atol=1e-6)
+    for k in (1, 2, 3):
+        assert torch.allclose(sw(torch.rot90(x, k, (2, 3)), net), torch.rot90(out, k, (2, 3)), atol=1e-6), k
+    assert torch.allclose(sw(x.flip(3), net), out.flip(3), atol=1e-6)
 
 
 def test_an_empty_batch_is_an_error_naming_the_shape():
