@@ -394,8 +394,9 @@ def test_evaluator_overlays_the_compared_results_on_its_plot(tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------------------------------- mutation audit, round 5
-def _cli_with_a_fake_evaluator(tmp_path, monkeypatch, **kwargs) -> dict:
-    """Run the CLI's ``main`` on a tiny config with the evaluator replaced: returns the keyword arguments it got."""
+def _cli_with_a_fake_evaluator(tmp_path, monkeypatch, cfg=None, **kwargs) -> dict:
+    """Run the CLI's ``main`` on a tiny config (plus the ids of ``cfg``) with the evaluator replaced: returns the
+    keyword arguments it got (``device="cpu"`` unless given)."""
     import types
 
     import monai_gmr.evaluation.workflow as workflow
@@ -412,9 +413,10 @@ def _cli_with_a_fake_evaluator(tmp_path, monkeypatch, **kwargs) -> dict:
             return types.SimpleNamespace(summary=dict)
 
     monkeypatch.setattr(workflow, "RotationRobustnessEvaluator", Fake)
-    cfg = {"network": {"_target_": "torch.nn.Identity"}, "dataloader": []}
+    cfg = {"network": {"_target_": "torch.nn.Identity"}, "dataloader": [], **(cfg or {})}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), device="cpu", ckpt_path=None, **kwargs)
+    kwargs.setdefault("device", "cpu")
+    cli_main(str(tmp_path / "c.json"), output_dir=str(tmp_path / "o"), ckpt_path=None, **kwargs)
     return seen
 
 
@@ -703,3 +705,70 @@ def test_3d_reports_name_the_rotation_plane(tmp_path, monkeypatch):
         tags[r.plane()] = {t for t, _, _ in w.scalars}
     assert "robustness/net_ax01/dice/by_angle" in tags[(0, 1)] and "robustness/net_ax12/dice/by_angle" in tags[(1, 2)]
     assert tags[(0, 1)].isdisjoint(tags[(1, 2)]) and "robustness/gmr/dice/by_angle" in tags[None]
+
+
+# ------------------------------------------------------------------------------------------------ mutation audit 4
+def test_handler_fires_every_interval_epochs_and_names_a_completed_report_by_its_prefix(tmp_path):
+    """``interval=2`` evaluates after epochs 2 and 4 only; the ``COMPLETED`` report is ``{prefix}.json`` (no epoch)."""
+    net = torch.nn.Conv2d(1, 2, 1)
+    kw = dict(data=_seg_data(1), network=net, angles=(0,), flips=(), metrics=("dice",), plot=False)
+    engine = Engine(lambda e, b: None)
+    h = RotationRobustnessHandler(interval=2, **kw)
+    h.attach(engine)
+    engine.run([0], max_epochs=5)
+    assert [epoch for epoch, _ in h.history] == [2, 4]
+    engine = Engine(lambda e, b: None)
+    h = RotationRobustnessHandler(event="COMPLETED", output_dir=tmp_path, prefix="final", **kw)
+    h.attach(engine)
+    engine.run([0], max_epochs=2)
+    assert [epoch for epoch, _ in h.history] == [2]
+    assert _listing(tmp_path) == ["final.csv", "final.json"]
+
+
+def test_handler_given_network_data_and_device_win_over_the_engine_s(monkeypatch):
+    """A ``network`` / ``data`` / ``device`` given to the handler are the ones evaluated (e.g. an EMA copy on another
+    loader), not the engine's ``network`` / ``data_loader`` / ``state.device``, which are only the defaults."""
+    import monai_gmr.evaluation.handlers as handlers
+
+    seen = []
+
+    def fake(network, data, **kw):
+        seen.append((network, data, kw["device"]))
+        return RobustnessResult("m", "segmentation", ["dice"], [0.0], [], {"dice": [0.5]}, {}, 1)
+
+    monkeypatch.setattr(handlers, "rotation_robustness", fake)
+    engine = Engine(lambda e, b: None)
+    engine.network, engine.data_loader, engine.state.device = "engine_net", "engine_data", "engine_device"
+    RotationRobustnessHandler(network="mine", data="my_data", device="my_device")(engine)
+    RotationRobustnessHandler()(engine)
+    assert seen == [("mine", "my_data", "my_device"), ("engine_net", "engine_data", "engine_device")]
+
+
+def test_handler_close_closes_the_writer_it_created_from_log_dir(tmp_path, monkeypatch):
+    """close() closes the writer the handler made from ``log_dir`` (its events are flushed to disk)."""
+    closed = []
+
+    class W(_Writer):
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(mutils, "summary_writer", lambda log_dir: W())
+    h = RotationRobustnessHandler(data=_seg_data(1), network=torch.nn.Conv2d(1, 2, 1), log_dir=tmp_path / "tb",
+                                  angles=(0,), flips=(), metrics=("dice",))  # fmt: skip
+    engine = Engine(lambda e, b: None)
+    h.attach(engine)
+    engine.run([0], max_epochs=1)
+    h.close()
+    assert len(closed) == 1 and closed[0] is h.summary_writer and closed[0].scalars
+
+
+def test_cli_uses_the_config_s_device_and_a_robustness_section_s_inferer(tmp_path, monkeypatch):
+    """Without ``--device`` the config id ``device`` is used (not CUDA because it is available); an ``inferer`` in the
+    robustness section (or on the command line) wins over the config id ``inferer``."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = {"device": "cpu", "inferer": {"_target_": "monai.inferers.SimpleInferer"},
+           "robustness": {"inferer": {"_target_": "monai.inferers.SlidingWindowInferer", "roi_size": [8, 8]}}}
+    seen = _cli_with_a_fake_evaluator(tmp_path, monkeypatch, cfg=cfg, device=None)
+    assert seen["device"] == torch.device("cpu")
+    assert type(seen["inferer"]).__name__ == "SlidingWindowInferer"

@@ -281,7 +281,7 @@ def test_gcnn_unet_builds_the_requested_modes():
     assert net.group_pool.mode == "mean"
 
 
-@pytest.mark.parametrize("stride,in_planes", [(1, 4), (2, 3)])
+@pytest.mark.parametrize("stride,in_planes", [(1, 4), (1, 3), (2, 3)])
 def test_resnet_block_adds_its_shortcut(stride, in_planes):
     """``GCNNResNetBlock`` computes ``act(main(x) + shortcut(x))`` (identity, or pool -> 1x1 gconv -> norm)."""
     from monai_gmr.nets.gcnn import GCNNResNetBlock
@@ -335,3 +335,75 @@ def test_non_int_spatial_dims_is_refused_naming_spatial_dims(spatial_dims):
         GCNNUNet(spatial_dims, 1, 2, features=(4, 4))
     with pytest.raises(ValueError, match="spatial_dims="):
         GCNNResNet(spatial_dims=spatial_dims, num_classes=2)
+
+
+# ------------------------------------------------------------------------------------------------ mutation audit 4
+def test_group_widths_keep_at_least_one_channel():
+    """A planar width below sqrt(|H|) rounds to 0 group channels: the budget-matched width is at least 1."""
+    assert group_widths((1, 2, 3), "p4m") == (1, 1, 1)
+    assert group_widths((1,), "p4") == (1,)
+
+
+def test_unet_decoders_read_the_skip_first_then_the_upsampled_path():
+    """Each decoder gets ``cat([skip, up(h)])`` (the GMR U-Net's order): the first half of its input channels is the
+    output of the encoder of its level, the second half the up-sampled deeper path."""
+    torch.manual_seed(0)
+    net = GCNNUNet(2, 1, 2, group="p4", **TINY_UNET).eval()
+    enc_out, dec_in = [], []
+    hooks = [e.register_forward_hook(lambda m, i, o: enc_out.append(o)) for e in net.encoders]
+    hooks += [d.register_forward_pre_hook(lambda m, i: dec_in.append(i[0])) for d in net.decoders]
+    with torch.no_grad():
+        net(torch.randn(1, 1, 16, 16))
+    for h in hooks:
+        h.remove()
+    assert len(dec_in) == net.levels
+    for k, x in enumerate(dec_in):  # decoder k reads the skip of level L - 1 - k
+        skip = enc_out[net.levels - 1 - k]
+        assert torch.equal(x[:, : skip.shape[1]], skip), k
+        assert not torch.equal(x[:, skip.shape[1]:], skip), k
+
+
+def test_unet_kernel_size_per_level():
+    """``kernel_size`` given per level: the encoder of level i and the up-sampling conv and decoder back to level i
+    use ``kernel_size[i]``."""
+    ks = (3, 5, 7, 9)
+    net = GCNNUNet(2, 1, 2, kernel_size=ks, group="p4", **TINY_UNET)
+
+    def sizes(module):
+        return {m.kernel_size for m in module.modules() if hasattr(m, "bank_index")}
+
+    for i, enc in enumerate(net.encoders):
+        assert sizes(enc) == {ks[i]}, i
+    for k, (up, dec) in enumerate(zip(net.up_convs, net.decoders)):
+        level = net.levels - 1 - k
+        assert sizes(up) == sizes(dec) == {ks[level]}, level
+
+
+def test_resnet_builds_the_requested_modes():
+    """``pooling`` is the stem's 2x2 pool (the blocks' strides stay average pools) and ``group_pool`` the pooling over
+    orientations before the global average pooling."""
+    from monai_gmr.nn.gconv import GroupSpatialPool
+
+    net = gcnn_resnet18(2, 1, 2, pooling="max", group_pool="mean", **TINY_RESNET)
+    assert [m.mode for m in net.stem.modules() if isinstance(m, GroupSpatialPool)] == ["max"]
+    stages = torch.nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
+    assert {m.mode for m in stages.modules() if isinstance(m, GroupSpatialPool)} == {"avg"}
+    assert net.group_pool.mode == "mean"
+    assert gcnn_resnet18(2, 1, 2, **TINY_RESNET).group_pool.mode == "max"
+
+
+def test_resnet_initialises_its_norms_and_head_bias_like_monai():
+    """As MONAI's ResNet: norm weights 1 and biases 0, and a zero bias on the linear head."""
+    torch.manual_seed(0)
+    net = gcnn_resnet18(2, 1, 3, **TINY_RESNET)
+    assert torch.equal(net.fc.bias, torch.zeros(3))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any() for m in norms)
+
+
+def test_unet_dropout_reaches_every_block():
+    """``dropout`` is applied in every conv block (MONAI ``ADN``), not only validated."""
+    net = GCNNUNet(2, 1, 2, dropout=0.2, group="p4", **TINY_UNET)
+    drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    n_blocks = sum(1 for m in net.modules() if type(m).__name__ == "GroupConvolution")
+    assert len(drops) == n_blocks > 0 and all(m.p == 0.2 for m in drops)

@@ -913,3 +913,24 @@ def test_explicit_triton_fallback_on_cpu_uses_the_eval_kernel_cache(monkeypatch)
         y1, y2 = conv(x), conv(x)
         assert len(calls) == 1
         assert torch.equal(y1, y2) and torch.allclose(y1, ref(x), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ mutation audit 4
+@pytest.mark.parametrize("norm, cls", [("batch", torch.nn.BatchNorm3d), ("instance", torch.nn.InstanceNorm3d)])
+def test_gmr_convolution_3d_norm_is_built_for_3_spatial_dims(norm, cls):
+    """A 3D block's norm is MONAI's 3D layer (``norm_dim=spatial_dims``), as in ``Convolution``; a 2D norm refuses
+    the 5D activations."""
+    from monai.networks.blocks import Convolution
+
+    blk = GMRConvolution(3, 2, 4, kernel_size=3, norm=norm)
+    assert type(blk.adn.N) is type(Convolution(3, 2, 4, norm=norm).adn.N) is cls
+    assert blk(torch.randn(2, 2, 5, 5, 5)).shape == (2, 4, 5, 5, 5)
+
+
+def test_gmr_convolution_dropout_probability_bounds_are_inclusive():
+    """The documented range is [0, 1], bounds included (as ``torch.nn.Dropout``)."""
+    for p in (0.0, 1.0, "1"):
+        assert GMRConvolution(2, 1, 2, dropout=p).adn.D.p == float(p)
+    for p in (-0.1, 1.1):
+        with pytest.raises(ValueError, match="dropout="):
+            GMRConvolution(2, 1, 2, dropout=p)

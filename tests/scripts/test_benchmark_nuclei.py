@@ -221,3 +221,52 @@ def test_row_reads_each_metric_from_its_own_summary_entry(tmp_path):
             (base, base - 0.01, 0.002, base - 0.05)), m
     assert row["dice_worst_angle"] == 40 and (row["dice_flip_h"], row["dice_flip_v"]) == (0.79, 0.78)
     assert (row["best_val_dice"], row["train_s"], row["iterations"], row["params"]) == (0.81, 12.0, 8, None)
+
+
+# ------------------------------------------------------------------------------------------------ mutation audit 4
+def test_bundle_runs_get_the_validation_interval_angles_and_both_flips(tmp_path, monkeypatch):
+    """The training run validates at least once (``val_interval`` capped at ``--epochs``); the evaluation scores the
+    angles ``0, step, ... < 360`` and both flips (h and v), as the report's header says."""
+    bn = _load()
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": []}))
+    cmds = []
+
+    def fake_run(cmd, log, env, timeout):
+        cmds.append(cmd)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if len(cmds) == 2:
+            raise RuntimeError("stop")
+        return 0.0
+
+    monkeypatch.setattr(bn, "_run", fake_run)
+    with pytest.raises(RuntimeError, match="stop"):
+        bn.main(["--prepared", str(tmp_path / "prep"), "--out", str(tmp_path / "o"), "--models", "gmrunet",
+                 "--epochs", "4", "--val-interval", "10", "--angle-step", "90", "--device", "cpu"])  # fmt: skip
+    train, evaluate = (dict(zip(c[::-1][1::2], c[::-1][::2])) for c in cmds)
+    assert train["--val_interval"] == "4" and train["--epochs"] == "4"
+    assert evaluate["--robustness_angles"] == "[0, 90, 180, 270]" and evaluate["--robustness_flips"] == "['h', 'v']"
+
+
+def test_param_count_leaves_out_running_statistics(tmp_path):
+    """The params column counts learned parameters: BasicUNet's batch-norm running statistics are buffers."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    torch.save({"model": net.state_dict()}, tmp_path / "b.pt")
+    want = sum(p.numel() for p in net.parameters())  # 2 * 9 + 2 + 2 + 2
+    bn = _load()
+    assert bn._param_count(tmp_path / "a.pt") == bn._param_count(tmp_path / "b.pt") == want == 24
+    assert bn._param_count(tmp_path / "none.pt") is None
+
+
+def test_training_record_leaves_out_where_and_how_the_data_are_loaded(tmp_path):
+    """A rerun with another ``--num-workers`` (or output folder) may reuse a trained model: only the settings that
+    change what is trained are recorded and compared."""
+    bn = _load()
+    record = bn.training_record({"output_dir": "a", "num_workers": 4, "seed": 1, "epochs": 2})
+    assert record == {"seed": 1, "epochs": 2}
+    (tmp_path / bn.TRAINING_RECORD).write_text(json.dumps(record))
+    assert bn.check_training_record(tmp_path, bn.training_record({"output_dir": "b", "num_workers": 0, "seed": 1,
+                                                                  "epochs": 2}))  # fmt: skip

@@ -81,3 +81,40 @@ def test_row_reads_each_column_from_its_own_summary_entry():
     assert load_script("demo")._row("GMRUNet", metrics) == {
         "model": "GMRUNet", "dice_0": 0.9, "dice_mean": 0.8, "dice_std": 0.05, "dice_min": 0.7, "worst_angle": 30.0,
         "iou_mean": 0.6, "auc_mean": 0.95, "dice_flip_h": 0.85, "dice_flip_v": 0.83}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ mutation audit 4
+def test_rerun_with_another_seed_is_refused(tmp_path):
+    """The seed is part of the data settings: data generated with seed 0 are not reused for ``--seed 1``."""
+    import json
+
+    from monai_gmr.data import DATALIST_NAME
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / DATALIST_NAME).write_text(json.dumps({"generator": {"n_images": 4, "size": [32, 32], "seed": 0}}))
+    demo = load_script("demo")
+    demo._check_existing_data(data, {"n_images": 4, "size": 32, "seed": 0})
+    with pytest.raises(SystemExit, match=r"'seed': 0.*'seed': 1"):
+        demo._check_existing_data(data, {"n_images": 4, "size": 32, "seed": 1})
+
+
+def test_training_gets_the_seed_and_validates_at_least_once(tmp_path, monkeypatch):
+    """``--seed`` reaches the training run (and the data), and ``--epochs 1`` still validates once
+    (``val_interval`` = max(1, epochs // 2))."""
+    import monai_gmr.data
+
+    demo = load_script("demo")
+    gen, runs = [], []
+    monkeypatch.setattr(monai_gmr.data, "ensure_nuclei_dataset", lambda path, generate, **kw: gen.append(kw))
+
+    def fake_run(configs, **override):
+        runs.append((configs, override))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(demo, "_bundle_run", fake_run)
+    with pytest.raises(RuntimeError, match="stop"):
+        demo.main(["--out", str(tmp_path / "o"), "--epochs", "1", "--seed", "3", "--n-images", "2", "--size", "16"])
+    ((configs, over),) = runs
+    assert configs == ["train.json"] and over["seed"] == 3 and over["val_interval"] == 1 and over["epochs"] == 1
+    assert gen == [{"n_images": 2, "size": 16, "seed": 3}] and over["synthetic"] == gen[0]

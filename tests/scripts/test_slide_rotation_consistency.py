@@ -98,3 +98,34 @@ def test_slides_of_another_profile_in_out_are_refused(tmp_path):
     (data / "slides.json").write_text(json.dumps({"n_slides": 4, "size": [2048, 2048], "seed": 0}))
     with pytest.raises(SystemExit, match="holds synthetic slides generated with"):
         load_script("slide_rotation_consistency").main(["--out", str(tmp_path / "o"), "--epochs", "1", "--timeout", "60"])
+
+
+# ------------------------------------------------------------------------------------------------ mutation audit 4
+def test_symmetric_size_counts_a_patch_that_ends_on_the_border():
+    """A grid whose last patch ends exactly on the border leaves no remainder: 45 = 3 x 15 is symmetric (counting one
+    patch too few gave an odd remainder of 15 and cut the slide to 44)."""
+    mod = load_script("slide_rotation_consistency")
+    assert mod.symmetric_size([45, 30], 15, 15, 1) == [45, 30]
+    assert mod.symmetric_size([64], 16, 16, 1) == [64]
+
+
+def test_symmetric_crop_uses_whole_map_blocks_of_the_rounded_up_block_size(tmp_path):
+    """The map block of a slide larger than ``map_max_size`` is ``ceil(size / map_max_size)`` level-0 pixels (the
+    map then fits in ``map_max_size``); the crop is a multiple of it and keeps the slide's pixels."""
+    import numpy as np
+
+    from monai_gmr.data import slide_info, write_pyramidal_tiff
+    from monai_gmr.data.wsi import open_slide
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (70, 52, 3), dtype=np.uint8)
+    write_pyramidal_tiff(tmp_path / "s.tif", rgb, n_levels=1, compression="deflate")
+    mod = load_script("slide_rotation_consistency")
+    out = mod._write_symmetric_crop(str(tmp_path / "s.tif"), tmp_path / "c.tif", 8, 40)
+    assert out["block"] == 2  # ceil(70 / 40), not 70 // 40 = 1
+    h, w = out["size0"]
+    assert h % 2 == 0 and w % 2 == 0 and h <= 70 and w <= 52 and (h - 8) % 8 % 2 == 0 and (w - 8) % 8 % 2 == 0
+    assert list(slide_info(tmp_path / "c.tif")["sizes"][0]) == [h, w]
+    reader, wsi = open_slide(str(tmp_path / "c.tif"))
+    img, _ = reader.get_data(wsi, location=(0, 0), size=(h, w), level=0)
+    assert np.array_equal(np.moveaxis(np.asarray(img)[:3], 0, -1), rgb[:h, :w])
