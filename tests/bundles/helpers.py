@@ -57,6 +57,30 @@ def run_bundle(
     return proc
 
 
+def run_torchrun_bundle(configs: list[str], *args: str, cwd: Path, nproc: int = 2, timeout: int = 300) -> str:
+    """``torchrun --standalone --nproc_per_node=<nproc> -m monai.bundle run --config_file <configs> <args>`` in
+    ``cwd`` (gloo on CPU); asserts it succeeded and returns its log (stdout + stderr)."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "monai.bundle",
+        "run", "--config_file", "[" + ",".join(f"'{c}'" for c in configs) + "]", *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=cwd, env=bundle_env(), capture_output=True, text=True, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return log
+
+
+def check_same_robustness_reports(want: dict, got: dict, metrics, tol: float = 1e-5) -> None:
+    """Two rotation-robustness reports (``robustness.json``) agree on every angle and flip of ``metrics`` within
+    ``tol`` (e.g. a one-process and a multi-process evaluation of one checkpoint)."""
+    assert got["angles"] == want["angles"] and got["flips"] == want["flips"]
+    for m in metrics:
+        for a, g, w in zip(want["angles"], got["per_angle"][m], want["per_angle"][m]):
+            assert w is not None and abs(g - w) < tol, (m, a, g, w)
+        for f in want["flips"]:
+            assert abs(got["per_flip"][f][m] - want["per_flip"][f][m]) < tol, (m, f)
+
+
 def config_parser(files, *, metadata: str, **override):
     """A MONAI ``ConfigParser`` over ``files`` with the bundle's metadata and ``override`` applied."""
     from monai.bundle import ConfigParser

@@ -187,8 +187,9 @@ def test_a_dataset_prepared_with_other_settings_in_out_is_refused(tmp_path, monk
         bn.main(args)
 
 
-def test_training_command_gets_the_seed_and_epoch_length_of_the_budget(tmp_path, monkeypatch):
-    """--max-steps is the total: every model's bundle run gets epoch_length = max_steps / epochs and --seed."""
+def _bundle_commands(tmp_path, monkeypatch, n: int, args: list[str]) -> list[list[str]]:
+    """The first ``n`` bundle commands ``main(["--prepared", <empty split>, "--out", ...] + args)`` runs (the run
+    stops at command ``n``; the earlier ones return at once)."""
     bn = _load()
     (tmp_path / "prep").mkdir()
     (tmp_path / "prep" / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": []}))
@@ -196,12 +197,21 @@ def test_training_command_gets_the_seed_and_epoch_length_of_the_budget(tmp_path,
 
     def fake_run(cmd, log, env, timeout):
         cmds.append(cmd)
-        raise RuntimeError("stop")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if len(cmds) == n:
+            raise RuntimeError("stop")
+        return 0.0
 
     monkeypatch.setattr(bn, "_run", fake_run)
     with pytest.raises(RuntimeError, match="stop"):
-        bn.main(["--prepared", str(tmp_path / "prep"), "--out", str(tmp_path / "o"), "--models", "basicunet",
-                 "--epochs", "4", "--max-steps", "12", "--seed", "3", "--device", "cpu"])  # fmt: skip
+        bn.main(["--prepared", str(tmp_path / "prep"), "--out", str(tmp_path / "o"), *args])
+    return cmds
+
+
+def test_training_command_gets_the_seed_and_epoch_length_of_the_budget(tmp_path, monkeypatch):
+    """--max-steps is the total: every model's bundle run gets epoch_length = max_steps / epochs and --seed."""
+    cmds = _bundle_commands(tmp_path, monkeypatch, 1, ["--models", "basicunet", "--epochs", "4", "--max-steps", "12",
+                                                          "--seed", "3", "--device", "cpu"])  # fmt: skip
     (cmd,) = cmds
     opts = dict(zip(cmd[::-1][1::2], cmd[::-1][::2]))  # "--key": value, the last occurrence wins as in the bundle
     assert opts["--epoch_length"] == "3" and opts["--epochs"] == "4" and opts["--seed"] == "3"
@@ -227,22 +237,8 @@ def test_row_reads_each_metric_from_its_own_summary_entry(tmp_path):
 def test_bundle_runs_get_the_validation_interval_angles_and_both_flips(tmp_path, monkeypatch):
     """The training run validates at least once (``val_interval`` capped at ``--epochs``); the evaluation scores the
     angles ``0, step, ... < 360`` and both flips (h and v), as the report's header says."""
-    bn = _load()
-    (tmp_path / "prep").mkdir()
-    (tmp_path / "prep" / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": []}))
-    cmds = []
-
-    def fake_run(cmd, log, env, timeout):
-        cmds.append(cmd)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        if len(cmds) == 2:
-            raise RuntimeError("stop")
-        return 0.0
-
-    monkeypatch.setattr(bn, "_run", fake_run)
-    with pytest.raises(RuntimeError, match="stop"):
-        bn.main(["--prepared", str(tmp_path / "prep"), "--out", str(tmp_path / "o"), "--models", "gmrunet",
-                 "--epochs", "4", "--val-interval", "10", "--angle-step", "90", "--device", "cpu"])  # fmt: skip
+    cmds = _bundle_commands(tmp_path, monkeypatch, 2, ["--models", "gmrunet", "--epochs", "4", "--val-interval", "10",
+                                                       "--angle-step", "90", "--device", "cpu"])  # fmt: skip
     train, evaluate = (dict(zip(c[::-1][1::2], c[::-1][::2])) for c in cmds)
     assert train["--val_interval"] == "4" and train["--epochs"] == "4"
     assert evaluate["--robustness_angles"] == "[0, 90, 180, 270]" and evaluate["--robustness_flips"] == "['h', 'v']"
