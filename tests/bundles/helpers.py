@@ -81,6 +81,19 @@ def check_same_robustness_reports(want: dict, got: dict, metrics, tol: float = 1
             assert abs(got["per_flip"][f][m] - want["per_flip"][f][m]) < tol, (m, f)
 
 
+def check_sampler_refuses_a_short_split(parser, key: str, split: str) -> None:
+    """The sampler config item ``key`` of ``parser`` (its dataset set to one item by the caller), built as rank 1 of
+    2 processes, is refused with an error naming ``split`` and both numbers."""
+    parser[f"{key}#num_replicas"], parser[f"{key}#rank"] = 2, 1
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content(key)
+    msgs, e = [], info.value
+    while e is not None:
+        msgs.append(str(e))
+        e = e.__cause__
+    assert f"the {split} split has 1 item(s) but 2 processes take part" in " ".join(msgs), (key, msgs)
+
+
 def config_parser(files, *, metadata: str, **override):
     """A MONAI ``ConfigParser`` over ``files`` with the bundle's metadata and ``override`` applied."""
     from monai.bundle import ConfigParser

@@ -23,6 +23,7 @@ from tests.bundles.helpers import (
     check_kill_and_resume,
     check_logits_metadata,
     check_monai_properties,
+    check_sampler_refuses_a_short_split,
     check_same_robustness_reports,
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
@@ -947,15 +948,7 @@ def test_multi_gpu_evaluation_split_shorter_than_processes_is_named():
     p["eval_data"] = "$[[0], 'test']"
     p["validate#dataset"] = p["robustness_dataset"] = "$[0]"
     for key in ("validate#sampler", "robustness_sampler"):
-        p[f"{key}#num_replicas"] = 2
-        p[f"{key}#rank"] = 1
-        with pytest.raises(RuntimeError) as info:
-            p.get_parsed_content(key)
-        msgs, e = [], info.value
-        while e is not None:
-            msgs.append(str(e))
-            e = e.__cause__
-        assert "the test split has 1 item(s) but 2 processes take part" in " ".join(msgs), (key, msgs)
+        check_sampler_refuses_a_short_split(p, key, "test")
         p[f"{key}#num_replicas"] = 1
         p[f"{key}#rank"] = 0
         assert list(p.get_parsed_content(key)) == [0]

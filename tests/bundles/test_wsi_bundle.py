@@ -26,6 +26,7 @@ from tests.bundles.helpers import (
     check_kill_and_resume,
     check_logits_metadata,
     check_monai_properties,
+    check_sampler_refuses_a_short_split,
     check_same_robustness_reports,
     check_multi_gpu_seeds_per_rank,
     check_switches_read_as_bool,
@@ -727,14 +728,7 @@ def test_multi_gpu_evaluation_split_shorter_than_processes_is_named():
     assert p.get_parsed_content("robustness")["distributed"] is True
     for key, dataset in (("validate#sampler", "validate#dataset"), ("robustness_data#sampler", "robustness_data#dataset")):
         p[dataset] = "$[0]"
-        p[f"{key}#num_replicas"], p[f"{key}#rank"] = 2, 1
-        with pytest.raises(RuntimeError) as info:
-            p.get_parsed_content(key)
-        msgs, e = [], info.value
-        while e is not None:
-            msgs.append(str(e))
-            e = e.__cause__
-        assert "the test split has 1 item(s) but 2 processes take part" in " ".join(msgs), (key, msgs)
+        check_sampler_refuses_a_short_split(p, key, "test")
 
 
 def _multi_gpu_evaluate_vs_one_process(tmp_path: Path, data: Path, data_args: list[str]) -> tuple[Path, Path, str]:
