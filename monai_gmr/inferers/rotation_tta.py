@@ -65,7 +65,10 @@ class RotationTTAInferer(Inferer):
         average, activation, output: see above.
         mode: interpolation for inputs and back-rotated predictions of non-right angles (``"bilinear"``,
             ``"bicubic"`` (2D), ``"nearest"``).
-        padding_mode: padding for rotated-in pixels of the input (``"zeros"``, ``"border"``, ``"reflection"``).
+        padding_mode: padding for rotated-in pixels of the input (``"reflection"``, the default since 2026-12-07,
+            ``"border"`` or ``"zeros"``; right angles and flips need none): black corners change the statistics of
+            an instance-norm network's whole input (see ``padding_mode`` of
+            :func:`monai_gmr.evaluation.rotation_robustness`).
         batch_views: run all views in one inner-inferer call (views concatenated along the batch dim; needs equal
             view shapes, else falls back to one call per view). Faster on GPUs, ``V`` times the memory. Text from a
             config or command line (``"false"``, ``"no"``) is read by :func:`monai_gmr.utils.as_bool`.
@@ -98,7 +101,7 @@ class RotationTTAInferer(Inferer):
         activation: str = "softmax",
         output: str = "logits",
         mode: str = "bilinear",
-        padding_mode: str = "zeros",
+        padding_mode: str = "reflection",
         batch_views: bool = False,
     ) -> None:
         for name, value, allowed in (

@@ -387,3 +387,15 @@ def test_integer_outputs_are_refused_under_reduce_mean(average, task):
     with pytest.raises(ValueError, match="floating point.*torch.int64"):
         RotationTTAInferer(average=average, task=task)(x, net)
     assert RotationTTAInferer(task=task, reduce="none")(x, net).dtype == torch.int64
+
+
+def test_default_padding_of_arbitrary_angles_is_reflection():
+    """Arbitrary-angle TTA views were padded with zeros (black corners: an instance-norm network's statistics change
+    over the whole view); the default is now reflection, as the bundles' ``tta_padding``."""
+    from monai.inferers import SimpleInferer
+
+    tta = RotationTTAInferer(SimpleInferer(), angles=[0, 30], flips=[])
+    assert {g.padding_mode for g in tta.geometries} == {"reflection"}
+    x = torch.arange(36.0).reshape(1, 1, 6, 6)
+    views = [g.apply(x, "bilinear") for g in tta.geometries]
+    assert views[1].min() > 0.5  # no black corner in the 30-degree view (the image's smallest value is 0, at a corner)
