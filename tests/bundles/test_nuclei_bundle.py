@@ -1034,9 +1034,21 @@ def test_tiles_smaller_than_the_window_are_padded_by_reflection_in_every_config(
     # the old padding: the black border drags the window's mean down and (almost) every pixel reads as a nucleus
     black = config_parser([INFERENCE], metadata=METADATA, roi_size=[128, 128], sw_padding="constant").get_parsed_content("sw_inferer")
     assert black(tile, net).argmax(1).float().mean() > 0.9
-    # training pads tiles smaller than crop_size by reflection too (image and label alike)
-    pad = config_parser([TRAIN], metadata=METADATA).get("train#crop_transforms")[0]
-    assert pad["_target_"] == "monai.transforms.SpatialPadd" and pad["mode"] == "reflect"
+    # training mirrors tiles smaller than crop_size (and the larger crop of rotation augmentation) too, image and
+    # label alike, for any pad: MONAI's SpatialPadd(mode="reflect") raises when the pad is wider than the tile
+    from monai.data import MetaTensor
+
+    p = config_parser([TRAIN], metadata=METADATA)
+    img = MetaTensor(torch.rand(3, 20, 30, generator=g))
+    item = {"image": img, "label": MetaTensor((img[:1] > 0.5).long())}
+    for id in ("train#crop_transforms", "train#crop_rotate_transforms"):
+        pad = p.get_parsed_content(id)[0]
+        out = pad(dict(item))
+        size = p.get_parsed_content("crop_size" if id == "train#crop_transforms" else "train#rotation_crop_size")
+        assert out["image"].shape == (3, size, size) and out["label"].shape == (1, size, size), id
+        want = np.pad(img.numpy(), [(0, 0)] + [((size - s) // 2, size - s - (size - s) // 2) for s in (20, 30)], "symmetric")
+        assert np.array_equal(out["image"].numpy(), want), id
+        assert torch.equal(out["label"], (out["image"][:1] > 0.5).long()), id
     for configs, id in (([TRAIN], "initialize#1"), ([TRAIN, EVALUATE], "initialize#3"), ([INFERENCE], "initialize#3"),
                         ([INFERENCE, MULTI_GPU_INFERENCE], "initialize#3"), ([TRAIN], "validate#inferer"),
                         ([INFERENCE], "sw_inferer")):  # fmt: skip
