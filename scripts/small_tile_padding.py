@@ -13,10 +13,15 @@ bundle's synthetic generator write it), the four corner crops of ``--crop`` pixe
 
 and the Dice of the nucleus class (classes > 0 of the prediction against label > 0) is averaged over the crops.
 
+``--multiple-crop`` sizes (not divisible by ``2 ** levels``) measure the network's own padding instead: the crops
+go through ``GMRUNet(..., pad_to_multiple=True, pad_mode=m)`` whole, for every ``m`` of
+:data:`monai_gmr.nets.unet.PAD_MODES` (a few pixels up to the next multiple of 8, cropped back after the network).
+
 Example (the checkpoint of a short CPM-15 training with ``scripts/benchmark_nuclei.py``)::
 
     python scripts/small_tile_padding.py --data /tmp/bn_pad/prepared --checkpoint /tmp/bn_pad/gmrunet/models/model.pt \
-        --network-def '{"kernel_sizes": [5, 5, 5, 5]}' --crop 96 160 --roi 256 --out /tmp/small_tile_padding
+        --network-def '{"kernel_sizes": [5, 5, 5, 5]}' --crop 96 160 --roi 256 --multiple-crop 100 153 \
+        --out /tmp/small_tile_padding
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monai_gmr.utils import atomic_write_json, atomic_write_text, output_dir_error, run_environment  # noqa: E402
 
-__all__ = ["PADDINGS", "corner_crops", "dice", "evaluate", "main"]
+__all__ = ["PADDINGS", "corner_crops", "dice", "evaluate", "evaluate_net_padding", "main"]
 
 logger = logging.getLogger("small_tile_padding")
 
@@ -88,6 +93,27 @@ def evaluate(network: torch.nn.Module, items: list[tuple[np.ndarray, np.ndarray]
     return {name: float(np.mean(v)) for name, v in scores.items()}
 
 
+def evaluate_net_padding(
+    make_network, items: list[tuple[np.ndarray, np.ndarray]], crop: int
+) -> dict[str, float]:
+    """Mean nucleus Dice over the corner crops of ``items`` run whole through ``make_network(pad_mode)`` (a network
+    built with ``pad_to_multiple=True`` and that ``pad_mode``, weights loaded), per mode of
+    :data:`monai_gmr.nets.unet.PAD_MODES`."""
+    from monai_gmr.nets.unet import PAD_MODES
+
+    scores: dict[str, float] = {}
+    for mode in PAD_MODES:
+        network = make_network(mode).eval()
+        vals = []
+        with torch.no_grad():
+            for image, label in items:
+                for img, lab in corner_crops(image, label, crop):
+                    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255.0)[None]
+                    vals.append(dice(network(x).argmax(1)[0].numpy() > 0, lab > 0))
+        scores[mode] = float(np.mean(vals))
+    return scores
+
+
 def _load_items(data: Path, splits: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     from PIL import Image
 
@@ -109,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--network-def", default="{}", help="GMRUNet keyword arguments as JSON (besides 2, 3, 2)")
     p.add_argument("--crop", type=int, nargs="+", default=[96, 160], help="crop sizes (multiples of 8)")
     p.add_argument("--roi", type=int, default=256, help="window size (the bundle's roi_size)")
+    p.add_argument("--multiple-crop", type=int, nargs="*", default=[],
+                   help="crop sizes (not multiples of 8) run whole through GMRUNet(pad_to_multiple=True) per pad_mode")
     p.add_argument("--splits", nargs="+", default=["test", "validation"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output stem: writes <out>.json and <out>.md")
@@ -129,13 +157,30 @@ def main(argv: list[str] | None = None) -> int:
         scores = evaluate(net, items, crop, args.roi)
         rows.append({"crop": crop, "roi": args.roi, "crops": 4 * len(items), **scores})
         logger.info("crop %d, window %d: %s", crop, args.roi, {k: round(v, 4) for k, v in scores.items()})
-    result = {"rows": rows, "settings": vars(args), "environment": run_environment()}
+    net_rows = []
+    for crop in args.multiple_crop:
+
+        def make_network(mode: str) -> torch.nn.Module:
+            torch.manual_seed(args.seed)
+            other = GMRUNet(2, 3, 2, **{**json.loads(args.network_def), "pad_to_multiple": True, "pad_mode": mode})
+            load_checkpoint(other, args.checkpoint)
+            return other
+
+        scores = evaluate_net_padding(make_network, items, crop)
+        net_rows.append({"crop": crop, "crops": 4 * len(items), **scores})
+        logger.info("crop %d through the network's pad_to_multiple: %s", crop, {k: round(v, 4) for k, v in scores.items()})
+    result = {"rows": rows, "net_padding_rows": net_rows, "settings": vars(args), "environment": run_environment()}
     atomic_write_json(f"{args.out}.json", result)
     lines = [
         "| crop | crops | " + " | ".join(PADDINGS) + " |",
         "|---|---|" + "---|" * len(PADDINGS),
         *(f"| {r['crop']} (window {r['roi']}) | {r['crops']} | " + " | ".join(f"{r[k]:.4f}" for k in PADDINGS) + " |" for r in rows),
     ]
+    if net_rows:
+        modes = [k for k in net_rows[0] if k not in ("crop", "crops")]
+        lines += ["", "GMRUNet(pad_to_multiple=True) on the whole crop, per pad_mode:", "",
+                  "| crop | crops | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes),
+                  *(f"| {r['crop']} | {r['crops']} | " + " | ".join(f"{r[k]:.4f}" for k in modes) + " |" for r in net_rows)]
     atomic_write_text(f"{args.out}.md", "\n".join(lines) + "\n")
     logger.info("written: %s.json, %s.md", args.out, args.out)
     return 0

@@ -159,7 +159,10 @@ class GMRUNet(nn.Module):
         pooling: ``"avg"`` or ``"max"`` down-sampling (kernel = stride = 2).
         pad_to_multiple: pad inputs whose sizes are not divisible by ``2 ** levels`` and crop the output back
             (otherwise such inputs raise ``ValueError``).
-        pad_mode: ``"constant"`` (zeros), ``"reflect"`` or ``"replicate"`` padding for ``pad_to_multiple``.
+        pad_mode: ``"replicate"`` (the default since 2026-12-07), ``"reflect"`` or ``"constant"`` (zeros, the
+            earlier default) padding for ``pad_to_multiple``. Instance norm (the default ``norm``) takes its
+            statistics over the padded input, so even a few black pixels count: on crops of 100 and 153 pixels of
+            CPM-15 tiles a trained GMRUNet scored Dice 0.754 / 0.766 with zeros, 0.800 / 0.797 with ``"replicate"``.
         gmr_kwargs: extra :class:`monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
             ``circular``, ``impl``, ``sampling``, ``padding_mode``, ``dilation``, ``groups``) and the
             :class:`~monai_gmr.nn.GMRConvolution` block's ``adn_ordering``/``dropout_dim``; any other keyword raises
@@ -188,7 +191,7 @@ class GMRUNet(nn.Module):
         upsample: str = "bilinear",
         pooling: str = "avg",
         pad_to_multiple: bool = False,
-        pad_mode: str = "constant",
+        pad_mode: str = "replicate",
         **gmr_kwargs,
     ) -> None:
         super().__init__()

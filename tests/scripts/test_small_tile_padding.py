@@ -66,12 +66,40 @@ def test_run_writes_the_tables(tmp_path):
     torch.save(net.state_dict(), tmp_path / "model.pt")
     args = ["--data", str(data), "--checkpoint", str(tmp_path / "model.pt"), "--splits", "test", "--crop", "16",
             "--roi", "32", "--network-def", '{"features": [4, 4, 8, 8], "kernel_sizes": [3, 3, 3, 3]}']  # fmt: skip
-    assert mod.main([*args, "--out", str(tmp_path / "out" / "res")]) == 0
-    rows = json.loads((tmp_path / "out" / "res.json").read_text())["rows"]
+    assert mod.main([*args, "--multiple-crop", "13", "--out", str(tmp_path / "out" / "res")]) == 0
+    res = json.loads((tmp_path / "out" / "res.json").read_text())
+    rows, net_rows = res["rows"], res["net_padding_rows"]
     assert len(rows) == 1 and rows[0]["crop"] == 16 and rows[0]["crops"] == 4
     assert all(0.0 <= rows[0][k] <= 1.0 for k in mod.PADDINGS)
-    assert "| 16 (window 32) | 4 |" in (tmp_path / "out" / "res.md").read_text()
+    assert [r["crop"] for r in net_rows] == [13] and set(net_rows[0]) == {"crop", "crops", "constant", "reflect", "replicate"}
+    md = (tmp_path / "out" / "res.md").read_text()
+    assert "| 16 (window 32) | 4 |" in md and "| 13 | 4 |" in md
     with pytest.raises(SystemExit):  # --out under a file: refused before anything runs
         mod.main([*args, "--out", str(tmp_path / "out" / "res.json" / "x")])
     with pytest.raises(ValueError, match="--splits: 'tset' is not a split"):
         mod.main([*args[:-6], "--splits", "tset", *args[-6:], "--out", str(tmp_path / "out" / "res2")])
+
+
+def test_net_padding_builds_one_network_per_pad_mode():
+    """evaluate_net_padding runs each crop whole through the network built for every pad_mode: with a network that
+    calls a pixel a nucleus when it is darker than the mean of its (padded) input, zero padding pulls that mean down
+    and misses nuclei, replication keeps the crop's statistics."""
+    mod = load_script("small_tile_padding")
+    g = np.random.default_rng(2)
+    lab = (g.random((30, 30)) > 0.7).astype(np.uint8)
+    img = np.where(lab[..., None] > 0, 60, 220).astype(np.uint8).repeat(3, axis=2)
+    built = []
+
+    def make(mode):
+        built.append(mode)
+
+        class Padded(torch.nn.Module):  # pads 12 pixels per side with ``mode`` (zeros for "constant"), crops back
+            def forward(self, x):
+                big = torch.nn.functional.pad(x, [12] * 4, mode=mode)
+                return _DarkerThanTheWindow()(big)[..., 12:-12, 12:-12]
+
+        return Padded()
+
+    scores = mod.evaluate_net_padding(make, [(img, lab)], crop=20)
+    assert built == ["constant", "reflect", "replicate"]
+    assert scores["replicate"] == 1.0 and scores["constant"] < 0.8, scores
