@@ -15,7 +15,7 @@ and the Dice of the nucleus class (classes > 0 of the prediction against label >
 
 ``--multiple-crop`` sizes (not divisible by ``2 ** levels``) measure the network's own padding instead: the crops
 go through ``GMRUNet(..., pad_to_multiple=True, pad_mode=m)`` whole, for every ``m`` of
-:data:`monai_gmr.nets.unet.PAD_MODES` (a few pixels up to the next multiple of 8, cropped back after the network).
+:data:`monai_gmr.functional.PAD_MODES` (a few pixels up to the next multiple of 8, cropped back after the network).
 
 Example (the checkpoint of a short CPM-15 training with ``scripts/benchmark_nuclei.py``)::
 
@@ -71,47 +71,39 @@ def dice(pred: np.ndarray, label: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(pred, label).sum()) / total
 
 
+def _mean_dice(predict, items: list[tuple[np.ndarray, np.ndarray]], crop: int) -> float:
+    """Mean nucleus Dice of ``predict`` (``(1, 3, crop, crop)`` image in [0, 1] -> logits) over the corner crops of
+    ``items`` (``(RGB uint8 image, label)`` pairs)."""
+    vals = []
+    with torch.no_grad():
+        for image, label in items:
+            for img, lab in corner_crops(image, label, crop):
+                x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255.0)[None]
+                vals.append(dice(predict(x).argmax(1)[0].numpy() > 0, lab > 0))
+    return float(np.mean(vals))
+
+
 def evaluate(network: torch.nn.Module, items: list[tuple[np.ndarray, np.ndarray]], crop: int, roi: int) -> dict[str, float]:
     """Mean nucleus Dice over the corner crops of ``items`` (``(RGB uint8 image, label)`` pairs) per padding."""
     from monai_gmr.inferers import SymmetricSlidingWindowInferer
 
     if roi <= crop:
         raise ValueError(f"roi={roi} must be larger than crop={crop}: no padding would happen.")
-    inferers = {
-        name: SymmetricSlidingWindowInferer(roi_size=crop if kw is None else roi, sw_batch_size=1, **(kw or {}))
-        for name, kw in PADDINGS.items()
-    }
-    scores: dict[str, list[float]] = {name: [] for name in PADDINGS}
     network.eval()
-    with torch.no_grad():
-        for image, label in items:
-            for img, lab in corner_crops(image, label, crop):
-                x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255.0)[None]
-                for name, inferer in inferers.items():
-                    pred = inferer(x, network).argmax(1)[0].numpy() > 0
-                    scores[name].append(dice(pred, lab > 0))
-    return {name: float(np.mean(v)) for name, v in scores.items()}
+    scores = {}
+    for name, kw in PADDINGS.items():
+        inferer = SymmetricSlidingWindowInferer(roi_size=crop if kw is None else roi, sw_batch_size=1, **(kw or {}))
+        scores[name] = _mean_dice(lambda x, inferer=inferer: inferer(x, network), items, crop)
+    return scores
 
 
-def evaluate_net_padding(
-    make_network, items: list[tuple[np.ndarray, np.ndarray]], crop: int
-) -> dict[str, float]:
+def evaluate_net_padding(make_network, items: list[tuple[np.ndarray, np.ndarray]], crop: int) -> dict[str, float]:
     """Mean nucleus Dice over the corner crops of ``items`` run whole through ``make_network(pad_mode)`` (a network
     built with ``pad_to_multiple=True`` and that ``pad_mode``, weights loaded), per mode of
-    :data:`monai_gmr.nets.unet.PAD_MODES`."""
-    from monai_gmr.nets.unet import PAD_MODES
+    :data:`monai_gmr.functional.PAD_MODES`."""
+    from monai_gmr.functional import PAD_MODES
 
-    scores: dict[str, float] = {}
-    for mode in PAD_MODES:
-        network = make_network(mode).eval()
-        vals = []
-        with torch.no_grad():
-            for image, label in items:
-                for img, lab in corner_crops(image, label, crop):
-                    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255.0)[None]
-                    vals.append(dice(network(x).argmax(1)[0].numpy() > 0, lab > 0))
-        scores[mode] = float(np.mean(vals))
-    return scores
+    return {mode: _mean_dice(make_network(mode).eval(), items, crop) for mode in PAD_MODES}
 
 
 def _load_items(data: Path, splits: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:

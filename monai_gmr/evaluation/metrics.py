@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.metrics import DiceMetric, MeanIoU, ROCAUCMetric, do_metric_reduction
+from monai.metrics import ROCAUCMetric, compute_dice, compute_iou, do_metric_reduction
 
 __all__ = [
     "CLS_METRICS",
@@ -288,10 +288,9 @@ class SegmentationAccumulator:
         self.include_background = include_background
         self.activation = activation
         self.auc_storage = auc_storage
-        # MONAI's metrics compute the per-image rows; the rows are kept here (self.rows), not in MONAI's buffers,
-        # whose aggregate() all-gathers across processes by itself: state()/merge_states() merge them instead
-        self.dice = DiceMetric(include_background=include_background, reduction="mean", ignore_empty=True, get_not_nans=True)
-        self.iou = MeanIoU(include_background=include_background, reduction="mean", ignore_empty=True, get_not_nans=True)
+        # per-image rows from MONAI's compute_dice / compute_iou (what DiceMetric / MeanIoU compute), kept here and
+        # reduced as their "mean" (see _mean_rows): MONAI's metric buffers all-gather across processes inside
+        # aggregate(), while state()/merge_states() merge the rows of a distributed evaluation explicitly
         self.rows: dict[str, list[torch.Tensor]] = {m: [] for m in ("dice", "iou") if m in self.metrics}
         self.aucs: dict[int, ExactAUC] = {}
         self.num_classes: int | None = None
@@ -335,10 +334,10 @@ class SegmentationAccumulator:
             l_idx = labels if m is None else torch.where(m, labels, k)
             pred_oh = (p_idx == classes).to(probs.dtype)
             lab_oh = (l_idx == classes).to(probs.dtype)
-            for name, metric in (("dice", self.dice), ("iou", self.iou)):
+            for name, compute in (("dice", compute_dice), ("iou", compute_iou)):
                 if name in self.rows:  # (N, K or K - 1) per image and class, NaN where the label has no such pixel
-                    self.rows[name].append(metric(y_pred=pred_oh, y=lab_oh).detach())
-                    metric.reset()
+                    row = compute(y_pred=pred_oh, y=lab_oh, include_background=self.include_background, ignore_empty=True)
+                    self.rows[name].append(row.detach())
         if "auc" in self.metrics:
             sel = None if m is None else m[:, 0]
             for c in range(0 if self.include_background else 1, k):

@@ -1,4 +1,4 @@
-"""Pure tensor math of monai_gmr: ring basis, kernel synthesis, conv dispatch, group actions, rotations."""
+"""Pure tensor math of monai_gmr: ring basis, kernel synthesis, conv dispatch, group actions, padding, rotations."""
 
 from .basis import (
     AREA_SUBSAMPLES,
@@ -19,6 +19,7 @@ from .basis import (
 )
 from .conv import AUTO_TABLE, IMPLS, PADDING_MODES, conv_nd, gmr_conv, same_padding, select_impl, synthesize_kernel
 from .groups import CubeElement, D4Element, cube_elements, d4_elements, group_elements
+from .padding import PAD_MODES, reflect_pad
 from .rotation import (
     INTERP_MODES,
     Geometry,
@@ -64,6 +65,8 @@ __all__ = [
     "cube_elements",
     "d4_elements",
     "group_elements",
+    "PAD_MODES",
+    "reflect_pad",
     "INTERP_MODES",
     "Geometry",
     "central_disk_mask",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from .rotation_tta import RotationTTAInferer
-from .sliding_window import PADDING_MODES, SymmetricSlidingWindowInferer, reflect_pad, symmetric_window_starts
+from .sliding_window import SymmetricSlidingWindowInferer, symmetric_window_starts
 
-__all__ = [
-    "PADDING_MODES", "RotationTTAInferer", "SymmetricSlidingWindowInferer", "reflect_pad", "symmetric_window_starts",
-]
+__all__ = ["RotationTTAInferer", "SymmetricSlidingWindowInferer", "symmetric_window_starts"]

@@ -24,12 +24,11 @@ from monai.inferers import Inferer
 from monai.inferers.utils import _flatten_struct, _pack_struct
 from monai.utils import convert_to_dst_type, ensure_tuple_rep, fall_back_tuple
 
+from monai_gmr.functional.padding import PAD_MODES, reflect_pad
 from monai_gmr.utils import fraction
 
-__all__ = ["PADDING_MODES", "SymmetricSlidingWindowInferer", "reflect_pad", "symmetric_window_starts"]
+__all__ = ["SymmetricSlidingWindowInferer", "symmetric_window_starts"]
 
-PADDING_MODES = ("constant", "reflect", "replicate")  # of tiles smaller than a window
-_PAD_MODES = PADDING_MODES
 _BLEND_MODES = ("constant", "gaussian")
 
 
@@ -58,30 +57,6 @@ def symmetric_window_starts(size: int, roi: int, overlap: float = 0.25) -> list[
     return sorted(set(half) | {span - s for s in half})
 
 
-def reflect_pad(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
-    """Pad the spatial dims of ``x`` ``(N, C, *spatial)`` by ``pads[i]`` on both sides of dim ``i`` by reflection
-    (without repeating the edge), for any pad: ``numpy.pad(..., mode="reflect")`` per spatial dim.
-
-    ``F.pad(mode="reflect")`` refuses a pad of ``size`` or more; the reflection is repeated here, each time by at
-    most ``size - 1`` of the size reached so far, which is what ``numpy.pad`` does (and MONAI's ``SpatialPad``
-    through its numpy fallback). A dim of size 1 is repeated (``numpy.pad``'s rule for it). Equal pads on both
-    sides commute with flips and 90° rotations of the padded dims.
-    """
-    for i, p in enumerate(pads):
-        dim = x.ndim - len(pads) + i
-        while p > 0:
-            s = x.shape[dim]
-            if s == 1:
-                x = torch.cat([x] * (2 * p + 1), dim=dim)
-                break
-            step = min(p, s - 1)
-            left = x.narrow(dim, 1, step).flip(dim)  # x[1 : step + 1] reversed: the edge pixel is not repeated
-            right = x.narrow(dim, s - 1 - step, step).flip(dim)
-            x = torch.cat([left, x, right], dim=dim)
-            p -= step
-    return x
-
-
 class SymmetricSlidingWindowInferer(Inferer):
     """Sliding-window inference whose windows are placed symmetrically (see :func:`symmetric_window_starts`).
 
@@ -99,7 +74,7 @@ class SymmetricSlidingWindowInferer(Inferer):
         mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"`` (MONAI's importance maps).
         sigma_scale: Gaussian blending width (``mode="gaussian"``).
         padding_mode: padding of tiles smaller than a window (equal on both sides): ``"constant"`` (``cval``, MONAI's
-            default), ``"reflect"`` (any pad, repeated as ``numpy.pad`` does: :func:`reflect_pad`) or
+            default), ``"reflect"`` (any pad, repeated as ``numpy.pad`` does: :func:`monai_gmr.functional.reflect_pad`) or
             ``"replicate"``. A network with global statistics (instance norm, as in ``GMRUNet`` and MONAI's
             ``BasicUNet``) reads a constant border as part of the image: on H&E tiles smaller than the window, black
             (0) borders turned every nucleus into background (bundle README, "Tiles smaller than the window").
@@ -145,8 +120,8 @@ class SymmetricSlidingWindowInferer(Inferer):
         mode, padding_mode = str(getattr(mode, "value", mode)), str(getattr(padding_mode, "value", padding_mode))
         if mode not in _BLEND_MODES:
             raise ValueError(f"mode must be one of {_BLEND_MODES}, got mode={mode!r}.")
-        if padding_mode not in _PAD_MODES:
-            raise ValueError(f"padding_mode must be one of {_PAD_MODES}, got padding_mode={padding_mode!r}.")
+        if padding_mode not in PAD_MODES:
+            raise ValueError(f"padding_mode must be one of {PAD_MODES}, got padding_mode={padding_mode!r}.")
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = overlaps if isinstance(overlap, Sequence) and not isinstance(overlap, str) else overlaps[0]

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Pool
 
 from monai_gmr.functional.basis import _is_int
+from monai_gmr.functional.padding import PAD_MODES
 from monai_gmr.nn.blocks import GMRConvolution, _check_dropout, check_gmr_kwargs
 from monai_gmr.utils import as_bool
 
@@ -45,7 +46,6 @@ __all__ = ["GMRUNet", "UPSAMPLE_MODES", "POOL_MODES", "PAD_MODES", "interp_mode"
 
 UPSAMPLE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic")
 POOL_MODES = ("avg", "max")
-PAD_MODES = ("constant", "reflect", "replicate")
 
 
 def interp_mode(mode: str, spatial_dims: int) -> str:

@@ -808,7 +808,7 @@ def check_training_settings(
         val_batch_size: ``val_batch_size`` (an integer >= 1), where the bundle has it (WSI).
         crops_per_image: ``crops_per_image`` (an integer >= 1), where the bundle has it (nuclei).
         cache_rate: ``cache_rate`` (a number in ``[0, 1]``), where the bundle has it (nuclei).
-        sw_padding: ``sw_padding`` (one of :data:`monai_gmr.inferers.PADDING_MODES`), where the bundle has it
+        sw_padding: ``sw_padding`` (one of :data:`monai_gmr.functional.PAD_MODES`), where the bundle has it
             (nuclei).
 
     Raises:
@@ -835,9 +835,9 @@ def check_training_settings(
     if cache_rate is not _NOT_GIVEN:
         fraction(cache_rate, "cache_rate", include_one=True)
     if sw_padding is not _NOT_GIVEN:
-        from monai_gmr.inferers import PADDING_MODES
+        from monai_gmr.functional import PAD_MODES
 
-        one_of(sw_padding, "sw_padding", PADDING_MODES)
+        one_of(sw_padding, "sw_padding", PAD_MODES)
 
 
 def check_robustness_settings(

@@ -323,7 +323,6 @@ def remove_earlier_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | o
     return removed
 
 
-
 def report_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | os.PathLike) -> dict[str, int]:
     """Log what inference wrote: how many of the ``items``' images have each output file in ``pred_dir`` (the run
     otherwise ended on ignite's "Engine run finished" without saying where the masks went), and warn about images
@@ -352,6 +351,7 @@ def report_outputs(items: Sequence[Mapping[str, Any]], pred_dir: str | os.PathLi
     if incomplete:
         logger.warning("%d image(s) lack some of their outputs in %s (e.g. %s)", len(incomplete), root, incomplete[0])
     return counts
+
 
 #: PIL image modes whose pixel values are not grey/RGB(A) intensities, refused by :func:`to_rgb` (MONAI's
 #: ``PILReader`` returns the raw values: palette indices, CMYK / YCbCr / LAB / HSV channels, 0/1 bits)
@@ -438,7 +438,7 @@ def check_window_sizes(network: Any, sw_padding: Any = None, **sizes: Any) -> No
     MONAI meaning.
 
     ``sw_padding`` (when given) is the padding of tiles smaller than the window, one of
-    :data:`monai_gmr.inferers.PADDING_MODES`; the bundles use ``"reflect"``: with MONAI's black (0) border, a
+    :data:`monai_gmr.functional.PAD_MODES`; the bundles use ``"reflect"``: with MONAI's black (0) border, a
     network with instance norm read the border as part of the tile and found no nucleus on tiles smaller than
     ``roi_size`` (bundle README, "Tiles smaller than the window").
 
@@ -453,9 +453,9 @@ def check_window_sizes(network: Any, sw_padding: Any = None, **sizes: Any) -> No
             ``spatial_dims`` (when it has that attribute); the message names the setting.
     """
     if sw_padding is not None:
-        from monai_gmr.inferers import PADDING_MODES
+        from monai_gmr.functional import PAD_MODES
 
-        one_of(sw_padding, "sw_padding", PADDING_MODES)
+        one_of(sw_padding, "sw_padding", PAD_MODES)
     net = getattr(network, "module", network)
     dims = getattr(net, "spatial_dims", None)
     parsed = {name: _size_values(name, size, dims) for name, size in sizes.items()}

@@ -11,7 +11,8 @@ from monai.inferers import SlidingWindowInferer
 from monai.inferers.utils import _get_scan_interval
 
 from monai_gmr.functional import d4_elements
-from monai_gmr.inferers import SymmetricSlidingWindowInferer, reflect_pad, symmetric_window_starts
+from monai_gmr.functional import reflect_pad
+from monai_gmr.inferers import SymmetricSlidingWindowInferer, symmetric_window_starts
 from monai_gmr.nets import GMRUNet
 from tests.conftest import rel_err
 
