@@ -777,6 +777,7 @@ def check_training_settings(
     crops_per_image: Any = _NOT_GIVEN,
     cache_rate: Any = _NOT_GIVEN,
     sw_padding: Any = _NOT_GIVEN,
+    val_rotation: Any = False,
 ) -> None:
     """Refuse, by setting name, the training settings of a bundle's ``train.json`` before any data are generated or
     read.
@@ -810,6 +811,7 @@ def check_training_settings(
         cache_rate: ``cache_rate`` (a number in ``[0, 1]``), where the bundle has it (nuclei).
         sw_padding: ``sw_padding`` (one of :data:`monai_gmr.functional.PAD_MODES`), where the bundle has it
             (nuclei).
+        val_rotation: ``val_rotation`` (a switch: the rotated validation).
 
     Raises:
         ValueError: any of them is invalid; the message names the setting.
@@ -827,6 +829,7 @@ def check_training_settings(
     keyword_args(compile_kwargs, "compile_kwargs")
     as_bool(resume, "resume")
     as_bool(augment_rotation, "augment_rotation")
+    as_bool(val_rotation, "val_rotation")
     positive_int(num_workers, "num_workers", allow_zero=True)
     if val_batch_size is not _NOT_GIVEN:
         positive_int(val_batch_size, "val_batch_size")
@@ -847,6 +850,8 @@ def check_robustness_settings(
     padding_mode: Any = "reflection",
     metrics: Any = None,
     task: str = "segmentation",
+    prefix: str = "robustness",
+    instance_metrics: bool = True,
 ) -> None:
     """Refuse, by setting name, the rotation-robustness settings of a bundle's ``evaluate.json`` before anything runs.
 
@@ -862,6 +867,10 @@ def check_robustness_settings(
         padding_mode: ``robustness_padding`` (``"zeros"``, ``"border"`` or ``"reflection"``).
         metrics: ``robustness_metrics`` (``None``: the task's default metrics, not checked).
         task: ``"segmentation"`` or ``"classification"``, for the metrics allowed.
+        prefix: the settings' common prefix in the messages: ``"robustness"`` (``evaluate.json``) or
+            ``"val_rotation"`` (the rotated validation of ``train.json``).
+        instance_metrics: whether the instance metrics (AJI, PQ) are allowed for segmentation (the rotated
+            validation has no instance labels).
 
     Raises:
         ValueError: any of them is invalid; the message names the setting.
@@ -870,17 +879,17 @@ def check_robustness_settings(
     from monai_gmr.functional.rotation import make_geometries
 
     if region not in REGIONS:
-        raise ValueError(f"robustness_region must be one of {REGIONS}, got {region!r}.")
+        raise ValueError(f"{prefix}_region must be one of {REGIONS}, got {region!r}.")
     if metrics is not None:
-        allowed = SEG_METRICS + INSTANCE_METRICS if task == "segmentation" else CLS_METRICS
+        allowed = (SEG_METRICS + (INSTANCE_METRICS if instance_metrics else ())) if task == "segmentation" else CLS_METRICS
         given = [metrics] if isinstance(metrics, str) else metrics
         if not isinstance(given, (list, tuple)) or not given or any(m not in allowed for m in given):
-            raise ValueError(f"robustness_metrics must be a non-empty list of {allowed}, got {metrics!r}.")
+            raise ValueError(f"{prefix}_metrics must be a non-empty list of {allowed}, got {metrics!r}.")
     try:
         make_geometries(angles, flips, 2, None, product=False, padding_mode=padding_mode)
     except ValueError as e:
         raise ValueError(
-            f"robustness_angles={angles!r} / robustness_flips={flips!r} / robustness_padding={padding_mode!r}: {e}"
+            f"{prefix}_angles={angles!r} / {prefix}_flips={flips!r} / {prefix}_padding={padding_mode!r}: {e}"
         ) from e
 
 

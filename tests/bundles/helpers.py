@@ -29,6 +29,9 @@ __all__ = [
     "check_settings_refused_by_name",
     "LATE_TRAIN_SETTINGS",
     "check_training_settings_refused_before_the_data",
+    "EXACT_VIEWS",
+    "check_rotated_validation",
+    "check_rotated_validation_settings_refused",
 ]
 
 
@@ -123,6 +126,7 @@ def workflow_error(configs, **override) -> str:
 #: the bundles' on/off settings; ``python -m monai.bundle run --amp false`` gives them as strings ("false")
 SWITCHES = (
     "amp", "tta", "resume", "generate_synthetic", "augment_rotation", "instance_metrics", "slide_eval", "strict", "compile",
+    "val_rotation",
 )
 
 
@@ -346,7 +350,7 @@ LATE_TRAIN_SETTINGS = (
     ("batch_size", 0), ("batch_size", "4x"), ("learning_rate", "abc"), ("weight_decay", -1), ("amp", "maybe"),
     ("epochs", 0), ("epoch_length", 0), ("val_interval", "5x"), ("ckpt_interval", 0), ("log_interval", -1),
     ("compile", "maybe"), ("compile_kwargs", "x"), ("resume", "maybe"), ("augment_rotation", "maybe"),
-    ("num_workers", -1),
+    ("num_workers", -1), ("val_rotation", "maybe"),
 )  # fmt: skip
 
 
@@ -368,3 +372,57 @@ def check_training_settings_refused_before_the_data(train: str, multi_gpu: str, 
         ok = config_parser(configs, metadata=metadata, epoch_length="null", learning_rate="1e-3", weight_decay=0,
                            amp="false", batch_size="2", log_interval=0, compile_kwargs=None)  # fmt: skip
         ok.get_parsed_content(f"initialize#{first}")  # what the run accepts passes (text, null, 0 where allowed)
+
+
+#: ``--val_rotation true`` over views that are exact for the bundles' GMR networks (right angles, a flip)
+EXACT_VIEWS = ("--val_rotation", "true", "--val_rotation_angles", "[0, 90, 180, 270]", "--val_rotation_flips", "['h']")
+
+
+def check_rotated_validation(log: str, log_dir: Path, pairs: dict[str, str], epochs: int) -> None:
+    """A training run with :data:`EXACT_VIEWS` (validation every epoch): at every validation the rotated mean and worst
+    view of each metric ``pairs[key]`` equal the validation's ``key`` (this epoch's value, not the previous one: the
+    rotated evaluation runs before the validation handlers log) with no spread, in the log and in the single
+    TensorBoard event file, which also holds the per-angle curves; the rotated evaluation is logged once per
+    validation (by rank 0 alone in a multi-process run)."""
+    import re
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = re.findall(r"Epoch\[(\d+)\] Metrics -- (.*)", log)
+    assert [int(e) for e, _ in rows] == list(range(1, epochs + 1)), rows
+    for _, text in rows:
+        vals = dict(re.findall(r"(\w+): (\S+)", text))
+        for key, m in pairs.items():
+            assert vals[f"val_rotation_{m}_mean"] == vals[f"val_rotation_{m}_min"] == vals[key], (key, vals)
+            assert float(vals[f"val_rotation_{m}_std"]) == 0.0, (key, vals)
+    assert log.count("rotation robustness (epoch ") == epochs, log[-6000:]
+    files = list(Path(log_dir).glob("events.out.tfevents.*"))
+    assert len(files) == 1, files
+    events = EventAccumulator(str(files[0]))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for key, m in pairs.items():
+        want = [(e.step, e.value) for e in events.Scalars(key)]
+        assert len(want) == epochs and [(e.step, e.value) for e in events.Scalars(f"val_rotation_{m}_mean")] == want
+        assert [t for t in tags if t.startswith("val_rotation/") and t.endswith(f"/{m}/by_angle/step{epochs}")], tags
+    # a metric changed between the epochs: a rotated value one epoch late would not have matched
+    assert any(len({e.value for e in events.Scalars(key)}) > 1 for key in pairs)
+
+
+def check_rotated_validation_settings_refused(configs, *, metadata: str, bad) -> None:
+    """Each ``(setting, value)`` of ``bad`` (``val_rotation_angles`` / ``_flips`` / ``_metrics``) is refused naming the
+    setting by the ``initialize`` item that checks the rotated validation (before any data, right after the training
+    settings), whether ``val_rotation`` is on or not; the defaults pass there."""
+    init = config_parser(configs, metadata=metadata)["initialize"]
+    idx = next(i for i, x in enumerate(init) if "prefix='val_rotation'" in x)
+    assert "check_training_settings" in init[idx - 1], init
+    config_parser(configs, metadata=metadata).get_parsed_content(f"initialize#{idx}")
+    for setting, value in bad:
+        p = config_parser(configs, metadata=metadata, **{setting: value})
+        with pytest.raises(Exception) as info:
+            p.get_parsed_content(f"initialize#{idx}")
+        msgs, e = [], info.value
+        while e is not None:
+            msgs.append(str(e))
+            e = e.__cause__ or e.__context__
+        assert any(f"{setting}={value!r}" in m or f"{setting} must be" in m for m in msgs), (setting, value, msgs)

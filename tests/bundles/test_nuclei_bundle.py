@@ -18,11 +18,14 @@ from PIL import Image
 
 from tests.bundles.helpers import (
     BAD_TRAIN_SETTINGS,
+    EXACT_VIEWS,
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
     check_logits_metadata,
     check_monai_properties,
+    check_rotated_validation,
+    check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
     check_same_robustness_reports,
     check_multi_gpu_seeds_per_rank,
@@ -391,6 +394,23 @@ def test_train_evaluate_infer_end_to_end(eager_training):
         assert postfix in ppo[key]["channel_def"]["0"] and str(arr.dtype) in ppo[key]["channel_def"]["0"], key
 
 
+def test_rotated_validation_during_training(tmp_path):
+    """``--val_rotation true``: every validation also scores the validation tiles rotated and flipped
+    (RotationRobustnessHandler with the validation's sliding window and reflection padding), logged and written to
+    TensorBoard as ``val_rotation_dice_{mean,std,min}`` and per-angle curves. Right angles and a flip of a 64 x 64
+    tile (one window) are exact for GMRUNet, so the rotated Dice is the validation Dice of the same epoch."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    proc = run_bundle([TRAIN], *_common(data, out), *TRAIN_ARGS, *EXACT_VIEWS, cwd=tmp_path)
+    check_rotated_validation(proc.stdout + proc.stderr, out / "logs", {"val_mean_dice": "dice"}, epochs=2)
+
+
+def test_config_rotated_validation_settings_are_refused_by_name():
+    bad = [("val_rotation_angles", []), ("val_rotation_flips", ["x"]), ("val_rotation_metrics", ["aji"]),
+           ("val_rotation_metrics", ["accuracy"])]  # fmt: skip
+    for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
+        check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
+
+
 def test_compiled_training_matches_eager_and_saves_uncompiled_checkpoints(tmp_path, eager_training):
     """``--compile true`` (backend from ``--compile_kwargs``; aot_eager: no C compiler, a few seconds) trains the same
     as the eager run (the shared ``eager_training``: same settings, same generated data); the checkpoints hold the
@@ -487,7 +507,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
         "--config_file", cfg, *_common(data, out), "--synthetic", repr({**SYNTH, "n_images": 10}),
         "--epochs", "2", "--val_interval", "1",
-        "--crop_size", "32", "--batch_size", "2", "--crops_per_image", "2", "--log_interval", "1",
+        "--crop_size", "32", "--batch_size", "2", "--crops_per_image", "2", "--log_interval", "1", *EXACT_VIEWS,
     ]  # fmt: skip
     env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -504,6 +524,8 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
     ck = torch.load(out / "models" / "checkpoint_epoch=2.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ck["model"])  # DDP unwrapped: loadable by a plain network
     assert (out / "models" / "model.pt").is_file()
+    # the rotated validation merged over both shards equals the validation Dice (all-gathered by MONAI)
+    check_rotated_validation(log, out / "logs", {"val_mean_dice": "dice"}, epochs=2)
 
 
 def test_multi_gpu_evaluate_gloo_two_processes_matches_one_process(tmp_path):
@@ -959,13 +981,13 @@ def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by
     --log_interval x, --num_workers two failed with "'<' not supported between 'str' and 'int'"; --cache_rate 2 or
     -0.5 was accepted silently and --cache_rate all failed with "invalid literal for int() ... 'allallallall'"."""
     check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
-        ("seed", "abc", "initialize#3"), ("seed", 1.5, "initialize#3"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("seed", "abc", "initialize#4"), ("seed", 1.5, "initialize#4"), ("log_interval", "x", "train#handlers#3#interval"),
         ("log_interval", -1, "train#handlers#3#interval"), ("cache_rate", 2, "train#dataset#cache_rate"),
         ("cache_rate", "all", "validate#dataset#cache_rate"), ("num_workers", "two", "train#dataloader#num_workers"),
         ("num_workers", -1, "validate#dataloader#num_workers"),
     ])  # fmt: skip
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#2")])
-    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#7")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#8")])
     check_settings_refused_by_name([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA, cases=[("seed", 1.5, "initialize#6")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[
         ("seed", "abc", "initialize#2"), ("num_workers", "two", "dataloader#num_workers"),
@@ -986,7 +1008,7 @@ def test_config_splits_and_num_classes_are_refused_by_setting_name():
                                                                      ("num_classes", True, "boundary")])
     # checked in initialize, right after the other training settings, before any data are generated (it was read
     # only once the datalists existed); evaluation and inference check it before the network is built
-    for configs, id in (([TRAIN], "initialize#2"), ([TRAIN, MULTI_GPU], "initialize#2"), ([TRAIN, EVALUATE], "initialize#1"),
+    for configs, id in (([TRAIN], "initialize#3"), ([TRAIN, MULTI_GPU], "initialize#3"), ([TRAIN, EVALUATE], "initialize#1"),
                         ([TRAIN, EVALUATE, MULTI_GPU_EVAL], "initialize#1")):
         check_settings_refused_by_name(configs, metadata=METADATA, cases=[("num_classes", 2.0, id)])
         init = config_parser(configs, metadata=METADATA)["initialize"]

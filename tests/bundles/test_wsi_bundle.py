@@ -21,11 +21,14 @@ from PIL import Image
 
 from tests.bundles.helpers import (
     BAD_TRAIN_SETTINGS,
+    EXACT_VIEWS,
     bundle_env,
     check_best_saver_keeps_the_latest_tie,
     check_kill_and_resume,
     check_logits_metadata,
     check_monai_properties,
+    check_rotated_validation,
+    check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
     check_same_robustness_reports,
     check_multi_gpu_seeds_per_rank,
@@ -406,7 +409,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
         "--config_file", cfg, *_common(Path(slides["root"]), out), "--generate_synthetic", "false",
-        "--epochs", "2", "--batch_size", "4", "--log_interval", "1",
+        "--epochs", "2", "--batch_size", "4", "--log_interval", "1", *EXACT_VIEWS,
     ]  # fmt: skip
     env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -421,6 +424,29 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
     ck = torch.load(out / "models" / "checkpoint_epoch=2.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ck["model"])  # DDP unwrapped: loadable by a plain network
     assert (out / "models" / "model.pt").is_file()
+    # the rotated validation, sharded over both processes and merged, equals the all-gathered validation metrics
+    check_rotated_validation(log, out / "logs", {"val_auc": "auc", "val_accuracy": "accuracy"}, epochs=2)
+    n_val = len(slides["validation"])  # each patch scored once: not once per process
+    assert log.count(f"rotation robustness of GMRResNet: {n_val} images x 5 views") == 2, log[-6000:]
+
+
+def test_rotated_validation_during_training(tmp_path, slides):
+    """``--val_rotation true``: every validation also scores the validation patches rotated and flipped, read with
+    the context that evaluate.json reads (``robustness_data``, validation split) and centre-cropped after the rotation,
+    logged and written to TensorBoard as ``val_rotation_{accuracy,auc}_{mean,std,min}`` and per-angle curves. Right
+    angles and a flip are exact for the GMR ResNet, so the rotated metrics are the validation metrics of the same
+    epoch."""
+    out = tmp_path / "out"
+    proc = run_bundle([TRAIN], *_common(Path(slides["root"]), out), "--generate_synthetic", "false", *TRAIN_ARGS,
+                      "--val_interval", "1", *EXACT_VIEWS, cwd=tmp_path)  # fmt: skip
+    check_rotated_validation(proc.stdout + proc.stderr, out / "logs", {"val_auc": "auc", "val_accuracy": "accuracy"},
+                             epochs=2)  # fmt: skip
+
+
+def test_config_rotated_validation_settings_are_refused_by_name():
+    bad = [("val_rotation_angles", []), ("val_rotation_flips", ["x"]), ("val_rotation_metrics", ["dice"])]
+    for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
+        check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
 
 
 # ---------------------------------------------------------------------------------------------------------- other data
@@ -791,12 +817,12 @@ def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
     """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
     --log_interval x and --num_workers two failed with "'<' not supported between 'str' and 'int'"."""
     check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
-        ("seed", "abc", "initialize#2"), ("seed", 1.5, "initialize#2"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("seed", "abc", "initialize#3"), ("seed", 1.5, "initialize#3"), ("log_interval", "x", "train#handlers#3#interval"),
         ("num_workers", "two", "train#dataloader#num_workers"), ("num_workers", -1, "validate#dataloader#num_workers"),
     ])  # fmt: skip
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
     check_settings_refused_by_name([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
-    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#6")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#7")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#1")])
     check_settings_refused_by_name([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#4")])
 
