@@ -163,7 +163,7 @@ class GMRUNet(nn.Module):
             earlier default) padding for ``pad_to_multiple``. Instance norm (the default ``norm``) takes its
             statistics over the padded input, so even a few black pixels count: on crops of 100 and 153 pixels of
             CPM-15 tiles a trained GMRUNet scored Dice 0.754 / 0.766 with zeros, 0.800 / 0.797 with ``"replicate"``.
-            ``"reflect"`` takes any pad (:func:`monai_gmr.functional.padding.reflect_pad_pairs`, ``numpy.pad``'s
+            ``"reflect"`` takes any pad (:func:`monai_gmr.functional.reflect_pad_pairs`, ``numpy.pad``'s
             repeated reflection), also wider than a size (a volume of 3 slices padded to 8).
         gmr_kwargs: extra :class:`monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
             ``circular``, ``impl``, ``sampling``, ``padding_mode``, ``dilation``, ``groups``) and the
