@@ -211,7 +211,8 @@ def rotation_robustness(
 
     Args:
         network: model ``(N, C, *spatial) -> (N, C', *spatial)`` (segmentation) or ``(N, C')`` (classification);
-            put in ``eval()`` mode here (and restored afterwards) when it is an ``nn.Module``.
+            put in ``eval()`` mode here (and restored afterwards) when it is an ``nn.Module``; a
+            ``DistributedDataParallel`` wrapper (a DDP trainer's ``engine.network``) is evaluated through its module.
         data: iterable of batches (a ``DataLoader``) of dicts with ``image_key``/``label_key`` or ``(image, label)``
             pairs; a single dict / pair of tensors is accepted too. Images ``(N, C, *spatial)``; labels
             ``(N, 1, *spatial)`` (or ``(N, *spatial)``) class indices for segmentation, ``(N,)``/``(N, 1)`` indices or
@@ -336,6 +337,10 @@ def rotation_robustness(
         # every submodule's mode, not the root's only: a frozen batch norm of a training net came back training
         modes = training_modes(network)
         network.to(device).eval()
+        if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+            # the wrapped module: DDP's first forward after training broadcasts the buffers (GMR convs have some), a
+            # collective that a rank without a batch never joins (the ranks hung, in that broadcast and in the merge)
+            network = network.module
 
     if task == "segmentation":
         accs: list[Any] = [
