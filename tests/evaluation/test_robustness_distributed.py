@@ -165,6 +165,24 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+def _views_worker(rank: int, port: int, out_dir: str) -> None:
+    """Rank 1 lists the flips in the other order (what ``flips={"h", "v"}`` gives under another string hash seed)."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        net, items, bs, kw = _cases()["segmentation"]
+        flips = ["h", "v"] if rank == 0 else ["v", "h"]
+        try:
+            got = rotation_robustness(net, _batches(items, bs, rank, WORLD), angles=[0.0], flips=flips, distributed=True, **kw)
+            out = {"per_flip": got.per_flip}
+        except ValueError as e:
+            out = {"error": str(e)}
+        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def _spawn(out_dir: Path, timeout: float = 180.0, worker=_worker) -> list[dict]:
     import torch.multiprocessing as mp
 
@@ -248,6 +266,18 @@ def test_distributed_handler_on_a_ddp_network_with_a_rank_without_batch(tmp_path
     for got in ranks:
         _assert_close(got["handler"], want)
         assert got["training"] is True
+
+
+def test_distributed_ranks_with_views_in_another_order_are_refused(tmp_path, monkeypatch):
+    """The views are merged by position: flips ["h", "v"] on rank 0 and ["v", "h"] on rank 1 (a set of flips under
+    two hash seeds) merged rank 1's "v" into rank 0's "h", and the ranks returned different per-flip metrics
+    without a word. Every rank now raises, naming both orders."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ranks = _spawn(tmp_path, timeout=120.0, worker=_views_worker)
+    for got in ranks:
+        assert "error" in got, got
+        assert "same views in the same order" in got["error"]
+        assert "rank 0: ['0.0 deg', 'flip h', 'flip v']; rank 1: ['0.0 deg', 'flip v', 'flip h']" in got["error"]
 
 
 def test_distributed_needs_a_process_group(tmp_path):
