@@ -1076,8 +1076,8 @@ def distributed_sampler(
     (``"false"`` from a command line).
 
     Raises:
-        ValueError: a switch given as other text (naming it); ``even_divisible=False``, not ``allow_empty``, and ``dataset`` has fewer items than processes; the
-            message names the split and both numbers.
+        ValueError: a switch given as other text (naming it); ``even_divisible=False``, not ``allow_empty``, and
+            ``dataset`` has fewer items than processes (the message names the split and both numbers).
     """
     from monai.data import DistributedSampler
 

@@ -174,7 +174,8 @@ def _views_worker(rank: int, port: int, out_dir: str) -> None:
         net, items, bs, kw = _cases()["segmentation"]
         flips = ["h", "v"] if rank == 0 else ["v", "h"]
         try:
-            got = rotation_robustness(net, _batches(items, bs, rank, WORLD), angles=[0.0], flips=flips, distributed=True, **kw)
+            data = _batches(items, bs, rank, WORLD)
+            got = rotation_robustness(net, data, angles=[0.0], flips=flips, distributed=True, **kw)
             out = {"per_flip": got.per_flip}
         except ValueError as e:
             out = {"error": str(e)}

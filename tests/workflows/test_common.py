@@ -1040,10 +1040,10 @@ def test_distributed_sampler_reads_switches_given_as_text():
     shards = [list(distributed_sampler(data, "validation", even_divisible="false", shuffle="false", num_replicas=2,
                                        rank=r)) for r in (0, 1)]  # fmt: skip
     assert shards == [[0, 2], [1]]
-    empty = distributed_sampler([0], "inference", even_divisible="no", shuffle="0", allow_empty="true", num_replicas=2, rank=1)
-    assert list(empty) == []
+    one = {"num_replicas": 2, "rank": 1}
+    assert list(distributed_sampler([0], "inference", even_divisible="no", shuffle="0", allow_empty="true", **one)) == []
     with pytest.raises(ValueError, match=r"inference split has 1 item\(s\) but 2 processes"):
-        distributed_sampler([0], "inference", even_divisible="false", shuffle=False, allow_empty="false", num_replicas=2, rank=1)
+        distributed_sampler([0], "inference", even_divisible="false", shuffle=False, allow_empty="false", **one)
     for name in ("even_divisible", "shuffle", "allow_empty"):
         with pytest.raises(ValueError, match=name):
             distributed_sampler(data, "validation", num_replicas=2, rank=0, **{name: "maybe"})
