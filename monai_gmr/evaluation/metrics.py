@@ -2,10 +2,10 @@
 nuclei instance metrics (AJI, PQ).
 
 Masking convention (segmentation): the one-hot prediction and the one-hot label are both multiplied by the
-validity mask before MONAI's ``DiceMetric`` / ``MeanIoU`` see them, so a masked-out pixel belongs to no class and
-counts as neither true positive, false positive nor false negative: the metric is computed on the valid pixels
-only. ``ignore_empty=True`` (MONAI default): an image whose label has no pixel of a class inside the mask gives
-NaN for that class and is left out of the mean.
+validity mask before MONAI's ``compute_dice`` / ``compute_iou`` (what ``DiceMetric`` / ``MeanIoU`` compute) see
+them, so a masked-out pixel belongs to no class and counts as neither true positive, false positive nor false
+negative: the metric is computed on the valid pixels only. ``ignore_empty=True`` (MONAI default): an image whose
+label has no pixel of a class inside the mask gives NaN for that class and is left out of the mean.
 
 ROC-AUC is computed exactly (not from a threshold histogram, which is only approximate): the accumulator keeps
 every positive and negative score (4 bytes per pixel per class per view) and at the end counts, for every

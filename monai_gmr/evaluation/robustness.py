@@ -211,7 +211,8 @@ def rotation_robustness(
 
     Args:
         network: model ``(N, C, *spatial) -> (N, C', *spatial)`` (segmentation) or ``(N, C')`` (classification);
-            put in ``eval()`` mode here (and restored afterwards) when it is an ``nn.Module``.
+            put in ``eval()`` mode here (and restored afterwards) when it is an ``nn.Module``; a
+            ``DistributedDataParallel`` wrapper (a DDP trainer's ``engine.network``) is evaluated through its module.
         data: iterable of batches (a ``DataLoader``) of dicts with ``image_key``/``label_key`` or ``(image, label)``
             pairs; a single dict / pair of tensors is accepted too. Images ``(N, C, *spatial)``; labels
             ``(N, 1, *spatial)`` (or ``(N, *spatial)``) class indices for segmentation, ``(N,)``/``(N, 1)`` indices or
@@ -277,8 +278,9 @@ def rotation_robustness(
         ValueError: empty ``angles`` or entries that are not finite numbers (also ``angles`` given as text),
             unknown ``metrics``/``task``/``region``/``image_mode``, a label whose size does not match the image,
             label values outside the output classes or not whole numbers (float labels are
-            not truncated), classification outputs that are not ``(N, C)``, NaN network outputs (any metric), or
-            ``distributed`` without an initialised ``torch.distributed`` process group.
+            not truncated), classification outputs that are not ``(N, C)``, NaN network outputs (any metric),
+            ``distributed`` without an initialised ``torch.distributed`` process group, or ranks of a distributed
+            evaluation whose views (angles, flips, in order) differ (e.g. ``flips`` given as a set).
         RuntimeError: called inside a distributed run with more than one process without ``distributed``; with
             ``distributed``, when another rank failed.
     """
@@ -336,6 +338,10 @@ def rotation_robustness(
         # every submodule's mode, not the root's only: a frozen batch norm of a training net came back training
         modes = training_modes(network)
         network.to(device).eval()
+        if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+            # the wrapped module: DDP's first forward after training broadcasts the buffers (GMR convs have some), a
+            # collective that a rank without a batch never joins (the ranks hung, in that broadcast and in the merge)
+            network = network.module
 
     if task == "segmentation":
         accs: list[Any] = [
@@ -413,7 +419,8 @@ def rotation_robustness(
     seconds = time.perf_counter() - t0
     main = True
     if distributed:
-        n_images, seconds, device_names = _merge_across_ranks(accs, n_images, seconds, device, failure)
+        views = [f"{g.angle} deg" if g.flip is None else f"flip {g.flip}" for g in geoms]
+        n_images, seconds, device_names = _merge_across_ranks(accs, n_images, seconds, device, failure, views)
         main = torch.distributed.get_rank() == 0
     if n_images == 0:
         raise ValueError("data yielded no batches" + (" on any rank." if distributed else "."))
@@ -474,7 +481,12 @@ def _log_result(
 
 
 def _merge_across_ranks(
-    accs: Sequence[Any], n_images: int, seconds: float, device: torch.device, failure: Exception | None
+    accs: Sequence[Any],
+    n_images: int,
+    seconds: float,
+    device: torch.device,
+    failure: Exception | None,
+    views: Sequence[str] | None = None,
 ) -> tuple[int, float, list[str]]:
     """Merge the per-view accumulators of every rank of a ``torch.distributed`` run into each rank's ``accs`` (the
     one place where ranks exchange robustness data).
@@ -495,19 +507,24 @@ def _merge_across_ranks(
         seconds: this rank's evaluation time.
         device: this rank's device.
         failure: the exception this rank's evaluation raised, if any: the others raise too (no rank hangs).
+        views: this rank's view names, in the order of ``accs``: the accumulators are merged by position, so every
+            rank must list the same views in the same order (``flips`` given as a set, e.g. ``{"h", "v"}``, are
+            ordered by each process's string hash seed: rank 1's "v" was merged into rank 0's "h").
 
     Returns:
         ``(total images, slowest rank's seconds, every rank's device name)``.
 
     Raises:
         Exception: ``failure`` on its rank; ``RuntimeError`` naming the failed rank(s) on the others.
+        ValueError: the ranks' ``views`` differ (on every rank, naming them).
     """
     world = torch.distributed.get_world_size()
     rank = torch.distributed.get_rank()
     states = None if failure is not None else [acc.state() for acc in accs]
     error = None if failure is None else f"{type(failure).__name__}: {failure}"
     gathered: list[Any] = [None] * world
-    torch.distributed.all_gather_object(gathered, (states, int(n_images), float(seconds), str(device), error))
+    views = None if views is None else list(views)
+    torch.distributed.all_gather_object(gathered, (states, int(n_images), float(seconds), str(device), error, views))
     if failure is not None:
         raise failure
     failed = {r: g[4] for r, g in enumerate(gathered) if g[4] is not None}
@@ -515,6 +532,13 @@ def _merge_across_ranks(
         raise RuntimeError(
             f"rotation_robustness failed on rank(s) {sorted(failed)} of the distributed evaluation: "
             + "; ".join(f"rank {r}: {e}" for r, e in failed.items())
+        )
+    differ = [r for r, g in enumerate(gathered) if g[5] != gathered[0][5]]
+    if differ:
+        raise ValueError(
+            "the ranks of a distributed rotation_robustness must evaluate the same views in the same order (pass the "
+            "same angles and flips as lists; a set of flips is ordered differently in each process), got "
+            + "; ".join(f"rank {r}: {gathered[r][5]}" for r in [0, *differ])
         )
     for i, acc in enumerate(accs):
         acc.merge_states([g[0][i] for g in gathered])

@@ -19,7 +19,7 @@ from .basis import (
 )
 from .conv import AUTO_TABLE, IMPLS, PADDING_MODES, conv_nd, gmr_conv, same_padding, select_impl, synthesize_kernel
 from .groups import CubeElement, D4Element, cube_elements, d4_elements, group_elements
-from .padding import PAD_MODES, reflect_pad
+from .padding import PAD_MODES, reflect_pad, reflect_pad_pairs
 from .rotation import (
     INTERP_MODES,
     Geometry,
@@ -67,6 +67,7 @@ __all__ = [
     "group_elements",
     "PAD_MODES",
     "reflect_pad",
+    "reflect_pad_pairs",
     "INTERP_MODES",
     "Geometry",
     "central_disk_mask",

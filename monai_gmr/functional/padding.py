@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["PAD_MODES", "reflect_pad"]
+__all__ = ["PAD_MODES", "reflect_pad", "reflect_pad_pairs"]
 
 #: ``F.pad`` modes of an input padded whole: ``GMRUNet(pad_to_multiple=True)``'s ``pad_mode`` and the symmetric
 #: sliding window's ``padding_mode`` (tiles smaller than the window). Not the convolutions' ``padding_mode``
@@ -24,20 +24,36 @@ def reflect_pad(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
     """Pad the trailing ``len(pads)`` dims of ``x`` by ``pads[i]`` on both sides of dim ``i`` by reflection (without
     repeating the edge), for any pad: ``numpy.pad(..., mode="reflect")`` per dim.
 
-    The reflection is repeated, each time by at most ``size - 1`` of the size reached so far, which is what
-    ``numpy.pad`` does; a dim of size 1 is repeated (``numpy.pad``'s rule for it). Equal pads on both sides commute
-    with flips and 90° rotations of the padded dims.
+    The reflection is repeated, which is what ``numpy.pad`` does (the padded dim reads the input's mirror-periodic
+    extension, period ``2 * (size - 1)``); a dim of size 1 is repeated (``numpy.pad``'s rule for it). Equal pads on
+    both sides commute with flips and 90° rotations of the padded dims. See :func:`reflect_pad_pairs` for unequal
+    pads.
     """
-    for i, p in enumerate(pads):
-        dim = x.ndim - len(pads) + i
-        while p > 0:
-            s = x.shape[dim]
-            if s == 1:
-                x = torch.cat([x] * (2 * p + 1), dim=dim)
-                break
-            step = min(p, s - 1)
-            left = x.narrow(dim, 1, step).flip(dim)  # x[1 : step + 1] reversed: the edge pixel is not repeated
-            right = x.narrow(dim, s - 1 - step, step).flip(dim)
-            x = torch.cat([left, x, right], dim=dim)
-            p -= step
+    return reflect_pad_pairs(x, [int(p) for p in reversed(list(pads)) for _ in range(2)])
+
+
+def reflect_pad_pairs(x: torch.Tensor, pads: list[int]) -> torch.Tensor:
+    """Reflection padding of ``x`` for any pad width, with the pads in ``torch.nn.functional.pad``'s order (last dim
+    first, ``(before, after)`` pairs, non-negative): ``F.pad(x, pads, mode="reflect")`` where that works (every pad
+    smaller than its size), ``numpy.pad(..., mode="reflect")`` beyond (``F.pad`` raises there).
+
+    Each padded dim reads the input's mirror-periodic extension (period ``2 * (size - 1)``; a dim of size 1 is
+    repeated). TorchScript-compatible (``GMRUNet(pad_to_multiple=True, pad_mode="reflect")`` calls it).
+    """
+    for j in range(len(pads) // 2):
+        dim = x.dim() - 1 - j
+        before, after = pads[2 * j], pads[2 * j + 1]
+        if before < 0 or after < 0:
+            raise ValueError(f"pads must be >= 0, got pads={pads}.")
+        if before == 0 and after == 0:
+            continue
+        size = x.shape[dim]
+        idx = torch.arange(-before, size + after, device=x.device)
+        if size > 1:
+            period = 2 * (size - 1)
+            idx = torch.remainder(idx, period)
+            idx = torch.where(idx >= size, period - idx, idx)
+        else:
+            idx = torch.zeros_like(idx)
+        x = x.index_select(dim, idx)
     return x

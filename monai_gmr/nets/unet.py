@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Pool
 
 from monai_gmr.functional.basis import _is_int
-from monai_gmr.functional.padding import PAD_MODES
+from monai_gmr.functional.padding import PAD_MODES, reflect_pad_pairs
 from monai_gmr.nn.blocks import GMRConvolution, _check_dropout, check_gmr_kwargs
 from monai_gmr.utils import as_bool
 
@@ -163,6 +163,8 @@ class GMRUNet(nn.Module):
             earlier default) padding for ``pad_to_multiple``. Instance norm (the default ``norm``) takes its
             statistics over the padded input, so even a few black pixels count: on crops of 100 and 153 pixels of
             CPM-15 tiles a trained GMRUNet scored Dice 0.754 / 0.766 with zeros, 0.800 / 0.797 with ``"replicate"``.
+            ``"reflect"`` takes any pad (:func:`monai_gmr.functional.reflect_pad_pairs`, ``numpy.pad``'s
+            repeated reflection), also wider than a size (a volume of 3 slices padded to 8).
         gmr_kwargs: extra :class:`monai_gmr.nn.GMRConv` arguments (``num_rings``, ``smoothing``, ``sigma``,
             ``circular``, ``impl``, ``sampling``, ``padding_mode``, ``dilation``, ``groups``) and the
             :class:`~monai_gmr.nn.GMRConvolution` block's ``adn_ordering``/``dropout_dim``; any other keyword raises
@@ -298,17 +300,11 @@ class GMRUNet(nn.Module):
                     f"monai.transforms.DivisiblePad(k={self.multiple})) or construct with pad_to_multiple=True."
                 )
             if self.pad_mode == "reflect":
-                # reflect padding needs a pad smaller than the size (torch's error names neither the net nor pad_mode):
-                # a thin volume (a few slices) padded to a multiple of 8
-                for j in range(len(pads) // 2):
-                    size = x.shape[x.ndim - 1 - j]
-                    if max(pads[2 * j], pads[2 * j + 1]) >= size:
-                        raise ValueError(
-                            f"GMRUNet pad_mode='reflect' cannot pad a spatial size of {size} to a multiple of "
-                            f"{self.multiple} (a reflection pad must be smaller than the size), got input shape "
-                            f"{list(x.shape)}; use pad_mode='replicate' or 'constant'."
-                        )
-            x = F.pad(x, pads, mode=self.pad_mode)
+                # F.pad's reflection refuses a pad of the size or more (a thin volume of a few slices padded to a
+                # multiple of 8): numpy.pad's repeated reflection, the same values where F.pad works
+                x = reflect_pad_pairs(x, pads)
+            else:
+                x = F.pad(x, pads, mode=self.pad_mode)
         skips: list[torch.Tensor] = []
         h = x
         for enc in self.encoders:

@@ -1081,12 +1081,19 @@ def distributed_sampler(
             reductions) keep the refusal.
         kwargs: further arguments of ``monai.data.DistributedSampler`` (``num_replicas``, ``rank``, ``seed``, ...).
 
+    ``even_divisible``, ``shuffle`` and ``allow_empty`` also take the text forms of :func:`monai_gmr.utils.as_bool`
+    (``"false"`` from a command line).
+
     Raises:
-        ValueError: ``even_divisible=False``, not ``allow_empty``, and ``dataset`` has fewer items than processes; the
-            message names the split and both numbers.
+        ValueError: a switch given as other text (naming it); ``even_divisible=False``, not ``allow_empty``, and
+            ``dataset`` has fewer items than processes (the message names the split and both numbers).
     """
     from monai.data import DistributedSampler
 
+    # text from a command line (--validate#sampler#even_divisible false) is true: an item was repeated (counted twice)
+    even_divisible = as_bool(even_divisible, "even_divisible")
+    shuffle = as_bool(shuffle, "shuffle")
+    allow_empty = as_bool(allow_empty, "allow_empty")
     replicas = kwargs.get("num_replicas")
     if replicas is None and _dist_ready():
         replicas = torch.distributed.get_world_size()

@@ -140,10 +140,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(out_dir: Path, timeout: float = 180.0) -> list[dict]:
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    """The handler on a DDP-wrapped GMR network after a training step (``engine.network`` of a DDP training), rank 1
+    without a batch."""
+    import datetime
+
+    from monai_gmr.nn import GMRConv
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=20))
+    try:
+        torch.manual_seed(0)
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(GMRConv(2, 1, 2, 3, padding=1)))
+        ddp(torch.randn(1, 1, 12, 12)).sum().backward()
+        _, items, bs, kw = _cases()["one_image"]
+        state = SimpleNamespace(metrics={}, epoch=1, device=torch.device("cpu"))
+        engine = SimpleNamespace(state=state, network=ddp, data_loader=_batches(items, bs, rank, WORLD))
+        handler = RotationRobustnessHandler(distributed=True, angles=ANGLES, flips=FLIPS, **kw)
+        handler(engine)
+        got = {"handler": handler.last_result.to_dict(), "training": ddp.training, "state": ddp.module.state_dict()}
+        torch.save(got, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _views_worker(rank: int, port: int, out_dir: str) -> None:
+    """Rank 1 lists the flips in the other order (what ``flips={"h", "v"}`` gives under another string hash seed)."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        net, items, bs, kw = _cases()["segmentation"]
+        flips = ["h", "v"] if rank == 0 else ["v", "h"]
+        try:
+            data = _batches(items, bs, rank, WORLD)
+            got = rotation_robustness(net, data, angles=[0.0], flips=flips, distributed=True, **kw)
+            out = {"per_flip": got.per_flip}
+        except ValueError as e:
+            out = {"error": str(e)}
+        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _spawn(out_dir: Path, timeout: float = 180.0, worker=_worker) -> list[dict]:
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn")
+    ctx = mp.start_processes(worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
@@ -205,6 +249,36 @@ def test_distributed_evaluation_on_two_gloo_processes_equals_one_process(tmp_pat
     dice = ranks[0]["handler_metrics"]["robustness_dice_mean"]
     assert math.isfinite(dice) and abs(dice - sum(want["per_angle"]["dice"]) / len(ANGLES)) < 1e-6
     assert sorted(p.name for p in (tmp_path / "handler").iterdir()) == ["robustness_epoch3.csv", "robustness_epoch3.json"]
+
+
+def test_distributed_handler_on_a_ddp_network_with_a_rank_without_batch(tmp_path, monkeypatch):
+    """``engine.network`` of a DDP training is the DDP wrapper, whose first forward after training broadcasts the
+    buffers (GMR convolutions have some): a rank without a batch never joined that broadcast and both ranks hung
+    (here: the 20 s gloo timeout). The wrapped module is evaluated: the one-process result on both ranks, the
+    wrapper's training mode restored."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ranks = _spawn(tmp_path, timeout=120.0, worker=_ddp_worker)
+    from monai_gmr.nn import GMRConv
+
+    _, items, bs, kw = _cases()["one_image"]
+    net = torch.nn.Sequential(GMRConv(2, 1, 2, 3, padding=1))
+    net.load_state_dict(ranks[0]["state"])
+    want = rotation_robustness(net, _batches(items, bs), angles=ANGLES, flips=FLIPS, **kw).to_dict()
+    for got in ranks:
+        _assert_close(got["handler"], want)
+        assert got["training"] is True
+
+
+def test_distributed_ranks_with_views_in_another_order_are_refused(tmp_path, monkeypatch):
+    """The views are merged by position: flips ["h", "v"] on rank 0 and ["v", "h"] on rank 1 (a set of flips under
+    two hash seeds) merged rank 1's "v" into rank 0's "h", and the ranks returned different per-flip metrics
+    without a word. Every rank now raises, naming both orders."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ranks = _spawn(tmp_path, timeout=120.0, worker=_views_worker)
+    for got in ranks:
+        assert "error" in got, got
+        assert "same views in the same order" in got["error"]
+        assert "rank 0: ['0.0 deg', 'flip h', 'flip v']; rank 1: ['0.0 deg', 'flip v', 'flip h']" in got["error"]
 
 
 def test_distributed_needs_a_process_group(tmp_path):

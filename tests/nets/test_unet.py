@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -255,15 +256,26 @@ def test_per_axis_kernel_sizes_are_named_as_such():
 
 
 @pytest.mark.parametrize("scripted", [False, True])
-def test_reflect_padding_of_a_thin_volume_names_pad_mode(scripted):
-    """``pad_to_multiple=True, pad_mode="reflect"`` on a volume of 3 slices (padded to 8): torch's error ("Padding size
-    should be less than the corresponding input dimension") named neither the net nor ``pad_mode``; it now does and
-    points to the modes that can pad it. Sizes reflect can pad still run."""
-    net = GMRUNet(3, 1, 2, features=(2, 2, 2, 2), kernel_sizes=3, pad_to_multiple=True, pad_mode="reflect").eval()
-    net = torch.jit.script(net) if scripted else net
-    with pytest.raises(Exception, match=r"pad_mode='reflect' cannot pad a spatial size of 3 to a multiple of 8.*'replicate'"):
-        net(torch.randn(1, 1, 3, 8, 8))
-    assert net(torch.randn(1, 1, 6, 8, 14)).shape == (1, 2, 6, 8, 14)
+def test_reflect_padding_of_a_thin_volume(scripted):
+    """``pad_to_multiple=True, pad_mode="reflect"`` on a volume of 3 slices (padded to 8: 2 + 3 pixels, more than the
+    size) raised (torch's "Padding size should be less than the corresponding input dimension", later an error
+    naming ``pad_mode``); it now pads as ``numpy.pad(mode="reflect")`` does: the output is the unpadded net's output
+    on the numpy-padded input, cropped back, also scripted. Sizes ``F.pad`` can reflect give what they gave."""
+    torch.manual_seed(0)
+    kw = {"features": (2, 2, 2, 2), "kernel_sizes": 3}
+    net = GMRUNet(3, 1, 2, pad_to_multiple=True, pad_mode="reflect", **kw).eval()
+    plain = GMRUNet(3, 1, 2, **kw).eval()
+    plain.load_state_dict(net.state_dict())
+    run = torch.jit.script(net) if scripted else net
+    x = torch.randn(1, 1, 3, 8, 14, generator=torch.Generator().manual_seed(1))
+    padded = torch.from_numpy(np.pad(x.numpy(), [(0, 0), (0, 0), (2, 3), (0, 0), (1, 1)], mode="reflect"))
+    with torch.no_grad():
+        out = run(x)
+        assert out.shape == (1, 2, 3, 8, 14)
+        assert torch.allclose(out, plain(padded)[:, :, 2:5, :, 1:15], atol=1e-6)
+        y = torch.randn(1, 1, 6, 8, 14, generator=torch.Generator().manual_seed(2))
+        want = plain(F.pad(y, [1, 1, 0, 0, 1, 1], mode="reflect"))[:, :, 1:7, :, 1:15]
+        assert torch.allclose(run(y), want, atol=1e-6)
 
 
 def test_decoders_read_the_skip_first_then_the_upsampled_path():

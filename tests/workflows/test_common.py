@@ -1030,6 +1030,25 @@ def test_distributed_sampler_allow_empty_gives_every_item_to_one_process(shuffle
         distributed_sampler([0], "inference", even_divisible=False, shuffle=False, num_replicas=2, rank=1)
 
 
+def test_distributed_sampler_reads_switches_given_as_text():
+    """``--validate#sampler#even_divisible false`` arrives as the text "false", which is true: a 3-image validation
+    split over 2 processes repeated an image (counted twice in the metrics) and "false" for ``shuffle`` shuffled.
+    The switches take the text forms of as_bool; other text is refused naming the switch."""
+    from monai_gmr.workflows import distributed_sampler
+
+    data = list(range(3))
+    shards = [list(distributed_sampler(data, "validation", even_divisible="false", shuffle="false", num_replicas=2,
+                                       rank=r)) for r in (0, 1)]  # fmt: skip
+    assert shards == [[0, 2], [1]]
+    one = {"num_replicas": 2, "rank": 1}
+    assert list(distributed_sampler([0], "inference", even_divisible="no", shuffle="0", allow_empty="true", **one)) == []
+    with pytest.raises(ValueError, match=r"inference split has 1 item\(s\) but 2 processes"):
+        distributed_sampler([0], "inference", even_divisible="false", shuffle=False, allow_empty="false", **one)
+    for name in ("even_divisible", "shuffle", "allow_empty"):
+        with pytest.raises(ValueError, match=name):
+            distributed_sampler(data, "validation", num_replicas=2, rank=0, **{name: "maybe"})
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_run_on_rank0_calls_once_between_the_barriers(monkeypatch, rank):
     """run_on_rank0: the function runs on rank 0 only, after the barrier before it (reports of all processes'
