@@ -580,3 +580,31 @@ def test_float64_probabilities_keep_their_precision_in_the_auc():
     assert ours.aggregate() == pytest.approx(ref.aggregate()) == 1.0
     assert to_probabilities(p.log(), "softmax").dtype == torch.float64
     assert to_probabilities(torch.zeros(2, 2, dtype=torch.float16), None).dtype == torch.float32
+
+
+def test_exact_auc_merge_states_replaces_the_scores_it_held():
+    """``merge_states`` replaces what the accumulator held by the union of the states, its own included (as
+    ``rotation_robustness(distributed=True)`` passes them): its own scores are not counted twice (mutation audit
+    round 5: MT2)."""
+    g = torch.Generator().manual_seed(4)
+    s1, l1 = torch.rand(50, generator=g), torch.rand(50, generator=g) > 0.6
+    s2, l2 = torch.rand(40, generator=g), torch.rand(40, generator=g) > 0.3
+    a, b, want = ExactAUC(), ExactAUC(), ExactAUC()
+    a.update(s1, l1)
+    b.update(s2, l2)
+    a.merge_states([a.state(), b.state()])
+    want.update(torch.cat([s1, s2]), torch.cat([l1, l2]))
+    assert a.counts == want.counts == (int(l1.sum() + l2.sum()), int((~l1).sum() + (~l2).sum()))
+    assert a.compute() == pytest.approx(want.compute(), abs=1e-12)
+
+
+def test_merging_segmentation_states_of_different_class_counts_is_refused():
+    """States of a 2-class and a 3-class accumulator (different networks or ``merge_foreground`` settings on two
+    ranks) are refused by name, not merged into rows of different widths (mutation audit round 5: MT7)."""
+    g = torch.Generator().manual_seed(5)
+    lab = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).long()
+    two, three = SegmentationAccumulator(("dice", "auc")), SegmentationAccumulator(("dice", "auc"))
+    two.update(torch.randn(2, 2, 8, 8, generator=g), lab)
+    three.update(torch.randn(2, 3, 8, 8, generator=g), lab)
+    with pytest.raises(ValueError, match=r"different numbers of classes \[2, 3\]"):
+        two.merge_states([two.state(), three.state()])

@@ -291,3 +291,26 @@ def test_text_or_fractional_settings_are_refused_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SymmetricSlidingWindowInferer(roi_size=8, **kwargs)
     SymmetricSlidingWindowInferer(roi_size=8, sw_batch_size=np.int64(2), overlap=np.float32(0.5))
+
+
+def test_default_padding_of_a_small_tile_is_monai_s_constant_zero():
+    """The class default is MONAI's ``padding_mode="constant"`` with ``cval=0`` (the bundles ask for ``"reflect"``
+    explicitly); every other padding test named its mode (mutation audit round 5: SW2)."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = torch.randn(1, 1, 4, 6) + 3.0
+    inf = SymmetricSlidingWindowInferer(8)
+    assert (inf.padding_mode, inf.cval) == ("constant", 0.0)
+    with torch.no_grad():
+        ref = net(torch.nn.functional.pad(x, [1, 1, 2, 2]))[..., 2:6, 1:7]
+        y = inf(x, net)
+    assert torch.allclose(y, ref, atol=1e-6)
+
+
+def test_a_switch_as_sw_batch_size_and_an_empty_window_are_refused_by_name():
+    """``sw_batch_size=True`` (a bool is an int to Python) is no window count, and ``symmetric_window_starts`` with
+    ``roi=0`` returned a start at every pixel (mutation audit round 5: SV1, SV4)."""
+    with pytest.raises(ValueError, match="sw_batch_size must be an integer >= 1"):
+        SymmetricSlidingWindowInferer(8, sw_batch_size=True)
+    with pytest.raises(ValueError, match="size and roi must be >= 1"):
+        symmetric_window_starts(10, 0)

@@ -63,6 +63,12 @@ def test_a_new_id_that_something_refers_to_is_accepted(tmp_path):
     assert "'factr'" in _refused([TRAIN, str(cfg)], {"factr": {"value": 1}})
 
 
+def test_a_new_id_that_only_refers_to_itself_is_refused():
+    """A new id is accepted when *another* setting (or a config) refers to it: one whose only reference is its own
+    value is still never read by the config, so it is refused (mutation audit round 5: ST3)."""
+    assert "'epoch_count'" in _refused(TRAIN, {"epoch_count": "$@epoch_count + 1"})
+
+
 def test_a_new_id_named_by_run_init_or_final_id_is_accepted():
     check_setting_names(TRAIN, {"run_id": "my_run", "my_run": ["$print(1)"]})
     check_setting_names(TRAIN, {"init_id": "my_init", "my_init": [], "final_id": "my_end", "my_end": []})
