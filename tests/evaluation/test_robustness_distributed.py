@@ -322,8 +322,8 @@ def test_merge_across_ranks_adds_the_images_keeps_the_slowest_rank_and_every_dev
     for i, (x, y) in enumerate(batches):
         whole.update(x, y)
         (peer if i == 0 else own).update(x, y)
-    _fake_two_ranks(monkeypatch, 1, ([peer.state()], 4, 7.5, "cuda:0", None))
-    n, seconds, devices = _merge_across_ranks([own], 8, 2.0, torch.device("cuda:1"), None)
+    _fake_two_ranks(monkeypatch, 1, ([peer.state()], 4, 7.5, "cuda:0", None, ["0 deg"]))
+    n, seconds, devices = _merge_across_ranks([own], 8, 2.0, torch.device("cuda:1"), None, ["0 deg"])
     assert (n, seconds, devices) == (12, 7.5, ["cuda:0", "cuda:1"])
     assert own.total == 12 and own.compute() == pytest.approx(whole.compute(), abs=1e-12)
 
@@ -341,7 +341,7 @@ def test_a_distributed_result_names_rank_0_s_device_and_only_rank_0_logs_it(monk
     net = lambda x: torch.cat([-x, x], 1)  # noqa: E731
     kw = dict(angles=[0, 30], flips=["h"], metrics=["dice", "auc"])
     one = rotation_robustness(net, [(img, lab)], **kw)
-    _fake_two_ranks(monkeypatch, 1, lambda mine: (mine[0], mine[1], mine[2] + 100.0, "cuda:0", None))
+    _fake_two_ranks(monkeypatch, 1, lambda mine: (mine[0], mine[1], mine[2] + 100.0, "cuda:0", None, mine[5]))
     with caplog.at_level(logging.INFO, logger="monai_gmr.evaluation.robustness"):
         got = rotation_robustness(net, [(img, lab)], distributed=True, **kw)
     assert got.n_images == 4 and got.seconds >= 100.0
