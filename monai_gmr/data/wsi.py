@@ -141,12 +141,20 @@ class TiffFileSlideReader(TiffFileWSIReader):
         docs/benchmarks.md section 6, and a full-resolution 40x level does not fit in memory); a flat, untiled TIFF is read
         from the strips a patch overlaps (it was decoded whole for every patch, and for every strip of the tissue
         mask); pages that are not single-plane images still go through MONAI's whole-level read. Same output as
-        MONAI's (a region beyond the level is cut at its edge)."""
+        MONAI's (a region beyond the slide is cut at the level's edge), except that a region inside the slide at
+        level 0 is read whole: a level whose size was rounded down (1003 -> 250 pixels at downsample 4) ends before
+        the slide, and the rounded window of such a region could end one level pixel past it (a 25 x 24 patch, so
+        its batch failed to collate); that window is moved back inside the level."""
         ds = self.get_downsample_ratio(wsi=wsi, level=level)
-        y0, x0 = (round(location[i] / ds) for i in range(2))
+        start = [round(location[i] / ds) for i in range(2)]
+        size0, size_l = self.get_size(wsi, 0), self.get_size(wsi, level)
+        for i in range(2):
+            if start[i] + int(size[i]) > size_l[i] and location[i] + int(size[i]) * ds <= size0[i]:
+                start[i] = max(int(size_l[i]) - int(size[i]), 0)
+        y0, x0 = start
         region = _read_tiled_region(wsi.series[0].levels[level].pages[0], y0, x0, int(size[0]), int(size[1]))
         if region is None:
-            return super()._get_patch(wsi, location, size, level, dtype, mode)
+            return super()._get_patch(wsi, (y0 * ds, x0 * ds), size, level, dtype, mode)
         patch = np.moveaxis(region.astype(dtype, copy=False), -1, self.channel_dim)
         if mode in "RGB":  # as MONAI's TiffFileWSIReader._get_patch
             if patch.shape[self.channel_dim] not in (3, 4):
