@@ -138,13 +138,23 @@ class TiffFileSlideReader(TiffFileWSIReader):
     def _get_patch(self, wsi, location: tuple[int, int], size: tuple[int, int], level: int, dtype, mode: str) -> np.ndarray:
         """A patch read from the tiles it overlaps only. MONAI's reader decodes the whole level for every patch
         (``wsi.asarray(level=level)``: slide inference on a 2967 x 2220 SVS took 7.6 s against openslide's 2.3 s,
-        docs/benchmarks.md section 6, and a full-resolution 40x level does not fit in memory); pages that are not tiled single-plane images still go
-        through MONAI's whole-level read. Same output as MONAI's (a region beyond the level is cut at its edge)."""
+        docs/benchmarks.md section 6, and a full-resolution 40x level does not fit in memory); a flat, untiled TIFF is read
+        from the strips a patch overlaps (it was decoded whole for every patch, and for every strip of the tissue
+        mask); pages that are not single-plane images still go through MONAI's whole-level read. Same output as
+        MONAI's (a region beyond the slide is cut at the level's edge), except that a region inside the slide at
+        level 0 is read whole: a level whose size was rounded down (1003 -> 250 pixels at downsample 4) ends before
+        the slide, and the rounded window of such a region could end one level pixel past it (a 25 x 24 patch, so
+        its batch failed to collate); that window is moved back inside the level."""
         ds = self.get_downsample_ratio(wsi=wsi, level=level)
-        y0, x0 = (round(location[i] / ds) for i in range(2))
+        start = [round(location[i] / ds) for i in range(2)]
+        size0, size_l = self.get_size(wsi, 0), self.get_size(wsi, level)
+        for i in range(2):
+            if start[i] + int(size[i]) > size_l[i] and location[i] + int(size[i]) * ds <= size0[i]:
+                start[i] = max(int(size_l[i]) - int(size[i]), 0)
+        y0, x0 = start
         region = _read_tiled_region(wsi.series[0].levels[level].pages[0], y0, x0, int(size[0]), int(size[1]))
         if region is None:
-            return super()._get_patch(wsi, location, size, level, dtype, mode)
+            return super()._get_patch(wsi, (y0 * ds, x0 * ds), size, level, dtype, mode)
         patch = np.moveaxis(region.astype(dtype, copy=False), -1, self.channel_dim)
         if mode in "RGB":  # as MONAI's TiffFileWSIReader._get_patch
             if patch.shape[self.channel_dim] not in (3, 4):
@@ -171,14 +181,19 @@ class TiffFileSlideReader(TiffFileWSIReader):
 
 
 def _read_tiled_region(page: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
-    """Pixels ``[y0:y0+h, x0:x0+w]`` (cut at the page's edges) of a tiled TIFF page as ``(h', w', samples)``,
-    decoding only the tiles that overlap them (tifffile's own segment reader and decoder, as in
-    ``TiffPage.segments``, which has no region argument); ``None`` for a page that is not tiled, not one plane with
-    contiguous samples, or not 2D."""
+    """Pixels ``[y0:y0+h, x0:x0+w]`` (cut at the page's edges) of a tiled or stripped TIFF page as
+    ``(h', w', samples)``, decoding only the tiles or strips that overlap them (tifffile's own segment reader and
+    decoder, as in ``TiffPage.segments``, which has no region argument); ``None`` for a page that is not one plane
+    with contiguous samples, or not 2D. A strip is a segment of ``rowsperstrip`` full-width rows (the last one
+    shorter): a flat, untiled TIFF was decoded whole for every patch."""
     kf = page.keyframe
-    if not kf.is_tiled or kf.planarconfig != 1 or kf.imagedepth != 1 or len(kf.shape) not in (2, 3):
+    if kf.planarconfig != 1 or kf.imagedepth != 1 or len(kf.shape) not in (2, 3):
         return None
-    hh, ww, th, tw = int(kf.imagelength), int(kf.imagewidth), int(kf.tilelength), int(kf.tilewidth)
+    hh, ww = int(kf.imagelength), int(kf.imagewidth)
+    if kf.is_tiled:
+        th, tw = int(kf.tilelength), int(kf.tilewidth)
+    else:  # strips: full-width segments of rowsperstrip rows
+        th, tw = max(1, min(int(kf.rowsperstrip), hh)), ww
     ny, nx = -(-hh // th), -(-ww // tw)
     if len(page.dataoffsets) != ny * nx:
         return None
@@ -187,19 +202,33 @@ def _read_tiled_region(page: Any, y0: int, x0: int, h: int, w: int) -> np.ndarra
     out = np.zeros((max(yb - ya, 0), max(xb - xa, 0), samples), dtype=kf.dtype)
     if out.size == 0:
         return out
+    fh = page.parent.filehandle
+    if not kf.is_tiled and kf.compression == 1 and kf.predictor == 1 and kf.bitspersample == 8 and kf.fillorder == 1:
+        # uncompressed 8-bit strips (often one strip for the whole image): only the rows needed are read
+        rowbytes, r = ww * samples, ya
+        while r < yb:
+            s = r // th
+            n = min(yb, (s + 1) * th) - r
+            with fh.lock:
+                fh.seek(int(page.dataoffsets[s]) + (r - s * th) * rowbytes)
+                buf = fh.read(n * rowbytes)
+            out[r - ya : r - ya + n] = np.frombuffer(buf, np.uint8).reshape(n, ww, samples)[:, xa:xb]
+            r += n
+        return out
     index = [ty * nx + tx for ty in range(ya // th, (yb - 1) // th + 1) for tx in range(xa // tw, (xb - 1) // tw + 1)]
     args: dict[str, Any] = {"_fullsize": True}
     if kf.compression in (6, 7, 34892, 33007):  # JPEG: shared tables, as TiffPage.segments passes them
         args["jpegtables"] = page.jpegtables
         args["jpegheader"] = kf.jpegheader
-    fh = page.parent.filehandle
     offsets = [page.dataoffsets[i] for i in index]
     counts = [page.databytecounts[i] for i in index]
     for data, i in fh.read_segments(offsets, counts, indices=index, lock=fh.lock, flat=True):
-        seg, (_, _, ty, tx, _), _ = kf.decode(data, i, **args)  # seg: (1, th, tw, samples); ty, tx: its origin
-        seg = seg.reshape(th, tw, samples)
+        seg, (_, _, ty, tx, _), _ = kf.decode(data, i, **args)  # seg: (1, rows, cols, samples); ty, tx: its origin
+        if seg is None:  # an empty (sparse) segment: zeros, as tifffile fills it
+            continue
+        seg = seg.reshape(seg.shape[-3], seg.shape[-2], samples)  # a tile (th, tw); a strip (<= th, ww)
         sy, sx = max(ya, ty), max(xa, tx)
-        ey, ex = min(yb, ty + th), min(xb, tx + tw)
+        ey, ex = min(yb, ty + seg.shape[0]), min(xb, tx + seg.shape[1])
         out[sy - ya : ey - ya, sx - xa : ex - xa] = seg[sy - ty : ey - ty, sx - tx : ex - tx]
     return out
 

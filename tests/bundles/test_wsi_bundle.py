@@ -844,6 +844,19 @@ def test_config_splits_and_batch_sizes_are_refused_by_setting_name():
     assert config_parser([TRAIN, EVALUATE], eval_split="validation", metadata=METADATA).get_parsed_content(
         "validate#dataset#split") == "validation"
 
+def test_config_inference_mode_is_refused_by_its_setting_name():
+    """--inference_mode dense was refused by SlideInference with "mode must be one of ('sliding', 'masked'), got
+    mode='dense'", naming the function's argument, not the setting; the configs now read it by name (both values
+    still pass through)."""
+    cases = [("inference_mode", "dense", "slide_inference#mode"), ("inference_mode", "grid", "slide_inference#mode")]
+    check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=cases)
+    check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=cases)
+    for files in ([INFERENCE], [TRAIN, EVALUATE]):
+        for mode in ("sliding", "masked"):
+            p = config_parser(files, inference_mode=mode, metadata=METADATA)
+            assert p.get_parsed_content("slide_inference#mode") == mode
+
+
 def test_config_wsi_backend_is_refused_by_name_before_the_slides():
     """--wsi_backend opneslide failed in MONAI's WSIReader ("The supported backends are cucim, openslide, and
     tifffile but 'opneslide' was given"), naming no setting, when the first slide was opened: after the synthetic

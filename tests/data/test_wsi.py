@@ -449,6 +449,56 @@ def test_tifffile_backend_reads_only_the_tiles_of_a_patch(tmp_path, monkeypatch,
     assert patch.shape == (3, 96, 96)
 
 
+@pytest.mark.parametrize("compression,rows", [("zlib", 7), (None, 7), (None, None)])
+def test_tifffile_backend_reads_only_the_strips_of_a_patch_of_a_flat_tiff(tmp_path, monkeypatch, compression, rows):
+    """A flat, untiled TIFF (the kind openslide refuses and the messages send to ``--wsi_backend tifffile``) was
+    decoded whole for every patch and for every strip of the tissue mask: slide inference was quadratic in the
+    slide's area (31x slower than the tiled copy at 3000 x 4000) and a large flat slide had to fit in memory for
+    every read. Patches now come from the strips they overlap, equal to the whole-level read (edges included)."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (203, 157, 3), dtype=np.uint8)
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, img, photometric="rgb", compression=compression, rowsperstrip=rows)
+    with tifffile.TiffFile(path) as tif:
+        assert not tif.pages[0].is_tiled
+    assert _regions_match_the_whole_level_read(path, n=20) == 21
+
+    def no_whole_level(*args, **kwargs):
+        raise AssertionError("the whole level was decoded for a patch")
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", no_whole_level)
+    np.testing.assert_array_equal(read_region(path, (190, 20), (13, 100), backend="tifffile"),
+                                  np.moveaxis(img[190:203, 20:120], -1, 0))  # fmt: skip
+    mask, _, _ = tissue_mask(path, level=0, backend="tifffile", max_size=None)  # factor 1: one whole-level read
+    assert mask.shape == (203, 157)
+
+
+def test_tifffile_reads_a_patch_inside_the_slide_whole_at_a_rounded_down_level(tmp_path):
+    """A level whose size was rounded down (1003 -> 250 columns at downsample 4, as scanners and tifffile pyramids
+    do) ends 3 level-0 pixels before the slide: a patch inside the slide at level 0 (903 + 25 * 4 = 1003) was read
+    one level pixel short (25 x 24, cut at the level's edge), so its batch failed to collate ("stack expects each
+    tensor to be equal size") in slide inference with --overlap and in training. The window is moved back inside
+    the level; a region that leaves the slide is still cut."""
+    from monai_gmr.data import write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (1000, 1003, 3), dtype=np.uint8)
+    path = tmp_path / "s.tif"
+    assert write_pyramidal_tiff(path, img, n_levels=3, compression="deflate", tile_size=64)[2] == (250, 250)
+    reader = get_wsi_reader("tifffile")
+    wsi = reader.read(str(path))
+    level2 = reader.get_data(wsi, level=2)[0]
+    # (level-0 location, size at level 2, level-2 top-left read): round(903 / 4) = 226, 226 + 25 > 250 -> 225
+    for loc, (h, w), (y, x) in [((0, 903), (25, 25), (0, 225)), ((903, 0), (24, 25), (226, 0))]:
+        patch = read_region(path, loc, (h, w), level=2, backend="tifffile")
+        assert patch.shape == (3, h, w), (loc, patch.shape)
+        np.testing.assert_array_equal(patch, level2[:, y : y + h, x : x + w])
+    past, _ = reader.get_data(wsi, location=(0, 920), size=(25, 25), level=2)  # leaves the slide: cut, as MONAI
+    assert past.shape == (3, 25, 20)
+
+
 def test_real_svs_tile_reads_match_the_whole_level():
     svs = shared_path("data", "wsi_cmu1_small_region", "cmu_small_region.svs")
     assert _regions_match_the_whole_level_read(svs, n=20) == 21
