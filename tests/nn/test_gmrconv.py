@@ -41,6 +41,17 @@ def test_conv2d_positional_signature():
     assert m3.weight.dtype == torch.float64 and m3(torch.randn(1, 2, 4, 4, 4, dtype=torch.float64)).shape == (1, 2, 4, 4, 4)
 
 
+@pytest.mark.parametrize("cls,d", [(GMRConv2d, 2), (GMRConv3d, 3)])
+def test_positional_dilation_and_groups_land_where_nn_conv_puts_them(cls, d):
+    # mutation audit round 6 (N18): nn.ConvNd's positional order is (..., padding, dilation, groups, bias,
+    # padding_mode); dilation=3 and groups=2 given positionally must not be read the other way round
+    m = cls(4, 6, 3, 1, 0, 3, 2, True, "zeros")
+    assert (m.dilation, m.groups, m.padding) == (3, 2, 0)
+    ref = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(4, 6, 3, 1, 0, 3, 2, True, "zeros")
+    x = torch.randn(1, 4, *([9] * d))
+    assert m(x).shape == ref(x).shape == (1, 6) + (3,) * d
+
+
 def test_kernel_size_one_is_pointwise():
     m = GMRConv(2, 3, 4, 1)
     x = torch.randn(2, 3, 5, 5)
@@ -52,6 +63,16 @@ def test_parameter_count_grows_with_rings_not_area():
     m = GMRConv(2, 16, 32, 9, bias=False)
     assert sum(p.numel() for p in m.parameters()) == 16 * 32 * 5 + 5  # weights + one log sigma per ring
     assert sum(p.numel() for p in torch.nn.Conv2d(16, 32, 9, bias=False).parameters()) == 16 * 32 * 81
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_padding_text_valid_and_same_mean_what_nn_conv_means(d):
+    # mutation audit round 6 (N20): padding="valid" is no padding (as in nn.Conv2d), "same" the symmetric pad
+    x = torch.randn(1, 2, *([11] * d))
+    valid = GMRConv(d, 2, 3, 5, padding="valid", dilation=2)
+    same = GMRConv(d, 2, 3, 5, padding="same", dilation=2)
+    assert (valid.padding, same.padding) == (0, 4)
+    assert valid(x).shape == (1, 3) + (3,) * d and same(x).shape == (1, 3) + (11,) * d
 
 
 # ----------------------------------------------------------------------------------------- validation
