@@ -193,6 +193,22 @@ def test_3d_right_angles_and_planes():
     assert torch.equal(rotate_inverse(rotate(cube, e, 3), e, 3), cube)
 
 
+def test_euler_middle_angle_turns_in_the_plane_2_0_in_its_direction():
+    """Mutation audit round 6 (R27): the second Euler angle rotates in the plane ``(2, 0)`` (W towards D), as the
+    module docstring says; the composition test above uses 180 degrees there, which is the same in both directions."""
+    cube = torch.randn(1, 1, 5, 5, 5, dtype=torch.float64)
+    ref = torch.rot90(cube, 1, dims=(4, 2))
+    assert torch.equal(rotate(cube, (0, 90, 0), 3), ref)
+    assert torch.equal(rotate(cube, 90, 3, axes=(2, 0)), ref)
+    assert torch.allclose(rotate(cube, (0, 90, 0), 3, exact=False), ref, atol=1e-10)  # the resampling's matrix too
+    e = (90, 90, 270)
+    seq = torch.rot90(torch.rot90(torch.rot90(cube, 1, dims=(3, 4)), 1, dims=(4, 2)), 3, dims=(2, 3))
+    assert torch.equal(rotate(cube, e, 3), seq)
+    assert torch.allclose(rotate(cube, e, 3, exact=False), seq, atol=1e-10)
+    m = rotation_matrix(30.0, 3, axes=(2, 0))
+    assert torch.allclose(rotation_matrix((0, 30.0, 0), 3), m, atol=1e-15)
+
+
 def test_3d_arbitrary_euler_roundtrip_on_linear_volume():
     vol = _linear_image(13, 13, 13)
     for angle, axes in [((30.0, 20.0, 10.0), None), (25.0, (0, 2))]:
