@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -519,6 +520,27 @@ def test_eval_cache_follows_edits_autograd_does_not_see():
     xg = x.clone().requires_grad_(True)
     m(xg).sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_a_trace_under_no_grad_records_the_synthesis_not_the_cached_kernel():
+    """Mutation audit round 6 (N24): ``torch.jit.trace`` of an eval-mode layer under ``no_grad`` (how a model is
+    usually exported) must record the synthesis from the parameters: a cached kernel would be baked in as a constant,
+    and the traced module would ignore later parameter changes (the trace-checker test runs with gradients on, where
+    the cache is off anyway)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 8, 8)
+    m = GMRConv(2, 2, 3, 5, impl="dense").eval()
+    with torch.no_grad():
+        m(x)  # fills the eval-mode cache
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings of the shape checks
+            traced = torch.jit.trace(m, x, check_trace=False)
+        before = m(x)
+        m.weight.mul_(-2.0)
+        m.log_sigma.add_(0.2)
+        after = m(x)
+        assert rel_err(after, before) > 0.5
+        assert rel_err(traced(x), after) < 1e-6
 
 
 def test_double_has_float64_exact_geometry():
