@@ -156,7 +156,8 @@ def test_validity_mask_of_every_right_angle_has_the_rotated_shape(angle):
     assert validity_mask((5, 8), angle).shape == rotate(x, angle).shape[-2:]
     vol = torch.randn(1, 3, 5, 7)
     for axes in [(0, 1), (1, 2), (0, 2)]:
-        assert validity_mask((3, 5, 7), angle, spatial_dims=3, axes=axes).shape == rotate(vol, angle, 3, axes=axes).shape[-3:]
+        mask = validity_mask((3, 5, 7), angle, spatial_dims=3, axes=axes)
+        assert mask.shape == rotate(vol, angle, 3, axes=axes).shape[-3:]
     euler = (angle, 90, -angle)
     assert validity_mask((3, 5, 7), euler, spatial_dims=3).shape == rotate(vol, euler, 3).shape[-3:]
 
