@@ -266,3 +266,25 @@ def test_export_dense_keeps_tied_gmr_parameters_tied(caplog):
     with torch.no_grad():
         for name in "abc":
             assert rel_err(getattr(dense, name)(x), getattr(net, name)(x)) <= 1e-5, name
+
+
+def test_export_dense_leaves_layers_sharing_a_weight_but_not_their_kernel_untied(caplog):
+    """Mutation audit round 6 (EX6): GMR layers sharing their ``weight`` with no learned ``log_sigma`` to compare
+    (sigma="fixed") may still synthesise different kernels (another support, another fixed sigma): the kernels are
+    compared before tying, so each dense conv keeps its own layer's kernel."""
+    torch.manual_seed(0)
+    net = nn.Module()
+    net.a = GMRConv(2, 2, 2, 5, sigma="fixed")
+    net.c = GMRConv(2, 2, 2, 5, sigma="fixed", circular=False)  # the corners kept: another kernel
+    net.e = GMRConv(2, 2, 2, 5, sigma="fixed")
+    net.c.weight = net.e.weight = net.a.weight
+    with torch.no_grad():
+        net.e.log_sigma.add_(0.3)  # a fixed sigma set by hand: another kernel too
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.export"):
+        dense = export_dense(net)
+    assert dense.c.weight is not dense.a.weight and dense.e.weight is not dense.a.weight
+    assert "exported untied" in caplog.text
+    x = torch.randn(1, 2, 6, 6)
+    with torch.no_grad():
+        for name in "ace":
+            assert rel_err(getattr(dense, name)(x), getattr(net, name)(x)) <= 1e-5, name

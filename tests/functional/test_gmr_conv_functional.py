@@ -246,6 +246,21 @@ def test_per_dim_padding_matches_torch_reference(impl, pmode):
     assert rel_err(y, ref) < 1e-12
 
 
+@pytest.mark.parametrize("impl", ["dense", "rings"])
+@pytest.mark.parametrize("pmode", ["reflect", "replicate", "circular"])
+def test_per_dim_padding_with_a_zero_entry_still_uses_the_mode(impl, pmode):
+    """Mutation audit round 6 (C14): a per-dim padding ``(0, p)`` pads W with ``padding_mode``, not with zeros (the
+    mode must not be applied only when every dim pads)."""
+    torch.manual_seed(0)
+    m = GMRConv(2, 2, 3, 5).double()
+    x = torch.randn(1, 2, 9, 12, dtype=torch.float64) + 2.0  # far from zero, so zero padding is far from the mode's
+    kernel = synthesize_kernel(m.weight, m.basis())
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [2, 2, 0, 0], mode=pmode), kernel, m.bias)
+    y = gmr_conv(x, m.weight, m.basis(), m.bias, padding=(0, 2), padding_mode=pmode, impl=impl)
+    assert y.shape == ref.shape == (1, 3, 5, 12)
+    assert rel_err(y, ref) < 1e-12
+
+
 @pytest.mark.parametrize("pmode", ["zeros", "reflect"])
 def test_numpy_int_padding_is_taken_as_an_int(pmode):
     """A NumPy integer padding (a value read from an array or a config) pads like the same Python int, as in

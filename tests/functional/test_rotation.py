@@ -98,6 +98,20 @@ def test_make_geometries_rejects_views_that_are_the_same_transform():
         Geometry(90, padding_mode="mirror")
 
 
+def test_duplicate_views_of_3d_euler_rotations_and_flips_are_found():
+    """Mutation audit round 6 (R24): the duplicate-view key is the map of ``apply`` (flip first, then rotate). In 2D,
+    and for one 3D plane, composing the flip on the wrong side finds the same duplicates (the half turn that relates the
+    flips commutes with every rotation of the plane); with 3D Euler rotations it does not: ``(0, 90, 0)`` + flip "v"
+    moves every voxel as ``(180, 90, 0)`` + flip "h" does, and a TTA average would weight it twice."""
+    x = torch.randn(1, 1, 5, 5, 5)
+    assert torch.equal(Geometry((0, 90, 0), "v", 3).apply(x), Geometry((180, 90, 0), "h", 3).apply(x))
+    with pytest.raises(ValueError, match="duplicate views"):
+        make_geometries([(0, 90, 0), (180, 90, 0)], ["h", "v"], spatial_dims=3, product=True)
+    distinct = make_geometries([(0, 90, 0), (90, 0, 0)], ["h", "v"], spatial_dims=3, product=True)
+    outs = [g.apply(x) for g in distinct]
+    assert len(outs) == 6 and not any(torch.equal(a, b) for i, a in enumerate(outs) for b in outs[i + 1 :])
+
+
 @pytest.mark.parametrize("angle", [17.0, 30.0, 45.0, -60.0])
 def test_linear_image_rotation_and_roundtrip_exact_on_valid(angle):
     img = _linear_image(33, 33)
@@ -134,6 +148,20 @@ def test_validity_mask_excludes_padding():
     assert validity_mask((40, 30), 90.0).shape == (30, 40) and validity_mask((40, 30), 90.0).all()
 
 
+@pytest.mark.parametrize("angle", [90, 270, -90, 450, 180, 360])
+def test_validity_mask_of_every_right_angle_has_the_rotated_shape(angle):
+    """Mutation audit round 6 (R18): every odd number of quarter turns (270, -90, 450, not only 90) swaps the plane's
+    sizes of a non-square image; the mask must have the shape of ``rotate``'s output (it weights that output)."""
+    x = torch.randn(1, 1, 5, 8)
+    assert validity_mask((5, 8), angle).shape == rotate(x, angle).shape[-2:]
+    vol = torch.randn(1, 3, 5, 7)
+    for axes in [(0, 1), (1, 2), (0, 2)]:
+        mask = validity_mask((3, 5, 7), angle, spatial_dims=3, axes=axes)
+        assert mask.shape == rotate(vol, angle, 3, axes=axes).shape[-3:]
+    euler = (angle, 90, -angle)
+    assert validity_mask((3, 5, 7), euler, spatial_dims=3).shape == rotate(vol, euler, 3).shape[-3:]
+
+
 def test_integer_labels_nearest_keep_values_and_dtype():
     lab = torch.randint(0, 7_000_000, (2, 1, 16, 16))
     r = rotate(lab, 33, mode="nearest")
@@ -164,6 +192,22 @@ def test_3d_right_angles_and_planes():
     assert torch.equal(rotate(cube, e, 3), seq)
     assert torch.allclose(rotate(cube, e, 3, exact=False), seq, atol=1e-5)
     assert torch.equal(rotate_inverse(rotate(cube, e, 3), e, 3), cube)
+
+
+def test_euler_middle_angle_turns_in_the_plane_2_0_in_its_direction():
+    """Mutation audit round 6 (R27): the second Euler angle rotates in the plane ``(2, 0)`` (W towards D), as the
+    module docstring says; the composition test above uses 180 degrees there, which is the same in both directions."""
+    cube = torch.randn(1, 1, 5, 5, 5, dtype=torch.float64)
+    ref = torch.rot90(cube, 1, dims=(4, 2))
+    assert torch.equal(rotate(cube, (0, 90, 0), 3), ref)
+    assert torch.equal(rotate(cube, 90, 3, axes=(2, 0)), ref)
+    assert torch.allclose(rotate(cube, (0, 90, 0), 3, exact=False), ref, atol=1e-10)  # the resampling's matrix too
+    e = (90, 90, 270)
+    seq = torch.rot90(torch.rot90(torch.rot90(cube, 1, dims=(3, 4)), 1, dims=(4, 2)), 3, dims=(2, 3))
+    assert torch.equal(rotate(cube, e, 3), seq)
+    assert torch.allclose(rotate(cube, e, 3, exact=False), seq, atol=1e-10)
+    m = rotation_matrix(30.0, 3, axes=(2, 0))
+    assert torch.allclose(rotation_matrix((0, 30.0, 0), 3), m, atol=1e-15)
 
 
 def test_3d_arbitrary_euler_roundtrip_on_linear_volume():

@@ -67,6 +67,25 @@ def test_validity_weighting_ignores_padded_corners():
 
 
 @torch.no_grad()
+def test_pixels_no_view_covers_get_the_plain_mean_of_the_views():
+    """Mutation audit round 6 (T5): without the identity view (angles 45 and -45) the image corners are padding in
+    every view; there the class docstring promises the plain mean of the views, not one view's value."""
+    x = torch.rand(1, 1, 15, 15, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ramp = torch.arange(15.0, dtype=torch.float64)  # the network's output depends on the frame: views differ
+    net = lambda t: t + ramp  # noqa: E731
+    tta = RotationTTAInferer(angles=(45, -45), average="logits", padding_mode="zeros")
+    w = tta.view_weights((15, 15))
+    none = w.sum(0) == 0
+    assert none[0, 0] and none[-1, -1] and not none[7, 7]
+    views = RotationTTAInferer(angles=(45, -45), reduce="none", padding_mode="zeros")(x, net)
+    assert (views[0] - views[1])[..., none].abs().max() > 0.5  # the choice of the fallback shows
+    out = tta(x, net)
+    assert torch.allclose(out[..., none], views.mean(0)[..., none], atol=1e-12)
+    inside = w.sum(0) == 2
+    assert torch.allclose(out[..., inside], views.mean(0)[..., inside], atol=1e-12)
+
+
+@torch.no_grad()
 def test_wraps_sliding_window_inferer():
     net = _gmr_seg()
     x = torch.randn(1, 1, 32, 32)

@@ -224,6 +224,28 @@ def test_blocks_add_their_shortcut(stride, in_planes):
             assert torch.allclose(blk(x), torch.relu(main + short), atol=1e-6), cls.__name__
 
 
+def test_strided_blocks_pool_before_their_gmr_conv():
+    """Mutation audit round 6 (RN4): the stride is an average pool *before* the GMR conv (basic block: before conv1;
+    bottleneck: before conv2, as MONAI's ResNetBottleneck strides conv2), so the GMR conv runs on the pooled map. The
+    shortcut test above could not see a bottleneck pooling after conv2: its randomised norm statistics zero that
+    branch after the ReLU."""
+    from monai_gmr.nets.resnet import GMRResNetBlock, GMRResNetBottleneck
+
+    torch.manual_seed(0)
+    for cls, name in ((GMRResNetBlock, "conv1"), (GMRResNetBottleneck, "conv2")):
+        blk = cls(4, 4, 2, 2, 3, norm=None).eval()
+        seen = []
+        getattr(blk, name).register_forward_hook(lambda m, i, o: seen.append((tuple(i[0].shape), tuple(o.shape))))
+        x = torch.randn(1, 4, 8, 8)
+        with torch.no_grad():
+            y = blk(x)
+        assert seen == [((1, 4, 4, 4), (1, 4, 4, 4))], cls.__name__
+        if cls is GMRResNetBottleneck:
+            with torch.no_grad():
+                main = blk.conv3(blk.act(blk.conv2(blk.pool(blk.act(blk.conv1(x))))))
+                assert torch.allclose(y, torch.relu(main + blk.downsample(x)), atol=1e-6)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_projection_shortcut_is_pool_then_1x1_conv_then_norm(stride):
     """The projection shortcut is average pool (kernel = stride) -> 1x1 conv -> norm (module docstring). The block test

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -41,6 +42,17 @@ def test_conv2d_positional_signature():
     assert m3.weight.dtype == torch.float64 and m3(torch.randn(1, 2, 4, 4, 4, dtype=torch.float64)).shape == (1, 2, 4, 4, 4)
 
 
+@pytest.mark.parametrize("cls,d", [(GMRConv2d, 2), (GMRConv3d, 3)])
+def test_positional_dilation_and_groups_land_where_nn_conv_puts_them(cls, d):
+    # mutation audit round 6 (N18): nn.ConvNd's positional order is (..., padding, dilation, groups, bias,
+    # padding_mode); dilation=3 and groups=2 given positionally must not be read the other way round
+    m = cls(4, 6, 3, 1, 0, 3, 2, True, "zeros")
+    assert (m.dilation, m.groups, m.padding) == (3, 2, 0)
+    ref = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(4, 6, 3, 1, 0, 3, 2, True, "zeros")
+    x = torch.randn(1, 4, *([9] * d))
+    assert m(x).shape == ref(x).shape == (1, 6) + (3,) * d
+
+
 def test_kernel_size_one_is_pointwise():
     m = GMRConv(2, 3, 4, 1)
     x = torch.randn(2, 3, 5, 5)
@@ -52,6 +64,16 @@ def test_parameter_count_grows_with_rings_not_area():
     m = GMRConv(2, 16, 32, 9, bias=False)
     assert sum(p.numel() for p in m.parameters()) == 16 * 32 * 5 + 5  # weights + one log sigma per ring
     assert sum(p.numel() for p in torch.nn.Conv2d(16, 32, 9, bias=False).parameters()) == 16 * 32 * 81
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_padding_text_valid_and_same_mean_what_nn_conv_means(d):
+    # mutation audit round 6 (N20): padding="valid" is no padding (as in nn.Conv2d), "same" the symmetric pad
+    x = torch.randn(1, 2, *([11] * d))
+    valid = GMRConv(d, 2, 3, 5, padding="valid", dilation=2)
+    same = GMRConv(d, 2, 3, 5, padding="same", dilation=2)
+    assert (valid.padding, same.padding) == (0, 4)
+    assert valid(x).shape == (1, 3) + (3,) * d and same(x).shape == (1, 3) + (11,) * d
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -498,6 +520,27 @@ def test_eval_cache_follows_edits_autograd_does_not_see():
     xg = x.clone().requires_grad_(True)
     m(xg).sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_a_trace_under_no_grad_records_the_synthesis_not_the_cached_kernel():
+    """Mutation audit round 6 (N24): ``torch.jit.trace`` of an eval-mode layer under ``no_grad`` (how a model is
+    usually exported) must record the synthesis from the parameters: a cached kernel would be baked in as a constant,
+    and the traced module would ignore later parameter changes (the trace-checker test runs with gradients on, where
+    the cache is off anyway)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 8, 8)
+    m = GMRConv(2, 2, 3, 5, impl="dense").eval()
+    with torch.no_grad():
+        m(x)  # fills the eval-mode cache
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings of the shape checks
+            traced = torch.jit.trace(m, x, check_trace=False)
+        before = m(x)
+        m.weight.mul_(-2.0)
+        m.log_sigma.add_(0.2)
+        after = m(x)
+        assert rel_err(after, before) > 0.5
+        assert rel_err(traced(x), after) < 1e-6
 
 
 def test_double_has_float64_exact_geometry():
