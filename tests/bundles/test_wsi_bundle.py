@@ -449,6 +449,31 @@ def test_config_rotated_validation_settings_are_refused_by_name():
         check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
 
 
+def test_rotated_validation_data_are_read_only_when_switched_on(tmp_path, monkeypatch):
+    """``robustness_data`` (the validation split read again, around each patch at ``context_size``) is read only with
+    ``--val_rotation true`` or by evaluate.json: MONAI resolves every ``@`` of the ``rotation_handlers`` expression,
+    so every training run read it (slides checked again, warnings about patches skipped from a split that was not
+    skipped, another PCam/image-folder scan)."""
+    import monai_gmr.workflows.wsi as wsi
+
+    calls = []
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs["split"])
+        return real(*args, **kwargs)
+
+    real = wsi.patch_dataset
+    monkeypatch.setattr(wsi, "patch_dataset", recorded)
+    over = _tiny_overrides(tmp_path / "out", data_source="pcam", pcam_dir=str(_pcam_dir(tmp_path)), patch_size=PATCH)
+    for configs, switch, key, want in (
+        ([TRAIN], False, "validate#evaluator", ["validation"]),
+        ([TRAIN], True, "validate#evaluator", ["validation", "validation"]),
+        ([TRAIN, EVALUATE], False, "robustness_evaluator", ["test"]),  # evaluate.json reads it, switch or not
+    ):
+        calls.clear()
+        config_parser(configs, metadata=METADATA, **over, val_rotation=switch).get_parsed_content(key)
+        assert calls == want, (configs, switch, calls)
+
 # ---------------------------------------------------------------------------------------------------------- other data
 def _run_workflow(configs, **override) -> None:
     """Run a bundle workflow in-process (``python -m monai.bundle run`` without the subprocess)."""
