@@ -474,6 +474,18 @@ def test_rotated_validation_data_are_read_only_when_switched_on(tmp_path, monkey
         config_parser(configs, metadata=METADATA, **over, val_rotation=switch).get_parsed_content(key)
         assert calls == want, (configs, switch, calls)
 
+
+def test_evaluation_ignores_the_rotated_validation_switch(tmp_path):
+    """``--val_rotation true`` carried into an evaluation (the training's command line or ``--args_file``): the
+    evaluator ran the rotated validation of the test patches at the training's angles besides the robustness report
+    (an evaluation pass per angle) and metrics.json got ``val_rotation_*`` entries, which multi_gpu_evaluate.json left
+    out; evaluate.json has no rotated validation (its robustness report is the rotated evaluation)."""
+    over = _tiny_overrides(tmp_path / "out", data_source="pcam", pcam_dir=str(_pcam_dir(tmp_path)), patch_size=PATCH,
+                           val_rotation=True)  # fmt: skip
+    assert config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers") == []
+    got = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers")
+    assert [type(h).__name__ for h in got] == ["RotationRobustnessHandler"]  # training keeps it
+
 # ---------------------------------------------------------------------------------------------------------- other data
 def _run_workflow(configs, **override) -> None:
     """Run a bundle workflow in-process (``python -m monai.bundle run`` without the subprocess)."""
