@@ -411,6 +411,17 @@ def test_config_rotated_validation_settings_are_refused_by_name():
         check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
 
 
+def test_evaluation_ignores_the_rotated_validation_switch(nuclei_data, tmp_path):
+    """``--val_rotation true`` carried into an evaluation (the training's command line or ``--args_file``): the
+    evaluator ran the rotated validation of the test tiles at the training's angles besides the robustness report (an
+    evaluation pass per angle) and metrics.json got ``val_rotation_*`` entries, which multi_gpu_evaluate.json left
+    out; evaluate.json has no rotated validation (its robustness report is the rotated evaluation)."""
+    over = _tiny_train(nuclei_data, tmp_path / "out", val_rotation=True)
+    assert config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers") == []
+    got = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers")
+    assert [type(h).__name__ for h in got] == ["RotationRobustnessHandler"]  # training keeps it
+
+
 def test_compiled_training_matches_eager_and_saves_uncompiled_checkpoints(tmp_path, eager_training):
     """``--compile true`` (backend from ``--compile_kwargs``; aot_eager: no C compiler, a few seconds) trains the same
     as the eager run (the shared ``eager_training``: same settings, same generated data); the checkpoints hold the

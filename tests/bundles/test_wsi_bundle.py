@@ -449,6 +449,43 @@ def test_config_rotated_validation_settings_are_refused_by_name():
         check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
 
 
+def test_rotated_validation_data_are_read_only_when_switched_on(tmp_path, monkeypatch):
+    """``robustness_data`` (the validation split read again, around each patch at ``context_size``) is read only with
+    ``--val_rotation true`` or by evaluate.json: MONAI resolves every ``@`` of the ``rotation_handlers`` expression,
+    so every training run read it (slides checked again, warnings about patches skipped from a split that was not
+    skipped, another PCam/image-folder scan)."""
+    import monai_gmr.workflows.wsi as wsi
+
+    calls = []
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs["split"])
+        return real(*args, **kwargs)
+
+    real = wsi.patch_dataset
+    monkeypatch.setattr(wsi, "patch_dataset", recorded)
+    over = _tiny_overrides(tmp_path / "out", data_source="pcam", pcam_dir=str(_pcam_dir(tmp_path)), patch_size=PATCH)
+    for configs, switch, key, want in (
+        ([TRAIN], False, "validate#evaluator", ["validation"]),
+        ([TRAIN], True, "validate#evaluator", ["validation", "validation"]),
+        ([TRAIN, EVALUATE], False, "robustness_evaluator", ["test"]),  # evaluate.json reads it, switch or not
+    ):
+        calls.clear()
+        config_parser(configs, metadata=METADATA, **over, val_rotation=switch).get_parsed_content(key)
+        assert calls == want, (configs, switch, calls)
+
+
+def test_evaluation_ignores_the_rotated_validation_switch(tmp_path):
+    """``--val_rotation true`` carried into an evaluation (the training's command line or ``--args_file``): the
+    evaluator ran the rotated validation of the test patches at the training's angles besides the robustness report
+    (an evaluation pass per angle) and metrics.json got ``val_rotation_*`` entries, which multi_gpu_evaluate.json left
+    out; evaluate.json has no rotated validation (its robustness report is the rotated evaluation)."""
+    over = _tiny_overrides(tmp_path / "out", data_source="pcam", pcam_dir=str(_pcam_dir(tmp_path)), patch_size=PATCH,
+                           val_rotation=True)  # fmt: skip
+    assert config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers") == []
+    got = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers")
+    assert [type(h).__name__ for h in got] == ["RotationRobustnessHandler"]  # training keeps it
+
 # ---------------------------------------------------------------------------------------------------------- other data
 def _run_workflow(configs, **override) -> None:
     """Run a bundle workflow in-process (``python -m monai.bundle run`` without the subprocess)."""
