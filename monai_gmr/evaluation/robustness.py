@@ -486,7 +486,7 @@ def _merge_across_ranks(
     seconds: float,
     device: torch.device,
     failure: Exception | None,
-    views: Sequence[str] | None = None,
+    views: Sequence[str],
 ) -> tuple[int, float, list[str]]:
     """Merge the per-view accumulators of every rank of a ``torch.distributed`` run into each rank's ``accs`` (the
     one place where ranks exchange robustness data).
@@ -523,8 +523,7 @@ def _merge_across_ranks(
     states = None if failure is not None else [acc.state() for acc in accs]
     error = None if failure is None else f"{type(failure).__name__}: {failure}"
     gathered: list[Any] = [None] * world
-    views = None if views is None else list(views)
-    torch.distributed.all_gather_object(gathered, (states, int(n_images), float(seconds), str(device), error, views))
+    torch.distributed.all_gather_object(gathered, (states, int(n_images), float(seconds), str(device), error, list(views)))
     if failure is not None:
         raise failure
     failed = {r: g[4] for r, g in enumerate(gathered) if g[4] is not None}

@@ -90,10 +90,7 @@ def check_sampler_refuses_a_short_split(parser, key: str, split: str) -> None:
     parser[f"{key}#num_replicas"], parser[f"{key}#rank"] = 2, 1
     with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content(key)
-    msgs, e = [], info.value
-    while e is not None:
-        msgs.append(str(e))
-        e = e.__cause__
+    msgs = error_chain(info.value)
     assert f"the {split} split has 1 item(s) but 2 processes take part" in " ".join(msgs), (key, msgs)
 
 
@@ -106,6 +103,16 @@ def config_parser(files, *, metadata: str, **override):
     p.read_meta(metadata)
     p.update(override)
     return p
+
+
+def error_chain(exc: BaseException) -> list[str]:
+    """The messages of ``exc`` and of the exceptions it was raised from or during (``__cause__``, else
+    ``__context__``): MONAI wraps a config expression's error in its own."""
+    msgs, e = [], exc
+    while e is not None:
+        msgs.append(str(e))
+        e = e.__cause__ or e.__context__
+    return msgs
 
 
 def workflow_error(configs, **override) -> str:
@@ -321,10 +328,7 @@ def check_validation_shorter_than_processes(files, *, metadata: str) -> None:
     assert list(p.get_parsed_content("train#sampler")) == [0]
     with pytest.raises(RuntimeError) as info:
         p.get_parsed_content("validate#sampler")
-    msgs, e = [], info.value
-    while e is not None:
-        msgs.append(str(e))
-        e = e.__cause__
+    msgs = error_chain(info.value)
     assert "the validation split has 1 item(s) but 2 processes take part" in " ".join(msgs), msgs
 
 
@@ -336,10 +340,7 @@ def check_settings_refused_by_name(configs, *, metadata: str, cases) -> None:
         p = config_parser(configs, metadata=metadata, **{setting: bad})
         with pytest.raises(Exception) as info:
             p.get_parsed_content(id)
-        msgs, e = [], info.value
-        while e is not None:
-            msgs.append(str(e))
-            e = e.__cause__ or e.__context__
+        msgs = error_chain(info.value)
         assert any(f"{setting} must be" in m for m in msgs), (setting, bad, id, msgs)
 
 
@@ -421,8 +422,5 @@ def check_rotated_validation_settings_refused(configs, *, metadata: str, bad) ->
         p = config_parser(configs, metadata=metadata, **{setting: value})
         with pytest.raises(Exception) as info:
             p.get_parsed_content(f"initialize#{idx}")
-        msgs, e = [], info.value
-        while e is not None:
-            msgs.append(str(e))
-            e = e.__cause__ or e.__context__
+        msgs = error_chain(info.value)
         assert any(f"{setting}={value!r}" in m or f"{setting} must be" in m for m in msgs), (setting, value, msgs)
