@@ -11,7 +11,7 @@ from .equivariance import (
     masked_rel_err,
     on_canvas,
 )
-from .handlers import DefinedClassesROCAUC, RotationRobustnessHandler
+from .handlers import DefinedClassesROCAUC, RotationRobustnessHandler, RotationRobustnessMetric
 from .metrics import ClassificationAccumulator, DefinedClassesROCAUCMetric, ExactAUC, SegmentationAccumulator, roc_auc_exact, to_probabilities
 from .report import load_result, plot_polar, result_to_csv, save_csv, save_json, write_report, write_tensorboard
 from .robustness import RobustnessResult, binarize_label, parse_batch, rotation_robustness
@@ -26,6 +26,7 @@ __all__ = [
     "masked_rel_err",
     "on_canvas",
     "RotationRobustnessHandler",
+    "RotationRobustnessMetric",
     "DefinedClassesROCAUC",
     "ClassificationAccumulator",
     "DefinedClassesROCAUCMetric",

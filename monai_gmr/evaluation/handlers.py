@@ -18,7 +18,7 @@ from .metrics import DefinedClassesROCAUCMetric
 from .report import write_report, write_tensorboard
 from .robustness import RobustnessResult, rotation_robustness
 
-__all__ = ["RotationRobustnessHandler", "DefinedClassesROCAUC"]
+__all__ = ["RotationRobustnessHandler", "RotationRobustnessMetric", "DefinedClassesROCAUC"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,59 @@ class RotationRobustnessHandler:
         """Close a writer created from ``log_dir``."""
         if self.summary_writer is not None and self._own_writer:
             self.summary_writer.close()
+
+
+class RotationRobustnessMetric:
+    """One summary value of a :class:`RotationRobustnessHandler`, used as a MONAI evaluator metric.
+
+    Given as the ``key_val_metric`` of a MONAI ``SupervisedEvaluator`` (e.g. ``{"val_rotation_dice_min":
+    RotationRobustnessMetric(handler, "dice", "min")}``), the rotated evaluation chooses the best model: MONAI
+    compares the key metric, and a key-metric ``CheckpointSaver`` reads it, at ``EPOCH_COMPLETED`` *before* any
+    validation handler runs, so the handler itself, attached as a validation handler, came too late for both.
+    Attached under ``name``, this runs ``handler`` at every ``EPOCH_COMPLETED`` of the evaluator (one per
+    validation; the handler's own ``event`` and ``interval`` are not used), with everything the handler does (all
+    ``{prefix}_{metric}_{mean|std|min}`` entries of ``engine.state.metrics``, TensorBoard, reports, logging), then
+    stores the chosen value as ``engine.state.metrics[name]``. Do not attach ``handler`` to the same engine as
+    well (it would evaluate twice). In a multi-process run every process must attach it (as the handler).
+
+    Args:
+        handler: the rotation-robustness handler whose result is read.
+        metric: one of the handler's metrics (e.g. ``"dice"``, ``"auc"``).
+        stat: ``"mean"`` or ``"min"`` over the views (higher is better, as MONAI's default comparison expects), or
+            ``"std"`` (lower is better: give the evaluator a ``metric_cmp_fn`` that prefers lower values).
+    """
+
+    STATS = ("mean", "std", "min")
+
+    def __init__(self, handler: RotationRobustnessHandler, metric: str = "dice", stat: str = "mean") -> None:
+        if not isinstance(handler, RotationRobustnessHandler):
+            raise TypeError(f"handler must be a RotationRobustnessHandler, got {type(handler).__name__}.")
+        if stat not in self.STATS:
+            raise ValueError(f"stat must be one of {self.STATS}, got stat={stat!r}.")
+        metrics = handler.kwargs.get("metrics")
+        if metrics is not None and metric not in ([metrics] if isinstance(metrics, str) else list(metrics)):
+            raise ValueError(f"metric={metric!r} is not among the handler's metrics {metrics!r}.")
+        self.handler = handler
+        self.metric = metric
+        self.stat = stat
+
+    @property
+    def source(self) -> str:
+        """The handler's name for the value: ``{prefix}_{metric}_{stat}``."""
+        return f"{self.handler.prefix}_{self.metric}_{self.stat}"
+
+    def attach(self, engine: Any, name: str) -> None:
+        """Register on ``engine`` as the metric ``name`` (MONAI ``Workflow`` calls this for its metrics)."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.completed, name)
+
+    def completed(self, engine: Any, name: str) -> None:
+        """Run the rotated evaluation and store the chosen value under ``name``."""
+        self.handler(engine)
+        if self.source not in engine.state.metrics:  # a metric the evaluation did not produce
+            raise KeyError(f"the rotation-robustness evaluation gave no {self.source!r} (it gave {sorted(engine.state.metrics)}).")
+        engine.state.metrics[name] = engine.state.metrics[self.source]
 
 
 

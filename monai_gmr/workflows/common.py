@@ -55,6 +55,8 @@ __all__ = [
     "check_training_settings",
     "check_robustness_settings",
     "check_tta_settings",
+    "check_key_metric_setting",
+    "choose_key_metric",
     "compile_prepare_batch",
     "CompiledModule",
     "maybe_compile",
@@ -407,6 +409,8 @@ class _ResumeLoader(CheckpointLoader):
         max_epochs, epoch_length = engine.state.max_epochs, engine.state.epoch_length
         try:
             super().__call__(engine)
+        except _KeyMetricMismatch as e:  # already says what differs and what to do
+            raise ValueError(f"cannot resume from {self.load_path!r}: {e}") from e
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             first = " ".join(line.strip() for line in str(e).splitlines()[:2])  # the heading and the first key
             if isinstance(e, ValueError) and max_epochs is not None and engine.state.epoch > max_epochs:
@@ -472,6 +476,10 @@ def _best_model_files(load_dict: Mapping[str, Any], ckpt_dir: Path) -> list[Path
     return found
 
 
+class _KeyMetricMismatch(ValueError):
+    """A resumed run keeps its best model by another metric than the checkpoint's (see :class:`KeyMetricState`)."""
+
+
 class KeyMetricState:
     """``state_dict``/``load_state_dict`` view of a key-metric ``CheckpointSaver``'s tracking list.
 
@@ -480,7 +488,9 @@ class KeyMetricState:
     alternative, MONAI's ``key_metric_save_state=True``, stores the state *inside* ``model.pt``, which then is no
     longer a plain state dict.) With ``evaluator`` it also carries the evaluator's ``best_metric`` and
     ``best_metric_epoch``, so that the logs and the run summary of a resumed run name the same best epoch as
-    ``model.pt`` (a fresh evaluator would otherwise start from "no best yet").
+    ``model.pt`` (a fresh evaluator would otherwise start from "no best yet"), and the name of its key metric: a
+    run resumed with another key metric (``val_key_metric``) is refused, as its scores would be compared with the
+    other metric's best.
 
     A best model saved *after* the newest interval checkpoint (``--ckpt_interval`` above the validation interval,
     or a kill between a validation and that epoch's checkpoint) is unknown to the checkpoint: a resumed run compared
@@ -528,10 +538,22 @@ class KeyMetricState:
         """Saved (priority, filename) pairs of the best checkpoints (and the evaluator's best metric/epoch)."""
         out: dict[str, Any] = {"saved": [[float(item.priority), str(item.filename)] for item in self._ckpt._saved]}
         st = getattr(self._evaluator, "state", None)
+        if st is not None and getattr(st, "key_metric_name", None) is not None:
+            out["key_metric"] = str(st.key_metric_name)
         if st is not None and getattr(st, "best_metric", -1) not in (None, -1):
             out["best_metric"] = float(st.best_metric)
             out["best_metric_epoch"] = int(getattr(st, "best_metric_epoch", -1))
         return out
+
+    def _check_key_metric(self, state_dict: Mapping[str, Any], source: Any) -> None:
+        """Refuse a state saved while another metric chose the best model (its scores are not comparable)."""
+        st = getattr(self._evaluator, "state", None)
+        current, saved = getattr(st, "key_metric_name", None), state_dict.get("key_metric")
+        if current is not None and saved is not None and saved != current:
+            raise _KeyMetricMismatch(
+                f"{source} chose the best model by {saved!r}, this run by {current!r} (val_key_metric): their scores "
+                f"cannot be compared; resume with val_key_metric={saved!r}, or start a fresh run without resume."
+            )
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the tracking list (keeps the saver's existing files) and the evaluator's best metric/epoch, from
@@ -548,12 +570,14 @@ class KeyMetricState:
                 best = max((float(p) for p, _ in sd.get("saved", [])), default=float("-inf"))
                 return best, int(sd.get("best_metric_epoch", -1))
 
+            self._check_key_metric(newer, sidecar)
             if newer.get("saved") and _rank(newer) > _rank(state_dict):
                 logger.info(
                     "%s is newer than the checkpoint (best %s at epoch %s): kept as the best so far",
                     sidecar.with_suffix(""), newer.get("best_metric", newer["saved"][0][0]), newer.get("best_metric_epoch"),
                 )  # fmt: skip
                 state_dict = newer
+        self._check_key_metric(state_dict, "the checkpoint")
         self._ckpt.load_state_dict({"_saved": [(p, f) for p, f in state_dict.get("saved", [])]})
         st = getattr(self._evaluator, "state", None)
         if st is not None and "best_metric" in state_dict:
@@ -891,6 +915,117 @@ def check_robustness_settings(
         raise ValueError(
             f"{prefix}_angles={angles!r} / {prefix}_flips={flips!r} / {prefix}_padding={padding_mode!r}: {e}"
         ) from e
+
+
+#: summary values of the rotated validation that can choose the best model (higher is better for each)
+ROTATION_KEY_STATS = ("mean", "min")
+
+
+def check_key_metric_setting(
+    name: Any,
+    metric_names: Sequence[str],
+    val_rotation: bool = False,
+    rotation_metrics: Any = None,
+    task: str = "segmentation",
+    prefix: str = "val_rotation",
+    setting: str = "val_key_metric",
+) -> tuple[str, str] | None:
+    """Refuse, by setting name, a validation metric that cannot choose the best model, before anything runs.
+
+    The bundles' ``train.json`` keep the best model (``model.pt``) by ``val_key_metric``: one of the validation's
+    own metrics (``metric_names``, e.g. ``val_mean_dice``, ``val_mean_iou``), or, with the rotated validation on
+    (``val_rotation``), the mean or the minimum over its views of one of its metrics, ``{prefix}_{metric}_mean`` /
+    ``{prefix}_{metric}_min`` (e.g. ``val_rotation_dice_min``: the model whose worst rotation scores best).
+    ``{prefix}_{metric}_std`` is refused: a lower spread is better, while the best model is the highest score.
+
+    Args:
+        name: the ``val_key_metric`` setting.
+        metric_names: names of the validation's key and additional metrics.
+        val_rotation: whether the rotated validation runs (the ``val_rotation`` switch).
+        rotation_metrics: its metrics (``val_rotation_metrics``; ``None``: the task's defaults).
+        task: ``"segmentation"`` or ``"classification"``, for the default rotation metrics.
+        prefix: the rotated validation's metric-name prefix.
+        setting: the setting's name in the messages.
+
+    Returns:
+        ``None`` for a metric of the validation itself, ``(metric, stat)`` for a rotated one.
+
+    Raises:
+        ValueError: the name is not a metric the run computes, or one that cannot choose the best model.
+    """
+    from monai_gmr.evaluation.robustness import CLS_METRICS, SEG_METRICS
+
+    if rotation_metrics is None:
+        rotation_metrics = SEG_METRICS if task == "segmentation" else CLS_METRICS
+    rotation_metrics = [rotation_metrics] if isinstance(rotation_metrics, str) else list(rotation_metrics)
+    rotated = [f"{prefix}_{m}_{stat}" for m in rotation_metrics for stat in ROTATION_KEY_STATS]
+    if not isinstance(name, str):
+        raise ValueError(f"{setting} must be the name of a validation metric, e.g. {metric_names[0]!r}, got {name!r}.")
+    if name in metric_names:
+        return None
+    m = re.fullmatch(rf"{re.escape(prefix)}_(.+)_(mean|std|min)", name)
+    if m is None:
+        allowed = list(metric_names) + (rotated if val_rotation else [f"{prefix}_<metric>_{{mean|min}}"])
+        raise ValueError(f"{setting} must be one of {allowed}, got {name!r}.")
+    metric, stat = m.groups()
+    if stat == "std":
+        raise ValueError(
+            f"{setting}={name!r} cannot choose the best model: a lower spread is better, while the best model is the "
+            f"highest score; use {prefix}_{metric}_mean or {prefix}_{metric}_min."
+        )
+    if not val_rotation:
+        raise ValueError(f"{setting}={name!r} is a metric of the rotated validation: add --{prefix} true.")
+    if metric not in rotation_metrics:
+        raise ValueError(
+            f"{setting}={name!r}: the rotated validation does not compute {metric!r} ({prefix}_metrics is "
+            f"{rotation_metrics!r}); add it there, or use one of {rotated}."
+        )
+    return metric, stat
+
+
+def choose_key_metric(
+    name: str,
+    key_metric: Mapping[str, Any],
+    additional_metrics: Mapping[str, Any] | None = None,
+    rotation: Any = None,
+    setting: str = "val_key_metric",
+) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """The ``key_val_metric``, ``additional_metrics`` and rotation handlers of a validation evaluator whose best
+    model is chosen by the metric ``name`` (see :func:`check_key_metric_setting`).
+
+    MONAI keeps the evaluator's best metric and epoch, and a key-metric ``CheckpointSaver`` its best model, by the
+    evaluator's key metric. ``name`` one of ``additional_metrics``: it becomes the key metric and the configured
+    key metric an additional one. ``name`` a value of the rotated validation (``rotation``): the key metric is a
+    :class:`~monai_gmr.evaluation.RotationRobustnessMetric` that runs the rotated evaluation itself, so ``rotation``
+    is not returned among the handlers (it would evaluate twice); otherwise the handlers are ``[rotation]`` (or
+    ``[]`` without it), for the evaluator's ``val_handlers`` ahead of the others.
+
+    Args:
+        name: the ``val_key_metric`` setting.
+        key_metric: the configured key metric (``{name: metric}``).
+        additional_metrics: the other validation metrics.
+        rotation: the rotated validation's :class:`~monai_gmr.evaluation.RotationRobustnessHandler`, ``None`` when it
+            is off.
+        setting: the setting's name in the messages.
+
+    Returns:
+        ``(key_val_metric, additional_metrics, rotation_handlers)``.
+    """
+    from monai_gmr.evaluation import RotationRobustnessMetric
+
+    additional = dict(additional_metrics or {})
+    rotation_kwargs = getattr(rotation, "kwargs", {})
+    chosen = check_key_metric_setting(
+        name, [*key_metric, *additional], val_rotation=rotation is not None,
+        rotation_metrics=rotation_kwargs.get("metrics"), task=rotation_kwargs.get("task", "segmentation"),
+        prefix=getattr(rotation, "prefix", "val_rotation"), setting=setting,
+    )  # fmt: skip
+    handlers = [] if rotation is None else [rotation]
+    if chosen is not None:
+        return {name: RotationRobustnessMetric(rotation, *chosen)}, {**key_metric, **additional}, []
+    if name in key_metric:
+        return dict(key_metric), additional, handlers
+    return {name: additional.pop(name)}, {**key_metric, **additional}, handlers
 
 
 def check_tta_settings(angles: Any, flips: Any, padding_mode: Any = "zeros", task: str = "segmentation") -> None:

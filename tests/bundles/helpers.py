@@ -424,3 +424,20 @@ def check_rotated_validation_settings_refused(configs, *, metadata: str, bad) ->
             p.get_parsed_content(f"initialize#{idx}")
         msgs = error_chain(info.value)
         assert any(f"{setting}={value!r}" in m or f"{setting} must be" in m for m in msgs), (setting, value, msgs)
+
+
+def check_key_metric_setting_refused(configs, *, metadata: str, rotated: str, bad) -> None:
+    """``val_key_metric`` is checked by the ``initialize`` item right after the rotated validation's settings (before
+    any data): the default, and ``rotated`` with ``--val_rotation true``, pass there; each ``(value, overrides)`` of
+    ``bad`` is refused with a message naming the setting and the value."""
+    init = config_parser(configs, metadata=metadata)["initialize"]
+    idx = next(i for i, x in enumerate(init) if "check_key_metric_setting" in x)
+    assert "prefix='val_rotation'" in init[idx - 1], init
+    config_parser(configs, metadata=metadata).get_parsed_content(f"initialize#{idx}")
+    config_parser(configs, metadata=metadata, val_rotation=True, val_key_metric=rotated).get_parsed_content(f"initialize#{idx}")
+    for value, over in bad:
+        p = config_parser(configs, metadata=metadata, val_key_metric=value, **over)
+        with pytest.raises(Exception) as info:
+            p.get_parsed_content(f"initialize#{idx}")
+        msgs = error_chain(info.value)
+        assert any(f"val_key_metric={value!r}" in m or ("val_key_metric must be" in m and repr(value) in m) for m in msgs), (value, msgs)

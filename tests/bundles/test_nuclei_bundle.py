@@ -25,6 +25,7 @@ from tests.bundles.helpers import (
     check_logits_metadata,
     check_monai_properties,
     check_rotated_validation,
+    check_key_metric_setting_refused,
     check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
     check_same_robustness_reports,
@@ -411,6 +412,16 @@ def test_config_rotated_validation_settings_are_refused_by_name():
         check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
 
 
+def test_config_key_metric_setting_is_refused_by_name():
+    """``--val_key_metric``: a metric the run does not compute, or a rotated one without the rotated validation, was
+    found only after the data were cached (when the evaluator was built); a spread (``_std``) cannot rank models."""
+    rotated = {"val_rotation": True}
+    bad = [("val_dice", {}), ("val_rotation_dice_min", {}), ("val_rotation_dice_std", rotated),
+           ("val_rotation_iou_min", rotated), ("val_rotation_aji_min", rotated), (["val_mean_dice"], {})]  # fmt: skip
+    for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
+        check_key_metric_setting_refused(configs, metadata=METADATA, rotated="val_rotation_dice_min", bad=bad)
+
+
 def test_evaluation_ignores_the_rotated_validation_switch(nuclei_data, tmp_path):
     """``--val_rotation true`` carried into an evaluation (the training's command line or ``--args_file``): the
     evaluator ran the rotated validation of the test tiles at the training's angles besides the robustness report (an
@@ -420,6 +431,13 @@ def test_evaluation_ignores_the_rotated_validation_switch(nuclei_data, tmp_path)
     assert config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers") == []
     got = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers")
     assert [type(h).__name__ for h in got] == ["RotationRobustnessHandler"]  # training keeps it
+    # --val_key_metric of the training: the evaluation's key metric stays its plain Dice (metrics.json, no rotation)
+    over["val_key_metric"] = "val_rotation_dice_min"
+    key, additional, handlers = config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#metric_choice")
+    assert list(key) == ["val_mean_dice"] and list(additional) == ["val_mean_iou"] and handlers == []
+    key, additional, handlers = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#metric_choice")
+    assert [type(m).__name__ for m in key.values()] == ["RotationRobustnessMetric"] and list(key) == ["val_rotation_dice_min"]
+    assert sorted(additional) == ["val_mean_dice", "val_mean_iou"] and handlers == []  # the metric runs the rotation
 
 
 def test_compiled_training_matches_eager_and_saves_uncompiled_checkpoints(tmp_path, eager_training):
@@ -519,6 +537,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
         "--config_file", cfg, *_common(data, out), "--synthetic", repr({**SYNTH, "n_images": 10}),
         "--epochs", "2", "--val_interval", "1",
         "--crop_size", "32", "--batch_size", "2", "--crops_per_image", "2", "--log_interval", "1", *EXACT_VIEWS,
+        "--val_key_metric", "val_rotation_dice_min",
     ]  # fmt: skip
     env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -535,8 +554,11 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
     ck = torch.load(out / "models" / "checkpoint_epoch=2.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ck["model"])  # DDP unwrapped: loadable by a plain network
     assert (out / "models" / "model.pt").is_file()
-    # the rotated validation merged over both shards equals the validation Dice (all-gathered by MONAI)
+    # the rotated validation merged over both shards equals the validation Dice (all-gathered by MONAI); it is the
+    # key metric (--val_key_metric), run once per validation by every process (check_rotated_validation counts)
     check_rotated_validation(log, out / "logs", {"val_mean_dice": "dice"}, epochs=2)
+    assert summary["key_metric_name"] == "val_rotation_dice_min" and "Got new best metric of val_rotation_dice_min" in log
+    assert json.loads((out / "models" / "model.pt.json").read_text())["key_metric"] == "val_rotation_dice_min"
 
 
 def test_multi_gpu_evaluate_gloo_two_processes_matches_one_process(tmp_path):

@@ -28,6 +28,7 @@ from tests.bundles.helpers import (
     check_logits_metadata,
     check_monai_properties,
     check_rotated_validation,
+    check_key_metric_setting_refused,
     check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
     check_same_robustness_reports,
@@ -409,7 +410,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
         "--config_file", cfg, *_common(Path(slides["root"]), out), "--generate_synthetic", "false",
-        "--epochs", "2", "--batch_size", "4", "--log_interval", "1", *EXACT_VIEWS,
+        "--epochs", "2", "--batch_size", "4", "--log_interval", "1", *EXACT_VIEWS, "--val_key_metric", "val_rotation_auc_min",
     ]  # fmt: skip
     env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -428,6 +429,9 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
     check_rotated_validation(log, out / "logs", {"val_auc": "auc", "val_accuracy": "accuracy"}, epochs=2)
     n_val = len(slides["validation"])  # each patch scored once: not once per process
     assert log.count(f"rotation robustness of GMRResNet: {n_val} images x 5 views") == 2, log[-6000:]
+    # the rotated worst-view AUC chose model.pt (--val_key_metric), run once per validation (counted above)
+    assert summary["key_metric_name"] == "val_rotation_auc_min" and "Got new best metric of val_rotation_auc_min" in log
+    assert json.loads((out / "models" / "model.pt.json").read_text())["key_metric"] == "val_rotation_auc_min"
 
 
 def test_rotated_validation_during_training(tmp_path, slides):
@@ -447,6 +451,16 @@ def test_config_rotated_validation_settings_are_refused_by_name():
     bad = [("val_rotation_angles", []), ("val_rotation_flips", ["x"]), ("val_rotation_metrics", ["dice"])]
     for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
         check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
+
+
+def test_config_key_metric_setting_is_refused_by_name():
+    """``--val_key_metric``: a metric the run does not compute, or a rotated one without the rotated validation, was
+    found only after the slides were read (when the evaluator was built); a spread (``_std``) cannot rank models."""
+    rotated = {"val_rotation": True}
+    bad = [("val_dice", {}), ("val_rotation_auc_min", {}), ("val_rotation_auc_std", rotated),
+           ("val_rotation_dice_min", rotated), ("val_rotation_auc_mean", {**rotated, "val_rotation_metrics": ["accuracy"]})]  # fmt: skip
+    for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
+        check_key_metric_setting_refused(configs, metadata=METADATA, rotated="val_rotation_accuracy_mean", bad=bad)
 
 
 def test_rotated_validation_data_are_read_only_when_switched_on(tmp_path, monkeypatch):
@@ -485,6 +499,13 @@ def test_evaluation_ignores_the_rotated_validation_switch(tmp_path):
     assert config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers") == []
     got = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers")
     assert [type(h).__name__ for h in got] == ["RotationRobustnessHandler"]  # training keeps it
+    # --val_key_metric of the training: the evaluation's key metric stays its plain AUC (metrics.json, no rotation)
+    over["val_key_metric"] = "val_rotation_auc_min"
+    key, additional, handlers = config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#metric_choice")
+    assert list(key) == ["val_auc"] and list(additional) == ["val_accuracy"] and handlers == []
+    key, additional, handlers = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#metric_choice")
+    assert [type(m).__name__ for m in key.values()] == ["RotationRobustnessMetric"] and list(key) == ["val_rotation_auc_min"]
+    assert sorted(additional) == ["val_accuracy", "val_auc"] and handlers == []  # the metric runs the rotation
 
 # ---------------------------------------------------------------------------------------------------------- other data
 def _run_workflow(configs, **override) -> None:
