@@ -155,7 +155,9 @@ class RotationRobustnessMetric:
     Args:
         handler: the rotation-robustness handler whose result is read.
         metric: one of the handler's metrics (e.g. ``"dice"``, ``"auc"``).
-        stat: ``"mean"`` or ``"min"`` over the views (higher is better, as MONAI's default comparison expects), or
+        stat: ``"mean"`` or ``"min"`` over the angles (flipped views are not in it, see
+            :meth:`~monai_gmr.evaluation.RobustnessResult.summary`; higher is better, as MONAI's default comparison
+            expects), or
             ``"std"`` (lower is better: give the evaluator a ``metric_cmp_fn`` that prefers lower values).
     """
 

@@ -513,7 +513,7 @@ class KeyMetricState:
             raise TypeError(f"evaluator must be an ignite/MONAI engine with a state, got {type(evaluator).__name__}.")
         self._ckpt = ckpt
         self._evaluator = evaluator
-        self._written: list | None = None
+        self._written: dict | None = None
         if evaluator is not None and hasattr(evaluator, "add_event_handler"):
             from ignite.engine import Events
 
@@ -527,12 +527,14 @@ class KeyMetricState:
         return None if not name or dirname is None else Path(dirname) / f"{name}.json"
 
     def _write_sidecar(self, _engine: Any = None) -> None:
-        saved = [(item.priority, item.filename) for item in self._ckpt._saved]
         sidecar = self._sidecar()
-        if sidecar is not None and saved and saved != self._written and is_main_process():
-            if sidecar.with_suffix("").is_file():  # the best model was written (not a failed save)
-                atomic_write_json(sidecar, self.state_dict())
-                self._written = saved
+        if sidecar is not None and self._ckpt._saved and is_main_process():
+            # the whole state, not only the (score, file) list: a tie rewrites the best model (greater_or_equal) and
+            # moves the evaluator's best epoch without changing that list
+            state = self.state_dict()
+            if state != self._written and sidecar.with_suffix("").is_file():  # the best model was written
+                atomic_write_json(sidecar, state)
+                self._written = state
 
     def state_dict(self) -> dict[str, Any]:
         """Saved (priority, filename) pairs of the best checkpoints (and the evaluator's best metric/epoch)."""
@@ -546,10 +548,12 @@ class KeyMetricState:
         return out
 
     def _check_key_metric(self, state_dict: Mapping[str, Any], source: Any) -> None:
-        """Refuse a state saved while another metric chose the best model (its scores are not comparable)."""
+        """Refuse a state saved while another metric chose the best model (its scores are not comparable); a state
+        from before the first validation (no best model yet) has nothing to compare and is accepted."""
         st = getattr(self._evaluator, "state", None)
         current, saved = getattr(st, "key_metric_name", None), state_dict.get("key_metric")
-        if current is not None and saved is not None and saved != current:
+        chose = bool(state_dict.get("saved")) or "best_metric" in state_dict
+        if current is not None and saved is not None and saved != current and chose:
             raise _KeyMetricMismatch(
                 f"{source} chose the best model by {saved!r}, this run by {current!r} (val_key_metric): their scores "
                 f"cannot be compared; resume with val_key_metric={saved!r}, or start a fresh run without resume."
@@ -934,8 +938,9 @@ def check_key_metric_setting(
 
     The bundles' ``train.json`` keep the best model (``model.pt``) by ``val_key_metric``: one of the validation's
     own metrics (``metric_names``, e.g. ``val_mean_dice``, ``val_mean_iou``), or, with the rotated validation on
-    (``val_rotation``), the mean or the minimum over its views of one of its metrics, ``{prefix}_{metric}_mean`` /
-    ``{prefix}_{metric}_min`` (e.g. ``val_rotation_dice_min``: the model whose worst rotation scores best).
+    (``val_rotation``), the mean or the minimum over its angles of one of its metrics, ``{prefix}_{metric}_mean`` /
+    ``{prefix}_{metric}_min`` (e.g. ``val_rotation_dice_min``: the model whose worst rotation scores best; flipped
+    views are not in them, see :meth:`~monai_gmr.evaluation.RobustnessResult.summary`).
     ``{prefix}_{metric}_std`` is refused: a lower spread is better, while the best model is the highest score.
 
     Args:

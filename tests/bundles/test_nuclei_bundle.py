@@ -25,6 +25,7 @@ from tests.bundles.helpers import (
     check_logits_metadata,
     check_monai_properties,
     check_rotated_validation,
+    check_key_metric_follows_the_configured_key_metric,
     check_key_metric_setting_refused,
     check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
@@ -410,6 +411,16 @@ def test_config_rotated_validation_settings_are_refused_by_name():
            ("val_rotation_metrics", ["accuracy"])]  # fmt: skip
     for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
         check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
+
+
+def test_config_key_metric_defaults_to_the_configured_key_metric(tmp_path):
+    """A renamed or replaced ``validate#key_metric`` (MONAI's ``val_key_metric`` property) was refused before any
+    data (``val_key_metric`` still said 'val_mean_dice'): it keyed the evaluator before ``--val_key_metric`` existed."""
+    over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "synthetic": SYNTH,
+            "roi_size": [64, 64]}  # fmt: skip
+    for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
+        check_key_metric_follows_the_configured_key_metric(configs, metadata=METADATA, default="val_mean_dice",
+                                                           build=configs == [TRAIN], **over)  # fmt: skip
 
 
 def test_config_key_metric_setting_is_refused_by_name():

@@ -28,6 +28,7 @@ from tests.bundles.helpers import (
     check_logits_metadata,
     check_monai_properties,
     check_rotated_validation,
+    check_key_metric_follows_the_configured_key_metric,
     check_key_metric_setting_refused,
     check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
@@ -451,6 +452,15 @@ def test_config_rotated_validation_settings_are_refused_by_name():
     bad = [("val_rotation_angles", []), ("val_rotation_flips", ["x"]), ("val_rotation_metrics", ["dice"])]
     for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
         check_rotated_validation_settings_refused(configs, metadata=METADATA, bad=bad)
+
+
+def test_config_key_metric_defaults_to_the_configured_key_metric(tmp_path):
+    """A renamed or replaced ``validate#key_metric`` (MONAI's ``val_key_metric`` property) was refused before any
+    data (``val_key_metric`` still said 'val_auc'): it keyed the evaluator before ``--val_key_metric`` existed."""
+    over = _tiny_overrides(tmp_path / "out", data_source="pcam", pcam_dir=str(_pcam_dir(tmp_path)), patch_size=PATCH)
+    for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
+        check_key_metric_follows_the_configured_key_metric(configs, metadata=METADATA, default="val_auc",
+                                                           build=configs == [TRAIN], **over)  # fmt: skip
 
 
 def test_config_key_metric_setting_is_refused_by_name():

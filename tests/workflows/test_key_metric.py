@@ -188,3 +188,43 @@ def test_key_metric_state_refuses_a_best_model_sidecar_of_another_key_metric(tmp
     msg = str(info.value)
     assert msg.startswith(f"cannot resume from {str(ckpt)!r}: the checkpoint chose the best model by 'val_mean_iou'"), msg
     assert "another network" not in msg
+
+
+def test_key_metric_state_accepts_another_key_metric_before_any_best_model(tmp_path):
+    """A checkpoint written before the first validation (``--val_interval`` above 1, the run killed before it) has
+    no best model to compare with: a resume with another --val_key_metric was refused, saying the checkpoint "chose
+    the best model by" a metric that had chosen nothing."""
+    before = _state("val_mean_dice")
+    before.state.best_metric, before.state.best_metric_epoch = -1, -1
+    sd = KeyMetricState(_saver(tmp_path / "a"), before).state_dict()
+    assert sd == {"saved": [], "key_metric": "val_mean_dice"}
+    other = _state("val_rotation_dice_min")
+    other.state.best_metric, other.state.best_metric_epoch = -1, -1
+    KeyMetricState(_saver(tmp_path / "b"), other).load_state_dict(sd)
+    assert (other.state.best_metric, other.state.best_metric_epoch) == (-1, -1)
+
+
+def test_best_model_sidecar_follows_a_tied_best_model(tmp_path):
+    """Ties keep the later model (``key_metric_greater_or_equal``, ``current >= best``): model.pt was rewritten but
+    its .json was not (the saver's (score, file) list had not changed), so it named the earlier epoch, and a run
+    resumed from an older checkpoint after such a tie named that epoch as the best of the model.pt it kept."""
+    y = torch.zeros(1, 1, 8, 8)
+    y[..., 1:3, 1:6] = 1
+    net = _Net(y)
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                                  key_metric_greater_or_equal=True, key_metric_filename="model.pt")  # fmt: skip
+    post = Compose([Activationsd("pred", softmax=True),
+                    AsDiscreted(["pred", "label"], argmax=[True, False], to_onehot=2)])  # fmt: skip
+    evaluator = SupervisedEvaluator(
+        device="cpu", val_data_loader=[{"image": y, "label": y}], network=net, postprocessing=post,
+        key_val_metric={"val_mean_dice": MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))},
+        metric_cmp_fn=lambda c, b: c >= b, val_handlers=[saver],
+    )  # fmt: skip
+    state = KeyMetricState(saver, evaluator)
+    for epoch in (1, 2):  # Dice 1 both times: the tie keeps epoch 2
+        net.tag.fill_(epoch)
+        evaluator.run(global_epoch=epoch)
+        assert evaluator.state.best_metric_epoch == epoch
+        assert torch.load(tmp_path / "model.pt", weights_only=True)["tag"] == epoch
+        sidecar = json.loads((tmp_path / "model.pt.json").read_text())
+        assert sidecar == state.state_dict() and sidecar["best_metric_epoch"] == epoch, sidecar
