@@ -150,7 +150,9 @@ class RotationRobustnessMetric:
     validation; the handler's own ``event`` and ``interval`` are not used), with everything the handler does (all
     ``{prefix}_{metric}_{mean|std|min}`` entries of ``engine.state.metrics``, TensorBoard, reports, logging), then
     stores the chosen value as ``engine.state.metrics[name]``. Do not attach ``handler`` to the same engine as
-    well (it would evaluate twice). In a multi-process run every process must attach it (as the handler).
+    well (it would evaluate twice). In a multi-process run every process must attach it (as the handler). A NaN value
+    (no view had anything to score) is never better than another, so the first validation's model stays the best:
+    this is warned of once.
 
     Args:
         handler: the rotation-robustness handler whose result is read.
@@ -174,6 +176,7 @@ class RotationRobustnessMetric:
         self.handler = handler
         self.metric = metric
         self.stat = stat
+        self._warned = False
 
     @property
     def source(self) -> str:
@@ -191,7 +194,15 @@ class RotationRobustnessMetric:
         self.handler(engine)
         if self.source not in engine.state.metrics:  # a metric the evaluation did not produce
             raise KeyError(f"the rotation-robustness evaluation gave no {self.source!r} (it gave {sorted(engine.state.metrics)}).")
-        engine.state.metrics[name] = engine.state.metrics[self.source]
+        value = engine.state.metrics[name] = engine.state.metrics[self.source]
+        if isinstance(value, float) and math.isnan(value) and not self._warned:
+            # NaN is never better (MONAI's comparison, ignite's checkpoint ordering): the first validation's stays best
+            self._warned = True
+            logger.warning(
+                "the key metric %s is undefined (NaN: no view of the rotated evaluation %r had anything to score, e.g. no "
+                "foreground in the validation labels), so it cannot rank the models: the best model stays that of the first validation; "
+                "choose another key metric (the bundles' val_key_metric).", name, self.handler.prefix,
+            )  # fmt: skip
 
 
 

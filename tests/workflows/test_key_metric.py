@@ -228,3 +228,25 @@ def test_best_model_sidecar_follows_a_tied_best_model(tmp_path):
         assert torch.load(tmp_path / "model.pt", weights_only=True)["tag"] == epoch
         sidecar = json.loads((tmp_path / "model.pt.json").read_text())
         assert sidecar == state.state_dict() and sidecar["best_metric_epoch"] == epoch, sidecar
+
+
+def test_undefined_rotated_key_metric_is_warned_of(tmp_path, caplog):
+    """Validation labels with nothing to score: the rotated Dice is NaN (MONAI's Dice gives 0), and NaN never compares
+    as better, so the first validation's model stayed model.pt (and NaN the best metric) without a word."""
+    import logging
+
+    y = torch.zeros(1, 1, 8, 8)  # no foreground
+    net = _Net(y)
+    h = _handler(data=[(y, y.long())], network=net)
+    key, additional, handlers = choose_key_metric("val_rotation_dice_min", {}, {}, rotation=h)
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                                  key_metric_greater_or_equal=True, key_metric_filename="model.pt")  # fmt: skip
+    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=[{"image": y, "label": y}], network=net,
+                                    key_val_metric=key, metric_cmp_fn=lambda c, b: c >= b, val_handlers=[saver])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        for epoch in (1, 2):
+            net.tag.fill_(epoch)
+            evaluator.run(global_epoch=epoch)
+    assert evaluator.state.best_metric_epoch == 1 and torch.load(tmp_path / "model.pt", weights_only=True)["tag"] == 1
+    warned = [r.getMessage() for r in caplog.records if "val_rotation_dice_min" in r.getMessage()]
+    assert len(warned) == 1 and "undefined (NaN" in warned[0] and "first validation" in warned[0], warned
