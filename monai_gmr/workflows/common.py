@@ -20,6 +20,7 @@ import ast
 import functools
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -476,6 +477,11 @@ def _best_model_files(load_dict: Mapping[str, Any], ckpt_dir: Path) -> list[Path
     return found
 
 
+def _score(value: Any) -> float:
+    """A saved score as a float: the best model's ``.json`` (strict JSON) holds an undefined (NaN) score as ``null``."""
+    return math.nan if value is None else float(value)
+
+
 class _KeyMetricMismatch(ValueError):
     """A resumed run keeps its best model by another metric than the checkpoint's (see :class:`KeyMetricState`)."""
 
@@ -571,7 +577,7 @@ class KeyMetricState:
                 newer = {}
 
             def _rank(sd: Mapping[str, Any]) -> tuple[float, int]:
-                best = max((float(p) for p, _ in sd.get("saved", [])), default=float("-inf"))
+                best = max((_score(p) for p, _ in sd.get("saved", [])), default=float("-inf"))
                 return best, int(sd.get("best_metric_epoch", -1))
 
             self._check_key_metric(newer, sidecar)
@@ -582,10 +588,10 @@ class KeyMetricState:
                 )  # fmt: skip
                 state_dict = newer
         self._check_key_metric(state_dict, "the checkpoint")
-        self._ckpt.load_state_dict({"_saved": [(p, f) for p, f in state_dict.get("saved", [])]})
+        self._ckpt.load_state_dict({"_saved": [(_score(p), f) for p, f in state_dict.get("saved", [])]})
         st = getattr(self._evaluator, "state", None)
         if st is not None and "best_metric" in state_dict:
-            st.best_metric = float(state_dict["best_metric"])
+            st.best_metric = _score(state_dict["best_metric"])
             st.best_metric_epoch = int(state_dict.get("best_metric_epoch", -1))
 
 

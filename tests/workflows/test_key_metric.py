@@ -250,3 +250,22 @@ def test_undefined_rotated_key_metric_is_warned_of(tmp_path, caplog):
     assert evaluator.state.best_metric_epoch == 1 and torch.load(tmp_path / "model.pt", weights_only=True)["tag"] == 1
     warned = [r.getMessage() for r in caplog.records if "val_rotation_dice_min" in r.getMessage()]
     assert len(warned) == 1 and "undefined (NaN" in warned[0] and "first validation" in warned[0], warned
+
+
+def test_resume_after_an_undefined_key_metric(tmp_path):
+    """model.pt.json is strict JSON, so a NaN best score is written as null: a resume read the file back and failed
+    in float(None) (reported as a checkpoint "of another network or settings")."""
+    import math
+
+    ev = _state("val_rotation_dice_min")
+    ev.state.best_metric, ev.state.best_metric_epoch = math.nan, 1
+    saver = _saver(tmp_path)
+    saver._key_metric_checkpoint._saved = [saver._key_metric_checkpoint.Item(math.nan, "model.pt")]
+    (tmp_path / "model.pt").write_bytes(b"x")
+    state = KeyMetricState(saver, ev)
+    state._write_sidecar()
+    assert json.loads((tmp_path / "model.pt.json").read_text())["best_metric"] is None  # strict JSON
+    resumed = _state("val_rotation_dice_min")
+    resumed.state.best_metric, resumed.state.best_metric_epoch = -1, -1
+    KeyMetricState(_saver(tmp_path), resumed).load_state_dict(state.state_dict())
+    assert math.isnan(resumed.state.best_metric) and resumed.state.best_metric_epoch == 1
