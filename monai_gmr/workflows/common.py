@@ -495,8 +495,8 @@ class KeyMetricState:
     longer a plain state dict.) With ``evaluator`` it also carries the evaluator's ``best_metric`` and
     ``best_metric_epoch``, so that the logs and the run summary of a resumed run name the same best epoch as
     ``model.pt`` (a fresh evaluator would otherwise start from "no best yet"), and the name of its key metric: a
-    run resumed with another key metric (``val_key_metric``) is refused, as its scores would be compared with the
-    other metric's best.
+    run resumed with another key metric (``val_key_metric``) is refused once a best model was saved, as its scores
+    would be compared with the other metric's best.
 
     A best model saved *after* the newest interval checkpoint (``--ckpt_interval`` above the validation interval,
     or a kill between a validation and that epoch's checkpoint) is unknown to the checkpoint: a resumed run compared
