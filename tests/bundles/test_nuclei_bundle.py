@@ -531,6 +531,25 @@ def test_resumed_run_remembers_the_best_validation_before_the_kill(tmp_path):
     assert summary["best_metric"] == pytest.approx(best, abs=1e-4) and summary["best_metric_epoch"] == best_epoch
 
 
+def test_key_metric_chooses_the_best_model_and_a_resume_keeps_it(tmp_path):
+    """``--val_key_metric val_mean_iou`` end to end: the evaluator's key metric, model.pt's .json and the run summary
+    name it; ``--resume true`` without it (the default Dice) is refused naming the checkpoint and the metric to
+    resume with, and with it the run continues."""
+    data, out = tmp_path / "data", tmp_path / "run"
+    args = [*_common(data, out), *TRAIN_ARGS]
+    log = run_bundle([TRAIN], *args, "--val_key_metric", "val_mean_iou", cwd=tmp_path)
+    assert "Key metric: val_mean_iou best value" in log.stdout + log.stderr
+    assert json.loads((out / "models" / "model.pt.json").read_text())["key_metric"] == "val_mean_iou"
+    assert json.loads((out / "train_summary.json").read_text())["key_metric_name"] == "val_mean_iou"
+    refused = run_bundle([TRAIN], *args, "--epochs", "3", "--resume", "true", cwd=tmp_path, check=False)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "cannot resume from" in text, text[-3000:]
+    assert "this run by 'val_mean_dice' (val_key_metric)" in text and "resume with val_key_metric='val_mean_iou'" in text
+    run_bundle([TRAIN], *args, "--epochs", "3", "--resume", "true", "--val_key_metric", "val_mean_iou", cwd=tmp_path)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed"] is True and summary["epochs_completed"] == 3 and summary["key_metric_name"] == "val_mean_iou"
+
+
 def test_multi_gpu_train_seeds_augmentations_per_rank(monkeypatch):
     check_multi_gpu_seeds_per_rank(TRAIN, MULTI_GPU, metadata=METADATA, monkeypatch=monkeypatch)
 
