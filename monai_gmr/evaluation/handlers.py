@@ -201,7 +201,7 @@ class RotationRobustnessMetric:
             logger.warning(
                 "the key metric %s is undefined (NaN: no view of the rotated evaluation %r had anything to score, e.g. no "
                 "foreground in the validation labels), so it cannot rank the models: the best model stays that of the first validation; "
-                "choose another key metric (the bundles' val_key_metric).", name, self.handler.prefix,
+                "choose another key metric (the bundles' best_model_metric).", name, self.handler.prefix,
             )  # fmt: skip
 
 

@@ -495,7 +495,7 @@ class KeyMetricState:
     longer a plain state dict.) With ``evaluator`` it also carries the evaluator's ``best_metric`` and
     ``best_metric_epoch``, so that the logs and the run summary of a resumed run name the same best epoch as
     ``model.pt`` (a fresh evaluator would otherwise start from "no best yet"), and the name of its key metric: a
-    run resumed with another key metric (``val_key_metric``) is refused once a best model was saved, as its scores
+    run resumed with another key metric (``best_model_metric``) is refused once a best model was saved, as its scores
     would be compared with the other metric's best.
 
     A best model saved *after* the newest interval checkpoint (``--ckpt_interval`` above the validation interval,
@@ -561,8 +561,8 @@ class KeyMetricState:
         chose = bool(state_dict.get("saved")) or "best_metric" in state_dict
         if current is not None and saved is not None and saved != current and chose:
             raise _KeyMetricMismatch(
-                f"{source} chose the best model by {saved!r}, this run by {current!r} (val_key_metric): their scores "
-                f"cannot be compared; resume with val_key_metric={saved!r}, or start a fresh run without resume."
+                f"{source} chose the best model by {saved!r}, this run by {current!r} (best_model_metric): their scores "
+                f"cannot be compared; resume with best_model_metric={saved!r}, or start a fresh run without resume."
             )
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -938,11 +938,11 @@ def check_key_metric_setting(
     rotation_metrics: Any = None,
     task: str = "segmentation",
     prefix: str = "val_rotation",
-    setting: str = "val_key_metric",
+    setting: str = "best_model_metric",
 ) -> tuple[str, str] | None:
     """Refuse, by setting name, a validation metric that cannot choose the best model, before anything runs.
 
-    The bundles' ``train.json`` keep the best model (``model.pt``) by ``val_key_metric``: one of the validation's
+    The bundles' ``train.json`` keep the best model (``model.pt``) by ``best_model_metric``: one of the validation's
     own metrics (``metric_names``, e.g. ``val_mean_dice``, ``val_mean_iou``), or, with the rotated validation on
     (``val_rotation``), the mean or the minimum over its angles of one of its metrics, ``{prefix}_{metric}_mean`` /
     ``{prefix}_{metric}_min`` (e.g. ``val_rotation_dice_min``: the model whose worst rotation scores best; flipped
@@ -950,7 +950,7 @@ def check_key_metric_setting(
     ``{prefix}_{metric}_std`` is refused: a lower spread is better, while the best model is the highest score.
 
     Args:
-        name: the ``val_key_metric`` setting.
+        name: the ``best_model_metric`` setting.
         metric_names: names of the validation's key and additional metrics.
         val_rotation: whether the rotated validation runs (the ``val_rotation`` switch).
         rotation_metrics: its metrics (``val_rotation_metrics``; ``None``: the task's defaults).
@@ -999,7 +999,7 @@ def choose_key_metric(
     key_metric: Mapping[str, Any],
     additional_metrics: Mapping[str, Any] | None = None,
     rotation: Any = None,
-    setting: str = "val_key_metric",
+    setting: str = "best_model_metric",
 ) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     """The ``key_val_metric``, ``additional_metrics`` and rotation handlers of a validation evaluator whose best
     model is chosen by the metric ``name`` (see :func:`check_key_metric_setting`).
@@ -1012,7 +1012,7 @@ def choose_key_metric(
     ``[]`` without it), for the evaluator's ``val_handlers`` ahead of the others.
 
     Args:
-        name: the ``val_key_metric`` setting.
+        name: the ``best_model_metric`` setting.
         key_metric: the configured key metric (``{name: metric}``).
         additional_metrics: the other validation metrics.
         rotation: the rotated validation's :class:`~monai_gmr.evaluation.RotationRobustnessHandler`, ``None`` when it

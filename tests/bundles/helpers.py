@@ -427,40 +427,40 @@ def check_rotated_validation_settings_refused(configs, *, metadata: str, bad) ->
 
 
 def check_key_metric_setting_refused(configs, *, metadata: str, rotated: str, bad) -> None:
-    """``val_key_metric`` is checked by the ``initialize`` item right after the rotated validation's settings (before
+    """``best_model_metric`` is checked by the ``initialize`` item right after the rotated validation's settings (before
     any data): the default, and ``rotated`` with ``--val_rotation true``, pass there; each ``(value, overrides)`` of
     ``bad`` is refused with a message naming the setting and the value."""
     init = config_parser(configs, metadata=metadata)["initialize"]
     idx = next(i for i, x in enumerate(init) if "check_key_metric_setting" in x)
     assert "prefix='val_rotation'" in init[idx - 1], init
     config_parser(configs, metadata=metadata).get_parsed_content(f"initialize#{idx}")
-    config_parser(configs, metadata=metadata, val_rotation=True, val_key_metric=rotated).get_parsed_content(f"initialize#{idx}")
+    config_parser(configs, metadata=metadata, val_rotation=True, best_model_metric=rotated).get_parsed_content(f"initialize#{idx}")
     for value, over in bad:
-        p = config_parser(configs, metadata=metadata, val_key_metric=value, **over)
+        p = config_parser(configs, metadata=metadata, best_model_metric=value, **over)
         with pytest.raises(Exception) as info:
             p.get_parsed_content(f"initialize#{idx}")
         msgs = error_chain(info.value)
-        assert any(f"val_key_metric={value!r}" in m or ("val_key_metric must be" in m and repr(value) in m) for m in msgs), (value, msgs)
+        assert any(f"best_model_metric={value!r}" in m or ("best_model_metric must be" in m and repr(value) in m) for m in msgs), (value, msgs)
 
 
 def check_key_metric_follows_the_configured_key_metric(
     configs, *, metadata: str, default: str, build: bool = True, **over
 ) -> None:
-    """``val_key_metric`` defaults to the name of ``validate#key_metric`` (MONAI's ``val_key_metric`` bundle property):
+    """``best_model_metric`` defaults to the name of ``validate#key_metric`` (MONAI's ``val_key_metric`` bundle property):
     a run that renames or replaces that metric (``--validate#key_metric "{'val_dice': {...}}"``, or MONAI's
-    ``workflow.val_key_metric = {...}``) keys on it, as before ``--val_key_metric`` existed, instead of being refused
-    because the default still named ``default``; an explicit ``--val_key_metric`` still wins. ``build``: also build the
+    ``workflow.val_key_metric = {...}``) keys on it, as before ``--best_model_metric`` existed, instead of being refused
+    because the default still named ``default``; an explicit ``--best_model_metric`` still wins. ``build``: also build the
     evaluator's metrics (not for multi_gpu_train.json, whose network needs a process group)."""
-    assert config_parser(configs, metadata=metadata, **over).get_parsed_content("val_key_metric") == default
+    assert config_parser(configs, metadata=metadata, **over).get_parsed_content("best_model_metric") == default
     init = config_parser(configs, metadata=metadata)["initialize"]
     idx = next(i for i, x in enumerate(init) if "check_key_metric_setting" in x)
     renamed = {"val_renamed": config_parser(configs, metadata=metadata).get(f"validate#key_metric#{default}")}
     p = config_parser(configs, metadata=metadata, **over, **{"validate#key_metric": renamed})
-    p.get_parsed_content(f"initialize#{idx}")  # was refused: "val_key_metric must be one of [...], got <default>"
+    p.get_parsed_content(f"initialize#{idx}")  # was refused: "best_model_metric must be one of [...], got <default>"
     if not build:
         return
     key, additional, _ = p.get_parsed_content("validate#metric_choice")
     assert list(key) == ["val_renamed"] and default not in additional, (list(key), list(additional))
     over = {**over, "validate#key_metric": renamed}
-    p = config_parser(configs, metadata=metadata, **over, val_key_metric="val_renamed")
+    p = config_parser(configs, metadata=metadata, **over, best_model_metric="val_renamed")
     assert list(p.get_parsed_content("validate#metric_choice")[0]) == ["val_renamed"]

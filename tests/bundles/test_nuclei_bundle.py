@@ -415,7 +415,7 @@ def test_config_rotated_validation_settings_are_refused_by_name():
 
 def test_config_key_metric_defaults_to_the_configured_key_metric(tmp_path):
     """A renamed or replaced ``validate#key_metric`` (MONAI's ``val_key_metric`` property) was refused before any
-    data (``val_key_metric`` still said 'val_mean_dice'): it keyed the evaluator before ``--val_key_metric`` existed."""
+    data (``best_model_metric`` still said 'val_mean_dice'): it keyed the evaluator before ``--best_model_metric`` existed."""
     over = {"output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path / "data"), "synthetic": SYNTH,
             "roi_size": [64, 64]}  # fmt: skip
     for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
@@ -424,7 +424,7 @@ def test_config_key_metric_defaults_to_the_configured_key_metric(tmp_path):
 
 
 def test_config_key_metric_setting_is_refused_by_name():
-    """``--val_key_metric``: a metric the run does not compute, or a rotated one without the rotated validation, was
+    """``--best_model_metric``: a metric the run does not compute, or a rotated one without the rotated validation, was
     found only after the data were cached (when the evaluator was built); a spread (``_std``) cannot rank models."""
     rotated = {"val_rotation": True}
     bad = [("val_dice", {}), ("val_rotation_dice_min", {}), ("val_rotation_dice_std", rotated),
@@ -442,8 +442,8 @@ def test_evaluation_ignores_the_rotated_validation_switch(nuclei_data, tmp_path)
     assert config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers") == []
     got = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers")
     assert [type(h).__name__ for h in got] == ["RotationRobustnessHandler"]  # training keeps it
-    # --val_key_metric of the training: the evaluation's key metric stays its plain Dice (metrics.json, no rotation)
-    over["val_key_metric"] = "val_rotation_dice_min"
+    # --best_model_metric of the training: the evaluation's key metric stays its plain Dice (metrics.json, no rotation)
+    over["best_model_metric"] = "val_rotation_dice_min"
     key, additional, handlers = config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#metric_choice")
     assert list(key) == ["val_mean_dice"] and list(additional) == ["val_mean_iou"] and handlers == []
     key, additional, handlers = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#metric_choice")
@@ -532,20 +532,20 @@ def test_resumed_run_remembers_the_best_validation_before_the_kill(tmp_path):
 
 
 def test_key_metric_chooses_the_best_model_and_a_resume_keeps_it(tmp_path):
-    """``--val_key_metric val_mean_iou`` end to end: the evaluator's key metric, model.pt's .json and the run summary
+    """``--best_model_metric val_mean_iou`` end to end: the evaluator's key metric, model.pt's .json and the run summary
     name it; ``--resume true`` without it (the default Dice) is refused naming the checkpoint and the metric to
     resume with, and with it the run continues."""
     data, out = tmp_path / "data", tmp_path / "run"
     args = [*_common(data, out), *TRAIN_ARGS]
-    log = run_bundle([TRAIN], *args, "--val_key_metric", "val_mean_iou", cwd=tmp_path)
+    log = run_bundle([TRAIN], *args, "--best_model_metric", "val_mean_iou", cwd=tmp_path)
     assert "Key metric: val_mean_iou best value" in log.stdout + log.stderr
     assert json.loads((out / "models" / "model.pt.json").read_text())["key_metric"] == "val_mean_iou"
     assert json.loads((out / "train_summary.json").read_text())["key_metric_name"] == "val_mean_iou"
     refused = run_bundle([TRAIN], *args, "--epochs", "3", "--resume", "true", cwd=tmp_path, check=False)
     text = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "cannot resume from" in text, text[-3000:]
-    assert "this run by 'val_mean_dice' (val_key_metric)" in text and "resume with val_key_metric='val_mean_iou'" in text
-    run_bundle([TRAIN], *args, "--epochs", "3", "--resume", "true", "--val_key_metric", "val_mean_iou", cwd=tmp_path)
+    assert "this run by 'val_mean_dice' (best_model_metric)" in text and "resume with best_model_metric='val_mean_iou'" in text
+    run_bundle([TRAIN], *args, "--epochs", "3", "--resume", "true", "--best_model_metric", "val_mean_iou", cwd=tmp_path)
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["resumed"] is True and summary["epochs_completed"] == 3 and summary["key_metric_name"] == "val_mean_iou"
 
@@ -567,7 +567,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
         "--config_file", cfg, *_common(data, out), "--synthetic", repr({**SYNTH, "n_images": 10}),
         "--epochs", "2", "--val_interval", "1",
         "--crop_size", "32", "--batch_size", "2", "--crops_per_image", "2", "--log_interval", "1", *EXACT_VIEWS,
-        "--val_key_metric", "val_rotation_dice_min",
+        "--best_model_metric", "val_rotation_dice_min",
     ]  # fmt: skip
     env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -585,7 +585,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path):
     assert not any(k.startswith("module.") for k in ck["model"])  # DDP unwrapped: loadable by a plain network
     assert (out / "models" / "model.pt").is_file()
     # the rotated validation merged over both shards equals the validation Dice (all-gathered by MONAI); it is the
-    # key metric (--val_key_metric), run once per validation by every process (check_rotated_validation counts)
+    # key metric (--best_model_metric), run once per validation by every process (check_rotated_validation counts)
     check_rotated_validation(log, out / "logs", {"val_mean_dice": "dice"}, epochs=2)
     assert summary["key_metric_name"] == "val_rotation_dice_min" and "Got new best metric of val_rotation_dice_min" in log
     assert json.loads((out / "models" / "model.pt.json").read_text())["key_metric"] == "val_rotation_dice_min"

@@ -411,7 +411,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
         "--config_file", cfg, *_common(Path(slides["root"]), out), "--generate_synthetic", "false",
-        "--epochs", "2", "--batch_size", "4", "--log_interval", "1", *EXACT_VIEWS, "--val_key_metric", "val_rotation_auc_min",
+        "--epochs", "2", "--batch_size", "4", "--log_interval", "1", *EXACT_VIEWS, "--best_model_metric", "val_rotation_auc_min",
     ]  # fmt: skip
     env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -430,7 +430,7 @@ def test_multi_gpu_train_gloo_two_processes(tmp_path, slides):
     check_rotated_validation(log, out / "logs", {"val_auc": "auc", "val_accuracy": "accuracy"}, epochs=2)
     n_val = len(slides["validation"])  # each patch scored once: not once per process
     assert log.count(f"rotation robustness of GMRResNet: {n_val} images x 5 views") == 2, log[-6000:]
-    # the rotated worst-view AUC chose model.pt (--val_key_metric), run once per validation (counted above)
+    # the rotated worst-view AUC chose model.pt (--best_model_metric), run once per validation (counted above)
     assert summary["key_metric_name"] == "val_rotation_auc_min" and "Got new best metric of val_rotation_auc_min" in log
     assert json.loads((out / "models" / "model.pt.json").read_text())["key_metric"] == "val_rotation_auc_min"
 
@@ -456,7 +456,7 @@ def test_config_rotated_validation_settings_are_refused_by_name():
 
 def test_config_key_metric_defaults_to_the_configured_key_metric(tmp_path):
     """A renamed or replaced ``validate#key_metric`` (MONAI's ``val_key_metric`` property) was refused before any
-    data (``val_key_metric`` still said 'val_auc'): it keyed the evaluator before ``--val_key_metric`` existed."""
+    data (``best_model_metric`` still said 'val_auc'): it keyed the evaluator before ``--best_model_metric`` existed."""
     over = _tiny_overrides(tmp_path / "out", data_source="pcam", pcam_dir=str(_pcam_dir(tmp_path)), patch_size=PATCH)
     for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
         check_key_metric_follows_the_configured_key_metric(configs, metadata=METADATA, default="val_auc",
@@ -464,7 +464,7 @@ def test_config_key_metric_defaults_to_the_configured_key_metric(tmp_path):
 
 
 def test_config_key_metric_setting_is_refused_by_name():
-    """``--val_key_metric``: a metric the run does not compute, or a rotated one without the rotated validation, was
+    """``--best_model_metric``: a metric the run does not compute, or a rotated one without the rotated validation, was
     found only after the slides were read (when the evaluator was built); a spread (``_std``) cannot rank models."""
     rotated = {"val_rotation": True}
     bad = [("val_dice", {}), ("val_rotation_auc_min", {}), ("val_rotation_auc_std", rotated),
@@ -509,8 +509,8 @@ def test_evaluation_ignores_the_rotated_validation_switch(tmp_path):
     assert config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers") == []
     got = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#rotation_handlers")
     assert [type(h).__name__ for h in got] == ["RotationRobustnessHandler"]  # training keeps it
-    # --val_key_metric of the training: the evaluation's key metric stays its plain AUC (metrics.json, no rotation)
-    over["val_key_metric"] = "val_rotation_auc_min"
+    # --best_model_metric of the training: the evaluation's key metric stays its plain AUC (metrics.json, no rotation)
+    over["best_model_metric"] = "val_rotation_auc_min"
     key, additional, handlers = config_parser([TRAIN, EVALUATE], **over, metadata=METADATA).get_parsed_content("validate#metric_choice")
     assert list(key) == ["val_auc"] and list(additional) == ["val_accuracy"] and handlers == []
     key, additional, handlers = config_parser([TRAIN], **over, metadata=METADATA).get_parsed_content("validate#metric_choice")

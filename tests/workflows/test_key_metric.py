@@ -42,14 +42,14 @@ def test_check_key_metric_setting_accepts_the_validation_metrics_and_rotated_mea
 @pytest.mark.parametrize(
     "name, val_rotation, metrics, match",
     [
-        ("val_dice", False, ["dice"], r"val_key_metric must be one of \['val_mean_dice', 'val_mean_iou', 'val_rotation_<metric>"),
+        ("val_dice", False, ["dice"], r"best_model_metric must be one of \['val_mean_dice', 'val_mean_iou', 'val_rotation_<metric>"),
         ("val_dice", True, ["dice"], r"one of \['val_mean_dice', 'val_mean_iou', 'val_rotation_dice_mean', 'val_rotation_dice_min'\]"),
-        ("val_rotation_dice_min", False, ["dice"], r"val_key_metric='val_rotation_dice_min' is a metric of the rotated validation: add --val_rotation true"),
-        ("val_rotation_dice_std", True, ["dice"], r"val_key_metric='val_rotation_dice_std' cannot choose the best model.*lower"),
+        ("val_rotation_dice_min", False, ["dice"], r"best_model_metric='val_rotation_dice_min' is a metric of the rotated validation: add --val_rotation true"),
+        ("val_rotation_dice_std", True, ["dice"], r"best_model_metric='val_rotation_dice_std' cannot choose the best model.*lower"),
         ("val_rotation_iou_min", True, ["dice"], r"does not compute 'iou' \(val_rotation_metrics is \['dice'\]\)"),
         ("val_rotation_dice_max", True, ["dice"], r"must be one of"),
-        (None, True, ["dice"], r"val_key_metric must be the name of a validation metric.*got None"),
-        (["val_mean_dice"], False, ["dice"], r"val_key_metric must be the name"),
+        (None, True, ["dice"], r"best_model_metric must be the name of a validation metric.*got None"),
+        (["val_mean_dice"], False, ["dice"], r"best_model_metric must be the name"),
     ],
 )  # fmt: skip
 def test_check_key_metric_setting_refuses_by_name(name, val_rotation, metrics, match):
@@ -152,14 +152,14 @@ def _saver(d):
 
 
 def test_key_metric_state_refuses_a_resume_with_another_key_metric(tmp_path):
-    """A run resumed with another --val_key_metric compared its scores with the other metric's best (a rotated
+    """A run resumed with another --best_model_metric compared its scores with the other metric's best (a rotated
     minimum against a plain Dice) and kept or replaced model.pt by that comparison."""
     sd = KeyMetricState(_saver(tmp_path / "a"), _state("val_mean_dice")).state_dict()
     assert sd["key_metric"] == "val_mean_dice"
     other = _state("val_rotation_dice_min")
     other.state.best_metric, other.state.best_metric_epoch = -1, -1
     with pytest.raises(ValueError, match=r"the checkpoint chose the best model by 'val_mean_dice', this run by "
-                                         r"'val_rotation_dice_min' \(val_key_metric\).*val_key_metric='val_mean_dice'"):
+                                         r"'val_rotation_dice_min' \(best_model_metric\).*best_model_metric='val_mean_dice'"):
         KeyMetricState(_saver(tmp_path / "b"), other).load_state_dict(sd)
     assert (other.state.best_metric, other.state.best_metric_epoch) == (-1, -1)  # nothing restored
     same = _state("val_mean_dice")
@@ -192,7 +192,7 @@ def test_key_metric_state_refuses_a_best_model_sidecar_of_another_key_metric(tmp
 
 def test_key_metric_state_accepts_another_key_metric_before_any_best_model(tmp_path):
     """A checkpoint written before the first validation (``--val_interval`` above 1, the run killed before it) has
-    no best model to compare with: a resume with another --val_key_metric was refused, saying the checkpoint "chose
+    no best model to compare with: a resume with another --best_model_metric was refused, saying the checkpoint "chose
     the best model by" a metric that had chosen nothing."""
     before = _state("val_mean_dice")
     before.state.best_metric, before.state.best_metric_epoch = -1, -1
