@@ -341,3 +341,11 @@ def test_image_folder_dataset_scale_false_keeps_0_255(tmp_path):
     raw = ImageFolderDataset(root, scale=False)[0]["image"]
     assert raw.dtype == torch.float32 and float(raw.max()) == 50.0
     assert torch.equal(ImageFolderDataset(root)[0]["image"], raw / 255.0)
+
+
+def test_find_pcam_files_without_a_label_file(tmp_path):
+    """An ``*_x.h5`` without its ``*_y.h5`` (a PCam test split shipped without labels) is listed with ``None``, not
+    with the path of a file that does not exist."""
+    _pcam(tmp_path, n=2)
+    (tmp_path / "camelyonpatch_level_2_split_train_y.h5").unlink()
+    assert find_pcam_files(tmp_path) == [(tmp_path / "camelyonpatch_level_2_split_train_x.h5", None)]

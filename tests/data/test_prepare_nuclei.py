@@ -668,3 +668,44 @@ def test_boundary_width_sets_the_width_of_the_prepared_boundary_class(tmp_path):
         want[instance_boundaries(inst, 2)] = 2
         got = np.asarray(Image.open(out / it["boundary"]))
         assert np.array_equal(got, want) and not np.array_equal(instance_boundaries(inst, 1), got == 2)
+
+
+def test_split_fractions_go_to_their_own_split(tmp_path):
+    """``val_frac`` sizes the validation split and ``test_frac`` the test split (10 images at 0.1 / 0.3: 6, 1, 3);
+    swapped, the held-out test set got the validation share."""
+    _write_folder_case(tmp_path / "raw", n=10)
+    dl = json.loads(prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out", val_frac=0.1, test_frac=0.3).read_text())
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [6, 1, 3]
+    assert (dl["preparation"]["val_frac"], dl["preparation"]["test_frac"]) == (0.1, 0.3)
+
+
+def test_missing_annotation_error_names_the_annotation_folder(tmp_path):
+    """Images without annotation: the error says which folder was searched for the annotations (``labels/``), not
+    the image folder (the images are there; the masks are what is missing)."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "labels" / "t1_label.png").unlink()
+    labels = str(tmp_path / "raw" / "labels")
+    with pytest.raises(ValueError, match="no folders annotation in '([^']*)' for 1 image") as e:
+        find_nuclei_pairs(tmp_path / "raw")
+    assert f"annotation in {labels!r}" in str(e.value) and "t1.png" in str(e.value)
+
+
+def test_cpm_txt_mask_of_size_0_is_refused(tmp_path):
+    """A CPM ASCII header ``0 0`` (no pixels) is an invalid size, refused naming the file; it was read as an empty
+    ``(0, 0)`` mask."""
+    (tmp_path / "empty.txt").write_text("0 0\n")
+    with pytest.raises(ValueError, match=r"empty\.txt'.*invalid size 0x0"):
+        read_cpm_txt_mask(tmp_path / "empty.txt")
+    (tmp_path / "row.txt").write_text("3 0\n")
+    with pytest.raises(ValueError, match="invalid size 3x0"):
+        read_cpm_txt_mask(tmp_path / "row.txt")
+
+
+def test_mask_suffixes_are_matched_in_any_case(tmp_path):
+    """Mask names are matched by their suffix in any case (the code lower-cases the stem): ``t0_Mask.png`` and
+    ``t1_LABEL.png`` pair with ``t0.png`` and ``t1.png``."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "labels" / "t0_label.png").rename(tmp_path / "raw" / "labels" / "t0_Mask.png")
+    (tmp_path / "raw" / "labels" / "t1_label.png").rename(tmp_path / "raw" / "labels" / "t1_LABEL.png")
+    pairs, _ = find_nuclei_pairs(tmp_path / "raw")
+    assert [(p.name, p.mask.name) for p in pairs] == [("t0", "t0_Mask.png"), ("t1", "t1_LABEL.png")]

@@ -498,3 +498,9 @@ def test_draw_spindle_length_direction_and_taper(theta):
     if theta == 0.0:  # columns are cuts across the fibre
         assert canvas[:, 40].sum() == pytest.approx(4.0, abs=0.05)
         assert canvas[:, 40 + 16].sum() / canvas[:, 40].sum() == pytest.approx(0.6, abs=0.05)
+
+
+def test_split_fractions_go_to_their_own_split(tmp_path):
+    """``val_frac`` sizes the validation split and ``test_frac`` the test split (10 tiles at 0.1 / 0.3: 6, 1, 3)."""
+    r = make_synthetic_nuclei(tmp_path, n_images=10, size=32, val_frac=0.1, test_frac=0.3)
+    assert [len(r[k]) for k in ("training", "validation", "test")] == [6, 1, 3]

@@ -582,3 +582,33 @@ def test_slides_of_one_dataset_differ(tmp_path):
     assert a.read_bytes() != b.read_bytes()
     masks = [np.load(tmp_path / m["tissue_mask"]) for m in r["slides"]]
     assert not np.array_equal(*masks)
+
+
+def test_slide_split_fractions_go_to_their_own_split(tmp_path):
+    """Split by slide (3 slides) at ``val_frac=0``, ``test_frac=0.4``: two training slides and one test slide, no
+    validation slide (swapped, the test set was empty)."""
+    r = make_synthetic_wsi(tmp_path, n_slides=3, size=256, patches_per_slide=4, patch_size=16, seed=0,
+                           val_frac=0.0, test_frac=0.4, compression="deflate")  # fmt: skip
+    slides = {k: sorted({it["slide"] for it in r[k]}) for k in ("training", "validation", "test")}
+    assert [len(v) for v in slides.values()] == [2, 0, 1]
+
+
+def test_patch_csv_unknown_split_is_refused_naming_the_row(tmp_path):
+    """A ``split`` other than training / validation / test is refused naming the CSV row (it was a bare KeyError)."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    (tmp_path / "p.csv").write_text("slide,x,y,label,split\ns.tiff,10,20,0,training\ns.tiff,30,40,1,train\n")
+    with pytest.raises(ValueError, match=r"p\.csv' row 3: unknown split 'train'"):
+        patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+
+
+def test_tumour_tissue_is_darker_than_normal_tissue_without_nuclei():
+    """Besides its nuclei, tumour tissue has a denser, more basophilic background than normal tissue: with no nucleus
+    and no fibre drawn, the tumour mask's pixels are clearly less red (the extra haematoxylin put on all tissue left
+    the two classes the same colour)."""
+    for seed in (0, 1):
+        rgb, tumor, tissue, _ = render_synthetic_slide(256, seed, mask_downsample=8, tumor_density=0.0,
+                                                       normal_density=0.0, fiber_density=0.0)  # fmt: skip
+        red = rgb[..., 0].astype(np.float64)
+        tum, nor = (np.kron(m, np.ones((8, 8), bool)) for m in (tumor, tissue & ~tumor))
+        assert tum.sum() > 1000 and nor.sum() > 1000
+        assert red[tum].mean() < red[nor].mean() - 4.0, seed
