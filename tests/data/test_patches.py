@@ -259,3 +259,93 @@ def test_class_folder_without_images_is_refused(tmp_path):
         image_folder_datalist(root)
     items, names = image_folder_datalist(root, classes=["a_tumor", "b_stroma"])
     assert names == ["a_tumor", "b_stroma"] and [i["label"] for i in items] == [0, 0, 1, 1]
+
+
+def test_find_pcam_files_keeps_only_the_split_asked_for(tmp_path):
+    """``find_pcam_files(folder, split)`` lists only the files of that split: ignoring it, a "valid" dataset also
+    held the training patches."""
+    _pcam(tmp_path, n=2, split="train")
+    _pcam(tmp_path, n=2, split="valid")
+    assert [x.name for x, _ in find_pcam_files(tmp_path)] == [
+        "camelyonpatch_level_2_split_train_x.h5", "camelyonpatch_level_2_split_valid_x.h5"]
+    ((x, y),) = find_pcam_files(tmp_path, split="valid")
+    assert x.name == "camelyonpatch_level_2_split_valid_x.h5" and y.name == "camelyonpatch_level_2_split_valid_y.h5"
+    with pytest.raises(FileNotFoundError, match="for split 'test'"):
+        find_pcam_files(tmp_path, split="test")
+
+
+def test_pcam_labels_with_several_values_per_patch_and_indices_past_the_end_are_refused(tmp_path):
+    """Labels are one value per patch (``(N,)`` or ``(N, 1, 1, 1)``): a ``(N, 2)`` array (e.g. one-hot) has the right
+    first dimension but twice the values and was read as the first ``N`` of them (the labels of the first half of
+    the patches, in pairs); an index equal to the number of patches is out of range (refused at construction, not
+    as an h5py error in a worker)."""
+    _pcam(tmp_path, n=4)
+    ((xp, _),) = find_pcam_files(tmp_path)
+    with h5py.File(tmp_path / "onehot_y.h5", "w") as f:
+        f.create_dataset("y", data=np.eye(2, dtype=np.uint8)[[0, 1, 0, 1]])
+    with pytest.raises(ValueError, match=r"onehot_y\.h5' have shape \(4, 2\)"):
+        PCamH5Dataset(xp, tmp_path / "onehot_y.h5")
+    assert len(PCamH5Dataset(xp, indices=[3, 0])) == 2
+    for bad in ([4], [0, -1]):
+        with pytest.raises(ValueError, match="indices out of range for 4 patches"):
+            PCamH5Dataset(xp, indices=bad)
+
+
+def test_pcam_dataset_pickles_after_it_was_read(tmp_path):
+    """A dataset read in the main process (its h5py handle open) is pickled without the handle and reopens it: spawn
+    workers (macOS, Windows) pickle it, and h5py objects cannot be pickled."""
+    import pickle
+
+    x, _ = _pcam(tmp_path, n=3)
+    ((xp, _),) = find_pcam_files(tmp_path)
+    ds = PCamH5Dataset(xp, scale=False)
+    first = ds[1]
+    copy = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(copy[1]["image"], first["image"]) and copy[1]["label"] == first["label"] == 1
+    assert ds[2]["label"] == 0  # the original still reads
+    ds.close()
+    copy.close()
+
+
+def test_write_pcam_h5_is_atomic(tmp_path, monkeypatch):
+    """``write_pcam_h5`` writes each file through a temporary file: a failure while writing leaves an earlier file
+    as it was (not an empty HDF5 file without its dataset) and nothing else in the folder."""
+    imgs = np.zeros((2, 8, 8, 3), np.uint8)
+    xp, yp = write_pcam_h5(tmp_path / "p", imgs, [0, 1])
+    before = {p.name: p.read_bytes() for p in (xp, yp)}
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_pcam_h5(tmp_path / "p", imgs + 1, [1, 0])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_csv_integer_labels_must_index_the_given_classes(tmp_path):
+    """With ``classes``, an integer label must be ``0 .. len(classes) - 1``: label 2 of two classes is refused naming
+    the row (it was kept, and crashed the loss later as a target out of range)."""
+    root = _folder(tmp_path)
+    (root / "ok.csv").write_text("file,label\na_tumor/a_tumor_0.tif,1\nb_stroma/b_stroma_0.tif,0\n")
+    items, names = image_folder_datalist(root, labels_csv="ok.csv", classes=["x", "y"])
+    assert names == ["x", "y"] and [i["label"] for i in items] == [1, 0]
+    (root / "bad.csv").write_text("file,label\na_tumor/a_tumor_0.tif,0\nb_stroma/b_stroma_0.tif,2\n")
+    with pytest.raises(ValueError, match=r"row 3: label 2 outside classes \['x', 'y'\]"):
+        image_folder_datalist(root, labels_csv="bad.csv", classes=["x", "y"])
+
+
+def test_image_folder_dataset_scale_false_keeps_0_255(tmp_path):
+    """``ImageFolderDataset(scale=False)`` gives the stored 0..255 values as floats (like ``PCamH5Dataset``)."""
+    root = _folder(tmp_path)
+    raw = ImageFolderDataset(root, scale=False)[0]["image"]
+    assert raw.dtype == torch.float32 and float(raw.max()) == 50.0
+    assert torch.equal(ImageFolderDataset(root)[0]["image"], raw / 255.0)
+
+
+def test_find_pcam_files_without_a_label_file(tmp_path):
+    """An ``*_x.h5`` without its ``*_y.h5`` (a PCam test split shipped without labels) is listed with ``None``, not
+    with the path of a file that does not exist."""
+    _pcam(tmp_path, n=2)
+    (tmp_path / "camelyonpatch_level_2_split_train_y.h5").unlink()
+    assert find_pcam_files(tmp_path) == [(tmp_path / "camelyonpatch_level_2_split_train_x.h5", None)]

@@ -602,3 +602,110 @@ def test_null_text_of_pairs_images_masks_means_none(tmp_path):
     for kw in ({"pairs": "None"}, {"pairs": " null "}, {"pairs": None, "images": "null", "masks": "None"}):
         assert find_nuclei_pairs(tmp_path / "raw", **kw) == (want, fmt), kw
     assert main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "o"), "--pairs", "null"]) == 0
+
+
+def test_negative_values_of_a_float_grey_image_become_0(tmp_path):
+    """Negative values of a float grey image are clipped to 0 before the 8-bit scaling (as documented); unclipped,
+    ``-0.5`` scaled to ``-128`` and wrapped to 128 in uint8: the darkest pixels came out mid-grey."""
+    import tifffile
+
+    grey = np.linspace(-0.5, 1.0, 20 * 24, dtype=np.float32).reshape(20, 24)
+    tifffile.imwrite(tmp_path / "f.tif", grey)
+    rgb = read_rgb_image(tmp_path / "f.tif")
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(np.clip(grey, 0, None) * 255).astype(np.uint8))
+    assert (rgb[grey < 0] == 0).all()
+
+
+def test_a_float_mask_with_fractional_values_is_refused(tmp_path):
+    """A float mask (e.g. a probability map saved by mistake) with fractional values is refused naming the file;
+    truncated, 2.5 became nucleus 2. Whole-number floats are ids."""
+    mask = np.zeros((6, 8), np.float32)
+    mask[1:3, 1:3], mask[4:6, 5:8] = 1.0, 2.5
+    np.save(tmp_path / "p.npy", mask)
+    with pytest.raises(ValueError, match=r"p\.npy' has non-integer values"):
+        read_instance_mask(tmp_path / "p.npy")
+    mask[4:6, 5:8] = 2.0
+    np.save(tmp_path / "q.npy", mask)
+    assert np.unique(read_instance_mask(tmp_path / "q.npy")).tolist() == [0, 1, 2]
+
+
+def test_a_mask_with_two_touching_ids_keeps_two_nuclei(tmp_path):
+    """Only a mask with a single foreground value is binary (connected components); a mask holding ids 1 and 2 is an
+    instance map, even with exactly two ids: its two touching nuclei stay two, not one component."""
+    lab = np.zeros((8, 10), np.uint8)
+    lab[2:6, 1:5], lab[2:6, 5:9] = 1, 2  # touching along a column
+    Image.fromarray(lab).save(tmp_path / "two.png")
+    got = read_instance_mask(tmp_path / "two.png")
+    assert got.max() == 2 and (got[2:6, 1:5] == 1).all() and (got[2:6, 5:9] == 2).all()
+
+
+def test_auto_format_prefers_aperio_xml_over_cpm_text_masks(tmp_path):
+    """``auto`` picks ``monuseg_xml`` when an Aperio XML is found, *else* ``cpm_txt`` (module docstring): an input
+    holding both the MoNuSeg XML annotations and CPM-style text masks is read from its XML."""
+    raw = tmp_path / "raw"
+    for d in ("images", "Annotations", "masks_txt"):
+        (raw / d).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(raw / "images" / f"s{i}.png")
+        _write_xml(raw / "Annotations" / f"s{i}.xml", [[(2, 2), (6, 2), (6, 6), (2, 6)]])
+        _write_cpm_txt(raw / "masks_txt" / f"s{i}.txt", np.zeros((16, 16), np.int32))
+    pairs, fmt = find_nuclei_pairs(raw)
+    assert fmt == "monuseg_xml" and all(p.mask.suffix == ".xml" for p in pairs)
+
+
+def test_boundary_width_sets_the_width_of_the_prepared_boundary_class(tmp_path):
+    """``boundary_width`` reaches the 3-class masks written to ``boundary/`` (the width test covers
+    ``instance_boundaries`` alone): with width 2 the boundary is two pixels thick."""
+    from monai_gmr.data.prepare_nuclei import relabel_sequential
+
+    _write_folder_case(tmp_path / "raw", n=3)
+    out = tmp_path / "out"
+    dl = json.loads(prepare_nuclei_dataset(tmp_path / "raw", out, boundary=True, boundary_width=2).read_text())
+    assert dl["preparation"]["boundary_width"] == 2
+    for it in dl["training"] + dl["validation"] + dl["test"]:
+        inst = relabel_sequential(_inst(i=int(Path(it["image"]).stem[1:])))
+        want = (inst > 0).astype(np.uint8)
+        want[instance_boundaries(inst, 2)] = 2
+        got = np.asarray(Image.open(out / it["boundary"]))
+        assert np.array_equal(got, want) and not np.array_equal(instance_boundaries(inst, 1), got == 2)
+
+
+def test_split_fractions_go_to_their_own_split(tmp_path):
+    """``val_frac`` sizes the validation split and ``test_frac`` the test split (10 images at 0.1 / 0.3: 6, 1, 3);
+    swapped, the held-out test set got the validation share."""
+    _write_folder_case(tmp_path / "raw", n=10)
+    dl = json.loads(prepare_nuclei_dataset(tmp_path / "raw", tmp_path / "out", val_frac=0.1, test_frac=0.3).read_text())
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [6, 1, 3]
+    assert (dl["preparation"]["val_frac"], dl["preparation"]["test_frac"]) == (0.1, 0.3)
+
+
+def test_missing_annotation_error_names_the_annotation_folder(tmp_path):
+    """Images without annotation: the error says which folder was searched for the annotations (``labels/``), not
+    the image folder (the images are there; the masks are what is missing)."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "labels" / "t1_label.png").unlink()
+    labels = str(tmp_path / "raw" / "labels")
+    with pytest.raises(ValueError, match="no folders annotation in '([^']*)' for 1 image") as e:
+        find_nuclei_pairs(tmp_path / "raw")
+    assert f"annotation in {labels!r}" in str(e.value) and "t1.png" in str(e.value)
+
+
+def test_cpm_txt_mask_of_size_0_is_refused(tmp_path):
+    """A CPM ASCII header ``0 0`` (no pixels) is an invalid size, refused naming the file; it was read as an empty
+    ``(0, 0)`` mask."""
+    (tmp_path / "empty.txt").write_text("0 0\n")
+    with pytest.raises(ValueError, match=r"empty\.txt'.*invalid size 0x0"):
+        read_cpm_txt_mask(tmp_path / "empty.txt")
+    (tmp_path / "row.txt").write_text("3 0\n")
+    with pytest.raises(ValueError, match="invalid size 3x0"):
+        read_cpm_txt_mask(tmp_path / "row.txt")
+
+
+def test_mask_suffixes_are_matched_in_any_case(tmp_path):
+    """Mask names are matched by their suffix in any case (the code lower-cases the stem): ``t0_Mask.png`` and
+    ``t1_LABEL.png`` pair with ``t0.png`` and ``t1.png``."""
+    _write_folder_case(tmp_path / "raw", n=2)
+    (tmp_path / "raw" / "labels" / "t0_label.png").rename(tmp_path / "raw" / "labels" / "t0_Mask.png")
+    (tmp_path / "raw" / "labels" / "t1_label.png").rename(tmp_path / "raw" / "labels" / "t1_LABEL.png")
+    pairs, _ = find_nuclei_pairs(tmp_path / "raw")
+    assert [(p.name, p.mask.name) for p in pairs] == [("t0", "t0_Mask.png"), ("t1", "t1_LABEL.png")]

@@ -363,3 +363,144 @@ def test_unknown_synthetic_setting_is_refused_also_when_the_data_exist(tmp_path)
     with pytest.raises(ValueError, match="n_imagez.*did you mean 'n_images'"):
         ensure_nuclei_dataset(root, n_imagez=8, size=32)
     assert ensure_nuclei_dataset(root, n_images=8, size=32, val_frac=0.1) == root / "datalist.json"
+
+
+def test_free_nuclei_do_not_overlap_earlier_ones():
+    """Only the ``touching_frac`` nuclei share a border (module docstring): with ``touching_frac=0`` no nucleus is
+    drawn over an earlier one, so different nuclei meet only where two happen to land side by side. Drawn over
+    (cutting up to a quarter of the earlier nucleus), the shared border of three dense tiles grew from 38 to 305
+    4-adjacent pixel pairs."""
+    shared = 0
+    for seed in range(3):
+        _, inst, info = render_nuclei_tile(128, seed, touching_frac=0.0, nuclei_density=2e-3, fiber_density=0.0)
+        assert info["n_touching"] == 0 and info["n_nuclei"] >= 20
+        for a, b in ((inst[:, :-1], inst[:, 1:]), (inst[:-1], inst[1:])):
+            shared += int(((a > 0) & (b > 0) & (a != b)).sum())
+    assert shared < 80
+
+
+def test_fibre_directions_spread_on_both_sides_of_fiber_angle():
+    """Fibre directions are uniform in ``fiber_angle +- fiber_angle_jitter`` (both sides): a one-sided jitter kept
+    every fibre within the range the other tests check, but tilted the dominant direction by half the jitter."""
+    angles = [a for seed in range(3) for a in render_nuclei_tile(256, seed)[2]["fiber_angles"]]
+    assert len(angles) >= 40 and all(-15.0 <= a <= 15.0 for a in angles)
+    assert min(angles) < -10.0 and max(angles) > 10.0 and abs(float(np.mean(angles))) < 4.0
+
+
+def test_save_png_is_atomic(tmp_path, monkeypatch):
+    """``save_png`` writes every file atomically (``make_synthetic_nuclei``'s docstring): a writer failing half way
+    leaves the earlier file as it was and no partial or temporary file beside it."""
+    from PIL import Image as PILImage
+
+    from monai_gmr.data.synthetic_nuclei import save_png
+
+    p = tmp_path / "a.png"
+    save_png(p, np.full((4, 5), 7, np.uint8))
+    before = p.read_bytes()
+
+    def broken(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n half")  # a partial file, then the error
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PILImage.Image, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_png(p, np.zeros((4, 5), np.uint8))
+    assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_stains_to_rgb_rounds_to_the_nearest_grey_level():
+    """Beer-Lambert intensities are rounded, not truncated (truncation darkened every pixel by half a grey level on
+    average): empty glass of ``i0 = 200.6`` is 201; an optical density of ``ln 2`` halves ``i0 = 201.4`` to 101."""
+    from monai_gmr.data.render import stains_to_rgb
+
+    zero = np.zeros((2, 3), np.float32)
+    assert (stains_to_rgb(zero, zero, 200.6) == 201).all()
+    h = np.full((2, 3), math.log(2.0), np.float32)
+    unit = np.array([1.0, 0.0, 0.0])
+    rgb = stains_to_rgb(h, zero, 201.4, h_vec=unit, e_vec=unit)
+    assert (rgb[..., 0] == 101).all() and (rgb[..., 1:] == 201).all()  # 100.7 -> 101, 201.4 -> 201
+
+
+def test_fixed_ranges_low_equal_high_are_accepted():
+    """A range is ``(low, high)`` with ``0 <= low <= high`` (``check_params``): a fixed value given as a range of
+    one number, e.g. ``nucleus_aspect=(1.5, 1.5)``, is accepted, not refused."""
+    from monai_gmr.data.render import check_params
+
+    check_params(ranges={"fiber_width": (2.0, 2.0)})
+    _, inst, info = render_nuclei_tile(64, 0, nucleus_aspect=(1.5, 1.5), fiber_width=(2.0, 2.0),
+                                       nucleus_axes=(8.0, 8.0))  # fmt: skip
+    assert info["n_nuclei"] >= 1 and inst.max() == info["n_nuclei"]
+    with pytest.raises(ValueError, match="fiber_width"):
+        check_params(ranges={"fiber_width": (3.0, 2.0)})
+
+
+def test_smooth_noise_is_white_noise_blurred_by_a_gaussian_of_std_sigma():
+    """``smooth_noise(shape, sigma)`` is white noise blurred by a Gaussian of standard deviation ``sigma``: its
+    autocorrelation at lag ``d`` is ``exp(-d^2 / (4 sigma^2))`` (0.78 at ``d = sigma``); the filter
+    ``exp(-2 pi sigma^2 k^2)`` (pi not squared) gave a correlation length ``sqrt(pi)`` times shorter (0.45)."""
+    from monai_gmr.data.render import smooth_noise
+
+    for sigma in (2.0, 4.0):
+        corr = []
+        for seed in range(3):
+            n = smooth_noise((128, 128), sigma, np.random.default_rng(seed)).astype(np.float64)
+            assert n.std() == pytest.approx(1.0, abs=1e-3)
+            n -= n.mean()
+            lag = int(sigma)  # periodic noise (FFT): a circular shift
+            corr.append((np.mean(n * np.roll(n, lag, 0)) + np.mean(n * np.roll(n, lag, 1))) / 2)
+        assert np.mean(corr) == pytest.approx(math.exp(-0.25), abs=0.06), (sigma, corr)
+
+
+def _principal_angle(w: np.ndarray) -> float:
+    """Screen angle (degrees, counter-clockwise from the x axis, y up) of the principal axis of the weights ``w``."""
+    yy, xx = np.mgrid[: w.shape[0], : w.shape[1]].astype(np.float64)
+    s = w.sum()
+    dy, dx = yy - (w * yy).sum() / s, xx - (w * xx).sum() / s
+    cxx, cyy, cxy = (w * dx * dx).sum() / s, (w * dy * dy).sum() / s, (w * dx * dy).sum() / s
+    return -0.5 * math.degrees(math.atan2(2 * cxy, cxx - cyy))  # minus: rows grow downwards
+
+
+@pytest.mark.parametrize("theta", [30.0, 120.0])
+def test_draw_nucleus_geometry(theta):
+    """``draw_nucleus``: the major axis runs along ``theta`` counter-clockwise on screen (clockwise, or the axes
+    swapped, turned it); the label (hard inside test) is where the anti-aliased coverage is at least 1/2, so labels
+    and images agree; a canvas wider than high clips the object to its own width, not to its height."""
+    from monai_gmr.data.render import draw_nucleus
+
+    params = {"a": 12.0, "b": 5.0, "orders": np.arange(2, 6), "amps": np.zeros(4), "phases": np.zeros(4)}
+    sl, inside, soft, _ = draw_nucleus(30.0, 30.0, theta, params, (61, 61))
+    canvas = np.zeros((61, 61))
+    canvas[sl] = inside
+    ang = _principal_angle(canvas)
+    assert abs((ang - theta + 90.0) % 180.0 - 90.0) < 2.0, ang
+    assert (soft[inside] >= 0.5).all() and (soft[~inside] <= 0.5).all() and inside.sum() > 150
+    wide = draw_nucleus(10.0, 70.0, 0.0, params, (20, 90))  # near the right edge of a wide canvas
+    big = draw_nucleus(10.0, 70.0, 0.0, params, (90, 90))
+    assert wide is not None and wide[0][1] == big[0][1]  # same columns
+    assert wide[1].sum() == big[1][: 20 - big[0][0].start].sum()
+
+
+@pytest.mark.parametrize("theta", [0.0, 30.0, 120.0])
+def test_draw_spindle_length_direction_and_taper(theta):
+    """``draw_spindle``: a fibre of ``length`` along ``theta`` (counter-clockwise on screen) whose half-width tapers
+    as ``width / 2 * sqrt(1 - t^2)``: the coverage reaches ``length / 2`` along the axis and no further, runs along
+    ``theta``, is ``width`` wide at the middle and 0.6 of that at ``t = 0.8`` (blunt ends: the same width)."""
+    from monai_gmr.data.render import draw_spindle
+
+    sl, cov = draw_spindle(40.0, 40.0, theta, 40.0, 4.0, 0.0, (81, 81))
+    canvas = np.zeros((81, 81))
+    canvas[sl] = cov
+    t = math.radians(theta)
+    yy, xx = np.mgrid[:81, :81] - 40.0
+    along = xx * math.cos(t) - yy * math.sin(t)  # screen direction (cos t, sin t), y up
+    assert np.abs(along[canvas > 0]).max() <= 20.0 + 1e-6 and np.abs(along[canvas > 0]).max() > 19.0
+    assert abs((_principal_angle(canvas) - theta + 90.0) % 180.0 - 90.0) < 1.0
+    if theta == 0.0:  # columns are cuts across the fibre
+        assert canvas[:, 40].sum() == pytest.approx(4.0, abs=0.05)
+        assert canvas[:, 40 + 16].sum() / canvas[:, 40].sum() == pytest.approx(0.6, abs=0.05)
+
+
+def test_split_fractions_go_to_their_own_split(tmp_path):
+    """``val_frac`` sizes the validation split and ``test_frac`` the test split (10 tiles at 0.1 / 0.3: 6, 1, 3)."""
+    r = make_synthetic_nuclei(tmp_path, n_images=10, size=32, val_frac=0.1, test_frac=0.3)
+    assert [len(r[k]) for k in ("training", "validation", "test")] == [6, 1, 3]

@@ -532,3 +532,83 @@ def test_unknown_synthetic_slide_setting_is_refused_also_when_the_data_exist(tmp
     (root / "datalist.json").write_text('{"training": []}')
     with pytest.raises(ValueError, match="n_slidez.*did you mean 'n_slides'"):
         ensure_wsi_dataset(root, n_slidez=4, size=512)
+
+
+def test_tumour_patch_count_is_rounded_and_normal_patches_keep_a_mask_pixel_from_tumour(tmp_path):
+    """``tumor_patch_fraction`` of ``patches_per_slide`` is rounded (0.6 of 6 is 4 tumour patches, truncated it was 3),
+    and a normal patch lies at least one mask pixel away from tumour (its footprint on the mask grid touches no
+    tumour pixel nor a neighbour of one; without the dilation 3 of 32 normal patches touched the tumour's rim)."""
+    from scipy import ndimage
+
+    r = make_synthetic_wsi(tmp_path / "a", n_slides=1, size=256, patches_per_slide=6, patch_size=16, seed=0,
+                           tumor_patch_fraction=0.6, compression="deflate")  # fmt: skip
+    assert (r["slides"][0]["n_tumor_patches"], r["slides"][0]["n_normal_patches"]) == (4, 2)
+    r = make_synthetic_wsi(tmp_path / "b", n_slides=1, size=512, n_levels=3, patches_per_slide=64, patch_size=16,
+                           seed=0, compression="deflate")  # fmt: skip
+    meta = r["slides"][0]
+    ds = meta["mask_downsample"]
+    near = ndimage.binary_dilation(np.load(tmp_path / "b" / meta["tumor_mask"]).astype(bool))
+    normal = [it for k in ("training", "validation", "test") for it in r[k] if it["label"] == 0]
+    assert len(normal) == meta["n_normal_patches"] == 32
+    for it in normal:
+        (y, x), s = it["location"], it["size"][0]
+        top, left = y - s // 2, x - s // 2  # level 0 = patch level here
+        assert not near[top // ds : (top + s - 1) // ds + 1, left // ds : (left + s - 1) // ds + 1].any(), it
+
+
+def test_a_patch_larger_than_the_slide_at_its_level_is_refused_before_anything_is_written(tmp_path):
+    """The patch's level-0 footprint (``patch_size * 2**patch_level``) must fit the slide: 96 px at level 2 covers 384
+    level-0 px, more than a 256 px slide, and is refused naming both settings (``patch_size`` alone fits)."""
+    with pytest.raises(ValueError, match=r"patch_size=96 at patch_level=2 covers 384 level-0 pixels"):
+        make_synthetic_wsi(tmp_path / "o", n_slides=1, size=256, patch_size=96, patch_level=2, patches_per_slide=4)
+    assert not (tmp_path / "o").exists()
+
+
+def test_patch_csv_the_same_place_at_two_levels_is_two_patches(tmp_path):
+    """A repeated patch is one with the same slide, location, size *and level*: the same centre read at levels 0 and
+    1 is two different patches (the level-1 one covers four times the tissue) and may carry different labels."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    (tmp_path / "p.csv").write_text("slide,x,y,level,size,label\ns.tiff,100,50,0,16,0\ns.tiff,100,50,1,16,1\n")
+    dl = json.loads(patch_csv_to_datalist(tmp_path / "p.csv", val_frac=0.0, test_frac=0.0).read_text())
+    assert [(it["level"], it["label"]) for it in dl["training"]] == [(0, 0), (1, 1)]
+
+
+def test_slides_of_one_dataset_differ(tmp_path):
+    """Slide ``i`` is drawn from ``SeedSequence([seed, i])``: the slides of one dataset are different slides (with the
+    index left out of the seed every slide was the same image with the same masks)."""
+    r = make_synthetic_wsi(tmp_path, n_slides=2, size=256, patches_per_slide=4, patch_size=16, seed=0,
+                           compression="deflate")  # fmt: skip
+    a, b = (tmp_path / "slides" / f"slide_00{i}.tiff" for i in range(2))
+    assert a.read_bytes() != b.read_bytes()
+    masks = [np.load(tmp_path / m["tissue_mask"]) for m in r["slides"]]
+    assert not np.array_equal(*masks)
+
+
+def test_slide_split_fractions_go_to_their_own_split(tmp_path):
+    """Split by slide (3 slides) at ``val_frac=0``, ``test_frac=0.4``: two training slides and one test slide, no
+    validation slide (swapped, the test set was empty)."""
+    r = make_synthetic_wsi(tmp_path, n_slides=3, size=256, patches_per_slide=4, patch_size=16, seed=0,
+                           val_frac=0.0, test_frac=0.4, compression="deflate")  # fmt: skip
+    slides = {k: sorted({it["slide"] for it in r[k]}) for k in ("training", "validation", "test")}
+    assert [len(v) for v in slides.values()] == [2, 0, 1]
+
+
+def test_patch_csv_unknown_split_is_refused_naming_the_row(tmp_path):
+    """A ``split`` other than training / validation / test is refused naming the CSV row (it was a bare KeyError)."""
+    (tmp_path / "s.tiff").write_bytes(b"")
+    (tmp_path / "p.csv").write_text("slide,x,y,label,split\ns.tiff,10,20,0,training\ns.tiff,30,40,1,train\n")
+    with pytest.raises(ValueError, match=r"p\.csv' row 3: unknown split 'train'"):
+        patch_csv_to_datalist(tmp_path / "p.csv", patch_size=16)
+
+
+def test_tumour_tissue_is_darker_than_normal_tissue_without_nuclei():
+    """Besides its nuclei, tumour tissue has a denser, more basophilic background than normal tissue: with no nucleus
+    and no fibre drawn, the tumour mask's pixels are clearly less red (the extra haematoxylin put on all tissue left
+    the two classes the same colour)."""
+    for seed in (0, 1):
+        rgb, tumor, tissue, _ = render_synthetic_slide(256, seed, mask_downsample=8, tumor_density=0.0,
+                                                       normal_density=0.0, fiber_density=0.0)  # fmt: skip
+        red = rgb[..., 0].astype(np.float64)
+        tum, nor = (np.kron(m, np.ones((8, 8), bool)) for m in (tumor, tissue & ~tumor))
+        assert tum.sum() > 1000 and nor.sum() > 1000
+        assert red[tum].mean() < red[nor].mean() - 4.0, seed
