@@ -127,7 +127,8 @@ def _strings(value: Any, id: str = "") -> Iterator[tuple[str, str, bool]]:
 def _referenced_ids(value: Any, id: str = "", macros: bool = True) -> set[str]:
     """Top-level ids that ``value`` (the config item ``id``) refers to, as MONAI resolves them.
 
-    ``@name`` / ``@name#...`` in any string (``$`` expressions too), relative references (``@##name`` in ``a#b`` is
+    ``@name`` / ``@name#...`` in any string value (``$`` expressions too; not in dict keys, which MONAI leaves as
+    they are), relative references (``@##name`` in ``a#b`` is
     ``@name``, ``ConfigParser.resolve_relative_ids``), whole-string ``%name...`` macros of the same config (relative
     ones too) and, with ``macros``, the ``@`` references inside the content that a ``%file.json#id`` macro copies
     from another file (MONAI does not expand macros within that content, so they are not followed).
@@ -137,13 +138,14 @@ def _referenced_ids(value: Any, id: str = "", macros: bool = True) -> set[str]:
 
     found: set[str] = set()
     for at, s, is_key in _strings(value, ReferenceResolver.normalize_id(str(id))):
-        if not is_key:  # MONAI resolves relative ids (and macros) in values only
-            try:
-                s = ConfigParser.resolve_relative_ids(at, s)
-            except ValueError:  # out of the config's range: MONAI reports it itself
-                pass
+        if is_key:  # MONAI resolves references, relative ids and macros in values only: {"@x": 1} keeps its key
+            continue
+        try:
+            s = ConfigParser.resolve_relative_ids(at, s)
+        except ValueError:  # out of the config's range: MONAI reports it itself
+            pass
         found.update(_REFERENCE.findall(s))
-        if macros and not is_key and s.startswith("%"):
+        if macros and s.startswith("%"):
             path, ids = ConfigParser.split_path_id(s[1:])
             if not path:
                 if ids:

@@ -1120,3 +1120,200 @@ def test_check_tta_settings_names_the_tta_settings():
             check_tta_settings(**kw)
     check_tta_settings([0, 90, 180, 270], ["h"], "reflection")
     check_tta_settings(45, [], task="classification")
+
+
+def test_fresh_run_on_another_rank_leaves_the_earlier_checkpoints_to_rank_0(tmp_path, monkeypatch):
+    """resume=False under torchrun: only the main process moves an earlier run's checkpoints aside. Every rank
+    calling os.replace on the same files raced rank 0 (a rank found the file gone, or made a second
+    previous_run_* folder holding part of them)."""
+    _run_with_saver(tmp_path, 2, False)  # leaves epochs 1, 2
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    trainer, net, _ = _tiny_trainer(None, max_epochs=1)
+    assert attach_resume(trainer, False, tmp_path, {"model": net, "trainer": trainer}) is None
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+    assert not list(tmp_path.glob("previous_run*"))
+
+
+def test_resume_neither_counts_nor_prunes_unreadable_newer_checkpoints(tmp_path):
+    """Unreadable newer checkpoints (skipped by the resume) do not count towards n_saved: counting them pruned a
+    readable checkpoint at the start of the run, leaving the one resumed from as the only readable file until the
+    next save replaced the broken ones."""
+    _run_with_saver(tmp_path, 2, False)  # leaves epochs 1, 2 (n_saved=2)
+    for n in (3, 4):  # two newer files cut short (e.g. copied from another disk)
+        (tmp_path / f"checkpoint_epoch={n}.pt").write_bytes((tmp_path / "checkpoint_epoch=2.pt").read_bytes()[:100])
+    trainer, net, opt = _tiny_trainer(None, max_epochs=3, n=4)
+    sd = {"model": net, "optimizer": opt, "trainer": trainer}
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict=sd, save_interval=1, n_saved=2)
+    path = attach_resume(trainer, True, tmp_path, sd, saver=saver)
+    assert Path(path).name == "checkpoint_epoch=2.pt"
+    # right after the resume was set up (before any new save): both readable checkpoints are still there
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == [f"checkpoint_epoch={n}.pt" for n in (1, 2, 3, 4)]
+    assert [item.filename for item in saver._interval_checkpoint._saved] == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+
+
+def test_best_model_record_is_written_only_beside_an_existing_best_model(tmp_path):
+    """model.pt.json records the state of the best model beside it: a resumed run whose model.pt is gone (removed,
+    or its save failed) and whose validation does not beat the restored best saved nothing, yet wrote a record of
+    a best model that does not exist."""
+    from ignite.engine import Engine
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    best = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                                 key_metric_filename="model.pt")  # fmt: skip
+    evaluator = Engine(lambda e, b: None)
+    state = KeyMetricState(best, evaluator)
+    state.load_state_dict({"saved": [[0.9, "model.pt"]], "best_metric": 0.9, "best_metric_epoch": 3})
+    evaluator.run([0], max_epochs=1)  # a validation that saved no new best model
+    assert not (tmp_path / "model.pt.json").exists()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    evaluator.run([0], max_epochs=2)
+    assert json.loads((tmp_path / "model.pt.json").read_text())["saved"] == [[0.9, "model.pt"]]
+
+
+def test_load_checkpoint_with_strict_false_loads_the_matching_keys(tmp_path):
+    """strict=False (e.g. a backbone checkpoint without the new head) loads the keys that match and leaves the
+    others; it was passed on to load_state_dict, and a strict load refuses such a file."""
+    src = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    torch.save({"model": src.state_dict()}, tmp_path / "backbone.pt")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    head = net[1].weight.detach().clone()
+    load_checkpoint(net, tmp_path / "backbone.pt", strict=False)
+    assert torch.equal(net[0].weight, src[0].weight) and torch.equal(net[1].weight, head)
+    with pytest.raises(RuntimeError, match="does not fit the network"):
+        load_checkpoint(net, tmp_path / "backbone.pt")
+
+
+_GOOD_TRAINING_SETTINGS = dict(
+    epochs=2, epoch_length=None, val_interval=1, ckpt_interval=1, log_interval=0, learning_rate="1e-3", weight_decay=0,
+    batch_size="2", amp="false", compile=False, compile_kwargs=None, resume="no", augment_rotation=True, num_workers=0,
+    val_batch_size=1, crops_per_image=1, cache_rate=1, sw_padding="reflect", val_rotation="false",
+)
+
+
+@pytest.mark.parametrize("setting, bad", [
+    ("epochs", 0), ("epoch_length", 0), ("val_interval", 0), ("ckpt_interval", 0), ("log_interval", -1),
+    ("learning_rate", 0), ("weight_decay", -1), ("batch_size", 0), ("num_workers", -1), ("val_batch_size", 0),
+    ("crops_per_image", 0), ("cache_rate", 1.5), ("sw_padding", "zero"), ("amp", "maybe"),
+])  # fmt: skip
+def test_check_training_settings_accepts_the_limits_and_names_each_bad_setting(setting, bad):
+    """The values at the edge of each range pass (log_interval 0: no iteration lines; weight_decay 0; cache_rate 1:
+    everything cached; epoch_length None), and a bad value is refused naming its own setting, not a neighbour's."""
+    from monai_gmr.workflows.common import check_training_settings
+
+    check_training_settings(**_GOOD_TRAINING_SETTINGS)
+    with pytest.raises(ValueError, match=rf"^{setting}\b") as info:
+        check_training_settings(**{**_GOOD_TRAINING_SETTINGS, setting: bad})
+    others = set(_GOOD_TRAINING_SETTINGS) - {setting}
+    assert not [o for o in others if re.search(rf"\b{o}\b", str(info.value))], str(info.value)
+
+
+def _fake_rank(monkeypatch, rank):
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_summaries_are_written_by_the_main_process_only(tmp_path, monkeypatch, rank):
+    """Under torchrun every rank computes the evaluation summary and the run summary; only rank 0 writes the JSON
+    files (every rank replacing the same file raced on it, and the other ranks' views overwrote rank 0's)."""
+    _fake_rank(monkeypatch, rank)
+    out = summarize_evaluation(tmp_path / "metrics.json", split="test")
+    assert out == {"split": "test"}
+    trainer, _, _ = _tiny_trainer(None, max_epochs=1, n=2)
+    pl = ProgressLogger(interval=0, summary_file=tmp_path / "train_summary.json")
+    pl.attach(trainer)
+    trainer.run()
+    assert pl.summary["epochs_completed"] == 1
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == (["metrics.json", "train_summary.json"] if rank == 0 else [])
+
+
+def test_validation_at_start_runs_once_before_the_first_epoch_only():
+    """exec_at_start validates once, at the run's first epoch start, then only every ``interval`` epochs and at the
+    last one (a validation at every epoch start doubled the validations of a run with interval 1)."""
+    from ignite.engine import Events
+    from monai.engines import SupervisedEvaluator
+
+    trainer, net, _ = _tiny_trainer(None, max_epochs=3, n=2)
+    loader = torch.utils.data.DataLoader([{"image": torch.rand(1, 8, 8), "label": torch.zeros(1, 8, 8)}], batch_size=1)
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=net)
+    seen = []
+    evaluator.add_event_handler(Events.COMPLETED, lambda e: seen.append(e.state.epoch))
+    EpochValidationHandler(interval=2, validator=evaluator, exec_at_start=True).attach(trainer)
+    trainer.run()
+    assert seen == [0, 2, 3]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_run_on_rank0_first_runs_once_on_every_rank_rank_0_before_the_barrier(monkeypatch, rank):
+    """run_on_rank0_first: rank 0 runs the set-up step before the barrier, every other rank after it (and each
+    rank gets its own result: e.g. the datalist path the other ranks find ready)."""
+    events = []
+    _fake_rank(monkeypatch, rank)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: events.append("barrier"))
+    got = run_on_rank0_first(lambda x: events.append(("fn", rank)) or x * 2, 21)
+    assert got == 42
+    assert events == ([("fn", 0), "barrier"] if rank == 0 else ["barrier", ("fn", 1)])
+
+
+def test_progress_lines_of_a_resumed_run_count_iterations_per_epoch_and_the_eta_from_what_is_left(tmp_path, monkeypatch, caplog):
+    """The iteration lines number the iterations within each epoch (1..N) and a resumed run's ETA extrapolates its
+    own pace over the iterations left to the end of the run (not over the whole run again)."""
+    from ignite.engine import Events
+
+    _run_with_saver(tmp_path, 2, False, n=4)  # 2 iterations per epoch, checkpoint of epoch 2 (iteration 4)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock["t"])
+    trainer, net, opt = _tiny_trainer(None, max_epochs=4, n=4)  # 8 iterations in all, 4 left
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: clock.update(t=clock["t"] + 10.0))  # 10 s each
+    ProgressLogger(interval=1, name="progress_test").attach(trainer)
+    attach_resume(trainer, True, tmp_path, {"model": net, "optimizer": opt, "trainer": trainer})
+    with caplog.at_level("INFO", logger="progress_test"):
+        trainer.run()
+    lines = [r.message for r in caplog.records if r.name == "progress_test" and "ETA" in r.message]
+    got = [re.search(r"epoch (\d)/4, iteration (\d)/2 .*elapsed (\S+), ETA (\S+)", m).groups() for m in lines]
+    assert got == [("3", "1", "0:00:10", "0:00:30"), ("3", "2", "0:00:20", "0:00:20"),
+                   ("4", "1", "0:00:30", "0:00:10"), ("4", "2", "0:00:40", "0:00:00")]  # fmt: skip
+
+
+def test_a_resumed_run_that_fails_keeps_the_run_summary(tmp_path):
+    """A resumed run continues the earlier run's checkpoints, so the summary of those stays until the resumed run
+    writes its own: removing it at the start (as a fresh run does) left no summary when the resumed run failed."""
+    from ignite.engine import Events
+
+    _run_with_saver(tmp_path, 2, False, n=4)
+    summary = tmp_path / "summary.json"
+    before = summary.read_text()
+    trainer, net, opt = _tiny_trainer(None, max_epochs=4, n=4)
+    ProgressLogger(interval=0, summary_file=summary).attach(trainer)
+    attach_resume(trainer, True, tmp_path, {"model": net, "optimizer": opt, "trainer": trainer})
+
+    def fail(engine):
+        raise RuntimeError("killed")
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=5), fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.run()
+    assert summary.read_text() == before
+
+
+def test_check_datalist_names_the_file_an_image_check_refuses_once(tmp_path):
+    """A ValueError of an ``image_checks`` check is re-raised naming the item and the file (the pipeline's own
+    checks often name neither); a message that already names the file does not name it twice."""
+    path = _png(tmp_path / "tile.png", (8, 8))
+
+    def no_name(img):
+        raise ValueError("2 channels")
+
+    def named(img):
+        raise ValueError(f"image {str(img.meta['filename_or_obj'])!r} is too dark")
+
+    with pytest.raises(ValueError, match=r"^tiles item 0: image file '.*tile\.png': 2 channels$"):
+        check_datalist([{"image": path}], keys=("image",), name="tiles", image_checks={"image": no_name})
+    with pytest.raises(ValueError, match=r"^tiles item 0: image '.*tile\.png' is too dark$") as info:
+        check_datalist([{"image": path}], keys=("image",), name="tiles", image_checks={"image": named})
+    assert str(info.value).count("tile.png") == 1

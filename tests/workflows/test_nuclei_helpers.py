@@ -670,3 +670,44 @@ def test_report_outputs_counts_each_output_and_warns_about_missing_ones(tmp_path
     text = caplog.text
     assert f"inference wrote 2 *_seg.png, 1 *_instance.png, 1 *_prob.tif for 3 image(s) to {tmp_path.resolve()}" in text
     assert "2 image(s) lack some of their outputs" in text and "t1.png" in text
+
+
+def test_window_sizes_must_be_multiples_of_the_unets_downsampling_unless_it_pads():
+    """A U-Net with 2**levels down-sampling refuses, by setting name, a crop or window size it cannot take (with a
+    suggestion), also behind a DistributedDataParallel-style ``.module`` wrapper (multi-GPU configs pass the
+    wrapped network); built with ``pad_to_multiple=True`` it takes any size."""
+    from monai_gmr.nets import GMRUNet
+    from monai_gmr.workflows.nuclei import check_window_sizes
+
+    net = GMRUNet(2, 3, 2, features=(4, 4, 4, 4))
+    assert net.multiple == 8
+    check_window_sizes(net, crop_size=32, roi_size=[64, 40])
+
+    class Wrapped(torch.nn.Module):  # what DistributedDataParallel exposes: the network as .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    for network in (net, Wrapped(net)):
+        with pytest.raises(ValueError, match=r"crop_size=30: GMRUNet needs every size divisible by 8 .*30 -> 32"):
+            check_window_sizes(network, crop_size=30)
+        with pytest.raises(ValueError, match=r"roi_size=\[64, 36\]: GMRUNet needs every size divisible by 8"):
+            check_window_sizes(network, roi_size=[64, 36])
+    padded = GMRUNet(2, 3, 2, features=(4, 4, 4, 4), pad_to_multiple=True)
+    check_window_sizes(padded, crop_size=30, roi_size=[64, 36])
+    check_window_sizes(Wrapped(padded), crop_size=30)
+
+
+def test_check_instance_settings_accepts_min_nucleus_size_0_and_names_bad_settings():
+    """min_nucleus_size 0 keeps every object (no size filter) and is valid; a negative or non-integer size and an
+    unknown method are refused naming the setting."""
+    from monai_gmr.workflows.nuclei import check_instance_settings
+
+    for method in ("connected_components", "watershed"):
+        for size in (0, 1, 30, np.int64(5)):
+            check_instance_settings(method, size)
+    for size in (-1, 2.5, True, "10"):
+        with pytest.raises(ValueError, match=r"^min_nucleus_size must be an integer >= 0"):
+            check_instance_settings("watershed", size)
+    with pytest.raises(ValueError, match=r"^instance_method must be"):
+        check_instance_settings("watershd", 0)

@@ -354,3 +354,19 @@ def test_a_setting_given_as_none_is_no_setting():
     it), while a real value for the same misspelt id is still refused."""
     check_setting_names(TRAIN, {"epoch": None, "run_id": None})
     assert "'epoch'" in _refused(TRAIN, {"epoch": 2})
+
+
+def test_a_new_id_that_only_a_dict_key_names_is_refused(tmp_path):
+    """MONAI resolves ``@name`` in config values only: a key ``"@scale"`` stays the text ``"@scale"`` and never reads
+    ``scale``, so ``--scale 2`` is added silently and unused, and must be refused (it was accepted as referenced). A
+    value referring to it, in the same dict, is read and still makes it a setting."""
+    from monai.bundle import ConfigParser
+
+    cfg = tmp_path / "keys.json"
+    cfg.write_text(json.dumps({"weights": {"@scale": 1.0, "$@scale": 2.0}}))
+    parser = ConfigParser(ConfigParser.load_config_file(cfg))
+    parser["scale"] = 3.0
+    assert parser.get_parsed_content("weights") == {"@scale": 1.0, "$@scale": 2.0}  # MONAI read no key
+    assert "'scale'" in _refused(str(cfg), {"scale": 3.0})
+    cfg.write_text(json.dumps({"weights": {"@scale": "@scale"}}))
+    check_setting_names(str(cfg), {"scale": 3.0})  # the value refers to it

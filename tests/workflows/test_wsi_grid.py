@@ -243,3 +243,55 @@ def test_slide_inference_restores_every_submodule_mode(tmp_path):
     net[1].eval()  # frozen batch norm
     infer_slide(tmp_path / "m.tif", net, None, patch_size=P, batch_size=256)
     assert net.training and net[0].training and not net[1].training
+
+
+def test_only_rank_0_writes_the_map_files_and_the_summary_reports_the_tissue_mask(tmp_path, monkeypatch):
+    """Only the process of rank 0 writes a slide's map files (every process holds the gathered map); the result's
+    ``tissue_fraction`` is that of the tissue mask, not of the pixels the kept patches cover (which leave out the
+    tissue of patches under min_tissue and take in the background of the kept ones)."""
+    from monai_gmr.workflows import wsi
+
+    write_pyramidal_tiff(tmp_path / "r.tif", _image(), tile_size=64, n_levels=1, compression="deflate")
+    kw = {"patch_size": P, "batch_size": 256, "map_max_size": 256, "min_tissue": 0.5}
+    res = infer_slide(tmp_path / "r.tif", MeanNet(), tmp_path / "out0", **kw)
+    assert sorted(res.files) == ["heatmap", "prob", "tissue"] and len(list((tmp_path / "out0").iterdir())) == 3
+    d = res.to_dict()
+    assert d["tissue_fraction"] == pytest.approx(float(res.tissue.mean()))
+    assert not np.isclose(res.tissue.mean(), res.covered.mean())  # the two differ on this slide
+    monkeypatch.setattr(wsi, "_dist_rank_world", lambda: (1, 1))  # the process of another rank (its own shard)
+    other = infer_slide(tmp_path / "r.tif", MeanNet(), tmp_path / "out1", **kw)
+    assert other.files == {} and not (tmp_path / "out1").exists()
+    np.testing.assert_array_equal(other.prob, res.prob)
+
+
+def test_map_quality_scores_the_covered_tissue_pixels_only(tmp_path):
+    """The map is scored on the pixels that are both covered by a kept patch and tissue: the background inside a
+    kept patch's footprint (here up to half of it, min_tissue=0.5) is no tumour and no normal tissue either."""
+    from monai_gmr.workflows.wsi import map_quality
+
+    img = _image()
+    write_pyramidal_tiff(tmp_path / "q.tif", img, tile_size=64, n_levels=1, compression="deflate")
+    gt = (img[..., 0] < 100).astype(np.uint8)  # the two dark blocks
+    res = infer_slide(tmp_path / "q.tif", MeanNet(), None, patch_size=P, batch_size=256, map_max_size=256,
+                      min_tissue=0.5, label_mask=gt)  # fmt: skip
+    valid = res.covered & res.tissue
+    assert 0 < valid.sum() < res.covered.sum()
+    assert res.metrics["n_pixels"] == int(valid.sum())
+    assert res.metrics == map_quality(res.prob, gt, valid=valid)
+
+
+@pytest.mark.parametrize("size, patch, overlap", [(100, 18, 0.25), (150, 20, 0.3), (97, 10.5, 0.5), (64, 16, 0.0)])
+def test_centered_offset_leaves_equal_margins_on_monais_grid(size, patch, overlap):
+    """``sliding_grid_offset`` computes MONAI's step (``round(p * (1 - overlap))``, as ``iter_patch_position``) and
+    patch count: the grid MONAI lays from the centred offset leaves equal margins (even remainder) or one more
+    level-0 pixel at the end (odd). A truncated step (13 instead of 13.5 -> 14) put the grid off-centre."""
+    from monai.data.utils import iter_patch_position
+
+    oy, ox = sliding_grid_offset((size, size), (patch, patch), overlap, "centered")
+    assert oy == ox
+    starts = sorted({p[0] for p in iter_patch_position((size, size), (patch, patch), (oy, ox), float(overlap))})
+    end_margin = size - (starts[-1] + round(patch))
+    assert starts[0] == oy and end_margin - oy in (0, 1), (starts, end_margin)
+    # and no further patch would fit at either end (the grid is MONAI's, cut to the same number of patches)
+    step = round(patch * (1.0 - overlap))
+    assert oy < step and end_margin < step

@@ -1592,3 +1592,85 @@ def test_infer_slide_scores_a_full_resolution_pyramidal_mask_without_reading_lev
     assert ref.metrics["pixel_auc"] is not None and res.metrics == ref.metrics
     with pytest.raises(FileNotFoundError, match="nothere.tif"):  # a wrong path still fails before the slide is read
         infer_slide("no_such_slide.svs", DarkNucleiNet(), None, patch_size=16, label_mask=str(tmp_path / "nothere.tif"))
+
+
+def test_patch_datalist_labels_must_be_whole_class_indices_below_num_classes(wsi_data):
+    """check_patch_datalist refuses a label equal to num_classes (class indices run to num_classes - 1: a 1-based
+    label of the last class) and a fractional label (1.5 was read as class 1), naming the item; 0 and
+    num_classes - 1 pass."""
+    from monai_gmr.workflows.wsi import check_patch_datalist
+
+    item = dict(wsi_data["training"][0])
+    for ok in (0, 1, 1.0):
+        assert check_patch_datalist([{**item, "label": ok}], patch_size=PATCH, num_classes=2)
+    for bad in (2, 1.5, -1):
+        with pytest.raises(ValueError, match=rf"mylist item 0 .*label {bad!r} is not a class index in \[0, 2\)"):
+            check_patch_datalist([{**item, "label": bad}], patch_size=PATCH, num_classes=2, name="mylist")
+
+
+def test_classification_outputs_keep_the_labels_of_a_single_output_network():
+    """A single-logit (sigmoid) network's batch has ``(N, 1)`` predictions and ``(N, 1)`` labels: the labels are
+    class indices, not one-hot rows (an argmax over their one column made every label 0)."""
+    from monai_gmr.workflows.wsi import classification_outputs
+
+    p, y = classification_outputs({"pred": torch.tensor([[0.3], [2.0], [-1.0]]), "label": torch.tensor([[0], [1], [1]])})
+    assert p.shape == (3, 1) and y.tolist() == [0, 1, 1]
+    items = [{"pred": torch.tensor([0.5]), "label": torch.tensor([1])}, {"pred": torch.tensor([-0.5]), "label": torch.tensor([0])}]
+    assert classification_outputs(items)[1].tolist() == [1, 0]
+
+
+def test_one_based_hint_covers_labels_one_past_num_classes():
+    """Labels 1..K+1 given with num_classes=K (one class short, and counted from 1) get the one-based hint too;
+    labels further out (1..K+2) or not starting at 1 do not."""
+    from monai_gmr.workflows.wsi import check_class_labels
+
+    with pytest.raises(ValueError, match=r"The labels start at 1 \(1\.\.3\)"):
+        check_class_labels([1, 2, 3, 1], 2, "training patches")
+    for labels in ([1, 2, 4], [0, 3]):
+        with pytest.raises(ValueError) as e:
+            check_class_labels(labels, 2, "training patches")
+        assert "start at 1" not in str(e.value)
+
+
+def test_fallback_split_is_used_only_when_the_split_is_empty(tmp_path, caplog):
+    """``fallback_split`` replaces the requested split only when that one has no patches: evaluation asked for the
+    test split with fallback "validation" scored the validation patches although the test split had some."""
+    from monai_gmr.workflows.wsi import wsi_patch_datalist
+
+    own = {"training": [{"image": "a.tif", "location": [300, 200], "label": 1}],
+           "validation": [{"image": "a.tif", "location": [1, 2], "label": 0}],
+           "test": [{"image": "a.tif", "location": [5, 6], "label": 1}]}  # fmt: skip
+    (tmp_path / "datalist.json").write_text(json.dumps(own))
+    (tmp_path / "a.tif").write_bytes(b"")  # never opened (check=False)
+    with caplog.at_level("WARNING", logger="monai_gmr"):
+        items = wsi_patch_datalist(tmp_path, "test", generate=False, check=False, fallback_split="validation")
+    assert [i["location"] for i in items] == [[5, 6]]
+    assert not [r for r in caplog.records if "using 'validation'" in r.getMessage()]
+
+
+def test_skip_outside_skips_only_patches_outside_their_slide(wsi_data):
+    """``skip_outside`` drops patches that leave their slide; an unreadable slide or a missing level among the items
+    still stops the check, naming the slide (they were dropped with the outside patches, and a datalist whose slide
+    files were corrupt trained on the remaining slides without an error)."""
+    from monai_gmr.data.wsi import WSIError
+    from monai_gmr.workflows.wsi import check_patch_datalist
+
+    good = dict(wsi_data["training"][0])
+    outside = {**good, "location": [5000, 5000]}
+    assert check_patch_datalist([good, outside], patch_size=PATCH, skip_outside=True) == [good]
+    for bad, match in (({"image": wsi_data["corrupt"], "location": [10, 10], "label": 0}, "corrupt.svs"),
+                       ({**good, "image": wsi_data["single"], "level": 2}, "single_level.tiff")):  # fmt: skip
+        with pytest.raises(WSIError, match=match):
+            check_patch_datalist([good, outside, bad], patch_size=PATCH, skip_outside=True)
+
+
+def test_inference_slides_of_a_split_lists_each_slide_once(wsi_data):
+    """The datalist holds one item per patch: the slides of a split are listed once each, in the order they first
+    appear (listing one entry per patch ran every slide through the network once per patch)."""
+    from monai_gmr.workflows.wsi import inference_slides
+
+    for split in ("test", "validation"):
+        got = [t["image"] for t in inference_slides(None, wsi_data["root"], split, generate=False)]
+        want = list(dict.fromkeys(str(Path(wsi_data["root"]) / i["image"]) for i in wsi_data[split]))
+        assert [Path(g).resolve() for g in got] == [Path(w).resolve() for w in want]
+        assert len(wsi_data[split]) > len(want)  # several patches per slide in the datalist
