@@ -19,7 +19,8 @@ for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x
 * even kernel sizes ``k`` map to ``k + 1`` (GMR kernels have a centre pixel); sizes may also be remapped with
   ``kernel_size`` (an int for every ``k > 1`` conv, or a callable ``old -> new``).
 * 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay; so do 1D convs
-  (``nn.Conv1d``/``nn.ConvTranspose1d``; a warning names them, ``summary.unknown`` lists them). Max/avg pools whose
+  (``nn.Conv1d``/``nn.ConvTranspose1d``; a warning names them, ``summary.unknown`` lists them), and so do convs inside
+  ``torch.jit.script``-ed modules, which cannot be modified (a warning names the scripted module). Max/avg pools whose
   window grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
   stems) stay unless ``replace_pooling=True`` (then: the same pool type with kernel = stride, the same output size
   and the same ``return_indices``). Pools that already commute at such sizes (every stride-1 pool with symmetric
@@ -852,9 +853,29 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             dim = getattr(m, "dim", None)
             if dim not in (None, 0, 1):
                 summary.unknown[name] = f"{type(m).__name__}(dim={dim})"
+        elif isinstance(m, torch.jit.ScriptModule):
+            summary.unknown[name] = f"TorchScript {getattr(m, 'original_name', type(m).__name__)} (scripted: not converted)"
         else:
             summary.unknown[name] = type(m).__name__
     return summary
+
+
+_CONV_NAMES = {c.__name__ for c in _CONV + _CONV_T}
+
+
+def _scripted_with_convs(modules: dict[str, nn.Module], conv: _Converter) -> list[str]:
+    """Names of the outermost TorchScript modules in ``modules`` (``named_modules`` of the converted model) that hold
+    a 2D/3D conv and are not excluded."""
+    out = []
+    for n, m in modules.items():
+        if not isinstance(m, torch.jit.ScriptModule) or (n and conv.excluded_path(n, modules)):
+            continue
+        parts = n.split(".") if n else []
+        if any(isinstance(modules[".".join(parts[:i])], torch.jit.ScriptModule) for i in range(len(parts))):
+            continue  # inside a scripted module already listed
+        if any(getattr(sm, "original_name", "") in _CONV_NAMES for sm in m.modules()):
+            out.append(n or "the model itself")
+    return out
 
 
 def convert_to_gmr(
@@ -965,6 +986,14 @@ def convert_to_gmr(
             "convert_to_gmr: 1D convolutions are not converted (GMR convolutions are 2D/3D) and stay as they are: %s "
             "(listed in summary.unknown).",
             ", ".join(conv1d),
+        )
+    scripted = _scripted_with_convs(after, conv)
+    if scripted:  # their convs cannot be replaced (a ScriptModule's submodules are frozen): the model came back as it was
+        logger.warning(
+            "convert_to_gmr: convolutions inside TorchScript modules are not converted (a scripted module cannot be "
+            "modified) and stay as they are: %s; convert the eager model before torch.jit.script (listed in "
+            "summary.unknown).",
+            ", ".join(repr(n) for n in scripted),
         )
     root.gmr_conversion_summary = summary  # plain attribute (not a submodule/buffer); kept by deepcopy/pickle
     logger.info(

@@ -954,3 +954,26 @@ def test_conv1d_left_alone_is_a_warning_naming_it(caplog):
     with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
         convert_to_gmr(net, exclude=["0", "2"])  # excluded on purpose: no warning
     assert not any("1D convolutions" in r.getMessage() for r in caplog.records)
+
+
+def test_scripted_submodules_left_alone_are_a_warning_naming_them(caplog):
+    """A conv inside a torch.jit.script'ed module cannot be replaced: the model came back unchanged with only
+    ``summary.unknown: RecursiveScriptModule`` and no warning (as 1D convs were before)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), torch.jit.script(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU())))
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        out, summary = convert_to_gmr(net, return_summary=True)
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "TorchScript" in r.getMessage()]
+    assert len(msgs) == 1 and "'1'" in msgs[0] and "before torch.jit.script" in msgs[0]
+    assert isinstance(out[0], GMRConv) and isinstance(out[1], torch.jit.ScriptModule)
+    assert "Conv2d" in summary.unknown["1.0"] and "TorchScript" in summary.unknown["1.0"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        whole = convert_to_gmr(torch.jit.script(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1))))
+    assert isinstance(whole, torch.jit.ScriptModule)
+    assert any("TorchScript" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        convert_to_gmr(net, exclude=["1"])  # excluded on purpose: no warning
+        convert_to_gmr(nn.Sequential(nn.Conv2d(2, 2, 3), torch.jit.script(nn.ReLU())))  # no conv inside: no warning
+    assert not any("TorchScript" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
