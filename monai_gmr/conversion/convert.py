@@ -599,10 +599,12 @@ class _Converter:
         self.summary.converted[name] = f"{type(pool).__name__}(k={ks[0]}, stride={ss}, padding={pads}) -> {type(new).__name__}(k={ss}, stride={ss})"
         return new
 
-    def walk(self, module: nn.Module, prefix: str) -> None:
+    def walk(self, module: nn.Module, prefix: str, only: str | None = None) -> None:
         # _modules, not named_children(): that skips a module registered twice under one parent (a weight-tied
         # ``nn.Sequential(conv, act, conv)``), which would stay unconverted under its second name
         for child_name, child in [(n, c) for n, c in module._modules.items() if c is not None]:
+            if only is not None and child_name != only:
+                continue
             name = f"{prefix}.{child_name}" if prefix else child_name
             if id(child) in self.memo:  # reached again through another parent (e.g. DynUNet's skip_layers)
                 new = self.memo[id(child)]
@@ -673,7 +675,11 @@ class _Converter:
 
     def visit(self, name: str, module: nn.Module) -> nn.Module | None:
         """Replacement of ``module`` (or ``None``: keep it, after converting its children)."""
-        if isinstance(module, (GMRConv, PooledConv, UpsampledConv)):
+        # a dense k > 1 conv in a replacement block (export_dense of a converted net): converted like any stride-1
+        # conv below (the block's pool / up-sampling already is the GMR recipe); it was left dense, "not converted"
+        inner = module._modules.get("conv") if isinstance(module, (PooledConv, UpsampledConv)) else None
+        dense_block = isinstance(inner, _CONV) and any(k > 1 for k in _tuple(inner.kernel_size, inner.weight.ndim - 2))
+        if isinstance(module, (GMRConv, PooledConv, UpsampledConv)) and not dense_block:
             # the GMR convs inside too: those of PooledConv/UpsampledConv (a second conversion counted only a third)
             self.counts["already_gmr"] += sum(isinstance(m, GMRConv) for m in module.modules())
             return None
@@ -681,6 +687,9 @@ class _Converter:
         if excluded or id(module) in self.excluded_ids:
             if isinstance(module, _CONV + _CONV_T) or any(isinstance(m, _CONV + _CONV_T) for m in module.modules()):
                 self._keep(name, "excluded" if excluded else "excluded (shared with an excluded module)", "excluded")
+            return None
+        if dense_block:
+            self.walk(module, name, only="conv")
             return None
         if isinstance(module, _CONV):
             return self.convert_conv(name, module)

@@ -18,7 +18,7 @@ from monai_gmr.conversion.convert import (
     audit_equivariance,
     convert_to_gmr,
 )
-from monai_gmr.conversion.export import gmr_to_dense_conv
+from monai_gmr.conversion.export import export_dense, gmr_to_dense_conv
 from monai_gmr.functional import cube_elements, d4_elements
 from monai_gmr.nn import GMRConv
 from tests.conftest import rel_err
@@ -977,3 +977,24 @@ def test_scripted_submodules_left_alone_are_a_warning_naming_them(caplog):
         convert_to_gmr(net, exclude=["1"])  # excluded on purpose: no warning
         convert_to_gmr(nn.Sequential(nn.Conv2d(2, 2, 3), torch.jit.script(nn.ReLU())))  # no conv inside: no warning
     assert not any("TorchScript" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_reconverting_a_dense_export_converts_the_convs_inside_replacement_blocks():
+    """``export_dense`` of a converted net keeps its PooledConv / UpsampledConv blocks with a dense k > 1 conv inside;
+    converting that back (``weights="project"``, exact for exported GMR kernels) skipped those blocks as "already GMR"
+    and left their convs dense (listed as "learned 3x3 Conv2d kernel (not converted)"): 1 of 5 convs came back."""
+    torch.manual_seed(0)
+    once = convert_to_gmr(UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=0)).eval()
+    dense = export_dense(once)
+    back, summary = convert_to_gmr(dense, weights="project", return_summary=True)
+    n_gmr = sum(isinstance(m, GMRConv) for m in once.modules())
+    assert sum(isinstance(m, GMRConv) for m in back.modules()) == n_gmr == 5
+    assert summary.counts == {"conv": 5} and not summary.non_equivariant
+    assert isinstance(back.model[0].conv, PooledConv) and isinstance(back.model[0].conv.conv, GMRConv)
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(back.eval()(x), once(x), atol=1e-5)
+    excluded, s2 = convert_to_gmr(dense, exclude=["model.0.conv.conv"], return_summary=True)
+    assert type(excluded.model[0].conv.conv) is nn.Conv2d and "model.0.conv.conv" in s2.kept
+    block, s3 = convert_to_gmr(dense, exclude=["model.0.conv"], return_summary=True)  # the whole block excluded
+    assert type(block.model[0].conv.conv) is nn.Conv2d and "model.0.conv" in s3.kept
