@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.utils import _triple
 
 from monai.networks.layers.simplelayers import ChannelPad
@@ -963,6 +964,14 @@ def convert_to_gmr(
             "e.g. %s); nothing is excluded for them.",
             ", ".join(repr(u if isinstance(u, str) else u.__name__) for u in unmatched),
             ", ".join(repr(n) for n in list(modules)[1:4]) or "none",
+        )
+    lazy = [n or type(m).__name__ for n, m in modules.items() if isinstance(m, _CONV + _CONV_T)
+            and isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() and not (n and conv.excluded_path(n, modules))]  # fmt: skip
+    if lazy:  # their in_channels are unknown: the conversion stopped in "spatial_dims must be 2 or 3, got -1"
+        raise ValueError(
+            f"convert_to_gmr: the lazy convolutions {', '.join(repr(n) for n in lazy)} "
+            f"({', '.join(sorted({type(modules[n]).__name__ for n in lazy if n in modules}))}) have no weights yet: run "
+            "the model once on an example input (model(x)) so that their in_channels are known, then convert."
         )
     if upsample_mode == "bicubic":
         conv3d = [n or type(m).__name__ for n, m in modules.items() if isinstance(m, nn.ConvTranspose3d)

@@ -998,3 +998,17 @@ def test_reconverting_a_dense_export_converts_the_convs_inside_replacement_block
     assert type(excluded.model[0].conv.conv) is nn.Conv2d and "model.0.conv.conv" in s2.kept
     block, s3 = convert_to_gmr(dense, exclude=["model.0.conv"], return_summary=True)  # the whole block excluded
     assert type(block.model[0].conv.conv) is nn.Conv2d and "model.0.conv" in s3.kept
+
+
+def test_uninitialised_lazy_convs_are_refused_naming_them():
+    """An uninitialised ``nn.LazyConv2d`` (no in_channels yet) stopped in "spatial_dims must be 2 or 3, got
+    spatial_dims=-1", which names neither the layer nor the cause."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Sequential(nn.LazyConv2d(4, 3, padding=1)), nn.LazyBatchNorm2d())
+    with pytest.raises(ValueError, match=r"'1\.0'.*LazyConv2d.*example input"):
+        convert_to_gmr(net, inplace=True)
+    assert type(net[0]) is nn.Conv2d  # nothing changed
+    out = convert_to_gmr(net, exclude=["1.0"], inplace=True)  # excluded: kept as it is (a deep copy needs values)
+    assert isinstance(out[0], GMRConv) and isinstance(out[1][0], nn.LazyConv2d)
+    net(torch.randn(1, 3, 8, 8))  # initialised: converts
+    assert isinstance(convert_to_gmr(net)[1][0], GMRConv)
