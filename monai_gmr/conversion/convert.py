@@ -918,9 +918,10 @@ def convert_to_gmr(
             ``"nearest"``, ``"nearest-exact"``, ``"bicubic"`` (2D).
         pool_mode: pooling replacing strides: ``"avg"`` (default, the GMR recipe) or ``"max"``.
         weights: ``"init"`` (fresh GMR initialisation) or ``"project"`` (least-squares ring weights approximating
-            each existing kernel, bias copied; for pretrained nets; exact only for kernels a GMR conv of that size
-            can synthesise, not for every radially symmetric kernel: a 3x3x3 kernel has 4 offset distances, the GMR
-            conv 2 rings).
+            each existing kernel at the GMR conv's initial ring widths (sigma is not fitted), bias copied; for
+            pretrained nets; exact only for kernels a GMR conv of that size and sigma can synthesise (the export of an
+            untrained or ``sigma="fixed"`` GMR conv, not of one whose sigma was trained), not for every radially
+            symmetric kernel: a 3x3x3 kernel has 4 offset distances, the GMR conv 2 rings).
         replace_pooling: also replace pools whose window grid is off-centre (e.g. 3x3/stride-2/pad-1 max pools) by
             the same pool type with kernel = stride and the same output size (equivariant at even sizes;
             ``return_indices`` and ``count_include_pad`` kept). Pools that already commute (e.g. stride 1 with

@@ -981,7 +981,7 @@ def test_scripted_submodules_left_alone_are_a_warning_naming_them(caplog):
 
 def test_reconverting_a_dense_export_converts_the_convs_inside_replacement_blocks():
     """``export_dense`` of a converted net keeps its PooledConv / UpsampledConv blocks with a dense k > 1 conv inside;
-    converting that back (``weights="project"``, exact for exported GMR kernels) skipped those blocks as "already GMR"
+    converting that back (``weights="project"``, exact for the export of an untrained one) skipped those blocks as "already GMR"
     and left their convs dense (listed as "learned 3x3 Conv2d kernel (not converted)"): 1 of 5 convs came back."""
     torch.manual_seed(0)
     once = convert_to_gmr(UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=0)).eval()
