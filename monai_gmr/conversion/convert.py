@@ -4,7 +4,10 @@ Rules (every replacement keeps the module's output shape for every input size th
 exception: a strided conv with ``padding_mode="reflect"``/``"circular"`` pads the smaller pooled map in its
 replacement, so inputs whose pooled map is not larger than that padding (``"circular"``: not smaller) raise a
 ``ValueError`` naming the module and the smallest input size, where the original conv still worked, e.g. 5x5 inputs
-for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x7):
+for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x7; and a stride-1 conv with an even
+kernel, an even dilation ``dil`` and ``"reflect"``/``"circular"`` padding: its ``k + 1`` GMR kernel pads ``dil / 2``
+more per side, so the smallest accepted input grows by as much, e.g. ``Conv2d(k=2, dilation=2, padding=1,
+padding_mode="reflect")`` ran on 2x2 inputs, its replacement needs 3x3, and PyTorch's padding error is raised):
 
 * ``nn.Conv2d/3d`` with a cubic kernel ``k > 1`` and stride 1 -> :class:`~monai_gmr.nn.GMRConv` with the same
   channels, groups, dilation, bias and ``padding_mode``; the padding is chosen so the output size is unchanged.
