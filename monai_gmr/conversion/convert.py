@@ -876,6 +876,14 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
 _CONV_NAMES = {c.__name__ for c in _CONV + _CONV_T}
 
 
+def _would_convert(m: nn.Module) -> bool:
+    """Whether a (scripted) conv has a geometry :func:`convert_to_gmr` replaces (not a 1x1 stride-1 unpadded conv)."""
+    k, st = _tuple(getattr(m, "kernel_size", 1), 1), _tuple(getattr(m, "stride", 1), 1)
+    pad, op = getattr(m, "padding", 0), _tuple(getattr(m, "output_padding", 0), 1)
+    padded = not isinstance(pad, str) and any(p != 0 for p in _tuple(pad, 1))
+    return any(v > 1 for v in k + st) or padded or any(o != 0 for o in op)
+
+
 def _scripted_with_convs(modules: dict[str, nn.Module], conv: _Converter) -> list[str]:
     """Names of the outermost TorchScript modules in ``modules`` (``named_modules`` of the converted model) that hold
     a 2D/3D conv and are not excluded."""
@@ -886,7 +894,7 @@ def _scripted_with_convs(modules: dict[str, nn.Module], conv: _Converter) -> lis
         parts = n.split(".") if n else []
         if any(isinstance(modules[".".join(parts[:i])], torch.jit.ScriptModule) for i in range(len(parts))):
             continue  # inside a scripted module already listed
-        if any(getattr(sm, "original_name", "") in _CONV_NAMES for sm in m.modules()):
+        if any(getattr(sm, "original_name", "") in _CONV_NAMES and _would_convert(sm) for sm in m.modules()):
             out.append(n or "the model itself")
     return out
 

@@ -976,6 +976,7 @@ def test_scripted_submodules_left_alone_are_a_warning_naming_them(caplog):
     with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
         convert_to_gmr(net, exclude=["1"])  # excluded on purpose: no warning
         convert_to_gmr(nn.Sequential(nn.Conv2d(2, 2, 3), torch.jit.script(nn.ReLU())))  # no conv inside: no warning
+        convert_to_gmr(nn.Sequential(nn.Conv2d(2, 2, 3), torch.jit.script(nn.Conv2d(2, 2, 1))))  # a 1x1 conv stays anyway
     assert not any("TorchScript" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
