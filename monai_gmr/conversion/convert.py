@@ -4,7 +4,10 @@ Rules (every replacement keeps the module's output shape for every input size th
 exception: a strided conv with ``padding_mode="reflect"``/``"circular"`` pads the smaller pooled map in its
 replacement, so inputs whose pooled map is not larger than that padding (``"circular"``: not smaller) raise a
 ``ValueError`` naming the module and the smallest input size, where the original conv still worked, e.g. 5x5 inputs
-for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x7):
+for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x7; and a stride-1 conv with an even
+kernel, an even dilation ``dil`` and ``"reflect"``/``"circular"`` padding: its ``k + 1`` GMR kernel pads ``dil / 2``
+more per side, so the smallest accepted input grows by as much, e.g. ``Conv2d(k=2, dilation=2, padding=1,
+padding_mode="reflect")`` ran on 2x2 inputs, its replacement needs 3x3, and PyTorch's padding error is raised):
 
 * ``nn.Conv2d/3d`` with a cubic kernel ``k > 1`` and stride 1 -> :class:`~monai_gmr.nn.GMRConv` with the same
   channels, groups, dilation, bias and ``padding_mode``; the padding is chosen so the output size is unchanged.
@@ -19,7 +22,8 @@ for ``Conv2d(k=5, stride=3, padding=2, padding_mode="reflect")``, which needs 7x
 * even kernel sizes ``k`` map to ``k + 1`` (GMR kernels have a centre pixel); sizes may also be remapped with
   ``kernel_size`` (an int for every ``k > 1`` conv, or a callable ``old -> new``).
 * 1x1 convs with stride 1, norms, activations, dropout, pooling and linear layers stay; so do 1D convs
-  (``nn.Conv1d``/``nn.ConvTranspose1d``; a warning names them, ``summary.unknown`` lists them). Max/avg pools whose
+  (``nn.Conv1d``/``nn.ConvTranspose1d``; a warning names them, ``summary.unknown`` lists them), and so do convs inside
+  ``torch.jit.script``-ed modules, which cannot be modified (a warning names the scripted module). Max/avg pools whose
   window grid is off-centre at sizes divisible by the stride (e.g. the 3x3/stride-2/pad-1 max pool of ResNet/DenseNet
   stems) stay unless ``replace_pooling=True`` (then: the same pool type with kernel = stride, the same output size
   and the same ``return_indices``). Pools that already commute at such sizes (every stride-1 pool with symmetric
@@ -53,6 +57,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.utils import _triple
 
 from monai.networks.layers.simplelayers import ChannelPad
@@ -598,10 +603,12 @@ class _Converter:
         self.summary.converted[name] = f"{type(pool).__name__}(k={ks[0]}, stride={ss}, padding={pads}) -> {type(new).__name__}(k={ss}, stride={ss})"
         return new
 
-    def walk(self, module: nn.Module, prefix: str) -> None:
+    def walk(self, module: nn.Module, prefix: str, only: str | None = None) -> None:
         # _modules, not named_children(): that skips a module registered twice under one parent (a weight-tied
         # ``nn.Sequential(conv, act, conv)``), which would stay unconverted under its second name
         for child_name, child in [(n, c) for n, c in module._modules.items() if c is not None]:
+            if only is not None and child_name != only:
+                continue
             name = f"{prefix}.{child_name}" if prefix else child_name
             if id(child) in self.memo:  # reached again through another parent (e.g. DynUNet's skip_layers)
                 new = self.memo[id(child)]
@@ -672,7 +679,11 @@ class _Converter:
 
     def visit(self, name: str, module: nn.Module) -> nn.Module | None:
         """Replacement of ``module`` (or ``None``: keep it, after converting its children)."""
-        if isinstance(module, (GMRConv, PooledConv, UpsampledConv)):
+        # a dense k > 1 conv in a replacement block (export_dense of a converted net): converted like any stride-1
+        # conv below (the block's pool / up-sampling already is the GMR recipe); it was left dense, "not converted"
+        inner = module._modules.get("conv") if isinstance(module, (PooledConv, UpsampledConv)) else None
+        dense_block = isinstance(inner, _CONV) and any(k > 1 for k in _tuple(inner.kernel_size, inner.weight.ndim - 2))
+        if isinstance(module, (GMRConv, PooledConv, UpsampledConv)) and not dense_block:
             # the GMR convs inside too: those of PooledConv/UpsampledConv (a second conversion counted only a third)
             self.counts["already_gmr"] += sum(isinstance(m, GMRConv) for m in module.modules())
             return None
@@ -680,6 +691,9 @@ class _Converter:
         if excluded or id(module) in self.excluded_ids:
             if isinstance(module, _CONV + _CONV_T) or any(isinstance(m, _CONV + _CONV_T) for m in module.modules()):
                 self._keep(name, "excluded" if excluded else "excluded (shared with an excluded module)", "excluded")
+            return None
+        if dense_block:
+            self.walk(module, name, only="conv")
             return None
         if isinstance(module, _CONV):
             return self.convert_conv(name, module)
@@ -852,9 +866,37 @@ def audit_equivariance(model: nn.Module, summary: ConversionSummary | None = Non
             dim = getattr(m, "dim", None)
             if dim not in (None, 0, 1):
                 summary.unknown[name] = f"{type(m).__name__}(dim={dim})"
+        elif isinstance(m, torch.jit.ScriptModule):
+            summary.unknown[name] = f"TorchScript {getattr(m, 'original_name', type(m).__name__)} (scripted: not converted)"
         else:
             summary.unknown[name] = type(m).__name__
     return summary
+
+
+_CONV_NAMES = {c.__name__ for c in _CONV + _CONV_T}
+
+
+def _would_convert(m: nn.Module) -> bool:
+    """Whether a (scripted) conv has a geometry :func:`convert_to_gmr` replaces (not a 1x1 stride-1 unpadded conv)."""
+    k, st = _tuple(getattr(m, "kernel_size", 1), 1), _tuple(getattr(m, "stride", 1), 1)
+    pad, op = getattr(m, "padding", 0), _tuple(getattr(m, "output_padding", 0), 1)
+    padded = not isinstance(pad, str) and any(p != 0 for p in _tuple(pad, 1))
+    return any(v > 1 for v in k + st) or padded or any(o != 0 for o in op)
+
+
+def _scripted_with_convs(modules: dict[str, nn.Module], conv: _Converter) -> list[str]:
+    """Names of the outermost TorchScript modules in ``modules`` (``named_modules`` of the converted model) that hold
+    a 2D/3D conv and are not excluded."""
+    out = []
+    for n, m in modules.items():
+        if not isinstance(m, torch.jit.ScriptModule) or (n and conv.excluded_path(n, modules)):
+            continue
+        parts = n.split(".") if n else []
+        if any(isinstance(modules[".".join(parts[:i])], torch.jit.ScriptModule) for i in range(len(parts))):
+            continue  # inside a scripted module already listed
+        if any(getattr(sm, "original_name", "") in _CONV_NAMES and _would_convert(sm) for sm in m.modules()):
+            out.append(n or "the model itself")
+    return out
 
 
 def convert_to_gmr(
@@ -887,9 +929,10 @@ def convert_to_gmr(
             ``"nearest"``, ``"nearest-exact"``, ``"bicubic"`` (2D).
         pool_mode: pooling replacing strides: ``"avg"`` (default, the GMR recipe) or ``"max"``.
         weights: ``"init"`` (fresh GMR initialisation) or ``"project"`` (least-squares ring weights approximating
-            each existing kernel, bias copied; for pretrained nets; exact only for kernels a GMR conv of that size
-            can synthesise, not for every radially symmetric kernel: a 3x3x3 kernel has 4 offset distances, the GMR
-            conv 2 rings).
+            each existing kernel at the GMR conv's initial ring widths (sigma is not fitted), bias copied; for
+            pretrained nets; exact only for kernels a GMR conv of that size and sigma can synthesise (the export of an
+            untrained or ``sigma="fixed"`` GMR conv, not of one whose sigma was trained), not for every radially
+            symmetric kernel: a 3x3x3 kernel has 4 offset distances, the GMR conv 2 rings).
         replace_pooling: also replace pools whose window grid is off-centre (e.g. 3x3/stride-2/pad-1 max pools) by
             the same pool type with kernel = stride and the same output size (equivariant at even sizes;
             ``return_indices`` and ``count_include_pad`` kept). Pools that already commute (e.g. stride 1 with
@@ -934,6 +977,14 @@ def convert_to_gmr(
             ", ".join(repr(u if isinstance(u, str) else u.__name__) for u in unmatched),
             ", ".join(repr(n) for n in list(modules)[1:4]) or "none",
         )
+    lazy = [n or type(m).__name__ for n, m in modules.items() if isinstance(m, _CONV + _CONV_T)
+            and isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() and not (n and conv.excluded_path(n, modules))]  # fmt: skip
+    if lazy:  # their in_channels are unknown: the conversion stopped in "spatial_dims must be 2 or 3, got -1"
+        raise ValueError(
+            f"convert_to_gmr: the lazy convolutions {', '.join(repr(n) for n in lazy)} "
+            f"({', '.join(sorted({type(modules[n]).__name__ for n in lazy if n in modules}))}) have no weights yet: run "
+            "the model once on an example input (model(x)) so that their in_channels are known, then convert."
+        )
     if upsample_mode == "bicubic":
         conv3d = [n or type(m).__name__ for n, m in modules.items() if isinstance(m, nn.ConvTranspose3d)
                   and any(s > 1 for s in m.stride) and not (n and conv.excluded_path(n, modules))]  # fmt: skip
@@ -965,6 +1016,14 @@ def convert_to_gmr(
             "convert_to_gmr: 1D convolutions are not converted (GMR convolutions are 2D/3D) and stay as they are: %s "
             "(listed in summary.unknown).",
             ", ".join(conv1d),
+        )
+    scripted = _scripted_with_convs(after, conv)
+    if scripted:  # their convs cannot be replaced (a ScriptModule's submodules are frozen): the model came back as it was
+        logger.warning(
+            "convert_to_gmr: convolutions inside TorchScript modules are not converted (a scripted module cannot be "
+            "modified) and stay as they are: %s; convert the eager model before torch.jit.script (listed in "
+            "summary.unknown).",
+            ", ".join(repr(n) for n in scripted),
         )
     root.gmr_conversion_summary = summary  # plain attribute (not a submodule/buffer); kept by deepcopy/pickle
     logger.info(

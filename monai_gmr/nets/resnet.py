@@ -287,10 +287,12 @@ class GMRResNet(nn.Module):
         block = {MonaiResNetBlock: GMRResNetBlock, MonaiResNetBottleneck: GMRResNetBottleneck}.get(block, block)
         layers = tuple(layers)
         block_inplanes = tuple(block_inplanes)
-        if len(layers) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers):
+        # NumPy integers too (sizes from a sweep table), as for in_channels / num_classes below
+        if len(layers) != 4 or any(not _is_int(n) or n < 1 for n in layers):
             raise ValueError(f"layers must be 4 positive ints, got layers={layers!r}.")
-        if len(block_inplanes) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in block_inplanes):
+        if len(block_inplanes) != 4 or any(not _is_int(n) or n < 1 for n in block_inplanes):
             raise ValueError(f"block_inplanes must be 4 positive ints, got block_inplanes={block_inplanes!r}.")
+        layers, block_inplanes = tuple(int(n) for n in layers), tuple(int(n) for n in block_inplanes)
         if isinstance(kernel_sizes, (tuple, list)):
             ks = tuple(kernel_sizes)
             if len(ks) != 4:
@@ -305,16 +307,18 @@ class GMRResNet(nn.Module):
                 f"kernel_sizes must hold one odd int per stage (GMR kernels are isotropic: 3, not (3, 3, 3)), got "
                 f"kernel_sizes={ks}."
             )
-        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in ks):
+        if any(not _is_int(k) or k < 1 or k % 2 == 0 for k in ks):
             raise ValueError(f"kernel_sizes must hold odd positive ints, got kernel_sizes={ks}.")
+        ks = tuple(int(k) for k in ks)
         # MONAI's ResNet takes per-dim tuples here; a GMR stem is isotropic, so an all-equal tuple is its int
         conv1_t_size = _isotropic(conv1_t_size, "conv1_t_size", spatial_dims)
         conv1_t_stride = _isotropic(conv1_t_stride, "conv1_t_stride", spatial_dims)
         stem_k = ks[0] if conv1_t_size is None else conv1_t_size
-        if isinstance(stem_k, bool) or not isinstance(stem_k, int) or stem_k < 1 or stem_k % 2 == 0:
+        if not _is_int(stem_k) or stem_k < 1 or stem_k % 2 == 0:
             raise ValueError(f"conv1_t_size must be an odd positive int, got conv1_t_size={conv1_t_size!r}.")
-        if isinstance(conv1_t_stride, bool) or not isinstance(conv1_t_stride, int) or conv1_t_stride < 1:
+        if not _is_int(conv1_t_stride) or conv1_t_stride < 1:
             raise ValueError(f"conv1_t_stride must be a positive int, got conv1_t_stride={conv1_t_stride!r}.")
+        stem_k, conv1_t_stride = int(stem_k), int(conv1_t_stride)
         if stem_pooling not in POOL_MODES:
             raise ValueError(f"stem_pooling must be one of {POOL_MODES}, got stem_pooling={stem_pooling!r}.")
         # NumPy integers too (e.g. num_classes=labels.max() + 1), as GMRConv, GMRUNet and nn.Linear take them

@@ -18,7 +18,7 @@ from monai_gmr.conversion.convert import (
     audit_equivariance,
     convert_to_gmr,
 )
-from monai_gmr.conversion.export import gmr_to_dense_conv
+from monai_gmr.conversion.export import export_dense, gmr_to_dense_conv
 from monai_gmr.functional import cube_elements, d4_elements
 from monai_gmr.nn import GMRConv
 from tests.conftest import rel_err
@@ -954,3 +954,62 @@ def test_conv1d_left_alone_is_a_warning_naming_it(caplog):
     with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
         convert_to_gmr(net, exclude=["0", "2"])  # excluded on purpose: no warning
     assert not any("1D convolutions" in r.getMessage() for r in caplog.records)
+
+
+def test_scripted_submodules_left_alone_are_a_warning_naming_them(caplog):
+    """A conv inside a torch.jit.script'ed module cannot be replaced: the model came back unchanged with only
+    ``summary.unknown: RecursiveScriptModule`` and no warning (as 1D convs were before)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), torch.jit.script(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU())))
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        out, summary = convert_to_gmr(net, return_summary=True)
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "TorchScript" in r.getMessage()]
+    assert len(msgs) == 1 and "'1'" in msgs[0] and "before torch.jit.script" in msgs[0]
+    assert isinstance(out[0], GMRConv) and isinstance(out[1], torch.jit.ScriptModule)
+    assert "Conv2d" in summary.unknown["1.0"] and "TorchScript" in summary.unknown["1.0"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        whole = convert_to_gmr(torch.jit.script(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1))))
+    assert isinstance(whole, torch.jit.ScriptModule)
+    assert any("TorchScript" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        convert_to_gmr(net, exclude=["1"])  # excluded on purpose: no warning
+        convert_to_gmr(nn.Sequential(nn.Conv2d(2, 2, 3), torch.jit.script(nn.ReLU())))  # no conv inside: no warning
+        convert_to_gmr(nn.Sequential(nn.Conv2d(2, 2, 3), torch.jit.script(nn.Conv2d(2, 2, 1))))  # a 1x1 conv stays anyway
+    assert not any("TorchScript" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_reconverting_a_dense_export_converts_the_convs_inside_replacement_blocks():
+    """``export_dense`` of a converted net keeps its PooledConv / UpsampledConv blocks with a dense k > 1 conv inside;
+    converting that back (``weights="project"``, exact for the export of an untrained one) skipped those blocks as "already GMR"
+    and left their convs dense (listed as "learned 3x3 Conv2d kernel (not converted)"): 1 of 5 convs came back."""
+    torch.manual_seed(0)
+    once = convert_to_gmr(UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=0)).eval()
+    dense = export_dense(once)
+    back, summary = convert_to_gmr(dense, weights="project", return_summary=True)
+    n_gmr = sum(isinstance(m, GMRConv) for m in once.modules())
+    assert sum(isinstance(m, GMRConv) for m in back.modules()) == n_gmr == 5
+    assert summary.counts == {"conv": 5} and not summary.non_equivariant
+    assert isinstance(back.model[0].conv, PooledConv) and isinstance(back.model[0].conv.conv, GMRConv)
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(back.eval()(x), once(x), atol=1e-5)
+    excluded, s2 = convert_to_gmr(dense, exclude=["model.0.conv.conv"], return_summary=True)
+    assert type(excluded.model[0].conv.conv) is nn.Conv2d and "model.0.conv.conv" in s2.kept
+    block, s3 = convert_to_gmr(dense, exclude=["model.0.conv"], return_summary=True)  # the whole block excluded
+    assert type(block.model[0].conv.conv) is nn.Conv2d and "model.0.conv" in s3.kept
+
+
+def test_uninitialised_lazy_convs_are_refused_naming_them():
+    """An uninitialised ``nn.LazyConv2d`` (no in_channels yet) stopped in "spatial_dims must be 2 or 3, got
+    spatial_dims=-1", which names neither the layer nor the cause."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Sequential(nn.LazyConv2d(4, 3, padding=1)), nn.LazyBatchNorm2d())
+    with pytest.raises(ValueError, match=r"'1\.0'.*LazyConv2d.*example input"):
+        convert_to_gmr(net, inplace=True)
+    assert type(net[0]) is nn.Conv2d  # nothing changed
+    out = convert_to_gmr(net, exclude=["1.0"], inplace=True)  # excluded: kept as it is (a deep copy needs values)
+    assert isinstance(out[0], GMRConv) and isinstance(out[1][0], nn.LazyConv2d)
+    net(torch.randn(1, 3, 8, 8))  # initialised: converts
+    assert isinstance(convert_to_gmr(net)[1][0], GMRConv)

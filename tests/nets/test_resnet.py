@@ -351,3 +351,25 @@ def test_stem_tuples_need_one_value_per_spatial_dim():
     net = GMRResNet("basic", (1, 1, 1, 1), spatial_dims=3, in_channels=1, num_classes=2, conv1_t_size=(5, 5, 5),
                     block_inplanes=(4, 4, 4, 4), kernel_sizes=3)
     assert isinstance(net.stem[0], GMRConv) and net.stem[0].kernel_size == 5
+
+
+def test_numpy_integers_are_taken_for_the_architecture_arguments():
+    """NumPy integers (e.g. sizes read from a sweep table) were refused for ``kernel_sizes``, ``layers``,
+    ``block_inplanes``, ``conv1_t_size``/``conv1_t_stride`` ("must hold odd positive ints, got (np.int64(3), ...)"),
+    while ``in_channels``/``num_classes``, GMRUNet and GMRConv take them."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    net = GMRResNet(
+        "basic", [np.int64(1)] * 4, block_inplanes=tuple(np.array([4, 8, 8, 16])), kernel_sizes=np.int64(3),
+        conv1_t_size=np.int64(5), conv1_t_stride=np.int64(2), in_channels=np.int64(1), num_classes=np.int64(3),
+    )  # fmt: skip
+    ref = GMRResNet("basic", [1] * 4, block_inplanes=(4, 8, 8, 16), kernel_sizes=3, conv1_t_size=5, conv1_t_stride=2,
+                    in_channels=1, num_classes=3)  # fmt: skip
+    assert net.kernel_sizes == (3, 3, 3, 3) and all(type(k) is int for k in net.kernel_sizes)
+    assert [type(m).__name__ for m in net.modules()] == [type(m).__name__ for m in ref.modules()]
+    assert net(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+    net = gmr_resnet18(block_inplanes=(4, 8, 8, 16), kernel_sizes=list(np.array([5, 5, 3, 3])))
+    assert net.kernel_sizes == (5, 5, 3, 3)
+    with pytest.raises(ValueError, match="kernel_sizes must hold odd"):
+        gmr_resnet18(kernel_sizes=np.float64(3.0))
