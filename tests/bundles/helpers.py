@@ -332,6 +332,15 @@ def check_validation_shorter_than_processes(files, *, metadata: str) -> None:
     assert "the validation split has 1 item(s) but 2 processes take part" in " ".join(msgs), msgs
 
 
+def init_id(configs, contains: str, *, metadata: str) -> str:
+    """``initialize#N`` of the one ``initialize`` item of ``configs`` whose text contains ``contains`` (hard-coded
+    indices went stale whenever an item was inserted before them)."""
+    init = config_parser(configs, metadata=metadata)["initialize"]
+    found = [i for i, x in enumerate(init) if contains in x]
+    assert len(found) == 1, (contains, init)
+    return f"initialize#{found[0]}"
+
+
 def check_settings_refused_by_name(configs, *, metadata: str, cases) -> None:
     """Each ``(setting, bad value, config id)`` of ``cases``: evaluating that config id (an expression that reads the
     setting) with the bad value raises an error whose chain says ``"<setting> must be"``. Only that expression is

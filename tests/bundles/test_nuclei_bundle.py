@@ -27,6 +27,7 @@ from tests.bundles.helpers import (
     check_rotated_validation,
     check_key_metric_follows_the_configured_key_metric,
     check_key_metric_setting_refused,
+    init_id,
     check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
     check_same_robustness_reports,
@@ -1043,14 +1044,16 @@ def test_config_settings_seed_log_interval_cache_rate_num_workers_are_checked_by
     """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
     --log_interval x, --num_workers two failed with "'<' not supported between 'str' and 'int'"; --cache_rate 2 or
     -0.5 was accepted silently and --cache_rate all failed with "invalid literal for int() ... 'allallallall'"."""
+    seed = init_id([TRAIN], "set_determinism", metadata=METADATA)
     check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
-        ("seed", "abc", "initialize#4"), ("seed", 1.5, "initialize#4"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("seed", "abc", seed), ("seed", 1.5, seed), ("log_interval", "x", "train#handlers#3#interval"),
         ("log_interval", -1, "train#handlers#3#interval"), ("cache_rate", 2, "train#dataset#cache_rate"),
         ("cache_rate", "all", "validate#dataset#cache_rate"), ("num_workers", "two", "train#dataloader#num_workers"),
         ("num_workers", -1, "validate#dataloader#num_workers"),
     ])  # fmt: skip
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#2")])
-    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#8")])
+    seed = init_id([TRAIN, MULTI_GPU], "set_determinism", metadata=METADATA)
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, seed)])
     check_settings_refused_by_name([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA, cases=[("seed", 1.5, "initialize#6")])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[
         ("seed", "abc", "initialize#2"), ("num_workers", "two", "dataloader#num_workers"),
@@ -1071,7 +1074,8 @@ def test_config_splits_and_num_classes_are_refused_by_setting_name():
                                                                      ("num_classes", True, "boundary")])
     # checked in initialize, right after the other training settings, before any data are generated (it was read
     # only once the datalists existed); evaluation and inference check it before the network is built
-    for configs, id in (([TRAIN], "initialize#3"), ([TRAIN, MULTI_GPU], "initialize#3"), ([TRAIN, EVALUATE], "initialize#1"),
+    for configs, id in (([TRAIN], init_id([TRAIN], "$@boundary", metadata=METADATA)),
+                        ([TRAIN, MULTI_GPU], init_id([TRAIN, MULTI_GPU], "$@boundary", metadata=METADATA)), ([TRAIN, EVALUATE], "initialize#1"),
                         ([TRAIN, EVALUATE, MULTI_GPU_EVAL], "initialize#1")):
         check_settings_refused_by_name(configs, metadata=METADATA, cases=[("num_classes", 2.0, id)])
         init = config_parser(configs, metadata=METADATA)["initialize"]

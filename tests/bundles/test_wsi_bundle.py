@@ -30,6 +30,7 @@ from tests.bundles.helpers import (
     check_rotated_validation,
     check_key_metric_follows_the_configured_key_metric,
     check_key_metric_setting_refused,
+    init_id,
     check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
     check_same_robustness_reports,
@@ -884,13 +885,15 @@ def test_multi_gpu_evaluate_with_slide_inference_gloo_two_processes(tmp_path, sl
 def test_config_settings_seed_log_interval_num_workers_are_checked_by_name():
     """--seed abc failed inside MONAI's set_determinism ("invalid literal for int()") and --seed 1.5 was truncated;
     --log_interval x and --num_workers two failed with "'<' not supported between 'str' and 'int'"."""
+    seed = init_id([TRAIN], "set_determinism", metadata=METADATA)
     check_settings_refused_by_name([TRAIN], metadata=METADATA, cases=[
-        ("seed", "abc", "initialize#3"), ("seed", 1.5, "initialize#3"), ("log_interval", "x", "train#handlers#3#interval"),
+        ("seed", "abc", seed), ("seed", 1.5, seed), ("log_interval", "x", "train#handlers#3#interval"),
         ("num_workers", "two", "train#dataloader#num_workers"), ("num_workers", -1, "validate#dataloader#num_workers"),
     ])  # fmt: skip
     check_settings_refused_by_name([TRAIN, EVALUATE], metadata=METADATA, cases=[("seed", "abc", "initialize#1")])
     check_settings_refused_by_name([TRAIN, EVALUATE, MULTI_GPU_EVAL], metadata=METADATA, cases=[("seed", 1.5, "initialize#5")])
-    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA, cases=[("seed", 1.5, "initialize#7")])
+    check_settings_refused_by_name([TRAIN, MULTI_GPU], metadata=METADATA,
+                                   cases=[("seed", 1.5, init_id([TRAIN, MULTI_GPU], "set_determinism", metadata=METADATA))])
     check_settings_refused_by_name([INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#1")])
     check_settings_refused_by_name([INFERENCE, MULTI_GPU_INFERENCE], metadata=METADATA, cases=[("seed", "x", "initialize#4")])
 
