@@ -315,7 +315,7 @@ def seg_data(task: str, profile: dict[str, Any], work: Path, cpm15_dir: Path) ->
     def split(key: str) -> list[dict[str, Any]]:
         try:
             return load_decathlon_datalist(str(datalist), is_segmentation=True, data_list_key=key, base_dir=base)
-        except ValueError:
+        except (ValueError, IndexError):  # IndexError: MONAI reads item 0 of a "test" list, also of an empty one
             return []
 
     train_items = split("training")

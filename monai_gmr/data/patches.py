@@ -121,6 +121,7 @@ class PCamH5Dataset(torch.utils.data.Dataset):
                 "uint8 images (pass scale=False to use the stored values as they are)."
             )
         self.n_total = int(shape[0])
+        self.patch_shape = (int(shape[1]), int(shape[2]))  # (H, W) of every patch
         self.labels: np.ndarray | None = None
         if self.y_path is not None:
             try:
@@ -386,6 +387,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             which case :func:`image_folder_datalist` is called with ``**kwargs``.
         transform: optional callable applied to each item dict.
         scale: divide by 255.
+        min_size: ``(h, w)`` (or one int) an image must at least have (the bundle's ``patch_size``, to which it is
+            centre-cropped); a smaller one is an error naming the file when it is read. ``None``: any size.
         kwargs: forwarded to :func:`image_folder_datalist` when ``items`` is a folder.
     """
 
@@ -394,6 +397,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         items: Sequence[dict[str, Any]] | str | os.PathLike,
         transform: Callable | None = None,
         scale: bool = True,
+        min_size: int | Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(items, (str, os.PathLike)):
@@ -403,6 +407,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.items = [dict(i) for i in items]
         self.transform = transform
         self.scale = scale
+        self.min_size = None if min_size is None else tuple(int(v) for v in np.broadcast_to(min_size, (2,)))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -410,4 +415,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         it = self.items[index]
         out = {"image": load_rgb_tensor(it["image"], self.scale), "label": int(it["label"]), "path": str(it["image"])}
+        h, w = out["image"].shape[-2:]
+        if self.min_size is not None and (h < self.min_size[0] or w < self.min_size[1]):
+            # a centre crop cannot enlarge it: such tiles were trained on at their own size without a word, and a
+            # folder mixing sizes stopped on the first batch with torch's bare "stack expects each tensor ..."
+            raise ValueError(
+                f"image {str(it['image'])!r} is {h} x {w} pixels (H x W), smaller than patch_size "
+                f"{self.min_size[0]} x {self.min_size[1]}: lower --patch_size or leave such tiles out."
+            )
         return self.transform(out) if self.transform is not None else out

@@ -105,7 +105,7 @@ def main(
     if meta_file is not None:
         parser.read_meta(meta_file)
     for k in unknown:
-        if parser.get(k, None) is None:
+        if k not in parser:  # not parser.get(k) is None: ids whose value is null (image_dir, pcam_dir) were refused
             raise ValueError(f"unknown option --{k}: not a rotation_robustness argument {ROBUSTNESS_ARGS} nor a config id.")
     if "bundle_root" not in config_over and "find_bundle_root(" in str(parser.get("bundle_root", "")):
         # the bundles' find_bundle_root() looks for --config_file on the command line: config files given as

@@ -167,7 +167,7 @@ def _nuclei_items(
     used = split
     try:
         items = load_decathlon_datalist(datalist_file, is_segmentation=True, data_list_key=split, base_dir=base_dir)
-    except ValueError:
+    except (ValueError, IndexError):  # IndexError: MONAI reads item 0 of a "test" list, also of an empty one
         items = []
     if not items and fallback_split is not None and fallback_split != split:
         logger.warning("datalist %s has no %r split; using %r instead.", datalist_file, split, fallback_split)
@@ -176,7 +176,7 @@ def _nuclei_items(
             items = load_decathlon_datalist(
                 datalist_file, is_segmentation=True, data_list_key=fallback_split, base_dir=base_dir
             )
-        except ValueError:
+        except (ValueError, IndexError):
             items = []
     if not items:
         raise ValueError(

@@ -623,11 +623,19 @@ def patch_dataset(
                              "label file (*_y.h5 beside it); training and evaluation need the labels.")  # fmt: skip
         check_class_labels(ds.labels[ds.indices], num_classes, f"{split} patches of pcam_dir {str(pcam_dir)!r}",
                            min_classes)  # fmt: skip
+        ph, pw = _as_pair(patch_size)
+        if ds.patch_shape[0] < ph or ds.patch_shape[1] < pw:  # trained on the smaller patches without a word
+            raise ValueError(
+                f"{split} patches of pcam_dir {str(pcam_dir)!r}: PCam file {str(ds.x_path)!r} holds "
+                f"{ds.patch_shape[0]} x {ds.patch_shape[1]} patches, smaller than patch_size {ph} x {pw}: lower "
+                "--patch_size (PCam patches are 96 x 96)."
+            )
         return ds
     if source == "image_folder":
         if not image_dir:
             raise ValueError("data_source='image_folder' needs image_dir (class sub-folders, or with labels_csv).")
         ds = _folder_dataset(image_dir, labels_csv, split, transform, val_frac, test_frac, split_seed, num_classes)
+        ds.min_size = _as_pair(patch_size)  # each tile is checked when read (its size is not known before)
         check_class_labels([int(i["label"]) for i in ds.items], num_classes,
                            f"{split} images of image_dir {str(image_dir)!r}", min_classes)  # fmt: skip
         return ds

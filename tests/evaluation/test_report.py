@@ -827,3 +827,25 @@ def test_evaluator_distributed_given_as_false_text_runs_in_one_process(tmp_path)
     assert ev.distributed is False
     ev.run()
     assert _listing(tmp_path / "out") == ["robustness.csv", "robustness.json"]
+
+
+def test_cli_accepts_config_ids_whose_default_is_null(tmp_path):
+    """A config id whose value is ``null`` (the WSI bundle's ``image_dir``, ``pcam_dir``, ``labels_csv``,
+    ``patch_mpp``) was refused as "unknown option --image_dir: ... nor a config id", so the CLI could not evaluate a
+    checkpoint on an image folder or PCam files; ids that are not in the config are still refused."""
+    cfg = {
+        "imports": ["$import torch"],
+        "device": "$torch.device('cpu')",
+        "scale": None,
+        "network_def": {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
+        "validate": {"dataloader": {
+            "_target_": "monai.data.DataLoader", "batch_size": 2,
+            "dataset": {"_target_": "monai.data.Dataset", "data": "$[{'image': torch.rand(1, 8, 8) * (@scale or 1), "
+                        "'label': torch.ones(1, 8, 8).long()} for _ in range(2)]"}}},
+    }
+    cfg_path = tmp_path / "evaluate.json"
+    cfg_path.write_text(json.dumps(cfg))
+    out = cli_main(str(cfg_path), output_dir=str(tmp_path / "cli"), angles=[0], flips=[], plot=False, scale=2.0)
+    assert set(out["paths"]) >= {"json", "csv"}
+    with pytest.raises(ValueError, match="unknown option --scal"):
+        cli_main(str(cfg_path), output_dir=str(tmp_path / "x"), angles=[0], scal=2.0)

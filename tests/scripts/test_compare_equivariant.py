@@ -310,3 +310,26 @@ def test_inference_speed_counts_every_timed_call(ce, monkeypatch):
 
     monkeypatch.setattr(ce, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     assert ce.inference_speed(Net(), torch.rand(4, 3, 8, 8), 3, torch.device("cpu")) == pytest.approx(4.0)
+
+
+def test_prepared_dataset_with_an_empty_test_split_is_used(ce, tmp_path):
+    """``--cpm15-dir`` of a dataset prepared with ``--test_frac 0`` (``"test": []``): MONAI's
+    ``load_decathlon_datalist`` fails on an empty test list with a bare ``IndexError``; the validation tiles are
+    the held-out tiles then."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "labels").mkdir()
+    items = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "d" / "images" / f"{i}.png")
+        lab = np.zeros((64, 64), np.uint16)
+        lab[20:40, 20:40] = 1
+        Image.fromarray(lab).save(tmp_path / "d" / "labels" / f"{i}.png")
+        items.append({"image": f"images/{i}.png", "label": f"labels/{i}.png"})
+    dl = {"training": items[:2], "validation": items[2:], "test": []}
+    (tmp_path / "d" / "datalist.json").write_text(json.dumps(dl))
+    data = ce.seg_data("cpm15", ce.PROFILES["quick"], tmp_path / "work", tmp_path / "d")
+    assert isinstance(data, dict), data

@@ -711,3 +711,23 @@ def test_check_instance_settings_accepts_min_nucleus_size_0_and_names_bad_settin
             check_instance_settings("watershed", size)
     with pytest.raises(ValueError, match=r"^instance_method must be"):
         check_instance_settings("watershd", 0)
+
+
+def test_empty_test_split_falls_back_or_is_named(tmp_path):
+    """``prepare_nuclei --test_frac 0`` writes ``"test": []``: MONAI's ``load_decathlon_datalist`` fails on an empty
+    test list with a bare ``IndexError: list index out of range``, so inference (test split, validation fallback)
+    crashed instead of using the validation tiles, and an empty datalist was not named."""
+    import json
+
+    from monai_gmr.workflows.nuclei import nuclei_datalist
+
+    item = {"image": "images/a.png", "label": "labels/a.png"}
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [item], "validation": [item], "test": []}))
+    items, used = nuclei_datalist(tmp_path, "test", generate=False, check=False, fallback_split="validation",
+                                  return_split=True)  # fmt: skip
+    assert used == "validation" and [Path(i["image"]).name for i in items] == ["a.png"]
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [item], "validation": [], "test": []}))
+    with pytest.raises(ValueError, match="has no items in split 'validation'"):
+        nuclei_datalist(tmp_path, "test", generate=False, check=False, fallback_split="validation")
+    with pytest.raises(ValueError, match="has no items in split 'test'"):
+        nuclei_datalist(tmp_path, "test", generate=False, check=False)

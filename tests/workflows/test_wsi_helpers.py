@@ -382,17 +382,17 @@ def test_pcam_and_image_folder_datasets(tmp_path):
         n = 6 if split == "train" else 4
         write_pcam_h5(tmp_path / "pcam" / f"camelyonpatch_level_2_split_{split}", rng.integers(0, 255, (n, 24, 24, 3),
                       dtype=np.uint8), np.arange(n) % 2)  # fmt: skip
-    ds = patch_dataset("pcam", "validation", pcam_dir=tmp_path / "pcam")
+    ds = patch_dataset("pcam", "validation", pcam_dir=tmp_path / "pcam", patch_size=24)
     assert len(ds) == 4 and tuple(ds[1]["image"].shape) == (3, 24, 24) and int(ds[1]["label"]) == 1
     assert float(ds[0]["image"].max()) > 1.0  # [0, 255] before the bundle's transforms
     # one file split into the three sets
     write_pcam_h5(tmp_path / "one" / "all", rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8), np.arange(20) % 2)
-    sizes = [len(patch_dataset("pcam", s, pcam_dir=tmp_path / "one")) for s in ("training", "validation", "test")]
+    sizes = [len(patch_dataset("pcam", s, pcam_dir=tmp_path / "one", patch_size=16)) for s in ("training", "validation", "test")]
     assert sum(sizes) == 20 and min(sizes) >= 4
     # a single file named *train*: split into disjoint parts for every split (not used whole for training)
     imgs = np.arange(15, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)  # patch i is all i
     write_pcam_h5(tmp_path / "train_only" / "camelyonpatch_level_2_split_train", imgs, np.arange(15) % 2)
-    ids = {s: sorted(int(d["image"][0, 0, 0]) for d in patch_dataset("pcam", s, pcam_dir=tmp_path / "train_only"))
+    ids = {s: sorted(int(d["image"][0, 0, 0]) for d in patch_dataset("pcam", s, pcam_dir=tmp_path / "train_only", patch_size=8))
            for s in ("training", "validation", "test")}  # fmt: skip
     assert all(ids.values()) and len(ids["training"]) < 15
     assert sorted(ids["training"] + ids["validation"] + ids["test"]) == list(range(15))  # disjoint, union = file
@@ -401,7 +401,7 @@ def test_pcam_and_image_folder_datasets(tmp_path):
         (tmp_path / "folders" / c).mkdir(parents=True)
         for i in range(5):
             Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "folders" / c / f"{i}.png")
-    tr = patch_dataset("image_folder", "training", image_dir=tmp_path / "folders", num_classes=3)
+    tr = patch_dataset("image_folder", "training", image_dir=tmp_path / "folders", num_classes=3, patch_size=20)
     labels = sorted(int(tr[i]["label"]) for i in range(len(tr)))
     assert set(labels) == {0, 1, 2} and tuple(tr[0]["image"].shape) == (3, 20, 20)
     # the message says what to pass (Kather's 8 class folders with the default --num_classes 2)
@@ -1674,3 +1674,28 @@ def test_inference_slides_of_a_split_lists_each_slide_once(wsi_data):
         want = list(dict.fromkeys(str(Path(wsi_data["root"]) / i["image"]) for i in wsi_data[split]))
         assert [Path(g).resolve() for g in got] == [Path(w).resolve() for w in want]
         assert len(wsi_data[split]) > len(want)  # several patches per slide in the datalist
+
+
+def test_patch_collections_refuse_tiles_smaller_than_patch_size(tmp_path):
+    """Image-folder / PCam tiles smaller than ``patch_size`` cannot be centre-cropped to it: a folder of 150-pixel
+    Kather tiles with ``--patch_size 200`` trained on 150-pixel patches without a word, and a folder mixing tile sizes
+    stopped on the first batch with torch's bare 'stack expects each tensor to be equal size'."""
+    from monai_gmr.data import write_pcam_h5
+    from monai_gmr.workflows.wsi import patch_dataset
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "tiles" / c).mkdir(parents=True)
+        for i in range(5):
+            size = 12 if (c, i) == ("b", 4) else 20  # one small tile
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(tmp_path / "tiles" / c / f"{i}.png")
+    ds = patch_dataset("image_folder", "training", image_dir=tmp_path / "tiles", num_classes=2, patch_size=16,
+                       val_frac=0.0, test_frac=0.0)  # fmt: skip
+    assert tuple(ds[0]["image"].shape) == (3, 20, 20)  # tiles at least patch_size are read as before
+    small = next(k for k, it in enumerate(ds.items) if Path(it["image"]).parts[-2:] == ("b", "4.png"))
+    with pytest.raises(ValueError, match=r"4\.png.* 12 x 12 .*smaller than patch_size 16 x 16"):
+        ds[small]
+    write_pcam_h5(tmp_path / "pcam" / "all", rng.integers(0, 255, (12, 24, 24, 3), dtype=np.uint8), np.arange(12) % 2)
+    assert len(patch_dataset("pcam", "training", pcam_dir=tmp_path / "pcam", patch_size=24)) > 0
+    with pytest.raises(ValueError, match=r"all_x\.h5.* 24 x 24 .*smaller than patch_size 32 x 32"):
+        patch_dataset("pcam", "training", pcam_dir=tmp_path / "pcam", patch_size=32)
