@@ -67,6 +67,7 @@ __all__ = [
     "map_quality",
     "save_heatmap",
     "SlideResult",
+    "check_tumour_class",
     "infer_slide",
     "infer_slides",
     "SlideInference",
@@ -1433,6 +1434,24 @@ def _check_layout(
         positive_int(batch_size, "batch_size")
 
 
+def check_tumour_class(tumour_class: Any, num_classes: Any) -> None:
+    """Refuse a ``tumour_class`` that the network's ``num_classes`` outputs lack (``None`` for either: not checked).
+
+    :func:`infer_slide` finds it only at a slide's first batch, after the slide was opened and its tissue detected, so
+    with ``--tumour_class 2`` and 2 classes every slide of a list failed in turn and an ``inference_summary.json`` of
+    failures was left. A single logit (``num_classes=1``) gives two probabilities (classes 0 and 1).
+
+    Raises:
+        ValueError: ``tumour_class`` not in ``[0, max(num_classes, 2))``; the message names both settings.
+    """
+    if tumour_class is None or num_classes is None:
+        return
+    k = max(positive_int(num_classes, "num_classes"), 2)
+    if not 0 <= positive_int(tumour_class, "tumour_class", allow_zero=True) < k:
+        raise ValueError(f"tumour_class must be in [0, {k}) (the classes of num_classes={num_classes}), got "
+                         f"tumour_class={tumour_class}.")  # fmt: skip
+
+
 def infer_slide(
     slide: str | os.PathLike | Mapping[str, Any],
     network: torch.nn.Module | Callable,
@@ -1890,6 +1909,8 @@ class SlideInference:
         ckpt_path: optional checkpoint loaded with :func:`monai_gmr.workflows.load_checkpoint` before running.
         summary_file: see :func:`infer_slides`.
         strict: see :func:`infer_slides`.
+        num_classes: the network's classes (``None``: not checked); a ``tumour_class`` outside them is refused here
+            (:func:`check_tumour_class`), not inside every slide after its tissue detection.
         kwargs: forwarded to :func:`infer_slide` (``backend``, ``patch_size``, ``patch_level``, ``mask_level``,
             ``mode``, ``overlap``, ``grid``, ``inferer``, ``transform``, ``batch_size``, ``device``, ``amp``, ...).
 
@@ -1911,6 +1932,7 @@ class SlideInference:
         ckpt_path: str | os.PathLike | None = None,
         summary_file: str | os.PathLike | None = "auto",
         strict: bool = False,
+        num_classes: int | None = None,
         **kwargs: Any,
     ) -> None:
         if not slides and dataset_dir is None:
@@ -1920,6 +1942,7 @@ class SlideInference:
                       kwargs.get("map_max_size"), min_tissue=kwargs.get("min_tissue"),
                       threshold=kwargs.get("threshold"), tumour_class=kwargs.get("tumour_class"),
                       batch_size=kwargs.get("batch_size"))  # fmt: skip
+        check_tumour_class(kwargs.get("tumour_class"), num_classes)
         self.network = network
         self.output_dir = output_dir
         self.slides = slides

@@ -701,7 +701,7 @@ def test_bad_settings_write_nothing(tmp_path, slides, bad):
 
 
 @pytest.mark.parametrize("bad", [{"slide_eval": "maybe"}, {"inference_mode": "dense"}, {"overlap": 1.0},
-                                 {"grid": "middle"}, {"map_max_size": -1}],
+                                 {"grid": "middle"}, {"map_max_size": -1}, {"tumour_class": 2}],
                          ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))  # fmt: skip
 def test_bad_evaluation_and_inference_settings_write_nothing(tmp_path, slides, bad):
     """Slide-evaluation settings were read only in the third run step, after the robustness report had been
@@ -926,6 +926,16 @@ def test_config_inference_mode_is_refused_by_its_setting_name():
         for mode in ("sliding", "masked"):
             p = config_parser(files, inference_mode=mode, metadata=METADATA)
             assert p.get_parsed_content("slide_inference#mode") == mode
+
+
+def test_config_tumour_class_beyond_num_classes_is_refused_by_name():
+    """--tumour_class 2 with 2 classes was found only inside each slide, after its tissue detection: every slide failed
+    in turn and an inference_summary.json of failures was left. SlideInference (built before any slide is read)
+    now refuses it with num_classes; a class the network has still passes."""
+    for files in ([INFERENCE], [TRAIN, EVALUATE]):
+        check_settings_refused_by_name(files, metadata=METADATA, cases=[("tumour_class", 2, "slide_inference")])
+        p = config_parser(files, tumour_class=2, num_classes=3, metadata=METADATA)
+        assert p.get_parsed_content("slide_inference").kwargs["tumour_class"] == 2
 
 
 def test_config_wsi_backend_is_refused_by_name_before_the_slides():

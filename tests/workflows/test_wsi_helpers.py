@@ -1699,3 +1699,20 @@ def test_patch_collections_refuse_tiles_smaller_than_patch_size(tmp_path):
     assert len(patch_dataset("pcam", "training", pcam_dir=tmp_path / "pcam", patch_size=24)) > 0
     with pytest.raises(ValueError, match=r"all_x\.h5.* 24 x 24 .*smaller than patch_size 32 x 32"):
         patch_dataset("pcam", "training", pcam_dir=tmp_path / "pcam", patch_size=32)
+
+
+@pytest.mark.parametrize("num_classes,tumour_class", [(2, 2), (8, 8), (1, 2)])
+def test_slide_inference_refuses_a_tumour_class_beyond_num_classes_before_any_slide(tmp_path, num_classes,
+                                                                                     tumour_class):
+    """--tumour_class 2 with num_classes 2 was only found inside each slide, after its tissue detection (at its first
+    batch): every slide of the list failed in turn and an inference_summary.json was left. SlideInference now refuses
+    it by name when it is built (num_classes 1, a single logit, gives 2 probabilities: classes 0 and 1)."""
+    from monai_gmr.workflows.wsi import SlideInference
+
+    with pytest.raises(ValueError, match=rf"tumour_class must be in \[0, {max(num_classes, 2)}\).*num_classes"):
+        SlideInference(torch.nn.Identity(), tmp_path / "pred", dataset_dir=tmp_path / "missing",
+                       tumour_class=tumour_class, num_classes=num_classes)
+    assert list(tmp_path.iterdir()) == []
+    ok = SlideInference(torch.nn.Identity(), tmp_path / "pred", dataset_dir=tmp_path / "missing",
+                        tumour_class=tumour_class - 1, num_classes=num_classes)
+    assert "num_classes" not in ok.kwargs  # not forwarded to infer_slide
