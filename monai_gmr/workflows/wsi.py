@@ -1841,10 +1841,14 @@ def infer_slides(
             atomic_write_json(summary_file, summary)
     ok = [e for e in entries if e["status"] == "ok"]
     failed = [e for e in entries if e["status"] != "ok"]
-    logger.info(
-        "processed %d slide(s): %d ok, %d failed; %s patches/s overall", len(entries), len(ok), len(failed),
-        summary.get("patches_per_s"),
-    )
+    rate = summary.get("patches_per_s")  # None when no slide was processed (it was logged as "None patches/s")
+    if not ok:
+        overall = "no slide was processed, no patch rate"
+    elif rate is None:
+        overall = "no patch rate (no time measured)"
+    else:
+        overall = f"{rate} patches/s overall"
+    logger.info("processed %d slide(s): %d ok, %d failed; %s", len(entries), len(ok), len(failed), overall)
     if failed and (strict or not ok):
         raise RuntimeError(
             f"{len(failed)} of {len(entries)} slide(s) failed:\n" + "\n".join(f"  {e['error']}" for e in failed)

@@ -4,6 +4,7 @@ map quality, masks, heatmaps and inferer helpers, on tiny synthetic slides (1024
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -1716,3 +1717,15 @@ def test_slide_inference_refuses_a_tumour_class_beyond_num_classes_before_any_sl
     ok = SlideInference(torch.nn.Identity(), tmp_path / "pred", dataset_dir=tmp_path / "missing",
                         tumour_class=tumour_class - 1, num_classes=num_classes)
     assert "num_classes" not in ok.kwargs  # not forwarded to infer_slide
+
+
+def test_infer_slides_logs_no_rate_when_every_slide_failed(tmp_path, caplog):
+    """When every slide failed the last line said "0 ok, 1 failed; None patches/s overall"; now it says that no slide
+    was processed instead of a rate."""
+    from monai_gmr.workflows.wsi import infer_slides
+
+    with caplog.at_level(logging.INFO, logger="monai_gmr"), pytest.raises(RuntimeError, match="1 of 1 slide"):
+        infer_slides([str(tmp_path / "missing.tiff")], torch.nn.Identity(), None)
+    lines = [r.getMessage() for r in caplog.records if "processed" in r.getMessage()]
+    assert lines and all("None" not in m for m in lines), lines
+    assert "0 ok, 1 failed" in lines[-1] and "no slide was processed" in lines[-1], lines
