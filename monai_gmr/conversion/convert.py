@@ -349,6 +349,15 @@ def _transposed_as_conv_weight(conv: nn.Module) -> torch.Tensor:
     return w.flip(tuple(range(2, w.ndim)))
 
 
+#: the per-module hook dicts of ``nn.Module`` that a replacement module does not inherit
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+def _hook_kinds(module: nn.Module) -> list[str]:
+    """The kinds of hooks registered on ``module`` itself (``"forward"``, ``"forward pre"``, ...), empty if none."""
+    return [d[1:-6].replace("_", " ") for d in _HOOK_DICTS if getattr(module, d, None)]
+
+
 # ---------------------------------------------------------------------------------------------------- converter
 class _Converter:
     def __init__(
@@ -384,6 +393,8 @@ class _Converter:
         self.pending: list[tuple[nn.Module, str, nn.Module]] = []
         # id(replaced conv) -> its replacement (every conv replaced, for tie_shared_parameters)
         self.replaced: dict[int, nn.Module] = {}
+        # "name (hook kinds)" of each replaced module with hooks of its own: the replacement has none (warned of)
+        self.hooked: list[str] = []
 
     # -- helpers
     @staticmethod
@@ -617,6 +628,8 @@ class _Converter:
                 self.memo[id(child)] = new
             if new is not None:
                 self.pending.append((module, child_name, new))
+                if _hook_kinds(child):
+                    self.hooked.append(f"{name!r} ({', '.join(_hook_kinds(child))})")
 
     def tie_shared_parameters(self, modules: dict[str, nn.Module]) -> None:
         """Tie the replacements of distinct convs that share one weight ``Parameter`` (weight tying without a shared
@@ -924,7 +937,8 @@ def convert_to_gmr(
             Distinct convs that share one weight ``Parameter`` get replacements that share theirs (GMR ``weight`` and
             learned ``log_sigma``; the bias where it was shared); where that cannot hold (one of them kept, a plain
             and a transposed conv, different replacement geometry) a warning says they were untied.
-        inplace: modify ``model`` itself instead of a deep copy.
+        inplace: modify ``model`` itself instead of a deep copy. Either way a replaced module's own hooks (forward,
+            forward-pre, backward) are not carried over to its replacement; a warning names those modules.
         upsample_mode: interpolation replacing transposed convs: ``"bilinear"`` (multi-linear in 3D),
             ``"nearest"``, ``"nearest-exact"``, ``"bicubic"`` (2D).
         pool_mode: pooling replacing strides: ``"avg"`` (default, the GMR recipe) or ``"max"``.
@@ -1000,6 +1014,8 @@ def convert_to_gmr(
     conv.excluded_ids = {id(m) for n, m in root_modules.items() if n and conv.excluded_path(n, root_modules)}
     new_root = conv.visit("", root) if isinstance(root, _CONV + _CONV_T) else None
     if new_root is not None:
+        if _hook_kinds(root):
+            conv.hooked.append(f"{type(root).__name__} ({', '.join(_hook_kinds(root))})")
         root = new_root
     elif not isinstance(root, _CONV + _CONV_T):
         conv.walk(root, "")
@@ -1024,6 +1040,12 @@ def convert_to_gmr(
             "modified) and stay as they are: %s; convert the eager model before torch.jit.script (listed in "
             "summary.unknown).",
             ", ".join(repr(n) for n in scripted),
+        )
+    if conv.hooked:  # the replacements are new modules: the hooks were dropped silently (e.g. a feature extractor's)
+        logger.warning(
+            "convert_to_gmr: hooks registered on replaced modules are not carried over to their replacements (which "
+            "have none): %s; register them again on the converted model.",
+            ", ".join(conv.hooked),
         )
     root.gmr_conversion_summary = summary  # plain attribute (not a submodule/buffer); kept by deepcopy/pickle
     logger.info(

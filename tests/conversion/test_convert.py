@@ -1013,3 +1013,33 @@ def test_uninitialised_lazy_convs_are_refused_naming_them():
     assert isinstance(out[0], GMRConv) and isinstance(out[1][0], nn.LazyConv2d)
     net(torch.randn(1, 3, 8, 8))  # initialised: converts
     assert isinstance(convert_to_gmr(net)[1][0], GMRConv)
+
+
+def test_hooks_on_replaced_modules_are_named_in_a_warning(caplog):
+    """A forward / forward-pre hook registered on a conv that convert_to_gmr replaces (inplace or in the copy, which
+    deepcopy gives the same hooks) was dropped silently: the replacement has none, so e.g. a feature-extraction hook
+    stopped firing without a word. A warning now names those modules; kept modules keep their hooks (no warning)."""
+    torch.manual_seed(0)
+    calls = []
+    for inplace in (True, False):
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 1))
+        model[0].register_forward_hook(lambda m, i, o: calls.append("fwd"))
+        model[2].register_forward_pre_hook(lambda m, i: calls.append("pre"))
+        model[1].register_forward_hook(lambda m, i, o: calls.append("relu"))  # kept: its hook still fires
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+            out = convert_to_gmr(model, inplace=inplace)
+        msgs = [r.getMessage() for r in caplog.records if "hook" in r.getMessage()]
+        assert len(msgs) == 1 and "'0'" in msgs[0] and "'2'" in msgs[0] and "'1'" not in msgs[0], msgs
+        calls.clear()
+        out(torch.randn(1, 1, 8, 8))
+        assert calls == ["relu"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        convert_to_gmr(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
+    assert not [r for r in caplog.records if "hook" in r.getMessage()]
+    single = nn.Conv2d(1, 2, 3, padding=1)
+    single.register_forward_hook(lambda m, i, o: None)
+    with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
+        convert_to_gmr(single)
+    assert any("hook" in r.getMessage() and "Conv2d" in r.getMessage() for r in caplog.records)
