@@ -294,3 +294,10 @@ def test_undefined_rotated_key_metric_after_a_defined_one_is_warned_of_as_such(t
     warned = [r.getMessage() for r in caplog.records if "val_rotation_dice_min" in r.getMessage()]
     assert len(warned) == 1 and "undefined (NaN" in warned[0] and "epoch 1" in warned[0], warned
     assert "first validation" not in warned[0], warned
+
+
+def test_check_key_metric_setting_refuses_a_non_name_without_plain_metrics():
+    """An evaluator with the rotated validation as its only metric (``choose_key_metric(name, {}, {}, rotation=h)``):
+    a name that is no text was an IndexError (the message's example read ``metric_names[0]``), naming no setting."""
+    with pytest.raises(ValueError, match=r"best_model_metric must be the name of a validation metric.*got None"):
+        check_key_metric_setting(None, [], val_rotation=True, rotation_metrics=["dice"])
