@@ -160,7 +160,8 @@ class RotationRobustnessMetric:
         stat: ``"mean"`` or ``"min"`` over the angles (flipped views are not in it, see
             :meth:`~monai_gmr.evaluation.RobustnessResult.summary`; higher is better, as MONAI's default comparison
             expects), or
-            ``"std"`` (lower is better: give the evaluator a ``metric_cmp_fn`` that prefers lower values).
+            ``"std"`` (lower is better: give the evaluator a ``metric_cmp_fn`` that prefers lower values, and a
+            key-metric ``CheckpointSaver`` ``key_metric_negative_sign=True``, or it keeps the model of the highest).
     """
 
     STATS = ("mean", "std", "min")
