@@ -991,12 +991,14 @@ def convert_to_gmr(
             ", ".join(repr(u if isinstance(u, str) else u.__name__) for u in unmatched),
             ", ".join(repr(n) for n in list(modules)[1:4]) or "none",
         )
-    lazy = [n or type(m).__name__ for n, m in modules.items() if isinstance(m, _CONV + _CONV_T)
-            and isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() and not (n and conv.excluded_path(n, modules))]  # fmt: skip
+    # only those the converter replaces (a lazy 1x1 stride-1 head stays as it is and needs no in_channels)
+    lazy = {n or type(m).__name__: m for n, m in modules.items() if isinstance(m, _CONV + _CONV_T)
+            and isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() and _would_convert(m)
+            and not (n and conv.excluded_path(n, modules))}  # fmt: skip
     if lazy:  # their in_channels are unknown: the conversion stopped in "spatial_dims must be 2 or 3, got -1"
         raise ValueError(
             f"convert_to_gmr: the lazy convolutions {', '.join(repr(n) for n in lazy)} "
-            f"({', '.join(sorted({type(modules[n]).__name__ for n in lazy if n in modules}))}) have no weights yet: run "
+            f"({', '.join(sorted({type(m).__name__ for m in lazy.values()}))}) have no weights yet: run "
             "the model once on an example input (model(x)) so that their in_channels are known, then convert."
         )
     if upsample_mode == "bicubic":

@@ -151,8 +151,8 @@ class RotationRobustnessMetric:
     ``{prefix}_{metric}_{mean|std|min}`` entries of ``engine.state.metrics``, TensorBoard, reports, logging), then
     stores the chosen value as ``engine.state.metrics[name]``. Do not attach ``handler`` to the same engine as
     well (it would evaluate twice). In a multi-process run every process must attach it (as the handler). A NaN value
-    (no view had anything to score) is never better than another, so the first validation's model stays the best:
-    this is warned of once.
+    (no view had anything to score) is never better than another, nor another better than a NaN best, so the
+    first validation's model stays the best when its value is the NaN, else the best so far: this is warned of once.
 
     Args:
         handler: the rotation-robustness handler whose result is read.
@@ -160,7 +160,8 @@ class RotationRobustnessMetric:
         stat: ``"mean"`` or ``"min"`` over the angles (flipped views are not in it, see
             :meth:`~monai_gmr.evaluation.RobustnessResult.summary`; higher is better, as MONAI's default comparison
             expects), or
-            ``"std"`` (lower is better: give the evaluator a ``metric_cmp_fn`` that prefers lower values).
+            ``"std"`` (lower is better: give the evaluator a ``metric_cmp_fn`` that prefers lower values, and a
+            key-metric ``CheckpointSaver`` ``key_metric_negative_sign=True``, or it keeps the model of the highest).
     """
 
     STATS = ("mean", "std", "min")
@@ -196,12 +197,16 @@ class RotationRobustnessMetric:
             raise KeyError(f"the rotation-robustness evaluation gave no {self.source!r} (it gave {sorted(engine.state.metrics)}).")
         value = engine.state.metrics[name] = engine.state.metrics[self.source]
         if isinstance(value, float) and math.isnan(value) and not self._warned:
-            # NaN is never better (MONAI's comparison, ignite's checkpoint ordering): the first validation's stays best
+            # NaN is never better (MONAI's comparison, ignite's checkpoint ordering), nor is anything better than a NaN
+            # best: the first validation's stays best when it is the NaN, else the best so far (MONAI compares after
+            # this, so best_metric_epoch is that of the earlier validations)
             self._warned = True
+            best_epoch = int(getattr(engine.state, "best_metric_epoch", -1))
+            kept = "the first validation" if best_epoch == -1 else f"epoch {best_epoch}"
             logger.warning(
                 "the key metric %s is undefined (NaN: no view of the rotated evaluation %r had anything to score, e.g. no "
-                "foreground in the validation labels), so it cannot rank the models: the best model stays that of the first validation; "
-                "choose another key metric (the bundles' best_model_metric).", name, self.handler.prefix,
+                "foreground in the validation labels), so it cannot rank the models: the best model stays that of %s; "
+                "choose another key metric (the bundles' best_model_metric).", name, self.handler.prefix, kept,
             )  # fmt: skip
 
 

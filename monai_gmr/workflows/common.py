@@ -971,7 +971,9 @@ def check_key_metric_setting(
     rotation_metrics = [rotation_metrics] if isinstance(rotation_metrics, str) else list(rotation_metrics)
     rotated = [f"{prefix}_{m}_{stat}" for m in rotation_metrics for stat in ROTATION_KEY_STATS]
     if not isinstance(name, str):
-        raise ValueError(f"{setting} must be the name of a validation metric, e.g. {metric_names[0]!r}, got {name!r}.")
+        example = list(metric_names)[:1] or rotated[-1:]  # the plain metrics may be none (a rotated key metric only)
+        eg = f", e.g. {example[0]!r}" if example else ""
+        raise ValueError(f"{setting} must be the name of a validation metric{eg}, got {name!r}.")
     if name in metric_names:
         return None
     m = re.fullmatch(rf"{re.escape(prefix)}_(.+)_(mean|std|min)", name)

@@ -473,3 +473,18 @@ def check_key_metric_follows_the_configured_key_metric(
     over = {**over, "validate#key_metric": renamed}
     p = config_parser(configs, metadata=metadata, **over, best_model_metric="val_renamed")
     assert list(p.get_parsed_content("validate#metric_choice")[0]) == ["val_renamed"]
+
+
+def check_key_metric_without_additional_metrics(configs, *, metadata: str, default: str, build: bool = True) -> None:
+    """``--validate#additional_metrics null`` (MONAI's evaluators take ``None``; 0.1.17 trained with it) passes the
+    ``best_model_metric`` check of ``initialize`` (it stopped there in "'NoneType' object is not iterable", naming no
+    setting) and keys on the key metric, as ``{}`` does. ``build``: also build the evaluator's metrics (not for
+    multi_gpu_train.json, whose network needs a process group)."""
+    init = config_parser(configs, metadata=metadata)["initialize"]
+    idx = next(i for i, x in enumerate(init) if "check_key_metric_setting" in x)
+    for value in (None, {}):
+        p = config_parser(configs, metadata=metadata, **{"validate#additional_metrics": value})
+        p.get_parsed_content(f"initialize#{idx}")
+        if build:
+            key, additional, _ = p.get_parsed_content("validate#metric_choice")
+            assert list(key) == [default] and not additional, (value, list(key), additional)

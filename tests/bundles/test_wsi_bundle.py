@@ -30,6 +30,7 @@ from tests.bundles.helpers import (
     check_rotated_validation,
     check_key_metric_follows_the_configured_key_metric,
     check_key_metric_setting_refused,
+    check_key_metric_without_additional_metrics,
     init_id,
     check_rotated_validation_settings_refused,
     check_sampler_refuses_a_short_split,
@@ -995,3 +996,9 @@ def test_config_tta_settings_are_checked_by_name_in_initialize(tmp_path):
                           metadata=METADATA)  # fmt: skip
         with pytest.raises(Exception, match="tta_flips"):
             p.get_parsed_content(id)
+
+
+def test_config_key_metric_check_takes_no_additional_metrics():
+    """``--validate#additional_metrics null`` stopped in the ``best_model_metric`` check of ``initialize``."""
+    for configs in ([TRAIN], [TRAIN, MULTI_GPU]):
+        check_key_metric_without_additional_metrics(configs, metadata=METADATA, default="val_auc", build=configs == [TRAIN])

@@ -1043,3 +1043,15 @@ def test_hooks_on_replaced_modules_are_named_in_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="monai_gmr.conversion.convert"):
         convert_to_gmr(single)
     assert any("hook" in r.getMessage() and "Conv2d" in r.getMessage() for r in caplog.records)
+
+
+def test_uninitialised_lazy_convs_that_stay_are_not_refused():
+    """Only a lazy conv the converter would replace needs its in_channels: a lazy 1x1 stride-1 head stays as it is,
+    and such a model converted before the lazy check was added; the model itself a lazy conv is named by its type."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.LazyConv2d(2, 1))
+    out = convert_to_gmr(net)
+    assert isinstance(out[0], GMRConv) and isinstance(out[2], nn.LazyConv2d)
+    assert out(torch.randn(1, 3, 8, 8)).shape == (1, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"'LazyConv2d' \(LazyConv2d\)"):
+        convert_to_gmr(nn.LazyConv2d(2, 3))

@@ -269,3 +269,35 @@ def test_resume_after_an_undefined_key_metric(tmp_path):
     resumed.state.best_metric, resumed.state.best_metric_epoch = -1, -1
     KeyMetricState(_saver(tmp_path), resumed).load_state_dict(state.state_dict())
     assert math.isnan(resumed.state.best_metric) and resumed.state.best_metric_epoch == 1
+
+
+def test_undefined_rotated_key_metric_after_a_defined_one_is_warned_of_as_such(tmp_path, caplog):
+    """A NaN at a later validation (after a defined best) does not keep "the first validation's" model: it cannot
+    become the best, and the best so far (epoch 1 here) stays; the warning said the first validation's stays, which
+    is true only when the first (or the best) value is the NaN."""
+    import logging
+
+    y = torch.zeros(1, 1, 8, 8)
+    y[..., 2:6, 2:6] = 1
+    empty = torch.zeros(1, 1, 8, 8)
+    net = _Net(y)
+    h = _handler(data=[(y, y.long())], network=net)
+    key, _, _ = choose_key_metric("val_rotation_dice_min", {}, {}, rotation=h)
+    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=[{"image": y, "label": y}], network=net,
+                                    key_val_metric=key, metric_cmp_fn=lambda c, b: c >= b)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="monai_gmr"):
+        evaluator.run(global_epoch=1)
+        h.data = [(empty, empty.long())]  # nothing to score from now on
+        for epoch in (2, 3):
+            evaluator.run(global_epoch=epoch)
+    assert evaluator.state.best_metric_epoch == 1 and evaluator.state.best_metric == pytest.approx(1.0)
+    warned = [r.getMessage() for r in caplog.records if "val_rotation_dice_min" in r.getMessage()]
+    assert len(warned) == 1 and "undefined (NaN" in warned[0] and "epoch 1" in warned[0], warned
+    assert "first validation" not in warned[0], warned
+
+
+def test_check_key_metric_setting_refuses_a_non_name_without_plain_metrics():
+    """An evaluator with the rotated validation as its only metric (``choose_key_metric(name, {}, {}, rotation=h)``):
+    a name that is no text was an IndexError (the message's example read ``metric_names[0]``), naming no setting."""
+    with pytest.raises(ValueError, match=r"best_model_metric must be the name of a validation metric.*got None"):
+        check_key_metric_setting(None, [], val_rotation=True, rotation_metrics=["dice"])
