@@ -286,7 +286,7 @@ class GCNNResNet(nn.Module):
         block_inplanes: widths per stage (each carrying ``|H|`` orientations). ``None`` gives
             ``group_widths((64, 128, 256, 512), group)``: ``(23, 45, 91, 181)`` for p4m, ``(32, 64, 128, 256)`` for p4.
         spatial_dims: must be 2.
-        in_channels: input channels.
+        in_channels: input channels (3 when neither it nor ``n_input_channels`` is given).
         num_classes: number of logits (``out_channels`` is accepted as an alias; give one of them); unused when
             ``feed_forward=False``.
         group: ``"p4m"`` or ``"p4"``.
@@ -302,6 +302,7 @@ class GCNNResNet(nn.Module):
         norm: norm name or ``(name, kwargs)``, built by MONAI's factory for 3 dims so that statistics are shared
             across orientations; ``None`` for none. ``"layer"`` is not supported.
         out_channels: alias of ``num_classes`` (so configs written for ``out_channels`` work).
+        n_input_channels: alias of ``in_channels`` (MONAI ``ResNet``'s name, which ``GMRResNet`` takes too).
 
     Shapes:
         ``(B, in_channels, H, W) -> (B, num_classes)``.
@@ -312,7 +313,7 @@ class GCNNResNet(nn.Module):
         layers: Sequence[int] = (2, 2, 2, 2),
         block_inplanes: Sequence[int] | None = None,
         spatial_dims: int = 2,
-        in_channels: int = 3,
+        in_channels: int | None = None,
         num_classes: int | None = None,
         group: str = "p4m",
         conv1_t_size: int = 7,
@@ -325,10 +326,20 @@ class GCNNResNet(nn.Module):
         act: str | tuple | None = ("relu", {"inplace": True}),
         norm: str | tuple | None = "batch",
         out_channels: int | None = None,
+        n_input_channels: int | None = None,
     ) -> None:
         super().__init__()
+        in_channels_given = in_channels is not None
+        in_channels = 3 if in_channels is None else in_channels
         _check_spatial_dims(spatial_dims)
         group_order(group)
+        if n_input_channels is not None:  # MONAI ResNet's name of in_channels, as GMRResNet takes it
+            if in_channels_given and n_input_channels != in_channels:
+                raise ValueError(
+                    "in_channels and its alias n_input_channels disagree: "
+                    f"in_channels={in_channels}, n_input_channels={n_input_channels}."
+                )
+            in_channels = n_input_channels
         if num_classes is not None and out_channels is not None and num_classes != out_channels:
             raise ValueError(
                 "num_classes and its alias out_channels disagree: "
@@ -422,7 +433,7 @@ class GCNNResNet(nn.Module):
 
 
 def gcnn_resnet18(
-    spatial_dims: int = 2, in_channels: int = 3, num_classes: int | None = None, group: str = "p4m", **kwargs
+    spatial_dims: int = 2, in_channels: int | None = None, num_classes: int | None = None, group: str = "p4m", **kwargs
 ) -> GCNNResNet:
     """G-CNN ResNet-18 (``layers=(2, 2, 2, 2)``); see :class:`GCNNResNet` for the other arguments."""
     return GCNNResNet((2, 2, 2, 2), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
@@ -430,7 +441,7 @@ def gcnn_resnet18(
 
 
 def gcnn_resnet34(
-    spatial_dims: int = 2, in_channels: int = 3, num_classes: int | None = None, group: str = "p4m", **kwargs
+    spatial_dims: int = 2, in_channels: int | None = None, num_classes: int | None = None, group: str = "p4m", **kwargs
 ) -> GCNNResNet:
     """G-CNN ResNet-34 (``layers=(3, 4, 6, 3)``); see :class:`GCNNResNet` for the other arguments."""
     return GCNNResNet((3, 4, 6, 3), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,

@@ -224,6 +224,25 @@ def test_bundle_override_swaps_a_monai_net_for_the_baseline():
     assert isinstance(net, GCNNUNet) and net.out_channels == 2
 
 
+def test_resnet_takes_monai_resnets_n_input_channels():
+    # a config written for MONAI's resnet18 (or GMRResNet, which takes the alias) names the input channels
+    # n_input_channels: GCNNResNet refused it ("unexpected keyword argument 'n_input_channels'")
+    config = {"network_def": {"_target_": "monai.networks.nets.resnet18", "spatial_dims": 2, "n_input_channels": 1,
+                              "num_classes": 2}}
+    parser = ConfigParser(config)
+    parser["network_def#_target_"] = "monai_gmr.nets.gcnn.gcnn_resnet18"
+    for key, value in TINY_RESNET.items():
+        parser[f"network_def#{key}"] = value
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, GCNNResNet) and net.in_channels == 1
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 1, 32, 32)).shape == (1, 2)
+    assert GCNNResNet((1, 1, 1, 1), (4, 4, 8, 6), 2, num_classes=2, n_input_channels=5).in_channels == 5
+    assert GCNNResNet((1, 1, 1, 1), (4, 4, 8, 6), 2, num_classes=2).in_channels == 3  # the default stays 3
+    with pytest.raises(ValueError, match="n_input_channels"):
+        gcnn_resnet34(2, 1, 2, n_input_channels=3)
+
+
 # ------------------------------------------------------------------------------------------------ training
 def _disks(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
