@@ -242,7 +242,7 @@ def run_report(args: argparse.Namespace) -> dict:
             for inp in ("disk", "canvas"):
                 x, radius, _ = inputs[inp]
                 for module, (shape, e) in layerwise_equivariance_error(net, x, args.layer_angle, radius_frac=radius, mode=args.mode).items():
-                    layer_rows.append({"model": name, "stage": stage, "input": inp, "module": module, "type": type(net.get_submodule(module)).__name__,
+                    layer_rows.append({"model": name, "stage": stage, "input": inp, "module": module, "type": type(net.get_submodule(module.rsplit("#", 1)[0])).__name__,
                                        "shape": "x".join(map(str, shape)), "angle": args.layer_angle, "rel_err": e})  # fmt: skip
     ratios = {
         f"{stage}/{inp}/{output}": results["GMRUNet"][stage][inp][output][45.0] / max(results["BasicUNet"][stage][inp][output][45.0], 1e-300)

@@ -368,7 +368,9 @@ def layerwise_equivariance_error(
     Returns:
         ``{name: (spatial shape, rel_err)}`` in execution order, for the modules whose output is a tensor with
         ``x.ndim`` dims (others, e.g. a flattening head, are left out); shapes are those on the canvas. A module
-        whose grid is too coarse for the disk to hold a pixel (e.g. 2x2 at the bottom of a U-Net fed 16x16) gets
+        called several times per forward (e.g. an activation shared by two places of a block, as in MONAI's and
+        GMR's ResNet blocks) is reported once per call, as ``name#0``, ``name#1``, ... (the calls of the two
+        forwards paired in order). A module whose grid is too coarse for the disk to hold a pixel (e.g. 2x2 at the bottom of a U-Net fed 16x16) gets
         NaN (it read 0.0).
 
     Raises:
@@ -388,7 +390,8 @@ def layerwise_equivariance_error(
     missing = [n for n in modules if n not in named]
     if missing:
         raise ValueError(f"modules: {missing} are not modules of {type(net).__name__} (see net.named_modules()).")
-    records: dict[str, list[torch.Tensor]] = {}
+    records: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    calls = [0]  # recorded outputs so far: the execution order of each call
 
     def hook(name: str):
         def f(_mod, _inp, out):
@@ -396,7 +399,8 @@ def layerwise_equivariance_error(
                 out = out[0]
             if isinstance(out, torch.Tensor) and out.ndim == x.ndim:  # other outputs are left out, as documented
                 out = _first(out)
-                records.setdefault(name, []).append(out.detach().clone())
+                records.setdefault(name, []).append((calls[0], out.detach().clone()))
+                calls[0] += 1
 
         return f
 
@@ -407,11 +411,17 @@ def layerwise_equivariance_error(
     finally:
         for h in handles:
             h.remove()
-    out: dict[str, tuple[tuple[int, ...], float]] = {}
+    # a module called k times per forward (a shared activation) has 2k outputs: call i of net(x) pairs with call i
+    # of the rotated forward (it was left out without a word, and {} was returned when it was asked for by name)
+    pairs: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []
     for name, outs in records.items():
-        if len(outs) != 2:  # a module called several times per forward: its calls cannot be paired reliably
+        if len(outs) % 2:  # not called as often in both forwards (control flow that depends on the values)
             continue
-        y0, y1 = outs
+        k = len(outs) // 2
+        for i in range(k):
+            pairs.append((outs[i][0], name if k == 1 else f"{name}#{i}", outs[i][1], outs[k + i][1]))
+    out: dict[str, tuple[tuple[int, ...], float]] = {}
+    for _, name, y0, y1 in sorted(pairs, key=lambda p: p[0]):  # in execution order
         shape = tuple(y0.shape[-spatial_dims:])
         ref = rotate(y0, angle, spatial_dims, mode, axes)
         if y1.shape != ref.shape:  # stopped in torch's "The size of tensor a (12) must match ..." naming no module

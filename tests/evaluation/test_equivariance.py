@@ -485,3 +485,26 @@ def test_layerwise_of_a_leaf_net_reports_it_under_the_empty_name():
         res = layerwise_equivariance_error(net, x, 90)
         assert list(res) == [""] and res[""][0] == (16, 16)
     assert layerwise_equivariance_error(monai_gmr.GMRConv(2, 1, 2, 3).eval(), x, 90)[""][1] < 1e-5
+
+
+def test_layerwise_reports_a_module_called_several_times_per_forward():
+    """A module used twice per forward (a shared activation, as in GMRResNet's and MONAI's ResNet blocks) was left out
+    of the result without a word, and returned {} when asked for by name: each call is reported as ``name#i``."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    class Shared(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = monai_gmr.GMRConv(2, 1, 2, 3), torch.nn.Conv2d(2, 2, 3, padding=1)
+            self.act = torch.nn.LeakyReLU(0.1)
+
+        def forward(self, x):
+            return self.act(self.conv2(self.act(self.conv1(x))))
+
+    torch.manual_seed(0)
+    net = Shared().eval()
+    x = _smooth(1, 16)
+    err = layerwise_equivariance_error(net, x, angle=90.0)
+    assert list(err) == ["conv1", "act#0", "conv2", "act#1"]
+    assert err["act#0"][1] < 1e-5 < 1e-2 < err["act#1"][1]  # the plain conv between the calls breaks equivariance
+    assert list(layerwise_equivariance_error(net, x, angle=90.0, modules=["act"])) == ["act#0", "act#1"]
