@@ -42,7 +42,7 @@ __all__ = [
 
 def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """``||(a - b) * mask|| / ||b * mask||`` in float64 (``mask`` broadcasts over the trailing dims); NaN when ``mask``
-    selects nothing (no pixel compared is not a zero error). A zero reference ``b`` gives ``0.0`` when ``a`` is zero
+    selects nothing or ``a`` is empty (no pixel compared is not a zero error). A zero reference ``b`` gives ``0.0`` when ``a`` is zero
     too (the outputs are equal), NaN when ``a`` holds NaN and ``inf`` otherwise (not a huge finite number).
 
     Raises:
@@ -64,6 +64,8 @@ def masked_rel_err(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
             raise ValueError(
                 f"mask of shape {tuple(mask.shape)} does not broadcast to the compared outputs' shape {tuple(a.shape)}."
             )
+    if a.numel() == 0:  # no value compared (an empty batch or channel dim): not a zero error
+        return float("nan")
     a = a.detach().double()
     b = b.detach().double()
     if mask is not None:
@@ -172,6 +174,8 @@ def _check_x(x: torch.Tensor, spatial_dims: int) -> None:
             f"x must be (N, C, *spatial) with spatial_dims={spatial_dims}, got x.shape={tuple(x.shape)}"
             f"{_spatial_dims_hint(x.ndim, spatial_dims)}."
         )
+    if x.numel() == 0:  # no pixel to compare: the errors read 0.0 (exactly equivariant)
+        raise ValueError(f"x is empty (x.shape={tuple(x.shape)}): there is nothing to compare.")
 
 
 @torch.no_grad()

@@ -508,3 +508,18 @@ def test_layerwise_reports_a_module_called_several_times_per_forward():
     assert list(err) == ["conv1", "act#0", "conv2", "act#1"]
     assert err["act#0"][1] < 1e-5 < 1e-2 < err["act#1"][1]  # the plain conv between the calls breaks equivariance
     assert list(layerwise_equivariance_error(net, x, angle=90.0, modules=["act"])) == ["act#0", "act#1"]
+
+
+def test_an_empty_batch_is_not_a_zero_error():
+    """An empty batch (N = 0) compared no pixel, but every error function read it as 0.0 (exactly equivariant)."""
+    from monai_gmr.evaluation import layerwise_equivariance_error, masked_rel_err
+
+    torch.manual_seed(0)
+    conv = monai_gmr.GMRConv(2, 1, 2, 3).eval()
+    x = torch.randn(0, 1, 16, 16)
+    for run in (lambda: equivariance_error(conv, x, (30,)), lambda: group_equivariance_error(conv, x),
+                lambda: spline_equivariance_error(conv, x, (30,)), lambda: layerwise_equivariance_error(conv, x, 90)):
+        with pytest.raises(ValueError, match="empty"):
+            run()
+    assert np.isnan(masked_rel_err(torch.zeros(0, 2), torch.zeros(0, 2)))
+    assert np.isnan(masked_rel_err(torch.zeros(2, 0, 4), torch.zeros(2, 0, 4), torch.ones(4, dtype=torch.bool)))
