@@ -49,6 +49,16 @@ CONSISTENCY_FIELDS = (
 _RESERVED = ("slide", "network", "output_dir", "name", "label_mask")
 
 
+def _check_threshold(threshold: Any) -> float:
+    """A probability threshold in [0, 1] (NaN thresholded every cell negative, a Dice of 1.0 for any maps; text
+    stopped in a NumPy ufunc error naming no argument)."""
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)) or (
+        not 0.0 <= float(threshold) <= 1.0  # also NaN
+    ):
+        raise ValueError(f"threshold must be a probability in [0, 1], got threshold={threshold!r}.")
+    return float(threshold)
+
+
 def compare_maps(
     prob: np.ndarray,
     tissue: np.ndarray,
@@ -63,7 +73,7 @@ def compare_maps(
         tissue: ``(H, W)`` bool tissue mask of ``prob``.
         ref_prob: ``(H', W')`` reference probabilities.
         ref_tissue: ``(H', W')`` bool tissue mask of the reference.
-        threshold: probability threshold of the binary maps.
+        threshold: probability threshold of the binary maps, in [0, 1].
 
     Returns:
         ``{"n_cells", "mean_abs_diff", "max_abs_diff", "dice", "agreement", "tissue_iou", "coverage_iou",
@@ -77,6 +87,7 @@ def compare_maps(
         (``shape_match`` false) are compared on their common top-left part. Values are ``None`` when no cell is
         tissue (with a value) in both.
     """
+    threshold = _check_threshold(threshold)
     prob, ref_prob = np.asarray(prob, np.float64), np.asarray(ref_prob, np.float64)
     tissue, ref_tissue = np.asarray(tissue, bool), np.asarray(ref_tissue, bool)
     if prob.ndim != 2 or ref_prob.ndim != 2 or tissue.shape != prob.shape or ref_tissue.shape != ref_prob.shape:
@@ -188,7 +199,7 @@ def slide_map_consistency(
             ``device``, ...); ``slide``, ``network``, ``output_dir``, ``name`` and ``label_mask`` are set here.
         elements: D4 elements to test (:func:`monai_gmr.data.wsi.as_d4_element` inputs; default all 8). The identity
             is always run as the reference.
-        threshold: probability threshold of the Dice/agreement.
+        threshold: probability threshold of the Dice/agreement, in [0, 1].
         max_pixels: ``transform_slide``'s level-0 limit (``None``: its default).
         compression: codec of the copies (lossless ``deflate`` by default).
         output_json: write the result here (strict JSON, atomically).
@@ -203,7 +214,8 @@ def slide_map_consistency(
 
     Raises:
         SlideNotFoundError / WSIError: missing or unreadable slide, too large a level 0 (name the slide).
-        ValueError: a bad element (names ``elements``), a reserved key in ``infer_kwargs`` (names it).
+        ValueError: a bad element (names ``elements``), a reserved key in ``infer_kwargs`` (names it), a
+            ``threshold`` outside [0, 1].
     """
     from monai_gmr.data.wsi import (
         TRANSFORM_MAX_PIXELS,
@@ -215,6 +227,7 @@ def slide_map_consistency(
     from monai_gmr.functional.groups import D4Element, d4_elements
     from monai_gmr.workflows.wsi import infer_slide
 
+    threshold = _check_threshold(threshold)  # before any copy is written and scored
     kwargs = dict(infer_kwargs or {})
     bad = [k for k in _RESERVED if k in kwargs]
     if bad:

@@ -160,3 +160,17 @@ def test_compare_maps_coverage_iou_counts_scored_tissue_cells():
     t = np.ones((2, 3), bool)
     r = compare_maps(p, t, q, t)
     assert r["n_cells"] == 5 and r["tissue_iou"] == 1.0 and r["coverage_iou"] == pytest.approx(5 / 6)
+
+
+def test_a_bad_threshold_is_refused_before_any_slide_is_scanned(slide, tmp_path):
+    """threshold=NaN thresholded every cell negative, a Dice of 1.0 for any maps; text stopped in a NumPy ufunc error
+    naming no argument, after the identity copy had been written and scored."""
+    p = np.array([[0.1, 0.9], [0.8, 0.2]])
+    t = np.ones((2, 2), bool)
+    for bad in (float("nan"), float("inf"), -0.1, 1.5, "0.5", True, None):
+        with pytest.raises(ValueError, match="threshold"):
+            compare_maps(p, t, 1.0 - p, t, threshold=bad)
+        with pytest.raises(ValueError, match="threshold"):
+            slide_map_consistency(slide, MeanNet(), tmp_path / "w", KW, threshold=bad)
+    assert not (tmp_path / "w").exists()  # refused before the work folder was made
+    assert compare_maps(p, t, 1.0 - p, t, threshold=np.float32(0.5))["dice"] == 0.0
