@@ -132,8 +132,13 @@ def on_canvas(
         ``(x on the canvas, radius as a fraction of the canvas's smallest size (of the plane's with axes))``.
 
     Raises:
-        ValueError: a ``canvas`` of the wrong length, smaller than the input, or differing by an odd number.
+        ValueError: a ``canvas`` of the wrong length, smaller than the input, or differing by an odd number; a
+            ``radius_frac`` that is not a number in (0, 0.5].
     """
+    # checked against the input: on a canvas the rescaled fraction passed central_disk_mask's check for a disk reaching
+    # past the input (0.6 of a 16-pixel input is 0.24 of a 40-pixel canvas), and text stopped in a TypeError
+    if not _is_degrees(radius_frac) or not 0 < radius_frac <= 0.5:  # a finite real number, not a bool
+        raise ValueError(f"radius_frac must be a number in (0, 0.5], got radius_frac={radius_frac!r}.")
     if canvas is None:
         return x, radius_frac
     sizes = tuple(int(s) for s in x.shape[-spatial_dims:])

@@ -523,3 +523,21 @@ def test_an_empty_batch_is_not_a_zero_error():
             run()
     assert np.isnan(masked_rel_err(torch.zeros(0, 2), torch.zeros(0, 2)))
     assert np.isnan(masked_rel_err(torch.zeros(2, 0, 4), torch.zeros(2, 0, 4), torch.ones(4, dtype=torch.bool)))
+
+
+def test_radius_frac_is_checked_against_the_input_also_on_a_canvas():
+    """radius_frac is a fraction of the input's size in (0, 0.5]: on a canvas 0.6 was rescaled to 0.24 of the canvas and
+    accepted (a disk reaching past the input into the zero canvas; refused without a canvas), and text stopped in
+    "'<' not supported between instances of 'int' and 'str'" (or a str repeated by the canvas rescaling)."""
+    from monai_gmr.evaluation import layerwise_equivariance_error
+
+    torch.manual_seed(0)
+    conv = monai_gmr.GMRConv(2, 1, 1, 3).eval()
+    x = torch.randn(1, 1, 16, 16)
+    for bad in (0.6, "0.3", True, float("nan"), 0.0):
+        for canvas in (None, 40):
+            with pytest.raises(ValueError, match="radius_frac"):
+                equivariance_error(conv, x, (30,), radius_frac=bad, canvas=canvas)
+            with pytest.raises(ValueError, match="radius_frac"):
+                layerwise_equivariance_error(conv, x, 30, radius_frac=bad, canvas=canvas)
+    assert equivariance_error(conv, x, (90,), radius_frac=0.5, canvas=40)[90.0] < 1e-5
