@@ -404,6 +404,13 @@ class _GroupConvBase(nn.Module):
         self.kernel_size = _kernel_size(kernel_size)
         self.stride = _positive_int(_square(stride, "stride"), "stride")
         self.dilation = _positive_int(_square(dilation, "dilation"), "dilation")
+        if isinstance(padding, str) and padding == "same" and self.stride > 1:
+            # as torch.nn.Conv2d and GMRConv: a strided convolution cannot keep the size (it gave a half-size output)
+            raise ValueError(
+                f"padding='same' is not supported for strided convolutions (stride={self.stride}), as in "
+                "torch.nn.Conv2d; pass an int padding (or padding=None for the symmetric pad "
+                "dilation * (kernel_size - 1) // 2)."
+            )
         if padding is None or padding == "same":
             padding = self.dilation * (self.kernel_size - 1) // 2
         self.padding = _positive_int(_square(padding, "padding"), "padding", minimum=0)
@@ -470,7 +477,8 @@ class GroupLiftingConv(_GroupConvBase):
         kernel_size: odd square kernel width ``k``.
         group: ``"p4"`` (``|H| = 4``) or ``"p4m"`` (``|H| = 8``).
         stride: stride (strides other than 1 break exact equivariance).
-        padding: symmetric zero padding; ``None`` or ``"same"`` means "same" (``dilation * (k - 1) // 2``).
+        padding: symmetric zero padding; ``None`` or ``"same"`` means "same" (``dilation * (k - 1) // 2``;
+            ``"same"`` with a stride > 1 raises ``ValueError``, as in ``torch.nn.Conv2d``).
         dilation: kernel dilation.
         bias: learnable bias, one per output channel (shared by all orientations).
 
@@ -500,7 +508,8 @@ class GroupConv(_GroupConvBase):
         kernel_size: odd square kernel width ``k``.
         group: ``"p4"`` (``|H| = 4``) or ``"p4m"`` (``|H| = 8``).
         stride: stride (strides other than 1 break exact equivariance).
-        padding: symmetric zero padding; ``None`` or ``"same"`` means "same".
+        padding: symmetric zero padding; ``None`` or ``"same"`` means "same" (``"same"`` with a stride > 1 raises
+            ``ValueError``, as in ``torch.nn.Conv2d``).
         dilation: kernel dilation.
         bias: learnable bias, one per output channel (shared by all orientations).
 

@@ -500,3 +500,17 @@ def test_functional_group_convs_refuse_even_kernels_as_the_modules_do():
     with pytest.raises(ValueError, match="kernel_size=2"):
         group_conv2d(torch.randn(1, 1, 4, 6, 6), torch.randn(2, 1, 4, 2, 2), None, "p4")
     assert group_conv2d(torch.randn(1, 1, 4, 6, 6), torch.randn(2, 1, 4, 1, 1), None, "p4").shape == (1, 2, 4, 6, 6)
+
+
+def test_same_padding_is_refused_for_a_strided_group_conv():
+    """padding="same" with stride 2 gave a half-size output (as GMRConv and torch.nn.Conv2d refuse it)."""
+    from monai_gmr.nn import GroupConv, GroupConvolution, GroupLiftingConv
+
+    for make in (lambda: GroupConv(2, 3, group="p4", stride=2, padding="same"),
+                 lambda: GroupLiftingConv(2, 3, group="p4", stride=2, padding="same"),
+                 lambda: GroupConvolution(2, 3, group="p4", strides=2, padding="same")):
+        with pytest.raises(ValueError, match="same"):
+            make()
+    torch.manual_seed(0)
+    assert GroupConv(2, 3, group="p4", stride=2)(torch.randn(1, 2, 4, 8, 8)).shape == (1, 3, 4, 4, 4)  # None: kept
+    assert GroupConv(2, 3, group="p4", padding="same")(torch.randn(1, 2, 4, 8, 8)).shape == (1, 3, 4, 8, 8)
