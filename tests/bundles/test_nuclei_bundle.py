@@ -533,6 +533,7 @@ def test_resumed_run_remembers_the_best_validation_before_the_kill(tmp_path):
     assert summary["best_metric"] == pytest.approx(best, abs=1e-4) and summary["best_metric_epoch"] == best_epoch
 
 
+@pytest.mark.slow  # three bundle trainings; the refusal itself is unit-tested in tests/workflows/test_key_metric.py
 def test_key_metric_chooses_the_best_model_and_a_resume_keeps_it(tmp_path):
     """``--best_model_metric val_mean_iou`` end to end: the evaluator's key metric, model.pt's .json and the run summary
     name it; ``--resume true`` without it (the default Dice) is refused naming the checkpoint and the metric to
