@@ -281,7 +281,7 @@ def _tiles(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], size: int, limit:
 
 def seg_data(task: str, profile: dict[str, Any], work: Path, cpm15_dir: Path) -> dict[str, Any] | str:
     """Training images and held-out tiles of a segmentation task, or a string saying why the task is skipped."""
-    from monai.data import load_decathlon_datalist
+    from monai_gmr.workflows.nuclei import load_split
 
     if task == "nuclei":
         from monai_gmr.data import ensure_nuclei_dataset
@@ -313,10 +313,7 @@ def seg_data(task: str, profile: dict[str, Any], work: Path, cpm15_dir: Path) ->
     base = str(Path(datalist).parent)
 
     def split(key: str) -> list[dict[str, Any]]:
-        try:
-            return load_decathlon_datalist(str(datalist), is_segmentation=True, data_list_key=key, base_dir=base)
-        except (ValueError, IndexError):  # IndexError: MONAI reads item 0 of a "test" list, also of an empty one
-            return []
+        return load_split(datalist, key, base)
 
     train_items = split("training")
     held_items = split("validation") + split("test")

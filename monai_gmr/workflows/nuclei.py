@@ -147,6 +147,18 @@ def nuclei_datalist(
     return (items, used) if return_split else items
 
 
+def load_split(datalist_file: str | os.PathLike, split: str, base_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The items of ``split`` of a MONAI datalist JSON (``load_decathlon_datalist``, paths under ``base_dir``); ``[]``
+    when the split is missing or empty (MONAI raises ValueError for a missing key and IndexError for an empty "test"
+    list, whose item 0 it reads)."""
+    from monai.data import load_decathlon_datalist
+
+    try:
+        return load_decathlon_datalist(str(datalist_file), is_segmentation=True, data_list_key=split, base_dir=base_dir)
+    except (ValueError, IndexError):
+        return []
+
+
 def _nuclei_items(
     dataset_dir: str | os.PathLike,
     split: str,
@@ -158,26 +170,16 @@ def _nuclei_items(
 ) -> tuple[list[dict[str, Any]], str]:
     """:func:`nuclei_datalist`'s items and the split they come from (``fallback_split`` when ``split`` was empty),
     so that later messages name the split actually used."""
-    from monai.data import load_decathlon_datalist
-
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     datalist_file = run_on_rank0_first(_ensure_dataset, dataset_dir, generate, **synthetic_kwargs)
     base_dir = os.path.abspath(Path(datalist_file).parent)  # a relative dataset_dir gave relative item paths
     used = split
-    try:
-        items = load_decathlon_datalist(datalist_file, is_segmentation=True, data_list_key=split, base_dir=base_dir)
-    except (ValueError, IndexError):  # IndexError: MONAI reads item 0 of a "test" list, also of an empty one
-        items = []
+    items = load_split(datalist_file, split, base_dir)
     if not items and fallback_split is not None and fallback_split != split:
         logger.warning("datalist %s has no %r split; using %r instead.", datalist_file, split, fallback_split)
         used = fallback_split
-        try:
-            items = load_decathlon_datalist(
-                datalist_file, is_segmentation=True, data_list_key=fallback_split, base_dir=base_dir
-            )
-        except (ValueError, IndexError):
-            items = []
+        items = load_split(datalist_file, fallback_split, base_dir)
     if not items:
         raise ValueError(
             f"datalist {datalist_file!r} has no items in split {used!r} (dataset_dir={str(dataset_dir)!r})."
